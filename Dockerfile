@@ -1,0 +1,32 @@
+# syntax=docker/dockerfile:1
+# One image for every MACP process: compose runs each registry service and the edge from it with
+# `python -m <module>`. Runtime dependencies only (no dev extras), installed into a venv that is
+# copied into a clean stage, and run as a non-root user.
+
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/macp
+ENV PATH=/opt/macp/bin:$PATH
+WORKDIR /src
+# Dependencies first, read from pyproject.toml itself, so a code change reuses this layer.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > requirements.txt \
+    && pip install -r requirements.txt
+COPY README.md ./
+COPY gen ./gen
+COPY services ./services
+RUN pip install --no-deps .
+
+FROM python:3.11-slim
+ENV PATH=/opt/macp/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+# The home directory doubles as the working and data directory, so the default MACP_DATA_DIR
+# (./.macp) is writable by the service user.
+RUN useradd --system --uid 10001 --create-home --home-dir /var/lib/macp --shell /usr/sbin/nologin macp
+COPY --from=build /opt/macp /opt/macp
+USER macp
+WORKDIR /var/lib/macp
+CMD ["macp", "--help"]

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs everything the project needs from its own files (pip, npm, apt-get), then runs
+# `macp up` (mode "up") or the whole test suite (mode "test"). Re-running is cheap: each step
+# is skipped while the file that drives it is unchanged.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode="${1:-}"
+case "$mode" in
+  up|test) shift ;;
+  *) echo "usage: ./dev up [macp up options] | ./dev test [pytest options]" >&2; exit 2 ;;
+esac
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+stamp_matches() {  # stamp_matches NAME FILE... : true when FILES are unchanged since the last install
+  local want; want=$(cat "${@:2}" | sha256sum | cut -d' ' -f1)
+  [ -f ".venv/.stamp-$1" ] && [ "$(cat ".venv/.stamp-$1")" = "$want" ]
+}
+write_stamp() { cat "${@:2}" | sha256sum | cut -d' ' -f1 > ".venv/.stamp-$1"; }
+
+if [ ! -x .venv/bin/python ]; then
+  say "creating the virtual environment in .venv"
+  python3 -m venv .venv
+fi
+if ! stamp_matches python pyproject.toml; then
+  say "installing Python packages (pyproject.toml)"
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e ".[dev]"
+  write_stamp python pyproject.toml
+fi
+
+if [ "$mode" = test ]; then
+  if ! stamp_matches npm package.json package-lock.json || [ ! -x node_modules/.bin/buf ]; then
+    say "installing npm packages (the buf CLI)"
+    npm ci --no-audit --no-fund --loglevel=error
+    write_stamp npm package.json package-lock.json
+  fi
+  if ! command -v docker-compose >/dev/null 2>&1; then
+    say "installing Debian's docker-compose (compose.yaml is checked statically; no engine is needed)"
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq docker-compose >/dev/null
+  fi
+  exec bash scripts/test.sh "$@"
+fi
+
+exec .venv/bin/macp up "$@"

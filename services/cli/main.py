@@ -1,0 +1,45 @@
+"""The `macp` command: one entry point for the native stack and its tooling.
+
+Each subcommand lives in its own module exposing `configure(parser)` and `run(args) -> int`; this
+file only routes, and imports a subcommand's module only when it is the one asked for, so
+`macp status` stays fast and a broken optional dependency cannot break every command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# subcommand -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "up": ("services.stack.up", "start the whole mesh natively and wait until every part is SERVING"),
+    "status": ("services.stack.status", "show what the native stack runs and its health"),
+    "serve": ("services.cli.serve", "run one service (or the edge) in the foreground"),
+    "envoy-render": ("services.stack.envoy_render", "render the Envoy configuration files in envoy/"),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="macp", description="MACP: a multi-agent communication platform")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        if only is None or only == name:
+            importlib.import_module(module_name).configure(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in args_list if not a.startswith("-")), None)
+    parser = build_parser(only=chosen if chosen in SUBCOMMANDS else None)
+    args = parser.parse_args(args_list)
+    module_name = SUBCOMMANDS[args.command][0]
+    result: int = importlib.import_module(module_name).run(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

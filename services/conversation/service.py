@@ -1,0 +1,31 @@
+"""Wiring of the conversation service: its registry entry, its servicer, its migrations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+from macp.conversation.v1 import conversation_service_pb2_grpc as pb_grpc
+
+from services.conversation.agents import Agents
+from services.conversation.servicer import ConversationServicer
+from services.conversation.store import AgentStore
+from services.runtime.registry import service
+from services.runtime.resources import Resources
+from services.runtime.server import ServiceDefinition
+from services.runtime.settings import Env
+
+
+async def register(server: grpc.aio.Server, resources: Resources, env: Env) -> None:
+    agents = Agents(AgentStore(resources.require_db()))
+    # The stubs mark the RPCs not built yet as abstract; at run time the generated base answers them
+    # UNIMPLEMENTED, which is what an unbuilt RPC must do.
+    servicer = ConversationServicer(agents)  # type: ignore[abstract]
+    pb_grpc.add_ConversationServiceServicer_to_server(servicer, server)
+
+
+DEFINITION = ServiceDefinition(
+    spec=service("conversation"),
+    register=register,
+    migrations_dir=Path(__file__).parent / "migrations",
+)

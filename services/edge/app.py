@@ -1,0 +1,89 @@
+"""The edge's ASGI application: REST routes (and later WebSocket and SSE) in front of the mesh."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from http import HTTPStatus
+
+import grpc
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from services.edge import agents
+from services.edge.context import EdgeContext
+from services.edge.errors import HttpError, error_response, rpc_error_response
+from services.edge.middleware import RequestContextMiddleware
+from services.edge.routes import ApiRoute, openapi_document
+from services.edge.settings import EdgeSettings
+from services.runtime.metrics import HttpMetrics
+
+API_TITLE = "MACP edge API"
+API_VERSION = "v1"
+
+
+def api_routes() -> list[ApiRoute]:
+    return [*agents.ROUTES]
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HttpError)
+    return error_response(exc.status, exc.code, exc.message)
+
+
+async def _rpc_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, grpc.aio.AioRpcError)
+    return rpc_error_response(exc)
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return error_response(
+        HTTPStatus.NOT_FOUND, "NOT_FOUND", f"no route for {request.method} {request.url.path}"
+    )
+
+
+async def _method_not_allowed(request: Request, exc: Exception) -> Response:
+    return error_response(
+        HTTPStatus.METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        f"{request.method} is not allowed on {request.url.path}",
+    )
+
+
+def build_app(settings: EdgeSettings, metrics: HttpMetrics) -> Starlette:
+    routes = api_routes()
+    document = openapi_document(routes, title=API_TITLE, version=API_VERSION)
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(document)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.edge = EdgeContext.open(settings)
+        try:
+            yield
+        finally:
+            await app.state.edge.close()
+
+    starlette_routes = [Route(r.path, r.handler, methods=[r.method]) for r in routes]
+    starlette_routes += [
+        Route("/v1/openapi.json", openapi, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=starlette_routes,
+        lifespan=lifespan,
+        exception_handlers={
+            HttpError: _http_error,
+            grpc.aio.AioRpcError: _rpc_error,
+            404: _not_found,
+            405: _method_not_allowed,
+        },
+    )
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, router=app.router)
+    return app

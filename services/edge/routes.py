@@ -1,0 +1,106 @@
+"""Route definitions: each names its handler and the protobuf messages it takes and returns.
+
+The Starlette routes and the OpenAPI document are both built from this one list, so the document
+describes exactly what the edge serves.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from google.protobuf.descriptor import Descriptor
+from google.protobuf.message import Message
+from starlette.requests import Request
+from starlette.responses import Response
+
+from services.edge.schema import JsonSchema, SchemaBuilder
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+ERROR_SCHEMA: JsonSchema = {
+    "type": "object",
+    "required": ["code", "message"],
+    "properties": {
+        "code": {"type": "string", "description": "gRPC status name or an edge error code"},
+        "message": {"type": "string", "description": "what went wrong, naming the field or setting"},
+        "request_id": {"type": ["string", "null"], "description": "the id to quote when reporting it"},
+    },
+}
+
+
+@dataclass(frozen=True)
+class ApiRoute:
+    """One REST operation.
+
+    body: the message the JSON body decodes into (None for no body).
+    response: the message the JSON response encodes (None for a non-JSON or empty response).
+    errors: HTTP statuses this operation can answer besides success, documented with the error shape.
+    """
+
+    method: str
+    path: str
+    operation_id: str
+    summary: str
+    handler: Handler
+    response: type[Message] | None
+    status: int = 200
+    body: type[Message] | None = None
+    query: tuple[tuple[str, JsonSchema, str], ...] = ()
+    errors: tuple[int, ...] = (400, 404, 503)
+    tags: tuple[str, ...] = field(default=())
+
+    @property
+    def path_params(self) -> list[str]:
+        return re.findall(r"{(\w+)}", self.path)
+
+
+def descriptor_of(message: type[Message]) -> Descriptor:
+    # The C (upb) and Python descriptor classes are distinct to the type checker, alike at run time.
+    return cast(Descriptor, message.DESCRIPTOR)
+
+
+def openapi_document(routes: list[ApiRoute], *, title: str, version: str) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of `routes`, with schemas derived from their protobuf messages."""
+    schemas = SchemaBuilder()
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        operation: dict[str, Any] = {
+            "operationId": route.operation_id,
+            "summary": route.summary,
+            "tags": list(route.tags),
+            "parameters": [
+                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                for name in route.path_params
+            ]
+            + [
+                {"name": name, "in": "query", "required": False, "schema": schema, "description": doc}
+                for name, schema, doc in route.query
+            ],
+            "responses": {},
+        }
+        if route.body is not None:
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": schemas.ref(descriptor_of(route.body))}},
+            }
+        success: dict[str, Any] = {"description": "success"}
+        if route.response is not None:
+            success["content"] = {"application/json": {"schema": schemas.ref(descriptor_of(route.response))}}
+        operation["responses"][str(route.status)] = success
+        for status in route.errors:
+            operation["responses"][str(status)] = {
+                "description": "error",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            }
+        paths.setdefault(route.path, {})[route.method.lower()] = operation
+    components = dict(sorted(schemas.components.items()))
+    components["Error"] = ERROR_SCHEMA
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version},
+        "paths": paths,
+        "components": {"schemas": components},
+    }

@@ -1,0 +1,42 @@
+"""Entry point of the edge process: settings, logs, metrics, then uvicorn until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+
+import uvicorn
+
+from services.edge.app import build_app
+from services.edge.settings import EdgeSettings
+from services.runtime.logs import configure_logging
+from services.runtime.metrics import HttpMetrics, serve_metrics
+from services.runtime.registry import EDGE
+from services.runtime.settings import Env, SettingsError
+
+
+def run_edge(environ: Mapping[str, str] | None = None) -> int:
+    try:
+        settings = EdgeSettings.from_env(Env(environ))
+    except SettingsError as exc:
+        print(f"{EDGE.name}: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(EDGE.name, settings.common.log_level)
+    metrics = HttpMetrics(EDGE.name)
+    endpoint = serve_metrics(metrics.registry, settings.common.bind_host, settings.metrics_port)
+    config = uvicorn.Config(
+        build_app(settings, metrics),
+        host=settings.common.bind_host,
+        port=settings.port,
+        log_config=None,  # our JSON logging is already configured
+        access_log=False,  # the request-context middleware writes the access log
+        proxy_headers=True,
+        forwarded_allow_ips="127.0.0.1",
+        timeout_graceful_shutdown=int(settings.common.shutdown_grace_seconds),
+        lifespan="on",
+    )
+    try:
+        uvicorn.Server(config).run()  # handles SIGTERM/SIGINT itself: stops accepting, drains, exits
+    finally:
+        endpoint.close()
+    return 0

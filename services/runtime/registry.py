@@ -1,0 +1,127 @@
+"""The one service registry: every process, port and gRPC route of the mesh, written down once.
+
+`macp up`, the Envoy configuration builder and the compose checks all read this table, so a
+service's name, ports and routes are never spelled twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One MACP service process.
+
+    name: the process and Envoy cluster name (also the compose service name).
+    grpc_services: fully qualified gRPC service names it serves; Envoy's mesh listener routes
+        `/<grpc_service>/` prefixes to this service's cluster.
+    port: the gRPC port it listens on (plaintext h2c, reached only through Envoy's mesh listener).
+    metrics_port: the HTTP port of its Prometheus `/metrics` endpoint.
+    module: the Python module whose `main()` runs it (`python -m services.<name>`).
+    streaming_rpcs: RPC names that stream; Envoy leaves these routes untimed.
+    retry_safe_rpcs: RPC names that are safe to retry on UNAVAILABLE (reads and idempotent writes).
+    """
+
+    name: str
+    grpc_services: tuple[str, ...]
+    port: int
+    metrics_port: int
+    module: str
+    streaming_rpcs: tuple[str, ...] = ()
+    retry_safe_rpcs: tuple[str, ...] = ()
+    dependencies: tuple[str, ...] = field(default=())
+
+    @property
+    def env_prefix(self) -> str:
+        """Prefix of this service's own settings (`MACP_CONVERSATION_PORT`, ...)."""
+        return f"MACP_{self.name.upper().replace('-', '_')}_"
+
+
+@dataclass(frozen=True)
+class EdgeSpec:
+    """The edge: the one HTTP process (REST, WebSocket, SSE) behind Envoy's front listener."""
+
+    name: str
+    port: int
+    metrics_port: int
+    module: str
+
+
+@dataclass(frozen=True)
+class EnvoySpec:
+    """Envoy's listeners: the front one (HTTP/1.1 + WebSocket to the edge) and the mesh one (h2c)."""
+
+    front_port: int
+    mesh_port: int
+    admin_port: int
+
+
+SERVICES: tuple[ServiceSpec, ...] = (
+    ServiceSpec(
+        name="orchestrator",
+        grpc_services=("macp.orchestrator.v1.OrchestratorService",),
+        port=50051,
+        metrics_port=9101,
+        module="services.orchestrator",
+        streaming_rpcs=("Converse", "StreamEvents"),
+        dependencies=("redis", "kafka"),
+    ),
+    ServiceSpec(
+        name="conversation",
+        grpc_services=("macp.conversation.v1.ConversationService",),
+        port=50052,
+        metrics_port=9102,
+        module="services.conversation",
+        retry_safe_rpcs=(
+            "GetAgent",
+            "ListAgents",
+            "GetConversation",
+            "ListConversations",
+            "ListMessages",
+            "AppendMessage",
+        ),
+        dependencies=("postgres", "redis", "s3"),
+    ),
+    ServiceSpec(
+        name="agent-proxy",
+        grpc_services=("macp.agent_proxy.v1.AgentProxyService",),
+        port=50053,
+        metrics_port=9103,
+        module="services.agent_proxy",
+        streaming_rpcs=("Generate",),
+        retry_safe_rpcs=("ListProviders", "Bid"),
+        dependencies=("kafka",),
+    ),
+    ServiceSpec(
+        name="token",
+        grpc_services=("macp.token.v1.TokenService",),
+        port=50054,
+        metrics_port=9104,
+        module="services.token",
+        retry_safe_rpcs=("GetJwks", "Introspect"),
+        dependencies=("postgres", "redis"),
+    ),
+    ServiceSpec(
+        name="metering",
+        grpc_services=("macp.metering.v1.MeteringService",),
+        port=50055,
+        metrics_port=9105,
+        module="services.metering",
+        retry_safe_rpcs=("CheckQuota", "GetUsage", "GetInvoicePreview"),
+        dependencies=("postgres", "redis", "kafka"),
+    ),
+)
+
+EDGE = EdgeSpec(name="edge", port=8000, metrics_port=9106, module="services.edge")
+
+ENVOY = EnvoySpec(front_port=8080, mesh_port=9000, admin_port=9901)
+
+
+def service(name: str) -> ServiceSpec:
+    """The spec of the service called `name`; KeyError names the known ones."""
+    for spec in SERVICES:
+        if spec.name == name:
+            return spec
+    known = ", ".join(s.name for s in SERVICES)
+    raise KeyError(f"no service named {name!r}; known services: {known}")

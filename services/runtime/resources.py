@@ -1,0 +1,158 @@
+"""The connections a service holds (Postgres, Redis, Kafka, S3), opened from its declared dependencies.
+
+A service lists what it depends on in the registry; `open_resources` connects exactly those,
+applies the service's migrations, and `check` tells the health service whether each still answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+import asyncpg
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaProducer
+
+from services.runtime import db, kafka, s3
+from services.runtime.redis_client import create_redis
+from services.runtime.settings import Env, KafkaSettings, PostgresSettings, RedisSettings, S3Settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+log = logging.getLogger("macp.resources")
+
+T = TypeVar("T")
+
+KNOWN_DEPENDENCIES = ("postgres", "redis", "kafka", "s3")
+
+
+@dataclass(frozen=True)
+class ResourceSettings:
+    """The settings of each declared dependency; None for one the service does not use."""
+
+    postgres: PostgresSettings | None
+    redis: RedisSettings | None
+    kafka: KafkaSettings | None
+    s3: S3Settings | None
+
+    @classmethod
+    def from_env(cls, env: Env, dependencies: tuple[str, ...]) -> ResourceSettings:
+        unknown = set(dependencies) - set(KNOWN_DEPENDENCIES)
+        if unknown:
+            raise ValueError(f"unknown dependencies {sorted(unknown)}; known: {KNOWN_DEPENDENCIES}")
+        return cls(
+            postgres=PostgresSettings.from_env(env) if "postgres" in dependencies else None,
+            redis=RedisSettings.from_env(env) if "redis" in dependencies else None,
+            kafka=KafkaSettings.from_env(env) if "kafka" in dependencies else None,
+            s3=S3Settings.from_env(env) if "s3" in dependencies else None,
+        )
+
+
+@dataclass
+class Resources:
+    settings: ResourceSettings
+    db: asyncpg.Pool | None = None
+    redis: aioredis.Redis | None = None
+    producer: AIOKafkaProducer | None = None
+    s3: S3Client | None = None
+
+    def require_db(self) -> asyncpg.Pool:
+        if self.db is None:
+            raise RuntimeError("this service does not declare a postgres dependency in the registry")
+        return self.db
+
+    def require_redis(self) -> aioredis.Redis:
+        if self.redis is None:
+            raise RuntimeError("this service does not declare a redis dependency in the registry")
+        return self.redis
+
+    async def check(self) -> list[str]:
+        """Names of the dependencies that do not answer right now (empty when all do)."""
+        failing: list[str] = []
+
+        async def probe(name: str, ping: Awaitable[object]) -> None:
+            try:
+                await asyncio.wait_for(ping, timeout=2)
+            except Exception:
+                failing.append(name)
+
+        probes = []
+        if self.db is not None:
+            probes.append(probe("postgres", self.db.fetchval("SELECT 1")))
+        if self.redis is not None:
+            probes.append(probe("redis", self.redis.ping()))
+        if self.producer is not None:
+            probes.append(probe("kafka", self.producer.client.fetch_all_metadata()))
+        if self.s3 is not None and self.settings.s3 is not None:
+            bucket = self.settings.s3.bucket
+            probes.append(probe("s3", asyncio.to_thread(self.s3.head_bucket, Bucket=bucket)))
+        await asyncio.gather(*probes)
+        return sorted(failing)
+
+    async def close(self) -> None:
+        if self.producer is not None:
+            await self.producer.stop()  # flushes what is buffered before the process exits
+        if self.redis is not None:
+            await self.redis.aclose()
+        if self.db is not None:
+            await self.db.close()
+        if self.s3 is not None:
+            self.s3.close()
+
+
+async def _retry(name: str, attempt: Callable[[], Awaitable[T]], deadline: float) -> T:
+    """Await `attempt()` until it succeeds or `deadline` (loop time) passes."""
+    loop = asyncio.get_running_loop()
+    delay = 0.2
+    while True:
+        try:
+            return await attempt()
+        except Exception as exc:
+            if loop.time() + delay > deadline:
+                raise ConnectionError(f"{name} did not answer in time: {exc}") from exc
+            log.warning("waiting for dependency", extra={"dependency": name, "error": str(exc)})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+async def open_resources(
+    settings: ResourceSettings,
+    *,
+    component: str,
+    migrations_dir: Path | None,
+    topics: list[str],
+    wait_seconds: float,
+) -> Resources:
+    """Connect every declared dependency (waiting up to `wait_seconds` for each to come up)."""
+    deadline = asyncio.get_running_loop().time() + wait_seconds
+    resources = Resources(settings=settings)
+    try:
+        if settings.postgres is not None:
+            pg = settings.postgres
+            resources.db = await _retry("postgres", lambda: db.create_pool(pg), deadline)
+            if migrations_dir is not None:
+                await db.apply_migrations(resources.require_db(), component, migrations_dir)
+        if settings.redis is not None:
+            resources.redis = create_redis(settings.redis)
+            await _retry("redis", resources.redis.ping, deadline)
+        if settings.kafka is not None:
+            kafka_settings = settings.kafka
+            if topics:
+                await _retry("kafka", lambda: kafka.ensure_topics(kafka_settings, topics), deadline)
+            resources.producer = await _retry("kafka", lambda: kafka.start_producer(kafka_settings), deadline)
+        if settings.s3 is not None:
+            s3_settings = settings.s3
+            resources.s3 = s3.create_s3_client(s3_settings)
+            client = resources.s3
+            await _retry(
+                "s3", lambda: asyncio.to_thread(s3.ensure_bucket, client, s3_settings.bucket), deadline
+            )
+    except BaseException:
+        await resources.close()
+        raise
+    return resources

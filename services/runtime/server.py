@@ -1,0 +1,240 @@
+"""The grpc.aio server bootstrap every service runs: settings, logs, metrics, health, reflection,
+interceptors, dependencies, and a graceful stop.
+
+A service supplies a `ServiceDefinition` (its registry entry, its servicers, its migrations) and
+calls `run_service`; nothing else about serving is written in a service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.runtime.interceptors import (
+    AccessLogInterceptor,
+    AdmitAll,
+    AuthenticationInterceptor,
+    Authenticator,
+    ErrorMappingInterceptor,
+    RequestIdInterceptor,
+    ValidationInterceptor,
+)
+from services.runtime.logs import configure_logging
+from services.runtime.metrics import RpcMetrics, serve_metrics
+from services.runtime.registry import ServiceSpec
+from services.runtime.resources import Resources, ResourceSettings, open_resources
+from services.runtime.settings import CommonSettings, Env, ServerSettings, SettingsError
+
+log = logging.getLogger("macp.server")
+
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+UNAUTHENTICATED_PREFIXES = (f"/{HEALTH_SERVICE}/", "/grpc.reflection.")
+DEPENDENCY_CHECK_SECONDS = 5.0
+
+Register = Callable[[grpc.aio.Server, Resources, Env], Awaitable[None]]
+
+
+def usage_topics(settings: ResourceSettings) -> list[str]:
+    """Every service that talks to Kafka publishes usage events, so it makes sure their topic exists."""
+    return [settings.kafka.usage_topic] if settings.kafka is not None else []
+
+
+@dataclass(frozen=True)
+class ServiceDefinition:
+    """What a service hands the runtime.
+
+    register: adds the service's servicers to the server, given its open resources and environment
+        (it reads its own settings there, so a bad one stops start-up like any other).
+    migrations_dir: the service's `migrations/` folder, if it owns tables.
+    topics: Kafka topics it publishes to, created at start-up if missing.
+    """
+
+    spec: ServiceSpec
+    register: Register
+    migrations_dir: Path | None = None
+    topics: Callable[[ResourceSettings], list[str]] = field(default=lambda s: usage_topics(s))
+    authenticator: Authenticator = field(default_factory=AdmitAll)
+
+
+@dataclass(frozen=True)
+class RunningService:
+    """Handles a test or the entry point uses to reach and stop a started service."""
+
+    port: int
+    stop: asyncio.Event
+    stopped: asyncio.Event
+
+
+async def _watch_dependencies(
+    resources: Resources, health_servicer: health.aio.HealthServicer, names: list[str], metrics: RpcMetrics
+) -> None:
+    """Keep health honest: NOT_SERVING while a dependency does not answer, SERVING again once it does."""
+    serving = True
+    while True:
+        await asyncio.sleep(DEPENDENCY_CHECK_SECONDS)
+        failing = await resources.check()
+        now_serving = not failing
+        if now_serving != serving:
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if now_serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in names:
+                await health_servicer.set(name, status)
+            metrics.set_serving(now_serving)
+            log.warning("dependency health changed", extra={"failing": failing, "serving": now_serving})
+            serving = now_serving
+
+
+async def serve(
+    definition: ServiceDefinition,
+    environ: Mapping[str, str] | None = None,
+    *,
+    started: asyncio.Future[RunningService] | None = None,
+    stop: asyncio.Event | None = None,
+    dependency_wait_seconds: float = 60.0,
+) -> None:
+    """Run the service until `stop` is set (or SIGTERM/SIGINT in the entry point), then stop gracefully."""
+    try:
+        await _serve(definition, environ, started, stop or asyncio.Event(), dependency_wait_seconds)
+    except BaseException as exc:
+        # A caller waiting for the start must hear about a failure, not wait forever.
+        if started is not None and not started.done():
+            started.set_exception(exc)
+        raise
+
+
+async def _serve(
+    definition: ServiceDefinition,
+    environ: Mapping[str, str] | None,
+    started: asyncio.Future[RunningService] | None,
+    stop: asyncio.Event,
+    dependency_wait_seconds: float,
+) -> None:
+    spec = definition.spec
+    env = Env(environ)
+    common = CommonSettings.from_env(env)
+    server_settings = ServerSettings.from_env(env, spec)
+    resource_settings = ResourceSettings.from_env(env, spec.dependencies)
+    stopped = asyncio.Event()
+
+    metrics = RpcMetrics(spec.name)
+    metrics.set_serving(False)
+    metrics_endpoint = serve_metrics(metrics.registry, common.bind_host, server_settings.metrics_port)
+    resources: Resources | None = None
+    server: grpc.aio.Server | None = None
+    watcher: asyncio.Task[None] | None = None
+    health_servicer = health.aio.HealthServicer()
+    try:
+        resources = await open_resources(
+            resource_settings,
+            component=spec.name,
+            migrations_dir=definition.migrations_dir,
+            topics=definition.topics(resource_settings),
+            wait_seconds=dependency_wait_seconds,
+        )
+        server = grpc.aio.server(
+            interceptors=[
+                RequestIdInterceptor(),
+                AccessLogInterceptor(metrics),
+                ErrorMappingInterceptor(),
+                AuthenticationInterceptor(definition.authenticator, UNAUTHENTICATED_PREFIXES),
+                ValidationInterceptor(),
+            ],
+            options=[("grpc.so_reuseport", 0)],
+        )
+        await definition.register(server, resources, env)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (*spec.grpc_services, HEALTH_SERVICE, reflection.SERVICE_NAME), server
+        )
+        port = server.add_insecure_port(f"{common.bind_host}:{server_settings.port}")
+        if port == 0:
+            raise OSError(
+                f"cannot listen on {common.bind_host}:{server_settings.port}: the port is in use; "
+                f"stop the other process or set {spec.env_prefix}PORT"
+            )
+        await server.start()
+        names = ["", *spec.grpc_services]
+        for name in names:
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        metrics.set_serving(True)
+        watcher = asyncio.create_task(_watch_dependencies(resources, health_servicer, names, metrics))
+        log.info("serving", extra={"port": port, "metrics_port": server_settings.metrics_port})
+        if started is not None:
+            started.set_result(RunningService(port=port, stop=stop, stopped=stopped))
+        await stop.wait()
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        if server is not None:
+            # NOT_SERVING first, so Envoy's health checks move traffic away while in-flight calls drain.
+            await health_servicer.enter_graceful_shutdown()
+            metrics.set_serving(False)
+            await server.stop(common.shutdown_grace_seconds)
+        if resources is not None:
+            await resources.close()
+        metrics_endpoint.close()
+        stopped.set()
+        log.info("stopped")
+
+
+def run_service(definition: ServiceDefinition, environ: Mapping[str, str] | None = None) -> int:
+    """Entry point of a service process: serve until SIGTERM/SIGINT; a bad setting exits with one line."""
+    env = Env(environ)
+    try:
+        common = CommonSettings.from_env(env)
+        ServerSettings.from_env(env, definition.spec)
+        ResourceSettings.from_env(env, definition.spec.dependencies)
+    except SettingsError as exc:
+        print(f"{definition.spec.name}: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(definition.spec.name, common.log_level)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await serve(definition, environ, stop=stop)
+
+    try:
+        asyncio.run(main())
+    except SettingsError as exc:
+        print(f"{definition.spec.name}: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, ConnectionError) as exc:
+        print(f"{definition.spec.name}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def unbuilt_service(
+    add_servicer: Callable[[Any, grpc.aio.Server], None], base_servicer: type[Any]
+) -> Register:
+    """`register` for a service whose RPCs are not built yet: the generated base servicer answers
+    every RPC with UNIMPLEMENTED, which the error interceptor words as "<rpc> is not implemented yet"."""
+
+    async def register(server: grpc.aio.Server, resources: Resources, env: Env) -> None:
+        add_servicer(base_servicer(), server)
+
+    return register
+
+
+def main(definition: ServiceDefinition) -> None:
+    """What a service's `__main__` calls: run it and exit with its status."""
+    sys.exit(run_service(definition))

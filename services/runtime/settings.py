@@ -1,0 +1,229 @@
+"""Typed settings read from the environment, failing fast with one line that names the variable.
+
+Each process builds one frozen settings object at start-up from `os.environ` (tests pass their own
+mapping). A missing or malformed value raises `SettingsError`, whose message is the single line the
+entry point prints before exiting: the variable, what is wrong, and how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from services.runtime.registry import ENVOY, ServiceSpec
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message is one line naming the variable and the fix."""
+
+
+class Env:
+    """Reads typed values from one environment mapping, naming the variable in every error."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._environ = os.environ if environ is None else environ
+
+    def raw(self, name: str) -> str | None:
+        value = self._environ.get(name)
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def _parse(self, name: str, default: T | None, parse: Callable[[str], T], expected: str) -> T:
+        value = self.raw(name)
+        if value is None:
+            if default is None:
+                raise SettingsError(f"{name} is not set; set it to {expected}")
+            return default
+        try:
+            return parse(value)
+        except ValueError as exc:
+            detail = f" ({exc})" if str(exc) else ""
+            raise SettingsError(f"{name}={value!r} is malformed{detail}; set it to {expected}") from None
+
+    def string(self, name: str, default: str | None = None) -> str:
+        return self._parse(name, default, str, "a non-empty string")
+
+    def optional_string(self, name: str) -> str | None:
+        return self.raw(name)
+
+    def integer(
+        self, name: str, default: int | None = None, *, minimum: int = 0, maximum: int = 2**31
+    ) -> int:
+        def parse(text: str) -> int:
+            number = int(text)
+            if not minimum <= number <= maximum:
+                raise ValueError(f"outside {minimum}..{maximum}")
+            return number
+
+        return self._parse(name, default, parse, f"a whole number from {minimum} to {maximum}")
+
+    def port(self, name: str, default: int) -> int:
+        """A TCP port; 0 asks the OS for any free one (tests run many stacks side by side)."""
+        return self.integer(name, default, minimum=0, maximum=65535)
+
+    def number(self, name: str, default: float | None = None, *, minimum: float = 0.0) -> float:
+        def parse(text: str) -> float:
+            number = float(text)
+            if number < minimum:
+                raise ValueError(f"below {minimum}")
+            return number
+
+        return self._parse(name, default, parse, f"a number of at least {minimum}")
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        def parse(text: str) -> str:
+            if text.lower() not in choices:
+                raise ValueError(f"not one of {', '.join(choices)}")
+            return text.lower()
+
+        return self._parse(name, default, parse, f"one of {', '.join(choices)}")
+
+    def url(self, name: str, schemes: tuple[str, ...], example: str) -> str | None:
+        """An optional URL whose scheme is one of `schemes`; None when unset."""
+
+        def parse(text: str) -> str:
+            parts = urlsplit(text)
+            if parts.scheme not in schemes or not parts.hostname:
+                raise ValueError(f"expected a {'/'.join(s + '://' for s in schemes)} URL with a host")
+            try:
+                parts.port  # noqa: B018 - reading it validates the port number.
+            except ValueError as exc:
+                raise ValueError(str(exc)) from None
+            return text
+
+        if self.raw(name) is None:
+            return None
+        return self._parse(name, None, parse, f"a URL such as {example}")
+
+    def required_url(self, name: str, schemes: tuple[str, ...], example: str) -> str:
+        value = self.url(name, schemes, example)
+        if value is None:
+            raise SettingsError(f"{name} is not set; set it to a URL such as {example}")
+        return value
+
+    def address(self, name: str, default: str | None = None) -> str:
+        """A `host:port` pair (or a comma-separated list of them)."""
+
+        def parse(text: str) -> str:
+            for item in text.split(","):
+                if not _HOST_PORT.fullmatch(item.strip()):
+                    raise ValueError(f"{item.strip()!r} is not host:port")
+            return text
+
+        return self._parse(name, default, parse, "host:port, e.g. 127.0.0.1:9092")
+
+
+_HOST_PORT = re.compile(r"[A-Za-z0-9_.\-]+:\d{1,5}|\[[0-9a-fA-F:]+\]:\d{1,5}")
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class CommonSettings:
+    """What every MACP process reads: where it binds, how it logs, and how it stops."""
+
+    bind_host: str
+    log_level: str
+    shutdown_grace_seconds: float
+    mesh_address: str
+
+    @classmethod
+    def from_env(cls, env: Env) -> CommonSettings:
+        return cls(
+            bind_host=env.string("MACP_BIND_HOST", "127.0.0.1"),
+            log_level=env.choice("MACP_LOG_LEVEL", "info", LOG_LEVELS),
+            shutdown_grace_seconds=env.number("MACP_SHUTDOWN_GRACE_SECONDS", 10.0),
+            mesh_address=env.address("MACP_MESH_ADDRESS", f"127.0.0.1:{ENVOY.mesh_port}"),
+        )
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """A gRPC service's own listen and metrics ports (`MACP_<SERVICE>_PORT`, `..._METRICS_PORT`)."""
+
+    port: int
+    metrics_port: int
+
+    @classmethod
+    def from_env(cls, env: Env, spec: ServiceSpec) -> ServerSettings:
+        return cls(
+            port=env.port(f"{spec.env_prefix}PORT", spec.port),
+            metrics_port=env.port(f"{spec.env_prefix}METRICS_PORT", spec.metrics_port),
+        )
+
+
+@dataclass(frozen=True)
+class PostgresSettings:
+    url: str
+    pool_min_size: int
+    pool_max_size: int
+
+    @classmethod
+    def from_env(cls, env: Env) -> PostgresSettings:
+        return cls(
+            url=env.required_url(
+                "MACP_DATABASE_URL", ("postgresql", "postgres"), "postgresql://postgres@127.0.0.1:5432/macp"
+            ),
+            pool_min_size=env.integer("MACP_DATABASE_POOL_MIN", 1, minimum=0, maximum=100),
+            pool_max_size=env.integer("MACP_DATABASE_POOL_MAX", 10, minimum=1, maximum=1000),
+        )
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    url: str
+    key_prefix: str
+
+    @classmethod
+    def from_env(cls, env: Env) -> RedisSettings:
+        return cls(
+            url=env.required_url("MACP_REDIS_URL", ("redis", "rediss", "unix"), "redis://127.0.0.1:6379/0"),
+            key_prefix=env.string("MACP_REDIS_KEY_PREFIX", "macp:"),
+        )
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap_servers: str
+    usage_topic: str
+    topic_partitions: int
+
+    @classmethod
+    def from_env(cls, env: Env) -> KafkaSettings:
+        return cls(
+            bootstrap_servers=env.address("MACP_KAFKA_BOOTSTRAP"),
+            usage_topic=env.string("MACP_KAFKA_USAGE_TOPIC", "macp.usage.v1"),
+            topic_partitions=env.integer("MACP_KAFKA_TOPIC_PARTITIONS", 6, minimum=1, maximum=1000),
+        )
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    endpoint_url: str | None
+    bucket: str
+    region: str
+    access_key_id: str | None
+    secret_access_key: str | None
+
+    @classmethod
+    def from_env(cls, env: Env) -> S3Settings:
+        return cls(
+            endpoint_url=env.url("MACP_S3_ENDPOINT", ("http", "https"), "http://127.0.0.1:9000"),
+            bucket=env.string("MACP_S3_BUCKET", "macp-archives"),
+            region=env.string("MACP_S3_REGION", "us-east-1"),
+            access_key_id=env.optional_string("MACP_S3_ACCESS_KEY_ID"),
+            secret_access_key=env.optional_string("MACP_S3_SECRET_ACCESS_KEY"),
+        )
+
+
+def data_dir(env: Env) -> Path:
+    """Where the native stack keeps its state (`MACP_DATA_DIR`, default `./.macp`)."""
+    return Path(env.string("MACP_DATA_DIR", ".macp")).expanduser().resolve()

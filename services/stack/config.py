@@ -1,0 +1,76 @@
+"""Settings of the native stack itself: the ports of embedded parts and of Envoy.
+
+| variable | default | meaning |
+| --- | --- | --- |
+| MACP_EMBEDDED_POSTGRES_PORT | 55432 | embedded Postgres (when MACP_DATABASE_URL is unset) |
+| MACP_EMBEDDED_REDIS_PORT | 56379 | embedded Redis (when MACP_REDIS_URL is unset) |
+| MACP_EMBEDDED_KAFKA_PORT | 59092 | embedded tansu broker (when MACP_KAFKA_BOOTSTRAP is unset) |
+| MACP_EMBEDDED_S3_PORT | 59000 | embedded moto S3 server (when MACP_S3_ENDPOINT is unset) |
+| MACP_ENVOY_FRONT_PORT / _MESH_PORT / _ADMIN_PORT | registry.ENVOY | Envoy's listeners and admin |
+
+The defaults stay clear of the standard ports (5432, 6379, 9092, 9000) so an embedded part never
+collides with a server the machine already runs. An embedded port of 0 means "pick a free one",
+which is what tests use (see FREE_PORTS_ENV).
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+from services.runtime.registry import ENVOY
+from services.runtime.settings import Env
+from services.stack.process import PortClaim
+
+EMBEDDED_PORTS: dict[str, tuple[str, int]] = {
+    "postgres": ("MACP_EMBEDDED_POSTGRES_PORT", 55432),
+    "redis": ("MACP_EMBEDDED_REDIS_PORT", 56379),
+    "kafka": ("MACP_EMBEDDED_KAFKA_PORT", 59092),
+    "s3": ("MACP_EMBEDDED_S3_PORT", 59000),
+}
+
+# Merge into a test's environment so every embedded part listens on a free port.
+FREE_PORTS_ENV: dict[str, str] = {variable: "0" for variable, _ in EMBEDDED_PORTS.values()}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (the kernel's pick for port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def embedded_port(env: Env, part: str) -> int:
+    """The port of an embedded part (`postgres`, `redis`, `kafka`, `s3`); 0 picks a free one."""
+    variable, default = EMBEDDED_PORTS[part]
+    port = env.integer(variable, default, minimum=0, maximum=65535)
+    return port or free_port()
+
+
+def embedded_claim(part: str, port: int) -> PortClaim:
+    return PortClaim(port, f"embedded {part}", EMBEDDED_PORTS[part][0])
+
+
+@dataclass(frozen=True)
+class EnvoyPorts:
+    """Envoy's front (HTTP/WebSocket), mesh (h2c gRPC) and admin ports."""
+
+    front: int
+    mesh: int
+    admin: int
+
+    @classmethod
+    def from_env(cls, env: Env) -> EnvoyPorts:
+        return cls(
+            front=env.port("MACP_ENVOY_FRONT_PORT", ENVOY.front_port),
+            mesh=env.port("MACP_ENVOY_MESH_PORT", ENVOY.mesh_port),
+            admin=env.port("MACP_ENVOY_ADMIN_PORT", ENVOY.admin_port),
+        )
+
+    def claims(self) -> tuple[PortClaim, ...]:
+        return (
+            PortClaim(self.front, "envoy front listener", "MACP_ENVOY_FRONT_PORT"),
+            PortClaim(self.mesh, "envoy mesh listener", "MACP_ENVOY_MESH_PORT"),
+            PortClaim(self.admin, "envoy admin", "MACP_ENVOY_ADMIN_PORT"),
+        )

@@ -1,0 +1,160 @@
+"""What `macp up` will run, read from the environment before anything starts.
+
+Building the plan reads every setting the launcher needs, so a malformed one fails with its
+one-line SettingsError before a single process starts, and every port is known up front so all
+of them can be checked at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from services.runtime.registry import EDGE, SERVICES
+from services.runtime.settings import CommonSettings, Env, ServerSettings, data_dir
+from services.stack.config import EnvoyPorts
+from services.stack.infra import Infrastructure
+from services.stack.kafka import KafkaStorage
+from services.stack.probes import grpc_serving, http_ok
+from services.stack.process import REINSTALL_HINT, PortClaim, StartupError
+
+AppKind = Literal["service", "edge"]
+EnvoyRenderer = Callable[[Path, Env], object]
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    """One MACP process `macp up` runs: a gRPC service, or the edge (HTTP)."""
+
+    name: str
+    kind: AppKind
+    argv: tuple[str, ...]
+    port: int
+    metrics_port: int
+    port_variable: str
+    metrics_port_variable: str
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def health_url(self) -> str:
+        return f"http://{self.address}/healthz"
+
+    def probe(self) -> None:
+        """gRPC health SERVING for a service, GET /healthz 200 for the edge."""
+        if self.kind == "service":
+            grpc_serving(self.address)
+        else:
+            http_ok(self.health_url)
+
+    def claims(self) -> tuple[PortClaim, ...]:
+        what = "gRPC" if self.kind == "service" else "HTTP"
+        return (
+            PortClaim(self.port, f"{self.name} {what}", self.port_variable),
+            PortClaim(self.metrics_port, f"{self.name} metrics", self.metrics_port_variable),
+        )
+
+    def check_spec(self) -> dict[str, Any]:
+        if self.kind == "service":
+            return {"type": "grpc", "address": self.address}
+        return {"type": "http", "url": self.health_url}
+
+
+def app_specs(env: Env) -> tuple[AppSpec, ...]:
+    """Every service in the registry, then the edge, each as `python -m <module>`."""
+    apps = []
+    for spec in SERVICES:
+        server = ServerSettings.from_env(env, spec)
+        apps.append(
+            AppSpec(
+                name=spec.name,
+                kind="service",
+                argv=(sys.executable, "-m", spec.module),
+                port=server.port,
+                metrics_port=server.metrics_port,
+                port_variable=f"{spec.env_prefix}PORT",
+                metrics_port_variable=f"{spec.env_prefix}METRICS_PORT",
+            )
+        )
+    # The edge's own settings (services/edge/settings.py) use these names.
+    apps.append(
+        AppSpec(
+            name=EDGE.name,
+            kind="edge",
+            argv=(sys.executable, "-m", EDGE.module),
+            port=env.port("MACP_EDGE_PORT", EDGE.port),
+            metrics_port=env.port("MACP_EDGE_METRICS_PORT", EDGE.metrics_port),
+            port_variable="MACP_EDGE_PORT",
+            metrics_port_variable="MACP_EDGE_METRICS_PORT",
+        )
+    )
+    return tuple(apps)
+
+
+def render_envoy_config(path: Path, env: Env) -> object:
+    """The native Envoy bootstrap, from the builder in envoy_config.py (imported only when needed)."""
+    try:
+        from services.stack import envoy_config
+    except ImportError as exc:
+        raise StartupError(f"cannot load the Envoy config builder ({exc}); {REINSTALL_HINT}") from None
+    return envoy_config.render_native(path, env)
+
+
+@dataclass
+class StackPlan:
+    data_dir: Path
+    environ: dict[str, str]
+    common: CommonSettings
+    infrastructure: Infrastructure
+    envoy_ports: EnvoyPorts
+    apps: tuple[AppSpec, ...]
+    ready_timeout: float = 60.0
+    render_envoy: EnvoyRenderer = field(default=render_envoy_config)
+
+    @classmethod
+    def from_environ(
+        cls,
+        environ: Mapping[str, str],
+        *,
+        data_dir_override: Path | None = None,
+        ready_timeout: float = 60.0,
+        kafka_storage: KafkaStorage = "s3",
+    ) -> StackPlan:
+        """Read and check every setting (SettingsError names the first bad one); start nothing."""
+        env = Env(environ)
+        common = CommonSettings.from_env(env)
+        directory = data_dir_override.expanduser().resolve() if data_dir_override else data_dir(env)
+        return cls(
+            data_dir=directory,
+            environ=dict(environ),
+            common=common,
+            infrastructure=Infrastructure.from_env(env, directory, kafka_storage=kafka_storage),
+            envoy_ports=EnvoyPorts.from_env(env),
+            apps=app_specs(env),
+            ready_timeout=ready_timeout,
+        )
+
+    def claims(self) -> list[PortClaim]:
+        """Every port the stack will listen on, so all are checked before anything starts."""
+        claims = self.infrastructure.claims() + list(self.envoy_ports.claims())
+        return claims + [claim for app in self.apps for claim in app.claims()]
+
+    def child_env(self) -> dict[str, str]:
+        """The environment every service (and the Envoy renderer) gets."""
+        env = dict(self.environ)
+        env.update(self.infrastructure.env)
+        env["MACP_DATA_DIR"] = str(self.data_dir)
+        # Services reach each other through Envoy's mesh listener, wherever it was moved to.
+        env.setdefault("MACP_MESH_ADDRESS", f"127.0.0.1:{self.envoy_ports.mesh}")
+        env["PYTHONUNBUFFERED"] = "1"  # log lines reach the log file as they happen
+        return env
+
+    @property
+    def stop_timeout(self) -> float:
+        """How long a service may take to stop: its own grace period, and a little more."""
+        return self.common.shutdown_grace_seconds + 5.0

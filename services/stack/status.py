@@ -1,0 +1,116 @@
+"""`macp status [--data-dir DIR]`: what the native stack runs, and whether each part is healthy.
+
+Reads `<data_dir>/run/stack.json` (written by `macp up`), checks that each recorded process is
+still the one `macp up` started, and probes each part the way `macp up` did: gRPC health for
+services, /healthz for the edge, Envoy's admin /ready, and each infrastructure part's own
+protocol (TCP only for a configured server). Exit 0: all healthy; 1: something is not; 3:
+nothing runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from services.runtime.settings import Env, SettingsError, data_dir
+from services.stack import stackfile
+from services.stack.kafka import split_address
+from services.stack.probes import (
+    ProbeError,
+    envoy_ready,
+    grpc_serving,
+    http_ok,
+    kafka_metadata,
+    postgres_query,
+    redis_ping,
+    tcp,
+)
+
+EXIT_HEALTHY = 0
+EXIT_UNHEALTHY = 1
+EXIT_NOT_RUNNING = 3
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="the data dir `macp up` used (default: $MACP_DATA_DIR, else ./.macp)",
+    )
+
+
+def run_check(check: dict[str, Any]) -> None:
+    """Run the probe a stack.json `check` entry describes; ProbeError when it fails."""
+    kind = check.get("type")
+    if kind == "grpc":
+        grpc_serving(check["address"])
+    elif kind == "http":
+        http_ok(check["url"])
+    elif kind == "envoy":
+        envoy_ready(int(check["admin_port"]))
+    elif kind == "postgres":
+        postgres_query(check["url"])
+    elif kind == "redis":
+        redis_ping(check["url"])
+    elif kind == "kafka":
+        kafka_metadata(*split_address(check["url"]))
+    elif kind == "s3":
+        http_ok(check["url"].rstrip("/") + "/")  # moto answers an unsigned ListBuckets
+    elif kind == "tcp":
+        tcp(check["host"], int(check["port"]))
+    elif kind != "none":
+        raise ProbeError(f"unknown check {kind!r}")
+
+
+def component_state(component: dict[str, Any]) -> tuple[bool, str, str]:
+    """(healthy, process state, health) of one stack.json component."""
+    external = component.get("external", False)
+    if not external and component.get("pid") is None:
+        return False, "starting", "-"
+    if not external and not stackfile.alive(component):
+        return False, "gone", "-"
+    try:
+        run_check(component.get("check", {}))
+    except ProbeError as exc:
+        return False, "external" if external else "running", str(exc)
+    return True, "external" if external else "running", "ok"
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        directory = args.data_dir.expanduser().resolve() if args.data_dir else data_dir(Env())
+    except SettingsError as exc:
+        print(f"macp status: {exc}", file=sys.stderr)
+        return 2
+    document = stackfile.read(directory)
+    if document is None:
+        print(f"nothing runs: no {stackfile.stack_file(directory)} (start the stack with `macp up`)")
+        return EXIT_NOT_RUNNING
+    components: list[dict[str, Any]] = document.get("components", [])
+    supervisor = document.get("supervisor")
+    supervisor_alive = stackfile.alive(supervisor)
+    with ThreadPoolExecutor(max_workers=max(1, len(components))) as pool:
+        states = list(pool.map(component_state, components))
+    if not supervisor_alive and not any(state == "running" for _, state, _ in states):
+        print(f"nothing runs: {stackfile.stack_file(directory)} is left from a macp up that has stopped")
+        return EXIT_NOT_RUNNING
+
+    pid = supervisor.get("pid") if supervisor else None
+    stage = document.get("state", "?")
+    print(f"macp up (pid {pid}): {'running, ' + stage if supervisor_alive else 'GONE'}; data in {directory}")
+    print(f"{'NAME':<13} {'KIND':<8} {'PID':>8}  {'PROCESS':<9} {'HEALTH':<7} ADDRESS")
+    for component, (healthy, state, health) in zip(components, states, strict=True):
+        pid_text = str(component.get("pid") or "-")
+        verdict = "ok" if healthy else "FAIL"
+        print(
+            f"{component['name']:<13} {component.get('kind', '?'):<8} {pid_text:>8}  {state:<9} {verdict:<7} "
+            f"{component.get('url', '')}" + ("" if healthy else f"  ({health})")
+        )
+    if not supervisor_alive:
+        print("macp up is gone but some of its children run: run `macp up` again to clean them up")
+    all_healthy = supervisor_alive and stage == "ready" and all(healthy for healthy, _, _ in states)
+    return EXIT_HEALTHY if all_healthy else EXIT_UNHEALTHY

@@ -1,0 +1,63 @@
+"""A stand-in for a MACP process in launcher tests: `python -m tests.stack.fake_service KIND PORT`.
+
+KIND `service` serves grpc.health.v1 (SERVING) on PORT; `edge` answers GET /healthz with 200.
+It exits 0 on SIGTERM, like the real processes, so the launcher's stop path is what is tested.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+
+async def serve_health(port: int) -> None:
+    server = grpc.aio.server()
+    servicer = health.aio.HealthServicer()
+    await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop(1)
+
+
+class Healthz(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        status = 200 if self.path == "/healthz" else 404
+        self.send_response(status)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def serve_edge(port: int) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", port), Healthz)
+    signal.signal(signal.SIGTERM, lambda signum, frame: threading.Thread(target=server.shutdown).start())
+    server.serve_forever()
+
+
+def main() -> int:
+    kind, port = sys.argv[1], int(sys.argv[2])
+    if kind == "service":
+        asyncio.run(serve_health(port))
+    else:
+        serve_edge(port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
