@@ -26,7 +26,7 @@ log = logging.getLogger("macp.rpc")
 
 Context = RpcContext
 Behavior = Callable[[Any, Context], Any]
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]]
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable["grpc.RpcMethodHandler[Any, Any] | None"]]
 
 
 def _metadata_value(context: Context, key: str) -> str | None:

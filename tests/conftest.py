@@ -1,0 +1,62 @@
+"""Fixtures shared by the whole suite: real infrastructure started once per test session, and
+per-test isolation inside it (a database of its own, a Redis key prefix, a Kafka topic).
+
+Nothing here is mocked: Postgres, Redis, Kafka (tansu), S3 (moto's server) and Envoy are the real
+processes `macp up` runs, on free ports in a scratch directory.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from services.stack.infra import Infrastructure, ephemeral_infrastructure
+
+
+@pytest.fixture(scope="session")
+def infrastructure() -> Iterator[Infrastructure]:
+    with ephemeral_infrastructure() as infra:
+        yield infra
+
+
+def _with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+@pytest.fixture
+async def database_url(infrastructure: Infrastructure) -> AsyncIterator[str]:
+    """A fresh, empty database for one test, dropped afterwards."""
+    admin_url = infrastructure.env["MACP_DATABASE_URL"]
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield _with_database(admin_url, name)
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def service_environ(infrastructure: Infrastructure, database_url: str) -> dict[str, str]:
+    """The environment one service process reads, isolated from every other test's state."""
+    unique = uuid.uuid4().hex[:8]
+    return {
+        **infrastructure.env,
+        "MACP_DATABASE_URL": database_url,
+        "MACP_REDIS_KEY_PREFIX": f"test:{unique}:",
+        "MACP_KAFKA_USAGE_TOPIC": f"test.usage.{unique}",
+        "MACP_KAFKA_TOPIC_PARTITIONS": "1",
+        "MACP_S3_BUCKET": f"test-{unique}",
+        "MACP_SHUTDOWN_GRACE_SECONDS": "2",
+        "MACP_LOG_LEVEL": "warning",
+    }

@@ -1,0 +1,100 @@
+"""A real slice of the mesh for end-to-end tests: Envoy (front and mesh listeners), the edge and the
+conversation service, on free ports, over the session's real infrastructure."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import urllib.request
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from services.conversation.service import DEFINITION as CONVERSATION
+from services.edge.app import build_app
+from services.edge.settings import EdgeSettings
+from services.runtime.metrics import HttpMetrics
+from services.runtime.server import RunningService, serve
+from services.runtime.settings import Env
+from services.stack.config import EnvoyPorts, free_port
+from services.stack.envoy import Envoy
+from services.stack.envoy_config import render_native
+
+
+@dataclass(frozen=True)
+class Slice:
+    front_url: str
+    mesh_address: str
+    envoy_log: Path
+    database_url: str
+
+
+def _cluster_healthy(admin_port: int, cluster: str) -> bool:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://127.0.0.1:{admin_port}/clusters", timeout=2) as response:
+        text = response.read().decode()
+    return any(
+        line.startswith(f"{cluster}::") and line.endswith("health_flags::healthy") for line in text.splitlines()
+    )
+
+
+async def _wait_healthy(admin_port: int, cluster: str, timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await asyncio.to_thread(_cluster_healthy, admin_port, cluster):
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"Envoy never saw the {cluster} cluster healthy")
+        await asyncio.sleep(0.2)
+
+
+@pytest.fixture
+async def mesh_slice(service_environ: dict[str, str], tmp_path: Path) -> AsyncIterator[Slice]:
+    ports = {
+        "MACP_CONVERSATION_PORT": str(free_port()),
+        "MACP_CONVERSATION_METRICS_PORT": "0",
+        "MACP_EDGE_PORT": str(free_port()),
+        "MACP_EDGE_METRICS_PORT": "0",
+        "MACP_ENVOY_FRONT_PORT": str(free_port()),
+        "MACP_ENVOY_MESH_PORT": str(free_port()),
+        "MACP_ENVOY_ADMIN_PORT": str(free_port()),
+    }
+    environ = {**service_environ, **ports, "MACP_MESH_ADDRESS": f"127.0.0.1:{ports['MACP_ENVOY_MESH_PORT']}"}
+    env = Env(environ)
+
+    started: asyncio.Future[RunningService] = asyncio.get_running_loop().create_future()
+    conversation = asyncio.create_task(serve(CONVERSATION, environ, started=started))
+    running = await started
+
+    edge_settings = EdgeSettings.from_env(env)
+    edge_server = uvicorn.Server(
+        uvicorn.Config(
+            build_app(edge_settings, HttpMetrics("edge")),
+            host="127.0.0.1",
+            port=edge_settings.port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+        )
+    )
+    edge = asyncio.create_task(edge_server.serve())
+
+    envoy = Envoy(tmp_path, render_native(tmp_path / "envoy.yaml", env), EnvoyPorts.from_env(env))
+    await asyncio.to_thread(envoy.start)
+    try:
+        await _wait_healthy(envoy.ports.admin, "conversation")
+        await _wait_healthy(envoy.ports.admin, "edge")
+        assert envoy.process is not None
+        yield Slice(
+            front_url=envoy.url,
+            mesh_address=envoy.mesh_address,
+            envoy_log=envoy.process.log_path,
+            database_url=environ["MACP_DATABASE_URL"],
+        )
+    finally:
+        await asyncio.to_thread(envoy.stop)
+        edge_server.should_exit = True
+        running.stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(edge, conversation)

@@ -1,0 +1,145 @@
+"""The first real slice: REST on Envoy's front port → edge → Envoy mesh → conversation → Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import asyncpg
+import grpc
+import httpx
+import pytest
+from macp.conversation.v1 import conversation_service_pb2 as pb
+from macp.conversation.v1 import conversation_service_pb2_grpc as pb_grpc
+
+from tests.e2e.conftest import Slice
+
+pytestmark = pytest.mark.integration
+
+NEW_AGENT = {
+    "name": "Ada",
+    "provider": "local",
+    "model": "echo-1",
+    "systemPrompt": "You check proofs.",
+    "capabilities": ["math", "proofs"],
+    "generation": {"maxTokens": 256, "temperature": 0.2},
+}
+
+
+def _access_log(slice_: Slice) -> list[dict[str, object]]:
+    lines = slice_.envoy_log.read_text().splitlines()
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+async def _log_entries_for(slice_: Slice, request_id: str, count: int) -> list[dict[str, object]]:
+    """Envoy flushes its access log on a timer: wait until `count` entries carry `request_id`."""
+    for _ in range(100):
+        entries = [e for e in _access_log(slice_) if e.get("request_id") == request_id]
+        if len(entries) >= count:
+            return entries
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"Envoy logged fewer than {count} entries for request {request_id}")
+
+
+async def test_post_then_get_returns_the_row_stored_in_postgres(mesh_slice: Slice) -> None:
+    async with httpx.AsyncClient(base_url=mesh_slice.front_url, timeout=10) as client:
+        created = await client.post("/v1/agents", json=NEW_AGENT)
+        assert created.status_code == 201, created.text
+        agent = created.json()
+        assert created.headers["location"] == f"/v1/agents/{agent['id']}"
+        assert created.headers["etag"] == f'"{agent["etag"]}"'
+        fetched = await client.get(f"/v1/agents/{agent['id']}")
+    assert fetched.status_code == 200, fetched.text
+    assert fetched.json() == agent
+    for key, value in NEW_AGENT.items():
+        assert agent[key] == value
+
+    connection = await asyncpg.connect(mesh_slice.database_url)
+    try:
+        row = await connection.fetchrow("SELECT * FROM conversation_agents WHERE id = $1", uuid.UUID(agent["id"]))
+    finally:
+        await connection.close()
+    assert row is not None
+    assert (row["name"], row["provider"], row["model"]) == ("Ada", "local", "echo-1")
+    assert row["tenant_id"] == agent["tenantId"]
+    assert list(row["capabilities"]) == ["math", "proofs"]
+    assert row["etag"] == agent["etag"]
+
+    # Both hops are in Envoy's access log under the request id the client got back.
+    for response in (created, fetched):
+        entries = await _log_entries_for(mesh_slice, response.headers["x-request-id"], 2)
+        hops = {(e["listener"], e["upstream_cluster"]) for e in entries}
+        assert hops == {("front", "edge"), ("mesh", "conversation")}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        ({**NEW_AGENT, "colour": "blue"}, 400, "colour"),
+        ({**NEW_AGENT, "name": ""}, 400, "name"),
+        ({**NEW_AGENT, "name": " padded"}, 400, "agent.name"),
+        ({**NEW_AGENT, "capabilities": ["Not A Tag"]}, 400, "capabilities"),
+        ({**NEW_AGENT, "generation": {"temperature": 9}}, 400, "temperature"),
+        ([1, 2, 3], 400, "JSON object"),
+    ],
+)
+async def test_bad_agent_is_refused_naming_the_field_and_nothing_is_stored(
+    mesh_slice: Slice, body: object, status: int, fragment: str
+) -> None:
+    async with httpx.AsyncClient(base_url=mesh_slice.front_url, timeout=10) as client:
+        response = await client.post("/v1/agents", json=body)
+    assert response.status_code == status, response.text
+    error = response.json()
+    assert set(error) == {"code", "message", "request_id"}
+    assert fragment in error["message"]
+    assert error["request_id"] == response.headers["x-request-id"]
+    connection = await asyncpg.connect(mesh_slice.database_url)
+    try:
+        assert await connection.fetchval("SELECT count(*) FROM conversation_agents") == 0
+    finally:
+        await connection.close()
+
+
+async def test_missing_and_malformed_ids(mesh_slice: Slice) -> None:
+    async with httpx.AsyncClient(base_url=mesh_slice.front_url, timeout=10) as client:
+        missing = await client.get(f"/v1/agents/{uuid.uuid4()}")
+        malformed = await client.get("/v1/agents/not-a-uuid")
+        unrouted = await client.get("/v1/nothing-here")
+    assert missing.status_code == 404
+    assert missing.json()["code"] == "NOT_FOUND"
+    assert malformed.status_code == 400
+    assert "id" in malformed.json()["message"]
+    assert unrouted.status_code == 404
+
+
+async def test_body_limits_and_media_type(mesh_slice: Slice) -> None:
+    async with httpx.AsyncClient(base_url=mesh_slice.front_url, timeout=10) as client:
+        huge = await client.post(
+            "/v1/agents", json={**NEW_AGENT, "systemPrompt": "x" * 2_000_000}, headers={"x-request-id": "big-1"}
+        )
+        text = await client.post("/v1/agents", content=b"name=Ada", headers={"content-type": "text/plain"})
+    assert huge.status_code == 413
+    assert huge.json()["request_id"] == "big-1"
+    assert text.status_code == 415
+
+
+async def test_openapi_document_describes_the_served_routes(mesh_slice: Slice) -> None:
+    async with httpx.AsyncClient(base_url=mesh_slice.front_url, timeout=10) as client:
+        document = (await client.get("/v1/openapi.json")).json()
+    assert document["openapi"] == "3.1.0"
+    assert set(document["paths"]) == {"/v1/agents", "/v1/agents/{id}"}
+    create = document["paths"]["/v1/agents"]["post"]
+    assert set(create["responses"]) >= {"201", "400"}
+    agent_schema = document["components"]["schemas"]["macp.conversation.v1.Agent"]
+    assert {"name", "provider", "model", "systemPrompt", "capabilities"} <= set(agent_schema["properties"])
+    assert agent_schema["additionalProperties"] is False
+
+
+async def test_rpcs_not_built_yet_answer_unimplemented_through_the_mesh(mesh_slice: Slice) -> None:
+    async with grpc.aio.insecure_channel(mesh_slice.mesh_address) as channel:
+        stub = pb_grpc.ConversationServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await stub.ListAgents(pb.ListAgentsRequest(), timeout=5)
+    assert failure.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "ListAgents is not implemented yet" in (failure.value.details() or "")
