@@ -58,6 +58,8 @@ class Env:
         self, name: str, default: int | None = None, *, minimum: int = 0, maximum: int = 2**31
     ) -> int:
         def parse(text: str) -> int:
+            if not re.fullmatch(r"[+-]?\d+", text):
+                raise ValueError("not a whole number")
             number = int(text)
             if not minimum <= number <= maximum:
                 raise ValueError(f"outside {minimum}..{maximum}")
@@ -71,7 +73,10 @@ class Env:
 
     def number(self, name: str, default: float | None = None, *, minimum: float = 0.0) -> float:
         def parse(text: str) -> float:
-            number = float(text)
+            try:
+                number = float(text)
+            except ValueError:
+                raise ValueError("not a number") from None
             if number < minimum:
                 raise ValueError(f"below {minimum}")
             return number

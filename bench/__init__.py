@@ -1,0 +1,1 @@
+"""Benchmarks, each run beside its raw baseline; results in docs/benchmarks.md."""
