@@ -1,0 +1,82 @@
+"""`macp up` with the real services: the user's first command, end to end.
+
+Brings the whole native mesh up on free ports, stores and reads an agent through Envoy's front
+port, and checks that SIGTERM leaves no process behind (by pid).
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.stack import stackfile
+from services.stack.infra import scratch_data_dir
+from tests.stack.test_up import REPO, assert_all_gone, recorded_processes, stack_environ
+
+pytestmark = pytest.mark.integration
+
+READY_LINE = re.compile(r"MACP is up: every part ready in ([0-9.]+) s")
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    with scratch_data_dir() as base:
+        yield base / "data"
+
+
+def _wait_ready(process: subprocess.Popen[str], data_dir: Path, log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        document = stackfile.read(data_dir)
+        if document and document.get("state") == "ready":
+            return
+        if process.poll() is not None:
+            pytest.fail(f"macp up exited with {process.returncode}:\n{log.read_text()}")
+        time.sleep(0.2)
+    pytest.fail(f"macp up was not ready within {timeout} s:\n{log.read_text()}")
+
+
+def test_macp_up_serves_the_slice_and_stops_cleanly(data_dir: Path) -> None:
+    environ = stack_environ(data_dir)
+    log = data_dir.parent / "up.out"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "services.cli.main", "up", "--data-dir", str(data_dir)],
+            env=environ,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    try:
+        _wait_ready(process, data_dir, log)
+        ready = READY_LINE.search(log.read_text())
+        assert ready is not None, log.read_text()
+        assert float(ready.group(1)) <= 20.0
+        document = stackfile.read(data_dir)
+        assert document is not None
+        processes = recorded_processes(document)
+
+        front = f"http://127.0.0.1:{environ['MACP_ENVOY_FRONT_PORT']}"
+        with httpx.Client(base_url=front, timeout=10) as client:
+            created = client.post("/v1/agents", json={"name": "Ada", "provider": "local", "model": "echo-1"})
+            assert created.status_code == 201, created.text
+            fetched = client.get(f"/v1/agents/{created.json()['id']}")
+        assert fetched.status_code == 200
+        assert fetched.json() == created.json()
+
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, log.read_text()
+        assert_all_gone(processes)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
