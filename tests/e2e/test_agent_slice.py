@@ -57,7 +57,9 @@ async def test_post_then_get_returns_the_row_stored_in_postgres(mesh_slice: Slic
 
     connection = await asyncpg.connect(mesh_slice.database_url)
     try:
-        row = await connection.fetchrow("SELECT * FROM conversation_agents WHERE id = $1", uuid.UUID(agent["id"]))
+        row = await connection.fetchrow(
+            "SELECT * FROM conversation_agents WHERE id = $1", uuid.UUID(agent["id"])
+        )
     finally:
         await connection.close()
     assert row is not None
@@ -115,9 +117,8 @@ async def test_missing_and_malformed_ids(mesh_slice: Slice) -> None:
 
 async def test_body_limits_and_media_type(mesh_slice: Slice) -> None:
     async with httpx.AsyncClient(base_url=mesh_slice.front_url, timeout=10) as client:
-        huge = await client.post(
-            "/v1/agents", json={**NEW_AGENT, "systemPrompt": "x" * 2_000_000}, headers={"x-request-id": "big-1"}
-        )
+        too_long = {**NEW_AGENT, "systemPrompt": "x" * 2_000_000}
+        huge = await client.post("/v1/agents", json=too_long, headers={"x-request-id": "big-1"})
         text = await client.post("/v1/agents", content=b"name=Ada", headers={"content-type": "text/plain"})
     assert huge.status_code == 413
     assert huge.json()["request_id"] == "big-1"
