@@ -7,6 +7,7 @@ call's real outcome, including streaming ones, rather than only its start.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -36,6 +37,18 @@ def _metadata_value(context: Context, key: str) -> str | None:
     return None
 
 
+def _yielding(behavior: Behavior) -> Behavior:
+    """Adapts a streaming handler that writes with `context.write` and returns (the stock health
+    `Watch` does) to one that yields, so every interceptor can iterate it; its writes go out directly."""
+
+    async def responses(request: Any, context: Context) -> AsyncIterator[Any]:
+        await behavior(request, context)
+        return
+        yield  # unreachable: it makes this function an async generator
+
+    return responses
+
+
 class WrappingInterceptor(grpc.aio.ServerInterceptor):
     """Base for interceptors that run around each call's behaviour.
 
@@ -61,6 +74,8 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):
         method: str = handler_call_details.method
         if handler.response_streaming:
             inner = cast(Behavior, handler.unary_stream or handler.stream_stream)
+            if not inspect.isasyncgenfunction(inner):
+                inner = _yielding(inner)
 
             async def stream_behavior(request: Any, context: Context) -> AsyncIterator[Any]:
                 async for response in self.around_stream(method, inner, request, context):
