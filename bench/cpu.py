@@ -1,0 +1,48 @@
+"""CPU seconds spent by each process of a slice (with its children) between two readings.
+
+On a 2-core machine latency under load is mostly queueing for CPU, so CPU per request, split by
+process, is what says where the time goes. Postgres serves each connection from a child of its
+postmaster, hence the children; a child that exits between readings takes its time with it, which
+the benchmark avoids by keeping its connections open across a measurement.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping
+
+import psutil
+
+CLIENT = "client"
+
+
+def _cpu_seconds(pid: int, *, children: bool) -> float:
+    """user + system CPU of pid, and of every descendant alive now if `children`."""
+    try:
+        root = psutil.Process(pid)
+        family = [root, *root.children(recursive=True)] if children else [root]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for process in family:
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+class CpuMeter:
+    """Reads the CPU of named processes (with their children) and of this process, the load
+    generator, as `client` (without its children: it is the parent of the whole slice)."""
+
+    def __init__(self, pids: Mapping[str, int]) -> None:
+        self.pids = dict(pids)
+
+    def read(self) -> dict[str, float]:
+        reading = {CLIENT: _cpu_seconds(os.getpid(), children=False)}
+        return reading | {name: _cpu_seconds(pid, children=True) for name, pid in self.pids.items()}
+
+    @staticmethod
+    def spent(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+        return {name: max(0.0, after[name] - before[name]) for name in before}

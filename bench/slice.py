@@ -1,0 +1,136 @@
+"""A running slice of the mesh to measure: the real infrastructure, the conversation service and the
+edge, and Envoy's front and mesh listeners in front of them, all on free ports of 127.0.0.1.
+
+The parts start from the project's own code, exactly as the end-to-end fixtures and `macp up` start
+them: `ephemeral_infrastructure`, the apps of `plan.app_specs` (`python -m services.conversation`,
+`python -m services.edge`) under `ManagedProcess`, and `Envoy` on `envoy_config.render_native`.
+Unlike tests/e2e/conftest.py, which serves the conversation service and the edge inside the test's
+event loop, each runs in its own process, as in `macp up`: a load generator sharing their loop would
+bill its own CPU to the servers it measures.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from functools import partial
+
+from services.runtime.registry import EDGE
+from services.runtime.settings import Env
+from services.stack.config import EnvoyPorts, free_port
+from services.stack.envoy import Envoy
+from services.stack.envoy_config import render_native
+from services.stack.infra import ephemeral_infrastructure, scratch_data_dir
+from services.stack.plan import AppSpec, app_specs
+from services.stack.probes import ProbeError, answers, http_get
+from services.stack.process import ManagedProcess, StartupError
+
+CONVERSATION = "conversation"
+READY_TIMEOUT_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class RunningSlice:
+    """Where each hop of the slice listens, and the pids whose CPU time the benchmark reads."""
+
+    front_url: str  # Envoy's front listener → edge
+    edge_url: str  # the edge itself, no Envoy in front (it still calls through the mesh)
+    mesh_address: str  # Envoy's mesh listener → conversation
+    conversation_address: str  # the conversation service itself
+    database_url: str
+    pids: dict[str, int]  # conversation, edge, envoy, postgres
+
+
+def cluster_healthy(admin_port: int, cluster: str) -> bool:
+    """Envoy's admin /clusters lists a host of `cluster` with no failed health check."""
+    try:
+        status, body = http_get(f"http://127.0.0.1:{admin_port}/clusters", timeout=2)
+    except ProbeError:
+        return False
+    lines = body.decode(errors="replace").splitlines()
+    return status == 200 and any(
+        line.startswith(f"{cluster}::") and line.endswith("health_flags::healthy") for line in lines
+    )
+
+
+def _wait(what: str, check: Callable[[], bool], deadline: float) -> None:
+    while not check():
+        if time.monotonic() > deadline:
+            raise StartupError(f"{what} within {READY_TIMEOUT_SECONDS:g} s")
+        time.sleep(0.1)
+
+
+def _environ(infrastructure_env: dict[str, str]) -> dict[str, str]:
+    """This process's environment without MACP_ settings, plus the infrastructure and free ports."""
+    environ = {name: value for name, value in os.environ.items() if not name.startswith("MACP_")}
+    variables = [
+        "MACP_CONVERSATION_PORT",
+        "MACP_CONVERSATION_METRICS_PORT",
+        "MACP_EDGE_PORT",
+        "MACP_EDGE_METRICS_PORT",
+        "MACP_ENVOY_FRONT_PORT",
+        "MACP_ENVOY_MESH_PORT",
+        "MACP_ENVOY_ADMIN_PORT",
+    ]
+    ports: set[int] = set()
+    while len(ports) < len(variables):
+        ports.add(free_port())
+    environ.update(infrastructure_env)
+    environ.update({variable: str(port) for variable, port in zip(variables, sorted(ports), strict=True)})
+    environ["MACP_MESH_ADDRESS"] = f"127.0.0.1:{environ['MACP_ENVOY_MESH_PORT']}"
+    environ["PYTHONUNBUFFERED"] = "1"
+    return environ
+
+
+@contextmanager
+def running_slice(progress: Callable[[str], None] = lambda line: None) -> Iterator[RunningSlice]:
+    """Start the slice, yield where it listens once Envoy sees both upstreams healthy, stop it all."""
+    with ExitStack() as stack:
+        infrastructure = stack.enter_context(ephemeral_infrastructure(progress=progress))
+        directory = stack.enter_context(scratch_data_dir("macp-bench-slice-"))
+        environ = _environ(infrastructure.env)
+        env = Env(environ)
+        apps: list[tuple[AppSpec, ManagedProcess]] = []
+        for app in app_specs(env):
+            if app.name in (CONVERSATION, EDGE.name):
+                process = ManagedProcess(
+                    app.name,
+                    app.argv,
+                    data_dir=directory,
+                    binary_source="the Python interpreter",
+                    env=environ,
+                    ports=app.claims(),
+                )
+                stack.callback(process.stop)
+                process.start()
+                apps.append((app, process))
+        envoy = Envoy(
+            directory, render_native(directory / "envoy" / "envoy.yaml", env), EnvoyPorts.from_env(env)
+        )
+        stack.callback(envoy.stop)  # the callbacks run last-in first-out: Envoy, edge, conversation
+        envoy.start()
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        for app, process in apps:
+            process.wait_ready(partial(answers, app.probe), max(0.0, deadline - time.monotonic()))
+            progress(f"{app.name} ready on {app.address}")
+        for cluster in (CONVERSATION, EDGE.name):
+            _wait(
+                f"Envoy saw no healthy {cluster}",
+                partial(cluster_healthy, envoy.ports.admin, cluster),
+                deadline,
+            )
+        by_name = {app.name: (app, process) for app, process in apps}
+        conversation, edge = by_name[CONVERSATION], by_name[EDGE.name]
+        pids = {name: process.pid for name, (_, process) in by_name.items()}
+        pids |= {"envoy": envoy.pid, "postgres": infrastructure.postgres.pid}
+        yield RunningSlice(
+            front_url=envoy.url,
+            edge_url=f"http://{edge[0].address}",
+            mesh_address=envoy.mesh_address,
+            conversation_address=conversation[0].address,
+            database_url=infrastructure.env["MACP_DATABASE_URL"],
+            pids={name: pid for name, pid in pids.items() if pid is not None},
+        )
