@@ -12,7 +12,7 @@ Request/response convention (used by every MACP service):
   optional etag and returns an empty `DeleteAgentResponse`.
 - Update takes the resource, a `google.protobuf.FieldMask update_mask` naming the fields
   to change, and the etag the client last read, in the resource's `etag` field. A stale
-  etag fails with ABORTED; only fields named in the mask are read from the resource.
+  etag fails with FAILED_PRECONDITION; only fields named in the mask are read from the resource.
 - List takes `page_size` and `page_token` and returns the items and `next_page_token`
   (see macp/common/v1/paging.proto).
 - Output-only fields (id, tenant_id, owner_id, etag, times) are ignored on input.
@@ -685,7 +685,7 @@ class DeleteAgentRequest(_message.Message):
     id: _builtins.str
     """The agent's id."""
     etag: _builtins.str
-    """If set, the delete happens only if the agent's etag still matches (else ABORTED)."""
+    """If set, the delete happens only if the agent's etag still matches (else FAILED_PRECONDITION)."""
     def __init__(
         self,
         *,
@@ -940,7 +940,7 @@ class DeleteConversationRequest(_message.Message):
     id: _builtins.str
     """The conversation's id."""
     etag: _builtins.str
-    """If set, the delete happens only if the conversation's etag still matches (else ABORTED)."""
+    """If set, the delete happens only if the conversation's etag still matches (else FAILED_PRECONDITION)."""
     def __init__(
         self,
         *,
@@ -1099,7 +1099,7 @@ class ArchiveConversationRequest(_message.Message):
     close: _builtins.bool
     """Also close the conversation: its status becomes ARCHIVED and it accepts no more messages."""
     etag: _builtins.str
-    """If set, the archive happens only if the conversation's etag still matches (else ABORTED)."""
+    """If set, the archive happens only if the conversation's etag still matches (else FAILED_PRECONDITION)."""
     @_builtins.property
     def url_ttl(self) -> _duration_pb2.Duration:
         """How long the returned presigned URL stays valid, 1 minute to 7 days; unset means 15 minutes."""

@@ -12,7 +12,7 @@ Request/response convention (used by every MACP service):
   optional etag and returns an empty `DeleteAgentResponse`.
 - Update takes the resource, a `google.protobuf.FieldMask update_mask` naming the fields
   to change, and the etag the client last read, in the resource's `etag` field. A stale
-  etag fails with ABORTED; only fields named in the mask are read from the resource.
+  etag fails with FAILED_PRECONDITION; only fields named in the mask are read from the resource.
 - List takes `page_size` and `page_token` and returns the items and `next_page_token`
   (see macp/common/v1/paging.proto).
 - Output-only fields (id, tenant_id, owner_id, etag, times) are ignored on input.
