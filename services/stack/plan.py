@@ -20,6 +20,7 @@ from services.stack.infra import Infrastructure
 from services.stack.kafka import KafkaStorage
 from services.stack.probes import grpc_serving, http_ok
 from services.stack.process import REINSTALL_HINT, PortClaim, StartupError
+from services.stack.secrets import local_secrets
 
 AppKind = Literal["service", "edge"]
 EnvoyRenderer = Callable[[Path, Env], object]
@@ -149,6 +150,7 @@ class StackPlan:
         env = dict(self.environ)
         env.update(self.infrastructure.env)
         env["MACP_DATA_DIR"] = str(self.data_dir)
+        env.update(local_secrets(self.data_dir, self.environ))
         # Services reach each other through Envoy's mesh listener, wherever it was moved to.
         env.setdefault("MACP_MESH_ADDRESS", f"127.0.0.1:{self.envoy_ports.mesh}")
         env["PYTHONUNBUFFERED"] = "1"  # log lines reach the log file as they happen
