@@ -1,0 +1,41 @@
+"""What every verifying process reads about tokens, and the audience names tokens are bound to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.runtime.auth.jwks import DEFAULT_REFRESH_SECONDS, DEFAULT_UNKNOWN_KID_REFRESH_SECONDS
+from services.runtime.auth.jwt import DEFAULT_MAX_DELEGATION_DEPTH
+from services.runtime.settings import Env
+
+# The token service reads the same variable with the same default: both must agree on `iss`.
+DEFAULT_ISSUER = "http://127.0.0.1:8080"
+EDGE_AUDIENCE = "urn:macp:edge"
+
+
+def service_audience(name: str) -> str:
+    """The `aud` of tokens for the mesh service `name` (its registry name)."""
+    return f"urn:macp:service:{name}"
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    issuer: str
+    max_delegation_depth: int
+    jwks_refresh_seconds: float
+    jwks_unknown_kid_refresh_seconds: float
+
+    @classmethod
+    def from_env(cls, env: Env) -> AuthSettings:
+        return cls(
+            issuer=env.url("MACP_TOKEN_ISSUER", ("http", "https"), DEFAULT_ISSUER) or DEFAULT_ISSUER,
+            max_delegation_depth=env.integer(
+                "MACP_TOKEN_MAX_DELEGATION_DEPTH", DEFAULT_MAX_DELEGATION_DEPTH, minimum=0, maximum=8
+            ),
+            jwks_refresh_seconds=env.number(
+                "MACP_JWKS_REFRESH_SECONDS", DEFAULT_REFRESH_SECONDS, minimum=1.0
+            ),
+            jwks_unknown_kid_refresh_seconds=env.number(
+                "MACP_JWKS_UNKNOWN_KID_REFRESH_SECONDS", DEFAULT_UNKNOWN_KID_REFRESH_SECONDS, minimum=0.1
+            ),
+        )
