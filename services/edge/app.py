@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.edge import agents
+from services.edge import agents, oauth
 from services.edge.context import EdgeContext
 from services.edge.errors import HttpError, error_response, rpc_error_response
 from services.edge.middleware import RequestContextMiddleware
@@ -25,7 +25,7 @@ API_VERSION = "v1"
 
 
 def api_routes() -> list[ApiRoute]:
-    return [*agents.ROUTES]
+    return [*agents.ROUTES, *oauth.ROUTES]
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import grpc
 from macp.conversation.v1 import conversation_service_pb2_grpc
+from macp.token.v1 import token_service_pb2_grpc
 from starlette.requests import Request
 
 from services.edge.settings import EdgeSettings
@@ -18,6 +19,7 @@ class EdgeContext:
     settings: EdgeSettings
     channel: grpc.aio.Channel
     conversation: conversation_service_pb2_grpc.ConversationServiceStub
+    token: token_service_pb2_grpc.TokenServiceStub
 
     @classmethod
     def open(cls, settings: EdgeSettings) -> EdgeContext:
@@ -26,6 +28,7 @@ class EdgeContext:
             settings=settings,
             channel=channel,
             conversation=conversation_service_pb2_grpc.ConversationServiceStub(channel),
+            token=token_service_pb2_grpc.TokenServiceStub(channel),
         )
 
     async def close(self) -> None:

@@ -32,12 +32,25 @@ ERROR_SCHEMA: JsonSchema = {
 
 
 @dataclass(frozen=True)
+class Content:
+    """A body whose shape an RFC fixes rather than a protobuf message (an OAuth form, a token response).
+
+    name: its `components.schemas` entry; schema: its JSON Schema; media_type: what it is sent as.
+    """
+
+    name: str
+    schema: JsonSchema
+    media_type: str = "application/json"
+
+
+@dataclass(frozen=True)
 class ApiRoute:
     """One REST operation.
 
-    body: the message the JSON body decodes into (None for no body).
-    response: the message the JSON response encodes (None for a non-JSON or empty response).
+    body: the message the JSON body decodes into, or its `Content` (None for no body).
+    response: the message the JSON response encodes, or its `Content` (None for a non-JSON or empty body).
     errors: HTTP statuses this operation can answer besides success, documented with the error shape.
+    error: the error shape, when it is not the edge's own `Error` (the OAuth endpoints answer RFC 6749's).
     """
 
     method: str
@@ -45,12 +58,13 @@ class ApiRoute:
     operation_id: str
     summary: str
     handler: Handler
-    response: type[Message] | None
+    response: type[Message] | Content | None
     status: int = 200
-    body: type[Message] | None = None
+    body: type[Message] | Content | None = None
     query: tuple[tuple[str, JsonSchema, str], ...] = ()
     errors: tuple[int, ...] = (400, 404, 503)
     tags: tuple[str, ...] = field(default=())
+    error: Content | None = None
 
     @property
     def path_params(self) -> list[str]:
@@ -60,6 +74,13 @@ class ApiRoute:
 def descriptor_of(message: type[Message]) -> Descriptor:
     # The C (upb) and Python descriptor classes are distinct to the type checker, alike at run time.
     return cast(Descriptor, message.DESCRIPTOR)
+
+
+def _content(schemas: SchemaBuilder, body: type[Message] | Content) -> dict[str, Any]:
+    if isinstance(body, Content):
+        schemas.components[body.name] = body.schema
+        return {body.media_type: {"schema": {"$ref": f"#/components/schemas/{body.name}"}}}
+    return {"application/json": {"schema": schemas.ref(descriptor_of(body))}}
 
 
 def openapi_document(routes: list[ApiRoute], *, title: str, version: str) -> dict[str, Any]:
@@ -82,19 +103,16 @@ def openapi_document(routes: list[ApiRoute], *, title: str, version: str) -> dic
             "responses": {},
         }
         if route.body is not None:
-            operation["requestBody"] = {
-                "required": True,
-                "content": {"application/json": {"schema": schemas.ref(descriptor_of(route.body))}},
-            }
+            operation["requestBody"] = {"required": True, "content": _content(schemas, route.body)}
         success: dict[str, Any] = {"description": "success"}
         if route.response is not None:
-            success["content"] = {"application/json": {"schema": schemas.ref(descriptor_of(route.response))}}
+            success["content"] = _content(schemas, route.response)
         operation["responses"][str(route.status)] = success
+        error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+        if route.error is not None:
+            error = _content(schemas, route.error)
         for status in route.errors:
-            operation["responses"][str(status)] = {
-                "description": "error",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-            }
+            operation["responses"][str(status)] = {"description": "error", "content": error}
         paths.setdefault(route.path, {})[route.method.lower()] = operation
     components = dict(sorted(schemas.components.items()))
     components["Error"] = ERROR_SCHEMA

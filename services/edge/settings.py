@@ -15,6 +15,7 @@ class EdgeSettings:
     metrics_port: int
     max_body_bytes: int
     rpc_timeout_seconds: float
+    token_issuer: str
 
     @classmethod
     def from_env(cls, env: Env) -> EdgeSettings:
@@ -24,4 +25,6 @@ class EdgeSettings:
             metrics_port=env.port("MACP_EDGE_METRICS_PORT", EDGE.metrics_port),
             max_body_bytes=env.integer("MACP_EDGE_MAX_BODY_BYTES", 1_048_576, minimum=1024, maximum=64 << 20),
             rpc_timeout_seconds=env.number("MACP_EDGE_RPC_TIMEOUT_SECONDS", 30.0, minimum=0.1),
+            token_issuer=env.url("MACP_TOKEN_ISSUER", ("http", "https"), "https://macp.example")
+            or "http://127.0.0.1:8080",
         )

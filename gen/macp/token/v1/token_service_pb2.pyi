@@ -6,8 +6,33 @@ The token service is MACP's security token service: it issues signed JWT access 
 introspects (RFC 7662) and revokes (RFC 7009) them, registers clients dynamically
 (RFC 7591) and publishes its signing keys (JWKS). Field names follow the RFCs, so the
 edge can map its form-encoded /oauth2 endpoints to these messages one to one.
-OAuth errors are reported as gRPC statuses carrying a macp.common.v1.ErrorDetail whose
-reason is the RFC error code in upper case (for example INVALID_GRANT, INVALID_TARGET).
+
+Errors. An OAuth error is a gRPC status whose message starts with the RFC error code:
+"<code>: <description>", for example "invalid_grant: the refresh token was already used".
+invalid_request, invalid_scope, invalid_target, invalid_grant and invalid_client_metadata
+are INVALID_ARGUMENT; invalid_client and invalid_token are UNAUTHENTICATED;
+unauthorized_client, access_denied (tenant mismatch, delegation too deep) and
+insufficient_scope (a bearer without the RPC's scope) are PERMISSION_DENIED.
+
+Tokens. Access tokens are JWTs (RFC 9068): JWS compact, RS256, header
+{"alg":"RS256","typ":"at+jwt","kid":"<RFC 7638 thumbprint>"}; claims iss, sub, aud, exp,
+iat, nbf, jti, client_id, client_class, scope, tenant_id, tier (lower case), user_id (user
+tokens), act (delegated tokens: {"sub", "client_id", "agent_id" (agent actors), "act"}) and,
+for agent tokens, agent_id, owner_id and capabilities. Refresh tokens are opaque.
+A revoked token's id is written to Redis as `<prefix>revoked:<jti>` until no verifier
+accepts the token any more (its `exp` plus the verifiers' leeway).
+
+Audiences. A token's `aud` names where it may be used: `urn:macp:service:<name>` for a
+mesh service, <name> being its registry name (`urn:macp:service:conversation`,
+`urn:macp:service:token`, ...), and `urn:macp:edge` for the public edge. `audience` and
+`resource` (RFC 8707) fields take these URNs; any other value is invalid_target. A request
+that names none gets `urn:macp:edge`.
+
+Scopes. `macp:admin` (CreateTenant, CreateUser, RotateSigningKey) and `macp:agent-token`
+(IssueAgentToken) are privileged: only INTERNAL clients may hold them and only the
+client_credentials grant puts them in a token. Those RPCs need the metadata
+`authorization: Bearer <token>` carrying the scope, with audience `urn:macp:service:token`.
+
 Request/response convention: see macp/conversation/v1/conversation_service.proto.
 """
 
@@ -71,6 +96,8 @@ class IssueTokenRequest(_message.Message):
     PASSWORD_FIELD_NUMBER: _builtins.int
     REFRESH_TOKEN_FIELD_NUMBER: _builtins.int
     SCOPE_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    AUDIENCE_FIELD_NUMBER: _builtins.int
     grant_type: Global___GrantType.ValueType
     """The grant."""
     client_id: _builtins.str
@@ -85,6 +112,14 @@ class IssueTokenRequest(_message.Message):
     """The refresh token, for the refresh_token grant."""
     scope: _builtins.str
     """The scopes asked for, space-delimited (RFC 6749 section 3.3); empty for the client's defaults."""
+    @_builtins.property
+    def resource(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Absolute URIs of the services where the token will be used (RFC 8707)."""
+
+    @_builtins.property
+    def audience(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Logical names of the services where the token will be used (the token's `aud`)."""
+
     def __init__(
         self,
         *,
@@ -95,10 +130,12 @@ class IssueTokenRequest(_message.Message):
         password: _builtins.str = ...,
         refresh_token: _builtins.str = ...,
         scope: _builtins.str = ...,
+        resource: _abc.Iterable[_builtins.str] | None = ...,
+        audience: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "client_secret", b"client_secret", "grant_type", b"grant_type", "password", b"password", "refresh_token", b"refresh_token", "scope", b"scope", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "client_id", b"client_id", "client_secret", b"client_secret", "grant_type", b"grant_type", "password", b"password", "refresh_token", b"refresh_token", "resource", b"resource", "scope", b"scope", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -260,6 +297,8 @@ class IssueAgentTokenRequest(_message.Message):
     CAPABILITIES_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
     SCOPE_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    AUDIENCE_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """The agent the token is for."""
     owner_id: _builtins.str
@@ -267,7 +306,9 @@ class IssueAgentTokenRequest(_message.Message):
     tenant_id: _builtins.str
     """The tenant of the agent."""
     scope: _builtins.str
-    """The scopes, space-delimited; empty for the agent defaults."""
+    """The scopes, space-delimited; empty for the calling client's scopes without the
+    privileged ones.
+    """
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The agent's capability tags, carried in the token."""
@@ -275,6 +316,14 @@ class IssueAgentTokenRequest(_message.Message):
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:
         """How long the token lives, 1 minute to 24 hours; unset means 1 hour."""
+
+    @_builtins.property
+    def resource(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Absolute URIs of the services where the token will be used (RFC 8707)."""
+
+    @_builtins.property
+    def audience(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Logical names of the services where the token will be used (the token's `aud`)."""
 
     def __init__(
         self,
@@ -285,10 +334,12 @@ class IssueAgentTokenRequest(_message.Message):
         capabilities: _abc.Iterable[_builtins.str] | None = ...,
         ttl: _duration_pb2.Duration | None = ...,
         scope: _builtins.str = ...,
+        resource: _abc.Iterable[_builtins.str] | None = ...,
+        audience: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "capabilities", b"capabilities", "owner_id", b"owner_id", "scope", b"scope", "tenant_id", b"tenant_id", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "audience", b"audience", "capabilities", b"capabilities", "owner_id", b"owner_id", "resource", b"resource", "scope", b"scope", "tenant_id", b"tenant_id", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -444,14 +495,19 @@ class RevokeRequest(_message.Message):
     TOKEN_TYPE_HINT_FIELD_NUMBER: _builtins.int
     CLIENT_ID_FIELD_NUMBER: _builtins.int
     CLIENT_SECRET_FIELD_NUMBER: _builtins.int
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
     token: _builtins.str
-    """The token to revoke (revoking a refresh token also revokes its access tokens)."""
+    """The token to revoke (revoking a refresh token also revokes its whole family and the
+    access tokens issued from it).
+    """
     token_type_hint: _builtins.str
     """A hint of the token's type: "access_token" or "refresh_token"; may be empty."""
     client_id: _builtins.str
     """The client revoking; it may revoke only its own tokens."""
     client_secret: _builtins.str
     """The client's secret; empty for public clients."""
+    token_id: _builtins.str
+    """MACP extension: revoke an access token by its id (`jti`) instead of by its value."""
     def __init__(
         self,
         *,
@@ -459,10 +515,11 @@ class RevokeRequest(_message.Message):
         token_type_hint: _builtins.str = ...,
         client_id: _builtins.str = ...,
         client_secret: _builtins.str = ...,
+        token_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "client_secret", b"client_secret", "token", b"token", "token_type_hint", b"token_type_hint"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "client_secret", b"client_secret", "token", b"token", "token_id", b"token_id", "token_type_hint", b"token_type_hint"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -530,8 +587,9 @@ class ClientMetadata(_message.Message):
     software_statement: _builtins.str
     """A signed JWT asserting the metadata above (RFC 7591 section 2.3)."""
     client_class: _principal_pb2.ClientClass.ValueType
-    """MACP extension: the client's class (rate limits and grantable scopes). Registrations
-    without an initial access token with the admin scope always get THIRD_PARTY.
+    """MACP extension: the client's class (rate limits and grantable scopes); unset means
+    THIRD_PARTY. Only INTERNAL clients may hold the privileged scopes, and only INTERNAL and
+    CONSUMER clients the password grant.
     """
     @_builtins.property
     def redirect_uris(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -585,9 +643,14 @@ class RegisterClientRequest(_message.Message):
 
     METADATA_FIELD_NUMBER: _builtins.int
     INITIAL_ACCESS_TOKEN_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
     initial_access_token: _builtins.str
-    """An initial access token authorizing the registration (RFC 7591 section 3); required
-    for classes other than THIRD_PARTY.
+    """The initial access token authorizing the registration (RFC 7591 section 3): the
+    token service's MACP_TOKEN_INITIAL_ACCESS_TOKEN. Registration is closed without it.
+    """
+    tenant_id: _builtins.str
+    """MACP extension: the tenant the client belongs to (its tokens carry it); empty for the
+    system tenant `macp`.
     """
     @_builtins.property
     def metadata(self) -> Global___ClientMetadata:
@@ -598,10 +661,11 @@ class RegisterClientRequest(_message.Message):
         *,
         metadata: Global___ClientMetadata | None = ...,
         initial_access_token: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["initial_access_token", b"initial_access_token", "metadata", b"metadata"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["initial_access_token", b"initial_access_token", "metadata", b"metadata", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -750,7 +814,9 @@ class RotateSigningKeyRequest(_message.Message):
 
     ALG_FIELD_NUMBER: _builtins.int
     alg: _builtins.str
-    """The algorithm of the new key; empty keeps the current key's algorithm."""
+    """The algorithm of the new key; empty keeps the current key's algorithm. Only RS256
+    (RSA 2048) is issued today.
+    """
     def __init__(
         self,
         *,
@@ -801,3 +867,183 @@ class RotateSigningKeyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RotateSigningKeyResponse: _TypeAlias = RotateSigningKeyResponse  # noqa: Y015
+
+@_typing.final
+class CreateTenantRequest(_message.Message):
+    """The request of CreateTenant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    TIER_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The new tenant's id."""
+    tier: _principal_pb2.Tier.ValueType
+    """The tenant's billing tier."""
+    display_name: _builtins.str
+    """A human-readable name; empty means the id."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        tier: _principal_pb2.Tier.ValueType = ...,
+        display_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "tenant_id", b"tenant_id", "tier", b"tier"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTenantRequest: _TypeAlias = CreateTenantRequest  # noqa: Y015
+
+@_typing.final
+class CreateTenantResponse(_message.Message):
+    """The response of CreateTenant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tenant(self) -> Global___Tenant:
+        """The tenant as stored."""
+
+    def __init__(
+        self,
+        *,
+        tenant: Global___Tenant | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTenantResponse: _TypeAlias = CreateTenantResponse  # noqa: Y015
+
+@_typing.final
+class Tenant(_message.Message):
+    """A tenant: the unit of isolation and billing."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    TIER_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant's id."""
+    tier: _principal_pb2.Tier.ValueType
+    """The tenant's billing tier (carried in its tokens as `tier`)."""
+    display_name: _builtins.str
+    """A human-readable name."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the tenant was created."""
+
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        tier: _principal_pb2.Tier.ValueType = ...,
+        display_name: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "tenant_id", b"tenant_id", "tier", b"tier"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Tenant: _TypeAlias = Tenant  # noqa: Y015
+
+@_typing.final
+class CreateUserRequest(_message.Message):
+    """The request of CreateUser."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    USERNAME_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """The tenant the user belongs to; it must exist."""
+    username: _builtins.str
+    """The name the user signs in with (unique across tenants)."""
+    password: _builtins.str
+    """The user's password; only a scrypt hash of it is stored."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        username: _builtins.str = ...,
+        password: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["password", b"password", "tenant_id", b"tenant_id", "username", b"username"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateUserRequest: _TypeAlias = CreateUserRequest  # noqa: Y015
+
+@_typing.final
+class CreateUserResponse(_message.Message):
+    """The response of CreateUser."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def user(self) -> Global___User:
+        """The user as stored."""
+
+    def __init__(
+        self,
+        *,
+        user: Global___User | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateUserResponse: _TypeAlias = CreateUserResponse  # noqa: Y015
+
+@_typing.final
+class User(_message.Message):
+    """A local user (signs in with the password grant)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    USERNAME_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The user's id (a UUID; the `sub` and `user_id` of the user's tokens)."""
+    tenant_id: _builtins.str
+    """The tenant the user belongs to."""
+    username: _builtins.str
+    """The name the user signs in with."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the user was created."""
+
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        username: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "tenant_id", b"tenant_id", "user_id", b"user_id", "username", b"username"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___User: _TypeAlias = User  # noqa: Y015

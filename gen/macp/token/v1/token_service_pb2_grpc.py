@@ -75,6 +75,16 @@ class TokenServiceStub:
                 request_serializer=macp_dot_token_dot_v1_dot_token__service__pb2.RotateSigningKeyRequest.SerializeToString,
                 response_deserializer=macp_dot_token_dot_v1_dot_token__service__pb2.RotateSigningKeyResponse.FromString,
                 _registered_method=True)
+        self.CreateTenant = channel.unary_unary(
+                '/macp.token.v1.TokenService/CreateTenant',
+                request_serializer=macp_dot_token_dot_v1_dot_token__service__pb2.CreateTenantRequest.SerializeToString,
+                response_deserializer=macp_dot_token_dot_v1_dot_token__service__pb2.CreateTenantResponse.FromString,
+                _registered_method=True)
+        self.CreateUser = channel.unary_unary(
+                '/macp.token.v1.TokenService/CreateUser',
+                request_serializer=macp_dot_token_dot_v1_dot_token__service__pb2.CreateUserRequest.SerializeToString,
+                response_deserializer=macp_dot_token_dot_v1_dot_token__service__pb2.CreateUserResponse.FromString,
+                _registered_method=True)
 
 
 class TokenServiceServicer:
@@ -91,16 +101,20 @@ class TokenServiceServicer:
 
     def ExchangeToken(self, request, context):
         """RFC 8693 token exchange: a subject token (the user) plus an optional actor token (the
-        agent) become a token whose `act` claim nests the actor chain. Scopes are narrowed to
-        what policy allows the actor; a chain deeper than the policy's maximum delegation depth
-        fails with PERMISSION_DENIED.
+        agent) become a token whose `act` claim nests the actor chain (the actor on top of the
+        subject's chain). Scopes are within the subject's, the actor's and the exchanging
+        client's (asking for more is invalid_scope; privileged scopes never pass); the token
+        never outlives its inputs; subject and actor must share a tenant; a chain deeper than
+        MACP_TOKEN_MAX_DELEGATION_DEPTH fails with PERMISSION_DENIED (access_denied). The input
+        tokens may have any audience, but must be ours, unexpired and unrevoked.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def IssueAgentToken(self, request, context):
-        """Issues a token for a MACP agent (agent id, owner, capabilities, expiry).
+        """Issues a token for a MACP agent (agent id, owner, capabilities, expiry). Needs a bearer
+        token with the `macp:agent-token` scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -121,7 +135,7 @@ class TokenServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RegisterClient(self, request, context):
-        """RFC 7591 dynamic client registration.
+        """RFC 7591 dynamic client registration; needs the initial access token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -136,7 +150,22 @@ class TokenServiceServicer:
 
     def RotateSigningKey(self, request, context):
         """Makes a new signing key current. The previous key stays published until every token it
-        signed has expired.
+        signed has expired. Needs a bearer token with the `macp:admin` scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateTenant(self, request, context):
+        """Creates a tenant (for the CLI). Needs a bearer token with the `macp:admin` scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateUser(self, request, context):
+        """Creates a local user of a tenant, who signs in with the password grant (for the CLI).
+        Needs a bearer token with the `macp:admin` scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -184,6 +213,16 @@ def add_TokenServiceServicer_to_server(servicer, server):
                     servicer.RotateSigningKey,
                     request_deserializer=macp_dot_token_dot_v1_dot_token__service__pb2.RotateSigningKeyRequest.FromString,
                     response_serializer=macp_dot_token_dot_v1_dot_token__service__pb2.RotateSigningKeyResponse.SerializeToString,
+            ),
+            'CreateTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTenant,
+                    request_deserializer=macp_dot_token_dot_v1_dot_token__service__pb2.CreateTenantRequest.FromString,
+                    response_serializer=macp_dot_token_dot_v1_dot_token__service__pb2.CreateTenantResponse.SerializeToString,
+            ),
+            'CreateUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateUser,
+                    request_deserializer=macp_dot_token_dot_v1_dot_token__service__pb2.CreateUserRequest.FromString,
+                    response_serializer=macp_dot_token_dot_v1_dot_token__service__pb2.CreateUserResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -403,6 +442,60 @@ class TokenService:
             '/macp.token.v1.TokenService/RotateSigningKey',
             macp_dot_token_dot_v1_dot_token__service__pb2.RotateSigningKeyRequest.SerializeToString,
             macp_dot_token_dot_v1_dot_token__service__pb2.RotateSigningKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/macp.token.v1.TokenService/CreateTenant',
+            macp_dot_token_dot_v1_dot_token__service__pb2.CreateTenantRequest.SerializeToString,
+            macp_dot_token_dot_v1_dot_token__service__pb2.CreateTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/macp.token.v1.TokenService/CreateUser',
+            macp_dot_token_dot_v1_dot_token__service__pb2.CreateUserRequest.SerializeToString,
+            macp_dot_token_dot_v1_dot_token__service__pb2.CreateUserResponse.FromString,
             options,
             channel_credentials,
             insecure,

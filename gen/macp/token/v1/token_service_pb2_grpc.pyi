@@ -6,8 +6,33 @@ The token service is MACP's security token service: it issues signed JWT access 
 introspects (RFC 7662) and revokes (RFC 7009) them, registers clients dynamically
 (RFC 7591) and publishes its signing keys (JWKS). Field names follow the RFCs, so the
 edge can map its form-encoded /oauth2 endpoints to these messages one to one.
-OAuth errors are reported as gRPC statuses carrying a macp.common.v1.ErrorDetail whose
-reason is the RFC error code in upper case (for example INVALID_GRANT, INVALID_TARGET).
+
+Errors. An OAuth error is a gRPC status whose message starts with the RFC error code:
+"<code>: <description>", for example "invalid_grant: the refresh token was already used".
+invalid_request, invalid_scope, invalid_target, invalid_grant and invalid_client_metadata
+are INVALID_ARGUMENT; invalid_client and invalid_token are UNAUTHENTICATED;
+unauthorized_client, access_denied (tenant mismatch, delegation too deep) and
+insufficient_scope (a bearer without the RPC's scope) are PERMISSION_DENIED.
+
+Tokens. Access tokens are JWTs (RFC 9068): JWS compact, RS256, header
+{"alg":"RS256","typ":"at+jwt","kid":"<RFC 7638 thumbprint>"}; claims iss, sub, aud, exp,
+iat, nbf, jti, client_id, client_class, scope, tenant_id, tier (lower case), user_id (user
+tokens), act (delegated tokens: {"sub", "client_id", "agent_id" (agent actors), "act"}) and,
+for agent tokens, agent_id, owner_id and capabilities. Refresh tokens are opaque.
+A revoked token's id is written to Redis as `<prefix>revoked:<jti>` until no verifier
+accepts the token any more (its `exp` plus the verifiers' leeway).
+
+Audiences. A token's `aud` names where it may be used: `urn:macp:service:<name>` for a
+mesh service, <name> being its registry name (`urn:macp:service:conversation`,
+`urn:macp:service:token`, ...), and `urn:macp:edge` for the public edge. `audience` and
+`resource` (RFC 8707) fields take these URNs; any other value is invalid_target. A request
+that names none gets `urn:macp:edge`.
+
+Scopes. `macp:admin` (CreateTenant, CreateUser, RotateSigningKey) and `macp:agent-token`
+(IssueAgentToken) are privileged: only INTERNAL clients may hold them and only the
+client_credentials grant puts them in a token. Those RPCs need the metadata
+`authorization: Bearer <token>` carrying the scope, with audience `urn:macp:service:token`.
+
 Request/response convention: see macp/conversation/v1/conversation_service.proto.
 """
 
@@ -30,23 +55,34 @@ class TokenServiceStub:
     """
     ExchangeToken: _aio.UnaryUnaryMultiCallable[_token_service_pb2.ExchangeTokenRequest, _token_service_pb2.ExchangeTokenResponse]
     """RFC 8693 token exchange: a subject token (the user) plus an optional actor token (the
-    agent) become a token whose `act` claim nests the actor chain. Scopes are narrowed to
-    what policy allows the actor; a chain deeper than the policy's maximum delegation depth
-    fails with PERMISSION_DENIED.
+    agent) become a token whose `act` claim nests the actor chain (the actor on top of the
+    subject's chain). Scopes are within the subject's, the actor's and the exchanging
+    client's (asking for more is invalid_scope; privileged scopes never pass); the token
+    never outlives its inputs; subject and actor must share a tenant; a chain deeper than
+    MACP_TOKEN_MAX_DELEGATION_DEPTH fails with PERMISSION_DENIED (access_denied). The input
+    tokens may have any audience, but must be ours, unexpired and unrevoked.
     """
     IssueAgentToken: _aio.UnaryUnaryMultiCallable[_token_service_pb2.IssueAgentTokenRequest, _token_service_pb2.IssueAgentTokenResponse]
-    """Issues a token for a MACP agent (agent id, owner, capabilities, expiry)."""
+    """Issues a token for a MACP agent (agent id, owner, capabilities, expiry). Needs a bearer
+    token with the `macp:agent-token` scope.
+    """
     Introspect: _aio.UnaryUnaryMultiCallable[_token_service_pb2.IntrospectRequest, _token_service_pb2.IntrospectResponse]
     """RFC 7662 introspection: is the token active, and whose is it."""
     Revoke: _aio.UnaryUnaryMultiCallable[_token_service_pb2.RevokeRequest, _token_service_pb2.RevokeResponse]
     """RFC 7009 revocation. Succeeds even for unknown or already revoked tokens."""
     RegisterClient: _aio.UnaryUnaryMultiCallable[_token_service_pb2.RegisterClientRequest, _token_service_pb2.RegisterClientResponse]
-    """RFC 7591 dynamic client registration."""
+    """RFC 7591 dynamic client registration; needs the initial access token."""
     GetJwks: _aio.UnaryUnaryMultiCallable[_token_service_pb2.GetJwksRequest, _token_service_pb2.GetJwksResponse]
     """The public signing keys, as a JSON Web Key Set (served at /.well-known/jwks.json)."""
     RotateSigningKey: _aio.UnaryUnaryMultiCallable[_token_service_pb2.RotateSigningKeyRequest, _token_service_pb2.RotateSigningKeyResponse]
     """Makes a new signing key current. The previous key stays published until every token it
-    signed has expired.
+    signed has expired. Needs a bearer token with the `macp:admin` scope.
+    """
+    CreateTenant: _aio.UnaryUnaryMultiCallable[_token_service_pb2.CreateTenantRequest, _token_service_pb2.CreateTenantResponse]
+    """Creates a tenant (for the CLI). Needs a bearer token with the `macp:admin` scope."""
+    CreateUser: _aio.UnaryUnaryMultiCallable[_token_service_pb2.CreateUserRequest, _token_service_pb2.CreateUserResponse]
+    """Creates a local user of a tenant, who signs in with the password grant (for the CLI).
+    Needs a bearer token with the `macp:admin` scope.
     """
 
 class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -69,9 +105,12 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _aio.ServicerContext[_token_service_pb2.ExchangeTokenRequest, _abc.Awaitable[_token_service_pb2.ExchangeTokenResponse]],
     ) -> _abc.Awaitable[_token_service_pb2.ExchangeTokenResponse]:
         """RFC 8693 token exchange: a subject token (the user) plus an optional actor token (the
-        agent) become a token whose `act` claim nests the actor chain. Scopes are narrowed to
-        what policy allows the actor; a chain deeper than the policy's maximum delegation depth
-        fails with PERMISSION_DENIED.
+        agent) become a token whose `act` claim nests the actor chain (the actor on top of the
+        subject's chain). Scopes are within the subject's, the actor's and the exchanging
+        client's (asking for more is invalid_scope; privileged scopes never pass); the token
+        never outlives its inputs; subject and actor must share a tenant; a chain deeper than
+        MACP_TOKEN_MAX_DELEGATION_DEPTH fails with PERMISSION_DENIED (access_denied). The input
+        tokens may have any audience, but must be ours, unexpired and unrevoked.
         """
 
     @_abc_1.abstractmethod
@@ -80,7 +119,9 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _token_service_pb2.IssueAgentTokenRequest,
         context: _aio.ServicerContext[_token_service_pb2.IssueAgentTokenRequest, _abc.Awaitable[_token_service_pb2.IssueAgentTokenResponse]],
     ) -> _abc.Awaitable[_token_service_pb2.IssueAgentTokenResponse]:
-        """Issues a token for a MACP agent (agent id, owner, capabilities, expiry)."""
+        """Issues a token for a MACP agent (agent id, owner, capabilities, expiry). Needs a bearer
+        token with the `macp:agent-token` scope.
+        """
 
     @_abc_1.abstractmethod
     def Introspect(
@@ -104,7 +145,7 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _token_service_pb2.RegisterClientRequest,
         context: _aio.ServicerContext[_token_service_pb2.RegisterClientRequest, _abc.Awaitable[_token_service_pb2.RegisterClientResponse]],
     ) -> _abc.Awaitable[_token_service_pb2.RegisterClientResponse]:
-        """RFC 7591 dynamic client registration."""
+        """RFC 7591 dynamic client registration; needs the initial access token."""
 
     @_abc_1.abstractmethod
     def GetJwks(
@@ -121,7 +162,25 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _aio.ServicerContext[_token_service_pb2.RotateSigningKeyRequest, _abc.Awaitable[_token_service_pb2.RotateSigningKeyResponse]],
     ) -> _abc.Awaitable[_token_service_pb2.RotateSigningKeyResponse]:
         """Makes a new signing key current. The previous key stays published until every token it
-        signed has expired.
+        signed has expired. Needs a bearer token with the `macp:admin` scope.
+        """
+
+    @_abc_1.abstractmethod
+    def CreateTenant(
+        self,
+        request: _token_service_pb2.CreateTenantRequest,
+        context: _aio.ServicerContext[_token_service_pb2.CreateTenantRequest, _abc.Awaitable[_token_service_pb2.CreateTenantResponse]],
+    ) -> _abc.Awaitable[_token_service_pb2.CreateTenantResponse]:
+        """Creates a tenant (for the CLI). Needs a bearer token with the `macp:admin` scope."""
+
+    @_abc_1.abstractmethod
+    def CreateUser(
+        self,
+        request: _token_service_pb2.CreateUserRequest,
+        context: _aio.ServicerContext[_token_service_pb2.CreateUserRequest, _abc.Awaitable[_token_service_pb2.CreateUserResponse]],
+    ) -> _abc.Awaitable[_token_service_pb2.CreateUserResponse]:
+        """Creates a local user of a tenant, who signs in with the password grant (for the CLI).
+        Needs a bearer token with the `macp:admin` scope.
         """
 
 def add_TokenServiceServicer_to_server(servicer: TokenServiceServicer, server: _aio.Server) -> None: ...

@@ -1,0 +1,312 @@
+"""The OAuth 2.0 authorization server's HTTP face: /oauth2/* and /.well-known/* → TokenService.
+
+Each endpoint speaks its RFC exactly (form bodies in, RFC-named JSON out, RFC 6749 section 5.2 errors),
+so standard OAuth client libraries work unchanged; the token service decides everything else.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from macp.token.v1 import token_service_pb2 as pb
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from services.edge.context import EdgeContext, edge_context
+from services.edge.http import read_body
+from services.edge.oauth_documents import (
+    CLIENT_INFORMATION,
+    CLIENT_METADATA,
+    INTROSPECT_FORM,
+    INTROSPECTION,
+    INTROSPECTION_EXCLUDES,
+    JWKS,
+    REVOKE_FORM,
+    SERVER_METADATA,
+    TOKEN_EXCHANGE,
+    TOKEN_FORM,
+    TOKEN_RESPONSE,
+    TOKEN_RESPONSE_EXCLUDES,
+    rfc_fields,
+    server_metadata,
+)
+from services.edge.oauth_errors import (
+    NO_STORE,
+    OAUTH_ERROR,
+    Endpoint,
+    OAuthError,
+    oauth_endpoint,
+    oauth_error_of,
+)
+from services.edge.oauth_forms import Form, bearer_token, client_credentials, media_type, read_form
+from services.edge.routes import ApiRoute
+
+# Verifiers cache the key set; short, so a rotated-in key is seen soon (they also refetch on an unknown kid).
+JWKS_MAX_AGE_SECONDS = 60
+METADATA_MAX_AGE_SECONDS = 300
+
+_GRANTS = {
+    "client_credentials": pb.GRANT_TYPE_CLIENT_CREDENTIALS,
+    "password": pb.GRANT_TYPE_PASSWORD,
+    "refresh_token": pb.GRANT_TYPE_REFRESH_TOKEN,
+}
+
+# The parameters RFC 6749 section 4 requires of each grant (the client is authenticated apart).
+_REQUIRED = {"password": ("username", "password"), "refresh_token": ("refresh_token",)}
+
+_TOKEN_TYPE_HINTS = frozenset({"access_token", "refresh_token"})
+
+
+def _token_response(reply: pb.IssueTokenResponse | pb.ExchangeTokenResponse) -> JSONResponse:
+    return JSONResponse(rfc_fields(reply, TOKEN_RESPONSE_EXCLUDES), headers=NO_STORE)
+
+
+def _hint(form: Form) -> str:
+    """RFC 7009 section 2.1: an unknown hint is ignored, not refused (the service searches every kind)."""
+    hint = form.get("token_type_hint")
+    return hint if hint in _TOKEN_TYPE_HINTS else ""
+
+
+async def _issue(edge: EdgeContext, request: Request, form: Form, grant_type: str) -> Response:
+    for name in _REQUIRED.get(grant_type, ()):
+        form.require(name)
+    client = client_credentials(request, form)
+    if grant_type == "client_credentials" and client.method == "none":
+        raise OAuthError("invalid_client", "the client_credentials grant needs the client's secret")
+    reply: pb.IssueTokenResponse = await edge.token.IssueToken(
+        pb.IssueTokenRequest(
+            grant_type=_GRANTS[grant_type],
+            client_id=client.client_id,
+            client_secret=client.client_secret,
+            username=form.get("username"),
+            password=form.get("password"),
+            refresh_token=form.get("refresh_token"),
+            scope=form.get("scope"),
+            resource=form.all("resource"),
+            audience=form.all("audience"),
+        ),
+        timeout=edge.timeout,
+        metadata=edge.metadata(),
+    )
+    return _token_response(reply)
+
+
+async def _exchange(edge: EdgeContext, request: Request, form: Form) -> Response:
+    subject_token = form.require("subject_token")
+    subject_token_type = form.require("subject_token_type")
+    client = client_credentials(request, form)
+    reply: pb.ExchangeTokenResponse = await edge.token.ExchangeToken(
+        pb.ExchangeTokenRequest(
+            client_id=client.client_id,
+            client_secret=client.client_secret,
+            subject_token=subject_token,
+            subject_token_type=subject_token_type,
+            actor_token=form.get("actor_token"),
+            actor_token_type=form.get("actor_token_type"),
+            resource=form.all("resource"),
+            audience=form.all("audience"),
+            scope=form.get("scope"),
+            requested_token_type=form.get("requested_token_type"),
+        ),
+        timeout=edge.timeout,
+        metadata=edge.metadata(),
+    )
+    return _token_response(reply)
+
+
+@oauth_endpoint(Endpoint.CLIENT)
+async def token(request: Request) -> Response:
+    edge = edge_context(request)
+    form = await read_form(request, edge.settings.max_body_bytes)
+    grant_type = form.require("grant_type")
+    if grant_type == TOKEN_EXCHANGE:
+        return await _exchange(edge, request, form)
+    if grant_type not in _GRANTS:
+        raise OAuthError("unsupported_grant_type", f"{grant_type} is not a grant this server supports")
+    return await _issue(edge, request, form, grant_type)
+
+
+@oauth_endpoint(Endpoint.CLIENT)
+async def revoke(request: Request) -> Response:
+    edge = edge_context(request)
+    form = await read_form(request, edge.settings.max_body_bytes)
+    token_id = form.get("token_id")  # MACP extension: an access token named by its `jti`
+    revoked = form.get("token") if token_id else form.require("token")
+    client = client_credentials(request, form)
+    await edge.token.Revoke(
+        pb.RevokeRequest(
+            token=revoked,
+            token_type_hint=_hint(form),
+            client_id=client.client_id,
+            client_secret=client.client_secret,
+            token_id=token_id,
+        ),
+        timeout=edge.timeout,
+        metadata=edge.metadata(),
+    )
+    return Response(status_code=200, headers=NO_STORE)
+
+
+@oauth_endpoint(Endpoint.CLIENT)
+async def introspect(request: Request) -> Response:
+    edge = edge_context(request)
+    form = await read_form(request, edge.settings.max_body_bytes)
+    introspected = form.require("token")
+    client = client_credentials(request, form)
+    if client.method == "none":
+        raise OAuthError("invalid_client", "introspection needs the client's secret")
+    try:
+        reply: pb.IntrospectResponse = await edge.token.Introspect(
+            pb.IntrospectRequest(token=introspected, token_type_hint=_hint(form)),
+            timeout=edge.timeout,
+            metadata=edge.metadata(),
+        )
+    except grpc.aio.AioRpcError as exc:
+        error = oauth_error_of(exc, Endpoint.CLIENT)
+        if error.error in ("invalid_client", "temporarily_unavailable", "server_error"):
+            raise error from None
+        reply = pb.IntrospectResponse(active=False)  # RFC 7662 section 2.2: whatever is wrong with it
+    document: dict[str, Any] = {"active": False}
+    if reply.active:
+        document = rfc_fields(reply, INTROSPECTION_EXCLUDES)
+    return JSONResponse(document, headers=NO_STORE)
+
+
+async def _client_metadata(request: Request, max_bytes: int) -> tuple[pb.ClientMetadata, str]:
+    """The RFC 7591 metadata of a registration body, and its MACP `tenant_id` member."""
+    if media_type(request) != "application/json":
+        raise OAuthError("invalid_client_metadata", "send the client metadata as application/json")
+    body = await read_body(request, max_bytes)
+    try:
+        document: Any = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise OAuthError("invalid_client_metadata", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise OAuthError("invalid_client_metadata", "the body must be a JSON object")
+    tenant_id = document.pop("tenant_id", None) or ""
+    if not isinstance(tenant_id, str):
+        raise OAuthError("invalid_client_metadata", "tenant_id must be a string")
+    metadata = pb.ClientMetadata()
+    try:
+        # RFC 7591 section 2: metadata the server does not understand is ignored.
+        json_format.ParseDict(document, metadata, ignore_unknown_fields=True)
+    except json_format.ParseError as exc:
+        raise OAuthError("invalid_client_metadata", str(exc)) from None
+    return metadata, tenant_id
+
+
+@oauth_endpoint(Endpoint.REGISTRATION)
+async def register(request: Request) -> Response:
+    edge = edge_context(request)
+    initial_access_token = bearer_token(request)
+    metadata, tenant_id = await _client_metadata(request, edge.settings.max_body_bytes)
+    reply: pb.RegisterClientResponse = await edge.token.RegisterClient(
+        pb.RegisterClientRequest(
+            metadata=metadata, initial_access_token=initial_access_token, tenant_id=tenant_id
+        ),
+        timeout=edge.timeout,
+        metadata=edge.metadata(),
+    )
+    document: dict[str, Any] = {"client_id": reply.client_id}
+    if reply.client_id_issued_at:
+        document["client_id_issued_at"] = reply.client_id_issued_at
+    if reply.client_secret:
+        document["client_secret"] = reply.client_secret
+        document["client_secret_expires_at"] = reply.client_secret_expires_at
+    document.update(rfc_fields(reply.metadata))
+    return JSONResponse(document, status_code=201, headers=NO_STORE)
+
+
+async def jwks(request: Request) -> Response:
+    edge = edge_context(request)
+    reply: pb.GetJwksResponse = await edge.token.GetJwks(
+        pb.GetJwksRequest(), timeout=edge.timeout, metadata=edge.metadata()
+    )
+    return JSONResponse(
+        {"keys": [rfc_fields(key) for key in reply.keys]},
+        headers={"cache-control": f"public, max-age={JWKS_MAX_AGE_SECONDS}"},
+    )
+
+
+async def authorization_server(request: Request) -> Response:
+    edge = edge_context(request)
+    return JSONResponse(
+        server_metadata(edge.settings.token_issuer),
+        headers={"cache-control": f"public, max-age={METADATA_MAX_AGE_SECONDS}"},
+    )
+
+
+ROUTES = [
+    ApiRoute(
+        method="POST",
+        path="/oauth2/token",
+        operation_id="oauthToken",
+        summary="Issue an access token: client credentials, password, refresh token or token exchange",
+        handler=token,
+        body=TOKEN_FORM,
+        response=TOKEN_RESPONSE,
+        errors=(400, 401, 413, 429, 503),
+        error=OAUTH_ERROR,
+        tags=("oauth",),
+    ),
+    ApiRoute(
+        method="POST",
+        path="/oauth2/revoke",
+        operation_id="oauthRevoke",
+        summary="Revoke a token (RFC 7009); unknown tokens succeed too",
+        handler=revoke,
+        body=REVOKE_FORM,
+        response=None,
+        errors=(400, 401, 413, 503),
+        error=OAUTH_ERROR,
+        tags=("oauth",),
+    ),
+    ApiRoute(
+        method="POST",
+        path="/oauth2/introspect",
+        operation_id="oauthIntrospect",
+        summary="Whether a token is active, and whose it is (RFC 7662)",
+        handler=introspect,
+        body=INTROSPECT_FORM,
+        response=INTROSPECTION,
+        errors=(400, 401, 413, 503),
+        error=OAUTH_ERROR,
+        tags=("oauth",),
+    ),
+    ApiRoute(
+        method="POST",
+        path="/oauth2/register",
+        operation_id="oauthRegister",
+        summary="Register a client (RFC 7591), authorized by an initial access token",
+        handler=register,
+        body=CLIENT_METADATA,
+        response=CLIENT_INFORMATION,
+        status=201,
+        errors=(400, 401, 403, 413, 503),
+        error=OAUTH_ERROR,
+        tags=("oauth",),
+    ),
+    ApiRoute(
+        method="GET",
+        path="/.well-known/jwks.json",
+        operation_id="jwks",
+        summary="The public keys access tokens are signed with (RFC 7517)",
+        handler=jwks,
+        response=JWKS,
+        errors=(503,),
+        tags=("oauth",),
+    ),
+    ApiRoute(
+        method="GET",
+        path="/.well-known/oauth-authorization-server",
+        operation_id="oauthAuthorizationServer",
+        summary="The authorization server's metadata (RFC 8414)",
+        handler=authorization_server,
+        response=SERVER_METADATA,
+        errors=(),
+        tags=("oauth",),
+    ),
+]

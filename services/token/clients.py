@@ -1,0 +1,43 @@
+"""Client authentication at the token endpoint (RFC 6749 2.3) and what each client may ask for."""
+
+from __future__ import annotations
+
+from services.token.hashing import client_secret_matches
+from services.token.oauth import oauth_error
+from services.token.store.directory import Client, DirectoryStore, Tenant
+
+CLIENT_CREDENTIALS = "client_credentials"
+PASSWORD = "password"
+REFRESH_TOKEN = "refresh_token"
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+
+
+class Clients:
+    def __init__(self, directory: DirectoryStore) -> None:
+        self._directory = directory
+
+    async def authenticate(self, client_id: str, client_secret: str) -> Client:
+        """The client, if its secret matches (public clients send none); invalid_client otherwise,
+        with one message for an unknown client and a wrong secret alike."""
+        client = await self._directory.client(client_id)
+        if client is None:
+            raise oauth_error("invalid_client", "unknown client or wrong client secret")
+        if client.secret_hash is None:
+            if client_secret:
+                raise oauth_error("invalid_client", "a public client sends no client secret")
+        elif not client_secret_matches(client_secret, client.secret_hash):
+            raise oauth_error("invalid_client", "unknown client or wrong client secret")
+        return client
+
+    async def authenticate_for(self, client_id: str, client_secret: str, grant_type: str) -> Client:
+        """`authenticate`, then unauthorized_client unless the client registered `grant_type`."""
+        client = await self.authenticate(client_id, client_secret)
+        if grant_type not in client.grant_types:
+            raise oauth_error("unauthorized_client", f"client {client_id} may not use the {grant_type} grant")
+        return client
+
+    async def tenant(self, tenant_id: str) -> Tenant:
+        tenant = await self._directory.tenant(tenant_id)
+        if tenant is None:
+            raise oauth_error("invalid_request", f"tenant {tenant_id} does not exist")
+        return tenant

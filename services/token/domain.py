@@ -1,0 +1,80 @@
+"""The token service's parts, built once from its resources and settings."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from services.token.accounts import Accounts
+from services.token.agent_tokens import AgentTokens
+from services.token.clients import Clients
+from services.token.exchange import TokenExchange
+from services.token.grants import Grants
+from services.token.guard import BearerGuard
+from services.token.introspection import Introspection
+from services.token.minting import Minter
+from services.token.registration import Registration
+from services.token.revocation import Revocations
+from services.token.revoking import Revoker
+from services.token.sealing import KeySealer
+from services.token.settings import TokenSettings
+from services.token.signing import SigningKeys
+from services.token.store.directory import DirectoryStore
+from services.token.store.keys import KeyStore
+from services.token.store.tokens import TokenStore
+from services.token.verification import TokenVerifier
+
+log = logging.getLogger("macp.token")
+
+
+@dataclass(frozen=True)
+class TokenDomain:
+    grants: Grants
+    exchange: TokenExchange
+    agent_tokens: AgentTokens
+    introspection: Introspection
+    revoker: Revoker
+    registration: Registration
+    keys: SigningKeys
+    accounts: Accounts
+    guard: BearerGuard
+
+    @classmethod
+    async def start(
+        cls, settings: TokenSettings, pool: asyncpg.Pool, redis: aioredis.Redis, redis_key_prefix: str
+    ) -> TokenDomain:
+        """Build the parts; make the first signing key if there is none; refill Redis's revocations."""
+        directory, tokens = DirectoryStore(pool), TokenStore(pool)
+        keys = SigningKeys(
+            KeyStore(pool),
+            KeySealer(settings.key_encryption_key),
+            retire_after_seconds=settings.max_token_seconds,
+        )
+        await keys.start()
+        revocations = Revocations(redis, redis_key_prefix, tokens)
+        republished = await revocations.republish()
+        log.info("token service ready", extra={"revocations_republished": republished})
+
+        clients = Clients(directory)
+        verifier = TokenVerifier(keys, revocations, settings.issuer, settings.max_delegation_depth)
+        minter = Minter(keys, tokens, settings.issuer)
+        return cls(
+            grants=Grants(clients, directory, tokens, minter, revocations, settings),
+            exchange=TokenExchange(
+                clients,
+                verifier,
+                minter,
+                max_delegation_depth=settings.max_delegation_depth,
+                access_token_seconds=settings.access_token_seconds,
+            ),
+            agent_tokens=AgentTokens(directory, clients, minter),
+            introspection=Introspection(verifier, tokens, directory, settings.issuer),
+            revoker=Revoker(clients, verifier, tokens, revocations),
+            registration=Registration(directory, settings.initial_access_token),
+            keys=keys,
+            accounts=Accounts(directory),
+            guard=BearerGuard(verifier),
+        )

@@ -1,0 +1,93 @@
+"""RFC 8693 token exchange with delegation semantics.
+
+The subject token names on whose behalf (usually a user); the actor token, who acts (usually an
+agent). The new token keeps the subject's identity, puts the actor on top of the subject's `act`
+chain, and may only narrow: its scopes are within the subject's, the actor's and the exchanging
+client's, privileged scopes never pass, it lives no longer than either input token, and both inputs
+must belong to one tenant. A chain longer than the maximum delegation depth is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from macp.token.v1 import token_service_pb2 as pb
+
+from services.token import audiences, scopes
+from services.token.claims import AccessClaims, Actor
+from services.token.clients import TOKEN_EXCHANGE, Clients
+from services.token.minting import Minted, Minter
+from services.token.oauth import oauth_error
+from services.token.verification import TokenVerifier
+
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+
+
+@dataclass(frozen=True)
+class Exchanged:
+    minted: Minted
+    issued_token_type: str
+    actors: tuple[Actor, ...]
+
+
+class TokenExchange:
+    def __init__(
+        self,
+        clients: Clients,
+        verifier: TokenVerifier,
+        minter: Minter,
+        *,
+        max_delegation_depth: int,
+        access_token_seconds: int,
+    ) -> None:
+        self._clients = clients
+        self._verifier = verifier
+        self._minter = minter
+        self._max_depth = max_delegation_depth
+        self._lifetime = access_token_seconds
+
+    async def exchange(self, request: pb.ExchangeTokenRequest) -> Exchanged:
+        client = await self._clients.authenticate_for(
+            request.client_id, request.client_secret, TOKEN_EXCHANGE
+        )
+        subject = await self._input(request.subject_token, "subject_token")
+        actor = await self._input(request.actor_token, "actor_token") if request.actor_token else None
+        tenant_id = subject.identity.tenant_id
+        if actor is not None and actor.identity.tenant_id != tenant_id:
+            raise oauth_error("access_denied", "the subject and the actor belong to different tenants")
+        if client.client_class != "internal" and client.tenant_id != tenant_id:
+            raise oauth_error("access_denied", "the client and the subject belong to different tenants")
+
+        chain = subject.identity.actors
+        if actor is not None:
+            chain = (actor.identity.as_actor(), *chain)
+        if len(chain) > self._max_depth:
+            raise oauth_error(
+                "access_denied",
+                f"delegation depth {len(chain)} exceeds the maximum of {self._max_depth}",
+            )
+
+        limits = [subject.scopes, client.scopes] + ([actor.scopes] if actor is not None else [])
+        allowed = scopes.unprivileged(scopes.intersection(*limits))
+        granted = scopes.narrow(scopes.parse(request.scope), allowed)
+        targets = audiences.resolve(request.audience, request.resource)
+        identity = dataclasses.replace(
+            subject.identity, client_id=client.client_id, client_class=client.client_class, actors=chain
+        )
+        not_after = min(subject.exp, actor.exp) if actor is not None else subject.exp
+        minted = await self._minter.mint(
+            identity,
+            audiences=targets,
+            scopes=granted,
+            lifetime_seconds=self._lifetime,
+            not_after=not_after,
+        )
+        return Exchanged(minted, request.requested_token_type or ACCESS_TOKEN_TYPE, chain)
+
+    async def _input(self, token: str, name: str) -> AccessClaims:
+        claims = await self._verifier.check(token)
+        if claims is None:
+            # RFC 8693 2.2.2: an invalid subject or actor token is invalid_request.
+            raise oauth_error("invalid_request", f"{name} is not a valid, unexpired, unrevoked token")
+        return claims

@@ -1,0 +1,71 @@
+"""Minting: an identity, its audiences, scopes and lifetime become a signed, recorded access token."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from services.token.claims import AccessClaims, Identity
+from services.token.signing import SigningKeys
+from services.token.store.tokens import IssuedToken, TokenStore
+
+
+@dataclass(frozen=True)
+class Minted:
+    token: str
+    claims: AccessClaims
+
+    @property
+    def expires_in(self) -> int:
+        return max(0, self.claims.exp - int(time.time()))
+
+    @property
+    def scope(self) -> str:
+        return " ".join(self.claims.scopes)
+
+
+class Minter:
+    def __init__(self, keys: SigningKeys, store: TokenStore, issuer: str) -> None:
+        self._keys = keys
+        self._store = store
+        self._issuer = issuer
+
+    async def mint(
+        self,
+        identity: Identity,
+        *,
+        audiences: tuple[str, ...],
+        scopes: tuple[str, ...],
+        lifetime_seconds: int,
+        not_after: int | None = None,
+        family_id: uuid.UUID | None = None,
+    ) -> Minted:
+        """Sign and record a token. `not_after` caps its expiry (a delegated token never outlives the
+        tokens it came from); `family_id` ties it to a refresh-token family for revocation."""
+        now = int(time.time())
+        exp = now + lifetime_seconds if not_after is None else min(now + lifetime_seconds, not_after)
+        claims = AccessClaims(
+            iss=self._issuer,
+            aud=audiences,
+            exp=exp,
+            iat=now,
+            nbf=now,
+            jti=str(uuid.uuid4()),
+            scopes=scopes,
+            identity=identity,
+        )
+        signer = await self._keys.signer()
+        token = signer.sign(claims.to_jwt())
+        await self._store.record_issued(
+            IssuedToken(
+                jti=claims.jti,
+                client_id=identity.client_id,
+                tenant_id=identity.tenant_id,
+                subject=identity.sub,
+                family_id=family_id,
+                expire_time=datetime.fromtimestamp(exp, UTC),
+            )
+        )
+        return Minted(token, claims)

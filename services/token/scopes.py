@@ -1,0 +1,40 @@
+"""Scope policy: which scopes a request may get, and which ones only MACP's own clients may hold."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from services.token.oauth import oauth_error
+
+ADMIN = "macp:admin"
+AGENT_TOKEN = "macp:agent-token"
+# Only INTERNAL clients may hold these, and only a client_credentials token carries them: a user
+# signing in through an internal tool does not become an administrator.
+PRIVILEGED = frozenset({ADMIN, AGENT_TOKEN})
+
+
+def parse(scope: str) -> tuple[str, ...]:
+    """A space-delimited scope string (RFC 6749 3.3) as an ordered, duplicate-free tuple."""
+    return tuple(dict.fromkeys(scope.split()))
+
+
+def unprivileged(scopes: Iterable[str]) -> tuple[str, ...]:
+    return tuple(scope for scope in scopes if scope not in PRIVILEGED)
+
+
+def narrow(requested: tuple[str, ...], allowed: Iterable[str]) -> tuple[str, ...]:
+    """`requested` if it is within `allowed`, else invalid_scope naming the excess; everything
+    allowed when nothing is requested. The order of `allowed` is kept for the default."""
+    allowed = tuple(allowed)
+    if not requested:
+        return allowed
+    excess = [scope for scope in requested if scope not in allowed]
+    if excess:
+        raise oauth_error("invalid_scope", f"not grantable here: {' '.join(excess)}")
+    return requested
+
+
+def intersection(first: Iterable[str], *others: Iterable[str]) -> tuple[str, ...]:
+    """The scopes in every argument, in the order of the first."""
+    rest = [set(other) for other in others]
+    return tuple(scope for scope in first if all(scope in other for other in rest))

@@ -1,0 +1,131 @@
+"""gRPC surface of the token service: proto in, domain call, proto out."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from macp.token.v1 import token_service_pb2 as pb
+from macp.token.v1 import token_service_pb2_grpc as pb_grpc
+
+from services.runtime.context import RpcContext
+from services.token import scopes
+from services.token.claims import TIERS
+from services.token.domain import TokenDomain
+from services.token.store.directory import Tenant, User
+
+TIER_NAMES = {value: name for name, value in TIERS.items()}
+BEARER = "Bearer"
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _tenant(tenant: Tenant) -> pb.Tenant:
+    return pb.Tenant(
+        tenant_id=tenant.tenant_id,
+        tier=TIERS[tenant.tier],
+        display_name=tenant.display_name,
+        create_time=_timestamp(tenant.create_time),
+    )
+
+
+def _user(user: User) -> pb.User:
+    return pb.User(
+        user_id=user.user_id,
+        tenant_id=user.tenant_id,
+        username=user.username,
+        create_time=_timestamp(user.create_time),
+    )
+
+
+class TokenServicer(pb_grpc.TokenServiceServicer):
+    def __init__(self, domain: TokenDomain) -> None:
+        self._domain = domain
+
+    async def IssueToken(self, request: pb.IssueTokenRequest, context: RpcContext) -> pb.IssueTokenResponse:
+        granted = await self._domain.grants.issue(request)
+        return pb.IssueTokenResponse(
+            access_token=granted.access.token,
+            token_type=BEARER,
+            expires_in=granted.access.expires_in,
+            refresh_token=granted.refresh_token or "",
+            scope=granted.access.scope,
+        )
+
+    async def ExchangeToken(
+        self, request: pb.ExchangeTokenRequest, context: RpcContext
+    ) -> pb.ExchangeTokenResponse:
+        exchanged = await self._domain.exchange.exchange(request)
+        return pb.ExchangeTokenResponse(
+            access_token=exchanged.minted.token,
+            issued_token_type=exchanged.issued_token_type,
+            token_type=BEARER,
+            expires_in=exchanged.minted.expires_in,
+            scope=exchanged.minted.scope,
+            actor_chain=[actor.message() for actor in exchanged.actors],
+        )
+
+    async def IssueAgentToken(
+        self, request: pb.IssueAgentTokenRequest, context: RpcContext
+    ) -> pb.IssueAgentTokenResponse:
+        caller = await self._domain.guard.require(context, scopes.AGENT_TOKEN)
+        minted = await self._domain.agent_tokens.issue(caller, request)
+        return pb.IssueAgentTokenResponse(
+            access_token=minted.token,
+            token_type=BEARER,
+            expires_in=minted.expires_in,
+            expire_time=Timestamp(seconds=minted.claims.exp),
+            token_id=minted.claims.jti,
+        )
+
+    async def Introspect(self, request: pb.IntrospectRequest, context: RpcContext) -> pb.IntrospectResponse:
+        return await self._domain.introspection.introspect(request.token)
+
+    async def Revoke(self, request: pb.RevokeRequest, context: RpcContext) -> pb.RevokeResponse:
+        await self._domain.revoker.revoke(request)
+        return pb.RevokeResponse()
+
+    async def RegisterClient(
+        self, request: pb.RegisterClientRequest, context: RpcContext
+    ) -> pb.RegisterClientResponse:
+        registered = await self._domain.registration.register(request)
+        return pb.RegisterClientResponse(
+            client_id=registered.client.client_id,
+            client_secret=registered.client_secret or "",
+            client_id_issued_at=int(registered.client.create_time.timestamp()),
+            client_secret_expires_at=0,
+            metadata=registered.metadata,
+        )
+
+    async def GetJwks(self, request: pb.GetJwksRequest, context: RpcContext) -> pb.GetJwksResponse:
+        return pb.GetJwksResponse(keys=await self._domain.keys.jwks())
+
+    async def RotateSigningKey(
+        self, request: pb.RotateSigningKeyRequest, context: RpcContext
+    ) -> pb.RotateSigningKeyResponse:
+        await self._domain.guard.require(context, scopes.ADMIN)
+        rotation = await self._domain.keys.rotate()
+        response = pb.RotateSigningKeyResponse(
+            kid=rotation.current.kid, public_key=rotation.current, previous_kid=rotation.previous_kid or ""
+        )
+        if rotation.previous_retire_time is not None:
+            response.previous_key_retire_time.CopyFrom(_timestamp(rotation.previous_retire_time))
+        return response
+
+    async def CreateTenant(
+        self, request: pb.CreateTenantRequest, context: RpcContext
+    ) -> pb.CreateTenantResponse:
+        await self._domain.guard.require(context, scopes.ADMIN)
+        tenant = await self._domain.accounts.create_tenant(
+            request.tenant_id, TIER_NAMES[request.tier], request.display_name
+        )
+        return pb.CreateTenantResponse(tenant=_tenant(tenant))
+
+    async def CreateUser(self, request: pb.CreateUserRequest, context: RpcContext) -> pb.CreateUserResponse:
+        await self._domain.guard.require(context, scopes.ADMIN)
+        user = await self._domain.accounts.create_user(request.tenant_id, request.username, request.password)
+        return pb.CreateUserResponse(user=_user(user))

@@ -1,0 +1,104 @@
+"""The token service's own settings (`MACP_TOKEN_*`), read once at start-up.
+
+MACP_TOKEN_KEY_ENCRYPTION_KEY is the one secret the service cannot start without: it seals the
+signing keys stored in Postgres. It is 32 random bytes in base64url, which is exactly what
+`python -c "import secrets; print(secrets.token_urlsafe(32))"` prints (43 characters).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+
+from services.runtime.settings import Env, SettingsError
+
+KEY_ENCRYPTION_KEY = "MACP_TOKEN_KEY_ENCRYPTION_KEY"
+INITIAL_ACCESS_TOKEN = "MACP_TOKEN_INITIAL_ACCESS_TOKEN"
+GENERATE_HINT = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+
+DEFAULT_ISSUER = "http://127.0.0.1:8080"
+MIN_INITIAL_ACCESS_TOKEN_CHARS = 32
+# Agent tokens live at most this long (IssueAgentTokenRequest.ttl); a retired key stays published
+# until the longest-lived token it may have signed has expired.
+AGENT_TOKEN_MAX_SECONDS = 24 * 3600
+AGENT_TOKEN_DEFAULT_SECONDS = 3600
+
+_BASE64 = re.compile(r"[A-Za-z0-9_\-+/]+={0,2}")
+
+
+def decode_key_encryption_key(text: str) -> bytes:
+    """The 32-byte AES-256 key written as base64url (or standard base64), padded or not."""
+    if not _BASE64.fullmatch(text):
+        raise ValueError("not base64")
+    padded = text.rstrip("=") + "=" * (-len(text.rstrip("=")) % 4)
+    try:
+        key = base64.urlsafe_b64decode(padded.replace("+", "-").replace("/", "_"))
+    except (binascii.Error, ValueError):
+        raise ValueError("not base64") from None
+    if len(key) != 32:
+        raise ValueError(f"decodes to {len(key)} bytes, not 32")
+    return key
+
+
+def _key_encryption_key(env: Env) -> bytes:
+    expected = f"32 random bytes in base64url (generate one with {GENERATE_HINT})"
+    text = env.raw(KEY_ENCRYPTION_KEY)
+    if text is None:
+        raise SettingsError(f"{KEY_ENCRYPTION_KEY} is not set; set it to {expected}")
+    try:
+        return decode_key_encryption_key(text)
+    except ValueError as exc:
+        # The value is a secret: the message names the problem, never the value.
+        raise SettingsError(f"{KEY_ENCRYPTION_KEY} is malformed ({exc}); set it to {expected}") from None
+
+
+def _initial_access_token(env: Env) -> str | None:
+    token = env.raw(INITIAL_ACCESS_TOKEN)
+    if token is not None and len(token) < MIN_INITIAL_ACCESS_TOKEN_CHARS:
+        raise SettingsError(
+            f"{INITIAL_ACCESS_TOKEN} is too short ({len(token)} characters); set it to at least "
+            f"{MIN_INITIAL_ACCESS_TOKEN_CHARS} random characters (generate one with {GENERATE_HINT}), "
+            "or unset it to close client registration"
+        )
+    return token
+
+
+@dataclass(frozen=True)
+class TokenSettings:
+    """issuer: the `iss` of every token (the public base URL of the front listener).
+    key_encryption_key: AES-256-GCM key sealing the private signing keys at rest.
+    access_token_seconds / refresh_token_seconds: lifetimes of the two token kinds.
+    max_delegation_depth: how many actors a token's `act` chain may hold.
+    initial_access_token: what RegisterClient requires (RFC 7591 section 3); None closes registration.
+    """
+
+    issuer: str
+    key_encryption_key: bytes
+    access_token_seconds: int
+    refresh_token_seconds: int
+    max_delegation_depth: int
+    initial_access_token: str | None
+
+    @classmethod
+    def from_env(cls, env: Env) -> TokenSettings:
+        # Used exactly as written: every verifier compares `iss` with the same setting, byte for byte.
+        issuer = env.url("MACP_TOKEN_ISSUER", ("http", "https"), DEFAULT_ISSUER) or DEFAULT_ISSUER
+        return cls(
+            issuer=issuer,
+            key_encryption_key=_key_encryption_key(env),
+            access_token_seconds=env.integer(
+                "MACP_TOKEN_ACCESS_TOKEN_SECONDS", 900, minimum=60, maximum=AGENT_TOKEN_MAX_SECONDS
+            ),
+            refresh_token_seconds=env.integer(
+                "MACP_TOKEN_REFRESH_TOKEN_SECONDS", 30 * 86400, minimum=300, maximum=365 * 86400
+            ),
+            max_delegation_depth=env.integer("MACP_TOKEN_MAX_DELEGATION_DEPTH", 2, minimum=0, maximum=8),
+            initial_access_token=_initial_access_token(env),
+        )
+
+    @property
+    def max_token_seconds(self) -> int:
+        """The longest any signed token lives: how long a rotated key must stay published."""
+        return max(self.access_token_seconds, AGENT_TOKEN_MAX_SECONDS)

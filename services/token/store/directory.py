@@ -1,0 +1,136 @@
+"""Postgres rows of who may hold tokens: tenants (with their tier), local users and OAuth clients."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+SYSTEM_TENANT = "macp"
+
+
+@dataclass(frozen=True)
+class Tenant:
+    tenant_id: str
+    tier: str
+    display_name: str
+    create_time: datetime
+
+
+@dataclass(frozen=True)
+class User:
+    user_id: str
+    tenant_id: str
+    username: str
+    password_hash: str
+    create_time: datetime
+
+
+@dataclass(frozen=True)
+class Client:
+    client_id: str
+    tenant_id: str
+    client_class: str
+    secret_hash: bytes | None
+    auth_method: str
+    grant_types: tuple[str, ...]
+    scopes: tuple[str, ...]
+    metadata: dict[str, Any]
+    create_time: datetime
+
+
+def _tenant(row: asyncpg.Record) -> Tenant:
+    return Tenant(row["tenant_id"], row["tier"], row["display_name"], row["create_time"])
+
+
+def _user(row: asyncpg.Record) -> User:
+    return User(row["user_id"], row["tenant_id"], row["username"], row["password_hash"], row["create_time"])
+
+
+def _client(row: asyncpg.Record) -> Client:
+    secret = row["secret_hash"]
+    return Client(
+        client_id=row["client_id"],
+        tenant_id=row["tenant_id"],
+        client_class=row["client_class"],
+        secret_hash=None if secret is None else bytes(secret),
+        auth_method=row["auth_method"],
+        grant_types=tuple(row["grant_types"]),
+        scopes=tuple(row["scopes"]),
+        metadata=json.loads(row["metadata"]),
+        create_time=row["create_time"],
+    )
+
+
+class DirectoryStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def tenant(self, tenant_id: str) -> Tenant | None:
+        row = await self._pool.fetchrow("SELECT * FROM token_tenants WHERE tenant_id = $1", tenant_id)
+        return None if row is None else _tenant(row)
+
+    async def insert_tenant(self, tenant_id: str, tier: str, display_name: str) -> Tenant | None:
+        """The new tenant, or None when the id is taken."""
+        row = await self._pool.fetchrow(
+            """
+            INSERT INTO token_tenants (tenant_id, tier, display_name) VALUES ($1, $2, $3)
+            ON CONFLICT (tenant_id) DO NOTHING
+            RETURNING *
+            """,
+            tenant_id,
+            tier,
+            display_name,
+        )
+        return None if row is None else _tenant(row)
+
+    async def user_by_name(self, username: str) -> User | None:
+        row = await self._pool.fetchrow("SELECT * FROM token_users WHERE username = $1", username)
+        return None if row is None else _user(row)
+
+    async def user(self, user_id: str) -> User | None:
+        row = await self._pool.fetchrow("SELECT * FROM token_users WHERE user_id = $1", user_id)
+        return None if row is None else _user(row)
+
+    async def insert_user(
+        self, user_id: str, tenant_id: str, username: str, password_hash: str
+    ) -> User | None:
+        """The new user, or None when the username is taken."""
+        row = await self._pool.fetchrow(
+            """
+            INSERT INTO token_users (user_id, tenant_id, username, password_hash) VALUES ($1, $2, $3, $4)
+            ON CONFLICT (username) DO NOTHING
+            RETURNING *
+            """,
+            user_id,
+            tenant_id,
+            username,
+            password_hash,
+        )
+        return None if row is None else _user(row)
+
+    async def client(self, client_id: str) -> Client | None:
+        row = await self._pool.fetchrow("SELECT * FROM token_clients WHERE client_id = $1", client_id)
+        return None if row is None else _client(row)
+
+    async def insert_client(self, client: Client) -> Client:
+        row = await self._pool.fetchrow(
+            """
+            INSERT INTO token_clients
+                (client_id, tenant_id, client_class, secret_hash, auth_method, grant_types, scopes, metadata)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)
+            RETURNING *
+            """,
+            client.client_id,
+            client.tenant_id,
+            client.client_class,
+            client.secret_hash,
+            client.auth_method,
+            list(client.grant_types),
+            list(client.scopes),
+            json.dumps(client.metadata),
+        )
+        return _client(row)

@@ -1,0 +1,154 @@
+"""Postgres rows of issued tokens: access tokens by id, refresh-token families, revocations."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    jti: str
+    client_id: str
+    tenant_id: str
+    subject: str
+    family_id: uuid.UUID | None
+    expire_time: datetime
+
+
+@dataclass(frozen=True)
+class RefreshRecord:
+    token_hash: bytes
+    family_id: uuid.UUID
+    client_id: str
+    user_id: str
+    scopes: tuple[str, ...]
+    audiences: tuple[str, ...]
+    issue_time: datetime
+    expire_time: datetime
+    use_time: datetime | None
+    revoke_time: datetime | None
+
+
+@dataclass(frozen=True)
+class Revocation:
+    jti: str
+    expire_time: datetime
+
+
+def _refresh(row: asyncpg.Record) -> RefreshRecord:
+    return RefreshRecord(
+        token_hash=bytes(row["token_hash"]),
+        family_id=row["family_id"],
+        client_id=row["client_id"],
+        user_id=row["user_id"],
+        scopes=tuple(row["scopes"]),
+        audiences=tuple(row["audiences"]),
+        issue_time=row["issue_time"],
+        expire_time=row["expire_time"],
+        use_time=row["use_time"],
+        revoke_time=row["revoke_time"],
+    )
+
+
+class TokenStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def record_issued(self, token: IssuedToken) -> None:
+        await self._pool.execute(
+            """
+            INSERT INTO token_issued (jti, client_id, tenant_id, subject, family_id, expire_time)
+            VALUES ($1, $2, $3, $4, $5, $6)
+            """,
+            token.jti,
+            token.client_id,
+            token.tenant_id,
+            token.subject,
+            token.family_id,
+            token.expire_time,
+        )
+
+    async def issued(self, jti: str) -> IssuedToken | None:
+        row = await self._pool.fetchrow("SELECT * FROM token_issued WHERE jti = $1", jti)
+        if row is None:
+            return None
+        return IssuedToken(
+            row["jti"],
+            row["client_id"],
+            row["tenant_id"],
+            row["subject"],
+            row["family_id"],
+            row["expire_time"],
+        )
+
+    async def insert_refresh(self, record: RefreshRecord) -> None:
+        await self._pool.execute(
+            """
+            INSERT INTO token_refresh
+                (token_hash, family_id, client_id, user_id, scopes, audiences, issue_time, expire_time)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            """,
+            record.token_hash,
+            record.family_id,
+            record.client_id,
+            record.user_id,
+            list(record.scopes),
+            list(record.audiences),
+            record.issue_time,
+            record.expire_time,
+        )
+
+    async def refresh(self, token_hash: bytes) -> RefreshRecord | None:
+        row = await self._pool.fetchrow("SELECT * FROM token_refresh WHERE token_hash = $1", token_hash)
+        return None if row is None else _refresh(row)
+
+    async def claim_refresh(self, token_hash: bytes) -> RefreshRecord | None:
+        """Mark the refresh token used if it is unused, unrevoked and unexpired, atomically (two
+        concurrent uses cannot both win); None when it was not claimable."""
+        row = await self._pool.fetchrow(
+            """
+            UPDATE token_refresh SET use_time = now()
+            WHERE token_hash = $1 AND use_time IS NULL AND revoke_time IS NULL AND expire_time > now()
+            RETURNING *
+            """,
+            token_hash,
+        )
+        return None if row is None else _refresh(row)
+
+    async def revoke_family(self, family_id: uuid.UUID) -> list[Revocation]:
+        """Revoke every refresh token of the family; returns its access tokens that are still live."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE token_refresh SET revoke_time = now() WHERE family_id = $1 AND revoke_time IS NULL",
+                family_id,
+            )
+            rows = await conn.fetch(
+                "SELECT jti, expire_time FROM token_issued WHERE family_id = $1 AND expire_time > now()",
+                family_id,
+            )
+        return [Revocation(row["jti"], row["expire_time"]) for row in rows]
+
+    async def record_revocations(self, revocations: list[Revocation], reason: str) -> None:
+        await self._pool.executemany(
+            """
+            INSERT INTO token_revocations (jti, reason, expire_time) VALUES ($1, $2, $3)
+            ON CONFLICT (jti) DO NOTHING
+            """,
+            [(r.jti, reason, r.expire_time) for r in revocations],
+        )
+
+    async def is_revoked(self, jti: str) -> bool:
+        revoked: bool = await self._pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM token_revocations WHERE jti = $1)", jti
+        )
+        return revoked
+
+    async def live_revocations(self) -> list[Revocation]:
+        rows = await self._pool.fetch(
+            "SELECT jti, expire_time FROM token_revocations WHERE expire_time > now()"
+        )
+        return [Revocation(row["jti"], row["expire_time"]) for row in rows]

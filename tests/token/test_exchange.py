@@ -1,0 +1,232 @@
+"""ExchangeToken (RFC 8693): nested `act`, narrowing only, one tenant, bounded depth, strict inputs."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from google.protobuf.duration_pb2 import Duration
+from macp.common.v1 import principal_pb2
+from macp.token.v1 import token_service_pb2 as pb
+
+from tests.token.harness import (
+    ACCESS_TOKEN_TYPE,
+    EXCHANGE_GRANT,
+    RegisteredClient,
+    TokenHarness,
+    rpc_error,
+)
+
+pytestmark = pytest.mark.integration
+
+SCOPES = "conversations:read conversations:write usage:read"
+
+
+@dataclass(frozen=True)
+class Parties:
+    app: RegisteredClient
+    exchanger: RegisteredClient
+    user_token: str
+    user_id: str
+    agent_metadata: tuple[tuple[str, str]]
+
+
+@pytest.fixture
+async def parties(token_service: TokenHarness) -> Parties:
+    await token_service.tenant("acme")
+    user = await token_service.user("acme", "ada", "correct horse battery")
+    app = await token_service.register(
+        client_class=principal_pb2.CLIENT_CLASS_CONSUMER,
+        tenant_id="acme",
+        grant_types=["password"],
+        scope=SCOPES,
+    )
+    signed_in = await token_service.stub.IssueToken(
+        pb.IssueTokenRequest(
+            grant_type=pb.GRANT_TYPE_PASSWORD,
+            client_id=app.client_id,
+            client_secret=app.client_secret,
+            username="ada",
+            password="correct horse battery",
+        )
+    )
+    exchanger = await token_service.register(grant_types=[EXCHANGE_GRANT], scope=SCOPES)
+    return Parties(app, exchanger, signed_in.access_token, user.user_id, await token_service.admin_metadata())
+
+
+async def agent_token(
+    token_service: TokenHarness,
+    parties: Parties,
+    tenant_id: str = "acme",
+    scope: str = "",
+    ttl_seconds: int = 3600,
+) -> tuple[str, str]:
+    agent_id = str(uuid.uuid4())
+    minter = await token_service.register(scope=f"{SCOPES} macp:agent-token")
+    bearer = await token_service.client_token(minter, "macp:agent-token", ["urn:macp:service:token"])
+    response = await token_service.stub.IssueAgentToken(
+        pb.IssueAgentTokenRequest(
+            agent_id=agent_id,
+            owner_id=parties.user_id,
+            tenant_id=tenant_id,
+            capabilities=["finance"],
+            scope=scope,
+            ttl=Duration(seconds=ttl_seconds),
+        ),
+        metadata=(("authorization", f"Bearer {bearer.access_token}"),),
+    )
+    return agent_id, response.access_token
+
+
+def exchange(
+    parties: Parties, subject: str, actor: str = "", scope: str = "", audience: tuple[str, ...] = ()
+) -> pb.ExchangeTokenRequest:
+    return pb.ExchangeTokenRequest(
+        client_id=parties.exchanger.client_id,
+        client_secret=parties.exchanger.client_secret,
+        subject_token=subject,
+        subject_token_type=ACCESS_TOKEN_TYPE,
+        actor_token=actor,
+        actor_token_type=ACCESS_TOKEN_TYPE if actor else "",
+        scope=scope,
+        audience=list(audience),
+    )
+
+
+async def test_exchange_nests_the_actor_and_narrows_scopes(
+    token_service: TokenHarness, parties: Parties
+) -> None:
+    agent_id, actor = await agent_token(
+        token_service, parties, scope="conversations:read conversations:write"
+    )
+    response = await token_service.stub.ExchangeToken(
+        exchange(parties, parties.user_token, actor, audience=("urn:macp:service:conversation",))
+    )
+
+    assert response.issued_token_type == ACCESS_TOKEN_TYPE
+    assert response.token_type == "Bearer"
+    # subject (3 scopes) ∩ actor (2) ∩ exchanging client (3)
+    assert response.scope == "conversations:read conversations:write"
+    claims = await token_service.verified(response.access_token)
+    assert claims["sub"] == parties.user_id == claims["user_id"]
+    assert claims["tenant_id"] == "acme"
+    assert claims["aud"] == "urn:macp:service:conversation"
+    assert claims["client_id"] == parties.exchanger.client_id
+    assert claims["act"] == {"sub": agent_id, "client_id": claims["act"]["client_id"], "agent_id": agent_id}
+    assert [(a.type, a.id) for a in response.actor_chain] == [(principal_pb2.ACTOR_TYPE_AGENT, agent_id)]
+
+    narrowed = await token_service.stub.ExchangeToken(
+        exchange(parties, parties.user_token, actor, scope="conversations:read")
+    )
+    assert narrowed.scope == "conversations:read"
+
+
+async def test_exchange_refuses_widening(token_service: TokenHarness, parties: Parties) -> None:
+    _, actor = await agent_token(token_service, parties, scope="conversations:read")
+    error = await rpc_error(
+        token_service.stub.ExchangeToken(
+            exchange(parties, parties.user_token, actor, scope="conversations:write")
+        )
+    )
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details == "invalid_scope: not grantable here: conversations:write"
+
+
+async def test_exchange_refuses_an_actor_of_another_tenant(
+    token_service: TokenHarness, parties: Parties
+) -> None:
+    await token_service.tenant("globex")
+    _, foreign_actor = await agent_token(token_service, parties, tenant_id="globex")
+    error = await rpc_error(
+        token_service.stub.ExchangeToken(exchange(parties, parties.user_token, foreign_actor))
+    )
+    assert error.code == grpc.StatusCode.PERMISSION_DENIED
+    assert error.details == "access_denied: the subject and the actor belong to different tenants"
+
+
+async def test_delegation_depth_is_bounded(token_service: TokenHarness, parties: Parties) -> None:
+    first_id, first = await agent_token(token_service, parties)
+    second_id, second = await agent_token(token_service, parties)
+    _, third = await agent_token(token_service, parties)
+
+    once = await token_service.stub.ExchangeToken(exchange(parties, parties.user_token, first))
+    twice = await token_service.stub.ExchangeToken(exchange(parties, once.access_token, second))
+    claims = await token_service.verified(twice.access_token)
+    assert claims["sub"] == parties.user_id
+    assert claims["act"]["sub"] == second_id
+    assert claims["act"]["act"]["sub"] == first_id
+    assert "act" not in claims["act"]["act"]
+    assert [a.id for a in twice.actor_chain] == [second_id, first_id]
+
+    error = await rpc_error(token_service.stub.ExchangeToken(exchange(parties, twice.access_token, third)))
+    assert error.code == grpc.StatusCode.PERMISSION_DENIED
+    assert error.details == "access_denied: delegation depth 3 exceeds the maximum of 2"
+
+
+async def test_exchange_without_actor_only_narrows(token_service: TokenHarness, parties: Parties) -> None:
+    response = await token_service.stub.ExchangeToken(
+        exchange(parties, parties.user_token, scope="usage:read")
+    )
+    claims = await token_service.verified(response.access_token)
+    assert claims["scope"] == "usage:read"
+    assert "act" not in claims
+
+
+async def test_exchange_never_outlives_its_inputs(token_service: TokenHarness, parties: Parties) -> None:
+    _, actor = await agent_token(token_service, parties, ttl_seconds=60)
+    actor_exp = (await token_service.verified(actor))["exp"]
+    response = await token_service.stub.ExchangeToken(exchange(parties, parties.user_token, actor))
+    claims = await token_service.verified(response.access_token)
+    assert claims["exp"] == actor_exp  # not the 15 minutes an access token otherwise gets
+    assert response.expires_in <= 60
+
+
+async def test_exchange_refuses_unknown_targets_and_bad_inputs(
+    token_service: TokenHarness, parties: Parties
+) -> None:
+    error = await rpc_error(
+        token_service.stub.ExchangeToken(exchange(parties, parties.user_token, audience=("mcp-servers",)))
+    )
+    assert error.details.startswith("invalid_target:")
+
+    tampered = parties.user_token[:-4] + ("AAAA" if not parties.user_token.endswith("AAAA") else "BBBB")
+    error = await rpc_error(token_service.stub.ExchangeToken(exchange(parties, tampered)))
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details.startswith("invalid_request: subject_token is not a valid")
+
+    subject = await token_service.verified(parties.user_token)
+    app = parties.app
+    revoke = pb.RevokeRequest(
+        token_id=subject["jti"], client_id=app.client_id, client_secret=app.client_secret
+    )
+    await token_service.stub.Revoke(revoke)
+    error = await rpc_error(token_service.stub.ExchangeToken(exchange(parties, parties.user_token)))
+    assert error.details.startswith("invalid_request: subject_token")
+
+
+async def test_exchange_needs_the_token_exchange_grant(token_service: TokenHarness, parties: Parties) -> None:
+    plain = await token_service.register(scope=SCOPES)
+    request = exchange(parties, parties.user_token)
+    request.client_id, request.client_secret = plain.client_id, plain.client_secret
+    error = await rpc_error(token_service.stub.ExchangeToken(request))
+    assert error.code == grpc.StatusCode.PERMISSION_DENIED
+    assert error.details.startswith("unauthorized_client:")
+
+
+async def test_a_tenant_client_exchanges_only_its_tenant_tokens(
+    token_service: TokenHarness, parties: Parties
+) -> None:
+    await token_service.tenant("globex")
+    outsider = await token_service.register(
+        client_class=principal_pb2.CLIENT_CLASS_PARTNER,
+        tenant_id="globex",
+        grant_types=[EXCHANGE_GRANT],
+        scope=SCOPES,
+    )
+    request = exchange(parties, parties.user_token)
+    request.client_id, request.client_secret = outsider.client_id, outsider.client_secret
+    error = await rpc_error(token_service.stub.ExchangeToken(request))
+    assert error.code == grpc.StatusCode.PERMISSION_DENIED
+    assert error.details == "access_denied: the client and the subject belong to different tenants"
