@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.runtime.auth.settings import DEFAULT_ISSUER
 from services.runtime.registry import EDGE
 from services.runtime.settings import CommonSettings, Env
 
@@ -26,5 +27,5 @@ class EdgeSettings:
             max_body_bytes=env.integer("MACP_EDGE_MAX_BODY_BYTES", 1_048_576, minimum=1024, maximum=64 << 20),
             rpc_timeout_seconds=env.number("MACP_EDGE_RPC_TIMEOUT_SECONDS", 30.0, minimum=0.1),
             token_issuer=env.url("MACP_TOKEN_ISSUER", ("http", "https"), "https://macp.example")
-            or "http://127.0.0.1:8080",
+            or DEFAULT_ISSUER,
         )

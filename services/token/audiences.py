@@ -5,16 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from services.runtime.auth.settings import EDGE_AUDIENCE, service_audience
 from services.runtime.registry import SERVICES
 from services.token.oauth import oauth_error
 
-EDGE_AUDIENCE = "urn:macp:edge"
 DEFAULT_AUDIENCE = EDGE_AUDIENCE
-
-
-def service_audience(name: str) -> str:
-    return f"urn:macp:service:{name}"
-
 
 TOKEN_SERVICE_AUDIENCE = service_audience("token")
 KNOWN_AUDIENCES = frozenset({EDGE_AUDIENCE, *(service_audience(spec.name) for spec in SERVICES)})

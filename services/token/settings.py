@@ -12,13 +12,13 @@ import binascii
 import re
 from dataclasses import dataclass
 
+from services.runtime.auth.settings import DEFAULT_ISSUER
 from services.runtime.settings import Env, SettingsError
 
 KEY_ENCRYPTION_KEY = "MACP_TOKEN_KEY_ENCRYPTION_KEY"
 INITIAL_ACCESS_TOKEN = "MACP_TOKEN_INITIAL_ACCESS_TOKEN"
 GENERATE_HINT = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
 
-DEFAULT_ISSUER = "http://127.0.0.1:8080"
 MIN_INITIAL_ACCESS_TOKEN_CHARS = 32
 # Agent tokens live at most this long (IssueAgentTokenRequest.ttl); a retired key stays published
 # until the longest-lived token it may have signed has expired.
