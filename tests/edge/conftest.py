@@ -3,8 +3,8 @@ pointing straight at a token service.
 
 `fake_token` + `edge_url` serve the in-memory stand-in of our own token service (no infrastructure).
 `oauth_world` is what the OAuth client-library tests take: an edge plus credentials it knows. Its
-"fake" variant is built here; a variant over the real token service only needs to yield the same
-`OAuthWorld` (add its name to the fixture's params).
+"fake" variant is built here; its "real" variant (integration) is the real token service behind
+Envoy and the edge, built in `tests/edge/real_world.py`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from services.edge.app import build_app
 from services.edge.settings import EdgeSettings
 from services.runtime.metrics import HttpMetrics
 from services.runtime.settings import Env
+from services.stack.infra import Infrastructure
 from tests.edge.fake_token_service import (
     FAKE_ENVIRON,
     INITIAL_ACCESS_TOKEN,
@@ -48,6 +49,8 @@ class OAuthWorld:
         exchange, that may be granted `scope`.
     actor_client: a second confidential client whose client_credentials token acts in an exchange.
     username / password: a local user the password grant signs in.
+    tenant_id: the tenant of the user and both clients, which a registration names (MACP's
+        `tenant_id` member: only internal clients may register without one).
     initial_access_token: authorizes a dynamic client registration.
     """
 
@@ -58,6 +61,7 @@ class OAuthWorld:
     actor_client_secret: str
     username: str
     password: str
+    tenant_id: str
     scope: str
     initial_access_token: str
 
@@ -125,12 +129,26 @@ def edge_url(fake_token: FakeToken, _edge_server: str) -> str:
     return _edge_server
 
 
-@pytest.fixture(params=["fake"])
+@pytest.fixture(scope="module")
+async def _real_world(
+    infrastructure: Infrastructure, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[OAuthWorld]:
+    """The real token service behind Envoy and the edge, seeded (served once per module)."""
+    from tests.edge.real_world import real_world  # it builds on this module's helpers
+
+    async with real_world(infrastructure, tmp_path_factory.mktemp("real-oauth")) as world:
+        yield world
+
+
+@pytest.fixture(params=["fake", pytest.param("real", marks=pytest.mark.integration)])
 def oauth_world(request: pytest.FixtureRequest) -> OAuthWorld:
     """The world the client-library tests run in; each param is one token service behind the edge.
 
     Synchronous on purpose: it picks the async fixture of its variant with `getfixturevalue`.
     """
+    if request.param == "real":
+        real: OAuthWorld = request.getfixturevalue("_real_world")
+        return real
     assert request.param == "fake"
     edge: str = request.getfixturevalue("edge_url")
     return OAuthWorld(
@@ -141,6 +159,7 @@ def oauth_world(request: pytest.FixtureRequest) -> OAuthWorld:
         actor_client_secret="runner-secret",
         username="ada",
         password="correct horse battery staple",
+        tenant_id="acme",
         scope="conversations:read",
         initial_access_token=INITIAL_ACCESS_TOKEN,
     )

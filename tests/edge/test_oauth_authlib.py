@@ -2,7 +2,7 @@
 
 These tests know only an `OAuthWorld` (the edge's URL and credentials its token service accepts) and
 what the RFCs promise, so they hold for any token service behind the edge: the in-memory fake here,
-the real service when that variant of `oauth_world` is added.
+the real one behind Envoy (the "real" variant of `oauth_world`, an integration test).
 """
 
 from __future__ import annotations
@@ -198,7 +198,11 @@ async def test_a_registered_client_gets_tokens(oauth_world: OAuthWorld, metadata
     async with httpx.AsyncClient(timeout=10) as http:
         response = await http.post(
             metadata["registration_endpoint"],
-            json={"client_name": "Edge test bot", "grant_types": ["client_credentials"]},
+            json={
+                "client_name": "Edge test bot",
+                "grant_types": ["client_credentials"],
+                "tenant_id": oauth_world.tenant_id,  # a third-party client belongs to a tenant
+            },
             headers={"authorization": f"Bearer {oauth_world.initial_access_token}"},
         )
     assert response.status_code == 201, response.text
