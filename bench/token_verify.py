@@ -169,7 +169,7 @@ def pin(cpu: int | None) -> int:
 
 def pyjwt_run(token: str, public_key: rsa.RSAPublicKey) -> Callable[[int], tuple[float, float]] | None:
     try:
-        import jwt as pyjwt  # optional: only for the comparison
+        import jwt as pyjwt  # a dev dependency: the reference row only
     except ImportError:
         return None
 
