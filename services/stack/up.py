@@ -23,7 +23,7 @@ from types import FrameType
 from typing import Any, TextIO
 
 from services.runtime.settings import Env, SettingsError
-from services.stack import stackfile
+from services.stack import seed, stackfile
 from services.stack.envoy import Envoy
 from services.stack.parallel import run_parallel
 from services.stack.part import redact
@@ -72,6 +72,7 @@ class Launcher:
         self.started_at = datetime.now(UTC)
         self.began = time.monotonic()
         self.ready_seconds: float | None = None
+        self.seeded: seed.SeedReport | None = None
 
     def run(self) -> int:
         """Start everything, wait for a signal or a death, stop everything; the exit code."""
@@ -94,6 +95,7 @@ class Launcher:
         self.began = time.monotonic()
         try:
             self._start()
+            self._seed()
         except (StartupError, SettingsError, OSError) as exc:
             self._stop()
             if self.signalled:
@@ -196,6 +198,17 @@ class Launcher:
                 )
             self.abort.wait(0.2)
 
+    def _seed(self) -> None:
+        """The local admin, tenant, user and CLI client (services/stack/seed.py), on every start."""
+        assert self.envoy is not None
+        if not any(app.argv[-2:] == ("-m", seed.TOKEN_MODULE) for app in self.plan.apps):
+            return  # stand-in services (tests/stack/fake_up.py): no token service to seed
+        token = self.plan.child_env().get("MACP_TOKEN_INITIAL_ACCESS_TOKEN", "")
+        try:
+            self.seeded = seed.seed(self.plan.data_dir, self.envoy.mesh_address, token)
+        except seed.SeedError as exc:
+            raise StartupError(str(exc)) from None
+
     def _refuse_if_running(self) -> None:
         document = stackfile.read(self.plan.data_dir)
         supervisor = document.get("supervisor") if document else None
@@ -251,6 +264,16 @@ class Launcher:
         self._say(f"MACP is up: every part ready in {self.ready_seconds:.1f} s")
         for name, where in rows:
             self._say(f"  {name:<13} {where}")
+        if self.seeded is not None:
+            admin = self.seeded.admin
+            made = f" (created: {', '.join(self.seeded.created)})" if self.seeded.created else ""
+            self._say(f"local tenant: {admin.tenant_id}; local admin user: {admin.username}{made}")
+            self._say(
+                f"log in: macp login --username {admin.username}  (password kept in "
+                f"{seed.admin_file(plan.data_dir)}; or pipe one to --password-stdin)"
+            )
+            for warning in self.seeded.warnings:
+                self._say(f"warning: {warning}")
         self._say(f"logs in {plan.data_dir / 'logs'}; `macp status` checks it; Ctrl-C stops it")
 
     # --- stop ------------------------------------------------------------------------------
@@ -305,6 +328,9 @@ class Launcher:
             "started_at": self.started_at.isoformat(timespec="seconds"),
             "ready_seconds": None if self.ready_seconds is None else round(self.ready_seconds, 2),
             "components": components,
+            "endpoints": {}
+            if self.envoy is None
+            else {"front": self.envoy.url, "mesh": self.envoy.mesh_address},
         }
 
     def _say(self, line: str) -> None:
