@@ -15,8 +15,10 @@ which is what tests use (see FREE_PORTS_ENV).
 
 from __future__ import annotations
 
+import random
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 from services.runtime.registry import ENVOY
 from services.runtime.settings import Env
@@ -33,12 +35,42 @@ EMBEDDED_PORTS: dict[str, tuple[str, int]] = {
 FREE_PORTS_ENV: dict[str, str] = {variable: "0" for variable, _ in EMBEDDED_PORTS.values()}
 
 
+def _ephemeral_port_floor() -> int:
+    """The lowest port the kernel hands out as a connection's source port (Linux: 32768)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_FREE_PORT_FLOOR = 10000
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (the kernel's pick for port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
+    """A port nothing listens on right now, for a child process to bind a moment later.
+
+    It is drawn at random from below the kernel's ephemeral range: a port from that range (what
+    binding port 0 returns) can be taken as the source port of any outgoing connection between this
+    pick and the child's bind, which made busy test runs fail with "address in use". Ports already
+    handed out by this process are never handed out again.
+    """
+    ceiling = _ephemeral_port_floor()
+    for _ in range(200):
+        port = random.randrange(_FREE_PORT_FLOOR, ceiling)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:  # a crowded machine: the kernel's pick
+        probe.bind((host, 0))
+        picked: int = probe.getsockname()[1]
+        return picked
 
 
 def embedded_port(env: Env, part: str) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from services.runtime.settings import (
     ServerSettings,
 )
 from services.stack import probe
+from services.stack.config import free_port
 from services.stack.envoy_config import render_native
 
 REPO = Path(__file__).resolve().parents[2]
@@ -305,20 +305,13 @@ def _envoy_healthcheck(compose: Doc, admin_port: int) -> list[str]:
     return test[1:]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def native_envoy(tmp_path: Path) -> Iterator[int]:
     """A real Envoy on free ports; yields its admin port."""
     ports: Mapping[str, str] = {
-        "MACP_ENVOY_FRONT_PORT": str(_free_port()),
-        "MACP_ENVOY_MESH_PORT": str(_free_port()),
-        "MACP_ENVOY_ADMIN_PORT": str(_free_port()),
+        "MACP_ENVOY_FRONT_PORT": str(free_port()),
+        "MACP_ENVOY_MESH_PORT": str(free_port()),
+        "MACP_ENVOY_ADMIN_PORT": str(free_port()),
     }
     config = render_native(tmp_path / "envoy.yaml", Env(ports))
     process = subprocess.Popen(
@@ -345,7 +338,7 @@ def test_envoy_healthcheck_command_sees_a_real_envoy_ready(compose: Doc, native_
 
 
 def test_envoy_healthcheck_command_fails_without_envoy(compose: Doc) -> None:
-    command = _envoy_healthcheck(compose, _free_port())
+    command = _envoy_healthcheck(compose, free_port())
     assert subprocess.run(command, capture_output=True, timeout=10, check=False).returncode != 0
 
 
@@ -375,4 +368,4 @@ def test_probe_is_ready_only_on_serving() -> None:
     finally:
         server.stop(grace=None)
     assert probe.main(["grpc", f"127.0.0.1:{port}", "--timeout", "1"]) == 1
-    assert probe.main(["http", f"http://127.0.0.1:{_free_port()}/healthz", "--timeout", "1"]) == 1
+    assert probe.main(["http", f"http://127.0.0.1:{free_port()}/healthz", "--timeout", "1"]) == 1

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import socket
 import subprocess
 import time
 import urllib.request
@@ -30,6 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from services.runtime.registry import EDGE, ENVOY, SERVICES
 from services.runtime.settings import Env
 from services.stack import envoy_render
+from services.stack.config import free_port
 from services.stack.envoy_config import (
     FRONT_STREAMING_PREFIXES,
     TARGETS,
@@ -320,13 +320,6 @@ def test_render_native_writes_the_native_config(tmp_path: Path) -> None:
 # --- a real Envoy routing to stand-in upstreams --------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class _EdgeStandIn(BaseHTTPRequestHandler):
     """Answers /healthz for Envoy's health check and echoes the request id it was given."""
 
@@ -396,8 +389,8 @@ def live_mesh(tmp_path: Path) -> Iterator[LiveMesh]:
     edge = ThreadingHTTPServer(("127.0.0.1", 0), _EdgeStandIn)
     Thread(target=edge.serve_forever, daemon=True).start()
 
-    ports = {f"{spec.env_prefix}PORT": str(_free_port()) for spec in SERVICES}
-    mesh = LiveMesh(_free_port(), _free_port(), _free_port(), tmp_path / "envoy.out")
+    ports = {f"{spec.env_prefix}PORT": str(free_port()) for spec in SERVICES}
+    mesh = LiveMesh(free_port(), free_port(), free_port(), tmp_path / "envoy.out")
     ports |= {
         "MACP_TOKEN_PORT": str(token_port),
         "MACP_EDGE_PORT": str(edge.server_address[1]),
