@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime
-from typing import Any
 
 import asyncpg
 from google.protobuf import json_format
 from macp.common.v1 import agent_settings_pb2
 from macp.conversation.v1 import conversation_service_pb2 as pb
 
-
-def _timestamp(value: datetime) -> Any:
-    from google.protobuf.timestamp_pb2 import Timestamp
-
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
+from services.runtime.protos import timestamp
 
 
 def _agent_from_row(row: asyncpg.Record) -> pb.Agent:
@@ -35,8 +27,8 @@ def _agent_from_row(row: asyncpg.Record) -> pb.Agent:
     )
     json_format.ParseDict(json.loads(row["generation"]), agent.generation)
     json_format.ParseDict(json.loads(row["bidding"]), agent.bidding)
-    agent.create_time.CopyFrom(_timestamp(row["create_time"]))
-    agent.update_time.CopyFrom(_timestamp(row["update_time"]))
+    agent.create_time.CopyFrom(timestamp(row["create_time"]))
+    agent.update_time.CopyFrom(timestamp(row["update_time"]))
     return agent
 
 

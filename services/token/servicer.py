@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from google.protobuf.timestamp_pb2 import Timestamp
 from macp.token.v1 import token_service_pb2 as pb
 from macp.token.v1 import token_service_pb2_grpc as pb_grpc
 
 from services.runtime.context import RpcContext
+from services.runtime.protos import timestamp
 from services.token import scopes
 from services.token.claims import TIERS
 from services.token.domain import TokenDomain
@@ -18,18 +17,12 @@ TIER_NAMES = {value: name for name, value in TIERS.items()}
 BEARER = "Bearer"
 
 
-def _timestamp(value: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
 def _tenant(tenant: Tenant) -> pb.Tenant:
     return pb.Tenant(
         tenant_id=tenant.tenant_id,
         tier=TIERS[tenant.tier],
         display_name=tenant.display_name,
-        create_time=_timestamp(tenant.create_time),
+        create_time=timestamp(tenant.create_time),
     )
 
 
@@ -38,7 +31,7 @@ def _user(user: User) -> pb.User:
         user_id=user.user_id,
         tenant_id=user.tenant_id,
         username=user.username,
-        create_time=_timestamp(user.create_time),
+        create_time=timestamp(user.create_time),
     )
 
 
@@ -113,7 +106,7 @@ class TokenServicer(pb_grpc.TokenServiceServicer):
             kid=rotation.current.kid, public_key=rotation.current, previous_kid=rotation.previous_kid or ""
         )
         if rotation.previous_retire_time is not None:
-            response.previous_key_retire_time.CopyFrom(_timestamp(rotation.previous_retire_time))
+            response.previous_key_retire_time.CopyFrom(timestamp(rotation.previous_retire_time))
         return response
 
     async def CreateTenant(
