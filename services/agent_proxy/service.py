@@ -1,4 +1,8 @@
-"""Wiring of the agent-proxy service. Its RPCs are not built yet: each answers UNIMPLEMENTED."""
+"""Wiring of the agent-proxy service. Its RPCs are not built yet: each answers UNIMPLEMENTED.
+
+Scopes: none yet (`method_scopes` is empty): every call needs a valid token for this service's
+audience, `urn:macp:service:<name>`; per-method scopes come with the RPCs themselves.
+"""
 
 from __future__ import annotations
 

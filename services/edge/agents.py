@@ -9,13 +9,18 @@ from starlette.responses import Response
 from services.edge.context import edge_context
 from services.edge.http import message_response, parse_message
 from services.edge.routes import ApiRoute
+from services.runtime.auth.settings import service_audience
+
+CONVERSATION_AUDIENCE = service_audience("conversation")
 
 
 async def create_agent(request: Request) -> Response:
     edge = edge_context(request)
     agent = await parse_message(request, pb.Agent(), edge.settings.max_body_bytes)
     reply: pb.CreateAgentResponse = await edge.conversation.CreateAgent(
-        pb.CreateAgentRequest(agent=agent), timeout=edge.timeout, metadata=edge.metadata()
+        pb.CreateAgentRequest(agent=agent),
+        timeout=edge.timeout,
+        metadata=await edge.call_metadata(CONVERSATION_AUDIENCE),
     )
     location = f"/v1/agents/{reply.agent.id}"
     return message_response(reply.agent, 201, {"location": location, "etag": f'"{reply.agent.etag}"'})
@@ -24,7 +29,9 @@ async def create_agent(request: Request) -> Response:
 async def get_agent(request: Request) -> Response:
     edge = edge_context(request)
     reply: pb.GetAgentResponse = await edge.conversation.GetAgent(
-        pb.GetAgentRequest(id=request.path_params["id"]), timeout=edge.timeout, metadata=edge.metadata()
+        pb.GetAgentRequest(id=request.path_params["id"]),
+        timeout=edge.timeout,
+        metadata=await edge.call_metadata(CONVERSATION_AUDIENCE),
     )
     return message_response(reply.agent, 200, {"etag": f'"{reply.agent.etag}"'})
 
@@ -39,7 +46,7 @@ ROUTES = [
         body=pb.Agent,
         response=pb.Agent,
         status=201,
-        errors=(400, 413, 415, 503),
+        errors=(400, 401, 403, 413, 415, 503),
         tags=("agents",),
     ),
     ApiRoute(
@@ -49,7 +56,7 @@ ROUTES = [
         summary="Get one agent",
         handler=get_agent,
         response=pb.Agent,
-        errors=(400, 404, 503),
+        errors=(400, 401, 403, 404, 503),
         tags=("agents",),
     ),
 ]

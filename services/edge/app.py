@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from services.edge import agents, oauth
+from services.edge.auth import BearerAuthMiddleware
 from services.edge.context import EdgeContext
 from services.edge.errors import HttpError, error_response, rpc_error_response
 from services.edge.middleware import RequestContextMiddleware
@@ -64,7 +65,7 @@ def build_app(settings: EdgeSettings, metrics: HttpMetrics) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.edge = EdgeContext.open(settings)
+        app.state.edge = await EdgeContext.open(settings)
         try:
             yield
         finally:
@@ -85,5 +86,7 @@ def build_app(settings: EdgeSettings, metrics: HttpMetrics) -> Starlette:
             405: _method_not_allowed,
         },
     )
+    # Added first, so it runs inside the request context (request id, access log, metrics).
+    app.add_middleware(BearerAuthMiddleware, verifier=lambda: app.state.edge.verifier)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, router=app.router)
     return app

@@ -1,17 +1,26 @@
-"""What the edge's handlers share: settings and the one channel to Envoy's mesh listener, with stubs."""
+"""What the edge's handlers share: settings, the one channel to Envoy's mesh listener with stubs,
+the token verifier of `urn:macp:edge` and the exchanger of tokens for the services it calls."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import grpc
+import redis.asyncio as aioredis
 from macp.conversation.v1 import conversation_service_pb2_grpc
 from macp.token.v1 import token_service_pb2_grpc
 from starlette.requests import Request
 
+from services.edge.auth import EdgeClient, TokenExchanger, caller_var
 from services.edge.settings import EdgeSettings
+from services.runtime.auth.jwks import JwksCache, token_service_fetch
+from services.runtime.auth.revocation import RevocationChecker
+from services.runtime.auth.settings import EDGE_AUDIENCE
+from services.runtime.auth.verifier import TokenVerifier
 from services.runtime.context import REQUEST_ID_HEADER, current_request_id
+from services.runtime.errors import Unauthenticated
 from services.runtime.mesh import open_mesh_channel
+from services.runtime.redis_client import create_redis
 
 
 @dataclass
@@ -20,18 +29,51 @@ class EdgeContext:
     channel: grpc.aio.Channel
     conversation: conversation_service_pb2_grpc.ConversationServiceStub
     token: token_service_pb2_grpc.TokenServiceStub
+    redis: aioredis.Redis
+    jwks: JwksCache
+    verifier: TokenVerifier
+    exchanger: TokenExchanger
 
     @classmethod
-    def open(cls, settings: EdgeSettings) -> EdgeContext:
+    async def open(cls, settings: EdgeSettings) -> EdgeContext:
         channel = open_mesh_channel(settings.common.mesh_address)
+        token = token_service_pb2_grpc.TokenServiceStub(channel)
+        redis = create_redis(settings.redis)
+        jwks = JwksCache(
+            token_service_fetch(channel),
+            refresh_seconds=settings.auth.jwks_refresh_seconds,
+            unknown_kid_refresh_seconds=settings.auth.jwks_unknown_kid_refresh_seconds,
+        )
+        # The token service may come up after the edge: start() logs a failed first fetch and retries.
+        await jwks.start()
+        client = None
+        if settings.client_id is not None and settings.client_secret is not None:
+            client = EdgeClient(settings.client_id, settings.client_secret)
         return cls(
             settings=settings,
             channel=channel,
             conversation=conversation_service_pb2_grpc.ConversationServiceStub(channel),
-            token=token_service_pb2_grpc.TokenServiceStub(channel),
+            token=token,
+            redis=redis,
+            jwks=jwks,
+            verifier=TokenVerifier(
+                audience=EDGE_AUDIENCE,
+                issuer=settings.auth.issuer,
+                jwks=jwks,
+                revocations=RevocationChecker(redis, settings.redis.key_prefix),
+                max_delegation_depth=settings.auth.max_delegation_depth,
+            ),
+            exchanger=TokenExchanger(
+                token,
+                client=client,
+                initial_access_token=settings.initial_access_token,
+                timeout=settings.rpc_timeout_seconds,
+            ),
         )
 
     async def close(self) -> None:
+        await self.jwks.stop()
+        await self.redis.aclose()
         await self.channel.close()
 
     @property
@@ -42,6 +84,15 @@ class EdgeContext:
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """Metadata of one RPC made on behalf of the current HTTP request: its request id."""
         return ((REQUEST_ID_HEADER, current_request_id() or ""),)
+
+    async def call_metadata(self, audience: str) -> tuple[tuple[str, str], ...]:
+        """Metadata of one RPC to the service of `audience` on behalf of the current (authenticated)
+        request: its request id and `authorization: Bearer <the caller's token exchanged for it>`."""
+        caller = caller_var.get()
+        if caller is None:
+            raise Unauthenticated("this request carries no verified token")
+        exchanged = await self.exchanger.exchange(caller, audience, self.metadata())
+        return (*self.metadata(), ("authorization", f"Bearer {exchanged}"))
 
 
 def edge_context(request: Request) -> EdgeContext:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.runtime.auth.settings import DEFAULT_ISSUER
+from services.runtime.auth.settings import DEFAULT_ISSUER, AuthSettings
 from services.runtime.registry import EDGE
-from services.runtime.settings import CommonSettings, Env
+from services.runtime.settings import CommonSettings, Env, RedisSettings
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,11 @@ class EdgeSettings:
     max_body_bytes: int
     rpc_timeout_seconds: float
     token_issuer: str
+    auth: AuthSettings
+    redis: RedisSettings
+    client_id: str | None
+    client_secret: str | None
+    initial_access_token: str | None
 
     @classmethod
     def from_env(cls, env: Env) -> EdgeSettings:
@@ -28,4 +33,9 @@ class EdgeSettings:
             rpc_timeout_seconds=env.number("MACP_EDGE_RPC_TIMEOUT_SECONDS", 30.0, minimum=0.1),
             token_issuer=env.url("MACP_TOKEN_ISSUER", ("http", "https"), "https://macp.example")
             or DEFAULT_ISSUER,
+            auth=AuthSettings.from_env(env),
+            redis=RedisSettings.from_env(env),
+            client_id=env.optional_string("MACP_EDGE_CLIENT_ID") or None,
+            client_secret=env.optional_string("MACP_EDGE_CLIENT_SECRET") or None,
+            initial_access_token=env.optional_string("MACP_TOKEN_INITIAL_ACCESS_TOKEN") or None,
         )

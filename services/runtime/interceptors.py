@@ -198,7 +198,8 @@ class ErrorMappingInterceptor(WrappingInterceptor):
 
 
 class Authenticator(Protocol):
-    """Decides whether a call may proceed; the token issue supplies the real one (JWT, audience)."""
+    """Decides whether a call may proceed; `services.runtime.auth.authenticator.JwtAuthenticator` is
+    the one every service uses by default."""
 
     async def authenticate(self, method: str, context: Context) -> Principal:
         """The caller's principal; raise `Unauthenticated` or `PermissionDenied` to refuse the call."""
@@ -238,7 +239,8 @@ class AuthenticationInterceptor(WrappingInterceptor):
 
 
 class AdmitAll:
-    """The authenticator in force until the token service lands: every call acts as the local principal."""
+    """Every call acts as the local development principal: an explicit override for tests and local
+    experiments (`ServiceDefinition(authenticator=AdmitAll())`); services authenticate tokens by default."""
 
     async def authenticate(self, method: str, context: Context) -> Principal:
         return LOCAL_DEVELOPMENT_PRINCIPAL

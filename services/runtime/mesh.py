@@ -13,8 +13,12 @@ import grpc
 
 from services.runtime.context import REQUEST_ID_HEADER, current_request_id
 
-# Keepalive keeps long-lived streams through Envoy from being dropped as idle.
+# Keepalive keeps long-lived streams through Envoy from being dropped as idle. Envoy is local (a
+# sidecar or the compose network), so reconnecting soon after it comes up matters more than backing
+# off: a process that started before Envoy would otherwise wait up to two minutes to reach it.
 _CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
@@ -22,14 +26,17 @@ _CHANNEL_OPTIONS = [
 
 
 def _with_request_id(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    """The call's details with the request id, and waiting for the channel to be ready unless the
+    caller said otherwise: Envoy is local, so a call made while the channel (re)connects to it (a
+    process that started before Envoy, or an Envoy restart) waits within its deadline instead of
+    failing at once. Callers on the mesh always set a deadline."""
     request_id = current_request_id()
-    if request_id is None:
-        return details
     metadata = grpc.aio.Metadata(*(details.metadata or ()))
-    if metadata.get(REQUEST_ID_HEADER) is None:
+    if request_id is not None and metadata.get(REQUEST_ID_HEADER) is None:
         metadata.add(REQUEST_ID_HEADER, request_id)
+    wait_for_ready = True if details.wait_for_ready is None else details.wait_for_ready
     return grpc.aio.ClientCallDetails(
-        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        details.method, details.timeout, metadata, details.credentials, wait_for_ready
     )
 
 

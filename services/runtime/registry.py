@@ -91,7 +91,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         module="services.agent_proxy",
         streaming_rpcs=("Generate",),
         retry_safe_rpcs=("ListProviders", "Bid"),
-        dependencies=("kafka",),
+        dependencies=("redis", "kafka"),
     ),
     ServiceSpec(
         name="token",

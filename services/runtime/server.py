@@ -12,7 +12,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +21,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.runtime.auth.authenticator import JwtAuthenticator, jwt_authenticator
+from services.runtime.auth.settings import AuthSettings, service_audience
 from services.runtime.interceptors import (
     AccessLogInterceptor,
-    AdmitAll,
     AuthenticationInterceptor,
     Authenticator,
     ErrorMappingInterceptor,
@@ -31,6 +32,7 @@ from services.runtime.interceptors import (
     ValidationInterceptor,
 )
 from services.runtime.logs import configure_logging
+from services.runtime.mesh import open_mesh_channel
 from services.runtime.metrics import RpcMetrics, serve_metrics
 from services.runtime.registry import ServiceSpec
 from services.runtime.resources import Resources, ResourceSettings, open_resources
@@ -41,6 +43,7 @@ log = logging.getLogger("macp.server")
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 UNAUTHENTICATED_PREFIXES = (f"/{HEALTH_SERVICE}/", "/grpc.reflection.")
 DEPENDENCY_CHECK_SECONDS = 5.0
+METADATA_LIMIT_BYTES = 32 * 1024
 
 Register = Callable[[grpc.aio.Server, Resources, Env], Awaitable[None]]
 
@@ -58,13 +61,21 @@ class ServiceDefinition:
         (it reads its own settings there, so a bad one stops start-up like any other).
     migrations_dir: the service's `migrations/` folder, if it owns tables.
     topics: Kafka topics it publishes to, created at start-up if missing.
+    method_scopes: full method name (or `/<package>.<Service>/*`) to the scope a token needs to
+        call it; a method not named needs a valid token and no particular scope. Each service
+        documents its choice in its `service.py`.
+    authenticator: None (the default) authenticates every call with a `JwtAuthenticator` for
+        `urn:macp:service:<name>`, its keys from TokenService.GetJwks over the mesh and its
+        revocations from Redis (so every service depends on Redis). An explicit one overrides
+        that: `AdmitAll` for tests and local experiments, the token service's own.
     """
 
     spec: ServiceSpec
     register: Register
     migrations_dir: Path | None = None
     topics: Callable[[ResourceSettings], list[str]] = field(default=lambda s: usage_topics(s))
-    authenticator: Authenticator = field(default_factory=AdmitAll)
+    method_scopes: Mapping[str, str] = field(default_factory=dict)
+    authenticator: Authenticator | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,31 @@ async def _watch_dependencies(
             metrics.set_serving(now_serving)
             log.warning("dependency health changed", extra={"failing": failing, "serving": now_serving})
             serving = now_serving
+
+
+@contextlib.asynccontextmanager
+async def _default_authenticator(
+    definition: ServiceDefinition, env: Env, common: CommonSettings, resources: Resources
+) -> AsyncIterator[JwtAuthenticator]:
+    """The JWT authenticator of `definition`'s audience, open while the block runs."""
+    redis_settings = resources.settings.redis
+    if redis_settings is None:
+        raise SettingsError(
+            f"{definition.spec.name} authenticates tokens, which needs the redis dependency in the registry"
+        )
+    channel = open_mesh_channel(common.mesh_address)
+    try:
+        async with jwt_authenticator(
+            service_audience(definition.spec.name),
+            AuthSettings.from_env(env),
+            redis=resources.require_redis(),
+            redis_key_prefix=redis_settings.key_prefix,
+            channel=channel,
+            method_scopes=definition.method_scopes,
+        ) as authenticator:
+            yield authenticator
+    finally:
+        await channel.close()
 
 
 async def serve(
@@ -137,6 +173,7 @@ async def _serve(
     server: grpc.aio.Server | None = None
     watcher: asyncio.Task[None] | None = None
     health_servicer = health.aio.HealthServicer()
+    auth_stack = contextlib.AsyncExitStack()
     try:
         resources = await open_resources(
             resource_settings,
@@ -145,15 +182,26 @@ async def _serve(
             topics=definition.topics(resource_settings),
             wait_seconds=dependency_wait_seconds,
         )
+        authenticator = definition.authenticator
+        if authenticator is None:
+            authenticator = await auth_stack.enter_async_context(
+                _default_authenticator(definition, env, common, resources)
+            )
         server = grpc.aio.server(
             interceptors=[
                 RequestIdInterceptor(),
                 AccessLogInterceptor(metrics),
                 ErrorMappingInterceptor(),
-                AuthenticationInterceptor(definition.authenticator, UNAUTHENTICATED_PREFIXES),
+                AuthenticationInterceptor(authenticator, UNAUTHENTICATED_PREFIXES),
                 ValidationInterceptor(),
             ],
-            options=[("grpc.so_reuseport", 0)],
+            options=[
+                ("grpc.so_reuseport", 0),
+                # Room for a bearer token up to the verifier's limit (8 KiB) and the other headers,
+                # so an oversized token is refused by the authenticator (UNAUTHENTICATED, logged)
+                # rather than by the transport's 8 KiB default (RESOURCE_EXHAUSTED).
+                ("grpc.max_metadata_size", METADATA_LIMIT_BYTES),
+            ],
         )
         await definition.register(server, resources, env)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -186,6 +234,7 @@ async def _serve(
             await health_servicer.enter_graceful_shutdown()
             metrics.set_serving(False)
             await server.stop(common.shutdown_grace_seconds)
+        await auth_stack.aclose()
         if resources is not None:
             await resources.close()
         metrics_endpoint.close()
@@ -200,6 +249,7 @@ def run_service(definition: ServiceDefinition, environ: Mapping[str, str] | None
         common = CommonSettings.from_env(env)
         ServerSettings.from_env(env, definition.spec)
         ResourceSettings.from_env(env, definition.spec.dependencies)
+        AuthSettings.from_env(env)
     except SettingsError as exc:
         print(f"{definition.spec.name}: {exc}", file=sys.stderr)
         return 2

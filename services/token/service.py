@@ -1,4 +1,10 @@
-"""Wiring of the token service: its registry entry, its servicer, its migrations."""
+"""Wiring of the token service: its registry entry, its servicer, its migrations.
+
+It does not use the runtime's default JWT authenticator: IssueToken, ExchangeToken, RegisterClient,
+GetJwks, Introspect and Revoke must answer callers who have no token yet (they authenticate the
+client in the request body), and the JWKS every other verifier needs comes from here. Its
+privileged RPCs check the bearer token themselves (`guard.py`), against its own key store.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,8 @@ from pathlib import Path
 import grpc
 from macp.token.v1 import token_service_pb2_grpc as pb_grpc
 
+from services.runtime.context import RpcContext
+from services.runtime.principal import Principal
 from services.runtime.registry import service
 from services.runtime.resources import Resources
 from services.runtime.server import ServiceDefinition
@@ -14,6 +22,14 @@ from services.runtime.settings import Env
 from services.token.domain import TokenDomain
 from services.token.servicer import TokenServicer
 from services.token.settings import TokenSettings
+
+
+class OwnChecks:
+    """Admits every call with an empty principal: each RPC authenticates its caller itself (client
+    credentials in the request, or the bearer guard), so no handler here reads the principal."""
+
+    async def authenticate(self, method: str, context: RpcContext) -> Principal:
+        return Principal()
 
 
 async def register(server: grpc.aio.Server, resources: Resources, env: Env) -> None:
@@ -31,4 +47,5 @@ DEFINITION = ServiceDefinition(
     spec=service("token"),
     register=register,
     migrations_dir=Path(__file__).parent / "migrations",
+    authenticator=OwnChecks(),
 )

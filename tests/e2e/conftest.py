@@ -1,35 +1,52 @@
-"""A real slice of the mesh for end-to-end tests: Envoy (front and mesh listeners), the edge and the
-conversation service, on free ports, over the session's real infrastructure."""
+"""A real slice of the mesh for end-to-end tests: Envoy (front and mesh listeners), the edge, the
+token service and the conversation service, on free ports, over the session's real infrastructure.
+
+Every hop authenticates: the slice seeds a tenant with a user through the token service's RPCs and
+hands out the user's token for the edge (`Slice.client()` sends it).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import urllib.request
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import uvicorn
 
 from services.conversation.service import DEFINITION as CONVERSATION
 from services.edge.app import build_app
 from services.edge.settings import EdgeSettings
+from services.runtime.auth.settings import EDGE_AUDIENCE
 from services.runtime.metrics import HttpMetrics
 from services.runtime.server import RunningService, serve
 from services.runtime.settings import Env
 from services.stack.config import EnvoyPorts, free_port
 from services.stack.envoy import Envoy
 from services.stack.envoy_config import render_native
+from tests.tokens import Tenant, TokenWorld, token_world
 
 
 @dataclass(frozen=True)
 class Slice:
     front_url: str
     mesh_address: str
+    conversation_port: int
     envoy_log: Path
     database_url: str
+    tokens: TokenWorld
+    tenant: Tenant
+    edge_token: str
+
+    def client(self, token: str | None = None) -> httpx.AsyncClient:
+        """An HTTP client of the front URL sending `token` (by default the tenant user's edge token)."""
+        bearer = {"authorization": f"Bearer {token or self.edge_token}"}
+        return httpx.AsyncClient(base_url=self.front_url, timeout=10, headers=bearer)
 
 
 def _cluster_healthy(admin_port: int, cluster: str) -> bool:
@@ -49,8 +66,26 @@ async def _wait_healthy(admin_port: int, cluster: str) -> None:
     raise AssertionError(f"Envoy never saw the {cluster} cluster healthy")
 
 
+async def wait_authenticating(slice_: Slice) -> None:
+    """Until the edge and the conversation service hold the token service's keys (fetched over the
+    mesh, which came up after them): a GET of an unknown agent answers 404, not 503 (20 s at most)."""
+    async with slice_.client() as client:
+        for _ in range(100):
+            response = await client.get(f"/v1/agents/{uuid.uuid4()}")
+            if response.status_code == 404:
+                return
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"the slice never authenticated a valid token: {response.text}")
+
+
 @pytest.fixture
 async def mesh_slice(service_environ: dict[str, str], tmp_path: Path) -> AsyncIterator[Slice]:
+    async with token_world(service_environ) as tokens:
+        async for slice_ in _slice(tokens, tmp_path):
+            yield slice_
+
+
+async def _slice(tokens: TokenWorld, tmp_path: Path) -> AsyncIterator[Slice]:
     ports = {
         "MACP_CONVERSATION_PORT": str(free_port()),
         "MACP_CONVERSATION_METRICS_PORT": "0",
@@ -60,7 +95,8 @@ async def mesh_slice(service_environ: dict[str, str], tmp_path: Path) -> AsyncIt
         "MACP_ENVOY_MESH_PORT": str(free_port()),
         "MACP_ENVOY_ADMIN_PORT": str(free_port()),
     }
-    environ = {**service_environ, **ports, "MACP_MESH_ADDRESS": f"127.0.0.1:{ports['MACP_ENVOY_MESH_PORT']}"}
+    mesh = {"MACP_MESH_ADDRESS": f"127.0.0.1:{ports['MACP_ENVOY_MESH_PORT']}"}
+    environ = {**tokens.environ, **ports, **mesh}
     env = Env(environ)
 
     started: asyncio.Future[RunningService] = asyncio.get_running_loop().create_future()
@@ -85,13 +121,21 @@ async def mesh_slice(service_environ: dict[str, str], tmp_path: Path) -> AsyncIt
     try:
         await _wait_healthy(envoy.ports.admin, "conversation")
         await _wait_healthy(envoy.ports.admin, "edge")
+        await _wait_healthy(envoy.ports.admin, "token")
         assert envoy.process is not None
-        yield Slice(
+        tenant = await tokens.tenant()
+        slice_ = Slice(
             front_url=envoy.url,
             mesh_address=envoy.mesh_address,
+            conversation_port=running.port,
             envoy_log=envoy.process.log_path,
             database_url=environ["MACP_DATABASE_URL"],
+            tokens=tokens,
+            tenant=tenant,
+            edge_token=await tokens.user_token(tenant, [EDGE_AUDIENCE]),
         )
+        await wait_authenticating(slice_)
+        yield slice_
     finally:
         await asyncio.to_thread(envoy.stop)
         edge_server.should_exit = True

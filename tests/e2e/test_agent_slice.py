@@ -8,12 +8,13 @@ import uuid
 
 import asyncpg
 import grpc
-import httpx
 import pytest
 from macp.conversation.v1 import conversation_service_pb2 as pb
 from macp.conversation.v1 import conversation_service_pb2_grpc as pb_grpc
 
+from services.runtime.auth.settings import service_audience
 from tests.e2e.conftest import Slice
+from tests.tokens import bearer
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +44,7 @@ async def _log_entries_for(slice_: Slice, request_id: str, count: int) -> list[d
 
 
 async def test_post_then_get_returns_the_row_stored_in_postgres(mesh_slice: Slice) -> None:
-    async with httpx.AsyncClient(base_url=mesh_slice.front_url, timeout=10) as client:
+    async with mesh_slice.client() as client:
         created = await client.post("/v1/agents", json=NEW_AGENT)
         assert created.status_code == 201, created.text
         agent = created.json()
@@ -72,7 +73,8 @@ async def test_post_then_get_returns_the_row_stored_in_postgres(mesh_slice: Slic
     for response in (created, fetched):
         entries = await _log_entries_for(mesh_slice, response.headers["x-request-id"], 2)
         hops = {(e["listener"], e["upstream_cluster"]) for e in entries}
-        assert hops == {("front", "edge"), ("mesh", "conversation")}
+        # The edge exchanges the user's token at the token service before its first call.
+        assert hops - {("mesh", "token")} == {("front", "edge"), ("mesh", "conversation")}
 
 
 @pytest.mark.parametrize(
@@ -89,7 +91,7 @@ async def test_post_then_get_returns_the_row_stored_in_postgres(mesh_slice: Slic
 async def test_bad_agent_is_refused_naming_the_field_and_nothing_is_stored(
     mesh_slice: Slice, body: object, status: int, fragment: str
 ) -> None:
-    async with httpx.AsyncClient(base_url=mesh_slice.front_url, timeout=10) as client:
+    async with mesh_slice.client() as client:
         response = await client.post("/v1/agents", json=body)
     assert response.status_code == status, response.text
     error = response.json()
@@ -104,7 +106,7 @@ async def test_bad_agent_is_refused_naming_the_field_and_nothing_is_stored(
 
 
 async def test_missing_and_malformed_ids(mesh_slice: Slice) -> None:
-    async with httpx.AsyncClient(base_url=mesh_slice.front_url, timeout=10) as client:
+    async with mesh_slice.client() as client:
         missing = await client.get(f"/v1/agents/{uuid.uuid4()}")
         malformed = await client.get("/v1/agents/not-a-uuid")
         unrouted = await client.get("/v1/nothing-here")
@@ -116,7 +118,7 @@ async def test_missing_and_malformed_ids(mesh_slice: Slice) -> None:
 
 
 async def test_body_limits_and_media_type(mesh_slice: Slice) -> None:
-    async with httpx.AsyncClient(base_url=mesh_slice.front_url, timeout=10) as client:
+    async with mesh_slice.client() as client:
         too_long = {**NEW_AGENT, "systemPrompt": "x" * 2_000_000}
         huge = await client.post("/v1/agents", json=too_long, headers={"x-request-id": "big-1"})
         text = await client.post("/v1/agents", content=b"name=Ada", headers={"content-type": "text/plain"})
@@ -126,7 +128,7 @@ async def test_body_limits_and_media_type(mesh_slice: Slice) -> None:
 
 
 async def test_openapi_document_describes_the_served_routes(mesh_slice: Slice) -> None:
-    async with httpx.AsyncClient(base_url=mesh_slice.front_url, timeout=10) as client:
+    async with mesh_slice.client() as client:
         document = (await client.get("/v1/openapi.json")).json()
     assert document["openapi"] == "3.1.0"
     assert set(document["paths"]) >= {"/v1/agents", "/v1/agents/{id}"}
@@ -138,9 +140,10 @@ async def test_openapi_document_describes_the_served_routes(mesh_slice: Slice) -
 
 
 async def test_rpcs_not_built_yet_answer_unimplemented_through_the_mesh(mesh_slice: Slice) -> None:
+    token = await mesh_slice.tokens.user_token(mesh_slice.tenant, [service_audience("conversation")])
     async with grpc.aio.insecure_channel(mesh_slice.mesh_address) as channel:
         stub = pb_grpc.ConversationServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as failure:
-            await stub.ListAgents(pb.ListAgentsRequest(), timeout=5)
+            await stub.ListAgents(pb.ListAgentsRequest(), timeout=5, metadata=bearer(token))
     assert failure.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert "ListAgents is not implemented yet" in (failure.value.details() or "")

@@ -1,11 +1,15 @@
 """`macp up` with the real services: the user's first command, end to end.
 
-Brings the whole native mesh up on free ports, stores and reads an agent through Envoy's front
-port, and checks that SIGTERM leaves no process behind (by pid).
+Brings the whole native mesh up on free ports, seeds a tenant, user and client through the token
+service's RPCs (with the initial access token `macp up` keeps in `<data_dir>/secrets.json`), gets
+a user token from `/oauth2/token`, stores and reads an agent through Envoy's front port with it, and
+checks that SIGTERM leaves no process behind (by pid).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import signal
 import subprocess
@@ -20,6 +24,7 @@ import pytest
 from services.stack import stackfile
 from services.stack.infra import scratch_data_dir
 from tests.stack.test_up import REPO, assert_all_gone, recorded_processes, stack_environ
+from tests.tokens import PASSWORD, seed_tenant_over
 
 pytestmark = pytest.mark.integration
 
@@ -66,9 +71,28 @@ def test_macp_up_serves_the_slice_and_stops_cleanly(data_dir: Path) -> None:
         processes = recorded_processes(document)
 
         front = f"http://127.0.0.1:{environ['MACP_ENVOY_FRONT_PORT']}"
+        secrets = json.loads((data_dir / "secrets.json").read_text())
+        mesh = f"127.0.0.1:{environ['MACP_ENVOY_MESH_PORT']}"
+        tenant = asyncio.run(seed_tenant_over(mesh, secrets["MACP_TOKEN_INITIAL_ACCESS_TOKEN"]))
+        agent = {"name": "Ada", "provider": "local", "model": "echo-1"}
         with httpx.Client(base_url=front, timeout=10) as client:
-            created = client.post("/v1/agents", json={"name": "Ada", "provider": "local", "model": "echo-1"})
+            anonymous = client.post("/v1/agents", json=agent)
+            assert anonymous.status_code == 401, anonymous.text
+            issued = client.post(
+                "/oauth2/token",
+                data={
+                    "grant_type": "password",
+                    "username": tenant.username,
+                    "password": PASSWORD,
+                    "client_id": tenant.client.client_id,
+                    "client_secret": tenant.client.client_secret,
+                },
+            )
+            assert issued.status_code == 200, issued.text
+            client.headers["authorization"] = f"Bearer {issued.json()['access_token']}"
+            created = client.post("/v1/agents", json=agent)
             assert created.status_code == 201, created.text
+            assert created.json()["tenantId"] == tenant.tenant_id
             fetched = client.get(f"/v1/agents/{created.json()['id']}")
         assert fetched.status_code == 200
         assert fetched.json() == created.json()

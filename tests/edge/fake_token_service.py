@@ -29,6 +29,7 @@ from services.runtime.registry import service
 from services.runtime.resources import Resources
 from services.runtime.server import ServiceDefinition
 from services.runtime.settings import Env
+from services.token.service import OwnChecks
 
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 ISSUER = "http://fake-token-service.test"
@@ -283,4 +284,5 @@ def fake_definition(fake: FakeTokenService) -> ServiceDefinition:
     async def register(server: grpc.aio.Server, resources: Resources, env: Env) -> None:
         pb_grpc.add_TokenServiceServicer_to_server(fake, server)
 
-    return ServiceDefinition(spec=FAKE_SPEC, register=register)
+    # Like the real token service, it admits every call: its RPCs are the ones that hand out tokens.
+    return ServiceDefinition(spec=FAKE_SPEC, register=register, authenticator=OwnChecks())

@@ -146,8 +146,9 @@ def test_oauth_error_takes_its_status_from_the_table() -> None:
 
 
 def test_the_issuer_defaults_to_the_local_front_listener() -> None:
-    assert EdgeSettings.from_env(Env({})).token_issuer == "http://127.0.0.1:8080"
-    settings = EdgeSettings.from_env(Env({"MACP_TOKEN_ISSUER": "https://auth.macp.example"}))
+    redis = {"MACP_REDIS_URL": "redis://127.0.0.1:6379/0"}  # the edge checks revocations
+    assert EdgeSettings.from_env(Env(redis)).token_issuer == "http://127.0.0.1:8080"
+    settings = EdgeSettings.from_env(Env({**redis, "MACP_TOKEN_ISSUER": "https://auth.macp.example"}))
     assert settings.token_issuer == "https://auth.macp.example"
 
 

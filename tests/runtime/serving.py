@@ -21,6 +21,7 @@ from macp.agent_proxy.v1 import agent_proxy_service_pb2 as proxy_pb
 from macp.agent_proxy.v1 import agent_proxy_service_pb2_grpc as proxy_grpc
 
 from services.runtime.context import RpcContext
+from services.runtime.interceptors import AdmitAll
 from services.runtime.logs import JsonFormatter
 from services.runtime.registry import ServiceSpec
 from services.runtime.resources import Resources
@@ -58,7 +59,8 @@ def probe_definition(list_providers: ListProviders) -> ServiceDefinition:
         servicer = ProbeServicer(list_providers)  # type: ignore[abstract]
         proxy_grpc.add_AgentProxyServiceServicer_to_server(servicer, server)
 
-    return ServiceDefinition(spec=PROBE_SPEC, register=register)
+    # The probe depends on nothing (no Redis for revocations): it admits every call explicitly.
+    return ServiceDefinition(spec=PROBE_SPEC, register=register, authenticator=AdmitAll())
 
 
 @asynccontextmanager

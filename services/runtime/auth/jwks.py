@@ -75,7 +75,10 @@ def token_service_fetch(channel: grpc.aio.Channel, *, timeout: float = 5.0) -> F
     stub = token_service_pb2_grpc.TokenServiceStub(channel)
 
     async def fetch() -> Mapping[str, Any]:
-        response = await stub.GetJwks(token_service_pb2.GetJwksRequest(), timeout=timeout)
+        # Fail fast while the channel cannot connect (start-up must not wait for the token service:
+        # the cache retries in the background), rather than the mesh's default of waiting.
+        request = token_service_pb2.GetJwksRequest()
+        response = await stub.GetJwks(request, timeout=timeout, wait_for_ready=False)
         return jwks_from_proto(response)
 
     return fetch

@@ -1,0 +1,196 @@
+"""Authentication at the edge: every route but discovery, health and the OAuth endpoints needs a
+valid access token for `urn:macp:edge`; each RPC the edge then makes carries a token exchanged
+(RFC 8693) for the service it calls.
+
+The check: `Authorization: Bearer <jwt>`, verified by the runtime's `TokenVerifier` (keys from
+TokenService.GetJwks over the mesh, revocations from Redis). A missing or bad token is 401 with
+`WWW-Authenticate: Bearer error="invalid_token"` and the edge's JSON error shape; keys or
+revocations that cannot be checked right now are 503 (fail closed).
+
+The exchange: subject_token = the caller's token, audience = the callee's `urn:macp:service:<name>`,
+made by the edge's own client (internal, token-exchange grant). Exchanged tokens are cached per
+(caller's jti, audience) until shortly before they expire, so a session costs one exchange per
+callee, not one per request. The edge's client is `MACP_EDGE_CLIENT_ID`/`MACP_EDGE_CLIENT_SECRET`
+when set, else the edge registers one for itself on first use with the token service's initial
+access token (`MACP_TOKEN_INITIAL_ACCESS_TOKEN`, which the native stack hands every process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from http import HTTPStatus
+
+from macp.common.v1 import principal_pb2
+from macp.token.v1 import token_service_pb2 as token_pb
+from macp.token.v1 import token_service_pb2_grpc as token_grpc
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from services.edge.errors import error_response
+from services.runtime.auth.jwt import Claims, InvalidToken
+from services.runtime.auth.verifier import TokenVerifier
+from services.runtime.errors import Unavailable
+
+log = logging.getLogger("macp.edge.auth")
+
+EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+# What the edge's own client may pass on: an exchanged token keeps only the scopes the caller's
+# token, the edge's client and the callee's needs share, so these name every scope a service checks.
+EDGE_CLIENT_SCOPES = "conversations:read conversations:write"
+# An exchanged token is reused until this many seconds before it expires.
+EXCHANGE_MARGIN_SECONDS = 30.0
+MAX_CACHED_EXCHANGES = 10_000
+
+PUBLIC_PATHS = frozenset({"/healthz", "/v1/openapi.json"})
+PUBLIC_PREFIXES = ("/.well-known/", "/oauth2/")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The verified caller of the current HTTP request: its token (to exchange) and its claims."""
+
+    token: str
+    claims: Claims
+
+
+caller_var: ContextVar[Caller | None] = ContextVar("macp_edge_caller", default=None)
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+def _bearer(headers: list[tuple[bytes, bytes]]) -> str | None:
+    values = [value for name, value in headers if name == b"authorization"]
+    if len(values) != 1:
+        return None
+    scheme, _, token = values[0].decode("latin-1").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+class BearerAuthMiddleware:
+    """Refuses a non-public request without a valid token; sets `caller_var` for the handlers."""
+
+    def __init__(self, app: ASGIApp, verifier: Callable[[], TokenVerifier]) -> None:
+        self._app = app
+        self._verifier = verifier
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or is_public(scope.get("path", "")):
+            await self._app(scope, receive, send)
+            return
+        token = _bearer(list(scope.get("headers", ())))
+        if token is None:
+            await self._refuse(scope, receive, send, "this route needs `Authorization: Bearer <token>`")
+            return
+        try:
+            claims = await self._verifier().verify(token)
+        except InvalidToken as exc:
+            log.info("token refused", extra={"path": scope.get("path"), "reason": exc.reason})
+            await self._refuse(scope, receive, send, f"invalid token: {exc.reason}")
+            return
+        except Unavailable as exc:
+            response = error_response(HTTPStatus.SERVICE_UNAVAILABLE, "UNAVAILABLE", exc.message)
+            await response(scope, receive, send)
+            return
+        if claims.tenant_id is None:
+            await self._refuse(scope, receive, send, "invalid token: missing_claim: tenant_id")
+            return
+        reset = caller_var.set(Caller(token, claims))
+        try:
+            await self._app(scope, receive, send)
+        finally:
+            caller_var.reset(reset)
+
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send, message: str) -> None:
+        response = error_response(HTTPStatus.UNAUTHORIZED, "UNAUTHENTICATED", message)
+        response.headers["www-authenticate"] = 'Bearer error="invalid_token"'
+        await response(scope, receive, send)
+
+
+@dataclass(frozen=True)
+class EdgeClient:
+    client_id: str
+    client_secret: str
+
+
+class TokenExchanger:
+    """The caller's token exchanged for one addressed to a service, cached per (jti, audience)."""
+
+    def __init__(
+        self,
+        stub: token_grpc.TokenServiceStub,
+        *,
+        client: EdgeClient | None,
+        initial_access_token: str | None,
+        timeout: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._stub = stub
+        self._client = client
+        self._initial_access_token = initial_access_token
+        self._timeout = timeout
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        # (jti, audience) -> (token, epoch second after which it is not reused)
+        self._cache: dict[tuple[str, str], tuple[str, float]] = {}
+
+    async def _edge_client(self, metadata: tuple[tuple[str, str], ...]) -> EdgeClient:
+        if self._client is not None:
+            return self._client
+        async with self._lock:
+            if self._client is None:
+                if not self._initial_access_token:
+                    raise Unavailable(
+                        "the edge has no client to exchange tokens with: set MACP_EDGE_CLIENT_ID and "
+                        "MACP_EDGE_CLIENT_SECRET, or MACP_TOKEN_INITIAL_ACCESS_TOKEN"
+                    )
+                reply: token_pb.RegisterClientResponse = await self._stub.RegisterClient(
+                    token_pb.RegisterClientRequest(
+                        initial_access_token=self._initial_access_token,
+                        metadata=token_pb.ClientMetadata(
+                            client_name="macp edge",
+                            client_class=principal_pb2.CLIENT_CLASS_INTERNAL,
+                            grant_types=[EXCHANGE_GRANT],
+                            scope=EDGE_CLIENT_SCOPES,
+                        ),
+                    ),
+                    timeout=self._timeout,
+                    metadata=metadata,
+                )
+                self._client = EdgeClient(reply.client_id, reply.client_secret)
+                log.info("registered the edge's token exchange client", extra={"client_id": reply.client_id})
+            return self._client
+
+    async def exchange(self, caller: Caller, audience: str, metadata: tuple[tuple[str, str], ...]) -> str:
+        key = (caller.claims.jti, audience)
+        cached = self._cache.get(key)
+        now = self._clock()
+        if cached is not None and now < cached[1]:
+            return cached[0]
+        client = await self._edge_client(metadata)
+        reply: token_pb.ExchangeTokenResponse = await self._stub.ExchangeToken(
+            token_pb.ExchangeTokenRequest(
+                client_id=client.client_id,
+                client_secret=client.client_secret,
+                subject_token=caller.token,
+                subject_token_type=ACCESS_TOKEN_TYPE,
+                audience=[audience],
+            ),
+            timeout=self._timeout,
+            metadata=metadata,
+        )
+        if len(self._cache) >= MAX_CACHED_EXCHANGES:
+            self._cache = {k: v for k, v in self._cache.items() if v[1] > now}
+            if len(self._cache) >= MAX_CACHED_EXCHANGES:
+                self._cache.clear()
+        self._cache[key] = (reply.access_token, now + reply.expires_in - EXCHANGE_MARGIN_SECONDS)
+        return reply.access_token

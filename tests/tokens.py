@@ -1,0 +1,215 @@
+"""Real tokens for tests of services that authenticate: the real token service served in-process,
+seeded through its own RPCs (the bootstrap `macp up` follows), and channels that carry a token.
+
+`token_world(environ)` runs the token service on a free port and yields a `TokenWorld`; a service
+started with `world.service_environ(...)` fetches its JWKS from that token service (its
+`MACP_MESH_ADDRESS` points straight at it, no Envoy needed) and shares its issuer and Redis prefix.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import grpc
+import redis.asyncio as aioredis
+from macp.common.v1 import principal_pb2
+from macp.token.v1 import token_service_pb2 as pb
+from macp.token.v1 import token_service_pb2_grpc as pb_grpc
+
+from services.runtime.auth.settings import DEFAULT_ISSUER
+from services.stack.config import free_port
+from services.token import scopes
+from services.token.service import DEFINITION as TOKEN
+from tests.runtime.serving import channel, running
+from tests.token.harness import (
+    EXCHANGE_GRANT,
+    TOKEN_AUDIENCE,
+    RegisteredClient,
+    TokenHarness,
+    new_key_encryption_key,
+)
+
+PASSWORD = "correct horse battery staple"
+ALL_SCOPES = "conversations:read conversations:write"
+
+
+def token_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` plus what the token service needs: its port, keys and initial access token."""
+    return {
+        "MACP_TOKEN_ISSUER": DEFAULT_ISSUER,
+        **environ,
+        "MACP_TOKEN_PORT": str(free_port()),
+        "MACP_TOKEN_METRICS_PORT": "0",
+        "MACP_TOKEN_KEY_ENCRYPTION_KEY": new_key_encryption_key(),
+        "MACP_TOKEN_INITIAL_ACCESS_TOKEN": secrets.token_urlsafe(32),
+    }
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A seeded tenant: its user and a client that may get user tokens for it."""
+
+    tenant_id: str
+    username: str
+    client: RegisteredClient
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+async def _register(
+    stub: pb_grpc.TokenServiceStub,
+    initial_access_token: str,
+    metadata: pb.ClientMetadata,
+    tenant_id: str = "",
+) -> RegisteredClient:
+    response = await stub.RegisterClient(
+        pb.RegisterClientRequest(
+            initial_access_token=initial_access_token, tenant_id=tenant_id, metadata=metadata
+        )
+    )
+    return RegisteredClient(response.client_id, response.client_secret)
+
+
+async def seed_tenant(
+    stub: pb_grpc.TokenServiceStub,
+    initial_access_token: str,
+    tenant_id: str | None = None,
+    *,
+    scope: str = ALL_SCOPES,
+) -> Tenant:
+    """Through the token service's own RPCs, the bootstrap `macp up` follows: an internal admin client
+    (registered with the initial access token) creates a tenant and its user; then a consumer client
+    of that tenant allowed `scope`, which gets user tokens with the password grant."""
+    tenant_id = tenant_id or f"t-{uuid.uuid4().hex[:10]}"
+    admin_metadata = pb.ClientMetadata(
+        client_name="test admin",
+        client_class=principal_pb2.CLIENT_CLASS_INTERNAL,
+        grant_types=["client_credentials"],
+        scope=scopes.ADMIN,
+    )
+    admin = await _register(stub, initial_access_token, admin_metadata)
+    admin_token: pb.IssueTokenResponse = await stub.IssueToken(
+        pb.IssueTokenRequest(
+            grant_type=pb.GRANT_TYPE_CLIENT_CREDENTIALS,
+            client_id=admin.client_id,
+            client_secret=admin.client_secret,
+            scope=scopes.ADMIN,
+            audience=[TOKEN_AUDIENCE],
+        )
+    )
+    as_admin = bearer(admin_token.access_token)
+    await stub.CreateTenant(
+        pb.CreateTenantRequest(tenant_id=tenant_id, tier=principal_pb2.TIER_PRO), metadata=as_admin
+    )
+    username = f"user-{uuid.uuid4().hex[:8]}"
+    await stub.CreateUser(
+        pb.CreateUserRequest(tenant_id=tenant_id, username=username, password=PASSWORD), metadata=as_admin
+    )
+    client_metadata = pb.ClientMetadata(
+        client_name=f"{tenant_id} app",
+        client_class=principal_pb2.CLIENT_CLASS_CONSUMER,
+        grant_types=["password", EXCHANGE_GRANT],
+        scope=scope,
+    )
+    client = await _register(stub, initial_access_token, client_metadata, tenant_id)
+    return Tenant(tenant_id, username, client)
+
+
+@dataclass
+class TokenWorld:
+    harness: TokenHarness
+    environ: dict[str, str]
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def service_environ(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """The environment of another service verifying this world's tokens (JWKS straight from it)."""
+        shared = ("MACP_TOKEN_ISSUER", "MACP_REDIS_KEY_PREFIX", "MACP_REDIS_URL")
+        return {**environ, **{name: self.environ[name] for name in shared}, "MACP_MESH_ADDRESS": self.address}
+
+    async def tenant(self, tenant_id: str | None = None, *, scope: str = ALL_SCOPES) -> Tenant:
+        """A new tenant with a user and a consumer client allowed `scope`."""
+        return await seed_tenant(self.harness.stub, self.harness.initial_access_token, tenant_id, scope=scope)
+
+    async def user_token(self, tenant: Tenant, audience: Sequence[str], scope: str = "") -> str:
+        """A password-grant access token of `tenant`'s user for `audience`."""
+        response: pb.IssueTokenResponse = await self.harness.stub.IssueToken(
+            pb.IssueTokenRequest(
+                grant_type=pb.GRANT_TYPE_PASSWORD,
+                client_id=tenant.client.client_id,
+                client_secret=tenant.client.client_secret,
+                username=tenant.username,
+                password=PASSWORD,
+                scope=scope,
+                audience=list(audience),
+            )
+        )
+        return response.access_token
+
+
+@asynccontextmanager
+async def token_world(environ: Mapping[str, str]) -> AsyncIterator[TokenWorld]:
+    """The token service over `environ`'s infrastructure (its database and Redis prefix), until the
+    block ends."""
+    full = token_environ(environ)
+    async with (
+        running(TOKEN, full) as service,
+        channel(service.port) as opened,
+        asyncpg.create_pool(full["MACP_DATABASE_URL"], min_size=1, max_size=1) as db,
+    ):
+        redis: aioredis.Redis = aioredis.from_url(full["MACP_REDIS_URL"])
+        try:
+            harness = TokenHarness(pb_grpc.TokenServiceStub(opened), full, db, redis)
+            yield TokenWorld(harness, full, service.port)
+        finally:
+            await redis.aclose()
+
+
+class _Bearer(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[..., Awaitable[Any]],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        metadata = grpc.aio.Metadata(*(client_call_details.metadata or ()))
+        if metadata.get("authorization") is None:
+            metadata.add("authorization", f"Bearer {self._token}")
+        details = grpc.aio.ClientCallDetails(
+            client_call_details.method,
+            client_call_details.timeout,
+            metadata,
+            client_call_details.credentials,
+            client_call_details.wait_for_ready,
+        )
+        return await continuation(details, request)
+
+
+@asynccontextmanager
+async def bearer_channel(port: int, token: str) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to 127.0.0.1:`port` whose unary calls carry `token` unless they name their own."""
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{port}", options=options, interceptors=[_Bearer(token)]
+    ) as opened:
+        yield opened
+
+
+async def seed_tenant_over(address: str, initial_access_token: str) -> Tenant:
+    """`seed_tenant` through a channel to `address` (Envoy's mesh listener of a running stack)."""
+    async with grpc.aio.insecure_channel(address) as opened:
+        return await seed_tenant(pb_grpc.TokenServiceStub(opened), initial_access_token)
