@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ DEPENDENCY_CHECK_SECONDS = 5.0
 METADATA_LIMIT_BYTES = 32 * 1024
 
 Register = Callable[[grpc.aio.Server, Resources, Env], Awaitable[None]]
+Background = Callable[[Resources, Env], AbstractAsyncContextManager[None]]
 
 
 def usage_topics(settings: ResourceSettings) -> list[str]:
@@ -68,6 +70,10 @@ class ServiceDefinition:
         `urn:macp:service:<name>`, its keys from TokenService.GetJwks over the mesh and its
         revocations from Redis (so every service depends on Redis). An explicit one overrides
         that: `AdmitAll` for tests and local experiments, the token service's own.
+    background: work the process runs beside its RPCs (the metering service's Kafka consumer),
+        as an async context manager: entered once the resources are open and the servicers are
+        registered, before the service reports SERVING; exited after the gRPC server has stopped,
+        before the resources close, so it never outlives the connections it uses.
     """
 
     spec: ServiceSpec
@@ -76,6 +82,7 @@ class ServiceDefinition:
     topics: Callable[[ResourceSettings], list[str]] = field(default=lambda s: usage_topics(s))
     method_scopes: Mapping[str, str] = field(default_factory=dict)
     authenticator: Authenticator | None = None
+    background: Background | None = None
 
 
 @dataclass(frozen=True)
@@ -174,6 +181,7 @@ async def _serve(
     watcher: asyncio.Task[None] | None = None
     health_servicer = health.aio.HealthServicer()
     auth_stack = contextlib.AsyncExitStack()
+    background_stack = contextlib.AsyncExitStack()
     try:
         resources = await open_resources(
             resource_settings,
@@ -204,6 +212,8 @@ async def _serve(
             ],
         )
         await definition.register(server, resources, env)
+        if definition.background is not None:
+            await background_stack.enter_async_context(definition.background(resources, env))
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
             (*spec.grpc_services, HEALTH_SERVICE, reflection.SERVICE_NAME), server
@@ -234,6 +244,7 @@ async def _serve(
             await health_servicer.enter_graceful_shutdown()
             metrics.set_serving(False)
             await server.stop(common.shutdown_grace_seconds)
+        await background_stack.aclose()
         await auth_stack.aclose()
         if resources is not None:
             await resources.close()
