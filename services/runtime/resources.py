@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -60,6 +60,13 @@ class Resources:
     redis: aioredis.Redis | None = None
     producer: AIOKafkaProducer | None = None
     s3: S3Client | None = None
+    # What a service started on top of these (consumers, background refreshes), stopped first.
+    _cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def on_close(self, cleanup: Callable[[], Awaitable[None]]) -> None:
+        """Run `cleanup` when the service stops, before the pools and producers close (last
+        registered, first run), so what a service's `register` started is stopped in order."""
+        self._cleanups.append(cleanup)
 
     def require_db(self) -> asyncpg.Pool:
         if self.db is None:
@@ -95,6 +102,12 @@ class Resources:
         return sorted(failing)
 
     async def close(self) -> None:
+        while self._cleanups:
+            cleanup = self._cleanups.pop()
+            try:
+                await cleanup()
+            except Exception:
+                log.exception("a clean-up step failed while stopping")
         if self.producer is not None:
             await self.producer.stop()  # flushes what is buffered before the process exits
         if self.redis is not None:
