@@ -80,3 +80,56 @@ class HttpMetrics:
     def observe(self, method: str, route: str, status: str, seconds: float) -> None:
         self._requests.labels(self._service, method, route, status).inc()
         self._latency.labels(self._service, method, route, status).observe(seconds)
+
+
+class ConsumerMetrics:
+    """A Kafka consumer's signals: records by outcome (rate() of it is events/s), lag per partition,
+    batches and their handling time. Outcomes are the sink's own words ("recorded", "duplicate",
+    "dead_lettered")."""
+
+    def __init__(self, service: str, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self._records = Counter(
+            "macp_consumer_records",
+            "Kafka records handled, by outcome",
+            ("service", "topic", "outcome"),
+            registry=self.registry,
+        )
+        self._lag = Gauge(
+            "macp_consumer_lag",
+            "Records between the partition's high watermark and the consumer's position",
+            ("service", "topic", "partition"),
+            registry=self.registry,
+        )
+        self._rate = Gauge(
+            "macp_consumer_records_per_second",
+            "Records handled per second over the last completed batches (at least a second's worth)",
+            ("service", "topic"),
+            registry=self.registry,
+        )
+        self._batch = Histogram(
+            "macp_consumer_batch_duration_seconds",
+            "Time from a batch's arrival to its offsets being committed",
+            ("service", "topic"),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._service = service
+
+    def count(self, topic: str, outcome: str, records: int) -> None:
+        if records:
+            self._records.labels(self._service, topic, outcome).inc(records)
+
+    def set_lag(self, topic: str, partition: int, lag: int) -> None:
+        self._lag.labels(self._service, topic, str(partition)).set(lag)
+
+    def set_rate(self, topic: str, per_second: float) -> None:
+        self._rate.labels(self._service, topic).set(per_second)
+
+    def observe_batch(self, topic: str, seconds: float) -> None:
+        self._batch.labels(self._service, topic).observe(seconds)
+
+    def value(self, name: str, labels: dict[str, str]) -> float:
+        """A sample's current value (0 when it was never set), for tests and the CLI."""
+        sample = self.registry.get_sample_value(name, {"service": self._service, **labels})
+        return 0.0 if sample is None else sample

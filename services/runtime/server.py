@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 
 from services.runtime.auth.authenticator import JwtAuthenticator, jwt_authenticator
 from services.runtime.auth.settings import AuthSettings, service_audience
@@ -47,7 +48,7 @@ DEPENDENCY_CHECK_SECONDS = 5.0
 METADATA_LIMIT_BYTES = 32 * 1024
 
 Register = Callable[[grpc.aio.Server, Resources, Env], Awaitable[None]]
-Background = Callable[[Resources, Env], AbstractAsyncContextManager[None]]
+Background = Callable[[Resources, Env, CollectorRegistry], AbstractAsyncContextManager[None]]
 
 
 def usage_topics(settings: ResourceSettings) -> list[str]:
@@ -71,9 +72,11 @@ class ServiceDefinition:
         revocations from Redis (so every service depends on Redis). An explicit one overrides
         that: `AdmitAll` for tests and local experiments, the token service's own.
     background: work the process runs beside its RPCs (the metering service's Kafka consumer),
-        as an async context manager: entered once the resources are open and the servicers are
-        registered, before the service reports SERVING; exited after the gRPC server has stopped,
-        before the resources close, so it never outlives the connections it uses.
+        as an async context manager given the resources, the environment and the registry the
+        `/metrics` port serves (so its own metrics appear there): entered once the resources are
+        open and the servicers are registered, before the service reports SERVING; exited after
+        the gRPC server has stopped, before the resources close, so it never outlives the
+        connections it uses.
     """
 
     spec: ServiceSpec
@@ -213,7 +216,8 @@ async def _serve(
         )
         await definition.register(server, resources, env)
         if definition.background is not None:
-            await background_stack.enter_async_context(definition.background(resources, env))
+            background = definition.background(resources, env, metrics.registry)
+            await background_stack.enter_async_context(background)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
             (*spec.grpc_services, HEALTH_SERVICE, reflection.SERVICE_NAME), server
