@@ -13,6 +13,7 @@ from starlette.requests import Request
 
 from services.edge.auth import EdgeClient, TokenExchanger, caller_var
 from services.edge.settings import EdgeSettings
+from services.runtime.auth.external import ExternalIssuers
 from services.runtime.auth.jwks import JwksCache, token_service_fetch
 from services.runtime.auth.revocation import RevocationChecker
 from services.runtime.auth.settings import EDGE_AUDIENCE
@@ -31,6 +32,7 @@ class EdgeContext:
     token: token_service_pb2_grpc.TokenServiceStub
     redis: aioredis.Redis
     jwks: JwksCache
+    external_issuers: ExternalIssuers
     verifier: TokenVerifier
     exchanger: TokenExchanger
 
@@ -46,6 +48,12 @@ class EdgeContext:
         )
         # The token service may come up after the edge: start() logs a failed first fetch and retries.
         await jwks.start()
+        external_issuers = ExternalIssuers(
+            settings.auth.external_issuers,
+            refresh_seconds=settings.auth.jwks_refresh_seconds,
+            unknown_kid_refresh_seconds=settings.auth.jwks_unknown_kid_refresh_seconds,
+        )
+        await external_issuers.start()
         client = None
         if settings.client_id is not None and settings.client_secret is not None:
             client = EdgeClient(settings.client_id, settings.client_secret)
@@ -56,12 +64,14 @@ class EdgeContext:
             token=token,
             redis=redis,
             jwks=jwks,
+            external_issuers=external_issuers,
             verifier=TokenVerifier(
                 audience=EDGE_AUDIENCE,
                 issuer=settings.auth.issuer,
                 jwks=jwks,
                 revocations=RevocationChecker(redis, settings.redis.key_prefix),
                 max_delegation_depth=settings.auth.max_delegation_depth,
+                external=external_issuers,
             ),
             exchanger=TokenExchanger(
                 token,
@@ -73,6 +83,7 @@ class EdgeContext:
 
     async def close(self) -> None:
         await self.jwks.stop()
+        await self.external_issuers.stop()
         await self.redis.aclose()
         await self.channel.close()
 

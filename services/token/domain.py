@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import asyncpg
 import redis.asyncio as aioredis
 
+from services.runtime.auth.external import ExternalIssuers
+from services.runtime.auth.jwks import DEFAULT_REFRESH_SECONDS
 from services.token.accounts import Accounts
 from services.token.agent_tokens import AgentTokens
 from services.token.clients import Clients
@@ -41,6 +43,7 @@ class TokenDomain:
     keys: SigningKeys
     accounts: Accounts
     guard: BearerGuard
+    external_issuers: ExternalIssuers
 
     @classmethod
     async def start(
@@ -59,7 +62,11 @@ class TokenDomain:
         log.info("token service ready", extra={"revocations_republished": republished})
 
         clients = Clients(directory)
-        verifier = TokenVerifier(keys, revocations, settings.issuer, settings.max_delegation_depth)
+        external_issuers = ExternalIssuers(settings.external_issuers, refresh_seconds=DEFAULT_REFRESH_SECONDS)
+        await external_issuers.start()
+        verifier = TokenVerifier(
+            keys, revocations, settings.issuer, settings.max_delegation_depth, external_issuers
+        )
         minter = Minter(keys, tokens, settings.issuer)
         return cls(
             grants=Grants(clients, directory, tokens, minter, revocations, settings),
@@ -77,4 +84,8 @@ class TokenDomain:
             keys=keys,
             accounts=Accounts(directory),
             guard=BearerGuard(verifier),
+            external_issuers=external_issuers,
         )
+
+    async def stop(self) -> None:
+        await self.external_issuers.stop()

@@ -51,7 +51,9 @@ class TokenExchange:
         client = await self._clients.authenticate_for(
             request.client_id, request.client_secret, TOKEN_EXCHANGE
         )
-        subject = await self._input(request.subject_token, "subject_token")
+        subject = await self._verifier.check_subject(request.subject_token)
+        if subject is None:
+            raise oauth_error("invalid_request", "subject_token is not a valid, unexpired, unrevoked token")
         actor = await self._input(request.actor_token, "actor_token") if request.actor_token else None
         tenant_id = subject.identity.tenant_id
         if actor is not None and actor.identity.tenant_id != tenant_id:

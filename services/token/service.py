@@ -40,6 +40,7 @@ async def register(server: grpc.aio.Server, resources: Resources, env: Env) -> N
     domain = await TokenDomain.start(
         settings, resources.require_db(), resources.require_redis(), redis_settings.key_prefix
     )
+    resources.on_close(domain.stop)
     pb_grpc.add_TokenServiceServicer_to_server(TokenServicer(domain), server)
 
 

@@ -12,6 +12,7 @@ import binascii
 import re
 from dataclasses import dataclass
 
+from services.runtime.auth.external import ExternalIssuer, external_issuers_from_env
 from services.runtime.auth.settings import DEFAULT_ISSUER
 from services.runtime.settings import Env, SettingsError
 
@@ -80,6 +81,9 @@ class TokenSettings:
     refresh_token_seconds: int
     max_delegation_depth: int
     initial_access_token: str | None
+    # Outside OpenID Connect issuers whose tokens ExchangeToken takes as subject tokens (the same
+    # list the edge accepts them from; see services/runtime/auth/external.py).
+    external_issuers: tuple[ExternalIssuer, ...] = ()
 
     @classmethod
     def from_env(cls, env: Env) -> TokenSettings:
@@ -96,6 +100,7 @@ class TokenSettings:
             ),
             max_delegation_depth=env.integer("MACP_TOKEN_MAX_DELEGATION_DEPTH", 2, minimum=0, maximum=8),
             initial_access_token=_initial_access_token(env),
+            external_issuers=external_issuers_from_env(env),
         )
 
     @property

@@ -15,7 +15,8 @@ import logging
 from typing import Any
 
 from services.runtime.auth import jwt
-from services.token.claims import AccessClaims, MalformedToken
+from services.runtime.auth.external import ExternalIssuers
+from services.token.claims import AccessClaims, Identity, MalformedToken
 from services.token.revocation import Revocations
 from services.token.signing import SigningKeys
 
@@ -51,8 +52,14 @@ def _claimed(token: str) -> tuple[str, str]:
 
 class TokenVerifier:
     def __init__(
-        self, keys: SigningKeys, revocations: Revocations, issuer: str, max_delegation_depth: int
+        self,
+        keys: SigningKeys,
+        revocations: Revocations,
+        issuer: str,
+        max_delegation_depth: int,
+        external: ExternalIssuers | None = None,
     ) -> None:
+        self._external = external
         self._keys = keys
         self._revocations = revocations
         self._issuer = issuer
@@ -83,3 +90,44 @@ class TokenVerifier:
         except InvalidToken as exc:
             log.debug("token refused", extra={"reason": str(exc)})
             return None
+
+    async def check_subject(self, token: str) -> AccessClaims | None:
+        """`check` for an exchange's subject token, which may also come from a configured outside
+        issuer (a user signed in with Cognito or Keycloak): its claims, mapped to MACP's, or None."""
+        issuer = jwt.unverified_issuer(token)
+        if not self._external or issuer is None or issuer == self._issuer or issuer not in self._external:
+            return await self.check(token)
+        try:
+            verified = await self._external.verify(token, issuer)
+            claims = external_access_claims(verified)
+        except (jwt.InvalidToken, MalformedToken) as exc:
+            log.debug("external subject token refused", extra={"reason": str(exc)})
+            return None
+        if await self._revocations.is_revoked(claims.jti):
+            return None
+        return claims
+
+
+def external_access_claims(verified: jwt.Claims) -> AccessClaims:
+    """An outside issuer's verified token as the claims of ours it is exchanged from."""
+    # verify_external requires a tenant and a tier and always names a client; say so if that changes.
+    if verified.tenant_id is None or verified.tier is None or verified.client_id is None:
+        raise MalformedToken("an external token without a tenant, a tier or a client")
+    identity = Identity(
+        sub=verified.sub,
+        client_id=verified.client_id,
+        client_class=verified.client_class or "consumer",
+        tenant_id=verified.tenant_id,
+        tier=verified.tier,
+        user_id=verified.user_id,
+    )
+    return AccessClaims(
+        iss=verified.iss,
+        aud=verified.aud,
+        exp=int(verified.exp),
+        iat=int(verified.iat),
+        nbf=int(verified.nbf if verified.nbf is not None else verified.iat),
+        jti=verified.jti,
+        scopes=verified.scopes,
+        identity=identity,
+    )

@@ -9,21 +9,20 @@ Envoy and the edge, built in `tests/edge/real_world.py`.
 
 from __future__ import annotations
 
-import asyncio
-import socket
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
 import pytest
-import uvicorn
+from starlette.types import ASGIApp
 
 from services.edge.app import build_app
 from services.edge.settings import EdgeSettings
 from services.runtime.metrics import HttpMetrics
 from services.runtime.settings import Env
 from services.stack.infra import Infrastructure
+from tests.asgi import serving
 from tests.edge.fake_token_service import (
     FAKE_ENVIRON,
     INITIAL_ACCESS_TOKEN,
@@ -69,27 +68,13 @@ class OAuthWorld:
 @asynccontextmanager
 async def serving_edge(environ: Mapping[str, str]) -> AsyncIterator[str]:
     """The edge app on a port the OS picks, its issuer that very URL; yields the URL."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
-    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    settings = EdgeSettings.from_env(Env({"MACP_TOKEN_ISSUER": url, **environ}))
-    config = uvicorn.Config(
-        build_app(settings, HttpMetrics("edge")), log_config=None, access_log=False, lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[listener]))
-    try:
-        while not server.started:
-            if task.done():
-                await task  # raises what stopped it
-                raise RuntimeError("the edge stopped before it started")
-            await asyncio.sleep(0.01)
+
+    def build(url: str) -> ASGIApp:
+        settings = EdgeSettings.from_env(Env({"MACP_TOKEN_ISSUER": url, **environ}))
+        return build_app(settings, HttpMetrics("edge"))
+
+    async with serving(build) as url:
         yield url
-    finally:
-        server.should_exit = True
-        await task
-        listener.close()
 
 
 @pytest.fixture(scope="module")

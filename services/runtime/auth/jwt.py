@@ -18,7 +18,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, Protocol
@@ -48,7 +48,7 @@ _SHAPE: Final = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)(?:\.([A-Za-z0-9_
 _BASE64URL: Final = re.compile(r"[A-Za-z0-9_-]+")
 _HEADER_MEMBERS: Final = frozenset({"alg", "typ", "kid"})
 # Members that would let the token choose its own key or demand extensions we do not implement.
-_FORBIDDEN_HEADER_MEMBERS: Final = frozenset({"jku", "x5u", "x5c", "jwk", "crit"})
+FORBIDDEN_HEADER_MEMBERS: Final = frozenset({"jku", "x5u", "x5c", "jwk", "crit"})
 
 _PADDING: Final = padding.PKCS1v15()
 _HASH: Final = hashes.SHA256()
@@ -125,13 +125,23 @@ def verify(
     max_delegation_depth: int = DEFAULT_MAX_DELEGATION_DEPTH,
 ) -> Claims:
     """The claims of `token` if it is a valid MACP access token for `audience`; else `InvalidToken`."""
+    payload = verified_payload(token, keys, _kid_of)
+    claims = _claims(payload, issuer, audience, max_delegation_depth)
+    claims.check_lifetime(time.time() if now is None else now, leeway)
+    return claims
+
+
+def verified_payload(token: str, keys: KeyLookup, kid_of: Callable[[str], str]) -> Any:
+    """The decoded payload of a JWS whose header `kid_of` accepts (returning its kid) and whose RS256
+    signature verifies with that key; else `InvalidToken`. Nothing of the payload is read before the
+    signature is checked. Shared with the verifier of external issuers' tokens, whose headers differ."""
     if len(token) > MAX_TOKEN_LENGTH:
         raise InvalidToken("oversized")
     shape = _SHAPE.fullmatch(token)
     if shape is None:
         raise InvalidToken("malformed", "not a JWS compact serialization")
     header_segment, payload_segment, signature_segment = shape.groups()
-    kid = _kid_of(header_segment)
+    kid = kid_of(header_segment)
     if not signature_segment:
         raise InvalidToken("missing_signature")
     key = keys.get(kid)
@@ -143,10 +153,21 @@ def verify(
         key.verify(signature, signing_input, _PADDING, _HASH)
     except InvalidSignature:
         raise InvalidToken("bad_signature") from None
-    payload = _decode_payload(payload_segment)
-    claims = _claims(payload, issuer, audience, max_delegation_depth)
-    claims.check_lifetime(time.time() if now is None else now, leeway)
-    return claims
+    return _decode_payload(payload_segment)
+
+
+def unverified_issuer(token: str) -> str | None:
+    """The `iss` a token claims, before anything about it is trusted: only to choose which issuer's
+    keys and rules verify it (as Envoy's jwt_authn picks its provider). None when there is none."""
+    shape = _SHAPE.fullmatch(token) if len(token) <= MAX_TOKEN_LENGTH else None
+    if shape is None:
+        return None
+    try:
+        payload = _decode_payload(shape.group(2))
+    except InvalidToken:
+        return None
+    issuer = payload.get("iss") if isinstance(payload, dict) else None
+    return issuer if isinstance(issuer, str) else None
 
 
 def sign(claims: Mapping[str, Any], *, private_key: rsa.RSAPrivateKey, kid: str) -> str:
@@ -239,7 +260,7 @@ def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _HEADER_JSON: Final = json.JSONDecoder(object_pairs_hook=_unique_members)
 
 
-def _decode_header(segment: str) -> Any:
+def decode_header(segment: str) -> Any:
     try:
         return _HEADER_JSON.decode(_b64decode(segment, "header").decode("utf-8"))
     except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -273,7 +294,7 @@ _accepted_headers: dict[str, str] = {}
 def _kid_of(header_segment: str) -> str:
     kid = _accepted_headers.get(header_segment)
     if kid is None:
-        kid = _check_header(_decode_header(header_segment))
+        kid = _check_header(decode_header(header_segment))
         if len(_accepted_headers) >= _HEADER_MEMO_SIZE:
             _accepted_headers.clear()
         _accepted_headers[header_segment] = kid
@@ -284,7 +305,7 @@ def _check_header(header: Any) -> str:
     """The kid of a header that is exactly {alg: RS256, typ: at+jwt, kid}; else InvalidToken."""
     if not isinstance(header, dict):
         raise InvalidToken("malformed", "header is not a JSON object")
-    forbidden = _FORBIDDEN_HEADER_MEMBERS.intersection(header)
+    forbidden = FORBIDDEN_HEADER_MEMBERS.intersection(header)
     if forbidden:
         raise InvalidToken("forbidden_header", min(forbidden))
     if header.get("alg") != ALGORITHM:
@@ -360,7 +381,7 @@ def _optional_choice(claims: Mapping[str, Any], name: str, choices: frozenset[st
     return value
 
 
-def _numeric_date(value: Any, name: str) -> float:
+def numeric_date(value: Any, name: str) -> float:
     # bool is an int in Python; `"exp": true` is not a date.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidToken("invalid_claim", name)
@@ -373,12 +394,12 @@ def _required_time(claims: Mapping[str, Any], name: str) -> float:
     value = claims.get(name)
     if value is None:
         raise InvalidToken("missing_claim", name)
-    return _numeric_date(value, name)
+    return numeric_date(value, name)
 
 
 def _optional_time(claims: Mapping[str, Any], name: str) -> float | None:
     value = claims.get(name)
-    return None if value is None else _numeric_date(value, name)
+    return None if value is None else numeric_date(value, name)
 
 
 def _audiences(claims: Mapping[str, Any]) -> tuple[str, ...]:

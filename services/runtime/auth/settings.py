@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.runtime.auth.external import ExternalIssuer, external_issuers_from_env
 from services.runtime.auth.jwks import DEFAULT_REFRESH_SECONDS, DEFAULT_UNKNOWN_KID_REFRESH_SECONDS
 from services.runtime.auth.jwt import DEFAULT_MAX_DELEGATION_DEPTH
 from services.runtime.settings import Env
@@ -24,6 +25,8 @@ class AuthSettings:
     max_delegation_depth: int
     jwks_refresh_seconds: float
     jwks_unknown_kid_refresh_seconds: float
+    # Outside OpenID Connect issuers whose tokens the edge accepts and the token service exchanges.
+    external_issuers: tuple[ExternalIssuer, ...] = ()
 
     @classmethod
     def from_env(cls, env: Env) -> AuthSettings:
@@ -38,4 +41,5 @@ class AuthSettings:
             jwks_unknown_kid_refresh_seconds=env.number(
                 "MACP_JWKS_UNKNOWN_KID_REFRESH_SECONDS", DEFAULT_UNKNOWN_KID_REFRESH_SECONDS, minimum=0.1
             ),
+            external_issuers=external_issuers_from_env(env),
         )

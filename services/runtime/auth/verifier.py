@@ -17,12 +17,14 @@ from collections.abc import Callable
 
 from redis.exceptions import RedisError
 
+from services.runtime.auth.external import ExternalIssuers
 from services.runtime.auth.jwks import JwksCache
 from services.runtime.auth.jwt import (
     DEFAULT_LEEWAY_SECONDS,
     DEFAULT_MAX_DELEGATION_DEPTH,
     Claims,
     InvalidToken,
+    unverified_issuer,
     verify,
 )
 from services.runtime.auth.revocation import RevocationChecker
@@ -46,8 +48,10 @@ class TokenVerifier:
         max_delegation_depth: int = DEFAULT_MAX_DELEGATION_DEPTH,
         verified_cache_size: int = DEFAULT_VERIFIED_CACHE_SIZE,
         clock: Callable[[], float] = time.time,
+        external: ExternalIssuers | None = None,
     ) -> None:
         self.audience = audience
+        self._external = external
         self._issuer = issuer
         self._jwks = jwks
         self._revocations = revocations
@@ -62,7 +66,7 @@ class TokenVerifier:
         now = self._clock()
         claims = self._remembered(token)
         if claims is None:
-            claims = await self._verify_signed(token, now)
+            claims = await self._verify_new(token, now)
         else:
             try:
                 claims.check_lifetime(now, self._leeway)
@@ -93,6 +97,16 @@ class TokenVerifier:
             leeway=self._leeway,
             max_delegation_depth=self._max_delegation_depth,
         )
+
+    async def _verify_new(self, token: str, now: float) -> Claims:
+        if self._external:
+            # Only where outside issuers are configured (the edge) is the unverified `iss` read, to
+            # pick the issuer whose keys and rules apply. Their tokens are not remembered: their
+            # keys rotate on the issuer's schedule, not with our JWKS generation.
+            issuer = unverified_issuer(token)
+            if issuer is not None and issuer != self._issuer and issuer in self._external:
+                return await self._external.verify(token, issuer, now=now)
+        return await self._verify_signed(token, now)
 
     async def _verify_signed(self, token: str, now: float) -> Claims:
         try:
