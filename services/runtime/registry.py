@@ -49,6 +49,16 @@ class EdgeSpec:
 
 
 @dataclass(frozen=True)
+class ProviderServerSpec:
+    """The local provider server: an HTTP stand-in for Anthropic and OpenAI that `macp up` runs
+    when no provider key is configured (services/provider_server)."""
+
+    name: str
+    port: int
+    module: str
+
+
+@dataclass(frozen=True)
 class EnvoySpec:
     """Envoy's listeners: the front one (HTTP/1.1 + WebSocket to the edge) and the mesh one (h2c)."""
 
@@ -114,6 +124,8 @@ SERVICES: tuple[ServiceSpec, ...] = (
 )
 
 EDGE = EdgeSpec(name="edge", port=8000, metrics_port=9106, module="services.edge")
+
+PROVIDER_SERVER = ProviderServerSpec(name="provider-server", port=8100, module="services.provider_server")
 
 ENVOY = EnvoySpec(front_port=8080, mesh_port=9000, admin_port=9901)
 

@@ -1,0 +1,8 @@
+"""The local provider server: a stand-in for Anthropic and OpenAI that speaks their wire protocols.
+
+It answers `POST /v1/messages` (Anthropic Messages) and `POST /v1/chat/completions` (OpenAI Chat
+Completions), as JSON or as server-sent events, with text derived deterministically from the
+prompt and token counts that match that text. The official SDKs talk to it unchanged, so the
+agent proxy's real provider code paths run offline; tests inject faults through it (see
+`behavior.py`).
+"""

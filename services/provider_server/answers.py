@@ -1,0 +1,69 @@
+"""The text the local provider answers: derived from the prompt alone, so a test can predict it.
+
+A token here is a word: the answer is a sequence of words, streamed one per delta (the first bare,
+every later one with its leading space), and both the prompt's and the answer's token counts are
+word counts. That keeps the usage the server reports consistent with the text it sends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+# A small fixed vocabulary: the answer's words are drawn from it by a generator seeded with the prompt.
+VOCABULARY = (
+    "agents", "answer", "balance", "between", "bright", "careful", "clear", "context", "conversation",
+    "decide", "detail", "each", "evidence", "example", "first", "follow", "gentle", "good", "idea",
+    "issue", "just", "keep", "kind", "later", "light", "local", "measure", "model", "moment", "next",
+    "note", "offer", "open", "order", "plain", "point", "question", "quiet", "reason", "reply",
+    "right", "round", "short", "simple", "small", "speak", "steady", "story", "sure", "take", "think",
+    "thread", "together", "turn", "useful", "value", "view", "warm", "well", "wide", "word", "work",
+    "yes", "zone",
+)  # fmt: skip
+
+MIN_NATURAL_TOKENS = 12
+NATURAL_TOKEN_SPREAD = 37  # natural answers have 12 to 48 tokens
+
+
+def count_tokens(texts: Iterable[str]) -> int:
+    """The prompt's tokens as this server counts them: its words (at least one per request)."""
+    return max(1, sum(len(text.split()) for text in texts))
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One reply: its words, the prompt's token count, and whether max_tokens cut it short."""
+
+    words: tuple[str, ...]
+    input_tokens: int
+    truncated: bool
+
+    @property
+    def output_tokens(self) -> int:
+        return len(self.words)
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.words)
+
+    def pieces(self) -> Iterator[str]:
+        """The text deltas of a stream, one word each; their concatenation is `text`."""
+        for index, word in enumerate(self.words):
+            yield word if index == 0 else f" {word}"
+
+
+def compose_answer(prompt: list[str], max_tokens: int | None, exact_tokens: int | None = None) -> Answer:
+    """The answer to `prompt` (system prompt and message texts, in order).
+
+    Its natural length (12 to 48 words) comes from the prompt's hash; `exact_tokens` overrides it
+    (benchmarks ask for long answers); `max_tokens` caps it, and a capped answer is `truncated`.
+    """
+    digest = hashlib.sha256("\x00".join(prompt).encode()).digest()
+    generator = random.Random(int.from_bytes(digest[:8], "big"))
+    natural = MIN_NATURAL_TOKENS + digest[8] % NATURAL_TOKEN_SPREAD
+    wanted = exact_tokens if exact_tokens is not None else natural
+    length = min(wanted, max_tokens) if max_tokens is not None else wanted
+    words = tuple(generator.choice(VOCABULARY) for _ in range(length))
+    return Answer(words=words, input_tokens=count_tokens(prompt), truncated=length < wanted)
