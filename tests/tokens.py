@@ -22,7 +22,7 @@ from macp.common.v1 import principal_pb2
 from macp.token.v1 import token_service_pb2 as pb
 from macp.token.v1 import token_service_pb2_grpc as pb_grpc
 
-from services.runtime.auth.settings import DEFAULT_ISSUER
+from services.runtime.auth.settings import DEFAULT_ISSUER, USER_SCOPES
 from services.stack.config import free_port
 from services.token import scopes
 from services.token.service import DEFINITION as TOKEN
@@ -36,7 +36,7 @@ from tests.token.harness import (
 )
 
 PASSWORD = "correct horse battery staple"
-ALL_SCOPES = "conversations:read conversations:write"
+ALL_SCOPES = " ".join(USER_SCOPES)
 
 
 def token_environ(environ: Mapping[str, str]) -> dict[str, str]:

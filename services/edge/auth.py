@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.edge.errors import error_response
 from services.runtime.auth.jwt import Claims, InvalidToken
+from services.runtime.auth.settings import USER_SCOPES
 from services.runtime.auth.verifier import TokenVerifier
 from services.runtime.errors import Unavailable
 
@@ -41,7 +42,7 @@ EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 # What the edge's own client may pass on: an exchanged token keeps only the scopes the caller's
 # token, the edge's client and the callee's needs share, so these name every scope a service checks.
-EDGE_CLIENT_SCOPES = "conversations:read conversations:write"
+EDGE_CLIENT_SCOPES = " ".join(USER_SCOPES)
 # An exchanged token is reused until this many seconds before it expires.
 EXCHANGE_MARGIN_SECONDS = 30.0
 MAX_CACHED_EXCHANGES = 10_000

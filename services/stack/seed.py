@@ -25,6 +25,8 @@ from macp.common.v1 import principal_pb2
 from macp.token.v1 import token_service_pb2 as pb
 from macp.token.v1 import token_service_pb2_grpc as pb_grpc
 
+from services.runtime.auth.settings import USER_SCOPES
+
 TOKEN_AUDIENCE = "urn:macp:service:token"
 ADMIN_SCOPE = "macp:admin"
 LOCAL_TENANT = "local"
@@ -202,6 +204,8 @@ async def _seed(data_dir: Path, mesh_address: str, initial_access_token: str) ->
                     client_class=principal_pb2.CLIENT_CLASS_INTERNAL,
                     grant_types=list(CLI_GRANTS),
                     token_endpoint_auth_method="none",
+                    # What a signed-in user may do through the edge; without it, tokens carry none.
+                    scope=" ".join(USER_SCOPES),
                 ),
             )
             cli_id = registered.client_id

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from services.stack import seed, stackfile
@@ -34,6 +35,10 @@ class Stack:
     environ: dict[str, str]
     log: Path
     process: subprocess.Popen[str]
+
+    @property
+    def front_url(self) -> str:
+        return f"http://127.0.0.1:{self.environ['MACP_ENVOY_FRONT_PORT']}"
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -120,6 +125,11 @@ def test_the_seeded_admin_logs_in_without_typing_a_password(stack: Stack) -> Non
     token = ok(macp(stack, "login", "--username", "admin")).strip()
     claims = jwt_payload(token)
     assert claims["tenant_id"] == "local"
+    # The token is good for the API at once: a user who just logged in can create an agent.
+    bearer = {"authorization": f"Bearer {token}"}
+    agent = {"name": "Ada", "provider": "local", "model": "echo-1"}
+    created = httpx.post(f"{stack.front_url}/v1/agents", json=agent, headers=bearer, timeout=10)
+    assert created.status_code == 201, created.text
     response = json.loads(ok(macp(stack, "login", "--username", "admin", "--json")))
     assert response["token_type"] == "Bearer"
     assert response["access_token"].count(".") == 2

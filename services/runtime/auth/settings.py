@@ -12,6 +12,10 @@ from services.runtime.settings import Env
 # The token service reads the same variable with the same default: both must agree on `iss`.
 DEFAULT_ISSUER = "http://127.0.0.1:8080"
 EDGE_AUDIENCE = "urn:macp:edge"
+# Every scope a service checks on a user's behalf: what a user's client may be granted, and what
+# the edge's own client may pass on when it exchanges a user's token for a service. A service that
+# checks a new scope adds it here (each service documents its own in its `service.py`).
+USER_SCOPES = ("conversations:read", "conversations:write")
 
 
 def service_audience(name: str) -> str:
