@@ -66,7 +66,7 @@ INSERT_AGENT = """
     RETURNING *
 """
 EDGE_ONWARDS = "edge → mesh → conversation"
-SERVER_COLUMNS = ("conversation", "edge", "envoy", "postgres")  # "server CPU" is their sum
+SERVER_COLUMNS = ("conversation", "token", "edge", "envoy", "postgres")  # "server CPU" is their sum
 CPU_COLUMNS = (CLIENT, *SERVER_COLUMNS)
 
 
@@ -121,9 +121,13 @@ class Paths:
         return pb_grpc.ConversationServiceStub(channel)
 
     @staticmethod
-    async def _client(stack: AsyncExitStack, concurrency: int, base_url: str) -> httpx.AsyncClient:
+    async def _client(
+        stack: AsyncExitStack, concurrency: int, base_url: str, headers: dict[str, str] | None = None
+    ) -> httpx.AsyncClient:
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        client = httpx.AsyncClient(base_url=base_url, timeout=TIMEOUT_SECONDS, limits=limits, trust_env=False)
+        client = httpx.AsyncClient(
+            base_url=base_url, timeout=TIMEOUT_SECONDS, limits=limits, trust_env=False, headers=headers
+        )
         return await stack.enter_async_context(client)
 
     # --- GET ---------------------------------------------------------------------------------
@@ -145,12 +149,16 @@ class Paths:
         stub = await self.stub(stack, address)
 
         async def call(index: int) -> None:
-            await stub.GetAgent(pb.GetAgentRequest(id=str(self.agent_id(index))), timeout=TIMEOUT_SECONDS)
+            await stub.GetAgent(
+                pb.GetAgentRequest(id=str(self.agent_id(index))),
+                timeout=TIMEOUT_SECONDS,
+                metadata=self.slice.conversation_metadata,
+            )
 
         return call
 
     async def _http_get(self, base_url: str, stack: AsyncExitStack, concurrency: int) -> Call:
-        client = await self._client(stack, concurrency, base_url)
+        client = await self._client(stack, concurrency, base_url, self.slice.edge_headers)
 
         async def call(index: int) -> None:
             _expect(await client.get(f"/v1/agents/{self.agent_id(index)}"), 200)
@@ -195,12 +203,16 @@ class Paths:
         stub = await self.stub(stack, address)
 
         async def call(index: int) -> None:
-            await stub.CreateAgent(pb.CreateAgentRequest(agent=self.draft), timeout=TIMEOUT_SECONDS)
+            await stub.CreateAgent(
+                pb.CreateAgentRequest(agent=self.draft),
+                timeout=TIMEOUT_SECONDS,
+                metadata=self.slice.conversation_metadata,
+            )
 
         return call
 
     async def _http_post(self, base_url: str, stack: AsyncExitStack, concurrency: int) -> Call:
-        client = await self._client(stack, concurrency, base_url)
+        client = await self._client(stack, concurrency, base_url, self.slice.edge_headers)
 
         async def call(index: int) -> None:
             _expect(await client.post("/v1/agents", json=NEW_AGENT), 201)
@@ -221,7 +233,11 @@ async def seed_agents(running: RunningSlice, count: int) -> list[uuid.UUID]:
         stub = await Paths.stub(stack, running.conversation_address)
         draft = json_format.ParseDict(NEW_AGENT, pb.Agent())
         replies = [
-            await stub.CreateAgent(pb.CreateAgentRequest(agent=draft), timeout=TIMEOUT_SECONDS)
+            await stub.CreateAgent(
+                pb.CreateAgentRequest(agent=draft),
+                timeout=TIMEOUT_SECONDS,
+                metadata=running.conversation_metadata,
+            )
             for _ in range(count)
         ]
     return [uuid.UUID(reply.agent.id) for reply in replies]

@@ -1,5 +1,8 @@
-"""A running slice of the mesh to measure: the real infrastructure, the conversation service and the
-edge, and Envoy's front and mesh listeners in front of them, all on free ports of 127.0.0.1.
+"""A running slice of the mesh to measure: the real infrastructure, the conversation and token services
+and the edge, and Envoy's front and mesh listeners in front of them, all on free ports of 127.0.0.1.
+
+Every hop authenticates, as in `macp up`: the slice seeds the local administrator (`seed.seed`) and
+signs it in at the front listener's /oauth2/token, for the edge and for the conversation service.
 
 The parts start from the project's own code, exactly as the end-to-end fixtures and `macp up` start
 them: `ephemeral_infrastructure`, the apps of `plan.app_specs` (`python -m services.conversation`,
@@ -18,6 +21,9 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
 
+import httpx
+
+from services.runtime.auth.settings import service_audience
 from services.runtime.registry import EDGE
 from services.runtime.settings import Env
 from services.stack.config import EnvoyPorts, free_port
@@ -27,8 +33,12 @@ from services.stack.infra import ephemeral_infrastructure, scratch_data_dir
 from services.stack.plan import AppSpec, app_specs
 from services.stack.probes import ProbeError, answers, http_get
 from services.stack.process import ManagedProcess, StartupError
+from services.stack.secrets import local_secrets
+from services.stack.seed import LocalAdmin, seed
 
 CONVERSATION = "conversation"
+TOKEN = "token"
+APPS = (CONVERSATION, TOKEN, EDGE.name)
 READY_TIMEOUT_SECONDS = 60.0
 
 
@@ -40,8 +50,20 @@ class RunningSlice:
     edge_url: str  # the edge itself, no Envoy in front (it still calls through the mesh)
     mesh_address: str  # Envoy's mesh listener → conversation
     conversation_address: str  # the conversation service itself
+    token_address: str  # the token service itself
     database_url: str
-    pids: dict[str, int]  # conversation, edge, envoy, postgres
+    pids: dict[str, int]  # conversation, token, edge, envoy, postgres
+    admin: LocalAdmin  # the seeded tenant, user and clients
+    edge_token: str  # the admin user's access token for the edge
+    conversation_token: str  # the same user's token for the conversation service itself
+
+    @property
+    def edge_headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.edge_token}"}
+
+    @property
+    def conversation_metadata(self) -> tuple[tuple[str, str]]:
+        return (("authorization", f"Bearer {self.conversation_token}"),)
 
 
 def cluster_healthy(admin_port: int, cluster: str) -> bool:
@@ -69,6 +91,8 @@ def _environ(infrastructure_env: dict[str, str]) -> dict[str, str]:
     variables = [
         "MACP_CONVERSATION_PORT",
         "MACP_CONVERSATION_METRICS_PORT",
+        "MACP_TOKEN_PORT",
+        "MACP_TOKEN_METRICS_PORT",
         "MACP_EDGE_PORT",
         "MACP_EDGE_METRICS_PORT",
         "MACP_ENVOY_FRONT_PORT",
@@ -92,10 +116,11 @@ def running_slice(progress: Callable[[str], None] = lambda line: None) -> Iterat
         infrastructure = stack.enter_context(ephemeral_infrastructure(progress=progress))
         directory = stack.enter_context(scratch_data_dir("macp-bench-slice-"))
         environ = _environ(infrastructure.env)
+        environ.update(local_secrets(directory, environ))
         env = Env(environ)
         apps: list[tuple[AppSpec, ManagedProcess]] = []
         for app in app_specs(env):
-            if app.name in (CONVERSATION, EDGE.name):
+            if app.name in APPS:
                 process = ManagedProcess(
                     app.name,
                     app.argv,
@@ -116,14 +141,15 @@ def running_slice(progress: Callable[[str], None] = lambda line: None) -> Iterat
         for app, process in apps:
             process.wait_ready(partial(answers, app.probe), max(0.0, deadline - time.monotonic()))
             progress(f"{app.name} ready on {app.address}")
-        for cluster in (CONVERSATION, EDGE.name):
+        for cluster in APPS:
             _wait(
                 f"Envoy saw no healthy {cluster}",
                 partial(cluster_healthy, envoy.ports.admin, cluster),
                 deadline,
             )
         by_name = {app.name: (app, process) for app, process in apps}
-        conversation, edge = by_name[CONVERSATION], by_name[EDGE.name]
+        conversation, token, edge = by_name[CONVERSATION], by_name[TOKEN], by_name[EDGE.name]
+        admin = seed(directory, envoy.mesh_address, environ["MACP_TOKEN_INITIAL_ACCESS_TOKEN"]).admin
         pids = {name: process.pid for name, (_, process) in by_name.items()}
         pids |= {"envoy": envoy.pid, "postgres": infrastructure.postgres.pid}
         yield RunningSlice(
@@ -131,6 +157,28 @@ def running_slice(progress: Callable[[str], None] = lambda line: None) -> Iterat
             edge_url=f"http://{edge[0].address}",
             mesh_address=envoy.mesh_address,
             conversation_address=conversation[0].address,
+            token_address=token[0].address,
             database_url=infrastructure.env["MACP_DATABASE_URL"],
             pids={name: pid for name, pid in pids.items() if pid is not None},
+            admin=admin,
+            edge_token=sign_in(envoy.url, admin),
+            conversation_token=sign_in(envoy.url, admin, service_audience(CONVERSATION)),
         )
+
+
+def sign_in(front_url: str, admin: LocalAdmin, resource: str | None = None) -> str:
+    """The admin user's access token from the front listener's /oauth2/token (password grant with
+    the seeded CLI client), for the edge or, with `resource` (RFC 8707), for that service."""
+    form = {
+        "grant_type": "password",
+        "username": admin.username,
+        "password": admin.password,
+        "client_id": admin.cli_client_id,
+    }
+    if resource is not None:
+        form["resource"] = resource
+    response = httpx.post(f"{front_url}/oauth2/token", data=form, timeout=10, trust_env=False)
+    if response.status_code != 200:
+        raise StartupError(f"signing in the seeded admin failed: {response.status_code} {response.text}")
+    token: str = response.json()["access_token"]
+    return token
