@@ -54,6 +54,7 @@ class RunningSlice:
     database_url: str
     pids: dict[str, int]  # conversation, token, edge, envoy, postgres
     admin: LocalAdmin  # the seeded tenant, user and clients
+    initial_access_token: str  # what registers more clients (RFC 7591)
     edge_token: str  # the admin user's access token for the edge
     conversation_token: str  # the same user's token for the conversation service itself
 
@@ -161,6 +162,7 @@ def running_slice(progress: Callable[[str], None] = lambda line: None) -> Iterat
             database_url=infrastructure.env["MACP_DATABASE_URL"],
             pids={name: pid for name, pid in pids.items() if pid is not None},
             admin=admin,
+            initial_access_token=environ["MACP_TOKEN_INITIAL_ACCESS_TOKEN"],
             edge_token=sign_in(envoy.url, admin),
             conversation_token=sign_in(envoy.url, admin, service_audience(CONVERSATION)),
         )
