@@ -301,55 +301,71 @@ async def measure(running: RunningSlice, settings: Settings, say: Callable[[str]
     return rows
 
 
-def report(rows: Sequence[Row], settings: Settings) -> str:
+def block_table(
+    rows: Sequence[Row],
+    concurrencies: Sequence[int],
+    server_columns: Sequence[str],
+    cpu_columns: Sequence[str],
+) -> str:
+    """One Markdown table of a block's rows (the rows of one method), concurrency by concurrency:
+    latency, the p50 each hop adds over the row above it, the ratios to the raw row, CPU by process."""
     headers = ["path (one hop more per row)", "c", "n", "p50 ms", "+p50 ms", "p99 ms", "req/s"]
     headers += [
         "p50 vs raw",
         "req/s vs raw",
         "server CPU µs/req",
-        *(f"{name} CPU µs/req" for name in CPU_COLUMNS),
+        *(f"{name} CPU µs/req" for name in cpu_columns),
     ]
+    table: list[list[str]] = []
+    for concurrency in concurrencies:
+        block = [row for row in rows if row.concurrency == concurrency]
+        raw = previous = block[0].result
+        for row in block:
+            r = row.result
+            count = f"{r.count:,}" + (f" ({r.errors} failed)" if r.errors else "")
+            added = f"{r.p50_ms - previous.p50_ms:+.2f}" if row.target.chain and r is not raw else ""
+            previous = r if row.target.chain else previous
+            table.append(
+                [
+                    row.target.label,
+                    str(concurrency),
+                    count,
+                    f"{r.p50_ms:.2f}",
+                    added,
+                    f"{r.p99_ms:.2f}",
+                    f"{r.rate:,.0f}",
+                    ratio(r.p50_ms, raw.p50_ms),
+                    ratio(r.rate, raw.rate),
+                    f"{sum(r.cpu_us_per_call(name) for name in server_columns):,.0f}",
+                    *(f"{r.cpu_us_per_call(name):,.0f}" for name in cpu_columns),
+                ]
+            )
+    return markdown_table(headers, table)
+
+
+def failures(rows: Sequence[Row]) -> list[str]:
+    return [
+        f"FAILED {row.target.method} c={row.concurrency} {row.target.label}: {row.result.first_error}"
+        for row in rows
+        if row.result.errors
+    ]
+
+
+def report(rows: Sequence[Row], settings: Settings) -> str:
     parts = [
         f"Agent slice: closed loop, at most {settings.requests:,} requests or {settings.max_seconds:g} s "
         f"per row, taken in {settings.rounds} turns with the other rows of its block, after "
         f"{settings.warmup} warm-up requests; {settings.agents} seeded agents for GET.",
     ]
     for method in ("GET", "POST"):
-        table: list[list[str]] = []
-        for concurrency in settings.concurrency:
-            block = [row for row in rows if row.target.method == method and row.concurrency == concurrency]
-            raw = previous = block[0].result
-            for row in block:
-                r = row.result
-                count = f"{r.count:,}" + (f" ({r.errors} failed)" if r.errors else "")
-                added = f"{r.p50_ms - previous.p50_ms:+.2f}" if row.target.chain and r is not raw else ""
-                previous = r if row.target.chain else previous
-                table.append(
-                    [
-                        row.target.label,
-                        str(concurrency),
-                        count,
-                        f"{r.p50_ms:.2f}",
-                        added,
-                        f"{r.p99_ms:.2f}",
-                        f"{r.rate:,.0f}",
-                        ratio(r.p50_ms, raw.p50_ms),
-                        ratio(r.rate, raw.rate),
-                        f"{sum(r.cpu_us_per_call(name) for name in SERVER_COLUMNS):,.0f}",
-                        *(f"{r.cpu_us_per_call(name):,.0f}" for name in CPU_COLUMNS),
-                    ]
-                )
+        block = [row for row in rows if row.target.method == method]
         parts += [
             "",
             f"`{method} {'/v1/agents/{id}' if method == 'GET' else '/v1/agents'}`",
             "",
-            markdown_table(headers, table),
+            block_table(block, settings.concurrency, SERVER_COLUMNS, CPU_COLUMNS),
         ]
-    failures = [row for row in rows if row.result.errors]
-    for row in failures:
-        parts.append(
-            f"FAILED {row.target.method} c={row.concurrency} {row.target.label}: {row.result.first_error}"
-        )
+    parts += failures(rows)
     return "\n".join(parts)
 
 

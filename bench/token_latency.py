@@ -35,11 +35,11 @@ from macp.common.v1 import principal_pb2
 from macp.token.v1 import token_service_pb2 as pb
 from macp.token.v1 import token_service_pb2_grpc as pb_grpc
 
-from bench.agent_slice import Row, Settings, Target, measure_block
+from bench.agent_slice import Row, Settings, Target, block_table, failures, measure_block
 from bench.cpu import CLIENT, CpuMeter
 from bench.load import Call
 from bench.slice import RunningSlice, running_slice
-from bench.stats import machine_line, markdown_table, ratio
+from bench.stats import machine_line
 from services.runtime.auth import jwt
 from services.runtime.auth.settings import USER_SCOPES, service_audience
 from services.stack.process import StartupError
@@ -236,45 +236,20 @@ async def measure(running: RunningSlice, settings: Settings, say: Callable[[str]
 
 
 def report(rows: Sequence[Row], settings: Settings) -> str:
-    headers = ["path (one hop more per row)", "c", "n", "p50 ms", "+p50 ms", "p99 ms", "req/s"]
-    headers += ["p50 vs raw", "server CPU µs/req", *(f"{name} CPU µs/req" for name in CPU_COLUMNS)]
     parts = [
         f"Token latency: closed loop, at most {settings.requests:,} requests or {settings.max_seconds:g} s "
         f"per row, taken in {settings.rounds} turns with the other rows of its block, after "
         f"{settings.warmup} warm-up requests.",
     ]
     for block in BLOCKS:
-        table: list[list[str]] = []
-        for concurrency in settings.concurrency:
-            block_rows = [
-                row for row in rows if row.target.method == block and row.concurrency == concurrency
-            ]
-            raw = previous = block_rows[0].result
-            for row in block_rows:
-                r = row.result
-                count = f"{r.count:,}" + (f" ({r.errors} failed)" if r.errors else "")
-                added = f"{r.p50_ms - previous.p50_ms:+.2f}" if r is not raw else ""
-                previous = r
-                table.append(
-                    [
-                        row.target.label,
-                        str(concurrency),
-                        count,
-                        f"{r.p50_ms:.2f}",
-                        added,
-                        f"{r.p99_ms:.2f}",
-                        f"{r.rate:,.0f}",
-                        ratio(r.p50_ms, raw.p50_ms),
-                        f"{sum(r.cpu_us_per_call(name) for name in SERVER_COLUMNS):,.0f}",
-                        *(f"{r.cpu_us_per_call(name):,.0f}" for name in CPU_COLUMNS),
-                    ]
-                )
-        parts += ["", f"**{block}**", "", markdown_table(headers, table)]
-    for row in rows:
-        if row.result.errors:
-            parts.append(
-                f"FAILED {row.target.method} c={row.concurrency} {row.target.label}: {row.result.first_error}"
-            )
+        block_rows = [row for row in rows if row.target.method == block]
+        parts += [
+            "",
+            f"**{block}**",
+            "",
+            block_table(block_rows, settings.concurrency, SERVER_COLUMNS, CPU_COLUMNS),
+        ]
+    parts += failures(rows)
     return "\n".join(parts)
 
 

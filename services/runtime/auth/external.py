@@ -36,14 +36,12 @@ import httpx
 
 from services.runtime.auth.jwks import DEFAULT_UNKNOWN_KID_REFRESH_SECONDS, Fetch, JwksCache
 from services.runtime.auth.jwt import (
-    ALGORITHM,
     CLIENT_CLASSES,
     DEFAULT_LEEWAY_SECONDS,
-    FORBIDDEN_HEADER_MEMBERS,
-    KID_PATTERN,
     TIERS,
     Claims,
     InvalidToken,
+    check_header,
     decode_header,
     numeric_date,
     verified_payload,
@@ -54,7 +52,6 @@ from services.runtime.settings import Env, SettingsError
 VARIABLE: Final = "MACP_AUTH_EXTERNAL_ISSUERS"
 # What issuers put in `typ`: nothing (Cognito), "JWT" (Keycloak), or RFC 9068's own.
 _ACCEPTED_TYPES: Final = frozenset({"jwt", "at+jwt", "application/at+jwt"})
-_OPTIONAL_HEADER_MEMBERS: Final = frozenset({"typ"})
 _FIELDS: Final = frozenset(
     {
         "issuer",
@@ -169,24 +166,7 @@ def http_jwks_fetch(url: str, *, timeout: float = JWKS_FETCH_TIMEOUT_SECONDS) ->
 
 def _external_kid(header_segment: str) -> str:
     """The kid of an issuer's header: RS256, a kid, an optional typ of JWT or at+jwt, nothing else."""
-    header = decode_header(header_segment)
-    if not isinstance(header, dict):
-        raise InvalidToken("malformed", "header is not a JSON object")
-    forbidden = FORBIDDEN_HEADER_MEMBERS.intersection(header)
-    if forbidden:
-        raise InvalidToken("forbidden_header", min(forbidden))
-    if header.get("alg") != ALGORITHM:
-        raise InvalidToken("unsupported_alg")
-    typ = header.get("typ")
-    if typ is not None and (not isinstance(typ, str) or typ.lower() not in _ACCEPTED_TYPES):
-        raise InvalidToken("invalid_typ")
-    kid = header.get("kid")
-    if not isinstance(kid, str) or not KID_PATTERN.fullmatch(kid):
-        raise InvalidToken("invalid_kid")
-    unexpected = header.keys() - {"alg", "kid"} - _OPTIONAL_HEADER_MEMBERS
-    if unexpected:
-        raise InvalidToken("unexpected_header", min(unexpected))
-    return kid
+    return check_header(decode_header(header_segment), _ACCEPTED_TYPES, typ_required=False)
 
 
 def verify_external(

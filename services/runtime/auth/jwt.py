@@ -303,6 +303,12 @@ def _kid_of(header_segment: str) -> str:
 
 def _check_header(header: Any) -> str:
     """The kid of a header that is exactly {alg: RS256, typ: at+jwt, kid}; else InvalidToken."""
+    return check_header(header, _ACCEPTED_TYPES, typ_required=True)
+
+
+def check_header(header: Any, accepted_types: frozenset[str], *, typ_required: bool) -> str:
+    """The kid of a decoded header {alg: RS256, kid, typ (one of `accepted_types`, lower case)}
+    with nothing else in it; else InvalidToken. Outside issuers' tokens may leave `typ` out."""
     if not isinstance(header, dict):
         raise InvalidToken("malformed", "header is not a JSON object")
     forbidden = FORBIDDEN_HEADER_MEMBERS.intersection(header)
@@ -311,7 +317,7 @@ def _check_header(header: Any) -> str:
     if header.get("alg") != ALGORITHM:
         raise InvalidToken("unsupported_alg")
     typ = header.get("typ")
-    if not isinstance(typ, str) or typ.lower() not in _ACCEPTED_TYPES:
+    if (typ is not None or typ_required) and (not isinstance(typ, str) or typ.lower() not in accepted_types):
         raise InvalidToken("invalid_typ")
     kid = header.get("kid")
     if not isinstance(kid, str) or not KID_PATTERN.fullmatch(kid):
