@@ -1,0 +1,77 @@
+"""Plans: what each tier includes per billing month and what use past it costs (DESIGN.md, "Plans").
+
+free: 100 agent turns, 50 orchestrations, 5 voice minutes, 100 MB storage; hard limits (refused).
+pro: 10,000 turns, 5,000 orchestrations, 60 voice minutes, 1,000 MB; then $0.50 per 1,000 turns,
+     $0.25 per 1,000 orchestrations, $0.10 per voice minute, $0.50 per GB-month (1,024 MB).
+enterprise: set per tenant with SetPlan.
+A meter a plan does not list (API calls, in both catalog plans) is counted but neither limited
+nor priced. A tenant that never had a plan set is on the free plan.
+"""
+
+from __future__ import annotations
+
+from macp.common.v1 import principal_pb2
+from macp.metering.v1 import metering_service_pb2 as pb
+
+from services.metering.store.plans import PlanStore
+from services.runtime.errors import InvalidArgument
+
+
+def _allowance(
+    meter: int, included: int, hard: bool, price_cents: int = 0, block: int = 1
+) -> pb.PlanAllowance:
+    return pb.PlanAllowance(
+        meter=meter,  # type: ignore[arg-type]
+        included_quantity=included,
+        hard_limit=hard,
+        overage_price_cents=price_cents,
+        overage_block_size=block,
+    )
+
+
+CATALOG: dict[int, tuple[pb.PlanAllowance, ...]] = {
+    principal_pb2.TIER_FREE: (
+        _allowance(pb.METER_AGENT_TURNS, 100, True),
+        _allowance(pb.METER_ORCHESTRATIONS, 50, True),
+        _allowance(pb.METER_VOICE_SECONDS, 5 * 60, True),
+        _allowance(pb.METER_STORAGE_MB, 100, True),
+    ),
+    principal_pb2.TIER_PRO: (
+        _allowance(pb.METER_AGENT_TURNS, 10_000, False, 50, 1_000),
+        _allowance(pb.METER_ORCHESTRATIONS, 5_000, False, 25, 1_000),
+        _allowance(pb.METER_VOICE_SECONDS, 60 * 60, False, 10, 60),
+        _allowance(pb.METER_STORAGE_MB, 1_000, False, 50, 1_024),
+    ),
+}
+
+
+def allowances_of(plan: pb.Plan) -> dict[int, pb.PlanAllowance]:
+    return {a.meter: a for a in plan.allowances}
+
+
+class Plans:
+    def __init__(self, store: PlanStore) -> None:
+        self._store = store
+
+    async def get(self, tenant_id: str) -> pb.Plan:
+        stored = await self._store.get(tenant_id)
+        if stored is None:
+            return pb.Plan(
+                tenant_id=tenant_id, tier=principal_pb2.TIER_FREE, allowances=CATALOG[principal_pb2.TIER_FREE]
+            )
+        if stored.tier in CATALOG:
+            # The catalog is read at every use, so a price change reaches every FREE and PRO tenant.
+            del stored.allowances[:]
+            stored.allowances.extend(CATALOG[stored.tier])
+        return stored
+
+    async def set(
+        self, tenant_id: str, tier: principal_pb2.Tier.ValueType, allowances: list[pb.PlanAllowance]
+    ) -> pb.Plan:
+        meters = [a.meter for a in allowances]
+        repeated = sorted({pb.Meter.Name(m) for m in meters if meters.count(m) > 1})
+        if repeated:
+            raise InvalidArgument(f"allowances: one allowance per meter; repeated: {', '.join(repeated)}")
+        stored = pb.Plan(tenant_id=tenant_id, tier=tier, allowances=allowances)
+        await self._store.put(stored)
+        return await self.get(tenant_id)

@@ -1,0 +1,217 @@
+"""The Redis side of quotas: counters per tenant, billing month and meter, built from Postgres.
+
+`used` counters grow by the quota deltas of each recorded batch (written to Postgres with the
+batch, applied here by an idempotent script, then deleted); `reserved` counters hold the open
+reservations. A quota hash that is missing (a Redis restart or flush, a new month, a plan change)
+is rebuilt from the Postgres rollups, in one snapshot with the batches still waiting to be
+applied, before any quota answer is given from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from services.metering import quota_scripts
+from services.metering.meters import METER_OF_TYPE, quantity
+from services.metering.periods import month_end, month_label
+from services.metering.plans import Plans, allowances_of
+from services.metering.store.ingest import QuotaDelta
+
+log = logging.getLogger("macp.metering.quotas")
+
+# A month's quota hash outlives the month by this long, so late events still find it.
+QUOTA_EXPIRE_AFTER_MONTH_SECONDS = 40 * 86400
+
+
+@dataclass(frozen=True)
+class CounterState:
+    """One meter's counters in one month: floats as Redis holds them; limit -1 means none."""
+
+    used: float
+    reserved: float
+    limit: float
+    hard: bool
+
+    @classmethod
+    def parse(cls, values: Sequence[bytes]) -> CounterState:
+        used, reserved, limit, hard = values
+        return cls(float(used), float(reserved), float(limit), hard == b"1")
+
+    @property
+    def limited(self) -> bool:
+        return self.limit >= 0
+
+
+class QuotaKeys:
+    """The Redis keys of one tenant (see quota_scripts.py)."""
+
+    def __init__(self, prefix: str, tenant_id: str) -> None:
+        base = f"{prefix}metering:{{{tenant_id}}}:"
+        self.quota_prefix = base + "quota:"
+        self.holds_prefix = base + "holds:"
+        self.hold_prefix = base + "hold:"
+        self.applied_prefix = base + "applied:"
+
+    def quota(self, month: date) -> str:
+        return self.quota_prefix + month_label(month)
+
+    def holds(self, month: date) -> str:
+        return self.holds_prefix + month_label(month)
+
+    def hold(self, reservation_id: str) -> str:
+        return self.hold_prefix + reservation_id
+
+
+def delta_args(deltas: Iterable[QuotaDelta]) -> list[str]:
+    args: list[str] = []
+    for d in deltas:
+        args += [month_label(d.billing_month), str(d.meter), repr(d.quantity)]
+    return args
+
+
+class QuotaCounters:
+    def __init__(self, redis: aioredis.Redis, key_prefix: str, pool: asyncpg.Pool, plans: Plans) -> None:
+        self._redis = redis
+        self._prefix = key_prefix
+        self.pool = pool
+        self._pool = pool
+        self._plans = plans
+        self.reserve_script = redis.register_script(quota_scripts.RESERVE)
+        self.commit_script = redis.register_script(quota_scripts.COMMIT)
+        self.release_script = redis.register_script(quota_scripts.RELEASE)
+        self.status_script = redis.register_script(quota_scripts.STATUS)
+        self._apply = redis.register_script(quota_scripts.APPLY)
+        self._rebuild = redis.register_script(quota_scripts.REBUILD)
+
+    def keys(self, tenant_id: str) -> QuotaKeys:
+        return QuotaKeys(self._prefix, tenant_id)
+
+    async def apply(self, batch_id: uuid.UUID, deltas: Sequence[QuotaDelta]) -> None:
+        """Count a recorded batch's deltas (each tenant's at most once), then drop them from the
+        outbox; a month not built in Redis keeps its rows until a rebuild or the sweeper."""
+        by_tenant: dict[str, list[QuotaDelta]] = {}
+        for d in deltas:
+            by_tenant.setdefault(d.tenant_id, []).append(d)
+        done: list[tuple[str, date]] = []
+        replies = await asyncio.gather(
+            *(
+                self._apply(
+                    args=[
+                        self.keys(t).quota_prefix,
+                        self.keys(t).applied_prefix,
+                        str(batch_id),
+                        *delta_args(ds),
+                    ]
+                )
+                for t, ds in by_tenant.items()
+            )
+        )
+        for tenant_id, months in zip(by_tenant, replies, strict=True):
+            labels = {m.decode() for m in months}
+            done += [
+                (tenant_id, d.billing_month)
+                for d in by_tenant[tenant_id]
+                if month_label(d.billing_month) in labels
+            ]
+        await self.forget(batch_id, done)
+
+    async def forget(self, batch_id: uuid.UUID, counted: Sequence[tuple[str, date]]) -> None:
+        if counted:
+            await self._pool.execute(
+                """
+                DELETE FROM metering_quota_deltas d USING unnest($2::text[], $3::date[]) AS c(tenant, month)
+                WHERE d.batch_id = $1 AND d.tenant_id = c.tenant AND d.billing_month = c.month
+                """,
+                batch_id,
+                [t for t, _ in counted],
+                [m for _, m in counted],
+            )
+
+    async def rebuild(self, tenant_id: str, month: date) -> None:
+        """Build the tenant's quota hash for `month` from Postgres (a no-op if another process did)."""
+        plan = await self._plans.get(tenant_id)
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            rows = await conn.fetch(
+                """
+                SELECT event_type, sum(event_count)::bigint AS event_count,
+                       sum(audio_seconds) AS audio_seconds, sum(storage_mb) AS storage_mb
+                FROM metering_usage_rollups WHERE tenant_id = $1 AND billing_month = $2
+                GROUP BY event_type
+                """,
+                tenant_id,
+                month,
+            )
+            pending = await conn.fetch(
+                """
+                SELECT DISTINCT batch_id FROM metering_quota_deltas
+                WHERE tenant_id = $1 AND billing_month = $2
+                """,
+                tenant_id,
+                month,
+            )
+        used: dict[int, float] = {}
+        for row in rows:
+            meter = METER_OF_TYPE[row["event_type"]]
+            used[meter] = used.get(meter, 0.0) + quantity(
+                row["event_type"], row["event_count"], row["audio_seconds"], row["storage_mb"]
+            )
+        allowances = allowances_of(plan)
+        meters = sorted(set(used) | set(allowances))
+        args: list[str] = []
+        for meter in meters:
+            allowance = allowances.get(meter)
+            limit = str(allowance.included_quantity) if allowance is not None else "-1"
+            hard = "1" if allowance is not None and allowance.hard_limit else "0"
+            args += [str(meter), repr(used.get(meter, 0.0)), limit, hard]
+        keys = self.keys(tenant_id)
+        expire = math.ceil(month_end(month).timestamp()) + QUOTA_EXPIRE_AFTER_MONTH_SECONDS
+        built = await self._rebuild(
+            keys=[keys.quota(month), keys.holds(month)],
+            args=[
+                keys.hold_prefix,
+                keys.applied_prefix,
+                month_label(month),
+                str(max(expire - int(time.time()), 60)),
+                str(len(meters)),
+                *args,
+                *(str(row["batch_id"]) for row in pending),
+            ],
+        )
+        if built:
+            log.info(
+                "quota counters rebuilt from postgres",
+                extra={"tenant_id": tenant_id, "month": month_label(month)},
+            )
+
+    async def invalidate(self, tenant_id: str, month: date) -> None:
+        """Make the next answer rebuild the month from Postgres (after a plan change)."""
+        await self._redis.hdel(self.keys(tenant_id).quota(month), "ready")
+
+    async def sweep(self, older_than_seconds: float) -> int:
+        """Apply the deltas of batches whose process died before applying them; returns how many
+        batches it handled."""
+        rows = await self._pool.fetch(
+            """
+            SELECT batch_id, tenant_id, billing_month, meter, quantity FROM metering_quota_deltas
+            WHERE create_time < now() - make_interval(secs => $1) ORDER BY create_time LIMIT 1000
+            """,
+            older_than_seconds,
+        )
+        batches: dict[uuid.UUID, list[QuotaDelta]] = {}
+        for row in rows:
+            batches.setdefault(row["batch_id"], []).append(
+                QuotaDelta(row["tenant_id"], row["billing_month"], row["meter"], row["quantity"])
+            )
+        for batch_id, deltas in batches.items():
+            await self.apply(batch_id, deltas)
+        return len(batches)

@@ -1,0 +1,174 @@
+"""The Redis Lua scripts behind real-time quotas. Each runs atomically, so no two callers ever see
+the same remaining allowance.
+
+Keys of one tenant share the hash tag `{tenant}`, so a script touches one cluster slot:
+  quota  `<p>{t}:quota:<month>`   hash: ready, used:<meter>, reserved:<meter>, limit:<meter>, hard:<meter>
+  holds  `<p>{t}:holds:<month>`   sorted set: reservation id scored by its expiry (ms)
+  hold   `<p>{t}:hold:<id>`       hash: state (open|committed|released|expired), meter, quantity,
+                                 expire, month; kept a day past its expiry so retries stay idempotent
+  applied `<p>{t}:applied:<month>:<batch>`  set once a batch's deltas are counted
+A quota hash without `ready` has not been built from Postgres yet (after a Redis restart or flush,
+or a plan change): scripts answer `rebuild` and count nothing until it is.
+Numbers leave Lua as strings, since Lua numbers become integers in replies.
+"""
+
+from __future__ import annotations
+
+_COMMON = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Holds past their expiry give their quantity back.
+local function purge(quota, holds, hold_prefix, now)
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', holds, '-inf', now)) do
+    local hold = hold_prefix .. id
+    if redis.call('HGET', hold, 'state') == 'open' then
+      local meter = redis.call('HGET', hold, 'meter')
+      redis.call('HINCRBYFLOAT', quota, 'reserved:' .. meter, -tonumber(redis.call('HGET', hold, 'quantity')))
+      redis.call('HSET', hold, 'state', 'expired')
+    end
+    redis.call('ZREM', holds, id)
+  end
+end
+
+local function status(quota, meter)
+  local v = redis.call('HMGET', quota, 'used:' .. meter, 'reserved:' .. meter,
+                       'limit:' .. meter, 'hard:' .. meter)
+  return {v[1] or '0', v[2] or '0', v[3] or '-1', v[4] or '0'}
+end
+
+-- Adds a batch's deltas (month, meter, quantity triples from index `first`) once per month.
+local function apply(quota_prefix, applied_prefix, batch, first)
+  local applied = {}
+  for i = first, #ARGV, 3 do
+    local month, meter, qty = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+    local quota = quota_prefix .. month
+    if redis.call('HGET', quota, 'ready') == '1' then
+      if redis.call('SET', applied_prefix .. month .. ':' .. batch, '1', 'NX', 'EX', 86400) then
+        redis.call('HINCRBYFLOAT', quota, 'used:' .. meter, qty)
+      end
+      applied[#applied + 1] = month
+    end
+  end
+  return applied
+end
+"""
+
+# KEYS: quota, holds, hold. ARGV: hold_prefix, id, meter, quantity, ttl_ms, month.
+RESERVE = (
+    _COMMON
+    + """
+local quota, holds, hold = KEYS[1], KEYS[2], KEYS[3]
+local meter, qty, ttl = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+if redis.call('HGET', quota, 'ready') ~= '1' then return {'rebuild'} end
+local now = now_ms()
+purge(quota, holds, ARGV[1], now)
+local state = redis.call('HGET', hold, 'state')
+if state then
+  local s = status(quota, redis.call('HGET', hold, 'meter'))
+  return {'exists', state, redis.call('HGET', hold, 'expire'), s[1], s[2], s[3], s[4]}
+end
+local s = status(quota, meter)
+local used, reserved, limit = tonumber(s[1]), tonumber(s[2]), tonumber(s[3])
+if s[4] == '1' and limit >= 0 and used + reserved + qty > limit then
+  return {'refused', '', '', s[1], s[2], s[3], s[4]}
+end
+local expire = now + ttl
+redis.call('HINCRBYFLOAT', quota, 'reserved:' .. meter, qty)
+redis.call('ZADD', holds, expire, ARGV[2])
+redis.call('HSET', hold, 'state', 'open', 'meter', meter, 'quantity', qty, 'expire', expire, 'month', ARGV[6])
+redis.call('PEXPIRE', hold, ttl + 86400000)
+s = status(quota, meter)
+return {'held', 'open', tostring(expire), s[1], s[2], s[3], s[4]}
+"""
+)
+
+# KEYS: hold. ARGV: quota_prefix, holds_prefix, hold_prefix, applied_prefix, batch, then deltas.
+# Settles the hold and counts the batch in one step, so the quantity never leaves `reserved`
+# before it is in `used`: no other Reserve can slip into the gap.
+COMMIT = (
+    _COMMON
+    + """
+local hold = KEYS[1]
+local quota_prefix, holds_prefix = ARGV[1], ARGV[2]
+local state = redis.call('HGET', hold, 'state') or 'missing'
+local month = redis.call('HGET', hold, 'month')
+if month and redis.call('HGET', quota_prefix .. month, 'ready') ~= '1' then return {'rebuild', month} end
+if month then purge(quota_prefix .. month, holds_prefix .. month, ARGV[3], now_ms()) end
+state = redis.call('HGET', hold, 'state') or 'missing'
+local applied = apply(quota_prefix, ARGV[4], ARGV[5], 6)
+if state == 'open' then
+  local meter = redis.call('HGET', hold, 'meter')
+  local qty = tonumber(redis.call('HGET', hold, 'quantity'))
+  redis.call('HINCRBYFLOAT', quota_prefix .. month, 'reserved:' .. meter, -qty)
+  redis.call('ZREM', holds_prefix .. month, string.match(hold, '[^:]+$'))
+  redis.call('HSET', hold, 'state', 'committed')
+end
+local reply = {'settled', state}
+for _, m in ipairs(applied) do reply[#reply + 1] = m end
+return reply
+"""
+)
+
+# KEYS: hold. ARGV: quota_prefix, holds_prefix.
+RELEASE = """
+local hold = KEYS[1]
+if redis.call('HGET', hold, 'state') ~= 'open' then return 0 end
+local month, meter = redis.call('HGET', hold, 'month'), redis.call('HGET', hold, 'meter')
+local qty = tonumber(redis.call('HGET', hold, 'quantity'))
+redis.call('HINCRBYFLOAT', ARGV[1] .. month, 'reserved:' .. meter, -qty)
+redis.call('ZREM', ARGV[2] .. month, string.match(hold, '[^:]+$'))
+redis.call('HSET', hold, 'state', 'released')
+return 1
+"""
+
+# KEYS: quota, holds. ARGV: hold_prefix, meter.
+STATUS = (
+    _COMMON
+    + """
+if redis.call('HGET', KEYS[1], 'ready') ~= '1' then return {'rebuild'} end
+purge(KEYS[1], KEYS[2], ARGV[1], now_ms())
+local s = status(KEYS[1], ARGV[2])
+return {'ok', s[1], s[2], s[3], s[4]}
+"""
+)
+
+# ARGV: quota_prefix, applied_prefix, batch, then deltas. Returns the months it counted (a month
+# whose quota is not built yet is left for after the rebuild, which counts it from Postgres).
+APPLY = (
+    _COMMON
+    + """
+return apply(ARGV[1], ARGV[2], ARGV[3], 4)
+"""
+)
+
+# KEYS: quota, holds. ARGV: hold_prefix, applied_prefix, month, expire_seconds, meter count,
+# then (meter, used, limit, hard) per meter, then the ids of the batches already in `used`.
+REBUILD = """
+local quota, holds = KEYS[1], KEYS[2]
+if redis.call('HGET', quota, 'ready') == '1' then return 0 end
+redis.call('DEL', quota)
+local count = tonumber(ARGV[5])
+for i = 0, count - 1 do
+  local base = 6 + i * 4
+  local meter = ARGV[base]
+  redis.call('HSET', quota, 'used:' .. meter, ARGV[base + 1], 'limit:' .. meter, ARGV[base + 2],
+             'hard:' .. meter, ARGV[base + 3], 'reserved:' .. meter, '0')
+end
+for i = 6 + count * 4, #ARGV do
+  redis.call('SET', ARGV[2] .. ARGV[3] .. ':' .. ARGV[i], '1', 'EX', 86400)
+end
+-- Holds still open (Redis kept them while the quota hash went) count as reserved again.
+for _, id in ipairs(redis.call('ZRANGE', holds, 0, -1)) do
+  local hold = ARGV[1] .. id
+  if redis.call('HGET', hold, 'state') == 'open' then
+    redis.call('HINCRBYFLOAT', quota, 'reserved:' .. redis.call('HGET', hold, 'meter'),
+               tonumber(redis.call('HGET', hold, 'quantity')))
+  end
+end
+redis.call('HSET', quota, 'ready', '1')
+redis.call('EXPIRE', quota, tonumber(ARGV[4]))
+return 1
+"""

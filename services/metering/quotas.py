@@ -1,0 +1,188 @@
+"""Real-time quotas: Reserve before work, Commit its actual usage, Release it if it did not happen.
+
+A reservation holds quantity against the month's allowance in one atomic Redis script, so
+concurrent turns can never together pass a hard limit; a hold neither committed nor released
+expires and gives its quantity back. Commit records the usage in Postgres first (de-duplicated by
+event id), then settles the hold and counts the new usage in one script.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, date, datetime
+
+from macp.metering.v1 import metering_service_pb2 as pb
+
+from services.metering.events import UsageEvent, validated_row
+from services.metering.meters import METER_LABELS, METER_OF_TYPE
+from services.metering.periods import billing_month, month_end, month_label, month_start, parse_month
+from services.metering.plans import Plans
+from services.metering.quota_counters import CounterState, QuotaCounters, delta_args
+from services.metering.store.ingest import record_batch
+from services.runtime.errors import InvalidArgument, ResourceExhausted, Unavailable
+from services.runtime.protos import timestamp
+
+Clock = Callable[[], datetime]
+Reply = list[bytes]
+REBUILD_ATTEMPTS = 3
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _status(meter: int, tier: int, month: date, state: CounterState) -> pb.QuotaStatus:
+    used, reserved = math.ceil(state.used), math.ceil(state.reserved)
+    included = int(state.limit) if state.limited else 0
+    status = pb.QuotaStatus(
+        meter=meter,  # type: ignore[arg-type]
+        tier=tier,  # type: ignore[arg-type]
+        included_quantity=included,
+        used_quantity=used,
+        reserved_quantity=reserved,
+        remaining_quantity=max(included - math.ceil(state.used + state.reserved), 0),
+        hard_limit=state.hard,
+    )
+    status.period_start_time.CopyFrom(timestamp(month_start(month)))
+    status.period_end_time.CopyFrom(timestamp(month_end(month)))
+    return status
+
+
+def _past_allowance(state: CounterState, quantity: float) -> bool:
+    return state.limited and state.used + state.reserved + quantity > state.limit
+
+
+def _refusal(meter: int, month: date, state: CounterState) -> ResourceExhausted:
+    description, unit = METER_LABELS[meter]
+    return ResourceExhausted(
+        f"QUOTA_EXCEEDED: the free tier limit of {int(state.limit)} {unit} ({description.lower()}) per "
+        f"month is reached ({math.ceil(state.used)} used, {math.ceil(state.reserved)} reserved); "
+        f"it resets at {month_end(month).strftime('%Y-%m-%dT%H:%M:%SZ')}"
+    )
+
+
+class Quotas:
+    def __init__(
+        self, counters: QuotaCounters, plans: Plans, default_ttl_seconds: int, clock: Clock = utc_now
+    ) -> None:
+        self._counters = counters
+        self._plans = plans
+        self._default_ttl_ms = default_ttl_seconds * 1000
+        self._clock = clock
+
+    async def _run(self, tenant_id: str, month: date, call: Callable[[], Awaitable[Reply]]) -> Reply:
+        """`call`'s reply, after rebuilding the month's counters from Postgres if Redis lost them."""
+        for _ in range(REBUILD_ATTEMPTS):
+            reply = await call()
+            if not reply or reply[0] != b"rebuild":
+                return reply
+            # A hold names its own month, which a commit just after midnight UTC needs rebuilt.
+            await self._counters.rebuild(
+                tenant_id, parse_month(reply[1].decode(), "month", self._clock()) if len(reply) > 1 else month
+            )
+        raise Unavailable(
+            f"quota counters of {tenant_id} for {month_label(month)} could not be rebuilt; retry"
+        )
+
+    async def check(self, tenant_id: str, meter: int, quantity: int) -> pb.CheckQuotaResponse:
+        month = billing_month(self._clock())
+        keys = self._counters.keys(tenant_id)
+        reply = await self._run(
+            tenant_id,
+            month,
+            lambda: self._counters.status_script(
+                keys=[keys.quota(month), keys.holds(month)], args=[keys.hold_prefix, str(meter)]
+            ),
+        )
+        state = CounterState.parse(reply[1:5])
+        plan = await self._plans.get(tenant_id)
+        past = _past_allowance(state, quantity)
+        response = pb.CheckQuotaResponse(
+            allowed=not (past and state.hard),
+            overage=past and not state.hard,
+            quota=_status(meter, plan.tier, month, state),
+        )
+        if past and state.hard:
+            response.reason = _refusal(meter, month, state).message
+        return response
+
+    async def reserve(self, tenant_id: str, request: pb.ReserveRequest) -> pb.ReserveResponse:
+        month = billing_month(self._clock())
+        keys = self._counters.keys(tenant_id)
+        ttl_ms = request.ttl.ToMilliseconds() if request.HasField("ttl") else self._default_ttl_ms
+        reply = await self._run(
+            tenant_id,
+            month,
+            lambda: self._counters.reserve_script(
+                keys=[keys.quota(month), keys.holds(month), keys.hold(request.reservation_id)],
+                args=[
+                    keys.hold_prefix,
+                    request.reservation_id,
+                    str(request.meter),
+                    str(request.quantity),
+                    str(ttl_ms),
+                    month_label(month),
+                ],
+            ),
+        )
+        outcome, expire_ms = reply[0], reply[2]
+        state = CounterState.parse(reply[3:7])
+        if outcome == b"refused":
+            raise _refusal(request.meter, month, state)
+        plan = await self._plans.get(tenant_id)
+        response = pb.ReserveResponse(
+            reservation_id=request.reservation_id,
+            overage=state.limited and not state.hard and state.used + state.reserved > state.limit,
+            quota=_status(request.meter, plan.tier, month, state),
+        )
+        response.expire_time.FromMilliseconds(int(expire_ms))
+        return response
+
+    async def commit(
+        self, tenant_id: str, reservation_id: str, usage: Sequence[UsageEvent]
+    ) -> pb.CommitResponse:
+        for index, event in enumerate(usage):
+            if event.tenant_id != tenant_id:
+                raise InvalidArgument(
+                    f"usage[{index}].tenant_id: must be the reservation's tenant {tenant_id}"
+                )
+        batch = await record_batch(self._counters.pool, [validated_row(event) for event in usage])
+        keys = self._counters.keys(tenant_id)
+        month = billing_month(self._clock())
+        reply = await self._run(
+            tenant_id,
+            month,
+            lambda: self._counters.commit_script(
+                keys=[keys.hold(reservation_id)],
+                args=[
+                    keys.quota_prefix,
+                    keys.holds_prefix,
+                    keys.hold_prefix,
+                    keys.applied_prefix,
+                    str(batch.batch_id),
+                    *delta_args(batch.deltas),
+                ],
+            ),
+        )
+        counted = {label.decode() for label in reply[2:]}
+        await self._counters.forget(
+            batch.batch_id,
+            [(tenant_id, d.billing_month) for d in batch.deltas if month_label(d.billing_month) in counted],
+        )
+        meter = METER_OF_TYPE[usage[0].type]
+        check = await self.check(tenant_id, meter, 1)
+        return pb.CommitResponse(
+            recorded_count=batch.recorded, already_committed=reply[1] == b"committed", quota=check.quota
+        )
+
+    async def release(self, tenant_id: str, reservation_id: str) -> bool:
+        keys = self._counters.keys(tenant_id)
+        released = await self._counters.release_script(
+            keys=[keys.hold(reservation_id)], args=[keys.quota_prefix, keys.holds_prefix]
+        )
+        return bool(released)
+
+    async def plan_changed(self, tenant_id: str) -> None:
+        """New limits apply from the next answer: this month's counters are rebuilt with them."""
+        await self._counters.invalidate(tenant_id, billing_month(self._clock()))

@@ -1,0 +1,49 @@
+"""gRPC surface of the metering service: proto in, domain call, proto out.
+
+The tenant a request names is checked against the caller's principal (`tenancy.tenant_for`):
+a caller reads and reserves for its own tenant only, an administrator for any.
+"""
+
+from __future__ import annotations
+
+from macp.metering.v1 import metering_service_pb2 as pb
+from macp.metering.v1 import metering_service_pb2_grpc as pb_grpc
+
+from services.metering.plans import Plans
+from services.metering.quotas import Quotas
+from services.metering.tenancy import tenant_for
+from services.runtime.context import RpcContext
+from services.runtime.principal import current_principal
+
+
+class MeteringServicer(pb_grpc.MeteringServiceServicer):
+    def __init__(self, quotas: Quotas, plans: Plans) -> None:
+        self._quotas = quotas
+        self._plans = plans
+
+    async def CheckQuota(self, request: pb.CheckQuotaRequest, context: RpcContext) -> pb.CheckQuotaResponse:
+        tenant_id = tenant_for(current_principal(), request.tenant_id)
+        return await self._quotas.check(tenant_id, request.meter, request.quantity)
+
+    async def Reserve(self, request: pb.ReserveRequest, context: RpcContext) -> pb.ReserveResponse:
+        tenant_id = tenant_for(current_principal(), request.tenant_id)
+        return await self._quotas.reserve(tenant_id, request)
+
+    async def Commit(self, request: pb.CommitRequest, context: RpcContext) -> pb.CommitResponse:
+        # A hold belongs to the caller's tenant: its key is found under that tenant only.
+        tenant_id = current_principal().tenant_id
+        return await self._quotas.commit(tenant_id, request.reservation_id, request.usage)
+
+    async def Release(self, request: pb.ReleaseRequest, context: RpcContext) -> pb.ReleaseResponse:
+        released = await self._quotas.release(current_principal().tenant_id, request.reservation_id)
+        return pb.ReleaseResponse(released=released)
+
+    async def SetPlan(self, request: pb.SetPlanRequest, context: RpcContext) -> pb.SetPlanResponse:
+        tenant_id = tenant_for(current_principal(), request.tenant_id)
+        plan = await self._plans.set(tenant_id, request.tier, list(request.allowances))
+        await self._quotas.plan_changed(tenant_id)
+        return pb.SetPlanResponse(plan=plan)
+
+    async def GetPlan(self, request: pb.GetPlanRequest, context: RpcContext) -> pb.GetPlanResponse:
+        tenant_id = tenant_for(current_principal(), request.tenant_id)
+        return pb.GetPlanResponse(plan=await self._plans.get(tenant_id))

@@ -1,0 +1,39 @@
+"""Plans in Postgres: one row per tenant that ever had a plan set."""
+
+from __future__ import annotations
+
+import json
+
+import asyncpg
+from google.protobuf import json_format
+from macp.metering.v1 import metering_service_pb2 as pb
+
+from services.runtime.protos import timestamp
+
+
+class PlanStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def get(self, tenant_id: str) -> pb.Plan | None:
+        row = await self._pool.fetchrow("SELECT * FROM metering_plans WHERE tenant_id = $1", tenant_id)
+        if row is None:
+            return None
+        plan = pb.Plan(tenant_id=row["tenant_id"], tier=row["tier"])
+        for item in json.loads(row["allowances"]):
+            json_format.ParseDict(item, plan.allowances.add())
+        plan.effective_time.CopyFrom(timestamp(row["effective_time"]))
+        return plan
+
+    async def put(self, plan: pb.Plan) -> None:
+        allowances = [json_format.MessageToDict(a) for a in plan.allowances]
+        await self._pool.execute(
+            """
+            INSERT INTO metering_plans (tenant_id, tier, allowances) VALUES ($1, $2, $3::jsonb)
+            ON CONFLICT (tenant_id) DO UPDATE
+                SET tier = excluded.tier, allowances = excluded.allowances, effective_time = now()
+            """,
+            plan.tenant_id,
+            plan.tier,
+            json.dumps(allowances),
+        )

@@ -1,0 +1,205 @@
+"""A Kafka consumer-group loop that commits offsets only after its sink's effect is durable.
+
+The loop polls a batch, hands it to a `BatchSink` (which makes its effect durable, e.g. in one
+Postgres transaction), then commits the batch's offsets. A crash anywhere before the commit means
+the batch is delivered again, so a sink must be idempotent (the metering sink de-duplicates by
+event id). A sink that raises is retried with the same batch, with back-off, until it succeeds or
+the loop is stopped: records are never skipped. Several processes in the same group share the
+partitions; when a partition moves, the batch in hand finishes and commits first (the rebalance
+listener waits for it), and whatever the new owner receives again is de-duplicated by the sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeAlias, TypeVar
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
+
+from services.runtime.metrics import ConsumerMetrics
+
+log = logging.getLogger("macp.consumer")
+
+T = TypeVar("T")
+Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
+RETRY_MAX_SECONDS = 5.0
+RATE_WINDOW_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class ConsumerSettings:
+    """bootstrap_servers: `host:port[,...]`; group_id: the consumer group the processes share;
+    max_batch: the most records one batch holds; poll_timeout_ms: how long a poll waits for records;
+    session_timeout_ms / heartbeat_interval_ms: how soon the group notices a dead member."""
+
+    bootstrap_servers: str
+    topic: str
+    group_id: str
+    max_batch: int = 5000
+    poll_timeout_ms: int = 200
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
+
+
+class BatchSink(Protocol):
+    """Where a batch goes. `handle` returns the number of records per outcome (for the metrics);
+    it must be idempotent, as a batch is delivered again after any crash before its commit.
+    `assigned` runs before the first batch from newly assigned partitions, so a sink can finish
+    what a crashed predecessor left half-done there."""
+
+    async def handle(self, records: Sequence[Record]) -> Mapping[str, int]: ...
+
+    async def assigned(self, partitions: set[TopicPartition]) -> None: ...
+
+
+class _WaitForBatch(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Lets the batch in hand finish and commit before its partitions are taken away."""
+
+    def __init__(self, lock: asyncio.Lock) -> None:
+        self._lock = lock
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        async with self._lock:
+            pass
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        pass
+
+
+class ConsumerLoop:
+    """Run with `async with running(...)`; `stop()` ends the loop after the batch in hand."""
+
+    def __init__(self, settings: ConsumerSettings, sink: BatchSink, metrics: ConsumerMetrics) -> None:
+        self._settings = settings
+        self._sink = sink
+        self._metrics = metrics
+        self._lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self._known: set[TopicPartition] = set()
+        self._window_start = time.monotonic()
+        self._window_records = 0
+
+    def _consumer(self) -> AIOKafkaConsumer:
+        s = self._settings
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap_servers,
+            group_id=s.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=s.heartbeat_interval_ms,
+            max_poll_records=s.max_batch,
+        )
+        consumer.subscribe([s.topic], listener=_WaitForBatch(self._lock))
+        return consumer
+
+    async def run(self) -> None:
+        """Consume until `stop()`; a broker that goes away is waited for, never a reason to exit."""
+        delay = 0.2
+        while not self._stopping.is_set():
+            consumer = self._consumer()
+            try:
+                await consumer.start()
+                delay = 0.2
+                await self._consume(consumer)
+            except KafkaError as exc:
+                log.warning("consumer lost the broker; reconnecting", extra={"error": str(exc)})
+                await self._sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+            finally:
+                self._known = set()
+                with contextlib.suppress(KafkaError):
+                    await consumer.stop()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        while not self._stopping.is_set():
+            batches = await consumer.getmany(
+                timeout_ms=self._settings.poll_timeout_ms, max_records=self._settings.max_batch
+            )
+            async with self._lock:
+                await self._handle_assignment(consumer)
+                records = [record for partition in batches.values() for record in partition]
+                if records:
+                    started = time.monotonic()
+                    await self._handle(records)
+                    await self._commit(consumer, batches)
+                    self._metrics.observe_batch(self._settings.topic, time.monotonic() - started)
+                    self._count_rate(len(records))
+                await self._report_lag(consumer)
+
+    async def _handle_assignment(self, consumer: AIOKafkaConsumer) -> None:
+        assignment = set(consumer.assignment())
+        new = assignment - self._known
+        if new:
+            await self._retrying("preparing assigned partitions", lambda: self._sink.assigned(new))
+        self._known = assignment
+
+    async def _handle(self, records: list[Record]) -> None:
+        outcomes = await self._retrying("handling a batch", lambda: self._sink.handle(records))
+        for outcome, count in outcomes.items():
+            self._metrics.count(self._settings.topic, outcome, count)
+
+    async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        delay = 0.2
+        while True:
+            try:
+                return await attempt()
+            except Exception as exc:
+                if self._stopping.is_set():
+                    raise
+                log.warning(f"consumer failed {what}; retrying", extra={"error": str(exc)}, exc_info=exc)
+                await self._sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+
+    async def _commit(
+        self, consumer: AIOKafkaConsumer, batches: Mapping[TopicPartition, list[Record]]
+    ) -> None:
+        offsets = {
+            tp: OffsetAndMetadata(records[-1].offset + 1, "") for tp, records in batches.items() if records
+        }
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The partitions moved on: their new owner receives these records again, and the sink
+            # de-duplicates them.
+            log.warning("offset commit refused after a rebalance", extra={"error": str(exc)})
+
+    def _count_rate(self, records: int) -> None:
+        self._window_records += records
+        elapsed = time.monotonic() - self._window_start
+        if elapsed >= RATE_WINDOW_SECONDS:
+            self._metrics.set_rate(self._settings.topic, self._window_records / elapsed)
+            self._window_start, self._window_records = time.monotonic(), 0
+
+    async def _report_lag(self, consumer: AIOKafkaConsumer) -> None:
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)  # as of the last fetch; None before the first one
+            if highwater is None:
+                continue
+            position = await consumer.position(tp)
+            self._metrics.set_lag(tp.topic, tp.partition, max(highwater - position, 0))
+
+
+@contextlib.asynccontextmanager
+async def running(loop: ConsumerLoop) -> AsyncIterator[ConsumerLoop]:
+    """The loop consuming in a task until the block ends; then it stops after its batch in hand."""
+    task = asyncio.create_task(loop.run(), name="kafka-consumer")
+    try:
+        yield loop
+    finally:
+        loop.stop()
+        await task
