@@ -1,32 +1,35 @@
-"""Agent rules: what a new agent must have, and who may see one."""
+"""Agent rules: what a new agent must have, who may see one, how it changes and when it may go."""
 
 from __future__ import annotations
 
 import uuid
 
+from google.protobuf.field_mask_pb2 import FieldMask
 from macp.conversation.v1 import conversation_service_pb2 as pb
 
+from services.conversation.cache import ResourceCache
+from services.conversation.fields import merged, new_etag, parse_id
 from services.conversation.store import AgentStore
-from services.runtime.errors import InvalidArgument, NotFound
+from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.runtime.paging import decode_page_token, filter_digest, page_size, time_key, time_token
 from services.runtime.principal import Principal
 
 REQUIRED_ON_CREATE = ("name", "provider", "model")
 
 
-def new_etag() -> str:
-    return uuid.uuid4().hex
+def not_found(agent_id: str) -> NotFound:
+    # Another tenant's agent is reported exactly like a missing one: existence is not revealed.
+    return NotFound(f"agent {agent_id} not found")
 
 
-def parse_id(value: str, field: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise InvalidArgument(f"{field}: must be a UUID") from None
+def stale_etag(agent_id: str) -> FailedPrecondition:
+    return FailedPrecondition(f"agent {agent_id} changed since it was read (etag mismatch); read it again")
 
 
 class Agents:
-    def __init__(self, store: AgentStore) -> None:
+    def __init__(self, store: AgentStore, cache: ResourceCache) -> None:
         self._store = store
+        self._cache = cache
 
     async def create(self, principal: Principal, draft: pb.Agent) -> pb.Agent:
         missing = [name for name in REQUIRED_ON_CREATE if not getattr(draft, name)]
@@ -44,8 +47,56 @@ class Agents:
         return await self._store.insert(agent)
 
     async def get(self, principal: Principal, agent_id: str) -> pb.Agent:
-        agent = await self._store.get(principal.tenant_id, parse_id(agent_id, "id"))
+        key = parse_id(agent_id, "id")
+        agent = await self._cache.get(
+            principal.tenant_id,
+            str(key),
+            pb.Agent.FromString,
+            lambda: self._store.get(principal.tenant_id, key),
+        )
         if agent is None:
-            # Another tenant's agent is reported exactly like a missing one: existence is not revealed.
-            raise NotFound(f"agent {agent_id} not found")
+            raise not_found(agent_id)
         return agent
+
+    async def list(self, principal: Principal, request: pb.ListAgentsRequest) -> pb.ListAgentsResponse:
+        digest = filter_digest("agents", principal.tenant_id, request.capability)
+        after = time_key(decode_page_token(request.page_token, digest))
+        size = page_size(request.page_size)
+        agents = await self._store.list(principal.tenant_id, after, size + 1, request.capability)
+        response = pb.ListAgentsResponse(agents=agents[:size])
+        if len(agents) > size:
+            last = agents[size - 1]
+            response.next_page_token = time_token(last.create_time, last.id, digest)
+        return response
+
+    async def update(self, principal: Principal, changes: pb.Agent, mask: FieldMask) -> pb.Agent:
+        key = parse_id(changes.id, "agent.id")
+        current = await self._store.get(principal.tenant_id, key)
+        if current is None:
+            raise not_found(changes.id)
+        if current.etag != changes.etag:
+            raise stale_etag(changes.id)
+        agent = merged(current, changes, mask)
+        agent.etag = new_etag()
+        updated = await self._store.update(agent, expected_etag=changes.etag)
+        if updated is None:
+            # Changed or deleted between the read and the write: the etag no longer matches.
+            if await self._store.get(principal.tenant_id, key) is None:
+                raise not_found(changes.id)
+            raise stale_etag(changes.id)
+        await self._cache.invalidate(principal.tenant_id, str(key))
+        return updated
+
+    async def delete(self, principal: Principal, agent_id: str, etag: str) -> None:
+        key = parse_id(agent_id, "id")
+        outcome = await self._store.delete(principal.tenant_id, key, etag)
+        if not outcome.found:
+            raise not_found(agent_id)
+        if not outcome.etag_matched:
+            raise stale_etag(agent_id)
+        if outcome.active_conversation is not None:
+            raise FailedPrecondition(
+                f"agent {agent_id} takes part in active conversation {outcome.active_conversation}; "
+                "archive or delete that conversation first"
+            )
+        await self._cache.invalidate(principal.tenant_id, str(key))

@@ -14,19 +14,37 @@ from macp.conversation.v1 import conversation_service_pb2 as pb
 from macp.conversation.v1 import conversation_service_pb2_grpc as pb_grpc
 
 from services.conversation.agents import Agents
+from services.conversation.archive_store import ArchiveStore
+from services.conversation.archives import Archives
+from services.conversation.cache import ResourceCache
+from services.conversation.conversation_store import ConversationStore
+from services.conversation.conversations import Conversations
+from services.conversation.message_store import MessageStore
+from services.conversation.messages import Messages
 from services.conversation.servicer import ConversationServicer
+from services.conversation.settings import ConversationSettings
 from services.conversation.store import AgentStore
 from services.runtime.registry import service
 from services.runtime.resources import Resources
 from services.runtime.server import ServiceDefinition
-from services.runtime.settings import Env
+from services.runtime.settings import Env, RedisSettings
 
 
 async def register(server: grpc.aio.Server, resources: Resources, env: Env) -> None:
-    agents = Agents(AgentStore(resources.require_db()))
-    # The stubs mark the RPCs not built yet as abstract; at run time the generated base answers them
-    # UNIMPLEMENTED, which is what an unbuilt RPC must do.
-    servicer = ConversationServicer(agents)  # type: ignore[abstract]
+    settings = ConversationSettings.from_env(env)
+    db = resources.require_db()
+    redis = resources.require_redis()
+    prefix = (resources.settings.redis or RedisSettings.from_env(env)).key_prefix
+    s3, s3_settings = resources.require_s3()
+
+    def cache(kind: str) -> ResourceCache:
+        return ResourceCache(redis, prefix, kind, settings.cache_ttl_seconds)
+
+    agents = Agents(AgentStore(db), cache("agent"))
+    conversations = Conversations(ConversationStore(db), cache("conversation"))
+    messages = Messages(MessageStore(db), conversations)
+    archives = Archives(ArchiveStore(db), conversations, s3, s3_settings.bucket)
+    servicer = ConversationServicer(agents, conversations, messages, archives)
     pb_grpc.add_ConversationServiceServicer_to_server(servicer, server)
 
 

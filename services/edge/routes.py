@@ -9,14 +9,14 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
-from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from starlette.requests import Request
 from starlette.responses import Response
 
 from services.edge.schema import JsonSchema, SchemaBuilder
+from services.runtime.protos import descriptor_of as descriptor_of  # also imported from here
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -69,11 +69,6 @@ class ApiRoute:
     @property
     def path_params(self) -> list[str]:
         return re.findall(r"{(\w+)}", self.path)
-
-
-def descriptor_of(message: type[Message]) -> Descriptor:
-    # The C (upb) and Python descriptor classes are distinct to the type checker, alike at run time.
-    return cast(Descriptor, message.DESCRIPTOR)
 
 
 def _content(schemas: SchemaBuilder, body: type[Message] | Content) -> dict[str, Any]:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import cast
 
+from google.protobuf.descriptor import Descriptor
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 
@@ -12,3 +15,9 @@ def timestamp(value: datetime) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(value)
     return stamp
+
+
+def descriptor_of(message: type[Message]) -> Descriptor:
+    """A message class's descriptor, typed as the Python one."""
+    # The C (upb) and Python descriptor classes are distinct to the type checker, alike at run time.
+    return cast(Descriptor, message.DESCRIPTOR)

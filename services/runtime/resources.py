@@ -78,6 +78,12 @@ class Resources:
             raise RuntimeError("this service does not declare a redis dependency in the registry")
         return self.redis
 
+    def require_s3(self) -> tuple[S3Client, S3Settings]:
+        """The S3 client and its settings (the bucket, created at start-up if it was missing)."""
+        if self.s3 is None or self.settings.s3 is None:
+            raise RuntimeError("this service does not declare an s3 dependency in the registry")
+        return self.s3, self.settings.s3
+
     async def check(self) -> list[str]:
         """Names of the dependencies that do not answer right now (empty when all do)."""
         failing: list[str] = []

@@ -139,11 +139,15 @@ async def test_openapi_document_describes_the_served_routes(mesh_slice: Slice) -
     assert agent_schema["additionalProperties"] is False
 
 
-async def test_rpcs_not_built_yet_answer_unimplemented_through_the_mesh(mesh_slice: Slice) -> None:
-    token = await mesh_slice.tokens.user_token(mesh_slice.tenant, [service_audience("conversation")])
+async def test_list_agents_through_the_mesh_shows_the_tokens_tenant_only(mesh_slice: Slice) -> None:
+    async with mesh_slice.client() as client:
+        created = (await client.post("/v1/agents", json=NEW_AGENT)).json()
+    mine = await mesh_slice.tokens.user_token(mesh_slice.tenant, [service_audience("conversation")])
+    other_tenant = await mesh_slice.tokens.tenant()
+    theirs = await mesh_slice.tokens.user_token(other_tenant, [service_audience("conversation")])
     async with grpc.aio.insecure_channel(mesh_slice.mesh_address) as channel:
         stub = pb_grpc.ConversationServiceStub(channel)
-        with pytest.raises(grpc.aio.AioRpcError) as failure:
-            await stub.ListAgents(pb.ListAgentsRequest(), timeout=5, metadata=bearer(token))
-    assert failure.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "ListAgents is not implemented yet" in (failure.value.details() or "")
+        listed = await stub.ListAgents(pb.ListAgentsRequest(), timeout=5, metadata=bearer(mine))
+        elsewhere = await stub.ListAgents(pb.ListAgentsRequest(), timeout=5, metadata=bearer(theirs))
+    assert [agent.id for agent in listed.agents] == [created["id"]]
+    assert list(elsewhere.agents) == []

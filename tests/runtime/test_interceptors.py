@@ -20,9 +20,12 @@ from macp.conversation.v1 import conversation_service_pb2_grpc as pb_grpc
 from services.conversation.service import DEFINITION as CONVERSATION
 from services.runtime.context import REQUEST_ID_HEADER, RpcContext
 from services.runtime.errors import Unauthenticated
+from services.runtime.interceptors import AdmitAll
 from services.runtime.principal import Principal
+from services.runtime.server import ServiceDefinition, unbuilt_service
 from tests.runtime.serving import (
     PROBE_ENVIRON,
+    PROBE_SPEC,
     captured_json_logs,
     channel,
     health_status,
@@ -129,12 +132,21 @@ async def test_a_domain_error_maps_to_its_status(conversation: grpc.aio.Channel)
     assert failed.value.details() == f"agent {missing} not found"
 
 
-@pytest.mark.integration
-async def test_an_rpc_not_built_yet_answers_unimplemented(conversation: grpc.aio.Channel) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as failed:
-        await pb_grpc.ConversationServiceStub(conversation).ListAgents(pb.ListAgentsRequest())
+async def test_an_rpc_not_built_yet_answers_unimplemented() -> None:
+    # A service whose RPCs are all left to the generated base, as one not built yet is.
+    unbuilt = ServiceDefinition(
+        spec=PROBE_SPEC,
+        register=unbuilt_service(
+            proxy_grpc.add_AgentProxyServiceServicer_to_server, proxy_grpc.AgentProxyServiceServicer
+        ),
+        authenticator=AdmitAll(),
+    )
+    async with running(unbuilt, PROBE_ENVIRON) as service, channel(service.port) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await proxy_grpc.AgentProxyServiceStub(ch).ListProviders(proxy_pb.ListProvidersRequest())
     assert failed.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert failed.value.details() == f"/{SERVICE}/ListAgents is not implemented yet"
+    proxy_service = proxy_pb.DESCRIPTOR.services_by_name["AgentProxyService"].full_name
+    assert failed.value.details() == f"/{proxy_service}/ListProviders is not implemented yet"
 
 
 async def test_an_unexpected_exception_answers_internal_without_its_text() -> None:

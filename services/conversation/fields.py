@@ -1,0 +1,37 @@
+"""Small rules every resource of the service shares: ids, etags and field masks."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TypeVar
+
+from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.message import Message
+
+from services.runtime.errors import InvalidArgument
+from services.runtime.protos import descriptor_of
+
+M = TypeVar("M", bound=Message)
+
+
+def new_etag() -> str:
+    return uuid.uuid4().hex
+
+
+def parse_id(value: str, field: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidArgument(f"{field}: must be a UUID") from None
+
+
+def merged(current: M, changes: M, mask: FieldMask) -> M:
+    """`current` with the fields `mask` names taken from `changes` (AIP-134): a named message or
+    list is replaced whole, a named field absent from `changes` is cleared."""
+    if not mask.IsValidForDescriptor(descriptor_of(type(current))):
+        paths = ", ".join(mask.paths)
+        raise InvalidArgument(f"update_mask: {paths} names a field {current.DESCRIPTOR.name} does not have")
+    result = type(current)()
+    result.CopyFrom(current)
+    mask.MergeMessage(changes, result, replace_message_field=True, replace_repeated_field=True)
+    return result

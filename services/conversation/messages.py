@@ -1,0 +1,60 @@
+"""Message rules: who may write what into a conversation, idempotent appends, ordered reads."""
+
+from __future__ import annotations
+
+from macp.conversation.v1 import conversation_service_pb2 as pb
+
+from services.conversation.conversations import Conversations, archived, not_found
+from services.conversation.fields import parse_id
+from services.conversation.message_store import ConversationState, MessageStore, same_content
+from services.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from services.runtime.paging import decode_page_token, filter_digest, page_size, sequence_token
+from services.runtime.principal import Principal
+
+
+class Messages:
+    def __init__(self, store: MessageStore, conversations: Conversations) -> None:
+        self._store = store
+        self._conversations = conversations
+
+    async def append(self, principal: Principal, message: pb.Message) -> tuple[pb.Message, bool]:
+        """The stored message and whether this call stored it (False: an idempotent retry)."""
+        conversation_id = str(parse_id(message.conversation_id, "message.conversation_id"))
+        if message.role == pb.MESSAGE_ROLE_USER and message.author_id != principal.user_id:
+            # A user message is written by the calling user: the principal, not the body, says who.
+            raise InvalidArgument("message.author_id: a user message's author must be the calling user")
+        if message.role == pb.MESSAGE_ROLE_SYSTEM and message.author_id:
+            raise InvalidArgument("message.author_id: must be empty for a system message")
+
+        def check(state: ConversationState) -> None:
+            if state.status != pb.CONVERSATION_STATUS_ACTIVE:
+                raise archived(conversation_id)
+            if message.role == pb.MESSAGE_ROLE_AGENT and message.author_id not in state.participants:
+                raise FailedPrecondition(
+                    f"message.author_id: agent {message.author_id} does not take part in this conversation"
+                )
+
+        result = await self._store.append(principal.tenant_id, message, check)
+        if result is None:
+            raise not_found(message.conversation_id)
+        stored, created = result
+        if not created and not same_content(stored, message):
+            raise AlreadyExists(
+                f"message.id: message {message.id} is already stored with other content; "
+                "a new message needs a new id"
+            )
+        return stored, created
+
+    async def list(self, principal: Principal, request: pb.ListMessagesRequest) -> pb.ListMessagesResponse:
+        conversation = await self._conversations.get(principal, request.conversation_id)
+        digest = filter_digest("messages", principal.tenant_id, conversation.id)
+        cursor = decode_page_token(request.page_token, digest)
+        after = 0 if cursor is None else cursor.after_sequence
+        size = page_size(request.page_size)
+        found = await self._store.list(
+            principal.tenant_id, parse_id(conversation.id, "conversation_id"), after, size + 1
+        )
+        response = pb.ListMessagesResponse(messages=found[:size])
+        if len(found) > size:
+            response.next_page_token = sequence_token(found[size - 1].sequence, digest)
+        return response

@@ -1,0 +1,22 @@
+"""The conversation service's own settings (`MACP_CONVERSATION_*`), read once at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.runtime.settings import Env
+
+CACHE_TTL = "MACP_CONVERSATION_CACHE_TTL_SECONDS"
+
+
+@dataclass(frozen=True)
+class ConversationSettings:
+    """cache_ttl_seconds: how long GetAgent and GetConversation answers stay in Redis. Invalidation
+    keeps the cache fresh; the TTL only bounds staleness after a writer died between its commit and
+    its invalidation (services/conversation/cache.py), so it stays short."""
+
+    cache_ttl_seconds: int
+
+    @classmethod
+    def from_env(cls, env: Env) -> ConversationSettings:
+        return cls(cache_ttl_seconds=env.integer(CACHE_TTL, 30, minimum=1, maximum=3600))
