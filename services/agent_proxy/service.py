@@ -1,19 +1,103 @@
-"""Wiring of the agent-proxy service. Its RPCs are not built yet: each answers UNIMPLEMENTED.
+"""Wiring of the agent-proxy service: its registry entry, its servicer, its scopes, its background work.
 
-Scopes: none yet (`method_scopes` is empty): every call needs a valid token for this service's
-audience, `urn:macp:service:<name>`; per-method scopes come with the RPCs themselves.
+Scopes: every call needs a token for `urn:macp:service:agent-proxy`; Generate and Bid, which spend
+provider tokens on a tenant's behalf, also need `agents:generate`. ListProviders (operational
+state, no tenant data) needs a valid token only.
+
+`register` builds the proxy (the servicer needs it before the server starts); `background` then
+gives it the served metrics registry (`pending_agent_requests`) and runs its usage outbox, and
+stops both after the server has drained. The two hooks of one `serve()` share one `Resources`,
+which is how `background` finds the proxy `register` built.
 """
 
 from __future__ import annotations
 
-from macp.agent_proxy.v1 import agent_proxy_service_pb2_grpc as pb_grpc
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
+import grpc
+from macp.agent_proxy.v1 import agent_proxy_service_pb2 as pb
+from macp.agent_proxy.v1 import agent_proxy_service_pb2_grpc as pb_grpc
+from prometheus_client import CollectorRegistry
+
+from services.agent_proxy.breaker import Clock
+from services.agent_proxy.fair_queue import FairQueue
+from services.agent_proxy.generation import Generation
+from services.agent_proxy.providers import Providers
+from services.agent_proxy.servicer import AgentProxyServicer
+from services.agent_proxy.settings import ProxySettings
+from services.runtime.metrics import pending_requests_gauge
 from services.runtime.registry import service
-from services.runtime.server import ServiceDefinition, unbuilt_service
+from services.runtime.resources import Resources
+from services.runtime.server import ServiceDefinition
+from services.runtime.settings import Env
+from services.runtime.usage_publisher import UsagePublisher, outbox_key
+
+SPEC = service("agent-proxy")
+GENERATE_SCOPE = "agents:generate"
+USAGE_SOURCE = "/macp/agent-proxy"
+
+
+@dataclass
+class AgentProxy:
+    """One process's proxy: its providers and breakers, its fair queue, its usage publisher."""
+
+    settings: ProxySettings
+    providers: Providers
+    queue: FairQueue
+    publisher: UsagePublisher
+    generation: Generation
+
+    @classmethod
+    def build(cls, resources: Resources, env: Env, clock: Clock = time.time) -> AgentProxy:
+        settings = ProxySettings.from_env(env)
+        kafka, redis = resources.settings.kafka, resources.settings.redis
+        if kafka is None or redis is None or resources.producer is None:
+            raise RuntimeError("the agent proxy declares its redis and kafka dependencies in the registry")
+        publisher = UsagePublisher(
+            resources.require_redis(),
+            resources.producer,
+            topic=kafka.usage_topic,
+            key=outbox_key(redis.key_prefix, kafka.usage_topic),
+            source=USAGE_SOURCE,
+        )
+        providers = Providers(settings, clock)
+        queue = FairQueue(settings.max_concurrency, settings.queue_limit)
+        generation = Generation(settings, providers, queue, publisher.publish)
+        return cls(settings, providers, queue, publisher, generation)
+
+
+# The proxies `register` built whose `background` has not started yet, by their Resources' identity.
+_built: dict[int, AgentProxy] = {}
+
+
+async def register(server: grpc.aio.Server, resources: Resources, env: Env) -> None:
+    proxy = AgentProxy.build(resources, env)
+    _built[id(resources)] = proxy
+    servicer = AgentProxyServicer(proxy.settings, proxy.providers, proxy.generation)
+    pb_grpc.add_AgentProxyServiceServicer_to_server(servicer, server)
+
+
+@asynccontextmanager
+async def background(resources: Resources, env: Env, registry: CollectorRegistry) -> AsyncIterator[None]:
+    proxy = _built.pop(id(resources))
+    pending = pending_requests_gauge(SPEC.name, registry).labels(SPEC.name)
+    proxy.queue.on_depth = pending.set
+    await proxy.publisher.start()
+    try:
+        yield
+    finally:
+        await proxy.publisher.stop()
+        await proxy.providers.close()
+
+
+def method_scopes() -> dict[str, str]:
+    descriptor = pb.DESCRIPTOR.services_by_name["AgentProxyService"]
+    return {f"/{descriptor.full_name}/{name}": GENERATE_SCOPE for name in ("Generate", "Bid")}
+
 
 DEFINITION = ServiceDefinition(
-    spec=service("agent-proxy"),
-    register=unbuilt_service(
-        pb_grpc.add_AgentProxyServiceServicer_to_server, pb_grpc.AgentProxyServiceServicer
-    ),
+    spec=SPEC, register=register, background=background, method_scopes=method_scopes()
 )

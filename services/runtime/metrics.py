@@ -133,3 +133,14 @@ class ConsumerMetrics:
         """A sample's current value (0 when it was never set), for tests and the CLI."""
         sample = self.registry.get_sample_value(name, {"service": self._service, **labels})
         return 0.0 if sample is None else sample
+
+
+def pending_requests_gauge(service: str, registry: CollectorRegistry) -> Gauge:
+    """`pending_agent_requests`: calls waiting for an upstream slot. The name is 000_*.txt's, which
+    scales the agent proxy on it; the `service` label tells replicas' processes apart in the sum."""
+    return Gauge(
+        "pending_agent_requests",
+        "Generate calls waiting in the fair queue for a provider slot",
+        ("service",),
+        registry=registry,
+    )

@@ -240,7 +240,8 @@ async def test_every_other_services_port_refuses_every_bad_token(
             {**service_environ, f"{prefix}PORT": "0", f"{prefix}METRICS_PORT": "0"}
         )
         refused = await _refused_tokens(tokens, None, audience, EDGE_AUDIENCE)
-        tenant = await tokens.tenant(scope=ALL_SCOPES)
+        # agents:generate: agent-proxy's Bid needs it (services/agent_proxy/service.py).
+        tenant = await tokens.tenant(scope=f"{ALL_SCOPES} agents:generate")
         good = await tokens.user_token(tenant, [audience])
         async with running(definition, environ) as service, channel(service.port) as opened:
             call = _unary_call(name, opened)

@@ -1,0 +1,222 @@
+"""Generate: queue for a slot, pick a provider whose breaker is closed, retry before the first token,
+relay the text (coalesced for slow readers), end with one completion, and record usage once.
+
+Retries happen only before the first token: once text has reached the caller a retry would repeat
+it. Each failed attempt counts against its (provider, model) breaker and waits an exponential
+backoff with jitter, never past the caller's deadline; the next attempt goes to the first candidate
+whose breaker is closed, which is how fallback happens. The caller's deadline bounds every upstream
+call (the SDK timeout is the smaller of it and the call timeout, and gRPC cancels the handler when
+it passes); a cancelled Generate closes the upstream response before it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from datetime import UTC, datetime
+
+from macp.agent_proxy.v1 import agent_proxy_service_pb2 as pb
+from macp.common.v1 import usage_pb2
+
+from services.agent_proxy.coalescing import DeltaBuffer
+from services.agent_proxy.fair_queue import FairQueue
+from services.agent_proxy.provider import Finished, ProviderEvent, ProviderFailure, Started, Turn
+from services.agent_proxy.providers import Providers, Target
+from services.agent_proxy.settings import ProxySettings
+from services.agent_proxy.usage import TurnRecord, agent_turn_event
+from services.runtime.errors import FailedPrecondition, PermissionDenied, Unavailable
+from services.runtime.principal import Principal
+
+PublishUsage = Callable[[usage_pb2.UsageEvent], Awaitable[None]]
+Upstream = AsyncGenerator[ProviderEvent]
+
+
+def build_turn(request: pb.GenerateRequest, default_max_tokens: int) -> Turn:
+    """The provider-neutral turn: speakers' names folded into the text (providers know only two
+    roles), consecutive messages of one role merged, and a user message first, as Anthropic requires."""
+    merged: list[tuple[str, str]] = []
+    for message in request.messages:
+        role = "assistant" if message.role == pb.CHAT_ROLE_ASSISTANT else "user"
+        text = f"{message.name}: {message.text}" if message.name and role == "user" else message.text
+        if merged and merged[-1][0] == role:
+            merged[-1] = (role, f"{merged[-1][1]}\n\n{text}")
+        else:
+            merged.append((role, text))
+    if merged[0][0] == "assistant":
+        merged.insert(0, ("user", "(the conversation so far)"))
+    generation = request.generation
+    return Turn(
+        system=request.system_prompt,
+        messages=tuple(merged),
+        max_tokens=generation.max_tokens if generation.HasField("max_tokens") else default_max_tokens,
+        temperature=generation.temperature if generation.HasField("temperature") else None,
+    )
+
+
+class Generation:
+    def __init__(
+        self,
+        settings: ProxySettings,
+        providers: Providers,
+        queue: FairQueue,
+        publish_usage: PublishUsage,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._settings = settings
+        self._providers = providers
+        self._queue = queue
+        self._publish_usage = publish_usage
+        self._sleep = sleep
+
+    async def generate(
+        self, request: pb.GenerateRequest, principal: Principal, time_remaining: float | None
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        if request.tenant_id != principal.tenant_id:
+            raise PermissionDenied("tenant_id: a call may only generate for its token's own tenant")
+        self._providers.require(request.provider)
+        turn = build_turn(request, self._settings.default_max_tokens)
+        prompt_characters = len(turn.system) + sum(len(text) for _, text in turn.messages)
+        record = TurnRecord(
+            provider=request.provider, model=request.model, prompt_characters=prompt_characters
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + time_remaining if time_remaining is not None else None
+        try:
+            async with self._queue.slot(principal.tier, principal.tenant_id):
+                target, upstream, first = await self._first_token(request, turn, record, deadline)
+                async with aclosing(upstream):
+                    async for response in self._relay(target, upstream, first, record):
+                        yield response
+        except (asyncio.CancelledError, GeneratorExit):
+            record.finish_reason = pb.FINISH_REASON_CANCELLED
+            raise
+        finally:
+            if record.finish_reason == pb.FINISH_REASON_UNSPECIFIED:
+                record.finish_reason = pb.FINISH_REASON_ERROR
+            await self._publish_usage(agent_turn_event(request, principal, record))
+
+    def _timeout(self, deadline: float | None) -> float:
+        if deadline is None:
+            return self._settings.call_timeout_seconds
+        remaining = deadline - asyncio.get_running_loop().time()
+        return max(0.01, min(self._settings.call_timeout_seconds, remaining))
+
+    def _pick(self, request: pb.GenerateRequest) -> Target:
+        candidates = self._providers.candidates(request.provider, request.model)
+        for target in candidates:
+            if target.breaker.try_acquire():
+                return target
+        first = candidates[0].breaker
+        retry_at = datetime.fromtimestamp(first.next_attempt_at(), UTC).isoformat(timespec="seconds")
+        raise Unavailable(
+            f"{request.provider}/{request.model} and every fallback have an open circuit breaker; "
+            f"the next trial is at {retry_at}"
+        )
+
+    async def _first_token(
+        self, request: pb.GenerateRequest, turn: Turn, record: TurnRecord, deadline: float | None
+    ) -> tuple[Target, Upstream, str | Finished]:
+        """The first candidate that produces text (or finishes), retrying failures with backoff."""
+        attempt = 0
+        while True:
+            target = self._pick(request)
+            record.provider, record.model = target.provider.config.name, target.model
+            upstream = target.provider.stream(target.model, turn, self._timeout(deadline))
+            try:
+                first = await self._until_text(upstream, record)
+            except ProviderFailure as failure:
+                await upstream.aclose()
+                if not failure.retryable:
+                    target.breaker.release()
+                    raise FailedPrecondition(failure.message) from None
+                target.breaker.record_failure()
+                attempt += 1
+                delay = self._settings.retry_base_seconds * 2 ** (attempt - 1) * (0.5 + random.random())
+                loop_time = asyncio.get_running_loop().time()
+                if attempt > self._settings.retries or (
+                    deadline is not None and loop_time + delay >= deadline
+                ):
+                    raise Unavailable(f"{target.name} failed before answering: {failure.message}") from None
+                await self._sleep(delay)
+                continue
+            except BaseException:
+                target.breaker.release()
+                await upstream.aclose()
+                raise
+            target.breaker.record_success()  # text came: the provider is healthy
+            return target, upstream, first
+
+    @staticmethod
+    async def _until_text(upstream: Upstream, record: TurnRecord) -> str | Finished:
+        async for event in upstream:
+            if isinstance(event, Started):
+                record.reached_provider = True
+                record.provider_request_id = event.request_id
+                record.input_tokens = event.input_tokens
+            else:
+                return event
+        raise ProviderFailure("the provider's stream ended without an answer", retryable=True)
+
+    async def _relay(
+        self, target: Target, upstream: Upstream, first: str | Finished, record: TurnRecord
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        buffer = DeltaBuffer()
+        failures: list[ProviderFailure] = []
+        finished: list[Finished] = []
+        if isinstance(first, Finished):
+            finished.append(first)
+            buffer.close()
+            pump = None
+        else:
+            buffer.put(first)
+            record.output_characters += len(first)
+            pump = asyncio.create_task(self._pump(upstream, buffer, record, failures, finished))
+        try:
+            index = 0
+            while (text := await buffer.take()) is not None:
+                yield pb.GenerateResponse(text_delta=pb.TextDelta(text=text, index=index))
+                index += 1
+            if pump is not None:
+                await pump
+        finally:
+            if pump is not None and not pump.done():
+                pump.cancel()
+                await asyncio.gather(pump, return_exceptions=True)
+        if failures:
+            target.breaker.record_failure()
+            record.finish_reason = pb.FINISH_REASON_ERROR
+        else:
+            end = finished[0]
+            record.finish_reason = end.finish_reason
+            record.input_tokens = end.input_tokens if end.input_tokens is not None else record.input_tokens
+            record.output_tokens = end.output_tokens
+            record.provider_request_id = end.request_id or record.provider_request_id
+        completion = pb.GenerateCompletion(
+            finish_reason=record.finish_reason,
+            usage=record.dimensions(),
+            provider_request_id=record.provider_request_id,
+        )
+        yield pb.GenerateResponse(completion=completion)
+
+    @staticmethod
+    async def _pump(
+        upstream: Upstream,
+        buffer: DeltaBuffer,
+        record: TurnRecord,
+        failures: list[ProviderFailure],
+        finished: list[Finished],
+    ) -> None:
+        """Read the provider as fast as it sends, whatever the caller's pace."""
+        try:
+            async for event in upstream:
+                if isinstance(event, str):
+                    buffer.put(event)
+                    record.output_characters += len(event)
+                elif isinstance(event, Finished):
+                    finished.append(event)
+        except ProviderFailure as failure:
+            failures.append(failure)
+        finally:
+            buffer.close()

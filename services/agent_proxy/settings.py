@@ -1,0 +1,172 @@
+"""The agent proxy's settings: which providers it calls, with which keys, and how hard it guards them.
+
+Providers (`MACP_AGENT_PROXY_PROVIDERS`, a comma-separated list; the order is the fallback order):
+each name N reads
+
+| variable | meaning |
+| --- | --- |
+| `MACP_PROVIDER_<N>_PROTOCOL` | `anthropic` (Messages) or `openai` (Chat Completions; Ollama, vLLM, ...) |
+| `MACP_PROVIDER_<N>_BASE_URL` | the API's base URL; unset: the SDK's own (api.anthropic.com, ...) |
+| `MACP_PROVIDER_<N>_API_KEY` | the key; never logged, never in an error |
+| `MACP_PROVIDER_<N>_MODELS` | the models offered, comma-separated (ListProviders and fallbacks) |
+
+Unset, the list is `anthropic` and/or `openai` for each whose key is set, or else `local`: the local
+provider server (services/provider_server) that `macp up` starts when no key is configured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from services.runtime.registry import PROVIDER_SERVER
+from services.runtime.settings import Env, SettingsError
+
+Protocol = Literal["anthropic", "openai"]
+PROTOCOLS: tuple[Protocol, ...] = ("anthropic", "openai")
+LOCAL = "local"
+# The providers that need a key, and the model each offers when MACP_PROVIDER_<N>_MODELS is unset.
+KEYED_DEFAULT_MODELS = {
+    "anthropic": ("claude-sonnet-4-5", "claude-haiku-4-5"),
+    "openai": ("gpt-4o", "gpt-4o-mini"),
+}
+LOCAL_MODELS = ("echo-1", "echo-2")
+
+
+class Secret:
+    """A credential: usable through `reveal()`, printed as `***` everywhere else (logs, reprs, errors)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
+def provider_variable(name: str, field: str) -> str:
+    return f"MACP_PROVIDER_{name.upper().replace('-', '_')}_{field}"
+
+
+def local_provider_url(env: Env) -> str:
+    """Where the local provider server listens (the `macp up` default, or MACP_PROVIDER_SERVER_PORT)."""
+    port = env.port("MACP_PROVIDER_SERVER_PORT", PROVIDER_SERVER.port)
+    return f"http://127.0.0.1:{port}"
+
+
+def keyed_providers(env: Env) -> list[str]:
+    """The keyed providers whose key is set: with none, the stack needs the local provider server."""
+    return [name for name in KEYED_DEFAULT_MODELS if env.raw(provider_variable(name, "API_KEY"))]
+
+
+def configured_provider_names(env: Env) -> list[str]:
+    raw = env.raw("MACP_AGENT_PROXY_PROVIDERS")
+    if raw is None:
+        return keyed_providers(env) or [LOCAL]
+    names = [name.strip().lower() for name in raw.split(",") if name.strip()]
+    for name in names:
+        if not name.replace("-", "").replace("_", "").isalnum() or not name[0].isalpha():
+            raise SettingsError(
+                f"MACP_AGENT_PROXY_PROVIDERS={raw!r} is malformed ({name!r} is not a provider name); "
+                "set it to names such as anthropic,openai,local"
+            )
+    if not names or len(set(names)) != len(names):
+        raise SettingsError(
+            f"MACP_AGENT_PROXY_PROVIDERS={raw!r} is malformed (empty or repeated names); "
+            "set it to names such as anthropic,openai,local"
+        )
+    return names
+
+
+def local_provider_needed(env: Env) -> bool:
+    """True when the agent proxy will call the local provider server, which `macp up` then starts."""
+    return LOCAL in configured_provider_names(env)
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    name: str
+    protocol: Protocol
+    base_url: str | None
+    api_key: Secret | None
+    models: tuple[str, ...]
+
+    @property
+    def local(self) -> bool:
+        return self.name == LOCAL
+
+    @classmethod
+    def from_env(cls, env: Env, name: str) -> ProviderConfig:
+        default_protocol = "openai" if name == "openai" else "anthropic"
+        if name not in (LOCAL, *KEYED_DEFAULT_MODELS):
+            default_protocol = "openai"  # other names are OpenAI-compatible servers unless told otherwise
+        protocol = env.choice(provider_variable(name, "PROTOCOL"), default_protocol, PROTOCOLS)
+        base_url = env.url(
+            provider_variable(name, "BASE_URL"), ("http", "https"), "http://127.0.0.1:11434/v1"
+        )
+        if name == LOCAL and base_url is None:
+            base_url = local_provider_url(env)
+            if protocol == "openai":
+                base_url += "/v1"
+        key = env.raw(provider_variable(name, "API_KEY"))
+        if key is None and name == LOCAL:
+            key = "local"  # the local server wants a key to be sent, any key
+        models_raw = env.raw(provider_variable(name, "MODELS"))
+        models = tuple(m.strip() for m in models_raw.split(",") if m.strip()) if models_raw else ()
+        if not models:
+            models = LOCAL_MODELS if name == LOCAL else KEYED_DEFAULT_MODELS.get(name, ())
+        if not models:
+            raise SettingsError(
+                f"{provider_variable(name, 'MODELS')} is not set; set it to the models {name} offers, "
+                "comma-separated"
+            )
+        if base_url is None and name not in KEYED_DEFAULT_MODELS:
+            raise SettingsError(
+                f"{provider_variable(name, 'BASE_URL')} is not set; set it to the API's URL, "
+                "such as http://127.0.0.1:11434/v1"
+            )
+        return cls(
+            name=name,
+            protocol=protocol,  # type: ignore[arg-type]
+            base_url=base_url,
+            api_key=Secret(key) if key is not None else None,
+            models=models,
+        )
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    providers: tuple[ProviderConfig, ...]
+    max_concurrency: int
+    queue_limit: int
+    call_timeout_seconds: float
+    breaker_failures: int
+    breaker_open_seconds: float
+    retries: int
+    retry_base_seconds: float
+    default_max_tokens: int
+
+    @classmethod
+    def from_env(cls, env: Env) -> ProxySettings:
+        return cls(
+            providers=tuple(ProviderConfig.from_env(env, name) for name in configured_provider_names(env)),
+            max_concurrency=env.integer("MACP_AGENT_PROXY_MAX_CONCURRENCY", 64, minimum=1, maximum=10_000),
+            queue_limit=env.integer("MACP_AGENT_PROXY_QUEUE_LIMIT", 1000, minimum=0, maximum=1_000_000),
+            call_timeout_seconds=env.number("MACP_AGENT_PROXY_CALL_TIMEOUT_SECONDS", 30.0, minimum=0.1),
+            breaker_failures=env.integer("MACP_AGENT_PROXY_BREAKER_FAILURES", 5, minimum=1, maximum=1000),
+            breaker_open_seconds=env.number("MACP_AGENT_PROXY_BREAKER_OPEN_SECONDS", 60.0, minimum=0.01),
+            retries=env.integer("MACP_AGENT_PROXY_RETRIES", 2, minimum=0, maximum=10),
+            retry_base_seconds=env.number("MACP_AGENT_PROXY_RETRY_BASE_SECONDS", 0.2, minimum=0.0),
+            default_max_tokens=env.integer(
+                "MACP_AGENT_PROXY_DEFAULT_MAX_TOKENS", 1024, minimum=1, maximum=200_000
+            ),
+        )
+
+    def provider(self, name: str) -> ProviderConfig | None:
+        return next((p for p in self.providers if p.name == name), None)
