@@ -24,14 +24,17 @@ from macp.metering.v1 import metering_service_pb2_grpc as pb_grpc
 from prometheus_client import CollectorRegistry
 
 from services.metering.dead_letters import DeadLetterPublisher
+from services.metering.invoices import Invoices
 from services.metering.plans import Plans
 from services.metering.quota_counters import QuotaCounters
-from services.metering.quotas import Quotas
+from services.metering.quotas import Quotas, utc_now
 from services.metering.servicer import MeteringServicer
 from services.metering.settings import MeteringSettings
 from services.metering.sink import UsageSink
 from services.metering.store.plans import PlanStore
+from services.metering.store.usage import UsageStore
 from services.metering.tenancy import ADMIN_SCOPE
+from services.metering.usage import UsageReports
 from services.runtime import kafka
 from services.runtime.consumer import ConsumerLoop, ConsumerSettings, running
 from services.runtime.metrics import ConsumerMetrics
@@ -56,8 +59,14 @@ def _counters(resources: Resources, env: Env) -> QuotaCounters:
 async def register(server: grpc.aio.Server, resources: Resources, env: Env) -> None:
     settings = MeteringSettings.from_env(env)
     counters = _counters(resources, env)
-    plans = Plans(PlanStore(resources.require_db()))
-    servicer = MeteringServicer(Quotas(counters, plans, settings.reservation_ttl_seconds), plans)  # type: ignore[abstract]
+    pool = resources.require_db()
+    plans = Plans(PlanStore(pool))
+    servicer = MeteringServicer(
+        Quotas(counters, plans, settings.reservation_ttl_seconds),
+        plans,
+        UsageReports(UsageStore(pool)),
+        Invoices(UsageStore(pool), plans, utc_now),
+    )
     pb_grpc.add_MeteringServiceServicer_to_server(servicer, server)
 
 

@@ -9,17 +9,21 @@ from __future__ import annotations
 from macp.metering.v1 import metering_service_pb2 as pb
 from macp.metering.v1 import metering_service_pb2_grpc as pb_grpc
 
+from services.metering.invoices import Invoices
 from services.metering.plans import Plans
 from services.metering.quotas import Quotas
 from services.metering.tenancy import tenant_for
+from services.metering.usage import UsageReports
 from services.runtime.context import RpcContext
 from services.runtime.principal import current_principal
 
 
 class MeteringServicer(pb_grpc.MeteringServiceServicer):
-    def __init__(self, quotas: Quotas, plans: Plans) -> None:
+    def __init__(self, quotas: Quotas, plans: Plans, reports: UsageReports, invoices: Invoices) -> None:
         self._quotas = quotas
         self._plans = plans
+        self._reports = reports
+        self._invoices = invoices
 
     async def CheckQuota(self, request: pb.CheckQuotaRequest, context: RpcContext) -> pb.CheckQuotaResponse:
         tenant_id = tenant_for(current_principal(), request.tenant_id)
@@ -47,3 +51,13 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
     async def GetPlan(self, request: pb.GetPlanRequest, context: RpcContext) -> pb.GetPlanResponse:
         tenant_id = tenant_for(current_principal(), request.tenant_id)
         return pb.GetPlanResponse(plan=await self._plans.get(tenant_id))
+
+    async def GetUsage(self, request: pb.GetUsageRequest, context: RpcContext) -> pb.GetUsageResponse:
+        tenant_id = tenant_for(current_principal(), request.tenant_id)
+        return await self._reports.usage(tenant_id, request)
+
+    async def GetInvoicePreview(
+        self, request: pb.GetInvoicePreviewRequest, context: RpcContext
+    ) -> pb.GetInvoicePreviewResponse:
+        tenant_id = tenant_for(current_principal(), request.tenant_id)
+        return await self._invoices.preview(tenant_id, request.billing_month)
