@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import grpc
 
+REASON_METADATA_KEY = "macp-error-reason"
+
 
 class DomainError(Exception):
-    """Base of every error a handler may raise on purpose; `code` is the gRPC status it becomes."""
+    """Base of every error a handler may raise on purpose; `code` is the gRPC status it becomes.
+
+    `reason`, when set, rides in the `macp-error-reason` trailer (in the spirit of AIP-193's
+    ErrorInfo.reason): a machine-readable refinement of the code, for the callers that must tell
+    two causes of one status apart (the edge answers a stale etag 412, other failed preconditions 409).
+    """
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: str = ""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -33,6 +41,18 @@ class AlreadyExists(DomainError):
 
 class FailedPrecondition(DomainError):
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class StaleEtag(FailedPrecondition):
+    """The etag the caller sent is not the resource's current one: it changed since it was read."""
+
+    reason = "ETAG_MISMATCH"
+
+
+class OutOfRange(DomainError):
+    """A position that is no longer (or not yet) there: an event id older than what is retained."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
 
 
 class PermissionDenied(DomainError):

@@ -1,0 +1,179 @@
+"""The resumable event log of each conversation: a Redis Stream, bounded in length and in idle time.
+
+Every event of a conversation (message accepted, bids, turn started, token deltas, turn completed,
+usage, errors) is appended here first and delivered to clients from here, whichever orchestrator
+or edge process they are connected to. Its event id is the stream entry id (`<ms>-<seq>`), which
+only grows, so a client that reconnects with the last id it saw gets exactly the events after it:
+nothing missed, nothing twice.
+
+Retention is bounded: at most `max_events` per conversation (the oldest are trimmed exactly, in the
+append script, which also records the newest trimmed id as the log's floor), and the whole log
+expires `idle_seconds` after its last event. A resume from an id below the floor answers
+OUT_OF_RANGE instead of silently skipping what was trimmed; the client then re-reads the stored
+messages (ConversationService.ListMessages) and joins live. A reader that falls behind the floor
+while following gets the same error, which is how a slow client is told it lost events.
+
+Appends by a round's driver carry its lease (services/orchestrator/lease.py): the script refuses
+the append unless that lease is still the current one, so a deposed driver cannot publish.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Sequence
+from typing import Final
+
+import redis.asyncio as aioredis
+from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
+
+from services.orchestrator.lease import Lease, LeaseLost, lease_key
+from services.runtime.errors import InvalidArgument, OutOfRange
+
+DEFAULT_MAX_EVENTS: Final = 10_000
+DEFAULT_IDLE_SECONDS: Final = 24 * 3600
+DEFAULT_BLOCK_MS: Final = 5_000
+READ_BATCH: Final = 256
+_FIELD: Final = b"e"
+_EVENT_ID: Final = re.compile(r"(\d{1,20})-(\d{1,20})")
+
+# KEYS: stream, floor, lease. ARGV: payload, max_events, idle_seconds, holder ("" when unfenced).
+_APPEND: Final = """
+if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[4] then return false end
+local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])
+local excess = redis.call('XLEN', KEYS[1]) - tonumber(ARGV[2])
+if excess > 0 then
+  local trimmed = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', excess)
+  redis.call('XTRIM', KEYS[1], 'MAXLEN', ARGV[2])
+  redis.call('SET', KEYS[2], trimmed[#trimmed][1])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
+return id
+"""
+
+
+def _position(event_id: str, field: str = "after_event_id") -> tuple[int, int]:
+    match = _EVENT_ID.fullmatch(event_id)
+    if match is None:
+        raise InvalidArgument(f"{field}: {event_id!r} is not an event id of this conversation (<ms>-<seq>)")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class EventLog:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        prefix: str,
+        *,
+        max_events: int = DEFAULT_MAX_EVENTS,
+        idle_seconds: int = DEFAULT_IDLE_SECONDS,
+        block_ms: int = DEFAULT_BLOCK_MS,
+    ) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._max_events = max_events
+        self._idle_seconds = idle_seconds
+        self._block_ms = block_ms
+        self._append = redis.register_script(_APPEND)
+
+    def _stream(self, conversation_id: str) -> str:
+        return f"{self._prefix}orchestrator:events:{conversation_id}"
+
+    def _floor(self, conversation_id: str) -> str:
+        return f"{self._prefix}orchestrator:events-floor:{conversation_id}"
+
+    async def append(
+        self, conversation_id: str, event: pb.ConversationEvent, lease: Lease | None = None
+    ) -> pb.ConversationEvent:
+        """`event` stored as the conversation's next one; returned with its id, conversation and
+        time. With `lease`, only while it is current (else LeaseLost, and nothing is stored)."""
+        stored = pb.ConversationEvent()
+        stored.CopyFrom(event)
+        stored.ClearField("event_id")
+        stored.conversation_id = conversation_id
+        if not stored.HasField("time"):
+            stored.time.GetCurrentTime()
+        keys = [
+            self._stream(conversation_id),
+            self._floor(conversation_id),
+            lease_key(self._prefix, conversation_id),
+        ]
+        args: list[bytes | str | int] = [
+            stored.SerializeToString(),
+            self._max_events,
+            self._idle_seconds,
+            lease.holder if lease else "",
+        ]
+        event_id = await self._append(keys=keys, args=args)
+        if event_id is None:
+            raise LeaseLost(f"conversation {conversation_id}: the lease is no longer this driver's")
+        stored.event_id = _text(event_id)
+        return stored
+
+    async def last_event_id(self, conversation_id: str) -> str:
+        """The id of the newest event, or "0-0" when there is none: where a live-only reader starts."""
+        newest = await self._redis.xrevrange(self._stream(conversation_id), count=1)
+        entry_id = newest[0][0] if newest else None
+        return "0-0" if entry_id is None else _text(entry_id)
+
+    async def read(
+        self, conversation_id: str, after_event_id: str, limit: int = READ_BATCH
+    ) -> list[pb.ConversationEvent]:
+        """Up to `limit` events after `after_event_id`, oldest first, without waiting."""
+        position = _position(after_event_id)
+        floor, entries = await self._read(conversation_id, after_event_id, limit, block_ms=None)
+        self._check_retained(after_event_id, position, floor)
+        return entries
+
+    async def follow(
+        self, conversation_id: str, after_event_id: str = ""
+    ) -> AsyncIterator[pb.ConversationEvent]:
+        """The events after `after_event_id` (from the very first for "0-0", which fails like any
+        id once the log has been trimmed; live ones only when empty), then every new one as it is
+        appended, until the caller stops iterating."""
+        cursor = after_event_id or await self.last_event_id(conversation_id)
+        position = _position(cursor)
+        while True:
+            floor, entries = await self._read(conversation_id, cursor, READ_BATCH, block_ms=self._block_ms)
+            self._check_retained(cursor, position, floor)
+            for event in entries:
+                yield event
+                cursor = event.event_id
+            if entries:
+                position = _position(cursor)
+
+    async def _read(
+        self, conversation_id: str, after: str, limit: int, *, block_ms: int | None
+    ) -> tuple[str | None, list[pb.ConversationEvent]]:
+        # One round trip: the floor is read before the entries, so entries trimmed after the floor
+        # was read are newer than it and cannot be missed silently.
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.get(self._floor(conversation_id))
+        pipe.xread({self._stream(conversation_id): after}, count=limit, block=block_ms)
+        floor, reply = await pipe.execute()
+        return (None if floor is None else _text(floor)), self._decode(conversation_id, reply or [])
+
+    @staticmethod
+    def _decode(
+        conversation_id: str, reply: Sequence[tuple[bytes, Sequence[tuple[bytes, dict[bytes, bytes]]]]]
+    ) -> list[pb.ConversationEvent]:
+        events: list[pb.ConversationEvent] = []
+        for _stream, entries in reply:
+            for entry_id, fields in entries:
+                event = pb.ConversationEvent.FromString(fields[_FIELD])
+                event.event_id = _text(entry_id)
+                event.conversation_id = conversation_id
+                events.append(event)
+        return events
+
+    @staticmethod
+    def _check_retained(after_event_id: str, position: tuple[int, int], floor: str | None) -> None:
+        if floor is not None and position < _position(floor, "floor"):
+            raise OutOfRange(
+                f"after_event_id {after_event_id} is no longer retained (events up to {floor} were "
+                "trimmed): re-read the conversation's messages and join live"
+            )

@@ -1,0 +1,146 @@
+"""One driver per conversation across every orchestrator process: a Redis lease with fencing tokens.
+
+Whoever drives a conversation's round holds its lease. Acquiring takes a fencing token from a
+per-conversation counter that only grows, so every holder has a number no earlier holder had.
+The lease expires unless renewed: a holder that dies (SIGKILL, a lost host) stops renewing and
+another process takes over within one lease time. Expiry alone cannot stop a holder that is alive
+but stalled (a long GC pause, a network partition) from writing once it wakes up, so every write
+a driver makes is checked against the token (`EventLog.append` refuses a token that is not the
+current holder's, atomically in the same script): a deposed driver cannot publish anything.
+
+Keys, under the deployment's Redis prefix: `orchestrator:lease:<conversation>` holds
+`<owner> <token>` with the lease's expiry; `orchestrator:fence:<conversation>` the last token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Final
+
+import redis.asyncio as aioredis
+
+log = logging.getLogger("macp.orchestrator.lease")
+
+DEFAULT_LEASE_MS: Final = 5_000
+
+# KEYS: lease, fence. ARGV: owner, ttl_ms. A free lease is taken with the next fencing token;
+# a held one (even by this owner: re-entry would share a token between two rounds) is refused.
+_ACQUIRE: Final = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. token, 'PX', ARGV[2])
+return token
+"""
+# KEYS: lease. ARGV: holder ("<owner> <token>"), ttl_ms. Only the holder extends its own lease.
+_RENEW: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+# KEYS: lease. ARGV: holder. Only the holder releases (compare-and-delete).
+_RELEASE: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def lease_key(prefix: str, conversation_id: str) -> str:
+    return f"{prefix}orchestrator:lease:{conversation_id}"
+
+
+def fence_key(prefix: str, conversation_id: str) -> str:
+    return f"{prefix}orchestrator:fence:{conversation_id}"
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A held lease: the conversation, who holds it, and its fencing token."""
+
+    conversation_id: str
+    owner: str
+    token: int
+
+    @property
+    def holder(self) -> str:
+        """The lease key's value while this lease is current."""
+        return f"{self.owner} {self.token}"
+
+
+class LeaseLost(Exception):
+    """The lease expired or was taken over: the holder must stop driving the conversation."""
+
+
+class Leases:
+    """Acquire, renew and release conversation leases for one process (`owner`)."""
+
+    def __init__(
+        self, redis: aioredis.Redis, prefix: str, owner: str, ttl_ms: int = DEFAULT_LEASE_MS
+    ) -> None:
+        if ttl_ms < 100:
+            raise ValueError("a lease shorter than 100 ms cannot be renewed in time")
+        self._redis = redis
+        self._prefix = prefix
+        self.owner = owner
+        self.ttl_ms = ttl_ms
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
+
+    async def acquire(self, conversation_id: str) -> Lease | None:
+        """The lease with a new fencing token, or None while another holder has it."""
+        keys = [lease_key(self._prefix, conversation_id), fence_key(self._prefix, conversation_id)]
+        token = await self._acquire(keys=keys, args=[self.owner, self.ttl_ms])
+        return None if token is None else Lease(conversation_id, self.owner, int(token))
+
+    async def renew(self, lease: Lease) -> bool:
+        """Whether `lease` is still current (and now extended by a full lease time)."""
+        key = lease_key(self._prefix, lease.conversation_id)
+        return bool(await self._renew(keys=[key], args=[lease.holder, self.ttl_ms]))
+
+    async def release(self, lease: Lease) -> None:
+        """Give the lease up at once, so another round need not wait for it to expire."""
+        await self._release(keys=[lease_key(self._prefix, lease.conversation_id)], args=[lease.holder])
+
+    @contextlib.asynccontextmanager
+    async def held(self, lease: Lease) -> AsyncIterator[asyncio.Event]:
+        """Keep `lease` renewed while the block runs; yields an event set when it is lost (expired,
+        or Redis unreachable for longer than the lease), so the driver stops at its next step.
+        Released when the block exits."""
+        lost = asyncio.Event()
+        keeper = asyncio.create_task(self._keep(lease, lost))
+        try:
+            yield lost
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            if not lost.is_set():
+                with contextlib.suppress(Exception):  # it expires by itself if Redis is away
+                    await self.release(lease)
+
+    async def _keep(self, lease: Lease, lost: asyncio.Event) -> None:
+        # Renew three times per lease time: two renewals may fail (a Redis blip) before it lapses.
+        interval = self.ttl_ms / 3000
+        loop = asyncio.get_running_loop()
+        valid_until = loop.time() + self.ttl_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if await self.renew(lease):
+                    valid_until = loop.time() + self.ttl_ms / 1000
+                    continue
+                log.warning(
+                    "lease lost", extra={"conversation_id": lease.conversation_id, "token": lease.token}
+                )
+            except Exception as exc:
+                if loop.time() < valid_until:
+                    log.warning("lease renewal failed; retrying: %s", exc)
+                    continue
+                log.warning("lease lapsed while Redis was unreachable: %s", exc)
+            lost.set()
+            return

@@ -1,0 +1,97 @@
+"""The conversation event log against a real Redis: ordered ids, exact resume, bounded retention that
+says OUT_OF_RANGE instead of skipping, and live following from any process."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
+
+from services.orchestrator.event_log import EventLog
+from services.runtime.errors import InvalidArgument, OutOfRange
+
+pytestmark = pytest.mark.integration
+
+
+def _delta(index: int) -> pb.ConversationEvent:
+    return pb.ConversationEvent(token_delta=pb.TokenDelta(text=f"t{index}", index=index))
+
+
+async def test_a_resume_from_any_id_gets_exactly_the_events_after_it(
+    redis: aioredis.Redis, prefix: str
+) -> None:
+    log, conversation = EventLog(redis, prefix), str(uuid.uuid4())
+    stored = [await log.append(conversation, _delta(index)) for index in range(50)]
+    ids = [event.event_id for event in stored]
+    assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
+    assert len(set(ids)) == 50
+    for cut in (0, 1, 17, 49):
+        after = await log.read(conversation, ids[cut], limit=100)
+        assert [event.token_delta.index for event in after] == list(range(cut + 1, 50))
+        assert all(event.conversation_id == conversation and event.HasField("time") for event in after)
+    assert [e.event_id for e in await log.read(conversation, "0-0", limit=100)] == ids
+
+
+async def test_trimmed_events_answer_out_of_range_never_a_silent_gap(
+    redis: aioredis.Redis, prefix: str
+) -> None:
+    log, conversation = EventLog(redis, prefix, max_events=10), str(uuid.uuid4())
+    ids = [(await log.append(conversation, _delta(index))).event_id for index in range(25)]
+    assert await redis.xlen(f"{prefix}orchestrator:events:{conversation}") == 10
+    # The newest trimmed id is still a valid place to resume from: nothing after it was lost.
+    resumed = await log.read(conversation, ids[14])
+    assert [event.token_delta.index for event in resumed] == list(range(15, 25))
+    for lost in (ids[0], ids[13], "0-0"):
+        with pytest.raises(OutOfRange, match="no longer retained"):
+            await log.read(conversation, lost)
+
+
+async def test_a_malformed_id_is_refused_naming_the_field(redis: aioredis.Redis, prefix: str) -> None:
+    log = EventLog(redis, prefix)
+    for bad in ("", "12", "a-1", "1-2-3"):
+        with pytest.raises(InvalidArgument, match="after_event_id"):
+            await log.read(str(uuid.uuid4()), bad)
+
+
+async def test_followers_in_other_processes_see_live_events_in_order(
+    redis: aioredis.Redis, redis_url: str, prefix: str
+) -> None:
+    conversation = str(uuid.uuid4())
+    writer = EventLog(redis, prefix)
+    before = await writer.append(conversation, _delta(0))
+    # Each follower has its own client, as an edge process elsewhere would.
+    readers = [aioredis.from_url(redis_url) for _ in range(2)]
+    try:
+
+        async def follow(client: aioredis.Redis, after: str, count: int) -> list[int]:
+            seen: list[int] = []
+            async for event in EventLog(client, prefix, block_ms=200).follow(conversation, after):
+                seen.append(event.token_delta.index)
+                if len(seen) == count:
+                    return seen
+            raise AssertionError("follow ended")
+
+        live = asyncio.create_task(follow(readers[0], "", 5))
+        replaying = asyncio.create_task(follow(readers[1], before.event_id, 5))
+        await asyncio.sleep(0.3)  # both are blocked waiting
+        for index in range(1, 6):
+            await writer.append(conversation, _delta(index))
+        assert await asyncio.wait_for(live, 5) == [1, 2, 3, 4, 5]
+        assert await asyncio.wait_for(replaying, 5) == [1, 2, 3, 4, 5]
+    finally:
+        for client in readers:
+            await client.aclose()
+
+
+async def test_a_follower_left_behind_by_trimming_is_told_so(redis: aioredis.Redis, prefix: str) -> None:
+    conversation = str(uuid.uuid4())
+    log = EventLog(redis, prefix, max_events=5, block_ms=100)
+    first = await log.append(conversation, _delta(0))
+    for index in range(1, 20):
+        await log.append(conversation, _delta(index))
+    with pytest.raises(OutOfRange):
+        async for _ in log.follow(conversation, first.event_id):
+            pass
