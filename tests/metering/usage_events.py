@@ -49,3 +49,21 @@ def malformed(index: int) -> bytes:
         event.dimensions.duration_ms = index
         return event.SerializeToString()
     return b""
+
+
+def other_event(
+    tenant_id: str,
+    event_type: usage_pb2.UsageEventType.ValueType,
+    *,
+    audio_seconds: float = 0,
+    storage_mb: float = 0,
+) -> usage_pb2.UsageEvent:
+    """An event of `event_type` with only what that type measures."""
+    event = usage_pb2.UsageEvent(
+        event_id=str(uuid.uuid4()),
+        tenant_id=tenant_id,
+        type=event_type,
+        dimensions=usage_pb2.UsageDimensions(audio_seconds=audio_seconds, storage_mb=storage_mb),
+    )
+    event.time.FromDatetime(datetime.now(UTC))
+    return event
