@@ -10,7 +10,7 @@ from macp.conversation.v1 import conversation_service_pb2 as pb
 from services.conversation.cache import ResourceCache
 from services.conversation.fields import merged, new_etag, parse_id
 from services.conversation.store import AgentStore
-from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, StaleEtag
 from services.runtime.paging import decode_page_token, filter_digest, page_size, time_key, time_token
 from services.runtime.principal import Principal
 
@@ -22,8 +22,8 @@ def not_found(agent_id: str) -> NotFound:
     return NotFound(f"agent {agent_id} not found")
 
 
-def stale_etag(agent_id: str) -> FailedPrecondition:
-    return FailedPrecondition(f"agent {agent_id} changed since it was read (etag mismatch); read it again")
+def stale_etag(agent_id: str) -> StaleEtag:
+    return StaleEtag(f"agent {agent_id} changed since it was read (etag mismatch); read it again")
 
 
 class Agents:

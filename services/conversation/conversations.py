@@ -10,7 +10,7 @@ from macp.conversation.v1 import conversation_service_pb2 as pb
 from services.conversation.cache import ResourceCache
 from services.conversation.conversation_store import ConversationStore, MissingAgents
 from services.conversation.fields import merged, new_etag, parse_id
-from services.runtime.errors import FailedPrecondition, NotFound
+from services.runtime.errors import FailedPrecondition, NotFound, StaleEtag
 from services.runtime.paging import decode_page_token, filter_digest, page_size, time_key, time_token
 from services.runtime.principal import Principal
 
@@ -23,8 +23,8 @@ def not_found(conversation_id: str) -> NotFound:
     return NotFound(f"conversation {conversation_id} not found")
 
 
-def stale_etag(conversation_id: str) -> FailedPrecondition:
-    return FailedPrecondition(
+def stale_etag(conversation_id: str) -> StaleEtag:
+    return StaleEtag(
         f"conversation {conversation_id} changed since it was read (etag mismatch); read it again"
     )
 

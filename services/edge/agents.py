@@ -7,33 +7,80 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from services.edge.context import edge_context
-from services.edge.http import message_response, parse_message
+from services.edge.http import message_response, parse_document, parse_message, read_json_object
+from services.edge.rest import (
+    COMMON_ERRORS,
+    PAGE_QUERY,
+    WRITE_ERRORS,
+    call_options,
+    etag_header,
+    if_match,
+    integer,
+    patch_etag,
+    patch_mask,
+    query,
+    same_id,
+)
 from services.edge.routes import ApiRoute
-from services.runtime.auth.settings import service_audience
-
-CONVERSATION_AUDIENCE = service_audience("conversation")
 
 
 async def create_agent(request: Request) -> Response:
     edge = edge_context(request)
+    query(request, ())
     agent = await parse_message(request, pb.Agent(), edge.settings.max_body_bytes)
     reply: pb.CreateAgentResponse = await edge.conversation.CreateAgent(
-        pb.CreateAgentRequest(agent=agent),
-        timeout=edge.timeout,
-        metadata=await edge.call_metadata(CONVERSATION_AUDIENCE),
+        pb.CreateAgentRequest(agent=agent), **await call_options(edge)
     )
     location = f"/v1/agents/{reply.agent.id}"
-    return message_response(reply.agent, 201, {"location": location, "etag": f'"{reply.agent.etag}"'})
+    return message_response(reply.agent, 201, {"location": location, **etag_header(reply.agent.etag)})
 
 
 async def get_agent(request: Request) -> Response:
     edge = edge_context(request)
+    query(request, ())
     reply: pb.GetAgentResponse = await edge.conversation.GetAgent(
-        pb.GetAgentRequest(id=request.path_params["id"]),
-        timeout=edge.timeout,
-        metadata=await edge.call_metadata(CONVERSATION_AUDIENCE),
+        pb.GetAgentRequest(id=request.path_params["id"]), **await call_options(edge)
     )
-    return message_response(reply.agent, 200, {"etag": f'"{reply.agent.etag}"'})
+    return message_response(reply.agent, 200, etag_header(reply.agent.etag))
+
+
+async def list_agents(request: Request) -> Response:
+    edge = edge_context(request)
+    params = query(request, ("page_size", "page_token", "capability"))
+    reply: pb.ListAgentsResponse = await edge.conversation.ListAgents(
+        pb.ListAgentsRequest(
+            page_size=integer(params, "page_size"),
+            page_token=params.get("page_token", ""),
+            capability=params.get("capability", ""),
+        ),
+        **await call_options(edge),
+    )
+    return message_response(reply)
+
+
+async def update_agent(request: Request) -> Response:
+    edge = edge_context(request)
+    query(request, ())
+    agent_id = request.path_params["id"]
+    document = await read_json_object(request, edge.settings.max_body_bytes)
+    same_id(document, agent_id)
+    changes = parse_document(document, pb.Agent())
+    changes.id, changes.etag = agent_id, patch_etag(request, document)
+    reply: pb.UpdateAgentResponse = await edge.conversation.UpdateAgent(
+        pb.UpdateAgentRequest(agent=changes, update_mask=patch_mask(document, pb.Agent)),
+        **await call_options(edge),
+    )
+    return message_response(reply.agent, 200, etag_header(reply.agent.etag))
+
+
+async def delete_agent(request: Request) -> Response:
+    edge = edge_context(request)
+    query(request, ())
+    await edge.conversation.DeleteAgent(
+        pb.DeleteAgentRequest(id=request.path_params["id"], etag=if_match(request)),
+        **await call_options(edge),
+    )
+    return Response(status_code=204)
 
 
 ROUTES = [
@@ -46,7 +93,18 @@ ROUTES = [
         body=pb.Agent,
         response=pb.Agent,
         status=201,
-        errors=(400, 401, 403, 413, 415, 503),
+        errors=WRITE_ERRORS,
+        tags=("agents",),
+    ),
+    ApiRoute(
+        method="GET",
+        path="/v1/agents",
+        operation_id="listAgents",
+        summary="List the tenant's agents, oldest first",
+        handler=list_agents,
+        response=pb.ListAgentsResponse,
+        query=(*PAGE_QUERY, ("capability", {"type": "string", "maxLength": 64}, "only agents with this tag")),
+        errors=COMMON_ERRORS,
         tags=("agents",),
     ),
     ApiRoute(
@@ -56,7 +114,29 @@ ROUTES = [
         summary="Get one agent",
         handler=get_agent,
         response=pb.Agent,
-        errors=(400, 401, 403, 404, 503),
+        errors=(*COMMON_ERRORS, 404),
+        tags=("agents",),
+    ),
+    ApiRoute(
+        method="PATCH",
+        path="/v1/agents/{id}",
+        operation_id="updateAgent",
+        summary="Change the fields in the body (If-Match: the etag last read)",
+        handler=update_agent,
+        body=pb.Agent,
+        response=pb.Agent,
+        errors=(*WRITE_ERRORS, 404, 412, 428),
+        tags=("agents",),
+    ),
+    ApiRoute(
+        method="DELETE",
+        path="/v1/agents/{id}",
+        operation_id="deleteAgent",
+        summary="Delete an agent (409 while an active conversation lists it)",
+        handler=delete_agent,
+        response=None,
+        status=204,
+        errors=(*COMMON_ERRORS, 404, 409, 412),
         tags=("agents",),
     ),
 ]

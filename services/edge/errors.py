@@ -1,4 +1,11 @@
-"""The one table from gRPC status to HTTP status, and the one JSON error shape the edge answers with."""
+"""The one table from gRPC status to HTTP status, and the one JSON error shape the edge answers with.
+
+FAILED_PRECONDITION is two HTTP statuses, told apart by the service's `macp-error-reason` trailer:
+a stale etag is 412 Precondition Failed (RFC 9110 section 13.1.1: the request's If-Match, or the etag
+in its body, no longer matches: read again and retry), while every other failed precondition (an
+agent still in a conversation, an archived conversation, a participant that is not an agent of the
+tenant) is 409 Conflict: the request is fine but the resource's state refuses it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ import grpc
 from starlette.responses import JSONResponse
 
 from services.runtime.context import current_request_id
+from services.runtime.errors import REASON_METADATA_KEY, StaleEtag
 
 GRPC_TO_HTTP: dict[grpc.StatusCode, HTTPStatus] = {
     grpc.StatusCode.OK: HTTPStatus.OK,
@@ -16,7 +24,7 @@ GRPC_TO_HTTP: dict[grpc.StatusCode, HTTPStatus] = {
     grpc.StatusCode.NOT_FOUND: HTTPStatus.NOT_FOUND,
     grpc.StatusCode.ALREADY_EXISTS: HTTPStatus.CONFLICT,
     grpc.StatusCode.ABORTED: HTTPStatus.CONFLICT,
-    grpc.StatusCode.FAILED_PRECONDITION: HTTPStatus.PRECONDITION_FAILED,
+    grpc.StatusCode.FAILED_PRECONDITION: HTTPStatus.CONFLICT,
     grpc.StatusCode.RESOURCE_EXHAUSTED: HTTPStatus.TOO_MANY_REQUESTS,
     grpc.StatusCode.UNAUTHENTICATED: HTTPStatus.UNAUTHORIZED,
     grpc.StatusCode.PERMISSION_DENIED: HTTPStatus.FORBIDDEN,
@@ -25,6 +33,23 @@ GRPC_TO_HTTP: dict[grpc.StatusCode, HTTPStatus] = {
     grpc.StatusCode.UNIMPLEMENTED: HTTPStatus.NOT_IMPLEMENTED,
     grpc.StatusCode.CANCELLED: HTTPStatus.BAD_REQUEST,
 }
+# (status, reason) pairs that refine the table above (see the module docstring).
+REASON_TO_HTTP: dict[tuple[grpc.StatusCode, str], HTTPStatus] = {
+    (grpc.StatusCode.FAILED_PRECONDITION, StaleEtag.reason): HTTPStatus.PRECONDITION_FAILED,
+}
+
+
+def _reason(error: grpc.aio.AioRpcError) -> str:
+    for key, value in error.trailing_metadata() or ():
+        if key == REASON_METADATA_KEY:
+            return value if isinstance(value, str) else value.decode()
+    return ""
+
+
+def http_status(error: grpc.aio.AioRpcError) -> HTTPStatus:
+    code = error.code()
+    refined = REASON_TO_HTTP.get((code, _reason(error)))
+    return refined or GRPC_TO_HTTP.get(code, HTTPStatus.INTERNAL_SERVER_ERROR)
 
 
 class HttpError(Exception):
@@ -45,5 +70,4 @@ def error_response(status: HTTPStatus, code: str, message: str) -> JSONResponse:
 
 def rpc_error_response(error: grpc.aio.AioRpcError) -> JSONResponse:
     code = error.code()
-    status = GRPC_TO_HTTP.get(code, HTTPStatus.INTERNAL_SERVER_ERROR)
-    return error_response(status, code.name, error.details() or code.name.lower())
+    return error_response(http_status(error), code.name, error.details() or code.name.lower())

@@ -35,8 +35,8 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-async def parse_message(request: Request, message: M, max_bytes: int) -> M:
-    """Decode a JSON body into `message`; unknown fields and wrong types are refused by name."""
+async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
+    """The JSON object of an application/json body (at most `max_bytes`), refused by name otherwise."""
     content_type = request.headers.get("content-type", "")
     if content_type.split(";")[0].strip().lower() != "application/json":
         raise HttpError(
@@ -51,11 +51,21 @@ async def parse_message(request: Request, message: M, max_bytes: int) -> M:
         ) from None
     if not isinstance(document, dict):
         raise HttpError(HTTPStatus.BAD_REQUEST, "INVALID_JSON", "the body must be a JSON object")
+    return document
+
+
+def parse_document(document: dict[str, Any], message: M) -> M:
+    """Decode a JSON object into `message`; unknown fields and wrong types are refused by name."""
     try:
         json_format.ParseDict(document, message, ignore_unknown_fields=False)
     except json_format.ParseError as exc:
         raise HttpError(HTTPStatus.BAD_REQUEST, "INVALID_ARGUMENT", str(exc)) from None
     return message
+
+
+async def parse_message(request: Request, message: M, max_bytes: int) -> M:
+    """Decode a JSON body into `message`; unknown fields and wrong types are refused by name."""
+    return parse_document(await read_json_object(request, max_bytes), message)
 
 
 def message_response(

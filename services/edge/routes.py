@@ -48,7 +48,9 @@ class ApiRoute:
     """One REST operation.
 
     body: the message the JSON body decodes into, or its `Content` (None for no body).
+    body_required: False when the body may be left out (an empty body means the message's defaults).
     response: the message the JSON response encodes, or its `Content` (None for a non-JSON or empty body).
+    extra_statuses: other success statuses with the same response (an idempotent retry's 200).
     errors: HTTP statuses this operation can answer besides success, documented with the error shape.
     error: the error shape, when it is not the edge's own `Error` (the OAuth endpoints answer RFC 6749's).
     """
@@ -60,7 +62,9 @@ class ApiRoute:
     handler: Handler
     response: type[Message] | Content | None
     status: int = 200
+    extra_statuses: tuple[int, ...] = ()
     body: type[Message] | Content | None = None
+    body_required: bool = True
     query: tuple[tuple[str, JsonSchema, str], ...] = ()
     errors: tuple[int, ...] = (400, 404, 503)
     tags: tuple[str, ...] = field(default=())
@@ -98,11 +102,15 @@ def openapi_document(routes: list[ApiRoute], *, title: str, version: str) -> dic
             "responses": {},
         }
         if route.body is not None:
-            operation["requestBody"] = {"required": True, "content": _content(schemas, route.body)}
+            operation["requestBody"] = {
+                "required": route.body_required,
+                "content": _content(schemas, route.body),
+            }
         success: dict[str, Any] = {"description": "success"}
         if route.response is not None:
             success["content"] = _content(schemas, route.response)
-        operation["responses"][str(route.status)] = success
+        for status in (route.status, *route.extra_statuses):
+            operation["responses"][str(status)] = success
         error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
         if route.error is not None:
             error = _content(schemas, route.error)

@@ -19,7 +19,7 @@ import protovalidate
 from google.protobuf.message import Message
 
 from services.runtime.context import REQUEST_ID_HEADER, RpcContext, new_request_id, request_id_var
-from services.runtime.errors import DomainError
+from services.runtime.errors import REASON_METADATA_KEY, DomainError
 from services.runtime.metrics import RpcMetrics
 from services.runtime.principal import LOCAL_DEVELOPMENT_PRINCIPAL, Principal, principal_var
 
@@ -171,6 +171,10 @@ class ErrorMappingInterceptor(WrappingInterceptor):
 
     async def _abort(self, method: str, exc: BaseException, context: Context) -> None:
         if isinstance(exc, DomainError):
+            if exc.reason:
+                # Keep the trailers set so far (the request id) and add the reason.
+                trailers = (*(context.trailing_metadata() or ()), (REASON_METADATA_KEY, exc.reason))
+                await context.abort(exc.code, exc.message, trailing_metadata=trailers)
             await context.abort(exc.code, exc.message)
         if isinstance(exc, NotImplementedError):
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented yet")

@@ -1,0 +1,163 @@
+"""REST routes for conversations: `/v1/conversations` and `/v1/conversations/{id}` → ConversationService."""
+
+from __future__ import annotations
+
+from macp.conversation.v1 import conversation_service_pb2 as pb
+from starlette.requests import Request
+from starlette.responses import Response
+
+from services.edge.context import edge_context
+from services.edge.http import message_response, parse_document, parse_message, read_json_object
+from services.edge.rest import (
+    COMMON_ERRORS,
+    PAGE_QUERY,
+    WRITE_ERRORS,
+    call_options,
+    etag_header,
+    if_match,
+    integer,
+    invalid,
+    patch_etag,
+    patch_mask,
+    query,
+    same_id,
+)
+from services.edge.routes import ApiRoute
+
+# The filter's values: every state but UNSPECIFIED (leaving `status` out means all).
+STATUSES = [value.name for value in pb.ConversationStatus.DESCRIPTOR.values if value.number != 0]
+
+
+def _status(text: str) -> int:
+    if not text:
+        return 0
+    if text not in STATUSES:
+        raise invalid(f"status: one of {', '.join(STATUSES)}")
+    return pb.ConversationStatus.Value(text)
+
+
+async def create_conversation(request: Request) -> Response:
+    edge = edge_context(request)
+    query(request, ())
+    conversation = await parse_message(request, pb.Conversation(), edge.settings.max_body_bytes)
+    reply: pb.CreateConversationResponse = await edge.conversation.CreateConversation(
+        pb.CreateConversationRequest(conversation=conversation), **await call_options(edge)
+    )
+    created = reply.conversation
+    location = f"/v1/conversations/{created.id}"
+    return message_response(created, 201, {"location": location, **etag_header(created.etag)})
+
+
+async def get_conversation(request: Request) -> Response:
+    edge = edge_context(request)
+    query(request, ())
+    reply: pb.GetConversationResponse = await edge.conversation.GetConversation(
+        pb.GetConversationRequest(id=request.path_params["id"]), **await call_options(edge)
+    )
+    return message_response(reply.conversation, 200, etag_header(reply.conversation.etag))
+
+
+async def list_conversations(request: Request) -> Response:
+    edge = edge_context(request)
+    params = query(request, ("page_size", "page_token", "status", "agent_id"))
+    reply: pb.ListConversationsResponse = await edge.conversation.ListConversations(
+        pb.ListConversationsRequest(
+            page_size=integer(params, "page_size"),
+            page_token=params.get("page_token", ""),
+            status=_status(params.get("status", "")),  # type: ignore[arg-type]
+            agent_id=params.get("agent_id", ""),
+        ),
+        **await call_options(edge),
+    )
+    return message_response(reply)
+
+
+async def update_conversation(request: Request) -> Response:
+    edge = edge_context(request)
+    query(request, ())
+    conversation_id = request.path_params["id"]
+    document = await read_json_object(request, edge.settings.max_body_bytes)
+    same_id(document, conversation_id)
+    changes = parse_document(document, pb.Conversation())
+    changes.id, changes.etag = conversation_id, patch_etag(request, document)
+    reply: pb.UpdateConversationResponse = await edge.conversation.UpdateConversation(
+        pb.UpdateConversationRequest(conversation=changes, update_mask=patch_mask(document, pb.Conversation)),
+        **await call_options(edge),
+    )
+    return message_response(reply.conversation, 200, etag_header(reply.conversation.etag))
+
+
+async def delete_conversation(request: Request) -> Response:
+    edge = edge_context(request)
+    query(request, ())
+    await edge.conversation.DeleteConversation(
+        pb.DeleteConversationRequest(id=request.path_params["id"], etag=if_match(request)),
+        **await call_options(edge),
+    )
+    return Response(status_code=204)
+
+
+STATUS_QUERY = ("status", {"type": "string", "enum": STATUSES}, "only conversations in this state")
+AGENT_QUERY = (
+    "agent_id",
+    {"type": "string", "format": "uuid"},
+    "only conversations this agent takes part in",
+)
+
+ROUTES = [
+    ApiRoute(
+        method="POST",
+        path="/v1/conversations",
+        operation_id="createConversation",
+        summary="Create a conversation of the caller with some of the tenant's agents",
+        handler=create_conversation,
+        body=pb.Conversation,
+        response=pb.Conversation,
+        status=201,
+        errors=(*WRITE_ERRORS, 409),
+        tags=("conversations",),
+    ),
+    ApiRoute(
+        method="GET",
+        path="/v1/conversations",
+        operation_id="listConversations",
+        summary="List the tenant's conversations, oldest first",
+        handler=list_conversations,
+        response=pb.ListConversationsResponse,
+        query=(*PAGE_QUERY, STATUS_QUERY, AGENT_QUERY),
+        errors=COMMON_ERRORS,
+        tags=("conversations",),
+    ),
+    ApiRoute(
+        method="GET",
+        path="/v1/conversations/{id}",
+        operation_id="getConversation",
+        summary="Get one conversation",
+        handler=get_conversation,
+        response=pb.Conversation,
+        errors=(*COMMON_ERRORS, 404),
+        tags=("conversations",),
+    ),
+    ApiRoute(
+        method="PATCH",
+        path="/v1/conversations/{id}",
+        operation_id="updateConversation",
+        summary="Change the fields in the body (If-Match: the etag last read; 409 once archived)",
+        handler=update_conversation,
+        body=pb.Conversation,
+        response=pb.Conversation,
+        errors=(*WRITE_ERRORS, 404, 409, 412, 428),
+        tags=("conversations",),
+    ),
+    ApiRoute(
+        method="DELETE",
+        path="/v1/conversations/{id}",
+        operation_id="deleteConversation",
+        summary="Delete a conversation and its messages (archives stay in S3)",
+        handler=delete_conversation,
+        response=None,
+        status=204,
+        errors=(*COMMON_ERRORS, 404, 412),
+        tags=("conversations",),
+    ),
+]

@@ -1,0 +1,133 @@
+"""What the resource routes (agents, conversations, messages, archives) share: ETag and If-Match,
+query parameters, PATCH bodies and their field masks, and the options of each call to the service.
+
+Conventions (the OpenAPI document says the same per route):
+- A resource's etag is its strong `ETag` header (`"<etag>"`); PATCH and DELETE take it back in
+  `If-Match` (RFC 9110 section 13.1.1). PATCH needs one: without If-Match (or an `etag` in the body)
+  it answers 428 Precondition Required (RFC 6585), so that no client overwrites blindly.
+- A PATCH body holds the fields to change; the update mask is the body's top-level keys, so a
+  message-valued field (`generation`, `limits`, `bidding`) is replaced whole, and a key set to its
+  zero value clears the field. `etag` in the body stands for If-Match; `id` must name the path's.
+- Query parameters not listed for a route are refused by name, like unknown body fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from http import HTTPStatus
+from typing import Any
+
+from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.message import Message
+from starlette.requests import Request
+
+from services.edge.context import EdgeContext
+from services.edge.errors import HttpError
+from services.edge.schema import JsonSchema
+from services.runtime.auth.settings import service_audience
+from services.runtime.protos import descriptor_of
+
+CONVERSATION_AUDIENCE = service_audience("conversation")
+
+# The query parameters of every List route (AIP-158), as the OpenAPI document declares them.
+PAGE_QUERY: tuple[tuple[str, JsonSchema, str], ...] = (
+    ("page_size", {"type": "integer", "minimum": 1, "maximum": 1000}, "items per page (default 50)"),
+    ("page_token", {"type": "string", "maxLength": 1024}, "the nextPageToken of the previous page"),
+)
+# Statuses every authenticated route may answer besides its own.
+COMMON_ERRORS = (400, 401, 403, 503)
+WRITE_ERRORS = (*COMMON_ERRORS, 413, 415)
+
+
+def invalid(message: str) -> HttpError:
+    """400 INVALID_ARGUMENT, answered by the edge itself; `message` starts with the field's name."""
+    return HttpError(HTTPStatus.BAD_REQUEST, "INVALID_ARGUMENT", message)
+
+
+def etag_header(etag: str) -> dict[str, str]:
+    return {"etag": f'"{etag}"'}
+
+
+def if_match(request: Request) -> str:
+    """The etag of an `If-Match` header (empty when absent or `*`, which any current etag matches)."""
+    value = request.headers.get("if-match", "").strip()
+    if value in ("", "*"):
+        return ""
+    if "," in value:
+        raise invalid("If-Match: send exactly one etag")
+    if value.startswith("W/"):
+        # Updates need a strong comparison (RFC 9110 section 13.1.1): a weak etag never matches.
+        raise HttpError(
+            HTTPStatus.PRECONDITION_FAILED, "FAILED_PRECONDITION", "If-Match: a weak etag never matches"
+        )
+    if len(value) < 2 or not (value.startswith('"') and value.endswith('"')):
+        raise HttpError(
+            HTTPStatus.BAD_REQUEST, "INVALID_ARGUMENT", 'If-Match: an etag is quoted, as in "abc"'
+        )
+    return value[1:-1]
+
+
+def query(request: Request, allowed: Iterable[str]) -> dict[str, str]:
+    """The query parameters, refusing any the route does not declare (or one given twice)."""
+    names = set(allowed)
+    values: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name not in names:
+            expected = ", ".join(sorted(names)) or "none"
+            raise HttpError(
+                HTTPStatus.BAD_REQUEST,
+                "INVALID_ARGUMENT",
+                f"{name}: unknown query parameter (expected: {expected})",
+            )
+        if name in values:
+            raise invalid(f"{name}: given more than once")
+        values[name] = value
+    return values
+
+
+def integer(values: dict[str, str], name: str) -> int:
+    """A whole-number query parameter (0 when absent); its range is the service's to check."""
+    text = values.get(name, "")
+    if text == "":
+        return 0
+    if not text.lstrip("-").isdigit() or len(text) > 10:
+        raise invalid(f"{name}: must be a whole number")
+    return int(text)
+
+
+def patch_mask(document: dict[str, Any], message: type[Message]) -> FieldMask:
+    """The update mask of a PATCH body: its top-level keys (JSON or proto names) as field paths,
+    leaving out `etag` and `id`, which name the version and the resource rather than a change."""
+    fields = descriptor_of(message).fields
+    by_name = {field.json_name: field.name for field in fields} | {field.name: field.name for field in fields}
+    paths = [by_name.get(key, key) for key in document]
+    return FieldMask(paths=[path for path in paths if path not in ("etag", "id")])
+
+
+def patch_etag(request: Request, document: dict[str, Any]) -> str:
+    """The etag a PATCH is conditional on: If-Match, else the body's `etag`; 428 without either."""
+    etag = if_match(request)
+    body_etag = document.get("etag")
+    if not etag and isinstance(body_etag, str):
+        etag = body_etag
+    if not etag:
+        raise HttpError(
+            HTTPStatus.PRECONDITION_REQUIRED,
+            "PRECONDITION_REQUIRED",
+            "If-Match: send the etag you last read (the ETag header of a GET)",
+        )
+    return etag
+
+
+def same_id(document: dict[str, Any], path_id: str, key: str = "id") -> None:
+    """A body may repeat the path's id, not name another resource."""
+    given = document.get(key)
+    if given not in (None, "", path_id):
+        raise HttpError(
+            HTTPStatus.BAD_REQUEST, "INVALID_ARGUMENT", f"{key}: must be the id in the path or absent"
+        )
+
+
+async def call_options(edge: EdgeContext) -> dict[str, Any]:
+    """The deadline and metadata (request id, exchanged token) of one call to the conversation service."""
+    return {"timeout": edge.timeout, "metadata": await edge.call_metadata(CONVERSATION_AUDIENCE)}
