@@ -1,0 +1,145 @@
+"""REST routes for usage: `GET /v1/usage` and `GET /v1/usage/invoice-preview` → MeteringService.
+
+Both report the caller's own tenant (from its verified token); the metering service checks that
+again against the exchanged token's principal.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from http import HTTPStatus
+
+from macp.metering.v1 import metering_service_pb2 as pb
+from macp.metering.v1 import metering_service_pb2_grpc as pb_grpc
+from starlette.requests import Request
+from starlette.responses import Response
+
+from services.edge.auth import caller_var
+from services.edge.context import EdgeContext, edge_context
+from services.edge.errors import HttpError
+from services.edge.http import message_response
+from services.edge.routes import ApiRoute
+from services.metering.periods import billing_month, month_end, month_start
+from services.runtime.auth.settings import service_audience
+from services.runtime.errors import Unauthenticated
+
+METERING_AUDIENCE = service_audience("metering")
+GROUPS = {
+    "agent": pb.GROUP_BY_AGENT,
+    "conversation": pb.GROUP_BY_CONVERSATION,
+    "model": pb.GROUP_BY_MODEL,
+    "event_type": pb.GROUP_BY_EVENT_TYPE,
+}
+
+
+def _bad(parameter: str, problem: str) -> HttpError:
+    return HttpError(HTTPStatus.BAD_REQUEST, "INVALID_ARGUMENT", f"{parameter}: {problem}")
+
+
+def _tenant() -> str:
+    caller = caller_var.get()
+    if caller is None or caller.claims.tenant_id is None:
+        raise Unauthenticated("this request carries no verified token")
+    return caller.claims.tenant_id
+
+
+def _time(request: Request, parameter: str, default: datetime) -> datetime:
+    text = request.query_params.get(parameter)
+    if not text:
+        return default
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise _bad(
+            parameter, f"expected an RFC 3339 time such as 2026-12-01T00:00:00Z, got {text!r}"
+        ) from None
+    if moment.tzinfo is None:
+        raise _bad(parameter, "the time needs an offset (Z or +hh:mm)")
+    return moment
+
+
+def _stub(edge: EdgeContext) -> pb_grpc.MeteringServiceStub:
+    return pb_grpc.MeteringServiceStub(edge.channel)
+
+
+async def get_usage(request: Request) -> Response:
+    edge = edge_context(request)
+    params = request.query_params
+    group = params.get("group_by", "event_type")
+    if group not in GROUPS:
+        raise _bad("group_by", f"one of {', '.join(GROUPS)}, got {group!r}")
+    page_size = params.get("page_size", "0")
+    if not page_size.isdigit():
+        raise _bad("page_size", f"a whole number from 1 to 1000, got {page_size!r}")
+    # The default period is this billing month, by the metering service's own calendar.
+    month = billing_month(datetime.now(UTC))
+    usage_request = pb.GetUsageRequest(
+        tenant_id=_tenant(),
+        group_by=GROUPS[group],
+        user_id=params.get("user_id", ""),
+        page_size=int(page_size),
+        page_token=params.get("page_token", ""),
+    )
+    usage_request.period.start_time.FromDatetime(_time(request, "start", month_start(month)))
+    usage_request.period.end_time.FromDatetime(_time(request, "end", month_end(month)))
+    reply: pb.GetUsageResponse = await _stub(edge).GetUsage(
+        usage_request, timeout=edge.timeout, metadata=await edge.call_metadata(METERING_AUDIENCE)
+    )
+    return message_response(reply)
+
+
+async def get_invoice_preview(request: Request) -> Response:
+    edge = edge_context(request)
+    reply: pb.GetInvoicePreviewResponse = await _stub(edge).GetInvoicePreview(
+        pb.GetInvoicePreviewRequest(tenant_id=_tenant(), billing_month=request.query_params.get("month", "")),
+        timeout=edge.timeout,
+        metadata=await edge.call_metadata(METERING_AUDIENCE),
+    )
+    return message_response(reply)
+
+
+ROUTES = [
+    ApiRoute(
+        method="GET",
+        path="/v1/usage",
+        operation_id="getUsage",
+        summary="The caller's tenant's usage over a period, grouped",
+        handler=get_usage,
+        response=pb.GetUsageResponse,
+        query=(
+            (
+                "start",
+                {"type": "string", "format": "date-time"},
+                "period start, inclusive (default: this month's)",
+            ),
+            (
+                "end",
+                {"type": "string", "format": "date-time"},
+                "period end, exclusive (default: next month's start)",
+            ),
+            ("group_by", {"type": "string", "enum": list(GROUPS)}, "how to group (default event_type)"),
+            ("user_id", {"type": "string"}, "only this user's usage"),
+            ("page_size", {"type": "integer", "minimum": 1, "maximum": 1000}, "groups per page (default 50)"),
+            ("page_token", {"type": "string"}, "next_page_token of the previous page"),
+        ),
+        errors=(400, 401, 403, 503),
+        tags=("usage",),
+    ),
+    ApiRoute(
+        method="GET",
+        path="/v1/usage/invoice-preview",
+        operation_id="getInvoicePreview",
+        summary="The caller's tenant's charges for a billing month so far, in integer cents",
+        handler=get_invoice_preview,
+        response=pb.GetInvoicePreviewResponse,
+        query=(
+            (
+                "month",
+                {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"},
+                "YYYY-MM, UTC (default: this month)",
+            ),
+        ),
+        errors=(400, 401, 403, 503),
+        tags=("usage",),
+    ),
+]
