@@ -15,6 +15,8 @@ import pytest
 import uvicorn
 from aiokafka import AIOKafkaProducer
 
+from services.cli.main import build_parser
+from services.cli.usage import get_json, render_invoice, render_usage, usage_url
 from services.edge.app import build_app
 from services.edge.settings import EdgeSettings
 from services.metering.service import DEFINITION as METERING
@@ -129,6 +131,22 @@ async def test_usage_and_invoice_preview_through_the_edge(
         bad_month = await client.get("/v1/usage/invoice-preview", params={"month": "2026-13"})
         assert bad_month.status_code == 400
         assert "billing_month" in bad_month.json()["message"]
+
+    # `macp usage` reads the same routes.
+    arguments = build_parser("usage").parse_args(["usage", "--group-by", "model"])
+    table = await asyncio.to_thread(
+        lambda: render_usage(get_json(usage_url(usage_slice.front_url, arguments), usage_slice.token))
+    )
+    assert table.splitlines()[0].split()[:2] == ["group", "turns"]
+    assert table.splitlines()[-1].split()[:2] == ["TOTAL", "12"]
+    invoice_arguments = build_parser("usage").parse_args(["usage", "--invoice"])
+    invoice = await asyncio.to_thread(
+        lambda: render_invoice(
+            get_json(usage_url(usage_slice.front_url, invoice_arguments), usage_slice.token)
+        )
+    )
+    assert "Agent turns" in invoice
+    assert invoice.splitlines()[-1].split()[-2:] == ["0.00", "USD"]
 
     async with usage_slice.client(token="") as anonymous:
         assert (await anonymous.get("/v1/usage")).status_code == 401
