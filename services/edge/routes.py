@@ -92,7 +92,8 @@ def openapi_document(routes: list[ApiRoute], *, title: str, version: str) -> dic
             "summary": route.summary,
             "tags": list(route.tags),
             "parameters": [
-                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                # Every resource id in the API is a UUID (the services refuse anything else with 400).
+                {"name": name, "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
                 for name in route.path_params
             ]
             + [
