@@ -49,8 +49,9 @@ def fuzz(document: dict[str, Any], base_url: str, token: str) -> list[str]:
             response = case.call(base_url=base_url, headers={"authorization": f"Bearer {token}"}, timeout=10)
             try:
                 case.validate_response(response, checks=CHECKS)
-            except Exception as exc:  # every failure is collected, so one run reports them all
-                failures.append(f"{operation.label}: {response.status_code} {response.text[:200]}: {exc}")
+            except Exception as exc:  # collect every failure: one run reports them all
+                label = case.operation.label
+                failures.append(f"{label}: {response.status_code} {response.text[:160]}: {exc}")
 
         run()
     return failures
