@@ -16,6 +16,7 @@ from macp.token.v1 import token_service_pb2 as token_pb
 
 from services.metering.service import DEFINITION as METERING
 from services.runtime.auth.settings import service_audience
+from services.stack.config import free_port
 from services.token import scopes
 from tests.runtime.serving import running
 from tests.tokens import Tenant, TokenWorld, bearer_channel, token_world
@@ -38,7 +39,7 @@ def metering_environ(service_environ: dict[str, str]) -> dict[str, str]:
         **service_environ,
         **FAST_CONSUMER,
         "MACP_METERING_PORT": "0",
-        "MACP_METERING_METRICS_PORT": "0",
+        "MACP_METERING_METRICS_PORT": str(free_port()),
         "MACP_METERING_CONSUMER_GROUP": f"metering-{service_environ['MACP_KAFKA_USAGE_TOPIC']}",
     }
 
@@ -66,6 +67,10 @@ class Metering:
     @property
     def tenant_id(self) -> str:
         return self.tenant.tenant_id
+
+    @property
+    def metrics_port(self) -> int:
+        return int(self.environ["MACP_METERING_METRICS_PORT"])
 
     def as_admin(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.admin_token}"),)

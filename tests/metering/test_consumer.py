@@ -3,7 +3,9 @@ their rollups, duplicates ignored, bad records dead-lettered with their reason."
 
 from __future__ import annotations
 
+import asyncio
 import random
+import urllib.request
 
 from aiokafka import AIOKafkaProducer
 
@@ -11,6 +13,19 @@ from services.metering.dead_letters import REASON_HEADER, SOURCE_OFFSET_HEADER
 from tests.metering.conftest import Metering
 from tests.metering.topics import eventually, read_all
 from tests.metering.usage_events import MODELS, agent_turn, malformed
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The Prometheus samples the service's /metrics port serves, by their full name and labels."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
 
 
 async def test_batches_are_recorded_once_with_rollups_and_bad_records_dead_lettered(
@@ -55,6 +70,14 @@ async def test_batches_are_recorded_once_with_rollups_and_bad_records_dead_lette
         headers = dict(letter.headers)
         assert headers[REASON_HEADER]
         assert headers[SOURCE_OFFSET_HEADER].isdigit()
+    # The signals: records by outcome (duplicates ignored, dead letters), records/s and lag.
+    samples = await asyncio.to_thread(scrape, metering.metrics_port)
+    topic = f'topic="{metering.topic}"'
+    assert samples[f'macp_consumer_records_total{{outcome="recorded",service="metering",{topic}}}'] == 300
+    assert samples[f'macp_consumer_records_total{{outcome="duplicate",service="metering",{topic}}}'] == 20
+    assert samples[f'macp_consumer_records_total{{outcome="dead_lettered",service="metering",{topic}}}'] == 6
+    assert samples[f'macp_consumer_lag{{partition="0",service="metering",{topic}}}'] == 0
+    assert any(name.startswith("macp_consumer_records_per_second") for name in samples)
     reasons = {dict(letter.headers)[REASON_HEADER].decode() for letter in letters}
     assert any(reason.startswith("invalid UsageEvent: event_id: ") for reason in reasons)
     assert any("empty record value" in reason for reason in reasons)

@@ -93,6 +93,7 @@ async def test_totals_are_exact_after_repeated_sigkills(
 ) -> None:
     environ = {**tokens.service_environ(metering_environ), "MACP_KAFKA_TOPIC_PARTITIONS": str(PARTITIONS)}
     environ["MACP_LOG_LEVEL"] = "warning"
+    environ["MACP_METERING_METRICS_PORT"] = "0"  # two processes, two ports
     environ.update(FAST_CONSUMER)
     topic = environ["MACP_KAFKA_USAGE_TOPIC"]
     await kafka.ensure_topics(KafkaSettings.from_env(Env(environ)), [topic, f"{topic}.dead-letter"])
