@@ -16,6 +16,7 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from schemathesis.core.result import Err, Ok
 
 from tests.e2e.conftest import Slice
 
@@ -31,8 +32,10 @@ def fuzz(document: dict[str, Any], base_url: str, token: str) -> list[str]:
     so this runs on a thread) and return the failures, one line each."""
     schema = schemathesis.openapi.from_dict(document)
     failures: list[str] = []
-    operations = [result.ok() for result in schema.get_all_operations()]
-    for operation in operations:
+    operations = list(schema.get_all_operations())
+    # An operation schemathesis cannot read is a failure of the document itself.
+    failures += [f"unreadable operation: {result.err()}" for result in operations if isinstance(result, Err)]
+    for operation in (result.ok() for result in operations if isinstance(result, Ok)):
         if not FUZZED_TAGS & set(operation.tags or ()):
             continue
 
