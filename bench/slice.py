@@ -52,6 +52,7 @@ class RunningSlice:
     conversation_address: str  # the conversation service itself
     token_address: str  # the token service itself
     database_url: str
+    redis_url: str
     pids: dict[str, int]  # conversation, token, edge, envoy, postgres
     admin: LocalAdmin  # the seeded tenant, user and clients
     initial_access_token: str  # what registers more clients (RFC 7591)
@@ -160,6 +161,7 @@ def running_slice(progress: Callable[[str], None] = lambda line: None) -> Iterat
             conversation_address=conversation[0].address,
             token_address=token[0].address,
             database_url=infrastructure.env["MACP_DATABASE_URL"],
+            redis_url=infrastructure.env["MACP_REDIS_URL"],
             pids={name: pid for name, pid in pids.items() if pid is not None},
             admin=admin,
             initial_access_token=environ["MACP_TOKEN_INITIAL_ACCESS_TOKEN"],
