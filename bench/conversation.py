@@ -32,6 +32,7 @@ from functools import partial
 from typing import Any
 
 import asyncpg
+import grpc
 import redis.asyncio as aioredis
 from google.protobuf import json_format
 from macp.conversation.v1 import conversation_service_pb2 as pb
@@ -265,7 +266,17 @@ async def seed(running: RunningSlice, hot: int, cold: int) -> ConversationPaths:
                 )
             return reply.agent
 
-        agents = await asyncio.gather(*(create() for _ in range(hot + cold)))
+        # The service fetches the token service's keys over the mesh once it is up: until it holds
+        # them it answers UNAVAILABLE, so the first create waits for that (20 s at most).
+        for attempt in range(100):
+            try:
+                first = await create()
+                break
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == 99:
+                    raise
+                await asyncio.sleep(0.2)
+        agents = [first, *await asyncio.gather(*(create() for _ in range(hot + cold - 1)))]
         created = await stub.CreateConversation(
             pb.CreateConversationRequest(
                 conversation=pb.Conversation(
