@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.edge import agents, oauth, usage
+from services.edge import agents, conversations, messages, oauth, usage
 from services.edge.auth import BearerAuthMiddleware
 from services.edge.context import EdgeContext
 from services.edge.errors import HttpError, error_response, rpc_error_response
@@ -26,7 +26,7 @@ API_VERSION = "v1"
 
 
 def api_routes() -> list[ApiRoute]:
-    return [*agents.ROUTES, *oauth.ROUTES, *usage.ROUTES]
+    return [*agents.ROUTES, *conversations.ROUTES, *messages.ROUTES, *oauth.ROUTES, *usage.ROUTES]
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
