@@ -41,11 +41,12 @@ class CounterState:
     reserved: float
     limit: float
     hard: bool
+    tier: int  # the plan's tier, kept with the counters so that quota answers read Redis only
 
     @classmethod
     def parse(cls, values: Sequence[bytes]) -> CounterState:
-        used, reserved, limit, hard = values
-        return cls(float(used), float(reserved), float(limit), hard == b"1")
+        used, reserved, limit, hard, tier = values
+        return cls(float(used), float(reserved), float(limit), hard == b"1", int(tier))
 
     @property
     def limited(self) -> bool:
@@ -182,6 +183,7 @@ class QuotaCounters:
                 keys.applied_prefix,
                 month_label(month),
                 str(max(expire - int(time.time()), 60)),
+                str(plan.tier),
                 str(len(meters)),
                 *args,
                 *(str(row["batch_id"]) for row in pending),

@@ -2,7 +2,8 @@
 the same remaining allowance.
 
 Keys of one tenant share the hash tag `{tenant}`, so a script touches one cluster slot:
-  quota  `<p>{t}:quota:<month>`   hash: ready, used:<meter>, reserved:<meter>, limit:<meter>, hard:<meter>
+  quota  `<p>{t}:quota:<month>`   hash: ready, tier, used:<meter>, reserved:<meter>, limit:<meter>,
+                                 hard:<meter>
   holds  `<p>{t}:holds:<month>`   sorted set: reservation id scored by its expiry (ms)
   hold   `<p>{t}:hold:<id>`       hash: state (open|committed|released|expired), meter, quantity,
                                  expire, month; kept a day past its expiry so retries stay idempotent
@@ -35,8 +36,8 @@ end
 
 local function status(quota, meter)
   local v = redis.call('HMGET', quota, 'used:' .. meter, 'reserved:' .. meter,
-                       'limit:' .. meter, 'hard:' .. meter)
-  return {v[1] or '0', v[2] or '0', v[3] or '-1', v[4] or '0'}
+                       'limit:' .. meter, 'hard:' .. meter, 'tier')
+  return {v[1] or '0', v[2] or '0', v[3] or '-1', v[4] or '0', v[5] or '0'}
 end
 
 -- Adds a batch's deltas (month, meter, quantity triples from index `first`) once per month.
@@ -68,12 +69,12 @@ purge(quota, holds, ARGV[1], now)
 local state = redis.call('HGET', hold, 'state')
 if state then
   local s = status(quota, redis.call('HGET', hold, 'meter'))
-  return {'exists', state, redis.call('HGET', hold, 'expire'), s[1], s[2], s[3], s[4]}
+  return {'exists', state, redis.call('HGET', hold, 'expire'), s[1], s[2], s[3], s[4], s[5]}
 end
 local s = status(quota, meter)
 local used, reserved, limit = tonumber(s[1]), tonumber(s[2]), tonumber(s[3])
 if s[4] == '1' and limit >= 0 and used + reserved + qty > limit then
-  return {'refused', '', '', s[1], s[2], s[3], s[4]}
+  return {'refused', '', '', s[1], s[2], s[3], s[4], s[5]}
 end
 local expire = now + ttl
 redis.call('HINCRBYFLOAT', quota, 'reserved:' .. meter, qty)
@@ -81,7 +82,7 @@ redis.call('ZADD', holds, expire, ARGV[2])
 redis.call('HSET', hold, 'state', 'open', 'meter', meter, 'quantity', qty, 'expire', expire, 'month', ARGV[6])
 redis.call('PEXPIRE', hold, ttl + 86400000)
 s = status(quota, meter)
-return {'held', 'open', tostring(expire), s[1], s[2], s[3], s[4]}
+return {'held', 'open', tostring(expire), s[1], s[2], s[3], s[4], s[5]}
 """
 )
 
@@ -131,7 +132,7 @@ STATUS = (
 if redis.call('HGET', KEYS[1], 'ready') ~= '1' then return {'rebuild'} end
 purge(KEYS[1], KEYS[2], ARGV[1], now_ms())
 local s = status(KEYS[1], ARGV[2])
-return {'ok', s[1], s[2], s[3], s[4]}
+return {'ok', s[1], s[2], s[3], s[4], s[5]}
 """
 )
 
@@ -144,20 +145,21 @@ return apply(ARGV[1], ARGV[2], ARGV[3], 4)
 """
 )
 
-# KEYS: quota, holds. ARGV: hold_prefix, applied_prefix, month, expire_seconds, meter count,
-# then (meter, used, limit, hard) per meter, then the ids of the batches already in `used`.
+# KEYS: quota, holds. ARGV: hold_prefix, applied_prefix, month, expire_seconds, tier, meter
+# count, then (meter, used, limit, hard) per meter, then the ids of the batches already in `used`.
 REBUILD = """
 local quota, holds = KEYS[1], KEYS[2]
 if redis.call('HGET', quota, 'ready') == '1' then return 0 end
 redis.call('DEL', quota)
-local count = tonumber(ARGV[5])
+redis.call('HSET', quota, 'tier', ARGV[5])
+local count = tonumber(ARGV[6])
 for i = 0, count - 1 do
-  local base = 6 + i * 4
+  local base = 7 + i * 4
   local meter = ARGV[base]
   redis.call('HSET', quota, 'used:' .. meter, ARGV[base + 1], 'limit:' .. meter, ARGV[base + 2],
              'hard:' .. meter, ARGV[base + 3], 'reserved:' .. meter, '0')
 end
-for i = 6 + count * 4, #ARGV do
+for i = 7 + count * 4, #ARGV do
   redis.call('SET', ARGV[2] .. ARGV[3] .. ':' .. ARGV[i], '1', 'EX', 86400)
 end
 -- Holds still open (Redis kept them while the quota hash went) count as reserved again.

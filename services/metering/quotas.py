@@ -17,7 +17,6 @@ from macp.metering.v1 import metering_service_pb2 as pb
 from services.metering.events import UsageEvent, validated_row
 from services.metering.meters import METER_LABELS, METER_OF_TYPE
 from services.metering.periods import billing_month, month_end, month_label, month_start, parse_month
-from services.metering.plans import Plans
 from services.metering.quota_counters import CounterState, QuotaCounters, delta_args
 from services.metering.store.ingest import record_batch
 from services.runtime.errors import InvalidArgument, ResourceExhausted, Unavailable
@@ -32,12 +31,12 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _status(meter: int, tier: int, month: date, state: CounterState) -> pb.QuotaStatus:
+def _status(meter: int, month: date, state: CounterState) -> pb.QuotaStatus:
     used, reserved = math.ceil(state.used), math.ceil(state.reserved)
     included = int(state.limit) if state.limited else 0
     status = pb.QuotaStatus(
         meter=meter,  # type: ignore[arg-type]
-        tier=tier,  # type: ignore[arg-type]
+        tier=state.tier,  # type: ignore[arg-type]
         included_quantity=included,
         used_quantity=used,
         reserved_quantity=reserved,
@@ -63,11 +62,8 @@ def _refusal(meter: int, month: date, state: CounterState) -> ResourceExhausted:
 
 
 class Quotas:
-    def __init__(
-        self, counters: QuotaCounters, plans: Plans, default_ttl_seconds: int, clock: Clock = utc_now
-    ) -> None:
+    def __init__(self, counters: QuotaCounters, default_ttl_seconds: int, clock: Clock = utc_now) -> None:
         self._counters = counters
-        self._plans = plans
         self._default_ttl_ms = default_ttl_seconds * 1000
         self._clock = clock
 
@@ -95,13 +91,12 @@ class Quotas:
                 keys=[keys.quota(month), keys.holds(month)], args=[keys.hold_prefix, str(meter)]
             ),
         )
-        state = CounterState.parse(reply[1:5])
-        plan = await self._plans.get(tenant_id)
+        state = CounterState.parse(reply[1:6])
         past = _past_allowance(state, quantity)
         response = pb.CheckQuotaResponse(
             allowed=not (past and state.hard),
             overage=past and not state.hard,
-            quota=_status(meter, plan.tier, month, state),
+            quota=_status(meter, month, state),
         )
         if past and state.hard:
             response.reason = _refusal(meter, month, state).message
@@ -127,14 +122,13 @@ class Quotas:
             ),
         )
         outcome, expire_ms = reply[0], reply[2]
-        state = CounterState.parse(reply[3:7])
+        state = CounterState.parse(reply[3:8])
         if outcome == b"refused":
             raise _refusal(request.meter, month, state)
-        plan = await self._plans.get(tenant_id)
         response = pb.ReserveResponse(
             reservation_id=request.reservation_id,
             overage=state.limited and not state.hard and state.used + state.reserved > state.limit,
-            quota=_status(request.meter, plan.tier, month, state),
+            quota=_status(request.meter, month, state),
         )
         response.expire_time.FromMilliseconds(int(expire_ms))
         return response

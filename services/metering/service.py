@@ -62,7 +62,7 @@ async def register(server: grpc.aio.Server, resources: Resources, env: Env) -> N
     pool = resources.require_db()
     plans = Plans(PlanStore(pool))
     servicer = MeteringServicer(
-        Quotas(counters, plans, settings.reservation_ttl_seconds),
+        Quotas(counters, settings.reservation_ttl_seconds),
         plans,
         UsageReports(UsageStore(pool)),
         Invoices(UsageStore(pool), plans, utc_now),
@@ -109,6 +109,7 @@ async def background(resources: Resources, env: Env, registry: CollectorRegistry
                 topic=kafka_settings.usage_topic,
                 group_id=settings.consumer_group,
                 max_batch=settings.batch_max_records,
+                linger_ms=settings.batch_linger_ms,
                 poll_timeout_ms=settings.poll_timeout_ms,
                 session_timeout_ms=settings.session_timeout_ms,
                 heartbeat_interval_ms=settings.heartbeat_interval_ms,

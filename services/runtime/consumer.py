@@ -37,6 +37,8 @@ RATE_WINDOW_SECONDS = 1.0
 class ConsumerSettings:
     """bootstrap_servers: `host:port[,...]`; group_id: the consumer group the processes share;
     max_batch: the most records one batch holds; poll_timeout_ms: how long a poll waits for records;
+    linger_ms: how long a batch keeps filling after its first record (a transaction per handful of
+    records would spend its time on round trips, not on records);
     session_timeout_ms / heartbeat_interval_ms: how soon the group notices a dead member."""
 
     bootstrap_servers: str
@@ -44,6 +46,7 @@ class ConsumerSettings:
     group_id: str
     max_batch: int = 5000
     poll_timeout_ms: int = 200
+    linger_ms: int = 100
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
 
@@ -127,9 +130,7 @@ class ConsumerLoop:
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         while not self._stopping.is_set():
-            batches = await consumer.getmany(
-                timeout_ms=self._settings.poll_timeout_ms, max_records=self._settings.max_batch
-            )
+            batches = await self._fill(consumer)
             async with self._lock:
                 await self._handle_assignment(consumer)
                 records = [record for partition in batches.values() for record in partition]
@@ -140,6 +141,23 @@ class ConsumerLoop:
                     self._metrics.observe_batch(self._settings.topic, time.monotonic() - started)
                     self._count_rate(len(records))
                 await self._report_lag(consumer)
+
+    async def _fill(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Record]]:
+        """One batch: the first poll's records, topped up until `max_batch` or `linger_ms`."""
+        s = self._settings
+        batches: dict[TopicPartition, list[Record]] = await consumer.getmany(
+            timeout_ms=s.poll_timeout_ms, max_records=s.max_batch
+        )
+        count = sum(len(records) for records in batches.values())
+        deadline = time.monotonic() + s.linger_ms / 1000
+        while 0 < count < s.max_batch and (left := deadline - time.monotonic()) > 0:
+            more = await consumer.getmany(
+                timeout_ms=max(int(left * 1000), 1), max_records=s.max_batch - count
+            )
+            for tp, records in more.items():
+                batches.setdefault(tp, []).extend(records)
+                count += len(records)
+        return batches
 
     async def _handle_assignment(self, consumer: AIOKafkaConsumer) -> None:
         assignment = set(consumer.assignment())
