@@ -14,9 +14,10 @@ from starlette.routing import Route
 
 from services.edge import agents, conversations, messages, oauth, usage
 from services.edge.auth import BearerAuthMiddleware
-from services.edge.context import EdgeContext
+from services.edge.context import EdgeContext, edge_context
 from services.edge.errors import HttpError, error_response, rpc_error_response
 from services.edge.middleware import RequestContextMiddleware
+from services.edge.rate_limits import RateLimitMiddleware
 from services.edge.routes import ApiRoute, openapi_document
 from services.edge.settings import EdgeSettings
 from services.runtime.metrics import HttpMetrics
@@ -61,11 +62,12 @@ def build_app(settings: EdgeSettings, metrics: HttpMetrics) -> Starlette:
         return JSONResponse(document)
 
     async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        # Still 200 while rate limits are counted locally: the edge serves, and says how it limits.
+        return JSONResponse({"status": "ok", "rate_limits": edge_context(request).rate_limits.mode})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.edge = await EdgeContext.open(settings)
+        app.state.edge = await EdgeContext.open(settings, metrics.registry)
         try:
             yield
         finally:
@@ -86,7 +88,9 @@ def build_app(settings: EdgeSettings, metrics: HttpMetrics) -> Starlette:
             405: _method_not_allowed,
         },
     )
-    # Added first, so it runs inside the request context (request id, access log, metrics).
+    # Added first, so it runs after authentication: a caller is counted by its client and tenant.
+    app.add_middleware(RateLimitMiddleware, limits=lambda: app.state.edge.rate_limits)
+    # Added before the request context, so it runs inside it (request id, access log, metrics).
     app.add_middleware(BearerAuthMiddleware, verifier=lambda: app.state.edge.verifier)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, router=app.router)
     return app

@@ -9,9 +9,11 @@ import grpc
 import redis.asyncio as aioredis
 from macp.conversation.v1 import conversation_service_pb2_grpc
 from macp.token.v1 import token_service_pb2_grpc
+from prometheus_client import CollectorRegistry
 from starlette.requests import Request
 
 from services.edge.auth import EdgeClient, TokenExchanger, caller_var
+from services.edge.rate_limits import RateLimits
 from services.edge.settings import EdgeSettings
 from services.runtime.auth.external import ExternalIssuers
 from services.runtime.auth.jwks import JwksCache, token_service_fetch
@@ -21,6 +23,7 @@ from services.runtime.auth.verifier import TokenVerifier
 from services.runtime.context import REQUEST_ID_HEADER, current_request_id
 from services.runtime.errors import Unauthenticated
 from services.runtime.mesh import open_mesh_channel
+from services.runtime.ratelimit import RedisLimiter
 from services.runtime.redis_client import create_redis
 
 
@@ -35,9 +38,10 @@ class EdgeContext:
     external_issuers: ExternalIssuers
     verifier: TokenVerifier
     exchanger: TokenExchanger
+    rate_limits: RateLimits
 
     @classmethod
-    async def open(cls, settings: EdgeSettings) -> EdgeContext:
+    async def open(cls, settings: EdgeSettings, registry: CollectorRegistry | None = None) -> EdgeContext:
         channel = open_mesh_channel(settings.common.mesh_address)
         token = token_service_pb2_grpc.TokenServiceStub(channel)
         redis = create_redis(settings.redis)
@@ -78,6 +82,9 @@ class EdgeContext:
                 client=client,
                 initial_access_token=settings.initial_access_token,
                 timeout=settings.rpc_timeout_seconds,
+            ),
+            rate_limits=RateLimits(
+                settings.rate_limits, RedisLimiter(redis, settings.redis.key_prefix), registry
             ),
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.edge.rate_limits import RateLimitSettings
 from services.runtime.auth.settings import DEFAULT_ISSUER, AuthSettings
 from services.runtime.registry import EDGE
 from services.runtime.settings import CommonSettings, Env, RedisSettings
@@ -22,6 +23,7 @@ class EdgeSettings:
     client_id: str | None
     client_secret: str | None
     initial_access_token: str | None
+    rate_limits: RateLimitSettings
 
     @classmethod
     def from_env(cls, env: Env) -> EdgeSettings:
@@ -38,4 +40,5 @@ class EdgeSettings:
             client_id=env.optional_string("MACP_EDGE_CLIENT_ID") or None,
             client_secret=env.optional_string("MACP_EDGE_CLIENT_SECRET") or None,
             initial_access_token=env.optional_string("MACP_TOKEN_INITIAL_ACCESS_TOKEN") or None,
+            rate_limits=RateLimitSettings.from_env(env),
         )

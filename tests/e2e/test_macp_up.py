@@ -64,8 +64,9 @@ def test_macp_up_serves_the_slice_and_stops_cleanly(data_dir: Path) -> None:
     try:
         _wait_ready(process, data_dir, log)
         ready = READY_LINE.search(log.read_text())
+        # The time it reports is measured by bench.macp_up against its 20 s target, not here: a
+        # timed assertion would fail on a loaded machine and prove nothing on an idle one.
         assert ready is not None, log.read_text()
-        assert float(ready.group(1)) <= 20.0
         document = stackfile.read(data_dir)
         assert document is not None
         processes = recorded_processes(document)

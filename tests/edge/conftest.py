@@ -88,8 +88,8 @@ async def _fake_token_server() -> AsyncIterator[FakeToken]:
 async def _edge_server(_fake_token_server: FakeToken) -> AsyncIterator[str]:
     environ = {
         "MACP_MESH_ADDRESS": _fake_token_server.mesh_address,
-        # Revocations are only read for routes that need a token; the OAuth endpoints tested with
-        # the fake are public, so nothing ever connects to this address.
+        # Revocations are only read for routes that need a token, and the OAuth endpoints tested
+        # with the fake are public; the rate limits, finding no Redis here, count locally.
         "MACP_REDIS_URL": "redis://127.0.0.1:1/0",
         "MACP_EDGE_RPC_TIMEOUT_SECONDS": "5",
         "MACP_EDGE_MAX_BODY_BYTES": "4096",

@@ -1,0 +1,200 @@
+"""Rate limits at the edge: the API as a whole, each client by its class, each tenant.
+
+Every request counts against the whole API (`MACP_RATE_LIMIT_API`, 1,000/s with bursts to 2,000 by
+default, from the platform seed); an authenticated one also against its client, with the limit of
+the client's class (004's table: internal 1,000/min, consumer 10,000/hour, partner 10,000/day,
+third-party 1,000/hour with bursts of 50/min; `MACP_RATE_LIMIT_<CLASS>`), and against its tenant
+(`MACP_RATE_LIMIT_TENANT`). The counting is GCRA in Redis (services/runtime/ratelimit.py), so the
+limits hold exactly however many edge processes there are.
+
+Answers carry the IETF RateLimit header fields (draft-ietf-httpapi-ratelimit-headers):
+`RateLimit-Policy` lists the limits that applied, `RateLimit` the tightest one's remaining requests
+and seconds to reset, and the older `RateLimit-Limit`, `-Remaining` and `-Reset` the same for
+clients that read those. A refused request is 429 with `Retry-After` and the edge's error shape.
+
+If Redis is unreachable the edge does not fail open: it falls back to the same limits counted in
+its own memory, each scaled by `MACP_RATE_LIMIT_FALLBACK_SHARE` (the share of the traffic one edge
+process takes, 1 for a single edge), logs it, exports `macp_rate_limit_fallback 1` and says so in
+/healthz, and goes back to Redis as soon as it answers again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from redis.exceptions import RedisError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.edge.auth import Caller, caller_var
+from services.edge.errors import error_response
+from services.runtime.ratelimit import Decision, Keyed, Limit, LocalLimiter, RedisLimiter, limits_from_env
+from services.runtime.settings import Env
+
+log = logging.getLogger("macp.edge.ratelimit")
+
+CLASS_DEFAULTS = {
+    "internal": "1000/min",
+    "consumer": "10000/hour",
+    "partner": "10000/day",
+    "third_party": "1000/hour + 50/min",
+}
+# How long the edge keeps counting locally after a Redis failure before it tries Redis again.
+REDIS_RETRY_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class RateLimitSettings:
+    api: tuple[Limit, ...]
+    by_class: dict[str, tuple[Limit, ...]]
+    tenant: tuple[Limit, ...]
+    fallback_share: float
+
+    @classmethod
+    def from_env(cls, env: Env) -> RateLimitSettings:
+        return cls(
+            api=limits_from_env(env, "MACP_RATE_LIMIT_API", "api", "1000/s burst 2000"),
+            by_class={
+                name: limits_from_env(env, f"MACP_RATE_LIMIT_{name.upper()}", name, default)
+                for name, default in CLASS_DEFAULTS.items()
+            },
+            tenant=limits_from_env(env, "MACP_RATE_LIMIT_TENANT", "tenant", "60000/hour burst 1000"),
+            fallback_share=env.number("MACP_RATE_LIMIT_FALLBACK_SHARE", 1.0, minimum=0.01),
+        )
+
+
+def _scaled(limit: Limit, share: float) -> Limit:
+    return dataclasses.replace(
+        limit, limit=max(1, math.floor(limit.limit * share)), burst=max(1, math.floor(limit.burst * share))
+    )
+
+
+class RateLimits:
+    """The edge's limits and where they are counted (Redis, or locally while Redis is away)."""
+
+    def __init__(
+        self,
+        settings: RateLimitSettings,
+        limiter: RedisLimiter,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._redis = limiter
+        self._local = LocalLimiter()
+        self._clock = clock
+        self._redis_down_since: float | None = None
+        self._refused = Counter(
+            "macp_rate_limited", "Requests refused by a rate limit, by limit", ("limit",), registry=registry
+        )
+        self._fallback = Gauge(
+            "macp_rate_limit_fallback",
+            "1 while limits are counted locally (Redis unreachable)",
+            registry=registry,
+        )
+
+    @property
+    def mode(self) -> str:
+        """`redis`, or what /healthz says while the local fallback counts."""
+        if self._redis_down_since is None:
+            return "redis"
+        return "local fallback: Redis is unreachable, each edge process counts its own share"
+
+    def keyed(self, caller: Caller | None) -> Keyed:
+        keyed: list[tuple[str, Limit]] = [("api", limit) for limit in self._settings.api]
+        if caller is not None:
+            claims = caller.claims
+            client_class = claims.client_class or "third_party"
+            client = claims.client_id or claims.sub
+            keyed += [
+                (f"client:{client}:{limit.name}", limit) for limit in self._settings.by_class[client_class]
+            ]
+            keyed += [(f"tenant:{claims.tenant_id}:{limit.name}", limit) for limit in self._settings.tenant]
+        return keyed
+
+    async def check(self, caller: Caller | None) -> Decision:
+        keyed = self.keyed(caller)
+        now = self._clock()
+        if self._redis_down_since is None or now - self._redis_down_since >= REDIS_RETRY_SECONDS:
+            try:
+                decision = await self._redis.check(keyed)
+            except (RedisError, OSError, TimeoutError) as exc:
+                if self._redis_down_since is None:
+                    log.error("rate limits fall back to local counting: Redis is unreachable: %s", exc)
+                self._redis_down_since = now
+                self._fallback.set(1)
+            else:
+                if self._redis_down_since is not None:
+                    log.warning("rate limits are counted in Redis again")
+                    self._redis_down_since = None
+                    self._fallback.set(0)
+                return self._counted(decision)
+        share = self._settings.fallback_share
+        return self._counted(await self._local.check([(key, _scaled(limit, share)) for key, limit in keyed]))
+
+    def _counted(self, decision: Decision) -> Decision:
+        if decision.refused_by is not None:
+            self._refused.labels(decision.refused_by.name).inc()
+        return decision
+
+
+def retry_after(decision: Decision) -> int:
+    """Whole seconds until the refused request would be admitted (Retry-After has no fractions)."""
+    return max(1, math.ceil(decision.retry_after_seconds))
+
+
+def headers(decision: Decision) -> list[tuple[bytes, bytes]]:
+    """The RateLimit header fields of a decision (and Retry-After when it refused)."""
+    policy = ", ".join(state.limit.policy for state in decision.states)
+    fields = [(b"ratelimit-policy", policy.encode())]
+    tightest = decision.tightest
+    if tightest is not None:
+        reset = math.ceil(tightest.reset_seconds)
+        fields += [
+            (b"ratelimit", f'"{tightest.limit.name}";r={tightest.remaining};t={reset}'.encode()),
+            (b"ratelimit-limit", str(tightest.limit.limit).encode()),
+            (b"ratelimit-remaining", str(tightest.remaining).encode()),
+            (b"ratelimit-reset", str(reset).encode()),
+        ]
+    if not decision.admitted:
+        fields.append((b"retry-after", str(retry_after(decision)).encode()))
+    return fields
+
+
+class RateLimitMiddleware:
+    """Counts each HTTP request (after authentication, so the caller's class and tenant are known)."""
+
+    def __init__(self, app: ASGIApp, limits: Callable[[], RateLimits]) -> None:
+        self._app = app
+        self._limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") == "/healthz":
+            await self._app(scope, receive, send)
+            return
+        decision = await self._limits().check(caller_var.get())
+        fields = headers(decision)
+        if not decision.admitted:
+            refused = decision.refused_by.name if decision.refused_by else "a limit"
+            wait = retry_after(decision)
+            response = error_response(
+                HTTPStatus.TOO_MANY_REQUESTS,
+                "RESOURCE_EXHAUSTED",
+                f"rate limit {refused} exceeded; retry after {wait} s",
+            )
+            response.raw_headers.extend(fields)
+            await response(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), *fields]}
+            await send(message)
+
+        await self._app(scope, receive, send_with_headers)
