@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from contextlib import aclosing
 from datetime import UTC, datetime
 
 from macp.agent_proxy.v1 import agent_proxy_service_pb2 as pb
@@ -86,9 +85,8 @@ class Generation:
         try:
             async with self._queue.slot(principal.tier, principal.tenant_id):
                 target, upstream, first = await self._first_token(request, turn, record, deadline)
-                async with aclosing(upstream):
-                    async for response in self._relay(target, upstream, first, record):
-                        yield response
+                async for response in self._relay(target, upstream, first, record):
+                    yield response
         except (asyncio.CancelledError, GeneratorExit):
             record.finish_reason = pb.FINISH_REASON_CANCELLED
             raise
@@ -169,6 +167,7 @@ class Generation:
             finished.append(first)
             buffer.close()
             pump = None
+            await upstream.aclose()
         else:
             buffer.put(first)
             record.output_characters += len(first)
@@ -182,8 +181,10 @@ class Generation:
                 await pump
         finally:
             if pump is not None and not pump.done():
+                # The pump owns the upstream stream and closes it as it ends; a second cancellation
+                # of this call interrupts only the wait, never the close.
                 pump.cancel()
-                await asyncio.gather(pump, return_exceptions=True)
+                await asyncio.wait([pump])
         if failures:
             target.breaker.record_failure()
             record.finish_reason = pb.FINISH_REASON_ERROR
@@ -208,7 +209,7 @@ class Generation:
         failures: list[ProviderFailure],
         finished: list[Finished],
     ) -> None:
-        """Read the provider as fast as it sends, whatever the caller's pace."""
+        """Read the provider as fast as it sends, whatever the caller's pace; close it at the end."""
         try:
             async for event in upstream:
                 if isinstance(event, str):
@@ -220,3 +221,4 @@ class Generation:
             failures.append(failure)
         finally:
             buffer.close()
+            await upstream.aclose()

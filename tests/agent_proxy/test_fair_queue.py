@@ -1,0 +1,94 @@
+"""The fair queue: bounded slots, tier order, round-robin across tenants, a full queue refused,
+cancelled waiters forgotten, and the depth reported (as `pending_agent_requests`)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+from macp.common.v1 import principal_pb2
+from prometheus_client import CollectorRegistry
+
+from services.agent_proxy.fair_queue import FairQueue
+from services.runtime.errors import ResourceExhausted
+from services.runtime.metrics import pending_requests_gauge
+
+FREE, PRO, ENTERPRISE = principal_pb2.TIER_FREE, principal_pb2.TIER_PRO, principal_pb2.TIER_ENTERPRISE
+
+
+async def _served_order(queue: FairQueue, waiters: Sequence[tuple[int, str]]) -> list[str]:
+    """Hold the only slot, queue `waiters` (tier, name) in order, then release and record who runs."""
+    order: list[str] = []
+    hold = asyncio.Event()
+
+    async def holder() -> None:
+        async with queue.slot(PRO, "holder"):
+            await hold.wait()
+
+    async def waiter(tier: int, name: str) -> None:
+        async with queue.slot(tier, name.split("#")[0]):
+            order.append(name)
+            await asyncio.sleep(0)
+
+    first = asyncio.create_task(holder())
+    await asyncio.sleep(0)
+    tasks = []
+    for tier, name in waiters:
+        tasks.append(asyncio.create_task(waiter(tier, name)))
+        await asyncio.sleep(0)
+    assert queue.depth == len(waiters)
+    hold.set()
+    await asyncio.gather(first, *tasks)
+    return order
+
+
+async def test_higher_tiers_first_and_tenants_take_turns() -> None:
+    registry = CollectorRegistry()
+    gauge = pending_requests_gauge("agent-proxy", registry).labels("agent-proxy")
+    depths: list[int] = []
+
+    def report(depth: int) -> None:
+        depths.append(depth)
+        gauge.set(depth)
+
+    queue = FairQueue(slots=1, limit=100, on_depth=report)
+    waiters = [
+        (FREE, "f#1"),
+        (PRO, "noisy#1"),
+        (PRO, "noisy#2"),
+        (PRO, "noisy#3"),
+        (PRO, "quiet#1"),
+        (ENTERPRISE, "big#1"),
+        (FREE, "f#2"),
+    ]
+    order = await _served_order(queue, waiters)
+    # Enterprise first; pro tenants alternate (noisy's burst does not hold quiet back); free last.
+    assert order == ["big#1", "noisy#1", "quiet#1", "noisy#2", "noisy#3", "f#1", "f#2"]
+    assert max(depths) == 7
+    assert depths[-1] == 0
+    assert registry.get_sample_value("pending_agent_requests", {"service": "agent-proxy"}) == 0
+    assert queue.busy == 0
+
+
+async def test_a_full_queue_refuses_and_a_cancelled_waiter_leaves_it() -> None:
+    queue = FairQueue(slots=1, limit=2)
+    hold = asyncio.Event()
+
+    async def use(tenant: str) -> None:
+        async with queue.slot(FREE, tenant):
+            await hold.wait()
+
+    running = asyncio.create_task(use("a"))
+    await asyncio.sleep(0)
+    waiting = [asyncio.create_task(use(t)) for t in ("b", "c")]
+    await asyncio.sleep(0)
+    with pytest.raises(ResourceExhausted, match="2 calls waiting"):
+        async with queue.slot(FREE, "d"):
+            pass
+    waiting[0].cancel()
+    await asyncio.gather(waiting[0], return_exceptions=True)
+    assert queue.depth == 1
+    hold.set()
+    await asyncio.gather(running, waiting[1])
+    assert (queue.busy, queue.depth) == (0, 0)
