@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from services.edge.context import edge_context
-from services.edge.http import message_response, parse_document, parse_message, read_json_object
+from services.edge.http import message_response, parse_message
 from services.edge.rest import (
     COMMON_ERRORS,
     PAGE_QUERY,
@@ -15,11 +15,9 @@ from services.edge.rest import (
     call_options,
     etag_header,
     if_match,
-    integer,
-    patch_etag,
-    patch_mask,
+    page,
+    patch_request,
     query,
-    same_id,
 )
 from services.edge.routes import ApiRoute
 
@@ -48,11 +46,7 @@ async def list_agents(request: Request) -> Response:
     edge = edge_context(request)
     params = query(request, ("page_size", "page_token", "capability"))
     reply: pb.ListAgentsResponse = await edge.conversation.ListAgents(
-        pb.ListAgentsRequest(
-            page_size=integer(params, "page_size"),
-            page_token=params.get("page_token", ""),
-            capability=params.get("capability", ""),
-        ),
+        pb.ListAgentsRequest(**page(params), capability=params.get("capability", "")),
         **await call_options(edge),
     )
     return message_response(reply)
@@ -60,15 +54,9 @@ async def list_agents(request: Request) -> Response:
 
 async def update_agent(request: Request) -> Response:
     edge = edge_context(request)
-    query(request, ())
-    agent_id = request.path_params["id"]
-    document = await read_json_object(request, edge.settings.max_body_bytes)
-    same_id(document, agent_id)
-    changes = parse_document(document, pb.Agent())
-    changes.id, changes.etag = agent_id, patch_etag(request, document)
+    changes, mask = await patch_request(request, edge, pb.Agent())
     reply: pb.UpdateAgentResponse = await edge.conversation.UpdateAgent(
-        pb.UpdateAgentRequest(agent=changes, update_mask=patch_mask(document, pb.Agent)),
-        **await call_options(edge),
+        pb.UpdateAgentRequest(agent=changes, update_mask=mask), **await call_options(edge)
     )
     return message_response(reply.agent, 200, etag_header(reply.agent.etag))
 

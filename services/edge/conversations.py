@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from services.edge.context import edge_context
-from services.edge.http import message_response, parse_document, parse_message, read_json_object
+from services.edge.http import message_response, parse_message
 from services.edge.rest import (
     COMMON_ERRORS,
     PAGE_QUERY,
@@ -15,12 +15,10 @@ from services.edge.rest import (
     call_options,
     etag_header,
     if_match,
-    integer,
     invalid,
-    patch_etag,
-    patch_mask,
+    page,
+    patch_request,
     query,
-    same_id,
 )
 from services.edge.routes import ApiRoute
 
@@ -62,8 +60,7 @@ async def list_conversations(request: Request) -> Response:
     params = query(request, ("page_size", "page_token", "status", "agent_id"))
     reply: pb.ListConversationsResponse = await edge.conversation.ListConversations(
         pb.ListConversationsRequest(
-            page_size=integer(params, "page_size"),
-            page_token=params.get("page_token", ""),
+            **page(params),
             status=_status(params.get("status", "")),  # type: ignore[arg-type]
             agent_id=params.get("agent_id", ""),
         ),
@@ -74,15 +71,9 @@ async def list_conversations(request: Request) -> Response:
 
 async def update_conversation(request: Request) -> Response:
     edge = edge_context(request)
-    query(request, ())
-    conversation_id = request.path_params["id"]
-    document = await read_json_object(request, edge.settings.max_body_bytes)
-    same_id(document, conversation_id)
-    changes = parse_document(document, pb.Conversation())
-    changes.id, changes.etag = conversation_id, patch_etag(request, document)
+    changes, mask = await patch_request(request, edge, pb.Conversation())
     reply: pb.UpdateConversationResponse = await edge.conversation.UpdateConversation(
-        pb.UpdateConversationRequest(conversation=changes, update_mask=patch_mask(document, pb.Conversation)),
-        **await call_options(edge),
+        pb.UpdateConversationRequest(conversation=changes, update_mask=mask), **await call_options(edge)
     )
     return message_response(reply.conversation, 200, etag_header(reply.conversation.etag))
 

@@ -24,8 +24,8 @@ from services.edge.rest import (
     call_options,
     etag_header,
     if_match,
-    integer,
     invalid,
+    page,
     query,
     same_id,
 )
@@ -66,11 +66,7 @@ async def list_messages(request: Request) -> Response:
     edge = edge_context(request)
     params = query(request, ("page_size", "page_token"))
     reply: pb.ListMessagesResponse = await edge.conversation.ListMessages(
-        pb.ListMessagesRequest(
-            conversation_id=request.path_params["id"],
-            page_size=integer(params, "page_size"),
-            page_token=params.get("page_token", ""),
-        ),
+        pb.ListMessagesRequest(conversation_id=request.path_params["id"], **page(params)),
         **await call_options(edge),
     )
     return message_response(reply)
@@ -105,11 +101,7 @@ async def list_archives(request: Request) -> Response:
     edge = edge_context(request)
     params = query(request, ("page_size", "page_token"))
     reply: pb.ListArchivesResponse = await edge.conversation.ListArchives(
-        pb.ListArchivesRequest(
-            conversation_id=request.path_params["id"],
-            page_size=integer(params, "page_size"),
-            page_token=params.get("page_token", ""),
-        ),
+        pb.ListArchivesRequest(conversation_id=request.path_params["id"], **page(params)),
         **await call_options(edge),
     )
     return message_response(reply)

@@ -15,19 +15,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
+from macp.conversation.v1 import conversation_service_pb2 as pb
 from starlette.requests import Request
 
 from services.edge.context import EdgeContext
 from services.edge.errors import HttpError
+from services.edge.http import parse_document, read_json_object
 from services.edge.schema import JsonSchema
 from services.runtime.auth.settings import service_audience
 from services.runtime.protos import descriptor_of
 
 CONVERSATION_AUDIENCE = service_audience("conversation")
+
+# The resources PATCH changes: each has an `id` and an `etag`.
+Patched = TypeVar("Patched", pb.Agent, pb.Conversation)
 
 # The query parameters of every List route (AIP-158), as the OpenAPI document declares them.
 PAGE_QUERY: tuple[tuple[str, JsonSchema, str], ...] = (
@@ -102,6 +107,23 @@ def patch_mask(document: dict[str, Any], message: type[Message]) -> FieldMask:
     by_name = {field.json_name: field.name for field in fields} | {field.name: field.name for field in fields}
     paths = [by_name.get(key, key) for key in document]
     return FieldMask(paths=[path for path in paths if path not in ("etag", "id")])
+
+
+def page(values: dict[str, str]) -> dict[str, Any]:
+    """The page_size and page_token fields of a List request, from the query."""
+    return {"page_size": integer(values, "page_size"), "page_token": values.get("page_token", "")}
+
+
+async def patch_request(request: Request, edge: EdgeContext, resource: Patched) -> tuple[Patched, FieldMask]:
+    """A PATCH of `/…/{id}`: the resource holding the body's fields, its id and the etag it is
+    conditional on, and the update mask of the body's keys."""
+    query(request, ())
+    resource_id = request.path_params["id"]
+    document = await read_json_object(request, edge.settings.max_body_bytes)
+    same_id(document, resource_id)
+    changes = parse_document(document, resource)
+    changes.id, changes.etag = resource_id, patch_etag(request, document)
+    return changes, patch_mask(document, type(resource))
 
 
 def patch_etag(request: Request, document: dict[str, Any]) -> str:

@@ -3,10 +3,12 @@ Postgres, Redis and S3, authenticating real tokens of two tenants from the real 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
+import asyncpg
 import grpc
 import pytest
 from macp.conversation.v1 import conversation_service_pb2 as pb
@@ -83,6 +85,19 @@ async def world(service_environ: dict[str, str]) -> AsyncIterator[World]:
         alice = await _caller(tokens, stack, service.port)
         bob = await _caller(tokens, stack, service.port)
         yield World(environ, tokens, service, alice, bob, stack)
+
+
+async def stored_messages(database_url: str, conversation_id: str) -> int:
+    """How many rows the conversation has in Postgres (what idempotency must keep at one per id)."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        count: int = await connection.fetchval(
+            "SELECT count(*) FROM conversation_messages WHERE conversation_id = $1",
+            uuid.UUID(conversation_id),
+        )
+        return count
+    finally:
+        await connection.close()
 
 
 async def refused(call: object) -> grpc.aio.AioRpcError:

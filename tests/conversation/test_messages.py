@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-import asyncpg
 import grpc
 import pytest
 from macp.conversation.v1 import conversation_service_pb2 as pb
 
-from tests.conversation.conftest import Caller, World, new_agent, new_conversation, refused
+from tests.conversation.conftest import Caller, World, new_agent, new_conversation, refused, stored_messages
 
 pytestmark = pytest.mark.integration
 
@@ -25,18 +24,6 @@ def user_message(
         author_id=caller.user_id,
         text=text,
     )
-
-
-async def stored_messages(world: World, conversation_id: str) -> int:
-    connection = await asyncpg.connect(world.environ["MACP_DATABASE_URL"])
-    try:
-        count: int = await connection.fetchval(
-            "SELECT count(*) FROM conversation_messages WHERE conversation_id = $1",
-            uuid.UUID(conversation_id),
-        )
-        return count
-    finally:
-        await connection.close()
 
 
 async def test_append_retried_ten_times_stores_one_message(world: World) -> None:
@@ -54,7 +41,7 @@ async def test_append_retried_ten_times_stores_one_message(world: World) -> None
     for retry in [*sequential, *concurrent]:
         assert not retry.created
         assert retry.message == first.message
-    assert await stored_messages(world, conversation.id) == 1
+    assert await stored_messages(world.environ["MACP_DATABASE_URL"], conversation.id) == 1
 
     other = pb.Message()
     other.CopyFrom(message)
@@ -62,7 +49,7 @@ async def test_append_retried_ten_times_stores_one_message(world: World) -> None
     conflict = await refused(alice.stub.AppendMessage(pb.AppendMessageRequest(message=other)))
     assert conflict.code() == grpc.StatusCode.ALREADY_EXISTS
     assert "message.id" in (conflict.details() or "")
-    assert await stored_messages(world, conversation.id) == 1
+    assert await stored_messages(world.environ["MACP_DATABASE_URL"], conversation.id) == 1
 
 
 async def test_concurrent_first_attempts_store_once(world: World) -> None:
@@ -74,7 +61,7 @@ async def test_concurrent_first_attempts_store_once(world: World) -> None:
     )
     assert sum(reply.created for reply in replies) == 1
     assert len({reply.message.sequence for reply in replies}) == 1
-    assert await stored_messages(world, conversation.id) == 1
+    assert await stored_messages(world.environ["MACP_DATABASE_URL"], conversation.id) == 1
 
 
 async def test_sequences_are_gap_free_under_concurrent_appends_and_list_pages_in_order(world: World) -> None:
@@ -146,7 +133,7 @@ async def test_authors_are_checked(world: World) -> None:
     invalid = await refused(alice.stub.AppendMessage(pb.AppendMessageRequest(message=missing_text)))
     assert invalid.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "text" in (invalid.details() or "")
-    assert await stored_messages(world, conversation.id) == 0
+    assert await stored_messages(world.environ["MACP_DATABASE_URL"], conversation.id) == 0
 
 
 async def test_an_archived_conversation_accepts_no_messages_but_answers_retries(world: World) -> None:
@@ -165,4 +152,4 @@ async def test_an_archived_conversation_accepts_no_messages_but_answers_retries(
         )
     )
     assert late.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert await stored_messages(world, conversation.id) == 1
+    assert await stored_messages(world.environ["MACP_DATABASE_URL"], conversation.id) == 1

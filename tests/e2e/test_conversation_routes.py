@@ -8,11 +8,11 @@ import json
 import uuid
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 
 from services.runtime.auth.settings import EDGE_AUDIENCE
+from tests.conversation.conftest import stored_messages
 from tests.e2e.conftest import Slice
 
 pytestmark = pytest.mark.integration
@@ -37,18 +37,6 @@ def error_of(response: httpx.Response, status: int, code: str) -> str:
     assert body["request_id"] == response.headers["x-request-id"]
     message: str = body["message"]
     return message
-
-
-async def stored_messages(slice_: Slice, conversation_id: str) -> int:
-    connection = await asyncpg.connect(slice_.database_url)
-    try:
-        count: int = await connection.fetchval(
-            "SELECT count(*) FROM conversation_messages WHERE conversation_id = $1",
-            uuid.UUID(conversation_id),
-        )
-        return count
-    finally:
-        await connection.close()
 
 
 async def test_every_route_through_envoy(mesh_slice: Slice) -> None:
@@ -125,7 +113,7 @@ async def test_every_route_through_envoy(mesh_slice: Slice) -> None:
         assert (first["role"], first["sequence"]) == ("MESSAGE_ROLE_USER", "1")
         for _ in range(10):
             assert ok(await client.post(messages_url, json=message), 200) == first
-        assert await stored_messages(mesh_slice, conversation["id"]) == 1
+        assert await stored_messages(mesh_slice.database_url, conversation["id"]) == 1
         clash = await client.post(messages_url, json={**message, "text": "other"})
         assert "message.id" in error_of(clash, 409, "ALREADY_EXISTS")
         ok(await client.post(messages_url, json={"id": str(uuid.uuid4()), "text": "second"}), 201)
