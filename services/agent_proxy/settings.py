@@ -31,6 +31,9 @@ KEYED_DEFAULT_MODELS = {
     "openai": ("gpt-4o", "gpt-4o-mini"),
 }
 LOCAL_MODELS = ("echo-1", "echo-2")
+# Spelled out for the keyed providers and the local one: deployments (compose) set these by name.
+KEY_VARIABLES = {"anthropic": "MACP_PROVIDER_ANTHROPIC_API_KEY", "openai": "MACP_PROVIDER_OPENAI_API_KEY"}
+LOCAL_BASE_URL_VARIABLE = "MACP_PROVIDER_LOCAL_BASE_URL"
 
 
 class Secret:
@@ -51,7 +54,10 @@ class Secret:
 
 
 def provider_variable(name: str, field: str) -> str:
-    return f"MACP_PROVIDER_{name.upper().replace('-', '_')}_{field}"
+    variable = f"MACP_PROVIDER_{name.upper().replace('-', '_')}_{field}"
+    assert field != "API_KEY" or name not in KEY_VARIABLES or variable == KEY_VARIABLES[name]
+    assert name != LOCAL or field != "BASE_URL" or variable == LOCAL_BASE_URL_VARIABLE
+    return variable
 
 
 def local_provider_url(env: Env) -> str:
@@ -62,7 +68,7 @@ def local_provider_url(env: Env) -> str:
 
 def keyed_providers(env: Env) -> list[str]:
     """The keyed providers whose key is set: with none, the stack needs the local provider server."""
-    return [name for name in KEYED_DEFAULT_MODELS if env.raw(provider_variable(name, "API_KEY"))]
+    return [name for name, variable in KEY_VARIABLES.items() if env.raw(variable)]
 
 
 def configured_provider_names(env: Env) -> list[str]:

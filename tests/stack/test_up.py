@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
-from services.runtime.registry import SERVICES
+from services.runtime.registry import PROVIDER_SERVER, SERVICES
 from services.stack import stackfile
 from services.stack.config import FREE_PORTS_ENV, free_port
 from services.stack.infra import scratch_data_dir
@@ -34,6 +34,7 @@ def stack_environ(data_dir: Path) -> dict[str, str]:
     for prefix in [spec.env_prefix for spec in SERVICES] + ["MACP_EDGE_"]:
         environ[f"{prefix}PORT"] = str(free_port())
         environ[f"{prefix}METRICS_PORT"] = str(free_port())
+    environ["MACP_PROVIDER_SERVER_PORT"] = str(free_port())  # no provider key here: it runs too
     return environ
 
 
@@ -126,7 +127,16 @@ def assert_all_gone(processes: list[psutil.Process], timeout: float = 5) -> None
 def test_up_reaches_ready_and_sigterm_leaves_nothing_behind(fake_stack: FakeStack) -> None:
     document = fake_stack.wait_ready()
     names = {component["name"] for component in document["components"]}
-    assert names == {"postgres", "redis", "s3", "kafka", "envoy", "edge", *(s.name for s in SERVICES)}
+    assert names == {
+        "postgres",
+        "redis",
+        "s3",
+        "kafka",
+        "envoy",
+        "edge",
+        PROVIDER_SERVER.name,
+        *(s.name for s in SERVICES),
+    }
     assert document["ready_seconds"] < 20
     processes = recorded_processes(document)
     assert len(processes) >= 12  # supervisor, 4 infra, envoy, 5 services, edge (+ Postgres' helpers)
