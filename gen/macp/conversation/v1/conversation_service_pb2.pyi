@@ -427,7 +427,7 @@ class Archive(_message.Message):
     """The S3 bucket holding the transcript."""
     object_key: _builtins.str
     """The S3 object key of the transcript
-    (`tenants/<tenant_id>/conversations/<conversation_id>/<archive_id>.jsonl`).
+    (`tenants/<tenant_id>/conversations/<conversation_id>/<yyyy-mm-dd>/<archive_id>.jsonl`).
     """
     content_type: _builtins.str
     """The transcript's media type ("application/x-ndjson": one JSON message per line)."""
