@@ -31,6 +31,8 @@ log = logging.getLogger("macp.metering.quotas")
 
 # A month's quota hash outlives the month by this long, so late events still find it.
 QUOTA_EXPIRE_AFTER_MONTH_SECONDS = 40 * 86400
+# Deltas of counters Redis does not hold are kept this long, then dropped (see `sweep`).
+UNBUILT_DELTA_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -97,13 +99,15 @@ class QuotaCounters:
     def keys(self, tenant_id: str) -> QuotaKeys:
         return QuotaKeys(self._prefix, tenant_id)
 
-    async def apply(self, batch_id: uuid.UUID, deltas: Sequence[QuotaDelta]) -> None:
+    async def apply(self, batch_id: uuid.UUID, deltas: Sequence[QuotaDelta]) -> list[tuple[str, date]]:
         """Count a recorded batch's deltas (each tenant's at most once), then drop them from the
-        outbox; a month not built in Redis keeps its rows until a rebuild or the sweeper."""
+        outbox. Returns the (tenant, month) pairs not counted because Redis holds no counters for
+        them: their rows stay, for a rebuild racing this batch to find (see `sweep`)."""
         by_tenant: dict[str, list[QuotaDelta]] = {}
         for d in deltas:
             by_tenant.setdefault(d.tenant_id, []).append(d)
         done: list[tuple[str, date]] = []
+        unbuilt: list[tuple[str, date]] = []
         replies = await asyncio.gather(
             *(
                 self._apply(
@@ -119,12 +123,11 @@ class QuotaCounters:
         )
         for tenant_id, months in zip(by_tenant, replies, strict=True):
             labels = {m.decode() for m in months}
-            done += [
-                (tenant_id, d.billing_month)
-                for d in by_tenant[tenant_id]
-                if month_label(d.billing_month) in labels
-            ]
+            for d in by_tenant[tenant_id]:
+                counted = month_label(d.billing_month) in labels
+                (done if counted else unbuilt).append((tenant_id, d.billing_month))
         await self.forget(batch_id, done)
+        return sorted(set(unbuilt))
 
     async def forget(self, batch_id: uuid.UUID, counted: Sequence[tuple[str, date]]) -> None:
         if counted:
@@ -215,5 +218,21 @@ class QuotaCounters:
                 QuotaDelta(row["tenant_id"], row["billing_month"], row["meter"], row["quantity"])
             )
         for batch_id, deltas in batches.items():
-            await self.apply(batch_id, deltas)
+            unbuilt = await self.apply(batch_id, deltas)
+            if unbuilt:
+                # Nobody asked for these counters yet: whenever they are built, the rebuild counts
+                # these events from the rollups. Past a minute no rebuild can still be racing the
+                # batch (a rebuild takes milliseconds), so the rows have done their job.
+                await self._pool.execute(
+                    """
+                    DELETE FROM metering_quota_deltas d
+                    USING unnest($2::text[], $3::date[]) AS u(tenant, month)
+                    WHERE d.batch_id = $1 AND d.tenant_id = u.tenant AND d.billing_month = u.month
+                      AND d.create_time < now() - make_interval(secs => $4)
+                    """,
+                    batch_id,
+                    [t for t, _ in unbuilt],
+                    [m for _, m in unbuilt],
+                    UNBUILT_DELTA_SECONDS,
+                )
         return len(batches)
