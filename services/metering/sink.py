@@ -4,7 +4,7 @@ Valid events are recorded (de-duplicated by event_id) with their rollups and quo
 records that cannot be decoded or fail validation are stored as dead letters in the same
 transaction and then published to the dead-letter topic. Only then does the consumer loop commit
 the batch's offsets. The quota deltas are applied to Redis last; if the process dies first, the
-sweeper applies them later (see quotas.py).
+sweeper applies them later (see quota_counters.py).
 """
 
 from __future__ import annotations
