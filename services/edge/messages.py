@@ -77,7 +77,8 @@ async def archive_conversation(request: Request) -> Response:
     query(request, ())
     conversation_id = request.path_params["id"]
     archive = pb.ArchiveConversationRequest()
-    if await request.body():
+    # The body is optional: none at all means the defaults (read through the size limit otherwise).
+    if request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers:
         document = await read_json_object(request, edge.settings.max_body_bytes)
         same_id(document, conversation_id, "conversationId")
         parse_document(document, archive)

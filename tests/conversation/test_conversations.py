@@ -15,7 +15,7 @@ from tests.conversation.conftest import World, new_agent, new_conversation, refu
 pytestmark = pytest.mark.integration
 
 
-async def test_create_defaults_and_output_only_fields(world: World) -> None:
+async def _create_defaults_and_output_only_fields(world: World) -> None:
     alice = world.alice
     ada, bea = await new_agent(alice, "Ada"), await new_agent(alice, "Bea")
     conversation = await new_conversation(
@@ -45,6 +45,8 @@ async def test_participants_must_be_agents_of_the_tenant(world: World) -> None:
     coordinator = await refused(new_conversation(alice, mine, turn_policy=pb.TURN_POLICY_COORDINATOR))
     assert coordinator.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "coordinator" in (coordinator.details() or "")
+    # Further cases on the same running service (one set-up for all of them).
+    await _create_defaults_and_output_only_fields(world)
 
 
 async def test_update_with_mask_checks_new_participants_and_the_coordinator(world: World) -> None:

@@ -50,9 +50,12 @@ async def test_append_retried_ten_times_stores_one_message(world: World) -> None
     assert conflict.code() == grpc.StatusCode.ALREADY_EXISTS
     assert "message.id" in (conflict.details() or "")
     assert await stored_messages(world.environ["MACP_DATABASE_URL"], conversation.id) == 1
+    # Further cases on the same running service (one set-up for all of them).
+    await _concurrent_first_attempts_store_once(world)
+    await _an_archived_conversation_accepts_no_messages_but_answers_retries(world)
 
 
-async def test_concurrent_first_attempts_store_once(world: World) -> None:
+async def _concurrent_first_attempts_store_once(world: World) -> None:
     alice = world.alice
     conversation = await new_conversation(alice, await new_agent(alice))
     message = user_message(alice, conversation.id, "race")
@@ -136,7 +139,7 @@ async def test_authors_are_checked(world: World) -> None:
     assert await stored_messages(world.environ["MACP_DATABASE_URL"], conversation.id) == 0
 
 
-async def test_an_archived_conversation_accepts_no_messages_but_answers_retries(world: World) -> None:
+async def _an_archived_conversation_accepts_no_messages_but_answers_retries(world: World) -> None:
     alice = world.alice
     conversation = await new_conversation(alice, await new_agent(alice))
     message = user_message(alice, conversation.id, "last words")
