@@ -64,7 +64,7 @@ class AgentProxyServicer(pb_grpc.AgentProxyServiceServicer):
             status = pb.ProviderStatus(
                 name=config.name,
                 models=[model],
-                configured=config.api_key is not None or config.local,
+                configured=config.configured,
                 local=config.local,
                 breaker_state=BREAKER_STATES[state],
                 consecutive_failures=breaker.consecutive_failures,

@@ -107,6 +107,11 @@ class ProviderConfig:
     def local(self) -> bool:
         return self.name == LOCAL
 
+    @property
+    def configured(self) -> bool:
+        """Ready to call: Anthropic and OpenAI need their key; local and self-hosted servers may not."""
+        return self.api_key is not None or self.name not in KEY_VARIABLES
+
     @classmethod
     def from_env(cls, env: Env, name: str) -> ProviderConfig:
         default_protocol = "openai" if name == "openai" else "anthropic"
