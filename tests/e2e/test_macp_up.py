@@ -102,6 +102,12 @@ def test_macp_up_serves_the_slice_and_stops_cleanly(data_dir: Path) -> None:
         assert process.wait(timeout=60) == 0, log.read_text()
         assert_all_gone(processes)
     finally:
+        # After a failed assertion, stop it the way a user would: SIGTERM lets the supervisor stop
+        # its children (a SIGKILL would orphan the whole stack); kill only if that hangs.
         if process.poll() is None:
-            process.kill()
-            process.wait()
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

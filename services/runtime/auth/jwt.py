@@ -19,9 +19,8 @@ import math
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -71,18 +70,21 @@ class KeyLookup(Protocol):
     def get(self, kid: str, /) -> rsa.RSAPublicKey | None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class ActorClaim:
-    """One level of the RFC 8693 `act` claim: `{"sub", "client_id", "agent_id" (agent actors)}`."""
+class ActorClaim(NamedTuple):
+    """One level of the RFC 8693 `act` claim: `{"sub", "client_id", "agent_id" (agent actors)}`.
+    A NamedTuple, like `Claims`, for what it saves on every verification."""
 
     sub: str
     client_id: str | None = None
     agent_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Claims:
-    """The verified claims of an access token; `raw` holds every claim as signed."""
+class Claims(NamedTuple):
+    """The verified claims of an access token; `raw` holds every claim as signed.
+
+    A NamedTuple rather than a frozen dataclass: it is just as immutable, and it is built on every
+    verification, where a frozen dataclass's `__init__` (one `object.__setattr__` per field) cost
+    about 10 µs of a ~100 µs check."""
 
     iss: str
     sub: str
@@ -102,7 +104,7 @@ class Claims:
     agent_id: str | None
     owner_id: str | None
     capabilities: tuple[str, ...]
-    raw: Mapping[str, Any] = field(compare=False, repr=False)
+    raw: Mapping[str, Any]
 
     def check_lifetime(self, now: float, leeway: float) -> None:
         """Raise unless the token is valid at `now`; re-run on every use of a cached verification."""
@@ -240,10 +242,15 @@ def _jwk_integer(jwk: Mapping[str, Any], name: str) -> int:
         raise ValueError(f"{name} is not base64url") from None
 
 
+_FROM_URLSAFE: Final = bytes.maketrans(b"-_", b"+/")
+
+
 def _b64decode(segment: str, part: str) -> bytes:
     # The alphabet was checked by _SHAPE; what is left to fail is a length no encoding produces.
+    # binascii directly: base64.urlsafe_b64decode is two more Python frames on every verification.
     try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        padded = (segment + "=" * (-len(segment) % 4)).encode("ascii")
+        return binascii.a2b_base64(padded.translate(_FROM_URLSAFE))
     except (binascii.Error, ValueError):
         raise InvalidToken("malformed", f"{part} is not base64url") from None
 
@@ -340,26 +347,55 @@ def _claims(payload: Any, issuer: str, audience: str, max_delegation_depth: int)
     jti = _required_string(payload, "jti")
     if len(jti) > MAX_JTI_LENGTH:
         raise InvalidToken("invalid_claim", "jti")
-    return Claims(
-        iss=iss,
-        sub=_required_string(payload, "sub"),
-        aud=aud,
-        exp=_required_time(payload, "exp"),
-        iat=_required_time(payload, "iat"),
-        nbf=_optional_time(payload, "nbf"),
-        jti=jti,
-        client_id=_optional_string(payload, "client_id"),
-        scopes=_scopes(payload),
-        tenant_id=_optional_string(payload, "tenant_id"),
-        tier=_optional_choice(payload, "tier", TIERS),
-        user_id=_optional_string(payload, "user_id"),
-        client_class=_optional_choice(payload, "client_class", CLIENT_CLASSES),
-        actor_chain=_actor_chain(payload, max_delegation_depth),
-        agent_id=_optional_string(payload, "agent_id"),
-        owner_id=_optional_string(payload, "owner_id"),
-        capabilities=_string_list(payload, "capabilities"),
-        raw=MappingProxyType(payload),
+    sub = _required_string(payload, "sub")
+    exp, iat, nbf = (
+        _required_time(payload, "exp"),
+        _required_time(payload, "iat"),
+        _optional_time(payload, "nbf"),
     )
+    # One loop, not a call per claim: this runs on every verification, and calls are most of its cost.
+    get = payload.get
+    for name in _OPTIONAL_STRINGS:
+        value = get(name)
+        if value is not None and (type(value) is not str or not value):
+            raise InvalidToken("invalid_claim", name)
+    tier, client_class = get("tier"), get("client_class")
+    if tier is not None and tier not in TIERS:
+        raise InvalidToken("invalid_claim", "tier")
+    if client_class is not None and client_class not in CLIENT_CLASSES:
+        raise InvalidToken("invalid_claim", "client_class")
+    return Claims(
+        iss,
+        sub,
+        aud,
+        exp,
+        iat,
+        nbf,
+        jti,
+        get("client_id"),
+        _scopes(payload),
+        get("tenant_id"),
+        tier,
+        get("user_id"),
+        client_class,
+        () if get("act") is None else _actor_chain(payload, max_delegation_depth),
+        get("agent_id"),
+        get("owner_id"),
+        () if get("capabilities") is None else _string_list(payload, "capabilities"),
+        MappingProxyType(payload),
+    )
+
+
+# The optional string claims, checked in this order (the first bad one names the refusal).
+_OPTIONAL_STRINGS: Final = (
+    "client_id",
+    "tenant_id",
+    "tier",
+    "user_id",
+    "client_class",
+    "agent_id",
+    "owner_id",
+)
 
 
 def _required_string(claims: Mapping[str, Any], name: str) -> str:
@@ -376,13 +412,6 @@ def _optional_string(claims: Mapping[str, Any], name: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value:
-        raise InvalidToken("invalid_claim", name)
-    return value
-
-
-def _optional_choice(claims: Mapping[str, Any], name: str, choices: frozenset[str]) -> str | None:
-    value = _optional_string(claims, name)
-    if value is not None and value not in choices:
         raise InvalidToken("invalid_claim", name)
     return value
 
