@@ -41,18 +41,14 @@ from macp.common.v1.agent_settings_pb2 import GenerationSettings
 from macp.token.v1 import token_service_pb2 as token_pb
 from macp.token.v1 import token_service_pb2_grpc as token_grpc
 
-from bench.slice import cluster_healthy
+from bench.slice import cluster_healthy, start_apps_and_envoy
 from bench.stats import machine_line, markdown_table, percentile
 from services.agent_proxy.service import GENERATE_SCOPE
 from services.runtime.auth.settings import service_audience
 from services.runtime.context import RpcContext
 from services.runtime.registry import PROVIDER_SERVER
-from services.runtime.settings import Env
-from services.stack.config import EnvoyPorts, free_port
-from services.stack.envoy import Envoy
-from services.stack.envoy_config import render_native
+from services.stack.config import free_port
 from services.stack.infra import ephemeral_infrastructure, scratch_data_dir
-from services.stack.plan import app_specs
 from services.stack.probes import answers
 from services.stack.process import ManagedProcess, StartupError
 from services.stack.secrets import local_secrets
@@ -144,7 +140,6 @@ def running_parts(progress: Callable[[str], None]) -> Iterator[Bench]:
         directory = stack.enter_context(scratch_data_dir("macp-bench-agent-proxy-"))
         environ = _environ(infrastructure.env)
         environ.update(local_secrets(directory, environ))
-        env = Env(environ)
         raw_port = free_port()
         raw = ManagedProcess(
             "raw-grpc",
@@ -155,24 +150,7 @@ def running_parts(progress: Callable[[str], None]) -> Iterator[Bench]:
         )
         stack.callback(raw.stop)
         raw.start()
-        apps = []
-        for app in app_specs(env):
-            if app.name in APPS:
-                process = ManagedProcess(
-                    app.name,
-                    app.argv,
-                    data_dir=directory,
-                    binary_source="the Python interpreter",
-                    env=environ,
-                )
-                stack.callback(process.stop)
-                process.start()
-                apps.append((app, process))
-        envoy = Envoy(
-            directory, render_native(directory / "envoy" / "envoy.yaml", env), EnvoyPorts.from_env(env)
-        )
-        stack.callback(envoy.stop)
-        envoy.start()
+        apps, envoy = start_apps_and_envoy(stack, environ, directory, APPS)
         for app, process in apps:
             process.wait_ready(partial(answers, app.probe), TIMEOUT_SECONDS)
             progress(f"{app.name} ready on {app.address}")

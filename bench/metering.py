@@ -42,19 +42,15 @@ from macp.token.v1 import token_service_pb2_grpc as token_grpc
 
 from bench.cpu import CpuMeter
 from bench.load import LoadResult, drive
-from bench.slice import cluster_healthy
+from bench.slice import cluster_healthy, start_apps_and_envoy
 from bench.stats import machine_line, markdown_table, ratio
 from services.metering import quota_scripts
 from services.metering.events import decode
 from services.runtime.auth.settings import service_audience
-from services.runtime.settings import Env
-from services.stack.config import EnvoyPorts, free_port
-from services.stack.envoy import Envoy
-from services.stack.envoy_config import render_native
+from services.stack.config import free_port
 from services.stack.infra import ephemeral_infrastructure, scratch_data_dir
-from services.stack.plan import app_specs
 from services.stack.probes import answers
-from services.stack.process import ManagedProcess, StartupError
+from services.stack.process import StartupError
 from services.stack.secrets import local_secrets
 from services.stack.seed import LocalAdmin, seed
 
@@ -97,25 +93,7 @@ def running_stack() -> Iterator[Stack]:
         environ["MACP_KAFKA_USAGE_TOPIC"] = USAGE_TOPIC
         environ["MACP_LOG_LEVEL"] = "warning"
         environ.update(local_secrets(directory, environ))
-        env = Env(environ)
-        processes = []
-        for app in app_specs(env):
-            if app.name in APPS:
-                process = ManagedProcess(
-                    app.name,
-                    app.argv,
-                    data_dir=directory,
-                    binary_source="the Python interpreter",
-                    env=environ,
-                )
-                stack.callback(process.stop)
-                process.start()
-                processes.append((app, process))
-        envoy = Envoy(
-            directory, render_native(directory / "envoy" / "envoy.yaml", env), EnvoyPorts.from_env(env)
-        )
-        stack.callback(envoy.stop)
-        envoy.start()
+        processes, envoy = start_apps_and_envoy(stack, environ, directory, APPS)
         deadline = time.monotonic() + READY_SECONDS
         for app, process in processes:
             process.wait_ready(partial(answers, app.probe), max(0.0, deadline - time.monotonic()))

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import httpx
 
@@ -124,26 +125,7 @@ def running_slice(progress: Callable[[str], None] = lambda line: None) -> Iterat
         directory = stack.enter_context(scratch_data_dir("macp-bench-slice-"))
         environ = _environ(infrastructure.env)
         environ.update(local_secrets(directory, environ))
-        env = Env(environ)
-        apps: list[tuple[AppSpec, ManagedProcess]] = []
-        for app in app_specs(env):
-            if app.name in APPS:
-                process = ManagedProcess(
-                    app.name,
-                    app.argv,
-                    data_dir=directory,
-                    binary_source="the Python interpreter",
-                    env=environ,
-                    ports=app.claims(),
-                )
-                stack.callback(process.stop)
-                process.start()
-                apps.append((app, process))
-        envoy = Envoy(
-            directory, render_native(directory / "envoy" / "envoy.yaml", env), EnvoyPorts.from_env(env)
-        )
-        stack.callback(envoy.stop)  # the callbacks run last-in first-out: Envoy, edge, conversation
-        envoy.start()
+        apps, envoy = start_apps_and_envoy(stack, environ, directory, APPS)
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         for app, process in apps:
             process.wait_ready(partial(answers, app.probe), max(0.0, deadline - time.monotonic()))
@@ -173,6 +155,33 @@ def running_slice(progress: Callable[[str], None] = lambda line: None) -> Iterat
             edge_token=sign_in(envoy.url, admin),
             conversation_token=sign_in(envoy.url, admin, service_audience(CONVERSATION)),
         )
+
+
+def start_apps_and_envoy(
+    stack: ExitStack, environ: dict[str, str], directory: Path, names: Collection[str]
+) -> tuple[list[tuple[AppSpec, ManagedProcess]], Envoy]:
+    """The apps of `plan.app_specs` named in `names`, each its own process as `macp up` runs them,
+    then Envoy in front of them; `stack` stops them (Envoy first). Readiness is the caller's to wait
+    for, since each benchmark waits for its own clusters."""
+    env = Env(environ)
+    apps: list[tuple[AppSpec, ManagedProcess]] = []
+    for app in app_specs(env):
+        if app.name in names:
+            process = ManagedProcess(
+                app.name,
+                app.argv,
+                data_dir=directory,
+                binary_source="the Python interpreter",
+                env=environ,
+                ports=app.claims(),
+            )
+            stack.callback(process.stop)
+            process.start()
+            apps.append((app, process))
+    envoy = Envoy(directory, render_native(directory / "envoy" / "envoy.yaml", env), EnvoyPorts.from_env(env))
+    stack.callback(envoy.stop)  # the callbacks run last-in first-out: Envoy, then the apps
+    envoy.start()
+    return apps, envoy
 
 
 def sign_in(front_url: str, admin: LocalAdmin, resource: str | None = None) -> str:
