@@ -74,7 +74,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         port=50051,
         metrics_port=9101,
         module="services.orchestrator",
-        streaming_rpcs=("Converse", "StreamEvents"),
+        streaming_rpcs=("Complete", "Converse", "StreamEvents"),
         dependencies=("redis", "kafka"),
     ),
     ServiceSpec(

@@ -164,7 +164,9 @@ class GenerateRequest(_message.Message):
     turn_id: _builtins.str
     """The turn this generation is for; also the idempotency and tracing key."""
     conversation_id: _builtins.str
-    """The conversation the turn belongs to."""
+    """The conversation the turn belongs to; empty for a turn outside any conversation (the
+    OpenAI-compatible chat completions endpoint).
+    """
     agent_id: _builtins.str
     """The agent that is speaking."""
     tenant_id: _builtins.str

@@ -87,6 +87,34 @@ BID_SOURCE_CLIENT: BidSource.ValueType  # 2
 """Sent by a client over Converse (an externally hosted agent, or a user's nomination)."""
 Global___BidSource: _TypeAlias = BidSource  # noqa: Y015
 
+class _CompletionRole:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CompletionRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CompletionRole.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    COMPLETION_ROLE_UNSPECIFIED: _CompletionRole.ValueType  # 0
+    """Not set."""
+    COMPLETION_ROLE_SYSTEM: _CompletionRole.ValueType  # 1
+    """Instructions added to the agent's own system prompt."""
+    COMPLETION_ROLE_USER: _CompletionRole.ValueType  # 2
+    """The user."""
+    COMPLETION_ROLE_ASSISTANT: _CompletionRole.ValueType  # 3
+    """The agent, earlier in the exchange."""
+
+class CompletionRole(_CompletionRole, metaclass=_CompletionRoleEnumTypeWrapper):
+    """Who wrote one message of a Complete request."""
+
+COMPLETION_ROLE_UNSPECIFIED: CompletionRole.ValueType  # 0
+"""Not set."""
+COMPLETION_ROLE_SYSTEM: CompletionRole.ValueType  # 1
+"""Instructions added to the agent's own system prompt."""
+COMPLETION_ROLE_USER: CompletionRole.ValueType  # 2
+"""The user."""
+COMPLETION_ROLE_ASSISTANT: CompletionRole.ValueType  # 3
+"""The agent, earlier in the exchange."""
+Global___CompletionRole: _TypeAlias = CompletionRole  # noqa: Y015
+
 @_typing.final
 class Join(_message.Message):
     """Opens (or re-opens) a Converse stream on a conversation without sending anything."""
@@ -750,3 +778,142 @@ class StreamEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StreamEventsResponse: _TypeAlias = StreamEventsResponse  # noqa: Y015
+
+@_typing.final
+class CompletionMessage(_message.Message):
+    """One message of a Complete request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLE_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    role: Global___CompletionRole.ValueType
+    """Who wrote it."""
+    text: _builtins.str
+    """The text, 1 to 32,000 characters."""
+    def __init__(
+        self,
+        *,
+        role: Global___CompletionRole.ValueType = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["role", b"role", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompletionMessage: _TypeAlias = CompletionMessage  # noqa: Y015
+
+@_typing.final
+class CompleteRequest(_message.Message):
+    """The request of Complete."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TURN_ID_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    TEMPERATURE_FIELD_NUMBER: _builtins.int
+    turn_id: _builtins.str
+    """The turn's id (UUID), chosen by the caller: the usage event's key, so a retried request is
+    metered once.
+    """
+    agent_id: _builtins.str
+    """The agent that answers; it must exist in the caller's tenant."""
+    max_tokens: _builtins.int
+    """Overrides the agent's maximum answer length for this turn."""
+    temperature: _builtins.float
+    """Overrides the agent's sampling temperature for this turn."""
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___CompletionMessage]:
+        """The exchange so far, oldest first; the last one is usually the user's."""
+
+    def __init__(
+        self,
+        *,
+        turn_id: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        messages: _abc.Iterable[Global___CompletionMessage] | None = ...,
+        max_tokens: _builtins.int | None = ...,
+        temperature: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "max_tokens", b"max_tokens", "temperature", b"temperature"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "agent_id", b"agent_id", "max_tokens", b"max_tokens", "messages", b"messages", "temperature", b"temperature", "turn_id", b"turn_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
+    _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
+    _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens) -> _WhichOneofReturnType__max_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
+
+Global___CompleteRequest: _TypeAlias = CompleteRequest  # noqa: Y015
+
+@_typing.final
+class CompletionDone(_message.Message):
+    """The end of a Complete stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    outcome: Global___TurnOutcome.ValueType
+    """How the turn ended."""
+    text: _builtins.str
+    """The full answer (the concatenated deltas)."""
+    @_builtins.property
+    def usage(self) -> _usage_pb2.UsageDimensions:
+        """What the turn consumed, as metered."""
+
+    def __init__(
+        self,
+        *,
+        outcome: Global___TurnOutcome.ValueType = ...,
+        text: _builtins.str = ...,
+        usage: _usage_pb2.UsageDimensions | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome", "text", b"text", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompletionDone: _TypeAlias = CompletionDone  # noqa: Y015
+
+@_typing.final
+class CompleteResponse(_message.Message):
+    """One event of a Complete stream: deltas, then one CompletionDone."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELTA_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def delta(self) -> Global___TokenDelta:
+        """A piece of the answer."""
+
+    @_builtins.property
+    def done(self) -> Global___CompletionDone:
+        """The turn ended."""
+
+    def __init__(
+        self,
+        *,
+        delta: Global___TokenDelta | None = ...,
+        done: Global___CompletionDone | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "done", b"done", "event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "done", b"done", "event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["delta", "done"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___CompleteResponse: _TypeAlias = CompleteResponse  # noqa: Y015

@@ -50,6 +50,11 @@ class OrchestratorServiceStub:
                 request_serializer=macp_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.StreamEventsRequest.SerializeToString,
                 response_deserializer=macp_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.StreamEventsResponse.FromString,
                 _registered_method=True)
+        self.Complete = channel.unary_stream(
+                '/macp.orchestrator.v1.OrchestratorService/Complete',
+                request_serializer=macp_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.CompleteRequest.SerializeToString,
+                response_deserializer=macp_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.CompleteResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
@@ -85,6 +90,16 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Complete(self, request, context):
+        """Runs one turn of one agent outside any conversation, on the caller's messages (the edge's
+        OpenAI-compatible chat completions endpoint): quota reserved, a token delegated to the
+        agent, Generate through the agent proxy, usage committed, like any turn of a round; nothing
+        is stored. A server stream, so the answer's deltas reach the caller as they are generated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -102,6 +117,11 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.StreamEvents,
                     request_deserializer=macp_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.StreamEventsRequest.FromString,
                     response_serializer=macp_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.StreamEventsResponse.SerializeToString,
+            ),
+            'Complete': grpc.unary_stream_rpc_method_handler(
+                    servicer.Complete,
+                    request_deserializer=macp_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.CompleteRequest.FromString,
+                    response_serializer=macp_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.CompleteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -186,6 +206,33 @@ class OrchestratorService:
             '/macp.orchestrator.v1.OrchestratorService/StreamEvents',
             macp_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.StreamEventsRequest.SerializeToString,
             macp_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.StreamEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Complete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/macp.orchestrator.v1.OrchestratorService/Complete',
+            macp_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.CompleteRequest.SerializeToString,
+            macp_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.CompleteResponse.FromString,
             options,
             channel_credentials,
             insecure,

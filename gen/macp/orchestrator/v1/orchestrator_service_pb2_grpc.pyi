@@ -38,6 +38,12 @@ class OrchestratorServiceStub:
     lets a client resume after a reconnect without missing or repeating events (SSE
     Last-Event-ID). Fails with OUT_OF_RANGE if that event is no longer retained.
     """
+    Complete: _aio.UnaryStreamMultiCallable[_orchestrator_service_pb2.CompleteRequest, _orchestrator_service_pb2.CompleteResponse]
+    """Runs one turn of one agent outside any conversation, on the caller's messages (the edge's
+    OpenAI-compatible chat completions endpoint): quota reserved, a token delegated to the
+    agent, Generate through the agent proxy, usage committed, like any turn of a round; nothing
+    is stored. A server stream, so the answer's deltas reach the caller as they are generated.
+    """
 
 class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     """OrchestratorService is what the edge's WebSocket, SSE and REST endpoints talk to."""
@@ -75,6 +81,18 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         (turns, token deltas) for as long as the client listens; starting after an event id
         lets a client resume after a reconnect without missing or repeating events (SSE
         Last-Event-ID). Fails with OUT_OF_RANGE if that event is no longer retained.
+        """
+
+    @_abc_1.abstractmethod
+    def Complete(
+        self,
+        request: _orchestrator_service_pb2.CompleteRequest,
+        context: _aio.ServicerContext[_orchestrator_service_pb2.CompleteRequest, _abc.AsyncIterator[_orchestrator_service_pb2.CompleteResponse]],
+    ) -> _abc.AsyncIterator[_orchestrator_service_pb2.CompleteResponse]:
+        """Runs one turn of one agent outside any conversation, on the caller's messages (the edge's
+        OpenAI-compatible chat completions endpoint): quota reserved, a token delegated to the
+        agent, Generate through the agent proxy, usage committed, like any turn of a round; nothing
+        is stored. A server stream, so the answer's deltas reach the caller as they are generated.
         """
 
 def add_OrchestratorServiceServicer_to_server(servicer: OrchestratorServiceServicer, server: _aio.Server) -> None: ...
