@@ -63,6 +63,50 @@ TURN_OUTCOME_FAILED: TurnOutcome.ValueType  # 5
 """The provider failed; an error event explains why."""
 Global___TurnOutcome: _TypeAlias = TurnOutcome  # noqa: Y015
 
+class _RoundEndReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RoundEndReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RoundEndReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ROUND_END_REASON_UNSPECIFIED: _RoundEndReason.ValueType  # 0
+    """Not set."""
+    ROUND_END_REASON_COMPLETED: _RoundEndReason.ValueType  # 1
+    """The policy ran its course (every pipeline stage, the coordinator's composed answer)."""
+    ROUND_END_REASON_TURN_LIMIT: _RoundEndReason.ValueType  # 2
+    """The conversation's limit of agent turns per user message was reached."""
+    ROUND_END_REASON_YIELDED: _RoundEndReason.ValueType  # 3
+    """The agent that spoke yielded the floor and nobody else was due."""
+    ROUND_END_REASON_NO_BIDDER: _RoundEndReason.ValueType  # 4
+    """Every agent declined to bid."""
+    ROUND_END_REASON_CANCELLED: _RoundEndReason.ValueType  # 5
+    """A client cancelled it."""
+    ROUND_END_REASON_INTERRUPTED: _RoundEndReason.ValueType  # 6
+    """A newer user message interrupted it (double-texting policy INTERRUPT)."""
+    ROUND_END_REASON_FAILED: _RoundEndReason.ValueType  # 7
+    """It failed; an error event says what failed."""
+
+class RoundEndReason(_RoundEndReason, metaclass=_RoundEndReasonEnumTypeWrapper):
+    """Why a round ended."""
+
+ROUND_END_REASON_UNSPECIFIED: RoundEndReason.ValueType  # 0
+"""Not set."""
+ROUND_END_REASON_COMPLETED: RoundEndReason.ValueType  # 1
+"""The policy ran its course (every pipeline stage, the coordinator's composed answer)."""
+ROUND_END_REASON_TURN_LIMIT: RoundEndReason.ValueType  # 2
+"""The conversation's limit of agent turns per user message was reached."""
+ROUND_END_REASON_YIELDED: RoundEndReason.ValueType  # 3
+"""The agent that spoke yielded the floor and nobody else was due."""
+ROUND_END_REASON_NO_BIDDER: RoundEndReason.ValueType  # 4
+"""Every agent declined to bid."""
+ROUND_END_REASON_CANCELLED: RoundEndReason.ValueType  # 5
+"""A client cancelled it."""
+ROUND_END_REASON_INTERRUPTED: RoundEndReason.ValueType  # 6
+"""A newer user message interrupted it (double-texting policy INTERRUPT)."""
+ROUND_END_REASON_FAILED: RoundEndReason.ValueType  # 7
+"""It failed; an error event says what failed."""
+Global___RoundEndReason: _TypeAlias = RoundEndReason  # noqa: Y015
+
 class _BidSource:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -550,6 +594,36 @@ class TurnCompleted(_message.Message):
 Global___TurnCompleted: _TypeAlias = TurnCompleted  # noqa: Y015
 
 @_typing.final
+class RoundCompleted(_message.Message):
+    """The agents are done answering one user message: a client following a round stops here."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRIGGER_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    TURN_COUNT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    trigger_message_id: _builtins.str
+    """The user message the round answered."""
+    turn_count: _builtins.int
+    """How many agent turns it ran."""
+    reason: Global___RoundEndReason.ValueType
+    """Why it ended."""
+    def __init__(
+        self,
+        *,
+        trigger_message_id: _builtins.str = ...,
+        turn_count: _builtins.int = ...,
+        reason: Global___RoundEndReason.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "trigger_message_id", b"trigger_message_id", "turn_count", b"turn_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoundCompleted: _TypeAlias = RoundCompleted  # noqa: Y015
+
+@_typing.final
 class ErrorEvent(_message.Message):
     """Something went wrong."""
 
@@ -602,6 +676,7 @@ class ConversationEvent(_message.Message):
     TURN_COMPLETED_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    ROUND_COMPLETED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """The event's position in the conversation's log; resume after it with StreamEvents or Join."""
     conversation_id: _builtins.str
@@ -642,6 +717,10 @@ class ConversationEvent(_message.Message):
     def error(self) -> Global___ErrorEvent:
         """Something went wrong."""
 
+    @_builtins.property
+    def round_completed(self) -> Global___RoundCompleted:
+        """A round ended."""
+
     def __init__(
         self,
         *,
@@ -656,12 +735,13 @@ class ConversationEvent(_message.Message):
         turn_completed: Global___TurnCompleted | None = ...,
         usage: _usage_pb2.UsageEvent | None = ...,
         error: Global___ErrorEvent | None = ...,
+        round_completed: Global___RoundCompleted | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bid_results", b"bid_results", "bidding_opened", b"bidding_opened", "error", b"error", "message_accepted", b"message_accepted", "payload", b"payload", "time", b"time", "token_delta", b"token_delta", "turn_completed", b"turn_completed", "turn_started", b"turn_started", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bid_results", b"bid_results", "bidding_opened", b"bidding_opened", "error", b"error", "message_accepted", b"message_accepted", "payload", b"payload", "round_completed", b"round_completed", "time", b"time", "token_delta", b"token_delta", "turn_completed", b"turn_completed", "turn_started", b"turn_started", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bid_results", b"bid_results", "bidding_opened", b"bidding_opened", "conversation_id", b"conversation_id", "error", b"error", "event_id", b"event_id", "message_accepted", b"message_accepted", "payload", b"payload", "time", b"time", "token_delta", b"token_delta", "turn_completed", b"turn_completed", "turn_started", b"turn_started", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bid_results", b"bid_results", "bidding_opened", b"bidding_opened", "conversation_id", b"conversation_id", "error", b"error", "event_id", b"event_id", "message_accepted", b"message_accepted", "payload", b"payload", "round_completed", b"round_completed", "time", b"time", "token_delta", b"token_delta", "turn_completed", b"turn_completed", "turn_started", b"turn_started", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["message_accepted", "bidding_opened", "bid_results", "turn_started", "token_delta", "turn_completed", "usage", "error"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["message_accepted", "bidding_opened", "bid_results", "turn_started", "token_delta", "turn_completed", "usage", "error", "round_completed"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
