@@ -7,11 +7,12 @@ call's real outcome, including streaming ones, rather than only its start.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextvars import Token
+from contextvars import ContextVar, Token
 from typing import Any, Protocol, cast
 
 import grpc
@@ -28,6 +29,20 @@ log = logging.getLogger("macp.rpc")
 Context = RpcContext
 Behavior = Callable[[Any, Context], Any]
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable["grpc.RpcMethodHandler[Any, Any] | None"]]
+
+
+def _reset(var: ContextVar[Any], token: Token[Any]) -> None:
+    """`var.reset(token)`, or nothing when `token` belongs to another Context.
+
+    A streaming call's async generators may be closed outside the task that ran them: when a client
+    cancels while the server is sending, grpc.aio drops the suspended generators and the event loop's
+    finalizer closes them in a task of its own, in another Context. There `reset` raises ValueError
+    (the token was made in the handler task's Context). Leaving the variable is right: the Context
+    that holds this call's value belonged to the finished handler task and goes away with it, and
+    whatever the closing task's Context holds is not this call's to undo.
+    """
+    with contextlib.suppress(ValueError):
+        var.reset(token)
 
 
 def _metadata_value(context: Context, key: str) -> str | None:
@@ -110,7 +125,7 @@ class RequestIdInterceptor(WrappingInterceptor):
         try:
             return await behavior(request, context)
         finally:
-            request_id_var.reset(token)
+            _reset(request_id_var, token)
 
     async def around_stream(
         self, method: str, behavior: Behavior, request: Any, context: Context
@@ -120,7 +135,7 @@ class RequestIdInterceptor(WrappingInterceptor):
             async for response in behavior(request, context):
                 yield response
         finally:
-            request_id_var.reset(token)
+            _reset(request_id_var, token)
 
 
 def _status_of(context: Context, failed: bool) -> grpc.StatusCode:
@@ -228,7 +243,7 @@ class AuthenticationInterceptor(WrappingInterceptor):
             return await behavior(request, context)
         finally:
             if token is not None:
-                principal_var.reset(token)
+                _reset(principal_var, token)
 
     async def around_stream(
         self, method: str, behavior: Behavior, request: Any, context: Context
@@ -239,7 +254,7 @@ class AuthenticationInterceptor(WrappingInterceptor):
                 yield response
         finally:
             if token is not None:
-                principal_var.reset(token)
+                _reset(principal_var, token)
 
 
 class AdmitAll:
@@ -293,3 +308,16 @@ class ValidationInterceptor(WrappingInterceptor):
     ) -> AsyncIterator[Any]:
         async for response in behavior(await self._checked(request, context), context):
             yield response
+
+
+def server_interceptors(
+    metrics: RpcMetrics, authenticator: Authenticator, exempt_prefixes: tuple[str, ...]
+) -> list[grpc.aio.ServerInterceptor]:
+    """The chain every service's server installs, outermost first (see the module docstring)."""
+    return [
+        RequestIdInterceptor(),
+        AccessLogInterceptor(metrics),
+        ErrorMappingInterceptor(),
+        AuthenticationInterceptor(authenticator, exempt_prefixes),
+        ValidationInterceptor(),
+    ]

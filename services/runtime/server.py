@@ -25,14 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from services.runtime.auth.authenticator import JwtAuthenticator, jwt_authenticator
 from services.runtime.auth.settings import AuthSettings, service_audience
-from services.runtime.interceptors import (
-    AccessLogInterceptor,
-    AuthenticationInterceptor,
-    Authenticator,
-    ErrorMappingInterceptor,
-    RequestIdInterceptor,
-    ValidationInterceptor,
-)
+from services.runtime.interceptors import Authenticator, server_interceptors
 from services.runtime.logs import configure_logging
 from services.runtime.mesh import open_mesh_channel
 from services.runtime.metrics import RpcMetrics, serve_metrics
@@ -199,13 +192,7 @@ async def _serve(
                 _default_authenticator(definition, env, common, resources)
             )
         server = grpc.aio.server(
-            interceptors=[
-                RequestIdInterceptor(),
-                AccessLogInterceptor(metrics),
-                ErrorMappingInterceptor(),
-                AuthenticationInterceptor(authenticator, UNAUTHENTICATED_PREFIXES),
-                ValidationInterceptor(),
-            ],
+            interceptors=server_interceptors(metrics, authenticator, UNAUTHENTICATED_PREFIXES),
             options=[
                 ("grpc.so_reuseport", 0),
                 # Room for a bearer token up to the verifier's limit (8 KiB) and the other headers,
