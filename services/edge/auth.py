@@ -17,7 +17,6 @@ access token (`MACP_TOKEN_INITIAL_ACCESS_TOKEN`, which the native stack hands ev
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -25,27 +24,18 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from http import HTTPStatus
 
-from macp.common.v1 import principal_pb2
-from macp.token.v1 import token_service_pb2 as token_pb
 from macp.token.v1 import token_service_pb2_grpc as token_grpc
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.edge.errors import error_response
 from services.runtime.auth.jwt import Claims, InvalidToken
 from services.runtime.auth.settings import USER_SCOPES
+from services.runtime.auth.token_client import ClientCredentials, ClientRegistration, TokenClient
 from services.runtime.auth.verifier import TokenVerifier
 from services.runtime.errors import Unavailable
 
 log = logging.getLogger("macp.edge.auth")
 
-EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
-ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
-# What the edge's own client may pass on: an exchanged token keeps only the scopes the caller's
-# token, the edge's client and the callee's needs share, so these name every scope a service checks.
-EDGE_CLIENT_SCOPES = " ".join(USER_SCOPES)
-# An exchanged token is reused until this many seconds before it expires.
-EXCHANGE_MARGIN_SECONDS = 30.0
-MAX_CACHED_EXCHANGES = 10_000
 
 PUBLIC_PATHS = frozenset({"/healthz", "/v1/openapi.json"})
 PUBLIC_PREFIXES = ("/.well-known/", "/oauth2/")
@@ -117,10 +107,8 @@ class BearerAuthMiddleware:
         await response(scope, receive, send)
 
 
-@dataclass(frozen=True)
-class EdgeClient:
-    client_id: str
-    client_secret: str
+# The edge's configured client (MACP_EDGE_CLIENT_ID/SECRET), as every service's own client is held.
+EdgeClient = ClientCredentials
 
 
 class TokenExchanger:
@@ -135,63 +123,14 @@ class TokenExchanger:
         timeout: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._stub = stub
-        self._client = client
-        self._initial_access_token = initial_access_token
-        self._timeout = timeout
-        self._clock = clock
-        self._lock = asyncio.Lock()
-        # (jti, audience) -> (token, epoch second after which it is not reused)
-        self._cache: dict[tuple[str, str], tuple[str, float]] = {}
-
-    async def _edge_client(self, metadata: tuple[tuple[str, str], ...]) -> EdgeClient:
-        if self._client is not None:
-            return self._client
-        async with self._lock:
-            if self._client is None:
-                if not self._initial_access_token:
-                    raise Unavailable(
-                        "the edge has no client to exchange tokens with: set MACP_EDGE_CLIENT_ID and "
-                        "MACP_EDGE_CLIENT_SECRET, or MACP_TOKEN_INITIAL_ACCESS_TOKEN"
-                    )
-                reply: token_pb.RegisterClientResponse = await self._stub.RegisterClient(
-                    token_pb.RegisterClientRequest(
-                        initial_access_token=self._initial_access_token,
-                        metadata=token_pb.ClientMetadata(
-                            client_name="macp edge",
-                            client_class=principal_pb2.CLIENT_CLASS_INTERNAL,
-                            grant_types=[EXCHANGE_GRANT],
-                            scope=EDGE_CLIENT_SCOPES,
-                        ),
-                    ),
-                    timeout=self._timeout,
-                    metadata=metadata,
-                )
-                self._client = EdgeClient(reply.client_id, reply.client_secret)
-                log.info("registered the edge's token exchange client", extra={"client_id": reply.client_id})
-            return self._client
+        self._client = TokenClient(
+            stub,
+            registration=ClientRegistration(name="macp edge", scopes=USER_SCOPES),
+            credentials=client,
+            initial_access_token=initial_access_token,
+            timeout=timeout,
+            clock=clock,
+        )
 
     async def exchange(self, caller: Caller, audience: str, metadata: tuple[tuple[str, str], ...]) -> str:
-        key = (caller.claims.jti, audience)
-        cached = self._cache.get(key)
-        now = self._clock()
-        if cached is not None and now < cached[1]:
-            return cached[0]
-        client = await self._edge_client(metadata)
-        reply: token_pb.ExchangeTokenResponse = await self._stub.ExchangeToken(
-            token_pb.ExchangeTokenRequest(
-                client_id=client.client_id,
-                client_secret=client.client_secret,
-                subject_token=caller.token,
-                subject_token_type=ACCESS_TOKEN_TYPE,
-                audience=[audience],
-            ),
-            timeout=self._timeout,
-            metadata=metadata,
-        )
-        if len(self._cache) >= MAX_CACHED_EXCHANGES:
-            self._cache = {k: v for k, v in self._cache.items() if v[1] > now}
-            if len(self._cache) >= MAX_CACHED_EXCHANGES:
-                self._cache.clear()
-        self._cache[key] = (reply.access_token, now + reply.expires_in - EXCHANGE_MARGIN_SECONDS)
-        return reply.access_token
+        return await self._client.exchange(caller.claims.jti, caller.token, audience, metadata)

@@ -5,6 +5,8 @@ agent). The new token keeps the subject's identity, puts the actor on top of the
 chain, and may only narrow: its scopes are within the subject's, the actor's and the exchanging
 client's, privileged scopes never pass, it lives no longer than either input token, and both inputs
 must belong to one tenant. A chain longer than the maximum delegation depth is refused.
+One exception to "only narrow": an internal client adds the service-held scopes it holds
+(`scopes.SERVICE_HELD`: generating and metering on the user's behalf), which users never hold.
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ class TokenExchange:
 
         limits = [subject.scopes, client.scopes] + ([actor.scopes] if actor is not None else [])
         allowed = scopes.unprivileged(scopes.intersection(*limits))
+        extra = scopes.service_held(client.client_class, client.scopes, actor.scopes if actor else None)
+        allowed = (*allowed, *(scope for scope in extra if scope not in allowed))
         granted = scopes.narrow(scopes.parse(request.scope), allowed)
         targets = audiences.resolve(request.audience, request.resource)
         identity = dataclasses.replace(

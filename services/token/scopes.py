@@ -11,6 +11,12 @@ AGENT_TOKEN = "macp:agent-token"
 # Only INTERNAL clients may hold these, and only a client_credentials token carries them: a user
 # signing in through an internal tool does not become an administrator.
 PRIVILEGED = frozenset({ADMIN, AGENT_TOKEN})
+# Scopes a user never holds but an internal service may add when it exchanges a user's token:
+# the orchestrator spends provider tokens (`agents:generate`) and meters them (`usage:write`) on
+# the user's behalf. The token stays the user's (their tenant, their identity, the service and the
+# agent in `act`), so metering still scopes every hold to that tenant; and since the user's own
+# tokens never carry them, a user cannot call the agent proxy or commit and release usage directly.
+SERVICE_HELD = frozenset({"agents:generate", "usage:write"})
 
 
 def parse(scope: str) -> tuple[str, ...]:
@@ -38,3 +44,13 @@ def intersection(first: Iterable[str], *others: Iterable[str]) -> tuple[str, ...
     """The scopes in every argument, in the order of the first."""
     rest = [set(other) for other in others]
     return tuple(scope for scope in first if all(scope in other for other in rest))
+
+
+def service_held(
+    client_class: str, client_scopes: Iterable[str], actor_scopes: Iterable[str] | None
+) -> tuple[str, ...]:
+    """The service-held scopes an exchange adds for an internal client (within the actor's too)."""
+    if client_class != "internal":
+        return ()
+    held = tuple(scope for scope in client_scopes if scope in SERVICE_HELD)
+    return held if actor_scopes is None else intersection(held, actor_scopes)

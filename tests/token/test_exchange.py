@@ -230,3 +230,62 @@ async def test_a_tenant_client_exchanges_only_its_tenant_tokens(
     error = await rpc_error(token_service.stub.ExchangeToken(request))
     assert error.code == grpc.StatusCode.PERMISSION_DENIED
     assert error.details == "access_denied: the client and the subject belong to different tenants"
+
+
+async def test_an_internal_client_adds_the_service_held_scopes_a_user_never_holds(
+    token_service: TokenHarness, parties: Parties
+) -> None:
+    # The orchestrator's shape: an internal client holding agents:generate and usage:write
+    # exchanges the user's token; the user never held either, the result carries them.
+    service_scopes = f"{SCOPES} agents:generate usage:write"
+    orchestrator = await token_service.register(grant_types=[EXCHANGE_GRANT], scope=service_scopes)
+    as_orchestrator = Parties(
+        parties.app, orchestrator, parties.user_token, parties.user_id, parties.agent_metadata
+    )
+    metered = await token_service.stub.ExchangeToken(
+        exchange(as_orchestrator, parties.user_token, audience=("urn:macp:service:metering",))
+    )
+    assert set(metered.scope.split()) == {*SCOPES.split(), "agents:generate", "usage:write"}
+    claims = await token_service.verified(metered.access_token)
+    assert claims["tenant_id"] == "acme"
+    assert claims["sub"] == parties.user_id
+
+    # With an actor, only what the actor holds too: an agent token without usage:write.
+    bearer = await token_service.client_token(
+        await token_service.register(scope=f"{service_scopes} macp:agent-token"),
+        "macp:agent-token",
+        ["urn:macp:service:token"],
+    )
+    minted = await token_service.stub.IssueAgentToken(
+        pb.IssueAgentTokenRequest(
+            agent_id=str(uuid.uuid4()),
+            owner_id=parties.user_id,
+            tenant_id="acme",
+            scope="conversations:read agents:generate",
+        ),
+        metadata=(("authorization", f"Bearer {bearer.access_token}"),),
+    )
+    actor = minted.access_token
+    delegated = await token_service.stub.ExchangeToken(
+        exchange(as_orchestrator, parties.user_token, actor, audience=("urn:macp:service:agent-proxy",))
+    )
+    assert set(delegated.scope.split()) == {"conversations:read", "agents:generate"}
+
+    # The same request from a client that does not hold them gets none: nothing is widened.
+    plain = await token_service.stub.ExchangeToken(exchange(parties, parties.user_token))
+    assert "usage:write" not in plain.scope.split()
+    assert "agents:generate" not in plain.scope.split()
+
+
+async def test_a_non_internal_client_never_adds_service_held_scopes(
+    token_service: TokenHarness, parties: Parties
+) -> None:
+    partner = await token_service.register(
+        client_class=principal_pb2.CLIENT_CLASS_PARTNER,
+        tenant_id="acme",
+        grant_types=[EXCHANGE_GRANT],
+        scope=f"{SCOPES} usage:write",
+    )
+    as_partner = Parties(parties.app, partner, parties.user_token, parties.user_id, parties.agent_metadata)
+    response = await token_service.stub.ExchangeToken(exchange(as_partner, parties.user_token))
+    assert "usage:write" not in response.scope.split()
