@@ -8,7 +8,6 @@ the rule of thumb both providers document, and the event says `estimated`.
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass, field
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -16,6 +15,7 @@ from macp.agent_proxy.v1 import agent_proxy_service_pb2 as pb
 from macp.common.v1 import usage_pb2
 
 from services.runtime.principal import Principal
+from services.runtime.usage_ids import agent_turn_event_id
 
 CHARS_PER_TOKEN = 4
 
@@ -64,7 +64,7 @@ def agent_turn_event(
     now = Timestamp()
     now.GetCurrentTime()
     return usage_pb2.UsageEvent(
-        event_id=str(uuid.uuid4()),
+        event_id=agent_turn_event_id(request.turn_id),
         time=now,
         tenant_id=principal.tenant_id,
         user_id=principal.user_id,

@@ -19,6 +19,7 @@ from services.provider_server.server import RunningProviderServer
 from services.runtime.errors import Unavailable
 from services.runtime.principal import Principal
 from services.runtime.settings import Env
+from services.runtime.usage_ids import agent_turn_event_id
 from tests.agent_proxy.conftest import book, generate_request, provider_environ
 
 PRINCIPAL = Principal(tenant_id="acme", user_id="grace", tier=principal_pb2.TIER_PRO)
@@ -137,10 +138,14 @@ async def test_closed_open_fallback_half_open_closed(
     assert closed.breaker_state == pb.BREAKER_STATE_CLOSED
     assert closed.consecutive_failures == 0
     assert closed.open_time.seconds == int(clock.now) - 60  # when it last opened
-    # One usage event per Generate, the failed one included (it reached no provider: no tokens).
-    assert len(published) == 4
-    assert published[0].dimensions.output_tokens == 0
-    assert {e.event_id for e in published}.__len__() == 4
+    # One usage event per Generate a provider served; the failed one reached no provider, used
+    # nothing, and is not a turn: no event, so metering does not count it.
+    assert len(published) == 3
+    assert all(e.dimensions.output_tokens > 0 for e in published)
+    # Each event's id derives from its turn, so the orchestrator's Commit of the same turn and this
+    # copy are one row in metering.
+    assert [e.event_id for e in published] == [agent_turn_event_id(e.turn_id) for e in published]
+    assert len({e.event_id for e in published}) == 3
 
 
 async def test_every_breaker_open_is_unavailable_naming_the_next_trial(

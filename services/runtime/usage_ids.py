@@ -1,0 +1,28 @@
+"""Usage event ids derived from what they meter, so every producer of one event names it alike.
+
+A turn's AGENT_TURN event is published by the agent proxy (over Kafka) and committed by the
+orchestrator (Metering.Commit, for the quota): both derive its id from the turn id, and metering
+keeps one row per event id, so the turn is counted once whichever copy lands first, and a retried
+Generate for the same turn does not count twice.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Final
+
+# Fixed forever: changing it would give already-metered turns new ids.
+USAGE_NAMESPACE: Final = uuid.UUID("6d1f2c4e-8a3b-5f7e-9c0d-1b2a3c4d5e6f")
+
+
+def usage_event_id(kind: str, key: str) -> str:
+    """The id of the `kind` usage event of `key` (a turn id, a round's trigger message id)."""
+    return str(uuid.uuid5(USAGE_NAMESPACE, f"{kind}:{key}"))
+
+
+def agent_turn_event_id(turn_id: str) -> str:
+    return usage_event_id("agent-turn", turn_id)
+
+
+def orchestration_event_id(conversation_id: str, trigger_message_id: str) -> str:
+    return usage_event_id("orchestration", f"{conversation_id}:{trigger_message_id}")
