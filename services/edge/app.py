@@ -20,6 +20,7 @@ from services.edge.middleware import RequestContextMiddleware
 from services.edge.rate_limits import RateLimitMiddleware
 from services.edge.routes import ApiRoute, openapi_document
 from services.edge.settings import EdgeSettings
+from services.edge.websocket import WebSocketGateway
 from services.runtime.metrics import HttpMetrics
 
 API_TITLE = "MACP edge API"
@@ -93,4 +94,7 @@ def build_app(settings: EdgeSettings, metrics: HttpMetrics) -> Starlette:
     # Added before the request context, so it runs inside it (request id, access log, metrics).
     app.add_middleware(BearerAuthMiddleware, verifier=lambda: app.state.edge.verifier)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, router=app.router)
+    # Outermost: /v1/ws authenticates at connect and closes with WebSocket codes, and lives for
+    # hours, so it keeps the HTTP middleware's statuses and per-request bookkeeping out of its way.
+    app.add_middleware(WebSocketGateway, edge=lambda: app.state.edge)
     return app

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import grpc
 import redis.asyncio as aioredis
 from macp.conversation.v1 import conversation_service_pb2_grpc
+from macp.orchestrator.v1 import orchestrator_service_pb2_grpc
 from macp.token.v1 import token_service_pb2_grpc
 from prometheus_client import CollectorRegistry
 from starlette.requests import Request
@@ -32,6 +33,7 @@ class EdgeContext:
     settings: EdgeSettings
     channel: grpc.aio.Channel
     conversation: conversation_service_pb2_grpc.ConversationServiceStub
+    orchestrator: orchestrator_service_pb2_grpc.OrchestratorServiceStub
     token: token_service_pb2_grpc.TokenServiceStub
     redis: aioredis.Redis
     jwks: JwksCache
@@ -65,6 +67,7 @@ class EdgeContext:
             settings=settings,
             channel=channel,
             conversation=conversation_service_pb2_grpc.ConversationServiceStub(channel),
+            orchestrator=orchestrator_service_pb2_grpc.OrchestratorServiceStub(channel),
             token=token,
             redis=redis,
             jwks=jwks,

@@ -1,4 +1,17 @@
-"""The edge's own settings (`MACP_EDGE_*`), on top of the settings every process reads."""
+"""The edge's own settings (`MACP_EDGE_*`), on top of the settings every process reads.
+
+The WebSocket settings (`MACP_EDGE_WS_*`, see docs/websocket.md):
+- IDLE_TIMEOUT_SECONDS: a connection with no subscription that sends no frame for this long is
+  closed (4408), so idle sockets do not pile up;
+- HEARTBEAT_SECONDS / HEARTBEAT_TIMEOUT_SECONDS: the server pings every connection this often and
+  drops one whose pong is this late (uvicorn's ping settings; 0 turns heartbeats off);
+- SEND_QUEUE: frames waiting for one slow client; one more closes it (1013), so a client that
+  cannot keep up never slows the orchestrator's stream or other clients;
+- MAX_FRAME_BYTES: the largest client frame (a larger one closes the connection with 1009);
+- MAX_SUBSCRIPTIONS: conversations one connection may follow at once (one Converse stream each);
+- IMPLEMENTATION: uvicorn's WebSocket protocol (`websockets-sansio`, `wsproto` or `websockets`;
+  they differ in memory per connection, see docs/benchmarks.md).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +21,35 @@ from services.edge.rate_limits import RateLimitSettings
 from services.runtime.auth.settings import DEFAULT_ISSUER, AuthSettings
 from services.runtime.registry import EDGE
 from services.runtime.settings import CommonSettings, Env, RedisSettings
+
+WS_IMPLEMENTATIONS = ("websockets-sansio", "wsproto", "websockets")
+
+
+@dataclass(frozen=True)
+class WebSocketSettings:
+    idle_timeout_seconds: float
+    heartbeat_seconds: float
+    heartbeat_timeout_seconds: float
+    send_queue: int
+    max_frame_bytes: int
+    max_subscriptions: int
+    implementation: str
+
+    @classmethod
+    def from_env(cls, env: Env) -> WebSocketSettings:
+        return cls(
+            idle_timeout_seconds=env.number("MACP_EDGE_WS_IDLE_TIMEOUT_SECONDS", 300.0, minimum=1.0),
+            heartbeat_seconds=env.number("MACP_EDGE_WS_HEARTBEAT_SECONDS", 20.0),
+            heartbeat_timeout_seconds=env.number("MACP_EDGE_WS_HEARTBEAT_TIMEOUT_SECONDS", 20.0, minimum=1.0),
+            send_queue=env.integer("MACP_EDGE_WS_SEND_QUEUE", 256, minimum=1, maximum=65536),
+            max_frame_bytes=env.integer(
+                "MACP_EDGE_WS_MAX_FRAME_BYTES", 65536, minimum=1024, maximum=16 << 20
+            ),
+            max_subscriptions=env.integer("MACP_EDGE_WS_MAX_SUBSCRIPTIONS", 16, minimum=1, maximum=1024),
+            implementation=env.choice(
+                "MACP_EDGE_WS_IMPLEMENTATION", WS_IMPLEMENTATIONS[0], WS_IMPLEMENTATIONS
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -24,6 +66,8 @@ class EdgeSettings:
     client_secret: str | None
     initial_access_token: str | None
     rate_limits: RateLimitSettings
+    websocket: WebSocketSettings
+    sse_heartbeat_seconds: float
 
     @classmethod
     def from_env(cls, env: Env) -> EdgeSettings:
@@ -41,4 +85,7 @@ class EdgeSettings:
             client_secret=env.optional_string("MACP_EDGE_CLIENT_SECRET") or None,
             initial_access_token=env.optional_string("MACP_TOKEN_INITIAL_ACCESS_TOKEN") or None,
             rate_limits=RateLimitSettings.from_env(env),
+            websocket=WebSocketSettings.from_env(env),
+            # A comment line on a quiet SSE stream this often (0: none), so proxies keep it open.
+            sse_heartbeat_seconds=env.number("MACP_EDGE_SSE_HEARTBEAT_SECONDS", 15.0),
         )

@@ -1,0 +1,247 @@
+"""The JSON frames of the WebSocket API (docs/websocket.md): client frames parsed and validated into
+ConverseRequests, server frames built from events and errors.
+
+A client frame is a JSON object routed by its `action` (the platform seed's API Gateway routes by
+`$request.body.action`). It is checked here completely, field types first and then the proto's
+`buf.validate` constraints, before anything reaches the orchestrator: its validation interceptor
+would abort the whole Converse stream (every event of the conversation) over one bad frame, while
+here a bad frame costs one error frame and the connection stays.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import protovalidate
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
+
+# Client frame fields every action may carry besides its own: a correlation id echoed back.
+COMMON_FIELDS = frozenset({"action", "request_id"})
+MAX_REQUEST_ID_LENGTH = 128
+
+# action -> {field: JSON type name}; the types are checked before the proto is built.
+STRING, NUMBER, STRINGS = "string", "number", "array of strings"
+ACTION_FIELDS: dict[str, dict[str, str]] = {
+    "ping": {},
+    "subscribe": {"conversation_id": STRING, "last_event_id": STRING},
+    "unsubscribe": {"conversation_id": STRING},
+    "message": {
+        "conversation_id": STRING,
+        "message_id": STRING,
+        "text": STRING,
+        "mention_agent_ids": STRINGS,
+    },
+    "bid": {
+        "conversation_id": STRING,
+        "agent_id": STRING,
+        "score": NUMBER,
+        "turn_id": STRING,
+        "rationale": STRING,
+    },
+    "cancel": {"conversation_id": STRING, "turn_id": STRING, "reason": STRING},
+}
+REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
+    "subscribe": ("conversation_id",),
+    "unsubscribe": ("conversation_id",),
+    "message": ("conversation_id", "text"),
+    "bid": ("conversation_id", "agent_id", "score"),
+    "cancel": ("conversation_id",),
+}
+# Where a proto field's violation points in the frame: the payload's fields keep their names,
+# except Join's, which the frame calls `last_event_id` (the SSE/EventSource word for it).
+_FRAME_FIELD = {"after_event_id": "last_event_id"}
+
+
+class FrameError(Exception):
+    """A client frame the edge refuses itself; `message` starts with the field's name."""
+
+    def __init__(self, code: str, message: str, action: str | None, request_id: str | None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.action = action
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class ClientFrame:
+    """One parsed client frame. `request` is the ConverseRequest to send (None for ping and
+    unsubscribe); `message_id` the user message's id, generated when the client left it out."""
+
+    action: str
+    request_id: str | None
+    conversation_id: str
+    request: pb.ConverseRequest | None
+    message_id: str | None = None
+
+
+def _type_ok(value: Any, expected: str) -> bool:
+    if expected == STRING:
+        return isinstance(value, str)
+    if expected == NUMBER:
+        # bool is an int in Python, not a number in JSON.
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def violations(message: Message) -> str | None:
+    """Every protovalidate violation of `message` as one line naming the frame's fields."""
+    found = protovalidate.collect_violations(message)
+    if not found:
+        return None
+    parts = []
+    for violation in found:
+        proto = violation.proto
+        elements = [element.field_name for element in (proto.field.elements if proto.field else [])]
+        # Drop the oneof member (`user_message.text` is the frame's `text`).
+        if len(elements) > 1 and elements[0] in ("join", "user_message", "bid", "cancel"):
+            elements = elements[1:]
+        path = ".".join(_FRAME_FIELD.get(name, name) for name in elements) or "(frame)"
+        parts.append(f"{path}: {proto.message}")
+    return "; ".join(parts)
+
+
+def parse_frame(text: str) -> ClientFrame:
+    """A text frame as a `ClientFrame`, or `FrameError` naming what is wrong."""
+    try:
+        document: Any = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise FrameError("INVALID_JSON", f"the frame is not valid JSON: {exc}", None, None) from None
+    if not isinstance(document, dict):
+        raise FrameError("INVALID_JSON", "the frame must be a JSON object", None, None)
+    request_id = document.get("request_id")
+    if request_id is not None and (
+        not isinstance(request_id, str) or len(request_id) > MAX_REQUEST_ID_LENGTH
+    ):
+        raise FrameError(
+            "INVALID_ARGUMENT",
+            f"request_id: a string of at most {MAX_REQUEST_ID_LENGTH} characters",
+            None,
+            None,
+        )
+    action = document.get("action")
+    if not isinstance(action, str) or action not in ACTION_FIELDS:
+        known = ", ".join(ACTION_FIELDS)
+        raise FrameError(
+            "INVALID_ARGUMENT",
+            f"action: must be one of {known}",
+            action if isinstance(action, str) else None,
+            request_id,
+        )
+    fields = ACTION_FIELDS[action]
+
+    def refuse(message: str) -> FrameError:
+        return FrameError("INVALID_ARGUMENT", message, action, request_id)
+
+    for name, value in document.items():
+        if name in COMMON_FIELDS:
+            continue
+        expected = fields.get(name)
+        if expected is None:
+            allowed = ", ".join(fields) or "none"
+            raise refuse(f"{name}: unknown field for action {action} (expected: {allowed})")
+        if not _type_ok(value, expected):
+            raise refuse(f"{name}: must be a JSON {expected}")
+    for name in REQUIRED_FIELDS.get(action, ()):
+        if name not in document:
+            raise refuse(f"{name}: required for action {action}")
+    if action == "ping":
+        return ClientFrame(action, request_id, "", None)
+    conversation_id: str = document["conversation_id"]
+    message_id: str | None = None
+    request = pb.ConverseRequest(conversation_id=conversation_id)
+    if action == "unsubscribe":
+        try:
+            uuid.UUID(conversation_id)
+        except ValueError:
+            raise refuse("conversation_id: value must be a valid UUID") from None
+        return ClientFrame(action, request_id, conversation_id, None)
+    if action == "subscribe":
+        request.join.after_event_id = document.get("last_event_id", "")
+    elif action == "message":
+        message_id = document.get("message_id") or str(uuid.uuid4())
+        request.user_message.message_id = message_id
+        request.user_message.text = document["text"]
+        request.user_message.mention_agent_ids.extend(document.get("mention_agent_ids", ()))
+    elif action == "bid":
+        request.bid.agent_id = document["agent_id"]
+        request.bid.score = float(document["score"])
+        request.bid.turn_id = document.get("turn_id", "")
+        request.bid.rationale = document.get("rationale", "")
+    else:
+        request.cancel.turn_id = document.get("turn_id", "")
+        request.cancel.reason = document.get("reason", "")
+    problem = violations(request)
+    if problem is not None:
+        raise refuse(problem)
+    return ClientFrame(action, request_id, conversation_id, request, message_id)
+
+
+# Server frames. Each is one JSON text; `dumps` keeps them compact.
+
+
+def dumps(frame: dict[str, Any]) -> str:
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+
+
+def event_document(event: pb.ConversationEvent) -> dict[str, Any]:
+    """A ConversationEvent in the proto3 JSON mapping with the proto's field names (as the docs
+    show them), enums by name, int64 as strings, and no defaulted fields left out."""
+    return json_format.MessageToDict(
+        event, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def payload_kind(event: pb.ConversationEvent) -> str:
+    """The event's payload field name (`token_delta`, `round_completed`, ...), or `unknown`."""
+    return event.WhichOneof("payload") or "unknown"
+
+
+def event_frame(event: pb.ConversationEvent) -> str:
+    return dumps(
+        {
+            "type": "event",
+            "conversation_id": event.conversation_id,
+            "event_id": event.event_id,
+            "kind": payload_kind(event),
+            "event": event_document(event),
+        }
+    )
+
+
+def error_frame(
+    code: str,
+    message: str,
+    *,
+    action: str | None = None,
+    request_id: str | None = None,
+    conversation_id: str | None = None,
+    **extra: Any,
+) -> str:
+    frame: dict[str, Any] = {"type": "error", "code": code, "message": message, "action": action}
+    frame["request_id"] = request_id
+    if conversation_id is not None:
+        frame["conversation_id"] = conversation_id
+    frame.update(extra)
+    return dumps(frame)
+
+
+def rpc_error_fields(error: grpc.aio.AioRpcError) -> tuple[str, str]:
+    """The frame `code` and `message` of a failed RPC: the gRPC status name and its details, as
+    the edge's HTTP error body has them (services/edge/errors.py)."""
+    code = error.code()
+    return code.name, error.details() or code.name.lower()
+
+
+def reply_frame(kind: str, frame: ClientFrame, **extra: Any) -> str:
+    document: dict[str, Any] = {"type": kind, "action": frame.action, "request_id": frame.request_id}
+    if frame.conversation_id:
+        document["conversation_id"] = frame.conversation_id
+    document.update(extra)
+    return dumps(document)
