@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime
 
 from macp.metering.v1 import metering_service_pb2 as pb
 
-from services.metering.events import UsageEvent, validated_row
+from services.metering.events import MalformedEvent, StagedRow, UsageEvent, row_of_event
 from services.metering.meters import METER_LABELS, METER_OF_TYPE
 from services.metering.periods import billing_month, month_end, month_label, month_start, parse_month
 from services.metering.quota_counters import CounterState, QuotaCounters, delta_args
@@ -136,12 +136,17 @@ class Quotas:
     async def commit(
         self, tenant_id: str, reservation_id: str, usage: Sequence[UsageEvent]
     ) -> pb.CommitResponse:
+        rows: list[StagedRow] = []
         for index, event in enumerate(usage):
             if event.tenant_id != tenant_id:
                 raise InvalidArgument(
                     f"usage[{index}].tenant_id: must be the reservation's tenant {tenant_id}"
                 )
-        batch = await record_batch(self._counters.pool, [validated_row(event) for event in usage])
+            try:
+                rows.append(row_of_event(event))
+            except MalformedEvent as exc:  # the storage rules protovalidate does not know
+                raise InvalidArgument(f"usage[{index}]: {exc}") from None
+        batch = await record_batch(self._counters.pool, rows)
         keys = self._counters.keys(tenant_id)
         month = billing_month(self._clock())
         reply = await self._run(

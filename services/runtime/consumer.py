@@ -7,6 +7,12 @@ event id). A sink that raises is retried with the same batch, with back-off, unt
 the loop is stopped: records are never skipped. Several processes in the same group share the
 partitions; when a partition moves, the batch in hand finishes and commits first (the rebalance
 listener waits for it), and whatever the new owner receives again is de-duplicated by the sink.
+
+The loop is a two-stage pipeline: while one batch is being made durable (mostly waiting on the
+database) the next is fetched and prepared (decoding and checking records, CPU work), so the two
+overlap instead of taking turns. Batches are still made durable, and their offsets committed, one
+at a time and in order; a prepared batch whose partitions were taken away meanwhile loses their
+records (their new owner reads them from the committed offset) before it is handled.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeAlias, TypeVar
+from typing import Generic, Protocol, TypeAlias, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
@@ -28,6 +34,7 @@ from services.runtime.metrics import ConsumerMetrics
 log = logging.getLogger("macp.consumer")
 
 T = TypeVar("T")
+P = TypeVar("P")
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 RETRY_MAX_SECONDS = 5.0
 RATE_WINDOW_SECONDS = 1.0
@@ -51,13 +58,18 @@ class ConsumerSettings:
     heartbeat_interval_ms: int = 3_000
 
 
-class BatchSink(Protocol):
-    """Where a batch goes. `handle` returns the number of records per outcome (for the metrics);
-    it must be idempotent, as a batch is delivered again after any crash before its commit.
+class BatchSink(Protocol[P]):
+    """Where a batch goes, in two steps. `prepare` turns records into what `handle` needs without
+    any effect (it runs while the previous batch is still being handled, so it should yield to the
+    event loop now and then); `handle` makes that effect durable and returns the number of records
+    per outcome (for the metrics). `handle` must be idempotent, as a batch is delivered again after
+    any crash before its commit, and is retried with the same prepared value after an error.
     `assigned` runs before the first batch from newly assigned partitions, so a sink can finish
     what a crashed predecessor left half-done there."""
 
-    async def handle(self, records: Sequence[Record]) -> Mapping[str, int]: ...
+    async def prepare(self, records: Sequence[Record]) -> P: ...
+
+    async def handle(self, prepared: P) -> Mapping[str, int]: ...
 
     async def assigned(self, partitions: set[TopicPartition]) -> None: ...
 
@@ -76,10 +88,10 @@ class _WaitForBatch(ConsumerRebalanceListener):  # type: ignore[misc]
         pass
 
 
-class ConsumerLoop:
+class ConsumerLoop(Generic[P]):
     """Run with `async with running(...)`; `stop()` ends the loop after the batch in hand."""
 
-    def __init__(self, settings: ConsumerSettings, sink: BatchSink, metrics: ConsumerMetrics) -> None:
+    def __init__(self, settings: ConsumerSettings, sink: BatchSink[P], metrics: ConsumerMetrics) -> None:
         self._settings = settings
         self._sink = sink
         self._metrics = metrics
@@ -129,18 +141,45 @@ class ConsumerLoop:
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
-        while not self._stopping.is_set():
-            batches = await self._fill(consumer)
-            async with self._lock:
-                await self._handle_assignment(consumer)
+        pending: asyncio.Task[None] | None = None  # the batch being made durable
+        try:
+            while not self._stopping.is_set():
+                batches = await self._fill(consumer)
                 records = [record for partition in batches.values() for record in partition]
-                if records:
-                    started = time.monotonic()
-                    await self._handle(records)
-                    await self._commit(consumer, batches)
-                    self._metrics.observe_batch(self._settings.topic, time.monotonic() - started)
-                    self._count_rate(len(records))
-                await self._report_lag(consumer)
+                prepared = await self._sink.prepare(records) if records else None
+                if pending is not None:
+                    settling, pending = pending, None
+                    await settling
+                if prepared is None:
+                    async with self._lock:
+                        await self._handle_assignment(consumer)
+                        await self._report_lag(consumer)
+                    continue
+                pending = asyncio.create_task(self._settle(consumer, batches, prepared))
+        finally:
+            if pending is not None:
+                await pending
+
+    async def _settle(
+        self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[Record]], prepared: P
+    ) -> None:
+        """Make one prepared batch durable, then commit its offsets (under the rebalance lock)."""
+        async with self._lock:
+            await self._handle_assignment(consumer)
+            owned = {tp: records for tp, records in batches.items() if tp in self._known}
+            if len(owned) < len(batches):
+                # A rebalance took partitions away since the batch was fetched: their records are
+                # left to the new owner, and nothing is committed for them.
+                records = [record for partition in owned.values() for record in partition]
+                if not records:
+                    return
+                prepared = await self._sink.prepare(records)
+            started = time.monotonic()
+            await self._handle(prepared)
+            await self._commit(consumer, owned)
+            self._metrics.observe_batch(self._settings.topic, time.monotonic() - started)
+            self._count_rate(sum(len(records) for records in owned.values()))
+            await self._report_lag(consumer)
 
     async def _fill(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Record]]:
         """One batch: the first poll's records, topped up until `max_batch` or `linger_ms`."""
@@ -166,8 +205,8 @@ class ConsumerLoop:
             await self._retrying("preparing assigned partitions", lambda: self._sink.assigned(new))
         self._known = assignment
 
-    async def _handle(self, records: list[Record]) -> None:
-        outcomes = await self._retrying("handling a batch", lambda: self._sink.handle(records))
+    async def _handle(self, prepared: P) -> None:
+        outcomes = await self._retrying("handling a batch", lambda: self._sink.handle(prepared))
         for outcome, count in outcomes.items():
             self._metrics.count(self._settings.topic, outcome, count)
 
@@ -213,7 +252,7 @@ class ConsumerLoop:
 
 
 @contextlib.asynccontextmanager
-async def running(loop: ConsumerLoop) -> AsyncIterator[ConsumerLoop]:
+async def running(loop: ConsumerLoop[P]) -> AsyncIterator[ConsumerLoop[P]]:
     """The loop consuming in a task until the block ends; then it stops after its batch in hand."""
     task = asyncio.create_task(loop.run(), name="kafka-consumer")
     try:

@@ -10,26 +10,58 @@ from datetime import date
 
 import asyncpg
 
-from services.metering.events import COLUMNS, EventRow
+from services.metering.events import STAGED_COLUMNS, StagedRow
 from services.metering.meters import METER_OF_TYPE, quantity
 from services.metering.store import dead_letters as dead_letter_store
 from services.metering.store.dead_letters import DeadLetter
 
-# The staging table lives per connection and empties itself at every commit.
+# The staging table lives per connection and empties itself at every commit. It holds the rows
+# as Python builds them cheaply (the id as text, the time as seconds and microseconds); Postgres
+# derives the timestamp and the billing month while it copies them over.
 _STAGING = """
-CREATE TEMP TABLE IF NOT EXISTS metering_staged_events
-    (LIKE metering_usage_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS
+CREATE TEMP TABLE IF NOT EXISTS metering_staged_rows (
+    event_id        uuid             NOT NULL,
+    tenant_id       text             NOT NULL,
+    user_id         text             NOT NULL,
+    agent_id        text             NOT NULL,
+    conversation_id text             NOT NULL,
+    turn_id         text             NOT NULL,
+    event_type      smallint         NOT NULL,
+    event_seconds   bigint           NOT NULL,
+    event_micros    integer          NOT NULL,
+    input_tokens    bigint           NOT NULL,
+    output_tokens   bigint           NOT NULL,
+    duration_ms     bigint           NOT NULL,
+    audio_seconds   double precision NOT NULL,
+    storage_mb      double precision NOT NULL,
+    provider        text             NOT NULL,
+    model           text             NOT NULL,
+    estimated       boolean          NOT NULL,
+    payload         bytea            NOT NULL
+) ON COMMIT DELETE ROWS
 """
 
 # Insert what is new (a duplicate event_id, already stored or repeated in the batch, is skipped),
-# then add exactly the inserted rows to the rollups. Groups are sorted so that two processes
-# updating the same rollup rows lock them in the same order.
+# then add exactly the inserted rows to the rollups. Events go in id order and groups in key order,
+# so that two processes recording overlapping batches (around a rebalance) lock rows in the same
+# order instead of deadlocking. The billing month is the UTC calendar month (periods.py).
 _RECORD = """
-WITH inserted AS (
+WITH staged AS (
+    SELECT s.*, to_timestamp(s.event_seconds) + s.event_micros * interval '1 microsecond' AS event_time
+    FROM metering_staged_rows s
+), inserted AS (
     INSERT INTO metering_usage_events
-    SELECT * FROM metering_staged_events
+        (event_id, tenant_id, user_id, agent_id, conversation_id, turn_id, event_type, event_time,
+         billing_month, input_tokens, output_tokens, duration_ms, audio_seconds, storage_mb, provider,
+         model, estimated, payload)
+    SELECT event_id, tenant_id, user_id, agent_id, conversation_id, turn_id, event_type, event_time,
+           date_trunc('month', event_time AT TIME ZONE 'UTC')::date, input_tokens, output_tokens,
+           duration_ms, audio_seconds, storage_mb, provider, model, estimated, payload
+    FROM staged
+    ORDER BY event_id
     ON CONFLICT (event_id) DO NOTHING
-    RETURNING *
+    RETURNING tenant_id, billing_month, user_id, agent_id, conversation_id, model, event_type, estimated,
+              input_tokens, output_tokens, duration_ms, audio_seconds, storage_mb
 ), grouped AS (
     SELECT tenant_id, billing_month, user_id, agent_id, conversation_id, model, event_type,
            count(*) AS event_count,
@@ -98,7 +130,7 @@ def _deltas(rows: Sequence[asyncpg.Record]) -> list[QuotaDelta]:
 
 
 async def record_batch(
-    pool: asyncpg.Pool, events: Sequence[EventRow], dead_letters: Sequence[DeadLetter] = ()
+    pool: asyncpg.Pool, events: Sequence[StagedRow], dead_letters: Sequence[DeadLetter] = ()
 ) -> RecordedBatch:
     """Record `events` (de-duplicated by event_id), their rollups and quota deltas, and
     `dead_letters`, in one transaction."""
@@ -108,9 +140,7 @@ async def record_batch(
         recorded = 0
         if events:
             await conn.execute(_STAGING)
-            await conn.copy_records_to_table(
-                "metering_staged_events", records=[e.as_tuple() for e in events], columns=COLUMNS
-            )
+            await conn.copy_records_to_table("metering_staged_rows", records=events, columns=STAGED_COLUMNS)
             rows = await conn.fetch(_RECORD)
             recorded = sum(row["event_count"] for row in rows)
             deltas = _deltas(rows)
