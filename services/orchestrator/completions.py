@@ -1,0 +1,130 @@
+"""Complete: one agent turn outside any conversation (the edge's OpenAI-compatible endpoint).
+
+It is a turn like any in a round (turns.py): the quota held first, a token delegated to the agent,
+Generate through the agent proxy, the usage committed under an id derived from the turn; only
+nothing is stored, and the deltas go straight to the caller instead of a conversation's log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Sequence
+
+from macp.agent_proxy.v1 import agent_proxy_service_pb2 as proxy_pb
+from macp.common.v1 import agent_settings_pb2, usage_pb2
+from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
+from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
+
+from services.orchestrator.downstream import Caller
+from services.orchestrator.transcript import CONTINUE, MAX_MESSAGES
+from services.orchestrator.turns import Halt, TurnResult, TurnRunner, TurnSpec
+from services.runtime.errors import (
+    DomainError,
+    FailedPrecondition,
+    PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
+)
+
+_ERRORS: dict[int, type[DomainError]] = {
+    8: ResourceExhausted,
+    7: PermissionDenied,
+    9: FailedPrecondition,
+}
+
+
+def _raise(error: pb.ErrorEvent) -> None:
+    raise _ERRORS.get(error.code, Unavailable)(error.detail.message)
+
+
+def completion_prompt(
+    agent: conversation_pb.Agent, messages: Sequence[pb.CompletionMessage]
+) -> tuple[str, list[proxy_pb.ChatMessage]]:
+    """The system prompt (the agent's, then the caller's system messages) and the chat messages,
+    sides merged so they alternate, starting and ending with the user's."""
+    system = [agent.system_prompt] if agent.system_prompt else []
+    turns: list[tuple[proxy_pb.ChatRole.ValueType, list[str]]] = []
+    for message in messages:
+        if message.role == pb.COMPLETION_ROLE_SYSTEM:
+            system.append(message.text)
+            continue
+        role = (
+            proxy_pb.CHAT_ROLE_ASSISTANT
+            if message.role == pb.COMPLETION_ROLE_ASSISTANT
+            else proxy_pb.CHAT_ROLE_USER
+        )
+        if turns and turns[-1][0] == role:
+            turns[-1][1].append(message.text)
+        else:
+            turns.append((role, [message.text]))
+    while turns and turns[0][0] != proxy_pb.CHAT_ROLE_USER:
+        turns.pop(0)
+    if not turns or turns[-1][0] != proxy_pb.CHAT_ROLE_USER:
+        turns.append((proxy_pb.CHAT_ROLE_USER, [CONTINUE]))
+    chat = [proxy_pb.ChatMessage(role=role, text="\n\n".join(texts)[-32_000:]) for role, texts in turns]
+    return "\n\n".join(system)[:32_000], chat[-MAX_MESSAGES:]
+
+
+async def complete(
+    runner: TurnRunner,
+    caller: Caller,
+    agent: conversation_pb.Agent,
+    request: pb.CompleteRequest,
+    overrides: agent_settings_pb2.GenerationSettings,
+    *,
+    turn_id: str,
+) -> AsyncIterator[pb.CompleteResponse]:
+    system_prompt, messages = completion_prompt(agent, request.messages)
+    spec = TurnSpec(
+        turn_id=turn_id,
+        agent=agent,
+        caller=caller,
+        conversation_id="",
+        messages=messages,
+        system_prompt=system_prompt,
+        overrides=overrides,
+    )
+    refusal = await runner.reserve(spec)
+    if refusal is not None:
+        _raise(refusal)
+    started = time.monotonic()
+    deltas: asyncio.Queue[pb.CompleteResponse | None] = asyncio.Queue()
+
+    async def emit(event: pb.ConversationEvent) -> None:
+        await deltas.put(pb.CompleteResponse(delta=event.token_delta))
+
+    async def run() -> tuple[TurnResult, proxy_pb.GenerateCompletion | None]:
+        try:
+            return await runner.generate(spec, emit, Halt())
+        finally:
+            await deltas.put(None)
+
+    generating = asyncio.create_task(run())
+    settled = False
+    try:
+        while (item := await deltas.get()) is not None:
+            yield item
+        result, completion = await generating
+        if not result.text:
+            await runner.release(caller, turn_id, "no answer")
+            settled = True
+            if result.error is not None:
+                _raise(result.error)
+        usage = await runner.commit(spec, result, completion, started)
+        settled = True
+        if not isinstance(usage, usage_pb2.UsageEvent):
+            _raise(usage)
+        if result.error is not None and not result.text:
+            _raise(result.error)
+        yield pb.CompleteResponse(
+            done=pb.CompletionDone(outcome=result.outcome, text=result.text, usage=result.usage)
+        )
+    finally:
+        if not generating.done():
+            generating.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await generating
+        if not settled:
+            await asyncio.shield(runner.release(caller, turn_id, "the caller left before the answer ended"))

@@ -1,0 +1,457 @@
+"""One round: the agents' answer to one user message, under the conversation's turn policy.
+
+The round holds the conversation's lease (its driver is the only writer of the conversation's
+events; see lease.py) and writes every event through it, so a deposed driver writes nothing. It
+reserves one orchestration of the tenant's quota, asks the policy for each next turn and runs it
+(turns.py), and ends with the round's ORCHESTRATION usage event and a RoundCompleted event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from macp.agent_proxy.v1 import agent_proxy_service_pb2 as proxy_pb
+from macp.common.v1 import usage_pb2
+from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
+from macp.metering.v1 import metering_service_pb2 as metering_pb
+from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
+
+from services.orchestrator.control import Signal
+from services.orchestrator.downstream import Caller, Downstream
+from services.orchestrator.event_log import EventLog
+from services.orchestrator.lease import Lease
+from services.orchestrator.policies import (
+    Agent,
+    RoundEnd,
+    RoundView,
+    Spoken,
+    TurnPlan,
+    policy_for,
+    split_yield,
+    turn_limit,
+)
+from services.orchestrator.settings import OrchestratorSettings
+from services.orchestrator.transcript import Said, chat_messages
+from services.orchestrator.turns import Halt, TurnResult, TurnRunner, TurnSpec, now_timestamp, rpc_failure
+from services.runtime.usage_ids import orchestration_event_id
+
+log = logging.getLogger("macp.orchestrator.rounds")
+
+MAX_BID_MESSAGES = 50
+HISTORY_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class RoundJob:
+    """A user message to answer: who sent it, and where it sits in the conversation."""
+
+    caller: Caller
+    conversation_id: str
+    message_id: str
+    text: str
+    sequence: int
+    mentions: tuple[str, ...] = ()
+
+
+@dataclass
+class RoundState:
+    """What the running round shares with its signal handler and its bidder."""
+
+    job: RoundJob
+    lease: Lease
+    halt: Halt = field(default_factory=Halt)
+    current_turn: str = ""
+    bidding_turn: str = ""
+    client_bids: list[pb.Bid] = field(default_factory=list)
+
+
+OnTurn = Callable[[str], Awaitable[None]]
+
+
+class Rounds:
+    def __init__(self, downstream: Downstream, events: EventLog, settings: OrchestratorSettings) -> None:
+        self._downstream = downstream
+        self._events = events
+        self._settings = settings
+        self._turns = TurnRunner(
+            downstream,
+            turn_timeout=settings.turn_timeout_seconds,
+            reservation_ttl=settings.reservation_ttl_seconds,
+        )
+
+    @property
+    def turns(self) -> TurnRunner:
+        return self._turns
+
+    async def run(self, state: RoundState, on_turn: OnTurn) -> pb.RoundEndReason.ValueType:
+        """Run the round to its end; LeaseLost propagates (the round stops writing at once)."""
+        job = state.job
+        started = time.monotonic()
+
+        async def emit(event: pb.ConversationEvent) -> None:
+            await self._events.append(job.conversation_id, event, state.lease)
+
+        try:
+            conversation, agents = await self._load(job)
+        except grpc.aio.AioRpcError as exc:
+            await emit(
+                pb.ConversationEvent(error=rpc_failure(exc, "loading the conversation", "LOAD_FAILED"))
+            )
+            return await self._complete(emit, job, 0, pb.ROUND_END_REASON_FAILED)
+        reservation = orchestration_event_id(job.conversation_id, job.message_id)
+        refusal = await self._reserve_orchestration(job, reservation)
+        if refusal is not None:
+            await emit(pb.ConversationEvent(error=refusal))
+            return await self._complete(emit, job, 0, pb.ROUND_END_REASON_FAILED)
+        history = await self._history(job)
+        names = {agent.id: agent.name for agent in agents}
+        view = RoundView(
+            question=job.text,
+            participants=agents,
+            mentions=[m for m in job.mentions if m in names],
+            limit=turn_limit(conversation, len(agents), self._settings.default_turn_limit),
+        )
+        policy = policy_for(conversation, _Bidder(self, state, emit, history, names))
+        reason: pb.RoundEndReason.ValueType = pb.ROUND_END_REASON_FAILED
+        try:
+            while True:
+                if state.halt.is_set():
+                    reason = _halted(state.halt)
+                    break
+                decision = await policy.next_turn(view) if agents else RoundEnd(pb.ROUND_END_REASON_COMPLETED)
+                if isinstance(decision, RoundEnd):
+                    reason = decision.reason
+                    break
+                state.current_turn = decision.turn_id
+                await on_turn(decision.turn_id)
+                result = await self._turn(state, emit, decision, len(view.spoken) + 1, history, names)
+                state.current_turn = ""
+                if result.outcome in (pb.TURN_OUTCOME_CANCELLED, pb.TURN_OUTCOME_INTERRUPTED):
+                    reason = _halted(state.halt)
+                    break
+                if result.outcome == pb.TURN_OUTCOME_FAILED:
+                    reason = pb.ROUND_END_REASON_FAILED
+                    break
+                _text, yielded = split_yield(result.text)
+                view.spoken.append(Spoken(decision.agent.id, result.text, yielded))
+                history.append(Said(decision.agent.id, result.text))
+        finally:
+            # However the round ends (LeaseLost included), it was an orchestration: metered once.
+            usage = await self._commit_orchestration(job, reservation, started, len(view.spoken))
+        if isinstance(usage, usage_pb2.UsageEvent):
+            await emit(pb.ConversationEvent(usage=usage))
+        else:
+            await emit(pb.ConversationEvent(error=usage))
+        return await self._complete(emit, job, len(view.spoken), reason)
+
+    def on_signal(self, state: RoundState, signal: Signal) -> None:
+        """A control signal for the round in flight (called by the control bus)."""
+        if signal.kind == "interrupt":
+            state.halt.set(pb.TURN_OUTCOME_INTERRUPTED, state.current_turn)
+        elif signal.kind == "cancel":
+            if not signal.turn_id or signal.turn_id in (state.current_turn, state.bidding_turn):
+                state.halt.set(pb.TURN_OUTCOME_CANCELLED, state.current_turn)
+        elif signal.kind == "bid" and state.bidding_turn and signal.turn_id in ("", state.bidding_turn):
+            state.client_bids.append(
+                pb.Bid(
+                    agent_id=signal.agent_id,
+                    score=signal.score,
+                    rationale=signal.rationale,
+                    source=pb.BID_SOURCE_CLIENT,
+                )
+            )
+
+    async def _complete(
+        self,
+        emit: Callable[[pb.ConversationEvent], Awaitable[None]],
+        job: RoundJob,
+        turns: int,
+        reason: pb.RoundEndReason.ValueType,
+    ) -> pb.RoundEndReason.ValueType:
+        await emit(
+            pb.ConversationEvent(
+                round_completed=pb.RoundCompleted(
+                    trigger_message_id=job.message_id, turn_count=turns, reason=reason
+                )
+            )
+        )
+        return reason
+
+    async def _load(self, job: RoundJob) -> tuple[conversation_pb.Conversation, list[Agent]]:
+        metadata = await self._downstream.for_conversation(job.caller)
+        stub, timeout = self._downstream.conversation, self._downstream.timeout
+        reply = await stub.GetConversation(
+            conversation_pb.GetConversationRequest(id=job.conversation_id), timeout=timeout, metadata=metadata
+        )
+        conversation = reply.conversation
+
+        async def agent(agent_id: str) -> Agent | None:
+            try:
+                found = await stub.GetAgent(
+                    conversation_pb.GetAgentRequest(id=agent_id), timeout=timeout, metadata=metadata
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    return None  # deleted since it joined: it no longer speaks
+                raise
+            return found.agent
+
+        found = await asyncio.gather(*(agent(a) for a in conversation.participant_agent_ids))
+        return conversation, [a for a in found if a is not None]
+
+    async def _history(self, job: RoundJob) -> list[Said]:
+        """The conversation's newest messages as context, the trigger last; user messages sent
+        after it (queued behind this round) belong to later rounds and are left out."""
+        metadata = await self._downstream.for_conversation(job.caller)
+        kept: list[conversation_pb.Message] = []
+        page_token = ""
+        while True:
+            reply = await self._downstream.conversation.ListMessages(
+                conversation_pb.ListMessagesRequest(
+                    conversation_id=job.conversation_id, page_size=HISTORY_PAGE, page_token=page_token
+                ),
+                timeout=self._downstream.timeout,
+                metadata=metadata,
+            )
+            for message in reply.messages:
+                if message.id == job.message_id:
+                    continue
+                if message.role == conversation_pb.MESSAGE_ROLE_USER and message.sequence > job.sequence:
+                    continue
+                kept.append(message)
+            kept = kept[-self._settings.context_messages :]
+            page_token = reply.next_page_token
+            if not page_token:
+                break
+        history = [Said.of(message) for message in kept]
+        history.append(Said(None, job.text))
+        return history
+
+    async def _turn(
+        self,
+        state: RoundState,
+        emit: Callable[[pb.ConversationEvent], Awaitable[None]],
+        plan: TurnPlan,
+        index: int,
+        history: Sequence[Said],
+        names: dict[str, str],
+    ) -> TurnResult:
+        job, agent = state.job, plan.agent
+        spec = TurnSpec(
+            turn_id=plan.turn_id,
+            agent=agent,
+            caller=job.caller,
+            conversation_id=job.conversation_id,
+            messages=chat_messages(history, agent.id, names, plan.instruction),
+            system_prompt=agent.system_prompt,
+        )
+        await emit(
+            pb.ConversationEvent(
+                turn_started=pb.TurnStarted(
+                    turn_id=plan.turn_id,
+                    agent_id=agent.id,
+                    trigger_message_id=job.message_id,
+                    turn_index=index,
+                )
+            )
+        )
+        return await run_turn(self._turns, spec, emit, state.halt)
+
+    async def _reserve_orchestration(self, job: RoundJob, reservation: str) -> pb.ErrorEvent | None:
+        try:
+            await self._downstream.metering.Reserve(
+                metering_pb.ReserveRequest(
+                    reservation_id=reservation,
+                    tenant_id=job.caller.principal.tenant_id,
+                    meter=metering_pb.METER_ORCHESTRATIONS,
+                    quantity=1,
+                    conversation_id=job.conversation_id,
+                    ttl=Duration(seconds=self._settings.reservation_ttl_seconds),
+                ),
+                timeout=self._downstream.timeout,
+                metadata=await self._downstream.for_metering(job.caller),
+            )
+        except grpc.aio.AioRpcError as exc:
+            reason = (
+                "QUOTA_EXCEEDED" if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else "RESERVE_FAILED"
+            )
+            return rpc_failure(exc, "reserving the round's orchestration quota (metering Reserve)", reason)
+        return None
+
+    async def _commit_orchestration(
+        self, job: RoundJob, reservation: str, started: float, turns: int
+    ) -> usage_pb2.UsageEvent | pb.ErrorEvent:
+        principal = job.caller.principal
+        event = usage_pb2.UsageEvent(
+            event_id=reservation,
+            time=now_timestamp(),
+            tenant_id=principal.tenant_id,
+            user_id=principal.user_id,
+            conversation_id=job.conversation_id,
+            type=usage_pb2.USAGE_EVENT_TYPE_ORCHESTRATION,
+            dimensions=usage_pb2.UsageDimensions(duration_ms=int((time.monotonic() - started) * 1000)),
+            actor_chain=principal.actor_chain,
+        )
+        try:
+            await self._downstream.metering.Commit(
+                metering_pb.CommitRequest(reservation_id=reservation, usage=[event]),
+                timeout=self._downstream.timeout,
+                metadata=await self._downstream.for_metering(job.caller),
+            )
+        except grpc.aio.AioRpcError as exc:
+            return rpc_failure(
+                exc, f"committing the round's usage ({turns} turns; metering Commit)", "COMMIT_FAILED"
+            )
+        return event
+
+
+async def run_turn(
+    runner: TurnRunner,
+    spec: TurnSpec,
+    emit: Callable[[pb.ConversationEvent], Awaitable[None]],
+    halt: Halt,
+) -> TurnResult:
+    """Reserve, generate, store, commit, and say how the turn ended (TurnStarted is the caller's)."""
+    started = time.monotonic()
+    refusal = await runner.reserve(spec)
+    if refusal is not None:
+        await emit(pb.ConversationEvent(error=refusal))
+        await emit(_completed(spec, pb.TURN_OUTCOME_FAILED))
+        return TurnResult(pb.TURN_OUTCOME_FAILED, error=refusal)
+    try:
+        result, completion = await runner.generate(spec, emit, halt)
+    except BaseException:
+        await asyncio.shield(runner.release(spec.caller, spec.turn_id, "the round stopped mid-turn"))
+        raise
+    if not result.text:
+        # Nothing was said: nothing to store, and nothing consumed worth a turn.
+        await runner.release(spec.caller, spec.turn_id, "no answer")
+        if result.error is not None:
+            await emit(pb.ConversationEvent(error=result.error))
+        await emit(_completed(spec, result.outcome))
+        return result
+    try:
+        result.message_id = await runner.store(spec, result.text)
+    except grpc.aio.AioRpcError as exc:
+        result.error = rpc_failure(
+            exc, "storing the answer (conversation AppendMessage)", "STORE_FAILED", spec.turn_id
+        )
+        result.outcome = pb.TURN_OUTCOME_FAILED
+    usage = await runner.commit(spec, result, completion, started)
+    await emit(_completed(spec, result.outcome, result.message_id, result.text))
+    if isinstance(usage, usage_pb2.UsageEvent):
+        await emit(pb.ConversationEvent(usage=usage))
+    else:
+        await emit(pb.ConversationEvent(error=usage))
+    if result.error is not None:
+        await emit(pb.ConversationEvent(error=result.error))
+    return result
+
+
+def _completed(
+    spec: TurnSpec, outcome: pb.TurnOutcome.ValueType, message_id: str = "", text: str = ""
+) -> pb.ConversationEvent:
+    return pb.ConversationEvent(
+        turn_completed=pb.TurnCompleted(
+            turn_id=spec.turn_id, agent_id=spec.agent.id, outcome=outcome, message_id=message_id, text=text
+        )
+    )
+
+
+def _halted(halt: Halt) -> pb.RoundEndReason.ValueType:
+    if halt.outcome == pb.TURN_OUTCOME_INTERRUPTED:
+        return pb.ROUND_END_REASON_INTERRUPTED
+    return pb.ROUND_END_REASON_CANCELLED
+
+
+class _Bidder:
+    """The BID policy's bidding for one round: the agent proxy's bids and clients', then results."""
+
+    def __init__(
+        self,
+        rounds: Rounds,
+        state: RoundState,
+        emit: Callable[[pb.ConversationEvent], Awaitable[None]],
+        history: Sequence[Said],
+        names: dict[str, str],
+    ) -> None:
+        self._rounds = rounds
+        self._state = state
+        self._emit = emit
+        self._history = history
+        self._names = names
+
+    async def collect(self, turn_id: str, agents: Sequence[Agent]) -> list[pb.Bid]:
+        window = self._rounds._settings.bid_window_seconds
+        deadline = now_timestamp()
+        deadline.FromNanoseconds(deadline.ToNanoseconds() + int(window * 1e9))
+        self._state.bidding_turn, self._state.client_bids = turn_id, []
+        await self._emit(
+            pb.ConversationEvent(
+                bidding_opened=pb.BiddingOpened(
+                    turn_id=turn_id, agent_ids=[a.id for a in agents], deadline=deadline
+                )
+            )
+        )
+        tasks = [asyncio.create_task(self._proxy_bid(turn_id, agent, window)) for agent in agents]
+        try:
+            done, _pending = await asyncio.wait(tasks, timeout=window)
+        finally:
+            for task in tasks:
+                task.cancel()
+        bids = [bid for task in done if (bid := task.result()) is not None]
+        bids += [bid for bid in self._state.client_bids if bid.agent_id in self._names]
+        self._state.bidding_turn = ""
+        return bids
+
+    async def announce(self, turn_id: str, bids: Sequence[pb.Bid], winner: Agent | None) -> None:
+        ranked = sorted(bids, key=lambda bid: -bid.score)
+        await self._emit(
+            pb.ConversationEvent(
+                bid_results=pb.BidResults(
+                    turn_id=turn_id, bids=ranked, winner_agent_id=winner.id if winner is not None else ""
+                )
+            )
+        )
+
+    async def _proxy_bid(self, turn_id: str, agent: Agent, window: float) -> pb.Bid | None:
+        downstream = self._rounds._downstream
+        job = self._state.job
+        messages = chat_messages(self._history, agent.id, self._names)[-MAX_BID_MESSAGES:]
+        if messages and messages[0].role != proxy_pb.CHAT_ROLE_USER:
+            messages = messages[1:]
+        try:
+            reply = await downstream.agent_proxy.Bid(
+                proxy_pb.BidRequest(
+                    turn_id=turn_id,
+                    conversation_id=job.conversation_id,
+                    agent_id=agent.id,
+                    tenant_id=job.caller.principal.tenant_id,
+                    provider=agent.provider,
+                    model=agent.model,
+                    system_prompt=agent.system_prompt,
+                    capabilities=list(agent.capabilities),
+                    bidding=agent.bidding,
+                    messages=messages,
+                    generation=agent.generation,
+                ),
+                timeout=window,
+                metadata=await downstream.for_agent(job.caller, agent),
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.warning("bid of agent %s failed: %s %s", agent.id, exc.code().name, exc.details())
+            return None
+        return pb.Bid(
+            agent_id=agent.id,
+            score=reply.score,
+            declined=reply.declined,
+            rationale=reply.rationale,
+            estimated_cost_micros=reply.estimated_cost_micros,
+            source=pb.BID_SOURCE_AGENT_PROXY,
+        )

@@ -1,0 +1,156 @@
+"""OrchestratorService: the RPCs the edge's WebSocket, SSE and REST endpoints talk to.
+
+Every stream reads the conversation's event log (event_log.py), never the round itself, so a
+client sees the same events in the same order whichever process it reached and whichever one
+drives the round. Errors that concern only one client's action (a refused message, a bid for a
+stranger) go to that client alone, as an ErrorEvent without an event id, and its stream stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+from macp.common.v1 import agent_settings_pb2
+from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
+from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
+from macp.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
+
+from services.orchestrator.completions import complete
+from services.orchestrator.downstream import Caller
+from services.orchestrator.driver import Driver
+from services.orchestrator.event_log import EventLog
+from services.orchestrator.turns import error_event
+from services.runtime.auth.authenticator import bearer_token
+from services.runtime.context import RpcContext
+from services.runtime.errors import DomainError, InvalidArgument
+from services.runtime.principal import current_principal
+
+# Events buffered per Converse stream before the reader waits: a slow client slows only itself.
+STREAM_BUFFER = 1024
+
+
+def _caller(context: RpcContext) -> Caller:
+    return Caller(bearer_token(context.invocation_metadata()), current_principal())
+
+
+def _refusal(exc: BaseException) -> pb.ConversationEvent:
+    if isinstance(exc, DomainError):
+        return pb.ConversationEvent(error=error_event(exc.code, type(exc).__name__.upper(), str(exc)))
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return pb.ConversationEvent(error=error_event(exc.code(), "CALL_FAILED", exc.details() or ""))
+    return pb.ConversationEvent(error=error_event(grpc.StatusCode.INTERNAL, "INTERNAL", "the action failed"))
+
+
+class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
+    def __init__(self, driver: Driver, events: EventLog) -> None:
+        self._driver = driver
+        self._events = events
+
+    async def PostMessage(
+        self, request: pb.PostMessageRequest, context: RpcContext
+    ) -> pb.PostMessageResponse:
+        accepted = await self._driver.post(_caller(context), request.conversation_id, request.message)
+        return accepted.response()
+
+    async def StreamEvents(
+        self, request: pb.StreamEventsRequest, context: RpcContext
+    ) -> AsyncIterator[pb.StreamEventsResponse]:
+        await self._driver.conversation(_caller(context), request.conversation_id)
+        async for event in self._events.follow(request.conversation_id, request.after_event_id):
+            yield pb.StreamEventsResponse(event=event)
+
+    async def Converse(
+        self, request_iterator: AsyncIterator[pb.ConverseRequest], context: RpcContext
+    ) -> AsyncIterator[pb.ConverseResponse]:
+        caller = _caller(context)
+        first = await anext(aiter(request_iterator), None)
+        if first is None:
+            return
+        conversation_id = first.conversation_id
+        await self._driver.conversation(caller, conversation_id)
+        after = first.join.after_event_id if first.HasField("join") else ""
+        # Start reading before acting, so the events of this client's own first action are seen.
+        start = after or await self._events.last_event_id(conversation_id)
+        out: asyncio.Queue[pb.ConversationEvent | BaseException] = asyncio.Queue(STREAM_BUFFER)
+
+        async def follow() -> None:
+            try:
+                async for event in self._events.follow(conversation_id, start):
+                    await out.put(event)
+            except Exception as exc:
+                await out.put(exc)
+
+        async def act() -> None:
+            if not first.HasField("join"):
+                await self._act(caller, conversation_id, first, out)
+            async for request in request_iterator:
+                await self._act(caller, conversation_id, request, out)
+
+        tasks = [asyncio.create_task(follow()), asyncio.create_task(act())]
+        try:
+            while True:
+                item = await out.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield pb.ConverseResponse(event=item)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _act(
+        self,
+        caller: Caller,
+        conversation_id: str,
+        request: pb.ConverseRequest,
+        out: asyncio.Queue[pb.ConversationEvent | BaseException],
+    ) -> None:
+        try:
+            if request.conversation_id != conversation_id:
+                raise InvalidArgument(
+                    f"conversation_id: this stream is on conversation {conversation_id}; open another "
+                    "stream for another conversation"
+                )
+            match request.WhichOneof("event"):
+                case "user_message":
+                    await self._driver.post(caller, conversation_id, request.user_message)
+                case "bid":
+                    await self._driver.bid(conversation_id, request.bid)
+                case "cancel":
+                    await self._driver.cancel(conversation_id, request.cancel.turn_id, request.cancel.reason)
+                case _:
+                    pass  # a second join changes nothing: the stream already follows the log
+        except (DomainError, grpc.aio.AioRpcError) as exc:
+            await out.put(_refusal(exc))
+
+    async def Complete(
+        self, request: pb.CompleteRequest, context: RpcContext
+    ) -> AsyncIterator[pb.CompleteResponse]:
+        caller = _caller(context)
+        agent = (
+            await self._driver.downstream.conversation.GetAgent(
+                conversation_pb.GetAgentRequest(id=request.agent_id),
+                timeout=self._driver.downstream.timeout,
+                metadata=await self._driver.downstream.for_conversation(caller),
+            )
+        ).agent
+        overrides = agent_settings_pb2.GenerationSettings()
+        if request.HasField("max_tokens"):
+            overrides.max_tokens = request.max_tokens
+        if request.HasField("temperature"):
+            overrides.temperature = request.temperature
+        async for response in complete(
+            self._driver.rounds.turns,
+            caller,
+            agent,
+            request,
+            overrides,
+            turn_id=request.turn_id or str(uuid.uuid4()),
+        ):
+            yield response

@@ -1,0 +1,300 @@
+"""One agent turn, start to end: reserve quota, Generate as the agent, stream, store, commit.
+
+The order is what keeps money and messages exact: the quota hold comes first (a refused turn
+costs nothing and says so); the deltas go to the conversation's event log as they arrive; the
+answer is stored once (its message id derives from the turn, so a retried AppendMessage stores it
+once); then the hold is committed with the AGENT_TURN usage event, whose id also derives from the
+turn, so the agent proxy's own copy of it on Kafka is the same row in metering. Anything failing
+on the way releases the hold and ends the turn with an error event naming what failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+from macp.agent_proxy.v1 import agent_proxy_service_pb2 as proxy_pb
+from macp.common.v1 import agent_settings_pb2, error_pb2, usage_pb2
+from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
+from macp.metering.v1 import metering_service_pb2 as metering_pb
+from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
+
+from services.orchestrator.downstream import Caller, Downstream
+from services.runtime.errors import REASON_METADATA_KEY
+from services.runtime.usage_ids import agent_turn_event_id
+
+log = logging.getLogger("macp.orchestrator.turns")
+
+Emit = Callable[[pb.ConversationEvent], Awaitable[None]]
+CHARS_PER_TOKEN = 4
+
+
+@dataclass
+class Halt:
+    """Why the work in flight should stop: a client's cancel or a newer message's interrupt."""
+
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    outcome: pb.TurnOutcome.ValueType = pb.TURN_OUTCOME_CANCELLED
+    turn_id: str = ""
+
+    def set(self, outcome: pb.TurnOutcome.ValueType, turn_id: str = "") -> None:
+        if not self.event.is_set():
+            self.outcome, self.turn_id = outcome, turn_id
+            self.event.set()
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+
+@dataclass(frozen=True)
+class TurnSpec:
+    """What one turn runs: who, for whom, on what."""
+
+    turn_id: str
+    agent: conversation_pb.Agent
+    caller: Caller
+    conversation_id: str
+    messages: list[proxy_pb.ChatMessage]
+    system_prompt: str
+    # Overrides of the agent's generation settings for this turn (a chat completion's max_tokens).
+    overrides: agent_settings_pb2.GenerationSettings | None = None
+
+
+@dataclass
+class TurnResult:
+    outcome: pb.TurnOutcome.ValueType
+    text: str = ""
+    message_id: str = ""
+    usage: usage_pb2.UsageDimensions = field(default_factory=usage_pb2.UsageDimensions)
+    error: pb.ErrorEvent | None = None
+
+
+def error_event(
+    code: grpc.StatusCode, reason: str, message: str, turn_id: str = "", fatal: bool = False
+) -> pb.ErrorEvent:
+    return pb.ErrorEvent(
+        code=code.value[0],
+        detail=error_pb2.ErrorDetail(reason=reason, domain="macp.orchestrator", message=message),
+        turn_id=turn_id,
+        fatal=fatal,
+    )
+
+
+def rpc_failure(exc: grpc.aio.AioRpcError, what: str, reason: str, turn_id: str = "") -> pb.ErrorEvent:
+    """An error event for a failed call to another service, keeping its status and its reason."""
+    trailing = dict(exc.trailing_metadata() or ())
+    callee_reason = trailing.get(REASON_METADATA_KEY)
+    event = error_event(exc.code(), reason, f"{what} failed: {exc.code().name}: {exc.details()}", turn_id)
+    if isinstance(callee_reason, str):
+        event.detail.metadata["callee_reason"] = callee_reason
+    return event
+
+
+def now_timestamp() -> Timestamp:
+    stamp = Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
+class TurnRunner:
+    def __init__(self, downstream: Downstream, *, turn_timeout: float, reservation_ttl: int) -> None:
+        self._downstream = downstream
+        self._turn_timeout = turn_timeout
+        self._reservation_ttl = reservation_ttl
+
+    async def reserve(self, spec: TurnSpec) -> pb.ErrorEvent | None:
+        """Hold one agent turn of the tenant's quota; the refusal as an error event, if refused."""
+        try:
+            await self._downstream.metering.Reserve(
+                metering_pb.ReserveRequest(
+                    reservation_id=spec.turn_id,
+                    tenant_id=spec.caller.principal.tenant_id,
+                    meter=metering_pb.METER_AGENT_TURNS,
+                    quantity=1,
+                    conversation_id=spec.conversation_id,
+                    turn_id=spec.turn_id,
+                    ttl=Duration(seconds=self._reservation_ttl),
+                ),
+                timeout=self._downstream.timeout,
+                metadata=await self._downstream.for_metering(spec.caller),
+            )
+        except grpc.aio.AioRpcError as exc:
+            reason = (
+                "QUOTA_EXCEEDED" if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else "RESERVE_FAILED"
+            )
+            return rpc_failure(exc, "reserving the turn's quota (metering Reserve)", reason, spec.turn_id)
+        return None
+
+    async def release(self, caller: Caller, reservation_id: str, reason: str) -> None:
+        # Best effort: an unreleased hold expires by itself after its TTL.
+        try:
+            await self._downstream.metering.Release(
+                metering_pb.ReleaseRequest(reservation_id=reservation_id, reason=reason[:500]),
+                timeout=self._downstream.timeout,
+                metadata=await self._downstream.for_metering(caller),
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.warning("release of %s failed: %s", reservation_id, exc.details())
+
+    async def generate(
+        self, spec: TurnSpec, emit: Emit, halt: Halt
+    ) -> tuple[TurnResult, proxy_pb.GenerateCompletion | None]:
+        """Stream the agent's answer into the log as TokenDelta events; stop early on `halt`."""
+        agent = spec.agent
+        request = proxy_pb.GenerateRequest(
+            turn_id=spec.turn_id,
+            conversation_id=spec.conversation_id,
+            agent_id=agent.id,
+            tenant_id=spec.caller.principal.tenant_id,
+            provider=agent.provider,
+            model=agent.model,
+            system_prompt=spec.system_prompt,
+            messages=spec.messages,
+            generation=agent.generation,
+        )
+        if spec.overrides is not None:
+            request.generation.MergeFrom(spec.overrides)
+        pieces: list[str] = []
+        completion: proxy_pb.GenerateCompletion | None = None
+        try:
+            metadata = await self._downstream.for_agent(spec.caller, agent)
+        except grpc.aio.AioRpcError as exc:
+            return TurnResult(
+                pb.TURN_OUTCOME_FAILED,
+                error=rpc_failure(
+                    exc, "delegating a token to the agent (token exchange)", "DELEGATION_FAILED", spec.turn_id
+                ),
+            ), None
+        call = self._downstream.agent_proxy.Generate(request, timeout=self._turn_timeout, metadata=metadata)
+        watcher = asyncio.create_task(_cancel_on(halt, call))
+        try:
+            async for response in call:
+                if response.HasField("text_delta"):
+                    text = response.text_delta.text
+                    await emit(
+                        pb.ConversationEvent(
+                            token_delta=pb.TokenDelta(
+                                turn_id=spec.turn_id, agent_id=agent.id, text=text, index=len(pieces)
+                            )
+                        )
+                    )
+                    pieces.append(text)
+                elif response.HasField("completion"):
+                    completion = response.completion
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.CANCELLED and halt.is_set():
+                return TurnResult(halt.outcome, "".join(pieces)), None
+            return TurnResult(
+                pb.TURN_OUTCOME_FAILED,
+                "".join(pieces),
+                error=rpc_failure(
+                    exc,
+                    f"agent {agent.name} generating (agent-proxy Generate)",
+                    "GENERATE_FAILED",
+                    spec.turn_id,
+                ),
+            ), None
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if halt.is_set() and (current is None or not current.cancelling()):
+                return TurnResult(halt.outcome, "".join(pieces)), None
+            raise
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        if halt.is_set():
+            return TurnResult(halt.outcome, "".join(pieces)), completion
+        outcome = pb.TURN_OUTCOME_COMPLETED
+        if completion is not None and completion.finish_reason == proxy_pb.FINISH_REASON_MAX_TOKENS:
+            outcome = pb.TURN_OUTCOME_TRUNCATED
+        if completion is None or completion.finish_reason == proxy_pb.FINISH_REASON_ERROR:
+            return TurnResult(
+                pb.TURN_OUTCOME_FAILED,
+                "".join(pieces),
+                error=error_event(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "GENERATE_FAILED",
+                    f"agent {agent.name}'s provider ended the answer with an error",
+                    spec.turn_id,
+                ),
+            ), completion
+        return TurnResult(outcome, "".join(pieces)), completion
+
+    async def commit(
+        self,
+        spec: TurnSpec,
+        result: TurnResult,
+        completion: proxy_pb.GenerateCompletion | None,
+        started: float,
+    ) -> usage_pb2.UsageEvent | pb.ErrorEvent:
+        """Commit the hold with the turn's AGENT_TURN event; the event, or why it failed."""
+        dimensions = usage_pb2.UsageDimensions()
+        if completion is not None and completion.HasField("usage"):
+            dimensions.CopyFrom(completion.usage)
+        else:
+            # Cut short (cancelled): the agent proxy estimates the same way in its copy of the event.
+            prompt = sum(len(m.text) for m in spec.messages) + len(spec.system_prompt)
+            dimensions.input_tokens = max(1, round(prompt / CHARS_PER_TOKEN))
+            dimensions.output_tokens = round(len(result.text) / CHARS_PER_TOKEN)
+            dimensions.provider, dimensions.model = spec.agent.provider, spec.agent.model
+            dimensions.estimated = True
+        if not dimensions.duration_ms:
+            dimensions.duration_ms = int((time.monotonic() - started) * 1000)
+        principal = spec.caller.principal
+        event = usage_pb2.UsageEvent(
+            event_id=agent_turn_event_id(spec.turn_id),
+            time=now_timestamp(),
+            tenant_id=principal.tenant_id,
+            user_id=principal.user_id,
+            agent_id=spec.agent.id,
+            conversation_id=spec.conversation_id,
+            turn_id=spec.turn_id,
+            type=usage_pb2.USAGE_EVENT_TYPE_AGENT_TURN,
+            dimensions=dimensions,
+            actor_chain=principal.actor_chain,
+        )
+        try:
+            await self._downstream.metering.Commit(
+                metering_pb.CommitRequest(reservation_id=spec.turn_id, usage=[event]),
+                timeout=self._downstream.timeout,
+                metadata=await self._downstream.for_metering(spec.caller),
+            )
+        except grpc.aio.AioRpcError as exc:
+            return rpc_failure(
+                exc, "committing the turn's usage (metering Commit)", "COMMIT_FAILED", spec.turn_id
+            )
+        result.usage = dimensions
+        return event
+
+    async def store(self, spec: TurnSpec, text: str) -> str:
+        """The answer stored as the agent's message; its id (derived from the turn: retry-safe)."""
+        message_id = str(uuid.uuid5(uuid.UUID(spec.turn_id), "agent-message"))
+        await self._downstream.conversation.AppendMessage(
+            conversation_pb.AppendMessageRequest(
+                message=conversation_pb.Message(
+                    id=message_id,
+                    conversation_id=spec.conversation_id,
+                    role=conversation_pb.MESSAGE_ROLE_AGENT,
+                    author_id=spec.agent.id,
+                    text=text,
+                    turn_id=spec.turn_id,
+                )
+            ),
+            timeout=self._downstream.timeout,
+            metadata=await self._downstream.for_conversation(spec.caller),
+        )
+        return message_id
+
+
+async def _cancel_on(halt: Halt, call: grpc.aio.UnaryStreamCall) -> None:  # type: ignore[type-arg]
+    await halt.event.wait()
+    call.cancel()

@@ -1,0 +1,291 @@
+"""The whole mesh for tests that cross every service: token, conversation, agent proxy, metering
+and orchestrator (each served in-process, as `serve()` runs them), the local provider server,
+the edge under uvicorn, and Envoy's front and mesh listeners in front of them all, on free ports
+over the session's real infrastructure (Postgres, Redis, Kafka, S3).
+
+`running_world(service_environ, tmp_path)` yields a `World`: a seeded tenant, its user's tokens for
+the edge and for the orchestrator, stubs over Envoy's mesh listener, and helpers to create agents
+and conversations through the conversation service. More orchestrator processes can be started
+on the same world with `World.another_orchestrator()` (they register with Envoy's cluster by port).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import uvicorn
+from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
+from macp.conversation.v1 import conversation_service_pb2_grpc as conversation_grpc
+from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
+from macp.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
+
+from services.agent_proxy.service import DEFINITION as AGENT_PROXY
+from services.conversation.service import DEFINITION as CONVERSATION
+from services.edge.app import build_app
+from services.edge.settings import EdgeSettings
+from services.metering.service import DEFINITION as METERING
+from services.orchestrator.service import DEFINITION as ORCHESTRATOR
+from services.provider_server.server import RunningProviderServer, serving
+from services.runtime.auth.settings import EDGE_AUDIENCE, service_audience
+from services.runtime.metrics import HttpMetrics
+from services.runtime.server import RunningService, ServiceDefinition, serve
+from services.runtime.settings import Env
+from services.stack.config import EnvoyPorts, free_port
+from services.stack.envoy import Envoy
+from services.stack.envoy_config import render_native
+from tests.tokens import Tenant, TokenWorld, bearer, token_world
+
+ORCHESTRATOR_AUDIENCE = service_audience("orchestrator")
+CONVERSATION_AUDIENCE = service_audience("conversation")
+SERVICES: tuple[tuple[str, ServiceDefinition], ...] = (
+    ("CONVERSATION", CONVERSATION),
+    ("AGENT_PROXY", AGENT_PROXY),
+    ("METERING", METERING),
+    ("ORCHESTRATOR", ORCHESTRATOR),
+)
+FAST = {
+    # Metering's consumer answers quickly, the lease lapses soon after its holder dies.
+    "MACP_METERING_HEARTBEAT_INTERVAL_MS": "500",
+    "MACP_METERING_POLL_TIMEOUT_MS": "100",
+    "MACP_METERING_SWEEP_INTERVAL_SECONDS": "0.5",
+    "MACP_ORCHESTRATOR_LEASE_MS": "1500",
+    "MACP_ORCHESTRATOR_BID_WINDOW_SECONDS": "1.0",
+    "MACP_AGENT_PROXY_RETRY_BASE_SECONDS": "0.01",
+}
+
+
+def provider_environ(base_url: str) -> dict[str, str]:
+    """The provider `local` (Anthropic protocol) served by the local provider server at `base_url`."""
+    return {
+        "MACP_AGENT_PROXY_PROVIDERS": "local",
+        "MACP_PROVIDER_LOCAL_BASE_URL": base_url,
+        "MACP_PROVIDER_LOCAL_MODELS": "echo-1,echo-2",
+    }
+
+
+@dataclass
+class World:
+    environ: dict[str, str]
+    envoy: Envoy
+    tokens: TokenWorld
+    tenant: Tenant
+    provider_server: RunningProviderServer
+    edge_token: str
+    orchestrator_token: str
+    conversation_token: str
+    channel: grpc.aio.Channel
+    orchestrators: list[RunningService] = field(default_factory=list)
+
+    @property
+    def front_url(self) -> str:
+        return self.envoy.url
+
+    @property
+    def orchestrator(self) -> pb_grpc.OrchestratorServiceStub:
+        return pb_grpc.OrchestratorServiceStub(self.channel)
+
+    @property
+    def conversations(self) -> conversation_grpc.ConversationServiceStub:
+        return conversation_grpc.ConversationServiceStub(self.channel)
+
+    @property
+    def as_user(self) -> tuple[tuple[str, str], ...]:
+        """Metadata of the tenant's user calling the orchestrator."""
+        return bearer(self.orchestrator_token)
+
+    async def agent(self, name: str, **fields: object) -> conversation_pb.Agent:
+        agent = conversation_pb.Agent(name=name, provider="local", model="echo-1", **fields)  # type: ignore[arg-type]
+        reply = await self.conversations.CreateAgent(
+            conversation_pb.CreateAgentRequest(agent=agent),
+            metadata=bearer(self.conversation_token),
+            timeout=10,
+        )
+        return reply.agent
+
+    async def conversation(
+        self,
+        agents: Sequence[conversation_pb.Agent],
+        policy: conversation_pb.TurnPolicy.ValueType = conversation_pb.TURN_POLICY_ROUND_ROBIN,
+        **fields: object,
+    ) -> conversation_pb.Conversation:
+        conversation = conversation_pb.Conversation(
+            title="test",
+            participant_agent_ids=[a.id for a in agents],
+            turn_policy=policy,
+            **fields,  # type: ignore[arg-type]
+        )
+        reply = await self.conversations.CreateConversation(
+            conversation_pb.CreateConversationRequest(conversation=conversation),
+            metadata=bearer(self.conversation_token),
+            timeout=10,
+        )
+        return reply.conversation
+
+    async def messages(self, conversation_id: str) -> list[conversation_pb.Message]:
+        reply = await self.conversations.ListMessages(
+            conversation_pb.ListMessagesRequest(conversation_id=conversation_id, page_size=1000),
+            metadata=bearer(self.conversation_token),
+            timeout=10,
+        )
+        return list(reply.messages)
+
+    async def post(
+        self, conversation_id: str, text: str, message_id: str | None = None
+    ) -> pb.PostMessageResponse:
+        return await self.orchestrator.PostMessage(
+            pb.PostMessageRequest(
+                conversation_id=conversation_id,
+                message=pb.UserMessage(message_id=message_id or str(uuid.uuid4()), text=text),
+            ),
+            metadata=self.as_user,
+            timeout=10,
+        )
+
+    async def round_events(
+        self, conversation_id: str, after_event_id: str, trigger_message_id: str, seconds: float = 30
+    ) -> list[pb.ConversationEvent]:
+        """The events after `after_event_id` up to the RoundCompleted of `trigger_message_id`."""
+        events: list[pb.ConversationEvent] = []
+
+        async def collect() -> None:
+            stream = self.orchestrator.StreamEvents(
+                pb.StreamEventsRequest(conversation_id=conversation_id, after_event_id=after_event_id),
+                metadata=self.as_user,
+            )
+            async for response in stream:
+                events.append(response.event)
+                completed = response.event.round_completed
+                if (
+                    response.event.HasField("round_completed")
+                    and completed.trigger_message_id == trigger_message_id
+                ):
+                    stream.cancel()
+                    return
+
+        await asyncio.wait_for(collect(), seconds)
+        return events
+
+
+def _cluster_healthy(admin_port: int, cluster: str) -> bool:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://127.0.0.1:{admin_port}/clusters", timeout=2) as response:
+        text = response.read().decode()
+    return any(
+        line.startswith(f"{cluster}::") and line.endswith("health_flags::healthy")
+        for line in text.splitlines()
+    )
+
+
+async def wait_healthy(admin_port: int, cluster: str) -> None:
+    for _ in range(150):
+        if await asyncio.to_thread(_cluster_healthy, admin_port, cluster):
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"Envoy never saw the {cluster} cluster healthy")
+
+
+@asynccontextmanager
+async def running_world(service_environ: dict[str, str], tmp_path: Path) -> AsyncIterator[World]:
+    async with token_world(service_environ) as tokens, serving() as provider_server:
+        ports: dict[str, str] = {}
+        for name, _definition in SERVICES:
+            ports[f"MACP_{name}_PORT"] = str(free_port())
+            ports[f"MACP_{name}_METRICS_PORT"] = "0"
+        ports |= {
+            "MACP_EDGE_PORT": str(free_port()),
+            "MACP_EDGE_METRICS_PORT": "0",
+            "MACP_ENVOY_FRONT_PORT": str(free_port()),
+            "MACP_ENVOY_MESH_PORT": str(free_port()),
+            "MACP_ENVOY_ADMIN_PORT": str(free_port()),
+        }
+        environ = {
+            **tokens.environ,
+            **FAST,
+            **provider_environ(provider_server.base_url),
+            **ports,
+            "MACP_METERING_CONSUMER_GROUP": f"metering-{service_environ['MACP_KAFKA_USAGE_TOPIC']}",
+            "MACP_MESH_ADDRESS": f"127.0.0.1:{ports['MACP_ENVOY_MESH_PORT']}",
+        }
+        env = Env(environ)
+        stack = contextlib.AsyncExitStack()
+        async with stack:
+            runnings: list[RunningService] = []
+            for _name, definition in SERVICES:
+                runnings.append(await stack.enter_async_context(_served(definition, environ)))
+            edge_settings = EdgeSettings.from_env(env)
+            edge_server = uvicorn.Server(
+                uvicorn.Config(
+                    build_app(edge_settings, HttpMetrics("edge")),
+                    host="127.0.0.1",
+                    port=edge_settings.port,
+                    log_config=None,
+                    access_log=False,
+                    lifespan="on",
+                )
+            )
+            edge = asyncio.create_task(edge_server.serve())
+            envoy = Envoy(tmp_path, render_native(tmp_path / "envoy.yaml", env), EnvoyPorts.from_env(env))
+            await asyncio.to_thread(envoy.start)
+            mesh = grpc.aio.insecure_channel(envoy.mesh_address)
+            try:
+                for cluster in ("token", "conversation", "agent-proxy", "metering", "orchestrator", "edge"):
+                    await wait_healthy(envoy.ports.admin, cluster)
+                tenant = await tokens.tenant()
+                world = World(
+                    environ=environ,
+                    envoy=envoy,
+                    tokens=tokens,
+                    tenant=tenant,
+                    provider_server=provider_server,
+                    edge_token=await tokens.user_token(tenant, [EDGE_AUDIENCE]),
+                    orchestrator_token=await tokens.user_token(tenant, [ORCHESTRATOR_AUDIENCE]),
+                    conversation_token=await tokens.user_token(tenant, [CONVERSATION_AUDIENCE]),
+                    channel=mesh,
+                    orchestrators=[runnings[-1]],
+                )
+                await _wait_authenticating(world)
+                yield world
+            finally:
+                await mesh.close()
+                await asyncio.to_thread(envoy.stop)
+                edge_server.should_exit = True
+                with contextlib.suppress(asyncio.CancelledError):
+                    await edge
+
+
+@asynccontextmanager
+async def _served(definition: ServiceDefinition, environ: dict[str, str]) -> AsyncIterator[RunningService]:
+    started: asyncio.Future[RunningService] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(serve(definition, environ, started=started))
+    running = await started
+    try:
+        yield running
+    finally:
+        running.stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _wait_authenticating(world: World) -> None:
+    """Until every service holds the token service's keys: a GET of an unknown agent through the
+    mesh answers NOT_FOUND, not UNAVAILABLE (30 s at most)."""
+    for _ in range(150):
+        try:
+            await world.conversations.GetAgent(
+                conversation_pb.GetAgentRequest(id=str(uuid.uuid4())),
+                metadata=bearer(world.conversation_token),
+                timeout=5,
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return
+        await asyncio.sleep(0.2)
+    raise AssertionError("the world never authenticated a valid token")
