@@ -252,7 +252,7 @@ async def holds(stack: Stack, pairs: int, concurrency: int) -> dict[str, LoadRes
         hold = str(uuid.uuid4())
         await script(
             keys=[prefix + "quota:raw", prefix + "holds:raw", prefix + "hold:" + hold],
-            args=[prefix + "hold:", hold, str(pb.METER_API_CALLS), "1", "60000", "raw"],
+            args=[pb.METER_API_CALLS, 1, 60000],
         )
 
     async with grpc.aio.insecure_channel(stack.mesh_address) as channel:

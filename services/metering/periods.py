@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, date, datetime
 
 from services.runtime.errors import InvalidArgument
@@ -35,5 +36,6 @@ def parse_month(text: str, field: str, now: datetime) -> date:
         raise InvalidArgument(f"{field}: expected YYYY-MM, got {text!r}") from None
 
 
+@functools.lru_cache(maxsize=64)
 def month_label(month: date) -> str:
     return f"{month.year:04d}-{month.month:02d}"

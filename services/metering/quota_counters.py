@@ -10,6 +10,7 @@ applied, before any quota answer is given from it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -75,6 +76,11 @@ class QuotaKeys:
         return self.hold_prefix + reservation_id
 
 
+# Every quota answer needs its tenant's keys; building them is a few string joins, which a busy
+# tenant would repeat thousands of times a second.
+_keys = functools.lru_cache(maxsize=4096)(QuotaKeys)
+
+
 def delta_args(deltas: Iterable[QuotaDelta]) -> list[str]:
     args: list[str] = []
     for d in deltas:
@@ -97,7 +103,7 @@ class QuotaCounters:
         self._rebuild = redis.register_script(quota_scripts.REBUILD)
 
     def keys(self, tenant_id: str) -> QuotaKeys:
-        return QuotaKeys(self._prefix, tenant_id)
+        return _keys(self._prefix, tenant_id)
 
     async def apply(self, batch_id: uuid.UUID, deltas: Sequence[QuotaDelta]) -> list[tuple[str, date]]:
         """Count a recorded batch's deltas (each tenant's at most once), then drop them from the

@@ -8,10 +8,12 @@ event id), then settles the hold and counts the new usage in one script.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from macp.metering.v1 import metering_service_pb2 as pb
 
 from services.metering.events import MalformedEvent, StagedRow, UsageEvent, row_of_event
@@ -31,10 +33,19 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+@functools.lru_cache(maxsize=16)
+def _period(month: date) -> tuple[Timestamp, Timestamp]:
+    """The month's bounds as Timestamps, built once a month rather than on every quota answer.
+    Callers copy them into their messages (a message field copies on assignment) and never change
+    them."""
+    return timestamp(month_start(month)), timestamp(month_end(month))
+
+
 def _status(meter: int, month: date, state: CounterState) -> pb.QuotaStatus:
     used, reserved = math.ceil(state.used), math.ceil(state.reserved)
     included = int(state.limit) if state.limited else 0
-    status = pb.QuotaStatus(
+    start, end = _period(month)
+    return pb.QuotaStatus(
         meter=meter,  # type: ignore[arg-type]
         tier=state.tier,  # type: ignore[arg-type]
         included_quantity=included,
@@ -42,10 +53,9 @@ def _status(meter: int, month: date, state: CounterState) -> pb.QuotaStatus:
         reserved_quantity=reserved,
         remaining_quantity=max(included - math.ceil(state.used + state.reserved), 0),
         hard_limit=state.hard,
+        period_start_time=start,
+        period_end_time=end,
     )
-    status.period_start_time.CopyFrom(timestamp(month_start(month)))
-    status.period_end_time.CopyFrom(timestamp(month_end(month)))
-    return status
 
 
 def _past_allowance(state: CounterState, quantity: float) -> bool:
@@ -67,11 +77,12 @@ class Quotas:
         self._default_ttl_ms = default_ttl_seconds * 1000
         self._clock = clock
 
-    async def _run(self, tenant_id: str, month: date, call: Callable[[], Awaitable[Reply]]) -> Reply:
-        """`call`'s reply, after rebuilding the month's counters from Postgres if Redis lost them."""
+    async def _run(self, tenant_id: str, month: date, call: Callable[[], Awaitable[bytes]]) -> Reply:
+        """`call`'s reply as its words (see quota_scripts.py), after rebuilding the month's counters
+        from Postgres if Redis lost them."""
         for _ in range(REBUILD_ATTEMPTS):
-            reply = await call()
-            if not reply or reply[0] != b"rebuild":
+            reply = (await call()).split(b" ")
+            if reply[0] != b"rebuild":
                 return reply
             # A hold names its own month, which a commit just after midnight UTC needs rebuilt.
             await self._counters.rebuild(
@@ -103,23 +114,14 @@ class Quotas:
         return response
 
     async def reserve(self, tenant_id: str, request: pb.ReserveRequest) -> pb.ReserveResponse:
+        # The hot path of a turn: one script call, and as little Python around it as will do.
         month = billing_month(self._clock())
         keys = self._counters.keys(tenant_id)
         ttl_ms = request.ttl.ToMilliseconds() if request.HasField("ttl") else self._default_ttl_ms
+        script_keys = [keys.quota(month), keys.holds(month), keys.hold(request.reservation_id)]
+        script_args = [request.meter, request.quantity, ttl_ms]
         reply = await self._run(
-            tenant_id,
-            month,
-            lambda: self._counters.reserve_script(
-                keys=[keys.quota(month), keys.holds(month), keys.hold(request.reservation_id)],
-                args=[
-                    keys.hold_prefix,
-                    request.reservation_id,
-                    str(request.meter),
-                    str(request.quantity),
-                    str(ttl_ms),
-                    month_label(month),
-                ],
-            ),
+            tenant_id, month, lambda: self._counters.reserve_script(keys=script_keys, args=script_args)
         )
         outcome, expire_ms = reply[0], reply[2]
         state = CounterState.parse(reply[3:8])
