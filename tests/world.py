@@ -33,6 +33,7 @@ from services.edge.app import build_app
 from services.edge.settings import EdgeSettings
 from services.metering.service import DEFINITION as METERING
 from services.orchestrator.service import DEFINITION as ORCHESTRATOR
+from services.provider_server.behavior import Behavior
 from services.provider_server.server import RunningProviderServer, serving
 from services.runtime.auth.settings import EDGE_AUDIENCE, service_audience
 from services.runtime.metrics import HttpMetrics
@@ -128,6 +129,11 @@ class World:
             timeout=10,
         )
         return reply.conversation
+
+    def book(self, behavior: str, times: int | None = None, model: str = "echo-1") -> None:
+        """Make the provider server answer `model`'s next `times` requests with `behavior`
+        (services/provider_server/behavior.py: `pace=0.05` for a slow stream)."""
+        self.provider_server.state.book.book(model, Behavior.parse(behavior), times)
 
     async def messages(self, conversation_id: str) -> list[conversation_pb.Message]:
         reply = await self.conversations.ListMessages(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 from macp.common.v1 import agent_settings_pb2
@@ -26,8 +26,18 @@ from services.orchestrator.event_log import EventLog
 from services.orchestrator.turns import error_event
 from services.runtime.auth.authenticator import bearer_token
 from services.runtime.context import RpcContext
-from services.runtime.errors import DomainError, InvalidArgument
+from services.runtime.errors import DomainError, InvalidArgument, relayed
 from services.runtime.principal import current_principal
+
+
+@contextlib.contextmanager
+def relaying(what: str) -> Iterator[None]:
+    """Calls made for the caller: a callee's refusal is this RPC's (runtime/errors.py `relayed`)."""
+    try:
+        yield
+    except grpc.aio.AioRpcError as exc:
+        raise relayed(exc, what) from None
+
 
 # Events buffered per Converse stream before the reader waits: a slow client slows only itself.
 STREAM_BUFFER = 1024
@@ -53,13 +63,15 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
     async def PostMessage(
         self, request: pb.PostMessageRequest, context: RpcContext
     ) -> pb.PostMessageResponse:
-        accepted = await self._driver.post(_caller(context), request.conversation_id, request.message)
+        with relaying("storing the message"):
+            accepted = await self._driver.post(_caller(context), request.conversation_id, request.message)
         return accepted.response()
 
     async def StreamEvents(
         self, request: pb.StreamEventsRequest, context: RpcContext
     ) -> AsyncIterator[pb.StreamEventsResponse]:
-        await self._driver.conversation(_caller(context), request.conversation_id)
+        with relaying("reading the conversation"):
+            await self._driver.conversation(_caller(context), request.conversation_id)
         async for event in self._events.follow(request.conversation_id, request.after_event_id):
             yield pb.StreamEventsResponse(event=event)
 
@@ -71,7 +83,8 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         if first is None:
             return
         conversation_id = first.conversation_id
-        await self._driver.conversation(caller, conversation_id)
+        with relaying("reading the conversation"):
+            await self._driver.conversation(caller, conversation_id)
         after = first.join.after_event_id if first.HasField("join") else ""
         # Start reading before acting, so the events of this client's own first action are seen.
         start = after or await self._events.last_event_id(conversation_id)
@@ -133,13 +146,15 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         self, request: pb.CompleteRequest, context: RpcContext
     ) -> AsyncIterator[pb.CompleteResponse]:
         caller = _caller(context)
-        agent = (
-            await self._driver.downstream.conversation.GetAgent(
-                conversation_pb.GetAgentRequest(id=request.agent_id),
-                timeout=self._driver.downstream.timeout,
-                metadata=await self._driver.downstream.for_conversation(caller),
-            )
-        ).agent
+        downstream = self._driver.downstream
+        with relaying("reading the agent"):
+            agent = (
+                await downstream.conversation.GetAgent(
+                    conversation_pb.GetAgentRequest(id=request.agent_id),
+                    timeout=downstream.timeout,
+                    metadata=await downstream.for_conversation(caller),
+                )
+            ).agent
         overrides = agent_settings_pb2.GenerationSettings()
         if request.HasField("max_tokens"):
             overrides.max_tokens = request.max_tokens

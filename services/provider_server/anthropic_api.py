@@ -105,6 +105,7 @@ async def messages(request: Request) -> Response:
         await asyncio.sleep(behavior.slow)
     if behavior.status is not None:
         return error_response(behavior.status, f"injected failure {behavior.status}")
+    state.remember(prompt)
     answer = compose_answer(prompt, max_tokens, behavior.tokens)
     message_id = f"msg_{uuid.uuid4().hex[:24]}"
     headers = {"request-id": f"req_{uuid.uuid4().hex}"}

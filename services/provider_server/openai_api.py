@@ -94,6 +94,7 @@ async def chat_completions(request: Request) -> Response:
         await asyncio.sleep(behavior.slow)
     if behavior.status is not None:
         return error_response(behavior.status, f"injected failure {behavior.status}")
+    state.remember(prompt)
     answer = compose_answer(prompt, max_tokens, behavior.tokens)
     finish_reason = "length" if answer.truncated else "stop"
     headers = {"x-request-id": f"req_{uuid.uuid4().hex}"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,9 @@ class ProtocolError(Exception):
         self.message = message
 
 
+PROMPTS_KEPT = 100
+
+
 @dataclass
 class ProviderState:
     """What the server remembers between requests: booked behaviors and what it has served."""
@@ -37,6 +41,12 @@ class ProviderState:
     requests: dict[str, int] = field(default_factory=dict)
     open_streams: int = 0
     streams_started: int = 0
+    # The newest prompts answered (system prompt and messages joined), oldest first: tests of the
+    # orchestrator check what each agent was shown.
+    prompts: deque[str] = field(default_factory=lambda: deque(maxlen=PROMPTS_KEPT))
+
+    def remember(self, prompt: list[str]) -> None:
+        self.prompts.append("\n".join(prompt))
 
     def behavior_for(self, request: Request, model: str) -> Behavior:
         """The request's own `x-macp-behavior`, else the first one booked for `model`; counts the

@@ -73,3 +73,39 @@ class Unavailable(DomainError):
 
 class Unimplemented(DomainError):
     code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class Aborted(DomainError):
+    code = grpc.StatusCode.ABORTED
+
+
+# What a service answers when a call it made on the caller's behalf failed: the callee's verdict
+# about the caller's request (not found, invalid, refused, over quota, a stale etag) passes through
+# unchanged, so a facade such as the orchestrator never turns a 404 into a 500; the callee's own
+# trouble (internal, unauthenticated: a token this service made) is this service's unavailability.
+_RELAYED: dict[grpc.StatusCode, type[DomainError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        AlreadyExists,
+        FailedPrecondition,
+        OutOfRange,
+        PermissionDenied,
+        ResourceExhausted,
+        Aborted,
+    )
+}
+
+
+def relayed(exc: grpc.aio.AioRpcError, what: str) -> DomainError:
+    """The domain error to answer when the call `what` (e.g. "the conversation service") failed."""
+    trailing = dict(exc.trailing_metadata() or ())
+    kind = _RELAYED.get(exc.code())
+    if kind is None:
+        return Unavailable(f"{what} failed: {exc.code().name}: {exc.details()}")
+    error = kind(exc.details() or exc.code().name)
+    reason = trailing.get(REASON_METADATA_KEY)
+    if isinstance(reason, str):
+        error.reason = reason
+    return error

@@ -3,23 +3,14 @@ speakers, the deltas streamed reassemble exactly to the stored answers, and the 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 from macp.common.v1 import usage_pb2
 from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
-from tests.world import World, running_world
+from tests.world import World
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def world(service_environ: dict[str, str], tmp_path: Path) -> AsyncIterator[World]:
-    async with running_world(service_environ, tmp_path) as world:
-        yield world
 
 
 def turns_of(events: list[pb.ConversationEvent]) -> dict[str, str]:
