@@ -19,20 +19,24 @@ the append unless that lease is still the current one, so a deposed driver canno
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, Sequence
 from typing import Final
 
 import redis.asyncio as aioredis
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeout
 
 from services.orchestrator.lease import Lease, LeaseLost, lease_key
-from services.runtime.errors import InvalidArgument, OutOfRange
+from services.runtime.errors import InvalidArgument, OutOfRange, Unavailable
 
 DEFAULT_MAX_EVENTS: Final = 10_000
 DEFAULT_IDLE_SECONDS: Final = 24 * 3600
 DEFAULT_BLOCK_MS: Final = 5_000
 READ_BATCH: Final = 256
+FOLLOW_RETRIES: Final = 5
 _FIELD: Final = b"e"
 _EVENT_ID: Final = re.compile(r"(\d{1,20})-(\d{1,20})")
 
@@ -137,8 +141,21 @@ class EventLog:
         appended, until the caller stops iterating."""
         cursor = after_event_id or await self.last_event_id(conversation_id)
         position = _position(cursor)
+        failures = 0
         while True:
-            floor, entries = await self._read(conversation_id, cursor, READ_BATCH, block_ms=self._block_ms)
+            try:
+                floor, entries = await self._read(
+                    conversation_id, cursor, READ_BATCH, block_ms=self._block_ms
+                )
+            except (RedisTimeout, RedisConnectionError) as exc:
+                # The read is idempotent (it starts after the cursor), so a dropped blocking read is
+                # retried; a Redis that stays away ends the stream as unavailable.
+                failures += 1
+                if failures > FOLLOW_RETRIES:
+                    raise Unavailable(f"the conversation's event log is unreachable: {exc}") from None
+                await asyncio.sleep(0.1 * failures)
+                continue
+            failures = 0
             self._check_retained(cursor, position, floor)
             for event in entries:
                 yield event
