@@ -1,8 +1,16 @@
-"""Server interceptors: the cross-cutting work of every RPC, written once.
+"""The server interceptor: the cross-cutting work of every RPC, written once.
 
-Order (outermost first) as `server.py` installs them: request id → access log → error mapping →
-authentication → validation → the handler. Each wraps the handler's behaviour, so it sees the
-call's real outcome, including streaming ones, rather than only its start.
+The steps, outermost first: request id → access log → error mapping → authentication → validation
+→ the handler. Each wraps the rest, so it sees the call's real outcome, including a streaming
+one's, rather than only its start: the access log times and records the status the error mapping
+chose, the error mapping maps what authentication, validation or the handler raised, and the
+principal is set only while validation and the handler run.
+
+Why one interceptor and not one per step: grpc.aio runs every interceptor's `intercept_service`
+on every call, and each wrapping layer adds its own coroutine (or async generator) frames, so five
+layers cost ten frames and five handler rebuilds per call, a measurable share of a cached read
+(docs/benchmarks.md section 5). Here each method's wrapped handler is built once and the steps run
+in one frame, in the same order and with the same logs, metrics and statuses.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar, Token
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeAlias, cast
 
 import grpc
 import protovalidate
@@ -28,15 +36,17 @@ log = logging.getLogger("macp.rpc")
 
 Context = RpcContext
 Behavior = Callable[[Any, Context], Any]
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable["grpc.RpcMethodHandler[Any, Any] | None"]]
+# A string: grpc's runtime class is not subscriptable, only its stubs are.
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable["Handler | None"]]
 
 
 def _reset(var: ContextVar[Any], token: Token[Any]) -> None:
     """`var.reset(token)`, or nothing when `token` belongs to another Context.
 
-    A streaming call's async generators may be closed outside the task that ran them: when a client
-    cancels while the server is sending, grpc.aio drops the suspended generators and the event loop's
-    finalizer closes them in a task of its own, in another Context. There `reset` raises ValueError
+    A streaming call's async generator may be closed outside the task that ran it: when a client
+    cancels while the server is sending, grpc.aio drops the suspended generator and the event loop's
+    finalizer closes it in a task of its own, in another Context. There `reset` raises ValueError
     (the token was made in the handler task's Context). Leaving the variable is right: the Context
     that holds this call's value belonged to the finished handler task and goes away with it, and
     whatever the closing task's Context holds is not this call's to undo.
@@ -54,7 +64,7 @@ def _metadata_value(context: Context, key: str) -> str | None:
 
 def _yielding(behavior: Behavior) -> Behavior:
     """Adapts a streaming handler that writes with `context.write` and returns (the stock health
-    `Watch` does) to one that yields, so every interceptor can iterate it; its writes go out directly."""
+    `Watch` does) to one that yields, so the interceptor can iterate it; its writes go out directly."""
 
     async def responses(request: Any, context: Context) -> AsyncIterator[Any]:
         await behavior(request, context)
@@ -64,156 +74,11 @@ def _yielding(behavior: Behavior) -> Behavior:
     return responses
 
 
-class WrappingInterceptor(grpc.aio.ServerInterceptor):
-    """Base for interceptors that run around each call's behaviour.
-
-    Subclasses override `around_unary` (the response is one message) and/or `around_stream` (the
-    response streams); the defaults pass through.
-    """
-
-    async def around_unary(self, method: str, behavior: Behavior, request: Any, context: Context) -> Any:
-        return await behavior(request, context)
-
-    async def around_stream(
-        self, method: str, behavior: Behavior, request: Any, context: Context
-    ) -> AsyncIterator[Any]:
-        async for response in behavior(request, context):
-            yield response
-
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method: str = handler_call_details.method
-        if handler.response_streaming:
-            inner = cast(Behavior, handler.unary_stream or handler.stream_stream)
-            if not inspect.isasyncgenfunction(inner):
-                inner = _yielding(inner)
-
-            async def stream_behavior(request: Any, context: Context) -> AsyncIterator[Any]:
-                async for response in self.around_stream(method, inner, request, context):
-                    yield response
-
-            factory = grpc.stream_stream_rpc_method_handler
-            if not handler.request_streaming:
-                factory = grpc.unary_stream_rpc_method_handler
-            return factory(stream_behavior, handler.request_deserializer, handler.response_serializer)
-
-        inner = cast(Behavior, handler.unary_unary or handler.stream_unary)
-
-        async def unary_behavior(request: Any, context: Context) -> Any:
-            return await self.around_unary(method, inner, request, context)
-
-        factory = grpc.stream_unary_rpc_method_handler
-        if not handler.request_streaming:
-            factory = grpc.unary_unary_rpc_method_handler
-        return factory(unary_behavior, handler.request_deserializer, handler.response_serializer)
-
-
-class RequestIdInterceptor(WrappingInterceptor):
-    """Takes `x-request-id` from the caller (Envoy or the edge sets it) or makes one, for the whole call."""
-
-    def _begin(self, context: Context) -> Any:
-        request_id = _metadata_value(context, REQUEST_ID_HEADER) or new_request_id()
-        context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
-        return request_id_var.set(request_id)
-
-    async def around_unary(self, method: str, behavior: Behavior, request: Any, context: Context) -> Any:
-        token = self._begin(context)
-        try:
-            return await behavior(request, context)
-        finally:
-            _reset(request_id_var, token)
-
-    async def around_stream(
-        self, method: str, behavior: Behavior, request: Any, context: Context
-    ) -> AsyncIterator[Any]:
-        token = self._begin(context)
-        try:
-            async for response in behavior(request, context):
-                yield response
-        finally:
-            _reset(request_id_var, token)
-
-
 def _status_of(context: Context, failed: bool) -> grpc.StatusCode:
     code = context.code()
     if isinstance(code, grpc.StatusCode):
         return code
     return grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
-
-
-class AccessLogInterceptor(WrappingInterceptor):
-    """One log line and one metrics observation per call, with its final status and duration."""
-
-    def __init__(self, metrics: RpcMetrics) -> None:
-        self._metrics = metrics
-
-    def _finish(self, method: str, context: Context, started: float, failed: bool) -> None:
-        elapsed = time.perf_counter() - started
-        code = _status_of(context, failed)
-        self._metrics.observe(method, code.name, elapsed)
-        log.info(
-            "rpc",
-            extra={"rpc": method, "grpc_status": code.name, "duration_ms": round(elapsed * 1000, 2)},
-        )
-
-    async def around_unary(self, method: str, behavior: Behavior, request: Any, context: Context) -> Any:
-        started, failed = time.perf_counter(), True
-        try:
-            response = await behavior(request, context)
-            failed = False
-            return response
-        finally:
-            self._finish(method, context, started, failed)
-
-    async def around_stream(
-        self, method: str, behavior: Behavior, request: Any, context: Context
-    ) -> AsyncIterator[Any]:
-        started, failed = time.perf_counter(), True
-        try:
-            async for response in behavior(request, context):
-                yield response
-            failed = False
-        finally:
-            self._finish(method, context, started, failed)
-
-
-class ErrorMappingInterceptor(WrappingInterceptor):
-    """The one place a domain error becomes a gRPC status; anything unexpected becomes INTERNAL."""
-
-    async def _abort(self, method: str, exc: BaseException, context: Context) -> None:
-        if isinstance(exc, DomainError):
-            if exc.reason:
-                # Keep the trailers set so far (the request id) and add the reason.
-                trailers = (*(context.trailing_metadata() or ()), (REASON_METADATA_KEY, exc.reason))
-                await context.abort(exc.code, exc.message, trailing_metadata=trailers)
-            await context.abort(exc.code, exc.message)
-        if isinstance(exc, NotImplementedError):
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented yet")
-        log.exception("unhandled error in %s", method, exc_info=exc)
-        await context.abort(grpc.StatusCode.INTERNAL, "internal error; the request id names it in the logs")
-
-    async def around_unary(self, method: str, behavior: Behavior, request: Any, context: Context) -> Any:
-        try:
-            return await behavior(request, context)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            await self._abort(method, exc, context)
-
-    async def around_stream(
-        self, method: str, behavior: Behavior, request: Any, context: Context
-    ) -> AsyncIterator[Any]:
-        try:
-            async for response in behavior(request, context):
-                yield response
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            await self._abort(method, exc, context)
 
 
 class Authenticator(Protocol):
@@ -222,39 +87,6 @@ class Authenticator(Protocol):
 
     async def authenticate(self, method: str, context: Context) -> Principal:
         """The caller's principal; raise `Unauthenticated` or `PermissionDenied` to refuse the call."""
-
-
-class AuthenticationInterceptor(WrappingInterceptor):
-    """The authentication hook: every call passes the configured `Authenticator` first."""
-
-    def __init__(self, authenticator: Authenticator, exempt_prefixes: tuple[str, ...]) -> None:
-        self._authenticator = authenticator
-        # Health and reflection must answer probes that carry no token.
-        self._exempt_prefixes = exempt_prefixes
-
-    async def _begin(self, method: str, context: Context) -> Token[Principal | None] | None:
-        if method.startswith(self._exempt_prefixes):
-            return None
-        return principal_var.set(await self._authenticator.authenticate(method, context))
-
-    async def around_unary(self, method: str, behavior: Behavior, request: Any, context: Context) -> Any:
-        token = await self._begin(method, context)
-        try:
-            return await behavior(request, context)
-        finally:
-            if token is not None:
-                _reset(principal_var, token)
-
-    async def around_stream(
-        self, method: str, behavior: Behavior, request: Any, context: Context
-    ) -> AsyncIterator[Any]:
-        token = await self._begin(method, context)
-        try:
-            async for response in behavior(request, context):
-                yield response
-        finally:
-            if token is not None:
-                _reset(principal_var, token)
 
 
 class AdmitAll:
@@ -279,45 +111,168 @@ def violations_message(message: Message) -> str | None:
     return "; ".join(parts)
 
 
-class ValidationInterceptor(WrappingInterceptor):
-    """Enforces the `buf.validate` constraints declared in the protos, once, for every request message."""
+async def _validate(message: Any, context: Context) -> None:
+    """Enforces the `buf.validate` constraints declared in the protos on one request message."""
+    if isinstance(message, Message):
+        problem = violations_message(message)
+        if problem is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+
+
+async def _validated_stream(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+    async for message in requests:
+        await _validate(message, context)
+        yield message
+
+
+class RpcInterceptor(grpc.aio.ServerInterceptor):
+    """Request id → access log → error mapping → authentication → validation, for every call.
+
+    - Request id: `x-request-id` from the caller (Envoy or the edge sets it), or a new one; set for
+      the whole call and sent back in the trailing metadata.
+    - Access log: one log line and one metrics observation per call, with its final status and
+      duration.
+    - Error mapping: the one place a domain error becomes a gRPC status; anything unexpected
+      becomes INTERNAL, its text only in the log.
+    - Authentication: every call but health and reflection (`exempt_prefixes`, which must answer
+      probes that carry no token) passes the `Authenticator` first; its principal is the call's.
+    - Validation: the request message(s) must satisfy their protovalidate constraints.
+    """
+
+    def __init__(
+        self, metrics: RpcMetrics, authenticator: Authenticator, exempt_prefixes: tuple[str, ...]
+    ) -> None:
+        self._metrics = metrics
+        self._authenticator = authenticator
+        self._exempt_prefixes = exempt_prefixes
+        # Full method name → (the server's handler, its wrapped one). Only methods the server has
+        # a handler for are kept, so it holds at most one entry per registered method.
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method: str = handler_call_details.method
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, method: str, handler: Handler) -> Handler:
+        authenticates = not method.startswith(self._exempt_prefixes)
+        if handler.response_streaming:
+            inner = cast(Behavior, handler.unary_stream or handler.stream_stream)
+            if not inspect.isasyncgenfunction(inner):
+                inner = _yielding(inner)
+            behavior = self._streaming(method, inner, authenticates)
+            factory = grpc.stream_stream_rpc_method_handler
+            if not handler.request_streaming:
+                factory = grpc.unary_stream_rpc_method_handler
+        else:
+            inner = cast(Behavior, handler.unary_unary or handler.stream_unary)
+            behavior = self._unary(method, inner, authenticates)
+            factory = grpc.stream_unary_rpc_method_handler
+            if not handler.request_streaming:
+                factory = grpc.unary_unary_rpc_method_handler
+        return factory(behavior, handler.request_deserializer, handler.response_serializer)
+
+    def _unary(self, method: str, inner: Behavior, authenticates: bool) -> Behavior:
+        async def behavior(request: Any, context: Context) -> Any:
+            request_id = self._begin(context)
+            started, failed = time.perf_counter(), True
+            try:
+                try:
+                    principal = await self._authenticate(method, context) if authenticates else None
+                    try:
+                        response = await inner(await self._checked(request, context), context)
+                    finally:
+                        if principal is not None:
+                            _reset(principal_var, principal)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await self._abort(method, exc, context)
+                    response = None  # not reached: abort raises
+                failed = False
+                return response
+            finally:
+                self._finish(method, context, started, failed)
+                _reset(request_id_var, request_id)
+
+        return behavior
+
+    def _streaming(self, method: str, inner: Behavior, authenticates: bool) -> Behavior:
+        async def behavior(request: Any, context: Context) -> AsyncIterator[Any]:
+            request_id = self._begin(context)
+            started, failed = time.perf_counter(), True
+            try:
+                try:
+                    principal = await self._authenticate(method, context) if authenticates else None
+                    try:
+                        async for response in inner(await self._checked(request, context), context):
+                            yield response
+                    finally:
+                        if principal is not None:
+                            _reset(principal_var, principal)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await self._abort(method, exc, context)
+                failed = False
+            finally:
+                self._finish(method, context, started, failed)
+                _reset(request_id_var, request_id)
+
+        return behavior
+
+    # --- the steps ------------------------------------------------------------------------------
 
     @staticmethod
-    async def _validate(message: Any, context: Context) -> None:
-        if isinstance(message, Message):
-            problem = violations_message(message)
-            if problem is not None:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+    def _begin(context: Context) -> Token[str | None]:
+        request_id = _metadata_value(context, REQUEST_ID_HEADER) or new_request_id()
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
+        return request_id_var.set(request_id)
 
-    async def _validated_stream(self, requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
-        async for message in requests:
-            await self._validate(message, context)
-            yield message
+    def _finish(self, method: str, context: Context, started: float, failed: bool) -> None:
+        elapsed = time.perf_counter() - started
+        code = _status_of(context, failed)
+        self._metrics.observe(method, code.name, elapsed)
+        log.info(
+            "rpc",
+            extra={"rpc": method, "grpc_status": code.name, "duration_ms": round(elapsed * 1000, 2)},
+        )
 
-    async def _checked(self, request: Any, context: Context) -> Any:
+    async def _authenticate(self, method: str, context: Context) -> Token[Principal | None]:
+        return principal_var.set(await self._authenticator.authenticate(method, context))
+
+    @staticmethod
+    async def _checked(request: Any, context: Context) -> Any:
         if hasattr(request, "__aiter__"):
-            return self._validated_stream(request, context)
-        await self._validate(request, context)
+            return _validated_stream(request, context)
+        await _validate(request, context)
         return request
 
-    async def around_unary(self, method: str, behavior: Behavior, request: Any, context: Context) -> Any:
-        return await behavior(await self._checked(request, context), context)
-
-    async def around_stream(
-        self, method: str, behavior: Behavior, request: Any, context: Context
-    ) -> AsyncIterator[Any]:
-        async for response in behavior(await self._checked(request, context), context):
-            yield response
+    @staticmethod
+    async def _abort(method: str, exc: BaseException, context: Context) -> None:
+        if isinstance(exc, DomainError):
+            if exc.reason:
+                # Keep the trailers set so far (the request id) and add the reason.
+                trailers = (*(context.trailing_metadata() or ()), (REASON_METADATA_KEY, exc.reason))
+                await context.abort(exc.code, exc.message, trailing_metadata=trailers)
+            await context.abort(exc.code, exc.message)
+        if isinstance(exc, NotImplementedError):
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented yet")
+        log.exception("unhandled error in %s", method, exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error; the request id names it in the logs")
 
 
 def server_interceptors(
     metrics: RpcMetrics, authenticator: Authenticator, exempt_prefixes: tuple[str, ...]
 ) -> list[grpc.aio.ServerInterceptor]:
-    """The chain every service's server installs, outermost first (see the module docstring)."""
-    return [
-        RequestIdInterceptor(),
-        AccessLogInterceptor(metrics),
-        ErrorMappingInterceptor(),
-        AuthenticationInterceptor(authenticator, exempt_prefixes),
-        ValidationInterceptor(),
-    ]
+    """What every service's server installs (see the module docstring)."""
+    return [RpcInterceptor(metrics, authenticator, exempt_prefixes)]
