@@ -1,4 +1,4 @@
-"""The edge's ASGI application: REST routes (and later WebSocket and SSE) in front of the mesh."""
+"""The edge's ASGI application: REST, SSE, OpenAI-compatible and WebSocket routes in front of the mesh."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.edge import agents, conversations, messages, oauth, usage
+from services.edge import agents, chat_completions, conversations, messages, oauth, sse, usage
 from services.edge.auth import BearerAuthMiddleware
 from services.edge.context import EdgeContext, edge_context
 from services.edge.errors import HttpError, error_response, rpc_error_response
@@ -28,7 +28,15 @@ API_VERSION = "v1"
 
 
 def api_routes() -> list[ApiRoute]:
-    return [*agents.ROUTES, *conversations.ROUTES, *messages.ROUTES, *oauth.ROUTES, *usage.ROUTES]
+    return [
+        *agents.ROUTES,
+        *conversations.ROUTES,
+        *messages.ROUTES,
+        *sse.ROUTES,
+        *chat_completions.ROUTES,
+        *oauth.ROUTES,
+        *usage.ROUTES,
+    ]
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -1,19 +1,28 @@
 """REST routes for messages and archives: `/v1/conversations/{id}/messages`, `/archive`, `/archives`.
 
-POST `/messages` appends a message of the calling user (role USER, author the caller): agents'
-messages are the orchestrator's to append. The message `id` is the client's and makes the POST
-idempotent: a retry answers 200 with the stored message, the first attempt 201.
+POST `/messages` posts a message of the calling user through OrchestratorService.PostMessage, so
+it starts a round of the agents (agents' messages are the orchestrator's to append). The body is
+`{id?, text, mentionAgentIds?}` (`role`, if given, must be USER). The `id` (a UUID, generated when
+left out) is the client's and makes the POST idempotent: the first attempt answers 201, a retry
+200, each with `{messageId, sequence, duplicate, eventId}`; `eventId` is the MessageAccepted
+event, after which GET `/events` (or the WebSocket) shows the agents' answers. With
+`Accept: text/event-stream` the same POST answers 200 with server-sent events instead: the
+message's MessageAccepted event, then its round's events, ending with the RoundCompleted event of
+this message (or a fatal error event); see services/edge/sse.py.
 """
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import AsyncIterator, Callable
 from http import HTTPStatus
+from typing import Any
 
 from macp.conversation.v1 import conversation_service_pb2 as pb
+from macp.orchestrator.v1 import orchestrator_service_pb2 as pb_orchestrator
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.edge.auth import caller_var
 from services.edge.context import edge_context
 from services.edge.errors import HttpError
 from services.edge.http import message_response, parse_document, read_json_object
@@ -29,7 +38,14 @@ from services.edge.rest import (
     query,
     same_id,
 )
-from services.edge.routes import ApiRoute
+from services.edge.routes import ApiRoute, Content
+from services.edge.sse import (
+    event_stream_response,
+    sse_event,
+    stream_events,
+    wants_event_stream,
+)
+from services.edge.ws_streams import ORCHESTRATOR_AUDIENCE
 
 URL_TTL_QUERY = (
     "url_ttl",
@@ -38,9 +54,72 @@ URL_TTL_QUERY = (
 )
 
 
-def _caller_user_id() -> str:
-    caller = caller_var.get()
-    return (caller.claims.user_id or "") if caller is not None else ""
+USER_ROLES = ("", "MESSAGE_ROLE_UNSPECIFIED", "MESSAGE_ROLE_USER")
+# The body's members and where each goes in the UserMessage (JSON names, and the proto names too).
+_BODY_FIELDS = {
+    "id": "messageId",
+    "text": "text",
+    "mentionAgentIds": "mentionAgentIds",
+    "mention_agent_ids": "mentionAgentIds",
+}
+POST_MESSAGE_BODY = Content(
+    name="PostMessageBody",
+    schema={
+        "type": "object",
+        "required": ["text"],
+        "additionalProperties": False,
+        "properties": {
+            "id": {
+                "type": "string",
+                "format": "uuid",
+                "description": "the message id; retries with the same id are accepted once",
+            },
+            "text": {"type": "string", "minLength": 1, "maxLength": 32000},
+            "mentionAgentIds": {
+                "type": "array",
+                "maxItems": 16,
+                "uniqueItems": True,
+                "items": {"type": "string", "format": "uuid"},
+                "description": "agents the user addressed (@mentions), preferred for the next turns",
+            },
+            "role": {"type": "string", "enum": ["MESSAGE_ROLE_USER"], "description": "only USER"},
+            "conversationId": {"type": "string", "format": "uuid", "description": "the path's, or absent"},
+        },
+    },
+)
+
+
+def user_message(document: dict[str, Any], conversation_id: str) -> pb_orchestrator.UserMessage:
+    """The UserMessage of a POST body, refusing unknown members and other roles by name."""
+    same_id(document, conversation_id, "conversationId")
+    role = document.get("role", "")
+    if role not in USER_ROLES:
+        raise HttpError(
+            HTTPStatus.BAD_REQUEST, "INVALID_ARGUMENT", "role: only USER messages are posted here"
+        )
+    fields: dict[str, Any] = {}
+    for name, value in document.items():
+        if name in ("role", "conversationId"):
+            continue
+        target = _BODY_FIELDS.get(name)
+        if target is None:
+            raise invalid(f"{name}: unknown field (expected: id, text, mentionAgentIds)")
+        fields[target] = value
+    message = parse_document(fields, pb_orchestrator.UserMessage())
+    message.message_id = message.message_id or str(uuid.uuid4())
+    return message
+
+
+def _round_of(message_id: str) -> Callable[[pb_orchestrator.ConversationEvent], bool]:
+    """Where the SSE answer of a POST ends: its own round's end, or a fatal error."""
+
+    def last(event: pb_orchestrator.ConversationEvent) -> bool:
+        kind = event.WhichOneof("payload")
+        if kind == "round_completed":
+            return event.round_completed.trigger_message_id == message_id
+        return kind == "error" and event.error.fatal
+
+    return last
 
 
 async def append_message(request: Request) -> Response:
@@ -48,18 +127,31 @@ async def append_message(request: Request) -> Response:
     query(request, ())
     conversation_id = request.path_params["id"]
     document = await read_json_object(request, edge.settings.max_body_bytes)
-    same_id(document, conversation_id, "conversationId")
-    message = parse_document(document, pb.Message())
-    if message.role not in (pb.MESSAGE_ROLE_UNSPECIFIED, pb.MESSAGE_ROLE_USER):
-        raise HttpError(
-            HTTPStatus.BAD_REQUEST, "INVALID_ARGUMENT", "role: only USER messages are posted here"
-        )
-    message.conversation_id, message.role = conversation_id, pb.MESSAGE_ROLE_USER
-    message.author_id = message.author_id or _caller_user_id()
-    reply: pb.AppendMessageResponse = await edge.conversation.AppendMessage(
-        pb.AppendMessageRequest(message=message), **await call_options(edge)
+    message = user_message(document, conversation_id)
+    reply: pb_orchestrator.PostMessageResponse = await edge.orchestrator.PostMessage(
+        pb_orchestrator.PostMessageRequest(conversation_id=conversation_id, message=message),
+        timeout=edge.timeout,
+        metadata=await edge.call_metadata(ORCHESTRATOR_AUDIENCE),
     )
-    return message_response(reply.message, 201 if reply.created else 200)
+    status = 200 if reply.duplicate else 201
+    if not wants_event_stream(request):
+        return message_response(reply, status)
+    # The MessageAccepted event first (from the reply, so even a retry shows it), then the round.
+    accepted = pb_orchestrator.ConversationEvent(
+        event_id=reply.event_id,
+        conversation_id=conversation_id,
+        message_accepted=pb_orchestrator.MessageAccepted(
+            message_id=reply.message_id, sequence=reply.sequence, duplicate=reply.duplicate
+        ),
+    )
+    events = await stream_events(edge, conversation_id, reply.event_id, _round_of(reply.message_id))
+
+    async def answer() -> AsyncIterator[bytes]:
+        yield sse_event(accepted)
+        async for chunk in events:
+            yield chunk
+
+    return event_stream_response(answer())
 
 
 async def list_messages(request: Request) -> Response:
@@ -127,13 +219,17 @@ ROUTES = [
         method="POST",
         path="/v1/conversations/{id}/messages",
         operation_id="appendMessage",
-        summary="Append a message of the calling user (idempotent by its id: 201 stored, 200 a retry)",
+        summary=(
+            "Post a message of the calling user, starting a round of the agents (idempotent by its "
+            "id: 201 accepted, 200 a retry); with Accept: text/event-stream, 200 with the round's "
+            "events as server-sent events"
+        ),
         handler=append_message,
-        body=pb.Message,
-        response=pb.Message,
+        body=POST_MESSAGE_BODY,
+        response=pb_orchestrator.PostMessageResponse,
         status=201,
         extra_statuses=(200,),
-        errors=(*WRITE_ERRORS, 404, 409),
+        errors=(*WRITE_ERRORS, 404, 409, 429),
         tags=("messages",),
     ),
     ApiRoute(

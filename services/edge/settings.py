@@ -68,6 +68,7 @@ class EdgeSettings:
     rate_limits: RateLimitSettings
     websocket: WebSocketSettings
     sse_heartbeat_seconds: float
+    completion_timeout_seconds: float
 
     @classmethod
     def from_env(cls, env: Env) -> EdgeSettings:
@@ -88,4 +89,7 @@ class EdgeSettings:
             websocket=WebSocketSettings.from_env(env),
             # A comment line on a quiet SSE stream this often (0: none), so proxies keep it open.
             sse_heartbeat_seconds=env.number("MACP_EDGE_SSE_HEARTBEAT_SECONDS", 15.0),
+            # The deadline of one /v1/chat/completions turn: longer than a unary call, as the
+            # agent writes its whole answer within it.
+            completion_timeout_seconds=env.number("MACP_EDGE_COMPLETION_TIMEOUT_SECONDS", 300.0, minimum=1.0),
         )

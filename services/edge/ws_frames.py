@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,8 +91,9 @@ def _type_ok(value: Any, expected: str) -> bool:
     return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
-def violations(message: Message) -> str | None:
-    """Every protovalidate violation of `message` as one line naming the frame's fields."""
+def violations(message: Message, names: Mapping[str, str] = _FRAME_FIELD) -> str | None:
+    """Every protovalidate violation of `message` as one line naming the fields as the client
+    sent them: the proto's names, renamed by `names` (by default, the frame's)."""
     found = protovalidate.collect_violations(message)
     if not found:
         return None
@@ -102,7 +104,7 @@ def violations(message: Message) -> str | None:
         # Drop the oneof member (`user_message.text` is the frame's `text`).
         if len(elements) > 1 and elements[0] in ("join", "user_message", "bid", "cancel"):
             elements = elements[1:]
-        path = ".".join(_FRAME_FIELD.get(name, name) for name in elements) or "(frame)"
+        path = ".".join(names.get(name, name) for name in elements) or "(frame)"
         parts.append(f"{path}: {proto.message}")
     return "; ".join(parts)
 

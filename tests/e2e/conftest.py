@@ -1,5 +1,6 @@
 """A real slice of the mesh for end-to-end tests: Envoy (front and mesh listeners), the edge, the
-token service and the conversation service, on free ports, over the session's real infrastructure.
+token service, the conversation service and the orchestrator (a posted message goes through it),
+on free ports, over the session's real infrastructure.
 
 Every hop authenticates: the slice seeds a tenant with a user through the token service's RPCs and
 hands out the user's token for the edge (`Slice.client()` sends it).
@@ -22,6 +23,7 @@ import uvicorn
 from services.conversation.service import DEFINITION as CONVERSATION
 from services.edge.app import build_app
 from services.edge.settings import EdgeSettings
+from services.orchestrator.service import DEFINITION as ORCHESTRATOR
 from services.runtime.auth.settings import EDGE_AUDIENCE
 from services.runtime.metrics import HttpMetrics
 from services.runtime.server import RunningService, serve
@@ -89,6 +91,8 @@ async def _slice(tokens: TokenWorld, tmp_path: Path) -> AsyncIterator[Slice]:
     ports = {
         "MACP_CONVERSATION_PORT": str(free_port()),
         "MACP_CONVERSATION_METRICS_PORT": "0",
+        "MACP_ORCHESTRATOR_PORT": str(free_port()),
+        "MACP_ORCHESTRATOR_METRICS_PORT": "0",
         "MACP_EDGE_PORT": str(free_port()),
         "MACP_EDGE_METRICS_PORT": "0",
         "MACP_ENVOY_FRONT_PORT": str(free_port()),
@@ -102,6 +106,9 @@ async def _slice(tokens: TokenWorld, tmp_path: Path) -> AsyncIterator[Slice]:
     started: asyncio.Future[RunningService] = asyncio.get_running_loop().create_future()
     conversation = asyncio.create_task(serve(CONVERSATION, environ, started=started))
     running = await started
+    orchestrator_started: asyncio.Future[RunningService] = asyncio.get_running_loop().create_future()
+    orchestrator = asyncio.create_task(serve(ORCHESTRATOR, environ, started=orchestrator_started))
+    orchestrator_running = await orchestrator_started
 
     edge_settings = EdgeSettings.from_env(env)
     edge_server = uvicorn.Server(
@@ -120,6 +127,7 @@ async def _slice(tokens: TokenWorld, tmp_path: Path) -> AsyncIterator[Slice]:
     await asyncio.to_thread(envoy.start)
     try:
         await _wait_healthy(envoy.ports.admin, "conversation")
+        await _wait_healthy(envoy.ports.admin, "orchestrator")
         await _wait_healthy(envoy.ports.admin, "edge")
         await _wait_healthy(envoy.ports.admin, "token")
         assert envoy.process is not None
@@ -140,5 +148,6 @@ async def _slice(tokens: TokenWorld, tmp_path: Path) -> AsyncIterator[Slice]:
         await asyncio.to_thread(envoy.stop)
         edge_server.should_exit = True
         running.stop.set()
+        orchestrator_running.stop.set()
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(edge, conversation)
+            await asyncio.gather(edge, conversation, orchestrator)

@@ -29,6 +29,26 @@ def quoted(etag: str) -> dict[str, str]:
     return {"if-match": f'"{etag}"'}
 
 
+async def _round_completed(
+    client: httpx.AsyncClient, conversation_id: str, after: str, message_id: str
+) -> None:
+    """Follows the conversation's SSE events after `after` until the round of `message_id` ends."""
+    url = f"/v1/conversations/{conversation_id}/events"
+    async with (
+        asyncio.timeout(30),
+        client.stream(
+            "GET", url, headers={"last-event-id": after, "accept": "text/event-stream"}
+        ) as response,
+    ):
+        assert response.status_code == 200, await response.aread()
+        async for line in response.aiter_lines():
+            if line.startswith("data: "):
+                event = json.loads(line.removeprefix("data: "))
+                if event.get("round_completed", {}).get("trigger_message_id") == message_id:
+                    return
+    raise AssertionError(f"the events of {conversation_id} ended before the round of {message_id}")
+
+
 def error_of(response: httpx.Response, status: int, code: str) -> str:
     assert response.status_code == status, response.text
     body = response.json()
@@ -106,16 +126,19 @@ async def test_every_route_through_envoy(mesh_slice: Slice) -> None:
             {"maxAgentTurnsPerUserMessage": 2},
         )
 
-        # Messages: POST retried 10 times stores one; the same id with other text is a conflict.
+        # Messages go through the orchestrator: POST retried 10 times is accepted (and stored) once,
+        # the same id with other text is the same message again; its round's end is followed on the
+        # SSE events route before the next message (the conversation's policy refuses double texts).
         messages_url = f"/v1/conversations/{conversation['id']}/messages"
         message = {"id": str(uuid.uuid4()), "text": "hello, agents"}
         first = ok(await client.post(messages_url, json=message), 201)
-        assert (first["role"], first["sequence"]) == ("MESSAGE_ROLE_USER", "1")
+        assert (first["messageId"], first["sequence"], first["duplicate"]) == (message["id"], "1", False)
         for _ in range(10):
-            assert ok(await client.post(messages_url, json=message), 200) == first
+            assert ok(await client.post(messages_url, json=message), 200) == {**first, "duplicate": True}
+        again = ok(await client.post(messages_url, json={**message, "text": "other"}), 200)
+        assert again == {**first, "duplicate": True}
         assert await stored_messages(mesh_slice.database_url, conversation["id"]) == 1
-        clash = await client.post(messages_url, json={**message, "text": "other"})
-        assert "message.id" in error_of(clash, 409, "ALREADY_EXISTS")
+        await _round_completed(client, conversation["id"], first["eventId"], message["id"])
         ok(await client.post(messages_url, json={"id": str(uuid.uuid4()), "text": "second"}), 201)
         page = ok(await client.get(messages_url, params={"page_size": 1}), 200)
         assert [m["text"] for m in page["messages"]] == ["hello, agents"]

@@ -7,7 +7,8 @@ The fake keeps a per-conversation event log with ids `<n>-0` (Redis stream ids, 
 log), replays it after an event id (OUT_OF_RANGE for an id it does not hold, as the real log does
 for one no longer retained), and answers each user message with a scripted round: MessageAccepted,
 TurnStarted, one TokenDelta per word of "echo: <text>", TurnCompleted, RoundCompleted. A message
-text `flood <n>` appends n large deltas at once (the slow-client tests), `fail` aborts the stream.
+text `flood <n>` appends n large deltas at once (the slow-client tests), `fatal` ends the round with
+a fatal ErrorEvent, `fail` aborts the Converse stream.
 It validates requests with protovalidate, as the real service's interceptor does, so a bad request
 the edge let through would abort the stream here too.
 """
@@ -123,6 +124,7 @@ class FakeOrchestrator(pb_grpc.OrchestratorServiceServicer):
         self.joined = 0  # Converse streams that reached the log (live events from then on)
         self.open_streams = 0
         self.open_by_conversation: Counter[str] = Counter()
+        self.following_events: Counter[str] = Counter()  # open StreamEvents calls per conversation
         self.delta_pause = delta_pause
         self.fail_next: tuple[grpc.StatusCode, str] | None = None
         self._rounds: set[asyncio.Task[None]] = set()
@@ -192,6 +194,11 @@ class FakeOrchestrator(pb_grpc.OrchestratorServiceServicer):
     async def _answer(self, conversation_id: str, message: pb.UserMessage) -> None:
         turn = str(uuid.uuid4())
         words = message.text.split()
+        if message.text == "fatal":
+            error = fatal_error(13, "the round failed on purpose")
+            error.turn_id = turn
+            await self.append(conversation_id, error=error)
+            return
         if len(words) == 2 and words[0] == "flood" and words[1].isdigit():
             for index in range(int(words[1])):
                 delta = pb.TokenDelta(turn_id=turn, agent_id=AGENT_ID, text="x" * 4000, index=index)
@@ -334,8 +341,12 @@ class FakeOrchestrator(pb_grpc.OrchestratorServiceServicer):
             await context.abort(
                 grpc.StatusCode.OUT_OF_RANGE, f"event {request.after_event_id} is no longer retained"
             )
-        async for event in events:
-            yield pb.StreamEventsResponse(event=event)
+        self.following_events[request.conversation_id] += 1
+        try:
+            async for event in events:
+                yield pb.StreamEventsResponse(event=event)
+        finally:
+            self.following_events[request.conversation_id] -= 1
 
     async def Complete(
         self, request: pb.CompleteRequest, context: grpc.aio.ServicerContext[Any, Any]
