@@ -10,8 +10,10 @@ tenant) is 409 Conflict: the request is fine but the resource's state refuses it
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Any
 
 import grpc
+import orjson
 from starlette.responses import JSONResponse
 
 from services.runtime.context import current_request_id
@@ -52,6 +54,15 @@ def http_status(error: grpc.aio.AioRpcError) -> HTTPStatus:
     return refined or GRPC_TO_HTTP.get(code, HTTPStatus.INTERNAL_SERVER_ERROR)
 
 
+class FastJSONResponse(JSONResponse):
+    """A JSONResponse rendered by orjson: the same compact UTF-8 JSON as Starlette's `json.dumps`
+    for the documents the edge writes (string keys; proto JSON turns NaN and 64-bit integers into
+    strings), in a fraction of the time, which a 1,000-message page notices."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
 class HttpError(Exception):
     """An error the edge answers itself (bad JSON, body too large), before any RPC is made."""
 
@@ -63,7 +74,7 @@ class HttpError(Exception):
 
 
 def error_response(status: HTTPStatus, code: str, message: str) -> JSONResponse:
-    return JSONResponse(
+    return FastJSONResponse(
         {"code": code, "message": message, "request_id": current_request_id()}, status_code=status.value
     )
 

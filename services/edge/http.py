@@ -11,7 +11,7 @@ from google.protobuf.message import Message
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from services.edge.errors import HttpError
+from services.edge.errors import FastJSONResponse, HttpError
 
 M = TypeVar("M", bound=Message)
 
@@ -72,4 +72,4 @@ def message_response(
     message: Message, status: int = 200, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     document = json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
-    return JSONResponse(document, status_code=status, headers=headers)
+    return FastJSONResponse(document, status_code=status, headers=headers)

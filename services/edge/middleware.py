@@ -30,6 +30,15 @@ def _route_template(app: ASGIApp, scope: Scope) -> str:
     return "unmatched"
 
 
+def _incoming_request_id(scope: Scope) -> str | None:
+    """The caller's `x-request-id` (the last one, as a dict of the headers would give)."""
+    found: bytes | None = None
+    for name, value in scope.get("headers", ()):
+        if name == _REQUEST_ID_BYTES:
+            found = value
+    return found.decode("latin-1") if found else None
+
+
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, metrics: HttpMetrics, router: ASGIApp) -> None:
         self._app = app
@@ -40,8 +49,7 @@ class RequestContextMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self._app(scope, receive, send)
             return
-        incoming = dict(scope.get("headers", ())).get(_REQUEST_ID_BYTES)
-        request_id = incoming.decode("latin-1") if incoming else new_request_id()
+        request_id = _incoming_request_id(scope) or new_request_id()
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 0

@@ -47,6 +47,8 @@ CLASS_DEFAULTS = {
 }
 # How long the edge keeps counting locally after a Redis failure before it tries Redis again.
 REDIS_RETRY_SECONDS = 1.0
+# Callers whose keyed limits are kept built (a session's requests all count against the same keys).
+MAX_KEYED_CALLERS = 10_000
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,9 @@ class RateLimits:
         self._local = LocalLimiter()
         self._clock = clock
         self._redis_down_since: float | None = None
+        # (client class, client, tenant) -> the keyed limits of such a caller, built once.
+        self._keyed: dict[tuple[str, str, str | None], Keyed] = {}
+        self._anonymous: Keyed = tuple(("api", limit) for limit in settings.api)
         self._refused = Counter(
             "macp_rate_limited", "Requests refused by a rate limit, by limit", ("limit",), registry=registry
         )
@@ -107,16 +112,24 @@ class RateLimits:
         return "local fallback: Redis is unreachable, each edge process counts its own share"
 
     def keyed(self, caller: Caller | None) -> Keyed:
-        keyed: list[tuple[str, Limit]] = [("api", limit) for limit in self._settings.api]
-        if caller is not None:
-            claims = caller.claims
-            client_class = claims.client_class or "third_party"
-            client = claims.client_id or claims.sub
-            keyed += [
-                (f"client:{client}:{limit.name}", limit) for limit in self._settings.by_class[client_class]
-            ]
-            keyed += [(f"tenant:{claims.tenant_id}:{limit.name}", limit) for limit in self._settings.tenant]
+        if caller is None:
+            return self._anonymous
+        claims = caller.claims
+        identity = (claims.client_class or "third_party", claims.client_id or claims.sub, claims.tenant_id)
+        keyed = self._keyed.get(identity)
+        if keyed is None:
+            if len(self._keyed) >= MAX_KEYED_CALLERS:
+                self._keyed.clear()  # rebuilt on the next request of each caller
+            keyed = self._keyed[identity] = self._build(*identity)
         return keyed
+
+    def _build(self, client_class: str, client: str, tenant_id: str | None) -> Keyed:
+        by_class = self._settings.by_class[client_class]
+        return (
+            *self._anonymous,
+            *((f"client:{client}:{limit.name}", limit) for limit in by_class),
+            *((f"tenant:{tenant_id}:{limit.name}", limit) for limit in self._settings.tenant),
+        )
 
     async def check(self, caller: Caller | None) -> Decision:
         keyed = self.keyed(caller)

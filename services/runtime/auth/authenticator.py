@@ -122,11 +122,19 @@ class JwtAuthenticator:
             verified_cache_size=verified_cache_size,
         )
         self._method_scopes = dict(method_scopes)
+        # Method -> its required scope, resolved once: only methods the server has a handler for
+        # reach the authenticator, so this holds at most one entry per registered method.
+        self._resolved: dict[str, str | None] = {}
 
     def required_scope(self, method: str) -> str | None:
+        try:
+            return self._resolved[method]
+        except KeyError:
+            pass
         scope = self._method_scopes.get(method)
         if scope is None:
             scope = self._method_scopes.get(method[: method.rfind("/") + 1] + "*")
+        self._resolved[method] = scope
         return scope
 
     async def authenticate(self, method: str, context: RpcContext) -> Principal:
