@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
 from services.stack.infra import Infrastructure, ephemeral_infrastructure
+
+if TYPE_CHECKING:
+    from tests.world import World
 
 
 @pytest.fixture(scope="session")
@@ -60,3 +65,12 @@ def service_environ(infrastructure: Infrastructure, database_url: str) -> dict[s
         "MACP_SHUTDOWN_GRACE_SECONDS": "2",
         "MACP_LOG_LEVEL": "warning",
     }
+
+
+@pytest.fixture
+async def world(service_environ: dict[str, str], tmp_path: Path) -> AsyncIterator[World]:
+    """The whole mesh (tests/world.py): every service, the edge and Envoy, a seeded tenant."""
+    from tests.world import running_world  # imports every service: only for tests that use it
+
+    async with running_world(service_environ, tmp_path) as world:
+        yield world

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -18,6 +19,7 @@ from typing import Any
 from services.cli.accounts import (
     EXIT_NOT_RUNNING,
     CliError,
+    RunningStack,
     add_data_dir,
     local_admin,
     read_password,
@@ -104,3 +106,22 @@ def _json(body: bytes) -> dict[str, Any]:
     except ValueError:
         return {}
     return document if isinstance(document, dict) else {}
+
+
+TOKEN_VARIABLE = "MACP_ACCESS_TOKEN"
+
+
+def edge_token(stack: RunningStack, explicit: str | None) -> str:
+    """The access token a command calls the edge with: `explicit` (`--token`), else
+    `$MACP_ACCESS_TOKEN`, else the seeded local admin signed in with the password grant."""
+    token = explicit or os.environ.get(TOKEN_VARIABLE, "")
+    if token:
+        return token
+    admin = local_admin(stack)
+    form = {
+        "grant_type": "password",
+        "username": admin.username,
+        "password": admin.password,
+        "client_id": admin.cli_client_id,
+    }
+    return str(post_form(f"{stack.front_url}/oauth2/token", form)["access_token"])

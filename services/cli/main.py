@@ -22,6 +22,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "user": ("services.cli.user", "manage local users on the running stack (create)"),
     "client": ("services.cli.client", "manage OAuth clients on the running stack (register)"),
     "login": ("services.cli.login", "sign in with a username and password; print the access token"),
+    "demo": (
+        "services.cli.demo",
+        "three agents, a conversation, one message: the round printed live",
+    ),
     "usage": ("services.cli.usage", "show the tenant's usage or its invoice preview from the running stack"),
 }
 

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any
 
-from services.cli.accounts import EXIT_NOT_RUNNING, CliError, add_data_dir, local_admin, report, running_stack
-from services.cli.login import post_form
+from services.cli.accounts import EXIT_NOT_RUNNING, CliError, add_data_dir, report, running_stack
+from services.cli.login import TOKEN_VARIABLE, edge_token
 
 TIMEOUT_SECONDS = 15.0
-TOKEN_VARIABLE = "MACP_ACCESS_TOKEN"
 GROUPS = ("agent", "conversation", "model", "event_type")
 COLUMNS = (
     ("agentTurns", "turns"),
@@ -114,16 +112,7 @@ def render_invoice(document: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     def body() -> None:
         stack = running_stack(args)
-        token = args.token or os.environ.get(TOKEN_VARIABLE, "")
-        if not token:
-            admin = local_admin(stack)
-            form = {
-                "grant_type": "password",
-                "username": admin.username,
-                "password": admin.password,
-                "client_id": admin.cli_client_id,
-            }
-            token = str(post_form(f"{stack.front_url}/oauth2/token", form)["access_token"])
+        token = edge_token(stack, args.token)
         document = get_json(usage_url(stack.front_url, args), token)
         if args.json:
             print(json.dumps(document, indent=2, sort_keys=True))

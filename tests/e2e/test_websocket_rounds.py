@@ -8,8 +8,6 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +20,7 @@ from macp.metering.v1 import metering_service_pb2_grpc as metering_grpc
 
 from services.runtime.auth.settings import service_audience
 from tests.tokens import bearer
-from tests.world import World, running_world
+from tests.world import World
 
 pytestmark = pytest.mark.integration
 
@@ -32,12 +30,6 @@ POLICIES = [
     conversation_pb.TURN_POLICY_COORDINATOR,
     conversation_pb.TURN_POLICY_PIPELINE,
 ]
-
-
-@pytest.fixture
-async def world(service_environ: dict[str, str], tmp_path: Path) -> AsyncIterator[World]:
-    async with running_world(service_environ, tmp_path) as world:
-        yield world
 
 
 def ws_url(world: World) -> str:

@@ -1,0 +1,194 @@
+"""`macp demo [--policy P] [--message TEXT] [--provider P --model M]`: the product in one command.
+
+Against the running stack: creates three agents (a chef, a database engineer, a poet, each with
+bidding keywords) and a conversation among them under the chosen turn policy, opens the WebSocket
+`/v1/ws` through Envoy's front listener, sends one message, and prints the round as it happens:
+the bids, who speaks, the streamed text, the usage of each turn and of the round.
+
+The token is `--token`, else `$MACP_ACCESS_TOKEN`, else the seeded local admin signs in (as
+`macp login` does). With no provider key configured the stack answers from its local provider
+server (`--provider local --model echo-1`, the defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import urllib.error
+import urllib.request
+import uuid
+from typing import Any, TextIO
+
+import websockets
+
+from services.cli.accounts import EXIT_NOT_RUNNING, CliError, add_data_dir, report, running_stack
+from services.cli.login import TOKEN_VARIABLE, edge_token
+
+TIMEOUT_SECONDS = 60.0
+POLICIES = ("round_robin", "bid", "coordinator", "pipeline")
+DEFAULT_MESSAGE = "My soup recipe needs a database index and a rhyme: who can help?"
+AGENTS = (
+    ("Chef", "You are a chef. Answer briefly.", ["soup", "recipe", "cooking"]),
+    ("Dba", "You are a database engineer. Answer briefly.", ["database", "index", "query"]),
+    ("Poet", "You are a poet. Answer in verse.", ["rhyme", "poem", "verse"]),
+)
+
+_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--policy", choices=POLICIES, default="bid", help="the turn policy (default bid)")
+    parser.add_argument("--message", default=DEFAULT_MESSAGE, help="what the user says")
+    parser.add_argument("--provider", default="local", help="the agents' provider (default local)")
+    parser.add_argument("--model", default="echo-1", help="the agents' model (default echo-1)")
+    parser.add_argument(
+        "--token", default=None, help=f"an access token for the edge (default: ${TOKEN_VARIABLE})"
+    )
+    add_data_dir(parser)
+
+
+def post_json(url: str, token: str, body: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+    )
+    try:
+        with _HTTP.open(request, timeout=TIMEOUT_SECONDS) as answer:
+            document: Any = json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        try:
+            message = json.loads(error.read()).get("message", "")
+        except (ValueError, AttributeError):
+            message = ""
+        raise CliError(f"POST {url}: HTTP {error.code}: {message}") from None
+    except OSError as error:
+        raise CliError(f"cannot reach {url}: {getattr(error, 'reason', error)}", EXIT_NOT_RUNNING) from None
+    if not isinstance(document, dict):
+        raise CliError(f"{url} answered something other than a JSON object")
+    return document
+
+
+class RoundPrinter:
+    """Prints one round's events as a person would want to read them."""
+
+    def __init__(self, names: dict[str, str], out: TextIO) -> None:
+        self._names = names
+        self._out = out
+        self._speaking = False
+
+    def _name(self, agent_id: str) -> str:
+        return self._names.get(agent_id, agent_id[:8])
+
+    def _line(self, text: str) -> None:
+        if self._speaking:
+            self._out.write("\n")
+            self._speaking = False
+        self._out.write(text + "\n")
+        self._out.flush()
+
+    def show(self, kind: str, event: dict[str, Any]) -> None:
+        payload = event.get(kind, {})
+        if kind == "message_accepted":
+            self._line(f"user message accepted (sequence {payload.get('sequence')})")
+        elif kind == "bidding_opened":
+            self._line(f"bidding opens for {len(payload.get('agent_ids', []))} agents")
+        elif kind == "bid_results":
+            bids = ", ".join(
+                f"{self._name(b['agent_id'])} {float(b.get('score', 0)):.2f}"
+                + (" (declined)" if b.get("declined") else "")
+                for b in payload.get("bids", [])
+            )
+            winner = self._name(payload["winner_agent_id"]) if payload.get("winner_agent_id") else "nobody"
+            self._line(f"bids: {bids} -> {winner} speaks")
+        elif kind == "turn_started":
+            self._line(f"[{payload.get('turn_index')}] {self._name(payload['agent_id'])}:")
+        elif kind == "token_delta":
+            self._out.write(payload.get("text", ""))
+            self._out.flush()
+            self._speaking = True
+        elif kind == "turn_completed":
+            self._line(f"    ({payload.get('outcome', '').removeprefix('TURN_OUTCOME_').lower()})")
+        elif kind == "usage":
+            dimensions = payload.get("dimensions", {})
+            kind_name = payload.get("type", "").removeprefix("USAGE_EVENT_TYPE_").lower()
+            self._line(
+                f"    usage: {kind_name}, {dimensions.get('input_tokens', 0)} in / "
+                f"{dimensions.get('output_tokens', 0)} out tokens, {dimensions.get('duration_ms', 0)} ms"
+            )
+        elif kind == "error":
+            detail = payload.get("detail", {})
+            self._line(f"error: {detail.get('reason', '')}: {detail.get('message', '')}")
+        elif kind == "round_completed":
+            reason = payload.get("reason", "").removeprefix("ROUND_END_REASON_").lower()
+            self._line(f"round over after {payload.get('turn_count', 0)} turns ({reason})")
+
+
+async def converse(ws_url: str, conversation_id: str, text: str, printer: RoundPrinter) -> None:
+    message_id = str(uuid.uuid4())
+    async with websockets.connect(ws_url, open_timeout=TIMEOUT_SECONDS) as ws:
+        await ws.send(json.dumps({"action": "subscribe", "conversation_id": conversation_id}))
+        await ws.send(
+            json.dumps(
+                {
+                    "action": "message",
+                    "conversation_id": conversation_id,
+                    "message_id": message_id,
+                    "text": text,
+                }
+            )
+        )
+        async with asyncio.timeout(TIMEOUT_SECONDS):
+            while True:
+                frame = json.loads(await ws.recv())
+                if frame.get("type") == "error":
+                    raise CliError(f"the edge refused {frame.get('action')}: {frame.get('message')}")
+                if frame.get("type") != "event":
+                    continue
+                kind, event = frame["kind"], frame["event"]
+                printer.show(kind, event)
+                if kind == "round_completed" and event[kind].get("trigger_message_id") == message_id:
+                    return
+
+
+def demo(front_url: str, token: str, args: argparse.Namespace, out: TextIO) -> None:
+    """The demo against the edge at `front_url` (blocking: it calls the edge over HTTP first)."""
+    names: dict[str, str] = {}
+    ids: list[str] = []
+    for name, prompt, keywords in AGENTS:
+        agent = post_json(
+            f"{front_url}/v1/agents",
+            token,
+            {
+                "name": name,
+                "provider": args.provider,
+                "model": args.model,
+                "systemPrompt": prompt,
+                "bidding": {"keywords": keywords},
+            },
+        )
+        names[agent["id"]] = name
+        ids.append(agent["id"])
+    draft: dict[str, Any] = {
+        "title": f"macp demo ({args.policy})",
+        "participantAgentIds": ids,
+        "turnPolicy": f"TURN_POLICY_{args.policy.upper()}",
+    }
+    if args.policy == "coordinator":
+        draft["coordinatorAgentId"] = ids[0]
+    conversation = post_json(f"{front_url}/v1/conversations", token, draft)
+    out.write(f"conversation {conversation['id']}: {', '.join(names.values())} ({args.policy})\n")
+    out.write(f"user: {args.message}\n")
+    ws_url = front_url.replace("http", "ws", 1) + f"/v1/ws?access_token={token}"
+    asyncio.run(converse(ws_url, conversation["id"], args.message, RoundPrinter(names, out)))
+
+
+def run(args: argparse.Namespace) -> int:
+    def body() -> None:
+        stack = running_stack(args)
+        demo(stack.front_url, edge_token(stack, args.token), args, sys.stdout)
+
+    return report("macp demo", body)
