@@ -67,6 +67,9 @@ class DeadLetterPublisher:
         self._topic = topic
         self.dead_letter_topic = dead_letter_topic
         self._partitions: list[int] = []
+        # Batches recorded side by side publish one after the other: each publish sends every
+        # unpublished letter of its partitions, so two at once could both send the same one.
+        self._publishing = asyncio.Lock()
 
     async def start(self) -> None:
         partitions = await self._producer.partitions_for(self.dead_letter_topic)
@@ -83,8 +86,13 @@ class DeadLetterPublisher:
 
     async def publish(self, source_partitions: Iterable[int], new: set[tuple[int, int]]) -> int:
         """Publish every unpublished dead letter of `source_partitions`: those in `new` were stored
-        by this process just now; any other was left by a predecessor and is checked against the
-        topic first. Returns how many records this call published."""
+        by this process just now; any other was left by a predecessor (or by a batch of this
+        process that has not published yet) and is checked against the topic first. Returns how
+        many records this call published."""
+        async with self._publishing:
+            return await self._publish(source_partitions, new)
+
+    async def _publish(self, source_partitions: Iterable[int], new: set[tuple[int, int]]) -> int:
         pending = await store.unpublished(self._pool, self._topic, source_partitions)
         if not pending:
             return 0

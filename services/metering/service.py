@@ -110,6 +110,7 @@ async def background(resources: Resources, env: Env, registry: CollectorRegistry
                 group_id=settings.consumer_group,
                 max_batch=settings.batch_max_records,
                 linger_ms=settings.batch_linger_ms,
+                max_in_flight=settings.batches_in_flight,
                 poll_timeout_ms=settings.poll_timeout_ms,
                 session_timeout_ms=settings.session_timeout_ms,
                 heartbeat_interval_ms=settings.heartbeat_interval_ms,

@@ -13,6 +13,8 @@ class MeteringSettings:
     dead_letter_topic: where records that cannot be decoded or fail validation go;
     batch_max_records / batch_linger_ms / poll_timeout_ms: how much one Postgres transaction takes,
     how long a batch keeps filling after its first record, and how long a poll waits;
+    batches_in_flight: how many batches are recorded at once (two keep Postgres busy on one while
+    the other commits and its offsets are sent);
     session_timeout_ms / heartbeat_interval_ms: how soon the group notices a dead process;
     reservation_ttl_seconds: how long a hold lasts when Reserve names no ttl;
     sweep_interval_seconds: how often quota deltas left behind by a crash are applied."""
@@ -21,6 +23,7 @@ class MeteringSettings:
     dead_letter_topic: str
     batch_max_records: int
     batch_linger_ms: int
+    batches_in_flight: int
     poll_timeout_ms: int
     session_timeout_ms: int
     heartbeat_interval_ms: int
@@ -37,6 +40,7 @@ class MeteringSettings:
                 "MACP_METERING_BATCH_MAX_RECORDS", 5000, minimum=1, maximum=100_000
             ),
             batch_linger_ms=env.integer("MACP_METERING_BATCH_LINGER_MS", 100, minimum=0, maximum=10_000),
+            batches_in_flight=env.integer("MACP_METERING_BATCHES_IN_FLIGHT", 2, minimum=1, maximum=8),
             poll_timeout_ms=env.integer("MACP_METERING_POLL_TIMEOUT_MS", 200, minimum=1, maximum=60_000),
             session_timeout_ms=env.integer(
                 "MACP_METERING_SESSION_TIMEOUT_MS", 10_000, minimum=1_000, maximum=300_000

@@ -8,16 +8,19 @@ the loop is stopped: records are never skipped. Several processes in the same gr
 partitions; when a partition moves, the batch in hand finishes and commits first (the rebalance
 listener waits for it), and whatever the new owner receives again is de-duplicated by the sink.
 
-The loop is a two-stage pipeline: while one batch is being made durable (mostly waiting on the
-database) the next is fetched and prepared (decoding and checking records, CPU work), so the two
-overlap instead of taking turns. Batches are still made durable, and their offsets committed, one
-at a time and in order; a prepared batch whose partitions were taken away meanwhile loses their
-records (their new owner reads them from the committed offset) before it is handled.
+The loop is a pipeline: while batches are being made durable (mostly waiting on the database)
+the next is fetched and prepared (decoding and checking records, CPU work), and up to
+`max_in_flight` batches are made durable at once (the database works on one while it commits
+another). Offsets are still committed in order: a batch commits only once every batch before it
+has committed, so no offset ever passes a record whose effect is not durable. A prepared batch
+whose partitions were taken away meanwhile loses their records (their new owner reads them from
+the committed offset) before it is handled.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -46,6 +49,7 @@ class ConsumerSettings:
     max_batch: the most records one batch holds; poll_timeout_ms: how long a poll waits for records;
     linger_ms: how long a batch keeps filling after its first record (a transaction per handful of
     records would spend its time on round trips, not on records);
+    max_in_flight: how many batches are made durable at the same time (their sink must allow it);
     session_timeout_ms / heartbeat_interval_ms: how soon the group notices a dead member."""
 
     bootstrap_servers: str
@@ -54,6 +58,7 @@ class ConsumerSettings:
     max_batch: int = 5000
     poll_timeout_ms: int = 200
     linger_ms: int = 100
+    max_in_flight: int = 1
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
 
@@ -74,15 +79,15 @@ class BatchSink(Protocol[P]):
     async def assigned(self, partitions: set[TopicPartition]) -> None: ...
 
 
-class _WaitForBatch(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Lets the batch in hand finish and commit before its partitions are taken away."""
+class _WaitForBatches(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Lets the batches in hand finish and commit before their partitions are taken away."""
 
-    def __init__(self, lock: asyncio.Lock) -> None:
-        self._lock = lock
+    def __init__(self, in_flight: set[asyncio.Task[None]]) -> None:
+        self._in_flight = in_flight
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        async with self._lock:
-            pass
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         pass
@@ -95,7 +100,7 @@ class ConsumerLoop(Generic[P]):
         self._settings = settings
         self._sink = sink
         self._metrics = metrics
-        self._lock = asyncio.Lock()
+        self._in_flight: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._known: set[TopicPartition] = set()
         self._window_start = time.monotonic()
@@ -112,7 +117,7 @@ class ConsumerLoop(Generic[P]):
             heartbeat_interval_ms=s.heartbeat_interval_ms,
             max_poll_records=s.max_batch,
         )
-        consumer.subscribe([s.topic], listener=_WaitForBatch(self._lock))
+        consumer.subscribe([s.topic], listener=_WaitForBatches(self._in_flight))
         return consumer
 
     async def run(self) -> None:
@@ -141,41 +146,54 @@ class ConsumerLoop(Generic[P]):
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
-        pending: asyncio.Task[None] | None = None  # the batch being made durable
+        in_order: collections.deque[asyncio.Task[None]] = collections.deque()  # oldest first
         try:
             while not self._stopping.is_set():
                 batches = await self._fill(consumer)
                 records = [record for partition in batches.values() for record in partition]
                 prepared = await self._sink.prepare(records) if records else None
-                if pending is not None:
-                    settling, pending = pending, None
-                    await settling
+                while in_order and (in_order[0].done() or len(in_order) >= self._settings.max_in_flight):
+                    await in_order.popleft()  # raises what the batch raised (the loop stopping)
+                await self._handle_assignment(consumer)
                 if prepared is None:
-                    async with self._lock:
-                        await self._handle_assignment(consumer)
-                        await self._report_lag(consumer)
+                    await self._report_lag(consumer)
                     continue
-                pending = asyncio.create_task(self._settle(consumer, batches, prepared))
+                before = in_order[-1] if in_order else None
+                task = asyncio.create_task(self._settle(consumer, batches, prepared, before))
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+                in_order.append(task)
         finally:
-            if pending is not None:
-                await pending
+            # The loop is ending (stopped, or by the exception on its way out): the batches in hand
+            # finish first; what they raise (only ever because the loop is stopping) changes nothing,
+            # since a batch that did not commit is simply delivered again.
+            for task in in_order:
+                with contextlib.suppress(Exception):
+                    await task
 
     async def _settle(
-        self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[Record]], prepared: P
+        self,
+        consumer: AIOKafkaConsumer,
+        batches: dict[TopicPartition, list[Record]],
+        prepared: P,
+        before: asyncio.Task[None] | None,
     ) -> None:
-        """Make one prepared batch durable, then commit its offsets (under the rebalance lock)."""
-        async with self._lock:
-            await self._handle_assignment(consumer)
-            owned = {tp: records for tp, records in batches.items() if tp in self._known}
-            if len(owned) < len(batches):
-                # A rebalance took partitions away since the batch was fetched: their records are
-                # left to the new owner, and nothing is committed for them.
-                records = [record for partition in owned.values() for record in partition]
-                if not records:
-                    return
-                prepared = await self._sink.prepare(records)
-            started = time.monotonic()
+        """Make one prepared batch durable, then commit its offsets once `before` (the batch ahead
+        of it) has committed its own; if `before` failed, nothing of this one is committed."""
+        owned = {tp: records for tp, records in batches.items() if tp in self._known}
+        if len(owned) < len(batches):
+            # A rebalance took partitions away since the batch was fetched: their records are
+            # left to the new owner, and nothing is committed for them.
+            records = [record for partition in owned.values() for record in partition]
+            prepared = await self._sink.prepare(records) if records else prepared
+            if not records:
+                owned = {}
+        started = time.monotonic()
+        if owned:
             await self._handle(prepared)
+        if before is not None:
+            await before
+        if owned:
             await self._commit(consumer, owned)
             self._metrics.observe_batch(self._settings.topic, time.monotonic() - started)
             self._count_rate(sum(len(records) for records in owned.values()))
