@@ -53,6 +53,8 @@ log = logging.getLogger("macp.orchestrator.driver")
 
 ACCEPTED_SECONDS = 24 * 3600
 QUEUE_SECONDS = 3600
+# How long a message waits for a driver that has completed its round and is letting go.
+LETTING_GO_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -182,7 +184,7 @@ class Driver:
         if seen is not None:
             return seen
         policy = conversation.double_texting_policy
-        lease = await self._leases.acquire(conversation_id)
+        lease = await self._acquire_after_round(conversation_id)
         if lease is None:
             if policy in (
                 conversation_pb.DOUBLE_TEXTING_POLICY_REJECT,
@@ -203,6 +205,18 @@ class Driver:
             return accepted
         self._spawn(self._drive(lease, job))
         return accepted
+
+    async def _acquire_after_round(self, conversation_id: str) -> Lease | None:
+        """The lease; or, while its driver is only letting go (the round has completed, so a client
+        that waited for RoundCompleted sends its next message now), the lease a moment later."""
+        deadline = time.monotonic() + LETTING_GO_SECONDS
+        while True:
+            lease = await self._leases.acquire(conversation_id)
+            if lease is not None or time.monotonic() > deadline:
+                return lease
+            if await self._redis.exists(self._marker(conversation_id)):
+                return None  # a round is in flight: the double-texting policy decides
+            await asyncio.sleep(0.005)
 
     async def _enqueue(
         self,

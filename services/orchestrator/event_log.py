@@ -34,7 +34,9 @@ from services.runtime.errors import InvalidArgument, OutOfRange, Unavailable
 
 DEFAULT_MAX_EVENTS: Final = 10_000
 DEFAULT_IDLE_SECONDS: Final = 24 * 3600
-DEFAULT_BLOCK_MS: Final = 5_000
+# Well under redis-py's default 5 s socket timeout: a blocking read that waits as long as the socket
+# allows is cut by the client itself (a TimeoutError) whenever the server answers a moment late.
+DEFAULT_BLOCK_MS: Final = 2_000
 READ_BATCH: Final = 256
 FOLLOW_RETRIES: Final = 5
 _FIELD: Final = b"e"

@@ -1,0 +1,536 @@
+"""`python -m bench.orchestrator`: whole turns as a user gets them, beside the raw baselines, in one run.
+
+Every part runs as `macp up` runs it, each its own process on 127.0.0.1: the real infrastructure,
+the token, conversation, agent-proxy, metering and orchestrator services, the edge, the local
+provider server and Envoy. Clients are real WebSocket clients on Envoy's front listener (`/v1/ws`),
+each in a conversation of its own with one agent (limit: one turn per message), signed in as the
+seeded admin user. Rows:
+
+- time to first token of a whole turn (message frame sent → first `token_delta` frame: Envoy,
+  edge, orchestrator (lease, message stored, quota held, token delegated), agent proxy, provider
+  server, and back through the event log) beside the official anthropic SDK streaming the same
+  model straight from the provider server, at concurrency 1 and 20; the difference is the added
+  TTFT (targets at concurrency 1: at most 5 ms p50 and 15 ms p99);
+- tokens/s delivered to 50 concurrent WebSocket clients (1,000-token answers) beside 50 SDK streams
+  of the same answers (target: at least 60%);
+- whole turns per second at 50 in flight (message → RoundCompleted) beside what a LiteLLM proxy
+  sustains for single (non-streamed) calls to the same provider server at 50 in flight (target: at
+  least 5 times, with the turns' p99 under 1 s). LiteLLM runs from its own virtual environment,
+  which this benchmark creates from bench/litellm-requirements.txt on first use (`--no-litellm`
+  skips the row).
+
+The load is closed-loop and bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import grpc
+import httpx
+import websockets
+from macp.common.v1 import principal_pb2
+from macp.metering.v1 import metering_service_pb2 as metering_pb
+from macp.metering.v1 import metering_service_pb2_grpc as metering_grpc
+from macp.token.v1 import token_service_pb2 as token_pb
+from macp.token.v1 import token_service_pb2_grpc as token_grpc
+
+from bench.slice import cluster_healthy, sign_in, start_apps_and_envoy
+from bench.stats import machine_line, markdown_table, percentile
+from services.runtime.auth.settings import service_audience
+from services.runtime.registry import EDGE, PROVIDER_SERVER, SERVICES
+from services.stack.config import free_port
+from services.stack.infra import ephemeral_infrastructure, scratch_data_dir
+from services.stack.probes import answers
+from services.stack.process import ManagedProcess, StartupError
+from services.stack.secrets import local_secrets
+from services.stack.seed import seed
+
+REPO = Path(__file__).resolve().parent.parent
+APPS = (*(spec.name for spec in SERVICES), EDGE.name, PROVIDER_SERVER.name)
+CLUSTERS = (*(spec.name for spec in SERVICES), EDGE.name)
+SHORT_MODEL = "echo-1"  # natural answers, 12 to 48 tokens
+LONG_MODEL = "bench-long"  # booked to answer exactly LONG_TOKENS tokens
+LONG_TOKENS = 1000
+PROMPT = "Tell the three of us what to build next."
+TIMEOUT_SECONDS = 120.0
+LITELLM_VENV = REPO / ".venv-litellm"
+# An environment that already has them (bench/litellm-requirements.txt), instead of making one.
+LITELLM_VENV_VARIABLE = "MACP_BENCH_LITELLM_VENV"
+LITELLM_REQUIREMENTS = REPO / "bench" / "litellm-requirements.txt"
+
+
+@dataclass(frozen=True)
+class Bench:
+    front_url: str
+    provider_url: str
+    edge_token: str
+    directory: Path
+
+    @property
+    def ws_url(self) -> str:
+        return self.front_url.replace("http://", "ws://") + f"/v1/ws?access_token={self.edge_token}"
+
+
+def _environ(infrastructure_env: dict[str, str]) -> dict[str, str]:
+    environ = {name: value for name, value in os.environ.items() if not name.startswith("MACP_")}
+    variables = [f"{spec.env_prefix}{suffix}" for spec in SERVICES for suffix in ("PORT", "METRICS_PORT")]
+    variables += ["MACP_EDGE_PORT", "MACP_EDGE_METRICS_PORT", "MACP_PROVIDER_SERVER_PORT"]
+    variables += ["MACP_ENVOY_FRONT_PORT", "MACP_ENVOY_MESH_PORT", "MACP_ENVOY_ADMIN_PORT"]
+    environ.update(infrastructure_env)
+    ports: set[int] = set()
+    while len(ports) < len(variables):
+        ports.add(free_port())
+    environ.update({variable: str(port) for variable, port in zip(variables, sorted(ports), strict=True)})
+    environ["MACP_MESH_ADDRESS"] = f"127.0.0.1:{environ['MACP_ENVOY_MESH_PORT']}"
+    environ["MACP_LOG_LEVEL"] = "warning"
+    environ["PYTHONUNBUFFERED"] = "1"
+    # The path is measured, not the limits (see bench/slice.py).
+    for variable in ("MACP_RATE_LIMIT_API", "MACP_RATE_LIMIT_INTERNAL", "MACP_RATE_LIMIT_TENANT"):
+        environ[variable] = "1000000/s"
+    return environ
+
+
+@contextmanager
+def running_parts(progress: Callable[[str], None]) -> Iterator[Bench]:
+    with ExitStack() as stack:
+        infrastructure = stack.enter_context(ephemeral_infrastructure(progress=progress))
+        directory = stack.enter_context(scratch_data_dir("macp-bench-orchestrator-"))
+        environ = _environ(infrastructure.env)
+        environ.update(local_secrets(directory, environ))
+        apps, envoy = start_apps_and_envoy(stack, environ, directory, APPS)
+        for app, process in apps:
+            process.wait_ready(partial(answers, app.probe), TIMEOUT_SECONDS)
+            progress(f"{app.name} ready on {app.address}")
+        deadline = time.monotonic() + TIMEOUT_SECONDS
+        while not all(cluster_healthy(envoy.ports.admin, name) for name in CLUSTERS):
+            if time.monotonic() > deadline:
+                raise StartupError("Envoy never saw every cluster healthy")
+            time.sleep(0.2)
+        admin = seed(directory, envoy.mesh_address, environ["MACP_TOKEN_INITIAL_ACCESS_TOKEN"]).admin
+        provider_url = f"http://127.0.0.1:{environ['MACP_PROVIDER_SERVER_PORT']}"
+        booked = httpx.post(
+            f"{provider_url}/admin/behaviors",
+            json={"model": LONG_MODEL, "behavior": f"tokens={LONG_TOKENS}"},
+            timeout=10,
+            trust_env=False,
+        )
+        booked.raise_for_status()
+        asyncio.run(
+            _pro_plan(envoy.mesh_address, admin.tenant_id, environ["MACP_TOKEN_INITIAL_ACCESS_TOKEN"])
+        )
+        yield Bench(envoy.url, provider_url, sign_in(envoy.url, admin), directory)
+
+
+async def _pro_plan(mesh_address: str, tenant_id: str, initial_access_token: str) -> None:
+    """Put the seeded tenant on the PRO plan (included turns, then overage, never refused): the
+    benchmark runs thousands of turns, past the FREE plan's hard limit. As an operator would: an
+    internal client holding `macp:admin` calls Metering.SetPlan."""
+    async with grpc.aio.insecure_channel(mesh_address) as channel:
+        tokens = token_grpc.TokenServiceStub(channel)
+        client = await tokens.RegisterClient(
+            token_pb.RegisterClientRequest(
+                initial_access_token=initial_access_token,
+                metadata=token_pb.ClientMetadata(
+                    client_name="bench.orchestrator operator",
+                    client_class=principal_pb2.CLIENT_CLASS_INTERNAL,
+                    grant_types=["client_credentials"],
+                    scope="macp:admin",
+                ),
+            ),
+            timeout=10,
+        )
+        issued = await tokens.IssueToken(
+            token_pb.IssueTokenRequest(
+                grant_type=token_pb.GRANT_TYPE_CLIENT_CREDENTIALS,
+                client_id=client.client_id,
+                client_secret=client.client_secret,
+                scope="macp:admin",
+                audience=[service_audience("metering")],
+            ),
+            timeout=10,
+        )
+        await metering_grpc.MeteringServiceStub(channel).SetPlan(
+            metering_pb.SetPlanRequest(tenant_id=tenant_id, tier=principal_pb2.TIER_PRO),
+            metadata=(("authorization", f"Bearer {issued.access_token}"),),
+            timeout=10,
+        )
+
+
+# --- WebSocket clients ----------------------------------------------------------------------------
+
+
+async def new_conversations(bench: Bench, count: int, model: str) -> list[str]:
+    """`count` conversations of one agent each (one turn per message), created over REST."""
+    headers = {"authorization": f"Bearer {bench.edge_token}"}
+    async with httpx.AsyncClient(
+        base_url=bench.front_url, headers=headers, timeout=30, trust_env=False
+    ) as http:
+        agent = (
+            await http.post(
+                "/v1/agents",
+                json={
+                    "name": "Bench",
+                    "provider": "local",
+                    "model": model,
+                    "generation": {"maxTokens": 4096},
+                },
+            )
+        ).json()
+        ids = []
+        for _ in range(count):
+            created = await http.post(
+                "/v1/conversations",
+                json={
+                    "participantAgentIds": [agent["id"]],
+                    "turnPolicy": "TURN_POLICY_ROUND_ROBIN",
+                    "limits": {"maxAgentTurnsPerUserMessage": 1},
+                },
+            )
+            created.raise_for_status()
+            ids.append(created.json()["id"])
+        return ids
+
+
+@dataclass
+class Turn:
+    first_token: float  # seconds from the message frame to the first delta
+    total: float  # seconds from the message frame to the round's end
+    tokens: int
+
+
+class Client:
+    """One WebSocket connection subscribed to its own conversation."""
+
+    def __init__(self, ws: Any, conversation_id: str) -> None:
+        self._ws = ws
+        self._conversation_id = conversation_id
+
+    @classmethod
+    async def open(cls, bench: Bench, conversation_id: str) -> Client:
+        ws = await websockets.connect(bench.ws_url, max_size=None, open_timeout=TIMEOUT_SECONDS)
+        await ws.send(json.dumps({"action": "subscribe", "conversation_id": conversation_id}))
+        return cls(ws, conversation_id)
+
+    async def turn(self) -> Turn:
+        message_id = str(uuid.uuid4())
+        frame = {"action": "message", "conversation_id": self._conversation_id, "message_id": message_id}
+        started = time.perf_counter()
+        await self._ws.send(json.dumps({**frame, "text": PROMPT}))
+        first = 0.0
+        tokens = 0
+        while True:
+            event = json.loads(await self._ws.recv())
+            if event.get("type") == "error":
+                raise RuntimeError(f"the edge refused a frame: {event}")
+            kind = event.get("kind")
+            if kind == "token_delta":
+                if not first:
+                    first = time.perf_counter() - started
+                tokens += len(event["event"]["token_delta"]["text"].split())
+            elif kind == "error":
+                raise RuntimeError(f"the round failed: {event['event']['error']}")
+            elif kind == "round_completed" and event["event"][kind]["trigger_message_id"] == message_id:
+                return Turn(first, time.perf_counter() - started, tokens)
+
+    async def close(self) -> None:
+        await self._ws.close()
+
+
+async def ws_turns(bench: Bench, model: str, concurrency: int, per_client: int) -> tuple[list[Turn], float]:
+    conversations = await new_conversations(bench, concurrency, model)
+    clients = await asyncio.gather(*(Client.open(bench, c) for c in conversations))
+    await asyncio.gather(*(c.turn() for c in clients))  # warm: token exchanges, caches, connections
+    turns: list[Turn] = []
+
+    async def run(client: Client) -> None:
+        for _ in range(per_client):
+            turns.append(await client.turn())
+
+    started = time.perf_counter()
+    await asyncio.gather(*(run(c) for c in clients))
+    seconds = time.perf_counter() - started
+    await asyncio.gather(*(c.close() for c in clients))
+    return turns, seconds
+
+
+# --- the SDK baseline ------------------------------------------------------------------------------
+
+
+async def sdk_turns(bench: Bench, model: str, concurrency: int, per_client: int) -> tuple[list[Turn], float]:
+    async with anthropic.AsyncAnthropic(
+        base_url=bench.provider_url, api_key="local", max_retries=0, timeout=TIMEOUT_SECONDS
+    ) as client:
+
+        async def one() -> Turn:
+            started = time.perf_counter()
+            first = 0.0
+            tokens = 0
+            stream = await client.messages.create(
+                model=model, max_tokens=4096, messages=[{"role": "user", "content": PROMPT}], stream=True
+            )
+            async for event in stream:
+                if event.type == "content_block_delta":
+                    if not first:
+                        first = time.perf_counter() - started
+                    tokens += 1
+            return Turn(first, time.perf_counter() - started, tokens)
+
+        await asyncio.gather(*(one() for _ in range(concurrency)))
+        turns: list[Turn] = []
+
+        async def run() -> None:
+            for _ in range(per_client):
+                turns.append(await one())
+
+        started = time.perf_counter()
+        await asyncio.gather(*(run() for _ in range(concurrency)))
+        return turns, time.perf_counter() - started
+
+
+# --- LiteLLM --------------------------------------------------------------------------------------
+
+
+def litellm_binary(progress: Callable[[str], None]) -> Path:
+    """LiteLLM's proxy from its own virtual environment (its pins clash with ours), made on first use."""
+    existing = os.environ.get(LITELLM_VENV_VARIABLE)
+    if existing:
+        return Path(existing) / "bin" / "litellm"
+    binary = LITELLM_VENV / "bin" / "litellm"
+    stamp = LITELLM_VENV / ".requirements"
+    wanted = LITELLM_REQUIREMENTS.read_text()
+    if binary.exists() and stamp.exists() and stamp.read_text() == wanted:
+        return binary
+    progress(f"creating {LITELLM_VENV.name} from {LITELLM_REQUIREMENTS.name} (once)")
+    subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
+    pip = [str(LITELLM_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+    subprocess.run([*pip, "-r", str(LITELLM_REQUIREMENTS)], check=True)
+    stamp.write_text(wanted)
+    return binary
+
+
+@contextmanager
+def running_litellm(bench: Bench, progress: Callable[[str], None]) -> Iterator[str]:
+    binary = litellm_binary(progress)
+    config = bench.directory / "litellm.yaml"
+    config.write_text(
+        "model_list:\n"
+        f"  - model_name: {SHORT_MODEL}\n"
+        "    litellm_params:\n"
+        f"      model: anthropic/{SHORT_MODEL}\n"
+        f"      api_base: {bench.provider_url}\n"
+        "      api_key: local\n"
+        "litellm_settings:\n"
+        "  telemetry: false\n"
+    )
+    port = free_port()
+    environ = {**os.environ, "LITELLM_LOG": "ERROR", "NO_DOCS": "True"}
+    process = ManagedProcess(
+        "litellm",
+        (
+            str(binary),
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num_workers",
+            "1",
+        ),
+        data_dir=bench.directory,
+        binary_source="bench/litellm-requirements.txt",
+        env=environ,
+    )
+    process.start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + TIMEOUT_SECONDS
+        while True:
+            try:
+                if httpx.get(f"{url}/health/liveliness", timeout=2, trust_env=False).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise StartupError("the LiteLLM proxy never answered /health/liveliness")
+            time.sleep(0.5)
+        progress(f"litellm ready on {url}")
+        yield url
+    finally:
+        process.stop()
+
+
+async def litellm_calls(url: str, concurrency: int, per_client: int) -> tuple[list[Turn], float]:
+    async with httpx.AsyncClient(
+        base_url=url,
+        timeout=TIMEOUT_SECONDS,
+        trust_env=False,
+        limits=httpx.Limits(max_connections=concurrency),
+    ) as http:
+        body = {"model": SHORT_MODEL, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 4096}
+
+        async def one() -> Turn:
+            started = time.perf_counter()
+            answer = await http.post("/v1/chat/completions", json=body, headers={"authorization": "Bearer x"})
+            answer.raise_for_status()
+            elapsed = time.perf_counter() - started
+            return Turn(elapsed, elapsed, answer.json()["usage"]["completion_tokens"])
+
+        await asyncio.gather(*(one() for _ in range(concurrency)))
+        calls: list[Turn] = []
+
+        async def run() -> None:
+            for _ in range(per_client):
+                calls.append(await one())
+
+        started = time.perf_counter()
+        await asyncio.gather(*(run() for _ in range(concurrency)))
+        return calls, time.perf_counter() - started
+
+
+# --- the report -----------------------------------------------------------------------------------
+
+
+def ms(values: Sequence[float], fraction: float) -> float:
+    return percentile(sorted(values), fraction) * 1000
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.orchestrator", description=__doc__)
+    parser.add_argument("--ttft-turns", type=int, default=100, help="turns per TTFT row at concurrency 1")
+    parser.add_argument(
+        "--streams", type=int, default=50, help="clients of the tokens/s rows (one turn each)"
+    )
+    parser.add_argument("--sustained", type=int, default=6, help="turns per client of the sustained rows")
+    parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM baseline")
+    args = parser.parse_args(argv)
+
+    def say(line: str) -> None:
+        print(f"# {line}", file=sys.stderr, flush=True)
+
+    with running_parts(say) as bench:
+
+        async def measure() -> dict[str, tuple[list[Turn], float]]:
+            rows: dict[str, tuple[list[Turn], float]] = {}
+            per = max(1, args.ttft_turns // 20)
+            rows["sdk c=1"] = await sdk_turns(bench, SHORT_MODEL, 1, args.ttft_turns)
+            rows["ws c=1"] = await ws_turns(bench, SHORT_MODEL, 1, args.ttft_turns)
+            rows["sdk c=20"] = await sdk_turns(bench, SHORT_MODEL, 20, per)
+            rows["ws c=20"] = await ws_turns(bench, SHORT_MODEL, 20, per)
+            rows["sdk long"] = await sdk_turns(bench, LONG_MODEL, args.streams, 1)
+            rows["ws long"] = await ws_turns(bench, LONG_MODEL, args.streams, 1)
+            rows["ws sustained"] = await ws_turns(bench, SHORT_MODEL, 50, args.sustained)
+            return rows
+
+        say("measuring")
+        rows = asyncio.run(measure())
+        if not args.no_litellm:
+            with running_litellm(bench, say) as url:
+                rows["litellm"] = asyncio.run(litellm_calls(url, 50, args.sustained))
+    print(report(rows))
+    return 0
+
+
+def report(rows: dict[str, tuple[list[Turn], float]]) -> str:
+    out = [machine_line(), ""]
+    ttft = []
+    for c in (1, 20):
+        sdk, ws = rows[f"sdk c={c}"][0], rows[f"ws c={c}"][0]
+        sdk_first, ws_first = [t.first_token for t in sdk], [t.first_token for t in ws]
+        ttft.append(
+            [
+                str(c),
+                str(len(ws)),
+                f"{ms(sdk_first, 0.5):.2f}",
+                f"{ms(sdk_first, 0.99):.2f}",
+                f"{ms(ws_first, 0.5):.2f}",
+                f"{ms(ws_first, 0.99):.2f}",
+                f"**{ms(ws_first, 0.5) - ms(sdk_first, 0.5):.2f}**",
+                f"**{ms(ws_first, 0.99) - ms(sdk_first, 0.99):.2f}**",
+            ]
+        )
+    out.append("Time to first token of a whole turn:\n")
+    headers = [
+        "c",
+        "turns",
+        "SDK p50 ms",
+        "SDK p99 ms",
+        "WS turn p50 ms",
+        "WS turn p99 ms",
+        "added p50",
+        "added p99",
+    ]
+    out.append(markdown_table(headers, ttft))
+    sdk_long, sdk_seconds = rows["sdk long"]
+    ws_long, ws_seconds = rows["ws long"]
+    sdk_rate = sum(t.tokens for t in sdk_long) / sdk_seconds
+    ws_rate = sum(t.tokens for t in ws_long) / ws_seconds
+    out.append("\nTokens/s, 1,000-token answers, all at once:\n")
+    out.append(
+        markdown_table(
+            ["path", "streams", "tokens", "seconds", "tokens/s", "of SDK"],
+            [
+                [
+                    "anthropic SDK → provider server",
+                    str(len(sdk_long)),
+                    str(sum(t.tokens for t in sdk_long)),
+                    f"{sdk_seconds:.2f}",
+                    f"{sdk_rate:,.0f}",
+                    "100%",
+                ],
+                [
+                    "**WebSocket clients → Envoy → edge → orchestrator → agent proxy → provider**",
+                    str(len(ws_long)),
+                    str(sum(t.tokens for t in ws_long)),
+                    f"{ws_seconds:.2f}",
+                    f"{ws_rate:,.0f}",
+                    f"**{ws_rate / sdk_rate:.0%}**",
+                ],
+            ],
+        )
+    )
+    sustained, seconds = rows["ws sustained"]
+    lines = [
+        [
+            "whole turns over WebSocket (message → RoundCompleted)",
+            str(len(sustained)),
+            f"{ms([t.total for t in sustained], 0.5):.1f}",
+            f"{ms([t.total for t in sustained], 0.99):.1f}",
+            f"{len(sustained) / seconds:.1f}",
+        ],
+    ]
+    if "litellm" in rows:
+        calls, call_seconds = rows["litellm"]
+        lines.append(
+            [
+                "LiteLLM proxy, single non-streamed calls",
+                str(len(calls)),
+                f"{ms([t.total for t in calls], 0.5):.1f}",
+                f"{ms([t.total for t in calls], 0.99):.1f}",
+                f"{len(calls) / call_seconds:.1f}",
+            ]
+        )
+        ratio = (len(sustained) / seconds) / (len(calls) / call_seconds)
+        lines.append(["**whole turns/s over LiteLLM calls/s**", "", "", "", f"**{ratio:.1f}x**"])
+    out.append("\nSustained at 50 in flight (closed loop):\n")
+    out.append(markdown_table(["path", "n", "p50 ms", "p99 ms", "per s"], lines))
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
