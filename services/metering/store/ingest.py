@@ -45,10 +45,10 @@ CREATE TEMP TABLE IF NOT EXISTS metering_staged_rows (
 # then add exactly the inserted rows to the rollups. Events go in id order and groups in key order,
 # so that two processes recording overlapping batches (around a rebalance) lock rows in the same
 # order instead of deadlocking. The billing month is the UTC calendar month (periods.py).
-_RECORD = """
+_RECORD_FROM = """
 WITH staged AS (
     SELECT s.*, to_timestamp(s.event_seconds) + s.event_micros * interval '1 microsecond' AS event_time
-    FROM metering_staged_rows s
+    FROM {source} s
 ), inserted AS (
     INSERT INTO metering_usage_events
         (event_id, tenant_id, user_id, agent_id, conversation_id, turn_id, event_type, event_time,
@@ -92,6 +92,20 @@ SELECT g.tenant_id, g.billing_month, g.event_type, sum(g.event_count)::bigint AS
 FROM grouped g
 GROUP BY g.tenant_id, g.billing_month, g.event_type
 """
+
+# A big batch (the consumer's) is COPYed into the staging table first; a few events (a Commit's)
+# go in the statement itself as arrays, which saves the staging table's round trips.
+_RECORD = _RECORD_FROM.format(source="metering_staged_rows")
+_STAGED_TYPES = (
+    "uuid", "text", "text", "text", "text", "text", "smallint", "bigint", "integer", "bigint", "bigint",
+    "bigint", "double precision", "double precision", "text", "text", "boolean", "bytea",
+)  # fmt: skip
+_RECORD_ARRAYS = _RECORD_FROM.format(
+    source="unnest({}) AS s({})".format(
+        ", ".join(f"${i}::{t}[]" for i, t in enumerate(_STAGED_TYPES, start=1)), ", ".join(STAGED_COLUMNS)
+    )
+)
+SMALL_BATCH = 50
 
 _DELTA = """
 INSERT INTO metering_quota_deltas (batch_id, tenant_id, billing_month, meter, quantity)
