@@ -55,6 +55,9 @@ log = logging.getLogger("macp.edge.websocket")
 WS_PATH = "/v1/ws"
 # How long a closing connection waits for queued frames and the close frame to go out.
 CLOSE_GRACE_SECONDS = 2.0
+# A client closed as too slow first reads what already sits in its socket (up to the transport's
+# and the kernel's buffers) before the close frame reaches it: it gets longer, then is dropped.
+SLOW_CLOSE_GRACE_SECONDS = 10.0
 # RFC 6455 section 5.5: a close frame's payload (code + reason) is at most 125 bytes.
 MAX_REASON_BYTES = 123
 
@@ -381,8 +384,9 @@ class Connection:
             writer.cancel()
         if not self._open:
             return
+        grace = SLOW_CLOSE_GRACE_SECONDS if code == CloseCode.TRY_AGAIN_LATER else CLOSE_GRACE_SECONDS
         with contextlib.suppress(OSError, RuntimeError, TimeoutError):
-            async with asyncio.timeout(CLOSE_GRACE_SECONDS):
+            async with asyncio.timeout(grace):
                 await self._send({"type": "websocket.close", "code": int(code), "reason": _reason(reason)})
 
 
