@@ -71,6 +71,7 @@ TIMEOUT_SECONDS = 120.0
 LITELLM_VENV = REPO / ".venv-litellm"
 # An environment that already has them (bench/litellm-requirements.txt), instead of making one.
 LITELLM_VENV_VARIABLE = "MACP_BENCH_LITELLM_VENV"
+LITELLM_KEY = f"sk-bench-{uuid.uuid4().hex}"
 LITELLM_REQUIREMENTS = REPO / "bench" / "litellm-requirements.txt"
 
 
@@ -338,7 +339,8 @@ def running_litellm(bench: Bench, progress: Callable[[str], None]) -> Iterator[s
         "  telemetry: false\n"
     )
     port = free_port()
-    environ = {**os.environ, "LITELLM_LOG": "ERROR", "NO_DOCS": "True"}
+    # LiteLLM refuses to start unauthenticated; the key is this run's, the calls send it.
+    environ = {**os.environ, "LITELLM_LOG": "ERROR", "NO_DOCS": "True", "LITELLM_MASTER_KEY": LITELLM_KEY}
     process = ManagedProcess(
         "litellm",
         (
@@ -386,7 +388,9 @@ async def litellm_calls(url: str, concurrency: int, per_client: int) -> tuple[li
 
         async def one() -> Turn:
             started = time.perf_counter()
-            answer = await http.post("/v1/chat/completions", json=body, headers={"authorization": "Bearer x"})
+            answer = await http.post(
+                "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {LITELLM_KEY}"}
+            )
             answer.raise_for_status()
             elapsed = time.perf_counter() - started
             return Turn(elapsed, elapsed, answer.json()["usage"]["completion_tokens"])

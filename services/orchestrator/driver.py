@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -170,7 +171,10 @@ class Driver:
         return reply.conversation
 
     async def post(self, caller: Caller, conversation_id: str, message: pb.UserMessage) -> Accepted:
-        conversation = await self.conversation(caller, conversation_id)
+        # Independent reads, made at once.
+        conversation, seen = await asyncio.gather(
+            self.conversation(caller, conversation_id), self._seen(conversation_id, message.message_id)
+        )
         if conversation.status == conversation_pb.CONVERSATION_STATUS_ARCHIVED:
             raise FailedPrecondition(f"conversation {conversation_id} is archived; it takes no new messages")
         participants = set(conversation.participant_agent_ids)
@@ -180,7 +184,6 @@ class Driver:
                     f"message.mention_agent_ids[{index}]: agent {agent_id} is not a participant of "
                     "this conversation"
                 )
-        seen = await self._seen(conversation_id, message.message_id)
         if seen is not None:
             return seen
         policy = conversation.double_texting_policy
@@ -203,7 +206,7 @@ class Driver:
         if accepted.duplicate:
             await self._leases.release(lease)
             return accepted
-        self._spawn(self._drive(lease, job))
+        self._spawn(self._drive(lease, dataclasses.replace(job, conversation=conversation)))
         return accepted
 
     async def _acquire_after_round(self, conversation_id: str) -> Lease | None:
@@ -364,8 +367,11 @@ class Driver:
         job = state.job
         marker = self._marker(job.conversation_id)
 
-        async def on_turn(turn_id: str) -> None:
-            await self._redis.set(marker, json.dumps({"job": _encode_job(job), "turn_id": turn_id}))
+        async def on_turn(turn_id: str | None) -> None:
+            if turn_id is None:
+                await self._redis.delete(marker)
+            else:
+                await self._redis.set(marker, json.dumps({"job": _encode_job(job), "turn_id": turn_id}))
 
         await on_turn("")
         try:

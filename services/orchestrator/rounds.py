@@ -57,6 +57,9 @@ class RoundJob:
     text: str
     sequence: int
     mentions: tuple[str, ...] = ()
+    # The conversation as read when the message was posted, if this round starts right away (a
+    # queued message's round reads it afresh: participants may have changed meanwhile).
+    conversation: conversation_pb.Conversation | None = None
 
 
 @dataclass
@@ -71,7 +74,9 @@ class RoundState:
     client_bids: list[pb.Bid] = field(default_factory=list)
 
 
-OnTurn = Callable[[str], Awaitable[None]]
+# Told each turn's id as it starts, and None once the round is over (before RoundCompleted is
+# written, so a client that sends its next message on RoundCompleted finds no round in flight).
+OnTurn = Callable[[str | None], Awaitable[None]]
 
 
 class Rounds:
@@ -97,19 +102,29 @@ class Rounds:
         async def emit(event: pb.ConversationEvent) -> None:
             await self._events.append(job.conversation_id, event, state.lease)
 
+        async def finish(turns: int, reason: pb.RoundEndReason.ValueType) -> pb.RoundEndReason.ValueType:
+            await on_turn(None)
+            return await self._complete(emit, job, turns, reason)
+
+        reservation = orchestration_event_id(job.conversation_id, job.message_id)
+        # Independent calls, made at once: they are most of the time to the first token.
+        reserving = asyncio.create_task(self._reserve_orchestration(job, reservation))
         try:
-            conversation, agents = await self._load(job)
+            (conversation, agents), history = await asyncio.gather(self._load(job), self._history(job))
         except grpc.aio.AioRpcError as exc:
+            if await reserving is None:
+                await self._turns.release(job.caller, reservation, "the conversation could not be loaded")
             await emit(
                 pb.ConversationEvent(error=rpc_failure(exc, "loading the conversation", "LOAD_FAILED"))
             )
-            return await self._complete(emit, job, 0, pb.ROUND_END_REASON_FAILED)
-        reservation = orchestration_event_id(job.conversation_id, job.message_id)
-        refusal = await self._reserve_orchestration(job, reservation)
+            return await finish(0, pb.ROUND_END_REASON_FAILED)
+        except BaseException:
+            reserving.cancel()
+            raise
+        refusal = await reserving
         if refusal is not None:
             await emit(pb.ConversationEvent(error=refusal))
-            return await self._complete(emit, job, 0, pb.ROUND_END_REASON_FAILED)
-        history = await self._history(job)
+            return await finish(0, pb.ROUND_END_REASON_FAILED)
         names = {agent.id: agent.name for agent in agents}
         view = RoundView(
             question=job.text,
@@ -148,7 +163,7 @@ class Rounds:
             await emit(pb.ConversationEvent(usage=usage))
         else:
             await emit(pb.ConversationEvent(error=usage))
-        return await self._complete(emit, job, len(view.spoken), reason)
+        return await finish(len(view.spoken), reason)
 
     def on_signal(self, state: RoundState, signal: Signal) -> None:
         """A control signal for the round in flight (called by the control bus)."""
@@ -186,10 +201,14 @@ class Rounds:
     async def _load(self, job: RoundJob) -> tuple[conversation_pb.Conversation, list[Agent]]:
         metadata = await self._downstream.for_conversation(job.caller)
         stub, timeout = self._downstream.conversation, self._downstream.timeout
-        reply = await stub.GetConversation(
-            conversation_pb.GetConversationRequest(id=job.conversation_id), timeout=timeout, metadata=metadata
-        )
-        conversation = reply.conversation
+        conversation = job.conversation
+        if conversation is None:
+            reply = await stub.GetConversation(
+                conversation_pb.GetConversationRequest(id=job.conversation_id),
+                timeout=timeout,
+                metadata=metadata,
+            )
+            conversation = reply.conversation
 
         async def agent(agent_id: str) -> Agent | None:
             try:
@@ -251,17 +270,26 @@ class Rounds:
             messages=chat_messages(history, agent.id, names, plan.instruction),
             system_prompt=agent.system_prompt,
         )
-        await emit(
-            pb.ConversationEvent(
-                turn_started=pb.TurnStarted(
-                    turn_id=plan.turn_id,
-                    agent_id=agent.id,
-                    trigger_message_id=job.message_id,
-                    turn_index=index,
+        # The quota hold is asked for while TurnStarted is written: one round trip less to the
+        # first token. A refusal still ends the turn before any provider call.
+        reserving = asyncio.create_task(self._turns.reserve(spec))
+        try:
+            await emit(
+                pb.ConversationEvent(
+                    turn_started=pb.TurnStarted(
+                        turn_id=plan.turn_id,
+                        agent_id=agent.id,
+                        trigger_message_id=job.message_id,
+                        turn_index=index,
+                    )
                 )
             )
-        )
-        return await run_turn(self._turns, spec, emit, state.halt)
+        except BaseException:
+            refusal = await reserving
+            if refusal is None:
+                await self._turns.release(job.caller, spec.turn_id, "the round stopped before the turn")
+            raise
+        return await run_turn(self._turns, spec, emit, state.halt, reserving)
 
     async def _reserve_orchestration(self, job: RoundJob, reservation: str) -> pb.ErrorEvent | None:
         try:
@@ -316,10 +344,12 @@ async def run_turn(
     spec: TurnSpec,
     emit: Callable[[pb.ConversationEvent], Awaitable[None]],
     halt: Halt,
+    reserving: Awaitable[pb.ErrorEvent | None] | None = None,
 ) -> TurnResult:
-    """Reserve, generate, store, commit, and say how the turn ended (TurnStarted is the caller's)."""
+    """Reserve (unless `reserving` already does), generate, store, commit, and say how the turn
+    ended (TurnStarted is the caller's)."""
     started = time.monotonic()
-    refusal = await runner.reserve(spec)
+    refusal = await (reserving if reserving is not None else runner.reserve(spec))
     if refusal is not None:
         await emit(pb.ConversationEvent(error=refusal))
         await emit(_completed(spec, pb.TURN_OUTCOME_FAILED))
