@@ -1,10 +1,13 @@
 """Fair admission to a bounded number of concurrent upstream calls.
 
-When every slot is busy, waiting calls queue by tier and by tenant: a freed slot goes to the
-highest tier that has a waiter (enterprise, then pro, then free: strict priority, as the plans
-promise), and within a tier to the tenants in turn (round-robin), so one tenant's burst waits
-behind its own calls, not in front of everyone else's. Past `limit` waiting calls the queue
-refuses (RESOURCE_EXHAUSTED) rather than letting latency grow without bound.
+When every slot is busy, waiting calls queue by tier and by tenant. Freed slots go to the tiers
+by weight (enterprise 6, pro 3, free 1, in a smooth weighted round-robin: E P E E P E F E P E), a
+tier with nobody waiting giving its turn to the next; within a tier the tenants take turns
+(round-robin), so one tenant's burst waits behind its own calls, not in front of everyone else's.
+Weights rather than strict priority: under sustained enterprise load a free call still gets one
+slot in ten instead of waiting forever, while the paying tiers keep most of the capacity. Past
+`limit` waiting calls the queue refuses (RESOURCE_EXHAUSTED) rather than letting latency grow
+without bound.
 """
 
 from __future__ import annotations
@@ -18,8 +21,26 @@ from macp.common.v1 import principal_pb2
 
 from services.runtime.errors import ResourceExhausted
 
-# Served first to last; an unknown tier waits with free.
+# The tiers by rank, and each one's share of contended slots; an unknown tier waits with free.
 TIER_ORDER = (principal_pb2.TIER_ENTERPRISE, principal_pb2.TIER_PRO, principal_pb2.TIER_FREE)
+TIER_WEIGHTS = (6, 3, 1)
+
+
+def weighted_schedule(weights: tuple[int, ...]) -> tuple[int, ...]:
+    """The ranks in smooth weighted round-robin order (nginx's): each appears `weight` times per
+    cycle, spread out rather than in runs."""
+    current = [0] * len(weights)
+    total = sum(weights)
+    order = []
+    for _ in range(total):
+        current = [c + w for c, w in zip(current, weights, strict=True)]
+        chosen = max(range(len(weights)), key=lambda rank: current[rank])
+        current[chosen] -= total
+        order.append(chosen)
+    return tuple(order)
+
+
+SCHEDULE = weighted_schedule(TIER_WEIGHTS)
 
 
 def _tier_rank(tier: int) -> int:
@@ -37,6 +58,7 @@ class FairQueue:
             OrderedDict() for _ in TIER_ORDER
         ]
         self.depth = 0
+        self._cursor = 0  # where in SCHEDULE the next freed slot starts looking
 
     def _set_depth(self, change: int) -> None:
         self.depth += change
@@ -81,7 +103,9 @@ class FairQueue:
 
     def _release(self) -> None:
         """Hand the freed slot to the next waiter in turn, or free it."""
-        for tenants in self._waiting:
+        for step in range(len(SCHEDULE)):
+            position = (self._cursor + step) % len(SCHEDULE)
+            tenants = self._waiting[SCHEDULE[position]]
             while tenants:
                 tenant, waiters = next(iter(tenants.items()))
                 granted = waiters.popleft()
@@ -92,5 +116,6 @@ class FairQueue:
                 self._set_depth(-1)
                 if not granted.done():
                     granted.set_result(None)  # the slot passes straight to it: `busy` is unchanged
+                    self._cursor = position + 1
                     return
         self.busy -= 1

@@ -10,7 +10,7 @@ import pytest
 from macp.common.v1 import principal_pb2
 from prometheus_client import CollectorRegistry
 
-from services.agent_proxy.fair_queue import FairQueue
+from services.agent_proxy.fair_queue import SCHEDULE, TIER_WEIGHTS, FairQueue
 from services.runtime.errors import ResourceExhausted
 from services.runtime.metrics import pending_requests_gauge
 
@@ -63,12 +63,27 @@ async def test_higher_tiers_first_and_tenants_take_turns() -> None:
         (FREE, "f#2"),
     ]
     order = await _served_order(queue, waiters)
-    # Enterprise first; pro tenants alternate (noisy's burst does not hold quiet back); free last.
-    assert order == ["big#1", "noisy#1", "quiet#1", "noisy#2", "noisy#3", "f#1", "f#2"]
+    # Tiers by weight (E P E E P E F ...: a tier with no one waiting passes its turn on); pro
+    # tenants alternate, so noisy's burst does not hold quiet back; free is not left for last.
+    assert order == ["big#1", "noisy#1", "quiet#1", "f#1", "noisy#2", "noisy#3", "f#2"]
     assert max(depths) == 7
     assert depths[-1] == 0
     assert registry.get_sample_value("pending_agent_requests", {"service": "agent-proxy"}) == 0
     assert queue.busy == 0
+
+
+def test_the_schedule_gives_each_tier_its_weight_spread_out() -> None:
+    assert SCHEDULE == (0, 1, 0, 0, 1, 0, 2, 0, 1, 0)
+    assert [SCHEDULE.count(rank) for rank in range(3)] == list(TIER_WEIGHTS)
+
+
+async def test_sustained_enterprise_load_does_not_starve_free_calls() -> None:
+    queue = FairQueue(slots=1, limit=1000)
+    waiters = [(ENTERPRISE, f"e{i % 3}#{i}") for i in range(60)] + [(FREE, "f#1"), (FREE, "f#2")]
+    order = await _served_order(queue, waiters)
+    # Strict priority would serve both free calls last (positions 61 and 62).
+    assert order.index("f#1") < 10
+    assert order.index("f#2") < 20
 
 
 async def test_a_full_queue_refuses_and_a_cancelled_waiter_leaves_it() -> None:
