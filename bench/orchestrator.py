@@ -232,6 +232,10 @@ class Client:
         frame = {"action": "message", "conversation_id": self._conversation_id, "message_id": message_id}
         started = time.perf_counter()
         await self._ws.send(json.dumps({**frame, "text": PROMPT}))
+        async with asyncio.timeout(TIMEOUT_SECONDS):
+            return await self._until_round_end(message_id, started)
+
+    async def _until_round_end(self, message_id: str, started: float) -> Turn:
         first = 0.0
         tokens = 0
         while True:
@@ -432,12 +436,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         async def measure() -> dict[str, tuple[list[Turn], float]]:
             rows: dict[str, tuple[list[Turn], float]] = {}
             per = max(1, args.ttft_turns // 20)
+            say("rows: SDK and WebSocket at c=1, at c=20, long answers, sustained")
             rows["sdk c=1"] = await sdk_turns(bench, SHORT_MODEL, 1, args.ttft_turns)
+            say("ws c=1")
             rows["ws c=1"] = await ws_turns(bench, SHORT_MODEL, 1, args.ttft_turns)
+            say("sdk c=20")
             rows["sdk c=20"] = await sdk_turns(bench, SHORT_MODEL, 20, per)
+            say("ws c=20")
             rows["ws c=20"] = await ws_turns(bench, SHORT_MODEL, 20, per)
+            say("sdk long")
             rows["sdk long"] = await sdk_turns(bench, LONG_MODEL, args.streams, 1)
+            say("ws long")
             rows["ws long"] = await ws_turns(bench, LONG_MODEL, args.streams, 1)
+            say("ws sustained")
             rows["ws sustained"] = await ws_turns(bench, SHORT_MODEL, 50, args.sustained)
             return rows
 

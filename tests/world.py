@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-import uvicorn
 from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 from macp.conversation.v1 import conversation_service_pb2_grpc as conversation_grpc
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
@@ -29,19 +28,16 @@ from macp.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
 
 from services.agent_proxy.service import DEFINITION as AGENT_PROXY
 from services.conversation.service import DEFINITION as CONVERSATION
-from services.edge.app import build_app
-from services.edge.settings import EdgeSettings
 from services.metering.service import DEFINITION as METERING
 from services.orchestrator.service import DEFINITION as ORCHESTRATOR
 from services.provider_server.behavior import Behavior
 from services.provider_server.server import RunningProviderServer, serving
 from services.runtime.auth.settings import EDGE_AUDIENCE, service_audience
-from services.runtime.metrics import HttpMetrics
 from services.runtime.server import RunningService, ServiceDefinition, serve
 from services.runtime.settings import Env
-from services.stack.config import EnvoyPorts, free_port
+from services.stack.config import free_port
 from services.stack.envoy import Envoy
-from services.stack.envoy_config import render_native
+from tests.edge_and_envoy import edge_and_envoy
 from tests.tokens import Tenant, TokenWorld, bearer, token_world
 
 ORCHESTRATOR_AUDIENCE = service_audience("orchestrator")
@@ -226,20 +222,7 @@ async def running_world(service_environ: dict[str, str], tmp_path: Path) -> Asyn
             runnings: list[RunningService] = []
             for _name, definition in SERVICES:
                 runnings.append(await stack.enter_async_context(_served(definition, environ)))
-            edge_settings = EdgeSettings.from_env(env)
-            edge_server = uvicorn.Server(
-                uvicorn.Config(
-                    build_app(edge_settings, HttpMetrics("edge")),
-                    host="127.0.0.1",
-                    port=edge_settings.port,
-                    log_config=None,
-                    access_log=False,
-                    lifespan="on",
-                )
-            )
-            edge = asyncio.create_task(edge_server.serve())
-            envoy = Envoy(tmp_path, render_native(tmp_path / "envoy.yaml", env), EnvoyPorts.from_env(env))
-            await asyncio.to_thread(envoy.start)
+            envoy = await stack.enter_async_context(edge_and_envoy(env, tmp_path))
             mesh = grpc.aio.insecure_channel(envoy.mesh_address)
             try:
                 for cluster in ("token", "conversation", "agent-proxy", "metering", "orchestrator", "edge"):
@@ -261,10 +244,6 @@ async def running_world(service_environ: dict[str, str], tmp_path: Path) -> Asyn
                 yield world
             finally:
                 await mesh.close()
-                await asyncio.to_thread(envoy.stop)
-                edge_server.should_exit = True
-                with contextlib.suppress(asyncio.CancelledError):
-                    await edge
 
 
 @asynccontextmanager

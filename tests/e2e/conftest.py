@@ -18,19 +18,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from services.conversation.service import DEFINITION as CONVERSATION
-from services.edge.app import build_app
-from services.edge.settings import EdgeSettings
 from services.orchestrator.service import DEFINITION as ORCHESTRATOR
 from services.runtime.auth.settings import EDGE_AUDIENCE
-from services.runtime.metrics import HttpMetrics
 from services.runtime.server import RunningService, serve
 from services.runtime.settings import Env
-from services.stack.config import EnvoyPorts, free_port
+from services.stack.config import free_port
 from services.stack.envoy import Envoy
-from services.stack.envoy_config import render_native
+from tests.edge_and_envoy import edge_and_envoy
 from tests.tokens import Tenant, TokenWorld, token_world
 
 
@@ -110,44 +106,36 @@ async def _slice(tokens: TokenWorld, tmp_path: Path) -> AsyncIterator[Slice]:
     orchestrator = asyncio.create_task(serve(ORCHESTRATOR, environ, started=orchestrator_started))
     orchestrator_running = await orchestrator_started
 
-    edge_settings = EdgeSettings.from_env(env)
-    edge_server = uvicorn.Server(
-        uvicorn.Config(
-            build_app(edge_settings, HttpMetrics("edge")),
-            host="127.0.0.1",
-            port=edge_settings.port,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-        )
-    )
-    edge = asyncio.create_task(edge_server.serve())
-
-    envoy = Envoy(tmp_path, render_native(tmp_path / "envoy.yaml", env), EnvoyPorts.from_env(env))
-    await asyncio.to_thread(envoy.start)
     try:
-        await _wait_healthy(envoy.ports.admin, "conversation")
-        await _wait_healthy(envoy.ports.admin, "orchestrator")
-        await _wait_healthy(envoy.ports.admin, "edge")
-        await _wait_healthy(envoy.ports.admin, "token")
-        assert envoy.process is not None
-        tenant = await tokens.tenant()
-        slice_ = Slice(
-            front_url=envoy.url,
-            mesh_address=envoy.mesh_address,
-            conversation_port=running.port,
-            envoy_log=envoy.process.log_path,
-            database_url=environ["MACP_DATABASE_URL"],
-            tokens=tokens,
-            tenant=tenant,
-            edge_token=await tokens.user_token(tenant, [EDGE_AUDIENCE]),
-        )
-        await wait_authenticating(slice_)
-        yield slice_
+        async with edge_and_envoy(env, tmp_path) as envoy:
+            async for slice_ in _ready(envoy, environ, tokens, running):
+                yield slice_
     finally:
-        await asyncio.to_thread(envoy.stop)
-        edge_server.should_exit = True
         running.stop.set()
         orchestrator_running.stop.set()
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(edge, conversation, orchestrator)
+            await asyncio.gather(conversation, orchestrator)
+
+
+async def _ready(
+    envoy: Envoy, environ: dict[str, str], tokens: TokenWorld, running: RunningService
+) -> AsyncIterator[Slice]:
+    """Once Envoy routes to every part: the slice, with a seeded tenant and its user's token."""
+    await _wait_healthy(envoy.ports.admin, "conversation")
+    await _wait_healthy(envoy.ports.admin, "orchestrator")
+    await _wait_healthy(envoy.ports.admin, "edge")
+    await _wait_healthy(envoy.ports.admin, "token")
+    assert envoy.process is not None
+    tenant = await tokens.tenant()
+    slice_ = Slice(
+        front_url=envoy.url,
+        mesh_address=envoy.mesh_address,
+        conversation_port=running.port,
+        envoy_log=envoy.process.log_path,
+        database_url=environ["MACP_DATABASE_URL"],
+        tokens=tokens,
+        tenant=tenant,
+        edge_token=await tokens.user_token(tenant, [EDGE_AUDIENCE]),
+    )
+    await wait_authenticating(slice_)
+    yield slice_

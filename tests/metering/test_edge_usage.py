@@ -5,28 +5,22 @@ metering -> Postgres, over usage that came in through the real topic."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from aiokafka import AIOKafkaProducer
 
 from services.cli.main import build_parser
 from services.cli.usage import get_json, render_invoice, render_usage, usage_url
-from services.edge.app import build_app
-from services.edge.settings import EdgeSettings
 from services.metering.service import DEFINITION as METERING
 from services.runtime.auth.settings import EDGE_AUDIENCE
-from services.runtime.metrics import HttpMetrics
 from services.runtime.settings import Env
-from services.stack.config import EnvoyPorts, free_port
-from services.stack.envoy import Envoy
-from services.stack.envoy_config import render_native
+from services.stack.config import free_port
 from tests.e2e.conftest import _wait_healthy
+from tests.edge_and_envoy import edge_and_envoy
 from tests.metering.test_reports import publish, this_month
 from tests.metering.topics import eventually
 from tests.metering.usage_events import MODELS, agent_turn
@@ -67,32 +61,12 @@ async def usage_slice(
         "MACP_MESH_ADDRESS": f"127.0.0.1:{ports['MACP_ENVOY_MESH_PORT']}",
     }
     env = Env(edge_environ)
-    edge_settings = EdgeSettings.from_env(env)
-    edge_server = uvicorn.Server(
-        uvicorn.Config(
-            build_app(edge_settings, HttpMetrics("edge")),
-            host="127.0.0.1",
-            port=edge_settings.port,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-        )
-    )
-    async with running(METERING, environ):
-        edge = asyncio.create_task(edge_server.serve())
-        envoy = Envoy(tmp_path, render_native(tmp_path / "envoy.yaml", env), EnvoyPorts.from_env(env))
-        await asyncio.to_thread(envoy.start)
-        try:
-            for cluster in ("metering", "edge", "token"):
-                await _wait_healthy(envoy.ports.admin, cluster)
-            tenant = await tokens.tenant()
-            token = await tokens.user_token(tenant, [EDGE_AUDIENCE])
-            yield UsageSlice(envoy.url, tenant, token, environ["MACP_KAFKA_USAGE_TOPIC"])
-        finally:
-            await asyncio.to_thread(envoy.stop)
-            edge_server.should_exit = True
-            with contextlib.suppress(asyncio.CancelledError):
-                await edge
+    async with running(METERING, environ), edge_and_envoy(env, tmp_path) as envoy:
+        for cluster in ("metering", "edge", "token"):
+            await _wait_healthy(envoy.ports.admin, cluster)
+        tenant = await tokens.tenant()
+        token = await tokens.user_token(tenant, [EDGE_AUDIENCE])
+        yield UsageSlice(envoy.url, tenant, token, environ["MACP_KAFKA_USAGE_TOPIC"])
 
 
 async def test_usage_and_invoice_preview_through_the_edge(
