@@ -217,7 +217,8 @@ class Driver:
             lease = await self._leases.acquire(conversation_id)
             if lease is not None or time.monotonic() > deadline:
                 return lease
-            if await self._redis.exists(self._marker(conversation_id)):
+            stored = await self._redis.get(self._marker(conversation_id))
+            if stored is not None and not json.loads(stored).get("ending"):
                 return None  # a round is in flight: the double-texting policy decides
             await asyncio.sleep(0.005)
 
@@ -368,10 +369,11 @@ class Driver:
         marker = self._marker(job.conversation_id)
 
         async def on_turn(turn_id: str | None) -> None:
-            if turn_id is None:
-                await self._redis.delete(marker)
-            else:
-                await self._redis.set(marker, json.dumps({"job": _encode_job(job), "turn_id": turn_id}))
+            # None: the round is ending (its RoundCompleted comes next). The marker says so rather
+            # than going away, so a message sent on RoundCompleted waits for the lease instead of
+            # being refused, and a driver dying right here still gets its round closed.
+            fields = {"job": _encode_job(job), "turn_id": turn_id or "", "ending": turn_id is None}
+            await self._redis.set(marker, json.dumps(fields))
 
         await on_turn("")
         try:
@@ -425,6 +427,26 @@ class Driver:
         fields = json.loads(stored)
         job = _decode_job(fields["job"])
         turn_id: str = fields.get("turn_id", "")
+        if fields.get("ending"):
+            # The driver died as the round ended: close it unless its RoundCompleted got out.
+            last = await self._events.last_event(lease.conversation_id)
+            closed = (
+                last is not None
+                and last.HasField("round_completed")
+                and last.round_completed.trigger_message_id == job.message_id
+            )
+            if not closed:
+                await self._events.append(
+                    lease.conversation_id,
+                    pb.ConversationEvent(
+                        round_completed=pb.RoundCompleted(
+                            trigger_message_id=job.message_id, reason=pb.ROUND_END_REASON_FAILED
+                        )
+                    ),
+                    lease,
+                )
+            await self._redis.delete(marker)
+            return
         log.warning(
             "taking over a round whose driver stopped",
             extra={"conversation_id": lease.conversation_id, "turn_id": turn_id},

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator, Sequence
-from typing import Final
+from typing import Final, cast
 
 import redis.asyncio as aioredis
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
@@ -125,6 +125,14 @@ class EventLog:
         newest = await self._redis.xrevrange(self._stream(conversation_id), count=1)
         entry_id = newest[0][0] if newest else None
         return "0-0" if entry_id is None else _text(entry_id)
+
+    async def last_event(self, conversation_id: str) -> pb.ConversationEvent | None:
+        """The newest event, or None when there is none."""
+        newest = await self._redis.xrevrange(self._stream(conversation_id), count=1)
+        events = self._decode(
+            conversation_id, [(b"", cast(Sequence[tuple[bytes, dict[bytes, bytes]]], newest))]
+        )
+        return events[0] if events else None
 
     async def read(
         self, conversation_id: str, after_event_id: str, limit: int = READ_BATCH

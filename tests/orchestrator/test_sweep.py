@@ -1,0 +1,86 @@
+"""The sweep closes a round whose driver died as it ended: RoundCompleted written once, never twice."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+from macp.common.v1 import principal_pb2
+from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
+
+from services.orchestrator.control import ControlBus
+from services.orchestrator.downstream import Caller, Downstream
+from services.orchestrator.driver import Driver, _encode_job
+from services.orchestrator.event_log import EventLog
+from services.orchestrator.lease import Leases
+from services.orchestrator.rounds import RoundJob
+from services.orchestrator.settings import OrchestratorSettings
+from services.runtime.settings import Env
+
+pytestmark = pytest.mark.integration
+
+
+async def _ending_round(redis: aioredis.Redis, prefix: str, events: EventLog) -> tuple[Driver, RoundJob]:
+    settings = OrchestratorSettings.from_env(Env({}))
+    # The sweep of an ending round calls no other service: the channel is never used.
+    channel = grpc.aio.insecure_channel("127.0.0.1:9")
+    downstream = Downstream(channel, settings)
+    driver = Driver(
+        redis,
+        prefix,
+        downstream,
+        events,
+        Leases(redis, prefix, "sweeper"),
+        ControlBus(redis, prefix),
+        settings,
+    )
+    conversation_id = str(uuid.uuid4())
+    job = RoundJob(
+        Caller("token", principal_pb2.Principal(tenant_id="acme")),
+        conversation_id,
+        str(uuid.uuid4()),
+        "hi",
+        1,
+    )
+    marker = {"job": _encode_job(job), "turn_id": "", "ending": True}
+    await redis.set(f"{prefix}orchestrator:round:{conversation_id}", json.dumps(marker))
+    await redis.zadd(f"{prefix}orchestrator:rounds", {conversation_id: time.time()})
+    return driver, job
+
+
+async def rounds_completed(events: EventLog, conversation_id: str) -> list[pb.RoundCompleted]:
+    return [
+        e.round_completed for e in await events.read(conversation_id, "0-0") if e.HasField("round_completed")
+    ]
+
+
+async def test_an_ending_round_without_its_round_completed_gets_one(
+    redis: aioredis.Redis, prefix: str
+) -> None:
+    events = EventLog(redis, prefix)
+    driver, job = await _ending_round(redis, prefix, events)
+    await events.append(job.conversation_id, pb.ConversationEvent(message_accepted=pb.MessageAccepted()))
+    await driver.sweep()
+    completed = await rounds_completed(events, job.conversation_id)
+    assert [(c.trigger_message_id, c.reason) for c in completed] == [
+        (job.message_id, pb.ROUND_END_REASON_FAILED)
+    ]
+    assert not await redis.exists(f"{prefix}orchestrator:round:{job.conversation_id}")
+    await driver.sweep()  # nothing left to close
+    assert len(await rounds_completed(events, job.conversation_id)) == 1
+
+
+async def test_an_ending_round_whose_round_completed_got_out_is_not_closed_twice(
+    redis: aioredis.Redis, prefix: str
+) -> None:
+    events = EventLog(redis, prefix)
+    driver, job = await _ending_round(redis, prefix, events)
+    done = pb.RoundCompleted(trigger_message_id=job.message_id, reason=pb.ROUND_END_REASON_TURN_LIMIT)
+    await events.append(job.conversation_id, pb.ConversationEvent(round_completed=done))
+    await driver.sweep()
+    completed = await rounds_completed(events, job.conversation_id)
+    assert [c.reason for c in completed] == [pb.ROUND_END_REASON_TURN_LIMIT]
