@@ -436,15 +436,7 @@ class Driver:
                 and last.round_completed.trigger_message_id == job.message_id
             )
             if not closed:
-                await self._events.append(
-                    lease.conversation_id,
-                    pb.ConversationEvent(
-                        round_completed=pb.RoundCompleted(
-                            trigger_message_id=job.message_id, reason=pb.ROUND_END_REASON_FAILED
-                        )
-                    ),
-                    lease,
-                )
+                await self._fail_round(lease, job)
             await self._redis.delete(marker)
             return
         log.warning(
@@ -472,6 +464,15 @@ class Driver:
             ),
             lease,
         )
+        await self._fail_round(lease, job)
+        if turn_id:
+            await self.rounds.turns.release(job.caller, turn_id, "the round's driver stopped")
+        orchestration = orchestration_event_id(lease.conversation_id, job.message_id)
+        await self.rounds.turns.release(job.caller, orchestration, "the round's driver stopped")
+        await self._redis.delete(marker)
+
+    async def _fail_round(self, lease: Lease, job: RoundJob) -> None:
+        """Close the round of `job` as failed (its driver is gone)."""
         await self._events.append(
             lease.conversation_id,
             pb.ConversationEvent(
@@ -481,11 +482,6 @@ class Driver:
             ),
             lease,
         )
-        if turn_id:
-            await self.rounds.turns.release(job.caller, turn_id, "the round's driver stopped")
-        orchestration = orchestration_event_id(lease.conversation_id, job.message_id)
-        await self.rounds.turns.release(job.caller, orchestration, "the round's driver stopped")
-        await self._redis.delete(marker)
 
 
 async def _halt_on(lost: asyncio.Event, state: RoundState) -> None:
