@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -49,6 +49,7 @@ from macp.metering.v1 import metering_service_pb2_grpc as metering_grpc
 from macp.token.v1 import token_service_pb2 as token_pb
 from macp.token.v1 import token_service_pb2_grpc as token_grpc
 
+from bench.agent_proxy import PROMPT, sdk_direct
 from bench.slice import cluster_healthy, sign_in, start_apps_and_envoy
 from bench.stats import machine_line, markdown_table, percentile
 from services.runtime.auth.settings import service_audience
@@ -66,7 +67,6 @@ CLUSTERS = (*(spec.name for spec in SERVICES), EDGE.name)
 SHORT_MODEL = "echo-1"  # natural answers, 12 to 48 tokens
 LONG_MODEL = "bench-long"  # booked to answer exactly LONG_TOKENS tokens
 LONG_TOKENS = 1000
-PROMPT = "Tell the three of us what to build next."
 TIMEOUT_SECONDS = 120.0
 LITELLM_VENV = REPO / ".venv-litellm"
 # An environment that already has them (bench/litellm-requirements.txt), instead of making one.
@@ -256,21 +256,30 @@ class Client:
         await self._ws.close()
 
 
+async def closed_loop(
+    workers: Sequence[Callable[[], Awaitable[Turn]]], per_worker: int
+) -> tuple[list[Turn], float]:
+    """Each worker once untimed (warm: connections, token exchanges, caches), then `per_worker`
+    times back to back, all workers at once; the timed turns and their wall time."""
+    await asyncio.gather(*(work() for work in workers))
+    turns: list[Turn] = []
+
+    async def run(work: Callable[[], Awaitable[Turn]]) -> None:
+        for _ in range(per_worker):
+            turns.append(await work())
+
+    started = time.perf_counter()
+    await asyncio.gather(*(run(work) for work in workers))
+    return turns, time.perf_counter() - started
+
+
 async def ws_turns(bench: Bench, model: str, concurrency: int, per_client: int) -> tuple[list[Turn], float]:
     conversations = await new_conversations(bench, concurrency, model)
     clients = await asyncio.gather(*(Client.open(bench, c) for c in conversations))
-    await asyncio.gather(*(c.turn() for c in clients))  # warm: token exchanges, caches, connections
-    turns: list[Turn] = []
-
-    async def run(client: Client) -> None:
-        for _ in range(per_client):
-            turns.append(await client.turn())
-
-    started = time.perf_counter()
-    await asyncio.gather(*(run(c) for c in clients))
-    seconds = time.perf_counter() - started
-    await asyncio.gather(*(c.close() for c in clients))
-    return turns, seconds
+    try:
+        return await closed_loop([client.turn for client in clients], per_client)
+    finally:
+        await asyncio.gather(*(c.close() for c in clients))
 
 
 # --- the SDK baseline ------------------------------------------------------------------------------
@@ -280,31 +289,14 @@ async def sdk_turns(bench: Bench, model: str, concurrency: int, per_client: int)
     async with anthropic.AsyncAnthropic(
         base_url=bench.provider_url, api_key="local", max_retries=0, timeout=TIMEOUT_SECONDS
     ) as client:
+        call = sdk_direct(client)  # the agent-proxy benchmark's own SDK stream
 
         async def one() -> Turn:
             started = time.perf_counter()
-            first = 0.0
-            tokens = 0
-            stream = await client.messages.create(
-                model=model, max_tokens=4096, messages=[{"role": "user", "content": PROMPT}], stream=True
-            )
-            async for event in stream:
-                if event.type == "content_block_delta":
-                    if not first:
-                        first = time.perf_counter() - started
-                    tokens += 1
+            first, tokens = await call(model)
             return Turn(first, time.perf_counter() - started, tokens)
 
-        await asyncio.gather(*(one() for _ in range(concurrency)))
-        turns: list[Turn] = []
-
-        async def run() -> None:
-            for _ in range(per_client):
-                turns.append(await one())
-
-        started = time.perf_counter()
-        await asyncio.gather(*(run() for _ in range(concurrency)))
-        return turns, time.perf_counter() - started
+        return await closed_loop([one] * concurrency, per_client)
 
 
 # --- LiteLLM --------------------------------------------------------------------------------------
@@ -399,16 +391,7 @@ async def litellm_calls(url: str, concurrency: int, per_client: int) -> tuple[li
             elapsed = time.perf_counter() - started
             return Turn(elapsed, elapsed, answer.json()["usage"]["completion_tokens"])
 
-        await asyncio.gather(*(one() for _ in range(concurrency)))
-        calls: list[Turn] = []
-
-        async def run() -> None:
-            for _ in range(per_client):
-                calls.append(await one())
-
-        started = time.perf_counter()
-        await asyncio.gather(*(run() for _ in range(concurrency)))
-        return calls, time.perf_counter() - started
+        return await closed_loop([one] * concurrency, per_client)
 
 
 # --- the report -----------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -33,11 +32,13 @@ from services.orchestrator.service import DEFINITION as ORCHESTRATOR
 from services.provider_server.behavior import Behavior
 from services.provider_server.server import RunningProviderServer, serving
 from services.runtime.auth.settings import EDGE_AUDIENCE, service_audience
-from services.runtime.server import RunningService, ServiceDefinition, serve
+from services.runtime.server import RunningService, ServiceDefinition
 from services.runtime.settings import Env
 from services.stack.config import free_port
 from services.stack.envoy import Envoy
+from tests.e2e.conftest import _wait_healthy
 from tests.edge_and_envoy import edge_and_envoy
+from tests.runtime.serving import running
 from tests.tokens import Tenant, TokenWorld, bearer, token_world
 
 ORCHESTRATOR_AUDIENCE = service_audience("orchestrator")
@@ -176,24 +177,6 @@ class World:
         return events
 
 
-def _cluster_healthy(admin_port: int, cluster: str) -> bool:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(f"http://127.0.0.1:{admin_port}/clusters", timeout=2) as response:
-        text = response.read().decode()
-    return any(
-        line.startswith(f"{cluster}::") and line.endswith("health_flags::healthy")
-        for line in text.splitlines()
-    )
-
-
-async def wait_healthy(admin_port: int, cluster: str) -> None:
-    for _ in range(150):
-        if await asyncio.to_thread(_cluster_healthy, admin_port, cluster):
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"Envoy never saw the {cluster} cluster healthy")
-
-
 @asynccontextmanager
 async def running_world(service_environ: dict[str, str], tmp_path: Path) -> AsyncIterator[World]:
     async with token_world(service_environ) as tokens, serving() as provider_server:
@@ -221,12 +204,12 @@ async def running_world(service_environ: dict[str, str], tmp_path: Path) -> Asyn
         async with stack:
             runnings: list[RunningService] = []
             for _name, definition in SERVICES:
-                runnings.append(await stack.enter_async_context(_served(definition, environ)))
+                runnings.append(await stack.enter_async_context(running(definition, environ)))
             envoy = await stack.enter_async_context(edge_and_envoy(env, tmp_path))
             mesh = grpc.aio.insecure_channel(envoy.mesh_address)
             try:
                 for cluster in ("token", "conversation", "agent-proxy", "metering", "orchestrator", "edge"):
-                    await wait_healthy(envoy.ports.admin, cluster)
+                    await _wait_healthy(envoy.ports.admin, cluster)
                 tenant = await tokens.tenant()
                 world = World(
                     environ=environ,
@@ -244,19 +227,6 @@ async def running_world(service_environ: dict[str, str], tmp_path: Path) -> Asyn
                 yield world
             finally:
                 await mesh.close()
-
-
-@asynccontextmanager
-async def _served(definition: ServiceDefinition, environ: dict[str, str]) -> AsyncIterator[RunningService]:
-    started: asyncio.Future[RunningService] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve(definition, environ, started=started))
-    running = await started
-    try:
-        yield running
-    finally:
-        running.stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def _wait_authenticating(world: World) -> None:

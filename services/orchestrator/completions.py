@@ -12,31 +12,24 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 
+import grpc
 from macp.agent_proxy.v1 import agent_proxy_service_pb2 as proxy_pb
 from macp.common.v1 import agent_settings_pb2, usage_pb2
 from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
 from services.orchestrator.downstream import Caller
-from services.orchestrator.transcript import CONTINUE, MAX_MESSAGES
+from services.orchestrator.transcript import MAX_TEXT, alternating
 from services.orchestrator.turns import Halt, TurnResult, TurnRunner, TurnSpec
-from services.runtime.errors import (
-    DomainError,
-    FailedPrecondition,
-    PermissionDenied,
-    ResourceExhausted,
-    Unavailable,
-)
+from services.runtime.errors import domain_error
 
-_ERRORS: dict[int, type[DomainError]] = {
-    8: ResourceExhausted,
-    7: PermissionDenied,
-    9: FailedPrecondition,
-}
+# google.rpc.Code numbers (ErrorEvent.code) to their grpc.StatusCode.
+_STATUS = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def _raise(error: pb.ErrorEvent) -> None:
-    raise _ERRORS.get(error.code, Unavailable)(error.detail.message)
+    """An error event of the turn as this RPC's status (Complete answers the caller directly)."""
+    raise domain_error(_STATUS.get(error.code, grpc.StatusCode.UNAVAILABLE), error.detail.message)
 
 
 def completion_prompt(
@@ -45,26 +38,15 @@ def completion_prompt(
     """The system prompt (the agent's, then the caller's system messages) and the chat messages,
     sides merged so they alternate, starting and ending with the user's."""
     system = [agent.system_prompt] if agent.system_prompt else []
-    turns: list[tuple[proxy_pb.ChatRole.ValueType, list[str]]] = []
+    said: list[tuple[proxy_pb.ChatRole.ValueType, str]] = []
     for message in messages:
         if message.role == pb.COMPLETION_ROLE_SYSTEM:
             system.append(message.text)
-            continue
-        role = (
-            proxy_pb.CHAT_ROLE_ASSISTANT
-            if message.role == pb.COMPLETION_ROLE_ASSISTANT
-            else proxy_pb.CHAT_ROLE_USER
-        )
-        if turns and turns[-1][0] == role:
-            turns[-1][1].append(message.text)
+        elif message.role == pb.COMPLETION_ROLE_ASSISTANT:
+            said.append((proxy_pb.CHAT_ROLE_ASSISTANT, message.text))
         else:
-            turns.append((role, [message.text]))
-    while turns and turns[0][0] != proxy_pb.CHAT_ROLE_USER:
-        turns.pop(0)
-    if not turns or turns[-1][0] != proxy_pb.CHAT_ROLE_USER:
-        turns.append((proxy_pb.CHAT_ROLE_USER, [CONTINUE]))
-    chat = [proxy_pb.ChatMessage(role=role, text="\n\n".join(texts)[-32_000:]) for role, texts in turns]
-    return "\n\n".join(system)[:32_000], chat[-MAX_MESSAGES:]
+            said.append((proxy_pb.CHAT_ROLE_USER, message.text))
+    return "\n\n".join(system)[:MAX_TEXT], alternating(said)
 
 
 async def complete(

@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
-from google.protobuf.duration_pb2 import Duration
 from macp.agent_proxy.v1 import agent_proxy_service_pb2 as proxy_pb
 from macp.common.v1 import usage_pb2
 from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
@@ -132,7 +131,10 @@ class Rounds:
             mentions=[m for m in job.mentions if m in names],
             limit=turn_limit(conversation, len(agents), self._settings.default_turn_limit),
         )
-        policy = policy_for(conversation, _Bidder(self, state, emit, history, names))
+        policy = policy_for(
+            conversation,
+            _Bidder(self._downstream, self._settings.bid_window_seconds, state, emit, history, names),
+        )
         reason: pb.RoundEndReason.ValueType = pb.ROUND_END_REASON_FAILED
         try:
             while True:
@@ -292,25 +294,13 @@ class Rounds:
         return await run_turn(self._turns, spec, emit, state.halt, reserving)
 
     async def _reserve_orchestration(self, job: RoundJob, reservation: str) -> pb.ErrorEvent | None:
-        try:
-            await self._downstream.metering.Reserve(
-                metering_pb.ReserveRequest(
-                    reservation_id=reservation,
-                    tenant_id=job.caller.principal.tenant_id,
-                    meter=metering_pb.METER_ORCHESTRATIONS,
-                    quantity=1,
-                    conversation_id=job.conversation_id,
-                    ttl=Duration(seconds=self._settings.reservation_ttl_seconds),
-                ),
-                timeout=self._downstream.timeout,
-                metadata=await self._downstream.for_metering(job.caller),
-            )
-        except grpc.aio.AioRpcError as exc:
-            reason = (
-                "QUOTA_EXCEEDED" if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else "RESERVE_FAILED"
-            )
-            return rpc_failure(exc, "reserving the round's orchestration quota (metering Reserve)", reason)
-        return None
+        return await self._turns.hold(
+            job.caller,
+            reservation,
+            metering_pb.METER_ORCHESTRATIONS,
+            "the round's orchestration quota",
+            conversation_id=job.conversation_id,
+        )
 
     async def _commit_orchestration(
         self, job: RoundJob, reservation: str, started: float, turns: int
@@ -326,17 +316,10 @@ class Rounds:
             dimensions=usage_pb2.UsageDimensions(duration_ms=int((time.monotonic() - started) * 1000)),
             actor_chain=principal.actor_chain,
         )
-        try:
-            await self._downstream.metering.Commit(
-                metering_pb.CommitRequest(reservation_id=reservation, usage=[event]),
-                timeout=self._downstream.timeout,
-                metadata=await self._downstream.for_metering(job.caller),
-            )
-        except grpc.aio.AioRpcError as exc:
-            return rpc_failure(
-                exc, f"committing the round's usage ({turns} turns; metering Commit)", "COMMIT_FAILED"
-            )
-        return event
+        failure = await self._turns.settle(
+            job.caller, reservation, event, f"the round's usage ({turns} turns)"
+        )
+        return event if failure is None else failure
 
 
 async def run_turn(
@@ -405,20 +388,22 @@ class _Bidder:
 
     def __init__(
         self,
-        rounds: Rounds,
+        downstream: Downstream,
+        window: float,
         state: RoundState,
         emit: Callable[[pb.ConversationEvent], Awaitable[None]],
         history: Sequence[Said],
         names: dict[str, str],
     ) -> None:
-        self._rounds = rounds
+        self._downstream = downstream
+        self._window = window
         self._state = state
         self._emit = emit
         self._history = history
         self._names = names
 
     async def collect(self, turn_id: str, agents: Sequence[Agent]) -> list[pb.Bid]:
-        window = self._rounds._settings.bid_window_seconds
+        window = self._window
         deadline = now_timestamp()
         deadline.FromNanoseconds(deadline.ToNanoseconds() + int(window * 1e9))
         self._state.bidding_turn, self._state.client_bids = turn_id, []
@@ -451,7 +436,7 @@ class _Bidder:
         )
 
     async def _proxy_bid(self, turn_id: str, agent: Agent, window: float) -> pb.Bid | None:
-        downstream = self._rounds._downstream
+        downstream = self._downstream
         job = self._state.job
         messages = chat_messages(self._history, agent.id, self._names)[-MAX_BID_MESSAGES:]
         if messages and messages[0].role != proxy_pb.CHAT_ROLE_USER:

@@ -10,7 +10,7 @@ pipeline stage's input) or a prompt to go on.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from macp.agent_proxy.v1 import agent_proxy_service_pb2 as proxy_pb
@@ -41,26 +41,32 @@ def chat_messages(
     instruction: str | None = None,
 ) -> list[proxy_pb.ChatMessage]:
     """`history` (oldest first) as the speaker's chat messages, ending with `instruction`."""
-    turns: list[tuple[proxy_pb.ChatRole.ValueType, list[str]]] = []
+    said: list[tuple[proxy_pb.ChatRole.ValueType, str]] = []
+    for utterance in history:
+        if utterance.agent_id == speaker_id:
+            said.append((proxy_pb.CHAT_ROLE_ASSISTANT, utterance.text))
+        elif utterance.agent_id is None:
+            said.append((proxy_pb.CHAT_ROLE_USER, utterance.text))
+        else:
+            name = names.get(utterance.agent_id, utterance.agent_id)
+            said.append((proxy_pb.CHAT_ROLE_USER, f"[{name}]: {utterance.text}"))
+    if instruction is not None:
+        said.append((proxy_pb.CHAT_ROLE_USER, instruction))
+    return alternating(said)
 
-    def add(role: proxy_pb.ChatRole.ValueType, text: str) -> None:
+
+def alternating(said: Iterable[tuple[proxy_pb.ChatRole.ValueType, str]]) -> list[proxy_pb.ChatMessage]:
+    """`said` as chat messages the providers take: consecutive texts of one side merged, the first
+    and the last on the user's side (a prompt to go on added if needed), the newest kept."""
+    turns: list[tuple[proxy_pb.ChatRole.ValueType, list[str]]] = []
+    for role, text in said:
         if turns and turns[-1][0] == role:
             turns[-1][1].append(text)
         else:
             turns.append((role, [text]))
-
-    for said in history:
-        if said.agent_id == speaker_id:
-            add(proxy_pb.CHAT_ROLE_ASSISTANT, said.text)
-        elif said.agent_id is None:
-            add(proxy_pb.CHAT_ROLE_USER, said.text)
-        else:
-            add(proxy_pb.CHAT_ROLE_USER, f"[{names.get(said.agent_id, said.agent_id)}]: {said.text}")
-    if instruction is not None:
-        add(proxy_pb.CHAT_ROLE_USER, instruction)
-    elif not turns or turns[-1][0] != proxy_pb.CHAT_ROLE_USER:
-        add(proxy_pb.CHAT_ROLE_USER, CONTINUE)
-    while turns and turns[0][0] != proxy_pb.CHAT_ROLE_USER:
+    if not turns or turns[-1][0] != proxy_pb.CHAT_ROLE_USER:
+        turns.append((proxy_pb.CHAT_ROLE_USER, [CONTINUE]))
+    while turns[0][0] != proxy_pb.CHAT_ROLE_USER:
         turns.pop(0)
     messages = [proxy_pb.ChatMessage(role=role, text=_clip("\n\n".join(texts))) for role, texts in turns]
     # Keep the newest; the window must still start on the user's side.

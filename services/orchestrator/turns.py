@@ -112,25 +112,59 @@ class TurnRunner:
 
     async def reserve(self, spec: TurnSpec) -> pb.ErrorEvent | None:
         """Hold one agent turn of the tenant's quota; the refusal as an error event, if refused."""
+        return await self.hold(
+            spec.caller,
+            spec.turn_id,
+            metering_pb.METER_AGENT_TURNS,
+            "the turn's quota",
+            conversation_id=spec.conversation_id,
+            turn_id=spec.turn_id,
+        )
+
+    async def hold(
+        self,
+        caller: Caller,
+        reservation_id: str,
+        meter: metering_pb.Meter.ValueType,
+        what: str,
+        *,
+        conversation_id: str,
+        turn_id: str = "",
+    ) -> pb.ErrorEvent | None:
+        """Hold one unit of `meter` (metering Reserve); the refusal as an error event, if refused."""
         try:
             await self._downstream.metering.Reserve(
                 metering_pb.ReserveRequest(
-                    reservation_id=spec.turn_id,
-                    tenant_id=spec.caller.principal.tenant_id,
-                    meter=metering_pb.METER_AGENT_TURNS,
+                    reservation_id=reservation_id,
+                    tenant_id=caller.principal.tenant_id,
+                    meter=meter,
                     quantity=1,
-                    conversation_id=spec.conversation_id,
-                    turn_id=spec.turn_id,
+                    conversation_id=conversation_id,
+                    turn_id=turn_id,
                     ttl=Duration(seconds=self._reservation_ttl),
                 ),
                 timeout=self._downstream.timeout,
-                metadata=await self._downstream.for_metering(spec.caller),
+                metadata=await self._downstream.for_metering(caller),
             )
         except grpc.aio.AioRpcError as exc:
             reason = (
                 "QUOTA_EXCEEDED" if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else "RESERVE_FAILED"
             )
-            return rpc_failure(exc, "reserving the turn's quota (metering Reserve)", reason, spec.turn_id)
+            return rpc_failure(exc, f"reserving {what} (metering Reserve)", reason, turn_id)
+        return None
+
+    async def settle(
+        self, caller: Caller, reservation_id: str, event: usage_pb2.UsageEvent, what: str
+    ) -> pb.ErrorEvent | None:
+        """Commit the hold `reservation_id` with its usage `event`; why it failed, if it did."""
+        try:
+            await self._downstream.metering.Commit(
+                metering_pb.CommitRequest(reservation_id=reservation_id, usage=[event]),
+                timeout=self._downstream.timeout,
+                metadata=await self._downstream.for_metering(caller),
+            )
+        except grpc.aio.AioRpcError as exc:
+            return rpc_failure(exc, f"committing {what} (metering Commit)", "COMMIT_FAILED", event.turn_id)
         return None
 
     async def release(self, caller: Caller, reservation_id: str, reason: str) -> None:
@@ -263,16 +297,9 @@ class TurnRunner:
             dimensions=dimensions,
             actor_chain=principal.actor_chain,
         )
-        try:
-            await self._downstream.metering.Commit(
-                metering_pb.CommitRequest(reservation_id=spec.turn_id, usage=[event]),
-                timeout=self._downstream.timeout,
-                metadata=await self._downstream.for_metering(spec.caller),
-            )
-        except grpc.aio.AioRpcError as exc:
-            return rpc_failure(
-                exc, "committing the turn's usage (metering Commit)", "COMMIT_FAILED", spec.turn_id
-            )
+        failure = await self.settle(spec.caller, spec.turn_id, event, "the turn's usage")
+        if failure is not None:
+            return failure
         result.usage = dimensions
         return event
 

@@ -98,13 +98,17 @@ _RELAYED: dict[grpc.StatusCode, type[DomainError]] = {
 }
 
 
+def domain_error(code: grpc.StatusCode, message: str) -> DomainError:
+    """The domain error of a callee's verdict `code` (UNAVAILABLE for the callee's own trouble)."""
+    return _RELAYED.get(code, Unavailable)(message)
+
+
 def relayed(exc: grpc.aio.AioRpcError, what: str) -> DomainError:
     """The domain error to answer when the call `what` (e.g. "the conversation service") failed."""
     trailing = dict(exc.trailing_metadata() or ())
-    kind = _RELAYED.get(exc.code())
-    if kind is None:
+    if exc.code() not in _RELAYED:
         return Unavailable(f"{what} failed: {exc.code().name}: {exc.details()}")
-    error = kind(exc.details() or exc.code().name)
+    error = domain_error(exc.code(), exc.details() or exc.code().name)
     reason = trailing.get(REASON_METADATA_KEY)
     if isinstance(reason, str):
         error.reason = reason

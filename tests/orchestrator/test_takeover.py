@@ -13,16 +13,16 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 from macp.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
 
 from services.stack.config import free_port
+from tests.runtime.serving import channel, health_status
 from tests.world import World
 
 pytestmark = pytest.mark.integration
@@ -39,12 +39,10 @@ async def orchestrator_process(world: World) -> AsyncIterator[tuple[asyncio.subp
         sys.executable, "-m", "services.orchestrator", env=environ, stdout=asyncio.subprocess.DEVNULL
     )
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            health: Any = health_pb2_grpc.HealthStub(channel)  # the stub's stubs lack Check
+        async with channel(port) as opened:
             for _ in range(200):
                 with contextlib.suppress(grpc.aio.AioRpcError):
-                    reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    if await health_status(opened) == health_pb2.HealthCheckResponse.SERVING:
                         break
                 await asyncio.sleep(0.1)
             else:
