@@ -16,6 +16,11 @@ If Redis is unreachable the edge does not fail open: it falls back to the same l
 its own memory, each scaled by `MACP_RATE_LIMIT_FALLBACK_SHARE` (the share of the traffic one edge
 process takes, 1 for a single edge), logs it, exports `macp_rate_limit_fallback 1` and says so in
 /healthz, and goes back to Redis as soon as it answers again.
+
+`MACP_RATE_LIMITS=off` turns the limits off (default `on`): no Redis call, no RateLimit headers,
+/healthz says `off`. It is for measuring what limiting costs (bench/rate_limit.py) and for a
+deployment that limits in front of the edge; it never happens by accident, as a malformed value
+is refused at start-up like every other setting.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ CLASS_DEFAULTS = {
 REDIS_RETRY_SECONDS = 1.0
 # Callers whose keyed limits are kept built (a session's requests all count against the same keys).
 MAX_KEYED_CALLERS = 10_000
+# What every request gets while the limits are off: admitted, under no limit.
+UNLIMITED = Decision(admitted=True, retry_after_seconds=0.0, refused_by=None, states=())
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,7 @@ class RateLimitSettings:
     by_class: dict[str, tuple[Limit, ...]]
     tenant: tuple[Limit, ...]
     fallback_share: float
+    enabled: bool = True
 
     @classmethod
     def from_env(cls, env: Env) -> RateLimitSettings:
@@ -68,6 +76,7 @@ class RateLimitSettings:
             },
             tenant=limits_from_env(env, "MACP_RATE_LIMIT_TENANT", "tenant", "60000/hour burst 1000"),
             fallback_share=env.number("MACP_RATE_LIMIT_FALLBACK_SHARE", 1.0, minimum=0.01),
+            enabled=env.choice("MACP_RATE_LIMITS", "on", ("on", "off")) == "on",
         )
 
 
@@ -105,8 +114,14 @@ class RateLimits:
         )
 
     @property
+    def enabled(self) -> bool:
+        return self._settings.enabled
+
+    @property
     def mode(self) -> str:
-        """`redis`, or what /healthz says while the local fallback counts."""
+        """`redis`, `off`, or what /healthz says while the local fallback counts."""
+        if not self._settings.enabled:
+            return "off"
         if self._redis_down_since is None:
             return "redis"
         return "local fallback: Redis is unreachable, each edge process counts its own share"
@@ -132,6 +147,8 @@ class RateLimits:
         )
 
     async def check(self, caller: Caller | None) -> Decision:
+        if not self._settings.enabled:
+            return UNLIMITED
         keyed = self.keyed(caller)
         now = self._clock()
         if self._redis_down_since is None or now - self._redis_down_since >= REDIS_RETRY_SECONDS:
@@ -188,7 +205,7 @@ class RateLimitMiddleware:
         self._limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") == "/healthz":
+        if scope["type"] != "http" or scope.get("path") == "/healthz" or not self._limits().enabled:
             await self._app(scope, receive, send)
             return
         decision = await self._limits().check(caller_var.get())

@@ -85,6 +85,36 @@ async def test_the_edge_answers_429_with_retry_after_and_ratelimit_headers(
     assert health.json()["rate_limits"] == "redis"
 
 
+async def test_with_rate_limits_off_the_edge_counts_nothing_and_says_so(
+    infrastructure: Infrastructure, service_environ: dict[str, str]
+) -> None:
+    environ = {
+        **service_environ,
+        "MACP_MESH_ADDRESS": "127.0.0.1:1",
+        "MACP_RATE_LIMIT_API": "1/min burst 1",
+        "MACP_RATE_LIMITS": "off",
+        "MACP_LOG_LEVEL": "warning",
+    }
+    async with serving_edge(environ) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        answers = [await client.get("/v1/openapi.json") for _ in range(3)]
+        health = await client.get("/healthz")
+    assert [answer.status_code for answer in answers] == [200, 200, 200]
+    assert not any(name.startswith("ratelimit") for answer in answers for name in answer.headers)
+    assert health.json()["rate_limits"] == "off"
+    redis: aioredis.Redis = aioredis.from_url(service_environ["MACP_REDIS_URL"])
+    try:
+        assert await redis.keys(f"{service_environ['MACP_REDIS_KEY_PREFIX']}ratelimit:*") == []
+    finally:
+        await redis.aclose()
+
+
+def test_rate_limits_are_on_unless_turned_off_by_name() -> None:
+    assert RateLimitSettings.from_env(Env({})).enabled
+    assert not RateLimitSettings.from_env(Env({"MACP_RATE_LIMITS": "OFF"})).enabled
+    with pytest.raises(SettingsError, match="MACP_RATE_LIMITS"):
+        RateLimitSettings.from_env(Env({"MACP_RATE_LIMITS": "disabled"}))
+
+
 async def test_without_redis_the_edge_limits_locally_and_says_so() -> None:
     settings = RateLimitSettings.from_env(Env({"MACP_RATE_LIMIT_API": "4/min burst 4"}))
     dead: aioredis.Redis = aioredis.from_url("redis://127.0.0.1:1/0")
