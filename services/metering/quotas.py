@@ -14,10 +14,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from macp.common.v1 import principal_pb2
 from macp.metering.v1 import metering_service_pb2 as pb
 
 from services.metering.events import MalformedEvent, StagedRow, UsageEvent, row_of_event
-from services.metering.meters import METER_LABELS, METER_OF_TYPE
+from services.metering.meters import METER_LABELS, METER_OF_TYPE, meter_name
 from services.metering.periods import billing_month, month_end, month_label, month_start, parse_month
 from services.metering.quota_counters import CounterState, QuotaCounters, delta_args
 from services.metering.store.ingest import record_batch
@@ -26,7 +27,19 @@ from services.runtime.protos import timestamp
 
 Clock = Callable[[], datetime]
 Reply = list[bytes]
+# Told of every refused hold, by tier and meter name (`free`, `agent_turns`): the metrics' hook.
+OnRefused = Callable[[str, str], None]
 REBUILD_ATTEMPTS = 3
+# The names refusals are counted under: the enums' names without their prefixes.
+TIER_NAMES: dict[int, str] = {
+    principal_pb2.TIER_UNSPECIFIED: "unspecified",
+    principal_pb2.TIER_FREE: "free",
+    principal_pb2.TIER_PRO: "pro",
+    principal_pb2.TIER_ENTERPRISE: "enterprise",
+}
+METER_NAMES: dict[int, str] = {
+    meter: meter_name(meter).removeprefix("METER_").lower() for meter in METER_LABELS
+}
 
 
 def utc_now() -> datetime:
@@ -76,6 +89,7 @@ class Quotas:
         self._counters = counters
         self._default_ttl_ms = default_ttl_seconds * 1000
         self._clock = clock
+        self.on_refused: OnRefused = lambda tier, meter: None
 
     async def _run(self, tenant_id: str, month: date, call: Callable[[], Awaitable[bytes]]) -> Reply:
         """`call`'s reply as its words (see quota_scripts.py), after rebuilding the month's counters
@@ -126,6 +140,7 @@ class Quotas:
         outcome, expire_ms = reply[0], reply[2]
         state = CounterState.parse(reply[3:8])
         if outcome == b"refused":
+            self.on_refused(TIER_NAMES.get(state.tier, "unspecified"), METER_NAMES[request.meter])
             raise _refusal(request.meter, month, state)
         response = pb.ReserveResponse(
             reservation_id=request.reservation_id,

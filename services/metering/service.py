@@ -27,7 +27,8 @@ from services.metering.dead_letters import DeadLetterPublisher
 from services.metering.invoices import Invoices
 from services.metering.plans import Plans
 from services.metering.quota_counters import QuotaCounters
-from services.metering.quotas import Quotas, utc_now
+from services.metering.refusals import QuotaRefusals
+from services.metering.quotas import METER_NAMES, TIER_NAMES, Quotas, utc_now
 from services.metering.servicer import MeteringServicer
 from services.metering.settings import MeteringSettings
 from services.metering.sink import UsageSink
@@ -37,7 +38,7 @@ from services.metering.tenancy import ADMIN_SCOPE
 from services.metering.usage import UsageReports
 from services.runtime import kafka
 from services.runtime.consumer import ConsumerLoop, ConsumerSettings, running
-from services.runtime.metrics import ConsumerMetrics
+from services.runtime.metrics import ConsumerMetrics, quota_refusals_counter
 from services.runtime.registry import service
 from services.runtime.resources import Resources
 from services.runtime.server import ServiceDefinition
@@ -48,6 +49,10 @@ log = logging.getLogger("macp.metering")
 READ_SCOPE = "usage:read"
 WRITE_SCOPE = "usage:write"
 SPEC = service("metering")
+
+# The quotas `register` built whose `background` has not started yet, by their Resources' identity:
+# `background` is given the served metrics registry and hooks the refusal counter to them.
+_built: dict[int, Quotas] = {}
 
 
 def _counters(resources: Resources, env: Env) -> QuotaCounters:
@@ -61,11 +66,13 @@ async def register(server: grpc.aio.Server, resources: Resources, env: Env) -> N
     counters = _counters(resources, env)
     pool = resources.require_db()
     plans = Plans(PlanStore(pool))
+    quotas = _built[id(resources)] = Quotas(counters, settings.reservation_ttl_seconds)
     servicer = MeteringServicer(
-        Quotas(counters, settings.reservation_ttl_seconds),
+        quotas,
         plans,
         UsageReports(UsageStore(pool)),
         Invoices(UsageStore(pool), plans, utc_now),
+        QuotaRefusals(pool),
     )
     pb_grpc.add_MeteringServiceServicer_to_server(servicer, server)
 
@@ -84,6 +91,8 @@ async def _sweep(counters: QuotaCounters, interval: float) -> None:
 @contextlib.asynccontextmanager
 async def background(resources: Resources, env: Env, registry: CollectorRegistry) -> AsyncIterator[None]:
     """The usage consumer and the quota sweeper, from start-up until the server has stopped."""
+    refusals = quota_refusals_counter(SPEC.name, registry, TIER_NAMES.values(), METER_NAMES.values())
+    _built.pop(id(resources)).on_refused = lambda tier, meter: refusals.labels(SPEC.name, tier, meter).inc()
     settings = MeteringSettings.from_env(env)
     kafka_settings = KafkaSettings.from_env(env)
     if resources.producer is None:

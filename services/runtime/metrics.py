@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 # Latency buckets from 1 ms to 30 s: unary reads sit at the low end, streamed agent turns at the top.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -144,3 +147,101 @@ def pending_requests_gauge(service: str, registry: CollectorRegistry) -> Gauge:
         ("service",),
         registry=registry,
     )
+
+
+def quota_refusals_counter(
+    service: str, registry: CollectorRegistry, tiers: Iterable[str], meters: Iterable[str]
+) -> Counter:
+    """`macp_quota_refusals_total`: holds metering refused (Reserve answered RESOURCE_EXHAUSTED),
+    by tier and meter. Every (tier, meter) starts at 0, so `increase()` sees a tenant's first
+    refusal instead of the series appearing at 1 (which rate() reads as no change)."""
+    counter = Counter(
+        "macp_quota_refusals",
+        "Reserve calls refused because the tier's hard monthly limit is reached, by tier and meter",
+        ("service", "tier", "meter"),
+        registry=registry,
+    )
+    meter_names = tuple(meters)
+    for tier in tiers:
+        for meter in meter_names:
+            counter.labels(service, tier, meter)
+    return counter
+
+
+# A breaker's state as a number, so dashboards can plot it and alerts compare it: 0 closed,
+# 1 half-open (one trial call allowed), 2 open (calls refused at once).
+BREAKER_STATE_VALUES: dict[str, int] = {"closed": 0, "half_open": 1, "open": 2}
+
+BreakerStates = Callable[[], Iterable[tuple[str, str, str]]]
+
+
+class BreakerStateCollector(Collector):
+    """`macp_breaker_state{provider, model}`, read from the breakers at scrape time.
+
+    A breaker turns from open to half-open by the clock alone, with no call to set a gauge on, so
+    the value is computed when Prometheus asks. `states` runs on the metrics server's thread: it
+    must only read (a snapshot of the breakers), never create or change one."""
+
+    def __init__(self, service: str, states: BreakerStates) -> None:
+        self._service = service
+        self._states = states
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "macp_breaker_state",
+            "Circuit breaker per provider and model: 0 closed, 1 half-open, 2 open",
+            labels=("service", "provider", "model"),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        for provider, model, state in self._states():
+            family.add_metric((self._service, provider, model), BREAKER_STATE_VALUES[state])
+        yield family
+
+
+def breaker_state_collector(service: str, registry: CollectorRegistry, states: BreakerStates) -> None:
+    registry.register(BreakerStateCollector(service, states))
+
+
+def first_token_histogram(service: str, registry: CollectorRegistry) -> Histogram:
+    """`macp_generate_first_token_seconds`: from a Generate call's arrival (so the fair queue's
+    wait is in it) to its first text, by the provider and model that answered."""
+    return Histogram(
+        "macp_generate_first_token_seconds",
+        "Time from a Generate call's arrival to its first text delta, by provider and model",
+        ("service", "provider", "model"),
+        buckets=LATENCY_BUCKETS,
+        registry=registry,
+    )
+
+
+class RateLimitMetrics:
+    """The edge's rate-limit decisions per limit: `macp_rate_limit_decisions_total{scope, limit,
+    decision}`. An admitted request counts once under every limit it was counted against; a refused
+    one only under the limit that refused it (the others did not count it either). `scope` is
+    `global` (the API as a whole), `class` (the caller's client class) or `tenant`."""
+
+    def __init__(self, registry: CollectorRegistry | None, limits: Iterable[tuple[str, str]]) -> None:
+        self._decisions = Counter(
+            "macp_rate_limit_decisions",
+            "Requests checked against a rate limit, by scope, limit and decision (admitted, refused)",
+            ("scope", "limit", "decision"),
+            registry=registry,
+        )
+        # limit name -> (admitted, refused) children, bound once: this runs on every request.
+        self._children: dict[str, tuple[Counter, Counter]] = {}
+        for scope, name in limits:
+            self._children[name] = (
+                self._decisions.labels(scope, name, "admitted"),
+                self._decisions.labels(scope, name, "refused"),
+            )
+
+    def admitted(self, limit: str) -> None:
+        self._children[limit][0].inc()
+
+    def refused(self, limit: str) -> None:
+        self._children[limit][1].inc()
