@@ -92,7 +92,12 @@ class ConversationPaths:
             Target("GET", "Redis: GET of the cached agent (raw baseline of a hit)", self._redis_get),
             Target("GET", "Postgres: asyncpg SELECT (raw baseline of a miss)", self._sql_get, chain=False),
             Target("GET", "gRPC GetAgent → conversation (cache hit)", partial(self._grpc_get, conversation)),
-            Target("GET", f"**{FRONT} (cache hit)**", partial(self._http_get, front, hit=True)),
+            # A hit is answered by the edge from the service's cache (services/edge/cached_reads.py).
+            Target(
+                "GET",
+                "**HTTP → Envoy front → edge → Redis (cache hit)**",
+                partial(self._http_get, front, hit=True),
+            ),
             Target("GET", f"{FRONT} (cache miss)", partial(self._http_get, front, hit=False), chain=False),
             Target(
                 "GET",

@@ -24,6 +24,8 @@ import redis.asyncio as aioredis
 from google.protobuf.message import Message
 from redis.exceptions import RedisError
 
+from services.runtime.resource_cache import generation_key, value_key
+
 log = logging.getLogger("macp.conversation.cache")
 
 M = TypeVar("M", bound=Message)
@@ -57,15 +59,15 @@ class ResourceCache:
         self, redis: aioredis.Redis, key_prefix: str, kind: str, ttl_seconds: int = DEFAULT_TTL_SECONDS
     ) -> None:
         self._redis = redis
-        self._prefix = f"{key_prefix}conversation:cache:{kind}:"
+        self._key_prefix = key_prefix
+        self._kind = kind
         self._ttl = ttl_seconds
         self._fill = redis.register_script(_FILL)
         self._invalidate = redis.register_script(_INVALIDATE)
 
     def _keys(self, tenant_id: str, resource_id: str) -> list[str]:
-        # The tenant is part of the key: another tenant's id can never hit this tenant's entry.
-        value = f"{self._prefix}{tenant_id}:{resource_id}"
-        return [value, f"{value}:generation"]
+        value = value_key(self._key_prefix, self._kind, tenant_id, resource_id)
+        return [value, generation_key(value)]
 
     async def get(
         self,

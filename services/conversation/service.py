@@ -24,6 +24,7 @@ from services.conversation.messages import Messages
 from services.conversation.servicer import ConversationServicer
 from services.conversation.settings import ConversationSettings
 from services.conversation.store import AgentStore
+from services.runtime import resource_cache
 from services.runtime.registry import service
 from services.runtime.resources import Resources
 from services.runtime.server import ServiceDefinition
@@ -40,15 +41,15 @@ async def register(server: grpc.aio.Server, resources: Resources, env: Env) -> N
     def cache(kind: str) -> ResourceCache:
         return ResourceCache(redis, prefix, kind, settings.cache_ttl_seconds)
 
-    agents = Agents(AgentStore(db), cache("agent"))
-    conversations = Conversations(ConversationStore(db), cache("conversation"))
+    agents = Agents(AgentStore(db), cache(resource_cache.AGENT))
+    conversations = Conversations(ConversationStore(db), cache(resource_cache.CONVERSATION))
     messages = Messages(MessageStore(db), conversations)
     archives = Archives(ArchiveStore(db), conversations, s3, s3_settings.bucket)
     servicer = ConversationServicer(agents, conversations, messages, archives)
     pb_grpc.add_ConversationServiceServicer_to_server(servicer, server)
 
 
-READ_SCOPE = "conversations:read"
+READ_SCOPE = resource_cache.READ_SCOPE
 WRITE_SCOPE = "conversations:write"
 
 

@@ -6,6 +6,7 @@ from macp.conversation.v1 import conversation_service_pb2 as pb
 from starlette.requests import Request
 from starlette.responses import Response
 
+from services.edge.cached_reads import cached
 from services.edge.context import edge_context
 from services.edge.http import message_response, parse_message
 from services.edge.rest import (
@@ -20,6 +21,7 @@ from services.edge.rest import (
     query,
 )
 from services.edge.routes import ApiRoute
+from services.runtime import resource_cache
 
 
 async def create_agent(request: Request) -> Response:
@@ -36,10 +38,14 @@ async def create_agent(request: Request) -> Response:
 async def get_agent(request: Request) -> Response:
     edge = edge_context(request)
     query(request, ())
-    reply: pb.GetAgentResponse = await edge.conversation.GetAgent(
-        pb.GetAgentRequest(id=request.path_params["id"]), **await call_options(edge)
-    )
-    return message_response(reply.agent, 200, etag_header(reply.agent.etag))
+    agent_id = request.path_params["id"]
+    agent = await cached(edge, resource_cache.AGENT, agent_id, pb.Agent.FromString)
+    if agent is None:
+        reply: pb.GetAgentResponse = await edge.conversation.GetAgent(
+            pb.GetAgentRequest(id=agent_id), **await call_options(edge)
+        )
+        agent = reply.agent
+    return message_response(agent, 200, etag_header(agent.etag))
 
 
 async def list_agents(request: Request) -> Response:

@@ -6,6 +6,7 @@ from macp.conversation.v1 import conversation_service_pb2 as pb
 from starlette.requests import Request
 from starlette.responses import Response
 
+from services.edge.cached_reads import cached
 from services.edge.context import edge_context
 from services.edge.http import message_response, parse_message
 from services.edge.rest import (
@@ -21,6 +22,7 @@ from services.edge.rest import (
     query,
 )
 from services.edge.routes import ApiRoute
+from services.runtime import resource_cache
 
 # The filter's values: every state but UNSPECIFIED (leaving `status` out means all).
 STATUSES = [value.name for value in pb.ConversationStatus.DESCRIPTOR.values if value.number != 0]
@@ -49,10 +51,16 @@ async def create_conversation(request: Request) -> Response:
 async def get_conversation(request: Request) -> Response:
     edge = edge_context(request)
     query(request, ())
-    reply: pb.GetConversationResponse = await edge.conversation.GetConversation(
-        pb.GetConversationRequest(id=request.path_params["id"]), **await call_options(edge)
+    conversation_id = request.path_params["id"]
+    conversation = await cached(
+        edge, resource_cache.CONVERSATION, conversation_id, pb.Conversation.FromString
     )
-    return message_response(reply.conversation, 200, etag_header(reply.conversation.etag))
+    if conversation is None:
+        reply: pb.GetConversationResponse = await edge.conversation.GetConversation(
+            pb.GetConversationRequest(id=conversation_id), **await call_options(edge)
+        )
+        conversation = reply.conversation
+    return message_response(conversation, 200, etag_header(conversation.etag))
 
 
 async def list_conversations(request: Request) -> Response:

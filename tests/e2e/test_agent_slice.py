@@ -12,7 +12,7 @@ import pytest
 from macp.conversation.v1 import conversation_service_pb2 as pb
 from macp.conversation.v1 import conversation_service_pb2_grpc as pb_grpc
 
-from services.runtime.auth.settings import service_audience
+from services.runtime.auth.settings import EDGE_AUDIENCE, service_audience
 from tests.e2e.conftest import Slice
 from tests.tokens import bearer
 
@@ -151,3 +151,55 @@ async def test_list_agents_through_the_mesh_shows_the_tokens_tenant_only(mesh_sl
         elsewhere = await stub.ListAgents(pb.ListAgentsRequest(), timeout=5, metadata=bearer(theirs))
     assert [agent.id for agent in listed.agents] == [created["id"]]
     assert list(elsewhere.agents) == []
+
+
+async def _hops_of(slice_: Slice, response: object) -> set[tuple[object, object]]:
+    """The (listener, cluster) pairs Envoy logged for a response's request id, once the front hop
+    (always the last to finish) is in the log."""
+    request_id = response.headers["x-request-id"]  # type: ignore[attr-defined]
+    entries = await _log_entries_for(slice_, request_id, 1)
+    for _ in range(50):
+        if any(e["listener"] == "front" for e in entries):
+            break
+        await asyncio.sleep(0.1)
+        entries = [e for e in _access_log(slice_) if e.get("request_id") == request_id]
+    return {(e["listener"], e["upstream_cluster"]) for e in entries}
+
+
+async def test_a_cached_get_is_answered_at_the_edge_and_never_stale(mesh_slice: Slice) -> None:
+    async with mesh_slice.client() as client:
+        agent = (await client.post("/v1/agents", json=NEW_AGENT)).json()
+        url = f"/v1/agents/{agent['id']}"
+        miss = await client.get(url)  # fills the service's cache
+        hit = await client.get(url)
+        assert hit.status_code == 200, hit.text
+        assert hit.json() == miss.json() == agent
+        assert hit.headers["etag"] == f'"{agent["etag"]}"'
+        assert ("mesh", "conversation") in await _hops_of(mesh_slice, miss)
+        # The hit never left the edge: no call to the conversation service was made for it.
+        assert await _hops_of(mesh_slice, hit) == {("front", "edge")}
+
+        patched = await client.patch(url, json={"name": "Bea"}, headers={"if-match": f'"{agent["etag"]}"'})
+        assert patched.status_code == 200, patched.text
+        after = await client.get(url)
+        assert after.json() == patched.json()
+        assert after.headers["etag"] == f'"{patched.json()["etag"]}"'
+
+        deleted = await client.delete(url, headers={"if-match": f'"{patched.json()["etag"]}"'})
+        assert deleted.status_code == 204, deleted.text
+        assert (await client.get(url)).status_code == 404
+
+        # A cached entry is served only to a caller holding the read scope, in the entry's tenant.
+        kept = (await client.post("/v1/agents", json=NEW_AGENT)).json()
+        await client.get(f"/v1/agents/{kept['id']}")
+        assert (await client.get(f"/v1/agents/{kept['id']}")).status_code == 200
+    writer = await mesh_slice.tokens.user_token(
+        mesh_slice.tenant, [EDGE_AUDIENCE], scope="conversations:write"
+    )
+    async with mesh_slice.client(writer) as client:
+        refused = await client.get(f"/v1/agents/{kept['id']}")
+    assert refused.status_code == 403, refused.text
+    other = await mesh_slice.tokens.tenant()
+    stranger = await mesh_slice.tokens.user_token(other, [EDGE_AUDIENCE])
+    async with mesh_slice.client(stranger) as client:
+        assert (await client.get(f"/v1/agents/{kept['id']}")).status_code == 404
