@@ -48,7 +48,7 @@ CREATE TEMP TABLE IF NOT EXISTS metering_staged_rows (
 _RECORD_FROM = """
 WITH staged AS (
     SELECT s.*, to_timestamp(s.event_seconds) + s.event_micros * interval '1 microsecond' AS event_time
-    FROM {source} s
+    FROM {source}
 ), inserted AS (
     INSERT INTO metering_usage_events
         (event_id, tenant_id, user_id, agent_id, conversation_id, turn_id, event_type, event_time,
@@ -95,7 +95,7 @@ GROUP BY g.tenant_id, g.billing_month, g.event_type
 
 # A big batch (the consumer's) is COPYed into the staging table first; a few events (a Commit's)
 # go in the statement itself as arrays, which saves the staging table's round trips.
-_RECORD = _RECORD_FROM.format(source="metering_staged_rows")
+_RECORD = _RECORD_FROM.format(source="metering_staged_rows s")
 _STAGED_TYPES = (
     "uuid", "text", "text", "text", "text", "text", "smallint", "bigint", "integer", "bigint", "bigint",
     "bigint", "double precision", "double precision", "text", "text", "boolean", "bytea",
@@ -153,9 +153,16 @@ async def record_batch(
         deltas: list[QuotaDelta] = []
         recorded = 0
         if events:
-            await conn.execute(_STAGING)
-            await conn.copy_records_to_table("metering_staged_rows", records=events, columns=STAGED_COLUMNS)
-            rows = await conn.fetch(_RECORD)
+            if len(events) <= SMALL_BATCH:
+                rows = await conn.fetch(
+                    _RECORD_ARRAYS, *(list(column) for column in zip(*events, strict=True))
+                )
+            else:
+                await conn.execute(_STAGING)
+                await conn.copy_records_to_table(
+                    "metering_staged_rows", records=events, columns=STAGED_COLUMNS
+                )
+                rows = await conn.fetch(_RECORD)
             recorded = sum(row["event_count"] for row in rows)
             deltas = _deltas(rows)
             if deltas:
