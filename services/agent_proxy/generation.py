@@ -29,6 +29,9 @@ from services.runtime.errors import FailedPrecondition, PermissionDenied, Unavai
 from services.runtime.principal import Principal
 
 PublishUsage = Callable[[usage_pb2.UsageEvent], Awaitable[None]]
+# Told of each call's time to its first text (queue wait included), by the provider and model that
+# gave it: the metrics' hook.
+OnFirstToken = Callable[[str, str, float], None]
 Upstream = AsyncGenerator[ProviderEvent]
 
 
@@ -68,6 +71,7 @@ class Generation:
         self._queue = queue
         self._publish_usage = publish_usage
         self._sleep = sleep
+        self.on_first_token: OnFirstToken = lambda provider, model, seconds: None
 
     async def generate(
         self, request: pb.GenerateRequest, principal: Principal, time_remaining: float | None
@@ -81,10 +85,12 @@ class Generation:
             provider=request.provider, model=request.model, prompt_characters=prompt_characters
         )
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + time_remaining if time_remaining is not None else None
+        arrived = loop.time()
+        deadline = arrived + time_remaining if time_remaining is not None else None
         try:
             async with self._queue.slot(principal.tier, principal.tenant_id):
                 target, upstream, first = await self._first_token(request, turn, record, deadline)
+                self.on_first_token(record.provider, record.model, loop.time() - arrived)
                 async for response in self._relay(target, upstream, first, record):
                     yield response
         except (asyncio.CancelledError, GeneratorExit):

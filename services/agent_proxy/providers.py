@@ -71,6 +71,16 @@ class Providers:
         pairs = [(provider, model), *(pair for pair in self.configured_pairs if pair != (provider, model))]
         return [Target(self._providers[p], m, self.breaker(p, m)) for p, m in pairs]
 
+    def breaker_states(self) -> list[tuple[str, str, str]]:
+        """(provider, model, state) of every configured pair and every other pair a call has used.
+
+        Read from the metrics server's thread: it copies the breakers (one C-level dict copy, safe
+        beside the event loop adding one) and creates none, unlike `pairs_with_breakers`."""
+        breakers = dict(self._breakers)
+        states = {pair: breaker.state.value for pair, breaker in breakers.items()}
+        pairs = sorted(set(self.configured_pairs) | set(breakers))
+        return [(provider, model, states.get((provider, model), "closed")) for provider, model in pairs]
+
     def pairs_with_breakers(self) -> list[tuple[ProviderConfig, str, CircuitBreaker]]:
         """Every configured pair and every other pair a call has used, sorted by provider and model."""
         pairs = set(self.configured_pairs) | set(self._breakers)

@@ -5,8 +5,9 @@ provider tokens on a tenant's behalf, also need `agents:generate`. ListProviders
 state, no tenant data) needs a valid token only.
 
 `register` builds the proxy (the servicer needs it before the server starts); `background` then
-gives it the served metrics registry (`pending_agent_requests`) and runs its usage outbox, and
-stops both after the server has drained. The two hooks of one `serve()` share one `Resources`,
+gives it the served metrics registry (`pending_agent_requests`, `macp_breaker_state`,
+`macp_generate_first_token_seconds`) and runs its usage outbox, and stops both after the server
+has drained. The two hooks of one `serve()` share one `Resources`,
 which is how `background` finds the proxy `register` built.
 """
 
@@ -28,7 +29,7 @@ from services.agent_proxy.generation import Generation
 from services.agent_proxy.providers import Providers
 from services.agent_proxy.servicer import AgentProxyServicer
 from services.agent_proxy.settings import ProxySettings
-from services.runtime.metrics import pending_requests_gauge
+from services.runtime.metrics import breaker_state_collector, first_token_histogram, pending_requests_gauge
 from services.runtime.registry import service
 from services.runtime.resources import Resources
 from services.runtime.server import ServiceDefinition
@@ -85,6 +86,11 @@ async def background(resources: Resources, env: Env, registry: CollectorRegistry
     proxy = _built.pop(id(resources))
     pending = pending_requests_gauge(SPEC.name, registry).labels(SPEC.name)
     proxy.queue.on_depth = pending.set
+    breaker_state_collector(SPEC.name, registry, proxy.providers.breaker_states)
+    first_token = first_token_histogram(SPEC.name, registry)
+    proxy.generation.on_first_token = lambda provider, model, seconds: first_token.labels(
+        SPEC.name, provider, model
+    ).observe(seconds)
     await proxy.publisher.start()
     try:
         yield
