@@ -1,4 +1,5 @@
-"""`macp user create --tenant ID --username U [--password-stdin]`: a user who signs in with a password."""
+"""`macp user create --tenant ID --username U [--admin] [--password-stdin]`: a user who signs in with a
+password; `--admin` makes them an administrator of their tenant (they may read its audit log)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     create.add_argument("--tenant", required=True, help="the tenant the user belongs to (it must exist)")
     create.add_argument("--username", required=True, help="the name the user signs in with")
     create.add_argument(
+        "--admin", action="store_true", help="an administrator of the tenant (may read its audit log)"
+    )
+    create.add_argument(
         "--password-stdin", action="store_true", help="read the password from stdin (else asked for)"
     )
     add_data_dir(create)
@@ -40,13 +44,18 @@ def run(args: argparse.Namespace) -> int:
 
         async def create(stub: pb_grpc.TokenServiceStub, metadata: Metadata) -> pb.CreateUserResponse:
             response: pb.CreateUserResponse = await stub.CreateUser(
-                pb.CreateUserRequest(tenant_id=args.tenant, username=args.username, password=password),
+                pb.CreateUserRequest(
+                    tenant_id=args.tenant, username=args.username, password=password, admin=args.admin
+                ),
                 metadata=metadata,
                 timeout=RPC_TIMEOUT_SECONDS,
             )
             return response
 
         user = call_token_service(stack, create).user
-        print(f"user_id: {user.user_id}\ntenant_id: {user.tenant_id}\nusername: {user.username}")
+        print(
+            f"user_id: {user.user_id}\ntenant_id: {user.tenant_id}\nusername: {user.username}\n"
+            f"admin: {'yes' if user.admin else 'no'}"
+        )
 
     return report("macp user create", body)

@@ -10,6 +10,8 @@ from macp.conversation.v1 import conversation_service_pb2 as pb
 from services.conversation.cache import ResourceCache
 from services.conversation.fields import merged, new_etag, parse_id
 from services.conversation.store import AgentStore
+from services.runtime import audit
+from services.runtime.audit import AuditEvent, Who
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, StaleEtag
 from services.runtime.paging import decode_page_token, filter_digest, page_size, time_key, time_token
 from services.runtime.principal import Principal
@@ -20,6 +22,10 @@ REQUIRED_ON_CREATE = ("name", "provider", "model")
 def not_found(agent_id: str) -> NotFound:
     # Another tenant's agent is reported exactly like a missing one: existence is not revealed.
     return NotFound(f"agent {agent_id} not found")
+
+
+def _audited(principal: Principal, action: str, agent_id: str, **detail: str) -> AuditEvent:
+    return AuditEvent(Who.of(principal), action, f"agent/{agent_id}", detail=detail)
 
 
 def stale_etag(agent_id: str) -> StaleEtag:
@@ -44,7 +50,9 @@ class Agents:
         agent.etag = new_etag()
         agent.ClearField("create_time")
         agent.ClearField("update_time")
-        return await self._store.insert(agent)
+        return await self._store.insert(
+            agent, _audited(principal, audit.AGENT_CREATE, agent.id, name=agent.name)
+        )
 
     async def get(self, principal: Principal, agent_id: str) -> pb.Agent:
         key = parse_id(agent_id, "id")
@@ -78,7 +86,8 @@ class Agents:
             raise stale_etag(changes.id)
         agent = merged(current, changes, mask)
         agent.etag = new_etag()
-        updated = await self._store.update(agent, expected_etag=changes.etag)
+        audited = _audited(principal, audit.AGENT_UPDATE, changes.id, fields=",".join(mask.paths))
+        updated = await self._store.update(agent, expected_etag=changes.etag, audited=audited)
         if updated is None:
             # Changed or deleted between the read and the write: the etag no longer matches.
             if await self._store.get(principal.tenant_id, key) is None:
@@ -89,7 +98,9 @@ class Agents:
 
     async def delete(self, principal: Principal, agent_id: str, etag: str) -> None:
         key = parse_id(agent_id, "id")
-        outcome = await self._store.delete(principal.tenant_id, key, etag)
+        outcome = await self._store.delete(
+            principal.tenant_id, key, etag, _audited(principal, audit.AGENT_DELETE, str(key))
+        )
         if not outcome.found:
             raise not_found(agent_id)
         if not outcome.etag_matched:

@@ -5,11 +5,12 @@ appends take too), so the transcript holds exactly the messages stored when it w
 `close`, no message can slip in between the transcript and the status change. The S3 upload runs
 inside that transaction: if it fails nothing is recorded; if the process dies after the upload and
 before the commit, an object without a record is left behind (harmless: nothing points to it, and
-a retry writes a new archive under a new id).
+a retry writes a new archive under a new id). Its audit row is inserted in the same transaction.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from macp.conversation.v1 import conversation_service_pb2 as pb
 
 from services.conversation.conversation_store import ACTIVE, ARCHIVED, LIVE, conversation_from_row
 from services.conversation.message_store import message_from_row
+from services.runtime import audit
+from services.runtime.audit import AuditEvent
 from services.runtime.paging import TimeKey
 from services.runtime.protos import timestamp
 
@@ -66,7 +69,9 @@ class ArchiveStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def archive(self, request: ArchiveRequest, write: WriteTranscript) -> ArchiveOutcome:
+    async def archive(
+        self, request: ArchiveRequest, write: WriteTranscript, audited: AuditEvent
+    ) -> ArchiveOutcome:
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 f"SELECT * FROM conversation_conversations WHERE {LIVE} FOR UPDATE",
@@ -118,6 +123,12 @@ class ArchiveStore:
                 closing,
                 ARCHIVED,
             )
+            detail = {
+                "archive_id": archive.id,
+                "object_key": archive.object_key,
+                "closed": str(closing).lower(),
+            }
+            await audit.record(conn, dataclasses.replace(audited, detail={**audited.detail, **detail}))
         return ArchiveOutcome(conversation=conversation_from_row(updated), archive=archive_from_row(stored))
 
     async def list(

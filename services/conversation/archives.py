@@ -21,8 +21,9 @@ from google.protobuf.duration_pb2 import Duration
 from macp.conversation.v1 import conversation_service_pb2 as pb
 
 from services.conversation.archive_store import ArchiveRequest, ArchiveStore
-from services.conversation.conversations import Conversations, not_found, stale_etag
+from services.conversation.conversations import Conversations, audited, not_found, stale_etag
 from services.conversation.fields import new_etag, parse_id
+from services.runtime import audit
 from services.runtime.errors import NotFound
 from services.runtime.paging import decode_page_token, filter_digest, page_size, time_key, time_token
 from services.runtime.principal import Principal
@@ -99,7 +100,9 @@ class Archives:
     ) -> pb.ArchiveConversationResponse:
         key = parse_id(request.conversation_id, "conversation_id")
         outcome = await self._store.archive(
-            ArchiveRequest(principal.tenant_id, key, request.etag, request.close, new_etag()), self._upload
+            ArchiveRequest(principal.tenant_id, key, request.etag, request.close, new_etag()),
+            self._upload,
+            audited(principal, audit.CONVERSATION_ARCHIVE, str(key)),
         )
         if outcome.conversation is None:
             raise not_found(request.conversation_id)

@@ -2,7 +2,8 @@
 
 Writes that depend on agents run in one transaction that locks the named agents FOR SHARE, the
 counterpart of DeleteAgent's FOR UPDATE (see `AgentStore.delete`): a conversation can never end up
-listing an agent deleted at the same moment.
+listing an agent deleted at the same moment. Each write inserts its audit row in its own
+transaction, only if the write happened (services/runtime/audit.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Sequence
 import asyncpg
 from macp.conversation.v1 import conversation_service_pb2 as pb
 
+from services.runtime import audit
+from services.runtime.audit import AuditEvent
 from services.runtime.paging import TimeKey
 from services.runtime.protos import timestamp
 
@@ -81,7 +84,7 @@ class ConversationStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def insert(self, conversation: pb.Conversation) -> pb.Conversation:
+    async def insert(self, conversation: pb.Conversation, audited: AuditEvent) -> pb.Conversation:
         """Store a new conversation; MissingAgents if a participant is not a live agent of its tenant."""
         async with self._pool.acquire() as conn, conn.transaction():
             missing = await missing_agents(conn, conversation.tenant_id, conversation.participant_agent_ids)
@@ -102,6 +105,7 @@ class ConversationStore:
                 conversation.owner_id,
                 ACTIVE,
             )
+            await audit.record(conn, audited)
         return conversation_from_row(row)
 
     async def get(self, tenant_id: str, conversation_id: uuid.UUID) -> pb.Conversation | None:
@@ -133,7 +137,7 @@ class ConversationStore:
         return [conversation_from_row(row) for row in rows]
 
     async def update(
-        self, conversation: pb.Conversation, expected_etag: str, check_agents: bool
+        self, conversation: pb.Conversation, expected_etag: str, check_agents: bool, audited: AuditEvent
     ) -> pb.Conversation | None:
         """Write the mutable fields if the row still has `expected_etag` and is ACTIVE; None if not.
         With `check_agents`, MissingAgents if a participant is not a live agent of the tenant."""
@@ -159,20 +163,27 @@ class ConversationStore:
                 expected_etag,
                 ACTIVE,
             )
+            if row is not None:
+                await audit.record(conn, audited)
         return None if row is None else conversation_from_row(row)
 
-    async def delete(self, tenant_id: str, conversation_id: uuid.UUID, etag: str) -> bool | None:
+    async def delete(
+        self, tenant_id: str, conversation_id: uuid.UUID, etag: str, audited: AuditEvent
+    ) -> bool | None:
         """Soft-delete: True if deleted, None if there is no such conversation, False if `etag` is stale."""
-        row = await self._pool.fetchrow(
-            f"""
-            UPDATE conversation_conversations SET delete_time = clock_timestamp()
-            WHERE {LIVE} AND ($3 = '' OR etag = $3)
-            RETURNING id
-            """,
-            tenant_id,
-            conversation_id,
-            etag,
-        )
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"""
+                UPDATE conversation_conversations SET delete_time = clock_timestamp()
+                WHERE {LIVE} AND ($3 = '' OR etag = $3)
+                RETURNING id
+                """,
+                tenant_id,
+                conversation_id,
+                etag,
+            )
+            if row is not None:
+                await audit.record(conn, audited)
         if row is not None:
             return True
         return None if await self.get(tenant_id, conversation_id) is None else False

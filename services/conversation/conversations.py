@@ -10,6 +10,8 @@ from macp.conversation.v1 import conversation_service_pb2 as pb
 from services.conversation.cache import ResourceCache
 from services.conversation.conversation_store import ConversationStore, MissingAgents
 from services.conversation.fields import merged, new_etag, parse_id
+from services.runtime import audit
+from services.runtime.audit import AuditEvent, Who
 from services.runtime.errors import FailedPrecondition, NotFound, StaleEtag
 from services.runtime.paging import decode_page_token, filter_digest, page_size, time_key, time_token
 from services.runtime.principal import Principal
@@ -21,6 +23,10 @@ AGENT_FIELDS = ("participant_agent_ids", "coordinator_agent_id")
 def not_found(conversation_id: str) -> NotFound:
     # Another tenant's conversation is reported exactly like a missing one.
     return NotFound(f"conversation {conversation_id} not found")
+
+
+def audited(principal: Principal, action: str, conversation_id: str, **detail: str) -> AuditEvent:
+    return AuditEvent(Who.of(principal), action, f"conversation/{conversation_id}", detail=detail)
 
 
 def stale_etag(conversation_id: str) -> StaleEtag:
@@ -68,7 +74,9 @@ class Conversations:
         if conversation.double_texting_policy == pb.DOUBLE_TEXTING_POLICY_UNSPECIFIED:
             conversation.double_texting_policy = pb.DOUBLE_TEXTING_POLICY_REJECT
         try:
-            return await self._store.insert(conversation)
+            return await self._store.insert(
+                conversation, audited(principal, audit.CONVERSATION_CREATE, conversation.id)
+            )
         except MissingAgents as exc:
             raise _missing(exc) from None
 
@@ -114,7 +122,12 @@ class Conversations:
         conversation.etag = new_etag()
         check_agents = any(path.split(".")[0] in AGENT_FIELDS for path in mask.paths)
         try:
-            updated = await self._store.update(conversation, changes.etag, check_agents)
+            updated = await self._store.update(
+                conversation,
+                changes.etag,
+                check_agents,
+                audited(principal, audit.CONVERSATION_UPDATE, changes.id, fields=",".join(mask.paths)),
+            )
         except MissingAgents as exc:
             raise _missing(exc) from None
         if updated is None:
@@ -130,7 +143,9 @@ class Conversations:
 
     async def delete(self, principal: Principal, conversation_id: str, etag: str) -> None:
         key = parse_id(conversation_id, "id")
-        deleted = await self._store.delete(principal.tenant_id, key, etag)
+        deleted = await self._store.delete(
+            principal.tenant_id, key, etag, audited(principal, audit.CONVERSATION_DELETE, str(key))
+        )
         if deleted is None:
             raise not_found(conversation_id)
         if not deleted:

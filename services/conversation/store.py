@@ -1,4 +1,8 @@
-"""Postgres persistence of agents. Every query is scoped by tenant and skips soft-deleted rows."""
+"""Postgres persistence of agents. Every query is scoped by tenant and skips soft-deleted rows.
+
+Each write takes its audit row and inserts it in the write's own transaction, after the write and
+only if the write happened (services/runtime/audit.py).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from google.protobuf import json_format
 from macp.common.v1 import agent_settings_pb2
 from macp.conversation.v1 import conversation_service_pb2 as pb
 
+from services.runtime import audit
+from services.runtime.audit import AuditEvent
 from services.runtime.paging import TimeKey
 from services.runtime.protos import timestamp
 
@@ -57,28 +63,30 @@ class AgentStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def insert(self, agent: pb.Agent) -> pb.Agent:
-        row = await self._pool.fetchrow(
-            """
-            INSERT INTO conversation_agents
-                (id, tenant_id, owner_id, name, provider, model, system_prompt,
-                 generation, capabilities, bidding, etag, create_time, update_time)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10::jsonb, $11,
-                    clock_timestamp(), clock_timestamp())
-            RETURNING *
-            """,
-            uuid.UUID(agent.id),
-            agent.tenant_id,
-            agent.owner_id,
-            agent.name,
-            agent.provider,
-            agent.model,
-            agent.system_prompt,
-            _json(agent.generation),
-            list(agent.capabilities),
-            _json(agent.bidding),
-            agent.etag,
-        )
+    async def insert(self, agent: pb.Agent, audited: AuditEvent) -> pb.Agent:
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                """
+                INSERT INTO conversation_agents
+                    (id, tenant_id, owner_id, name, provider, model, system_prompt,
+                     generation, capabilities, bidding, etag, create_time, update_time)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10::jsonb, $11,
+                        clock_timestamp(), clock_timestamp())
+                RETURNING *
+                """,
+                uuid.UUID(agent.id),
+                agent.tenant_id,
+                agent.owner_id,
+                agent.name,
+                agent.provider,
+                agent.model,
+                agent.system_prompt,
+                _json(agent.generation),
+                list(agent.capabilities),
+                _json(agent.bidding),
+                agent.etag,
+            )
+            await audit.record(conn, audited)
         return _agent_from_row(row)
 
     async def get(self, tenant_id: str, agent_id: uuid.UUID) -> pb.Agent | None:
@@ -110,33 +118,38 @@ class AgentStore:
         )
         return [_agent_from_row(row) for row in rows]
 
-    async def update(self, agent: pb.Agent, expected_etag: str) -> pb.Agent | None:
+    async def update(self, agent: pb.Agent, expected_etag: str, audited: AuditEvent) -> pb.Agent | None:
         """Write every mutable field of `agent` if its row still has `expected_etag`; None if it does
         not (changed meanwhile, or gone). The etag test is in the UPDATE itself, so of two writers
         holding the same etag exactly one matches: the other's WHERE is re-checked against the new row."""
-        row = await self._pool.fetchrow(
-            """
-            UPDATE conversation_agents
-            SET name = $4, provider = $5, model = $6, system_prompt = $7, generation = $8::jsonb,
-                capabilities = $9, bidding = $10::jsonb, etag = $11, update_time = clock_timestamp()
-            WHERE tenant_id = $1 AND id = $2 AND etag = $3 AND delete_time IS NULL
-            RETURNING *
-            """,
-            agent.tenant_id,
-            uuid.UUID(agent.id),
-            expected_etag,
-            agent.name,
-            agent.provider,
-            agent.model,
-            agent.system_prompt,
-            _json(agent.generation),
-            list(agent.capabilities),
-            _json(agent.bidding),
-            agent.etag,
-        )
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                """
+                UPDATE conversation_agents
+                SET name = $4, provider = $5, model = $6, system_prompt = $7, generation = $8::jsonb,
+                    capabilities = $9, bidding = $10::jsonb, etag = $11, update_time = clock_timestamp()
+                WHERE tenant_id = $1 AND id = $2 AND etag = $3 AND delete_time IS NULL
+                RETURNING *
+                """,
+                agent.tenant_id,
+                uuid.UUID(agent.id),
+                expected_etag,
+                agent.name,
+                agent.provider,
+                agent.model,
+                agent.system_prompt,
+                _json(agent.generation),
+                list(agent.capabilities),
+                _json(agent.bidding),
+                agent.etag,
+            )
+            if row is not None:
+                await audit.record(conn, audited)
         return None if row is None else _agent_from_row(row)
 
-    async def delete(self, tenant_id: str, agent_id: uuid.UUID, etag: str) -> DeleteOutcome:
+    async def delete(
+        self, tenant_id: str, agent_id: uuid.UUID, etag: str, audited: AuditEvent
+    ) -> DeleteOutcome:
         """Soft-delete the agent unless an active conversation lists it (or `etag`, if set, is stale).
 
         The agent row is locked first: CreateConversation locks the agents it names FOR SHARE, so a
@@ -169,4 +182,5 @@ class AgentStore:
             await conn.execute(
                 "UPDATE conversation_agents SET delete_time = clock_timestamp() WHERE id = $1", agent_id
             )
+            await audit.record(conn, audited)
         return DeleteOutcome(found=True)

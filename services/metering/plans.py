@@ -14,6 +14,8 @@ from macp.common.v1 import principal_pb2
 from macp.metering.v1 import metering_service_pb2 as pb
 
 from services.metering.store.plans import PlanStore
+from services.runtime import audit
+from services.runtime.audit import AuditEvent, Who
 from services.runtime.errors import InvalidArgument
 
 
@@ -66,12 +68,24 @@ class Plans:
         return stored
 
     async def set(
-        self, tenant_id: str, tier: principal_pb2.Tier.ValueType, allowances: list[pb.PlanAllowance]
+        self,
+        tenant_id: str,
+        tier: principal_pb2.Tier.ValueType,
+        allowances: list[pb.PlanAllowance],
+        who: Who,
     ) -> pb.Plan:
+        """Store the tenant's plan; `who` (an administrator, often of another tenant) is audited
+        in the tenant whose plan it is."""
         meters = [a.meter for a in allowances]
         repeated = sorted({pb.Meter.Name(m) for m in meters if meters.count(m) > 1})
         if repeated:
             raise InvalidArgument(f"allowances: one allowance per meter; repeated: {', '.join(repeated)}")
         stored = pb.Plan(tenant_id=tenant_id, tier=tier, allowances=allowances)
-        await self._store.put(stored)
+        audited = AuditEvent(
+            Who(tenant_id, who.subject, who.actor_chain, who.client_id),
+            audit.PLAN_SET,
+            f"plan/{tenant_id}",
+            detail={"tier": principal_pb2.Tier.Name(tier)},
+        )
+        await self._store.put(stored, audited)
         return await self.get(tenant_id)

@@ -12,15 +12,26 @@ from macp.metering.v1 import metering_service_pb2_grpc as pb_grpc
 from services.metering.invoices import Invoices
 from services.metering.plans import Plans
 from services.metering.quotas import Quotas
+from services.metering.refusals import QuotaRefusals
 from services.metering.tenancy import tenant_for
 from services.metering.usage import UsageReports
+from services.runtime.audit import Who
 from services.runtime.context import RpcContext
+from services.runtime.errors import ResourceExhausted
 from services.runtime.principal import current_principal
 
 
 class MeteringServicer(pb_grpc.MeteringServiceServicer):
-    def __init__(self, quotas: Quotas, plans: Plans, reports: UsageReports, invoices: Invoices) -> None:
+    def __init__(
+        self,
+        quotas: Quotas,
+        plans: Plans,
+        reports: UsageReports,
+        invoices: Invoices,
+        refusals: QuotaRefusals,
+    ) -> None:
         self._quotas = quotas
+        self._refusals = refusals
         self._plans = plans
         self._reports = reports
         self._invoices = invoices
@@ -30,8 +41,13 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
         return await self._quotas.check(tenant_id, request.meter, request.quantity)
 
     async def Reserve(self, request: pb.ReserveRequest, context: RpcContext) -> pb.ReserveResponse:
-        tenant_id = tenant_for(current_principal(), request.tenant_id)
-        return await self._quotas.reserve(tenant_id, request)
+        principal = current_principal()
+        tenant_id = tenant_for(principal, request.tenant_id)
+        try:
+            return await self._quotas.reserve(tenant_id, request)
+        except ResourceExhausted as refusal:
+            await self._refusals.record(tenant_id, request, Who.of(principal), refusal.message)
+            raise
 
     async def Commit(self, request: pb.CommitRequest, context: RpcContext) -> pb.CommitResponse:
         # A hold belongs to the caller's tenant: its key is found under that tenant only.
@@ -43,8 +59,9 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
         return pb.ReleaseResponse(released=released)
 
     async def SetPlan(self, request: pb.SetPlanRequest, context: RpcContext) -> pb.SetPlanResponse:
-        tenant_id = tenant_for(current_principal(), request.tenant_id)
-        plan = await self._plans.set(tenant_id, request.tier, list(request.allowances))
+        principal = current_principal()
+        tenant_id = tenant_for(principal, request.tenant_id)
+        plan = await self._plans.set(tenant_id, request.tier, list(request.allowances), Who.of(principal))
         await self._quotas.plan_changed(tenant_id)
         return pb.SetPlanResponse(plan=plan)
 

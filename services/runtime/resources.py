@@ -17,7 +17,7 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
-from services.runtime import db, kafka, s3
+from services.runtime import audit, db, kafka, s3
 from services.runtime.redis_client import create_redis
 from services.runtime.settings import Env, KafkaSettings, PostgresSettings, RedisSettings, S3Settings
 
@@ -156,6 +156,8 @@ async def open_resources(
             resources.db = await _retry("postgres", lambda: db.create_pool(pg), deadline)
             if migrations_dir is not None:
                 await db.apply_migrations(resources.require_db(), component, migrations_dir)
+                # Every service that owns tables may write audit rows in its own transactions.
+                await audit.apply_schema(resources.require_db())
         if settings.redis is not None:
             resources.redis = create_redis(settings.redis)
             await _retry("redis", resources.redis.ping, deadline)

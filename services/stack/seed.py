@@ -182,7 +182,9 @@ async def _seed(data_dir: Path, mesh_address: str, initial_access_token: str) ->
         password = password or secrets.token_urlsafe(18)
         try:
             await stub.CreateUser(
-                pb.CreateUserRequest(tenant_id=LOCAL_TENANT, username=LOCAL_USERNAME, password=password),
+                pb.CreateUserRequest(
+                    tenant_id=LOCAL_TENANT, username=LOCAL_USERNAME, password=password, admin=True
+                ),
                 metadata=metadata,
                 timeout=RPC_TIMEOUT_SECONDS,
             )

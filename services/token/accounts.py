@@ -19,11 +19,11 @@ class Accounts:
             raise AlreadyExists(f"tenant {tenant_id} already exists")
         return tenant
 
-    async def create_user(self, tenant_id: str, username: str, password: str) -> User:
+    async def create_user(self, tenant_id: str, username: str, password: str, admin: bool = False) -> User:
         if await self._directory.tenant(tenant_id) is None:
             raise NotFound(f"tenant {tenant_id} not found")
         user = await self._directory.insert_user(
-            str(uuid.uuid4()), tenant_id, username, await hash_password(password)
+            str(uuid.uuid4()), tenant_id, username, await hash_password(password), admin
         )
         if user is None:
             raise AlreadyExists(f"username {username} is taken")

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from macp.token.v1 import token_service_pb2 as pb
 
+from services.runtime import audit
+from services.runtime.audit import Who
 from services.token import audiences, scopes
 from services.token.claims import AccessClaims, Identity
 from services.token.clients import Clients
-from services.token.minting import Minted, Minter
+from services.token.minting import Audit, Minted, Minter, who_of
 from services.token.oauth import oauth_error
 from services.token.settings import AGENT_TOKEN_DEFAULT_SECONDS
 from services.token.store.directory import DirectoryStore
@@ -39,9 +41,17 @@ class AgentTokens:
             capabilities=tuple(request.capabilities),
         )
         lifetime = request.ttl.seconds if request.HasField("ttl") else AGENT_TOKEN_DEFAULT_SECONDS
+        # Audited in the agent's tenant (its admins see which agent tokens exist), as done by the
+        # internal service that asked for it.
+        asker = who_of(caller.identity)
         return await self._minter.mint(
             identity,
             audiences=audiences.resolve(request.audience, request.resource),
             scopes=scopes.narrow(scopes.parse(request.scope), scopes.unprivileged(client.scopes)),
             lifetime_seconds=lifetime,
+            audit=Audit(
+                audit.TOKEN_ISSUE,
+                {"grant_type": "agent_token", "agent_id": request.agent_id, "owner_id": request.owner_id},
+                Who(tenant.tenant_id, asker.subject, asker.actor_chain, asker.client_id),
+            ),
         )

@@ -12,6 +12,7 @@ from services.runtime.auth.external import ExternalIssuers
 from services.runtime.auth.jwks import DEFAULT_REFRESH_SECONDS
 from services.token.accounts import Accounts
 from services.token.agent_tokens import AgentTokens
+from services.token.audit_log import AuditLog
 from services.token.clients import Clients
 from services.token.exchange import TokenExchange
 from services.token.grants import Grants
@@ -44,6 +45,7 @@ class TokenDomain:
     accounts: Accounts
     guard: BearerGuard
     external_issuers: ExternalIssuers
+    audit_log: AuditLog
 
     @classmethod
     async def start(
@@ -79,12 +81,13 @@ class TokenDomain:
             ),
             agent_tokens=AgentTokens(directory, clients, minter),
             introspection=Introspection(verifier, tokens, directory, settings.issuer),
-            revoker=Revoker(clients, verifier, tokens, revocations),
+            revoker=Revoker(clients, directory, verifier, tokens, revocations),
             registration=Registration(directory, settings.initial_access_token),
             keys=keys,
             accounts=Accounts(directory),
             guard=BearerGuard(verifier),
             external_issuers=external_issuers,
+            audit_log=AuditLog(pool),
         )
 
     async def stop(self) -> None:

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 
 from macp.token.v1 import token_service_pb2 as pb
 
+from services.runtime import audit
 from services.token import audiences, scopes
 from services.token.claims import AccessClaims, Actor
 from services.token.clients import TOKEN_EXCHANGE, Clients
-from services.token.minting import Minted, Minter
+from services.token.minting import Audit, Minted, Minter
 from services.token.oauth import oauth_error
 from services.token.verification import TokenVerifier
 
@@ -87,6 +88,13 @@ class TokenExchange:
             audiences=targets,
             scopes=granted,
             lifetime_seconds=self._lifetime,
+            audit=Audit(
+                audit.TOKEN_EXCHANGE,
+                {
+                    "subject_token_id": subject.jti,
+                    "actor_token_id": actor.jti if actor is not None else "",
+                },
+            ),
             not_after=not_after,
         )
         return Exchanged(minted, request.requested_token_type or ACCESS_TOKEN_TYPE, chain)

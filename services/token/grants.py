@@ -14,11 +14,13 @@ from datetime import UTC, datetime, timedelta
 
 from macp.token.v1 import token_service_pb2 as pb
 
+from services.runtime import audit
+from services.runtime.audit import AuditEvent, Who
 from services.token import audiences, scopes
 from services.token.claims import Identity
 from services.token.clients import CLIENT_CREDENTIALS, PASSWORD, REFRESH_TOKEN, Clients
 from services.token.hashing import hash_refresh_token, new_refresh_token, password_matches
-from services.token.minting import Minted, Minter
+from services.token.minting import Audit, Minted, Minter
 from services.token.oauth import oauth_error
 from services.token.revocation import Revocations
 from services.token.settings import TokenSettings
@@ -88,6 +90,7 @@ class Grants:
             audiences=targets,
             scopes=scopes.narrow(requested, client.scopes),
             lifetime_seconds=self._settings.access_token_seconds,
+            audit=Audit(audit.TOKEN_ISSUE, {"grant_type": CLIENT_CREDENTIALS}),
         )
 
     async def _password(
@@ -103,9 +106,9 @@ class Grants:
         matches = await password_matches(password, None if user is None else user.password_hash)
         if user is None or not matches:
             raise oauth_error("invalid_grant", "wrong username or password")
-        granted = scopes.narrow(requested, scopes.unprivileged(client.scopes))
+        granted = scopes.narrow(requested, scopes.for_user(client.scopes, admin=user.admin))
         family_id = uuid.uuid4() if REFRESH_TOKEN in client.grant_types else None
-        access = await self._user_token(client, user, granted, targets, family_id)
+        access = await self._user_token(client, user, granted, targets, family_id, PASSWORD)
         refresh = None
         if family_id is not None:
             refresh = await self._new_refresh(client, user, granted, targets, family_id)
@@ -119,13 +122,13 @@ class Grants:
         if record is None or record.client_id != client.client_id:
             raise oauth_error("invalid_grant", "unknown refresh token")
         if record.use_time is not None or record.revoke_time is not None:
-            await self._revoke_family(record.family_id)
+            await self._revoke_family(record)
             raise oauth_error("invalid_grant", "refresh token already used; its whole family is now revoked")
         if record.expire_time <= datetime.now(UTC):
             raise oauth_error("invalid_grant", "refresh token expired")
         if await self._tokens.claim_refresh(token_hash) is None:
             # Another request used it between the read and the claim: the same reuse, seen late.
-            await self._revoke_family(record.family_id)
+            await self._revoke_family(record)
             raise oauth_error("invalid_grant", "refresh token already used; its whole family is now revoked")
         user = await self._directory.user(record.user_id)
         if user is None:
@@ -136,7 +139,7 @@ class Grants:
             if not set(targets) <= set(record.audiences):
                 raise oauth_error("invalid_target", "a refresh cannot add audiences to the original grant")
         access = await self._user_token(
-            client, user, scopes.narrow(requested, record.scopes), targets, record.family_id
+            client, user, scopes.narrow(requested, record.scopes), targets, record.family_id, REFRESH_TOKEN
         )
         # The new refresh token keeps the original grant's scopes and audiences (RFC 6749 6).
         refresh = await self._new_refresh(client, user, record.scopes, record.audiences, record.family_id)
@@ -149,6 +152,7 @@ class Grants:
         granted: tuple[str, ...],
         targets: tuple[str, ...],
         family_id: uuid.UUID | None,
+        grant_type: str,
     ) -> Minted:
         # The tier is read at every issue, so a tenant's new plan reaches its users at their next refresh.
         tenant = await self._clients.tenant(user.tenant_id)
@@ -165,6 +169,7 @@ class Grants:
             audiences=targets,
             scopes=granted,
             lifetime_seconds=self._settings.access_token_seconds,
+            audit=Audit(audit.TOKEN_ISSUE, {"grant_type": grant_type}),
             family_id=family_id,
         )
 
@@ -194,5 +199,17 @@ class Grants:
         )
         return token
 
-    async def _revoke_family(self, family_id: uuid.UUID) -> None:
-        await self._revocations.revoke_family(family_id, "refresh token reuse")
+    async def _revoke_family(self, record: RefreshRecord) -> None:
+        user = await self._directory.user(record.user_id)
+        # Nobody asked for this revocation: the token service did it on seeing a reuse, so the
+        # client the refresh token belongs to stands as the subject.
+        who = Who(
+            tenant_id=user.tenant_id if user is not None else "",
+            subject=record.client_id,
+            client_id=record.client_id,
+        )
+        reason = "refresh token reuse"
+        audited = AuditEvent(
+            who, audit.TOKEN_REVOKE, f"token_family/{record.family_id}", detail={"reason": reason}
+        )
+        await self._revocations.revoke_family(record.family_id, reason, audited)

@@ -1,12 +1,16 @@
-"""Minting: an identity, its audiences, scopes and lifetime become a signed, recorded access token."""
+"""Minting: an identity, its audiences, scopes and lifetime become a signed, recorded, audited
+access token (the record and its audit row are one transaction, so every token issued is audited
+exactly once, whichever grant issued it)."""
 
 from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from services.runtime.audit import AuditEvent, Who
 from services.token.claims import AccessClaims, Identity
 from services.token.signing import SigningKeys
 from services.token.store.tokens import IssuedToken, TokenStore
@@ -26,6 +30,26 @@ class Minted:
         return " ".join(self.claims.scopes)
 
 
+@dataclass(frozen=True)
+class Audit:
+    """How issuing a token is audited: the action, its facts, and who asked, when that is not the
+    token's own identity (an agent token is asked for by an internal service, not by the agent)."""
+
+    action: str
+    detail: Mapping[str, str] = field(default_factory=dict)
+    who: Who | None = None
+
+
+def who_of(identity: Identity) -> Who:
+    """A token's identity as the audit log names it: its subject, its `act` chain, its client."""
+    return Who(
+        tenant_id=identity.tenant_id,
+        subject=identity.sub,
+        actor_chain=tuple(actor.message() for actor in identity.actors),
+        client_id=identity.client_id,
+    )
+
+
 class Minter:
     def __init__(self, keys: SigningKeys, store: TokenStore, issuer: str) -> None:
         self._keys = keys
@@ -39,6 +63,7 @@ class Minter:
         audiences: tuple[str, ...],
         scopes: tuple[str, ...],
         lifetime_seconds: int,
+        audit: Audit,
         not_after: int | None = None,
         family_id: uuid.UUID | None = None,
     ) -> Minted:
@@ -66,6 +91,12 @@ class Minter:
                 subject=identity.sub,
                 family_id=family_id,
                 expire_time=datetime.fromtimestamp(exp, UTC),
-            )
+            ),
+            AuditEvent(
+                who=audit.who or who_of(identity),
+                action=audit.action,
+                resource=f"token/{claims.jti}",
+                detail={**audit.detail, "scope": " ".join(scopes), "audience": " ".join(audiences)},
+            ),
         )
         return Minted(token, claims)

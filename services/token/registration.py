@@ -17,6 +17,8 @@ from google.protobuf import json_format
 from macp.common.v1 import principal_pb2
 from macp.token.v1 import token_service_pb2 as pb
 
+from services.runtime import audit
+from services.runtime.audit import AuditEvent, Who
 from services.token import scopes
 from services.token.clients import CLIENT_CREDENTIALS, PASSWORD, TOKEN_EXCHANGE
 from services.token.hashing import hash_client_secret, new_client_secret
@@ -32,6 +34,7 @@ CLASS_NAMES = {
 PASSWORD_CLASSES = frozenset({"internal", "consumer"})
 CONFIDENTIAL_ONLY_GRANTS = frozenset({CLIENT_CREDENTIALS, TOKEN_EXCHANGE})
 SUPPORTED_AUTH_METHODS = frozenset({"none", "client_secret_basic", "client_secret_post"})
+INITIAL_ACCESS_TOKEN_SUBJECT = "initial-access-token"
 
 
 @dataclass(frozen=True)
@@ -58,9 +61,18 @@ class Registration:
 
         public = metadata.token_endpoint_auth_method == "none"
         secret = None if public else new_client_secret()
+        client_id = str(uuid.uuid4())
+        # The caller is known only as a holder of the initial access token (an operator), so the
+        # audit row names that as its subject; the client registered is its resource.
+        audited = AuditEvent(
+            Who(tenant_id=tenant_id, subject=INITIAL_ACCESS_TOKEN_SUBJECT),
+            audit.CLIENT_REGISTER,
+            f"client/{client_id}",
+            detail={"client_class": class_name, "scope": " ".join(allowed_scopes)},
+        )
         client = await self._directory.insert_client(
             Client(
-                client_id=str(uuid.uuid4()),
+                client_id=client_id,
                 tenant_id=tenant_id,
                 client_class=class_name,
                 secret_hash=None if secret is None else hash_client_secret(secret),
@@ -69,7 +81,8 @@ class Registration:
                 scopes=allowed_scopes,
                 metadata=json_format.MessageToDict(metadata, preserving_proto_field_name=True),
                 create_time=datetime.now(UTC),
-            )
+            ),
+            audited,
         )
         return Registered(client, secret, metadata)
 

@@ -15,6 +15,7 @@ import uuid
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from services.runtime.audit import AuditEvent
 from services.runtime.auth.revocation import mark_revoked, revocation_key
 from services.runtime.errors import Unavailable
 from services.token.store.tokens import Revocation, TokenStore
@@ -30,15 +31,15 @@ class Revocations:
         self._prefix = key_prefix
         self._store = store
 
-    async def revoke(self, revocations: list[Revocation], reason: str) -> None:
+    async def revoke(self, revocations: list[Revocation], reason: str, audited: AuditEvent) -> None:
         if not revocations:
             return
-        await self._store.record_revocations(revocations, reason)
+        await self._store.record_revocations(revocations, reason, audited)
         await self._publish(revocations)
 
-    async def revoke_family(self, family_id: uuid.UUID, reason: str) -> None:
+    async def revoke_family(self, family_id: uuid.UUID, reason: str, audited: AuditEvent) -> None:
         """Revoke a refresh-token family and every live access token issued from it."""
-        await self.revoke(await self._store.revoke_family(family_id), reason)
+        await self._publish(await self._store.revoke_family(family_id, reason, audited))
 
     async def is_revoked(self, jti: str) -> bool:
         try:

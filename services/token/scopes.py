@@ -17,6 +17,9 @@ PRIVILEGED = frozenset({ADMIN, AGENT_TOKEN})
 # agent in `act`), so metering still scopes every hold to that tenant; and since the user's own
 # tokens never carry them, a user cannot call the agent proxy or commit and release usage directly.
 SERVICE_HELD = frozenset({"agents:generate", "usage:write"})
+# Reading a tenant's audit log (TokenService.ListAuditEvents): a user's token carries it only if
+# the user is an admin of its tenant, whatever its client may be granted.
+AUDIT_READ = "audit:read"
 
 
 def parse(scope: str) -> tuple[str, ...]:
@@ -26,6 +29,13 @@ def parse(scope: str) -> tuple[str, ...]:
 
 def unprivileged(scopes: Iterable[str]) -> tuple[str, ...]:
     return tuple(scope for scope in scopes if scope not in PRIVILEGED)
+
+
+def for_user(client_scopes: Iterable[str], *, admin: bool) -> tuple[str, ...]:
+    """What a user signing in through a client may get: the client's unprivileged scopes, less
+    `audit:read` unless the user is an admin of its tenant."""
+    allowed = unprivileged(client_scopes)
+    return allowed if admin else tuple(scope for scope in allowed if scope != AUDIT_READ)
 
 
 def narrow(requested: tuple[str, ...], allowed: Iterable[str]) -> tuple[str, ...]:

@@ -1,4 +1,5 @@
-"""Plans in Postgres: one row per tenant that ever had a plan set."""
+"""Plans in Postgres: one row per tenant that ever had a plan set; each change audited in its
+own transaction."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import asyncpg
 from google.protobuf import json_format
 from macp.metering.v1 import metering_service_pb2 as pb
 
+from services.runtime import audit
+from services.runtime.audit import AuditEvent
 from services.runtime.protos import timestamp
 
 
@@ -25,15 +28,17 @@ class PlanStore:
         plan.effective_time.CopyFrom(timestamp(row["effective_time"]))
         return plan
 
-    async def put(self, plan: pb.Plan) -> None:
+    async def put(self, plan: pb.Plan, audited: AuditEvent) -> None:
         allowances = [json_format.MessageToDict(a) for a in plan.allowances]
-        await self._pool.execute(
-            """
-            INSERT INTO metering_plans (tenant_id, tier, allowances) VALUES ($1, $2, $3::jsonb)
-            ON CONFLICT (tenant_id) DO UPDATE
-                SET tier = excluded.tier, allowances = excluded.allowances, effective_time = now()
-            """,
-            plan.tenant_id,
-            plan.tier,
-            json.dumps(allowances),
-        )
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """
+                INSERT INTO metering_plans (tenant_id, tier, allowances) VALUES ($1, $2, $3::jsonb)
+                ON CONFLICT (tenant_id) DO UPDATE
+                    SET tier = excluded.tier, allowances = excluded.allowances, effective_time = now()
+                """,
+                plan.tenant_id,
+                plan.tier,
+                json.dumps(allowances),
+            )
+            await audit.record(conn, audited)

@@ -15,7 +15,8 @@ EDGE_AUDIENCE = "urn:macp:edge"
 # Every scope a service checks on a user's behalf: what a user's client may be granted, and what
 # the edge's own client may pass on when it exchanges a user's token for a service. A service that
 # checks a new scope adds it here (each service documents its own in its `service.py`).
-USER_SCOPES = ("conversations:read", "conversations:write", "usage:read")
+# `audit:read` reaches only a tenant's admin users (services/token/scopes.py `for_user`).
+USER_SCOPES = ("conversations:read", "conversations:write", "usage:read", "audit:read")
 
 
 def service_audience(name: str) -> str:

@@ -9,6 +9,9 @@ from typing import Any
 
 import asyncpg
 
+from services.runtime import audit
+from services.runtime.audit import AuditEvent
+
 SYSTEM_TENANT = "macp"
 
 
@@ -27,6 +30,7 @@ class User:
     username: str
     password_hash: str
     create_time: datetime
+    admin: bool = False
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,14 @@ def _tenant(row: asyncpg.Record) -> Tenant:
 
 
 def _user(row: asyncpg.Record) -> User:
-    return User(row["user_id"], row["tenant_id"], row["username"], row["password_hash"], row["create_time"])
+    return User(
+        row["user_id"],
+        row["tenant_id"],
+        row["username"],
+        row["password_hash"],
+        row["create_time"],
+        row["admin"],
+    )
 
 
 def _client(row: asyncpg.Record) -> Client:
@@ -96,12 +107,13 @@ class DirectoryStore:
         return None if row is None else _user(row)
 
     async def insert_user(
-        self, user_id: str, tenant_id: str, username: str, password_hash: str
+        self, user_id: str, tenant_id: str, username: str, password_hash: str, admin: bool = False
     ) -> User | None:
         """The new user, or None when the username is taken."""
         row = await self._pool.fetchrow(
             """
-            INSERT INTO token_users (user_id, tenant_id, username, password_hash) VALUES ($1, $2, $3, $4)
+            INSERT INTO token_users (user_id, tenant_id, username, password_hash, admin)
+            VALUES ($1, $2, $3, $4, $5)
             ON CONFLICT (username) DO NOTHING
             RETURNING *
             """,
@@ -109,6 +121,7 @@ class DirectoryStore:
             tenant_id,
             username,
             password_hash,
+            admin,
         )
         return None if row is None else _user(row)
 
@@ -116,8 +129,16 @@ class DirectoryStore:
         row = await self._pool.fetchrow("SELECT * FROM token_clients WHERE client_id = $1", client_id)
         return None if row is None else _client(row)
 
-    async def insert_client(self, client: Client) -> Client:
-        row = await self._pool.fetchrow(
+    async def insert_client(self, client: Client, audited: AuditEvent) -> Client:
+        """Store a new client and its audit row, in one transaction."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await self._insert_client(conn, client)
+            await audit.record(conn, audited)
+        return _client(row)
+
+    @staticmethod
+    async def _insert_client(conn: asyncpg.Connection, client: Client) -> asyncpg.Record:
+        row: asyncpg.Record = await conn.fetchrow(
             """
             INSERT INTO token_clients
                 (client_id, tenant_id, client_class, secret_hash, auth_method, grant_types, scopes, metadata)
@@ -133,4 +154,4 @@ class DirectoryStore:
             list(client.scopes),
             json.dumps(client.metadata),
         )
-        return _client(row)
+        return row

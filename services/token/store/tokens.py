@@ -8,6 +8,9 @@ from datetime import datetime
 
 import asyncpg
 
+from services.runtime import audit
+from services.runtime.audit import AuditEvent
+
 
 @dataclass(frozen=True)
 class IssuedToken:
@@ -58,19 +61,22 @@ class TokenStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def record_issued(self, token: IssuedToken) -> None:
-        await self._pool.execute(
-            """
-            INSERT INTO token_issued (jti, client_id, tenant_id, subject, family_id, expire_time)
-            VALUES ($1, $2, $3, $4, $5, $6)
-            """,
-            token.jti,
-            token.client_id,
-            token.tenant_id,
-            token.subject,
-            token.family_id,
-            token.expire_time,
-        )
+    async def record_issued(self, token: IssuedToken, audited: AuditEvent) -> None:
+        """Record an issued token and its audit row, in one transaction."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """
+                INSERT INTO token_issued (jti, client_id, tenant_id, subject, family_id, expire_time)
+                VALUES ($1, $2, $3, $4, $5, $6)
+                """,
+                token.jti,
+                token.client_id,
+                token.tenant_id,
+                token.subject,
+                token.family_id,
+                token.expire_time,
+            )
+            await audit.record(conn, audited)
 
     async def issued(self, jti: str) -> IssuedToken | None:
         row = await self._pool.fetchrow("SELECT * FROM token_issued WHERE jti = $1", jti)
@@ -119,27 +125,53 @@ class TokenStore:
         )
         return None if row is None else _refresh(row)
 
-    async def revoke_family(self, family_id: uuid.UUID) -> list[Revocation]:
-        """Revoke every refresh token of the family; returns its access tokens that are still live."""
+    async def revoke_family(self, family_id: uuid.UUID, reason: str, audited: AuditEvent) -> list[Revocation]:
+        """Revoke every refresh token of the family and its access tokens that are still live (which
+        it returns, for Redis), in one transaction; audited only if this call revoked anything, so a
+        repeated revocation of the same family writes no second row."""
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE token_refresh SET revoke_time = now() WHERE family_id = $1 AND revoke_time IS NULL",
+            refreshed = await conn.fetch(
+                "UPDATE token_refresh SET revoke_time = now()"
+                " WHERE family_id = $1 AND revoke_time IS NULL RETURNING family_id",
                 family_id,
             )
             rows = await conn.fetch(
                 "SELECT jti, expire_time FROM token_issued WHERE family_id = $1 AND expire_time > now()",
                 family_id,
             )
-        return [Revocation(row["jti"], row["expire_time"]) for row in rows]
+            live = [Revocation(row["jti"], row["expire_time"]) for row in rows]
+            new = await self._insert_revocations(conn, live, reason)
+            if refreshed or new:
+                await audit.record(conn, audited)
+        return live
 
-    async def record_revocations(self, revocations: list[Revocation], reason: str) -> None:
-        await self._pool.executemany(
+    async def record_revocations(
+        self, revocations: list[Revocation], reason: str, audited: AuditEvent
+    ) -> None:
+        """Record revocations and, if any is new, the audit row, in one transaction."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            if await self._insert_revocations(conn, revocations, reason):
+                await audit.record(conn, audited)
+
+    @staticmethod
+    async def _insert_revocations(
+        conn: asyncpg.Connection, revocations: list[Revocation], reason: str
+    ) -> int:
+        """How many of `revocations` were not recorded before."""
+        if not revocations:
+            return 0
+        rows = await conn.fetch(
             """
-            INSERT INTO token_revocations (jti, reason, expire_time) VALUES ($1, $2, $3)
+            INSERT INTO token_revocations (jti, reason, expire_time)
+            SELECT jti, $2, expire_time FROM unnest($1::text[], $3::timestamptz[]) AS r (jti, expire_time)
             ON CONFLICT (jti) DO NOTHING
+            RETURNING jti
             """,
-            [(r.jti, reason, r.expire_time) for r in revocations],
+            [r.jti for r in revocations],
+            reason,
+            [r.expire_time for r in revocations],
         )
+        return len(rows)
 
     async def is_revoked(self, jti: str) -> bool:
         revoked: bool = await self._pool.fetchval(

@@ -967,22 +967,26 @@ class CreateUserRequest(_message.Message):
     TENANT_ID_FIELD_NUMBER: _builtins.int
     USERNAME_FIELD_NUMBER: _builtins.int
     PASSWORD_FIELD_NUMBER: _builtins.int
+    ADMIN_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     """The tenant the user belongs to; it must exist."""
     username: _builtins.str
     """The name the user signs in with (unique across tenants)."""
     password: _builtins.str
     """The user's password; only a scrypt hash of it is stored."""
+    admin: _builtins.bool
+    """Whether the user administers its tenant: only an admin's tokens may carry `audit:read`."""
     def __init__(
         self,
         *,
         tenant_id: _builtins.str = ...,
         username: _builtins.str = ...,
         password: _builtins.str = ...,
+        admin: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["password", b"password", "tenant_id", b"tenant_id", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin", b"admin", "password", b"password", "tenant_id", b"tenant_id", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1022,12 +1026,15 @@ class User(_message.Message):
     TENANT_ID_FIELD_NUMBER: _builtins.int
     USERNAME_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    ADMIN_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The user's id (a UUID; the `sub` and `user_id` of the user's tokens)."""
     tenant_id: _builtins.str
     """The tenant the user belongs to."""
     username: _builtins.str
     """The name the user signs in with."""
+    admin: _builtins.bool
+    """Whether the user administers its tenant (may read its audit log)."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the user was created."""
@@ -1039,11 +1046,181 @@ class User(_message.Message):
         tenant_id: _builtins.str = ...,
         username: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        admin: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "tenant_id", b"tenant_id", "user_id", b"user_id", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin", b"admin", "create_time", b"create_time", "tenant_id", b"tenant_id", "user_id", b"user_id", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___User: _TypeAlias = User  # noqa: Y015
+
+@_typing.final
+class ListAuditEventsRequest(_message.Message):
+    """The request of ListAuditEvents. Filters combine with AND; the tenant is the caller's."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """The most events to return, 1 to 1000; 0 means the default (50)."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page; empty for the first page."""
+    action: _builtins.str
+    """Only events of this action (for example `token.exchange`); empty for all."""
+    subject: _builtins.str
+    """Only events whose subject is this user, client or agent id; empty for all."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Only events at or after this time; unset for no lower bound."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """Only events before this time; unset for no upper bound."""
+
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        action: _builtins.str = ...,
+        subject: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "end_time", b"end_time", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditEventsRequest: _TypeAlias = ListAuditEventsRequest  # noqa: Y015
+
+@_typing.final
+class ListAuditEventsResponse(_message.Message):
+    """The response of ListAuditEvents."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """The token of the next page; empty on the last page."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEvent]:
+        """One page of events, newest first."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___AuditEvent] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditEventsResponse: _TypeAlias = ListAuditEventsResponse  # noqa: Y015
+
+@_typing.final
+class AuditEvent(_message.Message):
+    """One audited action (004's audit record): when, which request, who on whose behalf, what, how it ended."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class DetailEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ID_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    ACTOR_CHAIN_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The event's id (a UUID)."""
+    request_id: _builtins.str
+    """The request id of the call that did it (the edge's X-Request-ID, repeated by every hop)."""
+    correlation_id: _builtins.str
+    """The id that ties this call to the client's wider operation (X-Correlation-ID, else the request id)."""
+    tenant_id: _builtins.str
+    """The tenant the action belongs to."""
+    subject: _builtins.str
+    """On whose behalf it was done: a user id, or a client or agent id acting for itself."""
+    client_id: _builtins.str
+    """The OAuth client the call came through."""
+    action: _builtins.str
+    """What was done: token.issue, token.exchange, token.revoke, client.register, agent.create,
+    agent.update, agent.delete, conversation.create, conversation.update, conversation.delete,
+    conversation.archive, plan.set, quota.refuse.
+    """
+    resource: _builtins.str
+    """What it was done to, as `<kind>/<id>` (token/<jti>, agent/<uuid>, plan/<tenant>, ...)."""
+    outcome: _builtins.str
+    """How it ended: `success`, or `denied` for a refusal that is itself sensitive (quota)."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the action happened."""
+
+    @_builtins.property
+    def actor_chain(self) -> _containers.RepeatedCompositeFieldContainer[_principal_pb2.Actor]:
+        """The delegation chain, most recent actor first (empty when the subject acted directly)."""
+
+    @_builtins.property
+    def detail(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Action-specific facts (the grant type, the scopes granted, the meter refused, ...)."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        request_id: _builtins.str = ...,
+        correlation_id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        actor_chain: _abc.Iterable[_principal_pb2.Actor] | None = ...,
+        client_id: _builtins.str = ...,
+        action: _builtins.str = ...,
+        resource: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+        detail: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor_chain", b"actor_chain", "client_id", b"client_id", "correlation_id", b"correlation_id", "detail", b"detail", "id", b"id", "outcome", b"outcome", "request_id", b"request_id", "resource", b"resource", "subject", b"subject", "tenant_id", b"tenant_id", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditEvent: _TypeAlias = AuditEvent  # noqa: Y015

@@ -85,6 +85,11 @@ class TokenServiceStub:
                 request_serializer=macp_dot_token_dot_v1_dot_token__service__pb2.CreateUserRequest.SerializeToString,
                 response_deserializer=macp_dot_token_dot_v1_dot_token__service__pb2.CreateUserResponse.FromString,
                 _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/macp.token.v1.TokenService/ListAuditEvents',
+                request_serializer=macp_dot_token_dot_v1_dot_token__service__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=macp_dot_token_dot_v1_dot_token__service__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
 
 
 class TokenServiceServicer:
@@ -171,6 +176,17 @@ class TokenServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAuditEvents(self, request, context):
+        """The audit log of the caller's own tenant, newest first: every token issue, exchange and
+        revocation, client registration, agent and conversation create/update/delete, archive,
+        plan change and quota refusal, written once. The tenant comes from the bearer token,
+        never from the request, so no caller reads another tenant's rows. Needs a bearer token
+        with the `audit:read` scope, which only a tenant's admin users (CreateUser admin) get.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TokenServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -223,6 +239,11 @@ def add_TokenServiceServicer_to_server(servicer, server):
                     servicer.CreateUser,
                     request_deserializer=macp_dot_token_dot_v1_dot_token__service__pb2.CreateUserRequest.FromString,
                     response_serializer=macp_dot_token_dot_v1_dot_token__service__pb2.CreateUserResponse.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=macp_dot_token_dot_v1_dot_token__service__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=macp_dot_token_dot_v1_dot_token__service__pb2.ListAuditEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -496,6 +517,33 @@ class TokenService:
             '/macp.token.v1.TokenService/CreateUser',
             macp_dot_token_dot_v1_dot_token__service__pb2.CreateUserRequest.SerializeToString,
             macp_dot_token_dot_v1_dot_token__service__pb2.CreateUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/macp.token.v1.TokenService/ListAuditEvents',
+            macp_dot_token_dot_v1_dot_token__service__pb2.ListAuditEventsRequest.SerializeToString,
+            macp_dot_token_dot_v1_dot_token__service__pb2.ListAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -84,6 +84,13 @@ class TokenServiceStub:
     """Creates a local user of a tenant, who signs in with the password grant (for the CLI).
     Needs a bearer token with the `macp:admin` scope.
     """
+    ListAuditEvents: _aio.UnaryUnaryMultiCallable[_token_service_pb2.ListAuditEventsRequest, _token_service_pb2.ListAuditEventsResponse]
+    """The audit log of the caller's own tenant, newest first: every token issue, exchange and
+    revocation, client registration, agent and conversation create/update/delete, archive,
+    plan change and quota refusal, written once. The tenant comes from the bearer token,
+    never from the request, so no caller reads another tenant's rows. Needs a bearer token
+    with the `audit:read` scope, which only a tenant's admin users (CreateUser admin) get.
+    """
 
 class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
     """TokenService issues, exchanges, checks and revokes tokens, and registers OAuth clients."""
@@ -181,6 +188,19 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_token_service_pb2.CreateUserResponse]:
         """Creates a local user of a tenant, who signs in with the password grant (for the CLI).
         Needs a bearer token with the `macp:admin` scope.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAuditEvents(
+        self,
+        request: _token_service_pb2.ListAuditEventsRequest,
+        context: _aio.ServicerContext[_token_service_pb2.ListAuditEventsRequest, _abc.Awaitable[_token_service_pb2.ListAuditEventsResponse]],
+    ) -> _abc.Awaitable[_token_service_pb2.ListAuditEventsResponse]:
+        """The audit log of the caller's own tenant, newest first: every token issue, exchange and
+        revocation, client registration, agent and conversation create/update/delete, archive,
+        plan change and quota refusal, written once. The tenant comes from the bearer token,
+        never from the request, so no caller reads another tenant's rows. Needs a bearer token
+        with the `audit:read` scope, which only a tenant's admin users (CreateUser admin) get.
         """
 
 def add_TokenServiceServicer_to_server(servicer: TokenServiceServicer, server: _aio.Server) -> None: ...

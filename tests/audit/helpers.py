@@ -1,0 +1,86 @@
+"""What the audit tests share: the rows as Postgres holds them (read with plain SQL, not through
+ListAuditEvents, so the exactly-once counts do not depend on the code under test), and tenant
+admins signed in through the token service's own RPCs."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from macp.token.v1 import token_service_pb2 as pb
+
+from tests.tokens import PASSWORD, Tenant, TokenWorld
+
+
+@dataclass(frozen=True)
+class Row:
+    action: str
+    resource: str
+    subject: str
+    client_id: str
+    actors: tuple[tuple[str, str], ...]  # (type, id), most recent first
+    outcome: str
+    request_id: str
+    correlation_id: str
+    detail: dict[str, Any]
+
+
+async def rows(db: asyncpg.Pool, tenant_id: str, action: str | None = None) -> list[Row]:
+    """The tenant's audit rows (of one action, if given), oldest first."""
+    found = await db.fetch(
+        "SELECT * FROM audit_events WHERE tenant_id = $1 AND ($2::text IS NULL OR action = $2)"
+        " ORDER BY event_time, id",
+        tenant_id,
+        action,
+    )
+    return [
+        Row(
+            row["action"],
+            row["resource"],
+            row["subject"],
+            row["client_id"],
+            tuple((actor["type"], actor["id"]) for actor in json.loads(row["actor_chain"])),
+            row["outcome"],
+            row["request_id"],
+            row["correlation_id"],
+            json.loads(row["detail"]),
+        )
+        for row in found
+    ]
+
+
+def of(found: Sequence[Row], action: str, resource: str | None = None) -> list[Row]:
+    return [row for row in found if row.action == action and (resource is None or row.resource == resource)]
+
+
+async def admin_user(tokens: TokenWorld, tenant: Tenant) -> str:
+    """A new admin user of `tenant` (created with CreateUser admin), returning its username."""
+    username = f"admin-{uuid.uuid4().hex[:8]}"
+    harness = tokens.harness
+    admin = await harness.register(scope="macp:admin")
+    bearer = await harness.client_token(admin, "macp:admin", ["urn:macp:service:token"])
+    created: pb.CreateUserResponse = await harness.stub.CreateUser(
+        pb.CreateUserRequest(tenant_id=tenant.tenant_id, username=username, password=PASSWORD, admin=True),
+        metadata=(("authorization", f"Bearer {bearer.access_token}"),),
+    )
+    assert created.user.admin
+    return username
+
+
+async def signed_in(tokens: TokenWorld, tenant: Tenant, username: str, audience: Sequence[str]) -> str:
+    """A password-grant token of `username` through `tenant`'s client."""
+    response: pb.IssueTokenResponse = await tokens.harness.stub.IssueToken(
+        pb.IssueTokenRequest(
+            grant_type=pb.GRANT_TYPE_PASSWORD,
+            client_id=tenant.client.client_id,
+            client_secret=tenant.client.client_secret,
+            username=username,
+            password=PASSWORD,
+            audience=list(audience),
+        )
+    )
+    return response.access_token
