@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "three agents, a conversation, one message: the round printed live",
     ),
     "usage": ("services.cli.usage", "show the tenant's usage or its invoice preview from the running stack"),
+    "limits": ("services.cli.limits", "show the edge's rate limits and where the signed-in caller stands"),
 }
 
 

@@ -17,6 +17,7 @@ from services.edge.auth import BearerAuthMiddleware
 from services.edge.context import EdgeContext, edge_context
 from services.edge.errors import HttpError, error_response, rpc_error_response
 from services.edge.middleware import RequestContextMiddleware
+from services.edge.rate_limit_status import ROUTES as RATE_LIMIT_ROUTES
 from services.edge.rate_limits import RateLimitMiddleware
 from services.edge.routes import ApiRoute, openapi_document
 from services.edge.settings import EdgeSettings
@@ -35,6 +36,7 @@ def api_routes() -> list[ApiRoute]:
         *sse.ROUTES,
         *chat_completions.ROUTES,
         *oauth.ROUTES,
+        *RATE_LIMIT_ROUTES,
         *usage.ROUTES,
     ]
 

@@ -15,6 +15,13 @@ another). Offsets are still committed in order: a batch commits only once every 
 has committed, so no offset ever passes a record whose effect is not durable. A prepared batch
 whose partitions were taken away meanwhile loses their records (their new owner reads them from
 the committed offset) before it is handled.
+
+Traces: with tracing on, each record of a batch that carries a producer's `traceparent` gets a
+CONSUMER span parented on it (services/runtime/tracing.py `consumer_spans`), from the moment its
+batch is handed to the sink until its offset is committed. A batch mixes events of many traces;
+one span per traced record (rather than one span for the batch with a link per record) keeps each
+trace whole, the consumer's step inside the trace that made the event, at the price of a span per
+traced record, which only sampled traces carry.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
+from services.runtime import tracing
 from services.runtime.metrics import ConsumerMetrics
 
 log = logging.getLogger("macp.consumer")
@@ -189,12 +197,19 @@ class ConsumerLoop(Generic[P]):
             if not records:
                 owned = {}
         started = time.monotonic()
+        spans = tracing.consumer_spans(self._settings.topic, (r for rs in owned.values() for r in rs))
+        try:
+            if owned:
+                await self._handle(prepared)
+            if before is not None:
+                await before
+            if owned:
+                await self._commit(consumer, owned)
+        except BaseException as exc:
+            tracing.end_spans(spans, exc)
+            raise
+        tracing.end_spans(spans)
         if owned:
-            await self._handle(prepared)
-        if before is not None:
-            await before
-        if owned:
-            await self._commit(consumer, owned)
             self._metrics.observe_batch(self._settings.topic, time.monotonic() - started)
             self._count_rate(sum(len(records) for records in owned.values()))
             await self._report_lag(consumer)

@@ -1,7 +1,7 @@
 """The server interceptor: the cross-cutting work of every RPC, written once.
 
-The steps, outermost first: request id → access log → error mapping → authentication → validation
-→ the handler. Each wraps the rest, so it sees the call's real outcome, including a streaming
+The steps, outermost first: request id → trace → access log → error mapping → authentication →
+validation → the handler. Each wraps the rest, so it sees the call's real outcome, including a streaming
 one's, rather than only its start: the access log times and records the status the error mapping
 chose, the error mapping maps what authentication, validation or the handler raised, and the
 principal is set only while validation and the handler run.
@@ -31,6 +31,7 @@ from services.runtime.context import REQUEST_ID_HEADER, RpcContext, new_request_
 from services.runtime.errors import REASON_METADATA_KEY, DomainError
 from services.runtime.metrics import RpcMetrics
 from services.runtime.principal import LOCAL_DEVELOPMENT_PRINCIPAL, Principal, principal_var
+from services.runtime.tracing import TRACEPARENT, TRACESTATE, Scope, end_server_call, server_call
 
 log = logging.getLogger("macp.rpc")
 
@@ -55,11 +56,8 @@ def _reset(var: ContextVar[Any], token: Token[Any]) -> None:
         var.reset(token)
 
 
-def _metadata_value(context: Context, key: str) -> str | None:
-    for name, value in context.invocation_metadata() or ():
-        if name == key:
-            return value if isinstance(value, str) else value.decode()
-    return None
+def _text(value: str | bytes) -> str:
+    return value if isinstance(value, str) else value.decode()
 
 
 def _yielding(behavior: Behavior) -> Behavior:
@@ -126,10 +124,14 @@ async def _validated_stream(requests: AsyncIterator[Any], context: Context) -> A
 
 
 class RpcInterceptor(grpc.aio.ServerInterceptor):
-    """Request id → access log → error mapping → authentication → validation, for every call.
+    """Request id → trace → access log → error mapping → authentication → validation, for every call.
 
     - Request id: `x-request-id` from the caller (Envoy or the edge sets it), or a new one; set for
       the whole call and sent back in the trailing metadata.
+    - Trace: a SERVER span per call, child of the caller's `traceparent`, ended with the call's
+      final status (services/runtime/tracing.py); with tracing off, only the caller's headers
+      kept for the calls the handler makes. Found in the same pass over the metadata as the
+      request id, so it costs nothing more when absent.
     - Access log: one log line and one metrics observation per call, with its final status and
       duration.
     - Error mapping: the one place a domain error becomes a gRPC status; anything unexpected
@@ -140,9 +142,14 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
     """
 
     def __init__(
-        self, metrics: RpcMetrics, authenticator: Authenticator, exempt_prefixes: tuple[str, ...]
+        self,
+        metrics: RpcMetrics,
+        authenticator: Authenticator,
+        exempt_prefixes: tuple[str, ...],
+        service: str | None = None,
     ) -> None:
         self._metrics = metrics
+        self._service = service
         self._authenticator = authenticator
         self._exempt_prefixes = exempt_prefixes
         # Full method name → (the server's handler, its wrapped one). Only methods the server has
@@ -183,7 +190,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
 
     def _unary(self, method: str, inner: Behavior, authenticates: bool) -> Behavior:
         async def behavior(request: Any, context: Context) -> Any:
-            request_id = self._begin(context)
+            request_id, trace = self._begin(method, context)
             started, failed = time.perf_counter(), True
             try:
                 try:
@@ -201,14 +208,14 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                 failed = False
                 return response
             finally:
-                self._finish(method, context, started, failed)
+                self._finish(method, context, started, failed, trace)
                 _reset(request_id_var, request_id)
 
         return behavior
 
     def _streaming(self, method: str, inner: Behavior, authenticates: bool) -> Behavior:
         async def behavior(request: Any, context: Context) -> AsyncIterator[Any]:
-            request_id = self._begin(context)
+            request_id, trace = self._begin(method, context)
             started, failed = time.perf_counter(), True
             try:
                 try:
@@ -225,22 +232,33 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                     await self._abort(method, exc, context)
                 failed = False
             finally:
-                self._finish(method, context, started, failed)
+                self._finish(method, context, started, failed, trace)
                 _reset(request_id_var, request_id)
 
         return behavior
 
     # --- the steps ------------------------------------------------------------------------------
 
-    @staticmethod
-    def _begin(context: Context) -> Token[str | None]:
-        request_id = _metadata_value(context, REQUEST_ID_HEADER) or new_request_id()
+    def _begin(self, method: str, context: Context) -> tuple[Token[str | None], Scope | None]:
+        request_id = traceparent = tracestate = None
+        for name, value in context.invocation_metadata() or ():
+            if name == REQUEST_ID_HEADER:
+                request_id = request_id or _text(value)
+            elif name == TRACEPARENT:
+                traceparent = traceparent or _text(value)
+            elif name == TRACESTATE:
+                tracestate = tracestate or _text(value)
+        request_id = request_id or new_request_id()
         context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id),))
-        return request_id_var.set(request_id)
+        return request_id_var.set(request_id), server_call(self._service, method, traceparent, tracestate)
 
-    def _finish(self, method: str, context: Context, started: float, failed: bool) -> None:
+    def _finish(
+        self, method: str, context: Context, started: float, failed: bool, trace: Scope | None
+    ) -> None:
         elapsed = time.perf_counter() - started
         code = _status_of(context, failed)
+        if trace is not None:
+            end_server_call(trace, code)
         self._metrics.observe(method, code.name, elapsed)
         log.info(
             "rpc",
@@ -272,7 +290,10 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
 
 
 def server_interceptors(
-    metrics: RpcMetrics, authenticator: Authenticator, exempt_prefixes: tuple[str, ...]
+    metrics: RpcMetrics,
+    authenticator: Authenticator,
+    exempt_prefixes: tuple[str, ...],
+    service: str | None = None,
 ) -> list[grpc.aio.ServerInterceptor]:
-    """What every service's server installs (see the module docstring)."""
-    return [RpcInterceptor(metrics, authenticator, exempt_prefixes)]
+    """What every service's server installs (see the module docstring); `service` names its spans."""
+    return [RpcInterceptor(metrics, authenticator, exempt_prefixes, service)]

@@ -1,17 +1,23 @@
-"""Client side of the mesh: one grpc.aio channel to Envoy's mesh listener, carrying the request id.
+"""Client side of the mesh: one grpc.aio channel to Envoy's mesh listener, carrying the request id
+and the W3C trace context.
 
 Every service-to-service call goes through Envoy (routing, retries, breakers, health), so a
 caller needs one channel, not one per callee; Envoy picks the cluster from the gRPC service name.
+With tracing on, each call is a CLIENT span whose `traceparent` it sends; with tracing off, the
+caller's own `traceparent` (if one came in) goes on unchanged (services/runtime/tracing.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from opentelemetry.trace import Span
 
 from services.runtime.context import REQUEST_ID_HEADER, current_request_id
+from services.runtime.tracing import TRACEPARENT, TRACESTATE, client_call, end_client_call
 
 # Keepalive keeps long-lived streams through Envoy from being dropped as idle. Envoy is local (a
 # sidecar or the compose network), so reconnecting soon after it comes up matters more than backing
@@ -25,19 +31,65 @@ _CHANNEL_OPTIONS = [
 ]
 
 
-def _with_request_id(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-    """The call's details with the request id, and waiting for the channel to be ready unless the
-    caller said otherwise: Envoy is local, so a call made while the channel (re)connects to it (a
-    process that started before Envoy, or an Envoy restart) waits within its deadline instead of
-    failing at once. Callers on the mesh always set a deadline."""
+def _with_request_id(details: grpc.aio.ClientCallDetails) -> tuple[grpc.aio.ClientCallDetails, Span | None]:
+    """The call's details with the request id and trace context (and the call's CLIENT span, tracing
+    on), and waiting for the channel to be ready unless the caller said otherwise: Envoy is local,
+    so a call made while the channel (re)connects to it (a process that started before Envoy, or
+    an Envoy restart) waits within its deadline instead of failing at once. Callers on the mesh
+    always set a deadline."""
     request_id = current_request_id()
     metadata = grpc.aio.Metadata(*(details.metadata or ()))
     if request_id is not None and metadata.get(REQUEST_ID_HEADER) is None:
         metadata.add(REQUEST_ID_HEADER, request_id)
+    method = details.method if isinstance(details.method, str) else details.method.decode()
+    span, headers = client_call(method)
+    if headers is not None and metadata.get(TRACEPARENT) is None:
+        metadata.add(TRACEPARENT, headers[0])
+        if headers[1] is not None:
+            metadata.add(TRACESTATE, headers[1])
     wait_for_ready = True if details.wait_for_ready is None else details.wait_for_ready
     return grpc.aio.ClientCallDetails(
         details.method, details.timeout, metadata, details.credentials, wait_for_ready
-    )
+    ), span
+
+
+def _final_code(call: grpc.aio.Call) -> grpc.StatusCode:
+    """A finished call's status, read in its done callback. `code()` is a coroutine, but once the
+    call is done its status is already there and the coroutine returns without suspending, so it is
+    run to its end here rather than in a task of its own per call."""
+    if call.cancelled():
+        return grpc.StatusCode.CANCELLED
+    reading = call.code()
+    try:
+        reading.send(None)
+    except StopIteration as finished:
+        code: grpc.StatusCode = finished.value
+        return code
+    reading.close()  # it would have waited: not expected of a done call
+    return grpc.StatusCode.UNKNOWN
+
+
+def _end_when_done(call: Any, span: Span) -> Any:
+    call.add_done_callback(lambda done: end_client_call(span, _final_code(done)))
+    return call
+
+
+async def _unary_ended(call: Any, span: Span) -> Any:
+    """Waits for a unary call's outcome to end its span; the call is returned as it was, so the
+    caller awaits the same response or error."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as exc:
+        end_client_call(span, exc.code())
+    except asyncio.CancelledError:
+        end_client_call(span, grpc.StatusCode.CANCELLED)
+        raise
+    except Exception:
+        end_client_call(span, grpc.StatusCode.UNKNOWN)
+        raise
+    else:
+        end_client_call(span, grpc.StatusCode.OK)
+    return call
 
 
 class RequestIdUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
@@ -47,7 +99,9 @@ class RequestIdUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
         client_call_details: grpc.aio.ClientCallDetails,
         request: Any,
     ) -> Any:
-        return await continuation(_with_request_id(client_call_details), request)
+        details, span = _with_request_id(client_call_details)
+        call = await continuation(details, request)
+        return call if span is None else await _unary_ended(call, span)
 
 
 class RequestIdUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
@@ -57,7 +111,9 @@ class RequestIdUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
         client_call_details: grpc.aio.ClientCallDetails,
         request: Any,
     ) -> Any:
-        return await continuation(_with_request_id(client_call_details), request)
+        details, span = _with_request_id(client_call_details)
+        call = await continuation(details, request)
+        return call if span is None else _end_when_done(call, span)
 
 
 class RequestIdStreamStream(grpc.aio.StreamStreamClientInterceptor):
@@ -67,7 +123,9 @@ class RequestIdStreamStream(grpc.aio.StreamStreamClientInterceptor):
         client_call_details: grpc.aio.ClientCallDetails,
         request_iterator: Any,
     ) -> Any:
-        return await continuation(_with_request_id(client_call_details), request_iterator)
+        details, span = _with_request_id(client_call_details)
+        call = await continuation(details, request_iterator)
+        return call if span is None else _end_when_done(call, span)
 
 
 def open_mesh_channel(mesh_address: str) -> grpc.aio.Channel:

@@ -23,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
+from services.runtime import tracing
 from services.runtime.auth.authenticator import JwtAuthenticator, jwt_authenticator
 from services.runtime.auth.settings import AuthSettings, service_audience
 from services.runtime.interceptors import Authenticator, server_interceptors
@@ -31,7 +32,7 @@ from services.runtime.mesh import open_mesh_channel
 from services.runtime.metrics import RpcMetrics, serve_metrics
 from services.runtime.registry import ServiceSpec
 from services.runtime.resources import Resources, ResourceSettings, open_resources
-from services.runtime.settings import CommonSettings, Env, ServerSettings, SettingsError
+from services.runtime.settings import CommonSettings, Env, ServerSettings, SettingsError, TracingSettings
 
 log = logging.getLogger("macp.server")
 
@@ -167,6 +168,9 @@ async def _serve(
     common = CommonSettings.from_env(env)
     server_settings = ServerSettings.from_env(env, spec)
     resource_settings = ResourceSettings.from_env(env, spec.dependencies)
+    # Before anything starts: the tasks this one creates (the server's, the background's) inherit
+    # the service's name, which the spans of shared code (a client call, a usage event) carry.
+    tracing.configure(spec.name, TracingSettings.from_env(env))
     stopped = asyncio.Event()
 
     metrics = RpcMetrics(spec.name)
@@ -192,7 +196,9 @@ async def _serve(
                 _default_authenticator(definition, env, common, resources)
             )
         server = grpc.aio.server(
-            interceptors=server_interceptors(metrics, authenticator, UNAUTHENTICATED_PREFIXES),
+            interceptors=server_interceptors(
+                metrics, authenticator, UNAUTHENTICATED_PREFIXES, service=spec.name
+            ),
             options=[
                 ("grpc.so_reuseport", 0),
                 # Room for a bearer token up to the verifier's limit (8 KiB) and the other headers,
@@ -252,6 +258,7 @@ def run_service(definition: ServiceDefinition, environ: Mapping[str, str] | None
         ServerSettings.from_env(env, definition.spec)
         ResourceSettings.from_env(env, definition.spec.dependencies)
         AuthSettings.from_env(env)
+        TracingSettings.from_env(env)
     except SettingsError as exc:
         print(f"{definition.spec.name}: {exc}", file=sys.stderr)
         return 2
@@ -272,6 +279,8 @@ def run_service(definition: ServiceDefinition, environ: Mapping[str, str] | None
     except (OSError, ConnectionError) as exc:
         print(f"{definition.spec.name}: {exc}", file=sys.stderr)
         return 1
+    finally:
+        tracing.shutdown()  # the spans still buffered go out before the process ends
     return 0
 
 

@@ -232,3 +232,49 @@ class S3Settings:
 def data_dir(env: Env) -> Path:
     """Where the native stack keeps its state (`MACP_DATA_DIR`, default `./.macp`)."""
     return Path(env.string("MACP_DATA_DIR", ".macp")).expanduser().resolve()
+
+
+# The OTLP protocols: this build ships the HTTP/protobuf exporter only (services/runtime/tracing.py).
+OTLP_PROTOCOLS = ("http/protobuf",)
+
+
+@dataclass(frozen=True)
+class TracingSettings:
+    """Where a process exports its traces (services/runtime/tracing.py), or None: tracing off.
+
+    `MACP_TRACES_ENDPOINT` is the full OTLP/HTTP traces URL; unset, the standard
+    `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (also a full URL) and then `OTEL_EXPORTER_OTLP_ENDPOINT`
+    (a base URL, to which the spec appends `/v1/traces`) are honoured, so a process dropped into an
+    environment already set up for OpenTelemetry exports where everything else does.
+    `OTEL_SDK_DISABLED=true` turns tracing off whatever is set. `MACP_TRACES_SAMPLE_RATIO` is the
+    share of new traces recorded (a trace continued from a caller follows the caller's decision).
+    """
+
+    endpoint: str | None
+    sample_ratio: float
+
+    @classmethod
+    def from_env(cls, env: Env) -> TracingSettings:
+        example = "http://127.0.0.1:4318/v1/traces"
+        endpoint = env.url("MACP_TRACES_ENDPOINT", ("http", "https"), example)
+        if endpoint is None:
+            endpoint = env.url("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", ("http", "https"), example)
+        if endpoint is None:
+            base = env.url("OTEL_EXPORTER_OTLP_ENDPOINT", ("http", "https"), "http://127.0.0.1:4318")
+            endpoint = None if base is None else base.rstrip("/") + "/v1/traces"
+        for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+            protocol = env.raw(name)
+            if protocol is not None and protocol not in OTLP_PROTOCOLS:
+                raise SettingsError(
+                    f"{name}={protocol!r} is not supported; set it to http/protobuf and point the "
+                    "endpoint at the collector's OTLP/HTTP port (4318), or unset it"
+                )
+            if protocol is not None:
+                break
+        ratio = env.number("MACP_TRACES_SAMPLE_RATIO", 1.0, minimum=0.0)
+        if ratio > 1.0:
+            raise SettingsError(
+                f"MACP_TRACES_SAMPLE_RATIO={ratio:g} is malformed (above 1); set it to a number from 0 to 1"
+            )
+        disabled = env.choice("OTEL_SDK_DISABLED", "false", ("true", "false")) == "true"
+        return cls(endpoint=None if disabled else endpoint, sample_ratio=ratio)

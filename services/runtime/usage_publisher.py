@@ -11,6 +11,12 @@ yet acknowledged are claimed by the next publisher of the same outbox once they 
 for `claim_idle_seconds`. Between a broker's ack and the outbox delete a crash can send an event
 twice; the sink de-duplicates by `event_id` (the tansu broker refuses idempotent producers, see
 DESIGN.md). Redis itself must persist (AOF or RDB) for events to survive a crash of Redis.
+
+Traces: `publish` is the event's PRODUCER span (with tracing on), and the span's W3C headers are
+stored in the outbox entry beside the event, so the record sent later, by the loop and perhaps by
+another process, carries the trace of the turn that made the event (Kafka headers `traceparent`,
+`tracestate`) for the metering consumer to continue. With tracing off, the caller's own headers
+(if a traced call came in) are stored and sent instead, unchanged.
 """
 
 from __future__ import annotations
@@ -25,17 +31,24 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 from macp.common.v1 import usage_pb2
+from opentelemetry.trace import SpanKind
 from redis.exceptions import ResponseError
+
+from services.runtime import tracing
 
 log = logging.getLogger("macp.usage")
 
 GROUP = "usage-publisher"
 EVENT_FIELD = b"event"
+# The W3C trace context of the event's producer, kept in the outbox entry beside the event.
+TRACEPARENT_FIELD = tracing.TRACEPARENT.encode()
+TRACESTATE_FIELD = tracing.TRACESTATE.encode()
+_TRACE_FIELDS = ((tracing.TRACEPARENT, TRACEPARENT_FIELD), (tracing.TRACESTATE, TRACESTATE_FIELD))
 BATCH_SIZE = 500
 CE_SPECVERSION = "1.0"
 CONTENT_TYPE = "application/protobuf"
@@ -90,7 +103,7 @@ class UsagePublisher:
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._last_claim = 0.0
-        self._unwritten: list[tuple[bytes, asyncio.Future[None]]] = []
+        self._unwritten: list[tuple[dict[bytes, bytes], asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
         self.delivered = 0
         self.delivery_failures = 0
@@ -104,20 +117,36 @@ class UsagePublisher:
         """
         if not event.event_id or not event.tenant_id:
             raise ValueError("a usage event needs its event_id and tenant_id")
-        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._unwritten.append((event.SerializeToString(), written))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_outbox())
-        await asyncio.shield(written)
+        with tracing.span(
+            f"publish {self.topic}",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation.type": "send",
+                "messaging.destination.name": self.topic,
+                "messaging.message.id": event.event_id,
+                "macp.usage.type": cloudevent_type(event),
+            },
+        ):
+            fields = {EVENT_FIELD: event.SerializeToString()}
+            headers = tracing.current_headers()
+            if headers is not None:
+                fields[TRACEPARENT_FIELD] = headers[0].encode()
+                if headers[1] is not None:
+                    fields[TRACESTATE_FIELD] = headers[1].encode()
+            written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._unwritten.append((fields, written))
+            if self._writer is None or self._writer.done():
+                self._writer = asyncio.create_task(self._write_outbox())
+            await asyncio.shield(written)
 
     async def _write_outbox(self) -> None:
         while self._unwritten:
             batch, self._unwritten = self._unwritten[:BATCH_SIZE], self._unwritten[BATCH_SIZE:]
             try:
                 async with self._redis.pipeline(transaction=False) as pipe:
-                    for data, _ in batch:
-                        fields: Any = {EVENT_FIELD: data}
-                        pipe.xadd(self.key, fields)
+                    for fields, _ in batch:
+                        pipe.xadd(self.key, cast(Any, fields))
                     await pipe.execute()
             except Exception as exc:
                 for _, written in batch:
@@ -204,17 +233,19 @@ class UsagePublisher:
         sent = []
         done: list[bytes] = []
         for entry_id, fields in entries:
-            data = (fields or {}).get(EVENT_FIELD)
+            fields = fields or {}
+            data = fields.get(EVENT_FIELD)
             if data is None:  # deleted after delivery by a publisher that then crashed before its ack
                 done.append(entry_id)
                 continue
             event = usage_pb2.UsageEvent.FromString(data)
+            headers = cloudevent_headers(event, self.source)
+            for name, field in _TRACE_FIELDS:
+                if field in fields:
+                    headers.append((name, fields[field]))
             sent.append(
                 await self._producer.send(
-                    self.topic,
-                    value=data,
-                    key=event.tenant_id.encode(),
-                    headers=cloudevent_headers(event, self.source),
+                    self.topic, value=data, key=event.tenant_id.encode(), headers=headers
                 )
             )
             done.append(entry_id)
