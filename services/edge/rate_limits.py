@@ -21,6 +21,10 @@ process takes, 1 for a single edge), logs it, exports `macp_rate_limit_fallback 
 /healthz says `off`. It is for measuring what limiting costs (bench/rate_limit.py) and for a
 deployment that limits in front of the edge; it never happens by accident, as a malformed value
 is refused at start-up like every other setting.
+
+Every decision is counted in `macp_rate_limit_decisions_total{scope, limit, decision}` (scope
+`global`, `class` or `tenant`), and `GET /v1/rate-limits` (services/edge/rate_limit_status.py)
+shows a caller its limits and where it stands without spending a request.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.edge.auth import Caller, caller_var
 from services.edge.errors import error_response
+from services.runtime.metrics import RateLimitMetrics
 from services.runtime.ratelimit import Decision, Keyed, Limit, LocalLimiter, RedisLimiter, limits_from_env
 from services.runtime.settings import Env
 
@@ -54,6 +59,8 @@ CLASS_DEFAULTS = {
 REDIS_RETRY_SECONDS = 1.0
 # Callers whose keyed limits are kept built (a session's requests all count against the same keys).
 MAX_KEYED_CALLERS = 10_000
+# Answered without counting a request: health probes, and the route that reports the limits.
+UNCOUNTED_PATHS = frozenset({"/healthz", "/v1/rate-limits"})
 # What every request gets while the limits are off: admitted, under no limit.
 UNLIMITED = Decision(admitted=True, retry_after_seconds=0.0, refused_by=None, states=())
 
@@ -78,6 +85,14 @@ class RateLimitSettings:
             fallback_share=env.number("MACP_RATE_LIMIT_FALLBACK_SHARE", 1.0, minimum=0.01),
             enabled=env.choice("MACP_RATE_LIMITS", "on", ("on", "off")) == "on",
         )
+
+    def scoped(self) -> list[tuple[str, Limit]]:
+        """Every configured limit with its scope: `global`, `class` or `tenant`."""
+        return [
+            *(("global", limit) for limit in self.api),
+            *(("class", limit) for limits in self.by_class.values() for limit in limits),
+            *(("tenant", limit) for limit in self.tenant),
+        ]
 
 
 def _scaled(limit: Limit, share: float) -> Limit:
@@ -112,6 +127,13 @@ class RateLimits:
             "1 while limits are counted locally (Redis unreachable)",
             registry=registry,
         )
+        self._decisions = RateLimitMetrics(
+            registry, [(scope, limit.name) for scope, limit in settings.scoped()]
+        )
+
+    @property
+    def settings(self) -> RateLimitSettings:
+        return self._settings
 
     @property
     def enabled(self) -> bool:
@@ -146,6 +168,19 @@ class RateLimits:
             *((f"tenant:{tenant_id}:{limit.name}", limit) for limit in self._settings.tenant),
         )
 
+    async def peek(self, caller: Caller | None) -> Decision:
+        """Where `caller` stands on each of its limits, counting nothing (and no metric)."""
+        if not self._settings.enabled:
+            return UNLIMITED
+        keyed = self.keyed(caller)
+        if self._redis_down_since is None:
+            try:
+                return await self._redis.peek(keyed)
+            except (RedisError, OSError, TimeoutError):
+                pass  # the next check notices and logs it; this answer comes from local counts
+        share = self._settings.fallback_share
+        return await self._local.peek([(key, _scaled(limit, share)) for key, limit in keyed])
+
     async def check(self, caller: Caller | None) -> Decision:
         if not self._settings.enabled:
             return UNLIMITED
@@ -171,6 +206,10 @@ class RateLimits:
     def _counted(self, decision: Decision) -> Decision:
         if decision.refused_by is not None:
             self._refused.labels(decision.refused_by.name).inc()
+            self._decisions.refused(decision.refused_by.name)
+        else:
+            for state in decision.states:
+                self._decisions.admitted(state.limit.name)
         return decision
 
 
@@ -205,7 +244,7 @@ class RateLimitMiddleware:
         self._limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") == "/healthz" or not self._limits().enabled:
+        if scope["type"] != "http" or scope.get("path") in UNCOUNTED_PATHS or not self._limits().enabled:
             await self._app(scope, receive, send)
             return
         decision = await self._limits().check(caller_var.get())

@@ -72,6 +72,30 @@ return out
 """
 
 
+# The same arithmetic, moving nothing: what a request arriving now would find (same reply shape),
+# for callers that ask where they stand without spending a request on it.
+_GCRA_PEEK: Final = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local admitted, retry, refusing = 1, 0, 0
+local states = {}
+for i = 1, #KEYS do
+  local interval, burst = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  if tat < now then tat = now end
+  local allow_at = tat + interval - burst * interval
+  if allow_at > now and allow_at - now > retry then
+    admitted, retry, refusing = 0, allow_at - now, i
+  end
+  states[#states + 1] = math.max(0, math.floor((now + burst * interval - tat) / interval))
+  states[#states + 1] = tat - now
+end
+local out = {admitted, retry, refusing}
+for i = 1, #states do out[#out + 1] = states[i] end
+return out
+"""
+
+
 @dataclass(frozen=True)
 class Limit:
     """`limit` requests per `period_seconds`, at most `burst` at once; `name` appears in answers."""
@@ -143,13 +167,25 @@ class RedisLimiter:
     def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
         self._prefix = prefix
         self._script = redis.register_script(_GCRA)
+        self._peek = redis.register_script(_GCRA_PEEK)
 
-    async def check(self, keyed: Keyed) -> Decision:
+    def _inputs(self, keyed: Keyed) -> tuple[list[str], list[int]]:
         keys = [f"{self._prefix}ratelimit:{key}" for key, _ in keyed]
         args: list[int] = []
         for _, limit in keyed:
             args += [limit.interval_us, limit.burst]
+        return keys, args
+
+    async def check(self, keyed: Keyed) -> Decision:
+        keys, args = self._inputs(keyed)
         reply = [int(value) for value in await self._script(keys=keys, args=args)]
+        return _decision(keyed, reply, local=False)
+
+    async def peek(self, keyed: Keyed) -> Decision:
+        """What `check` would decide now, without counting a request: `remaining` is how many
+        requests may still be made at once (one more than a check's answer, which counts itself)."""
+        keys, args = self._inputs(keyed)
+        reply = [int(value) for value in await self._peek(keys=keys, args=args)]
         return _decision(keyed, reply, local=False)
 
 
@@ -161,6 +197,13 @@ class LocalLimiter:
         self._tats: dict[str, int] = {}
 
     async def check(self, keyed: Keyed) -> Decision:
+        return self._decide(keyed, consume=True)
+
+    async def peek(self, keyed: Keyed) -> Decision:
+        """What `check` would decide now, moving nothing (as `RedisLimiter.peek`)."""
+        return self._decide(keyed, consume=False)
+
+    def _decide(self, keyed: Keyed, *, consume: bool) -> Decision:
         now = int(self._clock() * 1_000_000)
         admitted, retry, refusing = 1, 0, 0
         tats = []
@@ -172,7 +215,7 @@ class LocalLimiter:
                 admitted, retry, refusing = 0, allow_at - now, index
         reply = [admitted, retry, refusing]
         for (key, limit), tat in zip(keyed, tats, strict=True):
-            if admitted:
+            if admitted and consume:
                 tat += limit.interval_us
                 self._tats[key] = tat
             reply += [max(0, (now + limit.burst * limit.interval_us - tat) // limit.interval_us), tat - now]
