@@ -55,6 +55,7 @@ from bench.agent_slice import (
 )
 from bench.cpu import CpuMeter
 from bench.load import Call
+from bench.raw_http import RawHttpClient
 from bench.slice import RunningSlice, running_slice
 from bench.stats import machine_line
 from services.stack.process import StartupError
@@ -98,11 +99,22 @@ class ConversationPaths:
                 "**HTTP → Envoy front → edge → Redis (cache hit)**",
                 partial(self._http_get, front, hit=True),
             ),
+            Target(
+                "GET",
+                "**the same, from a lean HTTP/1.1 client (bench/raw_http.py)**",
+                partial(self._raw_get, front, path=None),
+            ),
             Target("GET", f"{FRONT} (cache miss)", partial(self._http_get, front, hit=False), chain=False),
             Target(
                 "GET",
                 "HTTP GET /healthz → Envoy front → edge (no RPC: the floor)",
                 self._healthz,
+                chain=False,
+            ),
+            Target(
+                "GET",
+                "the same /healthz, from the lean client",
+                partial(self._raw_get, front, path="/healthz"),
                 chain=False,
             ),
             Target("POST", "Postgres: asyncpg INSERT … RETURNING (raw baseline)", self._sql_post),
@@ -170,6 +182,20 @@ class ConversationPaths:
         async def call(index: int) -> None:
             agent_id = self._hot_id(index) if hit else self._cold_id()
             _expect(await client.get(f"/v1/agents/{agent_id}"), 200)
+
+        return call
+
+    async def _raw_get(
+        self, base_url: str, stack: AsyncExitStack, concurrency: int, *, path: str | None
+    ) -> Call:
+        """A cached agent (or `path`) from the lean client: the server's path without httpx's CPU."""
+        client = await RawHttpClient(base_url, self.slice.edge_headers).open(concurrency, stack)
+
+        async def call(index: int) -> None:
+            target = path or f"/v1/agents/{self._hot_id(index)}"
+            response = await client.get(target)
+            if response.status != 200:
+                raise RuntimeError(f"GET {target}: {response.status} {response.body[:200]!r}")
 
         return call
 
