@@ -28,6 +28,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     ),
     "usage": ("services.cli.usage", "show the tenant's usage or its invoice preview from the running stack"),
     "limits": ("services.cli.limits", "show the edge's rate limits and where the signed-in caller stands"),
+    "audit": ("services.cli.audit", "show the tenant's audit log from the running stack (tenant admins)"),
 }
 
 

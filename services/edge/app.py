@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.edge import agents, chat_completions, conversations, messages, oauth, sse, usage
+from services.edge import agents, audit, chat_completions, conversations, messages, oauth, sse, usage
 from services.edge.auth import BearerAuthMiddleware
 from services.edge.context import EdgeContext, edge_context
 from services.edge.errors import HttpError, error_response, rpc_error_response
@@ -38,6 +38,7 @@ def api_routes() -> list[ApiRoute]:
         *oauth.ROUTES,
         *RATE_LIMIT_ROUTES,
         *usage.ROUTES,
+        *audit.ROUTES,
     ]
 
 

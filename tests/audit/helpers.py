@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 from macp.token.v1 import token_service_pb2 as pb
 
-from tests.tokens import PASSWORD, Tenant, TokenWorld
+from tests.tokens import PASSWORD, Tenant, TokenWorld, bearer
 
 
 @dataclass(frozen=True)
@@ -84,3 +84,19 @@ async def signed_in(tokens: TokenWorld, tenant: Tenant, username: str, audience:
         )
     )
     return response.access_token
+
+
+async def new_agent_token(
+    tokens: TokenWorld, tenant: Tenant, owner_id: str, scope: str = ""
+) -> tuple[str, str, str]:
+    """(minting client id, agent id, agent token) from an internal client holding macp:agent-token."""
+    minter = await tokens.harness.register(scope=f"macp:agent-token {scope}".strip())
+    bearer_token = await tokens.harness.client_token(minter, "macp:agent-token", ["urn:macp:service:token"])
+    agent_id = str(uuid.uuid4())
+    minted: pb.IssueAgentTokenResponse = await tokens.harness.stub.IssueAgentToken(
+        pb.IssueAgentTokenRequest(
+            agent_id=agent_id, owner_id=owner_id, tenant_id=tenant.tenant_id, scope=scope
+        ),
+        metadata=bearer(bearer_token.access_token),
+    )
+    return minter.client_id, agent_id, minted.access_token

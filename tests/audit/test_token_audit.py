@@ -5,31 +5,17 @@ ListAuditEvents shows a tenant's admin that tenant's rows only, in pages, filter
 
 from __future__ import annotations
 
-import uuid
-
 import grpc
 import pytest
 from macp.token.v1 import token_service_pb2 as pb
 
 from services.runtime import audit
 from services.runtime.auth.settings import EDGE_AUDIENCE
-from tests.audit.helpers import admin_user, of, rows, signed_in
+from tests.audit.helpers import admin_user, new_agent_token, of, rows, signed_in
 from tests.token.harness import ACCESS_TOKEN_TYPE, TOKEN_AUDIENCE, rpc_error, unverified
-from tests.tokens import Tenant, TokenWorld, bearer, token_world
+from tests.tokens import TokenWorld, bearer, token_world
 
 pytestmark = pytest.mark.integration
-
-
-async def _agent_token(tokens: TokenWorld, tenant: Tenant, owner_id: str) -> tuple[str, str, str]:
-    """(minting client id, agent id, agent token) from an internal client holding macp:agent-token."""
-    minter = await tokens.harness.register(scope="macp:agent-token")
-    bearer_token = await tokens.harness.client_token(minter, "macp:agent-token", [TOKEN_AUDIENCE])
-    agent_id = str(uuid.uuid4())
-    minted: pb.IssueAgentTokenResponse = await tokens.harness.stub.IssueAgentToken(
-        pb.IssueAgentTokenRequest(agent_id=agent_id, owner_id=owner_id, tenant_id=tenant.tenant_id),
-        metadata=bearer(bearer_token.access_token),
-    )
-    return minter.client_id, agent_id, minted.access_token
 
 
 async def _list(tokens: TokenWorld, token: str, **fields: object) -> pb.ListAuditEventsResponse:
@@ -77,7 +63,7 @@ async def test_each_token_action_is_audited_once_with_its_actor_chain(
         assert len(of(await rows(db, tenant.tenant_id), "token.issue")) == 1
 
         # An agent token: issued in the agent's tenant, by the internal client that asked for it.
-        minter_id, agent_id, agent_token = await _agent_token(tokens, tenant, user_id)
+        minter_id, agent_id, agent_token = await new_agent_token(tokens, tenant, user_id)
         [agent_issue] = [
             r for r in of(await rows(db, tenant.tenant_id), "token.issue") if r.subject == minter_id
         ]
