@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from macp.common.v1 import principal_pb2
 from macp.token.v1 import token_service_pb2 as pb
 
 from services.runtime import audit
 from services.runtime.auth.settings import EDGE_AUDIENCE
 from tests.audit.helpers import admin_user, new_agent_token, of, rows, signed_in
 from tests.token.harness import ACCESS_TOKEN_TYPE, TOKEN_AUDIENCE, rpc_error, unverified
-from tests.tokens import TokenWorld, bearer, token_world
+from tests.tokens import PASSWORD, TokenWorld, bearer, token_world
 
 pytestmark = pytest.mark.integration
 
@@ -175,3 +176,43 @@ async def test_only_a_tenants_admin_reads_its_audit_log(service_environ: dict[st
             grpc.StatusCode.INVALID_ARGUMENT,
             "end_time",
         )
+
+
+async def test_a_refresh_reuse_revokes_the_family_once(service_environ: dict[str, str]) -> None:
+    async with token_world(service_environ) as tokens:
+        db, stub = tokens.harness.db, tokens.harness.stub
+        tenant = await tokens.tenant()
+        app = await tokens.harness.register(
+            client_class=principal_pb2.CLIENT_CLASS_CONSUMER,
+            tenant_id=tenant.tenant_id,
+            grant_types=["password", "refresh_token"],
+            scope="conversations:read",
+        )
+        signed: pb.IssueTokenResponse = await stub.IssueToken(
+            pb.IssueTokenRequest(
+                grant_type=pb.GRANT_TYPE_PASSWORD,
+                client_id=app.client_id,
+                client_secret=app.client_secret,
+                username=tenant.username,
+                password=PASSWORD,
+            )
+        )
+        refresh = pb.IssueTokenRequest(
+            grant_type=pb.GRANT_TYPE_REFRESH_TOKEN,
+            client_id=app.client_id,
+            client_secret=app.client_secret,
+            refresh_token=signed.refresh_token,
+        )
+        await stub.IssueToken(refresh)
+        grants = [r.detail["grant_type"] for r in of(await rows(db, tenant.tenant_id), "token.issue")]
+        assert grants == ["password", "refresh_token"]
+
+        # The used refresh token again: the whole family is revoked, and audited, once however often.
+        for _ in range(2):
+            reused = await rpc_error(stub.IssueToken(refresh))
+            assert "already used" in reused.details
+        [revoked] = of(await rows(db, tenant.tenant_id), "token.revoke")
+        assert revoked.resource.startswith("token_family/")
+        assert (revoked.subject, revoked.client_id) == (app.client_id, app.client_id)
+        assert revoked.detail == {"reason": "refresh token reuse"}
+        assert len(of(await rows(db, tenant.tenant_id), "token.issue")) == 2

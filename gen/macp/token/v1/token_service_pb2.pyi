@@ -32,6 +32,8 @@ Scopes. `macp:admin` (CreateTenant, CreateUser, RotateSigningKey) and `macp:agen
 (IssueAgentToken) are privileged: only INTERNAL clients may hold them and only the
 client_credentials grant puts them in a token. Those RPCs need the metadata
 `authorization: Bearer <token>` carrying the scope, with audience `urn:macp:service:token`.
+`audit:read` (ListAuditEvents, the same metadata) reaches a user's token only if the user
+is an admin of its tenant (CreateUserRequest.admin).
 
 Request/response convention: see macp/conversation/v1/conversation_service.proto.
 """
