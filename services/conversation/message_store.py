@@ -101,6 +101,24 @@ class MessageStore:
             )
         return message_from_row(inserted), True
 
+    async def list_newest(
+        self, tenant_id: str, conversation_id: uuid.UUID, before_sequence: int, limit: int
+    ) -> list[pb.Message]:
+        """The messages before `before_sequence`, newest first (the same index, read backwards)."""
+        rows = await self._pool.fetch(
+            """
+            SELECT * FROM conversation_messages
+            WHERE tenant_id = $1 AND conversation_id = $2 AND sequence < $3
+            ORDER BY sequence DESC
+            LIMIT $4
+            """,
+            tenant_id,
+            conversation_id,
+            before_sequence,
+            limit,
+        )
+        return [message_from_row(row) for row in rows]
+
     async def list(
         self, tenant_id: str, conversation_id: uuid.UUID, after_sequence: int, limit: int
     ) -> list[pb.Message]:

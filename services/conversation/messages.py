@@ -11,6 +11,11 @@ from services.runtime.errors import AlreadyExists, FailedPrecondition, InvalidAr
 from services.runtime.paging import decode_page_token, filter_digest, page_size, sequence_token
 from services.runtime.principal import Principal
 
+# ListMessagesRequest.order_by for newest first (AIP-132); "" and "sequence" are oldest first.
+NEWEST_FIRST = "sequence desc"
+# Above every sequence a conversation can reach: the bound of a newest-first first page.
+LAST_SEQUENCE = 2**63 - 1
+
 
 class Messages:
     def __init__(self, store: MessageStore, conversations: Conversations) -> None:
@@ -47,13 +52,20 @@ class Messages:
 
     async def list(self, principal: Principal, request: pb.ListMessagesRequest) -> pb.ListMessagesResponse:
         conversation = await self._conversations.get(principal, request.conversation_id)
-        digest = filter_digest("messages", principal.tenant_id, conversation.id)
+        newest_first = request.order_by == NEWEST_FIRST
+        # The order is part of the digest: a token of one order is refused by the other (oldest
+        # first keeps the digest it always had, so its tokens stay valid).
+        order = (NEWEST_FIRST,) if newest_first else ()
+        digest = filter_digest("messages", principal.tenant_id, conversation.id, *order)
         cursor = decode_page_token(request.page_token, digest)
-        after = 0 if cursor is None else cursor.after_sequence
         size = page_size(request.page_size)
-        found = await self._store.list(
-            principal.tenant_id, parse_id(conversation.id, "conversation_id"), after, size + 1
-        )
+        conversation_key = parse_id(conversation.id, "conversation_id")
+        if newest_first:
+            before = LAST_SEQUENCE if cursor is None else cursor.after_sequence
+            found = await self._store.list_newest(principal.tenant_id, conversation_key, before, size + 1)
+        else:
+            after = 0 if cursor is None else cursor.after_sequence
+            found = await self._store.list(principal.tenant_id, conversation_key, after, size + 1)
         response = pb.ListMessagesResponse(messages=found[:size])
         if len(found) > size:
             response.next_page_token = sequence_token(found[size - 1].sequence, digest)

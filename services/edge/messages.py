@@ -156,9 +156,11 @@ async def append_message(request: Request) -> Response:
 
 async def list_messages(request: Request) -> Response:
     edge = edge_context(request)
-    params = query(request, ("page_size", "page_token"))
+    params = query(request, ("page_size", "page_token", "order_by"))
     reply: pb.ListMessagesResponse = await edge.conversation.ListMessages(
-        pb.ListMessagesRequest(conversation_id=request.path_params["id"], **page(params)),
+        pb.ListMessagesRequest(
+            conversation_id=request.path_params["id"], order_by=params.get("order_by", ""), **page(params)
+        ),
         **await call_options(edge),
     )
     return message_response(reply)
@@ -239,7 +241,14 @@ ROUTES = [
         summary="List a conversation's messages in order (ascending sequence)",
         handler=list_messages,
         response=pb.ListMessagesResponse,
-        query=PAGE_QUERY,
+        query=(
+            *PAGE_QUERY,
+            (
+                "order_by",
+                {"type": "string", "enum": ["sequence", "sequence desc"]},
+                "sequence (oldest first, the default) or sequence desc (newest first)",
+            ),
+        ),
         errors=(*COMMON_ERRORS, 404),
         tags=("messages",),
     ),

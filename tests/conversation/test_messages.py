@@ -112,6 +112,36 @@ async def test_sequences_are_gap_free_under_concurrent_appends_and_list_pages_in
     )
     assert replayed.code() == grpc.StatusCode.INVALID_ARGUMENT
 
+    # Newest first pages the same messages backwards, and a token keeps to the order it came from.
+    newest: list[pb.Message] = []
+    token = ""
+    while True:
+        page = await alice.stub.ListMessages(
+            pb.ListMessagesRequest(
+                conversation_id=conversation.id, page_size=7, page_token=token, order_by="sequence desc"
+            )
+        )
+        newest += page.messages
+        token = page.next_page_token
+        if not token:
+            break
+    assert [m.sequence for m in newest] == list(range(31, 0, -1))
+    assert [m.id for m in reversed(newest)] == [m.id for m in listed]
+    backwards = await alice.stub.ListMessages(
+        pb.ListMessagesRequest(conversation_id=conversation.id, page_size=1, order_by="sequence desc")
+    )
+    mixed = await refused(
+        alice.stub.ListMessages(
+            pb.ListMessagesRequest(conversation_id=conversation.id, page_token=backwards.next_page_token)
+        )
+    )
+    assert mixed.code() == grpc.StatusCode.INVALID_ARGUMENT
+    unknown = await refused(
+        alice.stub.ListMessages(pb.ListMessagesRequest(conversation_id=conversation.id, order_by="text"))
+    )
+    assert unknown.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "order_by" in (unknown.details() or "")
+
 
 async def test_authors_are_checked(world: World) -> None:
     alice = world.alice

@@ -3,11 +3,14 @@ speakers, the deltas streamed reassemble exactly to the stored answers, and the 
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from macp.common.v1 import usage_pb2
 from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
+from tests.tokens import bearer
 from tests.world import World
 
 pytestmark = pytest.mark.integration
@@ -65,3 +68,30 @@ async def test_a_retried_message_is_accepted_once_and_starts_one_round(world: Wo
     await world.round_events(conversation.id, first.event_id, first.message_id)
     stored = await world.messages(conversation.id)
     assert [m.role for m in stored] == [conversation_pb.MESSAGE_ROLE_USER, conversation_pb.MESSAGE_ROLE_AGENT]
+
+
+async def test_a_round_sees_the_newest_context_of_a_long_conversation_in_order(world: World) -> None:
+    agent = await world.agent("Ada")
+    conversation = await world.conversation([agent])
+    # More history than a round's context (MACP_ORCHESTRATOR_CONTEXT_MESSAGES, 40 by default).
+    for index in range(45):
+        await world.conversations.AppendMessage(
+            conversation_pb.AppendMessageRequest(
+                message=conversation_pb.Message(
+                    id=str(uuid.uuid4()),
+                    conversation_id=conversation.id,
+                    role=conversation_pb.MESSAGE_ROLE_USER,
+                    author_id=conversation.owner_id,
+                    text=f"note-{index:02d}",
+                )
+            ),
+            metadata=bearer(world.conversation_token),
+            timeout=10,
+        )
+    accepted = await world.post(conversation.id, "And now?")
+    await world.round_events(conversation.id, accepted.event_id, accepted.message_id)
+    prompt = world.provider_server.state.prompts[-1]
+    assert all(f"note-{index:02d}" not in prompt for index in range(5))
+    positions = [prompt.index(f"note-{index:02d}") for index in range(5, 45)]
+    assert positions == sorted(positions)
+    assert positions[-1] < prompt.index("And now?")

@@ -1035,22 +1035,29 @@ class ListMessagesRequest(_message.Message):
     CONVERSATION_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    ORDER_BY_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     """The conversation whose messages to list."""
     page_size: _builtins.int
     """The most messages to return, 1 to 1000; 0 means the default (50)."""
     page_token: _builtins.str
     """The next_page_token of the previous page; empty for the first page."""
+    order_by: _builtins.str
+    """The order of the messages (AIP-132): "sequence" (the default, oldest first) or "sequence desc"
+    (newest first, which reads the recent context of a long conversation in one page). A page token
+    belongs to the order it was issued in.
+    """
     def __init__(
         self,
         *,
         conversation_id: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        order_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1068,7 +1075,7 @@ class ListMessagesResponse(_message.Message):
     """The token of the next page; empty on the last page."""
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]:
-        """One page of messages, in ascending sequence."""
+        """One page of messages, in the requested order (by default ascending sequence)."""
 
     def __init__(
         self,
