@@ -1,7 +1,12 @@
-"""ASGI middleware of the edge: request id, JSON access log and HTTP metrics for every request.
+"""ASGI middleware of the edge: request id, trace, JSON access log and HTTP metrics for every request.
 
 Written as plain ASGI (not BaseHTTPMiddleware) so streamed responses (SSE, WebSocket) pass through
 untouched and the cost per request stays small.
+
+The trace: with tracing on, each request is a SERVER span (`GET /v1/agents/{id}`), child of the
+caller's `traceparent` if it sent one (else a new trace), current while the request's handlers call
+the mesh, so every call they make is part of it; the response carries the span's `traceparent` so
+a client can find its request's trace. With tracing off, a caller's headers are only forwarded.
 """
 
 from __future__ import annotations
@@ -12,12 +17,16 @@ import time
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.runtime import tracing
 from services.runtime.context import REQUEST_ID_HEADER, new_request_id, request_id_var
 from services.runtime.metrics import HttpMetrics
+from services.runtime.registry import EDGE
 
 log = logging.getLogger("macp.http")
 
 _REQUEST_ID_BYTES = REQUEST_ID_HEADER.encode()
+_TRACEPARENT_BYTES = tracing.TRACEPARENT.encode()
+_TRACESTATE_BYTES = tracing.TRACESTATE.encode()
 
 
 def _route_template(app: ASGIApp, scope: Scope) -> str:
@@ -30,13 +39,22 @@ def _route_template(app: ASGIApp, scope: Scope) -> str:
     return "unmatched"
 
 
-def _incoming_request_id(scope: Scope) -> str | None:
-    """The caller's `x-request-id` (the last one, as a dict of the headers would give)."""
-    found: bytes | None = None
+def _incoming(scope: Scope) -> tuple[str | None, str | None, str | None]:
+    """The caller's `x-request-id`, `traceparent` and `tracestate` (the last of each, as a dict of
+    the headers would give), in one pass over the headers."""
+    request_id = traceparent = tracestate = None
     for name, value in scope.get("headers", ()):
         if name == _REQUEST_ID_BYTES:
-            found = value
-    return found.decode("latin-1") if found else None
+            request_id = value
+        elif name == _TRACEPARENT_BYTES:
+            traceparent = value
+        elif name == _TRACESTATE_BYTES:
+            tracestate = value
+    return (
+        request_id.decode("latin-1") if request_id else None,
+        traceparent.decode("latin-1") if traceparent else None,
+        tracestate.decode("latin-1") if tracestate else None,
+    )
 
 
 class RequestContextMiddleware:
@@ -49,8 +67,14 @@ class RequestContextMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self._app(scope, receive, send)
             return
-        request_id = _incoming_request_id(scope) or new_request_id()
+        request_id, traceparent, tracestate = _incoming(scope)
+        request_id = request_id or new_request_id()
         token = request_id_var.set(request_id)
+        method = scope.get("method", "WS")
+        trace = None
+        if traceparent is not None or tracing.enabled():
+            attributes = {"http.request.method": method, "url.path": scope.get("path", "")}
+            trace = tracing.served(method, EDGE.name, traceparent, tracestate, attributes)
         started = time.perf_counter()
         status = 0
 
@@ -60,6 +84,8 @@ class RequestContextMiddleware:
                 status = message["status"]
                 headers = list(message.get("headers", ()))
                 headers.append((_REQUEST_ID_BYTES, request_id.encode("latin-1")))
+                if trace is not None and trace.span is not None:
+                    headers.append((_TRACEPARENT_BYTES, tracing.headers_of(trace.span)[0].encode()))
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -68,8 +94,9 @@ class RequestContextMiddleware:
         finally:
             elapsed = time.perf_counter() - started
             route = _route_template(self._router, scope)
-            method = scope.get("method", "WS")
             self._metrics.observe(method, route, str(status or 500), elapsed)
+            if trace is not None:
+                tracing.end_http(trace, method, route, status or 500)
             log.info(
                 "http",
                 extra={

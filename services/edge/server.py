@@ -11,10 +11,11 @@ from starlette.types import ASGIApp
 
 from services.edge.app import build_app
 from services.edge.settings import EdgeSettings
+from services.runtime import tracing
 from services.runtime.logs import configure_logging
 from services.runtime.metrics import HttpMetrics, serve_metrics
 from services.runtime.registry import EDGE
-from services.runtime.settings import Env, SettingsError
+from services.runtime.settings import Env, SettingsError, TracingSettings
 
 
 def uvicorn_config(app: ASGIApp, settings: EdgeSettings, **overrides: Any) -> uvicorn.Config:
@@ -45,10 +46,12 @@ def uvicorn_config(app: ASGIApp, settings: EdgeSettings, **overrides: Any) -> uv
 def run_edge(environ: Mapping[str, str] | None = None) -> int:
     try:
         settings = EdgeSettings.from_env(Env(environ))
+        tracing_settings = TracingSettings.from_env(Env(environ))
     except SettingsError as exc:
         print(f"{EDGE.name}: {exc}", file=sys.stderr)
         return 2
     configure_logging(EDGE.name, settings.common.log_level)
+    tracing.configure(EDGE.name, tracing_settings)
     metrics = HttpMetrics(EDGE.name)
     endpoint = serve_metrics(metrics.registry, settings.common.bind_host, settings.metrics_port)
     config = uvicorn_config(build_app(settings, metrics), settings)
@@ -56,4 +59,5 @@ def run_edge(environ: Mapping[str, str] | None = None) -> int:
         uvicorn.Server(config).run()  # handles SIGTERM/SIGINT itself: stops accepting, drains, exits
     finally:
         endpoint.close()
+        tracing.shutdown()  # the spans still buffered go out before the process ends
     return 0

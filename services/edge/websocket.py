@@ -15,6 +15,13 @@ Why one bounded queue: events of every subscription go through it to the writer,
 sends; readers never wait on the client. When it overflows the client is too slow to follow its
 conversations: it is closed with 1013 (and resumes with `last_event_id` when it is ready), so it
 never holds up the orchestrator's stream or anyone else.
+
+Why a trace per action, not per connection: a connection lives for hours and carries many turns.
+With tracing on, each client frame but `ping` is a SERVER span of its own, the root of a new trace
+(linked to the handshake's `traceparent`, if the client sent one), current while the frame is
+handled, so the calls the edge makes for it carry it; on a Converse stream that is already open the
+action itself carries it (`ConverseRequest.trace_context`), since the stream's metadata was sent
+once, at subscribe. The `ack` names the trace (`traceparent`).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from http import HTTPStatus
 from urllib.parse import parse_qsl
 
 import grpc
+from opentelemetry.trace import SpanContext, SpanKind
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.edge.auth import Caller, caller_var
@@ -46,9 +54,11 @@ from services.edge.ws_frames import (
     rpc_error_fields,
 )
 from services.edge.ws_streams import Subscription
+from services.runtime import tracing
 from services.runtime.auth.jwt import InvalidToken
 from services.runtime.context import new_request_id, request_id_var
 from services.runtime.errors import DomainError, Unavailable
+from services.runtime.registry import EDGE
 
 log = logging.getLogger("macp.edge.websocket")
 
@@ -137,7 +147,19 @@ async def serve_websocket(scope: Scope, receive: Receive, send: Send, edge: Edge
         return
     await send({"type": "websocket.accept"})
     caller_var.set(caller)  # this task's context: the token exchanges of its frames read it
-    await Connection(edge, caller, receive, send).run()
+    await Connection(edge, caller, receive, send, _handshake_trace(scope)).run()
+
+
+def _handshake_trace(scope: Scope) -> SpanContext | None:
+    """The span context of the handshake's `traceparent` (tracing on): each action's span links to it."""
+    if not tracing.enabled():
+        return None
+    headers = {
+        name.decode("latin-1"): value.decode("latin-1")
+        for name, value in scope.get("headers", ())
+        if name in (b"traceparent", b"tracestate")
+    }
+    return tracing.span_context_of(headers)
 
 
 class Connection:
@@ -148,6 +170,7 @@ class Connection:
         "_close",
         "_edge",
         "_expires_at",
+        "_handshake",
         "_last_frame",
         "_open",
         "_queue",
@@ -159,8 +182,16 @@ class Connection:
         "_writer",
     )
 
-    def __init__(self, edge: EdgeContext, caller: Caller, receive: Receive, send: Send) -> None:
+    def __init__(
+        self,
+        edge: EdgeContext,
+        caller: Caller,
+        receive: Receive,
+        send: Send,
+        handshake: SpanContext | None = None,
+    ) -> None:
         loop = asyncio.get_running_loop()
+        self._handshake = handshake
         self._edge = edge
         self._caller = caller
         self._receive = receive
@@ -233,6 +264,7 @@ class Connection:
         if frame.request_id is None:
             frame = dataclasses.replace(frame, request_id=new_request_id())
         reset = request_id_var.set(frame.request_id)
+        trace = self._trace(frame)
         try:
             decision = await self._edge.rate_limits.check(self._caller)
             if not decision.admitted:
@@ -257,7 +289,29 @@ class Connection:
                 error_frame(exc.code.name, exc.message, action=frame.action, request_id=frame.request_id)
             )
         finally:
+            if trace is not None:
+                trace.end()
             request_id_var.reset(reset)
+
+    def _trace(self, frame: ClientFrame) -> tracing.Scope | None:
+        """The action's span (tracing on; not for pings), a new trace's root, and its context in the
+        ConverseRequest the action sends."""
+        if frame.action == "ping" or not tracing.enabled():
+            return None
+        attributes = {"macp.ws.action": frame.action, "macp.conversation_id": frame.conversation_id}
+        if frame.message_id is not None:
+            attributes["macp.message_id"] = frame.message_id
+        trace = tracing.begin(
+            f"WS {frame.action}",
+            kind=SpanKind.SERVER,
+            root=True,
+            attributes=attributes,
+            service=EDGE.name,
+            links=[self._handshake] if self._handshake is not None else (),
+        )
+        if frame.request is not None:
+            tracing.inject(frame.request.trace_context)
+        return trace
 
     async def _dispatch(self, frame: ClientFrame) -> None:
         if frame.action == "ping":
@@ -289,6 +343,8 @@ class Connection:
         else:
             await current.write(frame.request, self._edge.timeout)
         extra = {"message_id": frame.message_id} if frame.message_id is not None else {}
+        if frame.request.trace_context:  # tracing on: where the client finds this action's trace
+            extra["traceparent"] = frame.request.trace_context[tracing.TRACEPARENT]
         await self._emit(reply_frame("ack", frame, **extra))
 
     async def _open_stream(self, frame: ClientFrame) -> bool:

@@ -47,6 +47,7 @@ from services.orchestrator.lease import Lease, LeaseLost, Leases, lease_key
 from services.orchestrator.rounds import RoundJob, Rounds, RoundState
 from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.turns import error_event
+from services.runtime import tracing
 from services.runtime.errors import FailedPrecondition, InvalidArgument
 from services.runtime.usage_ids import orchestration_event_id
 
@@ -85,6 +86,7 @@ def _encode_job(job: RoundJob) -> str:
             "text": job.text,
             "sequence": job.sequence,
             "mentions": list(job.mentions),
+            "trace_context": dict(job.trace_context),
         }
     )
 
@@ -99,6 +101,7 @@ def _decode_job(data: bytes | str) -> RoundJob:
         text=fields["text"],
         sequence=int(fields["sequence"]),
         mentions=tuple(fields["mentions"]),
+        trace_context=tuple(fields.get("trace_context", {}).items()),
     )
 
 
@@ -275,8 +278,16 @@ class Driver:
             metadata=await self._downstream.for_conversation(caller),
         )
         stored = reply.message
+        trace_context: dict[str, str] = {}
+        tracing.inject(trace_context)
         job = RoundJob(
-            caller, conversation_id, stored.id, stored.text, stored.sequence, tuple(message.mention_agent_ids)
+            caller,
+            conversation_id,
+            stored.id,
+            stored.text,
+            stored.sequence,
+            tuple(message.mention_agent_ids),
+            trace_context=tuple(trace_context.items()),
         )
         if not reply.created:
             seen = await self._seen(conversation_id, stored.id)
@@ -377,7 +388,14 @@ class Driver:
 
         await on_turn("")
         try:
-            await self.rounds.run(state, on_turn)
+            # The round's span continues the trace of the action that posted its message (a queued
+            # message's round runs in the task of the round before it, whose context is not its own).
+            with tracing.span(
+                "round",
+                headers=dict(job.trace_context),
+                attributes={"macp.conversation_id": job.conversation_id, "macp.message_id": job.message_id},
+            ):
+                await self.rounds.run(state, on_turn)
         finally:
             # Left in place only if this process dies here: the sweep then closes the round.
             with contextlib.suppress(Exception):

@@ -43,7 +43,12 @@ from services.runtime.usage_ids import orchestration_event_id
 log = logging.getLogger("macp.orchestrator.rounds")
 
 MAX_BID_MESSAGES = 50
-HISTORY_PAGE = 1000
+# ListMessages' largest page, and what a history page asks for beyond the context it keeps: the
+# trigger itself and a few user messages queued behind it, which the round leaves out.
+MAX_PAGE = 1000
+HISTORY_SLACK = 8
+# ListMessagesRequest.order_by, newest first.
+NEWEST_FIRST = "sequence desc"
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,9 @@ class RoundJob:
     # The conversation as read when the message was posted, if this round starts right away (a
     # queued message's round reads it afresh: participants may have changed meanwhile).
     conversation: conversation_pb.Conversation | None = None
+    # The W3C trace context of the action that posted the message (services/runtime/tracing.py),
+    # so the round is part of that trace even when it runs later (queued) or elsewhere (taken over).
+    trace_context: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -230,12 +238,19 @@ class Rounds:
         """The conversation's newest messages as context, the trigger last; user messages sent
         after it (queued behind this round) belong to later rounds and are left out."""
         metadata = await self._downstream.for_conversation(job.caller)
-        kept: list[conversation_pb.Message] = []
+        wanted = self._settings.context_messages
+        # Newest first, so a long conversation costs one page, not a read from its first message.
+        # One page usually does: it holds the context plus the trigger and any messages queued
+        # behind it.
+        newest: list[conversation_pb.Message] = []
         page_token = ""
-        while True:
+        while len(newest) < wanted:
             reply = await self._downstream.conversation.ListMessages(
                 conversation_pb.ListMessagesRequest(
-                    conversation_id=job.conversation_id, page_size=HISTORY_PAGE, page_token=page_token
+                    conversation_id=job.conversation_id,
+                    page_size=min(wanted + HISTORY_SLACK, MAX_PAGE),
+                    page_token=page_token,
+                    order_by=NEWEST_FIRST,
                 ),
                 timeout=self._downstream.timeout,
                 metadata=metadata,
@@ -245,12 +260,11 @@ class Rounds:
                     continue
                 if message.role == conversation_pb.MESSAGE_ROLE_USER and message.sequence > job.sequence:
                     continue
-                kept.append(message)
-            kept = kept[-self._settings.context_messages :]
+                newest.append(message)
             page_token = reply.next_page_token
             if not page_token:
                 break
-        history = [Said.of(message) for message in kept]
+        history = [Said.of(message) for message in reversed(newest[:wanted])]
         history.append(Said(None, job.text))
         return history
 

@@ -4,6 +4,10 @@ Every stream reads the conversation's event log (event_log.py), never the round 
 client sees the same events in the same order whichever process it reached and whichever one
 drives the round. Errors that concern only one client's action (a refused message, a bid for a
 stranger) go to that client alone, as an ErrorEvent without an event id, and its stream stays.
+
+Each action of a Converse stream runs in the trace its `trace_context` names (the edge starts one
+per client action), as a span of its own; a round it starts is spawned inside that span, so the
+round's calls (agents, metering, conversation) are part of the action's trace, not of the stream's.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from macp.common.v1 import agent_settings_pb2
 from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 from macp.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
+from opentelemetry.trace import SpanKind
 
 from services.orchestrator.completions import complete
 from services.orchestrator.downstream import Caller
 from services.orchestrator.driver import Driver
 from services.orchestrator.event_log import EventLog
 from services.orchestrator.turns import error_event
+from services.runtime import tracing
 from services.runtime.auth.authenticator import bearer_token
 from services.runtime.context import RpcContext
 from services.runtime.errors import DomainError, InvalidArgument, relayed
@@ -41,6 +47,7 @@ def relaying(what: str) -> Iterator[None]:
 
 # Events buffered per Converse stream before the reader waits: a slow client slows only itself.
 STREAM_BUFFER = 1024
+CONVERSE = pb.DESCRIPTOR.services_by_name["OrchestratorService"].methods_by_name["Converse"].full_name
 
 
 def _caller(context: RpcContext) -> Caller:
@@ -118,6 +125,22 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
                     await task
 
     async def _act(
+        self,
+        caller: Caller,
+        conversation_id: str,
+        request: pb.ConverseRequest,
+        out: asyncio.Queue[pb.ConversationEvent | BaseException],
+    ) -> None:
+        action = request.WhichOneof("event") or "join"
+        with tracing.span(
+            f"{CONVERSE} {action}",
+            kind=SpanKind.SERVER,
+            headers=request.trace_context,
+            attributes={"macp.conversation_id": conversation_id, "macp.converse.action": action},
+        ):
+            await self._act_now(caller, conversation_id, request, out)
+
+    async def _act_now(
         self,
         caller: Caller,
         conversation_id: str,

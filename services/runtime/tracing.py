@@ -231,11 +231,13 @@ def begin(
     attributes: Mapping[str, Any] | None = None,
     service: str | None = None,
     links: Sequence[trace.SpanContext] = (),
+    root: bool = False,
 ) -> Scope | None:
     """A span for a block of work, current until `Scope.end`: the child of `headers`' trace when
-    they hold a `traceparent` (work a message asked for), else of the current span. Tracing off,
-    `headers`' own traceparent is carried on instead, and None is returned when there is nothing
-    to do. `service` (when given) is the service whose code runs in the block."""
+    they hold a `traceparent` (work a message asked for), else of the current span, else (`root`)
+    the start of a new trace. Tracing off, `headers`' own traceparent is carried on instead, and
+    None is returned when there is nothing to do. `service` (when given) is the service whose code
+    runs in the block."""
     traceparent = headers.get(TRACEPARENT) or None if headers else None
     tracestate = headers.get(TRACESTATE) or None if headers else None
     tracer = _Process.tracer
@@ -243,11 +245,14 @@ def begin(
         if traceparent is None:
             return None
         return Scope(None, _carried_var.set((traceparent, tracestate)), None)
+    parent = _extracted(traceparent, tracestate)
+    if parent is None and root:
+        parent = otel_context.Context()  # an empty context: no parent, whatever is current
     return _open(
         tracer,
         name,
         kind,
-        _extracted(traceparent, tracestate),
+        parent,
         attributes or {},
         service,
         [Link(link) for link in links if link.is_valid],
@@ -277,6 +282,23 @@ def span(
     scope.end()
 
 
+def headers_of(span: Span) -> Carried:
+    """The W3C headers naming `span` (for a response that tells its caller where its trace is)."""
+    return _headers(span.get_span_context())
+
+
+def end_http(scope: Scope, method: str, route: str, status: int) -> None:
+    """Ends an HTTP request's SERVER span, named by its route template now that it is known."""
+    span = scope.span
+    if span is not None:
+        span.update_name(f"{method} {route}" if route != "unmatched" else method)
+        span.set_attribute("http.route", route)
+        span.set_attribute("http.response.status_code", status)
+        if status >= 500:
+            span.set_status(Status(StatusCode.ERROR, str(status)))
+    scope.end()
+
+
 def span_context_of(headers: Mapping[str, str] | None) -> trace.SpanContext | None:
     """The remote span context `headers` name (for a span link), or None."""
     if not headers or _Process.tracer is None:
@@ -298,24 +320,31 @@ def _rpc_attributes(method: str) -> dict[str, str]:
     return {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
 
 
-def server_call(
-    service: str | None, method: str, traceparent: str | None, tracestate: str | None
+def served(
+    name: str,
+    service: str | None,
+    traceparent: str | None,
+    tracestate: str | None,
+    attributes: Mapping[str, Any],
 ) -> Scope | None:
-    """The SERVER span of one RPC (the server interceptor's), child of the caller's headers; tracing
-    off, the caller's headers carried on for the calls the handler makes, or None without any."""
+    """The SERVER span of one request, child of the caller's headers (the raw header values, as the
+    caller's metadata or HTTP headers hold them); tracing off, the caller's headers carried on for
+    the calls made for it, or None when it sent none."""
     tracer = _Process.tracer
     if tracer is None:
         if traceparent is None:
             return None
         return Scope(None, _carried_var.set((traceparent, tracestate)), None)
-    return _open(
-        tracer,
-        method.lstrip("/"),
-        SpanKind.SERVER,
-        _extracted(traceparent, tracestate),
-        _rpc_attributes(method),
-        service,
-    )
+    return _open(tracer, name, SpanKind.SERVER, _extracted(traceparent, tracestate), attributes, service)
+
+
+def server_call(
+    service: str | None, method: str, traceparent: str | None, tracestate: str | None
+) -> Scope | None:
+    """The SERVER span of one RPC (the server interceptor's); see `served`."""
+    if _Process.tracer is None and traceparent is None:
+        return None
+    return served(method.lstrip("/"), service, traceparent, tracestate, _rpc_attributes(method))
 
 
 def end_server_call(scope: Scope, code: grpc.StatusCode) -> None:

@@ -279,11 +279,32 @@ class ConverseRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class TraceContextEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     CONVERSATION_ID_FIELD_NUMBER: _builtins.int
     JOIN_FIELD_NUMBER: _builtins.int
     USER_MESSAGE_FIELD_NUMBER: _builtins.int
     BID_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
+    TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     """The conversation; every event of a stream must name the same one."""
     @_builtins.property
@@ -302,6 +323,14 @@ class ConverseRequest(_message.Message):
     def cancel(self) -> Global___Cancel:
         """Cancel a turn."""
 
+    @_builtins.property
+    def trace_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The W3C trace context of this action (`traceparent`, and `tracestate` when there is one). A
+        stream lives as long as a client follows the conversation and carries many actions, each the
+        start of its own trace (a user message's round), which the stream's metadata, sent once when
+        it opened, cannot say; empty, the action belongs to the stream's own trace.
+        """
+
     def __init__(
         self,
         *,
@@ -310,10 +339,11 @@ class ConverseRequest(_message.Message):
         user_message: Global___UserMessage | None = ...,
         bid: Global___ClientBid | None = ...,
         cancel: Global___Cancel | None = ...,
+        trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["bid", b"bid", "cancel", b"cancel", "event", b"event", "join", b"join", "user_message", b"user_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bid", b"bid", "cancel", b"cancel", "conversation_id", b"conversation_id", "event", b"event", "join", b"join", "user_message", b"user_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bid", b"bid", "cancel", b"cancel", "conversation_id", b"conversation_id", "event", b"event", "join", b"join", "trace_context", b"trace_context", "user_message", b"user_message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["join", "user_message", "bid", "cancel"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015

@@ -1,0 +1,113 @@
+"""One WebSocket turn, one trace: a real client through Envoy's front listener sends a message, and
+every span the mesh made for it (the edge's action, the orchestrator's action and round, the agent
+proxy's Generate and its usage event, metering's holds and its Kafka consumer, the conversation
+service's writes) shares the trace the `ack` names, connected from one root."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import pytest
+import websockets
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from services.runtime import tracing
+from tests.e2e.test_websocket_rounds import frames_until_round_end, ws_url
+from tests.world import World
+
+pytestmark = pytest.mark.integration
+
+SERVICES = {"edge", "orchestrator", "agent-proxy", "metering", "conversation"}
+
+
+def service(span: ReadableSpan) -> str:
+    return str((span.attributes or {}).get(tracing.SERVICE_ATTRIBUTE))
+
+
+async def ack_of(ws: Any, message_id: str) -> dict[str, Any]:
+    async with asyncio.timeout(10):
+        while True:
+            frame: dict[str, Any] = json.loads(await ws.recv())
+            if frame["type"] == "ack" and frame.get("message_id") == message_id:
+                return frame
+
+
+async def spans_of(exporter: InMemorySpanExporter, trace_id: int) -> list[ReadableSpan]:
+    """The trace's finished spans, once metering's consumer has made its event durable (the last
+    hop, after the round: the event goes through the agent proxy's outbox and Kafka)."""
+    async with asyncio.timeout(15):
+        while True:
+            spans = [s for s in exporter.get_finished_spans() if s.context.trace_id == trace_id]
+            if any(s.kind == SpanKind.CONSUMER for s in spans):
+                return spans
+            await asyncio.sleep(0.1)
+
+
+async def test_one_websocket_turn_is_one_connected_trace_through_every_service(world: World) -> None:
+    with tracing.collecting() as exporter:
+        conversation = await world.conversation([await world.agent("Ada")])
+        message_id = str(uuid.uuid4())
+        async with websockets.connect(ws_url(world)) as ws:
+            await ws.send(json.dumps({"action": "subscribe", "conversation_id": conversation.id}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "action": "message",
+                        "conversation_id": conversation.id,
+                        "message_id": message_id,
+                        "text": "Trace me",
+                    }
+                )
+            )
+            ack = await ack_of(ws, message_id)
+            await frames_until_round_end(ws, message_id, seconds=30)
+        trace_id = int(ack["traceparent"].split("-")[1], 16)
+        spans = await spans_of(exporter, trace_id)
+        subscribe = [s for s in exporter.get_finished_spans() if s.name == "WS subscribe"]
+
+    ids = {s.context.span_id for s in spans}
+    roots = [s for s in spans if s.parent is None]
+    assert [(r.name, service(r)) for r in roots] == [("WS message", "edge")]
+    orphans = [(s.name, service(s)) for s in spans if s.parent is not None and s.parent.span_id not in ids]
+    assert orphans == [], "spans whose parent is not in the trace"
+    # (The token service is there too when a call needed a token exchanged for its callee.)
+    assert {service(s) for s in spans} >= SERVICES
+    # A trace per action: the subscribe before it is a trace of its own.
+    assert [s.context.trace_id for s in subscribe] != [trace_id]
+
+    by_id = {s.context.span_id: s for s in spans}
+
+    def served(name: str, by: str) -> list[ReadableSpan]:
+        return [s for s in spans if s.kind == SpanKind.SERVER and s.name.endswith(name) and service(s) == by]
+
+    assert served("Converse user_message", "orchestrator")
+    assert served("AgentProxyService/Generate", "agent-proxy")
+    assert served("ConversationService/AppendMessage", "conversation")
+    assert served("MeteringService/Reserve", "metering")
+    assert served("MeteringService/Commit", "metering")
+    [round_span] = [s for s in spans if s.name == "round"]
+    generate = served("AgentProxyService/Generate", "agent-proxy")[0]
+    ancestors = []
+    cursor: ReadableSpan | None = generate
+    while cursor is not None and cursor.parent is not None:
+        cursor = by_id.get(cursor.parent.span_id)
+        ancestors.append(cursor)
+    assert round_span in ancestors, "the agent's Generate is not inside the round"
+    # Metering continues the agent turn's usage event from its Kafka headers.
+    consumed = [s for s in spans if s.kind == SpanKind.CONSUMER]
+    assert {service(s) for s in consumed} == {"metering"}
+    producers = {by_id[s.parent.span_id].kind for s in consumed if s.parent is not None}
+    assert producers == {SpanKind.PRODUCER}
+    turn_events = [
+        s
+        for s in spans
+        if s.kind == SpanKind.PRODUCER
+        and (s.attributes or {}).get("macp.usage.type") == "macp.usage.v1.agent_turn"
+    ]
+    assert [service(s) for s in turn_events] == ["agent-proxy"]
+    assert any(s.parent is not None and s.parent.span_id == turn_events[0].context.span_id for s in consumed)
