@@ -29,7 +29,11 @@ def _timestamp(request: Request, parameter: str) -> Timestamp | None:
     if not request.query_params.get(parameter):
         return None
     moment = Timestamp()
-    moment.FromDatetime(_time(request, parameter, datetime.now(UTC)))
+    try:
+        moment.FromDatetime(_time(request, parameter, datetime.now(UTC)))
+    except (OverflowError, ValueError):
+        # 0001-01-01T00:00:00+01:00 parses, but is before year 1 in UTC.
+        raise _bad(parameter, "the time is outside 0001-01-01 to 9999-12-31 in UTC") from None
     return moment
 
 

@@ -8,7 +8,7 @@ tenant has no way to name another's rows.
 from __future__ import annotations
 
 import json
-from datetime import UTC
+from datetime import UTC, datetime
 
 import asyncpg
 from macp.token.v1 import token_service_pb2 as pb
@@ -36,6 +36,18 @@ def _event(row: asyncpg.Record) -> pb.AuditEvent:
     )
 
 
+def _bound(request: pb.ListAuditEventsRequest, field: str) -> datetime | None:
+    """A time bound of the request, None when unset; INVALID_ARGUMENT naming it when no datetime
+    can hold it (a Timestamp's seconds reach far past year 9999)."""
+    if not request.HasField(field):  # type: ignore[arg-type]
+        return None
+    try:
+        moment: datetime = getattr(request, field).ToDatetime(tzinfo=UTC)
+    except (OverflowError, ValueError):
+        raise InvalidArgument(f"{field}: outside 0001-01-01 to 9999-12-31") from None
+    return moment
+
+
 class AuditLog:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -43,8 +55,8 @@ class AuditLog:
     async def list(self, tenant_id: str, request: pb.ListAuditEventsRequest) -> pb.ListAuditEventsResponse:
         if request.action and request.action not in audit.ACTIONS:
             raise InvalidArgument(f"action: one of {', '.join(audit.ACTIONS)}, got {request.action!r}")
-        start = request.start_time.ToDatetime(tzinfo=UTC) if request.HasField("start_time") else None
-        end = request.end_time.ToDatetime(tzinfo=UTC) if request.HasField("end_time") else None
+        start = _bound(request, "start_time")
+        end = _bound(request, "end_time")
         if start is not None and end is not None and end <= start:
             raise InvalidArgument("end_time: must be after start_time")
         digest = filter_digest("audit", tenant_id, start, end, request.action, request.subject)

@@ -234,6 +234,9 @@ async def _read_through_the_edge(world: World, db: asyncpg.Pool, found: list[Row
         bad_time = await acme.get("/v1/audit", params={"start_time": "yesterday"})
         assert bad_time.status_code == 400
         assert bad_time.json()["message"].startswith("start_time:")
+        before_year_one = await acme.get("/v1/audit", params={"end_time": "0001-01-01T00:00:00+01:00"})
+        assert before_year_one.status_code == 400
+        assert before_year_one.json()["message"].startswith("end_time:")
 
         document = ok(await acme.get("/v1/openapi.json"), 200)
         assert document["paths"]["/v1/audit"]["get"]["operationId"] == "listAuditEvents"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from macp.common.v1 import principal_pb2
 from macp.token.v1 import token_service_pb2 as pb
 
@@ -168,6 +169,8 @@ async def test_only_a_tenants_admin_reads_its_audit_log(service_environ: dict[st
             grpc.StatusCode.INVALID_ARGUMENT,
             "action",
         )
+        beyond = await rpc_error(_list(tokens, acme_admin, start_time=Timestamp(seconds=10**12)))
+        assert (beyond.code, beyond.details.split(":")[0]) == (grpc.StatusCode.INVALID_ARGUMENT, "start_time")
         backwards = pb.ListAuditEventsRequest(start_time=newest.time, end_time=everything.events[-1].time)
         inverted = await rpc_error(
             tokens.harness.stub.ListAuditEvents(backwards, metadata=bearer(acme_admin))
