@@ -27,8 +27,8 @@ from services.metering.dead_letters import DeadLetterPublisher
 from services.metering.invoices import Invoices
 from services.metering.plans import Plans
 from services.metering.quota_counters import QuotaCounters
-from services.metering.refusals import QuotaRefusals
 from services.metering.quotas import METER_NAMES, TIER_NAMES, Quotas, utc_now
+from services.metering.refusals import QuotaRefusals
 from services.metering.servicer import MeteringServicer
 from services.metering.settings import MeteringSettings
 from services.metering.sink import UsageSink
