@@ -1,5 +1,6 @@
-"""The edge (under uvicorn, in this process, served as the edge process serves it) and Envoy in
-front of the mesh, for tests that cross the front listener: one way to start and stop both."""
+"""The edge (under uvicorn, in this process, served as the edge process serves it, with its
+`/metrics` on `MACP_EDGE_METRICS_PORT`) and Envoy in front of the mesh, for tests that cross the
+front listener: one way to start and stop both."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import uvicorn
 from services.edge.app import build_app
 from services.edge.server import uvicorn_config
 from services.edge.settings import EdgeSettings
-from services.runtime.metrics import HttpMetrics
+from services.runtime.metrics import HttpMetrics, serve_metrics
 from services.runtime.settings import Env
 from services.stack.config import EnvoyPorts
 from services.stack.envoy import Envoy
@@ -26,9 +27,9 @@ async def edge_and_envoy(env: Env, directory: Path) -> AsyncIterator[Envoy]:
     """The edge on `MACP_EDGE_PORT` and Envoy on the ports `env` names, until the block ends (Envoy
     stops first, then the edge)."""
     settings = EdgeSettings.from_env(env)
-    server = uvicorn.Server(
-        uvicorn_config(build_app(settings, HttpMetrics("edge")), settings, host="127.0.0.1")
-    )
+    metrics = HttpMetrics("edge")
+    server = uvicorn.Server(uvicorn_config(build_app(settings, metrics), settings, host="127.0.0.1"))
+    endpoint = serve_metrics(metrics.registry, "127.0.0.1", settings.metrics_port)
     edge = asyncio.create_task(server.serve())
     envoy = Envoy(directory, render_native(directory / "envoy.yaml", env), EnvoyPorts.from_env(env))
     try:
@@ -39,3 +40,4 @@ async def edge_and_envoy(env: Env, directory: Path) -> AsyncIterator[Envoy]:
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await edge
+        endpoint.close()

@@ -45,7 +45,7 @@ def token_environ(environ: Mapping[str, str]) -> dict[str, str]:
         "MACP_TOKEN_ISSUER": DEFAULT_ISSUER,
         **environ,
         "MACP_TOKEN_PORT": str(free_port()),
-        "MACP_TOKEN_METRICS_PORT": "0",
+        "MACP_TOKEN_METRICS_PORT": str(free_port()),  # a known port: tests scrape it
         "MACP_TOKEN_KEY_ENCRYPTION_KEY": new_key_encryption_key(),
         "MACP_TOKEN_INITIAL_ACCESS_TOKEN": secrets.token_urlsafe(32),
     }

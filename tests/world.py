@@ -86,6 +86,10 @@ class World:
     def front_url(self) -> str:
         return self.envoy.url
 
+    def metrics_port(self, process: str) -> int:
+        """The `/metrics` port of `process` (a registry name: `agent-proxy`, `edge`, ...)."""
+        return int(self.environ[f"MACP_{process.upper().replace('-', '_')}_METRICS_PORT"])
+
     @property
     def orchestrator(self) -> pb_grpc.OrchestratorServiceStub:
         return pb_grpc.OrchestratorServiceStub(self.channel)
@@ -183,10 +187,10 @@ async def running_world(service_environ: dict[str, str], tmp_path: Path) -> Asyn
         ports: dict[str, str] = {}
         for name, _definition in SERVICES:
             ports[f"MACP_{name}_PORT"] = str(free_port())
-            ports[f"MACP_{name}_METRICS_PORT"] = "0"
+            ports[f"MACP_{name}_METRICS_PORT"] = str(free_port())
         ports |= {
             "MACP_EDGE_PORT": str(free_port()),
-            "MACP_EDGE_METRICS_PORT": "0",
+            "MACP_EDGE_METRICS_PORT": str(free_port()),
             "MACP_ENVOY_FRONT_PORT": str(free_port()),
             "MACP_ENVOY_MESH_PORT": str(free_port()),
             "MACP_ENVOY_ADMIN_PORT": str(free_port()),
