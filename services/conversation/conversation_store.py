@@ -2,8 +2,8 @@
 
 Writes that depend on agents run in one transaction that locks the named agents FOR SHARE, the
 counterpart of DeleteAgent's FOR UPDATE (see `AgentStore.delete`): a conversation can never end up
-listing an agent deleted at the same moment. Each write inserts its audit row in its own
-transaction, only if the write happened (services/runtime/audit.py).
+listing an agent deleted at the same moment. Each write writes its audit row only if the write
+happened, in its transaction or its one statement (services/runtime/audit.py).
 """
 
 from __future__ import annotations
@@ -171,19 +171,16 @@ class ConversationStore:
         self, tenant_id: str, conversation_id: uuid.UUID, etag: str, audited: AuditEvent
     ) -> bool | None:
         """Soft-delete: True if deleted, None if there is no such conversation, False if `etag` is stale."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                f"""
-                UPDATE conversation_conversations SET delete_time = clock_timestamp()
-                WHERE {LIVE} AND ($3 = '' OR etag = $3)
-                RETURNING id
-                """,
-                tenant_id,
-                conversation_id,
-                etag,
-            )
-            if row is not None:
-                await audit.record(conn, audited)
+        sql, args = audit.with_audit(
+            f"""
+            UPDATE conversation_conversations SET delete_time = clock_timestamp()
+            WHERE {LIVE} AND ($3 = '' OR etag = $3)
+            RETURNING id
+            """,
+            [tenant_id, conversation_id, etag],
+            audited,
+        )
+        row = await self._pool.fetchrow(sql, *args)
         if row is not None:
             return True
         return None if await self.get(tenant_id, conversation_id) is None else False

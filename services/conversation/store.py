@@ -1,7 +1,7 @@
 """Postgres persistence of agents. Every query is scoped by tenant and skips soft-deleted rows.
 
-Each write takes its audit row and inserts it in the write's own transaction, after the write and
-only if the write happened (services/runtime/audit.py).
+Each write takes its audit row and writes it only if the write happened, atomically with it: in the
+same statement (`audit.with_audit`) or, for a delete, in its transaction (services/runtime/audit.py).
 """
 
 from __future__ import annotations
@@ -64,16 +64,16 @@ class AgentStore:
         self._pool = pool
 
     async def insert(self, agent: pb.Agent, audited: AuditEvent) -> pb.Agent:
-        async with self._pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                """
-                INSERT INTO conversation_agents
-                    (id, tenant_id, owner_id, name, provider, model, system_prompt,
-                     generation, capabilities, bidding, etag, create_time, update_time)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10::jsonb, $11,
-                        clock_timestamp(), clock_timestamp())
-                RETURNING *
-                """,
+        sql, args = audit.with_audit(
+            """
+            INSERT INTO conversation_agents
+                (id, tenant_id, owner_id, name, provider, model, system_prompt,
+                 generation, capabilities, bidding, etag, create_time, update_time)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10::jsonb, $11,
+                    clock_timestamp(), clock_timestamp())
+            RETURNING *
+            """,
+            [
                 uuid.UUID(agent.id),
                 agent.tenant_id,
                 agent.owner_id,
@@ -85,9 +85,10 @@ class AgentStore:
                 list(agent.capabilities),
                 _json(agent.bidding),
                 agent.etag,
-            )
-            await audit.record(conn, audited)
-        return _agent_from_row(row)
+            ],
+            audited,
+        )
+        return _agent_from_row(await self._pool.fetchrow(sql, *args))
 
     async def get(self, tenant_id: str, agent_id: uuid.UUID) -> pb.Agent | None:
         row = await self._pool.fetchrow(
@@ -121,16 +122,17 @@ class AgentStore:
     async def update(self, agent: pb.Agent, expected_etag: str, audited: AuditEvent) -> pb.Agent | None:
         """Write every mutable field of `agent` if its row still has `expected_etag`; None if it does
         not (changed meanwhile, or gone). The etag test is in the UPDATE itself, so of two writers
-        holding the same etag exactly one matches: the other's WHERE is re-checked against the new row."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                """
-                UPDATE conversation_agents
-                SET name = $4, provider = $5, model = $6, system_prompt = $7, generation = $8::jsonb,
-                    capabilities = $9, bidding = $10::jsonb, etag = $11, update_time = clock_timestamp()
-                WHERE tenant_id = $1 AND id = $2 AND etag = $3 AND delete_time IS NULL
-                RETURNING *
-                """,
+        holding the same etag exactly one matches: the other's WHERE is re-checked against the new row.
+        Audited only when it wrote."""
+        sql, args = audit.with_audit(
+            """
+            UPDATE conversation_agents
+            SET name = $4, provider = $5, model = $6, system_prompt = $7, generation = $8::jsonb,
+                capabilities = $9, bidding = $10::jsonb, etag = $11, update_time = clock_timestamp()
+            WHERE tenant_id = $1 AND id = $2 AND etag = $3 AND delete_time IS NULL
+            RETURNING *
+            """,
+            [
                 agent.tenant_id,
                 uuid.UUID(agent.id),
                 expected_etag,
@@ -142,9 +144,10 @@ class AgentStore:
                 list(agent.capabilities),
                 _json(agent.bidding),
                 agent.etag,
-            )
-            if row is not None:
-                await audit.record(conn, audited)
+            ],
+            audited,
+        )
+        row = await self._pool.fetchrow(sql, *args)
         return None if row is None else _agent_from_row(row)
 
     async def delete(

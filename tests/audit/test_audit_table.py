@@ -90,3 +90,30 @@ def test_an_unknown_action_or_outcome_is_refused_before_it_is_written() -> None:
         AuditEvent(WHO, "agent.rename", "agent/a1")
     with pytest.raises(ValueError, match="maybe"):
         AuditEvent(WHO, audit.AGENT_CREATE, "agent/a1", outcome="maybe")
+
+
+async def test_one_statement_writes_the_row_only_if_its_write_happened(pool: asyncpg.Pool) -> None:
+    await pool.execute("CREATE TABLE widgets (id text PRIMARY KEY, name text NOT NULL)")
+    sql, args = audit.with_audit(
+        "INSERT INTO widgets (id, name) VALUES ($1, $2) RETURNING *",
+        ["w1", "one"],
+        AuditEvent(WHO, audit.AGENT_CREATE, "agent/w1"),
+    )
+    row = await pool.fetchrow(sql, *args)
+    assert (row["id"], row["name"]) == ("w1", "one")
+    missed, missed_args = audit.with_audit(
+        "UPDATE widgets SET name = $2 WHERE id = $1 RETURNING *",
+        ["w2", "two"],
+        AuditEvent(WHO, audit.AGENT_UPDATE, "agent/w2"),
+    )
+    assert await pool.fetchrow(missed, *missed_args) is None
+    assert [r["resource"] for r in await pool.fetch("SELECT resource FROM audit_events")] == ["agent/w1"]
+    # A write that fails takes its audit row with it: one statement, one outcome.
+    again, again_args = audit.with_audit(
+        "INSERT INTO widgets (id, name) VALUES ($1, $2) RETURNING *",
+        ["w1", "again"],
+        AuditEvent(WHO, audit.AGENT_CREATE, "agent/w1"),
+    )
+    with pytest.raises(asyncpg.UniqueViolationError, match="widgets_pkey"):
+        await pool.fetchrow(again, *again_args)
+    assert await count(pool) == 1

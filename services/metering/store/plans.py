@@ -1,5 +1,5 @@
-"""Plans in Postgres: one row per tenant that ever had a plan set; each change audited in its
-own transaction."""
+"""Plans in Postgres: one row per tenant that ever had a plan set; each change audited in the
+same statement."""
 
 from __future__ import annotations
 
@@ -30,15 +30,14 @@ class PlanStore:
 
     async def put(self, plan: pb.Plan, audited: AuditEvent) -> None:
         allowances = [json_format.MessageToDict(a) for a in plan.allowances]
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                """
-                INSERT INTO metering_plans (tenant_id, tier, allowances) VALUES ($1, $2, $3::jsonb)
-                ON CONFLICT (tenant_id) DO UPDATE
-                    SET tier = excluded.tier, allowances = excluded.allowances, effective_time = now()
-                """,
-                plan.tenant_id,
-                plan.tier,
-                json.dumps(allowances),
-            )
-            await audit.record(conn, audited)
+        sql, args = audit.with_audit(
+            """
+            INSERT INTO metering_plans (tenant_id, tier, allowances) VALUES ($1, $2, $3::jsonb)
+            ON CONFLICT (tenant_id) DO UPDATE
+                SET tier = excluded.tier, allowances = excluded.allowances, effective_time = now()
+            RETURNING tenant_id
+            """,
+            [plan.tenant_id, plan.tier, json.dumps(allowances)],
+            audited,
+        )
+        await self._pool.execute(sql, *args)

@@ -62,21 +62,17 @@ class TokenStore:
         self._pool = pool
 
     async def record_issued(self, token: IssuedToken, audited: AuditEvent) -> None:
-        """Record an issued token and its audit row, in one transaction."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                """
-                INSERT INTO token_issued (jti, client_id, tenant_id, subject, family_id, expire_time)
-                VALUES ($1, $2, $3, $4, $5, $6)
-                """,
-                token.jti,
-                token.client_id,
-                token.tenant_id,
-                token.subject,
-                token.family_id,
-                token.expire_time,
-            )
-            await audit.record(conn, audited)
+        """Record an issued token and its audit row, in one statement."""
+        sql, args = audit.with_audit(
+            """
+            INSERT INTO token_issued (jti, client_id, tenant_id, subject, family_id, expire_time)
+            VALUES ($1, $2, $3, $4, $5, $6)
+            RETURNING jti
+            """,
+            [token.jti, token.client_id, token.tenant_id, token.subject, token.family_id, token.expire_time],
+            audited,
+        )
+        await self._pool.execute(sql, *args)
 
     async def issued(self, jti: str) -> IssuedToken | None:
         row = await self._pool.fetchrow("SELECT * FROM token_issued WHERE jti = $1", jti)
