@@ -41,8 +41,7 @@ def _with_request_id(details: grpc.aio.ClientCallDetails) -> tuple[grpc.aio.Clie
     metadata = grpc.aio.Metadata(*(details.metadata or ()))
     if request_id is not None and metadata.get(REQUEST_ID_HEADER) is None:
         metadata.add(REQUEST_ID_HEADER, request_id)
-    method = details.method if isinstance(details.method, str) else details.method.decode()
-    span, headers = client_call(method)
+    span, headers = client_call(details.method)
     if headers is not None and metadata.get(TRACEPARENT) is None:
         metadata.add(TRACEPARENT, headers[0])
         if headers[1] is not None:

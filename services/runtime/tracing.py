@@ -356,12 +356,15 @@ def end_server_call(scope: Scope, code: grpc.StatusCode) -> None:
     scope.end()
 
 
-def client_call(method: str) -> tuple[Span | None, Carried | None]:
+def client_call(method: str | bytes) -> tuple[Span | None, Carried | None]:
     """A CLIENT span for one outgoing call (tracing on) and the W3C headers the call carries: the
-    span's, or (tracing off) the caller's, unchanged; (None, None) when there is nothing to send."""
+    span's, or (tracing off) the caller's, unchanged; (None, None) when there is nothing to send.
+    `method` as grpc.aio's call details hold it (bytes), decoded only when a span needs it."""
     tracer = _Process.tracer
     if tracer is None:
         return None, _carried_var.get()
+    if isinstance(method, bytes):
+        method = method.decode()
     attributes = {SERVICE_ATTRIBUTE: service_var.get(), **_rpc_attributes(method)}
     span = tracer.start_span(method.lstrip("/"), kind=SpanKind.CLIENT, attributes=attributes)
     return span, _headers(span.get_span_context())
