@@ -7,10 +7,10 @@ one `ping` (so it is authenticated, rate-limited and answered, then idle), and r
 from /proc (psutil) before and after. Bytes per idle connection = (after - before) / N. Target:
 at most 16 KiB.
 
-    .venv/bin/python -m bench.websocket_memory [--connections 5000] [--implementation websockets-sansio]
+    .venv/bin/python -m bench.websocket_memory [--connections 5000]
 
-The edge serves WebSockets with uvicorn's protocol named by MACP_EDGE_WS_IMPLEMENTATION; run once
-per implementation to compare them. Load stays on loopback and is bounded (at most 20,000).
+The edge serves WebSockets with its own protocol (services/edge/ws_link.py). Load stays on loopback
+and is bounded (at most 20,000).
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from bench.slice import (
     sign_in,
     start_apps_and_envoy,
 )
-from services.edge.settings import WS_IMPLEMENTATIONS
 from services.runtime.registry import EDGE
 from services.stack.infra import ephemeral_infrastructure, scratch_data_dir
 from services.stack.probes import answers
@@ -98,7 +97,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--connections", type=int, default=5000, help=f"idle connections (≤ {MAX_CONNECTIONS})"
     )
-    parser.add_argument("--implementation", choices=WS_IMPLEMENTATIONS, default=WS_IMPLEMENTATIONS[0])
     args = parser.parse_args(argv)
     if not 1 <= args.connections <= MAX_CONNECTIONS:
         parser.error(f"--connections must be 1 to {MAX_CONNECTIONS}")
@@ -113,7 +111,6 @@ def main(argv: list[str] | None = None) -> int:
         directory = stack.enter_context(scratch_data_dir("macp-bench-ws-"))
         environ = _environ(infrastructure.env)
         environ.update(local_secrets(directory, environ))
-        environ["MACP_EDGE_WS_IMPLEMENTATION"] = args.implementation
         environ["MACP_LOG_LEVEL"] = "warning"
         apps, envoy = start_apps_and_envoy(stack, environ, directory, ("conversation", TOKEN, EDGE.name))
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
@@ -132,7 +129,6 @@ def main(argv: list[str] | None = None) -> int:
         url = f"ws://{edge_app.address}/v1/ws"
         result = asyncio.run(_measure(url, token, psutil.Process(edge_process.pid), args.connections))
         gc.collect()
-    result["implementation"] = args.implementation
     print(json.dumps(result))
     return 0
 

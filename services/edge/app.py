@@ -105,7 +105,7 @@ def build_app(settings: EdgeSettings, metrics: HttpMetrics) -> Starlette:
     # Added before the request context, so it runs inside it (request id, access log, metrics).
     app.add_middleware(BearerAuthMiddleware, verifier=lambda: app.state.edge.verifier)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, router=app.router)
-    # Outermost: /v1/ws authenticates at connect and closes with WebSocket codes, and lives for
-    # hours, so it keeps the HTTP middleware's statuses and per-request bookkeeping out of its way.
-    app.add_middleware(WebSocketGateway, edge=lambda: app.state.edge)
+    # Outermost: WebSockets are served by the edge's own protocol (services/edge/server.py); this
+    # only tells a plain GET of /v1/ws to upgrade and refuses a WebSocket scope reaching the app.
+    app.add_middleware(WebSocketGateway)
     return app

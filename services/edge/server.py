@@ -7,10 +7,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import uvicorn
-from starlette.types import ASGIApp
+from starlette.applications import Starlette
 
 from services.edge.app import build_app
 from services.edge.settings import EdgeSettings
+from services.edge.websocket import WS_PATH, EdgeHandshake
+from services.edge.ws_link import WebSocketLink
 from services.runtime import tracing
 from services.runtime.logs import configure_logging
 from services.runtime.metrics import HttpMetrics, serve_metrics
@@ -18,10 +20,20 @@ from services.runtime.registry import EDGE
 from services.runtime.settings import Env, SettingsError, TracingSettings
 
 
-def uvicorn_config(app: ASGIApp, settings: EdgeSettings, **overrides: Any) -> uvicorn.Config:
-    """How the edge is served, WebSocket settings included (tests and benches serve it the same way)."""
+def uvicorn_config(app: Starlette, settings: EdgeSettings, **overrides: Any) -> uvicorn.Config:
+    """How the edge is served, WebSocket settings included (tests and benches serve it the same way).
+
+    uvicorn serves HTTP and hands each WebSocket upgrade to the edge's own protocol
+    (services/edge/ws_link.py), which reaches the edge's state through the app once it started."""
     ws = settings.websocket
-    heartbeat = ws.heartbeat_seconds or None  # 0 turns server pings off
+    link = WebSocketLink.factory(
+        EdgeHandshake(lambda: app.state.edge),
+        path=WS_PATH,
+        max_frame_bytes=ws.max_frame_bytes,
+        max_waiting=ws.send_queue,
+        heartbeat_seconds=ws.heartbeat_seconds,  # 0 turns server pings off
+        heartbeat_timeout_seconds=ws.heartbeat_timeout_seconds,
+    )
     options: dict[str, Any] = {
         "host": settings.common.bind_host,
         "port": settings.port,
@@ -31,13 +43,9 @@ def uvicorn_config(app: ASGIApp, settings: EdgeSettings, **overrides: Any) -> uv
         "forwarded_allow_ips": "127.0.0.1",
         "timeout_graceful_shutdown": int(settings.common.shutdown_grace_seconds),
         "lifespan": "on",
-        "ws": ws.implementation,
-        "ws_max_size": ws.max_frame_bytes,
-        "ws_ping_interval": heartbeat,
-        "ws_ping_timeout": ws.heartbeat_timeout_seconds if heartbeat else None,
-        # permessage-deflate keeps a zlib context per connection (tens of KiB each); the frames are
-        # small JSON, so compression would cost more memory than it saves bandwidth.
-        "ws_per_message_deflate": False,
+        # No permessage-deflate (the link offers no extension): a zlib context per connection
+        # costs tens of KiB, and the frames are small JSON.
+        "ws": link,
         **overrides,
     }
     return uvicorn.Config(app, **options)

@@ -4,13 +4,11 @@ The WebSocket settings (`MACP_EDGE_WS_*`, see docs/websocket.md):
 - IDLE_TIMEOUT_SECONDS: a connection with no subscription that sends no frame for this long is
   closed (4408), so idle sockets do not pile up;
 - HEARTBEAT_SECONDS / HEARTBEAT_TIMEOUT_SECONDS: the server pings every connection this often and
-  drops one whose pong is this late (uvicorn's ping settings; 0 turns heartbeats off);
+  drops one whose pong is this late (1011; 0 turns heartbeats off);
 - SEND_QUEUE: frames waiting for one slow client; one more closes it (1013), so a client that
   cannot keep up never slows the orchestrator's stream or other clients;
 - MAX_FRAME_BYTES: the largest client frame (a larger one closes the connection with 1009);
-- MAX_SUBSCRIPTIONS: conversations one connection may follow at once (one Converse stream each);
-- IMPLEMENTATION: uvicorn's WebSocket protocol (`websockets-sansio`, `wsproto` or `websockets`;
-  they differ in memory per connection, see docs/benchmarks.md).
+- MAX_SUBSCRIPTIONS: conversations one connection may follow at once (one Converse stream each).
 """
 
 from __future__ import annotations
@@ -22,9 +20,6 @@ from services.runtime.auth.settings import DEFAULT_ISSUER, AuthSettings
 from services.runtime.registry import EDGE
 from services.runtime.settings import CommonSettings, Env, RedisSettings
 
-# wsproto first: the least memory per idle connection of the three (docs/benchmarks.md).
-WS_IMPLEMENTATIONS = ("wsproto", "websockets-sansio", "websockets")
-
 
 @dataclass(frozen=True)
 class WebSocketSettings:
@@ -34,7 +29,6 @@ class WebSocketSettings:
     send_queue: int
     max_frame_bytes: int
     max_subscriptions: int
-    implementation: str
 
     @classmethod
     def from_env(cls, env: Env) -> WebSocketSettings:
@@ -47,9 +41,6 @@ class WebSocketSettings:
                 "MACP_EDGE_WS_MAX_FRAME_BYTES", 65536, minimum=1024, maximum=16 << 20
             ),
             max_subscriptions=env.integer("MACP_EDGE_WS_MAX_SUBSCRIPTIONS", 16, minimum=1, maximum=1024),
-            implementation=env.choice(
-                "MACP_EDGE_WS_IMPLEMENTATION", WS_IMPLEMENTATIONS[0], WS_IMPLEMENTATIONS
-            ),
         )
 
 

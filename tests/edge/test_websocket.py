@@ -1,5 +1,6 @@
-"""The WebSocket API (`/v1/ws`) over real sockets: uvicorn serving the edge, the `websockets`
-client, the fake orchestrator behind it and the session's real Redis for revocations and limits."""
+"""The WebSocket API (`/v1/ws`) over real sockets: the edge served by uvicorn and its own WebSocket
+protocol, the `websockets` client, the fake orchestrator behind it and the session's real Redis for
+revocations and limits."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import CloseConnection
+from wsproto.events import Request as WsRequest
 
-from services.edge.settings import WS_IMPLEMENTATIONS
 from services.stack.infra import Infrastructure
 from tests.edge.fake_orchestrator import AGENT_ID
 from tests.edge.orchestrator_world import EdgeWorld, edge_world
@@ -476,16 +479,55 @@ async def test_a_plain_get_of_the_websocket_url_says_it_needs_an_upgrade(world: 
     assert response.json()["code"] == "UPGRADE_REQUIRED"
 
 
-@pytest.mark.parametrize("implementation", WS_IMPLEMENTATIONS)
-async def test_every_uvicorn_protocol_the_settings_allow_serves_the_api(
-    infrastructure: Infrastructure, implementation: str
+# The edge's own protocol (services/edge/ws_link.py): heartbeats, paths, graceful shutdown.
+
+
+async def _raw_client_ignoring_pings(url: str, token: str) -> tuple[int, str | None]:
+    """A client that completes the handshake and then never answers a ping: the close it gets."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    client = WSConnection(ConnectionType.CLIENT)
+    writer.write(client.send(WsRequest(host=host, target=f"/v1/ws?access_token={token}")))
+    try:
+        async with asyncio.timeout(10):
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    raise AssertionError("the edge dropped the connection without a close frame")
+                client.receive_data(data)
+                for event in client.events():
+                    if isinstance(event, CloseConnection):
+                        return event.code, event.reason
+                    # AcceptConnection and Ping alike: nothing is sent back.
+    finally:
+        writer.close()
+
+
+async def test_a_client_that_never_answers_heartbeats_is_closed_with_1011(
+    infrastructure: Infrastructure,
 ) -> None:
-    async with edge_world(infrastructure, {"MACP_EDGE_WS_IMPLEMENTATION": implementation}) as served:
-        async with connect(served.ws_url, compression=None) as anonymous:
-            assert (await closed_with(anonymous))[0] == 4401
-        conversation = str(uuid.uuid4())
-        async with opened(served) as ws:
-            await send(ws, action="message", conversation_id=conversation, text="which protocol")
-            assert (await frame_of(ws))["type"] == "ack"
-            frames = await until(ws, round_done)
-    assert frames[0]["kind"] == "message_accepted"
+    beating = {"MACP_EDGE_WS_HEARTBEAT_SECONDS": "0.3", "MACP_EDGE_WS_HEARTBEAT_TIMEOUT_SECONDS": "1"}
+    async with edge_world(infrastructure, beating) as served:
+        code, reason = await _raw_client_ignoring_pings(served.url, served.token())
+        assert (code, reason) == (1011, "keepalive ping timeout")
+        # A client that answers them (the websockets client does by itself) stays, heartbeat after heartbeat.
+        async with opened(served, ping_interval=None) as ws:
+            await asyncio.sleep(2.0)
+            await send(ws, action="ping")
+            assert (await frame_of(ws))["type"] == "pong"
+
+
+async def test_only_the_api_path_upgrades(world: EdgeWorld) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(world.ws_url.replace("/v1/ws", "/v1/elsewhere"), compression=None):
+            pass
+    assert refused.value.response.status_code == 403
+
+
+async def test_a_graceful_shutdown_closes_open_connections_with_1012(infrastructure: Infrastructure) -> None:
+    async with edge_world(infrastructure) as served:
+        ws = await opened(served)
+        await send(ws, action="ping")
+        assert (await frame_of(ws))["type"] == "pong"
+    code, _ = await closed_with(ws)
+    assert code == 1012
