@@ -15,7 +15,7 @@ a call that arrives with a `traceparent` only has the header's text kept in a co
 and the calls and events made for it carry that text on unchanged, so a trace started upstream
 stays connected through a process that does not record. The cost per call is a header compared
 while the request id is looked up anyway, and one context variable read per outgoing call
-(docs/benchmarks.md, section 10).
+(docs/benchmarks.md, section 11).
 """
 
 from __future__ import annotations
