@@ -26,8 +26,8 @@ import asyncio
 import json
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from contextlib import AbstractContextManager, AsyncExitStack
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -369,20 +369,59 @@ def report(rows: Sequence[Row], settings: Settings) -> str:
     return "\n".join(parts)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.agent_slice", description=(__doc__ or "").splitlines()[0]
-    )
-    parser.add_argument("--requests", type=int, default=2000, help="requests per row (default 2000)")
-    parser.add_argument("--max-seconds", type=float, default=5.0, help="time cap per row (default 5)")
-    parser.add_argument("--warmup", type=int, default=100, help="unrecorded requests first (default 100)")
+@dataclass(frozen=True)
+class LoadDefaults:
+    """A slice benchmark's defaults for the load options every one of them takes."""
+
+    requests: int
+    max_seconds: float
+    warmup: int
+    rounds: int
+    concurrency: tuple[int, ...]
+    agents: int
+    agents_help: str = "agents seeded for GET"
+
+
+def run_slice_bench(
+    name: str,
+    description: str,
+    defaults: LoadDefaults,
+    start: Callable[[Callable[[str], None]], AbstractContextManager[Any]],
+    measure: Callable[[Any, Settings, Callable[[str], None]], Coroutine[Any, Any, list[Row]]],
+    report: Callable[[Sequence[Row], Settings], str],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """The command line of a slice benchmark: the load options, then `start` (the slice) around
+    `measure`, `report`'s table and the machine line; 1 if the slice did not start or a row failed."""
+    parser = argparse.ArgumentParser(prog=f"python -m bench.{name}", description=description)
+    d = defaults
     parser.add_argument(
-        "--rounds", type=int, default=3, help="turns a row's budget is split over (default 3)"
+        "--requests", type=int, default=d.requests, help=f"requests per row (default {d.requests})"
     )
     parser.add_argument(
-        "--concurrency", type=int, nargs="+", default=[1, 16], help="in flight (default 1 16)"
+        "--max-seconds",
+        type=float,
+        default=d.max_seconds,
+        help=f"time cap per row (default {d.max_seconds:g})",
     )
-    parser.add_argument("--agents", type=int, default=200, help="agents seeded for GET (default 200)")
+    parser.add_argument(
+        "--warmup", type=int, default=d.warmup, help=f"unrecorded requests first (default {d.warmup})"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=d.rounds,
+        help=f"turns a row's budget is split over (default {d.rounds})",
+    )
+    in_flight = " ".join(str(c) for c in d.concurrency)
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=list(d.concurrency),
+        help=f"in flight (default {in_flight})",
+    )
+    parser.add_argument("--agents", type=int, default=d.agents, help=f"{d.agents_help} (default {d.agents})")
     args = parser.parse_args(argv)
     if (
         min(args.requests, args.max_seconds, args.rounds, args.agents, *args.concurrency) <= 0
@@ -394,11 +433,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     def say(line: str) -> None:
-        print(f"bench.agent_slice: {line}", file=sys.stderr, flush=True)
+        print(f"bench.{name}: {line}", file=sys.stderr, flush=True)
 
     machine = machine_line()
     try:
-        with running_slice(progress=say) as running:
+        with start(say) as running:
             rows = asyncio.run(measure(running, settings, say))
     except StartupError as exc:
         say(f"the slice did not start: {exc}")
@@ -406,6 +445,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(report(rows, settings))
     print(machine)
     return 1 if any(row.result.errors for row in rows) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_slice_bench(
+        "agent_slice",
+        (__doc__ or "").splitlines()[0],
+        LoadDefaults(2000, 5.0, 100, 3, (1, 16), 200),
+        lambda say: running_slice(progress=say),
+        measure,
+        report,
+        argv,
+    )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ process (bench/slice.py) and the client here.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import itertools
 import json
@@ -44,6 +43,7 @@ from bench.agent_slice import (
     SELECT_AGENT,
     SERVER_COLUMNS,
     TIMEOUT_SECONDS,
+    LoadDefaults,
     Paths,
     Row,
     Settings,
@@ -52,13 +52,12 @@ from bench.agent_slice import (
     block_table,
     failures,
     measure_block,
+    run_slice_bench,
 )
 from bench.cpu import CpuMeter
 from bench.load import Call
 from bench.raw_http import RawHttpClient
 from bench.slice import RunningSlice, running_slice
-from bench.stats import machine_line
-from services.stack.process import StartupError
 
 MESSAGES = 1000
 SELECT_MESSAGES = """
@@ -371,42 +370,15 @@ def report(rows: Sequence[Row], settings: Settings) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.conversation", description=(__doc__ or "").splitlines()[0]
+    return run_slice_bench(
+        "conversation",
+        (__doc__ or "").splitlines()[0],
+        LoadDefaults(1000, 5.0, 50, 3, (1, 16), 100, "agents read again and again"),
+        lambda say: running_slice(progress=say),
+        measure,
+        report,
+        argv,
     )
-    parser.add_argument("--requests", type=int, default=1000, help="requests per row (default 1000)")
-    parser.add_argument("--max-seconds", type=float, default=5.0, help="time cap per row (default 5)")
-    parser.add_argument("--warmup", type=int, default=50, help="unrecorded requests first (default 50)")
-    parser.add_argument(
-        "--rounds", type=int, default=3, help="turns a row's budget is split over (default 3)"
-    )
-    parser.add_argument(
-        "--concurrency", type=int, nargs="+", default=[1, 16], help="in flight (default 1 16)"
-    )
-    parser.add_argument("--agents", type=int, default=100, help="agents read again and again (default 100)")
-    args = parser.parse_args(argv)
-    if (
-        min(args.requests, args.max_seconds, args.rounds, args.agents, *args.concurrency) <= 0
-        or args.warmup < 0
-    ):
-        parser.error("--requests, --max-seconds, --rounds, --agents and --concurrency must be positive")
-    settings = Settings(
-        args.requests, args.max_seconds, args.warmup, args.rounds, tuple(args.concurrency), args.agents
-    )
-
-    def say(line: str) -> None:
-        print(f"bench.conversation: {line}", file=sys.stderr, flush=True)
-
-    machine = machine_line()
-    try:
-        with running_slice(progress=say) as running:
-            rows = asyncio.run(measure(running, settings, say))
-    except StartupError as exc:
-        say(f"the slice did not start: {exc}")
-        return 1
-    print(report(rows, settings))
-    print(machine)
-    return 1 if any(row.result.errors for row in rows) else 0
 
 
 if __name__ == "__main__":

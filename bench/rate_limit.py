@@ -20,8 +20,6 @@ Load is closed-loop on 127.0.0.1, bounded in count and time per row (bench/load.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import sys
 import time
 import uuid
@@ -33,6 +31,7 @@ from functools import partial
 import redis.asyncio as aioredis
 
 from bench.agent_slice import (
+    LoadDefaults,
     Paths,
     Row,
     Settings,
@@ -41,6 +40,7 @@ from bench.agent_slice import (
     block_table,
     failures,
     measure_block,
+    run_slice_bench,
     seed_agents,
 )
 from bench.cpu import CLIENT, CpuMeter
@@ -54,7 +54,6 @@ from bench.slice import (
     sign_in,
     start_apps_and_envoy,
 )
-from bench.stats import machine_line
 from services.edge.rate_limits import RateLimitSettings
 from services.runtime.auth.settings import service_audience
 from services.runtime.ratelimit import RedisLimiter
@@ -234,40 +233,15 @@ def report(rows: Sequence[Row], settings: Settings) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.rate_limit", description=(__doc__ or "").splitlines()[0]
+    return run_slice_bench(
+        "rate_limit",
+        (__doc__ or "").splitlines()[0],
+        LoadDefaults(2000, 6.0, 100, 4, (1, 8), 50),
+        lambda say: running_edges(progress=say),
+        measure,
+        report,
+        argv,
     )
-    parser.add_argument("--requests", type=int, default=2000, help="requests per row (default 2000)")
-    parser.add_argument("--max-seconds", type=float, default=6.0, help="time cap per row (default 6)")
-    parser.add_argument("--warmup", type=int, default=100, help="unrecorded requests first (default 100)")
-    parser.add_argument(
-        "--rounds", type=int, default=4, help="turns a row's budget is split over (default 4)"
-    )
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8], help="in flight (default 1 8)")
-    parser.add_argument("--agents", type=int, default=50, help="agents seeded for GET (default 50)")
-    args = parser.parse_args(argv)
-    if (
-        min(args.requests, args.max_seconds, args.rounds, args.agents, *args.concurrency) <= 0
-        or args.warmup < 0
-    ):
-        parser.error("--requests, --max-seconds, --rounds, --agents and --concurrency must be positive")
-    settings = Settings(
-        args.requests, args.max_seconds, args.warmup, args.rounds, tuple(args.concurrency), args.agents
-    )
-
-    def say(line: str) -> None:
-        print(f"bench.rate_limit: {line}", file=sys.stderr, flush=True)
-
-    machine = machine_line()
-    try:
-        with running_edges(progress=say) as edges:
-            rows = asyncio.run(measure(edges, settings, say))
-    except StartupError as exc:
-        say(f"the slice did not start: {exc}")
-        return 1
-    print(report(rows, settings))
-    print(machine)
-    return 1 if any(row.result.errors for row in rows) else 0
 
 
 if __name__ == "__main__":
