@@ -218,6 +218,12 @@ def retry_after(decision: Decision) -> int:
     return max(1, math.ceil(decision.retry_after_seconds))
 
 
+def refusal(decision: Decision) -> str:
+    """What a refused request is told, naming the limit and the wait (HTTP 429s and WebSocket alike)."""
+    limit = decision.refused_by.name if decision.refused_by else "a limit"
+    return f"rate limit {limit} exceeded; retry after {retry_after(decision)} s"
+
+
 def headers(decision: Decision) -> list[tuple[bytes, bytes]]:
     """The RateLimit header fields of a decision (and Retry-After when it refused)."""
     policy = ", ".join(state.limit.policy for state in decision.states)
@@ -250,13 +256,7 @@ class RateLimitMiddleware:
         decision = await self._limits().check(caller_var.get())
         fields = headers(decision)
         if not decision.admitted:
-            refused = decision.refused_by.name if decision.refused_by else "a limit"
-            wait = retry_after(decision)
-            response = error_response(
-                HTTPStatus.TOO_MANY_REQUESTS,
-                "RESOURCE_EXHAUSTED",
-                f"rate limit {refused} exceeded; retry after {wait} s",
-            )
+            response = error_response(HTTPStatus.TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED", refusal(decision))
             response.raw_headers.extend(fields)
             await response(scope, receive, send)
             return

@@ -47,7 +47,7 @@ from wsproto.events import Request
 from services.edge.auth import Caller, caller_var
 from services.edge.context import EdgeContext
 from services.edge.errors import error_response
-from services.edge.rate_limits import retry_after
+from services.edge.rate_limits import refusal, retry_after
 from services.edge.ws_frames import (
     ClientFrame,
     FrameError,
@@ -110,14 +110,8 @@ class EdgeHandshake:
 
     def __init__(self, edge: Callable[[], EdgeContext]) -> None:
         self._edge = edge
-        # Handshakes in flight: the loop keeps only weak references to tasks.
-        self._running: set[asyncio.Task[None]] = set()
 
     async def __call__(self, link: WebSocketLink, request: Request) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
         request_id_var.set(new_request_id())
         edge = self._edge()
         headers = [(name.lower(), value) for name, value in request.extra_headers]
@@ -142,11 +136,7 @@ class EdgeHandshake:
         caller = Caller(token, claims)
         decision = await edge.rate_limits.check(caller)
         if not decision.admitted:
-            limit = decision.refused_by.name if decision.refused_by else "a limit"
-            link.accept_and_close(
-                CloseCode.RATE_LIMITED,
-                _reason(f"rate limit {limit} exceeded; retry after {retry_after(decision)} s"),
-            )
+            link.accept_and_close(CloseCode.RATE_LIMITED, _reason(refusal(decision)))
             return
         connection = Connection(edge, caller, link, _handshake_trace(headers))
         link.accept(connection)
@@ -295,15 +285,13 @@ class Connection:
         try:
             decision = await self._edge.rate_limits.check(self._caller)
             if not decision.admitted:
-                wait = retry_after(decision)
-                limit = decision.refused_by.name if decision.refused_by else "a limit"
                 self._emit(
                     error_frame(
                         "RESOURCE_EXHAUSTED",
-                        f"rate limit {limit} exceeded; retry after {wait} s",
+                        refusal(decision),
                         action=frame.action,
                         request_id=frame.request_id,
-                        retry_after=wait,
+                        retry_after=retry_after(decision),
                     )
                 )
                 return
