@@ -54,6 +54,9 @@ MESSAGE_TOO_BIG = 1009
 KEEPALIVE_TIMEOUT = 1011
 SERVICE_RESTART = 1012
 
+# Handshakes being decided, held here until they are done.
+_HANDSHAKES: set[asyncio.Task[None]] = set()
+
 
 class Peer(Protocol):
     """What the edge's side of an accepted connection hears (services/edge/websocket.py)."""
@@ -291,10 +294,15 @@ class WebSocketLink(asyncio.Protocol):
                 self._write(self._ws.send(RejectConnection(status_code=403)))
                 self._drop()
                 return
-            asyncio.get_running_loop().create_task(self._handshake(self, event))
+            task = asyncio.get_running_loop().create_task(self._handshake(self, event))
+            # The loop keeps only a weak reference to a task: hold it until it is done.
+            _HANDSHAKES.add(task)
+            task.add_done_callback(_HANDSHAKES.discard)
 
     def _text(self, event: TextMessage) -> None:
-        self._size += len(event.data)
+        # The limit is in bytes, as sent: a text frame's UTF-8 length (its length when all ASCII).
+        data = event.data
+        self._size += len(data) if data.isascii() else len(data.encode())
         if self._size > self._max_frame:
             self._parts, self._size = None, 0
             self.close(MESSAGE_TOO_BIG, f"a frame is at most {self._max_frame} bytes")

@@ -380,6 +380,15 @@ async def test_a_frame_over_the_size_limit_closes_with_1009(tight: EdgeWorld) ->
     assert code == 1009
 
 
+async def test_the_frame_limit_counts_bytes_not_characters(tight: EdgeWorld) -> None:
+    # About 1,200 characters but 2,300 bytes in UTF-8 (sent unescaped): over the 2,048-byte limit.
+    frame = {"action": "message", "conversation_id": str(uuid.uuid4()), "text": "é" * 1100}
+    async with opened(tight) as ws:
+        await ws.send(json.dumps(frame, ensure_ascii=False))
+        code, _ = await closed_with(ws)
+    assert code == 1009
+
+
 async def test_subscriptions_per_connection_are_bounded(tight: EdgeWorld) -> None:
     async with opened(tight) as ws:
         await send(ws, action="subscribe", conversation_id=str(uuid.uuid4()))
