@@ -30,6 +30,14 @@ class Env:
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self._environ = os.environ if environ is None else environ
 
+    def configured_ports(self) -> set[int]:
+        """Every port a `MACP_*_PORT` variable names: what a part picking a free port must avoid."""
+        ports: set[int] = set()
+        for name, value in self._environ.items():
+            if name.startswith("MACP_") and name.endswith("_PORT") and value.strip().isdigit():
+                ports.add(int(value))
+        return ports
+
     def raw(self, name: str) -> str | None:
         value = self._environ.get(name)
         if value is None or value.strip() == "":

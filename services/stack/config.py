@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 import socket
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,18 +48,19 @@ _FREE_PORT_FLOOR = 10000
 _handed_out: set[int] = set()
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port(host: str = "127.0.0.1", avoid: Collection[int] = ()) -> int:
     """A port nothing listens on right now, for a child process to bind a moment later.
 
     It is drawn at random from below the kernel's ephemeral range: a port from that range (what
     binding port 0 returns) can be taken as the source port of any outgoing connection between this
     pick and the child's bind, which made busy test runs fail with "address in use". Ports already
-    handed out by this process are never handed out again.
+    handed out by this process are never handed out again, nor any in `avoid` (ports the
+    environment already gives other parts, which another process may have picked).
     """
     ceiling = _ephemeral_port_floor()
     for _ in range(200):
         port = random.randrange(_FREE_PORT_FLOOR, ceiling)
-        if port in _handed_out:
+        if port in _handed_out or port in avoid:
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             try:
@@ -77,7 +79,7 @@ def embedded_port(env: Env, part: str) -> int:
     """The port of an embedded part (`postgres`, `redis`, `kafka`, `s3`); 0 picks a free one."""
     variable, default = EMBEDDED_PORTS[part]
     port = env.integer(variable, default, minimum=0, maximum=65535)
-    return port or free_port()
+    return port or free_port(avoid=env.configured_ports())
 
 
 def embedded_claim(part: str, port: int) -> PortClaim:
