@@ -21,7 +21,8 @@ consumer class stays out of the way. Each test asserts the issue's "done when":
 - the admitted count is within 5% of what GCRA allows over the window the load arrived in: the
   burst plus the rate times the seconds from its first request to its last;
 - every other answer is 429 with `Retry-After` and the RateLimit header fields, naming the limit;
-- both edges admitted and refused part of it (one count between them, or one would admit all);
+- both edges admitted part of it, and some was refused (one count between them, or the two
+  together would admit twice the allowance);
 - the p99 of the admitted requests stays within LATENCY_FACTOR times the p99 of the same requests
   sent at a low rate just before and just after the load (the machine is shared: a baseline on both
   sides of the load sees more of the neighbours the load sees).
@@ -425,10 +426,12 @@ async def held(world: LoadWorld, callers: Sequence[Caller], *, limit: str, rate:
         assert "ratelimit" in shot.response.headers
         assert "retry-after" not in shot.response.headers
 
-    # Both edges took part on both sides: they counted in one place, and still held the total.
+    # Both edges served and admitted part of the load, and together they held the one total above:
+    # they counted in one place. (Which edge refuses is not asserted: at exactly twice the rate,
+    # Envoy's round robin can line every refusal up on one edge.)
     edges = {shot.edge for shot in shots}
     assert len(edges) == 2
-    assert {shot.edge for shot in refused} == edges
+    assert refused
     assert {shot.edge for shot in admitted} == edges
 
     loaded, baseline = p99_ms(admitted), p99_ms(unloaded)
