@@ -29,7 +29,7 @@ async def edge_and_envoy(env: Env, directory: Path) -> AsyncIterator[Envoy]:
     settings = EdgeSettings.from_env(env)
     metrics = HttpMetrics("edge")
     server = uvicorn.Server(uvicorn_config(build_app(settings, metrics), settings, host="127.0.0.1"))
-    endpoint = serve_metrics(metrics.registry, "127.0.0.1", settings.metrics_port)
+    endpoint = await serve_metrics(metrics.registry, "127.0.0.1", settings.metrics_port)
     edge = asyncio.create_task(server.serve())
     envoy = Envoy(directory, render_native(directory / "envoy.yaml", env), EnvoyPorts.from_env(env))
     try:
@@ -40,4 +40,4 @@ async def edge_and_envoy(env: Env, directory: Path) -> AsyncIterator[Envoy]:
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await edge
-        endpoint.close()
+        await endpoint.close()

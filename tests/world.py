@@ -50,7 +50,9 @@ SERVICES: tuple[tuple[str, ServiceDefinition], ...] = (
     ("ORCHESTRATOR", ORCHESTRATOR),
 )
 FAST = {
-    # Metering's consumer answers quickly, the lease lapses soon after its holder dies.
+    # Metering's consumer answers quickly (the broker holds a new group's first join for half the
+    # session timeout, waiting for more members), the lease lapses soon after its holder dies.
+    "MACP_METERING_SESSION_TIMEOUT_MS": "2000",
     "MACP_METERING_HEARTBEAT_INTERVAL_MS": "500",
     "MACP_METERING_POLL_TIMEOUT_MS": "100",
     "MACP_METERING_SWEEP_INTERVAL_SECONDS": "0.5",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -61,11 +62,19 @@ def run_edge(environ: Mapping[str, str] | None = None) -> int:
     configure_logging(EDGE.name, settings.common.log_level)
     tracing.configure(EDGE.name, tracing_settings)
     metrics = HttpMetrics(EDGE.name)
-    endpoint = serve_metrics(metrics.registry, settings.common.bind_host, settings.metrics_port)
     config = uvicorn_config(build_app(settings, metrics), settings)
+    server = uvicorn.Server(config)
+
+    async def serve() -> None:
+        endpoint = await serve_metrics(metrics.registry, settings.common.bind_host, settings.metrics_port)
+        try:
+            await server.serve()  # handles SIGTERM/SIGINT itself: stops accepting, drains, returns
+        finally:
+            await endpoint.close()
+
     try:
-        uvicorn.Server(config).run()  # handles SIGTERM/SIGINT itself: stops accepting, drains, exits
+        with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+            runner.run(serve())
     finally:
-        endpoint.close()
         tracing.shutdown()  # the spans still buffered go out before the process ends
     return 0

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import threading
+import asyncio
+import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
+
+# A scrape's request is a line and a few headers; anything longer is not Prometheus.
+REQUEST_HEAD_LIMIT_BYTES = 16 * 1024
+SCRAPE_READ_TIMEOUT_SECONDS = 10.0
 
 # Latency buckets from 1 ms to 30 s: unary reads sit at the low end, streamed agent turns at the top.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -46,20 +51,53 @@ class RpcMetrics:
 
 @dataclass
 class MetricsEndpoint:
-    """The running `/metrics` HTTP server; `close()` frees its port."""
+    """The running `/metrics` HTTP server on the service's own event loop; `close()` frees its port
+    at once (a thread server would hold the stop for its poll interval, blocking the loop)."""
 
-    server: WSGIServer
-    thread: threading.Thread
+    server: asyncio.Server
 
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+    async def close(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
 
 
-def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> MetricsEndpoint:
-    server, thread = start_http_server(port, addr=host, registry=registry)
-    return MetricsEndpoint(server=server, thread=thread)
+async def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> MetricsEndpoint:
+    """`registry` in the Prometheus text format (or OpenMetrics, by the scrape's Accept header) on
+    `host:port`, one response per connection, until the endpoint is closed."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), SCRAPE_READ_TIMEOUT_SECONDS)
+            status, content_type, body = _scrape(registry, head)
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
+            pass  # a client that went away or never sent a request gets nothing
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    server = await asyncio.start_server(answer, host, port, limit=REQUEST_HEAD_LIMIT_BYTES)
+    return MetricsEndpoint(server=server)
+
+
+def _scrape(registry: CollectorRegistry, head: bytes) -> tuple[str, str, bytes]:
+    """The status line's tail, content type and body answering one request head."""
+    request_line, *header_lines = head.decode("latin-1").split("\r\n")
+    method = request_line.split(" ", 1)[0]
+    if method != "GET":
+        return "405 Method Not Allowed", "text/plain", b"only GET serves metrics\n"
+    headers = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (line.partition(":") for line in header_lines if line)
+    }
+    encoder, content_type = choose_encoder(headers.get("accept", ""))
+    return "200 OK", content_type, encoder(registry)
 
 
 class HttpMetrics:

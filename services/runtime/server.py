@@ -175,7 +175,7 @@ async def _serve(
 
     metrics = RpcMetrics(spec.name)
     metrics.set_serving(False)
-    metrics_endpoint = serve_metrics(metrics.registry, common.bind_host, server_settings.metrics_port)
+    metrics_endpoint = await serve_metrics(metrics.registry, common.bind_host, server_settings.metrics_port)
     resources: Resources | None = None
     server: grpc.aio.Server | None = None
     watcher: asyncio.Task[None] | None = None
@@ -245,7 +245,7 @@ async def _serve(
         await auth_stack.aclose()
         if resources is not None:
             await resources.close()
-        metrics_endpoint.close()
+        await metrics_endpoint.close()
         stopped.set()
         log.info("stopped")
 

@@ -227,7 +227,26 @@ class UsagePublisher:
             )
             if claimed[1]:
                 return list(claimed[1])
-        return await self._read(">", None if self._stopping.is_set() else 500)
+        if self._stopping.is_set():
+            return await self._read(">", None)
+        return await self._read_new_until_stopping()
+
+    async def _read_new_until_stopping(self) -> list[Entry]:
+        """New entries, waiting up to half a second for some, but no longer once `stop()` is called
+        (it would otherwise wait out the blocked read). What a read cut short had already handed
+        this consumer is in its pending list, which the next batch reads first."""
+        reading = asyncio.ensure_future(self._read(">", 500))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait((reading, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not reading.done():
+                reading.cancel()
+                await asyncio.wait((reading,))  # its end, without taking its CancelledError as ours
+        if reading.cancelled():
+            return []
+        return reading.result()
 
     async def _deliver(self, entries: Sequence[Entry]) -> None:
         sent = []

@@ -121,6 +121,27 @@ async def test_unknown_kid_refreshes_are_rate_limited(signing_key: rsa.RSAPrivat
     assert publisher.fetches == 3
 
 
+async def test_before_the_first_fetch_succeeds_unknown_kids_retry_within_a_quarter_second(
+    signing_key: rsa.RSAPrivateKey,
+) -> None:
+    publisher = Publisher((KID, signing_key))
+    publisher.failing = True  # the token service is not up yet
+    clock = Clock()
+    cache = JwksCache(publisher, unknown_kid_refresh_seconds=5.0, clock=clock)
+    assert not await cache.refresh_for_unknown_kid(KID)
+    clock.now += 0.1
+    assert not await cache.refresh_for_unknown_kid(KID)
+    assert publisher.fetches == 1, "even with no keys, refreshes stay rate-limited"
+    publisher.failing = False
+    clock.now += 0.2
+    assert await cache.refresh_for_unknown_kid(KID)
+    assert publisher.fetches == 2
+    # Loaded now: the full interval applies again.
+    clock.now += 1.0
+    assert not await cache.refresh_for_unknown_kid("random")
+    assert publisher.fetches == 2
+
+
 async def test_concurrent_lookups_of_a_new_kid_share_one_fetch(
     signing_key: rsa.RSAPrivateKey, other_key: rsa.RSAPrivateKey
 ) -> None:

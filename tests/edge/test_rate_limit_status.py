@@ -50,12 +50,12 @@ async def edge(service_environ: dict[str, str]) -> AsyncIterator[LimitedEdge]:
         environ = tokens.service_environ({**service_environ, **LIMITS})
         metrics = HttpMetrics("edge")
         metrics_port = free_port()
-        endpoint = serve_metrics(metrics.registry, "127.0.0.1", metrics_port)
+        endpoint = await serve_metrics(metrics.registry, "127.0.0.1", metrics_port)
         try:
             async with serving(lambda url: build_app(EdgeSettings.from_env(Env(environ)), metrics)) as url:
                 yield LimitedEdge(url, token, metrics_port)
         finally:
-            endpoint.close()
+            await endpoint.close()
 
 
 def _by_name(document: dict[str, Any]) -> dict[str, dict[str, Any]]:

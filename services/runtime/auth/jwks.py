@@ -34,6 +34,9 @@ Clock = Callable[[], float]
 
 DEFAULT_REFRESH_SECONDS = 300.0
 DEFAULT_UNKNOWN_KID_REFRESH_SECONDS = 5.0
+# Until a first fetch succeeds (the token service, or the mesh in front of it, starts after us) the
+# service can verify nothing, so it retries from this interval, doubling up to the unknown-kid one.
+STARTUP_RETRY_SECONDS = 0.25
 
 
 def keys_from_jwks(jwks: Mapping[str, Any]) -> dict[str, rsa.RSAPublicKey]:
@@ -143,7 +146,10 @@ class JwksCache:
             # Only these refreshes count: they are the ones a caller can trigger at will. A periodic
             # refresh just before must not delay picking up a key rotated since.
             now = self._clock()
-            if now - self._last_unknown_kid_refresh < self._unknown_kid_refresh_seconds:
+            interval = self._unknown_kid_refresh_seconds
+            if not self._loaded:
+                interval = min(interval, STARTUP_RETRY_SECONDS)
+            if now - self._last_unknown_kid_refresh < interval:
                 return False
             self._last_unknown_kid_refresh = now
             try:
@@ -180,8 +186,12 @@ class JwksCache:
             log.warning("JWKS refresh failed; keeping %d known keys: %s", len(self._keys), exc)
 
     async def _refresh_periodically(self) -> None:
+        retry = STARTUP_RETRY_SECONDS
         while True:
-            # Until the first fetch succeeds (the token service may start after us), retry sooner.
-            delay = self._refresh_seconds if self._loaded else self._unknown_kid_refresh_seconds
+            if self._loaded:
+                delay = self._refresh_seconds
+            else:  # nothing verifies yet: retry soon, backing off
+                delay = min(retry, self._unknown_kid_refresh_seconds)
+                retry *= 2
             await asyncio.sleep(delay)
             await self._try_refresh()
