@@ -48,6 +48,8 @@ T = TypeVar("T")
 P = TypeVar("P")
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 RETRY_MAX_SECONDS = 5.0
+# A consumer stopped before its group assigned it partitions gives its close this long.
+UNJOINED_CLOSE_SECONDS = 1.0
 RATE_WINDOW_SECONDS = 1.0
 
 
@@ -133,8 +135,11 @@ class ConsumerLoop(Generic[P]):
         delay = 0.2
         while not self._stopping.is_set():
             consumer = self._consumer()
+            joined = False
             try:
-                await consumer.start()
+                joined = await self._joined(consumer)
+                if not joined:
+                    return
                 delay = 0.2
                 await self._consume(consumer)
             except KafkaError as exc:
@@ -143,11 +148,48 @@ class ConsumerLoop(Generic[P]):
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
             finally:
                 self._known = set()
-                with contextlib.suppress(KafkaError):
-                    await consumer.stop()
+                await self._close(consumer, joined)
 
     def stop(self) -> None:
         self._stopping.set()
+
+    async def _joined(self, consumer: AIOKafkaConsumer) -> bool:
+        """Start `consumer`, which waits until the group assigns it partitions, unless the loop is
+        stopped first. A broker can hold a join for many seconds (waiting for the members it still
+        remembers); a stop meanwhile abandons it: nothing was fetched, so nothing is lost."""
+        starting = asyncio.ensure_future(consumer.start())
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not starting.done():
+                starting.cancel()
+                await asyncio.wait((starting,))  # its end, without taking its CancelledError as ours
+        if starting.cancelled():
+            return False
+        starting.result()  # raises what the start raised (a broker away: run() retries)
+        return True
+
+    async def _close(self, consumer: AIOKafkaConsumer, joined: bool) -> None:
+        """Leave the group. A consumer that never joined would first wait out the join still in
+        flight (aiokafka finishes it before leaving), so its close is bounded."""
+        try:
+            if joined:
+                await consumer.stop()
+            else:
+                await asyncio.wait_for(consumer.stop(), UNJOINED_CLOSE_SECONDS)
+        except KafkaError as exc:
+            log.info("consumer closed without leaving its group cleanly", extra={"error": str(exc)})
+        except TimeoutError:
+            # aiokafka has no public way to drop a join in flight: the stop above was cut short
+            # before it closed the fetcher and the connections, so they are closed here (the
+            # broker then forgets the member with its session).
+            log.info("consumer stopped while its group join was still held by the broker")
+            with contextlib.suppress(KafkaError):
+                if consumer._fetcher is not None:
+                    await consumer._fetcher.close()
+                await consumer._client.close()
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -89,3 +89,29 @@ async def test_commits_never_pass_a_batch_still_being_made_durable(service_envir
         await admin.close()
     assert sink.most_at_once == 2  # the pipeline did run two batches at once
     assert seen == sorted(seen)  # and the committed offset only ever moved forward
+
+
+async def test_a_stop_while_the_group_still_holds_the_join_ends_promptly(
+    service_environ: dict[str, str],
+) -> None:
+    # The broker holds a new group's first join for half the session timeout (3 s here), waiting
+    # for more members; a stop meanwhile must not wait it out (the close gets 1 s).
+    bootstrap, topic = service_environ["MACP_KAFKA_BOOTSTRAP"], service_environ["MACP_KAFKA_USAGE_TOPIC"]
+    settings = ConsumerSettings(
+        bootstrap_servers=bootstrap,
+        topic=topic,
+        group_id=f"held-{topic}",
+        max_batch=BATCH,
+        linger_ms=0,
+        poll_timeout_ms=50,
+        session_timeout_ms=6_000,
+        heartbeat_interval_ms=1000,
+    )
+    loop = ConsumerLoop(settings, SlowEveryOtherBatch(), ConsumerMetrics("test"))
+    task = asyncio.create_task(loop.run())
+    await asyncio.sleep(0.3)  # the join is in flight
+    assert not task.done()
+    stopped_at = asyncio.get_running_loop().time()
+    loop.stop()
+    await asyncio.wait_for(task, 5)
+    assert asyncio.get_running_loop().time() - stopped_at < 2.0
