@@ -12,9 +12,13 @@ them in the exchange; users never hold them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
+import redis.asyncio as aioredis
+from google.protobuf.message import Message
 from macp.agent_proxy.v1 import agent_proxy_service_pb2_grpc as agent_proxy_grpc
 from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 from macp.conversation.v1 import conversation_service_pb2_grpc as conversation_grpc
@@ -34,6 +38,9 @@ from services.runtime.auth.token_client import (
 )
 from services.runtime.context import REQUEST_ID_HEADER, current_request_id
 from services.runtime.principal import Principal
+from services.runtime.resource_cache import AGENT, CONVERSATION, read_cached
+
+M = TypeVar("M", bound=Message)
 
 GENERATE_SCOPE = "agents:generate"
 USAGE_WRITE_SCOPE = "usage:write"
@@ -66,8 +73,16 @@ class Downstream:
     """Stubs of the conversation, agent-proxy, metering and token services over one mesh channel,
     and the caller's tokens for each."""
 
-    def __init__(self, channel: grpc.aio.Channel, settings: OrchestratorSettings) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        settings: OrchestratorSettings,
+        cache: tuple[aioredis.Redis, str] | None = None,
+    ) -> None:
+        """`cache`: the Redis client and key prefix of the conversation service's read cache, which
+        GetConversation and GetAgent read first (services/runtime/resource_cache.py)."""
         self.timeout = settings.rpc_timeout_seconds
+        self._cache = cache
         self.conversation = conversation_grpc.ConversationServiceStub(channel)
         self.agent_proxy = agent_proxy_grpc.AgentProxyServiceStub(channel)
         self.metering = metering_grpc.MeteringServiceStub(channel)
@@ -90,6 +105,49 @@ class Downstream:
 
     async def for_conversation(self, caller: Caller) -> Metadata:
         return await self._as_caller(caller, CONVERSATION_AUDIENCE)
+
+    async def get_conversation(self, caller: Caller, conversation_id: str) -> conversation_pb.Conversation:
+        """The conversation as `caller` may see it: from the cache on a hit, else from the service
+        (which answers NOT_FOUND for another tenant's)."""
+        hit = await self._cached(
+            caller, CONVERSATION, conversation_id, conversation_pb.Conversation.FromString
+        )
+        if hit is not None:
+            return hit
+        reply = await self.conversation.GetConversation(
+            conversation_pb.GetConversationRequest(id=conversation_id),
+            timeout=self.timeout,
+            metadata=await self.for_conversation(caller),
+        )
+        return reply.conversation
+
+    async def get_agent(self, caller: Caller, agent_id: str) -> conversation_pb.Agent:
+        """The agent as `caller` may see it: from the cache on a hit, else from the service."""
+        hit = await self._cached(caller, AGENT, agent_id, conversation_pb.Agent.FromString)
+        if hit is not None:
+            return hit
+        reply = await self.conversation.GetAgent(
+            conversation_pb.GetAgentRequest(id=agent_id),
+            timeout=self.timeout,
+            metadata=await self.for_conversation(caller),
+        )
+        return reply.agent
+
+    async def _cached(
+        self, caller: Caller, kind: str, resource_id: str, parse: Callable[[bytes], M]
+    ) -> M | None:
+        if self._cache is None:
+            return None
+        redis, key_prefix = self._cache
+        return await read_cached(
+            redis,
+            key_prefix,
+            kind,
+            tenant_id=caller.principal.tenant_id,
+            scopes=caller.principal.scopes,
+            resource_id=resource_id,
+            parse=parse,
+        )
 
     async def for_metering(self, caller: Caller) -> Metadata:
         return await self._as_caller(caller, METERING_AUDIENCE)

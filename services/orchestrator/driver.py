@@ -166,12 +166,7 @@ class Driver:
 
     async def conversation(self, caller: Caller, conversation_id: str) -> conversation_pb.Conversation:
         """The conversation as the caller may see it (NOT_FOUND for another tenant's)."""
-        reply = await self._downstream.conversation.GetConversation(
-            conversation_pb.GetConversationRequest(id=conversation_id),
-            timeout=self._downstream.timeout,
-            metadata=await self._downstream.for_conversation(caller),
-        )
-        return reply.conversation
+        return await self._downstream.get_conversation(caller, conversation_id)
 
     async def post(self, caller: Caller, conversation_id: str, message: pb.UserMessage) -> Accepted:
         # Independent reads, made at once.

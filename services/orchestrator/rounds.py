@@ -209,27 +209,17 @@ class Rounds:
         return reason
 
     async def _load(self, job: RoundJob) -> tuple[conversation_pb.Conversation, list[Agent]]:
-        metadata = await self._downstream.for_conversation(job.caller)
-        stub, timeout = self._downstream.conversation, self._downstream.timeout
         conversation = job.conversation
         if conversation is None:
-            reply = await stub.GetConversation(
-                conversation_pb.GetConversationRequest(id=job.conversation_id),
-                timeout=timeout,
-                metadata=metadata,
-            )
-            conversation = reply.conversation
+            conversation = await self._downstream.get_conversation(job.caller, job.conversation_id)
 
         async def agent(agent_id: str) -> Agent | None:
             try:
-                found = await stub.GetAgent(
-                    conversation_pb.GetAgentRequest(id=agent_id), timeout=timeout, metadata=metadata
-                )
+                return await self._downstream.get_agent(job.caller, agent_id)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.NOT_FOUND:
                     return None  # deleted since it joined: it no longer speaks
                 raise
-            return found.agent
 
         found = await asyncio.gather(*(agent(a) for a in conversation.participant_agent_ids))
         return conversation, [a for a in found if a is not None]

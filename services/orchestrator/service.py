@@ -67,7 +67,8 @@ def build(resources: Resources, env: Env) -> Orchestrator:
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     leases = Leases(redis, prefix, owner, settings.lease_ms)
     bus = ControlBus(redis, prefix)
-    driver = Driver(redis, prefix, Downstream(channel, settings), events, leases, bus, settings)
+    downstream = Downstream(channel, settings, cache=(redis, prefix))
+    driver = Driver(redis, prefix, downstream, events, leases, bus, settings)
     return Orchestrator(channel, bus, driver, events)
 
 

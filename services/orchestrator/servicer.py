@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Iterator
 
 import grpc
 from macp.common.v1 import agent_settings_pb2
-from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 from macp.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
 from opentelemetry.trace import SpanKind
@@ -171,13 +170,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         caller = _caller(context)
         downstream = self._driver.downstream
         with relaying("reading the agent"):
-            agent = (
-                await downstream.conversation.GetAgent(
-                    conversation_pb.GetAgentRequest(id=request.agent_id),
-                    timeout=downstream.timeout,
-                    metadata=await downstream.for_conversation(caller),
-                )
-            ).agent
+            agent = await downstream.get_agent(caller, request.agent_id)
         overrides = agent_settings_pb2.GenerationSettings()
         if request.HasField("max_tokens"):
             overrides.max_tokens = request.max_tokens

@@ -6,10 +6,13 @@ from __future__ import annotations
 import uuid
 
 import pytest
+import redis.asyncio as aioredis
+from google.protobuf.field_mask_pb2 import FieldMask
 from macp.common.v1 import usage_pb2
 from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
+from services.runtime.resource_cache import AGENT, CONVERSATION, value_key
 from tests.tokens import bearer
 from tests.world import World
 
@@ -95,3 +98,47 @@ async def test_a_round_sees_the_newest_context_of_a_long_conversation_in_order(w
     positions = [prompt.index(f"note-{index:02d}") for index in range(5, 45)]
     assert positions == sorted(positions)
     assert positions[-1] < prompt.index("And now?")
+
+
+async def test_a_round_reads_its_conversation_and_agents_as_updated_even_when_they_were_cached(
+    world: World, redis: aioredis.Redis, prefix: str
+) -> None:
+    ada, grace = await world.agent("Ada"), await world.agent("Grace")
+    conversation = await world.conversation([ada, grace])
+    first = await world.post(conversation.id, "First question")
+    events = await world.round_events(conversation.id, first.event_id, first.message_id)
+    assert [e.turn_started.agent_id for e in events if e.HasField("turn_started")] == [ada.id, grace.id]
+    # The round read the conversation and both agents through the read cache, which holds them.
+    tenant = world.tenant.tenant_id
+    assert await redis.exists(value_key(prefix, CONVERSATION, tenant, conversation.id))
+    for agent in (ada, grace):
+        assert await redis.exists(value_key(prefix, AGENT, tenant, agent.id))
+
+    metadata = bearer(world.conversation_token)
+    await world.conversations.UpdateAgent(
+        conversation_pb.UpdateAgentRequest(
+            agent=conversation_pb.Agent(id=ada.id, etag=ada.etag, model="echo-2"),
+            update_mask=FieldMask(paths=["model"]),
+        ),
+        metadata=metadata,
+        timeout=10,
+    )
+    await world.conversations.UpdateConversation(
+        conversation_pb.UpdateConversationRequest(
+            conversation=conversation_pb.Conversation(
+                id=conversation.id, etag=conversation.etag, participant_agent_ids=[ada.id]
+            ),
+            update_mask=FieldMask(paths=["participant_agent_ids"]),
+        ),
+        metadata=metadata,
+        timeout=10,
+    )
+    second = await world.post(conversation.id, "Second question")
+    events = await world.round_events(conversation.id, second.event_id, second.message_id)
+    assert [e.turn_started.agent_id for e in events if e.HasField("turn_started")] == [ada.id]
+    turns = [
+        e.usage
+        for e in events
+        if e.HasField("usage") and e.usage.type == usage_pb2.USAGE_EVENT_TYPE_AGENT_TURN
+    ]
+    assert [u.dimensions.model for u in turns] == ["echo-2"]
