@@ -40,6 +40,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from services.runtime import tracing
+from services.runtime.aio import until_set
 from services.runtime.metrics import ConsumerMetrics
 
 log = logging.getLogger("macp.consumer")
@@ -157,15 +158,7 @@ class ConsumerLoop(Generic[P]):
         """Start `consumer`, which waits until the group assigns it partitions, unless the loop is
         stopped first. A broker can hold a join for many seconds (waiting for the members it still
         remembers); a stop meanwhile abandons it: nothing was fetched, so nothing is lost."""
-        starting = asyncio.ensure_future(consumer.start())
-        stopping = asyncio.ensure_future(self._stopping.wait())
-        try:
-            await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-            if not starting.done():
-                starting.cancel()
-                await asyncio.wait((starting,))  # its end, without taking its CancelledError as ours
+        starting = await until_set(consumer.start(), self._stopping)
         if starting.cancelled():
             return False
         starting.result()  # raises what the start raised (a broker away: run() retries)

@@ -40,6 +40,7 @@ from opentelemetry.trace import SpanKind
 from redis.exceptions import ResponseError
 
 from services.runtime import tracing
+from services.runtime.aio import until_set
 
 log = logging.getLogger("macp.usage")
 
@@ -235,18 +236,8 @@ class UsagePublisher:
         """New entries, waiting up to half a second for some, but no longer once `stop()` is called
         (it would otherwise wait out the blocked read). What a read cut short had already handed
         this consumer is in its pending list, which the next batch reads first."""
-        reading = asyncio.ensure_future(self._read(">", 500))
-        stopping = asyncio.ensure_future(self._stopping.wait())
-        try:
-            await asyncio.wait((reading, stopping), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-            if not reading.done():
-                reading.cancel()
-                await asyncio.wait((reading,))  # its end, without taking its CancelledError as ours
-        if reading.cancelled():
-            return []
-        return reading.result()
+        reading = await until_set(self._read(">", 500), self._stopping)
+        return [] if reading.cancelled() else reading.result()
 
     async def _deliver(self, entries: Sequence[Entry]) -> None:
         sent = []
