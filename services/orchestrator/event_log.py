@@ -20,6 +20,7 @@ the append unless that lease is still the current one, so a deposed driver canno
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator, Sequence
 from typing import Final, cast
@@ -30,12 +31,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeout
 
 from services.orchestrator.lease import Lease, LeaseLost, lease_key
+from services.orchestrator.log_tail import LogTail
 from services.runtime.errors import InvalidArgument, OutOfRange, Unavailable
+from services.runtime.redis_client import text_of
 
 DEFAULT_MAX_EVENTS: Final = 10_000
 DEFAULT_IDLE_SECONDS: Final = 24 * 3600
-# Well under redis-py's default 5 s socket timeout: a blocking read that waits as long as the socket
-# allows is cut by the client itself (a TimeoutError) whenever the server answers a moment late.
+# How long the tail's blocking read waits, and how long a caught-up follower waits for its word
+# before reading anyway. Well under redis-py's default 5 s socket timeout: a blocking read that
+# waits as long as the socket allows is cut by the client itself whenever the server is late.
 DEFAULT_BLOCK_MS: Final = 2_000
 READ_BATCH: Final = 256
 FOLLOW_RETRIES: Final = 5
@@ -65,10 +69,6 @@ def _position(event_id: str, field: str = "after_event_id") -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class EventLog:
     def __init__(
         self,
@@ -85,6 +85,7 @@ class EventLog:
         self._idle_seconds = idle_seconds
         self._block_ms = block_ms
         self._append = redis.register_script(_APPEND)
+        self._tail = LogTail(redis, prefix, block_ms=block_ms)
 
     def _stream(self, conversation_id: str) -> str:
         return f"{self._prefix}orchestrator:events:{conversation_id}"
@@ -117,14 +118,14 @@ class EventLog:
         event_id = await self._append(keys=keys, args=args)
         if event_id is None:
             raise LeaseLost(f"conversation {conversation_id}: the lease is no longer this driver's")
-        stored.event_id = _text(event_id)
+        stored.event_id = text_of(event_id)
         return stored
 
     async def last_event_id(self, conversation_id: str) -> str:
         """The id of the newest event, or "0-0" when there is none: where a live-only reader starts."""
         newest = await self._redis.xrevrange(self._stream(conversation_id), count=1)
         entry_id = newest[0][0] if newest else None
-        return "0-0" if entry_id is None else _text(entry_id)
+        return "0-0" if entry_id is None else text_of(entry_id)
 
     async def last_event(self, conversation_id: str) -> pb.ConversationEvent | None:
         """The newest event, or None when there is none."""
@@ -139,7 +140,7 @@ class EventLog:
     ) -> list[pb.ConversationEvent]:
         """Up to `limit` events after `after_event_id`, oldest first, without waiting."""
         position = _position(after_event_id)
-        floor, entries = await self._read(conversation_id, after_event_id, limit, block_ms=None)
+        floor, entries = await self._read(conversation_id, after_event_id, limit)
         self._check_retained(after_event_id, position, floor)
         return entries
 
@@ -152,37 +153,48 @@ class EventLog:
         cursor = after_event_id or await self.last_event_id(conversation_id)
         position = _position(cursor)
         failures = 0
-        while True:
-            try:
-                floor, entries = await self._read(
-                    conversation_id, cursor, READ_BATCH, block_ms=self._block_ms
-                )
-            except (RedisTimeout, RedisConnectionError) as exc:
-                # The read is idempotent (it starts after the cursor), so a dropped blocking read is
-                # retried; a Redis that stays away ends the stream as unavailable.
-                failures += 1
-                if failures > FOLLOW_RETRIES:
-                    raise Unavailable(f"the conversation's event log is unreachable: {exc}") from None
-                await asyncio.sleep(0.1 * failures)
-                continue
-            failures = 0
-            self._check_retained(cursor, position, floor)
-            for event in entries:
-                yield event
-                cursor = event.event_id
-            if entries:
-                position = _position(cursor)
+        # While caught up, the process's one blocking read says when there is more (log_tail.py).
+        async with self._tail.watching(self._stream(conversation_id), cursor) as news:
+            while True:
+                news.clear()
+                try:
+                    floor, entries = await self._read(conversation_id, cursor, READ_BATCH)
+                except (RedisTimeout, RedisConnectionError) as exc:
+                    # The read is idempotent (it starts after the cursor), so a dropped read is
+                    # retried; a Redis that stays away ends the stream as unavailable.
+                    failures += 1
+                    if failures > FOLLOW_RETRIES:
+                        raise Unavailable(f"the conversation's event log is unreachable: {exc}") from None
+                    await asyncio.sleep(0.1 * failures)
+                    continue
+                failures = 0
+                self._check_retained(cursor, position, floor)
+                for event in entries:
+                    yield event
+                    cursor = event.event_id
+                if entries:
+                    position = _position(cursor)
+                if len(entries) == READ_BATCH:
+                    continue  # more may be waiting already
+                # The tail's word, or a re-read now and then whatever it says.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._block_ms / 1000):
+                        await news.wait()
+
+    async def close(self) -> None:
+        """Stop the blocking read that serves every follower (they have ended by now)."""
+        await self._tail.close()
 
     async def _read(
-        self, conversation_id: str, after: str, limit: int, *, block_ms: int | None
+        self, conversation_id: str, after: str, limit: int
     ) -> tuple[str | None, list[pb.ConversationEvent]]:
         # One round trip: the floor is read before the entries, so entries trimmed after the floor
         # was read are newer than it and cannot be missed silently.
         pipe = self._redis.pipeline(transaction=False)
         pipe.get(self._floor(conversation_id))
-        pipe.xread({self._stream(conversation_id): after}, count=limit, block=block_ms)
+        pipe.xread({self._stream(conversation_id): after}, count=limit)
         floor, reply = await pipe.execute()
-        return (None if floor is None else _text(floor)), self._decode(conversation_id, reply or [])
+        return (None if floor is None else text_of(floor)), self._decode(conversation_id, reply or [])
 
     @staticmethod
     def _decode(
@@ -192,7 +204,7 @@ class EventLog:
         for _stream, entries in reply:
             for entry_id, fields in entries:
                 event = pb.ConversationEvent.FromString(fields[_FIELD])
-                event.event_id = _text(entry_id)
+                event.event_id = text_of(entry_id)
                 event.conversation_id = conversation_id
                 events.append(event)
         return events

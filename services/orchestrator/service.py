@@ -89,6 +89,7 @@ async def background(resources: Resources, env: Env, registry: CollectorRegistry
         yield
     finally:
         await orchestrator.driver.stop()
+        await orchestrator.events.close()
         await orchestrator.bus.stop()
         await orchestrator.channel.close()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -22,6 +23,7 @@ from macp.common.v1 import agent_settings_pb2
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 from macp.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
 from opentelemetry.trace import SpanKind
+from redis.exceptions import RedisError
 
 from services.orchestrator.completions import complete
 from services.orchestrator.downstream import Caller
@@ -33,6 +35,8 @@ from services.runtime.auth.authenticator import bearer_token
 from services.runtime.context import RpcContext
 from services.runtime.errors import DomainError, InvalidArgument, relayed
 from services.runtime.principal import current_principal
+
+log = logging.getLogger("macp.orchestrator.servicer")
 
 
 @contextlib.contextmanager
@@ -58,6 +62,14 @@ def _refusal(exc: BaseException) -> pb.ConversationEvent:
         return pb.ConversationEvent(error=error_event(exc.code, type(exc).__name__.upper(), str(exc)))
     if isinstance(exc, grpc.aio.AioRpcError):
         return pb.ConversationEvent(error=error_event(exc.code(), "CALL_FAILED", exc.details() or ""))
+    if isinstance(exc, RedisError):
+        return pb.ConversationEvent(
+            error=error_event(
+                grpc.StatusCode.UNAVAILABLE,
+                "STORE_UNAVAILABLE",
+                f"the orchestrator's Redis failed ({exc}); send the action again",
+            )
+        )
     return pb.ConversationEvent(error=error_event(grpc.StatusCode.INTERNAL, "INTERNAL", "the action failed"))
 
 
@@ -162,6 +174,13 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
                 case _:
                     pass  # a second join changes nothing: the stream already follows the log
         except (DomainError, grpc.aio.AioRpcError) as exc:
+            await out.put(_refusal(exc))
+        except Exception as exc:
+            # Never a silent drop: the client hears that its action failed (and may send it again;
+            # a message is stored once by its id) while the stream keeps following.
+            log.exception(
+                "a %s action on conversation %s failed", request.WhichOneof("event"), conversation_id
+            )
             await out.put(_refusal(exc))
 
     async def Complete(

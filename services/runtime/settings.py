@@ -194,12 +194,15 @@ class PostgresSettings:
 class RedisSettings:
     url: str
     key_prefix: str
+    # Connections one process may hold at once; a call beyond them waits for one to come free.
+    max_connections: int = 100
 
     @classmethod
     def from_env(cls, env: Env) -> RedisSettings:
         return cls(
             url=env.required_url("MACP_REDIS_URL", ("redis", "rediss", "unix"), "redis://127.0.0.1:6379/0"),
             key_prefix=env.string("MACP_REDIS_KEY_PREFIX", "macp:"),
+            max_connections=env.integer("MACP_REDIS_MAX_CONNECTIONS", 100, minimum=2, maximum=10_000),
         )
 
 

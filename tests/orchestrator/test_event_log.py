@@ -4,6 +4,7 @@ says OUT_OF_RANGE instead of skipping, and live following from any process."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import pytest
@@ -12,6 +13,8 @@ from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
 from services.orchestrator.event_log import EventLog
 from services.runtime.errors import InvalidArgument, OutOfRange
+from services.runtime.redis_client import create_redis
+from services.runtime.settings import RedisSettings
 
 pytestmark = pytest.mark.integration
 
@@ -95,3 +98,58 @@ async def test_a_follower_left_behind_by_trimming_is_told_so(redis: aioredis.Red
     with pytest.raises(OutOfRange):
         async for _ in log.follow(conversation, first.event_id):
             pass
+
+
+async def test_a_hundred_followers_of_a_hundred_conversations_share_one_blocking_read(
+    redis_url: str, prefix: str
+) -> None:
+    # Ten connections for the whole process: a blocking read per follower would need a hundred.
+    client = create_redis(RedisSettings(redis_url, prefix, max_connections=10))
+    log = EventLog(client, prefix, block_ms=2_000)
+    conversations = [str(uuid.uuid4()) for _ in range(100)]
+    try:
+
+        async def first_event(conversation: str) -> int:
+            async for event in log.follow(conversation):
+                return event.token_delta.index
+            raise AssertionError("follow ended")
+
+        followers = [asyncio.create_task(first_event(c)) for c in conversations]
+        await asyncio.sleep(0.5)  # every follower caught up and waiting
+        started = time.monotonic()
+        for index, conversation in enumerate(conversations):
+            await log.append(conversation, _delta(index))
+        assert await asyncio.wait_for(asyncio.gather(*followers), 5) == list(range(100))
+        # Word came from the shared read, not from each follower's 2 s re-read.
+        assert time.monotonic() - started < 1.5
+    finally:
+        await log.close()
+        await client.aclose()
+
+
+async def test_a_conversation_followed_while_the_tail_blocks_is_heard_at_once(
+    redis: aioredis.Redis, prefix: str
+) -> None:
+    log = EventLog(redis, prefix, block_ms=3_000)
+    waiting, joining = str(uuid.uuid4()), str(uuid.uuid4())
+
+    async def first_event(conversation: str) -> float:
+        async for _event in log.follow(conversation):
+            return time.monotonic()
+        raise AssertionError("follow ended")
+
+    try:
+        early = asyncio.create_task(first_event(waiting))
+        await asyncio.sleep(0.3)  # the tail is now blocked on `waiting` alone
+        late = asyncio.create_task(first_event(joining))
+        await asyncio.sleep(0.3)
+        appended = time.monotonic()
+        await log.append(joining, _delta(1))
+        assert await asyncio.wait_for(late, 5) - appended < 0.5  # the doorbell, not the 3 s timeout
+        await log.append(waiting, _delta(2))
+        await asyncio.wait_for(early, 5)
+        # Nobody follows anything now: the blocking read and its doorbell are gone.
+        await asyncio.sleep(0.1)
+        assert not [key async for key in redis.scan_iter(f"{prefix}orchestrator:tail:*")]
+    finally:
+        await log.close()
