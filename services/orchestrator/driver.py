@@ -44,6 +44,7 @@ from services.orchestrator.control import ControlBus, Signal
 from services.orchestrator.downstream import Caller, Downstream
 from services.orchestrator.event_log import EventLog
 from services.orchestrator.lease import Lease, LeaseLost, Leases, lease_key
+from services.orchestrator.preparation import Prepared, first_turn_id
 from services.orchestrator.rounds import RoundJob, Rounds, RoundState
 from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.turns import error_event
@@ -196,16 +197,30 @@ class Driver:
                     "double_texting_policy is REJECT: send this one after the round completes"
                 )
             return await self._enqueue(caller, conversation_id, message, policy)
+        # The round's inputs are asked for while the message is stored: neither waits for the other.
+        preparing = asyncio.create_task(
+            self.rounds.preparer.prepare(caller, conversation_id, message.message_id, conversation)
+        )
         try:
             accepted, job = await self._store(caller, conversation_id, message, lease)
         except BaseException:
+            await asyncio.shield(self._discard(caller, preparing, "the message could not be stored"))
             await self._leases.release(lease)
             raise
         if accepted.duplicate:
+            await self._discard(caller, preparing, "the message was already posted")
             await self._leases.release(lease)
             return accepted
-        self._spawn(self._drive(lease, dataclasses.replace(job, conversation=conversation)))
+        self._spawn(self._drive(lease, dataclasses.replace(job, conversation=conversation), preparing))
         return accepted
+
+    async def _discard(self, caller: Caller, preparing: asyncio.Task[Prepared], reason: str) -> None:
+        """A round that will not run: its holds released (a failed preparation released its own)."""
+        try:
+            prepared = await preparing
+        except Exception:
+            return  # whatever it held expires by itself
+        await self.rounds.preparer.release(caller, prepared, reason)
 
     async def _acquire_after_round(self, conversation_id: str) -> Lease | None:
         """The lease; or, while its driver is only letting go (the round has completed, so a client
@@ -340,14 +355,17 @@ class Driver:
         data = await self._redis.lpop(self._queue(conversation_id))
         return None if data is None else _decode_job(data)  # type: ignore[arg-type]
 
-    async def _drive(self, lease: Lease, job: RoundJob | None) -> None:
+    async def _drive(
+        self, lease: Lease, job: RoundJob | None, preparing: asyncio.Task[Prepared] | None = None
+    ) -> None:
         conversation_id = lease.conversation_id
         await self._redis.zadd(self._active, {conversation_id: time.time()})
         lost = False
         try:
             async with self._leases.held(lease) as lost_event:
                 while job is not None and not lost_event.is_set():
-                    state = RoundState(job, lease)
+                    state = RoundState(job, lease, preparing)
+                    preparing = None  # the first round's only
                     watcher = asyncio.create_task(_halt_on(lost_event, state))
                     try:
                         with self._bus.listening(conversation_id, partial(self.rounds.on_signal, state)):
@@ -482,6 +500,10 @@ class Driver:
             await self.rounds.turns.release(job.caller, turn_id, "the round's driver stopped")
         orchestration = orchestration_event_id(lease.conversation_id, job.message_id)
         await self.rounds.turns.release(job.caller, orchestration, "the round's driver stopped")
+        # The first turn's hold is made before the marker names the turn (preparation.py).
+        first_turn = first_turn_id(lease.conversation_id, job.message_id)
+        if first_turn != turn_id:
+            await self.rounds.turns.release(job.caller, first_turn, "the round's driver stopped")
         await self._redis.delete(marker)
 
     async def _fail_round(self, lease: Lease, job: RoundJob) -> None:

@@ -62,9 +62,20 @@ class RoundView:
     mentions: Sequence[str]
     limit: int
     spoken: list[Spoken] = field(default_factory=list)
+    # The id the round's first turn takes: fixed in advance, so that its quota hold could be asked
+    # for with the round's own (preparation.py); "" draws one like any other.
+    first_turn_id: str = ""
 
     def agent(self, agent_id: str) -> Agent | None:
         return next((a for a in self.participants if a.id == agent_id), None)
+
+    def new_turn_id(self) -> str:
+        """The id of the turn being planned: the first turn's once, then fresh ones."""
+        turn_id, self.first_turn_id = self.first_turn_id, ""
+        return turn_id or str(uuid.uuid4())
+
+    def plan(self, agent: Agent, instruction: str | None = None) -> TurnPlan:
+        return TurnPlan(agent, self.new_turn_id(), instruction)
 
 
 class Bidder(Protocol):
@@ -90,7 +101,7 @@ class RoundRobin:
         if len(view.spoken) >= view.limit:
             return RoundEnd(pb.ROUND_END_REASON_TURN_LIMIT)
         order = _mentioned_first(view)
-        return TurnPlan(order[len(view.spoken) % len(order)])
+        return view.plan(order[len(view.spoken) % len(order)])
 
 
 class Bidding:
@@ -102,7 +113,7 @@ class Bidding:
             return RoundEnd(pb.ROUND_END_REASON_YIELDED)
         if len(view.spoken) >= view.limit:
             return RoundEnd(pb.ROUND_END_REASON_TURN_LIMIT)
-        turn_id = str(uuid.uuid4())
+        turn_id = view.new_turn_id()
         bids = await self._bidder.collect(turn_id, view.participants)
         winner = choose_winner(view, bids)
         await self._bidder.announce(turn_id, bids, winner)
@@ -149,8 +160,8 @@ class Coordinator:
         step = len(view.spoken)
         if step == 0:
             if not specialists or view.limit < 3:
-                return TurnPlan(coordinator)  # nobody to delegate to, or no room: it answers itself
-            return TurnPlan(coordinator, instruction=plan_instruction(view.question, specialists))
+                return view.plan(coordinator)  # nobody to delegate to, or no room: it answers itself
+            return view.plan(coordinator, plan_instruction(view.question, specialists))
         if self._assignments is None:
             if not specialists or view.limit < 3:
                 return RoundEnd(pb.ROUND_END_REASON_COMPLETED)
@@ -158,10 +169,10 @@ class Coordinator:
             self._assignments = assigned[: view.limit - 2]
         if step <= len(self._assignments):
             agent, question = self._assignments[step - 1]
-            return TurnPlan(agent, instruction=f"The coordinator asks you: {question}")
+            return view.plan(agent, f"The coordinator asks you: {question}")
         if step == len(self._assignments) + 1:
             answers = view.spoken[1:]
-            return TurnPlan(coordinator, instruction=compose_instruction(view, answers))
+            return view.plan(coordinator, compose_instruction(view, answers))
         return RoundEnd(pb.ROUND_END_REASON_COMPLETED)
 
 
@@ -213,11 +224,10 @@ class Pipeline:
         if step >= view.limit:
             return RoundEnd(pb.ROUND_END_REASON_TURN_LIMIT)
         if step == 0:
-            return TurnPlan(view.participants[0])
+            return view.plan(view.participants[0])
         previous = view.spoken[-1].text
-        return TurnPlan(
-            view.participants[step],
-            instruction=f"Work on the previous stage's output and give yours:\n\n{previous}",
+        return view.plan(
+            view.participants[step], f"Work on the previous stage's output and give yours:\n\n{previous}"
         )
 
 

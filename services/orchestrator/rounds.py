@@ -18,7 +18,6 @@ import grpc
 from macp.agent_proxy.v1 import agent_proxy_service_pb2 as proxy_pb
 from macp.common.v1 import usage_pb2
 from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
-from macp.metering.v1 import metering_service_pb2 as metering_pb
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
 from services.orchestrator.control import Signal
@@ -35,20 +34,14 @@ from services.orchestrator.policies import (
     split_yield,
     turn_limit,
 )
+from services.orchestrator.preparation import Prepared, Preparer
 from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.transcript import Said, chat_messages
 from services.orchestrator.turns import Halt, TurnResult, TurnRunner, TurnSpec, now_timestamp, rpc_failure
-from services.runtime.usage_ids import orchestration_event_id
 
 log = logging.getLogger("macp.orchestrator.rounds")
 
 MAX_BID_MESSAGES = 50
-# ListMessages' largest page, and what a history page asks for beyond the context it keeps: the
-# trigger itself and a few user messages queued behind it, which the round leaves out.
-MAX_PAGE = 1000
-HISTORY_SLACK = 8
-# ListMessagesRequest.order_by, newest first.
-NEWEST_FIRST = "sequence desc"
 
 
 @dataclass(frozen=True)
@@ -75,6 +68,10 @@ class RoundState:
 
     job: RoundJob
     lease: Lease
+    # The round's inputs, asked for as soon as its driver held the lease (preparation.py); None:
+    # the round asks for them itself (a queued message's round).
+    preparing: asyncio.Task[Prepared] | None = None
+    prepared: Prepared | None = None
     halt: Halt = field(default_factory=Halt)
     current_turn: str = ""
     bidding_turn: str = ""
@@ -96,10 +93,15 @@ class Rounds:
             turn_timeout=settings.turn_timeout_seconds,
             reservation_ttl=settings.reservation_ttl_seconds,
         )
+        self._preparer = Preparer(downstream, self._turns, settings.context_messages)
 
     @property
     def turns(self) -> TurnRunner:
         return self._turns
+
+    @property
+    def preparer(self) -> Preparer:
+        return self._preparer
 
     async def run(self, state: RoundState, on_turn: OnTurn) -> pb.RoundEndReason.ValueType:
         """Run the round to its end; LeaseLost propagates (the round stops writing at once)."""
@@ -113,31 +115,40 @@ class Rounds:
             await on_turn(None)
             return await self._complete(emit, job, turns, reason)
 
-        reservation = orchestration_event_id(job.conversation_id, job.message_id)
-        # Independent calls, made at once: they are most of the time to the first token.
-        reserving = asyncio.create_task(self._reserve_orchestration(job, reservation))
+        preparing = state.preparing or asyncio.create_task(
+            self._preparer.prepare(job.caller, job.conversation_id, job.message_id, job.conversation)
+        )
         try:
-            (conversation, agents), history = await asyncio.gather(self._load(job), self._history(job))
+            prepared = await preparing
+        except BaseException:
+            preparing.cancel()
+            raise
+        if prepared.failure is not None:
+            await emit(pb.ConversationEvent(error=prepared.failure))
+            return await finish(0, pb.ROUND_END_REASON_FAILED)
+        if prepared.orchestration_refusal is not None:
+            await self._preparer.release_first_turn(job.caller, prepared, "the round was refused its quota")
+            await emit(pb.ConversationEvent(error=prepared.orchestration_refusal))
+            return await finish(0, pb.ROUND_END_REASON_FAILED)
+        try:
+            history = await self._preparer.history(
+                job.caller, prepared, job.conversation_id, job.message_id, job.sequence, job.text
+            )
         except grpc.aio.AioRpcError as exc:
-            if await reserving is None:
-                await self._turns.release(job.caller, reservation, "the conversation could not be loaded")
+            await self._preparer.release(job.caller, prepared, "the conversation could not be loaded")
             await emit(
                 pb.ConversationEvent(error=rpc_failure(exc, "loading the conversation", "LOAD_FAILED"))
             )
             return await finish(0, pb.ROUND_END_REASON_FAILED)
-        except BaseException:
-            reserving.cancel()
-            raise
-        refusal = await reserving
-        if refusal is not None:
-            await emit(pb.ConversationEvent(error=refusal))
-            return await finish(0, pb.ROUND_END_REASON_FAILED)
+        state.prepared = prepared
+        conversation, agents = prepared.conversation, prepared.agents
         names = {agent.id: agent.name for agent in agents}
         view = RoundView(
             question=job.text,
             participants=agents,
             mentions=[m for m in job.mentions if m in names],
             limit=turn_limit(conversation, len(agents), self._settings.default_turn_limit),
+            first_turn_id=prepared.first_turn_id,
         )
         policy = policy_for(
             conversation,
@@ -167,8 +178,13 @@ class Rounds:
                 view.spoken.append(Spoken(decision.agent.id, result.text, yielded))
                 history.append(Said(decision.agent.id, result.text))
         finally:
+            await self._preparer.release_first_turn(
+                job.caller, prepared, "the round ended before its first turn"
+            )
             # However the round ends (LeaseLost included), it was an orchestration: metered once.
-            usage = await self._commit_orchestration(job, reservation, started, len(view.spoken))
+            usage = await self._commit_orchestration(
+                job, prepared.orchestration_id, started, len(view.spoken)
+            )
         if isinstance(usage, usage_pb2.UsageEvent):
             await emit(pb.ConversationEvent(usage=usage))
         else:
@@ -208,56 +224,6 @@ class Rounds:
         )
         return reason
 
-    async def _load(self, job: RoundJob) -> tuple[conversation_pb.Conversation, list[Agent]]:
-        conversation = job.conversation
-        if conversation is None:
-            conversation = await self._downstream.get_conversation(job.caller, job.conversation_id)
-
-        async def agent(agent_id: str) -> Agent | None:
-            try:
-                return await self._downstream.get_agent(job.caller, agent_id)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.NOT_FOUND:
-                    return None  # deleted since it joined: it no longer speaks
-                raise
-
-        found = await asyncio.gather(*(agent(a) for a in conversation.participant_agent_ids))
-        return conversation, [a for a in found if a is not None]
-
-    async def _history(self, job: RoundJob) -> list[Said]:
-        """The conversation's newest messages as context, the trigger last; user messages sent
-        after it (queued behind this round) belong to later rounds and are left out."""
-        metadata = await self._downstream.for_conversation(job.caller)
-        wanted = self._settings.context_messages
-        # Newest first, so a long conversation costs one page, not a read from its first message.
-        # One page usually does: it holds the context plus the trigger and any messages queued
-        # behind it.
-        newest: list[conversation_pb.Message] = []
-        page_token = ""
-        while len(newest) < wanted:
-            reply = await self._downstream.conversation.ListMessages(
-                conversation_pb.ListMessagesRequest(
-                    conversation_id=job.conversation_id,
-                    page_size=min(wanted + HISTORY_SLACK, MAX_PAGE),
-                    page_token=page_token,
-                    order_by=NEWEST_FIRST,
-                ),
-                timeout=self._downstream.timeout,
-                metadata=metadata,
-            )
-            for message in reply.messages:
-                if message.id == job.message_id:
-                    continue
-                if message.role == conversation_pb.MESSAGE_ROLE_USER and message.sequence > job.sequence:
-                    continue
-                newest.append(message)
-            page_token = reply.next_page_token
-            if not page_token:
-                break
-        history = [Said.of(message) for message in reversed(newest[:wanted])]
-        history.append(Said(None, job.text))
-        return history
-
     async def _turn(
         self,
         state: RoundState,
@@ -276,9 +242,21 @@ class Rounds:
             messages=chat_messages(history, agent.id, names, plan.instruction),
             system_prompt=agent.system_prompt,
         )
-        # The quota hold is asked for while TurnStarted is written: one round trip less to the
-        # first token. A refusal still ends the turn before any provider call.
-        reserving = asyncio.create_task(self._turns.reserve(spec))
+        # The quota hold is asked for while TurnStarted is written (the first turn's was asked for
+        # with the round's): one round trip less to the first token. A refusal still ends the turn
+        # before any provider call.
+        prepared = state.prepared
+        reserving: asyncio.Future[pb.ErrorEvent | None]
+        if (
+            prepared is not None
+            and plan.turn_id == prepared.first_turn_id
+            and not prepared.first_turn_settled
+        ):
+            prepared.first_turn_settled = True  # committed or released by the turn from here on
+            reserving = asyncio.get_running_loop().create_future()
+            reserving.set_result(prepared.first_turn_refusal)
+        else:
+            reserving = asyncio.ensure_future(self._turns.reserve(spec))
         try:
             await emit(
                 pb.ConversationEvent(
@@ -296,15 +274,6 @@ class Rounds:
                 await self._turns.release(job.caller, spec.turn_id, "the round stopped before the turn")
             raise
         return await run_turn(self._turns, spec, emit, state.halt, reserving)
-
-    async def _reserve_orchestration(self, job: RoundJob, reservation: str) -> pb.ErrorEvent | None:
-        return await self._turns.hold(
-            job.caller,
-            reservation,
-            metering_pb.METER_ORCHESTRATIONS,
-            "the round's orchestration quota",
-            conversation_id=job.conversation_id,
-        )
 
     async def _commit_orchestration(
         self, job: RoundJob, reservation: str, started: float, turns: int
