@@ -44,6 +44,38 @@ class ConversationState:
 Check = Callable[[ConversationState], None]
 
 
+# The conversation's state and the message already stored under the id, if any (one row, or none
+# for an unknown conversation). $1 tenant, $2 conversation, $3 message id.
+_READ_STATE = """
+SELECT c.status, c.participant_agent_ids, m.*
+FROM conversation_conversations c
+LEFT JOIN conversation_messages m ON m.conversation_id = c.id AND m.id = $3
+WHERE c.tenant_id = $1 AND c.id = $2 AND c.delete_time IS NULL
+"""
+
+# One statement, so one transaction: the sequence taken and the row written, only while the
+# conversation is as checked ($3 status, $4 participants); a duplicate key rolls back both.
+# $1 tenant, $2 conversation, $5.. the message's columns (`_columns`).
+_INSERT_IF_UNCHANGED = f"""
+WITH taken AS (
+    UPDATE conversation_conversations SET last_sequence = last_sequence + 1
+    WHERE {LIVE} AND status = $3 AND participant_agent_ids = $4
+    RETURNING last_sequence
+)
+INSERT INTO conversation_messages
+    (conversation_id, id, tenant_id, sequence, role, author_id, text, turn_id, create_time)
+SELECT $2, $5::uuid, $1, taken.last_sequence, $6::smallint, $7::text, $8::text, $9::uuid, clock_timestamp()
+FROM taken
+RETURNING *
+"""
+
+
+def _columns(message: pb.Message) -> tuple[object, ...]:
+    """The message's own columns, in `_INSERT_IF_UNCHANGED`'s order from $5."""
+    turn_id = uuid.UUID(message.turn_id) if message.turn_id else None
+    return uuid.UUID(message.id), message.role, message.author_id, message.text, turn_id
+
+
 class MessageStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
@@ -52,14 +84,49 @@ class MessageStore:
         self, tenant_id: str, message: pb.Message, check: Check
     ) -> tuple[pb.Message, bool] | None:
         """Store `message` and return it with True, or the message already stored under its id with
-        False; None if the conversation does not exist (for this tenant).
+        False; None if the conversation does not exist (for this tenant). `check` judges the
+        conversation's state (status, participants) before a new row is written; it raises to
+        refuse. Sequence numbers are taken without gaps.
 
-        The conversation row is locked FOR UPDATE for the whole transaction, which serialises the
-        appends of one conversation: a retry running at the same time as the first attempt sees the
-        first attempt's row, and the next sequence number is taken without gaps. `check` runs under
-        that lock before a new row is written, so the domain's rules (status, author) judge the state
-        the insert commits against; it raises to refuse.
+        Two round trips in the usual case, where a transaction holding the conversation's row lock
+        took six (BEGIN, lock, look-up, sequence, insert, COMMIT), twice per agent turn: read the
+        state and any message already stored under the id; if none, `check` the state and write
+        the row and its sequence in one statement, which takes the row lock itself and writes only
+        if the state is still the one checked. Anything else (the state changed in between, or a
+        concurrent attempt stored the same id first and the statement rolled back on the key) goes
+        the locked way (`_append_locked`), which serialises it against every other append.
         """
+        conversation_id = uuid.UUID(message.conversation_id)
+        message_id = uuid.UUID(message.id)
+        row = await self._pool.fetchrow(_READ_STATE, tenant_id, conversation_id, message_id)
+        if row is None:
+            return None
+        if row["id"] is not None:
+            return message_from_row(row), False
+        state = ConversationState(row["status"], tuple(str(a) for a in row["participant_agent_ids"]))
+        check(state)
+        try:
+            inserted = await self._pool.fetchrow(
+                _INSERT_IF_UNCHANGED,
+                tenant_id,
+                conversation_id,
+                row["status"],
+                row["participant_agent_ids"],
+                *_columns(message),
+            )
+        except asyncpg.UniqueViolationError:
+            inserted = None  # a concurrent attempt stored it: the whole statement rolled back
+        if inserted is not None:
+            return message_from_row(inserted), True
+        return await self._append_locked(tenant_id, message, check)
+
+    async def _append_locked(
+        self, tenant_id: str, message: pb.Message, check: Check
+    ) -> tuple[pb.Message, bool] | None:
+        """The append under the conversation's row lock (FOR UPDATE for the whole transaction),
+        which serialises the appends of one conversation: a retry running at the same time as the
+        first attempt sees the first attempt's row, and `check` judges the state the insert
+        commits against."""
         conversation_id = uuid.UUID(message.conversation_id)
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
