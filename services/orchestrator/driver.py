@@ -58,6 +58,8 @@ ACCEPTED_SECONDS = 24 * 3600
 QUEUE_SECONDS = 3600
 # How long a message waits for a driver that has completed its round and is letting go.
 LETTING_GO_SECONDS = 1.0
+# How often it looks meanwhile: letting go takes a few Redis round trips, about a millisecond.
+LETTING_GO_POLL_SECONDS = 0.001
 
 
 @dataclass(frozen=True)
@@ -170,19 +172,13 @@ class Driver:
         return await self._downstream.get_conversation(caller, conversation_id)
 
     async def post(self, caller: Caller, conversation_id: str, message: pb.UserMessage) -> Accepted:
-        # Independent reads, made at once.
+        # Independent reads, made at once. The lease comes after them: a client that sends its
+        # next message on RoundCompleted finds the round's driver letting go, and the reads give
+        # it the time to.
         conversation, seen = await asyncio.gather(
             self.conversation(caller, conversation_id), self._seen(conversation_id, message.message_id)
         )
-        if conversation.status == conversation_pb.CONVERSATION_STATUS_ARCHIVED:
-            raise FailedPrecondition(f"conversation {conversation_id} is archived; it takes no new messages")
-        participants = set(conversation.participant_agent_ids)
-        for index, agent_id in enumerate(message.mention_agent_ids):
-            if agent_id not in participants:
-                raise InvalidArgument(
-                    f"message.mention_agent_ids[{index}]: agent {agent_id} is not a participant of "
-                    "this conversation"
-                )
+        _check_message(conversation, message)
         if seen is not None:
             return seen
         policy = conversation.double_texting_policy
@@ -211,7 +207,9 @@ class Driver:
             await self._discard(caller, preparing, "the message was already posted")
             await self._leases.release(lease)
             return accepted
+        # The round starts before the message is noted as accepted: only its retries wait for that.
         self._spawn(self._drive(lease, dataclasses.replace(job, conversation=conversation), preparing))
+        await self._remember(conversation_id, accepted)
         return accepted
 
     async def _discard(self, caller: Caller, preparing: asyncio.Task[Prepared], reason: str) -> None:
@@ -233,7 +231,7 @@ class Driver:
             stored = await self._redis.get(self._marker(conversation_id))
             if stored is not None and not json.loads(stored).get("ending"):
                 return None  # a round is in flight: the double-texting policy decides
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(LETTING_GO_POLL_SECONDS)
 
     async def _enqueue(
         self,
@@ -247,6 +245,7 @@ class Driver:
         accepted, job = await self._store(caller, conversation_id, message, None, queue_position=position + 1)
         if accepted.duplicate:
             return accepted
+        await self._remember(conversation_id, accepted)
         pipe = self._redis.pipeline(transaction=True)
         pipe.rpush(queue, _encode_job(job))
         pipe.expire(queue, QUEUE_SECONDS)
@@ -311,12 +310,15 @@ class Driver:
             ),
             lease,
         )
+        return Accepted(stored.id, stored.sequence, False, event.event_id, queue_position), job
+
+    async def _remember(self, conversation_id: str, accepted: Accepted) -> None:
+        """Note `accepted`, so that a retry of its message is answered as a duplicate."""
         await self._redis.set(
-            self._accepted(conversation_id, stored.id),
-            f"{stored.sequence} {event.event_id}",
+            self._accepted(conversation_id, accepted.message_id),
+            f"{accepted.sequence} {accepted.event_id}",
             ex=ACCEPTED_SECONDS,
         )
-        return Accepted(stored.id, stored.sequence, False, event.event_id, queue_position), job
 
     async def cancel(self, conversation_id: str, turn_id: str, reason: str) -> None:
         """Cancel a turn (or, with no turn, the round in flight and every queued message)."""
@@ -359,7 +361,6 @@ class Driver:
         self, lease: Lease, job: RoundJob | None, preparing: asyncio.Task[Prepared] | None = None
     ) -> None:
         conversation_id = lease.conversation_id
-        await self._redis.zadd(self._active, {conversation_id: time.time()})
         lost = False
         try:
             async with self._leases.held(lease) as lost_event:
@@ -399,7 +400,11 @@ class Driver:
             fields = {"job": _encode_job(job), "turn_id": turn_id or "", "ending": turn_id is None}
             await self._redis.set(marker, json.dumps(fields))
 
-        await on_turn("")
+        # The round's marker and its conversation among those the sweep watches, in one round trip.
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(marker, json.dumps({"job": _encode_job(job), "turn_id": "", "ending": False}))
+        pipe.zadd(self._active, {job.conversation_id: time.time()})
+        await pipe.execute()
         try:
             # The round's span continues the trace of the action that posted its message (a queued
             # message's round runs in the task of the round before it, whose context is not its own).
@@ -517,6 +522,19 @@ class Driver:
             ),
             lease,
         )
+
+
+def _check_message(conversation: conversation_pb.Conversation, message: pb.UserMessage) -> None:
+    """Refuse a message the conversation cannot take (archived, or mentioning a stranger)."""
+    if conversation.status == conversation_pb.CONVERSATION_STATUS_ARCHIVED:
+        raise FailedPrecondition(f"conversation {conversation.id} is archived; it takes no new messages")
+    participants = set(conversation.participant_agent_ids)
+    for index, agent_id in enumerate(message.mention_agent_ids):
+        if agent_id not in participants:
+            raise InvalidArgument(
+                f"message.mention_agent_ids[{index}]: agent {agent_id} is not a participant of "
+                "this conversation"
+            )
 
 
 async def _halt_on(lost: asyncio.Event, state: RoundState) -> None:

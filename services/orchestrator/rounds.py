@@ -165,8 +165,10 @@ class Rounds:
                     reason = decision.reason
                     break
                 state.current_turn = decision.turn_id
-                await on_turn(decision.turn_id)
-                result = await self._turn(state, emit, decision, len(view.spoken) + 1, history, names)
+                marking = on_turn(decision.turn_id)
+                result = await self._turn(
+                    state, emit, decision, len(view.spoken) + 1, history, names, marking
+                )
                 state.current_turn = ""
                 if result.outcome in (pb.TURN_OUTCOME_CANCELLED, pb.TURN_OUTCOME_INTERRUPTED):
                     reason = _halted(state.halt)
@@ -232,7 +234,10 @@ class Rounds:
         index: int,
         history: Sequence[Said],
         names: dict[str, str],
+        marking: Awaitable[None],
     ) -> TurnResult:
+        """One turn; `marking` (the driver noting the turn in flight) is written with TurnStarted,
+        both before anything the turn costs."""
         job, agent = state.job, plan.agent
         spec = TurnSpec(
             turn_id=plan.turn_id,
@@ -257,17 +262,13 @@ class Rounds:
             reserving.set_result(prepared.first_turn_refusal)
         else:
             reserving = asyncio.ensure_future(self._turns.reserve(spec))
-        try:
-            await emit(
-                pb.ConversationEvent(
-                    turn_started=pb.TurnStarted(
-                        turn_id=plan.turn_id,
-                        agent_id=agent.id,
-                        trigger_message_id=job.message_id,
-                        turn_index=index,
-                    )
-                )
+        started = pb.ConversationEvent(
+            turn_started=pb.TurnStarted(
+                turn_id=plan.turn_id, agent_id=agent.id, trigger_message_id=job.message_id, turn_index=index
             )
+        )
+        try:
+            await asyncio.gather(marking, emit(started))
         except BaseException:
             refusal = await reserving
             if refusal is None:
