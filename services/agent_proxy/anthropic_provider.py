@@ -1,17 +1,13 @@
-"""Anthropic Messages API, streamed, through the official `anthropic` SDK."""
+"""Anthropic Messages API, streamed, through the official `anthropic` SDK (its events read here)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 
 import anthropic
-from anthropic.types import (
-    MessageParam,
-    RawContentBlockDeltaEvent,
-    RawMessageDeltaEvent,
-    RawMessageStartEvent,
-    RawMessageStopEvent,
-)
+import orjson
+from anthropic.types import MessageParam
 from macp.agent_proxy.v1 import agent_proxy_service_pb2 as pb
 
 from services.agent_proxy.provider import Finished, ProviderEvent, ProviderFailure, Started, Turn, as_failure
@@ -40,7 +36,10 @@ class AnthropicProvider:
 
     async def stream(self, model: str, turn: Turn, read_timeout: float) -> AsyncGenerator[ProviderEvent]:
         try:
-            stream = await self._client.messages.create(
+            # The SDK makes the call (headers, auth, errors as its exceptions); its stream's events
+            # are read here (`_events`): the SDK builds a validated model per event, which costs
+            # more CPU than everything else this process does for a token.
+            opened = self._client.messages.with_streaming_response.create(
                 model=model,
                 max_tokens=turn.max_tokens,
                 messages=[_message(role, text) for role, text in turn.messages],
@@ -50,30 +49,37 @@ class AnthropicProvider:
                 extra_body={"temperature": turn.temperature} if turn.temperature is not None else None,
                 timeout=read_timeout,
             )
+            response = await opened.__aenter__()
         except Exception as exc:
             raise as_failure(exc, self.config) from None
-        request_id = stream.response.headers.get("request-id", "")
+        request_id = response.headers.get("request-id", "")
         input_tokens: int | None = None
         output_tokens: int | None = None
         stop_reason: str | None = None
         stopped = False
         try:
-            async for event in stream:
-                if isinstance(event, RawContentBlockDeltaEvent):
-                    if event.delta.type == "text_delta" and event.delta.text:
-                        yield event.delta.text
-                elif isinstance(event, RawMessageStartEvent):
-                    input_tokens = event.message.usage.input_tokens
+            async for event in _events(response.iter_lines()):
+                kind = event.get("type")
+                if kind == "content_block_delta":
+                    delta = event["delta"]
+                    if delta.get("type") == "text_delta" and delta.get("text"):
+                        yield str(delta["text"])
+                elif kind == "message_start":
+                    input_tokens = event["message"]["usage"]["input_tokens"]
                     yield Started(request_id=request_id, input_tokens=input_tokens)
-                elif isinstance(event, RawMessageDeltaEvent):
-                    output_tokens = event.usage.output_tokens
-                    stop_reason = event.delta.stop_reason
-                elif isinstance(event, RawMessageStopEvent):
+                elif kind == "message_delta":
+                    output_tokens = event.get("usage", {}).get("output_tokens")
+                    stop_reason = event.get("delta", {}).get("stop_reason")
+                elif kind == "message_stop":
                     stopped = True
+                elif kind == "error":
+                    raise _stream_error(self.config.name, event)
+        except ProviderFailure:
+            raise
         except Exception as exc:
             raise as_failure(exc, self.config) from None
         finally:
-            await stream.close()
+            await opened.__aexit__(None, None, None)
         if not stopped:
             raise ProviderFailure(f"{self.config.name} ended the stream before message_stop", retryable=True)
         yield Finished(
@@ -82,6 +88,36 @@ class AnthropicProvider:
             output_tokens=output_tokens,
             request_id=request_id,
         )
+
+
+async def _events(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
+    """The JSON payloads of a server-sent event stream (the `data:` lines of each event, joined;
+    `event:`, `id:` and comments are not needed: every payload names its own `type`)."""
+    data: list[str] = []
+    async for line in lines:
+        if not line:
+            if data:
+                yield _object(orjson.loads("\n".join(data)))
+                data = []
+        elif line.startswith("data:"):
+            data.append(line[6:] if line.startswith("data: ") else line[5:])
+    if data:
+        yield _object(orjson.loads("\n".join(data)))
+
+
+def _object(payload: object) -> dict[str, Any]:
+    if not isinstance(payload, dict):
+        raise ValueError("a stream event that is not a JSON object")
+    return payload
+
+
+def _stream_error(who: str, event: dict[str, Any]) -> ProviderFailure:
+    """An `error` event mid-stream: overloaded or internal errors are worth another try."""
+    error = event.get("error")
+    kind = str(error.get("type", "error")) if isinstance(error, dict) else "error"
+    message = str(error.get("message", ""))[:300] if isinstance(error, dict) else ""
+    retryable = kind in ("overloaded_error", "api_error")
+    return ProviderFailure(f"{who} sent an error mid-answer: {kind}: {message}", retryable=retryable)
 
 
 def _message(role: str, text: str) -> MessageParam:
