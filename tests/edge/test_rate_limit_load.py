@@ -25,7 +25,8 @@ consumer class stays out of the way. Each test asserts the issue's "done when":
   together would admit twice the allowance);
 - the p99 of the admitted requests stays within LATENCY_FACTOR times the p99 of the same requests
   sent at a low rate just before and just after the load (the machine is shared: a baseline on both
-  sides of the load sees more of the neighbours the load sees), in one of LATENCY_ATTEMPTS runs.
+  sides of the load sees more of the neighbours the load sees), in one of LATENCY_ATTEMPTS runs
+  (LATENCY_FACTOR is the issue's 2).
 """
 
 from __future__ import annotations
@@ -80,12 +81,12 @@ LIMITS = {
 API_TENANTS = 4
 LOAD_SECONDS = 4.0
 UNLOADED_RATE, UNLOADED_SECONDS = 15.0, 3.0  # at most half the limit tested, a tenth of the machine
-# The issue asks for the admitted p99 under load within 2x the unloaded one. Measured here (shared
-# 2-core machine, docs/benchmarks.md section 10) it came out between 1.0x and 2.7x, the worst when
-# other work loaded the machine during the load but not the baseline; the test holds the platform
-# to 3x, so that a real queueing collapse fails it and a neighbour's burst does not.
-LATENCY_FACTOR = 3.0
-LATENCY_ATTEMPTS = 3
+# The issue asks for the admitted p99 under load within 2x the unloaded one, and the test holds
+# the platform to exactly that. A p99 of about a hundred requests moves with one stall of a
+# neighbour on this shared 2-core machine (26.5 ms against 2.7 ms once, while another stack was
+# starting), so an attempt that misses is run again: a real queueing collapse misses every one.
+LATENCY_FACTOR = 2.0
+LATENCY_ATTEMPTS = 5
 READY_SECONDS = 60.0
 TOLERANCE = 0.05
 
