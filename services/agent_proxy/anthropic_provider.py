@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import anthropic
-import orjson
 from anthropic.types import MessageParam
 from macp.agent_proxy.v1 import agent_proxy_service_pb2 as pb
 
 from services.agent_proxy.provider import Finished, ProviderEvent, ProviderFailure, Started, Turn, as_failure
 from services.agent_proxy.settings import ProviderConfig
+from services.agent_proxy.sse_events import payloads
 
 STOP_REASONS = {
     "end_turn": pb.FINISH_REASON_STOP,
@@ -36,9 +36,7 @@ class AnthropicProvider:
 
     async def stream(self, model: str, turn: Turn, read_timeout: float) -> AsyncGenerator[ProviderEvent]:
         try:
-            # The SDK makes the call (headers, auth, errors as its exceptions); its stream's events
-            # are read here (`_events`): the SDK builds a validated model per event, which costs
-            # more CPU than everything else this process does for a token.
+            # The SDK makes the call; its stream's events are read in sse_events.py.
             opened = self._client.messages.with_streaming_response.create(
                 model=model,
                 max_tokens=turn.max_tokens,
@@ -58,7 +56,7 @@ class AnthropicProvider:
         stop_reason: str | None = None
         stopped = False
         try:
-            async for event in _events(response.iter_lines()):
+            async for event in payloads(response.iter_lines()):
                 kind = event.get("type")
                 if kind == "content_block_delta":
                     delta = event["delta"]
@@ -88,27 +86,6 @@ class AnthropicProvider:
             output_tokens=output_tokens,
             request_id=request_id,
         )
-
-
-async def _events(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
-    """The JSON payloads of a server-sent event stream (the `data:` lines of each event, joined;
-    `event:`, `id:` and comments are not needed: every payload names its own `type`)."""
-    data: list[str] = []
-    async for line in lines:
-        if not line:
-            if data:
-                yield _object(orjson.loads("\n".join(data)))
-                data = []
-        elif line.startswith("data:"):
-            data.append(line[6:] if line.startswith("data: ") else line[5:])
-    if data:
-        yield _object(orjson.loads("\n".join(data)))
-
-
-def _object(payload: object) -> dict[str, Any]:
-    if not isinstance(payload, dict):
-        raise ValueError("a stream event that is not a JSON object")
-    return payload
 
 
 def _stream_error(who: str, event: dict[str, Any]) -> ProviderFailure:

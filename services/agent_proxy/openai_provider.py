@@ -1,5 +1,6 @@
 """OpenAI Chat Completions, streamed with `stream_options.include_usage`, through the official
-`openai` SDK; any OpenAI-compatible server (Ollama, vLLM, llama.cpp) by its base URL."""
+`openai` SDK (its chunks read in sse_events.py); any OpenAI-compatible server (Ollama, vLLM,
+llama.cpp) by its base URL."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from services.agent_proxy.provider import Finished, ProviderEvent, ProviderFailure, Started, Turn, as_failure
 from services.agent_proxy.settings import ProviderConfig
+from services.agent_proxy.sse_events import payloads
 
 FINISH_REASONS = {
     "stop": pb.FINISH_REASON_STOP,
@@ -42,7 +44,8 @@ class OpenAIProvider:
             else:
                 messages.append({"role": "user", "content": text})
         try:
-            stream = await self._client.chat.completions.create(
+            # The SDK makes the call; its stream's chunks are read in sse_events.py.
+            opened = self._client.chat.completions.with_streaming_response.create(
                 model=model,
                 messages=messages,
                 max_tokens=turn.max_tokens,
@@ -51,28 +54,36 @@ class OpenAIProvider:
                 temperature=turn.temperature if turn.temperature is not None else openai.omit,
                 timeout=read_timeout,
             )
+            response = await opened.__aenter__()
         except Exception as exc:
             raise as_failure(exc, self.config) from None
-        request_id = stream.response.headers.get("x-request-id", "")
+        request_id = response.headers.get("x-request-id", "")
         yield Started(request_id=request_id, input_tokens=None)
         finish_reason: str | None = None
         input_tokens: int | None = None
         output_tokens: int | None = None
         try:
-            async for chunk in stream:
-                if chunk.choices:
-                    choice = chunk.choices[0]
-                    if choice.delta.content:
-                        yield choice.delta.content
-                    if choice.finish_reason:
-                        finish_reason = choice.finish_reason
-                if chunk.usage is not None:
-                    input_tokens = chunk.usage.prompt_tokens
-                    output_tokens = chunk.usage.completion_tokens
+            async for chunk in payloads(response.iter_lines()):
+                if "error" in chunk:
+                    raise _stream_error(self.config.name, chunk["error"])
+                choices = chunk.get("choices") or ()
+                if choices:
+                    choice = choices[0]
+                    content = (choice.get("delta") or {}).get("content")
+                    if content:
+                        yield str(content)
+                    if choice.get("finish_reason"):
+                        finish_reason = str(choice["finish_reason"])
+                usage = chunk.get("usage")
+                if isinstance(usage, dict):
+                    input_tokens = usage.get("prompt_tokens")
+                    output_tokens = usage.get("completion_tokens")
+        except ProviderFailure:
+            raise
         except Exception as exc:
             raise as_failure(exc, self.config) from None
         finally:
-            await stream.close()
+            await opened.__aexit__(None, None, None)
         if finish_reason is None:
             raise ProviderFailure(
                 f"{self.config.name} ended the stream without a finish reason", retryable=True
@@ -83,3 +94,10 @@ class OpenAIProvider:
             output_tokens=output_tokens,
             request_id=request_id,
         )
+
+
+def _stream_error(who: str, error: object) -> ProviderFailure:
+    """An error chunk mid-stream (what the SDK would raise as APIError): worth another try, as
+    compatible servers send them for overload and internal failures alike."""
+    message = str(error.get("message", ""))[:300] if isinstance(error, dict) else str(error)[:300]
+    return ProviderFailure(f"{who} sent an error mid-answer: {message}", retryable=True)
