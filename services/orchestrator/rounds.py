@@ -323,14 +323,24 @@ async def run_turn(
             await emit(pb.ConversationEvent(error=result.error))
         await emit(_completed(spec, result.outcome))
         return result
-    try:
-        result.message_id = await runner.store(spec, result.text)
-    except grpc.aio.AioRpcError as exc:
+    # Storing the answer and committing its usage do not wait for each other: the usage is owed
+    # whether or not the answer could be stored.
+    stored, usage = await asyncio.gather(
+        runner.store(spec, result.text),
+        runner.commit(spec, result, completion, started),
+        return_exceptions=True,
+    )
+    if isinstance(usage, BaseException):
+        raise usage
+    if isinstance(stored, grpc.aio.AioRpcError):
         result.error = rpc_failure(
-            exc, "storing the answer (conversation AppendMessage)", "STORE_FAILED", spec.turn_id
+            stored, "storing the answer (conversation AppendMessage)", "STORE_FAILED", spec.turn_id
         )
         result.outcome = pb.TURN_OUTCOME_FAILED
-    usage = await runner.commit(spec, result, completion, started)
+    elif isinstance(stored, BaseException):
+        raise stored
+    else:
+        result.message_id = stored
     await emit(_completed(spec, result.outcome, result.message_id, result.text))
     if isinstance(usage, usage_pb2.UsageEvent):
         await emit(pb.ConversationEvent(usage=usage))
