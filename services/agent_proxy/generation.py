@@ -28,6 +28,10 @@ from services.agent_proxy.usage import TurnRecord, agent_turn_event
 from services.runtime.errors import FailedPrecondition, PermissionDenied, Unavailable
 from services.runtime.principal import Principal
 
+# How long past the caller's deadline an upstream call may run before its own timeout: gRPC ends
+# the call at the deadline first (see `Generation._timeout`).
+DEADLINE_GRACE_SECONDS = 0.25
+
 PublishUsage = Callable[[usage_pb2.UsageEvent], Awaitable[None]]
 # Told of each call's time to its first text (queue wait included), by the provider and model that
 # gave it: the metrics' hook.
@@ -107,7 +111,10 @@ class Generation:
     def _timeout(self, deadline: float | None) -> float:
         if deadline is None:
             return self._settings.call_timeout_seconds
-        remaining = deadline - asyncio.get_running_loop().time()
+        # A little past the caller's deadline: at the deadline gRPC cancels this call (and the
+        # upstream request with it), and the caller hears DEADLINE_EXCEEDED. A provider timeout at
+        # the very same moment would race it and answer UNAVAILABLE instead.
+        remaining = deadline - asyncio.get_running_loop().time() + DEADLINE_GRACE_SECONDS
         return max(0.01, min(self._settings.call_timeout_seconds, remaining))
 
     def _pick(self, request: pb.GenerateRequest) -> Target:
