@@ -20,7 +20,6 @@ the append unless that lease is still the current one, so a deposed driver canno
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 from collections.abc import AsyncIterator, Sequence
 from typing import Final, cast
@@ -176,10 +175,13 @@ class EventLog:
                     position = _position(cursor)
                 if len(entries) == READ_BATCH:
                     continue  # more may be waiting already
-                # The tail's word, or a re-read now and then whatever it says.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._block_ms / 1000):
-                        await news.wait()
+                # The tail's word, or a re-read now and then whatever it says. (asyncio.wait: the
+                # timeout never cancels this generator's own task, only the waiter.)
+                waiter = asyncio.ensure_future(news.wait())
+                try:
+                    await asyncio.wait((waiter,), timeout=self._block_ms / 1000)
+                finally:
+                    waiter.cancel()
 
     async def close(self) -> None:
         """Stop the blocking read that serves every follower (they have ended by now)."""
