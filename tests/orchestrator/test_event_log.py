@@ -81,9 +81,15 @@ async def test_followers_in_other_processes_see_live_events_in_order(
                             break
             return seen
 
+        blocked_before = await _blocked_reads(redis)
         live = asyncio.create_task(follow(readers[0], "", 5))
         replaying = asyncio.create_task(follow(readers[1], before.event_id, 5))
-        await asyncio.sleep(0.3)  # both are blocked waiting
+        # Both caught up and waiting: each one's tail is in its blocking read (a live-only follower
+        # that started after the first append would rightly never see it).
+        for _ in range(250):
+            if await _blocked_reads(redis) >= blocked_before + 2:
+                break
+            await asyncio.sleep(0.02)
         for index in range(1, 6):
             await writer.append(conversation, _delta(index))
         assert await live == [1, 2, 3, 4, 5]
@@ -157,3 +163,8 @@ async def test_a_conversation_followed_while_the_tail_blocks_is_heard_at_once(
         assert not [key async for key in redis.scan_iter(f"{prefix}orchestrator:tail:*")]
     finally:
         await log.close()
+
+
+async def _blocked_reads(redis: aioredis.Redis) -> int:
+    """Clients of the server now in a blocking XREAD."""
+    return sum(1 for client in await redis.client_list() if client.get("cmd") == "xread")
