@@ -10,6 +10,8 @@ Ingest (events/s into Postgres):
   has recorded every distinct one: validation, de-duplication, rollups, quota deltas and the offset
   commit included. One event recorded first, untimed, makes sure its consumer owns the partitions.
 Holds (through Envoy's mesh listener, closed loop at `--concurrency` in flight):
+- floor: an empty grpc.aio method called straight, no Envoy (bench/grpc_floor.py): what no
+  grpc.aio service on this machine can beat at this concurrency;
 - raw: redis-py EVALSHA of the metering RESERVE script itself, straight to Redis;
 - Reserve over gRPC through Envoy;
 - Reserve + Commit pairs (one API_CALL event per Commit), the cost of one metered turn.
@@ -40,7 +42,8 @@ from macp.metering.v1 import metering_service_pb2_grpc as pb_grpc
 from macp.token.v1 import token_service_pb2 as token_pb
 from macp.token.v1 import token_service_pb2_grpc as token_grpc
 
-from bench.cpu import CpuMeter
+from bench.cpu import CLIENT, CpuMeter
+from bench.grpc_floor import floor_echo, floor_server
 from bench.load import LoadResult, drive
 from bench.slice import cluster_healthy, start_apps_and_envoy
 from bench.stats import machine_line, markdown_table, ratio
@@ -55,6 +58,9 @@ from services.stack.secrets import local_secrets
 from services.stack.seed import LocalAdmin, seed
 
 APPS = ("token", "metering")
+FLOOR = "floor server"
+FLOOR_ROW = "floor: an empty grpc.aio method, straight (no Envoy, no interceptors, no Redis)"
+CPU_COLUMNS = (CLIENT, FLOOR, "envoy", "metering")  # CPU µs per call, in the order of a call's hops
 USAGE_TOPIC = "bench.usage.v1"
 RAW_TOPIC = "bench.raw.v1"
 BATCH = 5_000
@@ -68,6 +74,7 @@ class Stack:
     mesh_address: str
     admin: LocalAdmin
     initial_access_token: str
+    pids: dict[str, int]  # metering, envoy: the processes whose CPU per hold the table shows
 
 
 @contextmanager
@@ -103,7 +110,9 @@ def running_stack() -> Iterator[Stack]:
                     raise StartupError(f"Envoy saw no healthy {cluster}")
                 time.sleep(0.1)
         admin = seed(directory, envoy.mesh_address, environ["MACP_TOKEN_INITIAL_ACCESS_TOKEN"]).admin
-        yield Stack(environ, envoy.mesh_address, admin, environ["MACP_TOKEN_INITIAL_ACCESS_TOKEN"])
+        named = {app.name: process.pid for app, process in processes} | {"envoy": envoy.pid}
+        pids = {name: pid for name, pid in named.items() if pid is not None and name != "token"}
+        yield Stack(environ, envoy.mesh_address, admin, environ["MACP_TOKEN_INITIAL_ACCESS_TOKEN"], pids)
 
 
 def turn_events(count: int, tenants: int = 20) -> list[bytes]:
@@ -237,11 +246,12 @@ async def turn_token(stack: Stack) -> str:
         return token
 
 
-async def holds(stack: Stack, pairs: int, concurrency: int) -> dict[str, LoadResult]:
+async def holds(stack: Stack, pairs: int, concurrency: int, floor: tuple[str, int]) -> dict[str, LoadResult]:
     tenant = stack.admin.tenant_id
     token = await turn_token(stack)
     metadata = (("authorization", f"Bearer {token}"),)
-    meter = CpuMeter({})
+    floor_address, floor_pid = floor
+    meter = CpuMeter(stack.pids | {FLOOR: floor_pid})
     results: dict[str, LoadResult] = {}
     redis = aioredis.from_url(stack.environ["MACP_REDIS_URL"])
     script = redis.register_script(quota_scripts.RESERVE)
@@ -255,8 +265,14 @@ async def holds(stack: Stack, pairs: int, concurrency: int) -> dict[str, LoadRes
             args=[pb.METER_API_CALLS, 1, 60000],
         )
 
-    async with grpc.aio.insecure_channel(stack.mesh_address) as channel:
+    async with floor_echo(floor_address) as echo, grpc.aio.insecure_channel(stack.mesh_address) as channel:
         stub = pb_grpc.MeteringServiceStub(channel)
+        request = pb.ReserveRequest(
+            reservation_id=str(uuid.uuid4()), tenant_id=tenant, meter=pb.METER_API_CALLS, quantity=1
+        ).SerializeToString()
+
+        async def empty(index: int) -> None:
+            await echo(request, timeout=10)
 
         async def reserve(index: int) -> str:
             hold = str(uuid.uuid4())
@@ -283,6 +299,7 @@ async def holds(stack: Stack, pairs: int, concurrency: int) -> dict[str, LoadRes
             )
 
         for name, call in (
+            (FLOOR_ROW, empty),
             ("raw: EVALSHA of the RESERVE script, straight to Redis", raw),
             ("Reserve over gRPC through Envoy's mesh listener", reserve_only),
             ("Reserve + Commit over gRPC through Envoy's mesh listener", pair),
@@ -297,7 +314,8 @@ async def holds(stack: Stack, pairs: int, concurrency: int) -> dict[str, LoadRes
 async def measure(stack: Stack, args: argparse.Namespace) -> None:
     raw_seconds = await raw_ingest(stack, turn_events(args.events))
     metering_seconds = await metering_ingest(stack, turn_events(args.events))
-    hold_results = await holds(stack, args.pairs, args.concurrency)
+    with floor_server() as floor:
+        hold_results = await holds(stack, args.pairs, args.concurrency, floor)
     raw_rate = args.events / raw_seconds
     rows = [
         [
@@ -328,10 +346,16 @@ async def measure(stack: Stack, args: argparse.Namespace) -> None:
             f"{r.p99_ms:.2f}",
             f"{r.rate:,.0f}",
             str(r.errors),
+            *(f"{r.cpu_us_per_call(process):.0f}" for process in CPU_COLUMNS),
         ]
         for name, r in hold_results.items()
     ]
-    print(markdown_table(["hold path", "c", "n", "p50 ms", "p99 ms", "per s", "errors"], hold_rows))
+    cpu_headers = [f"{process} CPU µs/call" for process in CPU_COLUMNS]
+    print(
+        markdown_table(
+            ["hold path", "c", "n", "p50 ms", "p99 ms", "per s", "errors", *cpu_headers], hold_rows
+        )
+    )
 
 
 def main() -> None:
