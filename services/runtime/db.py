@@ -98,8 +98,19 @@ async def apply_migrations(pool: asyncpg.Pool, component: str, directory: Path) 
     return applied_now
 
 
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """A released connection's reset: nothing beyond what asyncpg always does (it rolls back a
+    transaction left open). asyncpg's default sends `RESET ALL; UNLISTEN *; CLOSE ALL;
+    SELECT pg_advisory_unlock_all()`, one more round trip after every pooled query, for session
+    state no service keeps: settings are per transaction (SET LOCAL), advisory locks are
+    transaction locks (pg_advisory_xact_lock), and nothing LISTENs or holds a cursor."""
+
+
 async def create_pool(settings: PostgresSettings) -> asyncpg.Pool:
     pool: asyncpg.Pool = await asyncpg.create_pool(
-        dsn=settings.url, min_size=settings.pool_min_size, max_size=settings.pool_max_size
+        dsn=settings.url,
+        min_size=settings.pool_min_size,
+        max_size=settings.pool_max_size,
+        reset=_keep_session,
     )
     return pool
