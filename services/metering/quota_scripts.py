@@ -96,20 +96,23 @@ return words({'held', 'open', tostring(expire), s[1], s[2], s[3], s[4], s[5]})
 """
 )
 
-# KEYS: hold. ARGV: quota_prefix, holds_prefix, hold_prefix, applied_prefix, batch, then deltas.
-# Settles the hold and counts the batch in one step, so the quantity never leaves `reserved`
-# before it is in `used`: no other Reserve can slip into the gap.
+# KEYS: hold. ARGV: quota_prefix, holds_prefix, hold_prefix, applied_prefix, the current month,
+# the meter to report, batch, then deltas. Settles the hold and counts the batch in one step, so the
+# quantity never leaves `reserved` before it is in `used`: no other Reserve can slip into the gap.
+# Answers `settled <state> <status of the meter this month, or five '-' if its counters are not
+# built> <months counted>...`: the status is what STATUS would say next, without its round trip.
 COMMIT = (
     _COMMON
     + """
 local hold = KEYS[1]
-local quota_prefix, holds_prefix = ARGV[1], ARGV[2]
+local quota_prefix, holds_prefix, hold_prefix = ARGV[1], ARGV[2], ARGV[3]
 local state = redis.call('HGET', hold, 'state') or 'missing'
 local month = redis.call('HGET', hold, 'month')
 if month and redis.call('HGET', quota_prefix .. month, 'ready') ~= '1' then return 'rebuild ' .. month end
-if month then purge(quota_prefix .. month, holds_prefix .. month, ARGV[3], now_ms()) end
+local now = now_ms()
+if month then purge(quota_prefix .. month, holds_prefix .. month, hold_prefix, now) end
 state = redis.call('HGET', hold, 'state') or 'missing'
-local applied = apply(quota_prefix, ARGV[4], ARGV[5], 6)
+local applied = apply(quota_prefix, ARGV[4], ARGV[7], 8)
 if state == 'open' then
   local meter = redis.call('HGET', hold, 'meter')
   local qty = tonumber(redis.call('HGET', hold, 'quantity'))
@@ -118,6 +121,13 @@ if state == 'open' then
   redis.call('HSET', hold, 'state', 'committed')
 end
 local reply = {'settled', state}
+local current = quota_prefix .. ARGV[5]
+if redis.call('HGET', current, 'ready') == '1' then
+  if ARGV[5] ~= month then purge(current, holds_prefix .. ARGV[5], hold_prefix, now) end
+  for _, v in ipairs(status(current, ARGV[6])) do reply[#reply + 1] = v end
+else
+  for _ = 1, 5 do reply[#reply + 1] = '-' end
+end
 for _, m in ipairs(applied) do reply[#reply + 1] = m end
 return words(reply)
 """

@@ -166,6 +166,7 @@ class Quotas:
         batch = await record_batch(self._counters.pool, rows)
         keys = self._counters.keys(tenant_id)
         month = billing_month(self._clock())
+        meter = METER_OF_TYPE[usage[0].type]
         reply = await self._run(
             tenant_id,
             month,
@@ -176,20 +177,24 @@ class Quotas:
                     keys.holds_prefix,
                     keys.hold_prefix,
                     keys.applied_prefix,
+                    month_label(month),
+                    meter,
                     str(batch.batch_id),
                     *delta_args(batch.deltas),
                 ],
             ),
         )
-        counted = {label.decode() for label in reply[2:]}
-        await self._counters.forget(
+        counted = {label.decode() for label in reply[7:]}
+        self._counters.counted.add(
             batch.batch_id,
             [(tenant_id, d.billing_month) for d in batch.deltas if month_label(d.billing_month) in counted],
         )
-        meter = METER_OF_TYPE[usage[0].type]
-        check = await self.check(tenant_id, meter, 1)
+        if reply[2] == b"-":  # this month's counters are not built: STATUS builds them
+            quota = (await self.check(tenant_id, meter, 1)).quota
+        else:
+            quota = _status(meter, month, CounterState.parse(reply[2:7]))
         return pb.CommitResponse(
-            recorded_count=batch.recorded, already_committed=reply[1] == b"committed", quota=check.quota
+            recorded_count=batch.recorded, already_committed=reply[1] == b"committed", quota=quota
         )
 
     async def release(self, tenant_id: str, reservation_id: str) -> bool:
@@ -198,6 +203,10 @@ class Quotas:
             keys=[keys.hold(reservation_id)], args=[keys.quota_prefix, keys.holds_prefix]
         )
         return bool(released)
+
+    async def close(self) -> None:
+        """Finish what Commits left to do later (see CountedDeltas)."""
+        await self._counters.counted.close()
 
     async def plan_changed(self, tenant_id: str) -> None:
         """New limits apply from the next answer: this month's counters are rebuilt with them."""

@@ -92,7 +92,8 @@ async def _sweep(counters: QuotaCounters, interval: float) -> None:
 async def background(resources: Resources, env: Env, registry: CollectorRegistry) -> AsyncIterator[None]:
     """The usage consumer and the quota sweeper, from start-up until the server has stopped."""
     refusals = quota_refusals_counter(SPEC.name, registry, TIER_NAMES.values(), METER_NAMES.values())
-    _built.pop(id(resources)).on_refused = lambda tier, meter: refusals.labels(SPEC.name, tier, meter).inc()
+    quotas = _built.pop(id(resources))
+    quotas.on_refused = lambda tier, meter: refusals.labels(SPEC.name, tier, meter).inc()
     settings = MeteringSettings.from_env(env)
     kafka_settings = KafkaSettings.from_env(env)
     if resources.producer is None:
@@ -134,6 +135,7 @@ async def background(resources: Resources, env: Env, registry: CollectorRegistry
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper
         await reader.stop()
+        await asyncio.gather(quotas.close(), counters.counted.close())
 
 
 def method_scopes() -> dict[str, str]:

@@ -12,13 +12,15 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from macp.common.v1 import usage_pb2
 
 import services.metering
 from services.metering.events import row_of_event
+from services.metering.meters import METER_OF_TYPE, quantity
 from services.metering.periods import billing_month
 from services.metering.store.ingest import SMALL_BATCH, record_batch
 from services.runtime.db import apply_migrations
-from tests.metering.usage_events import agent_turn
+from tests.metering.usage_events import agent_turn, other_event
 
 MIGRATIONS = Path(services.metering.__file__).parent / "migrations"
 
@@ -80,3 +82,42 @@ async def test_duplicates_in_and_across_batches_are_recorded_once(pool: asyncpg.
     assert (totals["n"], totals["i"]) == (10, sum(range(10)))
     deltas = [(d.tenant_id, d.quantity) for d in first.deltas + second.deltas if d.tenant_id == "t-dup"]
     assert deltas == [("t-dup", 6.0), ("t-dup", 4.0)]
+
+
+@pytest.mark.parametrize("filler", [0, SMALL_BATCH])
+async def test_each_meter_is_counted_as_meters_quantity_says(pool: asyncpg.Pool, filler: int) -> None:
+    """The statement computes the quota deltas itself (its meter table is written from
+    METER_OF_TYPE): counted meters one per event, measured ones their summed measure, one delta per
+    tenant, month and meter, stored for the sweep exactly as returned."""
+    month = datetime(2026, 12, 1, tzinfo=UTC)
+    events = [agent_turn("t-filler", time=month) for _ in range(filler)]
+    expected: dict[int, float] = {}
+    for event_type in METER_OF_TYPE:
+        for n in range(1, 4):
+            event = other_event(
+                "t-meters",
+                usage_pb2.UsageEventType.ValueType(event_type),
+                audio_seconds=1.5 * n,
+                storage_mb=0.25 * n,
+            )
+            event.time.FromDatetime(month)
+            events.append(event)
+            dims = event.dimensions
+            meter = METER_OF_TYPE[event_type]
+            expected[meter] = expected.get(meter, 0.0) + quantity(
+                event_type, 1, dims.audio_seconds, dims.storage_mb
+            )
+    batch = await record_batch(pool, [row_of_event(e) for e in events])
+    assert batch.recorded == len(events)
+    counted = {d.meter: d.quantity for d in batch.deltas if d.tenant_id == "t-meters"}
+    assert counted == pytest.approx(expected)
+    assert len(counted) == len([d for d in batch.deltas if d.tenant_id == "t-meters"])
+    stored = await pool.fetch(
+        "SELECT tenant_id, billing_month, meter, quantity FROM metering_quota_deltas WHERE batch_id = $1",
+        batch.batch_id,
+    )
+    assert sorted((r["tenant_id"], r["billing_month"], r["meter"], r["quantity"]) for r in stored) == sorted(
+        (d.tenant_id, d.billing_month, d.meter, d.quantity) for d in batch.deltas
+    )
+    again = await record_batch(pool, [row_of_event(e) for e in events])
+    assert (again.recorded, again.deltas) == (0, [])

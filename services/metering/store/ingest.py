@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from datetime import date
 
 import asyncpg
+from macp.metering.v1 import metering_service_pb2 as pb
 
 from services.metering.events import STAGED_COLUMNS, StagedRow
-from services.metering.meters import METER_OF_TYPE, quantity
+from services.metering.meters import METER_OF_TYPE
 from services.metering.store import dead_letters as dead_letter_store
 from services.metering.store.dead_letters import DeadLetter
 
@@ -85,17 +86,44 @@ WITH staged AS (
         audio_seconds = r.audio_seconds + excluded.audio_seconds,
         storage_mb = r.storage_mb + excluded.storage_mb
     RETURNING 1
+), counted AS (
+    -- What the batch adds to each counter (meter_measures: a meter counts events or sums a measure).
+    SELECT g.tenant_id, g.billing_month, m.meter,
+           sum(CASE m.measure WHEN 'audio' THEN g.audio_seconds
+                              WHEN 'storage' THEN g.storage_mb
+                              ELSE g.event_count END)::double precision AS quantity
+    FROM grouped g JOIN (VALUES {meter_measures}) AS m(event_type, meter, measure) USING (event_type)
+    GROUP BY g.tenant_id, g.billing_month, m.meter
+), deltas AS (
+    INSERT INTO metering_quota_deltas (batch_id, tenant_id, billing_month, meter, quantity)
+    SELECT {batch}, tenant_id, billing_month, meter, quantity FROM counted
+    RETURNING tenant_id, billing_month, meter, quantity
 )
 -- `rolled` runs whether or not it is read (Postgres runs every data-modifying WITH once, fully).
-SELECT g.tenant_id, g.billing_month, g.event_type, sum(g.event_count)::bigint AS event_count,
-       sum(g.audio_seconds) AS audio_seconds, sum(g.storage_mb) AS storage_mb
-FROM grouped g
-GROUP BY g.tenant_id, g.billing_month, g.event_type
+-- One row at least: the count of events recorded, beside each delta (none if all were duplicates).
+SELECT r.recorded, d.tenant_id, d.billing_month, d.meter, d.quantity
+FROM (SELECT coalesce(sum(event_count), 0)::bigint AS recorded FROM grouped) r LEFT JOIN deltas d ON true
 """
 
+
+_MEASURED: dict[int, str] = {pb.METER_VOICE_SECONDS: "audio", pb.METER_STORAGE_MB: "storage"}
+
+
+def _measure(event_type: int) -> str:
+    return _MEASURED.get(METER_OF_TYPE[event_type], "count")
+
+
+# The SQL twin of meters.quantity, written out from the same table so the two cannot drift.
+_METER_MEASURES = ", ".join(
+    f"({event_type}::smallint, {meter}::smallint, '{_measure(event_type)}')"
+    for event_type, meter in sorted(METER_OF_TYPE.items())
+)
+
 # A big batch (the consumer's) is COPYed into the staging table first; a few events (a Commit's)
-# go in the statement itself as arrays, which saves the staging table's round trips.
-_RECORD = _RECORD_FROM.format(source="metering_staged_rows s")
+# go in the statement itself as arrays: one statement, one round trip, its own transaction.
+_RECORD = _RECORD_FROM.format(
+    source="metering_staged_rows s", meter_measures=_METER_MEASURES, batch="$1::uuid"
+)
 _STAGED_TYPES = (
     "uuid", "text", "text", "text", "text", "text", "smallint", "bigint", "integer", "bigint", "bigint",
     "bigint", "double precision", "double precision", "text", "text", "boolean", "bytea",
@@ -103,14 +131,11 @@ _STAGED_TYPES = (
 _RECORD_ARRAYS = _RECORD_FROM.format(
     source="unnest({}) AS s({})".format(
         ", ".join(f"${i}::{t}[]" for i, t in enumerate(_STAGED_TYPES, start=1)), ", ".join(STAGED_COLUMNS)
-    )
+    ),
+    meter_measures=_METER_MEASURES,
+    batch=f"${len(_STAGED_TYPES) + 1}::uuid",
 )
 SMALL_BATCH = 50
-
-_DELTA = """
-INSERT INTO metering_quota_deltas (batch_id, tenant_id, billing_month, meter, quantity)
-VALUES ($1, $2, $3, $4, $5)
-"""
 
 
 @dataclass(frozen=True)
@@ -133,14 +158,26 @@ class RecordedBatch:
     new_dead_letters: set[tuple[int, int]]
 
 
-def _deltas(rows: Sequence[asyncpg.Record]) -> list[QuotaDelta]:
-    totals: dict[tuple[str, date, int], float] = {}
-    for row in rows:
-        meter = METER_OF_TYPE[row["event_type"]]
-        amount = quantity(row["event_type"], row["event_count"], row["audio_seconds"], row["storage_mb"])
-        key = (row["tenant_id"], row["billing_month"], meter)
-        totals[key] = totals.get(key, 0.0) + amount
-    return [QuotaDelta(t, month, meter, amount) for (t, month, meter), amount in sorted(totals.items())]
+def _recorded(rows: Sequence[asyncpg.Record]) -> tuple[int, list[QuotaDelta]]:
+    """The statement's answer: how many events it recorded, and the deltas they cause."""
+    deltas = [
+        QuotaDelta(row["tenant_id"], row["billing_month"], row["meter"], row["quantity"])
+        for row in rows
+        if row["tenant_id"] is not None
+    ]
+    return rows[0]["recorded"], sorted(deltas, key=lambda d: (d.tenant_id, d.billing_month, d.meter))
+
+
+async def _record(
+    conn: asyncpg.Connection | asyncpg.Pool, events: Sequence[StagedRow], batch_id: uuid.UUID
+) -> tuple[int, list[QuotaDelta]]:
+    if len(events) <= SMALL_BATCH:
+        columns = (list(column) for column in zip(*events, strict=True))
+        return _recorded(await conn.fetch(_RECORD_ARRAYS, *columns, batch_id))
+    # Only inside a transaction: the staging table empties itself at commit.
+    await conn.execute(_STAGING)
+    await conn.copy_records_to_table("metering_staged_rows", records=events, columns=STAGED_COLUMNS)
+    return _recorded(await conn.fetch(_RECORD, batch_id))
 
 
 async def record_batch(
@@ -149,25 +186,14 @@ async def record_batch(
     """Record `events` (de-duplicated by event_id), their rollups and quota deltas, and
     `dead_letters`, in one transaction."""
     batch_id = uuid.uuid4()
+    if events and len(events) <= SMALL_BATCH and not dead_letters:
+        # A Commit's few events: one statement, which is its own transaction (no BEGIN and COMMIT
+        # round trips around it).
+        recorded, deltas = await _record(pool, events, batch_id)
+        return RecordedBatch(batch_id, recorded, len(events) - recorded, deltas, set())
+    recorded, deltas = 0, []
     async with pool.acquire() as conn, conn.transaction():
-        deltas: list[QuotaDelta] = []
-        recorded = 0
         if events:
-            if len(events) <= SMALL_BATCH:
-                rows = await conn.fetch(
-                    _RECORD_ARRAYS, *(list(column) for column in zip(*events, strict=True))
-                )
-            else:
-                await conn.execute(_STAGING)
-                await conn.copy_records_to_table(
-                    "metering_staged_rows", records=events, columns=STAGED_COLUMNS
-                )
-                rows = await conn.fetch(_RECORD)
-            recorded = sum(row["event_count"] for row in rows)
-            deltas = _deltas(rows)
-            if deltas:
-                await conn.executemany(
-                    _DELTA, [(batch_id, d.tenant_id, d.billing_month, d.meter, d.quantity) for d in deltas]
-                )
+            recorded, deltas = await _record(conn, events, batch_id)
         new_letters = await dead_letter_store.insert(conn, dead_letters) if dead_letters else set()
     return RecordedBatch(batch_id, recorded, len(events) - recorded, deltas, new_letters)
