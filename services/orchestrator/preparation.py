@@ -91,14 +91,7 @@ class Preparer:
                 "the round's orchestration quota",
                 conversation_id=conversation_id,
             ),
-            self._turns.hold(
-                caller,
-                prepared.first_turn_id,
-                metering_pb.METER_AGENT_TURNS,
-                "the turn's quota",
-                conversation_id=conversation_id,
-                turn_id=prepared.first_turn_id,
-            ),
+            self._turns.hold_turn(caller, conversation_id, prepared.first_turn_id),
         )
         try:
             (prepared.conversation, prepared.agents), (prepared.recent, prepared.more) = await asyncio.gather(

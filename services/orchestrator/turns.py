@@ -112,13 +112,17 @@ class TurnRunner:
 
     async def reserve(self, spec: TurnSpec) -> pb.ErrorEvent | None:
         """Hold one agent turn of the tenant's quota; the refusal as an error event, if refused."""
+        return await self.hold_turn(spec.caller, spec.conversation_id, spec.turn_id)
+
+    async def hold_turn(self, caller: Caller, conversation_id: str, turn_id: str) -> pb.ErrorEvent | None:
+        """Hold one agent turn for `turn_id` (its reservation's id too), before or with its spec."""
         return await self.hold(
-            spec.caller,
-            spec.turn_id,
+            caller,
+            turn_id,
             metering_pb.METER_AGENT_TURNS,
             "the turn's quota",
-            conversation_id=spec.conversation_id,
-            turn_id=spec.turn_id,
+            conversation_id=conversation_id,
+            turn_id=turn_id,
         )
 
     async def hold(
