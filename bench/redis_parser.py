@@ -2,10 +2,11 @@
 
     .venv/bin/python -m bench.redis_parser [--commands 24000] [--concurrency 20]
 
-The same client (RESP3, redis-py 8's default, which every service's client speaks) against the same Redis, with
-only the parser class changed: a closed loop of the commands a turn makes most (a hash read, a
-capped stream append, a short stream read), `--concurrency` loops at once. What it reports is the
-client's CPU per command, which every service pays for every Redis call, and the wall time.
+The same client (RESP3, redis-py 8's default, which every service's client speaks) against the
+same Redis, with only the parser class changed: a closed loop of the commands a turn makes most
+(a hash read, a capped stream append, a short stream read), `--concurrency` loops at once. What it
+reports is the client's CPU per command, which every service pays for every Redis call, and the
+wall time.
 """
 
 from __future__ import annotations
