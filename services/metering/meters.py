@@ -25,15 +25,24 @@ METER_LABELS: dict[int, tuple[str, str]] = {
 }
 
 
+# Meter -> the event dimension it sums; every other meter counts events. The recording statement
+# (store/ingest.py) computes quota deltas in SQL from this table too.
+MEASURE_OF_METER: dict[int, str] = {
+    pb.METER_VOICE_SECONDS: "audio_seconds",
+    pb.METER_STORAGE_MB: "storage_mb",
+}
+
+
+def measure(event_type: int) -> str:
+    """What an event of this type adds to its meter: `event_count`, or the dimension it sums."""
+    return MEASURE_OF_METER.get(METER_OF_TYPE[event_type], "event_count")
+
+
 def quantity(event_type: int, event_count: int, audio_seconds: float, storage_mb: float) -> float:
     """What `event_count` events of one type add to their meter: counted meters one per event,
     measured ones (voice, storage) their summed measure."""
-    meter = METER_OF_TYPE[event_type]
-    if meter == pb.METER_VOICE_SECONDS:
-        return audio_seconds
-    if meter == pb.METER_STORAGE_MB:
-        return storage_mb
-    return float(event_count)
+    amounts = {"event_count": float(event_count), "audio_seconds": audio_seconds, "storage_mb": storage_mb}
+    return amounts[measure(event_type)]
 
 
 def meter_name(meter: int) -> str:

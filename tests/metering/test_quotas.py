@@ -134,3 +134,19 @@ async def test_another_tenants_quota_is_refused(metering: Metering) -> None:
         )
     assert rpc_code(mixed.value) == grpc.StatusCode.INVALID_ARGUMENT
     assert "usage[0].tenant_id" in (mixed.value.details() or "")
+
+
+async def test_a_commits_counted_deltas_are_deleted_soon_without_the_sweep(metering: Metering) -> None:
+    """The Commit's delta rows go a few milliseconds after it (CountedDeltas), long before the
+    sweep would touch them: it only takes rows older than its interval (0.5 s here)."""
+    committed_at = asyncio.get_running_loop().time()
+    await turn(metering)
+    remaining = -1
+    while asyncio.get_running_loop().time() - committed_at < 0.4:
+        remaining = await metering.db.fetchval(
+            "SELECT count(*) FROM metering_quota_deltas WHERE tenant_id = $1", metering.tenant_id
+        )
+        if remaining == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert remaining == 0

@@ -3,7 +3,9 @@ query: what a caller left behind (an open or failed transaction) is gone, and no
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -56,3 +58,24 @@ async def test_transaction_scoped_settings_and_locks_end_with_their_transaction(
         assert await conn.fetchval("SHOW statement_timeout") != "1234ms"
         locks = await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
         assert locks == 0
+
+
+# What would need the reset query back: session-level settings, advisory locks, LISTEN, held cursors.
+_SESSION_STATE = re.compile(
+    r"""["']\s*SET\s+(?!LOCAL\b)|pg_advisory_lock(_shared)?\(|\bLISTEN\s|add_listener\(|WITH HOLD|"""
+    r"""set_config\([^)]*false\)"""  # SQL keywords are upper case here; prose says "set it"
+)
+
+
+def test_no_service_keeps_session_state_on_a_pooled_connection() -> None:
+    """The pool's release sends no reset query (`_keep_session`): that holds only while no
+    service's SQL leaves session state behind. A statement that does fails this test, and
+    with it the choice to drop the reset."""
+    services = Path(__file__).resolve().parents[2] / "services"
+    found = [
+        f"{path.relative_to(services.parent)}:{number}: {line.strip()}"
+        for path in sorted(services.rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if _SESSION_STATE.search(line)
+    ]
+    assert found == []

@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from datetime import date
 
 import asyncpg
-from macp.metering.v1 import metering_service_pb2 as pb
 
 from services.metering.events import STAGED_COLUMNS, StagedRow
-from services.metering.meters import METER_OF_TYPE
+from services.metering.meters import METER_OF_TYPE, measure
 from services.metering.store import dead_letters as dead_letter_store
 from services.metering.store.dead_letters import DeadLetter
 
@@ -87,10 +86,10 @@ WITH staged AS (
         storage_mb = r.storage_mb + excluded.storage_mb
     RETURNING 1
 ), counted AS (
-    -- What the batch adds to each counter (meter_measures: a meter counts events or sums a measure).
+    -- What the batch adds to each counter (meter_measures: which of the group's sums it takes).
     SELECT g.tenant_id, g.billing_month, m.meter,
-           sum(CASE m.measure WHEN 'audio' THEN g.audio_seconds
-                              WHEN 'storage' THEN g.storage_mb
+           sum(CASE m.measure WHEN 'audio_seconds' THEN g.audio_seconds
+                              WHEN 'storage_mb' THEN g.storage_mb
                               ELSE g.event_count END)::double precision AS quantity
     FROM grouped g JOIN (VALUES {meter_measures}) AS m(event_type, meter, measure) USING (event_type)
     GROUP BY g.tenant_id, g.billing_month, m.meter
@@ -106,16 +105,9 @@ FROM (SELECT coalesce(sum(event_count), 0)::bigint AS recorded FROM grouped) r L
 """
 
 
-_MEASURED: dict[int, str] = {pb.METER_VOICE_SECONDS: "audio", pb.METER_STORAGE_MB: "storage"}
-
-
-def _measure(event_type: int) -> str:
-    return _MEASURED.get(METER_OF_TYPE[event_type], "count")
-
-
-# The SQL twin of meters.quantity, written out from the same table so the two cannot drift.
+# The SQL twin of meters.quantity, written out from meters.measure so the two cannot drift.
 _METER_MEASURES = ", ".join(
-    f"({event_type}::smallint, {meter}::smallint, '{_measure(event_type)}')"
+    f"({event_type}::smallint, {meter}::smallint, '{measure(event_type)}')"
     for event_type, meter in sorted(METER_OF_TYPE.items())
 )
 
