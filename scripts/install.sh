@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Installs everything the project needs from its own files (pip, npm, apt-get), then runs
-# `macp up` (mode "up") or the whole test suite (mode "test"). Re-running is cheap: each step
-# is skipped while the file that drives it is unchanged.
+# `macp up` (mode "up") or the whole test suite (mode "test"); mode "lock" refreshes the Python
+# lock files first. Re-running is cheap: each step is skipped while the file that drives it is
+# unchanged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 mode="${1:-}"
 case "$mode" in
-  up|test) shift ;;
-  *) echo "usage: ./dev up [macp up options] | ./dev test [pytest options]" >&2; exit 2 ;;
+  up|test|lock) shift ;;
+  *) echo "usage: ./dev up [macp up options] | ./dev test [pytest options] | ./dev lock [--package NAME]" >&2
+     exit 2 ;;
 esac
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -19,15 +21,25 @@ stamp_matches() {  # stamp_matches NAME FILE... : true when FILES are unchanged 
 }
 write_stamp() { cat "${@:2}" | sha256sum | cut -d' ' -f1 > ".venv/.stamp-$1"; }
 
-if [ ! -x .venv/bin/python ]; then
-  say "creating the virtual environment in .venv"
+# The environment is exactly requirements.lock: every distribution pinned, every file checked
+# against its hash, nothing resolved here. A changed lock builds the environment anew, so a
+# package the lock dropped cannot linger; `./dev lock` is the one way to move a version.
+if [ ! -x .venv/bin/python ] || ! stamp_matches lock requirements.lock; then
+  say "installing Python packages (requirements.lock, hashes checked)"
+  rm -rf .venv
   python3 -m venv .venv
+  .venv/bin/python -m pip install --quiet --require-hashes --no-deps -r requirements.lock
+  write_stamp lock requirements.lock
 fi
-if ! stamp_matches python pyproject.toml; then
-  say "installing Python packages (pyproject.toml)"
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e ".[dev]"
-  write_stamp python pyproject.toml
+if ! stamp_matches project pyproject.toml; then
+  say "installing the macp project itself (pyproject.toml)"
+  .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+  write_stamp project pyproject.toml
+fi
+
+if [ "$mode" = lock ]; then
+  .venv/bin/python scripts/lock.py "$@"
+  exec bash "$0" test
 fi
 
 if [ "$mode" = test ]; then

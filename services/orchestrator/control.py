@@ -110,4 +110,4 @@ class ControlBus:
                 yield (channel.decode() if isinstance(channel, bytes) else channel), message["data"]
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
