@@ -71,7 +71,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec(
         name="orchestrator",
         grpc_services=("macp.orchestrator.v1.OrchestratorService",),
-        port=50051,
+        port=15051,
         metrics_port=9101,
         module="services.orchestrator",
         streaming_rpcs=("Complete", "Converse", "StreamEvents"),
@@ -80,7 +80,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec(
         name="conversation",
         grpc_services=("macp.conversation.v1.ConversationService",),
-        port=50052,
+        port=15052,
         metrics_port=9102,
         module="services.conversation",
         retry_safe_rpcs=(
@@ -96,7 +96,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec(
         name="agent-proxy",
         grpc_services=("macp.agent_proxy.v1.AgentProxyService",),
-        port=50053,
+        port=15053,
         metrics_port=9103,
         module="services.agent_proxy",
         streaming_rpcs=("Generate",),
@@ -106,7 +106,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec(
         name="token",
         grpc_services=("macp.token.v1.TokenService",),
-        port=50054,
+        port=15054,
         metrics_port=9104,
         module="services.token",
         retry_safe_rpcs=("GetJwks", "Introspect"),
@@ -115,7 +115,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ServiceSpec(
         name="metering",
         grpc_services=("macp.metering.v1.MeteringService",),
-        port=50055,
+        port=15055,
         metrics_port=9105,
         module="services.metering",
         retry_safe_rpcs=("CheckQuota", "GetUsage", "GetInvoicePreview"),

@@ -2,10 +2,10 @@
 
 | variable | default | meaning |
 | --- | --- | --- |
-| MACP_EMBEDDED_POSTGRES_PORT | 55432 | embedded Postgres (when MACP_DATABASE_URL is unset) |
-| MACP_EMBEDDED_REDIS_PORT | 56379 | embedded Redis (when MACP_REDIS_URL is unset) |
-| MACP_EMBEDDED_KAFKA_PORT | 59092 | embedded tansu broker (when MACP_KAFKA_BOOTSTRAP is unset) |
-| MACP_EMBEDDED_S3_PORT | 59000 | embedded moto S3 server (when MACP_S3_ENDPOINT is unset) |
+| MACP_EMBEDDED_POSTGRES_PORT | 15432 | embedded Postgres (when MACP_DATABASE_URL is unset) |
+| MACP_EMBEDDED_REDIS_PORT | 16379 | embedded Redis (when MACP_REDIS_URL is unset) |
+| MACP_EMBEDDED_KAFKA_PORT | 19092 | embedded tansu broker (when MACP_KAFKA_BOOTSTRAP is unset) |
+| MACP_EMBEDDED_S3_PORT | 19000 | embedded moto S3 server (when MACP_S3_ENDPOINT is unset) |
 | MACP_ENVOY_FRONT_PORT / _MESH_PORT / _ADMIN_PORT | registry.ENVOY | Envoy's listeners and admin |
 
 The defaults stay clear of the standard ports (5432, 6379, 9092, 9000) so an embedded part never
@@ -26,10 +26,10 @@ from services.runtime.settings import Env
 from services.stack.process import PortClaim
 
 EMBEDDED_PORTS: dict[str, tuple[str, int]] = {
-    "postgres": ("MACP_EMBEDDED_POSTGRES_PORT", 55432),
-    "redis": ("MACP_EMBEDDED_REDIS_PORT", 56379),
-    "kafka": ("MACP_EMBEDDED_KAFKA_PORT", 59092),
-    "s3": ("MACP_EMBEDDED_S3_PORT", 59000),
+    "postgres": ("MACP_EMBEDDED_POSTGRES_PORT", 15432),
+    "redis": ("MACP_EMBEDDED_REDIS_PORT", 16379),
+    "kafka": ("MACP_EMBEDDED_KAFKA_PORT", 19092),
+    "s3": ("MACP_EMBEDDED_S3_PORT", 19000),
 }
 
 # Merge into a test's environment so every embedded part listens on a free port.

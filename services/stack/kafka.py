@@ -51,7 +51,7 @@ class Kafka(Part):
         self,
         data_dir: Path,
         *,
-        port: int = 59092,
+        port: int = 19092,
         configured_bootstrap: str | None = None,
         storage: KafkaStorage = "s3",
         s3: S3 | None = None,

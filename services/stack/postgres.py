@@ -60,7 +60,7 @@ class Postgres(Part):
         self,
         data_dir: Path,
         *,
-        port: int = 55432,
+        port: int = 15432,
         configured_url: str | None = None,
         ready_timeout: float = 60.0,
     ) -> None:

@@ -36,7 +36,7 @@ class Redis(Part):
         self,
         data_dir: Path,
         *,
-        port: int = 56379,
+        port: int = 16379,
         configured_url: str | None = None,
         ready_timeout: float = 30.0,
     ) -> None:

@@ -31,7 +31,7 @@ class S3(Part):
         self,
         data_dir: Path,
         *,
-        port: int = 59000,
+        port: int = 19000,
         configured_url: str | None = None,
         access_key_id: str | None = None,
         secret_access_key: str | None = None,
