@@ -136,8 +136,8 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
       duration.
     - Error mapping: the one place a domain error becomes a gRPC status; anything unexpected
       becomes INTERNAL, its text only in the log.
-    - Authentication: every call but health and reflection (`exempt_prefixes`, which must answer
-      probes that carry no token) passes the `Authenticator` first; its principal is the call's.
+    - Authentication: every call but health (`exempt_prefixes`, which must answer probes that
+      carry no token) passes the `Authenticator` first; its principal is the call's.
     - Validation: the request message(s) must satisfy their protovalidate constraints.
     """
 

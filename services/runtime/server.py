@@ -37,7 +37,9 @@ from services.runtime.settings import CommonSettings, Env, ServerSettings, Setti
 log = logging.getLogger("macp.server")
 
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-UNAUTHENTICATED_PREFIXES = (f"/{HEALTH_SERVICE}/", "/grpc.reflection.")
+# Only health answers without a token: probes (Envoy, compose, Kubernetes) carry none. Reflection
+# describes every method and message of the port, so it asks for a token like any method.
+UNAUTHENTICATED_PREFIXES = (f"/{HEALTH_SERVICE}/",)
 DEPENDENCY_CHECK_SECONDS = 5.0
 METADATA_LIMIT_BYTES = 32 * 1024
 
@@ -212,9 +214,10 @@ async def _serve(
             background = definition.background(resources, env, metrics.registry)
             await background_stack.enter_async_context(background)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            (*spec.grpc_services, HEALTH_SERVICE, reflection.SERVICE_NAME), server
-        )
+        if server_settings.reflection:
+            reflection.enable_server_reflection(
+                (*spec.grpc_services, HEALTH_SERVICE, reflection.SERVICE_NAME), server
+            )
         port = server.add_insecure_port(f"{common.bind_host}:{server_settings.port}")
         if port == 0:
             raise OSError(

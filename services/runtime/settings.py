@@ -158,18 +158,26 @@ class CommonSettings:
         )
 
 
+REFLECTION_MODES = ("authenticated", "off")
+
+
 @dataclass(frozen=True)
 class ServerSettings:
-    """A gRPC service's own listen and metrics ports (`MACP_<SERVICE>_PORT`, `..._METRICS_PORT`)."""
+    """A gRPC service's own listen and metrics ports (`MACP_<SERVICE>_PORT`, `..._METRICS_PORT`),
+    and whether it serves gRPC reflection (`MACP_GRPC_REFLECTION`: `authenticated`, the default,
+    answers only callers whose token the service accepts, as for any of its methods; `off` does not
+    register reflection at all, for deployments that want no self-description on the port)."""
 
     port: int
     metrics_port: int
+    reflection: bool
 
     @classmethod
     def from_env(cls, env: Env, spec: ServiceSpec) -> ServerSettings:
         return cls(
             port=env.port(f"{spec.env_prefix}PORT", spec.port),
             metrics_port=env.port(f"{spec.env_prefix}METRICS_PORT", spec.metrics_port),
+            reflection=env.choice("MACP_GRPC_REFLECTION", "authenticated", REFLECTION_MODES) != "off",
         )
 
 

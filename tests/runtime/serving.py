@@ -114,17 +114,21 @@ def health_watch(opened: grpc.aio.Channel, service: str = "") -> HealthWatch:
 
 
 async def reflect(
-    opened: grpc.aio.Channel, requests: list[reflection_pb2.ServerReflectionRequest]
+    opened: grpc.aio.Channel,
+    requests: list[reflection_pb2.ServerReflectionRequest],
+    metadata: tuple[tuple[str, str], ...] | None = None,
 ) -> list[reflection_pb2.ServerReflectionResponse]:
     """The server's answers to `requests`, sent on one reflection stream."""
     stub = reflection_pb2_grpc.ServerReflectionStub(opened)  # type: ignore[arg-type]
-    call = stub.ServerReflectionInfo(iter(requests))  # type: ignore[operator]
+    call = stub.ServerReflectionInfo(iter(requests), metadata=metadata)  # type: ignore[operator]
     answers: list[reflection_pb2.ServerReflectionResponse] = [response async for response in call]
     return answers
 
 
-async def listed_services(opened: grpc.aio.Channel) -> set[str]:
-    [answer] = await reflect(opened, [reflection_pb2.ServerReflectionRequest(list_services="")])
+async def listed_services(
+    opened: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...] | None = None
+) -> set[str]:
+    [answer] = await reflect(opened, [reflection_pb2.ServerReflectionRequest(list_services="")], metadata)
     return {service.name for service in answer.list_services_response.service}
 
 

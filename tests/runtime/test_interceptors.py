@@ -216,7 +216,7 @@ AUTHENTICATED = dataclasses.replace(CONVERSATION, authenticator=BearerTenant())
 
 
 @pytest.mark.integration
-async def test_a_refusing_authenticator_stops_every_rpc_but_health_and_reflection_answer(
+async def test_a_refusing_authenticator_stops_every_rpc_and_reflection_but_health_answers(
     conversation_environ: dict[str, str], database_url: str
 ) -> None:
     async with running(AUTHENTICATED, conversation_environ) as service, channel(service.port) as ch:
@@ -235,8 +235,21 @@ async def test_a_refusing_authenticator_stops_every_rpc_but_health_and_reflectio
         # Probes carry no token and must still be answered.
         assert await health_status(ch) == health_pb2.HealthCheckResponse.SERVING
         assert await health_status(ch, SERVICE) == health_pb2.HealthCheckResponse.SERVING
-        assert SERVICE in await listed_services(ch)
+        # Reflection describes the whole port: only to a caller the service accepts.
+        with pytest.raises(grpc.aio.AioRpcError) as undescribed:
+            await listed_services(ch)
+        assert undescribed.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert SERVICE in await listed_services(ch, metadata=bearer("acme"))
     assert await stored_agents(database_url) == 0
+
+
+@pytest.mark.integration
+async def test_reflection_can_be_turned_off(conversation_environ: dict[str, str], database_url: str) -> None:
+    environ = {**conversation_environ, "MACP_GRPC_REFLECTION": "off"}
+    async with running(AUTHENTICATED, environ) as service, channel(service.port) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as absent:
+            await listed_services(ch, metadata=bearer("acme"))
+        assert absent.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 @pytest.mark.integration

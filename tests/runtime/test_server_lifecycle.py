@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from services.conversation.service import DEFINITION as CONVERSATION
 from services.runtime import server as server_module
+from services.runtime.auth.settings import service_audience
 from services.runtime.server import HEALTH_SERVICE, RunningService, run_service, serve
 from services.stack.config import free_port
 from services.stack.infra import Infrastructure
@@ -37,6 +38,7 @@ from tests.runtime.serving import (
     reflect,
     running,
 )
+from tests.tokens import TokenWorld
 
 CONVERSATION_SERVICE = CONVERSATION.spec.grpc_services[0]
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -196,10 +198,16 @@ async def test_a_started_service_is_serving_for_the_server_and_for_its_service_n
 
 
 @pytest.mark.integration
-async def test_reflection_lists_the_service_and_serves_its_descriptor(conversation: grpc.aio.Channel) -> None:
-    assert {CONVERSATION_SERVICE, HEALTH_SERVICE} <= await listed_services(conversation)
+async def test_reflection_lists_the_service_and_serves_its_descriptor(
+    conversation: grpc.aio.Channel, tokens: TokenWorld
+) -> None:
+    token = await tokens.user_token(await tokens.tenant(), [service_audience("conversation")])
+    metadata = (("authorization", f"Bearer {token}"),)
+    assert {CONVERSATION_SERVICE, HEALTH_SERVICE} <= await listed_services(conversation, metadata)
     [described] = await reflect(
-        conversation, [reflection_pb2.ServerReflectionRequest(file_containing_symbol=CONVERSATION_SERVICE)]
+        conversation,
+        [reflection_pb2.ServerReflectionRequest(file_containing_symbol=CONVERSATION_SERVICE)],
+        metadata,
     )
     assert described.WhichOneof("message_response") == "file_descriptor_response"
     assert described.file_descriptor_response.file_descriptor_proto
