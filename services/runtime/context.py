@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any
 
 import grpc
@@ -23,3 +24,18 @@ def new_request_id() -> str:
 
 def current_request_id() -> str | None:
     return request_id_var.get()
+
+
+def reset_quietly(var: ContextVar[Any], token: Token[Any]) -> None:
+    """`var.reset(token)`, or nothing when `token` belongs to another Context.
+
+    A streaming call's async generator may be closed outside the task that ran it: when a client
+    cancels while the server is sending, grpc.aio (or the ASGI server) drops the suspended generator
+    and the event loop's finalizer closes it in a task of its own, in another Context. There `reset`
+    raises ValueError ("Token ... was created in a different Context"). Leaving the variable is
+    right: the Context that holds this call's value belonged to the finished task and goes away with
+    it, and whatever the closing task's Context holds is not this call's to undo. Every reset of a
+    per-call variable goes through here, so no cancelled stream can raise that error.
+    """
+    with contextlib.suppress(ValueError):
+        var.reset(token)

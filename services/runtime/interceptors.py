@@ -15,19 +15,24 @@ in one frame, in the same order and with the same logs, metrics and statuses.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextvars import ContextVar, Token
+from contextvars import Token
 from typing import Any, Protocol, TypeAlias, cast
 
 import grpc
 import protovalidate
 from google.protobuf.message import Message
 
-from services.runtime.context import REQUEST_ID_HEADER, RpcContext, new_request_id, request_id_var
+from services.runtime.context import (
+    REQUEST_ID_HEADER,
+    RpcContext,
+    new_request_id,
+    request_id_var,
+    reset_quietly,
+)
 from services.runtime.errors import REASON_METADATA_KEY, DomainError
 from services.runtime.metrics import RpcMetrics
 from services.runtime.principal import LOCAL_DEVELOPMENT_PRINCIPAL, Principal, principal_var
@@ -40,20 +45,6 @@ Behavior = Callable[[Any, Context], Any]
 # A string: grpc's runtime class is not subscriptable, only its stubs are.
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable["Handler | None"]]
-
-
-def _reset(var: ContextVar[Any], token: Token[Any]) -> None:
-    """`var.reset(token)`, or nothing when `token` belongs to another Context.
-
-    A streaming call's async generator may be closed outside the task that ran it: when a client
-    cancels while the server is sending, grpc.aio drops the suspended generator and the event loop's
-    finalizer closes it in a task of its own, in another Context. There `reset` raises ValueError
-    (the token was made in the handler task's Context). Leaving the variable is right: the Context
-    that holds this call's value belonged to the finished handler task and goes away with it, and
-    whatever the closing task's Context holds is not this call's to undo.
-    """
-    with contextlib.suppress(ValueError):
-        var.reset(token)
 
 
 def _text(value: str | bytes) -> str:
@@ -199,7 +190,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                         response = await inner(await self._checked(request, context), context)
                     finally:
                         if principal is not None:
-                            _reset(principal_var, principal)
+                            reset_quietly(principal_var, principal)
                 except grpc.aio.AbortError:
                     raise
                 except Exception as exc:
@@ -209,7 +200,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                 return response
             finally:
                 self._finish(method, context, started, failed, trace)
-                _reset(request_id_var, request_id)
+                reset_quietly(request_id_var, request_id)
 
         return behavior
 
@@ -225,7 +216,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                             yield response
                     finally:
                         if principal is not None:
-                            _reset(principal_var, principal)
+                            reset_quietly(principal_var, principal)
                 except grpc.aio.AbortError:
                     raise
                 except Exception as exc:
@@ -233,7 +224,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                 failed = False
             finally:
                 self._finish(method, context, started, failed, trace)
-                _reset(request_id_var, request_id)
+                reset_quietly(request_id_var, request_id)
 
         return behavior
 

@@ -38,6 +38,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRati
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from services.runtime.context import reset_quietly
 from services.runtime.settings import TracingSettings
 
 log = logging.getLogger("macp.tracing")
@@ -167,13 +168,6 @@ def inject(carrier: MutableMapping[str, str]) -> None:
             carrier[TRACESTATE] = headers[1]
 
 
-def _reset(var: ContextVar[Any], token: Token[Any]) -> None:
-    # A streaming handler's generator may be closed in another Context (interceptors._reset says
-    # when); there the reset fails, and there is nothing of this call's left to undo.
-    with contextlib.suppress(ValueError):
-        var.reset(token)
-
-
 # --- spans ----------------------------------------------------------------------------------------
 
 
@@ -195,9 +189,9 @@ class Scope:
         self._service = service
 
     def end(self, error: BaseException | None = None) -> None:
-        _reset(self._context.var, self._context)
+        reset_quietly(self._context.var, self._context)
         if self._service is not None:
-            _reset(service_var, self._service)
+            reset_quietly(service_var, self._service)
         span = self.span
         if span is not None:
             if error is not None:
