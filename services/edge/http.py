@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from http import HTTPStatus
 from typing import Any, TypeVar
 
@@ -12,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from services.edge.errors import FastJSONResponse, HttpError
+from services.edge.json_input import InvalidJson, decode_json_object
 
 M = TypeVar("M", bound=Message)
 
@@ -44,14 +44,9 @@ async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
         )
     body = await read_body(request, max_bytes)
     try:
-        document: Any = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HttpError(
-            HTTPStatus.BAD_REQUEST, "INVALID_JSON", f"the body is not valid JSON: {exc}"
-        ) from None
-    if not isinstance(document, dict):
-        raise HttpError(HTTPStatus.BAD_REQUEST, "INVALID_JSON", "the body must be a JSON object")
-    return document
+        return decode_json_object(body, what="the body")
+    except InvalidJson as exc:
+        raise HttpError(HTTPStatus.BAD_REQUEST, "INVALID_JSON", exc.message) from None
 
 
 def parse_document(document: dict[str, Any], message: M) -> M:

@@ -6,7 +6,6 @@ so standard OAuth client libraries work unchanged; the token service decides eve
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import grpc
@@ -17,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 
 from services.edge.context import EdgeContext, edge_context
 from services.edge.http import read_body
+from services.edge.json_input import InvalidJson, decode_json_object
 from services.edge.oauth_documents import (
     CLIENT_INFORMATION,
     CLIENT_METADATA,
@@ -181,11 +181,9 @@ async def _client_metadata(request: Request, max_bytes: int) -> tuple[pb.ClientM
         raise OAuthError("invalid_client_metadata", "send the client metadata as application/json")
     body = await read_body(request, max_bytes)
     try:
-        document: Any = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise OAuthError("invalid_client_metadata", f"the body is not valid JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise OAuthError("invalid_client_metadata", "the body must be a JSON object")
+        document = decode_json_object(body, what="the body")
+    except InvalidJson as exc:
+        raise OAuthError("invalid_client_metadata", exc.message) from None
     tenant_id = document.pop("tenant_id", None) or ""
     if not isinstance(tenant_id, str):
         raise OAuthError("invalid_client_metadata", "tenant_id must be a string")
@@ -260,7 +258,7 @@ ROUTES = [
         handler=revoke,
         body=REVOKE_FORM,
         response=None,
-        errors=(400, 401, 413, 503),
+        errors=(400, 401, 413, 429, 503),
         error=OAUTH_ERROR,
         tags=("oauth",),
     ),
@@ -272,7 +270,7 @@ ROUTES = [
         handler=introspect,
         body=INTROSPECT_FORM,
         response=INTROSPECTION,
-        errors=(400, 401, 413, 503),
+        errors=(400, 401, 413, 429, 503),
         error=OAUTH_ERROR,
         tags=("oauth",),
     ),

@@ -22,6 +22,8 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
+from services.edge.json_input import InvalidJson, decode_json_object
+
 # Client frame fields every action may carry besides its own: a correlation id echoed back.
 COMMON_FIELDS = frozenset({"action", "request_id"})
 MAX_REQUEST_ID_LENGTH = 128
@@ -112,11 +114,9 @@ def violations(message: Message, names: Mapping[str, str] = _FRAME_FIELD) -> str
 def parse_frame(text: str) -> ClientFrame:
     """A text frame as a `ClientFrame`, or `FrameError` naming what is wrong."""
     try:
-        document: Any = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise FrameError("INVALID_JSON", f"the frame is not valid JSON: {exc}", None, None) from None
-    if not isinstance(document, dict):
-        raise FrameError("INVALID_JSON", "the frame must be a JSON object", None, None)
+        document = decode_json_object(text, what="the frame")
+    except InvalidJson as exc:
+        raise FrameError("INVALID_JSON", exc.message, None, None) from None
     request_id = document.get("request_id")
     if request_id is not None and (
         not isinstance(request_id, str) or len(request_id) > MAX_REQUEST_ID_LENGTH
