@@ -136,7 +136,9 @@ _COMMON_LOG_FIELDS: dict[str, str] = {
     "time": "%START_TIME%",
     "request_id": "%REQ(X-REQUEST-ID)%",
     "method": "%REQ(:METHOD)%",
-    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    # Without the query string: it can carry credentials (the WebSocket's `?access_token=`, an
+    # authorization `code`), and an access log is no place for them.
+    "path": "%PATH(WQ:ORIG)%",
     "protocol": "%PROTOCOL%",
     "status": "%RESPONSE_CODE%",
     "response_flags": "%RESPONSE_FLAGS%",

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import websockets
 
 from services.stack import stackfile
 from services.stack.infra import scratch_data_dir
@@ -90,17 +91,29 @@ def test_macp_up_serves_the_slice_and_stops_cleanly(data_dir: Path) -> None:
                 },
             )
             assert issued.status_code == 200, issued.text
-            client.headers["authorization"] = f"Bearer {issued.json()['access_token']}"
+            access_token = issued.json()["access_token"]
+            secrets_used = {
+                "access token": access_token,
+                "client secret": tenant.client.client_secret,
+                "password": PASSWORD,
+            }
+            if "refresh_token" in issued.json():
+                secrets_used["refresh token"] = issued.json()["refresh_token"]
+            client.headers["authorization"] = f"Bearer {access_token}"
             created = client.post("/v1/agents", json=agent)
             assert created.status_code == 201, created.text
             assert created.json()["tenantId"] == tenant.tenant_id
             fetched = client.get(f"/v1/agents/{created.json()['id']}")
         assert fetched.status_code == 200
         assert fetched.json() == created.json()
+        # The browsers' WebSocket path carries the token in the query string, where an access log
+        # would write it whole.
+        asyncio.run(_ping_over_websocket(front, access_token))
 
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0, log.read_text()
         assert_all_gone(processes)
+        assert_no_secret_logged(secrets_used, [log, *sorted((data_dir / "logs").iterdir())])
     finally:
         # After a failed assertion, stop it the way a user would: SIGTERM lets the supervisor stop
         # its children (a SIGKILL would orphan the whole stack); kill only if that hangs.
@@ -111,3 +124,23 @@ def test_macp_up_serves_the_slice_and_stops_cleanly(data_dir: Path) -> None:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+async def _ping_over_websocket(front: str, access_token: str) -> None:
+    url = front.replace("http://", "ws://") + f"/v1/ws?access_token={access_token}"
+    async with websockets.connect(url) as socket:
+        await socket.send(json.dumps({"action": "ping", "request_id": "log-check"}))
+        answer = json.loads(await asyncio.wait_for(socket.recv(), 10))
+        assert answer.get("request_id") == "log-check", answer
+
+
+def assert_no_secret_logged(secrets_used: dict[str, str], logs: list[Path]) -> None:
+    """No log of the whole stack (Envoy's access log, every service's, the supervisor's) holds any
+    credential the run used, whole or as its longest-lived part (a JWT's signature)."""
+    assert len(logs) > 5, logs  # every part logged somewhere
+    needles = dict(secrets_used)
+    needles["access token signature"] = secrets_used["access token"].rsplit(".", 1)[-1]
+    for path in logs:
+        text = path.read_text(errors="replace")
+        for name, secret in needles.items():
+            assert secret not in text, f"the {name} is written in {path.name}"
