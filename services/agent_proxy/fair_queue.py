@@ -7,7 +7,8 @@ tier with nobody waiting giving its turn to the next; within a tier the tenants 
 Weights rather than strict priority: under sustained enterprise load a free call still gets one
 slot in ten instead of waiting forever, while the paying tiers keep most of the capacity. Past
 `limit` waiting calls the queue refuses (RESOURCE_EXHAUSTED) rather than letting latency grow
-without bound.
+without bound; past `tenant_limit` waiting calls of one tenant, that tenant alone is refused, so a
+burst from one tenant cannot fill the queue and have every other tenant's calls refused.
 """
 
 from __future__ import annotations
@@ -48,9 +49,16 @@ def _tier_rank(tier: int) -> int:
 
 
 class FairQueue:
-    def __init__(self, slots: int, limit: int, on_depth: Callable[[int], None] = lambda depth: None) -> None:
+    def __init__(
+        self,
+        slots: int,
+        limit: int,
+        on_depth: Callable[[int], None] = lambda depth: None,
+        tenant_limit: int | None = None,
+    ) -> None:
         self.slots = slots
         self.limit = limit
+        self.tenant_limit = limit if tenant_limit is None else tenant_limit
         self.busy = 0
         self.on_depth = on_depth
         # Per tier rank: tenant -> its waiters, in the order the tenants take turns.
@@ -81,8 +89,13 @@ class FairQueue:
             raise ResourceExhausted(
                 f"the agent proxy has {self.depth} calls waiting for a provider (the limit); retry shortly"
             )
+        waiters = self._waiting[rank].setdefault(tenant, deque())
+        if len(waiters) >= self.tenant_limit:
+            raise ResourceExhausted(
+                f"this tenant has {len(waiters)} calls waiting for a provider (its limit); retry shortly"
+            )
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting[rank].setdefault(tenant, deque()).append(granted)
+        waiters.append(granted)
         self._set_depth(+1)
         try:
             await granted

@@ -65,7 +65,9 @@ class AgentProxy:
             source=USAGE_SOURCE,
         )
         providers = Providers(settings, clock)
-        queue = FairQueue(settings.max_concurrency, settings.queue_limit)
+        queue = FairQueue(
+            settings.max_concurrency, settings.queue_limit, tenant_limit=settings.tenant_queue_limit
+        )
         generation = Generation(settings, providers, queue, publisher.publish)
         return cls(settings, providers, queue, publisher, generation)
 

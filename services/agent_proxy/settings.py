@@ -156,6 +156,7 @@ class ProxySettings:
     providers: tuple[ProviderConfig, ...]
     max_concurrency: int
     queue_limit: int
+    tenant_queue_limit: int
     call_timeout_seconds: float
     breaker_failures: int
     breaker_open_seconds: float
@@ -169,6 +170,9 @@ class ProxySettings:
             providers=tuple(ProviderConfig.from_env(env, name) for name in configured_provider_names(env)),
             max_concurrency=env.integer("MACP_AGENT_PROXY_MAX_CONCURRENCY", 64, minimum=1, maximum=10_000),
             queue_limit=env.integer("MACP_AGENT_PROXY_QUEUE_LIMIT", 1000, minimum=0, maximum=1_000_000),
+            tenant_queue_limit=env.integer(
+                "MACP_AGENT_PROXY_TENANT_QUEUE_LIMIT", 250, minimum=1, maximum=1_000_000
+            ),
             call_timeout_seconds=env.number("MACP_AGENT_PROXY_CALL_TIMEOUT_SECONDS", 30.0, minimum=0.1),
             breaker_failures=env.integer("MACP_AGENT_PROXY_BREAKER_FAILURES", 5, minimum=1, maximum=1000),
             breaker_open_seconds=env.number("MACP_AGENT_PROXY_BREAKER_OPEN_SECONDS", 60.0, minimum=0.01),

@@ -107,3 +107,26 @@ async def test_a_full_queue_refuses_and_a_cancelled_waiter_leaves_it() -> None:
     hold.set()
     await asyncio.gather(running, waiting[1])
     assert (queue.busy, queue.depth) == (0, 0)
+
+
+async def test_one_tenants_burst_is_refused_at_its_own_limit_and_others_still_queue() -> None:
+    queue = FairQueue(slots=1, limit=10, tenant_limit=2)
+    hold = asyncio.Event()
+
+    async def use(tenant: str) -> None:
+        async with queue.slot(FREE, tenant):
+            await hold.wait()
+
+    running = asyncio.create_task(use("other"))
+    await asyncio.sleep(0)
+    burst = [asyncio.create_task(use("greedy")) for _ in range(2)]
+    await asyncio.sleep(0)
+    with pytest.raises(ResourceExhausted, match="this tenant has 2 calls waiting"):
+        async with queue.slot(FREE, "greedy"):
+            pass
+    patient = asyncio.create_task(use("polite"))  # another tenant still gets a place in the queue
+    await asyncio.sleep(0)
+    assert queue.depth == 3
+    hold.set()
+    await asyncio.gather(running, *burst, patient)
+    assert (queue.busy, queue.depth) == (0, 0)
