@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from services.edge.context import edge_context
 from services.edge.http import message_response
+from services.edge.rest import integer
 from services.edge.routes import ApiRoute
 from services.edge.usage import _bad, _time
 from services.runtime.audit import ACTIONS
@@ -40,14 +41,14 @@ def _timestamp(request: Request, parameter: str) -> Timestamp | None:
 async def list_audit_events(request: Request) -> Response:
     edge = edge_context(request)
     params = request.query_params
-    page_size = params.get("page_size", "0")
-    if not page_size.isdigit() or int(page_size) > 1000:
-        raise _bad("page_size", f"a whole number from 1 to 1000, got {page_size!r}")
+    page_size = integer(params, "page_size")
+    if not 0 <= page_size <= 1000:
+        raise _bad("page_size", f"a whole number from 1 to 1000, got {page_size}")
     action = params.get("action", "")
     if action and action not in ACTIONS:
         raise _bad("action", f"one of {', '.join(ACTIONS)}, got {action!r}")
     audit_request = pb.ListAuditEventsRequest(
-        page_size=int(page_size),
+        page_size=page_size,
         page_token=params.get("page_token", ""),
         action=action,
         subject=params.get("subject", ""),

@@ -13,7 +13,8 @@ Conventions (the OpenAPI document says the same per route):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import Any, TypeVar
 
@@ -39,6 +40,7 @@ PAGE_QUERY: tuple[tuple[str, JsonSchema, str], ...] = (
     ("page_size", {"type": "integer", "minimum": 1, "maximum": 1000}, "items per page (default 50)"),
     ("page_token", {"type": "string", "maxLength": 1024}, "the nextPageToken of the previous page"),
 )
+_WHOLE_NUMBER = re.compile(r"-?[0-9]+")
 # Statuses every authenticated route may answer besides its own.
 COMMON_ERRORS = (400, 401, 403, 503)
 WRITE_ERRORS = (*COMMON_ERRORS, 413, 415)
@@ -90,14 +92,22 @@ def query(request: Request, allowed: Iterable[str]) -> dict[str, str]:
     return values
 
 
-def integer(values: dict[str, str], name: str) -> int:
-    """A whole-number query parameter (0 when absent); its range is the service's to check."""
+def integer(values: Mapping[str, str], name: str, bits: int = 32) -> int:
+    """A whole-number query parameter (0 when absent) that fits the signed `bits`-bit proto field it
+    goes into: a larger one would make building the request fail (`ValueError: Value out of
+    range`), a 500. Its own rules (a page_size from 1 to 1000) are the service's to check."""
     text = values.get(name, "")
     if text == "":
         return 0
-    if not text.lstrip("-").isdigit() or len(text) > 10:
+    # ASCII digits only: `str.isdigit` also takes "²", which `int` then refuses.
+    if _WHOLE_NUMBER.fullmatch(text) is None:
         raise invalid(f"{name}: must be a whole number")
-    return int(text)
+    limit = 1 << (bits - 1)
+    # Not parsed beyond 64 bits' digits: `int` refuses more than 4,300 digits with a ValueError.
+    number = int(text) if len(text) <= 21 else limit
+    if not -limit <= number < limit:
+        raise invalid(f"{name}: out of range (a {bits}-bit integer, {-limit} to {limit - 1})")
+    return number
 
 
 def patch_mask(document: dict[str, Any], message: type[Message]) -> FieldMask:
@@ -109,8 +119,9 @@ def patch_mask(document: dict[str, Any], message: type[Message]) -> FieldMask:
     return FieldMask(paths=[path for path in paths if path not in ("etag", "id")])
 
 
-def page(values: dict[str, str]) -> dict[str, Any]:
-    """The page_size and page_token fields of a List request, from the query."""
+def page(values: Mapping[str, str]) -> dict[str, Any]:
+    """The page_size and page_token fields of a List request, from the query (every List request's
+    page_size is an int32: macp/common/v1/paging.proto)."""
     return {"page_size": integer(values, "page_size"), "page_token": values.get("page_token", "")}
 
 

@@ -18,6 +18,7 @@ from services.edge.auth import caller_var
 from services.edge.context import EdgeContext, edge_context
 from services.edge.errors import HttpError
 from services.edge.http import message_response
+from services.edge.rest import integer
 from services.edge.routes import ApiRoute
 from services.metering.periods import billing_month, month_end, month_start
 from services.runtime.auth.settings import service_audience
@@ -68,16 +69,13 @@ async def get_usage(request: Request) -> Response:
     group = params.get("group_by", "event_type")
     if group not in GROUPS:
         raise _bad("group_by", f"one of {', '.join(GROUPS)}, got {group!r}")
-    page_size = params.get("page_size", "0")
-    if not page_size.isdigit():
-        raise _bad("page_size", f"a whole number from 1 to 1000, got {page_size!r}")
     # The default period is this billing month, by the metering service's own calendar.
     month = billing_month(datetime.now(UTC))
     usage_request = pb.GetUsageRequest(
         tenant_id=_tenant(),
         group_by=GROUPS[group],
         user_id=params.get("user_id", ""),
-        page_size=int(page_size),
+        page_size=integer(params, "page_size"),
         page_token=params.get("page_token", ""),
     )
     usage_request.period.start_time.FromDatetime(_time(request, "start", month_start(month)))
