@@ -103,6 +103,9 @@ _TRANSIENT = frozenset(
 # `invalid_grant: refresh token reused` (the token service's convention); the code is matched in any case.
 _NAMED = re.compile(r"\s*([A-Za-z_]+)\s*:\s*(.*)", re.DOTALL)
 
+# How long the token service asks a locked-out caller to wait, at the end of its description.
+_RETRY_AFTER = re.compile(r"retry after (\d+) s")
+
 # The first violation of the validation interceptor's message: `metadata.redirect_uris: ...`.
 _VIOLATION = re.compile(r"\s*(?:[\w\[\]]+\.)*(\w+)(?:\[\d+\])?\s*:")
 
@@ -120,13 +123,30 @@ OAUTH_ERROR = Content(
 
 
 class OAuthError(Exception):
-    """An OAuth error response: the RFC's code, a description, and the HTTP status it travels with."""
+    """An OAuth error response: the RFC's code, a description, the HTTP status it travels with and,
+    for a refusal to try again yet, the seconds to wait (`Retry-After`)."""
 
-    def __init__(self, error: str, description: str, status: HTTPStatus | None = None) -> None:
+    def __init__(
+        self,
+        error: str,
+        description: str,
+        status: HTTPStatus | None = None,
+        retry_after: int | None = None,
+    ) -> None:
         super().__init__(f"{error}: {description}")
         self.error = error
         self.description = description
         self.status = status or OAUTH_STATUS[error]
+        self.retry_after = retry_after
+
+
+def _throttled(name: str, description: str) -> OAuthError:
+    """A credential refused for now (the token service's guessing limit: RESOURCE_EXHAUSTED with the
+    error a wrong credential gets, `invalid_grant` or `invalid_client`, and `retry after N s` in the
+    description): that error in the body, as OAuth libraries read it, with 429 and `Retry-After`
+    (RFC 6585), so a client knows to wait rather than to give up."""
+    wait = _RETRY_AFTER.search(description)
+    return OAuthError(name, description, HTTPStatus.TOO_MANY_REQUESTS, int(wait.group(1)) if wait else 1)
 
 
 def oauth_error_of(error: grpc.aio.AioRpcError, endpoint: Endpoint) -> OAuthError:
@@ -136,6 +156,8 @@ def oauth_error_of(error: grpc.aio.AioRpcError, endpoint: Endpoint) -> OAuthErro
     named = _NAMED.fullmatch(details)
     if named is not None and named.group(1).lower() in OAUTH_STATUS:
         name = named.group(1).lower()
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return _throttled(name, named.group(2).strip() or name)
         status = OAUTH_STATUS[name]
         if name in ("temporarily_unavailable", "server_error"):
             status = GRPC_TO_HTTP.get(code, status)
@@ -163,6 +185,8 @@ def oauth_error_response(error: OAuthError) -> JSONResponse:
         headers["www-authenticate"] = BASIC_CHALLENGE
     elif error.error in ("invalid_token", "insufficient_scope"):
         headers["www-authenticate"] = f'Bearer error="{error.error}"'
+    if error.retry_after is not None:
+        headers["retry-after"] = str(error.retry_after)
     body = {"error": error.error, "error_description": _description(error.description)}
     return JSONResponse(body, status_code=error.status.value, headers=headers)
 

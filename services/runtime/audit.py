@@ -55,6 +55,14 @@ CONVERSATION_DELETE = "conversation.delete"
 CONVERSATION_ARCHIVE = "conversation.archive"
 PLAN_SET = "plan.set"
 QUOTA_REFUSE = "quota.refuse"
+# Guessing limits (services/token/guessing.py): an account or client locked after failed attempts,
+# and an attempt refused while locked.
+AUTH_LOCKOUT = "auth.lockout"
+AUTH_REFUSE = "auth.refuse"
+# The token service's administration.
+TENANT_CREATE = "tenant.create"
+USER_CREATE = "user.create"
+KEY_ROTATE = "key.rotate"
 ACTIONS = (
     TOKEN_ISSUE,
     TOKEN_EXCHANGE,
@@ -69,6 +77,11 @@ ACTIONS = (
     CONVERSATION_ARCHIVE,
     PLAN_SET,
     QUOTA_REFUSE,
+    AUTH_LOCKOUT,
+    AUTH_REFUSE,
+    TENANT_CREATE,
+    USER_CREATE,
+    KEY_ROTATE,
 )
 
 ACTOR_TYPES = {

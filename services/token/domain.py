@@ -17,6 +17,7 @@ from services.token.clients import Clients
 from services.token.exchange import TokenExchange
 from services.token.grants import Grants
 from services.token.guard import BearerGuard
+from services.token.guessing import Guessing
 from services.token.introspection import Introspection
 from services.token.minting import Minter
 from services.token.registration import Registration
@@ -63,7 +64,8 @@ class TokenDomain:
         republished = await revocations.republish()
         log.info("token service ready", extra={"revocations_republished": republished})
 
-        clients = Clients(directory)
+        guessing = Guessing(redis, redis_key_prefix, settings.guessing, pool)
+        clients = Clients(directory, guessing)
         external_issuers = ExternalIssuers(settings.external_issuers, refresh_seconds=DEFAULT_REFRESH_SECONDS)
         await external_issuers.start()
         verifier = TokenVerifier(
@@ -71,7 +73,7 @@ class TokenDomain:
         )
         minter = Minter(keys, tokens, settings.issuer)
         return cls(
-            grants=Grants(clients, directory, tokens, minter, revocations, settings),
+            grants=Grants(clients, directory, tokens, minter, revocations, guessing, settings),
             exchange=TokenExchange(
                 clients,
                 verifier,

@@ -19,6 +19,7 @@ from services.runtime.audit import AuditEvent, Who
 from services.token import audiences, scopes
 from services.token.claims import Identity
 from services.token.clients import CLIENT_CREDENTIALS, PASSWORD, REFRESH_TOKEN, Clients
+from services.token.guessing import Guessing, Kind, Target
 from services.token.hashing import hash_refresh_token, new_refresh_token, password_matches
 from services.token.minting import Audit, Minted, Minter
 from services.token.oauth import oauth_error
@@ -42,8 +43,10 @@ class Grants:
         tokens: TokenStore,
         minter: Minter,
         revocations: Revocations,
+        guessing: Guessing,
         settings: TokenSettings,
     ) -> None:
+        self._guessing = guessing
         self._clients = clients
         self._directory = directory
         self._tokens = tokens
@@ -102,10 +105,16 @@ class Grants:
         targets: tuple[str, ...],
     ) -> Granted:
         user = await self._directory.user_by_name(username)
+        target = _account(username, user, client)
+        # Counted before the (slow) check, so concurrent guesses cannot outrun the count; an unknown
+        # username is counted and locked alike, so lockouts do not tell which usernames exist.
+        reservation = await self._guessing.reserve(target)
         # An unknown user costs one scrypt too, so timing does not tell which usernames exist.
         matches = await password_matches(password, None if user is None else user.password_hash)
         if user is None or not matches:
+            await self._guessing.failed(reservation)
             raise oauth_error("invalid_grant", "wrong username or password")
+        await self._guessing.succeeded(target)
         granted = scopes.narrow(requested, scopes.for_user(client.scopes, admin=user.admin))
         family_id = uuid.uuid4() if REFRESH_TOKEN in client.grant_types else None
         access = await self._user_token(client, user, granted, targets, family_id, PASSWORD)
@@ -213,3 +222,13 @@ class Grants:
             who, audit.TOKEN_REVOKE, f"token_family/{record.family_id}", detail={"reason": reason}
         )
         await self._revocations.revoke_family(record.family_id, reason, audited)
+
+
+def _account(username: str, user: User | None, client: Client) -> Target:
+    """The account a password grant signs in to, as the guessing limit counts it: by the username
+    presented, audited in the user's tenant (the client's, for a username nobody holds)."""
+    if user is None:
+        who = Who(tenant_id=client.tenant_id, subject=username, client_id=client.client_id)
+        return Target(Kind.PASSWORD, username, who, f"user/{username}")
+    who = Who(tenant_id=user.tenant_id, subject=user.user_id, client_id=client.client_id)
+    return Target(Kind.PASSWORD, username, who, f"user/{user.user_id}")

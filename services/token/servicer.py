@@ -11,6 +11,7 @@ from services.runtime.protos import timestamp
 from services.token import scopes
 from services.token.claims import TIERS
 from services.token.domain import TokenDomain
+from services.token.minting import who_of
 from services.token.store.directory import Tenant, User
 
 TIER_NAMES = {value: name for name, value in TIERS.items()}
@@ -101,8 +102,8 @@ class TokenServicer(pb_grpc.TokenServiceServicer):
     async def RotateSigningKey(
         self, request: pb.RotateSigningKeyRequest, context: RpcContext
     ) -> pb.RotateSigningKeyResponse:
-        await self._domain.guard.require(context, scopes.ADMIN)
-        rotation = await self._domain.keys.rotate()
+        caller = await self._domain.guard.require(context, scopes.ADMIN)
+        rotation = await self._domain.keys.rotate(who_of(caller.identity))
         response = pb.RotateSigningKeyResponse(
             kid=rotation.current.kid, public_key=rotation.current, previous_kid=rotation.previous_kid or ""
         )
@@ -113,16 +114,16 @@ class TokenServicer(pb_grpc.TokenServiceServicer):
     async def CreateTenant(
         self, request: pb.CreateTenantRequest, context: RpcContext
     ) -> pb.CreateTenantResponse:
-        await self._domain.guard.require(context, scopes.ADMIN)
+        caller = await self._domain.guard.require(context, scopes.ADMIN)
         tenant = await self._domain.accounts.create_tenant(
-            request.tenant_id, TIER_NAMES[request.tier], request.display_name
+            request.tenant_id, TIER_NAMES[request.tier], request.display_name, who_of(caller.identity)
         )
         return pb.CreateTenantResponse(tenant=_tenant(tenant))
 
     async def CreateUser(self, request: pb.CreateUserRequest, context: RpcContext) -> pb.CreateUserResponse:
-        await self._domain.guard.require(context, scopes.ADMIN)
+        caller = await self._domain.guard.require(context, scopes.ADMIN)
         user = await self._domain.accounts.create_user(
-            request.tenant_id, request.username, request.password, request.admin
+            request.tenant_id, request.username, request.password, who_of(caller.identity), request.admin
         )
         return pb.CreateUserResponse(user=_user(user))
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.runtime.auth.external import ExternalIssuer, external_issuers_from_env
 from services.runtime.auth.settings import DEFAULT_ISSUER
 from services.runtime.settings import Env, SettingsError
+from services.token.guessing import GuessingPolicy
 
 KEY_ENCRYPTION_KEY = "MACP_TOKEN_KEY_ENCRYPTION_KEY"
 INITIAL_ACCESS_TOKEN = "MACP_TOKEN_INITIAL_ACCESS_TOKEN"
@@ -66,6 +67,19 @@ def _initial_access_token(env: Env) -> str | None:
     return token
 
 
+def _guessing(env: Env) -> GuessingPolicy:
+    default = GuessingPolicy()
+    first = env.number("MACP_TOKEN_LOCKOUT_SECONDS", default.lockout_seconds, minimum=0.001)
+    return GuessingPolicy(
+        free_failures=env.integer("MACP_TOKEN_FREE_FAILURES", default.free_failures, minimum=1, maximum=1000),
+        lockout_seconds=first,
+        max_lockout_seconds=env.number(
+            "MACP_TOKEN_MAX_LOCKOUT_SECONDS", default.max_lockout_seconds, minimum=first
+        ),
+        window_seconds=env.number("MACP_TOKEN_FAILURE_WINDOW_SECONDS", default.window_seconds, minimum=1.0),
+    )
+
+
 @dataclass(frozen=True)
 class TokenSettings:
     """issuer: the `iss` of every token (the public base URL of the front listener).
@@ -73,6 +87,7 @@ class TokenSettings:
     access_token_seconds / refresh_token_seconds: lifetimes of the two token kinds.
     max_delegation_depth: how many actors a token's `act` chain may hold.
     initial_access_token: what RegisterClient requires (RFC 7591 section 3); None closes registration.
+    guessing: how failed passwords and client secrets lock an account or client (guessing.py).
     """
 
     issuer: str
@@ -84,6 +99,7 @@ class TokenSettings:
     # Outside OpenID Connect issuers whose tokens ExchangeToken takes as subject tokens (the same
     # list the edge accepts them from; see services/runtime/auth/external.py).
     external_issuers: tuple[ExternalIssuer, ...] = ()
+    guessing: GuessingPolicy = field(default_factory=GuessingPolicy)
 
     @classmethod
     def from_env(cls, env: Env) -> TokenSettings:
@@ -101,6 +117,7 @@ class TokenSettings:
             max_delegation_depth=env.integer("MACP_TOKEN_MAX_DELEGATION_DEPTH", 2, minimum=0, maximum=8),
             initial_access_token=_initial_access_token(env),
             external_issuers=external_issuers_from_env(env),
+            guessing=_guessing(env),
         )
 
     @property

@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from google.protobuf import json_format
 from macp.token.v1 import token_service_pb2 as pb
 
+from services.runtime import audit
+from services.runtime.audit import AuditEvent, Who
 from services.runtime.auth import jwt
 from services.runtime.settings import SettingsError
 from services.token import jwk
@@ -106,9 +108,11 @@ class SigningKeys:
     async def jwks(self) -> list[pb.Jwk]:
         return [_jwk_message(stored) for stored in await self._store.published()]
 
-    async def rotate(self) -> Rotation:
+    async def rotate(self, by: Who) -> Rotation:
+        """A new current key; audited as done by `by`, in its tenant (the system tenant's admins)."""
         new_key = await asyncio.to_thread(self._new_key)
-        current, previous = await self._store.rotate(new_key, self._retire_after_seconds)
+        audited = AuditEvent(by, audit.KEY_ROTATE, f"key/{new_key.kid}")
+        current, previous = await self._store.rotate(new_key, self._retire_after_seconds, audited)
         async with self._lock:
             self._signer = Signer(current.kid, self._open(current))
             self._signer_loaded_at = time.monotonic()

@@ -34,7 +34,8 @@ async def test_each_token_action_is_audited_once_with_its_actor_chain(
     async with token_world(service_environ) as tokens:
         db, stub = tokens.harness.db, tokens.harness.stub
         tenant = await tokens.tenant()
-        [registered] = await rows(db, tenant.tenant_id)
+        created, user_created, registered = await rows(db, tenant.tenant_id)
+        assert (created.action, user_created.action) == ("tenant.create", "user.create")
         assert (registered.action, registered.resource) == (
             "client.register",
             f"client/{tenant.client.client_id}",
@@ -106,7 +107,15 @@ async def test_each_token_action_is_audited_once_with_its_actor_chain(
 
         found = await rows(db, tenant.tenant_id)
         assert sorted(r.action for r in found) == sorted(
-            ["client.register", "token.issue", "token.issue", "token.exchange", "token.revoke"]
+            [
+                "tenant.create",
+                "user.create",
+                "client.register",
+                "token.issue",
+                "token.issue",
+                "token.exchange",
+                "token.revoke",
+            ]
         )
 
 
@@ -219,3 +228,32 @@ async def test_a_refresh_reuse_revokes_the_family_once(service_environ: dict[str
         assert (revoked.subject, revoked.client_id) == (app.client_id, app.client_id)
         assert revoked.detail == {"reason": "refresh token reuse"}
         assert len(of(await rows(db, tenant.tenant_id), "token.issue")) == 2
+
+
+async def test_admin_actions_are_audited_as_done_by_the_admin_client(service_environ: dict[str, str]) -> None:
+    """CreateTenant and CreateUser in the tenant they create or add to, RotateSigningKey in the system
+    tenant; each by the administrator's client, exactly once (a taken id writes nothing)."""
+    async with token_world(service_environ) as tokens:
+        harness, stub = tokens.harness, tokens.harness.stub
+        metadata = await harness.admin_metadata()
+        admin_client = unverified(metadata[0][1].removeprefix("Bearer "))[1]["client_id"]
+        pro = principal_pb2.TIER_PRO
+        await stub.CreateTenant(pb.CreateTenantRequest(tenant_id="acme", tier=pro), metadata=metadata)
+        created = await stub.CreateUser(
+            pb.CreateUserRequest(tenant_id="acme", username="ada", password=PASSWORD, admin=True),
+            metadata=metadata,
+        )
+        again = stub.CreateTenant(pb.CreateTenantRequest(tenant_id="acme", tier=pro), metadata=metadata)
+        assert (await rpc_error(again)).code == grpc.StatusCode.ALREADY_EXISTS
+        rotated = await stub.RotateSigningKey(pb.RotateSigningKeyRequest(), metadata=metadata)
+
+        tenant_created, user_created = await rows(harness.db, "acme")
+        assert (tenant_created.action, tenant_created.resource) == ("tenant.create", "tenant/acme")
+        assert tenant_created.detail == {"tier": "pro"}
+        assert (user_created.action, user_created.resource) == ("user.create", f"user/{created.user.user_id}")
+        assert user_created.detail == {"username": "ada", "admin": "true"}
+        [key_rotated] = await rows(harness.db, "macp", "key.rotate")
+        assert key_rotated.resource == f"key/{rotated.kid}"
+        assert key_rotated.detail == {"previous_kid": rotated.previous_kid}
+        for row in (tenant_created, user_created, key_rotated):
+            assert (row.subject, row.client_id, row.outcome) == (admin_client, admin_client, "success")

@@ -339,3 +339,24 @@ async def test_service_statuses_map_to_oauth_errors(
 
 async def test_get_is_not_allowed(http: httpx.AsyncClient) -> None:
     assert (await http.get("/oauth2/token")).status_code == 405
+
+
+@pytest.mark.parametrize(
+    ("message", "error", "retry_after"),
+    [
+        ("invalid_grant: too many failed sign-ins for this account; retry after 7 s", "invalid_grant", "7"),
+        (
+            "invalid_client: too many failed authentications of this client; retry after 2 s",
+            "invalid_client",
+            "2",
+        ),
+    ],
+)
+async def test_a_locked_account_or_client_is_429_with_retry_after(
+    http: httpx.AsyncClient, fake_token: FakeToken, message: str, error: str, retry_after: str
+) -> None:
+    """The token service's guessing limit: the error a wrong credential gets, as 429 with the wait."""
+    fake_token.service.fail_next("IssueToken", grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+    response = await http.post("/oauth2/token", data={"grant_type": "client_credentials"}, auth=CLI)
+    expect_oauth_error(response, 429, error, "too many failed")
+    assert response.headers["retry-after"] == retry_after

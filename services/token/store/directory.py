@@ -84,18 +84,20 @@ class DirectoryStore:
         row = await self._pool.fetchrow("SELECT * FROM token_tenants WHERE tenant_id = $1", tenant_id)
         return None if row is None else _tenant(row)
 
-    async def insert_tenant(self, tenant_id: str, tier: str, display_name: str) -> Tenant | None:
-        """The new tenant, or None when the id is taken."""
-        row = await self._pool.fetchrow(
+    async def insert_tenant(
+        self, tenant_id: str, tier: str, display_name: str, audited: AuditEvent
+    ) -> Tenant | None:
+        """The new tenant and its audit row, in one statement; None (and no row) when the id is taken."""
+        sql, args = audit.with_audit(
             """
             INSERT INTO token_tenants (tenant_id, tier, display_name) VALUES ($1, $2, $3)
             ON CONFLICT (tenant_id) DO NOTHING
             RETURNING *
             """,
-            tenant_id,
-            tier,
-            display_name,
+            [tenant_id, tier, display_name],
+            audited,
         )
+        row = await self._pool.fetchrow(sql, *args)
         return None if row is None else _tenant(row)
 
     async def user_by_name(self, username: str) -> User | None:
@@ -107,22 +109,27 @@ class DirectoryStore:
         return None if row is None else _user(row)
 
     async def insert_user(
-        self, user_id: str, tenant_id: str, username: str, password_hash: str, admin: bool = False
+        self,
+        user_id: str,
+        tenant_id: str,
+        username: str,
+        password_hash: str,
+        admin: bool,
+        audited: AuditEvent,
     ) -> User | None:
-        """The new user, or None when the username is taken."""
-        row = await self._pool.fetchrow(
+        """The new user and its audit row, in one statement; None (and no row) when the username is
+        taken."""
+        sql, args = audit.with_audit(
             """
             INSERT INTO token_users (user_id, tenant_id, username, password_hash, admin)
             VALUES ($1, $2, $3, $4, $5)
             ON CONFLICT (username) DO NOTHING
             RETURNING *
             """,
-            user_id,
-            tenant_id,
-            username,
-            password_hash,
-            admin,
+            [user_id, tenant_id, username, password_hash, admin],
+            audited,
         )
+        row = await self._pool.fetchrow(sql, *args)
         return None if row is None else _user(row)
 
     async def client(self, client_id: str) -> Client | None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
+
+from services.runtime import audit
+from services.runtime.audit import AuditEvent
 
 # Serialises key creation and rotation across token service replicas.
 _KEYS_LOCK = 0x6D61_6B79  # "maky"
@@ -76,9 +80,12 @@ class KeyStore:
                 return _key(row)
             return _key(await _insert(conn, key))
 
-    async def rotate(self, key: NewKey, retire_after_seconds: int) -> tuple[StoredKey, StoredKey | None]:
-        """Make `key` current; the previous current key retires `retire_after_seconds` from now.
-        Returns the new key and the rotated one (None if there was none)."""
+    async def rotate(
+        self, key: NewKey, retire_after_seconds: int, audited: AuditEvent
+    ) -> tuple[StoredKey, StoredKey | None]:
+        """Make `key` current; the previous current key retires `retire_after_seconds` from now; the
+        audit row (naming the previous key) in the same transaction. Returns the new key and the
+        rotated one (None if there was none)."""
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _KEYS_LOCK)
             previous = await conn.fetchrow(
@@ -91,6 +98,10 @@ class KeyStore:
                 float(retire_after_seconds),
             )
             current = await _insert(conn, key)
+            previous_kid = "" if previous is None else str(previous["kid"])
+            await audit.record(
+                conn, dataclasses.replace(audited, detail={**audited.detail, "previous_kid": previous_kid})
+            )
         return _key(current), None if previous is None else _key(previous)
 
 
