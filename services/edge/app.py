@@ -21,6 +21,7 @@ from services.edge.rate_limit_status import ROUTES as RATE_LIMIT_ROUTES
 from services.edge.rate_limits import RateLimitMiddleware
 from services.edge.routes import ApiRoute, openapi_document
 from services.edge.settings import EdgeSettings
+from services.edge.source_limits import SourceLimitMiddleware
 from services.edge.unexpected_errors import UnexpectedErrorMiddleware
 from services.edge.websocket import WebSocketGateway
 from services.runtime.metrics import HttpMetrics
@@ -103,8 +104,10 @@ def build_app(settings: EdgeSettings, metrics: HttpMetrics) -> Starlette:
     )
     # Added first, so it runs after authentication: a caller is counted by its client and tenant.
     app.add_middleware(RateLimitMiddleware, limits=lambda: app.state.edge.rate_limits)
-    # Added before the request context, so it runs inside it (request id, access log, metrics).
     app.add_middleware(BearerAuthMiddleware, verifier=lambda: app.state.edge.verifier)
+    # Before authentication: unauthenticated requests and failed ones are counted by source address.
+    # Added before the request context, so it runs inside it (request id, access log, metrics).
+    app.add_middleware(SourceLimitMiddleware, limits=lambda: app.state.edge.rate_limits)
     # Inside the request context, so a crash is answered with its request id and logged as a 500.
     app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, router=app.router)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -56,7 +56,8 @@ def is_public(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
-def _bearer(headers: list[tuple[bytes, bytes]]) -> str | None:
+def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The token of the one `Authorization: Bearer` header, else None (none, two, another scheme)."""
     values = [value for name, value in headers if name == b"authorization"]
     if len(values) != 1:
         return None
@@ -77,7 +78,7 @@ class BearerAuthMiddleware:
         if scope["type"] not in ("http", "websocket") or is_public(scope.get("path", "")):
             await self._app(scope, receive, send)
             return
-        token = _bearer(list(scope.get("headers", ())))
+        token = bearer_token(scope.get("headers", ()))
         if token is None:
             await self._refuse(scope, receive, send, "this route needs `Authorization: Bearer <token>`")
             return

@@ -1,10 +1,11 @@
 """`GET /v1/rate-limits`: the limits the edge applies and where the signed-in caller stands on each.
 
-The answer is read without counting a request (rate_limits.UNCOUNTED_PATHS), so a client, or
-`macp limits`, may look before it spends one: `limits` are the caller's own (the API as a whole,
-its client class, its tenant) with the requests left and the seconds until the limit is full
-again, and the same RateLimit header fields every counted answer carries; `configured` is every
-limit the edge is set up with (`MACP_RATE_LIMIT_*`), whatever the caller's class.
+The request counts like any other (it is one Redis call, and a client polling it must not be able
+to make those without limit), and the answer is the standing after it: `limits` are the caller's
+own (the API as a whole, its client class in its tenant, its tenant) with the requests left and
+the seconds until the limit is full again, and the same RateLimit header fields every counted
+answer carries; `configured` is every limit the edge is set up with (`MACP_RATE_LIMIT_*`, the
+per-source-address ones included), whatever the caller's class.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ _STANDING: JsonSchema = {
     "required": ["scope", "name", "limit", "windowSeconds", "burst", "policy", "remaining", "resetSeconds"],
     "properties": {
         **_LIMIT["properties"],
-        "scope": {"type": "string", "enum": ["global", "class", "tenant"]},
+        "scope": {"type": "string", "enum": ["global", "class", "tenant", "source"]},
         "remaining": {"type": "integer", "description": "requests that may be made now, at once"},
         "resetSeconds": {"type": "integer", "description": "seconds until the limit is full again"},
     },
@@ -66,6 +67,8 @@ STATUS_SCHEMA: JsonSchema = {
                 "global": {"type": "array", "items": _LIMIT},
                 "classes": {"type": "object", "additionalProperties": {"type": "array", "items": _LIMIT}},
                 "tenant": {"type": "array", "items": _LIMIT},
+                "source": {"type": "array", "items": _LIMIT},
+                "sourceFailures": {"type": "array", "items": _LIMIT},
             },
         },
     },
@@ -87,6 +90,8 @@ def _configured(settings: RateLimitSettings) -> dict[str, Any]:
         "global": [_limit(limit) for limit in settings.api],
         "classes": {name: [_limit(limit) for limit in limits] for name, limits in settings.by_class.items()},
         "tenant": [_limit(limit) for limit in settings.tenant],
+        "source": [_limit(limit) for limit in settings.source],
+        "sourceFailures": [_limit(limit) for limit in settings.source_failures],
     }
 
 
@@ -143,10 +148,10 @@ ROUTES = [
         method="GET",
         path="/v1/rate-limits",
         operation_id="getRateLimits",
-        summary="The configured rate limits and the caller's standing on its own (counts no request)",
+        summary="The configured rate limits and the caller's standing on its own (after this request)",
         handler=get_rate_limits,
         response=Content(name="RateLimitStatus", schema=STATUS_SCHEMA),
-        errors=(401, 503),
+        errors=(401, 429, 503),
         tags=("rate limits",),
     ),
 ]

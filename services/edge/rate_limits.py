@@ -1,11 +1,22 @@
-"""Rate limits at the edge: the API as a whole, each client by its class, each tenant.
+"""Rate limits at the edge: the API as a whole, each client in each tenant by its class, each
+tenant, and each source address before authentication.
 
 Every request counts against the whole API (`MACP_RATE_LIMIT_API`, 1,000/s with bursts to 2,000 by
-default, from the platform seed); an authenticated one also against its client, with the limit of
-the client's class (004's table: internal 1,000/min, consumer 10,000/hour, partner 10,000/day,
-third-party 1,000/hour with bursts of 50/min; `MACP_RATE_LIMIT_<CLASS>`), and against its tenant
-(`MACP_RATE_LIMIT_TENANT`). The counting is GCRA in Redis (services/runtime/ratelimit.py), so the
-limits hold exactly however many edge processes there are.
+default, from the platform seed); an authenticated one also against its client in its tenant, with
+the limit of the client's class (004's table: internal 1,000/min, consumer 10,000/hour, partner
+10,000/day, third-party 1,000/hour with bursts of 50/min; `MACP_RATE_LIMIT_<CLASS>`), and against its
+tenant (`MACP_RATE_LIMIT_TENANT`). The client's bucket is keyed by client and tenant together: a
+public client that users of many tenants sign in through (the seeded CLI client) gives each tenant
+a bucket of its own, so one tenant's traffic never spends another's allowance.
+
+Before authentication, each source address (services/edge/source_limits.py) is held to
+`MACP_RATE_LIMIT_SOURCE` for requests that carry no token (OAuth endpoints, discovery, a route
+called without one) and to `MACP_RATE_LIMIT_SOURCE_FAILURES` for failed authentications (a refused
+bearer token, a failed `/oauth2/token` attempt): past the failures' limit, the address gets 429 on
+everything, before any token or password of its requests is looked at, until the limit has room.
+
+The counting is GCRA in Redis (services/runtime/ratelimit.py), so the limits hold exactly however
+many edge processes there are.
 
 Answers carry the IETF RateLimit header fields (draft-ietf-httpapi-ratelimit-headers):
 `RateLimit-Policy` lists the limits that applied, `RateLimit` the tightest one's remaining requests
@@ -23,8 +34,9 @@ deployment that limits in front of the edge; it never happens by accident, as a 
 is refused at start-up like every other setting.
 
 Every decision is counted in `macp_rate_limit_decisions_total{scope, limit, decision}` (scope
-`global`, `class` or `tenant`), and `GET /v1/rate-limits` (services/edge/rate_limit_status.py)
-shows a caller its limits and where it stands without spending a request.
+`global`, `class`, `tenant` or `source`), and `GET /v1/rate-limits` (services/edge/rate_limit_status.py)
+shows a caller its limits and where it stands; it counts as one request like any other, so it is no
+way to reach Redis without limit.
 """
 
 from __future__ import annotations
@@ -39,6 +51,7 @@ from http import HTTPStatus
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.exceptions import RedisError
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.edge.auth import Caller, caller_var
@@ -59,8 +72,10 @@ CLASS_DEFAULTS = {
 REDIS_RETRY_SECONDS = 1.0
 # Callers whose keyed limits are kept built (a session's requests all count against the same keys).
 MAX_KEYED_CALLERS = 10_000
-# Answered without counting a request: health probes, and the route that reports the limits.
-UNCOUNTED_PATHS = frozenset({"/healthz", "/v1/rate-limits"})
+# Answered without counting a request: health probes.
+UNCOUNTED_PATHS = frozenset({"/healthz"})
+# Source addresses remembered as refused (until their refusal's retry-after has passed).
+MAX_BLOCKED_SOURCES = 100_000
 # What every request gets while the limits are off: admitted, under no limit.
 UNLIMITED = Decision(admitted=True, retry_after_seconds=0.0, refused_by=None, states=())
 
@@ -71,6 +86,8 @@ class RateLimitSettings:
     by_class: dict[str, tuple[Limit, ...]]
     tenant: tuple[Limit, ...]
     fallback_share: float
+    source: tuple[Limit, ...] = ()
+    source_failures: tuple[Limit, ...] = ()
     enabled: bool = True
 
     @classmethod
@@ -82,16 +99,25 @@ class RateLimitSettings:
                 for name, default in CLASS_DEFAULTS.items()
             },
             tenant=limits_from_env(env, "MACP_RATE_LIMIT_TENANT", "tenant", "60000/hour burst 1000"),
+            # Requests without a token, per source address: sign-ins, discovery, token refreshes
+            # of everyone behind one NAT, but not a flood.
+            source=limits_from_env(env, "MACP_RATE_LIMIT_SOURCE", "source", "1200/min burst 300"),
+            # Failed authentications per source address: a mistyped password or an expired token
+            # now and then, but no guessing (20 at once, then one every 2 s).
+            source_failures=limits_from_env(
+                env, "MACP_RATE_LIMIT_SOURCE_FAILURES", "source_failures", "30/min burst 20"
+            ),
             fallback_share=env.number("MACP_RATE_LIMIT_FALLBACK_SHARE", 1.0, minimum=0.01),
             enabled=env.choice("MACP_RATE_LIMITS", "on", ("on", "off")) == "on",
         )
 
     def scoped(self) -> list[tuple[str, Limit]]:
-        """Every configured limit with its scope: `global`, `class` or `tenant`."""
+        """Every configured limit with its scope: `global`, `class`, `tenant` or `source`."""
         return [
             *(("global", limit) for limit in self.api),
             *(("class", limit) for limits in self.by_class.values() for limit in limits),
             *(("tenant", limit) for limit in self.tenant),
+            *(("source", limit) for limit in (*self.source, *self.source_failures)),
         ]
 
 
@@ -118,6 +144,8 @@ class RateLimits:
         self._redis_down_since: float | None = None
         # (client class, client, tenant) -> the keyed limits of such a caller, built once.
         self._keyed: dict[tuple[str, str, str | None], Keyed] = {}
+        # source address -> (until when on the clock, the limit that refused it).
+        self._blocked: dict[str, tuple[float, Limit]] = {}
         self._anonymous: Keyed = tuple(("api", limit) for limit in settings.api)
         self._refused = Counter(
             "macp_rate_limited", "Requests refused by a rate limit, by limit", ("limit",), registry=registry
@@ -164,7 +192,9 @@ class RateLimits:
         by_class = self._settings.by_class[client_class]
         return (
             *self._anonymous,
-            *((f"client:{client}:{limit.name}", limit) for limit in by_class),
+            # The client's bucket is its own in each tenant: a public client shared by tenants
+            # never lets one tenant spend another's allowance.
+            *((f"client:{client}:tenant:{tenant_id}:{limit.name}", limit) for limit in by_class),
             *((f"tenant:{tenant_id}:{limit.name}", limit) for limit in self._settings.tenant),
         )
 
@@ -184,11 +214,71 @@ class RateLimits:
     async def check(self, caller: Caller | None) -> Decision:
         if not self._settings.enabled:
             return UNLIMITED
-        keyed = self.keyed(caller)
+        return await self._check(self.keyed(caller))
+
+    def blocked(self, address: str) -> Decision | None:
+        """The refusal still standing for `address` (its retry-after not yet passed), else None:
+        answered from this process's memory, so a refused source costs no Redis call and no token
+        verification until it may try again."""
+        if not self._settings.enabled:
+            return None
+        found = self._blocked.get(address)
+        if found is None:
+            return None
+        until, limit = found
+        now = self._clock()
+        if now >= until:
+            del self._blocked[address]
+            return None
+        return Decision(admitted=False, retry_after_seconds=until - now, refused_by=limit, states=())
+
+    async def check_source(self, address: str) -> Decision:
+        """Counts a request without a token against its source address, admitted only while the
+        address's failed authentications are under their limit too (tested, not counted)."""
+        if not self._settings.enabled:
+            return UNLIMITED
+        keyed = [(f"source:{address}:{limit.name}", limit) for limit in self._settings.source]
+        gates = [(f"source:{address}:{limit.name}", limit) for limit in self._settings.source_failures]
+        return self._remember(address, await self._check(keyed, gates))
+
+    async def count_failure(self, address: str) -> Decision:
+        """Counts a failed authentication against its source address; once over the limit, the
+        address is refused everything until the limit has room again."""
+        if not self._settings.enabled:
+            return UNLIMITED
+        keyed = [(f"source:{address}:{limit.name}", limit) for limit in self._settings.source_failures]
+        return self._remember(address, await self._check(keyed))
+
+    def _remember(self, address: str, decision: Decision) -> Decision:
+        """Remembers a source the next request of which Redis would refuse: one refused now, or one
+        whose request just took the last room of a limit (so the failure that fills the limit is
+        the last one looked at, not the one after it)."""
+        refused_by, seconds = decision.refused_by, decision.retry_after_seconds
+        if decision.admitted:
+            full = [state for state in decision.states if state.remaining == 0]
+            if not full:
+                return decision
+            # When one request is earned back: TAT + interval - burst * interval reaches now.
+            waits = [
+                (state.reset_seconds - (state.limit.burst - 1) * state.limit.interval_us / 1e6, state.limit)
+                for state in full
+            ]
+            seconds, refused_by = max(waits, key=lambda wait: wait[0])
+        if refused_by is None or seconds <= 0:
+            return decision
+        if len(self._blocked) >= MAX_BLOCKED_SOURCES:
+            now = self._clock()
+            self._blocked = {key: value for key, value in self._blocked.items() if value[0] > now}
+            if len(self._blocked) >= MAX_BLOCKED_SOURCES:
+                self._blocked.clear()  # Redis still has every count: the next request asks it
+        self._blocked[address] = (self._clock() + seconds, refused_by)
+        return decision
+
+    async def _check(self, keyed: Keyed, gates: Keyed = ()) -> Decision:
         now = self._clock()
         if self._redis_down_since is None or now - self._redis_down_since >= REDIS_RETRY_SECONDS:
             try:
-                decision = await self._redis.check(keyed)
+                decision = await self._redis.check(keyed, gates)
             except (RedisError, OSError, TimeoutError) as exc:
                 if self._redis_down_since is None:
                     log.error("rate limits fall back to local counting: Redis is unreachable: %s", exc)
@@ -201,7 +291,11 @@ class RateLimits:
                     self._fallback.set(0)
                 return self._counted(decision)
         share = self._settings.fallback_share
-        return self._counted(await self._local.check([(key, _scaled(limit, share)) for key, limit in keyed]))
+        decision = await self._local.check(
+            [(key, _scaled(limit, share)) for key, limit in keyed],
+            [(key, _scaled(limit, share)) for key, limit in gates],
+        )
+        return self._counted(decision)
 
     def _counted(self, decision: Decision) -> Decision:
         if decision.refused_by is not None:
@@ -226,8 +320,10 @@ def refusal(decision: Decision) -> str:
 
 def headers(decision: Decision) -> list[tuple[bytes, bytes]]:
     """The RateLimit header fields of a decision (and Retry-After when it refused)."""
-    policy = ", ".join(state.limit.policy for state in decision.states)
-    fields = [(b"ratelimit-policy", policy.encode())]
+    fields = []
+    if decision.states:  # none when a refused source is answered from memory
+        policy = ", ".join(state.limit.policy for state in decision.states)
+        fields.append((b"ratelimit-policy", policy.encode()))
     tightest = decision.tightest
     if tightest is not None:
         reset = math.ceil(tightest.reset_seconds)
@@ -240,6 +336,13 @@ def headers(decision: Decision) -> list[tuple[bytes, bytes]]:
     if not decision.admitted:
         fields.append((b"retry-after", str(retry_after(decision)).encode()))
     return fields
+
+
+def refusal_response(decision: Decision) -> Response:
+    """The 429 of a refused HTTP request: the edge's error shape, Retry-After and RateLimit fields."""
+    response = error_response(HTTPStatus.TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED", refusal(decision))
+    response.raw_headers.extend(headers(decision))
+    return response
 
 
 class RateLimitMiddleware:
@@ -256,9 +359,7 @@ class RateLimitMiddleware:
         decision = await self._limits().check(caller_var.get())
         fields = headers(decision)
         if not decision.admitted:
-            response = error_response(HTTPStatus.TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED", refusal(decision))
-            response.raw_headers.extend(fields)
-            await response(scope, receive, send)
+            await refusal_response(decision)(scope, receive, send)
             return
 
         async def send_with_headers(message: Message) -> None:

@@ -48,6 +48,7 @@ from services.edge.auth import Caller, caller_var
 from services.edge.context import EdgeContext
 from services.edge.errors import error_response
 from services.edge.rate_limits import refusal, retry_after
+from services.edge.source_limits import source_of
 from services.edge.ws_frames import (
     ClientFrame,
     FrameError,
@@ -115,8 +116,21 @@ class EdgeHandshake:
         request_id_var.set(new_request_id())
         edge = self._edge()
         headers = [(name.lower(), value) for name, value in request.extra_headers]
+        # Counted by source address before the token is looked at, as an HTTP request is
+        # (services/edge/source_limits.py): a refused address is closed with 4429 at once.
+        limits = edge.rate_limits
+        forwarded = [value for name, value in headers if name == b"x-forwarded-for"]
+        address = source_of(forwarded[-1] if forwarded else None, link.peer_host)
+        refused = limits.blocked(address)
+        if refused is not None:
+            link.accept_and_close(CloseCode.RATE_LIMITED, _reason(refusal(refused)))
+            return
         token = connect_token(headers, request.target.partition("?")[2])
         if token is None:
+            decision = await limits.check_source(address)
+            if not decision.admitted:
+                link.accept_and_close(CloseCode.RATE_LIMITED, _reason(refusal(decision)))
+                return
             link.accept_and_close(
                 CloseCode.UNAUTHENTICATED, "send Authorization: Bearer <token> or ?access_token="
             )
@@ -125,16 +139,18 @@ class EdgeHandshake:
             claims = await edge.verifier.verify(token)
         except InvalidToken as exc:
             log.info("websocket token refused", extra={"reason": exc.reason})
+            await limits.count_failure(address)  # before the client hears, so its retry finds it
             link.accept_and_close(CloseCode.UNAUTHENTICATED, _reason(f"invalid token: {exc.reason}"))
             return
         except Unavailable as exc:
             link.accept_and_close(CloseCode.UNAVAILABLE, _reason(exc.message))
             return
         if claims.tenant_id is None:
+            await limits.count_failure(address)
             link.accept_and_close(CloseCode.UNAUTHENTICATED, "invalid token: missing_claim: tenant_id")
             return
         caller = Caller(token, claims)
-        decision = await edge.rate_limits.check(caller)
+        decision = await limits.check(caller)
         if not decision.admitted:
             link.accept_and_close(CloseCode.RATE_LIMITED, _reason(refusal(decision)))
             return

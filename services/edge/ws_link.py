@@ -209,6 +209,14 @@ class WebSocketLink(asyncio.Protocol):
 
     # What the edge calls
 
+    @property
+    def peer_host(self) -> str | None:
+        """The TCP peer's address (Envoy's, behind it: the edge reads x-forwarded-for for the client)."""
+        if self._transport is None:
+            return None
+        peername = self._transport.get_extra_info("peername")
+        return str(peername[0]) if isinstance(peername, tuple) and peername else None
+
     def accept(self, peer: Peer) -> None:
         """Completes the handshake; frames from now on go to `peer`."""
         if self._transport is None or self._transport.is_closing():

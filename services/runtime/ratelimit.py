@@ -9,7 +9,10 @@ The clock is Redis's own (`TIME`), so processes on hosts with skewed clocks agre
 One request may be under several limits at once (the whole API, the caller's client class, its
 tenant). The script checks them all and moves every TAT only when all admit it, so a request
 refused by one limit does not use up another; the answer names the limit that refused and when to
-come back, and the state of the tightest limit for the RateLimit response headers.
+come back, and the state of the tightest limit for the RateLimit response headers. A limit may also
+be a gate: tested like the others, never moved (the edge lets an unauthenticated request through
+only while its source address has failed authentication less than its limit, and counts only the
+failures against that limit).
 
 When Redis cannot be reached, `LocalLimiter` applies the same algorithm in process memory (each
 process then enforces its own share), and says so: callers report it in their health.
@@ -40,15 +43,17 @@ _UNITS: Final = {
 }
 _SPEC: Final = re.compile(r"\s*(\d[\d_]*)\s*/\s*([a-z]+)\s*(?:burst\s*=?\s*(\d[\d_]*))?\s*")
 
-# KEYS: one TAT key per limit. ARGV: per limit, its interval and burst (µs, count).
+# KEYS: one TAT key per limit. ARGV: per limit, its interval (µs), burst and whether the request
+# counts against it (1) or the limit is only a gate it must pass (0: tested, never moved).
 # Returns {admitted, retry_after_us, refusing_index, then remaining and reset_us per limit}.
+# With every limit a gate it is a peek: what a request arriving now would find, moving nothing.
 _GCRA: Final = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local admitted, retry, refusing = 1, 0, 0
 local tats = {}
 for i = 1, #KEYS do
-  local interval, burst = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  local interval, burst = tonumber(ARGV[3 * i - 2]), tonumber(ARGV[3 * i - 1])
   local tat = tonumber(redis.call('GET', KEYS[i]) or now)
   if tat < now then tat = now end
   tats[i] = tat
@@ -59,39 +64,15 @@ for i = 1, #KEYS do
 end
 local out = {admitted, retry, refusing}
 for i = 1, #KEYS do
-  local interval, burst = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  local interval, burst = tonumber(ARGV[3 * i - 2]), tonumber(ARGV[3 * i - 1])
   local tat = tats[i]
-  if admitted == 1 then
+  if admitted == 1 and ARGV[3 * i] == '1' then
     tat = tat + interval
     redis.call('SET', KEYS[i], tat, 'PX', math.ceil((tat - now) / 1000) + 1)
   end
   out[#out + 1] = math.max(0, math.floor((now + burst * interval - tat) / interval))
   out[#out + 1] = tat - now
 end
-return out
-"""
-
-
-# The same arithmetic, moving nothing: what a request arriving now would find (same reply shape),
-# for callers that ask where they stand without spending a request on it.
-_GCRA_PEEK: Final = """
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local admitted, retry, refusing = 1, 0, 0
-local states = {}
-for i = 1, #KEYS do
-  local interval, burst = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
-  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
-  if tat < now then tat = now end
-  local allow_at = tat + interval - burst * interval
-  if allow_at > now and allow_at - now > retry then
-    admitted, retry, refusing = 0, allow_at - now, i
-  end
-  states[#states + 1] = math.max(0, math.floor((now + burst * interval - tat) / interval))
-  states[#states + 1] = tat - now
-end
-local out = {admitted, retry, refusing}
-for i = 1, #states do out[#out + 1] = states[i] end
 return out
 """
 
@@ -167,26 +148,25 @@ class RedisLimiter:
     def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
         self._prefix = prefix
         self._script = redis.register_script(_GCRA)
-        self._peek = redis.register_script(_GCRA_PEEK)
 
-    def _inputs(self, keyed: Keyed) -> tuple[list[str], list[int]]:
-        keys = [f"{self._prefix}ratelimit:{key}" for key, _ in keyed]
-        args: list[int] = []
-        for _, limit in keyed:
-            args += [limit.interval_us, limit.burst]
-        return keys, args
-
-    async def check(self, keyed: Keyed) -> Decision:
-        keys, args = self._inputs(keyed)
-        reply = [int(value) for value in await self._script(keys=keys, args=args)]
-        return _decision(keyed, reply, local=False)
+    async def check(self, keyed: Keyed, gates: Keyed = ()) -> Decision:
+        """Counts a request against every limit of `keyed` when all of them and every one of `gates`
+        admit it; `gates` are only tested (a request must find room in them, and moves none)."""
+        return await self._run(keyed, gates, counts=True)
 
     async def peek(self, keyed: Keyed) -> Decision:
         """What `check` would decide now, without counting a request: `remaining` is how many
         requests may still be made at once (one more than a check's answer, which counts itself)."""
-        keys, args = self._inputs(keyed)
-        reply = [int(value) for value in await self._peek(keys=keys, args=args)]
-        return _decision(keyed, reply, local=False)
+        return await self._run((), keyed, counts=False)
+
+    async def _run(self, keyed: Keyed, gates: Keyed, *, counts: bool) -> Decision:
+        everything = [*keyed, *gates]
+        keys = [f"{self._prefix}ratelimit:{key}" for key, _ in everything]
+        args: list[int] = []
+        for index, (_, limit) in enumerate(everything):
+            args += [limit.interval_us, limit.burst, int(counts and index < len(keyed))]
+        reply = [int(value) for value in await self._script(keys=keys, args=args)]
+        return _decision(everything, reply, local=False)
 
 
 class LocalLimiter:
@@ -196,32 +176,33 @@ class LocalLimiter:
         self._clock = clock
         self._tats: dict[str, int] = {}
 
-    async def check(self, keyed: Keyed) -> Decision:
-        return self._decide(keyed, consume=True)
+    async def check(self, keyed: Keyed, gates: Keyed = ()) -> Decision:
+        return self._decide(keyed, gates)
 
     async def peek(self, keyed: Keyed) -> Decision:
         """What `check` would decide now, moving nothing (as `RedisLimiter.peek`)."""
-        return self._decide(keyed, consume=False)
+        return self._decide((), keyed)
 
-    def _decide(self, keyed: Keyed, *, consume: bool) -> Decision:
+    def _decide(self, keyed: Keyed, gates: Keyed) -> Decision:
         now = int(self._clock() * 1_000_000)
+        everything = [*keyed, *gates]
         admitted, retry, refusing = 1, 0, 0
         tats = []
-        for index, (key, limit) in enumerate(keyed, start=1):
+        for index, (key, limit) in enumerate(everything, start=1):
             tat = max(self._tats.get(key, now), now)
             tats.append(tat)
             allow_at = tat + limit.interval_us - limit.burst * limit.interval_us
             if allow_at > now and allow_at - now > retry:
                 admitted, retry, refusing = 0, allow_at - now, index
         reply = [admitted, retry, refusing]
-        for (key, limit), tat in zip(keyed, tats, strict=True):
-            if admitted and consume:
+        for index, ((key, limit), tat) in enumerate(zip(everything, tats, strict=True)):
+            if admitted and index < len(keyed):
                 tat += limit.interval_us
                 self._tats[key] = tat
             reply += [max(0, (now + limit.burst * limit.interval_us - tat) // limit.interval_us), tat - now]
         if len(self._tats) > 100_000:  # keys of idle callers: their TATs are in the past anyway
             self._tats = {key: tat for key, tat in self._tats.items() if tat > now}
-        return _decision(keyed, reply, local=True)
+        return _decision(everything, reply, local=True)
 
 
 def _decision(keyed: Keyed, reply: Sequence[int], *, local: bool) -> Decision:

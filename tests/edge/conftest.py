@@ -93,6 +93,10 @@ async def _edge_server(_fake_token_server: FakeToken) -> AsyncIterator[str]:
         "MACP_REDIS_URL": "redis://127.0.0.1:1/0",
         "MACP_EDGE_RPC_TIMEOUT_SECONDS": "5",
         "MACP_EDGE_MAX_BODY_BYTES": "4096",
+        # Every test of a module asks from 127.0.0.1, many of them failing on purpose: the
+        # per-source limits are tested on their own (test_rate_limits.py), not in passing here.
+        "MACP_RATE_LIMIT_SOURCE": "100000/min",
+        "MACP_RATE_LIMIT_SOURCE_FAILURES": "100000/min",
         "MACP_LOG_LEVEL": "warning",
     }
     async with serving_edge(environ) as url:

@@ -1,5 +1,5 @@
 """`GET /v1/rate-limits` and `macp limits` on the real edge (real tokens from the real token service,
-limits counted in the real Redis): looking counts no request, counted requests move the caller's
+limits counted in the real Redis): looking counts as a request, counted requests move the caller's
 standing and the decision counters on the edge's /metrics, and the CLI prints both."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from services.cli.accounts import CliError
 from services.cli.limits import render_limits
 from services.cli.usage import get_json
 from services.edge.app import build_app
@@ -64,11 +65,11 @@ def _by_name(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {limit["name"]: limit for limit in limits}
 
 
-async def test_the_caller_sees_its_standing_without_spending_a_request(edge: LimitedEdge) -> None:
+async def test_the_caller_sees_its_standing_and_looking_counts_as_a_request(edge: LimitedEdge) -> None:
     headers = {"authorization": f"Bearer {edge.token}"}
     async with httpx.AsyncClient(base_url=edge.url, headers=headers, timeout=10, trust_env=False) as http:
-        looks = [await http.get("/v1/rate-limits") for _ in range(4)]  # more looks than the limit allows
-        first = looks[0].json()
+        look = await http.get("/v1/rate-limits")
+        first = look.json()
         assert first["clientClass"] == "consumer"
         assert first["counting"] == "redis"
         assert first["admitted"] is True
@@ -79,15 +80,17 @@ async def test_the_caller_sees_its_standing_without_spending_a_request(edge: Lim
         ]
         consumer = _by_name(first)["consumer"]
         assert (consumer["limit"], consumer["windowSeconds"], consumer["burst"]) == (3, 60, 3)
-        assert all(_by_name(look.json())["consumer"]["remaining"] == 3 for look in looks)
-        assert looks[0].headers["ratelimit"] == '"consumer";r=3;t=0'
-        assert "retry-after" not in looks[0].headers
+        # The look itself was counted: two of the three requests are left.
+        assert consumer["remaining"] == 2
+        assert look.headers["ratelimit"].startswith('"consumer";r=2;')
+        assert "retry-after" not in look.headers
         assert first["configured"]["classes"]["third_party"][1]["limit"] == 50  # 1000/hour + 50/min
         assert [limit["policy"] for limit in first["configured"]["global"]] == ['"api";q=100;w=1']
+        assert [limit["name"] for limit in first["configured"]["sourceFailures"]] == ["source_failures"]
 
-        # Counted requests (refused by the edge itself, before any RPC, but counted all the same).
-        counted = [(await http.get("/v1/usage", params={"group_by": "planet"})).status_code for _ in range(4)]
-        assert counted == [400, 400, 400, 429]
+        # A counted request (refused by the edge itself, before any RPC, but counted all the same),
+        # then a look that takes the last request: it says the next one would be refused.
+        assert (await http.get("/v1/usage", params={"group_by": "planet"})).status_code == 400
         standing = (await http.get("/v1/rate-limits")).json()
         assert standing["admitted"] is False
         assert 1 <= standing["retryAfterSeconds"] <= 20  # one request is earned back every 20 s
@@ -95,6 +98,12 @@ async def test_the_caller_sees_its_standing_without_spending_a_request(edge: Lim
         assert consumer["remaining"] == 0
         assert 40 <= consumer["resetSeconds"] <= 60
         assert 50 - 3 <= _by_name(standing)["tenant"]["remaining"] <= 50  # one back every 0.1 s
+
+        # Past the limit, looking is refused like any request: its 429 says when to come back.
+        refused = [await http.get(path) for path in ("/v1/usage", "/v1/rate-limits")]
+        assert [answer.status_code for answer in refused] == [429, 429]
+        assert 1 <= int(refused[1].headers["retry-after"]) <= 20
+        assert "rate limit consumer exceeded" in refused[1].json()["message"]
 
         document = (await http.get("/v1/openapi.json")).json()
         operation = document["paths"]["/v1/rate-limits"]["get"]
@@ -109,7 +118,7 @@ async def test_the_caller_sees_its_standing_without_spending_a_request(edge: Lim
     metrics = await scrape(edge.metrics_port)
     decisions = "macp_rate_limit_decisions_total"
     assert metrics.value(decisions, scope="class", limit="consumer", decision="admitted") == 3
-    assert metrics.value(decisions, scope="class", limit="consumer", decision="refused") == 1
+    assert metrics.value(decisions, scope="class", limit="consumer", decision="refused") == 2
     assert metrics.value(decisions, scope="tenant", limit="tenant", decision="admitted") == 3
     assert metrics.value(decisions, scope="tenant", limit="tenant", decision="refused") == 0
     # The public openapi.json counted against the API as a whole only, as anonymous requests are.
@@ -118,8 +127,8 @@ async def test_the_caller_sees_its_standing_without_spending_a_request(edge: Lim
     assert metrics.value(decisions, scope="class", limit="partner", decision="refused") == 0
     assert metrics.value(decisions, scope="class", limit="third_party-2", decision="admitted") == 0
 
-    # `macp limits` reads the same route; urllib blocks, so it gets a thread (the edge runs here).
-    printed = render_limits(await asyncio.to_thread(get_json, f"{edge.url}/v1/rate-limits", edge.token))
+    # `macp limits` renders the same document (read before the limit refused the caller).
+    printed = render_limits(standing)
     assert "tenant " in printed
     assert "limits counted in redis" in printed
     assert "class   consumer  3/min" in printed
@@ -127,3 +136,6 @@ async def test_the_caller_sees_its_standing_without_spending_a_request(edge: Lim
     assert "each third_party client  1000/hour + 50/min" in printed
     assert "the whole API" in printed
     assert "100/s burst 200" in printed
+    # `macp limits` itself, refused now, prints the 429's message (urllib blocks: a thread).
+    with pytest.raises(CliError, match="HTTP 429: rate limit consumer exceeded"):
+        await asyncio.to_thread(get_json, f"{edge.url}/v1/rate-limits", edge.token)

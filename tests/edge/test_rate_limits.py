@@ -4,17 +4,21 @@ edge's answers and headers, and the local fallback when Redis is unreachable."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from macp.token.v1 import token_service_pb2 as pb
 
 from services.edge.rate_limits import RateLimits, RateLimitSettings, headers
+from services.edge.source_limits import source_of
 from services.runtime.ratelimit import Limit, RedisLimiter, parse_limits
 from services.runtime.settings import Env, SettingsError
 from services.stack.infra import Infrastructure
-from tests.edge.conftest import serving_edge
+from tests.edge.conftest import FakeToken, serving_edge
+from tests.edge.orchestrator_world import EdgeWorld, edge_world
 
 pytestmark = pytest.mark.integration
 
@@ -141,3 +145,112 @@ def test_the_seeds_limits_are_the_defaults() -> None:
 def test_a_malformed_limit_names_the_variable(text: str) -> None:
     with pytest.raises(SettingsError, match="MACP_RATE_LIMIT_PARTNER"):
         parse_limits("partner", text, "MACP_RATE_LIMIT_PARTNER")
+
+
+# Limits that cannot be walked around (issue 15): keyed by client and tenant, and by source address
+# before authentication.
+
+SOURCE_LIMITS = {
+    "MACP_RATE_LIMIT_CONSUMER": "3/min",
+    "MACP_RATE_LIMIT_SOURCE": "4/min",
+    "MACP_RATE_LIMIT_SOURCE_FAILURES": "3/min",
+}
+
+
+@pytest.fixture(scope="module")
+async def limited(infrastructure: Infrastructure) -> AsyncIterator[EdgeWorld]:
+    """An edge (the fake token service's keys) with tight consumer and per-source limits."""
+    async with edge_world(infrastructure, SOURCE_LIMITS) as served:
+        yield served
+
+
+def _from(address: str) -> dict[str, str]:
+    """What Envoy's front listener adds: the peer it saw, last in x-forwarded-for."""
+    return {"x-forwarded-for": address}
+
+
+async def test_tenants_signing_in_through_one_public_client_never_share_its_bucket(
+    limited: EdgeWorld,
+) -> None:
+    # Users of two tenants signed in through the same consumer client (as through the seeded CLI).
+    acme = limited.headers(limited.token(client_id="macp-cli", tenant_id=f"acme-{uuid.uuid4()}"))
+    globex = limited.headers(limited.token(client_id="macp-cli", tenant_id=f"globex-{uuid.uuid4()}"))
+    # Requests the edge itself refuses (400, before any RPC) but counts all the same.
+    counted = {"group_by": "planet"}
+    async with httpx.AsyncClient(base_url=limited.url, timeout=10) as client:
+        spent = [(await client.get("/v1/usage", params=counted, headers=acme)).status_code for _ in range(4)]
+        other = await client.get("/v1/usage", params=counted, headers=globex)
+    assert spent == [400, 400, 400, 429]
+    # The other tenant's allowance is whole: one tenant's traffic spent none of it.
+    assert other.status_code == 400
+    assert other.headers["ratelimit"].startswith('"consumer";r=2;')
+
+
+async def test_bad_tokens_are_counted_per_source_then_refused_before_any_is_verified(
+    limited: EdgeWorld,
+) -> None:
+    attacker, neighbour = _from("198.51.100.7"), _from("198.51.100.8")
+    good = limited.headers(limited.token(tenant_id=f"t-{uuid.uuid4()}"))
+    forged = limited.headers(limited.token(tenant_id="t") + "x")
+    async with httpx.AsyncClient(base_url=limited.url, timeout=10) as client:
+        guesses = [await client.get("/v1/rate-limits", headers={**forged, **attacker}) for _ in range(5)]
+        # Refused before authentication: even a valid token from that address waits.
+        blocked = await client.get("/v1/rate-limits", headers={**good, **attacker})
+        elsewhere = await client.get("/v1/rate-limits", headers={**good, **neighbour})
+    assert [answer.status_code for answer in guesses] == [401, 401, 401, 429, 429]
+    assert "rate limit source_failures exceeded" in guesses[3].json()["message"]
+    assert 1 <= int(guesses[3].headers["retry-after"]) <= 20
+    assert blocked.status_code == 429
+    assert elsewhere.status_code == 200
+
+
+async def test_unauthenticated_requests_are_counted_by_the_address_envoy_appended(limited: EdgeWorld) -> None:
+    async with httpx.AsyncClient(base_url=limited.url, timeout=10) as client:
+        # The client writes whatever it likes first; Envoy's entry, the last, is what counts.
+        answers = [
+            await client.get("/v1/openapi.json", headers=_from(f"10.0.0.{n}, 203.0.113.5")) for n in range(6)
+        ]
+        elsewhere = await client.get("/v1/openapi.json", headers=_from("203.0.113.6"))
+        missing = await client.get("/v1/agents", headers=_from("203.0.113.6"))
+    assert [answer.status_code for answer in answers] == [200, 200, 200, 200, 429, 429]
+    assert "rate limit source exceeded" in answers[4].json()["message"]
+    assert elsewhere.status_code == 200
+    assert missing.status_code == 401  # counted against that address too (no token at all)
+
+
+def test_an_ipv6_source_counts_by_its_64_and_only_envoys_entry_is_read() -> None:
+    assert source_of(b"2001:db8::1, 2001:db8:0:0:ffff::2", "127.0.0.1") == "2001:db8::/64"
+    assert source_of(b"1.2.3.4,  192.0.2.1", "127.0.0.1") == "192.0.2.1"
+    assert source_of(None, "192.0.2.9") == "192.0.2.9"
+    assert source_of(b"", None) == "unknown"
+
+
+async def test_password_guesses_from_one_address_are_refused_before_the_right_one_is_looked_at(
+    fake_token: FakeToken,
+) -> None:
+    environ = {
+        "MACP_MESH_ADDRESS": fake_token.mesh_address,
+        "MACP_REDIS_URL": "redis://127.0.0.1:1/0",  # counted locally: no Redis needed for this
+        "MACP_RATE_LIMIT_SOURCE_FAILURES": "3/min",
+        "MACP_LOG_LEVEL": "warning",
+    }
+
+    def password(guess: str) -> dict[str, str]:
+        return {"grant_type": "password", "username": "ada", "password": guess, "scope": "conversations:read"}
+
+    async with serving_edge(environ) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        guesses = [
+            await client.post("/oauth2/token", data=password(f"guess {n}"), auth=("macp-cli", "cli-secret"))
+            for n in range(4)
+        ]
+        right = await client.post(
+            "/oauth2/token", data=password("correct horse battery staple"), auth=("macp-cli", "cli-secret")
+        )
+        wrong_secret = {"grant_type": "client_credentials", "client_id": "macp-cli", "client_secret": "x"}
+        secrets = [await client.post("/oauth2/token", data=wrong_secret) for _ in range(2)]
+    assert [guess.status_code for guess in guesses] == [400, 400, 400, 429]
+    assert guesses[0].json()["error"] == "invalid_grant"
+    # The fourth guess and the right password alike are refused before the token service sees them.
+    assert right.status_code == 429
+    assert [answer.status_code for answer in secrets] == [429, 429]
+    assert sum(isinstance(sent, pb.IssueTokenRequest) for sent in fake_token.service.requests) == 3

@@ -481,6 +481,27 @@ async def test_each_action_counts_against_the_rate_limits(infrastructure: Infras
         assert "rate limit" in (reason or "")
 
 
+async def test_bad_tokens_at_connect_count_per_source_address_then_close_with_4429(
+    infrastructure: Infrastructure,
+) -> None:
+    # As an HTTP request's: failed authentications counted by the address Envoy appended, then that
+    # address is closed at once, before its token (even a valid one) is looked at.
+    async with edge_world(infrastructure, {"MACP_RATE_LIMIT_SOURCE_FAILURES": "2/min"}) as limited:
+
+        def from_address(address: str, token: str) -> connect:
+            headers = {**limited.headers(token), "x-forwarded-for": address}
+            return connect(limited.ws_url, additional_headers=headers, compression=None)
+
+        codes = []
+        for token in ("forged", "forged", limited.token()):
+            async with from_address("198.51.100.7", token) as ws:
+                codes.append((await closed_with(ws))[0])
+        async with from_address("198.51.100.8", limited.token()) as ws:
+            await send(ws, action="ping")
+            assert (await frame_of(ws))["type"] == "pong"
+    assert codes == [4401, 4401, 4429]
+
+
 async def test_a_plain_get_of_the_websocket_url_says_it_needs_an_upgrade(world: EdgeWorld) -> None:
     async with world.client() as client:
         response = await client.get("/v1/ws")

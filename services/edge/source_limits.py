@@ -1,0 +1,104 @@
+"""The per-source-address limit, checked before authentication (services/edge/rate_limits.py has
+the limits themselves).
+
+Why before authentication: the limits by client and tenant need a verified token, so a request
+with no token or a bad one, and a password or client secret guessed at `/oauth2/token`, would
+otherwise be limited by nothing but the API as a whole. Here:
+- a request without a bearer token (the OAuth endpoints, discovery, a route called without one)
+  counts against its address's `source` limit, and is refused while the address is over its
+  `source_failures` limit;
+- a request whose answer says authentication failed (401 anywhere, any 4xx from `/oauth2/token`
+  but a 429) counts against `source_failures`, after it was answered;
+- an address refused once is refused from this process's memory until its retry-after: no Redis
+  call, no token verification, no body read.
+A request with a bearer token costs nothing more than a dictionary look-up unless it fails, so
+signed-in traffic behind one address (a NAT) is limited by its clients and tenants, not by the
+address.
+
+Which address: the edge stands behind Envoy's front listener, which has `use_remote_address` and
+no trusted hops (services/stack/envoy_config.py), so Envoy appends the address of the peer it saw
+to `x-forwarded-for`: the last entry is the one Envoy set, whatever a client wrote before it. A
+request that did not come through Envoy (a test, a bench) has none, and its TCP peer is used.
+IPv6 sources are counted by their /64, the block one subscriber usually holds.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from http import HTTPStatus
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.edge.auth import bearer_token, is_public
+from services.edge.rate_limits import UNCOUNTED_PATHS, RateLimits, refusal_response
+
+_FORWARDED_FOR = b"x-forwarded-for"
+TOKEN_PATH = "/oauth2/token"
+
+
+def source_of(forwarded_for: bytes | None, peer: str | None) -> str:
+    """The address a request is counted by: the last `x-forwarded-for` entry (Envoy's), else the
+    TCP peer; an IPv6 address as its /64."""
+    text = peer or "unknown"
+    if forwarded_for:
+        text = forwarded_for.decode("latin-1").rpartition(",")[2].strip() or text
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return text[:64]  # not an address (a unix socket's name): counted as it is, bounded
+    if address.version == 6:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
+def scope_source(scope: Scope) -> str:
+    """`source_of` an HTTP scope: the last `x-forwarded-for` header, else the client uvicorn saw."""
+    forwarded = None
+    for name, value in scope.get("headers", ()):
+        if name == _FORWARDED_FOR:
+            forwarded = value
+    client = scope.get("client")
+    return source_of(forwarded, client[0] if client else None)
+
+
+def failed_authentication(path: str, status: int) -> bool:
+    """Whether an answer says the request failed to authenticate: a 401 anywhere (a refused bearer
+    token, client authentication at introspection or revocation), or a refused `/oauth2/token`
+    attempt (a wrong password or client secret is 400 invalid_grant or 401 invalid_client)."""
+    if status == HTTPStatus.UNAUTHORIZED:
+        return True
+    return path == TOKEN_PATH and 400 <= status < 500 and status != HTTPStatus.TOO_MANY_REQUESTS
+
+
+class SourceLimitMiddleware:
+    """Counts unauthenticated requests and failed authentications per source address (see the
+    module docstring); runs before authentication."""
+
+    def __init__(self, app: ASGIApp, limits: Callable[[], RateLimits]) -> None:
+        self._app = app
+        self._limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in UNCOUNTED_PATHS or not self._limits().enabled:
+            await self._app(scope, receive, send)
+            return
+        limits = self._limits()
+        address = scope_source(scope)
+        refused = limits.blocked(address)
+        if refused is None and (is_public(path) or bearer_token(scope.get("headers", ())) is None):
+            decision = await limits.check_source(address)
+            refused = None if decision.admitted else decision
+        if refused is not None:
+            await refusal_response(refused)(scope, receive, send)
+            return
+
+        async def send_counting_failures(message: Message) -> None:
+            # A failure is counted before its answer goes out, so the client's next attempt finds
+            # it counted; past the limit, the address is refused from that attempt on.
+            if message["type"] == "http.response.start" and failed_authentication(path, message["status"]):
+                await limits.count_failure(address)
+            await send(message)
+
+        await self._app(scope, receive, send_counting_failures)
