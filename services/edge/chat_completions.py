@@ -10,27 +10,36 @@ Why the first response is awaited before answering: a refusal (unknown agent, qu
 comes before any delta, and becomes a real HTTP status; a failure after the first delta can only
 be a `data: {"error": ...}` chunk, which the OpenAI SDKs raise as an APIError.
 
-The turn id is the request's `Idempotency-Key` when that is a UUID (a retried request is metered
-once), else a new one; it also names the completion (`chatcmpl-<turn id hex>`).
+With an `Idempotency-Key` (services/edge/idempotency.py) the request is answered once per key: a
+retry with the same body gets the stored completion (streamed again if it asked for a stream) and
+runs no second turn, the same key while the first is still running gets 409, and the same key with
+another body 422, never the other body's answer nor a second generation under one metered turn.
+The turn id is derived from the caller's tenant, client and key, so it is the same for every retry
+and no other caller's; without a key it is new. It also names the completion
+(`chatcmpl-<turn id hex>`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from http import HTTPStatus
 from typing import TypeAlias
 
 import grpc
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from services.edge.auth import caller_var
 from services.edge.context import edge_context
 from services.edge.errors import HttpError, http_status
 from services.edge.http import read_json_object
+from services.edge.idempotency import Claim, IdempotencyKeys, KeyScope, Replay, fingerprint, request_key
 from services.edge.openai_shapes import (
     CHAT_REQUEST_SCHEMA,
     CHAT_RESPONSE_SCHEMA,
@@ -46,6 +55,8 @@ from services.edge.routes import ApiRoute, Content
 from services.edge.sse import SSE_HEADERS
 from services.edge.ws_streams import ORCHESTRATOR_AUDIENCE
 from services.runtime.errors import DomainError
+
+log = logging.getLogger("macp.edge.chat_completions")
 
 CompleteCall: TypeAlias = "grpc.aio.UnaryStreamCall[pb.CompleteRequest, pb.CompleteResponse]"
 
@@ -66,51 +77,110 @@ def _data(document: object) -> bytes:
     return f"data: {json.dumps(document, separators=(',', ':'), ensure_ascii=False)}\n\n".encode()
 
 
-def _turn_id(request: Request) -> str | None:
-    key = request.headers.get("idempotency-key", "")
-    try:
-        return str(uuid.UUID(key))
-    except ValueError:
+def _key_scope(request: Request) -> KeyScope | None:
+    """The request's Idempotency-Key in its caller's tenant and client (None without one)."""
+    key = request_key(request.headers)
+    caller = caller_var.get()
+    if key is None or caller is None or caller.claims.tenant_id is None:
         return None
+    return KeyScope(caller.claims.tenant_id, caller.claims.client_id or caller.claims.sub, key)
+
+
+def _answer(created: int, done: pb.CompletionDone) -> bytes:
+    """What a keyed request stores for its retries: when it was created, and its end."""
+    return created.to_bytes(8, "big") + done.SerializeToString()
+
+
+def _replayed(complete: pb.CompleteRequest, stream: bool, include_usage: bool, answer: bytes) -> Response:
+    """The stored answer of a keyed request, in the shape this retry asked for."""
+    created, done = int.from_bytes(answer[:8], "big"), pb.CompletionDone.FromString(answer[8:])
+    if not stream:
+        return JSONResponse(completion_document(complete, created, done))
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield _data(chunk_document(complete, created, {"role": "assistant", "content": ""}))
+        yield _data(chunk_document(complete, created, {"content": done.text}))
+        yield _data(chunk_document(complete, created, {}, finish_reason(done)))
+        if include_usage:
+            yield _data(chunk_document(complete, created, None, usage=usage_document(done)))
+        yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(chunks(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+class _Keyed:
+    """A keyed request's claim, settled once: its answer stored, or the claim dropped so that a
+    retry runs afresh (a turn that did not end released its quota hold: nothing was billed)."""
+
+    def __init__(self, keys: IdempotencyKeys, claim: Claim | None = None) -> None:
+        self._keys = keys
+        self._claim = claim
+
+    async def answered(self, created: int, done: pb.CompletionDone) -> None:
+        claim, self._claim = self._claim, None
+        if claim is None:
+            return
+        try:
+            await self._keys.complete(claim, _answer(created, done))
+        except (RedisError, OSError, TimeoutError) as exc:
+            # The caller has its answer; the claim stays until it lapses, so a retry meanwhile is
+            # told 409, not run a second time.
+            log.warning("the answer of an idempotent request was not stored: %s", exc)
+
+    async def abandoned(self) -> None:
+        claim, self._claim = self._claim, None
+        if claim is not None:
+            await asyncio.shield(self._keys.release(claim))
+
+
+def _openai_error(exc: BaseException) -> OpenAIError | None:
+    """The OpenAI-shaped error of a failure before the first response (None: not one of ours)."""
+    if isinstance(exc, OpenAIError):
+        return exc
+    if isinstance(exc, HttpError):
+        return OpenAIError(exc.status, exc.message, code=exc.code.lower())
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return _from_rpc(exc)
+    if isinstance(exc, DomainError):  # the token exchange could not be made
+        unauthenticated = exc.code == grpc.StatusCode.UNAUTHENTICATED
+        status = HTTPStatus.UNAUTHORIZED if unauthenticated else HTTPStatus.SERVICE_UNAVAILABLE
+        return OpenAIError(status, exc.message, code=exc.code.name.lower())
+    return None
 
 
 async def chat_completions(request: Request) -> Response:
     edge = edge_context(request)
+    keyed = _Keyed(edge.idempotency)
     try:
         document = await read_json_object(request, edge.settings.max_body_bytes)
-        complete, stream, include_usage = complete_request(document, _turn_id(request))
+        scope = _key_scope(request)
+        complete, stream, include_usage = complete_request(document, scope.turn_id if scope else None)
+        if scope is not None:
+            claim = await edge.idempotency.claim(scope, fingerprint("POST", request.url.path, document))
+            if isinstance(claim, Replay):
+                return _replayed(complete, stream, include_usage, claim.answer)
+            keyed = _Keyed(edge.idempotency, claim)
         call = edge.orchestrator.Complete(
             complete,
             timeout=edge.settings.completion_timeout_seconds,
             metadata=await edge.call_metadata(ORCHESTRATOR_AUDIENCE),
         )
         first = await call.read()
-    except OpenAIError as exc:
-        return _error_response(exc)
-    except HttpError as exc:
-        return _error_response(OpenAIError(exc.status, exc.message, code=exc.code.lower()))
-    except grpc.aio.AioRpcError as exc:
-        return _error_response(_from_rpc(exc))
-    except DomainError as exc:  # the token exchange could not be made
-        status = (
-            HTTPStatus.UNAUTHORIZED
-            if exc.code == grpc.StatusCode.UNAUTHENTICATED
-            else HTTPStatus.SERVICE_UNAVAILABLE
-        )
-        return _error_response(OpenAIError(status, exc.message, code=exc.code.name.lower()))
-    created = int(time.time())
-    if stream:
-        return StreamingResponse(
-            _chunks(complete, created, first, call, include_usage),
-            media_type="text/event-stream",
-            headers=SSE_HEADERS,
-        )
-    try:
+        created = int(time.time())
+        if stream:
+            return StreamingResponse(
+                _chunks(complete, created, first, call, include_usage, keyed),
+                media_type="text/event-stream",
+                headers=SSE_HEADERS,
+            )
         done = await _done(first, call)
-    except grpc.aio.AioRpcError as exc:
-        return _error_response(_from_rpc(exc))
-    except OpenAIError as exc:
-        return _error_response(exc)
+    except BaseException as exc:
+        await keyed.abandoned()
+        error = _openai_error(exc)
+        if error is None:
+            raise
+        return _error_response(error)
+    await keyed.answered(created, done)
     return JSONResponse(completion_document(complete, created, done))
 
 
@@ -128,7 +198,12 @@ async def _done(first: object, call: CompleteCall) -> pb.CompletionDone:
 
 
 async def _chunks(
-    complete: pb.CompleteRequest, created: int, first: object, call: CompleteCall, include_usage: bool
+    complete: pb.CompleteRequest,
+    created: int,
+    first: object,
+    call: CompleteCall,
+    include_usage: bool,
+    keyed: _Keyed,
 ) -> AsyncIterator[bytes]:
     try:
         yield _data(chunk_document(complete, created, {"role": "assistant", "content": ""}))
@@ -139,6 +214,7 @@ async def _chunks(
                 yield _data(chunk_document(complete, created, {"content": response.delta.text}))
             elif response.WhichOneof("event") == "done":
                 done = response.done
+                await keyed.answered(created, done)
                 yield _data(chunk_document(complete, created, {}, finish_reason(done)))
                 if include_usage:
                     yield _data(chunk_document(complete, created, None, usage=usage_document(done)))
@@ -153,6 +229,7 @@ async def _chunks(
         yield _data(_from_rpc(exc).document())
     finally:
         call.cancel()  # the client left early, or the stream is over: either way nothing more is read
+        await keyed.abandoned()  # no end reached: a retry runs afresh (nothing of it was billed)
 
 
 ROUTES = [

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from starlette.requests import Request
 
 from services.edge.auth import EdgeClient, TokenExchanger, caller_var
+from services.edge.idempotency import IdempotencyKeys
 from services.edge.rate_limits import RateLimits
 from services.edge.settings import EdgeSettings
 from services.runtime.auth.external import ExternalIssuers
@@ -41,6 +42,7 @@ class EdgeContext:
     verifier: TokenVerifier
     exchanger: TokenExchanger
     rate_limits: RateLimits
+    idempotency: IdempotencyKeys
 
     @classmethod
     async def open(cls, settings: EdgeSettings, registry: CollectorRegistry | None = None) -> EdgeContext:
@@ -88,6 +90,10 @@ class EdgeContext:
             ),
             rate_limits=RateLimits(
                 settings.rate_limits, RedisLimiter(redis, settings.redis.key_prefix), registry
+            ),
+            # A claim outlives the longest request it may be for (a completion's whole turn).
+            idempotency=IdempotencyKeys(
+                redis, settings.redis.key_prefix, pending_seconds=settings.completion_timeout_seconds + 30
             ),
         )
 
