@@ -123,6 +123,18 @@ async def test_a_deeply_nested_frame_is_an_invalid_json_error_frame_and_the_conn
             assert json.loads(await ws.recv())["request_id"] == "after"
 
 
+async def test_a_frame_with_text_postgres_cannot_store_is_refused_naming_the_field(world: EdgeWorld) -> None:
+    streams = world.orchestrator.converse_streams
+    async with connect(world.ws_url, additional_headers=world.headers(), compression=None) as ws:
+        frame = {"action": "message", "conversation_id": str(uuid.uuid4()), "text": "hi\u0000"}
+        await ws.send(json.dumps(frame))
+        async with asyncio.timeout(5):
+            error = json.loads(await ws.recv())
+    assert (error["type"], error.get("code")) == ("error", "INVALID_ARGUMENT"), error
+    assert error["message"] == "text: must not contain NUL (U+0000)"
+    assert world.orchestrator.converse_streams == streams
+
+
 @pytest.mark.parametrize("route", _params(PAGED_ROUTES))
 @pytest.mark.parametrize(
     ("page_size", "problem"),

@@ -26,10 +26,11 @@ from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from macp.common.v1 import principal_pb2 as macp_dot_common_dot_v1_dot_principal__pb2
+from macp.common.v1 import text_pb2 as macp_dot_common_dot_v1_dot_text__pb2
 from macp.common.v1 import usage_pb2 as macp_dot_common_dot_v1_dot_usage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'macp/metering/v1/metering_service.proto\x12\x10macp.metering.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1emacp/common/v1/principal.proto\x1a\x1amacp/common/v1/usage.proto\"\xd1\x01\n\x06Period\x12\x36\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01\x12\x34\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01:Y\xbaHV\x1aT\n\x0eperiod.ordered\x12!end_time must be after start_time\x1a\x1fthis.end_time > this.start_time\"\xc2\x02\n\x0bQuotaStatus\x12&\n\x05meter\x18\x01 \x01(\x0e\x32\x17.macp.metering.v1.Meter\x12\"\n\x04tier\x18\x02 \x01(\x0e\x32\x14.macp.common.v1.Tier\x12\x19\n\x11included_quantity\x18\x03 \x01(\x03\x12\x15\n\rused_quantity\x18\x04 \x01(\x03\x12\x19\n\x11reserved_quantity\x18\x05 \x01(\x03\x12\x1a\n\x12remaining_quantity\x18\x06 \x01(\x03\x12\x12\n\nhard_limit\x18\x07 \x01(\x08\x12\x35\n\x11period_start_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fperiod_end_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa9\x01\n\x11\x43heckQuotaRequest\x12?\n\ttenant_id\x18\x01 \x01(\tB,\xbaH)r\'\x10\x01\x18\x80\x01\x32 ^[A-Za-z0-9][A-Za-z0-9._:@|+-]*$\x12\x32\n\x05meter\x18\x02 \x01(\x0e\x32\x17.macp.metering.v1.MeterB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12\x1f\n\x08quantity\x18\x03 \x01(\x03\x42\r\xbaH\n\"\x08\x18\x80\x94\xeb\xdc\x03(\x01\"t\n\x12\x43heckQuotaResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x0f\n\x07overage\x18\x02 \x01(\x08\x12,\n\x05quota\x18\x03 \x01(\x0b\x32\x1d.macp.metering.v1.QuotaStatus\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\xc5\x02\n\x0eReserveRequest\x12 \n\x0ereservation_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12?\n\ttenant_id\x18\x02 \x01(\tB,\xbaH)r\'\x10\x01\x18\x80\x01\x32 ^[A-Za-z0-9][A-Za-z0-9._:@|+-]*$\x12\x32\n\x05meter\x18\x03 \x01(\x0e\x32\x17.macp.metering.v1.MeterB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12\x1f\n\x08quantity\x18\x04 \x01(\x03\x42\r\xbaH\n\"\x08\x18\x80\x94\xeb\xdc\x03(\x01\x12$\n\x0f\x63onversation_id\x18\x05 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\x12\x1c\n\x07turn_id\x18\x06 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\x12\x37\n\x03ttl\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationB\x0f\xbaH\x0c\xaa\x01\t\"\x03\x08\x90\x1c\x32\x02\x08\x01\"\x99\x01\n\x0fReserveResponse\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07overage\x18\x03 \x01(\x08\x12,\n\x05quota\x18\x04 \x01(\x0b\x32\x1d.macp.metering.v1.QuotaStatus\"h\n\rCommitRequest\x12 \n\x0ereservation_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x35\n\x05usage\x18\x02 \x03(\x0b\x32\x1a.macp.common.v1.UsageEventB\n\xbaH\x07\x92\x01\x04\x08\x01\x10\x64\"q\n\x0e\x43ommitResponse\x12\x16\n\x0erecorded_count\x18\x01 \x01(\x05\x12\x19\n\x11\x61lready_committed\x18\x02 \x01(\x08\x12,\n\x05quota\x18\x03 \x01(\x0b\x32\x1d.macp.metering.v1.QuotaStatus\"L\n\x0eReleaseRequest\x12 \n\x0ereservation_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x18\n\x06reason\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\xf4\x03\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"\xd9\x01\n\x0bUsageTotals\x12\x13\n\x0b\x61gent_turns\x18\x01 \x01(\x03\x12\x16\n\x0eorchestrations\x18\x02 \x01(\x03\x12\x15\n\rvoice_seconds\x18\x03 \x01(\x01\x12\x12\n\nstorage_mb\x18\x04 \x01(\x01\x12\x11\n\tapi_calls\x18\x05 \x01(\x03\x12\x14\n\x0cinput_tokens\x18\x06 \x01(\x03\x12\x15\n\routput_tokens\x18\x07 \x01(\x03\x12\x13\n\x0b\x65vent_count\x18\x08 \x01(\x03\x12\x1d\n\x15\x65stimated_event_count\x18\t \x01(\x03\"H\n\nUsageGroup\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x06totals\x18\x02 \x01(\x0b\x32\x1d.macp.metering.v1.UsageTotals\"\xbd\x02\n\x0fGetUsageRequest\x12?\n\ttenant_id\x18\x01 \x01(\tB,\xbaH)r\'\x10\x01\x18\x80\x01\x32 ^[A-Za-z0-9][A-Za-z0-9._:@|+-]*$\x12\x30\n\x06period\x18\x02 \x01(\x0b\x32\x18.macp.metering.v1.PeriodB\x06\xbaH\x03\xc8\x01\x01\x12\x37\n\x08group_by\x18\x03 \x01(\x0e\x32\x19.macp.metering.v1.GroupByB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12>\n\x07user_id\x18\x04 \x01(\tB-\xbaH*r%\x18\x80\x01\x32 ^[A-Za-z0-9][A-Za-z0-9._:@|+-]*$\xd8\x01\x01\x12 \n\tpage_size\x18\x05 \x01(\x05\x42\r\xbaH\n\x1a\x05\x18\xe8\x07(\x01\xd8\x01\x01\x12\x1c\n\npage_token\x18\x06 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08\"\x88\x01\n\x10GetUsageResponse\x12,\n\x06groups\x18\x01 \x03(\x0b\x32\x1c.macp.metering.v1.UsageGroup\x12-\n\x06totals\x18\x02 \x01(\x0b\x32\x1d.macp.metering.v1.UsageTotals\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"\xc6\x01\n\rPlanAllowance\x12\x32\n\x05meter\x18\x01 \x01(\x0e\x32\x17.macp.metering.v1.MeterB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12\"\n\x11included_quantity\x18\x02 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\x12\x12\n\nhard_limit\x18\x03 \x01(\x08\x12$\n\x13overage_price_cents\x18\x04 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\x12#\n\x12overage_block_size\x18\x05 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x01\"\xa6\x01\n\x04Plan\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\"\n\x04tier\x18\x02 \x01(\x0e\x32\x14.macp.common.v1.Tier\x12\x33\n\nallowances\x18\x03 \x03(\x0b\x32\x1f.macp.metering.v1.PlanAllowance\x12\x32\n\x0e\x65\x66\x66\x65\x63tive_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe9\x02\n\x0eSetPlanRequest\x12?\n\ttenant_id\x18\x01 \x01(\tB,\xbaH)r\'\x10\x01\x18\x80\x01\x32 ^[A-Za-z0-9][A-Za-z0-9._:@|+-]*$\x12.\n\x04tier\x18\x02 \x01(\x0e\x32\x14.macp.common.v1.TierB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12=\n\nallowances\x18\x03 \x03(\x0b\x32\x1f.macp.metering.v1.PlanAllowanceB\x08\xbaH\x05\x92\x01\x02\x10\x05:\xa6\x01\xbaH\xa2\x01\x1a\x9f\x01\n\x1eset_plan.enterprise_allowances\x12Lallowances are set for ENTERPRISE plans only, and ENTERPRISE plans need them\x1a/(this.tier == 3) == (size(this.allowances) > 0)\"7\n\x0fSetPlanResponse\x12$\n\x04plan\x18\x01 \x01(\x0b\x32\x16.macp.metering.v1.Plan\"Q\n\x0eGetPlanRequest\x12?\n\ttenant_id\x18\x01 \x01(\tB,\xbaH)r\'\x10\x01\x18\x80\x01\x32 ^[A-Za-z0-9][A-Za-z0-9._:@|+-]*$\"7\n\x0fGetPlanResponse\x12$\n\x04plan\x18\x01 \x01(\x0b\x32\x16.macp.metering.v1.Plan\"\x98\x01\n\x18GetInvoicePreviewRequest\x12?\n\ttenant_id\x18\x01 \x01(\tB,\xbaH)r\'\x10\x01\x18\x80\x01\x32 ^[A-Za-z0-9][A-Za-z0-9._:@|+-]*$\x12;\n\rbilling_month\x18\x02 \x01(\tB$\xbaH!r\x1f\x32\x1d^([0-9]{4}-(0[1-9]|1[0-2]))?$\"\xf2\x01\n\x0fInvoiceLineItem\x12&\n\x05meter\x18\x01 \x01(\x0e\x32\x17.macp.metering.v1.Meter\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12\x10\n\x08quantity\x18\x04 \x01(\x03\x12\x19\n\x11included_quantity\x18\x05 \x01(\x03\x12\x18\n\x10overage_quantity\x18\x06 \x01(\x03\x12\x1b\n\x13overage_price_cents\x18\x07 \x01(\x03\x12\x1a\n\x12overage_block_size\x18\x08 \x01(\x03\x12\x14\n\x0c\x61mount_cents\x18\t \x01(\x03\"\x9c\x02\n\x19GetInvoicePreviewResponse\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\"\n\x04tier\x18\x02 \x01(\x0e\x32\x14.macp.common.v1.Tier\x12(\n\x06period\x18\x03 \x01(\x0b\x32\x18.macp.metering.v1.Period\x12\x35\n\nline_items\x18\x04 \x03(\x0b\x32!.macp.metering.v1.InvoiceLineItem\x12\x13\n\x0btotal_cents\x18\x05 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x06 \x01(\t\x12\r\n\x05\x66inal\x18\x07 \x01(\x08\x12\x31\n\rgenerate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x93\x01\n\x05Meter\x12\x15\n\x11METER_UNSPECIFIED\x10\x00\x12\x15\n\x11METER_AGENT_TURNS\x10\x01\x12\x18\n\x14METER_ORCHESTRATIONS\x10\x02\x12\x17\n\x13METER_VOICE_SECONDS\x10\x03\x12\x14\n\x10METER_STORAGE_MB\x10\x04\x12\x13\n\x0fMETER_API_CALLS\x10\x05*\x7f\n\x07GroupBy\x12\x18\n\x14GROUP_BY_UNSPECIFIED\x10\x00\x12\x12\n\x0eGROUP_BY_AGENT\x10\x01\x12\x19\n\x15GROUP_BY_CONVERSATION\x10\x02\x12\x12\n\x0eGROUP_BY_MODEL\x10\x03\x12\x17\n\x13GROUP_BY_EVENT_TYPE\x10\x04\x32\xb8\x05\n\x0fMeteringService\x12W\n\nCheckQuota\x12#.macp.metering.v1.CheckQuotaRequest\x1a$.macp.metering.v1.CheckQuotaResponse\x12N\n\x07Reserve\x12 .macp.metering.v1.ReserveRequest\x1a!.macp.metering.v1.ReserveResponse\x12K\n\x06\x43ommit\x12\x1f.macp.metering.v1.CommitRequest\x1a .macp.metering.v1.CommitResponse\x12N\n\x07Release\x12 .macp.metering.v1.ReleaseRequest\x1a!.macp.metering.v1.ReleaseResponse\x12Q\n\x08GetUsage\x12!.macp.metering.v1.GetUsageRequest\x1a\".macp.metering.v1.GetUsageResponse\x12l\n\x11GetInvoicePreview\x12*.macp.metering.v1.GetInvoicePreviewRequest\x1a+.macp.metering.v1.GetInvoicePreviewResponse\x12N\n\x07SetPlan\x12 .macp.metering.v1.SetPlanRequest\x1a!.macp.metering.v1.SetPlanResponse\x12N\n\x07GetPlan\x12 .macp.metering.v1.GetPlanRequest\x1a!.macp.metering.v1.GetPlanResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'macp/metering/v1/metering_service.proto\x12\x10macp.metering.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1emacp/common/v1/principal.proto\x1a\x19macp/common/v1/text.proto\x1a\x1amacp/common/v1/usage.proto\"\xd1\x01\n\x06Period\x12\x36\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01\x12\x34\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01:Y\xbaHV\x1aT\n\x0eperiod.ordered\x12!end_time must be after start_time\x1a\x1fthis.end_time > this.start_time\"\xc2\x02\n\x0bQuotaStatus\x12&\n\x05meter\x18\x01 \x01(\x0e\x32\x17.macp.metering.v1.Meter\x12\"\n\x04tier\x18\x02 \x01(\x0e\x32\x14.macp.common.v1.Tier\x12\x19\n\x11included_quantity\x18\x03 \x01(\x03\x12\x15\n\rused_quantity\x18\x04 \x01(\x03\x12\x19\n\x11reserved_quantity\x18\x05 \x01(\x03\x12\x1a\n\x12remaining_quantity\x18\x06 \x01(\x03\x12\x12\n\nhard_limit\x18\x07 \x01(\x08\x12\x35\n\x11period_start_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fperiod_end_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa9\x01\n\x11\x43heckQuotaRequest\x12?\n\ttenant_id\x18\x01 \x01(\tB,\xbaH)r\'\x10\x01\x18\x80\x01\x32 ^[A-Za-z0-9][A-Za-z0-9._:@|+-]*$\x12\x32\n\x05meter\x18\x02 \x01(\x0e\x32\x17.macp.metering.v1.MeterB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12\x1f\n\x08quantity\x18\x03 \x01(\x03\x42\r\xbaH\n\"\x08\x18\x80\x94\xeb\xdc\x03(\x01\"t\n\x12\x43heckQuotaResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x0f\n\x07overage\x18\x02 \x01(\x08\x12,\n\x05quota\x18\x03 \x01(\x0b\x32\x1d.macp.metering.v1.QuotaStatus\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\xc5\x02\n\x0eReserveRequest\x12 \n\x0ereservation_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12?\n\ttenant_id\x18\x02 \x01(\tB,\xbaH)r\'\x10\x01\x18\x80\x01\x32 ^[A-Za-z0-9][A-Za-z0-9._:@|+-]*$\x12\x32\n\x05meter\x18\x03 \x01(\x0e\x32\x17.macp.metering.v1.MeterB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12\x1f\n\x08quantity\x18\x04 \x01(\x03\x42\r\xbaH\n\"\x08\x18\x80\x94\xeb\xdc\x03(\x01\x12$\n\x0f\x63onversation_id\x18\x05 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\x12\x1c\n\x07turn_id\x18\x06 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\x12\x37\n\x03ttl\x18\x07 \x01(\x0b\x32\x19.google.protobuf.DurationB\x0f\xbaH\x0c\xaa\x01\t\"\x03\x08\x90\x1c\x32\x02\x08\x01\"\x99\x01\n\x0fReserveResponse\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07overage\x18\x03 \x01(\x08\x12,\n\x05quota\x18\x04 \x01(\x0b\x32\x1d.macp.metering.v1.QuotaStatus\"h\n\rCommitRequest\x12 \n\x0ereservation_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x35\n\x05usage\x18\x02 \x03(\x0b\x32\x1a.macp.common.v1.UsageEventB\n\xbaH\x07\x92\x01\x04\x08\x01\x10\x64\"q\n\x0e\x43ommitResponse\x12\x16\n\x0erecorded_count\x18\x01 \x01(\x05\x12\x19\n\x11\x61lready_committed\x18\x02 \x01(\x08\x12,\n\x05quota\x18\x03 \x01(\x0b\x32\x1d.macp.metering.v1.QuotaStatus\"P\n\x0eReleaseRequest\x12 \n\x0ereservation_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x1c\n\x06reason\x18\x02 \x01(\tB\x0c\xbaH\tr\x07\x18\xf4\x03\xc0\xc6\'\x01\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"\xd9\x01\n\x0bUsageTotals\x12\x13\n\x0b\x61gent_turns\x18\x01 \x01(\x03\x12\x16\n\x0eorchestrations\x18\x02 \x01(\x03\x12\x15\n\rvoice_seconds\x18\x03 \x01(\x01\x12\x12\n\nstorage_mb\x18\x04 \x01(\x01\x12\x11\n\tapi_calls\x18\x05 \x01(\x03\x12\x14\n\x0cinput_tokens\x18\x06 \x01(\x03\x12\x15\n\routput_tokens\x18\x07 \x01(\x03\x12\x13\n\x0b\x65vent_count\x18\x08 \x01(\x03\x12\x1d\n\x15\x65stimated_event_count\x18\t \x01(\x03\"H\n\nUsageGroup\x12\x0b\n\x03key\x18\x01 \x01(\t\x12-\n\x06totals\x18\x02 \x01(\x0b\x32\x1d.macp.metering.v1.UsageTotals\"\xc1\x02\n\x0fGetUsageRequest\x12?\n\ttenant_id\x18\x01 \x01(\tB,\xbaH)r\'\x10\x01\x18\x80\x01\x32 ^[A-Za-z0-9][A-Za-z0-9._:@|+-]*$\x12\x30\n\x06period\x18\x02 \x01(\x0b\x32\x18.macp.metering.v1.PeriodB\x06\xbaH\x03\xc8\x01\x01\x12\x37\n\x08group_by\x18\x03 \x01(\x0e\x32\x19.macp.metering.v1.GroupByB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12>\n\x07user_id\x18\x04 \x01(\tB-\xbaH*r%\x18\x80\x01\x32 ^[A-Za-z0-9][A-Za-z0-9._:@|+-]*$\xd8\x01\x01\x12 \n\tpage_size\x18\x05 \x01(\x05\x42\r\xbaH\n\x1a\x05\x18\xe8\x07(\x01\xd8\x01\x01\x12 \n\npage_token\x18\x06 \x01(\tB\x0c\xbaH\tr\x07\x18\x80\x08\xc0\xc6\'\x01\"\x88\x01\n\x10GetUsageResponse\x12,\n\x06groups\x18\x01 \x03(\x0b\x32\x1c.macp.metering.v1.UsageGroup\x12-\n\x06totals\x18\x02 \x01(\x0b\x32\x1d.macp.metering.v1.UsageTotals\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"\xc6\x01\n\rPlanAllowance\x12\x32\n\x05meter\x18\x01 \x01(\x0e\x32\x17.macp.metering.v1.MeterB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12\"\n\x11included_quantity\x18\x02 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\x12\x12\n\nhard_limit\x18\x03 \x01(\x08\x12$\n\x13overage_price_cents\x18\x04 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\x12#\n\x12overage_block_size\x18\x05 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x01\"\xa6\x01\n\x04Plan\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\"\n\x04tier\x18\x02 \x01(\x0e\x32\x14.macp.common.v1.Tier\x12\x33\n\nallowances\x18\x03 \x03(\x0b\x32\x1f.macp.metering.v1.PlanAllowance\x12\x32\n\x0e\x65\x66\x66\x65\x63tive_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe9\x02\n\x0eSetPlanRequest\x12?\n\ttenant_id\x18\x01 \x01(\tB,\xbaH)r\'\x10\x01\x18\x80\x01\x32 ^[A-Za-z0-9][A-Za-z0-9._:@|+-]*$\x12.\n\x04tier\x18\x02 \x01(\x0e\x32\x14.macp.common.v1.TierB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12=\n\nallowances\x18\x03 \x03(\x0b\x32\x1f.macp.metering.v1.PlanAllowanceB\x08\xbaH\x05\x92\x01\x02\x10\x05:\xa6\x01\xbaH\xa2\x01\x1a\x9f\x01\n\x1eset_plan.enterprise_allowances\x12Lallowances are set for ENTERPRISE plans only, and ENTERPRISE plans need them\x1a/(this.tier == 3) == (size(this.allowances) > 0)\"7\n\x0fSetPlanResponse\x12$\n\x04plan\x18\x01 \x01(\x0b\x32\x16.macp.metering.v1.Plan\"Q\n\x0eGetPlanRequest\x12?\n\ttenant_id\x18\x01 \x01(\tB,\xbaH)r\'\x10\x01\x18\x80\x01\x32 ^[A-Za-z0-9][A-Za-z0-9._:@|+-]*$\"7\n\x0fGetPlanResponse\x12$\n\x04plan\x18\x01 \x01(\x0b\x32\x16.macp.metering.v1.Plan\"\x98\x01\n\x18GetInvoicePreviewRequest\x12?\n\ttenant_id\x18\x01 \x01(\tB,\xbaH)r\'\x10\x01\x18\x80\x01\x32 ^[A-Za-z0-9][A-Za-z0-9._:@|+-]*$\x12;\n\rbilling_month\x18\x02 \x01(\tB$\xbaH!r\x1f\x32\x1d^([0-9]{4}-(0[1-9]|1[0-2]))?$\"\xf2\x01\n\x0fInvoiceLineItem\x12&\n\x05meter\x18\x01 \x01(\x0e\x32\x17.macp.metering.v1.Meter\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12\x10\n\x08quantity\x18\x04 \x01(\x03\x12\x19\n\x11included_quantity\x18\x05 \x01(\x03\x12\x18\n\x10overage_quantity\x18\x06 \x01(\x03\x12\x1b\n\x13overage_price_cents\x18\x07 \x01(\x03\x12\x1a\n\x12overage_block_size\x18\x08 \x01(\x03\x12\x14\n\x0c\x61mount_cents\x18\t \x01(\x03\"\x9c\x02\n\x19GetInvoicePreviewResponse\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\"\n\x04tier\x18\x02 \x01(\x0e\x32\x14.macp.common.v1.Tier\x12(\n\x06period\x18\x03 \x01(\x0b\x32\x18.macp.metering.v1.Period\x12\x35\n\nline_items\x18\x04 \x03(\x0b\x32!.macp.metering.v1.InvoiceLineItem\x12\x13\n\x0btotal_cents\x18\x05 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x06 \x01(\t\x12\r\n\x05\x66inal\x18\x07 \x01(\x08\x12\x31\n\rgenerate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x93\x01\n\x05Meter\x12\x15\n\x11METER_UNSPECIFIED\x10\x00\x12\x15\n\x11METER_AGENT_TURNS\x10\x01\x12\x18\n\x14METER_ORCHESTRATIONS\x10\x02\x12\x17\n\x13METER_VOICE_SECONDS\x10\x03\x12\x14\n\x10METER_STORAGE_MB\x10\x04\x12\x13\n\x0fMETER_API_CALLS\x10\x05*\x7f\n\x07GroupBy\x12\x18\n\x14GROUP_BY_UNSPECIFIED\x10\x00\x12\x12\n\x0eGROUP_BY_AGENT\x10\x01\x12\x19\n\x15GROUP_BY_CONVERSATION\x10\x02\x12\x12\n\x0eGROUP_BY_MODEL\x10\x03\x12\x17\n\x13GROUP_BY_EVENT_TYPE\x10\x04\x32\xb8\x05\n\x0fMeteringService\x12W\n\nCheckQuota\x12#.macp.metering.v1.CheckQuotaRequest\x1a$.macp.metering.v1.CheckQuotaResponse\x12N\n\x07Reserve\x12 .macp.metering.v1.ReserveRequest\x1a!.macp.metering.v1.ReserveResponse\x12K\n\x06\x43ommit\x12\x1f.macp.metering.v1.CommitRequest\x1a .macp.metering.v1.CommitResponse\x12N\n\x07Release\x12 .macp.metering.v1.ReleaseRequest\x1a!.macp.metering.v1.ReleaseResponse\x12Q\n\x08GetUsage\x12!.macp.metering.v1.GetUsageRequest\x1a\".macp.metering.v1.GetUsageResponse\x12l\n\x11GetInvoicePreview\x12*.macp.metering.v1.GetInvoicePreviewRequest\x1a+.macp.metering.v1.GetInvoicePreviewResponse\x12N\n\x07SetPlan\x12 .macp.metering.v1.SetPlanRequest\x1a!.macp.metering.v1.SetPlanResponse\x12N\n\x07GetPlan\x12 .macp.metering.v1.GetPlanRequest\x1a!.macp.metering.v1.GetPlanResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -69,7 +70,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RELEASEREQUEST'].fields_by_name['reservation_id']._loaded_options = None
   _globals['_RELEASEREQUEST'].fields_by_name['reservation_id']._serialized_options = b'\272H\005r\003\260\001\001'
   _globals['_RELEASEREQUEST'].fields_by_name['reason']._loaded_options = None
-  _globals['_RELEASEREQUEST'].fields_by_name['reason']._serialized_options = b'\272H\005r\003\030\364\003'
+  _globals['_RELEASEREQUEST'].fields_by_name['reason']._serialized_options = b'\272H\tr\007\030\364\003\300\306\'\001'
   _globals['_GETUSAGEREQUEST'].fields_by_name['tenant_id']._loaded_options = None
   _globals['_GETUSAGEREQUEST'].fields_by_name['tenant_id']._serialized_options = b'\272H)r\'\020\001\030\200\0012 ^[A-Za-z0-9][A-Za-z0-9._:@|+-]*$'
   _globals['_GETUSAGEREQUEST'].fields_by_name['period']._loaded_options = None
@@ -81,7 +82,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETUSAGEREQUEST'].fields_by_name['page_size']._loaded_options = None
   _globals['_GETUSAGEREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\n\032\005\030\350\007(\001\330\001\001'
   _globals['_GETUSAGEREQUEST'].fields_by_name['page_token']._loaded_options = None
-  _globals['_GETUSAGEREQUEST'].fields_by_name['page_token']._serialized_options = b'\272H\005r\003\030\200\010'
+  _globals['_GETUSAGEREQUEST'].fields_by_name['page_token']._serialized_options = b'\272H\tr\007\030\200\010\300\306\'\001'
   _globals['_PLANALLOWANCE'].fields_by_name['meter']._loaded_options = None
   _globals['_PLANALLOWANCE'].fields_by_name['meter']._serialized_options = b'\272H\007\202\001\004\020\001 \000'
   _globals['_PLANALLOWANCE'].fields_by_name['included_quantity']._loaded_options = None
@@ -104,56 +105,56 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETINVOICEPREVIEWREQUEST'].fields_by_name['tenant_id']._serialized_options = b'\272H)r\'\020\001\030\200\0012 ^[A-Za-z0-9][A-Za-z0-9._:@|+-]*$'
   _globals['_GETINVOICEPREVIEWREQUEST'].fields_by_name['billing_month']._loaded_options = None
   _globals['_GETINVOICEPREVIEWREQUEST'].fields_by_name['billing_month']._serialized_options = b'\272H!r\0372\035^([0-9]{4}-(0[1-9]|1[0-2]))?$'
-  _globals['_METER']._serialized_start=4234
-  _globals['_METER']._serialized_end=4381
-  _globals['_GROUPBY']._serialized_start=4383
-  _globals['_GROUPBY']._serialized_end=4510
-  _globals['_PERIOD']._serialized_start=216
-  _globals['_PERIOD']._serialized_end=425
-  _globals['_QUOTASTATUS']._serialized_start=428
-  _globals['_QUOTASTATUS']._serialized_end=750
-  _globals['_CHECKQUOTAREQUEST']._serialized_start=753
-  _globals['_CHECKQUOTAREQUEST']._serialized_end=922
-  _globals['_CHECKQUOTARESPONSE']._serialized_start=924
-  _globals['_CHECKQUOTARESPONSE']._serialized_end=1040
-  _globals['_RESERVEREQUEST']._serialized_start=1043
-  _globals['_RESERVEREQUEST']._serialized_end=1368
-  _globals['_RESERVERESPONSE']._serialized_start=1371
-  _globals['_RESERVERESPONSE']._serialized_end=1524
-  _globals['_COMMITREQUEST']._serialized_start=1526
-  _globals['_COMMITREQUEST']._serialized_end=1630
-  _globals['_COMMITRESPONSE']._serialized_start=1632
-  _globals['_COMMITRESPONSE']._serialized_end=1745
-  _globals['_RELEASEREQUEST']._serialized_start=1747
-  _globals['_RELEASEREQUEST']._serialized_end=1823
-  _globals['_RELEASERESPONSE']._serialized_start=1825
-  _globals['_RELEASERESPONSE']._serialized_end=1860
-  _globals['_USAGETOTALS']._serialized_start=1863
-  _globals['_USAGETOTALS']._serialized_end=2080
-  _globals['_USAGEGROUP']._serialized_start=2082
-  _globals['_USAGEGROUP']._serialized_end=2154
-  _globals['_GETUSAGEREQUEST']._serialized_start=2157
-  _globals['_GETUSAGEREQUEST']._serialized_end=2474
-  _globals['_GETUSAGERESPONSE']._serialized_start=2477
-  _globals['_GETUSAGERESPONSE']._serialized_end=2613
-  _globals['_PLANALLOWANCE']._serialized_start=2616
-  _globals['_PLANALLOWANCE']._serialized_end=2814
-  _globals['_PLAN']._serialized_start=2817
-  _globals['_PLAN']._serialized_end=2983
-  _globals['_SETPLANREQUEST']._serialized_start=2986
-  _globals['_SETPLANREQUEST']._serialized_end=3347
-  _globals['_SETPLANRESPONSE']._serialized_start=3349
-  _globals['_SETPLANRESPONSE']._serialized_end=3404
-  _globals['_GETPLANREQUEST']._serialized_start=3406
-  _globals['_GETPLANREQUEST']._serialized_end=3487
-  _globals['_GETPLANRESPONSE']._serialized_start=3489
-  _globals['_GETPLANRESPONSE']._serialized_end=3544
-  _globals['_GETINVOICEPREVIEWREQUEST']._serialized_start=3547
-  _globals['_GETINVOICEPREVIEWREQUEST']._serialized_end=3699
-  _globals['_INVOICELINEITEM']._serialized_start=3702
-  _globals['_INVOICELINEITEM']._serialized_end=3944
-  _globals['_GETINVOICEPREVIEWRESPONSE']._serialized_start=3947
-  _globals['_GETINVOICEPREVIEWRESPONSE']._serialized_end=4231
-  _globals['_METERINGSERVICE']._serialized_start=4513
-  _globals['_METERINGSERVICE']._serialized_end=5209
+  _globals['_METER']._serialized_start=4269
+  _globals['_METER']._serialized_end=4416
+  _globals['_GROUPBY']._serialized_start=4418
+  _globals['_GROUPBY']._serialized_end=4545
+  _globals['_PERIOD']._serialized_start=243
+  _globals['_PERIOD']._serialized_end=452
+  _globals['_QUOTASTATUS']._serialized_start=455
+  _globals['_QUOTASTATUS']._serialized_end=777
+  _globals['_CHECKQUOTAREQUEST']._serialized_start=780
+  _globals['_CHECKQUOTAREQUEST']._serialized_end=949
+  _globals['_CHECKQUOTARESPONSE']._serialized_start=951
+  _globals['_CHECKQUOTARESPONSE']._serialized_end=1067
+  _globals['_RESERVEREQUEST']._serialized_start=1070
+  _globals['_RESERVEREQUEST']._serialized_end=1395
+  _globals['_RESERVERESPONSE']._serialized_start=1398
+  _globals['_RESERVERESPONSE']._serialized_end=1551
+  _globals['_COMMITREQUEST']._serialized_start=1553
+  _globals['_COMMITREQUEST']._serialized_end=1657
+  _globals['_COMMITRESPONSE']._serialized_start=1659
+  _globals['_COMMITRESPONSE']._serialized_end=1772
+  _globals['_RELEASEREQUEST']._serialized_start=1774
+  _globals['_RELEASEREQUEST']._serialized_end=1854
+  _globals['_RELEASERESPONSE']._serialized_start=1856
+  _globals['_RELEASERESPONSE']._serialized_end=1891
+  _globals['_USAGETOTALS']._serialized_start=1894
+  _globals['_USAGETOTALS']._serialized_end=2111
+  _globals['_USAGEGROUP']._serialized_start=2113
+  _globals['_USAGEGROUP']._serialized_end=2185
+  _globals['_GETUSAGEREQUEST']._serialized_start=2188
+  _globals['_GETUSAGEREQUEST']._serialized_end=2509
+  _globals['_GETUSAGERESPONSE']._serialized_start=2512
+  _globals['_GETUSAGERESPONSE']._serialized_end=2648
+  _globals['_PLANALLOWANCE']._serialized_start=2651
+  _globals['_PLANALLOWANCE']._serialized_end=2849
+  _globals['_PLAN']._serialized_start=2852
+  _globals['_PLAN']._serialized_end=3018
+  _globals['_SETPLANREQUEST']._serialized_start=3021
+  _globals['_SETPLANREQUEST']._serialized_end=3382
+  _globals['_SETPLANRESPONSE']._serialized_start=3384
+  _globals['_SETPLANRESPONSE']._serialized_end=3439
+  _globals['_GETPLANREQUEST']._serialized_start=3441
+  _globals['_GETPLANREQUEST']._serialized_end=3522
+  _globals['_GETPLANRESPONSE']._serialized_start=3524
+  _globals['_GETPLANRESPONSE']._serialized_end=3579
+  _globals['_GETINVOICEPREVIEWREQUEST']._serialized_start=3582
+  _globals['_GETINVOICEPREVIEWREQUEST']._serialized_end=3734
+  _globals['_INVOICELINEITEM']._serialized_start=3737
+  _globals['_INVOICELINEITEM']._serialized_end=3979
+  _globals['_GETINVOICEPREVIEWRESPONSE']._serialized_start=3982
+  _globals['_GETINVOICEPREVIEWRESPONSE']._serialized_end=4266
+  _globals['_METERINGSERVICE']._serialized_start=4548
+  _globals['_METERINGSERVICE']._serialized_end=5244
 # @@protoc_insertion_point(module_scope)
