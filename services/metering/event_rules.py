@@ -6,10 +6,11 @@ same rules directly and an order of magnitude faster; protovalidate stays the re
 (tests/metering/test_event_rules.py compares the two over generated valid and invalid events) and
 still writes the reason of every event refused, so dead letters name the rules in its words.
 
-Two rules come on top of the proto's, because Postgres would otherwise refuse the whole batch and
+One rule comes on top of the proto's, because Postgres would otherwise refuse the whole batch and
 the consumer would retry it forever: the time must be a valid protobuf Timestamp (within years
-1 to 9999, nanos below a second), and the model (the only free-form text stored in a column) must not
-hold a NUL character, which Postgres text cannot store.
+1 to 9999, nanos below a second). The model (the only free-form text stored in a column) must not
+hold a NUL character, which Postgres text cannot store: that is the proto's own rule now
+(macp.common.v1.storable), checked here like the others.
 """
 
 from __future__ import annotations
@@ -103,7 +104,5 @@ def reason(event: usage_pb2.UsageEvent) -> str:
     time = event.time
     if not (MIN_SECONDS <= time.seconds <= MAX_SECONDS and 0 <= time.nanos <= MAX_NANOS):
         return "time: must be a valid Timestamp between 0001-01-01 and 9999-12-31 (nanos below 1e9)"
-    if "\x00" in event.dimensions.model:
-        return "dimensions.model: must not contain a NUL character"
     # Only reached if `accepts` and protovalidate disagree: refusing is the safe side.
     return "refused by the metering service's own check of the usage.proto rules"

@@ -28,7 +28,7 @@ IDS = ["t-1", "a", "a" * 128, "a" * 129, "", "-a", ".a", "a b", "a\n", "é", "a�
        "a/b", "a\x00", "a$", "0"]  # fmt: skip
 PROVIDERS = ["", "openai", "a" * 64, "a" * 65, "Openai", "1a", "a-b_c9", "a\n", "_a", "a.b", "é"]
 MODELS = ["", "claude-sonnet-4-5", "x" * 128, "x" * 129, "é" * 128, "é" * 129, "any text at all!",
-          "\n"]  # fmt: skip
+          "\n", "a\x00b"]  # fmt: skip
 COUNTS = [0, 5, -1, 2**63 - 1, -(2**63)]
 MEASURES = [0.0, -0.0, 1.5, -1e-300, -1.0, float("nan"), float("inf"), float("-inf"), 1e308]
 EVENT_TYPES = [0, 1, 2, 3, 4, 5, 6, 7, -1, 99]
@@ -183,9 +183,10 @@ def test_a_time_outside_the_timestamp_range_is_refused_though_protovalidate_allo
 def test_a_nul_in_the_model_is_refused_since_postgres_text_cannot_hold_it() -> None:
     event = valid_event()
     event.dimensions.model = "a\x00b"
-    assert protovalidate_accepts(event)
+    assert not protovalidate_accepts(event)
+    assert not event_rules.accepts(event)
     with pytest.raises(
-        MalformedEvent, match=r"^invalid UsageEvent: dimensions\.model: must not contain a NUL"
+        MalformedEvent, match=r"^invalid UsageEvent: dimensions\.model: must not contain NUL \(U\+0000\)$"
     ):
         row_of_record(event.SerializeToString())
 
