@@ -15,6 +15,7 @@ from starlette.requests import Request
 
 from services.edge.auth import EdgeClient, TokenExchanger, caller_var
 from services.edge.idempotency import IdempotencyKeys
+from services.edge.open_streams import OpenStreams
 from services.edge.rate_limits import RateLimits
 from services.edge.settings import EdgeSettings
 from services.runtime.auth.external import ExternalIssuers
@@ -43,6 +44,8 @@ class EdgeContext:
     exchanger: TokenExchanger
     rate_limits: RateLimits
     idempotency: IdempotencyKeys
+    # The streams open on this process, ended when their token is revoked (services/edge/open_streams.py).
+    open_streams: OpenStreams
 
     @classmethod
     async def open(cls, settings: EdgeSettings, registry: CollectorRegistry | None = None) -> EdgeContext:
@@ -65,6 +68,10 @@ class EdgeContext:
         client = None
         if settings.client_id is not None and settings.client_secret is not None:
             client = EdgeClient(settings.client_id, settings.client_secret)
+        # One checker (and its cache) for requests and open streams alike.
+        revocations = RevocationChecker(redis, settings.redis.key_prefix)
+        open_streams = OpenStreams(revocations)
+        open_streams.start()
         return cls(
             settings=settings,
             channel=channel,
@@ -78,7 +85,7 @@ class EdgeContext:
                 audience=EDGE_AUDIENCE,
                 issuer=settings.auth.issuer,
                 jwks=jwks,
-                revocations=RevocationChecker(redis, settings.redis.key_prefix),
+                revocations=revocations,
                 max_delegation_depth=settings.auth.max_delegation_depth,
                 external=external_issuers,
             ),
@@ -95,9 +102,11 @@ class EdgeContext:
             idempotency=IdempotencyKeys(
                 redis, settings.redis.key_prefix, pending_seconds=settings.completion_timeout_seconds + 30
             ),
+            open_streams=open_streams,
         )
 
     async def close(self) -> None:
+        await self.open_streams.stop()
         await self.jwks.stop()
         await self.external_issuers.stop()
         await self.redis.aclose()

@@ -14,7 +14,9 @@ Why wait for the first event a moment before answering: the orchestrator refuses
 cannot serve (an unknown conversation, an event no longer retained) at once, and such a refusal
 is better told with the HTTP status the edge gives every error than as a 200 whose first event is
 an error. A stream that is merely quiet starts after SSE_FIRST_EVENT_WAIT_SECONDS. A failure
-after that is an `event: error` (data: {code, message}) and the end of the stream.
+after that is an `event: error` (data: {code, message}) and the end of the stream; so is the
+revocation of the token the stream was opened with (code UNAUTHENTICATED, within the revocation
+cache window: services/edge/open_streams.py).
 """
 
 from __future__ import annotations
@@ -30,12 +32,14 @@ from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from services.edge.auth import caller_var
 from services.edge.context import EdgeContext, edge_context
 from services.edge.errors import HttpError
 from services.edge.rest import COMMON_ERRORS, query
 from services.edge.routes import ApiRoute, Content
 from services.edge.ws_frames import dumps, event_document, payload_kind, violations
 from services.edge.ws_streams import ORCHESTRATOR_AUDIENCE
+from services.runtime.errors import Unauthenticated
 
 EVENT_STREAM = "text/event-stream"
 SSE_FIRST_EVENT_WAIT_SECONDS = 0.5
@@ -76,6 +80,24 @@ def sse_error(code: str, message: str) -> bytes:
 
 # Tells where a followed stream ends: after the event it accepts (None: when the client leaves).
 Stop = Callable[[pb.ConversationEvent], bool]
+# What the reader and the revocation sweep hand the stream: an event, a failure, or the end (None).
+Item = pb.ConversationEvent | BaseException | None
+
+
+class TokenRevoked(Exception):
+    """The token the stream was opened with was revoked."""
+
+
+class _RevocationWatch:
+    """Tells a stream that its token was revoked (services/edge/open_streams.py's `Revocable`)."""
+
+    __slots__ = ("_queue",)
+
+    def __init__(self, queue: asyncio.Queue[Item]) -> None:
+        self._queue = queue
+
+    def token_revoked(self) -> None:
+        self._queue.put_nowait(TokenRevoked())
 
 
 async def stream_events(
@@ -90,9 +112,12 @@ async def stream_events(
     problem = violations(request, {"after_event_id": "after (or Last-Event-ID)"})
     if problem is not None:
         raise HttpError(HTTPStatus.BAD_REQUEST, "INVALID_ARGUMENT", problem)
+    caller = caller_var.get()
+    if caller is None:
+        raise Unauthenticated("this request carries no verified token")
     metadata = await edge.call_metadata(ORCHESTRATOR_AUDIENCE)
     call = edge.orchestrator.StreamEvents(request, metadata=metadata)
-    queue: asyncio.Queue[pb.ConversationEvent | BaseException | None] = asyncio.Queue()
+    queue: asyncio.Queue[Item] = asyncio.Queue()
 
     async def read() -> None:
         try:
@@ -105,31 +130,56 @@ async def stream_events(
     # The reader is its own task so heartbeats can go out while it waits; it never blocks (the
     # queue is unbounded, but each item waits only for this stream's own client to read it).
     reader = asyncio.get_running_loop().create_task(read())
+    watch = _RevocationWatch(queue)
+    edge.open_streams.watch(caller.claims.jti, watch)
+
+    def stop_reading() -> None:
+        edge.open_streams.unwatch(caller.claims.jti, watch)
+        call.cancel()
+        reader.cancel()
+
     try:
-        first: pb.ConversationEvent | BaseException | None = None
+        first: Item = None
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(SSE_FIRST_EVENT_WAIT_SECONDS):
                 first = await queue.get()
-        if isinstance(first, BaseException):
+        if isinstance(first, grpc.aio.AioRpcError):
             raise first
-        return _follow(edge, first, queue, call, reader, stop)
+        return _follow(edge, first, queue, stop_reading, stop)
     except BaseException:
-        call.cancel()
-        reader.cancel()
+        stop_reading()
         raise
+
+
+def _ending(item: Item) -> bytes | None:
+    """The last chunk of a stream when `item` ends it (the stream over, failed or its token
+    revoked), else None."""
+    if item is None:
+        return sse_error("UNAVAILABLE", "the orchestrator ended the stream; reconnect to resume")
+    if isinstance(item, TokenRevoked):
+        return sse_error("UNAUTHENTICATED", "the token was revoked; reconnect with a valid one")
+    if isinstance(item, grpc.aio.AioRpcError):
+        return sse_error(item.code().name, item.details() or item.code().name.lower())
+    if isinstance(item, BaseException):
+        raise item
+    return None
 
 
 async def _follow(
     edge: EdgeContext,
-    first: pb.ConversationEvent | None,
-    queue: asyncio.Queue[pb.ConversationEvent | BaseException | None],
-    call: grpc.aio.UnaryStreamCall[pb.StreamEventsRequest, pb.StreamEventsResponse],
-    reader: asyncio.Task[None],
+    first: Item,
+    queue: asyncio.Queue[Item],
+    stop_reading: Callable[[], None],
     stop: Stop | None,
 ) -> AsyncIterator[bytes]:
     heartbeat = edge.settings.sse_heartbeat_seconds or None
     try:
-        if first is not None:
+        if first is not None:  # None here: no event within the first wait
+            last = _ending(first)
+            if last is not None:
+                yield last
+                return
+            assert isinstance(first, pb.ConversationEvent)
             yield sse_event(first)
             if stop is not None and stop(first):
                 return
@@ -140,19 +190,16 @@ async def _follow(
             except TimeoutError:
                 yield b": keep-alive\n\n"
                 continue
-            if item is None:
-                yield sse_error("UNAVAILABLE", "the orchestrator ended the stream; reconnect to resume")
-                return
-            if isinstance(item, grpc.aio.AioRpcError):
-                yield sse_error(item.code().name, item.details() or item.code().name.lower())
+            last = _ending(item)
+            if last is not None:
+                yield last
                 return
             assert isinstance(item, pb.ConversationEvent)
             yield sse_event(item)
             if stop is not None and stop(item):
                 return
     finally:
-        call.cancel()
-        reader.cancel()
+        stop_reading()
 
 
 def event_stream_response(chunks: AsyncIterator[bytes], **headers: Any) -> Response:

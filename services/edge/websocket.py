@@ -2,7 +2,8 @@
 
 The token comes at connect (`Authorization: Bearer` or `?access_token=`, for browsers, which cannot
 set headers on a WebSocket) and is verified like an HTTP request's; a bad one is accepted only to
-be closed with 4401, since a refused handshake tells a browser nothing. Client frames are JSON
+be closed with 4401, since a refused handshake tells a browser nothing. A connection is closed with
+4401 too when its token expires, or is revoked (services/edge/open_streams.py). Client frames are JSON
 routed by `action` (services/edge/ws_frames.py); each one counts against the edge's rate limits.
 
 Why the state is lazy and nothing waits: the target is 5,000 idle connections at ≤ 16 KiB each.
@@ -79,7 +80,7 @@ class CloseCode(IntEnum):
     NORMAL = 1000
     INTERNAL_ERROR = 1011
     TRY_AGAIN_LATER = 1013  # the send queue overflowed: the client reads too slowly
-    UNAUTHENTICATED = 4401  # no token, a bad one, or it expired while connected
+    UNAUTHENTICATED = 4401  # no token, a bad one, or it expired or was revoked while connected
     IDLE_TIMEOUT = 4408  # no frame and no subscription for MACP_EDGE_WS_IDLE_TIMEOUT_SECONDS
     RATE_LIMITED = 4429  # the connect itself was over a rate limit
     UNAVAILABLE = 4503  # the token cannot be checked right now (keys or revocations unreachable)
@@ -214,7 +215,12 @@ class Connection:
         self._closed = False
 
     def start(self) -> None:
+        self._edge.open_streams.watch(self._caller.claims.jti, self)
         self._arm()
+
+    def token_revoked(self) -> None:
+        """The token was revoked while connected (services/edge/open_streams.py): as when it expires."""
+        self._close(CloseCode.UNAUTHENTICATED, "the token was revoked; reconnect with a valid one")
 
     # Deadlines: one timer, at the idle timeout (while following nothing) or the token's expiry.
 
@@ -261,6 +267,7 @@ class Connection:
         if self._closed:
             return
         self._closed = True
+        self._edge.open_streams.unwatch(self._caller.claims.jti, self)
         self._stop_subscriptions()
         if self._timer is not None:
             self._timer.cancel()

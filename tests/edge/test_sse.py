@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
@@ -173,6 +174,30 @@ async def test_get_events_resumes_after_last_event_id_and_follows_live(world: Ed
                 assert live.event == "message_accepted"
                 assert live.id == posted.json()["eventId"]
                 await events.aclose()
+    await _eventually(lambda: world.orchestrator.following_events[conversation] == 0)
+
+
+async def test_a_revoked_token_ends_its_open_stream_with_an_error_event(world: EdgeWorld) -> None:
+    conversation = str(uuid.uuid4())
+    url = f"/v1/conversations/{conversation}/messages"
+    token, other = world.token(), world.token()
+    async with world.client(token) as client, world.client(other) as poster:
+        async with client.stream("GET", f"/v1/conversations/{conversation}/events", headers=SSE) as following:
+            assert following.status_code == 200
+            events = sse_events(following)
+            await world.revoke(token)
+            revoked_at = time.monotonic()
+            # Rounds go on in the conversation (another caller's): the revoked stream ends anyway.
+            await poster.post(url, json={"text": "after the revocation"})
+            async with asyncio.timeout(5):
+                seen = [event async for event in events if not event.comment]
+            ended_after = time.monotonic() - revoked_at
+        again = await client.get(f"/v1/conversations/{conversation}/events", headers=SSE)
+    assert seen[-1].event == "error"
+    assert seen[-1].data["code"] == "UNAUTHENTICATED"
+    assert "revoked" in seen[-1].data["message"]
+    assert ended_after < 3  # the revocation cache's 1 s, a sweep's quarter second, and room
+    assert again.status_code == 401
     await _eventually(lambda: world.orchestrator.following_events[conversation] == 0)
 
 

@@ -113,6 +113,27 @@ async def test_the_connection_closes_with_4401_when_its_token_expires(world: Edg
     assert 0.5 < time.monotonic() - started < 5
 
 
+async def test_a_revoked_token_closes_its_open_connection_with_4401_within_the_cache_window(
+    world: EdgeWorld,
+) -> None:
+    conversation = str(uuid.uuid4())
+    token, other = world.token(), world.token()
+    async with opened(world, token) as ws, opened(world, other) as bystander:
+        await send(ws, action="subscribe", conversation_id=conversation)
+        assert (await frame_of(ws))["type"] == "subscribed"
+        await world.revoke(token)
+        revoked_at = time.monotonic()
+        code, reason = await closed_with(ws)
+        ended_after = time.monotonic() - revoked_at
+        # Another token's connection is untouched.
+        await send(bystander, action="ping", request_id="still")
+        assert (await frame_of(bystander))["request_id"] == "still"
+    assert code == 4401
+    assert "revoked" in (reason or "")
+    # The revocation cache's 1 s, a sweep's quarter second, and room for a busy machine.
+    assert ended_after < 3
+
+
 # Conversations.
 
 
