@@ -22,17 +22,19 @@ from macp.common.v1 import principal_pb2
 from macp.token.v1 import token_service_pb2 as pb
 from macp.token.v1 import token_service_pb2_grpc as pb_grpc
 
-from services.runtime.auth.settings import DEFAULT_ISSUER, USER_SCOPES
+from services.runtime.auth.settings import DEFAULT_ISSUER, EDGE_AUDIENCE, SERVICE_AUDIENCE_PREFIX, USER_SCOPES
 from services.stack.config import free_port
 from services.token import scopes
 from services.token.service import DEFINITION as TOKEN
 from tests.runtime.serving import channel, running
 from tests.token.harness import (
+    ACCESS_TOKEN_TYPE,
     EXCHANGE_GRANT,
     TOKEN_AUDIENCE,
     RegisteredClient,
     TokenHarness,
     new_key_encryption_key,
+    unverified,
 )
 
 PASSWORD = "correct horse battery staple"
@@ -53,11 +55,17 @@ def token_environ(environ: Mapping[str, str]) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Tenant:
-    """A seeded tenant: its user and a client that may get user tokens for it."""
+    """A seeded tenant: its user and a client that may get user tokens for it.
+
+    service_scopes: the service-held scopes (`scopes.SERVICE_HELD`) its users' tokens for a service
+    carry. No user-facing client may hold them: they come only from an internal client's exchange,
+    as the orchestrator adds them (see `TokenWorld.user_token`).
+    """
 
     tenant_id: str
     username: str
     client: RegisteredClient
+    service_scopes: tuple[str, ...] = ()
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
@@ -113,14 +121,15 @@ async def seed_tenant(
     await stub.CreateUser(
         pb.CreateUserRequest(tenant_id=tenant_id, username=username, password=PASSWORD), metadata=as_admin
     )
+    wanted = scopes.parse(scope)
     client_metadata = pb.ClientMetadata(
         client_name=f"{tenant_id} app",
         client_class=principal_pb2.CLIENT_CLASS_CONSUMER,
         grant_types=["password", EXCHANGE_GRANT],
-        scope=scope,
+        scope=" ".join(name for name in wanted if name not in scopes.SERVICE_HELD),
     )
     client = await _register(stub, initial_access_token, client_metadata, tenant_id)
-    return Tenant(tenant_id, username, client)
+    return Tenant(tenant_id, username, client, tuple(name for name in wanted if name in scopes.SERVICE_HELD))
 
 
 @dataclass
@@ -128,6 +137,8 @@ class TokenWorld:
     harness: TokenHarness
     environ: dict[str, str]
     port: int
+    # The internal client that exchanges users' tokens for services, as the edge's own client does.
+    _exchanger: RegisteredClient | None = None
 
     @property
     def address(self) -> str:
@@ -143,7 +154,20 @@ class TokenWorld:
         return await seed_tenant(self.harness.stub, self.harness.initial_access_token, tenant_id, scope=scope)
 
     async def user_token(self, tenant: Tenant, audience: Sequence[str], scope: str = "") -> str:
-        """A password-grant access token of `tenant`'s user for `audience`."""
+        """An access token of `tenant`'s user for `audience`: its password-grant token for the edge,
+        and for a service that token exchanged by an internal client, as the edge does (a user's
+        sign-in never gets a service audience). `scope` narrows it; by default it carries all the
+        user may have, the tenant's service-held scopes included."""
+        if not any(target.startswith(SERVICE_AUDIENCE_PREFIX) for target in audience):
+            return (await self._signed_in(tenant, audience, scope)).access_token
+        asked = scopes.parse(scope)
+        signed_in = await self._signed_in(
+            tenant, [EDGE_AUDIENCE], " ".join(name for name in asked if name not in scopes.SERVICE_HELD)
+        )
+        wanted = scope or " ".join((*signed_in.scope.split(), *tenant.service_scopes))
+        return await self.for_service(signed_in.access_token, audience, wanted)
+
+    async def _signed_in(self, tenant: Tenant, audience: Sequence[str], scope: str) -> pb.IssueTokenResponse:
         response: pb.IssueTokenResponse = await self.harness.stub.IssueToken(
             pb.IssueTokenRequest(
                 grant_type=pb.GRANT_TYPE_PASSWORD,
@@ -155,7 +179,45 @@ class TokenWorld:
                 audience=list(audience),
             )
         )
+        return response
+
+    async def exchanger(self) -> RegisteredClient:
+        """The internal client exchanging users' tokens for services (registered on first use)."""
+        if self._exchanger is None:
+            self._exchanger = await _register(
+                self.harness.stub,
+                self.harness.initial_access_token,
+                pb.ClientMetadata(
+                    client_name="test exchanger",
+                    client_class=principal_pb2.CLIENT_CLASS_INTERNAL,
+                    grant_types=[EXCHANGE_GRANT],
+                    scope=" ".join((*USER_SCOPES, *sorted(scopes.SERVICE_HELD))),
+                ),
+            )
+        return self._exchanger
+
+    async def for_service(self, subject_token: str, audience: Sequence[str], scope: str = "") -> str:
+        """`subject_token` exchanged (RFC 8693) by the internal exchanger for `audience`."""
+        exchanger = await self.exchanger()
+        response: pb.ExchangeTokenResponse = await self.harness.stub.ExchangeToken(
+            pb.ExchangeTokenRequest(
+                client_id=exchanger.client_id,
+                client_secret=exchanger.client_secret,
+                subject_token=subject_token,
+                subject_token_type=ACCESS_TOKEN_TYPE,
+                audience=list(audience),
+                scope=scope,
+            )
+        )
         return response.access_token
+
+    async def revoke(self, tenant: Tenant, token: str) -> None:
+        """Revoke `token` (RFC 7009) as the client it was issued to: the tenant's, or the exchanger."""
+        issued_to = unverified(token)[1]["client_id"]
+        client = tenant.client if issued_to == tenant.client.client_id else await self.exchanger()
+        await self.harness.stub.Revoke(
+            pb.RevokeRequest(token=token, client_id=client.client_id, client_secret=client.client_secret)
+        )
 
 
 @asynccontextmanager

@@ -74,11 +74,12 @@ class TokenExchange:
             )
 
         limits = [subject.scopes, client.scopes] + ([actor.scopes] if actor is not None else [])
-        allowed = scopes.unprivileged(scopes.intersection(*limits))
+        allowed = scopes.for_class(client.client_class, scopes.unprivileged(scopes.intersection(*limits)))
         extra = scopes.service_held(client.client_class, client.scopes, actor.scopes if actor else None)
         allowed = (*allowed, *(scope for scope in extra if scope not in allowed))
         granted = scopes.narrow(scopes.parse(request.scope), allowed)
         targets = audiences.resolve(request.audience, request.resource)
+        audiences.check_holder(targets, client_class=client.client_class, user_sign_in=False)
         identity = dataclasses.replace(
             subject.identity, client_id=client.client_id, client_class=client.client_class, actors=chain
         )

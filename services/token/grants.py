@@ -61,10 +61,12 @@ class Grants:
                 request.client_id, request.client_secret, CLIENT_CREDENTIALS
             )
             targets = audiences.resolve(request.audience, request.resource)
+            audiences.check_holder(targets, client_class=client.client_class, user_sign_in=False)
             return Granted(await self._client_credentials(client, requested, targets), None)
         if request.grant_type == pb.GRANT_TYPE_PASSWORD:
             client = await self._clients.authenticate_for(request.client_id, request.client_secret, PASSWORD)
             targets = audiences.resolve(request.audience, request.resource)
+            audiences.check_holder(targets, client_class=client.client_class, user_sign_in=True)
             return await self._password(client, request.username, request.password, requested, targets)
         if request.grant_type == pb.GRANT_TYPE_REFRESH_TOKEN:
             client = await self._clients.authenticate_for(
@@ -91,7 +93,7 @@ class Grants:
         return await self._minter.mint(
             identity,
             audiences=targets,
-            scopes=scopes.narrow(requested, client.scopes),
+            scopes=scopes.narrow(requested, scopes.for_class(client.client_class, client.scopes)),
             lifetime_seconds=self._settings.access_token_seconds,
             audit=Audit(audit.TOKEN_ISSUE, {"grant_type": CLIENT_CREDENTIALS}),
         )
@@ -135,6 +137,13 @@ class Grants:
             raise oauth_error("invalid_grant", "refresh token already used; its whole family is now revoked")
         if record.expire_time <= datetime.now(UTC):
             raise oauth_error("invalid_grant", "refresh token expired")
+        targets = record.audiences
+        if request.audience or request.resource:
+            targets = audiences.resolve(request.audience, request.resource)
+            if not set(targets) <= set(record.audiences):
+                raise oauth_error("invalid_target", "a refresh cannot add audiences to the original grant")
+        # A family started before service audiences were kept from sign-ins gets no more of them.
+        audiences.check_holder(targets, client_class=client.client_class, user_sign_in=True)
         if await self._tokens.claim_refresh(token_hash) is None:
             # Another request used it between the read and the claim: the same reuse, seen late.
             await self._revoke_family(record)
@@ -142,11 +151,6 @@ class Grants:
         user = await self._directory.user(record.user_id)
         if user is None:
             raise oauth_error("invalid_grant", "the refresh token's user no longer exists")
-        targets = record.audiences
-        if request.audience or request.resource:
-            targets = audiences.resolve(request.audience, request.resource)
-            if not set(targets) <= set(record.audiences):
-                raise oauth_error("invalid_target", "a refresh cannot add audiences to the original grant")
         access = await self._user_token(
             client, user, scopes.narrow(requested, record.scopes), targets, record.family_id, REFRESH_TOKEN
         )

@@ -1,8 +1,8 @@
 """RFC 7591 dynamic client registration, closed behind the initial access token.
 
 The metadata is checked against the client class (004's four kinds of client): only INTERNAL
-clients hold privileged scopes or live in the system tenant, and only INTERNAL and CONSUMER clients
-may use the password grant. The secret is returned once; only its hash is kept.
+clients hold privileged or service-held scopes or live in the system tenant, and only INTERNAL and
+CONSUMER clients may use the password grant. The secret is returned once; only its hash is kept.
 """
 
 from __future__ import annotations
@@ -121,9 +121,9 @@ def _check_policy(
         refuse("software statements are not accepted")
     if metadata.token_endpoint_auth_method not in SUPPORTED_AUTH_METHODS:
         refuse(f"token_endpoint_auth_method {metadata.token_endpoint_auth_method} is not supported")
-    privileged = sorted(set(allowed_scopes) & scopes.PRIVILEGED)
-    if privileged and class_name != "internal":
-        refuse(f"only internal clients may hold {' '.join(privileged)}")
+    reserved = sorted(set(allowed_scopes) & (scopes.PRIVILEGED | scopes.SERVICE_HELD))
+    if reserved and class_name != scopes.INTERNAL:
+        refuse(f"only internal clients may hold {' '.join(reserved)}")
     if tenant_id == SYSTEM_TENANT and class_name != "internal":
         refuse(f"only internal clients belong to the system tenant; set tenant_id for a {class_name} client")
     if PASSWORD in metadata.grant_types and class_name not in PASSWORD_CLASSES:

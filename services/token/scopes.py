@@ -16,7 +16,10 @@ PRIVILEGED = frozenset({ADMIN, AGENT_TOKEN})
 # the user's behalf. The token stays the user's (their tenant, their identity, the service and the
 # agent in `act`), so metering still scopes every hold to that tenant; and since the user's own
 # tokens never carry them, a user cannot call the agent proxy or commit and release usage directly.
+# Only INTERNAL clients may be registered with them, and no token issued through a user-facing
+# client (consumer, partner, third party) or to a user signing in carries them, whatever its client.
 SERVICE_HELD = frozenset({"agents:generate", "usage:write"})
+INTERNAL = "internal"
 # Reading a tenant's audit log (TokenService.ListAuditEvents): a user's token carries it only if
 # the user is an admin of its tenant, whatever its client may be granted.
 AUDIT_READ = "audit:read"
@@ -31,11 +34,19 @@ def unprivileged(scopes: Iterable[str]) -> tuple[str, ...]:
     return tuple(scope for scope in scopes if scope not in PRIVILEGED)
 
 
+def for_class(client_class: str, scopes: Iterable[str]) -> tuple[str, ...]:
+    """`scopes` less the service-held ones unless `client_class` is internal: what a token issued
+    through a client of that class may carry of them."""
+    if client_class == INTERNAL:
+        return tuple(scopes)
+    return tuple(scope for scope in scopes if scope not in SERVICE_HELD)
+
+
 def for_user(client_scopes: Iterable[str], *, admin: bool) -> tuple[str, ...]:
-    """What a user signing in through a client may get: the client's unprivileged scopes, less
-    `audit:read` unless the user is an admin of its tenant."""
-    allowed = unprivileged(client_scopes)
-    return allowed if admin else tuple(scope for scope in allowed if scope != AUDIT_READ)
+    """What a user signing in through a client may get: the client's unprivileged scopes, never a
+    service-held one, and `audit:read` only if the user is an admin of its tenant."""
+    allowed = [scope for scope in unprivileged(client_scopes) if scope not in SERVICE_HELD]
+    return tuple(scope for scope in allowed if admin or scope != AUDIT_READ)
 
 
 def narrow(requested: tuple[str, ...], allowed: Iterable[str]) -> tuple[str, ...]:
@@ -60,7 +71,7 @@ def service_held(
     client_class: str, client_scopes: Iterable[str], actor_scopes: Iterable[str] | None
 ) -> tuple[str, ...]:
     """The service-held scopes an exchange adds for an internal client (within the actor's too)."""
-    if client_class != "internal":
+    if client_class != INTERNAL:
         return ()
     held = tuple(scope for scope in client_scopes if scope in SERVICE_HELD)
     return held if actor_scopes is None else intersection(held, actor_scopes)

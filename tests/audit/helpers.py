@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 from macp.token.v1 import token_service_pb2 as pb
 
+from services.runtime.auth.settings import EDGE_AUDIENCE
 from tests.tokens import PASSWORD, Tenant, TokenWorld, bearer
 
 
@@ -72,7 +73,8 @@ async def admin_user(tokens: TokenWorld, tenant: Tenant) -> str:
 
 
 async def signed_in(tokens: TokenWorld, tenant: Tenant, username: str, audience: Sequence[str]) -> str:
-    """A password-grant token of `username` through `tenant`'s client."""
+    """A token of `username` for `audience`: its password-grant token through `tenant`'s client,
+    exchanged by an internal client for a service audience (a sign-in gets the edge's only)."""
     response: pb.IssueTokenResponse = await tokens.harness.stub.IssueToken(
         pb.IssueTokenRequest(
             grant_type=pb.GRANT_TYPE_PASSWORD,
@@ -80,10 +82,11 @@ async def signed_in(tokens: TokenWorld, tenant: Tenant, username: str, audience:
             client_secret=tenant.client.client_secret,
             username=username,
             password=PASSWORD,
-            audience=list(audience),
         )
     )
-    return response.access_token
+    if list(audience) == [EDGE_AUDIENCE]:
+        return response.access_token
+    return await tokens.for_service(response.access_token, audience)
 
 
 async def new_agent_token(

@@ -77,11 +77,7 @@ async def _misused(
     tenant = slice_.tenant if slice_ is not None else await tokens.tenant()
     good = await tokens.user_token(tenant, [audience])
     revoked = await tokens.user_token(tenant, [audience])
-    await tokens.harness.stub.Revoke(
-        token_pb.RevokeRequest(
-            token=revoked, client_id=tenant.client.client_id, client_secret=tenant.client.client_secret
-        )
-    )
+    await tokens.revoke(tenant, revoked)
     return {
         "real token for another audience": await tokens.user_token(tenant, [other_audience]),
         "real token with its signature bit-flipped": _flip_signature(good),

@@ -27,7 +27,8 @@ with warnings.catch_warnings():
 
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-AUDIENCE = "urn:macp:service:conversation"
+AUDIENCE = "urn:macp:edge"
+SERVICE_AUDIENCE = "urn:macp:service:conversation"
 
 
 @pytest.fixture
@@ -221,3 +222,44 @@ async def test_the_jwks_is_a_key_set_a_jose_library_loads(metadata: dict[str, An
     key_set = KeySet.import_key_set(response.json())
     assert key_set.keys
     assert all(key.kid for key in key_set.keys)
+
+
+@pytest.fixture
+def real_oauth_world(request: pytest.FixtureRequest) -> OAuthWorld:
+    """The real token service behind the edge, for what the fake does not model."""
+    world: OAuthWorld = request.getfixturevalue("_real_world")
+    return world
+
+
+@pytest.mark.integration
+async def test_no_user_facing_client_gets_a_service_audience(real_oauth_world: OAuthWorld) -> None:
+    """A service port skips the edge's limits and checks: only MACP's internal clients get its
+    audience. A consumer or partner client, and a user signing in, get the edge's only."""
+    world = real_oauth_world
+    app = (world.client_id, world.client_secret)
+    partner = (world.actor_client_id, world.actor_client_secret)
+    sign_in = {"grant_type": "password", "username": world.username, "password": world.password}
+    every_service = [f"urn:macp:service:{name}" for name in ("conversation", "orchestrator", "metering")]
+    async with httpx.AsyncClient(base_url=world.edge_url, timeout=10) as http:
+        user = await http.post("/oauth2/token", data=sign_in, auth=app)
+        assert user.status_code == 200, user.text
+        cases: list[tuple[str, tuple[str, str], dict[str, str | list[str]]]] = [
+            ("client credentials", app, {"grant_type": "client_credentials", "resource": SERVICE_AUDIENCE}),
+            ("partner", partner, {"grant_type": "client_credentials", "audience": SERVICE_AUDIENCE}),
+            ("password", app, {**sign_in, "audience": SERVICE_AUDIENCE}),
+            ("every service at once", app, {**sign_in, "resource": every_service}),
+            (
+                "exchange",
+                app,
+                {
+                    "grant_type": TOKEN_EXCHANGE,
+                    "subject_token": user.json()["access_token"],
+                    "subject_token_type": ACCESS_TOKEN_TYPE,
+                    "audience": SERVICE_AUDIENCE,
+                },
+            ),
+        ]
+        for name, client, form in cases:
+            response = await http.post("/oauth2/token", data=form, auth=client)
+            assert response.status_code == 400, (name, response.text)
+            assert response.json()["error"] == "invalid_target", name

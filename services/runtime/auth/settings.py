@@ -19,9 +19,12 @@ EDGE_AUDIENCE = "urn:macp:edge"
 USER_SCOPES = ("conversations:read", "conversations:write", "usage:read", "audit:read")
 
 
+SERVICE_AUDIENCE_PREFIX = "urn:macp:service:"
+
+
 def service_audience(name: str) -> str:
     """The `aud` of tokens for the mesh service `name` (its registry name)."""
-    return f"urn:macp:service:{name}"
+    return f"{SERVICE_AUDIENCE_PREFIX}{name}"
 
 
 @dataclass(frozen=True)
