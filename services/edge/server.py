@@ -20,6 +20,11 @@ from services.runtime.metrics import HttpMetrics, serve_metrics
 from services.runtime.registry import EDGE
 from services.runtime.settings import Env, SettingsError, TracingSettings
 
+# How long an idle client connection stays open (uvicorn's default is 5 s): longer than Envoy keeps an
+# idle connection to the edge in its pool (services/stack/envoy_config.py: EDGE_IDLE_TIMEOUT), so that
+# Envoy, not the edge, closes it, and no request is sent on a connection as the edge closes it.
+KEEP_ALIVE_SECONDS = 75
+
 
 def uvicorn_config(app: Starlette, settings: EdgeSettings, **overrides: Any) -> uvicorn.Config:
     """How the edge is served, WebSocket settings included (tests and benches serve it the same way).
@@ -43,6 +48,7 @@ def uvicorn_config(app: Starlette, settings: EdgeSettings, **overrides: Any) -> 
         "proxy_headers": True,
         "forwarded_allow_ips": "127.0.0.1",
         "timeout_graceful_shutdown": int(settings.common.shutdown_grace_seconds),
+        "timeout_keep_alive": KEEP_ALIVE_SECONDS,
         "lifespan": "on",
         # No permessage-deflate (the link offers no extension): a zlib context per connection
         # costs tens of KiB, and the frames are small JSON.

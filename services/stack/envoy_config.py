@@ -124,6 +124,12 @@ BREAKER_LIMIT = 10_000
 BREAKER_MAX_RETRIES = 100
 MAX_DOWNSTREAM_CONNECTIONS = 50_000
 
+# Envoy drops a pooled connection to the edge after this long idle, sooner than the edge's own
+# keep-alive (services/edge/server.py: KEEP_ALIVE_SECONDS) would close it. The other way round, a
+# request Envoy sends on the connection just as the edge's close arrives fails with 503 "upstream
+# connect error ... connection termination", whoever's request it was.
+EDGE_IDLE_TIMEOUT = timedelta(seconds=60)
+
 HEALTH_INTERVAL = timedelta(seconds=2)
 HEALTH_TIMEOUT = timedelta(seconds=1)
 CONNECT_TIMEOUT = timedelta(seconds=1)
@@ -463,9 +469,10 @@ def _service_cluster(spec: ServiceSpec, layout: _Layout) -> Cluster:
 def _edge_cluster(layout: _Layout) -> Cluster:
     """The edge's cluster: HTTP/1.1, because WebSocket upgrades need it, checked on /healthz."""
     http1 = UpstreamHttpProtocolOptions(
+        common_http_protocol_options=HttpProtocolOptions(idle_timeout=EDGE_IDLE_TIMEOUT),
         explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
             http_protocol_options=Http1ProtocolOptions()
-        )
+        ),
     )
     check = _health_check(http=HealthCheckHttpHealthCheck(path=EDGE_HEALTH_PATH))
     return _cluster(EDGE.name, layout, http1, check)
