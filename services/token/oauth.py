@@ -21,6 +21,7 @@ OAuthCode = Literal[
     "invalid_token",
     "access_denied",
     "invalid_client_metadata",
+    "invalid_redirect_uri",
     "insufficient_scope",
 ]
 
@@ -35,6 +36,7 @@ _ERROR_CLASS: dict[OAuthCode, type[DomainError]] = {
     "invalid_token": Unauthenticated,
     "access_denied": PermissionDenied,
     "invalid_client_metadata": InvalidArgument,
+    "invalid_redirect_uri": InvalidArgument,
     "insufficient_scope": PermissionDenied,
 }
 

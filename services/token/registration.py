@@ -23,6 +23,7 @@ from services.token import scopes
 from services.token.clients import CLIENT_CREDENTIALS, PASSWORD, TOKEN_EXCHANGE
 from services.token.hashing import hash_client_secret, new_client_secret
 from services.token.oauth import oauth_error
+from services.token.redirects import check_redirect_uris
 from services.token.store.directory import SYSTEM_TENANT, Client, DirectoryStore
 
 CLASS_NAMES = {
@@ -56,6 +57,7 @@ class Registration:
         tenant_id = request.tenant_id or SYSTEM_TENANT
         allowed_scopes = scopes.parse(metadata.scope)
         _check_policy(metadata, class_name, tenant_id, allowed_scopes)
+        check_redirect_uris(metadata.redirect_uris)
         if await self._directory.tenant(tenant_id) is None:
             raise oauth_error("invalid_client_metadata", f"tenant {tenant_id} does not exist")
 

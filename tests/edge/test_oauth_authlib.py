@@ -263,3 +263,31 @@ async def test_no_user_facing_client_gets_a_service_audience(real_oauth_world: O
             response = await http.post("/oauth2/token", data=form, auth=client)
             assert response.status_code == 400, (name, response.text)
             assert response.json()["error"] == "invalid_target", name
+
+
+@pytest.mark.integration
+async def test_registration_refuses_unsafe_redirects_and_service_held_scopes(
+    real_oauth_world: OAuthWorld,
+) -> None:
+    world = real_oauth_world
+    base = {"client_name": "browser app", "tenant_id": world.tenant_id}
+    cases = [
+        ({**base, "redirect_uris": ["javascript:alert(1)"]}, "invalid_redirect_uri"),
+        ({**base, "redirect_uris": ["https://app.example/cb#frag"]}, "invalid_redirect_uri"),
+        ({**base, "redirect_uris": ["http://app.example/cb"]}, "invalid_redirect_uri"),
+        ({**base, "redirect_uris": ["https://*.app.example/cb"]}, "invalid_redirect_uri"),
+        (
+            {**base, "client_class": "CLIENT_CLASS_CONSUMER", "scope": "conversations:read agents:generate"},
+            "invalid_client_metadata",
+        ),
+        (
+            {**base, "client_class": "CLIENT_CLASS_CONSUMER", "scope": "usage:write"},
+            "invalid_client_metadata",
+        ),
+    ]
+    headers = {"authorization": f"Bearer {world.initial_access_token}"}
+    async with httpx.AsyncClient(base_url=world.edge_url, timeout=10) as http:
+        for document, error in cases:
+            response = await http.post("/oauth2/register", json=document, headers=headers)
+            assert response.status_code == 400, (document, response.text)
+            assert response.json()["error"] == error, document
