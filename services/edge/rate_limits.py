@@ -12,8 +12,9 @@ a bucket of its own, so one tenant's traffic never spends another's allowance.
 Before authentication, each source address (services/edge/source_limits.py) is held to
 `MACP_RATE_LIMIT_SOURCE` for requests that carry no token (OAuth endpoints, discovery, a route
 called without one) and to `MACP_RATE_LIMIT_SOURCE_FAILURES` for failed authentications (a refused
-bearer token, a failed `/oauth2/token` attempt): past the failures' limit, the address gets 429 on
-everything, before any token or password of its requests is looked at, until the limit has room.
+bearer token, a failed `/oauth2/token` attempt): past the failures' limit, the address's requests
+without a token get 429, before any password or secret in them is looked at, until the limit has
+room. Requests with a valid token go on, limited by their client and tenant.
 
 The counting is GCRA in Redis (services/runtime/ratelimit.py), so the limits hold exactly however
 many edge processes there are.
@@ -218,8 +219,8 @@ class RateLimits:
 
     def blocked(self, address: str) -> Decision | None:
         """The refusal still standing for `address` (its retry-after not yet passed), else None:
-        answered from this process's memory, so a refused source costs no Redis call and no token
-        verification until it may try again."""
+        answered from this process's memory, so a refused source costs no Redis call until it may
+        try again."""
         if not self._settings.enabled:
             return None
         found = self._blocked.get(address)
@@ -243,7 +244,7 @@ class RateLimits:
 
     async def count_failure(self, address: str) -> Decision:
         """Counts a failed authentication against its source address; once over the limit, the
-        address is refused everything until the limit has room again."""
+        address's requests without a token are refused until the limit has room again."""
         if not self._settings.enabled:
             return UNLIMITED
         keyed = [(f"source:{address}:{limit.name}", limit) for limit in self._settings.source_failures]

@@ -8,12 +8,13 @@ otherwise be limited by nothing but the API as a whole. Here:
   counts against its address's `source` limit, and is refused while the address is over its
   `source_failures` limit;
 - a request whose answer says authentication failed (401 anywhere, any 4xx from `/oauth2/token`
-  but a 429) counts against `source_failures`, after it was answered;
-- an address refused once is refused from this process's memory until its retry-after: no Redis
-  call, no token verification, no body read.
-A request with a bearer token costs nothing more than a dictionary look-up unless it fails, so
-signed-in traffic behind one address (a NAT) is limited by its clients and tenants, not by the
-address.
+  but a 429) counts against `source_failures` before that answer goes out;
+- an address refused once has its requests without a token refused from this process's memory
+  until its retry-after: no Redis call, no body read, no password or secret looked at.
+A request with a bearer token is never refused here: a valid token is no guess, and refusing it
+would let anyone who shares an address with its owner (a NAT) lock the owner out. It is limited
+by its client and tenant; a bad one is refused by authentication (401), counted as a failure.
+So a signed-in request costs one dictionary look-up here, and a failed one a Redis call.
 
 Which address: the edge stands behind Envoy's front listener, which has `use_remote_address` and
 no trusted hops (services/stack/envoy_config.py), so Envoy appends the address of the peer it saw
@@ -86,18 +87,23 @@ class SourceLimitMiddleware:
             return
         limits = self._limits()
         address = scope_source(scope)
-        refused = limits.blocked(address)
-        if refused is None and (is_public(path) or bearer_token(scope.get("headers", ())) is None):
-            decision = await limits.check_source(address)
-            refused = None if decision.admitted else decision
-        if refused is not None:
-            await refusal_response(refused)(scope, receive, send)
-            return
+        if is_public(path) or bearer_token(scope.get("headers", ())) is None:
+            refused = limits.blocked(address)
+            if refused is None:
+                decision = await limits.check_source(address)
+                refused = None if decision.admitted else decision
+            if refused is not None:
+                await refusal_response(refused)(scope, receive, send)
+                return
 
         async def send_counting_failures(message: Message) -> None:
             # A failure is counted before its answer goes out, so the client's next attempt finds
-            # it counted; past the limit, the address is refused from that attempt on.
-            if message["type"] == "http.response.start" and failed_authentication(path, message["status"]):
+            # it counted (an address already refused is over the limit: nothing more to count).
+            if (
+                message["type"] == "http.response.start"
+                and failed_authentication(path, message["status"])
+                and limits.blocked(address) is None
+            ):
                 await limits.count_failure(address)
             await send(message)
 

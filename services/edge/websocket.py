@@ -117,20 +117,19 @@ class EdgeHandshake:
         request_id_var.set(new_request_id())
         edge = self._edge()
         headers = [(name.lower(), value) for name, value in request.extra_headers]
-        # Counted by source address before the token is looked at, as an HTTP request is
-        # (services/edge/source_limits.py): a refused address is closed with 4429 at once.
+        # Counted by source address as an HTTP request is (services/edge/source_limits.py): a
+        # connect without a token against `source`, a bad token against `source_failures`.
         limits = edge.rate_limits
         forwarded = [value for name, value in headers if name == b"x-forwarded-for"]
         address = source_of(forwarded[-1] if forwarded else None, link.peer_host)
-        refused = limits.blocked(address)
-        if refused is not None:
-            link.accept_and_close(CloseCode.RATE_LIMITED, _reason(refusal(refused)))
-            return
         token = connect_token(headers, request.target.partition("?")[2])
         if token is None:
-            decision = await limits.check_source(address)
-            if not decision.admitted:
-                link.accept_and_close(CloseCode.RATE_LIMITED, _reason(refusal(decision)))
+            refused = limits.blocked(address)
+            if refused is None:
+                decision = await limits.check_source(address)
+                refused = None if decision.admitted else decision
+            if refused is not None:
+                link.accept_and_close(CloseCode.RATE_LIMITED, _reason(refusal(refused)))
                 return
             link.accept_and_close(
                 CloseCode.UNAUTHENTICATED, "send Authorization: Bearer <token> or ?access_token="
@@ -140,14 +139,16 @@ class EdgeHandshake:
             claims = await edge.verifier.verify(token)
         except InvalidToken as exc:
             log.info("websocket token refused", extra={"reason": exc.reason})
-            await limits.count_failure(address)  # before the client hears, so its retry finds it
+            if limits.blocked(address) is None:  # before the client hears, so its retry finds it
+                await limits.count_failure(address)
             link.accept_and_close(CloseCode.UNAUTHENTICATED, _reason(f"invalid token: {exc.reason}"))
             return
         except Unavailable as exc:
             link.accept_and_close(CloseCode.UNAVAILABLE, _reason(exc.message))
             return
         if claims.tenant_id is None:
-            await limits.count_failure(address)
+            if limits.blocked(address) is None:
+                await limits.count_failure(address)
             link.accept_and_close(CloseCode.UNAUTHENTICATED, "invalid token: missing_claim: tenant_id")
             return
         caller = Caller(token, claims)

@@ -186,22 +186,26 @@ async def test_tenants_signing_in_through_one_public_client_never_share_its_buck
     assert other.headers["ratelimit"].startswith('"consumer";r=2;')
 
 
-async def test_bad_tokens_are_counted_per_source_then_refused_before_any_is_verified(
+async def test_bad_tokens_are_counted_per_source_then_its_unauthenticated_requests_are_refused(
     limited: EdgeWorld,
 ) -> None:
     attacker, neighbour = _from("198.51.100.7"), _from("198.51.100.8")
     good = limited.headers(limited.token(tenant_id=f"t-{uuid.uuid4()}"))
     forged = limited.headers(limited.token(tenant_id="t") + "x")
     async with httpx.AsyncClient(base_url=limited.url, timeout=10) as client:
-        guesses = [await client.get("/v1/rate-limits", headers={**forged, **attacker}) for _ in range(5)]
-        # Refused before authentication: even a valid token from that address waits.
-        blocked = await client.get("/v1/rate-limits", headers={**good, **attacker})
-        elsewhere = await client.get("/v1/rate-limits", headers={**good, **neighbour})
-    assert [answer.status_code for answer in guesses] == [401, 401, 401, 429, 429]
-    assert "rate limit source_failures exceeded" in guesses[3].json()["message"]
-    assert 1 <= int(guesses[3].headers["retry-after"]) <= 20
+        guesses = [await client.get("/v1/rate-limits", headers={**forged, **attacker}) for _ in range(4)]
+        # Past the failures' limit: what needs no token (an OAuth endpoint, discovery) is refused,
+        # before any password or secret in it is looked at.
+        blocked = await client.get("/.well-known/oauth-authorization-server", headers=attacker)
+        elsewhere = await client.get("/.well-known/oauth-authorization-server", headers=neighbour)
+        # A valid token is no guess: it is served, from that address too.
+        signed_in = await client.get("/v1/rate-limits", headers={**good, **attacker})
+    assert [answer.status_code for answer in guesses] == [401, 401, 401, 401]
     assert blocked.status_code == 429
-    assert elsewhere.status_code == 200
+    assert "rate limit source_failures exceeded" in blocked.json()["message"]
+    assert 1 <= int(blocked.headers["retry-after"]) <= 20
+    assert elsewhere.status_code != 429
+    assert signed_in.status_code == 200
 
 
 async def test_unauthenticated_requests_are_counted_by_the_address_envoy_appended(limited: EdgeWorld) -> None:
