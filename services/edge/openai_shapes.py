@@ -98,6 +98,9 @@ def _number(document: Mapping[str, Any], name: str, *, whole: bool) -> Any:
     # bool is an int in Python, not a number in JSON.
     if isinstance(value, bool) or not isinstance(value, int if whole else int | float):
         raise _bad(name, f"must be {'a whole number' if whole else 'a number'}")
+    # The proto fields are int32: a larger number would fail building the request (a 500).
+    if whole and not -(2**31) <= value < 2**31:
+        raise _bad(name, "is out of range (a 32-bit integer)")
     return value
 
 

@@ -156,3 +156,14 @@ async def test_a_page_size_outside_its_proto_fields_range_is_400_naming_it_on_ev
     assert code == "INVALID_ARGUMENT"
     assert message.startswith("page_size:"), message
     assert problem in message, message
+
+
+@pytest.mark.parametrize("name", ["max_tokens", "max_completion_tokens"])
+async def test_a_chat_completion_integer_outside_its_proto_fields_range_is_400_naming_it(
+    world: EdgeWorld, name: str
+) -> None:
+    body = {"model": str(uuid.uuid4()), "messages": [{"role": "user", "content": "hi"}], name: 2**40}
+    async with world.client() as client:
+        response = await client.post("/v1/chat/completions", json=body)
+    code, message = _refusal(response)
+    assert message == f"{name}: is out of range (a 32-bit integer)", (code, message)
