@@ -7,6 +7,7 @@ processes `macp up` runs, on free ports in a scratch directory.
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -64,6 +65,7 @@ def service_environ(infrastructure: Infrastructure, database_url: str) -> dict[s
         "MACP_S3_BUCKET": f"test-{unique}",
         "MACP_SHUTDOWN_GRACE_SECONDS": "2",
         "MACP_LOG_LEVEL": "warning",
+        "MACP_ORCHESTRATOR_SEALING_KEY": secrets.token_urlsafe(32),
     }
 
 

@@ -8,8 +8,9 @@ driver; INTERRUPT does the same and signals the driver to stop the turn in fligh
 
 Keys, under the deployment's Redis prefix (all `orchestrator:`):
 - `queue:<conversation>`: the messages waiting for a round, oldest first (each with its sender's
-  token, which the round calls the other services with; they expire with the token's lifetime);
-- `round:<conversation>`: the round in flight (its trigger message, its turn, its sender's token),
+  token sealed, round_jobs.py, which the round calls the other services with; they expire with
+  the token's lifetime);
+- `round:<conversation>`: the round in flight (its trigger message, its turn, its sender's sealed token),
   so that if its driver dies another process can end it properly;
 - `rounds`: the conversations with a round in flight or queued, which every process sweeps: one
   whose lease lapsed while a round was in flight is taken over (an error event, the round closed,
@@ -24,7 +25,6 @@ accepted key answers the retry without a second round.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import dataclasses
 import json
@@ -36,7 +36,6 @@ from typing import Any, cast
 
 import grpc
 import redis.asyncio as aioredis
-from macp.common.v1 import principal_pb2
 from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
@@ -45,11 +44,13 @@ from services.orchestrator.downstream import Caller, Downstream
 from services.orchestrator.event_log import EventLog
 from services.orchestrator.lease import Lease, LeaseLost, Leases, lease_key
 from services.orchestrator.preparation import Prepared, first_turn_id
+from services.orchestrator.round_jobs import RoundJobCodec
 from services.orchestrator.rounds import RoundJob, Rounds, RoundState
 from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.turns import error_event
 from services.runtime import tracing
 from services.runtime.errors import FailedPrecondition, InvalidArgument
+from services.runtime.sealing import Sealer
 from services.runtime.usage_ids import orchestration_event_id
 
 log = logging.getLogger("macp.orchestrator.driver")
@@ -79,35 +80,6 @@ class Accepted:
         )
 
 
-def _encode_job(job: RoundJob) -> str:
-    return json.dumps(
-        {
-            "token": job.caller.token,
-            "principal": base64.b64encode(job.caller.principal.SerializeToString()).decode(),
-            "conversation_id": job.conversation_id,
-            "message_id": job.message_id,
-            "text": job.text,
-            "sequence": job.sequence,
-            "mentions": list(job.mentions),
-            "trace_context": dict(job.trace_context),
-        }
-    )
-
-
-def _decode_job(data: bytes | str) -> RoundJob:
-    fields: dict[str, Any] = json.loads(data)
-    principal = principal_pb2.Principal.FromString(base64.b64decode(fields["principal"]))
-    return RoundJob(
-        caller=Caller(fields["token"], principal),
-        conversation_id=fields["conversation_id"],
-        message_id=fields["message_id"],
-        text=fields["text"],
-        sequence=int(fields["sequence"]),
-        mentions=tuple(fields["mentions"]),
-        trace_context=tuple(fields.get("trace_context", {}).items()),
-    )
-
-
 class Driver:
     def __init__(
         self,
@@ -120,6 +92,7 @@ class Driver:
         settings: OrchestratorSettings,
     ) -> None:
         self._redis = redis
+        self._jobs = RoundJobCodec(Sealer(settings.sealing_key))
         self._prefix = f"{prefix}orchestrator:"
         self._lease_prefix = prefix
         self._downstream = downstream
@@ -247,7 +220,7 @@ class Driver:
             return accepted
         await self._remember(conversation_id, accepted)
         pipe = self._redis.pipeline(transaction=True)
-        pipe.rpush(queue, _encode_job(job))
+        pipe.rpush(queue, self._jobs.encode(job))
         pipe.expire(queue, QUEUE_SECONDS)
         pipe.zadd(self._active, {conversation_id: time.time()})
         await pipe.execute()
@@ -355,7 +328,7 @@ class Driver:
 
     async def _next_job(self, conversation_id: str) -> RoundJob | None:
         data = await self._redis.lpop(self._queue(conversation_id))
-        return None if data is None else _decode_job(data)  # type: ignore[arg-type]
+        return None if data is None else self._jobs.decode(data)  # type: ignore[arg-type]
 
     async def _drive(
         self, lease: Lease, job: RoundJob | None, preparing: asyncio.Task[Prepared] | None = None
@@ -397,12 +370,12 @@ class Driver:
             # None: the round is ending (its RoundCompleted comes next). The marker says so rather
             # than going away, so a message sent on RoundCompleted waits for the lease instead of
             # being refused, and a driver dying right here still gets its round closed.
-            fields = {"job": _encode_job(job), "turn_id": turn_id or "", "ending": turn_id is None}
+            fields = {"job": self._jobs.encode(job), "turn_id": turn_id or "", "ending": turn_id is None}
             await self._redis.set(marker, json.dumps(fields))
 
         # The round's marker and its conversation among those the sweep watches, in one round trip.
         pipe = self._redis.pipeline(transaction=False)
-        pipe.set(marker, json.dumps({"job": _encode_job(job), "turn_id": "", "ending": False}))
+        pipe.set(marker, json.dumps({"job": self._jobs.encode(job), "turn_id": "", "ending": False}))
         pipe.zadd(self._active, {job.conversation_id: time.time()})
         await pipe.execute()
         try:
@@ -461,7 +434,7 @@ class Driver:
         if stored is None:
             return
         fields = json.loads(stored)
-        job = _decode_job(fields["job"])
+        job = self._jobs.decode(fields["job"])
         turn_id: str = fields.get("turn_id", "")
         if fields.get("ending"):
             # The driver died as the round ended: close it unless its RoundCompleted got out.

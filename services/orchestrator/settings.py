@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.orchestrator.event_log import DEFAULT_IDLE_SECONDS, DEFAULT_MAX_EVENTS
 from services.orchestrator.lease import DEFAULT_LEASE_MS
+from services.runtime.sealing import sealing_key
 from services.runtime.settings import Env
+
+SEALING_KEY = "MACP_ORCHESTRATOR_SEALING_KEY"
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,9 @@ class OrchestratorSettings:
     client_id: str | None
     client_secret: str | None
     initial_access_token: str | None
+    # Seals each queued round's bearer token in Redis (round_jobs.py); every orchestrator process
+    # of a deployment needs the same one, as any of them may drive any round.
+    sealing_key: bytes = field(repr=False)
 
     @classmethod
     def from_env(cls, env: Env) -> OrchestratorSettings:
@@ -58,4 +64,5 @@ class OrchestratorSettings:
             client_id=env.optional_string("MACP_ORCHESTRATOR_CLIENT_ID"),
             client_secret=env.optional_string("MACP_ORCHESTRATOR_CLIENT_SECRET"),
             initial_access_token=env.optional_string("MACP_TOKEN_INITIAL_ACCESS_TOKEN"),
+            sealing_key=sealing_key(env, SEALING_KEY),
         )

@@ -1,7 +1,8 @@
 """Secrets the native stack makes for itself on first start and keeps in its data dir.
 
 A laptop stack must come up with one command, yet the token service refuses to start without a
-key-encryption key and client registration needs an initial access token. `macp up` generates
+key-encryption key, the orchestrator without the key that seals its queued rounds' tokens, and
+client registration needs an initial access token. `macp up` generates
 each once, stores them in `<data_dir>/secrets.json` (mode 0600) so tokens and sealed signing keys
 stay valid across restarts, and never overrides a value the environment already sets.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 GENERATED: dict[str, Callable[[], str]] = {
     "MACP_TOKEN_KEY_ENCRYPTION_KEY": lambda: secrets.token_urlsafe(32),
     "MACP_TOKEN_INITIAL_ACCESS_TOKEN": lambda: secrets.token_urlsafe(32),
+    "MACP_ORCHESTRATOR_SEALING_KEY": lambda: secrets.token_urlsafe(32),
 }
 
 

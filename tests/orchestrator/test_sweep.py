@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import time
 import uuid
 
@@ -14,18 +15,20 @@ from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
 from services.orchestrator.control import ControlBus
 from services.orchestrator.downstream import Caller, Downstream
-from services.orchestrator.driver import Driver, _encode_job
+from services.orchestrator.driver import Driver
 from services.orchestrator.event_log import EventLog
 from services.orchestrator.lease import Leases
+from services.orchestrator.round_jobs import RoundJobCodec
 from services.orchestrator.rounds import RoundJob
-from services.orchestrator.settings import OrchestratorSettings
+from services.orchestrator.settings import SEALING_KEY, OrchestratorSettings
+from services.runtime.sealing import Sealer
 from services.runtime.settings import Env
 
 pytestmark = pytest.mark.integration
 
 
 async def _ending_round(redis: aioredis.Redis, prefix: str, events: EventLog) -> tuple[Driver, RoundJob]:
-    settings = OrchestratorSettings.from_env(Env({}))
+    settings = OrchestratorSettings.from_env(Env({SEALING_KEY: secrets.token_urlsafe(32)}))
     # The sweep of an ending round calls no other service: the channel is never used.
     channel = grpc.aio.insecure_channel("127.0.0.1:9")
     downstream = Downstream(channel, settings)
@@ -46,7 +49,7 @@ async def _ending_round(redis: aioredis.Redis, prefix: str, events: EventLog) ->
         "hi",
         1,
     )
-    marker = {"job": _encode_job(job), "turn_id": "", "ending": True}
+    marker = {"job": RoundJobCodec(Sealer(settings.sealing_key)).encode(job), "turn_id": "", "ending": True}
     await redis.set(f"{prefix}orchestrator:round:{conversation_id}", json.dumps(marker))
     await redis.zadd(f"{prefix}orchestrator:rounds", {conversation_id: time.time()})
     return driver, job
