@@ -26,7 +26,7 @@ from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from macp.common.v1 import text_pb2 as macp_dot_common_dot_v1_dot_text__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#macp/common/v1/agent_settings.proto\x12\x0emacp.common.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x19macp/common/v1/text.proto\"\x8c\x01\n\x12GenerationSettings\x12$\n\nmax_tokens\x18\x01 \x01(\x05\x42\x0b\xbaH\x08\x1a\x06\x18\xc0\x9a\x0c(\x01H\x00\x88\x01\x01\x12\x31\n\x0btemperature\x18\x02 \x01(\x01\x42\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x00\x00\x00@)\x00\x00\x00\x00\x00\x00\x00\x00H\x01\x88\x01\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperature\"\xb6\x01\n\x0c\x42iddingHints\x12(\n\x08keywords\x18\x01 \x03(\tB\x16\xbaH\x13\x92\x01\x10\x10@\x18\x01\"\nr\x08\x10\x01\x18@\xc0\xc6\'\x01\x12/\n\teagerness\x18\x02 \x01(\x01\x42\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x00\x00\xf0?)\x00\x00\x00\x00\x00\x00\x00\x00H\x00\x88\x01\x01\x12/\n\tmin_score\x18\x03 \x01(\x01\x42\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x00\x00\xf0?)\x00\x00\x00\x00\x00\x00\x00\x00H\x01\x88\x01\x01\x42\x0c\n\n_eagernessB\x0c\n\n_min_scoreb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#macp/common/v1/agent_settings.proto\x12\x0emacp.common.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x19macp/common/v1/text.proto\"\x8c\x01\n\x12GenerationSettings\x12$\n\nmax_tokens\x18\x01 \x01(\x05\x42\x0b\xbaH\x08\x1a\x06\x18\xc0\x9a\x0c(\x01H\x00\x88\x01\x01\x12\x31\n\x0btemperature\x18\x02 \x01(\x01\x42\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x00\x00\x00@)\x00\x00\x00\x00\x00\x00\x00\x00H\x01\x88\x01\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperature\"\xb7\x01\n\x0c\x42iddingHints\x12)\n\x08keywords\x18\x01 \x03(\tB\x17\xbaH\x14\x92\x01\x11\x10@\x18\x01\"\x0br\t\x10\x01\x18@\xc0\xa3\x83\x02\x01\x12/\n\teagerness\x18\x02 \x01(\x01\x42\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x00\x00\xf0?)\x00\x00\x00\x00\x00\x00\x00\x00H\x00\x88\x01\x01\x12/\n\tmin_score\x18\x03 \x01(\x01\x42\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x00\x00\xf0?)\x00\x00\x00\x00\x00\x00\x00\x00H\x01\x88\x01\x01\x42\x0c\n\n_eagernessB\x0c\n\n_min_scoreb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,7 +38,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATIONSETTINGS'].fields_by_name['temperature']._loaded_options = None
   _globals['_GENERATIONSETTINGS'].fields_by_name['temperature']._serialized_options = b'\272H\024\022\022\031\000\000\000\000\000\000\000@)\000\000\000\000\000\000\000\000'
   _globals['_BIDDINGHINTS'].fields_by_name['keywords']._loaded_options = None
-  _globals['_BIDDINGHINTS'].fields_by_name['keywords']._serialized_options = b'\272H\023\222\001\020\020@\030\001\"\nr\010\020\001\030@\300\306\'\001'
+  _globals['_BIDDINGHINTS'].fields_by_name['keywords']._serialized_options = b'\272H\024\222\001\021\020@\030\001\"\013r\t\020\001\030@\300\243\203\002\001'
   _globals['_BIDDINGHINTS'].fields_by_name['eagerness']._loaded_options = None
   _globals['_BIDDINGHINTS'].fields_by_name['eagerness']._serialized_options = b'\272H\024\022\022\031\000\000\000\000\000\000\360?)\000\000\000\000\000\000\000\000'
   _globals['_BIDDINGHINTS'].fields_by_name['min_score']._loaded_options = None
@@ -46,5 +46,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATIONSETTINGS']._serialized_start=112
   _globals['_GENERATIONSETTINGS']._serialized_end=252
   _globals['_BIDDINGHINTS']._serialized_start=255
-  _globals['_BIDDINGHINTS']._serialized_end=437
+  _globals['_BIDDINGHINTS']._serialized_end=438
 # @@protoc_insertion_point(module_scope)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19macp/common/v1/text.proto\x12\x0emacp.common.v1\x1a\x1b\x62uf/validate/validate.proto:\x87\x01\n\x08storable\x12\x19.buf.validate.StringRules\x18\xe8\xf8\x04 \x01(\x08\x42X\xc2HU\nS\n\x0fstring.storable\x12\x1dmust not contain NUL (U+0000)\x1a!!rule || !this.contains(\'\\u0000\')')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19macp/common/v1/text.proto\x12\x0emacp.common.v1\x1a\x1b\x62uf/validate/validate.proto:\x87\x01\n\x08storable\x12\x19.buf.validate.StringRules\x18\xb8\xb4  \x01(\x08\x42X\xc2HU\nS\n\x0fstring.storable\x12\x1dmust not contain NUL (U+0000)\x1a!!rule || !this.contains(\'\\u0000\')')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)

@@ -15,5 +15,6 @@ storable: _extension_dict._ExtensionFieldDescriptor[_validate_pb2.StringRules, _
 """Text that can be stored: no NUL (U+0000), which Postgres refuses in text and jsonb
 alike. Every string a client sends that a service may store carries this rule, unless
 a stricter one (uuid, a pattern without it, a fixed list) already excludes NUL.
-Use: `(buf.validate.field).string.(macp.common.v1.storable) = true`.
+Use: `(buf.validate.field).string.(macp.common.v1.storable) = true`. Its number is above
+99999, the range validate.proto leaves to schemas that are not published.
 """
