@@ -310,6 +310,9 @@ class TurnRunner:
     async def store(self, spec: TurnSpec, text: str) -> str:
         """The answer stored as the agent's message; its id (derived from the turn: retry-safe)."""
         message_id = str(uuid.uuid5(uuid.UUID(spec.turn_id), "agent-message"))
+        # A provider's NUL would have the contract refuse the whole answer (Postgres cannot store
+        # it): it is stored as U+FFFD, the replacement character, as a decoder would.
+        text = text.replace("\x00", "\ufffd")
         await self._downstream.conversation.AppendMessage(
             conversation_pb.AppendMessageRequest(
                 message=conversation_pb.Message(

@@ -1,0 +1,47 @@
+"""An agent's answer is stored whatever characters its provider sent: a NUL, which the contract
+refuses (Postgres cannot store it), is stored as U+FFFD instead of losing the whole answer."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, cast
+
+from macp.common.v1 import principal_pb2
+from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
+
+from services.orchestrator.downstream import Caller, Downstream
+from services.orchestrator.turns import TurnRunner, TurnSpec
+
+
+class _Conversation:
+    def __init__(self) -> None:
+        self.appended: list[conversation_pb.AppendMessageRequest] = []
+
+    async def AppendMessage(self, request: conversation_pb.AppendMessageRequest, **_: Any) -> None:
+        self.appended.append(request)
+
+
+class _Downstream:
+    timeout = 1.0
+
+    def __init__(self) -> None:
+        self.conversation = _Conversation()
+
+    async def for_conversation(self, caller: Caller) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {caller.token}"),)
+
+
+async def test_a_nul_in_an_answer_is_stored_as_the_replacement_character() -> None:
+    downstream = _Downstream()
+    runner = TurnRunner(cast(Downstream, downstream), turn_timeout=5, reservation_ttl=60)
+    spec = TurnSpec(
+        turn_id=str(uuid.uuid4()),
+        agent=conversation_pb.Agent(id=str(uuid.uuid4()), name="Ada"),
+        caller=Caller("token", principal_pb2.Principal(tenant_id="acme")),
+        conversation_id=str(uuid.uuid4()),
+        messages=[],
+        system_prompt="",
+    )
+    await runner.store(spec, "before\x00after")
+    [request] = downstream.conversation.appended
+    assert request.message.text == "before\ufffdafter"
