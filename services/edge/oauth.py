@@ -43,6 +43,7 @@ from services.edge.oauth_errors import (
 )
 from services.edge.oauth_forms import Form, bearer_token, client_credentials, media_type, read_form
 from services.edge.routes import ApiRoute
+from services.runtime.auth.basic import encode_basic
 
 # Verifiers cache the key set; short, so a rotated-in key is seen soon (they also refetch on an unknown kid).
 JWKS_MAX_AGE_SECONDS = 60
@@ -159,10 +160,15 @@ async def introspect(request: Request) -> Response:
     if client.method == "none":
         raise OAuthError("invalid_client", "introspection needs the client's secret")
     try:
+        # The token service authenticates the caller itself (RFC 7662 section 2.1): its credentials
+        # travel as the call's one `authorization` entry, the request having no field for them.
         reply: pb.IntrospectResponse = await edge.token.Introspect(
             pb.IntrospectRequest(token=introspected, token_type_hint=_hint(form)),
             timeout=edge.timeout,
-            metadata=edge.metadata(),
+            metadata=(
+                *edge.metadata(),
+                ("authorization", encode_basic(client.client_id, client.client_secret)),
+            ),
         )
     except grpc.aio.AioRpcError as exc:
         error = oauth_error_of(exc, Endpoint.CLIENT)

@@ -7,15 +7,14 @@ would let a parameter repeat silently; RFC 6749 section 3.2 forbids repeats (RFC
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl
 
 from starlette.requests import Request
 
 from services.edge.http import read_body
 from services.edge.oauth_errors import OAuthError
+from services.runtime.auth.basic import decode_basic
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -87,27 +86,24 @@ class ClientCredentials:
 
 
 def _basic(header: str) -> tuple[str, str]:
-    """The client id and secret of an HTTP Basic `Authorization` header value (RFC 6749 section 2.3.1).
-
-    Both are form-encoded before base64, so they are percent-decoded; `+` is kept as is rather than
-    read as a space, since client ids may contain it and not every client library encodes it.
-    """
-    try:
-        decoded = base64.b64decode(header.encode("ascii"), validate=True).decode("utf-8")
-        client_id, colon, secret = decoded.partition(":")
-        if colon and client_id:
-            return unquote(client_id, errors="strict"), unquote(secret, errors="strict")
-    except (binascii.Error, UnicodeError):
-        pass
-    raise OAuthError("invalid_client", "the Basic credentials are not base64 of id:secret")
+    """The client id and secret of an HTTP Basic `Authorization` header value (RFC 6749 section 2.3.1)."""
+    credentials = decode_basic(header)
+    if credentials is None:
+        raise OAuthError("invalid_client", "the Basic credentials are not base64 of id:secret")
+    return credentials
 
 
 def _authorization(request: Request, scheme: str) -> str | None:
-    """The credentials of an `Authorization: <scheme> <credentials>` header, None without the header."""
-    header = request.headers.get("authorization")
-    if header is None:
+    """The credentials of an `Authorization: <scheme> <credentials>` header, None without the header.
+
+    Two Authorization headers are two credentials (which one counts would depend on who reads them):
+    refused, as a request authenticating more than one way is (RFC 6749 section 2.3)."""
+    headers = request.headers.getlist("authorization")
+    if not headers:
         return None
-    given, _, credentials = header.strip().partition(" ")
+    if len(headers) > 1:
+        raise OAuthError("invalid_request", "send one Authorization header, not several")
+    given, _, credentials = headers[0].strip().partition(" ")
     if given.lower() != scheme.lower() or not credentials.strip():
         return ""
     return credentials.strip()

@@ -82,7 +82,7 @@ class TokenDomain:
                 access_token_seconds=settings.access_token_seconds,
             ),
             agent_tokens=AgentTokens(directory, clients, minter),
-            introspection=Introspection(verifier, tokens, directory, settings.issuer),
+            introspection=Introspection(clients, verifier, tokens, directory, settings.issuer),
             revoker=Revoker(clients, directory, verifier, tokens, revocations),
             registration=Registration(directory, settings.initial_access_token),
             keys=keys,

@@ -10,19 +10,9 @@ from __future__ import annotations
 from services.runtime.context import RpcContext
 from services.token.audiences import TOKEN_SERVICE_AUDIENCE
 from services.token.claims import AccessClaims
+from services.token.credentials import bearer_token
 from services.token.oauth import oauth_error
 from services.token.verification import TokenVerifier
-
-AUTHORIZATION = "authorization"
-
-
-def bearer_token(context: RpcContext) -> str | None:
-    for name, value in context.invocation_metadata() or ():
-        if name == AUTHORIZATION:
-            text = value if isinstance(value, str) else value.decode()
-            scheme, _, token = text.partition(" ")
-            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-    return None
 
 
 class BearerGuard:

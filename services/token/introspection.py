@@ -1,5 +1,11 @@
 """RFC 7662 introspection: anything not valid right now (bad signature, expired, revoked, used,
-unknown) is just `active: false`, with no reason given."""
+unknown) is just `active: false`, with no reason given.
+
+Only an authenticated confidential client asks (RFC 7662 2.1; the token itself is no credential, or
+whoever found one could learn whose it is): invalid_client otherwise. And it learns only about its
+own tenant's tokens, MACP's internal clients about any: a token of another tenant is `active: false`,
+as RFC 7662 2.2 has it for a token the caller may not introspect.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,10 @@ from datetime import UTC, datetime
 
 from macp.token.v1 import token_service_pb2 as pb
 
+from services.token.clients import Clients
 from services.token.hashing import hash_refresh_token
+from services.token.oauth import oauth_error
+from services.token.scopes import INTERNAL
 from services.token.store.directory import DirectoryStore
 from services.token.store.tokens import TokenStore
 from services.token.verification import TokenVerifier
@@ -21,22 +30,35 @@ def looks_like_jwt(token: str) -> bool:
 
 class Introspection:
     def __init__(
-        self, verifier: TokenVerifier, tokens: TokenStore, directory: DirectoryStore, issuer: str
+        self,
+        clients: Clients,
+        verifier: TokenVerifier,
+        tokens: TokenStore,
+        directory: DirectoryStore,
+        issuer: str,
     ) -> None:
+        self._clients = clients
         self._verifier = verifier
         self._tokens = tokens
         self._directory = directory
         self._issuer = issuer
 
-    async def introspect(self, token: str) -> pb.IntrospectResponse:
+    async def introspect(self, token: str, client_id: str, client_secret: str) -> pb.IntrospectResponse:
+        caller = await self._clients.authenticate(client_id, client_secret)
+        if caller.secret_hash is None:
+            raise oauth_error("invalid_client", "introspection needs a confidential client and its secret")
         if looks_like_jwt(token):
-            return await self._access_token(token)
-        return await self._refresh_token(token)
+            found, tenant_id = await self._access_token(token)
+        else:
+            found, tenant_id = await self._refresh_token(token)
+        if caller.client_class != INTERNAL and tenant_id != caller.tenant_id:
+            return INACTIVE
+        return found
 
-    async def _access_token(self, token: str) -> pb.IntrospectResponse:
+    async def _access_token(self, token: str) -> tuple[pb.IntrospectResponse, str | None]:
         claims = await self._verifier.check(token)
         if claims is None:
-            return INACTIVE
+            return INACTIVE, None
         who = claims.identity
         return pb.IntrospectResponse(
             active=True,
@@ -52,9 +74,9 @@ class Introspection:
             iss=claims.iss,
             jti=claims.jti,
             principal=claims.principal(),
-        )
+        ), who.tenant_id
 
-    async def _refresh_token(self, token: str) -> pb.IntrospectResponse:
+    async def _refresh_token(self, token: str) -> tuple[pb.IntrospectResponse, str | None]:
         record = await self._tokens.refresh(hash_refresh_token(token))
         if (
             record is None
@@ -62,19 +84,22 @@ class Introspection:
             or record.revoke_time is not None
             or record.expire_time <= datetime.now(UTC)
         ):
-            return INACTIVE
+            return INACTIVE, None
+        user = await self._directory.user(record.user_id)
+        if user is None:
+            return INACTIVE, None
         return pb.IntrospectResponse(
             active=True,
             scope=" ".join(record.scopes),
             client_id=record.client_id,
-            username=await self._username(record.user_id) or record.user_id,
+            username=user.username,
             token_type="refresh_token",
             exp=int(record.expire_time.timestamp()),
             iat=int(record.issue_time.timestamp()),
             sub=record.user_id,
             aud=list(record.audiences),
             iss=self._issuer,
-        )
+        ), user.tenant_id
 
     async def _username(self, user_id: str | None) -> str | None:
         if user_id is None:

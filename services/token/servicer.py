@@ -8,7 +8,7 @@ from macp.token.v1 import token_service_pb2_grpc as pb_grpc
 
 from services.runtime.context import RpcContext
 from services.runtime.protos import timestamp
-from services.token import scopes
+from services.token import credentials, scopes
 from services.token.claims import TIERS
 from services.token.domain import TokenDomain
 from services.token.minting import who_of
@@ -42,6 +42,7 @@ class TokenServicer(pb_grpc.TokenServiceServicer):
         self._domain = domain
 
     async def IssueToken(self, request: pb.IssueTokenRequest, context: RpcContext) -> pb.IssueTokenResponse:
+        credentials.body_only(context)
         granted = await self._domain.grants.issue(request)
         return pb.IssueTokenResponse(
             access_token=granted.access.token,
@@ -54,6 +55,7 @@ class TokenServicer(pb_grpc.TokenServiceServicer):
     async def ExchangeToken(
         self, request: pb.ExchangeTokenRequest, context: RpcContext
     ) -> pb.ExchangeTokenResponse:
+        credentials.body_only(context)
         exchanged = await self._domain.exchange.exchange(request)
         return pb.ExchangeTokenResponse(
             access_token=exchanged.minted.token,
@@ -78,15 +80,18 @@ class TokenServicer(pb_grpc.TokenServiceServicer):
         )
 
     async def Introspect(self, request: pb.IntrospectRequest, context: RpcContext) -> pb.IntrospectResponse:
-        return await self._domain.introspection.introspect(request.token)
+        client_id, client_secret = credentials.basic_client(context)
+        return await self._domain.introspection.introspect(request.token, client_id, client_secret)
 
     async def Revoke(self, request: pb.RevokeRequest, context: RpcContext) -> pb.RevokeResponse:
+        credentials.body_only(context)
         await self._domain.revoker.revoke(request)
         return pb.RevokeResponse()
 
     async def RegisterClient(
         self, request: pb.RegisterClientRequest, context: RpcContext
     ) -> pb.RegisterClientResponse:
+        credentials.body_only(context)
         registered = await self._domain.registration.register(request)
         return pb.RegisterClientResponse(
             client_id=registered.client.client_id,

@@ -23,6 +23,7 @@ from macp.common.v1 import principal_pb2
 from macp.token.v1 import token_service_pb2 as pb
 from macp.token.v1 import token_service_pb2_grpc as pb_grpc
 
+from services.runtime.auth.basic import decode_basic
 from services.runtime.context import RpcContext
 from services.runtime.errors import DomainError, InvalidArgument, Unauthenticated
 from services.runtime.registry import service
@@ -217,6 +218,13 @@ class FakeTokenService(pb_grpc.TokenServiceServicer):
 
     async def Introspect(self, request: pb.IntrospectRequest, context: RpcContext) -> pb.IntrospectResponse:
         await self._begin("Introspect", request, context)
+        # The caller's client, from the call's one `authorization: Basic` entry, as the contract has it.
+        entries = [value for name, value in context.invocation_metadata() or () if name == "authorization"]
+        scheme, _, credentials = (str(entries[0]) if len(entries) == 1 else "").partition(" ")
+        client = decode_basic(credentials) if scheme == "Basic" else None
+        if client is None:
+            raise oauth_error(Unauthenticated, "invalid_client", "authenticate the client")
+        self._client(*client)
         token = self.tokens.get(request.token)
         if token is None or not token.active:
             return pb.IntrospectResponse(active=False)

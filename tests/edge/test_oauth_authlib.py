@@ -291,3 +291,20 @@ async def test_registration_refuses_unsafe_redirects_and_service_held_scopes(
             response = await http.post("/oauth2/register", json=document, headers=headers)
             assert response.status_code == 400, (document, response.text)
             assert response.json()["error"] == error, document
+
+
+@pytest.mark.integration
+async def test_introspection_needs_the_callers_real_credentials(real_oauth_world: OAuthWorld) -> None:
+    """RFC 7662 section 2.1: a made-up client id or a wrong secret learns nothing of a user's token."""
+    world = real_oauth_world
+    app = (world.client_id, world.client_secret)
+    sign_in = {"grant_type": "password", "username": world.username, "password": world.password}
+    async with httpx.AsyncClient(base_url=world.edge_url, timeout=10) as http:
+        token = (await http.post("/oauth2/token", data=sign_in, auth=app)).json()["access_token"]
+        for auth in (("made-up-client", "guess"), (world.client_id, "wrong secret")):
+            response = await http.post("/oauth2/introspect", data={"token": token}, auth=auth)
+            assert response.status_code == 401, response.text
+            assert response.json()["error"] == "invalid_client"
+        found = await http.post("/oauth2/introspect", data={"token": token}, auth=app)
+        assert found.json()["active"] is True
+        assert found.json()["username"] == world.username

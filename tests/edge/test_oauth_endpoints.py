@@ -3,6 +3,7 @@ and how all of them appear in the OpenAPI document."""
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import grpc
@@ -136,6 +137,18 @@ async def test_introspection_needs_an_authenticated_client(http: httpx.AsyncClie
     response = await http.post("/oauth2/introspect", data={"token": "t", "client_id": "public-app"})
     expect_oauth_error(response, 401, "invalid_client", "secret")
     expect_oauth_error(await http.post("/oauth2/introspect", data={}, auth=CLI), 400, "invalid_request")
+
+
+async def test_introspection_by_a_made_up_client_is_refused(
+    http: httpx.AsyncClient, fake_token: FakeToken
+) -> None:
+    """The edge hands the caller's credentials to the token service, which authenticates them
+    (RFC 7662 section 2.1): a made-up client or a wrong secret learns nothing about a real token."""
+    tokens = await issue(http)
+    for auth in (("made-up-client", "guess"), ("macp-cli", "wrong")):
+        response = await http.post("/oauth2/introspect", data={"token": tokens["access_token"]}, auth=auth)
+        expect_oauth_error(response, 401, "invalid_client")
+        assert "active" not in response.json()
 
 
 async def test_an_unavailable_token_service_is_not_an_inactive_token(
@@ -351,3 +364,26 @@ async def test_the_openapi_document_describes_the_oauth_endpoints(http: httpx.As
     assert "redirect_uris" in schemas["OAuthClientMetadata"]["properties"]
     for ref in _refs(document):
         assert ref.removeprefix("#/components/schemas/") in schemas, ref
+
+
+# One credential per request (RFC 6749 section 2.3).
+
+
+@pytest.mark.parametrize(
+    "path", ["/oauth2/token", "/oauth2/revoke", "/oauth2/introspect", "/oauth2/register"]
+)
+async def test_two_authorization_headers_are_refused(http: httpx.AsyncClient, path: str) -> None:
+    cli = "Basic " + base64.b64encode(b"macp-cli:cli-secret").decode()
+    for second in (cli, "Basic " + base64.b64encode(b"agent-runner:runner-secret").decode(), "Bearer x"):
+        headers = [("authorization", cli), ("authorization", second)]
+        form = {"grant_type": "client_credentials", "token": "t"}
+        response = await http.post(path, data=form, headers=headers)
+        expect_oauth_error(response, 400, "invalid_request", "one Authorization header")
+
+
+async def test_two_client_ids_are_refused(http: httpx.AsyncClient) -> None:
+    body = "grant_type=client_credentials&client_id=macp-cli&client_id=agent-runner&client_secret=cli-secret"
+    response = await http.post(
+        "/oauth2/token", content=body, headers={"content-type": "application/x-www-form-urlencoded"}
+    )
+    expect_oauth_error(response, 400, "invalid_request", "client_id")

@@ -22,6 +22,8 @@ from macp.common.v1 import principal_pb2
 from macp.token.v1 import token_service_pb2 as pb
 from macp.token.v1 import token_service_pb2_grpc as pb_grpc
 
+from services.runtime.auth.basic import encode_basic
+
 TOKEN_AUDIENCE = "urn:macp:service:token"
 EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
@@ -97,6 +99,7 @@ class TokenHarness:
     environ: dict[str, str]
     db: asyncpg.Pool
     redis: aioredis.Redis
+    _introspector: RegisteredClient | None = None
 
     @property
     def initial_access_token(self) -> str:
@@ -165,6 +168,19 @@ class TokenHarness:
             metadata=await self.admin_metadata(),
         )
         return response.user
+
+    async def introspect(self, token: str, client: RegisteredClient | None = None) -> pb.IntrospectResponse:
+        """Introspect `token` as `client`, by default an internal confidential client (RFC 7662 2.1:
+        the caller authenticates, with `authorization: Basic` since the request has no client fields)."""
+        if client is None:
+            if self._introspector is None:
+                self._introspector = await self.register(name="introspector")
+            client = self._introspector
+        response: pb.IntrospectResponse = await self.stub.Introspect(
+            pb.IntrospectRequest(token=token),
+            metadata=(("authorization", encode_basic(client.client_id, client.client_secret)),),
+        )
+        return response
 
     async def jwks(self) -> list[pb.Jwk]:
         return list((await self.stub.GetJwks(pb.GetJwksRequest())).keys)

@@ -284,7 +284,11 @@ async def test_a_non_internal_client_never_adds_service_held_scopes(
         client_class=principal_pb2.CLIENT_CLASS_PARTNER,
         tenant_id="acme",
         grant_types=[EXCHANGE_GRANT],
-        scope=f"{SCOPES} usage:write",
+        scope=SCOPES,
+    )
+    # Registration refuses it the scope; a row holding it from before is what is left to test.
+    await token_service.db.execute(
+        "UPDATE token_clients SET scopes = scopes || '{usage:write}' WHERE client_id = $1", partner.client_id
     )
     as_partner = Parties(parties.app, partner, parties.user_token, parties.user_id, parties.agent_metadata)
     response = await token_service.stub.ExchangeToken(exchange(as_partner, parties.user_token))

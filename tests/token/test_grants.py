@@ -188,7 +188,7 @@ async def test_refresh_token_reuse_revokes_the_whole_family(token_service: Token
     second = await token_service.stub.IssueToken(_refresh(client_id, first.refresh_token))
     access_jtis = [(await token_service.verified(r.access_token))["jti"] for r in (first, second)]
     for response in (first, second):
-        active = await token_service.stub.Introspect(pb.IntrospectRequest(token=response.access_token))
+        active = await token_service.introspect(response.access_token)
         assert active.active
 
     # The first refresh token again: someone else holds the family.
@@ -204,9 +204,9 @@ async def test_refresh_token_reuse_revokes_the_whole_family(token_service: Token
         # Until no verifier accepts it: its expiry plus the verifiers' 30 s leeway.
         assert 830 <= await token_service.revoked_ttl(jti) <= 930
     for response in (first, second):
-        inactive = await token_service.stub.Introspect(pb.IntrospectRequest(token=response.access_token))
+        inactive = await token_service.introspect(response.access_token)
         assert not inactive.active
-    refresh_state = await token_service.stub.Introspect(pb.IntrospectRequest(token=second.refresh_token))
+    refresh_state = await token_service.introspect(second.refresh_token)
     assert not refresh_state.active
 
 

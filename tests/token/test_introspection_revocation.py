@@ -30,7 +30,7 @@ pytestmark = pytest.mark.integration
 
 
 async def introspect(token_service: TokenHarness, token: str) -> pb.IntrospectResponse:
-    response: pb.IntrospectResponse = await token_service.stub.Introspect(pb.IntrospectRequest(token=token))
+    response: pb.IntrospectResponse = await token_service.introspect(token)
     return response
 
 

@@ -3,6 +3,7 @@ tokens expire, and refused with one clear line when the key-encryption key does 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -101,7 +102,7 @@ async def test_rotation_signs_with_the_new_key_and_keeps_the_old_one_published(
     assert unverified(after.access_token)[0]["kid"] == rotated.kid
     verify_with_jwks(after.access_token, keys)
     verify_with_jwks(before.access_token, keys)
-    still = await token_service.stub.Introspect(pb.IntrospectRequest(token=before.access_token))
+    still = await token_service.introspect(before.access_token)
     assert still.active
 
     # Once retired, the old key leaves the JWKS and its tokens stop verifying (a fresh replica here,
@@ -111,9 +112,9 @@ async def test_rotation_signs_with_the_new_key_and_keeps_the_old_one_published(
     )
     assert [key.kid for key in await token_service.jwks()] == [rotated.kid]
     async with running(DEFINITION, token_service.environ) as replica, channel(replica.port) as opened:
-        stub = pb_grpc.TokenServiceStub(opened)
-        assert not (await stub.Introspect(pb.IntrospectRequest(token=before.access_token))).active
-        assert (await stub.Introspect(pb.IntrospectRequest(token=after.access_token))).active
+        fresh = dataclasses.replace(token_service, stub=pb_grpc.TokenServiceStub(opened))
+        assert not (await fresh.introspect(before.access_token)).active
+        assert (await fresh.introspect(after.access_token)).active
 
 
 async def test_rotation_needs_the_admin_scope(token_service: TokenHarness) -> None:
