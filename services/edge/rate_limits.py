@@ -73,6 +73,9 @@ CLASS_DEFAULTS = {
 REDIS_RETRY_SECONDS = 1.0
 # Callers whose keyed limits are kept built (a session's requests all count against the same keys).
 MAX_KEYED_CALLERS = 10_000
+# Per source address, before authentication: requests without a token, and failed authentications.
+SOURCE_DEFAULT = "1200/min burst 300"
+SOURCE_FAILURES_DEFAULT = "30/min burst 20"
 # Answered without counting a request: health probes.
 UNCOUNTED_PATHS = frozenset({"/healthz"})
 # Source addresses remembered as refused (until their refusal's retry-after has passed).
@@ -102,11 +105,11 @@ class RateLimitSettings:
             tenant=limits_from_env(env, "MACP_RATE_LIMIT_TENANT", "tenant", "60000/hour burst 1000"),
             # Requests without a token, per source address: sign-ins, discovery, token refreshes
             # of everyone behind one NAT, but not a flood.
-            source=limits_from_env(env, "MACP_RATE_LIMIT_SOURCE", "source", "1200/min burst 300"),
+            source=limits_from_env(env, "MACP_RATE_LIMIT_SOURCE", "source", SOURCE_DEFAULT),
             # Failed authentications per source address: a mistyped password or an expired token
             # now and then, but no guessing (20 at once, then one every 2 s).
             source_failures=limits_from_env(
-                env, "MACP_RATE_LIMIT_SOURCE_FAILURES", "source_failures", "30/min burst 20"
+                env, "MACP_RATE_LIMIT_SOURCE_FAILURES", "source_failures", SOURCE_FAILURES_DEFAULT
             ),
             fallback_share=env.number("MACP_RATE_LIMIT_FALLBACK_SHARE", 1.0, minimum=0.01),
             enabled=env.choice("MACP_RATE_LIMITS", "on", ("on", "off")) == "on",
