@@ -78,6 +78,7 @@ class TokenDomain:
                 clients,
                 verifier,
                 minter,
+                revocations,
                 max_delegation_depth=settings.max_delegation_depth,
                 access_token_seconds=settings.access_token_seconds,
             ),

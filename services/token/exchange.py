@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from macp.token.v1 import token_service_pb2 as pb
 
@@ -22,6 +23,8 @@ from services.token.claims import AccessClaims, Actor
 from services.token.clients import TOKEN_EXCHANGE, Clients
 from services.token.minting import Audit, Minted, Minter
 from services.token.oauth import oauth_error
+from services.token.revocation import EXCHANGED_FROM_REVOKED, Revocations
+from services.token.store.tokens import Revocation
 from services.token.verification import TokenVerifier
 
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
@@ -40,6 +43,7 @@ class TokenExchange:
         clients: Clients,
         verifier: TokenVerifier,
         minter: Minter,
+        revocations: Revocations,
         *,
         max_delegation_depth: int,
         access_token_seconds: int,
@@ -47,6 +51,7 @@ class TokenExchange:
         self._clients = clients
         self._verifier = verifier
         self._minter = minter
+        self._revocations = revocations
         self._max_depth = max_delegation_depth
         self._lifetime = access_token_seconds
 
@@ -97,8 +102,23 @@ class TokenExchange:
                 },
             ),
             not_after=not_after,
+            exchanged_from=(subject.jti, actor.jti if actor is not None else None),
         )
+        await self._unless_inputs_revoked(minted, subject, actor)
         return Exchanged(minted, request.requested_token_type or ACCESS_TOKEN_TYPE, chain)
+
+    async def _unless_inputs_revoked(
+        self, minted: Minted, subject: AccessClaims, actor: AccessClaims | None
+    ) -> None:
+        """An input revoked while this exchange ran may have missed the new token in its cascade
+        (it looked before the token was recorded): then the new token is revoked here instead."""
+        inputs = [subject.jti] + ([actor.jti] if actor is not None else [])
+        if await self._revocations.any_revoked_durably(inputs):
+            expire_time = datetime.fromtimestamp(minted.claims.exp, UTC)
+            await self._revocations.revoke(
+                [Revocation(minted.claims.jti, expire_time)], EXCHANGED_FROM_REVOKED, None
+            )
+            raise oauth_error("invalid_request", "subject_token or actor_token was revoked")
 
     async def _input(self, token: str, name: str) -> AccessClaims:
         claims = await self._verifier.check(token)

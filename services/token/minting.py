@@ -66,9 +66,12 @@ class Minter:
         audit: Audit,
         not_after: int | None = None,
         family_id: uuid.UUID | None = None,
+        exchanged_from: tuple[str, str | None] | None = None,
     ) -> Minted:
         """Sign and record a token. `not_after` caps its expiry (a delegated token never outlives the
-        tokens it came from); `family_id` ties it to a refresh-token family for revocation."""
+        tokens it came from); `family_id` ties it to a refresh-token family for revocation;
+        `exchanged_from` (subject jti, actor jti) to the tokens an exchange made it from, whose
+        revocation revokes it."""
         now = int(time.time())
         exp = now + lifetime_seconds if not_after is None else min(now + lifetime_seconds, not_after)
         claims = AccessClaims(
@@ -91,6 +94,8 @@ class Minter:
                 subject=identity.sub,
                 family_id=family_id,
                 expire_time=datetime.fromtimestamp(exp, UTC),
+                subject_jti=exchanged_from[0] if exchanged_from else None,
+                actor_jti=exchanged_from[1] if exchanged_from else None,
             ),
             AuditEvent(
                 who=audit.who or who_of(identity),

@@ -11,6 +11,10 @@ valid again) or "not revoked" for at most `max_staleness` seconds, counted from 
 was sent. A revocation written at time t is therefore seen by every process by t + max_staleness
 (1 s by default), and a token in steady use costs one EXISTS per second per process, not one per
 call. Redis stays the truth: when the cache is full it is simply emptied.
+
+A token exchanged from a revoked one (RFC 8693, at any depth) is revoked too: the token service
+marks every live descendant when it revokes the ancestor (services/token/revocation.py), so this
+one lookup of the token's own jti covers its whole lineage, at no extra cost per verification.
 """
 
 from __future__ import annotations

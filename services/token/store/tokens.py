@@ -20,6 +20,9 @@ class IssuedToken:
     subject: str
     family_id: uuid.UUID | None
     expire_time: datetime
+    # For an exchanged token (RFC 8693): the ids of the tokens it was exchanged from.
+    subject_jti: str | None = None
+    actor_jti: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,11 +68,21 @@ class TokenStore:
         """Record an issued token and its audit row, in one statement."""
         sql, args = audit.with_audit(
             """
-            INSERT INTO token_issued (jti, client_id, tenant_id, subject, family_id, expire_time)
-            VALUES ($1, $2, $3, $4, $5, $6)
+            INSERT INTO token_issued
+                (jti, client_id, tenant_id, subject, family_id, expire_time, subject_jti, actor_jti)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
             RETURNING jti
             """,
-            [token.jti, token.client_id, token.tenant_id, token.subject, token.family_id, token.expire_time],
+            [
+                token.jti,
+                token.client_id,
+                token.tenant_id,
+                token.subject,
+                token.family_id,
+                token.expire_time,
+                token.subject_jti,
+                token.actor_jti,
+            ],
             audited,
         )
         await self._pool.execute(sql, *args)
@@ -85,6 +98,8 @@ class TokenStore:
             row["subject"],
             row["family_id"],
             row["expire_time"],
+            row["subject_jti"],
+            row["actor_jti"],
         )
 
     async def insert_refresh(self, record: RefreshRecord) -> None:
@@ -142,12 +157,45 @@ class TokenStore:
         return live
 
     async def record_revocations(
-        self, revocations: list[Revocation], reason: str, audited: AuditEvent
+        self, revocations: list[Revocation], reason: str, audited: AuditEvent | None
     ) -> None:
-        """Record revocations and, if any is new, the audit row, in one transaction."""
+        """Record revocations and, if any is new, the audit row (when given), in one transaction."""
         async with self._pool.acquire() as conn, conn.transaction():
-            if await self._insert_revocations(conn, revocations, reason):
+            if await self._insert_revocations(conn, revocations, reason) and audited is not None:
                 await audit.record(conn, audited)
+
+    async def revoke_descendants(self, jtis: list[str], reason: str) -> list[Revocation]:
+        """Revoke every live token exchanged from one of `jtis` (as its subject or its actor), at any
+        depth, in one statement; returns them all, the ones revoked before included (for Redis).
+
+        Called once the revocation of `jtis` has committed: an exchange recorded too late for this
+        statement to see it finds that revocation when it checks its inputs again after recording
+        (services/token/exchange.py), so no descendant escapes either way. An exchanged token never
+        outlives its inputs, so the walk stops at expired ones."""
+        if not jtis:
+            return []
+        rows = await self._pool.fetch(
+            """
+            WITH RECURSIVE descendants (jti, expire_time) AS (
+                SELECT jti, expire_time FROM token_issued
+                WHERE (subject_jti = ANY($1::text[]) OR actor_jti = ANY($1::text[])) AND expire_time > now()
+                UNION
+                SELECT child.jti, child.expire_time
+                FROM token_issued child JOIN descendants parent
+                    ON child.subject_jti = parent.jti OR child.actor_jti = parent.jti
+                WHERE child.expire_time > now()
+            ),
+            revoked AS (
+                INSERT INTO token_revocations (jti, reason, expire_time)
+                SELECT jti, $2, expire_time FROM descendants
+                ON CONFLICT (jti) DO NOTHING
+            )
+            SELECT jti, expire_time FROM descendants
+            """,
+            jtis,
+            reason,
+        )
+        return [Revocation(row["jti"], row["expire_time"]) for row in rows]
 
     @staticmethod
     async def _insert_revocations(
@@ -172,6 +220,12 @@ class TokenStore:
     async def is_revoked(self, jti: str) -> bool:
         revoked: bool = await self._pool.fetchval(
             "SELECT EXISTS (SELECT 1 FROM token_revocations WHERE jti = $1)", jti
+        )
+        return revoked
+
+    async def any_revoked(self, jtis: list[str]) -> bool:
+        revoked: bool = await self._pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM token_revocations WHERE jti = ANY($1::text[]))", jtis
         )
         return revoked
 
