@@ -29,14 +29,40 @@ _TRACEPARENT_BYTES = tracing.TRACEPARENT.encode()
 _TRACESTATE_BYTES = tracing.TRACESTATE.encode()
 
 
-def _route_template(app: ASGIApp, scope: Scope) -> str:
-    """The matched route's path template (`/v1/agents/{id}`), so metrics do not explode per id."""
-    for route in getattr(app, "routes", ()):
-        if isinstance(route, Route):
+# Paths whose route template is remembered (bounded: paths carry ids; emptied when full).
+MAX_REMEMBERED_ROUTES = 4096
+MAX_REMEMBERED_PATH = 256
+# Set in a request's scope by a middleware that reports such requests in bulk (a flood refused by
+# its source address): the request is counted in the metrics but writes no access-log line.
+UNLOGGED = "macp.unlogged"
+
+
+class RouteTemplates:
+    """The matched route's path template (`/v1/agents/{id}`) of a request, so metrics do not
+    explode per id. Remembered per (method, path): matching tries every route's pattern in turn,
+    which cost a few tens of µs a request, as much as the rest of this middleware."""
+
+    def __init__(self, router: ASGIApp) -> None:
+        self._routes = [route for route in getattr(router, "routes", ()) if isinstance(route, Route)]
+        self._known: dict[tuple[str, str], str] = {}
+
+    def of(self, scope: Scope) -> str:
+        key = (scope.get("method", ""), scope.get("path", ""))
+        template = self._known.get(key)
+        if template is None:
+            template = self._match(scope)
+            if len(key[1]) <= MAX_REMEMBERED_PATH:  # a client's long path is not kept
+                if len(self._known) >= MAX_REMEMBERED_ROUTES:
+                    self._known.clear()
+                self._known[key] = template
+        return template
+
+    def _match(self, scope: Scope) -> str:
+        for route in self._routes:
             match, _ = route.matches(scope)
             if match == Match.FULL:
                 return route.path
-    return "unmatched"
+        return "unmatched"
 
 
 def _incoming(scope: Scope) -> tuple[str | None, str | None, str | None]:
@@ -61,7 +87,7 @@ class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, metrics: HttpMetrics, router: ASGIApp) -> None:
         self._app = app
         self._metrics = metrics
-        self._router = router
+        self._routes = RouteTemplates(router)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -93,18 +119,23 @@ class RequestContextMiddleware:
             await self._app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
-            route = _route_template(self._router, scope)
+            route = self._routes.of(scope)
             self._metrics.observe(method, route, str(status or 500), elapsed)
             if trace is not None:
                 tracing.end_http(trace, method, route, status or 500)
-            log.info(
-                "http",
-                extra={
-                    "method": method,
-                    "path": scope.get("path"),
-                    "route": route,
-                    "status": status,
-                    "duration_ms": round(elapsed * 1000, 2),
-                },
-            )
+            if not scope.get(UNLOGGED):
+                self._access_log(method, route, status, elapsed, scope)
             request_id_var.reset(token)
+
+    @staticmethod
+    def _access_log(method: str, route: str, status: int, elapsed: float, scope: Scope) -> None:
+        log.info(
+            "http",
+            extra={
+                "method": method,
+                "path": scope.get("path"),
+                "route": route,
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 2),
+            },
+        )

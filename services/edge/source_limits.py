@@ -10,7 +10,9 @@ otherwise be limited by nothing but the API as a whole. Here:
 - a request whose answer says authentication failed (401 anywhere, any 4xx from `/oauth2/token`
   but a 429) counts against `source_failures` before that answer goes out;
 - an address refused once has its requests without a token refused from this process's memory
-  until its retry-after: no Redis call, no body read, no password or secret looked at.
+  until its retry-after: no Redis call, no body read, no password or secret looked at, and no
+  access-log line each (a flood would make one per request): they are counted in the request
+  metrics, and logged together, one line per REPORT_SECONDS naming the addresses refused most.
 A request with a bearer token is never refused here: a valid token is no guess, and refusing it
 would let anyone who shares an address with its owner (a NAT) lock the owner out. It is limited
 by its client and tenant; a bad one is refused by authentication (401), counted as a failure.
@@ -26,16 +28,25 @@ IPv6 sources are counted by their /64, the block one subscriber usually holds.
 from __future__ import annotations
 
 import ipaddress
+import logging
+import time
+from collections import Counter
 from collections.abc import Callable
 from http import HTTPStatus
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.edge.auth import bearer_token, is_public
+from services.edge.middleware import UNLOGGED
 from services.edge.rate_limits import UNCOUNTED_PATHS, RateLimits, refusal_response
 
 _FORWARDED_FOR = b"x-forwarded-for"
 TOKEN_PATH = "/oauth2/token"
+# How often refusals are logged, and how many of the addresses refused most each line names.
+REPORT_SECONDS = 10.0
+REPORTED_ADDRESSES = 10
+
+log = logging.getLogger("macp.edge.ratelimit")
 
 
 def source_of(forwarded_for: bytes | None, peer: str | None) -> str:
@@ -76,9 +87,14 @@ class SourceLimitMiddleware:
     """Counts unauthenticated requests and failed authentications per source address (see the
     module docstring); runs before authentication."""
 
-    def __init__(self, app: ASGIApp, limits: Callable[[], RateLimits]) -> None:
+    def __init__(
+        self, app: ASGIApp, limits: Callable[[], RateLimits], clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._app = app
         self._limits = limits
+        self._clock = clock
+        self._refused: Counter[str] = Counter()
+        self._reported_at = clock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -93,6 +109,8 @@ class SourceLimitMiddleware:
                 decision = await limits.check_source(address)
                 refused = None if decision.admitted else decision
             if refused is not None:
+                scope[UNLOGGED] = True
+                self._note_refusal(address)
                 await refusal_response(refused)(scope, receive, send)
                 return
 
@@ -108,3 +126,20 @@ class SourceLimitMiddleware:
             await send(message)
 
         await self._app(scope, receive, send_counting_failures)
+
+    def _note_refusal(self, address: str) -> None:
+        self._refused[address] += 1
+        now = self._clock()
+        if now - self._reported_at < REPORT_SECONDS:
+            return
+        log.warning(
+            "requests refused by source address",
+            extra={
+                "seconds": round(now - self._reported_at, 1),
+                "refused": sum(self._refused.values()),
+                "addresses": len(self._refused),
+                "most": dict(self._refused.most_common(REPORTED_ADDRESSES)),
+            },
+        )
+        self._refused.clear()
+        self._reported_at = now

@@ -4,6 +4,7 @@ edge's answers and headers, and the local fallback when Redis is unreachable."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 
@@ -11,9 +12,10 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from macp.token.v1 import token_service_pb2 as pb
+from starlette.types import Receive, Scope, Send
 
 from services.edge.rate_limits import RateLimits, RateLimitSettings, headers
-from services.edge.source_limits import source_of
+from services.edge.source_limits import SourceLimitMiddleware, source_of
 from services.runtime.ratelimit import Limit, RedisLimiter, parse_limits
 from services.runtime.settings import Env, SettingsError
 from services.stack.infra import Infrastructure
@@ -258,3 +260,33 @@ async def test_password_guesses_from_one_address_are_refused_before_the_right_on
     assert right.status_code == 429
     assert [answer.status_code for answer in secrets] == [429, 429]
     assert sum(isinstance(sent, pb.IssueTokenRequest) for sent in fake_token.service.requests) == 3
+
+
+async def test_a_flood_refused_by_its_address_writes_no_access_log_line_per_request(
+    limited: EdgeWorld, caplog: pytest.LogCaptureFixture
+) -> None:
+    flood = _from("203.0.113.77")
+    with caplog.at_level(logging.INFO, logger="macp.http"):
+        async with httpx.AsyncClient(base_url=limited.url, timeout=10) as client:
+            answers = [(await client.get("/v1/openapi.json", headers=flood)).status_code for _ in range(12)]
+    assert answers == [200] * 4 + [429] * 8
+    # The four served requests are logged each; the refused ones only in bulk (one line a while).
+    logged = [record for record in caplog.records if record.name == "macp.http"]
+    assert [getattr(record, "status", None) for record in logged] == [200] * 4
+
+
+def test_refusals_by_address_are_logged_together_once_a_while(caplog: pytest.LogCaptureFixture) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        raise AssertionError("not called: only the refusals' log is tested here")
+
+    now = [0.0]
+    limits = RateLimits(RateLimitSettings.from_env(Env({})), RedisLimiter(aioredis.from_url("redis://x"), ""))
+    middleware = SourceLimitMiddleware(app, lambda: limits, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="macp.edge.ratelimit"):
+        for second, address in [(1, "192.0.2.1"), (2, "192.0.2.1"), (3, "192.0.2.2"), (11, "192.0.2.1")]:
+            now[0] = second
+            middleware._note_refusal(address)
+    (line,) = caplog.records
+    fields = line.__dict__
+    assert (fields["refused"], fields["addresses"]) == (4, 2)
+    assert fields["most"] == {"192.0.2.1": 3, "192.0.2.2": 1}
