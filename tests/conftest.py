@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
@@ -34,9 +35,9 @@ def _with_database(url: str, database: str) -> str:
     return urlunsplit(parts._replace(path=f"/{database}"))
 
 
-@pytest.fixture
-async def database_url(infrastructure: Infrastructure) -> AsyncIterator[str]:
-    """A fresh, empty database for one test, dropped afterwards."""
+@asynccontextmanager
+async def fresh_database(infrastructure: Infrastructure) -> AsyncIterator[str]:
+    """The URL of a new, empty database on the session's Postgres, dropped when the block ends."""
     admin_url = infrastructure.env["MACP_DATABASE_URL"]
     name = f"test_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(admin_url)
@@ -53,7 +54,13 @@ async def database_url(infrastructure: Infrastructure) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def service_environ(infrastructure: Infrastructure, database_url: str) -> dict[str, str]:
+async def database_url(infrastructure: Infrastructure) -> AsyncIterator[str]:
+    """A fresh, empty database for one test, dropped afterwards."""
+    async with fresh_database(infrastructure) as url:
+        yield url
+
+
+def isolated_environ(infrastructure: Infrastructure, database_url: str) -> dict[str, str]:
     """The environment one service process reads, isolated from every other test's state."""
     unique = uuid.uuid4().hex[:8]
     return {
@@ -67,6 +74,12 @@ def service_environ(infrastructure: Infrastructure, database_url: str) -> dict[s
         "MACP_LOG_LEVEL": "warning",
         "MACP_ORCHESTRATOR_SEALING_KEY": secrets.token_urlsafe(32),
     }
+
+
+@pytest.fixture
+def service_environ(infrastructure: Infrastructure, database_url: str) -> dict[str, str]:
+    """The environment one service process reads, isolated from every other test's state."""
+    return isolated_environ(infrastructure, database_url)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from services.edge.rest import (
     page,
     patch_request,
     query,
+    resource_links,
 )
 from services.edge.routes import ApiRoute
 from services.runtime import resource_cache
@@ -77,6 +78,8 @@ async def delete_agent(request: Request) -> Response:
     return Response(status_code=204)
 
 
+AGENT_LINKS = resource_links("Agent")
+
 ROUTES = [
     ApiRoute(
         method="POST",
@@ -89,6 +92,7 @@ ROUTES = [
         status=201,
         errors=WRITE_ERRORS,
         tags=("agents",),
+        links=AGENT_LINKS,
     ),
     ApiRoute(
         method="GET",
@@ -110,6 +114,7 @@ ROUTES = [
         response=pb.Agent,
         errors=(*COMMON_ERRORS, 404),
         tags=("agents",),
+        links=AGENT_LINKS,
     ),
     ApiRoute(
         method="PATCH",
@@ -121,6 +126,7 @@ ROUTES = [
         response=pb.Agent,
         errors=(*WRITE_ERRORS, 404, 412, 428),
         tags=("agents",),
+        links=AGENT_LINKS,
     ),
     ApiRoute(
         method="DELETE",

@@ -11,6 +11,7 @@ from services.edge.context import edge_context
 from services.edge.http import message_response, parse_message
 from services.edge.rest import (
     COMMON_ERRORS,
+    ITS_ID,
     PAGE_QUERY,
     WRITE_ERRORS,
     call_options,
@@ -20,8 +21,9 @@ from services.edge.rest import (
     page,
     patch_request,
     query,
+    resource_links,
 )
-from services.edge.routes import ApiRoute
+from services.edge.routes import ApiRoute, Link
 from services.runtime import resource_cache
 
 # The filter's values: every state but UNSPECIFIED (leaving `status` out means all).
@@ -103,6 +105,15 @@ AGENT_QUERY = (
     "only conversations this agent takes part in",
 )
 
+# A conversation leads to its own operations and to its messages and archives.
+CONVERSATION_LINKS = (
+    *resource_links("Conversation"),
+    Link("AppendMessage", "appendMessage", (ITS_ID,)),
+    Link("ListMessages", "listMessages", (ITS_ID,)),
+    Link("ArchiveConversation", "archiveConversation", (ITS_ID,)),
+    Link("ListArchives", "listArchives", (ITS_ID,)),
+)
+
 ROUTES = [
     ApiRoute(
         method="POST",
@@ -115,6 +126,7 @@ ROUTES = [
         status=201,
         errors=(*WRITE_ERRORS, 409),
         tags=("conversations",),
+        links=CONVERSATION_LINKS,
     ),
     ApiRoute(
         method="GET",
@@ -136,6 +148,7 @@ ROUTES = [
         response=pb.Conversation,
         errors=(*COMMON_ERRORS, 404),
         tags=("conversations",),
+        links=CONVERSATION_LINKS,
     ),
     ApiRoute(
         method="PATCH",
@@ -147,6 +160,7 @@ ROUTES = [
         response=pb.Conversation,
         errors=(*WRITE_ERRORS, 404, 409, 412, 428),
         tags=("conversations",),
+        links=CONVERSATION_LINKS,
     ),
     ApiRoute(
         method="DELETE",

@@ -29,6 +29,7 @@ from services.edge.http import message_response, parse_document, read_json_objec
 from services.edge.rest import (
     COMMON_ERRORS,
     PAGE_QUERY,
+    SAME_ID,
     WRITE_ERRORS,
     call_options,
     etag_header,
@@ -38,7 +39,7 @@ from services.edge.rest import (
     query,
     same_id,
 )
-from services.edge.routes import ApiRoute, Content
+from services.edge.routes import ApiRoute, Content, Link
 from services.edge.sse import (
     event_stream_response,
     sse_event,
@@ -233,6 +234,7 @@ ROUTES = [
         extra_statuses=(200,),
         errors=(*WRITE_ERRORS, 404, 409, 429),
         tags=("messages",),
+        links=(Link("ListMessages", "listMessages", (SAME_ID,)),),
     ),
     ApiRoute(
         method="GET",
@@ -264,6 +266,11 @@ ROUTES = [
         status=201,
         errors=(*WRITE_ERRORS, 404, 412),
         tags=("archives",),
+        links=(
+            Link("GetArchive", "getArchive", (SAME_ID, ("path.archive_id", "$response.body#/archive/id"))),
+            Link("ListArchives", "listArchives", (SAME_ID,)),
+            Link("GetConversation", "getConversation", (SAME_ID,)),
+        ),
     ),
     ApiRoute(
         method="GET",

@@ -26,6 +26,7 @@ from starlette.requests import Request
 from services.edge.context import EdgeContext
 from services.edge.errors import HttpError
 from services.edge.http import parse_document, read_json_object
+from services.edge.routes import Link
 from services.edge.schema import JsonSchema
 from services.runtime.auth.settings import service_audience
 from services.runtime.protos import descriptor_of
@@ -41,6 +42,22 @@ PAGE_QUERY: tuple[tuple[str, JsonSchema, str], ...] = (
     ("page_token", {"type": "string", "maxLength": 1024}, "the nextPageToken of the previous page"),
 )
 _WHOLE_NUMBER = re.compile(r"-?[0-9]+")
+# OpenAPI runtime expressions for links: the id and version (ETag, for If-Match) of the resource an
+# answer holds, and the id in the path of the request answered.
+ITS_ID = ("path.id", "$response.body#/id")
+ITS_ETAG = ("header.If-Match", "$response.header.ETag")
+SAME_ID = ("path.id", "$request.path.id")
+
+
+def resource_links(noun: str) -> tuple[Link, ...]:
+    """Links to get, update and delete the resource an answer holds (`Agent`, `Conversation`)."""
+    return (
+        Link(f"Get{noun}", f"get{noun}", (ITS_ID,)),
+        Link(f"Update{noun}", f"update{noun}", (ITS_ID, ITS_ETAG)),
+        Link(f"Delete{noun}", f"delete{noun}", (ITS_ID, ITS_ETAG)),
+    )
+
+
 # Statuses every authenticated route may answer besides its own.
 COMMON_ERRORS = (400, 401, 403, 503)
 WRITE_ERRORS = (*COMMON_ERRORS, 413, 415)

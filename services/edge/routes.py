@@ -44,6 +44,20 @@ class Content:
 
 
 @dataclass(frozen=True)
+class Link:
+    """An OpenAPI link from an operation's success answer to an operation on what it answered (the
+    agent just created, its conversation's messages), so clients and stateful testers can follow it.
+
+    name: the link's key; operation_id: the target; parameters: the target's parameters, each
+    qualified by where it goes (`path.id`, `header.If-Match`), as OpenAPI runtime expressions.
+    """
+
+    name: str
+    operation_id: str
+    parameters: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
 class ApiRoute:
     """One REST operation.
 
@@ -53,6 +67,7 @@ class ApiRoute:
     extra_statuses: other success statuses with the same response (an idempotent retry's 200).
     errors: HTTP statuses this operation can answer besides success, documented with the error shape.
     error: the error shape, when it is not the edge's own `Error` (the OAuth endpoints answer RFC 6749's).
+    links: operations a success answer leads to (OpenAPI links).
     """
 
     method: str
@@ -69,6 +84,7 @@ class ApiRoute:
     errors: tuple[int, ...] = (400, 404, 503)
     tags: tuple[str, ...] = field(default=())
     error: Content | None = None
+    links: tuple[Link, ...] = ()
 
     @property
     def path_params(self) -> list[str]:
@@ -110,6 +126,11 @@ def openapi_document(routes: list[ApiRoute], *, title: str, version: str) -> dic
         success: dict[str, Any] = {"description": "success"}
         if route.response is not None:
             success["content"] = _content(schemas, route.response)
+        if route.links:
+            success["links"] = {
+                link.name: {"operationId": link.operation_id, "parameters": dict(link.parameters)}
+                for link in route.links
+            }
         for status in (route.status, *route.extra_statuses):
             operation["responses"][str(status)] = success
         error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
