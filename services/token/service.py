@@ -2,7 +2,8 @@
 
 It does not use the runtime's default JWT authenticator: IssueToken, ExchangeToken, RegisterClient,
 GetJwks, Introspect and Revoke must answer callers who have no token yet (they authenticate the
-client in the request body), and the JWKS every other verifier needs comes from here. Its
+client in the request body, or for Introspect in `authorization: Basic`: credentials.py), and the
+JWKS every other verifier needs comes from here. Its
 privileged RPCs check the bearer token themselves (`guard.py`), against its own key store:
 `macp:admin` for the admin RPCs, `macp:agent-token` for IssueAgentToken, `audit:read` (a tenant
 admin's) for ListAuditEvents.
