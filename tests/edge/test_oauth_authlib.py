@@ -308,3 +308,19 @@ async def test_introspection_needs_the_callers_real_credentials(real_oauth_world
         found = await http.post("/oauth2/introspect", data={"token": token}, auth=app)
         assert found.json()["active"] is True
         assert found.json()["username"] == world.username
+
+
+@pytest.mark.integration
+async def test_password_guessing_is_answered_429_with_retry_after(real_oauth_world: OAuthWorld) -> None:
+    """The token service locks an account after 5 failed passwords (a username nobody holds counts
+    alike, so the world's user is left alone); the edge answers the RFC 6749 error with 429."""
+    world = real_oauth_world
+    app = (world.client_id, world.client_secret)
+    guess = {"grant_type": "password", "username": f"nobody-{time.time_ns()}", "password": "guess"}
+    async with httpx.AsyncClient(base_url=world.edge_url, timeout=10) as http:
+        statuses = [(await http.post("/oauth2/token", data=guess, auth=app)).status_code for _ in range(5)]
+        assert statuses == [400] * 5
+        locked = await http.post("/oauth2/token", data=guess, auth=app)
+    assert locked.status_code == 429, locked.text
+    assert locked.json()["error"] == "invalid_grant"
+    assert int(locked.headers["retry-after"]) >= 1
