@@ -5,11 +5,14 @@ so the services' one revocation check per token (services/runtime/auth/revocatio
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 from macp.token.v1 import token_service_pb2 as pb
 
 from services.runtime.auth.revocation import RevocationChecker
+from services.token.claims import AccessClaims
+from services.token.verification import TokenVerifier
 from tests.token.harness import TokenHarness, rpc_error, unverified
 from tests.token.test_exchange import Parties, agent_token, exchange
 from tests.token.test_exchange import parties as parties  # the fixture, shared
@@ -115,3 +118,35 @@ async def test_revoking_a_refresh_family_revokes_what_its_tokens_were_exchanged_
     )
     assert await _revoked_everywhere(token_service, signed_in.access_token)
     assert await _revoked_everywhere(token_service, exchanged.access_token)
+
+
+async def test_an_exchange_racing_its_subjects_revocation_revokes_its_own_token(
+    token_service: TokenHarness, parties: Parties, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A revocation committing between the exchange's check of its subject and the recording of the
+    new token cascades too early to see it: the exchange, checking again once recorded, revokes it."""
+    checked = TokenVerifier.check_subject
+
+    async def revoked_meanwhile(self: TokenVerifier, token: str) -> AccessClaims | None:
+        claims = await checked(self, token)
+        assert claims is not None
+        await token_service.db.execute(
+            "INSERT INTO token_revocations (jti, reason, expire_time) VALUES ($1, 'revoked by client', $2)",
+            claims.jti,
+            datetime.fromtimestamp(claims.exp, UTC),
+        )
+        return claims
+
+    monkeypatch.setattr(TokenVerifier, "check_subject", revoked_meanwhile)
+    refused = await rpc_error(
+        token_service.stub.ExchangeToken(exchange(parties, parties.user_token, audience=CONVERSATION))
+    )
+    assert refused.details == "invalid_request: subject_token or actor_token was revoked"
+    minted = await token_service.db.fetchval(
+        "SELECT jti FROM token_issued WHERE subject_jti = $1", _jti(parties.user_token)
+    )
+    assert minted is not None
+    assert await token_service.db.fetchval("SELECT reason FROM token_revocations WHERE jti = $1", minted) == (
+        "exchanged from a revoked token"
+    )
+    assert await token_service.revoked_ttl(minted) > 0
