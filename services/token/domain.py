@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 
 from services.runtime.auth.external import ExternalIssuers
 from services.runtime.auth.jwks import DEFAULT_REFRESH_SECONDS
+from services.runtime.sealing import Sealer
 from services.token.accounts import Accounts
 from services.token.agent_tokens import AgentTokens
 from services.token.audit_log import AuditLog
@@ -23,7 +24,6 @@ from services.token.minting import Minter
 from services.token.registration import Registration
 from services.token.revocation import Revocations
 from services.token.revoking import Revoker
-from services.token.sealing import KeySealer
 from services.token.settings import TokenSettings
 from services.token.signing import SigningKeys
 from services.token.store.directory import DirectoryStore
@@ -56,7 +56,7 @@ class TokenDomain:
         directory, tokens = DirectoryStore(pool), TokenStore(pool)
         keys = SigningKeys(
             KeyStore(pool),
-            KeySealer(settings.key_encryption_key),
+            Sealer(settings.key_encryption_key),
             retire_after_seconds=settings.max_token_seconds,
         )
         await keys.start()

@@ -7,53 +7,22 @@ signing keys stored in Postgres. It is 32 random bytes in base64url, which is ex
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 from dataclasses import dataclass, field
 
 from services.runtime.auth.external import ExternalIssuer, external_issuers_from_env
 from services.runtime.auth.settings import DEFAULT_ISSUER
+from services.runtime.sealing import GENERATE_HINT, sealing_key
 from services.runtime.settings import Env, SettingsError
 from services.token.guessing import GuessingPolicy
 
 KEY_ENCRYPTION_KEY = "MACP_TOKEN_KEY_ENCRYPTION_KEY"
 INITIAL_ACCESS_TOKEN = "MACP_TOKEN_INITIAL_ACCESS_TOKEN"
-GENERATE_HINT = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
 
 MIN_INITIAL_ACCESS_TOKEN_CHARS = 32
 # Agent tokens live at most this long (IssueAgentTokenRequest.ttl); a retired key stays published
 # until the longest-lived token it may have signed has expired.
 AGENT_TOKEN_MAX_SECONDS = 24 * 3600
 AGENT_TOKEN_DEFAULT_SECONDS = 3600
-
-_BASE64 = re.compile(r"[A-Za-z0-9_\-+/]+={0,2}")
-
-
-def decode_key_encryption_key(text: str) -> bytes:
-    """The 32-byte AES-256 key written as base64url (or standard base64), padded or not."""
-    if not _BASE64.fullmatch(text):
-        raise ValueError("not base64")
-    padded = text.rstrip("=") + "=" * (-len(text.rstrip("=")) % 4)
-    try:
-        key = base64.urlsafe_b64decode(padded.replace("+", "-").replace("/", "_"))
-    except (binascii.Error, ValueError):
-        raise ValueError("not base64") from None
-    if len(key) != 32:
-        raise ValueError(f"decodes to {len(key)} bytes, not 32")
-    return key
-
-
-def _key_encryption_key(env: Env) -> bytes:
-    expected = f"32 random bytes in base64url (generate one with {GENERATE_HINT})"
-    text = env.raw(KEY_ENCRYPTION_KEY)
-    if text is None:
-        raise SettingsError(f"{KEY_ENCRYPTION_KEY} is not set; set it to {expected}")
-    try:
-        return decode_key_encryption_key(text)
-    except ValueError as exc:
-        # The value is a secret: the message names the problem, never the value.
-        raise SettingsError(f"{KEY_ENCRYPTION_KEY} is malformed ({exc}); set it to {expected}") from None
 
 
 def _initial_access_token(env: Env) -> str | None:
@@ -107,7 +76,7 @@ class TokenSettings:
         issuer = env.url("MACP_TOKEN_ISSUER", ("http", "https"), DEFAULT_ISSUER) or DEFAULT_ISSUER
         return cls(
             issuer=issuer,
-            key_encryption_key=_key_encryption_key(env),
+            key_encryption_key=sealing_key(env, KEY_ENCRYPTION_KEY),
             access_token_seconds=env.integer(
                 "MACP_TOKEN_ACCESS_TOKEN_SECONDS", 900, minimum=60, maximum=AGENT_TOKEN_MAX_SECONDS
             ),

@@ -1,8 +1,8 @@
 """The signing keys: one current key signs; rotated keys stay published until their tokens expire.
 
-Keys live in Postgres with the private half sealed (`sealing.py`), so every replica signs with the
-same key. A replica re-reads which key is current every `SIGNER_REFRESH_SECONDS`, which is why a
-rotated key is published that much longer than the longest token lifetime.
+Keys live in Postgres with the private half sealed (services/runtime/sealing.py), so every replica
+signs with the same key. A replica re-reads which key is current every `SIGNER_REFRESH_SECONDS`,
+which is why a rotated key is published that much longer than the longest token lifetime.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from macp.token.v1 import token_service_pb2 as pb
 from services.runtime import audit
 from services.runtime.audit import AuditEvent, Who
 from services.runtime.auth import jwt
+from services.runtime.sealing import Sealer, SealError
 from services.runtime.settings import SettingsError
 from services.token import jwk
-from services.token.sealing import KeySealer, SealError
 from services.token.settings import KEY_ENCRYPTION_KEY
 from services.token.store.keys import KeyStore, NewKey, StoredKey
 
@@ -66,7 +66,7 @@ def _public_key(stored: StoredKey) -> rsa.RSAPublicKey:
 
 
 class SigningKeys:
-    def __init__(self, store: KeyStore, sealer: KeySealer, *, retire_after_seconds: int) -> None:
+    def __init__(self, store: KeyStore, sealer: Sealer, *, retire_after_seconds: int) -> None:
         self._store = store
         self._sealer = sealer
         self._retire_after_seconds = retire_after_seconds + SIGNER_REFRESH_SECONDS
