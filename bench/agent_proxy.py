@@ -36,15 +36,13 @@ import grpc
 import httpx
 from macp.agent_proxy.v1 import agent_proxy_service_pb2 as pb
 from macp.agent_proxy.v1 import agent_proxy_service_pb2_grpc as pb_grpc
-from macp.common.v1 import principal_pb2
 from macp.common.v1.agent_settings_pb2 import GenerationSettings
-from macp.token.v1 import token_service_pb2 as token_pb
 from macp.token.v1 import token_service_pb2_grpc as token_grpc
 
+from bench.service_tokens import service_token
 from bench.slice import cluster_healthy, start_apps_and_envoy
 from bench.stats import machine_line, markdown_table, percentile
 from services.agent_proxy.service import GENERATE_SCOPE
-from services.runtime.auth.settings import service_audience
 from services.runtime.context import RpcContext
 from services.runtime.registry import PROVIDER_SERVER
 from services.stack.config import free_port
@@ -97,38 +95,21 @@ def _environ(infrastructure_env: dict[str, str]) -> dict[str, str]:
 
 
 def _generate_token(mesh_address: str, admin: LocalAdmin, initial_access_token: str) -> str:
-    """A token of the seeded admin user for the agent proxy, with `agents:generate`, through a
-    consumer client registered for it (RFC 7591), as an application would get one."""
+    """A token of the seeded admin user for the agent proxy, with `agents:generate`, the way the
+    orchestrator holds one (bench/service_tokens.py)."""
 
     async def get() -> str:
         async with grpc.aio.insecure_channel(mesh_address) as channel:
             stub = token_grpc.TokenServiceStub(channel)
-            client = await stub.RegisterClient(
-                token_pb.RegisterClientRequest(
-                    initial_access_token=initial_access_token,
-                    tenant_id=admin.tenant_id,
-                    metadata=token_pb.ClientMetadata(
-                        client_name="bench.agent_proxy",
-                        client_class=principal_pb2.CLIENT_CLASS_CONSUMER,
-                        grant_types=["password"],
-                        scope=GENERATE_SCOPE,
-                    ),
-                ),
-                timeout=10,
+            return await service_token(
+                stub,
+                initial_access_token,
+                admin.tenant_id,
+                admin.username,
+                admin.password,
+                "agent-proxy",
+                GENERATE_SCOPE,
             )
-            issued = await stub.IssueToken(
-                token_pb.IssueTokenRequest(
-                    grant_type=token_pb.GRANT_TYPE_PASSWORD,
-                    client_id=client.client_id,
-                    client_secret=client.client_secret,
-                    username=admin.username,
-                    password=admin.password,
-                    audience=[service_audience("agent-proxy")],
-                ),
-                timeout=10,
-            )
-            token: str = issued.access_token
-            return token
 
     return asyncio.run(get())
 

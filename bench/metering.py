@@ -36,20 +36,19 @@ import asyncpg
 import grpc
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from macp.common.v1 import principal_pb2, usage_pb2
+from macp.common.v1 import usage_pb2
 from macp.metering.v1 import metering_service_pb2 as pb
 from macp.metering.v1 import metering_service_pb2_grpc as pb_grpc
-from macp.token.v1 import token_service_pb2 as token_pb
 from macp.token.v1 import token_service_pb2_grpc as token_grpc
 
 from bench.cpu import CLIENT, CpuMeter
 from bench.grpc_floor import floor_echo, floor_server
 from bench.load import LoadResult, drive
+from bench.service_tokens import service_token
 from bench.slice import cluster_healthy, start_apps_and_envoy
 from bench.stats import machine_line, markdown_table, ratio
 from services.metering import quota_scripts
 from services.metering.events import decode
-from services.runtime.auth.settings import service_audience
 from services.stack.config import free_port
 from services.stack.infra import ephemeral_infrastructure, scratch_data_dir
 from services.stack.probes import answers
@@ -217,33 +216,17 @@ async def metering_ingest(stack: Stack, values: list[bytes]) -> float:
 
 
 async def turn_token(stack: Stack) -> str:
-    """A user token for metering with usage:write, from a client registered for the bench."""
+    """A user token for metering with usage:write, the way the orchestrator holds one."""
     async with grpc.aio.insecure_channel(stack.mesh_address) as channel:
-        stub = token_grpc.TokenServiceStub(channel)
-        client = await stub.RegisterClient(
-            token_pb.RegisterClientRequest(
-                initial_access_token=stack.initial_access_token,
-                tenant_id=stack.admin.tenant_id,
-                metadata=token_pb.ClientMetadata(
-                    client_name="bench turn runner",
-                    client_class=principal_pb2.CLIENT_CLASS_CONSUMER,
-                    grant_types=["password"],
-                    scope="usage:read usage:write",
-                ),
-            )
+        return await service_token(
+            token_grpc.TokenServiceStub(channel),
+            stack.initial_access_token,
+            stack.admin.tenant_id,
+            stack.admin.username,
+            stack.admin.password,
+            "metering",
+            "usage:read usage:write",
         )
-        issued = await stub.IssueToken(
-            token_pb.IssueTokenRequest(
-                grant_type=token_pb.GRANT_TYPE_PASSWORD,
-                client_id=client.client_id,
-                client_secret=client.client_secret,
-                username=stack.admin.username,
-                password=stack.admin.password,
-                audience=[service_audience("metering")],
-            )
-        )
-        token: str = issued.access_token
-        return token
 
 
 async def holds(stack: Stack, pairs: int, concurrency: int, floor: tuple[str, int]) -> dict[str, LoadResult]:
