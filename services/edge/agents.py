@@ -21,7 +21,7 @@ from services.edge.rest import (
     query,
     resource_links,
 )
-from services.edge.routes import ApiRoute
+from services.edge.routes import ApiRoute, Link
 from services.runtime import resource_cache
 
 
@@ -79,6 +79,10 @@ async def delete_agent(request: Request) -> Response:
 
 
 AGENT_LINKS = resource_links("Agent")
+# A new agent can take part in a new conversation.
+JOIN_CONVERSATION = Link(
+    "CreateConversation", "createConversation", request_body={"participantAgentIds": ["$response.body#/id"]}
+)
 
 ROUTES = [
     ApiRoute(
@@ -92,7 +96,7 @@ ROUTES = [
         status=201,
         errors=WRITE_ERRORS,
         tags=("agents",),
-        links=AGENT_LINKS,
+        links=(*AGENT_LINKS, JOIN_CONVERSATION),
     ),
     ApiRoute(
         method="GET",

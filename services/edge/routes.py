@@ -49,12 +49,15 @@ class Link:
     agent just created, its conversation's messages), so clients and stateful testers can follow it.
 
     name: the link's key; operation_id: the target; parameters: the target's parameters, each
-    qualified by where it goes (`path.id`, `header.If-Match`), as OpenAPI runtime expressions.
+    qualified by where it goes (`path.id`, `header.If-Match`), as OpenAPI runtime expressions;
+    request_body: members of the target's body, expressions inside (a new agent's id as a
+    conversation's participant).
     """
 
     name: str
     operation_id: str
-    parameters: tuple[tuple[str, str], ...]
+    parameters: tuple[tuple[str, str], ...] = ()
+    request_body: dict[str, Any] | None = field(default=None, hash=False)
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,13 @@ def _content(schemas: SchemaBuilder, body: type[Message] | Content) -> dict[str,
     return {"application/json": {"schema": schemas.ref(descriptor_of(body))}}
 
 
+def _link(link: Link) -> dict[str, Any]:
+    declared: dict[str, Any] = {"operationId": link.operation_id, "parameters": dict(link.parameters)}
+    if link.request_body is not None:
+        declared["requestBody"] = link.request_body
+    return declared
+
+
 def openapi_document(routes: list[ApiRoute], *, title: str, version: str) -> dict[str, Any]:
     """The OpenAPI 3.1 document of `routes`, with schemas derived from their protobuf messages."""
     schemas = SchemaBuilder()
@@ -127,10 +137,7 @@ def openapi_document(routes: list[ApiRoute], *, title: str, version: str) -> dic
         if route.response is not None:
             success["content"] = _content(schemas, route.response)
         if route.links:
-            success["links"] = {
-                link.name: {"operationId": link.operation_id, "parameters": dict(link.parameters)}
-                for link in route.links
-            }
+            success["links"] = {link.name: _link(link) for link in route.links}
         for status in (route.status, *route.extra_statuses):
             operation["responses"][str(status)] = success
         error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}

@@ -41,6 +41,12 @@ _WELL_KNOWN: dict[str, JsonSchema] = {
 }
 
 
+# Fields the services assign and ignore on input (the protos' "Output only" fields but `id` and
+# `etag`, which a PATCH body may repeat): readOnly, so clients and request generators leave them
+# out of bodies (schemathesis would otherwise take `tenantId` for a Tenant resource to fetch first).
+OUTPUT_ONLY_FIELDS = frozenset({"tenant_id", "owner_id", "create_time", "update_time", "archive_time"})
+
+
 def schema_name(descriptor: Descriptor) -> str:
     return descriptor.full_name
 
@@ -61,8 +67,12 @@ class SchemaBuilder:
         return {"$ref": f"#/components/schemas/{name}"}
 
     def _message(self, descriptor: Descriptor) -> JsonSchema:
-        properties = {field.json_name: self._field(field) for field in descriptor.fields}
+        properties = {field.json_name: self._property(field) for field in descriptor.fields}
         return {"type": "object", "properties": properties, "additionalProperties": False}
+
+    def _property(self, field: FieldDescriptor) -> JsonSchema:
+        schema = self._field(field)
+        return {**schema, "readOnly": True} if field.name in OUTPUT_ONLY_FIELDS else schema
 
     def _single(self, field: FieldDescriptor) -> JsonSchema:
         if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type is not None:

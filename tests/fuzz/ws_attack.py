@@ -1,0 +1,146 @@
+"""Sending the hostile WebSocket frames over the attacker's connection through Envoy: each frame,
+then a `ping` whose `pong` shows the connection still serves; a closed connection is reopened for
+the next case. After each case the bystander makes one ordinary request, as after an HTTP case."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import websockets
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from tests.fuzz.evidence import ErrorRecords
+from tests.fuzz.http_attack import next_caller
+from tests.fuzz.targets import Attacker, Resources
+from tests.fuzz.ws_cases import MAX_FRAME_BYTES, WsCase
+from tests.world import World
+
+# How long the edge may take to answer a frame and the ping after it.
+ANSWER_SECONDS = 10.0
+# Error codes that are the WebSocket's 5xx (docs/websocket.md maps gRPC statuses to error frames).
+SERVER_ERRORS = frozenset({"INTERNAL", "UNKNOWN", "UNAVAILABLE", "DATA_LOSS", "DEADLINE_EXCEEDED"})
+
+
+@dataclass
+class WsOutcome:
+    """frames: the non-event frames answered before the probe's pong; closed: the close code (and
+    reason) if the edge closed instead; next_caller: the bystander's status right after."""
+
+    frames: list[dict[str, Any]] = field(default_factory=list)
+    closed: tuple[int, str] | None = None
+    error: str = ""
+    next_caller: int | None = 200
+    next_caller_body: str = ""
+    logs: list[str] = field(default_factory=list)
+
+
+def _url(world: World) -> str:
+    return world.front_url.replace("http://", "ws://") + "/v1/ws"
+
+
+async def _connect(world: World, token: str) -> ClientConnection:
+    return await websockets.connect(
+        _url(world),
+        additional_headers={"authorization": f"Bearer {token}"},
+        max_size=None,
+        compression=None,
+        open_timeout=ANSWER_SECONDS,
+    )
+
+
+async def _until_pong(connection: ClientConnection, probe: str, outcome: WsOutcome) -> None:
+    async with asyncio.timeout(ANSWER_SECONDS):
+        while True:
+            frame = json.loads(await connection.recv())
+            if frame.get("type") == "event":
+                continue
+            if frame.get("type") == "pong" and frame.get("request_id") == probe:
+                return
+            outcome.frames.append(frame)
+
+
+async def _one(
+    connection: ClientConnection, case: WsCase, data: str | bytes, probe: str, outcome: WsOutcome
+) -> None:
+    try:
+        if case.binary:
+            assert isinstance(data, bytes)
+            await connection.send(data, text=False)
+        else:
+            await connection.send(data, text=True)
+        await connection.send(json.dumps({"action": "ping", "request_id": probe}))
+        await _until_pong(connection, probe, outcome)
+    except ConnectionClosed as closed:
+        received = closed.rcvd
+        outcome.closed = (
+            (received.code, received.reason) if received is not None else (1006, "no close frame")
+        )
+    except TimeoutError:
+        outcome.error = f"no pong within {ANSWER_SECONDS} s"
+
+
+async def attack_websocket(
+    world: World,
+    attacker: Attacker,
+    bystander: Resources,
+    cases: list[WsCase],
+    bystander_client: httpx.AsyncClient,
+    records: ErrorRecords,
+) -> dict[str, WsOutcome]:
+    slots = attacker.slots()
+    outcomes: dict[str, WsOutcome] = {}
+    connection: ClientConnection | None = None
+    try:
+        for index, case in enumerate(cases):
+            probe = f"fuzz-ws-{index}"
+            records.current = probe
+            data = case.data
+            for slot, value in slots.items():
+                data = (
+                    data.replace(slot, value)
+                    if isinstance(data, str)
+                    else data.replace(slot.encode(), value.encode())
+                )
+            assert len(data) <= MAX_FRAME_BYTES + 1
+            outcome = WsOutcome()
+            try:
+                if connection is None:
+                    connection = await _connect(world, attacker.resources.token)
+                await _one(connection, case, data, probe, outcome)
+            except (OSError, websockets.InvalidHandshake) as exc:
+                outcome.error = f"{type(exc).__name__}: {exc}"
+            if outcome.closed is not None or outcome.error:
+                if connection is not None:
+                    await connection.close()
+                connection = None
+            outcome.next_caller, outcome.next_caller_body = await next_caller(bystander_client, bystander)
+            outcome.logs = records.of(probe)
+            outcomes[case.id] = outcome
+    finally:
+        if connection is not None:
+            await connection.close()
+    return outcomes
+
+
+def problems(case: WsCase, outcome: WsOutcome) -> list[str]:
+    found: list[str] = []
+    if outcome.error:
+        found.append(outcome.error)
+    if outcome.closed is not None and outcome.closed[0] not in case.closes:
+        found.append(f"closed the connection with {outcome.closed[0]} {outcome.closed[1]!r}")
+    answered = outcome.closed is None and not outcome.error
+    if answered and case.refused and not any(frame.get("type") == "error" for frame in outcome.frames):
+        found.append(f"no error frame for a frame it must refuse: {outcome.frames}")
+    for frame in outcome.frames:
+        if frame.get("type") == "error" and frame.get("code") in SERVER_ERRORS:
+            found.append(f"answered {frame}")
+    if outcome.next_caller != 200:
+        found.append(
+            f"the other tenant's next request answered {outcome.next_caller}: {outcome.next_caller_body}"
+        )
+    return found
