@@ -10,6 +10,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+import httpx
+
 from tests.fuzz.bystander import Bystander
 from tests.fuzz.evidence import capturing_errors
 from tests.fuzz.http_attack import HttpOutcome, send
@@ -46,7 +48,7 @@ async def run_campaign(world: World, http_cases: list[HttpCase], ws_cases: list[
         running = asyncio.create_task(traffic.run())
         try:
             async with (
-                attacker.resources.client(world.front_url) as mine,
+                httpx.AsyncClient(base_url=world.front_url, timeout=15) as mine,
                 bystander.client(world.front_url) as theirs,
             ):
                 started = time.monotonic()

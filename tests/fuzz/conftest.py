@@ -4,6 +4,7 @@ the report (a case's outcome, the bystander's calls, the health afterwards)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -49,8 +50,14 @@ async def fuzz_world(infrastructure: Infrastructure, fuzz_directory: Path) -> As
 
 
 @pytest.fixture(scope="package")
-async def campaign(fuzz_world: World) -> Report:
+async def campaign(fuzz_world: World, fuzz_directory: Path) -> Report:
     report = await run_campaign(fuzz_world, HTTP_CASES, WS_CASES)
+    # Every answer, for reading the run afterwards: case id -> status (or close code) and body.
+    answers = {
+        **{case: [outcome.status, outcome.body[:200]] for case, outcome in report.http.items()},
+        **{case: [outcome.closed, outcome.frames[:2]] for case, outcome in report.websocket.items()},
+    }
+    (fuzz_directory / "answers.json").write_text(json.dumps(answers, indent=1, default=str))
     # Where the budget goes, in the output of `pytest -s` (the suite must stay under 3 minutes).
     print(f"fuzz campaign seconds: {report.seconds}")
     print(f"stateful answers: {sorted(report.stateful_answers.items())}")

@@ -39,9 +39,9 @@ def _filled(text: str, slots: dict[str, str]) -> str:
     return text
 
 
-async def _current_etag(client: httpx.AsyncClient, path: str) -> str:
+async def _current_etag(client: httpx.AsyncClient, path: str, token: str) -> str:
     """The ETag of the resource at `path` right now (PATCH needs it, and every accepted PATCH moves it)."""
-    response = await client.get(path)
+    response = await client.get(path, headers={"authorization": f"Bearer {token}"})
     return str(response.headers.get("etag", '"none"'))
 
 
@@ -50,7 +50,7 @@ async def send(
     index: int,
     attacker: Attacker,
     bystander: Resources,
-    attacker_client: httpx.AsyncClient,
+    attacker_client: httpx.AsyncClient,  # sends no credential of its own: each case names its own
     bystander_client: httpx.AsyncClient,
     records: ErrorRecords,
 ) -> HttpOutcome:
@@ -66,7 +66,7 @@ async def send(
         headers["authorization"] = f"Bearer {attacker.initial_access_token}"
     path = _filled(case.path, slots)
     if case.method == "PATCH":
-        headers["if-match"] = await _current_etag(attacker_client, path)
+        headers["if-match"] = await _current_etag(attacker_client, path, attacker.resources.token)
     elif case.method == "DELETE":
         headers["if-match"] = '"stale"'  # the attack must not delete what the next cases aim at
     body = case.body

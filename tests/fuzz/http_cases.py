@@ -21,6 +21,7 @@ from services.edge.app import API_TITLE, API_VERSION, api_routes
 from services.edge.routes import openapi_document
 from tests.fuzz.hostile_json import (
     DEEP,
+    HOSTILE_STRINGS,
     deep_array,
     deep_object,
     duplicated,
@@ -258,7 +259,11 @@ def value_attacks(op: Operation, valid: dict[str, Any], document: dict[str, Any]
     schema = op.spec["requestBody"]["content"][JSON]["schema"]
     for leaf in leaves(schema, document["components"]["schemas"]):
         for name, value in hostile_values(leaf).items():
-            yield _json_case(op, f"{leaf.name}={name}", encode(with_value(valid, leaf.path, value)))
+            body = encode(with_value(valid, leaf.path, value))
+            # No string field may hold NUL or a lone surrogate (the contract refuses them): but a
+            # PATCH's `etag` in the body is ignored beside If-Match, which the attack always sends.
+            unstorable = name in HOSTILE_STRINGS and not (op.method == "PATCH" and leaf.name == "etag")
+            yield _json_case(op, f"{leaf.name}={name}", body, malformed=unstorable)
 
 
 def _form(fields: dict[str, str] | list[tuple[str, str]]) -> bytes:

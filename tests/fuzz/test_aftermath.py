@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.edge.ws_frames import ACTION_FIELDS
 from tests.e2e.conftest import _cluster_healthy
 from tests.fuzz.campaign import Report
-from tests.fuzz.catalog import HTTP_CASES, WS_CASES
+from tests.fuzz.catalog import HTTP_CASES, KNOWN_FAILURES, WS_CASES
 from tests.world import SERVICES, World
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -96,3 +96,9 @@ async def test_every_route_and_action_is_attacked(fuzz_world: World) -> None:
         "POST /oauth2/revoke",
     } <= attacked
     assert {case.action for case in WS_CASES} - {"frame"} == set(ACTION_FIELDS)
+
+
+def test_every_known_failure_names_a_case() -> None:
+    # A mark on a renamed case would mark nothing, and the failure it names would go unseen.
+    ids = {case.id for case in HTTP_CASES} | {case.id for case in WS_CASES}
+    assert set(KNOWN_FAILURES) - ids == set()

@@ -92,7 +92,12 @@ def _field_cases(action: str, frame: dict[str, Any]) -> list[WsCase]:
         values: dict[str, Any] = HOSTILE_NUMBERS if name in NUMBER_FIELDS else HOSTILE_STRINGS
         for attack, value in values.items():
             hostile = [value] if name in LIST_FIELDS else value
-            cases.append(WsCase(action, f"{name}={attack}", encode({**frame, name: hostile})))
+            # A string no field may hold is refused, but the request id (echoed, never stored);
+            # so is every score outside 0 to 1 (the smallest float is inside).
+            refused = name != "request_id" and attack != "5e-324"
+            cases.append(
+                WsCase(action, f"{name}={attack}", encode({**frame, name: hostile}), refused=refused)
+            )
         wrong_type: Any = "0.5" if name in NUMBER_FIELDS else 12
         cases.append(WsCase(action, f"{name}=wrong-type", encode({**frame, name: wrong_type}), refused=True))
         deep = encode({**frame, name: deep_array(FRAME_DEPTH)})
