@@ -51,6 +51,7 @@ async def test_introspection_answers_only_an_authenticated_client(token_service:
         "a public client": _basic(public.client_id, ""),
         "the token itself as a bearer": (("authorization", f"Bearer {token}"),),
         "not base64": (("authorization", "Basic !!!"),),
+        "a NUL in the client id": _basic("made-up\x00client", "guess"),
     }.items():
         refused = await rpc_error(token_service.stub.Introspect(request, metadata=metadata))
         assert refused.code == grpc.StatusCode.UNAUTHENTICATED, case
