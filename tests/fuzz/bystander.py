@@ -17,8 +17,11 @@ from tests.world import World
 
 # Pause between two rounds of ordinary calls: a steady user, not a load test.
 PAUSE_SECONDS = 0.05
-# Every this many rounds, a new conversation and a message in it (each message runs an agent turn).
+# Every this many rounds, a new conversation and a message in it (each message runs an agent turn),
+# at most so many: the tenant's plan counts orchestrations (50 a month on the free plan), and the
+# round run after the attack needs one left.
 MESSAGE_EVERY = 4
+MAX_MESSAGES = 20
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,7 @@ class Bystander:
         attacker = self.attacker.resources
         for path in (f"/v1/agents/{attacker.agent}", f"/v1/conversations/{attacker.conversation}"):
             await self._call(client, "GET the attacker's resource", 404, "GET", path)
-        if rounds % MESSAGE_EVERY == 0:
+        if rounds % MESSAGE_EVERY == 0 and rounds // MESSAGE_EVERY < MAX_MESSAGES:
             await self._converse(client)
 
     async def _converse(self, client: httpx.AsyncClient) -> None:

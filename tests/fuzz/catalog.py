@@ -21,14 +21,60 @@ _NOT_UTF8_FRAME = (
     "services/edge/ws_link.py answers a CloseConnection only in REMOTE_CLOSING (RFC 6455 7.1.7: send "
     "the close frame, 1007, then close)"
 )
+# The routes that call the mesh with the caller's request id and trace context as gRPC metadata.
+_MESH_CALLERS = (
+    "POST /v1/agents",
+    "GET /v1/agents",
+    "GET /v1/agents/{id}",
+    "PATCH /v1/agents/{id}",
+    "DELETE /v1/agents/{id}",
+    "POST /v1/conversations",
+    "GET /v1/conversations",
+    "GET /v1/conversations/{id}",
+    "PATCH /v1/conversations/{id}",
+    "DELETE /v1/conversations/{id}",
+    "POST /v1/conversations/{id}/messages",
+    "GET /v1/conversations/{id}/messages",
+    "POST /v1/conversations/{id}/archive",
+    "GET /v1/conversations/{id}/archives",
+    "GET /v1/conversations/{id}/archives/{archive_id}",
+    "GET /v1/conversations/{id}/events",
+    "POST /v1/chat/completions",
+    "POST /oauth2/token",
+    "POST /oauth2/revoke",
+    "POST /oauth2/introspect",
+    "POST /oauth2/register",
+    "GET /.well-known/jwks.json",
+    "GET /v1/usage",
+    "GET /v1/usage/invoice-preview",
+    "GET /v1/audit",
+)
+_CACHED_READS = ("GET /v1/agents/{id}", "GET /v1/conversations/{id}")  # may answer from Redis
+_STREAMS = ("GET /v1/conversations/{id}/events",)  # 200 sent before the stream's first call
+_REQUEST_ID_NOT_ASCII = (
+    "500: the edge takes the caller's x-request-id as sent (services/edge/middleware.py _incoming) and "
+    "hands it to every gRPC call as metadata; grpc refuses a value that is not printable ASCII "
+    "(ExecuteBatchError at SendInitialMetadata), which the edge answers as an unexpected error"
+)
+_REQUEST_ID_HUGE = (
+    "429 RESOURCE_EXHAUSTED 'received metadata size exceeds hard limit (20132 vs. 16384)': a caller's "
+    "20 KB x-request-id is passed on as gRPC metadata (services/edge/middleware.py _incoming keeps any "
+    "length), so every call to the mesh fails, and the edge answers it as a rate limit"
+)
+_TRACEPARENT_GARBAGE = (
+    "500: a traceparent that is not W3C trace context (bytes 0xff 0x2d 0xfe) is passed on as gRPC "
+    "metadata as sent (services/edge/middleware.py _incoming, then the tracing context of every call), "
+    "and grpc refuses the metadata (ExecuteBatchError at SendInitialMetadata)"
+)
 # case id -> why it still fails (the fix it waits for).
 KNOWN_FAILURES: dict[str, str] = {
-    "POST /oauth2/introspect | client_id=nul": (
-        "500: Introspect authenticates its caller by looking its client_id up in Postgres, which "
-        "refuses 0x00 (asyncpg CharacterNotInRepertoireError from services/token/store/directory.py "
-        "client(), via services/token/clients.py authenticate); the introspection form lets a NUL "
-        "client_id through where the token form refuses NUL"
-    ),
+    **{f"{route} | x-request-id=not-latin-text": _REQUEST_ID_NOT_ASCII for route in _MESH_CALLERS},
+    **{f"{route} | x-request-id=20k": _REQUEST_ID_HUGE for route in _MESH_CALLERS if route not in _STREAMS},
+    **{
+        f"{route} | traceparent=garbage": _TRACEPARENT_GARBAGE
+        for route in _MESH_CALLERS
+        if route not in _CACHED_READS
+    },
     "ws frame | invalid-utf8-text": _NOT_UTF8_FRAME,
     "ws frame | overlong-utf8-text": _NOT_UTF8_FRAME,
     "ws frame | utf8-encoded-surrogate-text": _NOT_UTF8_FRAME,

@@ -56,8 +56,12 @@ async def send(
 ) -> HttpOutcome:
     slots = attacker.slots()
     request_id = f"fuzz-{index}-{uuid.uuid4().hex[:8]}"
+    hostile = dict(case.headers)
+    if "x-request-id" in hostile:
+        # The case's own request id: the services file their records under it.
+        request_id = hostile["x-request-id"].decode("latin-1")
     records.current = request_id
-    headers = {"x-request-id": request_id}
+    headers: dict[str, str | bytes] = {"x-request-id": request_id}
     if case.content_type is not None:
         headers["content-type"] = case.content_type
     if case.credential == "user":
@@ -69,6 +73,7 @@ async def send(
         headers["if-match"] = await _current_etag(attacker_client, path, attacker.resources.token)
     elif case.method == "DELETE":
         headers["if-match"] = '"stale"'  # the attack must not delete what the next cases aim at
+    headers |= hostile
     body = case.body
     if body is not None:
         for slot, value in slots.items():
@@ -77,7 +82,7 @@ async def send(
     outcome = HttpOutcome(request_id, None, "")
     try:
         async with attacker_client.stream(
-            case.method, url, content=body, headers=headers, timeout=CASE_TIMEOUT_SECONDS
+            case.method, url, content=body, headers=_wire(headers), timeout=CASE_TIMEOUT_SECONDS
         ) as response:
             outcome.status = response.status_code
             if not response.headers.get("content-type", "").startswith(STREAMING):
@@ -87,6 +92,14 @@ async def send(
     outcome.next_caller, outcome.next_caller_body = await next_caller(bystander_client, bystander)
     outcome.logs = records.of(request_id)
     return outcome
+
+
+def _wire(headers: dict[str, str | bytes]) -> dict[bytes, bytes]:
+    """Headers as sent: hostile values are bytes already (not all of them are text)."""
+    return {
+        name.encode(): value if isinstance(value, bytes) else value.encode("latin-1")
+        for name, value in headers.items()
+    }
 
 
 async def next_caller(client: httpx.AsyncClient, bystander: Resources) -> tuple[int | None, str]:
@@ -106,8 +119,9 @@ def problems(case: HttpCase, outcome: HttpOutcome) -> list[str]:
     elif outcome.status >= 500:
         found.append(f"answered {outcome.status}: {outcome.body[:300]}")
     elif outcome.status == 429:
-        # The fuzz world's limits are out of reach: a 429 means no handler ever read the case.
-        found.append(f"refused by a rate limit, so the case tested nothing: {outcome.body[:200]}")
+        # The fuzz world's rate limits are out of reach: a 429 is no verdict on the case (and a
+        # client would wait its Retry-After to be refused again).
+        found.append(f"answered 429, not a verdict on the request: {outcome.body[:300]}")
     elif case.malformed and not 400 <= outcome.status < 500:
         found.append(f"a malformed request answered {outcome.status}, not a 4xx: {outcome.body[:200]}")
     if outcome.next_caller != 200:

@@ -71,16 +71,19 @@ async def test_an_ordinary_round_completes_afterwards(campaign: Report, fuzz_wor
         frame = {"action": "message", "conversation_id": bystander.conversation, "text": "still there?"}
         await ws.send(json.dumps({**frame, "message_id": message_id}))
         kinds: list[str] = []
+        errors: list[object] = []
         while True:
             answer = json.loads(await ws.recv())
             assert answer["type"] != "error", answer
             if answer["type"] != "event":
                 continue
             kinds.append(answer["kind"])
+            if answer["kind"] == "error":
+                errors.append(answer["event"]["error"])
             completed = answer["event"].get("round_completed")
             if completed and completed["trigger_message_id"] == message_id:
                 break
-    assert "turn_completed" in kinds, kinds
+    assert "turn_completed" in kinds, (kinds, errors)
 
 
 async def test_every_route_and_action_is_attacked(fuzz_world: World) -> None:
