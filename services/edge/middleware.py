@@ -12,6 +12,7 @@ a client can find its request's trace. With tracing off, a caller's headers are 
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 from starlette.routing import Match, Route
@@ -65,9 +66,20 @@ class RouteTemplates:
         return "unmatched"
 
 
+# What the edge passes on of the caller's headers: they become gRPC metadata on every call it
+# makes, which must be printable ASCII and fit the metadata limit. A request id is up to 128
+# visible characters; a traceparent is W3C's (version, trace id, parent id, flags, and what a later
+# version may append); a tracestate at most 512 characters (W3C: 32 members of up to 256 each, and
+# 512 is what a vendor may rely on being kept). Anything else is not passed on: the request gets
+# an id of the edge's own, and starts a trace of its own.
+_REQUEST_ID_FORM = re.compile(rb"[\x21-\x7e]{1,128}")
+_TRACEPARENT_FORM = re.compile(rb"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-[\x21-\x7e]{0,64})?")
+_TRACESTATE_FORM = re.compile(rb"[\x20-\x7e]{1,512}")
+
+
 def _incoming(scope: Scope) -> tuple[str | None, str | None, str | None]:
     """The caller's `x-request-id`, `traceparent` and `tracestate` (the last of each, as a dict of
-    the headers would give), in one pass over the headers."""
+    the headers would give), in one pass over the headers; each only if well formed."""
     request_id = traceparent = tracestate = None
     for name, value in scope.get("headers", ()):
         if name == _REQUEST_ID_BYTES:
@@ -76,11 +88,13 @@ def _incoming(scope: Scope) -> tuple[str | None, str | None, str | None]:
             traceparent = value
         elif name == _TRACESTATE_BYTES:
             tracestate = value
-    return (
-        request_id.decode("latin-1") if request_id else None,
-        traceparent.decode("latin-1") if traceparent else None,
-        tracestate.decode("latin-1") if tracestate else None,
-    )
+    parent = _well_formed(traceparent, _TRACEPARENT_FORM)
+    state = _well_formed(tracestate, _TRACESTATE_FORM) if parent is not None else None
+    return _well_formed(request_id, _REQUEST_ID_FORM), parent, state
+
+
+def _well_formed(value: bytes | None, form: re.Pattern[bytes]) -> str | None:
+    return value.decode("ascii") if value and form.fullmatch(value) else None
 
 
 class RequestContextMiddleware:
