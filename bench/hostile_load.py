@@ -7,7 +7,8 @@ slice puts every other threshold out of reach), all on 127.0.0.1. In one run, th
 front listener:
 
 1. baseline: the seeded tenant's admin lists its agents (`GET /v1/agents?page_size=10`: the edge,
-   the mesh, the conversation service), open-loop at --victim-rate for --seconds;
+   the mesh, the conversation service), open-loop at --victim-rate for --seconds, half of it
+   before the attack and half after;
 2. attack: the same, while a second process with no token sends --attack-rate requests/s,
    open-loop, for --seconds: deep JSON (100,000 levels), NUL characters (escaped and raw), huge
    numbers, garbage bytes and invalid UTF-8, in turn to `POST /v1/agents`, `/v1/chat/completions`,
@@ -41,7 +42,7 @@ from bench.cpu import CpuMeter
 from bench.raw_http import RawHttpClient
 from bench.slice import RunningSlice, running_slice
 from bench.stats import machine_line, markdown_table, percentile, ratio
-from services.edge.rate_limits import SOURCE_DEFAULT, SOURCE_FAILURES_DEFAULT
+from services.edge.rate_limits import SOURCE_DEFAULT, SOURCE_FAILURES_DEFAULT, SOURCE_IN_FLIGHT_DEFAULT
 
 VICTIM_PATH = "/v1/agents?page_size=10"
 VICTIM_CONNECTIONS = 16
@@ -229,12 +230,8 @@ async def _victim(running: RunningSlice, rate: float, seconds: float) -> tuple[l
 
 
 def measure(running: RunningSlice, args: argparse.Namespace) -> list[Phase]:
-    meter = CpuMeter({name: running.pids[name] for name in ("edge", "envoy")})
-    before = meter.read()
-    latencies, errors = asyncio.run(_victim(running, args.victim_rate, args.seconds))
-    spent = meter.spent(before, meter.read()) | {ATTACKER: 0.0}
-    baseline = Phase("baseline (no attack)", latencies, errors, spent, None)
-
+    """The baseline in two halves, before and after the attack (so the noise of the shared machine
+    around the attack is in it too), and the attack between them."""
     context = multiprocessing.get_context("spawn")
     go = context.Event()
     receiving, sending = context.Pipe(duplex=False)
@@ -243,24 +240,36 @@ def measure(running: RunningSlice, args: argparse.Namespace) -> list[Phase]:
     )
     process.start()
     try:
-        time.sleep(2.0)  # the attacker's interpreter starts outside the measurement
-        if process.pid is not None:  # its CPU too: on one machine it competes with the slice
-            meter.pids[ATTACKER] = process.pid
-        before = meter.read()
+        time.sleep(2.0)  # the attacker's interpreter starts outside the measurement, then waits
+        pids = {name: running.pids[name] for name in ("edge", "envoy")}
+        # The attacker's CPU too: on one machine it competes with the slice.
+        meter = CpuMeter(pids | ({ATTACKER: process.pid} if process.pid is not None else {}))
+
+        def victim(seconds: float) -> tuple[list[float], int, dict[str, float]]:
+            before = meter.read()
+            latencies, errors = asyncio.run(_victim(running, args.victim_rate, seconds))
+            return latencies, errors, meter.spent(before, meter.read())
+
+        first = victim(args.seconds / 2)
         go.set()
-        latencies, errors = asyncio.run(_victim(running, args.victim_rate, args.seconds))
+        attacked = victim(args.seconds)
         if not receiving.poll(DRAIN_SECONDS + 30):
             raise RuntimeError("the attacker did not report")
         attack: AttackResult = receiving.recv()
-        spent = meter.spent(before, meter.read())
+        second = victim(args.seconds / 2)
     finally:
         process.join(timeout=5)
         if process.is_alive():
             process.terminate()
-    return [
-        baseline,
-        Phase(f"attack: {args.attack_rate:g}/s hostile, no token", latencies, errors, spent, attack),
-    ]
+    baseline = Phase(
+        "baseline (no attack; half before, half after)",
+        sorted(first[0] + second[0]),
+        first[1] + second[1],
+        {name: first[2][name] + second[2][name] for name in first[2]},
+        None,
+    )
+    name = f"attack: {args.attack_rate:g}/s hostile, no token"
+    return [baseline, Phase(name, attacked[0], attacked[1], attacked[2], attack)]
 
 
 def report(phases: list[Phase], args: argparse.Namespace) -> str:
@@ -282,6 +291,7 @@ def report(phases: list[Phase], args: argparse.Namespace) -> str:
                 phase.name,
                 f"{victims} ({phase.victim_errors} not 200)",
                 f"{phase.p(0.50) * 1000:.2f}",
+                ratio(phase.p(0.50), baseline.p(0.50)),
                 f"{phase.p(0.99) * 1000:.2f}",
                 ratio(phase.p(0.99), baseline.p(0.99)),
                 f"{sent / attack.seconds:.0f}" if attack else "-",
@@ -297,14 +307,15 @@ def report(phases: list[Phase], args: argparse.Namespace) -> str:
             "phase",
             "victim requests",
             "victim p50 ms",
+            "p50 / baseline",
             "victim p99 ms",
             "p99 / baseline",
             "attack req/s",
             "attack answers by status",
             "edge CPU µs/req",
             "Envoy CPU µs/req",
-            "attacker CPU",
-            "edge + Envoy + attacker + this client CPU",
+            "attacker CPU (of a core)",
+            "all four CPU (of a core)",
         ],
         rows,
     )
@@ -314,8 +325,8 @@ def report(phases: list[Phase], args: argparse.Namespace) -> str:
             "",
             f"Victim: `GET {VICTIM_PATH}` at {args.victim_rate:g}/s through Envoy with the seeded admin's "
             f"token; attacker: {args.attack_rate:g}/s for {args.seconds:g} s, no token, one source "
-            f"address; per-source limits {SOURCE_DEFAULT} (requests without a token) and "
-            f"{SOURCE_FAILURES_DEFAULT} (failed authentications).",
+            f"address; per-source limits {SOURCE_DEFAULT} (requests without a token, at most "
+            f"{SOURCE_IN_FLIGHT_DEFAULT} at once) and {SOURCE_FAILURES_DEFAULT} (failed authentications).",
             machine_line(),
         ]
     )
@@ -328,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         "--attack-rate", type=float, default=500.0, help="hostile requests per second (default 500)"
     )
     parser.add_argument(
-        "--victim-rate", type=float, default=20.0, help="the other tenant's requests per second (default 20)"
+        "--victim-rate", type=float, default=50.0, help="the other tenant's requests per second (default 50)"
     )
     args = parser.parse_args(argv)
     if min(args.seconds, args.attack_rate, args.victim_rate) <= 0 or args.seconds > 300:
@@ -336,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {
         "MACP_RATE_LIMIT_SOURCE": SOURCE_DEFAULT,
         "MACP_RATE_LIMIT_SOURCE_FAILURES": SOURCE_FAILURES_DEFAULT,
+        "MACP_RATE_LIMIT_SOURCE_IN_FLIGHT": str(SOURCE_IN_FLIGHT_DEFAULT),
     }
     with running_slice(lambda line: print(line, file=sys.stderr), overrides) as running:
         phases = measure(running, args)

@@ -121,6 +121,7 @@ def _environ(infrastructure_env: dict[str, str]) -> dict[str, str]:
         "MACP_RATE_LIMIT_SOURCE_FAILURES",
     ):
         environ[variable] = "1000000/s"
+    environ["MACP_RATE_LIMIT_SOURCE_IN_FLIGHT"] = "1000000"
     return environ
 
 

@@ -76,6 +76,7 @@ MAX_KEYED_CALLERS = 10_000
 # Per source address, before authentication: requests without a token, and failed authentications.
 SOURCE_DEFAULT = "1200/min burst 300"
 SOURCE_FAILURES_DEFAULT = "30/min burst 20"
+SOURCE_IN_FLIGHT_DEFAULT = 4
 # Answered without counting a request: health probes.
 UNCOUNTED_PATHS = frozenset({"/healthz"})
 # Source addresses remembered as refused (until their refusal's retry-after has passed).
@@ -92,6 +93,8 @@ class RateLimitSettings:
     fallback_share: float
     source: tuple[Limit, ...] = ()
     source_failures: tuple[Limit, ...] = ()
+    # Requests without a token one address may have answered at once by one edge process.
+    source_in_flight: int = SOURCE_IN_FLIGHT_DEFAULT
     enabled: bool = True
 
     @classmethod
@@ -110,6 +113,9 @@ class RateLimitSettings:
             # now and then, but no guessing (20 at once, then one every 2 s).
             source_failures=limits_from_env(
                 env, "MACP_RATE_LIMIT_SOURCE_FAILURES", "source_failures", SOURCE_FAILURES_DEFAULT
+            ),
+            source_in_flight=env.integer(
+                "MACP_RATE_LIMIT_SOURCE_IN_FLIGHT", SOURCE_IN_FLIGHT_DEFAULT, minimum=1, maximum=1_000_000
             ),
             fallback_share=env.number("MACP_RATE_LIMIT_FALLBACK_SHARE", 1.0, minimum=0.01),
             enabled=env.choice("MACP_RATE_LIMITS", "on", ("on", "off")) == "on",

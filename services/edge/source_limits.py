@@ -9,6 +9,10 @@ otherwise be limited by nothing but the API as a whole. Here:
   `source_failures` limit;
 - a request whose answer says authentication failed (401 anywhere, any 4xx from `/oauth2/token`
   but a 429) counts against `source_failures` before that answer goes out;
+- an address has at most `MACP_RATE_LIMIT_SOURCE_IN_FLIGHT` (4) requests without a token
+  answered at once by one edge process, more being refused at once: failures are counted as they
+  are answered, so without it a burst sent at once would all be looked at (a password's scrypt
+  costs the token service tens of ms) before its first failure was counted;
 - an address refused once has its requests without a token refused from this process's memory
   until its retry-after: no Redis call, no body read, no password or secret looked at, and no
   access-log line each (a flood would make one per request): they are counted in the request
@@ -39,6 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.edge.auth import bearer_token, is_public
 from services.edge.middleware import UNLOGGED
 from services.edge.rate_limits import UNCOUNTED_PATHS, RateLimits, refusal_response
+from services.runtime.ratelimit import Decision, Limit
 
 _FORWARDED_FOR = b"x-forwarded-for"
 TOKEN_PATH = "/oauth2/token"
@@ -95,6 +100,8 @@ class SourceLimitMiddleware:
         self._clock = clock
         self._refused: Counter[str] = Counter()
         self._reported_at = clock()
+        # address -> its requests without a token being answered now, in this process.
+        self._in_flight: Counter[str] = Counter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -103,11 +110,19 @@ class SourceLimitMiddleware:
             return
         limits = self._limits()
         address = scope_source(scope)
-        if is_public(path) or bearer_token(scope.get("headers", ())) is None:
-            refused = limits.blocked(address)
+        unauthenticated = is_public(path) or bearer_token(scope.get("headers", ())) is None
+        if unauthenticated:
+            refused = limits.blocked(address) or self._too_many_in_flight(address, limits)
             if refused is None:
-                decision = await limits.check_source(address)
-                refused = None if decision.admitted else decision
+                self._in_flight[address] += 1  # before the check's await: a burst sees it at once
+                try:
+                    decision = await limits.check_source(address)
+                except BaseException:
+                    self._done(address)
+                    raise
+                if not decision.admitted:
+                    self._done(address)
+                    refused = decision
             if refused is not None:
                 scope[UNLOGGED] = True
                 self._note_refusal(address)
@@ -125,7 +140,23 @@ class SourceLimitMiddleware:
                 await limits.count_failure(address)
             await send(message)
 
-        await self._app(scope, receive, send_counting_failures)
+        try:
+            await self._app(scope, receive, send_counting_failures)
+        finally:
+            if unauthenticated:
+                self._done(address)
+
+    def _done(self, address: str) -> None:
+        self._in_flight[address] -= 1
+        if not self._in_flight[address]:
+            del self._in_flight[address]
+
+    def _too_many_in_flight(self, address: str, limits: RateLimits) -> Decision | None:
+        most = limits.settings.source_in_flight
+        if self._in_flight[address] < most:
+            return None
+        limit = Limit("source_in_flight", most, 1.0, most)
+        return Decision(admitted=False, retry_after_seconds=1.0, refused_by=limit, states=())
 
     def _note_refusal(self, address: str) -> None:
         self._refused[address] += 1

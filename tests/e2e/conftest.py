@@ -98,7 +98,11 @@ async def _slice(tokens: TokenWorld, tmp_path: Path) -> AsyncIterator[Slice]:
     mesh = {"MACP_MESH_ADDRESS": f"127.0.0.1:{ports['MACP_ENVOY_MESH_PORT']}"}
     # Every request of a slice comes from 127.0.0.1, and the attack tests fail authentication on
     # purpose by the hundred: the per-source limits are tested on their own (tests/edge).
-    limits = {"MACP_RATE_LIMIT_SOURCE": "100000/min", "MACP_RATE_LIMIT_SOURCE_FAILURES": "100000/min"}
+    limits = {
+        "MACP_RATE_LIMIT_SOURCE": "100000/min",
+        "MACP_RATE_LIMIT_SOURCE_FAILURES": "100000/min",
+        "MACP_RATE_LIMIT_SOURCE_IN_FLIGHT": "1000",
+    }
     environ = {**tokens.environ, **ports, **mesh, **limits}
     env = Env(environ)
 

@@ -97,6 +97,7 @@ async def _edge_server(_fake_token_server: FakeToken) -> AsyncIterator[str]:
         # per-source limits are tested on their own (test_rate_limits.py), not in passing here.
         "MACP_RATE_LIMIT_SOURCE": "100000/min",
         "MACP_RATE_LIMIT_SOURCE_FAILURES": "100000/min",
+        "MACP_RATE_LIMIT_SOURCE_IN_FLIGHT": "1000",
         "MACP_LOG_LEVEL": "warning",
     }
     async with serving_edge(environ) as url:

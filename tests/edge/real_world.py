@@ -118,6 +118,7 @@ async def real_world(infrastructure: Infrastructure, scratch: Path) -> AsyncIter
             # limits are tested on their own (test_rate_limits.py).
             "MACP_RATE_LIMIT_SOURCE": "100000/min",
             "MACP_RATE_LIMIT_SOURCE_FAILURES": "100000/min",
+            "MACP_RATE_LIMIT_SOURCE_IN_FLIGHT": "1000",
         }
         async with (
             running(TOKEN, environ) as token,

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from macp.token.v1 import token_service_pb2 as pb
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from services.edge.rate_limits import RateLimits, RateLimitSettings, headers
 from services.edge.source_limits import SourceLimitMiddleware, source_of
@@ -290,3 +290,47 @@ def test_refusals_by_address_are_logged_together_once_a_while(caplog: pytest.Log
     fields = line.__dict__
     assert (fields["refused"], fields["addresses"]) == (4, 2)
     assert fields["most"] == {"192.0.2.1": 3, "192.0.2.2": 1}
+
+
+async def test_an_address_has_few_requests_without_a_token_answered_at_once() -> None:
+    # A burst sent at once is not all looked at before its first failure is counted.
+    release = asyncio.Event()
+    answered: list[int] = []
+
+    async def slow_app(scope: Scope, receive: Receive, send: Send) -> None:
+        await release.wait()
+        await send({"type": "http.response.start", "status": 400, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    settings = RateLimitSettings.from_env(Env({"MACP_RATE_LIMIT_SOURCE_IN_FLIGHT": "2"}))
+    dead: aioredis.Redis = aioredis.from_url("redis://127.0.0.1:1/0")  # counted locally
+    limits = RateLimits(settings, RedisLimiter(dead, "test:"))
+    middleware = SourceLimitMiddleware(slow_app, lambda: limits)
+
+    async def request() -> None:
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/oauth2/token",
+            "headers": [],
+            "client": ("192.0.2.5", 1),
+        }
+
+        async def send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                answered.append(message["status"])
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        await middleware(scope, receive, send)
+
+    try:
+        burst = [asyncio.create_task(request()) for _ in range(5)]
+        await asyncio.sleep(0.1)
+        assert answered == [429, 429, 429]  # two are being answered; the rest refused at once
+        release.set()
+        await asyncio.gather(*burst)
+    finally:
+        await dead.aclose()
+    assert sorted(answered) == [400, 400, 429, 429, 429]
