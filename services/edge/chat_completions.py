@@ -129,8 +129,13 @@ class _Keyed:
 
     async def abandoned(self) -> None:
         claim, self._claim = self._claim, None
-        if claim is not None:
+        if claim is None:
+            return
+        try:
             await asyncio.shield(self._keys.release(claim))
+        except (RedisError, OSError, TimeoutError) as exc:
+            # The claim lapses by itself after the request's deadline; until then a retry gets 409.
+            log.warning("the claim of an unfinished idempotent request was not dropped: %s", exc)
 
 
 def _openai_error(exc: BaseException) -> OpenAIError | None:
@@ -141,6 +146,12 @@ def _openai_error(exc: BaseException) -> OpenAIError | None:
         return OpenAIError(exc.status, exc.message, code=exc.code.lower())
     if isinstance(exc, grpc.aio.AioRpcError):
         return _from_rpc(exc)
+    if isinstance(exc, RedisError):  # the Idempotency-Key could not be claimed
+        return OpenAIError(
+            HTTPStatus.SERVICE_UNAVAILABLE,
+            "the Idempotency-Key cannot be checked right now; retry shortly",
+            code="unavailable",
+        )
     if isinstance(exc, DomainError):  # the token exchange could not be made
         unauthenticated = exc.code == grpc.StatusCode.UNAUTHENTICATED
         status = HTTPStatus.UNAUTHORIZED if unauthenticated else HTTPStatus.SERVICE_UNAVAILABLE
