@@ -53,6 +53,8 @@ CLOSE_TIMEOUT_SECONDS = 10.0
 MESSAGE_TOO_BIG = 1009
 KEEPALIVE_TIMEOUT = 1011
 SERVICE_RESTART = 1012
+# A close frame's reason is at most 123 bytes (RFC 6455 5.5): ASCII reasons of 120 characters fit.
+MAX_CLOSE_REASON_CHARS = 120
 
 # Handshakes being decided, held here until they are done.
 _HANDSHAKES: set[asyncio.Task[None]] = set()
@@ -296,6 +298,12 @@ class WebSocketLink(asyncio.Protocol):
         elif isinstance(event, CloseConnection):
             if self._ws.state == ConnectionState.REMOTE_CLOSING:
                 self._write(self._ws.send(event.response()))
+            elif self._ws.state == ConnectionState.OPEN:
+                # No close frame came: wsproto reports a frame it could not read this way (a text
+                # frame that is not UTF-8: 1007; a protocol error: 1002). RFC 6455 7.1.7: say why
+                # with our own close frame before dropping the connection.
+                reason = (event.reason or "")[:MAX_CLOSE_REASON_CHARS]
+                self._write(self._ws.send(CloseConnection(code=event.code, reason=reason)))
             self._drop()
         elif isinstance(event, Request):
             if event.target.partition("?")[0] != self.path:
