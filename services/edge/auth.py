@@ -32,6 +32,7 @@ from services.runtime.auth.jwt import Claims, InvalidToken
 from services.runtime.auth.settings import USER_SCOPES
 from services.runtime.auth.token_client import ClientCredentials, ClientRegistration, TokenClient
 from services.runtime.auth.verifier import TokenVerifier
+from services.runtime.context import reset_quietly
 from services.runtime.errors import Unavailable
 
 log = logging.getLogger("macp.edge.auth")
@@ -99,7 +100,7 @@ class BearerAuthMiddleware:
         try:
             await self._app(scope, receive, send)
         finally:
-            caller_var.reset(reset)
+            reset_quietly(caller_var, reset)
 
     @staticmethod
     async def _refuse(scope: Scope, receive: Receive, send: Send, message: str) -> None:

@@ -19,7 +19,7 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.runtime import tracing
-from services.runtime.context import REQUEST_ID_HEADER, new_request_id, request_id_var
+from services.runtime.context import REQUEST_ID_HEADER, new_request_id, request_id_var, reset_quietly
 from services.runtime.metrics import HttpMetrics
 from services.runtime.registry import EDGE
 
@@ -139,7 +139,7 @@ class RequestContextMiddleware:
                 tracing.end_http(trace, method, route, status or 500)
             if not scope.get(UNLOGGED):
                 self._access_log(method, route, status, elapsed, scope)
-            request_id_var.reset(token)
+            reset_quietly(request_id_var, token)
 
     @staticmethod
     def _access_log(method: str, route: str, status: int, elapsed: float, scope: Scope) -> None:

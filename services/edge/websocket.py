@@ -62,7 +62,7 @@ from services.edge.ws_link import WebSocketLink
 from services.edge.ws_streams import Subscription
 from services.runtime import tracing
 from services.runtime.auth.jwt import InvalidToken
-from services.runtime.context import new_request_id, request_id_var
+from services.runtime.context import new_request_id, request_id_var, reset_quietly
 from services.runtime.errors import DomainError, Unavailable
 from services.runtime.registry import EDGE
 
@@ -330,7 +330,7 @@ class Connection:
         finally:
             if trace is not None:
                 trace.end()
-            request_id_var.reset(reset)
+            reset_quietly(request_id_var, reset)
 
     def _trace(self, frame: ClientFrame) -> tracing.Scope | None:
         """The action's span (tracing on; not for pings), a new trace's root, and its context in the
