@@ -15,69 +15,24 @@ DOCUMENT = edge_document()
 HTTP_CASES: list[HttpCase] = http_cases(DOCUMENT)
 WS_CASES: list[WsCase] = ws_cases()
 
-_NOT_UTF8_FRAME = (
-    "the edge drops a text frame that is not UTF-8 without a close frame (the client sees 1006): wsproto "
-    "reports it as CloseConnection(1007) while the connection is still OPEN, and "
-    "services/edge/ws_link.py answers a CloseConnection only in REMOTE_CLOSING (RFC 6455 7.1.7: send "
-    "the close frame, 1007, then close)"
-)
-# The routes that call the mesh with the caller's request id and trace context as gRPC metadata.
-_MESH_CALLERS = (
-    "POST /v1/agents",
-    "GET /v1/agents",
-    "GET /v1/agents/{id}",
-    "PATCH /v1/agents/{id}",
-    "DELETE /v1/agents/{id}",
-    "POST /v1/conversations",
-    "GET /v1/conversations",
-    "GET /v1/conversations/{id}",
-    "PATCH /v1/conversations/{id}",
-    "DELETE /v1/conversations/{id}",
-    "POST /v1/conversations/{id}/messages",
-    "GET /v1/conversations/{id}/messages",
-    "POST /v1/conversations/{id}/archive",
-    "GET /v1/conversations/{id}/archives",
-    "GET /v1/conversations/{id}/archives/{archive_id}",
-    "GET /v1/conversations/{id}/events",
-    "POST /v1/chat/completions",
-    "POST /oauth2/token",
-    "POST /oauth2/revoke",
-    "POST /oauth2/introspect",
-    "POST /oauth2/register",
-    "GET /.well-known/jwks.json",
-    "GET /v1/usage",
-    "GET /v1/usage/invoice-preview",
-    "GET /v1/audit",
-)
-_CACHED_READS = ("GET /v1/agents/{id}", "GET /v1/conversations/{id}")  # may answer from Redis
-_STREAMS = ("GET /v1/conversations/{id}/events",)  # 200 sent before the stream's first call
-_REQUEST_ID_NOT_ASCII = (
-    "500: the edge takes the caller's x-request-id as sent (services/edge/middleware.py _incoming) and "
-    "hands it to every gRPC call as metadata; grpc refuses a value that is not printable ASCII "
-    "(ExecuteBatchError at SendInitialMetadata), which the edge answers as an unexpected error"
-)
-_REQUEST_ID_HUGE = (
-    "429 RESOURCE_EXHAUSTED 'received metadata size exceeds hard limit (20132 vs. 16384)': a caller's "
-    "20 KB x-request-id is passed on as gRPC metadata (services/edge/middleware.py _incoming keeps any "
-    "length), so every call to the mesh fails, and the edge answers it as a rate limit"
-)
-_TRACEPARENT_GARBAGE = (
-    "500: a traceparent that is not W3C trace context (bytes 0xff 0x2d 0xfe) is passed on as gRPC "
-    "metadata as sent (services/edge/middleware.py _incoming, then the tracing context of every call), "
-    "and grpc refuses the metadata (ExecuteBatchError at SendInitialMetadata)"
+_FRAME_REQUEST_ID = (
+    "INTERNAL 'Invalid metadata' error frame, and the conversation's stream ends (subscribed: false): "
+    "a frame's request_id (docs/websocket.md: any string of at most 128 characters) becomes the "
+    "request id of the frame's calls (services/edge/websocket.py _handle sets request_id_var to it), "
+    "and gRPC refuses metadata that is not visible ASCII (here: non-ASCII, a newline, DEL)"
 )
 # case id -> why it still fails (the fix it waits for).
 KNOWN_FAILURES: dict[str, str] = {
-    **{f"{route} | x-request-id=not-latin-text": _REQUEST_ID_NOT_ASCII for route in _MESH_CALLERS},
-    **{f"{route} | x-request-id=20k": _REQUEST_ID_HUGE for route in _MESH_CALLERS if route not in _STREAMS},
     **{
-        f"{route} | traceparent=garbage": _TRACEPARENT_GARBAGE
-        for route in _MESH_CALLERS
-        if route not in _CACHED_READS
+        f"ws {action} | request_id={attack}": _FRAME_REQUEST_ID
+        for action in ("subscribe", "message", "bid", "cancel")
+        for attack in ("not-ascii", "newline", "del")
     },
-    "ws frame | invalid-utf8-text": _NOT_UTF8_FRAME,
-    "ws frame | overlong-utf8-text": _NOT_UTF8_FRAME,
-    "ws frame | utf8-encoded-surrogate-text": _NOT_UTF8_FRAME,
+    "ws handshake | x-request-id=20k": (
+        "the WebSocket handshake with a 20 KB x-request-id gets no valid HTTP answer (the client sees "
+        "the connection end; an HTTP request with the same header is answered): most likely the handshake "
+        "parser of services/edge/ws_link.py (wsproto over h11, 16 KiB of headers) refuses them unanswered"
+    ),
 }
 
 

@@ -60,5 +60,7 @@ async def campaign(fuzz_world: World, fuzz_directory: Path) -> Report:
     (fuzz_directory / "answers.json").write_text(json.dumps(answers, indent=1, default=str))
     # Where the budget goes, in the output of `pytest -s` (the suite must stay under 3 minutes).
     print(f"fuzz campaign seconds: {report.seconds}")
+    slowest = sorted(report.websocket.items(), key=lambda item: -item[1].seconds)[:5]
+    print(f"slowest frames: {[(case, round(outcome.seconds, 2)) for case, outcome in slowest]}")
     print(f"stateful answers: {sorted(report.stateful_answers.items())}")
     return report

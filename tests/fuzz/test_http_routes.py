@@ -26,6 +26,7 @@ def test_a_hostile_request_is_refused_without_harm(
     if found:
         evidence = [
             f"request: {case.describe()}",
+            f"the whole request: python -m tests.fuzz {case.id!r}",
             f"request id: {outcome.request_id}",
             *(f"envoy: {line}" for line in envoy_lines(fuzz_directory, outcome.request_id)),
             *(f"log: {record}" for record in outcome.logs),

@@ -19,5 +19,9 @@ def test_a_hostile_frame_is_refused_without_harm(case: WsCase, campaign: Report)
     outcome = campaign.websocket[case.id]
     found = problems(case, outcome)
     if found:
-        evidence = [f"frame: {case.describe()}", *(f"log: {record}" for record in outcome.logs)]
+        evidence = [
+            f"frame: {case.describe()}",
+            f"the whole frame: python -m tests.fuzz {case.id!r}",
+            *(f"log: {record}" for record in outcome.logs),
+        ]
         pytest.fail("\n".join([*found, *evidence]))

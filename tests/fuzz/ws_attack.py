@@ -5,7 +5,9 @@ the next case. After each case the bystander makes one ordinary request, as afte
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +24,12 @@ from tests.world import World
 
 # How long the edge may take to answer a frame and the ping after it.
 ANSWER_SECONDS = 10.0
+# Actions that open or use a conversation's Converse stream: how that stream ends is told later, in
+# an error frame of its own. Each such case the edge may accept gets a connection of its own, read
+# this long after the probe's pong, so what its stream does is pinned on it, never on the next case
+# (a frame the edge must refuse never reaches a stream: those share one connection).
+STREAM_ACTIONS = frozenset({"subscribe", "message", "bid", "cancel"})
+SETTLE_SECONDS = 0.2
 # Error codes that are the WebSocket's 5xx (docs/websocket.md maps gRPC statuses to error frames).
 SERVER_ERRORS = frozenset({"INTERNAL", "UNKNOWN", "UNAVAILABLE", "DATA_LOSS", "DEADLINE_EXCEEDED"})
 
@@ -37,20 +45,44 @@ class WsOutcome:
     next_caller: int | None = 200
     next_caller_body: str = ""
     logs: list[str] = field(default_factory=list)
+    seconds: float = 0.0
 
 
 def _url(world: World) -> str:
     return world.front_url.replace("http://", "ws://") + "/v1/ws"
 
 
-async def _connect(world: World, token: str) -> ClientConnection:
+async def _connect(world: World, token: str, extra: tuple[tuple[str, bytes], ...] = ()) -> ClientConnection:
+    headers = [
+        ("authorization", f"Bearer {token}"),
+        *((name, value.decode("latin-1")) for name, value in extra),
+    ]
     return await websockets.connect(
         _url(world),
-        additional_headers={"authorization": f"Bearer {token}"},
+        additional_headers=headers,
         max_size=None,
         compression=None,
         open_timeout=ANSWER_SECONDS,
+        # The close handshake, then TCP: a case does not wait for Envoy to drop its side.
+        close_timeout=0.1,
     )
+
+
+async def _settle(connection: ClientConnection, outcome: WsOutcome) -> None:
+    """The non-event frames that arrive within SETTLE_SECONDS (a stream's end, told late)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(SETTLE_SECONDS):
+            while True:
+                try:
+                    frame = json.loads(await connection.recv())
+                except ConnectionClosed as closed:
+                    received = closed.rcvd
+                    outcome.closed = (
+                        (received.code, received.reason) if received else (1006, "no close frame")
+                    )
+                    return
+                if frame.get("type") != "event":
+                    outcome.frames.append(frame)
 
 
 async def _until_pong(connection: ClientConnection, probe: str, outcome: WsOutcome) -> None:
@@ -108,16 +140,25 @@ async def attack_websocket(
                 )
             assert len(data) <= MAX_FRAME_BYTES + 1
             outcome = WsOutcome()
+            started = time.monotonic()
             try:
-                if connection is None:
-                    connection = await _connect(world, attacker.resources.token)
-                await _one(connection, case, data, probe, outcome)
+                if case.handshake or (case.action in STREAM_ACTIONS and not case.refused):
+                    # A connection of its own, closed after the case.
+                    async with await _connect(world, attacker.resources.token, case.handshake) as own:
+                        await _one(own, case, data, probe, outcome)
+                        if outcome.closed is None and not outcome.error:
+                            await _settle(own, outcome)
+                else:
+                    if connection is None:
+                        connection = await _connect(world, attacker.resources.token)
+                    await _one(connection, case, data, probe, outcome)
             except (OSError, websockets.InvalidHandshake) as exc:
                 outcome.error = f"{type(exc).__name__}: {exc}"
             if outcome.closed is not None or outcome.error:
                 if connection is not None:
                     await connection.close()
                 connection = None
+            outcome.seconds = time.monotonic() - started
             outcome.next_caller, outcome.next_caller_body = await next_caller(bystander_client, bystander)
             outcome.logs = records.of(probe)
             outcomes[case.id] = outcome

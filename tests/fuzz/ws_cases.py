@@ -58,7 +58,8 @@ LIST_FIELDS = frozenset({"mention_agent_ids"})
 class WsCase:
     """One hostile frame. data: what is sent (text, or bytes sent as a text frame unless `binary`);
     closes: close codes the edge may answer with instead of a frame; refused: no server could take
-    it (not JSON, too deep, a wrong type, an unknown action or field), so an error frame must answer."""
+    it (not JSON, too deep, a wrong type, an unknown action or field), so an error frame must answer;
+    handshake: headers of a connection of its own, opened for this frame."""
 
     action: str
     attack: str
@@ -66,6 +67,7 @@ class WsCase:
     binary: bool = False
     closes: frozenset[int] = frozenset()
     refused: bool = False
+    handshake: tuple[tuple[str, bytes], ...] = ()
 
     @property
     def id(self) -> str:
@@ -102,6 +104,9 @@ def _field_cases(action: str, frame: dict[str, Any]) -> list[WsCase]:
         cases.append(WsCase(action, f"{name}=wrong-type", encode({**frame, name: wrong_type}), refused=True))
         deep = encode({**frame, name: deep_array(FRAME_DEPTH)})
         cases.append(WsCase(action, f"{name}=deep-array-{FRAME_DEPTH}", deep, refused=True))
+    # A frame's request id becomes the request id of the calls it makes to the mesh.
+    for attack, request_id in (("not-ascii", "\u00ff\u00fe"), ("newline", "a\nb"), ("del", "a\u007fb")):
+        cases.append(WsCase(action, f"request_id={attack}", encode({**frame, "request_id": request_id})))
     cases.append(
         WsCase(action, "action=nul-suffixed", encode({**frame, "action": f"{action}\u0000"}), refused=True)
     )
@@ -160,6 +165,16 @@ def ws_cases() -> list[WsCase]:
         WsCase("frame", "no-action", encode({"request_id": "r"}), refused=True),
     ]
     cases += frame_cases
+    # The handshake's own headers: its request id and trace context, then a subscribe that makes
+    # the connection's first call to the mesh.
+    subscribe = encode(FRAMES["subscribe"])
+    for attack, header in (
+        ("x-request-id=not-latin-text", ("x-request-id", b"\xff\xfe\xfd")),
+        ("x-request-id=20k", ("x-request-id", b"r" * 20_000)),
+        ("traceparent=garbage", ("traceparent", b"\xff-\xfe")),
+        ("traceparent=version-ff", ("traceparent", b"ff-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01")),
+    ):
+        cases.append(WsCase("handshake", attack, subscribe, handshake=(header,)))
     ids = [case.id for case in cases]
     assert len(ids) == len(set(ids)), "two WebSocket cases share a name"
     return cases
