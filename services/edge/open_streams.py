@@ -19,12 +19,12 @@ turn a short outage into a reconnect storm.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Protocol
 
 from redis.exceptions import RedisError
 
+from services.runtime.aio import cancel_and_wait
 from services.runtime.auth.revocation import RevocationChecker
 
 log = logging.getLogger("macp.edge.streams")
@@ -97,11 +97,8 @@ class OpenStreams:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
 
     async def _run(self) -> None:
         while True:

@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import redis.asyncio as aioredis
 
+from services.runtime.aio import cancel_and_wait
+
 log = logging.getLogger("macp.orchestrator.control")
 
 SignalKind = Literal["cancel", "interrupt", "bid"]
@@ -79,10 +81,7 @@ class ControlBus:
             await asyncio.wait_for(self._ready.wait(), 5.0)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         while True:

@@ -29,6 +29,7 @@ from typing import Final, cast
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from services.runtime.aio import cancel_and_wait
 from services.runtime.redis_client import text_of
 
 log = logging.getLogger("macp.orchestrator.log_tail")
@@ -82,10 +83,7 @@ class LogTail:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def _ring(self) -> None:
         if not self._doorbell:

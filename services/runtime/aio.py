@@ -22,3 +22,15 @@ async def until_set(work: Coroutine[Any, Any, T], event: asyncio.Event) -> async
             task.cancel()
             await asyncio.wait((task,))  # its end, without taking its CancelledError as ours
     return task
+
+
+async def cancel_and_wait(task: asyncio.Future[Any] | None) -> None:
+    """Cancel a background task and wait for its end. Its CancelledError is not raised here (an
+    error it ended with before the cancel is), but a cancellation of the caller still is, which a
+    `suppress(CancelledError)` around `await task` would swallow too."""
+    if task is None:
+        return
+    task.cancel()
+    await asyncio.wait((task,))
+    if not task.cancelled() and (error := task.exception()) is not None:
+        raise error

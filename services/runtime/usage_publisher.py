@@ -22,7 +22,6 @@ another process, carries the trace of the turn that made the event (Kafka header
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -40,7 +39,7 @@ from opentelemetry.trace import SpanKind
 from redis.exceptions import ResponseError
 
 from services.runtime import tracing
-from services.runtime.aio import until_set
+from services.runtime.aio import cancel_and_wait, until_set
 
 log = logging.getLogger("macp.usage")
 
@@ -182,9 +181,7 @@ class UsagePublisher:
                 "usage outbox not drained at stop; the next publisher delivers it", extra={"key": self.key}
             )
         finally:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         backoff = 0.1

@@ -14,7 +14,6 @@ GetJwks calls.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -25,6 +24,7 @@ import grpc
 from cryptography.hazmat.primitives.asymmetric import rsa
 from macp.token.v1 import token_service_pb2, token_service_pb2_grpc
 
+from services.runtime.aio import cancel_and_wait
 from services.runtime.auth.jwt import KID_PATTERN, public_key_from_jwk
 
 log = logging.getLogger("macp.auth.jwks")
@@ -173,11 +173,8 @@ class JwksCache:
         self._task = asyncio.create_task(self._refresh_periodically())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
 
     async def _try_refresh(self) -> None:
         try:
