@@ -37,10 +37,9 @@ from services.token.oauth import OAuthCode
 log = logging.getLogger("macp.token.guessing")
 
 # KEYS: the failure count, the lock. ARGV: window ms, free failures, first lockout ms, max lockout ms.
-# Returns {admitted, lock ms (the remaining one if refused, the one set if admitted), count}.
-_RESERVE: Final = """
-local remaining = redis.call('PTTL', KEYS[2])
-if remaining > 0 then return {0, remaining, 0} end
+# Count one attempt (KEYS[1], forgotten ARGV[1] ms after the last) and, past ARGV[2] free ones,
+# lock (KEYS[2]) for ARGV[3] ms doubling per further attempt, at most ARGV[4] ms.
+_COUNT_AND_LOCK: Final = """
 local count = redis.call('INCR', KEYS[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 local lock = 0
@@ -49,21 +48,20 @@ if count >= free then
   lock = math.floor(math.min(tonumber(ARGV[3]) * 2 ^ (count - free), tonumber(ARGV[4])))
   redis.call('SET', KEYS[2], '1', 'PX', lock)
 end
-return {1, lock, count}
 """
 
-# The same counting once a failure has happened (clients): returns {lock ms set, count}.
-_FAILED: Final = """
-local count = redis.call('INCR', KEYS[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-local lock = 0
-local free = tonumber(ARGV[2])
-if count >= free then
-  lock = math.floor(math.min(tonumber(ARGV[3]) * 2 ^ (count - free), tonumber(ARGV[4])))
-  redis.call('SET', KEYS[2], '1', 'PX', lock)
-end
-return {lock, count}
+# Returns {admitted, lock ms (the remaining one if refused, the one set if admitted), count}.
+_RESERVE: Final = (
+    """
+local remaining = redis.call('PTTL', KEYS[2])
+if remaining > 0 then return {0, remaining, 0} end
 """
+    + _COUNT_AND_LOCK
+    + "return {1, lock, count}\n"
+)
+
+# The same counting once a failure has happened (clients): returns {lock ms set, count}.
+_FAILED: Final = _COUNT_AND_LOCK + "return {lock, count}\n"
 
 # KEYS: the failure count, the lock. Returns {remaining lock ms (<= 0: none), count}.
 _PEEK: Final = """
