@@ -497,6 +497,27 @@ def header_attacks(op: Operation) -> Iterator[HttpCase]:
     if content_type == FORM:
         for attack, value in BASIC_HEADERS.items():
             yield case(f"authorization={attack}", (("authorization", value),), malformed=True)
+    if op.operation_id == "appendMessage":
+        # The same route answering with the round's server-sent events: another path to the mesh.
+        valid = JSON_BODIES["appendMessage"]
+        streamed = (("accept", b"text/event-stream"),)
+        for attack, text in (
+            (f"text=deep-array-{DEEP}", encode({**valid, "text": deep_array(DEEP)})),
+            ("text=nul", encode({**valid, "text": "a\u0000b"})),
+            ("text=lone-surrogate", encode({**valid, "text": "\ud800"})),
+            ("text=invalid-utf8", _with_raw_string(valid, "text", b"\xff\xfe").decode("latin-1")),
+            ("id=not-a-uuid", encode({**valid, "id": "x" * 40})),
+        ):
+            yield HttpCase(
+                op.label,
+                f"accept=event-stream {attack}",
+                op.method,
+                op.filled_path,
+                body=text.encode("latin-1") if "invalid-utf8" in attack else text.encode(),
+                content_type=JSON,
+                malformed=True,
+                headers=streamed,
+            )
     if op.operation_id == "createChatCompletion":
         for attack, value in (
             ("not-latin-text", b"\xff\xfe"),
