@@ -192,6 +192,25 @@ HOSTILE_NUMBERS: dict[str, Any] = {
 HOSTILE_BOOLEANS: dict[str, Any] = {"string": "true", "number": 1, "null": None}
 
 
+# Timestamps and durations past what protobuf's Timestamp (years 1 to 9999) and Duration
+# (+-315,576,000,000 s) hold, and dates no calendar has.
+HOSTILE_TIMESTAMPS: dict[str, str] = {
+    "year-10000": "10000-01-01T00:00:00Z",
+    "year-0": "0000-01-01T00:00:00Z",
+    "february-30": "2026-02-30T00:00:00Z",
+    "offset-25h": "2026-01-01T00:00:00+25:00",
+    "leap-second": "2026-12-31T23:59:60Z",
+    "nanoseconds-10": "2026-01-01T00:00:00.0000000001Z",
+}
+HOSTILE_DURATIONS: dict[str, str] = {
+    "past-max": "315576000001s",
+    "2^63": f"{2**63}s",
+    "negative-past-max": "-315576000001s",
+    "nanoseconds-10": "0.0000000001s",
+    "1e400": "1e400s",
+}
+
+
 def hostile_values(leaf: Leaf) -> dict[str, Any]:
     """The hostile values for `leaf`, by name."""
     if leaf.kind == "integer":
@@ -200,4 +219,8 @@ def hostile_values(leaf: Leaf) -> dict[str, Any]:
         return HOSTILE_NUMBERS
     if leaf.kind == "boolean":
         return HOSTILE_BOOLEANS
+    if leaf.schema.get("format") == "date-time":
+        return {**HOSTILE_STRINGS, **HOSTILE_TIMESTAMPS}
+    if str(leaf.schema.get("pattern", "")).endswith("s$"):
+        return {**HOSTILE_STRINGS, **HOSTILE_DURATIONS}
     return HOSTILE_STRINGS

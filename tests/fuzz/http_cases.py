@@ -22,7 +22,9 @@ from services.edge.app import API_TITLE, API_VERSION, api_routes
 from services.edge.routes import openapi_document
 from tests.fuzz.hostile_json import (
     DEEP,
+    HOSTILE_DURATIONS,
     HOSTILE_STRINGS,
+    HOSTILE_TIMESTAMPS,
     deep_array,
     deep_object,
     duplicated,
@@ -384,6 +386,20 @@ PATH_VALUES: dict[str, str] = {
 }
 
 
+def _special_query_values(schema: dict[str, Any]) -> dict[str, str]:
+    """Values past the ranges a parameter's type implies: timestamps, durations, months, event ids."""
+    pattern = str(schema.get("pattern", ""))
+    if schema.get("format") == "date-time":
+        return {name: urllib.parse.quote(value) for name, value in HOSTILE_TIMESTAMPS.items()}
+    if pattern.endswith("s$"):
+        return {name: urllib.parse.quote(value) for name, value in HOSTILE_DURATIONS.items()}
+    if "{4}-" in pattern:  # a month, YYYY-MM
+        return {"month-13": "2026-13", "year-0": "0000-01", "year-9999-month-99": "9999-99"}
+    if "A-Za-z0-9._:-" in pattern:  # an event id, <ms>-<seq>
+        return {"ms-2^64": f"{2**64}-0", "seq-2^64": f"0-{2**64}", "negative": "-1-0"}
+    return {}
+
+
 def parameter_attacks(op: Operation) -> Iterator[HttpCase]:
     body = None
     content_type = op.body_media_type()
@@ -408,7 +424,9 @@ def parameter_attacks(op: Operation) -> Iterator[HttpCase]:
         name = parameter["name"]
         if parameter["in"] == "query":
             values = (
-                INTEGER_QUERY_VALUES if parameter["schema"].get("type") == "integer" else STRING_QUERY_VALUES
+                INTEGER_QUERY_VALUES
+                if parameter["schema"].get("type") == "integer"
+                else {**STRING_QUERY_VALUES, **_special_query_values(parameter["schema"])}
             )
             for attack, value in values.items():
                 yield case(f"?{name}={attack}", op.filled_path, f"{name}={value}")

@@ -104,6 +104,12 @@ def _field_cases(action: str, frame: dict[str, Any]) -> list[WsCase]:
         cases.append(WsCase(action, f"{name}=wrong-type", encode({**frame, name: wrong_type}), refused=True))
         deep = encode({**frame, name: deep_array(FRAME_DEPTH)})
         cases.append(WsCase(action, f"{name}=deep-array-{FRAME_DEPTH}", deep, refused=True))
+    if "last_event_id" in frame:
+        # Event ids past what a Redis stream id holds (two unsigned 64-bit numbers).
+        for attack, event_id in (("ms-2^64", f"{2**64}-0"), ("seq-2^64", f"0-{2**64}"), ("negative", "-1-0")):
+            cases.append(
+                WsCase(action, f"last_event_id={attack}", encode({**frame, "last_event_id": event_id}))
+            )
     # A frame's request id becomes the request id of the calls it makes to the mesh.
     for attack, request_id in (("not-ascii", "\u00ff\u00fe"), ("newline", "a\nb"), ("del", "a\u007fb")):
         cases.append(WsCase(action, f"request_id={attack}", encode({**frame, "request_id": request_id})))
