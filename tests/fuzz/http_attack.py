@@ -11,6 +11,7 @@ import httpx
 
 from tests.fuzz.evidence import ErrorRecords
 from tests.fuzz.http_cases import HttpCase
+from tests.fuzz.page_tokens import forged
 from tests.fuzz.targets import Attacker, Resources
 
 # Answers a case may take this long (a 1 MiB body through Envoy on a busy machine).
@@ -78,7 +79,7 @@ async def send(
     if body is not None:
         for slot, value in slots.items():
             body = body.replace(slot.encode(), value.encode())
-    url = f"{path}?{case.query}" if case.query else path
+    url = f"{path}?{forged(case.query, attacker)}" if case.query else path
     outcome = HttpOutcome(request_id, None, "")
     try:
         async with attacker_client.stream(

@@ -20,6 +20,7 @@ from typing import Any
 
 from services.edge.app import API_TITLE, API_VERSION, api_routes
 from services.edge.routes import openapi_document
+from tests.fuzz import page_tokens
 from tests.fuzz.hostile_json import (
     DEEP,
     HOSTILE_DURATIONS,
@@ -430,6 +431,10 @@ def parameter_attacks(op: Operation) -> Iterator[HttpCase]:
             )
             for attack, value in values.items():
                 yield case(f"?{name}={attack}", op.filled_path, f"{name}={value}")
+            if name == "page_token" and op.label in page_tokens.LISTS:
+                for cursor in page_tokens.CURSORS:
+                    forged = page_tokens.slot(op.label, cursor)
+                    yield case(f"?{name}=forged-{cursor}", op.filled_path, f"{name}={forged}")
             yield case(f"?{name}=repeated", op.filled_path, f"{name}=1&{name}=2")
         elif parameter["in"] == "path":
             for attack, value in PATH_VALUES.items():
