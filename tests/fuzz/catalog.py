@@ -8,8 +8,41 @@ from typing import Any
 
 import pytest
 
-from tests.fuzz.http_cases import HttpCase, edge_document, http_cases
+from tests.fuzz.header_cases import header_attacks
+from tests.fuzz.http_cases import (
+    FORM,
+    FORM_BODIES,
+    JSON,
+    JSON_BODIES,
+    HttpCase,
+    document_attacks,
+    edge_document,
+    form_attacks,
+    operations,
+    value_attacks,
+)
+from tests.fuzz.parameter_cases import parameter_attacks
 from tests.fuzz.ws_cases import WsCase, ws_cases
+
+
+def http_cases(document: dict[str, Any]) -> list[HttpCase]:
+    """Every hostile request, in a fixed order."""
+    cases: list[HttpCase] = []
+    for op in operations(document):
+        cases += parameter_attacks(op)
+        cases += header_attacks(op)
+        media_type = op.body_media_type()
+        if media_type == JSON:
+            valid = JSON_BODIES[op.operation_id]
+            cases += document_attacks(op, valid)
+            cases += value_attacks(op, valid, document)
+        elif media_type == FORM:
+            cases += form_attacks(op, FORM_BODIES[op.operation_id], document)
+    ids = [case.id for case in cases]
+    duplicates = {case_id for case_id in ids if ids.count(case_id) > 1}
+    assert not duplicates, duplicates
+    return cases
+
 
 DOCUMENT = edge_document()
 HTTP_CASES: list[HttpCase] = http_cases(DOCUMENT)
