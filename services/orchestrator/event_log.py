@@ -61,11 +61,18 @@ return id
 """
 
 
+# A Redis stream id is two unsigned 64-bit numbers: past them XREAD refuses the id outright.
+_EVENT_ID_PART_LIMIT = 2**64
+
+
 def _position(event_id: str, field: str = "after_event_id") -> tuple[int, int]:
     match = _EVENT_ID.fullmatch(event_id)
     if match is None:
         raise InvalidArgument(f"{field}: {event_id!r} is not an event id of this conversation (<ms>-<seq>)")
-    return int(match.group(1)), int(match.group(2))
+    position = int(match.group(1)), int(match.group(2))
+    if max(position) >= _EVENT_ID_PART_LIMIT:
+        raise InvalidArgument(f"{field}: {event_id!r} is past the largest event id (each part below 2^64)")
+    return position
 
 
 class EventLog:

@@ -55,9 +55,12 @@ async def test_trimmed_events_answer_out_of_range_never_a_silent_gap(
 
 async def test_a_malformed_id_is_refused_naming_the_field(redis: aioredis.Redis, prefix: str) -> None:
     log = EventLog(redis, prefix)
-    for bad in ("", "12", "a-1", "1-2-3"):
+    for bad in ("", "12", "a-1", "1-2-3", f"{2**64}-0", f"0-{2**64}"):
         with pytest.raises(InvalidArgument, match="after_event_id"):
             await log.read(str(uuid.uuid4()), bad)
+        if bad:  # a follower is refused the same way (the empty id means "from now on")
+            with pytest.raises(InvalidArgument, match="after_event_id"):
+                await anext(aiter(log.follow(str(uuid.uuid4()), bad)))
 
 
 async def test_followers_in_other_processes_see_live_events_in_order(
