@@ -54,25 +54,8 @@ _FRAME_REQUEST_ID = (
     "request id of the frame's calls (services/edge/websocket.py _handle sets request_id_var to it), "
     "and gRPC refuses metadata that is not visible ASCII (here: non-ASCII, a newline, DEL)"
 )
-_EVENT_ID_PAST_64_BITS = (
-    "INTERNAL (500 on SSE, an INTERNAL error frame on the WebSocket): an event id whose milliseconds or "
-    "sequence is 2^64 or more passes the contract (Join.after_event_id and StreamEventsRequest's: "
-    "only `^[A-Za-z0-9._:-]*$`, 64 characters) and reaches Redis, whose XREAD refuses it ('Invalid "
-    "stream ID specified as stream command argument', services/orchestrator/event_log.py / "
-    "log_tail.py); an id that is not <ms>-<seq> within 64 bits is due an INVALID_ARGUMENT "
-    "(OUT_OF_RANGE if it is well formed but no longer retained)"
-)
 # case id -> why it still fails (the fix it waits for).
 KNOWN_FAILURES: dict[str, str] = {
-    **{
-        case_id: _EVENT_ID_PAST_64_BITS
-        for case_id in (
-            "GET /v1/conversations/{id}/events | ?after=ms-2^64",
-            "GET /v1/conversations/{id}/events | ?after=seq-2^64",
-            "ws subscribe | last_event_id=ms-2^64",
-            "ws subscribe | last_event_id=seq-2^64",
-        )
-    },
     **{
         f"ws {action} | request_id={attack}": _FRAME_REQUEST_ID
         for action in ("subscribe", "message", "bid", "cancel")
