@@ -163,11 +163,13 @@ async def test_an_unexpected_exception_answers_internal_without_its_text() -> No
     assert "secret" not in (error.details() or "")
     assert "hunter2" not in (error.details() or "")
     assert "request id" in (error.details() or "")
-    # The text stays in the service's own log, under the request id the caller got back.
+    # The text stays in the service's own log, under the request id the caller got back, with the
+    # credential in it redacted like any other log line's.
     request_id = request_id_of(error.trailing_metadata())
     [logged] = [entry for entry in logs if entry["level"] == "error"]
     assert logged["request_id"] == request_id
-    assert "RuntimeError: secret: password=hunter2" in logged["exception"]
+    assert "RuntimeError: secret: password=[redacted]" in logged["exception"]
+    assert "hunter2" not in logged["exception"]
 
 
 # --- access log ------------------------------------------------------------------------------------
