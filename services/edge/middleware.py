@@ -19,7 +19,13 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.runtime import tracing
-from services.runtime.context import REQUEST_ID_HEADER, new_request_id, request_id_var, reset_quietly
+from services.runtime.context import (
+    REQUEST_ID_HEADER,
+    is_request_id,
+    new_request_id,
+    request_id_var,
+    reset_quietly,
+)
 from services.runtime.metrics import HttpMetrics
 from services.runtime.registry import EDGE
 
@@ -67,12 +73,11 @@ class RouteTemplates:
 
 
 # What the edge passes on of the caller's headers: they become gRPC metadata on every call it
-# makes, which must be printable ASCII and fit the metadata limit. A request id is up to 128
-# visible characters; a traceparent is W3C's (version, trace id, parent id, flags, and what a later
-# version may append); a tracestate at most 512 characters (W3C: 32 members of up to 256 each, and
-# 512 is what a vendor may rely on being kept). Anything else is not passed on: the request gets
-# an id of the edge's own, and starts a trace of its own.
-_REQUEST_ID_FORM = re.compile(rb"[\x21-\x7e]{1,128}")
+# makes, which must be printable ASCII and fit the metadata limit. A request id is the runtime's
+# `is_request_id` form (up to 128 visible characters); a traceparent is W3C's (version, trace id,
+# parent id, flags, and what a later version may append); a tracestate at most 512 characters (W3C:
+# 32 members of up to 256 each, and 512 is what a vendor may rely on being kept). Anything else is
+# not passed on: the request gets an id of the edge's own, and starts a trace of its own.
 _TRACEPARENT_FORM = re.compile(rb"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-[\x21-\x7e]{0,64})?")
 _TRACESTATE_FORM = re.compile(rb"[\x20-\x7e]{1,512}")
 
@@ -90,7 +95,8 @@ def _incoming(scope: Scope) -> tuple[str | None, str | None, str | None]:
             tracestate = value
     parent = _well_formed(traceparent, _TRACEPARENT_FORM)
     state = _well_formed(tracestate, _TRACESTATE_FORM) if parent is not None else None
-    return _well_formed(request_id, _REQUEST_ID_FORM), parent, state
+    caller_id = request_id.decode("latin-1") if request_id else None
+    return (caller_id if caller_id and is_request_id(caller_id) else None), parent, state
 
 
 def _well_formed(value: bytes | None, form: re.Pattern[bytes]) -> str | None:

@@ -23,10 +23,10 @@ from google.protobuf.message import Message
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
 from services.edge.json_input import InvalidJson, decode_json_object
+from services.runtime.context import MAX_REQUEST_ID_CHARS, is_request_id
 
 # Client frame fields every action may carry besides its own: a correlation id echoed back.
 COMMON_FIELDS = frozenset({"action", "request_id"})
-MAX_REQUEST_ID_LENGTH = 128
 
 # action -> {field: JSON type name}; the types are checked before the proto is built.
 STRING, NUMBER, STRINGS = "string", "number", "array of strings"
@@ -118,12 +118,10 @@ def parse_frame(text: str) -> ClientFrame:
     except InvalidJson as exc:
         raise FrameError("INVALID_JSON", exc.message, None, None) from None
     request_id = document.get("request_id")
-    if request_id is not None and (
-        not isinstance(request_id, str) or len(request_id) > MAX_REQUEST_ID_LENGTH
-    ):
+    if request_id is not None and (not isinstance(request_id, str) or not is_request_id(request_id)):
         raise FrameError(
             "INVALID_ARGUMENT",
-            f"request_id: a string of at most {MAX_REQUEST_ID_LENGTH} characters",
+            f"request_id: a string of 1 to {MAX_REQUEST_ID_CHARS} visible ASCII characters",
             None,
             None,
         )

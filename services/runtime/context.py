@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import uuid
 from contextvars import ContextVar, Token
 from typing import Any
@@ -16,6 +17,16 @@ REQUEST_ID_HEADER = "x-request-id"
 RpcContext = grpc.aio.ServicerContext[Any, Any]
 
 request_id_var: ContextVar[str | None] = ContextVar("macp_request_id", default=None)
+
+# A request id travels as gRPC metadata on every call made for it, which takes visible ASCII only:
+# a caller's id of any other form (or longer) would fail those calls, so it is never taken.
+MAX_REQUEST_ID_CHARS = 128
+_REQUEST_ID_FORM = re.compile(rf"[\x21-\x7e]{{1,{MAX_REQUEST_ID_CHARS}}}")
+
+
+def is_request_id(text: str) -> bool:
+    """Whether a caller's `text` may serve as a request id: 1 to 128 visible ASCII characters."""
+    return _REQUEST_ID_FORM.fullmatch(text) is not None
 
 
 def new_request_id() -> str:

@@ -68,3 +68,16 @@ def test_a_websocket_frame_nested_too_deep_is_invalid_json_not_a_crash() -> None
         parse_frame(frame)
     assert refused.value.code == "INVALID_JSON"
     assert refused.value.message == f"the frame nests arrays and objects deeper than {MAX_DEPTH} levels"
+
+
+@pytest.mark.parametrize("request_id", ["é", "line\nbreak", "del\x7f", "with space", "", "r" * 129])
+def test_a_frame_request_id_that_cannot_be_grpc_metadata_is_refused_by_name(request_id: str) -> None:
+    frame = json.dumps({"action": "ping", "request_id": request_id})
+    with pytest.raises(FrameError) as refused:
+        parse_frame(frame)
+    assert refused.value.code == "INVALID_ARGUMENT"
+    assert refused.value.message.startswith("request_id: ")
+
+
+def test_a_visible_ascii_request_id_is_kept() -> None:
+    assert parse_frame(json.dumps({"action": "ping", "request_id": "r-42:x"})).request_id == "r-42:x"
