@@ -48,19 +48,8 @@ DOCUMENT = edge_document()
 HTTP_CASES: list[HttpCase] = http_cases(DOCUMENT)
 WS_CASES: list[WsCase] = ws_cases()
 
-_FRAME_REQUEST_ID = (
-    "INTERNAL 'Invalid metadata' error frame, and the conversation's stream ends (subscribed: false): "
-    "a frame's request_id (docs/websocket.md: any string of at most 128 characters) becomes the "
-    "request id of the frame's calls (services/edge/websocket.py _handle sets request_id_var to it), "
-    "and gRPC refuses metadata that is not visible ASCII (here: non-ASCII, a newline, DEL)"
-)
 # case id -> why it still fails (the fix it waits for).
 KNOWN_FAILURES: dict[str, str] = {
-    **{
-        f"ws {action} | request_id={attack}": _FRAME_REQUEST_ID
-        for action in ("subscribe", "message", "bid", "cancel")
-        for attack in ("not-ascii", "newline", "del")
-    },
     "ws handshake | x-request-id=20k": (
         "the WebSocket handshake with a 20 KB x-request-id gets no valid HTTP answer (the client sees "
         "the connection end; an HTTP request with the same header is answered): most likely the handshake "
