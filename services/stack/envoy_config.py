@@ -144,7 +144,7 @@ _COMMON_LOG_FIELDS: dict[str, str] = {
     "method": "%REQ(:METHOD)%",
     # Without the query string: it can carry credentials (the WebSocket's `?access_token=`, an
     # authorization `code`), and an access log is no place for them.
-    "path": "%PATH(WQ:ORIG)%",
+    "path": "%PATH(NQ)%",
     "protocol": "%PROTOCOL%",
     "status": "%RESPONSE_CODE%",
     "response_flags": "%RESPONSE_FLAGS%",

@@ -138,6 +138,8 @@ def assert_no_secret_logged(secrets_used: dict[str, str], logs: list[Path]) -> N
     """No log of the whole stack (Envoy's access log, every service's, the supervisor's) holds any
     credential the run used, whole or as its longest-lived part (a JWT's signature)."""
     assert len(logs) > 5, logs  # every part logged somewhere
+    envoy_log = next(path for path in logs if path.name == "envoy.log").read_text()
+    assert '"path":"/v1/ws"' in envoy_log.replace(" ", ""), "Envoy's access log lost the paths"
     needles = dict(secrets_used)
     needles["access token signature"] = secrets_used["access token"].rsplit(".", 1)[-1]
     for path in logs:
