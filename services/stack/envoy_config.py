@@ -135,6 +135,8 @@ HEALTH_TIMEOUT = timedelta(seconds=1)
 CONNECT_TIMEOUT = timedelta(seconds=1)
 EDGE_HEALTH_PATH = "/healthz"
 
+FRONT_MAX_REQUEST_HEADERS_KB = 16
+
 UPSTREAM_HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 # Access-log fields shared by both listeners; values are Envoy command operators.
@@ -269,6 +271,10 @@ def _front_listener(layout: _Layout) -> Listener:
         generate_request_id=True,
         preserve_external_request_id=True,
         always_set_request_id_in_response=True,
+        # Room for a bearer token at the verifier's limit (8 KiB) and ordinary headers; past it a
+        # 431 from Envoy. Envoy's 60 KiB default let a 20 KiB x-request-id through, which it then
+        # echoed into a WebSocket handshake's answer, longer than WebSocket clients read.
+        max_request_headers_kb=FRONT_MAX_REQUEST_HEADERS_KB,
         # Normalized paths keep `/v1//ws` or `/v1/./ws` from dodging a route.
         normalize_path=True,
         merge_slashes=True,

@@ -49,13 +49,7 @@ HTTP_CASES: list[HttpCase] = http_cases(DOCUMENT)
 WS_CASES: list[WsCase] = ws_cases()
 
 # case id -> why it still fails (the fix it waits for).
-KNOWN_FAILURES: dict[str, str] = {
-    "ws handshake | x-request-id=20k": (
-        "the WebSocket handshake with a 20 KB x-request-id gets no valid HTTP answer (the client sees "
-        "the connection end; an HTTP request with the same header is answered): most likely the handshake "
-        "parser of services/edge/ws_link.py (wsproto over h11, 16 KiB of headers) refuses them unanswered"
-    ),
-}
+KNOWN_FAILURES: dict[str, str] = {}
 
 
 def params(cases: list[HttpCase] | list[WsCase]) -> list[Any]:

@@ -37,10 +37,12 @@ SERVER_ERRORS = frozenset({"INTERNAL", "UNKNOWN", "UNAVAILABLE", "DATA_LOSS", "D
 @dataclass
 class WsOutcome:
     """frames: the non-event frames answered before the probe's pong; closed: the close code (and
-    reason) if the edge closed instead; next_caller: the bystander's status right after."""
+    reason) if the edge closed instead; refused_status: the 4xx a refused handshake got;
+    next_caller: the bystander's status right after."""
 
     frames: list[dict[str, Any]] = field(default_factory=list)
     closed: tuple[int, str] | None = None
+    refused_status: int | None = None  # the HTTP status of a handshake refused with a 4xx
     error: str = ""
     next_caller: int | None = 200
     next_caller_body: str = ""
@@ -152,6 +154,12 @@ async def attack_websocket(
                     if connection is None:
                         connection = await _connect(world, attacker.resources.token)
                     await _one(connection, case, data, probe, outcome)
+            except websockets.InvalidStatus as exc:
+                # A handshake refused with a 4xx (headers past Envoy's limit: 431) is a refusal
+                # in HTTP's own words; a 5xx is the server failing.
+                if not 400 <= exc.response.status_code < 500:
+                    outcome.error = f"{type(exc).__name__}: {exc}"
+                outcome.refused_status = exc.response.status_code
             except (OSError, websockets.InvalidHandshake) as exc:
                 outcome.error = f"{type(exc).__name__}: {exc}"
             if outcome.closed is not None or outcome.error:
@@ -174,7 +182,7 @@ def problems(case: WsCase, outcome: WsOutcome) -> list[str]:
         found.append(outcome.error)
     if outcome.closed is not None and outcome.closed[0] not in case.closes:
         found.append(f"closed the connection with {outcome.closed[0]} {outcome.closed[1]!r}")
-    answered = outcome.closed is None and not outcome.error
+    answered = outcome.closed is None and not outcome.error and outcome.refused_status is None
     if answered and case.refused and not any(frame.get("type") == "error" for frame in outcome.frames):
         found.append(f"no error frame for a frame it must refuse: {outcome.frames}")
     for frame in outcome.frames:
