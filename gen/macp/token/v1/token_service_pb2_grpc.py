@@ -98,7 +98,11 @@ class TokenServiceServicer:
 
     def IssueToken(self, request, context):
         """Issues an access token for the client credentials, password (local users only) or
-        refresh token grant.
+        refresh token grant. A service audience (urn:macp:service:*) only to an internal client's
+        client credentials (else invalid_target). Failed passwords (per account) and client secrets
+        (per client) lock the account or client for a while: RESOURCE_EXHAUSTED, with the RFC 6749
+        error a wrong credential gets and the wait in seconds. An `authorization` entry beside the
+        body's client credentials is invalid_request.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,7 +115,8 @@ class TokenServiceServicer:
         client's (asking for more is invalid_scope; privileged scopes never pass); the token
         never outlives its inputs; subject and actor must share a tenant; a chain deeper than
         MACP_TOKEN_MAX_DELEGATION_DEPTH fails with PERMISSION_DENIED (access_denied). The input
-        tokens may have any audience, but must be ours, unexpired and unrevoked.
+        tokens may have any audience, but must be ours, unexpired and unrevoked. A service audience
+        (urn:macp:service:*) only when the exchanging client is internal (else invalid_target).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -126,21 +131,27 @@ class TokenServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Introspect(self, request, context):
-        """RFC 7662 introspection: is the token active, and whose is it.
+        """RFC 7662 introspection: is the token active, and whose is it. The caller authenticates as a
+        confidential client with `authorization: Basic` metadata (RFC 7662 2.1; UNAUTHENTICATED,
+        invalid_client, otherwise); a client that is not internal learns only of its own tenant's
+        tokens (any other is `active: false`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Revoke(self, request, context):
-        """RFC 7009 revocation. Succeeds even for unknown or already revoked tokens.
+        """RFC 7009 revocation of a token issued to the authenticated client. Succeeds even for unknown
+        or already revoked tokens. Revokes every token exchanged from it too, at any depth.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RegisterClient(self, request, context):
-        """RFC 7591 dynamic client registration; needs the initial access token.
+        """RFC 7591 dynamic client registration; needs the initial access token. Redirect URIs must be
+        https, http on loopback or a private-use scheme, without fragment or wildcard
+        (invalid_redirect_uri); the service-held scopes only on internal clients.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

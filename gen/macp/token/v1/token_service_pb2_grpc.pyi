@@ -53,7 +53,11 @@ class TokenServiceStub:
     def __init__(self, channel: _aio.Channel) -> None: ...
     IssueToken: _aio.UnaryUnaryMultiCallable[_token_service_pb2.IssueTokenRequest, _token_service_pb2.IssueTokenResponse]
     """Issues an access token for the client credentials, password (local users only) or
-    refresh token grant.
+    refresh token grant. A service audience (urn:macp:service:*) only to an internal client's
+    client credentials (else invalid_target). Failed passwords (per account) and client secrets
+    (per client) lock the account or client for a while: RESOURCE_EXHAUSTED, with the RFC 6749
+    error a wrong credential gets and the wait in seconds. An `authorization` entry beside the
+    body's client credentials is invalid_request.
     """
     ExchangeToken: _aio.UnaryUnaryMultiCallable[_token_service_pb2.ExchangeTokenRequest, _token_service_pb2.ExchangeTokenResponse]
     """RFC 8693 token exchange: a subject token (the user) plus an optional actor token (the
@@ -62,18 +66,28 @@ class TokenServiceStub:
     client's (asking for more is invalid_scope; privileged scopes never pass); the token
     never outlives its inputs; subject and actor must share a tenant; a chain deeper than
     MACP_TOKEN_MAX_DELEGATION_DEPTH fails with PERMISSION_DENIED (access_denied). The input
-    tokens may have any audience, but must be ours, unexpired and unrevoked.
+    tokens may have any audience, but must be ours, unexpired and unrevoked. A service audience
+    (urn:macp:service:*) only when the exchanging client is internal (else invalid_target).
     """
     IssueAgentToken: _aio.UnaryUnaryMultiCallable[_token_service_pb2.IssueAgentTokenRequest, _token_service_pb2.IssueAgentTokenResponse]
     """Issues a token for a MACP agent (agent id, owner, capabilities, expiry). Needs a bearer
     token with the `macp:agent-token` scope.
     """
     Introspect: _aio.UnaryUnaryMultiCallable[_token_service_pb2.IntrospectRequest, _token_service_pb2.IntrospectResponse]
-    """RFC 7662 introspection: is the token active, and whose is it."""
+    """RFC 7662 introspection: is the token active, and whose is it. The caller authenticates as a
+    confidential client with `authorization: Basic` metadata (RFC 7662 2.1; UNAUTHENTICATED,
+    invalid_client, otherwise); a client that is not internal learns only of its own tenant's
+    tokens (any other is `active: false`).
+    """
     Revoke: _aio.UnaryUnaryMultiCallable[_token_service_pb2.RevokeRequest, _token_service_pb2.RevokeResponse]
-    """RFC 7009 revocation. Succeeds even for unknown or already revoked tokens."""
+    """RFC 7009 revocation of a token issued to the authenticated client. Succeeds even for unknown
+    or already revoked tokens. Revokes every token exchanged from it too, at any depth.
+    """
     RegisterClient: _aio.UnaryUnaryMultiCallable[_token_service_pb2.RegisterClientRequest, _token_service_pb2.RegisterClientResponse]
-    """RFC 7591 dynamic client registration; needs the initial access token."""
+    """RFC 7591 dynamic client registration; needs the initial access token. Redirect URIs must be
+    https, http on loopback or a private-use scheme, without fragment or wildcard
+    (invalid_redirect_uri); the service-held scopes only on internal clients.
+    """
     GetJwks: _aio.UnaryUnaryMultiCallable[_token_service_pb2.GetJwksRequest, _token_service_pb2.GetJwksResponse]
     """The public signing keys, as a JSON Web Key Set (served at /.well-known/jwks.json)."""
     RotateSigningKey: _aio.UnaryUnaryMultiCallable[_token_service_pb2.RotateSigningKeyRequest, _token_service_pb2.RotateSigningKeyResponse]
@@ -104,7 +118,11 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _aio.ServicerContext[_token_service_pb2.IssueTokenRequest, _abc.Awaitable[_token_service_pb2.IssueTokenResponse]],
     ) -> _abc.Awaitable[_token_service_pb2.IssueTokenResponse]:
         """Issues an access token for the client credentials, password (local users only) or
-        refresh token grant.
+        refresh token grant. A service audience (urn:macp:service:*) only to an internal client's
+        client credentials (else invalid_target). Failed passwords (per account) and client secrets
+        (per client) lock the account or client for a while: RESOURCE_EXHAUSTED, with the RFC 6749
+        error a wrong credential gets and the wait in seconds. An `authorization` entry beside the
+        body's client credentials is invalid_request.
         """
 
     @_abc_1.abstractmethod
@@ -119,7 +137,8 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
         client's (asking for more is invalid_scope; privileged scopes never pass); the token
         never outlives its inputs; subject and actor must share a tenant; a chain deeper than
         MACP_TOKEN_MAX_DELEGATION_DEPTH fails with PERMISSION_DENIED (access_denied). The input
-        tokens may have any audience, but must be ours, unexpired and unrevoked.
+        tokens may have any audience, but must be ours, unexpired and unrevoked. A service audience
+        (urn:macp:service:*) only when the exchanging client is internal (else invalid_target).
         """
 
     @_abc_1.abstractmethod
@@ -138,7 +157,11 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _token_service_pb2.IntrospectRequest,
         context: _aio.ServicerContext[_token_service_pb2.IntrospectRequest, _abc.Awaitable[_token_service_pb2.IntrospectResponse]],
     ) -> _abc.Awaitable[_token_service_pb2.IntrospectResponse]:
-        """RFC 7662 introspection: is the token active, and whose is it."""
+        """RFC 7662 introspection: is the token active, and whose is it. The caller authenticates as a
+        confidential client with `authorization: Basic` metadata (RFC 7662 2.1; UNAUTHENTICATED,
+        invalid_client, otherwise); a client that is not internal learns only of its own tenant's
+        tokens (any other is `active: false`).
+        """
 
     @_abc_1.abstractmethod
     def Revoke(
@@ -146,7 +169,9 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _token_service_pb2.RevokeRequest,
         context: _aio.ServicerContext[_token_service_pb2.RevokeRequest, _abc.Awaitable[_token_service_pb2.RevokeResponse]],
     ) -> _abc.Awaitable[_token_service_pb2.RevokeResponse]:
-        """RFC 7009 revocation. Succeeds even for unknown or already revoked tokens."""
+        """RFC 7009 revocation of a token issued to the authenticated client. Succeeds even for unknown
+        or already revoked tokens. Revokes every token exchanged from it too, at any depth.
+        """
 
     @_abc_1.abstractmethod
     def RegisterClient(
@@ -154,7 +179,10 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _token_service_pb2.RegisterClientRequest,
         context: _aio.ServicerContext[_token_service_pb2.RegisterClientRequest, _abc.Awaitable[_token_service_pb2.RegisterClientResponse]],
     ) -> _abc.Awaitable[_token_service_pb2.RegisterClientResponse]:
-        """RFC 7591 dynamic client registration; needs the initial access token."""
+        """RFC 7591 dynamic client registration; needs the initial access token. Redirect URIs must be
+        https, http on loopback or a private-use scheme, without fragment or wildcard
+        (invalid_redirect_uri); the service-held scopes only on internal clients.
+        """
 
     @_abc_1.abstractmethod
     def GetJwks(
