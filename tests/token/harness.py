@@ -27,6 +27,14 @@ from services.runtime.auth.basic import encode_basic
 TOKEN_AUDIENCE = "urn:macp:service:token"
 EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+# The password the token tests give their users.
+USER_PASSWORD = "correct horse battery"
+# The client classes a person signs in through: everyone's but MACP's own internal clients.
+USER_FACING_CLASSES: dict[str, principal_pb2.ClientClass.ValueType] = {
+    "consumer": principal_pb2.CLIENT_CLASS_CONSUMER,
+    "partner": principal_pb2.CLIENT_CLASS_PARTNER,
+    "third_party": principal_pb2.CLIENT_CLASS_THIRD_PARTY,
+}
 
 
 def new_key_encryption_key() -> str:
@@ -207,3 +215,24 @@ async def rpc_error(call: Any) -> Refusal:
     except grpc.aio.AioRpcError as error:
         return Refusal(error.code(), error.details() or "")
     raise AssertionError("the call succeeded; it should have failed")
+
+
+def password_grant(
+    client_id: str,
+    client_secret: str = "",
+    *,
+    username: str = "ada",
+    password: str = USER_PASSWORD,
+    audience: Sequence[str] = (),
+    scope: str = "",
+) -> pb.IssueTokenRequest:
+    """The password grant's request: `username` signing in through the client."""
+    return pb.IssueTokenRequest(
+        grant_type=pb.GRANT_TYPE_PASSWORD,
+        client_id=client_id,
+        client_secret=client_secret,
+        username=username,
+        password=password,
+        audience=list(audience),
+        scope=scope,
+    )

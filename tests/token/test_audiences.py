@@ -11,8 +11,11 @@ from macp.token.v1 import token_service_pb2 as pb
 from tests.token.harness import (
     ACCESS_TOKEN_TYPE,
     EXCHANGE_GRANT,
+    USER_FACING_CLASSES,
+    USER_PASSWORD,
     RegisteredClient,
     TokenHarness,
+    password_grant,
     rpc_error,
     unverified,
 )
@@ -21,23 +24,11 @@ pytestmark = pytest.mark.integration
 
 CONVERSATION = "urn:macp:service:conversation"
 EVERY_SERVICE = [f"urn:macp:service:{name}" for name in ("conversation", "orchestrator", "metering", "token")]
-PASSWORD = "correct horse battery"
-USER_FACING = [
-    principal_pb2.CLIENT_CLASS_CONSUMER,
-    principal_pb2.CLIENT_CLASS_PARTNER,
-    principal_pb2.CLIENT_CLASS_THIRD_PARTY,
-]
+USER_FACING = list(USER_FACING_CLASSES.values())
 
 
 def _password(client: RegisteredClient, audience: list[str]) -> pb.IssueTokenRequest:
-    return pb.IssueTokenRequest(
-        grant_type=pb.GRANT_TYPE_PASSWORD,
-        client_id=client.client_id,
-        client_secret=client.client_secret,
-        username="ada",
-        password=PASSWORD,
-        audience=audience,
-    )
+    return password_grant(client.client_id, client.client_secret, audience=audience)
 
 
 def _exchange(client: RegisteredClient, subject_token: str, audience: list[str]) -> pb.ExchangeTokenRequest:
@@ -73,7 +64,7 @@ async def test_a_users_sign_in_gets_no_service_audience_whatever_its_client(
     token_service: TokenHarness,
 ) -> None:
     await token_service.tenant("acme")
-    await token_service.user("acme", "ada", PASSWORD)
+    await token_service.user("acme", "ada", USER_PASSWORD)
     consumer = await token_service.register(
         client_class=principal_pb2.CLIENT_CLASS_CONSUMER,
         tenant_id="acme",
@@ -101,7 +92,7 @@ async def test_a_users_sign_in_gets_no_service_audience_whatever_its_client(
 
 async def test_only_an_internal_clients_exchange_reaches_a_service(token_service: TokenHarness) -> None:
     await token_service.tenant("acme")
-    await token_service.user("acme", "ada", PASSWORD)
+    await token_service.user("acme", "ada", USER_PASSWORD)
     consumer = await token_service.register(
         client_class=principal_pb2.CLIENT_CLASS_CONSUMER,
         tenant_id="acme",

@@ -10,11 +10,11 @@ from macp.common.v1 import principal_pb2
 from macp.token.v1 import token_service_pb2 as pb
 
 from services.runtime.auth.basic import encode_basic
-from tests.token.harness import RegisteredClient, TokenHarness, rpc_error
+from tests.token.harness import USER_PASSWORD, RegisteredClient, TokenHarness, rpc_error
 
 pytestmark = pytest.mark.integration
 
-PASSWORD = "correct horse battery"
+PASSWORD = USER_PASSWORD
 
 
 async def _user_token(token_service: TokenHarness, tenant_id: str) -> str:

@@ -14,8 +14,10 @@ from macp.token.v1 import token_service_pb2 as pb
 from tests.token.harness import (
     ACCESS_TOKEN_TYPE,
     EXCHANGE_GRANT,
+    USER_PASSWORD,
     RegisteredClient,
     TokenHarness,
+    password_grant,
     rpc_error,
 )
 
@@ -36,22 +38,14 @@ class Parties:
 @pytest.fixture
 async def parties(token_service: TokenHarness) -> Parties:
     await token_service.tenant("acme")
-    user = await token_service.user("acme", "ada", "correct horse battery")
+    user = await token_service.user("acme", "ada", USER_PASSWORD)
     app = await token_service.register(
         client_class=principal_pb2.CLIENT_CLASS_CONSUMER,
         tenant_id="acme",
         grant_types=["password"],
         scope=SCOPES,
     )
-    signed_in = await token_service.stub.IssueToken(
-        pb.IssueTokenRequest(
-            grant_type=pb.GRANT_TYPE_PASSWORD,
-            client_id=app.client_id,
-            client_secret=app.client_secret,
-            username="ada",
-            password="correct horse battery",
-        )
-    )
+    signed_in = await token_service.stub.IssueToken(password_grant(app.client_id, app.client_secret))
     exchanger = await token_service.register(grant_types=[EXCHANGE_GRANT], scope=SCOPES)
     return Parties(app, exchanger, signed_in.access_token, user.user_id, await token_service.admin_metadata())
 

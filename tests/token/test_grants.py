@@ -9,7 +9,7 @@ import pytest
 from macp.common.v1 import principal_pb2
 from macp.token.v1 import token_service_pb2 as pb
 
-from tests.token.harness import TokenHarness, rpc_error, unverified
+from tests.token.harness import USER_PASSWORD, TokenHarness, password_grant, rpc_error, unverified
 
 pytestmark = pytest.mark.integration
 
@@ -94,7 +94,7 @@ async def test_client_stored_with_hashed_secret(token_service: TokenHarness) -> 
 
 async def _password_client(token_service: TokenHarness) -> tuple[str, pb.User]:
     await token_service.tenant("acme", principal_pb2.TIER_PRO)
-    user = await token_service.user("acme", "ada", "correct horse battery")
+    user = await token_service.user("acme", "ada", USER_PASSWORD)
     cli = await token_service.register(
         grant_types=["password", "refresh_token"],
         scope="conversations:read conversations:write",
@@ -105,16 +105,9 @@ async def _password_client(token_service: TokenHarness) -> tuple[str, pb.User]:
 
 
 def _password(
-    client_id: str, password: str = "correct horse battery", scope: str = "", client_secret: str = ""
+    client_id: str, password: str = USER_PASSWORD, scope: str = "", client_secret: str = ""
 ) -> pb.IssueTokenRequest:
-    return pb.IssueTokenRequest(
-        grant_type=pb.GRANT_TYPE_PASSWORD,
-        client_id=client_id,
-        client_secret=client_secret,
-        username="ada",
-        password=password,
-        scope=scope,
-    )
+    return password_grant(client_id, client_secret, password=password, scope=scope)
 
 
 def _refresh(client_id: str, refresh_token: str) -> pb.IssueTokenRequest:

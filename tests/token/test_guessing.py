@@ -13,11 +13,11 @@ from macp.token.v1 import token_service_pb2 as pb
 
 from services.runtime import audit
 from tests.audit.helpers import rows
-from tests.token.harness import RegisteredClient, TokenHarness, rpc_error
+from tests.token.harness import USER_PASSWORD, RegisteredClient, TokenHarness, password_grant, rpc_error
 
 pytestmark = pytest.mark.integration
 
-PASSWORD = "correct horse battery"
+PASSWORD = USER_PASSWORD
 LOCKOUT_SECONDS = 0.5
 
 
@@ -42,15 +42,7 @@ async def _app(token_service: TokenHarness) -> tuple[RegisteredClient, pb.User]:
 
 
 def _sign_in(token_service: TokenHarness, app: RegisteredClient, password: str) -> Any:
-    return token_service.stub.IssueToken(
-        pb.IssueTokenRequest(
-            grant_type=pb.GRANT_TYPE_PASSWORD,
-            client_id=app.client_id,
-            client_secret=app.client_secret,
-            username="ada",
-            password=password,
-        )
-    )
+    return token_service.stub.IssueToken(password_grant(app.client_id, app.client_secret, password=password))
 
 
 async def test_wrong_passwords_lock_the_account_until_the_lockout_ends(token_service: TokenHarness) -> None:
@@ -95,13 +87,7 @@ async def test_a_burst_of_concurrent_guesses_is_counted_before_it_is_checked(
 
 async def test_an_unknown_username_is_limited_like_a_real_one(token_service: TokenHarness) -> None:
     app, _ = await _app(token_service)
-    request = pb.IssueTokenRequest(
-        grant_type=pb.GRANT_TYPE_PASSWORD,
-        client_id=app.client_id,
-        client_secret=app.client_secret,
-        username="nobody",
-        password="guess",
-    )
+    request = password_grant(app.client_id, app.client_secret, username="nobody", password="guess")
     codes = [(await rpc_error(token_service.stub.IssueToken(request))).code for _ in range(7)]
     assert codes == [grpc.StatusCode.INVALID_ARGUMENT] * 5 + [grpc.StatusCode.RESOURCE_EXHAUSTED] * 2
 

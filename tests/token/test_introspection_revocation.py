@@ -17,11 +17,13 @@ from macp.token.v1 import token_service_pb2 as pb
 from services.token.service import DEFINITION
 from tests.runtime.serving import running
 from tests.token.harness import (
+    USER_PASSWORD,
     RegisteredClient,
     TokenHarness,
     b64url,
     b64url_decode,
     forge,
+    password_grant,
     rpc_error,
     unverified,
 )
@@ -52,22 +54,14 @@ def revoke(client: RegisteredClient, **fields: Any) -> pb.RevokeRequest:
 
 async def test_introspection_of_a_user_token(token_service: TokenHarness) -> None:
     await token_service.tenant("acme", principal_pb2.TIER_FREE)
-    user = await token_service.user("acme", "ada", "correct horse battery")
+    user = await token_service.user("acme", "ada", USER_PASSWORD)
     app = await token_service.register(
         client_class=principal_pb2.CLIENT_CLASS_CONSUMER,
         tenant_id="acme",
         grant_types=["password"],
         scope="a b",
     )
-    issued = await token_service.stub.IssueToken(
-        pb.IssueTokenRequest(
-            grant_type=pb.GRANT_TYPE_PASSWORD,
-            client_id=app.client_id,
-            client_secret=app.client_secret,
-            username="ada",
-            password="correct horse battery",
-        )
-    )
+    issued = await token_service.stub.IssueToken(password_grant(app.client_id, app.client_secret))
     claims = await token_service.verified(issued.access_token)
 
     found = await introspect(token_service, issued.access_token)
@@ -200,16 +194,9 @@ async def test_revocations_are_republished_to_redis_at_start_up(token_service: T
 
 async def test_revoking_a_refresh_token_revokes_its_family(token_service: TokenHarness) -> None:
     await token_service.tenant("acme")
-    await token_service.user("acme", "ada", "correct horse battery")
+    await token_service.user("acme", "ada", USER_PASSWORD)
     cli = await token_service.register(grant_types=["password", "refresh_token"], auth_method="none")
-    issued = await token_service.stub.IssueToken(
-        pb.IssueTokenRequest(
-            grant_type=pb.GRANT_TYPE_PASSWORD,
-            client_id=cli.client_id,
-            username="ada",
-            password="correct horse battery",
-        )
-    )
+    issued = await token_service.stub.IssueToken(password_grant(cli.client_id))
     found = await introspect(token_service, issued.refresh_token)
     assert found.active
     assert found.token_type == "refresh_token"

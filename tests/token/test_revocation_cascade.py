@@ -13,7 +13,7 @@ from macp.token.v1 import token_service_pb2 as pb
 from services.runtime.auth.revocation import RevocationChecker
 from services.token.claims import AccessClaims
 from services.token.verification import TokenVerifier
-from tests.token.harness import TokenHarness, rpc_error, unverified
+from tests.token.harness import TokenHarness, password_grant, rpc_error, unverified
 from tests.token.test_exchange import Parties, agent_token, exchange
 from tests.token.test_exchange import parties as parties  # the fixture, shared
 
@@ -99,15 +99,7 @@ async def test_revoking_a_refresh_family_revokes_what_its_tokens_were_exchanged_
     token_service: TokenHarness, parties: Parties
 ) -> None:
     cli = await token_service.register(grant_types=["password", "refresh_token"], scope="conversations:read")
-    signed_in = await token_service.stub.IssueToken(
-        pb.IssueTokenRequest(
-            grant_type=pb.GRANT_TYPE_PASSWORD,
-            client_id=cli.client_id,
-            client_secret=cli.client_secret,
-            username="ada",
-            password="correct horse battery",
-        )
-    )
+    signed_in = await token_service.stub.IssueToken(password_grant(cli.client_id, cli.client_secret))
     exchanged = await token_service.stub.ExchangeToken(
         exchange(parties, signed_in.access_token, audience=CONVERSATION)
     )

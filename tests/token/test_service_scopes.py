@@ -10,28 +10,25 @@ from macp.common.v1 import principal_pb2
 from macp.token.v1 import token_service_pb2 as pb
 
 from services.token.scopes import SERVICE_HELD
-from tests.token.harness import ACCESS_TOKEN_TYPE, EXCHANGE_GRANT, RegisteredClient, TokenHarness, rpc_error
+from tests.token.harness import (
+    ACCESS_TOKEN_TYPE,
+    EXCHANGE_GRANT,
+    USER_FACING_CLASSES,
+    USER_PASSWORD,
+    RegisteredClient,
+    TokenHarness,
+    password_grant,
+    rpc_error,
+)
 
 pytestmark = pytest.mark.integration
 
-PASSWORD = "correct horse battery"
 HELD = " ".join(sorted(SERVICE_HELD))
-USER_FACING = {
-    "consumer": principal_pb2.CLIENT_CLASS_CONSUMER,
-    "partner": principal_pb2.CLIENT_CLASS_PARTNER,
-    "third_party": principal_pb2.CLIENT_CLASS_THIRD_PARTY,
-}
+USER_FACING = USER_FACING_CLASSES
 
 
 def _sign_in(client: RegisteredClient, scope: str = "") -> pb.IssueTokenRequest:
-    return pb.IssueTokenRequest(
-        grant_type=pb.GRANT_TYPE_PASSWORD,
-        client_id=client.client_id,
-        client_secret=client.client_secret,
-        username="ada",
-        password=PASSWORD,
-        scope=scope,
-    )
+    return password_grant(client.client_id, client.client_secret, scope=scope)
 
 
 async def test_no_user_facing_client_is_registered_with_them(token_service: TokenHarness) -> None:
@@ -48,7 +45,7 @@ async def test_no_user_facing_client_is_registered_with_them(token_service: Toke
 
 async def test_no_token_through_a_user_facing_client_carries_them(token_service: TokenHarness) -> None:
     await token_service.tenant("acme")
-    await token_service.user("acme", "ada", PASSWORD)
+    await token_service.user("acme", "ada", USER_PASSWORD)
     app = await token_service.register(
         client_class=principal_pb2.CLIENT_CLASS_CONSUMER,
         tenant_id="acme",
@@ -86,7 +83,7 @@ async def test_a_user_signing_in_through_an_internal_client_gets_none_either(
     token_service: TokenHarness,
 ) -> None:
     await token_service.tenant("acme")
-    await token_service.user("acme", "ada", PASSWORD)
+    await token_service.user("acme", "ada", USER_PASSWORD)
     cli = await token_service.register(grant_types=["password"], scope=f"conversations:read {HELD}")
     assert (await token_service.stub.IssueToken(_sign_in(cli))).scope == "conversations:read"
     asked = await rpc_error(token_service.stub.IssueToken(_sign_in(cli, "usage:write")))
