@@ -22,6 +22,7 @@ from services.stack.kafka import KafkaStorage
 from services.stack.probes import grpc_serving, http_ok
 from services.stack.process import REINSTALL_HINT, PortClaim, StartupError
 from services.stack.secrets import local_secrets
+from services.stack.supervisor import RestartPolicy
 
 AppKind = Literal["service", "edge", "provider"]
 EnvoyRenderer = Callable[[Path, Env], object]
@@ -131,6 +132,7 @@ class StackPlan:
     apps: tuple[AppSpec, ...]
     ready_timeout: float = 60.0
     render_envoy: EnvoyRenderer = field(default=render_envoy_config)
+    restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
 
     @classmethod
     def from_environ(
@@ -153,6 +155,7 @@ class StackPlan:
             envoy_ports=EnvoyPorts.from_env(env),
             apps=app_specs(env),
             ready_timeout=ready_timeout,
+            restart_policy=RestartPolicy.from_env(env),
         )
 
     def claims(self) -> list[PortClaim]:

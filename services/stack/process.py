@@ -4,7 +4,9 @@ Every child runs in its own session (hence its own process group) so that Ctrl-C
 reaches only `macp up`, which then stops the children in a chosen order, and so that stopping a
 child also stops whatever it forked. Each child's pid is written to `<data_dir>/run/<name>.pid`
 (pid and start time, so a reused pid is never mistaken for ours): `macp status` reads these, and
-the next `macp up` kills what a crashed run left behind before it starts again.
+the next `macp up` kills what a crashed run left behind before it starts again. A child that
+died can be started again (stop() clears what it left behind, then start()): that is how
+`macp up` restarts it (services/stack/supervisor.py).
 """
 
 from __future__ import annotations
@@ -174,6 +176,36 @@ def group_members(pgid: int, started_before: float) -> list[psutil.Process]:
     return members
 
 
+def kill_and_wait(processes: Sequence[psutil.Process], timeout: float = 5.0) -> None:
+    """SIGKILL processes and wait until each is gone or a zombie (an orphan's zombie waits for
+    whoever adopted it, which may never reap it; a zombie holds no port, memory or lock)."""
+    for proc in processes:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    deadline = time.monotonic() + timeout
+    alive = list(processes)
+    while alive and time.monotonic() < deadline:
+        alive = [proc for proc in alive if _running(proc)]
+        if alive:
+            time.sleep(0.02)
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def append_note(log_path: Path, name: str, message: str) -> None:
+    """Add a `==== macp` line to a child's log: the supervisor's word among the child's own lines."""
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    with contextlib.suppress(OSError):
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as log:  # O_APPEND: never lands inside a line the child writes
+            log.write(f"==== macp {stamp} {name}: {message}\n".encode())
+
+
 def reap_stale(pid_file: Path, timeout: float = 5.0) -> int | None:
     """Kill the process a previous run recorded in pid_file if it still runs; return its pid."""
     record = PidRecord.read(pid_file)
@@ -229,7 +261,14 @@ class ManagedProcess:
         return self._record
 
     def start(self) -> None:
-        """Start the child; StartupError (one line) when its binary is missing or a port is taken."""
+        """Start the child; StartupError (one line) when its binary is missing or a port is taken.
+
+        Once the child has died and stop() has cleared what it left, start() runs it again.
+        """
+        if self._proc is not None and not self._stopped:
+            raise RuntimeError(f"{self.name} was started already; stop() it before starting it again")
+        self._stopped = False
+        self._exit_seen = None
         require_binary(self.argv[0], self.binary_source)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = log = self.log_path.open("ab")
@@ -304,7 +343,8 @@ class ManagedProcess:
             if proc is None or self._stopped:
                 return
             self._stopped = True
-            if proc.poll() is None:
+            died_before = proc.poll() is not None
+            if not died_before:
                 kill_group(proc.pid, self.stop_signal)
                 try:
                     proc.wait(self.stop_timeout if timeout is None else timeout)
@@ -315,12 +355,15 @@ class ManagedProcess:
                 proc.wait()
             else:
                 # It died on its own a while ago, so its pid (hence the group id) may belong to someone
-                # else by now: kill only members of the group that were started before it died.
-                for straggler in group_members(proc.pid, started_before=self._exit_seen or time.time()):
-                    with contextlib.suppress(psutil.Error):
-                        straggler.kill()
+                # else by now: kill only members of the group that were started before it died. Wait
+                # for them, so a restart finds their ports and memory free: a killed postmaster's
+                # backends keep its shared memory, and a new postmaster refuses to start beside them.
+                kill_and_wait(group_members(proc.pid, started_before=self._exit_seen or time.time()))
             self.pid_file.unlink(missing_ok=True)
-            self._note(f"stopped (exit code {proc.returncode})")
+            if died_before:
+                self._note(f"cleared what it left (it had exited with code {proc.returncode})")
+            else:
+                self._note(f"stopped (exit code {proc.returncode})")
             if self._log is not None:
                 self._log.close()
                 self._log = None

@@ -3,8 +3,9 @@
 Reads `<data_dir>/run/stack.json` (written by `macp up`), checks that each recorded process is
 still the one `macp up` started, and probes each part the way `macp up` did: gRPC health for
 services, /healthz for the edge, Envoy's admin /ready, and each infrastructure part's own
-protocol (TCP only for a configured server). Exit 0: all healthy; 1: something is not; 3:
-nothing runs.
+protocol (TCP only for a configured server). RESTARTS and LAST EXIT say how often `macp up` has
+restarted a part and how it last died; a part being restarted shows as `restarting`. Exit 0: all
+healthy; 1: something is not (a part restarting included); 3: nothing runs.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def run_check(check: dict[str, Any]) -> None:
 def component_state(component: dict[str, Any]) -> tuple[bool, str, str]:
     """(healthy, process state, health) of one stack.json component."""
     external = component.get("external", False)
+    if component.get("state") == "restarting":
+        return False, "restarting", "macp up is restarting it"
     if not external and component.get("pid") is None:
         return False, "starting", "-"
     if not external and not stackfile.alive(component):
@@ -78,6 +81,15 @@ def component_state(component: dict[str, Any]) -> tuple[bool, str, str]:
     except ProbeError as exc:
         return False, "external" if external else "running", str(exc)
     return True, "external" if external else "running", "ok"
+
+
+def last_exit(component: dict[str, Any]) -> str:
+    """`-9 at 12:03:04` (the exit code and the UTC time of the last death), or `-`."""
+    code, when = component.get("last_exit_code"), component.get("last_exit_at")
+    if code is None and when is None:
+        return "-"
+    at = f" at {when[11:19]}" if isinstance(when, str) and len(when) >= 19 else ""
+    return f"{'?' if code is None else code}{at}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -102,13 +114,19 @@ def run(args: argparse.Namespace) -> int:
     pid = supervisor.get("pid") if supervisor else None
     stage = document.get("state", "?")
     print(f"macp up (pid {pid}): {'running, ' + stage if supervisor_alive else 'GONE'}; data in {directory}")
-    print(f"{'NAME':<13} {'KIND':<8} {'PID':>8}  {'PROCESS':<9} {'HEALTH':<7} ADDRESS")
+    print(
+        f"{'NAME':<15} {'KIND':<8} {'PID':>8}  {'PROCESS':<10} {'HEALTH':<7} {'RESTARTS':>8}  "
+        f"{'LAST EXIT':<14} ADDRESS"
+    )
     for component, (healthy, state, health) in zip(components, states, strict=True):
         pid_text = str(component.get("pid") or "-")
         verdict = "ok" if healthy else "FAIL"
+        restarts = str(component.get("restarts", 0))
+        kind = component.get("kind", "?")
         print(
-            f"{component['name']:<13} {component.get('kind', '?'):<8} {pid_text:>8}  {state:<9} {verdict:<7} "
-            f"{component.get('url', '')}" + ("" if healthy else f"  ({health})")
+            f"{component['name']:<15} {kind:<8} {pid_text:>8}  {state:<10} {verdict:<7} "
+            f"{restarts:>8}  {last_exit(component):<14} {component.get('url', '')}"
+            + ("" if healthy else f"  ({health})")
         )
     if not supervisor_alive:
         print("macp up is gone but some of its children run: run `macp up` again to clean them up")

@@ -2,10 +2,14 @@
 
 Order of start: infrastructure (Postgres, Redis, S3, then Kafka) and Envoy at once, then every
 service and the edge at once; `macp up` reports ready when every service's gRPC health is
-SERVING, the edge's /healthz answers 200 and Envoy's admin says LIVE. It stops in the opposite
-order (edge, services, Envoy, Kafka, S3, Redis, Postgres) on Ctrl-C or SIGTERM, and also when
-any child dies, then exits non-zero. Children run in their own process groups, so nothing is
-left behind; a `macp up` that was itself killed leaves pid files that the next one cleans up.
+SERVING, the edge's /healthz answers 200 and Envoy's admin says LIVE. From then on it supervises:
+a child that dies (an embedded part, Envoy, a service, the edge, the local provider server) is
+restarted with backoff while the rest keep running, and stack.json records its restarts and last
+exit for `macp status` (services/stack/supervisor.py). A child that dies while the stack starts,
+or one that crash-loops (more than 5 deaths within 60 s), stops everything with exit code 1.
+It stops in the opposite order (edge, services, Envoy, Kafka, S3, Redis, Postgres) on Ctrl-C or
+SIGTERM (exit 0). Children run in their own process groups, so nothing is left behind; a
+`macp up` that was itself killed leaves pid files that the next one cleans up.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
@@ -28,8 +33,9 @@ from services.stack.envoy import Envoy
 from services.stack.parallel import run_parallel
 from services.stack.part import redact
 from services.stack.plan import AppSpec, StackPlan
-from services.stack.probes import ProbeError
+from services.stack.probes import ProbeError, answers
 from services.stack.process import ManagedProcess, StartupError, check_ports, reap_stale
+from services.stack.supervisor import Supervisor, restart_part, restart_process
 
 DEFAULT_TIMEOUT_SECONDS = 60.0
 
@@ -73,6 +79,8 @@ class Launcher:
         self.began = time.monotonic()
         self.ready_seconds: float | None = None
         self.seeded: seed.SeedReport | None = None
+        self.supervisor = Supervisor(plan.restart_policy, self._say, self.abort)
+        self._written: list[dict[str, Any]] = []  # the components stack.json holds now
 
     def run(self) -> int:
         """Start everything, wait for a signal or a death, stop everything; the exit code."""
@@ -107,6 +115,7 @@ class Launcher:
             self._stop()
             raise
         self._announce()
+        self._supervise()
         code = self._watch()
         self._stop()
         return code
@@ -226,29 +235,37 @@ class Launcher:
 
     # --- run -------------------------------------------------------------------------------
 
-    def _children(self) -> list[tuple[str, ManagedProcess]]:
-        children = [(p.name, p.process) for p in self.plan.infrastructure.parts if p.process is not None]
+    def _supervise(self) -> None:
+        """Hand every child this `macp up` runs to the supervisor, each with how to run it again."""
+        for part in self.plan.infrastructure.parts:
+            if part.process is not None:  # embedded; a configured server is someone else's to run
+                self.supervisor.add(part.name, part, restart_part(part))
         if self.envoy is not None and self.envoy.process is not None:
-            children.append((self.envoy.name, self.envoy.process))
-        return children + [(app.name, process) for app, process in self.apps]
+            self.supervisor.add(self.envoy.name, self.envoy, restart_part(self.envoy))
+        for app, process in self.apps:
+            ready = partial(answers, app.probe)
+            self.supervisor.add(app.name, process, restart_process(process, ready, self.plan.ready_timeout))
 
     def _watch(self) -> int:
-        """Wait for a signal (exit 0) or for any child to die (exit 1)."""
-        while not self.abort.wait(0.5):
-            for name, process in self._children():
-                code = process.poll()
-                if code is not None:
-                    self._fail(
-                        f"{name} exited unexpectedly with code {code}; stopping everything; "
-                        + process.log_summary(),
-                        process.log_tail(),
-                    )
-                    return 1
+        """Restart what dies until a signal (exit 0) or a crash loop (exit 1)."""
+        # A killed child must be running again within seconds: poll often (a poll is a waitpid).
+        while not self.abort.wait(0.2):
+            loop = self.supervisor.check()
+            if loop is not None:
+                self._fail(loop.message, loop.log_tail)
+                self.abort.set()  # any restart in progress gives up; then everything stops
+                return 1
+            document = self._document("ready")
+            if document["components"] != self._written:  # a restart, or a new pid: status sees it
+                stackfile.write(self.plan.data_dir, document)
+                self._written = document["components"]
         return 0
 
     def _announce(self) -> None:
         plan = self.plan
-        stackfile.write(plan.data_dir, self._document("ready"))
+        document = self._document("ready")
+        stackfile.write(plan.data_dir, document)
+        self._written = document["components"]
         infra = plan.infrastructure
         assert self.envoy is not None
         rows = [
@@ -280,6 +297,8 @@ class Launcher:
 
     def _stop(self) -> None:
         """Edge, then services (together), then Envoy, then Kafka, S3, Redis, Postgres."""
+        self.abort.set()  # a restart still in progress gives up, and none starts after this
+        self.supervisor.join()
         if not (self.apps or self.envoy or any(p.process for p in self.plan.infrastructure.parts)):
             self._forget()
             return
@@ -321,6 +340,7 @@ class Launcher:
                     "check": app.check_spec(),
                 }
             )
+        components = [component | self.supervisor.record(component["name"]) for component in components]
         return {
             "state": state,
             "supervisor": stackfile.this_process(),

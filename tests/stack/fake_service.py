@@ -1,16 +1,20 @@
-"""A stand-in for a MACP process in launcher tests: `python -m tests.stack.fake_service KIND PORT`.
+"""A stand-in for a MACP process in launcher tests: `python -m tests.stack.fake_service KIND PORT NAME`.
 
 KIND `service` serves grpc.health.v1 (SERVING) on PORT; `edge` answers GET /healthz with 200.
 It exits 0 on SIGTERM, like the real processes, so the launcher's stop path is what is tested.
+While a file `crash-NAME` exists in $MACP_DATA_DIR it exits 3 at once instead, as a process
+that cannot start would: what a crash loop is made of.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -51,7 +55,10 @@ def serve_edge(port: int) -> None:
 
 
 def main() -> int:
-    kind, port = sys.argv[1], int(sys.argv[2])
+    kind, port, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    if (Path(os.environ["MACP_DATA_DIR"]) / f"crash-{name}").exists():
+        print(f"{name}: told to crash (crash-{name} exists); exiting with code 3", flush=True)
+        return 3
     if kind == "service":
         asyncio.run(serve_health(port))
     else:

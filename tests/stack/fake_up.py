@@ -24,7 +24,7 @@ def main() -> int:
     plan = StackPlan.from_environ(os.environ, data_dir_override=args.data_dir, ready_timeout=args.timeout)
     plan.apps = tuple(
         dataclasses.replace(
-            app, argv=(sys.executable, "-m", "tests.stack.fake_service", app.kind, str(app.port))
+            app, argv=(sys.executable, "-m", "tests.stack.fake_service", app.kind, str(app.port), app.name)
         )
         for app in plan.apps
     )

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +53,9 @@ def macp(*args: str, environ: dict[str, str], timeout: float = 60) -> subprocess
 class FakeStack:
     """`macp up` with stand-in services (tests/stack/fake_up.py), as a child we can signal."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, settings: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
-        self.environ = stack_environ(data_dir)
+        self.environ = stack_environ(data_dir) | (settings or {})
         self.out = (data_dir.parent / "up.out").open("w+")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.stack.fake_up", "--data-dir", str(data_dir)],
@@ -80,6 +80,18 @@ class FakeStack:
                 pytest.fail(f"macp up exited with {self.process.returncode}:\n{self.output()}")
             time.sleep(0.2)
         pytest.fail(f"macp up was not ready within {timeout} s:\n{self.output()}")
+
+    def wait_for(self, what: str, test: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
+        """The first stack.json for which test() holds, within timeout seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            document = stackfile.read(self.data_dir)
+            if document is not None and test(document):
+                return document
+            time.sleep(0.05)
+        pytest.fail(
+            f"{what} within {timeout} s; stack.json: {stackfile.read(self.data_dir)}\n{self.output()}"
+        )
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -160,14 +172,92 @@ def test_up_reaches_ready_and_sigterm_leaves_nothing_behind(fake_stack: FakeStac
     assert gone.returncode == 3, gone.stdout
 
 
+def component(document: dict[str, Any], name: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(c for c in document["components"] if c["name"] == name)
+    return found
+
+
 @pytest.mark.integration
-def test_a_child_that_dies_ends_up_with_an_error_and_stops_the_rest(fake_stack: FakeStack) -> None:
+def test_a_killed_child_is_restarted_and_the_rest_run_on(fake_stack: FakeStack) -> None:
     document = fake_stack.wait_ready()
+    before = {c["name"]: c["pid"] for c in document["components"]}
+    victims = ("conversation", "redis")  # a service and an embedded part
+    for name in victims:
+        os.kill(before[name], signal.SIGKILL)
+
+    def back(document: dict[str, Any]) -> bool:
+        return all(
+            component(document, name)["pid"] not in (None, before[name])
+            and stackfile.alive(component(document, name))
+            for name in victims
+        )
+
+    # Running again within 5 s of the kill, then ready (state running) again.
+    fake_stack.wait_for("the killed children running again", back, timeout=5)
+    document = fake_stack.wait_for(
+        "the killed children ready again",
+        lambda d: all(component(d, name)["state"] == "running" for name in victims),
+        timeout=30,
+    )
+    for name in victims:
+        record = component(document, name)
+        assert (record["restarts"], record["last_exit_code"]) == (1, -9), record
+        assert record["last_exit_at"]
+        assert f"{name} exited with code -9; restarting (restart 1)" in fake_stack.output()
+        assert f"{name} ready again in" in fake_stack.output()
+        assert (
+            f"{name}: exited with code -9; restarting (restart 1)"
+            in (fake_stack.data_dir / "logs" / f"{name}.log").read_text()
+        )
+    # Nothing else was touched: every other child keeps its pid, and the supervisor runs on.
+    for name, pid in before.items():
+        if name not in victims:
+            assert component(document, name)["pid"] == pid, name
+            assert psutil.pid_exists(pid), name
+    assert fake_stack.process.poll() is None
+
+    status = macp("status", "--data-dir", str(fake_stack.data_dir), environ=fake_stack.environ)
+    assert status.returncode == 0, status.stdout + status.stderr
+    header, *rows = status.stdout.splitlines()[1:]
+    assert "RESTARTS" in header, header
+    assert "LAST EXIT" in header, header
+    for name in victims:
+        row = next(row.split() for row in rows if row.split()[0] == name)
+        assert row[3:7] == ["running", "ok", "1", "-9"], row
+    untouched = next(row.split() for row in rows if row.split()[0] == "token")
+    assert untouched[5:7] == ["0", "-"], untouched
+
     processes = recorded_processes(document)
-    victim = next(c for c in document["components"] if c["name"] == "conversation")
-    os.kill(victim["pid"], signal.SIGKILL)
-    assert fake_stack.process.wait(timeout=60) == 1
-    assert "conversation exited unexpectedly" in fake_stack.output()
+    fake_stack.process.send_signal(signal.SIGTERM)
+    assert fake_stack.process.wait(timeout=60) == 0, fake_stack.output()
+    assert_all_gone(processes)
+
+
+@pytest.fixture
+def crash_prone_stack() -> Iterator[FakeStack]:
+    """A fake stack that calls a child crash-looping after its third death within 60 s."""
+    with scratch_data_dir() as base:
+        stack = FakeStack(base / "data", {"MACP_STACK_RESTART_LIMIT": "2"})
+        try:
+            yield stack
+        finally:
+            stack.close()
+
+
+@pytest.mark.integration
+def test_a_crash_loop_stops_the_stack_naming_the_child(crash_prone_stack: FakeStack) -> None:
+    stack = crash_prone_stack
+    document = stack.wait_ready()
+    processes = recorded_processes(document)
+    (stack.data_dir / "crash-conversation").touch()  # from now on it exits 3 as it starts
+    os.kill(component(document, "conversation")["pid"], signal.SIGKILL)
+    assert stack.process.wait(timeout=60) == 1, stack.output()
+    output = stack.output()
+    # Killed, then two restarts that die at once: the third death within the window is the loop.
+    assert "conversation exited with code -9; restarting (restart 1)" in output
+    assert "restarting (restart 2) in 0.5 s" in output
+    assert "conversation is crash-looping: it died 3 times within 60 s (last exit code 3;" in output
+    assert "| conversation: told to crash" in output  # its last log lines
     assert_all_gone(processes)
 
 
