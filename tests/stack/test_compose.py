@@ -176,6 +176,17 @@ def test_every_long_running_container_checks_readiness(compose: Doc) -> None:
         assert "nc -z" not in joined, f"{name}: an open port is not readiness"
 
 
+def test_every_container_says_how_it_restarts(compose: Doc) -> None:
+    """A long-running container comes back after it dies, as `macp up` restarts its children; a
+    one-shot job is retried only when it failed (it must not run again once it has done its work)."""
+    for name, service in _services(compose).items():
+        restart = service.get("restart")
+        if name in ONE_SHOT_JOBS:
+            assert restart == "on-failure", f"{name} is a one-shot job: restart: on-failure"
+        else:
+            assert restart in ("unless-stopped", "always"), f"{name} needs restart: unless-stopped"
+
+
 def test_dependencies_wait_until_healthy(compose: Doc) -> None:
     services = _services(compose)
     for name, service in services.items():
