@@ -10,6 +10,7 @@ the issue against it, with the whole table in its message.
 from __future__ import annotations
 
 import sys
+
 import pytest
 
 from bench.chaos import ChaosConfig, ChaosReport, Tally, run_chaos
