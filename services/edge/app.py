@@ -19,6 +19,7 @@ from services.edge.errors import HttpError, error_response, rpc_error_response
 from services.edge.middleware import RequestContextMiddleware
 from services.edge.rate_limit_status import ROUTES as RATE_LIMIT_ROUTES
 from services.edge.rate_limits import RateLimitMiddleware
+from services.edge.readiness import ReadinessMiddleware, health_response
 from services.edge.routes import ApiRoute, openapi_document
 from services.edge.settings import EdgeSettings
 from services.edge.source_limits import SourceLimitMiddleware
@@ -76,8 +77,8 @@ def build_app(settings: EdgeSettings, metrics: HttpMetrics) -> Starlette:
         return JSONResponse(document)
 
     async def healthz(request: Request) -> Response:
-        # Still 200 while rate limits are counted locally: the edge serves, and says how it limits.
-        return JSONResponse({"status": "ok", "rate_limits": edge_context(request).rate_limits.mode})
+        edge = edge_context(request)
+        return health_response(edge.readiness, edge.rate_limits.mode)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -108,6 +109,8 @@ def build_app(settings: EdgeSettings, metrics: HttpMetrics) -> Starlette:
     # Before authentication: unauthenticated requests and failed ones are counted by source address.
     # Added before the request context, so it runs inside it (request id, access log, metrics).
     app.add_middleware(SourceLimitMiddleware, limits=lambda: app.state.edge.rate_limits)
+    # Before any of the above: an edge that is not ready refuses at once, and counts nothing.
+    app.add_middleware(ReadinessMiddleware, readiness=lambda: app.state.edge.readiness)
     # Inside the request context, so a crash is answered with its request id and logged as a 500.
     app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, router=app.router)

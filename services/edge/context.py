@@ -1,5 +1,6 @@
 """What the edge's handlers share: settings, the one channel to Envoy's mesh listener with stubs,
-the token verifier of `urn:macp:edge` and the exchanger of tokens for the services it calls."""
+the token verifier of `urn:macp:edge`, the exchanger of tokens for the services it calls, and
+whether the edge is ready to take work (services/edge/readiness.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from services.edge.auth import EdgeClient, TokenExchanger, caller_var
 from services.edge.idempotency import IdempotencyKeys
 from services.edge.open_streams import OpenStreams
 from services.edge.rate_limits import RateLimits
+from services.edge.readiness import edge_readiness
 from services.edge.settings import EdgeSettings
 from services.runtime.auth.external import ExternalIssuers
 from services.runtime.auth.jwks import JwksCache, token_service_fetch
@@ -25,8 +27,9 @@ from services.runtime.auth.settings import EDGE_AUDIENCE
 from services.runtime.auth.verifier import TokenVerifier
 from services.runtime.context import REQUEST_ID_HEADER, current_request_id
 from services.runtime.errors import Unauthenticated
-from services.runtime.mesh import open_mesh_channel
+from services.runtime.mesh import open_mesh_channel, open_probe_channel
 from services.runtime.ratelimit import RedisLimiter
+from services.runtime.readiness import Readiness
 from services.runtime.redis_client import create_redis
 
 
@@ -46,6 +49,9 @@ class EdgeContext:
     idempotency: IdempotencyKeys
     # The streams open on this process, ended when their token is revoked (services/edge/open_streams.py).
     open_streams: OpenStreams
+    # Checked in the background; requests and WebSocket connects only read its verdict.
+    readiness: Readiness
+    probes: grpc.aio.Channel
 
     @classmethod
     async def open(cls, settings: EdgeSettings, registry: CollectorRegistry | None = None) -> EdgeContext:
@@ -72,6 +78,10 @@ class EdgeContext:
         revocations = RevocationChecker(redis, settings.redis.key_prefix)
         open_streams = OpenStreams(revocations)
         open_streams.start()
+        probes = open_probe_channel(settings.common.mesh_address)
+        readiness = edge_readiness(jwks, probes, settings.needs)
+        # One round of checks before the edge listens: with its services up it is ready at once.
+        await readiness.start()
         return cls(
             settings=settings,
             channel=channel,
@@ -103,9 +113,13 @@ class EdgeContext:
                 redis, settings.redis.key_prefix, pending_seconds=settings.completion_timeout_seconds + 30
             ),
             open_streams=open_streams,
+            readiness=readiness,
+            probes=probes,
         )
 
     async def close(self) -> None:
+        await self.readiness.stop()
+        await self.probes.close()
         await self.open_streams.stop()
         await self.jwks.stop()
         await self.external_issuers.stop()

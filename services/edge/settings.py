@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from services.edge.rate_limits import RateLimitSettings
 from services.runtime.auth.settings import DEFAULT_ISSUER, AuthSettings
 from services.runtime.registry import EDGE
-from services.runtime.settings import CommonSettings, Env, RedisSettings
+from services.runtime.settings import SERVICE_NAMES, CommonSettings, Env, RedisSettings
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,9 @@ class EdgeSettings:
     websocket: WebSocketSettings
     sse_heartbeat_seconds: float
     completion_timeout_seconds: float
+    # The services that must answer SERVING through the mesh before the edge is ready
+    # (services/edge/readiness.py); `MACP_EDGE_NEEDS`, `none` for a partial mesh without them.
+    needs: tuple[str, ...] = EDGE.needs
 
     @classmethod
     def from_env(cls, env: Env) -> EdgeSettings:
@@ -84,4 +87,5 @@ class EdgeSettings:
             # The deadline of one /v1/chat/completions turn: longer than a unary call, as the
             # agent writes its whole answer within it.
             completion_timeout_seconds=env.number("MACP_EDGE_COMPLETION_TIMEOUT_SECONDS", 300.0, minimum=1.0),
+            needs=env.names("MACP_EDGE_NEEDS", EDGE.needs, SERVICE_NAMES),
         )

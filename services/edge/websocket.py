@@ -49,6 +49,7 @@ from services.edge.auth import Caller, caller_var
 from services.edge.context import EdgeContext
 from services.edge.errors import error_response
 from services.edge.rate_limits import refusal, retry_after
+from services.edge.readiness import not_ready_message
 from services.edge.source_limits import source_of
 from services.edge.ws_frames import (
     ClientFrame,
@@ -83,7 +84,8 @@ class CloseCode(IntEnum):
     UNAUTHENTICATED = 4401  # no token, a bad one, or it expired or was revoked while connected
     IDLE_TIMEOUT = 4408  # no frame and no subscription for MACP_EDGE_WS_IDLE_TIMEOUT_SECONDS
     RATE_LIMITED = 4429  # the connect itself was over a rate limit
-    UNAVAILABLE = 4503  # the token cannot be checked right now (keys or revocations unreachable)
+    # The edge is not ready (services/edge/readiness.py), or the token cannot be checked right now.
+    UNAVAILABLE = 4503
 
 
 def _reason(text: str) -> str:
@@ -116,6 +118,9 @@ class EdgeHandshake:
     async def __call__(self, link: WebSocketLink, request: Request) -> None:
         request_id_var.set(new_request_id())
         edge = self._edge()
+        if not edge.readiness.ready:  # services/edge/readiness.py: before any work is accepted
+            link.accept_and_close(CloseCode.UNAVAILABLE, _reason(not_ready_message(edge.readiness.not_ready)))
+            return
         headers = [(name.lower(), value) for name, value in request.extra_headers]
         # Counted by source address as an HTTP request is (services/edge/source_limits.py): a
         # connect without a token against `source`, a bad token against `source_failures`.

@@ -134,3 +134,10 @@ def open_mesh_channel(mesh_address: str) -> grpc.aio.Channel:
         options=_CHANNEL_OPTIONS,
         interceptors=[RequestIdUnaryUnary(), RequestIdUnaryStream(), RequestIdStreamStream()],
     )
+
+
+def open_probe_channel(mesh_address: str) -> grpc.aio.Channel:
+    """A channel to the mesh listener for readiness checks (services/runtime/readiness.py): no
+    request id and no span, as a check every half second is nobody's request and would flood
+    the traces."""
+    return grpc.aio.insecure_channel(mesh_address, options=_CHANNEL_OPTIONS)

@@ -21,6 +21,10 @@ class ServiceSpec:
     module: the Python module whose `main()` runs it (`python -m services.<name>`).
     streaming_rpcs: RPC names that stream; Envoy leaves these routes untimed.
     retry_safe_rpcs: RPC names that are safe to retry on UNAVAILABLE (reads and idempotent writes).
+    dependencies: the infrastructure it connects to (postgres, redis, kafka, s3).
+    needs: the services it calls through the mesh for its own RPCs; it reports SERVING only while
+        each of them answers SERVING there (services/runtime/readiness.py). The graph has no cycle:
+        the token service needs none, so readiness spreads outwards from it.
     """
 
     name: str
@@ -31,6 +35,7 @@ class ServiceSpec:
     streaming_rpcs: tuple[str, ...] = ()
     retry_safe_rpcs: tuple[str, ...] = ()
     dependencies: tuple[str, ...] = field(default=())
+    needs: tuple[str, ...] = field(default=())
 
     @property
     def env_prefix(self) -> str:
@@ -40,12 +45,18 @@ class ServiceSpec:
 
 @dataclass(frozen=True)
 class EdgeSpec:
-    """The edge: the one HTTP process (REST, WebSocket, SSE) behind Envoy's front listener."""
+    """The edge: the one HTTP process (REST, WebSocket, SSE) behind Envoy's front listener.
+
+    needs: the services that must answer SERVING through the mesh before the edge is ready
+        (services/edge/readiness.py): those nearly every request reaches. Metering is left out:
+        only the usage routes call it, and its outage must not refuse every other request.
+    """
 
     name: str
     port: int
     metrics_port: int
     module: str
+    needs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,8 @@ SERVICES: tuple[ServiceSpec, ...] = (
         module="services.orchestrator",
         streaming_rpcs=("Complete", "Converse", "StreamEvents"),
         dependencies=("redis", "kafka"),
+        # A turn reads the conversation, holds quota, delegates a token and generates.
+        needs=("conversation", "agent-proxy", "metering", "token"),
     ),
     ServiceSpec(
         name="conversation",
@@ -123,7 +136,13 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ),
 )
 
-EDGE = EdgeSpec(name="edge", port=8000, metrics_port=9106, module="services.edge")
+EDGE = EdgeSpec(
+    name="edge",
+    port=8000,
+    metrics_port=9106,
+    module="services.edge",
+    needs=("orchestrator", "conversation", "token"),
+)
 
 PROVIDER_SERVER = ProviderServerSpec(name="provider-server", port=8100, module="services.provider_server")
 

@@ -28,19 +28,24 @@ from services.runtime.auth.authenticator import JwtAuthenticator, jwt_authentica
 from services.runtime.auth.settings import AuthSettings, service_audience
 from services.runtime.interceptors import Authenticator, server_interceptors
 from services.runtime.logs import configure_logging
-from services.runtime.mesh import open_mesh_channel
+from services.runtime.mesh import open_mesh_channel, open_probe_channel
 from services.runtime.metrics import RpcMetrics, serve_metrics
+from services.runtime.readiness import Check, Readiness, keys_check, mesh_check
 from services.runtime.registry import ServiceSpec
-from services.runtime.resources import Resources, ResourceSettings, open_resources
+from services.runtime.resources import KNOWN_DEPENDENCIES, Resources, ResourceSettings, open_resources
 from services.runtime.settings import CommonSettings, Env, ServerSettings, SettingsError, TracingSettings
 
 log = logging.getLogger("macp.server")
 
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # Only health answers without a token: probes (Envoy, compose, Kubernetes) carry none. Reflection
 # describes every method and message of the port, so it asks for a token like any method.
 UNAUTHENTICATED_PREFIXES = (f"/{HEALTH_SERVICE}/",)
-DEPENDENCY_CHECK_SECONDS = 5.0
+# Infrastructure is pinged less often than the mesh is checked (readiness.CHECK_SECONDS): a Kafka
+# metadata request and an S3 HEAD each time are not free, and an outage of one is rarely brief.
+DEPENDENCY_CHECK_SECONDS = 2.0
 METADATA_LIMIT_BYTES = 32 * 1024
 
 Register = Callable[[grpc.aio.Server, Resources, Env], Awaitable[None]]
@@ -93,26 +98,34 @@ class RunningService:
     stopped: asyncio.Event
 
 
-async def _watch_dependencies(
-    resources: Resources, health_servicer: health.aio.HealthServicer, names: list[str], metrics: RpcMetrics
-) -> None:
-    """Keep health honest: NOT_SERVING while a dependency does not answer, SERVING again once it does."""
-    serving = True
-    while True:
-        await asyncio.sleep(DEPENDENCY_CHECK_SECONDS)
-        failing = await resources.check()
-        now_serving = not failing
-        if now_serving != serving:
-            status = (
-                health_pb2.HealthCheckResponse.SERVING
-                if now_serving
-                else health_pb2.HealthCheckResponse.NOT_SERVING
-            )
-            for name in names:
-                await health_servicer.set(name, status)
-            metrics.set_serving(now_serving)
-            log.warning("dependency health changed", extra={"failing": failing, "serving": now_serving})
-            serving = now_serving
+def _readiness(
+    definition: ServiceDefinition,
+    server_settings: ServerSettings,
+    resources: Resources,
+    authenticator: Authenticator,
+    probes: grpc.aio.Channel,
+    health_servicer: health.aio.HealthServicer,
+    metrics: RpcMetrics,
+) -> Readiness:
+    """What SERVING means for this service (services/runtime/readiness.py): its dependencies answer,
+    it holds the token service's keys if it verifies tokens with them, and every service it needs
+    answers SERVING through the mesh. Health (every name the server answers for) follows it."""
+    checks = []
+    dependencies = [name for name in KNOWN_DEPENDENCIES if getattr(resources.settings, name) is not None]
+    if dependencies:
+        checks.append(Check(tuple(dependencies), resources.check, DEPENDENCY_CHECK_SECONDS))
+    if isinstance(authenticator, JwtAuthenticator):
+        checks.append(keys_check(authenticator.jwks))
+    checks += [mesh_check(probes, name) for name in server_settings.needs]
+    names = ["", *definition.spec.grpc_services]
+
+    async def follow(ready: bool, not_ready: tuple[str, ...]) -> None:
+        status = SERVING if ready else NOT_SERVING
+        for name in names:
+            await health_servicer.set(name, status)
+        metrics.set_serving(ready)
+
+    return Readiness(checks, follow)
 
 
 @contextlib.asynccontextmanager
@@ -180,7 +193,8 @@ async def _serve(
     metrics_endpoint = await serve_metrics(metrics.registry, common.bind_host, server_settings.metrics_port)
     resources: Resources | None = None
     server: grpc.aio.Server | None = None
-    watcher: asyncio.Task[None] | None = None
+    readiness: Readiness | None = None
+    probes = open_probe_channel(common.mesh_address)
     health_servicer = health.aio.HealthServicer()
     auth_stack = contextlib.AsyncExitStack()
     background_stack = contextlib.AsyncExitStack()
@@ -213,6 +227,11 @@ async def _serve(
         if definition.background is not None:
             background = definition.background(resources, env, metrics.registry)
             await background_stack.enter_async_context(background)
+        names = ["", *spec.grpc_services]
+        # NOT_SERVING until the first round of readiness checks says otherwise (the stock servicer
+        # starts with "" SERVING): Envoy must not route here before this service can serve.
+        for name in names:
+            await health_servicer.set(name, NOT_SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         if server_settings.reflection:
             reflection.enable_server_reflection(
@@ -225,20 +244,24 @@ async def _serve(
                 f"stop the other process or set {spec.env_prefix}PORT"
             )
         await server.start()
-        names = ["", *spec.grpc_services]
-        for name in names:
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        metrics.set_serving(True)
-        watcher = asyncio.create_task(_watch_dependencies(resources, health_servicer, names, metrics))
-        log.info("serving", extra={"port": port, "metrics_port": server_settings.metrics_port})
+        readiness = _readiness(
+            definition, server_settings, resources, authenticator, probes, health_servicer, metrics
+        )
+        await readiness.start()
+        log.info(
+            "serving",
+            extra={
+                "port": port,
+                "metrics_port": server_settings.metrics_port,
+                "not_ready": list(readiness.not_ready),
+            },
+        )
         if started is not None:
             started.set_result(RunningService(port=port, stop=stop, stopped=stopped))
         await stop.wait()
     finally:
-        if watcher is not None:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+        if readiness is not None:
+            await readiness.stop()
         if server is not None:
             # NOT_SERVING first, so Envoy's health checks move traffic away while in-flight calls drain.
             await health_servicer.enter_graceful_shutdown()
@@ -246,6 +269,7 @@ async def _serve(
             await server.stop(common.shutdown_grace_seconds)
         await background_stack.aclose()
         await auth_stack.aclose()
+        await probes.close()
         if resources is not None:
             await resources.close()
         await metrics_endpoint.close()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from services.runtime.registry import ENVOY, ServiceSpec
+from services.runtime.registry import ENVOY, SERVICES, ServiceSpec
 
 T = TypeVar("T")
 
@@ -99,6 +99,24 @@ class Env:
 
         return self._parse(name, default, parse, f"one of {', '.join(choices)}")
 
+    def names(self, name: str, default: tuple[str, ...], choices: tuple[str, ...]) -> tuple[str, ...]:
+        """A comma-separated list of names out of `choices`; `none` is the empty list (an empty value
+        means unset, the default)."""
+
+        def parse(text: str) -> tuple[str, ...]:
+            if text.lower() == "none":
+                return ()
+            chosen = tuple(item.strip().lower() for item in text.split(","))
+            unknown = [item for item in chosen if item not in choices]
+            if unknown:
+                raise ValueError(f"{', '.join(unknown)} is not one of {', '.join(choices)}")
+            return chosen
+
+        value = self.raw(name)
+        if value is None:
+            return default
+        return self._parse(name, default, parse, f"none, or some of {', '.join(choices)} separated by commas")
+
     def url(self, name: str, schemes: tuple[str, ...], example: str) -> str | None:
         """An optional URL whose scheme is one of `schemes`; None when unset."""
 
@@ -159,6 +177,7 @@ class CommonSettings:
 
 
 REFLECTION_MODES = ("authenticated", "off")
+SERVICE_NAMES = tuple(spec.name for spec in SERVICES)
 
 
 @dataclass(frozen=True)
@@ -166,11 +185,16 @@ class ServerSettings:
     """A gRPC service's own listen and metrics ports (`MACP_<SERVICE>_PORT`, `..._METRICS_PORT`),
     and whether it serves gRPC reflection (`MACP_GRPC_REFLECTION`: `authenticated`, the default,
     answers only callers whose token the service accepts, as for any of its methods; `off` does not
-    register reflection at all, for deployments that want no self-description on the port)."""
+    register reflection at all, for deployments that want no self-description on the port).
+
+    needs (`MACP_<SERVICE>_NEEDS`): the services that must answer SERVING through the mesh before
+    this one reports SERVING; the registry's `needs` unless set (`none`: no other service). Set it
+    only for a partial mesh (a test, a deployment serving part of the API)."""
 
     port: int
     metrics_port: int
     reflection: bool
+    needs: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Env, spec: ServiceSpec) -> ServerSettings:
@@ -178,6 +202,7 @@ class ServerSettings:
             port=env.port(f"{spec.env_prefix}PORT", spec.port),
             metrics_port=env.port(f"{spec.env_prefix}METRICS_PORT", spec.metrics_port),
             reflection=env.choice("MACP_GRPC_REFLECTION", "authenticated", REFLECTION_MODES) != "off",
+            needs=env.names(f"{spec.env_prefix}NEEDS", spec.needs, SERVICE_NAMES),
         )
 
 

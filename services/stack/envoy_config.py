@@ -5,6 +5,9 @@ from the environment so tests and `macp up` can move them) and compose (upstream
 service names, ports are the registry's). Typed classes instead of a YAML template mean a
 misspelt field fails here, in Python, rather than when Envoy starts; `envoy --mode validate`
 in the tests catches what the types cannot (bad enum values, missing extensions).
+
+The clusters (health checking, panic thresholds, breakers) are built in envoy_clusters.py and the
+mesh listener's routes in envoy_mesh_routes.py; this module lays them out per target.
 """
 
 from __future__ import annotations
@@ -21,19 +24,10 @@ from betterproto2 import Casing
 from envoy_data_plane.envoy.config.accesslog.v3 import AccessLog
 from envoy_data_plane.envoy.config.bootstrap.v3 import Admin, Bootstrap, BootstrapStaticResources
 from envoy_data_plane.envoy.config.cluster.v3 import (
-    CircuitBreakers,
-    CircuitBreakersThresholds,
-    Cluster,
     ClusterDiscoveryType,
-    ClusterDnsLookupFamily,
 )
 from envoy_data_plane.envoy.config.core.v3 import (
     Address,
-    DataSource,
-    HealthCheck,
-    HealthCheckGrpcHealthCheck,
-    HealthCheckHttpHealthCheck,
-    Http1ProtocolOptions,
     Http2ProtocolOptions,
     HttpProtocolOptions,
     HttpProtocolOptionsHeadersWithUnderscoresAction,
@@ -41,23 +35,12 @@ from envoy_data_plane.envoy.config.core.v3 import (
     SocketAddress,
     SubstitutionFormatString,
 )
-from envoy_data_plane.envoy.config.endpoint.v3 import (
-    ClusterLoadAssignment,
-    Endpoint,
-    LbEndpoint,
-    LocalityLbEndpoints,
-)
 from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
 from envoy_data_plane.envoy.config.overload.v3 import OverloadManager, ResourceMonitor
 from envoy_data_plane.envoy.config.route.v3 import (
-    DirectResponseAction,
     HeaderMatcher,
-    RetryPolicy,
-    RetryPolicyRetryBackOff,
-    RetryPolicyRetryHostPredicate,
     Route,
     RouteAction,
-    RouteActionMaxStreamDuration,
     RouteConfiguration,
     RouteMatch,
     VirtualHost,
@@ -73,18 +56,13 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
 from envoy_data_plane.envoy.extensions.resource_monitors.downstream_connections.v3 import (
     DownstreamConnectionsConfig,
 )
-from envoy_data_plane.envoy.extensions.retry.host.previous_hosts.v3 import PreviousHostsPredicate
-from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
-    HttpProtocolOptions as UpstreamHttpProtocolOptions,
-)
-from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
-    HttpProtocolOptionsExplicitHttpConfig,
-)
 from envoy_data_plane.envoy.type.matcher.v3 import StringMatcher
 from envoy_data_plane.google.protobuf import Any, Struct
 
-from services.runtime.registry import EDGE, ENVOY, SERVICES, ServiceSpec
+from services.runtime.registry import EDGE, ENVOY, SERVICES
 from services.runtime.settings import Env, ServerSettings
+from services.stack.envoy_clusters import Upstream, edge_cluster, service_cluster
+from services.stack.envoy_mesh_routes import STREAM_IDLE_TIMEOUT, UNTIMED, mesh_routes
 
 Target = Literal["native", "compose"]
 TARGETS: tuple[Target, ...] = ("native", "compose")
@@ -96,15 +74,9 @@ ADMIN_PORT_ENV = "MACP_ENVOY_ADMIN_PORT"
 # What services/edge/settings.py reads (the registry's EdgeSpec has no env_prefix of its own).
 EDGE_PORT_ENV = "MACP_EDGE_PORT"
 
-# DESIGN.md: a call times out after 30 s. Streams get no overall timeout instead, only this idle
-# bound, so a connection nobody reads or writes for an hour is still reclaimed; clients resume
-# with StreamEvents (mesh) or by reconnecting the WebSocket (front).
-UNARY_TIMEOUT = timedelta(seconds=30)
 # The edge gives each gRPC call the same 30 s (MACP_EDGE_RPC_TIMEOUT_SECONDS); the front route
 # waits a little longer so the client gets the edge's own error body, not Envoy's bare 504.
 FRONT_TIMEOUT = timedelta(seconds=35)
-UNTIMED = timedelta(0)
-STREAM_IDLE_TIMEOUT = timedelta(hours=1)
 
 # Edge paths whose responses stream (WebSocket, SSE); they must not inherit the 30 s timeout.
 # `/v1/chat/completions` answers `stream: true` with SSE; `/v1/conversations/` holds the
@@ -112,32 +84,10 @@ STREAM_IDLE_TIMEOUT = timedelta(hours=1)
 # they go, so a new SSE path does not need an entry here.
 FRONT_STREAMING_PREFIXES: tuple[str, ...] = ("/v1/ws", "/v1/conversations/", "/v1/chat/completions")
 
-# Retries happen only where the registry says an RPC is safe to repeat, and only a few, so a
-# failing upstream is not hammered (each retry is another request in its circuit breaker).
-RETRY_ON = "unavailable,connect-failure,refused-stream,reset"
-NUM_RETRIES = 2
-PER_TRY_TIMEOUT = timedelta(seconds=10)
-
-# Streams are long-lived: one open Converse holds one request slot for its whole life, so the
-# default breaker limits (1024) would cap concurrent conversations, not protect anything.
-BREAKER_LIMIT = 10_000
-BREAKER_MAX_RETRIES = 100
 MAX_DOWNSTREAM_CONNECTIONS = 50_000
-
-# Envoy drops a pooled connection to the edge after this long idle, sooner than the edge's own
-# keep-alive (services/edge/server.py: KEEP_ALIVE_SECONDS) would close it. The other way round, a
-# request Envoy sends on the connection just as the edge's close arrives fails with 503 "upstream
-# connect error ... connection termination", whoever's request it was.
-EDGE_IDLE_TIMEOUT = timedelta(seconds=60)
-
-HEALTH_INTERVAL = timedelta(seconds=2)
-HEALTH_TIMEOUT = timedelta(seconds=1)
-CONNECT_TIMEOUT = timedelta(seconds=1)
-EDGE_HEALTH_PATH = "/healthz"
 
 FRONT_MAX_REQUEST_HEADERS_KB = 16
 
-UPSTREAM_HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 # Access-log fields shared by both listeners; values are Envoy command operators.
 _COMMON_LOG_FIELDS: dict[str, str] = {
@@ -201,6 +151,10 @@ def _layout(target: Target, env: Env) -> _Layout:
             },
         )
     raise ValueError(f"unknown Envoy target {target!r}; choose one of {', '.join(TARGETS)}")
+
+
+def _upstream(layout: _Layout, name: str) -> Upstream:
+    return Upstream(_address(*layout.upstreams[name]), layout.discovery)
 
 
 def _address(host: str, port: int) -> Address:
@@ -293,84 +247,6 @@ def _front_listener(layout: _Layout) -> Listener:
 # --- mesh listener: service -> service (gRPC over h2c) ---------------------------------------
 
 
-def _mesh_action(spec: ServiceSpec, *, streaming: bool, retry_safe: bool) -> RouteAction:
-    if streaming:
-        # No route timeout and no stream duration cap; a deadline the caller set still applies
-        # (grpc_timeout_header_max 0 = honor grpc-timeout uncapped).
-        return RouteAction(
-            cluster=spec.name,
-            timeout=UNTIMED,
-            idle_timeout=STREAM_IDLE_TIMEOUT,
-            max_stream_duration=RouteActionMaxStreamDuration(grpc_timeout_header_max=UNTIMED),
-        )
-    retry_policy = None
-    if retry_safe:
-        retry_policy = RetryPolicy(
-            retry_on=RETRY_ON,
-            num_retries=NUM_RETRIES,
-            per_try_timeout=PER_TRY_TIMEOUT,
-            retry_back_off=RetryPolicyRetryBackOff(
-                base_interval=timedelta(milliseconds=50), max_interval=timedelta(milliseconds=500)
-            ),
-            # With several replicas (`compose up --scale`), try a different one.
-            retry_host_predicate=[
-                RetryPolicyRetryHostPredicate(
-                    name="envoy.retry_host_predicates.previous_hosts",
-                    typed_config=Any.pack(PreviousHostsPredicate()),
-                )
-            ],
-            host_selection_retry_max_attempts=3,
-        )
-    # A caller's shorter gRPC deadline wins; a longer one is capped at the unary timeout.
-    return RouteAction(
-        cluster=spec.name,
-        timeout=UNARY_TIMEOUT,
-        max_stream_duration=RouteActionMaxStreamDuration(grpc_timeout_header_max=UNARY_TIMEOUT),
-        retry_policy=retry_policy,
-    )
-
-
-def _mesh_routes() -> list[Route]:
-    """The mesh routes in match order: exact RPC paths first, then service prefixes, then 404."""
-    exact: list[Route] = []
-    prefixes: list[Route] = []
-    for spec in SERVICES:
-        for grpc_service in spec.grpc_services:
-            for rpc in spec.streaming_rpcs:
-                exact.append(
-                    Route(
-                        name=f"{grpc_service}/{rpc}",
-                        match=RouteMatch(path=f"/{grpc_service}/{rpc}"),
-                        route=_mesh_action(spec, streaming=True, retry_safe=False),
-                    )
-                )
-            for rpc in spec.retry_safe_rpcs:
-                exact.append(
-                    Route(
-                        name=f"{grpc_service}/{rpc}",
-                        match=RouteMatch(path=f"/{grpc_service}/{rpc}"),
-                        route=_mesh_action(spec, streaming=False, retry_safe=True),
-                    )
-                )
-            prefixes.append(
-                Route(
-                    name=grpc_service,
-                    match=RouteMatch(prefix=f"/{grpc_service}/"),
-                    route=_mesh_action(spec, streaming=False, retry_safe=False),
-                )
-            )
-    # Envoy turns a local reply to a gRPC request into a gRPC status (404 -> UNIMPLEMENTED), so
-    # a caller of an unknown service gets UNIMPLEMENTED rather than a bare HTTP error.
-    not_found = Route(
-        name="unknown-service",
-        match=RouteMatch(prefix="/"),
-        direct_response=DirectResponseAction(
-            status=404, body=DataSource(inline_string="no MACP gRPC service serves this path\n")
-        ),
-    )
-    return [*exact, *prefixes, not_found]
-
-
 def _mesh_listener(layout: _Layout) -> Listener:
     manager = HttpConnectionManager(
         stat_prefix="mesh",
@@ -379,7 +255,7 @@ def _mesh_listener(layout: _Layout) -> Listener:
         http2_protocol_options=Http2ProtocolOptions(),
         route_config=RouteConfiguration(
             name="mesh",
-            virtual_hosts=[VirtualHost(name="mesh", domains=["*"], routes=_mesh_routes())],
+            virtual_hosts=[VirtualHost(name="mesh", domains=["*"], routes=mesh_routes())],
         ),
         http_filters=[_router_filter()],
         # The edge forwards the client's request id as metadata; keep it across every hop.
@@ -394,96 +270,6 @@ def _mesh_listener(layout: _Layout) -> Listener:
     )
 
 
-# --- clusters -------------------------------------------------------------------------------
-
-
-def _circuit_breakers() -> CircuitBreakers:
-    return CircuitBreakers(
-        thresholds=[
-            CircuitBreakersThresholds(
-                max_connections=BREAKER_LIMIT,
-                max_pending_requests=BREAKER_LIMIT,
-                max_requests=BREAKER_LIMIT,
-                max_retries=BREAKER_MAX_RETRIES,
-                # Publishes remaining capacity as gauges, so a filling breaker shows before it trips.
-                track_remaining=True,
-            )
-        ]
-    )
-
-
-def _cluster(
-    name: str,
-    layout: _Layout,
-    protocol: UpstreamHttpProtocolOptions,
-    health_check: HealthCheck,
-) -> Cluster:
-    host, port = layout.upstreams[name]
-    return Cluster(
-        name=name,
-        type=layout.discovery,
-        # Compose's DNS answers A records; asking for AAAA first only adds a failed lookup.
-        dns_lookup_family=(
-            ClusterDnsLookupFamily.V4_ONLY
-            if layout.discovery == ClusterDiscoveryType.STRICT_DNS
-            else ClusterDnsLookupFamily.AUTO
-        ),
-        connect_timeout=CONNECT_TIMEOUT,
-        load_assignment=ClusterLoadAssignment(
-            cluster_name=name,
-            endpoints=[
-                LocalityLbEndpoints(
-                    lb_endpoints=[LbEndpoint(endpoint=Endpoint(address=_address(host, port)))]
-                )
-            ],
-        ),
-        typed_extension_protocol_options={UPSTREAM_HTTP_OPTIONS_KEY: Any.pack(protocol)},
-        health_checks=[health_check],
-        circuit_breakers=_circuit_breakers(),
-    )
-
-
-def _health_check(
-    *, grpc: HealthCheckGrpcHealthCheck | None = None, http: HealthCheckHttpHealthCheck | None = None
-) -> HealthCheck:
-    return HealthCheck(
-        timeout=HEALTH_TIMEOUT,
-        interval=HEALTH_INTERVAL,
-        # Without traffic Envoy would otherwise check only once a minute, so a service that has
-        # just become SERVING would wait up to 60 s to receive its first call.
-        no_traffic_interval=HEALTH_INTERVAL,
-        unhealthy_threshold=2,
-        healthy_threshold=1,
-        grpc_health_check=grpc,
-        http_health_check=http,
-    )
-
-
-def _service_cluster(spec: ServiceSpec, layout: _Layout) -> Cluster:
-    """A gRPC service's cluster: h2c upstream, gRPC health checks, breakers sized for streams."""
-    h2c = UpstreamHttpProtocolOptions(
-        explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
-            http2_protocol_options=Http2ProtocolOptions()
-        )
-    )
-    # service_name "" asks for the server's overall status, which the stock HealthServicer flips
-    # to NOT_SERVING on graceful shutdown along with every named service.
-    check = _health_check(grpc=HealthCheckGrpcHealthCheck(service_name=""))
-    return _cluster(spec.name, layout, h2c, check)
-
-
-def _edge_cluster(layout: _Layout) -> Cluster:
-    """The edge's cluster: HTTP/1.1, because WebSocket upgrades need it, checked on /healthz."""
-    http1 = UpstreamHttpProtocolOptions(
-        common_http_protocol_options=HttpProtocolOptions(idle_timeout=EDGE_IDLE_TIMEOUT),
-        explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
-            http_protocol_options=Http1ProtocolOptions()
-        ),
-    )
-    check = _health_check(http=HealthCheckHttpHealthCheck(path=EDGE_HEALTH_PATH))
-    return _cluster(EDGE.name, layout, http1, check)
-
-
 # --- bootstrap and rendering ------------------------------------------------------------------
 
 
@@ -495,7 +281,10 @@ def build_bootstrap(target: Target, env: Env | None = None) -> Bootstrap:
         admin=Admin(address=_address(layout.admin_host, layout.admin_port)),
         static_resources=BootstrapStaticResources(
             listeners=[_front_listener(layout), _mesh_listener(layout)],
-            clusters=[_edge_cluster(layout), *(_service_cluster(spec, layout) for spec in SERVICES)],
+            clusters=[
+                edge_cluster(_upstream(layout, EDGE.name)),
+                *(service_cluster(spec, _upstream(layout, spec.name)) for spec in SERVICES),
+            ],
         ),
         # Envoy warns at start-up without a global connection limit; one high limit keeps a
         # runaway client from exhausting file descriptors.

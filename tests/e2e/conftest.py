@@ -95,7 +95,11 @@ async def _slice(tokens: TokenWorld, tmp_path: Path) -> AsyncIterator[Slice]:
         "MACP_ENVOY_MESH_PORT": str(free_port()),
         "MACP_ENVOY_ADMIN_PORT": str(free_port()),
     }
-    mesh = {"MACP_MESH_ADDRESS": f"127.0.0.1:{ports['MACP_ENVOY_MESH_PORT']}"}
+    mesh = {
+        "MACP_MESH_ADDRESS": f"127.0.0.1:{ports['MACP_ENVOY_MESH_PORT']}",
+        # The slice runs no agent proxy and no metering: the orchestrator is ready without them.
+        "MACP_ORCHESTRATOR_NEEDS": "conversation,token",
+    }
     # Every request of a slice comes from 127.0.0.1, and the attack tests fail authentication on
     # purpose by the hundred: the per-source limits are tested on their own (tests/edge).
     limits = {

@@ -29,6 +29,7 @@ from typing import Any
 import grpc
 from cryptography.hazmat.primitives.asymmetric import rsa
 from google.protobuf.message import Message
+from grpc_health.v1 import health, health_pb2_grpc
 from macp.common.v1 import error_pb2, usage_pb2
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 from macp.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
@@ -397,6 +398,9 @@ async def serving_fakes(orchestrator: FakeOrchestrator | None = None) -> AsyncIt
     fake = orchestrator or FakeOrchestrator()
     server = grpc.aio.server()
     pb_grpc.add_OrchestratorServiceServicer_to_server(fake, server)
+    # The edge is ready once what it needs answers SERVING (services/edge/readiness.py): with the
+    # mesh address pointing here, every service it asks about is this server.
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     token_grpc.add_TokenServiceServicer_to_server(FakeTokenService(signer), server)  # type: ignore[abstract]
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

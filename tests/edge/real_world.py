@@ -114,6 +114,8 @@ async def real_world(infrastructure: Infrastructure, scratch: Path) -> AsyncIter
             "MACP_MESH_ADDRESS": f"127.0.0.1:{ports.mesh}",
             "MACP_EDGE_METRICS_PORT": "0",
             "MACP_EDGE_RPC_TIMEOUT_SECONDS": "5",
+            # Only the token service runs here: the edge is ready once it answers.
+            "MACP_EDGE_NEEDS": "token",
             # The module's tests all come from 127.0.0.1, many failing on purpose; the per-source
             # limits are tested on their own (test_rate_limits.py).
             "MACP_RATE_LIMIT_SOURCE": "100000/min",

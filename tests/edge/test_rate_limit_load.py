@@ -346,6 +346,8 @@ async def load_world(
             "MACP_ENVOY_ADMIN_PORT": str(envoy_ports.admin),
             "MACP_MESH_ADDRESS": f"127.0.0.1:{envoy_ports.mesh}",
             "MACP_EDGE_RPC_TIMEOUT_SECONDS": "5",
+            # No orchestrator runs here: the edges are ready once these answer.
+            "MACP_EDGE_NEEDS": "conversation,token",
             "PYTHONUNBUFFERED": "1",
         }
         processes = [_python_process("conversation", "services.conversation", environ, directory)]

@@ -66,11 +66,12 @@ async def test_a_request_refused_by_one_limit_uses_up_none_of_the_others(
 
 
 async def test_the_edge_answers_429_with_retry_after_and_ratelimit_headers(
-    infrastructure: Infrastructure, service_environ: dict[str, str]
+    infrastructure: Infrastructure, service_environ: dict[str, str], fake_token: FakeToken
 ) -> None:
     environ = {
         **service_environ,
-        "MACP_MESH_ADDRESS": "127.0.0.1:1",  # the public routes used here make no RPC
+        # The public routes used here make no RPC, but the edge is ready only with the keys.
+        "MACP_MESH_ADDRESS": fake_token.mesh_address,
         "MACP_RATE_LIMIT_API": "6/min burst 3",
         "MACP_LOG_LEVEL": "warning",
     }
@@ -92,11 +93,11 @@ async def test_the_edge_answers_429_with_retry_after_and_ratelimit_headers(
 
 
 async def test_with_rate_limits_off_the_edge_counts_nothing_and_says_so(
-    infrastructure: Infrastructure, service_environ: dict[str, str]
+    infrastructure: Infrastructure, service_environ: dict[str, str], fake_token: FakeToken
 ) -> None:
     environ = {
         **service_environ,
-        "MACP_MESH_ADDRESS": "127.0.0.1:1",
+        "MACP_MESH_ADDRESS": fake_token.mesh_address,
         "MACP_RATE_LIMIT_API": "1/min burst 1",
         "MACP_RATE_LIMITS": "off",
         "MACP_LOG_LEVEL": "warning",

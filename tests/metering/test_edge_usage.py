@@ -59,6 +59,8 @@ async def usage_slice(
         **tokens.environ,
         **ports,
         "MACP_MESH_ADDRESS": f"127.0.0.1:{ports['MACP_ENVOY_MESH_PORT']}",
+        # Only the token and metering services run here: the edge is ready once they answer.
+        "MACP_EDGE_NEEDS": "token,metering",
     }
     env = Env(edge_environ)
     async with running(METERING, environ), edge_and_envoy(env, tmp_path) as envoy:

@@ -139,7 +139,7 @@ async def test_start_fails_with_a_connection_error_naming_redis_when_it_does_not
 
 @pytest.mark.integration
 async def test_health_is_serving_only_while_the_dependencies_answer(
-    conversation_environ: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    conversation_environ: dict[str, str], tokens: TokenWorld, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(server_module, "DEPENDENCY_CHECK_SECONDS", 0.2)
     redis = urlsplit(conversation_environ["MACP_REDIS_URL"])
@@ -148,7 +148,8 @@ async def test_health_is_serving_only_while_the_dependencies_answer(
     relay = Relay(redis.hostname, redis.port)
     grpc_port = free_port()
     environ = {
-        **conversation_environ,
+        # The token service's keys too: without them the service is not ready either.
+        **tokens.service_environ(conversation_environ),
         "MACP_REDIS_URL": f"redis://127.0.0.1:{relay.port}/0",
         "MACP_CONVERSATION_PORT": str(grpc_port),
     }

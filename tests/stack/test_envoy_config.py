@@ -202,9 +202,9 @@ def test_every_service_has_a_health_checked_h2c_cluster(target: Target) -> None:
         cluster = clusters[spec.name]
         (check,) = cluster["health_checks"]
         assert "grpc_health_check" in check, f"{spec.name} needs a gRPC health check"
-        assert check["interval"] == "2s"
-        assert check["unhealthy_threshold"] >= 1
-        assert check["healthy_threshold"] >= 1
+        _check_is_quick(check)
+        # No panic routing: with no SERVING host, a call fails at once rather than reach one.
+        assert cluster["common_lb_config"]["healthy_panic_threshold"].get("value", 0) == 0
         options = cluster["typed_extension_protocol_options"][
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
         ]
@@ -218,10 +218,43 @@ def test_every_service_has_a_health_checked_h2c_cluster(target: Target) -> None:
 
     edge = clusters[EDGE.name]
     assert edge["health_checks"][0]["http_health_check"]["path"] == "/healthz"
+    _check_is_quick(edge["health_checks"][0])
+    # Panic (every edge gets requests) only when no edge is ready, so each refuses for itself.
+    assert 0 < edge["common_lb_config"]["healthy_panic_threshold"]["value"] <= 1
     edge_options = edge["typed_extension_protocol_options"][
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
     ]
     assert "http_protocol_options" in edge_options["explicit_http_config"]
+
+
+def _seconds(duration: str) -> float:
+    assert duration.endswith("s")
+    return float(duration[:-1])
+
+
+def _check_is_quick(check: Doc) -> None:
+    """A (re)started instance gets traffic within about a second of being ready, and a NOT_SERVING
+    one loses it within about two, even while the cluster has no traffic."""
+    assert check["healthy_threshold"] == 1
+    assert check["unhealthy_threshold"] == 2
+    assert _seconds(check["interval"]) <= 1
+    assert _seconds(check["unhealthy_interval"]) <= 0.5
+    assert _seconds(check["no_traffic_interval"]) <= 0.5
+    assert _seconds(check["no_traffic_healthy_interval"]) <= 1
+    assert _seconds(check["timeout"]) <= 1
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_health_check_with_a_target_header_goes_to_that_services_cluster(target: Target) -> None:
+    routes = _routes(_doc(target), "mesh")
+    for spec in SERVICES:
+        match = {
+            "path": "/grpc.health.v1.Health/Check",
+            "headers": [{"name": "macp-health-target", "string_match": {"exact": spec.name}}],
+        }
+        route = routes[_position(routes, match)]
+        assert route["route"]["cluster"] == spec.name
+        assert "retry_policy" not in route["route"], "a readiness check says what it saw, once"
 
 
 def _endpoint(cluster: Doc) -> tuple[str, int]:
@@ -349,6 +382,7 @@ class LiveMesh:
     mesh_port: int
     admin_port: int
     log_path: Path
+    token_health: health.HealthServicer
 
 
 def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -390,7 +424,7 @@ def live_mesh(tmp_path: Path) -> Iterator[LiveMesh]:
     Thread(target=edge.serve_forever, daemon=True).start()
 
     ports = {f"{spec.env_prefix}PORT": str(free_port()) for spec in SERVICES}
-    mesh = LiveMesh(free_port(), free_port(), free_port(), tmp_path / "envoy.out")
+    mesh = LiveMesh(free_port(), free_port(), free_port(), tmp_path / "envoy.out", health_servicer)
     ports |= {
         "MACP_TOKEN_PORT": str(token_port),
         "MACP_EDGE_PORT": str(edge.server_address[1]),
@@ -463,3 +497,62 @@ def test_real_envoy_routes_grpc_and_http_and_keeps_request_ids(live_mesh: LiveMe
     assert entries["mesh-req-1"]["grpc_status"] == "OK"
     assert entries["front-req-1"]["upstream_cluster"] == EDGE.name
     assert entries["front-req-1"]["status"] == 200
+
+
+def _routed_to_token(mesh_port: int) -> bool:
+    """Whether Envoy sends a call of the token service's to the stand-in (UNAVAILABLE: it did not)."""
+    with grpc.insecure_channel(f"127.0.0.1:{mesh_port}") as channel:
+        get_jwks: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+            "/macp.token.v1.TokenService/GetJwks"
+        )
+        try:
+            get_jwks(b"", timeout=5)
+        except grpc.RpcError as refused:
+            code = refused.code()
+        else:
+            return True
+    assert code == grpc.StatusCode.UNAVAILABLE, code
+    return False
+
+
+def _token_health_through_the_mesh(mesh_port: int) -> str:
+    """What a readiness check of the token service through the mesh sees (services/runtime/readiness.py)."""
+    with grpc.insecure_channel(f"127.0.0.1:{mesh_port}") as channel:
+        check = health_pb2_grpc.HealthStub(channel).Check  # type: ignore[attr-defined]
+        try:
+            answer = check(
+                health_pb2.HealthCheckRequest(service=""),
+                metadata=(("macp-health-target", "token"),),
+                timeout=5,
+            )
+        except grpc.RpcError as refused:
+            return str(refused.code().name)
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
+
+
+def _seconds_until(condition: Callable[[], bool], within: float) -> float:
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < within, f"not within {within} s"
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+@pytest.mark.integration
+def test_envoy_stops_routing_to_a_not_serving_instance_and_routes_again_once_it_serves(
+    live_mesh: LiveMesh,
+) -> None:
+    assert _routed_to_token(live_mesh.mesh_port)
+    assert _token_health_through_the_mesh(live_mesh.mesh_port) == "SERVING"
+
+    live_mesh.token_health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    # Two failed checks, the second half a second after the first: about 1.5 s at most.
+    _seconds_until(lambda: not _routed_to_token(live_mesh.mesh_port), within=3)
+    # No panic routing to the only host: the readiness check through the mesh is refused by Envoy.
+    assert _token_health_through_the_mesh(live_mesh.mesh_port) == "UNAVAILABLE"
+
+    live_mesh.token_health.set("", health_pb2.HealthCheckResponse.SERVING)
+    # An unhealthy host is checked every half second and one success brings it back (the margin is
+    # for a busy machine).
+    _seconds_until(lambda: _routed_to_token(live_mesh.mesh_port), within=2)
+    assert _token_health_through_the_mesh(live_mesh.mesh_port) == "SERVING"

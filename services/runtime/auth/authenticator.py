@@ -112,6 +112,8 @@ class JwtAuthenticator:
         max_delegation_depth: int = DEFAULT_MAX_DELEGATION_DEPTH,
         verified_cache_size: int = DEFAULT_VERIFIED_CACHE_SIZE,
     ) -> None:
+        # Read by readiness: a service without the token service's keys can only refuse every call.
+        self.jwks = jwks
         self.verifier = TokenVerifier(
             audience=audience,
             issuer=issuer,
