@@ -178,10 +178,12 @@ class ChaosReport:
             f"clients: {reconnects} reconnects, {resubscribes} resubscribes, {resends} messages sent "
             f"again, {self.unfinished} last rounds unfinished"
         )
+        lines += [note for record in self.records for note in record.hang_notes]
         for error in self.log_errors:
             lines.append(error)
         if self.books is not None:
             lines.append(self.books.line())
+            lines += self.books.samples()
         elif self.books_error:
             lines.append(f"books: not checked: {self.books_error}")
         return "\n".join(lines)

@@ -89,6 +89,20 @@ class Books:
             found.append(f"{self.errors_without_id} of {self.error_events} error events had no event id")
         return found
 
+    def samples(self, count: int = 5) -> list[str]:
+        """A few of each discrepancy by id, for whoever looks into it."""
+        found = []
+        for label, ids in (
+            ("answers not metered (turn ids)", self.answers_not_metered),
+            ("metered turns without an answer (turn ids)", self.metered_not_answered),
+            ("open holds", self.open_holds),
+            ("messages answered twice", [f"{m} x{n}" for m, n in self.answered_twice.items()]),
+            ("COMPLETED then FAILED", self.completed_then_failed),
+        ):
+            if ids:
+                found.append(f"  {label}: {', '.join(ids[:count])}" + (" ..." if len(ids) > count else ""))
+        return found
+
     def line(self) -> str:
         verdict = "OK" if not self.failures else "FAILED: " + "; ".join(self.failures)
         return (

@@ -85,6 +85,8 @@ class ClientRecord:
     resubscribes: int = 0
     rounds: int = 0  # round_completed of its own messages
     hangs: list[float] = field(default_factory=list)  # wall clock when each hang was noticed
+    # What each hang waited for: the message, whether it was accepted, the last event before.
+    hang_notes: list[str] = field(default_factory=list)
     unfinished: str | None = None  # the message still waiting for its round when the run ended
 
     def completed_turn_times(self) -> list[float]:
@@ -235,6 +237,14 @@ class ChaosClient:
         if now - self._quiet_since < self._hang_seconds:
             return False
         self.record.hangs.append(time.time())
+        pending = self._pending
+        last = self.record.events[-1] if self.record.events else None
+        self.record.hang_notes.append(
+            f"client {self.record.index} (conversation {self.record.conversation_id}): no event for "
+            f"{self._hang_seconds:g} s waiting for the round of message "
+            f"{pending.message_id if pending else '-'} (accepted: {pending.accepted if pending else '-'}); "
+            f"last event {last.kind + ' ' + last.event_id if last else 'none'}"
+        )
         self._quiet_since = now
         return True
 
