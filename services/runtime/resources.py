@@ -115,7 +115,8 @@ class Resources:
             except Exception:
                 log.exception("a clean-up step failed while stopping")
         if self.producer is not None:
-            await self.producer.stop()  # flushes what is buffered before the process exits
+            # Flushes what is buffered before the process exits, for a few seconds at most.
+            await kafka.stop_producer(self.producer)
         if self.redis is not None:
             await self.redis.aclose()
         if self.db is not None:

@@ -50,6 +50,7 @@ TRACEPARENT_FIELD = tracing.TRACEPARENT.encode()
 TRACESTATE_FIELD = tracing.TRACESTATE.encode()
 _TRACE_FIELDS = ((tracing.TRACEPARENT, TRACEPARENT_FIELD), (tracing.TRACESTATE, TRACESTATE_FIELD))
 BATCH_SIZE = 500
+BROKER_CHECK_SECONDS = 1.0  # a live broker answers a metadata request in milliseconds
 CE_SPECVERSION = "1.0"
 CONTENT_TYPE = "application/protobuf"
 
@@ -170,10 +171,16 @@ class UsagePublisher:
         self._task = asyncio.create_task(self._run(), name=f"usage-publisher:{self.topic}")
 
     async def stop(self, drain_seconds: float = 5.0) -> None:
-        """Deliver what is waiting for up to `drain_seconds`, then stop; the rest stays in the outbox."""
+        """Deliver what is waiting for up to `drain_seconds`, then stop; the rest stays in the outbox.
+
+        With the broker gone there is nothing to wait for: no delivery can finish, so the stop is
+        at once (a dead Kafka made a stopping stack wait out the whole drain).
+        """
         self._stopping.set()
         if self._task is None:
             return
+        if not await self._broker_answers():
+            drain_seconds = 0.0
         try:
             await asyncio.wait_for(asyncio.shield(self._task), drain_seconds)
         except TimeoutError:
@@ -182,6 +189,13 @@ class UsagePublisher:
             )
         finally:
             await cancel_and_wait(self._task)
+
+    async def _broker_answers(self) -> bool:
+        try:
+            await asyncio.wait_for(self._producer.client.fetch_all_metadata(), BROKER_CHECK_SECONDS)
+        except Exception:
+            return False
+        return True
 
     async def _run(self) -> None:
         backoff = 0.1
