@@ -80,7 +80,8 @@ class CrashLoop:
     def message(self) -> str:
         code = "no exit code" if self.exit_code is None else f"last exit code {self.exit_code}"
         return (
-            f"{self.name} is crash-looping: it died {self.deaths} times within {self.window:g} s "
+            f"{self.name} is crash-looping: it died {self.deaths} time{'s' if self.deaths != 1 else ''} "
+            f"within {self.window:g} s "
             f"({code}; last: {self.reason}); stopping everything; see {self.log_path}"
         )
 

@@ -114,8 +114,8 @@ class Launcher:
         except BaseException:
             self._stop()
             raise
-        self._announce()
         self._supervise()
+        self._announce()
         code = self._watch()
         self._stop()
         return code
