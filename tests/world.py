@@ -19,7 +19,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
 import grpc
+import redis.asyncio as aioredis
 from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 from macp.conversation.v1 import conversation_service_pb2_grpc as conversation_grpc
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
@@ -32,6 +34,7 @@ from services.orchestrator.service import DEFINITION as ORCHESTRATOR
 from services.provider_server.behavior import Behavior
 from services.provider_server.server import RunningProviderServer, serving
 from services.runtime.auth.settings import EDGE_AUDIENCE, service_audience
+from services.runtime.redis_client import text_of
 from services.runtime.server import RunningService, ServiceDefinition
 from services.runtime.settings import Env
 from services.stack.config import free_port
@@ -157,6 +160,28 @@ class World:
             metadata=self.as_user,
             timeout=10,
         )
+
+    @asynccontextmanager
+    async def database(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection to the services' database (the books live there)."""
+        connection = await asyncpg.connect(self.environ["MACP_DATABASE_URL"])
+        try:
+            yield connection
+        finally:
+            await connection.close()
+
+    async def open_holds(self) -> list[str]:
+        """The tenant's quota holds still open in metering (services/metering/quota_counters.py)."""
+        redis = aioredis.from_url(self.environ["MACP_REDIS_URL"])
+        prefix = self.environ.get("MACP_REDIS_KEY_PREFIX", "")
+        try:
+            pattern = f"{prefix}metering:{{{self.tenant.tenant_id}}}:hold:*"
+            keys = [key async for key in redis.scan_iter(match=pattern)]
+            # A settled hold stays a while as committed, released or expired (its retries' answer).
+            states = [await redis.hget(key, "state") for key in keys]
+            return sorted(text_of(key) for key, state in zip(keys, states, strict=True) if state == b"open")
+        finally:
+            await redis.aclose()
 
     async def round_events(
         self, conversation_id: str, after_event_id: str, trigger_message_id: str, seconds: float = 30

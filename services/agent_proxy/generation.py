@@ -103,9 +103,7 @@ class Generation:
         finally:
             if record.finish_reason == pb.FINISH_REASON_UNSPECIFIED:
                 record.finish_reason = pb.FINISH_REASON_ERROR
-            # A call refused before any provider took it (queue full, every breaker open) used
-            # nothing and is not a turn: no event, so metering does not count it.
-            if record.reached_provider:
+            if record.billable:
                 await self._publish_usage(agent_turn_event(request, principal, record))
 
     def _timeout(self, deadline: float | None) -> float:

@@ -39,6 +39,25 @@ class TurnRecord:
     finish_reason: pb.FinishReason.ValueType = pb.FINISH_REASON_UNSPECIFIED
     provider_request_id: str = ""
 
+    @property
+    def billable(self) -> bool:
+        """Whether this proxy publishes the turn's AGENT_TURN event itself.
+
+        Not for a call refused before any provider took it (queue full, every breaker open): it
+        used nothing. Not for a call that produced no text: its caller releases the turn's hold
+        (no answer, no turn), and one copy here would bill a turn nobody has an answer for. Not
+        for a call its caller cancelled: the caller (a halted turn, or the orchestrator that takes
+        over a round whose driver died) bills what it relayed and stores it as the answer, and
+        only it knows how much of the text reached the conversation. What is left, a generation
+        that ended by itself with text, is billed here too, under the turn's own event id, so
+        that a caller that dies before its own Commit still leaves the turn billed exactly once.
+        """
+        return (
+            self.reached_provider
+            and self.output_characters > 0
+            and self.finish_reason != pb.FINISH_REASON_CANCELLED
+        )
+
     def dimensions(self) -> usage_pb2.UsageDimensions:
         estimated = False
         input_tokens, output_tokens = self.input_tokens, self.output_tokens

@@ -85,8 +85,10 @@ async def complete(
 
     generating = asyncio.create_task(run())
     settled = False
+    relayed: list[str] = []
     try:
         while (item := await deltas.get()) is not None:
+            relayed.append(item.delta.text)
             yield item
         result, completion = await generating
         if not result.text:
@@ -109,4 +111,13 @@ async def complete(
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await generating
         if not settled:
-            await asyncio.shield(runner.release(caller, turn_id, "the caller left before the answer ended"))
+            # The agent proxy bills no call its caller cut (agent_proxy/usage.py): what reached
+            # the caller is billed here, and a turn that said nothing is released.
+            await asyncio.shield(_settle_cut(runner, spec, "".join(relayed), started))
+
+
+async def _settle_cut(runner: TurnRunner, spec: TurnSpec, text: str, started: float) -> None:
+    if not text:
+        await runner.release(spec.caller, spec.turn_id, "the caller left before the answer began")
+        return
+    await runner.commit(spec, TurnResult(pb.TURN_OUTCOME_CANCELLED, text), None, started)

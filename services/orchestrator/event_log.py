@@ -65,6 +65,31 @@ return id
 _EVENT_ID_PART_LIMIT = 2**64
 
 
+# KEYS: stream, floor, lease, once. ARGV: as _APPEND, then the once key's value prefix and its
+# lifetime. The event is appended only if the once key is absent, and the key is set to
+# "<prefix> <event id>" with it: one event per key however many callers race (a message's
+# MessageAccepted, appended by its first poster only). Answers {0, value} when the key was there.
+_APPEND_ONCE: Final = """
+local seen = redis.call('GET', KEYS[4])
+if seen then return {0, seen} end
+if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[4] then return false end
+local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])
+local excess = redis.call('XLEN', KEYS[1]) - tonumber(ARGV[2])
+if excess > 0 then
+  local trimmed = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', excess)
+  redis.call('XTRIM', KEYS[1], 'MAXLEN', ARGV[2])
+  redis.call('SET', KEYS[2], trimmed[#trimmed][1])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
+redis.call('SET', KEYS[4], ARGV[5] .. ' ' .. id, 'EX', ARGV[6])
+return {1, id}
+"""
+# How far back a takeover looks for the round it closes (round_events): far more events than one
+# round writes, and few enough to read in a few milliseconds.
+ROUND_SCAN_LIMIT: Final = 5_000
+
+
 def _position(event_id: str, field: str = "after_event_id") -> tuple[int, int]:
     match = _EVENT_ID.fullmatch(event_id)
     if match is None:
@@ -91,6 +116,7 @@ class EventLog:
         self._idle_seconds = idle_seconds
         self._block_ms = block_ms
         self._append = redis.register_script(_APPEND)
+        self._append_once = redis.register_script(_APPEND_ONCE)
         self._tail = LogTail(redis, prefix, block_ms=block_ms)
 
     def _stream(self, conversation_id: str) -> str:
@@ -104,27 +130,81 @@ class EventLog:
     ) -> pb.ConversationEvent:
         """`event` stored as the conversation's next one; returned with its id, conversation and
         time. With `lease`, only while it is current (else LeaseLost, and nothing is stored)."""
+        stored = self._stamped(conversation_id, event)
+        event_id = await self._append(keys=self._keys(conversation_id), args=self._args(stored, lease))
+        if event_id is None:
+            raise LeaseLost(f"conversation {conversation_id}: the lease is no longer this driver's")
+        stored.event_id = text_of(event_id)
+        return stored
+
+    async def append_once(
+        self,
+        conversation_id: str,
+        event: pb.ConversationEvent,
+        lease: Lease | None,
+        once: tuple[str, str, int],
+    ) -> tuple[pb.ConversationEvent | None, str]:
+        """`event` appended unless the key `once` = (key, value prefix, seconds) is already set;
+        the key set to "<prefix> <event id>" in the same step. (the stored event, the key's value)
+        when appended, (None, the key's earlier value) when not."""
+        key, prefix, seconds = once
+        stored = self._stamped(conversation_id, event)
+        reply = await self._append_once(
+            keys=[*self._keys(conversation_id), key],
+            args=[*self._args(stored, lease), prefix, seconds],
+        )
+        if reply is None:
+            raise LeaseLost(f"conversation {conversation_id}: the lease is no longer this driver's")
+        appended, value = int(reply[0]), text_of(reply[1])
+        if not appended:
+            return None, value
+        stored.event_id = value
+        return stored, f"{prefix} {value}"
+
+    async def round_events(
+        self, conversation_id: str, message_id: str, limit: int = ROUND_SCAN_LIMIT
+    ) -> list[pb.ConversationEvent] | None:
+        """The events from `message_id`'s MessageAccepted on, oldest first (the events of its
+        round, among others); None when that MessageAccepted is not among the newest `limit`."""
+        newest_first: list[pb.ConversationEvent] = []
+        before = "+"
+        while len(newest_first) < limit:
+            page = await self._redis.xrevrange(self._stream(conversation_id), max=before, count=READ_BATCH)
+            if not page:
+                return None
+            events = self._decode(
+                conversation_id, [(b"", cast(Sequence[tuple[bytes, dict[bytes, bytes]]], page))]
+            )
+            for event in events:
+                newest_first.append(event)
+                if event.HasField("message_accepted") and event.message_accepted.message_id == message_id:
+                    return newest_first[::-1]
+            before = f"({events[-1].event_id}"
+        return None
+
+    def _keys(self, conversation_id: str) -> list[str]:
+        return [
+            self._stream(conversation_id),
+            self._floor(conversation_id),
+            lease_key(self._prefix, conversation_id),
+        ]
+
+    def _args(self, stored: pb.ConversationEvent, lease: Lease | None) -> list[bytes | str | int]:
+        return [
+            stored.SerializeToString(),
+            self._max_events,
+            self._idle_seconds,
+            lease.holder if lease else "",
+        ]
+
+    @staticmethod
+    def _stamped(conversation_id: str, event: pb.ConversationEvent) -> pb.ConversationEvent:
         stored = pb.ConversationEvent()
         stored.CopyFrom(event)
         stored.ClearField("event_id")
         stored.conversation_id = conversation_id
         if not stored.HasField("time"):
             stored.time.GetCurrentTime()
-        keys = [
-            self._stream(conversation_id),
-            self._floor(conversation_id),
-            lease_key(self._prefix, conversation_id),
-        ]
-        args: list[bytes | str | int] = [
-            stored.SerializeToString(),
-            self._max_events,
-            self._idle_seconds,
-            lease.holder if lease else "",
-        ]
-        event_id = await self._append(keys=keys, args=args)
-        if event_id is None:
-            raise LeaseLost(f"conversation {conversation_id}: the lease is no longer this driver's")
-        stored.event_id = text_of(event_id)
         return stored
 
     async def last_event_id(self, conversation_id: str) -> str:

@@ -27,12 +27,18 @@ log = logging.getLogger("macp.orchestrator.lease")
 
 DEFAULT_LEASE_MS: Final = 5_000
 
-# KEYS: lease, fence. ARGV: owner, ttl_ms. A free lease is taken with the next fencing token;
-# a held one (even by this owner: re-entry would share a token between two rounds) is refused.
+# KEYS: lease, fence[, note hash, note set]. ARGV: owner, ttl_ms[, note job, note score]. A free
+# lease is taken with the next fencing token; a held one (even by this owner: re-entry would share
+# a token between two rounds) is refused. With a note, what the new holder is about to do is
+# written in the same step (see LeaseNote).
 _ACQUIRE: Final = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 local token = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. token, 'PX', ARGV[2])
+if KEYS[3] then
+  redis.call('HSET', KEYS[3], 'job', ARGV[3], 'turn_id', '', 'ending', '')
+  redis.call('ZADD', KEYS[4], ARGV[4], ARGV[5])
+end
 return token
 """
 # KEYS: lease. ARGV: holder ("<owner> <token>"), ttl_ms. Only the holder extends its own lease.
@@ -71,6 +77,18 @@ class Lease:
         return f"{self.owner} {self.token}"
 
 
+@dataclass(frozen=True)
+class LeaseNote:
+    """What a new holder is about to drive, written with the lease in one step (markers.py):
+    `job` into the hash `key`, and the conversation into the set `watched` with `score`. A holder
+    that dies a moment after taking the lease thus never leaves work nobody knows of."""
+
+    key: str
+    watched: str
+    job: str
+    score: float
+
+
 class LeaseLost(Exception):
     """The lease expired or was taken over: the holder must stop driving the conversation."""
 
@@ -91,10 +109,15 @@ class Leases:
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
 
-    async def acquire(self, conversation_id: str) -> Lease | None:
-        """The lease with a new fencing token, or None while another holder has it."""
+    async def acquire(self, conversation_id: str, note: LeaseNote | None = None) -> Lease | None:
+        """The lease with a new fencing token (and `note` written with it), or None while another
+        holder has it (and nothing written)."""
         keys = [lease_key(self._prefix, conversation_id), fence_key(self._prefix, conversation_id)]
-        token = await self._acquire(keys=keys, args=[self.owner, self.ttl_ms])
+        args: list[str | int | float] = [self.owner, self.ttl_ms]
+        if note is not None:
+            keys += [note.key, note.watched]
+            args += [note.job, note.score, conversation_id]
+        token = await self._acquire(keys=keys, args=args)
         return None if token is None else Lease(conversation_id, self.owner, int(token))
 
     async def renew(self, lease: Lease) -> bool:

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import grpc
 from macp.agent_proxy.v1 import agent_proxy_service_pb2 as proxy_pb
@@ -37,7 +38,16 @@ from services.orchestrator.policies import (
 from services.orchestrator.preparation import Prepared, Preparer
 from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.transcript import Said, chat_messages
-from services.orchestrator.turns import Halt, TurnResult, TurnRunner, TurnSpec, now_timestamp, rpc_failure
+from services.orchestrator.turns import (
+    Halt,
+    TurnResult,
+    TurnRunner,
+    TurnSpec,
+    now_timestamp,
+    rpc_failure,
+    turn_completed,
+)
+from services.runtime.usage_ids import orchestration_event_id
 
 log = logging.getLogger("macp.orchestrator.rounds")
 
@@ -78,9 +88,21 @@ class RoundState:
     client_bids: list[pb.Bid] = field(default_factory=list)
 
 
-# Told each turn's id as it starts, and None once the round is over (before RoundCompleted is
-# written, so a client that sends its next message on RoundCompleted finds no round in flight).
-OnTurn = Callable[[str | None], Awaitable[None]]
+class RoundNotes(Protocol):
+    """Where the driver notes how far its round got (markers.py), for whoever takes it over."""
+
+    async def turn(self, conversation_id: str, turn_id: str) -> None:
+        """The turn `turn_id` starts (written with its TurnStarted, before anything it costs)."""
+
+    async def ending(self, conversation_id: str, reason: pb.RoundEndReason.ValueType, turns: int) -> None:
+        """The round is over, only its RoundCompleted is left to write (so a client that sends its
+        next message on RoundCompleted finds no round in flight, and waits for the lease)."""
+
+
+def round_completed(message_id: str, reason: pb.RoundEndReason.ValueType, turns: int) -> pb.ConversationEvent:
+    return pb.ConversationEvent(
+        round_completed=pb.RoundCompleted(trigger_message_id=message_id, turn_count=turns, reason=reason)
+    )
 
 
 class Rounds:
@@ -92,6 +114,7 @@ class Rounds:
             downstream,
             turn_timeout=settings.turn_timeout_seconds,
             reservation_ttl=settings.reservation_ttl_seconds,
+            settle_seconds=settings.settle_seconds,
         )
         self._preparer = Preparer(downstream, self._turns, settings.context_messages)
 
@@ -103,7 +126,7 @@ class Rounds:
     def preparer(self) -> Preparer:
         return self._preparer
 
-    async def run(self, state: RoundState, on_turn: OnTurn) -> pb.RoundEndReason.ValueType:
+    async def run(self, state: RoundState, notes: RoundNotes) -> pb.RoundEndReason.ValueType:
         """Run the round to its end; LeaseLost propagates (the round stops writing at once)."""
         job = state.job
         started = time.monotonic()
@@ -112,8 +135,9 @@ class Rounds:
             await self._events.append(job.conversation_id, event, state.lease)
 
         async def finish(turns: int, reason: pb.RoundEndReason.ValueType) -> pb.RoundEndReason.ValueType:
-            await on_turn(None)
-            return await self._complete(emit, job, turns, reason)
+            await notes.ending(job.conversation_id, reason, turns)
+            await emit(round_completed(job.message_id, reason, turns))
+            return reason
 
         preparing = state.preparing or asyncio.create_task(
             self._preparer.prepare(job.caller, job.conversation_id, job.message_id, job.conversation)
@@ -165,7 +189,7 @@ class Rounds:
                     reason = decision.reason
                     break
                 state.current_turn = decision.turn_id
-                marking = on_turn(decision.turn_id)
+                marking = notes.turn(job.conversation_id, decision.turn_id)
                 result = await self._turn(
                     state, emit, decision, len(view.spoken) + 1, history, names, marking
                 )
@@ -184,9 +208,7 @@ class Rounds:
                 job.caller, prepared, "the round ended before its first turn"
             )
             # However the round ends (LeaseLost included), it was an orchestration: metered once.
-            usage = await self._commit_orchestration(
-                job, prepared.orchestration_id, started, len(view.spoken)
-            )
+            usage = await self.commit_orchestration(job, len(view.spoken), started)
         if isinstance(usage, usage_pb2.UsageEvent):
             await emit(pb.ConversationEvent(usage=usage))
         else:
@@ -209,22 +231,6 @@ class Rounds:
                     source=pb.BID_SOURCE_CLIENT,
                 )
             )
-
-    async def _complete(
-        self,
-        emit: Callable[[pb.ConversationEvent], Awaitable[None]],
-        job: RoundJob,
-        turns: int,
-        reason: pb.RoundEndReason.ValueType,
-    ) -> pb.RoundEndReason.ValueType:
-        await emit(
-            pb.ConversationEvent(
-                round_completed=pb.RoundCompleted(
-                    trigger_message_id=job.message_id, turn_count=turns, reason=reason
-                )
-            )
-        )
-        return reason
 
     async def _turn(
         self,
@@ -276,10 +282,14 @@ class Rounds:
             raise
         return await run_turn(self._turns, spec, emit, state.halt, reserving)
 
-    async def _commit_orchestration(
-        self, job: RoundJob, reservation: str, started: float, turns: int
+    async def commit_orchestration(
+        self, job: RoundJob, turns: int, started: float | None = None
     ) -> usage_pb2.UsageEvent | pb.ErrorEvent:
+        """Bill the round's orchestration (once: the event's id derives from its message); the
+        event, or why committing failed. `started`: when the round began, if known."""
         principal = job.caller.principal
+        reservation = orchestration_event_id(job.conversation_id, job.message_id)
+        duration_ms = 0 if started is None else int((time.monotonic() - started) * 1000)
         event = usage_pb2.UsageEvent(
             event_id=reservation,
             time=now_timestamp(),
@@ -287,7 +297,7 @@ class Rounds:
             user_id=principal.user_id,
             conversation_id=job.conversation_id,
             type=usage_pb2.USAGE_EVENT_TYPE_ORCHESTRATION,
-            dimensions=usage_pb2.UsageDimensions(duration_ms=int((time.monotonic() - started) * 1000)),
+            dimensions=usage_pb2.UsageDimensions(duration_ms=duration_ms),
             actor_chain=principal.actor_chain,
         )
         failure = await self._turns.settle(
@@ -309,7 +319,7 @@ async def run_turn(
     refusal = await (reserving if reserving is not None else runner.reserve(spec))
     if refusal is not None:
         await emit(pb.ConversationEvent(error=refusal))
-        await emit(_completed(spec, pb.TURN_OUTCOME_FAILED))
+        await emit(turn_completed(spec.turn_id, spec.agent.id, pb.TURN_OUTCOME_FAILED))
         return TurnResult(pb.TURN_OUTCOME_FAILED, error=refusal)
     try:
         result, completion = await runner.generate(spec, emit, halt)
@@ -321,10 +331,10 @@ async def run_turn(
         await runner.release(spec.caller, spec.turn_id, "no answer")
         if result.error is not None:
             await emit(pb.ConversationEvent(error=result.error))
-        await emit(_completed(spec, result.outcome))
+        await emit(turn_completed(spec.turn_id, spec.agent.id, result.outcome))
         return result
-    # Storing the answer and committing its usage do not wait for each other: the usage is owed
-    # whether or not the answer could be stored.
+    # Storing the answer and committing its usage do not wait for each other; each is retried
+    # while its service is away (TurnRunner), so a billed turn's answer is stored.
     stored, usage = await asyncio.gather(
         runner.store(spec, result.text),
         runner.commit(spec, result, completion, started),
@@ -341,7 +351,7 @@ async def run_turn(
         raise stored
     else:
         result.message_id = stored
-    await emit(_completed(spec, result.outcome, result.message_id, result.text))
+    await emit(turn_completed(spec.turn_id, spec.agent.id, result.outcome, result.message_id, result.text))
     if isinstance(usage, usage_pb2.UsageEvent):
         await emit(pb.ConversationEvent(usage=usage))
     else:
@@ -349,16 +359,6 @@ async def run_turn(
     if result.error is not None:
         await emit(pb.ConversationEvent(error=result.error))
     return result
-
-
-def _completed(
-    spec: TurnSpec, outcome: pb.TurnOutcome.ValueType, message_id: str = "", text: str = ""
-) -> pb.ConversationEvent:
-    return pb.ConversationEvent(
-        turn_completed=pb.TurnCompleted(
-            turn_id=spec.turn_id, agent_id=spec.agent.id, outcome=outcome, message_id=message_id, text=text
-        )
-    )
 
 
 def _halted(halt: Halt) -> pb.RoundEndReason.ValueType:

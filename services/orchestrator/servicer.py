@@ -33,7 +33,7 @@ from services.orchestrator.turns import error_event
 from services.runtime import tracing
 from services.runtime.auth.authenticator import bearer_token
 from services.runtime.context import RpcContext
-from services.runtime.errors import DomainError, InvalidArgument, relayed
+from services.runtime.errors import DomainError, InvalidArgument, Unavailable, relayed
 from services.runtime.principal import current_principal
 
 log = logging.getLogger("macp.orchestrator.servicer")
@@ -174,14 +174,37 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
                 case _:
                     pass  # a second join changes nothing: the stream already follows the log
         except (DomainError, grpc.aio.AioRpcError) as exc:
-            await out.put(_refusal(exc))
+            await self._refuse(conversation_id, request, _refusal(exc), out)
         except Exception as exc:
             # Never a silent drop: the client hears that its action failed (and may send it again;
             # a message is stored once by its id) while the stream keeps following.
             log.exception(
                 "a %s action on conversation %s failed", request.WhichOneof("event"), conversation_id
             )
-            await out.put(_refusal(exc))
+            await self._refuse(conversation_id, request, _refusal(exc), out)
+
+    async def _refuse(
+        self,
+        conversation_id: str,
+        request: pb.ConverseRequest,
+        refusal: pb.ConversationEvent,
+        out: asyncio.Queue[pb.ConversationEvent | BaseException],
+    ) -> None:
+        """Say an action failed as an event of the conversation's log, which this stream follows:
+        like every event a client receives it has an id, so a client that reconnects after it
+        still learns of it. When even the log cannot take it (Redis is away), the stream ends
+        UNAVAILABLE instead: the client reconnects from its last event and acts again."""
+        detail = refusal.error.detail
+        detail.metadata["action"] = request.WhichOneof("event") or "join"
+        if request.HasField("user_message"):
+            detail.metadata["message_id"] = request.user_message.message_id
+        try:
+            await self._events.append(conversation_id, refusal)
+        except Exception as exc:
+            log.warning("could not log a refusal on conversation %s: %s", conversation_id, exc)
+            await out.put(
+                Unavailable(f"{detail.reason}: {detail.message}; the conversation's log is unreachable")
+            )
 
     async def Complete(
         self, request: pb.CompleteRequest, context: RpcContext

@@ -33,6 +33,9 @@ class OrchestratorSettings:
     default_turn_limit: int
     # How long a reservation is held when its turn's driver dies (metering expires it after this).
     reservation_ttl_seconds: int
+    # How long storing an answer and committing or releasing a hold are retried while the service
+    # they go to is away (a restart): past it, a turn ends STORE_FAILED or a hold waits its TTL.
+    settle_seconds: float
     # The orchestrator's own client at the token service; registered on first use when unset.
     client_id: str | None
     client_secret: str | None
@@ -61,6 +64,7 @@ class OrchestratorSettings:
             reservation_ttl_seconds=env.integer(
                 "MACP_ORCHESTRATOR_RESERVATION_TTL_SECONDS", 300, minimum=1, maximum=3600
             ),
+            settle_seconds=env.number("MACP_ORCHESTRATOR_SETTLE_SECONDS", 60.0, minimum=0.0),
             client_id=env.optional_string("MACP_ORCHESTRATOR_CLIENT_ID"),
             client_secret=env.optional_string("MACP_ORCHESTRATOR_CLIENT_SECRET"),
             initial_access_token=env.optional_string("MACP_TOKEN_INITIAL_ACCESS_TOKEN"),

@@ -1,5 +1,6 @@
 """A Converse action that fails for a reason nobody planned for is answered, never dropped: the
-client gets an error event saying what failed, and its stream keeps following the conversation."""
+client gets an error event in the conversation's log saying what failed, and its stream keeps
+following the conversation; when the log itself is away, the stream ends UNAVAILABLE."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from services.orchestrator.downstream import Caller
 from services.orchestrator.driver import Driver
 from services.orchestrator.event_log import EventLog
 from services.orchestrator.servicer import OrchestratorServicer
+from services.runtime.errors import Unavailable
 
 
 class _FailingDriver:
@@ -24,16 +26,42 @@ class _FailingDriver:
         raise RedisConnectionError("Too many connections")
 
 
-async def test_a_message_that_fails_on_redis_gets_an_unavailable_error_event() -> None:
-    servicer = OrchestratorServicer(cast(Driver, _FailingDriver()), cast(EventLog, None))
+class _Log:
+    """An event log that takes every event (or, `reachable=False`, none)."""
+
+    def __init__(self, reachable: bool = True) -> None:
+        self.reachable = reachable
+        self.appended: list[pb.ConversationEvent] = []
+
+    async def append(self, conversation_id: str, event: pb.ConversationEvent) -> pb.ConversationEvent:
+        if not self.reachable:
+            raise RedisConnectionError("Connection refused")
+        self.appended.append(event)
+        return event
+
+
+REQUEST = pb.ConverseRequest(conversation_id="c1", user_message=pb.UserMessage(message_id="m1", text="hello"))
+CALLER = Caller("token", principal_pb2.Principal(tenant_id="t1", user_id="u1"))
+
+
+async def test_a_message_that_fails_on_redis_gets_an_unavailable_error_event_in_the_log() -> None:
+    events = _Log()
+    servicer = OrchestratorServicer(cast(Driver, _FailingDriver()), cast(EventLog, events))
     out: asyncio.Queue[pb.ConversationEvent | BaseException] = asyncio.Queue()
-    request = pb.ConverseRequest(
-        conversation_id="c1", user_message=pb.UserMessage(message_id="m1", text="hello")
-    )
-    caller = Caller("token", principal_pb2.Principal(tenant_id="t1", user_id="u1"))
-    await servicer._act_now(caller, "c1", request, out)
-    event = out.get_nowait()
-    assert isinstance(event, pb.ConversationEvent)
+    await servicer._act_now(CALLER, "c1", REQUEST, out)
+    # In the log (so it gets an event id and a reconnecting client sees it), not beside it.
+    assert out.empty()
+    [event] = events.appended
     assert event.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
     assert event.error.detail.reason == "STORE_UNAVAILABLE"
     assert "Too many connections" in event.error.detail.message
+    assert dict(event.error.detail.metadata) == {"action": "user_message", "message_id": "m1"}
+
+
+async def test_a_refusal_the_log_cannot_take_ends_the_stream_unavailable() -> None:
+    servicer = OrchestratorServicer(cast(Driver, _FailingDriver()), cast(EventLog, _Log(reachable=False)))
+    out: asyncio.Queue[pb.ConversationEvent | BaseException] = asyncio.Queue()
+    await servicer._act_now(CALLER, "c1", REQUEST, out)
+    ended = out.get_nowait()
+    assert isinstance(ended, Unavailable)
+    assert "STORE_UNAVAILABLE" in str(ended)

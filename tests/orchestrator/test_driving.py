@@ -127,7 +127,7 @@ async def test_cancel_over_converse_ends_the_round(world: World) -> None:
     assert outcomes == [pb.TURN_OUTCOME_CANCELLED]  # the second agent never started
 
 
-async def test_converse_answers_a_bad_action_to_that_client_only_and_stays_open(world: World) -> None:
+async def test_converse_logs_a_bad_action_s_refusal_and_stays_open(world: World) -> None:
     agent = await world.agent("Ada")
     conversation = await world.conversation([agent])
     other = str(uuid.uuid4())
@@ -154,7 +154,8 @@ async def test_converse_answers_a_bad_action_to_that_client_only_and_stays_open(
     async with asyncio.timeout(20):
         async for response in stream:
             assert response.event.HasField("error")
-            assert not response.event.event_id  # not in the log: this client's alone
+            # In the log, like every event a client receives: a client that reconnects sees it.
+            assert response.event.event_id
             errors.append(response.event.error)
             if len(errors) == 2:
                 break
@@ -162,6 +163,18 @@ async def test_converse_answers_a_bad_action_to_that_client_only_and_stays_open(
     assert errors[0].code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert "conversation_id" in errors[0].detail.message
     assert "mention_agent_ids[0]" in errors[1].detail.message
+    assert errors[1].detail.metadata["message_id"] == requests[2].user_message.message_id
+    replay = world.orchestrator.StreamEvents(
+        pb.StreamEventsRequest(conversation_id=conversation.id, after_event_id="0-0"), metadata=world.as_user
+    )
+    logged = []
+    async with asyncio.timeout(10):
+        async for replayed in replay:
+            logged.append(replayed.event.error)
+            if len(logged) == 2:
+                break
+    replay.cancel()
+    assert logged == errors
     assert await world.messages(conversation.id) == []
 
 

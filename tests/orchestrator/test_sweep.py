@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import asyncio
 import secrets
 import time
 import uuid
@@ -49,10 +49,27 @@ async def _ending_round(redis: aioredis.Redis, prefix: str, events: EventLog) ->
         "hi",
         1,
     )
-    marker = {"job": RoundJobCodec(Sealer(settings.sealing_key)).encode(job), "turn_id": "", "ending": True}
-    await redis.set(f"{prefix}orchestrator:round:{conversation_id}", json.dumps(marker))
+    job_text = RoundJobCodec(Sealer(settings.sealing_key)).encode(job)
+    ending = f"{pb.ROUND_END_REASON_TURN_LIMIT} 1"
+    marker = f"{prefix}orchestrator:round:{conversation_id}"
+    await redis.hset(marker, mapping={"job": job_text, "turn_id": "", "ending": ending})
     await redis.zadd(f"{prefix}orchestrator:rounds", {conversation_id: time.time()})
+    # The message was accepted (its MessageAccepted and its `accepted` key are written together).
+    await redis.set(f"{prefix}orchestrator:accepted:{conversation_id}:{job.message_id}", "1 0-1")
     return driver, job
+
+
+def accepted(job: RoundJob) -> pb.ConversationEvent:
+    return pb.ConversationEvent(message_accepted=pb.MessageAccepted(message_id=job.message_id, sequence=1))
+
+
+async def settled(redis: aioredis.Redis, prefix: str, job: RoundJob) -> None:
+    """Until the takeover the sweep started (a task of its own) has cleared the round's marker."""
+    for _ in range(200):
+        if not await redis.exists(f"{prefix}orchestrator:round:{job.conversation_id}"):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the takeover never cleared the round's marker")
 
 
 async def rounds_completed(events: EventLog, conversation_id: str) -> list[pb.RoundCompleted]:
@@ -66,11 +83,13 @@ async def test_an_ending_round_without_its_round_completed_gets_one(
 ) -> None:
     events = EventLog(redis, prefix)
     driver, job = await _ending_round(redis, prefix, events)
-    await events.append(job.conversation_id, pb.ConversationEvent(message_accepted=pb.MessageAccepted()))
+    await events.append(job.conversation_id, accepted(job))
     await driver.sweep()
+    await settled(redis, prefix, job)
     completed = await rounds_completed(events, job.conversation_id)
-    assert [(c.trigger_message_id, c.reason) for c in completed] == [
-        (job.message_id, pb.ROUND_END_REASON_FAILED)
+    # With the reason and turn count its driver noted as the round ended.
+    assert [(c.trigger_message_id, c.reason, c.turn_count) for c in completed] == [
+        (job.message_id, pb.ROUND_END_REASON_TURN_LIMIT, 1)
     ]
     assert not await redis.exists(f"{prefix}orchestrator:round:{job.conversation_id}")
     await driver.sweep()  # nothing left to close
@@ -83,7 +102,9 @@ async def test_an_ending_round_whose_round_completed_got_out_is_not_closed_twice
     events = EventLog(redis, prefix)
     driver, job = await _ending_round(redis, prefix, events)
     done = pb.RoundCompleted(trigger_message_id=job.message_id, reason=pb.ROUND_END_REASON_TURN_LIMIT)
+    await events.append(job.conversation_id, accepted(job))
     await events.append(job.conversation_id, pb.ConversationEvent(round_completed=done))
     await driver.sweep()
+    await settled(redis, prefix, job)
     completed = await rounds_completed(events, job.conversation_id)
     assert [c.reason for c in completed] == [pb.ROUND_END_REASON_TURN_LIMIT]

@@ -21,6 +21,7 @@ from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 from macp.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
 
+from services.runtime.usage_ids import agent_turn_event_id, orchestration_event_id
 from services.stack.config import free_port
 from tests.runtime.serving import channel, health_status
 from tests.world import World
@@ -154,6 +155,32 @@ async def test_killing_the_driver_mid_round_hands_over_within_the_lease_time(wor
     assert seen[-1].round_completed.reason == pb.ROUND_END_REASON_FAILED
     # Within the lease time, plus one sweep interval (half a lease) and scheduling slack.
     assert error_at - killed_at < lease_seconds * 1.5 + 1.0
+
+    # The books: what the log holds of the cut answer is stored and billed as the turn, the round
+    # is billed once, no hold is left open, and nobody is told to send the message again.
+    said = "".join(e.token_delta.text for e in seen if e.HasField("token_delta"))
+    assert said
+    assert failed[0].text == said
+    assert failed[0].message_id
+    answers = [
+        m for m in await world.messages(conversation.id) if m.role == conversation_pb.MESSAGE_ROLE_AGENT
+    ]
+    assert [(m.id, m.text, m.turn_id) for m in answers] == [(failed[0].message_id, said, started.turn_id)]
+    assert "stored" in error.detail.message
+    assert "sent again" not in error.detail.message
+    billed = {e.usage.event_id for e in seen if e.HasField("usage")}
+    turn_usage, round_usage = (
+        agent_turn_event_id(started.turn_id),
+        orchestration_event_id(conversation.id, first.message_id),
+    )
+    assert billed == {turn_usage, round_usage}
+    async with world.database() as db:
+        rows = await db.fetch(
+            "SELECT event_id::text, event_type FROM metering_usage_events WHERE conversation_id = $1",
+            conversation.id,
+        )
+    assert sorted(row["event_id"] for row in rows) == sorted([turn_usage, round_usage])
+    assert await world.open_holds() == []
 
     # The conversation carries on: the next message is answered by the surviving orchestrator.
     again = await world.post(conversation.id, "are you still there?")

@@ -1,0 +1,144 @@
+"""The Redis keys that say which rounds exist, so that a round outlives the process driving it.
+
+Keys, under the deployment's Redis prefix (all `orchestrator:`):
+- `queue:<conversation>`: the messages waiting for a round, oldest first (each a sealed RoundJob,
+  round_jobs.py; they expire with QUEUE_SECONDS);
+- `round:<conversation>`: a hash naming the round in flight: `job` (its sealed RoundJob), `turn_id`
+  (the turn in flight, "" between turns) and `ending` ("<reason> <turns>" once the round is over
+  and only its RoundCompleted is left to write, else "");
+- `rounds`: the conversations with a round in flight or queued, which every process sweeps;
+- `accepted:<conversation>:<message>`: "<sequence> <event id>" of a message's MessageAccepted,
+  written in the same step as that event (event_log.append_once), so a message gets one.
+
+The marker is never missing while a round can cost anything: the first round's is written with
+the lease (lease.py, before any quota is held), and a queued round's is written in the same step
+that takes the job off the queue (POP_INTO_MARKER). A process that dies anywhere therefore leaves
+either a queued job or a marker, and the sweep (takeover.py) finds either.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Final, cast
+
+import redis.asyncio as aioredis
+from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
+
+from services.orchestrator.lease import LeaseNote
+from services.orchestrator.round_jobs import RoundJobCodec
+from services.orchestrator.rounds import RoundJob
+from services.runtime.redis_client import text_of
+
+ACCEPTED_SECONDS: Final = 24 * 3600
+QUEUE_SECONDS: Final = 3600
+
+# KEYS: queue, marker. The next queued job, written as the round in flight in the same step: a
+# process that dies between the two would otherwise lose an accepted message's round.
+_POP_INTO_MARKER: Final = """
+local job = redis.call('LPOP', KEYS[1])
+if not job then return false end
+redis.call('HSET', KEYS[2], 'job', job, 'turn_id', '', 'ending', '')
+return job
+"""
+
+
+@dataclass(frozen=True)
+class Marker:
+    """A round in flight as its marker says: its job, its turn in flight, and how it ended."""
+
+    job: RoundJob
+    turn_id: str
+    # (reason, turns) once the round is over and only its RoundCompleted may be missing.
+    ending: tuple[pb.RoundEndReason.ValueType, int] | None
+
+
+class RoundMarkers:
+    def __init__(self, redis: aioredis.Redis, prefix: str, jobs: RoundJobCodec) -> None:
+        self._redis = redis
+        self._prefix = f"{prefix}orchestrator:"
+        self.jobs = jobs
+        self._pop = redis.register_script(_POP_INTO_MARKER)
+
+    # -- keys
+
+    def queue(self, conversation_id: str) -> str:
+        return f"{self._prefix}queue:{conversation_id}"
+
+    def marker(self, conversation_id: str) -> str:
+        return f"{self._prefix}round:{conversation_id}"
+
+    def accepted(self, conversation_id: str, message_id: str) -> str:
+        return f"{self._prefix}accepted:{conversation_id}:{message_id}"
+
+    @property
+    def active(self) -> str:
+        return f"{self._prefix}rounds"
+
+    async def accepted_value(self, conversation_id: str, message_id: str) -> str | None:
+        """ "<sequence> <event id>" of the message's MessageAccepted, or None before it."""
+        value = await self._redis.get(self.accepted(conversation_id, message_id))
+        return None if value is None else text_of(value)
+
+    # -- the round in flight
+
+    def note(self, job: RoundJob) -> LeaseNote:
+        """The marker of `job`'s round, for the lease to write as it is taken (lease.py)."""
+        return LeaseNote(self.marker(job.conversation_id), self.active, self.jobs.encode(job), time.time())
+
+    async def read(self, conversation_id: str) -> Marker | None:
+        fields = await self._redis.hgetall(self.marker(conversation_id))
+        if not fields or b"job" not in fields:
+            return None
+        ending_text = text_of(fields.get(b"ending", b""))
+        ending = None
+        if ending_text:
+            reason, turns = ending_text.split(" ", 1)
+            ending = (pb.RoundEndReason.ValueType(int(reason)), int(turns))
+        return Marker(self.jobs.decode(fields[b"job"]), text_of(fields.get(b"turn_id", b"")), ending)
+
+    async def in_flight(self, conversation_id: str) -> bool:
+        """Whether a round is in flight and not yet ending (a message sent now would wait)."""
+        ending = await self._redis.hmget(self.marker(conversation_id), ["job", "ending"])
+        return ending[0] is not None and not ending[1]
+
+    async def turn(self, conversation_id: str, turn_id: str) -> None:
+        await self._redis.hset(self.marker(conversation_id), "turn_id", turn_id)
+
+    async def ending(self, conversation_id: str, reason: pb.RoundEndReason.ValueType, turns: int) -> None:
+        await self._redis.hset(
+            self.marker(conversation_id), mapping={"turn_id": "", "ending": f"{int(reason)} {turns}"}
+        )
+
+    async def clear(self, conversation_id: str) -> None:
+        await self._redis.delete(self.marker(conversation_id))
+
+    # -- the queue
+
+    async def push(self, job: RoundJob) -> None:
+        """Queue `job`, and its conversation among those the sweep watches, in one step."""
+        queue = self.queue(job.conversation_id)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.rpush(queue, self.jobs.encode(job))
+        pipe.expire(queue, QUEUE_SECONDS)
+        pipe.zadd(self.active, {job.conversation_id: time.time()})
+        await pipe.execute()
+
+    async def next(self, conversation_id: str) -> RoundJob | None:
+        """The next queued job, now the round in flight (its marker written with the pop)."""
+        data = await self._pop(keys=[self.queue(conversation_id), self.marker(conversation_id)])
+        return None if data is None else self.jobs.decode(data)
+
+    async def drop_queue(self, conversation_id: str) -> None:
+        await self._redis.delete(self.queue(conversation_id))
+
+    async def waiting(self, conversation_id: str) -> int:
+        return int(await self._redis.llen(self.queue(conversation_id)))
+
+    async def forget(self, conversation_id: str) -> None:
+        """No round in flight or queued: the sweep need not look at this conversation."""
+        await self._redis.zrem(self.active, conversation_id)
+
+    async def swept(self) -> list[str]:
+        members = cast(list[bytes], await self._redis.zrange(self.active, 0, -1))
+        return [text_of(member) for member in members]

@@ -1,0 +1,212 @@
+"""Taking over a round whose driver died: settle what it left exactly as the driver would have.
+
+Every process sweeps the conversations with a round in flight or queued (markers.py). One whose
+lease has lapsed has no live driver: the sweeper takes its lease and closes the round the dead
+driver left, then drives the queue on. Closing follows the round's own log, which is what its
+clients saw:
+
+- a message whose MessageAccepted was never written had no round: its holds are released and
+  nothing is said (its sender never heard it was accepted, and sends it again);
+- a round that only lacked its RoundCompleted gets it, with the reason its driver noted;
+- otherwise each turn that started and did not complete is settled from the text the log holds:
+  that text is stored as the agent's answer and billed as the turn (the agent proxy does not bill
+  a call its caller cut, agent_proxy/usage.py), or, with no text, its hold is released; a turn
+  the log shows completed is never reported again. The round's orchestration is billed once
+  (its ORCHESTRATION event), holds the round never used are released, and the round ends with a
+  DRIVER_LOST error and RoundCompleted FAILED. "Send the message again" is advised only when no
+  answer of the round was stored.
+
+Every call made here is idempotent (the answer's id and the usage event ids derive from the turn
+and the message), and every event is written only after all of them succeeded: a takeover that
+fails half way is tried again by the next sweep, which finds in the log what got out and writes
+only the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import grpc
+import redis.asyncio as aioredis
+from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
+
+from services.orchestrator.event_log import EventLog
+from services.orchestrator.lease import Lease, Leases, lease_key
+from services.orchestrator.markers import Marker, RoundMarkers
+from services.orchestrator.preparation import first_turn_id
+from services.orchestrator.rounds import RoundJob, Rounds, round_completed
+from services.orchestrator.turns import error_event, turn_completed
+from services.runtime.usage_ids import orchestration_event_id
+
+log = logging.getLogger("macp.orchestrator.takeover")
+
+DRIVER_LOST = "DRIVER_LOST"
+STOPPED = "the round's driver stopped"
+
+# Drives a conversation from a held lease: first `closing` (this module's), then its queue.
+Drive = Callable[[Lease, Callable[[Lease], Awaitable[None]]], None]
+
+
+@dataclass
+class RoundSeen:
+    """What a round's log shows of it."""
+
+    started: dict[str, pb.TurnStarted] = field(default_factory=dict)
+    completed: dict[str, pb.TurnCompleted] = field(default_factory=dict)
+    text: dict[str, list[str]] = field(default_factory=dict)
+    usage_ids: set[str] = field(default_factory=set)
+    driver_lost: bool = False
+    round_completed: bool = False
+
+    @classmethod
+    def of(cls, events: list[pb.ConversationEvent], message_id: str) -> RoundSeen:
+        seen = cls()
+        for event in events:
+            kind = event.WhichOneof("payload")
+            if kind == "turn_started" and event.turn_started.trigger_message_id == message_id:
+                seen.started[event.turn_started.turn_id] = event.turn_started
+            elif kind == "token_delta" and event.token_delta.turn_id in seen.started:
+                seen.text.setdefault(event.token_delta.turn_id, []).append(event.token_delta.text)
+            elif kind == "turn_completed" and event.turn_completed.turn_id in seen.started:
+                seen.completed[event.turn_completed.turn_id] = event.turn_completed
+            elif kind == "usage":
+                seen.usage_ids.add(event.usage.event_id)
+            elif kind == "error" and event.error.detail.reason == DRIVER_LOST:
+                seen.driver_lost = True
+            elif kind == "round_completed" and event.round_completed.trigger_message_id == message_id:
+                seen.round_completed = True
+        return seen
+
+
+class Takeover:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        prefix: str,
+        markers: RoundMarkers,
+        events: EventLog,
+        leases: Leases,
+        rounds: Rounds,
+        interval: float,
+    ) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._markers = markers
+        self._events = events
+        self._leases = leases
+        self._rounds = rounds
+        self._interval = interval
+
+    async def sweep_forever(self, drive: Drive) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.sweep(drive)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("sweep failed: %s", exc)
+
+    async def sweep(self, drive: Drive) -> None:
+        """Take over every conversation whose round or queue has no live driver."""
+        for conversation_id in await self._markers.swept():
+            if await self._redis.exists(lease_key(self._prefix, conversation_id)):
+                continue
+            lease = await self._leases.acquire(conversation_id)
+            if lease is not None:
+                drive(lease, self.close)
+
+    async def close(self, lease: Lease) -> None:
+        """End the round a dead driver left in flight (see the module's docstring)."""
+        conversation_id = lease.conversation_id
+        marker = await self._markers.read(conversation_id)
+        if marker is None:
+            return
+        job = marker.job
+        if not await self._redis.exists(self._markers.accepted(conversation_id, job.message_id)):
+            await self._release_unused(job, marker, RoundSeen())
+            await self._markers.clear(conversation_id)
+            return
+        seen = RoundSeen.of(
+            await self._events.round_events(conversation_id, job.message_id) or [], job.message_id
+        )
+        if seen.round_completed:
+            await self._markers.clear(conversation_id)
+            return
+        if marker.ending is not None:
+            closing = [round_completed(job.message_id, *marker.ending)]
+        else:
+            log.warning(
+                "taking over a round whose driver stopped",
+                extra={"conversation_id": conversation_id, "turn_id": marker.turn_id},
+            )
+            closing = await self._settle(job, marker, seen)
+        for event in closing:
+            await self._events.append(conversation_id, event, lease)
+        await self._markers.clear(conversation_id)
+
+    async def _settle(self, job: RoundJob, marker: Marker, seen: RoundSeen) -> list[pb.ConversationEvent]:
+        """Settle every hold of the round; the events that say so, to write once all succeeded."""
+        turns = self._rounds.turns
+        closing: list[pb.ConversationEvent] = []
+        answered = [c for c in seen.completed.values() if c.message_id]
+        for turn_id, started in seen.started.items():
+            if turn_id in seen.completed:
+                continue
+            text = "".join(seen.text.get(turn_id, []))
+            if not text:
+                await turns.release(job.caller, turn_id, STOPPED)
+                closing.append(turn_completed(turn_id, started.agent_id, pb.TURN_OUTCOME_FAILED))
+                continue
+            message_id = await turns.store_answer(
+                job.caller, job.conversation_id, started.agent_id, turn_id, text
+            )
+            usage = await turns.commit_cut(job.caller, job.conversation_id, started.agent_id, turn_id, text)
+            if isinstance(usage, pb.ErrorEvent):
+                raise RuntimeError(f"billing cut turn {turn_id} failed: {usage.detail.message}")
+            closing.append(
+                turn_completed(turn_id, started.agent_id, pb.TURN_OUTCOME_FAILED, message_id, text)
+            )
+            if usage.event_id not in seen.usage_ids:
+                closing.append(pb.ConversationEvent(usage=usage))
+            answered.append(closing[-2].turn_completed)
+        await self._release_unused(job, marker, seen)
+        orchestration = orchestration_event_id(job.conversation_id, job.message_id)
+        if orchestration not in seen.usage_ids:
+            billed = await self._rounds.commit_orchestration(job, len(seen.started))
+            if isinstance(billed, pb.ErrorEvent):
+                raise RuntimeError(f"billing the round's orchestration failed: {billed.detail.message}")
+            closing.append(pb.ConversationEvent(usage=billed))
+        if not seen.driver_lost:
+            advice = (
+                f"{len(answered)} answer(s) of the round were stored; it ended early"
+                if answered
+                else "nothing was stored: the message can be sent again"
+            )
+            closing.append(
+                pb.ConversationEvent(
+                    error=error_event(
+                        grpc.StatusCode.UNAVAILABLE,
+                        DRIVER_LOST,
+                        f"the orchestrator process running this round stopped; {advice}",
+                        marker.turn_id,
+                    )
+                )
+            )
+        closing.append(round_completed(job.message_id, pb.ROUND_END_REASON_FAILED, len(seen.started)))
+        return closing
+
+    async def _release_unused(self, job: RoundJob, marker: Marker, seen: RoundSeen) -> None:
+        """Release the holds the round made for turns that never started: the marker's turn
+        (held as its TurnStarted was written) and the first turn (held before anyone was picked);
+        and the orchestration's, when the round never got as far as its MessageAccepted."""
+        turns = self._rounds.turns
+        unused = {first_turn_id(job.conversation_id, job.message_id), marker.turn_id} - {""}
+        for turn_id in sorted(unused - set(seen.started)):
+            await turns.release(job.caller, turn_id, STOPPED)
+        if not await self._redis.exists(self._markers.accepted(job.conversation_id, job.message_id)):
+            orchestration = orchestration_event_id(job.conversation_id, job.message_id)
+            await turns.release(job.caller, orchestration, "the message was never accepted")
