@@ -1,6 +1,11 @@
 """The grpc.aio server bootstrap every service runs: settings, logs, metrics, health, reflection,
 interceptors, dependencies, and a graceful stop.
 
+Health follows readiness (services/runtime/readiness.py, docs/readiness.md): NOT_SERVING from the
+start until the service's dependencies answer, it holds the token service's signing keys (if it
+verifies tokens with them) and the services it needs answer SERVING through the mesh; NOT_SERVING
+again whenever one of them stays away for more than a check interval, and for good once it stops.
+
 A service supplies a `ServiceDefinition` (its registry entry, its servicers, its migrations) and
 calls `run_service`; nothing else about serving is written in a service.
 """
