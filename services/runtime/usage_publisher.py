@@ -57,6 +57,17 @@ CONTENT_TYPE = "application/protobuf"
 Entry = tuple[bytes, dict[bytes, bytes] | None]
 
 
+# How long an entry another publisher read waits before this one takes it over. Short, because a
+# publisher that crashed holds its entries until then, and usage must reach metering within seconds
+# of a crash; a live publisher re-reads its own entries at least this often while it retries (its
+# backoff is shorter), and an entry taken from one that was merely slow is delivered twice, which
+# the sink de-duplicates by event_id.
+CLAIM_IDLE_SECONDS = 5.0
+# The longest wait between delivery attempts while Kafka is away: well inside the claim time, and
+# short enough that waiting usage follows within seconds once the broker is back.
+RETRY_MAX_SECONDS = 2.0
+
+
 def outbox_key(redis_key_prefix: str, topic: str) -> str:
     return f"{redis_key_prefix}usage-outbox:{topic}"
 
@@ -90,8 +101,8 @@ class UsagePublisher:
         topic: str,
         key: str,
         source: str,
-        claim_idle_seconds: float = 30.0,
-        retry_max_seconds: float = 5.0,
+        claim_idle_seconds: float = CLAIM_IDLE_SECONDS,
+        retry_max_seconds: float = RETRY_MAX_SECONDS,
     ) -> None:
         self._redis = redis
         self._producer = producer
