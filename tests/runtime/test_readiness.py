@@ -15,7 +15,10 @@ from grpc_health.v1 import health_pb2
 from macp.agent_proxy.v1 import agent_proxy_service_pb2 as proxy_pb
 
 from services.conversation.service import DEFINITION as CONVERSATION
+from services.edge.settings import EdgeSettings
 from services.runtime.readiness import Check, Readiness
+from services.runtime.registry import EDGE, SERVICES, service
+from services.runtime.settings import Env, ServerSettings, SettingsError
 from services.stack.config import free_port
 from tests.runtime.serving import PROBE_ENVIRON, channel, health_status, probe_definition, running
 from tests.runtime.test_server_lifecycle import Relay
@@ -188,3 +191,27 @@ async def test_a_service_is_not_serving_until_it_holds_the_token_services_keys(
             await wait_for(opened, SERVING, within=5)
         finally:
             await relay.close()
+
+
+def test_what_each_part_needs_has_no_cycle_and_starts_from_the_token_service() -> None:
+    needs = {spec.name: spec.needs for spec in SERVICES}
+    assert needs["token"] == ()
+    ready: set[str] = set()
+    while len(ready) < len(needs):  # each round, the parts whose needs are all ready become ready
+        newly = {name for name, wanted in needs.items() if name not in ready and set(wanted) <= ready}
+        assert newly, f"a cycle among {sorted(set(needs) - ready)}"
+        ready |= newly
+    assert set(EDGE.needs) <= ready
+
+
+def test_needs_are_read_from_the_environment_and_checked() -> None:
+    orchestrator = service("orchestrator")
+    assert ServerSettings.from_env(Env({}), orchestrator).needs == orchestrator.needs
+    partial = Env({"MACP_ORCHESTRATOR_NEEDS": "conversation, token"})
+    assert ServerSettings.from_env(partial, orchestrator).needs == ("conversation", "token")
+    assert ServerSettings.from_env(Env({"MACP_ORCHESTRATOR_NEEDS": "none"}), orchestrator).needs == ()
+    redis = {"MACP_REDIS_URL": "redis://127.0.0.1:6379/0"}
+    assert EdgeSettings.from_env(Env(redis)).needs == EDGE.needs
+    assert EdgeSettings.from_env(Env({**redis, "MACP_EDGE_NEEDS": "token"})).needs == ("token",)
+    with pytest.raises(SettingsError, match=r"MACP_EDGE_NEEDS='tokens' is malformed \(tokens is not one of"):
+        EdgeSettings.from_env(Env({**redis, "MACP_EDGE_NEEDS": "tokens"}))
