@@ -47,7 +47,7 @@ def first_turn_id(conversation_id: str, message_id: str) -> str:
 
 @dataclass
 class Prepared:
-    """The round's inputs, or why it cannot start (`failure`, its holds already released)."""
+    """The round's inputs, or why it cannot start (`failure`, its first turn's hold released)."""
 
     orchestration_id: str
     first_turn_id: str
@@ -98,8 +98,9 @@ class Preparer:
                 self._load(caller, conversation_id, conversation), self._newest(caller, conversation_id, "")
             )
         except grpc.aio.AioRpcError as exc:
+            # The round still runs (and is billed, rounds.py): it only says why it cannot answer.
             prepared.orchestration_refusal, prepared.first_turn_refusal = await holds
-            await self.release(caller, prepared, "the conversation could not be loaded")
+            await self.release_first_turn(caller, prepared, "the conversation could not be loaded")
             prepared.failure = rpc_failure(exc, "loading the conversation", "LOAD_FAILED")
             return prepared
         except BaseException:

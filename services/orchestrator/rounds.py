@@ -147,24 +147,52 @@ class Rounds:
         except BaseException:
             preparing.cancel()
             raise
-        if prepared.failure is not None:
-            await emit(pb.ConversationEvent(error=prepared.failure))
-            return await finish(0, pb.ROUND_END_REASON_FAILED)
         if prepared.orchestration_refusal is not None:
+            # Refused its quota (or metering stayed away): not an orchestration, nothing billed.
             await self._preparer.release_first_turn(job.caller, prepared, "the round was refused its quota")
-            await emit(pb.ConversationEvent(error=prepared.orchestration_refusal))
+            await emit(pb.ConversationEvent(error=prepared.failure or prepared.orchestration_refusal))
             return await finish(0, pb.ROUND_END_REASON_FAILED)
+        failure = prepared.failure
+        spoken: list[Spoken] = []
+        reason: pb.RoundEndReason.ValueType = pb.ROUND_END_REASON_FAILED
         try:
-            history = await self._preparer.history(
-                job.caller, prepared, job.conversation_id, job.message_id, job.sequence, job.text
+            if failure is None:
+                try:
+                    history = await self._preparer.history(
+                        job.caller, prepared, job.conversation_id, job.message_id, job.sequence, job.text
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    failure = rpc_failure(exc, "loading the conversation", "LOAD_FAILED")
+            if failure is None:
+                state.prepared = prepared
+                reason = await self._speak(state, prepared, history, spoken, emit, notes)
+        finally:
+            await self._preparer.release_first_turn(
+                job.caller, prepared, "the round ended before its first turn"
             )
-        except grpc.aio.AioRpcError as exc:
-            await self._preparer.release(job.caller, prepared, "the conversation could not be loaded")
-            await emit(
-                pb.ConversationEvent(error=rpc_failure(exc, "loading the conversation", "LOAD_FAILED"))
-            )
-            return await finish(0, pb.ROUND_END_REASON_FAILED)
-        state.prepared = prepared
+            # However the round ends (a failure to load, LeaseLost included), it held an
+            # orchestration: billed once, here (or by whoever takes the round over).
+            usage = await self.commit_orchestration(job, len(spoken), started)
+        if failure is not None:
+            await emit(pb.ConversationEvent(error=failure))
+        if isinstance(usage, usage_pb2.UsageEvent):
+            await emit(pb.ConversationEvent(usage=usage))
+        else:
+            await emit(pb.ConversationEvent(error=usage))
+        return await finish(len(spoken), reason)
+
+    async def _speak(
+        self,
+        state: RoundState,
+        prepared: Prepared,
+        history: list[Said],
+        spoken: list[Spoken],
+        emit: Callable[[pb.ConversationEvent], Awaitable[None]],
+        notes: RoundNotes,
+    ) -> pb.RoundEndReason.ValueType:
+        """The round's turns, as its policy picks them, until it ends; how it ended. `spoken` fills
+        with each turn that got an answer."""
+        job = state.job
         conversation, agents = prepared.conversation, prepared.agents
         names = {agent.id: agent.name for agent in agents}
         view = RoundView(
@@ -173,47 +201,29 @@ class Rounds:
             mentions=[m for m in job.mentions if m in names],
             limit=turn_limit(conversation, len(agents), self._settings.default_turn_limit),
             first_turn_id=prepared.first_turn_id,
+            spoken=spoken,
         )
         policy = policy_for(
             conversation,
             _Bidder(self._downstream, self._settings.bid_window_seconds, state, emit, history, names),
         )
-        reason: pb.RoundEndReason.ValueType = pb.ROUND_END_REASON_FAILED
-        try:
-            while True:
-                if state.halt.is_set():
-                    reason = _halted(state.halt)
-                    break
-                decision = await policy.next_turn(view) if agents else RoundEnd(pb.ROUND_END_REASON_COMPLETED)
-                if isinstance(decision, RoundEnd):
-                    reason = decision.reason
-                    break
-                state.current_turn = decision.turn_id
-                marking = notes.turn(job.conversation_id, decision.turn_id)
-                result = await self._turn(
-                    state, emit, decision, len(view.spoken) + 1, history, names, marking
-                )
-                state.current_turn = ""
-                if result.outcome in (pb.TURN_OUTCOME_CANCELLED, pb.TURN_OUTCOME_INTERRUPTED):
-                    reason = _halted(state.halt)
-                    break
-                if result.outcome == pb.TURN_OUTCOME_FAILED:
-                    reason = pb.ROUND_END_REASON_FAILED
-                    break
-                _text, yielded = split_yield(result.text)
-                view.spoken.append(Spoken(decision.agent.id, result.text, yielded))
-                history.append(Said(decision.agent.id, result.text))
-        finally:
-            await self._preparer.release_first_turn(
-                job.caller, prepared, "the round ended before its first turn"
-            )
-            # However the round ends (LeaseLost included), it was an orchestration: metered once.
-            usage = await self.commit_orchestration(job, len(view.spoken), started)
-        if isinstance(usage, usage_pb2.UsageEvent):
-            await emit(pb.ConversationEvent(usage=usage))
-        else:
-            await emit(pb.ConversationEvent(error=usage))
-        return await finish(len(view.spoken), reason)
+        while True:
+            if state.halt.is_set():
+                return _halted(state.halt)
+            decision = await policy.next_turn(view) if agents else RoundEnd(pb.ROUND_END_REASON_COMPLETED)
+            if isinstance(decision, RoundEnd):
+                return decision.reason
+            state.current_turn = decision.turn_id
+            marking = notes.turn(job.conversation_id, decision.turn_id)
+            result = await self._turn(state, emit, decision, len(view.spoken) + 1, history, names, marking)
+            state.current_turn = ""
+            if result.outcome in (pb.TURN_OUTCOME_CANCELLED, pb.TURN_OUTCOME_INTERRUPTED):
+                return _halted(state.halt)
+            if result.outcome == pb.TURN_OUTCOME_FAILED:
+                return pb.ROUND_END_REASON_FAILED
+            _text, yielded = split_yield(result.text)
+            view.spoken.append(Spoken(decision.agent.id, result.text, yielded))
+            history.append(Said(decision.agent.id, result.text))
 
     def on_signal(self, state: RoundState, signal: Signal) -> None:
         """A control signal for the round in flight (called by the control bus)."""

@@ -191,20 +191,27 @@ class TurnRunner:
         turn_id: str = "",
     ) -> pb.ErrorEvent | None:
         """Hold one unit of `meter` (metering Reserve); the refusal as an error event, if refused."""
-        try:
-            await self._downstream.metering.Reserve(
-                metering_pb.ReserveRequest(
-                    reservation_id=reservation_id,
-                    tenant_id=caller.principal.tenant_id,
-                    meter=meter,
-                    quantity=1,
-                    conversation_id=conversation_id,
-                    turn_id=turn_id,
-                    ttl=Duration(seconds=self._reservation_ttl),
-                ),
+        request = metering_pb.ReserveRequest(
+            reservation_id=reservation_id,
+            tenant_id=caller.principal.tenant_id,
+            meter=meter,
+            quantity=1,
+            conversation_id=conversation_id,
+            turn_id=turn_id,
+            ttl=Duration(seconds=self._reservation_ttl),
+        )
+
+        async def attempt() -> object:
+            return await self._downstream.metering.Reserve(
+                request,
                 timeout=self._downstream.timeout,
                 metadata=await self._downstream.for_metering(caller),
             )
+
+        # Idempotent by reservation id, so asked again while metering restarts: a round waits for
+        # it rather than failing (a refusal for quota is not transient and answers at once).
+        try:
+            await self._until_done(attempt)
         except grpc.aio.AioRpcError as exc:
             reason = (
                 "QUOTA_EXCEEDED" if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else "RESERVE_FAILED"
