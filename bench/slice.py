@@ -109,6 +109,8 @@ def _environ(infrastructure_env: dict[str, str]) -> dict[str, str]:
     environ.update({variable: str(port) for variable, port in zip(variables, sorted(ports), strict=True)})
     environ["MACP_MESH_ADDRESS"] = f"127.0.0.1:{environ['MACP_ENVOY_MESH_PORT']}"
     environ["PYTHONUNBUFFERED"] = "1"
+    # No orchestrator in the slice: the edge is ready once what the slice does run answers.
+    environ["MACP_EDGE_NEEDS"] = "conversation,token"
     # The benchmarks measure the path, not the limits: the seeded admin's client is internal
     # (1,000/min), which a closed loop at 16 in flight passes in seconds, and a sign-in bench asks
     # /oauth2/token without a token from one address. Rate limiting is still on (one Redis script
