@@ -271,7 +271,12 @@ def _assert_one_line_error(result: subprocess.CompletedProcess[str], variable: s
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("MACP_LOG_LEVEL", "loud"), ("MACP_ENVOY_FRONT_PORT", "abc"), ("MACP_EMBEDDED_REDIS_PORT", "-1")],
+    [
+        ("MACP_LOG_LEVEL", "loud"),
+        ("MACP_ENVOY_FRONT_PORT", "abc"),
+        ("MACP_EMBEDDED_REDIS_PORT", "-1"),
+        ("MACP_STACK_RESTART_LIMIT", "-1"),
+    ],
 )
 def test_a_malformed_setting_ends_up_with_one_line_naming_it(
     tmp_path: Path, variable: str, value: str
