@@ -178,7 +178,7 @@ class ChaosReport:
             f"clients: {reconnects} reconnects, {resubscribes} resubscribes, {resends} messages sent "
             f"again, {self.unfinished} last rounds unfinished"
         )
-        lines += [note for record in self.records for note in record.hang_notes]
+        lines += [h.note(r.index, r.conversation_id) for r in self.records for h in r.hangs]
         for error in self.log_errors:
             lines.append(error)
         if self.books is not None:
@@ -243,7 +243,9 @@ def score_kills(
         result.first_turn = (min(within) - began) if within else None
         result.clients_recovered = len(within)
         result.all_clients = (max(within) - began) if within and len(within) == len(records) else None
-        result.hung_clients = sum(1 for r in records if any(began <= h < ended for h in r.hangs))
+        # A hang counts where its silence began: a client stuck since an earlier kill shows there
+        # (and in the later kills' "all clients" column, which it never reaches).
+        result.hung_clients = sum(1 for r in records if any(began <= h.began < ended for h in r.hangs))
         result.events = tally(records, logs, began, ended)
 
 
@@ -352,6 +354,8 @@ async def run_load(stack: Stack, config: ChaosConfig, say: Say) -> ChaosReport:
         for client in clients:
             client.close()
         await _finish(tasks)
+        for client in clients:
+            client.record.unfinished = client.waiting_for
     report.unfinished = sum(1 for r in report.records if r.unfinished)
     logs: dict[str, list[Received]] = {}
     if stack.up():

@@ -72,6 +72,24 @@ def received_of(frame: dict[str, Any]) -> Received:
 
 
 @dataclass
+class Hang:
+    """One silence of at least hang_seconds while a round was awaited and `macp up` ran."""
+
+    began: float  # wall clock of the last event (or reconnect) before the silence
+    until: float  # wall clock when it was last seen still silent
+    message_id: str
+    accepted: bool
+    last_event: str  # kind and id of the last event before it
+
+    def note(self, client: int, conversation_id: str) -> str:
+        return (
+            f"client {client} (conversation {conversation_id}) hung: no event for at least "
+            f"{self.until - self.began:.0f} s, waiting for the round of message {self.message_id} "
+            f"(accepted: {self.accepted}); last event before: {self.last_event}"
+        )
+
+
+@dataclass
 class ClientRecord:
     """What one client saw and did, for the checks."""
 
@@ -84,9 +102,7 @@ class ClientRecord:
     reconnects: int = 0
     resubscribes: int = 0
     rounds: int = 0  # round_completed of its own messages
-    hangs: list[float] = field(default_factory=list)  # wall clock when each hang was noticed
-    # What each hang waited for: the message, whether it was accepted, the last event before.
-    hang_notes: list[str] = field(default_factory=list)
+    hangs: list[Hang] = field(default_factory=list)
     unfinished: str | None = None  # the message still waiting for its round when the run ended
 
     def completed_turn_times(self) -> list[float]:
@@ -150,6 +166,7 @@ class ChaosClient:
         self._closing = asyncio.Event()
         self.idle = asyncio.Event()  # set once stopped and no round is awaited any more
         self._quiet_since = time.monotonic()  # last event frame, or last (re)connect
+        self._hang: Hang | None = None  # the silence going on, once it counts as a hang
         # While a subscribe is in flight, event frames from the stream it replaces are dropped:
         # the new stream replays them from the last id (else they would count twice).
         self._awaiting_subscribed: str | None = None
@@ -236,15 +253,19 @@ class ChaosClient:
             return False
         if now - self._quiet_since < self._hang_seconds:
             return False
-        self.record.hangs.append(time.time())
-        pending = self._pending
-        last = self.record.events[-1] if self.record.events else None
-        self.record.hang_notes.append(
-            f"client {self.record.index} (conversation {self.record.conversation_id}): no event for "
-            f"{self._hang_seconds:g} s waiting for the round of message "
-            f"{pending.message_id if pending else '-'} (accepted: {pending.accepted if pending else '-'}); "
-            f"last event {last.kind + ' ' + last.event_id if last else 'none'}"
-        )
+        wall = time.time()
+        if self._hang is None:  # a new silence; a longer one only extends it
+            pending = self._pending
+            last = self.record.events[-1] if self.record.events else None
+            self._hang = Hang(
+                began=wall - (now - self._quiet_since),
+                until=wall,
+                message_id=pending.message_id if pending else "-",
+                accepted=pending.accepted if pending else False,
+                last_event=f"{last.kind} {last.event_id}" if last else "none",
+            )
+            self.record.hangs.append(self._hang)
+        self._hang.until = wall
         self._quiet_since = now
         return True
 
@@ -298,6 +319,7 @@ class ChaosClient:
         event = received_of(frame)
         self.record.events.append(event)
         self._quiet_since = time.monotonic()
+        self._hang = None
         if event.event_id:
             self._seen.add(event.event_id)
             self._last_event_id = event.event_id
