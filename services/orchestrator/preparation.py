@@ -25,9 +25,10 @@ from macp.metering.v1 import metering_service_pb2 as metering_pb
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
 from services.orchestrator.downstream import Caller, Downstream
+from services.orchestrator.event_shapes import rpc_failure
 from services.orchestrator.policies import Agent
 from services.orchestrator.transcript import Said
-from services.orchestrator.turns import TurnRunner, rpc_failure
+from services.orchestrator.turns import TurnRunner
 from services.runtime.usage_ids import orchestration_event_id
 
 # ListMessages' largest page, and what a history page asks for beyond the context it keeps: the

@@ -29,7 +29,7 @@ from services.orchestrator.completions import complete
 from services.orchestrator.downstream import Caller
 from services.orchestrator.driver import Driver
 from services.orchestrator.event_log import EventLog
-from services.orchestrator.turns import error_event
+from services.orchestrator.event_shapes import error_event
 from services.runtime import tracing
 from services.runtime.auth.authenticator import bearer_token
 from services.runtime.context import RpcContext

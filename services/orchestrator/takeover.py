@@ -34,11 +34,11 @@ import redis.asyncio as aioredis
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
 from services.orchestrator.event_log import EventLog
+from services.orchestrator.event_shapes import error_event, round_completed, turn_completed
 from services.orchestrator.lease import Lease, Leases, lease_key
 from services.orchestrator.markers import Marker, RoundMarkers
 from services.orchestrator.preparation import first_turn_id
-from services.orchestrator.rounds import RoundJob, Rounds, round_completed
-from services.orchestrator.turns import error_event, turn_completed
+from services.orchestrator.rounds import RoundJob, Rounds
 from services.runtime.usage_ids import orchestration_event_id
 
 log = logging.getLogger("macp.orchestrator.takeover")

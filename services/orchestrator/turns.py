@@ -14,28 +14,23 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Final, TypeVar
 
 import grpc
-from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
 from macp.agent_proxy.v1 import agent_proxy_service_pb2 as proxy_pb
-from macp.common.v1 import agent_settings_pb2, error_pb2, usage_pb2
+from macp.common.v1 import agent_settings_pb2, usage_pb2
 from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
-from macp.metering.v1 import metering_service_pb2 as metering_pb
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
 from services.orchestrator.downstream import Caller, Downstream
-from services.runtime.errors import REASON_METADATA_KEY
+from services.orchestrator.event_shapes import error_event, now_timestamp, rpc_failure
+from services.orchestrator.ledger import CHARS_PER_TOKEN, Ledger
 from services.runtime.usage_ids import agent_turn_event_id
 
 log = logging.getLogger("macp.orchestrator.turns")
 
 Emit = Callable[[pb.ConversationEvent], Awaitable[None]]
-CHARS_PER_TOKEN = 4
 
 
 @dataclass
@@ -78,60 +73,9 @@ class TurnResult:
     error: pb.ErrorEvent | None = None
 
 
-def error_event(
-    code: grpc.StatusCode, reason: str, message: str, turn_id: str = "", fatal: bool = False
-) -> pb.ErrorEvent:
-    return pb.ErrorEvent(
-        code=code.value[0],
-        detail=error_pb2.ErrorDetail(reason=reason, domain="macp.orchestrator", message=message),
-        turn_id=turn_id,
-        fatal=fatal,
-    )
+class TurnRunner(Ledger):
+    """A turn's own steps (reserve, generate, store, commit), on the ledger's settling calls."""
 
-
-def rpc_failure(exc: grpc.aio.AioRpcError, what: str, reason: str, turn_id: str = "") -> pb.ErrorEvent:
-    """An error event for a failed call to another service, keeping its status and its reason."""
-    trailing = dict(exc.trailing_metadata() or ())
-    callee_reason = trailing.get(REASON_METADATA_KEY)
-    event = error_event(exc.code(), reason, f"{what} failed: {exc.code().name}: {exc.details()}", turn_id)
-    if isinstance(callee_reason, str):
-        event.detail.metadata["callee_reason"] = callee_reason
-    return event
-
-
-def now_timestamp() -> Timestamp:
-    stamp = Timestamp()
-    stamp.GetCurrentTime()
-    return stamp
-
-
-# The codes of a call that may succeed if made again: the callee (or Envoy before it) is away or
-# was too slow. Only idempotent calls are retried (see TurnRunner._until_done).
-TRANSIENT: Final = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN}
-)
-RETRY_FIRST_SECONDS: Final = 0.1
-RETRY_MAX_SECONDS: Final = 2.0
-
-T = TypeVar("T")
-
-
-def turn_completed(
-    turn_id: str, agent_id: str, outcome: pb.TurnOutcome.ValueType, message_id: str = "", text: str = ""
-) -> pb.ConversationEvent:
-    return pb.ConversationEvent(
-        turn_completed=pb.TurnCompleted(
-            turn_id=turn_id, agent_id=agent_id, outcome=outcome, message_id=message_id, text=text
-        )
-    )
-
-
-def answer_message_id(turn_id: str) -> str:
-    """The id of the agent's message that answers `turn_id`: one answer per turn, however often stored."""
-    return str(uuid.uuid5(uuid.UUID(turn_id), "agent-message"))
-
-
-class TurnRunner:
     def __init__(
         self,
         downstream: Downstream,
@@ -140,116 +84,12 @@ class TurnRunner:
         reservation_ttl: int,
         settle_seconds: float = 60.0,
     ) -> None:
-        self._downstream = downstream
+        super().__init__(downstream, reservation_ttl=reservation_ttl, settle_seconds=settle_seconds)
         self._turn_timeout = turn_timeout
-        self._reservation_ttl = reservation_ttl
-        self._settle_seconds = settle_seconds
-
-    async def _until_done(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        """attempt() again while it fails for a transient reason, for up to `settle_seconds`.
-
-        For the calls that settle a turn (storing its answer, committing or releasing its hold):
-        each is idempotent, and each must happen even when its service restarts meanwhile, or a
-        turn is billed with no stored answer or a hold stays open until its TTL.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._settle_seconds
-        delay = RETRY_FIRST_SECONDS
-        while True:
-            try:
-                return await attempt()
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() not in TRANSIENT or loop.time() + delay > deadline:
-                    raise
-                log.warning("retrying in %.1f s: %s %s", delay, exc.code().name, exc.details())
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX_SECONDS)
 
     async def reserve(self, spec: TurnSpec) -> pb.ErrorEvent | None:
         """Hold one agent turn of the tenant's quota; the refusal as an error event, if refused."""
         return await self.hold_turn(spec.caller, spec.conversation_id, spec.turn_id)
-
-    async def hold_turn(self, caller: Caller, conversation_id: str, turn_id: str) -> pb.ErrorEvent | None:
-        """Hold one agent turn for `turn_id` (its reservation's id too), before or with its spec."""
-        return await self.hold(
-            caller,
-            turn_id,
-            metering_pb.METER_AGENT_TURNS,
-            "the turn's quota",
-            conversation_id=conversation_id,
-            turn_id=turn_id,
-        )
-
-    async def hold(
-        self,
-        caller: Caller,
-        reservation_id: str,
-        meter: metering_pb.Meter.ValueType,
-        what: str,
-        *,
-        conversation_id: str,
-        turn_id: str = "",
-    ) -> pb.ErrorEvent | None:
-        """Hold one unit of `meter` (metering Reserve); the refusal as an error event, if refused."""
-        request = metering_pb.ReserveRequest(
-            reservation_id=reservation_id,
-            tenant_id=caller.principal.tenant_id,
-            meter=meter,
-            quantity=1,
-            conversation_id=conversation_id,
-            turn_id=turn_id,
-            ttl=Duration(seconds=self._reservation_ttl),
-        )
-
-        async def attempt() -> object:
-            return await self._downstream.metering.Reserve(
-                request,
-                timeout=self._downstream.timeout,
-                metadata=await self._downstream.for_metering(caller),
-            )
-
-        # Idempotent by reservation id, so asked again while metering restarts: a round waits for
-        # it rather than failing (a refusal for quota is not transient and answers at once).
-        try:
-            await self._until_done(attempt)
-        except grpc.aio.AioRpcError as exc:
-            reason = (
-                "QUOTA_EXCEEDED" if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else "RESERVE_FAILED"
-            )
-            return rpc_failure(exc, f"reserving {what} (metering Reserve)", reason, turn_id)
-        return None
-
-    async def settle(
-        self, caller: Caller, reservation_id: str, event: usage_pb2.UsageEvent, what: str
-    ) -> pb.ErrorEvent | None:
-        """Commit the hold `reservation_id` with its usage `event`; why it failed, if it did."""
-
-        async def attempt() -> object:
-            return await self._downstream.metering.Commit(
-                metering_pb.CommitRequest(reservation_id=reservation_id, usage=[event]),
-                timeout=self._downstream.timeout,
-                metadata=await self._downstream.for_metering(caller),
-            )
-
-        try:
-            await self._until_done(attempt)
-        except grpc.aio.AioRpcError as exc:
-            return rpc_failure(exc, f"committing {what} (metering Commit)", "COMMIT_FAILED", event.turn_id)
-        return None
-
-    async def release(self, caller: Caller, reservation_id: str, reason: str) -> None:
-        async def attempt() -> object:
-            return await self._downstream.metering.Release(
-                metering_pb.ReleaseRequest(reservation_id=reservation_id, reason=reason[:500]),
-                timeout=self._downstream.timeout,
-                metadata=await self._downstream.for_metering(caller),
-            )
-
-        # Retried like a commit; past that, an unreleased hold expires by itself after its TTL.
-        try:
-            await self._until_done(attempt)
-        except grpc.aio.AioRpcError as exc:
-            log.warning("release of %s failed: %s", reservation_id, exc.details())
 
     async def generate(
         self, spec: TurnSpec, emit: Emit, halt: Halt
@@ -379,61 +219,6 @@ class TurnRunner:
     async def store(self, spec: TurnSpec, text: str) -> str:
         """The answer stored as the agent's message; its id (derived from the turn: retry-safe)."""
         return await self.store_answer(spec.caller, spec.conversation_id, spec.agent.id, spec.turn_id, text)
-
-    async def store_answer(
-        self, caller: Caller, conversation_id: str, agent_id: str, turn_id: str, text: str
-    ) -> str:
-        """`text` stored as `agent_id`'s answer of `turn_id`, retried while the conversation
-        service is away; the message's id."""
-        message_id = answer_message_id(turn_id)
-        # A provider's NUL would have the contract refuse the whole answer (Postgres cannot store
-        # it): it is stored as U+FFFD, the replacement character, as a decoder would.
-        request = conversation_pb.AppendMessageRequest(
-            message=conversation_pb.Message(
-                id=message_id,
-                conversation_id=conversation_id,
-                role=conversation_pb.MESSAGE_ROLE_AGENT,
-                author_id=agent_id,
-                text=text.replace("\x00", "\ufffd"),
-                turn_id=turn_id,
-            )
-        )
-
-        async def attempt() -> object:
-            return await self._downstream.conversation.AppendMessage(
-                request,
-                timeout=self._downstream.timeout,
-                metadata=await self._downstream.for_conversation(caller),
-            )
-
-        await self._until_done(attempt)
-        return message_id
-
-    async def commit_cut(
-        self, caller: Caller, conversation_id: str, agent_id: str, turn_id: str, text: str
-    ) -> usage_pb2.UsageEvent | pb.ErrorEvent:
-        """Bill a turn whose driver died mid-answer for the `text` its log holds (an estimate:
-        nobody knows what the provider counted); the event, or why committing failed."""
-        principal = caller.principal
-        event = usage_pb2.UsageEvent(
-            event_id=agent_turn_event_id(turn_id),
-            time=now_timestamp(),
-            tenant_id=principal.tenant_id,
-            user_id=principal.user_id,
-            agent_id=agent_id,
-            conversation_id=conversation_id,
-            turn_id=turn_id,
-            type=usage_pb2.USAGE_EVENT_TYPE_AGENT_TURN,
-            dimensions=usage_pb2.UsageDimensions(
-                output_tokens=max(1, round(len(text) / CHARS_PER_TOKEN)), estimated=True
-            ),
-            actor_chain=principal.actor_chain,
-        )
-        with contextlib.suppress(grpc.aio.AioRpcError):  # provider and model are only labels
-            agent = await self._downstream.get_agent(caller, agent_id)
-            event.dimensions.provider, event.dimensions.model = agent.provider, agent.model
-        failure = await self.settle(caller, turn_id, event, "the cut turn's usage")
-        return event if failure is None else failure
 
 
 class _Relay:

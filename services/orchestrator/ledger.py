@@ -1,0 +1,208 @@
+"""The calls that settle a turn's money and its answer: quota holds, their commit or release, the
+stored answer. Each is idempotent (the hold's id, the usage event's id and the answer's id derive
+from the turn), so each is made again while its service is away: a round whose metering, conversation
+service or Envoy restarts waits for it, rather than billing a turn with no stored answer or leaving
+a hold open until its TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Final, TypeVar
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from macp.common.v1 import usage_pb2
+from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
+from macp.metering.v1 import metering_service_pb2 as metering_pb
+from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
+
+from services.orchestrator.downstream import Caller, Downstream
+from services.orchestrator.event_shapes import now_timestamp, rpc_failure
+from services.runtime.usage_ids import agent_turn_event_id
+
+log = logging.getLogger("macp.orchestrator.ledger")
+
+CHARS_PER_TOKEN = 4
+# The codes of a call that may succeed if made again: the callee (or Envoy before it) is away or
+# was too slow. Only idempotent calls are retried (see TurnRunner._until_done).
+TRANSIENT: Final = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN}
+)
+RETRY_FIRST_SECONDS: Final = 0.1
+RETRY_MAX_SECONDS: Final = 2.0
+
+T = TypeVar("T")
+
+
+def answer_message_id(turn_id: str) -> str:
+    """The id of the agent's message that answers `turn_id`: one answer per turn, however often stored."""
+    return str(uuid.uuid5(uuid.UUID(turn_id), "agent-message"))
+
+
+class Ledger:
+    def __init__(self, downstream: Downstream, *, reservation_ttl: int, settle_seconds: float = 60.0) -> None:
+        self._downstream = downstream
+        self._reservation_ttl = reservation_ttl
+        self._settle_seconds = settle_seconds
+
+    async def _until_done(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """attempt() again while it fails for a transient reason, for up to `settle_seconds`.
+
+        For the calls that settle a turn (storing its answer, committing or releasing its hold):
+        each is idempotent, and each must happen even when its service restarts meanwhile, or a
+        turn is billed with no stored answer or a hold stays open until its TTL.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settle_seconds
+        delay = RETRY_FIRST_SECONDS
+        while True:
+            try:
+                return await attempt()
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in TRANSIENT or loop.time() + delay > deadline:
+                    raise
+                log.warning("retrying in %.1f s: %s %s", delay, exc.code().name, exc.details())
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
+
+    async def hold_turn(self, caller: Caller, conversation_id: str, turn_id: str) -> pb.ErrorEvent | None:
+        """Hold one agent turn for `turn_id` (its reservation's id too), before or with its spec."""
+        return await self.hold(
+            caller,
+            turn_id,
+            metering_pb.METER_AGENT_TURNS,
+            "the turn's quota",
+            conversation_id=conversation_id,
+            turn_id=turn_id,
+        )
+
+    async def hold(
+        self,
+        caller: Caller,
+        reservation_id: str,
+        meter: metering_pb.Meter.ValueType,
+        what: str,
+        *,
+        conversation_id: str,
+        turn_id: str = "",
+    ) -> pb.ErrorEvent | None:
+        """Hold one unit of `meter` (metering Reserve); the refusal as an error event, if refused."""
+        request = metering_pb.ReserveRequest(
+            reservation_id=reservation_id,
+            tenant_id=caller.principal.tenant_id,
+            meter=meter,
+            quantity=1,
+            conversation_id=conversation_id,
+            turn_id=turn_id,
+            ttl=Duration(seconds=self._reservation_ttl),
+        )
+
+        async def attempt() -> object:
+            return await self._downstream.metering.Reserve(
+                request,
+                timeout=self._downstream.timeout,
+                metadata=await self._downstream.for_metering(caller),
+            )
+
+        # Idempotent by reservation id, so asked again while metering restarts: a round waits for
+        # it rather than failing (a refusal for quota is not transient and answers at once).
+        try:
+            await self._until_done(attempt)
+        except grpc.aio.AioRpcError as exc:
+            reason = (
+                "QUOTA_EXCEEDED" if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else "RESERVE_FAILED"
+            )
+            return rpc_failure(exc, f"reserving {what} (metering Reserve)", reason, turn_id)
+        return None
+
+    async def settle(
+        self, caller: Caller, reservation_id: str, event: usage_pb2.UsageEvent, what: str
+    ) -> pb.ErrorEvent | None:
+        """Commit the hold `reservation_id` with its usage `event`; why it failed, if it did."""
+
+        async def attempt() -> object:
+            return await self._downstream.metering.Commit(
+                metering_pb.CommitRequest(reservation_id=reservation_id, usage=[event]),
+                timeout=self._downstream.timeout,
+                metadata=await self._downstream.for_metering(caller),
+            )
+
+        try:
+            await self._until_done(attempt)
+        except grpc.aio.AioRpcError as exc:
+            return rpc_failure(exc, f"committing {what} (metering Commit)", "COMMIT_FAILED", event.turn_id)
+        return None
+
+    async def release(self, caller: Caller, reservation_id: str, reason: str) -> None:
+        async def attempt() -> object:
+            return await self._downstream.metering.Release(
+                metering_pb.ReleaseRequest(reservation_id=reservation_id, reason=reason[:500]),
+                timeout=self._downstream.timeout,
+                metadata=await self._downstream.for_metering(caller),
+            )
+
+        # Retried like a commit; past that, an unreleased hold expires by itself after its TTL.
+        try:
+            await self._until_done(attempt)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("release of %s failed: %s", reservation_id, exc.details())
+
+    async def store_answer(
+        self, caller: Caller, conversation_id: str, agent_id: str, turn_id: str, text: str
+    ) -> str:
+        """`text` stored as `agent_id`'s answer of `turn_id`, retried while the conversation
+        service is away; the message's id."""
+        message_id = answer_message_id(turn_id)
+        # A provider's NUL would have the contract refuse the whole answer (Postgres cannot store
+        # it): it is stored as U+FFFD, the replacement character, as a decoder would.
+        request = conversation_pb.AppendMessageRequest(
+            message=conversation_pb.Message(
+                id=message_id,
+                conversation_id=conversation_id,
+                role=conversation_pb.MESSAGE_ROLE_AGENT,
+                author_id=agent_id,
+                text=text.replace("\x00", "\ufffd"),
+                turn_id=turn_id,
+            )
+        )
+
+        async def attempt() -> object:
+            return await self._downstream.conversation.AppendMessage(
+                request,
+                timeout=self._downstream.timeout,
+                metadata=await self._downstream.for_conversation(caller),
+            )
+
+        await self._until_done(attempt)
+        return message_id
+
+    async def commit_cut(
+        self, caller: Caller, conversation_id: str, agent_id: str, turn_id: str, text: str
+    ) -> usage_pb2.UsageEvent | pb.ErrorEvent:
+        """Bill a turn whose driver died mid-answer for the `text` its log holds (an estimate:
+        nobody knows what the provider counted); the event, or why committing failed."""
+        principal = caller.principal
+        event = usage_pb2.UsageEvent(
+            event_id=agent_turn_event_id(turn_id),
+            time=now_timestamp(),
+            tenant_id=principal.tenant_id,
+            user_id=principal.user_id,
+            agent_id=agent_id,
+            conversation_id=conversation_id,
+            turn_id=turn_id,
+            type=usage_pb2.USAGE_EVENT_TYPE_AGENT_TURN,
+            dimensions=usage_pb2.UsageDimensions(
+                output_tokens=max(1, round(len(text) / CHARS_PER_TOKEN)), estimated=True
+            ),
+            actor_chain=principal.actor_chain,
+        )
+        with contextlib.suppress(grpc.aio.AioRpcError):  # provider and model are only labels
+            agent = await self._downstream.get_agent(caller, agent_id)
+            event.dimensions.provider, event.dimensions.model = agent.provider, agent.model
+        failure = await self.settle(caller, turn_id, event, "the cut turn's usage")
+        return event if failure is None else failure
