@@ -36,6 +36,8 @@ from bench.chaos_stack import KINDS, ChaosError, Kill, Stack, canonical_kind, ru
 from bench.stats import machine_line, markdown_table
 
 Say = Callable[[str], None]
+LOG_READ_ATTEMPTS = 3
+HANG_GRACE_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -244,8 +246,11 @@ def score_kills(
         result.clients_recovered = len(within)
         result.all_clients = (max(within) - began) if within and len(within) == len(records) else None
         # A hang counts where its silence began: a client stuck since an earlier kill shows there
-        # (and in the later kills' "all clients" column, which it never reaches).
-        result.hung_clients = sum(1 for r in records if any(began <= h.began < ended for h in r.hangs))
+        # (and in the later kills' "all clients" column, which it never reaches). A silence that
+        # began just before a kill is that kill's: the events in flight then are often the last.
+        result.hung_clients = sum(
+            1 for r in records if any(began <= h.began + HANG_GRACE_SECONDS < ended for h in r.hangs)
+        )
         result.events = tally(records, logs, began, ended)
 
 
@@ -293,10 +298,16 @@ async def _read_logs(
 
     async def one(conversation_id: str) -> None:
         async with gate:
-            try:
-                logs[conversation_id] = await read_full_log(stack.ws_base, token, conversation_id, quiet)
-            except (LogReadError, OSError, Exception) as exc:
-                report.log_errors.append(f"log of {conversation_id}: {exc}")
+            # A few tries: a part restarted late may still be coming up; a log that cannot be read
+            # at all is a finding (its events are then not compared).
+            for attempt in range(LOG_READ_ATTEMPTS):
+                try:
+                    logs[conversation_id] = await read_full_log(stack.ws_base, token, conversation_id, quiet)
+                    return
+                except (LogReadError, OSError, Exception) as exc:
+                    if attempt + 1 == LOG_READ_ATTEMPTS:
+                        report.log_errors.append(f"log of {conversation_id}: {exc}")
+                    await asyncio.sleep(1.0)
 
     await asyncio.gather(*(one(record.conversation_id) for record in records))
     return logs
