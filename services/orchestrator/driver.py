@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -39,7 +38,7 @@ from services.orchestrator.preparation import Prepared
 from services.orchestrator.round_jobs import RoundJobCodec
 from services.orchestrator.rounds import RoundJob, Rounds, RoundState
 from services.orchestrator.settings import OrchestratorSettings
-from services.orchestrator.takeover import Takeover
+from services.orchestrator.takeover import Closing, Takeover
 from services.runtime import tracing
 from services.runtime.errors import FailedPrecondition, InvalidArgument
 from services.runtime.sealing import Sealer
@@ -274,7 +273,7 @@ class Driver:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _take_over(self, lease: Lease, closing: Callable[[Lease], Awaitable[None]]) -> None:
+    def _take_over(self, lease: Lease, closing: Closing) -> None:
         """Drive a conversation the sweep took over: close what its dead driver left, then go on."""
         self._spawn(self._drive(lease, None, closing=closing))
 
@@ -290,7 +289,7 @@ class Driver:
         job: RoundJob | None,
         preparing: asyncio.Task[Prepared] | None = None,
         *,
-        closing: Callable[[Lease], Awaitable[None]] | None = None,
+        closing: Closing | None = None,
     ) -> None:
         """Drive `job`'s round (None: the queue's next), then the queue's, until it is empty."""
         conversation_id = lease.conversation_id
@@ -298,7 +297,7 @@ class Driver:
         try:
             async with self._leases.held(lease) as lost_event:
                 if closing is not None:
-                    await closing(lease)
+                    job = await closing(lease)
                 if job is None:
                     job = await self._markers.next(conversation_id)
                 while job is not None and not lost_event.is_set():

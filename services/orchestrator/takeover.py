@@ -8,6 +8,9 @@ clients saw:
 - a message whose MessageAccepted was never written had no round: its holds are released and
   nothing is said (its sender never heard it was accepted, and sends it again);
 - a round that only lacked its RoundCompleted gets it, with the reason its driver noted;
+- a round that had not got to its first turn (nothing but its MessageAccepted, and perhaps its
+  bidding, in the log) is simply run, as its driver would have: its holds are asked for again
+  under the same ids, which metering answers with the holds already made;
 - otherwise each turn that started and did not complete is settled from the text the log holds:
   that text is stored as the agent's answer and billed as the turn (the agent proxy does not bill
   a call its caller cut, agent_proxy/usage.py), or, with no text, its hold is released; a turn
@@ -25,6 +28,7 @@ only the rest.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -46,8 +50,10 @@ log = logging.getLogger("macp.orchestrator.takeover")
 DRIVER_LOST = "DRIVER_LOST"
 STOPPED = "the round's driver stopped"
 
-# Drives a conversation from a held lease: first `closing` (this module's), then its queue.
-Drive = Callable[[Lease, Callable[[Lease], Awaitable[None]]], None]
+# Drives a conversation from a held lease: first `closing` (this module's; the round to run, if it
+# resumes one), then its queue.
+Closing = Callable[[Lease], Awaitable[RoundJob | None]]
+Drive = Callable[[Lease, Closing], None]
 
 
 @dataclass
@@ -60,13 +66,22 @@ class RoundSeen:
     usage_ids: set[str] = field(default_factory=set)
     driver_lost: bool = False
     round_completed: bool = False
+    accepted_sequence: int = 0
+    errors: int = 0
+
+    @property
+    def resumable(self) -> bool:
+        """Nothing of the round got out but its acceptance (and bidding): it can simply run."""
+        return not (self.started or self.errors or self.round_completed or self.driver_lost)
 
     @classmethod
     def of(cls, events: list[pb.ConversationEvent], message_id: str) -> RoundSeen:
         seen = cls()
         for event in events:
             kind = event.WhichOneof("payload")
-            if kind == "turn_started" and event.turn_started.trigger_message_id == message_id:
+            if kind == "message_accepted" and event.message_accepted.message_id == message_id:
+                seen.accepted_sequence = event.message_accepted.sequence
+            elif kind == "turn_started" and event.turn_started.trigger_message_id == message_id:
                 seen.started[event.turn_started.turn_id] = event.turn_started
             elif kind == "token_delta" and event.token_delta.turn_id in seen.started:
                 seen.text.setdefault(event.token_delta.turn_id, []).append(event.token_delta.text)
@@ -74,8 +89,9 @@ class RoundSeen:
                 seen.completed[event.turn_completed.turn_id] = event.turn_completed
             elif kind == "usage":
                 seen.usage_ids.add(event.usage.event_id)
-            elif kind == "error" and event.error.detail.reason == DRIVER_LOST:
-                seen.driver_lost = True
+            elif kind == "error":
+                seen.errors += 1
+                seen.driver_lost = seen.driver_lost or event.error.detail.reason == DRIVER_LOST
             elif kind == "round_completed" and event.round_completed.trigger_message_id == message_id:
                 seen.round_completed = True
         return seen
@@ -119,23 +135,30 @@ class Takeover:
             if lease is not None:
                 drive(lease, self.close)
 
-    async def close(self, lease: Lease) -> None:
-        """End the round a dead driver left in flight (see the module's docstring)."""
+    async def close(self, lease: Lease) -> RoundJob | None:
+        """End the round a dead driver left in flight, or say it is to be run (see the module's
+        docstring): the job to run, if any."""
         conversation_id = lease.conversation_id
         marker = await self._markers.read(conversation_id)
         if marker is None:
-            return
+            return None
         job = marker.job
         if not await self._redis.exists(self._markers.accepted(conversation_id, job.message_id)):
             await self._release_unused(job, marker, RoundSeen())
             await self._markers.clear(conversation_id)
-            return
-        seen = RoundSeen.of(
-            await self._events.round_events(conversation_id, job.message_id) or [], job.message_id
-        )
+            return None
+        events = await self._events.round_events(conversation_id, job.message_id)
+        seen = RoundSeen.of(events or [], job.message_id)
         if seen.round_completed:
             await self._markers.clear(conversation_id)
-            return
+            return None
+        if events is not None and marker.ending is None and seen.resumable:
+            log.warning(
+                "resuming a round whose driver stopped before its first turn",
+                extra={"conversation_id": conversation_id},
+            )
+            # The marker's job may predate the message's store (it is written with the lease).
+            return dataclasses.replace(job, sequence=seen.accepted_sequence)
         if marker.ending is not None:
             closing = [round_completed(job.message_id, *marker.ending)]
         else:
@@ -147,6 +170,7 @@ class Takeover:
         for event in closing:
             await self._events.append(conversation_id, event, lease)
         await self._markers.clear(conversation_id)
+        return None
 
     async def _settle(self, job: RoundJob, marker: Marker, seen: RoundSeen) -> list[pb.ConversationEvent]:
         """Settle every hold of the round; the events that say so, to write once all succeeded."""

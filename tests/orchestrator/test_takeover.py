@@ -5,7 +5,9 @@ the client gets an error event, not a hang."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -13,17 +15,29 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any, cast
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2
+from macp.common.v1 import principal_pb2
 from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 from macp.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
 
+from services.orchestrator.downstream import Caller
+from services.orchestrator.event_log import EventLog
+from services.orchestrator.markers import RoundMarkers
+from services.orchestrator.round_jobs import RoundJobCodec
+from services.orchestrator.rounds import RoundJob
+from services.orchestrator.settings import SEALING_KEY
+from services.runtime.sealing import Sealer, sealing_key
+from services.runtime.settings import Env
 from services.runtime.usage_ids import agent_turn_event_id, orchestration_event_id
 from services.stack.config import free_port
 from tests.runtime.serving import channel, health_status
+from tests.tokens import bearer
 from tests.world import World
 
 pytestmark = pytest.mark.integration
@@ -186,3 +200,65 @@ async def test_killing_the_driver_mid_round_hands_over_within_the_lease_time(wor
     again = await world.post(conversation.id, "are you still there?")
     events = await world.round_events(conversation.id, again.event_id, again.message_id)
     assert events[-1].round_completed.reason == pb.ROUND_END_REASON_TURN_LIMIT
+
+
+def unverified_claims(token: str) -> dict[str, Any]:
+    """A JWT's claims, unchecked (the test's own token: only to learn its user)."""
+    payload = token.split(".")[1]
+    return cast(dict[str, Any], json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
+
+
+async def test_a_round_whose_driver_died_before_its_first_turn_is_run_by_the_takeover(world: World) -> None:
+    """What a driver leaves when it dies just after accepting a message (the message stored, its
+    MessageAccepted and `accepted` key written, the round's marker written with the lease, the
+    lease lapsed): the sweep runs the round rather than failing it."""
+    agent = await world.agent("Ada")
+    conversation = await world.conversation([agent])
+    message_id = str(uuid.uuid4())
+    user_id = unverified_claims(world.conversation_token)["user_id"]
+    stored = await world.conversations.AppendMessage(
+        conversation_pb.AppendMessageRequest(
+            message=conversation_pb.Message(
+                id=message_id,
+                conversation_id=conversation.id,
+                role=conversation_pb.MESSAGE_ROLE_USER,
+                author_id=user_id,
+                text="are you there?",
+            )
+        ),
+        metadata=bearer(world.conversation_token),
+        timeout=10,
+    )
+    redis = aioredis.from_url(world.environ["MACP_REDIS_URL"])
+    prefix = world.environ["MACP_REDIS_KEY_PREFIX"]
+    try:
+        markers = RoundMarkers(
+            redis, prefix, RoundJobCodec(Sealer(sealing_key(Env(world.environ), SEALING_KEY)))
+        )
+        principal = principal_pb2.Principal(tenant_id=world.tenant.tenant_id, user_id=user_id)
+        caller = Caller(world.orchestrator_token, principal)
+        # The marker as the lease writes it: before the message was stored, so without its sequence.
+        note = markers.note(RoundJob(caller, conversation.id, message_id, "are you there?", 0))
+        await redis.hset(note.key, mapping={"job": note.job, "turn_id": "", "ending": ""})
+        accepted, _value = await EventLog(redis, prefix).append_once(
+            conversation.id,
+            pb.ConversationEvent(
+                message_accepted=pb.MessageAccepted(message_id=message_id, sequence=stored.message.sequence)
+            ),
+            None,
+            (markers.accepted(conversation.id, message_id), str(stored.message.sequence), 60),
+        )
+        assert accepted is not None
+        await redis.zadd(note.watched, {conversation.id: time.time()})
+        events = await world.round_events(conversation.id, accepted.event_id, message_id)
+    finally:
+        await redis.aclose()
+    completed = [e.turn_completed for e in events if e.HasField("turn_completed")]
+    assert [c.outcome for c in completed] == [pb.TURN_OUTCOME_COMPLETED]
+    assert not [e for e in events if e.HasField("error")]
+    assert events[-1].round_completed.reason == pb.ROUND_END_REASON_TURN_LIMIT
+    answers = [
+        m for m in await world.messages(conversation.id) if m.role == conversation_pb.MESSAGE_ROLE_AGENT
+    ]
+    assert [m.id for m in answers] == [completed[0].message_id]
+    assert await world.open_holds() == []
