@@ -327,19 +327,19 @@ class Driver:
 
     async def _run_round(self, state: RoundState) -> None:
         job = state.job
-        try:
-            # The round's span continues the trace of the action that posted its message (a queued
-            # message's round runs in the task of the round before it, whose context is not its own).
-            with tracing.span(
-                "round",
-                headers=dict(job.trace_context),
-                attributes={"macp.conversation_id": job.conversation_id, "macp.message_id": job.message_id},
-            ):
-                await self.rounds.run(state, self._markers)
-        finally:
-            # Left in place only if this process dies here: the sweep then closes the round.
-            with contextlib.suppress(Exception):
-                await self._markers.clear(job.conversation_id)
+        # The round's span continues the trace of the action that posted its message (a queued
+        # message's round runs in the task of the round before it, whose context is not its own).
+        with tracing.span(
+            "round",
+            headers=dict(job.trace_context),
+            attributes={"macp.conversation_id": job.conversation_id, "macp.message_id": job.message_id},
+        ):
+            await self.rounds.run(state, self._markers)
+        # Only a round that ended clears its marker. One cut short by an error (Redis gone mid-
+        # append: whether the append happened is unknown, so it is not tried again) leaves it, and
+        # the sweep closes the round from its log once this driver lets go; one whose lease was
+        # lost leaves it to the new holder, whose marker it may already be.
+        await self._markers.clear(job.conversation_id)
 
 
 def _job(
