@@ -56,8 +56,7 @@ class Books:
     answers_not_metered: list[str] = field(default_factory=list)  # turn ids
     metered_not_answered: list[str] = field(default_factory=list)  # turn ids
     orchestration_events: int = 0
-    rounds: int = 0  # distinct user messages whose round ran a turn
-    rounds_completed: int = 0  # distinct user messages with a round_completed
+    rounds: int = 0  # distinct user messages whose round ended (a round_completed)
     open_holds: list[str] = field(default_factory=list)  # hold keys still `open`
     answered_twice: dict[str, int] = field(default_factory=dict)  # user message id -> agent answers
     completed_then_failed: list[str] = field(default_factory=list)  # "client <i>: turn <id>"
@@ -107,7 +106,7 @@ class Books:
         verdict = "OK" if not self.failures else "FAILED: " + "; ".join(self.failures)
         return (
             f"books: agent answers {self.agent_answers}, AGENT_TURN events {self.agent_turn_events}; "
-            f"rounds {self.rounds} (completed {self.rounds_completed}), ORCHESTRATION events "
+            f"rounds {self.rounds}, ORCHESTRATION events "
             f"{self.orchestration_events}; open holds {len(self.open_holds)}; messages answered twice "
             f"{len(self.answered_twice)}; COMPLETED→FAILED turns {len(self.completed_then_failed)}; "
             f"error events without id {self.errors_without_id}/{self.error_events} — {verdict}"
@@ -204,8 +203,10 @@ async def check_books(
     books.answers_not_metered = sorted(answered - metered)
     books.metered_not_answered = sorted(metered - answered)
     books.orchestration_events = sum(1 for u in usage if u.event_type == ORCHESTRATION)
-    books.rounds = len(set(triggers.values()))
-    books.rounds_completed = len(
+    # A round is a user message whose round ended (every round ends with one round_completed):
+    # also a round that failed before any turn (its conversation could not be loaded) held and
+    # used an orchestration, and is billed one.
+    books.rounds = len(
         {str(e.payload.get("trigger_message_id")) for e in every_event if e.kind == "round_completed"}
     )
     books.open_holds = await open_holds(redis_url)
