@@ -29,6 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bench.chaos_books import Books, check_books
 from bench.chaos_clients import ChaosClient, ClientRecord, LogReadError, Received, read_full_log
@@ -395,9 +396,10 @@ async def _finish(tasks: Sequence[asyncio.Task[None]]) -> None:
         task.result()  # a bug in the client loop itself must not pass silently
 
 
-def run_chaos(config: ChaosConfig, say: Say) -> ChaosReport:
-    """Start `macp up`, run the load and the kills, check the books, stop the stack."""
-    with running_stack(say) as stack:
+def run_chaos(config: ChaosConfig, say: Say, keep_logs: Path | None = None) -> ChaosReport:
+    """Start `macp up`, run the load and the kills, check the books, stop the stack (its logs
+    copied to `keep_logs`, if given)."""
+    with running_stack(say, keep_logs) as stack:
         return asyncio.run(run_load(stack, config, say))
 
 
@@ -419,6 +421,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--quiet-seconds", type=float, default=30.0, help="quiet before the books (default 30)"
     )
+    parser.add_argument(
+        "--keep-logs", type=Path, default=None, help="copy every part's log here when the run ends"
+    )
     args = parser.parse_args(argv)
     try:
         kinds = tuple(canonical_kind(kind) for kind in args.kinds.split(",") if kind.strip())
@@ -436,7 +441,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     machine = machine_line()
     try:
-        report = run_chaos(config, lambda line: print(f"bench.chaos: {line}", file=sys.stderr, flush=True))
+        report = run_chaos(
+            config, lambda line: print(f"bench.chaos: {line}", file=sys.stderr, flush=True), args.keep_logs
+        )
     except ChaosError as exc:
         print(f"bench.chaos: {exc}", file=sys.stderr)
         return 1

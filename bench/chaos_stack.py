@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -221,8 +222,10 @@ def _url_of(document: Mapping[str, Any], name: str) -> str:
 
 
 @contextmanager
-def running_stack(progress: Callable[[str], None]) -> Iterator[Stack]:
-    """`macp up` on a scratch data dir until the block ends; then SIGTERM, and nothing left."""
+def running_stack(progress: Callable[[str], None], keep_logs: Path | None = None) -> Iterator[Stack]:
+    """`macp up` on a scratch data dir until the block ends; then SIGTERM, and nothing left.
+    keep_logs: where to copy every part's log (and `macp up`'s own output) before the data dir
+    goes, for whoever looks into a failed run."""
     with scratch_data_dir("macp-chaos-") as base:
         data_dir = base / "data"
         log_path = base / "up.out"
@@ -261,6 +264,9 @@ def running_stack(progress: Callable[[str], None]) -> Iterator[Stack]:
             yield stack
         finally:
             _stop(process, stack)
+            if keep_logs is not None:
+                shutil.copytree(data_dir / "logs", keep_logs, dirs_exist_ok=True)
+                shutil.copy(log_path, keep_logs / "macp-up.out")
 
 
 def _stop(process: subprocess.Popen[str], stack: Stack | None) -> None:

@@ -42,6 +42,15 @@ redis.call('HSET', KEYS[2], 'job', job, 'turn_id', '', 'ending', '')
 return job
 """
 
+# KEYS: watched set, marker, queue. ARGV: conversation. The conversation leaves the swept set only
+# while it has no round in flight and none queued, checked in the same step: a driver letting go
+# would otherwise remove the entry the next round's lease had just written (a client sends its next
+# message the moment it reads RoundCompleted), and a crash of that round would go unswept.
+_FORGET_IF_IDLE: Final = """
+if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('LLEN', KEYS[3]) > 0 then return 0 end
+return redis.call('ZREM', KEYS[1], ARGV[1])
+"""
+
 
 @dataclass(frozen=True)
 class Marker:
@@ -59,6 +68,7 @@ class RoundMarkers:
         self._prefix = f"{prefix}orchestrator:"
         self.jobs = jobs
         self._pop = redis.register_script(_POP_INTO_MARKER)
+        self._forget = redis.register_script(_FORGET_IF_IDLE)
 
     # -- keys
 
@@ -136,8 +146,9 @@ class RoundMarkers:
         return int(await self._redis.llen(self.queue(conversation_id)))
 
     async def forget(self, conversation_id: str) -> None:
-        """No round in flight or queued: the sweep need not look at this conversation."""
-        await self._redis.zrem(self.active, conversation_id)
+        """The sweep need not look at this conversation, unless a round is in flight or queued."""
+        keys = [self.active, self.marker(conversation_id), self.queue(conversation_id)]
+        await self._forget(keys=keys, args=[conversation_id])
 
     async def swept(self) -> list[str]:
         members = cast(list[bytes], await self._redis.zrange(self.active, 0, -1))

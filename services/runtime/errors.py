@@ -6,9 +6,34 @@ edge maps the resulting gRPC status to HTTP in its own single table (services/ed
 
 from __future__ import annotations
 
+import asyncpg
 import grpc
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 REASON_METADATA_KEY = "macp-error-reason"
+
+# What a store that is away (restarting, unreachable, shutting down) raises: the call may succeed
+# if made again shortly, so it is UNAVAILABLE, which callers retry, and not INTERNAL, a bug.
+_UNREACHABLE: dict[str, tuple[type[BaseException], ...]] = {
+    "Redis": (RedisConnectionError, RedisTimeoutError),
+    "Postgres": (
+        asyncpg.PostgresConnectionError,
+        asyncpg.CannotConnectNowError,
+        asyncpg.AdminShutdownError,
+        asyncpg.CrashShutdownError,
+    ),
+}
+
+
+def unreachable_store(exc: BaseException) -> str | None:
+    """The name of the store `exc` says is unreachable right now, or None for any other error."""
+    for name, kinds in _UNREACHABLE.items():
+        if isinstance(exc, kinds):
+            return name
+    if isinstance(exc, ConnectionError):  # a socket refused or reset on the way to a store
+        return "a store"
+    return None
 
 
 class DomainError(Exception):

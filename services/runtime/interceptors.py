@@ -33,7 +33,7 @@ from services.runtime.context import (
     request_id_var,
     reset_quietly,
 )
-from services.runtime.errors import REASON_METADATA_KEY, DomainError
+from services.runtime.errors import REASON_METADATA_KEY, DomainError, unreachable_store
 from services.runtime.metrics import RpcMetrics
 from services.runtime.principal import LOCAL_DEVELOPMENT_PRINCIPAL, Principal, principal_var
 from services.runtime.tracing import TRACEPARENT, TRACESTATE, Scope, end_server_call, server_call
@@ -125,8 +125,9 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
       request id, so it costs nothing more when absent.
     - Access log: one log line and one metrics observation per call, with its final status and
       duration.
-    - Error mapping: the one place a domain error becomes a gRPC status; anything unexpected
-      becomes INTERNAL, its text only in the log.
+    - Error mapping: the one place a domain error becomes a gRPC status; a store that is away
+      (Redis or Postgres restarting) becomes UNAVAILABLE, which callers retry; anything else
+      unexpected becomes INTERNAL, its text only in the log.
     - Authentication: every call but health (`exempt_prefixes`, which must answer probes that
       carry no token) passes the `Authenticator` first; its principal is the call's.
     - Validation: the request message(s) must satisfy their protovalidate constraints.
@@ -276,6 +277,10 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             await context.abort(exc.code, exc.message)
         if isinstance(exc, NotImplementedError):
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented yet")
+        store = unreachable_store(exc)
+        if store is not None:
+            log.warning("%s failed: %s is unreachable: %r", method, store, exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{store} is unreachable right now; try again")
         log.exception("unhandled error in %s", method, exc_info=exc)
         await context.abort(grpc.StatusCode.INTERNAL, "internal error; the request id names it in the logs")
 

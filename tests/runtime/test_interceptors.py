@@ -16,6 +16,7 @@ from macp.agent_proxy.v1 import agent_proxy_service_pb2 as proxy_pb
 from macp.agent_proxy.v1 import agent_proxy_service_pb2_grpc as proxy_grpc
 from macp.conversation.v1 import conversation_service_pb2 as pb
 from macp.conversation.v1 import conversation_service_pb2_grpc as pb_grpc
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from services.conversation.service import DEFINITION as CONVERSATION
 from services.runtime.context import REQUEST_ID_HEADER, RpcContext
@@ -170,6 +171,27 @@ async def test_an_unexpected_exception_answers_internal_without_its_text() -> No
     assert logged["request_id"] == request_id
     assert "RuntimeError: secret: password=[redacted]" in logged["exception"]
     assert "hunter2" not in logged["exception"]
+
+
+@pytest.mark.parametrize(
+    ("failure", "store"),
+    [
+        (RedisConnectionError("Connection closed by server."), "Redis"),
+        (asyncpg.CannotConnectNowError("the database system is starting up"), "Postgres"),
+        (ConnectionRefusedError(111, "Connection refused"), "a store"),
+    ],
+)
+async def test_a_store_that_is_away_answers_unavailable_so_callers_retry(
+    failure: Exception, store: str
+) -> None:
+    async def fail() -> proxy_pb.ListProvidersResponse:
+        raise failure
+
+    async with running(probe_definition(fail), PROBE_ENVIRON) as service, channel(service.port) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await proxy_grpc.AgentProxyServiceStub(ch).ListProviders(proxy_pb.ListProvidersRequest())
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert failed.value.details() == f"{store} is unreachable right now; try again"
 
 
 # --- access log ------------------------------------------------------------------------------------
