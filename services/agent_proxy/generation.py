@@ -86,7 +86,10 @@ class Generation:
         turn = build_turn(request, self._settings.default_max_tokens)
         prompt_characters = len(turn.system) + sum(len(text) for _, text in turn.messages)
         record = TurnRecord(
-            provider=request.provider, model=request.model, prompt_characters=prompt_characters
+            provider=request.provider,
+            model=request.model,
+            prompt_characters=prompt_characters,
+            in_conversation=bool(request.conversation_id),
         )
         loop = asyncio.get_running_loop()
         arrived = loop.time()

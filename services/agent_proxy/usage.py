@@ -31,6 +31,8 @@ class TurnRecord:
     provider: str
     model: str
     prompt_characters: int
+    # A turn of a conversation's round (GenerateRequest.conversation_id set), not a completion.
+    in_conversation: bool = False
     started: float = field(default_factory=time.monotonic)
     reached_provider: bool = False
     input_tokens: int | None = None
@@ -43,17 +45,18 @@ class TurnRecord:
     def billable(self) -> bool:
         """Whether this proxy publishes the turn's AGENT_TURN event itself.
 
-        Not for a call refused before any provider took it (queue full, every breaker open): it
-        used nothing. Not for a call that produced no text: its caller releases the turn's hold
-        (no answer, no turn), and one copy here would bill a turn nobody has an answer for. Not
-        for a call its caller cancelled: the caller (a halted turn, or the orchestrator that takes
-        over a round whose driver died) bills what it relayed and stores it as the answer, and
-        only it knows how much of the text reached the conversation. What is left, a generation
-        that ended by itself with text, is billed here too, under the turn's own event id, so
-        that a caller that dies before its own Commit still leaves the turn billed exactly once.
+        Never for a turn of a conversation: whoever settles its round (the orchestrator driving
+        it, or the one that takes it over from its log when the driver dies) bills it, because
+        only it knows whether the answer was stored, and a stored answer and a billed turn must
+        come together (a copy from here, of a generation whose driver died before logging any of
+        it, was a turn billed with no answer). For a call outside any conversation (a chat
+        completion) this copy, under the turn's own event id, keeps a completed generation billed
+        when its caller dies before its Commit; not when nothing was said or the caller cut the
+        call (the caller bills what reached it), nor when no provider took the call.
         """
         return (
-            self.reached_provider
+            not self.in_conversation
+            and self.reached_provider
             and self.output_characters > 0
             and self.finish_reason != pb.FINISH_REASON_CANCELLED
         )

@@ -4,8 +4,10 @@ The order is what keeps money and messages exact: the quota hold comes first (a 
 costs nothing and says so); the deltas go to the conversation's event log as they arrive; the
 answer is stored once (its message id derives from the turn, so a retried AppendMessage stores it
 once); then the hold is committed with the AGENT_TURN usage event, whose id also derives from the
-turn, so the agent proxy's own copy of it on Kafka is the same row in metering. Anything failing
-on the way releases the hold and ends the turn with an error event naming what failed.
+turn, so a second settlement (a takeover's) is the same row in metering. The round is the turn's
+only biller: the agent proxy does not bill a turn of a conversation (agent_proxy/usage.py), so a
+stored answer and a billed turn always come together. Anything failing on the way releases the
+hold and ends the turn with an error event naming what failed.
 """
 
 from __future__ import annotations

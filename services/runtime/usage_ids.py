@@ -1,9 +1,10 @@
 """Usage event ids derived from what they meter, so every producer of one event names it alike.
 
-A turn's AGENT_TURN event is published by the agent proxy (over Kafka) and committed by the
-orchestrator (Metering.Commit, for the quota): both derive its id from the turn id, and metering
-keeps one row per event id, so the turn is counted once whichever copy lands first, and a retried
-Generate for the same turn does not count twice.
+A turn's AGENT_TURN event is committed by whoever settles it (Metering.Commit, for the quota): the
+orchestrator driving the round, or the one that takes the round over when its driver dies; for a
+chat completion, the agent proxy also publishes it (over Kafka). All derive its id from the turn
+id, and metering keeps one row per event id, so the turn is counted once whichever copy lands
+first, and a retried Generate or a second settlement of the same turn does not count twice.
 """
 
 from __future__ import annotations

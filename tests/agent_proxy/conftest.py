@@ -42,11 +42,19 @@ def provider_environ(base_url: str) -> dict[str, str]:
 
 
 def generate_request(
-    tenant_id: str, *, provider: str = "local", model: str = "echo-1", text: str = "Hello, agents!", **kw: int
+    tenant_id: str,
+    *,
+    provider: str = "local",
+    model: str = "echo-1",
+    text: str = "Hello, agents!",
+    in_conversation: bool = True,
+    **kw: int,
 ) -> pb.GenerateRequest:
+    """A Generate as the orchestrator sends it: a turn of a conversation's round, or (with
+    `in_conversation=False`) a turn outside any, as a chat completion is."""
     request = pb.GenerateRequest(
         turn_id=str(uuid.uuid4()),
-        conversation_id=str(uuid.uuid4()),
+        conversation_id=str(uuid.uuid4()) if in_conversation else "",
         agent_id=str(uuid.uuid4()),
         tenant_id=tenant_id,
         provider=provider,

@@ -24,8 +24,10 @@ OUTAGE_SECONDS = 30.0
 GENERATES = 200
 
 
-async def test_each_generate_publishes_one_agent_turn_event(proxy: Proxy) -> None:
-    request = generate_request(proxy.tenant.tenant_id)
+async def test_a_completed_generate_outside_a_conversation_publishes_one_agent_turn_event(
+    proxy: Proxy,
+) -> None:
+    request = generate_request(proxy.tenant.tenant_id, in_conversation=False)
     responses = await proxy.generate(request)
     completion = responses[-1].completion
     records = await read_usage(
@@ -54,6 +56,22 @@ async def test_each_generate_publishes_one_agent_turn_event(proxy: Proxy) -> Non
     assert record.headers["ce_time"] == event.time.ToJsonString().encode()
 
 
+async def test_a_turn_of_a_conversation_is_billed_by_its_round_not_by_the_proxy(proxy: Proxy) -> None:
+    # The orchestrator settling the round bills it, with its stored answer (agent_proxy/usage.py).
+    tenant = proxy.tenant.tenant_id
+    in_round = generate_request(tenant)
+    outside = generate_request(tenant, in_conversation=False)
+    await proxy.generate(in_round)
+    await proxy.generate(outside)  # published after the round's turn would have been
+    records = await read_usage(
+        proxy.environ["MACP_KAFKA_BOOTSTRAP"],
+        proxy.environ["MACP_KAFKA_USAGE_TOPIC"],
+        until=1,
+        tenant_id=tenant,
+    )
+    assert [record.event.turn_id for record in records] == [outside.turn_id]
+
+
 async def test_a_kafka_outage_loses_no_usage_event(
     infrastructure: Infrastructure,
     service_environ: dict[str, str],
@@ -75,7 +93,8 @@ async def test_a_kafka_outage_loses_no_usage_event(
             tenant = proxy.tenant.tenant_id
 
             async def one() -> pb.FinishReason.ValueType:
-                responses = await proxy.generate(generate_request(tenant, max_tokens=16))
+                request = generate_request(tenant, max_tokens=16, in_conversation=False)
+                responses = await proxy.generate(request)
                 return responses[-1].completion.finish_reason
 
             before = [asyncio.create_task(one()) for _ in range(GENERATES // 4)]

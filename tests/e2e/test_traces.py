@@ -1,15 +1,18 @@
 """One WebSocket turn, one trace: a real client through Envoy's front listener sends a message, and
 every span the mesh made for it (the edge's action, the orchestrator's action and round, the agent
-proxy's Generate and its usage event, metering's holds and its Kafka consumer, the conversation
-service's writes) shares the trace the `ack` names, connected from one root."""
+proxy's Generate, metering's holds and their commit, the conversation service's writes) shares the
+trace the `ack` names, connected from one root. A chat completion's trace goes one hop further:
+the agent proxy's usage event, through its outbox and Kafka, to metering's consumer."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 import websockets
 from opentelemetry.sdk.trace import ReadableSpan
@@ -37,15 +40,25 @@ async def ack_of(ws: Any, message_id: str) -> dict[str, Any]:
                 return frame
 
 
-async def spans_of(exporter: InMemorySpanExporter, trace_id: int) -> list[ReadableSpan]:
-    """The trace's finished spans, once metering's consumer has made its event durable (the last
-    hop, after the round: the event goes through the agent proxy's outbox and Kafka)."""
+async def spans_of(
+    exporter: InMemorySpanExporter, trace_id: int, last: Callable[[ReadableSpan], bool]
+) -> list[ReadableSpan]:
+    """The trace's finished spans, once the `last` of them has ended."""
     async with asyncio.timeout(15):
         while True:
             spans = [s for s in exporter.get_finished_spans() if s.context.trace_id == trace_id]
-            if any(s.kind == SpanKind.CONSUMER for s in spans):
+            if any(last(s) for s in spans):
                 return spans
             await asyncio.sleep(0.1)
+
+
+def round_ended(span: ReadableSpan) -> bool:
+    return span.name == "round"
+
+
+def consumed(span: ReadableSpan) -> bool:
+    """Metering's consumer made a usage event durable (after the agent proxy's outbox and Kafka)."""
+    return span.kind == SpanKind.CONSUMER
 
 
 async def test_one_websocket_turn_is_one_connected_trace_through_every_service(world: World) -> None:
@@ -67,7 +80,7 @@ async def test_one_websocket_turn_is_one_connected_trace_through_every_service(w
             ack = await ack_of(ws, message_id)
             await frames_until_round_end(ws, message_id, seconds=30)
         trace_id = int(ack["traceparent"].split("-")[1], 16)
-        spans = await spans_of(exporter, trace_id)
+        spans = await spans_of(exporter, trace_id, round_ended)
         subscribe = [s for s in exporter.get_finished_spans() if s.name == "WS subscribe"]
 
     ids = {s.context.span_id for s in spans}
@@ -98,10 +111,28 @@ async def test_one_websocket_turn_is_one_connected_trace_through_every_service(w
         cursor = by_id.get(cursor.parent.span_id)
         ancestors.append(cursor)
     assert round_span in ancestors, "the agent's Generate is not inside the round"
-    # Metering continues the agent turn's usage event from its Kafka headers.
-    consumed = [s for s in spans if s.kind == SpanKind.CONSUMER]
-    assert {service(s) for s in consumed} == {"metering"}
-    producers = {by_id[s.parent.span_id].kind for s in consumed if s.parent is not None}
+    # A turn of a round is billed by the round's own Commit, not by a usage event of the agent
+    # proxy's (services/agent_proxy/usage.py): no agent turn goes through Kafka.
+    assert not [s for s in spans if (s.attributes or {}).get("macp.usage.type") == "macp.usage.v1.agent_turn"]
+
+
+async def test_a_chat_completion_is_one_trace_through_kafka_to_metering(world: World) -> None:
+    ada = await world.agent("Ada")
+    with tracing.collecting() as exporter:
+        async with httpx.AsyncClient(base_url=world.front_url, timeout=30) as client:
+            answer = await client.post(
+                "/v1/chat/completions",
+                headers={"authorization": f"Bearer {world.edge_token}"},
+                json={"model": ada.id, "messages": [{"role": "user", "content": "trace me"}]},
+            )
+        assert answer.status_code == 200, answer.text
+        [root] = [s for s in exporter.get_finished_spans() if s.parent is None and service(s) == "edge"]
+        spans = await spans_of(exporter, root.context.trace_id, consumed)
+    by_id = {s.context.span_id: s for s in spans}
+    # Metering continues the completion's usage event from its Kafka headers.
+    consumers = [s for s in spans if s.kind == SpanKind.CONSUMER]
+    assert {service(s) for s in consumers} == {"metering"}
+    producers = {by_id[s.parent.span_id].kind for s in consumers if s.parent is not None}
     assert producers == {SpanKind.PRODUCER}
     turn_events = [
         s
@@ -110,4 +141,4 @@ async def test_one_websocket_turn_is_one_connected_trace_through_every_service(w
         and (s.attributes or {}).get("macp.usage.type") == "macp.usage.v1.agent_turn"
     ]
     assert [service(s) for s in turn_events] == ["agent-proxy"]
-    assert any(s.parent is not None and s.parent.span_id == turn_events[0].context.span_id for s in consumed)
+    assert any(s.parent is not None and s.parent.span_id == turn_events[0].context.span_id for s in consumers)
