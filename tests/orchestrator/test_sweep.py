@@ -18,6 +18,7 @@ from services.orchestrator.downstream import Caller, Downstream
 from services.orchestrator.driver import Driver
 from services.orchestrator.event_log import EventLog
 from services.orchestrator.lease import Leases
+from services.orchestrator.markers import RoundMarkers
 from services.orchestrator.round_jobs import RoundJobCodec
 from services.orchestrator.rounds import RoundJob
 from services.orchestrator.settings import SEALING_KEY, OrchestratorSettings
@@ -108,3 +109,27 @@ async def test_an_ending_round_whose_round_completed_got_out_is_not_closed_twice
     await settled(redis, prefix, job)
     completed = await rounds_completed(events, job.conversation_id)
     assert [c.reason for c in completed] == [pb.ROUND_END_REASON_TURN_LIMIT]
+
+
+async def test_a_conversation_leaves_the_sweep_only_while_nothing_is_in_flight_or_queued(
+    redis: aioredis.Redis, prefix: str
+) -> None:
+    """A driver letting go forgets its conversation; if the next message's lease has written its
+    round's marker meanwhile (or a message is queued), the conversation stays swept."""
+    settings = OrchestratorSettings.from_env(Env({SEALING_KEY: secrets.token_urlsafe(32)}))
+    markers = RoundMarkers(redis, prefix, RoundJobCodec(Sealer(settings.sealing_key)))
+    job = RoundJob(
+        Caller("token", principal_pb2.Principal(tenant_id="acme")), str(uuid.uuid4()), "m1", "hi", 1
+    )
+    leases = Leases(redis, prefix, "next-driver")
+    assert await leases.acquire(job.conversation_id, markers.note(job)) is not None
+    await markers.forget(job.conversation_id)
+    assert await markers.swept() == [job.conversation_id]
+    await markers.clear(job.conversation_id)
+    await markers.push(job)
+    await markers.forget(job.conversation_id)
+    assert await markers.swept() == [job.conversation_id]
+    assert await markers.next(job.conversation_id) == job
+    await markers.clear(job.conversation_id)
+    await markers.forget(job.conversation_id)
+    assert await markers.swept() == []
