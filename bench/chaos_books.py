@@ -28,7 +28,10 @@ ROLE_USER = 1
 ROLE_AGENT = 2
 AGENT_TURN = 1
 ORCHESTRATION = 2
-KEY_PREFIX = "macp:"  # MACP_REDIS_KEY_PREFIX's default, which `macp up` keeps
+KEY_PREFIX = "macp:"
+# Usage held back by a crash reaches metering within 10 s of the part's recovery, which the
+# supervisor brings back within 5 s: no usage event may take longer than both together.
+USAGE_DELAY_LIMIT_SECONDS = 15.0  # MACP_REDIS_KEY_PREFIX's default, which `macp up` keeps
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,8 @@ class UsageRow:
     conversation_id: str
     event_type: int
     turn_id: str
+    # From the event's own time (when its turn or round was settled) to metering's record of it.
+    delay_seconds: float
 
 
 @dataclass
@@ -62,6 +67,7 @@ class Books:
     completed_then_failed: list[str] = field(default_factory=list)  # "client <i>: turn <id>"
     errors_without_id: int = 0
     error_events: int = 0
+    usage_delay_max: float = 0.0  # seconds, the longest any usage event took to reach metering
 
     @property
     def failures(self) -> list[str]:
@@ -86,6 +92,11 @@ class Books:
             found.append(f"{len(self.completed_then_failed)} turns went from COMPLETED to FAILED")
         if self.errors_without_id:
             found.append(f"{self.errors_without_id} of {self.error_events} error events had no event id")
+        if self.usage_delay_max > USAGE_DELAY_LIMIT_SECONDS:
+            found.append(
+                f"a usage event took {self.usage_delay_max:.1f} s to reach metering "
+                f"(limit {USAGE_DELAY_LIMIT_SECONDS:g} s)"
+            )
         return found
 
     def samples(self, count: int = 5) -> list[str]:
@@ -109,7 +120,8 @@ class Books:
             f"rounds {self.rounds}, ORCHESTRATION events "
             f"{self.orchestration_events}; open holds {len(self.open_holds)}; messages answered twice "
             f"{len(self.answered_twice)}; COMPLETED→FAILED turns {len(self.completed_then_failed)}; "
-            f"error events without id {self.errors_without_id}/{self.error_events} — {verdict}"
+            f"error events without id {self.errors_without_id}/{self.error_events}; usage delay at most "
+            f"{self.usage_delay_max:.1f} s — {verdict}"
         )
 
 
@@ -134,14 +146,17 @@ async def usage_rows(postgres_url: str, conversation_ids: Sequence[str]) -> list
     connection = await asyncpg.connect(postgres_url)
     try:
         rows = await connection.fetch(
-            "SELECT conversation_id, event_type, turn_id FROM metering_usage_events "
+            "SELECT conversation_id, event_type, turn_id, "
+            "extract(epoch FROM record_time - event_time)::float8 AS delay FROM metering_usage_events "
             "WHERE conversation_id = ANY($1::text[]) AND event_type = ANY($2::smallint[])",
             list(conversation_ids),
             [AGENT_TURN, ORCHESTRATION],
         )
     finally:
         await connection.close()
-    return [UsageRow(r["conversation_id"], int(r["event_type"]), r["turn_id"]) for r in rows]
+    return [
+        UsageRow(r["conversation_id"], int(r["event_type"]), r["turn_id"], float(r["delay"])) for r in rows
+    ]
 
 
 async def open_holds(redis_url: str, prefix: str = KEY_PREFIX) -> list[str]:
@@ -218,4 +233,5 @@ async def check_books(
     errors = [e for record in records for e in record.events if e.kind == "error"]
     books.error_events = len(errors)
     books.errors_without_id = sum(1 for e in errors if not e.event_id)
+    books.usage_delay_max = max((u.delay_seconds for u in usage), default=0.0)
     return books

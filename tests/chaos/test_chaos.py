@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from bench.chaos import ChaosConfig, ChaosReport, Tally, run_chaos
+from bench.chaos_books import USAGE_DELAY_LIMIT_SECONDS
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(330)]
 
@@ -100,3 +101,8 @@ def test_no_turn_goes_from_completed_to_failed(report: ChaosReport) -> None:
 def test_every_error_event_has_an_event_id(report: ChaosReport) -> None:
     assert report.books is not None, _why(report)
     assert report.books.errors_without_id == 0, _why(report)
+
+
+def test_usage_reaches_metering_within_10_s_of_the_part_s_recovery(report: ChaosReport) -> None:
+    assert report.books is not None, _why(report)
+    assert report.books.usage_delay_max <= USAGE_DELAY_LIMIT_SECONDS, _why(report)
