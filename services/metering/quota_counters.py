@@ -128,7 +128,13 @@ class CountedDeltas:
                     [tenant for _, tenant, _ in rows],
                     [month for _, _, month in rows],
                 )
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except (
+                OSError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,
+            ) as exc:
+                # (InternalClientError: a pooled connection whose server died under it.)
                 log.warning("counted quota deltas not deleted; the sweep will", extra={"error": str(exc)})
 
     async def close(self) -> None:

@@ -22,6 +22,9 @@ _UNREACHABLE: dict[str, tuple[type[BaseException], ...]] = {
         asyncpg.CannotConnectNowError,
         asyncpg.AdminShutdownError,
         asyncpg.CrashShutdownError,
+        # A pooled connection whose server died under it ("cannot switch to state 12; another
+        # operation is in progress"): the pool replaces it, and the call succeeds when made again.
+        asyncpg.InternalClientError,
     ),
 }
 

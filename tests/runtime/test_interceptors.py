@@ -178,6 +178,10 @@ async def test_an_unexpected_exception_answers_internal_without_its_text() -> No
     [
         (RedisConnectionError("Connection closed by server."), "Redis"),
         (asyncpg.CannotConnectNowError("the database system is starting up"), "Postgres"),
+        (
+            asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress"),
+            "Postgres",
+        ),
         (ConnectionRefusedError(111, "Connection refused"), "a store"),
     ],
 )
