@@ -327,24 +327,21 @@ async def run_turn(
             await emit(pb.ConversationEvent(error=result.error))
         await emit(turn_completed(spec.turn_id, spec.agent.id, result.outcome))
         return result
-    # Storing the answer and committing its usage do not wait for each other; each is retried
-    # while its service is away (TurnRunner), so a billed turn's answer is stored.
-    stored, usage = await asyncio.gather(
-        runner.store(spec, result.text),
-        runner.commit(spec, result, completion, started),
-        return_exceptions=True,
-    )
-    if isinstance(usage, BaseException):
-        raise usage
-    if isinstance(stored, grpc.aio.AioRpcError):
-        result.error = rpc_failure(
-            stored, "storing the answer (conversation AppendMessage)", "STORE_FAILED", spec.turn_id
-        )
+    # The answer is stored first, and the turn billed once it is: a stored answer and a billed turn
+    # come together (each call is retried while its service is away, ledger.py). An answer that
+    # cannot be stored at all is not billed: its hold is released.
+    try:
+        result.message_id = await runner.store(spec, result.text)
+    except grpc.aio.AioRpcError as exc:
+        await runner.release(spec.caller, spec.turn_id, "the answer could not be stored")
         result.outcome = pb.TURN_OUTCOME_FAILED
-    elif isinstance(stored, BaseException):
-        raise stored
-    else:
-        result.message_id = stored
+        result.error = rpc_failure(
+            exc, "storing the answer (conversation AppendMessage)", "STORE_FAILED", spec.turn_id
+        )
+        await emit(turn_completed(spec.turn_id, spec.agent.id, result.outcome, "", result.text))
+        await emit(pb.ConversationEvent(error=result.error))
+        return result
+    usage = await runner.commit(spec, result, completion, started)
     await emit(turn_completed(spec.turn_id, spec.agent.id, result.outcome, result.message_id, result.text))
     if isinstance(usage, usage_pb2.UsageEvent):
         await emit(pb.ConversationEvent(usage=usage))
