@@ -68,7 +68,7 @@ async def complete(
         system_prompt=system_prompt,
         overrides=overrides,
     )
-    refusal = await runner.reserve(spec)
+    refusal = await runner.reserve_turn(spec.caller, spec.conversation_id, spec.turn_id)
     if refusal is not None:
         _raise(refusal)
     started = time.monotonic()
@@ -96,7 +96,7 @@ async def complete(
             settled = True
             if result.error is not None:
                 _raise(result.error)
-        usage = await runner.commit(spec, result, completion, started)
+        usage = await runner.commit_turn(spec, result, completion, started)
         settled = True
         if not isinstance(usage, usage_pb2.UsageEvent):
             _raise(usage)
@@ -120,4 +120,4 @@ async def _settle_cut(runner: TurnRunner, spec: TurnSpec, text: str, started: fl
     if not text:
         await runner.release(spec.caller, spec.turn_id, "the caller left before the answer began")
         return
-    await runner.commit(spec, TurnResult(pb.TURN_OUTCOME_CANCELLED, text), None, started)
+    await runner.commit_turn(spec, TurnResult(pb.TURN_OUTCOME_CANCELLED, text), None, started)

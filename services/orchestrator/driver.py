@@ -6,7 +6,7 @@ message queued behind it, then lets go. Without it (a round is running somewhere
 conversation's double-texting policy decides: REJECT refuses the message before anything is
 stored; ENQUEUE stores it and queues it for the driver; INTERRUPT does the same and signals the
 driver to stop the turn in flight. A round whose driver dies is closed by whichever process
-sweeps it first (takeover.py).
+sweeps it first (sweeper.py).
 
 A message is retried safely: the conversation service stores it once (by its id), and its
 MessageAccepted is written once (with the `accepted` key, in one step): a retry is answered as a
@@ -38,7 +38,7 @@ from services.orchestrator.preparation import Prepared
 from services.orchestrator.round_jobs import RoundJobCodec
 from services.orchestrator.rounds import RoundJob, Rounds, RoundState
 from services.orchestrator.settings import OrchestratorSettings
-from services.orchestrator.takeover import Closing, Takeover
+from services.orchestrator.sweeper import Closing, Sweeper
 from services.runtime import tracing
 from services.runtime.errors import FailedPrecondition, InvalidArgument
 from services.runtime.sealing import Sealer
@@ -85,7 +85,7 @@ class Driver:
         self._leases = leases
         self._bus = bus
         self.rounds = Rounds(downstream, events, settings)
-        self.takeover = Takeover(
+        self.sweeper = Sweeper(
             redis, prefix, self._markers, events, leases, self.rounds, interval=settings.lease_ms / 2000
         )
         self._tasks: set[asyncio.Task[None]] = set()
@@ -99,7 +99,7 @@ class Driver:
 
     async def start(self) -> None:
         self._sweeper = asyncio.create_task(
-            self.takeover.sweep_forever(self._take_over), name="orchestrator-sweeper"
+            self.sweeper.sweep_forever(self._take_over), name="orchestrator-sweeper"
         )
 
     async def stop(self) -> None:
@@ -114,7 +114,7 @@ class Driver:
 
     async def sweep(self) -> None:
         """One sweep now (tests; the background one runs every half lease)."""
-        await self.takeover.sweep(self._take_over)
+        await self.sweeper.sweep(self._take_over)
 
     # -- posting
 
@@ -306,7 +306,7 @@ class Driver:
                     watcher = asyncio.create_task(_halt_on(lost_event, state))
                     try:
                         with self._bus.listening(conversation_id, partial(self.rounds.on_signal, state)):
-                            await self._run_round(state)
+                            await self._round(state)
                     except LeaseLost:
                         lost = True
                         break
@@ -325,7 +325,7 @@ class Driver:
             await self._markers.forget(conversation_id)
             # A message queued between the check and the removal kicks a driver itself.
 
-    async def _run_round(self, state: RoundState) -> None:
+    async def _round(self, state: RoundState) -> None:
         job = state.job
         # The round's span continues the trace of the action that posted its message (a queued
         # message's round runs in the task of the round before it, whose context is not its own).

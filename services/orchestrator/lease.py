@@ -85,7 +85,7 @@ class LeaseNote:
 
     key: str
     watched: str
-    job: str
+    job: bytes
     score: float
 
 
@@ -113,7 +113,7 @@ class Leases:
         """The lease with a new fencing token (and `note` written with it), or None while another
         holder has it (and nothing written)."""
         keys = [lease_key(self._prefix, conversation_id), fence_key(self._prefix, conversation_id)]
-        args: list[str | int | float] = [self.owner, self.ttl_ms]
+        args: list[bytes | str | int | float] = [self.owner, self.ttl_ms]
         if note is not None:
             keys += [note.key, note.watched]
             args += [note.job, note.score, conversation_id]

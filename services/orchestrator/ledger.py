@@ -70,9 +70,9 @@ class Ledger:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_SECONDS)
 
-    async def hold_turn(self, caller: Caller, conversation_id: str, turn_id: str) -> pb.ErrorEvent | None:
+    async def reserve_turn(self, caller: Caller, conversation_id: str, turn_id: str) -> pb.ErrorEvent | None:
         """Hold one agent turn for `turn_id` (its reservation's id too), before or with its spec."""
-        return await self.hold(
+        return await self.reserve(
             caller,
             turn_id,
             metering_pb.METER_AGENT_TURNS,
@@ -81,7 +81,7 @@ class Ledger:
             turn_id=turn_id,
         )
 
-    async def hold(
+    async def reserve(
         self,
         caller: Caller,
         reservation_id: str,
@@ -120,7 +120,7 @@ class Ledger:
             return rpc_failure(exc, f"reserving {what} (metering Reserve)", reason, turn_id)
         return None
 
-    async def settle(
+    async def commit(
         self, caller: Caller, reservation_id: str, event: usage_pb2.UsageEvent, what: str
     ) -> pb.ErrorEvent | None:
         """Commit the hold `reservation_id` with its usage `event`; why it failed, if it did."""
@@ -181,7 +181,7 @@ class Ledger:
         await self._until_done(attempt)
         return message_id
 
-    async def commit_cut(
+    async def commit_cut_turn(
         self, caller: Caller, conversation_id: str, agent_id: str, turn_id: str, text: str
     ) -> usage_pb2.UsageEvent | pb.ErrorEvent:
         """Bill a turn whose driver died mid-answer for the `text` its log holds (an estimate:
@@ -204,5 +204,5 @@ class Ledger:
         with contextlib.suppress(grpc.aio.AioRpcError):  # provider and model are only labels
             agent = await self._downstream.get_agent(caller, agent_id)
             event.dimensions.provider, event.dimensions.model = agent.provider, agent.model
-        failure = await self.settle(caller, turn_id, event, "the cut turn's usage")
+        failure = await self.commit(caller, turn_id, event, "the cut turn's usage")
         return event if failure is None else failure

@@ -13,7 +13,7 @@ Keys, under the deployment's Redis prefix (all `orchestrator:`):
 The marker is never missing while a round can cost anything: the first round's is written with
 the lease (lease.py, before any quota is held), and a queued round's is written in the same step
 that takes the job off the queue (POP_INTO_MARKER). A process that dies anywhere therefore leaves
-either a queued job or a marker, and the sweep (takeover.py) finds either.
+either a queued job or a marker, and the sweep (sweeper.py) finds either.
 """
 
 from __future__ import annotations
@@ -97,7 +97,8 @@ class RoundMarkers:
         return LeaseNote(self.marker(job.conversation_id), self.active, self.jobs.encode(job), time.time())
 
     async def read(self, conversation_id: str) -> Marker | None:
-        fields = await self._redis.hgetall(self.marker(conversation_id))
+        # Replies are bytes (the client is made with decode_responses=False).
+        fields = cast(dict[bytes, bytes], await self._redis.hgetall(self.marker(conversation_id)))
         if not fields or b"job" not in fields:
             return None
         ending_text = text_of(fields.get(b"ending", b""))

@@ -85,14 +85,14 @@ class Preparer:
             orchestration_event_id(conversation_id, message_id), first_turn_id(conversation_id, message_id)
         )
         holds = asyncio.gather(
-            self._turns.hold(
+            self._turns.reserve(
                 caller,
                 prepared.orchestration_id,
                 metering_pb.METER_ORCHESTRATIONS,
                 "the round's orchestration quota",
                 conversation_id=conversation_id,
             ),
-            self._turns.hold_turn(caller, conversation_id, prepared.first_turn_id),
+            self._turns.reserve_turn(caller, conversation_id, prepared.first_turn_id),
         )
         try:
             (prepared.conversation, prepared.agents), (prepared.recent, prepared.more) = await asyncio.gather(

@@ -10,11 +10,7 @@ not do: the token is used again, not compared.
 
 from __future__ import annotations
 
-import base64
-import json
-from typing import Any
-
-from macp.common.v1 import principal_pb2
+from macp.orchestrator.v1 import stored_round_pb2
 
 from services.orchestrator.downstream import Caller
 from services.orchestrator.rounds import RoundJob
@@ -22,38 +18,38 @@ from services.runtime.sealing import Sealer
 
 
 class RoundJobCodec:
+    """A RoundJob to and from its Redis form, the internal StoredRound message
+    (proto/macp/orchestrator/v1/stored_round.proto)."""
+
     def __init__(self, sealer: Sealer) -> None:
         self._sealer = sealer
 
-    def encode(self, job: RoundJob) -> str:
+    def encode(self, job: RoundJob) -> bytes:
         sealed = self._sealer.seal(job.caller.token.encode(), _bound_to(job.conversation_id, job.message_id))
-        return json.dumps(
-            {
-                "sealed_token": base64.b64encode(sealed).decode(),
-                "principal": base64.b64encode(job.caller.principal.SerializeToString()).decode(),
-                "conversation_id": job.conversation_id,
-                "message_id": job.message_id,
-                "text": job.text,
-                "sequence": job.sequence,
-                "mentions": list(job.mentions),
-                "trace_context": dict(job.trace_context),
-            }
-        )
+        return stored_round_pb2.StoredRound(
+            sealed_token=sealed,
+            principal=job.caller.principal,
+            conversation_id=job.conversation_id,
+            message_id=job.message_id,
+            text=job.text,
+            sequence=job.sequence,
+            mention_agent_ids=job.mentions,
+            trace_context=dict(job.trace_context),
+        ).SerializeToString()
 
-    def decode(self, data: bytes | str) -> RoundJob:
+    def decode(self, data: bytes) -> RoundJob:
         """The job; SealError when this process's sealing key is not the one that sealed it."""
-        fields: dict[str, Any] = json.loads(data)
-        principal = principal_pb2.Principal.FromString(base64.b64decode(fields["principal"]))
-        bound = _bound_to(fields["conversation_id"], fields["message_id"])
-        token = self._sealer.open(base64.b64decode(fields["sealed_token"]), bound).decode()
+        stored = stored_round_pb2.StoredRound.FromString(data)
+        bound = _bound_to(stored.conversation_id, stored.message_id)
+        token = self._sealer.open(stored.sealed_token, bound).decode()
         return RoundJob(
-            caller=Caller(token, principal),
-            conversation_id=fields["conversation_id"],
-            message_id=fields["message_id"],
-            text=fields["text"],
-            sequence=int(fields["sequence"]),
-            mentions=tuple(fields["mentions"]),
-            trace_context=tuple(fields.get("trace_context", {}).items()),
+            caller=Caller(token, stored.principal),
+            conversation_id=stored.conversation_id,
+            message_id=stored.message_id,
+            text=stored.text,
+            sequence=stored.sequence,
+            mentions=tuple(stored.mention_agent_ids),
+            trace_context=tuple(sorted(stored.trace_context.items())),
         )
 
 

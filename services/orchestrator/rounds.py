@@ -199,7 +199,9 @@ class Rounds:
                 return decision.reason
             state.current_turn = decision.turn_id
             marking = notes.turn(job.conversation_id, decision.turn_id)
-            result = await self._turn(state, emit, decision, len(view.spoken) + 1, history, names, marking)
+            result = await self._start_turn(
+                state, emit, decision, len(view.spoken) + 1, history, names, marking
+            )
             state.current_turn = ""
             if result.outcome in (pb.TURN_OUTCOME_CANCELLED, pb.TURN_OUTCOME_INTERRUPTED):
                 return _halted(state.halt)
@@ -226,7 +228,7 @@ class Rounds:
                 )
             )
 
-    async def _turn(
+    async def _start_turn(
         self,
         state: RoundState,
         emit: Callable[[pb.ConversationEvent], Awaitable[None]],
@@ -261,7 +263,9 @@ class Rounds:
             reserving = asyncio.get_running_loop().create_future()
             reserving.set_result(prepared.first_turn_refusal)
         else:
-            reserving = asyncio.ensure_future(self._turns.reserve(spec))
+            reserving = asyncio.ensure_future(
+                self._turns.reserve_turn(spec.caller, spec.conversation_id, spec.turn_id)
+            )
         started = pb.ConversationEvent(
             turn_started=pb.TurnStarted(
                 turn_id=plan.turn_id, agent_id=agent.id, trigger_message_id=job.message_id, turn_index=index
@@ -274,7 +278,7 @@ class Rounds:
             if refusal is None:
                 await self._turns.release(job.caller, spec.turn_id, "the round stopped before the turn")
             raise
-        return await run_turn(self._turns, spec, emit, state.halt, reserving)
+        return await take_turn(self._turns, spec, emit, state.halt, reserving)
 
     async def commit_orchestration(
         self, job: RoundJob, turns: int, started: float | None = None
@@ -294,13 +298,13 @@ class Rounds:
             dimensions=usage_pb2.UsageDimensions(duration_ms=duration_ms),
             actor_chain=principal.actor_chain,
         )
-        failure = await self._turns.settle(
+        failure = await self._turns.commit(
             job.caller, reservation, event, f"the round's usage ({turns} turns)"
         )
         return event if failure is None else failure
 
 
-async def run_turn(
+async def take_turn(
     runner: TurnRunner,
     spec: TurnSpec,
     emit: Callable[[pb.ConversationEvent], Awaitable[None]],
@@ -310,7 +314,11 @@ async def run_turn(
     """Reserve (unless `reserving` already does), generate, store, commit, and say how the turn
     ended (TurnStarted is the caller's)."""
     started = time.monotonic()
-    refusal = await (reserving if reserving is not None else runner.reserve(spec))
+    refusal = await (
+        reserving
+        if reserving is not None
+        else runner.reserve_turn(spec.caller, spec.conversation_id, spec.turn_id)
+    )
     if refusal is not None:
         await emit(pb.ConversationEvent(error=refusal))
         await emit(turn_completed(spec.turn_id, spec.agent.id, pb.TURN_OUTCOME_FAILED))
@@ -331,7 +339,9 @@ async def run_turn(
     # come together (each call is retried while its service is away, ledger.py). An answer that
     # cannot be stored at all is not billed: its hold is released.
     try:
-        result.message_id = await runner.store(spec, result.text)
+        result.message_id = await runner.store_answer(
+            spec.caller, spec.conversation_id, spec.agent.id, spec.turn_id, result.text
+        )
     except grpc.aio.AioRpcError as exc:
         await runner.release(spec.caller, spec.turn_id, "the answer could not be stored")
         result.outcome = pb.TURN_OUTCOME_FAILED
@@ -341,7 +351,7 @@ async def run_turn(
         await emit(turn_completed(spec.turn_id, spec.agent.id, result.outcome, "", result.text))
         await emit(pb.ConversationEvent(error=result.error))
         return result
-    usage = await runner.commit(spec, result, completion, started)
+    usage = await runner.commit_turn(spec, result, completion, started)
     await emit(turn_completed(spec.turn_id, spec.agent.id, result.outcome, result.message_id, result.text))
     if isinstance(usage, usage_pb2.UsageEvent):
         await emit(pb.ConversationEvent(usage=usage))

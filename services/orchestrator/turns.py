@@ -89,10 +89,6 @@ class TurnRunner(Ledger):
         super().__init__(downstream, reservation_ttl=reservation_ttl, settle_seconds=settle_seconds)
         self._turn_timeout = turn_timeout
 
-    async def reserve(self, spec: TurnSpec) -> pb.ErrorEvent | None:
-        """Hold one agent turn of the tenant's quota; the refusal as an error event, if refused."""
-        return await self.hold_turn(spec.caller, spec.conversation_id, spec.turn_id)
-
     async def generate(
         self, spec: TurnSpec, emit: Emit, halt: Halt
     ) -> tuple[TurnResult, proxy_pb.GenerateCompletion | None]:
@@ -179,7 +175,7 @@ class TurnRunner(Ledger):
             ), completion
         return TurnResult(outcome, "".join(pieces)), completion
 
-    async def commit(
+    async def commit_turn(
         self,
         spec: TurnSpec,
         result: TurnResult,
@@ -212,15 +208,11 @@ class TurnRunner(Ledger):
             dimensions=dimensions,
             actor_chain=principal.actor_chain,
         )
-        failure = await self.settle(spec.caller, spec.turn_id, event, "the turn's usage")
+        failure = await self.commit(spec.caller, spec.turn_id, event, "the turn's usage")
         if failure is not None:
             return failure
         result.usage = dimensions
         return event
-
-    async def store(self, spec: TurnSpec, text: str) -> str:
-        """The answer stored as the agent's message; its id (derived from the turn: retry-safe)."""
-        return await self.store_answer(spec.caller, spec.conversation_id, spec.agent.id, spec.turn_id, text)
 
 
 class _Relay:

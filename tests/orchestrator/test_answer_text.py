@@ -42,6 +42,8 @@ async def test_a_nul_in_an_answer_is_stored_as_the_replacement_character() -> No
         messages=[],
         system_prompt="",
     )
-    await runner.store(spec, "before\x00after")
+    await runner.store_answer(
+        spec.caller, spec.conversation_id, spec.agent.id, spec.turn_id, "before\x00after"
+    )
     [request] = downstream.conversation.appended
     assert request.message.text == "before\ufffdafter"

@@ -15,7 +15,7 @@ from macp.metering.v1 import metering_service_pb2 as metering_pb
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
 from services.orchestrator.downstream import Caller, Downstream
-from services.orchestrator.rounds import run_turn
+from services.orchestrator.rounds import take_turn
 from services.orchestrator.turns import Emit, Halt, TurnResult, TurnRunner, TurnSpec
 
 
@@ -103,7 +103,7 @@ async def turn_with(
     async def held() -> None:
         return None
 
-    await run_turn(runner, spec, emit, Halt(), held())
+    await take_turn(runner, spec, emit, Halt(), held())
     return calls.made, events
 
 

@@ -45,7 +45,7 @@ from services.orchestrator.preparation import first_turn_id
 from services.orchestrator.rounds import RoundJob, Rounds
 from services.runtime.usage_ids import orchestration_event_id
 
-log = logging.getLogger("macp.orchestrator.takeover")
+log = logging.getLogger("macp.orchestrator.sweeper")
 
 DRIVER_LOST = "DRIVER_LOST"
 STOPPED = "the round's driver stopped"
@@ -97,7 +97,7 @@ class RoundSeen:
         return seen
 
 
-class Takeover:
+class Sweeper:
     def __init__(
         self,
         redis: aioredis.Redis,
@@ -188,7 +188,9 @@ class Takeover:
             message_id = await turns.store_answer(
                 job.caller, job.conversation_id, started.agent_id, turn_id, text
             )
-            usage = await turns.commit_cut(job.caller, job.conversation_id, started.agent_id, turn_id, text)
+            usage = await turns.commit_cut_turn(
+                job.caller, job.conversation_id, started.agent_id, turn_id, text
+            )
             if isinstance(usage, pb.ErrorEvent):
                 raise RuntimeError(f"billing cut turn {turn_id} failed: {usage.detail.message}")
             closing.append(
