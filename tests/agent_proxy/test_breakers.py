@@ -89,7 +89,9 @@ async def domain(
 
 
 async def _answer(generation: Generation, model: str = "echo-1") -> pb.GenerateCompletion:
-    responses = [r async for r in generation.generate(generate_request("acme", model=model), PRINCIPAL, None)]
+    # Turns outside a conversation (chat completions): the ones the agent proxy bills itself.
+    request = generate_request("acme", model=model, in_conversation=False)
+    responses = [r async for r in generation.generate(request, PRINCIPAL, None)]
     return responses[-1].completion
 
 
