@@ -45,20 +45,29 @@ def answer_message_id(turn_id: str) -> str:
 
 
 class Ledger:
-    def __init__(self, downstream: Downstream, *, reservation_ttl: int, settle_seconds: float = 60.0) -> None:
+    def __init__(
+        self,
+        downstream: Downstream,
+        *,
+        reservation_ttl: int,
+        settle_seconds: float = 60.0,
+        reserve_seconds: float = 10.0,
+    ) -> None:
         self._downstream = downstream
         self._reservation_ttl = reservation_ttl
         self._settle_seconds = settle_seconds
+        self._reserve_seconds = reserve_seconds
 
-    async def _until_done(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        """attempt() again while it fails for a transient reason, for up to `settle_seconds`.
+    async def _until_done(self, attempt: Callable[[], Awaitable[T]], budget: float | None = None) -> T:
+        """attempt() again while it fails for a transient reason, for up to `budget` seconds
+        (`settle_seconds` unless given).
 
         For the calls that settle a turn (storing its answer, committing or releasing its hold):
         each is idempotent, and each must happen even when its service restarts meanwhile, or a
         turn is billed with no stored answer or a hold stays open until its TTL.
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._settle_seconds
+        deadline = loop.time() + (self._settle_seconds if budget is None else budget)
         delay = RETRY_FIRST_SECONDS
         while True:
             try:
@@ -110,9 +119,10 @@ class Ledger:
             )
 
         # Idempotent by reservation id, so asked again while metering restarts: a round waits for
-        # it rather than failing (a refusal for quota is not transient and answers at once).
+        # it rather than failing (a refusal for quota is not transient and answers at once). Not
+        # as long as a settlement is retried: nothing is owed yet, and a caller waits for it.
         try:
-            await self._until_done(attempt)
+            await self._until_done(attempt, self._reserve_seconds)
         except grpc.aio.AioRpcError as exc:
             reason = (
                 "QUOTA_EXCEEDED" if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else "RESERVE_FAILED"

@@ -99,6 +99,7 @@ class Rounds:
             turn_timeout=settings.turn_timeout_seconds,
             reservation_ttl=settings.reservation_ttl_seconds,
             settle_seconds=settings.settle_seconds,
+            reserve_seconds=settings.reserve_seconds,
         )
         self._preparer = Preparer(downstream, self._turns, settings.context_messages)
 

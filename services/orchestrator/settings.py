@@ -36,6 +36,9 @@ class OrchestratorSettings:
     # How long storing an answer and committing or releasing a hold are retried while the service
     # they go to is away (a restart): past it, a turn ends STORE_FAILED or a hold waits its TTL.
     settle_seconds: float
+    # How long a quota hold is asked for again while metering is away (a restart) before the turn
+    # or round is refused RESERVE_FAILED: nothing is owed yet, and the client is waiting.
+    reserve_seconds: float
     # The orchestrator's own client at the token service; registered on first use when unset.
     client_id: str | None
     client_secret: str | None
@@ -65,6 +68,7 @@ class OrchestratorSettings:
                 "MACP_ORCHESTRATOR_RESERVATION_TTL_SECONDS", 300, minimum=1, maximum=3600
             ),
             settle_seconds=env.number("MACP_ORCHESTRATOR_SETTLE_SECONDS", 60.0, minimum=0.0),
+            reserve_seconds=env.number("MACP_ORCHESTRATOR_RESERVE_SECONDS", 10.0, minimum=0.0),
             client_id=env.optional_string("MACP_ORCHESTRATOR_CLIENT_ID"),
             client_secret=env.optional_string("MACP_ORCHESTRATOR_CLIENT_SECRET"),
             initial_access_token=env.optional_string("MACP_TOKEN_INITIAL_ACCESS_TOKEN"),

@@ -85,8 +85,14 @@ class TurnRunner(Ledger):
         turn_timeout: float,
         reservation_ttl: int,
         settle_seconds: float = 60.0,
+        reserve_seconds: float = 10.0,
     ) -> None:
-        super().__init__(downstream, reservation_ttl=reservation_ttl, settle_seconds=settle_seconds)
+        super().__init__(
+            downstream,
+            reservation_ttl=reservation_ttl,
+            settle_seconds=settle_seconds,
+            reserve_seconds=reserve_seconds,
+        )
         self._turn_timeout = turn_timeout
 
     async def generate(

@@ -97,8 +97,10 @@ async def _slice(tokens: TokenWorld, tmp_path: Path) -> AsyncIterator[Slice]:
     }
     mesh = {
         "MACP_MESH_ADDRESS": f"127.0.0.1:{ports['MACP_ENVOY_MESH_PORT']}",
-        # The slice runs no agent proxy and no metering: the orchestrator is ready without them.
+        # The slice runs no agent proxy and no metering: the orchestrator is ready without them,
+        # and a round's quota holds are refused at once rather than asked for again.
         "MACP_ORCHESTRATOR_NEEDS": "conversation,token",
+        "MACP_ORCHESTRATOR_RESERVE_SECONDS": "0",
     }
     # Every request of a slice comes from 127.0.0.1, and the attack tests fail authentication on
     # purpose by the hundred: the per-source limits are tested on their own (tests/edge).
