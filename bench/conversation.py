@@ -92,7 +92,7 @@ class ConversationPaths:
             Target("GET", "Redis: GET of the cached agent (raw baseline of a hit)", self._redis_get),
             Target("GET", "Postgres: asyncpg SELECT (raw baseline of a miss)", self._sql_get, chain=False),
             Target("GET", "gRPC GetAgent → conversation (cache hit)", partial(self._grpc_get, conversation)),
-            # A hit is answered by the edge from the service's cache (services/edge/cached_reads.py).
+            # A hit is answered by the edge from the service's cache (services/edge/rest/cached_reads.py).
             Target(
                 "GET",
                 "**HTTP → Envoy front → edge → Redis (cache hit)**",

@@ -9,7 +9,7 @@ at most 16 KiB.
 
     .venv/bin/python -m bench.websocket_memory [--connections 5000]
 
-The edge serves WebSockets with its own protocol (services/edge/ws_link.py). Load stays on loopback
+The edge serves WebSockets with its own protocol (services/edge/ws/link.py). Load stays on loopback
 and is bounded (at most 20,000).
 """
 

@@ -12,19 +12,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.edge import agents, audit, chat_completions, conversations, messages, oauth, sse, usage
 from services.edge.auth import BearerAuthMiddleware
 from services.edge.context import EdgeContext, edge_context
 from services.edge.errors import HttpError, error_response, rpc_error_response
 from services.edge.middleware import RequestContextMiddleware
-from services.edge.rate_limit_status import ROUTES as RATE_LIMIT_ROUTES
+from services.edge.oauth import endpoints as oauth
 from services.edge.rate_limits import RateLimitMiddleware
 from services.edge.readiness import ReadinessMiddleware, health_response
+from services.edge.rest import agents, audit, chat_completions, conversations, messages, sse, usage
+from services.edge.rest.rate_limit_status import ROUTES as RATE_LIMIT_ROUTES
 from services.edge.routes import ApiRoute, openapi_document
 from services.edge.settings import EdgeSettings
 from services.edge.source_limits import SourceLimitMiddleware
 from services.edge.unexpected_errors import UnexpectedErrorMiddleware
-from services.edge.websocket import WebSocketGateway
+from services.edge.ws.gateway import WebSocketGateway
 from services.runtime.metrics import HttpMetrics
 
 API_TITLE = "MACP edge API"

@@ -9,21 +9,22 @@ from dataclasses import dataclass
 import grpc
 import redis.asyncio as aioredis
 from macp.conversation.v1 import conversation_service_pb2_grpc
+from macp.metering.v1 import metering_service_pb2_grpc
 from macp.orchestrator.v1 import orchestrator_service_pb2_grpc
 from macp.token.v1 import token_service_pb2_grpc
 from prometheus_client import CollectorRegistry
 from starlette.requests import Request
 
 from services.edge.auth import EdgeClient, TokenExchanger, caller_var
-from services.edge.idempotency import IdempotencyKeys
 from services.edge.open_streams import OpenStreams
 from services.edge.rate_limits import RateLimits
 from services.edge.readiness import edge_readiness
+from services.edge.rest.idempotency import IdempotencyKeys
 from services.edge.settings import EdgeSettings
 from services.runtime.auth.external import ExternalIssuers
 from services.runtime.auth.jwks import JwksCache, token_service_fetch
 from services.runtime.auth.revocation import RevocationChecker
-from services.runtime.auth.settings import EDGE_AUDIENCE
+from services.runtime.auth.settings import EDGE_AUDIENCE, service_audience
 from services.runtime.auth.verifier import TokenVerifier
 from services.runtime.context import REQUEST_ID_HEADER, current_request_id
 from services.runtime.errors import Unauthenticated
@@ -31,6 +32,12 @@ from services.runtime.mesh import open_mesh_channel, open_probe_channel
 from services.runtime.ratelimit import RedisLimiter
 from services.runtime.readiness import Readiness
 from services.runtime.redis_client import create_redis
+
+# The audiences the caller's token is exchanged for (RFC 8693), one per service the edge calls.
+CONVERSATION_AUDIENCE = service_audience("conversation")
+ORCHESTRATOR_AUDIENCE = service_audience("orchestrator")
+METERING_AUDIENCE = service_audience("metering")
+TOKEN_AUDIENCE = service_audience("token")
 
 
 @dataclass
@@ -40,6 +47,7 @@ class EdgeContext:
     conversation: conversation_service_pb2_grpc.ConversationServiceStub
     orchestrator: orchestrator_service_pb2_grpc.OrchestratorServiceStub
     token: token_service_pb2_grpc.TokenServiceStub
+    metering: metering_service_pb2_grpc.MeteringServiceStub
     redis: aioredis.Redis
     jwks: JwksCache
     external_issuers: ExternalIssuers
@@ -88,6 +96,7 @@ class EdgeContext:
             conversation=conversation_service_pb2_grpc.ConversationServiceStub(channel),
             orchestrator=orchestrator_service_pb2_grpc.OrchestratorServiceStub(channel),
             token=token,
+            metering=metering_service_pb2_grpc.MeteringServiceStub(channel),
             redis=redis,
             jwks=jwks,
             external_issuers=external_issuers,

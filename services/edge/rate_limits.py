@@ -35,7 +35,7 @@ deployment that limits in front of the edge; it never happens by accident, as a 
 is refused at start-up like every other setting.
 
 Every decision is counted in `macp_rate_limit_decisions_total{scope, limit, decision}` (scope
-`global`, `class`, `tenant` or `source`), and `GET /v1/rate-limits` (services/edge/rate_limit_status.py)
+`global`, `class`, `tenant` or `source`), and `GET /v1/rate-limits` (services/edge/rest/rate_limit_status.py)
 shows a caller its limits and where it stands; it counts as one request like any other, so it is no
 way to reach Redis without limit.
 """

@@ -11,7 +11,7 @@ Until the edge is ready, and again whenever it stops being ready:
   health check and `macp up`'s probe wait for real readiness;
 - every other HTTP request is refused at once with 503, the edge's error shape, code `NOT_READY`
   and `Retry-After`, before authentication, rate limits or any RPC;
-- a WebSocket connect is accepted and closed at once with 4503 (services/edge/websocket.py), the
+- a WebSocket connect is accepted and closed at once with 4503 (services/edge/ws/handshake.py), the
   reason naming what is not ready, before its token is looked at.
 Without this, a client reaching an edge that has just started (or whose orchestrator restarts)
 got a 4503 "signing keys are not loaded yet", or a turn that failed at once deep in the mesh.

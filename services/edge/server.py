@@ -12,8 +12,8 @@ from starlette.applications import Starlette
 
 from services.edge.app import build_app
 from services.edge.settings import EdgeSettings
-from services.edge.websocket import WS_PATH, EdgeHandshake
-from services.edge.ws_link import WebSocketLink
+from services.edge.ws.handshake import WS_PATH, EdgeHandshake
+from services.edge.ws.link import WebSocketLink
 from services.runtime import tracing
 from services.runtime.logs import configure_logging
 from services.runtime.metrics import HttpMetrics, serve_metrics
@@ -30,7 +30,7 @@ def uvicorn_config(app: Starlette, settings: EdgeSettings, **overrides: Any) -> 
     """How the edge is served, WebSocket settings included (tests and benches serve it the same way).
 
     uvicorn serves HTTP and hands each WebSocket upgrade to the edge's own protocol
-    (services/edge/ws_link.py), which reaches the edge's state through the app once it started."""
+    (services/edge/ws/link.py), which reaches the edge's state through the app once it started."""
     ws = settings.websocket
     link = WebSocketLink.factory(
         EdgeHandshake(lambda: app.state.edge),

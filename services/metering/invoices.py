@@ -17,9 +17,9 @@ from datetime import datetime
 from macp.metering.v1 import metering_service_pb2 as pb
 
 from services.metering.meters import METER_LABELS, METER_OF_TYPE, quantity
-from services.metering.periods import month_end, month_start, parse_month
 from services.metering.plans import Plans, allowances_of
 from services.metering.store.usage import UsageStore
+from services.runtime.periods import month_end, month_start, parse_month
 from services.runtime.protos import timestamp
 
 

@@ -25,9 +25,9 @@ import redis.asyncio as aioredis
 
 from services.metering import quota_scripts
 from services.metering.meters import METER_OF_TYPE, quantity
-from services.metering.periods import month_end, month_label
 from services.metering.plans import Plans, allowances_of
 from services.metering.store.ingest import QuotaDelta
+from services.runtime.periods import month_end, month_label
 
 log = logging.getLogger("macp.metering.quotas")
 

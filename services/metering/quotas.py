@@ -19,10 +19,10 @@ from macp.metering.v1 import metering_service_pb2 as pb
 
 from services.metering.events import MalformedEvent, StagedRow, UsageEvent, row_of_event
 from services.metering.meters import METER_LABELS, METER_OF_TYPE, meter_name
-from services.metering.periods import billing_month, month_end, month_label, month_start, parse_month
 from services.metering.quota_counters import CounterState, QuotaCounters, delta_args
 from services.metering.store.ingest import record_batch
 from services.runtime.errors import InvalidArgument, ResourceExhausted, Unavailable
+from services.runtime.periods import billing_month, month_end, month_label, month_start, parse_month
 from services.runtime.protos import timestamp
 
 Clock = Callable[[], datetime]

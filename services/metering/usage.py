@@ -10,9 +10,9 @@ from datetime import UTC, date, datetime
 from macp.common.v1 import usage_pb2
 from macp.metering.v1 import metering_service_pb2 as pb
 
-from services.metering.periods import billing_month, month_start
 from services.metering.store.usage import Totals, UsageStore
 from services.runtime.errors import InvalidArgument
+from services.runtime.periods import billing_month, month_start
 
 DEFAULT_PAGE_SIZE = 50
 

@@ -1,7 +1,7 @@
 """The key scheme of the conversation service's read-through cache (services/conversation/cache.py),
 and the read of one entry, written once because several kinds of process read it: the conversation
 service, which fills and invalidates it, the edge, which serves a hit without a round trip to the
-service (services/edge/cached_reads.py), and the orchestrator, which loads a round's conversation
+service (services/edge/rest/cached_reads.py), and the orchestrator, which loads a round's conversation
 and agents from it. Only the service ever writes; a reader that misses asks the service.
 
 A reader holds the caller's verified token (signature, audience, expiry, revocation), so it knows

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from services.edge.json_input import MAX_DEPTH, InvalidJson, decode_json_object
-from services.edge.ws_frames import FrameError, parse_frame
+from services.edge.ws.frames import FrameError, parse_frame
 
 
 def nested(depth: int) -> bytes:

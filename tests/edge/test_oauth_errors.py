@@ -7,7 +7,7 @@ from http import HTTPStatus
 import grpc
 import pytest
 
-from services.edge.oauth_errors import OAUTH_STATUS, STATUS_DEFAULTS, Endpoint, OAuthError, oauth_error_of
+from services.edge.oauth.errors import OAUTH_STATUS, STATUS_DEFAULTS, Endpoint, OAuthError, oauth_error_of
 from services.edge.settings import EdgeSettings
 from services.runtime.settings import Env, SettingsError
 

@@ -21,7 +21,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from services.edge.readiness import RETRY_AFTER_SECONDS
-from services.edge.websocket import CloseCode
+from services.edge.ws.close import CloseCode
 from services.runtime.interceptors import AdmitAll
 from services.runtime.registry import service
 from services.runtime.resources import Resources

@@ -433,6 +433,21 @@ async def test_an_idle_connection_without_subscriptions_is_closed_with_4408(tigh
         assert (await frame_of(following))["type"] == "pong"
 
 
+async def test_a_connection_that_stops_following_is_idle_again(tight: EdgeWorld) -> None:
+    # FOLLOWING -> IDLE (services/edge/ws/state.py): the idle clock starts when the last
+    # subscription ends, so a connection following nothing is closed after the idle timeout.
+    async with opened(tight) as ws:
+        conversation_id = str(uuid.uuid4())
+        await send(ws, action="subscribe", conversation_id=conversation_id)
+        assert (await frame_of(ws))["type"] == "subscribed"
+        await asyncio.sleep(1.5)  # past the idle timeout, while following: kept
+        await send(ws, action="unsubscribe", conversation_id=conversation_id)
+        assert (await frame_of(ws))["type"] == "unsubscribed"
+        code, reason = await closed_with(ws, seconds=3)
+        assert code == 4408
+        assert "idle" in (reason or "")
+
+
 def _frames_past_the_socket_buffers(frame_bytes: int = 4000) -> int:
     """Enough 4 kB frames to fill the kernel's largest send buffer twice over (so the edge's own
     queue is what overflows), bounded."""
@@ -533,7 +548,7 @@ async def test_a_plain_get_of_the_websocket_url_says_it_needs_an_upgrade(world: 
     assert response.json()["code"] == "UPGRADE_REQUIRED"
 
 
-# The edge's own protocol (services/edge/ws_link.py): heartbeats, paths, graceful shutdown.
+# The edge's own protocol (services/edge/ws/link.py): heartbeats, paths, graceful shutdown.
 
 
 async def _raw_client_ignoring_pings(url: str, token: str) -> tuple[int, str | None]:

@@ -16,7 +16,7 @@ import pytest
 import websockets
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.edge.ws_frames import ACTION_FIELDS
+from services.edge.ws.frames import ACTION_FIELDS
 from tests.e2e.conftest import _cluster_healthy
 from tests.fuzz.campaign import Report
 from tests.fuzz.catalog import HTTP_CASES, KNOWN_FAILURES, WS_CASES

@@ -17,9 +17,9 @@ from macp.common.v1 import usage_pb2
 import services.metering
 from services.metering.events import row_of_event
 from services.metering.meters import METER_OF_TYPE, quantity
-from services.metering.periods import billing_month
 from services.metering.store.ingest import SMALL_BATCH, record_batch
 from services.runtime.db import apply_migrations
+from services.runtime.periods import billing_month
 from tests.metering.usage_events import agent_turn, other_event
 
 MIGRATIONS = Path(services.metering.__file__).parent / "migrations"

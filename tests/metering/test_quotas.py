@@ -12,8 +12,8 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 from macp.metering.v1 import metering_service_pb2 as pb
 
-from services.metering.periods import billing_month, month_end
 from services.metering.quotas import utc_now
+from services.runtime.periods import billing_month, month_end
 from tests.metering.conftest import Metering, rpc_code
 from tests.metering.usage_events import agent_turn
 

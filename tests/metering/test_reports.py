@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaProducer
 from macp.common.v1 import principal_pb2, usage_pb2
 from macp.metering.v1 import metering_service_pb2 as pb
 
-from services.metering.periods import billing_month, month_end, month_start
+from services.runtime.periods import billing_month, month_end, month_start
 from tests.metering.conftest import Metering, rpc_code
 from tests.metering.topics import eventually
 from tests.metering.usage_events import MODELS, agent_turn, other_event

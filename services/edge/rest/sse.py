@@ -3,7 +3,7 @@
 `GET /v1/conversations/{id}/events` follows the conversation (OrchestratorService.StreamEvents)
 until the client leaves; it resumes after `Last-Event-ID` (what EventSource sends when it
 reconnects) or `?after=`. `POST /v1/conversations/{id}/messages` with `Accept: text/event-stream`
-posts the message and follows only its round (services/edge/messages.py).
+posts the message and follows only its round (services/edge/rest/messages.py).
 
 Each SSE event: `id:` the event id (so EventSource resumes by itself), `event:` the payload's kind
 (`token_delta`, `round_completed`, ...), `data:` the ConversationEvent as JSON, with the same
@@ -33,12 +33,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from services.edge.auth import caller_var
-from services.edge.context import EdgeContext, edge_context
+from services.edge.context import ORCHESTRATOR_AUDIENCE, EdgeContext, edge_context
 from services.edge.errors import HttpError
-from services.edge.rest import COMMON_ERRORS, query
+from services.edge.events import dumps, event_document, payload_kind, violations
+from services.edge.rest.conventions import COMMON_ERRORS, query
 from services.edge.routes import ApiRoute, Content
-from services.edge.ws_frames import dumps, event_document, payload_kind, violations
-from services.edge.ws_streams import ORCHESTRATOR_AUDIENCE
 from services.runtime.errors import Unauthenticated
 
 EVENT_STREAM = "text/event-stream"
@@ -175,13 +174,9 @@ async def _follow(
     heartbeat = edge.settings.sse_heartbeat_seconds or None
     try:
         if first is not None:  # None here: no event within the first wait
-            last = _ending(first)
-            if last is not None:
-                yield last
-                return
-            assert isinstance(first, pb.ConversationEvent)
-            yield sse_event(first)
-            if stop is not None and stop(first):
+            chunk, done = _chunk(first, stop)
+            yield chunk
+            if done:
                 return
         while True:
             try:
@@ -190,16 +185,21 @@ async def _follow(
             except TimeoutError:
                 yield b": keep-alive\n\n"
                 continue
-            last = _ending(item)
-            if last is not None:
-                yield last
-                return
-            assert isinstance(item, pb.ConversationEvent)
-            yield sse_event(item)
-            if stop is not None and stop(item):
+            chunk, done = _chunk(item, stop)
+            yield chunk
+            if done:
                 return
     finally:
         stop_reading()
+
+
+def _chunk(item: Item, stop: Stop | None) -> tuple[bytes, bool]:
+    """What the stream sends for `item`, and whether the stream ends with it."""
+    last = _ending(item)
+    if last is not None:
+        return last, True
+    assert isinstance(item, pb.ConversationEvent)
+    return sse_event(item), stop is not None and stop(item)
 
 
 def event_stream_response(chunks: AsyncIterator[bytes], **headers: Any) -> Response:

@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 
 from services.edge.http import read_body
-from services.edge.oauth_errors import OAuthError
+from services.edge.oauth.errors import OAuthError
 from services.runtime.auth.basic import decode_basic
 
 FORM = "application/x-www-form-urlencoded"

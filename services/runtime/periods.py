@@ -1,4 +1,7 @@
-"""Billing periods: calendar months in UTC."""
+"""Billing periods: calendar months in UTC, half-open [start, end).
+
+Shared by metering (quotas, usage, invoices) and the edge (the default period of `GET /v1/usage`),
+so that both count the same month."""
 
 from __future__ import annotations
 

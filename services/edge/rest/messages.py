@@ -8,7 +8,7 @@ left out) is the client's and makes the POST idempotent: the first attempt answe
 event, after which GET `/events` (or the WebSocket) shows the agents' answers. With
 `Accept: text/event-stream` the same POST answers 200 with server-sent events instead: the
 message's MessageAccepted event, then its round's events, ending with the RoundCompleted event of
-this message (or a fatal error event); see services/edge/sse.py.
+this message (or a fatal error event); see services/edge/rest/sse.py.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from macp.orchestrator.v1 import orchestrator_service_pb2 as pb_orchestrator
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.edge.context import edge_context
+from services.edge.context import ORCHESTRATOR_AUDIENCE, edge_context
 from services.edge.errors import HttpError
 from services.edge.http import message_response, parse_document, read_json_object
-from services.edge.rest import (
+from services.edge.rest.conventions import (
     COMMON_ERRORS,
     PAGE_QUERY,
     SAME_ID,
@@ -39,14 +39,13 @@ from services.edge.rest import (
     query,
     same_id,
 )
-from services.edge.routes import ApiRoute, Content, Link
-from services.edge.sse import (
+from services.edge.rest.sse import (
     event_stream_response,
     sse_event,
     stream_events,
     wants_event_stream,
 )
-from services.edge.ws_streams import ORCHESTRATOR_AUDIENCE
+from services.edge.routes import ApiRoute, Content, Link
 
 URL_TTL_QUERY = (
     "url_ttl",
@@ -131,8 +130,7 @@ async def append_message(request: Request) -> Response:
     message = user_message(document, conversation_id)
     reply: pb_orchestrator.PostMessageResponse = await edge.orchestrator.PostMessage(
         pb_orchestrator.PostMessageRequest(conversation_id=conversation_id, message=message),
-        timeout=edge.timeout,
-        metadata=await edge.call_metadata(ORCHESTRATOR_AUDIENCE),
+        **await call_options(edge, ORCHESTRATOR_AUDIENCE),
     )
     status = 200 if reply.duplicate else 201
     if not wants_event_stream(request):

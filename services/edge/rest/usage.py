@@ -7,34 +7,25 @@ again against the exchanged token's principal.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from http import HTTPStatus
 
 from macp.metering.v1 import metering_service_pb2 as pb
-from macp.metering.v1 import metering_service_pb2_grpc as pb_grpc
 from starlette.requests import Request
 from starlette.responses import Response
 
 from services.edge.auth import caller_var
-from services.edge.context import EdgeContext, edge_context
-from services.edge.errors import HttpError
+from services.edge.context import METERING_AUDIENCE, edge_context
 from services.edge.http import message_response
-from services.edge.rest import integer
+from services.edge.rest.conventions import call_options, integer, invalid_parameter, query_time
 from services.edge.routes import ApiRoute
-from services.metering.periods import billing_month, month_end, month_start
-from services.runtime.auth.settings import service_audience
 from services.runtime.errors import Unauthenticated
+from services.runtime.periods import billing_month, month_end, month_start
 
-METERING_AUDIENCE = service_audience("metering")
 GROUPS = {
     "agent": pb.GROUP_BY_AGENT,
     "conversation": pb.GROUP_BY_CONVERSATION,
     "model": pb.GROUP_BY_MODEL,
     "event_type": pb.GROUP_BY_EVENT_TYPE,
 }
-
-
-def _bad(parameter: str, problem: str) -> HttpError:
-    return HttpError(HTTPStatus.BAD_REQUEST, "INVALID_ARGUMENT", f"{parameter}: {problem}")
 
 
 def _tenant() -> str:
@@ -44,31 +35,12 @@ def _tenant() -> str:
     return caller.claims.tenant_id
 
 
-def _time(request: Request, parameter: str, default: datetime) -> datetime:
-    text = request.query_params.get(parameter)
-    if not text:
-        return default
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise _bad(
-            parameter, f"expected an RFC 3339 time such as 2026-12-01T00:00:00Z, got {text!r}"
-        ) from None
-    if moment.tzinfo is None:
-        raise _bad(parameter, "the time needs an offset (Z or +hh:mm)")
-    return moment
-
-
-def _stub(edge: EdgeContext) -> pb_grpc.MeteringServiceStub:
-    return pb_grpc.MeteringServiceStub(edge.channel)
-
-
 async def get_usage(request: Request) -> Response:
     edge = edge_context(request)
     params = request.query_params
     group = params.get("group_by", "event_type")
     if group not in GROUPS:
-        raise _bad("group_by", f"one of {', '.join(GROUPS)}, got {group!r}")
+        raise invalid_parameter("group_by", f"one of {', '.join(GROUPS)}, got {group!r}")
     # The default period is this billing month, by the metering service's own calendar.
     month = billing_month(datetime.now(UTC))
     usage_request = pb.GetUsageRequest(
@@ -78,20 +50,19 @@ async def get_usage(request: Request) -> Response:
         page_size=integer(params, "page_size"),
         page_token=params.get("page_token", ""),
     )
-    usage_request.period.start_time.FromDatetime(_time(request, "start", month_start(month)))
-    usage_request.period.end_time.FromDatetime(_time(request, "end", month_end(month)))
-    reply: pb.GetUsageResponse = await _stub(edge).GetUsage(
-        usage_request, timeout=edge.timeout, metadata=await edge.call_metadata(METERING_AUDIENCE)
+    usage_request.period.start_time.FromDatetime(query_time(request, "start", month_start(month)))
+    usage_request.period.end_time.FromDatetime(query_time(request, "end", month_end(month)))
+    reply: pb.GetUsageResponse = await edge.metering.GetUsage(
+        usage_request, **await call_options(edge, METERING_AUDIENCE)
     )
     return message_response(reply)
 
 
 async def get_invoice_preview(request: Request) -> Response:
     edge = edge_context(request)
-    reply: pb.GetInvoicePreviewResponse = await _stub(edge).GetInvoicePreview(
+    reply: pb.GetInvoicePreviewResponse = await edge.metering.GetInvoicePreview(
         pb.GetInvoicePreviewRequest(tenant_id=_tenant(), billing_month=request.query_params.get("month", "")),
-        timeout=edge.timeout,
-        metadata=await edge.call_metadata(METERING_AUDIENCE),
+        **await call_options(edge, METERING_AUDIENCE),
     )
     return message_response(reply)
 

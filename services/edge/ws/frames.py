@@ -10,18 +10,14 @@ here a bad frame costs one error frame and the connection stays.
 
 from __future__ import annotations
 
-import json
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import protovalidate
-from google.protobuf import json_format
-from google.protobuf.message import Message
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
+from services.edge.events import dumps, event_document, payload_kind, violations
 from services.edge.json_input import InvalidJson, decode_json_object
 from services.runtime.context import MAX_REQUEST_ID_CHARS, is_request_id
 
@@ -93,24 +89,6 @@ def _type_ok(value: Any, expected: str) -> bool:
     return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
-def violations(message: Message, names: Mapping[str, str] = _FRAME_FIELD) -> str | None:
-    """Every protovalidate violation of `message` as one line naming the fields as the client
-    sent them: the proto's names, renamed by `names` (by default, the frame's)."""
-    found = protovalidate.collect_violations(message)
-    if not found:
-        return None
-    parts = []
-    for violation in found:
-        proto = violation.proto
-        elements = [element.field_name for element in (proto.field.elements if proto.field else [])]
-        # Drop the oneof member (`user_message.text` is the frame's `text`).
-        if len(elements) > 1 and elements[0] in ("join", "user_message", "bid", "cancel"):
-            elements = elements[1:]
-        path = ".".join(names.get(name, name) for name in elements) or "(frame)"
-        parts.append(f"{path}: {proto.message}")
-    return "; ".join(parts)
-
-
 def parse_frame(text: str) -> ClientFrame:
     """A text frame as a `ClientFrame`, or `FrameError` naming what is wrong."""
     try:
@@ -177,30 +155,13 @@ def parse_frame(text: str) -> ClientFrame:
     else:
         request.cancel.turn_id = document.get("turn_id", "")
         request.cancel.reason = document.get("reason", "")
-    problem = violations(request)
+    problem = violations(request, _FRAME_FIELD)
     if problem is not None:
         raise refuse(problem)
     return ClientFrame(action, request_id, conversation_id, request, message_id)
 
 
 # Server frames. Each is one JSON text; `dumps` keeps them compact.
-
-
-def dumps(frame: dict[str, Any]) -> str:
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
-
-
-def event_document(event: pb.ConversationEvent) -> dict[str, Any]:
-    """A ConversationEvent in the proto3 JSON mapping with the proto's field names (as the docs
-    show them), enums by name, int64 as strings, and no defaulted fields left out."""
-    return json_format.MessageToDict(
-        event, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
-
-
-def payload_kind(event: pb.ConversationEvent) -> str:
-    """The event's payload field name (`token_delta`, `round_completed`, ...), or `unknown`."""
-    return event.WhichOneof("payload") or "unknown"
 
 
 def event_frame(event: pb.ConversationEvent) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
-from services.edge.ws_frames import violations
+from services.edge.events import violations
 
 ROLES = {
     "system": pb.COMPLETION_ROLE_SYSTEM,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from http import HTTPStatus
 from typing import Any, TypeVar
 
@@ -23,15 +24,12 @@ from google.protobuf.message import Message
 from macp.conversation.v1 import conversation_service_pb2 as pb
 from starlette.requests import Request
 
-from services.edge.context import EdgeContext
+from services.edge.context import CONVERSATION_AUDIENCE, EdgeContext
 from services.edge.errors import HttpError
 from services.edge.http import parse_document, read_json_object
 from services.edge.routes import Link
 from services.edge.schema import JsonSchema
-from services.runtime.auth.settings import service_audience
 from services.runtime.protos import descriptor_of
-
-CONVERSATION_AUDIENCE = service_audience("conversation")
 
 # The resources PATCH changes: each has an `id` and an `etag`.
 Patched = TypeVar("Patched", pb.Agent, pb.Conversation)
@@ -66,6 +64,27 @@ WRITE_ERRORS = (*COMMON_ERRORS, 413, 415)
 def invalid(message: str) -> HttpError:
     """400 INVALID_ARGUMENT, answered by the edge itself; `message` starts with the field's name."""
     return HttpError(HTTPStatus.BAD_REQUEST, "INVALID_ARGUMENT", message)
+
+
+def invalid_parameter(parameter: str, problem: str) -> HttpError:
+    """400 INVALID_ARGUMENT naming a query parameter and what is wrong with it."""
+    return invalid(f"{parameter}: {problem}")
+
+
+def query_time(request: Request, parameter: str, default: datetime) -> datetime:
+    """An RFC 3339 time query parameter with its offset (`default` when absent or empty)."""
+    text = request.query_params.get(parameter)
+    if not text:
+        return default
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise invalid_parameter(
+            parameter, f"expected an RFC 3339 time such as 2026-12-01T00:00:00Z, got {text!r}"
+        ) from None
+    if moment.tzinfo is None:
+        raise invalid_parameter(parameter, "the time needs an offset (Z or +hh:mm)")
+    return moment
 
 
 def etag_header(etag: str) -> dict[str, str]:
@@ -178,6 +197,7 @@ def same_id(document: dict[str, Any], path_id: str, key: str = "id") -> None:
         )
 
 
-async def call_options(edge: EdgeContext) -> dict[str, Any]:
-    """The deadline and metadata (request id, exchanged token) of one call to the conversation service."""
-    return {"timeout": edge.timeout, "metadata": await edge.call_metadata(CONVERSATION_AUDIENCE)}
+async def call_options(edge: EdgeContext, audience: str = CONVERSATION_AUDIENCE) -> dict[str, Any]:
+    """The deadline and metadata (request id, the caller's token exchanged for `audience`) of one
+    call to a service on behalf of the current request: the conversation service's by default."""
+    return {"timeout": edge.timeout, "metadata": await edge.call_metadata(audience)}

@@ -1,17 +1,16 @@
-"""The WebSocket API, `/v1/ws` (docs/websocket.md): one connection, any number of conversations.
+"""An accepted `/v1/ws` connection (docs/websocket.md): one connection, any number of conversations.
 
-The token comes at connect (`Authorization: Bearer` or `?access_token=`, for browsers, which cannot
-set headers on a WebSocket) and is verified like an HTTP request's; a bad one is accepted only to
-be closed with 4401, since a refused handshake tells a browser nothing. A connection is closed with
-4401 too when its token expires, or is revoked (services/edge/open_streams.py). Client frames are JSON
-routed by `action` (services/edge/ws_frames.py); each one counts against the edge's rate limits.
+The handshake (services/edge/ws/handshake.py) decides who connects; from then on a connection is in
+one of the states of services/edge/ws/state.py. It is closed with 4401 when its token expires, or
+is revoked (services/edge/open_streams.py). Client frames are JSON routed by `action`
+(services/edge/ws/frames.py); each one counts against the edge's rate limits.
 
 Why the state is lazy and nothing waits: the target is 5,000 idle connections at ≤ 16 KiB each.
-The edge serves the protocol itself (services/edge/ws_link.py, plugged into uvicorn), so a frame
+The edge serves the protocol itself (services/edge/ws/link.py, plugged into uvicorn), so a frame
 arriving is a callback, not a coroutine waiting on `receive()`. A connection that has subscribed to
 nothing holds its caller and one timer (idle timeout or token expiry, whichever is first): no task,
 no gRPC stream. Frames are handled in order by a task that lives only while there are frames to
-handle; each subscription adds one Converse stream and its reader task (services/edge/ws_streams.py).
+handle; each subscription adds one Converse stream and its reader task (services/edge/ws/streams.py).
 
 Why sending never waits: replies and the events of every subscription are written to the link at
 once, in the order they happen; readers never wait on the client. While the client does not read,
@@ -35,23 +34,15 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
-from enum import IntEnum
-from http import HTTPStatus
-from urllib.parse import parse_qsl
 
 import grpc
 from opentelemetry.trace import SpanContext, SpanKind
-from starlette.types import ASGIApp, Receive, Scope, Send
-from wsproto.events import Request
 
 from services.edge.auth import Caller, caller_var
 from services.edge.context import EdgeContext
-from services.edge.errors import error_response
 from services.edge.rate_limits import refusal, retry_after
-from services.edge.readiness import not_ready_message
-from services.edge.source_limits import source_of
-from services.edge.ws_frames import (
+from services.edge.ws.close import CloseCode, close_reason
+from services.edge.ws.frames import (
     ClientFrame,
     FrameError,
     error_frame,
@@ -59,123 +50,15 @@ from services.edge.ws_frames import (
     reply_frame,
     rpc_error_fields,
 )
-from services.edge.ws_link import WebSocketLink
-from services.edge.ws_streams import Subscription
+from services.edge.ws.link import WebSocketLink
+from services.edge.ws.state import ConnectionState, transition
+from services.edge.ws.streams import Subscription
 from services.runtime import tracing
-from services.runtime.auth.jwt import InvalidToken
 from services.runtime.context import new_request_id, request_id_var, reset_quietly
-from services.runtime.errors import DomainError, Unavailable
+from services.runtime.errors import DomainError
 from services.runtime.registry import EDGE
 
 log = logging.getLogger("macp.edge.websocket")
-
-WS_PATH = "/v1/ws"
-# RFC 6455 section 5.5: a close frame's payload (code + reason) is at most 125 bytes.
-MAX_REASON_BYTES = 123
-
-
-class CloseCode(IntEnum):
-    """The close codes the edge sends (docs/websocket.md lists them with those of the protocol,
-    services/edge/ws_link.py: 1009, 1011 for a heartbeat, 1012)."""
-
-    NORMAL = 1000
-    INTERNAL_ERROR = 1011
-    TRY_AGAIN_LATER = 1013  # the send queue overflowed: the client reads too slowly
-    UNAUTHENTICATED = 4401  # no token, a bad one, or it expired or was revoked while connected
-    IDLE_TIMEOUT = 4408  # no frame and no subscription for MACP_EDGE_WS_IDLE_TIMEOUT_SECONDS
-    RATE_LIMITED = 4429  # the connect itself was over a rate limit
-    # The edge is not ready (services/edge/readiness.py), or the token cannot be checked right now.
-    UNAVAILABLE = 4503
-
-
-def _reason(text: str) -> str:
-    encoded = text.encode()
-    if len(encoded) <= MAX_REASON_BYTES:
-        return text
-    return encoded[: MAX_REASON_BYTES - 3].decode(errors="ignore") + "..."
-
-
-def connect_token(headers: list[tuple[bytes, bytes]], query_string: str) -> str | None:
-    """The bearer token of a WebSocket handshake: the Authorization header, else `access_token` in
-    the query (RFC 6750 section 2.3), as browsers cannot set headers on a WebSocket."""
-    values = [value for name, value in headers if name == b"authorization"]
-    if values:
-        scheme, _, token = values[0].decode("latin-1").partition(" ")
-        if len(values) == 1 and scheme.lower() == "bearer" and token.strip():
-            return token.strip()
-        return None
-    tokens = [value for name, value in parse_qsl(query_string) if name == "access_token"]
-    return tokens[0] if len(tokens) == 1 and tokens[0] else None
-
-
-class EdgeHandshake:
-    """Decides each upgrade request of `/v1/ws` (services/edge/ws_link.py's `Handshake`): the
-    token, its tenant and the rate limits, then an accepted `Connection` or a close with a code."""
-
-    def __init__(self, edge: Callable[[], EdgeContext]) -> None:
-        self._edge = edge
-
-    async def __call__(self, link: WebSocketLink, request: Request) -> None:
-        request_id_var.set(new_request_id())
-        edge = self._edge()
-        if not edge.readiness.ready:  # services/edge/readiness.py: before any work is accepted
-            link.accept_and_close(CloseCode.UNAVAILABLE, _reason(not_ready_message(edge.readiness.not_ready)))
-            return
-        headers = [(name.lower(), value) for name, value in request.extra_headers]
-        # Counted by source address as an HTTP request is (services/edge/source_limits.py): a
-        # connect without a token against `source`, a bad token against `source_failures`.
-        limits = edge.rate_limits
-        forwarded = [value for name, value in headers if name == b"x-forwarded-for"]
-        address = source_of(forwarded[-1] if forwarded else None, link.peer_host)
-        token = connect_token(headers, request.target.partition("?")[2])
-        if token is None:
-            refused = limits.blocked(address)
-            if refused is None:
-                decision = await limits.check_source(address)
-                refused = None if decision.admitted else decision
-            if refused is not None:
-                link.accept_and_close(CloseCode.RATE_LIMITED, _reason(refusal(refused)))
-                return
-            link.accept_and_close(
-                CloseCode.UNAUTHENTICATED, "send Authorization: Bearer <token> or ?access_token="
-            )
-            return
-        try:
-            claims = await edge.verifier.verify(token)
-        except InvalidToken as exc:
-            log.info("websocket token refused", extra={"reason": exc.reason})
-            if limits.blocked(address) is None:  # before the client hears, so its retry finds it
-                await limits.count_failure(address)
-            link.accept_and_close(CloseCode.UNAUTHENTICATED, _reason(f"invalid token: {exc.reason}"))
-            return
-        except Unavailable as exc:
-            link.accept_and_close(CloseCode.UNAVAILABLE, _reason(exc.message))
-            return
-        if claims.tenant_id is None:
-            if limits.blocked(address) is None:
-                await limits.count_failure(address)
-            link.accept_and_close(CloseCode.UNAUTHENTICATED, "invalid token: missing_claim: tenant_id")
-            return
-        caller = Caller(token, claims)
-        decision = await limits.check(caller)
-        if not decision.admitted:
-            link.accept_and_close(CloseCode.RATE_LIMITED, _reason(refusal(decision)))
-            return
-        connection = Connection(edge, caller, link, _handshake_trace(headers))
-        link.accept(connection)
-        connection.start()
-
-
-def _handshake_trace(headers: list[tuple[bytes, bytes]]) -> SpanContext | None:
-    """The span context of the handshake's `traceparent` (tracing on): each action's span links to it."""
-    if not tracing.enabled():
-        return None
-    found = {
-        name.decode("latin-1"): value.decode("latin-1")
-        for name, value in headers
-        if name in (b"traceparent", b"tracestate")
-    }
-    return tracing.span_context_of(found)
 
 
 class Connection:
@@ -188,14 +71,14 @@ class Connection:
     __slots__ = (
         "_caller",
         "_close_code",
-        "_closed",
         "_edge",
         "_expires_at",
         "_handshake",
+        "_idle_since",
         "_inbox",
-        "_last_frame",
         "_link",
         "_started",
+        "_state",
         "_subscriptions",
         "_timer",
         "_worker",
@@ -209,18 +92,26 @@ class Connection:
         self._edge = edge
         self._caller = caller
         self._link = link
+        self._state = ConnectionState.IDLE
         self._started = loop.time()
-        self._last_frame = self._started
+        # Where the idle clock starts: the last frame, or the moment the last subscription ended.
+        self._idle_since = self._started
         # The token's expiry on the loop's clock: the connection closes (4401) when it passes.
         self._expires_at = self._started + (caller.claims.exp - time.time())
         self._subscriptions: dict[str, Subscription] | None = None
         self._inbox: deque[str] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        # Why we closed (CLOSING and CLOSED only): what the log says when the link is gone.
         self._close_code: CloseCode | None = None
-        self._closed = False
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._state
 
     def start(self) -> None:
+        if not self._state.open:  # the link went away before the accept completed
+            return
         self._edge.open_streams.watch(self._caller.claims.jti, self)
         self._arm()
 
@@ -228,18 +119,40 @@ class Connection:
         """The token was revoked while connected (services/edge/open_streams.py): as when it expires."""
         self._close(CloseCode.UNAUTHENTICATED, "the token was revoked; reconnect with a valid one")
 
-    # Deadlines: one timer, at the idle timeout (while following nothing) or the token's expiry.
+    def _move(self, to: ConnectionState) -> None:
+        self._state = transition(self._state, to)
+
+    def _track_subscriptions(self) -> None:
+        """IDLE while following nothing, FOLLOWING otherwise (called after every change of the
+        subscriptions). Going idle starts the idle clock and brings the timer forward to it."""
+        if not self._state.open:
+            return
+        following = bool(self._subscriptions)
+        if following and self._state is ConnectionState.IDLE:
+            self._move(ConnectionState.FOLLOWING)  # the timer, if early, sets itself again
+        elif not following and self._state is ConnectionState.FOLLOWING:
+            self._move(ConnectionState.IDLE)
+            self._idle_since = asyncio.get_running_loop().time()
+            self._cancel_timer()
+            self._arm()
+
+    # Deadlines: one timer, at the idle timeout (IDLE) or the token's expiry.
 
     def _deadline(self) -> float:
         idle = math.inf
-        if not self._subscriptions:
-            idle = self._last_frame + self._edge.settings.websocket.idle_timeout_seconds
+        if self._state is ConnectionState.IDLE:
+            idle = self._idle_since + self._edge.settings.websocket.idle_timeout_seconds
         return min(idle, self._expires_at)
 
     def _arm(self) -> None:
-        if self._closed:
+        if not self._state.open:
             return
         self._timer = asyncio.get_running_loop().call_at(self._deadline(), self._on_deadline)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _on_deadline(self) -> None:
         # A frame or a subscription since the timer was set moves the deadline: set it again.
@@ -256,9 +169,9 @@ class Connection:
     # What the link tells.
 
     def on_text(self, text: str) -> None:
-        if self._closed or self._close_code is not None:
+        if not self._state.open:
             return
-        self._last_frame = asyncio.get_running_loop().time()
+        self._idle_since = asyncio.get_running_loop().time()
         if self._inbox is None:
             self._inbox = deque()
         self._inbox.append(text)
@@ -266,18 +179,16 @@ class Connection:
             self._worker = asyncio.get_running_loop().create_task(self._work())
 
     def on_binary(self) -> None:
-        self._last_frame = asyncio.get_running_loop().time()
+        self._idle_since = asyncio.get_running_loop().time()
         self._emit(error_frame("INVALID_ARGUMENT", "frames are JSON text, not binary"))
 
     def on_closed(self) -> None:
-        if self._closed:
+        if self._state is ConnectionState.CLOSED:
             return
-        self._closed = True
+        self._move(ConnectionState.CLOSED)
         self._edge.open_streams.unwatch(self._caller.claims.jti, self)
         self._stop_subscriptions()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._cancel_timer()
         if self._worker is not None:
             self._worker.cancel()
         log.info(
@@ -291,7 +202,7 @@ class Connection:
     async def _work(self) -> None:
         caller_var.set(self._caller)  # this task's context: the token exchanges of its frames read it
         try:
-            while self._inbox and not self._closed and self._close_code is None:
+            while self._inbox and self._state.open:
                 await self._handle(self._inbox.popleft())
         except Exception:  # a bug of ours: the client hears of it, the edge goes on
             log.exception("handling a websocket frame failed")
@@ -367,6 +278,7 @@ class Connection:
             if current is not None:
                 del subscriptions[frame.conversation_id]
                 current.cancel()
+                self._track_subscriptions()
             self._emit(reply_frame("unsubscribed", frame))
             return
         assert frame.request is not None
@@ -378,6 +290,7 @@ class Connection:
             if current is not None:  # resubscribing from an event: a fresh stream replays from there
                 del subscriptions[frame.conversation_id]
                 current.cancel()
+                self._track_subscriptions()
             if await self._open_stream(frame):
                 self._emit(reply_frame("subscribed", frame, last_event_id=resume or None))
             return
@@ -411,11 +324,13 @@ class Connection:
             return False
         subscription = await Subscription.open(self._edge, frame.request, self._push, self._stream_ended)
         self._subscriptions[frame.conversation_id] = subscription
+        self._track_subscriptions()
         return True
 
     def _stream_ended(self, subscription: Subscription) -> None:
         if self._subscriptions and self._subscriptions.get(subscription.conversation_id) is subscription:
             del self._subscriptions[subscription.conversation_id]
+            self._track_subscriptions()
 
     def _stop_subscriptions(self) -> None:
         if self._subscriptions:
@@ -428,13 +343,13 @@ class Connection:
     def _emit(self, text: str) -> None:
         """Sends a frame now (the link holds it while the client is not reading); more frames
         waiting than MACP_EDGE_WS_SEND_QUEUE means the client is too slow for its conversations."""
-        if self._closed or self._close_code is not None:
+        if not self._state.open:
             return
         if self._link.send_text(text) and self._link.too_slow():
             self._too_slow()
 
     def _push(self, text: str) -> None:
-        """A subscription's event frame (services/edge/ws_streams.py)."""
+        """A subscription's event frame (services/edge/ws/streams.py)."""
         self._emit(text)
 
     def _too_slow(self) -> None:
@@ -446,35 +361,10 @@ class Connection:
     def _close(self, code: CloseCode, reason: str) -> None:
         """Closes from our side: the streams stop now (the orchestrator must not keep producing for
         a client that is going), the frames already sent go out before the close frame."""
-        if self._close_code is not None or self._closed:
+        if not self._state.open:
             return
+        self._move(ConnectionState.CLOSING)
         self._close_code = code
         self._stop_subscriptions()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._link.close(int(code), _reason(reason))
-
-
-class WebSocketGateway:
-    """Answers what reaches the ASGI app at `/v1/ws` although WebSockets are served by the link
-    (services/edge/ws_link.py, uvicorn's `ws` protocol): a plain GET is told to upgrade, and a
-    WebSocket scope (only under a server without the link, such as a test client) is refused."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self._app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
-            await receive()
-            await send({"type": "websocket.close"})
-            return
-        if scope["type"] == "http" and scope.get("path") == WS_PATH:
-            # A plain GET of the WebSocket URL: say what it is instead of a bare 404.
-            response = error_response(
-                HTTPStatus.UPGRADE_REQUIRED, "UPGRADE_REQUIRED", f"{WS_PATH} is a WebSocket endpoint"
-            )
-            response.headers["upgrade"] = "websocket"
-            await response(scope, receive, send)
-            return
-        await self._app(scope, receive, send)
+        self._cancel_timer()
+        self._link.close(int(code), close_reason(reason))

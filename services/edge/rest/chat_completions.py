@@ -10,7 +10,7 @@ Why the first response is awaited before answering: a refusal (unknown agent, qu
 comes before any delta, and becomes a real HTTP status; a failure after the first delta can only
 be a `data: {"error": ...}` chunk, which the OpenAI SDKs raise as an APIError.
 
-With an `Idempotency-Key` (services/edge/idempotency.py) the request is answered once per key: a
+With an `Idempotency-Key` (services/edge/rest/idempotency.py) the request is answered once per key: a
 retry with the same body gets the stored completion (streamed again if it asked for a stream) and
 runs no second turn, the same key while the first is still running gets 409, and the same key with
 another body 422, never the other body's answer nor a second generation under one metered turn.
@@ -36,11 +36,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from services.edge.auth import caller_var
-from services.edge.context import edge_context
+from services.edge.context import ORCHESTRATOR_AUDIENCE, edge_context
 from services.edge.errors import HttpError, http_status
 from services.edge.http import read_json_object
-from services.edge.idempotency import Claim, IdempotencyKeys, KeyScope, Replay, fingerprint, request_key
-from services.edge.openai_shapes import (
+from services.edge.rest.idempotency import Claim, IdempotencyKeys, KeyScope, Replay, fingerprint, request_key
+from services.edge.rest.openai_shapes import (
     CHAT_REQUEST_SCHEMA,
     CHAT_RESPONSE_SCHEMA,
     OPENAI_ERROR_SCHEMA,
@@ -51,9 +51,8 @@ from services.edge.openai_shapes import (
     finish_reason,
     usage_document,
 )
+from services.edge.rest.sse import SSE_HEADERS
 from services.edge.routes import ApiRoute, Content
-from services.edge.sse import SSE_HEADERS
-from services.edge.ws_streams import ORCHESTRATOR_AUDIENCE
 from services.runtime.errors import DomainError
 
 log = logging.getLogger("macp.edge.chat_completions")

@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from services.edge.context import EdgeContext, edge_context
 from services.edge.http import read_body
 from services.edge.json_input import InvalidJson, decode_json_object
-from services.edge.oauth_documents import (
+from services.edge.oauth.documents import (
     CLIENT_INFORMATION,
     CLIENT_METADATA,
     INTROSPECT_FORM,
@@ -33,7 +33,7 @@ from services.edge.oauth_documents import (
     rfc_fields,
     server_metadata,
 )
-from services.edge.oauth_errors import (
+from services.edge.oauth.errors import (
     NO_STORE,
     OAUTH_ERROR,
     Endpoint,
@@ -41,8 +41,8 @@ from services.edge.oauth_errors import (
     oauth_endpoint,
     oauth_error_of,
 )
-from services.edge.oauth_forms import Form, bearer_token, client_credentials, media_type, read_form
-from services.edge.routes import ApiRoute
+from services.edge.oauth.forms import Form, bearer_token, client_credentials, media_type, read_form
+from services.edge.routes import ApiRoute, Content, Handler
 from services.runtime.auth.basic import encode_basic
 
 # Verifiers cache the key set; short, so a rotated-in key is seen soon (they also refetch on an unknown kid).
@@ -243,55 +243,70 @@ async def authorization_server(request: Request) -> Response:
     )
 
 
+# What every OAuth endpoint that takes a client's request answers besides its success: RFC 6749
+# section 5.2 errors (OAUTH_ERROR), 413 for a body over the limit, 429 when rate limited.
+_CLIENT_ERRORS = (400, 401, 413, 429, 503)
+
+
+def _client_route(
+    path: str,
+    operation_id: str,
+    summary: str,
+    handler: Handler,
+    body: Content,
+    response: Content | None,
+    **overrides: Any,
+) -> ApiRoute:
+    """A POST endpoint a client calls (token, revoke, introspect, register)."""
+    options: dict[str, Any] = {"errors": _CLIENT_ERRORS, **overrides}
+    return ApiRoute(
+        method="POST",
+        path=path,
+        operation_id=operation_id,
+        summary=summary,
+        handler=handler,
+        body=body,
+        response=response,
+        error=OAUTH_ERROR,
+        tags=("oauth",),
+        **options,
+    )
+
+
 ROUTES = [
-    ApiRoute(
-        method="POST",
-        path="/oauth2/token",
-        operation_id="oauthToken",
-        summary="Issue an access token: client credentials, password, refresh token or token exchange",
-        handler=token,
-        body=TOKEN_FORM,
-        response=TOKEN_RESPONSE,
-        errors=(400, 401, 413, 429, 503),
-        error=OAUTH_ERROR,
-        tags=("oauth",),
+    _client_route(
+        "/oauth2/token",
+        "oauthToken",
+        "Issue an access token: client credentials, password, refresh token or token exchange",
+        token,
+        TOKEN_FORM,
+        TOKEN_RESPONSE,
     ),
-    ApiRoute(
-        method="POST",
-        path="/oauth2/revoke",
-        operation_id="oauthRevoke",
-        summary="Revoke a token (RFC 7009); unknown tokens succeed too",
-        handler=revoke,
-        body=REVOKE_FORM,
-        response=None,
-        errors=(400, 401, 413, 429, 503),
-        error=OAUTH_ERROR,
-        tags=("oauth",),
+    _client_route(
+        "/oauth2/revoke",
+        "oauthRevoke",
+        "Revoke a token (RFC 7009); unknown tokens succeed too",
+        revoke,
+        REVOKE_FORM,
+        None,
     ),
-    ApiRoute(
-        method="POST",
-        path="/oauth2/introspect",
-        operation_id="oauthIntrospect",
-        summary="Whether a token is active, and whose it is (RFC 7662)",
-        handler=introspect,
-        body=INTROSPECT_FORM,
-        response=INTROSPECTION,
-        errors=(400, 401, 413, 429, 503),
-        error=OAUTH_ERROR,
-        tags=("oauth",),
+    _client_route(
+        "/oauth2/introspect",
+        "oauthIntrospect",
+        "Whether a token is active, and whose it is (RFC 7662)",
+        introspect,
+        INTROSPECT_FORM,
+        INTROSPECTION,
     ),
-    ApiRoute(
-        method="POST",
-        path="/oauth2/register",
-        operation_id="oauthRegister",
-        summary="Register a client (RFC 7591), authorized by an initial access token",
-        handler=register,
-        body=CLIENT_METADATA,
-        response=CLIENT_INFORMATION,
+    _client_route(
+        "/oauth2/register",
+        "oauthRegister",
+        "Register a client (RFC 7591), authorized by an initial access token",
+        register,
+        CLIENT_METADATA,
+        CLIENT_INFORMATION,
         status=201,
         errors=(400, 401, 403, 413, 503),
-        error=OAUTH_ERROR,
-        tags=("oauth",),
     ),
     ApiRoute(
         method="GET",

@@ -6,10 +6,10 @@ from macp.conversation.v1 import conversation_service_pb2 as pb
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.edge.cached_reads import cached
 from services.edge.context import edge_context
 from services.edge.http import message_response, parse_message
-from services.edge.rest import (
+from services.edge.rest.cached_reads import cached
+from services.edge.rest.conventions import (
     COMMON_ERRORS,
     ITS_ID,
     PAGE_QUERY,

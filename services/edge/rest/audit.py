@@ -10,19 +10,14 @@ from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from macp.token.v1 import token_service_pb2 as pb
-from macp.token.v1 import token_service_pb2_grpc as pb_grpc
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.edge.context import edge_context
+from services.edge.context import TOKEN_AUDIENCE, edge_context
 from services.edge.http import message_response
-from services.edge.rest import integer
+from services.edge.rest.conventions import call_options, integer, invalid_parameter, query_time
 from services.edge.routes import ApiRoute
-from services.edge.usage import _bad, _time
 from services.runtime.audit import ACTIONS
-from services.runtime.auth.settings import service_audience
-
-TOKEN_AUDIENCE = service_audience("token")
 
 
 def _timestamp(request: Request, parameter: str) -> Timestamp | None:
@@ -31,10 +26,10 @@ def _timestamp(request: Request, parameter: str) -> Timestamp | None:
         return None
     moment = Timestamp()
     try:
-        moment.FromDatetime(_time(request, parameter, datetime.now(UTC)))
+        moment.FromDatetime(query_time(request, parameter, datetime.now(UTC)))
     except (OverflowError, ValueError):
         # 0001-01-01T00:00:00+01:00 parses, but is before year 1 in UTC.
-        raise _bad(parameter, "the time is outside 0001-01-01 to 9999-12-31 in UTC") from None
+        raise invalid_parameter(parameter, "the time is outside 0001-01-01 to 9999-12-31 in UTC") from None
     return moment
 
 
@@ -43,10 +38,10 @@ async def list_audit_events(request: Request) -> Response:
     params = request.query_params
     page_size = integer(params, "page_size")
     if not 0 <= page_size <= 1000:
-        raise _bad("page_size", f"a whole number from 1 to 1000, got {page_size}")
+        raise invalid_parameter("page_size", f"a whole number from 1 to 1000, got {page_size}")
     action = params.get("action", "")
     if action and action not in ACTIONS:
-        raise _bad("action", f"one of {', '.join(ACTIONS)}, got {action!r}")
+        raise invalid_parameter("action", f"one of {', '.join(ACTIONS)}, got {action!r}")
     audit_request = pb.ListAuditEventsRequest(
         page_size=page_size,
         page_token=params.get("page_token", ""),
@@ -57,8 +52,8 @@ async def list_audit_events(request: Request) -> Response:
         moment = _timestamp(request, parameter)
         if moment is not None:
             getattr(audit_request, parameter).CopyFrom(moment)
-    reply: pb.ListAuditEventsResponse = await pb_grpc.TokenServiceStub(edge.channel).ListAuditEvents(
-        audit_request, timeout=edge.timeout, metadata=await edge.call_metadata(TOKEN_AUDIENCE)
+    reply: pb.ListAuditEventsResponse = await edge.token.ListAuditEvents(
+        audit_request, **await call_options(edge, TOKEN_AUDIENCE)
     )
     return message_response(reply)
 

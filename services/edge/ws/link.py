@@ -7,7 +7,7 @@ Why not uvicorn's protocols: an idle connection must cost at most 16 KiB at 5,00
 ASGI task and the coroutines of the app waiting on `receive()`. Here an idle connection is this
 object, its transport, its wsproto state and, after the handshake, the edge's `Connection` (its
 caller and one timer); a frame arriving is a callback, and work starts a task only while there is
-work (services/edge/websocket.py).
+work (services/edge/ws/connection.py).
 
 What it does itself, so the edge's `Connection` sees only text frames and a sender:
 - the handshake: uvicorn replays the upgrade request into `data_received`; only `/v1/ws` is served
@@ -61,7 +61,7 @@ _HANDSHAKES: set[asyncio.Task[None]] = set()
 
 
 class Peer(Protocol):
-    """What the edge's side of an accepted connection hears (services/edge/websocket.py)."""
+    """What the edge's side of an accepted connection hears (services/edge/ws/connection.py)."""
 
     def on_text(self, text: str) -> None: ...
 

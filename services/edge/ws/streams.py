@@ -17,13 +17,10 @@ from typing import TypeAlias
 import grpc
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
-from services.edge.context import EdgeContext
-from services.edge.ws_frames import error_frame, event_frame, rpc_error_fields
-from services.runtime.auth.settings import service_audience
+from services.edge.context import ORCHESTRATOR_AUDIENCE, EdgeContext
+from services.edge.ws.frames import error_frame, event_frame, rpc_error_fields
 
 log = logging.getLogger("macp.edge.websocket")
-
-ORCHESTRATOR_AUDIENCE = service_audience("orchestrator")
 
 # (frame text) -> None: the connection's non-blocking push.
 Push = Callable[[str], None]
