@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
 from macp.agent_proxy.v1 import agent_proxy_service_pb2 as pb
 from macp.agent_proxy.v1 import agent_proxy_service_pb2_grpc as pb_grpc
 
@@ -16,18 +15,13 @@ from services.agent_proxy.providers import Providers
 from services.agent_proxy.settings import ProxySettings
 from services.runtime.context import RpcContext
 from services.runtime.principal import current_principal
+from services.runtime.protos import timestamp_at
 
 BREAKER_STATES = {
     BreakerState.CLOSED: pb.BREAKER_STATE_CLOSED,
     BreakerState.OPEN: pb.BREAKER_STATE_OPEN,
     BreakerState.HALF_OPEN: pb.BREAKER_STATE_HALF_OPEN,
 }
-
-
-def _timestamp(seconds: float) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
-    return stamp
 
 
 def _duration(seconds: float) -> Duration:
@@ -73,8 +67,8 @@ class AgentProxyServicer(pb_grpc.AgentProxyServiceServicer):
                 open_duration=_duration(breaker.policy.open_seconds),
             )
             if breaker.opened_at is not None:
-                status.open_time.CopyFrom(_timestamp(breaker.opened_at))
+                status.open_time.CopyFrom(timestamp_at(breaker.opened_at))
             if state is BreakerState.OPEN:
-                status.next_attempt_time.CopyFrom(_timestamp(breaker.next_attempt_at()))
+                status.next_attempt_time.CopyFrom(timestamp_at(breaker.next_attempt_at()))
             statuses.append(status)
         return pb.ListProvidersResponse(providers=statuses)

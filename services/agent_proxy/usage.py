@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from macp.agent_proxy.v1 import agent_proxy_service_pb2 as pb
 from macp.common.v1 import usage_pb2
 
 from services.runtime.principal import Principal
+from services.runtime.protos import now_timestamp
 from services.runtime.usage_ids import agent_turn_event_id
 
 CHARS_PER_TOKEN = 4
@@ -83,11 +83,9 @@ class TurnRecord:
 def agent_turn_event(
     request: pb.GenerateRequest, principal: Principal, record: TurnRecord
 ) -> usage_pb2.UsageEvent:
-    now = Timestamp()
-    now.GetCurrentTime()
     return usage_pb2.UsageEvent(
         event_id=agent_turn_event_id(request.turn_id),
-        time=now,
+        time=now_timestamp(),
         tenant_id=principal.tenant_id,
         user_id=principal.user_id,
         agent_id=request.agent_id,

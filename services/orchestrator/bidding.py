@@ -12,9 +12,9 @@ from macp.agent_proxy.v1 import agent_proxy_service_pb2 as proxy_pb
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
 from services.orchestrator.downstream import Downstream
-from services.orchestrator.event_shapes import now_timestamp
 from services.orchestrator.policies import Agent
 from services.orchestrator.transcript import Said, chat_messages
+from services.runtime.protos import now_timestamp
 
 if TYPE_CHECKING:
     from services.orchestrator.rounds import RoundState

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from macp.common.v1 import error_pb2
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
@@ -29,12 +28,6 @@ def rpc_failure(exc: grpc.aio.AioRpcError, what: str, reason: str, turn_id: str 
     if isinstance(callee_reason, str):
         event.detail.metadata["callee_reason"] = callee_reason
     return event
-
-
-def now_timestamp() -> Timestamp:
-    stamp = Timestamp()
-    stamp.GetCurrentTime()
-    return stamp
 
 
 def turn_completed(

@@ -22,7 +22,8 @@ from macp.metering.v1 import metering_service_pb2 as metering_pb
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
 from services.orchestrator.downstream import Caller, Downstream
-from services.orchestrator.event_shapes import now_timestamp, rpc_failure
+from services.orchestrator.event_shapes import rpc_failure
+from services.runtime.protos import now_timestamp
 from services.runtime.usage_ids import agent_turn_event_id
 
 log = logging.getLogger("macp.orchestrator.ledger")

@@ -24,7 +24,7 @@ from services.orchestrator.bidding import Bidder
 from services.orchestrator.control import Signal
 from services.orchestrator.downstream import Caller, Downstream
 from services.orchestrator.event_log import EventLog
-from services.orchestrator.event_shapes import now_timestamp, round_completed, rpc_failure, turn_completed
+from services.orchestrator.event_shapes import round_completed, rpc_failure, turn_completed
 from services.orchestrator.lease import Lease
 from services.orchestrator.policies import (
     RoundEnd,
@@ -39,6 +39,7 @@ from services.orchestrator.preparation import Prepared, Preparer
 from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.transcript import Said, chat_messages
 from services.orchestrator.turns import Halt, TurnResult, TurnRunner, TurnSpec
+from services.runtime.protos import now_timestamp
 from services.runtime.usage_ids import orchestration_event_id
 
 log = logging.getLogger("macp.orchestrator.rounds")

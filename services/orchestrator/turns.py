@@ -26,8 +26,9 @@ from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
 from services.orchestrator.downstream import Caller, Downstream
-from services.orchestrator.event_shapes import error_event, now_timestamp, rpc_failure
+from services.orchestrator.event_shapes import error_event, rpc_failure
 from services.orchestrator.ledger import CHARS_PER_TOKEN, Ledger
+from services.runtime.protos import now_timestamp
 from services.runtime.usage_ids import agent_turn_event_id
 
 log = logging.getLogger("macp.orchestrator.turns")

@@ -10,6 +10,20 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 
+def now_timestamp() -> Timestamp:
+    """A `google.protobuf.Timestamp` of now."""
+    stamp = Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
+def timestamp_at(seconds: float) -> Timestamp:
+    """A `google.protobuf.Timestamp` of a Unix time in seconds (time.time(), a clock's reading)."""
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
 def timestamp(value: datetime) -> Timestamp:
     """A `google.protobuf.Timestamp` for an aware datetime (Postgres `timestamptz` values are)."""
     stamp = Timestamp()
