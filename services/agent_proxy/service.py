@@ -1,14 +1,12 @@
-"""Wiring of the agent-proxy service: its registry entry, its servicer, its scopes, its background work.
+"""Wiring of the agent-proxy service: its registry entry, its start hook, its scopes.
 
 Scopes: every call needs a token for `urn:macp:service:agent-proxy`; Generate and Bid, which spend
 provider tokens on a tenant's behalf, also need `agents:generate`. ListProviders (operational
 state, no tenant data) needs a valid token only.
 
-`register` builds the proxy (the servicer needs it before the server starts); `background` then
-gives it the served metrics registry (`pending_agent_requests`, `macp_breaker_state`,
-`macp_generate_first_token_seconds`) and runs its usage outbox, and stops both after the server
-has drained. The two hooks of one `serve()` share one `Resources`,
-which is how `background` finds the proxy `register` built.
+`start` builds the proxy, hooks it to the served metrics registry (`pending_agent_requests`,
+`macp_breaker_state`, `macp_generate_first_token_seconds`), adds its servicer and runs its usage
+outbox; after the server has drained it stops the outbox and closes the providers' clients.
 """
 
 from __future__ import annotations
@@ -18,10 +16,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-import grpc
 from macp.agent_proxy.v1 import agent_proxy_service_pb2 as pb
 from macp.agent_proxy.v1 import agent_proxy_service_pb2_grpc as pb_grpc
-from prometheus_client import CollectorRegistry
 
 from services.agent_proxy.breaker import Clock
 from services.agent_proxy.fair_queue import FairQueue
@@ -32,7 +28,7 @@ from services.agent_proxy.settings import ProxySettings
 from services.runtime.metrics import breaker_state_collector, first_token_histogram, pending_requests_gauge
 from services.runtime.registry import service
 from services.runtime.resources import Resources
-from services.runtime.server import ServiceDefinition
+from services.runtime.server import ServiceContext, ServiceDefinition
 from services.runtime.settings import Env
 from services.runtime.usage_publisher import UsagePublisher, outbox_key
 
@@ -54,14 +50,14 @@ class AgentProxy:
     @classmethod
     def build(cls, resources: Resources, env: Env, clock: Clock = time.time) -> AgentProxy:
         settings = ProxySettings.from_env(env)
-        kafka, redis = resources.settings.kafka, resources.settings.redis
-        if kafka is None or redis is None or resources.producer is None:
+        kafka = resources.settings.kafka
+        if kafka is None or resources.producer is None:
             raise RuntimeError("the agent proxy declares its redis and kafka dependencies in the registry")
         publisher = UsagePublisher(
             resources.require_redis(),
             resources.producer,
             topic=kafka.usage_topic,
-            key=outbox_key(redis.key_prefix, kafka.usage_topic),
+            key=outbox_key(resources.redis_key_prefix, kafka.usage_topic),
             source=USAGE_SOURCE,
         )
         providers = Providers(settings, clock)
@@ -72,20 +68,10 @@ class AgentProxy:
         return cls(settings, providers, queue, publisher, generation)
 
 
-# The proxies `register` built whose `background` has not started yet, by their Resources' identity.
-_built: dict[int, AgentProxy] = {}
-
-
-async def register(server: grpc.aio.Server, resources: Resources, env: Env) -> None:
-    proxy = AgentProxy.build(resources, env)
-    _built[id(resources)] = proxy
-    servicer = AgentProxyServicer(proxy.settings, proxy.providers, proxy.generation)
-    pb_grpc.add_AgentProxyServiceServicer_to_server(servicer, server)
-
-
 @asynccontextmanager
-async def background(resources: Resources, env: Env, registry: CollectorRegistry) -> AsyncIterator[None]:
-    proxy = _built.pop(id(resources))
+async def start(context: ServiceContext) -> AsyncIterator[None]:
+    proxy = AgentProxy.build(context.resources, context.env)
+    registry = context.registry
     pending = pending_requests_gauge(SPEC.name, registry).labels(SPEC.name)
     proxy.queue.on_depth = pending.set
     breaker_state_collector(SPEC.name, registry, proxy.providers.breaker_states)
@@ -93,11 +79,17 @@ async def background(resources: Resources, env: Env, registry: CollectorRegistry
     proxy.generation.on_first_token = lambda provider, model, seconds: first_token.labels(
         SPEC.name, provider, model
     ).observe(seconds)
-    await proxy.publisher.start()
+    servicer = AgentProxyServicer(proxy.settings, proxy.providers, proxy.generation)
+    pb_grpc.add_AgentProxyServiceServicer_to_server(servicer, context.server)
     try:
-        yield
+        await proxy.publisher.start()
+        try:
+            yield
+        finally:
+            await proxy.publisher.stop()
     finally:
-        await proxy.publisher.stop()
+        # The providers' HTTP clients exist from `build` on, so they close even if the outbox
+        # never started.
         await proxy.providers.close()
 
 
@@ -107,5 +99,5 @@ def method_scopes() -> dict[str, str]:
 
 
 DEFINITION = ServiceDefinition(
-    spec=SPEC, register=register, background=background, method_scopes=method_scopes()
+    spec=SPEC, start=start, own_settings=ProxySettings.from_env, method_scopes=method_scopes()
 )

@@ -1,15 +1,19 @@
-"""Wiring of the conversation service: its registry entry, its servicer, its migrations, its scopes.
+"""Wiring of the conversation service: its registry entry, its start hook, its migrations, its scopes.
 
 Scopes: every call needs a token for `urn:macp:service:conversation`; reads (`Get*`, `List*`) also
 need `conversations:read` and every other RPC (the writes) `conversations:write`. Agents are
 conversation resources, so they share these two scopes.
+
+`start` builds the domain on the pool, the cache and the bucket and adds the servicer; nothing runs
+beside the RPCs, so there is nothing to stop when it is left.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
-import grpc
 from macp.conversation.v1 import conversation_service_pb2 as pb
 from macp.conversation.v1 import conversation_service_pb2_grpc as pb_grpc
 
@@ -26,16 +30,20 @@ from services.conversation.settings import ConversationSettings
 from services.conversation.store import AgentStore
 from services.runtime import resource_cache
 from services.runtime.registry import service
-from services.runtime.resources import Resources
-from services.runtime.server import ServiceDefinition
-from services.runtime.settings import Env, RedisSettings
+from services.runtime.server import ServiceContext, ServiceDefinition
+
+SPEC = service("conversation")
+READ_SCOPE = resource_cache.READ_SCOPE
+WRITE_SCOPE = "conversations:write"
 
 
-async def register(server: grpc.aio.Server, resources: Resources, env: Env) -> None:
-    settings = ConversationSettings.from_env(env)
+@asynccontextmanager
+async def start(context: ServiceContext) -> AsyncIterator[None]:
+    settings = ConversationSettings.from_env(context.env)
+    resources = context.resources
     db = resources.require_db()
     redis = resources.require_redis()
-    prefix = (resources.settings.redis or RedisSettings.from_env(env)).key_prefix
+    prefix = resources.redis_key_prefix
     s3, s3_settings = resources.require_s3()
 
     def cache(kind: str) -> ResourceCache:
@@ -46,11 +54,8 @@ async def register(server: grpc.aio.Server, resources: Resources, env: Env) -> N
     messages = Messages(MessageStore(db), conversations)
     archives = Archives(ArchiveStore(db), conversations, s3, s3_settings.bucket)
     servicer = ConversationServicer(agents, conversations, messages, archives)
-    pb_grpc.add_ConversationServiceServicer_to_server(servicer, server)
-
-
-READ_SCOPE = resource_cache.READ_SCOPE
-WRITE_SCOPE = "conversations:write"
+    pb_grpc.add_ConversationServiceServicer_to_server(servicer, context.server)
+    yield
 
 
 def method_scopes() -> dict[str, str]:
@@ -66,8 +71,9 @@ def method_scopes() -> dict[str, str]:
 
 
 DEFINITION = ServiceDefinition(
-    spec=service("conversation"),
-    register=register,
+    spec=SPEC,
+    start=start,
+    own_settings=ConversationSettings.from_env,
     migrations_dir=Path(__file__).parent / "migrations",
     method_scopes=method_scopes(),
 )

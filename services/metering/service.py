@@ -1,12 +1,14 @@
-"""Wiring of the metering service: its servicer, its Kafka consumer, its migrations, its scopes.
+"""Wiring of the metering service: its registry entry, its start hook, its migrations, its scopes.
 
 Scopes: every call needs a token for `urn:macp:service:metering`; the reads (CheckQuota, GetUsage,
 GetInvoicePreview, GetPlan) also need `usage:read`; holding and settling budget (Reserve, Commit,
 Release) needs `usage:write`, which the services running turns hold; SetPlan needs `macp:admin`,
 since a tenant does not choose its own price.
 
-Beside the RPCs the process runs the usage topic's consumer (one member of the consumer group
-every metering process joins) and the sweeper that applies quota deltas a crash left behind.
+`start` builds the quotas (their refusals counted in the served metrics registry), adds the
+servicer, and runs beside the RPCs the usage topic's consumer (one member of the consumer group
+every metering process joins) and the sweeper that applies quota deltas a crash left behind; it
+stops them after the server has drained.
 """
 
 from __future__ import annotations
@@ -17,11 +19,9 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
 from aiokafka import AIOKafkaConsumer
 from macp.metering.v1 import metering_service_pb2 as pb
 from macp.metering.v1 import metering_service_pb2_grpc as pb_grpc
-from prometheus_client import CollectorRegistry
 
 from services.metering.dead_letters import DeadLetterPublisher
 from services.metering.invoices import Invoices
@@ -40,41 +40,13 @@ from services.runtime import kafka
 from services.runtime.consumer import ConsumerLoop, ConsumerSettings, running
 from services.runtime.metrics import ConsumerMetrics, quota_refusals_counter
 from services.runtime.registry import service
-from services.runtime.resources import Resources
-from services.runtime.server import ServiceDefinition
-from services.runtime.settings import Env, KafkaSettings, RedisSettings
+from services.runtime.server import ServiceContext, ServiceDefinition
 
 log = logging.getLogger("macp.metering")
 
 READ_SCOPE = "usage:read"
 WRITE_SCOPE = "usage:write"
 SPEC = service("metering")
-
-# The quotas `register` built whose `background` has not started yet, by their Resources' identity:
-# `background` is given the served metrics registry and hooks the refusal counter to them.
-_built: dict[int, Quotas] = {}
-
-
-def _counters(resources: Resources, env: Env) -> QuotaCounters:
-    redis_settings = RedisSettings.from_env(env)
-    pool = resources.require_db()
-    return QuotaCounters(resources.require_redis(), redis_settings.key_prefix, pool, Plans(PlanStore(pool)))
-
-
-async def register(server: grpc.aio.Server, resources: Resources, env: Env) -> None:
-    settings = MeteringSettings.from_env(env)
-    counters = _counters(resources, env)
-    pool = resources.require_db()
-    plans = Plans(PlanStore(pool))
-    quotas = _built[id(resources)] = Quotas(counters, settings.reservation_ttl_seconds)
-    servicer = MeteringServicer(
-        quotas,
-        plans,
-        UsageReports(UsageStore(pool)),
-        Invoices(UsageStore(pool), plans, utc_now),
-        QuotaRefusals(pool),
-    )
-    pb_grpc.add_MeteringServiceServicer_to_server(servicer, server)
 
 
 async def _sweep(counters: QuotaCounters, interval: float) -> None:
@@ -88,31 +60,53 @@ async def _sweep(counters: QuotaCounters, interval: float) -> None:
             log.warning("quota sweep failed; it runs again", extra={"error": str(exc)})
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 @contextlib.asynccontextmanager
-async def background(resources: Resources, env: Env, registry: CollectorRegistry) -> AsyncIterator[None]:
-    """The usage consumer and the quota sweeper, from start-up until the server has stopped."""
-    refusals = quota_refusals_counter(SPEC.name, registry, TIER_NAMES.values(), METER_NAMES.values())
-    quotas = _built.pop(id(resources))
-    quotas.on_refused = lambda tier, meter: refusals.labels(SPEC.name, tier, meter).inc()
-    settings = MeteringSettings.from_env(env)
-    kafka_settings = KafkaSettings.from_env(env)
-    if resources.producer is None:
+async def start(context: ServiceContext) -> AsyncIterator[None]:
+    resources, registry = context.resources, context.registry
+    settings = MeteringSettings.from_env(context.env)
+    kafka_settings = resources.settings.kafka
+    if kafka_settings is None or resources.producer is None:
         raise RuntimeError("the metering service needs its kafka dependency in the registry")
-    await kafka.ensure_topics(kafka_settings, [settings.dead_letter_topic])
-    reader = AIOKafkaConsumer(bootstrap_servers=kafka_settings.bootstrap_servers, enable_auto_commit=False)
-    await reader.start()
-    counters = _counters(resources, env)
-    sweeper = asyncio.create_task(_sweep(counters, settings.sweep_interval_seconds), name="quota-sweeper")
-    try:
+    pool = resources.require_db()
+    plans = Plans(PlanStore(pool))
+    # One set of counters for the RPCs, the consumer's sink and the sweeper: their only state is
+    # the batch of counted deltas waiting to be deleted, and one batch means fewer DELETEs.
+    counters = QuotaCounters(resources.require_redis(), resources.redis_key_prefix, pool, plans)
+    quotas = Quotas(counters, settings.reservation_ttl_seconds)
+    refusals = quota_refusals_counter(SPEC.name, registry, TIER_NAMES.values(), METER_NAMES.values())
+    quotas.on_refused = lambda tier, meter: refusals.labels(SPEC.name, tier, meter).inc()
+    servicer = MeteringServicer(
+        quotas,
+        plans,
+        UsageReports(UsageStore(pool)),
+        Invoices(UsageStore(pool), plans, utc_now),
+        QuotaRefusals(pool),
+    )
+    pb_grpc.add_MeteringServiceServicer_to_server(servicer, context.server)
+    # Stopped last in, first out: the consumer, the sweeper, the reader, and last the counted
+    # deltas still waiting (what the Commits and the consumer counted until then); a step that
+    # never began is not stopped, one that did is, even if a later one failed to start.
+    async with contextlib.AsyncExitStack() as work:
+        work.push_async_callback(quotas.close)
+        await kafka.ensure_topics(kafka_settings, [settings.dead_letter_topic])
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=kafka_settings.bootstrap_servers, enable_auto_commit=False
+        )
+        await reader.start()
+        work.push_async_callback(reader.stop)
+        sweeper = asyncio.create_task(_sweep(counters, settings.sweep_interval_seconds), name="quota-sweeper")
+        work.push_async_callback(_cancel, sweeper)
         publisher = DeadLetterPublisher(
-            resources.require_db(),
-            resources.producer,
-            reader,
-            kafka_settings.usage_topic,
-            settings.dead_letter_topic,
+            pool, resources.producer, reader, kafka_settings.usage_topic, settings.dead_letter_topic
         )
         await publisher.start()
-        sink = UsageSink(resources.require_db(), publisher, counters, kafka_settings.usage_topic)
+        sink = UsageSink(pool, publisher, counters, kafka_settings.usage_topic)
         loop = ConsumerLoop(
             ConsumerSettings(
                 bootstrap_servers=kafka_settings.bootstrap_servers,
@@ -128,14 +122,8 @@ async def background(resources: Resources, env: Env, registry: CollectorRegistry
             sink,
             ConsumerMetrics(SPEC.name, registry),
         )
-        async with running(loop):
-            yield
-    finally:
-        sweeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sweeper
-        await reader.stop()
-        await asyncio.gather(quotas.close(), counters.counted.close())
+        await work.enter_async_context(running(loop))
+        yield
 
 
 def method_scopes() -> dict[str, str]:
@@ -146,8 +134,8 @@ def method_scopes() -> dict[str, str]:
 
 DEFINITION = ServiceDefinition(
     spec=SPEC,
-    register=register,
+    start=start,
+    own_settings=MeteringSettings.from_env,
     migrations_dir=Path(__file__).parent / "migrations",
     method_scopes=method_scopes(),
-    background=background,
 )

@@ -1,13 +1,13 @@
-"""Wiring of the orchestrator service: its registry entry, its servicer, its scopes, its background work.
+"""Wiring of the orchestrator service: its registry entry, its start hook, its scopes.
 
 Scopes: every call needs a token for `urn:macp:service:orchestrator`; Converse, PostMessage and
 Complete (which start agent work the user pays for) need `conversations:write`, StreamEvents
 (reading a conversation's events) `conversations:read`. The orchestrator then calls the other
 services with the caller's token exchanged for each (downstream.py).
 
-`register` builds the driver (the servicer needs it before the server starts); `background` runs
-the control subscription and the takeover sweep, and stops them (and the rounds in flight) after
-the server has drained.
+`start` builds the driver, adds the servicer and runs the control subscription and the takeover
+sweep; after the server has drained it stops them (and the rounds in flight) and closes the mesh
+channel the rounds called the other services on.
 """
 
 from __future__ import annotations
@@ -16,13 +16,10 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from contextlib import AsyncExitStack, asynccontextmanager
 
-import grpc
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 from macp.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
-from prometheus_client import CollectorRegistry
 
 from services.orchestrator.control import ControlBus
 from services.orchestrator.downstream import Downstream
@@ -33,65 +30,41 @@ from services.orchestrator.servicer import OrchestratorServicer
 from services.orchestrator.settings import OrchestratorSettings
 from services.runtime.mesh import open_mesh_channel
 from services.runtime.registry import service
-from services.runtime.resources import Resources
-from services.runtime.server import ServiceDefinition
-from services.runtime.settings import CommonSettings, Env
+from services.runtime.server import ServiceContext, ServiceDefinition
+from services.runtime.settings import CommonSettings
 
 SPEC = service("orchestrator")
 READ_SCOPE = "conversations:read"
 WRITE_SCOPE = "conversations:write"
 
 
-@dataclass
-class Orchestrator:
-    channel: grpc.aio.Channel
-    bus: ControlBus
-    driver: Driver
-    events: EventLog
-
-
-# The orchestrators `register` built whose `background` has not started yet, by their Resources' identity.
-_built: dict[int, Orchestrator] = {}
-
-
-def build(resources: Resources, env: Env) -> Orchestrator:
-    settings = OrchestratorSettings.from_env(env)
-    redis_settings = resources.settings.redis
-    if redis_settings is None:
-        raise RuntimeError("the orchestrator declares its redis dependency in the registry")
-    redis = resources.require_redis()
-    prefix = redis_settings.key_prefix
-    channel = open_mesh_channel(CommonSettings.from_env(env).mesh_address)
-    events = EventLog(redis, prefix, max_events=settings.max_events, idle_seconds=settings.event_idle_seconds)
-    # The owner names this process in the lease, so logs and Redis show who drives what.
-    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    leases = Leases(redis, prefix, owner, settings.lease_ms)
-    bus = ControlBus(redis, prefix)
-    downstream = Downstream(channel, settings, cache=(redis, prefix))
-    driver = Driver(redis, prefix, downstream, events, leases, bus, settings)
-    return Orchestrator(channel, bus, driver, events)
-
-
-async def register(server: grpc.aio.Server, resources: Resources, env: Env) -> None:
-    orchestrator = build(resources, env)
-    _built[id(resources)] = orchestrator
-    pb_grpc.add_OrchestratorServiceServicer_to_server(
-        OrchestratorServicer(orchestrator.driver, orchestrator.events), server
-    )
-
-
 @asynccontextmanager
-async def background(resources: Resources, env: Env, registry: CollectorRegistry) -> AsyncIterator[None]:
-    orchestrator = _built.pop(id(resources))
-    await orchestrator.bus.start()
-    await orchestrator.driver.start()
-    try:
+async def start(context: ServiceContext) -> AsyncIterator[None]:
+    settings = OrchestratorSettings.from_env(context.env)
+    redis, prefix = context.resources.require_redis(), context.resources.redis_key_prefix
+    # Stopped last in, first out: the driver (and the rounds in flight), the event log's reads, the
+    # control subscription, the mesh channel; a step that never began is not stopped.
+    async with AsyncExitStack() as work:
+        channel = open_mesh_channel(CommonSettings.from_env(context.env).mesh_address)
+        work.push_async_callback(channel.close)
+        events = EventLog(
+            redis, prefix, max_events=settings.max_events, idle_seconds=settings.event_idle_seconds
+        )
+        # The owner names this process in the lease, so logs and Redis show who drives what.
+        owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        leases = Leases(redis, prefix, owner, settings.lease_ms)
+        bus = ControlBus(redis, prefix)
+        downstream = Downstream(channel, settings, cache=(redis, prefix))
+        driver = Driver(redis, prefix, downstream, events, leases, bus, settings)
+        pb_grpc.add_OrchestratorServiceServicer_to_server(
+            OrchestratorServicer(driver, events), context.server
+        )
+        await bus.start()
+        work.push_async_callback(bus.stop)
+        work.push_async_callback(events.close)
+        await driver.start()
+        work.push_async_callback(driver.stop)
         yield
-    finally:
-        await orchestrator.driver.stop()
-        await orchestrator.events.close()
-        await orchestrator.bus.stop()
-        await orchestrator.channel.close()
 
 
 def method_scopes() -> dict[str, str]:
@@ -103,5 +76,5 @@ def method_scopes() -> dict[str, str]:
 
 
 DEFINITION = ServiceDefinition(
-    spec=SPEC, register=register, background=background, method_scopes=method_scopes()
+    spec=SPEC, start=start, own_settings=OrchestratorSettings.from_env, method_scopes=method_scopes()
 )

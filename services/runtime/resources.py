@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -55,18 +55,26 @@ class ResourceSettings:
 
 @dataclass
 class Resources:
+    """The open connections of one service process.
+
+    They hold no clean-up list for what a service builds on top of them: a service's start hook
+    (services/runtime/server.py) stops its own work when it is left, which the server does after
+    the gRPC server has stopped and before it closes these, so one hook owns both ends.
+    """
+
     settings: ResourceSettings
     db: asyncpg.Pool | None = None
     redis: aioredis.Redis | None = None
     producer: AIOKafkaProducer | None = None
     s3: S3Client | None = None
-    # What a service started on top of these (consumers, background refreshes), stopped first.
-    _cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
-    def on_close(self, cleanup: Callable[[], Awaitable[None]]) -> None:
-        """Run `cleanup` when the service stops, before the pools and producers close (last
-        registered, first run), so what a service's `register` started is stopped in order."""
-        self._cleanups.append(cleanup)
+    @property
+    def redis_key_prefix(self) -> str:
+        """What every Redis key of this deployment starts with (MACP_REDIS_KEY_PREFIX), so that
+        several deployments can share one Redis: the one place a service reads it."""
+        if self.settings.redis is None:
+            raise RuntimeError("this service does not declare a redis dependency in the registry")
+        return self.settings.redis.key_prefix
 
     def require_db(self) -> asyncpg.Pool:
         if self.db is None:
@@ -108,12 +116,6 @@ class Resources:
         return sorted(failing)
 
     async def close(self) -> None:
-        while self._cleanups:
-            cleanup = self._cleanups.pop()
-            try:
-                await cleanup()
-            except Exception:
-                log.exception("a clean-up step failed while stopping")
         if self.producer is not None:
             # Flushes what is buffered before the process exits, for a few seconds at most.
             await kafka.stop_producer(self.producer)

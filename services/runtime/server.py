@@ -6,8 +6,8 @@ start until the service's dependencies answer, it holds the token service's sign
 verifies tokens with them) and the services it needs answer SERVING through the mesh; NOT_SERVING
 again whenever one of them stays away for more than a check interval, and for good once it stops.
 
-A service supplies a `ServiceDefinition` (its registry entry, its servicers, its migrations) and
-calls `run_service`; nothing else about serving is written in a service.
+A service supplies a `ServiceDefinition` (its registry entry, its start hook, its migrations) and
+calls `main`; nothing else about serving is written in a service.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -41,6 +41,7 @@ from services.runtime.resources import KNOWN_DEPENDENCIES, Resources, ResourceSe
 from services.runtime.settings import CommonSettings, Env, ServerSettings, SettingsError, TracingSettings
 
 log = logging.getLogger("macp.server")
+S = TypeVar("S")
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -53,8 +54,23 @@ UNAUTHENTICATED_PREFIXES = (f"/{HEALTH_SERVICE}/",)
 DEPENDENCY_CHECK_SECONDS = 2.0
 METADATA_LIMIT_BYTES = 32 * 1024
 
-Register = Callable[[grpc.aio.Server, Resources, Env], Awaitable[None]]
-Background = Callable[[Resources, Env, CollectorRegistry], AbstractAsyncContextManager[None]]
+
+@dataclass(frozen=True)
+class ServiceContext:
+    """What a service's start hook is given: the server to add its servicers to (built, not yet
+    started), its open resources, its environment (it reads its own settings there, so a bad one
+    stops start-up like any other) and the registry the `/metrics` port serves (so its own
+    metrics appear there)."""
+
+    server: grpc.aio.Server
+    resources: Resources
+    env: Env
+    registry: CollectorRegistry
+
+
+# A service's one start hook: entering it builds the service's objects, adds its servicers to
+# `context.server` and starts the work it runs beside its RPCs; leaving it stops that work.
+Start = Callable[[ServiceContext], AbstractAsyncContextManager[None]]
 
 
 def usage_topics(settings: ResourceSettings) -> list[str]:
@@ -66,8 +82,19 @@ def usage_topics(settings: ResourceSettings) -> list[str]:
 class ServiceDefinition:
     """What a service hands the runtime.
 
-    register: adds the service's servicers to the server, given its open resources and environment
-        (it reads its own settings there, so a bad one stops start-up like any other).
+    start: the service's composition root, an async context manager given a `ServiceContext`.
+        Entered once the resources are open and the server is built, before the server starts and
+        before the service reports SERVING: it builds what the service is made of, adds its
+        servicers and starts its background work (the metering service's Kafka consumer, the agent
+        proxy's usage outbox). Left after the gRPC server has stopped (in-flight calls drained),
+        before the authenticator and the resources close, so nothing it runs outlives the
+        connections it uses. One hook for both ends keeps what is built and what is stopped in one
+        function's scope, with no hand-over between two hooks. A hook whose entry fails part way
+        stops what it had started itself (its own try/finally or exit stack).
+    own_settings: how the service reads its own settings (`<Service>Settings.from_env`). The entry
+        point reads them before it starts anything, so a missing or malformed one stops the
+        process with one line at once, not after its dependencies have answered; the start hook
+        reads them again from its `env`.
     migrations_dir: the service's `migrations/` folder, if it owns tables.
     topics: Kafka topics it publishes to, created at start-up if missing.
     method_scopes: full method name (or `/<package>.<Service>/*`) to the scope a token needs to
@@ -77,21 +104,15 @@ class ServiceDefinition:
         `urn:macp:service:<name>`, its keys from TokenService.GetJwks over the mesh and its
         revocations from Redis (so every service depends on Redis). An explicit one overrides
         that: `AdmitAll` for tests and local experiments, the token service's own.
-    background: work the process runs beside its RPCs (the metering service's Kafka consumer),
-        as an async context manager given the resources, the environment and the registry the
-        `/metrics` port serves (so its own metrics appear there): entered once the resources are
-        open and the servicers are registered, before the service reports SERVING; exited after
-        the gRPC server has stopped, before the resources close, so it never outlives the
-        connections it uses.
     """
 
     spec: ServiceSpec
-    register: Register
+    start: Start
+    own_settings: Callable[[Env], object] | None = None
     migrations_dir: Path | None = None
     topics: Callable[[ResourceSettings], list[str]] = field(default=lambda s: usage_topics(s))
     method_scopes: Mapping[str, str] = field(default_factory=dict)
     authenticator: Authenticator | None = None
-    background: Background | None = None
 
 
 @dataclass(frozen=True)
@@ -138,8 +159,7 @@ async def _default_authenticator(
     definition: ServiceDefinition, env: Env, common: CommonSettings, resources: Resources
 ) -> AsyncIterator[JwtAuthenticator]:
     """The JWT authenticator of `definition`'s audience, open while the block runs."""
-    redis_settings = resources.settings.redis
-    if redis_settings is None:
+    if resources.settings.redis is None:
         raise SettingsError(
             f"{definition.spec.name} authenticates tokens, which needs the redis dependency in the registry"
         )
@@ -149,7 +169,7 @@ async def _default_authenticator(
             service_audience(definition.spec.name),
             AuthSettings.from_env(env),
             redis=resources.require_redis(),
-            redis_key_prefix=redis_settings.key_prefix,
+            redis_key_prefix=resources.redis_key_prefix,
             channel=channel,
             method_scopes=definition.method_scopes,
         ) as authenticator:
@@ -202,7 +222,7 @@ async def _serve(
     probes = open_probe_channel(common.mesh_address)
     health_servicer = health.aio.HealthServicer()
     auth_stack = contextlib.AsyncExitStack()
-    background_stack = contextlib.AsyncExitStack()
+    service_stack = contextlib.AsyncExitStack()
     try:
         resources = await open_resources(
             resource_settings,
@@ -228,10 +248,8 @@ async def _serve(
                 ("grpc.max_metadata_size", METADATA_LIMIT_BYTES),
             ],
         )
-        await definition.register(server, resources, env)
-        if definition.background is not None:
-            background = definition.background(resources, env, metrics.registry)
-            await background_stack.enter_async_context(background)
+        context = ServiceContext(server=server, resources=resources, env=env, registry=metrics.registry)
+        await service_stack.enter_async_context(definition.start(context))
         names = ["", *spec.grpc_services]
         # NOT_SERVING until the first round of readiness checks says otherwise (the stock servicer
         # starts with "" SERVING): Envoy must not route here before this service can serve.
@@ -272,7 +290,7 @@ async def _serve(
             await health_servicer.enter_graceful_shutdown()
             metrics.set_serving(False)
             await server.stop(common.shutdown_grace_seconds)
-        await background_stack.aclose()
+        await service_stack.aclose()
         await auth_stack.aclose()
         await probes.close()
         if resources is not None:
@@ -291,6 +309,8 @@ def run_service(definition: ServiceDefinition, environ: Mapping[str, str] | None
         ResourceSettings.from_env(env, definition.spec.dependencies)
         AuthSettings.from_env(env)
         TracingSettings.from_env(env)
+        if definition.own_settings is not None:
+            definition.own_settings(env)
     except SettingsError as exc:
         print(f"{definition.spec.name}: {exc}", file=sys.stderr)
         return 2
@@ -316,16 +336,22 @@ def run_service(definition: ServiceDefinition, environ: Mapping[str, str] | None
     return 0
 
 
-def unbuilt_service(
-    add_servicer: Callable[[Any, grpc.aio.Server], None], base_servicer: type[Any]
-) -> Register:
-    """`register` for a service whose RPCs are not built yet: the generated base servicer answers
+def servicer_only(add_servicer: Callable[[S, grpc.aio.Server], None], servicer: S) -> Start:
+    """The start hook of a service that is one servicer and nothing else (test doubles, probes):
+    nothing is built from the resources and nothing runs beside the RPCs."""
+
+    @contextlib.asynccontextmanager
+    async def start(context: ServiceContext) -> AsyncIterator[None]:
+        add_servicer(servicer, context.server)
+        yield
+
+    return start
+
+
+def unbuilt_service(add_servicer: Callable[[Any, grpc.aio.Server], None], base_servicer: type[Any]) -> Start:
+    """The start hook of a service whose RPCs are not built yet: the generated base servicer answers
     every RPC with UNIMPLEMENTED, which the error interceptor words as "<rpc> is not implemented yet"."""
-
-    async def register(server: grpc.aio.Server, resources: Resources, env: Env) -> None:
-        add_servicer(base_servicer(), server)
-
-    return register
+    return servicer_only(add_servicer, base_servicer())
 
 
 def main(definition: ServiceDefinition) -> None:

@@ -1,4 +1,4 @@
-"""Wiring of the token service: its registry entry, its servicer, its migrations.
+"""Wiring of the token service: its registry entry, its start hook, its migrations, its checks.
 
 It does not use the runtime's default JWT authenticator: IssueToken, ExchangeToken, RegisterClient,
 GetJwks, Introspect and Revoke must answer callers who have no token yet (they authenticate the
@@ -7,21 +7,24 @@ JWKS every other verifier needs comes from here. Its
 privileged RPCs check the bearer token themselves (`guard.py`), against its own key store:
 `macp:admin` for the admin RPCs, `macp:agent-token` for IssueAgentToken, `audit:read` (a tenant
 admin's) for ListAuditEvents.
+
+`start` builds the domain (making the first signing key if there is none and refilling Redis's
+revocations), adds the servicer, and after the server has drained stops the refreshes of the
+outside issuers' keys.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
-import grpc
 from macp.token.v1 import token_service_pb2_grpc as pb_grpc
 
 from services.runtime.context import RpcContext
 from services.runtime.principal import Principal
 from services.runtime.registry import service
-from services.runtime.resources import Resources
-from services.runtime.server import ServiceDefinition
-from services.runtime.settings import Env
+from services.runtime.server import ServiceContext, ServiceDefinition
 from services.token.domain import TokenDomain
 from services.token.servicer import TokenServicer
 from services.token.settings import TokenSettings
@@ -35,21 +38,33 @@ class OwnChecks:
         return Principal()
 
 
-async def register(server: grpc.aio.Server, resources: Resources, env: Env) -> None:
-    settings = TokenSettings.from_env(env)
-    redis_settings = resources.settings.redis
-    if redis_settings is None:
-        raise RuntimeError("the token service declares a redis dependency in the registry")
+SPEC = service("token")
+
+
+@asynccontextmanager
+async def start(context: ServiceContext) -> AsyncIterator[None]:
+    settings = TokenSettings.from_env(context.env)
+    resources = context.resources
     domain = await TokenDomain.start(
-        settings, resources.require_db(), resources.require_redis(), redis_settings.key_prefix
+        settings, resources.require_db(), resources.require_redis(), resources.redis_key_prefix
     )
-    resources.on_close(domain.stop)
-    pb_grpc.add_TokenServiceServicer_to_server(TokenServicer(domain), server)
+    try:
+        pb_grpc.add_TokenServiceServicer_to_server(TokenServicer(domain), context.server)
+        yield
+    finally:
+        await domain.stop()
+
+
+def method_scopes() -> dict[str, str]:
+    """None: every RPC checks its caller itself (OwnChecks), so the interceptor requires no scope."""
+    return {}
 
 
 DEFINITION = ServiceDefinition(
-    spec=service("token"),
-    register=register,
+    spec=SPEC,
+    start=start,
+    own_settings=TokenSettings.from_env,
     migrations_dir=Path(__file__).parent / "migrations",
+    method_scopes=method_scopes(),
     authenticator=OwnChecks(),
 )

@@ -27,9 +27,7 @@ from services.runtime.auth.basic import decode_basic
 from services.runtime.context import RpcContext
 from services.runtime.errors import DomainError, InvalidArgument, Unauthenticated
 from services.runtime.registry import service
-from services.runtime.resources import Resources
-from services.runtime.server import ServiceDefinition
-from services.runtime.settings import Env
+from services.runtime.server import ServiceDefinition, servicer_only
 from services.token.service import OwnChecks
 
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
@@ -289,8 +287,6 @@ class FakeTokenService(pb_grpc.TokenServiceServicer):
 
 
 def fake_definition(fake: FakeTokenService) -> ServiceDefinition:
-    async def register(server: grpc.aio.Server, resources: Resources, env: Env) -> None:
-        pb_grpc.add_TokenServiceServicer_to_server(fake, server)
-
+    start = servicer_only(pb_grpc.add_TokenServiceServicer_to_server, fake)
     # Like the real token service, it admits every call: its RPCs are the ones that hand out tokens.
-    return ServiceDefinition(spec=FAKE_SPEC, register=register, authenticator=OwnChecks())
+    return ServiceDefinition(spec=FAKE_SPEC, start=start, authenticator=OwnChecks())

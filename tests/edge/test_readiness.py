@@ -13,7 +13,6 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import httpx
 import pytest
 from macp.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
@@ -24,8 +23,7 @@ from services.edge.readiness import RETRY_AFTER_SECONDS
 from services.edge.ws.close import CloseCode
 from services.runtime.interceptors import AdmitAll
 from services.runtime.registry import service
-from services.runtime.resources import Resources
-from services.runtime.server import RunningService, ServiceDefinition
+from services.runtime.server import RunningService, ServiceDefinition, servicer_only
 from services.runtime.settings import Env
 from services.stack.config import free_port
 from services.token.service import DEFINITION as TOKEN
@@ -45,11 +43,8 @@ WITHIN_SECONDS = 8.0
 def stand_in_orchestrator() -> ServiceDefinition:
     """The fake orchestrator under the orchestrator's name and port, needing nothing, admitting all."""
     spec = dataclasses.replace(service("orchestrator"), dependencies=(), needs=())
-
-    async def register(server: grpc.aio.Server, resources: Resources, env: Env) -> None:
-        pb_grpc.add_OrchestratorServiceServicer_to_server(FakeOrchestrator(), server)
-
-    return ServiceDefinition(spec=spec, register=register, authenticator=AdmitAll())
+    start = servicer_only(pb_grpc.add_OrchestratorServiceServicer_to_server, FakeOrchestrator())
+    return ServiceDefinition(spec=spec, start=start, authenticator=AdmitAll())
 
 
 class Part:

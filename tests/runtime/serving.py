@@ -24,9 +24,7 @@ from services.runtime.context import RpcContext
 from services.runtime.interceptors import AdmitAll
 from services.runtime.logs import JsonFormatter
 from services.runtime.registry import ServiceSpec
-from services.runtime.resources import Resources
-from services.runtime.server import RunningService, ServiceDefinition, serve
-from services.runtime.settings import Env
+from services.runtime.server import RunningService, ServiceDefinition, serve, servicer_only
 
 PROBE_SERVICE = proxy_pb.DESCRIPTOR.services_by_name["AgentProxyService"].full_name
 PROBE_SPEC = ServiceSpec(
@@ -55,12 +53,10 @@ class ProbeServicer(proxy_grpc.AgentProxyServiceServicer):
 
 
 def probe_definition(list_providers: ListProviders) -> ServiceDefinition:
-    async def register(server: grpc.aio.Server, resources: Resources, env: Env) -> None:
-        servicer = ProbeServicer(list_providers)  # type: ignore[abstract]
-        proxy_grpc.add_AgentProxyServiceServicer_to_server(servicer, server)
-
+    servicer = ProbeServicer(list_providers)  # type: ignore[abstract]
+    start = servicer_only(proxy_grpc.add_AgentProxyServiceServicer_to_server, servicer)
     # The probe depends on nothing (no Redis for revocations): it admits every call explicitly.
-    return ServiceDefinition(spec=PROBE_SPEC, register=register, authenticator=AdmitAll())
+    return ServiceDefinition(spec=PROBE_SPEC, start=start, authenticator=AdmitAll())
 
 
 @asynccontextmanager

@@ -137,7 +137,7 @@ async def test_an_rpc_not_built_yet_answers_unimplemented() -> None:
     # A service whose RPCs are all left to the generated base, as one not built yet is.
     unbuilt = ServiceDefinition(
         spec=PROBE_SPEC,
-        register=unbuilt_service(
+        start=unbuilt_service(
             proxy_grpc.add_AgentProxyServiceServicer_to_server, proxy_grpc.AgentProxyServiceServicer
         ),
         authenticator=AdmitAll(),

@@ -8,6 +8,7 @@ import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -24,12 +25,23 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.conversation.service import DEFINITION as CONVERSATION
 from services.runtime import server as server_module
 from services.runtime.auth.settings import service_audience
-from services.runtime.server import HEALTH_SERVICE, RunningService, run_service, serve
+from services.runtime.interceptors import AdmitAll
+from services.runtime.server import (
+    HEALTH_SERVICE,
+    RunningService,
+    ServiceContext,
+    ServiceDefinition,
+    run_service,
+    serve,
+)
+from services.runtime.settings import Env, SettingsError
 from services.stack.config import free_port
 from services.stack.infra import Infrastructure
 from tests.runtime.serving import (
     PROBE_ENVIRON,
     PROBE_SERVICE,
+    PROBE_SPEC,
+    ProbeServicer,
     channel,
     health_status,
     health_watch,
@@ -253,6 +265,55 @@ async def test_stop_drains_an_in_flight_call_while_health_says_not_serving_and_n
         await asyncio.wait_for(service.stopped.wait(), 3)
 
 
+async def test_the_start_hook_is_left_once_the_calls_have_drained_and_before_the_service_has_stopped() -> (
+    None
+):
+    steps: list[str] = []
+    entered = asyncio.Event()
+
+    async def slow() -> proxy_pb.ListProvidersResponse:
+        entered.set()
+        await asyncio.sleep(0.5)
+        steps.append("call answered")
+        return proxy_pb.ListProvidersResponse()
+
+    @contextlib.asynccontextmanager
+    async def start(context: ServiceContext) -> AsyncIterator[None]:
+        servicer = ProbeServicer(slow)  # type: ignore[abstract]
+        proxy_grpc.add_AgentProxyServiceServicer_to_server(servicer, context.server)
+        steps.append("started")
+        try:
+            yield
+        finally:
+            steps.append("left")
+
+    definition = ServiceDefinition(spec=PROBE_SPEC, start=start, authenticator=AdmitAll())
+    async with running(definition, PROBE_ENVIRON) as service, channel(service.port) as ch:
+        in_flight = asyncio.ensure_future(
+            proxy_grpc.AgentProxyServiceStub(ch).ListProviders(proxy_pb.ListProvidersRequest())
+        )
+        await asyncio.wait_for(entered.wait(), 5)
+        service.stop.set()
+        await asyncio.wait_for(in_flight, 5)
+        await asyncio.wait_for(service.stopped.wait(), 5)
+        steps.append("stopped")
+    # Left after the server drained the call, and before the service reported itself stopped
+    # (which comes after the resources have closed).
+    assert steps == ["started", "call answered", "left", "stopped"]
+
+
+async def test_a_start_hook_that_fails_fails_the_start_with_its_own_error() -> None:
+    @contextlib.asynccontextmanager
+    async def start(context: ServiceContext) -> AsyncIterator[None]:
+        raise RuntimeError("the service could not be built")
+        yield  # an async generator, as a start hook is
+
+    definition = ServiceDefinition(spec=PROBE_SPEC, start=start, authenticator=AdmitAll())
+    with pytest.raises(RuntimeError, match="could not be built"):
+        async with running(definition, PROBE_ENVIRON):
+            pass
+
+
 # --- metrics ---------------------------------------------------------------------------------------
 
 
@@ -299,6 +360,26 @@ def test_run_service_with_a_malformed_setting_returns_2_after_one_line(
     [line] = err.splitlines()
     assert line.startswith("conversation: MACP_LOG_LEVEL='loud' is malformed")
     assert "set it to one of debug, info, warning, error" in line
+
+
+def test_a_bad_setting_of_the_service_itself_returns_2_before_the_service_starts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def own_settings(env: Env) -> object:
+        raise SettingsError("MACP_PROBE_SPEED='warp' is malformed")
+
+    @contextlib.asynccontextmanager
+    async def start(context: ServiceContext) -> AsyncIterator[None]:
+        raise AssertionError("the service started")
+        yield
+
+    definition = ServiceDefinition(
+        spec=PROBE_SPEC, start=start, own_settings=own_settings, authenticator=AdmitAll()
+    )
+    status = run_service(definition, PROBE_ENVIRON)
+    _, err = capsys.readouterr()
+    assert status == 2
+    assert err.splitlines() == ["probe: MACP_PROBE_SPEED='warp' is malformed"]
 
 
 def test_the_entry_point_without_a_database_url_exits_with_one_line_and_no_traceback() -> None:

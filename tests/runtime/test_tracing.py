@@ -28,8 +28,7 @@ from services.runtime.interceptors import AdmitAll
 from services.runtime.kafka import ensure_topics
 from services.runtime.mesh import open_mesh_channel
 from services.runtime.redis_client import create_redis
-from services.runtime.resources import Resources
-from services.runtime.server import ServiceDefinition
+from services.runtime.server import ServiceDefinition, servicer_only
 from services.runtime.settings import Env, KafkaSettings, RedisSettings, SettingsError, TracingSettings
 from services.runtime.usage_publisher import UsagePublisher, outbox_key
 from services.stack.infra import Infrastructure
@@ -65,11 +64,9 @@ class Hop(proxy_grpc.AgentProxyServiceServicer):
 
 
 def hop_definition(name: str, servicer: Hop) -> ServiceDefinition:
-    async def register(server: grpc.aio.Server, resources: Resources, env: Env) -> None:
-        proxy_grpc.add_AgentProxyServiceServicer_to_server(servicer, server)
-
     spec = dataclasses.replace(PROBE_SPEC, name=name)
-    return ServiceDefinition(spec=spec, register=register, authenticator=AdmitAll())
+    start = servicer_only(proxy_grpc.add_AgentProxyServiceServicer_to_server, servicer)
+    return ServiceDefinition(spec=spec, start=start, authenticator=AdmitAll())
 
 
 @asynccontextmanager
