@@ -56,7 +56,7 @@ NEW_AGENT: dict[str, Any] = {
     "capabilities": ["math", "proofs"],
     "generation": {"maxTokens": 256, "temperature": 0.2},
 }
-# The statements of services/conversation/store.py, run by hand.
+# The statements of services/conversation/agent_store.py, run by hand.
 SELECT_AGENT = "SELECT * FROM conversation_agents WHERE tenant_id = $1 AND id = $2 AND delete_time IS NULL"
 INSERT_AGENT = """
     INSERT INTO conversation_agents

@@ -7,9 +7,9 @@ import uuid
 from google.protobuf.field_mask_pb2 import FieldMask
 from macp.conversation.v1 import conversation_service_pb2 as pb
 
+from services.conversation.agent_store import AgentStore
 from services.conversation.cache import ResourceCache
 from services.conversation.fields import merged, new_etag, parse_id
-from services.conversation.store import AgentStore
 from services.runtime import audit
 from services.runtime.audit import AuditEvent, Who
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, StaleEtag

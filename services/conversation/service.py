@@ -17,6 +17,7 @@ from pathlib import Path
 from macp.conversation.v1 import conversation_service_pb2 as pb
 from macp.conversation.v1 import conversation_service_pb2_grpc as pb_grpc
 
+from services.conversation.agent_store import AgentStore
 from services.conversation.agents import Agents
 from services.conversation.archive_store import ArchiveStore
 from services.conversation.archives import Archives
@@ -27,7 +28,6 @@ from services.conversation.message_store import MessageStore
 from services.conversation.messages import Messages
 from services.conversation.servicer import ConversationServicer
 from services.conversation.settings import ConversationSettings
-from services.conversation.store import AgentStore
 from services.runtime import resource_cache
 from services.runtime.registry import service
 from services.runtime.server import ServiceContext, ServiceDefinition

@@ -22,8 +22,8 @@ from services.token.guessing import Guessing
 from services.token.introspection import Introspection
 from services.token.minting import Minter
 from services.token.registration import Registration
-from services.token.revocation import Revocations
-from services.token.revoking import Revoker
+from services.token.revocation_records import RevocationRecords
+from services.token.revocation_requests import RevocationRequests
 from services.token.settings import TokenSettings
 from services.token.signing import SigningKeys
 from services.token.store.directory import DirectoryStore
@@ -40,7 +40,7 @@ class TokenDomain:
     exchange: TokenExchange
     agent_tokens: AgentTokens
     introspection: Introspection
-    revoker: Revoker
+    revoker: RevocationRequests
     registration: Registration
     keys: SigningKeys
     accounts: Accounts
@@ -60,7 +60,7 @@ class TokenDomain:
             retire_after_seconds=settings.max_token_seconds,
         )
         await keys.start()
-        revocations = Revocations(redis, redis_key_prefix, tokens)
+        revocations = RevocationRecords(redis, redis_key_prefix, tokens)
         republished = await revocations.republish()
         log.info("token service ready", extra={"revocations_republished": republished})
 
@@ -84,7 +84,7 @@ class TokenDomain:
             ),
             agent_tokens=AgentTokens(directory, clients, minter),
             introspection=Introspection(clients, verifier, tokens, directory, settings.issuer),
-            revoker=Revoker(clients, directory, verifier, tokens, revocations),
+            revoker=RevocationRequests(clients, directory, verifier, tokens, revocations),
             registration=Registration(directory, settings.initial_access_token),
             keys=keys,
             accounts=Accounts(directory),

@@ -23,7 +23,7 @@ from services.token.claims import AccessClaims, Actor
 from services.token.clients import TOKEN_EXCHANGE, Clients
 from services.token.minting import Audit, Minted, Minter
 from services.token.oauth import oauth_error
-from services.token.revocation import EXCHANGED_FROM_REVOKED, Revocations
+from services.token.revocation_records import EXCHANGED_FROM_REVOKED, RevocationRecords
 from services.token.store.tokens import Revocation
 from services.token.verification import TokenVerifier
 
@@ -43,7 +43,7 @@ class TokenExchange:
         clients: Clients,
         verifier: TokenVerifier,
         minter: Minter,
-        revocations: Revocations,
+        revocations: RevocationRecords,
         *,
         max_delegation_depth: int,
         access_token_seconds: int,

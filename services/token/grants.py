@@ -23,7 +23,7 @@ from services.token.guessing import Guessing, Kind, Target
 from services.token.hashing import hash_refresh_token, new_refresh_token, password_matches
 from services.token.minting import Audit, Minted, Minter
 from services.token.oauth import oauth_error
-from services.token.revocation import Revocations
+from services.token.revocation_records import RevocationRecords
 from services.token.settings import TokenSettings
 from services.token.store.directory import Client, DirectoryStore, User
 from services.token.store.tokens import RefreshRecord, TokenStore
@@ -42,7 +42,7 @@ class Grants:
         directory: DirectoryStore,
         tokens: TokenStore,
         minter: Minter,
-        revocations: Revocations,
+        revocations: RevocationRecords,
         guessing: Guessing,
         settings: TokenSettings,
     ) -> None:

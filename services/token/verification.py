@@ -17,7 +17,7 @@ from typing import Any
 from services.runtime.auth import jwt
 from services.runtime.auth.external import ExternalIssuers
 from services.token.claims import AccessClaims, Identity, MalformedToken
-from services.token.revocation import Revocations
+from services.token.revocation_records import RevocationRecords
 from services.token.signing import SigningKeys
 
 log = logging.getLogger("macp.token.verification")
@@ -54,7 +54,7 @@ class TokenVerifier:
     def __init__(
         self,
         keys: SigningKeys,
-        revocations: Revocations,
+        revocations: RevocationRecords,
         issuer: str,
         max_delegation_depth: int,
         external: ExternalIssuers | None = None,

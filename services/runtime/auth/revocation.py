@@ -13,8 +13,8 @@ was sent. A revocation written at time t is therefore seen by every process by t
 call. Redis stays the truth: when the cache is full it is simply emptied.
 
 A token exchanged from a revoked one (RFC 8693, at any depth) is revoked too: the token service
-marks every live descendant when it revokes the ancestor (services/token/revocation.py), so this
-one lookup of the token's own jti covers its whole lineage, at no extra cost per verification.
+marks every live descendant when it revokes the ancestor (services/token/revocation_records.py), so
+this one lookup of the token's own jti covers its whole lineage, at no extra cost per verification.
 """
 
 from __future__ import annotations

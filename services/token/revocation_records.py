@@ -1,4 +1,4 @@
-"""Revocation: a Postgres row (durable) and the Redis mark every verifier checks.
+"""Revocation records: a Postgres row (durable) and the Redis mark every verifier checks.
 
 The mark is the runtime's (`services.runtime.auth.revocation`): `<MACP_REDIS_KEY_PREFIX>revoked:<jti>`
 = "1", expiring when no verifier would accept the token any more (its `exp` plus the verifiers'
@@ -31,7 +31,7 @@ EXCHANGED_FROM_REVOKED = "exchanged from a revoked token"
 log = logging.getLogger("macp.token.revocation")
 
 
-class Revocations:
+class RevocationRecords:
     def __init__(self, redis: aioredis.Redis, key_prefix: str, store: TokenStore) -> None:
         self._redis = redis
         self._prefix = key_prefix

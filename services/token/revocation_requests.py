@@ -1,4 +1,4 @@
-"""RFC 7009 revocation, by token value or (MACP extension) by token id.
+"""RFC 7009 revocation requests, by token value or (MACP extension) by token id.
 
 A client revokes only tokens issued to it. An unknown, invalid or already expired token is not an
 error (RFC 7009 2.2): there is nothing left to revoke. Revoking a refresh token revokes its family.
@@ -14,20 +14,20 @@ from services.token.clients import Clients
 from services.token.hashing import hash_refresh_token
 from services.token.introspection import looks_like_jwt
 from services.token.oauth import oauth_error
-from services.token.revocation import Revocations
+from services.token.revocation_records import RevocationRecords
 from services.token.store.directory import Client, DirectoryStore
 from services.token.store.tokens import Revocation, TokenStore
 from services.token.verification import TokenVerifier
 
 
-class Revoker:
+class RevocationRequests:
     def __init__(
         self,
         clients: Clients,
         directory: DirectoryStore,
         verifier: TokenVerifier,
         tokens: TokenStore,
-        revocations: Revocations,
+        revocations: RevocationRecords,
     ) -> None:
         self._clients = clients
         self._directory = directory
