@@ -8,113 +8,77 @@ nothing it does not need (one RSA verify, two small JSON documents).
 
 Order of the checks: size, shape, header, signature, then claims. The payload is parsed only after
 its signature is verified, so an attacker's JSON reaches nothing but the tiny header parser.
+
+Three modules, split where that order splits: jwt_jws.py holds everything up to and including the
+signature (the format, its header, base64url, signing and the JWK form of the keys), jwt_claims.py
+what a signed payload must hold (`Claims`), and this one `verify`, which runs the two in that
+order. Every importer uses this module: it re-exports the other two's public names.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import math
-import re
 import time
-from collections.abc import Callable, Mapping
-from types import MappingProxyType
-from typing import Any, Final, NamedTuple, Protocol
+from typing import Final
 
-import orjson
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from services.runtime.auth.jwt_claims import (
+    CLIENT_CLASSES,
+    DEFAULT_MAX_DELEGATION_DEPTH,
+    MAX_JTI_LENGTH,
+    TIERS,
+    ActorClaim,
+    Claims,
+    claims_of,
+    numeric_date,
+)
+from services.runtime.auth.jwt_jws import (
+    ALGORITHM,
+    FORBIDDEN_HEADER_MEMBERS,
+    KID_PATTERN,
+    MAX_TOKEN_LENGTH,
+    MIN_RSA_KEY_BITS,
+    TOKEN_TYPE,
+    InvalidToken,
+    KeyLookup,
+    access_token_kid,
+    b64url_encode,
+    check_header,
+    decode_header,
+    jwk_from_public_key,
+    public_key_from_jwk,
+    sign,
+    unverified_issuer,
+    verified_payload,
+)
 
-ALGORITHM: Final = "RS256"
-TOKEN_TYPE: Final = "at+jwt"
-# RFC 9068 section 4: "at+jwt", and the full media type is equally acceptable.
-_ACCEPTED_TYPES: Final = frozenset({"at+jwt", "application/at+jwt"})
-MAX_TOKEN_LENGTH: Final = 8 * 1024
+__all__ = [
+    "ALGORITHM",
+    "CLIENT_CLASSES",
+    "DEFAULT_LEEWAY_SECONDS",
+    "DEFAULT_MAX_DELEGATION_DEPTH",
+    "FORBIDDEN_HEADER_MEMBERS",
+    "KID_PATTERN",
+    "MAX_JTI_LENGTH",
+    "MAX_TOKEN_LENGTH",
+    "MIN_RSA_KEY_BITS",
+    "TIERS",
+    "TOKEN_TYPE",
+    "ActorClaim",
+    "Claims",
+    "InvalidToken",
+    "KeyLookup",
+    "b64url_encode",
+    "check_header",
+    "decode_header",
+    "jwk_from_public_key",
+    "numeric_date",
+    "public_key_from_jwk",
+    "sign",
+    "unverified_issuer",
+    "verified_payload",
+    "verify",
+]
+
 DEFAULT_LEEWAY_SECONDS: Final = 30
-DEFAULT_MAX_DELEGATION_DEPTH: Final = 2
-MIN_RSA_KEY_BITS: Final = 2048
-# A jti becomes a Redis key and Principal.token_id (max 128 characters).
-MAX_JTI_LENGTH: Final = 128
-TIERS: Final = frozenset({"free", "pro", "enterprise"})
-CLIENT_CLASSES: Final = frozenset({"internal", "consumer", "partner", "third_party"})
-
-# A kid is looked up, logged and may name a file on the signing side: no dots, slashes or spaces.
-KID_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
-# Base64url without padding (RFC 7515 section 2); the signature segment may be empty or absent so
-# that those cases get their own reason instead of a generic "malformed".
-_SHAPE: Final = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]+)(?:\.([A-Za-z0-9_-]*))?")
-_BASE64URL: Final = re.compile(r"[A-Za-z0-9_-]+")
-_HEADER_MEMBERS: Final = frozenset({"alg", "typ", "kid"})
-# Members that would let the token choose its own key or demand extensions we do not implement.
-FORBIDDEN_HEADER_MEMBERS: Final = frozenset({"jku", "x5u", "x5c", "jwk", "crit"})
-
-_PADDING: Final = padding.PKCS1v15()
-_HASH: Final = hashes.SHA256()
-
-
-class InvalidToken(Exception):
-    """A token that must not be accepted. `reason` is a short machine word (`expired`,
-    `bad_signature`, ...), safe to log and to return to the caller; `detail` names the claim or
-    header member concerned, if any. Neither ever contains the token."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
-
-
-class KeyLookup(Protocol):
-    """Public keys by kid: a plain dict, or the JWKS cache."""
-
-    def get(self, kid: str, /) -> rsa.RSAPublicKey | None: ...
-
-
-class ActorClaim(NamedTuple):
-    """One level of the RFC 8693 `act` claim: `{"sub", "client_id", "agent_id" (agent actors)}`.
-    A NamedTuple, like `Claims`, for what it saves on every verification."""
-
-    sub: str
-    client_id: str | None = None
-    agent_id: str | None = None
-
-
-class Claims(NamedTuple):
-    """The verified claims of an access token; `raw` holds every claim as signed.
-
-    A NamedTuple rather than a frozen dataclass: it is just as immutable, and it is built on every
-    verification, where a frozen dataclass's `__init__` (one `object.__setattr__` per field) cost
-    about 10 µs of a ~100 µs check."""
-
-    iss: str
-    sub: str
-    aud: tuple[str, ...]
-    exp: float
-    iat: float
-    nbf: float | None
-    jti: str
-    client_id: str | None
-    scopes: tuple[str, ...]
-    tenant_id: str | None
-    tier: str | None
-    user_id: str | None
-    client_class: str | None
-    # Most recent actor first: actor_chain[0] is the top-level `act`.
-    actor_chain: tuple[ActorClaim, ...]
-    agent_id: str | None
-    owner_id: str | None
-    capabilities: tuple[str, ...]
-    raw: Mapping[str, Any]
-
-    def check_lifetime(self, now: float, leeway: float) -> None:
-        """Raise unless the token is valid at `now`; re-run on every use of a cached verification."""
-        if now >= self.exp + leeway:
-            raise InvalidToken("expired")
-        if self.nbf is not None and self.nbf > now + leeway:
-            raise InvalidToken("not_yet_valid", "nbf")
-        if self.iat > now + leeway:
-            raise InvalidToken("not_yet_valid", "iat")
 
 
 def verify(
@@ -128,356 +92,7 @@ def verify(
     max_delegation_depth: int = DEFAULT_MAX_DELEGATION_DEPTH,
 ) -> Claims:
     """The claims of `token` if it is a valid MACP access token for `audience`; else `InvalidToken`."""
-    payload = verified_payload(token, keys, _kid_of)
-    claims = _claims(payload, issuer, audience, max_delegation_depth)
+    payload = verified_payload(token, keys, access_token_kid)
+    claims = claims_of(payload, issuer, audience, max_delegation_depth)
     claims.check_lifetime(time.time() if now is None else now, leeway)
     return claims
-
-
-def verified_payload(token: str, keys: KeyLookup, kid_of: Callable[[str], str]) -> Any:
-    """The decoded payload of a JWS whose header `kid_of` accepts (returning its kid) and whose RS256
-    signature verifies with that key; else `InvalidToken`. Nothing of the payload is read before the
-    signature is checked. Shared with the verifier of external issuers' tokens, whose headers differ."""
-    if len(token) > MAX_TOKEN_LENGTH:
-        raise InvalidToken("oversized")
-    shape = _SHAPE.fullmatch(token)
-    if shape is None:
-        raise InvalidToken("malformed", "not a JWS compact serialization")
-    header_segment, payload_segment, signature_segment = shape.groups()
-    kid = kid_of(header_segment)
-    if not signature_segment:
-        raise InvalidToken("missing_signature")
-    key = keys.get(kid)
-    if key is None:
-        raise InvalidToken("unknown_kid", kid)
-    signature = _b64decode(signature_segment, "signature")
-    signing_input = token[: len(header_segment) + 1 + len(payload_segment)].encode("ascii")
-    try:
-        key.verify(signature, signing_input, _PADDING, _HASH)
-    except InvalidSignature:
-        raise InvalidToken("bad_signature") from None
-    return _decode_payload(payload_segment)
-
-
-def unverified_issuer(token: str) -> str | None:
-    """The `iss` a token claims, before anything about it is trusted: only to choose which issuer's
-    keys and rules verify it (as Envoy's jwt_authn picks its provider). None when there is none."""
-    shape = _SHAPE.fullmatch(token) if len(token) <= MAX_TOKEN_LENGTH else None
-    if shape is None:
-        return None
-    try:
-        payload = _decode_payload(shape.group(2))
-    except InvalidToken:
-        return None
-    issuer = payload.get("iss") if isinstance(payload, dict) else None
-    return issuer if isinstance(issuer, str) else None
-
-
-def sign(claims: Mapping[str, Any], *, private_key: rsa.RSAPrivateKey, kid: str) -> str:
-    """`claims` as a MACP access token signed by `private_key` under `kid`; the header is fixed."""
-    if not KID_PATTERN.fullmatch(kid):
-        raise ValueError(f"kid {kid!r} must match {KID_PATTERN.pattern}")
-    if private_key.key_size < MIN_RSA_KEY_BITS:
-        raise ValueError(f"RSA keys must have at least {MIN_RSA_KEY_BITS} bits")
-    header = {"alg": ALGORITHM, "typ": TOKEN_TYPE, "kid": kid}
-    signing_input = f"{_b64json(header)}.{_b64json(claims)}"
-    signature = private_key.sign(signing_input.encode("ascii"), _PADDING, _HASH)
-    token = f"{signing_input}.{b64url_encode(signature)}"
-    # Fail loudly where the token is made rather than have every verifier refuse it.
-    if len(token) > MAX_TOKEN_LENGTH:
-        raise ValueError(f"the signed token has {len(token)} characters; the limit is {MAX_TOKEN_LENGTH}")
-    return token
-
-
-def jwk_from_public_key(public_key: rsa.RSAPublicKey, kid: str) -> dict[str, str]:
-    """The RFC 7517 JWK of an RS256 verification key, as published in the JWKS."""
-    if not KID_PATTERN.fullmatch(kid):
-        raise ValueError(f"kid {kid!r} must match {KID_PATTERN.pattern}")
-    numbers = public_key.public_numbers()
-    return {
-        "kty": "RSA",
-        "kid": kid,
-        "use": "sig",
-        "alg": ALGORITHM,
-        "n": b64url_encode(_unsigned_bytes(numbers.n)),
-        "e": b64url_encode(_unsigned_bytes(numbers.e)),
-    }
-
-
-def public_key_from_jwk(jwk: Mapping[str, Any]) -> rsa.RSAPublicKey:
-    """The RSA key of one JWKS entry; ValueError for anything that is not an RS256 signing key."""
-    if jwk.get("kty") != "RSA":
-        raise ValueError(f"kty {jwk.get('kty')!r} is not RSA")
-    if jwk.get("alg", ALGORITHM) != ALGORITHM:
-        raise ValueError(f"alg {jwk.get('alg')!r} is not {ALGORITHM}")
-    if jwk.get("use", "sig") != "sig":
-        raise ValueError(f"use {jwk.get('use')!r} is not sig")
-    n, e = (_jwk_integer(jwk, name) for name in ("n", "e"))
-    if n.bit_length() < MIN_RSA_KEY_BITS:
-        raise ValueError(f"the modulus has {n.bit_length()} bits; at least {MIN_RSA_KEY_BITS} are required")
-    return rsa.RSAPublicNumbers(e, n).public_key()
-
-
-def b64url_encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _b64json(value: Mapping[str, Any]) -> str:
-    return b64url_encode(json.dumps(value, separators=(",", ":")).encode("utf-8"))
-
-
-def _unsigned_bytes(number: int) -> bytes:
-    return number.to_bytes((number.bit_length() + 7) // 8 or 1, "big")
-
-
-def _jwk_integer(jwk: Mapping[str, Any], name: str) -> int:
-    value = jwk.get(name)
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{name} is missing")
-    # urlsafe_b64decode would silently drop characters outside the alphabet.
-    if not _BASE64URL.fullmatch(value):
-        raise ValueError(f"{name} is not base64url")
-    try:
-        return int.from_bytes(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)), "big")
-    except (binascii.Error, ValueError):
-        raise ValueError(f"{name} is not base64url") from None
-
-
-_FROM_URLSAFE: Final = bytes.maketrans(b"-_", b"+/")
-
-
-def _b64decode(segment: str, part: str) -> bytes:
-    # The alphabet was checked by _SHAPE; what is left to fail is a length no encoding produces.
-    # binascii directly: base64.urlsafe_b64decode is two more Python frames on every verification.
-    try:
-        padded = (segment + "=" * (-len(segment) % 4)).encode("ascii")
-        return binascii.a2b_base64(padded.translate(_FROM_URLSAFE))
-    except (binascii.Error, ValueError):
-        raise InvalidToken("malformed", f"{part} is not base64url") from None
-
-
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Parsers disagree on which of two `alg` members wins; accept neither.
-    members = dict(pairs)
-    if len(members) != len(pairs):
-        raise ValueError("duplicate member")
-    return members
-
-
-# One decoder, built once: json.loads with a hook would build a new one on every call.
-_HEADER_JSON: Final = json.JSONDecoder(object_pairs_hook=_unique_members)
-
-
-def decode_header(segment: str) -> Any:
-    try:
-        return _HEADER_JSON.decode(_b64decode(segment, "header").decode("utf-8"))
-    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise InvalidToken("malformed", "header is not a JSON object") from None
-
-
-def _decode_payload(segment: str) -> Any:
-    # orjson, not json: this runs on every verification and orjson parses the payload in a third of
-    # the time. It also refuses what must not pass: NaN and Infinity (an `exp` of NaN would never
-    # compare as expired), invalid UTF-8, and nesting deeper than it allows. No duplicate-member
-    # check here: the payload is signed by the time it is parsed (the header has one).
-    try:
-        return orjson.loads(_b64decode(segment, "payload"))
-    except ValueError:  # orjson.JSONDecodeError is one
-        raise InvalidToken("malformed", "payload is not a JSON object") from None
-
-
-# Every token one key signs carries the same header segment, and its verdict depends on nothing
-# else, so the kid of an accepted header is kept: most verifications skip the header's base64 and
-# JSON. Only accepted headers are kept, and a bounded number, so refused ones cannot grow it.
-_HEADER_MEMO_SIZE: Final = 64
-_accepted_headers: dict[str, str] = {}
-
-
-def _kid_of(header_segment: str) -> str:
-    kid = _accepted_headers.get(header_segment)
-    if kid is None:
-        kid = _check_header(decode_header(header_segment))
-        if len(_accepted_headers) >= _HEADER_MEMO_SIZE:
-            _accepted_headers.clear()
-        _accepted_headers[header_segment] = kid
-    return kid
-
-
-def _check_header(header: Any) -> str:
-    """The kid of a header that is exactly {alg: RS256, typ: at+jwt, kid}; else InvalidToken."""
-    return check_header(header, _ACCEPTED_TYPES, typ_required=True)
-
-
-def check_header(header: Any, accepted_types: frozenset[str], *, typ_required: bool) -> str:
-    """The kid of a decoded header {alg: RS256, kid, typ (one of `accepted_types`, lower case)}
-    with nothing else in it; else InvalidToken. Outside issuers' tokens may leave `typ` out."""
-    if not isinstance(header, dict):
-        raise InvalidToken("malformed", "header is not a JSON object")
-    forbidden = FORBIDDEN_HEADER_MEMBERS.intersection(header)
-    if forbidden:
-        raise InvalidToken("forbidden_header", min(forbidden))
-    if header.get("alg") != ALGORITHM:
-        raise InvalidToken("unsupported_alg")
-    typ = header.get("typ")
-    if (typ is not None or typ_required) and (not isinstance(typ, str) or typ.lower() not in accepted_types):
-        raise InvalidToken("invalid_typ")
-    kid = header.get("kid")
-    if not isinstance(kid, str) or not KID_PATTERN.fullmatch(kid):
-        raise InvalidToken("invalid_kid")
-    unexpected = header.keys() - _HEADER_MEMBERS
-    if unexpected:
-        raise InvalidToken("unexpected_header", min(unexpected))
-    return kid
-
-
-def _claims(payload: Any, issuer: str, audience: str, max_delegation_depth: int) -> Claims:
-    if not isinstance(payload, dict):
-        raise InvalidToken("malformed", "payload is not a JSON object")
-    iss = _required_string(payload, "iss")
-    if iss != issuer:
-        raise InvalidToken("wrong_issuer")
-    aud = _audiences(payload)
-    if audience not in aud:
-        raise InvalidToken("wrong_audience")
-    jti = _required_string(payload, "jti")
-    if len(jti) > MAX_JTI_LENGTH:
-        raise InvalidToken("invalid_claim", "jti")
-    sub = _required_string(payload, "sub")
-    exp, iat, nbf = (
-        _required_time(payload, "exp"),
-        _required_time(payload, "iat"),
-        _optional_time(payload, "nbf"),
-    )
-    # One loop, not a call per claim: this runs on every verification, and calls are most of its cost.
-    get = payload.get
-    for name in _OPTIONAL_STRINGS:
-        value = get(name)
-        if value is not None and (type(value) is not str or not value):
-            raise InvalidToken("invalid_claim", name)
-    tier, client_class = get("tier"), get("client_class")
-    if tier is not None and tier not in TIERS:
-        raise InvalidToken("invalid_claim", "tier")
-    if client_class is not None and client_class not in CLIENT_CLASSES:
-        raise InvalidToken("invalid_claim", "client_class")
-    return Claims(
-        iss,
-        sub,
-        aud,
-        exp,
-        iat,
-        nbf,
-        jti,
-        get("client_id"),
-        _scopes(payload),
-        get("tenant_id"),
-        tier,
-        get("user_id"),
-        client_class,
-        () if get("act") is None else _actor_chain(payload, max_delegation_depth),
-        get("agent_id"),
-        get("owner_id"),
-        () if get("capabilities") is None else _string_list(payload, "capabilities"),
-        MappingProxyType(payload),
-    )
-
-
-# The optional string claims, checked in this order (the first bad one names the refusal).
-_OPTIONAL_STRINGS: Final = (
-    "client_id",
-    "tenant_id",
-    "tier",
-    "user_id",
-    "client_class",
-    "agent_id",
-    "owner_id",
-)
-
-
-def _required_string(claims: Mapping[str, Any], name: str) -> str:
-    value = claims.get(name)
-    if value is None:
-        raise InvalidToken("missing_claim", name)
-    if not isinstance(value, str) or not value:
-        raise InvalidToken("invalid_claim", name)
-    return value
-
-
-def _optional_string(claims: Mapping[str, Any], name: str) -> str | None:
-    value = claims.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise InvalidToken("invalid_claim", name)
-    return value
-
-
-def numeric_date(value: Any, name: str) -> float:
-    # bool is an int in Python; `"exp": true` is not a date.
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidToken("invalid_claim", name)
-    if isinstance(value, float) and not math.isfinite(value):  # 1e400 parses as inf
-        raise InvalidToken("invalid_claim", name)
-    return value
-
-
-def _required_time(claims: Mapping[str, Any], name: str) -> float:
-    value = claims.get(name)
-    if value is None:
-        raise InvalidToken("missing_claim", name)
-    return numeric_date(value, name)
-
-
-def _optional_time(claims: Mapping[str, Any], name: str) -> float | None:
-    value = claims.get(name)
-    return None if value is None else numeric_date(value, name)
-
-
-def _audiences(claims: Mapping[str, Any]) -> tuple[str, ...]:
-    value = claims.get("aud")
-    if value is None:
-        raise InvalidToken("missing_claim", "aud")
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, list) and value and all(isinstance(item, str) for item in value):
-        return tuple(value)
-    raise InvalidToken("invalid_claim", "aud")
-
-
-def _scopes(claims: Mapping[str, Any]) -> tuple[str, ...]:
-    value = claims.get("scope")
-    if value is None:
-        return ()
-    if not isinstance(value, str):
-        raise InvalidToken("invalid_claim", "scope")
-    return tuple(value.split())
-
-
-def _string_list(claims: Mapping[str, Any], name: str) -> tuple[str, ...]:
-    value = claims.get(name)
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise InvalidToken("invalid_claim", name)
-    return tuple(value)
-
-
-def _actor_chain(claims: Mapping[str, Any], max_depth: int) -> tuple[ActorClaim, ...]:
-    chain: list[ActorClaim] = []
-    act = claims.get("act")
-    while act is not None:
-        if len(chain) == max_depth:
-            raise InvalidToken("delegation_too_deep")
-        if not isinstance(act, dict):
-            raise InvalidToken("invalid_claim", "act")
-        sub = act.get("sub")
-        if not isinstance(sub, str) or not sub:
-            raise InvalidToken("invalid_claim", "act")
-        chain.append(
-            ActorClaim(
-                sub=sub,
-                client_id=_optional_string(act, "client_id"),
-                agent_id=_optional_string(act, "agent_id"),
-            )
-        )
-        act = act.get("act")
-    return tuple(chain)
