@@ -40,7 +40,7 @@ class TokenDomain:
     exchange: TokenExchange
     agent_tokens: AgentTokens
     introspection: Introspection
-    revoker: RevocationRequests
+    revocation_requests: RevocationRequests
     registration: Registration
     keys: SigningKeys
     accounts: Accounts
@@ -84,7 +84,7 @@ class TokenDomain:
             ),
             agent_tokens=AgentTokens(directory, clients, minter),
             introspection=Introspection(clients, verifier, tokens, directory, settings.issuer),
-            revoker=RevocationRequests(clients, directory, verifier, tokens, revocations),
+            revocation_requests=RevocationRequests(clients, directory, verifier, tokens, revocations),
             registration=Registration(directory, settings.initial_access_token),
             keys=keys,
             accounts=Accounts(directory),

@@ -85,7 +85,7 @@ class TokenServicer(pb_grpc.TokenServiceServicer):
 
     async def Revoke(self, request: pb.RevokeRequest, context: RpcContext) -> pb.RevokeResponse:
         credentials.body_only(context)
-        await self._domain.revoker.revoke(request)
+        await self._domain.revocation_requests.revoke(request)
         return pb.RevokeResponse()
 
     async def RegisterClient(
