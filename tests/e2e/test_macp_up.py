@@ -50,11 +50,10 @@ def _wait_ready(process: subprocess.Popen[str], data_dir: Path, log: Path, timeo
     pytest.fail(f"macp up was not ready within {timeout} s:\n{log.read_text()}")
 
 
-def test_macp_up_serves_the_slice_and_stops_cleanly(data_dir: Path) -> None:
-    environ = stack_environ(data_dir)
-    log = data_dir.parent / "up.out"
+def spawn_up(data_dir: Path, environ: dict[str, str], log: Path) -> subprocess.Popen[str]:
+    """`macp up` as users start it (`python -m services.cli.main up`), its output into `log`."""
     with log.open("w") as out:
-        process = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-m", "services.cli.main", "up", "--data-dir", str(data_dir)],
             env=environ,
             cwd=REPO,
@@ -62,6 +61,12 @@ def test_macp_up_serves_the_slice_and_stops_cleanly(data_dir: Path) -> None:
             stderr=subprocess.STDOUT,
             text=True,
         )
+
+
+def test_macp_up_serves_the_slice_and_stops_cleanly(data_dir: Path) -> None:
+    environ = stack_environ(data_dir)
+    log = data_dir.parent / "up.out"
+    process = spawn_up(data_dir, environ, log)
     try:
         _wait_ready(process, data_dir, log)
         ready = READY_LINE.search(log.read_text())

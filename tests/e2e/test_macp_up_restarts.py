@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +19,8 @@ import pytest
 from services.stack import stackfile
 from services.stack.infra import scratch_data_dir
 from services.stack.probes import ProbeError, grpc_serving
-from tests.e2e.test_macp_up import _wait_ready
-from tests.stack.test_up import REPO, assert_all_gone, macp, recorded_processes, stack_environ
+from tests.e2e.test_macp_up import _wait_ready, spawn_up
+from tests.stack.test_up import assert_all_gone, macp, recorded_processes, stack_environ
 
 pytestmark = pytest.mark.integration
 
@@ -36,15 +35,7 @@ def up() -> Iterator[tuple[subprocess.Popen[str], Path, dict[str, str], Path]]:
         data_dir = base / "data"
         environ = stack_environ(data_dir)
         log = base / "up.out"
-        with log.open("w") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "services.cli.main", "up", "--data-dir", str(data_dir)],
-                env=environ,
-                cwd=REPO,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
+        process = spawn_up(data_dir, environ, log)
         try:
             yield process, data_dir, environ, log
         finally:
