@@ -45,8 +45,16 @@ FOLLOW_RETRIES: Final = 5
 _FIELD: Final = b"e"
 _EVENT_ID: Final = re.compile(r"(\d{1,20})-(\d{1,20})")
 
-# KEYS: stream, floor, lease. ARGV: payload, max_events, idle_seconds, holder ("" when unfenced).
+# KEYS: stream, floor, lease[, once]. ARGV: payload, max_events, idle_seconds, holder ("" when
+# unfenced)[, once prefix, once seconds]. Answers {1, id} when appended, false when the lease is
+# not the holder's. With a once key the event is appended only if that key is absent, and the key
+# is set to "<prefix> <event id>" in the same step: one event per key however many callers race
+# (a message's MessageAccepted, appended by its first poster only); {0, value} when it was there.
 _APPEND: Final = """
+if KEYS[4] then
+  local seen = redis.call('GET', KEYS[4])
+  if seen then return {0, seen} end
+end
 if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[4] then return false end
 local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])
 local excess = redis.call('XLEN', KEYS[1]) - tonumber(ARGV[2])
@@ -57,7 +65,8 @@ if excess > 0 then
 end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
-return id
+if KEYS[4] then redis.call('SET', KEYS[4], ARGV[5] .. ' ' .. id, 'EX', ARGV[6]) end
+return {1, id}
 """
 
 
@@ -65,26 +74,6 @@ return id
 _EVENT_ID_PART_LIMIT = 2**64
 
 
-# KEYS: stream, floor, lease, once. ARGV: as _APPEND, then the once key's value prefix and its
-# lifetime. The event is appended only if the once key is absent, and the key is set to
-# "<prefix> <event id>" with it: one event per key however many callers race (a message's
-# MessageAccepted, appended by its first poster only). Answers {0, value} when the key was there.
-_APPEND_ONCE: Final = """
-local seen = redis.call('GET', KEYS[4])
-if seen then return {0, seen} end
-if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[4] then return false end
-local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])
-local excess = redis.call('XLEN', KEYS[1]) - tonumber(ARGV[2])
-if excess > 0 then
-  local trimmed = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', excess)
-  redis.call('XTRIM', KEYS[1], 'MAXLEN', ARGV[2])
-  redis.call('SET', KEYS[2], trimmed[#trimmed][1])
-end
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
-redis.call('SET', KEYS[4], ARGV[5] .. ' ' .. id, 'EX', ARGV[6])
-return {1, id}
-"""
 # How far back a takeover looks for the round it closes (round_events): far more events than one
 # round writes, and few enough to read in a few milliseconds.
 ROUND_SCAN_LIMIT: Final = 5_000
@@ -116,7 +105,6 @@ class EventLog:
         self._idle_seconds = idle_seconds
         self._block_ms = block_ms
         self._append = redis.register_script(_APPEND)
-        self._append_once = redis.register_script(_APPEND_ONCE)
         self._tail = LogTail(redis, prefix, block_ms=block_ms)
 
     def _stream(self, conversation_id: str) -> str:
@@ -131,10 +119,10 @@ class EventLog:
         """`event` stored as the conversation's next one; returned with its id, conversation and
         time. With `lease`, only while it is current (else LeaseLost, and nothing is stored)."""
         stored = self._stamped(conversation_id, event)
-        event_id = await self._append(keys=self._keys(conversation_id), args=self._args(stored, lease))
-        if event_id is None:
+        reply = await self._append(keys=self._keys(conversation_id), args=self._args(stored, lease))
+        if reply is None:
             raise LeaseLost(f"conversation {conversation_id}: the lease is no longer this driver's")
-        stored.event_id = text_of(event_id)
+        stored.event_id = text_of(reply[1])
         return stored
 
     async def append_once(
@@ -149,7 +137,7 @@ class EventLog:
         when appended, (None, the key's earlier value) when not."""
         key, prefix, seconds = once
         stored = self._stamped(conversation_id, event)
-        reply = await self._append_once(
+        reply = await self._append(
             keys=[*self._keys(conversation_id), key],
             args=[*self._args(stored, lease), prefix, seconds],
         )

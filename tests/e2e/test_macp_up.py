@@ -63,6 +63,19 @@ def spawn_up(data_dir: Path, environ: dict[str, str], log: Path) -> subprocess.P
         )
 
 
+def stop_up(process: subprocess.Popen[str]) -> None:
+    """Stop `macp up` the way a user would, if it still runs (after a failed assertion): SIGTERM
+    lets the supervisor stop its children (a SIGKILL would orphan the whole stack); kill only if
+    that hangs."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def test_macp_up_serves_the_slice_and_stops_cleanly(data_dir: Path) -> None:
     environ = stack_environ(data_dir)
     log = data_dir.parent / "up.out"
@@ -120,15 +133,7 @@ def test_macp_up_serves_the_slice_and_stops_cleanly(data_dir: Path) -> None:
         assert_all_gone(processes)
         assert_no_secret_logged(secrets_used, [log, *sorted((data_dir / "logs").iterdir())])
     finally:
-        # After a failed assertion, stop it the way a user would: SIGTERM lets the supervisor stop
-        # its children (a SIGKILL would orphan the whole stack); kill only if that hangs.
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_up(process)
 
 
 async def _ping_over_websocket(front: str, access_token: str) -> None:

@@ -19,7 +19,7 @@ import pytest
 from services.stack import stackfile
 from services.stack.infra import scratch_data_dir
 from services.stack.probes import ProbeError, grpc_serving
-from tests.e2e.test_macp_up import _wait_ready, spawn_up
+from tests.e2e.test_macp_up import _wait_ready, spawn_up, stop_up
 from tests.stack.test_up import assert_all_gone, macp, recorded_processes, stack_environ
 
 pytestmark = pytest.mark.integration
@@ -39,13 +39,7 @@ def up() -> Iterator[tuple[subprocess.Popen[str], Path, dict[str, str], Path]]:
         try:
             yield process, data_dir, environ, log
         finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_up(process)
 
 
 def component(document: dict[str, Any], name: str) -> dict[str, Any]:

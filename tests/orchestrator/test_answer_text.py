@@ -3,14 +3,13 @@ refuses (Postgres cannot store it), is stored as U+FFFD instead of losing the wh
 
 from __future__ import annotations
 
-import uuid
 from typing import Any, cast
 
-from macp.common.v1 import principal_pb2
 from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 
 from services.orchestrator.downstream import Caller, Downstream
-from services.orchestrator.turns import TurnRunner, TurnSpec
+from services.orchestrator.turns import TurnRunner
+from tests.orchestrator.turn_specs import a_turn_spec
 
 
 class _Conversation:
@@ -34,14 +33,7 @@ class _Downstream:
 async def test_a_nul_in_an_answer_is_stored_as_the_replacement_character() -> None:
     downstream = _Downstream()
     runner = TurnRunner(cast(Downstream, downstream), turn_timeout=5, reservation_ttl=60)
-    spec = TurnSpec(
-        turn_id=str(uuid.uuid4()),
-        agent=conversation_pb.Agent(id=str(uuid.uuid4()), name="Ada"),
-        caller=Caller("token", principal_pb2.Principal(tenant_id="acme")),
-        conversation_id=str(uuid.uuid4()),
-        messages=[],
-        system_prompt="",
-    )
+    spec = a_turn_spec()
     await runner.store_answer(
         spec.caller, spec.conversation_id, spec.agent.id, spec.turn_id, "before\x00after"
     )

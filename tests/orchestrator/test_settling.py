@@ -4,12 +4,11 @@ is not billed (its hold is released), and one stored after a restart is billed o
 
 from __future__ import annotations
 
-import uuid
 from typing import Any, cast
 
 import grpc
 from macp.agent_proxy.v1 import agent_proxy_service_pb2 as proxy_pb
-from macp.common.v1 import principal_pb2, usage_pb2
+from macp.common.v1 import usage_pb2
 from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 from macp.metering.v1 import metering_service_pb2 as metering_pb
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
@@ -17,6 +16,7 @@ from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 from services.orchestrator.downstream import Caller, Downstream
 from services.orchestrator.rounds import take_turn
 from services.orchestrator.turns import Emit, Halt, TurnResult, TurnRunner, TurnSpec
+from tests.orchestrator.turn_specs import a_turn_spec
 
 
 def rpc_error(code: grpc.StatusCode) -> grpc.aio.AioRpcError:
@@ -87,14 +87,7 @@ async def turn_with(
     runner = _Runner(
         cast(Downstream, _Downstream(calls)), turn_timeout=5, reservation_ttl=60, settle_seconds=5
     )
-    spec = TurnSpec(
-        turn_id=str(uuid.uuid4()),
-        agent=conversation_pb.Agent(id=str(uuid.uuid4()), name="Ada"),
-        caller=Caller("token", principal_pb2.Principal(tenant_id="acme")),
-        conversation_id=str(uuid.uuid4()),
-        messages=[],
-        system_prompt="",
-    )
+    spec = a_turn_spec()
     events: list[pb.ConversationEvent] = []
 
     async def emit(event: pb.ConversationEvent) -> None:
