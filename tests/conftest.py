@@ -19,9 +19,17 @@ import asyncpg
 import pytest
 
 from services.stack.infra import Infrastructure, ephemeral_infrastructure
+from tests.leftovers import close_leftovers
 
 if TYPE_CHECKING:
     from tests.world import World
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def close_leftovers_before_the_loop() -> AsyncIterator[None]:
+    """Closes what tests left open while the session's loop still runs (see tests/leftovers.py)."""
+    yield
+    await close_leftovers()
 
 
 @pytest.fixture(scope="session")
