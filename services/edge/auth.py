@@ -7,50 +7,37 @@ TokenService.GetJwks over the mesh, revocations from Redis). A missing or bad to
 `WWW-Authenticate: Bearer error="invalid_token"` and the edge's JSON error shape; keys or
 revocations that cannot be checked right now are 503 (fail closed).
 
-The exchange: subject_token = the caller's token, audience = the callee's `urn:macp:service:<name>`,
-made by the edge's own client (internal, token-exchange grant). Exchanged tokens are cached per
-(caller's jti, audience) until shortly before they expire, so a session costs one exchange per
-callee, not one per request. The edge's client is `MACP_EDGE_CLIENT_ID`/`MACP_EDGE_CLIENT_SECRET`
-when set, else the edge registers one for itself on first use with the token service's initial
-access token (`MACP_TOKEN_INITIAL_ACCESS_TOKEN`, which the native stack hands every process).
+The exchange is the mesh channel's (services/runtime/auth/caller_tokens.py): the middleware sets
+the caller (services/runtime/principal.py), and each call a handler makes carries the caller's
+token exchanged for the callee's `urn:macp:service:<name>` by the edge's own client (internal,
+token-exchange grant), cached per (caller's jti, audience) until shortly before it expires, so a
+session costs one exchange per callee, not one per request. The edge's client is
+`MACP_EDGE_CLIENT_ID`/`MACP_EDGE_CLIENT_SECRET` when set, else the edge registers one for itself
+on first use with the token service's initial access token (`MACP_TOKEN_INITIAL_ACCESS_TOKEN`,
+which the native stack hands every process).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable
-from contextvars import ContextVar
-from dataclasses import dataclass
 from http import HTTPStatus
 
-from macp.token.v1 import token_service_pb2_grpc as token_grpc
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.edge.errors import error_response
-from services.runtime.auth.jwt import Claims, InvalidToken
-from services.runtime.auth.settings import USER_SCOPES
-from services.runtime.auth.token_client import ClientCredentials, ClientRegistration, TokenClient
+from services.runtime.auth.authenticator import principal_from_claims
+from services.runtime.auth.jwt import InvalidToken
 from services.runtime.auth.verifier import TokenVerifier
 from services.runtime.context import reset_quietly
 from services.runtime.errors import Unavailable
+from services.runtime.principal import Caller, caller_var
 
 log = logging.getLogger("macp.edge.auth")
 
 
 PUBLIC_PATHS = frozenset({"/healthz", "/v1/openapi.json"})
 PUBLIC_PREFIXES = ("/.well-known/", "/oauth2/")
-
-
-@dataclass(frozen=True)
-class Caller:
-    """The verified caller of the current HTTP request: its token (to exchange) and its claims."""
-
-    token: str
-    claims: Claims
-
-
-caller_var: ContextVar[Caller | None] = ContextVar("macp_edge_caller", default=None)
 
 
 def is_public(path: str) -> bool:
@@ -69,7 +56,7 @@ def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
 
 
 class BearerAuthMiddleware:
-    """Refuses a non-public request without a valid token; sets `caller_var` for the handlers."""
+    """Refuses a non-public request without a valid token; sets the caller for the handlers."""
 
     def __init__(self, app: ASGIApp, verifier: Callable[[], TokenVerifier]) -> None:
         self._app = app
@@ -96,7 +83,7 @@ class BearerAuthMiddleware:
         if claims.tenant_id is None:
             await self._refuse(scope, receive, send, "invalid token: missing_claim: tenant_id")
             return
-        reset = caller_var.set(Caller(token, claims))
+        reset = caller_var.set(Caller(token, principal_from_claims(claims)))
         try:
             await self._app(scope, receive, send)
         finally:
@@ -107,32 +94,3 @@ class BearerAuthMiddleware:
         response = error_response(HTTPStatus.UNAUTHORIZED, "UNAUTHENTICATED", message)
         response.headers["www-authenticate"] = 'Bearer error="invalid_token"'
         await response(scope, receive, send)
-
-
-# The edge's configured client (MACP_EDGE_CLIENT_ID/SECRET), as every service's own client is held.
-EdgeClient = ClientCredentials
-
-
-class TokenExchanger:
-    """The caller's token exchanged for one addressed to a service, cached per (jti, audience)."""
-
-    def __init__(
-        self,
-        stub: token_grpc.TokenServiceStub,
-        *,
-        client: EdgeClient | None,
-        initial_access_token: str | None,
-        timeout: float,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self._client = TokenClient(
-            stub,
-            registration=ClientRegistration(name="macp edge", scopes=USER_SCOPES),
-            credentials=client,
-            initial_access_token=initial_access_token,
-            timeout=timeout,
-            clock=clock,
-        )
-
-    async def exchange(self, caller: Caller, audience: str, metadata: tuple[tuple[str, str], ...]) -> str:
-        return await self._client.exchange(caller.claims.jti, caller.token, audience, metadata)

@@ -1,6 +1,7 @@
-"""What the edge's handlers share: settings, the one channel to Envoy's mesh listener with stubs,
-the token verifier of `urn:macp:edge`, the exchanger of tokens for the services it calls, and
-whether the edge is ready to take work (services/edge/readiness.py)."""
+"""What the edge's handlers share: settings, the channel to Envoy's mesh listener with stubs (its
+calls carry the caller's token exchanged for each callee: services/runtime/auth/caller_tokens.py),
+the token verifier of `urn:macp:edge`, and whether the edge is ready to take work
+(services/edge/readiness.py)."""
 
 from __future__ import annotations
 
@@ -15,35 +16,30 @@ from macp.token.v1 import token_service_pb2_grpc
 from prometheus_client import CollectorRegistry
 from starlette.requests import Request
 
-from services.edge.auth import EdgeClient, TokenExchanger, caller_var
 from services.edge.open_streams import OpenStreams
 from services.edge.rate_limits import RateLimits
 from services.edge.readiness import edge_readiness
 from services.edge.rest.idempotency import IdempotencyKeys
 from services.edge.settings import EdgeSettings
+from services.runtime.auth.caller_tokens import CallerTokens
 from services.runtime.auth.external import ExternalIssuers
 from services.runtime.auth.jwks import JwksCache, token_service_fetch
 from services.runtime.auth.revocation import RevocationChecker
-from services.runtime.auth.settings import EDGE_AUDIENCE, service_audience
+from services.runtime.auth.settings import EDGE_AUDIENCE, USER_SCOPES
+from services.runtime.auth.token_client import ClientCredentials, ClientRegistration, TokenClient
 from services.runtime.auth.verifier import TokenVerifier
-from services.runtime.context import REQUEST_ID_HEADER, current_request_id
-from services.runtime.errors import Unauthenticated
 from services.runtime.mesh import open_mesh_channel, open_probe_channel
 from services.runtime.ratelimit import RedisLimiter
 from services.runtime.readiness import Readiness
 from services.runtime.redis_client import create_redis
-
-# The audiences the caller's token is exchanged for (RFC 8693), one per service the edge calls.
-CONVERSATION_AUDIENCE = service_audience("conversation")
-ORCHESTRATOR_AUDIENCE = service_audience("orchestrator")
-METERING_AUDIENCE = service_audience("metering")
-TOKEN_AUDIENCE = service_audience("token")
 
 
 @dataclass
 class EdgeContext:
     settings: EdgeSettings
     channel: grpc.aio.Channel
+    # The edge's own client's calls to the token service: no caller's token on them.
+    tokens_channel: grpc.aio.Channel
     conversation: conversation_service_pb2_grpc.ConversationServiceStub
     orchestrator: orchestrator_service_pb2_grpc.OrchestratorServiceStub
     token: token_service_pb2_grpc.TokenServiceStub
@@ -52,7 +48,6 @@ class EdgeContext:
     jwks: JwksCache
     external_issuers: ExternalIssuers
     verifier: TokenVerifier
-    exchanger: TokenExchanger
     rate_limits: RateLimits
     idempotency: IdempotencyKeys
     # The streams open on this process, ended when their token is revoked (services/edge/open_streams.py).
@@ -63,7 +58,20 @@ class EdgeContext:
 
     @classmethod
     async def open(cls, settings: EdgeSettings, registry: CollectorRegistry | None = None) -> EdgeContext:
-        channel = open_mesh_channel(settings.common.mesh_address)
+        tokens_channel = open_mesh_channel(settings.common.mesh_address)
+        client = None
+        if settings.client_id is not None and settings.client_secret is not None:
+            client = ClientCredentials(settings.client_id, settings.client_secret)
+        caller_tokens = CallerTokens(
+            TokenClient(
+                token_service_pb2_grpc.TokenServiceStub(tokens_channel),
+                registration=ClientRegistration(name="macp edge", scopes=USER_SCOPES),
+                credentials=client,
+                initial_access_token=settings.initial_access_token,
+                timeout=settings.rpc_timeout_seconds,
+            )
+        )
+        channel = open_mesh_channel(settings.common.mesh_address, caller_tokens)
         token = token_service_pb2_grpc.TokenServiceStub(channel)
         redis = create_redis(settings.redis)
         jwks = JwksCache(
@@ -79,9 +87,6 @@ class EdgeContext:
             unknown_kid_refresh_seconds=settings.auth.jwks_unknown_kid_refresh_seconds,
         )
         await external_issuers.start()
-        client = None
-        if settings.client_id is not None and settings.client_secret is not None:
-            client = EdgeClient(settings.client_id, settings.client_secret)
         # One checker (and its cache) for requests and open streams alike.
         revocations = RevocationChecker(redis, settings.redis.key_prefix)
         open_streams = OpenStreams(revocations)
@@ -93,6 +98,7 @@ class EdgeContext:
         return cls(
             settings=settings,
             channel=channel,
+            tokens_channel=tokens_channel,
             conversation=conversation_service_pb2_grpc.ConversationServiceStub(channel),
             orchestrator=orchestrator_service_pb2_grpc.OrchestratorServiceStub(channel),
             token=token,
@@ -107,12 +113,6 @@ class EdgeContext:
                 revocations=revocations,
                 max_delegation_depth=settings.auth.max_delegation_depth,
                 external=external_issuers,
-            ),
-            exchanger=TokenExchanger(
-                token,
-                client=client,
-                initial_access_token=settings.initial_access_token,
-                timeout=settings.rpc_timeout_seconds,
             ),
             rate_limits=RateLimits(
                 settings.rate_limits, RedisLimiter(redis, settings.redis.key_prefix), registry
@@ -134,24 +134,12 @@ class EdgeContext:
         await self.external_issuers.stop()
         await self.redis.aclose()
         await self.channel.close()
+        await self.tokens_channel.close()
 
     @property
     def timeout(self) -> float:
         """The deadline of one RPC made on behalf of an HTTP request."""
         return self.settings.rpc_timeout_seconds
-
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        """Metadata of one RPC made on behalf of the current HTTP request: its request id."""
-        return ((REQUEST_ID_HEADER, current_request_id() or ""),)
-
-    async def call_metadata(self, audience: str) -> tuple[tuple[str, str], ...]:
-        """Metadata of one RPC to the service of `audience` on behalf of the current (authenticated)
-        request: its request id and `authorization: Bearer <the caller's token exchanged for it>`."""
-        caller = caller_var.get()
-        if caller is None:
-            raise Unauthenticated("this request carries no verified token")
-        exchanged = await self.exchanger.exchange(caller, audience, self.metadata())
-        return (*self.metadata(), ("authorization", f"Bearer {exchanged}"))
 
 
 def edge_context(request: Request) -> EdgeContext:

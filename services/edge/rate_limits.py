@@ -55,9 +55,10 @@ from redis.exceptions import RedisError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.edge.auth import Caller, caller_var
 from services.edge.errors import error_response
+from services.runtime.auth.authenticator import client_class_name
 from services.runtime.metrics import RateLimitMetrics
+from services.runtime.principal import Caller, caller_var
 from services.runtime.ratelimit import Decision, Keyed, Limit, LocalLimiter, RedisLimiter, limits_from_env
 from services.runtime.settings import Env
 
@@ -83,6 +84,13 @@ UNCOUNTED_PATHS = frozenset({"/healthz"})
 MAX_BLOCKED_SOURCES = 100_000
 # What every request gets while the limits are off: admitted, under no limit.
 UNLIMITED = Decision(admitted=True, retry_after_seconds=0.0, refused_by=None, states=())
+
+
+def caller_identity(caller: Caller) -> tuple[str, str, str]:
+    """What the limits count by: the caller's client class, its client (its user for a token that
+    names no client) and its tenant."""
+    principal = caller.principal
+    return client_class_name(principal), principal.client_id or principal.user_id, principal.tenant_id
 
 
 @dataclass(frozen=True)
@@ -189,8 +197,7 @@ class RateLimits:
     def keyed(self, caller: Caller | None) -> Keyed:
         if caller is None:
             return self._anonymous
-        claims = caller.claims
-        identity = (claims.client_class or "third_party", claims.client_id or claims.sub, claims.tenant_id)
+        identity = caller_identity(caller)
         keyed = self._keyed.get(identity)
         if keyed is None:
             if len(self._keyed) >= MAX_KEYED_CALLERS:

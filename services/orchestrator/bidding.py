@@ -11,9 +11,10 @@ import grpc
 from macp.agent_proxy.v1 import agent_proxy_service_pb2 as proxy_pb
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
-from services.orchestrator.downstream import Downstream
+from services.orchestrator.downstream import Downstream, acting
 from services.orchestrator.policies import Agent
 from services.orchestrator.transcript import Said, chat_messages
+from services.runtime.auth.caller_tokens import acting_agent
 from services.runtime.protos import now_timestamp
 
 if TYPE_CHECKING:
@@ -83,23 +84,23 @@ class Bidder:
         if messages and messages[0].role != proxy_pb.CHAT_ROLE_USER:
             messages = messages[1:]
         try:
-            reply = await downstream.agent_proxy.Bid(
-                proxy_pb.BidRequest(
-                    turn_id=turn_id,
-                    conversation_id=job.conversation_id,
-                    agent_id=agent.id,
-                    tenant_id=job.caller.principal.tenant_id,
-                    provider=agent.provider,
-                    model=agent.model,
-                    system_prompt=agent.system_prompt,
-                    capabilities=list(agent.capabilities),
-                    bidding=agent.bidding,
-                    messages=messages,
-                    generation=agent.generation,
-                ),
-                timeout=window,
-                metadata=await downstream.for_agent(job.caller, agent),
-            )
+            with acting_agent(acting(agent)):
+                reply = await downstream.agent_proxy.Bid(
+                    proxy_pb.BidRequest(
+                        turn_id=turn_id,
+                        conversation_id=job.conversation_id,
+                        agent_id=agent.id,
+                        tenant_id=job.caller.principal.tenant_id,
+                        provider=agent.provider,
+                        model=agent.model,
+                        system_prompt=agent.system_prompt,
+                        capabilities=list(agent.capabilities),
+                        bidding=agent.bidding,
+                        messages=messages,
+                        generation=agent.generation,
+                    ),
+                    timeout=window,
+                )
         except grpc.aio.AioRpcError as exc:
             log.warning("bid of agent %s failed: %s %s", agent.id, exc.code().name, exc.details())
             return None

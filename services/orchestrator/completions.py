@@ -18,10 +18,10 @@ from macp.common.v1 import agent_settings_pb2, usage_pb2
 from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
-from services.orchestrator.downstream import Caller
 from services.orchestrator.transcript import MAX_TEXT, alternating
 from services.orchestrator.turns import Halt, TurnResult, TurnRunner, TurnSpec
 from services.runtime.errors import domain_error
+from services.runtime.principal import Caller
 
 # google.rpc.Code numbers (ErrorEvent.code) to their grpc.StatusCode.
 _STATUS = {code.value[0]: code for code in grpc.StatusCode}
@@ -68,7 +68,7 @@ async def complete(
         system_prompt=system_prompt,
         overrides=overrides,
     )
-    refusal = await runner.reserve_turn(spec.caller, spec.conversation_id, spec.turn_id)
+    refusal = await runner.reserve_turn(spec.conversation_id, spec.turn_id)
     if refusal is not None:
         _raise(refusal)
     started = time.monotonic()
@@ -92,7 +92,7 @@ async def complete(
             yield item
         result, completion = await generating
         if not result.text:
-            await runner.release(caller, turn_id, "no answer")
+            await runner.release(turn_id, "no answer")
             settled = True
             if result.error is not None:
                 _raise(result.error)
@@ -118,6 +118,6 @@ async def complete(
 
 async def _settle_cut(runner: TurnRunner, spec: TurnSpec, text: str, started: float) -> None:
     if not text:
-        await runner.release(spec.caller, spec.turn_id, "the caller left before the answer began")
+        await runner.release(spec.turn_id, "the caller left before the answer began")
         return
     await runner.commit_turn(spec, TurnResult(pb.TURN_OUTCOME_CANCELLED, text), None, started)

@@ -30,7 +30,7 @@ from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
 from services.orchestrator.control import ControlBus, Signal
-from services.orchestrator.downstream import Caller, Downstream
+from services.orchestrator.downstream import Downstream
 from services.orchestrator.event_log import EventLog
 from services.orchestrator.lease import Lease, LeaseLost, Leases
 from services.orchestrator.markers import ACCEPTED_SECONDS, RoundMarkers
@@ -41,6 +41,7 @@ from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.sweeper import Closing, Sweeper
 from services.runtime import tracing
 from services.runtime.errors import FailedPrecondition, InvalidArgument
+from services.runtime.principal import Caller, acting_for, current_caller
 from services.runtime.sealing import Sealer
 
 log = logging.getLogger("macp.orchestrator.driver")
@@ -118,16 +119,17 @@ class Driver:
 
     # -- posting
 
-    async def conversation(self, caller: Caller, conversation_id: str) -> conversation_pb.Conversation:
-        """The conversation as the caller may see it (NOT_FOUND for another tenant's)."""
-        return await self._downstream.get_conversation(caller, conversation_id)
+    async def conversation(self, conversation_id: str) -> conversation_pb.Conversation:
+        """The conversation as the current caller may see it (NOT_FOUND for another tenant's)."""
+        return await self._downstream.get_conversation(conversation_id)
 
-    async def post(self, caller: Caller, conversation_id: str, message: pb.UserMessage) -> Accepted:
+    async def post(self, conversation_id: str, message: pb.UserMessage) -> Accepted:
+        caller = current_caller()
         # Independent reads, made at once. The lease comes after them: a client that sends its
         # next message on RoundCompleted finds the round's driver letting go, and the reads give
         # it the time to.
         conversation, seen = await asyncio.gather(
-            self.conversation(caller, conversation_id), self._seen(conversation_id, message.message_id)
+            self.conversation(conversation_id), self._seen(conversation_id, message.message_id)
         )
         _check_message(conversation, message)
         if seen is not None:
@@ -148,28 +150,28 @@ class Driver:
         # The round's inputs are asked for while the message is stored: neither waits for the other.
         # (The marker written with the lease names the round first: a takeover releases its holds.)
         preparing = asyncio.create_task(
-            self.rounds.preparer.prepare(caller, conversation_id, message.message_id, conversation)
+            self.rounds.preparer.prepare(conversation_id, message.message_id, conversation)
         )
         try:
             accepted, job = await self._store(caller, conversation_id, message, lease)
         except BaseException:
-            await asyncio.shield(self._discard(caller, preparing, "the message could not be stored"))
+            await asyncio.shield(self._discard(preparing, "the message could not be stored"))
             await self._let_go(lease)
             raise
         if accepted.duplicate:
-            await self._discard(caller, preparing, "the message was already posted")
+            await self._discard(preparing, "the message was already posted")
             await self._let_go(lease)
             return accepted
         self._spawn(self._drive(lease, dataclasses.replace(job, conversation=conversation), preparing))
         return accepted
 
-    async def _discard(self, caller: Caller, preparing: asyncio.Task[Prepared], reason: str) -> None:
+    async def _discard(self, preparing: asyncio.Task[Prepared], reason: str) -> None:
         """A round that will not run: its holds released (a failed preparation released its own)."""
         try:
             prepared = await preparing
         except Exception:
             return  # whatever it held expires by itself
-        await self.rounds.preparer.release(caller, prepared, reason)
+        await self.rounds.preparer.release(prepared, reason)
 
     async def _let_go(self, lease: Lease) -> None:
         """Give up a lease taken for a round that will not run (its marker with it)."""
@@ -233,7 +235,6 @@ class Driver:
                 )
             ),
             timeout=self._downstream.timeout,
-            metadata=await self._downstream.for_conversation(caller),
         )
         stored = reply.message
         job = _job(caller, conversation_id, message, stored.sequence, text=stored.text)
@@ -329,10 +330,14 @@ class Driver:
         job = state.job
         # The round's span continues the trace of the action that posted its message (a queued
         # message's round runs in the task of the round before it, whose context is not its own).
-        with tracing.span(
-            "round",
-            headers=dict(job.trace_context),
-            attributes={"macp.conversation_id": job.conversation_id, "macp.message_id": job.message_id},
+        # So are its calls: they are made for the caller who posted the message.
+        with (
+            acting_for(job.caller),
+            tracing.span(
+                "round",
+                headers=dict(job.trace_context),
+                attributes={"macp.conversation_id": job.conversation_id, "macp.message_id": job.message_id},
+            ),
         ):
             await self.rounds.run(state, self._markers)
         # Only a round that ended clears its marker. One cut short by an error (Redis gone mid-

@@ -21,8 +21,9 @@ from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 from macp.metering.v1 import metering_service_pb2 as metering_pb
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
-from services.orchestrator.downstream import Caller, Downstream
+from services.orchestrator.downstream import Downstream
 from services.orchestrator.event_shapes import rpc_failure
+from services.runtime.principal import current_principal
 from services.runtime.protos import now_timestamp
 from services.runtime.usage_ids import agent_turn_event_id
 
@@ -80,10 +81,9 @@ class Ledger:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_SECONDS)
 
-    async def reserve_turn(self, caller: Caller, conversation_id: str, turn_id: str) -> pb.ErrorEvent | None:
+    async def reserve_turn(self, conversation_id: str, turn_id: str) -> pb.ErrorEvent | None:
         """Hold one agent turn for `turn_id` (its reservation's id too), before or with its spec."""
         return await self.reserve(
-            caller,
             turn_id,
             metering_pb.METER_AGENT_TURNS,
             "the turn's quota",
@@ -93,7 +93,6 @@ class Ledger:
 
     async def reserve(
         self,
-        caller: Caller,
         reservation_id: str,
         meter: metering_pb.Meter.ValueType,
         what: str,
@@ -104,7 +103,7 @@ class Ledger:
         """Hold one unit of `meter` (metering Reserve); the refusal as an error event, if refused."""
         request = metering_pb.ReserveRequest(
             reservation_id=reservation_id,
-            tenant_id=caller.principal.tenant_id,
+            tenant_id=current_principal().tenant_id,
             meter=meter,
             quantity=1,
             conversation_id=conversation_id,
@@ -116,7 +115,6 @@ class Ledger:
             return await self._downstream.metering.Reserve(
                 request,
                 timeout=self._downstream.timeout,
-                metadata=await self._downstream.for_metering(caller),
             )
 
         # Idempotent by reservation id, so asked again while metering restarts: a round waits for
@@ -132,7 +130,7 @@ class Ledger:
         return None
 
     async def commit(
-        self, caller: Caller, reservation_id: str, event: usage_pb2.UsageEvent, what: str
+        self, reservation_id: str, event: usage_pb2.UsageEvent, what: str
     ) -> pb.ErrorEvent | None:
         """Commit the hold `reservation_id` with its usage `event`; why it failed, if it did."""
 
@@ -140,7 +138,6 @@ class Ledger:
             return await self._downstream.metering.Commit(
                 metering_pb.CommitRequest(reservation_id=reservation_id, usage=[event]),
                 timeout=self._downstream.timeout,
-                metadata=await self._downstream.for_metering(caller),
             )
 
         try:
@@ -149,12 +146,11 @@ class Ledger:
             return rpc_failure(exc, f"committing {what} (metering Commit)", "COMMIT_FAILED", event.turn_id)
         return None
 
-    async def release(self, caller: Caller, reservation_id: str, reason: str) -> None:
+    async def release(self, reservation_id: str, reason: str) -> None:
         async def attempt() -> object:
             return await self._downstream.metering.Release(
                 metering_pb.ReleaseRequest(reservation_id=reservation_id, reason=reason[:500]),
                 timeout=self._downstream.timeout,
-                metadata=await self._downstream.for_metering(caller),
             )
 
         # Retried like a commit; past that, an unreleased hold expires by itself after its TTL.
@@ -163,9 +159,7 @@ class Ledger:
         except grpc.aio.AioRpcError as exc:
             log.warning("release of %s failed: %s", reservation_id, exc.details())
 
-    async def store_answer(
-        self, caller: Caller, conversation_id: str, agent_id: str, turn_id: str, text: str
-    ) -> str:
+    async def store_answer(self, conversation_id: str, agent_id: str, turn_id: str, text: str) -> str:
         """`text` stored as `agent_id`'s answer of `turn_id`, retried while the conversation
         service is away; the message's id."""
         message_id = answer_message_id(turn_id)
@@ -186,18 +180,17 @@ class Ledger:
             return await self._downstream.conversation.AppendMessage(
                 request,
                 timeout=self._downstream.timeout,
-                metadata=await self._downstream.for_conversation(caller),
             )
 
         await self._until_done(attempt)
         return message_id
 
     async def commit_cut_turn(
-        self, caller: Caller, conversation_id: str, agent_id: str, turn_id: str, text: str
+        self, conversation_id: str, agent_id: str, turn_id: str, text: str
     ) -> usage_pb2.UsageEvent | pb.ErrorEvent:
         """Bill a turn whose driver died mid-answer for the `text` its log holds (an estimate:
         nobody knows what the provider counted); the event, or why committing failed."""
-        principal = caller.principal
+        principal = current_principal()
         event = usage_pb2.UsageEvent(
             event_id=agent_turn_event_id(turn_id),
             time=now_timestamp(),
@@ -213,7 +206,7 @@ class Ledger:
             actor_chain=principal.actor_chain,
         )
         with contextlib.suppress(grpc.aio.AioRpcError):  # provider and model are only labels
-            agent = await self._downstream.get_agent(caller, agent_id)
+            agent = await self._downstream.get_agent(agent_id)
             event.dimensions.provider, event.dimensions.model = agent.provider, agent.model
-        failure = await self.commit(caller, turn_id, event, "the cut turn's usage")
+        failure = await self.commit(turn_id, event, "the cut turn's usage")
         return event if failure is None else failure

@@ -24,7 +24,7 @@ from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 from macp.metering.v1 import metering_service_pb2 as metering_pb
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
-from services.orchestrator.downstream import Caller, Downstream
+from services.orchestrator.downstream import Downstream
 from services.orchestrator.event_shapes import rpc_failure
 from services.orchestrator.policies import Agent
 from services.orchestrator.transcript import Said
@@ -74,7 +74,6 @@ class Preparer:
 
     async def prepare(
         self,
-        caller: Caller,
         conversation_id: str,
         message_id: str,
         conversation: conversation_pb.Conversation | None,
@@ -86,22 +85,21 @@ class Preparer:
         )
         holds = asyncio.gather(
             self._turns.reserve(
-                caller,
                 prepared.orchestration_id,
                 metering_pb.METER_ORCHESTRATIONS,
                 "the round's orchestration quota",
                 conversation_id=conversation_id,
             ),
-            self._turns.reserve_turn(caller, conversation_id, prepared.first_turn_id),
+            self._turns.reserve_turn(conversation_id, prepared.first_turn_id),
         )
         try:
             (prepared.conversation, prepared.agents), (prepared.recent, prepared.more) = await asyncio.gather(
-                self._load(caller, conversation_id, conversation), self._newest(caller, conversation_id, "")
+                self._load(conversation_id, conversation), self._newest(conversation_id, "")
             )
         except grpc.aio.AioRpcError as exc:
             # The round still runs (and is billed, rounds.py): it only says why it cannot answer.
             prepared.orchestration_refusal, prepared.first_turn_refusal = await holds
-            await self.release_first_turn(caller, prepared, "the conversation could not be loaded")
+            await self.release_first_turn(prepared, "the conversation could not be loaded")
             prepared.failure = rpc_failure(exc, "loading the conversation", "LOAD_FAILED")
             return prepared
         except BaseException:
@@ -110,21 +108,20 @@ class Preparer:
         prepared.orchestration_refusal, prepared.first_turn_refusal = await holds
         return prepared
 
-    async def release(self, caller: Caller, prepared: Prepared, reason: str) -> None:
+    async def release(self, prepared: Prepared, reason: str) -> None:
         """Release both holds, if made and not settled yet."""
         if prepared.orchestration_refusal is None and not prepared.orchestration_settled:
             prepared.orchestration_settled = True
-            await self._turns.release(caller, prepared.orchestration_id, reason)
-        await self.release_first_turn(caller, prepared, reason)
+            await self._turns.release(prepared.orchestration_id, reason)
+        await self.release_first_turn(prepared, reason)
 
-    async def release_first_turn(self, caller: Caller, prepared: Prepared, reason: str) -> None:
+    async def release_first_turn(self, prepared: Prepared, reason: str) -> None:
         if prepared.first_turn_refusal is None and not prepared.first_turn_settled:
             prepared.first_turn_settled = True
-            await self._turns.release(caller, prepared.first_turn_id, reason)
+            await self._turns.release(prepared.first_turn_id, reason)
 
     async def history(
         self,
-        caller: Caller,
         prepared: Prepared,
         conversation_id: str,
         message_id: str,
@@ -147,21 +144,21 @@ class Preparer:
         # behind it. A long queue costs more pages.
         newest, page_token = kept(prepared.recent), prepared.more
         while len(newest) < wanted and page_token:
-            page, page_token = await self._newest(caller, conversation_id, page_token)
+            page, page_token = await self._newest(conversation_id, page_token)
             newest += kept(page)
         history = [Said.of(message) for message in reversed(newest[:wanted])]
         history.append(Said(None, text))
         return history
 
     async def _load(
-        self, caller: Caller, conversation_id: str, conversation: conversation_pb.Conversation | None
+        self, conversation_id: str, conversation: conversation_pb.Conversation | None
     ) -> tuple[conversation_pb.Conversation, list[Agent]]:
         if conversation is None:
-            conversation = await self._downstream.get_conversation(caller, conversation_id)
+            conversation = await self._downstream.get_conversation(conversation_id)
 
         async def agent(agent_id: str) -> Agent | None:
             try:
-                return await self._downstream.get_agent(caller, agent_id)
+                return await self._downstream.get_agent(agent_id)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.NOT_FOUND:
                     return None  # deleted since it joined: it no longer speaks
@@ -171,7 +168,7 @@ class Preparer:
         return conversation, [a for a in found if a is not None]
 
     async def _newest(
-        self, caller: Caller, conversation_id: str, page_token: str
+        self, conversation_id: str, page_token: str
     ) -> tuple[list[conversation_pb.Message], str]:
         """A page of the conversation's messages, newest first (a long conversation costs one page,
         not a read from its first message)."""
@@ -183,6 +180,5 @@ class Preparer:
                 order_by=NEWEST_FIRST,
             ),
             timeout=self._downstream.timeout,
-            metadata=await self._downstream.for_conversation(caller),
         )
         return list(reply.messages), reply.next_page_token

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from macp.orchestrator.v1 import stored_round_pb2
 
-from services.orchestrator.downstream import Caller
 from services.orchestrator.rounds import RoundJob
+from services.runtime.principal import Caller
 from services.runtime.sealing import Sealer
 
 

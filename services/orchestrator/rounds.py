@@ -22,7 +22,7 @@ from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
 from services.orchestrator.bidding import Bidder
 from services.orchestrator.control import Signal
-from services.orchestrator.downstream import Caller, Downstream
+from services.orchestrator.downstream import Downstream
 from services.orchestrator.event_log import EventLog
 from services.orchestrator.event_shapes import round_completed, rpc_failure, turn_completed
 from services.orchestrator.lease import Lease
@@ -39,6 +39,7 @@ from services.orchestrator.preparation import Prepared, Preparer
 from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.transcript import Said, chat_messages
 from services.orchestrator.turns import Halt, TurnResult, TurnRunner, TurnSpec
+from services.runtime.principal import Caller
 from services.runtime.protos import now_timestamp
 from services.runtime.usage_ids import orchestration_event_id
 
@@ -126,7 +127,7 @@ class Rounds:
             return reason
 
         preparing = state.preparing or asyncio.create_task(
-            self._preparer.prepare(job.caller, job.conversation_id, job.message_id, job.conversation)
+            self._preparer.prepare(job.conversation_id, job.message_id, job.conversation)
         )
         try:
             prepared = await preparing
@@ -135,7 +136,7 @@ class Rounds:
             raise
         if prepared.orchestration_refusal is not None:
             # Refused its quota (or metering stayed away): not an orchestration, nothing billed.
-            await self._preparer.release_first_turn(job.caller, prepared, "the round was refused its quota")
+            await self._preparer.release_first_turn(prepared, "the round was refused its quota")
             await emit(pb.ConversationEvent(error=prepared.failure or prepared.orchestration_refusal))
             return await finish(0, pb.ROUND_END_REASON_FAILED)
         failure = prepared.failure
@@ -145,7 +146,7 @@ class Rounds:
             if failure is None:
                 try:
                     history = await self._preparer.history(
-                        job.caller, prepared, job.conversation_id, job.message_id, job.sequence, job.text
+                        prepared, job.conversation_id, job.message_id, job.sequence, job.text
                     )
                 except grpc.aio.AioRpcError as exc:
                     failure = rpc_failure(exc, "loading the conversation", "LOAD_FAILED")
@@ -153,9 +154,7 @@ class Rounds:
                 state.prepared = prepared
                 reason = await self._speak(state, prepared, history, spoken, emit, notes)
         finally:
-            await self._preparer.release_first_turn(
-                job.caller, prepared, "the round ended before its first turn"
-            )
+            await self._preparer.release_first_turn(prepared, "the round ended before its first turn")
             # However the round ends (a failure to load, LeaseLost included), it held an
             # orchestration: billed once, here (or by whoever takes the round over).
             usage = await self.commit_orchestration(job, len(spoken), started)
@@ -265,9 +264,7 @@ class Rounds:
             reserving = asyncio.get_running_loop().create_future()
             reserving.set_result(prepared.first_turn_refusal)
         else:
-            reserving = asyncio.ensure_future(
-                self._turns.reserve_turn(spec.caller, spec.conversation_id, spec.turn_id)
-            )
+            reserving = asyncio.ensure_future(self._turns.reserve_turn(spec.conversation_id, spec.turn_id))
         started = pb.ConversationEvent(
             turn_started=pb.TurnStarted(
                 turn_id=plan.turn_id, agent_id=agent.id, trigger_message_id=job.message_id, turn_index=index
@@ -278,7 +275,7 @@ class Rounds:
         except BaseException:
             refusal = await reserving
             if refusal is None:
-                await self._turns.release(job.caller, spec.turn_id, "the round stopped before the turn")
+                await self._turns.release(spec.turn_id, "the round stopped before the turn")
             raise
         return await take_turn(self._turns, spec, emit, state.halt, reserving)
 
@@ -300,9 +297,7 @@ class Rounds:
             dimensions=usage_pb2.UsageDimensions(duration_ms=duration_ms),
             actor_chain=principal.actor_chain,
         )
-        failure = await self._turns.commit(
-            job.caller, reservation, event, f"the round's usage ({turns} turns)"
-        )
+        failure = await self._turns.commit(reservation, event, f"the round's usage ({turns} turns)")
         return event if failure is None else failure
 
 
@@ -317,9 +312,7 @@ async def take_turn(
     ended (TurnStarted is the caller's)."""
     started = time.monotonic()
     refusal = await (
-        reserving
-        if reserving is not None
-        else runner.reserve_turn(spec.caller, spec.conversation_id, spec.turn_id)
+        reserving if reserving is not None else runner.reserve_turn(spec.conversation_id, spec.turn_id)
     )
     if refusal is not None:
         await emit(pb.ConversationEvent(error=refusal))
@@ -328,11 +321,11 @@ async def take_turn(
     try:
         result, completion = await runner.generate(spec, emit, halt)
     except BaseException:
-        await asyncio.shield(runner.release(spec.caller, spec.turn_id, "the round stopped mid-turn"))
+        await asyncio.shield(runner.release(spec.turn_id, "the round stopped mid-turn"))
         raise
     if not result.text:
         # Nothing was said: nothing to store, and nothing consumed worth a turn.
-        await runner.release(spec.caller, spec.turn_id, "no answer")
+        await runner.release(spec.turn_id, "no answer")
         if result.error is not None:
             await emit(pb.ConversationEvent(error=result.error))
         await emit(turn_completed(spec.turn_id, spec.agent.id, result.outcome))
@@ -342,10 +335,10 @@ async def take_turn(
     # cannot be stored at all is not billed: its hold is released.
     try:
         result.message_id = await runner.store_answer(
-            spec.caller, spec.conversation_id, spec.agent.id, spec.turn_id, result.text
+            spec.conversation_id, spec.agent.id, spec.turn_id, result.text
         )
     except grpc.aio.AioRpcError as exc:
-        await runner.release(spec.caller, spec.turn_id, "the answer could not be stored")
+        await runner.release(spec.turn_id, "the answer could not be stored")
         result.outcome = pb.TURN_OUTCOME_FAILED
         result.error = rpc_failure(
             exc, "storing the answer (conversation AppendMessage)", "STORE_FAILED", spec.turn_id

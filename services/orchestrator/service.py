@@ -28,7 +28,6 @@ from services.orchestrator.event_log import EventLog
 from services.orchestrator.lease import Leases
 from services.orchestrator.servicer import OrchestratorServicer
 from services.orchestrator.settings import OrchestratorSettings
-from services.runtime.mesh import open_mesh_channel
 from services.runtime.registry import service
 from services.runtime.server import ServiceContext, ServiceDefinition
 from services.runtime.settings import CommonSettings
@@ -43,10 +42,8 @@ async def start(context: ServiceContext) -> AsyncIterator[None]:
     settings = OrchestratorSettings.from_env(context.env)
     redis, prefix = context.resources.require_redis(), context.resources.redis_key_prefix
     # Stopped last in, first out: the driver (and the rounds in flight), the event log's reads, the
-    # control subscription, the mesh channel; a step that never began is not stopped.
+    # control subscription, the mesh channels; a step that never began is not stopped.
     async with AsyncExitStack() as work:
-        channel = open_mesh_channel(CommonSettings.from_env(context.env).mesh_address)
-        work.push_async_callback(channel.close)
         events = EventLog(
             redis, prefix, max_events=settings.max_events, idle_seconds=settings.event_idle_seconds
         )
@@ -54,7 +51,8 @@ async def start(context: ServiceContext) -> AsyncIterator[None]:
         owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         leases = Leases(redis, prefix, owner, settings.lease_ms)
         bus = ControlBus(redis, prefix)
-        downstream = Downstream(channel, settings, cache=(redis, prefix))
+        downstream = Downstream(CommonSettings.from_env(context.env).mesh_address, settings, (redis, prefix))
+        work.push_async_callback(downstream.close)
         driver = Driver(redis, prefix, downstream, events, leases, bus, settings)
         pb_grpc.add_OrchestratorServiceServicer_to_server(
             OrchestratorServicer(driver, events), context.server

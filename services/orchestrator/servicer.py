@@ -26,15 +26,13 @@ from opentelemetry.trace import SpanKind
 from redis.exceptions import RedisError
 
 from services.orchestrator.completions import complete
-from services.orchestrator.downstream import Caller
 from services.orchestrator.driver import Driver
 from services.orchestrator.event_log import EventLog
 from services.orchestrator.event_shapes import error_event
 from services.runtime import tracing
-from services.runtime.auth.authenticator import bearer_token
 from services.runtime.context import RpcContext
 from services.runtime.errors import DomainError, InvalidArgument, Unavailable, relayed
-from services.runtime.principal import current_principal
+from services.runtime.principal import current_caller
 
 log = logging.getLogger("macp.orchestrator.servicer")
 
@@ -51,10 +49,6 @@ def relaying(what: str) -> Iterator[None]:
 # Events buffered per Converse stream before the reader waits: a slow client slows only itself.
 STREAM_BUFFER = 1024
 CONVERSE = pb.DESCRIPTOR.services_by_name["OrchestratorService"].methods_by_name["Converse"].full_name
-
-
-def _caller(context: RpcContext) -> Caller:
-    return Caller(bearer_token(context.invocation_metadata()), current_principal())
 
 
 def _refusal(exc: BaseException) -> pb.ConversationEvent:
@@ -82,27 +76,26 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         self, request: pb.PostMessageRequest, context: RpcContext
     ) -> pb.PostMessageResponse:
         with relaying("storing the message"):
-            accepted = await self._driver.post(_caller(context), request.conversation_id, request.message)
+            accepted = await self._driver.post(request.conversation_id, request.message)
         return accepted.response()
 
     async def StreamEvents(
         self, request: pb.StreamEventsRequest, context: RpcContext
     ) -> AsyncIterator[pb.StreamEventsResponse]:
         with relaying("reading the conversation"):
-            await self._driver.conversation(_caller(context), request.conversation_id)
+            await self._driver.conversation(request.conversation_id)
         async for event in self._events.follow(request.conversation_id, request.after_event_id):
             yield pb.StreamEventsResponse(event=event)
 
     async def Converse(
         self, request_iterator: AsyncIterator[pb.ConverseRequest], context: RpcContext
     ) -> AsyncIterator[pb.ConverseResponse]:
-        caller = _caller(context)
         first = await anext(aiter(request_iterator), None)
         if first is None:
             return
         conversation_id = first.conversation_id
         with relaying("reading the conversation"):
-            await self._driver.conversation(caller, conversation_id)
+            await self._driver.conversation(conversation_id)
         after = first.join.after_event_id if first.HasField("join") else ""
         # Start reading before acting, so the events of this client's own first action are seen.
         start = after or await self._events.last_event_id(conversation_id)
@@ -117,9 +110,9 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
 
         async def act() -> None:
             if not first.HasField("join"):
-                await self._act(caller, conversation_id, first, out)
+                await self._act(conversation_id, first, out)
             async for request in request_iterator:
-                await self._act(caller, conversation_id, request, out)
+                await self._act(conversation_id, request, out)
 
         tasks = [asyncio.create_task(follow()), asyncio.create_task(act())]
         try:
@@ -137,7 +130,6 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
 
     async def _act(
         self,
-        caller: Caller,
         conversation_id: str,
         request: pb.ConverseRequest,
         out: asyncio.Queue[pb.ConversationEvent | BaseException],
@@ -149,11 +141,10 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             headers=request.trace_context,
             attributes={"macp.conversation_id": conversation_id, "macp.converse.action": action},
         ):
-            await self._act_now(caller, conversation_id, request, out)
+            await self._act_now(conversation_id, request, out)
 
     async def _act_now(
         self,
-        caller: Caller,
         conversation_id: str,
         request: pb.ConverseRequest,
         out: asyncio.Queue[pb.ConversationEvent | BaseException],
@@ -166,7 +157,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
                 )
             match request.WhichOneof("event"):
                 case "user_message":
-                    await self._driver.post(caller, conversation_id, request.user_message)
+                    await self._driver.post(conversation_id, request.user_message)
                 case "bid":
                     await self._driver.bid(conversation_id, request.bid)
                 case "cancel":
@@ -209,10 +200,9 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
     async def Complete(
         self, request: pb.CompleteRequest, context: RpcContext
     ) -> AsyncIterator[pb.CompleteResponse]:
-        caller = _caller(context)
         downstream = self._driver.downstream
         with relaying("reading the agent"):
-            agent = await downstream.get_agent(caller, request.agent_id)
+            agent = await downstream.get_agent(request.agent_id)
         overrides = agent_settings_pb2.GenerationSettings()
         if request.HasField("max_tokens"):
             overrides.max_tokens = request.max_tokens
@@ -220,7 +210,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             overrides.temperature = request.temperature
         async for response in complete(
             self._driver.rounds.turns,
-            caller,
+            current_caller(),
             agent,
             request,
             overrides,

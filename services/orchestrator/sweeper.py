@@ -43,6 +43,7 @@ from services.orchestrator.lease import Lease, Leases, lease_key
 from services.orchestrator.markers import Marker, RoundMarkers
 from services.orchestrator.preparation import first_turn_id
 from services.orchestrator.rounds import RoundJob, Rounds
+from services.runtime.principal import acting_for
 from services.runtime.usage_ids import orchestration_event_id
 
 log = logging.getLogger("macp.orchestrator.sweeper")
@@ -166,7 +167,8 @@ class Sweeper:
                 "taking over a round whose driver stopped",
                 extra={"conversation_id": conversation_id, "turn_id": marker.turn_id},
             )
-            closing = await self._settle(job, marker, seen)
+            with acting_for(job.caller):  # the round's holds are its caller's
+                closing = await self._settle(job, marker, seen)
         for event in closing:
             await self._events.append(conversation_id, event, lease)
         await self._markers.clear(conversation_id)
@@ -182,15 +184,11 @@ class Sweeper:
                 continue
             text = "".join(seen.text.get(turn_id, []))
             if not text:
-                await turns.release(job.caller, turn_id, STOPPED)
+                await turns.release(turn_id, STOPPED)
                 closing.append(turn_completed(turn_id, started.agent_id, pb.TURN_OUTCOME_FAILED))
                 continue
-            message_id = await turns.store_answer(
-                job.caller, job.conversation_id, started.agent_id, turn_id, text
-            )
-            usage = await turns.commit_cut_turn(
-                job.caller, job.conversation_id, started.agent_id, turn_id, text
-            )
+            message_id = await turns.store_answer(job.conversation_id, started.agent_id, turn_id, text)
+            usage = await turns.commit_cut_turn(job.conversation_id, started.agent_id, turn_id, text)
             if isinstance(usage, pb.ErrorEvent):
                 raise RuntimeError(f"billing cut turn {turn_id} failed: {usage.detail.message}")
             closing.append(
@@ -232,7 +230,7 @@ class Sweeper:
         turns = self._rounds.turns
         unused = {first_turn_id(job.conversation_id, job.message_id), marker.turn_id} - {""}
         for turn_id in sorted(unused - set(seen.started)):
-            await turns.release(job.caller, turn_id, STOPPED)
+            await turns.release(turn_id, STOPPED)
         if not await self._redis.exists(self._markers.accepted(job.conversation_id, job.message_id)):
             orchestration = orchestration_event_id(job.conversation_id, job.message_id)
-            await turns.release(job.caller, orchestration, "the message was never accepted")
+            await turns.release(orchestration, "the message was never accepted")

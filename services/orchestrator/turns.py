@@ -25,9 +25,11 @@ from macp.common.v1 import agent_settings_pb2, usage_pb2
 from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
-from services.orchestrator.downstream import Caller, Downstream
+from services.orchestrator.downstream import Downstream, acting
 from services.orchestrator.event_shapes import error_event, rpc_failure
 from services.orchestrator.ledger import CHARS_PER_TOKEN, Ledger
+from services.runtime.auth.caller_tokens import acting_agent
+from services.runtime.principal import Caller
 from services.runtime.protos import now_timestamp
 from services.runtime.usage_ids import agent_turn_event_id
 
@@ -116,16 +118,10 @@ class TurnRunner(Ledger):
             request.generation.MergeFrom(spec.overrides)
         pieces: list[str] = []
         completion: proxy_pb.GenerateCompletion | None = None
-        try:
-            metadata = await self._downstream.for_agent(spec.caller, agent)
-        except grpc.aio.AioRpcError as exc:
-            return TurnResult(
-                pb.TURN_OUTCOME_FAILED,
-                error=rpc_failure(
-                    exc, "delegating a token to the agent (token exchange)", "DELEGATION_FAILED", spec.turn_id
-                ),
-            ), None
-        call = self._downstream.agent_proxy.Generate(request, timeout=self._turn_timeout, metadata=metadata)
+        # The call carries the caller's token with the agent as its actor (a failed exchange fails
+        # the call, with a message that says so).
+        with acting_agent(acting(agent)):
+            call = self._downstream.agent_proxy.Generate(request, timeout=self._turn_timeout)
         watcher = asyncio.create_task(_cancel_on(halt, call))
         relay = _Relay(call)
         try:
@@ -215,7 +211,7 @@ class TurnRunner(Ledger):
             dimensions=dimensions,
             actor_chain=principal.actor_chain,
         )
-        failure = await self.commit(spec.caller, spec.turn_id, event, "the turn's usage")
+        failure = await self.commit(spec.turn_id, event, "the turn's usage")
         if failure is not None:
             return failure
         result.usage = dimensions

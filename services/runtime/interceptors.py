@@ -35,7 +35,7 @@ from services.runtime.context import (
 )
 from services.runtime.errors import REASON_METADATA_KEY, DomainError, unreachable_store
 from services.runtime.metrics import RpcMetrics
-from services.runtime.principal import LOCAL_DEVELOPMENT_PRINCIPAL, Principal, principal_var
+from services.runtime.principal import LOCAL_DEVELOPMENT_PRINCIPAL, Caller, Principal, caller_var
 from services.runtime.tracing import TRACEPARENT, TRACESTATE, Scope, end_server_call, server_call
 
 log = logging.getLogger("macp.rpc")
@@ -76,6 +76,17 @@ class Authenticator(Protocol):
 
     async def authenticate(self, method: str, context: Context) -> Principal:
         """The caller's principal; raise `Unauthenticated` or `PermissionDenied` to refuse the call."""
+
+
+def presented_token(context: Context) -> str:
+    """The bearer token the call presented, or "" (none, or another scheme: the authenticator has
+    already accepted or refused the call; this only says what to exchange on its behalf)."""
+    for name, value in context.invocation_metadata() or ():
+        if name == "authorization":
+            text = value if isinstance(value, str) else value.decode("latin-1")
+            scheme, _, token = text.partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else ""
+    return ""
 
 
 class AdmitAll:
@@ -186,12 +197,12 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             started, failed = time.perf_counter(), True
             try:
                 try:
-                    principal = await self._authenticate(method, context) if authenticates else None
+                    caller = await self._authenticate(method, context) if authenticates else None
                     try:
                         response = await inner(await self._checked(request, context), context)
                     finally:
-                        if principal is not None:
-                            reset_quietly(principal_var, principal)
+                        if caller is not None:
+                            reset_quietly(caller_var, caller)
                 except grpc.aio.AbortError:
                     raise
                 except Exception as exc:
@@ -211,13 +222,13 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             started, failed = time.perf_counter(), True
             try:
                 try:
-                    principal = await self._authenticate(method, context) if authenticates else None
+                    caller = await self._authenticate(method, context) if authenticates else None
                     try:
                         async for response in inner(await self._checked(request, context), context):
                             yield response
                     finally:
-                        if principal is not None:
-                            reset_quietly(principal_var, principal)
+                        if caller is not None:
+                            reset_quietly(caller_var, caller)
                 except grpc.aio.AbortError:
                     raise
                 except Exception as exc:
@@ -257,8 +268,11 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             extra={"rpc": method, "grpc_status": code.name, "duration_ms": round(elapsed * 1000, 2)},
         )
 
-    async def _authenticate(self, method: str, context: Context) -> Token[Principal | None]:
-        return principal_var.set(await self._authenticator.authenticate(method, context))
+    async def _authenticate(self, method: str, context: Context) -> Token[Caller | None]:
+        principal = await self._authenticator.authenticate(method, context)
+        # The token goes with the principal: calls the handler makes on the caller's behalf send
+        # it exchanged for their callee (services/runtime/auth/caller_tokens.py).
+        return caller_var.set(Caller(presented_token(context), principal))
 
     @staticmethod
     async def _checked(request: Any, context: Context) -> Any:

@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from opentelemetry.trace import Span
 
 from services.runtime.context import REQUEST_ID_HEADER, current_request_id
 from services.runtime.tracing import TRACEPARENT, TRACESTATE, client_call, end_client_call
+
+if TYPE_CHECKING:
+    from services.runtime.auth.caller_tokens import CallerTokens
+
+AUTHORIZATION = "authorization"
 
 # Keepalive keeps long-lived streams through Envoy from being dropped as idle. Envoy is local (a
 # sidecar or the compose network), so reconnecting soon after it comes up matters more than backing
@@ -31,16 +36,20 @@ _CHANNEL_OPTIONS = [
 ]
 
 
-def _with_request_id(details: grpc.aio.ClientCallDetails) -> tuple[grpc.aio.ClientCallDetails, Span | None]:
-    """The call's details with the request id and trace context (and the call's CLIENT span, tracing
-    on), and waiting for the channel to be ready unless the caller said otherwise: Envoy is local,
-    so a call made while the channel (re)connects to it (a process that started before Envoy, or
-    an Envoy restart) waits within its deadline instead of failing at once. Callers on the mesh
-    always set a deadline."""
+def _outgoing(
+    details: grpc.aio.ClientCallDetails, authorization: str | None
+) -> tuple[grpc.aio.ClientCallDetails, Span | None]:
+    """The call's details with the request id, the trace context (and the call's CLIENT span,
+    tracing on) and `authorization` when given, and waiting for the channel to be ready unless the
+    caller said otherwise: Envoy is local, so a call made while the channel (re)connects to it (a
+    process that started before Envoy, or an Envoy restart) waits within its deadline instead of
+    failing at once. Callers on the mesh always set a deadline."""
     request_id = current_request_id()
     metadata = grpc.aio.Metadata(*(details.metadata or ()))
     if request_id is not None and metadata.get(REQUEST_ID_HEADER) is None:
         metadata.add(REQUEST_ID_HEADER, request_id)
+    if authorization is not None:
+        metadata.add(AUTHORIZATION, authorization)
     span, headers = client_call(details.method)
     if headers is not None and metadata.get(TRACEPARENT) is None:
         metadata.add(TRACEPARENT, headers[0])
@@ -91,49 +100,78 @@ async def _unary_ended(call: Any, span: Span) -> Any:
     return call
 
 
-class RequestIdUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+class _MeshInterceptor:
+    """What every call on a mesh channel gets (see `_outgoing`), with the caller's token for the
+    callee when the channel was opened with `CallerTokens`."""
+
+    def __init__(self, caller_tokens: CallerTokens | None) -> None:
+        self._caller_tokens = caller_tokens
+
+    async def _prepare(
+        self, details: grpc.aio.ClientCallDetails
+    ) -> tuple[grpc.aio.ClientCallDetails, Span | None]:
+        authorization = None
+        if self._caller_tokens is not None and not _has_authorization(details.metadata):
+            authorization = await self._caller_tokens.authorization(_text(details.method))
+        return _outgoing(details, authorization)
+
+
+def _has_authorization(metadata: Any) -> bool:
+    return any(name == AUTHORIZATION for name, _ in metadata or ())
+
+
+def _text(method: str | bytes) -> str:
+    return method.decode() if isinstance(method, bytes) else method
+
+
+class _MeshUnaryUnary(_MeshInterceptor, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(
         self,
         continuation: Callable[..., Awaitable[Any]],
         client_call_details: grpc.aio.ClientCallDetails,
         request: Any,
     ) -> Any:
-        details, span = _with_request_id(client_call_details)
+        details, span = await self._prepare(client_call_details)
         call = await continuation(details, request)
         return call if span is None else await _unary_ended(call, span)
 
 
-class RequestIdUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+class _MeshUnaryStream(_MeshInterceptor, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(
         self,
         continuation: Callable[..., Awaitable[Any]],
         client_call_details: grpc.aio.ClientCallDetails,
         request: Any,
     ) -> Any:
-        details, span = _with_request_id(client_call_details)
+        details, span = await self._prepare(client_call_details)
         call = await continuation(details, request)
         return call if span is None else _end_when_done(call, span)
 
 
-class RequestIdStreamStream(grpc.aio.StreamStreamClientInterceptor):
+class _MeshStreamStream(_MeshInterceptor, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(
         self,
         continuation: Callable[..., Awaitable[Any]],
         client_call_details: grpc.aio.ClientCallDetails,
         request_iterator: Any,
     ) -> Any:
-        details, span = _with_request_id(client_call_details)
+        details, span = await self._prepare(client_call_details)
         call = await continuation(details, request_iterator)
         return call if span is None else _end_when_done(call, span)
 
 
-def open_mesh_channel(mesh_address: str) -> grpc.aio.Channel:
-    """A channel to Envoy's mesh listener (plaintext h2c on loopback or the compose network)."""
-    return grpc.aio.insecure_channel(
-        mesh_address,
-        options=_CHANNEL_OPTIONS,
-        interceptors=[RequestIdUnaryUnary(), RequestIdUnaryStream(), RequestIdStreamStream()],
+def open_mesh_channel(mesh_address: str, caller_tokens: CallerTokens | None = None) -> grpc.aio.Channel:
+    """A channel to Envoy's mesh listener (plaintext h2c on loopback or the compose network).
+
+    With `caller_tokens`, each call made while a caller is set carries the caller's token exchanged
+    for the callee (services/runtime/auth/caller_tokens.py). Its token client needs a channel of
+    its own, opened without: its calls authenticate the service itself, never a caller."""
+    interceptors = (
+        _MeshUnaryUnary(caller_tokens),
+        _MeshUnaryStream(caller_tokens),
+        _MeshStreamStream(caller_tokens),
     )
+    return grpc.aio.insecure_channel(mesh_address, options=_CHANNEL_OPTIONS, interceptors=interceptors)
 
 
 def open_probe_channel(mesh_address: str) -> grpc.aio.Channel:

@@ -1,24 +1,59 @@
-"""Who is calling: the authenticated principal of the current call, set by the authentication hook."""
+"""Who is calling: the caller of the current call, request or round, in one context variable.
+
+It is set where a caller arrives: the runtime's server interceptor for a gRPC call, the edge's
+authentication middleware for an HTTP request or a WebSocket connection, the orchestrator's driver
+for a queued round (the way it sets the round's trace context). Calls to other services made while
+it is set go out with the caller's token exchanged for the callee (services/runtime/auth/
+caller_tokens.py, installed on the mesh channel), so no call site builds credentials by hand.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 
 from macp.common.v1 import principal_pb2
 
+from services.runtime.context import reset_quietly
 from services.runtime.errors import Unauthenticated
 
 Principal = principal_pb2.Principal
 
-principal_var: ContextVar[Principal | None] = ContextVar("macp_principal", default=None)
+
+@dataclass(frozen=True)
+class Caller:
+    """The party the current work is for: the access token it presented (verified where it
+    arrived; empty for the local development principal) and the principal that token names."""
+
+    token: str
+    principal: Principal
+
+
+caller_var: ContextVar[Caller | None] = ContextVar("macp_caller", default=None)
+
+
+def current_caller() -> Caller:
+    """The caller; work without one was not authenticated, which a handler must never serve."""
+    caller = caller_var.get()
+    if caller is None:
+        raise Unauthenticated("this call carries no authenticated principal")
+    return caller
 
 
 def current_principal() -> Principal:
-    """The caller; a call without one was not authenticated, which a handler must never serve."""
-    principal = principal_var.get()
-    if principal is None:
-        raise Unauthenticated("this call carries no authenticated principal")
-    return principal
+    return current_caller().principal
+
+
+@contextmanager
+def acting_for(caller: Caller) -> Iterator[None]:
+    """Work done (and calls made) inside the block are `caller`'s."""
+    reset = caller_var.set(caller)
+    try:
+        yield
+    finally:
+        reset_quietly(caller_var, reset)
 
 
 # Until the token service lands every call acts as this one local principal, so that rows still

@@ -8,11 +8,9 @@ import asyncio
 from typing import Any, cast
 
 import grpc
-from macp.common.v1 import principal_pb2
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from services.orchestrator.downstream import Caller
 from services.orchestrator.driver import Driver
 from services.orchestrator.event_log import EventLog
 from services.orchestrator.servicer import OrchestratorServicer
@@ -41,14 +39,13 @@ class _Log:
 
 
 REQUEST = pb.ConverseRequest(conversation_id="c1", user_message=pb.UserMessage(message_id="m1", text="hello"))
-CALLER = Caller("token", principal_pb2.Principal(tenant_id="t1", user_id="u1"))
 
 
 async def test_a_message_that_fails_on_redis_gets_an_unavailable_error_event_in_the_log() -> None:
     events = _Log()
     servicer = OrchestratorServicer(cast(Driver, _FailingDriver()), cast(EventLog, events))
     out: asyncio.Queue[pb.ConversationEvent | BaseException] = asyncio.Queue()
-    await servicer._act_now(CALLER, "c1", REQUEST, out)
+    await servicer._act_now("c1", REQUEST, out)
     # In the log (so it gets an event id and a reconnecting client sees it), not beside it.
     assert out.empty()
     [event] = events.appended
@@ -61,7 +58,7 @@ async def test_a_message_that_fails_on_redis_gets_an_unavailable_error_event_in_
 async def test_a_refusal_the_log_cannot_take_ends_the_stream_unavailable() -> None:
     servicer = OrchestratorServicer(cast(Driver, _FailingDriver()), cast(EventLog, _Log(reachable=False)))
     out: asyncio.Queue[pb.ConversationEvent | BaseException] = asyncio.Queue()
-    await servicer._act_now(CALLER, "c1", REQUEST, out)
+    await servicer._act_now("c1", REQUEST, out)
     ended = out.get_nowait()
     assert isinstance(ended, Unavailable)
     assert "STORE_UNAVAILABLE" in str(ended)

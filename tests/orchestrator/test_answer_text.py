@@ -7,7 +7,7 @@ from typing import Any, cast
 
 from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 
-from services.orchestrator.downstream import Caller, Downstream
+from services.orchestrator.downstream import Downstream
 from services.orchestrator.turns import TurnRunner
 from tests.orchestrator.turn_specs import a_turn_spec
 
@@ -26,16 +26,11 @@ class _Downstream:
     def __init__(self) -> None:
         self.conversation = _Conversation()
 
-    async def for_conversation(self, caller: Caller) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {caller.token}"),)
-
 
 async def test_a_nul_in_an_answer_is_stored_as_the_replacement_character() -> None:
     downstream = _Downstream()
     runner = TurnRunner(cast(Downstream, downstream), turn_timeout=5, reservation_ttl=60)
     spec = a_turn_spec()
-    await runner.store_answer(
-        spec.caller, spec.conversation_id, spec.agent.id, spec.turn_id, "before\x00after"
-    )
+    await runner.store_answer(spec.conversation_id, spec.agent.id, spec.turn_id, "before\x00after")
     [request] = downstream.conversation.appended
     assert request.message.text == "before\ufffdafter"

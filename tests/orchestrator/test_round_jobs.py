@@ -8,10 +8,10 @@ import pytest
 from macp.common.v1 import principal_pb2
 from macp.orchestrator.v1 import stored_round_pb2
 
-from services.orchestrator.downstream import Caller
 from services.orchestrator.round_jobs import RoundJobCodec
 from services.orchestrator.rounds import RoundJob
 from services.orchestrator.settings import SEALING_KEY, OrchestratorSettings
+from services.runtime.principal import Caller
 from services.runtime.sealing import Sealer, SealError
 from services.runtime.settings import Env, SettingsError
 

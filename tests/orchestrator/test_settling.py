@@ -13,7 +13,7 @@ from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 from macp.metering.v1 import metering_service_pb2 as metering_pb
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
-from services.orchestrator.downstream import Caller, Downstream
+from services.orchestrator.downstream import Downstream
 from services.orchestrator.rounds import take_turn
 from services.orchestrator.turns import Emit, Halt, TurnResult, TurnRunner, TurnSpec
 from tests.orchestrator.turn_specs import a_turn_spec
@@ -59,12 +59,6 @@ class _Downstream:
     def __init__(self, calls: _Calls) -> None:
         self.conversation = _Stub(calls, ("AppendMessage",))
         self.metering = _Stub(calls, ("Commit", "Release"))
-
-    async def for_conversation(self, caller: Caller) -> tuple[tuple[str, str], ...]:
-        return ()
-
-    async def for_metering(self, caller: Caller) -> tuple[tuple[str, str], ...]:
-        return ()
 
 
 class _Runner(TurnRunner):

@@ -7,14 +7,13 @@ import secrets
 import time
 import uuid
 
-import grpc
 import pytest
 import redis.asyncio as aioredis
 from macp.common.v1 import principal_pb2
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
 from services.orchestrator.control import ControlBus
-from services.orchestrator.downstream import Caller, Downstream
+from services.orchestrator.downstream import Downstream
 from services.orchestrator.driver import Driver
 from services.orchestrator.event_log import EventLog
 from services.orchestrator.lease import Leases
@@ -22,6 +21,7 @@ from services.orchestrator.markers import RoundMarkers
 from services.orchestrator.round_jobs import RoundJobCodec
 from services.orchestrator.rounds import RoundJob
 from services.orchestrator.settings import SEALING_KEY, OrchestratorSettings
+from services.runtime.principal import Caller
 from services.runtime.sealing import Sealer
 from services.runtime.settings import Env
 
@@ -30,9 +30,8 @@ pytestmark = pytest.mark.integration
 
 async def _ending_round(redis: aioredis.Redis, prefix: str, events: EventLog) -> tuple[Driver, RoundJob]:
     settings = OrchestratorSettings.from_env(Env({SEALING_KEY: secrets.token_urlsafe(32)}))
-    # The sweep of an ending round calls no other service: the channel is never used.
-    channel = grpc.aio.insecure_channel("127.0.0.1:9")
-    downstream = Downstream(channel, settings)
+    # The sweep of an ending round calls no other service: the mesh address is never reached.
+    downstream = Downstream("127.0.0.1:9", settings)
     driver = Driver(
         redis,
         prefix,

@@ -26,12 +26,12 @@ from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 from macp.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
 
-from services.orchestrator.downstream import Caller
 from services.orchestrator.event_log import EventLog
 from services.orchestrator.markers import RoundMarkers
 from services.orchestrator.round_jobs import RoundJobCodec
 from services.orchestrator.rounds import RoundJob
 from services.orchestrator.settings import SEALING_KEY
+from services.runtime.principal import Caller
 from services.runtime.sealing import Sealer, sealing_key
 from services.runtime.settings import Env
 from services.runtime.usage_ids import agent_turn_event_id, orchestration_event_id

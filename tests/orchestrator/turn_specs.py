@@ -7,8 +7,8 @@ import uuid
 from macp.common.v1 import principal_pb2
 from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 
-from services.orchestrator.downstream import Caller
 from services.orchestrator.turns import TurnSpec
+from services.runtime.principal import Caller
 
 
 def a_turn_spec() -> TurnSpec:

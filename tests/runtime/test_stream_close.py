@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2
 from services.runtime.context import REQUEST_ID_HEADER, RpcContext, request_id_var
 from services.runtime.interceptors import AdmitAll, server_interceptors
 from services.runtime.metrics import RpcMetrics
-from services.runtime.principal import principal_var
+from services.runtime.principal import caller_var
 
 METHOD = "/macp.test.v1.StreamService/Watch"
 
@@ -116,7 +116,7 @@ async def test_a_stream_closed_from_another_task_resets_nothing_and_logs_no_erro
 
             async def first_response(responses: Any = stream) -> Any:
                 response = await responses.__anext__()
-                seen_in_handler.append((request_id_var.get(), principal_var.get() is not None))
+                seen_in_handler.append((request_id_var.get(), caller_var.get() is not None))
                 return response
 
             # The handler task: the interceptors set their variables in its Context.
@@ -134,4 +134,4 @@ async def test_a_stream_closed_from_another_task_resets_nothing_and_logs_no_erro
     assert [(c.get("message"), c.get("exception")) for c in ours] == []
     # The closing tasks leave this task's Context as it was.
     assert request_id_var.get() is None
-    assert principal_var.get() is None
+    assert caller_var.get() is None

@@ -90,7 +90,6 @@ async def _issue(edge: EdgeContext, request: Request, form: Form, grant_type: st
             audience=form.all("audience"),
         ),
         timeout=edge.timeout,
-        metadata=edge.metadata(),
     )
     return _token_response(reply)
 
@@ -113,7 +112,6 @@ async def _exchange(edge: EdgeContext, request: Request, form: Form) -> Response
             requested_token_type=form.get("requested_token_type"),
         ),
         timeout=edge.timeout,
-        metadata=edge.metadata(),
     )
     return _token_response(reply)
 
@@ -146,7 +144,6 @@ async def revoke(request: Request) -> Response:
             token_id=token_id,
         ),
         timeout=edge.timeout,
-        metadata=edge.metadata(),
     )
     return Response(status_code=200, headers=NO_STORE)
 
@@ -165,10 +162,7 @@ async def introspect(request: Request) -> Response:
         reply: pb.IntrospectResponse = await edge.token.Introspect(
             pb.IntrospectRequest(token=introspected, token_type_hint=_hint(form)),
             timeout=edge.timeout,
-            metadata=(
-                *edge.metadata(),
-                ("authorization", encode_basic(client.client_id, client.client_secret)),
-            ),
+            metadata=(("authorization", encode_basic(client.client_id, client.client_secret)),),
         )
     except grpc.aio.AioRpcError as exc:
         error = oauth_error_of(exc, Endpoint.CLIENT)
@@ -212,7 +206,6 @@ async def register(request: Request) -> Response:
             metadata=metadata, initial_access_token=initial_access_token, tenant_id=tenant_id
         ),
         timeout=edge.timeout,
-        metadata=edge.metadata(),
     )
     document: dict[str, Any] = {"client_id": reply.client_id}
     if reply.client_id_issued_at:
@@ -226,9 +219,7 @@ async def register(request: Request) -> Response:
 
 async def jwks(request: Request) -> Response:
     edge = edge_context(request)
-    reply: pb.GetJwksResponse = await edge.token.GetJwks(
-        pb.GetJwksRequest(), timeout=edge.timeout, metadata=edge.metadata()
-    )
+    reply: pb.GetJwksResponse = await edge.token.GetJwks(pb.GetJwksRequest(), timeout=edge.timeout)
     return JSONResponse(
         {"keys": [rfc_fields(key) for key in reply.keys]},
         headers={"cache-control": f"public, max-age={JWKS_MAX_AGE_SECONDS}"},

@@ -13,7 +13,6 @@ from services.edge.rest.conventions import (
     COMMON_ERRORS,
     PAGE_QUERY,
     WRITE_ERRORS,
-    call_options,
     etag_header,
     if_match,
     page,
@@ -30,7 +29,7 @@ async def create_agent(request: Request) -> Response:
     query(request, ())
     agent = await parse_message(request, pb.Agent(), edge.settings.max_body_bytes)
     reply: pb.CreateAgentResponse = await edge.conversation.CreateAgent(
-        pb.CreateAgentRequest(agent=agent), **await call_options(edge)
+        pb.CreateAgentRequest(agent=agent), timeout=edge.timeout
     )
     location = f"/v1/agents/{reply.agent.id}"
     return message_response(reply.agent, 201, {"location": location, **etag_header(reply.agent.etag)})
@@ -43,7 +42,7 @@ async def get_agent(request: Request) -> Response:
     agent = await cached(edge, resource_cache.AGENT, agent_id, pb.Agent.FromString)
     if agent is None:
         reply: pb.GetAgentResponse = await edge.conversation.GetAgent(
-            pb.GetAgentRequest(id=agent_id), **await call_options(edge)
+            pb.GetAgentRequest(id=agent_id), timeout=edge.timeout
         )
         agent = reply.agent
     return message_response(agent, 200, etag_header(agent.etag))
@@ -54,7 +53,7 @@ async def list_agents(request: Request) -> Response:
     params = query(request, ("page_size", "page_token", "capability"))
     reply: pb.ListAgentsResponse = await edge.conversation.ListAgents(
         pb.ListAgentsRequest(**page(params), capability=params.get("capability", "")),
-        **await call_options(edge),
+        timeout=edge.timeout,
     )
     return message_response(reply)
 
@@ -63,7 +62,7 @@ async def update_agent(request: Request) -> Response:
     edge = edge_context(request)
     changes, mask = await patch_request(request, edge, pb.Agent())
     reply: pb.UpdateAgentResponse = await edge.conversation.UpdateAgent(
-        pb.UpdateAgentRequest(agent=changes, update_mask=mask), **await call_options(edge)
+        pb.UpdateAgentRequest(agent=changes, update_mask=mask), timeout=edge.timeout
     )
     return message_response(reply.agent, 200, etag_header(reply.agent.etag))
 
@@ -73,7 +72,7 @@ async def delete_agent(request: Request) -> Response:
     query(request, ())
     await edge.conversation.DeleteAgent(
         pb.DeleteAgentRequest(id=request.path_params["id"], etag=if_match(request)),
-        **await call_options(edge),
+        timeout=edge.timeout,
     )
     return Response(status_code=204)
 

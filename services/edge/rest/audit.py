@@ -13,9 +13,9 @@ from macp.token.v1 import token_service_pb2 as pb
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.edge.context import TOKEN_AUDIENCE, edge_context
+from services.edge.context import edge_context
 from services.edge.http import message_response
-from services.edge.rest.conventions import call_options, integer, invalid_parameter, query_time
+from services.edge.rest.conventions import integer, invalid_parameter, query_time
 from services.edge.routes import ApiRoute
 from services.runtime.audit import ACTIONS
 
@@ -52,9 +52,7 @@ async def list_audit_events(request: Request) -> Response:
         moment = _timestamp(request, parameter)
         if moment is not None:
             getattr(audit_request, parameter).CopyFrom(moment)
-    reply: pb.ListAuditEventsResponse = await edge.token.ListAuditEvents(
-        audit_request, **await call_options(edge, TOKEN_AUDIENCE)
-    )
+    reply: pb.ListAuditEventsResponse = await edge.token.ListAuditEvents(audit_request, timeout=edge.timeout)
     return message_response(reply)
 
 

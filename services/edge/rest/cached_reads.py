@@ -14,8 +14,8 @@ from typing import TypeVar
 
 from google.protobuf.message import Message
 
-from services.edge.auth import caller_var
 from services.edge.context import EdgeContext
+from services.runtime.principal import caller_var
 from services.runtime.resource_cache import read_cached
 
 M = TypeVar("M", bound=Message)
@@ -30,8 +30,8 @@ async def cached(edge: EdgeContext, kind: str, resource_id: str, parse: Callable
         edge.redis,
         edge.settings.redis.key_prefix,
         kind,
-        tenant_id=caller.claims.tenant_id,
-        scopes=caller.claims.scopes,
+        tenant_id=caller.principal.tenant_id,
+        scopes=caller.principal.scopes,
         resource_id=resource_id,
         parse=parse,
     )

@@ -35,10 +35,10 @@ from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from services.edge.auth import caller_var
-from services.edge.context import ORCHESTRATOR_AUDIENCE, edge_context
+from services.edge.context import edge_context
 from services.edge.errors import HttpError, http_status
 from services.edge.http import read_json_object
+from services.edge.rate_limits import caller_identity
 from services.edge.rest.idempotency import Claim, IdempotencyKeys, KeyScope, Replay, fingerprint, request_key
 from services.edge.rest.openai_shapes import (
     CHAT_REQUEST_SCHEMA,
@@ -54,6 +54,7 @@ from services.edge.rest.openai_shapes import (
 from services.edge.rest.sse import SSE_HEADERS
 from services.edge.routes import ApiRoute, Content
 from services.runtime.errors import DomainError
+from services.runtime.principal import caller_var
 
 log = logging.getLogger("macp.edge.chat_completions")
 
@@ -80,9 +81,10 @@ def _key_scope(request: Request) -> KeyScope | None:
     """The request's Idempotency-Key in its caller's tenant and client (None without one)."""
     key = request_key(request.headers)
     caller = caller_var.get()
-    if key is None or caller is None or caller.claims.tenant_id is None:
+    if key is None or caller is None:
         return None
-    return KeyScope(caller.claims.tenant_id, caller.claims.client_id or caller.claims.sub, key)
+    _, client_id, tenant_id = caller_identity(caller)
+    return KeyScope(tenant_id, client_id, key)
 
 
 def _answer(created: int, done: pb.CompletionDone) -> bytes:
@@ -173,7 +175,6 @@ async def chat_completions(request: Request) -> Response:
         call = edge.orchestrator.Complete(
             complete,
             timeout=edge.settings.completion_timeout_seconds,
-            metadata=await edge.call_metadata(ORCHESTRATOR_AUDIENCE),
         )
         first = await call.read()
         created = int(time.time())

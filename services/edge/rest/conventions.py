@@ -24,7 +24,7 @@ from google.protobuf.message import Message
 from macp.conversation.v1 import conversation_service_pb2 as pb
 from starlette.requests import Request
 
-from services.edge.context import CONVERSATION_AUDIENCE, EdgeContext
+from services.edge.context import EdgeContext
 from services.edge.errors import HttpError
 from services.edge.http import parse_document, read_json_object
 from services.edge.routes import Link
@@ -195,9 +195,3 @@ def same_id(document: dict[str, Any], path_id: str, key: str = "id") -> None:
         raise HttpError(
             HTTPStatus.BAD_REQUEST, "INVALID_ARGUMENT", f"{key}: must be the id in the path or absent"
         )
-
-
-async def call_options(edge: EdgeContext, audience: str = CONVERSATION_AUDIENCE) -> dict[str, Any]:
-    """The deadline and metadata (request id, the caller's token exchanged for `audience`) of one
-    call to a service on behalf of the current request: the conversation service's by default."""
-    return {"timeout": edge.timeout, "metadata": await edge.call_metadata(audience)}

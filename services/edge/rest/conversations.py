@@ -14,7 +14,6 @@ from services.edge.rest.conventions import (
     ITS_ID,
     PAGE_QUERY,
     WRITE_ERRORS,
-    call_options,
     etag_header,
     if_match,
     invalid,
@@ -43,7 +42,7 @@ async def create_conversation(request: Request) -> Response:
     query(request, ())
     conversation = await parse_message(request, pb.Conversation(), edge.settings.max_body_bytes)
     reply: pb.CreateConversationResponse = await edge.conversation.CreateConversation(
-        pb.CreateConversationRequest(conversation=conversation), **await call_options(edge)
+        pb.CreateConversationRequest(conversation=conversation), timeout=edge.timeout
     )
     created = reply.conversation
     location = f"/v1/conversations/{created.id}"
@@ -59,7 +58,7 @@ async def get_conversation(request: Request) -> Response:
     )
     if conversation is None:
         reply: pb.GetConversationResponse = await edge.conversation.GetConversation(
-            pb.GetConversationRequest(id=conversation_id), **await call_options(edge)
+            pb.GetConversationRequest(id=conversation_id), timeout=edge.timeout
         )
         conversation = reply.conversation
     return message_response(conversation, 200, etag_header(conversation.etag))
@@ -74,7 +73,7 @@ async def list_conversations(request: Request) -> Response:
             status=_status(params.get("status", "")),  # type: ignore[arg-type]
             agent_id=params.get("agent_id", ""),
         ),
-        **await call_options(edge),
+        timeout=edge.timeout,
     )
     return message_response(reply)
 
@@ -83,7 +82,7 @@ async def update_conversation(request: Request) -> Response:
     edge = edge_context(request)
     changes, mask = await patch_request(request, edge, pb.Conversation())
     reply: pb.UpdateConversationResponse = await edge.conversation.UpdateConversation(
-        pb.UpdateConversationRequest(conversation=changes, update_mask=mask), **await call_options(edge)
+        pb.UpdateConversationRequest(conversation=changes, update_mask=mask), timeout=edge.timeout
     )
     return message_response(reply.conversation, 200, etag_header(reply.conversation.etag))
 
@@ -93,7 +92,7 @@ async def delete_conversation(request: Request) -> Response:
     query(request, ())
     await edge.conversation.DeleteConversation(
         pb.DeleteConversationRequest(id=request.path_params["id"], etag=if_match(request)),
-        **await call_options(edge),
+        timeout=edge.timeout,
     )
     return Response(status_code=204)
 

@@ -23,7 +23,7 @@ from macp.orchestrator.v1 import orchestrator_service_pb2 as pb_orchestrator
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.edge.context import ORCHESTRATOR_AUDIENCE, edge_context
+from services.edge.context import edge_context
 from services.edge.errors import HttpError
 from services.edge.http import message_response, parse_document, read_json_object
 from services.edge.rest.conventions import (
@@ -31,7 +31,6 @@ from services.edge.rest.conventions import (
     PAGE_QUERY,
     SAME_ID,
     WRITE_ERRORS,
-    call_options,
     etag_header,
     if_match,
     invalid,
@@ -130,7 +129,7 @@ async def append_message(request: Request) -> Response:
     message = user_message(document, conversation_id)
     reply: pb_orchestrator.PostMessageResponse = await edge.orchestrator.PostMessage(
         pb_orchestrator.PostMessageRequest(conversation_id=conversation_id, message=message),
-        **await call_options(edge, ORCHESTRATOR_AUDIENCE),
+        timeout=edge.timeout,
     )
     status = 200 if reply.duplicate else 201
     if not wants_event_stream(request):
@@ -160,7 +159,7 @@ async def list_messages(request: Request) -> Response:
         pb.ListMessagesRequest(
             conversation_id=request.path_params["id"], order_by=params.get("order_by", ""), **page(params)
         ),
-        **await call_options(edge),
+        timeout=edge.timeout,
     )
     return message_response(reply)
 
@@ -178,7 +177,7 @@ async def archive_conversation(request: Request) -> Response:
     archive.conversation_id = conversation_id
     archive.etag = if_match(request) or archive.etag
     reply: pb.ArchiveConversationResponse = await edge.conversation.ArchiveConversation(
-        archive, **await call_options(edge)
+        archive, timeout=edge.timeout
     )
     location = f"/v1/conversations/{conversation_id}/archives/{reply.archive.id}"
     return message_response(reply, 201, {"location": location, **etag_header(reply.conversation.etag)})
@@ -196,7 +195,7 @@ async def list_archives(request: Request) -> Response:
     params = query(request, ("page_size", "page_token"))
     reply: pb.ListArchivesResponse = await edge.conversation.ListArchives(
         pb.ListArchivesRequest(conversation_id=request.path_params["id"], **page(params)),
-        **await call_options(edge),
+        timeout=edge.timeout,
     )
     return message_response(reply)
 
@@ -206,9 +205,7 @@ async def get_archive(request: Request) -> Response:
     params = query(request, ("url_ttl",))
     archive_request = pb.GetArchiveRequest(id=request.path_params["archive_id"])
     _url_ttl(archive_request, params.get("url_ttl", ""))
-    reply: pb.GetArchiveResponse = await edge.conversation.GetArchive(
-        archive_request, **await call_options(edge)
-    )
+    reply: pb.GetArchiveResponse = await edge.conversation.GetArchive(archive_request, timeout=edge.timeout)
     if reply.archive.conversation_id != request.path_params["id"]:
         # Another conversation's archive (of the same tenant): not under this path.
         raise HttpError(HTTPStatus.NOT_FOUND, "NOT_FOUND", f"archive {archive_request.id} not found")

@@ -16,12 +16,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.edge.auth import caller_var
 from services.edge.errors import FastJSONResponse
-from services.edge.rate_limits import RateLimits, RateLimitSettings, headers
+from services.edge.rate_limits import RateLimits, RateLimitSettings, caller_identity, headers
 from services.edge.routes import ApiRoute, Content
 from services.edge.schema import JsonSchema
-from services.runtime.errors import Unauthenticated
+from services.runtime.principal import current_caller
 from services.runtime.ratelimit import Decision, Limit
 
 _LIMIT: JsonSchema = {
@@ -124,19 +123,12 @@ def status_document(limits: RateLimits, decision: Decision, identity: dict[str, 
 
 
 async def get_rate_limits(request: Request) -> Response:
-    caller = caller_var.get()
-    tenant_id = caller.claims.tenant_id if caller is not None else None
-    if caller is None or tenant_id is None:
-        raise Unauthenticated("this request carries no verified token")
+    caller = current_caller()
     limits: RateLimits = request.app.state.edge.rate_limits
     decision = await limits.peek(caller)
-    claims = caller.claims
     # The identity the limits are keyed by (RateLimits.keyed), so the answer names what counts.
-    identity = {
-        "clientClass": claims.client_class or "third_party",
-        "clientId": claims.client_id or claims.sub,
-        "tenantId": tenant_id,
-    }
+    client_class, client_id, tenant_id = caller_identity(caller)
+    identity = {"clientClass": client_class, "clientId": client_id, "tenantId": tenant_id}
     response = FastJSONResponse(status_document(limits, decision, identity))
     # The RateLimit fields of the standing; no Retry-After, since this answer itself succeeded.
     response.raw_headers.extend(field for field in headers(decision) if field[0] != b"retry-after")

@@ -32,13 +32,13 @@ from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from services.edge.auth import caller_var
-from services.edge.context import ORCHESTRATOR_AUDIENCE, EdgeContext, edge_context
+from services.edge.context import EdgeContext, edge_context
 from services.edge.errors import HttpError
 from services.edge.events import dumps, event_document, payload_kind, violations
 from services.edge.rest.conventions import COMMON_ERRORS, query
 from services.edge.routes import ApiRoute, Content
 from services.runtime.errors import Unauthenticated
+from services.runtime.principal import caller_var
 
 EVENT_STREAM = "text/event-stream"
 SSE_FIRST_EVENT_WAIT_SECONDS = 0.5
@@ -114,8 +114,7 @@ async def stream_events(
     caller = caller_var.get()
     if caller is None:
         raise Unauthenticated("this request carries no verified token")
-    metadata = await edge.call_metadata(ORCHESTRATOR_AUDIENCE)
-    call = edge.orchestrator.StreamEvents(request, metadata=metadata)
+    call = edge.orchestrator.StreamEvents(request)
     queue: asyncio.Queue[Item] = asyncio.Queue()
 
     async def read() -> None:
@@ -130,10 +129,10 @@ async def stream_events(
     # queue is unbounded, but each item waits only for this stream's own client to read it).
     reader = asyncio.get_running_loop().create_task(read())
     watch = _RevocationWatch(queue)
-    edge.open_streams.watch(caller.claims.jti, watch)
+    edge.open_streams.watch(caller.principal.token_id, watch)
 
     def stop_reading() -> None:
-        edge.open_streams.unwatch(caller.claims.jti, watch)
+        edge.open_streams.unwatch(caller.principal.token_id, watch)
         call.cancel()
         reader.cancel()
 

@@ -12,13 +12,12 @@ from macp.metering.v1 import metering_service_pb2 as pb
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.edge.auth import caller_var
-from services.edge.context import METERING_AUDIENCE, edge_context
+from services.edge.context import edge_context
 from services.edge.http import message_response
-from services.edge.rest.conventions import call_options, integer, invalid_parameter, query_time
+from services.edge.rest.conventions import integer, invalid_parameter, query_time
 from services.edge.routes import ApiRoute
-from services.runtime.errors import Unauthenticated
 from services.runtime.periods import billing_month, month_end, month_start
+from services.runtime.principal import current_principal
 
 GROUPS = {
     "agent": pb.GROUP_BY_AGENT,
@@ -29,10 +28,7 @@ GROUPS = {
 
 
 def _tenant() -> str:
-    caller = caller_var.get()
-    if caller is None or caller.claims.tenant_id is None:
-        raise Unauthenticated("this request carries no verified token")
-    return caller.claims.tenant_id
+    return current_principal().tenant_id
 
 
 async def get_usage(request: Request) -> Response:
@@ -52,9 +48,7 @@ async def get_usage(request: Request) -> Response:
     )
     usage_request.period.start_time.FromDatetime(query_time(request, "start", month_start(month)))
     usage_request.period.end_time.FromDatetime(query_time(request, "end", month_end(month)))
-    reply: pb.GetUsageResponse = await edge.metering.GetUsage(
-        usage_request, **await call_options(edge, METERING_AUDIENCE)
-    )
+    reply: pb.GetUsageResponse = await edge.metering.GetUsage(usage_request, timeout=edge.timeout)
     return message_response(reply)
 
 
@@ -62,7 +56,7 @@ async def get_invoice_preview(request: Request) -> Response:
     edge = edge_context(request)
     reply: pb.GetInvoicePreviewResponse = await edge.metering.GetInvoicePreview(
         pb.GetInvoicePreviewRequest(tenant_id=_tenant(), billing_month=request.query_params.get("month", "")),
-        **await call_options(edge, METERING_AUDIENCE),
+        timeout=edge.timeout,
     )
     return message_response(reply)
 

@@ -38,7 +38,6 @@ from collections import deque
 import grpc
 from opentelemetry.trace import SpanContext, SpanKind
 
-from services.edge.auth import Caller, caller_var
 from services.edge.context import EdgeContext
 from services.edge.rate_limits import refusal, retry_after
 from services.edge.ws.close import CloseCode, close_reason
@@ -56,6 +55,7 @@ from services.edge.ws.streams import Subscription
 from services.runtime import tracing
 from services.runtime.context import new_request_id, request_id_var, reset_quietly
 from services.runtime.errors import DomainError
+from services.runtime.principal import Caller, caller_var
 from services.runtime.registry import EDGE
 
 log = logging.getLogger("macp.edge.websocket")
@@ -97,7 +97,7 @@ class Connection:
         # Where the idle clock starts: the last frame, or the moment the last subscription ended.
         self._idle_since = self._started
         # The token's expiry on the loop's clock: the connection closes (4401) when it passes.
-        self._expires_at = self._started + (caller.claims.exp - time.time())
+        self._expires_at = self._started + (caller.principal.expire_time.seconds - time.time())
         self._subscriptions: dict[str, Subscription] | None = None
         self._inbox: deque[str] | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -112,7 +112,7 @@ class Connection:
     def start(self) -> None:
         if not self._state.open:  # the link went away before the accept completed
             return
-        self._edge.open_streams.watch(self._caller.claims.jti, self)
+        self._edge.open_streams.watch(self._caller.principal.token_id, self)
         self._arm()
 
     def token_revoked(self) -> None:
@@ -186,7 +186,7 @@ class Connection:
         if self._state is ConnectionState.CLOSED:
             return
         self._move(ConnectionState.CLOSED)
-        self._edge.open_streams.unwatch(self._caller.claims.jti, self)
+        self._edge.open_streams.unwatch(self._caller.principal.token_id, self)
         self._stop_subscriptions()
         self._cancel_timer()
         if self._worker is not None:

@@ -16,7 +16,6 @@ from urllib.parse import parse_qsl
 from opentelemetry.trace import SpanContext
 from wsproto.events import Request
 
-from services.edge.auth import Caller
 from services.edge.context import EdgeContext
 from services.edge.rate_limits import refusal
 from services.edge.readiness import not_ready_message
@@ -25,9 +24,11 @@ from services.edge.ws.close import CloseCode, close_reason
 from services.edge.ws.connection import Connection
 from services.edge.ws.link import WebSocketLink
 from services.runtime import tracing
+from services.runtime.auth.authenticator import principal_from_claims
 from services.runtime.auth.jwt import InvalidToken
 from services.runtime.context import new_request_id, request_id_var
 from services.runtime.errors import Unavailable
+from services.runtime.principal import Caller
 
 log = logging.getLogger("macp.edge.websocket")
 
@@ -97,7 +98,7 @@ class EdgeHandshake:
                 await limits.count_failure(address)
             link.accept_and_close(CloseCode.UNAUTHENTICATED, "invalid token: missing_claim: tenant_id")
             return
-        caller = Caller(token, claims)
+        caller = Caller(token, principal_from_claims(claims))
         decision = await limits.check(caller)
         if not decision.admitted:
             link.accept_and_close(CloseCode.RATE_LIMITED, close_reason(refusal(decision)))

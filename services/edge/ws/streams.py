@@ -17,7 +17,7 @@ from typing import TypeAlias
 import grpc
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
-from services.edge.context import ORCHESTRATOR_AUDIENCE, EdgeContext
+from services.edge.context import EdgeContext
 from services.edge.ws.frames import error_frame, event_frame, rpc_error_fields
 
 log = logging.getLogger("macp.edge.websocket")
@@ -47,10 +47,9 @@ class Subscription:
         cls, edge: EdgeContext, first: pb.ConverseRequest, push: Push, ended: Ended
     ) -> Subscription:
         """Opens the stream and sends `first` (a Join, or the action that opened it)."""
-        metadata = await edge.call_metadata(ORCHESTRATOR_AUDIENCE)
         # No deadline: the stream lives as long as the subscription. wait_for_ready off, so an
         # unreachable mesh fails the write below at once instead of holding the connection.
-        call = edge.orchestrator.Converse(metadata=metadata, wait_for_ready=False)
+        call = edge.orchestrator.Converse(wait_for_ready=False)
         subscription = cls(first.conversation_id, call, push, ended)
         await subscription.write(first, edge.timeout)
         return subscription

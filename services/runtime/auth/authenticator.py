@@ -48,6 +48,13 @@ _CLIENT_CLASSES = {
     "partner": principal_pb2.CLIENT_CLASS_PARTNER,
     "third_party": principal_pb2.CLIENT_CLASS_THIRD_PARTY,
 }
+_CLIENT_CLASS_NAMES = {value: name for name, value in _CLIENT_CLASSES.items()}
+
+
+def client_class_name(principal: Principal) -> str:
+    """The principal's client class as its token names it; a token that names none is treated as
+    a third party's (the strictest default limits)."""
+    return _CLIENT_CLASS_NAMES.get(principal.client_class, "third_party")
 
 
 def _actor(claim: ActorClaim) -> principal_pb2.Actor:

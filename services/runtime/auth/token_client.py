@@ -36,8 +36,6 @@ ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 EXPIRY_MARGIN_SECONDS = 30.0
 MAX_CACHED_TOKENS = 10_000
 
-Metadata = tuple[tuple[str, str], ...]
-
 
 @dataclass(frozen=True)
 class ClientCredentials:
@@ -98,16 +96,16 @@ class TokenClient:
         self._lock = asyncio.Lock()
         self._cache = TokenCache(clock)
 
-    async def credentials(self, metadata: Metadata) -> ClientCredentials:
+    async def credentials(self) -> ClientCredentials:
         """The configured client, or the one registered for this process on first use."""
         if self._credentials is not None:
             return self._credentials
         async with self._lock:
             if self._credentials is None:
-                self._credentials = await self._register(metadata)
+                self._credentials = await self._register()
             return self._credentials
 
-    async def _register(self, metadata: Metadata) -> ClientCredentials:
+    async def _register(self) -> ClientCredentials:
         name = self._registration.name
         if not self._initial_access_token:
             raise Unavailable(
@@ -125,7 +123,6 @@ class TokenClient:
                 ),
             ),
             timeout=self._timeout,
-            metadata=metadata,
         )
         log.info("registered a token client", extra={"client_name": name, "client_id": reply.client_id})
         return ClientCredentials(reply.client_id, reply.client_secret)
@@ -135,7 +132,6 @@ class TokenClient:
         key: Hashable,
         subject_token: str,
         audience: str,
-        metadata: Metadata,
         *,
         actor_token: str = "",
         scope: str = "",
@@ -146,7 +142,7 @@ class TokenClient:
         cached = self._cache.get(cache_key)
         if cached is not None:
             return cached
-        client = await self.credentials(metadata)
+        client = await self.credentials()
         reply: token_pb.ExchangeTokenResponse = await self._stub.ExchangeToken(
             token_pb.ExchangeTokenRequest(
                 client_id=client.client_id,
@@ -159,18 +155,17 @@ class TokenClient:
                 scope=scope,
             ),
             timeout=self._timeout,
-            metadata=metadata,
         )
         self._cache.put(cache_key, reply.access_token, reply.expires_in)
         return reply.access_token
 
-    async def own_token(self, audience: str, scope: str, metadata: Metadata) -> str:
+    async def own_token(self, audience: str, scope: str) -> str:
         """A client-credentials token of this service's own client, cached per (audience, scope)."""
         cache_key = ("client_credentials", audience, scope)
         cached = self._cache.get(cache_key)
         if cached is not None:
             return cached
-        client = await self.credentials(metadata)
+        client = await self.credentials()
         reply: token_pb.IssueTokenResponse = await self._stub.IssueToken(
             token_pb.IssueTokenRequest(
                 grant_type=token_pb.GRANT_TYPE_CLIENT_CREDENTIALS,
@@ -180,7 +175,6 @@ class TokenClient:
                 audience=[audience],
             ),
             timeout=self._timeout,
-            metadata=metadata,
         )
         self._cache.put(cache_key, reply.access_token, reply.expires_in)
         return reply.access_token
@@ -189,7 +183,6 @@ class TokenClient:
         self,
         request: token_pb.IssueAgentTokenRequest,
         bearer: str,
-        metadata: Metadata,
     ) -> str:
         """An agent token for `request`, minted with `bearer` (a token holding `macp:agent-token`
         for the token service), cached per (tenant, agent, owner, capabilities, scope)."""
@@ -207,7 +200,7 @@ class TokenClient:
         reply: token_pb.IssueAgentTokenResponse = await self._stub.IssueAgentToken(
             request,
             timeout=self._timeout,
-            metadata=(*metadata, ("authorization", f"Bearer {bearer}")),
+            metadata=(("authorization", f"Bearer {bearer}"),),
         )
         self._cache.put(cache_key, reply.access_token, reply.expires_in)
         return reply.access_token
