@@ -7,45 +7,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from services.edge.context import edge_context
-from services.edge.http import message_response, parse_message
-from services.edge.rest.cached_reads import cached
+from services.edge.http import message_response
 from services.edge.rest.conventions import (
     COMMON_ERRORS,
     PAGE_QUERY,
     WRITE_ERRORS,
-    etag_header,
-    if_match,
     page,
-    patch_request,
     query,
     resource_links,
 )
+from services.edge.rest.resources import StoredResource
 from services.edge.routes import ApiRoute, Link
 from services.runtime import resource_cache
 
-
-async def create_agent(request: Request) -> Response:
-    edge = edge_context(request)
-    query(request, ())
-    agent = await parse_message(request, pb.Agent(), edge.settings.max_body_bytes)
-    reply: pb.CreateAgentResponse = await edge.conversation.CreateAgent(
-        pb.CreateAgentRequest(agent=agent), timeout=edge.timeout
-    )
-    location = f"/v1/agents/{reply.agent.id}"
-    return message_response(reply.agent, 201, {"location": location, **etag_header(reply.agent.etag)})
-
-
-async def get_agent(request: Request) -> Response:
-    edge = edge_context(request)
-    query(request, ())
-    agent_id = request.path_params["id"]
-    agent = await cached(edge, resource_cache.AGENT, agent_id, pb.Agent.FromString)
-    if agent is None:
-        reply: pb.GetAgentResponse = await edge.conversation.GetAgent(
-            pb.GetAgentRequest(id=agent_id), timeout=edge.timeout
-        )
-        agent = reply.agent
-    return message_response(agent, 200, etag_header(agent.etag))
+AGENTS = StoredResource("agents", pb.Agent, resource_cache.AGENT)
 
 
 async def list_agents(request: Request) -> Response:
@@ -56,25 +31,6 @@ async def list_agents(request: Request) -> Response:
         timeout=edge.timeout,
     )
     return message_response(reply)
-
-
-async def update_agent(request: Request) -> Response:
-    edge = edge_context(request)
-    changes, mask = await patch_request(request, edge, pb.Agent())
-    reply: pb.UpdateAgentResponse = await edge.conversation.UpdateAgent(
-        pb.UpdateAgentRequest(agent=changes, update_mask=mask), timeout=edge.timeout
-    )
-    return message_response(reply.agent, 200, etag_header(reply.agent.etag))
-
-
-async def delete_agent(request: Request) -> Response:
-    edge = edge_context(request)
-    query(request, ())
-    await edge.conversation.DeleteAgent(
-        pb.DeleteAgentRequest(id=request.path_params["id"], etag=if_match(request)),
-        timeout=edge.timeout,
-    )
-    return Response(status_code=204)
 
 
 AGENT_LINKS = resource_links("Agent")
@@ -89,7 +45,7 @@ ROUTES = [
         path="/v1/agents",
         operation_id="createAgent",
         summary="Create an agent owned by the caller",
-        handler=create_agent,
+        handler=AGENTS.create,
         body=pb.Agent,
         response=pb.Agent,
         status=201,
@@ -113,7 +69,7 @@ ROUTES = [
         path="/v1/agents/{id}",
         operation_id="getAgent",
         summary="Get one agent",
-        handler=get_agent,
+        handler=AGENTS.get,
         response=pb.Agent,
         errors=(*COMMON_ERRORS, 404),
         tags=("agents",),
@@ -124,7 +80,7 @@ ROUTES = [
         path="/v1/agents/{id}",
         operation_id="updateAgent",
         summary="Change the fields in the body (If-Match: the etag last read)",
-        handler=update_agent,
+        handler=AGENTS.update,
         body=pb.Agent,
         response=pb.Agent,
         errors=(*WRITE_ERRORS, 404, 412, 428),
@@ -136,7 +92,7 @@ ROUTES = [
         path="/v1/agents/{id}",
         operation_id="deleteAgent",
         summary="Delete an agent (409 while an active conversation lists it)",
-        handler=delete_agent,
+        handler=AGENTS.delete,
         response=None,
         status=204,
         errors=(*COMMON_ERRORS, 404, 409, 412),

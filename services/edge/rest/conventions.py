@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
-from macp.conversation.v1 import conversation_service_pb2 as pb
 from starlette.requests import Request
 
 from services.edge.context import EdgeContext
@@ -32,7 +31,7 @@ from services.edge.schema import JsonSchema
 from services.runtime.protos import descriptor_of
 
 # The resources PATCH changes: each has an `id` and an `etag`.
-Patched = TypeVar("Patched", pb.Agent, pb.Conversation)
+Patched = TypeVar("Patched", bound=Message)
 
 # The query parameters of every List route (AIP-158), as the OpenAPI document declares them.
 PAGE_QUERY: tuple[tuple[str, JsonSchema, str], ...] = (
@@ -168,8 +167,8 @@ async def patch_request(request: Request, edge: EdgeContext, resource: Patched) 
     resource_id = request.path_params["id"]
     document = await read_json_object(request, edge.settings.max_body_bytes)
     same_id(document, resource_id)
-    changes = parse_document(document, resource)
-    changes.id, changes.etag = resource_id, patch_etag(request, document)
+    # The path names the resource and If-Match (else the body) the version the change is for.
+    changes = parse_document({**document, "id": resource_id, "etag": patch_etag(request, document)}, resource)
     return changes, patch_mask(document, type(resource))
 
 

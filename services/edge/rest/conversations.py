@@ -7,21 +7,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from services.edge.context import edge_context
-from services.edge.http import message_response, parse_message
-from services.edge.rest.cached_reads import cached
+from services.edge.http import message_response
 from services.edge.rest.conventions import (
     COMMON_ERRORS,
     ITS_ID,
     PAGE_QUERY,
     WRITE_ERRORS,
-    etag_header,
-    if_match,
     invalid,
     page,
-    patch_request,
     query,
     resource_links,
 )
+from services.edge.rest.resources import StoredResource
 from services.edge.routes import ApiRoute, Link
 from services.runtime import resource_cache
 
@@ -37,31 +34,7 @@ def _status(text: str) -> int:
     return pb.ConversationStatus.Value(text)
 
 
-async def create_conversation(request: Request) -> Response:
-    edge = edge_context(request)
-    query(request, ())
-    conversation = await parse_message(request, pb.Conversation(), edge.settings.max_body_bytes)
-    reply: pb.CreateConversationResponse = await edge.conversation.CreateConversation(
-        pb.CreateConversationRequest(conversation=conversation), timeout=edge.timeout
-    )
-    created = reply.conversation
-    location = f"/v1/conversations/{created.id}"
-    return message_response(created, 201, {"location": location, **etag_header(created.etag)})
-
-
-async def get_conversation(request: Request) -> Response:
-    edge = edge_context(request)
-    query(request, ())
-    conversation_id = request.path_params["id"]
-    conversation = await cached(
-        edge, resource_cache.CONVERSATION, conversation_id, pb.Conversation.FromString
-    )
-    if conversation is None:
-        reply: pb.GetConversationResponse = await edge.conversation.GetConversation(
-            pb.GetConversationRequest(id=conversation_id), timeout=edge.timeout
-        )
-        conversation = reply.conversation
-    return message_response(conversation, 200, etag_header(conversation.etag))
+CONVERSATIONS = StoredResource("conversations", pb.Conversation, resource_cache.CONVERSATION)
 
 
 async def list_conversations(request: Request) -> Response:
@@ -76,25 +49,6 @@ async def list_conversations(request: Request) -> Response:
         timeout=edge.timeout,
     )
     return message_response(reply)
-
-
-async def update_conversation(request: Request) -> Response:
-    edge = edge_context(request)
-    changes, mask = await patch_request(request, edge, pb.Conversation())
-    reply: pb.UpdateConversationResponse = await edge.conversation.UpdateConversation(
-        pb.UpdateConversationRequest(conversation=changes, update_mask=mask), timeout=edge.timeout
-    )
-    return message_response(reply.conversation, 200, etag_header(reply.conversation.etag))
-
-
-async def delete_conversation(request: Request) -> Response:
-    edge = edge_context(request)
-    query(request, ())
-    await edge.conversation.DeleteConversation(
-        pb.DeleteConversationRequest(id=request.path_params["id"], etag=if_match(request)),
-        timeout=edge.timeout,
-    )
-    return Response(status_code=204)
 
 
 STATUS_QUERY = ("status", {"type": "string", "enum": STATUSES}, "only conversations in this state")
@@ -119,7 +73,7 @@ ROUTES = [
         path="/v1/conversations",
         operation_id="createConversation",
         summary="Create a conversation of the caller with some of the tenant's agents",
-        handler=create_conversation,
+        handler=CONVERSATIONS.create,
         body=pb.Conversation,
         response=pb.Conversation,
         status=201,
@@ -143,7 +97,7 @@ ROUTES = [
         path="/v1/conversations/{id}",
         operation_id="getConversation",
         summary="Get one conversation",
-        handler=get_conversation,
+        handler=CONVERSATIONS.get,
         response=pb.Conversation,
         errors=(*COMMON_ERRORS, 404),
         tags=("conversations",),
@@ -154,7 +108,7 @@ ROUTES = [
         path="/v1/conversations/{id}",
         operation_id="updateConversation",
         summary="Change the fields in the body (If-Match: the etag last read; 409 once archived)",
-        handler=update_conversation,
+        handler=CONVERSATIONS.update,
         body=pb.Conversation,
         response=pb.Conversation,
         errors=(*WRITE_ERRORS, 404, 409, 412, 428),
@@ -166,7 +120,7 @@ ROUTES = [
         path="/v1/conversations/{id}",
         operation_id="deleteConversation",
         summary="Delete a conversation and its messages (archives stay in S3)",
-        handler=delete_conversation,
+        handler=CONVERSATIONS.delete,
         response=None,
         status=204,
         errors=(*COMMON_ERRORS, 404, 412),
