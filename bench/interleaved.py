@@ -4,10 +4,11 @@
 
 A change that should cost nothing is measured against the code before it on the same machine in
 the same minutes: the runs alternate (before, after, before, after, ...), so a machine that gets
-busier or quieter moves both sides alike. The commit is checked out as a detached git worktree
-beside the repository, and removed at the end; both sides run with this environment's Python and
-packages, so only the project's own code differs. Each run's report goes to stdout under a header
-naming its side and turn.
+busier or quieter moves both sides alike. The commit is checked out as a detached git worktree,
+removed at the end. What differs between the sides is only the code of the processes the
+benchmark starts (`python -m services.<name>`, which import from their working directory): the
+benchmark itself, its load, its clients and its report are this tree's on both sides, as are the
+Python and the packages. Each run's report goes to stdout under a header naming its side and turn.
 """
 
 from __future__ import annotations
@@ -42,10 +43,18 @@ def worktree_at(commit: str) -> Iterator[Path]:
             )
 
 
+# Runs `<module> [args]` as `python -m` would, but with this tree first on the import path; the
+# working directory (the side's tree) comes next, and is first for the processes it starts.
+_RUNNER = (
+    "import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
+    "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)"
+)
+
+
 def run_in(tree: Path, command: Sequence[str]) -> int:
-    """The benchmark module run from `tree`: `python -m` puts the working directory first on the
-    import path, so `services` and `bench` are that tree's."""
-    return subprocess.run([sys.executable, "-m", *command], cwd=tree, check=False).returncode
+    """This tree's benchmark module, started in `tree`: the services it starts are that tree's."""
+    argv = [sys.executable, "-c", _RUNNER, str(REPO_ROOT), *command]
+    return subprocess.run(argv, cwd=tree, check=False).returncode
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,6 +14,7 @@ bill its own CPU to the servers it measures.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -22,9 +23,12 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import grpc
 import httpx
+from macp.token.v1 import token_service_pb2_grpc as token_grpc
 
-from services.runtime.auth.settings import service_audience
+from bench.service_tokens import service_token
+from services.runtime.auth.settings import USER_SCOPES
 from services.runtime.registry import EDGE
 from services.runtime.settings import Env
 from services.stack.config import EnvoyPorts, free_port
@@ -166,7 +170,9 @@ def running_slice(
             admin=admin,
             initial_access_token=environ["MACP_TOKEN_INITIAL_ACCESS_TOKEN"],
             edge_token=sign_in(envoy.url, admin),
-            conversation_token=service_token(envoy.url, admin, service_audience(CONVERSATION)),
+            conversation_token=asyncio.run(
+                _conversation_token(token[0].address, environ["MACP_TOKEN_INITIAL_ACCESS_TOKEN"], admin)
+            ),
         )
 
 
@@ -197,21 +203,19 @@ def start_apps_and_envoy(
     return apps, envoy
 
 
-def service_token(front_url: str, admin: LocalAdmin, resource: str) -> str:
-    """A token for `resource` (a service) from the seeded internal admin client's credentials: a
-    user's sign-in gets the edge's audience only; a service's is an internal client's to ask."""
-    form = {"grant_type": "client_credentials", "resource": resource}
-    response = httpx.post(
-        f"{front_url}/oauth2/token",
-        data=form,
-        auth=(admin.admin_client_id, admin.admin_client_secret),
-        timeout=10,
-        trust_env=False,
-    )
-    if response.status_code != 200:
-        raise StartupError(f"the admin client's {resource} token: {response.status_code} {response.text}")
-    token: str = response.json()["access_token"]
-    return token
+async def _conversation_token(token_address: str, initial_access_token: str, admin: LocalAdmin) -> str:
+    """The admin user's token for the conversation service itself, got the way the edge gets one:
+    signed in through a consumer client, then exchanged by an internal one (bench/service_tokens.py)."""
+    async with grpc.aio.insecure_channel(token_address) as channel:
+        return await service_token(
+            token_grpc.TokenServiceStub(channel),
+            initial_access_token,
+            admin.tenant_id,
+            admin.username,
+            admin.password,
+            CONVERSATION,
+            " ".join(USER_SCOPES),
+        )
 
 
 def sign_in(front_url: str, admin: LocalAdmin, resource: str | None = None) -> str:
