@@ -97,7 +97,7 @@ class Connection:
         # Where the idle clock starts: the last frame, or the moment the last subscription ended.
         self._idle_since = self._started
         # The token's expiry on the loop's clock: the connection closes (4401) when it passes.
-        self._expires_at = self._started + (caller.principal.expire_time.seconds - time.time())
+        self._expires_at = self._started + (caller.principal.expire_time.ToNanoseconds() / 1e9 - time.time())
         self._subscriptions: dict[str, Subscription] | None = None
         self._inbox: deque[str] | None = None
         self._worker: asyncio.Task[None] | None = None

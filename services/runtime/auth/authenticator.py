@@ -80,7 +80,8 @@ def principal_from_claims(claims: Claims) -> Principal:
         client_class=_CLIENT_CLASSES.get(claims.client_class or "", principal_pb2.CLIENT_CLASS_UNSPECIFIED),
         actor_chain=[_actor(actor) for actor in claims.actor_chain],
         token_id=claims.jti,
-        expire_time=Timestamp(seconds=int(claims.exp)),
+        # `exp` may have a fraction (RFC 7519 NumericDate); kept, so nothing expires early.
+        expire_time=Timestamp(seconds=int(claims.exp), nanos=int(claims.exp % 1 * 1e9)),
     )
 
 
