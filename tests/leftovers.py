@@ -23,6 +23,11 @@ def _describe(task: asyncio.Task[object]) -> str:
     return getattr(coroutine, "__qualname__", None) or type(coroutine).__name__
 
 
+def _closed(channel: grpc.aio.Channel) -> bool:
+    closed: bool = channel._channel.closed()  # type: ignore[attr-defined]
+    return closed
+
+
 async def close_leftovers() -> None:
     """Cancel the tasks still in the running loop, then close live grpc.aio servers and channels."""
     current = asyncio.current_task()
@@ -32,7 +37,9 @@ async def close_leftovers() -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
     gc.collect()
     servers = [obj for obj in gc.get_objects() if isinstance(obj, grpc.aio.Server)]
-    channels = [obj for obj in gc.get_objects() if isinstance(obj, grpc.aio.Channel)]
+    # Only channels still open: a closed one may outlive its test (a fixture's value pytest keeps).
+    # grpc.aio has no public "is closed"; its Cython channel says it.
+    channels = [obj for obj in gc.get_objects() if isinstance(obj, grpc.aio.Channel) and not _closed(obj)]
     for server in servers:
         await server.stop(grace=None)
     for channel in channels:

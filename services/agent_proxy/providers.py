@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from services.agent_proxy.anthropic_provider import AnthropicProvider
-from services.agent_proxy.breaker import BreakerPolicy, CircuitBreaker, Clock
 from services.agent_proxy.openai_provider import OpenAIProvider
 from services.agent_proxy.provider import Provider
 from services.agent_proxy.settings import ProviderConfig, ProxySettings
+from services.runtime.breaker import BreakerPolicy, CircuitBreaker, Clock
 from services.runtime.errors import InvalidArgument
 
 

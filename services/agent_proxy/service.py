@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from macp.agent_proxy.v1 import agent_proxy_service_pb2 as pb
 from macp.agent_proxy.v1 import agent_proxy_service_pb2_grpc as pb_grpc
 
-from services.agent_proxy.breaker import Clock
 from services.agent_proxy.fair_queue import FairQueue
 from services.agent_proxy.generation import Generation
 from services.agent_proxy.providers import Providers
 from services.agent_proxy.servicer import AgentProxyServicer
 from services.agent_proxy.settings import ProxySettings
+from services.runtime.breaker import Clock
 from services.runtime.metrics import breaker_state_collector, first_token_histogram, pending_requests_gauge
 from services.runtime.registry import service
 from services.runtime.resources import Resources

@@ -9,10 +9,10 @@ from macp.agent_proxy.v1 import agent_proxy_service_pb2 as pb
 from macp.agent_proxy.v1 import agent_proxy_service_pb2_grpc as pb_grpc
 
 from services.agent_proxy.bidding import bid
-from services.agent_proxy.breaker import BreakerState
 from services.agent_proxy.generation import Generation
 from services.agent_proxy.providers import Providers
 from services.agent_proxy.settings import ProxySettings
+from services.runtime.breaker import BreakerState
 from services.runtime.context import RpcContext
 from services.runtime.principal import current_principal
 from services.runtime.protos import timestamp_at

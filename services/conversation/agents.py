@@ -9,11 +9,12 @@ from macp.conversation.v1 import conversation_service_pb2 as pb
 
 from services.conversation.agent_store import AgentStore
 from services.conversation.cache import ResourceCache
-from services.conversation.fields import merged, new_etag, parse_id
+from services.conversation.fields import merged
 from services.runtime import audit
 from services.runtime.audit import AuditEvent, Who
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, StaleEtag
-from services.runtime.paging import decode_page_token, filter_digest, page_size, time_key, time_token
+from services.runtime.ids import new_etag, parse_id
+from services.runtime.paging import decode_page_token, filter_digest, page_size, time_key, time_page
 from services.runtime.principal import Principal
 
 REQUIRED_ON_CREATE = ("name", "provider", "model")
@@ -70,12 +71,9 @@ class Agents:
         digest = filter_digest("agents", principal.tenant_id, request.capability)
         after = time_key(decode_page_token(request.page_token, digest))
         size = page_size(request.page_size)
-        agents = await self._store.list(principal.tenant_id, after, size + 1, request.capability)
-        response = pb.ListAgentsResponse(agents=agents[:size])
-        if len(agents) > size:
-            last = agents[size - 1]
-            response.next_page_token = time_token(last.create_time, last.id, digest)
-        return response
+        found = await self._store.list(principal.tenant_id, after, size + 1, request.capability)
+        agents, next_page_token = time_page(found, size, digest)
+        return pb.ListAgentsResponse(agents=agents, next_page_token=next_page_token)
 
     async def update(self, principal: Principal, changes: pb.Agent, mask: FieldMask) -> pb.Agent:
         key = parse_id(changes.id, "agent.id")

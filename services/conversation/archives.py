@@ -22,10 +22,10 @@ from macp.conversation.v1 import conversation_service_pb2 as pb
 
 from services.conversation.archive_store import ArchiveRequest, ArchiveStore
 from services.conversation.conversations import Conversations, audited, not_found, stale_etag
-from services.conversation.fields import new_etag, parse_id
 from services.runtime import audit
 from services.runtime.errors import NotFound
-from services.runtime.paging import decode_page_token, filter_digest, page_size, time_key, time_token
+from services.runtime.ids import new_etag, parse_id
+from services.runtime.paging import decode_page_token, filter_digest, page_size, time_key, time_page
 from services.runtime.principal import Principal
 from services.runtime.protos import timestamp
 
@@ -127,11 +127,8 @@ class Archives:
         found = await self._store.list(
             principal.tenant_id, parse_id(conversation.id, "conversation_id"), after, size + 1
         )
-        response = pb.ListArchivesResponse(archives=found[:size])
-        if len(found) > size:
-            last = found[size - 1]
-            response.next_page_token = time_token(last.create_time, last.id, digest)
-        return response
+        archives, next_page_token = time_page(found, size, digest)
+        return pb.ListArchivesResponse(archives=archives, next_page_token=next_page_token)
 
     async def get(self, principal: Principal, request: pb.GetArchiveRequest) -> pb.GetArchiveResponse:
         archive = await self._store.get(principal.tenant_id, parse_id(request.id, "id"))

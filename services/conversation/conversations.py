@@ -9,11 +9,12 @@ from macp.conversation.v1 import conversation_service_pb2 as pb
 
 from services.conversation.cache import ResourceCache
 from services.conversation.conversation_store import ConversationStore, MissingAgents
-from services.conversation.fields import merged, new_etag, parse_id
+from services.conversation.fields import merged
 from services.runtime import audit
 from services.runtime.audit import AuditEvent, Who
 from services.runtime.errors import FailedPrecondition, NotFound, StaleEtag
-from services.runtime.paging import decode_page_token, filter_digest, page_size, time_key, time_token
+from services.runtime.ids import new_etag, parse_id
+from services.runtime.paging import decode_page_token, filter_digest, page_size, time_key, time_page
 from services.runtime.principal import Principal
 
 # Fields whose new values change which agents a conversation needs.
@@ -100,11 +101,8 @@ class Conversations:
         agent = parse_id(request.agent_id, "agent_id") if request.agent_id else None
         size = page_size(request.page_size)
         found = await self._store.list(principal.tenant_id, after, size + 1, request.status, agent)
-        response = pb.ListConversationsResponse(conversations=found[:size])
-        if len(found) > size:
-            last = found[size - 1]
-            response.next_page_token = time_token(last.create_time, last.id, digest)
-        return response
+        conversations, next_page_token = time_page(found, size, digest)
+        return pb.ListConversationsResponse(conversations=conversations, next_page_token=next_page_token)
 
     async def update(
         self, principal: Principal, changes: pb.Conversation, mask: FieldMask

@@ -1,8 +1,7 @@
-"""Small rules every resource of the service shares: ids, etags and field masks."""
+"""Small rules every resource of the service shares: field masks (ids and etags: services/runtime/ids.py)."""
 
 from __future__ import annotations
 
-import uuid
 from typing import TypeVar
 
 from google.protobuf.field_mask_pb2 import FieldMask
@@ -12,17 +11,6 @@ from services.runtime.errors import InvalidArgument
 from services.runtime.protos import descriptor_of
 
 M = TypeVar("M", bound=Message)
-
-
-def new_etag() -> str:
-    return uuid.uuid4().hex
-
-
-def parse_id(value: str, field: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise InvalidArgument(f"{field}: must be a UUID") from None
 
 
 def merged(current: M, changes: M, mask: FieldMask) -> M:

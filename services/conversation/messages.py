@@ -5,9 +5,9 @@ from __future__ import annotations
 from macp.conversation.v1 import conversation_service_pb2 as pb
 
 from services.conversation.conversations import Conversations, archived, not_found
-from services.conversation.fields import parse_id
 from services.conversation.message_store import ConversationState, MessageStore, same_content
 from services.runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from services.runtime.ids import parse_id
 from services.runtime.paging import decode_page_token, filter_digest, page_size, sequence_token
 from services.runtime.principal import Principal
 

@@ -53,6 +53,9 @@ CONVERSATION_CREATE = "conversation.create"
 CONVERSATION_UPDATE = "conversation.update"
 CONVERSATION_DELETE = "conversation.delete"
 CONVERSATION_ARCHIVE = "conversation.archive"
+TOOL_SERVER_CREATE = "tool_server.create"
+TOOL_SERVER_DELETE = "tool_server.delete"
+TOOL_CALL = "tool.call"
 PLAN_SET = "plan.set"
 QUOTA_REFUSE = "quota.refuse"
 # Guessing limits (services/token/guessing.py): an account or client locked after failed attempts,
@@ -75,6 +78,9 @@ ACTIONS = (
     CONVERSATION_UPDATE,
     CONVERSATION_DELETE,
     CONVERSATION_ARCHIVE,
+    TOOL_SERVER_CREATE,
+    TOOL_SERVER_DELETE,
+    TOOL_CALL,
     PLAN_SET,
     QUOTA_REFUSE,
     AUTH_LOCKOUT,

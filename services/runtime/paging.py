@@ -13,8 +13,10 @@ import base64
 import binascii
 import hashlib
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol, TypeVar
 
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -80,6 +82,28 @@ def time_token(create_time: Timestamp, item_id: str, digest: str) -> str:
     cursor = PageCursor(after_id=item_id, filter_digest=digest)
     cursor.after_time.CopyFrom(create_time)
     return encode_page_token(cursor)
+
+
+class Paged(Protocol):
+    """An item of a list in (create_time, id) order."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def create_time(self) -> Timestamp: ...
+
+
+P = TypeVar("P", bound=Paged)
+
+
+def time_page(found: Sequence[P], size: int, digest: str) -> tuple[Sequence[P], str]:
+    """The page of `found` (read with a limit of `size + 1`, to know whether more follow) and the
+    token of the next page, "" after the last."""
+    if len(found) <= size:
+        return found, ""
+    last = found[size - 1]
+    return found[:size], time_token(last.create_time, last.id, digest)
 
 
 def sequence_token(after_sequence: int, digest: str) -> str:

@@ -134,6 +134,15 @@ SERVICES: tuple[ServiceSpec, ...] = (
         retry_safe_rpcs=("CheckQuota", "GetUsage", "GetInvoicePreview"),
         dependencies=("postgres", "redis", "kafka"),
     ),
+    ServiceSpec(
+        name="tool-gateway",
+        grpc_services=("macp.tool_gateway.v1.ToolGatewayService",),
+        port=15056,
+        metrics_port=9107,
+        module="services.tool_gateway",
+        retry_safe_rpcs=("GetToolServer", "ListToolServers", "ListTools"),
+        dependencies=("postgres", "redis"),
+    ),
 )
 
 EDGE = EdgeSpec(

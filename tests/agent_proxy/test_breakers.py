@@ -9,13 +9,13 @@ import pytest
 from macp.agent_proxy.v1 import agent_proxy_service_pb2 as pb
 from macp.common.v1 import principal_pb2, usage_pb2
 
-from services.agent_proxy.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from services.agent_proxy.fair_queue import FairQueue
 from services.agent_proxy.generation import Generation
 from services.agent_proxy.providers import Providers
 from services.agent_proxy.servicer import AgentProxyServicer
 from services.agent_proxy.settings import ProxySettings
 from services.provider_server.server import RunningProviderServer
+from services.runtime.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from services.runtime.errors import Unavailable
 from services.runtime.principal import Principal
 from services.runtime.settings import Env

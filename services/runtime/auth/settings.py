@@ -16,7 +16,15 @@ EDGE_AUDIENCE = "urn:macp:edge"
 # the edge's own client may pass on when it exchanges a user's token for a service. A service that
 # checks a new scope adds it here (each service documents its own in its `service.py`).
 # `audit:read` reaches only a tenant's admin users (services/token/scopes.py `for_user`).
-USER_SCOPES = ("conversations:read", "conversations:write", "usage:read", "audit:read")
+USER_SCOPES = (
+    "conversations:read",
+    "conversations:write",
+    "usage:read",
+    "audit:read",
+    "tools:read",
+    "tools:call",
+    "tools:admin",
+)
 
 
 SERVICE_AUDIENCE_PREFIX = "urn:macp:service:"

@@ -1,4 +1,5 @@
-"""A circuit breaker per provider and model (004_*.txt: open after 5 failures, retry after 60 s).
+"""A circuit breaker (004_*.txt: open after 5 failures, retry after 60 s): the agent proxy keeps one
+per provider and model, the tool gateway one per upstream server.
 
 CLOSED counts consecutive failures; at the threshold it turns OPEN and refuses calls at once; once
 the open period has passed the next caller finds it HALF_OPEN and is let through alone as the

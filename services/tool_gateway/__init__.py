@@ -1,0 +1,1 @@
+"""The tool gateway: the one place agents and MCP clients reach MCP servers through."""

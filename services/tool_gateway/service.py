@@ -1,0 +1,71 @@
+"""Wiring of the tool gateway: its registry entry, its start hook, its migrations, its scopes.
+
+Scopes: every call needs a token for `urn:macp:service:tool-gateway`; registering and removing
+servers needs `tools:admin`, reading them and the catalogue `tools:read`, calling a tool
+`tools:call`.
+
+`start` builds the domain on the pool and adds the servicer; nothing runs beside the RPCs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from macp.tool_gateway.v1 import tool_gateway_service_pb2 as pb
+from macp.tool_gateway.v1 import tool_gateway_service_pb2_grpc as pb_grpc
+
+from services.runtime.registry import service
+from services.runtime.server import ServiceContext, ServiceDefinition
+from services.tool_gateway.catalogue import Catalogue
+from services.tool_gateway.guards import ServerGuards
+from services.tool_gateway.server_store import ServerStore
+from services.tool_gateway.servers import ToolServers
+from services.tool_gateway.servicer import ToolGatewayServicer
+from services.tool_gateway.settings import ToolGatewaySettings
+from services.tool_gateway.tool_calls import ToolCalls
+
+SPEC = service("tool-gateway")
+READ_SCOPE = "tools:read"
+CALL_SCOPE = "tools:call"
+ADMIN_SCOPE = "tools:admin"
+
+
+@asynccontextmanager
+async def start(context: ServiceContext) -> AsyncIterator[None]:
+    settings = ToolGatewaySettings.from_env(context.env)
+    db = context.resources.require_db()
+    store = ServerStore(db)
+    # One breaker and one in-flight count per upstream, shared by listing and calling.
+    guards = ServerGuards(settings.breaker, settings.server_concurrency)
+    servicer = ToolGatewayServicer(
+        ToolServers(store),
+        store,
+        Catalogue(settings, guards),
+        ToolCalls(store, db, settings.upstream, guards),
+        settings.max_servers,
+    )
+    pb_grpc.add_ToolGatewayServiceServicer_to_server(servicer, context.server)
+    yield
+
+
+def method_scopes() -> dict[str, str]:
+    """Each method to the scope it needs (see the module docstring)."""
+    descriptor = pb.DESCRIPTOR.services_by_name["ToolGatewayService"]
+
+    def scope(name: str) -> str:
+        if name == "CallTool":
+            return CALL_SCOPE
+        return READ_SCOPE if name.startswith(("Get", "List")) else ADMIN_SCOPE
+
+    return {f"/{descriptor.full_name}/{method.name}": scope(method.name) for method in descriptor.methods}
+
+
+DEFINITION = ServiceDefinition(
+    spec=SPEC,
+    start=start,
+    own_settings=ToolGatewaySettings.from_env,
+    migrations_dir=Path(__file__).parent / "migrations",
+    method_scopes=method_scopes(),
+)

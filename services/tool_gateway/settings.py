@@ -1,0 +1,48 @@
+"""The tool gateway's own settings (`MACP_TOOL_GATEWAY_*`), read once at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.runtime.breaker import BreakerPolicy
+from services.runtime.settings import Env
+from services.tool_gateway.upstream import UpstreamLimits
+
+UPSTREAM_TIMEOUT = "MACP_TOOL_GATEWAY_UPSTREAM_TIMEOUT_SECONDS"
+MAX_RESULT_BYTES = "MACP_TOOL_GATEWAY_MAX_RESULT_BYTES"
+CATALOGUE_SECONDS = "MACP_TOOL_GATEWAY_CATALOGUE_SECONDS"
+MAX_SERVERS = "MACP_TOOL_GATEWAY_MAX_SERVERS"
+SERVER_CONCURRENCY = "MACP_TOOL_GATEWAY_SERVER_CONCURRENCY"
+BREAKER_FAILURES = "MACP_TOOL_GATEWAY_BREAKER_FAILURES"
+BREAKER_OPEN_SECONDS = "MACP_TOOL_GATEWAY_BREAKER_OPEN_SECONDS"
+
+
+@dataclass(frozen=True)
+class ToolGatewaySettings:
+    """upstream: each upstream operation's deadline and the largest result taken from it.
+    catalogue_seconds: how long a server's tool list is reused before it is listed again.
+    max_servers: the most servers one tenant's catalogue federates.
+    server_concurrency: the most operations in flight on one server (more are refused at once).
+    breaker: when a server's breaker opens (consecutive failures) and for how long (guards.py)."""
+
+    upstream: UpstreamLimits
+    catalogue_seconds: float
+    max_servers: int
+    server_concurrency: int
+    breaker: BreakerPolicy
+
+    @classmethod
+    def from_env(cls, env: Env) -> ToolGatewaySettings:
+        return cls(
+            upstream=UpstreamLimits(
+                timeout_seconds=env.number(UPSTREAM_TIMEOUT, 10.0, minimum=0.1),
+                max_result_bytes=env.integer(MAX_RESULT_BYTES, 1 << 20, minimum=1024, maximum=64 << 20),
+            ),
+            catalogue_seconds=env.number(CATALOGUE_SECONDS, 30.0),
+            max_servers=env.integer(MAX_SERVERS, 100, minimum=1, maximum=1000),
+            server_concurrency=env.integer(SERVER_CONCURRENCY, 32, minimum=1, maximum=10_000),
+            breaker=BreakerPolicy(
+                failure_threshold=env.integer(BREAKER_FAILURES, 5, minimum=1, maximum=1000),
+                open_seconds=env.number(BREAKER_OPEN_SECONDS, 60.0, minimum=0.1),
+            ),
+        )

@@ -1,0 +1,89 @@
+"""Fixtures of the tool gateway tests: the real gateway in-process over the test's real Postgres,
+authenticating real tokens of two tenants from the real token service, and the example MCP servers
+(built on the official SDK) served by uvicorn on loopback ports."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from macp.tool_gateway.v1 import tool_gateway_service_pb2 as pb
+from macp.tool_gateway.v1 import tool_gateway_service_pb2_grpc as pb_grpc
+
+from services.example_tools.servers import calculator_server, weather_server
+from services.runtime.auth.settings import service_audience
+from services.runtime.server import RunningService
+from services.tool_gateway.service import DEFINITION as TOOL_GATEWAY
+from tests.asgi import serving
+from tests.runtime.serving import running
+from tests.tokens import TokenWorld, bearer_channel, token_world
+
+AUDIENCE = service_audience("tool-gateway")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """One tenant's user, calling the gateway with its own token."""
+
+    stub: pb_grpc.ToolGatewayServiceStub
+    tenant_id: str
+
+
+@dataclass(frozen=True)
+class World:
+    environ: dict[str, str]
+    tokens: TokenWorld
+    service: RunningService
+    alice: Caller  # tenant A
+    bob: Caller  # tenant B
+    weather_url: str
+    calculator_url: str
+
+
+async def register(caller: Caller, name: str, url: str) -> pb.ToolServer:
+    reply = await caller.stub.CreateToolServer(
+        pb.CreateToolServerRequest(tool_server=pb.ToolServer(name=name, url=url))
+    )
+    return reply.tool_server
+
+
+async def refused(call: object) -> grpc.aio.AioRpcError:
+    """The error an awaited call failed with (the test fails if it succeeded)."""
+    try:
+        await call  # type: ignore[misc]
+    except grpc.aio.AioRpcError as error:
+        return error
+    raise AssertionError("the call succeeded")
+
+
+async def _caller(tokens: TokenWorld, stack: AsyncExitStack, port: int) -> Caller:
+    tenant = await tokens.tenant()
+    token = await tokens.user_token(tenant, [AUDIENCE])
+    opened = await stack.enter_async_context(bearer_channel(port, token))
+    return Caller(pb_grpc.ToolGatewayServiceStub(opened), tenant.tenant_id)
+
+
+@pytest.fixture
+async def world(service_environ: dict[str, str]) -> AsyncIterator[World]:
+    async with token_world(service_environ) as tokens, AsyncExitStack() as stack:
+        weather = await stack.enter_async_context(
+            serving(lambda _url: weather_server().streamable_http_app())
+        )
+        calculator = await stack.enter_async_context(
+            serving(lambda _url: calculator_server().streamable_http_app())
+        )
+        environ = tokens.service_environ(
+            {
+                **service_environ,
+                "MACP_TOOL_GATEWAY_PORT": "0",
+                "MACP_TOOL_GATEWAY_METRICS_PORT": "0",
+                "MACP_TOOL_GATEWAY_UPSTREAM_TIMEOUT_SECONDS": "3",
+            }
+        )
+        service = await stack.enter_async_context(running(TOOL_GATEWAY, environ))
+        alice = await _caller(tokens, stack, service.port)
+        bob = await _caller(tokens, stack, service.port)
+        yield World(environ, tokens, service, alice, bob, f"{weather}/mcp", f"{calculator}/mcp")
