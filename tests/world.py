@@ -39,6 +39,7 @@ from services.runtime.server import RunningService, ServiceDefinition
 from services.runtime.settings import Env
 from services.stack.config import free_port
 from services.stack.envoy import Envoy
+from services.tool_gateway.service import DEFINITION as TOOL_GATEWAY
 from tests.e2e.conftest import _wait_healthy
 from tests.edge_and_envoy import edge_and_envoy
 from tests.runtime.serving import running
@@ -51,6 +52,7 @@ SERVICES: tuple[tuple[str, ServiceDefinition], ...] = (
     ("AGENT_PROXY", AGENT_PROXY),
     ("METERING", METERING),
     ("ORCHESTRATOR", ORCHESTRATOR),
+    ("TOOL_GATEWAY", TOOL_GATEWAY),
 )
 FAST = {
     # Metering's consumer answers quickly (the broker holds a new group's first join for half the
@@ -239,7 +241,15 @@ async def running_world(service_environ: dict[str, str], tmp_path: Path) -> Asyn
             envoy = await stack.enter_async_context(edge_and_envoy(env, tmp_path))
             mesh = grpc.aio.insecure_channel(envoy.mesh_address)
             try:
-                for cluster in ("token", "conversation", "agent-proxy", "metering", "orchestrator", "edge"):
+                clusters = (
+                    "token",
+                    "conversation",
+                    "agent-proxy",
+                    "metering",
+                    "orchestrator",
+                    "tool-gateway",
+                )
+                for cluster in (*clusters, "edge"):
                     await _wait_healthy(envoy.ports.admin, cluster)
                 tenant = await tokens.tenant()
                 world = World(
@@ -252,7 +262,9 @@ async def running_world(service_environ: dict[str, str], tmp_path: Path) -> Asyn
                     orchestrator_token=await tokens.user_token(tenant, [ORCHESTRATOR_AUDIENCE]),
                     conversation_token=await tokens.user_token(tenant, [CONVERSATION_AUDIENCE]),
                     channel=mesh,
-                    orchestrators=[runnings[-1]],
+                    orchestrators=[
+                        r for (name, _), r in zip(SERVICES, runnings, strict=True) if name == "ORCHESTRATOR"
+                    ],
                 )
                 await _wait_authenticating(world)
                 yield world

@@ -19,7 +19,16 @@ from services.edge.middleware import RequestContextMiddleware
 from services.edge.oauth import endpoints as oauth
 from services.edge.rate_limits import RateLimitMiddleware
 from services.edge.readiness import ReadinessMiddleware, health_response
-from services.edge.rest import agents, audit, chat_completions, conversations, messages, sse, usage
+from services.edge.rest import (
+    agents,
+    audit,
+    chat_completions,
+    conversations,
+    messages,
+    sse,
+    tool_servers,
+    usage,
+)
 from services.edge.rest.rate_limit_status import ROUTES as RATE_LIMIT_ROUTES
 from services.edge.routes import ApiRoute, openapi_document
 from services.edge.settings import EdgeSettings
@@ -36,6 +45,7 @@ def api_routes() -> list[ApiRoute]:
     return [
         *agents.ROUTES,
         *conversations.ROUTES,
+        *tool_servers.ROUTES,
         *messages.ROUTES,
         *sse.ROUTES,
         *chat_completions.ROUTES,

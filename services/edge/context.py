@@ -13,6 +13,7 @@ from macp.conversation.v1 import conversation_service_pb2_grpc
 from macp.metering.v1 import metering_service_pb2_grpc
 from macp.orchestrator.v1 import orchestrator_service_pb2_grpc
 from macp.token.v1 import token_service_pb2_grpc
+from macp.tool_gateway.v1 import tool_gateway_service_pb2_grpc
 from prometheus_client import CollectorRegistry
 from starlette.requests import Request
 
@@ -44,6 +45,7 @@ class EdgeContext:
     orchestrator: orchestrator_service_pb2_grpc.OrchestratorServiceStub
     token: token_service_pb2_grpc.TokenServiceStub
     metering: metering_service_pb2_grpc.MeteringServiceStub
+    tool_gateway: tool_gateway_service_pb2_grpc.ToolGatewayServiceStub
     redis: aioredis.Redis
     jwks: JwksCache
     external_issuers: ExternalIssuers
@@ -103,6 +105,7 @@ class EdgeContext:
             orchestrator=orchestrator_service_pb2_grpc.OrchestratorServiceStub(channel),
             token=token,
             metering=metering_service_pb2_grpc.MeteringServiceStub(channel),
+            tool_gateway=tool_gateway_service_pb2_grpc.ToolGatewayServiceStub(channel),
             redis=redis,
             jwks=jwks,
             external_issuers=external_issuers,

@@ -20,7 +20,9 @@ from services.edge.rest.resources import StoredResource
 from services.edge.routes import ApiRoute, Link
 from services.runtime import resource_cache
 
-AGENTS = StoredResource("agents", pb.Agent, resource_cache.AGENT)
+AGENTS = StoredResource(
+    "agents", pb.Agent, pb, "ConversationService", lambda edge: edge.conversation, resource_cache.AGENT
+)
 
 
 async def list_agents(request: Request) -> Response:

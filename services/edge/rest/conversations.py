@@ -34,7 +34,14 @@ def _status(text: str) -> int:
     return pb.ConversationStatus.Value(text)
 
 
-CONVERSATIONS = StoredResource("conversations", pb.Conversation, resource_cache.CONVERSATION)
+CONVERSATIONS = StoredResource(
+    "conversations",
+    pb.Conversation,
+    pb,
+    "ConversationService",
+    lambda edge: edge.conversation,
+    resource_cache.CONVERSATION,
+)
 
 
 async def list_conversations(request: Request) -> Response:

@@ -1,28 +1,30 @@
-"""The standard methods of a resource the conversation service keeps, as REST handlers, once.
+"""The standard methods of a stored resource, as REST handlers, once.
 
-Agents and conversations follow the standard methods of resource-oriented design (AIP-131 to
-AIP-135): `Create<X>(<x>)`, `Get<X>(id)`, `Update<X>(<x>, update_mask)` and `Delete<X>(id, etag)`
-answering with the resource (or nothing). So one set of handlers serves both, with the HTTP shape
-written here only: 201 with `Location` and `ETag` on create, the edge's read cache before the
-service on get (services/edge/rest/cached_reads.py), a PATCH conditional on If-Match, a DELETE
-conditional on it too. A resource names its message and cache kind; the RPCs and their request
-messages are found from the message's name when the module is loaded, so a contract that strays
-from the pattern fails at import, not on a request. (List methods differ by their filters and
-stay with each resource.)
+Agents, conversations and tool servers follow the standard methods of resource-oriented design
+(AIP-131 to AIP-135): `Create<X>(<x>)`, `Get<X>(id)`, `Update<X>(<x>, update_mask)` and
+`Delete<X>(id, etag)` answering with the resource (or nothing). So one set of handlers serves them
+all, with the HTTP shape written here only: 201 with `Location` and `ETag` on create, the edge's
+read cache before the service on get where the service keeps one (services/edge/rest/
+cached_reads.py), a PATCH conditional on If-Match, a DELETE conditional on it too. A resource
+names its message, its service (the generated module, the service's name and its stub on the
+edge) and the standard methods it has; the RPCs and their request messages are found from the
+message's name when the module is loaded, so a contract that strays from the pattern fails at
+import, not on a request. (List methods differ by their filters and stay with each resource.)
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, Generic, TypeVar
 
 from google.protobuf.message import Message
-from macp.conversation.v1 import conversation_service_pb2 as pb
 from starlette.requests import Request
 from starlette.responses import Response
 
-from services.edge.context import edge_context
+from services.edge.context import EdgeContext, edge_context
 from services.edge.http import message_response, parse_message
 from services.edge.rest.cached_reads import cached
 from services.edge.rest.conventions import etag_header, if_match, patch_request, query
@@ -39,14 +41,24 @@ def _text(resource: Message, name: str) -> str:
     return value
 
 
+STANDARD_VERBS = ("Create", "Get", "Update", "Delete")
+
+
 @dataclass(frozen=True)
 class StoredResource(Generic[M]):
-    """One resource of the conversation service at `/v1/<collection>`; `message` is its type,
-    with an `id` and an `etag`."""
+    """One resource at `/v1/<collection>`; `message` is its type, with an `id` and an `etag`.
+
+    module: the generated `_pb2` module of its service; service: the service's name in it;
+    stub: the service's stub on the edge; cache_kind: the read cache's kind, None if it has none;
+    verbs: the standard methods it has."""
 
     collection: str
     message: type[M]
-    cache_kind: str
+    module: ModuleType
+    service: str
+    stub: Callable[[EdgeContext], object]
+    cache_kind: str | None = None
+    verbs: tuple[str, ...] = STANDARD_VERBS
     name: str = field(init=False)
     field_name: str = field(init=False)
 
@@ -56,16 +68,17 @@ class StoredResource(Generic[M]):
         object.__setattr__(self, "field_name", _snake(name))
         if not {"id", "etag"} <= set(self.message.DESCRIPTOR.fields_by_name):
             raise TypeError(f"{name} has no id or no etag: it is not a stored resource")
-        methods = pb.DESCRIPTOR.services_by_name["ConversationService"].methods_by_name
-        for verb in ("Create", "Get", "Update", "Delete"):
+        methods = self.module.DESCRIPTOR.services_by_name[self.service].methods_by_name
+        for verb in self.verbs:
             method = methods.get(f"{verb}{name}")
             if method is None or method.input_type.name != f"{verb}{name}Request":
-                raise TypeError(f"ConversationService has no standard method {verb}{name}")
+                raise TypeError(f"{self.service} has no standard method {verb}{name}")
 
     async def _call(self, request: Request, verb: str, **fields: Any) -> Message:
         edge = edge_context(request)
-        rpc = getattr(edge.conversation, f"{verb}{self.name}")
-        reply: Message = await rpc(getattr(pb, f"{verb}{self.name}Request")(**fields), timeout=edge.timeout)
+        rpc = getattr(self.stub(edge), f"{verb}{self.name}")
+        message = getattr(self.module, f"{verb}{self.name}Request")(**fields)
+        reply: Message = await rpc(message, timeout=edge.timeout)
         return reply
 
     async def _resource(self, request: Request, verb: str, **fields: Any) -> M:
@@ -83,7 +96,11 @@ class StoredResource(Generic[M]):
     async def get(self, request: Request) -> Response:
         query(request, ())
         resource_id = request.path_params["id"]
-        resource = await cached(edge_context(request), self.cache_kind, resource_id, self.message.FromString)
+        resource = None
+        if self.cache_kind is not None:
+            resource = await cached(
+                edge_context(request), self.cache_kind, resource_id, self.message.FromString
+            )
         if resource is None:
             resource = await self._resource(request, "Get", id=resource_id)
         return message_response(resource, 200, etag_header(_text(resource, "etag")))
