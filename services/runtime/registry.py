@@ -142,6 +142,8 @@ SERVICES: tuple[ServiceSpec, ...] = (
         module="services.tool_gateway",
         retry_safe_rpcs=("GetToolServer", "ListToolServers", "ListTools"),
         dependencies=("postgres", "redis"),
+        # Upstream tokens are exchanged at the token service.
+        needs=("token",),
     ),
 )
 

@@ -6,11 +6,18 @@ rate limits per client, its checks), so only MACP's own INTERNAL clients get one
 (client credentials) or for a user they act for (token exchange, which is how the edge and the
 orchestrator reach the services on a caller's behalf). A user signing in (password, refresh) and a
 consumer, partner or third-party client get `urn:macp:edge` only, and reach the services through it.
+
+Outside resources: an absolute http(s) URL is an RFC 8707 resource outside the mesh, an upstream
+MCP server the tool gateway calls. Only an internal client gets one, by token exchange: the
+gateway exchanges its caller's token for the server's own URL, so the upstream gets a token it can
+check is addressed to itself and no MACP service accepts (MCP's authorization rules forbid passing
+the caller's own token through).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 from services.runtime.auth.settings import EDGE_AUDIENCE, SERVICE_AUDIENCE_PREFIX, service_audience
 from services.runtime.registry import SERVICES
@@ -22,11 +29,14 @@ TOKEN_SERVICE_AUDIENCE = service_audience("token")
 KNOWN_AUDIENCES = frozenset({EDGE_AUDIENCE, *(service_audience(spec.name) for spec in SERVICES)})
 
 
-def resolve(audiences: Iterable[str], resources: Iterable[str]) -> tuple[str, ...]:
+def resolve(audiences: Iterable[str], resources: Iterable[str], *, outside: bool = False) -> tuple[str, ...]:
     """The `aud` of a token asked for with these `audience` and `resource` values (deduplicated, in
-    order); `urn:macp:edge` when none is named; invalid_target for a target MACP does not know."""
+    order); `urn:macp:edge` when none is named; invalid_target for a target MACP does not know.
+    `outside`: outside resources may be named (a token exchange; see the module docstring)."""
     wanted = list(dict.fromkeys([*audiences, *resources]))
-    unknown = [target for target in wanted if target not in KNOWN_AUDIENCES]
+    unknown = [
+        target for target in wanted if target not in KNOWN_AUDIENCES and not (outside and is_outside(target))
+    ]
     if unknown:
         raise oauth_error(
             "invalid_target",
@@ -39,10 +49,16 @@ def is_service(target: str) -> bool:
     return target.startswith(SERVICE_AUDIENCE_PREFIX)
 
 
+def is_outside(target: str) -> bool:
+    """An absolute http(s) URL without a fragment (RFC 8707 section 2): a resource outside the mesh."""
+    parts = urlsplit(target)
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.fragment
+
+
 def check_holder(targets: Iterable[str], *, client_class: str, user_sign_in: bool) -> None:
     """invalid_target unless these audiences may be issued here: a service audience only to an
     internal client, and never to a user's own sign-in (see the module docstring)."""
-    services = [target for target in targets if is_service(target)]
+    services = [target for target in targets if is_service(target) or is_outside(target)]
     if not services:
         return
     if user_sign_in:

@@ -19,7 +19,7 @@ from macp.token.v1 import token_service_pb2 as pb
 
 from services.runtime import audit
 from services.token import audiences, scopes
-from services.token.claims import AccessClaims, Actor
+from services.token.claims import AccessClaims, Actor, Identity
 from services.token.clients import TOKEN_EXCHANGE, Clients
 from services.token.minting import Audit, Minted, Minter
 from services.token.oauth import oauth_error
@@ -64,7 +64,7 @@ class TokenExchange:
             raise oauth_error("invalid_request", "subject_token is not a valid, unexpired, unrevoked token")
         actor = await self._input(request.actor_token, "actor_token") if request.actor_token else None
         tenant_id = subject.identity.tenant_id
-        if actor is not None and actor.identity.tenant_id != tenant_id:
+        if actor is not None and actor.identity.tenant_id != tenant_id and not _mesh_service(actor.identity):
             raise oauth_error("access_denied", "the subject and the actor belong to different tenants")
         if client.client_class != "internal" and client.tenant_id != tenant_id:
             raise oauth_error("access_denied", "the client and the subject belong to different tenants")
@@ -83,7 +83,7 @@ class TokenExchange:
         extra = scopes.service_held(client.client_class, client.scopes, actor.scopes if actor else None)
         allowed = (*allowed, *(scope for scope in extra if scope not in allowed))
         granted = scopes.narrow(scopes.parse(request.scope), allowed)
-        targets = audiences.resolve(request.audience, request.resource)
+        targets = audiences.resolve(request.audience, request.resource, outside=True)
         audiences.check_holder(targets, client_class=client.client_class, user_sign_in=False)
         identity = dataclasses.replace(
             subject.identity, client_id=client.client_id, client_class=client.client_class, actors=chain
@@ -126,3 +126,15 @@ class TokenExchange:
             # RFC 8693 2.2.2: an invalid subject or actor token is invalid_request.
             raise oauth_error("invalid_request", f"{name} is not a valid, unexpired, unrevoked token")
         return claims
+
+
+def _mesh_service(identity: Identity) -> bool:
+    """An actor that is one of MACP's own services acting on its own behalf (an internal client's
+    client-credentials token, no user): it acts for users of every tenant, as the edge and the tool
+    gateway do, so its tenant need not be the subject's. It only adds itself to `act`; the token
+    stays the subject's, in the subject's tenant."""
+    return (
+        identity.client_class == "internal"
+        and identity.user_id is None
+        and identity.sub == identity.client_id
+    )

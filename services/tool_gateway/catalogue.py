@@ -21,6 +21,7 @@ from services.tool_gateway import upstream
 from services.tool_gateway.guards import ServerGuards
 from services.tool_gateway.settings import ToolGatewaySettings
 from services.tool_gateway.upstream import UpstreamFailure
+from services.tool_gateway.upstream_tokens import UpstreamTokens
 
 SEPARATOR = "__"
 
@@ -57,9 +58,10 @@ def _tool(server: pb.ToolServer, tool: types.Tool, available: bool) -> pb.Tool:
 
 
 class Catalogue:
-    def __init__(self, settings: ToolGatewaySettings, guards: ServerGuards) -> None:
+    def __init__(self, settings: ToolGatewaySettings, guards: ServerGuards, tokens: UpstreamTokens) -> None:
         self._settings = settings
         self._guards = guards
+        self._tokens = tokens
         self._listed: dict[tuple[str, str], _Listed] = {}
 
     async def tools(self, servers: list[pb.ToolServer]) -> pb.ListToolsResponse:
@@ -81,8 +83,9 @@ class Catalogue:
         if listed is not None and now - listed.at < self._settings.catalogue_seconds:
             return listed.tools, None
         try:
+            headers = await self._tokens.headers(server)
             async with self._guards.guarding(server):
-                tools = tuple(await upstream.list_tools(server, self._settings.upstream))
+                tools = tuple(await upstream.list_tools(server, self._settings.upstream, headers))
         except UpstreamFailure as failure:
             return (listed.tools if listed is not None else ()), failure
         self._listed[key] = _Listed(tools, now)

@@ -13,11 +13,22 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from macp.token.v1 import token_service_pb2_grpc as token_grpc
 from macp.tool_gateway.v1 import tool_gateway_service_pb2 as pb
 from macp.tool_gateway.v1 import tool_gateway_service_pb2_grpc as pb_grpc
 
+from services.runtime.auth.settings import USER_SCOPES
+from services.runtime.auth.token_client import (
+    CLIENT_CREDENTIALS_GRANT,
+    EXCHANGE_GRANT,
+    ClientCredentials,
+    ClientRegistration,
+    TokenClient,
+)
+from services.runtime.mesh import open_mesh_channel
 from services.runtime.registry import service
 from services.runtime.server import ServiceContext, ServiceDefinition
+from services.runtime.settings import CommonSettings
 from services.tool_gateway.catalogue import Catalogue
 from services.tool_gateway.guards import ServerGuards
 from services.tool_gateway.server_store import ServerStore
@@ -25,8 +36,12 @@ from services.tool_gateway.servers import ToolServers
 from services.tool_gateway.servicer import ToolGatewayServicer
 from services.tool_gateway.settings import ToolGatewaySettings
 from services.tool_gateway.tool_calls import ToolCalls
+from services.tool_gateway.upstream_tokens import UpstreamTokens
 
 SPEC = service("tool-gateway")
+REGISTRATION = ClientRegistration(
+    name="macp tool gateway", scopes=USER_SCOPES, grant_types=(EXCHANGE_GRANT, CLIENT_CREDENTIALS_GRANT)
+)
 READ_SCOPE = "tools:read"
 CALL_SCOPE = "tools:call"
 ADMIN_SCOPE = "tools:admin"
@@ -39,15 +54,35 @@ async def start(context: ServiceContext) -> AsyncIterator[None]:
     store = ServerStore(db)
     # One breaker and one in-flight count per upstream, shared by listing and calling.
     guards = ServerGuards(settings.breaker, settings.server_concurrency)
+    # The gateway's own client gets upstream tokens on a mesh channel of its own (no caller token).
+    channel = open_mesh_channel(CommonSettings.from_env(context.env).mesh_address)
+    tokens = UpstreamTokens(
+        TokenClient(
+            token_grpc.TokenServiceStub(channel),
+            registration=REGISTRATION,
+            credentials=_credentials(settings),
+            initial_access_token=settings.initial_access_token,
+            timeout=settings.upstream.timeout_seconds,
+        )
+    )
     servicer = ToolGatewayServicer(
         ToolServers(store),
         store,
-        Catalogue(settings, guards),
-        ToolCalls(store, db, settings.upstream, guards),
+        Catalogue(settings, guards, tokens),
+        ToolCalls(store, db, settings.upstream, guards, tokens),
         settings.max_servers,
     )
     pb_grpc.add_ToolGatewayServiceServicer_to_server(servicer, context.server)
-    yield
+    try:
+        yield
+    finally:
+        await channel.close()
+
+
+def _credentials(settings: ToolGatewaySettings) -> ClientCredentials | None:
+    if settings.client_id and settings.client_secret:
+        return ClientCredentials(settings.client_id, settings.client_secret)
+    return None
 
 
 def method_scopes() -> dict[str, str]:

@@ -30,6 +30,11 @@ class ToolGatewaySettings:
     max_servers: int
     server_concurrency: int
     breaker: BreakerPolicy
+    # The gateway's own client at the token service (for upstream tokens); registered on first use
+    # with the initial access token when none is configured.
+    client_id: str | None
+    client_secret: str | None
+    initial_access_token: str | None
 
     @classmethod
     def from_env(cls, env: Env) -> ToolGatewaySettings:
@@ -45,4 +50,7 @@ class ToolGatewaySettings:
                 failure_threshold=env.integer(BREAKER_FAILURES, 5, minimum=1, maximum=1000),
                 open_seconds=env.number(BREAKER_OPEN_SECONDS, 60.0, minimum=0.1),
             ),
+            client_id=env.optional_string("MACP_TOOL_GATEWAY_CLIENT_ID"),
+            client_secret=env.optional_string("MACP_TOOL_GATEWAY_CLIENT_SECRET"),
+            initial_access_token=env.optional_string("MACP_TOKEN_INITIAL_ACCESS_TOKEN"),
         )

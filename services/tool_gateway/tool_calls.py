@@ -16,6 +16,7 @@ from services.tool_gateway.catalogue import split_name
 from services.tool_gateway.guards import ServerGuards
 from services.tool_gateway.server_store import ServerStore
 from services.tool_gateway.upstream import UpstreamFailure, UpstreamLimits
+from services.tool_gateway.upstream_tokens import UpstreamTokens
 
 # How each kind of upstream failure reaches the caller.
 _STATUS: dict[str, type[DomainError]] = {
@@ -26,17 +27,24 @@ _STATUS: dict[str, type[DomainError]] = {
     "refused": InvalidArgument,
     "open": Unavailable,
     "busy": ResourceExhausted,
+    "credentials": Unavailable,
 }
 
 
 class ToolCalls:
     def __init__(
-        self, store: ServerStore, pool: asyncpg.Pool, limits: UpstreamLimits, guards: ServerGuards
+        self,
+        store: ServerStore,
+        pool: asyncpg.Pool,
+        limits: UpstreamLimits,
+        guards: ServerGuards,
+        tokens: UpstreamTokens,
     ) -> None:
         self._store = store
         self._pool = pool
         self._limits = limits
         self._guards = guards
+        self._tokens = tokens
 
     async def call(self, principal: Principal, request: pb.CallToolRequest) -> pb.CallToolResponse:
         server_name, tool = split_name(request.name)
@@ -45,8 +53,9 @@ class ToolCalls:
             raise NotFound(f"name: the tenant has no tool server named {server_name}")
         arguments = json_format.MessageToDict(request.arguments)
         try:
+            headers = await self._tokens.headers(server)
             async with self._guards.guarding(server):
-                result = await upstream.call_tool(server, tool, arguments, self._limits)
+                result = await upstream.call_tool(server, tool, arguments, self._limits, headers)
         except UpstreamFailure as failure:
             await self._audit(principal, server, tool, failure.kind, 0)
             raise _STATUS[failure.kind](failure.message) from None

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -35,7 +35,8 @@ class UpstreamFailure(Exception):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         # "unreachable", "timeout", "protocol", "too_large", "refused" (the server refused the
-        # request as invalid); refused before any call (guards.py):
+        # request as invalid), "credentials" (no token for it could be had: upstream_tokens.py);
+        # refused before any call (guards.py):
         # "open" (its breaker) and "busy" (its cap on calls in flight).
         self.kind = kind
         self.message = message
@@ -89,12 +90,13 @@ class _CappedTransport(httpx2.AsyncBaseTransport):
         self._inner = httpx2.AsyncHTTPTransport()
         self._limit = limit
         self.over: list[int] = []
-        # The HTTP error statuses the server answered, which the SDK reports only as "an error".
+        # The HTTP error statuses the server answered (a 401 refusing the token, a 500), which the
+        # SDK reports only as "an error".
         self.errors: list[int] = []
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         response = await self._inner.handle_async_request(request)
-        if response.status_code >= 500:
+        if response.status_code >= 400:
             self.errors.append(response.status_code)
         body = _CappedBody(response.stream, self._limit, self.over)  # type: ignore[arg-type]
         return httpx2.Response(
@@ -107,9 +109,11 @@ class _CappedTransport(httpx2.AsyncBaseTransport):
 
 @asynccontextmanager
 async def _connected(
-    server: pb.ToolServer, limits: UpstreamLimits, capped: _CappedTransport
+    server: pb.ToolServer, limits: UpstreamLimits, capped: _CappedTransport, headers: Mapping[str, str]
 ) -> AsyncIterator[Client]:
-    http = httpx2.AsyncClient(timeout=httpx2.Timeout(limits.timeout_seconds), transport=capped)
+    http = httpx2.AsyncClient(
+        timeout=httpx2.Timeout(limits.timeout_seconds), transport=capped, headers=dict(headers)
+    )
     async with http:
         transport = streamable_http_client(
             server.url, http_client=http, max_sse_event_size=limits.max_result_bytes
@@ -147,12 +151,17 @@ def _failure(
     return UpstreamFailure("protocol", f"tool server {server.name}: {what} failed: {exc!r}")
 
 
-async def list_tools(server: pb.ToolServer, limits: UpstreamLimits) -> list[types.Tool]:
+async def list_tools(
+    server: pb.ToolServer, limits: UpstreamLimits, headers: Mapping[str, str]
+) -> list[types.Tool]:
     """Every tool `server` lists, following its pages; more than MAX_TOOLS_PER_SERVER is a failure
     of the server (a catalogue that silently lost some tools would be worse)."""
     capped = _CappedTransport(limits.max_result_bytes)
     try:
-        async with asyncio.timeout(limits.timeout_seconds), _connected(server, limits, capped) as client:
+        async with (
+            asyncio.timeout(limits.timeout_seconds),
+            _connected(server, limits, capped, headers) as client,
+        ):
             tools: list[types.Tool] = []
             cursor: str | None = None
             while True:
@@ -174,12 +183,19 @@ async def list_tools(server: pb.ToolServer, limits: UpstreamLimits) -> list[type
 
 
 async def call_tool(
-    server: pb.ToolServer, tool: str, arguments: dict[str, object], limits: UpstreamLimits
+    server: pb.ToolServer,
+    tool: str,
+    arguments: dict[str, object],
+    limits: UpstreamLimits,
+    headers: Mapping[str, str],
 ) -> ToolResult:
     started = time.monotonic()
     capped = _CappedTransport(limits.max_result_bytes)
     try:
-        async with asyncio.timeout(limits.timeout_seconds), _connected(server, limits, capped) as client:
+        async with (
+            asyncio.timeout(limits.timeout_seconds),
+            _connected(server, limits, capped, headers) as client,
+        ):
             result = await client.call_tool(tool, arguments)
     except Exception as exc:
         raise _failure(server, f"calling {tool}", exc, capped) from exc

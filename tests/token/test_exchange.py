@@ -287,3 +287,39 @@ async def test_a_non_internal_client_never_adds_service_held_scopes(
     as_partner = Parties(parties.app, partner, parties.user_token, parties.user_id, parties.agent_metadata)
     response = await token_service.stub.ExchangeToken(exchange(as_partner, parties.user_token))
     assert "usage:write" not in response.scope.split()
+
+
+async def test_an_internal_client_exchanges_for_an_outside_resource_with_a_mesh_service_acting(
+    token_service: TokenHarness, parties: Parties
+) -> None:
+    """The tool gateway's exchange: the user's token for an upstream MCP server's URL (RFC 8707),
+    with the gateway's own token (an internal client of the platform's tenant) as the actor."""
+    gateway = await token_service.register(scope=SCOPES)
+    own = await token_service.client_token(gateway, audience=["urn:macp:service:token"])
+    request = exchange(parties, parties.user_token, own.access_token, scope="conversations:read")
+    request.resource.append("https://tools.example.test/mcp")
+    reply = await token_service.stub.ExchangeToken(request)
+    claims = await token_service.verified(reply.access_token)
+    assert claims["aud"] in ("https://tools.example.test/mcp", ["https://tools.example.test/mcp"])
+    assert (claims["sub"], claims["tenant_id"]) == (parties.user_id, "acme")
+    assert claims["act"] == {"sub": gateway.client_id, "client_id": gateway.client_id}
+
+
+async def test_an_outside_resource_is_no_target_for_a_consumer_client_or_a_fragment(
+    token_service: TokenHarness, parties: Parties
+) -> None:
+    consumer = await token_service.register(
+        client_class=principal_pb2.CLIENT_CLASS_CONSUMER,
+        tenant_id="acme",
+        grant_types=[EXCHANGE_GRANT],
+        scope=SCOPES,
+    )
+    request = exchange(parties, parties.user_token)
+    request.client_id, request.client_secret = consumer.client_id, consumer.client_secret
+    request.resource.append("https://tools.example.test/mcp")
+    error = await rpc_error(token_service.stub.ExchangeToken(request))
+    assert error.details.startswith("invalid_target: a consumer client gets urn:macp:edge only")
+    fragment = exchange(parties, parties.user_token)
+    fragment.resource.append("https://tools.example.test/mcp#x")
+    error = await rpc_error(token_service.stub.ExchangeToken(fragment))
+    assert error.details.startswith("invalid_target: unknown audience")

@@ -30,6 +30,7 @@ class Caller:
 
     stub: pb_grpc.ToolGatewayServiceStub
     tenant_id: str
+    token: str
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,11 @@ class World:
     calculator_url: str
 
 
-async def register(caller: Caller, name: str, url: str) -> pb.ToolServer:
+async def register(
+    caller: Caller, name: str, url: str, auth: pb.UpstreamAuth.ValueType = pb.UPSTREAM_AUTH_NONE
+) -> pb.ToolServer:
     reply = await caller.stub.CreateToolServer(
-        pb.CreateToolServerRequest(tool_server=pb.ToolServer(name=name, url=url))
+        pb.CreateToolServerRequest(tool_server=pb.ToolServer(name=name, url=url, auth=auth))
     )
     return reply.tool_server
 
@@ -63,7 +66,7 @@ async def _caller(tokens: TokenWorld, stack: AsyncExitStack, port: int) -> Calle
     tenant = await tokens.tenant()
     token = await tokens.user_token(tenant, [AUDIENCE])
     opened = await stack.enter_async_context(bearer_channel(port, token))
-    return Caller(pb_grpc.ToolGatewayServiceStub(opened), tenant.tenant_id)
+    return Caller(pb_grpc.ToolGatewayServiceStub(opened), tenant.tenant_id, token)
 
 
 @pytest.fixture
@@ -81,6 +84,8 @@ async def world(service_environ: dict[str, str]) -> AsyncIterator[World]:
                 "MACP_TOOL_GATEWAY_PORT": "0",
                 "MACP_TOOL_GATEWAY_METRICS_PORT": "0",
                 "MACP_TOOL_GATEWAY_UPSTREAM_TIMEOUT_SECONDS": "3",
+                # The gateway registers its own client with it (for upstream tokens).
+                "MACP_TOKEN_INITIAL_ACCESS_TOKEN": tokens.harness.initial_access_token,
             }
         )
         service = await stack.enter_async_context(running(TOOL_GATEWAY, environ))

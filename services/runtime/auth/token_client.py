@@ -143,19 +143,22 @@ class TokenClient:
         if cached is not None:
             return cached
         client = await self.credentials()
-        reply: token_pb.ExchangeTokenResponse = await self._stub.ExchangeToken(
-            token_pb.ExchangeTokenRequest(
-                client_id=client.client_id,
-                client_secret=client.client_secret,
-                subject_token=subject_token,
-                subject_token_type=ACCESS_TOKEN_TYPE,
-                actor_token=actor_token,
-                actor_token_type=ACCESS_TOKEN_TYPE if actor_token else "",
-                audience=[audience],
-                scope=scope,
-            ),
-            timeout=self._timeout,
+        request = token_pb.ExchangeTokenRequest(
+            client_id=client.client_id,
+            client_secret=client.client_secret,
+            subject_token=subject_token,
+            subject_token_type=ACCESS_TOKEN_TYPE,
+            actor_token=actor_token,
+            actor_token_type=ACCESS_TOKEN_TYPE if actor_token else "",
+            scope=scope,
         )
+        # A URL is a resource outside the mesh (RFC 8707: an upstream MCP server), a URN one of its
+        # audiences.
+        if audience.startswith(("http://", "https://")):
+            request.resource.append(audience)
+        else:
+            request.audience.append(audience)
+        reply: token_pb.ExchangeTokenResponse = await self._stub.ExchangeToken(request, timeout=self._timeout)
         self._cache.put(cache_key, reply.access_token, reply.expires_in)
         return reply.access_token
 

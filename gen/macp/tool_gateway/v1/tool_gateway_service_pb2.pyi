@@ -39,6 +39,11 @@ class _UpstreamAuthEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Upstream
     """Not set; CreateToolServer takes it as NONE."""
     UPSTREAM_AUTH_NONE: _UpstreamAuth.ValueType  # 1
     """No credential: a server on a private network, or a public one."""
+    UPSTREAM_AUTH_TOKEN_EXCHANGE: _UpstreamAuth.ValueType  # 2
+    """The caller's token exchanged (RFC 8693) for one addressed to the server's own URL (RFC 8707),
+    whose `sub` is the user and whose `act` chain names the gateway (and the agent, when an agent
+    calls). The caller's own token never reaches the server.
+    """
 
 class UpstreamAuth(_UpstreamAuth, metaclass=_UpstreamAuthEnumTypeWrapper):
     """How the gateway authenticates to an upstream MCP server."""
@@ -47,6 +52,11 @@ UPSTREAM_AUTH_UNSPECIFIED: UpstreamAuth.ValueType  # 0
 """Not set; CreateToolServer takes it as NONE."""
 UPSTREAM_AUTH_NONE: UpstreamAuth.ValueType  # 1
 """No credential: a server on a private network, or a public one."""
+UPSTREAM_AUTH_TOKEN_EXCHANGE: UpstreamAuth.ValueType  # 2
+"""The caller's token exchanged (RFC 8693) for one addressed to the server's own URL (RFC 8707),
+whose `sub` is the user and whose `act` chain names the gateway (and the agent, when an agent
+calls). The caller's own token never reaches the server.
+"""
 Global___UpstreamAuth: _TypeAlias = UpstreamAuth  # noqa: Y015
 
 @_typing.final

@@ -1,0 +1,48 @@
+"""The credential an upstream MCP server gets, per its registration (`UpstreamAuth`).
+
+TOKEN_EXCHANGE: the current caller's token (services/runtime/principal.py) exchanged (RFC 8693) by
+the gateway's own client for the server's URL as resource (RFC 8707), with the gateway's own token
+as the actor: the upstream sees the user as `sub`, the gateway (and, when an agent called, the
+agent) in `act`, and a token addressed to itself alone. The caller's token itself never leaves
+the mesh. Tokens are cached by the token client per (caller's token id, server URL).
+"""
+
+from __future__ import annotations
+
+import grpc
+from macp.tool_gateway.v1 import tool_gateway_service_pb2 as pb
+
+from services.runtime.auth.settings import service_audience
+from services.runtime.auth.token_client import TokenClient
+from services.runtime.errors import Unavailable
+from services.runtime.principal import current_caller
+from services.tool_gateway.upstream import UpstreamFailure
+
+# The scope the upstream's token carries: it may only call tools, as the caller may.
+UPSTREAM_SCOPE = "tools:call"
+
+
+class UpstreamTokens:
+    def __init__(self, client: TokenClient) -> None:
+        self._client = client
+
+    async def headers(self, server: pb.ToolServer) -> dict[str, str]:
+        """The HTTP headers that authenticate the gateway's requests to `server` for the caller."""
+        if server.auth != pb.UPSTREAM_AUTH_TOKEN_EXCHANGE:
+            return {}
+        caller = current_caller()
+        try:
+            own = await self._client.own_token(service_audience("token"), "")
+            exchanged = await self._client.exchange(
+                (caller.principal.token_id or caller.token, server.url),
+                caller.token,
+                server.url,
+                actor_token=own,
+                scope=UPSTREAM_SCOPE,
+            )
+        except (grpc.aio.AioRpcError, Unavailable) as exc:
+            detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else exc.message
+            raise UpstreamFailure(
+                "credentials", f"no token for tool server {server.name} could be had: {detail}"
+            ) from None
+        return {"authorization": f"Bearer {exchanged}"}

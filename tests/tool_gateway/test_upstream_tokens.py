@@ -1,0 +1,83 @@
+"""An upstream registered with token exchange gets a token addressed to itself alone: the user as
+`sub`, the gateway in `act`, only `tools:call`; never the caller's own token. A server that checks
+its audience refuses anything else, and that refusal is a clear error of the call."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from macp.token.v1 import token_service_pb2 as token_pb
+from macp.tool_gateway.v1 import tool_gateway_service_pb2 as pb
+
+from services.example_tools.audience import RequireAudience
+from services.example_tools.servers import forecast_for, weather_server
+from services.runtime.auth.jwks import jwks_from_proto, keys_from_jwks
+from tests.asgi import serving
+from tests.token.harness import unverified
+from tests.tool_gateway.conftest import World, refused, register
+from tests.tool_gateway.test_catalogue import call
+
+
+@dataclass(frozen=True)
+class Guarded:
+    url: str
+    server: RequireAudience
+
+
+@pytest.fixture
+async def guarded(world: World) -> AsyncIterator[Guarded]:
+    """The weather server, accepting only MACP tokens addressed to its own URL."""
+    stub = world.tokens.harness.stub
+
+    async def keys() -> Mapping[str, rsa.RSAPublicKey]:
+        return keys_from_jwks(jwks_from_proto(await stub.GetJwks(token_pb.GetJwksRequest())))
+
+    built: list[RequireAudience] = []
+
+    def build(url: str) -> RequireAudience:
+        app = RequireAudience(
+            weather_server().streamable_http_app(),
+            audience=f"{url}/mcp",
+            issuer=world.tokens.environ["MACP_TOKEN_ISSUER"],
+            keys=keys,
+        )
+        built.append(app)
+        return app
+
+    async with serving(build) as url:
+        yield Guarded(f"{url}/mcp", built[0])
+
+
+async def test_the_upstream_gets_a_token_for_itself_with_the_gateway_acting(
+    world: World, guarded: Guarded
+) -> None:
+    await register(world.alice, "weather", guarded.url, pb.UPSTREAM_AUTH_TOKEN_EXCHANGE)
+    catalogue = await world.alice.stub.ListTools(pb.ListToolsRequest())
+    assert [t.name for t in catalogue.tools] == ["weather__forecast"], catalogue.unavailable
+    answer = await world.alice.stub.CallTool(call("weather__forecast", city="Oslo"))
+    assert answer.text == forecast_for("Oslo")
+
+    _, callers_claims = unverified(world.alice.token)
+    assert guarded.server.received, "the server accepted no token"
+    for claims in guarded.server.received:
+        assert claims.aud == (guarded.url,)
+        assert (claims.sub, claims.tenant_id) == (callers_claims["sub"], world.alice.tenant_id)
+        assert claims.scopes == ("tools:call",)
+        assert claims.jti != callers_claims["jti"]  # a token of its own, never the caller's
+        [gateway] = claims.actor_chain  # the gateway acts; the caller's token came straight from it
+        assert gateway.client_id == claims.client_id
+        assert gateway.client_id
+
+
+async def test_a_server_that_checks_its_audience_refuses_the_gateway_without_a_token(
+    world: World, guarded: Guarded
+) -> None:
+    await register(world.alice, "weather", guarded.url)  # registered without upstream auth
+    error = await refused(world.alice.stub.CallTool(call("weather__forecast", city="Oslo")))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "the server answered HTTP 401" in (error.details() or "")
+    assert not guarded.server.received
