@@ -20,7 +20,7 @@ from macp.tool_gateway.v1 import tool_gateway_service_pb2 as pb
 from services.tool_gateway import upstream
 from services.tool_gateway.guards import ServerGuards
 from services.tool_gateway.settings import ToolGatewaySettings
-from services.tool_gateway.upstream import UpstreamFailure
+from services.tool_gateway.upstream import UpstreamFailure, UpstreamHttp
 from services.tool_gateway.upstream_tokens import UpstreamTokens
 
 SEPARATOR = "__"
@@ -58,8 +58,11 @@ def _tool(server: pb.ToolServer, tool: types.Tool, available: bool) -> pb.Tool:
 
 
 class Catalogue:
-    def __init__(self, settings: ToolGatewaySettings, guards: ServerGuards, tokens: UpstreamTokens) -> None:
+    def __init__(
+        self, settings: ToolGatewaySettings, http: UpstreamHttp, guards: ServerGuards, tokens: UpstreamTokens
+    ) -> None:
         self._settings = settings
+        self._http = http
         self._guards = guards
         self._tokens = tokens
         self._listed: dict[tuple[str, str], _Listed] = {}
@@ -85,7 +88,7 @@ class Catalogue:
         try:
             headers = await self._tokens.headers(server)
             async with self._guards.guarding(server):
-                tools = tuple(await upstream.list_tools(server, self._settings.upstream, headers))
+                tools = tuple(await upstream.list_tools(server, self._http, headers))
         except UpstreamFailure as failure:
             return (listed.tools if listed is not None else ()), failure
         self._listed[key] = _Listed(tools, now)

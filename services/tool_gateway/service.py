@@ -36,6 +36,7 @@ from services.tool_gateway.servers import ToolServers
 from services.tool_gateway.servicer import ToolGatewayServicer
 from services.tool_gateway.settings import ToolGatewaySettings
 from services.tool_gateway.tool_calls import ToolCalls
+from services.tool_gateway.upstream import UpstreamHttp
 from services.tool_gateway.upstream_tokens import UpstreamTokens
 
 SPEC = service("tool-gateway")
@@ -65,17 +66,19 @@ async def start(context: ServiceContext) -> AsyncIterator[None]:
             timeout=settings.upstream.timeout_seconds,
         )
     )
+    http = UpstreamHttp(settings.upstream)
     servicer = ToolGatewayServicer(
         ToolServers(store),
         store,
-        Catalogue(settings, guards, tokens),
-        ToolCalls(store, db, settings.upstream, guards, tokens),
+        Catalogue(settings, http, guards, tokens),
+        ToolCalls(store, db, http, guards, tokens),
         settings.max_servers,
     )
     pb_grpc.add_ToolGatewayServiceServicer_to_server(servicer, context.server)
     try:
         yield
     finally:
+        await http.close()
         await channel.close()
 
 

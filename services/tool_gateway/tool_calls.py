@@ -15,7 +15,7 @@ from services.tool_gateway import upstream
 from services.tool_gateway.catalogue import split_name
 from services.tool_gateway.guards import ServerGuards
 from services.tool_gateway.server_store import ServerStore
-from services.tool_gateway.upstream import UpstreamFailure, UpstreamLimits
+from services.tool_gateway.upstream import UpstreamFailure, UpstreamHttp
 from services.tool_gateway.upstream_tokens import UpstreamTokens
 
 # How each kind of upstream failure reaches the caller.
@@ -36,13 +36,13 @@ class ToolCalls:
         self,
         store: ServerStore,
         pool: asyncpg.Pool,
-        limits: UpstreamLimits,
+        http: UpstreamHttp,
         guards: ServerGuards,
         tokens: UpstreamTokens,
     ) -> None:
         self._store = store
         self._pool = pool
-        self._limits = limits
+        self._http = http
         self._guards = guards
         self._tokens = tokens
 
@@ -55,7 +55,7 @@ class ToolCalls:
         try:
             headers = await self._tokens.headers(server)
             async with self._guards.guarding(server):
-                result = await upstream.call_tool(server, tool, arguments, self._limits, headers)
+                result = await upstream.call_tool(server, tool, arguments, self._http, headers)
         except UpstreamFailure as failure:
             await self._audit(principal, server, tool, failure.kind, 0)
             raise _STATUS[failure.kind](failure.message) from None

@@ -15,7 +15,8 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 
 import httpx2
 import mcp_types as types
@@ -56,49 +57,64 @@ class UpstreamLimits:
     max_result_bytes: int
 
 
+class ResultTooLarge(Exception):
+    pass
+
+
+@dataclass
+class _Operation:
+    """What one upstream operation sends and what its responses showed, for the shared transport:
+    its credential, the result cap, the cap's trips and the HTTP error statuses the server
+    answered (a 401 refusing the token, a 500), which the SDK reports only as "an error"."""
+
+    headers: Mapping[str, str]
+    limit: int
+    over: list[int] = field(default_factory=list)
+    errors: list[int] = field(default_factory=list)
+
+
+# The operation in progress: the SDK's transport tasks are started inside the operation's own
+# client, so they see it (services/runtime/principal.py explains the pattern).
+_operation: ContextVar[_Operation | None] = ContextVar("macp_tool_operation", default=None)
+
+
 class _CappedBody(httpx2.AsyncByteStream):
     """A response body that stops with `ResultTooLarge` past `limit` bytes, before holding them."""
 
-    def __init__(self, body: httpx2.AsyncByteStream, limit: int, over: list[int]) -> None:
+    def __init__(self, body: httpx2.AsyncByteStream, operation: _Operation) -> None:
         self._body = body
-        self._limit = limit
-        self._over = over
+        self._operation = operation
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         seen = 0
         async for chunk in self._body:
             seen += len(chunk)
-            if seen > self._limit:
-                self._over.append(seen)
-                raise ResultTooLarge(f"the answer is over {self._limit} bytes")
+            if seen > self._operation.limit:
+                self._operation.over.append(seen)
+                raise ResultTooLarge(f"the answer is over {self._operation.limit} bytes")
             yield chunk
 
     async def aclose(self) -> None:
         await self._body.aclose()
 
 
-class ResultTooLarge(Exception):
-    pass
+class _OperationTransport(httpx2.AsyncBaseTransport):
+    """HTTP to upstreams for every operation of the process, on one connection pool: each request
+    carries its operation's credential, and its response may not exceed the operation's result cap
+    (a server that sends 50 MB is cut off at the cap, never read whole into the gateway's memory)."""
 
-
-class _CappedTransport(httpx2.AsyncBaseTransport):
-    """HTTP for one upstream operation, whose responses may not exceed the result cap: a server that
-    sends 50 MB is cut off at the cap, never read whole into the gateway's memory. The SDK turns
-    the cut into an error of its own; `over` remembers that it was the cap."""
-
-    def __init__(self, limit: int) -> None:
+    def __init__(self) -> None:
         self._inner = httpx2.AsyncHTTPTransport()
-        self._limit = limit
-        self.over: list[int] = []
-        # The HTTP error statuses the server answered (a 401 refusing the token, a 500), which the
-        # SDK reports only as "an error".
-        self.errors: list[int] = []
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        operation = _operation.get()
+        if operation is None:
+            return await self._inner.handle_async_request(request)
+        request.headers.update(operation.headers)
         response = await self._inner.handle_async_request(request)
         if response.status_code >= 400:
-            self.errors.append(response.status_code)
-        body = _CappedBody(response.stream, self._limit, self.over)  # type: ignore[arg-type]
+            operation.errors.append(response.status_code)
+        body = _CappedBody(response.stream, operation)  # type: ignore[arg-type]
         return httpx2.Response(
             response.status_code, headers=response.headers, stream=body, extensions=response.extensions
         )
@@ -107,19 +123,37 @@ class _CappedTransport(httpx2.AsyncBaseTransport):
         await self._inner.aclose()
 
 
+class UpstreamHttp:
+    """The process's one HTTP client to upstreams: building one costs about 30 ms of CPU (its TLS
+    context), more than a whole call, and its pool keeps connections to each server open."""
+
+    def __init__(self, limits: UpstreamLimits) -> None:
+        self.limits = limits
+        self.client = httpx2.AsyncClient(
+            timeout=httpx2.Timeout(limits.timeout_seconds), transport=_OperationTransport()
+        )
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
 @asynccontextmanager
 async def _connected(
-    server: pb.ToolServer, limits: UpstreamLimits, capped: _CappedTransport, headers: Mapping[str, str]
+    server: pb.ToolServer, http: UpstreamHttp, operation: _Operation
 ) -> AsyncIterator[Client]:
-    http = httpx2.AsyncClient(
-        timeout=httpx2.Timeout(limits.timeout_seconds), transport=capped, headers=dict(headers)
-    )
-    async with http:
+    """A client of `server` for one operation, on the shared HTTP client, within its deadline."""
+    reset = _operation.set(operation)
+    try:
         transport = streamable_http_client(
-            server.url, http_client=http, max_sse_event_size=limits.max_result_bytes
+            server.url, http_client=http.client, max_sse_event_size=http.limits.max_result_bytes
         )
-        async with Client(transport, raise_exceptions=True, cache=None) as client:
+        async with (
+            asyncio.timeout(http.limits.timeout_seconds),
+            Client(transport, raise_exceptions=True, cache=None) as client,
+        ):
             yield client
+    finally:
+        _operation.reset(reset)
 
 
 def _first_cause(exc: BaseException) -> BaseException:
@@ -129,9 +163,7 @@ def _first_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def _failure(
-    server: pb.ToolServer, what: str, exc: BaseException, capped: _CappedTransport
-) -> UpstreamFailure:
+def _failure(server: pb.ToolServer, what: str, exc: BaseException, capped: _Operation) -> UpstreamFailure:
     exc = _first_cause(exc)
     if capped.over or isinstance(exc, ResultTooLarge):
         return UpstreamFailure("too_large", f"tool server {server.name}: {what}: the answer is over the cap")
@@ -152,16 +184,13 @@ def _failure(
 
 
 async def list_tools(
-    server: pb.ToolServer, limits: UpstreamLimits, headers: Mapping[str, str]
+    server: pb.ToolServer, http: UpstreamHttp, headers: Mapping[str, str]
 ) -> list[types.Tool]:
     """Every tool `server` lists, following its pages; more than MAX_TOOLS_PER_SERVER is a failure
     of the server (a catalogue that silently lost some tools would be worse)."""
-    capped = _CappedTransport(limits.max_result_bytes)
+    capped = _Operation(headers, http.limits.max_result_bytes)
     try:
-        async with (
-            asyncio.timeout(limits.timeout_seconds),
-            _connected(server, limits, capped, headers) as client,
-        ):
+        async with _connected(server, http, capped) as client:
             tools: list[types.Tool] = []
             cursor: str | None = None
             while True:
@@ -186,23 +215,18 @@ async def call_tool(
     server: pb.ToolServer,
     tool: str,
     arguments: dict[str, object],
-    limits: UpstreamLimits,
+    http: UpstreamHttp,
     headers: Mapping[str, str],
 ) -> ToolResult:
     started = time.monotonic()
-    capped = _CappedTransport(limits.max_result_bytes)
+    capped = _Operation(headers, http.limits.max_result_bytes)
     try:
-        async with (
-            asyncio.timeout(limits.timeout_seconds),
-            _connected(server, limits, capped, headers) as client,
-        ):
+        async with _connected(server, http, capped) as client:
             result = await client.call_tool(tool, arguments)
     except Exception as exc:
         raise _failure(server, f"calling {tool}", exc, capped) from exc
     duration_ms = int((time.monotonic() - started) * 1000)
     text = "\n".join(item.text for item in result.content if isinstance(item, types.TextContent))
-    if len(text.encode()) > limits.max_result_bytes:
-        raise UpstreamFailure(
-            "too_large", f"tool server {server.name}: {tool}'s result is over {limits.max_result_bytes} bytes"
-        )
+    if len(text.encode()) > http.limits.max_result_bytes:
+        raise UpstreamFailure("too_large", f"tool server {server.name}: {tool}'s result is over the cap")
     return ToolResult(text, result.structured_content, bool(result.is_error), duration_ms)
