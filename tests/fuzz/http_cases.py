@@ -69,6 +69,9 @@ JSON_BODIES: dict[str, dict[str, Any]] = {
     "archiveConversation": {"close": False},
     "createChatCompletion": {"model": AGENT, "messages": [{"role": "user", "content": "hi"}]},
     "oauthRegister": {"client_name": "fuzz", "grant_types": ["client_credentials"]},
+    # The discard port: nothing answers there, so no attack makes the gateway wait on an upstream.
+    "createToolServer": {"name": "fuzz", "url": "http://127.0.0.1:9/mcp"},
+    "callTool": {"arguments": {"a": 1}},
 }
 FORM_BODIES: dict[str, dict[str, str]] = {
     "oauthToken": {
