@@ -33,6 +33,7 @@ def _agent_from_row(row: asyncpg.Record) -> pb.Agent:
         model=row["model"],
         system_prompt=row["system_prompt"],
         capabilities=list(row["capabilities"]),
+        allowed_tools=list(row["allowed_tools"]),
         etag=row["etag"],
     )
     json_format.ParseDict(json.loads(row["generation"]), agent.generation)
@@ -68,8 +69,8 @@ class AgentStore:
             """
             INSERT INTO conversation_agents
                 (id, tenant_id, owner_id, name, provider, model, system_prompt,
-                 generation, capabilities, bidding, etag, create_time, update_time)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10::jsonb, $11,
+                 generation, capabilities, bidding, etag, allowed_tools, create_time, update_time)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10::jsonb, $11, $12,
                     clock_timestamp(), clock_timestamp())
             RETURNING *
             """,
@@ -85,6 +86,7 @@ class AgentStore:
                 list(agent.capabilities),
                 _json(agent.bidding),
                 agent.etag,
+                list(agent.allowed_tools),
             ],
             audited,
         )
@@ -128,7 +130,8 @@ class AgentStore:
             """
             UPDATE conversation_agents
             SET name = $4, provider = $5, model = $6, system_prompt = $7, generation = $8::jsonb,
-                capabilities = $9, bidding = $10::jsonb, etag = $11, update_time = clock_timestamp()
+                capabilities = $9, bidding = $10::jsonb, etag = $11, allowed_tools = $12,
+                update_time = clock_timestamp()
             WHERE tenant_id = $1 AND id = $2 AND etag = $3 AND delete_time IS NULL
             RETURNING *
             """,
@@ -144,6 +147,7 @@ class AgentStore:
                 list(agent.capabilities),
                 _json(agent.bidding),
                 agent.etag,
+                list(agent.allowed_tools),
             ],
             audited,
         )

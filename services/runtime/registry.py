@@ -142,8 +142,9 @@ SERVICES: tuple[ServiceSpec, ...] = (
         module="services.tool_gateway",
         retry_safe_rpcs=("GetToolServer", "ListToolServers", "ListTools"),
         dependencies=("postgres", "redis"),
-        # Upstream tokens are exchanged at the token service.
-        needs=("token",),
+        # Upstream tokens are exchanged at the token service; an agent's allowed tools are read
+        # from the conversation service.
+        needs=("token", "conversation"),
     ),
 )
 

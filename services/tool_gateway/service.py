@@ -13,10 +13,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from macp.conversation.v1 import conversation_service_pb2_grpc as conversation_grpc
 from macp.token.v1 import token_service_pb2_grpc as token_grpc
 from macp.tool_gateway.v1 import tool_gateway_service_pb2 as pb
 from macp.tool_gateway.v1 import tool_gateway_service_pb2_grpc as pb_grpc
 
+from services.runtime.auth.caller_tokens import CallerTokens
 from services.runtime.auth.settings import USER_SCOPES
 from services.runtime.auth.token_client import (
     CLIENT_CREDENTIALS_GRANT,
@@ -29,6 +31,7 @@ from services.runtime.mesh import open_mesh_channel
 from services.runtime.registry import service
 from services.runtime.server import ServiceContext, ServiceDefinition
 from services.runtime.settings import CommonSettings
+from services.tool_gateway.agent_tools import AgentTools
 from services.tool_gateway.catalogue import Catalogue
 from services.tool_gateway.guards import ServerGuards
 from services.tool_gateway.server_store import ServerStore
@@ -55,16 +58,21 @@ async def start(context: ServiceContext) -> AsyncIterator[None]:
     store = ServerStore(db)
     # One breaker and one in-flight count per upstream, shared by listing and calling.
     guards = ServerGuards(settings.breaker, settings.server_concurrency)
-    # The gateway's own client gets upstream tokens on a mesh channel of its own (no caller token).
-    channel = open_mesh_channel(CommonSettings.from_env(context.env).mesh_address)
-    tokens = UpstreamTokens(
-        TokenClient(
-            token_grpc.TokenServiceStub(channel),
-            registration=REGISTRATION,
-            credentials=_credentials(settings),
-            initial_access_token=settings.initial_access_token,
-            timeout=settings.upstream.timeout_seconds,
-        )
+    # The gateway's own client gets tokens on a mesh channel of its own (no caller token); calls to
+    # the conversation service (an agent's allow-list) go on one that carries the caller's.
+    mesh_address = CommonSettings.from_env(context.env).mesh_address
+    channel = open_mesh_channel(mesh_address)
+    client = TokenClient(
+        token_grpc.TokenServiceStub(channel),
+        registration=REGISTRATION,
+        credentials=_credentials(settings),
+        initial_access_token=settings.initial_access_token,
+        timeout=settings.upstream.timeout_seconds,
+    )
+    tokens = UpstreamTokens(client)
+    for_callers = open_mesh_channel(mesh_address, CallerTokens(client))
+    agent_tools = AgentTools(
+        conversation_grpc.ConversationServiceStub(for_callers), settings.upstream.timeout_seconds
     )
     http = UpstreamHttp(settings.upstream)
     servicer = ToolGatewayServicer(
@@ -72,6 +80,7 @@ async def start(context: ServiceContext) -> AsyncIterator[None]:
         store,
         Catalogue(settings, http, guards, tokens),
         ToolCalls(store, db, http, guards, tokens),
+        agent_tools,
         settings.max_servers,
     )
     pb_grpc.add_ToolGatewayServiceServicer_to_server(servicer, context.server)
@@ -79,6 +88,7 @@ async def start(context: ServiceContext) -> AsyncIterator[None]:
         yield
     finally:
         await http.close()
+        await for_callers.close()
         await channel.close()
 
 

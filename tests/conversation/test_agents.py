@@ -190,3 +190,28 @@ async def test_delete_is_soft_hidden_from_every_read_and_refused_while_in_use(wo
         pb.ArchiveConversationRequest(conversation_id=conversation.id, close=True)
     )
     await alice.stub.DeleteAgent(pb.DeleteAgentRequest(id=busy.id))
+
+
+async def test_an_agents_allowed_tools_are_stored_changed_and_checked(world: World) -> None:
+    alice = world.alice
+    agent = await new_agent(alice, allowed_tools=["weather__forecast", "calc__*"])
+    assert list((await alice.stub.GetAgent(pb.GetAgentRequest(id=agent.id))).agent.allowed_tools) == [
+        "weather__forecast",
+        "calc__*",
+    ]
+    changes = pb.Agent(id=agent.id, etag=agent.etag, allowed_tools=["calc__add"])
+    updated = (
+        await alice.stub.UpdateAgent(
+            pb.UpdateAgentRequest(agent=changes, update_mask=FieldMask(paths=["allowed_tools"]))
+        )
+    ).agent
+    assert list(updated.allowed_tools) == ["calc__add"]
+    bad = await refused(
+        alice.stub.CreateAgent(
+            pb.CreateAgentRequest(
+                agent=pb.Agent(name="Eve", provider="local", model="echo-1", allowed_tools=["no-namespace"])
+            )
+        )
+    )
+    assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "allowed_tools" in (bad.details() or "")

@@ -171,6 +171,7 @@ class Agent(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    ALLOWED_TOOLS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. The agent's id (UUID), assigned on create."""
     tenant_id: _builtins.str
@@ -207,6 +208,12 @@ class Agent(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the agent was last updated."""
 
+    @_builtins.property
+    def allowed_tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The tools of the tenant's catalogue the agent may list and call through the tool gateway:
+        `<server>__<tool>` names, or `<server>__*` for every tool of a server. Empty: none.
+        """
+
     def __init__(
         self,
         *,
@@ -223,10 +230,11 @@ class Agent(_message.Message):
         etag: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        allowed_tools: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["bidding", b"bidding", "create_time", b"create_time", "generation", b"generation", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bidding", b"bidding", "capabilities", b"capabilities", "create_time", b"create_time", "etag", b"etag", "generation", b"generation", "id", b"id", "model", b"model", "name", b"name", "owner_id", b"owner_id", "provider", b"provider", "system_prompt", b"system_prompt", "tenant_id", b"tenant_id", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_tools", b"allowed_tools", "bidding", b"bidding", "capabilities", b"capabilities", "create_time", b"create_time", "etag", b"etag", "generation", b"generation", "id", b"id", "model", b"model", "name", b"name", "owner_id", b"owner_id", "provider", b"provider", "system_prompt", b"system_prompt", "tenant_id", b"tenant_id", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
