@@ -7,8 +7,23 @@ import argparse
 import sys
 
 import uvicorn
+from starlette.responses import PlainTextResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.example_tools.servers import SERVERS
+
+
+def with_health(app: ASGIApp) -> ASGIApp:
+    """`app` answering GET /healthz 200 itself, as every process `macp up` supervises does; every
+    other request (and the lifespan, which starts the MCP session manager) is the app's."""
+
+    async def serve(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/healthz":
+            await PlainTextResponse("ok")(scope, receive, send)
+            return
+        await app(scope, receive, send)
+
+    return serve
 
 
 def main() -> int:
@@ -17,7 +32,7 @@ def main() -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    app = SERVERS[args.server]().streamable_http_app(host=args.host)
+    app = with_health(SERVERS[args.server]().streamable_http_app(host=args.host))
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 

@@ -158,6 +158,27 @@ EDGE = EdgeSpec(
 
 PROVIDER_SERVER = ProviderServerSpec(name="provider-server", port=8100, module="services.provider_server")
 
+
+@dataclass(frozen=True)
+class ExampleToolServerSpec:
+    """An example MCP server `macp up` runs for the tool gateway to reach (services/example_tools):
+    `python -m services.example_tools <server> --port <port>`, its MCP endpoint at /mcp."""
+
+    name: str
+    server: str
+    port: int
+    module: str = "services.example_tools"
+
+    @property
+    def port_variable(self) -> str:
+        return f"MACP_{self.name.upper().replace('-', '_')}_PORT"
+
+
+EXAMPLE_TOOL_SERVERS = (
+    ExampleToolServerSpec(name="example-weather", server="weather", port=8101),
+    ExampleToolServerSpec(name="example-calculator", server="calculator", port=8102),
+)
+
 ENVOY = EnvoySpec(front_port=8080, mesh_port=9000, admin_port=9901)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from services.agent_proxy.settings import local_provider_needed
-from services.runtime.registry import EDGE, PROVIDER_SERVER, SERVICES
+from services.runtime.registry import EDGE, EXAMPLE_TOOL_SERVERS, PROVIDER_SERVER, SERVICES
 from services.runtime.settings import CommonSettings, Env, ServerSettings, data_dir
 from services.stack.config import EnvoyPorts
 from services.stack.infra import Infrastructure
@@ -24,14 +24,14 @@ from services.stack.process import REINSTALL_HINT, PortClaim, StartupError
 from services.stack.secrets import local_secrets
 from services.stack.supervisor import RestartPolicy
 
-AppKind = Literal["service", "edge", "provider"]
+AppKind = Literal["service", "edge", "provider", "tools"]
 EnvoyRenderer = Callable[[Path, Env], object]
 
 
 @dataclass(frozen=True)
 class AppSpec:
-    """One MACP process `macp up` runs: a gRPC service, the edge (HTTP), or the local provider
-    server (HTTP, no metrics port)."""
+    """One MACP process `macp up` runs: a gRPC service, the edge (HTTP), the local provider server
+    or an example MCP server (HTTP, no metrics port)."""
 
     name: str
     kind: AppKind
@@ -70,8 +70,9 @@ class AppSpec:
 
 
 def app_specs(env: Env) -> tuple[AppSpec, ...]:
-    """Every service in the registry, then the edge, each as `python -m <module>`; and the local
-    provider server when the agent proxy will call it (no provider key configured)."""
+    """Every service in the registry, then the edge, each as `python -m <module>`; the local
+    provider server when the agent proxy will call it (no provider key configured); and the example
+    MCP servers unless `MACP_EXAMPLE_TOOLS=off` (a tenant registers them with the tool gateway)."""
     apps = []
     for spec in SERVICES:
         server = ServerSettings.from_env(env, spec)
@@ -110,6 +111,20 @@ def app_specs(env: Env) -> tuple[AppSpec, ...]:
                 metrics_port_variable=None,
             )
         )
+    if env.choice("MACP_EXAMPLE_TOOLS", "on", ("on", "off")) == "on":
+        for example in EXAMPLE_TOOL_SERVERS:
+            port = env.port(example.port_variable, example.port)
+            apps.append(
+                AppSpec(
+                    name=example.name,
+                    kind="tools",
+                    argv=(sys.executable, "-m", example.module, example.server, "--port", str(port)),
+                    port=port,
+                    metrics_port=None,
+                    port_variable=example.port_variable,
+                    metrics_port_variable=None,
+                )
+            )
     return tuple(apps)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
-from services.runtime.registry import PROVIDER_SERVER, SERVICES
+from services.runtime.registry import EXAMPLE_TOOL_SERVERS, PROVIDER_SERVER, SERVICES
 from services.stack import stackfile
 from services.stack.config import FREE_PORTS_ENV, free_port
 from services.stack.infra import scratch_data_dir
@@ -35,6 +35,8 @@ def stack_environ(data_dir: Path) -> dict[str, str]:
         environ[f"{prefix}PORT"] = str(free_port())
         environ[f"{prefix}METRICS_PORT"] = str(free_port())
     environ["MACP_PROVIDER_SERVER_PORT"] = str(free_port())  # no provider key here: it runs too
+    for example in EXAMPLE_TOOL_SERVERS:
+        environ[example.port_variable] = str(free_port())
     return environ
 
 
@@ -94,9 +96,15 @@ class FakeStack:
         )
 
     def close(self) -> None:
+        # SIGTERM first: `macp up` stops its children on it; SIGKILL would leave them running
+        # (each in its own process group), holding their ports for the next test.
         if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
         self.out.close()
 
 
@@ -148,6 +156,7 @@ def test_up_reaches_ready_and_sigterm_leaves_nothing_behind(fake_stack: FakeStac
         "edge",
         PROVIDER_SERVER.name,
         *(s.name for s in SERVICES),
+        *(example.name for example in EXAMPLE_TOOL_SERVERS),
     }
     assert document["ready_seconds"] < 20
     processes = recorded_processes(document)
