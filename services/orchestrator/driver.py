@@ -44,6 +44,9 @@ from services.runtime.errors import FailedPrecondition, InvalidArgument
 from services.runtime.principal import Caller, acting_for, current_caller
 from services.runtime.sealing import Sealer
 
+Conversation = conversation_pb.Conversation
+Preparing = asyncio.Task[Prepared]
+
 log = logging.getLogger("macp.orchestrator.driver")
 
 # How long a message waits for a driver that has completed its round and is letting go.
@@ -135,7 +138,7 @@ class Driver:
         if seen is not None:
             return seen
         policy = conversation.double_texting_policy
-        job = _job(caller, conversation_id, message, sequence=0)
+        job = RoundJob.posted(caller, conversation_id, message, sequence=0)
         lease = await self._acquire_after_round(job)
         if lease is None:
             if policy in (
@@ -146,14 +149,28 @@ class Driver:
                     f"conversation {conversation_id} is still answering an earlier message and its "
                     "double_texting_policy is REJECT: send this one after the round completes"
                 )
-            return await self._enqueue(caller, conversation_id, message, policy)
+            # Shielded for the same reason as a round's acceptance below.
+            return await asyncio.shield(self._enqueue(caller, conversation_id, message, policy))
         # The round's inputs are asked for while the message is stored: neither waits for the other.
         # (The marker written with the lease names the round first: a takeover releases its holds.)
         preparing = asyncio.create_task(
             self.rounds.preparer.prepare(conversation_id, message.message_id, conversation)
         )
+        # Shielded: a client that goes away mid-post (its edge died, its stream was cancelled) must
+        # not stop a message half-way, accepted in the log but with no round to answer it.
+        return await asyncio.shield(self._accept(job, message, lease, conversation, preparing))
+
+    async def _accept(
+        self,
+        job: RoundJob,
+        message: pb.UserMessage,
+        lease: Lease,
+        conversation: Conversation,
+        preparing: Preparing,
+    ) -> Accepted:
+        """Store the message and start its round; or, if it cannot be stored, undo the lease."""
         try:
-            accepted, job = await self._store(caller, conversation_id, message, lease)
+            accepted, job = await self._store(job.caller, job.conversation_id, message, lease)
         except BaseException:
             await asyncio.shield(self._discard(preparing, "the message could not be stored"))
             await self._let_go(lease)
@@ -237,7 +254,7 @@ class Driver:
             timeout=self._downstream.timeout,
         )
         stored = reply.message
-        job = _job(caller, conversation_id, message, stored.sequence, text=stored.text)
+        job = RoundJob.posted(caller, conversation_id, message, stored.sequence, text=stored.text)
         # Stored now or by an earlier try: either way accepted once, by whoever writes this first.
         event, value = await self._events.append_once(
             conversation_id,
@@ -345,22 +362,6 @@ class Driver:
         # the sweep closes the round from its log once this driver lets go; one whose lease was
         # lost leaves it to the new holder, whose marker it may already be.
         await self._markers.clear(job.conversation_id)
-
-
-def _job(
-    caller: Caller, conversation_id: str, message: pb.UserMessage, sequence: int, text: str | None = None
-) -> RoundJob:
-    trace_context: dict[str, str] = {}
-    tracing.inject(trace_context)
-    return RoundJob(
-        caller,
-        conversation_id,
-        message.message_id,
-        message.text if text is None else text,
-        sequence,
-        tuple(message.mention_agent_ids),
-        trace_context=tuple(trace_context.items()),
-    )
 
 
 def _accepted_from(message_id: str, value: str) -> Accepted:

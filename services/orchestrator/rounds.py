@@ -39,6 +39,7 @@ from services.orchestrator.preparation import Prepared, Preparer
 from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.transcript import Said, chat_messages
 from services.orchestrator.turns import Halt, TurnResult, TurnRunner, TurnSpec
+from services.runtime import tracing
 from services.runtime.principal import Caller
 from services.runtime.protos import now_timestamp
 from services.runtime.usage_ids import orchestration_event_id
@@ -62,6 +63,31 @@ class RoundJob:
     # The W3C trace context of the action that posted the message (services/runtime/tracing.py),
     # so the round is part of that trace even when it runs later (queued) or elsewhere (taken over).
     trace_context: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def posted(
+        cls,
+        caller: Caller,
+        conversation_id: str,
+        message: pb.UserMessage,
+        sequence: int,
+        text: str | None = None,
+    ) -> RoundJob:
+        """The round of `message`, posted now by `caller` (in the trace of the current action)."""
+        trace_context: dict[str, str] = {}
+        tracing.inject(trace_context)
+        text = message.text if text is None else text
+        mentions = tuple(message.mention_agent_ids)
+        return cls(
+            caller,
+            conversation_id,
+            message.message_id,
+            text,
+            sequence,
+            mentions,
+            None,
+            tuple(trace_context.items()),
+        )
 
 
 @dataclass

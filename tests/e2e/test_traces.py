@@ -126,11 +126,12 @@ async def test_a_chat_completion_is_one_trace_through_kafka_to_metering(world: W
                 json={"model": ada.id, "messages": [{"role": "user", "content": "trace me"}]},
             )
         assert answer.status_code == 200, answer.text
-        # The request's own trace: a background call of the edge's (a JWKS refresh) may start another.
+        # The request's own trace: Envoy's health checks and the edge's background calls (a JWKS
+        # refresh) start others.
         [root] = [
             s
             for s in exporter.get_finished_spans()
-            if s.parent is None and service(s) == "edge" and s.kind == SpanKind.SERVER
+            if s.parent is None and service(s) == "edge" and s.name == "POST /v1/chat/completions"
         ]
         spans = await spans_of(exporter, root.context.trace_id, consumed)
     by_id = {s.context.span_id: s for s in spans}
