@@ -78,6 +78,8 @@ def _environ(infrastructure_env: dict[str, str]) -> dict[str, str]:
     environ["MACP_MESH_ADDRESS"] = f"127.0.0.1:{environ['MACP_ENVOY_MESH_PORT']}"
     environ["MACP_LOG_LEVEL"] = "warning"
     environ["PYTHONUNBUFFERED"] = "1"
+    # A partial mesh: no conversation service (no agent acts here, so no allow-list is read).
+    environ["MACP_TOOL_GATEWAY_NEEDS"] = "token"
     return environ
 
 
