@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import time
 import uuid
@@ -40,8 +39,8 @@ from macp.common.v1.agent_settings_pb2 import GenerationSettings
 from macp.token.v1 import token_service_pb2_grpc as token_grpc
 
 from bench.service_tokens import service_token
-from bench.slice import cluster_healthy, start_apps_and_envoy
-from bench.stats import machine_line, markdown_table, percentile
+from bench.slice import cluster_healthy, parts_environ, start_apps_and_envoy
+from bench.stats import added_latency_row, machine_line, markdown_table
 from services.agent_proxy.service import GENERATE_SCOPE
 from services.runtime.context import RpcContext
 from services.runtime.registry import PROVIDER_SERVER
@@ -75,22 +74,8 @@ class Bench:
 
 
 def _environ(infrastructure_env: dict[str, str]) -> dict[str, str]:
-    environ = {name: value for name, value in os.environ.items() if not name.startswith("MACP_")}
-    variables = [
-        "MACP_TOKEN_PORT",
-        "MACP_TOKEN_METRICS_PORT",
-        "MACP_AGENT_PROXY_PORT",
-        "MACP_AGENT_PROXY_METRICS_PORT",
-        "MACP_PROVIDER_SERVER_PORT",
-        "MACP_ENVOY_FRONT_PORT",
-        "MACP_ENVOY_MESH_PORT",
-        "MACP_ENVOY_ADMIN_PORT",
-    ]
-    environ.update(infrastructure_env)
-    environ.update({variable: str(free_port()) for variable in variables})
-    environ["MACP_MESH_ADDRESS"] = f"127.0.0.1:{environ['MACP_ENVOY_MESH_PORT']}"
+    environ = parts_environ(infrastructure_env, ("token", "agent-proxy"), ("MACP_PROVIDER_SERVER_PORT",))
     environ["MACP_LOG_LEVEL"] = "warning"
-    environ["PYTHONUNBUFFERED"] = "1"
     return environ
 
 
@@ -276,20 +261,7 @@ async def measure(bench: Bench, ttft_calls: int, throughput_streams: int) -> str
             calls = ttft_calls if concurrency == 1 else ttft_calls * 5
             sdk = await run(direct, SHORT_MODEL, concurrency, calls)
             proxy = await run(proxied, SHORT_MODEL, concurrency, calls)
-            p50 = (percentile(sdk.ttft, 0.5), percentile(proxy.ttft, 0.5))
-            p99 = (percentile(sdk.ttft, 0.99), percentile(proxy.ttft, 0.99))
-            ttft_rows.append(
-                [
-                    str(concurrency),
-                    str(calls),
-                    f"{p50[0] * 1000:.2f}",
-                    f"{p99[0] * 1000:.2f}",
-                    f"{p50[1] * 1000:.2f}",
-                    f"{p99[1] * 1000:.2f}",
-                    f"**{(p50[1] - p50[0]) * 1000:.2f}**",
-                    f"{(p99[1] - p99[0]) * 1000:.2f}",
-                ]
-            )
+            ttft_rows.append(added_latency_row(concurrency, calls, sdk.ttft, proxy.ttft))
         rows = {
             "anthropic SDK → provider server (direct)": await run(direct, LONG_MODEL, 50, throughput_streams),
             "**Generate → Envoy mesh → agent proxy → SDK → provider server**": await run(

@@ -50,7 +50,7 @@ from macp.token.v1 import token_service_pb2 as token_pb
 from macp.token.v1 import token_service_pb2_grpc as token_grpc
 
 from bench.agent_proxy import PROMPT, sdk_direct
-from bench.slice import cluster_healthy, sign_in, start_apps_and_envoy
+from bench.slice import cluster_healthy, parts_environ, sign_in, start_apps_and_envoy
 from bench.stats import machine_line, markdown_table, percentile
 from services.runtime.auth.settings import service_audience
 from services.runtime.registry import EDGE, PROVIDER_SERVER, SERVICES
@@ -88,18 +88,9 @@ class Bench:
 
 
 def _environ(infrastructure_env: dict[str, str]) -> dict[str, str]:
-    environ = {name: value for name, value in os.environ.items() if not name.startswith("MACP_")}
-    variables = [f"{spec.env_prefix}{suffix}" for spec in SERVICES for suffix in ("PORT", "METRICS_PORT")]
-    variables += ["MACP_EDGE_PORT", "MACP_EDGE_METRICS_PORT", "MACP_PROVIDER_SERVER_PORT"]
-    variables += ["MACP_ENVOY_FRONT_PORT", "MACP_ENVOY_MESH_PORT", "MACP_ENVOY_ADMIN_PORT"]
-    environ.update(infrastructure_env)
-    ports: set[int] = set()
-    while len(ports) < len(variables):
-        ports.add(free_port())
-    environ.update({variable: str(port) for variable, port in zip(variables, sorted(ports), strict=True)})
-    environ["MACP_MESH_ADDRESS"] = f"127.0.0.1:{environ['MACP_ENVOY_MESH_PORT']}"
+    apps = [*(spec.name for spec in SERVICES), "edge"]
+    environ = parts_environ(infrastructure_env, apps, ("MACP_PROVIDER_SERVER_PORT",))
     environ["MACP_LOG_LEVEL"] = "warning"
-    environ["PYTHONUNBUFFERED"] = "1"
     # The path is measured, not the limits (see bench/slice.py).
     for variable in ("MACP_RATE_LIMIT_API", "MACP_RATE_LIMIT_INTERNAL", "MACP_RATE_LIMIT_TENANT"):
         environ[variable] = "1000000/s"

@@ -92,20 +92,16 @@ def _wait(what: str, check: Callable[[], bool], deadline: float) -> None:
         time.sleep(0.1)
 
 
-def _environ(infrastructure_env: dict[str, str]) -> dict[str, str]:
-    """This process's environment without MACP_ settings, plus the infrastructure and free ports."""
+def parts_environ(
+    infrastructure_env: Mapping[str, str], apps: Collection[str], extra: Collection[str] = ()
+) -> dict[str, str]:
+    """This process's environment without MACP_ settings, plus the infrastructure, distinct free
+    ports for `apps` (registry names: each one's port and metrics port), Envoy's listeners and the
+    `extra` port variables, and the mesh address."""
     environ = {name: value for name, value in os.environ.items() if not name.startswith("MACP_")}
-    variables = [
-        "MACP_CONVERSATION_PORT",
-        "MACP_CONVERSATION_METRICS_PORT",
-        "MACP_TOKEN_PORT",
-        "MACP_TOKEN_METRICS_PORT",
-        "MACP_EDGE_PORT",
-        "MACP_EDGE_METRICS_PORT",
-        "MACP_ENVOY_FRONT_PORT",
-        "MACP_ENVOY_MESH_PORT",
-        "MACP_ENVOY_ADMIN_PORT",
-    ]
+    prefixes = [f"MACP_{app.upper().replace('-', '_')}_" for app in apps]
+    variables = [f"{prefix}{suffix}" for prefix in prefixes for suffix in ("PORT", "METRICS_PORT")]
+    variables += ["MACP_ENVOY_FRONT_PORT", "MACP_ENVOY_MESH_PORT", "MACP_ENVOY_ADMIN_PORT", *extra]
     ports: set[int] = set()
     while len(ports) < len(variables):
         ports.add(free_port())
@@ -113,6 +109,12 @@ def _environ(infrastructure_env: dict[str, str]) -> dict[str, str]:
     environ.update({variable: str(port) for variable, port in zip(variables, sorted(ports), strict=True)})
     environ["MACP_MESH_ADDRESS"] = f"127.0.0.1:{environ['MACP_ENVOY_MESH_PORT']}"
     environ["PYTHONUNBUFFERED"] = "1"
+    return environ
+
+
+def _environ(infrastructure_env: dict[str, str]) -> dict[str, str]:
+    """This process's environment without MACP_ settings, plus the infrastructure and free ports."""
+    environ = parts_environ(infrastructure_env, (CONVERSATION, TOKEN, EDGE.name))
     # No orchestrator in the slice: the edge is ready once what the slice does run answers.
     environ["MACP_EDGE_NEEDS"] = "conversation,token"
     # The benchmarks measure the path, not the limits: the seeded admin's client is internal

@@ -60,3 +60,22 @@ def machine_line() -> str:
         f"Measured {when} on {os.cpu_count()} CPUs ({platform.machine()}, {platform.system()}), "
         f"Python {platform.python_version()}; load average before the run: {load}."
     )
+
+
+def added_latency_row(
+    concurrency: int, count: int, base: Sequence[float], through: Sequence[float]
+) -> list[str]:
+    """One row of a latency table: concurrency, count, the p50 and p99 (ms) of a baseline and of the
+    same work through MACP (sorted seconds), then what MACP adds at each, the p50 in bold."""
+    p50 = (percentile(base, 0.5), percentile(through, 0.5))
+    p99 = (percentile(base, 0.99), percentile(through, 0.99))
+    return [
+        str(concurrency),
+        str(count),
+        f"{p50[0] * 1000:.2f}",
+        f"{p99[0] * 1000:.2f}",
+        f"{p50[1] * 1000:.2f}",
+        f"{p99[1] * 1000:.2f}",
+        f"**{(p50[1] - p50[0]) * 1000:.2f}**",
+        f"{(p99[1] - p99[0]) * 1000:.2f}",
+    ]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import socket
 import sys
 import time
@@ -38,8 +37,8 @@ from mcp import Client
 
 from bench.cpu import CLIENT, CpuMeter
 from bench.service_tokens import service_token
-from bench.slice import cluster_healthy, start_apps_and_envoy
-from bench.stats import machine_line, markdown_table, percentile
+from bench.slice import cluster_healthy, parts_environ, start_apps_and_envoy
+from bench.stats import added_latency_row, machine_line, markdown_table
 from services.stack.config import free_port
 from services.stack.infra import ephemeral_infrastructure, scratch_data_dir
 from services.stack.probes import answers
@@ -63,21 +62,8 @@ class Bench:
 
 
 def _environ(infrastructure_env: dict[str, str]) -> dict[str, str]:
-    environ = {name: value for name, value in os.environ.items() if not name.startswith("MACP_")}
-    variables = [
-        "MACP_TOKEN_PORT",
-        "MACP_TOKEN_METRICS_PORT",
-        "MACP_TOOL_GATEWAY_PORT",
-        "MACP_TOOL_GATEWAY_METRICS_PORT",
-        "MACP_ENVOY_FRONT_PORT",
-        "MACP_ENVOY_MESH_PORT",
-        "MACP_ENVOY_ADMIN_PORT",
-    ]
-    environ.update(infrastructure_env)
-    environ.update({variable: str(free_port()) for variable in variables})
-    environ["MACP_MESH_ADDRESS"] = f"127.0.0.1:{environ['MACP_ENVOY_MESH_PORT']}"
+    environ = parts_environ(infrastructure_env, APPS)
     environ["MACP_LOG_LEVEL"] = "warning"
-    environ["PYTHONUNBUFFERED"] = "1"
     # A partial mesh: no conversation service (no agent acts here, so no allow-list is read).
     environ["MACP_TOOL_GATEWAY_NEEDS"] = "token"
     return environ
@@ -197,20 +183,7 @@ async def measure(bench: Bench, calls: int) -> str:
         for concurrency in (1, 20):
             base = await run(sdk, concurrency, calls, meter)
             through = await run(gateway, concurrency, calls, meter)
-            p50 = (percentile(base.latencies, 0.5), percentile(through.latencies, 0.5))
-            p99 = (percentile(base.latencies, 0.99), percentile(through.latencies, 0.99))
-            latency_rows.append(
-                [
-                    str(concurrency),
-                    str(calls),
-                    f"{p50[0] * 1000:.2f}",
-                    f"{p99[0] * 1000:.2f}",
-                    f"{p50[1] * 1000:.2f}",
-                    f"{p99[1] * 1000:.2f}",
-                    f"**{(p50[1] - p50[0]) * 1000:.2f}**",
-                    f"{(p99[1] - p99[0]) * 1000:.2f}",
-                ]
-            )
+            latency_rows.append(added_latency_row(concurrency, calls, base.latencies, through.latencies))
         rates = {
             "mcp SDK Client → example server (direct, one session)": await run(sdk, 50, calls * 2, meter),
             "**CallTool → Envoy mesh → tool gateway → SDK → example server**": await run(
