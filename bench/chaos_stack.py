@@ -61,6 +61,8 @@ CHAOS_SETTINGS: dict[str, str] = {
     "MACP_TOKEN_ACCESS_TOKEN_SECONDS": "7200",
     "MACP_ORCHESTRATOR_MAX_EVENTS": "1000000",
     "MACP_LOG_LEVEL": "warning",
+    # The example MCP servers are no part under test here.
+    "MACP_EXAMPLE_TOOLS": "off",
 }
 
 

@@ -37,6 +37,9 @@ def stack_environ(data_dir: Path) -> dict[str, str]:
     environ["MACP_PROVIDER_SERVER_PORT"] = str(free_port())  # no provider key here: it runs too
     for example in EXAMPLE_TOOL_SERVERS:
         environ[example.port_variable] = str(free_port())
+    # Two more Python processes per stack cost every test that starts one; the test of what
+    # `macp up` runs turns them on.
+    environ["MACP_EXAMPLE_TOOLS"] = "off"
     return environ
 
 
@@ -109,9 +112,11 @@ class FakeStack:
 
 
 @pytest.fixture
-def fake_stack() -> Iterator[FakeStack]:
+def fake_stack(request: pytest.FixtureRequest) -> Iterator[FakeStack]:
+    """`macp up` of stand-ins; a test marked `with_example_tools` runs the example servers too."""
+    settings = {"MACP_EXAMPLE_TOOLS": "on"} if request.node.get_closest_marker("with_example_tools") else None
     with scratch_data_dir() as base:  # not tmp_path: see infra.scratch_data_dir
-        stack = FakeStack(base / "data")
+        stack = FakeStack(base / "data", settings)
         try:
             yield stack
         finally:
@@ -144,6 +149,7 @@ def assert_all_gone(processes: list[psutil.Process], timeout: float = 5) -> None
 
 
 @pytest.mark.integration
+@pytest.mark.with_example_tools
 def test_up_reaches_ready_and_sigterm_leaves_nothing_behind(fake_stack: FakeStack) -> None:
     document = fake_stack.wait_ready()
     names = {component["name"] for component in document["components"]}
