@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import re
 import uuid
+from collections.abc import Iterator
 from contextvars import ContextVar, Token
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
+
+T = TypeVar("T")
 
 REQUEST_ID_HEADER = "x-request-id"
 
@@ -50,3 +53,13 @@ def reset_quietly(var: ContextVar[Any], token: Token[Any]) -> None:
     """
     with contextlib.suppress(ValueError):
         var.reset(token)
+
+
+@contextlib.contextmanager
+def setting(var: ContextVar[T], value: T) -> Iterator[None]:
+    """`var` is `value` inside the block, and what it was after (reset through `reset_quietly`)."""
+    token = var.set(value)
+    try:
+        yield
+    finally:
+        reset_quietly(var, token)

@@ -9,14 +9,13 @@ caller_tokens.py, installed on the mesh channel), so no call site builds credent
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
 from macp.common.v1 import principal_pb2
 
-from services.runtime.context import reset_quietly
+from services.runtime.context import setting
 from services.runtime.errors import Unauthenticated
 
 Principal = principal_pb2.Principal
@@ -46,14 +45,9 @@ def current_principal() -> Principal:
     return current_caller().principal
 
 
-@contextmanager
-def acting_for(caller: Caller) -> Iterator[None]:
+def acting_for(caller: Caller) -> AbstractContextManager[None]:
     """Work done (and calls made) inside the block are `caller`'s."""
-    reset = caller_var.set(caller)
-    try:
-        yield
-    finally:
-        reset_quietly(caller_var, reset)
+    return setting(caller_var, caller)
 
 
 # Until the token service lands every call acts as this one local principal, so that rows still

@@ -13,9 +13,8 @@ from macp.token.v1 import token_service_pb2 as token_pb
 from macp.tool_gateway.v1 import tool_gateway_service_pb2 as pb
 from macp.tool_gateway.v1 import tool_gateway_service_pb2_grpc as pb_grpc
 
-from services.example_tools.servers import calculator_server, weather_server
 from services.runtime.auth.settings import EDGE_AUDIENCE, service_audience
-from tests.asgi import serving
+from tests.example_tools import serving_examples
 from tests.token.harness import ACCESS_TOKEN_TYPE, unverified
 from tests.tokens import bearer
 from tests.world import World
@@ -29,11 +28,8 @@ AGENT_SCOPES = "tools:read tools:call conversations:read"
 
 @pytest.fixture
 async def servers() -> AsyncIterator[tuple[str, str]]:
-    async with (
-        serving(lambda _url: weather_server().streamable_http_app()) as weather,
-        serving(lambda _url: calculator_server().streamable_http_app()) as calculator,
-    ):
-        yield f"{weather}/mcp", f"{calculator}/mcp"
+    async with serving_examples() as urls:
+        yield urls
 
 
 async def agent_acting_for_the_user(world: World, agent_id: str, owner_id: str) -> str:

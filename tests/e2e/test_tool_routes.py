@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from services.example_tools.servers import calculator_server, forecast_for, weather_server
+from services.example_tools.servers import forecast_for
 from services.runtime.auth.settings import EDGE_AUDIENCE
-from tests.asgi import serving
+from tests.example_tools import serving_examples
 from tests.world import World
 
 pytestmark = pytest.mark.integration
@@ -19,11 +19,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def mcp_urls() -> AsyncIterator[tuple[str, str]]:
-    async with (
-        serving(lambda _url: weather_server().streamable_http_app()) as weather,
-        serving(lambda _url: calculator_server().streamable_http_app()) as calculator,
-    ):
-        yield f"{weather}/mcp", f"{calculator}/mcp"
+    async with serving_examples() as urls:
+        yield urls
 
 
 def client(world: World, token: str) -> httpx.AsyncClient:

@@ -13,11 +13,10 @@ import pytest
 from macp.tool_gateway.v1 import tool_gateway_service_pb2 as pb
 from macp.tool_gateway.v1 import tool_gateway_service_pb2_grpc as pb_grpc
 
-from services.example_tools.servers import calculator_server, weather_server
 from services.runtime.auth.settings import service_audience
 from services.runtime.server import RunningService
 from services.tool_gateway.service import DEFINITION as TOOL_GATEWAY
-from tests.asgi import serving
+from tests.example_tools import serving_examples
 from tests.runtime.serving import running
 from tests.tokens import TokenWorld, bearer_channel, token_world
 
@@ -72,12 +71,7 @@ async def _caller(tokens: TokenWorld, stack: AsyncExitStack, port: int) -> Calle
 @pytest.fixture
 async def world(service_environ: dict[str, str]) -> AsyncIterator[World]:
     async with token_world(service_environ) as tokens, AsyncExitStack() as stack:
-        weather = await stack.enter_async_context(
-            serving(lambda _url: weather_server().streamable_http_app())
-        )
-        calculator = await stack.enter_async_context(
-            serving(lambda _url: calculator_server().streamable_http_app())
-        )
+        weather_url, calculator_url = await stack.enter_async_context(serving_examples())
         environ = tokens.service_environ(
             {
                 **service_environ,
@@ -91,4 +85,4 @@ async def world(service_environ: dict[str, str]) -> AsyncIterator[World]:
         service = await stack.enter_async_context(running(TOOL_GATEWAY, environ))
         alice = await _caller(tokens, stack, service.port)
         bob = await _caller(tokens, stack, service.port)
-        yield World(environ, tokens, service, alice, bob, f"{weather}/mcp", f"{calculator}/mcp")
+        yield World(environ, tokens, service, alice, bob, weather_url, calculator_url)

@@ -21,8 +21,7 @@ shortly before they expire, so a caller costs one exchange per callee, not one p
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
@@ -31,7 +30,7 @@ import grpc
 
 from services.runtime.auth.settings import service_audience
 from services.runtime.auth.token_client import TokenClient
-from services.runtime.context import reset_quietly
+from services.runtime.context import setting
 from services.runtime.principal import Caller, caller_var
 from services.runtime.registry import SERVICES
 
@@ -58,14 +57,9 @@ class ActingAgent:
 acting_agent_var: ContextVar[ActingAgent | None] = ContextVar("macp_acting_agent", default=None)
 
 
-@contextmanager
-def acting_agent(agent: ActingAgent) -> Iterator[None]:
+def acting_agent(agent: ActingAgent) -> AbstractContextManager[None]:
     """Calls made inside the block are the agent's, acting for the current caller."""
-    reset = acting_agent_var.set(agent)
-    try:
-        yield
-    finally:
-        reset_quietly(acting_agent_var, reset)
+    return setting(acting_agent_var, agent)
 
 
 class AgentTokens(Protocol):
