@@ -24,13 +24,14 @@ _sym_db = _symbol_database.Default()
 
 from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from macp.common.v1 import agent_settings_pb2 as macp_dot_common_dot_v1_dot_agent__settings__pb2
 from macp.common.v1 import text_pb2 as macp_dot_common_dot_v1_dot_text__pb2
 from macp.common.v1 import usage_pb2 as macp_dot_common_dot_v1_dot_usage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-macp/agent_proxy/v1/agent_proxy_service.proto\x12\x13macp.agent_proxy.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#macp/common/v1/agent_settings.proto\x1a\x19macp/common/v1/text.proto\x1a\x1amacp/common/v1/usage.proto\"\x82\x01\n\x0b\x43hatMessage\x12\x37\n\x04role\x18\x01 \x01(\x0e\x32\x1d.macp.agent_proxy.v1.ChatRoleB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12\x1a\n\x04name\x18\x02 \x01(\tB\x0c\xbaH\tr\x07\x18\x64\xc0\xa3\x83\x02\x01\x12\x1e\n\x04text\x18\x03 \x01(\tB\x10\xbaH\rr\x0b\x10\x01\x18\x80\xfa\x01\xc0\xa3\x83\x02\x01\"\xa0\x03\n\x0fGenerateRequest\x12\x19\n\x07turn_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12$\n\x0f\x63onversation_id\x18\x02 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\x12\x1a\n\x08\x61gent_id\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12?\n\ttenant_id\x18\x04 \x01(\tB,\xbaH)r\'\x10\x01\x18\x80\x01\x32 ^[A-Za-z0-9][A-Za-z0-9._:@|+-]*$\x12/\n\x08provider\x18\x05 \x01(\tB\x1d\xbaH\x1ar\x18\x10\x01\x18@2\x12^[a-z][a-z0-9_-]*$\x12\x1e\n\x05model\x18\x06 \x01(\tB\x0f\xbaH\x0cr\n\x10\x01\x18\x80\x01\xc0\xa3\x83\x02\x01\x12%\n\rsystem_prompt\x18\x07 \x01(\tB\x0e\xbaH\x0br\t\x18\x80\xfa\x01\xc0\xa3\x83\x02\x01\x12?\n\x08messages\x18\x08 \x03(\x0b\x32 .macp.agent_proxy.v1.ChatMessageB\x0b\xbaH\x08\x92\x01\x05\x08\x01\x10\xf4\x03\x12\x36\n\ngeneration\x18\t \x01(\x0b\x32\".macp.common.v1.GenerationSettings\"(\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\"\x9b\x01\n\x12GenerateCompletion\x12\x38\n\rfinish_reason\x18\x01 \x01(\x0e\x32!.macp.agent_proxy.v1.FinishReason\x12.\n\x05usage\x18\x02 \x01(\x0b\x32\x1f.macp.common.v1.UsageDimensions\x12\x1b\n\x13provider_request_id\x18\x03 \x01(\t\"\x90\x01\n\x10GenerateResponse\x12\x34\n\ntext_delta\x18\x01 \x01(\x0b\x32\x1e.macp.agent_proxy.v1.TextDeltaH\x00\x12=\n\ncompletion\x18\x02 \x01(\x0b\x32\'.macp.agent_proxy.v1.GenerateCompletionH\x00\x42\x07\n\x05\x65vent\"\xef\x03\n\nBidRequest\x12\x19\n\x07turn_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12!\n\x0f\x63onversation_id\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x1a\n\x08\x61gent_id\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12?\n\ttenant_id\x18\x04 \x01(\tB,\xbaH)r\'\x10\x01\x18\x80\x01\x32 ^[A-Za-z0-9][A-Za-z0-9._:@|+-]*$\x12/\n\x08provider\x18\x05 \x01(\tB\x1d\xbaH\x1ar\x18\x10\x01\x18@2\x12^[a-z][a-z0-9_-]*$\x12\x1e\n\x05model\x18\x06 \x01(\tB\x0f\xbaH\x0cr\n\x10\x01\x18\x80\x01\xc0\xa3\x83\x02\x01\x12%\n\rsystem_prompt\x18\x07 \x01(\tB\x0e\xbaH\x0br\t\x18\x80\xfa\x01\xc0\xa3\x83\x02\x01\x12\'\n\x0c\x63\x61pabilities\x18\x08 \x03(\tB\x11\xbaH\x0e\x92\x01\x0b\x10 \"\x07r\x05\xc0\xa3\x83\x02\x01\x12-\n\x07\x62idding\x18\t \x01(\x0b\x32\x1c.macp.common.v1.BiddingHints\x12>\n\x08messages\x18\n \x03(\x0b\x32 .macp.agent_proxy.v1.ChatMessageB\n\xbaH\x07\x92\x01\x04\x08\x01\x10\x32\x12\x36\n\ngeneration\x18\x0b \x01(\x0b\x32\".macp.common.v1.GenerationSettings\"\xa1\x01\n\x0b\x42idResponse\x12\r\n\x05score\x18\x01 \x01(\x01\x12\x10\n\x08\x64\x65\x63lined\x18\x02 \x01(\x08\x12\x11\n\trationale\x18\x03 \x01(\t\x12\x1e\n\x16\x65stimated_input_tokens\x18\x04 \x01(\x03\x12\x1f\n\x17\x65stimated_output_tokens\x18\x05 \x01(\x03\x12\x1d\n\x15\x65stimated_cost_micros\x18\x06 \x01(\x03\"\x16\n\x14ListProvidersRequest\"\x8d\x03\n\x0eProviderStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06models\x18\x02 \x03(\t\x12\x12\n\nconfigured\x18\x03 \x01(\x08\x12\r\n\x05local\x18\x04 \x01(\x08\x12\x38\n\rbreaker_state\x18\x05 \x01(\x0e\x32!.macp.agent_proxy.v1.BreakerState\x12\x1c\n\x14\x63onsecutive_failures\x18\x06 \x01(\x05\x12\x19\n\x11\x66\x61ilure_threshold\x18\x07 \x01(\x05\x12/\n\x0c\x63\x61ll_timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\ropen_duration\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\topen_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11next_attempt_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x15ListProvidersResponse\x12\x36\n\tproviders\x18\x01 \x03(\x0b\x32#.macp.agent_proxy.v1.ProviderStatus*R\n\x08\x43hatRole\x12\x19\n\x15\x43HAT_ROLE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x43HAT_ROLE_USER\x10\x01\x12\x17\n\x13\x43HAT_ROLE_ASSISTANT\x10\x02*\xbb\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x1c\n\x18\x46INISH_REASON_MAX_TOKENS\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x04\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x05*|\n\x0c\x42reakerState\x12\x1d\n\x19\x42REAKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42REAKER_STATE_CLOSED\x10\x01\x12\x16\n\x12\x42REAKER_STATE_OPEN\x10\x02\x12\x1b\n\x17\x42REAKER_STATE_HALF_OPEN\x10\x03\x32\xa0\x02\n\x11\x41gentProxyService\x12Y\n\x08Generate\x12$.macp.agent_proxy.v1.GenerateRequest\x1a%.macp.agent_proxy.v1.GenerateResponse0\x01\x12H\n\x03\x42id\x12\x1f.macp.agent_proxy.v1.BidRequest\x1a .macp.agent_proxy.v1.BidResponse\x12\x66\n\rListProviders\x12).macp.agent_proxy.v1.ListProvidersRequest\x1a*.macp.agent_proxy.v1.ListProvidersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-macp/agent_proxy/v1/agent_proxy_service.proto\x12\x13macp.agent_proxy.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#macp/common/v1/agent_settings.proto\x1a\x19macp/common/v1/text.proto\x1a\x1amacp/common/v1/usage.proto\"\xfa\x04\n\x0b\x43hatMessage\x12\x37\n\x04role\x18\x01 \x01(\x0e\x32\x1d.macp.agent_proxy.v1.ChatRoleB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12\x1a\n\x04name\x18\x02 \x01(\tB\x0c\xbaH\tr\x07\x18\x64\xc0\xa3\x83\x02\x01\x12\x1c\n\x04text\x18\x03 \x01(\tB\x0e\xbaH\x0br\t\x18\x80\xfa\x01\xc0\xa3\x83\x02\x01\x12;\n\ntool_calls\x18\x04 \x03(\x0b\x32\x1d.macp.agent_proxy.v1.ToolCallB\x08\xbaH\x05\x92\x01\x02\x10@\x12\x34\n\x0btool_result\x18\x05 \x01(\x0b\x32\x1f.macp.agent_proxy.v1.ToolResult:\x84\x03\xbaH\x80\x03\x1a\xfd\x02\n\x14\x63hat_message.content\x12ptext: a user message needs text; an assistant message needs text or tool_calls; a tool message needs tool_result\x1a\xf2\x01this.role == 3 ? has(this.tool_result) && size(this.tool_calls) == 0 : this.role == 2 ? (size(this.text) > 0 || size(this.tool_calls) > 0) && !has(this.tool_result) : size(this.text) > 0 && size(this.tool_calls) == 0 && !has(this.tool_result)\"\x8e\x01\n\x0eToolDefinition\x12)\n\x04name\x18\x01 \x01(\tB\x1b\xbaH\x18r\x16\x10\x01\x18@2\x10^[a-zA-Z0-9_-]+$\x12\"\n\x0b\x64\x65scription\x18\x02 \x01(\tB\r\xbaH\nr\x08\x18\x80 \xc0\xa3\x83\x02\x01\x12-\n\x0cinput_schema\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"g\n\x08ToolCall\x12\x16\n\x02id\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01\x12\x17\n\x04name\x18\x02 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@\x12*\n\targuments\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"@\n\nToolResult\x12 \n\x0ctool_call_id\x18\x01 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01\x12\x10\n\x08is_error\x18\x02 \x01(\x08\"\xdf\x03\n\x0fGenerateRequest\x12\x19\n\x07turn_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12$\n\x0f\x63onversation_id\x18\x02 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\x12\x1a\n\x08\x61gent_id\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12?\n\ttenant_id\x18\x04 \x01(\tB,\xbaH)r\'\x10\x01\x18\x80\x01\x32 ^[A-Za-z0-9][A-Za-z0-9._:@|+-]*$\x12/\n\x08provider\x18\x05 \x01(\tB\x1d\xbaH\x1ar\x18\x10\x01\x18@2\x12^[a-z][a-z0-9_-]*$\x12\x1e\n\x05model\x18\x06 \x01(\tB\x0f\xbaH\x0cr\n\x10\x01\x18\x80\x01\xc0\xa3\x83\x02\x01\x12%\n\rsystem_prompt\x18\x07 \x01(\tB\x0e\xbaH\x0br\t\x18\x80\xfa\x01\xc0\xa3\x83\x02\x01\x12?\n\x08messages\x18\x08 \x03(\x0b\x32 .macp.agent_proxy.v1.ChatMessageB\x0b\xbaH\x08\x92\x01\x05\x08\x01\x10\xf4\x03\x12\x36\n\ngeneration\x18\t \x01(\x0b\x32\".macp.common.v1.GenerationSettings\x12=\n\x05tools\x18\n \x03(\x0b\x32#.macp.agent_proxy.v1.ToolDefinitionB\t\xbaH\x06\x92\x01\x03\x10\x80\x01\"(\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\"\x9b\x01\n\x12GenerateCompletion\x12\x38\n\rfinish_reason\x18\x01 \x01(\x0e\x32!.macp.agent_proxy.v1.FinishReason\x12.\n\x05usage\x18\x02 \x01(\x0b\x32\x1f.macp.common.v1.UsageDimensions\x12\x1b\n\x13provider_request_id\x18\x03 \x01(\t\"\xc4\x01\n\x10GenerateResponse\x12\x34\n\ntext_delta\x18\x01 \x01(\x0b\x32\x1e.macp.agent_proxy.v1.TextDeltaH\x00\x12=\n\ncompletion\x18\x02 \x01(\x0b\x32\'.macp.agent_proxy.v1.GenerateCompletionH\x00\x12\x32\n\ttool_call\x18\x03 \x01(\x0b\x32\x1d.macp.agent_proxy.v1.ToolCallH\x00\x42\x07\n\x05\x65vent\"\xef\x03\n\nBidRequest\x12\x19\n\x07turn_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12!\n\x0f\x63onversation_id\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x1a\n\x08\x61gent_id\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12?\n\ttenant_id\x18\x04 \x01(\tB,\xbaH)r\'\x10\x01\x18\x80\x01\x32 ^[A-Za-z0-9][A-Za-z0-9._:@|+-]*$\x12/\n\x08provider\x18\x05 \x01(\tB\x1d\xbaH\x1ar\x18\x10\x01\x18@2\x12^[a-z][a-z0-9_-]*$\x12\x1e\n\x05model\x18\x06 \x01(\tB\x0f\xbaH\x0cr\n\x10\x01\x18\x80\x01\xc0\xa3\x83\x02\x01\x12%\n\rsystem_prompt\x18\x07 \x01(\tB\x0e\xbaH\x0br\t\x18\x80\xfa\x01\xc0\xa3\x83\x02\x01\x12\'\n\x0c\x63\x61pabilities\x18\x08 \x03(\tB\x11\xbaH\x0e\x92\x01\x0b\x10 \"\x07r\x05\xc0\xa3\x83\x02\x01\x12-\n\x07\x62idding\x18\t \x01(\x0b\x32\x1c.macp.common.v1.BiddingHints\x12>\n\x08messages\x18\n \x03(\x0b\x32 .macp.agent_proxy.v1.ChatMessageB\n\xbaH\x07\x92\x01\x04\x08\x01\x10\x32\x12\x36\n\ngeneration\x18\x0b \x01(\x0b\x32\".macp.common.v1.GenerationSettings\"\xa1\x01\n\x0b\x42idResponse\x12\r\n\x05score\x18\x01 \x01(\x01\x12\x10\n\x08\x64\x65\x63lined\x18\x02 \x01(\x08\x12\x11\n\trationale\x18\x03 \x01(\t\x12\x1e\n\x16\x65stimated_input_tokens\x18\x04 \x01(\x03\x12\x1f\n\x17\x65stimated_output_tokens\x18\x05 \x01(\x03\x12\x1d\n\x15\x65stimated_cost_micros\x18\x06 \x01(\x03\"\x16\n\x14ListProvidersRequest\"\x8d\x03\n\x0eProviderStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06models\x18\x02 \x03(\t\x12\x12\n\nconfigured\x18\x03 \x01(\x08\x12\r\n\x05local\x18\x04 \x01(\x08\x12\x38\n\rbreaker_state\x18\x05 \x01(\x0e\x32!.macp.agent_proxy.v1.BreakerState\x12\x1c\n\x14\x63onsecutive_failures\x18\x06 \x01(\x05\x12\x19\n\x11\x66\x61ilure_threshold\x18\x07 \x01(\x05\x12/\n\x0c\x63\x61ll_timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\ropen_duration\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\topen_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11next_attempt_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x15ListProvidersResponse\x12\x36\n\tproviders\x18\x01 \x03(\x0b\x32#.macp.agent_proxy.v1.ProviderStatus*f\n\x08\x43hatRole\x12\x19\n\x15\x43HAT_ROLE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x43HAT_ROLE_USER\x10\x01\x12\x17\n\x13\x43HAT_ROLE_ASSISTANT\x10\x02\x12\x12\n\x0e\x43HAT_ROLE_TOOL\x10\x03*\xd7\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x1c\n\x18\x46INISH_REASON_MAX_TOKENS\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x04\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x05\x12\x1a\n\x16\x46INISH_REASON_TOOL_USE\x10\x06*|\n\x0c\x42reakerState\x12\x1d\n\x19\x42REAKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42REAKER_STATE_CLOSED\x10\x01\x12\x16\n\x12\x42REAKER_STATE_OPEN\x10\x02\x12\x1b\n\x17\x42REAKER_STATE_HALF_OPEN\x10\x03\x32\xa0\x02\n\x11\x41gentProxyService\x12Y\n\x08Generate\x12$.macp.agent_proxy.v1.GenerateRequest\x1a%.macp.agent_proxy.v1.GenerateResponse0\x01\x12H\n\x03\x42id\x12\x1f.macp.agent_proxy.v1.BidRequest\x1a .macp.agent_proxy.v1.BidResponse\x12\x66\n\rListProviders\x12).macp.agent_proxy.v1.ListProvidersRequest\x1a*.macp.agent_proxy.v1.ListProvidersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,7 +43,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATMESSAGE'].fields_by_name['name']._loaded_options = None
   _globals['_CHATMESSAGE'].fields_by_name['name']._serialized_options = b'\272H\tr\007\030d\300\243\203\002\001'
   _globals['_CHATMESSAGE'].fields_by_name['text']._loaded_options = None
-  _globals['_CHATMESSAGE'].fields_by_name['text']._serialized_options = b'\272H\rr\013\020\001\030\200\372\001\300\243\203\002\001'
+  _globals['_CHATMESSAGE'].fields_by_name['text']._serialized_options = b'\272H\013r\t\030\200\372\001\300\243\203\002\001'
+  _globals['_CHATMESSAGE'].fields_by_name['tool_calls']._loaded_options = None
+  _globals['_CHATMESSAGE'].fields_by_name['tool_calls']._serialized_options = b'\272H\005\222\001\002\020@'
+  _globals['_CHATMESSAGE']._loaded_options = None
+  _globals['_CHATMESSAGE']._serialized_options = b'\272H\200\003\032\375\002\n\024chat_message.content\022ptext: a user message needs text; an assistant message needs text or tool_calls; a tool message needs tool_result\032\362\001this.role == 3 ? has(this.tool_result) && size(this.tool_calls) == 0 : this.role == 2 ? (size(this.text) > 0 || size(this.tool_calls) > 0) && !has(this.tool_result) : size(this.text) > 0 && size(this.tool_calls) == 0 && !has(this.tool_result)'
+  _globals['_TOOLDEFINITION'].fields_by_name['name']._loaded_options = None
+  _globals['_TOOLDEFINITION'].fields_by_name['name']._serialized_options = b'\272H\030r\026\020\001\030@2\020^[a-zA-Z0-9_-]+$'
+  _globals['_TOOLDEFINITION'].fields_by_name['description']._loaded_options = None
+  _globals['_TOOLDEFINITION'].fields_by_name['description']._serialized_options = b'\272H\nr\010\030\200 \300\243\203\002\001'
+  _globals['_TOOLCALL'].fields_by_name['id']._loaded_options = None
+  _globals['_TOOLCALL'].fields_by_name['id']._serialized_options = b'\272H\007r\005\020\001\030\200\001'
+  _globals['_TOOLCALL'].fields_by_name['name']._loaded_options = None
+  _globals['_TOOLCALL'].fields_by_name['name']._serialized_options = b'\272H\006r\004\020\001\030@'
+  _globals['_TOOLRESULT'].fields_by_name['tool_call_id']._loaded_options = None
+  _globals['_TOOLRESULT'].fields_by_name['tool_call_id']._serialized_options = b'\272H\007r\005\020\001\030\200\001'
   _globals['_GENERATEREQUEST'].fields_by_name['turn_id']._loaded_options = None
   _globals['_GENERATEREQUEST'].fields_by_name['turn_id']._serialized_options = b'\272H\005r\003\260\001\001'
   _globals['_GENERATEREQUEST'].fields_by_name['conversation_id']._loaded_options = None
@@ -59,6 +74,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATEREQUEST'].fields_by_name['system_prompt']._serialized_options = b'\272H\013r\t\030\200\372\001\300\243\203\002\001'
   _globals['_GENERATEREQUEST'].fields_by_name['messages']._loaded_options = None
   _globals['_GENERATEREQUEST'].fields_by_name['messages']._serialized_options = b'\272H\010\222\001\005\010\001\020\364\003'
+  _globals['_GENERATEREQUEST'].fields_by_name['tools']._loaded_options = None
+  _globals['_GENERATEREQUEST'].fields_by_name['tools']._serialized_options = b'\272H\006\222\001\003\020\200\001'
   _globals['_BIDREQUEST'].fields_by_name['turn_id']._loaded_options = None
   _globals['_BIDREQUEST'].fields_by_name['turn_id']._serialized_options = b'\272H\005r\003\260\001\001'
   _globals['_BIDREQUEST'].fields_by_name['conversation_id']._loaded_options = None
@@ -77,32 +94,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BIDREQUEST'].fields_by_name['capabilities']._serialized_options = b'\272H\016\222\001\013\020 \"\007r\005\300\243\203\002\001'
   _globals['_BIDREQUEST'].fields_by_name['messages']._loaded_options = None
   _globals['_BIDREQUEST'].fields_by_name['messages']._serialized_options = b'\272H\007\222\001\004\010\001\0202'
-  _globals['_CHATROLE']._serialized_start=2322
-  _globals['_CHATROLE']._serialized_end=2404
-  _globals['_FINISHREASON']._serialized_start=2407
-  _globals['_FINISHREASON']._serialized_end=2594
-  _globals['_BREAKERSTATE']._serialized_start=2596
-  _globals['_BREAKERSTATE']._serialized_end=2720
-  _globals['_CHATMESSAGE']._serialized_start=257
-  _globals['_CHATMESSAGE']._serialized_end=387
-  _globals['_GENERATEREQUEST']._serialized_start=390
-  _globals['_GENERATEREQUEST']._serialized_end=806
-  _globals['_TEXTDELTA']._serialized_start=808
-  _globals['_TEXTDELTA']._serialized_end=848
-  _globals['_GENERATECOMPLETION']._serialized_start=851
-  _globals['_GENERATECOMPLETION']._serialized_end=1006
-  _globals['_GENERATERESPONSE']._serialized_start=1009
-  _globals['_GENERATERESPONSE']._serialized_end=1153
-  _globals['_BIDREQUEST']._serialized_start=1156
-  _globals['_BIDREQUEST']._serialized_end=1651
-  _globals['_BIDRESPONSE']._serialized_start=1654
-  _globals['_BIDRESPONSE']._serialized_end=1815
-  _globals['_LISTPROVIDERSREQUEST']._serialized_start=1817
-  _globals['_LISTPROVIDERSREQUEST']._serialized_end=1839
-  _globals['_PROVIDERSTATUS']._serialized_start=1842
-  _globals['_PROVIDERSTATUS']._serialized_end=2239
-  _globals['_LISTPROVIDERSRESPONSE']._serialized_start=2241
-  _globals['_LISTPROVIDERSRESPONSE']._serialized_end=2320
-  _globals['_AGENTPROXYSERVICE']._serialized_start=2723
-  _globals['_AGENTPROXYSERVICE']._serialized_end=3011
+  _globals['_CHATROLE']._serialized_start=3287
+  _globals['_CHATROLE']._serialized_end=3389
+  _globals['_FINISHREASON']._serialized_start=3392
+  _globals['_FINISHREASON']._serialized_end=3607
+  _globals['_BREAKERSTATE']._serialized_start=3609
+  _globals['_BREAKERSTATE']._serialized_end=3733
+  _globals['_CHATMESSAGE']._serialized_start=287
+  _globals['_CHATMESSAGE']._serialized_end=921
+  _globals['_TOOLDEFINITION']._serialized_start=924
+  _globals['_TOOLDEFINITION']._serialized_end=1066
+  _globals['_TOOLCALL']._serialized_start=1068
+  _globals['_TOOLCALL']._serialized_end=1171
+  _globals['_TOOLRESULT']._serialized_start=1173
+  _globals['_TOOLRESULT']._serialized_end=1237
+  _globals['_GENERATEREQUEST']._serialized_start=1240
+  _globals['_GENERATEREQUEST']._serialized_end=1719
+  _globals['_TEXTDELTA']._serialized_start=1721
+  _globals['_TEXTDELTA']._serialized_end=1761
+  _globals['_GENERATECOMPLETION']._serialized_start=1764
+  _globals['_GENERATECOMPLETION']._serialized_end=1919
+  _globals['_GENERATERESPONSE']._serialized_start=1922
+  _globals['_GENERATERESPONSE']._serialized_end=2118
+  _globals['_BIDREQUEST']._serialized_start=2121
+  _globals['_BIDREQUEST']._serialized_end=2616
+  _globals['_BIDRESPONSE']._serialized_start=2619
+  _globals['_BIDRESPONSE']._serialized_end=2780
+  _globals['_LISTPROVIDERSREQUEST']._serialized_start=2782
+  _globals['_LISTPROVIDERSREQUEST']._serialized_end=2804
+  _globals['_PROVIDERSTATUS']._serialized_start=2807
+  _globals['_PROVIDERSTATUS']._serialized_end=3204
+  _globals['_LISTPROVIDERSRESPONSE']._serialized_start=3206
+  _globals['_LISTPROVIDERSRESPONSE']._serialized_end=3285
+  _globals['_AGENTPROXYSERVICE']._serialized_start=3736
+  _globals['_AGENTPROXYSERVICE']._serialized_end=4024
 # @@protoc_insertion_point(module_scope)

@@ -12,6 +12,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -39,7 +40,9 @@ class _ChatRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChatRole.Val
     CHAT_ROLE_USER: _ChatRole.ValueType  # 1
     """Said by someone else: the user, or another agent (named in ChatMessage.name)."""
     CHAT_ROLE_ASSISTANT: _ChatRole.ValueType  # 2
-    """Said earlier by the generating agent itself."""
+    """Said earlier by the generating agent itself (text, tool calls, or both)."""
+    CHAT_ROLE_TOOL: _ChatRole.ValueType  # 3
+    """The result of one of the generating agent's tool calls (ChatMessage.tool_result)."""
 
 class ChatRole(_ChatRole, metaclass=_ChatRoleEnumTypeWrapper):
     """The role of a message in a provider prompt, from the generating agent's point of view."""
@@ -49,7 +52,9 @@ CHAT_ROLE_UNSPECIFIED: ChatRole.ValueType  # 0
 CHAT_ROLE_USER: ChatRole.ValueType  # 1
 """Said by someone else: the user, or another agent (named in ChatMessage.name)."""
 CHAT_ROLE_ASSISTANT: ChatRole.ValueType  # 2
-"""Said earlier by the generating agent itself."""
+"""Said earlier by the generating agent itself (text, tool calls, or both)."""
+CHAT_ROLE_TOOL: ChatRole.ValueType  # 3
+"""The result of one of the generating agent's tool calls (ChatMessage.tool_result)."""
 Global___ChatRole: _TypeAlias = ChatRole  # noqa: Y015
 
 class _FinishReason:
@@ -70,6 +75,10 @@ class _FinishReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FinishRe
     """The provider refused or filtered the content."""
     FINISH_REASON_ERROR: _FinishReason.ValueType  # 5
     """The provider failed after some text was streamed; the usage is estimated."""
+    FINISH_REASON_TOOL_USE: _FinishReason.ValueType  # 6
+    """The model asked for tool calls (the stream's tool_call events) and waits for their results:
+    the caller runs them and generates again with the calls and their results appended.
+    """
 
 class FinishReason(_FinishReason, metaclass=_FinishReasonEnumTypeWrapper):
     """Why a generation stopped."""
@@ -86,6 +95,10 @@ FINISH_REASON_CONTENT_FILTER: FinishReason.ValueType  # 4
 """The provider refused or filtered the content."""
 FINISH_REASON_ERROR: FinishReason.ValueType  # 5
 """The provider failed after some text was streamed; the usage is estimated."""
+FINISH_REASON_TOOL_USE: FinishReason.ValueType  # 6
+"""The model asked for tool calls (the stream's tool_call events) and waits for their results:
+the caller runs them and generates again with the calls and their results appended.
+"""
 Global___FinishReason: _TypeAlias = FinishReason  # noqa: Y015
 
 class _BreakerState:
@@ -125,26 +138,132 @@ class ChatMessage(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    TOOL_RESULT_FIELD_NUMBER: _builtins.int
     role: Global___ChatRole.ValueType
     """Whose message it is, from the generating agent's point of view."""
     name: _builtins.str
     """The speaker's display name (a user or another agent), so the model can tell speakers apart."""
     text: _builtins.str
-    """The message text."""
+    """The message text; empty only for an assistant message made of tool calls alone, or a tool
+    message (whose text is the result).
+    """
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
+        """The tool calls an assistant message made, in the order the model made them."""
+
+    @_builtins.property
+    def tool_result(self) -> Global___ToolResult:
+        """For a CHAT_ROLE_TOOL message: which call this is the result of."""
+
     def __init__(
         self,
         *,
         role: Global___ChatRole.ValueType = ...,
         name: _builtins.str = ...,
         text: _builtins.str = ...,
+        tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
+        tool_result: Global___ToolResult | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tool_result", b"tool_result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "role", b"role", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "role", b"role", "text", b"text", "tool_calls", b"tool_calls", "tool_result", b"tool_result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChatMessage: _TypeAlias = ChatMessage  # noqa: Y015
+
+@_typing.final
+class ToolDefinition(_message.Message):
+    """A tool the model may call: one entry of the gateway's catalogue the agent is allowed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    INPUT_SCHEMA_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The catalogue name, `<server>__<tool>` (valid as an Anthropic and an OpenAI tool name)."""
+    description: _builtins.str
+    """What the tool does, for the model."""
+    @_builtins.property
+    def input_schema(self) -> _struct_pb2.Struct:
+        """The JSON Schema of the tool's arguments (an object schema)."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        input_schema: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input_schema", b"input_schema"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "input_schema", b"input_schema", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolDefinition: _TypeAlias = ToolDefinition  # noqa: Y015
+
+@_typing.final
+class ToolCall(_message.Message):
+    """One tool call the model asked for."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The provider's id of the call (Anthropic `toolu_…`, OpenAI `call_…`), echoed in its result."""
+    name: _builtins.str
+    """The catalogue name of the tool."""
+    @_builtins.property
+    def arguments(self) -> _struct_pb2.Struct:
+        """The arguments, a JSON object."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        arguments: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "id", b"id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCall: _TypeAlias = ToolCall  # noqa: Y015
+
+@_typing.final
+class ToolResult(_message.Message):
+    """The result of one tool call, sent back to the model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    IS_ERROR_FIELD_NUMBER: _builtins.int
+    tool_call_id: _builtins.str
+    """The id of the call (ToolCall.id)."""
+    is_error: _builtins.bool
+    """True when the call failed (the tool's own error, or the gateway refusing or failing it);
+    the message text says why, for the model to read.
+    """
+    def __init__(
+        self,
+        *,
+        tool_call_id: _builtins.str = ...,
+        is_error: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["is_error", b"is_error", "tool_call_id", b"tool_call_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolResult: _TypeAlias = ToolResult  # noqa: Y015
 
 @_typing.final
 class GenerateRequest(_message.Message):
@@ -161,6 +280,7 @@ class GenerateRequest(_message.Message):
     SYSTEM_PROMPT_FIELD_NUMBER: _builtins.int
     MESSAGES_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
     turn_id: _builtins.str
     """The turn this generation is for; also the idempotency and tracing key."""
     conversation_id: _builtins.str
@@ -185,6 +305,10 @@ class GenerateRequest(_message.Message):
     def generation(self) -> _agent_settings_pb2.GenerationSettings:
         """Generation settings; unset fields use the provider's defaults."""
 
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolDefinition]:
+        """The tools the model may call; empty: none (the model only writes text)."""
+
     def __init__(
         self,
         *,
@@ -197,10 +321,11 @@ class GenerateRequest(_message.Message):
         system_prompt: _builtins.str = ...,
         messages: _abc.Iterable[Global___ChatMessage] | None = ...,
         generation: _agent_settings_pb2.GenerationSettings | None = ...,
+        tools: _abc.Iterable[Global___ToolDefinition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "conversation_id", b"conversation_id", "generation", b"generation", "messages", b"messages", "model", b"model", "provider", b"provider", "system_prompt", b"system_prompt", "tenant_id", b"tenant_id", "turn_id", b"turn_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "conversation_id", b"conversation_id", "generation", b"generation", "messages", b"messages", "model", b"model", "provider", b"provider", "system_prompt", b"system_prompt", "tenant_id", b"tenant_id", "tools", b"tools", "turn_id", b"turn_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -274,6 +399,7 @@ class GenerateResponse(_message.Message):
 
     TEXT_DELTA_FIELD_NUMBER: _builtins.int
     COMPLETION_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def text_delta(self) -> Global___TextDelta:
         """A piece of generated text."""
@@ -282,17 +408,24 @@ class GenerateResponse(_message.Message):
     def completion(self) -> Global___GenerateCompletion:
         """The final record of the generation, with its usage."""
 
+    @_builtins.property
+    def tool_call(self) -> Global___ToolCall:
+        """A whole tool call the model asked for (sent once its arguments are complete); a generation
+        with tool calls completes with FINISH_REASON_TOOL_USE.
+        """
+
     def __init__(
         self,
         *,
         text_delta: Global___TextDelta | None = ...,
         completion: Global___GenerateCompletion | None = ...,
+        tool_call: Global___ToolCall | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["completion", b"completion", "event", b"event", "text_delta", b"text_delta"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["completion", b"completion", "event", b"event", "text_delta", b"text_delta", "tool_call", b"tool_call"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion", b"completion", "event", b"event", "text_delta", b"text_delta"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion", b"completion", "event", b"event", "text_delta", b"text_delta", "tool_call", b"tool_call"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["text_delta", "completion"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["text_delta", "completion", "tool_call"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
