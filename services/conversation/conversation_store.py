@@ -33,7 +33,10 @@ def conversation_from_row(row: asyncpg.Record) -> pb.Conversation:
         participant_agent_ids=[str(agent_id) for agent_id in row["participant_agent_ids"]],
         turn_policy=row["turn_policy"],
         coordinator_agent_id=str(row["coordinator_agent_id"] or ""),
-        limits=pb.ConversationLimits(max_agent_turns_per_user_message=row["max_agent_turns"]),
+        limits=pb.ConversationLimits(
+            max_agent_turns_per_user_message=row["max_agent_turns"],
+            max_tool_calls_per_turn=row["max_tool_calls"],
+        ),
         double_texting_policy=row["double_texting_policy"],
         status=row["status"],
         etag=row["etag"],
@@ -56,6 +59,7 @@ def _columns(conversation: pb.Conversation) -> tuple[object, ...]:
         conversation.limits.max_agent_turns_per_user_message,
         conversation.double_texting_policy,
         conversation.etag,
+        conversation.limits.max_tool_calls_per_turn,
     )
 
 
@@ -94,9 +98,10 @@ class ConversationStore:
                 """
                 INSERT INTO conversation_conversations
                     (id, tenant_id, owner_id, title, participant_agent_ids, turn_policy,
-                     coordinator_agent_id, max_agent_turns, double_texting_policy, etag, status,
-                     create_time, update_time)
-                VALUES ($1, $2, $10, $3, $4, $5, $6, $7, $8, $9, $11, clock_timestamp(), clock_timestamp())
+                     coordinator_agent_id, max_agent_turns, double_texting_policy, etag, max_tool_calls,
+                     status, create_time, update_time)
+                VALUES ($1, $2, $11, $3, $4, $5, $6, $7, $8, $9, $10, $12,
+                        clock_timestamp(), clock_timestamp())
                 RETURNING *
                 """,
                 uuid.UUID(conversation.id),
@@ -152,9 +157,9 @@ class ConversationStore:
                 f"""
                 UPDATE conversation_conversations
                 SET title = $3, participant_agent_ids = $4, turn_policy = $5, coordinator_agent_id = $6,
-                    max_agent_turns = $7, double_texting_policy = $8, etag = $9,
+                    max_agent_turns = $7, double_texting_policy = $8, etag = $9, max_tool_calls = $10,
                     update_time = clock_timestamp()
-                WHERE {LIVE} AND etag = $10 AND status = $11
+                WHERE {LIVE} AND etag = $11 AND status = $12
                 RETURNING *
                 """,
                 conversation.tenant_id,

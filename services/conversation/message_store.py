@@ -23,13 +23,15 @@ def message_from_row(row: asyncpg.Record) -> pb.Message:
         turn_id=str(row["turn_id"] or ""),
         sequence=row["sequence"],
     )
+    if row["tool_call"] is not None:
+        message.tool_call.ParseFromString(row["tool_call"])
     message.create_time.CopyFrom(timestamp(row["create_time"]))
     return message
 
 
 def same_content(stored: pb.Message, candidate: pb.Message) -> bool:
     """Whether `candidate` is a retry of `stored` (everything the client chose is equal)."""
-    fields = ("role", "author_id", "text", "turn_id")
+    fields = ("role", "author_id", "text", "turn_id", "tool_call")
     return all(getattr(stored, name) == getattr(candidate, name) for name in fields)
 
 
@@ -63,8 +65,9 @@ WITH taken AS (
     RETURNING last_sequence
 )
 INSERT INTO conversation_messages
-    (conversation_id, id, tenant_id, sequence, role, author_id, text, turn_id, create_time)
-SELECT $2, $5::uuid, $1, taken.last_sequence, $6::smallint, $7::text, $8::text, $9::uuid, clock_timestamp()
+    (conversation_id, id, tenant_id, sequence, role, author_id, text, turn_id, tool_call, create_time)
+SELECT $2, $5::uuid, $1, taken.last_sequence, $6::smallint, $7::text, $8::text, $9::uuid, $10::bytea,
+    clock_timestamp()
 FROM taken
 RETURNING *
 """
@@ -73,7 +76,8 @@ RETURNING *
 def _columns(message: pb.Message) -> tuple[object, ...]:
     """The message's own columns, in `_INSERT_IF_UNCHANGED`'s order from $5."""
     turn_id = uuid.UUID(message.turn_id) if message.turn_id else None
-    return uuid.UUID(message.id), message.role, message.author_id, message.text, turn_id
+    tool_call = message.tool_call.SerializeToString() if message.HasField("tool_call") else None
+    return uuid.UUID(message.id), message.role, message.author_id, message.text, turn_id, tool_call
 
 
 class MessageStore:
@@ -153,18 +157,15 @@ class MessageStore:
             inserted = await conn.fetchrow(
                 """
                 INSERT INTO conversation_messages
-                    (conversation_id, id, tenant_id, sequence, role, author_id, text, turn_id, create_time)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, clock_timestamp())
+                    (conversation_id, tenant_id, sequence, id, role, author_id, text, turn_id, tool_call,
+                     create_time)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, clock_timestamp())
                 RETURNING *
                 """,
                 conversation_id,
-                uuid.UUID(message.id),
                 tenant_id,
                 sequence,
-                message.role,
-                message.author_id,
-                message.text,
-                uuid.UUID(message.turn_id) if message.turn_id else None,
+                *_columns(message),
             )
         return message_from_row(inserted), True
 

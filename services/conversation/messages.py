@@ -34,7 +34,8 @@ class Messages:
         def check(state: ConversationState) -> None:
             if state.status != pb.CONVERSATION_STATUS_ACTIVE:
                 raise archived(conversation_id)
-            if message.role == pb.MESSAGE_ROLE_AGENT and message.author_id not in state.participants:
+            speaks_as_agent = message.role in (pb.MESSAGE_ROLE_AGENT, pb.MESSAGE_ROLE_TOOL)
+            if speaks_as_agent and message.author_id not in state.participants:
                 raise FailedPrecondition(
                     f"message.author_id: agent {message.author_id} does not take part in this conversation"
                 )

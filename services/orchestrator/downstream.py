@@ -25,6 +25,7 @@ from macp.conversation.v1 import conversation_service_pb2_grpc as conversation_g
 from macp.metering.v1 import metering_service_pb2_grpc as metering_grpc
 from macp.token.v1 import token_service_pb2 as token_pb
 from macp.token.v1 import token_service_pb2_grpc as token_grpc
+from macp.tool_gateway.v1 import tool_gateway_service_pb2_grpc as tool_gateway_grpc
 
 from services.orchestrator.settings import OrchestratorSettings
 from services.runtime.auth.caller_tokens import ActingAgent, CallerTokens
@@ -45,6 +46,9 @@ M = TypeVar("M", bound=Message)
 GENERATE_SCOPE = "agents:generate"
 USAGE_WRITE_SCOPE = "usage:write"
 AGENT_TOKEN_SCOPE = "macp:agent-token"
+# What an agent acting in a turn may do: generate, and use its tools through the tool gateway (which
+# reads the agent's allow-list on its behalf).
+AGENT_SCOPES = " ".join((GENERATE_SCOPE, "tools:read", "tools:call", "conversations:read"))
 TOKEN_AUDIENCE = service_audience("token")
 AGENT_PROXY_AUDIENCE = service_audience("agent-proxy")
 
@@ -70,7 +74,7 @@ class AgentTokenMinter:
                 owner_id=agent.owner_id or caller.principal.user_id or caller.principal.tenant_id,
                 tenant_id=caller.principal.tenant_id,
                 capabilities=list(agent.capabilities),
-                scope=GENERATE_SCOPE,
+                scope=AGENT_SCOPES,
                 audience=[AGENT_PROXY_AUDIENCE],
             ),
             bearer,
@@ -113,6 +117,7 @@ class Downstream:
         self.conversation = conversation_grpc.ConversationServiceStub(self._channel)
         self.agent_proxy = agent_proxy_grpc.AgentProxyServiceStub(self._channel)
         self.metering = metering_grpc.MeteringServiceStub(self._channel)
+        self.tool_gateway = tool_gateway_grpc.ToolGatewayServiceStub(self._channel)
 
     async def close(self) -> None:
         await self._channel.close()

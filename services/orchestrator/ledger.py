@@ -46,6 +46,11 @@ def answer_message_id(turn_id: str) -> str:
     return str(uuid.uuid5(uuid.UUID(turn_id), "agent-message"))
 
 
+def tool_call_message_id(turn_id: str, tool_call_id: str) -> str:
+    """The id of the message storing one tool call of `turn_id`: stored once, however often retried."""
+    return str(uuid.uuid5(uuid.UUID(turn_id), f"tool-call:{tool_call_id}"))
+
+
 class Ledger:
     def __init__(
         self,
@@ -180,6 +185,37 @@ class Ledger:
             return await self._downstream.conversation.AppendMessage(
                 request,
                 timeout=self._downstream.timeout,
+            )
+
+        await self._until_done(attempt)
+        return message_id
+
+    async def store_tool_call(
+        self,
+        conversation_id: str,
+        agent_id: str,
+        turn_id: str,
+        record: conversation_pb.ToolCallRecord,
+        result: str,
+    ) -> str:
+        """One tool call of `turn_id` and its `result` stored as a TOOL message of `agent_id`,
+        retried while the conversation service is away; the message's id."""
+        message_id = tool_call_message_id(turn_id, record.tool_call_id)
+        request = conversation_pb.AppendMessageRequest(
+            message=conversation_pb.Message(
+                id=message_id,
+                conversation_id=conversation_id,
+                role=conversation_pb.MESSAGE_ROLE_TOOL,
+                author_id=agent_id,
+                text=result.replace("\x00", "\ufffd") or "(empty result)",
+                turn_id=turn_id,
+                tool_call=record,
+            )
+        )
+
+        async def attempt() -> object:
+            return await self._downstream.conversation.AppendMessage(
+                request, timeout=self._downstream.timeout
             )
 
         await self._until_done(attempt)

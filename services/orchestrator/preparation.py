@@ -137,6 +137,8 @@ class Preparer:
                 m
                 for m in messages
                 if m.id != message_id
+                # A turn's tool calls are its own business: its answer says what they gave.
+                and m.role != conversation_pb.MESSAGE_ROLE_TOOL
                 and not (m.role == conversation_pb.MESSAGE_ROLE_USER and m.sequence > sequence)
             ]
 

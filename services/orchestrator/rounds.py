@@ -37,6 +37,7 @@ from services.orchestrator.policies import (
 )
 from services.orchestrator.preparation import Prepared, Preparer
 from services.orchestrator.settings import OrchestratorSettings
+from services.orchestrator.tool_use import max_tool_calls
 from services.orchestrator.transcript import Said, chat_messages
 from services.orchestrator.turns import Halt, TurnResult, TurnRunner, TurnSpec
 from services.runtime import tracing
@@ -275,6 +276,7 @@ class Rounds:
             conversation_id=job.conversation_id,
             messages=chat_messages(history, agent.id, names, plan.instruction),
             system_prompt=agent.system_prompt,
+            max_tool_calls=max_tool_calls(state.prepared.conversation if state.prepared else None),
         )
         # The quota hold is asked for while TurnStarted is written (the first turn's was asked for
         # with the round's): one round trip less to the first token. A refusal still ends the turn

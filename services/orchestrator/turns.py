@@ -28,6 +28,7 @@ from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 from services.orchestrator.downstream import Downstream, acting
 from services.orchestrator.event_shapes import error_event, rpc_failure
 from services.orchestrator.ledger import CHARS_PER_TOKEN, Ledger
+from services.orchestrator.tool_use import DEFAULT_MAX_TOOL_CALLS, Toolbox, run_all
 from services.runtime.auth.caller_tokens import acting_agent
 from services.runtime.principal import Caller
 from services.runtime.protos import now_timestamp
@@ -67,6 +68,8 @@ class TurnSpec:
     system_prompt: str
     # Overrides of the agent's generation settings for this turn (a chat completion's max_tokens).
     overrides: agent_settings_pb2.GenerationSettings | None = None
+    # The most tool calls the agent may make in the turn (the conversation's limit).
+    max_tool_calls: int = DEFAULT_MAX_TOOL_CALLS
 
 
 @dataclass
@@ -97,11 +100,129 @@ class TurnRunner(Ledger):
             reserve_seconds=reserve_seconds,
         )
         self._turn_timeout = turn_timeout
+        self._toolbox = Toolbox(downstream, self)
 
     async def generate(
         self, spec: TurnSpec, emit: Emit, halt: Halt
     ) -> tuple[TurnResult, proxy_pb.GenerateCompletion | None]:
-        """Stream the agent's answer into the log as TokenDelta events; stop early on `halt`."""
+        """Stream the agent's answer into the log as TokenDelta events; stop early on `halt`. When
+        the model asks for tool calls, run them (tool_use.py) and generate again with their results,
+        until it answers; the completion returned sums the usage of every generation."""
+        agent = spec.agent
+        tools = await self._tools_of(spec, emit)
+        messages = list(spec.messages)
+        pieces: list[str] = []
+        completion: proxy_pb.GenerateCompletion | None = None
+        calls_made = 0
+        while True:
+            step = await self._generation(spec, self._request(spec, messages, tools), emit, halt, pieces)
+            completion = _combined(completion, step.completion)
+            if step.ended is not None:
+                step.ended.text = "".join(pieces)
+                return step.ended, completion
+            if step.completion is None or step.completion.finish_reason != proxy_pb.FINISH_REASON_TOOL_USE:
+                break
+            if not step.tool_calls:
+                break
+            if calls_made >= spec.max_tool_calls:
+                # Told its calls are used up, the model asks again: its text so far is the answer.
+                await emit(
+                    pb.ConversationEvent(
+                        error=error_event(
+                            grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            "TOOL_CALL_LIMIT",
+                            f"agent {agent.name} asked for more than the {spec.max_tool_calls} tool "
+                            "calls this conversation allows in one turn; its turn ends here",
+                            spec.turn_id,
+                        )
+                    )
+                )
+                break
+            results = await self._run_tools(spec, step.tool_calls, calls_made, emit, halt)
+            if results is None:
+                return TurnResult(halt.outcome, "".join(pieces)), completion
+            calls_made += len(step.tool_calls)
+            messages.append(
+                proxy_pb.ChatMessage(
+                    role=proxy_pb.CHAT_ROLE_ASSISTANT, text=step.text, tool_calls=step.tool_calls
+                )
+            )
+            messages.extend(results)
+        text = "".join(pieces)
+        if halt.is_set():
+            return TurnResult(halt.outcome, text), completion
+        outcome = pb.TURN_OUTCOME_COMPLETED
+        if completion is not None and completion.finish_reason == proxy_pb.FINISH_REASON_MAX_TOKENS:
+            outcome = pb.TURN_OUTCOME_TRUNCATED
+        if completion is None or completion.finish_reason == proxy_pb.FINISH_REASON_ERROR:
+            return TurnResult(
+                pb.TURN_OUTCOME_FAILED,
+                text,
+                error=error_event(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "GENERATE_FAILED",
+                    f"agent {agent.name}'s provider ended the answer with an error",
+                    spec.turn_id,
+                ),
+            ), completion
+        return TurnResult(outcome, text), completion
+
+    async def _tools_of(self, spec: TurnSpec, emit: Emit) -> list[proxy_pb.ToolDefinition]:
+        """The tools offered to the model in this turn: the agent's allowed ones, in a conversation
+        (a chat completion's tools are the client's own). A gateway that cannot list them costs the
+        turn its tools, not the turn: it goes on, and the clients are told why."""
+        if not spec.conversation_id or not spec.agent.allowed_tools:
+            return []
+        try:
+            return await self._toolbox.definitions(spec.agent)
+        except grpc.aio.AioRpcError as exc:
+            await emit(
+                pb.ConversationEvent(
+                    error=rpc_failure(
+                        exc,
+                        f"listing agent {spec.agent.name}'s tools (tool-gateway ListTools)",
+                        "TOOLS_UNAVAILABLE",
+                        spec.turn_id,
+                    )
+                )
+            )
+            return []
+
+    async def _run_tools(
+        self, spec: TurnSpec, calls: list[proxy_pb.ToolCall], calls_made: int, emit: Emit, halt: Halt
+    ) -> list[proxy_pb.ChatMessage] | None:
+        """The results of one generation's calls; None if `halt` stopped them first."""
+        running = asyncio.ensure_future(
+            run_all(
+                self._toolbox,
+                calls,
+                allowed=spec.max_tool_calls - calls_made,
+                limit=spec.max_tool_calls,
+                agent=spec.agent,
+                turn_id=spec.turn_id,
+                conversation_id=spec.conversation_id,
+                emit=emit,
+            )
+        )
+        halted = asyncio.ensure_future(halt.event.wait())
+        try:
+            await asyncio.wait((running, halted), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            halted.cancel()
+            if not running.done():
+                running.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await running
+        if halt.is_set() or running.cancelled():
+            return None
+        return running.result()
+
+    def _request(
+        self,
+        spec: TurnSpec,
+        messages: list[proxy_pb.ChatMessage],
+        tools: list[proxy_pb.ToolDefinition],
+    ) -> proxy_pb.GenerateRequest:
         agent = spec.agent
         request = proxy_pb.GenerateRequest(
             turn_id=spec.turn_id,
@@ -111,13 +232,20 @@ class TurnRunner(Ledger):
             provider=agent.provider,
             model=agent.model,
             system_prompt=spec.system_prompt,
-            messages=spec.messages,
+            messages=messages,
             generation=agent.generation,
+            tools=tools,
         )
         if spec.overrides is not None:
             request.generation.MergeFrom(spec.overrides)
-        pieces: list[str] = []
-        completion: proxy_pb.GenerateCompletion | None = None
+        return request
+
+    async def _generation(
+        self, spec: TurnSpec, request: proxy_pb.GenerateRequest, emit: Emit, halt: Halt, pieces: list[str]
+    ) -> _Step:
+        """One Generate call, its text streamed into the log (appended to `pieces`)."""
+        agent = spec.agent
+        first = len(pieces)
         # The call carries the caller's token with the agent as its actor (a failed exchange fails
         # the call, with a message that says so).
         with acting_agent(acting(agent)):
@@ -136,47 +264,31 @@ class TurnRunner(Ledger):
                     )
                 )
                 pieces.append(text)
-            completion = relay.completion
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.CANCELLED and halt.is_set():
-                return TurnResult(halt.outcome, "".join(pieces)), None
-            return TurnResult(
-                pb.TURN_OUTCOME_FAILED,
-                "".join(pieces),
-                error=rpc_failure(
-                    exc,
-                    f"agent {agent.name} generating (agent-proxy Generate)",
-                    "GENERATE_FAILED",
-                    spec.turn_id,
-                ),
-            ), None
+                return _Step(ended=TurnResult(halt.outcome))
+            return _Step(
+                ended=TurnResult(
+                    pb.TURN_OUTCOME_FAILED,
+                    error=rpc_failure(
+                        exc,
+                        f"agent {agent.name} generating (agent-proxy Generate)",
+                        "GENERATE_FAILED",
+                        spec.turn_id,
+                    ),
+                )
+            )
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if halt.is_set() and (current is None or not current.cancelling()):
-                return TurnResult(halt.outcome, "".join(pieces)), None
+                return _Step(ended=TurnResult(halt.outcome))
             raise
         finally:
             await relay.stop()
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-        if halt.is_set():
-            return TurnResult(halt.outcome, "".join(pieces)), completion
-        outcome = pb.TURN_OUTCOME_COMPLETED
-        if completion is not None and completion.finish_reason == proxy_pb.FINISH_REASON_MAX_TOKENS:
-            outcome = pb.TURN_OUTCOME_TRUNCATED
-        if completion is None or completion.finish_reason == proxy_pb.FINISH_REASON_ERROR:
-            return TurnResult(
-                pb.TURN_OUTCOME_FAILED,
-                "".join(pieces),
-                error=error_event(
-                    grpc.StatusCode.UNAVAILABLE,
-                    "GENERATE_FAILED",
-                    f"agent {agent.name}'s provider ended the answer with an error",
-                    spec.turn_id,
-                ),
-            ), completion
-        return TurnResult(outcome, "".join(pieces)), completion
+        return _Step(completion=relay.completion, tool_calls=relay.tool_calls, text="".join(pieces[first:]))
 
     async def commit_turn(
         self,
@@ -218,6 +330,32 @@ class TurnRunner(Ledger):
         return event
 
 
+@dataclass
+class _Step:
+    """What one Generate call of a turn gave: how the turn ended if it did (cancelled, failed), or
+    its completion, the tool calls the model asked for and the text it wrote."""
+
+    ended: TurnResult | None = None
+    completion: proxy_pb.GenerateCompletion | None = None
+    tool_calls: list[proxy_pb.ToolCall] = field(default_factory=list)
+    text: str = ""
+
+
+def _combined(
+    total: proxy_pb.GenerateCompletion | None, latest: proxy_pb.GenerateCompletion | None
+) -> proxy_pb.GenerateCompletion | None:
+    """The completion of a turn's generations so far: the latest's, with the usage of all."""
+    if latest is None or total is None:
+        return latest or total
+    merged = proxy_pb.GenerateCompletion()
+    merged.CopyFrom(latest)
+    merged.usage.input_tokens += total.usage.input_tokens
+    merged.usage.output_tokens += total.usage.output_tokens
+    merged.usage.duration_ms += total.usage.duration_ms
+    merged.usage.estimated = merged.usage.estimated or total.usage.estimated
+    return merged
+
+
 class _Relay:
     """Reads a Generate stream in its own task, so the deltas that arrive while the caller is busy
     with the previous batch are joined into the next one; the completion is kept aside."""
@@ -228,6 +366,7 @@ class _Relay:
         self._arrived = asyncio.Event()
         self._reader: asyncio.Task[None] = asyncio.create_task(self._read())
         self.completion: proxy_pb.GenerateCompletion | None = None
+        self.tool_calls: list[proxy_pb.ToolCall] = []
 
     async def _read(self) -> None:
         try:
@@ -235,6 +374,8 @@ class _Relay:
                 if response.HasField("text_delta"):
                     self._pending.append(response.text_delta.text)
                     self._arrived.set()
+                elif response.HasField("tool_call"):
+                    self.tool_calls.append(response.tool_call)
                 elif response.HasField("completion"):
                     self.completion = response.completion
         finally:

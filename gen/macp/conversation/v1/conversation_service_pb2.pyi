@@ -25,6 +25,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -138,6 +139,10 @@ class _MessageRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MessageRo
     """An agent; author_id is the agent id."""
     MESSAGE_ROLE_SYSTEM: _MessageRole.ValueType  # 3
     """The platform (for example a notice that a turn was cancelled); author_id is empty."""
+    MESSAGE_ROLE_TOOL: _MessageRole.ValueType  # 4
+    """A tool call an agent made in a turn, and its result (in text); author_id is the agent id,
+    tool_call says which tool with which arguments.
+    """
 
 class MessageRole(_MessageRole, metaclass=_MessageRoleEnumTypeWrapper):
     """Who wrote a message."""
@@ -150,6 +155,10 @@ MESSAGE_ROLE_AGENT: MessageRole.ValueType  # 2
 """An agent; author_id is the agent id."""
 MESSAGE_ROLE_SYSTEM: MessageRole.ValueType  # 3
 """The platform (for example a notice that a turn was cancelled); author_id is empty."""
+MESSAGE_ROLE_TOOL: MessageRole.ValueType  # 4
+"""A tool call an agent made in a turn, and its result (in text); author_id is the agent id,
+tool_call says which tool with which arguments.
+"""
 Global___MessageRole: _TypeAlias = MessageRole  # noqa: Y015
 
 @_typing.final
@@ -247,18 +256,25 @@ class ConversationLimits(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MAX_AGENT_TURNS_PER_USER_MESSAGE_FIELD_NUMBER: _builtins.int
+    MAX_TOOL_CALLS_PER_TURN_FIELD_NUMBER: _builtins.int
     max_agent_turns_per_user_message: _builtins.int
     """The most agent turns that one user message may trigger, 1 to 50. Unset (0) means the
     platform default of 3. Under PIPELINE the number of participants is used if smaller.
+    """
+    max_tool_calls_per_turn: _builtins.int
+    """The most tool calls an agent may make in one turn, 1 to 64. Unset (0) means the platform
+    default of 8. A call past it is refused (the model is told so), and a turn whose model keeps
+    asking ends with its text so far.
     """
     def __init__(
         self,
         *,
         max_agent_turns_per_user_message: _builtins.int = ...,
+        max_tool_calls_per_turn: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_agent_turns_per_user_message", b"max_agent_turns_per_user_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_agent_turns_per_user_message", b"max_agent_turns_per_user_message", "max_tool_calls_per_turn", b"max_tool_calls_per_turn"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -368,6 +384,7 @@ class Message(_message.Message):
     TURN_ID_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The message id (UUID), chosen by the client (or by the orchestrator for agent
     messages); it makes AppendMessage idempotent.
@@ -388,6 +405,10 @@ class Message(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the message was stored."""
 
+    @_builtins.property
+    def tool_call(self) -> Global___ToolCallRecord:
+        """For a TOOL message: the call; the message text is its result."""
+
     def __init__(
         self,
         *,
@@ -399,14 +420,55 @@ class Message(_message.Message):
         turn_id: _builtins.str = ...,
         sequence: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        tool_call: Global___ToolCallRecord | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "tool_call", b"tool_call"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["author_id", b"author_id", "conversation_id", b"conversation_id", "create_time", b"create_time", "id", b"id", "role", b"role", "sequence", b"sequence", "text", b"text", "turn_id", b"turn_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["author_id", b"author_id", "conversation_id", b"conversation_id", "create_time", b"create_time", "id", b"id", "role", b"role", "sequence", b"sequence", "text", b"text", "tool_call", b"tool_call", "turn_id", b"turn_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Message: _TypeAlias = Message  # noqa: Y015
+
+@_typing.final
+class ToolCallRecord(_message.Message):
+    """A tool call an agent made, stored with its result."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_FIELD_NUMBER: _builtins.int
+    IS_ERROR_FIELD_NUMBER: _builtins.int
+    DURATION_MS_FIELD_NUMBER: _builtins.int
+    tool_call_id: _builtins.str
+    """The provider's id of the call."""
+    name: _builtins.str
+    """The tool's catalogue name, `<server>__<tool>`."""
+    is_error: _builtins.bool
+    """True when the call failed (the tool's own error, or the gateway's); the text says why."""
+    duration_ms: _builtins.int
+    """How long the call took, in milliseconds."""
+    @_builtins.property
+    def arguments(self) -> _struct_pb2.Struct:
+        """The arguments the model gave."""
+
+    def __init__(
+        self,
+        *,
+        tool_call_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        arguments: _struct_pb2.Struct | None = ...,
+        is_error: _builtins.bool = ...,
+        duration_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "duration_ms", b"duration_ms", "is_error", b"is_error", "name", b"name", "tool_call_id", b"tool_call_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCallRecord: _TypeAlias = ToolCallRecord  # noqa: Y015
 
 @_typing.final
 class Archive(_message.Message):

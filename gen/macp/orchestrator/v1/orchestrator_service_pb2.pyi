@@ -11,6 +11,7 @@ Request/response convention: see macp/conversation/v1/conversation_service.proto
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -586,6 +587,110 @@ class TokenDelta(_message.Message):
 Global___TokenDelta: _TypeAlias = TokenDelta  # noqa: Y015
 
 @_typing.final
+class ToolCallStarted(_message.Message):
+    """An agent asked for a tool call in its turn; the orchestrator runs it through the tool gateway."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TURN_ID_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_FIELD_NUMBER: _builtins.int
+    turn_id: _builtins.str
+    """The turn it belongs to."""
+    agent_id: _builtins.str
+    """The agent calling."""
+    tool_call_id: _builtins.str
+    """The provider's id of the call, repeated in its ToolCallCompleted."""
+    name: _builtins.str
+    """The tool's catalogue name, `<server>__<tool>`."""
+    @_builtins.property
+    def arguments(self) -> _struct_pb2.Struct:
+        """The arguments the model gave, a JSON object."""
+
+    def __init__(
+        self,
+        *,
+        turn_id: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        tool_call_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        arguments: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "arguments", b"arguments", "name", b"name", "tool_call_id", b"tool_call_id", "turn_id", b"turn_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCallStarted: _TypeAlias = ToolCallStarted  # noqa: Y015
+
+@_typing.final
+class ToolCallCompleted(_message.Message):
+    """A tool call of a turn ended; the model is given its result (or its error) and goes on."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TURN_ID_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    RESULT_TRUNCATED_FIELD_NUMBER: _builtins.int
+    IS_ERROR_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    DURATION_MS_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    turn_id: _builtins.str
+    """The turn it belongs to."""
+    agent_id: _builtins.str
+    """The agent that called."""
+    tool_call_id: _builtins.str
+    """The call's id (ToolCallStarted.tool_call_id)."""
+    name: _builtins.str
+    """The tool's catalogue name."""
+    result: _builtins.str
+    """The result's text, cut to its first 2,000 characters (the whole result is in the stored
+    message `message_id`).
+    """
+    result_truncated: _builtins.bool
+    """True when `result` was cut."""
+    is_error: _builtins.bool
+    """True when the call failed: the tool's own error (its text in `result`) or `error`."""
+    duration_ms: _builtins.int
+    """How long the call took, in milliseconds, as the orchestrator saw it."""
+    message_id: _builtins.str
+    """The conversation message that stores the call and its whole result."""
+    @_builtins.property
+    def error(self) -> _error_pb2.ErrorDetail:
+        """Why the gateway refused or failed the call (not allowed, unavailable, over a limit); unset
+        when the tool answered.
+        """
+
+    def __init__(
+        self,
+        *,
+        turn_id: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        tool_call_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        result: _builtins.str = ...,
+        result_truncated: _builtins.bool = ...,
+        is_error: _builtins.bool = ...,
+        error: _error_pb2.ErrorDetail | None = ...,
+        duration_ms: _builtins.int = ...,
+        message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "duration_ms", b"duration_ms", "error", b"error", "is_error", b"is_error", "message_id", b"message_id", "name", b"name", "result", b"result", "result_truncated", b"result_truncated", "tool_call_id", b"tool_call_id", "turn_id", b"turn_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCallCompleted: _TypeAlias = ToolCallCompleted  # noqa: Y015
+
+@_typing.final
 class TurnCompleted(_message.Message):
     """An agent finished (or stopped) speaking."""
 
@@ -707,6 +812,8 @@ class ConversationEvent(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     ROUND_COMPLETED_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_STARTED_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_COMPLETED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """The event's position in the conversation's log; resume after it with StreamEvents or Join."""
     conversation_id: _builtins.str
@@ -751,6 +858,14 @@ class ConversationEvent(_message.Message):
     def round_completed(self) -> Global___RoundCompleted:
         """A round ended."""
 
+    @_builtins.property
+    def tool_call_started(self) -> Global___ToolCallStarted:
+        """An agent called a tool."""
+
+    @_builtins.property
+    def tool_call_completed(self) -> Global___ToolCallCompleted:
+        """A tool call ended."""
+
     def __init__(
         self,
         *,
@@ -766,12 +881,14 @@ class ConversationEvent(_message.Message):
         usage: _usage_pb2.UsageEvent | None = ...,
         error: Global___ErrorEvent | None = ...,
         round_completed: Global___RoundCompleted | None = ...,
+        tool_call_started: Global___ToolCallStarted | None = ...,
+        tool_call_completed: Global___ToolCallCompleted | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bid_results", b"bid_results", "bidding_opened", b"bidding_opened", "error", b"error", "message_accepted", b"message_accepted", "payload", b"payload", "round_completed", b"round_completed", "time", b"time", "token_delta", b"token_delta", "turn_completed", b"turn_completed", "turn_started", b"turn_started", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bid_results", b"bid_results", "bidding_opened", b"bidding_opened", "error", b"error", "message_accepted", b"message_accepted", "payload", b"payload", "round_completed", b"round_completed", "time", b"time", "token_delta", b"token_delta", "tool_call_completed", b"tool_call_completed", "tool_call_started", b"tool_call_started", "turn_completed", b"turn_completed", "turn_started", b"turn_started", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bid_results", b"bid_results", "bidding_opened", b"bidding_opened", "conversation_id", b"conversation_id", "error", b"error", "event_id", b"event_id", "message_accepted", b"message_accepted", "payload", b"payload", "round_completed", b"round_completed", "time", b"time", "token_delta", b"token_delta", "turn_completed", b"turn_completed", "turn_started", b"turn_started", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bid_results", b"bid_results", "bidding_opened", b"bidding_opened", "conversation_id", b"conversation_id", "error", b"error", "event_id", b"event_id", "message_accepted", b"message_accepted", "payload", b"payload", "round_completed", b"round_completed", "time", b"time", "token_delta", b"token_delta", "tool_call_completed", b"tool_call_completed", "tool_call_started", b"tool_call_started", "turn_completed", b"turn_completed", "turn_started", b"turn_started", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["message_accepted", "bidding_opened", "bid_results", "turn_started", "token_delta", "turn_completed", "usage", "error", "round_completed"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["message_accepted", "bidding_opened", "bid_results", "turn_started", "token_delta", "turn_completed", "usage", "error", "round_completed", "tool_call_started", "tool_call_completed"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
