@@ -2,7 +2,8 @@
 
 It answers `POST /v1/messages` (Anthropic Messages) and `POST /v1/chat/completions` (OpenAI Chat
 Completions), as JSON or as server-sent events, with text derived deterministically from the
-prompt and token counts that match that text. The official SDKs talk to it unchanged, so the
-agent proxy's real provider code paths run offline; tests inject faults through it (see
-`behavior.py`).
+prompt and token counts that match that text. It plays tool use in both protocols by a fixed rule
+(see `tool_use.py`): it calls the offered tools the user's message names, and answers their
+results in text. The official SDKs talk to it unchanged, so the agent proxy's real provider code
+paths run offline; tests inject faults through it (see `behavior.py`).
 """

@@ -1,14 +1,15 @@
 """The text the local provider answers: derived from the prompt alone, so a test can predict it.
 
 A token here is a word: the answer is a sequence of words, streamed one per delta (the first bare,
-every later one with its leading space), and both the prompt's and the answer's token counts are
-word counts. That keeps the usage the server reports consistent with the text it sends.
+every later one with the whitespace before it), and both the prompt's and the answer's token counts
+are word counts. That keeps the usage the server reports consistent with the text it sends.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -34,24 +35,31 @@ def count_tokens(texts: Iterable[str]) -> int:
 
 @dataclass(frozen=True)
 class Answer:
-    """One reply: its words, the prompt's token count, and whether max_tokens cut it short."""
+    """One text reply: its tokens (each word with the whitespace before it), the prompt's token
+    count, and whether max_tokens cut it short."""
 
-    words: tuple[str, ...]
+    tokens: tuple[str, ...]
     input_tokens: int
     truncated: bool
 
     @property
     def output_tokens(self) -> int:
-        return len(self.words)
+        return len(self.tokens)
 
     @property
     def text(self) -> str:
-        return " ".join(self.words)
+        return "".join(self.tokens)
 
     def pieces(self) -> Iterator[str]:
-        """The text deltas of a stream, one word each; their concatenation is `text`."""
-        for index, word in enumerate(self.words):
-            yield word if index == 0 else f" {word}"
+        """The text deltas of a stream, one token each; their concatenation is `text`."""
+        yield from self.tokens
+
+
+def answer_with_text(text: str, input_tokens: int, max_tokens: int | None) -> Answer:
+    """An answer of exactly `text` (whitespace kept), capped at `max_tokens` words."""
+    tokens = tuple(re.findall(r"\s*\S+", text)) or (text,)
+    kept = tokens[:max_tokens] if max_tokens is not None else tokens
+    return Answer(tokens=kept, input_tokens=input_tokens, truncated=len(kept) < len(tokens))
 
 
 def compose_answer(prompt: list[str], max_tokens: int | None, exact_tokens: int | None = None) -> Answer:
@@ -65,5 +73,6 @@ def compose_answer(prompt: list[str], max_tokens: int | None, exact_tokens: int 
     natural = MIN_NATURAL_TOKENS + digest[8] % NATURAL_TOKEN_SPREAD
     wanted = exact_tokens if exact_tokens is not None else natural
     length = min(wanted, max_tokens) if max_tokens is not None else wanted
-    words = tuple(generator.choice(VOCABULARY) for _ in range(length))
-    return Answer(words=words, input_tokens=count_tokens(prompt), truncated=length < wanted)
+    words = [generator.choice(VOCABULARY) for _ in range(length)]
+    tokens = tuple(word if index == 0 else f" {word}" for index, word in enumerate(words))
+    return Answer(tokens=tokens, input_tokens=count_tokens(prompt), truncated=length < wanted)

@@ -8,7 +8,7 @@ import json
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -111,18 +111,20 @@ def sse(data: Mapping[str, Any], event: str | None = None) -> bytes:
 
 CUT = object()  # marks where a `cut` behavior drops the connection
 Chunk = bytes | object
+Piece = TypeVar("Piece")
 
 
 async def answer_stream(
     head: Iterable[bytes],
-    pieces: Iterable[str],
-    encode_delta: Callable[[str], bytes],
+    pieces: Iterable[Piece],
+    encode_delta: Callable[[Piece], bytes],
     tail: Iterable[bytes],
     malformed: bytes,
     behavior: Behavior,
 ) -> AsyncIterator[Chunk]:
     """The body of a streamed answer: `head` events, one delta event per piece, `tail` events, with
-    the behavior's pace between deltas, its malformed chunk and its cut where it asks."""
+    the behavior's pace between deltas, its malformed chunk and its cut where it asks. A piece is a
+    text token, or a tool call's argument piece with the events that open or close its call."""
     yield b"".join(head)
     batch: list[bytes] = []
     sent = 0
@@ -152,6 +154,11 @@ async def answer_stream(
         return
     batch.extend(tail)
     yield b"".join(batch)
+
+
+def as_is(events: bytes) -> bytes:
+    """The encoding of pieces that are already their events (a tool call's argument pieces)."""
+    return events
 
 
 class SseResponse(Response):
