@@ -16,7 +16,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import asyncpg
@@ -68,11 +68,16 @@ FAST = {
 
 
 def provider_environ(base_url: str) -> dict[str, str]:
-    """The provider `local` (Anthropic protocol) served by the local provider server at `base_url`."""
+    """Providers `local` (Anthropic protocol, models echo-1 and echo-2) and `compat` (OpenAI
+    protocol, model compat-1), both served by the local provider server at `base_url`."""
     return {
-        "MACP_AGENT_PROXY_PROVIDERS": "local",
+        "MACP_AGENT_PROXY_PROVIDERS": "local,compat",
         "MACP_PROVIDER_LOCAL_BASE_URL": base_url,
         "MACP_PROVIDER_LOCAL_MODELS": "echo-1,echo-2",
+        "MACP_PROVIDER_COMPAT_PROTOCOL": "openai",
+        "MACP_PROVIDER_COMPAT_BASE_URL": f"{base_url}/v1",
+        "MACP_PROVIDER_COMPAT_API_KEY": "sk-compat",
+        "MACP_PROVIDER_COMPAT_MODELS": "compat-1",
     }
 
 
@@ -110,8 +115,21 @@ class World:
         """Metadata of the tenant's user calling the orchestrator."""
         return bearer(self.orchestrator_token)
 
-    async def agent(self, name: str, **fields: object) -> conversation_pb.Agent:
-        agent = conversation_pb.Agent(name=name, provider="local", model="echo-1", **fields)  # type: ignore[arg-type]
+    async def other_tenant(self) -> World:
+        """This world as seen by the user of a new tenant of its own."""
+        tenant = await self.tokens.tenant()
+        return replace(
+            self,
+            tenant=tenant,
+            edge_token=await self.tokens.user_token(tenant, [EDGE_AUDIENCE]),
+            orchestrator_token=await self.tokens.user_token(tenant, [ORCHESTRATOR_AUDIENCE]),
+            conversation_token=await self.tokens.user_token(tenant, [CONVERSATION_AUDIENCE]),
+        )
+
+    async def agent(
+        self, name: str, provider: str = "local", model: str = "echo-1", **fields: object
+    ) -> conversation_pb.Agent:
+        agent = conversation_pb.Agent(name=name, provider=provider, model=model, **fields)  # type: ignore[arg-type]
         reply = await self.conversations.CreateAgent(
             conversation_pb.CreateAgentRequest(agent=agent),
             metadata=bearer(self.conversation_token),

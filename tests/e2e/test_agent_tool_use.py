@@ -1,0 +1,141 @@
+"""Agents call tools in their turns, end to end: a WebSocket client through Envoy and the edge sends
+a message; the agent's model (over the Anthropic protocol, then over OpenAI's) asks for a tool; the
+orchestrator runs it through the tool gateway as the agent; the client sees the tool events and the
+answer built on the result; the conversation stores the call and its result; the call is audited;
+and the upstream saw a token addressed to itself, naming the user and the agent, never the user's.
+
+The local provider server calls an offered tool when the user's text names it, with arguments
+written as `name=value` (services/provider_server), and answers with the results it was given."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
+
+from services.example_tools.servers import forecast_for
+from tests.audit.helpers import rows
+from tests.e2e.test_websocket_rounds import frames_until_round_end, reassembled, ws_url
+from tests.example_tools import Guarded, serving_guarded_weather
+from tests.token.harness import unverified
+from tests.world import World
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def weather(world: World) -> AsyncIterator[Guarded]:
+    issuer = world.tokens.environ["MACP_TOKEN_ISSUER"]
+    async with serving_guarded_weather(world.tokens.harness.stub, issuer) as guarded:
+        yield guarded
+
+
+async def register_weather(world: World, url: str) -> None:
+    """The tenant's user registers the weather server over REST, with token exchange upstream."""
+    async with httpx.AsyncClient(base_url=world.front_url, timeout=10) as client:
+        response = await client.post(
+            "/v1/tool-servers",
+            json={"name": "weather", "url": url, "upstream_auth": "UPSTREAM_AUTH_TOKEN_EXCHANGE"},
+            headers={"authorization": f"Bearer {world.edge_token}"},
+        )
+    assert response.status_code == 201, response.text
+
+
+async def one_round(world: World, conversation_id: str, text: str) -> list[dict[str, Any]]:
+    message_id = str(uuid.uuid4())
+    async with websockets.connect(ws_url(world)) as ws:
+        await ws.send(json.dumps({"action": "subscribe", "conversation_id": conversation_id}))
+        await ws.send(
+            json.dumps(
+                {
+                    "action": "message",
+                    "conversation_id": conversation_id,
+                    "message_id": message_id,
+                    "text": text,
+                }
+            )
+        )
+        return await frames_until_round_end(ws, message_id)
+
+
+def of_kind(frames: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [frame["event"][kind] for frame in frames if frame["kind"] == kind]
+
+
+@pytest.mark.parametrize(("provider", "model"), [("local", "echo-1"), ("compat", "compat-1")])
+async def test_an_agent_calls_a_tool_in_its_turn(
+    world: World, weather: Guarded, provider: str, model: str
+) -> None:
+    await register_weather(world, weather.url)
+    agent = await world.agent("Forecaster", provider=provider, model=model, allowed_tools=["weather__*"])
+    conversation = await world.conversation([agent])
+
+    frames = await one_round(world, conversation.id, "Will it rain? Ask weather__forecast city=Oslo")
+
+    [started] = of_kind(frames, "tool_call_started")
+    assert (started["agent_id"], started["name"]) == (agent.id, "weather__forecast")
+    assert started["arguments"] == {"city": "Oslo"}
+    [completed] = of_kind(frames, "tool_call_completed")
+    assert completed["tool_call_id"] == started["tool_call_id"]
+    assert (completed["result"], completed["is_error"]) == (forecast_for("Oslo"), False)
+    assert not of_kind(frames, "error"), of_kind(frames, "error")
+    [turn] = of_kind(frames, "turn_completed")
+    assert turn["outcome"] == "TURN_OUTCOME_COMPLETED"
+    assert forecast_for("Oslo") in turn["text"], "the model's answer is not built on the tool's result"
+    assert reassembled(frames)[turn["turn_id"]] == turn["text"]
+
+    # Stored: the call with its whole result, then the answer; the call's message is the event's.
+    messages = [m for m in await world.messages(conversation.id) if m.turn_id == turn["turn_id"]]
+    assert [m.role for m in messages] == [
+        conversation_pb.MESSAGE_ROLE_TOOL,
+        conversation_pb.MESSAGE_ROLE_AGENT,
+    ]
+    tool_message, answer = messages
+    assert tool_message.id == completed["message_id"]
+    assert (tool_message.author_id, tool_message.text) == (agent.id, forecast_for("Oslo"))
+    assert tool_message.tool_call.name == "weather__forecast"
+    assert tool_message.tool_call.tool_call_id == started["tool_call_id"]
+    assert answer.text == turn["text"]
+
+    # Audited as the user's call, with the agent acting.
+    async with world.database() as db:
+        [row] = [
+            r for r in await rows(db, world.tenant.tenant_id, "tool.call") if r.detail["tool"] == "forecast"
+        ]
+    assert row.outcome == "success"
+    assert row.detail["result"] == "ok"
+    assert ("agent", agent.id) in row.actors
+
+    # The upstream saw a token of its own: its audience, the user, the agent and the gateway acting.
+    _, user = unverified(world.edge_token)
+    [claims] = weather.server.received[-1:]
+    assert claims.aud == (weather.url,)
+    assert (claims.sub, claims.tenant_id) == (user["sub"], world.tenant.tenant_id)
+    assert claims.jti != user["jti"]
+    assert agent.id in [actor.agent_id for actor in claims.actor_chain]
+    assert claims.actor_chain[0].agent_id is None  # the gateway, on top
+
+
+async def test_the_allow_list_and_the_tenant_hold_in_a_turn(world: World, weather: Guarded) -> None:
+    await register_weather(world, weather.url)
+    # Allowed only the calculator, the agent is never offered the weather server's tool.
+    calculating = await world.agent("Calculating", allowed_tools=["calculator__add"])
+    conversation = await world.conversation([calculating])
+    frames = await one_round(world, conversation.id, "Ask weather__forecast city=Oslo")
+    assert not of_kind(frames, "tool_call_started")
+    [turn] = of_kind(frames, "turn_completed")
+    assert turn["outcome"] == "TURN_OUTCOME_COMPLETED"
+
+    # Another tenant's agent, allowed every tool of a server named weather, has no such server.
+    other = await world.other_tenant()
+    agent = await other.agent("Elsewhere", allowed_tools=["weather__*"])
+    conversation = await other.conversation([agent])
+    frames = await one_round(other, conversation.id, "Ask weather__forecast city=Oslo")
+    assert not of_kind(frames, "tool_call_started")
+    assert weather.server.received == []
