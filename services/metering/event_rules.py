@@ -30,6 +30,8 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@|+-]{0,127}").fullmatch
 _PROVIDER = re.compile(r"(?:[a-z][a-z0-9_-]{0,63})?").fullmatch
 _SCOPE = re.compile(r"[A-Za-z0-9:._/*-]{1,128}").fullmatch
+_TOOL_SERVER = re.compile(r"(?:[a-z][a-z0-9-]{0,31})?").fullmatch
+_TOOL = re.compile(r"[A-Za-z0-9_.-]{0,128}").fullmatch
 
 _EVENT_TYPES = frozenset(usage_pb2.UsageEventType.values()) - {usage_pb2.USAGE_EVENT_TYPE_UNSPECIFIED}
 _ACTOR_TYPES = frozenset(principal_pb2.ActorType.values()) - {0}
@@ -90,6 +92,9 @@ def accepts(event: usage_pb2.UsageEvent) -> bool:
         or _PROVIDER(d.provider) is None
         or len(model) > MAX_MODEL_LEN
         or "\x00" in model
+        or d.result_bytes < 0
+        or _TOOL_SERVER(d.tool_server) is None
+        or _TOOL(d.tool) is None
     ):
         return False
     actors = event.actor_chain

@@ -13,6 +13,7 @@ METER_OF_TYPE: dict[int, int] = {
     usage_pb2.USAGE_EVENT_TYPE_VOICE_TRANSCRIPTION: pb.METER_VOICE_SECONDS,
     usage_pb2.USAGE_EVENT_TYPE_STORAGE: pb.METER_STORAGE_MB,
     usage_pb2.USAGE_EVENT_TYPE_API_CALL: pb.METER_API_CALLS,
+    usage_pb2.USAGE_EVENT_TYPE_TOOL_CALL: pb.METER_TOOL_CALLS,
 }
 
 # Meter -> (description, unit) as invoices print them.
@@ -22,6 +23,7 @@ METER_LABELS: dict[int, tuple[str, str]] = {
     pb.METER_VOICE_SECONDS: ("Voice (synthesis and transcription)", "seconds"),
     pb.METER_STORAGE_MB: ("Storage", "MB"),
     pb.METER_API_CALLS: ("API calls", "calls"),
+    pb.METER_TOOL_CALLS: ("Tool calls", "calls"),
 }
 
 

@@ -1,9 +1,15 @@
 """Plans: what each tier includes per billing month and what use past it costs (DESIGN.md, "Plans").
 
-free: 100 agent turns, 50 orchestrations, 5 voice minutes, 100 MB storage; hard limits (refused).
-pro: 10,000 turns, 5,000 orchestrations, 60 voice minutes, 1,000 MB; then $0.50 per 1,000 turns,
-     $0.25 per 1,000 orchestrations, $0.10 per voice minute, $0.50 per GB-month (1,024 MB).
+free: 100 agent turns, 50 orchestrations, 5 voice minutes, 100 MB storage, 1,000 tool calls; hard
+     limits (refused).
+pro: 10,000 turns, 5,000 orchestrations, 60 voice minutes, 1,000 MB, 25,000 tool calls; then $0.50
+     per 1,000 turns, $0.25 per 1,000 orchestrations, $0.10 per voice minute, $0.50 per GB-month
+     (1,024 MB), $0.10 per 1,000 tool calls.
 enterprise: set per tenant with SetPlan.
+
+Tool calls: ten per free turn (an agent that looks something up, then computes, then checks), and
+two and a half per pro turn, priced at a fifth of a turn's overage: a call costs the platform an
+upstream round trip and an audit row, not a model's tokens. docs/plans.md has the table.
 A meter a plan does not list (API calls, in both catalog plans) is counted but neither limited
 nor priced. A tenant that never had a plan set is on the free plan.
 """
@@ -37,12 +43,14 @@ CATALOG: dict[int, tuple[pb.PlanAllowance, ...]] = {
         _allowance(pb.METER_ORCHESTRATIONS, 50, True),
         _allowance(pb.METER_VOICE_SECONDS, 5 * 60, True),
         _allowance(pb.METER_STORAGE_MB, 100, True),
+        _allowance(pb.METER_TOOL_CALLS, 1_000, True),
     ),
     principal_pb2.TIER_PRO: (
         _allowance(pb.METER_AGENT_TURNS, 10_000, False, 50, 1_000),
         _allowance(pb.METER_ORCHESTRATIONS, 5_000, False, 25, 1_000),
         _allowance(pb.METER_VOICE_SECONDS, 60 * 60, False, 10, 60),
         _allowance(pb.METER_STORAGE_MB, 1_000, False, 50, 1_024),
+        _allowance(pb.METER_TOOL_CALLS, 25_000, False, 10, 1_000),
     ),
 }
 

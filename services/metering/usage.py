@@ -47,6 +47,7 @@ def _message(totals: Totals) -> pb.UsageTotals:
         voice_seconds=totals.voice_seconds,
         storage_mb=totals.storage_mb,
         api_calls=totals.api_calls,
+        tool_calls=totals.tool_calls,
         input_tokens=totals.input_tokens,
         output_tokens=totals.output_tokens,
         event_count=totals.event_count,

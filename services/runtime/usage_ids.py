@@ -27,3 +27,8 @@ def agent_turn_event_id(turn_id: str) -> str:
 
 def orchestration_event_id(conversation_id: str, trigger_message_id: str) -> str:
     return usage_event_id("orchestration", f"{conversation_id}:{trigger_message_id}")
+
+
+def tool_call_event_id(call_id: str) -> str:
+    """The TOOL_CALL event of one call through the tool gateway (`call_id`: its quota hold's id)."""
+    return usage_event_id("tool-call", call_id)

@@ -31,7 +31,9 @@ MODELS = ["", "claude-sonnet-4-5", "x" * 128, "x" * 129, "é" * 128, "é" * 129,
           "\n", "a\x00b"]  # fmt: skip
 COUNTS = [0, 5, -1, 2**63 - 1, -(2**63)]
 MEASURES = [0.0, -0.0, 1.5, -1e-300, -1.0, float("nan"), float("inf"), float("-inf"), 1e308]
-EVENT_TYPES = [0, 1, 2, 3, 4, 5, 6, 7, -1, 99]
+TOOL_SERVERS = ["", "weather", "a" * 32, "a" * 33, "a-1", "1a", "-a", "Weather", "a_b", "a\n", "é"]
+TOOLS = ["", "forecast", "A.b_c-9", "x" * 128, "x" * 129, "a b", "a/b", "a\n", "é", "a\x00"]
+EVENT_TYPES = [0, 1, 2, 3, 4, 5, 6, 7, 8, -1, 99]
 ACTOR_TYPES = [0, 1, 2, 3, 4, 5, -3]
 SCOPES = ["usage:read", "a" * 128, "a" * 129, "", "a b", "*", "x/y.z-w:_", "é", "a\n"]
 
@@ -110,12 +112,14 @@ def mutations() -> list[Mutation]:
     for field in ("tenant_id", "user_id"):
         found += [setter(field, v) for v in IDS]
     found += [setter("type", v) for v in EVENT_TYPES]
-    for field in ("input_tokens", "output_tokens", "duration_ms"):
+    for field in ("input_tokens", "output_tokens", "duration_ms", "result_bytes"):
         found += [setter(f"dimensions.{field}", v) for v in COUNTS]
     for field in ("audio_seconds", "storage_mb"):
         found += [setter(f"dimensions.{field}", v) for v in MEASURES]
     found += [setter("dimensions.provider", v) for v in PROVIDERS]
     found += [setter("dimensions.model", v) for v in MODELS]
+    found += [setter("dimensions.tool_server", v) for v in TOOL_SERVERS]
+    found += [setter("dimensions.tool", v) for v in TOOLS]
     found += [setter("dimensions.estimated", True)]
     found += [actors(n) for n in (0, 1, 8, 9)]
     found += [actor_field("type", v) for v in ACTOR_TYPES]

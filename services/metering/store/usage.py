@@ -20,6 +20,7 @@ class Totals:
     voice_seconds: float
     storage_mb: float
     api_calls: int
+    tool_calls: int
     input_tokens: int
     output_tokens: int
     event_count: int
@@ -34,6 +35,7 @@ def _aggregates(count: str, estimated: str) -> str:
         coalesce(sum(audio_seconds) FILTER (WHERE event_type IN (3, 4)), 0) AS voice_seconds,
         coalesce(sum(storage_mb) FILTER (WHERE event_type = 5), 0) AS storage_mb,
         coalesce(sum({count}) FILTER (WHERE event_type = 6), 0)::bigint AS api_calls,
+        coalesce(sum({count}) FILTER (WHERE event_type = 7), 0)::bigint AS tool_calls,
         coalesce(sum(input_tokens), 0)::bigint AS input_tokens,
         coalesce(sum(output_tokens), 0)::bigint AS output_tokens,
         coalesce(sum({count}), 0)::bigint AS event_count,
@@ -63,6 +65,7 @@ def _totals(row: asyncpg.Record, key: str) -> Totals:
         voice_seconds=float(row["voice_seconds"]),
         storage_mb=float(row["storage_mb"]),
         api_calls=row["api_calls"],
+        tool_calls=row["tool_calls"],
         input_tokens=row["input_tokens"],
         output_tokens=row["output_tokens"],
         event_count=row["event_count"],

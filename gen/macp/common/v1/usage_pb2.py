@@ -28,7 +28,7 @@ from macp.common.v1 import principal_pb2 as macp_dot_common_dot_v1_dot_principal
 from macp.common.v1 import text_pb2 as macp_dot_common_dot_v1_dot_text__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amacp/common/v1/usage.proto\x12\x0emacp.common.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1emacp/common/v1/principal.proto\x1a\x19macp/common/v1/text.proto\"\xa0\x02\n\x0fUsageDimensions\x12\x1d\n\x0cinput_tokens\x18\x01 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\x12\x1e\n\routput_tokens\x18\x02 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\x12\x1c\n\x0b\x64uration_ms\x18\x03 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\x12\'\n\raudio_seconds\x18\x04 \x01(\x01\x42\x10\xbaH\r\x12\x0b)\x00\x00\x00\x00\x00\x00\x00\x00@\x01\x12$\n\nstorage_mb\x18\x05 \x01(\x01\x42\x10\xbaH\r\x12\x0b)\x00\x00\x00\x00\x00\x00\x00\x00@\x01\x12\x30\n\x08provider\x18\x06 \x01(\tB\x1e\xbaH\x1br\x19\x18@2\x15^([a-z][a-z0-9_-]*)?$\x12\x1c\n\x05model\x18\x07 \x01(\tB\r\xbaH\nr\x08\x18\x80\x01\xc0\xa3\x83\x02\x01\x12\x11\n\testimated\x18\x08 \x01(\x08\"\xe3\x03\n\nUsageEvent\x12\x1a\n\x08\x65vent_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x30\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01\x12?\n\ttenant_id\x18\x03 \x01(\tB,\xbaH)r\'\x10\x01\x18\x80\x01\x32 ^[A-Za-z0-9][A-Za-z0-9._:@|+-]*$\x12>\n\x07user_id\x18\x04 \x01(\tB-\xbaH*r%\x18\x80\x01\x32 ^[A-Za-z0-9][A-Za-z0-9._:@|+-]*$\xd8\x01\x01\x12\x1d\n\x08\x61gent_id\x18\x05 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\x12$\n\x0f\x63onversation_id\x18\x06 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\x12\x1c\n\x07turn_id\x18\x07 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\x12\x38\n\x04type\x18\x08 \x01(\x0e\x32\x1e.macp.common.v1.UsageEventTypeB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12\x33\n\ndimensions\x18\t \x01(\x0b\x32\x1f.macp.common.v1.UsageDimensions\x12\x34\n\x0b\x61\x63tor_chain\x18\n \x03(\x0b\x32\x15.macp.common.v1.ActorB\x08\xbaH\x05\x92\x01\x02\x10\x08*\x84\x02\n\x0eUsageEventType\x12 \n\x1cUSAGE_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bUSAGE_EVENT_TYPE_AGENT_TURN\x10\x01\x12\"\n\x1eUSAGE_EVENT_TYPE_ORCHESTRATION\x10\x02\x12$\n USAGE_EVENT_TYPE_VOICE_SYNTHESIS\x10\x03\x12(\n$USAGE_EVENT_TYPE_VOICE_TRANSCRIPTION\x10\x04\x12\x1c\n\x18USAGE_EVENT_TYPE_STORAGE\x10\x05\x12\x1d\n\x19USAGE_EVENT_TYPE_API_CALL\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amacp/common/v1/usage.proto\x12\x0emacp.common.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1emacp/common/v1/principal.proto\x1a\x19macp/common/v1/text.proto\"\xa4\x03\n\x0fUsageDimensions\x12\x1d\n\x0cinput_tokens\x18\x01 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\x12\x1e\n\routput_tokens\x18\x02 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\x12\x1c\n\x0b\x64uration_ms\x18\x03 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\x12\'\n\raudio_seconds\x18\x04 \x01(\x01\x42\x10\xbaH\r\x12\x0b)\x00\x00\x00\x00\x00\x00\x00\x00@\x01\x12$\n\nstorage_mb\x18\x05 \x01(\x01\x42\x10\xbaH\r\x12\x0b)\x00\x00\x00\x00\x00\x00\x00\x00@\x01\x12\x30\n\x08provider\x18\x06 \x01(\tB\x1e\xbaH\x1br\x19\x18@2\x15^([a-z][a-z0-9_-]*)?$\x12\x1c\n\x05model\x18\x07 \x01(\tB\r\xbaH\nr\x08\x18\x80\x01\xc0\xa3\x83\x02\x01\x12\x11\n\testimated\x18\x08 \x01(\x08\x12\x35\n\x0btool_server\x18\t \x01(\tB \xbaH\x1dr\x1b\x32\x19^([a-z][a-z0-9-]{0,31})?$\x12,\n\x04tool\x18\n \x01(\tB\x1e\xbaH\x1br\x19\x32\x17^[A-Za-z0-9_.-]{0,128}$\x12\x1d\n\x0cresult_bytes\x18\x0b \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\"\xe3\x03\n\nUsageEvent\x12\x1a\n\x08\x65vent_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x30\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01\x12?\n\ttenant_id\x18\x03 \x01(\tB,\xbaH)r\'\x10\x01\x18\x80\x01\x32 ^[A-Za-z0-9][A-Za-z0-9._:@|+-]*$\x12>\n\x07user_id\x18\x04 \x01(\tB-\xbaH*r%\x18\x80\x01\x32 ^[A-Za-z0-9][A-Za-z0-9._:@|+-]*$\xd8\x01\x01\x12\x1d\n\x08\x61gent_id\x18\x05 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\x12$\n\x0f\x63onversation_id\x18\x06 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\x12\x1c\n\x07turn_id\x18\x07 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\x12\x38\n\x04type\x18\x08 \x01(\x0e\x32\x1e.macp.common.v1.UsageEventTypeB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12\x33\n\ndimensions\x18\t \x01(\x0b\x32\x1f.macp.common.v1.UsageDimensions\x12\x34\n\x0b\x61\x63tor_chain\x18\n \x03(\x0b\x32\x15.macp.common.v1.ActorB\x08\xbaH\x05\x92\x01\x02\x10\x08*\xa4\x02\n\x0eUsageEventType\x12 \n\x1cUSAGE_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bUSAGE_EVENT_TYPE_AGENT_TURN\x10\x01\x12\"\n\x1eUSAGE_EVENT_TYPE_ORCHESTRATION\x10\x02\x12$\n USAGE_EVENT_TYPE_VOICE_SYNTHESIS\x10\x03\x12(\n$USAGE_EVENT_TYPE_VOICE_TRANSCRIPTION\x10\x04\x12\x1c\n\x18USAGE_EVENT_TYPE_STORAGE\x10\x05\x12\x1d\n\x19USAGE_EVENT_TYPE_API_CALL\x10\x06\x12\x1e\n\x1aUSAGE_EVENT_TYPE_TOOL_CALL\x10\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,6 +49,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USAGEDIMENSIONS'].fields_by_name['provider']._serialized_options = b'\272H\033r\031\030@2\025^([a-z][a-z0-9_-]*)?$'
   _globals['_USAGEDIMENSIONS'].fields_by_name['model']._loaded_options = None
   _globals['_USAGEDIMENSIONS'].fields_by_name['model']._serialized_options = b'\272H\nr\010\030\200\001\300\243\203\002\001'
+  _globals['_USAGEDIMENSIONS'].fields_by_name['tool_server']._loaded_options = None
+  _globals['_USAGEDIMENSIONS'].fields_by_name['tool_server']._serialized_options = b'\272H\035r\0332\031^([a-z][a-z0-9-]{0,31})?$'
+  _globals['_USAGEDIMENSIONS'].fields_by_name['tool']._loaded_options = None
+  _globals['_USAGEDIMENSIONS'].fields_by_name['tool']._serialized_options = b'\272H\033r\0312\027^[A-Za-z0-9_.-]{0,128}$'
+  _globals['_USAGEDIMENSIONS'].fields_by_name['result_bytes']._loaded_options = None
+  _globals['_USAGEDIMENSIONS'].fields_by_name['result_bytes']._serialized_options = b'\272H\004\"\002(\000'
   _globals['_USAGEEVENT'].fields_by_name['event_id']._loaded_options = None
   _globals['_USAGEEVENT'].fields_by_name['event_id']._serialized_options = b'\272H\005r\003\260\001\001'
   _globals['_USAGEEVENT'].fields_by_name['time']._loaded_options = None
@@ -67,10 +73,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USAGEEVENT'].fields_by_name['type']._serialized_options = b'\272H\007\202\001\004\020\001 \000'
   _globals['_USAGEEVENT'].fields_by_name['actor_chain']._loaded_options = None
   _globals['_USAGEEVENT'].fields_by_name['actor_chain']._serialized_options = b'\272H\005\222\001\002\020\010'
-  _globals['_USAGEEVENTTYPE']._serialized_start=945
-  _globals['_USAGEEVENTTYPE']._serialized_end=1205
+  _globals['_USAGEEVENTTYPE']._serialized_start=1077
+  _globals['_USAGEEVENTTYPE']._serialized_end=1369
   _globals['_USAGEDIMENSIONS']._serialized_start=168
-  _globals['_USAGEDIMENSIONS']._serialized_end=456
-  _globals['_USAGEEVENT']._serialized_start=459
-  _globals['_USAGEEVENT']._serialized_end=942
+  _globals['_USAGEDIMENSIONS']._serialized_end=588
+  _globals['_USAGEEVENT']._serialized_start=591
+  _globals['_USAGEEVENT']._serialized_end=1074
 # @@protoc_insertion_point(module_scope)

@@ -41,6 +41,11 @@ class _UsageEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UsageE
     """A conversation transcript was stored. Unit: megabytes."""
     USAGE_EVENT_TYPE_API_CALL: _UsageEventType.ValueType  # 6
     """An external API was called. Unit: calls."""
+    USAGE_EVENT_TYPE_TOOL_CALL: _UsageEventType.ValueType  # 7
+    """The tool gateway called a tool of an MCP server and the server answered (a result, or the
+    tool's own error); calls refused before the upstream, or that the upstream never answered,
+    are not usage. Dimensions: tool_server, tool, duration_ms, result_bytes. Unit: calls.
+    """
 
 class UsageEventType(_UsageEventType, metaclass=_UsageEventTypeEnumTypeWrapper):
     """What a usage event measures; each type is metered and priced separately."""
@@ -59,6 +64,11 @@ USAGE_EVENT_TYPE_STORAGE: UsageEventType.ValueType  # 5
 """A conversation transcript was stored. Unit: megabytes."""
 USAGE_EVENT_TYPE_API_CALL: UsageEventType.ValueType  # 6
 """An external API was called. Unit: calls."""
+USAGE_EVENT_TYPE_TOOL_CALL: UsageEventType.ValueType  # 7
+"""The tool gateway called a tool of an MCP server and the server answered (a result, or the
+tool's own error); calls refused before the upstream, or that the upstream never answered,
+are not usage. Dimensions: tool_server, tool, duration_ms, result_bytes. Unit: calls.
+"""
 Global___UsageEventType: _TypeAlias = UsageEventType  # noqa: Y015
 
 @_typing.final
@@ -75,6 +85,9 @@ class UsageDimensions(_message.Message):
     PROVIDER_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     ESTIMATED_FIELD_NUMBER: _builtins.int
+    TOOL_SERVER_FIELD_NUMBER: _builtins.int
+    TOOL_FIELD_NUMBER: _builtins.int
+    RESULT_BYTES_FIELD_NUMBER: _builtins.int
     input_tokens: _builtins.int
     """Prompt tokens sent to the model."""
     output_tokens: _builtins.int
@@ -93,6 +106,18 @@ class UsageDimensions(_message.Message):
     """True when the token counts were estimated by MACP (the provider reported none,
     or the turn was cancelled before the provider's final usage arrived).
     """
+    tool_server: _builtins.str
+    """The tool server a TOOL_CALL went to: its name in the tenant's catalogue (the namespace of
+    `<server>__<tool>`), lower case letters, digits and '-', up to 32 characters.
+    """
+    tool: _builtins.str
+    """The tool a TOOL_CALL called, as the server names it (MCP tool names: letters, digits,
+    '_', '.', '-', up to 128 characters).
+    """
+    result_bytes: _builtins.int
+    """The size of a TOOL_CALL's result as the gateway returned it: the UTF-8 bytes of its text
+    plus those of its structured content as compact JSON.
+    """
     def __init__(
         self,
         *,
@@ -104,10 +129,13 @@ class UsageDimensions(_message.Message):
         provider: _builtins.str = ...,
         model: _builtins.str = ...,
         estimated: _builtins.bool = ...,
+        tool_server: _builtins.str = ...,
+        tool: _builtins.str = ...,
+        result_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_seconds", b"audio_seconds", "duration_ms", b"duration_ms", "estimated", b"estimated", "input_tokens", b"input_tokens", "model", b"model", "output_tokens", b"output_tokens", "provider", b"provider", "storage_mb", b"storage_mb"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_seconds", b"audio_seconds", "duration_ms", b"duration_ms", "estimated", b"estimated", "input_tokens", b"input_tokens", "model", b"model", "output_tokens", b"output_tokens", "provider", b"provider", "result_bytes", b"result_bytes", "storage_mb", b"storage_mb", "tool", b"tool", "tool_server", b"tool_server"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

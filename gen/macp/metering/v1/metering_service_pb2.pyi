@@ -46,6 +46,8 @@ class _MeterEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Meter.ValueType
     """Stored conversations (USAGE_EVENT_TYPE_STORAGE). Unit: megabytes (per month when priced)."""
     METER_API_CALLS: _Meter.ValueType  # 5
     """External API calls (USAGE_EVENT_TYPE_API_CALL). Unit: calls."""
+    METER_TOOL_CALLS: _Meter.ValueType  # 6
+    """Tool calls through the tool gateway (USAGE_EVENT_TYPE_TOOL_CALL). Unit: calls."""
 
 class Meter(_Meter, metaclass=_MeterEnumTypeWrapper):
     """What a quota and a price apply to. Each meter has one unit."""
@@ -62,6 +64,8 @@ METER_STORAGE_MB: Meter.ValueType  # 4
 """Stored conversations (USAGE_EVENT_TYPE_STORAGE). Unit: megabytes (per month when priced)."""
 METER_API_CALLS: Meter.ValueType  # 5
 """External API calls (USAGE_EVENT_TYPE_API_CALL). Unit: calls."""
+METER_TOOL_CALLS: Meter.ValueType  # 6
+"""Tool calls through the tool gateway (USAGE_EVENT_TYPE_TOOL_CALL). Unit: calls."""
 Global___Meter: _TypeAlias = Meter  # noqa: Y015
 
 class _GroupBy:
@@ -461,6 +465,7 @@ class UsageTotals(_message.Message):
     OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     EVENT_COUNT_FIELD_NUMBER: _builtins.int
     ESTIMATED_EVENT_COUNT_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
     agent_turns: _builtins.int
     """Agent turns."""
     orchestrations: _builtins.int
@@ -479,6 +484,8 @@ class UsageTotals(_message.Message):
     """The number of events counted."""
     estimated_event_count: _builtins.int
     """How many of them had estimated token counts."""
+    tool_calls: _builtins.int
+    """Tool calls through the tool gateway."""
     def __init__(
         self,
         *,
@@ -491,10 +498,11 @@ class UsageTotals(_message.Message):
         output_tokens: _builtins.int = ...,
         event_count: _builtins.int = ...,
         estimated_event_count: _builtins.int = ...,
+        tool_calls: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_turns", b"agent_turns", "api_calls", b"api_calls", "estimated_event_count", b"estimated_event_count", "event_count", b"event_count", "input_tokens", b"input_tokens", "orchestrations", b"orchestrations", "output_tokens", b"output_tokens", "storage_mb", b"storage_mb", "voice_seconds", b"voice_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_turns", b"agent_turns", "api_calls", b"api_calls", "estimated_event_count", b"estimated_event_count", "event_count", b"event_count", "input_tokens", b"input_tokens", "orchestrations", b"orchestrations", "output_tokens", b"output_tokens", "storage_mb", b"storage_mb", "tool_calls", b"tool_calls", "voice_seconds", b"voice_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -661,10 +669,10 @@ class Plan(_message.Message):
     @_builtins.property
     def allowances(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanAllowance]:
         """The allowance of every metered meter. FREE and PRO use the published catalog
-        (free: 100 turns, 50 orchestrations, 300 voice seconds, 100 MB, hard limits;
-        pro: 10,000 / 5,000 / 3,600 / 1,000 with overage at 50 cents per 1,000 turns,
-        25 cents per 1,000 orchestrations, 10 cents per voice minute, 50 cents per GB-month);
-        ENTERPRISE allowances are set per tenant.
+        (free: 100 turns, 50 orchestrations, 300 voice seconds, 100 MB, 1,000 tool calls, hard
+        limits; pro: 10,000 / 5,000 / 3,600 / 1,000 / 25,000 with overage at 50 cents per 1,000
+        turns, 25 cents per 1,000 orchestrations, 10 cents per voice minute, 50 cents per GB-month,
+        10 cents per 1,000 tool calls); ENTERPRISE allowances are set per tenant.
         """
 
     @_builtins.property
