@@ -1,9 +1,14 @@
-"""`macp demo [--policy P] [--message TEXT] [--provider P --model M]`: the product in one command.
+"""`macp demo [--policy P] [--message TEXT] [--provider P --model M] [--tools]`: the product in one
+command.
 
 Against the running stack: creates three agents (a chef, a database engineer, a poet, each with
 bidding keywords) and a conversation among them under the chosen turn policy, opens the WebSocket
 `/v1/ws` through Envoy's front listener, sends one message, and prints the round as it happens:
 the bids, who speaks, the streamed text, the usage of each turn and of the round.
+
+With `--tools`, an agent acts: the example weather MCP server that `macp up` runs is registered
+with the tool gateway (once per tenant), a forecaster agent allowed its tools answers a question
+by calling it, and the tool call and its result are printed with the answer.
 
 The token is `--token`, else `$MACP_ACCESS_TOKEN`, else the seeded local admin signs in (as
 `macp login` does). With no provider key configured the stack answers from its local provider
@@ -15,20 +20,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
 import uuid
+from http import HTTPStatus
 from typing import Any, TextIO
 
 import websockets
 
 from services.cli.accounts import EXIT_NOT_RUNNING, CliError, add_data_dir, report, running_stack
 from services.cli.login import TOKEN_VARIABLE, edge_token
+from services.runtime.registry import EXAMPLE_TOOL_SERVERS
 
 TIMEOUT_SECONDS = 60.0
 POLICIES = ("round_robin", "bid", "coordinator", "pipeline")
 DEFAULT_MESSAGE = "My soup recipe needs a database index and a rhyme: who can help?"
+TOOLS_MESSAGE = "Will it rain in Oslo tomorrow? Ask weather__forecast city=Oslo"
+WEATHER = next(example for example in EXAMPLE_TOOL_SERVERS if example.server == "weather")
 AGENTS = (
     ("Chef", "You are a chef. Answer briefly.", ["soup", "recipe", "cooking"]),
     ("Dba", "You are a database engineer. Answer briefly.", ["database", "index", "query"]),
@@ -40,13 +50,30 @@ _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", choices=POLICIES, default="bid", help="the turn policy (default bid)")
-    parser.add_argument("--message", default=DEFAULT_MESSAGE, help="what the user says")
+    parser.add_argument("--message", default=None, help="what the user says")
+    parser.add_argument(
+        "--tools", action="store_true", help="an agent calls the example weather MCP server's tool"
+    )
+    parser.add_argument(
+        "--tools-url",
+        default=None,
+        help="the weather server's MCP endpoint (default: the one macp up runs, on port "
+        f"${WEATHER.port_variable} or {WEATHER.port})",
+    )
     parser.add_argument("--provider", default="local", help="the agents' provider (default local)")
     parser.add_argument("--model", default="echo-1", help="the agents' model (default echo-1)")
     parser.add_argument(
         "--token", default=None, help=f"an access token for the edge (default: ${TOKEN_VARIABLE})"
     )
     add_data_dir(parser)
+
+
+class Refused(CliError):
+    """The edge answered an HTTP error (`status`)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def post_json(url: str, token: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -64,7 +91,7 @@ def post_json(url: str, token: str, body: dict[str, Any]) -> dict[str, Any]:
             message = json.loads(error.read()).get("message", "")
         except (ValueError, AttributeError):
             message = ""
-        raise CliError(f"POST {url}: HTTP {error.code}: {message}") from None
+        raise Refused(f"POST {url}: HTTP {error.code}: {message}", error.code) from None
     except OSError as error:
         raise CliError(f"cannot reach {url}: {getattr(error, 'reason', error)}", EXIT_NOT_RUNNING) from None
     if not isinstance(document, dict):
@@ -110,6 +137,12 @@ class RoundPrinter:
             self._out.write(payload.get("text", ""))
             self._out.flush()
             self._speaking = True
+        elif kind == "tool_call_started":
+            arguments = json.dumps(payload.get("arguments", {}), ensure_ascii=False)
+            self._line(f"    calls {payload.get('name')} {arguments}")
+        elif kind == "tool_call_completed":
+            failed = " (failed)" if payload.get("is_error") else ""
+            self._line(f"    {payload.get('name')} returned{failed}: {payload.get('result', '')}")
         elif kind == "turn_completed":
             self._line(f"    ({payload.get('outcome', '').removeprefix('TURN_OUTCOME_').lower()})")
         elif kind == "usage":
@@ -156,6 +189,10 @@ async def converse(ws_url: str, conversation_id: str, text: str, printer: RoundP
 
 def demo(front_url: str, token: str, args: argparse.Namespace, out: TextIO) -> None:
     """The demo against the edge at `front_url` (blocking: it calls the edge over HTTP first)."""
+    if args.tools:
+        tools_demo(front_url, token, args, out)
+        return
+    message = args.message or DEFAULT_MESSAGE
     names: dict[str, str] = {}
     ids: list[str] = []
     for name, prompt, keywords in AGENTS:
@@ -181,9 +218,48 @@ def demo(front_url: str, token: str, args: argparse.Namespace, out: TextIO) -> N
         draft["coordinatorAgentId"] = ids[0]
     conversation = post_json(f"{front_url}/v1/conversations", token, draft)
     out.write(f"conversation {conversation['id']}: {', '.join(names.values())} ({args.policy})\n")
-    out.write(f"user: {args.message}\n")
+    out.write(f"user: {message}\n")
     ws_url = front_url.replace("http", "ws", 1) + f"/v1/ws?access_token={token}"
-    asyncio.run(converse(ws_url, conversation["id"], args.message, RoundPrinter(names, out)))
+    asyncio.run(converse(ws_url, conversation["id"], message, RoundPrinter(names, out)))
+
+
+def tools_demo(front_url: str, token: str, args: argparse.Namespace, out: TextIO) -> None:
+    """One agent answering with the example weather server's tool (module docstring)."""
+    weather_url = (
+        args.tools_url or f"http://127.0.0.1:{os.environ.get(WEATHER.port_variable, WEATHER.port)}/mcp"
+    )
+    try:
+        post_json(f"{front_url}/v1/tool-servers", token, {"name": "weather", "url": weather_url})
+        out.write(f"tool server weather registered: {weather_url}\n")
+    except Refused as error:
+        if error.status != HTTPStatus.CONFLICT:  # registered by an earlier demo: use it
+            raise
+    agent = post_json(
+        f"{front_url}/v1/agents",
+        token,
+        {
+            "name": "Forecaster",
+            "provider": args.provider,
+            "model": args.model,
+            "systemPrompt": "You forecast the weather with your tools. Answer briefly.",
+            "allowedTools": ["weather__*"],
+        },
+    )
+    conversation = post_json(
+        f"{front_url}/v1/conversations",
+        token,
+        {
+            "title": "macp demo (tools)",
+            "participantAgentIds": [agent["id"]],
+            "turnPolicy": "TURN_POLICY_ROUND_ROBIN",
+        },
+    )
+    message = args.message or TOOLS_MESSAGE
+    out.write(f"conversation {conversation['id']}: Forecaster, allowed weather__*\n")
+    out.write(f"user: {message}\n")
+    ws_url = front_url.replace("http", "ws", 1) + f"/v1/ws?access_token={token}"
+    printer = RoundPrinter({agent["id"]: "Forecaster"}, out)
+    asyncio.run(converse(ws_url, conversation["id"], message, printer))
 
 
 def run(args: argparse.Namespace) -> int:

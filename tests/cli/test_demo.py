@@ -9,6 +9,8 @@ import pytest
 
 from services.cli.demo import demo
 from services.cli.main import build_parser
+from services.example_tools.servers import forecast_for
+from tests.example_tools import serving_examples
 from tests.world import World
 
 pytestmark = pytest.mark.integration
@@ -30,3 +32,17 @@ async def test_the_demo_prints_bids_speakers_text_and_usage(world: World, policy
     assert "usage: agent_turn" in printed
     assert "usage: orchestration" in printed
     assert "round over after" in printed
+
+
+async def test_the_tools_demo_shows_an_agent_calling_the_weather_server(world: World) -> None:
+    async with serving_examples() as (weather, _calculator):
+        args = build_parser("demo").parse_args(["demo", "--tools", "--tools-url", weather])
+        out = io.StringIO()
+        await asyncio.to_thread(demo, world.front_url, world.edge_token, args, out)
+        # Again: the server is registered already, and the demo uses it.
+        await asyncio.to_thread(demo, world.front_url, world.edge_token, args, io.StringIO())
+    printed = out.getvalue()
+    assert f"tool server weather registered: {weather}" in printed
+    assert 'calls weather__forecast {"city": "Oslo"}' in printed
+    assert f"weather__forecast returned: {forecast_for('Oslo')}" in printed
+    assert "round over after 1 turns" in printed

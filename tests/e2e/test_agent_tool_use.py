@@ -22,7 +22,7 @@ from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 from services.example_tools.servers import forecast_for
 from tests.audit.helpers import rows
 from tests.e2e.test_websocket_rounds import frames_until_round_end, reassembled, ws_url
-from tests.example_tools import Guarded, serving_guarded_weather
+from tests.example_tools import Guarded, serving_examples, serving_guarded_weather
 from tests.token.harness import unverified
 from tests.world import World
 
@@ -139,3 +139,57 @@ async def test_the_allow_list_and_the_tenant_hold_in_a_turn(world: World, weathe
     frames = await one_round(other, conversation.id, "Ask weather__forecast city=Oslo")
     assert not of_kind(frames, "tool_call_started")
     assert weather.server.received == []
+
+
+@pytest.fixture
+async def examples() -> AsyncIterator[tuple[str, str]]:
+    async with serving_examples() as urls:
+        yield urls
+
+
+async def register(world: World, name: str, url: str) -> None:
+    async with httpx.AsyncClient(base_url=world.front_url, timeout=10) as client:
+        response = await client.post(
+            "/v1/tool-servers",
+            json={"name": name, "url": url},
+            headers={"authorization": f"Bearer {world.edge_token}"},
+        )
+    assert response.status_code == 201, response.text
+
+
+async def test_calls_past_the_conversations_limit_are_refused_and_the_model_goes_on(
+    world: World, examples: tuple[str, str]
+) -> None:
+    _weather, calculator = examples
+    await register(world, "calculator", calculator)
+    agent = await world.agent("Counting", allowed_tools=["calculator__*"])
+    conversation = await world.conversation(
+        [agent], limits=conversation_pb.ConversationLimits(max_tool_calls_per_turn=1)
+    )
+    frames = await one_round(
+        world, conversation.id, "Use calculator__add a=2 b=3 and calculator__multiply a=4 b=5"
+    )
+
+    started = {event["name"]: event for event in of_kind(frames, "tool_call_started")}
+    assert set(started) == {"calculator__add", "calculator__multiply"}  # asked for concurrently
+    completed = {event["name"]: event for event in of_kind(frames, "tool_call_completed")}
+    assert (completed["calculator__add"]["result"], completed["calculator__add"]["is_error"]) == ("5", False)
+    refused = completed["calculator__multiply"]
+    assert refused["is_error"]
+    assert refused["error"]["reason"] == "TOOL_CALL_LIMIT"
+    [turn] = of_kind(frames, "turn_completed")
+    assert turn["outcome"] == "TURN_OUTCOME_COMPLETED"
+    assert "5" in turn["text"]
+
+
+async def test_a_tool_server_that_is_down_costs_the_turn_its_tools_not_the_turn(world: World) -> None:
+    async with serving_examples() as (weather, _calculator):
+        await register(world, "weather", weather)
+    # The server is gone now: its tools are unavailable, so not offered, and the agent still answers.
+    agent = await world.agent("Forecaster", allowed_tools=["weather__forecast"])
+    conversation = await world.conversation([agent])
+    frames = await one_round(world, conversation.id, "Ask weather__forecast city=Oslo")
+
+    assert not of_kind(frames, "tool_call_started"), "a server that is down has its tools unavailable"
+    [turn] = of_kind(frames, "turn_completed")
+    assert turn["outcome"] == "TURN_OUTCOME_COMPLETED"
