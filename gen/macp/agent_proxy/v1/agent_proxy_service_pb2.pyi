@@ -101,6 +101,38 @@ the caller runs them and generates again with the calls and their results append
 """
 Global___FinishReason: _TypeAlias = FinishReason  # noqa: Y015
 
+class _ToolChoiceMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ToolChoiceModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ToolChoiceMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TOOL_CHOICE_MODE_UNSPECIFIED: _ToolChoiceMode.ValueType  # 0
+    """Not set: as TOOL_CHOICE_MODE_AUTO."""
+    TOOL_CHOICE_MODE_AUTO: _ToolChoiceMode.ValueType  # 1
+    """The model decides whether to call tools, and which."""
+    TOOL_CHOICE_MODE_NONE: _ToolChoiceMode.ValueType  # 2
+    """The model calls no tool; it answers in text."""
+    TOOL_CHOICE_MODE_REQUIRED: _ToolChoiceMode.ValueType  # 3
+    """The model calls at least one of the tools."""
+    TOOL_CHOICE_MODE_TOOL: _ToolChoiceMode.ValueType  # 4
+    """The model calls the tool named in ToolChoice.name."""
+
+class ToolChoiceMode(_ToolChoiceMode, metaclass=_ToolChoiceModeEnumTypeWrapper):
+    """How the model must use the tools it is offered."""
+
+TOOL_CHOICE_MODE_UNSPECIFIED: ToolChoiceMode.ValueType  # 0
+"""Not set: as TOOL_CHOICE_MODE_AUTO."""
+TOOL_CHOICE_MODE_AUTO: ToolChoiceMode.ValueType  # 1
+"""The model decides whether to call tools, and which."""
+TOOL_CHOICE_MODE_NONE: ToolChoiceMode.ValueType  # 2
+"""The model calls no tool; it answers in text."""
+TOOL_CHOICE_MODE_REQUIRED: ToolChoiceMode.ValueType  # 3
+"""The model calls at least one of the tools."""
+TOOL_CHOICE_MODE_TOOL: ToolChoiceMode.ValueType  # 4
+"""The model calls the tool named in ToolChoice.name."""
+Global___ToolChoiceMode: _TypeAlias = ToolChoiceMode  # noqa: Y015
+
 class _BreakerState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -266,6 +298,38 @@ class ToolResult(_message.Message):
 Global___ToolResult: _TypeAlias = ToolResult  # noqa: Y015
 
 @_typing.final
+class ToolChoice(_message.Message):
+    """Whether and which of the offered tools the model must call: OpenAI's `tool_choice` and
+    `parallel_tool_calls`, Anthropic's `tool_choice` with `disable_parallel_tool_use`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    DISABLE_PARALLEL_CALLS_FIELD_NUMBER: _builtins.int
+    mode: Global___ToolChoiceMode.ValueType
+    """How the model must use the tools."""
+    name: _builtins.str
+    """The tool the model must call, for TOOL_CHOICE_MODE_TOOL; empty otherwise."""
+    disable_parallel_calls: _builtins.bool
+    """At most one tool call per generation (several calls at once are allowed by default)."""
+    def __init__(
+        self,
+        *,
+        mode: Global___ToolChoiceMode.ValueType = ...,
+        name: _builtins.str = ...,
+        disable_parallel_calls: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disable_parallel_calls", b"disable_parallel_calls", "mode", b"mode", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolChoice: _TypeAlias = ToolChoice  # noqa: Y015
+
+@_typing.final
 class GenerateRequest(_message.Message):
     """The request of Generate."""
 
@@ -281,6 +345,7 @@ class GenerateRequest(_message.Message):
     MESSAGES_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
     TOOLS_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
     turn_id: _builtins.str
     """The turn this generation is for; also the idempotency and tracing key."""
     conversation_id: _builtins.str
@@ -309,6 +374,12 @@ class GenerateRequest(_message.Message):
     def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolDefinition]:
         """The tools the model may call; empty: none (the model only writes text)."""
 
+    @_builtins.property
+    def tool_choice(self) -> Global___ToolChoice:
+        """Whether and which of `tools` the model must call; unset: it decides, and may make several
+        calls at once. Ignored without tools.
+        """
+
     def __init__(
         self,
         *,
@@ -322,10 +393,11 @@ class GenerateRequest(_message.Message):
         messages: _abc.Iterable[Global___ChatMessage] | None = ...,
         generation: _agent_settings_pb2.GenerationSettings | None = ...,
         tools: _abc.Iterable[Global___ToolDefinition] | None = ...,
+        tool_choice: Global___ToolChoice | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "tool_choice", b"tool_choice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "conversation_id", b"conversation_id", "generation", b"generation", "messages", b"messages", "model", b"model", "provider", b"provider", "system_prompt", b"system_prompt", "tenant_id", b"tenant_id", "tools", b"tools", "turn_id", b"turn_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "conversation_id", b"conversation_id", "generation", b"generation", "messages", b"messages", "model", b"model", "provider", b"provider", "system_prompt", b"system_prompt", "tenant_id", b"tenant_id", "tool_choice", b"tool_choice", "tools", b"tools", "turn_id", b"turn_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

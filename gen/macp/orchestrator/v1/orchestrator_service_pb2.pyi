@@ -15,6 +15,7 @@ from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from macp.agent_proxy.v1 import agent_proxy_service_pb2 as _agent_proxy_service_pb2
 from macp.common.v1 import error_pb2 as _error_pb2
 from macp.common.v1 import usage_pb2 as _usage_pb2
 import builtins as _builtins
@@ -145,7 +146,9 @@ class _CompletionRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Comple
     COMPLETION_ROLE_USER: _CompletionRole.ValueType  # 2
     """The user."""
     COMPLETION_ROLE_ASSISTANT: _CompletionRole.ValueType  # 3
-    """The agent, earlier in the exchange."""
+    """The agent, earlier in the exchange: its text, the tool calls it asked for, or both."""
+    COMPLETION_ROLE_TOOL: _CompletionRole.ValueType  # 4
+    """The result of one of the agent's tool calls, which the caller ran (the caller's own tools)."""
 
 class CompletionRole(_CompletionRole, metaclass=_CompletionRoleEnumTypeWrapper):
     """Who wrote one message of a Complete request."""
@@ -157,7 +160,9 @@ COMPLETION_ROLE_SYSTEM: CompletionRole.ValueType  # 1
 COMPLETION_ROLE_USER: CompletionRole.ValueType  # 2
 """The user."""
 COMPLETION_ROLE_ASSISTANT: CompletionRole.ValueType  # 3
-"""The agent, earlier in the exchange."""
+"""The agent, earlier in the exchange: its text, the tool calls it asked for, or both."""
+COMPLETION_ROLE_TOOL: CompletionRole.ValueType  # 4
+"""The result of one of the agent's tool calls, which the caller ran (the caller's own tools)."""
 Global___CompletionRole: _TypeAlias = CompletionRole  # noqa: Y015
 
 @_typing.final
@@ -1008,25 +1013,41 @@ Global___StreamEventsResponse: _TypeAlias = StreamEventsResponse  # noqa: Y015
 
 @_typing.final
 class CompletionMessage(_message.Message):
-    """One message of a Complete request."""
+    """One message of a Complete request. An assistant message that asked for tool calls is followed
+    by one tool message per call, in any order, before any other message: the orchestrator refuses
+    a request where a call lacks its result or a result answers no call (INVALID_ARGUMENT naming
+    the message).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ROLE_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
     role: Global___CompletionRole.ValueType
     """Who wrote it."""
     text: _builtins.str
-    """The text, 1 to 32,000 characters."""
+    """The text, up to 32,000 characters; empty only for an assistant message made of tool calls
+    alone, or a tool message (an empty result).
+    """
+    tool_call_id: _builtins.str
+    """For a tool message: the id of the call (ToolCall.id) whose result `text` is."""
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[_agent_proxy_service_pb2.ToolCall]:
+        """For an assistant message: the tool calls the agent asked for, in the order it made them."""
+
     def __init__(
         self,
         *,
         role: Global___CompletionRole.ValueType = ...,
         text: _builtins.str = ...,
+        tool_calls: _abc.Iterable[_agent_proxy_service_pb2.ToolCall] | None = ...,
+        tool_call_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["role", b"role", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["role", b"role", "text", b"text", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1043,6 +1064,8 @@ class CompleteRequest(_message.Message):
     MESSAGES_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
     TEMPERATURE_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
     turn_id: _builtins.str
     """The turn's id (UUID), chosen by the caller: the usage event's key, so a retried request is
     metered once.
@@ -1057,6 +1080,20 @@ class CompleteRequest(_message.Message):
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___CompletionMessage]:
         """The exchange so far, oldest first; the last one is usually the user's."""
 
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[_agent_proxy_service_pb2.ToolDefinition]:
+        """The caller's own tools the agent may call in this turn, names unique. The agent's calls are
+        not run: they end the turn, in CompletionDone.tool_calls, for the caller to run and send back
+        as tool messages in its next request. With tools, the agent's allowed MCP tools are not
+        offered.
+        """
+
+    @_builtins.property
+    def tool_choice(self) -> _agent_proxy_service_pb2.ToolChoice:
+        """Whether and which of `tools` the agent must call; unset: it decides, and may make several
+        calls at once. Ignored without tools.
+        """
+
     def __init__(
         self,
         *,
@@ -1065,10 +1102,12 @@ class CompleteRequest(_message.Message):
         messages: _abc.Iterable[Global___CompletionMessage] | None = ...,
         max_tokens: _builtins.int | None = ...,
         temperature: _builtins.float | None = ...,
+        tools: _abc.Iterable[_agent_proxy_service_pb2.ToolDefinition] | None = ...,
+        tool_choice: _agent_proxy_service_pb2.ToolChoice | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "max_tokens", b"max_tokens", "temperature", b"temperature"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "max_tokens", b"max_tokens", "temperature", b"temperature", "tool_choice", b"tool_choice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "agent_id", b"agent_id", "max_tokens", b"max_tokens", "messages", b"messages", "temperature", b"temperature", "turn_id", b"turn_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_temperature", b"_temperature", "agent_id", b"agent_id", "max_tokens", b"max_tokens", "messages", b"messages", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "turn_id", b"turn_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
@@ -1090,6 +1129,7 @@ class CompletionDone(_message.Message):
     OUTCOME_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
     outcome: Global___TurnOutcome.ValueType
     """How the turn ended."""
     text: _builtins.str
@@ -1098,16 +1138,24 @@ class CompletionDone(_message.Message):
     def usage(self) -> _usage_pb2.UsageDimensions:
         """What the turn consumed, as metered."""
 
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[_agent_proxy_service_pb2.ToolCall]:
+        """The calls of the caller's tools (CompleteRequest.tools) the agent asked for, in its order:
+        the turn ends with them (an answer of its own, metered like any) and waits for the caller
+        to run them and send their results in a next request. Empty when the agent answered in text.
+        """
+
     def __init__(
         self,
         *,
         outcome: Global___TurnOutcome.ValueType = ...,
         text: _builtins.str = ...,
         usage: _usage_pb2.UsageDimensions | None = ...,
+        tool_calls: _abc.Iterable[_agent_proxy_service_pb2.ToolCall] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome", "text", b"text", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcome", b"outcome", "text", b"text", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
