@@ -3,6 +3,11 @@
 It is a turn like any in a round (turns.py): the quota held first, a token delegated to the agent,
 Generate through the agent proxy, the usage committed under an id derived from the turn; only
 nothing is stored, and the deltas go straight to the caller instead of a conversation's log.
+
+The caller may offer tools of its own (OpenAI's client-side tools): the agent's calls of them end
+the turn, returned in CompletionDone for the caller to run; their results come back as tool
+messages of its next request, a turn of its own. A turn that ends in calls is an answer like a text
+(the model worked for it): it is committed, not released.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 import grpc
 from macp.agent_proxy.v1 import agent_proxy_service_pb2 as proxy_pb
@@ -18,7 +23,7 @@ from macp.common.v1 import agent_settings_pb2, usage_pb2
 from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
-from services.orchestrator.transcript import MAX_TEXT, alternating
+from services.orchestrator.completion_prompt import completion_prompt
 from services.orchestrator.turns import Halt, TurnResult, TurnRunner, TurnSpec
 from services.runtime.errors import domain_error
 from services.runtime.principal import Caller
@@ -30,23 +35,6 @@ _STATUS = {code.value[0]: code for code in grpc.StatusCode}
 def _raise(error: pb.ErrorEvent) -> None:
     """An error event of the turn as this RPC's status (Complete answers the caller directly)."""
     raise domain_error(_STATUS.get(error.code, grpc.StatusCode.UNAVAILABLE), error.detail.message)
-
-
-def completion_prompt(
-    agent: conversation_pb.Agent, messages: Sequence[pb.CompletionMessage]
-) -> tuple[str, list[proxy_pb.ChatMessage]]:
-    """The system prompt (the agent's, then the caller's system messages) and the chat messages,
-    sides merged so they alternate, starting and ending with the user's."""
-    system = [agent.system_prompt] if agent.system_prompt else []
-    said: list[tuple[proxy_pb.ChatRole.ValueType, str]] = []
-    for message in messages:
-        if message.role == pb.COMPLETION_ROLE_SYSTEM:
-            system.append(message.text)
-        elif message.role == pb.COMPLETION_ROLE_ASSISTANT:
-            said.append((proxy_pb.CHAT_ROLE_ASSISTANT, message.text))
-        else:
-            said.append((proxy_pb.CHAT_ROLE_USER, message.text))
-    return "\n\n".join(system)[:MAX_TEXT], alternating(said)
 
 
 async def complete(
@@ -67,6 +55,8 @@ async def complete(
         messages=messages,
         system_prompt=system_prompt,
         overrides=overrides,
+        client_tools=tuple(request.tools),
+        tool_choice=request.tool_choice if request.HasField("tool_choice") else None,
     )
     refusal = await runner.reserve_turn(spec.conversation_id, spec.turn_id)
     if refusal is not None:
@@ -91,7 +81,7 @@ async def complete(
             relayed.append(item.delta.text)
             yield item
         result, completion = await generating
-        if not result.text:
+        if not result.text and not result.tool_calls:
             await runner.release(turn_id, "no answer")
             settled = True
             if result.error is not None:
@@ -103,7 +93,9 @@ async def complete(
         if result.error is not None and not result.text:
             _raise(result.error)
         yield pb.CompleteResponse(
-            done=pb.CompletionDone(outcome=result.outcome, text=result.text, usage=result.usage)
+            done=pb.CompletionDone(
+                outcome=result.outcome, text=result.text, usage=result.usage, tool_calls=result.tool_calls
+            )
         )
     finally:
         if not generating.done():

@@ -70,6 +70,10 @@ class TurnSpec:
     overrides: agent_settings_pb2.GenerationSettings | None = None
     # The most tool calls the agent may make in the turn (the conversation's limit).
     max_tool_calls: int = DEFAULT_MAX_TOOL_CALLS
+    # A chat completion's own tools: offered instead of the agent's, their calls not run but
+    # returned (TurnResult.tool_calls) for the caller to run; and how the model must use them.
+    client_tools: tuple[proxy_pb.ToolDefinition, ...] = ()
+    tool_choice: proxy_pb.ToolChoice | None = None
 
 
 @dataclass
@@ -79,6 +83,8 @@ class TurnResult:
     message_id: str = ""
     usage: usage_pb2.UsageDimensions = field(default_factory=usage_pb2.UsageDimensions)
     error: pb.ErrorEvent | None = None
+    # The calls of the caller's tools the model asked for (TurnSpec.client_tools): the turn's end.
+    tool_calls: list[proxy_pb.ToolCall] = field(default_factory=list)
 
 
 class TurnRunner(Ledger):
@@ -107,7 +113,8 @@ class TurnRunner(Ledger):
     ) -> tuple[TurnResult, proxy_pb.GenerateCompletion | None]:
         """Stream the agent's answer into the log as TokenDelta events; stop early on `halt`. When
         the model asks for tool calls, run them (tool_use.py) and generate again with their results,
-        until it answers; the completion returned sums the usage of every generation."""
+        until it answers; the completion returned sums the usage of every generation. Calls of the
+        caller's own tools (a chat completion's) are not run: they end the turn, in its result."""
         agent = spec.agent
         tools = await self._tools_of(spec, emit)
         messages = list(spec.messages)
@@ -124,6 +131,11 @@ class TurnRunner(Ledger):
                 break
             if not step.tool_calls:
                 break
+            if spec.client_tools:
+                # The caller's own tools: it runs the calls, so they end the turn as its answer.
+                return TurnResult(
+                    pb.TURN_OUTCOME_COMPLETED, "".join(pieces), tool_calls=step.tool_calls
+                ), completion
             if calls_made >= spec.max_tool_calls:
                 # Told its calls are used up, the model asks again: its text so far is the answer.
                 await emit(
@@ -171,6 +183,8 @@ class TurnRunner(Ledger):
         """The tools offered to the model in this turn: the agent's allowed ones, in a conversation
         (a chat completion's tools are the client's own). A gateway that cannot list them costs the
         turn its tools, not the turn: it goes on, and the clients are told why."""
+        if spec.client_tools:
+            return list(spec.client_tools)
         if not spec.conversation_id or not spec.agent.allowed_tools:
             return []
         try:
@@ -238,6 +252,8 @@ class TurnRunner(Ledger):
         )
         if spec.overrides is not None:
             request.generation.MergeFrom(spec.overrides)
+        if tools and spec.tool_choice is not None:
+            request.tool_choice.CopyFrom(spec.tool_choice)
         return request
 
     async def _generation(
