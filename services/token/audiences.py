@@ -12,6 +12,11 @@ MCP server the tool gateway calls. Only an internal client gets one, by token ex
 gateway exchanges its caller's token for the server's own URL, so the upstream gets a token it can
 check is addressed to itself and no MACP service accepts (MCP's authorization rules forbid passing
 the caller's own token through).
+
+Public resources: MACP's own URLs that outside clients call directly, as they call the edge: the
+tool gateway's MCP endpoint (`<issuer>/mcp`, services/runtime/auth/settings.py). Any client may get
+a token for one, by its RFC 8707 `resource` (what MCP clients send) or `audience`; such a token is
+accepted there alone.
 """
 
 from __future__ import annotations
@@ -29,18 +34,24 @@ TOKEN_SERVICE_AUDIENCE = service_audience("token")
 KNOWN_AUDIENCES = frozenset({EDGE_AUDIENCE, *(service_audience(spec.name) for spec in SERVICES)})
 
 
-def resolve(audiences: Iterable[str], resources: Iterable[str], *, outside: bool = False) -> tuple[str, ...]:
+def resolve(
+    audiences: Iterable[str],
+    resources: Iterable[str],
+    *,
+    outside: bool = False,
+    public: frozenset[str] = frozenset(),
+) -> tuple[str, ...]:
     """The `aud` of a token asked for with these `audience` and `resource` values (deduplicated, in
     order); `urn:macp:edge` when none is named; invalid_target for a target MACP does not know.
-    `outside`: outside resources may be named (a token exchange; see the module docstring)."""
+    `outside`: outside resources may be named (a token exchange; see the module docstring).
+    `public`: the public resources (the MCP endpoint's URL), known like the edge."""
     wanted = list(dict.fromkeys([*audiences, *resources]))
-    unknown = [
-        target for target in wanted if target not in KNOWN_AUDIENCES and not (outside and is_outside(target))
-    ]
+    known = KNOWN_AUDIENCES | public
+    unknown = [target for target in wanted if target not in known and not (outside and is_outside(target))]
     if unknown:
         raise oauth_error(
             "invalid_target",
-            f"unknown audience {', '.join(unknown)}; known: {', '.join(sorted(KNOWN_AUDIENCES))}",
+            f"unknown audience {', '.join(unknown)}; known: {', '.join(sorted(known))}",
         )
     return tuple(wanted) or (DEFAULT_AUDIENCE,)
 
@@ -55,21 +66,28 @@ def is_outside(target: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.fragment
 
 
-def check_holder(targets: Iterable[str], *, client_class: str, user_sign_in: bool) -> None:
+def check_holder(
+    targets: Iterable[str], *, client_class: str, user_sign_in: bool, public: frozenset[str] = frozenset()
+) -> None:
     """invalid_target unless these audiences may be issued here: a service audience only to an
-    internal client, and never to a user's own sign-in (see the module docstring)."""
-    services = [target for target in targets if is_service(target) or is_outside(target)]
+    internal client, and never to a user's own sign-in; a public resource to anyone (see the
+    module docstring)."""
+    services = [
+        target for target in targets if target not in public and (is_service(target) or is_outside(target))
+    ]
     if not services:
         return
     if user_sign_in:
         raise oauth_error(
             "invalid_target",
-            f"a user's sign-in gets {EDGE_AUDIENCE} only, not {', '.join(services)}: the services are "
+            f"a user's sign-in gets {EDGE_AUDIENCE} only (and the MCP endpoint), "
+            f"not {', '.join(services)}: the services are "
             "reached through the edge, which exchanges the token for them",
         )
     if client_class != "internal":
         raise oauth_error(
             "invalid_target",
-            f"a {client_class} client gets {EDGE_AUDIENCE} only, not {', '.join(services)}: service "
+            f"a {client_class} client gets {EDGE_AUDIENCE} only (and the MCP endpoint), "
+            f"not {', '.join(services)}: service "
             "audiences are issued to MACP's internal clients",
         )

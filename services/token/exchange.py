@@ -47,6 +47,7 @@ class TokenExchange:
         *,
         max_delegation_depth: int,
         access_token_seconds: int,
+        public_resources: frozenset[str] = frozenset(),
     ) -> None:
         self._clients = clients
         self._verifier = verifier
@@ -54,6 +55,7 @@ class TokenExchange:
         self._revocations = revocations
         self._max_depth = max_delegation_depth
         self._lifetime = access_token_seconds
+        self._public = public_resources
 
     async def exchange(self, request: pb.ExchangeTokenRequest) -> Exchanged:
         client = await self._clients.authenticate_for(
@@ -83,8 +85,10 @@ class TokenExchange:
         extra = scopes.service_held(client.client_class, client.scopes, actor.scopes if actor else None)
         allowed = (*allowed, *(scope for scope in extra if scope not in allowed))
         granted = scopes.narrow(scopes.parse(request.scope), allowed)
-        targets = audiences.resolve(request.audience, request.resource, outside=True)
-        audiences.check_holder(targets, client_class=client.client_class, user_sign_in=False)
+        targets = audiences.resolve(request.audience, request.resource, outside=True, public=self._public)
+        audiences.check_holder(
+            targets, client_class=client.client_class, user_sign_in=False, public=self._public
+        )
         identity = dataclasses.replace(
             subject.identity, client_id=client.client_id, client_class=client.client_class, actors=chain
         )

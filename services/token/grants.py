@@ -53,6 +53,7 @@ class Grants:
         self._minter = minter
         self._revocations = revocations
         self._settings = settings
+        self._public = settings.public_resources
 
     async def issue(self, request: pb.IssueTokenRequest) -> Granted:
         requested = scopes.parse(request.scope)
@@ -60,13 +61,17 @@ class Grants:
             client = await self._clients.authenticate_for(
                 request.client_id, request.client_secret, CLIENT_CREDENTIALS
             )
-            targets = audiences.resolve(request.audience, request.resource)
-            audiences.check_holder(targets, client_class=client.client_class, user_sign_in=False)
+            targets = audiences.resolve(request.audience, request.resource, public=self._public)
+            audiences.check_holder(
+                targets, client_class=client.client_class, user_sign_in=False, public=self._public
+            )
             return Granted(await self._client_credentials(client, requested, targets), None)
         if request.grant_type == pb.GRANT_TYPE_PASSWORD:
             client = await self._clients.authenticate_for(request.client_id, request.client_secret, PASSWORD)
-            targets = audiences.resolve(request.audience, request.resource)
-            audiences.check_holder(targets, client_class=client.client_class, user_sign_in=True)
+            targets = audiences.resolve(request.audience, request.resource, public=self._public)
+            audiences.check_holder(
+                targets, client_class=client.client_class, user_sign_in=True, public=self._public
+            )
             return await self._password(client, request.username, request.password, requested, targets)
         if request.grant_type == pb.GRANT_TYPE_REFRESH_TOKEN:
             client = await self._clients.authenticate_for(
@@ -139,11 +144,13 @@ class Grants:
             raise oauth_error("invalid_grant", "refresh token expired")
         targets = record.audiences
         if request.audience or request.resource:
-            targets = audiences.resolve(request.audience, request.resource)
+            targets = audiences.resolve(request.audience, request.resource, public=self._public)
             if not set(targets) <= set(record.audiences):
                 raise oauth_error("invalid_target", "a refresh cannot add audiences to the original grant")
         # A family started before service audiences were kept from sign-ins gets no more of them.
-        audiences.check_holder(targets, client_class=client.client_class, user_sign_in=True)
+        audiences.check_holder(
+            targets, client_class=client.client_class, user_sign_in=True, public=self._public
+        )
         if await self._tokens.claim_refresh(token_hash) is None:
             # Another request used it between the read and the claim: the same reuse, seen late.
             await self._revoke_family(record)

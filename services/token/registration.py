@@ -1,4 +1,5 @@
-"""RFC 7591 dynamic client registration, closed behind the initial access token.
+"""RFC 7591 dynamic client registration, behind the initial access token, and open for MCP clients
+of the tenants that opted in (open_registration.py).
 
 The metadata is checked against the client class (004's four kinds of client): only INTERNAL
 clients hold privileged or service-held scopes or live in the system tenant, and only INTERNAL and
@@ -23,6 +24,7 @@ from services.token import scopes
 from services.token.clients import CLIENT_CREDENTIALS, PASSWORD, TOKEN_EXCHANGE
 from services.token.hashing import hash_client_secret, new_client_secret
 from services.token.oauth import oauth_error
+from services.token.open_registration import OPEN_REGISTRATION_SUBJECT, open_metadata, open_tenant
 from services.token.redirects import check_redirect_uris
 from services.token.store.directory import SYSTEM_TENANT, Client, DirectoryStore
 
@@ -46,15 +48,27 @@ class Registered:
 
 
 class Registration:
-    def __init__(self, directory: DirectoryStore, initial_access_token: str | None) -> None:
+    def __init__(
+        self,
+        directory: DirectoryStore,
+        initial_access_token: str | None,
+        open_tenants: tuple[str, ...] = (),
+    ) -> None:
         self._directory = directory
         self._initial_access_token = initial_access_token
+        self._open_tenants = open_tenants
 
     async def register(self, request: pb.RegisterClientRequest) -> Registered:
-        self._check_initial_access_token(request.initial_access_token)
-        metadata = _with_defaults(request.metadata)
+        if not request.initial_access_token and self._open_tenants:
+            metadata = open_metadata(request.metadata)
+            tenant_id = open_tenant(request.tenant_id, self._open_tenants)
+            subject = OPEN_REGISTRATION_SUBJECT
+        else:
+            self._check_initial_access_token(request.initial_access_token)
+            metadata = _with_defaults(request.metadata)
+            tenant_id = request.tenant_id or SYSTEM_TENANT
+            subject = INITIAL_ACCESS_TOKEN_SUBJECT
         class_name = CLASS_NAMES[metadata.client_class]
-        tenant_id = request.tenant_id or SYSTEM_TENANT
         allowed_scopes = scopes.parse(metadata.scope)
         _check_policy(metadata, class_name, tenant_id, allowed_scopes)
         check_redirect_uris(metadata.redirect_uris)
@@ -64,13 +78,18 @@ class Registration:
         public = metadata.token_endpoint_auth_method == "none"
         secret = None if public else new_client_secret()
         client_id = str(uuid.uuid4())
-        # The caller is known only as a holder of the initial access token (an operator), so the
-        # audit row names that as its subject; the client registered is its resource.
+        # The caller is known only as a holder of the initial access token (an operator), or as
+        # anyone (open registration), so the audit row names that as its subject; the client
+        # registered is its resource.
         audited = AuditEvent(
-            Who(tenant_id=tenant_id, subject=INITIAL_ACCESS_TOKEN_SUBJECT),
+            Who(tenant_id=tenant_id, subject=subject),
             audit.CLIENT_REGISTER,
             f"client/{client_id}",
-            detail={"client_class": class_name, "scope": " ".join(allowed_scopes)},
+            detail={
+                "client_class": class_name,
+                "scope": " ".join(allowed_scopes),
+                "grant_types": " ".join(metadata.grant_types),
+            },
         )
         client = await self._directory.insert_client(
             Client(
@@ -91,7 +110,9 @@ class Registration:
     def _check_initial_access_token(self, presented: str) -> None:
         if self._initial_access_token is None:
             raise oauth_error(
-                "invalid_token", "client registration is closed: MACP_TOKEN_INITIAL_ACCESS_TOKEN is not set"
+                "invalid_token",
+                "client registration is closed: MACP_TOKEN_INITIAL_ACCESS_TOKEN is not set"
+                + ("" if presented else " and no tenant takes open registrations"),
             )
         if not hmac.compare_digest(presented.encode(), self._initial_access_token.encode()):
             raise oauth_error("invalid_token", "registration needs a valid initial access token")

@@ -7,16 +7,20 @@ signing keys stored in Postgres. It is 32 random bytes in base64url, which is ex
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from services.runtime.auth.external import ExternalIssuer, external_issuers_from_env
-from services.runtime.auth.settings import DEFAULT_ISSUER
+from services.runtime.auth.settings import DEFAULT_ISSUER, mcp_resource
 from services.runtime.sealing import GENERATE_HINT, sealing_key
 from services.runtime.settings import Env, SettingsError
 from services.token.guessing import GuessingPolicy
 
 KEY_ENCRYPTION_KEY = "MACP_TOKEN_KEY_ENCRYPTION_KEY"
 INITIAL_ACCESS_TOKEN = "MACP_TOKEN_INITIAL_ACCESS_TOKEN"
+OPEN_REGISTRATION_TENANTS = "MACP_TOKEN_OPEN_REGISTRATION_TENANTS"
+# RegisterClientRequest.tenant_id's rule (proto/macp/token/v1/token_service.proto).
+_TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@|+-]{0,127}")
 
 MIN_INITIAL_ACCESS_TOKEN_CHARS = 32
 # Agent tokens live at most this long (IssueAgentTokenRequest.ttl); a retired key stays published
@@ -34,6 +38,22 @@ def _initial_access_token(env: Env) -> str | None:
             "or unset it to close client registration"
         )
     return token
+
+
+def _open_registration(env: Env) -> tuple[str, ...]:
+    """The tenants whose MCP clients may register without an initial access token (registration.py);
+    unset, empty or `none`: open registration is off."""
+    text = (env.raw(OPEN_REGISTRATION_TENANTS) or "").strip()
+    if text.lower() in ("", "none"):
+        return ()
+    tenants = tuple(dict.fromkeys(item.strip() for item in text.split(",")))
+    malformed = [tenant for tenant in tenants if not _TENANT_ID.fullmatch(tenant)]
+    if malformed:
+        raise SettingsError(
+            f"{OPEN_REGISTRATION_TENANTS} names {', '.join(repr(t) for t in malformed)}, not a tenant id; "
+            "set it to tenant ids separated by commas, or none to turn open registration off"
+        )
+    return tenants
 
 
 def _guessing(env: Env) -> GuessingPolicy:
@@ -56,6 +76,8 @@ class TokenSettings:
     access_token_seconds / refresh_token_seconds: lifetimes of the two token kinds.
     max_delegation_depth: how many actors a token's `act` chain may hold.
     initial_access_token: what RegisterClient requires (RFC 7591 section 3); None closes registration.
+    open_registration: the tenants whose MCP clients may register without it (registration.py);
+        empty: none may.
     guessing: how failed passwords and client secrets lock an account or client (guessing.py).
     """
 
@@ -69,6 +91,7 @@ class TokenSettings:
     # list the edge accepts them from; see services/runtime/auth/external.py).
     external_issuers: tuple[ExternalIssuer, ...] = ()
     guessing: GuessingPolicy = field(default_factory=GuessingPolicy)
+    open_registration: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Env) -> TokenSettings:
@@ -87,7 +110,13 @@ class TokenSettings:
             initial_access_token=_initial_access_token(env),
             external_issuers=external_issuers_from_env(env),
             guessing=_guessing(env),
+            open_registration=_open_registration(env),
         )
+
+    @property
+    def public_resources(self) -> frozenset[str]:
+        """The URLs outside clients get tokens for besides the edge: the MCP endpoint (audiences.py)."""
+        return frozenset({mcp_resource(self.issuer)})
 
     @property
     def max_token_seconds(self) -> int:

@@ -28,6 +28,16 @@ USER_SCOPES = (
 
 
 SERVICE_AUDIENCE_PREFIX = "urn:macp:service:"
+# Where MCP clients reach the tool gateway on the front listener (services/runtime/registry.py).
+MCP_PATH = "/mcp"
+# What a token for the MCP endpoint may carry of the user scopes: listing and calling tools.
+MCP_SCOPES = ("tools:read", "tools:call")
+
+
+def mcp_resource(issuer: str) -> str:
+    """The URL of the MCP endpoint, and so the `aud` of tokens for it (RFC 8707): the issuer is
+    the front listener's public base URL, and the endpoint is at /mcp there."""
+    return issuer.rstrip("/") + MCP_PATH
 
 
 def service_audience(name: str) -> str:

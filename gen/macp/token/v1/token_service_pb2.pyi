@@ -566,6 +566,7 @@ class ClientMetadata(_message.Message):
     SOFTWARE_VERSION_FIELD_NUMBER: _builtins.int
     SOFTWARE_STATEMENT_FIELD_NUMBER: _builtins.int
     CLIENT_CLASS_FIELD_NUMBER: _builtins.int
+    APPLICATION_TYPE_FIELD_NUMBER: _builtins.int
     token_endpoint_auth_method: _builtins.str
     """How the client authenticates at the token endpoint; empty means "client_secret_basic"."""
     client_name: _builtins.str
@@ -592,6 +593,10 @@ class ClientMetadata(_message.Message):
     """MACP extension: the client's class (rate limits and grantable scopes); unset means
     THIRD_PARTY. Only INTERNAL clients may hold the privileged scopes, and only INTERNAL and
     CONSUMER clients the password grant.
+    """
+    application_type: _builtins.str
+    """OpenID Connect Dynamic Client Registration's application type, which MCP clients send:
+    "web" (a client on a server) or "native" (on the user's device); empty when not said.
     """
     @_builtins.property
     def redirect_uris(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -628,10 +633,11 @@ class ClientMetadata(_message.Message):
         software_version: _builtins.str = ...,
         software_statement: _builtins.str = ...,
         client_class: _principal_pb2.ClientClass.ValueType = ...,
+        application_type: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_class", b"client_class", "client_name", b"client_name", "client_uri", b"client_uri", "contacts", b"contacts", "grant_types", b"grant_types", "jwks_uri", b"jwks_uri", "logo_uri", b"logo_uri", "policy_uri", b"policy_uri", "redirect_uris", b"redirect_uris", "response_types", b"response_types", "scope", b"scope", "software_id", b"software_id", "software_statement", b"software_statement", "software_version", b"software_version", "token_endpoint_auth_method", b"token_endpoint_auth_method", "tos_uri", b"tos_uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application_type", b"application_type", "client_class", b"client_class", "client_name", b"client_name", "client_uri", b"client_uri", "contacts", b"contacts", "grant_types", b"grant_types", "jwks_uri", b"jwks_uri", "logo_uri", b"logo_uri", "policy_uri", b"policy_uri", "redirect_uris", b"redirect_uris", "response_types", b"response_types", "scope", b"scope", "software_id", b"software_id", "software_statement", b"software_statement", "software_version", b"software_version", "token_endpoint_auth_method", b"token_endpoint_auth_method", "tos_uri", b"tos_uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -648,7 +654,9 @@ class RegisterClientRequest(_message.Message):
     TENANT_ID_FIELD_NUMBER: _builtins.int
     initial_access_token: _builtins.str
     """The initial access token authorizing the registration (RFC 7591 section 3): the
-    token service's MACP_TOKEN_INITIAL_ACCESS_TOKEN. Registration is closed without it.
+    token service's MACP_TOKEN_INITIAL_ACCESS_TOKEN. Without it, only open registration: a
+    third-party client of a tenant in MACP_TOKEN_OPEN_REGISTRATION_TENANTS, with the
+    client_credentials grant and at most the scopes tools:read and tools:call.
     """
     tenant_id: _builtins.str
     """MACP extension: the tenant the client belongs to (its tokens carry it); empty for the
