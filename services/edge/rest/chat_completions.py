@@ -3,8 +3,11 @@ through OrchestratorService.Complete (quota, delegated token, metering as for an
 official OpenAI SDKs and every tool built on them can talk to a MACP agent (model = agent id).
 
 `stream: true` answers OpenAI's server-sent events (`data: <chat.completion.chunk>` ... `data:
-[DONE]`), else one `chat.completion` with `usage`. Errors are OpenAI's shape with the HTTP status
-the edge's one table gives their gRPC status (a quota refusal is 429 `insufficient_quota`).
+[DONE]`), else one `chat.completion` with `usage`. With the client's own `tools` (openai_tools.py),
+a turn may end in the agent's calls of them: `message.tool_calls` and finish reason `tool_calls`,
+streamed as `delta.tool_calls` chunks once the turn has ended (the orchestrator returns whole
+calls). Errors are OpenAI's shape with the HTTP status the edge's one table gives their gRPC status
+(a quota refusal is 429 `insufficient_quota`).
 
 Why the first response is awaited before answering: a refusal (unknown agent, quota, bad input)
 comes before any delta, and becomes a real HTTP status; a failure after the first delta can only
@@ -24,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from http import HTTPStatus
@@ -51,6 +55,7 @@ from services.edge.rest.openai_shapes import (
     finish_reason,
     usage_document,
 )
+from services.edge.rest.openai_tools import tool_call_deltas
 from services.edge.rest.sse import SSE_HEADERS
 from services.edge.routes import ApiRoute, Content
 from services.runtime.errors import DomainError
@@ -59,6 +64,8 @@ from services.runtime.principal import caller_var
 log = logging.getLogger("macp.edge.chat_completions")
 
 CompleteCall: TypeAlias = "grpc.aio.UnaryStreamCall[pb.CompleteRequest, pb.CompleteResponse]"
+# The parameter an orchestrator's INVALID_ARGUMENT names first (`messages[3].tool_call_id: ...`).
+_PARAM = re.compile(r"^([a-z_]+(?:\[\d+\])?(?:\.[a-z_]+(?:\[\d+\])?)*): ")
 
 
 def _error_response(error: OpenAIError) -> Response:
@@ -70,7 +77,11 @@ def _from_rpc(error: grpc.aio.AioRpcError) -> OpenAIError:
     code = "insufficient_quota" if status == HTTPStatus.TOO_MANY_REQUESTS else error.code().name.lower()
     if status == HTTPStatus.NOT_FOUND:
         code = "model_not_found"
-    return OpenAIError(status, error.details() or error.code().name.lower(), code=code)
+    details = error.details() or error.code().name.lower()
+    named = _PARAM.match(details) if status == HTTPStatus.BAD_REQUEST else None
+    if named is not None:  # a request the orchestrator refused (a tool call without its result)
+        return OpenAIError(status, details, param=named.group(1), code="invalid_value")
+    return OpenAIError(status, details, code=code)
 
 
 def _data(document: object) -> bytes:
@@ -100,13 +111,26 @@ def _replayed(complete: pb.CompleteRequest, stream: bool, include_usage: bool, a
 
     async def chunks() -> AsyncIterator[bytes]:
         yield _data(chunk_document(complete, created, {"role": "assistant", "content": ""}))
-        yield _data(chunk_document(complete, created, {"content": done.text}))
-        yield _data(chunk_document(complete, created, {}, finish_reason(done)))
-        if include_usage:
-            yield _data(chunk_document(complete, created, None, usage=usage_document(done)))
+        if done.text:
+            yield _data(chunk_document(complete, created, {"content": done.text}))
+        for chunk in _ending(complete, created, done, include_usage):
+            yield chunk
         yield b"data: [DONE]\n\n"
 
     return StreamingResponse(chunks(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+def _ending(
+    complete: pb.CompleteRequest, created: int, done: pb.CompletionDone, include_usage: bool
+) -> list[bytes]:
+    """A stream's chunks after the text: the tool calls, the finish reason, the usage if asked."""
+    chunks = [
+        _data(chunk_document(complete, created, dict(delta))) for delta in tool_call_deltas(done.tool_calls)
+    ]
+    chunks.append(_data(chunk_document(complete, created, {}, finish_reason(done))))
+    if include_usage:
+        chunks.append(_data(chunk_document(complete, created, None, usage=usage_document(done))))
+    return chunks
 
 
 class _Keyed:
@@ -226,9 +250,8 @@ async def _chunks(
             elif response.WhichOneof("event") == "done":
                 done = response.done
                 await keyed.answered(created, done)
-                yield _data(chunk_document(complete, created, {}, finish_reason(done)))
-                if include_usage:
-                    yield _data(chunk_document(complete, created, None, usage=usage_document(done)))
+                for chunk in _ending(complete, created, done, include_usage):
+                    yield chunk
                 break
             response = await call.read()
         else:
@@ -250,7 +273,9 @@ ROUTES = [
         operation_id="createChatCompletion",
         summary=(
             "OpenAI-compatible chat completion: one turn of the agent named by `model` on the given "
-            "messages (stream: true answers chat.completion.chunk server-sent events)"
+            "messages (stream: true answers chat.completion.chunk server-sent events); with the "
+            "client's own `tools`, the agent's calls come back as `tool_calls` (finish reason "
+            "`tool_calls`) for the client to run and answer with `tool` messages"
         ),
         handler=chat_completions,
         body=Content(name="ChatCompletionRequest", schema=CHAT_REQUEST_SCHEMA),

@@ -2,11 +2,13 @@
 and the `chat.completion`, `chat.completion.chunk` and error documents built from the answer.
 
 Only what MACP can honour is accepted: the model is an agent id; messages are system (or
-developer), user and assistant text (a string, or a list of `text` parts); `max_tokens` (or
-`max_completion_tokens`), `temperature`, `stream` and `stream_options.include_usage`. Parameters
-that only tune sampling in ways the agent's provider settings decide (`top_p`, penalties, `seed`,
-`user`, ...) are accepted and ignored, as OpenAI-compatible servers commonly do; anything else
-(tools, images, `n` > 1) is refused naming the parameter, in OpenAI's error shape.
+developer), user and assistant text (a string, or a list of `text` parts), an assistant's tool
+calls and tool results; `tools`, `tool_choice` and `parallel_tool_calls` (openai_tools.py);
+`max_tokens` (or `max_completion_tokens`), `temperature`, `stream` and
+`stream_options.include_usage`. Parameters that only tune sampling in ways the agent's provider
+settings decide (`top_p`, penalties, `seed`, `user`, ...) are accepted and ignored, as
+OpenAI-compatible servers commonly do; anything else (images, the legacy `functions`, `n` > 1) is
+refused naming the parameter, in OpenAI's error shape.
 """
 
 from __future__ import annotations
@@ -19,12 +21,26 @@ from typing import Any
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
 from services.edge.events import violations
+from services.edge.rest.openai_errors import OpenAIError, bad_param
+from services.edge.rest.openai_tools import (
+    TOOL_CALLS_SCHEMA,
+    TOOL_CHOICE_SCHEMA,
+    TOOLS_SCHEMA,
+    tool_call_id_of,
+    tool_calls_document,
+    tool_calls_of,
+    tool_choice_of,
+    tools_of,
+)
+
+__all__ = ["OpenAIError"]
 
 ROLES = {
     "system": pb.COMPLETION_ROLE_SYSTEM,
     "developer": pb.COMPLETION_ROLE_SYSTEM,
     "user": pb.COMPLETION_ROLE_USER,
     "assistant": pb.COMPLETION_ROLE_ASSISTANT,
+    "tool": pb.COMPLETION_ROLE_TOOL,
 }
 IGNORED = frozenset(
     {
@@ -45,48 +61,18 @@ FINISH_REASONS = {
     pb.TURN_OUTCOME_CANCELLED: "stop",
     pb.TURN_OUTCOME_INTERRUPTED: "stop",
 }
-# OpenAI's error `type` per HTTP status (its SDKs pick the exception class by status).
-ERROR_TYPES = {
-    HTTPStatus.BAD_REQUEST: "invalid_request_error",
-    HTTPStatus.UNAUTHORIZED: "authentication_error",
-    HTTPStatus.FORBIDDEN: "permission_error",
-    HTTPStatus.NOT_FOUND: "invalid_request_error",
-    HTTPStatus.CONFLICT: "invalid_request_error",
-    HTTPStatus.TOO_MANY_REQUESTS: "insufficient_quota",
-}
-
-
-class OpenAIError(Exception):
-    """An error answered in OpenAI's shape: {"error": {message, type, param, code}}."""
-
-    def __init__(
-        self, status: HTTPStatus, message: str, *, param: str | None = None, code: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        self.code = code
-
-    def document(self) -> dict[str, Any]:
-        kind = ERROR_TYPES.get(self.status, "server_error" if self.status >= 500 else "invalid_request_error")
-        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
-
-
-def _bad(param: str, message: str) -> OpenAIError:
-    return OpenAIError(HTTPStatus.BAD_REQUEST, f"{param}: {message}", param=param, code="invalid_value")
 
 
 def _text(content: Any, param: str) -> str:
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise _bad(param, "must be a string or a list of text parts")
+        raise bad_param(param, "must be a string or a list of text parts")
     texts = []
     for index, part in enumerate(content):
         where = f"{param}[{index}]"
         if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-            raise _bad(where, 'only {"type": "text", "text": "..."} parts are supported')
+            raise bad_param(where, 'only {"type": "text", "text": "..."} parts are supported')
         texts.append(part["text"])
     return "".join(texts)
 
@@ -97,11 +83,37 @@ def _number(document: Mapping[str, Any], name: str, *, whole: bool) -> Any:
         return None
     # bool is an int in Python, not a number in JSON.
     if isinstance(value, bool) or not isinstance(value, int if whole else int | float):
-        raise _bad(name, f"must be {'a whole number' if whole else 'a number'}")
+        raise bad_param(name, f"must be {'a whole number' if whole else 'a number'}")
     # The proto fields are int32: a larger number would fail building the request (a 500).
     if whole and not -(2**31) <= value < 2**31:
-        raise _bad(name, "is out of range (a 32-bit integer)")
+        raise bad_param(name, "is out of range (a 32-bit integer)")
     return value
+
+
+def _message(message: Any, where: str) -> pb.CompletionMessage:
+    """One of the request's messages. An assistant's may be tool calls alone (content null), a tool
+    message's content may be empty; whether each call has its result is the orchestrator's check."""
+    if not isinstance(message, dict):
+        raise bad_param(where, "must be an object")
+    role = ROLES.get(message.get("role"))  # type: ignore[arg-type]
+    if role is None:
+        raise bad_param(f"{where}.role", f"must be one of {', '.join(ROLES)}")
+    calls = (
+        tool_calls_of(message.get("tool_calls"), f"{where}.tool_calls")
+        if role == pb.COMPLETION_ROLE_ASSISTANT
+        else []
+    )
+    content = message.get("content")
+    text = "" if content is None and calls else _text(content, f"{where}.content")
+    if role == pb.COMPLETION_ROLE_TOOL:
+        return pb.CompletionMessage(
+            role=role,
+            text=text,
+            tool_call_id=tool_call_id_of(message.get("tool_call_id"), f"{where}.tool_call_id"),
+        )
+    if not text and not calls:
+        raise bad_param(f"{where}.content", "must not be empty")
+    return pb.CompletionMessage(role=role, text=text, tool_calls=calls)
 
 
 def complete_request(
@@ -117,13 +129,16 @@ def complete_request(
         "max_completion_tokens",
         "temperature",
         "n",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
     }
     for name in document:
         if name not in known and name not in IGNORED:
-            raise _bad(name, "not supported by this endpoint")
+            raise bad_param(name, "not supported by this endpoint")
     model = document.get("model")
     if not isinstance(model, str) or not model:
-        raise _bad("model", "required: the id of the agent that answers")
+        raise bad_param("model", "required: the id of the agent that answers")
     try:
         uuid.UUID(model)
     except ValueError:
@@ -134,29 +149,24 @@ def complete_request(
             code="model_not_found",
         ) from None
     if document.get("n", 1) != 1:
-        raise _bad("n", "only 1 is supported")
+        raise bad_param("n", "only 1 is supported")
     stream = document.get("stream", False)
     if not isinstance(stream, bool):
-        raise _bad("stream", "must be true or false")
+        raise bad_param("stream", "must be true or false")
     options = document.get("stream_options") or {}
     if not isinstance(options, dict):
-        raise _bad("stream_options", "must be an object")
+        raise bad_param("stream_options", "must be an object")
     include_usage = options.get("include_usage", False) is True
     messages = document.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise _bad("messages", "required: a non-empty list")
-    request = pb.CompleteRequest(turn_id=turn_id or str(uuid.uuid4()), agent_id=model)
+        raise bad_param("messages", "required: a non-empty list")
+    tools = tools_of(document.get("tools"))
+    request = pb.CompleteRequest(turn_id=turn_id or str(uuid.uuid4()), agent_id=model, tools=tools)
+    choice = tool_choice_of(document.get("tool_choice"), document.get("parallel_tool_calls"), tools)
+    if choice is not None:
+        request.tool_choice.CopyFrom(choice)
     for index, message in enumerate(messages):
-        where = f"messages[{index}]"
-        if not isinstance(message, dict):
-            raise _bad(where, "must be an object")
-        role = ROLES.get(message.get("role"))  # type: ignore[arg-type]
-        if role is None:
-            raise _bad(f"{where}.role", f"must be one of {', '.join(ROLES)}")
-        text = _text(message.get("content"), f"{where}.content")
-        if not text:
-            raise _bad(f"{where}.content", "must not be empty")
-        request.messages.add(role=role, text=text)
+        request.messages.append(_message(message, f"messages[{index}]"))
     max_tokens = _number(document, "max_completion_tokens", whole=True) or _number(
         document, "max_tokens", whole=True
     )
@@ -167,7 +177,7 @@ def complete_request(
         request.temperature = float(temperature)
     problem = violations(request, {})
     if problem is not None:
-        raise _bad(problem.split(":", 1)[0].split(".", 1)[0], problem.split(": ", 1)[-1])
+        raise bad_param(problem.split(":", 1)[0].split(".", 1)[0], problem.split(": ", 1)[-1])
     return request, stream, include_usage
 
 
@@ -181,7 +191,21 @@ def usage_document(done: pb.CompletionDone) -> dict[str, int]:
 
 
 def finish_reason(done: pb.CompletionDone) -> str:
+    if done.tool_calls:
+        return "tool_calls"
     return FINISH_REASONS.get(done.outcome, "stop")
+
+
+def message_document(done: pb.CompletionDone) -> dict[str, Any]:
+    """The answer's `message`: its text (null when it is tool calls alone) and its tool calls."""
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": done.text if done.text or not done.tool_calls else None,
+        "refusal": None,
+    }
+    if done.tool_calls:
+        message["tool_calls"] = tool_calls_document(done.tool_calls)
+    return message
 
 
 def completion_document(request: pb.CompleteRequest, created: int, done: pb.CompletionDone) -> dict[str, Any]:
@@ -193,7 +217,7 @@ def completion_document(request: pb.CompleteRequest, created: int, done: pb.Comp
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": done.text, "refusal": None},
+                "message": message_document(done),
                 "logprobs": None,
                 "finish_reason": finish_reason(done),
             }
@@ -237,12 +261,20 @@ CHAT_REQUEST_SCHEMA: dict[str, Any] = {
             "maxItems": 500,
             "items": {
                 "type": "object",
-                "required": ["role", "content"],
+                "required": ["role"],
+                "description": (
+                    "content is required but for an assistant message with tool_calls (null, or "
+                    "text said with them); a tool message answers a call of the assistant message "
+                    "before it by tool_call_id, and each call needs its answer before any other message"
+                ),
                 "properties": {
                     "role": {"type": "string", "enum": list(ROLES)},
+                    "tool_calls": TOOL_CALLS_SCHEMA,
+                    "tool_call_id": {"type": "string", "minLength": 1, "maxLength": 128},
                     "content": {
                         "oneOf": [
-                            {"type": "string", "minLength": 1},
+                            {"type": "null"},
+                            {"type": "string"},
                             {
                                 "type": "array",
                                 "items": {
@@ -262,6 +294,9 @@ CHAT_REQUEST_SCHEMA: dict[str, Any] = {
         "max_completion_tokens": {"type": "integer", "minimum": 1, "maximum": 200000},
         "temperature": {"type": "number", "minimum": 0, "maximum": 2},
         "n": {"type": "integer", "const": 1},
+        "tools": TOOLS_SCHEMA,
+        "tool_choice": TOOL_CHOICE_SCHEMA,
+        "parallel_tool_calls": {"type": "boolean", "description": "false: at most one tool call"},
     },
 }
 CHAT_RESPONSE_SCHEMA: dict[str, Any] = {
@@ -276,7 +311,28 @@ CHAT_RESPONSE_SCHEMA: dict[str, Any] = {
         "object": {"const": "chat.completion"},
         "created": {"type": "integer"},
         "model": {"type": "string"},
-        "choices": {"type": "array", "items": {"type": "object"}},
+        "choices": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "index": {"type": "integer"},
+                    "message": {
+                        "type": "object",
+                        "properties": {
+                            "role": {"const": "assistant"},
+                            "content": {
+                                "type": ["string", "null"],
+                                "description": "null for tool calls alone",
+                            },
+                            "refusal": {"type": "null"},
+                            "tool_calls": TOOL_CALLS_SCHEMA,
+                        },
+                    },
+                    "finish_reason": {"type": "string", "enum": ["stop", "length", "tool_calls"]},
+                },
+            },
+        },
         "usage": {
             "type": "object",
             "properties": {
