@@ -238,6 +238,7 @@ async def running_world(service_environ: dict[str, str], tmp_path: Path) -> Asyn
         ports |= {
             "MACP_EDGE_PORT": str(free_port()),
             "MACP_EDGE_METRICS_PORT": str(free_port()),
+            "MACP_TOOL_GATEWAY_HTTP_PORT": str(free_port()),
             "MACP_ENVOY_FRONT_PORT": str(free_port()),
             "MACP_ENVOY_MESH_PORT": str(free_port()),
             "MACP_ENVOY_ADMIN_PORT": str(free_port()),

@@ -22,6 +22,10 @@ class ServiceSpec:
     streaming_rpcs: RPC names that stream; Envoy leaves these routes untimed.
     retry_safe_rpcs: RPC names that are safe to retry on UNAVAILABLE (reads and idempotent writes).
     dependencies: the infrastructure it connects to (postgres, redis, kafka, s3).
+    http_port: the port of an HTTP face it serves beside gRPC to outside clients (the tool
+        gateway's MCP endpoint), or None; `<prefix>HTTP_PORT` moves it.
+    front_paths: the exact paths of Envoy's front listener routed to that HTTP port instead of the
+        edge.
     needs: the services it calls through the mesh for its own RPCs; it reports SERVING only while
         each of them answers SERVING there (services/runtime/readiness.py). The graph has no cycle:
         the token service needs none, so readiness spreads outwards from it.
@@ -36,11 +40,22 @@ class ServiceSpec:
     retry_safe_rpcs: tuple[str, ...] = ()
     dependencies: tuple[str, ...] = field(default=())
     needs: tuple[str, ...] = field(default=())
+    http_port: int | None = None
+    front_paths: tuple[str, ...] = ()
 
     @property
     def env_prefix(self) -> str:
         """Prefix of this service's own settings (`MACP_CONVERSATION_PORT`, ...)."""
         return f"MACP_{self.name.upper().replace('-', '_')}_"
+
+    @property
+    def http_port_variable(self) -> str:
+        return f"{self.env_prefix}HTTP_PORT"
+
+    @property
+    def http_name(self) -> str:
+        """The Envoy cluster (and port claim) name of its HTTP face."""
+        return f"{self.name}-http"
 
 
 @dataclass(frozen=True)
@@ -145,6 +160,10 @@ SERVICES: tuple[ServiceSpec, ...] = (
         # Upstream tokens are exchanged at the token service; an agent's allowed tools are read
         # from the conversation service.
         needs=("token", "conversation"),
+        # MCP clients reach the gateway itself at /mcp (Streamable HTTP, OAuth-protected), and
+        # its RFC 9728 metadata beside it.
+        http_port=8110,
+        front_paths=("/mcp", "/.well-known/oauth-protected-resource/mcp"),
     ),
 )
 

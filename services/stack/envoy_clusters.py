@@ -169,3 +169,17 @@ def edge_cluster(upstream: Upstream) -> Cluster:
     # takes as unhealthy at once, whatever the threshold.
     check = _health_check(http=HealthCheckHttpHealthCheck(path=EDGE_HEALTH_PATH))
     return _cluster(EDGE.name, upstream, http1, check, EDGE_PANIC_THRESHOLD)
+
+
+def http_face_cluster(spec: ServiceSpec, upstream: Upstream) -> Cluster:
+    """A service's own HTTP face (the tool gateway's /mcp): HTTP/1.1 to its HTTP port, checked on
+    that port's /healthz, which answers 503 while that face cannot serve (its keys not loaded yet,
+    or the process stopping). No panic routing: no ready instance means 503 at once."""
+    http1 = UpstreamHttpProtocolOptions(
+        common_http_protocol_options=HttpProtocolOptions(idle_timeout=EDGE_IDLE_TIMEOUT),
+        explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(
+            http_protocol_options=Http1ProtocolOptions()
+        ),
+    )
+    check = _health_check(http=HealthCheckHttpHealthCheck(path=EDGE_HEALTH_PATH))
+    return _cluster(spec.http_name, upstream, http1, check, SERVICE_PANIC_THRESHOLD)

@@ -59,9 +59,9 @@ from envoy_data_plane.envoy.extensions.resource_monitors.downstream_connections.
 from envoy_data_plane.envoy.type.matcher.v3 import StringMatcher
 from envoy_data_plane.google.protobuf import Any, Struct
 
-from services.runtime.registry import EDGE, ENVOY, SERVICES
+from services.runtime.registry import EDGE, ENVOY, SERVICES, ServiceSpec
 from services.runtime.settings import Env, ServerSettings
-from services.stack.envoy_clusters import Upstream, edge_cluster, service_cluster
+from services.stack.envoy_clusters import Upstream, edge_cluster, http_face_cluster, service_cluster
 from services.stack.envoy_mesh_routes import STREAM_IDLE_TIMEOUT, UNTIMED, mesh_routes
 
 Target = Literal["native", "compose"]
@@ -121,6 +121,15 @@ class _Layout:
     upstreams: dict[str, tuple[str, int]]  # cluster name -> (host, port)
 
 
+# The services that serve an HTTP face of their own beside gRPC (the tool gateway's /mcp).
+HTTP_FACES = tuple(spec for spec in SERVICES if spec.http_port is not None)
+
+
+def _http_port(spec: ServiceSpec, env: Env | None) -> int:
+    assert spec.http_port is not None
+    return spec.http_port if env is None else env.port(spec.http_port_variable, spec.http_port)
+
+
 def _layout(target: Target, env: Env) -> _Layout:
     if target == "compose":
         # Inside the compose network every container has its own address and Envoy must accept
@@ -135,6 +144,7 @@ def _layout(target: Target, env: Env) -> _Layout:
             upstreams={
                 EDGE.name: (EDGE.name, EDGE.port),
                 **{spec.name: (spec.name, spec.port) for spec in SERVICES},
+                **{spec.http_name: (spec.name, _http_port(spec, None)) for spec in HTTP_FACES},
             },
         )
     if target == "native":
@@ -148,6 +158,7 @@ def _layout(target: Target, env: Env) -> _Layout:
             upstreams={
                 EDGE.name: ("127.0.0.1", env.port(EDGE_PORT_ENV, EDGE.port)),
                 **{spec.name: ("127.0.0.1", ServerSettings.from_env(env, spec).port) for spec in SERVICES},
+                **{spec.http_name: ("127.0.0.1", _http_port(spec, env)) for spec in HTTP_FACES},
             },
         )
     raise ValueError(f"unknown Envoy target {target!r}; choose one of {', '.join(TARGETS)}")
@@ -190,8 +201,23 @@ def _edge_route(match: RouteMatch, *, streaming: bool) -> Route:
     return Route(match=match, route=RouteAction(cluster=EDGE.name, timeout=FRONT_TIMEOUT))
 
 
+def _http_face_routes() -> list[Route]:
+    """The exact paths a service serves itself (the tool gateway's /mcp), first: the SSE catch-all
+    below would otherwise send an MCP client's `accept: text/event-stream` to the edge. Untimed
+    like the edge's streams (an MCP response may be an SSE stream), bounded by the idle timeout."""
+    return [
+        Route(
+            match=RouteMatch(path=path),
+            route=RouteAction(cluster=spec.http_name, timeout=UNTIMED, idle_timeout=STREAM_IDLE_TIMEOUT),
+        )
+        for spec in HTTP_FACES
+        for path in spec.front_paths
+    ]
+
+
 def _front_listener(layout: _Layout) -> Listener:
-    routes = [_edge_route(RouteMatch(prefix=prefix), streaming=True) for prefix in FRONT_STREAMING_PREFIXES]
+    routes = _http_face_routes()
+    routes += [_edge_route(RouteMatch(prefix=prefix), streaming=True) for prefix in FRONT_STREAMING_PREFIXES]
     routes.append(
         _edge_route(
             RouteMatch(
@@ -284,6 +310,7 @@ def build_bootstrap(target: Target, env: Env | None = None) -> Bootstrap:
             clusters=[
                 edge_cluster(_upstream(layout, EDGE.name)),
                 *(service_cluster(spec, _upstream(layout, spec.name)) for spec in SERVICES),
+                *(http_face_cluster(spec, _upstream(layout, spec.http_name)) for spec in HTTP_FACES),
             ],
         ),
         # Envoy warns at start-up without a global connection limit; one high limit keeps a

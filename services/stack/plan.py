@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from services.agent_proxy.settings import local_provider_needed
-from services.runtime.registry import EDGE, EXAMPLE_TOOL_SERVERS, PROVIDER_SERVER, SERVICES
+from services.runtime.registry import EDGE, EXAMPLE_TOOL_SERVERS, PROVIDER_SERVER, SERVICES, ServiceSpec
 from services.runtime.settings import CommonSettings, Env, ServerSettings, data_dir
 from services.stack.config import EnvoyPorts
 from services.stack.infra import Infrastructure
@@ -40,6 +40,8 @@ class AppSpec:
     metrics_port: int | None
     port_variable: str
     metrics_port_variable: str | None
+    # Ports it listens on besides these two (the tool gateway's HTTP face for MCP clients).
+    other_ports: tuple[PortClaim, ...] = ()
 
     @property
     def address(self) -> str:
@@ -61,7 +63,7 @@ class AppSpec:
         claims = [PortClaim(self.port, f"{self.name} {what}", self.port_variable)]
         if self.metrics_port is not None and self.metrics_port_variable is not None:
             claims.append(PortClaim(self.metrics_port, f"{self.name} metrics", self.metrics_port_variable))
-        return tuple(claims)
+        return (*claims, *self.other_ports)
 
     def check_spec(self) -> dict[str, Any]:
         if self.kind == "service":
@@ -85,6 +87,7 @@ def app_specs(env: Env) -> tuple[AppSpec, ...]:
                 metrics_port=server.metrics_port,
                 port_variable=f"{spec.env_prefix}PORT",
                 metrics_port_variable=f"{spec.env_prefix}METRICS_PORT",
+                other_ports=_http_face_claim(spec, env),
             )
         )
     # The edge's own settings (services/edge/settings.py) use these names.
@@ -126,6 +129,13 @@ def app_specs(env: Env) -> tuple[AppSpec, ...]:
                 )
             )
     return tuple(apps)
+
+
+def _http_face_claim(spec: ServiceSpec, env: Env) -> tuple[PortClaim, ...]:
+    if spec.http_port is None:
+        return ()
+    port = env.port(spec.http_port_variable, spec.http_port)
+    return (PortClaim(port, f"{spec.name} HTTP", spec.http_port_variable),)
 
 
 def render_envoy_config(path: Path, env: Env) -> object:

@@ -34,6 +34,7 @@ from services.runtime.settings import CommonSettings
 from services.tool_gateway.agent_tools import AgentTools
 from services.tool_gateway.catalogue import Catalogue
 from services.tool_gateway.guards import ServerGuards
+from services.tool_gateway.mcp_endpoint import mcp_face
 from services.tool_gateway.server_store import ServerStore
 from services.tool_gateway.servers import ToolServers
 from services.tool_gateway.servicer import ToolGatewayServicer
@@ -85,7 +86,8 @@ async def start(context: ServiceContext) -> AsyncIterator[None]:
     )
     pb_grpc.add_ToolGatewayServiceServicer_to_server(servicer, context.server)
     try:
-        yield
+        async with mcp_face(context, servicer):
+            yield
     finally:
         await http.close()
         await for_callers.close()

@@ -141,7 +141,11 @@ def test_ports_and_healthcheck_agree_with_the_registry(
     # because the compose Envoy config routes to the registry's ports.
     assert environment.get(f"{prefix}PORT", str(port)) == str(port)
     assert environment.get(f"{prefix}METRICS_PORT", str(metrics_port)) == str(metrics_port)
-    assert {str(p) for p in service["expose"]} == {str(port), str(metrics_port)}
+    spec = next((spec for spec in SERVICES if spec.name == name), None)
+    http_ports = set() if spec is None or spec.http_port is None else {str(spec.http_port)}
+    if http_ports:
+        assert environment.get(spec.http_port_variable) == str(spec.http_port)  # type: ignore[union-attr]
+    assert {str(p) for p in service["expose"]} == {str(port), str(metrics_port), *http_ports}
     assert "ports" not in service, f"{name} must stay internal: only Envoy publishes ports"
 
     test = service["healthcheck"]["test"]

@@ -197,7 +197,8 @@ def test_mesh_routes_every_grpc_service_to_its_cluster(target: Target) -> None:
 @pytest.mark.parametrize("target", TARGETS)
 def test_every_service_has_a_health_checked_h2c_cluster(target: Target) -> None:
     clusters = _clusters(_doc(target))
-    assert set(clusters) == {EDGE.name, *(spec.name for spec in SERVICES)}
+    faces = [spec.http_name for spec in SERVICES if spec.http_port is not None]
+    assert set(clusters) == {EDGE.name, *(spec.name for spec in SERVICES), *faces}
     for spec in SERVICES:
         cluster = clusters[spec.name]
         (check,) = cluster["health_checks"]
@@ -225,6 +226,25 @@ def test_every_service_has_a_health_checked_h2c_cluster(target: Target) -> None:
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
     ]
     assert "http_protocol_options" in edge_options["explicit_http_config"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_services_http_face_is_routed_first_and_health_checked(target: Target) -> None:
+    """The tool gateway's /mcp and its metadata go to its HTTP port, before the edge's SSE
+    catch-all (an MCP client asks for text/event-stream), to ready instances only."""
+    doc = _doc(target)
+    clusters = _clusters(doc)
+    routes = _routes(doc, "front")
+    [gateway] = [spec for spec in SERVICES if spec.http_port is not None]
+    face = clusters[gateway.http_name]
+    (check,) = face["health_checks"]
+    assert check["http_health_check"]["path"] == "/healthz"
+    _check_is_quick(check)
+    assert face["common_lb_config"]["healthy_panic_threshold"].get("value", 0) == 0
+    first = routes[: len(gateway.front_paths)]
+    assert [route["match"]["path"] for route in first] == list(gateway.front_paths)
+    assert {route["route"]["cluster"] for route in first} == {gateway.http_name}
+    assert "/mcp" in gateway.front_paths
 
 
 def _seconds(duration: str) -> float:
@@ -319,7 +339,8 @@ def test_front_listener_streams_untimed_and_keeps_request_ids(target: Target) ->
     doc = _doc(target)
     manager = _hcm(_listener(doc, "front"))
     routes = _routes(doc, "front")
-    assert all(route["route"]["cluster"] == EDGE.name for route in routes)
+    faces = {spec.http_name for spec in SERVICES if spec.http_port is not None}
+    assert all(route["route"]["cluster"] in {EDGE.name, *faces} for route in routes)
     assert routes[-1]["match"] == {"prefix": "/"}, "the catch-all must be last"
     assert routes[-1]["route"]["timeout"] == "35s", "unary requests keep a timeout"
     for prefix in ("/v1/ws", "/v1/conversations/", *FRONT_STREAMING_PREFIXES):

@@ -34,6 +34,9 @@ def stack_environ(data_dir: Path) -> dict[str, str]:
     for prefix in [spec.env_prefix for spec in SERVICES] + ["MACP_EDGE_"]:
         environ[f"{prefix}PORT"] = str(free_port())
         environ[f"{prefix}METRICS_PORT"] = str(free_port())
+    for spec in SERVICES:
+        if spec.http_port is not None:
+            environ[spec.http_port_variable] = str(free_port())
     environ["MACP_PROVIDER_SERVER_PORT"] = str(free_port())  # no provider key here: it runs too
     for example in EXAMPLE_TOOL_SERVERS:
         environ[example.port_variable] = str(free_port())

@@ -15,6 +15,7 @@ from macp.tool_gateway.v1 import tool_gateway_service_pb2_grpc as pb_grpc
 
 from services.runtime.auth.settings import service_audience
 from services.runtime.server import RunningService
+from services.stack.config import free_port
 from services.tool_gateway.service import DEFINITION as TOOL_GATEWAY
 from tests.example_tools import serving_examples
 from tests.runtime.serving import running
@@ -77,6 +78,8 @@ async def world(service_environ: dict[str, str]) -> AsyncIterator[World]:
                 **service_environ,
                 "MACP_TOOL_GATEWAY_PORT": "0",
                 "MACP_TOOL_GATEWAY_METRICS_PORT": "0",
+                # A known port: the MCP endpoint's tests call it.
+                "MACP_TOOL_GATEWAY_HTTP_PORT": str(free_port()),
                 "MACP_TOOL_GATEWAY_UPSTREAM_TIMEOUT_SECONDS": "3",
                 # The gateway registers its own client with it (for upstream tokens).
                 "MACP_TOKEN_INITIAL_ACCESS_TOKEN": tokens.harness.initial_access_token,
