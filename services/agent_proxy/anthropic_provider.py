@@ -1,15 +1,32 @@
-"""Anthropic Messages API, streamed, through the official `anthropic` SDK (its events read here)."""
+"""Anthropic Messages API, streamed, through the official `anthropic` SDK (its events read here).
+
+Tools go as `tools` (name, description, input_schema); the model's calls in the history as
+`tool_use` blocks of its message, their results as `tool_result` blocks leading the next user
+message. A call in the answer is a `tool_use` content block whose input arrives as pieces of JSON
+(input_json_delta); it is yielded whole at its content_block_stop.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
 import anthropic
-from anthropic.types import MessageParam
+from anthropic.types import ContentBlockParam, MessageParam, ToolParam, ToolResultBlockParam
 from macp.agent_proxy.v1 import agent_proxy_service_pb2 as pb
 
-from services.agent_proxy.provider import Finished, ProviderEvent, ProviderFailure, Started, Turn, as_failure
+from services.agent_proxy.provider import (
+    Finished,
+    ProviderEvent,
+    ProviderFailure,
+    Started,
+    ToolCall,
+    ToolSpec,
+    Turn,
+    TurnMessage,
+    as_failure,
+)
 from services.agent_proxy.settings import ProviderConfig
 from services.agent_proxy.sse_events import payloads
 
@@ -18,6 +35,7 @@ STOP_REASONS = {
     "stop_sequence": pb.FINISH_REASON_STOP,
     "max_tokens": pb.FINISH_REASON_MAX_TOKENS,
     "refusal": pb.FINISH_REASON_CONTENT_FILTER,
+    "tool_use": pb.FINISH_REASON_TOOL_USE,
 }
 
 
@@ -40,7 +58,8 @@ class AnthropicProvider:
             opened = self._client.messages.with_streaming_response.create(
                 model=model,
                 max_tokens=turn.max_tokens,
-                messages=[_message(role, text) for role, text in turn.messages],
+                messages=[_message(message) for message in turn.messages],
+                tools=[_tool(tool) for tool in turn.tools] if turn.tools else anthropic.omit,
                 stream=True,
                 system=turn.system or anthropic.omit,
                 # This SDK's typed parameters leave temperature out; the API still takes it.
@@ -55,6 +74,7 @@ class AnthropicProvider:
         output_tokens: int | None = None
         stop_reason: str | None = None
         stopped = False
+        calls = _CallsInProgress(self.config.name)
         try:
             async for event in payloads(response.iter_lines()):
                 kind = event.get("type")
@@ -62,6 +82,14 @@ class AnthropicProvider:
                     delta = event["delta"]
                     if delta.get("type") == "text_delta" and delta.get("text"):
                         yield str(delta["text"])
+                    elif delta.get("type") == "input_json_delta":
+                        calls.add_json(event["index"], str(delta.get("partial_json", "")))
+                elif kind == "content_block_start":
+                    calls.start(event["index"], event["content_block"])
+                elif kind == "content_block_stop":
+                    call = calls.stop(event["index"])
+                    if call is not None:
+                        yield call
                 elif kind == "message_start":
                     input_tokens = event["message"]["usage"]["input_tokens"]
                     yield Started(request_id=request_id, input_tokens=input_tokens)
@@ -97,7 +125,62 @@ def _stream_error(who: str, event: dict[str, Any]) -> ProviderFailure:
     return ProviderFailure(f"{who} sent an error mid-answer: {kind}: {message}", retryable=retryable)
 
 
-def _message(role: str, text: str) -> MessageParam:
-    if role == "assistant":
-        return {"role": "assistant", "content": text}
-    return {"role": "user", "content": text}
+class _CallsInProgress:
+    """The tool_use blocks being streamed, by content block index, until each one's stop."""
+
+    def __init__(self, who: str) -> None:
+        self._who = who
+        self._open: dict[int, tuple[str, str, list[str]]] = {}  # index -> (id, name, JSON pieces)
+
+    def start(self, index: int, block: dict[str, Any]) -> None:
+        if block.get("type") == "tool_use":
+            self._open[index] = (str(block["id"]), str(block["name"]), [])
+
+    def add_json(self, index: int, piece: str) -> None:
+        if index in self._open:
+            self._open[index][2].append(piece)
+
+    def stop(self, index: int) -> ToolCall | None:
+        if index not in self._open:
+            return None
+        call_id, name, pieces = self._open.pop(index)
+        text = "".join(pieces)
+        try:
+            arguments = json.loads(text) if text.strip() else {}
+        except json.JSONDecodeError:
+            arguments = None
+        if not isinstance(arguments, dict):
+            raise ProviderFailure(
+                f"{self._who} sent tool call input that is not a JSON object", retryable=True
+            )
+        return ToolCall(id=call_id, name=name, arguments=arguments)
+
+
+def _tool(tool: ToolSpec) -> ToolParam:
+    return {"name": tool.name, "description": tool.description, "input_schema": tool.input_schema}
+
+
+def _message(message: TurnMessage) -> MessageParam:
+    if message.role == "assistant":
+        if not message.tool_calls:
+            return {"role": "assistant", "content": message.text}
+        blocks: list[ContentBlockParam] = [{"type": "text", "text": message.text}] if message.text else []
+        blocks.extend(
+            {"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments}
+            for call in message.tool_calls
+        )
+        return {"role": "assistant", "content": blocks}
+    if not message.tool_results:
+        return {"role": "user", "content": message.text}
+    # The results lead the message (Anthropic requires tool_result blocks before any text).
+    content: list[ContentBlockParam] = []
+    for result in message.tool_results:
+        block: ToolResultBlockParam = {"type": "tool_result", "tool_use_id": result.tool_call_id}
+        if result.text:
+            block["content"] = result.text
+        if result.is_error:
+            block["is_error"] = True
+        content.append(block)
+    if message.text:
+        content.append({"type": "text", "text": message.text})
+    return {"role": "user", "content": content}

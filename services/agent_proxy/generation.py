@@ -1,17 +1,20 @@
-"""Generate: queue for a slot, pick a provider whose breaker is closed, retry before the first token,
-relay the text (coalesced for slow readers), end with one completion, and record usage once.
+"""Generate: queue for a slot, pick a provider whose breaker is closed, retry before the first output,
+relay the text (coalesced for slow readers) and each whole tool call, end with one completion, and
+record usage once.
 
-Retries happen only before the first token: once text has reached the caller a retry would repeat
-it. Each failed attempt counts against its (provider, model) breaker and waits an exponential
-backoff with jitter, never past the caller's deadline; the next attempt goes to the first candidate
-whose breaker is closed, which is how fallback happens. The caller's deadline bounds every upstream
-call (the SDK timeout is the smaller of it and the call timeout, and gRPC cancels the handler when
-it passes); a cancelled Generate closes the upstream response before it returns.
+Retries happen only before the first output (text or a tool call): once some has reached the
+caller a retry would repeat it. Each failed attempt counts against its (provider, model) breaker
+and waits an exponential backoff with jitter, never past the caller's deadline; the next attempt
+goes to the first candidate whose breaker is closed, which is how fallback happens. The caller's
+deadline bounds every upstream call (the SDK timeout is the smaller of it and the call timeout, and
+gRPC cancels the handler when it passes); a cancelled Generate closes the upstream response before
+it returns.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -21,9 +24,10 @@ from macp.common.v1 import usage_pb2
 
 from services.agent_proxy.coalescing import DeltaBuffer
 from services.agent_proxy.fair_queue import FairQueue
-from services.agent_proxy.provider import Finished, ProviderEvent, ProviderFailure, Started, Turn
+from services.agent_proxy.provider import Finished, ProviderEvent, ProviderFailure, Started, ToolCall, Turn
 from services.agent_proxy.providers import Providers, Target
 from services.agent_proxy.settings import ProxySettings
+from services.agent_proxy.turn import as_struct, build_turn, prompt_characters
 from services.agent_proxy.usage import TurnRecord, agent_turn_event
 from services.runtime.errors import FailedPrecondition, PermissionDenied, Unavailable
 from services.runtime.principal import Principal
@@ -37,28 +41,8 @@ PublishUsage = Callable[[usage_pb2.UsageEvent], Awaitable[None]]
 # gave it: the metrics' hook.
 OnFirstToken = Callable[[str, str, float], None]
 Upstream = AsyncGenerator[ProviderEvent]
-
-
-def build_turn(request: pb.GenerateRequest, default_max_tokens: int) -> Turn:
-    """The provider-neutral turn: speakers' names folded into the text (providers know only two
-    roles), consecutive messages of one role merged, and a user message first, as Anthropic requires."""
-    merged: list[tuple[str, str]] = []
-    for message in request.messages:
-        role = "assistant" if message.role == pb.CHAT_ROLE_ASSISTANT else "user"
-        text = f"{message.name}: {message.text}" if message.name and role == "user" else message.text
-        if merged and merged[-1][0] == role:
-            merged[-1] = (role, f"{merged[-1][1]}\n\n{text}")
-        else:
-            merged.append((role, text))
-    if merged[0][0] == "assistant":
-        merged.insert(0, ("user", "(the conversation so far)"))
-    generation = request.generation
-    return Turn(
-        system=request.system_prompt,
-        messages=tuple(merged),
-        max_tokens=generation.max_tokens if generation.HasField("max_tokens") else default_max_tokens,
-        temperature=generation.temperature if generation.HasField("temperature") else None,
-    )
+# What a provider's stream produces after it started: the first one ends the retries.
+Output = str | ToolCall | Finished
 
 
 class Generation:
@@ -84,11 +68,10 @@ class Generation:
             raise PermissionDenied("tenant_id: a call may only generate for its token's own tenant")
         self._providers.require(request.provider)
         turn = build_turn(request, self._settings.default_max_tokens)
-        prompt_characters = len(turn.system) + sum(len(text) for _, text in turn.messages)
         record = TurnRecord(
             provider=request.provider,
             model=request.model,
-            prompt_characters=prompt_characters,
+            prompt_characters=prompt_characters(turn),
             in_conversation=bool(request.conversation_id),
         )
         loop = asyncio.get_running_loop()
@@ -96,7 +79,7 @@ class Generation:
         deadline = arrived + time_remaining if time_remaining is not None else None
         try:
             async with self._queue.slot(principal.tier, principal.tenant_id):
-                target, upstream, first = await self._first_token(request, turn, record, deadline)
+                target, upstream, first = await self._first_output(request, turn, record, deadline)
                 self.on_first_token(record.provider, record.model, loop.time() - arrived)
                 async for response in self._relay(target, upstream, first, record):
                     yield response
@@ -130,17 +113,18 @@ class Generation:
             f"the next trial is at {retry_at}"
         )
 
-    async def _first_token(
+    async def _first_output(
         self, request: pb.GenerateRequest, turn: Turn, record: TurnRecord, deadline: float | None
-    ) -> tuple[Target, Upstream, str | Finished]:
-        """The first candidate that produces text (or finishes), retrying failures with backoff."""
+    ) -> tuple[Target, Upstream, Output]:
+        """The first candidate that produces text or a tool call (or finishes), retrying failures
+        with backoff."""
         attempt = 0
         while True:
             target = self._pick(request)
             record.provider, record.model = target.provider.config.name, target.model
             upstream = target.provider.stream(target.model, turn, self._timeout(deadline))
             try:
-                first = await self._until_text(upstream, record)
+                first = await self._until_output(upstream, record)
             except ProviderFailure as failure:
                 await upstream.aclose()
                 if not failure.retryable:
@@ -160,11 +144,11 @@ class Generation:
                 target.breaker.release()
                 await upstream.aclose()
                 raise
-            target.breaker.record_success()  # text came: the provider is healthy
+            target.breaker.record_success()  # output came: the provider is healthy
             return target, upstream, first
 
     @staticmethod
-    async def _until_text(upstream: Upstream, record: TurnRecord) -> str | Finished:
+    async def _until_output(upstream: Upstream, record: TurnRecord) -> Output:
         async for event in upstream:
             if isinstance(event, Started):
                 record.reached_provider = True
@@ -175,9 +159,9 @@ class Generation:
         raise ProviderFailure("the provider's stream ended without an answer", retryable=True)
 
     async def _relay(
-        self, target: Target, upstream: Upstream, first: str | Finished, record: TurnRecord
+        self, target: Target, upstream: Upstream, first: Output, record: TurnRecord
     ) -> AsyncIterator[pb.GenerateResponse]:
-        buffer = DeltaBuffer()
+        buffer: DeltaBuffer[ToolCall] = DeltaBuffer()
         failures: list[ProviderFailure] = []
         finished: list[Finished] = []
         if isinstance(first, Finished):
@@ -186,14 +170,19 @@ class Generation:
             pump = None
             await upstream.aclose()
         else:
-            buffer.put(first)
-            record.output_characters += len(first)
+            self._buffered(first, buffer, record)
             pump = asyncio.create_task(self._pump(upstream, buffer, record, failures, finished))
+        called = False
         try:
             index = 0
-            while (text := await buffer.take()) is not None:
-                yield pb.GenerateResponse(text_delta=pb.TextDelta(text=text, index=index))
-                index += 1
+            while (part := await buffer.take()) is not None:
+                if isinstance(part, str):
+                    yield pb.GenerateResponse(text_delta=pb.TextDelta(text=part, index=index))
+                    index += 1
+                else:
+                    called = True
+                    call = pb.ToolCall(id=part.id, name=part.name, arguments=as_struct(part.arguments))
+                    yield pb.GenerateResponse(tool_call=call)
             if pump is not None:
                 await pump
         finally:
@@ -208,6 +197,10 @@ class Generation:
         else:
             end = finished[0]
             record.finish_reason = end.finish_reason
+            if called and end.finish_reason == pb.FINISH_REASON_STOP:
+                # Some compatible servers finish a tool-calling answer with "stop"; the caller
+                # needs to know the model waits for the results.
+                record.finish_reason = pb.FINISH_REASON_TOOL_USE
             record.input_tokens = end.input_tokens if end.input_tokens is not None else record.input_tokens
             record.output_tokens = end.output_tokens
             record.provider_request_id = end.request_id or record.provider_request_id
@@ -219,9 +212,18 @@ class Generation:
         yield pb.GenerateResponse(completion=completion)
 
     @staticmethod
+    def _buffered(part: str | ToolCall, buffer: DeltaBuffer[ToolCall], record: TurnRecord) -> None:
+        buffer.put(part)
+        if isinstance(part, str):
+            record.output_characters += len(part)
+        else:  # what the model wrote for the call counts as its output (the usage estimate)
+            record.output_characters += len(part.name) + len(json.dumps(part.arguments))
+
+    @classmethod
     async def _pump(
+        cls,
         upstream: Upstream,
-        buffer: DeltaBuffer,
+        buffer: DeltaBuffer[ToolCall],
         record: TurnRecord,
         failures: list[ProviderFailure],
         finished: list[Finished],
@@ -229,11 +231,10 @@ class Generation:
         """Read the provider as fast as it sends, whatever the caller's pace; close it at the end."""
         try:
             async for event in upstream:
-                if isinstance(event, str):
-                    buffer.put(event)
-                    record.output_characters += len(event)
-                elif isinstance(event, Finished):
+                if isinstance(event, Finished):
                     finished.append(event)
+                elif not isinstance(event, Started):
+                    cls._buffered(event, buffer, record)
         except ProviderFailure as failure:
             failures.append(failure)
         finally:

@@ -1,16 +1,17 @@
 """What every provider adapter yields and raises, whichever SDK it rides on.
 
 An adapter's `stream()` is an async generator: `Started` once the provider accepted the call, `str`
-pieces of text as they arrive, then exactly one `Finished`. Closing the generator early (a
-cancelled Generate) closes the upstream HTTP response, so no socket or task outlives the call.
-Every failure is a `ProviderFailure` whose message is safe to show: it never holds a key.
+pieces of text and whole `ToolCall`s (each once its arguments are complete) as they arrive, then
+exactly one `Finished`. Closing the generator early (a cancelled Generate) closes the upstream HTTP
+response, so no socket or task outlives the call. Every failure is a `ProviderFailure` whose message
+is safe to show: it never holds a key.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 import anthropic
 import httpx
@@ -25,13 +26,52 @@ RETRYABLE_STATUSES = frozenset({408, 409, 429})
 
 
 @dataclass(frozen=True)
+class ToolSpec:
+    """A tool the model may call; `input_schema` is a JSON Schema of type object."""
+
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call the model made (in the history, or just now in its answer)."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """The result of one of the model's calls, sent back to it."""
+
+    tool_call_id: str
+    text: str
+    is_error: bool
+
+
+@dataclass(frozen=True)
+class TurnMessage:
+    """One message of a provider prompt. An assistant message may carry the model's tool calls; the
+    user message after it carries their results, which both protocols put before its text."""
+
+    role: Literal["user", "assistant"]
+    text: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_results: tuple[ToolResult, ...] = ()
+
+
+@dataclass(frozen=True)
 class Turn:
     """What one provider call sends, already in the provider-neutral shape adapters translate."""
 
     system: str
-    messages: tuple[tuple[str, str], ...]  # (role "user" | "assistant", text), merged and alternating
+    messages: tuple[TurnMessage, ...]  # merged, alternating, a user message first
     max_tokens: int
     temperature: float | None
+    tools: tuple[ToolSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -50,7 +90,7 @@ class Finished:
     request_id: str
 
 
-ProviderEvent = Started | str | Finished
+ProviderEvent = Started | str | ToolCall | Finished
 
 
 class ProviderFailure(Exception):
