@@ -134,7 +134,11 @@ class _CallsInProgress:
 
     def start(self, index: int, block: dict[str, Any]) -> None:
         if block.get("type") == "tool_use":
-            self._open[index] = (str(block["id"]), str(block["name"]), [])
+            # Anthropic starts the block with input {} and streams the input; a server that sends
+            # the whole input here and no deltas is read the same way.
+            given = block.get("input")
+            opening = json.dumps(given) if isinstance(given, dict) and given else ""
+            self._open[index] = (str(block["id"]), str(block["name"]), [opening] if opening else [])
 
     def add_json(self, index: int, piece: str) -> None:
         if index in self._open:
