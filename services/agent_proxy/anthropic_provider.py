@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import anthropic
-from anthropic.types import ContentBlockParam, MessageParam, ToolParam, ToolResultBlockParam
+from anthropic.types import ContentBlockParam, MessageParam, ToolChoiceParam, ToolParam, ToolResultBlockParam
 from macp.agent_proxy.v1 import agent_proxy_service_pb2 as pb
 
 from services.agent_proxy.provider import (
@@ -22,6 +22,7 @@ from services.agent_proxy.provider import (
     ProviderFailure,
     Started,
     ToolCall,
+    ToolChoice,
     ToolSpec,
     Turn,
     TurnMessage,
@@ -60,6 +61,7 @@ class AnthropicProvider:
                 max_tokens=turn.max_tokens,
                 messages=[_message(message) for message in turn.messages],
                 tools=[_tool(tool) for tool in turn.tools] if turn.tools else anthropic.omit,
+                tool_choice=_tool_choice(turn.tool_choice) if turn.tool_choice else anthropic.omit,
                 stream=True,
                 system=turn.system or anthropic.omit,
                 # This SDK's typed parameters leave temperature out; the API still takes it.
@@ -158,6 +160,18 @@ class _CallsInProgress:
                 f"{self._who} sent tool call input that is not a JSON object", retryable=True
             )
         return ToolCall(id=call_id, name=name, arguments=arguments)
+
+
+def _tool_choice(choice: ToolChoice) -> ToolChoiceParam:
+    """Anthropic's names: "required" is "any"; parallel calls are turned off inside the choice."""
+    if choice.mode == "none":
+        return {"type": "none"}
+    single = not choice.parallel
+    if choice.mode == "tool":
+        return {"type": "tool", "name": choice.name, "disable_parallel_tool_use": single}
+    if choice.mode == "required":
+        return {"type": "any", "disable_parallel_tool_use": single}
+    return {"type": "auto", "disable_parallel_tool_use": single}
 
 
 def _tool(tool: ToolSpec) -> ToolParam:

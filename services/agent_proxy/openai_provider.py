@@ -17,7 +17,11 @@ from typing import Any
 
 import openai
 from macp.agent_proxy.v1 import agent_proxy_service_pb2 as pb
-from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
+from openai.types.chat import (
+    ChatCompletionMessageParam,
+    ChatCompletionToolChoiceOptionParam,
+    ChatCompletionToolParam,
+)
 
 from services.agent_proxy.provider import (
     Finished,
@@ -25,6 +29,7 @@ from services.agent_proxy.provider import (
     ProviderFailure,
     Started,
     ToolCall,
+    ToolChoice,
     ToolSpec,
     Turn,
     TurnMessage,
@@ -70,6 +75,10 @@ class OpenAIProvider:
                 stream=True,
                 stream_options={"include_usage": True},
                 tools=[_tool(tool) for tool in turn.tools] if turn.tools else openai.omit,
+                tool_choice=_tool_choice(turn.tool_choice) if turn.tool_choice else openai.omit,
+                parallel_tool_calls=False
+                if turn.tool_choice and not turn.tool_choice.parallel
+                else openai.omit,
                 temperature=turn.temperature if turn.temperature is not None else openai.omit,
                 timeout=read_timeout,
             )
@@ -163,6 +172,12 @@ class _CallsInProgress:
                     retryable=True,
                 )
             yield ToolCall(id=call["id"], name=call["name"], arguments=arguments)
+
+
+def _tool_choice(choice: ToolChoice) -> ChatCompletionToolChoiceOptionParam:
+    if choice.mode == "tool":
+        return {"type": "function", "function": {"name": choice.name}}
+    return choice.mode
 
 
 def _tool(tool: ToolSpec) -> ChatCompletionToolParam:

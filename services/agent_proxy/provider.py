@@ -64,6 +64,15 @@ class TurnMessage:
 
 
 @dataclass(frozen=True)
+class ToolChoice:
+    """Whether and which of the offered tools the model must call (GenerateRequest.tool_choice)."""
+
+    mode: Literal["auto", "none", "required", "tool"] = "auto"
+    name: str = ""  # the tool, for "tool"
+    parallel: bool = True  # several calls at once allowed
+
+
+@dataclass(frozen=True)
 class Turn:
     """What one provider call sends, already in the provider-neutral shape adapters translate."""
 
@@ -72,6 +81,7 @@ class Turn:
     max_tokens: int
     temperature: float | None
     tools: tuple[ToolSpec, ...] = ()
+    tool_choice: ToolChoice | None = None  # None: the provider's default (auto, parallel calls)
 
 
 @dataclass(frozen=True)

@@ -18,15 +18,22 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 from google.protobuf import json_format, struct_pb2
 from macp.agent_proxy.v1 import agent_proxy_service_pb2 as pb
 
-from services.agent_proxy.provider import ToolCall, ToolResult, ToolSpec, Turn, TurnMessage
+from services.agent_proxy.provider import ToolCall, ToolChoice, ToolResult, ToolSpec, Turn, TurnMessage
 from services.runtime.errors import InvalidArgument
 
 OPENING = "(the conversation so far)"
+CHOICE_MODES: dict[int, Literal["auto", "none", "required", "tool"]] = {
+    pb.TOOL_CHOICE_MODE_UNSPECIFIED: "auto",
+    pb.TOOL_CHOICE_MODE_AUTO: "auto",
+    pb.TOOL_CHOICE_MODE_NONE: "none",
+    pb.TOOL_CHOICE_MODE_REQUIRED: "required",
+    pb.TOOL_CHOICE_MODE_TOOL: "tool",
+}
 
 
 def build_turn(request: pb.GenerateRequest, default_max_tokens: int) -> Turn:
@@ -49,7 +56,18 @@ def build_turn(request: pb.GenerateRequest, default_max_tokens: int) -> Turn:
         max_tokens=generation.max_tokens if generation.HasField("max_tokens") else default_max_tokens,
         temperature=generation.temperature if generation.HasField("temperature") else None,
         tools=tools,
+        tool_choice=tool_choice(request) if tools else None,
     )
+
+
+def tool_choice(request: pb.GenerateRequest) -> ToolChoice | None:
+    """The request's tool choice (None when it sets none); a named tool must be one offered."""
+    if not request.HasField("tool_choice"):
+        return None
+    choice = request.tool_choice
+    if choice.mode == pb.TOOL_CHOICE_MODE_TOOL and all(tool.name != choice.name for tool in request.tools):
+        raise InvalidArgument(f"tool_choice.name: {choice.name!r} is not one of the offered tools")
+    return ToolChoice(CHOICE_MODES[choice.mode], choice.name, parallel=not choice.disable_parallel_calls)
 
 
 def tool_specs(tools: Sequence[pb.ToolDefinition]) -> tuple[ToolSpec, ...]:
