@@ -23,15 +23,16 @@ from services.stack.envoy_config import render_native
 
 
 @asynccontextmanager
-async def edge_and_envoy(env: Env, directory: Path) -> AsyncIterator[Envoy]:
+async def edge_and_envoy(env: Env, directory: Path, config: Path | None = None) -> AsyncIterator[Envoy]:
     """The edge on `MACP_EDGE_PORT` and Envoy on the ports `env` names, until the block ends (Envoy
-    stops first, then the edge)."""
+    stops first, then the edge); Envoy's bootstrap is `config` if given, else rendered from `env`."""
     settings = EdgeSettings.from_env(env)
     metrics = HttpMetrics("edge")
     server = uvicorn.Server(uvicorn_config(build_app(settings, metrics), settings, host="127.0.0.1"))
     endpoint = await serve_metrics(metrics.registry, "127.0.0.1", settings.metrics_port)
     edge = asyncio.create_task(server.serve())
-    envoy = Envoy(directory, render_native(directory / "envoy.yaml", env), EnvoyPorts.from_env(env))
+    config = config or render_native(directory / "envoy.yaml", env)
+    envoy = Envoy(directory, config, EnvoyPorts.from_env(env))
     try:
         await asyncio.to_thread(envoy.start)
         yield envoy

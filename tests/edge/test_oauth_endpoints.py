@@ -322,6 +322,13 @@ async def test_authorization_server_metadata(http: httpx.AsyncClient, edge_url: 
     for endpoint in ("token_endpoint", "jwks_uri", "registration_endpoint", "revocation_endpoint"):
         path = metadata[endpoint].removeprefix(edge_url)
         assert (await http.options(path)).status_code != 404
+    # Named (MCP clients want one) but refusing: no response type is supported.
+    assert metadata["authorization_endpoint"] == f"{edge_url}/oauth2/authorize"
+    refused = await http.get(
+        "/oauth2/authorize?response_type=code&client_id=x&redirect_uri=https://evil.example/"
+    )
+    assert (refused.status_code, refused.json()["error"]) == (400, "unsupported_response_type")
+    assert "location" not in refused.headers
 
 
 # The OpenAPI document.

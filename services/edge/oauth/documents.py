@@ -205,11 +205,17 @@ CLIENT_METADATA = Content(
     name="OAuthClientMetadata",
     schema={
         "description": "RFC 7591 section 2; metadata the server does not understand is ignored. "
-        "Registration needs `Authorization: Bearer <initial access token>`.",
+        "Registration needs `Authorization: Bearer <initial access token>`, but for open registration: "
+        "a third-party client_credentials client with at most `tools:read tools:call`, of a tenant "
+        "in MACP_TOKEN_OPEN_REGISTRATION_TENANTS (by `tenant_id`, or the only one listed).",
         "type": "object",
         "properties": {
             **rfc_properties(token_pb.ClientMetadata),
-            "tenant_id": {"type": "string", "description": "MACP: the client's tenant; default the system's"},
+            "tenant_id": {
+                "type": "string",
+                "description": "MACP: the client's tenant; default the system's (open registration: the "
+                "only tenant taking them)",
+            },
         },
     },
 )
@@ -252,6 +258,7 @@ SERVER_METADATA = Content(
         "required": ["issuer", "token_endpoint", "jwks_uri", "response_types_supported"],
         "properties": {
             "issuer": {"type": "string", "format": "uri"},
+            "authorization_endpoint": {"type": "string", "format": "uri"},
             "token_endpoint": {"type": "string", "format": "uri"},
             "jwks_uri": {"type": "string", "format": "uri"},
             "registration_endpoint": {"type": "string", "format": "uri"},
@@ -272,12 +279,16 @@ def server_metadata(issuer: str) -> dict[str, Any]:
     base = issuer.rstrip("/")
     return {
         "issuer": issuer,
+        # No grant here goes through the user's browser yet (response_types_supported is empty),
+        # so the endpoint refuses every request; it is named because MCP clients (the official
+        # SDK among them) take metadata without one as no metadata at all, and so never find
+        # registration_endpoint.
+        "authorization_endpoint": f"{base}/oauth2/authorize",
         "token_endpoint": f"{base}/oauth2/token",
         "jwks_uri": f"{base}/.well-known/jwks.json",
         "registration_endpoint": f"{base}/oauth2/register",
         "revocation_endpoint": f"{base}/oauth2/revoke",
         "introspection_endpoint": f"{base}/oauth2/introspect",
-        # No authorization endpoint: no grant here goes through the user's browser.
         "response_types_supported": [],
         "grant_types_supported": list(GRANT_TYPES),
         "token_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),

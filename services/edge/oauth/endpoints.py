@@ -40,6 +40,7 @@ from services.edge.oauth.errors import (
     OAuthError,
     oauth_endpoint,
     oauth_error_of,
+    oauth_error_response,
 )
 from services.edge.oauth.forms import Form, bearer_token, client_credentials, media_type, read_form
 from services.edge.routes import ApiRoute, Content, Handler
@@ -217,6 +218,18 @@ async def register(request: Request) -> Response:
     return JSONResponse(document, status_code=201, headers=NO_STORE)
 
 
+async def authorize(request: Request) -> Response:
+    """RFC 6749 section 4.1.2.1: with no response type supported, every authorization request is
+    refused here, to the user, never by a redirect (an unverified redirect_uri is an open redirect)."""
+    return oauth_error_response(
+        OAuthError(
+            "unsupported_response_type",
+            "this authorization server offers no grant through the browser yet; clients use "
+            "client_credentials (MCP clients register at /oauth2/register)",
+        )
+    )
+
+
 async def jwks(request: Request) -> Response:
     edge = edge_context(request)
     reply: pb.GetJwksResponse = await edge.token.GetJwks(pb.GetJwksRequest(), timeout=edge.timeout)
@@ -289,10 +302,23 @@ ROUTES = [
         INTROSPECT_FORM,
         INTROSPECTION,
     ),
+    ApiRoute(
+        method="GET",
+        path="/oauth2/authorize",
+        operation_id="oauthAuthorize",
+        summary="The authorization endpoint (RFC 6749 3.1): no response type is supported yet, so it "
+        "answers every request with unsupported_response_type",
+        handler=authorize,
+        response=None,
+        error=OAUTH_ERROR,
+        errors=(400,),
+        tags=("oauth",),
+    ),
     _client_route(
         "/oauth2/register",
         "oauthRegister",
-        "Register a client (RFC 7591), authorized by an initial access token",
+        "Register a client (RFC 7591): with an initial access token, or without one a third-party "
+        "MCP client of a tenant that takes open registrations",
         register,
         CLIENT_METADATA,
         CLIENT_INFORMATION,

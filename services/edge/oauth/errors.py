@@ -63,6 +63,8 @@ OAUTH_STATUS: dict[str, HTTPStatus] = {
     # RFC 6750 section 3.1, for the initial access token of a registration.
     "invalid_token": HTTPStatus.UNAUTHORIZED,
     "insufficient_scope": HTTPStatus.FORBIDDEN,
+    # RFC 6749 section 4.1.2.1, shown at the authorization endpoint (no redirect: endpoints.py).
+    "unsupported_response_type": HTTPStatus.BAD_REQUEST,
     # Not the client's fault; the HTTP status comes from the edge's gRPC table instead.
     "temporarily_unavailable": HTTPStatus.SERVICE_UNAVAILABLE,
     "server_error": HTTPStatus.INTERNAL_SERVER_ERROR,
