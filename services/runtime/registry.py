@@ -156,10 +156,11 @@ SERVICES: tuple[ServiceSpec, ...] = (
         metrics_port=9107,
         module="services.tool_gateway",
         retry_safe_rpcs=("GetToolServer", "ListToolServers", "ListTools"),
-        dependencies=("postgres", "redis"),
+        # Redis: tool calls' rate limits and the usage outbox; Kafka: the usage topic.
+        dependencies=("postgres", "redis", "kafka"),
         # Upstream tokens are exchanged at the token service; an agent's allowed tools are read
-        # from the conversation service.
-        needs=("token", "conversation"),
+        # from the conversation service; every call holds quota at metering.
+        needs=("token", "conversation", "metering"),
         # MCP clients reach the gateway itself at /mcp (Streamable HTTP, OAuth-protected), and
         # its RFC 9728 metadata beside it.
         http_port=8110,

@@ -4,7 +4,12 @@ Scopes: every call needs a token for `urn:macp:service:tool-gateway`; registerin
 servers needs `tools:admin`, reading them and the catalogue `tools:read`, calling a tool
 `tools:call`.
 
-`start` builds the domain on the pool and adds the servicer; nothing runs beside the RPCs.
+The gateway holds `usage:write` too, a service-held scope (services/token/scopes.py): its internal
+client adds it when it exchanges a caller's token for metering, to hold and settle the caller's
+tool calls (call_metering.py); callers never hold it.
+
+`start` builds the domain on the pool and adds the servicer; beside the RPCs runs the usage outbox
+(the TOOL_CALL events on their way to Kafka), stopped after the server has drained.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from macp.conversation.v1 import conversation_service_pb2_grpc as conversation_grpc
+from macp.metering.v1 import metering_service_pb2_grpc as metering_grpc
 from macp.token.v1 import token_service_pb2_grpc as token_grpc
 from macp.tool_gateway.v1 import tool_gateway_service_pb2 as pb
 from macp.tool_gateway.v1 import tool_gateway_service_pb2_grpc as pb_grpc
@@ -28,10 +34,14 @@ from services.runtime.auth.token_client import (
     TokenClient,
 )
 from services.runtime.mesh import open_mesh_channel
+from services.runtime.ratelimit import RedisLimiter
 from services.runtime.registry import service
 from services.runtime.server import ServiceContext, ServiceDefinition
 from services.runtime.settings import CommonSettings
+from services.runtime.usage_publisher import UsagePublisher, outbox_key
 from services.tool_gateway.agent_tools import AgentTools
+from services.tool_gateway.call_limits import CallLimits
+from services.tool_gateway.call_metering import CallMetering
 from services.tool_gateway.catalogue import Catalogue
 from services.tool_gateway.guards import ServerGuards
 from services.tool_gateway.mcp_endpoint import mcp_face
@@ -44,8 +54,12 @@ from services.tool_gateway.upstream import UpstreamHttp
 from services.tool_gateway.upstream_tokens import UpstreamTokens
 
 SPEC = service("tool-gateway")
+USAGE_WRITE_SCOPE = "usage:write"
+USAGE_SOURCE = "/macp/tool-gateway"
 REGISTRATION = ClientRegistration(
-    name="macp tool gateway", scopes=USER_SCOPES, grant_types=(EXCHANGE_GRANT, CLIENT_CREDENTIALS_GRANT)
+    name="macp tool gateway",
+    scopes=(*USER_SCOPES, USAGE_WRITE_SCOPE),
+    grant_types=(EXCHANGE_GRANT, CLIENT_CREDENTIALS_GRANT),
 )
 READ_SCOPE = "tools:read"
 CALL_SCOPE = "tools:call"
@@ -76,22 +90,53 @@ async def start(context: ServiceContext) -> AsyncIterator[None]:
         conversation_grpc.ConversationServiceStub(for_callers), settings.upstream.timeout_seconds
     )
     http = UpstreamHttp(settings.upstream)
+    publisher = _usage_publisher(context)
+    metering = CallMetering(
+        metering_grpc.MeteringServiceStub(for_callers),
+        publisher.publish,
+        upstream_timeout_seconds=settings.upstream.timeout_seconds,
+        rpc_timeout_seconds=settings.upstream.timeout_seconds,
+        holds=settings.quota_holds,
+    )
+    limits = CallLimits(
+        RedisLimiter(context.resources.require_redis(), context.resources.redis_key_prefix),
+        settings.tool_rate,
+    )
     servicer = ToolGatewayServicer(
         ToolServers(store),
         store,
         Catalogue(settings, http, guards, tokens),
-        ToolCalls(store, db, http, guards, tokens),
+        ToolCalls(store, db, http, guards, tokens, limits, metering),
         agent_tools,
         settings.max_servers,
     )
     pb_grpc.add_ToolGatewayServiceServicer_to_server(servicer, context.server)
     try:
-        async with mcp_face(context, servicer):
-            yield
+        await publisher.start()
+        try:
+            async with mcp_face(context, servicer):
+                yield
+        finally:
+            await publisher.stop()
     finally:
         await http.close()
         await for_callers.close()
         await channel.close()
+
+
+def _usage_publisher(context: ServiceContext) -> UsagePublisher:
+    """The TOOL_CALL events' outbox: the agent proxy's, on the same usage topic."""
+    resources = context.resources
+    kafka = resources.settings.kafka
+    if kafka is None or resources.producer is None:
+        raise RuntimeError("the tool gateway declares its redis and kafka dependencies in the registry")
+    return UsagePublisher(
+        resources.require_redis(),
+        resources.producer,
+        topic=kafka.usage_topic,
+        key=outbox_key(resources.redis_key_prefix, kafka.usage_topic),
+        source=USAGE_SOURCE,
+    )
 
 
 def _credentials(settings: ToolGatewaySettings) -> ClientCredentials | None:

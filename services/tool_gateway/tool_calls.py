@@ -1,7 +1,16 @@
-"""Calls of a tenant's tools: the catalogue name resolved to the tenant's server, the upstream
-called, the call audited (who, through which actors, which server and tool, how it went, how long)."""
+"""Calls of a tenant's tools: the catalogue name resolved to the tenant's server, the tenant's
+rate limit of the tool counted (call_limits.py), one call held against its quota (call_metering.py),
+the upstream called, the call billed if the upstream answered, and audited (who, through which
+actors, which server and tool, how it went, how long).
+
+A call refused before the upstream is audited with why: `rate_limited`, `quota`, `metering` (the
+hold could not be asked for), or the guard or credential failure that stopped it."""
 
 from __future__ import annotations
+
+import asyncio
+import json
+import uuid
 
 import asyncpg
 from google.protobuf import json_format
@@ -12,10 +21,12 @@ from services.runtime.audit import AuditEvent, Who
 from services.runtime.errors import DomainError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from services.runtime.principal import Principal
 from services.tool_gateway import upstream
+from services.tool_gateway.call_limits import CallLimits, ToolRateLimited
+from services.tool_gateway.call_metering import CallMetering, Metered, ToolQuotaExceeded
 from services.tool_gateway.catalogue import split_name
 from services.tool_gateway.guards import ServerGuards
 from services.tool_gateway.server_store import ServerStore
-from services.tool_gateway.upstream import UpstreamFailure, UpstreamHttp
+from services.tool_gateway.upstream import ToolResult, UpstreamFailure, UpstreamHttp
 from services.tool_gateway.upstream_tokens import UpstreamTokens
 
 # How each kind of upstream failure reaches the caller.
@@ -39,12 +50,16 @@ class ToolCalls:
         http: UpstreamHttp,
         guards: ServerGuards,
         tokens: UpstreamTokens,
+        limits: CallLimits,
+        metering: CallMetering,
     ) -> None:
         self._store = store
         self._pool = pool
         self._http = http
         self._guards = guards
         self._tokens = tokens
+        self._limits = limits
+        self._metering = metering
 
     async def call(self, principal: Principal, request: pb.CallToolRequest) -> pb.CallToolResponse:
         server_name, tool = split_name(request.name)
@@ -52,15 +67,25 @@ class ToolCalls:
         if server is None:
             raise NotFound(f"name: the tenant has no tool server named {server_name}")
         arguments = json_format.MessageToDict(request.arguments)
+        call_id = str(uuid.uuid4())
         try:
-            headers = await self._tokens.headers(server)
-            async with self._guards.guarding(server):
-                result = await upstream.call_tool(server, tool, arguments, self._http, headers)
-        except UpstreamFailure as failure:
-            await self._audit(principal, server, tool, failure.kind, 0)
-            raise _STATUS[failure.kind](failure.message) from None
+            await self._limits.admit(principal.tenant_id, request.name)
+            await self._metering.reserve(principal, call_id)
+        except ToolRateLimited:
+            await self._audit(principal, server, tool, "rate_limited", 0, call_id, audit.DENIED)
+            raise
+        except ToolQuotaExceeded:
+            await self._audit(principal, server, tool, "quota", 0, call_id, audit.DENIED)
+            raise
+        except DomainError:
+            await self._audit(principal, server, tool, "metering", 0, call_id)
+            raise
+        result = await self._upstream(principal, server, tool, arguments, call_id)
+        await self._metering.settle(
+            principal, call_id, Metered(server.name, tool, result.duration_ms, _result_bytes(result))
+        )
         await self._audit(
-            principal, server, tool, "tool_error" if result.is_error else "ok", result.duration_ms
+            principal, server, tool, "tool_error" if result.is_error else "ok", result.duration_ms, call_id
         )
         response = pb.CallToolResponse(
             text=result.text, is_error=result.is_error, duration_ms=result.duration_ms
@@ -69,20 +94,63 @@ class ToolCalls:
             json_format.ParseDict(result.structured, response.structured_content)
         return response
 
+    async def _upstream(
+        self,
+        principal: Principal,
+        server: pb.ToolServer,
+        tool: str,
+        arguments: dict[str, object],
+        call_id: str,
+    ) -> ToolResult:
+        """The upstream's answer; the hold `call_id` released if there is none (no usage)."""
+        try:
+            headers = await self._tokens.headers(server)
+            async with self._guards.guarding(server):
+                return await upstream.call_tool(server, tool, arguments, self._http, headers)
+        except UpstreamFailure as failure:
+            await self._metering.release(call_id, f"tool call not answered: {failure.kind}")
+            await self._audit(principal, server, tool, failure.kind, 0, call_id)
+            raise _STATUS[failure.kind](failure.message) from None
+        except BaseException:
+            # Cancelled (the caller went away) or failed unexpectedly: no usage to bill; the
+            # release must not be cancelled with the call.
+            await asyncio.shield(self._metering.release(call_id, "tool call abandoned"))
+            raise
+
     async def _audit(
-        self, principal: Principal, server: pb.ToolServer, tool: str, result: str, duration_ms: int
+        self,
+        principal: Principal,
+        server: pb.ToolServer,
+        tool: str,
+        result: str,
+        duration_ms: int,
+        call_id: str,
+        outcome: str = audit.SUCCESS,
     ) -> None:
+        """`call_id` is the call's quota hold, from which its usage event's id derives
+        (`tool_call_event_id`): the audit row and the bill of one call can be matched."""
         await audit.record(
             self._pool,
             AuditEvent(
                 Who.of(principal),
                 audit.TOOL_CALL,
                 f"tool-server/{server.id}",
+                outcome=outcome,
                 detail={
                     "server": server.name,
                     "tool": tool,
                     "result": result,
                     "duration_ms": str(duration_ms),
+                    "call_id": call_id,
                 },
             ),
         )
+
+
+def _result_bytes(result: ToolResult) -> int:
+    """The result's size as the gateway returns it: its text, and its structured content as
+    compact JSON (the measure a TOOL_CALL event carries)."""
+    size = len(result.text.encode())
+    if result.structured is not None:
+        size += len(json.dumps(result.structured, separators=(",", ":"), ensure_ascii=False).encode())
+    return size

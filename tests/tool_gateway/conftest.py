@@ -81,6 +81,8 @@ async def world(service_environ: dict[str, str]) -> AsyncIterator[World]:
                 # A known port: the MCP endpoint's tests call it.
                 "MACP_TOOL_GATEWAY_HTTP_PORT": str(free_port()),
                 "MACP_TOOL_GATEWAY_UPSTREAM_TIMEOUT_SECONDS": "3",
+                # No metering here (tests/tool_gateway/usage_mesh.py runs one): calls hold no quota.
+                "MACP_TOOL_GATEWAY_QUOTA_HOLDS": "off",
                 # The gateway registers its own client with it (for upstream tokens).
                 "MACP_TOKEN_INITIAL_ACCESS_TOKEN": tokens.harness.initial_access_token,
             }
