@@ -309,9 +309,10 @@ ROUTES = [
         summary="The authorization endpoint (RFC 6749 3.1): no response type is supported yet, so it "
         "answers every request with unsupported_response_type",
         handler=authorize,
-        response=None,
-        error=OAUTH_ERROR,
-        errors=(400,),
+        # Its one answer is the OAuth error, 400: documented as the operation's only response.
+        status=400,
+        response=OAUTH_ERROR,
+        errors=(),
         tags=("oauth",),
     ),
     _client_route(
