@@ -9,7 +9,9 @@ written as `name=value` (services/provider_server), and answers with the results
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,13 +19,18 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from google.protobuf.timestamp_pb2 import Timestamp
 from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
+from macp.metering.v1 import metering_service_pb2 as metering_pb
+from macp.metering.v1 import metering_service_pb2_grpc as metering_grpc
 
 from services.example_tools.servers import forecast_for
+from services.runtime.auth.settings import service_audience
 from tests.audit.helpers import rows
 from tests.e2e.test_websocket_rounds import frames_until_round_end, reassembled, ws_url
 from tests.example_tools import Guarded, serving_examples, serving_guarded_weather
 from tests.token.harness import unverified
+from tests.tokens import bearer
 from tests.world import World
 
 pytestmark = pytest.mark.integration
@@ -41,7 +48,7 @@ async def register_weather(world: World, url: str) -> None:
     async with httpx.AsyncClient(base_url=world.front_url, timeout=10) as client:
         response = await client.post(
             "/v1/tool-servers",
-            json={"name": "weather", "url": url, "upstream_auth": "UPSTREAM_AUTH_TOKEN_EXCHANGE"},
+            json={"name": "weather", "url": url, "auth": "UPSTREAM_AUTH_TOKEN_EXCHANGE"},
             headers={"authorization": f"Bearer {world.edge_token}"},
         )
     assert response.status_code == 201, response.text
@@ -62,6 +69,25 @@ async def one_round(world: World, conversation_id: str, text: str) -> list[dict[
             )
         )
         return await frames_until_round_end(ws, message_id)
+
+
+async def usage_totals(world: World) -> metering_pb.UsageTotals:
+    """The tenant's usage totals of the last hour (metering reads Kafka: wait for the tool call)."""
+    metering = metering_grpc.MeteringServiceStub(world.channel)
+    token = await world.tokens.user_token(world.tenant, [service_audience("metering")])
+    now = int(time.time())
+    period = metering_pb.Period(
+        start_time=Timestamp(seconds=now - 3600), end_time=Timestamp(seconds=now + 3600)
+    )
+    request = metering_pb.GetUsageRequest(
+        tenant_id=world.tenant.tenant_id, period=period, group_by=metering_pb.GROUP_BY_EVENT_TYPE
+    )
+    async with asyncio.timeout(20):
+        while True:
+            usage = await metering.GetUsage(request, metadata=bearer(token), timeout=10)
+            if usage.totals.tool_calls and usage.totals.agent_turns:
+                return usage.totals
+            await asyncio.sleep(0.2)
 
 
 def of_kind(frames: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -112,6 +138,10 @@ async def test_an_agent_calls_a_tool_in_its_turn(
     assert row.detail["result"] == "ok"
     assert ("agent", agent.id) in row.actors
 
+    # Metered: one tool call, beside the turn that made it.
+    totals = await usage_totals(world)
+    assert (totals.tool_calls, totals.agent_turns) == (1, 1)
+
     # The upstream saw a token of its own: its audience, the user, the agent and the gateway acting.
     _, user = unverified(world.edge_token)
     [claims] = weather.server.received[-1:]
@@ -138,7 +168,8 @@ async def test_the_allow_list_and_the_tenant_hold_in_a_turn(world: World, weathe
     conversation = await other.conversation([agent])
     frames = await one_round(other, conversation.id, "Ask weather__forecast city=Oslo")
     assert not of_kind(frames, "tool_call_started")
-    assert weather.server.received == []
+    # The server was listed for the first tenant's catalogue only: never on the other's behalf.
+    assert {claims.tenant_id for claims in weather.server.received} == {world.tenant.tenant_id}
 
 
 @pytest.fixture
