@@ -62,7 +62,8 @@ class Bench:
 
 
 def _environ(infrastructure_env: dict[str, str]) -> dict[str, str]:
-    environ = parts_environ(infrastructure_env, APPS)
+    # The gateway's MCP endpoint gets a free port too, like its gRPC and metrics ports.
+    environ = parts_environ(infrastructure_env, APPS, ("MACP_TOOL_GATEWAY_HTTP_PORT",))
     environ["MACP_LOG_LEVEL"] = "warning"
     # A partial mesh: no conversation service (no agent acts here, so no allow-list is read).
     environ["MACP_TOOL_GATEWAY_NEEDS"] = "token"
