@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from typing import Any, cast
 
 import openai
@@ -72,15 +73,19 @@ def result_messages(
 
 
 async def calls_and_answer(client: openai.AsyncOpenAI, agent_id: str) -> None:
-    """Not streamed: the calls come back, and then the answer built on their results."""
+    """Not streamed: the calls come back (and again, stored, for a retry with the same
+    Idempotency-Key, which runs no second turn), and then the answer built on their results."""
     asked: list[ChatCompletionMessageParam] = [
         {"role": "user", "content": "Will it rain? Ask get_weather city=Oslo days=2"}
     ]
+    key = {"Idempotency-Key": str(uuid.uuid4())}
     completion = await client.chat.completions.create(
-        model=agent_id,
-        messages=asked,
-        tools=[WEATHER, CLOCK],
+        model=agent_id, messages=asked, tools=[WEATHER, CLOCK], extra_headers=key
     )
+    retried = await client.chat.completions.create(
+        model=agent_id, messages=asked, tools=[WEATHER, CLOCK], extra_headers=key
+    )
+    assert retried.model_dump(exclude={"created"}) == completion.model_dump(exclude={"created"})
     (choice,) = completion.choices
     assert choice.finish_reason == "tool_calls"
     assert choice.message.content is None
@@ -176,7 +181,7 @@ async def test_the_openai_sdk_runs_its_own_tools_through_an_agent(
     finally:
         await client.close()
 
-    # Four requests, four turns: each metered once, the two that ended in calls alone included.
+    # Four turns (the retry ran none): each metered once, the two that ended in calls alone included.
     turns = 0
     for _ in range(100):  # the usage events reach the books through Kafka: up to 20 s
         turns = await agent_turns(world, started)
