@@ -5,7 +5,8 @@ tenant A), gets a client-credentials token for the endpoint's URL (RFC 8707), li
 tenant A's two upstream servers and calls one, through a real Envoy whose cluster round-robins
 between two gateway processes: both of them serve requests of the one client, whichever protocol
 the SDK negotiates (2026-07-28, stateless; 2025-11-25, initialize then requests). A client of
-tenant B sees and calls none of tenant A's tools; a token for another audience gets 401."""
+tenant B sees and calls none of tenant A's tools; a token for another audience gets 401; a flood of
+open registrations from one address meets the edge's per-source limit."""
 
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ pytestmark = pytest.mark.integration
 GATEWAY = service("tool-gateway")
 MCP_REQUESTS = "macp_tool_gateway_mcp_requests_total"
 TOOLS = ["calc__add", "calc__divide", "calc__multiply", "weather__forecast"]
+SOURCE_LIMIT = 30
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,9 @@ async def replicas(service_environ: dict[str, str], tmp_path: Path) -> AsyncIter
             f"{GATEWAY.env_prefix}NEEDS": "token",
             f"{GATEWAY.env_prefix}QUOTA_HOLDS": "off",
             f"{GATEWAY.env_prefix}UPSTREAM_TIMEOUT_SECONDS": "5",
+            # Requests without a token per source address (sign-ins, discovery, registrations):
+            # room for the test's clients, and a limit its flood of registrations meets.
+            "MACP_RATE_LIMIT_SOURCE": f"{SOURCE_LIMIT}/min burst {SOURCE_LIMIT}",
         }
         for name, gateway in zip(("tool-gateway-a", "tool-gateway-b"), gateways, strict=True):
             process = _gateway_process(name, environ, gateway, tmp_path)
@@ -268,6 +273,20 @@ async def test_an_sdk_client_with_only_the_url_registers_lists_and_calls_across_
         f'resource_metadata="{replicas.front_url}/.well-known/oauth-protected-resource/mcp"'
         in (refused.headers["www-authenticate"])
     )
+
+    # Open registration is a request without a token: its source address is held to the limit.
+    metadata = {"client_name": "a flood", "grant_types": ["client_credentials"]}
+    async with httpx.AsyncClient(base_url=replicas.front_url, trust_env=False, timeout=10) as http:
+        statuses = [
+            (await http.post("/oauth2/register", json=metadata)).status_code for _ in range(SOURCE_LIMIT)
+        ]
+    assert 429 in statuses, statuses
+    assert set(statuses) <= {201, 429}, statuses
+    opened = await replicas.tokens.harness.db.fetchval(
+        "SELECT count(*) FROM token_clients WHERE tenant_id = $1 AND client_class = 'third_party'",
+        replicas.tenant_a,
+    )
+    assert opened < SOURCE_LIMIT + 2, opened  # the two SDK clients, and the flood up to the limit
 
 
 async def _tenant(replicas: Replicas, tenant_id: str) -> str:
