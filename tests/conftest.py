@@ -81,6 +81,7 @@ def isolated_environ(infrastructure: Infrastructure, database_url: str) -> dict[
         "MACP_SHUTDOWN_GRACE_SECONDS": "2",
         "MACP_LOG_LEVEL": "warning",
         "MACP_ORCHESTRATOR_SEALING_KEY": secrets.token_urlsafe(32),
+        "MACP_TOOL_GATEWAY_SEALING_KEY": secrets.token_urlsafe(32),
     }
 
 

@@ -43,6 +43,7 @@ from services.tool_gateway.agent_tools import AgentTools
 from services.tool_gateway.call_limits import CallLimits
 from services.tool_gateway.call_metering import CallMetering
 from services.tool_gateway.catalogue import Catalogue
+from services.tool_gateway.client_credentials import ClientCredentialsTokens
 from services.tool_gateway.guards import ServerGuards
 from services.tool_gateway.mcp_endpoint import mcp_face
 from services.tool_gateway.server_store import ServerStore
@@ -51,6 +52,7 @@ from services.tool_gateway.servicer import ToolGatewayServicer
 from services.tool_gateway.settings import ToolGatewaySettings
 from services.tool_gateway.tool_calls import ToolCalls
 from services.tool_gateway.upstream import UpstreamHttp
+from services.tool_gateway.upstream_secrets import UpstreamSecrets
 from services.tool_gateway.upstream_tokens import UpstreamTokens
 
 SPEC = service("tool-gateway")
@@ -71,6 +73,9 @@ async def start(context: ServiceContext) -> AsyncIterator[None]:
     settings = ToolGatewaySettings.from_env(context.env)
     db = context.resources.require_db()
     store = ServerStore(db)
+    # Refuses to start with a sealing key that does not open the stored credentials.
+    secrets = UpstreamSecrets(store, settings.sealing_key)
+    await secrets.check()
     # One breaker and one in-flight count per upstream, shared by listing and calling.
     guards = ServerGuards(settings.breaker, settings.server_concurrency)
     # The gateway's own client gets tokens on a mesh channel of its own (no caller token); calls to
@@ -84,7 +89,7 @@ async def start(context: ServiceContext) -> AsyncIterator[None]:
         initial_access_token=settings.initial_access_token,
         timeout=settings.upstream.timeout_seconds,
     )
-    tokens = UpstreamTokens(client)
+    tokens = UpstreamTokens(client, secrets, ClientCredentialsTokens(settings.upstream.timeout_seconds))
     for_callers = open_mesh_channel(mesh_address, CallerTokens(client))
     agent_tools = AgentTools(
         conversation_grpc.ConversationServiceStub(for_callers), settings.upstream.timeout_seconds
@@ -103,7 +108,7 @@ async def start(context: ServiceContext) -> AsyncIterator[None]:
         settings.tool_rate,
     )
     servicer = ToolGatewayServicer(
-        ToolServers(store),
+        ToolServers(store, secrets),
         store,
         Catalogue(settings, http, guards, tokens),
         ToolCalls(store, db, http, guards, tokens, limits, metering),

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.runtime.breaker import BreakerPolicy
 from services.runtime.ratelimit import Limit, parse_limits
-from services.runtime.settings import Env
+from services.runtime.sealing import GENERATE_HINT, decode_sealing_key
+from services.runtime.settings import Env, SettingsError
 from services.tool_gateway.upstream import UpstreamLimits
 
 UPSTREAM_TIMEOUT = "MACP_TOOL_GATEWAY_UPSTREAM_TIMEOUT_SECONDS"
@@ -18,6 +19,7 @@ BREAKER_FAILURES = "MACP_TOOL_GATEWAY_BREAKER_FAILURES"
 BREAKER_OPEN_SECONDS = "MACP_TOOL_GATEWAY_BREAKER_OPEN_SECONDS"
 TOOL_RATE_LIMIT = "MACP_TOOL_GATEWAY_TOOL_RATE_LIMIT"
 QUOTA_HOLDS = "MACP_TOOL_GATEWAY_QUOTA_HOLDS"
+SEALING_KEY = "MACP_TOOL_GATEWAY_SEALING_KEY"
 # Calls per second of one tenant to one tool, with room for a short burst: an agent's turn calls a
 # tool a few times at most, so this stops only a loop gone wrong or a flood.
 TOOL_RATE_LIMIT_DEFAULT = "10/s burst 20"
@@ -46,6 +48,8 @@ class ToolGatewaySettings:
     client_id: str | None
     client_secret: str | None
     initial_access_token: str | None
+    # Seals upstream credentials' secrets at rest (upstream_secrets.py); required once one is kept.
+    sealing_key: bytes | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Env) -> ToolGatewaySettings:
@@ -66,6 +70,7 @@ class ToolGatewaySettings:
             client_id=env.optional_string("MACP_TOOL_GATEWAY_CLIENT_ID"),
             client_secret=env.optional_string("MACP_TOOL_GATEWAY_CLIENT_SECRET"),
             initial_access_token=env.optional_string("MACP_TOKEN_INITIAL_ACCESS_TOKEN"),
+            sealing_key=_sealing_key(env),
         )
 
 
@@ -75,3 +80,17 @@ def _tool_rate(env: Env) -> tuple[Limit, ...]:
     if text.strip().lower() == "off":
         return ()
     return parse_limits("tool_calls", text, TOOL_RATE_LIMIT)
+
+
+def _sealing_key(env: Env) -> bytes | None:
+    """Optional until a credential is kept (upstream_secrets.py), but never malformed."""
+    text = env.raw(SEALING_KEY)
+    if text is None:
+        return None
+    try:
+        return decode_sealing_key(text)
+    except ValueError as exc:
+        raise SettingsError(
+            f"{SEALING_KEY} is malformed ({exc}); set it to 32 random bytes in base64url "
+            f"(generate one with {GENERATE_HINT})"
+        ) from None

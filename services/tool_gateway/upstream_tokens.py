@@ -1,10 +1,20 @@
 """The credential an upstream MCP server gets, per its registration (`UpstreamAuth`).
 
+NONE: nothing.
+
 TOKEN_EXCHANGE: the current caller's token (services/runtime/principal.py) exchanged (RFC 8693) by
 the gateway's own client for the server's URL as resource (RFC 8707), with the gateway's own token
 as the actor: the upstream sees the user as `sub`, the gateway (and, when an agent called, the
 agent) in `act`, and a token addressed to itself alone. The caller's token itself never leaves
 the mesh. Tokens are cached by the token client per (caller's token id, server URL).
+
+STATIC: the registration's one header, its value opened from its sealed form (upstream_secrets.py).
+
+CLIENT_CREDENTIALS: a bearer token the gateway's client at the server's own authorization server
+gets (client_credentials.py), the client secret opened from its sealed form.
+
+STATIC and CLIENT_CREDENTIALS credentials are the gateway's, the same whoever calls: the upstream
+learns nothing of the caller from them.
 """
 
 from __future__ import annotations
@@ -16,24 +26,38 @@ from services.runtime.auth.settings import service_audience
 from services.runtime.auth.token_client import TokenClient
 from services.runtime.errors import Unavailable
 from services.runtime.principal import current_caller
+from services.tool_gateway.client_credentials import ClientCredentialsTokens
 from services.tool_gateway.upstream import UpstreamFailure
+from services.tool_gateway.upstream_secrets import UpstreamSecrets
 
 # The scope the upstream's token carries: it may only call tools, as the caller may.
 UPSTREAM_SCOPE = "tools:call"
 
 
 class UpstreamTokens:
-    def __init__(self, client: TokenClient) -> None:
+    def __init__(
+        self, client: TokenClient, secrets: UpstreamSecrets, client_credentials: ClientCredentialsTokens
+    ) -> None:
         self._client = client
+        self._secrets = secrets
+        self._client_credentials = client_credentials
 
     async def headers(self, server: pb.ToolServer) -> dict[str, str]:
         """The HTTP headers that authenticate the gateway's requests to `server` for the caller."""
-        if server.auth != pb.UPSTREAM_AUTH_TOKEN_EXCHANGE:
-            return {}
+        if server.auth == pb.UPSTREAM_AUTH_TOKEN_EXCHANGE:
+            return {"authorization": f"Bearer {await self._exchanged(server)}"}
+        if server.auth == pb.UPSTREAM_AUTH_STATIC:
+            return {server.static_credential.header: await self._secrets.secret(server)}
+        if server.auth == pb.UPSTREAM_AUTH_CLIENT_CREDENTIALS:
+            secret = await self._secrets.secret(server)
+            return {"authorization": f"Bearer {await self._client_credentials.token(server, secret)}"}
+        return {}
+
+    async def _exchanged(self, server: pb.ToolServer) -> str:
         caller = current_caller()
         try:
             own = await self._client.own_token(service_audience("token"), "")
-            exchanged = await self._client.exchange(
+            return await self._client.exchange(
                 (caller.principal.token_id or caller.token, server.url),
                 caller.token,
                 server.url,
@@ -45,4 +69,3 @@ class UpstreamTokens:
             raise UpstreamFailure(
                 "credentials", f"no token for tool server {server.name} could be had: {detail}"
             ) from None
-        return {"authorization": f"Bearer {exchanged}"}

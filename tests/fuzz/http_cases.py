@@ -70,7 +70,13 @@ JSON_BODIES: dict[str, dict[str, Any]] = {
     "createChatCompletion": {"model": AGENT, "messages": [{"role": "user", "content": "hi"}]},
     "oauthRegister": {"client_name": "fuzz", "grant_types": ["client_credentials"]},
     # The discard port: nothing answers there, so no attack makes the gateway wait on an upstream.
-    "createToolServer": {"name": "fuzz", "url": "http://127.0.0.1:9/mcp"},
+    # A static credential, so that attacks reach its checks and its sealing too.
+    "createToolServer": {
+        "name": "fuzz",
+        "url": "http://127.0.0.1:9/mcp",
+        "auth": "UPSTREAM_AUTH_STATIC",
+        "staticCredential": {"header": "x-api-key", "value": "fuzz-key"},
+    },
     "callTool": {"arguments": {"a": 1}},
 }
 FORM_BODIES: dict[str, dict[str, str]] = {

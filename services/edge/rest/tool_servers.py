@@ -1,5 +1,10 @@
-"""REST routes of the tool gateway: `/v1/tool-servers` (a tenant's MCP servers), `/v1/tools` (the
-catalogue of their tools) and `/v1/tools/{name}/calls` (one call) → ToolGatewayService."""
+"""REST routes of the tool gateway: `/v1/tool-servers` (a tenant's MCP servers, and the platform's
+it shares), `/v1/tools` (the catalogue of their tools) and `/v1/tools/{name}/calls` (one call) →
+ToolGatewayService.
+
+A server's body is the `ToolServer` message as JSON, its credential included: `staticCredential`
+(`header`, `value`) or `clientCredentials` (`tokenUrl`, `clientId`, `clientSecret`, `scope`,
+`resource`). The secrets (`value`, `clientSecret`) are input only: no answer carries them."""
 
 from __future__ import annotations
 
@@ -73,7 +78,8 @@ ROUTES = [
         method="POST",
         path="/v1/tool-servers",
         operation_id="createToolServer",
-        summary="Register an MCP server of the caller's tenant (its name is its tools' namespace)",
+        summary="Register an MCP server of the caller's tenant (its name is its tools' namespace; "
+        "its credential's secret is input only)",
         handler=TOOL_SERVERS.create,
         body=pb.ToolServer,
         response=pb.ToolServer,
@@ -86,7 +92,7 @@ ROUTES = [
         method="GET",
         path="/v1/tool-servers",
         operation_id="listToolServers",
-        summary="List the tenant's MCP servers, oldest first",
+        summary="List the tenant's MCP servers and the platform's, oldest first",
         handler=list_tool_servers,
         response=pb.ListToolServersResponse,
         query=PAGE_QUERY,
@@ -108,7 +114,8 @@ ROUTES = [
         method="DELETE",
         path="/v1/tool-servers/{id}",
         operation_id="deleteToolServer",
-        summary="Remove an MCP server; its tools leave the catalogue (If-Match: optional etag)",
+        summary="Remove an MCP server; its tools leave the catalogue (If-Match: optional etag; "
+        "a platform server only by an operator)",
         handler=TOOL_SERVERS.delete,
         response=None,
         status=204,

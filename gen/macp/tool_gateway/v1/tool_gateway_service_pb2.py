@@ -28,13 +28,27 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from macp.common.v1 import text_pb2 as macp_dot_common_dot_v1_dot_text__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/macp/tool_gateway/v1/tool_gateway_service.proto\x12\x14macp.tool_gateway.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19macp/common/v1/text.proto\"\xca\x02\n\nToolServer\x12\x17\n\x02id\x18\x01 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\x12 \n\ttenant_id\x18\x02 \x01(\tB\r\xbaH\nr\x08\x18\x80\x01\xc0\xa3\x83\x02\x01\x12.\n\x04name\x18\x03 \x01(\tB \xbaH\x1dr\x18\x32\x16^[a-z][a-z0-9-]{0,31}$\xd8\x01\x01\x12\'\n\x03url\x18\x04 \x01(\tB\x1a\xbaH\x17r\x12\x18\x80\x10\x32\n^https?://\x88\x01\x01\xd8\x01\x01\x12#\n\rversion_label\x18\x05 \x01(\tB\x0c\xbaH\tr\x07\x18@\xc0\xa3\x83\x02\x01\x12:\n\x04\x61uth\x18\x06 \x01(\x0e\x32\".macp.tool_gateway.v1.UpstreamAuthB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x16\n\x04\x65tag\x18\x07 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xaa\x01\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tserver_id\x18\x02 \x01(\t\x12\x13\n\x0bserver_name\x18\x03 \x01(\t\x12\x15\n\rupstream_name\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12-\n\x0cinput_schema\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tavailable\x18\x07 \x01(\x08\"K\n\x11UnavailableServer\x12\x11\n\tserver_id\x18\x01 \x01(\t\x12\x13\n\x0bserver_name\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"X\n\x17\x43reateToolServerRequest\x12=\n\x0btool_server\x18\x01 \x01(\x0b\x32 .macp.tool_gateway.v1.ToolServerB\x06\xbaH\x03\xc8\x01\x01\"Q\n\x18\x43reateToolServerResponse\x12\x35\n\x0btool_server\x18\x01 \x01(\x0b\x32 .macp.tool_gateway.v1.ToolServer\",\n\x14GetToolServerRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"N\n\x15GetToolServerResponse\x12\x35\n\x0btool_server\x18\x01 \x01(\x0b\x32 .macp.tool_gateway.v1.ToolServer\"]\n\x16ListToolServersRequest\x12 \n\tpage_size\x18\x01 \x01(\x05\x42\r\xbaH\n\x1a\x05\x18\xe8\x07(\x01\xd8\x01\x01\x12!\n\npage_token\x18\x02 \x01(\tB\r\xbaH\nr\x08\x18\x80\x08\xc0\xa3\x83\x02\x01\"j\n\x17ListToolServersResponse\x12\x36\n\x0ctool_servers\x18\x01 \x03(\x0b\x32 .macp.tool_gateway.v1.ToolServer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"G\n\x17\x44\x65leteToolServerRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x16\n\x04\x65tag\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\"\x1a\n\x18\x44\x65leteToolServerResponse\"\x12\n\x10ListToolsRequest\"|\n\x11ListToolsResponse\x12)\n\x05tools\x18\x01 \x03(\x0b\x32\x1a.macp.tool_gateway.v1.Tool\x12<\n\x0bunavailable\x18\x02 \x03(\x0b\x32\'.macp.tool_gateway.v1.UnavailableServer\"{\n\x0f\x43\x61llToolRequest\x12<\n\x04name\x18\x01 \x01(\tB.\xbaH+r)\x10\x04\x18\xc8\x01\x32\"^[a-z][a-z0-9-]*__[A-Za-z0-9_.-]+$\x12*\n\targuments\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"|\n\x10\x43\x61llToolResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x33\n\x12structured_content\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08is_error\x18\x03 \x01(\x08\x12\x13\n\x0b\x64uration_ms\x18\x04 \x01(\x03*g\n\x0cUpstreamAuth\x12\x1d\n\x19UPSTREAM_AUTH_UNSPECIFIED\x10\x00\x12\x16\n\x12UPSTREAM_AUTH_NONE\x10\x01\x12 \n\x1cUPSTREAM_AUTH_TOKEN_EXCHANGE\x10\x02\x32\x8d\x05\n\x12ToolGatewayService\x12q\n\x10\x43reateToolServer\x12-.macp.tool_gateway.v1.CreateToolServerRequest\x1a..macp.tool_gateway.v1.CreateToolServerResponse\x12h\n\rGetToolServer\x12*.macp.tool_gateway.v1.GetToolServerRequest\x1a+.macp.tool_gateway.v1.GetToolServerResponse\x12n\n\x0fListToolServers\x12,.macp.tool_gateway.v1.ListToolServersRequest\x1a-.macp.tool_gateway.v1.ListToolServersResponse\x12q\n\x10\x44\x65leteToolServer\x12-.macp.tool_gateway.v1.DeleteToolServerRequest\x1a..macp.tool_gateway.v1.DeleteToolServerResponse\x12\\\n\tListTools\x12&.macp.tool_gateway.v1.ListToolsRequest\x1a\'.macp.tool_gateway.v1.ListToolsResponse\x12Y\n\x08\x43\x61llTool\x12%.macp.tool_gateway.v1.CallToolRequest\x1a&.macp.tool_gateway.v1.CallToolResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/macp/tool_gateway/v1/tool_gateway_service.proto\x12\x14macp.tool_gateway.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19macp/common/v1/text.proto\"J\n\x10StaticCredential\x12\x1d\n\x06header\x18\x01 \x01(\tB\r\xbaH\nr\x08\x18\x80\x01\xc0\xa3\x83\x02\x01\x12\x17\n\x05value\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80@\"\xca\x01\n\x16OAuthClientCredentials\x12-\n\ttoken_url\x18\x01 \x01(\tB\x1a\xbaH\x17r\x12\x18\x80\x10\x32\n^https?://\x88\x01\x01\xd8\x01\x01\x12 \n\tclient_id\x18\x02 \x01(\tB\r\xbaH\nr\x08\x18\x80\x02\xc0\xa3\x83\x02\x01\x12\x1f\n\rclient_secret\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08\x12\x1c\n\x05scope\x18\x04 \x01(\tB\r\xbaH\nr\x08\x18\x80\x08\xc0\xa3\x83\x02\x01\x12 \n\x08resource\x18\x05 \x01(\tB\x0e\xbaH\x0br\x06\x18\x80\x10\x88\x01\x01\xd8\x01\x01\"\xe9\x03\n\nToolServer\x12\x17\n\x02id\x18\x01 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\x12 \n\ttenant_id\x18\x02 \x01(\tB\r\xbaH\nr\x08\x18\x80\x01\xc0\xa3\x83\x02\x01\x12.\n\x04name\x18\x03 \x01(\tB \xbaH\x1dr\x18\x32\x16^[a-z][a-z0-9-]{0,31}$\xd8\x01\x01\x12\'\n\x03url\x18\x04 \x01(\tB\x1a\xbaH\x17r\x12\x18\x80\x10\x32\n^https?://\x88\x01\x01\xd8\x01\x01\x12#\n\rversion_label\x18\x05 \x01(\tB\x0c\xbaH\tr\x07\x18@\xc0\xa3\x83\x02\x01\x12:\n\x04\x61uth\x18\x06 \x01(\x0e\x32\".macp.tool_gateway.v1.UpstreamAuthB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x16\n\x04\x65tag\x18\x07 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08platform\x18\t \x01(\x08\x12\x41\n\x11static_credential\x18\n \x01(\x0b\x32&.macp.tool_gateway.v1.StaticCredential\x12H\n\x12\x63lient_credentials\x18\x0b \x01(\x0b\x32,.macp.tool_gateway.v1.OAuthClientCredentials\"\xaa\x01\n\x04Tool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tserver_id\x18\x02 \x01(\t\x12\x13\n\x0bserver_name\x18\x03 \x01(\t\x12\x15\n\rupstream_name\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x05 \x01(\t\x12-\n\x0cinput_schema\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tavailable\x18\x07 \x01(\x08\"K\n\x11UnavailableServer\x12\x11\n\tserver_id\x18\x01 \x01(\t\x12\x13\n\x0bserver_name\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"X\n\x17\x43reateToolServerRequest\x12=\n\x0btool_server\x18\x01 \x01(\x0b\x32 .macp.tool_gateway.v1.ToolServerB\x06\xbaH\x03\xc8\x01\x01\"Q\n\x18\x43reateToolServerResponse\x12\x35\n\x0btool_server\x18\x01 \x01(\x0b\x32 .macp.tool_gateway.v1.ToolServer\",\n\x14GetToolServerRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"N\n\x15GetToolServerResponse\x12\x35\n\x0btool_server\x18\x01 \x01(\x0b\x32 .macp.tool_gateway.v1.ToolServer\"]\n\x16ListToolServersRequest\x12 \n\tpage_size\x18\x01 \x01(\x05\x42\r\xbaH\n\x1a\x05\x18\xe8\x07(\x01\xd8\x01\x01\x12!\n\npage_token\x18\x02 \x01(\tB\r\xbaH\nr\x08\x18\x80\x08\xc0\xa3\x83\x02\x01\"j\n\x17ListToolServersResponse\x12\x36\n\x0ctool_servers\x18\x01 \x03(\x0b\x32 .macp.tool_gateway.v1.ToolServer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"G\n\x17\x44\x65leteToolServerRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x16\n\x04\x65tag\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\"\x1a\n\x18\x44\x65leteToolServerResponse\"\x12\n\x10ListToolsRequest\"|\n\x11ListToolsResponse\x12)\n\x05tools\x18\x01 \x03(\x0b\x32\x1a.macp.tool_gateway.v1.Tool\x12<\n\x0bunavailable\x18\x02 \x03(\x0b\x32\'.macp.tool_gateway.v1.UnavailableServer\"\xdf\x01\n\x0f\x43\x61llToolRequest\x12<\n\x04name\x18\x01 \x01(\tB.\xbaH+r)\x10\x04\x18\xc8\x01\x32\"^[a-z][a-z0-9-]*__[A-Za-z0-9_.-]+$\x12*\n\targuments\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12$\n\x0f\x63onversation_id\x18\x03 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\x12\x1c\n\x07turn_id\x18\x04 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\x12\x1e\n\x0ctool_call_id\x18\x05 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\"|\n\x10\x43\x61llToolResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x33\n\x12structured_content\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08is_error\x18\x03 \x01(\x08\x12\x13\n\x0b\x64uration_ms\x18\x04 \x01(\x03*\xa7\x01\n\x0cUpstreamAuth\x12\x1d\n\x19UPSTREAM_AUTH_UNSPECIFIED\x10\x00\x12\x16\n\x12UPSTREAM_AUTH_NONE\x10\x01\x12 \n\x1cUPSTREAM_AUTH_TOKEN_EXCHANGE\x10\x02\x12\x18\n\x14UPSTREAM_AUTH_STATIC\x10\x03\x12$\n UPSTREAM_AUTH_CLIENT_CREDENTIALS\x10\x04\x32\x8d\x05\n\x12ToolGatewayService\x12q\n\x10\x43reateToolServer\x12-.macp.tool_gateway.v1.CreateToolServerRequest\x1a..macp.tool_gateway.v1.CreateToolServerResponse\x12h\n\rGetToolServer\x12*.macp.tool_gateway.v1.GetToolServerRequest\x1a+.macp.tool_gateway.v1.GetToolServerResponse\x12n\n\x0fListToolServers\x12,.macp.tool_gateway.v1.ListToolServersRequest\x1a-.macp.tool_gateway.v1.ListToolServersResponse\x12q\n\x10\x44\x65leteToolServer\x12-.macp.tool_gateway.v1.DeleteToolServerRequest\x1a..macp.tool_gateway.v1.DeleteToolServerResponse\x12\\\n\tListTools\x12&.macp.tool_gateway.v1.ListToolsRequest\x1a\'.macp.tool_gateway.v1.ListToolsResponse\x12Y\n\x08\x43\x61llTool\x12%.macp.tool_gateway.v1.CallToolRequest\x1a&.macp.tool_gateway.v1.CallToolResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'macp.tool_gateway.v1.tool_gateway_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_STATICCREDENTIAL'].fields_by_name['header']._loaded_options = None
+  _globals['_STATICCREDENTIAL'].fields_by_name['header']._serialized_options = b'\272H\nr\010\030\200\001\300\243\203\002\001'
+  _globals['_STATICCREDENTIAL'].fields_by_name['value']._loaded_options = None
+  _globals['_STATICCREDENTIAL'].fields_by_name['value']._serialized_options = b'\272H\005r\003\030\200@'
+  _globals['_OAUTHCLIENTCREDENTIALS'].fields_by_name['token_url']._loaded_options = None
+  _globals['_OAUTHCLIENTCREDENTIALS'].fields_by_name['token_url']._serialized_options = b'\272H\027r\022\030\200\0202\n^https?://\210\001\001\330\001\001'
+  _globals['_OAUTHCLIENTCREDENTIALS'].fields_by_name['client_id']._loaded_options = None
+  _globals['_OAUTHCLIENTCREDENTIALS'].fields_by_name['client_id']._serialized_options = b'\272H\nr\010\030\200\002\300\243\203\002\001'
+  _globals['_OAUTHCLIENTCREDENTIALS'].fields_by_name['client_secret']._loaded_options = None
+  _globals['_OAUTHCLIENTCREDENTIALS'].fields_by_name['client_secret']._serialized_options = b'\272H\005r\003\030\200\010'
+  _globals['_OAUTHCLIENTCREDENTIALS'].fields_by_name['scope']._loaded_options = None
+  _globals['_OAUTHCLIENTCREDENTIALS'].fields_by_name['scope']._serialized_options = b'\272H\nr\010\030\200\010\300\243\203\002\001'
+  _globals['_OAUTHCLIENTCREDENTIALS'].fields_by_name['resource']._loaded_options = None
+  _globals['_OAUTHCLIENTCREDENTIALS'].fields_by_name['resource']._serialized_options = b'\272H\013r\006\030\200\020\210\001\001\330\001\001'
   _globals['_TOOLSERVER'].fields_by_name['id']._loaded_options = None
   _globals['_TOOLSERVER'].fields_by_name['id']._serialized_options = b'\272H\010r\003\260\001\001\330\001\001'
   _globals['_TOOLSERVER'].fields_by_name['tenant_id']._loaded_options = None
@@ -63,38 +77,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETETOOLSERVERREQUEST'].fields_by_name['etag']._serialized_options = b'\272H\005r\003\030\200\001'
   _globals['_CALLTOOLREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_CALLTOOLREQUEST'].fields_by_name['name']._serialized_options = b'\272H+r)\020\004\030\310\0012\"^[a-z][a-z0-9-]*__[A-Za-z0-9_.-]+$'
-  _globals['_UPSTREAMAUTH']._serialized_start=1775
-  _globals['_UPSTREAMAUTH']._serialized_end=1878
-  _globals['_TOOLSERVER']._serialized_start=193
-  _globals['_TOOLSERVER']._serialized_end=523
-  _globals['_TOOL']._serialized_start=526
-  _globals['_TOOL']._serialized_end=696
-  _globals['_UNAVAILABLESERVER']._serialized_start=698
-  _globals['_UNAVAILABLESERVER']._serialized_end=773
-  _globals['_CREATETOOLSERVERREQUEST']._serialized_start=775
-  _globals['_CREATETOOLSERVERREQUEST']._serialized_end=863
-  _globals['_CREATETOOLSERVERRESPONSE']._serialized_start=865
-  _globals['_CREATETOOLSERVERRESPONSE']._serialized_end=946
-  _globals['_GETTOOLSERVERREQUEST']._serialized_start=948
-  _globals['_GETTOOLSERVERREQUEST']._serialized_end=992
-  _globals['_GETTOOLSERVERRESPONSE']._serialized_start=994
-  _globals['_GETTOOLSERVERRESPONSE']._serialized_end=1072
-  _globals['_LISTTOOLSERVERSREQUEST']._serialized_start=1074
-  _globals['_LISTTOOLSERVERSREQUEST']._serialized_end=1167
-  _globals['_LISTTOOLSERVERSRESPONSE']._serialized_start=1169
-  _globals['_LISTTOOLSERVERSRESPONSE']._serialized_end=1275
-  _globals['_DELETETOOLSERVERREQUEST']._serialized_start=1277
-  _globals['_DELETETOOLSERVERREQUEST']._serialized_end=1348
-  _globals['_DELETETOOLSERVERRESPONSE']._serialized_start=1350
-  _globals['_DELETETOOLSERVERRESPONSE']._serialized_end=1376
-  _globals['_LISTTOOLSREQUEST']._serialized_start=1378
-  _globals['_LISTTOOLSREQUEST']._serialized_end=1396
-  _globals['_LISTTOOLSRESPONSE']._serialized_start=1398
-  _globals['_LISTTOOLSRESPONSE']._serialized_end=1522
-  _globals['_CALLTOOLREQUEST']._serialized_start=1524
-  _globals['_CALLTOOLREQUEST']._serialized_end=1647
-  _globals['_CALLTOOLRESPONSE']._serialized_start=1649
-  _globals['_CALLTOOLRESPONSE']._serialized_end=1773
-  _globals['_TOOLGATEWAYSERVICE']._serialized_start=1881
-  _globals['_TOOLGATEWAYSERVICE']._serialized_end=2534
+  _globals['_CALLTOOLREQUEST'].fields_by_name['conversation_id']._loaded_options = None
+  _globals['_CALLTOOLREQUEST'].fields_by_name['conversation_id']._serialized_options = b'\272H\010r\003\260\001\001\330\001\001'
+  _globals['_CALLTOOLREQUEST'].fields_by_name['turn_id']._loaded_options = None
+  _globals['_CALLTOOLREQUEST'].fields_by_name['turn_id']._serialized_options = b'\272H\010r\003\260\001\001\330\001\001'
+  _globals['_CALLTOOLREQUEST'].fields_by_name['tool_call_id']._loaded_options = None
+  _globals['_CALLTOOLREQUEST'].fields_by_name['tool_call_id']._serialized_options = b'\272H\005r\003\030\200\001'
+  _globals['_UPSTREAMAUTH']._serialized_start=2317
+  _globals['_UPSTREAMAUTH']._serialized_end=2484
+  _globals['_STATICCREDENTIAL']._serialized_start=192
+  _globals['_STATICCREDENTIAL']._serialized_end=266
+  _globals['_OAUTHCLIENTCREDENTIALS']._serialized_start=269
+  _globals['_OAUTHCLIENTCREDENTIALS']._serialized_end=471
+  _globals['_TOOLSERVER']._serialized_start=474
+  _globals['_TOOLSERVER']._serialized_end=963
+  _globals['_TOOL']._serialized_start=966
+  _globals['_TOOL']._serialized_end=1136
+  _globals['_UNAVAILABLESERVER']._serialized_start=1138
+  _globals['_UNAVAILABLESERVER']._serialized_end=1213
+  _globals['_CREATETOOLSERVERREQUEST']._serialized_start=1215
+  _globals['_CREATETOOLSERVERREQUEST']._serialized_end=1303
+  _globals['_CREATETOOLSERVERRESPONSE']._serialized_start=1305
+  _globals['_CREATETOOLSERVERRESPONSE']._serialized_end=1386
+  _globals['_GETTOOLSERVERREQUEST']._serialized_start=1388
+  _globals['_GETTOOLSERVERREQUEST']._serialized_end=1432
+  _globals['_GETTOOLSERVERRESPONSE']._serialized_start=1434
+  _globals['_GETTOOLSERVERRESPONSE']._serialized_end=1512
+  _globals['_LISTTOOLSERVERSREQUEST']._serialized_start=1514
+  _globals['_LISTTOOLSERVERSREQUEST']._serialized_end=1607
+  _globals['_LISTTOOLSERVERSRESPONSE']._serialized_start=1609
+  _globals['_LISTTOOLSERVERSRESPONSE']._serialized_end=1715
+  _globals['_DELETETOOLSERVERREQUEST']._serialized_start=1717
+  _globals['_DELETETOOLSERVERREQUEST']._serialized_end=1788
+  _globals['_DELETETOOLSERVERRESPONSE']._serialized_start=1790
+  _globals['_DELETETOOLSERVERRESPONSE']._serialized_end=1816
+  _globals['_LISTTOOLSREQUEST']._serialized_start=1818
+  _globals['_LISTTOOLSREQUEST']._serialized_end=1836
+  _globals['_LISTTOOLSRESPONSE']._serialized_start=1838
+  _globals['_LISTTOOLSRESPONSE']._serialized_end=1962
+  _globals['_CALLTOOLREQUEST']._serialized_start=1965
+  _globals['_CALLTOOLREQUEST']._serialized_end=2188
+  _globals['_CALLTOOLRESPONSE']._serialized_start=2190
+  _globals['_CALLTOOLRESPONSE']._serialized_end=2314
+  _globals['_TOOLGATEWAYSERVICE']._serialized_start=2487
+  _globals['_TOOLGATEWAYSERVICE']._serialized_end=3140
 # @@protoc_insertion_point(module_scope)

@@ -44,6 +44,16 @@ class _UpstreamAuthEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Upstream
     whose `sub` is the user and whose `act` chain names the gateway (and the agent, when an agent
     calls). The caller's own token never reaches the server.
     """
+    UPSTREAM_AUTH_STATIC: _UpstreamAuth.ValueType  # 3
+    """One HTTP header the gateway sends with every request to the server (`authorization: Bearer
+    ...`, `x-api-key: ...`), given in `static_credential`; its value is sealed at rest and never
+    returned.
+    """
+    UPSTREAM_AUTH_CLIENT_CREDENTIALS: _UpstreamAuth.ValueType  # 4
+    """An access token the gateway gets from the server's own authorization server with OAuth 2.0
+    client credentials (RFC 6749 section 4.4), given in `client_credentials`; the client secret is
+    sealed at rest and never returned.
+    """
 
 class UpstreamAuth(_UpstreamAuth, metaclass=_UpstreamAuthEnumTypeWrapper):
     """How the gateway authenticates to an upstream MCP server."""
@@ -57,11 +67,95 @@ UPSTREAM_AUTH_TOKEN_EXCHANGE: UpstreamAuth.ValueType  # 2
 whose `sub` is the user and whose `act` chain names the gateway (and the agent, when an agent
 calls). The caller's own token never reaches the server.
 """
+UPSTREAM_AUTH_STATIC: UpstreamAuth.ValueType  # 3
+"""One HTTP header the gateway sends with every request to the server (`authorization: Bearer
+...`, `x-api-key: ...`), given in `static_credential`; its value is sealed at rest and never
+returned.
+"""
+UPSTREAM_AUTH_CLIENT_CREDENTIALS: UpstreamAuth.ValueType  # 4
+"""An access token the gateway gets from the server's own authorization server with OAuth 2.0
+client credentials (RFC 6749 section 4.4), given in `client_credentials`; the client secret is
+sealed at rest and never returned.
+"""
 Global___UpstreamAuth: _TypeAlias = UpstreamAuth  # noqa: Y015
 
 @_typing.final
+class StaticCredential(_message.Message):
+    """The header an UPSTREAM_AUTH_STATIC server gets."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    header: _builtins.str
+    """The header's name: an HTTP token, case-insensitive, neither hop-by-hop nor one the gateway
+    sets itself (`host`, `content-length`, `content-type`, `accept`, `mcp-session-id`, ...).
+    """
+    value: _builtins.str
+    """Input only: the header's value, required on create. Never returned."""
+    def __init__(
+        self,
+        *,
+        header: _builtins.str = ...,
+        value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StaticCredential: _TypeAlias = StaticCredential  # noqa: Y015
+
+@_typing.final
+class OAuthClientCredentials(_message.Message):
+    """How an UPSTREAM_AUTH_CLIENT_CREDENTIALS server's tokens are had: the token endpoint of its own
+    authorization server, the gateway's client there, and what the token is asked for.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_URL_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_SECRET_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    token_url: _builtins.str
+    """The token endpoint, http or https. Required on create."""
+    client_id: _builtins.str
+    """The client's id at that authorization server. Required on create."""
+    client_secret: _builtins.str
+    """Input only: the client's secret, sent with HTTP Basic (client_secret_basic). Required on
+    create; never returned.
+    """
+    scope: _builtins.str
+    """The scope to ask for, space-delimited (RFC 6749 section 3.3); empty asks for the client's
+    default.
+    """
+    resource: _builtins.str
+    """The RFC 8707 resource to ask the token for (an absolute URI); empty sends none."""
+    def __init__(
+        self,
+        *,
+        token_url: _builtins.str = ...,
+        client_id: _builtins.str = ...,
+        client_secret: _builtins.str = ...,
+        scope: _builtins.str = ...,
+        resource: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "client_secret", b"client_secret", "resource", b"resource", "scope", b"scope", "token_url", b"token_url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OAuthClientCredentials: _TypeAlias = OAuthClientCredentials  # noqa: Y015
+
+@_typing.final
 class ToolServer(_message.Message):
-    """An MCP server a tenant registered: where it is, what its tools are called by, how to reach it."""
+    """An MCP server a tenant registered, or a platform-wide one an operator registered for every
+    tenant: where it is, what its tools are called by, how to reach it.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -73,6 +167,9 @@ class ToolServer(_message.Message):
     AUTH_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    PLATFORM_FIELD_NUMBER: _builtins.int
+    STATIC_CREDENTIAL_FIELD_NUMBER: _builtins.int
+    CLIENT_CREDENTIALS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. The server's id (UUID), assigned on create."""
     tenant_id: _builtins.str
@@ -89,9 +186,26 @@ class ToolServer(_message.Message):
     """How the gateway authenticates to it."""
     etag: _builtins.str
     """Output only. Changes on every write."""
+    platform: _builtins.bool
+    """True for a platform-wide server: every tenant lists it and calls its tools, none may remove
+    it, and a tenant's own server of the same name takes its place in that tenant. Creating one
+    needs the operator's scope `macp:admin`; its `tenant_id` is empty.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """Output only."""
+
+    @_builtins.property
+    def static_credential(self) -> Global___StaticCredential:
+        """The header sent to it; set exactly when `auth` is UPSTREAM_AUTH_STATIC. Returned without
+        its value.
+        """
+
+    @_builtins.property
+    def client_credentials(self) -> Global___OAuthClientCredentials:
+        """Its authorization server and the gateway's client there; set exactly when `auth` is
+        UPSTREAM_AUTH_CLIENT_CREDENTIALS. Returned without the secret.
+        """
 
     def __init__(
         self,
@@ -104,10 +218,13 @@ class ToolServer(_message.Message):
         auth: Global___UpstreamAuth.ValueType = ...,
         etag: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        platform: _builtins.bool = ...,
+        static_credential: Global___StaticCredential | None = ...,
+        client_credentials: Global___OAuthClientCredentials | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["client_credentials", b"client_credentials", "create_time", b"create_time", "static_credential", b"static_credential"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "create_time", b"create_time", "etag", b"etag", "id", b"id", "name", b"name", "tenant_id", b"tenant_id", "url", b"url", "version_label", b"version_label"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "client_credentials", b"client_credentials", "create_time", b"create_time", "etag", b"etag", "id", b"id", "name", b"name", "platform", b"platform", "static_credential", b"static_credential", "tenant_id", b"tenant_id", "url", b"url", "version_label", b"version_label"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -439,8 +556,19 @@ class CallToolRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     ARGUMENTS_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    TURN_ID_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """A name of the catalogue (`<server name>__<tool name>`)."""
+    conversation_id: _builtins.str
+    """The conversation the call is made in, when an agent calls in a turn (its usage event's label)."""
+    turn_id: _builtins.str
+    """The turn the call is made in (its usage event's label)."""
+    tool_call_id: _builtins.str
+    """The model's id of the call in that turn. With turn_id it keys the call: the same call made
+    again (a turn taken over after its driver died) is held and metered once.
+    """
     @_builtins.property
     def arguments(self) -> _struct_pb2.Struct:
         """The tool's arguments, as its input schema describes them."""
@@ -450,10 +578,13 @@ class CallToolRequest(_message.Message):
         *,
         name: _builtins.str = ...,
         arguments: _struct_pb2.Struct | None = ...,
+        conversation_id: _builtins.str = ...,
+        turn_id: _builtins.str = ...,
+        tool_call_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "conversation_id", b"conversation_id", "name", b"name", "tool_call_id", b"tool_call_id", "turn_id", b"turn_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -72,7 +72,8 @@ class ToolGatewayServiceServicer:
     """
 
     def CreateToolServer(self, request, context):
-        """Registers an MCP server of the caller's tenant. Its name must be unique in the tenant
+        """Registers an MCP server of the caller's tenant, or with `platform` (scope `macp:admin`) one
+        of every tenant. Its name must be unique in the tenant, or among platform servers
         (ALREADY_EXISTS otherwise).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -80,21 +81,22 @@ class ToolGatewayServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetToolServer(self, request, context):
-        """Returns one server.
+        """Returns one server of the tenant's or of the platform's.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListToolServers(self, request, context):
-        """Lists the tenant's servers, oldest first.
+        """Lists the tenant's servers and the platform's, oldest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteToolServer(self, request, context):
-        """Removes a server; its tools leave the catalogue at once.
+        """Removes a server; its tools leave the catalogue at once. A platform server is removed only
+        with scope `macp:admin` (PERMISSION_DENIED otherwise).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -25,15 +25,18 @@ class ToolGatewayServiceStub:
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateToolServer: _aio.UnaryUnaryMultiCallable[_tool_gateway_service_pb2.CreateToolServerRequest, _tool_gateway_service_pb2.CreateToolServerResponse]
-    """Registers an MCP server of the caller's tenant. Its name must be unique in the tenant
+    """Registers an MCP server of the caller's tenant, or with `platform` (scope `macp:admin`) one
+    of every tenant. Its name must be unique in the tenant, or among platform servers
     (ALREADY_EXISTS otherwise).
     """
     GetToolServer: _aio.UnaryUnaryMultiCallable[_tool_gateway_service_pb2.GetToolServerRequest, _tool_gateway_service_pb2.GetToolServerResponse]
-    """Returns one server."""
+    """Returns one server of the tenant's or of the platform's."""
     ListToolServers: _aio.UnaryUnaryMultiCallable[_tool_gateway_service_pb2.ListToolServersRequest, _tool_gateway_service_pb2.ListToolServersResponse]
-    """Lists the tenant's servers, oldest first."""
+    """Lists the tenant's servers and the platform's, oldest first."""
     DeleteToolServer: _aio.UnaryUnaryMultiCallable[_tool_gateway_service_pb2.DeleteToolServerRequest, _tool_gateway_service_pb2.DeleteToolServerResponse]
-    """Removes a server; its tools leave the catalogue at once."""
+    """Removes a server; its tools leave the catalogue at once. A platform server is removed only
+    with scope `macp:admin` (PERMISSION_DENIED otherwise).
+    """
     ListTools: _aio.UnaryUnaryMultiCallable[_tool_gateway_service_pb2.ListToolsRequest, _tool_gateway_service_pb2.ListToolsResponse]
     """The tenant's catalogue: every tool of every server, a server that cannot be reached listed
     with its tools marked unavailable (as last seen) and the reason.
@@ -53,7 +56,8 @@ class ToolGatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tool_gateway_service_pb2.CreateToolServerRequest,
         context: _aio.ServicerContext[_tool_gateway_service_pb2.CreateToolServerRequest, _abc.Awaitable[_tool_gateway_service_pb2.CreateToolServerResponse]],
     ) -> _abc.Awaitable[_tool_gateway_service_pb2.CreateToolServerResponse]:
-        """Registers an MCP server of the caller's tenant. Its name must be unique in the tenant
+        """Registers an MCP server of the caller's tenant, or with `platform` (scope `macp:admin`) one
+        of every tenant. Its name must be unique in the tenant, or among platform servers
         (ALREADY_EXISTS otherwise).
         """
 
@@ -63,7 +67,7 @@ class ToolGatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tool_gateway_service_pb2.GetToolServerRequest,
         context: _aio.ServicerContext[_tool_gateway_service_pb2.GetToolServerRequest, _abc.Awaitable[_tool_gateway_service_pb2.GetToolServerResponse]],
     ) -> _abc.Awaitable[_tool_gateway_service_pb2.GetToolServerResponse]:
-        """Returns one server."""
+        """Returns one server of the tenant's or of the platform's."""
 
     @_abc_1.abstractmethod
     def ListToolServers(
@@ -71,7 +75,7 @@ class ToolGatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tool_gateway_service_pb2.ListToolServersRequest,
         context: _aio.ServicerContext[_tool_gateway_service_pb2.ListToolServersRequest, _abc.Awaitable[_tool_gateway_service_pb2.ListToolServersResponse]],
     ) -> _abc.Awaitable[_tool_gateway_service_pb2.ListToolServersResponse]:
-        """Lists the tenant's servers, oldest first."""
+        """Lists the tenant's servers and the platform's, oldest first."""
 
     @_abc_1.abstractmethod
     def DeleteToolServer(
@@ -79,7 +83,9 @@ class ToolGatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _tool_gateway_service_pb2.DeleteToolServerRequest,
         context: _aio.ServicerContext[_tool_gateway_service_pb2.DeleteToolServerRequest, _abc.Awaitable[_tool_gateway_service_pb2.DeleteToolServerResponse]],
     ) -> _abc.Awaitable[_tool_gateway_service_pb2.DeleteToolServerResponse]:
-        """Removes a server; its tools leave the catalogue at once."""
+        """Removes a server; its tools leave the catalogue at once. A platform server is removed only
+        with scope `macp:admin` (PERMISSION_DENIED otherwise).
+        """
 
     @_abc_1.abstractmethod
     def ListTools(
