@@ -29,6 +29,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "usage": ("services.cli.usage", "show the tenant's usage or its invoice preview from the running stack"),
     "limits": ("services.cli.limits", "show the edge's rate limits and where the signed-in caller stands"),
     "audit": ("services.cli.audit", "show the tenant's audit log from the running stack (tenant admins)"),
+    "tool-servers": (
+        "services.cli.tool_servers",
+        "list, register or remove the tenant's MCP servers at the tool gateway",
+    ),
+    "tools": ("services.cli.tools", "list the tenant's tool catalogue, or call one tool"),
 }
 
 
