@@ -39,6 +39,8 @@ from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Liste
 from envoy_data_plane.envoy.config.overload.v3 import OverloadManager, ResourceMonitor
 from envoy_data_plane.envoy.config.route.v3 import (
     HeaderMatcher,
+    RetryPolicy,
+    RetryPolicyRetryHostPredicate,
     Route,
     RouteAction,
     RouteConfiguration,
@@ -56,6 +58,7 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
 from envoy_data_plane.envoy.extensions.resource_monitors.downstream_connections.v3 import (
     DownstreamConnectionsConfig,
 )
+from envoy_data_plane.envoy.extensions.retry.host.previous_hosts.v3 import PreviousHostsPredicate
 from envoy_data_plane.envoy.type.matcher.v3 import StringMatcher
 from envoy_data_plane.google.protobuf import Any, Struct
 
@@ -208,11 +211,32 @@ def _http_face_routes() -> list[Route]:
     return [
         Route(
             match=RouteMatch(path=path),
-            route=RouteAction(cluster=spec.http_name, timeout=UNTIMED, idle_timeout=STREAM_IDLE_TIMEOUT),
+            route=RouteAction(
+                cluster=spec.http_name,
+                timeout=UNTIMED,
+                idle_timeout=STREAM_IDLE_TIMEOUT,
+                retry_policy=_unsent_retry(),
+            ),
         )
         for spec in HTTP_FACES
         for path in spec.front_paths
     ]
+
+
+def _unsent_retry() -> RetryPolicy:
+    """Another instance for a request no instance took (a process stopping, or gone before the
+    health checks saw it): safe for any method, since nothing of it was served."""
+    return RetryPolicy(
+        retry_on="connect-failure,refused-stream",
+        num_retries=2,
+        retry_host_predicate=[
+            RetryPolicyRetryHostPredicate(
+                name="envoy.retry_host_predicates.previous_hosts",
+                typed_config=Any.pack(PreviousHostsPredicate()),
+            )
+        ],
+        host_selection_retry_max_attempts=3,
+    )
 
 
 def _front_listener(layout: _Layout) -> Listener:

@@ -244,6 +244,10 @@ def test_a_services_http_face_is_routed_first_and_health_checked(target: Target)
     first = routes[: len(gateway.front_paths)]
     assert [route["match"]["path"] for route in first] == list(gateway.front_paths)
     assert {route["route"]["cluster"] for route in first} == {gateway.http_name}
+    # A request no instance took goes to another one; nothing served is ever sent twice.
+    assert {route["route"]["retry_policy"]["retry_on"] for route in first} == {
+        "connect-failure,refused-stream"
+    }
     assert "/mcp" in gateway.front_paths
 
 
