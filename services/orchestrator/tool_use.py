@@ -112,7 +112,7 @@ class Toolbox:
                 reason="TOOL_CALL_LIMIT", domain="macp.orchestrator", message=refusal
             )
         else:
-            text, is_error, error = await self._call(call, agent)
+            text, is_error, error = await self._call(call, agent, turn_id, conversation_id)
         duration_ms = int((time.monotonic() - started) * 1000)
         text = text[-MAX_TEXT:] if len(text) > MAX_TEXT else text
         record = conversation_pb.ToolCallRecord(
@@ -144,13 +144,19 @@ class Toolbox:
         )
 
     async def _call(
-        self, call: proxy_pb.ToolCall, agent: conversation_pb.Agent
+        self, call: proxy_pb.ToolCall, agent: conversation_pb.Agent, turn_id: str, conversation_id: str
     ) -> tuple[str, bool, error_pb2.ErrorDetail | None]:
         """The call through the gateway: its text, whether it is an error, and the gateway's error."""
         try:
             with acting_agent(acting(agent)):
                 reply = await self._downstream.tool_gateway.CallTool(
-                    gateway_pb.CallToolRequest(name=call.name, arguments=call.arguments),
+                    gateway_pb.CallToolRequest(
+                        name=call.name,
+                        arguments=call.arguments,
+                        conversation_id=conversation_id,
+                        turn_id=turn_id,
+                        tool_call_id=call.id,
+                    ),
                     timeout=self._downstream.timeout,
                 )
         except grpc.aio.AioRpcError as exc:

@@ -64,18 +64,22 @@ class Metered:
     tool: str
     duration_ms: int
     result_bytes: int
+    # The conversation and turn the call was made in, when the caller said (an agent's turn).
+    conversation_id: str = ""
+    turn_id: str = ""
 
 
 def tool_call_event(principal: Principal, call_id: str, metered: Metered) -> usage_pb2.UsageEvent:
     """The usage event of one call: the caller's tenant and user (the token's subject), the agent
-    its act chain names, if any. The gateway knows no conversation or turn: neither the caller's
-    token nor CallToolRequest carries one, so both stay empty."""
+    its act chain names, if any, and the conversation and turn the request named."""
     return usage_pb2.UsageEvent(
         event_id=tool_call_event_id(call_id),
         time=now_timestamp(),
         tenant_id=principal.tenant_id,
         user_id=principal.user_id,
         agent_id=_agent_id(principal),
+        conversation_id=metered.conversation_id,
+        turn_id=metered.turn_id,
         type=usage_pb2.USAGE_EVENT_TYPE_TOOL_CALL,
         dimensions=usage_pb2.UsageDimensions(
             tool_server=metered.server,

@@ -67,7 +67,7 @@ class ToolCalls:
         if server is None:
             raise NotFound(f"name: the tenant has no tool server named {server_name}")
         arguments = json_format.MessageToDict(request.arguments)
-        call_id = str(uuid.uuid4())
+        call_id = call_key(principal, request)
         try:
             await self._limits.admit(principal.tenant_id, request.name)
             await self._metering.reserve(principal, call_id)
@@ -82,7 +82,16 @@ class ToolCalls:
             raise
         result = await self._upstream(principal, server, tool, arguments, call_id)
         await self._metering.settle(
-            principal, call_id, Metered(server.name, tool, result.duration_ms, _result_bytes(result))
+            principal,
+            call_id,
+            Metered(
+                server.name,
+                tool,
+                result.duration_ms,
+                _result_bytes(result),
+                request.conversation_id,
+                request.turn_id,
+            ),
         )
         await self._audit(
             principal, server, tool, "tool_error" if result.is_error else "ok", result.duration_ms, call_id
@@ -145,6 +154,15 @@ class ToolCalls:
                 },
             ),
         )
+
+
+def call_key(principal: Principal, request: pb.CallToolRequest) -> str:
+    """The call's id (its quota hold's, from which its usage event's derives): derived from the
+    turn and the model's id of the call when the request names both, so the same call of a turn
+    is held and metered once however often it is made; else new for each call."""
+    if request.turn_id and request.tool_call_id:
+        return str(uuid.uuid5(uuid.UUID(request.turn_id), f"{principal.tenant_id}:{request.tool_call_id}"))
+    return str(uuid.uuid4())
 
 
 def _result_bytes(result: ToolResult) -> int:

@@ -20,6 +20,7 @@ import httpx
 import pytest
 import websockets
 from google.protobuf.timestamp_pb2 import Timestamp
+from macp.common.v1 import usage_pb2
 from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 from macp.metering.v1 import metering_service_pb2 as metering_pb
 from macp.metering.v1 import metering_service_pb2_grpc as metering_grpc
@@ -141,6 +142,14 @@ async def test_an_agent_calls_a_tool_in_its_turn(
     # Metered: one tool call, beside the turn that made it.
     totals = await usage_totals(world)
     assert (totals.tool_calls, totals.agent_turns) == (1, 1)
+    async with world.database() as db:
+        [metered] = await db.fetch(
+            "SELECT agent_id, conversation_id, turn_id FROM metering_usage_events"
+            " WHERE tenant_id = $1 AND event_type = $2",
+            world.tenant.tenant_id,
+            usage_pb2.USAGE_EVENT_TYPE_TOOL_CALL,
+        )
+    assert tuple(metered) == (agent.id, conversation.id, turn["turn_id"])
 
     # The upstream saw a token of its own: its audience, the user, the agent and the gateway acting.
     _, user = unverified(world.edge_token)
