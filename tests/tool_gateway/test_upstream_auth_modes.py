@@ -26,12 +26,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from services.example_tools.audience import RequireAudience
 from services.example_tools.servers import forecast_for, weather_server
 from services.runtime.auth.jwks import jwks_from_proto, keys_from_jwks
+from services.runtime.errors import FailedPrecondition
 from services.runtime.sealing import Sealer, decode_sealing_key
 from services.runtime.settings import SettingsError
 from services.tool_gateway.client_credentials import ClientCredentialsTokens
+from services.tool_gateway.server_store import ServerStore
 from services.tool_gateway.service import DEFINITION as TOOL_GATEWAY
 from services.tool_gateway.settings import SEALING_KEY
-from services.tool_gateway.upstream_secrets import associated_data
+from services.tool_gateway.upstream_secrets import UpstreamSecrets, associated_data
 from tests.asgi import serving
 from tests.edge.conftest import serving_edge
 from tests.runtime.serving import running
@@ -183,6 +185,15 @@ async def test_the_gateway_does_not_start_without_the_key_that_opens_its_credent
         assert str(stopped.value).startswith(expected)
         assert API_KEY not in str(stopped.value)
         assert "\n" not in str(stopped.value)
+
+
+async def test_a_gateway_without_the_key_keeps_no_credential(world: World) -> None:
+    async with asyncpg.create_pool(world.environ["MACP_DATABASE_URL"], min_size=1, max_size=1) as pool:
+        keyless = UpstreamSecrets(ServerStore(pool), None)
+        with pytest.raises(FailedPrecondition) as refused:
+            keyless.seal(str(uuid.uuid4()), pb.UPSTREAM_AUTH_STATIC, API_KEY)
+    expected = f"tool_server.auth: this gateway keeps no credentials: {SEALING_KEY} is not set"
+    assert refused.value.message.startswith(expected)
 
 
 # --- client credentials ---------------------------------------------------------------------------
