@@ -12,11 +12,12 @@ from starlette.types import ASGIApp
 
 
 @asynccontextmanager
-async def serving(build: Callable[[str], ASGIApp]) -> AsyncIterator[str]:
-    """`build(url)` served at `url` (the app may need its own URL, as an issuer does); yields it."""
+async def serving(build: Callable[[str], ASGIApp], port: int = 0) -> AsyncIterator[str]:
+    """`build(url)` served at `url` (the app may need its own URL, as an issuer does); yields it.
+    `port` 0 takes one the OS picks; a given one serves a restarted app where the last one was."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
+    listener.bind(("127.0.0.1", port))
     url = f"http://127.0.0.1:{listener.getsockname()[1]}"
     config = uvicorn.Config(build(url), log_config=None, access_log=False, lifespan="on")
     server = uvicorn.Server(config)

@@ -95,5 +95,7 @@ class Catalogue:
         return tools, None
 
     def forget(self, server_id: str) -> None:
+        """The server's registration is gone: its list, and its upstream sessions, go too."""
+        self._http.forget(server_id)
         for key in [key for key in self._listed if key[0] == server_id]:
             del self._listed[key]

@@ -94,7 +94,7 @@ async def start(context: ServiceContext) -> AsyncIterator[None]:
     agent_tools = AgentTools(
         conversation_grpc.ConversationServiceStub(for_callers), settings.upstream.timeout_seconds
     )
-    http = UpstreamHttp(settings.upstream)
+    http = UpstreamHttp(settings.upstream, settings.sessions)
     publisher = _usage_publisher(context)
     metering = CallMetering(
         metering_grpc.MeteringServiceStub(for_callers),

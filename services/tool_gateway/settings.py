@@ -8,6 +8,7 @@ from services.runtime.breaker import BreakerPolicy
 from services.runtime.ratelimit import Limit, parse_limits
 from services.runtime.sealing import GENERATE_HINT, decode_sealing_key
 from services.runtime.settings import Env, SettingsError
+from services.tool_gateway.sessions import SessionLimits
 from services.tool_gateway.upstream import UpstreamLimits
 
 UPSTREAM_TIMEOUT = "MACP_TOOL_GATEWAY_UPSTREAM_TIMEOUT_SECONDS"
@@ -17,6 +18,8 @@ MAX_SERVERS = "MACP_TOOL_GATEWAY_MAX_SERVERS"
 SERVER_CONCURRENCY = "MACP_TOOL_GATEWAY_SERVER_CONCURRENCY"
 BREAKER_FAILURES = "MACP_TOOL_GATEWAY_BREAKER_FAILURES"
 BREAKER_OPEN_SECONDS = "MACP_TOOL_GATEWAY_BREAKER_OPEN_SECONDS"
+MAX_SESSIONS = "MACP_TOOL_GATEWAY_MAX_SESSIONS"
+SESSION_IDLE_SECONDS = "MACP_TOOL_GATEWAY_SESSION_IDLE_SECONDS"
 TOOL_RATE_LIMIT = "MACP_TOOL_GATEWAY_TOOL_RATE_LIMIT"
 QUOTA_HOLDS = "MACP_TOOL_GATEWAY_QUOTA_HOLDS"
 SEALING_KEY = "MACP_TOOL_GATEWAY_SEALING_KEY"
@@ -32,6 +35,8 @@ class ToolGatewaySettings:
     max_servers: the most servers one tenant's catalogue federates.
     server_concurrency: the most operations in flight on one server (more are refused at once).
     breaker: when a server's breaker opens (consecutive failures) and for how long (guards.py).
+    sessions: the most upstream sessions the process keeps open, and how long one may sit idle
+        (sessions.py).
     tool_rate: the limits of one tenant's calls of one tool (call_limits.py); empty when `off`.
     quota_holds: whether each call holds quota at metering first (call_metering.py); `off` only
         for a mesh without metering (usage is still published, but no quota is enforced)."""
@@ -41,6 +46,7 @@ class ToolGatewaySettings:
     max_servers: int
     server_concurrency: int
     breaker: BreakerPolicy
+    sessions: SessionLimits
     tool_rate: tuple[Limit, ...]
     quota_holds: bool
     # The gateway's own client at the token service (for upstream tokens); registered on first use
@@ -67,6 +73,10 @@ class ToolGatewaySettings:
             ),
             tool_rate=_tool_rate(env),
             quota_holds=env.choice(QUOTA_HOLDS, "on", ("on", "off")) == "on",
+            sessions=SessionLimits(
+                max_sessions=env.integer(MAX_SESSIONS, 256, minimum=1, maximum=100_000),
+                idle_seconds=env.number(SESSION_IDLE_SECONDS, 60.0, minimum=0.1),
+            ),
             client_id=env.optional_string("MACP_TOOL_GATEWAY_CLIENT_ID"),
             client_secret=env.optional_string("MACP_TOOL_GATEWAY_CLIENT_SECRET"),
             initial_access_token=env.optional_string("MACP_TOKEN_INITIAL_ACCESS_TOKEN"),

@@ -19,7 +19,7 @@ from services.stack.config import free_port
 from services.tool_gateway.service import DEFINITION as TOOL_GATEWAY
 from tests.example_tools import serving_examples
 from tests.runtime.serving import running
-from tests.tokens import TokenWorld, bearer_channel, token_world
+from tests.tokens import Tenant, TokenWorld, bearer_channel, token_world
 
 AUDIENCE = service_audience("tool-gateway")
 
@@ -62,8 +62,11 @@ async def refused(call: object) -> grpc.aio.AioRpcError:
     raise AssertionError("the call succeeded")
 
 
-async def _caller(tokens: TokenWorld, stack: AsyncExitStack, port: int) -> Caller:
-    tenant = await tokens.tenant()
+async def new_caller(
+    tokens: TokenWorld, stack: AsyncExitStack, port: int, tenant: Tenant | None = None
+) -> Caller:
+    """A caller with a token of its own: of a new tenant's user, or of `tenant`'s user again."""
+    tenant = tenant or await tokens.tenant()
     token = await tokens.user_token(tenant, [AUDIENCE])
     opened = await stack.enter_async_context(bearer_channel(port, token))
     return Caller(pb_grpc.ToolGatewayServiceStub(opened), tenant.tenant_id, token)
@@ -88,6 +91,6 @@ async def world(service_environ: dict[str, str]) -> AsyncIterator[World]:
             }
         )
         service = await stack.enter_async_context(running(TOOL_GATEWAY, environ))
-        alice = await _caller(tokens, stack, service.port)
-        bob = await _caller(tokens, stack, service.port)
+        alice = await new_caller(tokens, stack, service.port)
+        bob = await new_caller(tokens, stack, service.port)
         yield World(environ, tokens, service, alice, bob, weather_url, calculator_url)

@@ -4,6 +4,7 @@ tool returns 50 MB, and one that lists 10,000 tools. Every request that reaches 
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass, field
 
@@ -17,6 +18,13 @@ HUGE_BYTES = 50 * 1024 * 1024
 @dataclass
 class Seen:
     calls: dict[str, int] = field(default_factory=dict)
+    counted: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def reached(self, name: str) -> None:
+        """Returns once a call of `name` has reached the server."""
+        while not self.calls.get(name):
+            self.counted.clear()
+            await self.counted.wait()
 
 
 def faulty_server() -> MCPServer:
@@ -63,6 +71,7 @@ class Misbehaving:
         name = match.group(1).decode() if match else ""
         if name:
             self._seen.calls[name] = self._seen.calls.get(name, 0) + 1
+            self._seen.counted.set()
         if name == "hang":
             # Nothing is ever answered; the request ends when the gateway gives up and hangs up.
             while (await receive())["type"] != "http.disconnect":
@@ -87,7 +96,7 @@ class Misbehaving:
                 }
             )
         else:
-            await self._app(scope, _replaying(body, receive), send)
+            await self._app(scope, replaying(body, receive), send)
 
 
 async def _answer(send: Send, status: int, content_type: str, body: bytes) -> None:
@@ -101,7 +110,8 @@ async def _answer(send: Send, status: int, content_type: str, body: bytes) -> No
     await send({"type": "http.response.body", "body": body})
 
 
-def _replaying(body: bytes, receive: Receive) -> Receive:
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """`receive` with the request body, already read, given back first."""
     sent = False
 
     async def replay() -> Message:
