@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from macp.token.v1 import token_service_pb2 as token_pb
 from macp.token.v1 import token_service_pb2_grpc as token_grpc
 
-from services.example_tools.audience import RequireAudience
+from services.example_tools.audience import Keys, RequireAudience
 from services.example_tools.servers import calculator_server, weather_server
 from services.runtime.auth.jwks import jwks_from_proto, keys_from_jwks
 from tests.asgi import serving
@@ -36,14 +36,8 @@ class Guarded:
 
 
 @asynccontextmanager
-async def serving_guarded_weather(
-    token_stub: token_grpc.TokenServiceStub, issuer: str
-) -> AsyncIterator[Guarded]:
-    """The weather server behind its audience check, verifying with the token service's keys."""
-
-    async def keys() -> Mapping[str, rsa.RSAPublicKey]:
-        return keys_from_jwks(jwks_from_proto(await token_stub.GetJwks(token_pb.GetJwksRequest())))
-
+async def serving_guarded_weather(keys: Keys, issuer: str) -> AsyncIterator[Guarded]:
+    """The weather server behind its audience check, verifying with `keys`."""
     built: list[RequireAudience] = []
 
     def build(url: str) -> RequireAudience:
@@ -55,3 +49,12 @@ async def serving_guarded_weather(
 
     async with serving(build) as url:
         yield Guarded(f"{url}/mcp", built[0])
+
+
+def grpc_keys(token_stub: token_grpc.TokenServiceStub) -> Keys:
+    """The token service's keys read over gRPC (a test without an edge serving its JWKS)."""
+
+    async def keys() -> Mapping[str, rsa.RSAPublicKey]:
+        return keys_from_jwks(jwks_from_proto(await token_stub.GetJwks(token_pb.GetJwksRequest())))
+
+    return keys

@@ -32,6 +32,7 @@ import websockets
 
 from services.cli.accounts import EXIT_NOT_RUNNING, CliError, add_data_dir, report, running_stack
 from services.cli.login import TOKEN_VARIABLE, edge_token
+from services.example_tools.audience import CLAIMS_PATH
 from services.runtime.registry import EXAMPLE_TOOL_SERVERS
 
 TIMEOUT_SECONDS = 60.0
@@ -229,7 +230,10 @@ def tools_demo(front_url: str, token: str, args: argparse.Namespace, out: TextIO
         args.tools_url or f"http://127.0.0.1:{os.environ.get(WEATHER.port_variable, WEATHER.port)}/mcp"
     )
     try:
-        post_json(f"{front_url}/v1/tool-servers", token, {"name": "weather", "url": weather_url})
+        # The example servers accept only tokens addressed to themselves: the gateway exchanges the
+        # caller's token for one (RFC 8693), never passing the caller's own along.
+        server = {"name": "weather", "url": weather_url, "auth": "UPSTREAM_AUTH_TOKEN_EXCHANGE"}
+        post_json(f"{front_url}/v1/tool-servers", token, server)
         out.write(f"tool server weather registered: {weather_url}\n")
     except Refused as error:
         if error.status != HTTPStatus.CONFLICT:  # registered by an earlier demo: use it
@@ -260,6 +264,30 @@ def tools_demo(front_url: str, token: str, args: argparse.Namespace, out: TextIO
     ws_url = front_url.replace("http", "ws", 1) + f"/v1/ws?access_token={token}"
     printer = RoundPrinter({agent["id"]: "Forecaster"}, out)
     asyncio.run(converse(ws_url, conversation["id"], message, printer))
+    seen = upstream_claims(weather_url.removesuffix("/mcp") + CLAIMS_PATH)
+    if seen:
+        out.write(f"the weather server was called with {describe_claims(seen[-1])}\n")
+
+
+def upstream_claims(url: str) -> list[dict[str, Any]]:
+    """What the example server shows of the tokens it accepted; none if it shows nothing."""
+    try:
+        with _HTTP.open(url, timeout=TIMEOUT_SECONDS) as answer:
+            shown = json.loads(answer.read())
+    except (OSError, ValueError):
+        return []
+    return shown if isinstance(shown, list) else []
+
+
+def describe_claims(claims: dict[str, Any]) -> str:
+    """A token's claims in words: for whom, addressed to what, through which actors."""
+    actors = []
+    act = claims.get("act")
+    while isinstance(act, dict):
+        actors.append(f"agent {act['agent_id']}" if act.get("agent_id") else f"client {act.get('client_id')}")
+        act = act.get("act")
+    acting = ", acting: " + " <- ".join(actors) if actors else ""
+    return f"a token for {claims.get('aud')} (user {claims.get('sub')}, scope {claims.get('scope')}{acting})"
 
 
 def run(args: argparse.Namespace) -> int:

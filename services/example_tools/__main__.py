@@ -1,5 +1,10 @@
-"""`python -m services.example_tools <weather|calculator> --port N`: serve one example MCP server
-over Streamable HTTP at http://127.0.0.1:N/mcp."""
+"""`python -m services.example_tools <weather|calculator> --port N [--url U --issuer I --jwks-url J]`:
+serve one example MCP server over Streamable HTTP at http://127.0.0.1:N/mcp.
+
+With `--url` (the server's own MCP URL, as the gateway reaches it), the server accepts only MACP
+access tokens of issuer `--issuer` addressed to that URL, verified with the keys at `--jwks-url`,
+and shows the claims of those it accepted at GET /claims (audience.py); `macp up` and compose run
+them so."""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import uvicorn
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from services.example_tools.audience import RequireAudience, keys_over_http
 from services.example_tools.servers import SERVERS
 
 
@@ -31,8 +37,16 @@ def main() -> int:
     parser.add_argument("server", choices=sorted(SERVERS))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--url", default=None, help="its own MCP URL: accept only tokens addressed to it")
+    parser.add_argument("--issuer", default=None, help="the token issuer (with --url)")
+    parser.add_argument("--jwks-url", default=None, help="the issuer's JWKS document (with --url)")
     args = parser.parse_args()
-    app = with_health(SERVERS[args.server]().streamable_http_app(host=args.host))
+    app: ASGIApp = SERVERS[args.server]().streamable_http_app(host=args.host)
+    if args.url:
+        if not (args.issuer and args.jwks_url):
+            parser.error("--url needs --issuer and --jwks-url")
+        app = RequireAudience(app, audience=args.url, issuer=args.issuer, keys=keys_over_http(args.jwks_url))
+    app = with_health(app)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 

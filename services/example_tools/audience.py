@@ -11,15 +11,41 @@ accept only tokens issued for itself; this is that check, done the way MACP's ow
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from services.runtime.auth.jwks import keys_from_jwks
 from services.runtime.auth.jwt import Claims, InvalidToken, verify
 
 Keys = Callable[[], Awaitable[Mapping[str, rsa.RSAPublicKey]]]
+# Where an example server shows what it accepted (GET), for the demo and for people trying it.
+CLAIMS_PATH = "/claims"
+# How many accepted tokens' claims it keeps, newest last.
+KEPT_CLAIMS = 50
+KEYS_SECONDS = 60.0
+
+
+def keys_over_http(jwks_url: str) -> Keys:
+    """The token service's keys read from its JWKS document (the edge serves it), reused for a
+    minute: an example server runs outside the mesh, as any upstream does."""
+    cached: dict[str, rsa.RSAPublicKey] = {}
+    fetched_at = -KEYS_SECONDS
+
+    async def keys() -> Mapping[str, rsa.RSAPublicKey]:
+        nonlocal cached, fetched_at
+        if time.monotonic() - fetched_at >= KEYS_SECONDS:
+            async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
+                response = await client.get(jwks_url)
+                response.raise_for_status()
+            cached, fetched_at = keys_from_jwks(response.json()), time.monotonic()
+        return cached
+
+    return keys
 
 
 class RequireAudience:
@@ -36,6 +62,9 @@ class RequireAudience:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
+        if scope["path"] == CLAIMS_PATH and scope["method"] == "GET":
+            await _claims(send, self.received[-KEPT_CLAIMS:])
+            return
         authorization = dict(scope.get("headers", ())).get(b"authorization", b"").decode("latin-1")
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token:
@@ -49,6 +78,7 @@ class RequireAudience:
             await _refuse(send, f"invalid token: {exc.reason}")
             return
         self.received.append(claims)
+        del self.received[:-KEPT_CLAIMS]
         await self._app(scope, receive, send)
 
 
@@ -65,3 +95,20 @@ async def _refuse(send: Send, message: str) -> None:
         }
     )
     await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+
+
+async def _claims(send: Send, received: list[Claims]) -> None:
+    """The claims of the tokens accepted last, newest last: who called (`sub`, `tenant_id`), for
+    whom it is (`aud`), what it may do (`scope`), and through whom (`act`)."""
+    shown = [
+        {
+            name: claims.raw[name]
+            for name in ("sub", "tenant_id", "aud", "scope", "act", "client_id")
+            if name in claims.raw
+        }
+        for claims in received
+    ]
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+    )
+    await send({"type": "http.response.body", "body": json.dumps(shown).encode()})

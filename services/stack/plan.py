@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from services.agent_proxy.settings import local_provider_needed
+from services.runtime.auth.settings import DEFAULT_ISSUER
 from services.runtime.registry import EDGE, EXAMPLE_TOOL_SERVERS, PROVIDER_SERVER, SERVICES, ServiceSpec
 from services.runtime.settings import CommonSettings, Env, ServerSettings, data_dir
 from services.stack.config import EnvoyPorts
@@ -115,13 +116,19 @@ def app_specs(env: Env) -> tuple[AppSpec, ...]:
             )
         )
     if env.choice("MACP_EXAMPLE_TOOLS", "on", ("on", "off")) == "on":
+        # Each accepts only tokens the token service issued for its own URL (register them with
+        # UPSTREAM_AUTH_TOKEN_EXCHANGE), verified with the keys the edge serves.
+        issuer = env.url("MACP_TOKEN_ISSUER", ("http", "https"), DEFAULT_ISSUER) or DEFAULT_ISSUER
+        jwks_url = f"http://127.0.0.1:{EnvoyPorts.from_env(env).front}/.well-known/jwks.json"
         for example in EXAMPLE_TOOL_SERVERS:
             port = env.port(example.port_variable, example.port)
+            serve = (example.server, "--port", str(port), "--url", f"http://127.0.0.1:{port}/mcp")
+            audience = ("--issuer", issuer, "--jwks-url", jwks_url)
             apps.append(
                 AppSpec(
                     name=example.name,
                     kind="tools",
-                    argv=(sys.executable, "-m", example.module, example.server, "--port", str(port)),
+                    argv=(sys.executable, "-m", example.module, *serve, *audience),
                     port=port,
                     metrics_port=None,
                     port_variable=example.port_variable,

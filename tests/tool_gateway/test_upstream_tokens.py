@@ -4,52 +4,25 @@ its audience refuses anything else, and that refusal is a clear error of the cal
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
-from macp.token.v1 import token_service_pb2 as token_pb
 from macp.tool_gateway.v1 import tool_gateway_service_pb2 as pb
 
-from services.example_tools.audience import RequireAudience
-from services.example_tools.servers import forecast_for, weather_server
-from services.runtime.auth.jwks import jwks_from_proto, keys_from_jwks
-from tests.asgi import serving
+from services.example_tools.servers import forecast_for
+from tests.example_tools import Guarded, grpc_keys, serving_guarded_weather
 from tests.token.harness import unverified
 from tests.tool_gateway.conftest import World, refused, register
 from tests.tool_gateway.test_catalogue import call
 
 
-@dataclass(frozen=True)
-class Guarded:
-    url: str
-    server: RequireAudience
-
-
 @pytest.fixture
 async def guarded(world: World) -> AsyncIterator[Guarded]:
     """The weather server, accepting only MACP tokens addressed to its own URL."""
-    stub = world.tokens.harness.stub
-
-    async def keys() -> Mapping[str, rsa.RSAPublicKey]:
-        return keys_from_jwks(jwks_from_proto(await stub.GetJwks(token_pb.GetJwksRequest())))
-
-    built: list[RequireAudience] = []
-
-    def build(url: str) -> RequireAudience:
-        app = RequireAudience(
-            weather_server().streamable_http_app(),
-            audience=f"{url}/mcp",
-            issuer=world.tokens.environ["MACP_TOKEN_ISSUER"],
-            keys=keys,
-        )
-        built.append(app)
-        return app
-
-    async with serving(build) as url:
-        yield Guarded(f"{url}/mcp", built[0])
+    keys = grpc_keys(world.tokens.harness.stub)
+    async with serving_guarded_weather(keys, world.tokens.environ["MACP_TOKEN_ISSUER"]) as served:
+        yield served
 
 
 async def test_the_upstream_gets_a_token_for_itself_with_the_gateway_acting(
