@@ -167,28 +167,15 @@ class Ledger:
     async def store_answer(self, conversation_id: str, agent_id: str, turn_id: str, text: str) -> str:
         """`text` stored as `agent_id`'s answer of `turn_id`, retried while the conversation
         service is away; the message's id."""
-        message_id = answer_message_id(turn_id)
-        # A provider's NUL would have the contract refuse the whole answer (Postgres cannot store
-        # it): it is stored as U+FFFD, the replacement character, as a decoder would.
-        request = conversation_pb.AppendMessageRequest(
-            message=conversation_pb.Message(
-                id=message_id,
-                conversation_id=conversation_id,
-                role=conversation_pb.MESSAGE_ROLE_AGENT,
-                author_id=agent_id,
-                text=text.replace("\x00", "\ufffd"),
-                turn_id=turn_id,
-            )
+        message = conversation_pb.Message(
+            id=answer_message_id(turn_id),
+            conversation_id=conversation_id,
+            role=conversation_pb.MESSAGE_ROLE_AGENT,
+            author_id=agent_id,
+            text=_storable(text),
+            turn_id=turn_id,
         )
-
-        async def attempt() -> object:
-            return await self._downstream.conversation.AppendMessage(
-                request,
-                timeout=self._downstream.timeout,
-            )
-
-        await self._until_done(attempt)
-        return message_id
+        return await self._store(message)
 
     async def store_tool_call(
         self,
@@ -200,18 +187,21 @@ class Ledger:
     ) -> str:
         """One tool call of `turn_id` and its `result` stored as a TOOL message of `agent_id`,
         retried while the conversation service is away; the message's id."""
-        message_id = tool_call_message_id(turn_id, record.tool_call_id)
-        request = conversation_pb.AppendMessageRequest(
-            message=conversation_pb.Message(
-                id=message_id,
-                conversation_id=conversation_id,
-                role=conversation_pb.MESSAGE_ROLE_TOOL,
-                author_id=agent_id,
-                text=result.replace("\x00", "\ufffd") or "(empty result)",
-                turn_id=turn_id,
-                tool_call=record,
-            )
+        message = conversation_pb.Message(
+            id=tool_call_message_id(turn_id, record.tool_call_id),
+            conversation_id=conversation_id,
+            role=conversation_pb.MESSAGE_ROLE_TOOL,
+            author_id=agent_id,
+            text=_storable(result) or "(empty result)",
+            turn_id=turn_id,
+            tool_call=record,
         )
+        return await self._store(message)
+
+    async def _store(self, message: conversation_pb.Message) -> str:
+        """`message` appended (idempotent by its id, derived from its turn), retried while the
+        conversation service is away; its id."""
+        request = conversation_pb.AppendMessageRequest(message=message)
 
         async def attempt() -> object:
             return await self._downstream.conversation.AppendMessage(
@@ -219,7 +209,7 @@ class Ledger:
             )
 
         await self._until_done(attempt)
-        return message_id
+        return message.id
 
     async def commit_cut_turn(
         self, conversation_id: str, agent_id: str, turn_id: str, text: str
@@ -246,3 +236,9 @@ class Ledger:
             event.dimensions.provider, event.dimensions.model = agent.provider, agent.model
         failure = await self.commit(turn_id, event, "the cut turn's usage")
         return event if failure is None else failure
+
+
+def _storable(text: str) -> str:
+    # A provider's (or a tool's) NUL would have the contract refuse the whole message (Postgres
+    # cannot store it): it is stored as U+FFFD, the replacement character, as a decoder would.
+    return text.replace("\x00", "\ufffd")
