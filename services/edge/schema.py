@@ -45,6 +45,13 @@ _WELL_KNOWN: dict[str, JsonSchema] = {
 # `etag`, which a PATCH body may repeat): readOnly, so clients and request generators leave them
 # out of bodies (schemathesis would otherwise take `tenantId` for a Tenant resource to fetch first).
 OUTPUT_ONLY_FIELDS = frozenset({"tenant_id", "owner_id", "create_time", "update_time", "archive_time"})
+# Secrets a client sends and never gets back (the protos' "Input only" fields): writeOnly.
+INPUT_ONLY_FIELDS = frozenset(
+    {
+        "macp.tool_gateway.v1.StaticCredential.value",
+        "macp.tool_gateway.v1.OAuthClientCredentials.client_secret",
+    }
+)
 
 
 def schema_name(descriptor: Descriptor) -> str:
@@ -72,6 +79,8 @@ class SchemaBuilder:
 
     def _property(self, field: FieldDescriptor) -> JsonSchema:
         schema = self._field(field)
+        if field.full_name in INPUT_ONLY_FIELDS:
+            return {**schema, "writeOnly": True}
         return {**schema, "readOnly": True} if field.name in OUTPUT_ONLY_FIELDS else schema
 
     def _single(self, field: FieldDescriptor) -> JsonSchema:
