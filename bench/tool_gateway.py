@@ -6,8 +6,10 @@ Rows, each a closed loop of `calculator.add` calls bounded in count:
 - latency p50 and p99 at concurrency 1 and 20 of (a) the `mcp` SDK's `Client` calling the example
   server directly, one session reused for every call (the baseline: the SDK's own request,
   transport and parsing) and (b) `ToolGatewayService.CallTool` through Envoy's mesh listener with a
-  real token, whose gateway looks the server up in Postgres, makes the same call with the same SDK
-  and audits it; the difference is the added latency (target: at most 5 ms p50 at concurrency 1);
+  real token, whose gateway looks the server up in Postgres, counts the tool's rate limit in Redis,
+  makes the same call with the same SDK on its pooled session of the server, publishes the call's
+  usage event and audits it; the difference is the added latency (target: at most 5 ms p50 at
+  concurrency 1);
 - calls/s at concurrency 50 of both, and the CPU per call of the gateway, Envoy and the example
   server, read from /proc.
 
@@ -67,6 +69,10 @@ def _environ(infrastructure_env: dict[str, str]) -> dict[str, str]:
     environ["MACP_LOG_LEVEL"] = "warning"
     # A partial mesh: no conversation service (no agent acts here, so no allow-list is read).
     environ["MACP_TOOL_GATEWAY_NEEDS"] = "token"
+    # Nor metering: no quota hold before a call (each call's usage event is still published).
+    environ["MACP_TOOL_GATEWAY_QUOTA_HOLDS"] = "off"
+    # The rate limit is counted on every call, as in production, but set where it never refuses.
+    environ["MACP_TOOL_GATEWAY_TOOL_RATE_LIMIT"] = "1000000/s"
     return environ
 
 

@@ -221,8 +221,8 @@ class Session:
     def leave(self) -> None:
         self.in_use -= 1
         self.last_used = time.monotonic()
-        if self.in_use == 0:
-            self._wake.set()  # the keeper starts its idle clock, or closes a retired session
+        if self.in_use == 0 and self.retired:
+            self._wake.set()  # the keeper closes it now (an idle one it finds on its own)
 
     def retire(self) -> None:
         """No new operation on this session; it closes once the ones it carries end."""
@@ -267,16 +267,18 @@ class Session:
             await http.aclose()
 
     async def _serve(self) -> None:
-        """Hold the session open until it is retired and idle, or idle for `idle_seconds`."""
+        """Hold the session open until it is retired and idle, or idle for `idle_seconds`. The
+        keeper looks at the clock once per idle period rather than being woken by every call."""
         idle_seconds = self._pool.limits.idle_seconds
         try:
             while not (self.retired and self.in_use == 0):
-                delay: float | None = None
-                if self.in_use == 0 and not self.retired:
-                    delay = idle_seconds - (time.monotonic() - self.last_used)
-                    if delay <= 0:
+                delay: float | None = None  # retired: woken when the last operation leaves
+                if not self.retired:
+                    idle_left = idle_seconds - (time.monotonic() - self.last_used)
+                    if self.in_use == 0 and idle_left <= 0:
                         self.retire()
                         continue
+                    delay = idle_left if self.in_use == 0 else idle_seconds
                 self._wake.clear()
                 with anyio.move_on_after(delay):
                     await self._wake.wait()
