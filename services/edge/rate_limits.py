@@ -1,13 +1,15 @@
 """Rate limits at the edge: the API as a whole, each client in each tenant by its class, each
 tenant, and each source address before authentication.
 
+The limits, their settings and their counting are the platform's (services/runtime/
+request_limits.py), shared with the tool gateway's `/mcp` under the same Redis keys, so a client's
+allowance is one wherever it comes in. Here they are applied to the edge's requests:
+
 Every request counts against the whole API (`MACP_RATE_LIMIT_API`, 1,000/s with bursts to 2,000 by
 default, from the platform seed); an authenticated one also against its client in its tenant, with
 the limit of the client's class (004's table: internal 1,000/min, consumer 10,000/hour, partner
 10,000/day, third-party 1,000/hour with bursts of 50/min; `MACP_RATE_LIMIT_<CLASS>`), and against its
-tenant (`MACP_RATE_LIMIT_TENANT`). The client's bucket is keyed by client and tenant together: a
-public client that users of many tenants sign in through (the seeded CLI client) gives each tenant
-a bucket of its own, so one tenant's traffic never spends another's allowance.
+tenant (`MACP_RATE_LIMIT_TENANT`).
 
 Before authentication, each source address (services/edge/source_limits.py) is held to
 `MACP_RATE_LIMIT_SOURCE` for requests that carry no token (OAuth endpoints, discovery, a route
@@ -16,343 +18,56 @@ bearer token, a failed `/oauth2/token` attempt): past the failures' limit, the a
 without a token get 429, before any password or secret in them is looked at, until the limit has
 room. Requests with a valid token go on, limited by their client and tenant.
 
-The counting is GCRA in Redis (services/runtime/ratelimit.py), so the limits hold exactly however
-many edge processes there are.
+Answers carry the IETF RateLimit header fields (services/runtime/ratelimit.py `headers`). A refused
+request is 429 with `Retry-After` and the edge's error shape.
 
-Answers carry the IETF RateLimit header fields (draft-ietf-httpapi-ratelimit-headers):
-`RateLimit-Policy` lists the limits that applied, `RateLimit` the tightest one's remaining requests
-and seconds to reset, and the older `RateLimit-Limit`, `-Remaining` and `-Reset` the same for
-clients that read those. A refused request is 429 with `Retry-After` and the edge's error shape.
+If Redis is unreachable the edge does not fail open: it counts locally (request_limits.py says how)
+and says so in /healthz. `MACP_RATE_LIMITS=off` turns the limits off: no Redis call, no RateLimit
+headers, /healthz says `off`.
 
-If Redis is unreachable the edge does not fail open: it falls back to the same limits counted in
-its own memory, each scaled by `MACP_RATE_LIMIT_FALLBACK_SHARE` (the share of the traffic one edge
-process takes, 1 for a single edge), logs it, exports `macp_rate_limit_fallback 1` and says so in
-/healthz, and goes back to Redis as soon as it answers again.
-
-`MACP_RATE_LIMITS=off` turns the limits off (default `on`): no Redis call, no RateLimit headers,
-/healthz says `off`. It is for measuring what limiting costs (bench/rate_limit.py) and for a
-deployment that limits in front of the edge; it never happens by accident, as a malformed value
-is refused at start-up like every other setting.
-
-Every decision is counted in `macp_rate_limit_decisions_total{scope, limit, decision}` (scope
-`global`, `class`, `tenant` or `source`), and `GET /v1/rate-limits` (services/edge/rest/rate_limit_status.py)
-shows a caller its limits and where it stands; it counts as one request like any other, so it is no
-way to reach Redis without limit.
+Every decision is counted in `macp_rate_limit_decisions_total{scope, limit, decision}`, and
+`GET /v1/rate-limits` (services/edge/rest/rate_limit_status.py) shows a caller its limits and where
+it stands; it counts as one request like any other, so it is no way to reach Redis without limit.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import logging
-import math
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from http import HTTPStatus
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
-from redis.exceptions import RedisError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.edge.errors import error_response
-from services.runtime.auth.authenticator import client_class_name
-from services.runtime.metrics import RateLimitMetrics
-from services.runtime.principal import Caller, caller_var
-from services.runtime.ratelimit import Decision, Keyed, Limit, LocalLimiter, RedisLimiter, limits_from_env
-from services.runtime.settings import Env
+from services.runtime.principal import caller_var
+from services.runtime.ratelimit import Decision, headers, refusal, retry_after
+from services.runtime.request_limits import (
+    SOURCE_DEFAULT,
+    SOURCE_FAILURES_DEFAULT,
+    SOURCE_IN_FLIGHT_DEFAULT,
+    RateLimits,
+    RateLimitSettings,
+    caller_identity,
+)
 
-log = logging.getLogger("macp.edge.ratelimit")
+# The platform's limits as the edge's modules (and their tests and benches) have always named them.
+__all__ = [
+    "SOURCE_DEFAULT",
+    "SOURCE_FAILURES_DEFAULT",
+    "SOURCE_IN_FLIGHT_DEFAULT",
+    "UNCOUNTED_PATHS",
+    "RateLimitMiddleware",
+    "RateLimitSettings",
+    "RateLimits",
+    "caller_identity",
+    "headers",
+    "refusal",
+    "refusal_response",
+    "retry_after",
+]
 
-CLASS_DEFAULTS = {
-    "internal": "1000/min",
-    "consumer": "10000/hour",
-    "partner": "10000/day",
-    "third_party": "1000/hour + 50/min",
-}
-# How long the edge keeps counting locally after a Redis failure before it tries Redis again.
-REDIS_RETRY_SECONDS = 1.0
-# Callers whose keyed limits are kept built (a session's requests all count against the same keys).
-MAX_KEYED_CALLERS = 10_000
-# Per source address, before authentication: requests without a token, and failed authentications.
-SOURCE_DEFAULT = "1200/min burst 300"
-SOURCE_FAILURES_DEFAULT = "30/min burst 20"
-SOURCE_IN_FLIGHT_DEFAULT = 4
 # Answered without counting a request: health probes.
 UNCOUNTED_PATHS = frozenset({"/healthz"})
-# Source addresses remembered as refused (until their refusal's retry-after has passed).
-MAX_BLOCKED_SOURCES = 100_000
-# What every request gets while the limits are off: admitted, under no limit.
-UNLIMITED = Decision(admitted=True, retry_after_seconds=0.0, refused_by=None, states=())
-
-
-def caller_identity(caller: Caller) -> tuple[str, str, str]:
-    """What the limits count by: the caller's client class, its client (its user for a token that
-    names no client) and its tenant."""
-    principal = caller.principal
-    return client_class_name(principal), principal.client_id or principal.user_id, principal.tenant_id
-
-
-@dataclass(frozen=True)
-class RateLimitSettings:
-    api: tuple[Limit, ...]
-    by_class: dict[str, tuple[Limit, ...]]
-    tenant: tuple[Limit, ...]
-    fallback_share: float
-    source: tuple[Limit, ...] = ()
-    source_failures: tuple[Limit, ...] = ()
-    # Requests without a token one address may have answered at once by one edge process.
-    source_in_flight: int = SOURCE_IN_FLIGHT_DEFAULT
-    enabled: bool = True
-
-    @classmethod
-    def from_env(cls, env: Env) -> RateLimitSettings:
-        return cls(
-            api=limits_from_env(env, "MACP_RATE_LIMIT_API", "api", "1000/s burst 2000"),
-            by_class={
-                name: limits_from_env(env, f"MACP_RATE_LIMIT_{name.upper()}", name, default)
-                for name, default in CLASS_DEFAULTS.items()
-            },
-            tenant=limits_from_env(env, "MACP_RATE_LIMIT_TENANT", "tenant", "60000/hour burst 1000"),
-            # Requests without a token, per source address: sign-ins, discovery, token refreshes
-            # of everyone behind one NAT, but not a flood.
-            source=limits_from_env(env, "MACP_RATE_LIMIT_SOURCE", "source", SOURCE_DEFAULT),
-            # Failed authentications per source address: a mistyped password or an expired token
-            # now and then, but no guessing (20 at once, then one every 2 s).
-            source_failures=limits_from_env(
-                env, "MACP_RATE_LIMIT_SOURCE_FAILURES", "source_failures", SOURCE_FAILURES_DEFAULT
-            ),
-            source_in_flight=env.integer(
-                "MACP_RATE_LIMIT_SOURCE_IN_FLIGHT", SOURCE_IN_FLIGHT_DEFAULT, minimum=1, maximum=1_000_000
-            ),
-            fallback_share=env.number("MACP_RATE_LIMIT_FALLBACK_SHARE", 1.0, minimum=0.01),
-            enabled=env.choice("MACP_RATE_LIMITS", "on", ("on", "off")) == "on",
-        )
-
-    def scoped(self) -> list[tuple[str, Limit]]:
-        """Every configured limit with its scope: `global`, `class`, `tenant` or `source`."""
-        return [
-            *(("global", limit) for limit in self.api),
-            *(("class", limit) for limits in self.by_class.values() for limit in limits),
-            *(("tenant", limit) for limit in self.tenant),
-            *(("source", limit) for limit in (*self.source, *self.source_failures)),
-        ]
-
-
-def _scaled(limit: Limit, share: float) -> Limit:
-    return dataclasses.replace(
-        limit, limit=max(1, math.floor(limit.limit * share)), burst=max(1, math.floor(limit.burst * share))
-    )
-
-
-class RateLimits:
-    """The edge's limits and where they are counted (Redis, or locally while Redis is away)."""
-
-    def __init__(
-        self,
-        settings: RateLimitSettings,
-        limiter: RedisLimiter,
-        registry: CollectorRegistry | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._settings = settings
-        self._redis = limiter
-        self._local = LocalLimiter()
-        self._clock = clock
-        self._redis_down_since: float | None = None
-        # (client class, client, tenant) -> the keyed limits of such a caller, built once.
-        self._keyed: dict[tuple[str, str, str | None], Keyed] = {}
-        # source address -> (until when on the clock, the limit that refused it).
-        self._blocked: dict[str, tuple[float, Limit]] = {}
-        self._anonymous: Keyed = tuple(("api", limit) for limit in settings.api)
-        self._refused = Counter(
-            "macp_rate_limited", "Requests refused by a rate limit, by limit", ("limit",), registry=registry
-        )
-        self._fallback = Gauge(
-            "macp_rate_limit_fallback",
-            "1 while limits are counted locally (Redis unreachable)",
-            registry=registry,
-        )
-        self._decisions = RateLimitMetrics(
-            registry, [(scope, limit.name) for scope, limit in settings.scoped()]
-        )
-
-    @property
-    def settings(self) -> RateLimitSettings:
-        return self._settings
-
-    @property
-    def enabled(self) -> bool:
-        return self._settings.enabled
-
-    @property
-    def mode(self) -> str:
-        """`redis`, `off`, or what /healthz says while the local fallback counts."""
-        if not self._settings.enabled:
-            return "off"
-        if self._redis_down_since is None:
-            return "redis"
-        return "local fallback: Redis is unreachable, each edge process counts its own share"
-
-    def keyed(self, caller: Caller | None) -> Keyed:
-        if caller is None:
-            return self._anonymous
-        identity = caller_identity(caller)
-        keyed = self._keyed.get(identity)
-        if keyed is None:
-            if len(self._keyed) >= MAX_KEYED_CALLERS:
-                self._keyed.clear()  # rebuilt on the next request of each caller
-            keyed = self._keyed[identity] = self._build(*identity)
-        return keyed
-
-    def _build(self, client_class: str, client: str, tenant_id: str | None) -> Keyed:
-        by_class = self._settings.by_class[client_class]
-        return (
-            *self._anonymous,
-            # The client's bucket is its own in each tenant: a public client shared by tenants
-            # never lets one tenant spend another's allowance.
-            *((f"client:{client}:tenant:{tenant_id}:{limit.name}", limit) for limit in by_class),
-            *((f"tenant:{tenant_id}:{limit.name}", limit) for limit in self._settings.tenant),
-        )
-
-    async def peek(self, caller: Caller | None) -> Decision:
-        """Where `caller` stands on each of its limits, counting nothing (and no metric)."""
-        if not self._settings.enabled:
-            return UNLIMITED
-        keyed = self.keyed(caller)
-        if self._redis_down_since is None:
-            try:
-                return await self._redis.peek(keyed)
-            except (RedisError, OSError, TimeoutError):
-                pass  # the next check notices and logs it; this answer comes from local counts
-        share = self._settings.fallback_share
-        return await self._local.peek([(key, _scaled(limit, share)) for key, limit in keyed])
-
-    async def check(self, caller: Caller | None) -> Decision:
-        if not self._settings.enabled:
-            return UNLIMITED
-        return await self._check(self.keyed(caller))
-
-    def blocked(self, address: str) -> Decision | None:
-        """The refusal still standing for `address` (its retry-after not yet passed), else None:
-        answered from this process's memory, so a refused source costs no Redis call until it may
-        try again."""
-        if not self._settings.enabled:
-            return None
-        found = self._blocked.get(address)
-        if found is None:
-            return None
-        until, limit = found
-        now = self._clock()
-        if now >= until:
-            del self._blocked[address]
-            return None
-        return Decision(admitted=False, retry_after_seconds=until - now, refused_by=limit, states=())
-
-    async def check_source(self, address: str) -> Decision:
-        """Counts a request without a token against its source address, admitted only while the
-        address's failed authentications are under their limit too (tested, not counted)."""
-        if not self._settings.enabled:
-            return UNLIMITED
-        keyed = [(f"source:{address}:{limit.name}", limit) for limit in self._settings.source]
-        gates = [(f"source:{address}:{limit.name}", limit) for limit in self._settings.source_failures]
-        return self._remember(address, await self._check(keyed, gates))
-
-    async def count_failure(self, address: str) -> Decision:
-        """Counts a failed authentication against its source address; once over the limit, the
-        address's requests without a token are refused until the limit has room again."""
-        if not self._settings.enabled:
-            return UNLIMITED
-        keyed = [(f"source:{address}:{limit.name}", limit) for limit in self._settings.source_failures]
-        return self._remember(address, await self._check(keyed))
-
-    def _remember(self, address: str, decision: Decision) -> Decision:
-        """Remembers a source the next request of which Redis would refuse: one refused now, or one
-        whose request just took the last room of a limit (so the failure that fills the limit is
-        the last one looked at, not the one after it)."""
-        refused_by, seconds = decision.refused_by, decision.retry_after_seconds
-        if decision.admitted:
-            full = [state for state in decision.states if state.remaining == 0]
-            if not full:
-                return decision
-            # When one request is earned back: TAT + interval - burst * interval reaches now.
-            waits = [
-                (state.reset_seconds - (state.limit.burst - 1) * state.limit.interval_us / 1e6, state.limit)
-                for state in full
-            ]
-            seconds, refused_by = max(waits, key=lambda wait: wait[0])
-        if refused_by is None or seconds <= 0:
-            return decision
-        if len(self._blocked) >= MAX_BLOCKED_SOURCES:
-            now = self._clock()
-            self._blocked = {key: value for key, value in self._blocked.items() if value[0] > now}
-            if len(self._blocked) >= MAX_BLOCKED_SOURCES:
-                self._blocked.clear()  # Redis still has every count: the next request asks it
-        self._blocked[address] = (self._clock() + seconds, refused_by)
-        return decision
-
-    async def _check(self, keyed: Keyed, gates: Keyed = ()) -> Decision:
-        now = self._clock()
-        if self._redis_down_since is None or now - self._redis_down_since >= REDIS_RETRY_SECONDS:
-            try:
-                decision = await self._redis.check(keyed, gates)
-            except (RedisError, OSError, TimeoutError) as exc:
-                if self._redis_down_since is None:
-                    log.error("rate limits fall back to local counting: Redis is unreachable: %s", exc)
-                self._redis_down_since = now
-                self._fallback.set(1)
-            else:
-                if self._redis_down_since is not None:
-                    log.warning("rate limits are counted in Redis again")
-                    self._redis_down_since = None
-                    self._fallback.set(0)
-                return self._counted(decision)
-        share = self._settings.fallback_share
-        decision = await self._local.check(
-            [(key, _scaled(limit, share)) for key, limit in keyed],
-            [(key, _scaled(limit, share)) for key, limit in gates],
-        )
-        return self._counted(decision)
-
-    def _counted(self, decision: Decision) -> Decision:
-        if decision.refused_by is not None:
-            self._refused.labels(decision.refused_by.name).inc()
-            self._decisions.refused(decision.refused_by.name)
-        else:
-            for state in decision.states:
-                self._decisions.admitted(state.limit.name)
-        return decision
-
-
-def retry_after(decision: Decision) -> int:
-    """Whole seconds until the refused request would be admitted (Retry-After has no fractions)."""
-    return max(1, math.ceil(decision.retry_after_seconds))
-
-
-def refusal(decision: Decision) -> str:
-    """What a refused request is told, naming the limit and the wait (HTTP 429s and WebSocket alike)."""
-    limit = decision.refused_by.name if decision.refused_by else "a limit"
-    return f"rate limit {limit} exceeded; retry after {retry_after(decision)} s"
-
-
-def headers(decision: Decision) -> list[tuple[bytes, bytes]]:
-    """The RateLimit header fields of a decision (and Retry-After when it refused)."""
-    fields = []
-    if decision.states:  # none when a refused source is answered from memory
-        policy = ", ".join(state.limit.policy for state in decision.states)
-        fields.append((b"ratelimit-policy", policy.encode()))
-    tightest = decision.tightest
-    if tightest is not None:
-        reset = math.ceil(tightest.reset_seconds)
-        fields += [
-            (b"ratelimit", f'"{tightest.limit.name}";r={tightest.remaining};t={reset}'.encode()),
-            (b"ratelimit-limit", str(tightest.limit.limit).encode()),
-            (b"ratelimit-remaining", str(tightest.remaining).encode()),
-            (b"ratelimit-reset", str(reset).encode()),
-        ]
-    if not decision.admitted:
-        fields.append((b"retry-after", str(retry_after(decision)).encode()))
-    return fields
 
 
 def refusal_response(decision: Decision) -> Response:

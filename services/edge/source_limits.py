@@ -22,16 +22,13 @@ would let anyone who shares an address with its owner (a NAT) lock the owner out
 by its client and tenant; a bad one is refused by authentication (401), counted as a failure.
 So a signed-in request costs one dictionary look-up here, and a failed one a Redis call.
 
-Which address: the edge stands behind Envoy's front listener, which has `use_remote_address` and
-no trusted hops (services/stack/envoy_config.py), so Envoy appends the address of the peer it saw
-to `x-forwarded-for`: the last entry is the one Envoy set, whatever a client wrote before it. A
-request that did not come through Envoy (a test, a bench) has none, and its TCP peer is used.
-IPv6 sources are counted by their /64, the block one subscriber usually holds.
+Which address: the last `x-forwarded-for` entry, the one Envoy's front listener appends, else the
+TCP peer; an IPv6 source by its /64 (services/runtime/source_address.py, shared with the tool
+gateway's `/mcp`).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
 from collections import Counter
@@ -44,39 +41,17 @@ from services.edge.auth import bearer_token, is_public
 from services.edge.middleware import UNLOGGED
 from services.edge.rate_limits import UNCOUNTED_PATHS, RateLimits, refusal_response
 from services.runtime.ratelimit import Decision, Limit
+from services.runtime.source_address import scope_source, source_of
 
-_FORWARDED_FOR = b"x-forwarded-for"
 TOKEN_PATH = "/oauth2/token"
 # How often refusals are logged, and how many of the addresses refused most each line names.
 REPORT_SECONDS = 10.0
 REPORTED_ADDRESSES = 10
 
+# `source_of` as the edge's modules (and their tests) have always imported it.
+__all__ = ["TOKEN_PATH", "SourceLimitMiddleware", "failed_authentication", "source_of"]
+
 log = logging.getLogger("macp.edge.ratelimit")
-
-
-def source_of(forwarded_for: bytes | None, peer: str | None) -> str:
-    """The address a request is counted by: the last `x-forwarded-for` entry (Envoy's), else the
-    TCP peer; an IPv6 address as its /64."""
-    text = peer or "unknown"
-    if forwarded_for:
-        text = forwarded_for.decode("latin-1").rpartition(",")[2].strip() or text
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return text[:64]  # not an address (a unix socket's name): counted as it is, bounded
-    if address.version == 6:
-        return str(ipaddress.ip_network(f"{address}/64", strict=False))
-    return str(address)
-
-
-def scope_source(scope: Scope) -> str:
-    """`source_of` an HTTP scope: the last `x-forwarded-for` header, else the client uvicorn saw."""
-    forwarded = None
-    for name, value in scope.get("headers", ()):
-        if name == _FORWARDED_FOR:
-            forwarded = value
-    client = scope.get("client")
-    return source_of(forwarded, client[0] if client else None)
 
 
 def failed_authentication(path: str, status: int) -> bool:

@@ -258,10 +258,11 @@ def first_token_histogram(service: str, registry: CollectorRegistry) -> Histogra
 
 
 class RateLimitMetrics:
-    """The edge's rate-limit decisions per limit: `macp_rate_limit_decisions_total{scope, limit,
-    decision}`. An admitted request counts once under every limit it was counted against; a refused
-    one only under the limit that refused it (the others did not count it either). `scope` is
-    `global` (the API as a whole), `class` (the caller's client class) or `tenant`."""
+    """Rate-limit decisions per limit (services/runtime/request_limits.py, at the edge and at the
+    tool gateway's `/mcp`): `macp_rate_limit_decisions_total{scope, limit, decision}`. An admitted
+    request counts once under every limit it was counted against; a refused one only under the limit
+    that refused it (the others did not count it either). `scope` is `global` (the API as a whole),
+    `class` (the caller's client class), `tenant` or `source` (a source address)."""
 
     def __init__(self, registry: CollectorRegistry | None, limits: Iterable[tuple[str, str]]) -> None:
         self._decisions = Counter(

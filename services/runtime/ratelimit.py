@@ -218,3 +218,37 @@ def _decision(keyed: Keyed, reply: Sequence[int], *, local: bool) -> Decision:
         states=states,
         local=local,
     )
+
+
+def retry_after(decision: Decision) -> int:
+    """Whole seconds until the refused request would be admitted (Retry-After has no fractions)."""
+    return max(1, math.ceil(decision.retry_after_seconds))
+
+
+def refusal(decision: Decision) -> str:
+    """What a refused request is told, naming the limit and the wait (HTTP 429s and WebSocket alike)."""
+    limit = decision.refused_by.name if decision.refused_by else "a limit"
+    return f"rate limit {limit} exceeded; retry after {retry_after(decision)} s"
+
+
+def headers(decision: Decision) -> list[tuple[bytes, bytes]]:
+    """The IETF RateLimit header fields of a decision (draft-ietf-httpapi-ratelimit-headers), and
+    Retry-After when it refused: `RateLimit-Policy` lists the limits that applied, `RateLimit` the
+    tightest one's remaining requests and seconds to reset, and the older `RateLimit-Limit`,
+    `-Remaining` and `-Reset` the same for clients that read those."""
+    fields = []
+    if decision.states:  # none when a refused source is answered from memory
+        policy = ", ".join(state.limit.policy for state in decision.states)
+        fields.append((b"ratelimit-policy", policy.encode()))
+    tightest = decision.tightest
+    if tightest is not None:
+        reset = math.ceil(tightest.reset_seconds)
+        fields += [
+            (b"ratelimit", f'"{tightest.limit.name}";r={tightest.remaining};t={reset}'.encode()),
+            (b"ratelimit-limit", str(tightest.limit.limit).encode()),
+            (b"ratelimit-remaining", str(tightest.remaining).encode()),
+            (b"ratelimit-reset", str(reset).encode()),
+        ]
+    if not decision.admitted:
+        fields.append((b"retry-after", str(retry_after(decision)).encode()))
+    return fields

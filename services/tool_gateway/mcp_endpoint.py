@@ -14,6 +14,7 @@ need a session, are not used: the gateway asks its MCP clients nothing.)
 
 Tokens: resource_auth.py. The caller is the token's principal, set for the handler's work as for an
 RPC (services/runtime/principal.py), so upstream tokens are exchanged from it as for CallTool.
+Rate limits: mcp_limits.py, the platform's (the edge's) limits, around the token check.
 """
 
 from __future__ import annotations
@@ -37,19 +38,22 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.runtime.auth.authenticator import JwtAuthenticator, jwt_authenticator
 from services.runtime.auth.settings import AuthSettings, mcp_resource
+from services.runtime.auth.verifier import TokenVerifier
 from services.runtime.context import RpcContext
 from services.runtime.errors import DomainError, InvalidArgument, NotFound, PermissionDenied
 from services.runtime.interceptors import violations_message
 from services.runtime.mesh import open_mesh_channel
 from services.runtime.principal import Caller, acting_for
 from services.runtime.registry import service
+from services.runtime.request_limits import RateLimits
 from services.runtime.server import ServiceContext
 from services.runtime.settings import CommonSettings
-from services.tool_gateway.resource_auth import CALLER_KEY, ProtectedResource, RequireToken
+from services.tool_gateway.mcp_limits import LimitCallers, LimitSources, mcp_rate_limits
+from services.tool_gateway.resource_auth import CALLER_KEY, ProtectedResource, RequireScopes, RequireToken
 
 HEALTH_PATH = "/healthz"
 # Longer than Envoy keeps an idle pooled connection (services/stack/envoy_clusters.py), so Envoy,
@@ -156,13 +160,25 @@ def mcp_server(tools: McpTools) -> Server[Any]:
     return Server("macp-tool-gateway", on_list_tools=tools.list_tools, on_call_tool=tools.call_tool)
 
 
+def guarded(
+    transport: ASGIApp, resource: ProtectedResource, verifier: TokenVerifier, limits: RateLimits
+) -> ASGIApp:
+    """The transport behind, in order: the source address's limit, the token, the caller's limits,
+    the method's scopes (resource_auth.py, mcp_limits.py); no limits while they are off."""
+    scoped = RequireScopes(transport, resource)
+    if not limits.enabled:
+        return RequireToken(scoped, resource, verifier)
+    return LimitSources(RequireToken(LimitCallers(scoped, limits), resource, verifier), limits)
+
+
 def mcp_app(
     manager: StreamableHTTPSessionManager,
     resource: ProtectedResource,
     authenticator: JwtAuthenticator,
+    limits: RateLimits,
     ready: asyncio.Event,
 ) -> Starlette:
-    """/mcp behind its token check, its RFC 9728 document, and /healthz for Envoy."""
+    """/mcp behind its token check and limits, its RFC 9728 document, and /healthz for Envoy."""
 
     async def metadata(request: Request) -> Response:
         return JSONResponse(resource.metadata(), headers={"cache-control": "public, max-age=300"})
@@ -171,7 +187,8 @@ def mcp_app(
         # Ready once the token service's keys are loaded: before, every token would be refused.
         serving = ready.is_set() and authenticator.jwks.loaded
         return JSONResponse(
-            {"status": "SERVING" if serving else "NOT_SERVING"}, status_code=200 if serving else 503
+            {"status": "SERVING" if serving else "NOT_SERVING", "rate_limits": limits.mode},
+            status_code=200 if serving else 503,
         )
 
     async def transport(scope: Scope, receive: Receive, send: Send) -> None:
@@ -182,7 +199,7 @@ def mcp_app(
             Route(resource.metadata_path, metadata, methods=["GET"]),
             Route(HEALTH_PATH, health, methods=["GET"]),
             # An ASGI app as the endpoint: every method reaches the transport (POST, GET, DELETE).
-            Route(resource.path, endpoint=RequireToken(transport, resource, authenticator.verifier)),
+            Route(resource.path, endpoint=guarded(transport, resource, authenticator.verifier, limits)),
         ]
     )
 
@@ -192,6 +209,7 @@ async def serving_mcp(
     servicer: ToolsServicer,
     resource: ProtectedResource,
     authenticator: JwtAuthenticator,
+    limits: RateLimits,
     registry: CollectorRegistry,
     *,
     host: str,
@@ -206,7 +224,7 @@ async def serving_mcp(
         security_settings=None,
     )
     ready = asyncio.Event()
-    app = mcp_app(manager, resource, authenticator, ready)
+    app = mcp_app(manager, resource, authenticator, limits, ready)
     config = uvicorn.Config(
         app,
         host=host,
@@ -239,7 +257,8 @@ async def serving_mcp(
 async def mcp_face(context: ServiceContext, servicer: ToolsServicer) -> AsyncIterator[int]:
     """The MCP endpoint of the gateway process `context` starts: its URL `<issuer>/mcp`, its own
     verifier for that audience (keys from the token service over the mesh, revocations from
-    Redis), on `MACP_TOOL_GATEWAY_HTTP_PORT` (the registry's `http_port`)."""
+    Redis), the platform's rate limits (counted in the same Redis as the edge's), on
+    `MACP_TOOL_GATEWAY_HTTP_PORT` (the registry's `http_port`)."""
     env = context.env
     spec = service("tool-gateway")
     assert spec.http_port is not None
@@ -247,13 +266,15 @@ async def mcp_face(context: ServiceContext, servicer: ToolsServicer) -> AsyncIte
     auth = AuthSettings.from_env(env)
     resource = ProtectedResource(mcp_resource(auth.issuer), auth.issuer)
     port = env.port(spec.http_port_variable, spec.http_port)
+    redis = context.resources.require_redis()
+    limits = mcp_rate_limits(env, redis, context.resources.redis_key_prefix, context.registry)
     channel = open_mesh_channel(common.mesh_address)
     try:
         async with (
             jwt_authenticator(
                 resource.url,
                 auth,
-                redis=context.resources.require_redis(),
+                redis=redis,
                 redis_key_prefix=context.resources.redis_key_prefix,
                 channel=channel,
                 method_scopes={},
@@ -262,6 +283,7 @@ async def mcp_face(context: ServiceContext, servicer: ToolsServicer) -> AsyncIte
                 servicer,
                 resource,
                 authenticator,
+                limits,
                 context.registry,
                 host=common.bind_host,
                 port=port,

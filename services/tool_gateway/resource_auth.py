@@ -10,8 +10,10 @@ meant for somewhere else is never accepted here (the spec's audience rule).
 - A valid token without the scope the JSON-RPC method needs (`tools/list`: tools:read,
   `tools/call`: tools:call): 403 with `error="insufficient_scope"` and the scope, so the client
   can step up.
-The method is read from the body before the MCP transport reads it (the body is then handed on
-as it came); the caller (token and principal) rides in the ASGI scope to the MCP handlers.
+Two layers, so the rate limits fit between them (services/tool_gateway/mcp_limits.py): `RequireToken`
+verifies the token and puts the caller (token and principal) in the ASGI scope, where the limits
+and then the MCP handlers find it; `RequireScopes` reads the JSON-RPC method from the body before
+the MCP transport reads it (the body is then handed on as it came).
 """
 
 from __future__ import annotations
@@ -140,8 +142,33 @@ def _replaying(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
+def _challenge_response(
+    resource: ProtectedResource,
+    status: int,
+    error: str,
+    description: str,
+    *,
+    scope_needed: str = " ".join(MCP_SCOPES),
+) -> Response:
+    # RFC 6750 section 3: no error code when no credentials were sent at all.
+    params = {"scope": scope_needed} if error == "unauthorized" else {"error": error, "scope": scope_needed}
+    return JSONResponse(
+        {"error": error, "error_description": description},
+        status_code=status,
+        headers={"www-authenticate": resource.challenge(**params)},
+    )
+
+
+def request_caller(scope: Scope) -> Caller:
+    """The caller `RequireToken` put in `scope`; only what it let through is ever asked."""
+    caller = scope.get(CALLER_KEY)
+    if not isinstance(caller, Caller):
+        raise RuntimeError("RequireToken must run before what reads the caller")
+    return caller
+
+
 class RequireToken:
-    """ASGI middleware in front of the MCP transport (see the module docstring)."""
+    """ASGI middleware: a valid token for the resource, or 401 (see the module docstring)."""
 
     def __init__(self, app: ASGIApp, resource: ProtectedResource, verifier: TokenVerifier) -> None:
         self._app = app
@@ -154,15 +181,19 @@ class RequireToken:
             return
         token = _bearer(scope)
         if token is None:
-            await self._refuse(
-                401, "unauthorized", "this endpoint needs a bearer token", scope, receive, send
+            refusal = _challenge_response(
+                self._resource, 401, "unauthorized", "this endpoint needs a bearer token"
             )
+            await refusal(scope, receive, send)
             return
         try:
             claims = await self._verifier.verify(token)
         except InvalidToken as exc:
             log.info("token refused", extra={"reason": exc.reason})
-            await self._refuse(401, "invalid_token", f"invalid token: {exc.reason}", scope, receive, send)
+            refusal = _challenge_response(
+                self._resource, 401, "invalid_token", f"invalid token: {exc.reason}"
+            )
+            await refusal(scope, receive, send)
             return
         except Unavailable as exc:
             await JSONResponse(
@@ -172,51 +203,44 @@ class RequireToken:
             )(scope, receive, send)
             return
         if claims.tenant_id is None:
-            await self._refuse(
-                401, "invalid_token", "invalid token: missing_claim: tenant_id", scope, receive, send
+            refusal = _challenge_response(
+                self._resource, 401, "invalid_token", "invalid token: missing_claim: tenant_id"
             )
+            await refusal(scope, receive, send)
             return
-        if scope.get("method") == "POST":
-            body = await _read_body(receive)
-            if body is None:
-                await JSONResponse({"error": "the request body is too large"}, status_code=413)(
-                    scope, receive, send
-                )
-                return
-            missing = sorted(required_scopes(body) - set(claims.scopes))
-            if missing:
-                await self._refuse(
-                    403,
-                    "insufficient_scope",
-                    f"this request needs the scope {' '.join(missing)}",
-                    scope,
-                    receive,
-                    send,
-                    scope_needed=" ".join(missing),
-                )
-                return
-            receive = _replaying(body, receive)
         scope[CALLER_KEY] = Caller(token, principal_from_claims(claims))
         await self._app(scope, receive, send)
 
-    async def _refuse(
-        self,
-        status: int,
-        error: str,
-        description: str,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        *,
-        scope_needed: str = " ".join(MCP_SCOPES),
-    ) -> None:
-        # RFC 6750 section 3: no error code when no credentials were sent at all.
-        params = (
-            {"scope": scope_needed} if error == "unauthorized" else {"error": error, "scope": scope_needed}
-        )
-        response: Response = JSONResponse(
-            {"error": error, "error_description": description},
-            status_code=status,
-            headers={"www-authenticate": self._resource.challenge(**params)},
-        )
-        await response(scope, receive, send)
+
+class RequireScopes:
+    """ASGI middleware after `RequireToken`: the scopes the JSON-RPC method in the body needs, or
+    403 `insufficient_scope` naming them."""
+
+    def __init__(self, app: ASGIApp, resource: ProtectedResource) -> None:
+        self._app = app
+        self._resource = resource
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            await self._app(scope, receive, send)
+            return
+        body = await _read_body(receive)
+        if body is None:
+            await JSONResponse({"error": "the request body is too large"}, status_code=413)(
+                scope, receive, send
+            )
+            return
+        held = request_caller(scope).principal.scopes
+        missing = sorted(required_scopes(body) - set(held))
+        if missing:
+            needed = " ".join(missing)
+            refusal = _challenge_response(
+                self._resource,
+                403,
+                "insufficient_scope",
+                f"this request needs the scope {needed}",
+                scope_needed=needed,
+            )
+            await refusal(scope, receive, send)
+            return
+        await self._app(scope, _replaying(body, receive), send)
