@@ -73,6 +73,9 @@ def _environ(infrastructure_env: dict[str, str]) -> dict[str, str]:
     environ["MACP_TOOL_GATEWAY_QUOTA_HOLDS"] = "off"
     # The rate limit is counted on every call, as in production, but set where it never refuses.
     environ["MACP_TOOL_GATEWAY_TOOL_RATE_LIMIT"] = "1000000/s"
+    # The throughput row keeps 50 calls in flight on the one server: above the default cap of 32,
+    # which would refuse some of them at once.
+    environ["MACP_TOOL_GATEWAY_SERVER_CONCURRENCY"] = "64"
     return environ
 
 
