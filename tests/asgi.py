@@ -19,7 +19,11 @@ async def serving(build: Callable[[str], ASGIApp], port: int = 0) -> AsyncIterat
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", port))
     url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    config = uvicorn.Config(build(url), log_config=None, access_log=False, lifespan="on")
+    # A response that streams until its client leaves (an MCP client's `subscriptions/listen`
+    # stream: the SDK's server does not end one when uvicorn stops) is cut a second into the stop.
+    config = uvicorn.Config(
+        build(url), log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=1
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[listener]))
     try:

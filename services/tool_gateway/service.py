@@ -42,7 +42,7 @@ from services.runtime.usage_publisher import UsagePublisher, outbox_key
 from services.tool_gateway.agent_tools import AgentTools
 from services.tool_gateway.call_limits import CallLimits
 from services.tool_gateway.call_metering import CallMetering
-from services.tool_gateway.catalogue import Catalogue
+from services.tool_gateway.catalogue import Catalogue, ToolLists
 from services.tool_gateway.client_credentials import ClientCredentialsTokens
 from services.tool_gateway.guards import ServerGuards
 from services.tool_gateway.mcp_endpoint import mcp_face
@@ -94,7 +94,9 @@ async def start(context: ServiceContext) -> AsyncIterator[None]:
     agent_tools = AgentTools(
         conversation_grpc.ConversationServiceStub(for_callers), settings.upstream.timeout_seconds
     )
-    http = UpstreamHttp(settings.upstream, settings.sessions)
+    # A server's live sessions hear it say its tool list changed; the catalogue then lists it afresh.
+    lists = ToolLists(settings.catalogue_seconds)
+    http = UpstreamHttp(settings.upstream, settings.sessions, on_tools_changed=lists.changed)
     publisher = _usage_publisher(context)
     metering = CallMetering(
         metering_grpc.MeteringServiceStub(for_callers),
@@ -110,7 +112,7 @@ async def start(context: ServiceContext) -> AsyncIterator[None]:
     servicer = ToolGatewayServicer(
         ToolServers(store, secrets),
         store,
-        Catalogue(settings, http, guards, tokens),
+        Catalogue(lists, http, guards, tokens),
         ToolCalls(store, db, http, guards, tokens, limits, metering),
         agent_tools,
         settings.max_servers,

@@ -1,11 +1,15 @@
-"""Live MCP sessions to upstream servers, pooled per (server registration, credential).
+"""Live MCP sessions to upstream servers, pooled per (server registration, tenant, credential).
 
 Opening an MCP connection costs more than the call it carries (protocol discovery or the
 initialize handshake: about 8 ms of wall time and 6 ms of CPU against the example servers), so a
 session is kept open and reused by the next operations with the same key: the server's id, its
-registration's etag and URL (a changed registration is a new key), and a digest of the credential
-headers. A credential is the caller's (token exchange mints one per caller and server), so a
-session carries one caller's token on every request it makes and is never lent to another caller.
+registration's etag and URL (a changed registration is a new key), the caller's tenant, and a
+digest of the credential headers. A credential may be the caller's (token exchange mints one per
+caller and server), so a session carries one caller's token on every request it makes and is never
+lent to another caller. The tenant is in the key even where the credential is the gateway's own and
+the same for every caller (no credential, a static one, client credentials; and every platform-wide
+server): an upstream that keeps state per session (a cart, a scratchpad, a cursor) then never holds
+two tenants' state in one.
 
 Each session is owned by a keeper task: anyio's task groups (under the SDK's `Client`) must be
 entered and left by one task, so the keeper enters the client, hands it out and waits; callers
@@ -23,6 +27,16 @@ send their requests on it concurrently from their own tasks. A session goes when
 - it dies: its transport fails under it, which ends the client in the keeper; the SDK wakes every
   request still waiting on it with "connection closed" at once, so its callers fail promptly and
   sessions of other keys are untouched.
+
+A live session also hears its server say that its tool list changed, and tells the pool's
+`on_tools_changed` (the catalogue drops that server's list): a `notifications/tools/list_changed`
+on a 2025-11-25 session (the SDK opens the standalone GET stream after the handshake and hands what
+arrives there, or on a response, to the session's message handler), or an event on a
+`subscriptions/listen` stream on a 2026-07-28 one, which the keeper holds open beside the calls when
+the server's capabilities say it sends tool list changes (the SDK hands those events to the message
+handler too). Both streams stay open while the server is silent (no read deadline; the SDK still
+bounds each event to the result cap) and end with the session; a listen stream that fails is
+logged and the session's calls go on.
 
 What the HTTP responses to one operation showed (an HTTP error status, the cap tripped, the
 transport broken, the server ending the session) is recorded on that operation's `Exchange`, found
@@ -49,9 +63,13 @@ import anyio
 import httpx2
 from macp.tool_gateway.v1 import tool_gateway_service_pb2 as pb
 from mcp import Client
+from mcp.client.session import IncomingMessage
 from mcp.client.streamable_http import MCP_SESSION_ID, streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_PARAMS, METHOD_NOT_FOUND
+from mcp_types import INVALID_PARAMS, METHOD_NOT_FOUND, ToolListChangedNotification
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from services.runtime.principal import caller_var
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +78,9 @@ logger = logging.getLogger(__name__)
 REFUSALS = (METHOD_NOT_FOUND, INVALID_PARAMS)
 # How long closing the pool waits for sessions to say goodbye to their servers.
 CLOSE_SECONDS = 1.0
+
+# Told the id of a server whose tool list changed, by whichever of its sessions heard it.
+ToolsChanged = Callable[[str], None]
 
 
 class ResultTooLarge(Exception):
@@ -81,14 +102,23 @@ class SessionKey:
     server_id: str
     etag: str
     url: str
+    tenant_id: str  # the caller's (a platform server's sessions are per calling tenant)
     credential: str  # a digest of the credential headers: the pool never keys on a token itself
 
 
-def session_key(server: pb.ToolServer, headers: Mapping[str, str]) -> SessionKey:
+def session_key(server: pb.ToolServer, tenant_id: str, headers: Mapping[str, str]) -> SessionKey:
     digest = hashlib.sha256()
     for name, value in sorted((name.lower(), value) for name, value in headers.items()):
         digest.update(f"{name}\0{value}\0".encode())
-    return SessionKey(server.id, server.etag, server.url, digest.hexdigest())
+    return SessionKey(server.id, server.etag, server.url, tenant_id, digest.hexdigest())
+
+
+def callers_tenant() -> str:
+    """The tenant the current operation is for, from its caller (services/runtime/principal.py),
+    as the credential comes from it. Every RPC and MCP request of the gateway has a caller; work
+    without one (the pool driven directly) keys as tenant '', which no caller has."""
+    caller = caller_var.get()
+    return caller.principal.tenant_id if caller is not None else ""
 
 
 @dataclass
@@ -102,6 +132,9 @@ class Exchange:
     over: bool = False
     expired: bool = False
     broken: Exception | None = None
+    # The session's listen stream (not an operation): open as long as the session, its answer
+    # uncapped (the SDK caps each event), its failures its own.
+    listening: bool = False
 
     def absorb(self, other: Exchange) -> None:
         self.errors.extend(other.errors)
@@ -152,18 +185,25 @@ class _SessionTransport(httpx2.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         request.headers.update(self._session.headers)
         exchange = _exchange.get() or Exchange()
+        streams = request.method == "GET" or exchange.listening
+        if streams:
+            # A stream of the server's messages is silent until the server has something to say
+            # (its keep-alive comes every 15 s with the SDK's server): a read deadline would cut it,
+            # and after two cuts the SDK gives up the GET stream for good. The session bounds it.
+            request.extensions["timeout"] = {**request.extensions.get("timeout", {}), "read": None}
         try:
             response = await self._inner.handle_async_request(request)
         except Exception as exc:
             exchange.broken = exchange.broken or exc
-            self._session.fault = self._session.fault or exc
+            if not exchange.listening:
+                self._session.fault = self._session.fault or exc
             raise
         if response.status_code >= 400:
             exchange.errors.append(response.status_code)
             exchange.expired = exchange.expired or (
                 response.status_code == 404 and MCP_SESSION_ID in request.headers
             )
-        if request.method == "GET":
+        if streams:
             return response
 
         def over() -> None:
@@ -243,13 +283,18 @@ class Session:
                 transport = streamable_http_client(
                     self.key.url, http_client=http, max_sse_event_size=self.max_result_bytes
                 )
+                heard = self._heard if self._pool.on_tools_changed is not None else None
                 async with asyncio.timeout(self._pool.timeout_seconds):
                     client = await stack.enter_async_context(
-                        Client(transport, raise_exceptions=True, cache=None)
+                        Client(transport, raise_exceptions=True, cache=None, message_handler=heard)
                     )
                 _exchange.set(None)
                 self._opened.set_result(client)
-                await self._serve()
+                async with anyio.create_task_group() as beside:
+                    if heard is not None and _listens_for_tools(client):
+                        beside.start_soon(self._listen, client)
+                    await self._serve()
+                    beside.cancel_scope.cancel()  # the listen stream ends with the session
         except Exception as exc:
             # Its callers learn of it from the SDK (the requests in flight) or from `_opened`.
             self.fault = self.fault or exc
@@ -265,6 +310,30 @@ class Session:
         finally:
             self.retire()
             await http.aclose()
+
+    async def _heard(self, message: IncomingMessage) -> None:
+        """What the server sent unasked: a change of its tool list is the catalogue's to know."""
+        if isinstance(message, ToolListChangedNotification) and self._pool.on_tools_changed is not None:
+            try:
+                self._pool.on_tools_changed(self.key.server_id)
+            except Exception:
+                logger.exception("dropping the tool list of %s failed", self.key.url)
+
+    async def _listen(self, client: Client) -> None:
+        """Hold a 2026-07-28 `subscriptions/listen` stream for tool list changes until the session
+        ends (the keeper cancels it). The SDK hands each event to `_heard` as it arrives, so this
+        task only keeps the stream open. Its failure is its own: logged, and the calls go on (the
+        catalogue's TTL bounds what a session that hears nothing misses)."""
+        _exchange.set(Exchange(listening=True))
+        try:
+            async with AsyncExitStack() as stack:
+                with anyio.fail_after(self._pool.timeout_seconds):
+                    subscription = await stack.enter_async_context(client.listen(tools_list_changed=True))
+                async for _event in subscription:
+                    pass  # already handed to `_heard` by the SDK
+            logger.info("MCP listen stream of %s closed by the server", self.key.url)
+        except Exception as exc:
+            logger.warning("MCP listen stream of %s failed: %r", self.key.url, exc)
 
     async def _serve(self) -> None:
         """Hold the session open until it is retired and idle, or idle for `idle_seconds`. The
@@ -289,6 +358,13 @@ class Session:
             raise
 
 
+def _listens_for_tools(client: Client) -> bool:
+    """Whether a session hears of tool list changes on a listen stream: a 2026-07-28 one whose
+    server says it sends them (a 2025-11-25 server sends its notifications unasked)."""
+    tools = client.server_capabilities.tools
+    return client.protocol_version in MODERN_PROTOCOL_VERSIONS and bool(tools and tools.list_changed)
+
+
 @dataclass(frozen=True)
 class Lease:
     """A session lent to one operation."""
@@ -306,10 +382,18 @@ def keeps_session(exc: BaseException, exchange: Exchange) -> bool:
 class SessionPool:
     """The process's pooled sessions to upstreams, and the one HTTP connection pool under them."""
 
-    def __init__(self, limits: SessionLimits, timeout_seconds: float, max_result_bytes: int) -> None:
+    def __init__(
+        self,
+        limits: SessionLimits,
+        timeout_seconds: float,
+        max_result_bytes: int,
+        on_tools_changed: ToolsChanged | None = None,
+    ) -> None:
         self.limits = limits
         self.timeout_seconds = timeout_seconds
         self.max_result_bytes = max_result_bytes
+        # Told when a server says its tool list changed; without it, sessions listen for nothing.
+        self.on_tools_changed = on_tools_changed
         # Building an HTTP transport costs about 30 ms of CPU (its TLS context): one per process.
         self.transport = httpx2.AsyncHTTPTransport()
         # Live sessions, least recently used first; retired ones leave it at once.
@@ -323,9 +407,10 @@ class SessionPool:
     async def lease(
         self, server: pb.ToolServer, headers: Mapping[str, str], exchange: Exchange
     ) -> AsyncIterator[Lease]:
-        """A session of `server` with `headers` for one operation, opened if none is live; what the
-        operation's responses show is recorded on `exchange` (the handshake's too, if it fails).
-        The operation failing retires the session unless the server only refused the request."""
+        """A session of `server` with `headers` for one operation of the caller's tenant, opened if
+        none is live; what the operation's responses show is recorded on `exchange` (the
+        handshake's too, if it fails). The operation failing retires the session unless the server
+        only refused the request."""
         session = self._session_for(server, headers)
         reset = _exchange.set(exchange)
         session.enter()
@@ -345,7 +430,7 @@ class SessionPool:
             _exchange.reset(reset)
 
     def _session_for(self, server: pb.ToolServer, headers: Mapping[str, str]) -> Session:
-        key = session_key(server, headers)
+        key = session_key(server, callers_tenant(), headers)
         session = self._sessions.get(key)
         if session is not None:
             self._sessions.move_to_end(key)

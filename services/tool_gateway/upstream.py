@@ -32,6 +32,7 @@ from services.tool_gateway.sessions import (
     ResultTooLarge,
     SessionLimits,
     SessionPool,
+    ToolsChanged,
 )
 
 # A catalogue never takes more than this many tools of one server (pages are followed up to it).
@@ -67,11 +68,15 @@ class UpstreamLimits:
 
 class UpstreamHttp:
     """The process's connections to upstreams: the pooled MCP sessions and the one HTTP connection
-    pool under them (sessions.py)."""
+    pool under them (sessions.py). `on_tools_changed` hears of a server whose tool list changed."""
 
-    def __init__(self, limits: UpstreamLimits, sessions: SessionLimits) -> None:
+    def __init__(
+        self, limits: UpstreamLimits, sessions: SessionLimits, on_tools_changed: ToolsChanged | None = None
+    ) -> None:
         self.limits = limits
-        self.sessions = SessionPool(sessions, limits.timeout_seconds, limits.max_result_bytes)
+        self.sessions = SessionPool(
+            sessions, limits.timeout_seconds, limits.max_result_bytes, on_tools_changed
+        )
 
     def forget(self, server_id: str) -> None:
         """The server's registration is gone: its sessions go too."""
