@@ -3,9 +3,9 @@ server directly with the official SDK, in one run.
 
 Rows, each a closed loop of `calculator.add` calls bounded in count:
 
-- latency p50 and p99 at concurrency 1 (the two paths alternating call by call) and 20 (one path
-  after the other) of (a) the `mcp` SDK's `Client` calling the example server directly, one
-  session reused for every call (the baseline: the SDK's own request, transport and parsing) and (b) `ToolGatewayService.CallTool` through Envoy's mesh listener with a
+- latency p50 and p99 at concurrency 1 and 20 of (a) the `mcp` SDK's `Client` calling the example
+  server directly, one session reused for every call (the baseline: the SDK's own request,
+  transport and parsing) and (b) `ToolGatewayService.CallTool` through Envoy's mesh listener with a
   real token, whose gateway looks the server up in Postgres, counts the tool's rate limit in Redis,
   makes the same call with the same SDK on its pooled session of the server, publishes the call's
   usage event and audits it; the difference is the added latency (target: at most 5 ms p50 at
@@ -170,20 +170,6 @@ async def run(call: Call, concurrency: int, total: int, meter: CpuMeter) -> Row:
     return Row(sorted(latencies), seconds, {name: value / total for name, value in spent.items()})
 
 
-async def alternating(first: Call, second: Call, total: int) -> tuple[list[float], list[float]]:
-    """`total` calls of each, one at a time, alternating call by call after one of each as a warm-up:
-    whatever else the machine runs meanwhile slows both alike."""
-    await first()
-    await second()
-    latencies: tuple[list[float], list[float]] = ([], [])
-    for _ in range(total):
-        for call, spent in zip((first, second), latencies, strict=True):
-            started = time.perf_counter()
-            await call()
-            spent.append(time.perf_counter() - started)
-    return sorted(latencies[0]), sorted(latencies[1])
-
-
 async def measure(bench: Bench, calls: int) -> str:
     meter = CpuMeter(bench.pids)
     request = pb.CallToolRequest(name="calc__add")
@@ -203,11 +189,11 @@ async def measure(bench: Bench, calls: int) -> str:
             reply = await stub.CallTool(request, metadata=metadata, timeout=30)
             assert reply.text == "42"
 
-        base_latencies, through_latencies = await alternating(sdk, gateway, calls)
-        latency_rows = [added_latency_row(1, calls, base_latencies, through_latencies)]
-        base = await run(sdk, 20, calls, meter)
-        through = await run(gateway, 20, calls, meter)
-        latency_rows.append(added_latency_row(20, calls, base.latencies, through.latencies))
+        latency_rows = []
+        for concurrency in (1, 20):
+            base = await run(sdk, concurrency, calls, meter)
+            through = await run(gateway, concurrency, calls, meter)
+            latency_rows.append(added_latency_row(concurrency, calls, base.latencies, through.latencies))
         rates = {
             "mcp SDK Client → example server (direct, one session)": await run(sdk, 50, calls * 2, meter),
             "**CallTool → Envoy mesh → tool gateway → SDK → example server**": await run(
