@@ -63,13 +63,23 @@ class ToolCalls:
 
     async def call(self, principal: Principal, request: pb.CallToolRequest) -> pb.CallToolResponse:
         server_name, tool = split_name(request.name)
-        server = await self._store.by_name(principal.tenant_id, server_name)
-        if server is None:
-            raise NotFound(f"name: the tenant has no tool server named {server_name}")
         arguments = json_format.MessageToDict(request.arguments)
         call_id = call_key(principal, request)
+        # The server's look-up (Postgres) and the call's count against its rate limit (Redis) do
+        # not wait on each other: one round trip's time for both, on every call.
+        found, admitted = await asyncio.gather(
+            self._store.by_name(principal.tenant_id, server_name),
+            self._limits.admit(principal.tenant_id, request.name),
+            return_exceptions=True,
+        )
+        if isinstance(found, BaseException):
+            raise found
+        server = found
+        if server is None:
+            raise NotFound(f"name: the tenant has no tool server named {server_name}")
         try:
-            await self._limits.admit(principal.tenant_id, request.name)
+            if isinstance(admitted, BaseException):
+                raise admitted
             await self._metering.reserve(principal, call_id)
         except ToolRateLimited:
             await self._audit(principal, server, tool, "rate_limited", 0, call_id, audit.DENIED)
@@ -81,20 +91,19 @@ class ToolCalls:
             await self._audit(principal, server, tool, "metering", 0, call_id)
             raise
         result = await self._upstream(principal, server, tool, arguments, call_id)
-        await self._metering.settle(
-            principal,
-            call_id,
-            Metered(
-                server.name,
-                tool,
-                result.duration_ms,
-                _result_bytes(result),
-                request.conversation_id,
-                request.turn_id,
-            ),
+        metered = Metered(
+            server.name,
+            tool,
+            result.duration_ms,
+            _result_bytes(result),
+            request.conversation_id,
+            request.turn_id,
         )
-        await self._audit(
-            principal, server, tool, "tool_error" if result.is_error else "ok", result.duration_ms, call_id
+        outcome = "tool_error" if result.is_error else "ok"
+        # The usage event (Redis, metering) and the audit row (Postgres) are written together.
+        await asyncio.gather(
+            self._metering.settle(principal, call_id, metered),
+            self._audit(principal, server, tool, outcome, result.duration_ms, call_id),
         )
         response = pb.CallToolResponse(
             text=result.text, is_error=result.is_error, duration_ms=result.duration_ms
