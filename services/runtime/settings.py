@@ -7,6 +7,7 @@ entry point prints before exiting: the variable, what is wrong, and how to fix i
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -85,6 +86,9 @@ class Env:
                 number = float(text)
             except ValueError:
                 raise ValueError("not a number") from None
+            # float() takes "nan" and "inf", which no setting means (nan passes every comparison).
+            if not math.isfinite(number):
+                raise ValueError("not a finite number")
             if number < minimum:
                 raise ValueError(f"below {minimum}")
             return number

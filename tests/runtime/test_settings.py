@@ -70,3 +70,9 @@ def test_kafka_bootstrap_accepts_a_list_of_addresses() -> None:
     assert settings.bootstrap_servers == "a:9092, b:9093"
     with pytest.raises(SettingsError, match="MACP_KAFKA_BOOTSTRAP"):
         KafkaSettings.from_env(Env({"MACP_KAFKA_BOOTSTRAP": "a:9092,b"}))
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "NaN"])
+def test_a_number_setting_refuses_what_is_not_a_finite_number(text: str) -> None:
+    with pytest.raises(SettingsError, match=r"^MACP_X=.* is malformed \(not a finite number\)"):
+        Env({"MACP_X": text}).number("MACP_X", 1.0)
