@@ -123,7 +123,7 @@ async def test_every_route_through_envoy(mesh_slice: Slice) -> None:
         )
         assert (conversation["title"], conversation["limits"]) == (
             "renamed",
-            {"maxAgentTurnsPerUserMessage": 2},
+            {"maxAgentTurnsPerUserMessage": 2, "maxToolCallsPerTurn": 0},
         )
 
         # Messages go through the orchestrator: POST retried 10 times is accepted (and stored) once,

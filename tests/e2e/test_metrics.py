@@ -20,18 +20,20 @@ SHARED_RPC = {
     "macp_serving": "gauge",
 }
 SHARED_HTTP = {"macp_http_requests": "counter", "macp_http_request_duration_seconds": "histogram"}
-# Domain signal -> the one process that exports it.
-DOMAIN = {
-    "pending_agent_requests": "agent-proxy",
-    "macp_breaker_state": "agent-proxy",
-    "macp_generate_first_token_seconds": "agent-proxy",
-    "macp_quota_refusals": "metering",
-    "macp_consumer_records": "metering",
-    "macp_consumer_lag": "metering",
-    "macp_consumer_batch_duration_seconds": "metering",
-    "macp_rate_limit_decisions": EDGE.name,
-    "macp_rate_limited": EDGE.name,
-    "macp_rate_limit_fallback": EDGE.name,
+# Domain signal -> the processes that export it (the rate limits: the edge, and the tool gateway
+# for its /mcp, which Envoy routes past the edge).
+RATE_LIMITED = (EDGE.name, "tool-gateway")
+DOMAIN: dict[str, tuple[str, ...]] = {
+    "pending_agent_requests": ("agent-proxy",),
+    "macp_breaker_state": ("agent-proxy",),
+    "macp_generate_first_token_seconds": ("agent-proxy",),
+    "macp_quota_refusals": ("metering",),
+    "macp_consumer_records": ("metering",),
+    "macp_consumer_lag": ("metering",),
+    "macp_consumer_batch_duration_seconds": ("metering",),
+    "macp_rate_limit_decisions": RATE_LIMITED,
+    "macp_rate_limited": RATE_LIMITED,
+    "macp_rate_limit_fallback": RATE_LIMITED,
 }
 
 
@@ -70,10 +72,10 @@ async def test_every_process_exposes_the_shared_names_and_its_own_signals(world:
     )
     assert admitted == 1
 
-    for family, owner in DOMAIN.items():
+    for family, owners in DOMAIN.items():
         for process, found in scrapes.items():
             declared = family in found.families
-            assert declared == (process == owner), f"{family} on {process} (belongs to {owner})"
+            assert declared == (process in owners), f"{family} on {process} (belongs to {owners})"
     assert scrapes["metering"].value("macp_quota_refusals_total", tier="free", meter="agent_turns") == 0
     assert scrapes["agent-proxy"].value("macp_breaker_state", provider="local", model="echo-1") == 0
 

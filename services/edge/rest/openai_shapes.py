@@ -98,6 +98,11 @@ def _message(message: Any, where: str) -> pb.CompletionMessage:
     role = ROLES.get(message.get("role"))  # type: ignore[arg-type]
     if role is None:
         raise bad_param(f"{where}.role", f"must be one of {', '.join(ROLES)}")
+    # Each field belongs to one role: sent on another, it would be dropped unread.
+    if role != pb.COMPLETION_ROLE_ASSISTANT and message.get("tool_calls") is not None:
+        raise bad_param(f"{where}.tool_calls", "only an assistant message carries tool calls")
+    if role != pb.COMPLETION_ROLE_TOOL and message.get("tool_call_id") is not None:
+        raise bad_param(f"{where}.tool_call_id", "only a tool message answers a tool call")
     calls = (
         tool_calls_of(message.get("tool_calls"), f"{where}.tool_calls")
         if role == pb.COMPLETION_ROLE_ASSISTANT
