@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from services.provider_server.protocol import ProtocolError, content_text, require
@@ -15,46 +14,31 @@ from services.provider_server.tool_use import (
     Dialogue,
     OfferedTool,
     ToolChoice,
+    ToolRequest,
     ToolResultSeen,
     offered_tool,
-    unique_tools,
+    offered_tools,
 )
 
 CHOICE_MODES = ("auto", "any", "tool", "none")
 
 
-@dataclass(frozen=True)
-class MessagesRequest:
-    dialogue: Dialogue
-    tools: tuple[OfferedTool, ...]
-    choice: ToolChoice
-
-
-def read_request(body: Mapping[str, Any]) -> MessagesRequest:
-    tools = _tools(body.get("tools"))
+def read_request(body: Mapping[str, Any]) -> ToolRequest:
+    tools = offered_tools(body.get("tools"), _tool)
     choice = _choice(body.get("tool_choice"))
     choice.check(tools, "tool_choice.name")
-    return MessagesRequest(dialogue=_dialogue(body, bool(tools)), tools=tools, choice=choice)
+    return ToolRequest(dialogue=_dialogue(body, bool(tools)), tools=tools, choice=choice)
 
 
-def _tools(raw: Any) -> tuple[OfferedTool, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        raise ProtocolError(400, "tools: expected a list of tools")
-    tools = []
-    for index, tool in enumerate(raw):
-        where = f"tools.{index}"
-        if not isinstance(tool, dict):
-            raise ProtocolError(400, f"{where}: expected an object")
-        if tool.get("type", "custom") != "custom":
-            raise ProtocolError(400, f"{where}.type: only custom tools are served here")
-        tools.append(
-            offered_tool(
-                tool.get("name"), tool.get("description"), tool.get("input_schema"), where, "input_schema"
-            )
-        )
-    return unique_tools(tools, "tools")
+def _tool(index: int, tool: Any) -> OfferedTool:
+    where = f"tools.{index}"
+    if not isinstance(tool, dict):
+        raise ProtocolError(400, f"{where}: expected an object")
+    if tool.get("type", "custom") != "custom":
+        raise ProtocolError(400, f"{where}.type: only custom tools are served here")
+    return offered_tool(
+        tool.get("name"), tool.get("description"), tool.get("input_schema"), where, "input_schema"
+    )
 
 
 def _choice(raw: Any) -> ToolChoice:

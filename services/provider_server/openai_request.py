@@ -6,7 +6,6 @@ each call, a tool message only in answer to one), each error naming the field.""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from services.provider_server.protocol import ProtocolError, content_text, require
@@ -15,9 +14,10 @@ from services.provider_server.tool_use import (
     Dialogue,
     OfferedTool,
     ToolChoice,
+    ToolRequest,
     ToolResultSeen,
     offered_tool,
-    unique_tools,
+    offered_tools,
 )
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -25,47 +25,27 @@ CHOICE_MODES: dict[str, ChoiceMode] = {"auto": "auto", "required": "any", "none"
 EMPTY_PARAMETERS = {"type": "object", "properties": {}}
 
 
-@dataclass(frozen=True)
-class CompletionRequest:
-    dialogue: Dialogue
-    tools: tuple[OfferedTool, ...]
-    choice: ToolChoice
-
-
-def read_request(body: Mapping[str, Any]) -> CompletionRequest:
-    tools = _tools(body.get("tools"))
+def read_request(body: Mapping[str, Any]) -> ToolRequest:
+    tools = offered_tools(body.get("tools"), _tool)
     parallel = body.get("parallel_tool_calls", True)
     if not isinstance(parallel, bool):
         raise ProtocolError(400, "parallel_tool_calls: expected a boolean")
     choice = _choice(body.get("tool_choice"), parallel)
     choice.check(tools, "tool_choice.function.name")
-    return CompletionRequest(dialogue=_dialogue(body), tools=tools, choice=choice)
+    return ToolRequest(dialogue=_dialogue(body), tools=tools, choice=choice)
 
 
-def _tools(raw: Any) -> tuple[OfferedTool, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        raise ProtocolError(400, "tools: expected a list of tools")
-    tools = []
-    for index, tool in enumerate(raw):
-        where = f"tools[{index}]"
-        if not isinstance(tool, dict) or tool.get("type") != "function":
-            raise ProtocolError(400, f"{where}.type: expected 'function'")
-        function = tool.get("function")
-        if not isinstance(function, dict):
-            raise ProtocolError(400, f"{where}.function: expected an object")
-        parameters = function.get("parameters", EMPTY_PARAMETERS)
-        tools.append(
-            offered_tool(
-                function.get("name"),
-                function.get("description"),
-                parameters,
-                f"{where}.function",
-                "parameters",
-            )
-        )
-    return unique_tools(tools, "tools")
+def _tool(index: int, tool: Any) -> OfferedTool:
+    where = f"tools[{index}]"
+    if not isinstance(tool, dict) or tool.get("type") != "function":
+        raise ProtocolError(400, f"{where}.type: expected 'function'")
+    function = tool.get("function")
+    if not isinstance(function, dict):
+        raise ProtocolError(400, f"{where}.function: expected an object")
+    parameters = function.get("parameters", EMPTY_PARAMETERS)
+    return offered_tool(
+        function.get("name"), function.get("description"), parameters, f"{where}.function", "parameters"
+    )
 
 
 def _choice(raw: Any, parallel: bool) -> ToolChoice:

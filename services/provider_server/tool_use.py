@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -77,11 +77,18 @@ def offered_tool(name: Any, description: Any, schema: Any, where: str, schema_fi
     return OfferedTool(name=name, description=description or "", schema=schema)
 
 
-def unique_tools(tools: list[OfferedTool], where: str) -> tuple[OfferedTool, ...]:
+def offered_tools(raw: Any, read: Callable[[int, Any], OfferedTool]) -> tuple[OfferedTool, ...]:
+    """A request's `tools`: absent is none; each entry read by `read(index, entry)` (the wire
+    shapes differ), their names unique, as both providers require."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ProtocolError(400, "tools: expected a list of tools")
+    tools = [read(index, entry) for index, entry in enumerate(raw)]
     names = [tool.name for tool in tools]
     for name in names:
         if names.count(name) > 1:
-            raise ProtocolError(400, f"{where}: tool names must be unique; {name!r} is offered twice")
+            raise ProtocolError(400, f"tools: tool names must be unique; {name!r} is offered twice")
     return tuple(tools)
 
 
@@ -113,6 +120,16 @@ class Dialogue:
     prompt: list[str]
     last_user_text: str | None
     results: tuple[ToolResultSeen, ...]
+
+
+@dataclass(frozen=True)
+class ToolRequest:
+    """What a request of either protocol asks of the model: the dialogue, the tools it offers and
+    how the model may use them."""
+
+    dialogue: Dialogue
+    tools: tuple[OfferedTool, ...]
+    choice: ToolChoice
 
 
 @dataclass(frozen=True)
