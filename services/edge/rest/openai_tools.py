@@ -51,14 +51,7 @@ def tools_of(raw: Any) -> list[proxy_pb.ToolDefinition]:
         where = f"tools[{index}]"
         if not isinstance(tool, dict):
             raise bad_param(where, "must be an object")
-        if tool.get("type") != "function":
-            raise bad_param(f"{where}.type", 'must be "function"')
-        function = tool.get("function")
-        if not isinstance(function, dict):
-            raise bad_param(f"{where}.function", "required: an object with the function's name")
-        name = function.get("name")
-        if not isinstance(name, str) or not TOOL_NAME.match(name):
-            raise bad_param(f"{where}.function.name", "must be 1 to 64 letters, digits, '_' or '-'")
+        function, name = _function(tool, where, tool.get("type"))
         if any(earlier.name == name for earlier in tools):
             raise bad_param(f"{where}.function.name", f"{name!r} is offered twice")
         description = function.get("description") or ""
@@ -108,6 +101,19 @@ def tool_choice_of(
     return choice
 
 
+def _function(entry: dict[str, Any], where: str, kind: Any) -> tuple[dict[str, Any], str]:
+    """The `function` object of a tool or a tool call at `where`, and its name (OpenAI's rule)."""
+    if kind != "function":
+        raise bad_param(f"{where}.type", 'must be "function"')
+    function = entry.get("function")
+    if not isinstance(function, dict):
+        raise bad_param(f"{where}.function", "required: an object with the function's name")
+    name = function.get("name")
+    if not isinstance(name, str) or not TOOL_NAME.match(name):
+        raise bad_param(f"{where}.function.name", "must be 1 to 64 letters, digits, '_' or '-'")
+    return function, name
+
+
 def tool_calls_of(raw: Any, where: str) -> list[proxy_pb.ToolCall]:
     """An assistant message's `tool_calls` (at `where`), as the agent made them earlier."""
     if raw is None:
@@ -124,14 +130,8 @@ def tool_calls_of(raw: Any, where: str) -> list[proxy_pb.ToolCall]:
         call_id = call.get("id")
         if not isinstance(call_id, str) or not 0 < len(call_id) <= MAX_CALL_ID:
             raise bad_param(f"{at}.id", f"required: the call's id, 1 to {MAX_CALL_ID} characters")
-        if call.get("type", "function") != "function":
-            raise bad_param(f"{at}.type", 'must be "function"')
-        function = call.get("function")
-        if not isinstance(function, dict):
-            raise bad_param(f"{at}.function", "required: an object with the name and arguments")
-        name = function.get("name")
-        if not isinstance(name, str) or not TOOL_NAME.match(name):
-            raise bad_param(f"{at}.function.name", "must be 1 to 64 letters, digits, '_' or '-'")
+        # A call's type may be left out (OpenAI's SDKs send it); a tool's may not.
+        function, name = _function(call, at, call.get("type", "function"))
         arguments = struct_pb2.Struct()
         arguments.update(_arguments(function.get("arguments"), f"{at}.function.arguments"))
         calls.append(proxy_pb.ToolCall(id=call_id, name=name, arguments=arguments))
