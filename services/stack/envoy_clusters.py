@@ -61,6 +61,10 @@ HEALTH_INTERVAL = timedelta(seconds=1)
 UNHEALTHY_HEALTH_INTERVAL = timedelta(milliseconds=500)
 HEALTH_TIMEOUT = timedelta(seconds=1)
 CONNECT_TIMEOUT = timedelta(seconds=1)
+# A host's change of health reaches the load balancers at once. Envoy's default merges such changes
+# for 1 s, which is for clusters of hundreds of hosts: here it kept a just-ready replica out of the
+# round robin (and a stopping one in it) for up to a second after /clusters showed the change.
+HEALTH_UPDATE_MERGE_WINDOW = timedelta(0)
 EDGE_HEALTH_PATH = "/healthz"
 # A service cluster without a healthy host answers UNAVAILABLE at once ("no healthy upstream")
 # instead of Envoy's default panic routing, which below 50% healthy hosts sends calls to every host,
@@ -121,7 +125,10 @@ def _cluster(
         ),
         typed_extension_protocol_options={UPSTREAM_HTTP_OPTIONS_KEY: Any.pack(protocol)},
         health_checks=[health_check],
-        common_lb_config=ClusterCommonLbConfig(healthy_panic_threshold=Percent(value=panic_threshold)),
+        common_lb_config=ClusterCommonLbConfig(
+            healthy_panic_threshold=Percent(value=panic_threshold),
+            update_merge_window=HEALTH_UPDATE_MERGE_WINDOW,
+        ),
         circuit_breakers=_circuit_breakers(),
     )
 

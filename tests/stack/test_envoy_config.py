@@ -229,6 +229,14 @@ def test_every_service_has_a_health_checked_h2c_cluster(target: Target) -> None:
 
 
 @pytest.mark.parametrize("target", TARGETS)
+def test_a_change_of_health_reaches_the_load_balancers_at_once(target: Target) -> None:
+    # Envoy's default merges health changes for 1 s: a replica just ready would get no requests,
+    # and one stopping would still get them, for up to a second after its check said so.
+    for name, cluster in _clusters(_doc(target)).items():
+        assert cluster["common_lb_config"]["update_merge_window"] == "0s", name
+
+
+@pytest.mark.parametrize("target", TARGETS)
 def test_a_services_http_face_is_routed_first_and_health_checked(target: Target) -> None:
     """The tool gateway's /mcp and its metadata go to its HTTP port, before the edge's SSE
     catch-all (an MCP client asks for text/event-stream), to ready instances only."""
