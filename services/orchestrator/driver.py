@@ -32,7 +32,7 @@ from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 from services.orchestrator.control import ControlBus, Signal
 from services.orchestrator.downstream import Downstream
 from services.orchestrator.event_log import EventLog
-from services.orchestrator.lease import Lease, LeaseLost, Leases
+from services.orchestrator.lease import Holdup, Lease, LeaseLost, Leases
 from services.orchestrator.markers import ACCEPTED_SECONDS, RoundMarkers
 from services.orchestrator.preparation import Prepared
 from services.orchestrator.round_jobs import RoundJobCodec
@@ -49,10 +49,15 @@ Preparing = asyncio.Task[Prepared]
 
 log = logging.getLogger("macp.orchestrator.driver")
 
-# How long a message waits for a driver that has completed its round and is letting go.
-LETTING_GO_SECONDS = 1.0
-# How often it looks meanwhile: letting go takes a few Redis round trips, about a millisecond.
-LETTING_GO_POLL_SECONDS = 0.001
+# How often a message looks again for a lease whose holder has no round in flight (it is letting
+# go, or starting its queue's next): from a millisecond (letting go is a round trip or two) up to
+# a few, so that many waiting posters do not flood Redis under load.
+SETTLING_FIRST_POLL_SECONDS = 0.001
+SETTLING_LAST_POLL_SECONDS = 0.02
+# How many lease times a message waits at most for that lease (a dead holder's lapses within one,
+# its left-over round is closed right after): beyond them something is wrong, and the message is
+# refused (REJECT) or queued like any that finds a round in flight.
+SETTLING_LEASE_TIMES = 3
 
 
 @dataclass(frozen=True)
@@ -128,9 +133,7 @@ class Driver:
 
     async def post(self, conversation_id: str, message: pb.UserMessage) -> Accepted:
         caller = current_caller()
-        # Independent reads, made at once. The lease comes after them: a client that sends its
-        # next message on RoundCompleted finds the round's driver letting go, and the reads give
-        # it the time to.
+        # Independent reads, made at once.
         conversation, seen = await asyncio.gather(
             self.conversation(conversation_id), self._seen(conversation_id, message.message_id)
         )
@@ -139,7 +142,7 @@ class Driver:
             return seen
         policy = conversation.double_texting_policy
         job = RoundJob.posted(caller, conversation_id, message, sequence=0)
-        lease = await self._acquire_after_round(job)
+        lease = await self._claim(job)
         if lease is None:
             if policy in (
                 conversation_pb.DOUBLE_TEXTING_POLICY_REJECT,
@@ -197,18 +200,29 @@ class Driver:
         # A message queued meanwhile would wait for a sweep: drive it now.
         await self._kick(lease.conversation_id)
 
-    async def _acquire_after_round(self, job: RoundJob) -> Lease | None:
-        """The lease; or, while its driver is only letting go (the round has completed, so a client
-        that waited for RoundCompleted sends its next message now), the lease a moment later."""
-        deadline = time.monotonic() + LETTING_GO_SECONDS
+    async def _claim(self, job: RoundJob) -> Lease | None:
+        """The lease for `job`'s round; None while another round is in flight (or queued to run).
+
+        Once a round's RoundCompleted is written, its driver hands the lease on in the same step
+        as it clears the round's marker (markers.hand_on), so a client that sends its next message
+        then finds the lease free. Before that step, and whenever the holder has no round in
+        flight, this waits for the lease rather than calling the conversation busy: the holder
+        is letting go, or starting a queued round (then that round is in flight, and the
+        double-texting policy decides). A finished round its driver left unclosed is closed here
+        and now (as a sweep would), before this message's round."""
         note = self._markers.note(job)
+        deadline = time.monotonic() + SETTLING_LEASE_TIMES * self._leases.ttl_ms / 1000
+        pause = SETTLING_FIRST_POLL_SECONDS
         while True:
-            lease = await self._leases.acquire(job.conversation_id, note)
-            if lease is not None or time.monotonic() > deadline:
-                return lease
-            if await self._markers.in_flight(job.conversation_id):
-                return None  # a round is in flight: the double-texting policy decides
-            await asyncio.sleep(LETTING_GO_POLL_SECONDS)
+            taken = await self._leases.claim(job.conversation_id, note)
+            if isinstance(taken, Lease):
+                return taken
+            if taken is Holdup.IN_FLIGHT or time.monotonic() > deadline:
+                return None
+            if taken is Holdup.LEFT_OVER:
+                await self._kick(job.conversation_id)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, SETTLING_LAST_POLL_SECONDS)
 
     async def _enqueue(
         self,
@@ -296,10 +310,11 @@ class Driver:
         self._spawn(self._drive(lease, None, closing=closing))
 
     async def _kick(self, conversation_id: str) -> None:
-        """Drive the conversation's queue if nobody does."""
+        """Drive the conversation's queue if nobody does (closing first, as a sweep would, a round
+        whose driver left it: a queued round never writes over its marker)."""
         lease = await self._leases.acquire(conversation_id)
         if lease is not None:
-            self._spawn(self._drive(lease, None))
+            self._take_over(lease, self.sweeper.close)
 
     async def _drive(
         self,
@@ -311,7 +326,7 @@ class Driver:
     ) -> None:
         """Drive `job`'s round (None: the queue's next), then the queue's, until it is empty."""
         conversation_id = lease.conversation_id
-        lost = False
+        lost = handed_on = False
         try:
             async with self._leases.held(lease) as lost_event:
                 if closing is not None:
@@ -325,18 +340,23 @@ class Driver:
                     try:
                         with self._bus.listening(conversation_id, partial(self.rounds.on_signal, state)):
                             await self._round(state)
+                        # The round completed: the queue's next round, or the lease let go, in one
+                        # step with clearing its marker (see _claim).
+                        job = await self._markers.hand_on(lease)
                     except LeaseLost:
                         lost = True
                         break
                     finally:
                         watcher.cancel()
-                    job = await self._markers.next(conversation_id)
+                    if job is None:
+                        handed_on = True
+                        self._leases.given_up(lease)
                 lost = lost or lost_event.is_set()
         except Exception:
             log.exception("driving conversation %s failed", conversation_id)
             return
-        if lost:
-            return  # the new holder carries on
+        if lost or handed_on:
+            return  # the new holder carries on; or the lease went with nothing queued (hand_on)
         if await self._markers.waiting(conversation_id):
             await self._kick(conversation_id)
         else:
@@ -357,11 +377,10 @@ class Driver:
             ),
         ):
             await self.rounds.run(state, self._markers)
-        # Only a round that ended clears its marker. One cut short by an error (Redis gone mid-
-        # append: whether the append happened is unknown, so it is not tried again) leaves it, and
-        # the sweep closes the round from its log once this driver lets go; one whose lease was
-        # lost leaves it to the new holder, whose marker it may already be.
-        await self._markers.clear(job.conversation_id)
+        # Only a round that ended clears its marker (the driver's hand_on). One cut short by an
+        # error (Redis gone mid-append: whether the append happened is unknown, so it is not tried
+        # again) leaves it, and the sweep closes the round from its log once this driver lets go;
+        # one whose lease was lost leaves it to the new holder, whose marker it may already be.
 
 
 def _accepted_from(message_id: str, value: str) -> Accepted:

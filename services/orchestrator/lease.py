@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -30,9 +31,18 @@ DEFAULT_LEASE_MS: Final = 5_000
 # KEYS: lease, fence[, note hash, note set]. ARGV: owner, ttl_ms[, note job, note score]. A free
 # lease is taken with the next fencing token; a held one (even by this owner: re-entry would share
 # a token between two rounds) is refused. With a note, what the new holder is about to do is
-# written in the same step (see LeaseNote).
+# written in the same step (see LeaseNote); and the note's hash, when it is there already, says why
+# the lease is not taken (see Holdup): a round in flight (-1), or none while a holder lets go (-2),
+# or a finished round its driver left unclosed, which is never written over (-3).
 _ACQUIRE: Final = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local held = redis.call('EXISTS', KEYS[1]) == 1
+if KEYS[3] and (held or redis.call('EXISTS', KEYS[3]) == 1) then
+  local round = redis.call('HMGET', KEYS[3], 'job', 'ending')
+  if round[1] and (not round[2] or round[2] == '') then return -1 end
+  if held then return -2 end
+  return -3
+end
+if held then return false end
 local token = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. token, 'PX', ARGV[2])
 if KEYS[3] then
@@ -89,6 +99,19 @@ class LeaseNote:
     score: float
 
 
+class Holdup(enum.Enum):
+    """Why a lease taken with a note was not taken (the note's round is what decides)."""
+
+    # A round is in flight: a message sent now is one its sender sent before that round ended.
+    IN_FLIGHT = -1
+    # The holder has no round in flight: it is letting go (its round has completed) or about to
+    # start its queue's next. The lease comes free or a round starts in a few round trips.
+    LETTING_GO = -2
+    # Nobody holds it, but a round its driver noted as ended was left without its RoundCompleted
+    # (the driver died or failed as it ended): it is to be closed before anything else runs.
+    LEFT_OVER = -3
+
+
 class LeaseLost(Exception):
     """The lease expired or was taken over: the holder must stop driving the conversation."""
 
@@ -108,17 +131,32 @@ class Leases:
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
+        self._given_up: set[Lease] = set()
 
     async def acquire(self, conversation_id: str, note: LeaseNote | None = None) -> Lease | None:
         """The lease with a new fencing token (and `note` written with it), or None while another
-        holder has it (and nothing written)."""
+        holder has it, or while `note`'s round is left to close (and nothing written)."""
+        taken = await self.claim(conversation_id, note)
+        return taken if isinstance(taken, Lease) else None
+
+    async def claim(self, conversation_id: str, note: LeaseNote | None = None) -> Lease | Holdup | None:
+        """As `acquire`, but with `note` a refusal says why (Holdup); None only without a note."""
         keys = [lease_key(self._prefix, conversation_id), fence_key(self._prefix, conversation_id)]
         args: list[bytes | str | int | float] = [self.owner, self.ttl_ms]
         if note is not None:
             keys += [note.key, note.watched]
             args += [note.job, note.score, conversation_id]
         token = await self._acquire(keys=keys, args=args)
-        return None if token is None else Lease(conversation_id, self.owner, int(token))
+        if token is None:
+            return None
+        if int(token) < 0:
+            return Holdup(int(token))
+        return Lease(conversation_id, self.owner, int(token))
+
+    def given_up(self, lease: Lease) -> None:
+        """`lease` was released in a step of its holder's own (markers.py, handing a finished round
+        on): its keeper stops without calling it lost, and `held` does not release it again."""
+        self._given_up.add(lease)
 
     async def renew(self, lease: Lease) -> bool:
         """Whether `lease` is still current (and now extended by a full lease time)."""
@@ -142,7 +180,9 @@ class Leases:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
-            if not lost.is_set():
+            given_up = lease in self._given_up
+            self._given_up.discard(lease)
+            if not lost.is_set() and not given_up:
                 with contextlib.suppress(Exception):  # it expires by itself if Redis is away
                     await self.release(lease)
 
@@ -157,6 +197,8 @@ class Leases:
                 if await self.renew(lease):
                     valid_until = loop.time() + self.ttl_ms / 1000
                     continue
+                if lease in self._given_up:
+                    return  # released on purpose, between a renewal and the block's exit
                 log.warning(
                     "lease lost", extra={"conversation_id": lease.conversation_id, "token": lease.token}
                 )

@@ -25,7 +25,7 @@ from typing import Final, cast
 import redis.asyncio as aioredis
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
-from services.orchestrator.lease import LeaseNote
+from services.orchestrator.lease import Lease, LeaseLost, LeaseNote, lease_key
 from services.orchestrator.round_jobs import RoundJobCodec
 from services.orchestrator.rounds import RoundJob
 from services.runtime.redis_client import text_of
@@ -40,6 +40,25 @@ local job = redis.call('LPOP', KEYS[1])
 if not job then return false end
 redis.call('HSET', KEYS[2], 'job', job, 'turn_id', '', 'ending', '')
 return job
+"""
+
+# KEYS: lease, queue, marker, watched set. ARGV: holder, conversation. A round is over (its
+# RoundCompleted written): the queue's next job becomes the round in flight, or, with none queued,
+# the marker goes, the lease is released and the conversation leaves the swept set, all in one
+# step. A client that sends its next message the moment it reads RoundCompleted thus finds either
+# the lease free or a queued round in flight, never a driver still letting go. Nothing is touched
+# unless the lease is still the holder's (the new holder's marker is its own). Answers {1, job},
+# {0} once let go, or false when the lease was lost.
+_HAND_ON: Final = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
+local job = redis.call('LPOP', KEYS[2])
+if job then
+  redis.call('HSET', KEYS[3], 'job', job, 'turn_id', '', 'ending', '')
+  return {1, job}
+end
+redis.call('DEL', KEYS[3], KEYS[1])
+redis.call('ZREM', KEYS[4], ARGV[2])
+return {0}
 """
 
 # KEYS: watched set, marker, queue. ARGV: conversation. The conversation leaves the swept set only
@@ -65,10 +84,12 @@ class Marker:
 class RoundMarkers:
     def __init__(self, redis: aioredis.Redis, prefix: str, jobs: RoundJobCodec) -> None:
         self._redis = redis
+        self._deployment = prefix
         self._prefix = f"{prefix}orchestrator:"
         self.jobs = jobs
         self._pop = redis.register_script(_POP_INTO_MARKER)
         self._forget = redis.register_script(_FORGET_IF_IDLE)
+        self._hand_on = redis.register_script(_HAND_ON)
 
     # -- keys
 
@@ -108,11 +129,6 @@ class RoundMarkers:
             ending = (pb.RoundEndReason.ValueType(int(reason)), int(turns))
         return Marker(self.jobs.decode(fields[b"job"]), text_of(fields.get(b"turn_id", b"")), ending)
 
-    async def in_flight(self, conversation_id: str) -> bool:
-        """Whether a round is in flight and not yet ending (a message sent now would wait)."""
-        ending = await self._redis.hmget(self.marker(conversation_id), ["job", "ending"])
-        return ending[0] is not None and not ending[1]
-
     async def turn(self, conversation_id: str, turn_id: str) -> None:
         await self._redis.hset(self.marker(conversation_id), "turn_id", turn_id)
 
@@ -123,6 +139,22 @@ class RoundMarkers:
 
     async def clear(self, conversation_id: str) -> None:
         await self._redis.delete(self.marker(conversation_id))
+
+    async def hand_on(self, lease: Lease) -> RoundJob | None:
+        """After a round's RoundCompleted: the queue's next job, now the round in flight under
+        `lease`; or None, the marker cleared, `lease` released and the conversation no longer
+        swept (see _HAND_ON). LeaseLost, with nothing touched, if `lease` is no longer current."""
+        conversation_id = lease.conversation_id
+        keys = [
+            lease_key(self._deployment, conversation_id),
+            self.queue(conversation_id),
+            self.marker(conversation_id),
+            self.active,
+        ]
+        reply = await self._hand_on(keys=keys, args=[lease.holder, conversation_id])
+        if reply is None:
+            raise LeaseLost(f"conversation {conversation_id}: the lease is no longer this driver's")
+        return self.jobs.decode(reply[1]) if int(reply[0]) else None
 
     # -- the queue
 
