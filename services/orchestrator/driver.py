@@ -49,14 +49,12 @@ Preparing = asyncio.Task[Prepared]
 
 log = logging.getLogger("macp.orchestrator.driver")
 
-# How often a message looks again for a lease whose holder has no round in flight (it is letting
-# go, or starting its queue's next): from a millisecond (letting go is a round trip or two) up to
-# a few, so that many waiting posters do not flood Redis under load.
+# How often a message looks again for a lease held with no round in flight: from a millisecond
+# (letting go is a round trip) up to 20, so that many waiting posters do not flood Redis.
 SETTLING_FIRST_POLL_SECONDS = 0.001
 SETTLING_LAST_POLL_SECONDS = 0.02
-# How many lease times a message waits at most for that lease (a dead holder's lapses within one,
-# its left-over round is closed right after): beyond them something is wrong, and the message is
-# refused (REJECT) or queued like any that finds a round in flight.
+# How many lease times it waits at most (a dead holder's lease lapses within one, and its round is
+# closed right after): past them, it is refused (REJECT) or queued as if a round were in flight.
 SETTLING_LEASE_TIMES = 3
 
 
@@ -201,15 +199,10 @@ class Driver:
         await self._kick(lease.conversation_id)
 
     async def _claim(self, job: RoundJob) -> Lease | None:
-        """The lease for `job`'s round; None while another round is in flight (or queued to run).
-
-        Once a round's RoundCompleted is written, its driver hands the lease on in the same step
-        as it clears the round's marker (markers.hand_on), so a client that sends its next message
-        then finds the lease free. Before that step, and whenever the holder has no round in
-        flight, this waits for the lease rather than calling the conversation busy: the holder
-        is letting go, or starting a queued round (then that round is in flight, and the
-        double-texting policy decides). A finished round its driver left unclosed is closed here
-        and now (as a sweep would), before this message's round."""
+        """The lease for `job`'s round; None while another round is in flight. A driver hands its
+        lease on as it clears its round's marker, one step after RoundCompleted (markers.hand_on);
+        until then, and whenever the holder has no round in flight, this waits for the lease. A
+        finished round its driver left unclosed is closed first, as a sweep would."""
         note = self._markers.note(job)
         deadline = time.monotonic() + SETTLING_LEASE_TIMES * self._leases.ttl_ms / 1000
         pause = SETTLING_FIRST_POLL_SECONDS
@@ -376,11 +369,10 @@ class Driver:
                 attributes={"macp.conversation_id": job.conversation_id, "macp.message_id": job.message_id},
             ),
         ):
+            # Its marker is cleared by _drive's hand_on once it ended. One cut short by an error
+            # (Redis gone mid-append: whether it happened is unknown, so it is not tried again) is
+            # closed by a sweep from its log; one whose lease was lost, by the new holder.
             await self.rounds.run(state, self._markers)
-        # Only a round that ended clears its marker (the driver's hand_on). One cut short by an
-        # error (Redis gone mid-append: whether the append happened is unknown, so it is not tried
-        # again) leaves it, and the sweep closes the round from its log once this driver lets go;
-        # one whose lease was lost leaves it to the new holder, whose marker it may already be.
 
 
 def _accepted_from(message_id: str, value: str) -> Accepted:
