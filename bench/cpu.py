@@ -2,8 +2,8 @@
 
 On a 2-core machine latency under load is mostly queueing for CPU, so CPU per request, split by
 process, is what says where the time goes. Postgres serves each connection from a child of its
-postmaster, hence the children; a child that exits between readings takes its time with it, which
-the benchmark avoids by keeping its connections open across a measurement.
+postmaster, hence the children; a child that has exited and been reaped by its parent still counts,
+through the parent's reaped-children times (cutime and cstime in /proc/<pid>/stat).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ CLIENT = "client"
 
 
 def _cpu_seconds(pid: int, *, children: bool) -> float:
-    """user + system CPU of pid, and of every descendant alive now if `children`."""
+    """user + system CPU of pid; with `children`, also of every descendant alive now and of every
+    descendant already reaped (a child that ended between two readings keeps its time)."""
     try:
         root = psutil.Process(pid)
         family = [root, *root.children(recursive=True)] if children else [root]
@@ -29,6 +30,8 @@ def _cpu_seconds(pid: int, *, children: bool) -> float:
         with contextlib.suppress(psutil.Error):
             times = process.cpu_times()
             total += times.user + times.system
+            if children:
+                total += times.children_user + times.children_system
     return total
 
 

@@ -56,6 +56,7 @@ from services.runtime.auth.settings import service_audience
 from services.runtime.registry import EDGE, PROVIDER_SERVER, SERVICES
 from services.stack.config import free_port
 from services.stack.infra import ephemeral_infrastructure, scratch_data_dir
+from services.stack.kafka import KafkaStorage
 from services.stack.probes import answers
 from services.stack.process import ManagedProcess, StartupError
 from services.stack.secrets import local_secrets
@@ -81,6 +82,7 @@ class Bench:
     provider_url: str
     edge_token: str
     directory: Path
+    pids: dict[str, int]  # every process of the stack by name: the apps, Envoy, the infrastructure
 
     @property
     def ws_url(self) -> str:
@@ -89,7 +91,10 @@ class Bench:
 
 def _environ(infrastructure_env: dict[str, str]) -> dict[str, str]:
     apps = [*(spec.name for spec in SERVICES), "edge"]
-    environ = parts_environ(infrastructure_env, apps, ("MACP_PROVIDER_SERVER_PORT",))
+    # Every port on a free one, the HTTP faces (the tool gateway's /mcp) too: a default port
+    # another run holds would stop the stack from starting.
+    http_faces = [spec.http_port_variable for spec in SERVICES if spec.http_port is not None]
+    environ = parts_environ(infrastructure_env, apps, ("MACP_PROVIDER_SERVER_PORT", *http_faces))
     environ["MACP_LOG_LEVEL"] = "warning"
     # The path is measured, not the limits (see bench/slice.py).
     for variable in ("MACP_RATE_LIMIT_API", "MACP_RATE_LIMIT_INTERNAL", "MACP_RATE_LIMIT_TENANT"):
@@ -98,9 +103,12 @@ def _environ(infrastructure_env: dict[str, str]) -> dict[str, str]:
 
 
 @contextmanager
-def running_parts(progress: Callable[[str], None]) -> Iterator[Bench]:
+def running_parts(progress: Callable[[str], None], kafka_storage: KafkaStorage = "memory") -> Iterator[Bench]:
+    """The whole stack; `kafka_storage="s3"` keeps Kafka's log in the S3 emulation, as `macp up` does."""
     with ExitStack() as stack:
-        infrastructure = stack.enter_context(ephemeral_infrastructure(progress=progress))
+        infrastructure = stack.enter_context(
+            ephemeral_infrastructure(kafka_storage=kafka_storage, progress=progress)
+        )
         directory = stack.enter_context(scratch_data_dir("macp-bench-orchestrator-"))
         environ = _environ(infrastructure.env)
         environ.update(local_secrets(directory, environ))
@@ -125,7 +133,10 @@ def running_parts(progress: Callable[[str], None]) -> Iterator[Bench]:
         asyncio.run(
             _pro_plan(envoy.mesh_address, admin.tenant_id, environ["MACP_TOKEN_INITIAL_ACCESS_TOKEN"])
         )
-        yield Bench(envoy.url, provider_url, sign_in(envoy.url, admin), directory)
+        pids = {app.name: process.pid for app, process in apps} | {"envoy": envoy.pid}
+        pids |= {part.name: part.pid for part in infrastructure.parts}
+        running = {name: pid for name, pid in pids.items() if pid is not None}
+        yield Bench(envoy.url, provider_url, sign_in(envoy.url, admin), directory, running)
 
 
 async def _pro_plan(mesh_address: str, tenant_id: str, initial_access_token: str) -> None:
@@ -247,12 +258,19 @@ class Client:
         await self._ws.close()
 
 
-async def closed_loop(
-    workers: Sequence[Callable[[], Awaitable[Turn]]], per_worker: int
-) -> tuple[list[Turn], float]:
+Workers = Sequence[Callable[[], Awaitable[Turn]]]
+Loop = Callable[[Workers, int], Awaitable[tuple[list[Turn], float]]]
+
+
+async def closed_loop(workers: Workers, per_worker: int) -> tuple[list[Turn], float]:
     """Each worker once untimed (warm: connections, token exchanges, caches), then `per_worker`
     times back to back, all workers at once; the timed turns and their wall time."""
     await asyncio.gather(*(work() for work in workers))
+    return await timed_loop(workers, per_worker)
+
+
+async def timed_loop(workers: Workers, per_worker: int) -> tuple[list[Turn], float]:
+    """Each worker `per_worker` times back to back, all at once; the turns and their wall time."""
     turns: list[Turn] = []
 
     async def run(work: Callable[[], Awaitable[Turn]]) -> None:
@@ -264,11 +282,13 @@ async def closed_loop(
     return turns, time.perf_counter() - started
 
 
-async def ws_turns(bench: Bench, model: str, concurrency: int, per_client: int) -> tuple[list[Turn], float]:
+async def ws_turns(
+    bench: Bench, model: str, concurrency: int, per_client: int, loop: Loop = closed_loop
+) -> tuple[list[Turn], float]:
     conversations = await new_conversations(bench, concurrency, model)
     clients = await asyncio.gather(*(Client.open(bench, c) for c in conversations))
     try:
-        return await closed_loop([client.turn for client in clients], per_client)
+        return await loop([client.turn for client in clients], per_client)
     finally:
         await asyncio.gather(*(c.close() for c in clients))
 
@@ -311,15 +331,24 @@ def litellm_binary(progress: Callable[[str], None]) -> Path:
     return binary
 
 
+@dataclass(frozen=True)
+class Litellm:
+    url: str
+    pid: int
+
+
 @contextmanager
-def running_litellm(bench: Bench, progress: Callable[[str], None]) -> Iterator[str]:
+def running_litellm(
+    bench: Bench, progress: Callable[[str], None], model: str = SHORT_MODEL
+) -> Iterator[Litellm]:
+    """A LiteLLM proxy (one worker) that serves `model` from the provider server."""
     binary = litellm_binary(progress)
     config = bench.directory / "litellm.yaml"
     config.write_text(
         "model_list:\n"
-        f"  - model_name: {SHORT_MODEL}\n"
+        f"  - model_name: {model}\n"
         "    litellm_params:\n"
-        f"      model: anthropic/{SHORT_MODEL}\n"
+        f"      model: anthropic/{model}\n"
         f"      api_base: {bench.provider_url}\n"
         "      api_key: local\n"
         "litellm_settings:\n"
@@ -359,25 +388,36 @@ def running_litellm(bench: Bench, progress: Callable[[str], None]) -> Iterator[s
                 raise StartupError("the LiteLLM proxy never answered /health/liveliness")
             time.sleep(0.5)
         progress(f"litellm ready on {url}")
-        yield url
+        assert process.pid is not None  # started above
+        yield Litellm(url, process.pid)
     finally:
         process.stop()
 
 
-async def litellm_calls(url: str, concurrency: int, per_client: int) -> tuple[list[Turn], float]:
-    async with httpx.AsyncClient(
+def litellm_client(url: str, concurrency: int) -> httpx.AsyncClient:
+    """An HTTP client of the LiteLLM proxy at `url`, one connection per call in flight, keyed."""
+    return httpx.AsyncClient(
         base_url=url,
+        headers={"authorization": f"Bearer {LITELLM_KEY}"},
         timeout=TIMEOUT_SECONDS,
         trust_env=False,
         limits=httpx.Limits(max_connections=concurrency),
-    ) as http:
-        body = {"model": SHORT_MODEL, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 4096}
+    )
+
+
+def litellm_body(model: str, *, stream: bool = False) -> dict[str, Any]:
+    """A chat completion of the benchmark's prompt, as the LiteLLM rows send it."""
+    messages = [{"role": "user", "content": PROMPT}]
+    return {"model": model, "messages": messages, "max_tokens": 4096, "stream": stream}
+
+
+async def litellm_calls(url: str, concurrency: int, per_client: int) -> tuple[list[Turn], float]:
+    async with litellm_client(url, concurrency) as http:
+        body = litellm_body(SHORT_MODEL)
 
         async def one() -> Turn:
             started = time.perf_counter()
-            answer = await http.post(
-                "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {LITELLM_KEY}"}
-            )
+            answer = await http.post("/v1/chat/completions", json=body)
             answer.raise_for_status()
             elapsed = time.perf_counter() - started
             return Turn(elapsed, elapsed, answer.json()["usage"]["completion_tokens"])
@@ -429,8 +469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         say("measuring")
         rows = asyncio.run(measure())
         if not args.no_litellm:
-            with running_litellm(bench, say) as url:
-                rows["litellm"] = asyncio.run(litellm_calls(url, 50, args.sustained))
+            with running_litellm(bench, say) as litellm:
+                rows["litellm"] = asyncio.run(litellm_calls(litellm.url, 50, args.sustained))
     print(report(rows))
     return 0
 
