@@ -91,10 +91,30 @@ def service_environ(infrastructure: Infrastructure, database_url: str) -> dict[s
     return isolated_environ(infrastructure, database_url)
 
 
+@pytest.fixture(scope="module")
+async def module_environ(infrastructure: Infrastructure) -> AsyncIterator[dict[str, str]]:
+    """`service_environ` for a stack the tests of one module share (`module_world`, `module_slice`),
+    over a database of the module's own."""
+    async with fresh_database(infrastructure) as url:
+        yield isolated_environ(infrastructure, url)
+
+
 @pytest.fixture
 async def world(service_environ: dict[str, str], tmp_path: Path) -> AsyncIterator[World]:
     """The whole mesh (tests/world.py): every service, the edge and Envoy, a seeded tenant."""
     from tests.world import running_world  # imports every service: only for tests that use it
 
     async with running_world(service_environ, tmp_path) as world:
+        yield world
+
+
+@pytest.fixture(scope="module")
+async def module_world(
+    module_environ: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[World]:
+    """The whole mesh once for a module whose tests need no mesh of their own: each takes a tenant
+    of its own on it with `World.other_tenant()` (see `tests/world.py`)."""
+    from tests.world import running_world
+
+    async with running_world(module_environ, tmp_path_factory.mktemp("world")) as world:
         yield world

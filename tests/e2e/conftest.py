@@ -13,7 +13,7 @@ import contextlib
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -45,6 +45,11 @@ class Slice:
         """An HTTP client of the front URL sending `token` (by default the tenant user's edge token)."""
         bearer = {"authorization": f"Bearer {token or self.edge_token}"}
         return httpx.AsyncClient(base_url=self.front_url, timeout=10, headers=bearer)
+
+    async def with_new_tenant(self) -> Slice:
+        """This slice as seen by the user of a new tenant of its own."""
+        tenant = await self.tokens.tenant()
+        return replace(self, tenant=tenant, edge_token=await self.tokens.user_token(tenant, [EDGE_AUDIENCE]))
 
 
 def _cluster_healthy(admin_port: int, cluster: str) -> bool:
@@ -80,6 +85,17 @@ async def wait_authenticating(slice_: Slice) -> None:
 async def mesh_slice(service_environ: dict[str, str], tmp_path: Path) -> AsyncIterator[Slice]:
     async with token_world(service_environ) as tokens:
         async for slice_ in _slice(tokens, tmp_path):
+            yield slice_
+
+
+@pytest.fixture(scope="module")
+async def module_slice(
+    module_environ: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Slice]:
+    """One slice for a module whose tests need no slice of their own: each takes a tenant of its
+    own on it with `Slice.with_new_tenant()`."""
+    async with token_world(module_environ) as tokens:
+        async for slice_ in _slice(tokens, tmp_path_factory.mktemp("slice")):
             yield slice_
 
 

@@ -45,6 +45,13 @@ from tests.tokens import ALL_SCOPES, TokenWorld, bearer, token_world
 
 pytestmark = pytest.mark.integration
 
+
+@pytest.fixture
+async def mesh_slice(module_slice: Slice) -> Slice:
+    """The module's one slice, as a tenant of this test's own: no test here needs a slice to itself."""
+    return await module_slice.with_new_tenant()
+
+
 CONVERSATION_AUDIENCE = service_audience("conversation")
 
 

@@ -91,7 +91,7 @@ class Issuers:
         return forge(head or {"alg": "RS256", "typ": "JWT", "kid": "kc-1"}, payload, self.key)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 async def issuers() -> AsyncIterator[Issuers]:
     """Two issuers' JWKS documents over HTTP; both publish the same key under their own kid."""
     key = _new_key()
@@ -115,8 +115,8 @@ async def issuers() -> AsyncIterator[Issuers]:
         yield Issuers(base, key)
 
 
-@pytest.fixture
-def service_environ(service_environ: dict[str, str], issuers: Issuers) -> dict[str, str]:
+@pytest.fixture(scope="module")
+def module_environ(module_environ: dict[str, str], issuers: Issuers) -> dict[str, str]:
     """Every process of the slice (the edge and the token service read it) trusts both issuers."""
     configured = [
         {
@@ -135,7 +135,13 @@ def service_environ(service_environ: dict[str, str], issuers: Issuers) -> dict[s
             "client_class": "partner",
         },
     ]
-    return {**service_environ, "MACP_AUTH_EXTERNAL_ISSUERS": json.dumps(configured)}
+    return {**module_environ, "MACP_AUTH_EXTERNAL_ISSUERS": json.dumps(configured)}
+
+
+@pytest.fixture
+async def mesh_slice(module_slice: Slice) -> Slice:
+    """The module's one slice, as a tenant of this test's own: no test here needs a slice to itself."""
+    return await module_slice.with_new_tenant()
 
 
 AGENT = {"name": "Ada", "provider": "local", "model": "echo-1"}
