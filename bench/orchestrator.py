@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -103,14 +103,19 @@ def _environ(infrastructure_env: dict[str, str]) -> dict[str, str]:
 
 
 @contextmanager
-def running_parts(progress: Callable[[str], None], kafka_storage: KafkaStorage = "memory") -> Iterator[Bench]:
-    """The whole stack; `kafka_storage="s3"` keeps Kafka's log in the S3 emulation, as `macp up` does."""
+def running_parts(
+    progress: Callable[[str], None],
+    kafka_storage: KafkaStorage = "memory",
+    overrides: Mapping[str, str] | None = None,
+) -> Iterator[Bench]:
+    """The whole stack; `kafka_storage="s3"` keeps Kafka's log in the S3 emulation, as `macp up`
+    does; `overrides` are settings of every process (e.g. `macp up`'s log level)."""
     with ExitStack() as stack:
         infrastructure = stack.enter_context(
             ephemeral_infrastructure(kafka_storage=kafka_storage, progress=progress)
         )
         directory = stack.enter_context(scratch_data_dir("macp-bench-orchestrator-"))
-        environ = _environ(infrastructure.env)
+        environ = _environ(infrastructure.env) | dict(overrides or {})
         environ.update(local_secrets(directory, environ))
         apps, envoy = start_apps_and_envoy(stack, environ, directory, APPS)
         for app, process in apps:

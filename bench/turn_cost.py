@@ -3,9 +3,10 @@
 The stack runs as `macp up` runs it, each part its own process on 127.0.0.1 (bench/orchestrator.py
 starts it): the token, conversation, agent-proxy, metering, orchestrator and tool-gateway services,
 the edge, the local provider server, Envoy, and the embedded infrastructure: Postgres, Redis, Kafka
-(tansu) with its log in the S3 emulation. The seeded tenant is on the PRO plan. Clients are
-WebSocket clients on Envoy's front listener (`/v1/ws`), each in a conversation of its own with one
-agent and one turn per message; the model answers exactly 20 tokens.
+(tansu) with its log in the S3 emulation, at `macp up`'s log level (info: an access-log line per
+call). The seeded tenant is on the PRO plan. Clients are WebSocket clients on Envoy's front
+listener (`/v1/ws`), each in a conversation of its own with one agent and one turn per message; the
+model answers exactly 20 tokens.
 
 At 1, 20 and 50 in flight: each client's first turn is untimed (connections, token exchanges,
 caches), then the CPU of every process of the stack is read from /proc (Postgres as its postmaster
@@ -55,6 +56,9 @@ CONCURRENCIES = (1, 20, 50)
 TURN_MODEL = "bench-twenty"  # booked on the provider server to answer exactly TURN_TOKENS tokens
 TURN_TOKENS = 20
 IDLE_SECONDS = 5.0
+# What `macp up` runs with where bench/orchestrator.py differs: its default log level, under which
+# every service writes an access-log line per call (Kafka's log in S3 is the other difference).
+AS_MACP_UP = {"MACP_LOG_LEVEL": "info"}
 ROW_DEADLINE_SECONDS = 240.0  # one concurrency's untimed and timed turns together
 LABELS = {
     "s3": "S3 emulation (Kafka's log)",
@@ -174,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     header = machine_line()
     stack_rows: list[Row] = []
     litellm_rows: list[Row] = []
-    with running_parts(say, kafka_storage="s3") as bench:
+    with running_parts(say, kafka_storage="s3", overrides=AS_MACP_UP) as bench:
         book_turn_model(bench)
         say(f"idle stack for {IDLE_SECONDS:g} s")
         idle = idle_cpu_ms_per_second(bench.pids, IDLE_SECONDS)
