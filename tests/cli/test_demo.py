@@ -17,6 +17,12 @@ from tests.world import World
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture
+async def world(module_world: World) -> World:
+    """The module's one mesh, as a tenant of this test's own: no test here needs a mesh to itself."""
+    return await module_world.other_tenant()
+
+
 @pytest.mark.parametrize("policy", ["bid", "coordinator"])
 async def test_the_demo_prints_bids_speakers_text_and_usage(world: World, policy: str) -> None:
     args = build_parser("demo").parse_args(["demo", "--policy", policy])

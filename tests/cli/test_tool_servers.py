@@ -24,6 +24,12 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
+async def world(module_world: World) -> World:
+    """The module's one mesh, as a tenant of this test's own: no test here needs a mesh to itself."""
+    return await module_world.other_tenant()
+
+
+@pytest.fixture
 async def upstreams() -> AsyncIterator[tuple[str, str]]:
     """The weather server behind `x-api-key: API_KEY`, and the calculator with no credential."""
     async with (

@@ -39,6 +39,12 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
+async def world(module_world: World) -> World:
+    """The module's one mesh, as a tenant of this test's own: no test here needs a mesh to itself."""
+    return await module_world.other_tenant()
+
+
+@pytest.fixture
 async def weather(world: World) -> AsyncIterator[Guarded]:
     # As `macp up` runs it: the keys read from the JWKS document the edge serves.
     keys = keys_over_http(f"{world.front_url}/.well-known/jwks.json")

@@ -17,6 +17,13 @@ from tests.e2e.conftest import Slice
 
 pytestmark = pytest.mark.integration
 
+
+@pytest.fixture
+async def mesh_slice(module_slice: Slice) -> Slice:
+    """The module's one slice, as a tenant of this test's own: no test here needs a slice to itself."""
+    return await module_slice.with_new_tenant()
+
+
 AGENT = {"name": "Ada", "provider": "local", "model": "echo-1", "capabilities": ["math"]}
 
 

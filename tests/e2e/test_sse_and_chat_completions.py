@@ -19,6 +19,12 @@ from tests.world import World
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture
+async def world(module_world: World) -> World:
+    """The module's one mesh, as a tenant of this test's own: no test here needs a mesh to itself."""
+    return await module_world.other_tenant()
+
+
 async def _sse(response: httpx.Response, seconds: float = 60) -> list[tuple[str, str, dict[str, Any]]]:
     """(id, event, data) of every SSE event until the stream ends."""
     events: list[tuple[str, str, dict[str, Any]]] = []

@@ -18,6 +18,12 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
+async def world(module_world: World) -> World:
+    """The module's one mesh, as a tenant of this test's own: no test here needs a mesh to itself."""
+    return await module_world.other_tenant()
+
+
+@pytest.fixture
 async def mcp_urls() -> AsyncIterator[tuple[str, str]]:
     async with serving_examples() as urls:
         yield urls

@@ -25,6 +25,13 @@ from tests.world import World
 
 pytestmark = pytest.mark.integration
 
+
+@pytest.fixture
+async def world(module_world: World) -> World:
+    """The module's one mesh, as a tenant of this test's own: no test here needs a mesh to itself."""
+    return await module_world.other_tenant()
+
+
 SERVICES = {"edge", "orchestrator", "agent-proxy", "metering", "conversation"}
 
 

@@ -24,6 +24,13 @@ from tests.world import World
 
 pytestmark = pytest.mark.integration
 
+
+@pytest.fixture
+async def world(module_world: World) -> World:
+    """The module's one mesh, as a tenant of this test's own: no test here needs a mesh to itself."""
+    return await module_world.other_tenant()
+
+
 POLICIES = [
     conversation_pb.TURN_POLICY_ROUND_ROBIN,
     conversation_pb.TURN_POLICY_BID,
