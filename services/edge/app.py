@@ -25,10 +25,12 @@ from services.edge.rest import (
     chat_completions,
     conversations,
     messages,
+    models,
     sse,
     tool_servers,
     usage,
 )
+from services.edge.rest.openai_errors import OpenAIErrorShape
 from services.edge.rest.rate_limit_status import ROUTES as RATE_LIMIT_ROUTES
 from services.edge.routes import ApiRoute, openapi_document
 from services.edge.settings import EdgeSettings
@@ -49,6 +51,7 @@ def api_routes() -> list[ApiRoute]:
         *messages.ROUTES,
         *sse.ROUTES,
         *chat_completions.ROUTES,
+        *models.ROUTES,
         *oauth.ROUTES,
         *RATE_LIMIT_ROUTES,
         *usage.ROUTES,
@@ -124,6 +127,9 @@ def build_app(settings: EdgeSettings, metrics: HttpMetrics) -> Starlette:
     app.add_middleware(ReadinessMiddleware, readiness=lambda: app.state.edge.readiness)
     # Inside the request context, so a crash is answered with its request id and logged as a 500.
     app.add_middleware(UnexpectedErrorMiddleware)
+    # Around every refusal the edge makes itself (a crash's 500 included): on the OpenAI-compatible
+    # routes they are answered in OpenAI's error shape, which its SDKs read.
+    app.add_middleware(OpenAIErrorShape)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, router=app.router)
     # Outermost: WebSockets are served by the edge's own protocol (services/edge/server.py); this
     # only tells a plain GET of /v1/ws to upgrade and refuses a WebSocket scope reaching the app.

@@ -4,8 +4,9 @@ valid access token for `urn:macp:edge`; each RPC the edge then makes carries a t
 
 The check: `Authorization: Bearer <jwt>`, verified by the runtime's `TokenVerifier` (keys from
 TokenService.GetJwks over the mesh, revocations from Redis). A missing or bad token is 401 with
-`WWW-Authenticate: Bearer error="invalid_token"` and the edge's JSON error shape; keys or
-revocations that cannot be checked right now are 503 (fail closed).
+`WWW-Authenticate: Bearer error="invalid_token"` and the edge's JSON error shape (OpenAI's, with
+code `invalid_api_key`, on the OpenAI-compatible paths: services/edge/rest/openai_errors.py); keys
+or revocations that cannot be checked right now are 503 (fail closed).
 
 The exchange is the mesh channel's (services/runtime/auth/caller_tokens.py): the middleware sets
 the caller (services/runtime/principal.py), and each call a handler makes carries the caller's

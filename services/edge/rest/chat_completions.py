@@ -7,7 +7,8 @@ official OpenAI SDKs and every tool built on them can talk to a MACP agent (mode
 a turn may end in the agent's calls of them: `message.tool_calls` and finish reason `tool_calls`,
 streamed as `delta.tool_calls` chunks once the turn has ended (the orchestrator returns whole
 calls). Errors are OpenAI's shape with the HTTP status the edge's one table gives their gRPC status
-(a quota refusal is 429 `insufficient_quota`).
+(openai_errors.py: a quota refusal is 429 `insufficient_quota`, an unknown agent 404
+`model_not_found`).
 
 Why the first response is awaited before answering: a refusal (unknown agent, quota, bad input)
 comes before any delta, and becomes a real HTTP status; a failure after the first delta can only
@@ -27,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
 from collections.abc import AsyncIterator
 from http import HTTPStatus
@@ -40,15 +40,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from services.edge.context import edge_context
-from services.edge.errors import HttpError, http_status
 from services.edge.http import read_json_object
 from services.edge.rate_limits import caller_identity
 from services.edge.rest.idempotency import Claim, IdempotencyKeys, KeyScope, Replay, fingerprint, request_key
+from services.edge.rest.openai_errors import OPENAI_ERROR_SCHEMA, OpenAIError, from_rpc, openai_error
 from services.edge.rest.openai_shapes import (
     CHAT_REQUEST_SCHEMA,
     CHAT_RESPONSE_SCHEMA,
-    OPENAI_ERROR_SCHEMA,
-    OpenAIError,
     chunk_document,
     complete_request,
     completion_document,
@@ -58,30 +56,11 @@ from services.edge.rest.openai_shapes import (
 from services.edge.rest.openai_tools import tool_call_deltas
 from services.edge.rest.sse import SSE_HEADERS
 from services.edge.routes import ApiRoute, Content
-from services.runtime.errors import DomainError
 from services.runtime.principal import caller_var
 
 log = logging.getLogger("macp.edge.chat_completions")
 
 CompleteCall: TypeAlias = "grpc.aio.UnaryStreamCall[pb.CompleteRequest, pb.CompleteResponse]"
-# The parameter an orchestrator's INVALID_ARGUMENT names first (`messages[3].tool_call_id: ...`).
-_PARAM = re.compile(r"^([a-z_]+(?:\[\d+\])?(?:\.[a-z_]+(?:\[\d+\])?)*): ")
-
-
-def _error_response(error: OpenAIError) -> Response:
-    return JSONResponse(error.document(), status_code=error.status.value)
-
-
-def _from_rpc(error: grpc.aio.AioRpcError) -> OpenAIError:
-    status = http_status(error)
-    code = "insufficient_quota" if status == HTTPStatus.TOO_MANY_REQUESTS else error.code().name.lower()
-    if status == HTTPStatus.NOT_FOUND:
-        code = "model_not_found"
-    details = error.details() or error.code().name.lower()
-    named = _PARAM.match(details) if status == HTTPStatus.BAD_REQUEST else None
-    if named is not None:  # a request the orchestrator refused (a tool call without its result)
-        return OpenAIError(status, details, param=named.group(1), code="invalid_value")
-    return OpenAIError(status, details, code=code)
 
 
 def _data(document: object) -> bytes:
@@ -163,27 +142,6 @@ class _Keyed:
             log.warning("the claim of an unfinished idempotent request was not dropped: %s", exc)
 
 
-def _openai_error(exc: BaseException) -> OpenAIError | None:
-    """The OpenAI-shaped error of a failure before the first response (None: not one of ours)."""
-    if isinstance(exc, OpenAIError):
-        return exc
-    if isinstance(exc, HttpError):
-        return OpenAIError(exc.status, exc.message, code=exc.code.lower())
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return _from_rpc(exc)
-    if isinstance(exc, RedisError):  # the Idempotency-Key could not be claimed
-        return OpenAIError(
-            HTTPStatus.SERVICE_UNAVAILABLE,
-            "the Idempotency-Key cannot be checked right now; retry shortly",
-            code="unavailable",
-        )
-    if isinstance(exc, DomainError):  # the token exchange could not be made
-        unauthenticated = exc.code == grpc.StatusCode.UNAUTHENTICATED
-        status = HTTPStatus.UNAUTHORIZED if unauthenticated else HTTPStatus.SERVICE_UNAVAILABLE
-        return OpenAIError(status, exc.message, code=exc.code.name.lower())
-    return None
-
-
 async def chat_completions(request: Request) -> Response:
     edge = edge_context(request)
     keyed = _Keyed(edge.idempotency)
@@ -211,10 +169,10 @@ async def chat_completions(request: Request) -> Response:
         done = await _done(first, call)
     except BaseException as exc:
         await keyed.abandoned()
-        error = _openai_error(exc)
+        error = openai_error(exc)
         if error is None:
             raise
-        return _error_response(error)
+        return error.response()
     await keyed.answered(created, done)
     return JSONResponse(completion_document(complete, created, done))
 
@@ -260,7 +218,7 @@ async def _chunks(
             return
         yield b"data: [DONE]\n\n"
     except grpc.aio.AioRpcError as exc:
-        yield _data(_from_rpc(exc).document())
+        yield _data(from_rpc(exc).document())
     finally:
         call.cancel()  # the client left early, or the stream is over: either way nothing more is read
         await keyed.abandoned()  # no end reached: a retry runs afresh (nothing of it was billed)

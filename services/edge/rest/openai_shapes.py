@@ -5,23 +5,23 @@ Only what MACP can honour is accepted: the model is an agent id; messages are sy
 developer), user and assistant text (a string, or a list of `text` parts), an assistant's tool
 calls and tool results; `tools`, `tool_choice` and `parallel_tool_calls` (openai_tools.py);
 `max_tokens` (or `max_completion_tokens`), `temperature`, `stream` and
-`stream_options.include_usage`. Parameters that only tune sampling in ways the agent's provider
-settings decide (`top_p`, penalties, `seed`, `user`, ...) are accepted and ignored, as
-OpenAI-compatible servers commonly do; anything else (images, the legacy `functions`, `n` > 1) is
-refused naming the parameter, in OpenAI's error shape.
+`stream_options.include_usage`; `response_format` of type `text` (JSON modes are refused).
+Parameters that only tune sampling in ways the agent's provider settings decide (`top_p`,
+penalties, `seed`, `user`, ...) are accepted and ignored, as OpenAI-compatible servers commonly
+do; anything else (images, the legacy `functions`, `n` > 1) is refused naming the parameter, in
+OpenAI's error shape.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from http import HTTPStatus
 from typing import Any
 
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
 from services.edge.events import violations
-from services.edge.rest.openai_errors import OpenAIError, bad_param
+from services.edge.rest.openai_errors import bad_param, model_not_found
 from services.edge.rest.openai_tools import (
     TOOL_CALLS_SCHEMA,
     TOOL_CHOICE_SCHEMA,
@@ -32,8 +32,6 @@ from services.edge.rest.openai_tools import (
     tool_choice_of,
     tools_of,
 )
-
-__all__ = ["OpenAIError"]
 
 ROLES = {
     "system": pb.COMPLETION_ROLE_SYSTEM,
@@ -90,6 +88,42 @@ def _number(document: Mapping[str, Any], name: str, *, whole: bool) -> Any:
     return value
 
 
+def is_model_id(model: str) -> bool:
+    """Whether `model` can name an agent: its id, a UUID (anything else names no agent)."""
+    try:
+        uuid.UUID(model)
+    except ValueError:
+        return False
+    return True
+
+
+def _include_usage(options: Any, stream: bool) -> bool:
+    """`stream_options.include_usage`: whether a stream ends with a usage chunk. As with OpenAI, the
+    options go only with `stream: true`; other options (`include_obfuscation`) change nothing here."""
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise bad_param("stream_options", "must be an object")
+    if not stream:
+        raise bad_param("stream_options", "only allowed with stream: true")
+    include_usage = options.get("include_usage", False)
+    if not isinstance(include_usage, bool):
+        raise bad_param("stream_options.include_usage", "must be true or false")
+    return include_usage
+
+
+def _text_format(response_format: Any) -> None:
+    """`response_format`: text, what an agent answers, is accepted; JSON mode and JSON schemas are
+    refused by name, since the agent's provider settings, not the request, decide how it answers."""
+    if response_format is None:
+        return
+    if not isinstance(response_format, dict) or not isinstance(response_format.get("type"), str):
+        raise bad_param("response_format", 'must be an object with a "type"')
+    if response_format["type"] != "text":
+        kind = response_format["type"]
+        raise bad_param("response_format", f"{kind!r} is not supported: an agent answers in text only")
+
+
 def _message(message: Any, where: str) -> pb.CompletionMessage:
     """One of the request's messages. An assistant's may be tool calls alone (content null), a tool
     message's content may be empty; whether each call has its result is the orchestrator's check."""
@@ -137,6 +171,7 @@ def complete_request(
         "tools",
         "tool_choice",
         "parallel_tool_calls",
+        "response_format",
     }
     for name in document:
         if name not in known and name not in IGNORED:
@@ -144,24 +179,15 @@ def complete_request(
     model = document.get("model")
     if not isinstance(model, str) or not model:
         raise bad_param("model", "required: the id of the agent that answers")
-    try:
-        uuid.UUID(model)
-    except ValueError:
-        raise OpenAIError(
-            HTTPStatus.NOT_FOUND,
-            f"The model `{model}` does not exist: the model is an agent id (a UUID)",
-            param="model",
-            code="model_not_found",
-        ) from None
+    if not is_model_id(model):
+        raise model_not_found(model)
     if document.get("n", 1) != 1:
         raise bad_param("n", "only 1 is supported")
     stream = document.get("stream", False)
     if not isinstance(stream, bool):
         raise bad_param("stream", "must be true or false")
-    options = document.get("stream_options") or {}
-    if not isinstance(options, dict):
-        raise bad_param("stream_options", "must be an object")
-    include_usage = options.get("include_usage", False) is True
+    include_usage = _include_usage(document.get("stream_options"), stream)
+    _text_format(document.get("response_format"))
     messages = document.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad_param("messages", "required: a non-empty list")
@@ -294,7 +320,16 @@ CHAT_REQUEST_SCHEMA: dict[str, Any] = {
             },
         },
         "stream": {"type": "boolean"},
-        "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+        "stream_options": {
+            "type": "object",
+            "description": "only with stream: true; include_usage: a last chunk carries the usage",
+            "properties": {"include_usage": {"type": "boolean"}},
+        },
+        "response_format": {
+            "type": "object",
+            "required": ["type"],
+            "properties": {"type": {"const": "text", "description": "JSON modes are refused (400)"}},
+        },
         "max_tokens": {"type": "integer", "minimum": 1, "maximum": 200000},
         "max_completion_tokens": {"type": "integer", "minimum": 1, "maximum": 200000},
         "temperature": {"type": "number", "minimum": 0, "maximum": 2},
@@ -346,21 +381,5 @@ CHAT_RESPONSE_SCHEMA: dict[str, Any] = {
                 "total_tokens": {"type": "integer"},
             },
         },
-    },
-}
-OPENAI_ERROR_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["message", "type"],
-            "properties": {
-                "message": {"type": "string"},
-                "type": {"type": "string"},
-                "param": {"type": ["string", "null"]},
-                "code": {"type": ["string", "null"]},
-            },
-        }
     },
 }
