@@ -1,5 +1,6 @@
 """Usage is never lost: one AGENT_TURN event per Generate on the Kafka usage topic (serialized
-protobuf, keyed by tenant, CloudEvents headers), also across a 30 s Kafka outage."""
+protobuf, keyed by tenant, CloudEvents headers), also across a Kafka outage longer than every wait
+of the publisher's (its retry backoff at its cap, its claim of idle entries)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from macp.agent_proxy.v1 import agent_proxy_service_pb2 as pb
 from macp.common.v1 import usage_pb2
 
 from services.provider_server.server import RunningProviderServer
+from services.runtime.usage_publisher import CLAIM_IDLE_SECONDS, RETRY_MAX_SECONDS
 from services.stack.config import free_port
 from services.stack.infra import Infrastructure
 from services.stack.kafka import Kafka
@@ -20,7 +22,10 @@ from tests.tokens import TokenWorld
 
 pytestmark = pytest.mark.integration
 
-OUTAGE_SECONDS = 30.0
+# Long enough for the publisher's backoff to reach its cap and retry there, and for its own
+# entries to go idle past the claim time twice over: the outage outlasts every wait of the
+# publisher's, which a longer one would only repeat.
+OUTAGE_SECONDS = 2 * CLAIM_IDLE_SECONDS + 2 * RETRY_MAX_SECONDS
 GENERATES = 200
 
 
