@@ -54,6 +54,7 @@ _QUOTA = re.compile("quota", re.IGNORECASE)
 _PARAM = re.compile(r"^([a-z_]+(?:\[\d+\])?(?:\.[a-z_]+(?:\[\d+\])?)*): ")
 # The most of an error body held to be rewritten; the edge's own are a few hundred bytes.
 MAX_REWRITTEN_BYTES = 65_536
+LENGTH = b"content-length"
 
 OPENAI_ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -205,9 +206,11 @@ class OpenAIErrorShape:
                 await send({"type": "http.response.body", "body": bytes(body), "more_body": True})
                 return
             document = reshaped(start["status"], bytes(body))
-            headers = [(name, value) for name, value in start.get("headers", ()) if name != b"content-length"]
-            headers.append((b"content-length", str(len(document)).encode()))
-            await send({**start, "headers": headers})
+            if document != body:  # else as it was (a HEAD's empty body keeps its GET's length)
+                kept = [(name, value) for name, value in start.get("headers", ()) if name != LENGTH]
+                length = (LENGTH, str(len(document)).encode())
+                start = {**start, "headers": [*kept, length]}
+            await send(start)
             await send({"type": "http.response.body", "body": document})
 
         await self._app(scope, receive, reshaping_send)
