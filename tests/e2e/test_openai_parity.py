@@ -14,11 +14,18 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
+import schemathesis
 from macp.common.v1 import principal_pb2
 from macp.metering.v1 import metering_service_pb2 as metering_pb
 from macp.metering.v1 import metering_service_pb2_grpc as metering_grpc
+from schemathesis.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from services.runtime.auth.settings import service_audience
 from tests.tokens import bearer
@@ -29,6 +36,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 NODE_CHECK = Path(__file__).with_name("openai_node_check.mjs")
 HI: list[Any] = [{"role": "user", "content": "say something"}]
+CHECKS = [status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
 async def tenant_without_turns(world: World) -> World:
@@ -121,6 +129,39 @@ async def test_the_python_sdk_lists_the_agents_as_models_and_gets_openais_errors
         assert (refused.code, refused.type) == ("insufficient_quota", "insufficient_quota")
         assert "QUOTA_EXCEEDED" in refused.message
     assert await broke.open_holds() == []
+
+
+def conformance(document: dict[str, Any], base_url: str, token: str, model: str) -> list[str]:
+    """The models routes' answers (a list, a model, an unknown one, a bad key) checked against the
+    OpenAPI document the edge serves; the failures, one line each."""
+    schema = schemathesis.openapi.from_dict(document)
+    failures: list[str] = []
+    calls = [
+        ("GET /v1/models", token, {}, 200),
+        ("GET /v1/models/{id}", token, {"id": model}, 200),
+        ("GET /v1/models/{id}", token, {"id": "00000000-0000-4000-8000-000000000000"}, 404),
+        ("GET /v1/models", "not-a-token", {}, 401),
+    ]
+    for label, bearer_token, path, status in calls:
+        operation = schema.find_operation_by_label(label)
+        assert operation is not None, label
+        case = operation.Case(headers={"authorization": f"Bearer {bearer_token}"}, path_parameters=path)
+        response = case.call(base_url=base_url, timeout=10)
+        if response.status_code != status:
+            failures.append(f"{label}: {response.status_code}, not {status}: {response.text[:200]}")
+        try:
+            case.validate_response(response, checks=CHECKS)
+        except Exception as exc:  # collect every failure: one run reports them all
+            failures.append(f"{label} {status}: {exc}")
+    return failures
+
+
+async def test_the_models_routes_match_the_openapi_document(world: World) -> None:
+    agent = await world.agent("Ada")
+    async with httpx.AsyncClient(base_url=world.front_url, timeout=10) as client:
+        document = (await client.get("/v1/openapi.json")).json()
+    # Blocking calls on a thread: the world serves on this test's event loop.
+    assert await asyncio.to_thread(conformance, document, world.front_url, world.edge_token, agent.id) == []
 
 
 async def node_check(environ: dict[str, str]) -> dict[str, Any]:
