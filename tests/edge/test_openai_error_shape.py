@@ -1,17 +1,21 @@
 """The refusals the edge makes before a route (authentication, rate limits, no such route) are in
 OpenAI's error shape on the OpenAI-compatible paths, which the official SDK reads into its
 exception classes, and stay in the edge's own shape everywhere else; and the chat completion
-parameters MACP cannot honour are refused naming them. The edge under uvicorn, the fake
+parameters MACP cannot honour are refused naming them (and each refusal's type and code, on its
+own). The edge under uvicorn, the fake
 orchestrator and token service behind it, the session's real Redis."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 from typing import Any
 
 import openai
 import pytest
 
+from services.edge.rest.openai_errors import OpenAIError, bad_param, exhausted_code, reshaped
 from services.stack.infra import Infrastructure
 from tests.edge.fake_orchestrator import AGENT_ID
 from tests.edge.orchestrator_world import EdgeWorld, edge_world
@@ -139,3 +143,42 @@ async def test_a_rate_limited_request_is_openais_429_rate_limit_exceeded(
     assert "rate limit api exceeded" in raised.value.message
     assert 1 <= int(raised.value.response.headers["retry-after"]) <= 60
     assert raised.value.response.headers["ratelimit-remaining"] == "0"
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "kind", "openai_code"),
+    [
+        (401, "UNAUTHENTICATED", "authentication_error", "invalid_api_key"),
+        (403, "PERMISSION_DENIED", "permission_error", "permission_denied"),
+        (404, "NOT_FOUND", "not_found_error", "unknown_url"),
+        (405, "METHOD_NOT_ALLOWED", "invalid_request_error", "method_not_allowed"),
+        (413, "BODY_TOO_LARGE", "invalid_request_error", "body_too_large"),
+        (429, "RESOURCE_EXHAUSTED", "rate_limit_error", "rate_limit_exceeded"),
+        (500, "INTERNAL", "server_error", "internal"),
+        (503, "NOT_READY", "server_error", "not_ready"),
+    ],
+)
+def test_each_edge_refusal_has_openais_type_and_code(
+    status: int, code: str, kind: str, openai_code: str
+) -> None:
+    edge_body = json.dumps({"code": code, "message": "what went wrong", "request_id": "r-1"}).encode()
+    assert json.loads(reshaped(status, edge_body)) == {
+        "error": {"message": "what went wrong", "type": kind, "param": None, "code": openai_code}
+    }
+
+
+def test_a_body_that_is_not_the_edges_passes_unchanged() -> None:
+    already = json.dumps(bad_param("n", "only 1 is supported").document()).encode()
+    for body in (already, b"", b"not json", b'["code", "message"]', b'{"code": 7, "message": "x"}'):
+        assert reshaped(400, body) == body
+
+
+def test_a_quota_refusal_is_told_from_a_rate_limit() -> None:
+    assert exhausted_code("reserving a turn failed: RESOURCE_EXHAUSTED: QUOTA_EXCEEDED: ...") == (
+        "insufficient_quota"
+    )
+    assert exhausted_code("the agent proxy has 64 calls waiting for a provider; retry shortly") == (
+        "rate_limit_exceeded"
+    )
+    quota = OpenAIError(HTTPStatus.TOO_MANY_REQUESTS, "no turns left", code="insufficient_quota")
+    assert quota.document()["error"]["type"] == "insufficient_quota"
