@@ -16,6 +16,13 @@ from tests.world import ORCHESTRATOR_AUDIENCE, World
 
 pytestmark = pytest.mark.integration
 
+
+@pytest.fixture
+async def world(module_world: World) -> World:
+    """The module's one mesh, as a tenant of this test's own: no test here needs a mesh to itself."""
+    return await module_world.other_tenant()
+
+
 SLOW = "tokens=40,pace=0.05"  # a two-second answer: long enough to act while it streams
 
 

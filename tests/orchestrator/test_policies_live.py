@@ -13,6 +13,12 @@ from tests.world import World
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture
+async def world(module_world: World) -> World:
+    """The module's one mesh, as a tenant of this test's own: no test here needs a mesh to itself."""
+    return await module_world.other_tenant()
+
+
 def speakers(events: list[pb.ConversationEvent]) -> list[str]:
     return [e.turn_started.agent_id for e in events if e.HasField("turn_started")]
 

@@ -19,6 +19,23 @@ from tests.world import World
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture
+async def world(module_world: World) -> World:
+    """The module's one mesh, as a tenant of this test's own: no test here needs a mesh to itself."""
+    return await module_world.other_tenant()
+
+
+@pytest.fixture
+def redis_url(world: World) -> str:
+    return world.environ["MACP_REDIS_URL"]
+
+
+@pytest.fixture
+def prefix(world: World) -> str:
+    """The shared mesh's key prefix (the per-test one of tests/orchestrator/conftest.py is not its)."""
+    return world.environ["MACP_REDIS_KEY_PREFIX"]
+
+
 def turns_of(events: list[pb.ConversationEvent]) -> dict[str, str]:
     """Each turn's text as reassembled from its deltas, checking their indexes are gap-free."""
     texts: dict[str, list[str]] = {}
