@@ -5,8 +5,8 @@ authenticating real tokens of two tenants from the real token service, and the e
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, replace
 
 import grpc
 import pytest
@@ -72,8 +72,9 @@ async def new_caller(
     return Caller(pb_grpc.ToolGatewayServiceStub(opened), tenant.tenant_id, token)
 
 
-@pytest.fixture
-async def world(service_environ: dict[str, str]) -> AsyncIterator[World]:
+@asynccontextmanager
+async def serving_gateway(service_environ: dict[str, str]) -> AsyncIterator[World]:
+    """The gateway, the example servers and two tenants' callers over `service_environ`."""
     async with token_world(service_environ) as tokens, AsyncExitStack() as stack:
         weather_url, calculator_url = await stack.enter_async_context(serving_examples())
         environ = tokens.service_environ(
@@ -94,3 +95,33 @@ async def world(service_environ: dict[str, str]) -> AsyncIterator[World]:
         alice = await new_caller(tokens, stack, service.port)
         bob = await new_caller(tokens, stack, service.port)
         yield World(environ, tokens, service, alice, bob, weather_url, calculator_url)
+
+
+@pytest.fixture
+async def world(service_environ: dict[str, str]) -> AsyncIterator[World]:
+    async with serving_gateway(service_environ) as world:
+        yield world
+
+
+@pytest.fixture
+async def own_world(service_environ: dict[str, str]) -> AsyncIterator[World]:
+    """A gateway of the test's own, for a test in a module that shares one (`module_world`)."""
+    async with serving_gateway(service_environ) as world:
+        yield world
+
+
+@pytest.fixture(scope="module")
+async def module_world(module_environ: dict[str, str]) -> AsyncIterator[World]:
+    """The gateway once for a module whose tests need none of their own: each takes two tenants
+    of its own on it with `new_tenants` (override `world` in the module with it)."""
+    async with serving_gateway(module_environ) as world:
+        yield world
+
+
+@asynccontextmanager
+async def new_tenants(world: World) -> AsyncIterator[World]:
+    """`world` as seen by the users of two new tenants, Alice's and Bob's, of their own."""
+    async with AsyncExitStack() as stack:
+        alice = await new_caller(world.tokens, stack, world.service.port)
+        bob = await new_caller(world.tokens, stack, world.service.port)
+        yield replace(world, alice=alice, bob=bob)

@@ -3,12 +3,23 @@ servers built on the official SDK."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import asyncpg
 import grpc
+import pytest
 from google.protobuf import json_format
 from macp.tool_gateway.v1 import tool_gateway_service_pb2 as pb
 
-from tests.tool_gateway.conftest import World, refused, register
+from tests.tool_gateway.conftest import World, new_tenants, refused, register
+
+
+@pytest.fixture
+async def world(module_world: World) -> AsyncIterator[World]:
+    """The module's one gateway, as two tenants of this test's own: no test here needs one to itself."""
+    async with new_tenants(module_world) as world:
+        yield world
+
 
 UNREACHABLE = "http://127.0.0.1:9/mcp"  # the discard port: nothing answers
 
@@ -45,9 +56,13 @@ async def test_a_call_reaches_the_upstream_and_is_audited(world: World) -> None:
     assert "division by zero" in failed.text
     connection = await asyncpg.connect(world.environ["MACP_DATABASE_URL"])
     try:
+        # The module's other tests call tools on the same database: this test's rows are its
+        # tenant's, and any other tenant's on its server.
         rows = await connection.fetch(
             "SELECT tenant_id, resource, detail FROM audit_events"
-            " WHERE action = 'tool.call' ORDER BY event_time"
+            " WHERE action = 'tool.call' AND (tenant_id = $1 OR resource = $2) ORDER BY event_time",
+            world.alice.tenant_id,
+            f"tool-server/{server.id}",
         )
     finally:
         await connection.close()

@@ -15,9 +15,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from macp.tool_gateway.v1 import tool_gateway_service_pb2 as pb
 
 from tests.asgi import serving
-from tests.tool_gateway.conftest import World, refused, register
+from tests.tool_gateway.conftest import World, new_tenants, refused, register
 from tests.tool_gateway.misbehaving import Misbehaving, Seen, crowded_server, faulty_server
 from tests.tool_gateway.test_catalogue import call
+
+
+@pytest.fixture
+async def world(module_world: World) -> AsyncIterator[World]:
+    """The module's one gateway, as two tenants of this test's own: no test here needs one to itself."""
+    async with new_tenants(module_world) as world:
+        yield world
 
 
 @dataclass(frozen=True)

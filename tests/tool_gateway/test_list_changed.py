@@ -26,13 +26,20 @@ from services.tool_gateway.service import DEFINITION as TOOL_GATEWAY
 from tests.asgi import serving
 from tests.runtime.serving import running
 from tests.tokens import bearer_channel
-from tests.tool_gateway.conftest import World, register
+from tests.tool_gateway.conftest import World, new_tenants, register
 from tests.tool_gateway.recording import Recording
 from tests.tool_gateway.test_catalogue import call
 
 PROTOCOLS = pytest.mark.parametrize("legacy", [False, True], ids=["2026-07-28", "2025-11-25"])
 # Far beyond the test: a list listed afresh was dropped by a change, never by its age.
 LONG_TTL_SECONDS = "600"
+
+
+@pytest.fixture
+async def world(module_world: World) -> AsyncIterator[World]:
+    """The module's one gateway, as two tenants of this test's own: no test here needs one to itself."""
+    async with new_tenants(module_world) as world:
+        yield world
 
 
 class WatchedBus(InMemorySubscriptionBus):

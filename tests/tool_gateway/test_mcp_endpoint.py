@@ -6,13 +6,15 @@ error naming the server."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import httpx
 import pytest
 from mcp.shared.exceptions import MCPError
 
 from services.example_tools.servers import forecast_for
 from services.runtime.auth.settings import EDGE_AUDIENCE, mcp_resource
-from tests.tool_gateway.conftest import AUDIENCE, World, register
+from tests.tool_gateway.conftest import AUDIENCE, World, new_tenants, register
 from tests.tool_gateway.mcp_oauth_client import mcp_client
 
 pytestmark = pytest.mark.integration
@@ -24,6 +26,13 @@ CALL = {
     "method": "tools/call",
     "params": {"name": "weather__forecast", "arguments": {}},
 }
+
+
+@pytest.fixture
+async def world(module_world: World) -> AsyncIterator[World]:
+    """The module's one gateway, as two tenants of this test's own: no test here needs one to itself."""
+    async with new_tenants(module_world) as world:
+        yield world
 
 
 def endpoint(world: World) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
 import grpc
@@ -19,12 +20,19 @@ from services.tool_gateway import upstream
 from services.tool_gateway.sessions import SessionLimits
 from services.tool_gateway.upstream import UpstreamHttp, UpstreamLimits
 from tests.asgi import serving
-from tests.tool_gateway.conftest import World, new_caller, refused, register
+from tests.tool_gateway.conftest import World, new_caller, new_tenants, refused, register
 from tests.tool_gateway.misbehaving import Misbehaving, Seen, faulty_server
 from tests.tool_gateway.recording import Recording
 from tests.tool_gateway.test_catalogue import call
 
 PROTOCOLS = pytest.mark.parametrize("legacy", [False, True], ids=["2026-07-28", "2025-11-25"])
+
+
+@pytest.fixture
+async def world(module_world: World) -> AsyncIterator[World]:
+    """The module's one gateway, as two tenants of this test's own: no test here needs one to itself."""
+    async with new_tenants(module_world) as world:
+        yield world
 
 
 @PROTOCOLS

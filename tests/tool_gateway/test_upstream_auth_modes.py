@@ -38,10 +38,18 @@ from tests.asgi import serving
 from tests.edge.conftest import serving_edge
 from tests.runtime.serving import running
 from tests.token.harness import RegisteredClient, unverified
-from tests.tool_gateway.conftest import Caller, World, refused
+from tests.tool_gateway.conftest import Caller, World, new_tenants, refused
 from tests.tool_gateway.test_catalogue import call
 
 API_KEY = "k3y-" + "s3cr3t" * 6
+
+
+@pytest.fixture
+async def world(module_world: World) -> AsyncIterator[World]:
+    """The module's one gateway, as two tenants of this test's own; the test that counts the
+    sealed credentials of the whole database runs a gateway of its own (`own_world`)."""
+    async with new_tenants(module_world) as world:
+        yield world
 
 
 class RequireHeader:
@@ -168,8 +176,9 @@ async def test_a_bad_static_credential_is_invalid_naming_the_field(world: World)
 
 
 async def test_the_gateway_does_not_start_without_the_key_that_opens_its_credentials(
-    world: World, keyed: Keyed
+    own_world: World, keyed: Keyed
 ) -> None:
+    world = own_world  # "1 tool server(s)": no other test's servers in its database
     created = await register_static(world.alice, "weather", keyed.url, "x-api-key", API_KEY)
     other = {**world.environ, SEALING_KEY: base64.urlsafe_b64encode(b"\x07" * 32).decode()}
     missing = {name: value for name, value in world.environ.items() if name != SEALING_KEY}

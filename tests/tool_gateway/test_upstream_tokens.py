@@ -13,8 +13,15 @@ from macp.tool_gateway.v1 import tool_gateway_service_pb2 as pb
 from services.example_tools.servers import forecast_for
 from tests.example_tools import Guarded, grpc_keys, serving_guarded_weather
 from tests.token.harness import unverified
-from tests.tool_gateway.conftest import World, refused, register
+from tests.tool_gateway.conftest import World, new_tenants, refused, register
 from tests.tool_gateway.test_catalogue import call
+
+
+@pytest.fixture
+async def world(module_world: World) -> AsyncIterator[World]:
+    """The module's one gateway, as two tenants of this test's own: no test here needs one to itself."""
+    async with new_tenants(module_world) as world:
+        yield world
 
 
 @pytest.fixture
