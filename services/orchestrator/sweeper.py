@@ -169,8 +169,15 @@ class Sweeper:
             )
             with acting_for(job.caller):  # the round's holds are its caller's
                 closing = await self._settle(job, marker, seen)
-        for event in closing:
+        *before, last = closing
+        for event in before:
             await self._events.append(conversation_id, event, lease)
+        # RoundCompleted last, once the marker says the round is ending: a client that sends its
+        # next message on it finds the round letting go, not in flight, and its post waits for
+        # this lease (driver._claim). A crash in between leaves only RoundCompleted to write.
+        ended = last.round_completed
+        await self._markers.ending(conversation_id, ended.reason, ended.turn_count)
+        await self._events.append(conversation_id, last, lease)
         await self._markers.clear(conversation_id)
         return None
 

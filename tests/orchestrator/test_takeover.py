@@ -42,6 +42,8 @@ from tests.world import World
 
 pytestmark = pytest.mark.integration
 
+SLOW_CLEAR_SECONDS = 1.0
+
 
 @asynccontextmanager
 async def orchestrator_process(world: World) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
@@ -126,11 +128,29 @@ async def test_two_orchestrators_raced_never_run_two_rounds_at_once(world: World
     )
 
 
-async def test_killing_the_driver_mid_round_hands_over_within_the_lease_time(world: World) -> None:
+def slow_to_clear(monkeypatch: pytest.MonkeyPatch, conversation_id: str) -> None:
+    """The world's orchestrator (in this process) waits before clearing the marker of a round of
+    `conversation_id` it closed, as a loaded one might: its RoundCompleted is out, the marker kept."""
+    clear = RoundMarkers.clear
+
+    async def slowly(self: RoundMarkers, closed: str) -> None:
+        if closed == conversation_id:
+            await asyncio.sleep(SLOW_CLEAR_SECONDS)
+        await clear(self, closed)
+
+    monkeypatch.setattr(RoundMarkers, "clear", slowly)
+
+
+async def test_killing_the_driver_mid_round_hands_over_within_the_lease_time(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     agent = await world.agent("Ada")
+    # REJECT: the next message, sent the moment the takeover's RoundCompleted arrives, must find
+    # the round ending, not in flight.
     conversation = await world.conversation(
-        [agent], double_texting_policy=conversation_pb.DOUBLE_TEXTING_POLICY_ENQUEUE
+        [agent], double_texting_policy=conversation_pb.DOUBLE_TEXTING_POLICY_REJECT
     )
+    slow_to_clear(monkeypatch, conversation.id)
     world.book("tokens=400,pace=0.05", times=1)
     lease_seconds = int(world.environ["MACP_ORCHESTRATOR_LEASE_MS"]) / 1000
     async with (
@@ -159,6 +179,9 @@ async def test_killing_the_driver_mid_round_hands_over_within_the_lease_time(wor
                 if response.event.HasField("round_completed"):
                     break
         stream.cancel()
+        again = await world.post(conversation.id, "are you still there?")
+    # Answered by the surviving orchestrator (its holds settled before the books are checked).
+    events = await world.round_events(conversation.id, again.event_id, again.message_id)
     error = next(e.error for e in seen if e.HasField("error"))
     assert error.detail.reason == "DRIVER_LOST"
     assert error.code == grpc.StatusCode.UNAVAILABLE.value[0]
@@ -176,8 +199,11 @@ async def test_killing_the_driver_mid_round_hands_over_within_the_lease_time(wor
     assert said
     assert failed[0].text == said
     assert failed[0].message_id
+    next_turns = {e.turn_started.turn_id for e in events if e.HasField("turn_started")}
     answers = [
-        m for m in await world.messages(conversation.id) if m.role == conversation_pb.MESSAGE_ROLE_AGENT
+        m
+        for m in await world.messages(conversation.id)
+        if m.role == conversation_pb.MESSAGE_ROLE_AGENT and m.turn_id not in next_turns
     ]
     assert [(m.id, m.text, m.turn_id) for m in answers] == [(failed[0].message_id, said, started.turn_id)]
     assert "stored" in error.detail.message
@@ -193,12 +219,12 @@ async def test_killing_the_driver_mid_round_hands_over_within_the_lease_time(wor
             "SELECT event_id::text, event_type FROM metering_usage_events WHERE conversation_id = $1",
             conversation.id,
         )
-    assert sorted(row["event_id"] for row in rows) == sorted([turn_usage, round_usage])
+    next_usage = {e.usage.event_id for e in events if e.HasField("usage")}
+    first_rows = [row["event_id"] for row in rows if row["event_id"] not in next_usage]
+    assert sorted(first_rows) == sorted([turn_usage, round_usage])
     assert await world.open_holds() == []
 
-    # The conversation carries on: the next message is answered by the surviving orchestrator.
-    again = await world.post(conversation.id, "are you still there?")
-    events = await world.round_events(conversation.id, again.event_id, again.message_id)
+    # The conversation carried on.
     assert events[-1].round_completed.reason == pb.ROUND_END_REASON_TURN_LIMIT
 
 
