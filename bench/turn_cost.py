@@ -227,30 +227,22 @@ def _process_lines(row: Row, label: Callable[[str], str]) -> list[list[str]]:
     ]
 
 
+def _total_lines(row: Row, title: str, clients: str) -> list[list[str]]:
+    """A path's total row (in bold) and its load generator's CPU (not in the total)."""
+    return [
+        [f"**{title}**", f"**{row.total_ms():.1f}**", "100%", *_rate_and_times(row)],
+        [f"load generator: {clients} (not in the total)", f"{row.cpu_ms(CLIENT):.1f}", *[""] * 6],
+    ]
+
+
 def concurrency_table(stack: Row, litellm: Row | None) -> str:
     lines = _process_lines(stack, lambda name: LABELS.get(name, name))
-    lines.append(
-        [
-            "**MACP whole turn: every process above**",
-            f"**{stack.total_ms():.1f}**",
-            "100%",
-            *_rate_and_times(stack),
-        ]
-    )
-    lines.append(["load generator: WebSocket clients (not in the total)", f"{stack.cpu_ms(CLIENT):.1f}"])
-    lines[-1] += [""] * 6
+    lines += _total_lines(stack, "MACP whole turn: every process above", "WebSocket clients")
     if litellm is not None:
         lines += _process_lines(litellm, lambda name: f"{name} (for LiteLLM)")
-        lines.append(
-            [
-                "**LiteLLM streamed call: LiteLLM and the provider server**",
-                f"**{litellm.total_ms():.1f}**",
-                "100%",
-                *_rate_and_times(litellm),
-            ]
+        lines += _total_lines(
+            litellm, "LiteLLM streamed call: LiteLLM and the provider server", "HTTP clients"
         )
-        lines.append(["load generator: HTTP clients (not in the total)", f"{litellm.cpu_ms(CLIENT):.1f}"])
-        lines[-1] += [""] * 6
     headers = [
         "process",
         "CPU ms per turn (call)",
