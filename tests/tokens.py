@@ -92,10 +92,12 @@ async def seed_tenant(
     tenant_id: str | None = None,
     *,
     scope: str = ALL_SCOPES,
+    tier: principal_pb2.Tier.ValueType = principal_pb2.TIER_FREE,
 ) -> Tenant:
     """Through the token service's own RPCs, the bootstrap `macp up` follows: an internal admin client
-    (registered with the initial access token) creates a tenant and its user; then a consumer client
-    of that tenant allowed `scope`, which gets user tokens with the password grant."""
+    (registered with the initial access token) creates a tenant of `tier` (free, so that the free
+    plan's limits apply unless a test asks otherwise) and its user; then a consumer client of that
+    tenant allowed `scope`, which gets user tokens with the password grant."""
     tenant_id = tenant_id or f"t-{uuid.uuid4().hex[:10]}"
     admin_metadata = pb.ClientMetadata(
         client_name="test admin",
@@ -114,9 +116,7 @@ async def seed_tenant(
         )
     )
     as_admin = bearer(admin_token.access_token)
-    await stub.CreateTenant(
-        pb.CreateTenantRequest(tenant_id=tenant_id, tier=principal_pb2.TIER_PRO), metadata=as_admin
-    )
+    await stub.CreateTenant(pb.CreateTenantRequest(tenant_id=tenant_id, tier=tier), metadata=as_admin)
     username = f"user-{uuid.uuid4().hex[:8]}"
     await stub.CreateUser(
         pb.CreateUserRequest(tenant_id=tenant_id, username=username, password=PASSWORD), metadata=as_admin
@@ -149,9 +149,17 @@ class TokenWorld:
         shared = ("MACP_TOKEN_ISSUER", "MACP_REDIS_KEY_PREFIX", "MACP_REDIS_URL")
         return {**environ, **{name: self.environ[name] for name in shared}, "MACP_MESH_ADDRESS": self.address}
 
-    async def tenant(self, tenant_id: str | None = None, *, scope: str = ALL_SCOPES) -> Tenant:
-        """A new tenant with a user and a consumer client allowed `scope`."""
-        return await seed_tenant(self.harness.stub, self.harness.initial_access_token, tenant_id, scope=scope)
+    async def tenant(
+        self,
+        tenant_id: str | None = None,
+        *,
+        scope: str = ALL_SCOPES,
+        tier: principal_pb2.Tier.ValueType = principal_pb2.TIER_FREE,
+    ) -> Tenant:
+        """A new tenant of `tier` with a user and a consumer client allowed `scope`."""
+        return await seed_tenant(
+            self.harness.stub, self.harness.initial_access_token, tenant_id, scope=scope, tier=tier
+        )
 
     async def user_token(self, tenant: Tenant, audience: Sequence[str], scope: str = "") -> str:
         """An access token of `tenant`'s user for `audience`: its password-grant token for the edge,

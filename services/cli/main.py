@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "three agents, a conversation, one message: the round printed live",
     ),
     "usage": ("services.cli.usage", "show the tenant's usage or its invoice preview from the running stack"),
+    "plan": ("services.cli.plan", "set the plan a tenant is metered by on the running stack (operators)"),
     "limits": ("services.cli.limits", "show the edge's rate limits and where the signed-in caller stands"),
     "audit": ("services.cli.audit", "show the tenant's audit log from the running stack (tenant admins)"),
     "tool-servers": (

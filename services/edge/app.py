@@ -26,6 +26,7 @@ from services.edge.rest import (
     conversations,
     messages,
     models,
+    plans,
     sse,
     tool_servers,
     usage,
@@ -56,6 +57,7 @@ def api_routes() -> list[ApiRoute]:
         *RATE_LIMIT_ROUTES,
         *usage.ROUTES,
         *audit.ROUTES,
+        *plans.ROUTES,
     ]
 
 

@@ -101,6 +101,13 @@ def _content(schemas: SchemaBuilder, body: type[Message] | Content) -> dict[str,
     return {"application/json": {"schema": schemas.ref(descriptor_of(body))}}
 
 
+def _path_schema(name: str) -> JsonSchema:
+    if name == "tenant":
+        pattern = "^[A-Za-z0-9][A-Za-z0-9._:@|+-]*$"  # the tenant ids the token service accepts
+        return {"type": "string", "minLength": 1, "maxLength": 128, "pattern": pattern}
+    return {"type": "string", "format": "uuid"}
+
+
 def _link(link: Link) -> dict[str, Any]:
     declared: dict[str, Any] = {"operationId": link.operation_id, "parameters": dict(link.parameters)}
     if link.request_body is not None:
@@ -118,8 +125,9 @@ def openapi_document(routes: list[ApiRoute], *, title: str, version: str) -> dic
             "summary": route.summary,
             "tags": list(route.tags),
             "parameters": [
-                # Every resource id in the API is a UUID (the services refuse anything else with 400).
-                {"name": name, "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+                # Every resource id in the API is a UUID (the services refuse anything else with 400);
+                # a tenant is named by the id its operator chose.
+                {"name": name, "in": "path", "required": True, "schema": _path_schema(name)}
                 for name in route.path_params
             ]
             + [

@@ -5,13 +5,17 @@ free: 100 agent turns, 50 orchestrations, 5 voice minutes, 100 MB storage, 1,000
 pro: 10,000 turns, 5,000 orchestrations, 60 voice minutes, 1,000 MB, 25,000 tool calls; then $0.50
      per 1,000 turns, $0.25 per 1,000 orchestrations, $0.10 per voice minute, $0.50 per GB-month
      (1,024 MB), $0.10 per 1,000 tool calls.
-enterprise: set per tenant with SetPlan.
+enterprise: set per tenant with SetPlan; until then, pro's allowances and prices.
 
 Tool calls: ten per free turn (an agent that looks something up, then computes, then checks), and
 two and a half per pro turn, priced at a fifth of a turn's overage: a call costs the platform an
 upstream round trip and an audit row, not a model's tokens. docs/plans.md has the table.
 A meter a plan does not list (API calls, in both catalog plans) is counted but neither limited
-nor priced. A tenant that never had a plan set is on the free plan.
+nor priced.
+
+A tenant's plan: the one an administrator set with SetPlan, else the one its tier names (the tier
+its tokens carry, services/metering/tenant_tiers.py), else free (no token of the tenant seen yet).
+docs/plans.md says the same.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from services.metering.store.plans import PlanStore
 from services.runtime import audit
 from services.runtime.audit import AuditEvent, Who
 from services.runtime.errors import InvalidArgument
+from services.runtime.protos import timestamp
 
 
 def _allowance(
@@ -55,6 +60,14 @@ CATALOG: dict[int, tuple[pb.PlanAllowance, ...]] = {
 }
 
 
+# The catalog each tier is metered by when no plan was set for its tenant: an enterprise tenant
+# gets pro's until an administrator sets its own, so that it is never refused at free's limits.
+PLAN_OF_TIER: dict[int, tuple[pb.PlanAllowance, ...]] = {
+    **CATALOG,
+    principal_pb2.TIER_ENTERPRISE: CATALOG[principal_pb2.TIER_PRO],
+}
+
+
 def allowances_of(plan: pb.Plan) -> dict[int, pb.PlanAllowance]:
     return {a.meter: a for a in plan.allowances}
 
@@ -66,14 +79,27 @@ class Plans:
     async def get(self, tenant_id: str) -> pb.Plan:
         stored = await self._store.get(tenant_id)
         if stored is None:
-            return pb.Plan(
-                tenant_id=tenant_id, tier=principal_pb2.TIER_FREE, allowances=CATALOG[principal_pb2.TIER_FREE]
-            )
+            return await self._of_tier(tenant_id)
         if stored.tier in CATALOG:
             # The catalog is read at every use, so a price change reaches every FREE and PRO tenant.
             del stored.allowances[:]
             stored.allowances.extend(CATALOG[stored.tier])
         return stored
+
+    async def _of_tier(self, tenant_id: str) -> pb.Plan:
+        """The plan the tenant's tier names; free for a tenant whose tokens metering never saw."""
+        learned = await self._store.learned_tier(tenant_id)
+        if learned is None or learned[0] not in PLAN_OF_TIER:
+            return pb.Plan(
+                tenant_id=tenant_id, tier=principal_pb2.TIER_FREE, allowances=CATALOG[principal_pb2.TIER_FREE]
+            )
+        tier, since = learned
+        return pb.Plan(
+            tenant_id=tenant_id,
+            tier=tier,  # type: ignore[arg-type]
+            allowances=PLAN_OF_TIER[tier],
+            effective_time=timestamp(since),
+        )
 
     async def set(
         self,

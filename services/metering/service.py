@@ -35,6 +35,7 @@ from services.metering.sink import UsageSink
 from services.metering.store.plans import PlanStore
 from services.metering.store.usage import UsageStore
 from services.metering.tenancy import ADMIN_SCOPE
+from services.metering.tenant_tiers import TenantTiers
 from services.metering.usage import UsageReports
 from services.runtime import kafka
 from services.runtime.consumer import ConsumerLoop, ConsumerSettings, running
@@ -87,6 +88,7 @@ async def start(context: ServiceContext) -> AsyncIterator[None]:
         UsageReports(UsageStore(pool)),
         Invoices(UsageStore(pool), plans, utc_now),
         QuotaRefusals(pool),
+        TenantTiers(pool),
     )
     pb_grpc.add_MeteringServiceServicer_to_server(servicer, context.server)
     # Stopped last in, first out: the consumer, the sweeper, the reader, and last the counted

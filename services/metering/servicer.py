@@ -1,7 +1,9 @@
 """gRPC surface of the metering service: proto in, domain call, proto out.
 
 The tenant a request names is checked against the caller's principal (`tenancy.tenant_for`):
-a caller reads and reserves for its own tenant only, an administrator for any.
+a caller reads and reserves for its own tenant only, an administrator for any. A call of the
+tenant's own tells metering the tenant's tier (`TenantTiers.learn`) before its answer is given, so a
+tenant is metered by its tier's plan from its first call on; a plan set with SetPlan still wins.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from services.metering.plans import Plans
 from services.metering.quotas import Quotas
 from services.metering.refusals import QuotaRefusals
 from services.metering.tenancy import tenant_for
+from services.metering.tenant_tiers import TenantTiers
 from services.metering.usage import UsageReports
 from services.runtime.audit import Who
 from services.runtime.context import RpcContext
 from services.runtime.errors import ResourceExhausted
-from services.runtime.principal import current_principal
+from services.runtime.principal import Principal, current_principal
 
 
 class MeteringServicer(pb_grpc.MeteringServiceServicer):
@@ -29,20 +32,29 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
         reports: UsageReports,
         invoices: Invoices,
         refusals: QuotaRefusals,
+        tiers: TenantTiers,
     ) -> None:
         self._quotas = quotas
+        self._tiers = tiers
         self._refusals = refusals
         self._plans = plans
         self._reports = reports
         self._invoices = invoices
 
+    async def _tenant(self, principal: Principal, requested: str) -> str:
+        """The tenant the call may act on (`tenant_for`), its tier learned from a call of its own."""
+        tenant_id = tenant_for(principal, requested)
+        if await self._tiers.learn(principal, tenant_id):
+            await self._quotas.plan_changed(tenant_id)
+        return tenant_id
+
     async def CheckQuota(self, request: pb.CheckQuotaRequest, context: RpcContext) -> pb.CheckQuotaResponse:
-        tenant_id = tenant_for(current_principal(), request.tenant_id)
+        tenant_id = await self._tenant(current_principal(), request.tenant_id)
         return await self._quotas.check(tenant_id, request.meter, request.quantity)
 
     async def Reserve(self, request: pb.ReserveRequest, context: RpcContext) -> pb.ReserveResponse:
         principal = current_principal()
-        tenant_id = tenant_for(principal, request.tenant_id)
+        tenant_id = await self._tenant(principal, request.tenant_id)
         try:
             return await self._quotas.reserve(tenant_id, request)
         except ResourceExhausted as refusal:
@@ -51,7 +63,8 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
 
     async def Commit(self, request: pb.CommitRequest, context: RpcContext) -> pb.CommitResponse:
         # A hold belongs to the caller's tenant: its key is found under that tenant only.
-        tenant_id = current_principal().tenant_id
+        principal = current_principal()
+        tenant_id = await self._tenant(principal, principal.tenant_id)
         return await self._quotas.commit(tenant_id, request.reservation_id, request.usage)
 
     async def Release(self, request: pb.ReleaseRequest, context: RpcContext) -> pb.ReleaseResponse:
@@ -66,7 +79,7 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
         return pb.SetPlanResponse(plan=plan)
 
     async def GetPlan(self, request: pb.GetPlanRequest, context: RpcContext) -> pb.GetPlanResponse:
-        tenant_id = tenant_for(current_principal(), request.tenant_id)
+        tenant_id = await self._tenant(current_principal(), request.tenant_id)
         return pb.GetPlanResponse(plan=await self._plans.get(tenant_id))
 
     async def GetUsage(self, request: pb.GetUsageRequest, context: RpcContext) -> pb.GetUsageResponse:
@@ -76,5 +89,5 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
     async def GetInvoicePreview(
         self, request: pb.GetInvoicePreviewRequest, context: RpcContext
     ) -> pb.GetInvoicePreviewResponse:
-        tenant_id = tenant_for(current_principal(), request.tenant_id)
+        tenant_id = await self._tenant(current_principal(), request.tenant_id)
         return await self._invoices.preview(tenant_id, request.billing_month)

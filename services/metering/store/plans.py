@@ -1,9 +1,10 @@
-"""Plans in Postgres: one row per tenant that ever had a plan set; each change audited in the
-same statement."""
+"""Plans in Postgres: one row per tenant that ever had a plan set, each change audited in the
+same statement; and the tier each tenant's tokens carry (services/metering/tenant_tiers.py)."""
 
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 import asyncpg
 from google.protobuf import json_format
@@ -27,6 +28,14 @@ class PlanStore:
             json_format.ParseDict(item, plan.allowances.add())
         plan.effective_time.CopyFrom(timestamp(row["effective_time"]))
         return plan
+
+    async def learned_tier(self, tenant_id: str) -> tuple[int, datetime] | None:
+        """The tier the tenant's own tokens carry, and since when metering knows it; None if it
+        never saw one."""
+        row = await self._pool.fetchrow(
+            "SELECT tier, learn_time FROM metering_tenant_tiers WHERE tenant_id = $1", tenant_id
+        )
+        return None if row is None else (row["tier"], row["learn_time"])
 
     async def put(self, plan: pb.Plan, audited: AuditEvent) -> None:
         allowances = [json_format.MessageToDict(a) for a in plan.allowances]
