@@ -81,6 +81,11 @@ def plan_request(tenant_id: str, document: dict[str, Any]) -> pb.SetPlanRequest:
 
 async def set_plan(request: Request) -> Response:
     edge = edge_context(request)
+    # The body is checked first, as on every JSON route (its shape is public, in the OpenAPI
+    # document); the scope before anything is changed.
+    query(request, ())
+    document = await read_json_object(request, edge.settings.max_body_bytes)
+    set_request = plan_request(request.path_params["tenant"], document)
     caller = current_caller()
     if ADMIN_SCOPE not in caller.principal.scopes:
         raise HttpError(
@@ -88,9 +93,6 @@ async def set_plan(request: Request) -> Response:
             "PERMISSION_DENIED",
             f"setting a plan needs scope {ADMIN_SCOPE} (an operator's client-credentials token)",
         )
-    query(request, ())
-    document = await read_json_object(request, edge.settings.max_body_bytes)
-    set_request = plan_request(request.path_params["tenant"], document)
     try:
         reply: pb.SetPlanResponse = await edge.metering.SetPlan(
             set_request, metadata=(("authorization", f"Bearer {caller.token}"),), timeout=edge.timeout
