@@ -1,14 +1,17 @@
-"""Generate: queue for a slot, pick a provider whose breaker is closed, retry before the first output,
-relay the text (coalesced for slow readers) and each whole tool call, end with one completion, and
-record usage once.
+"""Generate: queue for a slot, pick a provider whose breaker is closed, fall back before the first
+output, relay the text (coalesced for slow readers) and each whole tool call, end with one
+completion, and record usage once.
 
-Retries happen only before the first output (text or a tool call): once some has reached the
-caller a retry would repeat it. Each failed attempt counts against its (provider, model) breaker
-and waits an exponential backoff with jitter, never past the caller's deadline; the next attempt
-goes to the first candidate whose breaker is closed, which is how fallback happens. The caller's
-deadline bounds every upstream call (the SDK timeout is the smaller of it and the call timeout, and
-gRPC cancels the handler when it passes); a cancelled Generate closes the upstream response before
-it returns.
+Fallback and retries happen only before the first output (text or a tool call): once some has
+reached the caller another attempt would repeat it, so a failure after it ends the call. A failure
+before it (connection refused, a 5xx, a timeout, an error event before any content) counts against
+its (provider, model) breaker, and the same call goes at once to the next candidate whose breaker
+lets it through: the requested model, then every other configured one in the configured order
+(`Providers.candidates`). When every candidate has failed, the walk starts again after an exponential
+backoff with jitter, at most `retries` more times. The caller's deadline bounds it all: every
+upstream call (the SDK timeout is the smaller of it and the call timeout, and gRPC cancels the
+handler when it passes), each backoff, and each fallback, which is not started once it has passed.
+A cancelled Generate closes the upstream response before it returns.
 """
 
 from __future__ import annotations
@@ -101,14 +104,10 @@ class Generation:
         remaining = deadline - asyncio.get_running_loop().time() + DEADLINE_GRACE_SECONDS
         return max(0.01, min(self._settings.call_timeout_seconds, remaining))
 
-    def _pick(self, request: pb.GenerateRequest) -> Target:
-        candidates = self._providers.candidates(request.provider, request.model)
-        for target in candidates:
-            if target.breaker.try_acquire():
-                return target
-        first = candidates[0].breaker
+    def _all_open(self, request: pb.GenerateRequest) -> Unavailable:
+        first = self._providers.breaker(request.provider, request.model)
         retry_at = datetime.fromtimestamp(first.next_attempt_at(), UTC).isoformat(timespec="seconds")
-        raise Unavailable(
+        return Unavailable(
             f"{request.provider}/{request.model} and every fallback have an open circuit breaker; "
             f"the next trial is at {retry_at}"
         )
@@ -116,36 +115,61 @@ class Generation:
     async def _first_output(
         self, request: pb.GenerateRequest, turn: Turn, record: TurnRecord, deadline: float | None
     ) -> tuple[Target, Upstream, Output]:
-        """The first candidate that produces text or a tool call (or finishes), retrying failures
-        with backoff."""
-        attempt = 0
-        while True:
-            target = self._pick(request)
-            record.provider, record.model = target.provider.config.name, target.model
-            upstream = target.provider.stream(target.model, turn, self._timeout(deadline))
-            try:
-                first = await self._until_output(upstream, record)
-            except ProviderFailure as failure:
-                await upstream.aclose()
-                if not failure.retryable:
-                    target.breaker.release()
-                    raise FailedPrecondition(failure.message) from None
-                target.breaker.record_failure()
-                attempt += 1
-                delay = self._settings.retry_base_seconds * 2 ** (attempt - 1) * (0.5 + random.random())
-                loop_time = asyncio.get_running_loop().time()
-                if attempt > self._settings.retries or (
-                    deadline is not None and loop_time + delay >= deadline
-                ):
-                    raise Unavailable(f"{target.name} failed before answering: {failure.message}") from None
+        """The first candidate that produces text or a tool call (or finishes): after a failure the
+        next candidate at once, and the whole walk again after a backoff once every one failed."""
+        loop = asyncio.get_running_loop()
+        failed: list[tuple[Target, ProviderFailure]] = []
+        for walk in range(self._settings.retries + 1):
+            if walk:
+                delay = self._settings.retry_base_seconds * 2 ** (walk - 1) * (0.5 + random.random())
+                if deadline is not None and loop.time() + delay >= deadline:
+                    break
                 await self._sleep(delay)
-                continue
-            except BaseException:
+            admitted = False
+            for target in self._providers.candidates(request.provider, request.model):
+                if deadline is not None and failed and loop.time() >= deadline:
+                    break  # gRPC has answered DEADLINE_EXCEEDED: a fallback would answer no one
+                if not target.breaker.try_acquire():
+                    continue
+                admitted = True
+                answered = await self._attempt(target, turn, record, deadline)
+                if isinstance(answered, ProviderFailure):
+                    failed.append((target, answered))
+                    continue
+                return target, *answered
+            if not admitted:
+                break  # every breaker is open now: another walk would call nobody
+        if not failed:
+            raise self._all_open(request)
+        tried = ", ".join(dict.fromkeys(target.name for target, _ in failed))
+        raise Unavailable(
+            f"{request.provider}/{request.model} and its fallbacks failed before answering "
+            f"({len(failed)} attempts on {tried}); the last: {failed[-1][1].message}"
+        )
+
+    async def _attempt(
+        self, target: Target, turn: Turn, record: TurnRecord, deadline: float | None
+    ) -> tuple[Upstream, Output] | ProviderFailure:
+        """One upstream call until its first output; its retryable failure, counted by its breaker."""
+        # The record describes the attempt that answers: usage is metered for that model only.
+        record.provider, record.model = target.provider.config.name, target.model
+        record.reached_provider, record.input_tokens, record.provider_request_id = False, None, ""
+        upstream = target.provider.stream(target.model, turn, self._timeout(deadline))
+        try:
+            first = await self._until_output(upstream, record)
+        except ProviderFailure as failure:
+            await upstream.aclose()
+            if not failure.retryable:
                 target.breaker.release()
-                await upstream.aclose()
-                raise
-            target.breaker.record_success()  # output came: the provider is healthy
-            return target, upstream, first
+                raise FailedPrecondition(failure.message) from None
+            target.breaker.record_failure()
+            return failure
+        except BaseException:
+            target.breaker.release()
+            await upstream.aclose()
+            raise
+        target.breaker.record_success()  # output came: the provider is healthy
+        return upstream, first
 
     @staticmethod
     async def _until_output(upstream: Upstream, record: TurnRecord) -> Output:

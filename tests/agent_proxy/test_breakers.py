@@ -107,14 +107,14 @@ async def test_closed_open_fallback_half_open_closed(
     generation, servicer, clock, published = domain
     await book(provider_server, "echo-1", "status=529", times=5)
 
-    # Three attempts (one try, two retries) fail on echo-1: the caller hears UNAVAILABLE.
-    with pytest.raises(Unavailable):
-        await _answer(generation)
-    assert (await _states(servicer))["local/echo-1"].breaker_state == pb.BREAKER_STATE_CLOSED
-    # Two more failures open echo-1's breaker; the third attempt falls back to echo-2.
-    served = await _answer(generation)
-    assert served.finish_reason == pb.FINISH_REASON_STOP
-    assert (served.usage.provider, served.usage.model) == ("local", "echo-2")
+    # Each call's attempt on echo-1 fails and the same call falls back to echo-2 at once; the
+    # failures still count, and the fifth opens echo-1's breaker.
+    for failures in range(1, 6):
+        served = await _answer(generation)
+        assert served.finish_reason == pb.FINISH_REASON_STOP
+        assert (served.usage.provider, served.usage.model) == ("local", "echo-2")
+        assert (await _states(servicer))["local/echo-1"].consecutive_failures == failures
+    assert provider_server.state.requests["echo-1"] == 5
     states = await _states(servicer)
     opened = states["local/echo-1"]
     assert opened.breaker_state == pb.BREAKER_STATE_OPEN
@@ -140,14 +140,14 @@ async def test_closed_open_fallback_half_open_closed(
     assert closed.breaker_state == pb.BREAKER_STATE_CLOSED
     assert closed.consecutive_failures == 0
     assert closed.open_time.seconds == int(clock.now) - 60  # when it last opened
-    # One usage event per Generate a provider served; the failed one reached no provider, used
-    # nothing, and is not a turn: no event, so metering does not count it.
-    assert len(published) == 3
+    # One usage event per Generate, for the model that answered it: echo-1's failed attempts
+    # used nothing and are not metered.
+    assert [e.dimensions.model for e in published] == ["echo-2"] * 6 + ["echo-1"]
     assert all(e.dimensions.output_tokens > 0 for e in published)
     # Each event's id derives from its turn, so the orchestrator's Commit of the same turn and this
     # copy are one row in metering.
     assert [e.event_id for e in published] == [agent_turn_event_id(e.turn_id) for e in published]
-    assert len({e.event_id for e in published}) == 3
+    assert len({e.event_id for e in published}) == 7
 
 
 async def test_every_breaker_open_is_unavailable_naming_the_next_trial(

@@ -48,34 +48,6 @@ async def test_max_tokens_truncates_and_says_so(proxy: Proxy) -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "provider", "model"),
-    [
-        (429, "compat", "compat-1"),
-        (500, "local", "echo-1"),
-        (529, "local", "echo-1"),
-        (529, "compat", "compat-1"),
-    ],
-)
-async def test_a_failure_before_the_first_token_is_retried(
-    proxy: Proxy, provider_server: RunningProviderServer, status: int, provider: str, model: str
-) -> None:
-    await book(provider_server, model, f"status={status}", times=2)
-    responses = await proxy.generate(generate_request(proxy.tenant.tenant_id, provider=provider, model=model))
-    assert texts(responses) == compose_answer(PROMPT, 1024).text
-    assert provider_server.state.requests[model] == 3  # two refused, the third served
-
-
-@pytest.mark.parametrize("behavior", ["cut=0", "malformed=0"])
-async def test_a_stream_broken_before_any_text_is_retried(
-    proxy: Proxy, provider_server: RunningProviderServer, behavior: str
-) -> None:
-    await book(provider_server, "echo-1", behavior, times=1)
-    responses = await proxy.generate(generate_request(proxy.tenant.tenant_id))
-    assert responses[-1].completion.finish_reason == pb.FINISH_REASON_STOP
-    assert provider_server.state.requests["echo-1"] == 2
-
-
-@pytest.mark.parametrize(
     ("behavior", "provider", "model"), [("cut=4", "local", "echo-1"), ("malformed=4", "compat", "compat-1")]
 )
 async def test_a_stream_broken_after_text_ends_with_an_error_and_estimated_usage(
@@ -91,18 +63,6 @@ async def test_a_stream_broken_after_text_ends_with_an_error_and_estimated_usage
     assert completion.usage.estimated
     assert completion.usage.output_tokens > 0
     assert provider_server.state.requests[model] == 1
-
-
-async def test_every_attempt_failing_is_unavailable(
-    proxy: Proxy, provider_server: RunningProviderServer
-) -> None:
-    await book(provider_server, "compat-1", "status=503", times=3)
-    with pytest.raises(grpc.aio.AioRpcError) as failed:
-        await proxy.generate(generate_request(proxy.tenant.tenant_id, provider="compat", model="compat-1"))
-    assert refusal(failed.value) == grpc.StatusCode.UNAVAILABLE
-    assert "compat/compat-1 failed before answering: compat answered HTTP 503" in (
-        failed.value.details() or ""
-    )
 
 
 async def test_the_callers_deadline_bounds_a_slow_provider(

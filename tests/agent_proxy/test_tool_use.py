@@ -180,7 +180,7 @@ async def test_the_model_calls_tools_then_answers_their_results(
 @pytest.mark.parametrize(
     ("behavior", "provider", "model"), [("status=529", *PROVIDERS[0]), ("cut=2", *PROVIDERS[1])]
 )
-async def test_a_failure_before_the_first_tool_call_is_retried(
+async def test_a_failure_before_the_first_tool_call_falls_back(
     proxy: Proxy, provider_server: RunningProviderServer, behavior: str, provider: str, model: str
 ) -> None:
     # cut=2: the connection drops after two pieces of the first call's arguments, before it is whole.
@@ -192,7 +192,10 @@ async def test_a_failure_before_the_first_tool_call_is_retried(
 
     assert [c.name for c in calls_of(responses)] == ["calculator__add", "weather__forecast"]
     assert responses[-1].completion.finish_reason == pb.FINISH_REASON_TOOL_USE
-    assert provider_server.state.requests[model] == 2
+    # The same call went on to the next configured model (echo-2 after echo-1, echo-1 after compat-1).
+    fallback = "echo-2" if model == "echo-1" else "echo-1"
+    assert responses[-1].completion.usage.model == fallback
+    assert provider_server.state.requests == {model: 1, fallback: 1}
 
 
 @pytest.mark.integration
