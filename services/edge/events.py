@@ -5,6 +5,7 @@ protovalidate violations by the fields the client sent."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +25,26 @@ def event_document(event: pb.ConversationEvent) -> dict[str, Any]:
     return json_format.MessageToDict(
         event, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
+
+
+# A conversation's event ids are its log's (a Redis stream's): `<ms>-<seq>`, each part below 2^64.
+_EVENT_ID = re.compile(r"(\d{1,20})-(\d{1,20})")
+_EVENT_ID_PART_MAX = 2**64 - 1
+
+
+def preceding_event_id(event_id: str) -> str:
+    """The id just before `event_id` in its conversation's log, so that following the log after it
+    starts with that very event as the log holds it (its time included). ValueError for an id
+    that is not a log id."""
+    match = _EVENT_ID.fullmatch(event_id)
+    if match is None or max(int(part) for part in match.groups()) > _EVENT_ID_PART_MAX:
+        raise ValueError(f"event_id: {event_id!r} is not an event id of a conversation's log (<ms>-<seq>)")
+    ms, seq = int(match.group(1)), int(match.group(2))
+    if seq > 0:
+        return f"{ms}-{seq - 1}"
+    if ms == 0:
+        raise ValueError("event_id: '0-0' has no event before it")
+    return f"{ms - 1}-{_EVENT_ID_PART_MAX}"
 
 
 def payload_kind(event: pb.ConversationEvent) -> str:

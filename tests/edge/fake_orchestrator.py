@@ -36,6 +36,7 @@ from macp.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
 from macp.token.v1 import token_service_pb2 as token_pb
 from macp.token.v1 import token_service_pb2_grpc as token_grpc
 
+from services.edge.events import preceding_event_id
 from services.runtime.auth import jwt
 from services.runtime.auth.settings import EDGE_AUDIENCE
 from services.runtime.interceptors import violations_message
@@ -148,14 +149,18 @@ class FakeOrchestrator(pb_grpc.OrchestratorServiceServicer):
 
     def follow(self, conversation_id: str, after: str) -> AsyncIterator[pb.ConversationEvent]:
         """The log's events after `after` (empty: from now on), then live ones, until cancelled;
-        LookupError at once for an id the log does not hold."""
+        LookupError at once for an id the log does not hold (nor holds the one right after)."""
         log = self.log(conversation_id)
         position = len(log.events)
         if after:
             ids = [event.event_id for event in log.events]
-            if after not in ids:
+            preceding = [preceding_event_id(event_id) for event_id in ids]
+            if after in ids:
+                position = ids.index(after) + 1
+            elif after in preceding:
+                position = preceding.index(after)
+            else:
                 raise LookupError(after)
-            position = ids.index(after) + 1
         return self._events_from(log, position)
 
     @staticmethod

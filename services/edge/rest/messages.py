@@ -7,14 +7,16 @@ left out) is the client's and makes the POST idempotent: the first attempt answe
 200, each with `{messageId, sequence, duplicate, eventId}`; `eventId` is the MessageAccepted
 event, after which GET `/events` (or the WebSocket) shows the agents' answers. With
 `Accept: text/event-stream` the same POST answers 200 with server-sent events instead: the
-message's MessageAccepted event, then its round's events, ending with the RoundCompleted event of
-this message (or a fatal error event); see services/edge/rest/sse.py.
+message's MessageAccepted event as the conversation's log holds it (its `duplicate` this POST's),
+then its round's events, ending with the RoundCompleted event of this message (or a fatal error
+event); see services/edge/rest/sse.py. A retry whose MessageAccepted the log no longer retains is
+400 OUT_OF_RANGE, as resuming from it would be.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -25,6 +27,7 @@ from starlette.responses import Response
 
 from services.edge.context import edge_context
 from services.edge.errors import HttpError
+from services.edge.events import preceding_event_id
 from services.edge.http import message_response, parse_document, read_json_object
 from services.edge.rest.conventions import (
     COMMON_ERRORS,
@@ -38,12 +41,7 @@ from services.edge.rest.conventions import (
     query,
     same_id,
 )
-from services.edge.rest.sse import (
-    event_stream_response,
-    sse_event,
-    stream_events,
-    wants_event_stream,
-)
+from services.edge.rest.sse import event_stream_response, stream_events, wants_event_stream
 from services.edge.routes import ApiRoute, Content, Link
 
 URL_TTL_QUERY = (
@@ -109,6 +107,23 @@ def user_message(document: dict[str, Any], conversation_id: str) -> pb_orchestra
     return message
 
 
+def _as_answer_of(
+    reply: pb_orchestrator.PostMessageResponse,
+) -> Callable[[pb_orchestrator.ConversationEvent], pb_orchestrator.ConversationEvent]:
+    """The POST's own MessageAccepted says whether this POST was a retry (`duplicate`), which
+    the logged one, written by the first POST, cannot; every other event goes as it is."""
+
+    def revise(event: pb_orchestrator.ConversationEvent) -> pb_orchestrator.ConversationEvent:
+        if event.event_id != reply.event_id or not event.HasField("message_accepted"):
+            return event
+        answer = pb_orchestrator.ConversationEvent()
+        answer.CopyFrom(event)
+        answer.message_accepted.duplicate = reply.duplicate
+        return answer
+
+    return revise
+
+
 def _round_of(message_id: str) -> Callable[[pb_orchestrator.ConversationEvent], bool]:
     """Where the SSE answer of a POST ends: its own round's end, or a fatal error."""
 
@@ -134,22 +149,17 @@ async def append_message(request: Request) -> Response:
     status = 200 if reply.duplicate else 201
     if not wants_event_stream(request):
         return message_response(reply, status)
-    # The MessageAccepted event first (from the reply, so even a retry shows it), then the round.
-    accepted = pb_orchestrator.ConversationEvent(
-        event_id=reply.event_id,
-        conversation_id=conversation_id,
-        message_accepted=pb_orchestrator.MessageAccepted(
-            message_id=reply.message_id, sequence=reply.sequence, duplicate=reply.duplicate
-        ),
+    # The stream starts just before the message's MessageAccepted event, so it opens with that
+    # event as the log holds it (time and all, as every other client sees it; a retry shows it
+    # too), then the round's events.
+    events = await stream_events(
+        edge,
+        conversation_id,
+        preceding_event_id(reply.event_id),
+        _round_of(reply.message_id),
+        _as_answer_of(reply),
     )
-    events = await stream_events(edge, conversation_id, reply.event_id, _round_of(reply.message_id))
-
-    async def answer() -> AsyncIterator[bytes]:
-        yield sse_event(accepted)
-        async for chunk in events:
-            yield chunk
-
-    return event_stream_response(answer())
+    return event_stream_response(events)
 
 
 async def list_messages(request: Request) -> Response:

@@ -7,7 +7,9 @@ posts the message and follows only its round (services/edge/rest/messages.py).
 
 Each SSE event: `id:` the event id (so EventSource resumes by itself), `event:` the payload's kind
 (`token_delta`, `round_completed`, ...), `data:` the ConversationEvent as JSON, with the same
-proto field names as the WebSocket's event frames. A comment line goes out every
+proto field names as the WebSocket's event frames. Every event is one of the conversation's log
+(a refused action's error too), so each names its conversation, has a resumable id and carries
+its time. A comment line goes out every
 MACP_EDGE_SSE_HEARTBEAT_SECONDS so proxies do not take a quiet stream for a dead one.
 
 Why wait for the first event a moment before answering: the orchestrator refuses a stream it
@@ -80,6 +82,8 @@ def sse_error(code: str, message: str) -> bytes:
 
 # Tells where a followed stream ends: after the event it accepts (None: when the client leaves).
 Stop = Callable[[pb.ConversationEvent], bool]
+# What a stream makes of each event before it is sent (None: the event as the log holds it).
+Revise = Callable[[pb.ConversationEvent], pb.ConversationEvent]
 # What the reader and the revocation sweep hand the stream: an event, a failure, or the end (None).
 Item = pb.ConversationEvent | BaseException | None
 
@@ -101,10 +105,14 @@ class _RevocationWatch:
 
 
 async def stream_events(
-    edge: EdgeContext, conversation_id: str, after_event_id: str, stop: Stop | None = None
+    edge: EdgeContext,
+    conversation_id: str,
+    after_event_id: str,
+    stop: Stop | None = None,
+    revise: Revise | None = None,
 ) -> AsyncIterator[bytes]:
-    """The conversation's events after `after_event_id` as SSE, until `stop` accepts one or the
-    caller stops iterating.
+    """The conversation's events after `after_event_id` as SSE (each through `revise`, if given),
+    until `stop` accepts one or the caller stops iterating.
 
     The first event (or an error) is awaited before the first chunk is yielded: see the module
     docstring. The stream is cancelled when the iterator is closed (the client left)."""
@@ -144,7 +152,7 @@ async def stream_events(
                 first = await queue.get()
         if isinstance(first, grpc.aio.AioRpcError):
             raise first
-        return _follow(edge, first, queue, stop_reading, stop)
+        return _follow(edge, first, queue, stop_reading, stop, revise)
     except BaseException:
         stop_reading()
         raise
@@ -170,11 +178,12 @@ async def _follow(
     queue: asyncio.Queue[Item],
     stop_reading: Callable[[], None],
     stop: Stop | None,
+    revise: Revise | None,
 ) -> AsyncIterator[bytes]:
     heartbeat = edge.settings.sse_heartbeat_seconds or None
     try:
         if first is not None:  # None here: no event within the first wait
-            chunk, done = _chunk(first, stop)
+            chunk, done = _chunk(first, stop, revise)
             yield chunk
             if done:
                 return
@@ -185,7 +194,7 @@ async def _follow(
             except TimeoutError:
                 yield b": keep-alive\n\n"
                 continue
-            chunk, done = _chunk(item, stop)
+            chunk, done = _chunk(item, stop, revise)
             yield chunk
             if done:
                 return
@@ -193,13 +202,14 @@ async def _follow(
         stop_reading()
 
 
-def _chunk(item: Item, stop: Stop | None) -> tuple[bytes, bool]:
+def _chunk(item: Item, stop: Stop | None, revise: Revise | None) -> tuple[bytes, bool]:
     """What the stream sends for `item`, and whether the stream ends with it."""
     last = _ending(item)
     if last is not None:
         return last, True
     assert isinstance(item, pb.ConversationEvent)
-    return sse_event(item), stop is not None and stop(item)
+    event = item if revise is None else revise(item)
+    return sse_event(event), stop is not None and stop(event)
 
 
 def event_stream_response(chunks: AsyncIterator[bytes], **headers: Any) -> Response:
