@@ -6,14 +6,23 @@ deadline ends the call rather than a fallback, and usage is metered once, for th
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import AsyncGenerator
 
 import grpc
 import pytest
 from macp.agent_proxy.v1 import agent_proxy_service_pb2 as pb
-from macp.common.v1 import usage_pb2
+from macp.common.v1 import principal_pb2, usage_pb2
 
+from services.agent_proxy.fair_queue import FairQueue
+from services.agent_proxy.generation import Generation
+from services.agent_proxy.provider import ProviderEvent, ProviderFailure, Started, Turn
+from services.agent_proxy.providers import Providers, sdk_provider
+from services.agent_proxy.settings import ProviderConfig, ProxySettings
 from services.provider_server.answers import compose_answer
 from services.provider_server.server import RunningProviderServer
+from services.runtime.principal import Principal
+from services.runtime.settings import Env
 from tests.agent_proxy.conftest import (
     Proxy,
     book,
@@ -166,3 +175,55 @@ async def test_when_every_candidate_failed_once_the_walk_is_retried_after_a_back
     responses = await proxy.generate(generate_request(proxy.tenant.tenant_id))
     assert responses[-1].completion.usage.model == "echo-1"  # the second walk, from the first
     assert provider_server.state.requests == {"echo-1": 2, "echo-2": 1, "compat-1": 1}
+
+
+class _ErrorEventBeforeContent:
+    """Provider `local` as served, except that echo-1 accepts the call (and reports its prompt's
+    tokens) and then sends an `error` event before any content, as an overloaded Anthropic does;
+    the local provider server sends no such event, so the adapter's failure is raised here."""
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self.config = config
+        self._served = sdk_provider(config)
+
+    async def stream(self, model: str, turn: Turn, read_timeout: float) -> AsyncGenerator[ProviderEvent]:
+        if model == "echo-1":
+            yield Started(request_id="req_failed_attempt", input_tokens=999)
+            overloaded = "local sent an error mid-answer: overloaded_error: Overloaded"
+            raise ProviderFailure(overloaded, retryable=True)
+        async for event in self._served.stream(model, turn, read_timeout):
+            yield event
+
+    async def close(self) -> None:
+        await self._served.close()
+
+
+async def test_an_error_event_before_content_falls_back_and_meters_only_the_answer(
+    provider_server: RunningProviderServer,
+) -> None:
+    settings = ProxySettings.from_env(Env(provider_environ(provider_server.base_url)))
+    providers = Providers(settings, time.time, make_provider=_ErrorEventBeforeContent)
+    published: list[usage_pb2.UsageEvent] = []
+
+    async def publish(event: usage_pb2.UsageEvent) -> None:
+        published.append(event)
+
+    generation = Generation(settings, providers, FairQueue(4, 10), publish)
+    principal = Principal(tenant_id="acme", user_id="grace", tier=principal_pb2.TIER_PRO)
+    try:
+        request = generate_request("acme", in_conversation=False)
+        responses = [r async for r in generation.generate(request, principal, 10.0)]
+    finally:
+        await providers.close()
+
+    expected = compose_answer(PROMPT, 1024)
+    assert texts(responses) == expected.text
+    completion = responses[-1].completion
+    assert (completion.usage.provider, completion.usage.model) == ("local", "echo-2")
+    # Nothing of the failed attempt is in the answer's usage: not its tokens, not its request id.
+    assert completion.usage.input_tokens == expected.input_tokens
+    assert completion.provider_request_id != "req_failed_attempt"
+    [event] = published
+    assert (event.dimensions.model, event.dimensions.input_tokens) == ("echo-2", expected.input_tokens)
+    assert providers.breaker("local", "echo-1").consecutive_failures == 1
+    assert provider_server.state.requests == {"echo-2": 1}
