@@ -3,7 +3,8 @@
 A call names a provider and a model. Its candidates are that pair first, then every other
 configured (provider, model) pair in the configured order (`MACP_AGENT_PROXY_PROVIDERS`, then each
 provider's `MODELS`): a call goes to the first candidate whose breaker lets it through, so while
-one breaker is open its calls are served by the next configured model or provider.
+one breaker is open its calls are served by the next configured model or provider, and a call whose
+candidate fails before its first token goes on to the next one (services/agent_proxy/generation.py).
 """
 
 from __future__ import annotations
