@@ -25,7 +25,6 @@ from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from services.runtime import tracing
@@ -36,6 +35,7 @@ from services.runtime.logs import configure_logging
 from services.runtime.mesh import open_mesh_channel, open_probe_channel
 from services.runtime.metrics import RpcMetrics, serve_metrics
 from services.runtime.readiness import Check, Readiness, keys_check, mesh_check
+from services.runtime.reflection import enable_mesh_reflection
 from services.runtime.registry import ServiceSpec
 from services.runtime.resources import KNOWN_DEPENDENCIES, Resources, ResourceSettings, open_resources
 from services.runtime.settings import CommonSettings, Env, ServerSettings, SettingsError, TracingSettings
@@ -257,9 +257,9 @@ async def _serve(
             await health_servicer.set(name, NOT_SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         if server_settings.reflection:
-            reflection.enable_server_reflection(
-                (*spec.grpc_services, HEALTH_SERVICE, reflection.SERVICE_NAME), server
-            )
+            # The whole mesh's contract, not only this port's: Envoy sends a reflection stream to
+            # one service, which must describe whatever the mesh serves (services/runtime/reflection.py).
+            enable_mesh_reflection(server, (HEALTH_SERVICE,))
         port = server.add_insecure_port(f"{common.bind_host}:{server_settings.port}")
         if port == 0:
             raise OSError(

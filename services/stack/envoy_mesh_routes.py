@@ -1,11 +1,12 @@
 """The routes of Envoy's mesh listener (service -> service, gRPC over h2c): readiness checks by
-their target header, streaming RPCs untimed, retry-safe RPCs retried, every other RPC by its gRPC
-service's prefix, and a 404 (UNIMPLEMENTED to a gRPC caller) for any other path. Used by
-envoy_config.py.
+their target header, health and reflection by the `macp-target` header (or to a default service),
+streaming RPCs untimed, retry-safe RPCs retried, every other RPC by its gRPC service's prefix, and
+a 404 (UNIMPLEMENTED to a gRPC caller) for any other path. Used by envoy_config.py.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 from envoy_data_plane.envoy.config.core.v3 import DataSource
@@ -21,7 +22,7 @@ from envoy_data_plane.envoy.config.route.v3 import (
     RouteMatch,
 )
 from envoy_data_plane.envoy.extensions.retry.host.previous_hosts.v3 import PreviousHostsPredicate
-from envoy_data_plane.envoy.type.matcher.v3 import StringMatcher
+from envoy_data_plane.envoy.type.matcher.v3 import RegexMatcher, StringMatcher
 from envoy_data_plane.google.protobuf import Any
 
 from services.runtime.readiness import HEALTH_TARGET_HEADER
@@ -43,7 +44,22 @@ PER_TRY_TIMEOUT = timedelta(seconds=10)
 
 # A readiness check through the mesh (services/runtime/readiness.py) answers fast or not at all.
 HEALTH_ROUTE_TIMEOUT = timedelta(seconds=2)
-HEALTH_CHECK_PATH = "/grpc.health.v1.Health/Check"
+HEALTH_SERVICE = "grpc.health.v1.Health"
+HEALTH_CHECK_PATH = f"/{HEALTH_SERVICE}/Check"
+HEALTH_WATCH_PATH = f"/{HEALTH_SERVICE}/Watch"
+REFLECTION_PATHS = (
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+)
+
+# Every service serves health and reflection, so their paths say nothing of where to go: a caller
+# (grpcurl, a probe) names the service in this header, by its registry name. Without it they go to
+# DEFAULT_TARGET, whose reflection lists the whole mesh as every service's does
+# (services/runtime/reflection.py). The conversation service needs no other service, so it answers
+# as soon as it is ready itself, and it asks for a token like every port should (the token service
+# admits every call to check its callers itself, so it would describe the mesh to anyone).
+TARGET_HEADER = "macp-target"
+DEFAULT_TARGET = "conversation"
 
 
 def _mesh_action(spec: ServiceSpec, *, streaming: bool, retry_safe: bool) -> RouteAction:
@@ -102,9 +118,58 @@ def _health_routes() -> list[Route]:
     ]
 
 
+def _target_is_unknown() -> list[HeaderMatcher]:
+    known = "|".join(re.escape(spec.name) for spec in SERVICES)
+    return [
+        HeaderMatcher(name=TARGET_HEADER, present_match=True),
+        HeaderMatcher(
+            name=TARGET_HEADER,
+            string_match=StringMatcher(safe_regex=RegexMatcher(regex=f"^({known})$")),
+            invert_match=True,
+        ),
+    ]
+
+
+def _unknown_target(path: str) -> Route:
+    known = ", ".join(spec.name for spec in SERVICES)
+    return Route(
+        name=f"{path.split('/')[1]}/unknown-target",
+        match=RouteMatch(path=path, headers=_target_is_unknown()),
+        direct_response=DirectResponseAction(
+            status=404,
+            body=DataSource(inline_string=f"{TARGET_HEADER} names no MACP service; known: {known}\n"),
+        ),
+    )
+
+
+def _target_routes() -> list[Route]:
+    """Health and reflection by `macp-target`: to the named service's cluster; a name the registry
+    does not know is refused (404, UNIMPLEMENTED to a gRPC caller, the message naming the header);
+    without the header, to DEFAULT_TARGET. Reflection and Watch stream, so they are untimed."""
+    default = next(spec for spec in SERVICES if spec.name == DEFAULT_TARGET)
+    routes: list[Route] = []
+    for path in (HEALTH_CHECK_PATH, HEALTH_WATCH_PATH, *REFLECTION_PATHS):
+        choices = [(spec, [_target_header_is(spec.name)], spec.name) for spec in SERVICES]
+        for spec, headers, label in [*choices, (default, [], "default")]:
+            if not headers:
+                routes.append(_unknown_target(path))
+            if path == HEALTH_CHECK_PATH:
+                action = RouteAction(cluster=spec.name, timeout=HEALTH_ROUTE_TIMEOUT)
+            else:
+                action = _mesh_action(spec, streaming=True, retry_safe=False)
+            name = f"{path.split('/')[1]}/{path.split('/')[2]}/{label}"
+            routes.append(Route(name=name, match=RouteMatch(path=path, headers=headers), route=action))
+    return routes
+
+
+def _target_header_is(name: str) -> HeaderMatcher:
+    return HeaderMatcher(name=TARGET_HEADER, string_match=StringMatcher(exact=name))
+
+
 def mesh_routes() -> list[Route]:
-    """The mesh routes in match order: readiness checks, exact RPC paths, service prefixes, 404."""
-    exact: list[Route] = _health_routes()
+    """The mesh routes in match order: readiness checks, health and reflection by target, exact RPC
+    paths, service prefixes, 404."""
+    exact: list[Route] = [*_health_routes(), *_target_routes()]
     prefixes: list[Route] = []
     for spec in SERVICES:
         for grpc_service in spec.grpc_services:
