@@ -78,6 +78,8 @@ JSON_BODIES: dict[str, dict[str, Any]] = {
         "staticCredential": {"header": "x-api-key", "value": "fuzz-key"},
     },
     "callTool": {"arguments": {"a": 1}},
+    # The attacker's token has no macp:admin: every well-formed change is refused (403).
+    "setTenantPlan": {"plan": "pro"},
 }
 FORM_BODIES: dict[str, dict[str, str]] = {
     "oauthToken": {
