@@ -2,8 +2,9 @@
 
 Every stream reads the conversation's event log (event_log.py), never the round itself, so a
 client sees the same events in the same order whichever process it reached and whichever one
-drives the round. Errors that concern only one client's action (a refused message, a bid for a
-stranger) go to that client alone, as an ErrorEvent without an event id, and its stream stays.
+drives the round. A client's action that is refused (a message under REJECT while a round runs, a
+bid for a stranger) becomes an ErrorEvent of the log, with its id and time like any event, naming
+the action in its detail; the stream stays open.
 
 Each action of a Converse stream runs in the trace its `trace_context` names (the edge starts one
 per client action), as a span of its own; a round it starts is spawned inside that span, so the
