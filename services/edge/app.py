@@ -10,7 +10,7 @@ import grpc
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from services.edge.auth import BearerAuthMiddleware
 from services.edge.context import EdgeContext, edge_context
@@ -78,11 +78,19 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 
 async def _method_not_allowed(request: Request, exc: Exception) -> Response:
-    return error_response(
+    response = error_response(
         HTTPStatus.METHOD_NOT_ALLOWED,
         "METHOD_NOT_ALLOWED",
         f"{request.method} is not allowed on {request.url.path}",
     )
+    # RFC 9110 section 15.5.6: a 405 lists the methods the path has. Each method of a path is a
+    # route of its own, so they are gathered from every route the path matches, not the first.
+    allowed: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE:
+            allowed |= route.methods or set()
+    response.headers["allow"] = ", ".join(sorted(allowed))
+    return response
 
 
 def build_app(settings: EdgeSettings, metrics: HttpMetrics) -> Starlette:

@@ -31,6 +31,14 @@ ERROR_SCHEMA: JsonSchema = {
 }
 
 
+# The answer of a request over a rate limit, which any route may get.
+RATE_LIMITED: dict[str, Any] = {
+    "description": "over a rate limit: try again after Retry-After seconds",
+    "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 0}}},
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+}
+
+
 @dataclass(frozen=True)
 class Content:
     """A body whose shape an RFC fixes rather than a protobuf message (an OAuth form, a token response).
@@ -66,6 +74,8 @@ class ApiRoute:
 
     body: the message the JSON body decodes into, or its `Content` (None for no body).
     body_required: False when the body may be left out (an empty body means the message's defaults).
+    required: fields of the body message (proto names) a request must set, non-zero: the document
+        marks them `required` and the handler refuses a body without one (400 naming it).
     response: the message the JSON response encodes, or its `Content` (None for a non-JSON or empty body).
     extra_statuses: other success statuses with the same response (an idempotent retry's 200).
     errors: HTTP statuses this operation can answer besides success, documented with the error shape.
@@ -83,6 +93,7 @@ class ApiRoute:
     extra_statuses: tuple[int, ...] = ()
     body: type[Message] | Content | None = None
     body_required: bool = True
+    required: tuple[str, ...] = ()
     query: tuple[tuple[str, JsonSchema, str], ...] = ()
     errors: tuple[int, ...] = (400, 404, 503)
     tags: tuple[str, ...] = field(default=())
@@ -94,11 +105,13 @@ class ApiRoute:
         return re.findall(r"{(\w+)}", self.path)
 
 
-def _content(schemas: SchemaBuilder, body: type[Message] | Content) -> dict[str, Any]:
+def _content(
+    schemas: SchemaBuilder, body: type[Message] | Content, required: tuple[str, ...] = ()
+) -> dict[str, Any]:
     if isinstance(body, Content):
         schemas.components[body.name] = body.schema
         return {body.media_type: {"schema": {"$ref": f"#/components/schemas/{body.name}"}}}
-    return {"application/json": {"schema": schemas.ref(descriptor_of(body))}}
+    return {"application/json": {"schema": schemas.ref_requiring(descriptor_of(body), required)}}
 
 
 def _path_schema(name: str) -> JsonSchema:
@@ -113,6 +126,17 @@ def _link(link: Link) -> dict[str, Any]:
     if link.request_body is not None:
         declared["requestBody"] = link.request_body
     return declared
+
+
+def _rate_limited(route: ApiRoute, error: dict[str, Any]) -> dict[str, Any]:
+    """The 429 of `route`: every route counts against the rate limits (services/edge/rate_limits.py),
+    whose refusal is the edge's own error shape; a route of another error shape that refuses with
+    429 itself (the OAuth endpoints, for a locked-out client) may answer either."""
+    if 429 not in route.errors or route.error is None:
+        return RATE_LIMITED
+    (media_type, own), *_ = error.items()
+    either = {"anyOf": [own["schema"], {"$ref": "#/components/schemas/Error"}]}
+    return {**RATE_LIMITED, "content": {media_type: {"schema": either}}}
 
 
 def openapi_document(routes: list[ApiRoute], *, title: str, version: str) -> dict[str, Any]:
@@ -139,7 +163,7 @@ def openapi_document(routes: list[ApiRoute], *, title: str, version: str) -> dic
         if route.body is not None:
             operation["requestBody"] = {
                 "required": route.body_required,
-                "content": _content(schemas, route.body),
+                "content": _content(schemas, route.body, route.required),
             }
         success: dict[str, Any] = {"description": "success"}
         if route.response is not None:
@@ -153,6 +177,7 @@ def openapi_document(routes: list[ApiRoute], *, title: str, version: str) -> dic
             error = _content(schemas, route.error)
         for status in route.errors:
             operation["responses"][str(status)] = {"description": "error", "content": error}
+        operation["responses"]["429"] = _rate_limited(route, error)
         paths.setdefault(route.path, {})[route.method.lower()] = operation
     components = dict(sorted(schemas.components.items()))
     components["Error"] = ERROR_SCHEMA

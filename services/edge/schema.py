@@ -41,10 +41,25 @@ _WELL_KNOWN: dict[str, JsonSchema] = {
 }
 
 
-# Fields the services assign and ignore on input (the protos' "Output only" fields but `id` and
-# `etag`, which a PATCH body may repeat): readOnly, so clients and request generators leave them
-# out of bodies (schemathesis would otherwise take `tenantId` for a Tenant resource to fetch first).
+# Fields the services assign and ignore on input (the protos' "Output only" fields): readOnly, so
+# clients and request generators leave them out of bodies (schemathesis would otherwise take
+# `tenantId` for a Tenant resource to fetch first). These names are output only in every message...
 OUTPUT_ONLY_FIELDS = frozenset({"tenant_id", "owner_id", "create_time", "update_time", "archive_time"})
+# ...and these only in their own (a PATCH body may still repeat a resource's `id` and `etag`, which
+# the edge then checks against the path and reads as If-Match, but no client needs to send them).
+ASSIGNED_FIELDS = frozenset(
+    {
+        "macp.conversation.v1.Agent.id",
+        "macp.conversation.v1.Agent.etag",
+        "macp.conversation.v1.Conversation.id",
+        "macp.conversation.v1.Conversation.etag",
+        "macp.conversation.v1.Conversation.status",
+        "macp.conversation.v1.Conversation.archive_key",
+        "macp.conversation.v1.Message.sequence",
+        "macp.tool_gateway.v1.ToolServer.id",
+        "macp.tool_gateway.v1.ToolServer.etag",
+    }
+)
 # Secrets a client sends and never gets back (the protos' "Input only" fields): writeOnly.
 INPUT_ONLY_FIELDS = frozenset(
     {
@@ -73,6 +88,24 @@ class SchemaBuilder:
             self.components[name] = self._message(descriptor)
         return {"$ref": f"#/components/schemas/{name}"}
 
+    def ref_requiring(self, descriptor: Descriptor, required: tuple[str, ...]) -> JsonSchema:
+        """The message as a request body that must carry `required` (proto field names) with
+        non-zero values, the ones a service refuses to create without: each is `required`, a string
+        at least one character, a list at least one item, an enum not its zero value. A schema of its
+        own, so the same message as a response or a PATCH body stays as it is."""
+        if not required:
+            return self.ref(descriptor)
+        self.ref(descriptor)
+        name = f"{schema_name(descriptor)}-create"
+        base = self.components[schema_name(descriptor)]
+        properties = dict(base["properties"])
+        for field_name in required:
+            field = descriptor.fields_by_name[field_name]
+            properties[field.json_name] = _non_zero(field, properties[field.json_name])
+        json_names = [descriptor.fields_by_name[field_name].json_name for field_name in required]
+        self.components[name] = {**base, "properties": properties, "required": json_names}
+        return {"$ref": f"#/components/schemas/{name}"}
+
     def _message(self, descriptor: Descriptor) -> JsonSchema:
         properties = {field.json_name: self._property(field) for field in descriptor.fields}
         return {"type": "object", "properties": properties, "additionalProperties": False}
@@ -81,7 +114,9 @@ class SchemaBuilder:
         schema = self._field(field)
         if field.full_name in INPUT_ONLY_FIELDS:
             return {**schema, "writeOnly": True}
-        return {**schema, "readOnly": True} if field.name in OUTPUT_ONLY_FIELDS else schema
+        if field.name in OUTPUT_ONLY_FIELDS or field.full_name in ASSIGNED_FIELDS:
+            return {**schema, "readOnly": True}
+        return schema
 
     def _single(self, field: FieldDescriptor) -> JsonSchema:
         if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type is not None:
@@ -97,3 +132,15 @@ class SchemaBuilder:
         if field.is_repeated:
             return {"type": "array", "items": self._single(field)}
         return self._single(field)
+
+
+def _non_zero(field: FieldDescriptor, schema: JsonSchema) -> JsonSchema:
+    """`schema` of `field` narrowed to the values proto3 tells from an unset field."""
+    if field.is_repeated:
+        return {**schema, "minItems": max(1, schema.get("minItems", 0))}
+    if field.type == FieldDescriptor.TYPE_ENUM and field.enum_type is not None:
+        zero = field.enum_type.values_by_number[0].name
+        return {**schema, "enum": [value for value in schema["enum"] if value != zero]}
+    if field.type == FieldDescriptor.TYPE_STRING:
+        return {**schema, "minLength": max(1, schema.get("minLength", 0))}
+    raise TypeError(f"{field.full_name}: only strings, lists and enums can be required on create")

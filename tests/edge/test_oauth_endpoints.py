@@ -355,7 +355,8 @@ async def test_the_openapi_document_describes_the_oauth_endpoints(http: httpx.As
             "$ref": "#/components/schemas/OAuthError"
         }
     register = paths["/oauth2/register"]["post"]
-    assert list(register["responses"]) == ["201", "400", "401", "403", "413", "503"]
+    # 429: the rate limits, which every route counts against.
+    assert list(register["responses"]) == ["201", "400", "401", "403", "413", "503", "429"]
     assert "get" in paths["/.well-known/jwks.json"]
     assert "get" in paths["/.well-known/oauth-authorization-server"]
     grants = [option["properties"]["grant_type"]["const"] for option in schemas["OAuthTokenRequest"]["oneOf"]]

@@ -21,7 +21,13 @@ from services.edge.routes import ApiRoute, Link
 from services.runtime import resource_cache
 
 AGENTS = StoredResource(
-    "agents", pb.Agent, pb, "ConversationService", lambda edge: edge.conversation, resource_cache.AGENT
+    "agents",
+    pb.Agent,
+    pb,
+    "ConversationService",
+    lambda edge: edge.conversation,
+    resource_cache.AGENT,
+    required=("name", "provider", "model"),  # CreateAgentRequest's rules
 )
 
 
@@ -49,6 +55,7 @@ ROUTES = [
         summary="Create an agent owned by the caller",
         handler=AGENTS.create,
         body=pb.Agent,
+        required=AGENTS.required,
         response=pb.Agent,
         status=201,
         errors=WRITE_ERRORS,

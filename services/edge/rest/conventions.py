@@ -130,10 +130,13 @@ def query(request: Request, allowed: Iterable[str]) -> dict[str, str]:
 def integer(values: Mapping[str, str], name: str, bits: int = 32) -> int:
     """A whole-number query parameter (0 when absent) that fits the signed `bits`-bit proto field it
     goes into: a larger one would make building the request fail (`ValueError: Value out of
-    range`), a 500. Its own rules (a page_size from 1 to 1000) are the service's to check."""
-    text = values.get(name, "")
-    if text == "":
+    range`), a 500. Its own rules (a page_size from 1 to 1000) are the service's to check. Given
+    empty (`page_size=`) it is refused: the document types it an integer, which "" is not."""
+    text = values.get(name)
+    if text is None:
         return 0
+    if text == "":
+        raise invalid(f"{name}: empty; give a whole number or leave the parameter out")
     # ASCII digits only: `str.isdigit` also takes "²", which `int` then refuses.
     if _WHOLE_NUMBER.fullmatch(text) is None:
         raise invalid(f"{name}: must be a whole number")

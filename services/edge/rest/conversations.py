@@ -41,6 +41,7 @@ CONVERSATIONS = StoredResource(
     "ConversationService",
     lambda edge: edge.conversation,
     resource_cache.CONVERSATION,
+    required=("participant_agent_ids", "turn_policy"),  # CreateConversationRequest's rules
 )
 
 
@@ -82,6 +83,7 @@ ROUTES = [
         summary="Create a conversation of the caller with some of the tenant's agents",
         handler=CONVERSATIONS.create,
         body=pb.Conversation,
+        required=CONVERSATIONS.required,
         response=pb.Conversation,
         status=201,
         errors=(*WRITE_ERRORS, 409),

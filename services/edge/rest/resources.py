@@ -27,7 +27,7 @@ from starlette.responses import Response
 from services.edge.context import EdgeContext, edge_context
 from services.edge.http import message_response, parse_message
 from services.edge.rest.cached_reads import cached
-from services.edge.rest.conventions import etag_header, if_match, patch_request, query
+from services.edge.rest.conventions import etag_header, if_match, invalid, patch_request, query
 
 M = TypeVar("M", bound=Message)
 
@@ -50,7 +50,8 @@ class StoredResource(Generic[M]):
 
     module: the generated `_pb2` module of its service; service: the service's name in it;
     stub: the service's stub on the edge; cache_kind: the read cache's kind, None if it has none;
-    verbs: the standard methods it has."""
+    verbs: the standard methods it has; required: the fields (proto names) its Create refuses to go
+    without, checked here before the call and declared in the create route's body schema."""
 
     collection: str
     message: type[M]
@@ -59,6 +60,7 @@ class StoredResource(Generic[M]):
     stub: Callable[[EdgeContext], object]
     cache_kind: str | None = None
     verbs: tuple[str, ...] = STANDARD_VERBS
+    required: tuple[str, ...] = ()
     name: str = field(init=False)
     field_name: str = field(init=False)
 
@@ -73,6 +75,10 @@ class StoredResource(Generic[M]):
             method = methods.get(f"{verb}{name}")
             if method is None or method.input_type.name != f"{verb}{name}Request":
                 raise TypeError(f"{self.service} has no standard method {verb}{name}")
+        fields = self.message.DESCRIPTOR.fields_by_name
+        for required in self.required:
+            if required not in fields:
+                raise TypeError(f"{name} has no field {required} to require")
 
     async def _call(self, request: Request, verb: str, **fields: Any) -> Message:
         edge = edge_context(request)
@@ -89,9 +95,18 @@ class StoredResource(Generic[M]):
         query(request, ())
         edge = edge_context(request)
         draft = await parse_message(request, self.message(), edge.settings.max_body_bytes)
+        self._check_required(draft)
         created = await self._resource(request, "Create", **{self.field_name: draft})
         location = f"/v1/{self.collection}/{_text(created, 'id')}"
         return message_response(created, 201, {"location": location, **etag_header(_text(created, "etag"))})
+
+    def _check_required(self, draft: M) -> None:
+        """400 naming every required field the draft leaves unset (proto3: at its zero value; an
+        empty list, an enum's UNSPECIFIED)."""
+        fields = self.message.DESCRIPTOR.fields_by_name
+        missing = [fields[name].json_name for name in self.required if not getattr(draft, name)]
+        if missing:
+            raise invalid("; ".join(f"{json_name}: value is required" for json_name in missing))
 
     async def get(self, request: Request) -> Response:
         query(request, ())

@@ -33,6 +33,7 @@ TOOL_SERVERS = StoredResource(
     "ToolGatewayService",
     lambda edge: edge.tool_gateway,
     verbs=("Create", "Get", "Delete"),
+    required=("name", "url"),  # the tool gateway refuses a registration without them
 )
 
 
@@ -82,6 +83,7 @@ ROUTES = [
         "its credential's secret is input only)",
         handler=TOOL_SERVERS.create,
         body=pb.ToolServer,
+        required=TOOL_SERVERS.required,
         response=pb.ToolServer,
         status=201,
         errors=(*WRITE_ERRORS, 409),
