@@ -18,7 +18,9 @@ from tests.token.harness import USER_PASSWORD, RegisteredClient, TokenHarness, p
 pytestmark = pytest.mark.integration
 
 PASSWORD = USER_PASSWORD
-LOCKOUT_SECONDS = 0.5
+# Long enough that the 25 refused attempts of a test, one after the other, all fall inside the
+# lockout even on a loaded machine (at 0.5 s a slow moment let the lockout end mid-loop).
+LOCKOUT_SECONDS = 2.0
 
 
 @pytest.fixture
@@ -28,7 +30,7 @@ def token_environ(token_environ: dict[str, str]) -> dict[str, str]:
         **token_environ,
         "MACP_TOKEN_FREE_FAILURES": "5",
         "MACP_TOKEN_LOCKOUT_SECONDS": str(LOCKOUT_SECONDS),
-        "MACP_TOKEN_MAX_LOCKOUT_SECONDS": "1",
+        "MACP_TOKEN_MAX_LOCKOUT_SECONDS": str(2 * LOCKOUT_SECONDS),
     }
 
 
@@ -56,7 +58,7 @@ async def test_wrong_passwords_lock_the_account_until_the_lockout_ends(token_ser
     refused = await rpc_error(_sign_in(token_service, app, PASSWORD))
     assert refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert refused.details.startswith("invalid_grant: too many failed sign-ins")
-    assert "retry after 1 s" in refused.details
+    assert f"retry after {LOCKOUT_SECONDS:.0f} s" in refused.details
 
     # The rightful owner gets in once it is over, which clears the count.
     await asyncio.sleep(LOCKOUT_SECONDS + 0.1)
@@ -68,7 +70,11 @@ async def test_wrong_passwords_lock_the_account_until_the_lockout_ends(token_ser
     lockouts = [row for row in found if row.action == audit.AUTH_LOCKOUT]
     refusals = [row for row in found if row.action == audit.AUTH_REFUSE]
     assert len(lockouts) == 1
-    assert lockouts[0].detail == {"credential": "password", "failures": "5", "lockout_seconds": "1"}
+    assert lockouts[0].detail == {
+        "credential": "password",
+        "failures": "5",
+        "lockout_seconds": f"{LOCKOUT_SECONDS:.0f}",
+    }
     assert len(refusals) == 26  # the 25 guesses and the right password, while locked
     assert {(row.outcome, row.client_id) for row in [*lockouts, *refusals]} == {(audit.DENIED, app.client_id)}
     assert {row.resource for row in [*lockouts, *refusals]} == {f"user/{user.user_id}"}
