@@ -161,9 +161,10 @@ def _arguments(raw: Any, where: str) -> dict[str, Any]:
 
 def arguments_json(arguments: struct_pb2.Struct) -> str:
     """A call's arguments as OpenAI writes them: a JSON object in a string (whole numbers as
-    integers, which a Struct holds as doubles)."""
+    integers, which a Struct holds as doubles). Keys sorted: a Struct is a map, whose order is not
+    kept, and the same call must read the same each time (an Idempotency-Key replay included)."""
     plain = _whole_numbers(json_format.MessageToDict(arguments))
-    return json.dumps(plain, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(plain, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
 
 
 def _whole_numbers(value: Any) -> Any:
