@@ -32,14 +32,13 @@ from functools import partial
 
 import anthropic
 import grpc
-import httpx
 from macp.agent_proxy.v1 import agent_proxy_service_pb2 as pb
 from macp.agent_proxy.v1 import agent_proxy_service_pb2_grpc as pb_grpc
 from macp.common.v1.agent_settings_pb2 import GenerationSettings
 from macp.token.v1 import token_service_pb2_grpc as token_grpc
 
 from bench.service_tokens import service_token
-from bench.slice import cluster_healthy, parts_environ, start_apps_and_envoy
+from bench.slice import book_behavior, cluster_healthy, parts_environ, start_apps_and_envoy
 from bench.stats import added_latency_row, machine_line, markdown_table
 from services.agent_proxy.service import GENERATE_SCOPE
 from services.runtime.context import RpcContext
@@ -128,13 +127,7 @@ def running_parts(progress: Callable[[str], None]) -> Iterator[Bench]:
         admin = seed(directory, envoy.mesh_address, environ["MACP_TOKEN_INITIAL_ACCESS_TOKEN"]).admin
         token = _generate_token(envoy.mesh_address, admin, environ["MACP_TOKEN_INITIAL_ACCESS_TOKEN"])
         provider_url = f"http://127.0.0.1:{environ['MACP_PROVIDER_SERVER_PORT']}"
-        booked = httpx.post(
-            f"{provider_url}/admin/behaviors",
-            json={"model": LONG_MODEL, "behavior": f"tokens={LONG_TOKENS}"},
-            timeout=10,
-            trust_env=False,
-        )
-        booked.raise_for_status()
+        book_behavior(provider_url, LONG_MODEL, f"tokens={LONG_TOKENS}")
         yield Bench(provider_url, envoy.mesh_address, f"127.0.0.1:{raw_port}", token, admin.tenant_id)
 
 

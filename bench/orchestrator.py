@@ -50,7 +50,7 @@ from macp.token.v1 import token_service_pb2 as token_pb
 from macp.token.v1 import token_service_pb2_grpc as token_grpc
 
 from bench.agent_proxy import PROMPT, sdk_direct
-from bench.slice import cluster_healthy, parts_environ, sign_in, start_apps_and_envoy
+from bench.slice import book_behavior, cluster_healthy, parts_environ, sign_in, start_apps_and_envoy
 from bench.stats import machine_line, markdown_table, percentile
 from services.runtime.auth.settings import service_audience
 from services.runtime.registry import EDGE, PROVIDER_SERVER, SERVICES
@@ -128,13 +128,7 @@ def running_parts(
             time.sleep(0.2)
         admin = seed(directory, envoy.mesh_address, environ["MACP_TOKEN_INITIAL_ACCESS_TOKEN"]).admin
         provider_url = f"http://127.0.0.1:{environ['MACP_PROVIDER_SERVER_PORT']}"
-        booked = httpx.post(
-            f"{provider_url}/admin/behaviors",
-            json={"model": LONG_MODEL, "behavior": f"tokens={LONG_TOKENS}"},
-            timeout=10,
-            trust_env=False,
-        )
-        booked.raise_for_status()
+        book_behavior(provider_url, LONG_MODEL, f"tokens={LONG_TOKENS}")
         asyncio.run(
             _pro_plan(envoy.mesh_address, admin.tenant_id, environ["MACP_TOKEN_INITIAL_ACCESS_TOKEN"])
         )

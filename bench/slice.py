@@ -47,6 +47,17 @@ APPS = (CONVERSATION, TOKEN, EDGE.name)
 READY_TIMEOUT_SECONDS = 60.0
 
 
+def book_behavior(provider_url: str, model: str, behavior: str) -> None:
+    """Tell the local provider server how `model` answers from now on (e.g. `tokens=20`)."""
+    booked = httpx.post(
+        f"{provider_url}/admin/behaviors",
+        json={"model": model, "behavior": behavior},
+        timeout=10,
+        trust_env=False,
+    )
+    booked.raise_for_status()
+
+
 @dataclass(frozen=True)
 class RunningSlice:
     """Where each hop of the slice listens, and the pids whose CPU time the benchmark reads."""

@@ -34,8 +34,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-import httpx
-
 from bench.cpu import CLIENT, CpuMeter
 from bench.orchestrator import (
     Bench,
@@ -49,6 +47,7 @@ from bench.orchestrator import (
     timed_loop,
     ws_turns,
 )
+from bench.slice import book_behavior
 from bench.stats import machine_line, markdown_table
 from services.runtime.registry import PROVIDER_SERVER
 
@@ -152,16 +151,6 @@ def idle_cpu_ms_per_second(pids: Mapping[str, int], seconds: float) -> dict[str,
     return {name: value * 1000 / seconds for name, value in spent.items() if name != CLIENT}
 
 
-def book_turn_model(bench: Bench) -> None:
-    booked = httpx.post(
-        f"{bench.provider_url}/admin/behaviors",
-        json={"model": TURN_MODEL, "behavior": f"tokens={TURN_TOKENS}"},
-        timeout=10,
-        trust_env=False,
-    )
-    booked.raise_for_status()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.turn_cost", description=__doc__)
     parser.add_argument(
@@ -179,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stack_rows: list[Row] = []
     litellm_rows: list[Row] = []
     with running_parts(say, kafka_storage="s3", overrides=AS_MACP_UP) as bench:
-        book_turn_model(bench)
+        book_behavior(bench.provider_url, TURN_MODEL, f"tokens={TURN_TOKENS}")
         say(f"idle stack for {IDLE_SECONDS:g} s")
         idle = idle_cpu_ms_per_second(bench.pids, IDLE_SECONDS)
         for concurrency in CONCURRENCIES:
