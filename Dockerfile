@@ -17,7 +17,9 @@ COPY pyproject.toml ./
 COPY README.md ./
 COPY gen ./gen
 COPY services ./services
-RUN pip install --no-deps --no-build-isolation .
+# The Python client, which `macp demo` calls the edge through (clients/python).
+COPY clients/python ./clients/python
+RUN pip install --no-deps --no-build-isolation . ./clients/python
 
 FROM python:3.11-slim
 ENV PATH=/opt/macp/bin:$PATH \

@@ -36,6 +36,11 @@ if ! stamp_matches project pyproject.toml; then
   .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
   write_stamp project pyproject.toml
 fi
+if ! stamp_matches client clients/python/pyproject.toml; then
+  say "installing the Python client (clients/python/pyproject.toml)"
+  .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation -e clients/python
+  write_stamp client clients/python/pyproject.toml
+fi
 
 if [ "$mode" = lock ]; then
   .venv/bin/python scripts/lock.py "$@"

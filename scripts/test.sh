@@ -10,7 +10,7 @@ step "ruff"
 ruff check .
 ruff format --check .
 step "mypy"
-mypy services tests bench scripts
+mypy services tests bench scripts clients/python/macp_client
 step "buf lint / buf format"
 buf lint
 buf format --diff --exit-code

@@ -4,7 +4,8 @@ command.
 Against the running stack: creates three agents (a chef, a database engineer, a poet, each with
 bidding keywords) and a conversation among them under the chosen turn policy, opens the WebSocket
 `/v1/ws` through Envoy's front listener, sends one message, and prints the round as it happens:
-the bids, who speaks, the streamed text, the usage of each turn and of the round.
+the bids, who speaks, the streamed text, the usage of each turn and of the round. Every call goes
+through the Python client (clients/python, `macp_client`), as any outside program's would.
 
 With `--tools`, an agent acts: the example weather MCP server that `macp up` runs is registered
 with the tool gateway (once per tenant), a forecaster agent allowed its tools answers a question
@@ -19,16 +20,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
-import urllib.error
 import urllib.request
-import uuid
+from collections.abc import Iterator
 from http import HTTPStatus
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
-import websockets
+from macp_client import AsyncMacpClient, Event, MacpConnectionError, MacpError
+from macp_client.types import ConversationDraft, TurnPolicy
 
 from services.cli.accounts import EXIT_NOT_RUNNING, CliError, add_data_dir, report, running_stack
 from services.cli.login import TOKEN_VARIABLE, edge_token
@@ -77,27 +79,19 @@ class Refused(CliError):
         self.status = status
 
 
-def post_json(url: str, token: str, body: dict[str, Any]) -> dict[str, Any]:
-    request = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
-    )
+@contextlib.contextmanager
+def refusals(client: AsyncMacpClient, what: str) -> Iterator[None]:
+    """The client's errors as the CLI reports them: `what` (`POST /v1/agents`) and the refusal."""
     try:
-        with _HTTP.open(request, timeout=TIMEOUT_SECONDS) as answer:
-            document: Any = json.loads(answer.read())
-    except urllib.error.HTTPError as error:
-        try:
-            message = json.loads(error.read()).get("message", "")
-        except (ValueError, AttributeError):
-            message = ""
-        raise Refused(f"POST {url}: HTTP {error.code}: {message}", error.code) from None
-    except OSError as error:
-        raise CliError(f"cannot reach {url}: {getattr(error, 'reason', error)}", EXIT_NOT_RUNNING) from None
-    if not isinstance(document, dict):
-        raise CliError(f"{url} answered something other than a JSON object")
-    return document
+        yield
+    except MacpConnectionError as error:
+        raise CliError(f"cannot reach {client.base_url}: {error.message}", EXIT_NOT_RUNNING) from None
+    except MacpError as error:
+        if error.status is None:  # a WebSocket frame the edge refused
+            raise CliError(f"the edge refused {error.action}: {error.message}") from None
+        method, _, path = what.partition(" ")
+        url = f"{client.base_url}{path}"
+        raise Refused(f"{method} {url}: HTTP {error.status}: {error.message}", error.status) from None
 
 
 class RoundPrinter:
@@ -118,113 +112,103 @@ class RoundPrinter:
         self._out.write(text + "\n")
         self._out.flush()
 
-    def show(self, kind: str, event: dict[str, Any]) -> None:
-        payload = event.get(kind, {})
-        if kind == "message_accepted":
-            self._line(f"user message accepted (sequence {payload.get('sequence')})")
-        elif kind == "bidding_opened":
-            self._line(f"bidding opens for {len(payload.get('agent_ids', []))} agents")
-        elif kind == "bid_results":
+    def show(self, event: Event) -> None:
+        if (accepted := event.message_accepted) is not None:
+            self._line(f"user message accepted (sequence {accepted['sequence']})")
+        elif (opened := event.bidding_opened) is not None:
+            self._line(f"bidding opens for {len(opened['agent_ids'])} agents")
+        elif (results := event.bid_results) is not None:
             bids = ", ".join(
-                f"{self._name(b['agent_id'])} {float(b.get('score', 0)):.2f}"
-                + (" (declined)" if b.get("declined") else "")
-                for b in payload.get("bids", [])
+                f"{self._name(b['agent_id'])} {float(b['score']):.2f}"
+                + (" (declined)" if b["declined"] else "")
+                for b in results["bids"]
             )
-            winner = self._name(payload["winner_agent_id"]) if payload.get("winner_agent_id") else "nobody"
+            winner = self._name(results["winner_agent_id"]) if results["winner_agent_id"] else "nobody"
             self._line(f"bids: {bids} -> {winner} speaks")
-        elif kind == "turn_started":
-            self._line(f"[{payload.get('turn_index')}] {self._name(payload['agent_id'])}:")
-        elif kind == "token_delta":
-            self._out.write(payload.get("text", ""))
+        elif (started := event.turn_started) is not None:
+            self._line(f"[{started['turn_index']}] {self._name(started['agent_id'])}:")
+        elif (delta := event.token_delta) is not None:
+            self._out.write(delta["text"])
             self._out.flush()
             self._speaking = True
-        elif kind == "tool_call_started":
-            arguments = json.dumps(payload.get("arguments", {}), ensure_ascii=False)
-            self._line(f"    calls {payload.get('name')} {arguments}")
-        elif kind == "tool_call_completed":
-            failed = " (failed)" if payload.get("is_error") else ""
-            self._line(f"    {payload.get('name')} returned{failed}: {payload.get('result', '')}")
-        elif kind == "turn_completed":
-            self._line(f"    ({payload.get('outcome', '').removeprefix('TURN_OUTCOME_').lower()})")
-        elif kind == "usage":
-            dimensions = payload.get("dimensions", {})
-            kind_name = payload.get("type", "").removeprefix("USAGE_EVENT_TYPE_").lower()
+        elif (call := event.tool_call_started) is not None:
+            arguments = json.dumps(call.get("arguments", {}), ensure_ascii=False)
+            self._line(f"    calls {call['name']} {arguments}")
+        elif (called := event.tool_call_completed) is not None:
+            failed = " (failed)" if called["is_error"] else ""
+            self._line(f"    {called['name']} returned{failed}: {called['result']}")
+        elif (completed := event.turn_completed) is not None:
+            self._line(f"    ({completed['outcome'].removeprefix('TURN_OUTCOME_').lower()})")
+        elif (usage := event.usage) is not None:
+            dimensions: dict[str, Any] = dict(usage.get("dimensions", {}))
+            kind_name = usage["type"].removeprefix("USAGE_EVENT_TYPE_").lower()
             self._line(
                 f"    usage: {kind_name}, {dimensions.get('input_tokens', 0)} in / "
                 f"{dimensions.get('output_tokens', 0)} out tokens, {dimensions.get('duration_ms', 0)} ms"
             )
-        elif kind == "error":
-            detail = payload.get("detail", {})
+        elif (error := event.error) is not None:
+            detail: dict[str, Any] = dict(error.get("detail", {}))
             self._line(f"error: {detail.get('reason', '')}: {detail.get('message', '')}")
-        elif kind == "round_completed":
-            reason = payload.get("reason", "").removeprefix("ROUND_END_REASON_").lower()
-            self._line(f"round over after {payload.get('turn_count', 0)} turns ({reason})")
+        elif (done := event.round_completed) is not None:
+            reason = done["reason"].removeprefix("ROUND_END_REASON_").lower()
+            self._line(f"round over after {done['turn_count']} turns ({reason})")
 
 
-async def converse(ws_url: str, conversation_id: str, text: str, printer: RoundPrinter) -> None:
-    message_id = str(uuid.uuid4())
-    async with websockets.connect(ws_url, open_timeout=TIMEOUT_SECONDS) as ws:
-        await ws.send(json.dumps({"action": "subscribe", "conversation_id": conversation_id}))
-        await ws.send(
-            json.dumps(
-                {
-                    "action": "message",
-                    "conversation_id": conversation_id,
-                    "message_id": message_id,
-                    "text": text,
-                }
-            )
-        )
-        async with asyncio.timeout(TIMEOUT_SECONDS):
-            while True:
-                frame = json.loads(await ws.recv())
-                if frame.get("type") == "error":
-                    raise CliError(f"the edge refused {frame.get('action')}: {frame.get('message')}")
-                if frame.get("type") != "event":
-                    continue
-                kind, event = frame["kind"], frame["event"]
-                printer.show(kind, event)
-                if kind == "round_completed" and event[kind].get("trigger_message_id") == message_id:
-                    return
+async def converse(client: AsyncMacpClient, conversation_id: str, text: str, printer: RoundPrinter) -> None:
+    """One message over the WebSocket, its round printed as it happens (resumed after a drop)."""
+    with refusals(client, "WS /v1/ws"):
+        async with client.websocket() as socket, asyncio.timeout(TIMEOUT_SECONDS):
+            async for event in socket.round(conversation_id, text):
+                printer.show(event)
 
 
 def demo(front_url: str, token: str, args: argparse.Namespace, out: TextIO) -> None:
-    """The demo against the edge at `front_url` (blocking: it calls the edge over HTTP first)."""
-    if args.tools:
-        tools_demo(front_url, token, args, out)
-        return
+    """The demo against the edge at `front_url` (blocking: it runs its own event loop)."""
+    asyncio.run(_demo(front_url, token, args, out))
+
+
+async def _demo(front_url: str, token: str, args: argparse.Namespace, out: TextIO) -> None:
+    # Loopback requests must never go through a proxy from the environment (trust_env off).
+    async with AsyncMacpClient(front_url, token=token, timeout=TIMEOUT_SECONDS, trust_env=False) as client:
+        if args.tools:
+            await tools_demo(client, args, out)
+        else:
+            await agents_demo(client, args, out)
+
+
+async def agents_demo(client: AsyncMacpClient, args: argparse.Namespace, out: TextIO) -> None:
+    """Three agents and one message under the chosen policy (module docstring)."""
     message = args.message or DEFAULT_MESSAGE
     names: dict[str, str] = {}
     ids: list[str] = []
     for name, prompt, keywords in AGENTS:
-        agent = post_json(
-            f"{front_url}/v1/agents",
-            token,
-            {
-                "name": name,
-                "provider": args.provider,
-                "model": args.model,
-                "systemPrompt": prompt,
-                "bidding": {"keywords": keywords},
-            },
-        )
+        with refusals(client, "POST /v1/agents"):
+            agent = await client.create_agent(
+                {
+                    "name": name,
+                    "provider": args.provider,
+                    "model": args.model,
+                    "systemPrompt": prompt,
+                    "bidding": {"keywords": keywords},
+                }
+            )
         names[agent["id"]] = name
         ids.append(agent["id"])
-    draft: dict[str, Any] = {
+    draft: ConversationDraft = {
         "title": f"macp demo ({args.policy})",
         "participantAgentIds": ids,
-        "turnPolicy": f"TURN_POLICY_{args.policy.upper()}",
+        "turnPolicy": cast(TurnPolicy, f"TURN_POLICY_{args.policy.upper()}"),  # one of POLICIES
     }
     if args.policy == "coordinator":
         draft["coordinatorAgentId"] = ids[0]
-    conversation = post_json(f"{front_url}/v1/conversations", token, draft)
+    with refusals(client, "POST /v1/conversations"):
+        conversation = await client.create_conversation(draft)
     out.write(f"conversation {conversation['id']}: {', '.join(names.values())} ({args.policy})\n")
     out.write(f"user: {message}\n")
-    ws_url = front_url.replace("http", "ws", 1) + f"/v1/ws?access_token={token}"
-    asyncio.run(converse(ws_url, conversation["id"], message, RoundPrinter(names, out)))
+    await converse(client, conversation["id"], message, RoundPrinter(names, out))
 
 
-def tools_demo(front_url: str, token: str, args: argparse.Namespace, out: TextIO) -> None:
+async def tools_demo(client: AsyncMacpClient, args: argparse.Namespace, out: TextIO) -> None:
     """One agent answering with the example weather server's tool (module docstring)."""
     weather_url = (
         args.tools_url or f"http://127.0.0.1:{os.environ.get(WEATHER.port_variable, WEATHER.port)}/mcp"
@@ -232,39 +216,39 @@ def tools_demo(front_url: str, token: str, args: argparse.Namespace, out: TextIO
     try:
         # The example servers accept only tokens addressed to themselves: the gateway exchanges the
         # caller's token for one (RFC 8693), never passing the caller's own along.
-        server = {"name": "weather", "url": weather_url, "auth": "UPSTREAM_AUTH_TOKEN_EXCHANGE"}
-        post_json(f"{front_url}/v1/tool-servers", token, server)
+        with refusals(client, "POST /v1/tool-servers"):
+            await client.create_tool_server(
+                {"name": "weather", "url": weather_url, "auth": "UPSTREAM_AUTH_TOKEN_EXCHANGE"}
+            )
         out.write(f"tool server weather registered: {weather_url}\n")
     except Refused as error:
         if error.status != HTTPStatus.CONFLICT:  # registered by an earlier demo: use it
             raise
-    agent = post_json(
-        f"{front_url}/v1/agents",
-        token,
-        {
-            "name": "Forecaster",
-            "provider": args.provider,
-            "model": args.model,
-            "systemPrompt": "You forecast the weather with your tools. Answer briefly.",
-            "allowedTools": ["weather__*"],
-        },
-    )
-    conversation = post_json(
-        f"{front_url}/v1/conversations",
-        token,
-        {
-            "title": "macp demo (tools)",
-            "participantAgentIds": [agent["id"]],
-            "turnPolicy": "TURN_POLICY_ROUND_ROBIN",
-        },
-    )
+    with refusals(client, "POST /v1/agents"):
+        agent = await client.create_agent(
+            {
+                "name": "Forecaster",
+                "provider": args.provider,
+                "model": args.model,
+                "systemPrompt": "You forecast the weather with your tools. Answer briefly.",
+                "allowedTools": ["weather__*"],
+            }
+        )
+    with refusals(client, "POST /v1/conversations"):
+        conversation = await client.create_conversation(
+            {
+                "title": "macp demo (tools)",
+                "participantAgentIds": [agent["id"]],
+                "turnPolicy": "TURN_POLICY_ROUND_ROBIN",
+            }
+        )
     message = args.message or TOOLS_MESSAGE
     out.write(f"conversation {conversation['id']}: Forecaster, allowed weather__*\n")
     out.write(f"user: {message}\n")
-    ws_url = front_url.replace("http", "ws", 1) + f"/v1/ws?access_token={token}"
     printer = RoundPrinter({agent["id"]: "Forecaster"}, out)
-    asyncio.run(converse(ws_url, conversation["id"], message, printer))
-    seen = upstream_claims(weather_url.removesuffix("/mcp") + CLAIMS_PATH)
+    await converse(client, conversation["id"], message, printer)
+    claims_url = weather_url.removesuffix("/mcp") + CLAIMS_PATH
+    seen = await asyncio.to_thread(upstream_claims, claims_url)
     if seen:
         out.write(f"the weather server was called with {describe_claims(seen[-1])}\n")
 

@@ -17,8 +17,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 FULL_LOCK = REPO_ROOT / "requirements.lock"
 RUNTIME_LOCK = REPO_ROOT / "requirements-runtime.lock"
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")
-# Distributions a venv holds that no lock names: the installer itself and this project.
-NOT_LOCKED = {"pip", "macp"}
+# Distributions a venv holds that no lock names: the installer itself, this project and its client.
+NOT_LOCKED = {"pip", "macp", "macp-client"}
 
 
 def pins(lock: Path) -> dict[str, str]:
