@@ -1,12 +1,12 @@
 """Who drives a conversation's rounds: one process at a time, whichever one a message reached.
 
 Posting a message tries to take the conversation's lease (lease.py), writing the round's marker
-with it (markers.py). With it, the message is stored and this process drives the round, then every
-message queued behind it, then lets go. Without it (a round is running somewhere), the
-conversation's double-texting policy decides: REJECT refuses the message before anything is
-stored; ENQUEUE stores it and queues it for the driver; INTERRUPT does the same and signals the
-driver to stop the turn in flight. A round whose driver dies is closed by whichever process
-sweeps it first (sweeper.py).
+with it (markers.py). With it, this process drives the round (started while the message is
+stored, acceptance.py), then every message queued behind it, then lets go. Without it (a round
+is running somewhere), the conversation's double-texting policy decides: REJECT refuses the
+message before anything is stored; ENQUEUE stores it and queues it for the driver; INTERRUPT
+does the same and signals the driver to stop the turn in flight. A round whose driver dies is
+closed by whichever process sweeps it first (sweeper.py).
 
 A message is retried safely: the conversation service stores it once (by its id), and its
 MessageAccepted is written once (with the `accepted` key, in one step): a retry is answered as a
@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
+from services.orchestrator.acceptance import Acceptance, NotAccepted
 from services.orchestrator.control import ControlBus, Signal
 from services.orchestrator.downstream import Downstream
 from services.orchestrator.event_log import EventLog
@@ -45,7 +46,6 @@ from services.runtime.principal import Caller, acting_for, current_caller
 from services.runtime.sealing import Sealer
 
 Conversation = conversation_pb.Conversation
-Preparing = asyncio.Task[Prepared]
 
 log = logging.getLogger("macp.orchestrator.driver")
 
@@ -152,51 +152,36 @@ class Driver:
                 )
             # Shielded for the same reason as a round's acceptance below.
             return await asyncio.shield(self._enqueue(caller, conversation_id, message, policy))
-        # The round's inputs are asked for while the message is stored: neither waits for the other.
+        # The round starts while its message is stored (acceptance.py): its inputs are asked for
+        # and its first speaker generates meanwhile; it writes nothing before the message is in.
         # (The marker written with the lease names the round first: a takeover releases its holds.)
         preparing = asyncio.create_task(
             self.rounds.preparer.prepare(conversation_id, message.message_id, conversation)
         )
+        acceptance = Acceptance.pending()
+        self._spawn(
+            self._drive(lease, dataclasses.replace(job, conversation=conversation), preparing, acceptance)
+        )
         # Shielded: a client that goes away mid-post (its edge died, its stream was cancelled) must
         # not stop a message half-way, accepted in the log but with no round to answer it.
-        return await asyncio.shield(self._accept(job, message, lease, conversation, preparing))
+        return await asyncio.shield(self._accept(job, message, lease, acceptance))
 
     async def _accept(
-        self,
-        job: RoundJob,
-        message: pb.UserMessage,
-        lease: Lease,
-        conversation: Conversation,
-        preparing: Preparing,
+        self, job: RoundJob, message: pb.UserMessage, lease: Lease, acceptance: Acceptance
     ) -> Accepted:
-        """Store the message and start its round; or, if it cannot be stored, undo the lease."""
+        """Store the message and tell its round, already started, whether it is in: if not (the
+        store failed, or a retry of it was accepted first), the round stops without a word, releases
+        its holds and hands the lease on."""
         try:
-            accepted, job = await self._store(job.caller, job.conversation_id, message, lease)
+            accepted, _stored = await self._store(job.caller, job.conversation_id, message, lease)
         except BaseException:
-            await asyncio.shield(self._discard(preparing, "the message could not be stored"))
-            await self._let_go(lease)
+            acceptance.refuse("the message could not be stored")
             raise
         if accepted.duplicate:
-            await self._discard(preparing, "the message was already posted")
-            await self._let_go(lease)
-            return accepted
-        self._spawn(self._drive(lease, dataclasses.replace(job, conversation=conversation), preparing))
+            acceptance.refuse("the message was already posted")
+        else:
+            acceptance.accept()
         return accepted
-
-    async def _discard(self, preparing: asyncio.Task[Prepared], reason: str) -> None:
-        """A round that will not run: its holds released (a failed preparation released its own)."""
-        try:
-            prepared = await preparing
-        except Exception:
-            return  # whatever it held expires by itself
-        await self.rounds.preparer.release(prepared, reason)
-
-    async def _let_go(self, lease: Lease) -> None:
-        """Give up a lease taken for a round that will not run (its marker with it)."""
-        await self._markers.clear(lease.conversation_id)
-        await self._leases.release(lease)
-        # A message queued meanwhile would wait for a sweep: drive it now.
-        await self._kick(lease.conversation_id)
 
     async def _claim(self, job: RoundJob) -> Lease | None:
         """The lease for `job`'s round; None while another round is in flight. A driver hands its
@@ -314,6 +299,7 @@ class Driver:
         lease: Lease,
         job: RoundJob | None,
         preparing: asyncio.Task[Prepared] | None = None,
+        acceptance: Acceptance | None = None,
         *,
         closing: Closing | None = None,
     ) -> None:
@@ -327,8 +313,8 @@ class Driver:
                 if job is None:
                     job = await self._markers.next(conversation_id)
                 while job is not None and not lost_event.is_set():
-                    state = RoundState(job, lease, preparing)
-                    preparing = None  # the first round's only
+                    state = RoundState(job, lease, preparing, acceptance or Acceptance.given())
+                    preparing, acceptance = None, None  # the first round's only
                     watcher = asyncio.create_task(_halt_on(lost_event, state))
                     try:
                         with self._bus.listening(conversation_id, partial(self.rounds.on_signal, state)):
@@ -361,6 +347,10 @@ class Driver:
         # The round's span continues the trace of the action that posted its message (a queued
         # message's round runs in the task of the round before it, whose context is not its own).
         # So are its calls: they are made for the caller who posted the message.
+        # Its marker is cleared by _drive's hand_on once it ended. One cut short by an error (Redis
+        # gone mid-append: whether it happened is unknown, so it is not tried again) is closed by a
+        # sweep from its log; one whose lease was lost, by the new holder. One whose message was
+        # not accepted wrote nothing and released its holds: the lease goes on as after any round.
         with (
             acting_for(job.caller),
             tracing.span(
@@ -368,10 +358,8 @@ class Driver:
                 headers=dict(job.trace_context),
                 attributes={"macp.conversation_id": job.conversation_id, "macp.message_id": job.message_id},
             ),
+            contextlib.suppress(NotAccepted),
         ):
-            # Its marker is cleared by _drive's hand_on once it ended. One cut short by an error
-            # (Redis gone mid-append: whether it happened is unknown, so it is not tried again) is
-            # closed by a sweep from its log; one whose lease was lost, by the new holder.
             await self.rounds.run(state, self._markers)
 
 

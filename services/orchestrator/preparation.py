@@ -2,11 +2,12 @@
 
 A round needs its conversation and agents, the recent messages as context, one orchestration of
 the tenant's quota and one agent turn for its first speaker. None of these depends on another, nor
-on the user's message being stored: so the driver starts them the moment it holds the lease, while
-the message is still being written (driver.py), and the round (rounds.py) only waits for what is
-not in yet. The first turn's id is derived from the message (`first_turn_id`) rather than drawn
-when the policy picks the speaker, so its quota hold can be asked for before anybody is picked;
-a hold the round does not use (no speaker, a refusal elsewhere) is released.
+on the user's message being stored: so the driver starts the round the moment it holds the lease,
+while the message is still being written (driver.py, acceptance.py), and the round (rounds.py)
+only waits for what is not in yet. The first turn's id is derived from the message
+(`first_turn_id`) rather than drawn when the policy picks the speaker, so its quota hold can be
+asked for before anybody is picked; a hold the round does not use (no speaker, a refusal
+elsewhere) is released.
 
 Nothing here writes an event: whatever the round says (a refusal, a failure to load) it says in
 order, after the message's MessageAccepted.
@@ -37,6 +38,8 @@ MAX_PAGE: Final = 1000
 HISTORY_SLACK: Final = 8
 # ListMessagesRequest.order_by, newest first.
 NEWEST_FIRST: Final = "sequence desc"
+# Above any message's sequence (an int64 column).
+LAST_SEQUENCE: Final = 2**63 - 1
 # Fixed forever: a first turn's id names its quota hold and, through it, its usage event.
 _FIRST_TURN_NAMESPACE: Final = uuid.UUID("0b3f6c1e-52d4-4e8a-9f27-6a1d2c3b4e5f")
 
@@ -129,8 +132,15 @@ class Preparer:
         text: str,
     ) -> list[Said]:
         """The conversation's newest messages as context, the trigger (`text`) last; user messages
-        sent after it (queued behind this round) belong to later rounds and are left out."""
+        sent after it (queued behind this round) belong to later rounds and are left out. A
+        `sequence` of 0: the trigger's is not known yet (its round started while it was stored,
+        acceptance.py)."""
         wanted = self._context_messages
+        if not sequence:
+            # The page was read while the trigger was stored. If it holds the trigger, that gives
+            # its sequence; if not, it was read before the trigger was in, so it holds nothing
+            # stored after it either (sequences are taken in the order messages are written).
+            sequence = next((m.sequence for m in prepared.recent if m.id == message_id), LAST_SEQUENCE)
 
         def kept(messages: list[conversation_pb.Message]) -> list[conversation_pb.Message]:
             return [

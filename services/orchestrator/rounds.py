@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 import grpc
@@ -20,6 +21,7 @@ from macp.common.v1 import usage_pb2
 from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
+from services.orchestrator.acceptance import Acceptance
 from services.orchestrator.bidding import Bidder
 from services.orchestrator.control import Signal
 from services.orchestrator.downstream import Downstream
@@ -100,6 +102,9 @@ class RoundState:
     # The round's inputs, asked for as soon as its driver held the lease (preparation.py); None:
     # the round asks for them itself (a queued message's round).
     preparing: asyncio.Task[Prepared] | None = None
+    # Whether its message is in (acceptance.py): a round started while its message is stored
+    # writes nothing before it is; a queued message's round starts accepted.
+    acceptance: Acceptance = field(default_factory=Acceptance.given)
     prepared: Prepared | None = None
     halt: Halt = field(default_factory=Halt)
     current_turn: str = ""
@@ -146,6 +151,7 @@ class Rounds:
         started = time.monotonic()
 
         async def emit(event: pb.ConversationEvent) -> None:
+            await state.acceptance.wait()
             await self._events.append(job.conversation_id, event, state.lease)
 
         async def finish(turns: int, reason: pb.RoundEndReason.ValueType) -> pb.RoundEndReason.ValueType:
@@ -180,11 +186,15 @@ class Rounds:
             if failure is None:
                 state.prepared = prepared
                 reason = await self._speak(state, prepared, history, spoken, emit, notes)
+            await state.acceptance.wait()  # a round that wrote nothing may not know yet
         finally:
-            await self._preparer.release_first_turn(prepared, "the round ended before its first turn")
-            # However the round ends (a failure to load, LeaseLost included), it held an
-            # orchestration: billed once, here (or by whoever takes the round over).
-            usage = await self.commit_orchestration(job, len(spoken), started)
+            if state.acceptance.accepted:
+                await self._preparer.release_first_turn(prepared, "the round ended before its first turn")
+                # However the round ends (a failure to load, LeaseLost included), it held an
+                # orchestration: billed once, here (or by whoever takes the round over).
+                usage = await self.commit_orchestration(job, len(spoken), started)
+            else:
+                await self._preparer.release(prepared, "the message was not accepted")
         if failure is not None:
             await emit(pb.ConversationEvent(error=failure))
         if isinstance(usage, usage_pb2.UsageEvent):
@@ -226,10 +236,8 @@ class Rounds:
             if isinstance(decision, RoundEnd):
                 return decision.reason
             state.current_turn = decision.turn_id
-            marking = notes.turn(job.conversation_id, decision.turn_id)
-            result = await self._start_turn(
-                state, emit, decision, len(view.spoken) + 1, history, names, marking
-            )
+            mark = partial(notes.turn, job.conversation_id, decision.turn_id)
+            result = await self._start_turn(state, emit, decision, len(view.spoken) + 1, history, names, mark)
             state.current_turn = ""
             if result.outcome in (pb.TURN_OUTCOME_CANCELLED, pb.TURN_OUTCOME_INTERRUPTED):
                 return _halted(state.halt)
@@ -264,10 +272,12 @@ class Rounds:
         index: int,
         history: Sequence[Said],
         names: dict[str, str],
-        marking: Awaitable[None],
+        mark: Callable[[], Awaitable[None]],
     ) -> TurnResult:
-        """One turn; `marking` (the driver noting the turn in flight) is written with TurnStarted,
-        both before anything the turn costs."""
+        """One turn; `mark` (the driver noting the turn in flight) is written with TurnStarted,
+        both before the turn's first word (its generation starts meanwhile: a takeover releases
+        the hold of a turn it finds marked, or the first turn's, and the agent proxy bills no call
+        its caller cut)."""
         job, agent = state.job, plan.agent
         spec = TurnSpec(
             turn_id=plan.turn_id,
@@ -298,14 +308,38 @@ class Rounds:
                 turn_id=plan.turn_id, agent_id=agent.id, trigger_message_id=job.message_id, turn_index=index
             )
         )
+
+        async def announce() -> None:
+            await state.acceptance.wait()
+            await asyncio.gather(mark(), emit(started))
+
+        # The generation starts while TurnStarted is written (and, in a round that started while
+        # its message was stored, before that message is in): what it says waits for TurnStarted.
+        announcing = asyncio.ensure_future(announce())
+
+        async def emit_announced(event: pb.ConversationEvent) -> None:
+            await asyncio.shield(announcing)
+            await emit(event)
+
+        turn = asyncio.ensure_future(
+            take_turn(self._turns, spec, emit_announced, state.halt, asyncio.shield(reserving))
+        )
+        # A turn that cannot be announced stops at once (its generation cut, its hold released by
+        # take_turn), not at its first word.
+        announcing.add_done_callback(lambda done: _failed(done) is None or turn.cancel())
         try:
-            await asyncio.gather(marking, emit(started))
-        except BaseException:
-            refusal = await reserving
-            if refusal is None:
-                await self._turns.release(spec.turn_id, "the round stopped before the turn")
-            raise
-        return await take_turn(self._turns, spec, emit, state.halt, reserving)
+            return await turn
+        except asyncio.CancelledError:
+            failure = _failed(announcing)
+            if failure is None:
+                raise
+            # Stopped before it generated, the turn may hold quota it never released.
+            if await reserving is None:
+                await self._turns.release(spec.turn_id, "the turn could not be announced")
+            raise failure from None
+        finally:
+            if not announcing.done():
+                announcing.cancel()
 
     async def commit_orchestration(
         self, job: RoundJob, turns: int, started: float | None = None
@@ -383,6 +417,13 @@ async def take_turn(
     if result.error is not None:
         await emit(pb.ConversationEvent(error=result.error))
     return result
+
+
+def _failed(future: asyncio.Future[None]) -> BaseException | None:
+    """The exception `future` ended with, if it is done and failed."""
+    if not future.done() or future.cancelled():
+        return None
+    return future.exception()
 
 
 def _halted(halt: Halt) -> pb.RoundEndReason.ValueType:
