@@ -1,6 +1,7 @@
 """The product as a user sees it: a real WebSocket client through Envoy's front listener and the
 edge, three agents under each turn policy, the streamed deltas reassembling exactly to the stored
-messages, the usage in metering, and a forced disconnect and resume that loses and repeats nothing."""
+messages, the usage in metering, and a forced disconnect and resume through the Python client
+(clients/python) that loses and repeats nothing."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from macp.common.v1 import agent_settings_pb2
 from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 from macp.metering.v1 import metering_service_pb2 as metering_pb
 from macp.metering.v1 import metering_service_pb2_grpc as metering_grpc
+from macp_client import AsyncMacpClient, Event
 
 from services.runtime.auth.settings import service_audience
 from tests.tokens import bearer
@@ -128,41 +130,34 @@ async def test_three_agents_under_each_policy_over_a_websocket(world: World) -> 
 
 
 async def test_a_forced_disconnect_and_resume_loses_and_repeats_nothing(world: World) -> None:
+    """The Python client's resume: the connection drops mid-stream (no close handshake) and stays
+    away while the round goes on; the client connects again and subscribes after the last event
+    it delivered. What it delivers, before and after, is every event of the round exactly once."""
     agents = [await world.agent("Ada"), await world.agent("Grace")]
     conversation = await world.conversation(agents)
     world.book("tokens=60,pace=0.02", times=2)
     message_id = str(uuid.uuid4())
-    before: list[dict[str, Any]] = []
-    async with websockets.connect(ws_url(world)) as ws:
-        await ws.send(json.dumps({"action": "subscribe", "conversation_id": conversation.id}))
-        await ws.send(
-            json.dumps(
-                {
-                    "action": "message",
-                    "conversation_id": conversation.id,
-                    "message_id": message_id,
-                    "text": "Go",
-                }
-            )
-        )
-        async with asyncio.timeout(30):
-            while len([f for f in before if f["kind"] == "token_delta"]) < 10:
-                frame = json.loads(await ws.recv())
-                if frame["type"] == "event":
-                    before.append(frame)
-        ws.transport.abort()  # no close handshake: the connection just drops mid-stream
+    delivered: list[Event] = []
+    at_drop = 0
+    async with (
+        AsyncMacpClient(world.front_url, token=world.edge_token, trust_env=False) as client,
+        client.websocket() as socket,
+    ):
+        async with asyncio.timeout(60):
+            async for event in socket.round(conversation.id, "Go", message_id=message_id):
+                delivered.append(event)
+                if not at_drop and sum(1 for e in delivered if e.kind == "token_delta") == 10:
+                    at_drop = len(delivered)
+                    await socket.interrupt(away_seconds=0.5)  # the round goes on meanwhile
+        assert socket.reconnects == 1, "the connection was not dropped and made again"
+        assert socket.repeats == 0, "the edge's replay repeated an event already delivered"
 
-    await asyncio.sleep(0.5)  # the round goes on meanwhile
-    last = before[-1]["event_id"]
-    async with websockets.connect(ws_url(world)) as ws:
-        await ws.send(
-            json.dumps({"action": "subscribe", "conversation_id": conversation.id, "last_event_id": last})
-        )
-        after = await frames_until_round_end(ws, message_id)
-
-    everything = before + after
-    ids = [f["event_id"] for f in everything]
+    assert 0 < at_drop < len(delivered), "the drop did not happen mid-round"
+    assert delivered[-1].ends_round_of(message_id)
+    ids = [event.event_id for event in delivered]
     assert len(ids) == len(set(ids)), "an event was delivered twice"
+    assert [event.position for event in delivered] == sorted(event.position for event in delivered)
+    frames = [{"kind": event.kind, "event": event.document} for event in delivered]
     stored = {m.turn_id: m.text for m in await world.messages(conversation.id) if m.turn_id}
-    assert reassembled(everything) == stored, "an event was lost"
+    assert reassembled(frames) == stored, "an event was lost"
     assert len(stored) == 2
