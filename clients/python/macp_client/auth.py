@@ -107,7 +107,7 @@ class TokenKeeper:
         self._refresh: str | None = None
         self._renew_at: float | None = None  # monotonic time; None: never (a token given as is)
         self._lock = asyncio.Lock()
-        self.renewals = 0
+        self.renewals = 0  # tokens replaced by a renewal (the first sign-in is none)
 
     @property
     def refresh_token(self) -> str | None:
@@ -148,6 +148,7 @@ class TokenKeeper:
         async with self._lock:
             if self._access is not None and self._access != stale:
                 return True
+            counted = 0 if self._access is None else 1  # the first sign-in renews nothing
             if self._refresh is not None and self._grant is not None:
                 try:
                     answer = await endpoint.token_request(self._refreshing(self._grant, self._refresh).form())
@@ -157,12 +158,12 @@ class TokenKeeper:
                     self._refresh = None  # expired or revoked: sign in again below
                 else:
                     self._keep(answer)
-                    self.renewals += 1
+                    self.renewals += counted
                     return True
             if self._grant is None:
                 return False
             self._keep(await endpoint.token_request(self._grant.form()))
-            self.renewals += 1
+            self.renewals += counted
             return True
 
     @staticmethod
