@@ -76,6 +76,8 @@ class ApiRoute:
     body_required: False when the body may be left out (an empty body means the message's defaults).
     required: fields of the body message (proto names) a request must set, non-zero: the document
         marks them `required` and the handler refuses a body without one (400 naming it).
+    not_cleared: fields of a PATCH body (proto names) it may leave out but not set to their zero
+        value: the service refuses to clear them (its update's rules), and the document says so.
     response: the message the JSON response encodes, or its `Content` (None for a non-JSON or empty body).
     extra_statuses: other success statuses with the same response (an idempotent retry's 200).
     errors: HTTP statuses this operation can answer besides success, documented with the error shape.
@@ -94,6 +96,7 @@ class ApiRoute:
     body: type[Message] | Content | None = None
     body_required: bool = True
     required: tuple[str, ...] = ()
+    not_cleared: tuple[str, ...] = ()
     query: tuple[tuple[str, JsonSchema, str], ...] = ()
     errors: tuple[int, ...] = (400, 404, 503)
     tags: tuple[str, ...] = field(default=())
@@ -106,12 +109,16 @@ class ApiRoute:
 
 
 def _content(
-    schemas: SchemaBuilder, body: type[Message] | Content, required: tuple[str, ...] = ()
+    schemas: SchemaBuilder,
+    body: type[Message] | Content,
+    required: tuple[str, ...] = (),
+    not_cleared: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     if isinstance(body, Content):
         schemas.components[body.name] = body.schema
         return {body.media_type: {"schema": {"$ref": f"#/components/schemas/{body.name}"}}}
-    return {"application/json": {"schema": schemas.ref_requiring(descriptor_of(body), required)}}
+    schema = schemas.ref_requiring(descriptor_of(body), required, not_cleared)
+    return {"application/json": {"schema": schema}}
 
 
 def _path_schema(name: str) -> JsonSchema:
@@ -163,7 +170,7 @@ def openapi_document(routes: list[ApiRoute], *, title: str, version: str) -> dic
         if route.body is not None:
             operation["requestBody"] = {
                 "required": route.body_required,
-                "content": _content(schemas, route.body, route.required),
+                "content": _content(schemas, route.body, route.required, route.not_cleared),
             }
         success: dict[str, Any] = {"description": "success"}
         if route.response is not None:

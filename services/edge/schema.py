@@ -6,11 +6,11 @@ the schema cannot drift from what the edge really accepts and returns.
 
 from __future__ import annotations
 
-from typing import Any
-
+from buf.validate import validate_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-JsonSchema = dict[str, Any]
+from services.edge.openapi_constraints import JsonSchema as JsonSchema  # imported from here too
+from services.edge.openapi_constraints import accepts, field_rules, value_constraints, zero_value
 
 _SCALARS: dict[int, JsonSchema] = {
     FieldDescriptor.TYPE_DOUBLE: {"type": "number"},
@@ -88,22 +88,30 @@ class SchemaBuilder:
             self.components[name] = self._message(descriptor)
         return {"$ref": f"#/components/schemas/{name}"}
 
-    def ref_requiring(self, descriptor: Descriptor, required: tuple[str, ...]) -> JsonSchema:
+    def ref_requiring(
+        self, descriptor: Descriptor, required: tuple[str, ...], not_cleared: tuple[str, ...] = ()
+    ) -> JsonSchema:
         """The message as a request body that must carry `required` (proto field names) with
         non-zero values, the ones a service refuses to create without: each is `required`, a string
-        at least one character, a list at least one item, an enum not its zero value. A schema of its
-        own, so the same message as a response or a PATCH body stays as it is."""
-        if not required:
+        at least one character, a list at least one item, an enum not its zero value. Or, with
+        `not_cleared`, as a PATCH body: those fields may be left out (kept as they are) but not
+        cleared, and the body names at least one field to change. A schema of its own, so the same
+        message as a response stays as it is."""
+        if not required and not not_cleared:
             return self.ref(descriptor)
         self.ref(descriptor)
-        name = f"{schema_name(descriptor)}-create"
+        name = f"{schema_name(descriptor)}-{'create' if required else 'update'}"
         base = self.components[schema_name(descriptor)]
         properties = dict(base["properties"])
-        for field_name in required:
+        for field_name in (*required, *not_cleared):
             field = descriptor.fields_by_name[field_name]
             properties[field.json_name] = _non_zero(field, properties[field.json_name])
-        json_names = [descriptor.fields_by_name[field_name].json_name for field_name in required]
-        self.components[name] = {**base, "properties": properties, "required": json_names}
+        variant = {**base, "properties": properties}
+        if required:
+            variant["required"] = [descriptor.fields_by_name[field_name].json_name for field_name in required]
+        else:
+            variant["minProperties"] = 1  # an empty update mask is refused
+        self.components[name] = variant
         return {"$ref": f"#/components/schemas/{name}"}
 
     def _message(self, descriptor: Descriptor) -> JsonSchema:
@@ -126,16 +134,58 @@ class SchemaBuilder:
         return dict(_SCALARS[field.type])
 
     def _field(self, field: FieldDescriptor) -> JsonSchema:
+        """The field's schema with its protovalidate rules (services/edge/openapi_constraints.py)."""
+        rules = field_rules(field)
         message = field.message_type
         if message is not None and message.GetOptions().map_entry:
-            return {"type": "object", "additionalProperties": self._single(message.fields_by_name["value"])}
+            return self._map(message, rules.map if rules and rules.HasField("map") else None)
         if field.is_repeated:
-            return {"type": "array", "items": self._single(field)}
-        return self._single(field)
+            items = self._single(field)
+            array: JsonSchema = {"type": "array", "items": items}
+            if rules is not None and rules.HasField("repeated"):
+                repeated = rules.repeated
+                if repeated.HasField("items"):
+                    array["items"] = {**items, **value_constraints(field, repeated.items)}
+                if repeated.HasField("min_items"):
+                    array["minItems"] = repeated.min_items
+                if repeated.HasField("max_items"):
+                    array["maxItems"] = repeated.max_items
+                if repeated.unique:
+                    array["uniqueItems"] = True
+            return array
+        schema = self._single(field)
+        if rules is None:
+            return schema
+        schema = {**schema, **value_constraints(field, rules)}
+        zero = zero_value(field)
+        if rules.ignore == validate_pb2.IGNORE_IF_ZERO_VALUE and not accepts(schema, zero):
+            # The rules hold for a value set; the zero value (unset, in proto3) is exempt.
+            return {"anyOf": [schema, {"const": zero}]}
+        return schema
+
+    def _map(self, entry: Descriptor, rules: validate_pb2.MapRules | None) -> JsonSchema:
+        key, value = entry.fields_by_name["key"], entry.fields_by_name["value"]
+        schema: JsonSchema = {"type": "object", "additionalProperties": self._single(value)}
+        if rules is None:
+            return schema
+        if rules.HasField("min_pairs"):
+            schema["minProperties"] = rules.min_pairs
+        if rules.HasField("max_pairs"):
+            schema["maxProperties"] = rules.max_pairs
+        if rules.HasField("keys") and key.type == FieldDescriptor.TYPE_STRING:
+            schema["propertyNames"] = value_constraints(key, rules.keys)
+        if rules.HasField("values"):
+            schema["additionalProperties"] = {
+                **schema["additionalProperties"],
+                **value_constraints(value, rules.values),
+            }
+        return schema
 
 
 def _non_zero(field: FieldDescriptor, schema: JsonSchema) -> JsonSchema:
     """`schema` of `field` narrowed to the values proto3 tells from an unset field."""
+    if "anyOf" in schema:  # the rules, or the zero value: the rules alone
+        schema = schema["anyOf"][0]
     if field.is_repeated:
         return {**schema, "minItems": max(1, schema.get("minItems", 0))}
     if field.type == FieldDescriptor.TYPE_ENUM and field.enum_type is not None:

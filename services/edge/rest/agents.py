@@ -91,6 +91,7 @@ ROUTES = [
         summary="Change the fields in the body (If-Match: the etag last read)",
         handler=AGENTS.update,
         body=pb.Agent,
+        not_cleared=AGENTS.required,  # its Update refuses to clear them
         response=pb.Agent,
         errors=(*WRITE_ERRORS, 404, 412, 428),
         tags=("agents",),

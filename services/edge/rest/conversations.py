@@ -119,6 +119,7 @@ ROUTES = [
         summary="Change the fields in the body (If-Match: the etag last read; 409 once archived)",
         handler=CONVERSATIONS.update,
         body=pb.Conversation,
+        not_cleared=CONVERSATIONS.required,  # its Update refuses to clear them
         response=pb.Conversation,
         errors=(*WRITE_ERRORS, 404, 409, 412, 428),
         tags=("conversations",),
