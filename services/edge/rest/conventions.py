@@ -38,6 +38,15 @@ PAGE_QUERY: tuple[tuple[str, JsonSchema, str], ...] = (
     ("page_size", {"type": "integer", "minimum": 1, "maximum": 1000}, "items per page (default 50)"),
     ("page_token", {"type": "string", "maxLength": 1024}, "the nextPageToken of the previous page"),
 )
+# A query parameter many handlers read given empty (`status=`) as left out: its schema says so.
+EMPTY = {"type": "string", "maxLength": 0}
+
+
+def or_empty(schema: JsonSchema) -> JsonSchema:
+    """`schema` of a query parameter whose handler reads the empty value as the parameter left out."""
+    return {"anyOf": [schema, EMPTY]}
+
+
 _WHOLE_NUMBER = re.compile(r"-?[0-9]+")
 # OpenAPI runtime expressions for links: the id and version (ETag, for If-Match) of the resource an
 # answer holds, and the id in the path of the request answered.

@@ -14,6 +14,7 @@ from services.edge.rest.conventions import (
     PAGE_QUERY,
     WRITE_ERRORS,
     invalid,
+    or_empty,
     page,
     query,
     resource_links,
@@ -59,10 +60,10 @@ async def list_conversations(request: Request) -> Response:
     return message_response(reply)
 
 
-STATUS_QUERY = ("status", {"type": "string", "enum": STATUSES}, "only conversations in this state")
+STATUS_QUERY = ("status", or_empty({"type": "string", "enum": STATUSES}), "only conversations in this state")
 AGENT_QUERY = (
     "agent_id",
-    {"type": "string", "format": "uuid"},
+    or_empty({"type": "string", "format": "uuid"}),
     "only conversations this agent takes part in",
 )
 

@@ -37,6 +37,7 @@ from services.edge.rest.conventions import (
     etag_header,
     if_match,
     invalid,
+    or_empty,
     page,
     query,
     same_id,
@@ -46,7 +47,7 @@ from services.edge.routes import ApiRoute, Content, Link
 
 URL_TTL_QUERY = (
     "url_ttl",
-    {"type": "string", "pattern": "^[0-9]+s$"},
+    or_empty({"type": "string", "pattern": "^[0-9]+s$"}),
     "how long the URL works (60s to 604800s)",
 )
 
@@ -252,7 +253,7 @@ ROUTES = [
             *PAGE_QUERY,
             (
                 "order_by",
-                {"type": "string", "enum": ["sequence", "sequence desc"]},
+                or_empty({"type": "string", "enum": ["sequence", "sequence desc"]}),
                 "sequence (oldest first, the default) or sequence desc (newest first)",
             ),
         ),

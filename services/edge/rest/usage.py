@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from services.edge.context import edge_context
 from services.edge.http import message_response
-from services.edge.rest.conventions import integer, invalid_parameter, query_time
+from services.edge.rest.conventions import integer, invalid_parameter, or_empty, query_time
 from services.edge.routes import ApiRoute
 from services.runtime.periods import billing_month, month_end, month_start
 from services.runtime.principal import current_principal
@@ -72,12 +72,12 @@ ROUTES = [
         query=(
             (
                 "start",
-                {"type": "string", "format": "date-time"},
+                or_empty({"type": "string", "format": "date-time"}),
                 "period start, inclusive (default: this month's)",
             ),
             (
                 "end",
-                {"type": "string", "format": "date-time"},
+                or_empty({"type": "string", "format": "date-time"}),
                 "period end, exclusive (default: next month's start)",
             ),
             ("group_by", {"type": "string", "enum": list(GROUPS)}, "how to group (default event_type)"),
@@ -98,7 +98,7 @@ ROUTES = [
         query=(
             (
                 "month",
-                {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"},
+                or_empty({"type": "string", "pattern": "^[0-9]{4}-(0[1-9]|1[0-2])$"}),
                 "YYYY-MM, UTC (default: this month)",
             ),
         ),
