@@ -26,6 +26,7 @@ from pathlib import Path
 import grpc
 import httpx
 from macp.token.v1 import token_service_pb2_grpc as token_grpc
+from macp_client import MacpClient, MacpError, Password
 
 from bench.service_tokens import service_token
 from services.runtime.auth.settings import USER_SCOPES
@@ -233,17 +234,13 @@ async def _conversation_token(token_address: str, initial_access_token: str, adm
 
 def sign_in(front_url: str, admin: LocalAdmin, resource: str | None = None) -> str:
     """The admin user's access token from the front listener's /oauth2/token (password grant with
-    the seeded CLI client), for the edge or, with `resource` (RFC 8707), for that service."""
-    form = {
-        "grant_type": "password",
-        "username": admin.username,
-        "password": admin.password,
-        "client_id": admin.cli_client_id,
-    }
-    if resource is not None:
-        form["resource"] = resource
-    response = httpx.post(f"{front_url}/oauth2/token", data=form, timeout=10, trust_env=False)
-    if response.status_code != 200:
-        raise StartupError(f"signing in the seeded admin failed: {response.status_code} {response.text}")
-    token: str = response.json()["access_token"]
-    return token
+    the seeded CLI client, through the Python client), for the edge or, with `resource`
+    (RFC 8707), for that service. Setup only: no benchmark times it."""
+    grant = Password(
+        admin.username, admin.password, admin.cli_client_id, resource=(resource,) if resource else ()
+    )
+    try:
+        with MacpClient(front_url, timeout=10, trust_env=False) as client:
+            return client.sign_in(grant)["access_token"]
+    except MacpError as error:
+        raise StartupError(f"signing in the seeded admin failed: {error}") from None

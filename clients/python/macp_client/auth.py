@@ -32,7 +32,8 @@ def _common(
     client_id: str,
     client_secret: str | None,
     scope: str | None,
-    audience: Sequence[str],
+    audience: Sequence[str] = (),
+    resource: Sequence[str] = (),
 ) -> list[tuple[str, str]]:
     # client_secret_post (RFC 6749 section 2.3.1): the edge takes it as well as Basic, and it keeps
     # a public client (no secret) and a confidential one the same shape.
@@ -42,12 +43,16 @@ def _common(
     if scope:
         fields.append(("scope", scope))
     fields.extend(("audience", target) for target in audience)
+    fields.extend(("resource", target) for target in resource)
     return fields
 
 
 @dataclass(frozen=True)
 class Password:
-    """The password grant: a user signing in through `client_id` (public: no secret)."""
+    """The password grant: a user signing in through `client_id` (public: no secret).
+
+    audience / resource: what the token is for (the edge when neither is given; a service's
+    `urn:macp:service:<name>`, or RFC 8707 resource URIs)."""
 
     username: str
     password: str
@@ -55,10 +60,11 @@ class Password:
     client_secret: str | None = None
     scope: str | None = None
     audience: tuple[str, ...] = ()
+    resource: tuple[str, ...] = ()
 
     def form(self) -> list[tuple[str, str]]:
         grant = {"grant_type": "password", "username": self.username, "password": self.password}
-        return _common(grant, self.client_id, self.client_secret, self.scope, self.audience)
+        return _common(grant, self.client_id, self.client_secret, self.scope, self.audience, self.resource)
 
 
 @dataclass(frozen=True)
@@ -69,10 +75,11 @@ class ClientCredentials:
     client_secret: str
     scope: str | None = None
     audience: tuple[str, ...] = ()
+    resource: tuple[str, ...] = ()
 
     def form(self) -> list[tuple[str, str]]:
         grant = {"grant_type": "client_credentials"}
-        return _common(grant, self.client_id, self.client_secret, self.scope, self.audience)
+        return _common(grant, self.client_id, self.client_secret, self.scope, self.audience, self.resource)
 
 
 @dataclass(frozen=True)
@@ -86,7 +93,7 @@ class RefreshToken:
 
     def form(self) -> list[tuple[str, str]]:
         grant = {"grant_type": "refresh_token", "refresh_token": self.refresh_token}
-        return _common(grant, self.client_id, self.client_secret, self.scope, ())
+        return _common(grant, self.client_id, self.client_secret, self.scope)
 
 
 Grant = Password | ClientCredentials | RefreshToken
