@@ -16,6 +16,7 @@ from macp_client import AsyncMacpClient, ClientCredentials, Event, MacpClient, M
 from macp_client.types import AgentDraft
 
 from services.runtime.auth.settings import USER_SCOPES
+from tests.token.harness import RegisteredClient
 from tests.tokens import PASSWORD
 from tests.world import World
 
@@ -159,14 +160,19 @@ async def test_a_message_its_sse_round_its_replay_archives_and_usage(
     assert (await client.invoice_preview())["currency"] == "USD"
 
 
-async def test_the_password_grant_refreshes_and_renews_a_revoked_token_once(world: World) -> None:
-    app = await world.tokens.harness.register(
+async def app_of(world: World) -> RegisteredClient:
+    """A confidential client of the world's tenant allowed the password and refresh token grants."""
+    return await world.tokens.harness.register(
         client_class=principal_pb2.CLIENT_CLASS_CONSUMER,
         grant_types=("password", "refresh_token"),
         scope=" ".join(USER_SCOPES),
         tenant_id=world.tenant.tenant_id,
         name="python client app",
     )
+
+
+async def test_the_password_grant_refreshes_and_renews_a_revoked_token_once(world: World) -> None:
+    app = await app_of(world)
     grant = Password(world.tenant.username, PASSWORD, app.client_id, app.client_secret)
     async with AsyncMacpClient(world.front_url, grant=grant, trust_env=False) as client:
         await client.list_agents()  # signs in on first use
@@ -190,6 +196,32 @@ async def test_the_password_grant_refreshes_and_renews_a_revoked_token_once(worl
             "active": False
         }
         assert (await client.access_token()) not in (signed_in, refreshed)
+
+
+async def test_a_websocket_closed_for_a_revoked_token_renews_it_and_resumes(world: World) -> None:
+    app = await app_of(world)
+    grant = Password(world.tenant.username, PASSWORD, app.client_id, app.client_secret)
+    async with AsyncMacpClient(world.front_url, grant=grant, trust_env=False) as client:
+        agent = await client.create_agent(draft("Ada"))
+        conversation = await client.create_conversation(
+            {"participantAgentIds": [agent["id"]], "turnPolicy": "TURN_POLICY_ROUND_ROBIN"}
+        )
+        async with client.websocket() as socket:
+            first = [event async for event in socket.round(conversation["id"], "One")]
+            # The edge closes a connection whose token is revoked (4401, within about 1.25 s):
+            # the socket renews the token with its refresh token, connects again and resumes.
+            await client.revoke(await client.access_token() or "", app.client_id, app.client_secret)
+            for _ in range(100):
+                if socket.reconnects:
+                    break
+                await asyncio.sleep(0.1)
+            assert socket.reconnects == 1, "the edge did not close the connection of a revoked token"
+            second = [event async for event in socket.round(conversation["id"], "Two")]
+            assert socket.repeats == 0
+        assert client.renewals == 1
+    ids = [event.event_id for event in first + second]
+    assert len(ids) == len(set(ids))
+    assert [event.kind for event in second][-1] == "round_completed"
 
 
 async def test_the_client_credentials_grant_and_a_refused_one(world: World) -> None:

@@ -29,7 +29,6 @@ EventKind: TypeAlias = Literal[
     "error",
     "round_completed",
 ]
-KINDS: tuple[EventKind, ...] = EventKind.__args__  # type: ignore[attr-defined]
 
 
 class MessageAccepted(TypedDict):

@@ -44,12 +44,13 @@ from macp_client.websocket import ConversationSocket
 T = TypeVar("T")
 
 
-async def _step(iterator: AsyncIterator[T]) -> tuple[bool, T | None]:
-    # StopAsyncIteration does not cross the portal as itself: say "done" in a value instead.
+async def _step(iterator: AsyncIterator[T]) -> list[T]:
+    """The iterator's next item, or [] at its end (StopAsyncIteration does not cross the portal
+    as itself)."""
     try:
-        return False, await anext(iterator)
+        return [await anext(iterator)]
     except StopAsyncIteration:
-        return True, None
+        return []
 
 
 class _Runner:
@@ -63,11 +64,8 @@ class _Runner:
 
     def iterate(self, iterator: AsyncIterator[T]) -> Iterator[T]:
         try:
-            while True:
-                done, item = self.portal.call(_step, iterator)
-                if done:
-                    return
-                yield item  # type: ignore[misc]  # not done: an item
+            while items := self.portal.call(_step, iterator):
+                yield items[0]
         finally:
             close = getattr(iterator, "aclose", None)
             if close is not None:

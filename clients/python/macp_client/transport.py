@@ -98,7 +98,9 @@ class Transport:
         headers: Mapping[str, str] | None = None,
         authenticated: bool = False,
         retry: bool = False,
-        **options: object,
+        params: Params | None = None,
+        json: object = None,
+        content: bytes | None = None,
     ) -> httpx.Response:
         attempt = 0
         renewed = False
@@ -108,7 +110,9 @@ class Transport:
             if token is not None:
                 sent["authorization"] = f"Bearer {token}"
             try:
-                response = await self.http.request(method, path, headers=sent, **options)  # type: ignore[arg-type]
+                response = await self.http.request(
+                    method, path, headers=sent, params=_params(params), json=json, content=content
+                )
             except httpx.TransportError as error:
                 if not retry or attempt >= RETRIES:
                     raise MacpConnectionError(f"{method} {self.base_url}{path}: {error!r}") from error
@@ -134,16 +138,14 @@ class Transport:
         retry: bool | None = None,
     ) -> httpx.Response:
         """An authenticated request to the edge; its answer, or the `MacpError` it was refused with."""
-        options: dict[str, object] = {"params": _params(params)}
-        if json is not None:
-            options["json"] = json
         return await self._send(
             method,
             path,
             headers=headers,
             authenticated=True,
             retry=method == "GET" if retry is None else retry,
-            **options,
+            params=params,
+            json=json,
         )
 
     async def document(

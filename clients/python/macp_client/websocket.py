@@ -102,10 +102,12 @@ class ConversationSocket:
     async def subscribe(self, conversation_id: str, last_event_id: str | None = None) -> None:
         """Follow a conversation: its live events, or with `last_event_id` those after it first."""
         following = self._following.get(conversation_id)
-        if following is None or last_event_id is not None:
+        if following is None:
             self._following[conversation_id] = _Following(Cursor(last_event_id))
-        elif following is not None:
-            return
+        elif last_event_id is not None:
+            following.cursor = Cursor(last_event_id)  # a fresh replay; its readers keep reading
+        else:
+            return  # followed already: the edge would answer a no-op
         await self._request(self._subscribe_frame(conversation_id))
 
     async def unsubscribe(self, conversation_id: str) -> None:
