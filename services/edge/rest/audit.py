@@ -65,7 +65,11 @@ ROUTES = [
         handler=list_audit_events,
         response=pb.ListAuditEventsResponse,
         query=(
-            ("page_size", {"type": "integer", "minimum": 1, "maximum": 1000}, "events per page (default 50)"),
+            (
+                "page_size",
+                {"type": "integer", "minimum": 0, "maximum": 1000},
+                "events per page (0 or left out: 50)",
+            ),
             ("page_token", {"type": "string"}, "next_page_token of the previous page"),
             ("start_time", {"type": "string", "format": "date-time"}, "only events at or after this time"),
             ("end_time", {"type": "string", "format": "date-time"}, "only events before this time"),

@@ -35,7 +35,8 @@ Patched = TypeVar("Patched", bound=Message)
 
 # The query parameters of every List route (AIP-158), as the OpenAPI document declares them.
 PAGE_QUERY: tuple[tuple[str, JsonSchema, str], ...] = (
-    ("page_size", {"type": "integer", "minimum": 1, "maximum": 1000}, "items per page (default 50)"),
+    # 0, as every List request's page_size, means the default (macp/common/v1/paging.proto).
+    ("page_size", {"type": "integer", "minimum": 0, "maximum": 1000}, "items per page (0 or left out: 50)"),
     ("page_token", {"type": "string", "maxLength": 1024}, "the nextPageToken of the previous page"),
 )
 # A query parameter many handlers read given empty (`status=`) as left out: its schema says so.

@@ -82,7 +82,11 @@ ROUTES = [
             ),
             ("group_by", {"type": "string", "enum": list(GROUPS)}, "how to group (default event_type)"),
             ("user_id", {"type": "string"}, "only this user's usage"),
-            ("page_size", {"type": "integer", "minimum": 1, "maximum": 1000}, "groups per page (default 50)"),
+            (
+                "page_size",
+                {"type": "integer", "minimum": 0, "maximum": 1000},
+                "groups per page (0 or left out: 50)",
+            ),
             ("page_token", {"type": "string"}, "next_page_token of the previous page"),
         ),
         errors=(400, 401, 403, 503),
