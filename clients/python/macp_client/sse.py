@@ -10,6 +10,7 @@ caller sees every event once, in order.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -22,6 +23,7 @@ from macp_client.events import Cursor, Event, parse_event
 
 EVENT_STREAM = "text/event-stream"
 RESUMES = 5
+RESUME_BASE_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -111,4 +113,5 @@ async def follow(
         breaks += 1
         if breaks > RESUMES or cursor.last_event_id is None:
             raise failure
+        await asyncio.sleep(RESUME_BASE_SECONDS * 2 ** (breaks - 1))
         opener = resume or open_after

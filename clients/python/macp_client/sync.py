@@ -159,7 +159,11 @@ class MacpClient:
         async def build() -> AsyncMacpClient:  # on the portal's loop, where it will run
             return AsyncMacpClient(base_url, token=token, grant=grant, timeout=timeout, trust_env=trust_env)
 
-        self._client = self._runner.run(build)
+        try:
+            self._client = self._runner.run(build)
+        except BaseException:
+            self._portal_context.__exit__(None, None, None)
+            raise
 
     def __enter__(self) -> Self:
         return self
