@@ -295,7 +295,9 @@ async def ws_turns(
 # --- the SDK baseline ------------------------------------------------------------------------------
 
 
-async def sdk_turns(bench: Bench, model: str, concurrency: int, per_client: int) -> tuple[list[Turn], float]:
+async def sdk_turns(
+    bench: Bench, model: str, concurrency: int, per_client: int, loop: Loop = closed_loop
+) -> tuple[list[Turn], float]:
     async with anthropic.AsyncAnthropic(
         base_url=bench.provider_url, api_key="local", max_retries=0, timeout=TIMEOUT_SECONDS
     ) as client:
@@ -306,7 +308,7 @@ async def sdk_turns(bench: Bench, model: str, concurrency: int, per_client: int)
             first, tokens = await call(model)
             return Turn(first, time.perf_counter() - started, tokens)
 
-        return await closed_loop([one] * concurrency, per_client)
+        return await loop([one] * concurrency, per_client)
 
 
 # --- LiteLLM --------------------------------------------------------------------------------------

@@ -18,7 +18,10 @@ Beside it, at the same concurrencies: a LiteLLM proxy (one worker, bench/litellm
 made on first use; `--no-litellm` skips it) in front of the same provider server and the same
 20-token model, each call `stream: true` with its server-sent events read to the end: CPU ms per
 call (the LiteLLM process and the provider server), calls/s, and the time to the first content
-chunk. Before any turn the idle stack's CPU is read for a few seconds: what it spends per second
+chunk. And the floor of the time to first token: the provider's own SDK (Anthropic's, which the
+agent proxy speaks to the local server) streaming the same answer straight from the provider server,
+at each concurrency right after the stack's row; the report gives what a turn adds to it. Before
+any turn the idle stack's CPU is read for a few seconds: what it spends per second
 with nothing to do is part of every figure at low rates.
 
 Bounded in count and time: every row has a deadline, every turn and call its own timeout.
@@ -44,6 +47,7 @@ from bench.orchestrator import (
     ms,
     running_litellm,
     running_parts,
+    sdk_turns,
     timed_loop,
     ws_turns,
 )
@@ -141,6 +145,16 @@ async def litellm_row(url: str, pids: Mapping[str, int], concurrency: int, calls
     return Row(concurrency, done_calls, seconds, loop.cpu)
 
 
+async def sdk_row(bench: Bench, concurrency: int, calls: int) -> Row:
+    """The provider's own SDK (Anthropic's, the agent proxy's protocol to the local server) streaming
+    the same answer straight from the provider server: the floor of a turn's time to first token."""
+    provider = PROVIDER_SERVER.name
+    loop = MeteredLoop(CpuMeter({provider: bench.pids[provider]}))
+    async with asyncio.timeout(ROW_DEADLINE_SECONDS):
+        done, seconds = await sdk_turns(bench, TURN_MODEL, concurrency, max(1, calls // concurrency), loop)
+    return Row(concurrency, done, seconds, loop.cpu)
+
+
 def idle_cpu_ms_per_second(pids: Mapping[str, int], seconds: float) -> dict[str, float]:
     """What each process of the stack spends per second with no turn in flight (health checks,
     timers, pollers), in ms."""
@@ -157,32 +171,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--turns", type=int, default=300, help="timed turns (and LiteLLM calls) per concurrency"
     )
     parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM rows")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        action="append",
+        help=f"in flight (repeatable); default {', '.join(map(str, CONCURRENCIES))}",
+    )
     args = parser.parse_args(argv)
     if args.turns < 1:
         parser.error("--turns: expected a positive number of turns")
+    concurrencies: tuple[int, ...] = tuple(args.concurrency or CONCURRENCIES)
+    if min(concurrencies) < 1:
+        parser.error("--concurrency: expected a positive number in flight")
 
     def say(line: str) -> None:
         print(f"# {line}", file=sys.stderr, flush=True)
 
     header = machine_line()
     stack_rows: list[Row] = []
+    sdk_rows: list[Row] = []
     litellm_rows: list[Row] = []
     with running_parts(say, kafka_storage="s3", overrides=AS_MACP_UP) as bench:
         book_behavior(bench.provider_url, TURN_MODEL, f"tokens={TURN_TOKENS}")
         say(f"idle stack for {IDLE_SECONDS:g} s")
         idle = idle_cpu_ms_per_second(bench.pids, IDLE_SECONDS)
-        for concurrency in CONCURRENCIES:
+        for concurrency in concurrencies:
             say(f"turns at {concurrency} in flight")
             stack_rows.append(asyncio.run(stack_row(bench, concurrency, args.turns)))
             say(progress_line(stack_rows[-1]))
+            say(f"the provider SDK straight to the provider server at {concurrency} in flight")
+            sdk_rows.append(asyncio.run(sdk_row(bench, concurrency, args.turns)))
+            say(progress_line(sdk_rows[-1]))
         if not args.no_litellm:
             with running_litellm(bench, say, model=TURN_MODEL) as litellm:
                 pids = {"litellm": litellm.pid, PROVIDER_SERVER.name: bench.pids[PROVIDER_SERVER.name]}
-                for concurrency in CONCURRENCIES:
+                for concurrency in concurrencies:
                     say(f"LiteLLM streamed calls at {concurrency} in flight")
                     litellm_rows.append(asyncio.run(litellm_row(litellm.url, pids, concurrency, args.turns)))
                     say(progress_line(litellm_rows[-1]))
     print(report(header, idle, stack_rows, litellm_rows))
+    print(f"\n{first_token_table(stack_rows, sdk_rows)}")
     return 0
 
 
@@ -245,6 +273,37 @@ def concurrency_table(stack: Row, litellm: Row | None) -> str:
     return markdown_table(headers, lines)
 
 
+def first_token_table(stack: Sequence[Row], sdk: Sequence[Row]) -> str:
+    """What a whole turn adds to the time to first token over the provider's SDK called directly
+    (percentile minus percentile), by concurrency."""
+    lines = []
+    for row, direct in zip(stack, sdk, strict=True):
+        macp = [t.first_token for t in row.turns]
+        floor = [t.first_token for t in direct.turns]
+        lines.append(
+            [
+                str(row.concurrency),
+                f"{ms(floor, 0.5):.1f}",
+                f"{ms(floor, 0.99):.1f}",
+                f"{ms(macp, 0.5):.1f}",
+                f"{ms(macp, 0.99):.1f}",
+                f"**{ms(macp, 0.5) - ms(floor, 0.5):.1f}**",
+                f"**{ms(macp, 0.99) - ms(floor, 0.99):.1f}**",
+            ]
+        )
+    headers = [
+        "c",
+        "SDK TTFT p50",
+        "SDK TTFT p99",
+        "MACP TTFT p50",
+        "MACP TTFT p99",
+        "added p50",
+        "added p99",
+    ]
+    title = "Time to first token (ms), a whole MACP turn beside the provider SDK called directly:\n\n"
+    return title + markdown_table(headers, lines)
+
+
 def idle_table(idle: Mapping[str, float]) -> str:
     names = sorted(idle, key=lambda name: idle[name], reverse=True)
     lines = [[LABELS.get(name, name), f"{idle[name]:.1f}"] for name in names]
@@ -263,10 +322,12 @@ def report(header: str, idle: Mapping[str, float], stack: Sequence[Row], litellm
             other = litellm[index]
             line += [f"{other.total_ms():.1f}", *_rate_and_times(other)[:3]]
             line.append(f"{row.total_ms() / other.total_ms():.1f}x")
+            line.append(f"{(len(row.turns) / row.seconds) / (len(other.turns) / other.seconds):.1f}x")
         summary.append(line)
     headers = ["c", "turns", "words/answer", "MACP CPU ms/turn", "turns/s", "TTFT p50", "TTFT p99"]
     if litellm:
         headers += ["LiteLLM CPU ms/call", "calls/s", "TTFT p50", "TTFT p99", "CPU MACP/LiteLLM"]
+        headers.append("rate MACP/LiteLLM")
     out.append("Per whole turn, and per LiteLLM streamed call, by concurrency (TTFT in ms):\n")
     out.append(markdown_table(headers, summary))
     out.append(f"\nThe idle stack, over {IDLE_SECONDS:g} s before any turn:\n")
