@@ -48,6 +48,7 @@ from macp.metering.v1 import metering_service_pb2 as metering_pb
 from macp.metering.v1 import metering_service_pb2_grpc as metering_grpc
 from macp.token.v1 import token_service_pb2 as token_pb
 from macp.token.v1 import token_service_pb2_grpc as token_grpc
+from macp_client import AsyncMacpClient
 
 from bench.agent_proxy import PROMPT, sdk_direct
 from bench.slice import book_behavior, cluster_healthy, parts_environ, sign_in, start_apps_and_envoy
@@ -177,34 +178,22 @@ async def _pro_plan(mesh_address: str, tenant_id: str, initial_access_token: str
 
 
 async def new_conversations(bench: Bench, count: int, model: str) -> list[str]:
-    """`count` conversations of one agent each (one turn per message), created over REST."""
-    headers = {"authorization": f"Bearer {bench.edge_token}"}
-    async with httpx.AsyncClient(
-        base_url=bench.front_url, headers=headers, timeout=30, trust_env=False
-    ) as http:
-        agent = (
-            await http.post(
-                "/v1/agents",
-                json={
-                    "name": "Bench",
-                    "provider": "local",
-                    "model": model,
-                    "generation": {"maxTokens": 4096},
-                },
-            )
-        ).json()
+    """`count` conversations of one agent each (one turn per message), created over REST through
+    the Python client (setup: no benchmark times it)."""
+    async with AsyncMacpClient(bench.front_url, token=bench.edge_token, trust_env=False) as client:
+        agent = await client.create_agent(
+            {"name": "Bench", "provider": "local", "model": model, "generation": {"maxTokens": 4096}}
+        )
         ids = []
         for _ in range(count):
-            created = await http.post(
-                "/v1/conversations",
-                json={
+            created = await client.create_conversation(
+                {
                     "participantAgentIds": [agent["id"]],
                     "turnPolicy": "TURN_POLICY_ROUND_ROBIN",
                     "limits": {"maxAgentTurnsPerUserMessage": 1},
-                },
+                }
             )
-            created.raise_for_status()
-            ids.append(created.json()["id"])
+            ids.append(created["id"])
         return ids
 
 
