@@ -156,6 +156,8 @@ class QuotaCounters:
         self.counted = CountedDeltas(pool)
         self.reserve_script = redis.register_script(quota_scripts.RESERVE)
         self.commit_script = redis.register_script(quota_scripts.COMMIT)
+        self.reserve_many_script = redis.register_script(quota_scripts.RESERVE_MANY)
+        self.commit_many_script = redis.register_script(quota_scripts.COMMIT_MANY)
         self.release_script = redis.register_script(quota_scripts.RELEASE)
         self.status_script = redis.register_script(quota_scripts.STATUS)
         self._apply = redis.register_script(quota_scripts.APPLY)

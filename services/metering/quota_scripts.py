@@ -10,9 +10,10 @@ Keys of one tenant share the hash tag `{tenant}`, so a script touches one cluste
   applied `<p>{t}:applied:<month>:<batch>`  set once a batch's deltas are counted
 A quota hash without `ready` has not been built from Postgres yet (after a Redis restart or flush,
 or a plan change): scripts answer `rebuild` and count nothing until it is.
-Numbers leave Lua as strings, since Lua numbers become integers in replies. RESERVE, COMMIT and
-STATUS answer one string of space-separated words (no word holds a space) rather than an array:
-the client parses one reply element instead of eight, a good part of a Reserve's cost in Python.
+Numbers leave Lua as strings, since Lua numbers become integers in replies. RESERVE, COMMIT,
+STATUS and their batch forms (RESERVE_MANY, COMMIT_MANY) answer one string of space-separated words
+(no word holds a space) rather than an array: the client parses one reply element instead of
+eight, a good part of a Reserve's cost in Python.
 """
 
 from __future__ import annotations
@@ -46,20 +47,52 @@ local function status(quota, meter)
   return {v[1] or '0', v[2] or '0', v[3] or '-1', v[4] or '0', v[5] or '0'}
 end
 
--- Adds a batch's deltas (month, meter, quantity triples from index `first`) once per month.
+-- Adds a batch's deltas (month, meter, quantity triples from index `first`) once per month: the
+-- month's `applied` key is set by its first delta, and every delta of that month counts only if
+-- this call set it (a batch with several meters in one month has one delta per meter).
 local function apply(quota_prefix, applied_prefix, batch, first)
-  local applied = {}
+  local applied, fresh = {}, {}
   for i = first, #ARGV, 3 do
     local month, meter, qty = ARGV[i], ARGV[i + 1], ARGV[i + 2]
     local quota = quota_prefix .. month
     if redis.call('HGET', quota, 'ready') == '1' then
-      if redis.call('SET', applied_prefix .. month .. ':' .. batch, '1', 'NX', 'EX', 86400) then
+      if fresh[month] == nil then
+        local mark = applied_prefix .. month .. ':' .. batch
+        fresh[month] = redis.call('SET', mark, '1', 'NX', 'EX', 86400) ~= false
+        applied[#applied + 1] = month
+      end
+      if fresh[month] then
         redis.call('HINCRBYFLOAT', quota, 'used:' .. meter, qty)
       end
-      applied[#applied + 1] = month
     end
   end
   return applied
+end
+"""
+
+# Takes one hold (its key `hold`, under `hold_prefix`) if the meter allows it; the eight words of
+# its answer: outcome (held|exists|refused), state, expire, then the meter's status. The month's
+# counters are built and purged by the caller.
+_RESERVE_ONE = """
+local function reserve_one(quota, holds, hold, hold_prefix, month, meter, qty, ttl, now)
+  local id = string.sub(hold, #hold_prefix + 1)
+  local state = redis.call('HGET', hold, 'state')
+  if state then
+    local s = status(quota, redis.call('HGET', hold, 'meter'))
+    return {'exists', state, redis.call('HGET', hold, 'expire'), s[1], s[2], s[3], s[4], s[5]}
+  end
+  local s = status(quota, meter)
+  local used, reserved, limit = tonumber(s[1]), tonumber(s[2]), tonumber(s[3])
+  if s[4] == '1' and limit >= 0 and used + reserved + qty > limit then
+    return {'refused', '-', '0', s[1], s[2], s[3], s[4], s[5]}
+  end
+  local expire = now + ttl
+  redis.call('HINCRBYFLOAT', quota, 'reserved:' .. meter, qty)
+  redis.call('ZADD', holds, expire, id)
+  redis.call('HSET', hold, 'state', 'open', 'meter', meter, 'quantity', qty, 'expire', expire, 'month', month)
+  redis.call('PEXPIRE', hold, ttl + 86400000)
+  s = status(quota, meter)
+  return {'held', 'open', tostring(expire), s[1], s[2], s[3], s[4], s[5]}
 end
 """
 
@@ -67,32 +100,43 @@ end
 # and the month ends the quota key (neither holds a ':'), so they are not sent again as arguments.
 RESERVE = (
     _COMMON
+    + _RESERVE_ONE
     + """
 local quota, holds, hold = KEYS[1], KEYS[2], KEYS[3]
-local meter, qty, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local id = string.match(hold, '[^:]+$')
 local hold_prefix = string.sub(hold, 1, #hold - #id)
 local month = string.match(quota, '[^:]+$')
 if redis.call('HGET', quota, 'ready') ~= '1' then return 'rebuild' end
 local now = now_ms()
 purge(quota, holds, hold_prefix, now)
-local state = redis.call('HGET', hold, 'state')
-if state then
-  local s = status(quota, redis.call('HGET', hold, 'meter'))
-  return words({'exists', state, redis.call('HGET', hold, 'expire'), s[1], s[2], s[3], s[4], s[5]})
+return words(reserve_one(quota, holds, hold, hold_prefix, month, ARGV[1], tonumber(ARGV[2]),
+                         tonumber(ARGV[3]), now))
+"""
+)
+
+# KEYS: quota, holds, then one hold key per hold (all of one tenant, so one slot). ARGV: meter,
+# quantity, ttl_ms per hold. Each hold as RESERVE takes it, in order, in one atomic step (a hold
+# refused does not stop the next); eight words per hold, as RESERVE answers.
+RESERVE_MANY = (
+    _COMMON
+    + _RESERVE_ONE
+    + """
+local quota, holds = KEYS[1], KEYS[2]
+local id = string.match(KEYS[3], '[^:]+$')
+local hold_prefix = string.sub(KEYS[3], 1, #KEYS[3] - #id)
+local month = string.match(quota, '[^:]+$')
+if redis.call('HGET', quota, 'ready') ~= '1' then return 'rebuild' end
+local now = now_ms()
+purge(quota, holds, hold_prefix, now)
+local reply = {}
+for i = 3, #KEYS do
+  local a = (i - 3) * 3
+  for _, w in ipairs(reserve_one(quota, holds, KEYS[i], hold_prefix, month, ARGV[a + 1],
+                                 tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), now)) do
+    reply[#reply + 1] = w
+  end
 end
-local s = status(quota, meter)
-local used, reserved, limit = tonumber(s[1]), tonumber(s[2]), tonumber(s[3])
-if s[4] == '1' and limit >= 0 and used + reserved + qty > limit then
-  return words({'refused', '-', '0', s[1], s[2], s[3], s[4], s[5]})
-end
-local expire = now + ttl
-redis.call('HINCRBYFLOAT', quota, 'reserved:' .. meter, qty)
-redis.call('ZADD', holds, expire, id)
-redis.call('HSET', hold, 'state', 'open', 'meter', meter, 'quantity', qty, 'expire', expire, 'month', month)
-redis.call('PEXPIRE', hold, ttl + 86400000)
-s = status(quota, meter)
-return words({'held', 'open', tostring(expire), s[1], s[2], s[3], s[4], s[5]})
+return words(reply)
 """
 )
 
@@ -127,6 +171,57 @@ if redis.call('HGET', current, 'ready') == '1' then
   for _, v in ipairs(status(current, ARGV[6])) do reply[#reply + 1] = v end
 else
   for _ = 1, 5 do reply[#reply + 1] = '-' end
+end
+for _, m in ipairs(applied) do reply[#reply + 1] = m end
+return words(reply)
+"""
+)
+
+# KEYS: one hold key per hold (all of one tenant). ARGV: quota_prefix, holds_prefix, hold_prefix,
+# applied_prefix, the current month, batch, one meter to report per hold, then the deltas of the
+# batch that holds every hold's events. COMMIT for several holds in one atomic step: the batch is
+# counted once and every hold settled with it, in order (a hold named twice is settled by the
+# first). Answers `settled`, then per hold its state and the status of its meter this month (five
+# '-' if not built), then the months counted.
+COMMIT_MANY = (
+    _COMMON
+    + """
+local quota_prefix, holds_prefix, hold_prefix = ARGV[1], ARGV[2], ARGV[3]
+local months = {}
+for i = 1, #KEYS do
+  local month = redis.call('HGET', KEYS[i], 'month')
+  if month then
+    if redis.call('HGET', quota_prefix .. month, 'ready') ~= '1' then return 'rebuild ' .. month end
+    months[month] = true
+  end
+end
+local now = now_ms()
+for month in pairs(months) do purge(quota_prefix .. month, holds_prefix .. month, hold_prefix, now) end
+local applied = apply(quota_prefix, ARGV[4], ARGV[6], 7 + #KEYS)
+local states = {}
+for i = 1, #KEYS do
+  local hold = KEYS[i]
+  local state = redis.call('HGET', hold, 'state') or 'missing'
+  if state == 'open' then
+    local month, meter = redis.call('HGET', hold, 'month'), redis.call('HGET', hold, 'meter')
+    local qty = tonumber(redis.call('HGET', hold, 'quantity'))
+    redis.call('HINCRBYFLOAT', quota_prefix .. month, 'reserved:' .. meter, -qty)
+    redis.call('ZREM', holds_prefix .. month, string.sub(hold, #hold_prefix + 1))
+    redis.call('HSET', hold, 'state', 'committed')
+  end
+  states[i] = state
+end
+local reply = {'settled'}
+local current = quota_prefix .. ARGV[5]
+local built = redis.call('HGET', current, 'ready') == '1'
+if built and not months[ARGV[5]] then purge(current, holds_prefix .. ARGV[5], hold_prefix, now) end
+for i = 1, #KEYS do
+  reply[#reply + 1] = states[i]
+  if built then
+    for _, v in ipairs(status(current, ARGV[6 + i])) do reply[#reply + 1] = v end
+  else
+    for _ = 1, 5 do reply[#reply + 1] = '-' end
+  end
 end
 for _, m in ipairs(applied) do reply[#reply + 1] = m end
 return words(reply)

@@ -2,8 +2,8 @@
 
 Scopes: every call needs a token for `urn:macp:service:metering`; the reads (CheckQuota, GetUsage,
 GetInvoicePreview, GetPlan) also need `usage:read`; holding and settling budget (Reserve, Commit,
-Release) needs `usage:write`, which the services running turns hold; SetPlan needs `macp:admin`,
-since a tenant does not choose its own price.
+Release and the batch forms ReserveHolds, CommitHolds) needs `usage:write`, which the services
+running turns hold; SetPlan needs `macp:admin`, since a tenant does not choose its own price.
 
 `start` builds the quotas (their refusals counted in the served metrics registry), adds the
 servicer, and runs beside the RPCs the usage topic's consumer (one member of the consumer group
@@ -130,7 +130,9 @@ async def start(context: ServiceContext) -> AsyncIterator[None]:
 
 def method_scopes() -> dict[str, str]:
     descriptor = pb.DESCRIPTOR.services_by_name["MeteringService"]
-    scopes = {"SetPlan": ADMIN_SCOPE, "Reserve": WRITE_SCOPE, "Commit": WRITE_SCOPE, "Release": WRITE_SCOPE}
+    scopes = {"SetPlan": ADMIN_SCOPE} | {
+        name: WRITE_SCOPE for name in ("Reserve", "Commit", "Release", "ReserveHolds", "CommitHolds")
+    }
     return {f"/{descriptor.full_name}/{m.name}": scopes.get(m.name, READ_SCOPE) for m in descriptor.methods}
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from macp.metering.v1 import metering_service_pb2 as pb
 from macp.metering.v1 import metering_service_pb2_grpc as pb_grpc
 
+from services.metering.hold_batches import HoldBatches
 from services.metering.invoices import Invoices
 from services.metering.plans import Plans
 from services.metering.quotas import Quotas
@@ -40,10 +41,11 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
         self._plans = plans
         self._reports = reports
         self._invoices = invoices
+        self._batches = HoldBatches(quotas, refusals, self._tenant)
 
-    async def _tenant(self, principal: Principal, requested: str) -> str:
+    async def _tenant(self, principal: Principal, requested: str, field: str = "tenant_id") -> str:
         """The tenant the call may act on (`tenant_for`), its tier learned from a call of its own."""
-        tenant_id = tenant_for(principal, requested)
+        tenant_id = tenant_for(principal, requested, field)
         if await self._tiers.learn(principal, tenant_id):
             await self._quotas.plan_changed(tenant_id)
         return tenant_id
@@ -70,6 +72,16 @@ class MeteringServicer(pb_grpc.MeteringServiceServicer):
     async def Release(self, request: pb.ReleaseRequest, context: RpcContext) -> pb.ReleaseResponse:
         released = await self._quotas.release(current_principal().tenant_id, request.reservation_id)
         return pb.ReleaseResponse(released=released)
+
+    async def ReserveHolds(
+        self, request: pb.ReserveHoldsRequest, context: RpcContext
+    ) -> pb.ReserveHoldsResponse:
+        return await self._batches.reserve(current_principal(), request.holds)
+
+    async def CommitHolds(
+        self, request: pb.CommitHoldsRequest, context: RpcContext
+    ) -> pb.CommitHoldsResponse:
+        return await self._batches.commit(current_principal(), request.holds)
 
     async def SetPlan(self, request: pb.SetPlanRequest, context: RpcContext) -> pb.SetPlanResponse:
         principal = current_principal()

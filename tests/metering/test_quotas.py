@@ -10,12 +10,13 @@ import uuid
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
+from macp.common.v1 import usage_pb2
 from macp.metering.v1 import metering_service_pb2 as pb
 
 from services.metering.quotas import utc_now
 from services.runtime.periods import billing_month, month_end
 from tests.metering.conftest import Metering, rpc_code
-from tests.metering.usage_events import agent_turn
+from tests.metering.usage_events import agent_turn, other_event
 
 TURNS = pb.METER_AGENT_TURNS
 
@@ -150,3 +151,21 @@ async def test_a_commits_counted_deltas_are_deleted_soon_without_the_sweep(meter
             break
         await asyncio.sleep(0.01)
     assert remaining == 0
+
+
+async def test_a_commit_of_several_meters_counts_each_of_them(metering: Metering) -> None:
+    """One batch, one month, two meters: two deltas under one `applied` mark, both counted."""
+    held = await reserve(metering)
+    usage = [
+        agent_turn(metering.tenant_id),
+        other_event(metering.tenant_id, usage_pb2.USAGE_EVENT_TYPE_API_CALL),
+    ]
+    committed: pb.CommitResponse = await metering.stub.Commit(
+        pb.CommitRequest(reservation_id=held.reservation_id, usage=usage), timeout=10
+    )
+    assert committed.recorded_count == 2
+    assert (await check(metering)).quota.used_quantity == 1
+    api_calls: pb.CheckQuotaResponse = await metering.stub.CheckQuota(
+        pb.CheckQuotaRequest(tenant_id=metering.tenant_id, meter=pb.METER_API_CALLS, quantity=1), timeout=10
+    )
+    assert api_calls.quota.used_quantity == 1

@@ -60,8 +60,8 @@ WITH staged AS (
     FROM staged
     ORDER BY event_id
     ON CONFLICT (event_id) DO NOTHING
-    RETURNING tenant_id, billing_month, user_id, agent_id, conversation_id, model, event_type, estimated,
-              input_tokens, output_tokens, duration_ms, audio_seconds, storage_mb
+    RETURNING event_id, tenant_id, billing_month, user_id, agent_id, conversation_id, model, event_type,
+              estimated, input_tokens, output_tokens, duration_ms, audio_seconds, storage_mb
 ), grouped AS (
     SELECT tenant_id, billing_month, user_id, agent_id, conversation_id, model, event_type,
            count(*) AS event_count,
@@ -99,8 +99,9 @@ WITH staged AS (
     RETURNING tenant_id, billing_month, meter, quantity
 )
 -- `rolled` runs whether or not it is read (Postgres runs every data-modifying WITH once, fully).
--- One row at least: the count of events recorded, beside each delta (none if all were duplicates).
-SELECT r.recorded, d.tenant_id, d.billing_month, d.meter, d.quantity
+-- One row at least: the count of events recorded, beside each delta (none if all were duplicates);
+-- and, when asked for (a batch of several holds' events), the ids of the events recorded.
+SELECT r.recorded, {inserted_ids} AS inserted_ids, d.tenant_id, d.billing_month, d.meter, d.quantity
 FROM (SELECT coalesce(sum(event_count), 0)::bigint AS recorded FROM grouped) r LEFT JOIN deltas d ON true
 """
 
@@ -113,20 +114,30 @@ _METER_MEASURES = ", ".join(
 
 # A big batch (the consumer's) is COPYed into the staging table first; a few events (a Commit's)
 # go in the statement itself as arrays: one statement, one round trip, its own transaction.
-_RECORD = _RECORD_FROM.format(
-    source="metering_staged_rows s", meter_measures=_METER_MEASURES, batch="$1::uuid"
-)
+_NO_IDS = "NULL::uuid[]"
+_IDS = "(SELECT array_agg(event_id) FROM inserted)"
+_RECORD_COPIED = {
+    ids: _RECORD_FROM.format(
+        source="metering_staged_rows s", meter_measures=_METER_MEASURES, batch="$1::uuid", inserted_ids=ids
+    )
+    for ids in (_NO_IDS, _IDS)
+}
 _STAGED_TYPES = (
     "uuid", "text", "text", "text", "text", "text", "smallint", "bigint", "integer", "bigint", "bigint",
     "bigint", "double precision", "double precision", "text", "text", "boolean", "bytea",
 )  # fmt: skip
-_RECORD_ARRAYS = _RECORD_FROM.format(
-    source="unnest({}) AS s({})".format(
-        ", ".join(f"${i}::{t}[]" for i, t in enumerate(_STAGED_TYPES, start=1)), ", ".join(STAGED_COLUMNS)
-    ),
-    meter_measures=_METER_MEASURES,
-    batch=f"${len(_STAGED_TYPES) + 1}::uuid",
-)
+_RECORD_ARRAYS = {
+    ids: _RECORD_FROM.format(
+        source="unnest({}) AS s({})".format(
+            ", ".join(f"${i}::{t}[]" for i, t in enumerate(_STAGED_TYPES, start=1)),
+            ", ".join(STAGED_COLUMNS),
+        ),
+        meter_measures=_METER_MEASURES,
+        batch=f"${len(_STAGED_TYPES) + 1}::uuid",
+        inserted_ids=ids,
+    )
+    for ids in (_NO_IDS, _IDS)
+}
 SMALL_BATCH = 50
 
 
@@ -148,44 +159,69 @@ class RecordedBatch:
     deltas: list[QuotaDelta]
     # (partition, offset) of the dead letters this batch stored first.
     new_dead_letters: set[tuple[int, int]]
+    # The ids (lower-case text) of the events recorded, when asked for (`record_batch(ids=True)`).
+    inserted: frozenset[str] = frozenset()
 
 
-def _recorded(rows: Sequence[asyncpg.Record]) -> tuple[int, list[QuotaDelta]]:
-    """The statement's answer: how many events it recorded, and the deltas they cause."""
+@dataclass(frozen=True)
+class _Answer:
+    recorded: int
+    deltas: list[QuotaDelta]
+    inserted: frozenset[str]
+
+
+def _recorded(rows: Sequence[asyncpg.Record]) -> _Answer:
+    """The statement's answer: how many events it recorded, the deltas they cause, and the ids
+    recorded if it was asked for them."""
     deltas = [
         QuotaDelta(row["tenant_id"], row["billing_month"], row["meter"], row["quantity"])
         for row in rows
         if row["tenant_id"] is not None
     ]
-    return rows[0]["recorded"], sorted(deltas, key=lambda d: (d.tenant_id, d.billing_month, d.meter))
+    ids = rows[0]["inserted_ids"] or ()
+    return _Answer(
+        rows[0]["recorded"],
+        sorted(deltas, key=lambda d: (d.tenant_id, d.billing_month, d.meter)),
+        frozenset(str(event_id) for event_id in ids),
+    )
 
 
 async def _record(
-    conn: asyncpg.Connection | asyncpg.Pool, events: Sequence[StagedRow], batch_id: uuid.UUID
-) -> tuple[int, list[QuotaDelta]]:
+    conn: asyncpg.Connection | asyncpg.Pool, events: Sequence[StagedRow], batch_id: uuid.UUID, ids: bool
+) -> _Answer:
+    returned = _IDS if ids else _NO_IDS
     if len(events) <= SMALL_BATCH:
         columns = (list(column) for column in zip(*events, strict=True))
-        return _recorded(await conn.fetch(_RECORD_ARRAYS, *columns, batch_id))
+        return _recorded(await conn.fetch(_RECORD_ARRAYS[returned], *columns, batch_id))
     # Only inside a transaction: the staging table empties itself at commit.
     await conn.execute(_STAGING)
     await conn.copy_records_to_table("metering_staged_rows", records=events, columns=STAGED_COLUMNS)
-    return _recorded(await conn.fetch(_RECORD, batch_id))
+    return _recorded(await conn.fetch(_RECORD_COPIED[returned], batch_id))
 
 
 async def record_batch(
-    pool: asyncpg.Pool, events: Sequence[StagedRow], dead_letters: Sequence[DeadLetter] = ()
+    pool: asyncpg.Pool,
+    events: Sequence[StagedRow],
+    dead_letters: Sequence[DeadLetter] = (),
+    *,
+    ids: bool = False,
 ) -> RecordedBatch:
     """Record `events` (de-duplicated by event_id), their rollups and quota deltas, and
-    `dead_letters`, in one transaction."""
+    `dead_letters`, in one transaction; with `ids`, say which events were recorded (CommitHolds
+    answers each hold with its own count)."""
     batch_id = uuid.uuid4()
     if events and len(events) <= SMALL_BATCH and not dead_letters:
         # A Commit's few events: one statement, which is its own transaction (no BEGIN and COMMIT
         # round trips around it).
-        recorded, deltas = await _record(pool, events, batch_id)
-        return RecordedBatch(batch_id, recorded, len(events) - recorded, deltas, set())
-    recorded, deltas = 0, []
+        answer = await _record(pool, events, batch_id, ids)
+        return RecordedBatch(
+            batch_id, answer.recorded, len(events) - answer.recorded, answer.deltas, set(), answer.inserted
+        )
+    answer = _Answer(0, [], frozenset())
     async with pool.acquire() as conn, conn.transaction():
         if events:
-            recorded, deltas = await _record(conn, events, batch_id)
+            answer = await _record(conn, events, batch_id, ids)
         new_letters = await dead_letter_store.insert(conn, dead_letters) if dead_letters else set()
-    return RecordedBatch(batch_id, recorded, len(events) - recorded, deltas, new_letters)
+    return RecordedBatch(
+        batch_id, answer.recorded, len(events) - answer.recorded, answer.deltas, new_letters, answer.inserted
+    )

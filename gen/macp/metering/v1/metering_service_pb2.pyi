@@ -403,6 +403,206 @@ class CommitResponse(_message.Message):
 Global___CommitResponse: _TypeAlias = CommitResponse  # noqa: Y015
 
 @_typing.final
+class HoldFailure(_message.Message):
+    """Why one hold of ReserveHolds or CommitHolds was not taken or settled: the status its own call
+    (Reserve, Commit) would have failed with.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """The gRPC status code (a google.rpc.Code value, for example 8 for RESOURCE_EXHAUSTED)."""
+    message: _builtins.str
+    """The status message its own call would have carried, naming the field at fault if any (for
+    example "QUOTA_EXCEEDED: the free tier limit of 100 turns ...").
+    """
+    reason: _builtins.str
+    """A machine-readable refinement of the code, as the `macp-error-reason` trailer carries it;
+    empty if none.
+    """
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HoldFailure: _TypeAlias = HoldFailure  # noqa: Y015
+
+@_typing.final
+class ReserveHoldsRequest(_message.Message):
+    """The request of ReserveHolds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def holds(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReserveRequest]:
+        """The holds to take, each as Reserve takes it; 1 to 16."""
+
+    def __init__(
+        self,
+        *,
+        holds: _abc.Iterable[Global___ReserveRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holds", b"holds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReserveHoldsRequest: _TypeAlias = ReserveHoldsRequest  # noqa: Y015
+
+@_typing.final
+class ReserveHoldResult(_message.Message):
+    """What became of one hold of ReserveHolds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVED_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reserved(self) -> Global___ReserveResponse:
+        """Held (or held before: a retry), as Reserve answers."""
+
+    @_builtins.property
+    def failure(self) -> Global___HoldFailure:
+        """Not held, and why (RESOURCE_EXHAUSTED past a hard limit, PERMISSION_DENIED for another
+        tenant).
+        """
+
+    def __init__(
+        self,
+        *,
+        reserved: Global___ReserveResponse | None = ...,
+        failure: Global___HoldFailure | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "reserved", b"reserved", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "reserved", b"reserved", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["reserved", "failure"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___ReserveHoldResult: _TypeAlias = ReserveHoldResult  # noqa: Y015
+
+@_typing.final
+class ReserveHoldsResponse(_message.Message):
+    """The response of ReserveHolds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReserveHoldResult]:
+        """One result per requested hold, in the request's order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___ReserveHoldResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReserveHoldsResponse: _TypeAlias = ReserveHoldsResponse  # noqa: Y015
+
+@_typing.final
+class CommitHoldsRequest(_message.Message):
+    """The request of CommitHolds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def holds(self) -> _containers.RepeatedCompositeFieldContainer[Global___CommitRequest]:
+        """The holds to settle with their usage, each as Commit settles it; 1 to 16."""
+
+    def __init__(
+        self,
+        *,
+        holds: _abc.Iterable[Global___CommitRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holds", b"holds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommitHoldsRequest: _TypeAlias = CommitHoldsRequest  # noqa: Y015
+
+@_typing.final
+class CommitHoldResult(_message.Message):
+    """What became of one hold of CommitHolds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMITTED_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def committed(self) -> Global___CommitResponse:
+        """Settled (or settled before: a retry), as Commit answers."""
+
+    @_builtins.property
+    def failure(self) -> Global___HoldFailure:
+        """Not settled and nothing of its usage recorded, and why (INVALID_ARGUMENT naming the
+        event at fault).
+        """
+
+    def __init__(
+        self,
+        *,
+        committed: Global___CommitResponse | None = ...,
+        failure: Global___HoldFailure | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["committed", b"committed", "failure", b"failure", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["committed", b"committed", "failure", b"failure", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["committed", "failure"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___CommitHoldResult: _TypeAlias = CommitHoldResult  # noqa: Y015
+
+@_typing.final
+class CommitHoldsResponse(_message.Message):
+    """The response of CommitHolds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___CommitHoldResult]:
+        """One result per hold, in the request's order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___CommitHoldResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommitHoldsResponse: _TypeAlias = CommitHoldsResponse  # noqa: Y015
+
+@_typing.final
 class ReleaseRequest(_message.Message):
     """The request of Release."""
 

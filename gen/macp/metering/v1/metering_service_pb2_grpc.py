@@ -55,6 +55,16 @@ class MeteringServiceStub:
                 request_serializer=macp_dot_metering_dot_v1_dot_metering__service__pb2.ReleaseRequest.SerializeToString,
                 response_deserializer=macp_dot_metering_dot_v1_dot_metering__service__pb2.ReleaseResponse.FromString,
                 _registered_method=True)
+        self.ReserveHolds = channel.unary_unary(
+                '/macp.metering.v1.MeteringService/ReserveHolds',
+                request_serializer=macp_dot_metering_dot_v1_dot_metering__service__pb2.ReserveHoldsRequest.SerializeToString,
+                response_deserializer=macp_dot_metering_dot_v1_dot_metering__service__pb2.ReserveHoldsResponse.FromString,
+                _registered_method=True)
+        self.CommitHolds = channel.unary_unary(
+                '/macp.metering.v1.MeteringService/CommitHolds',
+                request_serializer=macp_dot_metering_dot_v1_dot_metering__service__pb2.CommitHoldsRequest.SerializeToString,
+                response_deserializer=macp_dot_metering_dot_v1_dot_metering__service__pb2.CommitHoldsResponse.FromString,
+                _registered_method=True)
         self.GetUsage = channel.unary_unary(
                 '/macp.metering.v1.MeteringService/GetUsage',
                 request_serializer=macp_dot_metering_dot_v1_dot_metering__service__pb2.GetUsageRequest.SerializeToString,
@@ -111,6 +121,27 @@ class MeteringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReserveHolds(self, request, context):
+        """Holds budget for several pieces of work in one call (a round's orchestration and its first
+        turn): each hold exactly as its own Reserve would take it (idempotent by its reservation_id,
+        its TTL, its tenant's plan), and each answered on its own: a hold refused (or not allowed)
+        does not refuse the others. The call itself fails only for what fails every hold alike (an
+        invalid request, a caller without the scope, a store that is away).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommitHolds(self, request, context):
+        """Settles several holds in one call (a round's last turn and its orchestration): each exactly as
+        its own Commit would (idempotent by reservation_id and by each event's event_id), each answered
+        on its own. Every hold's events are recorded in one Postgres statement and every hold settled
+        in one Redis step with them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetUsage(self, request, context):
         """Reports a tenant's usage over a period, grouped by agent, conversation, model or event type.
         """
@@ -161,6 +192,16 @@ def add_MeteringServiceServicer_to_server(servicer, server):
                     servicer.Release,
                     request_deserializer=macp_dot_metering_dot_v1_dot_metering__service__pb2.ReleaseRequest.FromString,
                     response_serializer=macp_dot_metering_dot_v1_dot_metering__service__pb2.ReleaseResponse.SerializeToString,
+            ),
+            'ReserveHolds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReserveHolds,
+                    request_deserializer=macp_dot_metering_dot_v1_dot_metering__service__pb2.ReserveHoldsRequest.FromString,
+                    response_serializer=macp_dot_metering_dot_v1_dot_metering__service__pb2.ReserveHoldsResponse.SerializeToString,
+            ),
+            'CommitHolds': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitHolds,
+                    request_deserializer=macp_dot_metering_dot_v1_dot_metering__service__pb2.CommitHoldsRequest.FromString,
+                    response_serializer=macp_dot_metering_dot_v1_dot_metering__service__pb2.CommitHoldsResponse.SerializeToString,
             ),
             'GetUsage': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUsage,
@@ -292,6 +333,60 @@ class MeteringService:
             '/macp.metering.v1.MeteringService/Release',
             macp_dot_metering_dot_v1_dot_metering__service__pb2.ReleaseRequest.SerializeToString,
             macp_dot_metering_dot_v1_dot_metering__service__pb2.ReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReserveHolds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/macp.metering.v1.MeteringService/ReserveHolds',
+            macp_dot_metering_dot_v1_dot_metering__service__pb2.ReserveHoldsRequest.SerializeToString,
+            macp_dot_metering_dot_v1_dot_metering__service__pb2.ReserveHoldsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitHolds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/macp.metering.v1.MeteringService/CommitHolds',
+            macp_dot_metering_dot_v1_dot_metering__service__pb2.CommitHoldsRequest.SerializeToString,
+            macp_dot_metering_dot_v1_dot_metering__service__pb2.CommitHoldsResponse.FromString,
             options,
             channel_credentials,
             insecure,

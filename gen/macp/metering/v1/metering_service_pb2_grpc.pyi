@@ -33,6 +33,19 @@ class MeteringServiceStub:
     """
     Release: _aio.UnaryUnaryMultiCallable[_metering_service_pb2.ReleaseRequest, _metering_service_pb2.ReleaseResponse]
     """Frees a hold whose work did not happen (cancelled, failed before any cost)."""
+    ReserveHolds: _aio.UnaryUnaryMultiCallable[_metering_service_pb2.ReserveHoldsRequest, _metering_service_pb2.ReserveHoldsResponse]
+    """Holds budget for several pieces of work in one call (a round's orchestration and its first
+    turn): each hold exactly as its own Reserve would take it (idempotent by its reservation_id,
+    its TTL, its tenant's plan), and each answered on its own: a hold refused (or not allowed)
+    does not refuse the others. The call itself fails only for what fails every hold alike (an
+    invalid request, a caller without the scope, a store that is away).
+    """
+    CommitHolds: _aio.UnaryUnaryMultiCallable[_metering_service_pb2.CommitHoldsRequest, _metering_service_pb2.CommitHoldsResponse]
+    """Settles several holds in one call (a round's last turn and its orchestration): each exactly as
+    its own Commit would (idempotent by reservation_id and by each event's event_id), each answered
+    on its own. Every hold's events are recorded in one Postgres statement and every hold settled
+    in one Redis step with them.
+    """
     GetUsage: _aio.UnaryUnaryMultiCallable[_metering_service_pb2.GetUsageRequest, _metering_service_pb2.GetUsageResponse]
     """Reports a tenant's usage over a period, grouped by agent, conversation, model or event type."""
     GetInvoicePreview: _aio.UnaryUnaryMultiCallable[_metering_service_pb2.GetInvoicePreviewRequest, _metering_service_pb2.GetInvoicePreviewResponse]
@@ -80,6 +93,31 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _aio.ServicerContext[_metering_service_pb2.ReleaseRequest, _abc.Awaitable[_metering_service_pb2.ReleaseResponse]],
     ) -> _abc.Awaitable[_metering_service_pb2.ReleaseResponse]:
         """Frees a hold whose work did not happen (cancelled, failed before any cost)."""
+
+    @_abc_1.abstractmethod
+    def ReserveHolds(
+        self,
+        request: _metering_service_pb2.ReserveHoldsRequest,
+        context: _aio.ServicerContext[_metering_service_pb2.ReserveHoldsRequest, _abc.Awaitable[_metering_service_pb2.ReserveHoldsResponse]],
+    ) -> _abc.Awaitable[_metering_service_pb2.ReserveHoldsResponse]:
+        """Holds budget for several pieces of work in one call (a round's orchestration and its first
+        turn): each hold exactly as its own Reserve would take it (idempotent by its reservation_id,
+        its TTL, its tenant's plan), and each answered on its own: a hold refused (or not allowed)
+        does not refuse the others. The call itself fails only for what fails every hold alike (an
+        invalid request, a caller without the scope, a store that is away).
+        """
+
+    @_abc_1.abstractmethod
+    def CommitHolds(
+        self,
+        request: _metering_service_pb2.CommitHoldsRequest,
+        context: _aio.ServicerContext[_metering_service_pb2.CommitHoldsRequest, _abc.Awaitable[_metering_service_pb2.CommitHoldsResponse]],
+    ) -> _abc.Awaitable[_metering_service_pb2.CommitHoldsResponse]:
+        """Settles several holds in one call (a round's last turn and its orchestration): each exactly as
+        its own Commit would (idempotent by reservation_id and by each event's event_id), each answered
+        on its own. Every hold's events are recorded in one Postgres statement and every hold settled
+        in one Redis step with them.
+        """
 
     @_abc_1.abstractmethod
     def GetUsage(
