@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Final, TypeVar
 
 import grpc
@@ -22,7 +23,7 @@ from macp.metering.v1 import metering_service_pb2 as metering_pb
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
 from services.orchestrator.downstream import Downstream
-from services.orchestrator.event_shapes import rpc_failure
+from services.orchestrator.event_shapes import error_event, rpc_failure
 from services.runtime.principal import current_principal
 from services.runtime.protos import now_timestamp
 from services.runtime.usage_ids import agent_turn_event_id
@@ -39,6 +40,41 @@ RETRY_FIRST_SECONDS: Final = 0.1
 RETRY_MAX_SECONDS: Final = 2.0
 
 T = TypeVar("T")
+_STATUS_CODES: Final = {code.value[0]: code for code in grpc.StatusCode}
+
+
+@dataclass(frozen=True)
+class Hold:
+    """One unit of `meter` to hold for `what` (named in its refusal), under `reservation_id`."""
+
+    reservation_id: str
+    meter: metering_pb.Meter.ValueType
+    what: str
+    conversation_id: str
+    turn_id: str = ""
+
+
+@dataclass(frozen=True)
+class Settle:
+    """A hold to commit with its usage event; `what` is named if committing fails."""
+
+    reservation_id: str
+    event: usage_pb2.UsageEvent
+    what: str
+
+
+def _reserve_reason(code: grpc.StatusCode) -> str:
+    return "QUOTA_EXCEEDED" if code == grpc.StatusCode.RESOURCE_EXHAUSTED else "RESERVE_FAILED"
+
+
+def hold_failure(failure: metering_pb.HoldFailure, what: str, reason: str, turn_id: str) -> pb.ErrorEvent:
+    """The error event of one hold a batch call did not take or settle: what `rpc_failure` says of
+    the same failure of its own call."""
+    code = _STATUS_CODES.get(failure.code, grpc.StatusCode.UNKNOWN)
+    event = error_event(code, reason, f"{what} failed: {code.name}: {failure.message}", turn_id)
+    if failure.reason:
+        event.detail.metadata["callee_reason"] = failure.reason
+    return event
 
 
 def answer_message_id(turn_id: str) -> str:
@@ -96,6 +132,17 @@ class Ledger:
             turn_id=turn_id,
         )
 
+    def _reserve_request(self, hold: Hold) -> metering_pb.ReserveRequest:
+        return metering_pb.ReserveRequest(
+            reservation_id=hold.reservation_id,
+            tenant_id=current_principal().tenant_id,
+            meter=hold.meter,
+            quantity=1,
+            conversation_id=hold.conversation_id,
+            turn_id=hold.turn_id,
+            ttl=Duration(seconds=self._reservation_ttl),
+        )
+
     async def reserve(
         self,
         reservation_id: str,
@@ -106,15 +153,8 @@ class Ledger:
         turn_id: str = "",
     ) -> pb.ErrorEvent | None:
         """Hold one unit of `meter` (metering Reserve); the refusal as an error event, if refused."""
-        request = metering_pb.ReserveRequest(
-            reservation_id=reservation_id,
-            tenant_id=current_principal().tenant_id,
-            meter=meter,
-            quantity=1,
-            conversation_id=conversation_id,
-            turn_id=turn_id,
-            ttl=Duration(seconds=self._reservation_ttl),
-        )
+        hold = Hold(reservation_id, meter, what, conversation_id, turn_id)
+        request = self._reserve_request(hold)
 
         async def attempt() -> object:
             return await self._downstream.metering.Reserve(
@@ -128,11 +168,47 @@ class Ledger:
         try:
             await self._until_done(attempt, self._reserve_seconds)
         except grpc.aio.AioRpcError as exc:
-            reason = (
-                "QUOTA_EXCEEDED" if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else "RESERVE_FAILED"
+            return rpc_failure(
+                exc, f"reserving {what} (metering Reserve)", _reserve_reason(exc.code()), turn_id
             )
-            return rpc_failure(exc, f"reserving {what} (metering Reserve)", reason, turn_id)
         return None
+
+    async def reserve_holds(self, holds: Sequence[Hold]) -> list[pb.ErrorEvent | None]:
+        """Hold one unit for each of `holds` in one call (metering ReserveHolds): for each, in
+        order, its refusal as an error event, or None if held. Each hold is answered on its own, as
+        `reserve` would answer it; the call is retried as `reserve` is (every hold is idempotent by
+        its id), and if it fails all the same, every hold fails with it."""
+        request = metering_pb.ReserveHoldsRequest(holds=[self._reserve_request(hold) for hold in holds])
+
+        async def attempt() -> metering_pb.ReserveHoldsResponse:
+            response: metering_pb.ReserveHoldsResponse = await self._downstream.metering.ReserveHolds(
+                request, timeout=self._downstream.timeout
+            )
+            return response
+
+        try:
+            response = await self._until_done(attempt, self._reserve_seconds)
+        except grpc.aio.AioRpcError as exc:
+            reason = _reserve_reason(exc.code())
+            return [
+                rpc_failure(exc, f"reserving {hold.what} (metering ReserveHolds)", reason, hold.turn_id)
+                for hold in holds
+            ]
+        refusals: list[pb.ErrorEvent | None] = []
+        for hold, result in zip(holds, response.results, strict=True):
+            if result.HasField("reserved"):
+                refusals.append(None)
+                continue
+            code = _STATUS_CODES.get(result.failure.code, grpc.StatusCode.UNKNOWN)
+            refusals.append(
+                hold_failure(
+                    result.failure,
+                    f"reserving {hold.what} (metering ReserveHolds)",
+                    _reserve_reason(code),
+                    hold.turn_id,
+                )
+            )
+        return refusals
 
     async def commit(
         self, reservation_id: str, event: usage_pb2.UsageEvent, what: str
@@ -150,6 +226,47 @@ class Ledger:
         except grpc.aio.AioRpcError as exc:
             return rpc_failure(exc, f"committing {what} (metering Commit)", "COMMIT_FAILED", event.turn_id)
         return None
+
+    async def commit_holds(self, settles: Sequence[Settle]) -> list[pb.ErrorEvent | None]:
+        """Commit each hold of `settles` with its usage event in one call (metering CommitHolds):
+        for each, in order, why it failed, or None. Retried as `commit` is (each hold and event is
+        idempotent by its id); each hold answered on its own."""
+        request = metering_pb.CommitHoldsRequest(
+            holds=[
+                metering_pb.CommitRequest(reservation_id=settle.reservation_id, usage=[settle.event])
+                for settle in settles
+            ]
+        )
+
+        async def attempt() -> metering_pb.CommitHoldsResponse:
+            response: metering_pb.CommitHoldsResponse = await self._downstream.metering.CommitHolds(
+                request, timeout=self._downstream.timeout
+            )
+            return response
+
+        try:
+            response = await self._until_done(attempt)
+        except grpc.aio.AioRpcError as exc:
+            return [
+                rpc_failure(
+                    exc,
+                    f"committing {settle.what} (metering CommitHolds)",
+                    "COMMIT_FAILED",
+                    settle.event.turn_id,
+                )
+                for settle in settles
+            ]
+        return [
+            None
+            if result.HasField("committed")
+            else hold_failure(
+                result.failure,
+                f"committing {settle.what} (metering CommitHolds)",
+                "COMMIT_FAILED",
+                settle.event.turn_id,
+            )
+            for settle, result in zip(settles, response.results, strict=True)
+        ]
 
     async def release(self, reservation_id: str, reason: str) -> None:
         async def attempt() -> object:

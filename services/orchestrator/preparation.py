@@ -27,6 +27,7 @@ from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
 from services.orchestrator.downstream import Downstream
 from services.orchestrator.event_shapes import rpc_failure
+from services.orchestrator.ledger import Hold
 from services.orchestrator.policies import Agent
 from services.orchestrator.transcript import Said
 from services.orchestrator.turns import TurnRunner
@@ -86,14 +87,26 @@ class Preparer:
         prepared = Prepared(
             orchestration_event_id(conversation_id, message_id), first_turn_id(conversation_id, message_id)
         )
-        holds = asyncio.gather(
-            self._turns.reserve(
-                prepared.orchestration_id,
-                metering_pb.METER_ORCHESTRATIONS,
-                "the round's orchestration quota",
-                conversation_id=conversation_id,
-            ),
-            self._turns.reserve_turn(conversation_id, prepared.first_turn_id),
+        # Both holds in one call (each answered on its own: the orchestration refused does not
+        # refuse the first turn, nor the other way round), beside the reads.
+        holds = asyncio.ensure_future(
+            self._turns.reserve_holds(
+                [
+                    Hold(
+                        prepared.orchestration_id,
+                        metering_pb.METER_ORCHESTRATIONS,
+                        "the round's orchestration quota",
+                        conversation_id,
+                    ),
+                    Hold(
+                        prepared.first_turn_id,
+                        metering_pb.METER_AGENT_TURNS,
+                        "the turn's quota",
+                        conversation_id,
+                        prepared.first_turn_id,
+                    ),
+                ]
+            )
         )
         try:
             (prepared.conversation, prepared.agents), (prepared.recent, prepared.more) = await asyncio.gather(

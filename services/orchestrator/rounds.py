@@ -41,7 +41,7 @@ from services.orchestrator.preparation import Prepared, Preparer
 from services.orchestrator.settings import OrchestratorSettings
 from services.orchestrator.tool_use import max_tool_calls
 from services.orchestrator.transcript import Said, chat_messages
-from services.orchestrator.turns import Halt, TurnResult, TurnRunner, TurnSpec
+from services.orchestrator.turns import Halt, RoundBill, TurnResult, TurnRunner, TurnSpec
 from services.runtime import tracing
 from services.runtime.principal import Caller
 from services.runtime.protos import now_timestamp
@@ -106,6 +106,8 @@ class RoundState:
     # writes nothing before it is; a queued message's round starts accepted.
     acceptance: Acceptance = field(default_factory=Acceptance.given)
     prepared: Prepared | None = None
+    # The round's orchestration, billed with its last turn when that turn is known to be the last.
+    bill: RoundBill | None = None
     halt: Halt = field(default_factory=Halt)
     current_turn: str = ""
     bidding_turn: str = ""
@@ -149,6 +151,7 @@ class Rounds:
         """Run the round to its end; LeaseLost propagates (the round stops writing at once)."""
         job = state.job
         started = time.monotonic()
+        bill = state.bill = RoundBill(partial(self.orchestration_event, job, started))
 
         async def emit(event: pb.ConversationEvent) -> None:
             await state.acceptance.wait()
@@ -191,8 +194,13 @@ class Rounds:
             if state.acceptance.accepted:
                 await self._preparer.release_first_turn(prepared, "the round ended before its first turn")
                 # However the round ends (a failure to load, LeaseLost included), it held an
-                # orchestration: billed once, here (or by whoever takes the round over).
-                usage = await self.commit_orchestration(job, len(spoken), started)
+                # orchestration: billed once, here, or with its last turn (RoundBill), or by
+                # whoever takes the round over.
+                usage: usage_pb2.UsageEvent | pb.ErrorEvent
+                if bill.billed is not None:
+                    usage = bill.billed
+                else:
+                    usage = await self.commit_orchestration(job, len(spoken), started)
             else:
                 await self._preparer.release(prepared, "the message was not accepted")
         if failure is not None:
@@ -237,7 +245,19 @@ class Rounds:
                 return decision.reason
             state.current_turn = decision.turn_id
             mark = partial(notes.turn, job.conversation_id, decision.turn_id)
-            result = await self._start_turn(state, emit, decision, len(view.spoken) + 1, history, names, mark)
+            # With the turn limit reached by this turn, no policy plans another (policies.py): its
+            # commit may carry the round's orchestration too.
+            last = len(view.spoken) + 1 >= view.limit
+            result = await self._start_turn(
+                state,
+                emit,
+                decision,
+                len(view.spoken) + 1,
+                history,
+                names,
+                mark,
+                state.bill if last else None,
+            )
             state.current_turn = ""
             if result.outcome in (pb.TURN_OUTCOME_CANCELLED, pb.TURN_OUTCOME_INTERRUPTED):
                 return _halted(state.halt)
@@ -273,6 +293,7 @@ class Rounds:
         history: Sequence[Said],
         names: dict[str, str],
         mark: Callable[[], Awaitable[None]],
+        bill: RoundBill | None = None,
     ) -> TurnResult:
         """One turn; `mark` (the driver noting the turn in flight) is written with TurnStarted,
         both before the turn's first word (its generation starts meanwhile: a takeover releases
@@ -322,7 +343,7 @@ class Rounds:
             await emit(event)
 
         turn = asyncio.ensure_future(
-            take_turn(self._turns, spec, emit_announced, state.halt, asyncio.shield(reserving))
+            take_turn(self._turns, spec, emit_announced, state.halt, asyncio.shield(reserving), bill)
         )
         # A turn that cannot be announced stops at once (its generation cut, its hold released by
         # take_turn), not at its first word.
@@ -346,11 +367,18 @@ class Rounds:
     ) -> usage_pb2.UsageEvent | pb.ErrorEvent:
         """Bill the round's orchestration (once: the event's id derives from its message); the
         event, or why committing failed. `started`: when the round began, if known."""
+        event = self.orchestration_event(job, started)
+        failure = await self._turns.commit(event.event_id, event, f"the round's usage ({turns} turns)")
+        return event if failure is None else failure
+
+    @staticmethod
+    def orchestration_event(job: RoundJob, started: float | None = None) -> usage_pb2.UsageEvent:
+        """The round's ORCHESTRATION event, its id (and its hold's) derived from its message; its
+        duration from `started`, when the round began, if known."""
         principal = job.caller.principal
-        reservation = orchestration_event_id(job.conversation_id, job.message_id)
         duration_ms = 0 if started is None else int((time.monotonic() - started) * 1000)
-        event = usage_pb2.UsageEvent(
-            event_id=reservation,
+        return usage_pb2.UsageEvent(
+            event_id=orchestration_event_id(job.conversation_id, job.message_id),
             time=now_timestamp(),
             tenant_id=principal.tenant_id,
             user_id=principal.user_id,
@@ -359,8 +387,6 @@ class Rounds:
             dimensions=usage_pb2.UsageDimensions(duration_ms=duration_ms),
             actor_chain=principal.actor_chain,
         )
-        failure = await self._turns.commit(reservation, event, f"the round's usage ({turns} turns)")
-        return event if failure is None else failure
 
 
 async def take_turn(
@@ -369,9 +395,11 @@ async def take_turn(
     emit: Callable[[pb.ConversationEvent], Awaitable[None]],
     halt: Halt,
     reserving: Awaitable[pb.ErrorEvent | None] | None = None,
+    bill: RoundBill | None = None,
 ) -> TurnResult:
-    """Reserve (unless `reserving` already does), generate, store, commit, and say how the turn
-    ended (TurnStarted is the caller's)."""
+    """Reserve (unless `reserving` already does), generate, store, commit (with the round's
+    orchestration in `bill`, if given: the round ends with this turn), and say how the turn ended
+    (TurnStarted is the caller's)."""
     started = time.monotonic()
     refusal = await (
         reserving if reserving is not None else runner.reserve_turn(spec.conversation_id, spec.turn_id)
@@ -408,7 +436,7 @@ async def take_turn(
         await emit(turn_completed(spec.turn_id, spec.agent.id, result.outcome, "", result.text))
         await emit(pb.ConversationEvent(error=result.error))
         return result
-    usage = await runner.commit_turn(spec, result, completion, started)
+    usage = await runner.commit_turn(spec, result, completion, started, bill)
     await emit(turn_completed(spec.turn_id, spec.agent.id, result.outcome, result.message_id, result.text))
     if isinstance(usage, usage_pb2.UsageEvent):
         await emit(pb.ConversationEvent(usage=usage))

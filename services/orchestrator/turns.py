@@ -27,7 +27,7 @@ from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
 from services.orchestrator.downstream import Downstream, acting
 from services.orchestrator.event_shapes import error_event, rpc_failure
-from services.orchestrator.ledger import CHARS_PER_TOKEN, Ledger
+from services.orchestrator.ledger import CHARS_PER_TOKEN, Ledger, Settle
 from services.orchestrator.tool_use import DEFAULT_MAX_TOOL_CALLS, Toolbox, run_all
 from services.runtime.auth.caller_tokens import acting_agent
 from services.runtime.principal import Caller
@@ -312,8 +312,10 @@ class TurnRunner(Ledger):
         result: TurnResult,
         completion: proxy_pb.GenerateCompletion | None,
         started: float,
+        bill: RoundBill | None = None,
     ) -> usage_pb2.UsageEvent | pb.ErrorEvent:
-        """Commit the hold with the turn's AGENT_TURN event; the event, or why it failed."""
+        """Commit the hold with the turn's AGENT_TURN event (and with it, in the same call, the
+        round's orchestration in `bill`, if given); the turn's event, or why it failed."""
         dimensions = usage_pb2.UsageDimensions()
         if completion is not None and completion.HasField("usage"):
             dimensions.CopyFrom(completion.usage)
@@ -339,11 +341,35 @@ class TurnRunner(Ledger):
             dimensions=dimensions,
             actor_chain=principal.actor_chain,
         )
-        failure = await self.commit(spec.turn_id, event, "the turn's usage")
+        if bill is None:
+            failure = await self.commit(spec.turn_id, event, "the turn's usage")
+        else:
+            orchestration = bill.event()
+            failure, orchestration_failure = await self.commit_holds(
+                [
+                    Settle(spec.turn_id, event, "the turn's usage"),
+                    Settle(orchestration.event_id, orchestration, "the round's usage"),
+                ]
+            )
+            # Not billed here: the round's end commits it on its own, and says so if that fails.
+            if orchestration_failure is None:
+                bill.billed = orchestration
         if failure is not None:
             return failure
         result.usage = dimensions
         return event
+
+
+@dataclass
+class RoundBill:
+    """A round's ORCHESTRATION usage, committed with the usage of the turn it is known to end with
+    (its policy's turn limit is reached with that turn): one metering call, not two. `event` builds
+    it when committed; `billed` is it once committed, so the round's end bills it no second time.
+    Folded or not, it is the same hold and the same event id: a takeover that commits it again
+    finds both already recorded."""
+
+    event: Callable[[], usage_pb2.UsageEvent]
+    billed: usage_pb2.UsageEvent | None = None
 
 
 @dataclass

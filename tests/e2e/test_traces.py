@@ -108,8 +108,9 @@ async def test_one_websocket_turn_is_one_connected_trace_through_every_service(w
     assert served("Converse user_message", "orchestrator")
     assert served("AgentProxyService/Generate", "agent-proxy")
     assert served("ConversationService/AppendMessage", "conversation")
-    assert served("MeteringService/Reserve", "metering")
-    assert served("MeteringService/Commit", "metering")
+    # A one-turn round takes its holds in one call and settles them in one (its last turn's).
+    assert served("MeteringService/ReserveHolds", "metering")
+    assert served("MeteringService/CommitHolds", "metering")
     [round_span] = [s for s in spans if s.name == "round"]
     generate = served("AgentProxyService/Generate", "agent-proxy")[0]
     ancestors = []
