@@ -7,12 +7,14 @@ for and its first speaker starts generating meanwhile, which takes the store off
 first token. Everything the round writes (its events, its turn markers) waits for the acceptance,
 so the log keeps its order: MessageAccepted, then the answers. A message that is not accepted (its
 store failed, or a retry of it was accepted first) had no round: the round stops where it is, its
-generation cut, its holds released, nothing written and nothing billed.
+generation cut, its holds released, nothing written and nothing billed; and its poster hears so
+only once the round has let go of the lease, so that a retry finds the conversation free.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 
 class NotAccepted(Exception):
@@ -24,6 +26,7 @@ class Acceptance:
 
     def __init__(self, future: asyncio.Future[None]) -> None:
         self._future = future
+        self._round_over = asyncio.Event()
 
     @classmethod
     def pending(cls) -> Acceptance:
@@ -50,6 +53,15 @@ class Acceptance:
     def accepted(self) -> bool:
         future = self._future
         return future.done() and not future.cancelled() and future.exception() is None
+
+    def round_over(self) -> None:
+        """The round is over and its driver let go of the lease (or handed it on)."""
+        self._round_over.set()
+
+    async def until_round_over(self, seconds: float) -> None:
+        """Wait, at most `seconds`, until `round_over`."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._round_over.wait(), seconds)
 
     async def wait(self) -> None:
         """Return once the message is accepted; NotAccepted if it is not."""

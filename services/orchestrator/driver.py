@@ -176,12 +176,20 @@ class Driver:
             accepted, _stored = await self._store(job.caller, job.conversation_id, message, lease)
         except BaseException:
             acceptance.refuse("the message could not be stored")
+            await self._until_round_over(acceptance)
             raise
         if accepted.duplicate:
             acceptance.refuse("the message was already posted")
+            await self._until_round_over(acceptance)
         else:
             acceptance.accept()
         return accepted
+
+    async def _until_round_over(self, acceptance: Acceptance) -> None:
+        """Answer a message that has no round only once that round let go of the lease: the
+        poster's next message (or its retry) must find the conversation free, not a round in
+        flight. Bounded by the lease time (a round cut short lets go by the lease lapsing)."""
+        await asyncio.shield(acceptance.until_round_over(self._leases.ttl_ms / 1000))
 
     async def _claim(self, job: RoundJob) -> Lease | None:
         """The lease for `job`'s round; None while another round is in flight. A driver hands its
@@ -306,6 +314,7 @@ class Driver:
         """Drive `job`'s round (None: the queue's next), then the queue's, until it is empty."""
         conversation_id = lease.conversation_id
         lost = handed_on = False
+        first_acceptance = acceptance
         try:
             async with self._leases.held(lease) as lost_event:
                 if closing is not None:
@@ -327,6 +336,7 @@ class Driver:
                         break
                     finally:
                         watcher.cancel()
+                        state.acceptance.round_over()
                     if job is None:
                         handed_on = True
                         self._leases.given_up(lease)
@@ -334,6 +344,9 @@ class Driver:
         except Exception:
             log.exception("driving conversation %s failed", conversation_id)
             return
+        finally:
+            if first_acceptance is not None:
+                first_acceptance.round_over()  # however the drive ended before its round did
         if lost or handed_on:
             return  # the new holder carries on; or the lease went with nothing queued (hand_on)
         if await self._markers.waiting(conversation_id):

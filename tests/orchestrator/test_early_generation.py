@@ -108,8 +108,9 @@ async def test_a_message_that_cannot_be_stored_cuts_its_generation_and_bills_not
     # The poster gets the store's error...
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await posting
-    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert (caught.value.details() or "").startswith("storing the message failed")
+    details = caught.value.details() or ""
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, details
+    assert details.startswith("storing the message failed"), details
     # ...and the generation is cut long before its 10 s answer would have ended.
     deadline = time.monotonic() + 3
     while state.open_streams > open_before:
