@@ -1,17 +1,26 @@
-"""A bounded closed-loop load: `concurrency` workers issue calls back to back until `requests` calls
-have been issued or `max_seconds` have passed, whichever comes first.
+"""Bounded loads, closed and open loop.
 
-Every call is timed on its own (perf_counter around the await); a warm-up pass at the same
-concurrency, not recorded, opens connections and fills pools and caches first.
+Closed loop (`drive`): `concurrency` workers issue calls back to back until `requests` calls have
+been issued or `max_seconds` have passed, whichever comes first. Every call is timed on its own
+(perf_counter around the await). A slow call holds its worker back, so the load eases exactly when
+the path is slow: the tail it reports is the tail at a rate the path chose, not at a given one.
+
+Open loop (`drive_open`): call i is started at t0 + i/rate whether or not earlier calls have
+finished, each as its own task, and timed from that scheduled instant, not from when it really
+began: a call that waited behind a slow one, or behind the client's own busy event loop, counts
+the wait (no coordinated omission). This is the load a service meets from many independent callers.
+
+Both run a warm-up pass first, not recorded, that opens connections and fills pools and caches.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bench.cpu import CpuMeter
 from bench.stats import percentile
@@ -41,6 +50,14 @@ class LoadResult:
         return percentile(self.latencies, 0.99) * 1000
 
     @property
+    def p999_ms(self) -> float:
+        return percentile(self.latencies, 0.999) * 1000
+
+    @property
+    def max_ms(self) -> float:
+        return self.latencies[-1] * 1000 if self.latencies else math.nan
+
+    @property
     def rate(self) -> float:
         return self.count / self.elapsed if self.elapsed > 0 else 0.0
 
@@ -62,6 +79,10 @@ class LoadResult:
     def cpu_us_per_call(self, name: str) -> float:
         calls = self.count + self.errors
         return self.cpu.get(name, 0.0) / calls * 1e6 if calls else 0.0
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"[:300]
 
 
 async def _pass(
@@ -103,7 +124,116 @@ async def drive(
     return LoadResult(
         latencies=tuple(sorted(latencies)),
         errors=len(errors),
-        first_error=f"{type(errors[0]).__name__}: {errors[0]}"[:300] if errors else None,
+        first_error=_describe(errors[0]) if errors else None,
         elapsed=elapsed,
         cpu=CpuMeter.spent(before, after),
     )
+
+
+MAX_IN_FLIGHT = 5_000  # an open loop against a stalled path would otherwise start tasks without end
+GRACE_SECONDS = 10.0  # how long calls still in flight when scheduling ends may take to finish
+
+
+@dataclass(frozen=True)
+class OpenLoadResult:
+    """An open-loop pass. `load` holds every call's latency from its scheduled instant; its errors
+    count failed calls, calls not started (the in-flight cap was reached, or scheduling fell a
+    grace period behind) and calls cancelled unfinished at the deadline."""
+
+    load: LoadResult
+    target_rate: float
+    scheduled: int  # calls due in the recorded pass
+    started: int
+    start_rate: float  # calls started per second, first start to last
+    start_lag_p99_ms: float  # how late the client started its calls: its own event loop's delay
+
+
+async def _open_pass(
+    call: Call, rate: float, seconds: float, max_in_flight: int, grace_seconds: float
+) -> OpenLoadResult:
+    interval = 1.0 / rate
+    due = math.ceil(seconds * rate)
+    latencies: list[float] = []
+    failures: list[str] = []
+    lags: list[float] = []
+    starts: list[float] = []
+    in_flight: set[asyncio.Task[None]] = set()
+
+    async def one(index: int, scheduled: float) -> None:
+        try:
+            await call(index)
+        except Exception as exc:
+            failures.append(_describe(exc))
+        else:
+            latencies.append(time.perf_counter() - scheduled)
+
+    t0 = time.perf_counter()
+    not_started = 0
+    for index in range(due):
+        scheduled = t0 + index * interval
+        now = time.perf_counter()
+        if scheduled > now:
+            # Sleeps are only as fine as the loop's clock (about 1 ms); a late wake-up starts every
+            # overdue call at once, each still timed from its own instant.
+            await asyncio.sleep(scheduled - now)
+            now = time.perf_counter()
+        if len(failures) >= MAX_ERRORS or now - scheduled > grace_seconds or len(in_flight) >= max_in_flight:
+            not_started += 1
+            continue
+        task = asyncio.create_task(one(index, scheduled))
+        in_flight.add(task)
+        task.add_done_callback(in_flight.discard)
+        lags.append(now - scheduled)
+        starts.append(now)
+    unfinished = 0
+    if in_flight:
+        _, pending = await asyncio.wait(set(in_flight), timeout=grace_seconds)
+        unfinished = len(pending)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+    elapsed = time.perf_counter() - t0
+    # a call never started, or cancelled unfinished, failed as surely as one that raised
+    errors = len(failures) + not_started + unfinished
+    if not_started:
+        failures.append(f"{not_started} calls not started (in-flight cap, errors or schedule overrun)")
+    if unfinished:
+        failures.append(f"{unfinished} calls unfinished after the {grace_seconds:.0f} s grace period")
+    load = LoadResult(
+        latencies=tuple(sorted(latencies)),
+        errors=errors,
+        first_error=failures[0] if failures else None,
+        elapsed=elapsed,
+        cpu={},
+    )
+    span = starts[-1] - starts[0] if len(starts) > 1 else 0.0
+    return OpenLoadResult(
+        load=load,
+        target_rate=rate,
+        scheduled=due,
+        started=len(starts),
+        start_rate=(len(starts) - 1) / span if span > 0 else 0.0,
+        start_lag_p99_ms=percentile(sorted(lags), 0.99) * 1000,
+    )
+
+
+async def drive_open(
+    call: Call,
+    *,
+    rate: float,
+    seconds: float,
+    warmup_seconds: float,
+    meter: CpuMeter,
+    max_in_flight: int = MAX_IN_FLIGHT,
+    grace_seconds: float = GRACE_SECONDS,
+) -> OpenLoadResult:
+    """Warm up at `rate` for `warmup_seconds`, then run the recorded pass of `seconds` at `rate` and
+    read every process's CPU around it (from the first scheduled instant to the last call's end)."""
+    if rate <= 0 or seconds <= 0:
+        raise ValueError(f"rate and seconds must be positive, got rate={rate} seconds={seconds}")
+    if warmup_seconds > 0:
+        await _open_pass(call, rate, warmup_seconds, max_in_flight, grace_seconds)
+    before = meter.read()
+    result = await _open_pass(call, rate, seconds, max_in_flight, grace_seconds)
+    after = meter.read()
+    return replace(result, load=replace(result.load, cpu=CpuMeter.spent(before, after)))
