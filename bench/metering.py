@@ -1,6 +1,7 @@
 """`python -m bench.metering`: usage ingest and quota holds, each beside its raw baseline, in one run.
 
     .venv/bin/python -m bench.metering [--events 50000] [--pairs 3000] [--concurrency 50]
+                                       [--open-rate 1000] [--open-seconds 5] [--only-open]
 
 Ingest (events/s into Postgres):
 - raw: aiokafka consumes the events from a topic of their own and asyncpg COPYs them (decoded,
@@ -16,6 +17,8 @@ Holds (through Envoy's mesh listener, closed loop at `--concurrency` in flight):
 - Reserve over gRPC through Envoy;
 - Reserve + Commit pairs (one API_CALL event per Commit), the cost of one metered turn.
 The holds use the API-calls meter, which no catalog plan limits, so no call is refused.
+Holds in an open loop (`--open-rate` calls due per second, whatever the answers do; `--only-open`
+runs these rows alone): the floor, Reserve and a round's ReserveHolds, in bench/metering_open.py.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from macp.token.v1 import token_service_pb2_grpc as token_grpc
 from bench.cpu import CLIENT, CpuMeter
 from bench.grpc_floor import floor_echo, floor_server
 from bench.load import LoadResult, drive
+from bench.metering_open import open_holds, open_table
 from bench.service_tokens import service_token
 from bench.slice import cluster_healthy, start_apps_and_envoy
 from bench.stats import machine_line, markdown_table, ratio
@@ -294,7 +298,28 @@ async def holds(stack: Stack, pairs: int, concurrency: int, floor: tuple[str, in
     return results
 
 
+async def open_loop(stack: Stack, args: argparse.Namespace) -> str:
+    """The open-loop hold rows as a table, against a floor server of their own."""
+    token = await turn_token(stack)
+    with floor_server() as (floor_address, floor_pid):
+        results = await open_holds(
+            stack.mesh_address,
+            stack.admin.tenant_id,
+            token,
+            floor_address,
+            CpuMeter(stack.pids | {FLOOR: floor_pid}),
+            rate=args.open_rate,
+            seconds=args.open_seconds,
+        )
+    return open_table(results, CPU_COLUMNS)
+
+
 async def measure(stack: Stack, args: argparse.Namespace) -> None:
+    if args.only_open:
+        print(machine_line())
+        print()
+        print(await open_loop(stack, args))
+        return
     raw_seconds = await raw_ingest(stack, turn_events(args.events))
     metering_seconds = await metering_ingest(stack, turn_events(args.events))
     with floor_server() as floor:
@@ -339,6 +364,8 @@ async def measure(stack: Stack, args: argparse.Namespace) -> None:
             ["hold path", "c", "n", "p50 ms", "p99 ms", "per s", "errors", *cpu_headers], hold_rows
         )
     )
+    print()
+    print(await open_loop(stack, args))
 
 
 def main() -> None:
@@ -346,7 +373,12 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=50_000, help="distinct events per ingest path")
     parser.add_argument("--pairs", type=int, default=3_000, help="calls per hold path")
     parser.add_argument("--concurrency", type=int, default=50, help="hold calls in flight")
+    parser.add_argument("--open-rate", type=float, default=1_000, help="open-loop calls due per second")
+    parser.add_argument("--open-seconds", type=float, default=5, help="open-loop recorded seconds per row")
+    parser.add_argument("--only-open", action="store_true", help="run the open-loop hold rows only")
     args = parser.parse_args()
+    if args.open_rate <= 0 or args.open_seconds <= 0:
+        parser.error("--open-rate and --open-seconds must be positive")
     with running_stack() as stack:  # it seeds the local admin with its own event loop
         asyncio.run(measure(stack, args))
 
