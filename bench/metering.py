@@ -64,6 +64,7 @@ APPS = ("token", "metering")
 FLOOR = "floor server"
 FLOOR_ROW = "floor: an empty grpc.aio method, straight (no Envoy, no interceptors, no Redis)"
 CPU_COLUMNS = (CLIENT, FLOOR, "envoy", "metering")  # CPU µs per call, in the order of a call's hops
+OPEN_CPU_COLUMNS = (FLOOR, "envoy", "metering", "redis")  # the open-loop rows add the client's own
 USAGE_TOPIC = "bench.usage.v1"
 RAW_TOPIC = "bench.raw.v1"
 BATCH = 5_000
@@ -77,7 +78,7 @@ class Stack:
     mesh_address: str
     admin: LocalAdmin
     initial_access_token: str
-    pids: dict[str, int]  # metering, envoy: the processes whose CPU per hold the table shows
+    pids: dict[str, int]  # metering, envoy, redis: the processes whose CPU per hold the tables show
 
 
 @contextmanager
@@ -113,7 +114,10 @@ def running_stack() -> Iterator[Stack]:
                     raise StartupError(f"Envoy saw no healthy {cluster}")
                 time.sleep(0.1)
         admin = seed(directory, envoy.mesh_address, environ["MACP_TOKEN_INITIAL_ACCESS_TOKEN"]).admin
-        named = {app.name: process.pid for app, process in processes} | {"envoy": envoy.pid}
+        named = {app.name: process.pid for app, process in processes} | {
+            "envoy": envoy.pid,
+            "redis": infrastructure.redis.pid,
+        }
         pids = {name: pid for name, pid in named.items() if pid is not None and name != "token"}
         yield Stack(environ, envoy.mesh_address, admin, environ["MACP_TOKEN_INITIAL_ACCESS_TOKEN"], pids)
 
@@ -307,11 +311,11 @@ async def open_loop(stack: Stack, args: argparse.Namespace) -> str:
             stack.admin.tenant_id,
             token,
             floor_address,
-            CpuMeter(stack.pids | {FLOOR: floor_pid}),
+            stack.pids | {FLOOR: floor_pid},
             rate=args.open_rate,
             seconds=args.open_seconds,
         )
-    return open_table(results, CPU_COLUMNS)
+    return open_table(results, OPEN_CPU_COLUMNS)
 
 
 async def measure(stack: Stack, args: argparse.Namespace) -> None:
