@@ -5,7 +5,7 @@ own process, as `macp up` runs them; bench/slice.py) with Envoy in front, signs 
 then opens N connections (default 5,000) straight to the edge process on 127.0.0.1, each sending
 one `ping` (so it is authenticated, rate-limited and answered, then idle), and reads the edge's RSS
 from /proc (psutil) before and after. Bytes per idle connection = (after - before) / N. Target:
-at most 16 KiB.
+at most 12 KiB (docs/benchmarks.md section 8).
 
     .venv/bin/python -m bench.websocket_memory [--connections 5000]
 

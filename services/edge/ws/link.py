@@ -2,12 +2,12 @@
 connection, plugged into uvicorn as its `ws` protocol (uvicorn hands an upgrade request over to it,
 on the same port as the HTTP API).
 
-Why not uvicorn's protocols: an idle connection must cost at most 16 KiB at 5,000 of them
+Why not uvicorn's protocols: an idle connection must cost at most 12 KiB at 5,000 of them
 (docs/benchmarks.md section 8). uvicorn's protocols alone cost about 18 KiB each, most of it the
 ASGI task and the coroutines of the app waiting on `receive()`. Here an idle connection is this
-object, its transport, its wsproto state and, after the handshake, the edge's `Connection` (its
-caller and one timer); a frame arriving is a callback, and work starts a task only while there is
-work (services/edge/ws/connection.py).
+object, its transport, wsproto's frame protocol (not its handshake: `_accepted`) and, after the
+handshake, the edge's `Connection` (its caller and one timer); a frame arriving is a callback, and
+work starts a task only while there is work (services/edge/ws/connection.py).
 
 What it does itself, so the edge's `Connection` sees only text frames and a sender:
 - the handshake: uvicorn replays the upgrade request into `data_received`; only `/v1/ws` is served
@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 from wsproto import ConnectionType, WSConnection
-from wsproto.connection import ConnectionState
+from wsproto.connection import Connection, ConnectionState
 from wsproto.events import (
     AcceptConnection,
     BytesMessage,
@@ -121,7 +121,8 @@ class WebSocketLink(asyncio.Protocol):
         self._heartbeat_timeout = heartbeat_timeout_seconds
         # uvicorn's set of open connections: its graceful shutdown calls `shutdown()` on each.
         self._connections: set[Any] = server_state.connections
-        self._ws = WSConnection(ConnectionType.SERVER)
+        # The handshake's protocol until it is accepted, then the frame protocol alone (`_accepted`).
+        self._ws: WSConnection | Connection = WSConnection(ConnectionType.SERVER)
         self._transport: asyncio.Transport | None = None
         self._peer: Peer | None = None
         self._parts: list[str] | None = None  # a fragmented text message being reassembled
@@ -225,14 +226,14 @@ class WebSocketLink(asyncio.Protocol):
             peer.on_closed()
             return
         self._peer = peer
-        self._write(self._ws.send(AcceptConnection()))
+        self._accepted()
         self._schedule_ping()
 
     def accept_and_close(self, code: int, reason: str) -> None:
         """Accepted only to be closed with `code`: a refused handshake tells a browser nothing."""
         if self._transport is None or self._transport.is_closing():
             return
-        self._write(self._ws.send(AcceptConnection()))
+        self._accepted()
         self.close(code, reason)
 
     def send_text(self, text: str) -> bool:
@@ -274,6 +275,16 @@ class WebSocketLink(asyncio.Protocol):
         self._close_timer = loop.call_later(CLOSE_TIMEOUT_SECONDS, self._drop)
 
     # Inside
+
+    def _accepted(self) -> None:
+        """Sends the 101, then keeps only the frame protocol: wsproto's `WSConnection` holds its
+        handshake for the connection's life (h11's connection, the request and its headers, an event
+        queue: about 4.5 KiB of each idle connection, docs/benchmarks.md section 8), although after
+        the 101 only its `Connection` is used, whose `send`, `receive_data`, `events` and `state`
+        are all this link calls."""
+        self._write(self._ws.send(AcceptConnection()))  # a second accept is wsproto's error, as before
+        if isinstance(self._ws, WSConnection) and self._ws.connection is not None:
+            self._ws = self._ws.connection
 
     def _write(self, data: bytes) -> None:
         if data and self._transport is not None and not self._transport.is_closing():
