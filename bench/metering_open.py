@@ -147,6 +147,7 @@ def open_table(results: dict[str, OpenLoadResult], cpu_columns: Sequence[str]) -
             f"{r.load.max_ms:.2f}",
             str(r.load.errors),
             f"{r.start_lag_p99_ms:.2f}",
+            f"{r.from_start_p99_ms:.2f}",
             *(f"{r.load.cpu_us_per_call(process):.0f}" for process in (CLIENT, *cpu_columns)),
             f"{other_cores(r):.2f}",
         ]
@@ -163,6 +164,7 @@ def open_table(results: dict[str, OpenLoadResult], cpu_columns: Sequence[str]) -
         "max ms",
         "errors",
         "start lag p99 ms",
+        "p99 ms from start",
         *(f"{process} CPU µs/call" for process in (CLIENT, *cpu_columns)),
         "other processes' CPU, cores",
     ]
