@@ -37,9 +37,7 @@ WARMUP_SECONDS = 2.0  # opens the channels, fills the services' caches and lets 
 FLOOR_ROW = "floor: an empty grpc.aio method, straight (no Envoy)"
 RESERVE_ROW = "Reserve through Envoy's mesh listener (one hold)"
 HOLDS_ROW = "ReserveHolds through Envoy's mesh listener (two holds: a round's orchestration and turn)"
-
-
-MACHINE = "machine"
+MACHINE = "machine"  # the meter's reading of the whole machine's busy CPU
 
 
 class MachineCpuMeter(CpuMeter):
