@@ -110,10 +110,26 @@ def test_stop_kills_the_whole_group_even_when_it_ignores_sigterm(tmp_path: Path)
     assert "killing its process group" in child.log_path.read_text()
 
 
+# A shell ignores a trap on a signal that was ignored when it started, and a blocked signal stays
+# blocked across exec: whatever an earlier test of the same pytest process left SIGINT as, the
+# child under test starts with SIGINT caught by default and unblocked, as `macp up`'s children do.
+_SIGINT_AS_NEW = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); "
+    "os.execv('/bin/sh', ['sh', '-c', sys.argv[1]])"
+)
+
+
+def _signal_state(pid: int) -> str:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return " ".join(line for line in status.splitlines() if line.startswith(("SigBlk", "SigIgn", "SigCgt")))
+
+
 def test_stop_sends_the_chosen_signal_and_stops_gracefully(tmp_path: Path) -> None:
+    script = "trap 'echo got INT; exit 0' INT; echo trap-$((6 * 7)); sleep 300 & wait"
     child = ManagedProcess(
         "graceful",
-        _sh("trap 'echo got INT; exit 0' INT; echo trap-$((6 * 7)); sleep 300 & wait"),
+        [sys.executable, "-c", _SIGINT_AS_NEW, script],
         data_dir=tmp_path,
         stop_signal=signal.SIGINT,
     )
@@ -125,8 +141,10 @@ def test_stop_sends_the_chosen_signal_and_stops_gracefully(tmp_path: Path) -> No
     while "trap-42" not in child.log_path.read_text():
         assert time.monotonic() < deadline, "the shell never installed its trap"
         time.sleep(0.02)
+    assert child.pid is not None
+    state = _signal_state(child.pid)  # said if it fails: what the shell had SIGINT as
     child.stop()
-    assert child.poll() == 0
+    assert child.poll() == 0, state
     assert "got INT" in child.log_path.read_text()
 
 
