@@ -2,9 +2,10 @@
 
 The same harness as `python -m bench.chaos` (bench/chaos*.py), shortened for the suite: 8
 WebSocket clients running one-agent rounds back to back against `macp up` (the console script),
-the orchestrator, the edge, Redis and Postgres each killed once after 6 s of load, then a 30 s
-quiet period and the books. The run happens once for the module; each test asserts one point of
-the issue against it, with the whole table in its message.
+the orchestrator, the edge, Redis and Postgres each killed once after 6 s of load, then a 20 s
+quiet period (past the 15 s a held-back usage event may take) and the books. The run happens once
+for the module; each test asserts one point of the issue against it, with the whole table in its
+message.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ CONFIG = ChaosConfig(
     load_seconds=6.0,
     recover_seconds=15.0,
     hang_seconds=20.0,
-    quiet_seconds=30.0,
+    quiet_seconds=20.0,
     drain_seconds=30.0,
 )
 
