@@ -47,17 +47,36 @@ if [ "$mode" = lock ]; then
   exec bash "$0" test
 fi
 
-if [ "$mode" = test ]; then
-  if ! stamp_matches npm package.json package-lock.json || [ ! -x node_modules/.bin/buf ]; then
-    say "installing npm packages (the buf CLI)"
-    npm ci --no-audit --no-fund --loglevel=error
-    write_stamp npm package.json package-lock.json
+# npm: the buf CLI and the OpenAI Node SDK for the tests, and the web console's toolchain, which
+# both modes need: `macp up` serves the console's build (console/dist), made here whenever its
+# sources or the npm lock changed.
+if ! stamp_matches npm package.json package-lock.json || [ ! -d node_modules/.bin ]; then
+  say "installing npm packages (package-lock.json)"
+  npm ci --no-audit --no-fund --loglevel=error
+  write_stamp npm package.json package-lock.json
+fi
+console_sources() { find console -path console/dist -prune -o -type f -print 2>/dev/null | LC_ALL=C sort; }
+if [ -d console ]; then
+  mapfile -t sources < <(console_sources)
+  if ! stamp_matches console package-lock.json "${sources[@]}" || [ ! -f console/dist/index.html ]; then
+    say "building the web console (console/, npm run build:console)"
+    npm run --silent --if-present build:console
+    write_stamp console package-lock.json "${sources[@]}"
   fi
-  if ! command -v docker-compose >/dev/null 2>&1; then
-    say "installing Debian's docker-compose (compose.yaml is checked statically; no engine is needed)"
+fi
+
+if [ "$mode" = test ]; then
+  # Debian's packages the tests use: docker-compose (compose.yaml is checked statically; no engine
+  # is needed) and Chromium, which Playwright drives for the console's browser tests (a browser
+  # Playwright downloads itself would be a file no lock pins).
+  missing=()
+  command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    say "installing Debian's ${missing[*]}"
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq docker-compose >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
   exec bash scripts/test.sh "$@"
 fi
