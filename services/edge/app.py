@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 
 from services.edge.auth import BearerAuthMiddleware
+from services.edge.console import ConsoleFiles
 from services.edge.context import EdgeContext, edge_context
 from services.edge.errors import HttpError, error_response, rpc_error_response
 from services.edge.middleware import RequestContextMiddleware
@@ -135,6 +136,8 @@ def build_app(settings: EdgeSettings, metrics: HttpMetrics) -> Starlette:
     app.add_middleware(SourceLimitMiddleware, limits=lambda: app.state.edge.rate_limits)
     # Before any of the above: an edge that is not ready refuses at once, and counts nothing.
     app.add_middleware(ReadinessMiddleware, readiness=lambda: app.state.edge.readiness)
+    # Outside all of those: the console's static files are public and served even when not ready.
+    app.add_middleware(ConsoleFiles, directory=settings.console_dir)
     # Inside the request context, so a crash is answered with its request id and logged as a 500.
     app.add_middleware(UnexpectedErrorMiddleware)
     # Around every refusal the edge makes itself (a crash's 500 included): on the OpenAI-compatible

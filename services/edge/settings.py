@@ -14,7 +14,9 @@ The WebSocket settings (`MACP_EDGE_WS_*`, see docs/websocket.md):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+from services.edge import console
 from services.edge.rate_limits import RateLimitSettings
 from services.runtime.auth.settings import DEFAULT_ISSUER, AuthSettings
 from services.runtime.registry import EDGE
@@ -64,6 +66,8 @@ class EdgeSettings:
     # The services that must answer SERVING through the mesh before the edge is ready
     # (services/edge/readiness.py); `MACP_EDGE_NEEDS`, `none` for a partial mesh without them.
     needs: tuple[str, ...] = EDGE.needs
+    # The web console's build (`npm run build:console`) served at /console (services/edge/console.py).
+    console_dir: Path = console.DEFAULT_DIR
 
     @classmethod
     def from_env(cls, env: Env) -> EdgeSettings:
@@ -88,4 +92,5 @@ class EdgeSettings:
             # agent writes its whole answer within it.
             completion_timeout_seconds=env.number("MACP_EDGE_COMPLETION_TIMEOUT_SECONDS", 300.0, minimum=1.0),
             needs=env.names("MACP_EDGE_NEEDS", EDGE.needs, SERVICE_NAMES),
+            console_dir=Path(env.string("MACP_EDGE_CONSOLE_DIR", str(console.DEFAULT_DIR))),
         )
