@@ -11,6 +11,7 @@ from services.token.store.directory import Client, DirectoryStore, Tenant
 CLIENT_CREDENTIALS = "client_credentials"
 PASSWORD = "password"
 REFRESH_TOKEN = "refresh_token"
+AUTHORIZATION_CODE = "authorization_code"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 
 

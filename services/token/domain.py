@@ -14,7 +14,9 @@ from services.runtime.sealing import Sealer
 from services.token.accounts import Accounts
 from services.token.agent_tokens import AgentTokens
 from services.token.audit_log import AuditLog
+from services.token.authorization import Authorization
 from services.token.clients import Clients
+from services.token.console import ensure_console_client
 from services.token.exchange import TokenExchange
 from services.token.grants import Grants
 from services.token.guard import BearerGuard
@@ -25,10 +27,13 @@ from services.token.registration import Registration
 from services.token.revocation_records import RevocationRecords
 from services.token.revocation_requests import RevocationRequests
 from services.token.settings import TokenSettings
+from services.token.sign_in import SignIn
 from services.token.signing import SigningKeys
+from services.token.store.codes import CodeStore
 from services.token.store.directory import DirectoryStore
 from services.token.store.keys import KeyStore
 from services.token.store.tokens import TokenStore
+from services.token.userinfo import UserInfoLookup
 from services.token.verification import TokenVerifier
 
 log = logging.getLogger("macp.token")
@@ -47,12 +52,15 @@ class TokenDomain:
     guard: BearerGuard
     external_issuers: ExternalIssuers
     audit_log: AuditLog
+    authorization: Authorization
+    userinfo: UserInfoLookup
 
     @classmethod
     async def start(
         cls, settings: TokenSettings, pool: asyncpg.Pool, redis: aioredis.Redis, redis_key_prefix: str
     ) -> TokenDomain:
-        """Build the parts; make the first signing key if there is none; refill Redis's revocations."""
+        """Build the parts; make the first signing key if there is none; refill Redis's revocations;
+        register the console's client (console.py)."""
         directory, tokens = DirectoryStore(pool), TokenStore(pool)
         keys = SigningKeys(
             KeyStore(pool),
@@ -62,7 +70,11 @@ class TokenDomain:
         await keys.start()
         revocations = RevocationRecords(redis, redis_key_prefix, tokens)
         republished = await revocations.republish()
-        log.info("token service ready", extra={"revocations_republished": republished})
+        console_changed = await ensure_console_client(directory, settings.issuer)
+        log.info(
+            "token service ready",
+            extra={"revocations_republished": republished, "console_client_changed": console_changed},
+        )
 
         guessing = Guessing(redis, redis_key_prefix, settings.guessing, pool)
         clients = Clients(directory, guessing)
@@ -72,8 +84,10 @@ class TokenDomain:
             keys, revocations, settings.issuer, settings.max_delegation_depth, external_issuers
         )
         minter = Minter(keys, tokens, settings.issuer)
+        sign_in = SignIn(directory, guessing)
+        authorization = Authorization(directory, CodeStore(pool), sign_in, settings)
         return cls(
-            grants=Grants(clients, directory, tokens, minter, revocations, guessing, settings),
+            grants=Grants(clients, directory, tokens, minter, revocations, sign_in, authorization, settings),
             exchange=TokenExchange(
                 clients,
                 verifier,
@@ -92,6 +106,8 @@ class TokenDomain:
             guard=BearerGuard(verifier),
             external_issuers=external_issuers,
             audit_log=AuditLog(pool),
+            authorization=authorization,
+            userinfo=UserInfoLookup(directory),
         )
 
     async def stop(self) -> None:

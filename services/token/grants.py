@@ -1,9 +1,11 @@
-"""IssueToken's grants: client credentials (RFC 6749 4.4), password for local users (4.3) and
-refresh tokens (6) with rotation and reuse detection.
+"""IssueToken's grants: client credentials (RFC 6749 4.4), password for local users (4.3), the
+authorization code of the sign-in page (4.1.3, with PKCE: authorization.py) and refresh tokens (6)
+with rotation and reuse detection.
 
-Refresh tokens form families: the password grant starts one, each refresh uses up its token and
-adds the next. Presenting a used token means two parties hold the family (one of them stole it),
-so the whole family is revoked, with every access token issued from it (RFC 9700 4.14.2).
+Refresh tokens form families: the password and authorization code grants start one, each refresh
+uses up its token and adds the next. Presenting a used token means two parties hold the family (one
+of them stole it), so the whole family is revoked, with every access token issued from it (RFC 9700
+4.14.2). A code redeemed twice revokes the family its first redemption started (RFC 6749 4.1.2).
 """
 
 from __future__ import annotations
@@ -15,16 +17,18 @@ from datetime import UTC, datetime, timedelta
 from macp.token.v1 import token_service_pb2 as pb
 
 from services.runtime import audit
-from services.runtime.audit import AuditEvent, Who
 from services.token import audiences, scopes
+from services.token.authorization import REUSED_DESCRIPTION, Authorization, CodeReused
 from services.token.claims import Identity
-from services.token.clients import CLIENT_CREDENTIALS, PASSWORD, REFRESH_TOKEN, Clients
-from services.token.guessing import Guessing, Kind, Target
-from services.token.hashing import hash_refresh_token, new_refresh_token, password_matches
+from services.token.clients import AUTHORIZATION_CODE, CLIENT_CREDENTIALS, PASSWORD, REFRESH_TOKEN, Clients
+from services.token.families import CODE_REUSE, REFRESH_REUSE, revoke_family
+from services.token.hashing import hash_refresh_token, new_refresh_token
 from services.token.minting import Audit, Minted, Minter
 from services.token.oauth import oauth_error
 from services.token.revocation_records import RevocationRecords
 from services.token.settings import TokenSettings
+from services.token.sign_in import SignIn
+from services.token.store.codes import AuthorizationCode
 from services.token.store.directory import Client, DirectoryStore, User
 from services.token.store.tokens import RefreshRecord, TokenStore
 
@@ -43,10 +47,12 @@ class Grants:
         tokens: TokenStore,
         minter: Minter,
         revocations: RevocationRecords,
-        guessing: Guessing,
+        sign_in: SignIn,
+        authorization: Authorization,
         settings: TokenSettings,
     ) -> None:
-        self._guessing = guessing
+        self._sign_in = sign_in
+        self._authorization = authorization
         self._clients = clients
         self._directory = directory
         self._tokens = tokens
@@ -78,6 +84,11 @@ class Grants:
                 request.client_id, request.client_secret, REFRESH_TOKEN
             )
             return await self._refresh(client, request, requested)
+        if request.grant_type == pb.GRANT_TYPE_AUTHORIZATION_CODE:
+            client = await self._clients.authenticate_for(
+                request.client_id, request.client_secret, AUTHORIZATION_CODE
+            )
+            return await self._authorization_code(client, request, requested)
         raise oauth_error("unsupported_grant_type", f"grant type {request.grant_type} is not supported")
 
     async def _client_credentials(
@@ -111,17 +122,7 @@ class Grants:
         requested: tuple[str, ...],
         targets: tuple[str, ...],
     ) -> Granted:
-        user = await self._directory.user_by_name(username)
-        target = _account(username, user, client)
-        # Counted before the (slow) check, so concurrent guesses cannot outrun the count; an unknown
-        # username is counted and locked alike, so lockouts do not tell which usernames exist.
-        reservation = await self._guessing.reserve(target)
-        # An unknown user costs one scrypt too, so timing does not tell which usernames exist.
-        matches = await password_matches(password, None if user is None else user.password_hash)
-        if user is None or not matches:
-            await self._guessing.failed(reservation)
-            raise oauth_error("invalid_grant", "wrong username or password")
-        await self._guessing.succeeded(target)
+        user = await self._sign_in.verify(client, username, password)
         granted = scopes.narrow(requested, scopes.for_user(client.scopes, admin=user.admin))
         family_id = uuid.uuid4() if REFRESH_TOKEN in client.grant_types else None
         access = await self._user_token(client, user, granted, targets, family_id, PASSWORD)
@@ -138,7 +139,7 @@ class Grants:
         if record is None or record.client_id != client.client_id:
             raise oauth_error("invalid_grant", "unknown refresh token")
         if record.use_time is not None or record.revoke_time is not None:
-            await self._revoke_family(record)
+            await self._revoke_refresh_family(record)
             raise oauth_error("invalid_grant", "refresh token already used; its whole family is now revoked")
         if record.expire_time <= datetime.now(UTC):
             raise oauth_error("invalid_grant", "refresh token expired")
@@ -153,7 +154,7 @@ class Grants:
         )
         if await self._tokens.claim_refresh(token_hash) is None:
             # Another request used it between the read and the claim: the same reuse, seen late.
-            await self._revoke_family(record)
+            await self._revoke_refresh_family(record)
             raise oauth_error("invalid_grant", "refresh token already used; its whole family is now revoked")
         user = await self._directory.user(record.user_id)
         if user is None:
@@ -219,27 +220,46 @@ class Grants:
         )
         return token
 
-    async def _revoke_family(self, record: RefreshRecord) -> None:
+    async def _authorization_code(
+        self, client: Client, request: pb.IssueTokenRequest, requested: tuple[str, ...]
+    ) -> Granted:
+        try:
+            record = await self._authorization.redeem(client, request)
+        except CodeReused as reused:
+            await self._revoke_code_family(reused.record)
+            raise oauth_error("invalid_grant", REUSED_DESCRIPTION) from None
         user = await self._directory.user(record.user_id)
-        # Nobody asked for this revocation: the token service did it on seeing a reuse, so the
-        # client the refresh token belongs to stands as the subject.
-        who = Who(
-            tenant_id=user.tenant_id if user is not None else "",
-            subject=record.client_id,
+        if user is None:
+            raise oauth_error("invalid_grant", "the authorization code's user no longer exists")
+        granted = scopes.narrow(requested, record.scopes)
+        access = await self._user_token(
+            client, user, granted, record.audiences, record.family_id, AUTHORIZATION_CODE
+        )
+        refresh = None
+        if REFRESH_TOKEN in client.grant_types:
+            refresh = await self._new_refresh(client, user, granted, record.audiences, record.family_id)
+        # Presented again while these were being issued: the reuse revokes them too.
+        if await self._authorization.reused(record):
+            await self._revoke_code_family(record)
+            raise oauth_error("invalid_grant", REUSED_DESCRIPTION)
+        return Granted(access, refresh)
+
+    async def _revoke_refresh_family(self, record: RefreshRecord) -> None:
+        await revoke_family(
+            self._revocations,
+            self._directory,
+            family_id=record.family_id,
+            user_id=record.user_id,
             client_id=record.client_id,
+            reason=REFRESH_REUSE,
         )
-        reason = "refresh token reuse"
-        audited = AuditEvent(
-            who, audit.TOKEN_REVOKE, f"token_family/{record.family_id}", detail={"reason": reason}
+
+    async def _revoke_code_family(self, record: AuthorizationCode) -> None:
+        await revoke_family(
+            self._revocations,
+            self._directory,
+            family_id=record.family_id,
+            user_id=record.user_id,
+            client_id=record.client_id,
+            reason=CODE_REUSE,
         )
-        await self._revocations.revoke_family(record.family_id, reason, audited)
-
-
-def _account(username: str, user: User | None, client: Client) -> Target:
-    """The account a password grant signs in to, as the guessing limit counts it: by the username
-    presented, audited in the user's tenant (the client's, for a username nobody holds)."""
-    if user is None:
-        who = Who(tenant_id=client.tenant_id, subject=username, client_id=client.client_id)
-        return Target(Kind.PASSWORD, username, who, f"user/{username}")
-    who = Who(tenant_id=user.tenant_id, subject=user.user_id, client_id=client.client_id)
-    return Target(Kind.PASSWORD, username, who, f"user/{user.user_id}")

@@ -20,14 +20,17 @@ class BearerGuard:
         self._verifier = verifier
 
     async def require(self, context: RpcContext, scope: str) -> AccessClaims:
+        claims = await self.bearer(context, f" with scope {scope}")
+        if scope not in claims.scopes:
+            raise oauth_error("insufficient_scope", f"this RPC needs scope {scope}")
+        return claims
+
+    async def bearer(self, context: RpcContext, needing: str = "") -> AccessClaims:
+        """The claims of the call's bearer token, whatever its scopes; invalid_token without a valid one."""
         token = bearer_token(context)
         if token is None:
-            raise oauth_error(
-                "invalid_token", f"this RPC needs `authorization: Bearer <token>` with scope {scope}"
-            )
+            raise oauth_error("invalid_token", f"this RPC needs `authorization: Bearer <token>`{needing}")
         claims = await self._verifier.check(token, audience=TOKEN_SERVICE_AUDIENCE)
         if claims is None:
             raise oauth_error("invalid_token", f"the bearer token is not valid for {TOKEN_SERVICE_AUDIENCE}")
-        if scope not in claims.scopes:
-            raise oauth_error("insufficient_scope", f"this RPC needs scope {scope}")
         return claims

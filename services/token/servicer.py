@@ -9,6 +9,7 @@ from macp.token.v1 import token_service_pb2_grpc as pb_grpc
 from services.runtime.context import RpcContext
 from services.runtime.protos import timestamp
 from services.token import credentials, scopes
+from services.token.authorization import client_name
 from services.token.claims import TIERS
 from services.token.domain import TokenDomain
 from services.token.minting import who_of
@@ -131,6 +132,33 @@ class TokenServicer(pb_grpc.TokenServiceServicer):
             request.tenant_id, request.username, request.password, who_of(caller.identity), request.admin
         )
         return pb.CreateUserResponse(user=_user(user))
+
+    async def CheckAuthorization(
+        self, request: pb.CheckAuthorizationRequest, context: RpcContext
+    ) -> pb.CheckAuthorizationResponse:
+        credentials.body_only(context)
+        checked = await self._domain.authorization.check(
+            request.client_id, request.redirect_uri, request.scope, list(request.resource)
+        )
+        return pb.CheckAuthorizationResponse(client_name=client_name(checked.client))
+
+    async def Authorize(self, request: pb.AuthorizeRequest, context: RpcContext) -> pb.AuthorizeResponse:
+        credentials.body_only(context)
+        issued = await self._domain.authorization.authorize(request)
+        return pb.AuthorizeResponse(code=issued.code, expires_in=issued.expires_in)
+
+    async def GetUserInfo(
+        self, request: pb.GetUserInfoRequest, context: RpcContext
+    ) -> pb.GetUserInfoResponse:
+        claims = await self._domain.guard.bearer(context)
+        info = await self._domain.userinfo.of(claims)
+        return pb.GetUserInfoResponse(
+            sub=info.sub,
+            preferred_username=info.preferred_username,
+            tenant_id=info.tenant_id,
+            tier=info.tier,
+            admin=info.admin,
+        )
 
     async def ListAuditEvents(
         self, request: pb.ListAuditEventsRequest, context: RpcContext

@@ -27,6 +27,7 @@ MIN_INITIAL_ACCESS_TOKEN_CHARS = 32
 # until the longest-lived token it may have signed has expired.
 AGENT_TOKEN_MAX_SECONDS = 24 * 3600
 AGENT_TOKEN_DEFAULT_SECONDS = 3600
+AUTHORIZATION_CODE_DEFAULT_SECONDS = 60
 
 
 def _initial_access_token(env: Env) -> str | None:
@@ -79,6 +80,8 @@ class TokenSettings:
     open_registration: the tenants whose MCP clients may register without it (registration.py);
         empty: none may.
     guessing: how failed passwords and client secrets lock an account or client (guessing.py).
+    authorization_code_seconds: how long a code from the sign-in page may be redeemed (RFC 6749
+        4.1.2 asks for minutes at most; the client redeems it at once).
     """
 
     issuer: str
@@ -92,6 +95,7 @@ class TokenSettings:
     external_issuers: tuple[ExternalIssuer, ...] = ()
     guessing: GuessingPolicy = field(default_factory=GuessingPolicy)
     open_registration: tuple[str, ...] = ()
+    authorization_code_seconds: int = AUTHORIZATION_CODE_DEFAULT_SECONDS
 
     @classmethod
     def from_env(cls, env: Env) -> TokenSettings:
@@ -111,6 +115,12 @@ class TokenSettings:
             external_issuers=external_issuers_from_env(env),
             guessing=_guessing(env),
             open_registration=_open_registration(env),
+            authorization_code_seconds=env.integer(
+                "MACP_TOKEN_AUTHORIZATION_CODE_SECONDS",
+                AUTHORIZATION_CODE_DEFAULT_SECONDS,
+                minimum=1,
+                maximum=600,
+            ),
         )
 
     @property

@@ -136,6 +136,45 @@ class DirectoryStore:
         row = await self._pool.fetchrow("SELECT * FROM token_clients WHERE client_id = $1", client_id)
         return None if row is None else _client(row)
 
+    async def ensure_client(self, client: Client, audited: AuditEvent) -> bool:
+        """Create `client`, or make the stored one say what it says (not its secret); audited, and
+        True, only when this call created or changed it. One statement, so any number of token
+        service replicas starting at once leave one row and no duplicate audit rows."""
+        # $1 id, $2 tenant, $3 class, $4 auth method, $5 grant types, $6 scopes, $7 metadata.
+        sql, args = audit.with_audit(
+            """
+            INSERT INTO token_clients
+                (client_id, tenant_id, client_class, secret_hash, auth_method, grant_types, scopes, metadata)
+            VALUES ($1, $2, $3, NULL, $4, $5, $6, $7::jsonb)
+            ON CONFLICT (client_id) DO UPDATE SET
+                tenant_id = EXCLUDED.tenant_id,
+                client_class = EXCLUDED.client_class,
+                secret_hash = NULL,
+                auth_method = EXCLUDED.auth_method,
+                grant_types = EXCLUDED.grant_types,
+                scopes = EXCLUDED.scopes,
+                metadata = EXCLUDED.metadata
+            WHERE (token_clients.tenant_id, token_clients.client_class, token_clients.secret_hash,
+                   token_clients.auth_method, token_clients.grant_types, token_clients.scopes,
+                   token_clients.metadata)
+                IS DISTINCT FROM (EXCLUDED.tenant_id, EXCLUDED.client_class, NULL::bytea,
+                   EXCLUDED.auth_method, EXCLUDED.grant_types, EXCLUDED.scopes, EXCLUDED.metadata)
+            RETURNING client_id
+            """,
+            [
+                client.client_id,
+                client.tenant_id,
+                client.client_class,
+                client.auth_method,
+                list(client.grant_types),
+                list(client.scopes),
+                json.dumps(client.metadata),
+            ],
+            audited,
+        )
+        rows = await self._pool.fetch(sql, *args)
+        return bool(rows)
+
     async def insert_client(self, client: Client, audited: AuditEvent) -> Client:
         """Store a new client and its audit row, in one transaction."""
         async with self._pool.acquire() as conn, conn.transaction():

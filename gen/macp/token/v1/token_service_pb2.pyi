@@ -71,6 +71,11 @@ class _GrantTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GrantType.V
     """`password`: a local user's username and password (local development and the CLI)."""
     GRANT_TYPE_REFRESH_TOKEN: _GrantType.ValueType  # 3
     """`refresh_token`: a new access token from a refresh token (which is rotated)."""
+    GRANT_TYPE_AUTHORIZATION_CODE: _GrantType.ValueType  # 4
+    """`authorization_code`: the code the sign-in page gave the client (Authorize), with the PKCE
+    code verifier and the same redirect_uri; starts a refresh-token family like `password`. A
+    code presented again is refused and revokes every token its first use issued.
+    """
 
 class GrantType(_GrantType, metaclass=_GrantTypeEnumTypeWrapper):
     """The OAuth grants IssueToken accepts (token exchange has its own RPC)."""
@@ -83,6 +88,11 @@ GRANT_TYPE_PASSWORD: GrantType.ValueType  # 2
 """`password`: a local user's username and password (local development and the CLI)."""
 GRANT_TYPE_REFRESH_TOKEN: GrantType.ValueType  # 3
 """`refresh_token`: a new access token from a refresh token (which is rotated)."""
+GRANT_TYPE_AUTHORIZATION_CODE: GrantType.ValueType  # 4
+"""`authorization_code`: the code the sign-in page gave the client (Authorize), with the PKCE
+code verifier and the same redirect_uri; starts a refresh-token family like `password`. A
+code presented again is refused and revokes every token its first use issued.
+"""
 Global___GrantType: _TypeAlias = GrantType  # noqa: Y015
 
 @_typing.final
@@ -100,6 +110,9 @@ class IssueTokenRequest(_message.Message):
     SCOPE_FIELD_NUMBER: _builtins.int
     RESOURCE_FIELD_NUMBER: _builtins.int
     AUDIENCE_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    REDIRECT_URI_FIELD_NUMBER: _builtins.int
+    CODE_VERIFIER_FIELD_NUMBER: _builtins.int
     grant_type: Global___GrantType.ValueType
     """The grant."""
     client_id: _builtins.str
@@ -114,6 +127,12 @@ class IssueTokenRequest(_message.Message):
     """The refresh token, for the refresh_token grant."""
     scope: _builtins.str
     """The scopes asked for, space-delimited (RFC 6749 section 3.3); empty for the client's defaults."""
+    code: _builtins.str
+    """The authorization code, for the authorization_code grant."""
+    redirect_uri: _builtins.str
+    """The redirect URI the code was issued for, exactly as sent to the authorization endpoint."""
+    code_verifier: _builtins.str
+    """The PKCE code verifier (RFC 7636 4.1): 43 to 128 unreserved characters."""
     @_builtins.property
     def resource(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Absolute URIs of the services where the token will be used (RFC 8707)."""
@@ -134,10 +153,13 @@ class IssueTokenRequest(_message.Message):
         scope: _builtins.str = ...,
         resource: _abc.Iterable[_builtins.str] | None = ...,
         audience: _abc.Iterable[_builtins.str] | None = ...,
+        code: _builtins.str = ...,
+        redirect_uri: _builtins.str = ...,
+        code_verifier: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "client_id", b"client_id", "client_secret", b"client_secret", "grant_type", b"grant_type", "password", b"password", "refresh_token", b"refresh_token", "resource", b"resource", "scope", b"scope", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "client_id", b"client_id", "client_secret", b"client_secret", "code", b"code", "code_verifier", b"code_verifier", "grant_type", b"grant_type", "password", b"password", "redirect_uri", b"redirect_uri", "refresh_token", b"refresh_token", "resource", b"resource", "scope", b"scope", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1065,6 +1087,200 @@ class User(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___User: _TypeAlias = User  # noqa: Y015
+
+@_typing.final
+class CheckAuthorizationRequest(_message.Message):
+    """The request of CheckAuthorization: the parameters of an authorization request (RFC 6749
+    4.1.1) the token service judges (the edge checks response_type, state and the PKCE
+    parameters' form itself).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    REDIRECT_URI_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    client_id: _builtins.str
+    """The client asking."""
+    redirect_uri: _builtins.str
+    """Where the code goes: exactly one of the client's registered redirect URIs."""
+    scope: _builtins.str
+    """The scopes asked for, space-delimited; empty for what the client may have."""
+    @_builtins.property
+    def resource(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Absolute URIs of the services where the token will be used (RFC 8707); empty for the edge."""
+
+    def __init__(
+        self,
+        *,
+        client_id: _builtins.str = ...,
+        redirect_uri: _builtins.str = ...,
+        scope: _builtins.str = ...,
+        resource: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "redirect_uri", b"redirect_uri", "resource", b"resource", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckAuthorizationRequest: _TypeAlias = CheckAuthorizationRequest  # noqa: Y015
+
+@_typing.final
+class CheckAuthorizationResponse(_message.Message):
+    """The response of CheckAuthorization."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_NAME_FIELD_NUMBER: _builtins.int
+    client_name: _builtins.str
+    """The client's human-readable name, for the sign-in page."""
+    def __init__(
+        self,
+        *,
+        client_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_name", b"client_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckAuthorizationResponse: _TypeAlias = CheckAuthorizationResponse  # noqa: Y015
+
+@_typing.final
+class AuthorizeRequest(_message.Message):
+    """The request of Authorize: an authorization request and the user's credentials."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    REDIRECT_URI_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    CODE_CHALLENGE_FIELD_NUMBER: _builtins.int
+    CODE_CHALLENGE_METHOD_FIELD_NUMBER: _builtins.int
+    USERNAME_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
+    client_id: _builtins.str
+    """The client asking."""
+    redirect_uri: _builtins.str
+    """Where the code goes: exactly one of the client's registered redirect URIs."""
+    scope: _builtins.str
+    """The scopes asked for, space-delimited; empty for what the client may have."""
+    code_challenge: _builtins.str
+    """The PKCE code challenge (RFC 7636 4.2): BASE64URL(SHA-256(code_verifier)), 43 characters."""
+    code_challenge_method: _builtins.str
+    """The PKCE transform: only "S256" (plain is refused, OAuth 2.1 4.1.1)."""
+    username: _builtins.str
+    """The user's name."""
+    password: _builtins.str
+    """The user's password."""
+    @_builtins.property
+    def resource(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Absolute URIs of the services where the token will be used (RFC 8707); empty for the edge."""
+
+    def __init__(
+        self,
+        *,
+        client_id: _builtins.str = ...,
+        redirect_uri: _builtins.str = ...,
+        scope: _builtins.str = ...,
+        resource: _abc.Iterable[_builtins.str] | None = ...,
+        code_challenge: _builtins.str = ...,
+        code_challenge_method: _builtins.str = ...,
+        username: _builtins.str = ...,
+        password: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "code_challenge", b"code_challenge", "code_challenge_method", b"code_challenge_method", "password", b"password", "redirect_uri", b"redirect_uri", "resource", b"resource", "scope", b"scope", "username", b"username"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuthorizeRequest: _TypeAlias = AuthorizeRequest  # noqa: Y015
+
+@_typing.final
+class AuthorizeResponse(_message.Message):
+    """The response of Authorize."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    EXPIRES_IN_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """The authorization code, for the client's redirect URI (RFC 6749 4.1.2); only its hash is kept."""
+    expires_in: _builtins.int
+    """Seconds until the code expires."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        expires_in: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "expires_in", b"expires_in"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuthorizeResponse: _TypeAlias = AuthorizeResponse  # noqa: Y015
+
+@_typing.final
+class GetUserInfoRequest(_message.Message):
+    """The request of GetUserInfo; the user is the bearer token's."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUserInfoRequest: _TypeAlias = GetUserInfoRequest  # noqa: Y015
+
+@_typing.final
+class GetUserInfoResponse(_message.Message):
+    """The response of GetUserInfo (OpenID Connect Core 5.3.2 claims, plus MACP's)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUB_FIELD_NUMBER: _builtins.int
+    PREFERRED_USERNAME_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    TIER_FIELD_NUMBER: _builtins.int
+    ADMIN_FIELD_NUMBER: _builtins.int
+    sub: _builtins.str
+    """The user's id (the `sub` of the user's tokens)."""
+    preferred_username: _builtins.str
+    """The name the user signs in with."""
+    tenant_id: _builtins.str
+    """The user's tenant."""
+    tier: _builtins.str
+    """The tenant's billing tier, lower case as in tokens: "free", "pro" or "enterprise"."""
+    admin: _builtins.bool
+    """Whether the user administers its tenant (may read its audit log)."""
+    def __init__(
+        self,
+        *,
+        sub: _builtins.str = ...,
+        preferred_username: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        tier: _builtins.str = ...,
+        admin: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admin", b"admin", "preferred_username", b"preferred_username", "sub", b"sub", "tenant_id", b"tenant_id", "tier", b"tier"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUserInfoResponse: _TypeAlias = GetUserInfoResponse  # noqa: Y015
 
 @_typing.final
 class ListAuditEventsRequest(_message.Message):

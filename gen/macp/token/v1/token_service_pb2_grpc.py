@@ -85,6 +85,21 @@ class TokenServiceStub:
                 request_serializer=macp_dot_token_dot_v1_dot_token__service__pb2.CreateUserRequest.SerializeToString,
                 response_deserializer=macp_dot_token_dot_v1_dot_token__service__pb2.CreateUserResponse.FromString,
                 _registered_method=True)
+        self.CheckAuthorization = channel.unary_unary(
+                '/macp.token.v1.TokenService/CheckAuthorization',
+                request_serializer=macp_dot_token_dot_v1_dot_token__service__pb2.CheckAuthorizationRequest.SerializeToString,
+                response_deserializer=macp_dot_token_dot_v1_dot_token__service__pb2.CheckAuthorizationResponse.FromString,
+                _registered_method=True)
+        self.Authorize = channel.unary_unary(
+                '/macp.token.v1.TokenService/Authorize',
+                request_serializer=macp_dot_token_dot_v1_dot_token__service__pb2.AuthorizeRequest.SerializeToString,
+                response_deserializer=macp_dot_token_dot_v1_dot_token__service__pb2.AuthorizeResponse.FromString,
+                _registered_method=True)
+        self.GetUserInfo = channel.unary_unary(
+                '/macp.token.v1.TokenService/GetUserInfo',
+                request_serializer=macp_dot_token_dot_v1_dot_token__service__pb2.GetUserInfoRequest.SerializeToString,
+                response_deserializer=macp_dot_token_dot_v1_dot_token__service__pb2.GetUserInfoResponse.FromString,
+                _registered_method=True)
         self.ListAuditEvents = channel.unary_unary(
                 '/macp.token.v1.TokenService/ListAuditEvents',
                 request_serializer=macp_dot_token_dot_v1_dot_token__service__pb2.ListAuditEventsRequest.SerializeToString,
@@ -97,8 +112,8 @@ class TokenServiceServicer:
     """
 
     def IssueToken(self, request, context):
-        """Issues an access token for the client credentials, password (local users only) or
-        refresh token grant. A service audience (urn:macp:service:*) only to an internal client's
+        """Issues an access token for the client credentials, password (local users only),
+        refresh token or authorization code (RFC 6749 4.1.3, PKCE S256 per RFC 7636) grant. A service audience (urn:macp:service:*) only to an internal client's
         client credentials (else invalid_target). Failed passwords (per account) and client secrets
         (per client) lock the account or client for a while: RESOURCE_EXHAUSTED, with the RFC 6749
         error a wrong credential gets and the wait in seconds. An `authorization` entry beside the
@@ -187,6 +202,39 @@ class TokenServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckAuthorization(self, request, context):
+        """Checks an authorization request (RFC 6749 4.1.1) before the sign-in page is shown: the
+        client exists and registered this exact redirect_uri (else invalid_client or
+        invalid_request: the user is told, never redirected), then, once the redirect URI is
+        known to be the client's, that it may use the authorization_code grant
+        (unauthorized_client) and the scopes and resources it asks (invalid_scope,
+        invalid_target): errors the edge sends back to the redirect URI.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Authorize(self, request, context):
+        """Signs a user in on the sign-in page and issues an authorization code (RFC 6749 4.1.2) bound
+        to the client, the redirect URI, the PKCE code challenge, the user, the scopes and the
+        audiences; single-use, short-lived (MACP_TOKEN_AUTHORIZATION_CODE_SECONDS). The request
+        is checked as CheckAuthorization checks it, with its errors; a wrong username or password
+        is invalid_grant "wrong username or password" (never saying which), counted against the
+        account like the password grant's (RESOURCE_EXHAUSTED while it is locked).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUserInfo(self, request, context):
+        """OpenID Connect UserInfo (served at /oauth2/userinfo): who the bearer token's user is, for a
+        UI to show. Needs a user's bearer token (any scope) for `urn:macp:service:token`, as the
+        edge exchanges a caller's token for it; a token of no user is invalid_token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListAuditEvents(self, request, context):
         """The audit log of the caller's own tenant, newest first: every token issue, exchange and
         revocation, client registration, agent and conversation create/update/delete, archive,
@@ -250,6 +298,21 @@ def add_TokenServiceServicer_to_server(servicer, server):
                     servicer.CreateUser,
                     request_deserializer=macp_dot_token_dot_v1_dot_token__service__pb2.CreateUserRequest.FromString,
                     response_serializer=macp_dot_token_dot_v1_dot_token__service__pb2.CreateUserResponse.SerializeToString,
+            ),
+            'CheckAuthorization': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckAuthorization,
+                    request_deserializer=macp_dot_token_dot_v1_dot_token__service__pb2.CheckAuthorizationRequest.FromString,
+                    response_serializer=macp_dot_token_dot_v1_dot_token__service__pb2.CheckAuthorizationResponse.SerializeToString,
+            ),
+            'Authorize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Authorize,
+                    request_deserializer=macp_dot_token_dot_v1_dot_token__service__pb2.AuthorizeRequest.FromString,
+                    response_serializer=macp_dot_token_dot_v1_dot_token__service__pb2.AuthorizeResponse.SerializeToString,
+            ),
+            'GetUserInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUserInfo,
+                    request_deserializer=macp_dot_token_dot_v1_dot_token__service__pb2.GetUserInfoRequest.FromString,
+                    response_serializer=macp_dot_token_dot_v1_dot_token__service__pb2.GetUserInfoResponse.SerializeToString,
             ),
             'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAuditEvents,
@@ -528,6 +591,87 @@ class TokenService:
             '/macp.token.v1.TokenService/CreateUser',
             macp_dot_token_dot_v1_dot_token__service__pb2.CreateUserRequest.SerializeToString,
             macp_dot_token_dot_v1_dot_token__service__pb2.CreateUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckAuthorization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/macp.token.v1.TokenService/CheckAuthorization',
+            macp_dot_token_dot_v1_dot_token__service__pb2.CheckAuthorizationRequest.SerializeToString,
+            macp_dot_token_dot_v1_dot_token__service__pb2.CheckAuthorizationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Authorize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/macp.token.v1.TokenService/Authorize',
+            macp_dot_token_dot_v1_dot_token__service__pb2.AuthorizeRequest.SerializeToString,
+            macp_dot_token_dot_v1_dot_token__service__pb2.AuthorizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUserInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/macp.token.v1.TokenService/GetUserInfo',
+            macp_dot_token_dot_v1_dot_token__service__pb2.GetUserInfoRequest.SerializeToString,
+            macp_dot_token_dot_v1_dot_token__service__pb2.GetUserInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,

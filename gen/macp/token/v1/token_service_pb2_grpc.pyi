@@ -52,8 +52,8 @@ class TokenServiceStub:
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     IssueToken: _aio.UnaryUnaryMultiCallable[_token_service_pb2.IssueTokenRequest, _token_service_pb2.IssueTokenResponse]
-    """Issues an access token for the client credentials, password (local users only) or
-    refresh token grant. A service audience (urn:macp:service:*) only to an internal client's
+    """Issues an access token for the client credentials, password (local users only),
+    refresh token or authorization code (RFC 6749 4.1.3, PKCE S256 per RFC 7636) grant. A service audience (urn:macp:service:*) only to an internal client's
     client credentials (else invalid_target). Failed passwords (per account) and client secrets
     (per client) lock the account or client for a while: RESOURCE_EXHAUSTED, with the RFC 6749
     error a wrong credential gets and the wait in seconds. An `authorization` entry beside the
@@ -100,6 +100,27 @@ class TokenServiceStub:
     """Creates a local user of a tenant, who signs in with the password grant (for the CLI).
     Needs a bearer token with the `macp:admin` scope.
     """
+    CheckAuthorization: _aio.UnaryUnaryMultiCallable[_token_service_pb2.CheckAuthorizationRequest, _token_service_pb2.CheckAuthorizationResponse]
+    """Checks an authorization request (RFC 6749 4.1.1) before the sign-in page is shown: the
+    client exists and registered this exact redirect_uri (else invalid_client or
+    invalid_request: the user is told, never redirected), then, once the redirect URI is
+    known to be the client's, that it may use the authorization_code grant
+    (unauthorized_client) and the scopes and resources it asks (invalid_scope,
+    invalid_target): errors the edge sends back to the redirect URI.
+    """
+    Authorize: _aio.UnaryUnaryMultiCallable[_token_service_pb2.AuthorizeRequest, _token_service_pb2.AuthorizeResponse]
+    """Signs a user in on the sign-in page and issues an authorization code (RFC 6749 4.1.2) bound
+    to the client, the redirect URI, the PKCE code challenge, the user, the scopes and the
+    audiences; single-use, short-lived (MACP_TOKEN_AUTHORIZATION_CODE_SECONDS). The request
+    is checked as CheckAuthorization checks it, with its errors; a wrong username or password
+    is invalid_grant "wrong username or password" (never saying which), counted against the
+    account like the password grant's (RESOURCE_EXHAUSTED while it is locked).
+    """
+    GetUserInfo: _aio.UnaryUnaryMultiCallable[_token_service_pb2.GetUserInfoRequest, _token_service_pb2.GetUserInfoResponse]
+    """OpenID Connect UserInfo (served at /oauth2/userinfo): who the bearer token's user is, for a
+    UI to show. Needs a user's bearer token (any scope) for `urn:macp:service:token`, as the
+    edge exchanges a caller's token for it; a token of no user is invalid_token.
+    """
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_token_service_pb2.ListAuditEventsRequest, _token_service_pb2.ListAuditEventsResponse]
     """The audit log of the caller's own tenant, newest first: every token issue, exchange and
     revocation, client registration, agent and conversation create/update/delete, archive,
@@ -117,8 +138,8 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _token_service_pb2.IssueTokenRequest,
         context: _aio.ServicerContext[_token_service_pb2.IssueTokenRequest, _abc.Awaitable[_token_service_pb2.IssueTokenResponse]],
     ) -> _abc.Awaitable[_token_service_pb2.IssueTokenResponse]:
-        """Issues an access token for the client credentials, password (local users only) or
-        refresh token grant. A service audience (urn:macp:service:*) only to an internal client's
+        """Issues an access token for the client credentials, password (local users only),
+        refresh token or authorization code (RFC 6749 4.1.3, PKCE S256 per RFC 7636) grant. A service audience (urn:macp:service:*) only to an internal client's
         client credentials (else invalid_target). Failed passwords (per account) and client secrets
         (per client) lock the account or client for a while: RESOURCE_EXHAUSTED, with the RFC 6749
         error a wrong credential gets and the wait in seconds. An `authorization` entry beside the
@@ -218,6 +239,45 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _abc.Awaitable[_token_service_pb2.CreateUserResponse]:
         """Creates a local user of a tenant, who signs in with the password grant (for the CLI).
         Needs a bearer token with the `macp:admin` scope.
+        """
+
+    @_abc_1.abstractmethod
+    def CheckAuthorization(
+        self,
+        request: _token_service_pb2.CheckAuthorizationRequest,
+        context: _aio.ServicerContext[_token_service_pb2.CheckAuthorizationRequest, _abc.Awaitable[_token_service_pb2.CheckAuthorizationResponse]],
+    ) -> _abc.Awaitable[_token_service_pb2.CheckAuthorizationResponse]:
+        """Checks an authorization request (RFC 6749 4.1.1) before the sign-in page is shown: the
+        client exists and registered this exact redirect_uri (else invalid_client or
+        invalid_request: the user is told, never redirected), then, once the redirect URI is
+        known to be the client's, that it may use the authorization_code grant
+        (unauthorized_client) and the scopes and resources it asks (invalid_scope,
+        invalid_target): errors the edge sends back to the redirect URI.
+        """
+
+    @_abc_1.abstractmethod
+    def Authorize(
+        self,
+        request: _token_service_pb2.AuthorizeRequest,
+        context: _aio.ServicerContext[_token_service_pb2.AuthorizeRequest, _abc.Awaitable[_token_service_pb2.AuthorizeResponse]],
+    ) -> _abc.Awaitable[_token_service_pb2.AuthorizeResponse]:
+        """Signs a user in on the sign-in page and issues an authorization code (RFC 6749 4.1.2) bound
+        to the client, the redirect URI, the PKCE code challenge, the user, the scopes and the
+        audiences; single-use, short-lived (MACP_TOKEN_AUTHORIZATION_CODE_SECONDS). The request
+        is checked as CheckAuthorization checks it, with its errors; a wrong username or password
+        is invalid_grant "wrong username or password" (never saying which), counted against the
+        account like the password grant's (RESOURCE_EXHAUSTED while it is locked).
+        """
+
+    @_abc_1.abstractmethod
+    def GetUserInfo(
+        self,
+        request: _token_service_pb2.GetUserInfoRequest,
+        context: _aio.ServicerContext[_token_service_pb2.GetUserInfoRequest, _abc.Awaitable[_token_service_pb2.GetUserInfoResponse]],
+    ) -> _abc.Awaitable[_token_service_pb2.GetUserInfoResponse]:
+        """OpenID Connect UserInfo (served at /oauth2/userinfo): who the bearer token's user is, for a
+        UI to show. Needs a user's bearer token (any scope) for `urn:macp:service:token`, as the
+        edge exchanges a caller's token for it; a token of no user is invalid_token.
         """
 
     @_abc_1.abstractmethod
