@@ -258,5 +258,6 @@ class SessionStore {
 export const session = new SessionStore();
 
 export function isAdmin(current: Session): boolean {
-  return current.state === "signed-in" && current.scopes.has("audit:read");
+  // The token's scope decides what the edge allows; userinfo's `admin` says the same when offered.
+  return current.state === "signed-in" && (current.scopes.has("audit:read") || current.userinfo?.["admin"] === true);
 }
