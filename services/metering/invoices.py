@@ -6,12 +6,16 @@ quantity past the included allowance (0 under a hard limit, where use past it wa
 line's amount is ceil(overage x price_cents / block_size), computed in integers, so a line is
 never billed a fraction of a cent and the total is the sum of the lines. Storage is priced on the
 megabytes stored during the month, per 1,024 MB block (the "GB-month").
+
+GetUsage's `cost_cents` is priced here too, by `list_price_cents`: each meter's line as this
+module would write it if the plan included none of the usage, summed. One pricing, so a group's
+cost and an invoice line never disagree on a price, a block or a rounding.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 
 from macp.metering.v1 import metering_service_pb2 as pb
@@ -42,6 +46,23 @@ def line_item(meter: int, used: int, allowance: pb.PlanAllowance | None) -> pb.I
         line.overage_quantity, allowance.overage_price_cents, allowance.overage_block_size
     )
     return line
+
+
+def list_price_cents(used: Mapping[int, float], allowances: Mapping[int, pb.PlanAllowance]) -> int:
+    """What `used` (meter -> quantity) costs at the plan's prices before its included allowance:
+    the sum of the lines `line_item` writes for each meter's quantity, rounded up to a whole unit,
+    with nothing included. A meter under a hard limit or not in the plan prices at 0, as on an
+    invoice."""
+    total = 0
+    for meter, quantity_used in used.items():
+        allowance = allowances.get(meter)
+        unincluded = None
+        if allowance is not None:
+            unincluded = pb.PlanAllowance()
+            unincluded.CopyFrom(allowance)
+            unincluded.included_quantity = 0
+        total += line_item(meter, math.ceil(quantity_used), unincluded).amount_cents
+    return total
 
 
 class Invoices:

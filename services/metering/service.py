@@ -85,7 +85,7 @@ async def start(context: ServiceContext) -> AsyncIterator[None]:
     servicer = MeteringServicer(
         quotas,
         plans,
-        UsageReports(UsageStore(pool)),
+        UsageReports(UsageStore(pool), plans),
         Invoices(UsageStore(pool), plans, utc_now),
         QuotaRefusals(pool),
         TenantTiers(pool),

@@ -1,7 +1,9 @@
 """REST routes for usage: `GET /v1/usage` and `GET /v1/usage/invoice-preview` → MeteringService.
 
 Both report the caller's own tenant (from its verified token); the metering service checks that
-again against the exchanged token's principal.
+again against the exchanged token's principal. `group_by=day` groups by UTC calendar day (the
+billing calendar) and `agent_id` narrows to one agent, so a month's chart per day, per agent and
+one agent's days are three calls; every group carries its list price (`totals.costCents`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ GROUPS = {
     "conversation": pb.GROUP_BY_CONVERSATION,
     "model": pb.GROUP_BY_MODEL,
     "event_type": pb.GROUP_BY_EVENT_TYPE,
+    "day": pb.GROUP_BY_DAY,
 }
 
 
@@ -43,6 +46,7 @@ async def get_usage(request: Request) -> Response:
         tenant_id=_tenant(),
         group_by=GROUPS[group],
         user_id=params.get("user_id", ""),
+        agent_id=params.get("agent_id", ""),
         page_size=integer(params, "page_size"),
         page_token=params.get("page_token", ""),
     )
@@ -80,8 +84,17 @@ ROUTES = [
                 or_empty({"type": "string", "format": "date-time"}),
                 "period end, exclusive (default: next month's start)",
             ),
-            ("group_by", {"type": "string", "enum": list(GROUPS)}, "how to group (default event_type)"),
+            (
+                "group_by",
+                {"type": "string", "enum": list(GROUPS)},
+                "how to group (default event_type); day: by UTC calendar day, YYYY-MM-DD, oldest first",
+            ),
             ("user_id", {"type": "string"}, "only this user's usage"),
+            (
+                "agent_id",
+                or_empty({"type": "string", "format": "uuid"}),
+                "only this agent's usage (with group_by=day: its days); empty or left out: every agent's",
+            ),
             (
                 "page_size",
                 {"type": "integer", "minimum": 0, "maximum": 1000},

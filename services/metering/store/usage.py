@@ -1,5 +1,6 @@
 """Usage queries: totals per group over a period, from the rollups when the period is whole
-billing months, else from the raw events (by their time)."""
+billing months, else from the raw events (by their time). Grouping by day always reads the raw
+events: the rollups keep months, not days."""
 
 from __future__ import annotations
 
@@ -8,8 +9,19 @@ from datetime import date, datetime
 
 import asyncpg
 
-# GroupBy value -> the column it groups by (the event type is grouped by its number here).
-GROUP_COLUMNS = {1: "agent_id", 2: "conversation_id", 3: "model", 4: "event_type"}
+# GroupBy value -> the column it groups by (the event type is grouped by its number here; the day
+# is the event time's UTC calendar day, as billing months are UTC calendar months).
+GROUP_COLUMNS = {
+    1: "agent_id",
+    2: "conversation_id",
+    3: "model",
+    4: "event_type",
+    5: "to_char(event_time AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+}
+GROUP_BY_DAY = 5
+# Days come in the calendar's order; every other grouping largest first.
+_ORDER = {GROUP_BY_DAY: "key"}
+_LARGEST_FIRST = "event_count DESC, key"
 
 
 @dataclass(frozen=True)
@@ -84,32 +96,38 @@ class UsageStore:
         end: datetime | date,
         group_by: int,
         user_id: str,
+        agent_id: str,
         limit: int,
         offset: int,
     ) -> tuple[list[Totals], Totals]:
-        """One page of groups (largest event count first) and the totals over all of them.
-        `start`/`end` as dates select whole billing months from the rollups."""
+        """One page of groups (days oldest first, any other group largest event count first) and
+        the totals over all of them. `start`/`end` as dates select whole billing months from the
+        rollups; an empty `user_id` or `agent_id` does not filter."""
         table, period, count, estimated = (
             _ROLLUPS if isinstance(start, date) and not isinstance(start, datetime) else _EVENTS
         )
         column = GROUP_COLUMNS[group_by]
-        where = f"tenant_id = $1 AND {period} AND ($4 = '' OR user_id = $4)"
+        # $1 tenant, $2/$3 the period, $4 the user ('' for all), $5 the agent ('' for all),
+        # $6 limit, $7 offset.
+        where = f"tenant_id = $1 AND {period} AND ($4 = '' OR user_id = $4) AND ($5 = '' OR agent_id = $5)"
         aggregates = _aggregates(count, estimated)
+        order = _ORDER.get(group_by, _LARGEST_FIRST)
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             rows = await conn.fetch(
                 f"""
                 SELECT {column}::text AS key, {aggregates} FROM {table} WHERE {where}
-                GROUP BY {column} ORDER BY event_count DESC, key LIMIT $5 OFFSET $6
+                GROUP BY {column} ORDER BY {order} LIMIT $6 OFFSET $7
                 """,
                 tenant_id,
                 start,
                 end,
                 user_id,
+                agent_id,
                 limit,
                 offset,
             )
             overall = await conn.fetchrow(
-                f"SELECT {aggregates} FROM {table} WHERE {where}", tenant_id, start, end, user_id
+                f"SELECT {aggregates} FROM {table} WHERE {where}", tenant_id, start, end, user_id, agent_id
             )
         return [_totals(row, row["key"]) for row in rows], _totals(overall, "")
 

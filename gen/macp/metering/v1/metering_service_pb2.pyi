@@ -84,6 +84,11 @@ class _GroupByEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GroupBy.Value
     """By model name."""
     GROUP_BY_EVENT_TYPE: _GroupBy.ValueType  # 4
     """By usage event type (the UsageEventType value name)."""
+    GROUP_BY_DAY: _GroupBy.ValueType  # 5
+    """By the UTC calendar day of the event's time, "YYYY-MM-DD" (billing months are UTC calendar
+    months, so a month's days are exactly its groups). Counted from the recorded events, never the
+    monthly rollups; groups come oldest day first, and a day without usage has no group.
+    """
 
 class GroupBy(_GroupBy, metaclass=_GroupByEnumTypeWrapper):
     """How GetUsage groups its totals."""
@@ -98,6 +103,11 @@ GROUP_BY_MODEL: GroupBy.ValueType  # 3
 """By model name."""
 GROUP_BY_EVENT_TYPE: GroupBy.ValueType  # 4
 """By usage event type (the UsageEventType value name)."""
+GROUP_BY_DAY: GroupBy.ValueType  # 5
+"""By the UTC calendar day of the event's time, "YYYY-MM-DD" (billing months are UTC calendar
+months, so a month's days are exactly its groups). Counted from the recorded events, never the
+monthly rollups; groups come oldest day first, and a day without usage has no group.
+"""
 Global___GroupBy: _TypeAlias = GroupBy  # noqa: Y015
 
 @_typing.final
@@ -666,6 +676,7 @@ class UsageTotals(_message.Message):
     EVENT_COUNT_FIELD_NUMBER: _builtins.int
     ESTIMATED_EVENT_COUNT_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    COST_CENTS_FIELD_NUMBER: _builtins.int
     agent_turns: _builtins.int
     """Agent turns."""
     orchestrations: _builtins.int
@@ -686,6 +697,16 @@ class UsageTotals(_message.Message):
     """How many of them had estimated token counts."""
     tool_calls: _builtins.int
     """Tool calls through the tool gateway."""
+    cost_cents: _builtins.int
+    """The list price of this usage at the tenant's current plan, in integer US cents: for each
+    meter, the invoice line GetInvoicePreview would print for this quantity if the plan included
+    none of it (the quantity rounded up to a whole unit, times overage_price_cents per
+    overage_block_size, rounded up to a whole cent), summed over the meters. It is the price
+    before the plan's included allowance, not what this usage adds to the invoice: a month's
+    invoice charges only the part past the allowance. A meter under a hard limit (the free plan)
+    or not priced by the plan (API calls) costs 0. Each group is rounded on its own, so the
+    groups' costs may add up to a few cents more than the period's.
+    """
     def __init__(
         self,
         *,
@@ -699,10 +720,11 @@ class UsageTotals(_message.Message):
         event_count: _builtins.int = ...,
         estimated_event_count: _builtins.int = ...,
         tool_calls: _builtins.int = ...,
+        cost_cents: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_turns", b"agent_turns", "api_calls", b"api_calls", "estimated_event_count", b"estimated_event_count", "event_count", b"event_count", "input_tokens", b"input_tokens", "orchestrations", b"orchestrations", "output_tokens", b"output_tokens", "storage_mb", b"storage_mb", "tool_calls", b"tool_calls", "voice_seconds", b"voice_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_turns", b"agent_turns", "api_calls", b"api_calls", "cost_cents", b"cost_cents", "estimated_event_count", b"estimated_event_count", "event_count", b"event_count", "input_tokens", b"input_tokens", "orchestrations", b"orchestrations", "output_tokens", b"output_tokens", "storage_mb", b"storage_mb", "tool_calls", b"tool_calls", "voice_seconds", b"voice_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -717,7 +739,9 @@ class UsageGroup(_message.Message):
     KEY_FIELD_NUMBER: _builtins.int
     TOTALS_FIELD_NUMBER: _builtins.int
     key: _builtins.str
-    """The group's key: an agent id, a conversation id, a model name or an event type name."""
+    """The group's key: an agent id, a conversation id, a model name, an event type name or a UTC day
+    ("2026-12-05").
+    """
     @_builtins.property
     def totals(self) -> Global___UsageTotals:
         """The group's totals."""
@@ -748,6 +772,7 @@ class GetUsageRequest(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     """The tenant."""
     group_by: Global___GroupBy.ValueType
@@ -758,6 +783,8 @@ class GetUsageRequest(_message.Message):
     """The most groups to return, 1 to 1000; 0 means the default (50)."""
     page_token: _builtins.str
     """The next_page_token of the previous page; empty for the first page."""
+    agent_id: _builtins.str
+    """Only this agent's usage (with GROUP_BY_DAY: one agent's days); empty for every agent's."""
     @_builtins.property
     def period(self) -> Global___Period:
         """The period to report."""
@@ -771,10 +798,11 @@ class GetUsageRequest(_message.Message):
         user_id: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["period", b"period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["group_by", b"group_by", "page_size", b"page_size", "page_token", b"page_token", "period", b"period", "tenant_id", b"tenant_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "group_by", b"group_by", "page_size", b"page_size", "page_token", b"page_token", "period", b"period", "tenant_id", b"tenant_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -793,7 +821,7 @@ class GetUsageResponse(_message.Message):
     """The token of the next page; empty on the last page."""
     @_builtins.property
     def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageGroup]:
-        """One page of groups, largest event count first."""
+        """One page of groups: largest event count first, or oldest day first for GROUP_BY_DAY."""
 
     @_builtins.property
     def totals(self) -> Global___UsageTotals:

@@ -143,7 +143,8 @@ class MeteringServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetUsage(self, request, context):
-        """Reports a tenant's usage over a period, grouped by agent, conversation, model or event type.
+        """Reports a tenant's usage over a period, grouped by agent, conversation, model, event type or
+        UTC day, each group with what its usage costs at the tenant's plan's prices.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -47,7 +47,9 @@ class MeteringServiceStub:
     in one Redis step with them.
     """
     GetUsage: _aio.UnaryUnaryMultiCallable[_metering_service_pb2.GetUsageRequest, _metering_service_pb2.GetUsageResponse]
-    """Reports a tenant's usage over a period, grouped by agent, conversation, model or event type."""
+    """Reports a tenant's usage over a period, grouped by agent, conversation, model, event type or
+    UTC day, each group with what its usage costs at the tenant's plan's prices.
+    """
     GetInvoicePreview: _aio.UnaryUnaryMultiCallable[_metering_service_pb2.GetInvoicePreviewRequest, _metering_service_pb2.GetInvoicePreviewResponse]
     """Prices a billing month's usage so far: included versus overage, in integer cents."""
     SetPlan: _aio.UnaryUnaryMultiCallable[_metering_service_pb2.SetPlanRequest, _metering_service_pb2.SetPlanResponse]
@@ -125,7 +127,9 @@ class MeteringServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _metering_service_pb2.GetUsageRequest,
         context: _aio.ServicerContext[_metering_service_pb2.GetUsageRequest, _abc.Awaitable[_metering_service_pb2.GetUsageResponse]],
     ) -> _abc.Awaitable[_metering_service_pb2.GetUsageResponse]:
-        """Reports a tenant's usage over a period, grouped by agent, conversation, model or event type."""
+        """Reports a tenant's usage over a period, grouped by agent, conversation, model, event type or
+        UTC day, each group with what its usage costs at the tenant's plan's prices.
+        """
 
     @_abc_1.abstractmethod
     def GetInvoicePreview(
