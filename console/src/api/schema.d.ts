@@ -915,6 +915,8 @@ export interface components {
             /** Format: int64 */
             apiCalls?: string;
             /** Format: int64 */
+            costCents?: string;
+            /** Format: int64 */
             estimatedEventCount?: string;
             /** Format: int64 */
             eventCount?: string;
@@ -4191,10 +4193,12 @@ export interface operations {
     getUsage: {
         parameters: {
             query?: {
+                /** @description only this agent's usage (with group_by=day: its days); empty or left out: every agent's */
+                agent_id?: string;
                 /** @description period end, exclusive (default: next month's start) */
                 end?: string;
-                /** @description how to group (default event_type) */
-                group_by?: "agent" | "conversation" | "model" | "event_type";
+                /** @description how to group (default event_type); day: by UTC calendar day, YYYY-MM-DD, oldest first */
+                group_by?: "agent" | "conversation" | "model" | "event_type" | "day";
                 /** @description groups per page (0 or left out: 50) */
                 page_size?: number;
                 /** @description next_page_token of the previous page */
