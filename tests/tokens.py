@@ -86,19 +86,11 @@ async def _register(
     return RegisteredClient(response.client_id, response.client_secret)
 
 
-async def seed_tenant(
-    stub: pb_grpc.TokenServiceStub,
-    initial_access_token: str,
-    tenant_id: str | None = None,
-    *,
-    scope: str = ALL_SCOPES,
-    tier: principal_pb2.Tier.ValueType = principal_pb2.TIER_FREE,
-) -> Tenant:
-    """Through the token service's own RPCs, the bootstrap `macp up` follows: an internal admin client
-    (registered with the initial access token) creates a tenant of `tier` (free, so that the free
-    plan's limits apply unless a test asks otherwise) and its user; then a consumer client of that
-    tenant allowed `scope`, which gets user tokens with the password grant."""
-    tenant_id = tenant_id or f"t-{uuid.uuid4().hex[:10]}"
+async def _as_platform_admin(
+    stub: pb_grpc.TokenServiceStub, initial_access_token: str
+) -> tuple[tuple[str, str], ...]:
+    """Metadata of a new internal client holding `macp:admin` (registered with the initial access
+    token), which may create tenants and users."""
     admin_metadata = pb.ClientMetadata(
         client_name="test admin",
         client_class=principal_pb2.CLIENT_CLASS_INTERNAL,
@@ -115,12 +107,42 @@ async def seed_tenant(
             audience=[TOKEN_AUDIENCE],
         )
     )
-    as_admin = bearer(admin_token.access_token)
-    await stub.CreateTenant(pb.CreateTenantRequest(tenant_id=tenant_id, tier=tier), metadata=as_admin)
+    return bearer(admin_token.access_token)
+
+
+async def create_user(
+    stub: pb_grpc.TokenServiceStub,
+    as_admin: tuple[tuple[str, str], ...],
+    tenant_id: str,
+    *,
+    admin: bool = False,
+) -> str:
+    """A new user of `tenant_id` (its tenant's admin when `admin`) whose password is PASSWORD,
+    created with `as_admin` (`_as_platform_admin`)."""
     username = f"user-{uuid.uuid4().hex[:8]}"
     await stub.CreateUser(
-        pb.CreateUserRequest(tenant_id=tenant_id, username=username, password=PASSWORD), metadata=as_admin
+        pb.CreateUserRequest(tenant_id=tenant_id, username=username, password=PASSWORD, admin=admin),
+        metadata=as_admin,
     )
+    return username
+
+
+async def seed_tenant(
+    stub: pb_grpc.TokenServiceStub,
+    initial_access_token: str,
+    tenant_id: str | None = None,
+    *,
+    scope: str = ALL_SCOPES,
+    tier: principal_pb2.Tier.ValueType = principal_pb2.TIER_FREE,
+) -> Tenant:
+    """Through the token service's own RPCs, the bootstrap `macp up` follows: an internal admin client
+    (registered with the initial access token) creates a tenant of `tier` (free, so that the free
+    plan's limits apply unless a test asks otherwise) and its user; then a consumer client of that
+    tenant allowed `scope`, which gets user tokens with the password grant."""
+    tenant_id = tenant_id or f"t-{uuid.uuid4().hex[:10]}"
+    as_admin = await _as_platform_admin(stub, initial_access_token)
+    await stub.CreateTenant(pb.CreateTenantRequest(tenant_id=tenant_id, tier=tier), metadata=as_admin)
+    username = await create_user(stub, as_admin, tenant_id)
     wanted = scopes.parse(scope)
     client_metadata = pb.ClientMetadata(
         client_name=f"{tenant_id} app",
@@ -160,6 +182,11 @@ class TokenWorld:
         return await seed_tenant(
             self.harness.stub, self.harness.initial_access_token, tenant_id, scope=scope, tier=tier
         )
+
+    async def user(self, tenant: Tenant, *, admin: bool = False) -> str:
+        """The username of a new user of `tenant` (its admin when `admin`); its password is PASSWORD."""
+        as_admin = await _as_platform_admin(self.harness.stub, self.harness.initial_access_token)
+        return await create_user(self.harness.stub, as_admin, tenant.tenant_id, admin=admin)
 
     async def user_token(self, tenant: Tenant, audience: Sequence[str], scope: str = "") -> str:
         """An access token of `tenant`'s user for `audience`: its password-grant token for the edge,

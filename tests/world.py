@@ -239,7 +239,9 @@ async def running_world(service_environ: dict[str, str], tmp_path: Path) -> Asyn
             "MACP_EDGE_PORT": str(free_port()),
             "MACP_EDGE_METRICS_PORT": str(free_port()),
             "MACP_TOOL_GATEWAY_HTTP_PORT": str(free_port()),
-            "MACP_ENVOY_FRONT_PORT": str(free_port()),
+            # A browser test fixes the front port beforehand: the issuer, and so the console's
+            # redirect URI, is the front listener's own origin.
+            "MACP_ENVOY_FRONT_PORT": service_environ.get("MACP_ENVOY_FRONT_PORT") or str(free_port()),
             "MACP_ENVOY_MESH_PORT": str(free_port()),
             "MACP_ENVOY_ADMIN_PORT": str(free_port()),
         }

@@ -14,7 +14,13 @@ import { enumWords } from "./ui/status";
 
 function useSession(): Session {
   const [current, setCurrent] = useState(session.current);
-  useEffect(() => session.subscribe(setCurrent), []);
+  useEffect(() => {
+    const unsubscribe = session.subscribe(setCurrent);
+    // The session may have moved on between the first render and this effect (start() decides
+    // "signed out" without waiting for anything): catch up with it.
+    setCurrent(session.current);
+    return unsubscribe;
+  }, []);
   return current;
 }
 
