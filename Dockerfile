@@ -3,6 +3,14 @@
 # `python -m <module>`. Runtime dependencies only (no dev extras), installed into a venv that is
 # copied into a clean stage, and run as a non-root user.
 
+# The web console's static build (console/, Vite), from the npm lock alone; the edge serves it.
+FROM node:20-slim AS console
+WORKDIR /src
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund --loglevel=error
+COPY console ./console
+RUN npm run build:console
+
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -29,6 +37,8 @@ ENV PATH=/opt/macp/bin:$PATH \
 # (./.macp) is writable by the service user.
 RUN useradd --system --uid 10001 --create-home --home-dir /var/lib/macp --shell /usr/sbin/nologin macp
 COPY --from=build /opt/macp /opt/macp
+COPY --from=console /src/console/dist /opt/macp-console
+ENV MACP_EDGE_CONSOLE_DIR=/opt/macp-console
 USER macp
 WORKDIR /var/lib/macp
 CMD ["macp", "--help"]
