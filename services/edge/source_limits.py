@@ -8,7 +8,8 @@ otherwise be limited by nothing but the API as a whole. Here:
   counts against its address's `source` limit, and is refused while the address is over its
   `source_failures` limit;
 - a request whose answer says authentication failed (401 anywhere, any 4xx from `/oauth2/token`
-  but a 429) counts against `source_failures` before that answer goes out;
+  or from the sign-in page's POST to `/oauth2/authorize` but a 429) counts against
+  `source_failures` before that answer goes out;
 - an address has at most `MACP_RATE_LIMIT_SOURCE_IN_FLIGHT` (4) requests without a token
   answered at once by one edge process, more being refused at once: failures are counted as they
   are answered, so without it a burst sent at once would all be looked at (a password's scrypt
@@ -44,23 +45,33 @@ from services.runtime.ratelimit import Decision, Limit
 from services.runtime.source_address import scope_source, source_of
 
 TOKEN_PATH = "/oauth2/token"
+# The sign-in page posts the user's credentials here (services/edge/oauth/sign_in.py).
+AUTHORIZE_PATH = "/oauth2/authorize"
 # How often refusals are logged, and how many of the addresses refused most each line names.
 REPORT_SECONDS = 10.0
 REPORTED_ADDRESSES = 10
 
 # `source_of` as the edge's modules (and their tests) have always imported it.
-__all__ = ["TOKEN_PATH", "SourceLimitMiddleware", "failed_authentication", "source_of"]
+__all__ = ["AUTHORIZE_PATH", "TOKEN_PATH", "SourceLimitMiddleware", "failed_authentication", "source_of"]
 
 log = logging.getLogger("macp.edge.ratelimit")
 
 
-def failed_authentication(path: str, status: int) -> bool:
+def failed_authentication(path: str, status: int, method: str = "POST") -> bool:
     """Whether an answer says the request failed to authenticate: a 401 anywhere (a refused bearer
-    token, client authentication at introspection or revocation), or a refused `/oauth2/token`
-    attempt (a wrong password or client secret is 400 invalid_grant or 401 invalid_client)."""
+    token, client authentication at introspection or revocation), a refused `/oauth2/token`
+    attempt (a wrong password or client secret is 400 invalid_grant or 401 invalid_client), or a
+    refused sign-in on the sign-in page (a wrong password is 400, a forged form 403; its GET, the
+    page itself, is no attempt)."""
     if status == HTTPStatus.UNAUTHORIZED:
         return True
-    return path == TOKEN_PATH and 400 <= status < 500 and status != HTTPStatus.TOO_MANY_REQUESTS
+    if path == AUTHORIZE_PATH and method != "POST":
+        return False
+    return (
+        path in (TOKEN_PATH, AUTHORIZE_PATH)
+        and 400 <= status < 500
+        and status != HTTPStatus.TOO_MANY_REQUESTS
+    )
 
 
 class SourceLimitMiddleware:
@@ -109,7 +120,7 @@ class SourceLimitMiddleware:
             # it counted (an address already refused is over the limit: nothing more to count).
             if (
                 message["type"] == "http.response.start"
-                and failed_authentication(path, message["status"])
+                and failed_authentication(path, message["status"], scope.get("method", "GET"))
                 and limits.blocked(address) is None
             ):
                 await limits.count_failure(address)

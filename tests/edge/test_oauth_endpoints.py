@@ -308,6 +308,7 @@ async def test_authorization_server_metadata(http: httpx.AsyncClient, edge_url: 
     assert metadata["revocation_endpoint"] == f"{edge_url}/oauth2/revoke"
     assert metadata["introspection_endpoint"] == f"{edge_url}/oauth2/introspect"
     assert metadata["grant_types_supported"] == [
+        "authorization_code",
         "client_credentials",
         "password",
         "refresh_token",
@@ -318,16 +319,20 @@ async def test_authorization_server_metadata(http: httpx.AsyncClient, edge_url: 
         "client_secret_post",
         "none",
     ]
-    assert metadata["response_types_supported"] == []
+    assert metadata["response_types_supported"] == ["code"]
+    assert metadata["code_challenge_methods_supported"] == ["S256"]
+    assert metadata["authorization_response_iss_parameter_supported"] is True
     for endpoint in ("token_endpoint", "jwks_uri", "registration_endpoint", "revocation_endpoint"):
         path = metadata[endpoint].removeprefix(edge_url)
         assert (await http.options(path)).status_code != 404
-    # Named (MCP clients want one) but refusing: no response type is supported.
+    # The sign-in page (tests/edge/test_sign_in.py); a client the token service does not vouch for
+    # gets a page, never a redirect.
     assert metadata["authorization_endpoint"] == f"{edge_url}/oauth2/authorize"
     refused = await http.get(
         "/oauth2/authorize?response_type=code&client_id=x&redirect_uri=https://evil.example/"
     )
-    assert (refused.status_code, refused.json()["error"]) == (400, "unsupported_response_type")
+    assert refused.status_code >= 400
+    assert refused.headers["content-type"].startswith("text/html")
     assert "location" not in refused.headers
 
 
@@ -364,6 +369,7 @@ async def test_the_openapi_document_describes_the_oauth_endpoints(http: httpx.As
         "client_credentials",
         "password",
         "refresh_token",
+        "authorization_code",
         "urn:ietf:params:oauth:grant-type:token-exchange",
     ]
     token_response = schemas["OAuthTokenResponse"]["properties"]

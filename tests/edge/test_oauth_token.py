@@ -176,7 +176,8 @@ async def test_empty_parameters_count_as_absent(http: httpx.AsyncClient, fake_to
     ("form", "error", "fragment"),
     [
         ({"scope": "conversations:read"}, "invalid_request", "grant_type"),
-        ({"grant_type": "authorization_code", "code": "abc"}, "unsupported_grant_type", "authorization_code"),
+        ({"grant_type": "implicit"}, "unsupported_grant_type", "implicit"),
+        ({"grant_type": "authorization_code", "code": "abc"}, "invalid_request", "redirect_uri"),
         ({"grant_type": "password", "username": "ada"}, "invalid_request", "password"),
         ({"grant_type": "refresh_token"}, "invalid_request", "refresh_token"),
         (

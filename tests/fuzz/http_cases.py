@@ -90,6 +90,18 @@ FORM_BODIES: dict[str, dict[str, str]] = {
         "client_secret": CLIENT_SECRET,
     },
     "oauthRevoke": {"token": TOKEN, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET},
+    # The sign-in page's form; sent without the page's cookie, as an attacker's form would be.
+    "oauthAuthorizeSignIn": {
+        "response_type": "code",
+        "client_id": CLIENT_ID,
+        "redirect_uri": "http://127.0.0.1:8080/console/callback",
+        "state": "fuzz",
+        "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+        "code_challenge_method": "S256",
+        "csrf_token": "fuzz",
+        "username": USERNAME,
+        "password": PASSWORD,
+    },
     "oauthIntrospect": {"token": TOKEN, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET},
 }
 # Operations whose body may be left out (an empty body is the message's defaults).

@@ -16,11 +16,12 @@ from macp.token.v1 import token_service_pb2 as token_pb
 
 from services.edge.routes import Content, descriptor_of
 from services.edge.schema import JsonSchema
+from services.runtime.auth.settings import USER_SCOPES
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 
 # The grant types /oauth2/token accepts, in the order the metadata document lists them.
-GRANT_TYPES = ("client_credentials", "password", "refresh_token", TOKEN_EXCHANGE)
+GRANT_TYPES = ("authorization_code", "client_credentials", "password", "refresh_token", TOKEN_EXCHANGE)
 
 # How a client may authenticate at the token and revocation endpoints ("none": public clients).
 CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
@@ -127,6 +128,15 @@ TOKEN_FORM = Content(
                 {"username": {"type": "string"}, "password": {"type": "string"}},
             ),
             _form("refresh_token", ["refresh_token"], {"refresh_token": {"type": "string"}}),
+            _form(
+                "authorization_code",
+                ["code", "redirect_uri", "code_verifier"],
+                {
+                    "code": {"type": "string", "description": "the code the sign-in page sent back"},
+                    "redirect_uri": {"type": "string", "description": "exactly the authorization request's"},
+                    "code_verifier": {"type": "string", "description": "the PKCE verifier (RFC 7636 4.5)"},
+                },
+            ),
             _form(
                 TOKEN_EXCHANGE,
                 ["subject_token", "subject_token_type"],
@@ -265,6 +275,11 @@ SERVER_METADATA = Content(
             "revocation_endpoint": {"type": "string", "format": "uri"},
             "introspection_endpoint": {"type": "string", "format": "uri"},
             "response_types_supported": _STRINGS,
+            "response_modes_supported": _STRINGS,
+            "code_challenge_methods_supported": _STRINGS,
+            "authorization_response_iss_parameter_supported": {"type": "boolean"},
+            "userinfo_endpoint": {"type": "string", "format": "uri"},
+            "scopes_supported": _STRINGS,
             "grant_types_supported": _STRINGS,
             "token_endpoint_auth_methods_supported": _STRINGS,
             "revocation_endpoint_auth_methods_supported": _STRINGS,
@@ -279,19 +294,79 @@ def server_metadata(issuer: str) -> dict[str, Any]:
     base = issuer.rstrip("/")
     return {
         "issuer": issuer,
-        # No grant here goes through the user's browser yet (response_types_supported is empty),
-        # so the endpoint refuses every request; it is named because MCP clients (the official
-        # SDK among them) take metadata without one as no metadata at all, and so never find
-        # registration_endpoint.
+        # The sign-in page: authorization code with PKCE, S256 only (services/edge/oauth/sign_in.py).
         "authorization_endpoint": f"{base}/oauth2/authorize",
         "token_endpoint": f"{base}/oauth2/token",
         "jwks_uri": f"{base}/.well-known/jwks.json",
         "registration_endpoint": f"{base}/oauth2/register",
         "revocation_endpoint": f"{base}/oauth2/revoke",
         "introspection_endpoint": f"{base}/oauth2/introspect",
-        "response_types_supported": [],
+        "userinfo_endpoint": f"{base}/oauth2/userinfo",
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "code_challenge_methods_supported": ["S256"],
+        # RFC 9207: every authorization response names the issuer in `iss`.
+        "authorization_response_iss_parameter_supported": True,
+        "scopes_supported": list(USER_SCOPES),
         "grant_types_supported": list(GRANT_TYPES),
         "token_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
         "revocation_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
     }
+
+
+SIGN_IN_PAGE = Content(
+    name="OAuthSignInPage",
+    media_type="text/html",
+    schema={
+        "type": "string",
+        "description": "The sign-in page (HTML), or on 303 a short page beside the Location header: the "
+        "client's redirect URI with code, state and iss (RFC 9207), or error, error_description, state "
+        "and iss.",
+    },
+)
+
+SIGN_IN_ERROR_PAGE = Content(
+    name="OAuthSignInErrorPage",
+    media_type="text/html",
+    schema={
+        "type": "string",
+        "description": "A page saying why: an unknown client or a redirect URI it did not register "
+        "(never redirected), a forged form (403), wrong credentials (400, the page again) or a locked "
+        "account (429, the page again, with Retry-After).",
+    },
+)
+
+SIGN_IN_FORM = Content(
+    name="OAuthSignInForm",
+    media_type="application/x-www-form-urlencoded",
+    schema={
+        "description": "The sign-in page's form: the authorization request's parameters as it received "
+        "them, the CSRF token (equal to the page's cookie), and the user's credentials.",
+        "type": "object",
+        "required": ["client_id", "redirect_uri", "csrf_token", "username", "password"],
+        "properties": {
+            "response_type": {"const": "code"},
+            "client_id": {"type": "string"},
+            "redirect_uri": {"type": "string"},
+            "scope": {"type": "string"},
+            "state": {"type": "string"},
+            "code_challenge": {"type": "string"},
+            "code_challenge_method": {"const": "S256"},
+            "resource": {"type": "array", "items": {"type": "string", "format": "uri"}},
+            "csrf_token": {"type": "string"},
+            "username": {"type": "string"},
+            "password": {"type": "string"},
+        },
+    },
+)
+
+USERINFO = Content(
+    name="OAuthUserInfo",
+    schema={
+        "description": "OpenID Connect Core 5.3.2 claims of the bearer token's user, and MACP's.",
+        "type": "object",
+        "required": ["sub", "preferred_username", "tenant_id", "tier", "admin"],
+        "properties": rfc_properties(token_pb.GetUserInfoResponse),
+    },
+)

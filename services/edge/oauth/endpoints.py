@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from services.edge.context import EdgeContext, edge_context
 from services.edge.http import read_body
 from services.edge.json_input import InvalidJson, decode_json_object
+from services.edge.oauth import sign_in
 from services.edge.oauth.documents import (
     CLIENT_INFORMATION,
     CLIENT_METADATA,
@@ -26,10 +27,14 @@ from services.edge.oauth.documents import (
     JWKS,
     REVOKE_FORM,
     SERVER_METADATA,
+    SIGN_IN_ERROR_PAGE,
+    SIGN_IN_FORM,
+    SIGN_IN_PAGE,
     TOKEN_EXCHANGE,
     TOKEN_FORM,
     TOKEN_RESPONSE,
     TOKEN_RESPONSE_EXCLUDES,
+    USERINFO,
     rfc_fields,
     server_metadata,
 )
@@ -40,26 +45,48 @@ from services.edge.oauth.errors import (
     OAuthError,
     oauth_endpoint,
     oauth_error_of,
-    oauth_error_response,
 )
 from services.edge.oauth.forms import Form, bearer_token, client_credentials, media_type, read_form
 from services.edge.routes import ApiRoute, Content, Handler
+from services.edge.schema import JsonSchema
+from services.runtime.auth.authenticator import principal_from_claims
 from services.runtime.auth.basic import encode_basic
+from services.runtime.auth.jwt import InvalidToken
+from services.runtime.context import reset_quietly
+from services.runtime.principal import Caller, caller_var
 
 # Verifiers cache the key set; short, so a rotated-in key is seen soon (they also refetch on an unknown kid).
 JWKS_MAX_AGE_SECONDS = 60
 METADATA_MAX_AGE_SECONDS = 300
 
 _GRANTS = {
+    "authorization_code": pb.GRANT_TYPE_AUTHORIZATION_CODE,
     "client_credentials": pb.GRANT_TYPE_CLIENT_CREDENTIALS,
     "password": pb.GRANT_TYPE_PASSWORD,
     "refresh_token": pb.GRANT_TYPE_REFRESH_TOKEN,
 }
 
 # The parameters RFC 6749 section 4 requires of each grant (the client is authenticated apart).
-_REQUIRED = {"password": ("username", "password"), "refresh_token": ("refresh_token",)}
+_REQUIRED = {
+    "password": ("username", "password"),
+    "refresh_token": ("refresh_token",),
+    "authorization_code": ("code", "redirect_uri", "code_verifier"),
+}
 
 _TOKEN_TYPE_HINTS = frozenset({"access_token", "refresh_token"})
+
+_TEXT: JsonSchema = {"type": "string"}
+# The authorization request's query (RFC 6749 4.1.1, RFC 7636 4.3, RFC 8707 2).
+_AUTHORIZE_QUERY: tuple[tuple[str, JsonSchema, str], ...] = (
+    ("response_type", {"const": "code"}, "code: the only response type"),
+    ("client_id", _TEXT, "the client asking"),
+    ("redirect_uri", _TEXT, "exactly one of the client's registered redirect URIs"),
+    ("state", _TEXT, "required; sent back unchanged"),
+    ("code_challenge", _TEXT, "BASE64URL(SHA-256(code_verifier)), 43 characters"),
+    ("code_challenge_method", {"const": "S256"}, "S256 only"),
+    ("scope", _TEXT, "space-delimited; empty for all the user may have"),
+    ("resource", _TEXT, "RFC 8707; empty for the edge"),
+)
 
 
 def _token_response(reply: pb.IssueTokenResponse | pb.ExchangeTokenResponse) -> JSONResponse:
@@ -89,6 +116,9 @@ async def _issue(edge: EdgeContext, request: Request, form: Form, grant_type: st
             scope=form.get("scope"),
             resource=form.all("resource"),
             audience=form.all("audience"),
+            code=form.get("code"),
+            redirect_uri=form.get("redirect_uri"),
+            code_verifier=form.get("code_verifier"),
         ),
         timeout=edge.timeout,
     )
@@ -218,15 +248,34 @@ async def register(request: Request) -> Response:
     return JSONResponse(document, status_code=201, headers=NO_STORE)
 
 
-async def authorize(request: Request) -> Response:
-    """RFC 6749 section 4.1.2.1: with no response type supported, every authorization request is
-    refused here, to the user, never by a redirect (an unverified redirect_uri is an open redirect)."""
-    return oauth_error_response(
-        OAuthError(
-            "unsupported_response_type",
-            "this authorization server offers no grant through the browser yet; clients use "
-            "client_credentials (MCP clients register at /oauth2/register)",
+async def userinfo(request: Request) -> Response:
+    """OpenID Connect UserInfo: the Bearer token (an edge token of a user) is verified here, as the
+    route is under /oauth2/ (no authentication in front of it), and the token service is asked as
+    that caller."""
+    edge = edge_context(request)
+    token = bearer_token(request)
+    if not token:
+        raise OAuthError("invalid_token", "send the user's access token as `Authorization: Bearer`")
+    try:
+        claims = await edge.verifier.verify(token)
+    except InvalidToken as exc:
+        raise OAuthError("invalid_token", f"invalid token: {exc.reason}") from None
+    reset = caller_var.set(Caller(token, principal_from_claims(claims)))
+    try:
+        reply: pb.GetUserInfoResponse = await edge.token.GetUserInfo(
+            pb.GetUserInfoRequest(), timeout=edge.timeout
         )
+    finally:
+        reset_quietly(caller_var, reset)
+    return JSONResponse(
+        {
+            "sub": reply.sub,
+            "preferred_username": reply.preferred_username,
+            "tenant_id": reply.tenant_id,
+            "tier": reply.tier,
+            "admin": reply.admin,
+        },
+        headers=NO_STORE,
     )
 
 
@@ -306,13 +355,40 @@ ROUTES = [
         method="GET",
         path="/oauth2/authorize",
         operation_id="oauthAuthorize",
-        summary="The authorization endpoint (RFC 6749 3.1): no response type is supported yet, so it "
-        "answers every request with unsupported_response_type",
-        handler=authorize,
-        # Its one answer is the OAuth error, 400: documented as the operation's only response.
-        status=400,
-        response=OAUTH_ERROR,
-        errors=(),
+        summary="The authorization endpoint (RFC 6749 3.1, 4.1): the sign-in page of a code request "
+        "with PKCE (S256); an error after the redirect URI is verified goes back to it (303)",
+        handler=sign_in.authorize_page,
+        response=SIGN_IN_PAGE,
+        extra_statuses=(303,),
+        query=_AUTHORIZE_QUERY,
+        errors=(400, 503),
+        error=SIGN_IN_ERROR_PAGE,
+        tags=("oauth",),
+    ),
+    ApiRoute(
+        method="POST",
+        path="/oauth2/authorize",
+        operation_id="oauthAuthorizeSignIn",
+        summary="Sign in on the sign-in page: 303 to the client's redirect URI with the code, state and "
+        "iss; the page again on wrong credentials (400) or a locked account (429)",
+        handler=sign_in.sign_in,
+        body=SIGN_IN_FORM,
+        response=SIGN_IN_PAGE,
+        status=303,
+        errors=(400, 403, 413, 429, 503),
+        error=SIGN_IN_ERROR_PAGE,
+        tags=("oauth",),
+    ),
+    ApiRoute(
+        method="GET",
+        path="/oauth2/userinfo",
+        operation_id="oauthUserInfo",
+        summary="Who the Bearer token's user is (OpenID Connect UserInfo): sub, preferred_username, "
+        "tenant_id, tier and admin",
+        handler=oauth_endpoint(Endpoint.REGISTRATION)(userinfo),
+        response=USERINFO,
+        errors=(401, 503),
+        error=OAUTH_ERROR,
         tags=("oauth",),
     ),
     _client_route(

@@ -56,15 +56,24 @@ async def read_form(request: Request, max_bytes: int) -> Form:
     if body and media_type(request) != FORM:  # an empty body is an empty form, whatever it is labelled
         raise OAuthError("invalid_request", f"send the body as {FORM}")
     try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise OAuthError("invalid_request", f"the body is not a valid form: {exc}") from None
+    return parse_form(text, "the body")
+
+
+def parse_form(text: str, what: str) -> Form:
+    """The parameters of form-encoded `text` (a body, or a query string: `what` says which)."""
+    try:
         pairs = parse_qsl(
-            body.decode("utf-8"),
+            text,
             keep_blank_values=True,
             encoding="utf-8",
             errors="strict",
             max_num_fields=MAX_FIELDS,
         )
     except (UnicodeDecodeError, ValueError) as exc:
-        raise OAuthError("invalid_request", f"the body is not a valid form: {exc}") from None
+        raise OAuthError("invalid_request", f"{what} is not a valid form: {exc}") from None
     fields: dict[str, list[str]] = {}
     for name, value in pairs:
         if value == "":
