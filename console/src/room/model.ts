@@ -1,5 +1,7 @@
 // The room's state, built from stored messages (REST, paged) and live events (WebSocket): one entry
-// per message or turn, keyed so that a turn streamed live and later stored is one entry, not two.
+// per message or turn, keyed so that a turn streamed live and later stored is one entry, not two,
+// whichever of the two arrives first (the room subscribes before it reads the history, so a
+// message stored meanwhile comes both ways).
 
 import type { ServerEvent } from "./socket";
 
@@ -136,8 +138,10 @@ export function applyEvent(state: RoomState, frame: ServerEvent, names: Names): 
         agentId,
         time,
       );
-      // A stored copy of the same message (paged in meanwhile) gives way to the live one.
-      const entries = messageId ? done.entries.filter((entry) => entry.turnId === turnId || entry.messageId !== messageId) : done.entries;
+      // A stored copy of the same message (paged in meanwhile) gives way to the live one, which
+      // takes its place in the stored order.
+      const stored = messageId ? done.entries.find((entry) => entry.turnId !== turnId && entry.messageId === messageId) : undefined;
+      const entries = stored ? done.entries.filter((entry) => entry !== stored).map((entry) => (entry.turnId === turnId ? { ...entry, sequence: stored.sequence } : entry)).sort((a, b) => a.sequence - b.sequence) : done.entries;
       return note({ ...done, entries, activeTurns: state.activeTurns.filter((t) => t !== turnId) }, id, "info", `${names(agentId)} finished (${ended}).`);
     }
     case "usage": {
@@ -185,15 +189,23 @@ export interface StoredMessage {
   createTime?: string;
 }
 
-/** Stored messages (any page, any order) merged in: one entry per message id, in stored order. */
+/** Stored messages (any page, any order) merged in: one entry per message id, in stored order. A
+ * message already shown from live events (its id, or its turn's) stays the live entry, which takes
+ * the stored sequence so that it sorts where the conversation stored it. */
 export function mergeStored(state: RoomState, messages: StoredMessage[]): RoomState {
-  const known = new Set(state.entries.map((entry) => entry.messageId).filter(Boolean));
-  const turns = new Set(state.entries.map((entry) => entry.turnId).filter(Boolean));
+  const byMessage = new Map(state.entries.filter((entry) => entry.messageId).map((entry) => [entry.messageId as string, entry]));
+  const byTurn = new Map(state.entries.filter((entry) => entry.turnId).map((entry) => [entry.turnId as string, entry]));
+  const placed = new Map<Entry, number>();
   const added: Entry[] = [];
   for (const message of messages) {
-    if (!message.id || known.has(message.id) || (message.turnId && turns.has(message.turnId))) continue;
+    if (!message.id) continue;
+    const live = byMessage.get(message.id) ?? (message.turnId ? byTurn.get(message.turnId) : undefined);
+    if (live) {
+      if (live.sequence >= LIVE_SEQUENCE) placed.set(live, Number(message.sequence ?? live.sequence));
+      continue;
+    }
     const role = (message.role ?? "").replace("MESSAGE_ROLE_", "").toLowerCase() as Entry["role"];
-    added.push({
+    const entry: Entry = {
       key: message.id,
       turnId: message.turnId || null,
       messageId: message.id,
@@ -203,11 +215,19 @@ export function mergeStored(state: RoomState, messages: StoredMessage[]): RoomSt
       state: "stored",
       sequence: Number(message.sequence ?? 0),
       time: message.createTime ?? "",
-    });
+    };
+    byMessage.set(message.id, entry); // the same message twice in one merge is added once
+    added.push(entry);
   }
-  if (added.length === 0) return state;
-  const entries = [...state.entries, ...added].sort((a, b) => a.sequence - b.sequence);
+  if (added.length === 0 && placed.size === 0) return state;
+  const kept = state.entries.map((entry) => (placed.has(entry) ? { ...entry, sequence: placed.get(entry) as number } : entry));
+  const entries = [...kept, ...added].sort((a, b) => a.sequence - b.sequence);
   return { ...state, entries };
+}
+
+/** Live events that arrived before the stored history was read, applied in their order. */
+export function applyEvents(state: RoomState, frames: ServerEvent[], names: Names): RoomState {
+  return frames.reduce((current, frame) => applyEvent(current, frame, names), state);
 }
 
 /** A message this client sent, shown at once (the stored copy replaces nothing: same id). */

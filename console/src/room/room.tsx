@@ -1,19 +1,23 @@
 // The live room of one conversation: stored messages (older pages load on scrolling up), every
 // agent's answer streaming token by token in its own color with its name, bids as one bar per
 // agent, what happens said in words in a live region, cancel and interrupt, and a connection that
-// comes back after a drop and resumes from the last event id.
+// comes back after a drop and resumes from the last event id. It subscribes before it reads the
+// stored history and holds the events that arrive meanwhile, so an event between the two is shown
+// (once) without a reload.
 import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 
 import { api, describe, type Agent, type Conversation } from "../api/client";
 import { session } from "../auth/session";
 import { NotFoundPage } from "../pages/not_found";
 import { Page, enumWords } from "../ui/status";
-import { EMPTY_ROOM, addOwnMessage, applyEvent, errorWords, mergeStored, type Entry, type RoomState } from "./model";
-import { RoomSocket, type Connection } from "./socket";
+import { EMPTY_ROOM, addOwnMessage, applyEvent, applyEvents, errorWords, mergeStored, type Entry, type RoomState } from "./model";
+import { RoomSocket, type Connection, type ServerEvent } from "./socket";
 
 // Each agent's color: dark enough for 4.5:1 on white as text, told apart as borders.
 const COLORS = ["#1f5fa8", "#a3420f", "#2b7a3d", "#7a3b9e", "#9c2450", "#0f6e73", "#6b5a00", "#4a4fb5"];
 const PAGE = 30;
+// How long the history waits for the subscription before it is read anyway.
+const SUBSCRIBE_WAIT_MS = 3_000;
 
 export function RoomPage({ conversationId }: { conversationId: string }) {
   const [conversation, setConversation] = useState<Conversation | null>(null);
@@ -39,6 +43,48 @@ export function RoomPage({ conversationId }: { conversationId: string }) {
 
   useEffect(() => {
     let live = true;
+    const names = (id: string) => namesRef.current(id);
+    const newestPage = () => api.GET("/v1/conversations/{id}/messages", { params: { path: { id: conversationId }, query: { page_size: PAGE, order_by: "sequence desc" } } });
+    // Live events that arrive before the stored history is read wait here, and are applied under it
+    // (mergeStored keeps a message that came both ways once, in its stored place).
+    let early: ServerEvent[] | null = [];
+    let historyAsked = false;
+    // A subscription without a last event id is live from when the orchestrator read the log's
+    // position, a moment after `subscribed`: what was stored before that and after a read of the
+    // history would be shown by neither. The first event after such a subscription was appended
+    // after that moment, so reading the newest page once more after it closes the gap.
+    let catchUp = false;
+    let catchUpAfterHistory = false;
+    const readNewestAgain = async () => {
+      const page = await newestPage();
+      if (live && page.data) setRoom((state) => mergeStored(state, page.data.messages ?? []));
+    };
+    let subscribedOrClosed: () => void = () => undefined;
+    const ready = new Promise<void>((resolve) => (subscribedOrClosed = resolve));
+
+    const follower = new RoomSocket(conversationId, {
+      onEvent: (event) => {
+        if (catchUp) {
+          catchUp = false;
+          // A history read not yet asked for covers the gap by itself.
+          if (early === null) void readNewestAgain();
+          else if (historyAsked) catchUpAfterHistory = true;
+        }
+        if (early !== null) early.push(event);
+        else setRoom((state) => applyEvent(state, event, names));
+      },
+      onError: (error) =>
+        setRoom((state) => ({
+          ...state,
+          notes: [...state.notes, { id: `error-${Date.now()}`, tone: "error" as const, text: error.code === "RESOURCE_EXHAUSTED" ? errorWords("RATE_LIMITED", error.message, error.retry_after) : errorWords(error.code, error.message, error.retry_after) }].slice(-30),
+        })),
+      onConnection: (state, detail) => {
+        setConnection({ state, detail });
+        if (state === "live" && follower.last === null) catchUp = true;
+        if (state === "live" || state === "closed") subscribedOrClosed();
+      },
+    });
+
     (async () => {
       const { data, error, response } = await api.GET("/v1/conversations/{id}", { params: { path: { id: conversationId } } });
       if (!live) return;
@@ -47,32 +93,28 @@ export function RoomPage({ conversationId }: { conversationId: string }) {
         return;
       }
       setConversation(data);
-      const loaded = await Promise.all(
-        (data.participantAgentIds ?? []).map(async (id) => (await api.GET("/v1/agents/{id}", { params: { path: { id } } })).data),
-      );
-      if (live) setAgents(new Map(loaded.filter((agent): agent is Agent => Boolean(agent?.id)).map((agent) => [agent.id as string, agent])));
-      // The newest page first; then the live events from now on.
-      const page = await api.GET("/v1/conversations/{id}/messages", { params: { path: { id: conversationId }, query: { page_size: PAGE, order_by: "sequence desc" } } });
-      if (!live) return;
-      if (page.data) {
-        setRoom((state) => mergeStored(state, page.data.messages ?? []));
-        setOlderToken(page.data.nextPageToken || null);
-      }
-      const follower = new RoomSocket(conversationId, {
-        onEvent: (event) => setRoom((state) => applyEvent(state, event, (id) => namesRef.current(id))),
-        onError: (error) =>
-          setRoom((state) => ({
-            ...state,
-            notes: [...state.notes, { id: `error-${Date.now()}`, tone: "error" as const, text: error.code === "RESOURCE_EXHAUSTED" ? errorWords("RATE_LIMITED", error.message, error.retry_after) : errorWords(error.code, error.message, error.retry_after) }].slice(-30),
-          })),
-        onConnection: (state, detail) => setConnection({ state, detail }),
-      });
+      // Subscribe first, then read the newest stored page: nothing that happens in between is lost.
       socket.current = follower;
       follower.start();
+      void Promise.all((data.participantAgentIds ?? []).map(async (id) => (await api.GET("/v1/agents/{id}", { params: { path: { id } } })).data)).then((loaded) => {
+        if (live) setAgents(new Map(loaded.filter((agent): agent is Agent => Boolean(agent?.id)).map((agent) => [agent.id as string, agent])));
+      });
+      // A socket that cannot subscribe soon (the edge away) does not hold the history back; it
+      // catches up when it does subscribe.
+      await Promise.race([ready, new Promise((resolve) => window.setTimeout(resolve, SUBSCRIBE_WAIT_MS))]);
+      if (!live) return;
+      historyAsked = true;
+      const page = await newestPage();
+      if (!live) return;
+      const arrived = early ?? [];
+      early = null;
+      setRoom((state) => mergeStored(applyEvents(state, arrived, names), page.data?.messages ?? []));
+      if (page.data) setOlderToken(page.data.nextPageToken || null);
+      if (catchUpAfterHistory) void readNewestAgain();
     })();
     return () => {
       live = false;
-      socket.current?.stop();
+      follower.stop();
       socket.current = null;
     };
   }, [conversationId]);

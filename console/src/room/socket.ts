@@ -2,7 +2,10 @@
 // browser cannot set headers on a WebSocket), subscribe, and after any drop reconnect with a fresh
 // token and subscribe with the last event id seen, so the log replays exactly what was missed.
 // Events at or before that id (a replay overlapping what arrived) are dropped here, so the room
-// sees each event once, in order.
+// sees each event once, in order. A subscription without a last event id (the first, or one after
+// a drop before any event arrived) is live from a moment the client cannot name: `subscribed`
+// means the edge sent the Join, and the orchestrator reads the log's position a little later, so
+// the room (room.tsx) reads the newest stored messages again on the first event after it.
 
 import { session } from "../auth/session";
 
@@ -135,6 +138,9 @@ export class RoomSocket {
       case "error": {
         const error = frame as unknown as ServerError;
         this.handlers.onError(error);
+        // The log no longer holds the last event seen (trimmed while away): follow it live again;
+        // the room reads the stored messages again once the subscription is live (RoomHandlers).
+        if (error.subscribed === false && error.code === "OUT_OF_RANGE") this.lastEventId = null;
         // The conversation's stream ended: follow it again from where it stopped.
         if (error.subscribed === false && error.code !== "NOT_FOUND" && error.code !== "PERMISSION_DENIED") {
           this.timer = window.setTimeout(() => this.socket?.send(JSON.stringify({ action: "subscribe", conversation_id: this.conversationId, ...(this.lastEventId ? { last_event_id: this.lastEventId } : {}) })), 500);
