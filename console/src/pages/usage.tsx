@@ -99,7 +99,7 @@ export function UsagePage({ tier }: { tier?: string }) {
     };
   }, [chosen]);
 
-  const name = (id: string) => agents.get(id)?.name ?? (id ? `agent ${id.slice(0, 8)}` : "no agent (orchestration, voice, storage, API calls)");
+  const name = (id: string) => agents.get(id)?.name ?? (id ? `agent ${id.slice(0, 8)}` : "no agent");
   const currency = invoice?.currency || "USD";
   const agentIds = [...(perAgent?.keys() ?? [])].filter((id) => id !== "");
   const allTokens = [...(perAgent?.values() ?? [])].reduce((sum, each) => sum + each.tokens, 0) || 1;
