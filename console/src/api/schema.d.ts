@@ -46,10 +46,11 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** The authorization endpoint (RFC 6749 3.1): no response type is supported yet, so it answers every request with unsupported_response_type */
+        /** The authorization endpoint (RFC 6749 3.1, 4.1): the sign-in page of a code request with PKCE (S256); an error after the redirect URI is verified goes back to it (303) */
         get: operations["oauthAuthorize"];
         put?: never;
-        post?: never;
+        /** Sign in on the sign-in page: 303 to the client's redirect URI with the code, state and iss; the page again on wrong credentials (400) or a locked account (429) */
+        post: operations["oauthAuthorizeSignIn"];
         delete?: never;
         options?: never;
         head?: never;
@@ -118,6 +119,23 @@ export interface paths {
         put?: never;
         /** Issue an access token: client credentials, password, refresh token or token exchange */
         post: operations["oauthToken"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/oauth2/userinfo": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Who the Bearer token's user is (OpenID Connect UserInfo): sub, preferred_username, tenant_id, tier and admin */
+        get: operations["oauthUserInfo"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -1041,6 +1059,8 @@ export interface components {
         OAuthAuthorizationServerMetadata: {
             /** Format: uri */
             authorization_endpoint?: string;
+            authorization_response_iss_parameter_supported?: boolean;
+            code_challenge_methods_supported?: string[];
             grant_types_supported?: string[];
             /** Format: uri */
             introspection_endpoint?: string;
@@ -1051,13 +1071,17 @@ export interface components {
             jwks_uri: string;
             /** Format: uri */
             registration_endpoint?: string;
+            response_modes_supported?: string[];
             response_types_supported: string[];
             /** Format: uri */
             revocation_endpoint?: string;
             revocation_endpoint_auth_methods_supported?: string[];
+            scopes_supported?: string[];
             /** Format: uri */
             token_endpoint: string;
             token_endpoint_auth_methods_supported?: string[];
+            /** Format: uri */
+            userinfo_endpoint?: string;
         };
         /** @description RFC 7591 section 3.2.1: the client's credentials and its metadata as registered. */
         OAuthClientInformation: {
@@ -1153,6 +1177,26 @@ export interface components {
             /** @description access_token or refresh_token; others are ignored */
             token_type_hint?: string;
         };
+        /** @description A page saying why: an unknown client or a redirect URI it did not register (never redirected), a forged form (403), wrong credentials (400, the page again) or a locked account (429, the page again, with Retry-After). */
+        OAuthSignInErrorPage: string;
+        /** @description The sign-in page's form: the authorization request's parameters as it received them, the CSRF token (equal to the page's cookie), and the user's credentials. */
+        OAuthSignInForm: {
+            client_id: string;
+            code_challenge?: string;
+            /** @constant */
+            code_challenge_method?: "S256";
+            csrf_token: string;
+            password: string;
+            redirect_uri: string;
+            resource?: string[];
+            /** @constant */
+            response_type?: "code";
+            scope?: string;
+            state?: string;
+            username: string;
+        };
+        /** @description The sign-in page (HTML), or on 303 a short page beside the Location header: the client's redirect URI with code, state and iss (RFC 9207), or error, error_description, state and iss. */
+        OAuthSignInPage: string;
         /** @description RFC 6749 section 4 and RFC 8693 section 2.1. The client authenticates with HTTP Basic (client_secret_basic) or the client_id and client_secret fields (client_secret_post). */
         OAuthTokenRequest: {
             /** @description client_secret_post or a public client; else HTTP Basic */
@@ -1185,6 +1229,21 @@ export interface components {
             /** @description space-delimited scopes (RFC 6749 section 3.3) */
             scope?: string;
         } | {
+            /** @description client_secret_post or a public client; else HTTP Basic */
+            client_id?: string;
+            /** @description client_secret_post; else HTTP Basic */
+            client_secret?: string;
+            /** @description the code the sign-in page sent back */
+            code: string;
+            /** @description the PKCE verifier (RFC 7636 4.5) */
+            code_verifier: string;
+            /** @constant */
+            grant_type: "authorization_code";
+            /** @description exactly the authorization request's */
+            redirect_uri: string;
+            /** @description space-delimited scopes (RFC 6749 section 3.3) */
+            scope?: string;
+        } | {
             actor_token?: string;
             /** @enum {string} */
             actor_token_type?: "urn:ietf:params:oauth:token-type:access_token" | "urn:ietf:params:oauth:token-type:jwt" | "urn:ietf:params:oauth:token-type:id_token";
@@ -1212,6 +1271,14 @@ export interface components {
             refresh_token?: string;
             scope?: string;
             token_type: string;
+        };
+        /** @description OpenID Connect Core 5.3.2 claims of the bearer token's user, and MACP's. */
+        OAuthUserInfo: {
+            admin: boolean;
+            preferred_username: string;
+            sub: string;
+            tenant_id: string;
+            tier: string;
         };
         OpenAIError: {
             error: {
@@ -1456,7 +1523,24 @@ export interface operations {
     };
     oauthAuthorize: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description the client asking */
+                client_id?: string;
+                /** @description BASE64URL(SHA-256(code_verifier)), 43 characters */
+                code_challenge?: string;
+                /** @description S256 only */
+                code_challenge_method?: "S256";
+                /** @description exactly one of the client's registered redirect URIs */
+                redirect_uri?: string;
+                /** @description RFC 8707; empty for the edge */
+                resource?: string;
+                /** @description code: the only response type */
+                response_type?: "code";
+                /** @description space-delimited; empty for all the user may have */
+                scope?: string;
+                /** @description required; sent back unchanged */
+                state?: string;
+            };
             header?: never;
             path?: never;
             cookie?: never;
@@ -1464,12 +1548,30 @@ export interface operations {
         requestBody?: never;
         responses: {
             /** @description success */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/html": components["schemas"]["OAuthSignInPage"];
+                };
+            };
+            /** @description success */
+            303: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/html": components["schemas"]["OAuthSignInPage"];
+                };
+            };
+            /** @description error */
             400: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["OAuthError"];
+                    "text/html": components["schemas"]["OAuthSignInErrorPage"];
                 };
             };
             /** @description over a rate limit: try again after Retry-After seconds */
@@ -1480,6 +1582,85 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description error */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/html": components["schemas"]["OAuthSignInErrorPage"];
+                };
+            };
+        };
+    };
+    oauthAuthorizeSignIn: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/x-www-form-urlencoded": components["schemas"]["OAuthSignInForm"];
+            };
+        };
+        responses: {
+            /** @description success */
+            303: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/html": components["schemas"]["OAuthSignInPage"];
+                };
+            };
+            /** @description error */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/html": components["schemas"]["OAuthSignInErrorPage"];
+                };
+            };
+            /** @description error */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/html": components["schemas"]["OAuthSignInErrorPage"];
+                };
+            };
+            /** @description error */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/html": components["schemas"]["OAuthSignInErrorPage"];
+                };
+            };
+            /** @description over a rate limit: try again after Retry-After seconds */
+            429: {
+                headers: {
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/html": components["schemas"]["OAuthSignInErrorPage"] | components["schemas"]["Error"];
+                };
+            };
+            /** @description error */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/html": components["schemas"]["OAuthSignInErrorPage"];
                 };
             };
         };
@@ -1758,6 +1939,54 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["OAuthError"] | components["schemas"]["Error"];
+                };
+            };
+            /** @description error */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OAuthError"];
+                };
+            };
+        };
+    };
+    oauthUserInfo: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description success */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OAuthUserInfo"];
+                };
+            };
+            /** @description error */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OAuthError"];
+                };
+            };
+            /** @description over a rate limit: try again after Retry-After seconds */
+            429: {
+                headers: {
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
                 };
             };
             /** @description error */
