@@ -169,7 +169,7 @@ def assert_page_headers(response: httpx.Response) -> None:
     assert "frame-ancestors 'none'" in headers["content-security-policy"]
     assert "default-src 'none'" in headers["content-security-policy"]
     assert headers["cache-control"] == "no-store"
-    assert headers["referrer-policy"] == "no-referrer"
+    assert headers["referrer-policy"] == "same-origin"
 
 
 async def test_the_metadata_offers_the_code_flow_with_pkce(browser: httpx.AsyncClient) -> None:
@@ -211,7 +211,7 @@ async def test_a_browser_signs_in_uses_refreshes_and_signs_out(
 
     posted = await post(browser, {**fields, "username": tenant.username, "password": PASSWORD})
     assert posted.status_code == 303, posted.text
-    assert posted.headers["referrer-policy"] == "no-referrer"
+    assert posted.headers["referrer-policy"] == "same-origin"
     query = answer(posted)
     assert query["state"] == params["state"]
     assert query["iss"] == ISSUER

@@ -125,7 +125,6 @@ class SessionStore {
       code_challenge: await challengeOf(verifier),
       code_challenge_method: "S256",
       state: pending.state,
-      scope: "openid",
     });
     location.assign(`/oauth2/authorize?${query}`);
   }

@@ -61,7 +61,9 @@ def security_headers(redirect_uri: str = "") -> dict[str, str]:
         "x-frame-options": "DENY",
         "cache-control": "no-store",
         "pragma": "no-cache",
-        "referrer-policy": "no-referrer",
+        # Not no-referrer: under it a browser sends the form's POST with `Origin: null`, which the
+        # cross-site check must refuse. same-origin still sends nothing to any other site.
+        "referrer-policy": "same-origin",
         "x-content-type-options": "nosniff",
     }
 
