@@ -47,3 +47,9 @@ export function describe(error: unknown, response?: Response): string {
       return said || `The request failed (${status}).`;
   }
 }
+
+/** An If-Match header for a resource's etag: the JSON `etag` field is bare, the header quotes it
+ * (RFC 9110 section 8.8.3, a strong entity tag), and the edge refuses a bare one. */
+export function ifMatch(etag: string | undefined): { "if-match": string } {
+  return { "if-match": `"${etag ?? ""}"` };
+}

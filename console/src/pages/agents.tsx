@@ -1,7 +1,7 @@
 // Agents: list, create, edit (conditional on the etag last read: a conflict is said as such) and delete.
 import { useEffect, useState } from "preact/hooks";
 
-import { api, describe, type Agent } from "../api/client";
+import { api, describe, ifMatch, type Agent } from "../api/client";
 import { Page, StatusLine, formatTime, type Notice } from "../ui/status";
 
 interface Draft {
@@ -61,7 +61,7 @@ export function AgentsPage() {
     if (!confirm(`Delete the agent ${agent.name}?`)) return;
     const { error, response } = await api.DELETE("/v1/agents/{id}", {
       params: { path: { id: agent.id ?? "" } },
-      headers: { "if-match": agent.etag ?? "" },
+      headers: ifMatch(agent.etag),
     });
     if (response.ok) {
       setNotice({ tone: "ok", text: `Deleted ${agent.name}.` });
@@ -164,7 +164,7 @@ function AgentForm({ agent, onDone }: { agent: Agent | null; onDone: (message: s
         }
         const { data, error, response } = await api.PATCH("/v1/agents/{id}", {
           params: { path: { id: agent.id ?? "" } },
-          headers: { "if-match": agent.etag ?? "" },
+          headers: ifMatch(agent.etag),
           body: changes,
         });
         if (data) onDone(`Saved ${data.name}.`);

@@ -122,7 +122,7 @@ export function ConversationsPage() {
                           Download archive
                         </a>
                       ) : (
-                        <button type="button" class="secondary" onClick={() => void archive(conversation, false)} aria-label={`Download an archive of ${conversation.title || id}`}>
+                        <button type="button" class="secondary" onClick={() => void archive(conversation, false)} aria-label={`Get archive of ${conversation.title || id}`}>
                           Get archive
                         </button>
                       )}
