@@ -52,7 +52,9 @@ export function RoomPage({ conversationId }: { conversationId: string }) {
     // A subscription without a last event id is live from when the orchestrator read the log's
     // position, a moment after `subscribed`: what was stored before that and after a read of the
     // history would be shown by neither. The first event after such a subscription was appended
-    // after that moment, so reading the newest page once more after it closes the gap.
+    // after that moment, so reading the newest page once more after it closes the gap; and a
+    // subscription that comes after the history was read (a slow first connection, a drop before
+    // any event) reads it again at once too, for a room where nothing happens after.
     let catchUp = false;
     let catchUpAfterHistory = false;
     const readNewestAgain = async () => {
@@ -80,7 +82,10 @@ export function RoomPage({ conversationId }: { conversationId: string }) {
         })),
       onConnection: (state, detail) => {
         setConnection({ state, detail });
-        if (state === "live" && follower.last === null) catchUp = true;
+        if (state === "live" && follower.last === null) {
+          catchUp = true;
+          if (early === null) void readNewestAgain();
+        }
         if (state === "live" || state === "closed") subscribedOrClosed();
       },
     });
@@ -238,13 +243,16 @@ export function RoomPage({ conversationId }: { conversationId: string }) {
         <h2 id="events-title" class="sr-only">
           What happened
         </h2>
-        <ul role="log" aria-live="polite" data-testid="room-events">
-          {latestNotes.map((item) => (
-            <li key={item.id} class={item.tone}>
-              {item.text}
-            </li>
-          ))}
-        </ul>
+        {/* The live region wraps the list: a role on the <ul> itself would unmake it a list. */}
+        <div role="log" aria-live="polite" data-testid="room-events">
+          <ul>
+            {latestNotes.map((item) => (
+              <li key={item.id} class={item.tone}>
+                {item.text}
+              </li>
+            ))}
+          </ul>
+        </div>
       </section>
       <form class="composer card" onSubmit={send} aria-label="Send a message">
         <label>
