@@ -1,0 +1,109 @@
+"""The console's budgets, measured in the browser (issue 21; the figures are in docs/benchmarks.md):
+- its JavaScript, as the browser loaded it, is at most 300 KB gzipped;
+- the room shows an agent's first streamed token within 50 ms of the WebSocket delivering it.
+
+The second is timed inside the page: a wrapper around `WebSocket`, installed before the console's
+own script runs, notes `performance.now()` when the first `token_delta` frame arrives (its listener
+is registered first, so it runs before the console's handler), and a MutationObserver notes when
+that turn's text first shows in the room's DOM. Each figure is printed and written to
+`build/console-budgets.json`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+
+from playwright.async_api import Page, expect
+
+from tests.console.browser import REPO_ROOT
+from tests.console.flows import WAIT_MS, sign_in
+from tests.world import World
+
+JAVASCRIPT_BUDGET_BYTES = 300 * 1024
+FIRST_TOKEN_BUDGET_MS = 50.0
+ROUNDS = 5
+RESULTS = REPO_ROOT / "build" / "console-budgets.json"
+
+FIRST_TOKEN_PROBE = """
+(() => {
+  const timing = { frameAt: null, shownAt: null, turnId: null };
+  window.__firstToken = timing;
+  const Native = window.WebSocket;
+  window.WebSocket = class extends Native {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener("message", (event) => {
+        if (timing.frameAt !== null) return;
+        let frame;
+        try { frame = JSON.parse(event.data); } catch { return; }
+        if (frame.kind !== "token_delta") return;
+        timing.frameAt = performance.now();
+        timing.turnId = frame.event.token_delta.turn_id;
+      });
+    }
+  };
+  new MutationObserver(() => {
+    if (timing.frameAt === null || timing.shownAt !== null) return;
+    const stream = document.querySelector(`[data-testid="agent-stream"][data-turn-id="${timing.turnId}"]`);
+    const text = stream && stream.querySelector(".stream-text");
+    if (text && text.textContent) timing.shownAt = performance.now();
+  }).observe(document, { subtree: true, childList: true, characterData: true });
+})();
+"""
+
+
+def _record(name: str, value: float) -> None:
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results[name] = value
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"console budget {name}: {value}")
+
+
+async def test_the_consoles_javascript_is_at_most_300_kb_gzipped(page: Page, console_world: World) -> None:
+    scripts: set[str] = set()
+    page.on(
+        "request", lambda request: scripts.add(request.url) if request.resource_type == "script" else None
+    )
+    await sign_in(page, console_world, console_world.tenant.username)
+    for link in ("Agents", "Conversations", "Usage"):
+        await page.get_by_role("link", name=link).click()
+        await page.wait_for_load_state("networkidle")
+    # The very files the browser asked for, fetched again (a response's body is gone once the page
+    # navigates away from it, as signing in does).
+    bodies = {url: await (await page.request.get(url)).body() for url in scripts}
+    assert bodies, "the console loaded no script"
+    gzipped = sum(len(gzip.compress(body, compresslevel=9)) for body in bodies.values())
+    _record("javascript_gzip_kb", round(gzipped / 1024, 1))
+    assert gzipped <= JAVASCRIPT_BUDGET_BYTES, f"{gzipped} bytes gzipped over {sorted(bodies)}"
+
+
+async def test_the_room_shows_a_first_token_within_50_ms_of_its_frame(
+    page: Page, console_world: World
+) -> None:
+    world = await console_world.other_tenant()
+    agent = await world.agent("Ada")
+    conversation = await world.conversation([agent])
+    await page.add_init_script(FIRST_TOKEN_PROBE)
+    await sign_in(page, world, world.tenant.username)
+    delays: list[float] = []
+    for round_number in range(ROUNDS):
+        await page.goto(f"{world.front_url}/console/conversations/{conversation.id}")
+        await expect(page.get_by_test_id("connection-status")).to_have_attribute(
+            "data-state", "live", timeout=WAIT_MS
+        )
+        world.book("tokens=20,pace=0.01", times=1)
+        await page.get_by_test_id("message-input").fill(f"Round {round_number}")
+        await page.get_by_test_id("send").click()
+        await page.wait_for_function("() => window.__firstToken.shownAt !== null", timeout=WAIT_MS)
+        timing = await page.evaluate("() => window.__firstToken")
+        delays.append(timing["shownAt"] - timing["frameAt"])
+        await expect(page.get_by_test_id("agent-stream").last).to_have_attribute(
+            "data-state", re.compile("completed|stored"), timeout=WAIT_MS
+        )
+    worst = max(delays)
+    _record("first_token_shown_ms_max", round(worst, 1))
+    _record("first_token_shown_ms_median", round(sorted(delays)[len(delays) // 2], 1))
+    assert worst <= FIRST_TOKEN_BUDGET_MS, f"first token shown after {delays} ms"
