@@ -5,8 +5,9 @@
 The second is timed inside the page: a wrapper around `WebSocket`, installed before the console's
 own script runs, notes `performance.now()` when the first `token_delta` frame arrives (its listener
 is registered first, so it runs before the console's handler), and a MutationObserver notes when
-that turn's text first shows in the room's DOM. Each figure is printed and written to
-`build/console-budgets.json`.
+that turn's text first shows in the room's DOM, and the next animation frame after that (the frame
+that paints it) is the moment it is on the screen: the budget is held against that one. Each
+figure is printed and written to `build/console-budgets.json`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ RESULTS = REPO_ROOT / "build" / "console-budgets.json"
 
 FIRST_TOKEN_PROBE = """
 (() => {
-  const timing = { frameAt: null, shownAt: null, turnId: null };
+  const timing = { frameAt: null, inDomAt: null, shownAt: null, turnId: null };
   window.__firstToken = timing;
   const Native = window.WebSocket;
   window.WebSocket = class extends Native {
@@ -45,10 +46,12 @@ FIRST_TOKEN_PROBE = """
     }
   };
   new MutationObserver(() => {
-    if (timing.frameAt === null || timing.shownAt !== null) return;
+    if (timing.frameAt === null || timing.inDomAt !== null) return;
     const stream = document.querySelector(`[data-testid="agent-stream"][data-turn-id="${timing.turnId}"]`);
     const text = stream && stream.querySelector(".stream-text");
-    if (text && text.textContent) timing.shownAt = performance.now();
+    if (!text || !text.textContent) return;
+    timing.inDomAt = performance.now();
+    requestAnimationFrame(() => { timing.shownAt = performance.now(); });
   }).observe(document, { subtree: true, childList: true, characterData: true });
 })();
 """
@@ -89,6 +92,7 @@ async def test_the_room_shows_a_first_token_within_50_ms_of_its_frame(
     await page.add_init_script(FIRST_TOKEN_PROBE)
     await sign_in(page, world, world.tenant.username)
     delays: list[float] = []
+    in_dom: list[float] = []
     for round_number in range(ROUNDS):
         await page.goto(f"{world.front_url}/console/conversations/{conversation.id}")
         await expect(page.get_by_test_id("connection-status")).to_have_attribute(
@@ -100,10 +104,12 @@ async def test_the_room_shows_a_first_token_within_50_ms_of_its_frame(
         await page.wait_for_function("() => window.__firstToken.shownAt !== null", timeout=WAIT_MS)
         timing = await page.evaluate("() => window.__firstToken")
         delays.append(timing["shownAt"] - timing["frameAt"])
+        in_dom.append(timing["inDomAt"] - timing["frameAt"])
         await expect(page.get_by_test_id("agent-stream").last).to_have_attribute(
             "data-state", re.compile("completed|stored"), timeout=WAIT_MS
         )
     worst = max(delays)
     _record("first_token_shown_ms_max", round(worst, 1))
     _record("first_token_shown_ms_median", round(sorted(delays)[len(delays) // 2], 1))
+    _record("first_token_in_dom_ms_max", round(max(in_dom), 1))
     assert worst <= FIRST_TOKEN_BUDGET_MS, f"first token shown after {delays} ms"
