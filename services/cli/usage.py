@@ -1,5 +1,8 @@
-"""`macp usage [--group-by G] [--start T] [--end T] [--user-id U] [--invoice [--month YYYY-MM]]`:
-the signed-in tenant's usage (or its invoice preview) from the running stack's edge.
+"""`macp usage [--group-by G] [--start T] [--end T] [--user-id U] [--agent-id A] [--invoice [--month
+YYYY-MM]]`: the signed-in tenant's usage (or its invoice preview) from the running stack's edge.
+
+The `cost` column is each group's list price at the tenant's plan, before the plan's allowance
+(docs/plans.md, "Usage and its cost"): what the usage is worth, not what it adds to the invoice.
 
 The token is `--token`, else `$MACP_ACCESS_TOKEN`, else the seeded local admin signs in with the
 password grant (as `macp login` does). Prints a table, or the edge's JSON with `--json`.
@@ -18,7 +21,7 @@ from services.cli.accounts import EXIT_NOT_RUNNING, CliError, add_data_dir, repo
 from services.cli.login import TOKEN_VARIABLE, edge_token
 
 TIMEOUT_SECONDS = 15.0
-GROUPS = ("agent", "conversation", "model", "event_type")
+GROUPS = ("agent", "conversation", "model", "event_type", "day")
 COLUMNS = (
     ("agentTurns", "turns"),
     ("orchestrations", "orch."),
@@ -40,6 +43,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start", default="", help="period start, RFC 3339 (default: this month's)")
     parser.add_argument("--end", default="", help="period end, exclusive, RFC 3339 (default: next month's)")
     parser.add_argument("--user-id", default="", help="only this user's usage")
+    parser.add_argument("--agent-id", default="", help="only this agent's usage")
     parser.add_argument("--invoice", action="store_true", help="show the invoice preview instead")
     parser.add_argument(
         "--month", default="", help="the invoice's billing month, YYYY-MM (default: this one)"
@@ -79,16 +83,30 @@ def usage_url(front_url: str, args: argparse.Namespace) -> str:
         return f"{front_url}/v1/usage/invoice-preview?{urllib.parse.urlencode(query)}"
     query = {"group_by": args.group_by}
     query.update(
-        {k: v for k, v in (("start", args.start), ("end", args.end), ("user_id", args.user_id)) if v}
+        {
+            key: value
+            for key, value in (
+                ("start", args.start),
+                ("end", args.end),
+                ("user_id", args.user_id),
+                ("agent_id", args.agent_id),
+            )
+            if value
+        }
     )
     return f"{front_url}/v1/usage?{urllib.parse.urlencode(query)}"
 
 
+def _row(key: str, totals: dict[str, Any]) -> tuple[str, ...]:
+    cost = f"{int(totals.get('costCents', 0)) / 100:.2f}"
+    return (key, *(str(totals.get(k, 0)) for k, _ in COLUMNS), cost)
+
+
 def render_usage(document: dict[str, Any]) -> str:
-    rows = [("group", *(title for _, title in COLUMNS))]
+    rows = [("group", *(title for _, title in COLUMNS), "cost USD")]
     for group in document.get("groups", []):
-        rows.append((group.get("key") or "(none)", *(str(group["totals"].get(k, 0)) for k, _ in COLUMNS)))
-    rows.append(("TOTAL", *(str(document.get("totals", {}).get(k, 0)) for k, _ in COLUMNS)))
+        rows.append(_row(group.get("key") or "(none)", group["totals"]))
+    rows.append(_row("TOTAL", document.get("totals", {})))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows

@@ -4,8 +4,12 @@ parameters refused by name."""
 
 from __future__ import annotations
 
+import asyncio
+
 from aiokafka import AIOKafkaProducer
 
+from services.cli.main import build_parser
+from services.cli.usage import get_json, render_usage, usage_url
 from tests.metering.test_edge_usage import UsageSlice, usage_slice  # noqa: F401 (the fixture)
 from tests.metering.test_reports import publish
 from tests.metering.test_usage_days import AGENT_A, APRIL, MARCH, march_usage
@@ -51,3 +55,26 @@ async def test_usage_per_day_and_per_agent_through_the_edge(
         assert bad_group.status_code == 400
         assert bad_group.json()["message"].startswith("group_by:")
         assert "day" in bad_group.json()["message"]
+
+    # `macp usage --group-by day --agent-id A` reads the same route: a row a day, a cost column.
+    arguments = build_parser("usage").parse_args(
+        [
+            "usage",
+            "--group-by",
+            "day",
+            "--agent-id",
+            AGENT_A,
+            "--start",
+            march["start"],
+            "--end",
+            march["end"],
+        ]
+    )
+    table = await asyncio.to_thread(
+        lambda: render_usage(get_json(usage_url(usage_slice.front_url, arguments), usage_slice.token))
+    )
+    lines = table.splitlines()
+    assert lines[0].split()[0] == "group"
+    assert lines[0].split()[-2:] == ["cost", "USD"]
+    assert [line.split()[0] for line in lines[1:]] == ["2026-03-01", "2026-03-02", "TOTAL"]
+    assert lines[-1].split()[-1] == "0.00"
