@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from services.agent_proxy.settings import local_provider_needed
-from services.runtime.auth.settings import DEFAULT_ISSUER
 from services.runtime.registry import EDGE, EXAMPLE_TOOL_SERVERS, PROVIDER_SERVER, SERVICES, ServiceSpec
 from services.runtime.settings import CommonSettings, Env, ServerSettings, data_dir
 from services.stack.config import EnvoyPorts
@@ -72,6 +71,14 @@ class AppSpec:
         return {"type": "http", "url": self.health_url}
 
 
+def local_issuer(env: Env) -> str:
+    """The token issuer: MACP_TOKEN_ISSUER, else the front listener's own origin. The issuer is the
+    public base URL (the web console's redirect URI is `<issuer>/console/callback`, checked
+    exactly), so a front listener moved to another port moves it too."""
+    front = f"http://127.0.0.1:{EnvoyPorts.from_env(env).front}"
+    return env.url("MACP_TOKEN_ISSUER", ("http", "https"), front) or front
+
+
 def app_specs(env: Env) -> tuple[AppSpec, ...]:
     """Every service in the registry, then the edge, each as `python -m <module>`; the local
     provider server when the agent proxy will call it (no provider key configured); and the example
@@ -118,7 +125,7 @@ def app_specs(env: Env) -> tuple[AppSpec, ...]:
     if env.choice("MACP_EXAMPLE_TOOLS", "on", ("on", "off")) == "on":
         # Each accepts only tokens the token service issued for its own URL (register them with
         # UPSTREAM_AUTH_TOKEN_EXCHANGE), verified with the keys the edge serves.
-        issuer = env.url("MACP_TOKEN_ISSUER", ("http", "https"), DEFAULT_ISSUER) or DEFAULT_ISSUER
+        issuer = local_issuer(env)
         jwks_url = f"http://127.0.0.1:{EnvoyPorts.from_env(env).front}/.well-known/jwks.json"
         for example in EXAMPLE_TOOL_SERVERS:
             port = env.port(example.port_variable, example.port)
@@ -203,6 +210,7 @@ class StackPlan:
         env.update(local_secrets(self.data_dir, self.environ))
         # Services reach each other through Envoy's mesh listener, wherever it was moved to.
         env.setdefault("MACP_MESH_ADDRESS", f"127.0.0.1:{self.envoy_ports.mesh}")
+        env["MACP_TOKEN_ISSUER"] = local_issuer(Env(self.environ))
         env["PYTHONUNBUFFERED"] = "1"  # log lines reach the log file as they happen
         return env
 

@@ -270,6 +270,7 @@ class Launcher:
         assert self.envoy is not None
         rows = [
             ("front", f"{self.envoy.url}  (REST /v1, WebSocket /v1/ws, OAuth2 /oauth2)"),
+            ("console", f"{self.envoy.url}/console/  (the web console: sign in as below)"),
             ("mesh", f"{self.envoy.mesh_address}  (gRPC, h2c)"),
             ("admin", self.envoy.admin_url),
             *(

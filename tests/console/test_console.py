@@ -94,6 +94,18 @@ async def test_sign_in_through_the_authorize_flow_shows_tenant_and_plan(
     await expect(page.get_by_test_id("sign-in")).to_be_visible(timeout=WAIT_MS)
 
 
+async def test_the_console_opened_at_another_origin_links_to_the_issuers(
+    page: Page, console_world: World
+) -> None:
+    """The redirect URI is the issuer's, compared exactly: from another name for the same host, the
+    console says where sign-in works instead of offering a button that can only fail."""
+    issuer = console_world.front_url
+    await page.goto(issuer.replace("127.0.0.1", "localhost") + "/console/")
+    link = page.get_by_test_id("sign-in-elsewhere").get_by_role("link")
+    await expect(link).to_have_attribute("href", f"{issuer}/console/", timeout=WAIT_MS)
+    await expect(page.get_by_test_id("sign-in")).to_have_count(0)
+
+
 async def test_a_live_round_streams_every_agent_and_survives_a_dropped_websocket(
     page: Page, console_world: World
 ) -> None:
