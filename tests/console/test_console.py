@@ -11,11 +11,10 @@ from __future__ import annotations
 import re
 
 import httpx
-from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 from playwright.async_api import BrowserContext, Page, WebSocketRoute, expect
 
 from tests.console.browser import check_page
-from tests.console.flows import WAIT_MS, sign_in
+from tests.console.flows import WAIT_MS, sign_in, stored_answers, streams_by_turn
 from tests.world import World
 
 AGENT_NAMES = ("Ada", "Grace", "Alan")
@@ -53,27 +52,6 @@ async def _create_conversation_in_the_console(page: Page, title: str) -> str:
     conversation_id = await row.get_attribute("data-conversation-id")
     assert conversation_id
     return conversation_id
-
-
-async def _stored_answers(world: World, conversation_id: str) -> dict[str, str]:
-    """The agents' stored answers of the conversation, by turn id."""
-    return {
-        message.turn_id: message.text
-        for message in await world.messages(conversation_id)
-        if message.role == conversation_pb.MESSAGE_ROLE_AGENT
-    }
-
-
-async def _streams_by_turn(page: Page) -> dict[str, str]:
-    """What the room shows of each agent's answer, by turn id (an answer shown twice would show
-    here as a turn with two streams: that fails the caller's count check)."""
-    streams = page.get_by_test_id("agent-stream")
-    shown: dict[str, str] = {}
-    for index in range(await streams.count()):
-        stream = streams.nth(index)
-        turn_id = await stream.get_attribute("data-turn-id") or ""
-        shown[turn_id] = await stream.locator(".stream-text").text_content() or ""
-    return shown
 
 
 async def test_sign_in_through_the_authorize_flow_shows_tenant_and_plan(
@@ -139,9 +117,9 @@ async def test_a_live_round_streams_every_agent_and_survives_a_dropped_websocket
         await expect(stream.locator(".stream-text")).not_to_be_empty()
         await expect(stream).to_have_attribute("data-state", "completed", timeout=WAIT_MS)
     await check_page(page, "06-room")
-    shown = await _streams_by_turn(page)
+    shown = await streams_by_turn(page)
     assert len(shown) == len(AGENT_NAMES)
-    assert shown == await _stored_answers(world, conversation_id)
+    assert shown == await stored_answers(world, conversation_id)
 
     # Now a slower round, its WebSocket cut while the first agent is halfway through.
     world.book("tokens=120,pace=0.02")
@@ -157,9 +135,9 @@ async def test_a_live_round_streams_every_agent_and_survives_a_dropped_websocket
     last = streams.nth(2 * len(AGENT_NAMES) - 1)
     await expect(last).to_have_attribute("data-state", "completed", timeout=3 * WAIT_MS)
     await expect(streams).to_have_count(2 * len(AGENT_NAMES))
-    shown = await _streams_by_turn(page)
+    shown = await streams_by_turn(page)
     assert len(shown) == 2 * len(AGENT_NAMES), "an answer shown twice, or one missing"
-    assert shown == await _stored_answers(world, conversation_id)
+    assert shown == await stored_answers(world, conversation_id)
 
     # The usage of today's rounds reaches the chart (metering consumes the events in a moment).
     await page.get_by_role("link", name="Usage").click()

@@ -12,40 +12,17 @@ import asyncio
 import json
 import re
 
-from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 from playwright.async_api import Page, WebSocketRoute, expect
 
-from tests.console.flows import WAIT_MS, sign_in
+from tests.console.flows import WAIT_MS, sign_in, stored_answers, streams_by_turn
 from tests.world import World
 
 ROUND_SECONDS = 30
 
 
-async def _stored_answers(world: World, conversation_id: str) -> dict[str, str]:
-    """The agents' stored answers of the conversation, by turn id."""
-    return {
-        message.turn_id: message.text
-        for message in await world.messages(conversation_id)
-        if message.role == conversation_pb.MESSAGE_ROLE_AGENT
-    }
-
-
-async def _streams_by_turn(page: Page) -> dict[str, str]:
-    """What the room shows of each agent's answer, by turn id: an answer shown twice is one turn
-    with two streams, which the callers' count checks catch."""
-    streams = page.get_by_test_id("agent-stream")
-    shown: dict[str, str] = {}
-    for index in range(await streams.count()):
-        stream = streams.nth(index)
-        shown[await stream.get_attribute("data-turn-id") or ""] = (
-            await stream.locator(".stream-text").text_content() or ""
-        )
-    return shown
-
-
 async def _answers_stored(world: World, conversation_id: str, count: int) -> None:
     for _ in range(ROUND_SECONDS * 10):
-        if len(await _stored_answers(world, conversation_id)) >= count:
+        if len(await stored_answers(world, conversation_id)) >= count:
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"{count} answers were not stored within {ROUND_SECONDS} s")
@@ -101,7 +78,7 @@ async def test_a_round_during_the_subscription_is_shown_once_without_a_reload(
     streams = page.get_by_test_id("agent-stream")
     await expect(streams).to_have_count(len(agents), timeout=WAIT_MS)
     await expect(page.get_by_test_id("message")).to_have_count(1)
-    assert await _streams_by_turn(page) == await _stored_answers(world, conversation.id)
+    assert await streams_by_turn(page) == await stored_answers(world, conversation.id)
 
     # The next round streams live; the page read again on its first event repeats nothing.
     await page.get_by_test_id("message-input").fill("Once more")
@@ -112,4 +89,4 @@ async def test_a_round_during_the_subscription_is_shown_once_without_a_reload(
     )
     await expect(streams).to_have_count(2 * len(agents))
     await expect(page.get_by_test_id("message")).to_have_count(2)
-    assert await _streams_by_turn(page) == await _stored_answers(world, conversation.id)
+    assert await streams_by_turn(page) == await stored_answers(world, conversation.id)
