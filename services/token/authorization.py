@@ -10,6 +10,11 @@ back to that redirect URI).
 
 A code is 256 random bits, stored as its SHA-256 (a database read gives no usable code), bound to
 everything the request named and to the user, redeemable once, for a minute by default.
+
+OpenID Connect: `openid` in the scope makes the request an authentication request (Core 3.1.2.1).
+It is granted to any client allowed this grant, kept among the code's scopes with the request's
+`nonce` and the time the password was checked (`auth_time`), and its redemption adds an ID token
+(id_tokens.py). An empty scope still means every user scope the client may grant, and no ID token.
 """
 
 from __future__ import annotations
@@ -83,7 +88,8 @@ class Authorization:
             )
         requested = scopes.parse(scope)
         # An admin may get the most a user may; whether this user may is known once they sign in.
-        scopes.narrow(requested, scopes.for_user(client.scopes, admin=True))
+        # `openid` is this grant's own, whatever the client registered (scopes.OPENID).
+        scopes.narrow(scopes.split_openid(requested)[1], scopes.for_user(client.scopes, admin=True))
         public = self._settings.public_resources
         targets = audiences.resolve((), resource, public=public)
         audiences.check_holder(targets, client_class=client.client_class, user_sign_in=True, public=public)
@@ -97,7 +103,10 @@ class Authorization:
         )
         client = checked.client
         user = await self._sign_in.verify(client, request.username, request.password)
-        granted = scopes.narrow(checked.requested, scopes.for_user(client.scopes, admin=user.admin))
+        openid, requested = scopes.split_openid(checked.requested)
+        granted = scopes.narrow(requested, scopes.for_user(client.scopes, admin=user.admin))
+        if openid:
+            granted = (scopes.OPENID, *granted)
         code = secrets.token_urlsafe(32)
         now = datetime.now(UTC)
         lifetime = self._settings.authorization_code_seconds
@@ -113,6 +122,7 @@ class Authorization:
                 family_id=uuid.uuid4(),
                 auth_time=now,
                 expire_time=now + timedelta(seconds=lifetime),
+                nonce=request.nonce or None,
             )
         )
         return IssuedCode(code, lifetime)

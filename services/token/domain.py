@@ -21,6 +21,7 @@ from services.token.exchange import TokenExchange
 from services.token.grants import Grants
 from services.token.guard import BearerGuard
 from services.token.guessing import Guessing
+from services.token.id_tokens import IdTokens
 from services.token.introspection import Introspection
 from services.token.minting import Minter
 from services.token.registration import Registration
@@ -87,7 +88,17 @@ class TokenDomain:
         sign_in = SignIn(directory, guessing)
         authorization = Authorization(directory, CodeStore(pool), sign_in, settings)
         return cls(
-            grants=Grants(clients, directory, tokens, minter, revocations, sign_in, authorization, settings),
+            grants=Grants(
+                clients,
+                directory,
+                tokens,
+                minter,
+                revocations,
+                sign_in,
+                authorization,
+                IdTokens(keys, settings.issuer),
+                settings,
+            ),
             exchange=TokenExchange(
                 clients,
                 verifier,

@@ -6,6 +6,12 @@ Refresh tokens form families: the password and authorization code grants start o
 uses up its token and adds the next. Presenting a used token means two parties hold the family (one
 of them stole it), so the whole family is revoked, with every access token issued from it (RFC 9700
 4.14.2). A code redeemed twice revokes the family its first redemption started (RFC 6749 4.1.2).
+
+OpenID Connect: only the authorization code grant takes `openid`, and a code whose scope had it
+gets an ID token too (id_tokens.py). The password and client credentials grants refuse `openid`
+(invalid_scope). A refresh keeps `openid` among the family's scopes but returns no new ID token
+(Core 12.2 allows either): the client keeps the one its sign-in gave it, and userinfo says who the
+user is now.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from services.token.claims import Identity
 from services.token.clients import AUTHORIZATION_CODE, CLIENT_CREDENTIALS, PASSWORD, REFRESH_TOKEN, Clients
 from services.token.families import CODE_REUSE, REFRESH_REUSE, revoke_family
 from services.token.hashing import hash_refresh_token, new_refresh_token
+from services.token.id_tokens import IdTokens
 from services.token.minting import Audit, Minted, Minter
 from services.token.oauth import oauth_error
 from services.token.revocation_records import RevocationRecords
@@ -37,6 +44,8 @@ from services.token.store.tokens import RefreshRecord, TokenStore
 class Granted:
     access: Minted
     refresh_token: str | None
+    # An OpenID Connect ID token: only from a code whose scope had `openid` (id_tokens.py).
+    id_token: str | None = None
 
 
 class Grants:
@@ -49,9 +58,11 @@ class Grants:
         revocations: RevocationRecords,
         sign_in: SignIn,
         authorization: Authorization,
+        id_tokens: IdTokens,
         settings: TokenSettings,
     ) -> None:
         self._sign_in = sign_in
+        self._id_tokens = id_tokens
         self._authorization = authorization
         self._clients = clients
         self._directory = directory
@@ -67,6 +78,7 @@ class Grants:
             client = await self._clients.authenticate_for(
                 request.client_id, request.client_secret, CLIENT_CREDENTIALS
             )
+            scopes.refuse_openid(requested, CLIENT_CREDENTIALS)
             targets = audiences.resolve(request.audience, request.resource, public=self._public)
             audiences.check_holder(
                 targets, client_class=client.client_class, user_sign_in=False, public=self._public
@@ -74,6 +86,7 @@ class Grants:
             return Granted(await self._client_credentials(client, requested, targets), None)
         if request.grant_type == pb.GRANT_TYPE_PASSWORD:
             client = await self._clients.authenticate_for(request.client_id, request.client_secret, PASSWORD)
+            scopes.refuse_openid(requested, PASSWORD)
             targets = audiences.resolve(request.audience, request.resource, public=self._public)
             audiences.check_holder(
                 targets, client_class=client.client_class, user_sign_in=True, public=self._public
@@ -238,11 +251,15 @@ class Grants:
         refresh = None
         if REFRESH_TOKEN in client.grant_types:
             refresh = await self._new_refresh(client, user, granted, record.audiences, record.family_id)
+        # The authentication request's `openid` decides, whatever this request narrowed the scope to.
+        id_token = None
+        if scopes.OPENID in record.scopes:
+            id_token = await self._id_tokens.issue(client.client_id, user, record, access)
         # Presented again while these were being issued: the reuse revokes them too.
         if await self._authorization.reused(record):
             await self._revoke_code_family(record)
             raise oauth_error("invalid_grant", REUSED_DESCRIPTION)
-        return Granted(access, refresh)
+        return Granted(access, refresh, id_token)
 
     async def _revoke_refresh_family(self, record: RefreshRecord) -> None:
         await revoke_family(

@@ -23,6 +23,11 @@ INTERNAL = "internal"
 # Reading a tenant's audit log (TokenService.ListAuditEvents): a user's token carries it only if
 # the user is an admin of its tenant, whatever its client may be granted.
 AUDIT_READ = "audit:read"
+# OpenID Connect (Core 3.1.2.1): the request is an authentication request, and its code's redemption
+# adds an ID token (id_tokens.py). Any client that may use the authorization code grant may ask for
+# it there, whatever scopes it registered; the password and client credentials grants issue no ID
+# token and refuse it (invalid_scope) rather than grant a scope that does nothing.
+OPENID = "openid"
 
 
 def parse(scope: str) -> tuple[str, ...]:
@@ -59,6 +64,21 @@ def narrow(requested: tuple[str, ...], allowed: Iterable[str]) -> tuple[str, ...
     if excess:
         raise oauth_error("invalid_scope", f"not grantable here: {' '.join(excess)}")
     return requested
+
+
+def split_openid(requested: tuple[str, ...]) -> tuple[bool, tuple[str, ...]]:
+    """Whether `requested` has `openid`, and the rest of it, for the authorization code grant."""
+    return OPENID in requested, tuple(scope for scope in requested if scope != OPENID)
+
+
+def refuse_openid(requested: tuple[str, ...], grant_type: str) -> None:
+    """invalid_scope if `requested` has `openid`, which only the authorization code grant grants."""
+    if OPENID in requested:
+        raise oauth_error(
+            "invalid_scope",
+            f"{OPENID} is only for the authorization_code grant (the sign-in page); the {grant_type} "
+            "grant issues no ID token",
+        )
 
 
 def intersection(first: Iterable[str], *others: Iterable[str]) -> tuple[str, ...]:

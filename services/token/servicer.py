@@ -51,6 +51,7 @@ class TokenServicer(pb_grpc.TokenServiceServicer):
             expires_in=granted.access.expires_in,
             refresh_token=granted.refresh_token or "",
             scope=granted.access.scope,
+            id_token=granted.id_token or "",
         )
 
     async def ExchangeToken(

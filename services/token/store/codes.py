@@ -31,6 +31,8 @@ class AuthorizationCode:
     expire_time: datetime
     use_time: datetime | None = None
     reuse_time: datetime | None = None
+    # OpenID Connect's nonce, for the ID token (Core 3.1.2.1); None when the request sent none.
+    nonce: str | None = None
 
 
 def _code(row: asyncpg.Record) -> AuthorizationCode:
@@ -47,6 +49,7 @@ def _code(row: asyncpg.Record) -> AuthorizationCode:
         expire_time=row["expire_time"],
         use_time=row["use_time"],
         reuse_time=row["reuse_time"],
+        nonce=row["nonce"],
     )
 
 
@@ -57,7 +60,7 @@ class CodeStore:
     async def insert(self, code: AuthorizationCode) -> None:
         """Store a new code, sweeping codes long expired in the same statement."""
         # $1 hash, $2 client, $3 redirect URI, $4 challenge, $5 user, $6 scopes, $7 audiences,
-        # $8 family, $9 sign-in time, $10 expiry.
+        # $8 family, $9 sign-in time, $10 expiry, $11 nonce.
         await self._pool.execute(
             f"""
             WITH swept AS (
@@ -65,8 +68,8 @@ class CodeStore:
             )
             INSERT INTO token_authorization_codes
                 (code_hash, client_id, redirect_uri, code_challenge, user_id, scopes, audiences,
-                 family_id, auth_time, expire_time)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                 family_id, auth_time, expire_time, nonce)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
             """,
             code.code_hash,
             code.client_id,
@@ -78,6 +81,7 @@ class CodeStore:
             code.family_id,
             code.auth_time,
             code.expire_time,
+            code.nonce,
         )
 
     async def code(self, code_hash: bytes) -> AuthorizationCode | None:

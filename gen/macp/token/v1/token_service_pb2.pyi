@@ -176,6 +176,7 @@ class IssueTokenResponse(_message.Message):
     EXPIRES_IN_FIELD_NUMBER: _builtins.int
     REFRESH_TOKEN_FIELD_NUMBER: _builtins.int
     SCOPE_FIELD_NUMBER: _builtins.int
+    ID_TOKEN_FIELD_NUMBER: _builtins.int
     access_token: _builtins.str
     """The signed JWT access token."""
     token_type: _builtins.str
@@ -186,6 +187,14 @@ class IssueTokenResponse(_message.Message):
     """A refresh token, for the password and refresh_token grants; empty otherwise."""
     scope: _builtins.str
     """The scopes granted, space-delimited."""
+    id_token: _builtins.str
+    """An OpenID Connect ID token (Core 3.1.3.3): only from the authorization_code grant of a code
+    whose scope had `openid`; empty otherwise (a refresh returns none). A JWT signed with the
+    access tokens' key, header {"alg":"RS256","typ":"JWT","kid"} (never at+jwt, so no verifier
+    takes it for an access token); claims iss, sub (the user id), aud and azp (the client_id),
+    exp, iat, auth_time, nonce (if the authorization request sent one), at_hash,
+    preferred_username and tenant_id.
+    """
     def __init__(
         self,
         *,
@@ -194,10 +203,11 @@ class IssueTokenResponse(_message.Message):
         expires_in: _builtins.int = ...,
         refresh_token: _builtins.str = ...,
         scope: _builtins.str = ...,
+        id_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_token", b"access_token", "expires_in", b"expires_in", "refresh_token", b"refresh_token", "scope", b"scope", "token_type", b"token_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_token", b"access_token", "expires_in", b"expires_in", "id_token", b"id_token", "refresh_token", b"refresh_token", "scope", b"scope", "token_type", b"token_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1163,6 +1173,7 @@ class AuthorizeRequest(_message.Message):
     CODE_CHALLENGE_METHOD_FIELD_NUMBER: _builtins.int
     USERNAME_FIELD_NUMBER: _builtins.int
     PASSWORD_FIELD_NUMBER: _builtins.int
+    NONCE_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     """The client asking."""
     redirect_uri: _builtins.str
@@ -1177,6 +1188,10 @@ class AuthorizeRequest(_message.Message):
     """The user's name."""
     password: _builtins.str
     """The user's password."""
+    nonce: _builtins.str
+    """OpenID Connect's nonce (Core 3.1.2.1): kept with the code and put in the ID token's `nonce`
+    claim unchanged; empty for none. Up to 512 characters.
+    """
     @_builtins.property
     def resource(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Absolute URIs of the services where the token will be used (RFC 8707); empty for the edge."""
@@ -1192,10 +1207,11 @@ class AuthorizeRequest(_message.Message):
         code_challenge_method: _builtins.str = ...,
         username: _builtins.str = ...,
         password: _builtins.str = ...,
+        nonce: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "code_challenge", b"code_challenge", "code_challenge_method", b"code_challenge_method", "password", b"password", "redirect_uri", b"redirect_uri", "resource", b"resource", "scope", b"scope", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "code_challenge", b"code_challenge", "code_challenge_method", b"code_challenge_method", "nonce", b"nonce", "password", b"password", "redirect_uri", b"redirect_uri", "resource", b"resource", "scope", b"scope", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

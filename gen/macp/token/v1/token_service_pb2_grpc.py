@@ -208,7 +208,9 @@ class TokenServiceServicer:
         invalid_request: the user is told, never redirected), then, once the redirect URI is
         known to be the client's, that it may use the authorization_code grant
         (unauthorized_client) and the scopes and resources it asks (invalid_scope,
-        invalid_target): errors the edge sends back to the redirect URI.
+        invalid_target): errors the edge sends back to the redirect URI. `openid` is a scope
+        every such client may ask for here, and only here: the password and client_credentials
+        grants refuse it (invalid_scope), as they issue no ID token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -220,7 +222,8 @@ class TokenServiceServicer:
         audiences; single-use, short-lived (MACP_TOKEN_AUTHORIZATION_CODE_SECONDS). The request
         is checked as CheckAuthorization checks it, with its errors; a wrong username or password
         is invalid_grant "wrong username or password" (never saying which), counted against the
-        account like the password grant's (RESOURCE_EXHAUSTED while it is locked).
+        account like the password grant's (RESOURCE_EXHAUSTED while it is locked). A code whose
+        scope has `openid` gets an ID token beside its access token (IssueTokenResponse.id_token).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -106,7 +106,9 @@ class TokenServiceStub:
     invalid_request: the user is told, never redirected), then, once the redirect URI is
     known to be the client's, that it may use the authorization_code grant
     (unauthorized_client) and the scopes and resources it asks (invalid_scope,
-    invalid_target): errors the edge sends back to the redirect URI.
+    invalid_target): errors the edge sends back to the redirect URI. `openid` is a scope
+    every such client may ask for here, and only here: the password and client_credentials
+    grants refuse it (invalid_scope), as they issue no ID token.
     """
     Authorize: _aio.UnaryUnaryMultiCallable[_token_service_pb2.AuthorizeRequest, _token_service_pb2.AuthorizeResponse]
     """Signs a user in on the sign-in page and issues an authorization code (RFC 6749 4.1.2) bound
@@ -114,7 +116,8 @@ class TokenServiceStub:
     audiences; single-use, short-lived (MACP_TOKEN_AUTHORIZATION_CODE_SECONDS). The request
     is checked as CheckAuthorization checks it, with its errors; a wrong username or password
     is invalid_grant "wrong username or password" (never saying which), counted against the
-    account like the password grant's (RESOURCE_EXHAUSTED while it is locked).
+    account like the password grant's (RESOURCE_EXHAUSTED while it is locked). A code whose
+    scope has `openid` gets an ID token beside its access token (IssueTokenResponse.id_token).
     """
     GetUserInfo: _aio.UnaryUnaryMultiCallable[_token_service_pb2.GetUserInfoRequest, _token_service_pb2.GetUserInfoResponse]
     """OpenID Connect UserInfo (served at /oauth2/userinfo): who the bearer token's user is, for a
@@ -252,7 +255,9 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
         invalid_request: the user is told, never redirected), then, once the redirect URI is
         known to be the client's, that it may use the authorization_code grant
         (unauthorized_client) and the scopes and resources it asks (invalid_scope,
-        invalid_target): errors the edge sends back to the redirect URI.
+        invalid_target): errors the edge sends back to the redirect URI. `openid` is a scope
+        every such client may ask for here, and only here: the password and client_credentials
+        grants refuse it (invalid_scope), as they issue no ID token.
         """
 
     @_abc_1.abstractmethod
@@ -266,7 +271,8 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
         audiences; single-use, short-lived (MACP_TOKEN_AUTHORIZATION_CODE_SECONDS). The request
         is checked as CheckAuthorization checks it, with its errors; a wrong username or password
         is invalid_grant "wrong username or password" (never saying which), counted against the
-        account like the password grant's (RESOURCE_EXHAUSTED while it is locked).
+        account like the password grant's (RESOURCE_EXHAUSTED while it is locked). A code whose
+        scope has `openid` gets an ID token beside its access token (IssueTokenResponse.id_token).
         """
 
     @_abc_1.abstractmethod
