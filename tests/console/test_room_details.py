@@ -1,0 +1,196 @@
+"""The live room's details in Debian's Chromium: the bids of a bidding round as one bar per agent,
+cancelling a round and interrupting one agent while it streams, older messages paged in as the
+reader scrolls up (in order, none twice), and a refusal for quota said in words.
+
+Every state a test looks at is screenshotted and checked with axe-core (tests/console/browser.py).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from macp.common.v1 import principal_pb2
+from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
+from macp.metering.v1 import metering_service_pb2 as metering_pb
+from macp.metering.v1 import metering_service_pb2_grpc as metering_grpc
+from playwright.async_api import Page, expect
+
+from services.runtime.auth.settings import service_audience
+from tests.console.browser import check_page
+from tests.console.flows import WAIT_MS, sign_in
+from tests.tokens import bearer
+from tests.world import World
+
+# More stored messages than the room's first page (PAGE in console/src/room/room.tsx), and more
+# than two pages: the reader scrolls up twice before the conversation's beginning shows.
+STORED_MESSAGES = 75
+ROOM_PAGE = 30
+# A slow answer: 400 tokens 20 ms apart, eight seconds of streaming to stop halfway.
+SLOW = "tokens=400,pace=0.02"
+
+
+async def _open_room(page: Page, world: World, conversation: conversation_pb.Conversation) -> None:
+    await sign_in(page, world, world.tenant.username)
+    await page.goto(f"{world.front_url}/console/conversations/{conversation.id}")
+    await expect(page.get_by_test_id("connection-status")).to_have_attribute(
+        "data-state", "live", timeout=WAIT_MS
+    )
+
+
+async def _say(page: Page, words: str) -> None:
+    await page.get_by_test_id("message-input").fill(words)
+    await page.get_by_test_id("send").click()
+
+
+async def _tenant_without_turns(world: World) -> World:
+    """A new tenant whose plan includes no agent turns, as a hard limit (an operator holding
+    `macp:admin` sets it with Metering.SetPlan): each of its rounds is refused for quota."""
+    broke = await world.other_tenant()
+    harness = world.tokens.harness
+    operator = await harness.register(scope="macp:admin")
+    token = await harness.client_token(operator, "macp:admin", [service_audience("metering")])
+    no_turns = metering_pb.PlanAllowance(
+        meter=metering_pb.METER_AGENT_TURNS, included_quantity=0, hard_limit=True, overage_block_size=1
+    )
+    await metering_grpc.MeteringServiceStub(world.channel).SetPlan(
+        metering_pb.SetPlanRequest(
+            tenant_id=broke.tenant.tenant_id, tier=principal_pb2.TIER_ENTERPRISE, allowances=[no_turns]
+        ),
+        metadata=bearer(token.access_token),
+        timeout=10,
+    )
+    return broke
+
+
+async def test_a_bidding_round_shows_one_bar_per_agent_with_its_score(
+    page: Page, console_world: World
+) -> None:
+    world = await console_world.other_tenant()
+    agents = [await world.agent(name) for name in ("Ada", "Grace", "Alan")]
+    conversation = await world.conversation(agents, policy=conversation_pb.TURN_POLICY_BID)
+    await _open_room(page, world, conversation)
+    await _say(page, "Who of you answers best?")
+
+    bars = page.get_by_test_id("bid-bar")
+    await expect(bars).to_have_count(len(agents), timeout=WAIT_MS)
+    # The results replace the "waiting" bars: every agent then has a score between 0 and 1.
+    for agent in agents:
+        bar = bars.and_(page.locator(f"[data-agent-id='{agent.id}']"))
+        await expect(bar).to_have_attribute("data-score", re.compile(r"^(0|1)(\.\d+)?$"), timeout=WAIT_MS)
+        score = float(await bar.get_attribute("data-score") or "nan")
+        assert 0 <= score <= 1, f"{agent.name} bid {score}"
+    await expect(page.get_by_test_id("room-events")).to_contain_text(re.compile(r"won the bid|No agent bid"))
+    await expect(page.get_by_test_id("agent-stream").last).to_have_attribute(
+        "data-state", re.compile("completed|stored"), timeout=WAIT_MS
+    )
+    await check_page(page, "11-room-bids")
+
+
+async def test_cancelling_the_round_ends_the_stream_cancelled_and_says_so(
+    page: Page, console_world: World
+) -> None:
+    world = await console_world.other_tenant()
+    agents = [await world.agent(name) for name in ("Ada", "Grace")]
+    conversation = await world.conversation(agents)
+    await _open_room(page, world, conversation)
+    world.book(SLOW)
+    await _say(page, "Take your time")
+    stream = page.get_by_test_id("agent-stream").first
+    await expect(stream).to_have_attribute("data-state", "streaming", timeout=WAIT_MS)
+    await expect(stream.locator(".stream-text")).not_to_be_empty()
+
+    await page.get_by_test_id("cancel-round").click()
+    await expect(stream).to_have_attribute("data-state", "cancelled", timeout=WAIT_MS)
+    events = page.get_by_test_id("room-events")
+    await expect(events).to_contain_text(re.compile(r"finished \(cancelled\)"), timeout=WAIT_MS)
+    await expect(events).to_contain_text(re.compile(r"Round over \(cancel"), timeout=WAIT_MS)
+    # The round is over: no second agent was asked, nothing streams, cancel is off again.
+    await expect(page.get_by_test_id("agent-stream")).to_have_count(1)
+    await expect(page.get_by_test_id("cancel-round")).to_be_disabled()
+    await expect(stream).to_contain_text("(cancelled)")
+    await check_page(page, "12-room-cancelled")
+
+
+async def test_interrupting_a_streaming_agent_ends_its_turn(page: Page, console_world: World) -> None:
+    world = await console_world.other_tenant()
+    agents = [await world.agent(name) for name in ("Ada", "Grace")]
+    conversation = await world.conversation(agents)
+    await _open_room(page, world, conversation)
+    world.book(SLOW, times=1)
+    await _say(page, "Ada first, slowly")
+    first = page.get_by_test_id("agent-stream").first
+    await expect(first).to_have_attribute("data-state", "streaming", timeout=WAIT_MS)
+    await expect(first.locator(".stream-text")).not_to_be_empty()
+
+    interrupt = first.get_by_test_id("interrupt")
+    await expect(interrupt).to_have_accessible_name("Interrupt Ada")
+    await interrupt.click()
+    await expect(first).to_have_attribute("data-state", "cancelled", timeout=WAIT_MS)
+    await expect(first.get_by_test_id("interrupt")).to_have_count(0)
+    events = page.get_by_test_id("room-events")
+    await expect(events).to_contain_text("Ada finished (cancelled)", timeout=WAIT_MS)
+    # Its answer stops where it was cut, short of its 400 tokens, and grows no more; a cancelled
+    # turn ends its round (services/orchestrator/rounds.py), so Grace is not asked after it.
+    shown = await first.locator(".stream-text").text_content() or ""
+    assert 0 < len(shown.split()) < 400, f"the interrupted answer shows {len(shown.split())} words"
+    await expect(events).to_contain_text(re.compile(r"Round over \(cancel"), timeout=WAIT_MS)
+    await page.wait_for_timeout(500)
+    await expect(first.locator(".stream-text")).to_have_text(shown)
+    await expect(page.get_by_test_id("agent-stream")).to_have_count(1)
+    await check_page(page, "13-room-interrupted")
+
+
+async def test_older_messages_page_in_as_the_reader_scrolls_up(page: Page, console_world: World) -> None:
+    world = await console_world.other_tenant()
+    conversation = await world.conversation([await world.agent("Ada")])
+    # Stored straight through the conversation service: messages without a round run for each.
+    stored: list[str] = []
+    for number in range(STORED_MESSAGES):
+        message = conversation_pb.Message(
+            id=str(uuid.uuid4()),
+            conversation_id=conversation.id,
+            role=conversation_pb.MESSAGE_ROLE_SYSTEM,
+            text=f"Note {number:03d}",
+        )
+        reply = await world.conversations.AppendMessage(
+            conversation_pb.AppendMessageRequest(message=message),
+            metadata=bearer(world.conversation_token),
+            timeout=10,
+        )
+        stored.append(reply.message.id)
+    await _open_room(page, world, conversation)
+
+    messages = page.get_by_test_id("message")
+    await expect(messages).to_have_count(ROOM_PAGE, timeout=WAIT_MS)
+    await expect(page.get_by_test_id("load-older")).to_be_visible()
+    log = page.get_by_test_id("room-log")
+    counts = [ROOM_PAGE]
+    while counts[-1] < STORED_MESSAGES:
+        await log.evaluate("(element) => { element.scrollTop = 0; }")
+        await expect(messages).not_to_have_count(counts[-1], timeout=WAIT_MS)
+        counts.append(await messages.count())
+    assert counts == [30, 60, 75], f"pages of {counts} messages"
+    await expect(page.get_by_text("The beginning of the conversation.")).to_be_visible()
+    await expect(page.get_by_test_id("load-older")).to_have_count(0)
+    shown = [await message.get_attribute("data-message-id") for message in await messages.all()]
+    assert shown == stored, "older messages shown out of order, doubled or missing"
+    await expect(messages.first).to_contain_text("Note 000")
+    await check_page(page, "14-room-older-messages")
+
+
+async def test_a_round_refused_for_quota_is_said_in_words(page: Page, console_world: World) -> None:
+    world = await _tenant_without_turns(console_world)
+    conversation = await world.conversation([await world.agent("Unpaid")])
+    await _open_room(page, world, conversation)
+    await _say(page, "Answer me anyway")
+    events = page.get_by_test_id("room-events")
+    await expect(events).to_contain_text(re.compile(r"Quota refused: .*limit of 0 turns"), timeout=WAIT_MS)
+    await expect(events.locator("li.error")).to_have_count(1)
+    await expect(events).to_contain_text(re.compile(r"Round over \(failed\)"), timeout=WAIT_MS)
+    # The turn that was refused ends failed, with nothing streamed, and nothing runs any more.
+    stream = page.get_by_test_id("agent-stream")
+    await expect(stream).to_have_attribute("data-state", "failed")
+    await expect(stream.locator(".stream-text")).to_be_empty()
+    await expect(page.get_by_test_id("cancel-round")).to_be_disabled()
+    await check_page(page, "15-room-quota-refused")
