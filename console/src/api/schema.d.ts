@@ -39,6 +39,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/.well-known/openid-configuration": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The OpenID Provider's metadata (OpenID Connect Discovery 1.0): the authorization server's, with ID token signing, subject types and claims */
+        get: operations["openIdConfiguration"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/oauth2/authorize": {
         parameters: {
             query?: never;
@@ -1186,6 +1203,7 @@ export interface components {
             /** @constant */
             code_challenge_method?: "S256";
             csrf_token: string;
+            nonce?: string;
             password: string;
             redirect_uri: string;
             resource?: string[];
@@ -1267,6 +1285,7 @@ export interface components {
         OAuthTokenResponse: {
             access_token: string;
             expires_in?: number;
+            id_token?: string;
             issued_token_type?: string;
             refresh_token?: string;
             scope?: string;
@@ -1315,6 +1334,40 @@ export interface components {
             }[];
             /** @constant */
             object: "list";
+        };
+        /** @description OpenID Connect Discovery 1.0 section 3: RFC 8414's metadata of the same issuer, plus what an OpenID Connect client needs to verify ID tokens and find userinfo. */
+        OpenIdProviderMetadata: {
+            /** Format: uri */
+            authorization_endpoint: string;
+            authorization_response_iss_parameter_supported?: boolean;
+            claims_parameter_supported?: boolean;
+            claims_supported?: string[];
+            code_challenge_methods_supported?: string[];
+            grant_types_supported?: string[];
+            id_token_signing_alg_values_supported: string[];
+            /** Format: uri */
+            introspection_endpoint?: string;
+            introspection_endpoint_auth_methods_supported?: string[];
+            /** Format: uri */
+            issuer: string;
+            /** Format: uri */
+            jwks_uri: string;
+            /** Format: uri */
+            registration_endpoint?: string;
+            request_parameter_supported?: boolean;
+            request_uri_parameter_supported?: boolean;
+            response_modes_supported?: string[];
+            response_types_supported: string[];
+            /** Format: uri */
+            revocation_endpoint?: string;
+            revocation_endpoint_auth_methods_supported?: string[];
+            scopes_supported?: string[];
+            subject_types_supported: string[];
+            /** Format: uri */
+            token_endpoint: string;
+            token_endpoint_auth_methods_supported?: string[];
+            /** Format: uri */
+            userinfo_endpoint?: string;
         };
         PlanChange: {
             /** @description enterprise only, and required there: one allowance per meter */
@@ -1521,6 +1574,36 @@ export interface operations {
             };
         };
     };
+    openIdConfiguration: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description success */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OpenIdProviderMetadata"];
+                };
+            };
+            /** @description over a rate limit: try again after Retry-After seconds */
+            429: {
+                headers: {
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
     oauthAuthorize: {
         parameters: {
             query?: {
@@ -1530,6 +1613,8 @@ export interface operations {
                 code_challenge?: string;
                 /** @description S256 only */
                 code_challenge_method?: "S256";
+                /** @description OpenID Connect: put unchanged in the ID token; at most 512 characters */
+                nonce?: string;
                 /** @description exactly one of the client's registered redirect URIs */
                 redirect_uri?: string;
                 /** @description RFC 8707; empty for the edge */

@@ -16,12 +16,32 @@ from macp.token.v1 import token_service_pb2 as token_pb
 
 from services.edge.routes import Content, descriptor_of
 from services.edge.schema import JsonSchema
+from services.runtime.auth.jwt import ALGORITHM
 from services.runtime.auth.settings import USER_SCOPES
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 
 # The grant types /oauth2/token accepts, in the order the metadata document lists them.
 GRANT_TYPES = ("authorization_code", "client_credentials", "password", "refresh_token", TOKEN_EXCHANGE)
+
+# OpenID Connect (Core 3.1.2.1): asks the authorization code grant for an ID token too.
+OPENID = "openid"
+# The longest `nonce` an authorization request may send (AuthorizeRequest.nonce in the proto).
+MAX_NONCE_LENGTH = 512
+# The claims an ID token carries (services/token/id_tokens.py); userinfo gives tier and admin too.
+ID_TOKEN_CLAIMS = (
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "iat",
+    "auth_time",
+    "nonce",
+    "azp",
+    "at_hash",
+    "preferred_username",
+    "tenant_id",
+)
 
 # How a client may authenticate at the token and revocation endpoints ("none": public clients).
 CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
@@ -288,6 +308,33 @@ SERVER_METADATA = Content(
     },
 )
 
+OPENID_CONFIGURATION = Content(
+    name="OpenIdProviderMetadata",
+    schema={
+        "description": "OpenID Connect Discovery 1.0 section 3: RFC 8414's metadata of the same issuer, "
+        "plus what an OpenID Connect client needs to verify ID tokens and find userinfo.",
+        "type": "object",
+        "required": [
+            "issuer",
+            "authorization_endpoint",
+            "token_endpoint",
+            "jwks_uri",
+            "response_types_supported",
+            "subject_types_supported",
+            "id_token_signing_alg_values_supported",
+        ],
+        "properties": {
+            **SERVER_METADATA.schema["properties"],
+            "subject_types_supported": _STRINGS,
+            "id_token_signing_alg_values_supported": _STRINGS,
+            "claims_supported": _STRINGS,
+            "claims_parameter_supported": {"type": "boolean"},
+            "request_parameter_supported": {"type": "boolean"},
+            "request_uri_parameter_supported": {"type": "boolean"},
+        },
+    },
+)
+
 
 def server_metadata(issuer: str) -> dict[str, Any]:
     """RFC 8414 metadata of the authorization server `issuer` names (an issuer without a path)."""
@@ -307,11 +354,34 @@ def server_metadata(issuer: str) -> dict[str, Any]:
         "code_challenge_methods_supported": ["S256"],
         # RFC 9207: every authorization response names the issuer in `iss`.
         "authorization_response_iss_parameter_supported": True,
-        "scopes_supported": list(USER_SCOPES),
+        "scopes_supported": [OPENID, *USER_SCOPES],
         "grant_types_supported": list(GRANT_TYPES),
         "token_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
         "revocation_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+    }
+
+
+def claims_supported() -> tuple[str, ...]:
+    """The ID token's claims, then the ones only userinfo gives (read from its reply's fields)."""
+    userinfo = [field.name for field in descriptor_of(token_pb.GetUserInfoResponse).fields]
+    return (*ID_TOKEN_CLAIMS, *(name for name in userinfo if name not in ID_TOKEN_CLAIMS))
+
+
+def openid_configuration(issuer: str) -> dict[str, Any]:
+    """OpenID Connect Discovery 1.0 section 3 metadata of `issuer`: the RFC 8414 document, whose
+    issuer it shares (section 4.3), with the ID token's facts added."""
+    return {
+        **server_metadata(issuer),
+        # `sub` is the user's id, the same for every client (Core 8).
+        "subject_types_supported": ["public"],
+        # Signed with the access tokens' key (services/token/id_tokens.py).
+        "id_token_signing_alg_values_supported": [ALGORITHM],
+        "claims_supported": list(claims_supported()),
+        # Discovery 3 defaults these to false, true and true; MACP reads none of them.
+        "claims_parameter_supported": False,
+        "request_parameter_supported": False,
+        "request_uri_parameter_supported": False,
     }
 
 
@@ -354,6 +424,7 @@ SIGN_IN_FORM = Content(
             "code_challenge": {"type": "string"},
             "code_challenge_method": {"const": "S256"},
             "resource": {"type": "array", "items": {"type": "string", "format": "uri"}},
+            "nonce": {"type": "string", "maxLength": MAX_NONCE_LENGTH},
             "csrf_token": {"type": "string"},
             "username": {"type": "string"},
             "password": {"type": "string"},

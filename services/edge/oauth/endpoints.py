@@ -25,6 +25,7 @@ from services.edge.oauth.documents import (
     INTROSPECTION,
     INTROSPECTION_EXCLUDES,
     JWKS,
+    OPENID_CONFIGURATION,
     REVOKE_FORM,
     SERVER_METADATA,
     SIGN_IN_ERROR_PAGE,
@@ -35,6 +36,7 @@ from services.edge.oauth.documents import (
     TOKEN_RESPONSE,
     TOKEN_RESPONSE_EXCLUDES,
     USERINFO,
+    openid_configuration,
     rfc_fields,
     server_metadata,
 )
@@ -86,6 +88,7 @@ _AUTHORIZE_QUERY: tuple[tuple[str, JsonSchema, str], ...] = (
     ("code_challenge_method", {"const": "S256"}, "S256 only"),
     ("scope", _TEXT, "space-delimited; empty for all the user may have"),
     ("resource", _TEXT, "RFC 8707; empty for the edge"),
+    ("nonce", _TEXT, "OpenID Connect: put unchanged in the ID token; at most 512 characters"),
 )
 
 
@@ -296,6 +299,14 @@ async def authorization_server(request: Request) -> Response:
     )
 
 
+async def openid_provider(request: Request) -> Response:
+    edge = edge_context(request)
+    return JSONResponse(
+        openid_configuration(edge.settings.token_issuer),
+        headers={"cache-control": f"public, max-age={METADATA_MAX_AGE_SECONDS}"},
+    )
+
+
 # What every OAuth endpoint that takes a client's request answers besides its success: RFC 6749
 # section 5.2 errors (OAUTH_ERROR), 413 for a body over the limit, 429 when rate limited.
 _CLIENT_ERRORS = (400, 401, 413, 429, 503)
@@ -419,6 +430,17 @@ ROUTES = [
         summary="The authorization server's metadata (RFC 8414)",
         handler=authorization_server,
         response=SERVER_METADATA,
+        errors=(),
+        tags=("oauth",),
+    ),
+    ApiRoute(
+        method="GET",
+        path="/.well-known/openid-configuration",
+        operation_id="openIdConfiguration",
+        summary="The OpenID Provider's metadata (OpenID Connect Discovery 1.0): the authorization "
+        "server's, with ID token signing, subject types and claims",
+        handler=openid_provider,
+        response=OPENID_CONFIGURATION,
         errors=(),
         tags=("oauth",),
     ),

@@ -6,7 +6,8 @@ Nothing here redirects before the token service has said the client exists and r
 exact redirect URI (CheckAuthorization); until then every refusal is a page. The only place a
 browser is ever sent is that redirect URI, with `code` or `error`, `state` as given, and `iss`
 (RFC 9207, so a client talking to several servers can tell whose answer it is). Parameters such
-as `next` or `return_to` are never read.
+as `next` or `return_to` are never read. OpenID Connect's `nonce` rides along like the others, to
+the code and its ID token; `scope=openid` is the token service's to grant.
 
 CSRF: the GET sets a random token in a cookie (SameSite=Strict, HttpOnly; `__Host-` prefixed, and
 so Path=/ and Secure, when the issuer is https) and in the form; the POST must carry both, equal,
@@ -31,6 +32,7 @@ from starlette.responses import Response
 
 from services.edge.context import EdgeContext, edge_context
 from services.edge.errors import HttpError
+from services.edge.oauth.documents import MAX_NONCE_LENGTH
 from services.edge.oauth.errors import Endpoint, OAuthError, oauth_error_of
 from services.edge.oauth.forms import Form, parse_form, read_form
 from services.edge.oauth.page import SignInForm, error_page, redirect_page, sign_in_page
@@ -50,6 +52,7 @@ REQUEST_FIELDS = (
     "code_challenge",
     "code_challenge_method",
     "resource",
+    "nonce",
 )
 # Errors the token service raises only once the redirect URI is known to be the client's.
 REDIRECTABLE = frozenset({"unauthorized_client", "invalid_scope", "invalid_target", "access_denied"})
@@ -167,6 +170,8 @@ def _check_request(params: Form) -> None:
         )
     if not _CHALLENGE.fullmatch(challenge):
         raise BackToClient("invalid_request", "code_challenge must be 43 base64url characters (S256)")
+    if len(params.get("nonce")) > MAX_NONCE_LENGTH:
+        raise BackToClient("invalid_request", f"nonce must be at most {MAX_NONCE_LENGTH} characters")
 
 
 def _back(edge: EdgeContext, verified_uri: str, params: Form, answer: dict[str, str]) -> Response:
@@ -312,6 +317,7 @@ async def _sign_in(edge: EdgeContext, verified: Verified, csrf_token: str) -> Re
                 code_challenge_method=form.get("code_challenge_method"),
                 username=username,
                 password=password,
+                nonce=form.get("nonce"),
             ),
             timeout=edge.timeout,
         )
