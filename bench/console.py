@@ -14,8 +14,9 @@ same agent:
 - the console: signed in as the seeded admin through the real authorize flow (the token service's
   login page, the code exchanged with PKCE by the console), in the room
   `/console/conversations/<id>`, each message typed into its composer and sent with its button;
-- the baseline: a bare page on the same origin (`/bench-baseline.html`, served by Playwright's
-  `page.route`, so the edge knows nothing of it) with the same composer hooks, which opens the same
+- the baseline: a bare page on the same origin (its document written into the front listener's
+  answer for `/bench-baseline.html`, so the edge knows nothing of it; see `open_baseline` for why
+  not Playwright's `page.route`) with the same composer hooks, which opens the same
   WebSocket (`/v1/ws?access_token=`, the seeded admin's token from the password grant), subscribes,
   sends the message frame, and appends each `token_delta`'s text to the turn's one element.
 
@@ -24,10 +25,12 @@ rounds alternate between them, one at a time. Both pages carry the same probe
 (bench/console_probe.py): for each round's first token, the time from the WebSocket frame's arrival
 to its text in the DOM, and to the next animation frame (the paint). The renderer's CPU per
 streamed token is CDP `Performance.getMetrics` (TaskDuration: all the main thread's work;
-ScriptDuration: JavaScript; LayoutDuration + RecalcStyleDuration) read before and after the timed
-rounds, divided by the `token_delta` frames the page received. The JavaScript each page loaded,
-gzipped (level 9): the console's script files as the browser asked for them, the baseline's inline
-script.
+ScriptDuration: JavaScript; LayoutDuration + RecalcStyleDuration) read right before each message is
+typed and right after the page is done with its answer (so the other page's round is not counted),
+summed over the timed rounds and divided by the `token_delta` frames the page received; it counts
+Playwright's own calls into the page (fill, click, the probe's waits) on both pages alike.
+The JavaScript each page loaded, gzipped (level 9): the console's script files as the browser asked
+for them, the baseline's inline script.
 
 Bounded: every wait has a timeout and the whole run a deadline; only 127.0.0.1.
 """
