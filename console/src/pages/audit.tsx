@@ -106,7 +106,7 @@ export function AuditPage() {
       </form>
       <StatusLine notice={notice} testid="audit-status" />
       {events && (
-        <div class="table-wrap">
+        <div class="table-wrap" role="region" tabIndex={0} aria-label="Audit events">
           <table data-testid="audit-table">
             <caption class="sr-only">Audit events, newest first</caption>
             <thead>

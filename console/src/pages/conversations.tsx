@@ -90,7 +90,7 @@ export function ConversationsPage() {
               <tr>
                 <th scope="col">Title</th>
                 <th scope="col">Agents</th>
-                <th scope="col">Turns</th>
+                <th scope="col">Turn policy</th>
                 <th scope="col">Status</th>
                 <th scope="col">Changed</th>
                 <th scope="col">

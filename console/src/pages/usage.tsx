@@ -131,7 +131,7 @@ export function UsagePage({ tier }: { tier?: string }) {
         ) : perAgent.size === 0 ? (
           <p class="muted">No usage this month yet.</p>
         ) : (
-          <div class="table-wrap">
+          <div class="table-wrap" role="region" tabIndex={0} aria-label="Usage per agent">
             <table data-testid="usage-per-agent">
               <thead>
                 <tr>
@@ -216,7 +216,7 @@ export function UsagePage({ tier }: { tier?: string }) {
             <p data-testid="rate-limit-standing">
               {limits.admitted ? "You are within your rate limits." : `You are over a rate limit: wait ${limits.retryAfterSeconds ?? 0} s.`} Counted {limits.counting === "off" ? "nowhere (limits are off)" : `in ${limits.counting}`}, as a {limits.clientClass} client.
             </p>
-            <div class="table-wrap">
+            <div class="table-wrap" role="region" tabIndex={0} aria-label="Rate limits">
               <table>
                 <thead>
                   <tr>
