@@ -13,8 +13,9 @@ the frame's arrival to its paint, not the network nor the stack before it.
 The same probe serves bench/console.py (the console beside a bare page) and the console's budget
 test (tests/console/test_budgets.py): `window.__macpProbe.order[0]` is the first turn seen.
 
-The browser is Debian's Chromium under Playwright, launched as the console's browser tests launch
-it (tests/console/browser.py): headless, with the switches that keep it from calling home.
+The browser is Debian's Chromium under Playwright, headless, with the switches that keep it from
+calling home; `launch` is the one place it is started, by this benchmark and by the console's
+browser tests (tests/console/browser.py) alike.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from playwright.async_api import Browser, Page, Playwright
 
 CHROMIUM = Path(os.environ.get("MACP_CHROMIUM", "/usr/bin/chromium"))
 LAUNCH_ARGS = (
-    "--no-sandbox",  # the benchmark may run as root, where Chromium's sandbox cannot start
+    "--no-sandbox",  # the benchmark and the tests may run as root, where Chromium's sandbox cannot start
     "--disable-gpu",
     "--disable-quic",
     "--no-first-run",

@@ -8,14 +8,13 @@ which is why a rotated key is published that much longer than the longest token 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from google.protobuf import json_format
 from macp.token.v1 import token_service_pb2 as pb
 
@@ -42,18 +41,9 @@ class Signer:
         return jwt.sign(claims, private_key=self.private_key, kid=self.kid)
 
     def sign_id_token(self, claims: dict[str, Any]) -> str:
-        """`claims` as an OpenID Connect ID token: the same key, kid and RS256 as `sign`, but typed
-        `JWT`. `jwt.sign` fixes `typ: at+jwt` (RFC 9068), the type every MACP verifier requires of
-        an access token, which is exactly what an ID token must not carry; so the header is built
-        here, from the runtime's own constants and base64url."""
-        header = {"alg": jwt.ALGORITHM, "typ": ID_TOKEN_TYPE, "kid": self.kid}
-        signing_input = f"{_b64json(header)}.{_b64json(claims)}"
-        signature = self.private_key.sign(signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
-        return f"{signing_input}.{jwt.b64url_encode(signature)}"
-
-
-def _b64json(value: dict[str, Any]) -> str:
-    return jwt.b64url_encode(json.dumps(value, separators=(",", ":")).encode("utf-8"))
+        """`claims` as an OpenID Connect ID token: the same key, kid and RS256 as `sign`, typed `JWT`,
+        which no MACP verifier takes for an access token (they require `at+jwt`)."""
+        return jwt.sign(claims, private_key=self.private_key, kid=self.kid, typ=ID_TOKEN_TYPE)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 The browser is the one `./dev test` installs with apt-get (`chromium`), never one Playwright
 downloads: that download is a file no lock pins, and this machine's network would refuse it. It
 runs headless with the switches that keep it from calling home (background networking, component
-updates, sync): those calls go nowhere here and would only add noise and delay.
+updates, sync): those calls go nowhere here and would only add noise and delay. It is launched as
+the console's benchmark launches it (bench/console_probe.py), so the two measure the same browser.
 
 Also here: the page's screenshot, kept for docs/console.md, and axe-core's accessibility check,
 run inside the page from the pinned npm package.
@@ -20,21 +21,13 @@ from typing import Any
 
 from playwright.async_api import Browser, Page, async_playwright
 
+from bench.console_probe import CHROMIUM, launch
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = Path(os.environ.get("MACP_CHROMIUM", "/usr/bin/chromium"))
 CONSOLE_BUILD = REPO_ROOT / "console" / "dist"
 AXE_SCRIPT = REPO_ROOT / "node_modules" / "axe-core" / "axe.min.js"
 # Where each page's screenshot goes; docs/console.md shows copies of them (docs/console/).
 SCREENSHOTS = Path(os.environ.get("MACP_CONSOLE_SCREENSHOTS", REPO_ROOT / "build" / "console-screenshots"))
-LAUNCH_ARGS = (
-    "--no-sandbox",  # the tests may run as root, where Chromium's sandbox cannot start
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-)
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 # axe-core's impacts that fail a page (issue: "no serious or critical violation").
@@ -52,7 +45,7 @@ def require_build() -> None:
 async def chromium() -> AsyncIterator[Browser]:
     require_build()
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=list(LAUNCH_ARGS))
+        browser = await launch(playwright)
         try:
             yield browser
         finally:

@@ -2,12 +2,13 @@
 - its JavaScript, as the browser loaded it, is at most 300 KB gzipped;
 - the room shows an agent's first streamed token within 50 ms of the WebSocket delivering it.
 
-The second is timed inside the page: a wrapper around `WebSocket`, installed before the console's
-own script runs, notes `performance.now()` when the first `token_delta` frame arrives (its listener
-is registered first, so it runs before the console's handler), and a MutationObserver notes when
-that turn's text first shows in the room's DOM, and the next animation frame after that (the frame
-that paints it) is the moment it is on the screen: the budget is held against that one. Each
-figure is printed and written to `build/console-budgets.json`.
+The second is timed inside the page by the probe bench/console.py uses (bench/console_probe.py):
+a wrapper around `WebSocket`, installed before the console's own script runs, notes
+`performance.now()` when a turn's first `token_delta` frame arrives (its listener runs before the
+console's handler), a MutationObserver when that turn's text is in the room's DOM, and the next
+animation frame after that (the frame that paints it) is the moment it is on the screen: the
+budget is held against that one. Each figure is printed and written to
+`build/console-budgets.json`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import re
 
 from playwright.async_api import Page, expect
 
+from bench.console_probe import CONSOLE_TEXT_SELECTOR, first_token, probe_script
 from tests.console.browser import REPO_ROOT
 from tests.console.flows import WAIT_MS, sign_in
 from tests.world import World
@@ -26,35 +28,6 @@ JAVASCRIPT_BUDGET_BYTES = 300 * 1024
 FIRST_TOKEN_BUDGET_MS = 50.0
 ROUNDS = 5
 RESULTS = REPO_ROOT / "build" / "console-budgets.json"
-
-FIRST_TOKEN_PROBE = """
-(() => {
-  const timing = { frameAt: null, inDomAt: null, shownAt: null, turnId: null };
-  window.__firstToken = timing;
-  const Native = window.WebSocket;
-  window.WebSocket = class extends Native {
-    constructor(...args) {
-      super(...args);
-      this.addEventListener("message", (event) => {
-        if (timing.frameAt !== null) return;
-        let frame;
-        try { frame = JSON.parse(event.data); } catch { return; }
-        if (frame.kind !== "token_delta") return;
-        timing.frameAt = performance.now();
-        timing.turnId = frame.event.token_delta.turn_id;
-      });
-    }
-  };
-  new MutationObserver(() => {
-    if (timing.frameAt === null || timing.inDomAt !== null) return;
-    const stream = document.querySelector(`[data-testid="agent-stream"][data-turn-id="${timing.turnId}"]`);
-    const text = stream && stream.querySelector(".stream-text");
-    if (!text || !text.textContent) return;
-    timing.inDomAt = performance.now();
-    requestAnimationFrame(() => { timing.shownAt = performance.now(); });
-  }).observe(document, { subtree: true, childList: true, characterData: true });
-})();
-"""
 
 
 def _record(name: str, value: float) -> None:
@@ -89,7 +62,7 @@ async def test_the_room_shows_a_first_token_within_50_ms_of_its_frame(
     world = await console_world.other_tenant()
     agent = await world.agent("Ada")
     conversation = await world.conversation([agent])
-    await page.add_init_script(FIRST_TOKEN_PROBE)
+    await page.add_init_script(probe_script(CONSOLE_TEXT_SELECTOR))
     await sign_in(page, world, world.tenant.username)
     delays: list[float] = []
     in_dom: list[float] = []
@@ -101,8 +74,10 @@ async def test_the_room_shows_a_first_token_within_50_ms_of_its_frame(
         world.book("tokens=20,pace=0.01", times=1)
         await page.get_by_test_id("message-input").fill(f"Round {round_number}")
         await page.get_by_test_id("send").click()
-        await page.wait_for_function("() => window.__firstToken.shownAt !== null", timeout=WAIT_MS)
-        timing = await page.evaluate("() => window.__firstToken")
+        # Each round loads the room anew, so the probe is fresh: its first turn is this round's.
+        timing = await first_token(page, 0, WAIT_MS / 1000)
+        assert timing["shownAt"] is not None
+        assert timing["inDomAt"] is not None
         delays.append(timing["shownAt"] - timing["frameAt"])
         in_dom.append(timing["inDomAt"] - timing["frameAt"])
         await expect(page.get_by_test_id("agent-stream").last).to_have_attribute(

@@ -101,13 +101,17 @@ def unverified_issuer(token: str) -> str | None:
     return issuer if isinstance(issuer, str) else None
 
 
-def sign(claims: Mapping[str, Any], *, private_key: rsa.RSAPrivateKey, kid: str) -> str:
-    """`claims` as a MACP access token signed by `private_key` under `kid`; the header is fixed."""
+def sign(
+    claims: Mapping[str, Any], *, private_key: rsa.RSAPrivateKey, kid: str, typ: str = TOKEN_TYPE
+) -> str:
+    """`claims` as a MACP access token signed by `private_key` under `kid`; the header is fixed but
+    for `typ`, which only an OpenID Connect ID token sets otherwise (`JWT`): every verifier here
+    requires `at+jwt`, so a token of another type is never taken for an access token."""
     if not KID_PATTERN.fullmatch(kid):
         raise ValueError(f"kid {kid!r} must match {KID_PATTERN.pattern}")
     if private_key.key_size < MIN_RSA_KEY_BITS:
         raise ValueError(f"RSA keys must have at least {MIN_RSA_KEY_BITS} bits")
-    header = {"alg": ALGORITHM, "typ": TOKEN_TYPE, "kid": kid}
+    header = {"alg": ALGORITHM, "typ": typ, "kid": kid}
     signing_input = f"{_b64json(header)}.{_b64json(claims)}"
     signature = private_key.sign(signing_input.encode("ascii"), _PADDING, _HASH)
     token = f"{signing_input}.{b64url_encode(signature)}"
