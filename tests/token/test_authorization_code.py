@@ -40,7 +40,9 @@ def _redirect(token_service: TokenHarness) -> str:
     return console_redirect_uri(token_service.environ.get("MACP_TOKEN_ISSUER", DEFAULT_ISSUER))
 
 
-async def _code(token_service: TokenHarness, username: str, verifier: str, scope: str = "") -> str:
+async def _code(
+    token_service: TokenHarness, username: str, verifier: str, scope: str = "", nonce: str = ""
+) -> str:
     response: pb.AuthorizeResponse = await token_service.stub.Authorize(
         pb.AuthorizeRequest(
             client_id=CONSOLE_CLIENT_ID,
@@ -50,6 +52,7 @@ async def _code(token_service: TokenHarness, username: str, verifier: str, scope
             code_challenge_method="S256",
             username=username,
             password=PASSWORD,
+            nonce=nonce,
         )
     )
     assert response.expires_in == 60

@@ -19,31 +19,12 @@ from macp.token.v1 import token_service_pb2 as pb
 
 from services.runtime.auth.settings import DEFAULT_ISSUER
 from services.token.console import CONSOLE_CLIENT_ID
-from services.token.pkce import s256
 from tests.token.harness import TokenHarness, password_grant, rpc_error, unverified
-from tests.token.test_authorization_code import PASSWORD, _redeem, _redirect, _user
+from tests.token.test_authorization_code import PASSWORD, _code, _redeem, _redirect, _user
 
 
 def _issuer(token_service: TokenHarness) -> str:
     return token_service.environ.get("MACP_TOKEN_ISSUER", DEFAULT_ISSUER)
-
-
-async def _authorize(
-    token_service: TokenHarness, username: str, verifier: str, scope: str, nonce: str = ""
-) -> str:
-    response: pb.AuthorizeResponse = await token_service.stub.Authorize(
-        pb.AuthorizeRequest(
-            client_id=CONSOLE_CLIENT_ID,
-            redirect_uri=_redirect(token_service),
-            scope=scope,
-            code_challenge=s256(verifier),
-            code_challenge_method="S256",
-            username=username,
-            password=PASSWORD,
-            nonce=nonce,
-        )
-    )
-    return response.code
 
 
 async def _signed_in(
@@ -51,7 +32,7 @@ async def _signed_in(
 ) -> pb.IssueTokenResponse:
     username = username or await _user(token_service)
     verifier = secrets.token_urlsafe(48)
-    code = await _authorize(token_service, username, verifier, scope, nonce)
+    code = await _code(token_service, username, verifier, scope, nonce)
     issued: pb.IssueTokenResponse = await token_service.stub.IssueToken(
         _redeem(token_service, code, verifier)
     )
@@ -132,9 +113,7 @@ async def test_the_nonce_is_optional_and_bounded(token_service: TokenHarness) ->
     assert "conversations:write" in issued.scope.split()
 
     username = await _user(token_service)
-    refusal = await rpc_error(
-        _authorize(token_service, username, secrets.token_urlsafe(48), "openid", "n" * 513)
-    )
+    refusal = await rpc_error(_code(token_service, username, secrets.token_urlsafe(48), "openid", "n" * 513))
     assert refusal.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "nonce" in refusal.details
     longest = await _signed_in(token_service, "openid", "n" * 512)
