@@ -38,6 +38,9 @@ def line_item(meter: int, used: int, allowance: pb.PlanAllowance | None) -> pb.I
     if allowance is None:
         line.included_quantity = used  # not limited and not priced by the plan
         return line
+    line.has_allowance = True
+    line.allowance_quantity = allowance.included_quantity
+    line.hard_limit = allowance.hard_limit
     line.included_quantity = min(used, allowance.included_quantity)
     line.overage_quantity = 0 if allowance.hard_limit else used - line.included_quantity
     line.overage_price_cents = allowance.overage_price_cents

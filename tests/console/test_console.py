@@ -149,6 +149,10 @@ async def test_a_live_round_streams_every_agent_and_survives_a_dropped_websocket
         await page.wait_for_timeout(500)
         await page.reload()
     assert int(tokens or 0) > 0, f"today's bar shows {tokens!r} tokens"
+    # The free plan's 100 turns, not the part of them used so far, are the gauge's full scale.
+    turns = page.locator("[data-testid=quota-gauge][data-meter=METER_AGENT_TURNS]")
+    await expect(turns).to_have_attribute("data-allowance", "100")
+    await expect(turns).to_contain_text("6 of 100 turns included")
     await check_page(page, "07-usage")
 
 

@@ -99,6 +99,8 @@ async def test_usage_and_invoice_preview_through_the_edge(
         turns = next(line for line in body["lineItems"] if line["meter"] == "METER_AGENT_TURNS")
         # A tenant with no plan set is on the free plan: 100 turns included, a hard limit, no charge.
         assert (turns["quantity"], turns["includedQuantity"], turns["amountCents"]) == ("12", "12", "0")
+        # The plan's own allowance beside the part of the usage it covers: a gauge's two ends.
+        assert (turns["hasAllowance"], turns["allowanceQuantity"], turns["hardLimit"]) == (True, "100", True)
         assert (body["tier"], body["currency"], body["totalCents"]) == ("TIER_FREE", "USD", "0")
 
         bad = await client.get("/v1/usage", params={"group_by": "planet"})

@@ -896,8 +896,12 @@ export interface components {
         };
         "macp.metering.v1.InvoiceLineItem": {
             /** Format: int64 */
+            allowanceQuantity?: string;
+            /** Format: int64 */
             amountCents?: string;
             description?: string;
+            hardLimit?: boolean;
+            hasAllowance?: boolean;
             /** Format: int64 */
             includedQuantity?: string;
             /** @enum {string} */

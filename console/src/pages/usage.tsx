@@ -191,14 +191,27 @@ export function UsagePage({ tier }: { tier?: string }) {
           <div class="gauges">
             {(invoice.lineItems ?? []).map((item) => {
               const used = Number(item.quantity ?? 0);
-              const included = Number(item.includedQuantity ?? 0);
-              const percent = included > 0 ? Math.min(100, Math.round((used / included) * 100)) : 0;
+              const name = item.description || enumWords(item.meter, "METER_");
+              if (!item.hasAllowance) {
+                return (
+                  <div key={item.meter} class="gauge" data-testid="quota-gauge" data-meter={item.meter} data-allowance="">
+                    <h3>{name}</h3>
+                    <p>
+                      {formatNumber(used)} {item.unit}: your plan neither limits nor prices this.
+                    </p>
+                  </div>
+                );
+              }
+              // The allowance is the plan's, not the part of the usage it covers (includedQuantity).
+              const allowance = Number(item.allowanceQuantity ?? 0);
+              const percent = allowance > 0 ? Math.min(100, Math.round((used / allowance) * 100)) : 100;
+              const past = item.hardLimit ? "refused past it" : "charged past it";
               return (
-                <div key={item.meter} class="gauge" data-testid="quota-gauge" data-meter={item.meter}>
-                  <h3>{item.description || enumWords(item.meter, "METER_")}</h3>
-                  <meter min={0} max={Math.max(included, used, 1)} low={included * 0.8} high={included} optimum={0} value={used} aria-label={`${item.description || item.meter}: ${used} of ${included} ${item.unit ?? ""}`} />
+                <div key={item.meter} class="gauge" data-testid="quota-gauge" data-meter={item.meter} data-allowance={allowance}>
+                  <h3>{name}</h3>
+                  <meter min={0} max={Math.max(allowance, used, 1)} low={allowance * 0.8} high={allowance} optimum={0} value={used} aria-label={`${name}: ${used} of ${allowance} ${item.unit ?? ""}`} />
                   <p>
-                    {formatNumber(used)} of {included > 0 ? formatNumber(included) : "no"} {item.unit} included{included > 0 ? ` (${percent}%)` : ""}
+                    {formatNumber(used)} of {formatNumber(allowance)} {item.unit} included ({percent}%; {past})
                     {Number(item.overageQuantity ?? 0) > 0 ? `; ${formatNumber(item.overageQuantity)} over, ${money(item.amountCents, currency)}` : ""}
                   </p>
                 </div>

@@ -1066,6 +1066,9 @@ class InvoiceLineItem(_message.Message):
     OVERAGE_PRICE_CENTS_FIELD_NUMBER: _builtins.int
     OVERAGE_BLOCK_SIZE_FIELD_NUMBER: _builtins.int
     AMOUNT_CENTS_FIELD_NUMBER: _builtins.int
+    HAS_ALLOWANCE_FIELD_NUMBER: _builtins.int
+    ALLOWANCE_QUANTITY_FIELD_NUMBER: _builtins.int
+    HARD_LIMIT_FIELD_NUMBER: _builtins.int
     meter: Global___Meter.ValueType
     """The meter."""
     description: _builtins.str
@@ -1086,6 +1089,16 @@ class InvoiceLineItem(_message.Message):
     """The charge: overage_quantity * overage_price_cents / overage_block_size, rounded up to
     a whole cent.
     """
+    has_allowance: _builtins.bool
+    """Whether the plan sets an allowance for this meter; without one the meter is neither limited
+    nor priced, and allowance_quantity is 0.
+    """
+    allowance_quantity: _builtins.int
+    """The plan's included quantity for the month (what quantity is measured against; included_quantity
+    is the part of the usage it covers, at most this).
+    """
+    hard_limit: _builtins.bool
+    """Whether usage past the allowance is refused (a quota) rather than charged as overage."""
     def __init__(
         self,
         *,
@@ -1098,10 +1111,13 @@ class InvoiceLineItem(_message.Message):
         overage_price_cents: _builtins.int = ...,
         overage_block_size: _builtins.int = ...,
         amount_cents: _builtins.int = ...,
+        has_allowance: _builtins.bool = ...,
+        allowance_quantity: _builtins.int = ...,
+        hard_limit: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_cents", b"amount_cents", "description", b"description", "included_quantity", b"included_quantity", "meter", b"meter", "overage_block_size", b"overage_block_size", "overage_price_cents", b"overage_price_cents", "overage_quantity", b"overage_quantity", "quantity", b"quantity", "unit", b"unit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowance_quantity", b"allowance_quantity", "amount_cents", b"amount_cents", "description", b"description", "hard_limit", b"hard_limit", "has_allowance", b"has_allowance", "included_quantity", b"included_quantity", "meter", b"meter", "overage_block_size", b"overage_block_size", "overage_price_cents", b"overage_price_cents", "overage_quantity", b"overage_quantity", "quantity", b"quantity", "unit", b"unit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
