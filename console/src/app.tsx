@@ -63,7 +63,8 @@ export function App() {
   ];
   if (admin) links.push(["/console/audit", "Audit log"]);
   const here = path === "/" ? "/conversations" : path;
-  const who = (current.userinfo?.["email"] as string | undefined) ?? current.claims.user_id ?? current.claims.sub;
+  // Userinfo's preferred_username (docs/sign-in.md), else the token's user id until it has answered.
+  const who = (current.userinfo?.["preferred_username"] as string | undefined) ?? current.claims.user_id ?? current.claims.sub;
 
   return (
     <>

@@ -66,6 +66,7 @@ async def test_sign_in_through_the_authorize_flow_shows_tenant_and_plan(
 
     await sign_in(page, console_world, console_world.tenant.username)
     await expect(page.get_by_test_id("plan")).to_have_text(re.compile("free", re.IGNORECASE))
+    await expect(page.get_by_test_id("who")).to_contain_text(console_world.tenant.username)
     await check_page(page, "03-signed-in")
 
     await page.get_by_role("button", name="Sign out").click()
