@@ -3,6 +3,7 @@ import { useEffect, useState } from "preact/hooks";
 
 import { api, describe, ifMatch, type Agent } from "../api/client";
 import { Page, StatusLine, formatTime, type Notice } from "../ui/status";
+import { DataTable } from "../ui/table";
 
 interface Draft {
   name: string;
@@ -94,42 +95,26 @@ export function AgentsPage() {
       ) : agents.length === 0 ? (
         <p>No agents yet: create one to start a conversation.</p>
       ) : (
-        <div class="table-wrap">
-          <table data-testid="agents-table">
-            <caption class="sr-only">Your tenant's agents</caption>
-            <thead>
-              <tr>
-                <th scope="col">Name</th>
-                <th scope="col">Model</th>
-                <th scope="col">Capabilities</th>
-                <th scope="col">Changed</th>
-                <th scope="col">
-                  <span class="sr-only">Actions</span>
-                </th>
-              </tr>
-            </thead>
-            <tbody>
-              {agents.map((agent) => (
-                <tr key={agent.id} data-testid="agent-row" data-agent-id={agent.id}>
-                  <th scope="row">{agent.name}</th>
-                  <td>
-                    {agent.provider}/{agent.model}
-                  </td>
-                  <td>{(agent.capabilities ?? []).join(", ")}</td>
-                  <td>{formatTime(agent.updateTime)}</td>
-                  <td class="actions">
-                    <button type="button" class="secondary" onClick={() => setEditing(agent)} aria-label={`Edit ${agent.name}`}>
-                      Edit
-                    </button>
-                    <button type="button" class="danger" onClick={() => void remove(agent)} aria-label={`Delete ${agent.name}`}>
-                      Delete
-                    </button>
-                  </td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </div>
+        <DataTable label="Agents" caption="Your tenant's agents" columns={["Name", "Model", "Capabilities", "Changed", { label: "Actions", hidden: true }]} testid="agents-table">
+          {agents.map((agent) => (
+            <tr key={agent.id} data-testid="agent-row" data-agent-id={agent.id}>
+              <th scope="row">{agent.name}</th>
+              <td>
+                {agent.provider}/{agent.model}
+              </td>
+              <td>{(agent.capabilities ?? []).join(", ")}</td>
+              <td>{formatTime(agent.updateTime)}</td>
+              <td class="actions">
+                <button type="button" class="secondary" onClick={() => setEditing(agent)} aria-label={`Edit ${agent.name}`}>
+                  Edit
+                </button>
+                <button type="button" class="danger" onClick={() => void remove(agent)} aria-label={`Delete ${agent.name}`}>
+                  Delete
+                </button>
+              </td>
+            </tr>
+          ))}
+        </DataTable>
       )}
     </Page>
   );

@@ -5,6 +5,7 @@ import { useEffect, useState } from "preact/hooks";
 import { api, describe, type Schemas } from "../api/client";
 import type { paths } from "../api/schema";
 import { Page, StatusLine, formatTime, type Notice } from "../ui/status";
+import { DataTable } from "../ui/table";
 
 type AuditEvent = Schemas["macp.token.v1.AuditEvent"];
 type Action = NonNullable<NonNullable<paths["/v1/audit"]["get"]["parameters"]["query"]>["action"]>;
@@ -106,33 +107,18 @@ export function AuditPage() {
       </form>
       <StatusLine notice={notice} testid="audit-status" />
       {events && (
-        <div class="table-wrap" role="region" tabIndex={0} aria-label="Audit events">
-          <table data-testid="audit-table">
-            <caption class="sr-only">Audit events, newest first</caption>
-            <thead>
-              <tr>
-                <th scope="col">Time</th>
-                <th scope="col">Action</th>
-                <th scope="col">Outcome</th>
-                <th scope="col">Subject</th>
-                <th scope="col">Resource</th>
-                <th scope="col">Client</th>
-              </tr>
-            </thead>
-            <tbody>
-              {events.map((event) => (
-                <tr key={event.id} data-testid="audit-row" data-action={event.action}>
-                  <td>{formatTime(event.time)}</td>
-                  <th scope="row">{event.action}</th>
-                  <td>{event.outcome}</td>
-                  <td>{event.subject}</td>
-                  <td>{event.resource}</td>
-                  <td>{event.clientId}</td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </div>
+        <DataTable label="Audit events" caption="Audit events, newest first" columns={["Time", "Action", "Outcome", "Subject", "Resource", "Client"]} testid="audit-table">
+          {events.map((event) => (
+            <tr key={event.id} data-testid="audit-row" data-action={event.action}>
+              <td>{formatTime(event.time)}</td>
+              <th scope="row">{event.action}</th>
+              <td>{event.outcome}</td>
+              <td>{event.subject}</td>
+              <td>{event.resource}</td>
+              <td>{event.clientId}</td>
+            </tr>
+          ))}
+        </DataTable>
       )}
       {next && (
         <button type="button" class="secondary" onClick={() => void load(next)}>

@@ -5,6 +5,7 @@ import { useEffect, useState } from "preact/hooks";
 import { api, describe, type Agent, type Conversation, type Schemas } from "../api/client";
 import { Page, StatusLine, enumWords, formatTime, type Notice } from "../ui/status";
 import { listAllAgents } from "./agents";
+import { DataTable } from "../ui/table";
 
 type CreateBody = Schemas["macp.conversation.v1.Conversation-create"];
 type TurnPolicy = CreateBody["turnPolicy"];
@@ -83,56 +84,39 @@ export function ConversationsPage() {
       ) : conversations.length === 0 ? (
         <p>No conversations yet.</p>
       ) : (
-        <div class="table-wrap">
-          <table data-testid="conversations-table">
-            <caption class="sr-only">Your conversations</caption>
-            <thead>
-              <tr>
-                <th scope="col">Title</th>
-                <th scope="col">Agents</th>
-                <th scope="col">Turn policy</th>
-                <th scope="col">Status</th>
-                <th scope="col">Changed</th>
-                <th scope="col">
-                  <span class="sr-only">Actions</span>
+        <DataTable label="Conversations" caption="Your conversations" columns={["Title", "Agents", "Turn policy", "Status", "Changed", { label: "Actions", hidden: true }]} testid="conversations-table">
+          {conversations.map((conversation) => {
+            const id = conversation.id ?? "";
+            const archived = conversation.status === "CONVERSATION_STATUS_ARCHIVED";
+            return (
+              <tr key={id} data-testid="conversation-row" data-conversation-id={id}>
+                <th scope="row">
+                  <a href={`/console/conversations/${id}`}>{conversation.title || "Untitled"}</a>
                 </th>
+                <td>{(conversation.participantAgentIds ?? []).map((agent) => names.get(agent) ?? agent.slice(0, 8)).join(", ")}</td>
+                <td>{enumWords(conversation.turnPolicy, "TURN_POLICY_")}</td>
+                <td>{enumWords(conversation.status, "CONVERSATION_STATUS_")}</td>
+                <td>{formatTime(conversation.updateTime)}</td>
+                <td class="actions">
+                  {!archived && (
+                    <button type="button" class="secondary" onClick={() => void archive(conversation, true)} aria-label={`Archive ${conversation.title || id}`}>
+                      Archive
+                    </button>
+                  )}
+                  {downloads[id] ? (
+                    <a href={downloads[id]} download rel="noreferrer" data-testid="archive-download">
+                      Download archive
+                    </a>
+                  ) : (
+                    <button type="button" class="secondary" onClick={() => void archive(conversation, false)} aria-label={`Get archive of ${conversation.title || id}`}>
+                      Get archive
+                    </button>
+                  )}
+                </td>
               </tr>
-            </thead>
-            <tbody>
-              {conversations.map((conversation) => {
-                const id = conversation.id ?? "";
-                const archived = conversation.status === "CONVERSATION_STATUS_ARCHIVED";
-                return (
-                  <tr key={id} data-testid="conversation-row" data-conversation-id={id}>
-                    <th scope="row">
-                      <a href={`/console/conversations/${id}`}>{conversation.title || "Untitled"}</a>
-                    </th>
-                    <td>{(conversation.participantAgentIds ?? []).map((agent) => names.get(agent) ?? agent.slice(0, 8)).join(", ")}</td>
-                    <td>{enumWords(conversation.turnPolicy, "TURN_POLICY_")}</td>
-                    <td>{enumWords(conversation.status, "CONVERSATION_STATUS_")}</td>
-                    <td>{formatTime(conversation.updateTime)}</td>
-                    <td class="actions">
-                      {!archived && (
-                        <button type="button" class="secondary" onClick={() => void archive(conversation, true)} aria-label={`Archive ${conversation.title || id}`}>
-                          Archive
-                        </button>
-                      )}
-                      {downloads[id] ? (
-                        <a href={downloads[id]} download rel="noreferrer" data-testid="archive-download">
-                          Download archive
-                        </a>
-                      ) : (
-                        <button type="button" class="secondary" onClick={() => void archive(conversation, false)} aria-label={`Get archive of ${conversation.title || id}`}>
-                          Get archive
-                        </button>
-                      )}
-                    </td>
-                  </tr>
-                );
-              })}
-            </tbody>
-          </table>
-        </div>
+            );
+          })}
+        </DataTable>
       )}
     </Page>
   );

@@ -13,6 +13,7 @@ import "uplot/dist/uPlot.min.css";
 import { api, describe, type Agent, type Schemas } from "../api/client";
 import { Page, StatusLine, enumWords, formatNumber, type Notice } from "../ui/status";
 import { listAllAgents } from "./agents";
+import { DataTable } from "../ui/table";
 
 type Totals = Schemas["macp.metering.v1.UsageTotals"];
 type Group = Schemas["macp.metering.v1.UsageGroup"];
@@ -131,38 +132,25 @@ export function UsagePage({ tier }: { tier?: string }) {
         ) : perAgent.size === 0 ? (
           <p class="muted">No usage this month yet.</p>
         ) : (
-          <div class="table-wrap" role="region" tabIndex={0} aria-label="Usage per agent">
-            <table data-testid="usage-per-agent">
-              <thead>
-                <tr>
-                  <th scope="col">Agent</th>
-                  <th scope="col">Tokens</th>
-                  <th scope="col">Turns</th>
-                  <th scope="col">Cost</th>
-                  <th scope="col">Share of tokens</th>
+          <DataTable label="Usage per agent" columns={["Agent", "Tokens", "Turns", "Cost", "Share of tokens"]} testid="usage-per-agent">
+            {[...perAgent].map(([agent, figures]) => {
+              const share = Math.round((figures.tokens / allTokens) * 100);
+              return (
+                <tr key={agent} data-testid="usage-agent-row" data-agent-id={agent}>
+                  <th scope="row">{name(agent)}</th>
+                  <td>{formatNumber(figures.tokens)}</td>
+                  <td>{formatNumber(figures.turns)}</td>
+                  <td>{money(figures.costCents, currency)}</td>
+                  <td>
+                    <span class="share" role="img" aria-label={`${share}%`}>
+                      <span style={{ width: `${share}%` }} />
+                    </span>{" "}
+                    {share}%
+                  </td>
                 </tr>
-              </thead>
-              <tbody>
-                {[...perAgent].map(([agent, figures]) => {
-                  const share = Math.round((figures.tokens / allTokens) * 100);
-                  return (
-                    <tr key={agent} data-testid="usage-agent-row" data-agent-id={agent}>
-                      <th scope="row">{name(agent)}</th>
-                      <td>{formatNumber(figures.tokens)}</td>
-                      <td>{formatNumber(figures.turns)}</td>
-                      <td>{money(figures.costCents, currency)}</td>
-                      <td>
-                        <span class="share" role="img" aria-label={`${share}%`}>
-                          <span style={{ width: `${share}%` }} />
-                        </span>{" "}
-                        {share}%
-                      </td>
-                    </tr>
-                  );
-                })}
-              </tbody>
-            </table>
-          </div>
+              );
+            })}
+          </DataTable>
         )}
         {agentIds.length > 0 && (
           <>
@@ -229,32 +217,20 @@ export function UsagePage({ tier }: { tier?: string }) {
             <p data-testid="rate-limit-standing">
               {limits.admitted ? "You are within your rate limits." : `You are over a rate limit: wait ${limits.retryAfterSeconds ?? 0} s.`} Counted {limits.counting === "off" ? "nowhere (limits are off)" : `in ${limits.counting}`}, as a {limits.clientClass} client.
             </p>
-            <div class="table-wrap" role="region" tabIndex={0} aria-label="Rate limits">
-              <table>
-                <thead>
-                  <tr>
-                    <th scope="col">Limit</th>
-                    <th scope="col">Remaining</th>
-                    <th scope="col">Of</th>
-                    <th scope="col">Resets in</th>
-                  </tr>
-                </thead>
-                <tbody>
-                  {limits.limits.map((limit) => (
-                    <tr key={`${limit.scope}-${limit.name}`}>
-                      <th scope="row">
-                        {limit.name} <span class="muted">({limit.scope})</span>
-                      </th>
-                      <td>{formatNumber(limit.remaining)}</td>
-                      <td>
-                        {formatNumber(limit.limit)} per {limit.windowSeconds} s
-                      </td>
-                      <td>{limit.resetSeconds} s</td>
-                    </tr>
-                  ))}
-                </tbody>
-              </table>
-            </div>
+            <DataTable label="Rate limits" columns={["Limit", "Remaining", "Of", "Resets in"]}>
+              {limits.limits.map((limit) => (
+                <tr key={`${limit.scope}-${limit.name}`}>
+                  <th scope="row">
+                    {limit.name} <span class="muted">({limit.scope})</span>
+                  </th>
+                  <td>{formatNumber(limit.remaining)}</td>
+                  <td>
+                    {formatNumber(limit.limit)} per {limit.windowSeconds} s
+                  </td>
+                  <td>{limit.resetSeconds} s</td>
+                </tr>
+              ))}
+            </DataTable>
           </>
         )}
       </section>
