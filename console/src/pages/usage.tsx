@@ -215,9 +215,9 @@ export function UsagePage({ tier }: { tier?: string }) {
         ) : (
           <>
             <p data-testid="rate-limit-standing">
-              {limits.admitted ? "You are within your rate limits." : `You are over a rate limit: wait ${limits.retryAfterSeconds ?? 0} s.`} Counted {limits.counting === "off" ? "nowhere (limits are off)" : `in ${limits.counting}`}, as a {limits.clientClass} client.
+              {limits.admitted ? "You are within your rate limits." : `You are over a rate limit: wait ${limits.retryAfterSeconds ?? 0} s.`} Counted {limits.counting === "off" ? "nowhere (limits are off)" : `in ${limits.counting}`}, as {/^[aeiou]/i.test(limits.clientClass) ? "an" : "a"} {limits.clientClass} client.
             </p>
-            <DataTable label="Rate limits" columns={["Limit", "Remaining", "Of", "Resets in"]}>
+            <DataTable label="Rate limits" columns={["Limit", "Remaining now", "Allows", "Full again in"]}>
               {limits.limits.map((limit) => (
                 <tr key={`${limit.scope}-${limit.name}`}>
                   <th scope="row">
@@ -225,7 +225,7 @@ export function UsagePage({ tier }: { tier?: string }) {
                   </th>
                   <td>{formatNumber(limit.remaining)}</td>
                   <td>
-                    {formatNumber(limit.limit)} per {limit.windowSeconds} s
+                    {formatNumber(limit.limit)} per {limit.windowSeconds} s, {formatNumber(limit.burst)} at once
                   </td>
                   <td>{limit.resetSeconds} s</td>
                 </tr>
