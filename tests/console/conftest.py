@@ -11,25 +11,30 @@ import pytest
 from playwright.async_api import Browser, BrowserContext, Page
 
 from services.stack.config import free_port
+from services.stack.infra import Infrastructure
+from tests.conftest import fresh_database, isolated_environ
 from tests.console.browser import DESKTOP, chromium, require_build
 from tests.world import World
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 async def console_world(
-    module_environ: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    infrastructure: Infrastructure, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[World]:
+    """One mesh for every console test (its start is most of a short test's time): each test takes
+    a tenant of its own on it with `World.other_tenant()`, so none sees another's agents or usage."""
     from tests.world import running_world
 
     require_build()
     front_port = free_port()
-    environ = {
-        **module_environ,
-        "MACP_ENVOY_FRONT_PORT": str(front_port),
-        "MACP_TOKEN_ISSUER": f"http://127.0.0.1:{front_port}",
-    }
-    async with running_world(environ, tmp_path_factory.mktemp("console-world")) as world:
-        yield world
+    async with fresh_database(infrastructure) as database_url:
+        environ = {
+            **isolated_environ(infrastructure, database_url),
+            "MACP_ENVOY_FRONT_PORT": str(front_port),
+            "MACP_TOKEN_ISSUER": f"http://127.0.0.1:{front_port}",
+        }
+        async with running_world(environ, tmp_path_factory.mktemp("console-world")) as world:
+            yield world
 
 
 @pytest.fixture(scope="session")
