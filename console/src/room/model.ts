@@ -15,6 +15,7 @@ export interface Entry {
   state: "stored" | "streaming" | "completed" | "truncated" | "cancelled" | "failed";
   sequence: number; // stored order; live entries sort after every stored one
   time: string;
+  refusal?: string; // an own message the platform refused (state "failed"): why, in words
 }
 
 export interface BidBar {
@@ -78,7 +79,8 @@ function upsertTurn(state: RoomState, turnId: string, change: (entry: Entry) => 
 
 /** What the errors the platform reports mean, in words. */
 export function errorWords(reason: string, message: string, retryAfter?: string | number): string {
-  const wait = retryAfter ? ` Try again in ${String(retryAfter).replace(/s$/, "")} s.` : "";
+  // The server's own message may already say how long to wait; it is not said twice.
+  const wait = retryAfter && !/retry after/i.test(message) ? ` Try again in ${String(retryAfter).replace(/s$/, "")} s.` : "";
   switch (reason) {
     case "QUOTA_EXCEEDED":
     case "RESOURCE_EXHAUSTED":
@@ -231,6 +233,12 @@ export function applyEvents(state: RoomState, frames: ServerEvent[], names: Name
 }
 
 /** A message this client sent, shown at once (the stored copy replaces nothing: same id). */
+/** The own message `messageId`, refused when sent (rate limited, ...): kept, marked as not sent. */
+export function refuseOwnMessage(state: RoomState, messageId: string, reason: string): RoomState {
+  const entries = state.entries.map((entry) => (entry.role === "user" && entry.messageId === messageId ? { ...entry, state: "failed" as const, refusal: reason } : entry));
+  return { ...state, entries };
+}
+
 export function addOwnMessage(state: RoomState, messageId: string, words: string, userId: string): RoomState {
   const entry: Entry = { key: messageId, turnId: null, messageId, role: "user", authorId: userId, text: words, state: "streaming", sequence: LIVE_SEQUENCE + state.entries.length, time: new Date().toISOString() };
   return { ...state, entries: [...state.entries, entry] };

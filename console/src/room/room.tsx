@@ -10,7 +10,7 @@ import { api, describe, type Agent, type Conversation } from "../api/client";
 import { session } from "../auth/session";
 import { NotFoundPage } from "../pages/not_found";
 import { Page, enumWords } from "../ui/status";
-import { EMPTY_ROOM, addOwnMessage, applyEvent, applyEvents, errorWords, mergeStored, type Entry, type RoomState } from "./model";
+import { EMPTY_ROOM, addOwnMessage, applyEvent, applyEvents, errorWords, mergeStored, refuseOwnMessage, type Entry, type RoomState } from "./model";
 import { RoomSocket, type Connection, type ServerEvent } from "./socket";
 
 // Each agent's color: dark enough for 4.5:1 on white as text, told apart as borders.
@@ -32,6 +32,9 @@ export function RoomPage({ conversationId }: { conversationId: string }) {
   const socket = useRef<RoomSocket | null>(null);
   const log = useRef<HTMLDivElement>(null);
   const stickToBottom = useRef(true);
+  // The message id of each message frame sent, by the frame's request id, so a refusal (which
+  // names the request) marks the right message as not sent.
+  const sentMessages = useRef(new Map<string, string>());
   const namesRef = useRef<(id: string) => string>((id) => id.slice(0, 8));
 
   const participants = conversation?.participantAgentIds ?? [];
@@ -75,11 +78,15 @@ export function RoomPage({ conversationId }: { conversationId: string }) {
         if (early !== null) early.push(event);
         else setRoom((state) => applyEvent(state, event, names));
       },
-      onError: (error) =>
-        setRoom((state) => ({
-          ...state,
-          notes: [...state.notes, { id: `error-${Date.now()}`, tone: "error" as const, text: error.code === "RESOURCE_EXHAUSTED" ? errorWords("RATE_LIMITED", error.message, error.retry_after) : errorWords(error.code, error.message, error.retry_after) }].slice(-30),
-        })),
+      onError: (error) => {
+        const words = error.code === "RESOURCE_EXHAUSTED" ? errorWords("RATE_LIMITED", error.message, error.retry_after) : errorWords(error.code, error.message, error.retry_after);
+        // A refused message frame: its message was never stored, so it is shown as not sent.
+        const refused = error.request_id === undefined ? undefined : sentMessages.current.get(error.request_id);
+        setRoom((state) => {
+          const noted = { ...state, notes: [...state.notes, { id: `error-${Date.now()}`, tone: "error" as const, text: words }].slice(-30) };
+          return refused === undefined ? noted : refuseOwnMessage(noted, refused, words);
+        });
+      },
       onConnection: (state, detail) => {
         setConnection({ state, detail });
         if (state === "live" && follower.last === null) {
@@ -162,7 +169,8 @@ export function RoomPage({ conversationId }: { conversationId: string }) {
     if (!words || !socket.current) return;
     const messageId = crypto.randomUUID();
     try {
-      socket.current.send({ action: "message", text: words, message_id: messageId });
+      const requestId = socket.current.send({ action: "message", text: words, message_id: messageId });
+      sentMessages.current.set(requestId, messageId);
       const me = session.current.state === "signed-in" ? session.current.claims.sub : "";
       setRoom((state) => addOwnMessage(state, messageId, words, me));
       setDraft("");
@@ -289,9 +297,10 @@ export function RoomPage({ conversationId }: { conversationId: string }) {
 function EntryView({ entry, name, color, onInterrupt }: { entry: Entry; name: (id: string) => string; color: (id: string) => string; onInterrupt: () => void }) {
   if (entry.role !== "agent") {
     return (
-      <article class={`entry ${entry.role}`} data-testid="message" data-message-id={entry.messageId ?? ""}>
+      <article class={`entry ${entry.role}`} data-testid="message" data-message-id={entry.messageId ?? ""} data-state={entry.state}>
         <h3>{entry.role === "user" ? "You" : entry.role === "tool" ? "Tool" : "System"}</h3>
         <p>{entry.text}</p>
+        {entry.refusal && <p class="refusal">Not sent. {entry.refusal}</p>}
       </article>
     );
   }

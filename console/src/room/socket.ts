@@ -23,6 +23,7 @@ export interface ServerError {
   action?: string;
   retry_after?: number;
   subscribed?: boolean;
+  request_id?: string; // the refused frame's, as `send` returned it
 }
 export type Connection = "connecting" | "live" | "reconnecting" | "closed";
 
