@@ -22,8 +22,11 @@ from pathlib import Path
 import asyncpg
 import grpc
 import redis.asyncio as aioredis
+from macp.common.v1 import principal_pb2
 from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 from macp.conversation.v1 import conversation_service_pb2_grpc as conversation_grpc
+from macp.metering.v1 import metering_service_pb2 as metering_pb
+from macp.metering.v1 import metering_service_pb2_grpc as metering_grpc
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 from macp.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
 
@@ -125,6 +128,30 @@ class World:
             orchestrator_token=await self.tokens.user_token(tenant, [ORCHESTRATOR_AUDIENCE]),
             conversation_token=await self.tokens.user_token(tenant, [CONVERSATION_AUDIENCE]),
         )
+
+    async def set_plan(
+        self, tier: principal_pb2.Tier.ValueType, allowances: Sequence[metering_pb.PlanAllowance] = ()
+    ) -> None:
+        """Put this world's tenant on `tier` (with `allowances`, an enterprise plan's own), as an
+        operator would: an internal client holding `macp:admin` calls Metering.SetPlan."""
+        harness = self.tokens.harness
+        operator = await harness.register(scope="macp:admin")
+        token = await harness.client_token(operator, "macp:admin", [service_audience("metering")])
+        await metering_grpc.MeteringServiceStub(self.channel).SetPlan(
+            metering_pb.SetPlanRequest(tenant_id=self.tenant.tenant_id, tier=tier, allowances=allowances),
+            metadata=bearer(token.access_token),
+            timeout=10,
+        )
+
+    async def tenant_without_turns(self) -> World:
+        """A new tenant whose plan includes no agent turns, as a hard limit: each of its turns is
+        refused for quota."""
+        broke = await self.other_tenant()
+        no_turns = metering_pb.PlanAllowance(
+            meter=metering_pb.METER_AGENT_TURNS, included_quantity=0, hard_limit=True, overage_block_size=1
+        )
+        await broke.set_plan(principal_pb2.TIER_ENTERPRISE, [no_turns])
+        return broke
 
     async def agent(
         self, name: str, provider: str = "local", model: str = "echo-1", **fields: object

@@ -5,7 +5,9 @@ Chromium under Playwright (tests/console/browser.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page
@@ -17,12 +19,12 @@ from tests.console.browser import DESKTOP, chromium, require_build
 from tests.world import World
 
 
-@pytest.fixture(scope="package")
-async def console_world(
-    infrastructure: Infrastructure, tmp_path_factory: pytest.TempPathFactory
+@asynccontextmanager
+async def console_mesh(
+    infrastructure: Infrastructure, tmp_path: Path, settings: Mapping[str, str] | None = None
 ) -> AsyncIterator[World]:
-    """One mesh for every console test (its start is most of a short test's time): each test takes
-    a tenant of its own on it with `World.other_tenant()`, so none sees another's agents or usage."""
+    """The whole mesh over a database of its own, its front listener the token issuer's origin, with
+    `settings` on top of the test environment."""
     from tests.world import running_world
 
     require_build()
@@ -32,9 +34,20 @@ async def console_world(
             **isolated_environ(infrastructure, database_url),
             "MACP_ENVOY_FRONT_PORT": str(front_port),
             "MACP_TOKEN_ISSUER": f"http://127.0.0.1:{front_port}",
+            **(settings or {}),
         }
-        async with running_world(environ, tmp_path_factory.mktemp("console-world")) as world:
+        async with running_world(environ, tmp_path) as world:
             yield world
+
+
+@pytest.fixture(scope="package")
+async def console_world(
+    infrastructure: Infrastructure, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[World]:
+    """One mesh for every console test (its start is most of a short test's time): each test takes
+    a tenant of its own on it with `World.other_tenant()`, so none sees another's agents or usage."""
+    async with console_mesh(infrastructure, tmp_path_factory.mktemp("console-world")) as world:
+        yield world
 
 
 @pytest.fixture(scope="session")

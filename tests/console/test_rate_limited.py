@@ -10,10 +10,9 @@ from collections.abc import AsyncIterator
 import pytest
 from playwright.async_api import Page, expect
 
-from services.stack.config import free_port
 from services.stack.infra import Infrastructure
-from tests.conftest import fresh_database, isolated_environ
-from tests.console.browser import check_page, require_build
+from tests.console.browser import check_page
+from tests.console.conftest import console_mesh
 from tests.console.flows import WAIT_MS, sign_in
 from tests.world import World
 
@@ -26,19 +25,9 @@ MOST_MESSAGES = 20
 async def limited_world(
     infrastructure: Infrastructure, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[World]:
-    from tests.world import running_world
-
-    require_build()
-    front_port = free_port()
-    async with fresh_database(infrastructure) as database_url:
-        environ = {
-            **isolated_environ(infrastructure, database_url),
-            "MACP_ENVOY_FRONT_PORT": str(front_port),
-            "MACP_TOKEN_ISSUER": f"http://127.0.0.1:{front_port}",
-            "MACP_RATE_LIMIT_TENANT": TENANT_LIMIT,
-        }
-        async with running_world(environ, tmp_path_factory.mktemp("limited-world")) as world:
-            yield world
+    settings = {"MACP_RATE_LIMIT_TENANT": TENANT_LIMIT}
+    async with console_mesh(infrastructure, tmp_path_factory.mktemp("limited-world"), settings) as world:
+        yield world
 
 
 async def test_a_rate_limited_message_is_said_in_words(page: Page, limited_world: World) -> None:

@@ -10,13 +10,9 @@ from __future__ import annotations
 import re
 import uuid
 
-from macp.common.v1 import principal_pb2
 from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
-from macp.metering.v1 import metering_service_pb2 as metering_pb
-from macp.metering.v1 import metering_service_pb2_grpc as metering_grpc
 from playwright.async_api import Page, expect
 
-from services.runtime.auth.settings import service_audience
 from tests.console.browser import check_page
 from tests.console.flows import WAIT_MS, sign_in
 from tests.tokens import bearer
@@ -42,26 +38,6 @@ async def _open_room(page: Page, world: World, conversation: conversation_pb.Con
 async def _say(page: Page, words: str) -> None:
     await page.get_by_test_id("message-input").fill(words)
     await page.get_by_test_id("send").click()
-
-
-async def _tenant_without_turns(world: World) -> World:
-    """A new tenant whose plan includes no agent turns, as a hard limit (an operator holding
-    `macp:admin` sets it with Metering.SetPlan): each of its rounds is refused for quota."""
-    broke = await world.other_tenant()
-    harness = world.tokens.harness
-    operator = await harness.register(scope="macp:admin")
-    token = await harness.client_token(operator, "macp:admin", [service_audience("metering")])
-    no_turns = metering_pb.PlanAllowance(
-        meter=metering_pb.METER_AGENT_TURNS, included_quantity=0, hard_limit=True, overage_block_size=1
-    )
-    await metering_grpc.MeteringServiceStub(world.channel).SetPlan(
-        metering_pb.SetPlanRequest(
-            tenant_id=broke.tenant.tenant_id, tier=principal_pb2.TIER_ENTERPRISE, allowances=[no_turns]
-        ),
-        metadata=bearer(token.access_token),
-        timeout=10,
-    )
-    return broke
 
 
 async def test_a_bidding_round_shows_one_bar_per_agent_with_its_score(
@@ -193,7 +169,7 @@ async def test_older_messages_page_in_as_the_reader_scrolls_up(page: Page, conso
 
 
 async def test_a_round_refused_for_quota_is_said_in_words(page: Page, console_world: World) -> None:
-    world = await _tenant_without_turns(console_world)
+    world = await console_world.tenant_without_turns()
     conversation = await world.conversation([await world.agent("Unpaid")])
     await _open_room(page, world, conversation)
     await _say(page, "Answer me anyway")

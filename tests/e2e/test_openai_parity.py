@@ -18,17 +18,12 @@ import httpx
 import openai
 import pytest
 import schemathesis
-from macp.common.v1 import principal_pb2
-from macp.metering.v1 import metering_service_pb2 as metering_pb
-from macp.metering.v1 import metering_service_pb2_grpc as metering_grpc
 from schemathesis.checks import (
     content_type_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
 
-from services.runtime.auth.settings import service_audience
-from tests.tokens import bearer
 from tests.world import World
 
 pytestmark = pytest.mark.integration
@@ -37,26 +32,6 @@ ROOT = Path(__file__).resolve().parents[2]
 NODE_CHECK = Path(__file__).with_name("openai_node_check.mjs")
 HI: list[Any] = [{"role": "user", "content": "say something"}]
 CHECKS = [status_code_conformance, content_type_conformance, response_schema_conformance]
-
-
-async def tenant_without_turns(world: World) -> World:
-    """A new tenant whose plan includes no agent turns, as a hard limit (an operator holding
-    `macp:admin` sets it with Metering.SetPlan): each of its turns is refused for quota."""
-    broke = await world.other_tenant()
-    harness = world.tokens.harness
-    operator = await harness.register(scope="macp:admin")
-    token = await harness.client_token(operator, "macp:admin", [service_audience("metering")])
-    no_turns = metering_pb.PlanAllowance(
-        meter=metering_pb.METER_AGENT_TURNS, included_quantity=0, hard_limit=True, overage_block_size=1
-    )
-    await metering_grpc.MeteringServiceStub(world.channel).SetPlan(
-        metering_pb.SetPlanRequest(
-            tenant_id=broke.tenant.tenant_id, tier=principal_pb2.TIER_ENTERPRISE, allowances=[no_turns]
-        ),
-        metadata=bearer(token.access_token),
-        timeout=10,
-    )
-    return broke
 
 
 def sdk(world: World, api_key: str | None = None) -> openai.AsyncOpenAI:
@@ -69,7 +44,7 @@ async def test_the_python_sdk_lists_the_agents_as_models_and_gets_openais_errors
     ada, bob = await world.agent("Ada"), await world.agent("Bob", provider="compat", model="compat-1")
     stranger = await world.other_tenant()
     theirs = await stranger.agent("Theirs")
-    broke = await tenant_without_turns(world)
+    broke = await world.tenant_without_turns()
     unpaid = await broke.agent("Unpaid")
     client, bad_key, broke_client = sdk(world), sdk(world, "not-a-token"), sdk(broke)
     try:
@@ -186,7 +161,7 @@ async def node_check(environ: dict[str, str]) -> dict[str, Any]:
 
 async def test_the_node_sdk_lists_streams_and_gets_openais_errors(world: World) -> None:
     ada, bob = await world.agent("Ada"), await world.agent("Bob")
-    broke = await tenant_without_turns(world)
+    broke = await world.tenant_without_turns()
     unpaid = await broke.agent("Unpaid")
     result = await node_check(
         {

@@ -12,15 +12,11 @@ from collections.abc import Awaitable, Callable
 import pytest
 from macp.common.v1 import principal_pb2
 from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
-from macp.metering.v1 import metering_service_pb2 as metering_pb
-from macp.metering.v1 import metering_service_pb2_grpc as metering_grpc
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
 from services.orchestrator.lease import Lease
 from services.orchestrator.markers import RoundMarkers
 from services.orchestrator.rounds import RoundJob
-from services.runtime.auth.settings import service_audience
-from tests.tokens import bearer
 from tests.world import World
 
 pytestmark = pytest.mark.integration
@@ -28,19 +24,6 @@ pytestmark = pytest.mark.integration
 SHORT = "tokens=1"  # the shortest answer: the rounds, not the answers, are under test
 # Longer than the one second a poster used to wait for a driver letting go.
 SLOW_LETTING_GO_SECONDS = 1.5
-
-
-async def pro_plan(world: World) -> None:
-    """Put the world's tenant on the PRO plan, as an operator would (an internal client holding
-    `macp:admin` calls Metering.SetPlan): the FREE plan refuses past 50 orchestrations a month."""
-    harness = world.tokens.harness
-    operator = await harness.register(scope="macp:admin")
-    token = await harness.client_token(operator, "macp:admin", [service_audience("metering")])
-    await metering_grpc.MeteringServiceStub(world.channel).SetPlan(
-        metering_pb.SetPlanRequest(tenant_id=world.tenant.tenant_id, tier=principal_pb2.TIER_PRO),
-        metadata=bearer(token.access_token),
-        timeout=10,
-    )
 
 
 async def back_to_back(world: World, conversation_id: str, rounds: int) -> list[pb.ConversationEvent]:
@@ -112,7 +95,8 @@ async def test_the_next_message_is_accepted_the_moment_the_round_completes(
     must not queue, nor interrupt, the next message behind a finished round); and a few under
     REJECT whose driver is slow to let go. Each conversation has a client of its own, all at once
     (one world: its start is most of a test's time)."""
-    await pro_plan(world)
+    # The free plan refuses past 50 orchestrations a month.
+    await world.set_plan(principal_pb2.TIER_PRO)
     agent = await world.agent("Ada")
     world.book(SHORT)
     runs = [
