@@ -152,7 +152,7 @@ class Grants:
         if record is None or record.client_id != client.client_id:
             raise oauth_error("invalid_grant", "unknown refresh token")
         if record.use_time is not None or record.revoke_time is not None:
-            await self._revoke_refresh_family(record)
+            await self._revoke_family(record, REFRESH_REUSE)
             raise oauth_error("invalid_grant", "refresh token already used; its whole family is now revoked")
         if record.expire_time <= datetime.now(UTC):
             raise oauth_error("invalid_grant", "refresh token expired")
@@ -167,7 +167,7 @@ class Grants:
         )
         if await self._tokens.claim_refresh(token_hash) is None:
             # Another request used it between the read and the claim: the same reuse, seen late.
-            await self._revoke_refresh_family(record)
+            await self._revoke_family(record, REFRESH_REUSE)
             raise oauth_error("invalid_grant", "refresh token already used; its whole family is now revoked")
         user = await self._directory.user(record.user_id)
         if user is None:
@@ -239,7 +239,7 @@ class Grants:
         try:
             record = await self._authorization.redeem(client, request)
         except CodeReused as reused:
-            await self._revoke_code_family(reused.record)
+            await self._revoke_family(reused.record, CODE_REUSE)
             raise oauth_error("invalid_grant", REUSED_DESCRIPTION) from None
         user = await self._directory.user(record.user_id)
         if user is None:
@@ -257,26 +257,17 @@ class Grants:
             id_token = await self._id_tokens.issue(client.client_id, user, record, access)
         # Presented again while these were being issued: the reuse revokes them too.
         if await self._authorization.reused(record):
-            await self._revoke_code_family(record)
+            await self._revoke_family(record, CODE_REUSE)
             raise oauth_error("invalid_grant", REUSED_DESCRIPTION)
         return Granted(access, refresh, id_token)
 
-    async def _revoke_refresh_family(self, record: RefreshRecord) -> None:
+    async def _revoke_family(self, record: RefreshRecord | AuthorizationCode, reason: str) -> None:
+        """Revoke the family a reused refresh token or code belongs to, and every token of it."""
         await revoke_family(
             self._revocations,
             self._directory,
             family_id=record.family_id,
             user_id=record.user_id,
             client_id=record.client_id,
-            reason=REFRESH_REUSE,
-        )
-
-    async def _revoke_code_family(self, record: AuthorizationCode) -> None:
-        await revoke_family(
-            self._revocations,
-            self._directory,
-            family_id=record.family_id,
-            user_id=record.user_id,
-            client_id=record.client_id,
-            reason=CODE_REUSE,
+            reason=reason,
         )
