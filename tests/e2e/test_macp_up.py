@@ -98,6 +98,24 @@ def test_macp_up_serves_the_slice_and_stops_cleanly(data_dir: Path) -> None:
         with httpx.Client(base_url=front, timeout=10) as client:
             anonymous = client.post("/v1/agents", json=agent)
             assert anonymous.status_code == 401, anonymous.text
+            # The web console is served, and its client signs in from the front listener's own
+            # origin wherever that moved: the issuer follows the front port (stack/plan.py).
+            console = client.get("/console/")
+            assert console.status_code == 200, console.text
+            assert '<div id="app">' in console.text
+            sign_in_page = client.get(
+                "/oauth2/authorize",
+                params={
+                    "response_type": "code",
+                    "client_id": "macp-console",
+                    "redirect_uri": f"{front}/console/callback",
+                    "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+                    "code_challenge_method": "S256",
+                    "state": "from-the-test",
+                },
+            )
+            assert sign_in_page.status_code == 200, sign_in_page.text
+            assert 'name="password"' in sign_in_page.text
             issued = client.post(
                 "/oauth2/token",
                 data={
