@@ -200,7 +200,23 @@ async def test_the_audit_log_is_for_admins_only(context: BrowserContext, console
     admin = await context.new_page()
     await sign_in(admin, world, admin_name)
     await admin.get_by_role("link", name="Audit log").click()
-    await expect(admin.get_by_test_id("audit-row").first).to_be_visible(timeout=WAIT_MS)
+    rows = admin.get_by_test_id("audit-row")
+    await expect(rows.first).to_be_visible(timeout=WAIT_MS)
+    # Filtered by an action that is there, every row is of that action; by a subject nobody is, none.
+    actions = {await rows.nth(index).get_attribute("data-action") for index in range(await rows.count())}
+    assert len(actions) > 1, f"the tenant's sign-ins and agent changes should show several actions: {actions}"
+    action = sorted(a for a in actions if a)[0]
+    await admin.get_by_label("Action").select_option(action)
+    await admin.get_by_role("button", name="Filter").click()
+    await expect(rows.first).to_be_visible(timeout=WAIT_MS)
+    await expect(admin.locator(f"[data-testid=audit-row]:not([data-action='{action}'])")).to_have_count(0)
+    await admin.get_by_label("Action").select_option("")
+    await admin.get_by_label(re.compile("^Subject")).fill("nobody-at-all")
+    await admin.get_by_role("button", name="Filter").click()
+    await expect(rows).to_have_count(0, timeout=WAIT_MS)
+    await admin.get_by_label(re.compile("^Subject")).fill("")
+    await admin.get_by_role("button", name="Filter").click()
+    await expect(rows.first).to_be_visible(timeout=WAIT_MS)
     await check_page(admin, "09-audit-log")
 
 
