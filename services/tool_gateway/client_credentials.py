@@ -8,7 +8,10 @@ in this process by (server id, etag), so a new registration never uses an old on
 one token is being fetched for a server, the other calls wait for it rather than ask again.
 Whatever keeps the gateway from a token (the endpoint unreachable or refusing, an answer out of
 protocol) fails the operation as an `UpstreamFailure("credentials")` naming the server and what
-the authorization server said, never the secret.
+the authorization server said, never the secret. An answer that says the server is only
+momentarily unable (502, 503, 504: a replica restarting, a readiness probe late) is asked once more
+after its Retry-After (at most MAX_RETRY_PAUSE_SECONDS) or RETRY_PAUSE_SECONDS, so a blip costs a
+call a moment rather than failing it.
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ DEFAULT_LIFETIME_SECONDS = 60.0
 # A token is fetched again this long before it expires (half its lifetime, for short ones), so no
 # call sets out with a token about to lapse.
 EARLY_SECONDS = 30.0
+# Answers that say "not now" rather than "no": asked once more, after a pause.
+MOMENTARY_STATUSES = frozenset({502, 503, 504})
+RETRY_PAUSE_SECONDS = 0.25
+MAX_RETRY_PAUSE_SECONDS = 2.0
 # The most of an answer read: a token response is a few KiB at most.
 MAX_ANSWER_BYTES = 64 * 1024
 # The most of the authorization server's own error text passed on.
@@ -97,21 +104,35 @@ class ClientCredentialsTokens:
             "accept": "application/json",
         }
         where = f"no token for tool server {server.name} could be had from {grant.token_url}"
-        try:
-            async with (
-                httpx.AsyncClient(timeout=self._timeout, trust_env=False) as http,
-                http.stream("POST", grant.token_url, data=form, headers=headers) as response,
-            ):
-                body = await _read_capped(response)
-                status = response.status_code
-        except httpx.HTTPError as exc:
-            raise UpstreamFailure("credentials", f"{where}: {type(exc).__name__}: {exc}") from None
+        status, body, retry_after = await self._post(grant.token_url, form, headers, where)
+        if status in MOMENTARY_STATUSES:
+            await asyncio.sleep(min(retry_after or RETRY_PAUSE_SECONDS, MAX_RETRY_PAUSE_SECONDS))
+            status, body, _ = await self._post(grant.token_url, form, headers, where)
         if len(body) > MAX_ANSWER_BYTES:
             raise UpstreamFailure("credentials", f"{where}: the answer is over {MAX_ANSWER_BYTES} bytes")
         answer = _json_object(body)
         if status != 200:
             raise UpstreamFailure("credentials", f"{where}: it answered HTTP {status}{_oauth_error(answer)}")
         return _token_of(answer, where)
+
+    async def _post(
+        self, url: str, form: dict[str, str], headers: dict[str, str], where: str
+    ) -> tuple[int, bytes, float | None]:
+        """The token endpoint's status, (capped) body and Retry-After in seconds, for one request."""
+        try:
+            async with (
+                httpx.AsyncClient(timeout=self._timeout, trust_env=False) as http,
+                http.stream("POST", url, data=form, headers=headers) as response,
+            ):
+                return response.status_code, await _read_capped(response), _seconds(response.headers)
+        except httpx.HTTPError as exc:
+            raise UpstreamFailure("credentials", f"{where}: {type(exc).__name__}: {exc}") from None
+
+
+def _seconds(headers: httpx.Headers) -> float | None:
+    """Retry-After as a number of seconds (RFC 9110 10.2.3); None for a date or nothing."""
+    value = headers.get("retry-after", "").strip()
+    return float(value) if value.isdigit() else None
 
 
 async def _read_capped(response: httpx.Response) -> bytes:

@@ -5,6 +5,7 @@ project's own token service, its token endpoint served over HTTP by the real edg
 from __future__ import annotations
 
 import base64
+import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -33,6 +34,7 @@ from services.tool_gateway.client_credentials import ClientCredentialsTokens
 from services.tool_gateway.server_store import ServerStore
 from services.tool_gateway.service import DEFINITION as TOOL_GATEWAY
 from services.tool_gateway.settings import SEALING_KEY
+from services.tool_gateway.upstream import UpstreamFailure
 from services.tool_gateway.upstream_secrets import UpstreamSecrets, associated_data
 from tests.asgi import serving
 from tests.edge.conftest import serving_edge
@@ -368,13 +370,18 @@ class TokenEndpoint:
     """A token endpoint at /token that issues `t1`, `t2`, ... each for 40 s, and keeps what each
     request sent."""
 
-    def __init__(self) -> None:
+    def __init__(self, unavailable: int = 0) -> None:
         self.requests: list[tuple[str, dict[str, str]]] = []
+        self.unavailable = unavailable  # how many requests to answer 503 first
         self.app = Starlette(routes=[Route("/token", self.token, methods=["POST"])])
 
     async def token(self, request: Request) -> JSONResponse:
         form = {key: str(value) for key, value in (await request.form()).items()}
         self.requests.append((request.headers.get("authorization", ""), form))
+        if len(self.requests) <= self.unavailable:
+            return JSONResponse(
+                {"error": "temporarily_unavailable"}, status_code=503, headers={"retry-after": "1"}
+            )
         return JSONResponse(
             {"access_token": f"t{len(self.requests)}", "token_type": "bearer", "expires_in": 40}
         )
@@ -400,3 +407,23 @@ async def test_a_token_is_reused_until_shortly_before_it_expires() -> None:
     # client_secret_basic, the id and secret form-urlencoded first (RFC 6749 2.3.1).
     assert authorization == "Basic " + base64.b64encode(b"gateway%3A1:p%40ss+word").decode()
     assert form == {"grant_type": "client_credentials", "scope": "a b", "resource": "https://mcp.example/"}
+
+
+async def test_a_momentary_503_is_asked_once_more_and_a_lasting_one_fails_naming_it() -> None:
+    grant = pb.OAuthClientCredentials(token_url="", client_id="gateway:1")
+    blip = TokenEndpoint(unavailable=1)
+    async with serving(lambda _url: blip.app) as url:
+        grant.token_url = f"{url}/token"
+        server = pb.ToolServer(id=str(uuid.uuid4()), etag="e1", name="s", client_credentials=grant)
+        started = time.monotonic()
+        assert await ClientCredentialsTokens(timeout_seconds=3).token(server, "secret") == "t2"
+    assert len(blip.requests) == 2
+    assert time.monotonic() - started >= 1.0, "asked again before the Retry-After"
+    down = TokenEndpoint(unavailable=10)
+    async with serving(lambda _url: down.app) as url:
+        grant.token_url = f"{url}/token"
+        server = pb.ToolServer(id=str(uuid.uuid4()), etag="e1", name="s", client_credentials=grant)
+        with pytest.raises(UpstreamFailure) as failure:
+            await ClientCredentialsTokens(timeout_seconds=3).token(server, "secret")
+    assert "it answered HTTP 503: temporarily_unavailable" in str(failure.value)
+    assert len(down.requests) == 2  # once more, not on and on
