@@ -236,13 +236,21 @@ async def authorize_page(request: Request) -> Response:
         params = parse_form(request.url.query, "the query")
     except OAuthError as error:
         return _refused(Refusal("This sign-in request is not valid", error.description))
+    verified = await _verified_or_answer(edge, params)
+    if isinstance(verified, Response):
+        return verified
+    return await _show(edge, request, verified)
+
+
+async def _verified_or_answer(edge: EdgeContext, params: Form) -> Verified | Response:
+    """The request as CheckAuthorization vouched for it, or the answer to a refused one: an error
+    page while its redirect URI is not known to be the client's, else the error sent back there."""
     try:
-        verified = await _verify(edge, params)
+        return await _verify(edge, params)
     except Refusal as refusal:
         return _refused(refusal)
     except BackToClient as refusal:
         return _error_back(edge, _vouched(params), refusal)
-    return await _show(edge, request, verified)
 
 
 def _vouched(params: Form) -> Verified:
@@ -289,12 +297,9 @@ async def sign_in(request: Request) -> Response:
     cookie = request.cookies.get(cookie_name(issuer), "")
     if not hmac.compare_digest(form.get(CSRF_FIELD).encode(), cookie.encode()):
         return error_page("Sign-in refused", f"{_FORGED} (the form's token differs)", HTTPStatus.FORBIDDEN)
-    try:
-        verified = await _verify(edge, form)
-    except Refusal as refusal:
-        return _refused(refusal)
-    except BackToClient as refusal:
-        return _error_back(edge, _vouched(form), refusal)
+    verified = await _verified_or_answer(edge, form)
+    if isinstance(verified, Response):
+        return verified
     return await _sign_in(edge, verified, cookie)
 
 
