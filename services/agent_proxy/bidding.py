@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from macp.agent_proxy.v1 import agent_proxy_service_pb2 as pb
 
-from services.agent_proxy.pricing import price_of
 from services.agent_proxy.usage import estimate_tokens
+from services.runtime.model_prices import price_of
 
 RELEVANCE_WEIGHT = 0.6
 EAGERNESS_WEIGHT = 0.25

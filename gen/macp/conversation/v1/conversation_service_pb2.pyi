@@ -57,6 +57,10 @@ class _TurnPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TurnPolicy
     """The coordinator agent decides who speaks next."""
     TURN_POLICY_PIPELINE: _TurnPolicy.ValueType  # 4
     """Each participant speaks once, in order, each seeing the previous one's answer."""
+    TURN_POLICY_CHOREOGRAPHY: _TurnPolicy.ValueType  # 5
+    """Every participant receives the message at once; those that choose to answer (their bid is
+    not a decline) speak concurrently, their deltas interleaved in the event log by turn id.
+    """
 
 class TurnPolicy(_TurnPolicy, metaclass=_TurnPolicyEnumTypeWrapper):
     """How a conversation picks the agent that speaks next."""
@@ -71,6 +75,10 @@ TURN_POLICY_COORDINATOR: TurnPolicy.ValueType  # 3
 """The coordinator agent decides who speaks next."""
 TURN_POLICY_PIPELINE: TurnPolicy.ValueType  # 4
 """Each participant speaks once, in order, each seeing the previous one's answer."""
+TURN_POLICY_CHOREOGRAPHY: TurnPolicy.ValueType  # 5
+"""Every participant receives the message at once; those that choose to answer (their bid is
+not a decline) speak concurrently, their deltas interleaved in the event log by turn id.
+"""
 Global___TurnPolicy: _TypeAlias = TurnPolicy  # noqa: Y015
 
 class _DoubleTextingPolicy:

@@ -1,4 +1,5 @@
-"""List prices per million tokens, for Bid's cost estimate (not for billing: metering prices plans).
+"""List prices per million tokens of the models MACP knows: Bid's cost estimate, and the provider cost
+an A2A task reports (services/runtime/a2a_usage.py). Not billing: metering prices plans.
 
 Prices are US dollars per million tokens, which is also micro-dollars per token, so a cost in
 millionths of a dollar is tokens times price. A model not listed costs its provider's default.
