@@ -218,6 +218,24 @@ class EventLog:
         self._check_retained(after_event_id, position, floor)
         return entries
 
+    async def so_far(self, conversation_id: str, after_event_id: str) -> AsyncIterator[pb.ConversationEvent]:
+        """The events after `after_event_id` up to the newest one logged when called, without
+        waiting for more: the log as it stands (StreamEvents' `until_now`)."""
+        end = _position(await self.last_event_id(conversation_id), "the log's newest event id")
+        cursor = after_event_id
+        position = _position(cursor)
+        while position < end:
+            floor, entries = await self._read(conversation_id, cursor, READ_BATCH)
+            self._check_retained(after_event_id, position, floor)
+            for event in entries:
+                if _position(event.event_id) > end:
+                    return
+                yield event
+            if len(entries) < READ_BATCH:
+                return
+            cursor = entries[-1].event_id
+            position = _position(cursor)
+
     async def follow(
         self, conversation_id: str, after_event_id: str = ""
     ) -> AsyncIterator[pb.ConversationEvent]:

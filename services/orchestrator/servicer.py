@@ -85,7 +85,13 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
     ) -> AsyncIterator[pb.StreamEventsResponse]:
         with relaying("reading the conversation"):
             await self._driver.conversation(request.conversation_id)
-        async for event in self._events.follow(request.conversation_id, request.after_event_id):
+        if request.until_now:
+            if not request.after_event_id:
+                raise InvalidArgument("after_event_id: required with until_now (where the events start)")
+            events = self._events.so_far(request.conversation_id, request.after_event_id)
+        else:
+            events = self._events.follow(request.conversation_id, request.after_event_id)
+        async for event in events:
             yield pb.StreamEventsResponse(event=event)
 
     async def Converse(

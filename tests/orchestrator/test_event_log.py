@@ -171,3 +171,24 @@ async def test_a_conversation_followed_while_the_tail_blocks_is_heard_at_once(
 async def _blocked_reads(redis: aioredis.Redis) -> int:
     """Clients of the server now in a blocking XREAD."""
     return sum(1 for client in await redis.client_list() if client.get("cmd") == "xread")
+
+
+async def test_so_far_reads_up_to_the_newest_event_and_does_not_wait(
+    redis: aioredis.Redis, prefix: str
+) -> None:
+    log, conversation = EventLog(redis, prefix), str(uuid.uuid4())
+    # More than one read batch, so the reader pages through the log.
+    ids = [(await log.append(conversation, _delta(index))).event_id for index in range(300)]
+
+    async def so_far(after: str) -> list[int]:
+        async with asyncio.timeout(2):  # it ends by itself: nothing is followed
+            return [event.token_delta.index async for event in log.so_far(conversation, after)]
+
+    assert await so_far("0-0") == list(range(300))
+    assert await so_far(ids[250]) == list(range(251, 300))
+    assert await so_far(ids[-1]) == []
+    assert [e async for e in log.so_far(str(uuid.uuid4()), "0-0")] == []
+    trimmed = EventLog(redis, prefix, max_events=10)
+    await trimmed.append(conversation, _delta(300))
+    with pytest.raises(OutOfRange, match="no longer retained"):
+        await anext(aiter(trimmed.so_far(conversation, ids[0])))

@@ -969,19 +969,26 @@ class StreamEventsRequest(_message.Message):
 
     CONVERSATION_ID_FIELD_NUMBER: _builtins.int
     AFTER_EVENT_ID_FIELD_NUMBER: _builtins.int
+    UNTIL_NOW_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     """The conversation to follow."""
     after_event_id: _builtins.str
     """Start after this event; empty to receive only events from now on."""
+    until_now: _builtins.bool
+    """End the stream once the events logged before the call have been sent, instead of following
+    the log: a reader that wants the conversation's events so far (the state of a round that may
+    still be running), not to wait for more. Needs after_event_id.
+    """
     def __init__(
         self,
         *,
         conversation_id: _builtins.str = ...,
         after_event_id: _builtins.str = ...,
+        until_now: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_event_id", b"after_event_id", "conversation_id", b"conversation_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_event_id", b"after_event_id", "conversation_id", b"conversation_id", "until_now", b"until_now"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
