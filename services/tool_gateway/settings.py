@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from services.runtime.breaker import BreakerPolicy
+from services.runtime.kept_secrets import optional_sealing_key
 from services.runtime.ratelimit import Limit, parse_limits
-from services.runtime.sealing import GENERATE_HINT, decode_sealing_key
-from services.runtime.settings import Env, SettingsError
+from services.runtime.settings import Env
 from services.tool_gateway.sessions import SessionLimits
 from services.tool_gateway.upstream import UpstreamLimits
 
@@ -80,7 +80,7 @@ class ToolGatewaySettings:
             client_id=env.optional_string("MACP_TOOL_GATEWAY_CLIENT_ID"),
             client_secret=env.optional_string("MACP_TOOL_GATEWAY_CLIENT_SECRET"),
             initial_access_token=env.optional_string("MACP_TOKEN_INITIAL_ACCESS_TOKEN"),
-            sealing_key=_sealing_key(env),
+            sealing_key=optional_sealing_key(env, SEALING_KEY),
         )
 
 
@@ -90,17 +90,3 @@ def _tool_rate(env: Env) -> tuple[Limit, ...]:
     if text.strip().lower() == "off":
         return ()
     return parse_limits("tool_calls", text, TOOL_RATE_LIMIT)
-
-
-def _sealing_key(env: Env) -> bytes | None:
-    """Optional until a credential is kept (upstream_secrets.py), but never malformed."""
-    text = env.raw(SEALING_KEY)
-    if text is None:
-        return None
-    try:
-        return decode_sealing_key(text)
-    except ValueError as exc:
-        raise SettingsError(
-            f"{SEALING_KEY} is malformed ({exc}); set it to 32 random bytes in base64url "
-            f"(generate one with {GENERATE_HINT})"
-        ) from None

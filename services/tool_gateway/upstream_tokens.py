@@ -2,11 +2,10 @@
 
 NONE: nothing.
 
-TOKEN_EXCHANGE: the current caller's token (services/runtime/principal.py) exchanged (RFC 8693) by
-the gateway's own client for the server's URL as resource (RFC 8707), with the gateway's own token
-as the actor: the upstream sees the user as `sub`, the gateway (and, when an agent called, the
-agent) in `act`, and a token addressed to itself alone. The caller's token itself never leaves
-the mesh. Tokens are cached by the token client per (caller's token id, server URL).
+TOKEN_EXCHANGE: the current caller's token exchanged (RFC 8693) by the gateway's own client for the
+server's URL as resource (RFC 8707), with the gateway's own token as the actor
+(services/runtime/exchanged_tokens.py): the upstream sees the user as `sub`, the gateway (and, when
+an agent called, the agent) in `act`, and a token addressed to itself alone.
 
 STATIC: the registration's one header, its value opened from its sealed form (upstream_secrets.py).
 
@@ -19,13 +18,11 @@ learns nothing of the caller from them.
 
 from __future__ import annotations
 
-import grpc
 from macp.tool_gateway.v1 import tool_gateway_service_pb2 as pb
 
-from services.runtime.auth.settings import service_audience
 from services.runtime.auth.token_client import TokenClient
-from services.runtime.errors import Unavailable
-from services.runtime.principal import current_caller
+from services.runtime.client_credentials_tokens import CredentialFailure
+from services.runtime.exchanged_tokens import exchanged_token
 from services.tool_gateway.client_credentials import ClientCredentialsTokens
 from services.tool_gateway.upstream import UpstreamFailure
 from services.tool_gateway.upstream_secrets import UpstreamSecrets
@@ -54,18 +51,8 @@ class UpstreamTokens:
         return {}
 
     async def _exchanged(self, server: pb.ToolServer) -> str:
-        caller = current_caller()
         try:
-            own = await self._client.own_token(service_audience("token"), "")
-            return await self._client.exchange(
-                (caller.principal.token_id or caller.token, server.url),
-                caller.token,
-                server.url,
-                actor_token=own,
-                scope=UPSTREAM_SCOPE,
-            )
-        except (grpc.aio.AioRpcError, Unavailable) as exc:
-            detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else exc.message
-            raise UpstreamFailure(
-                "credentials", f"no token for tool server {server.name} could be had: {detail}"
-            ) from None
+            who = f"tool server {server.name}"
+            return await exchanged_token(self._client, server.url, UPSTREAM_SCOPE, who)
+        except CredentialFailure as failure:
+            raise UpstreamFailure("credentials", failure.message) from None
