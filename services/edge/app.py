@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 
+from services.edge.a2a.routes import a2a_routes
 from services.edge.auth import BearerAuthMiddleware
 from services.edge.console import ConsoleFiles
 from services.edge.context import EdgeContext, edge_context
@@ -117,6 +118,7 @@ def build_app(settings: EdgeSettings, metrics: HttpMetrics) -> Starlette:
     starlette_routes += [
         Route("/v1/openapi.json", openapi, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
+        *a2a_routes(),
     ]
     app = Starlette(
         routes=starlette_routes,

@@ -63,6 +63,8 @@ class EdgeSettings:
     websocket: WebSocketSettings
     sse_heartbeat_seconds: float
     completion_timeout_seconds: float
+    # How long an A2A task's record is kept after it was created (services/edge/a2a/task_records.py).
+    a2a_task_ttl_seconds: int = 7 * 24 * 3600
     # The services that must answer SERVING through the mesh before the edge is ready
     # (services/edge/readiness.py); `MACP_EDGE_NEEDS`, `none` for a partial mesh without them.
     needs: tuple[str, ...] = EDGE.needs
@@ -91,6 +93,9 @@ class EdgeSettings:
             # The deadline of one /v1/chat/completions turn: longer than a unary call, as the
             # agent writes its whole answer within it.
             completion_timeout_seconds=env.number("MACP_EDGE_COMPLETION_TIMEOUT_SECONDS", 300.0, minimum=1.0),
+            a2a_task_ttl_seconds=env.integer(
+                "MACP_EDGE_A2A_TASK_TTL_SECONDS", 7 * 24 * 3600, minimum=60, maximum=366 * 24 * 3600
+            ),
             needs=env.names("MACP_EDGE_NEEDS", EDGE.needs, SERVICE_NAMES),
             console_dir=Path(env.string("MACP_EDGE_CONSOLE_DIR", str(console.DEFAULT_DIR))),
         )
