@@ -38,6 +38,8 @@ def _agent_from_row(row: asyncpg.Record) -> pb.Agent:
     )
     json_format.ParseDict(json.loads(row["generation"]), agent.generation)
     json_format.ParseDict(json.loads(row["bidding"]), agent.bidding)
+    if row["remote"] is not None:
+        json_format.ParseDict(json.loads(row["remote"]), agent.remote)
     agent.create_time.CopyFrom(timestamp(row["create_time"]))
     agent.update_time.CopyFrom(timestamp(row["update_time"]))
     return agent
@@ -45,6 +47,13 @@ def _agent_from_row(row: asyncpg.Record) -> pb.Agent:
 
 def _json(message: agent_settings_pb2.GenerationSettings | agent_settings_pb2.BiddingHints) -> str:
     return json.dumps(json_format.MessageToDict(message))
+
+
+def _remote(agent: pb.Agent) -> str | None:
+    """The agent's remote as stored: its proto JSON (the client secret already taken out), or NULL."""
+    if not agent.HasField("remote"):
+        return None
+    return json.dumps(json_format.MessageToDict(agent.remote))
 
 
 @dataclass(frozen=True)
@@ -64,13 +73,15 @@ class AgentStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def insert(self, agent: pb.Agent, audited: AuditEvent) -> pb.Agent:
+    async def insert(self, agent: pb.Agent, sealed_secret: bytes | None, audited: AuditEvent) -> pb.Agent:
+        """Insert `agent` (its remote's client secret already taken out) with `sealed_secret`."""
         sql, args = audit.with_audit(
             """
             INSERT INTO conversation_agents
                 (id, tenant_id, owner_id, name, provider, model, system_prompt,
-                 generation, capabilities, bidding, etag, allowed_tools, create_time, update_time)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10::jsonb, $11, $12,
+                 generation, capabilities, bidding, etag, allowed_tools, remote, sealed_remote_secret,
+                 create_time, update_time)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10::jsonb, $11, $12, $13::jsonb, $14,
                     clock_timestamp(), clock_timestamp())
             RETURNING *
             """,
@@ -87,6 +98,8 @@ class AgentStore:
                 _json(agent.bidding),
                 agent.etag,
                 list(agent.allowed_tools),
+                _remote(agent),
+                sealed_secret,
             ],
             audited,
         )
@@ -121,8 +134,21 @@ class AgentStore:
         )
         return [_agent_from_row(row) for row in rows]
 
-    async def update(self, agent: pb.Agent, expected_etag: str, audited: AuditEvent) -> pb.Agent | None:
-        """Write every mutable field of `agent` if its row still has `expected_etag`; None if it does
+    async def sealed_secret(self, tenant_id: str, agent_id: uuid.UUID) -> bytes | None:
+        """The sealed client secret of the agent's remote, if it keeps one."""
+        sealed: bytes | None = await self._pool.fetchval(
+            "SELECT sealed_remote_secret FROM conversation_agents"
+            " WHERE tenant_id = $1 AND id = $2 AND delete_time IS NULL",
+            tenant_id,
+            agent_id,
+        )
+        return sealed
+
+    async def update(
+        self, agent: pb.Agent, sealed_secret: bytes | None, expected_etag: str, audited: AuditEvent
+    ) -> pb.Agent | None:
+        """Write every mutable field of `agent` (and `sealed_secret`) if its row still has
+        `expected_etag`; None if it does
         not (changed meanwhile, or gone). The etag test is in the UPDATE itself, so of two writers
         holding the same etag exactly one matches: the other's WHERE is re-checked against the new row.
         Audited only when it wrote."""
@@ -131,7 +157,7 @@ class AgentStore:
             UPDATE conversation_agents
             SET name = $4, provider = $5, model = $6, system_prompt = $7, generation = $8::jsonb,
                 capabilities = $9, bidding = $10::jsonb, etag = $11, allowed_tools = $12,
-                update_time = clock_timestamp()
+                remote = $13::jsonb, sealed_remote_secret = $14, update_time = clock_timestamp()
             WHERE tenant_id = $1 AND id = $2 AND etag = $3 AND delete_time IS NULL
             RETURNING *
             """,
@@ -148,6 +174,8 @@ class AgentStore:
                 _json(agent.bidding),
                 agent.etag,
                 list(agent.allowed_tools),
+                _remote(agent),
+                sealed_secret,
             ],
             audited,
         )

@@ -7,6 +7,7 @@ import uuid
 from google.protobuf.field_mask_pb2 import FieldMask
 from macp.conversation.v1 import conversation_service_pb2 as pb
 
+from services.conversation.agent_remotes import A2A, AgentRemotes
 from services.conversation.agent_store import AgentStore
 from services.conversation.cache import ResourceCache
 from services.conversation.fields import merged
@@ -34,9 +35,10 @@ def stale_etag(agent_id: str) -> StaleEtag:
 
 
 class Agents:
-    def __init__(self, store: AgentStore, cache: ResourceCache) -> None:
+    def __init__(self, store: AgentStore, cache: ResourceCache, remotes: AgentRemotes) -> None:
         self._store = store
         self._cache = cache
+        self._remotes = remotes
 
     async def create(self, principal: Principal, draft: pb.Agent) -> pb.Agent:
         missing = [name for name in REQUIRED_ON_CREATE if not getattr(draft, name)]
@@ -51,8 +53,9 @@ class Agents:
         agent.etag = new_etag()
         agent.ClearField("create_time")
         agent.ClearField("update_time")
+        sealed = self._remotes.take_secret(agent, kept=None)
         return await self._store.insert(
-            agent, _audited(principal, audit.AGENT_CREATE, agent.id, name=agent.name)
+            agent, sealed, _audited(principal, audit.AGENT_CREATE, agent.id, name=agent.name)
         )
 
     async def get(self, principal: Principal, agent_id: str) -> pb.Agent:
@@ -66,6 +69,19 @@ class Agents:
         if agent is None:
             raise not_found(agent_id)
         return agent
+
+    async def remote(self, principal: Principal, agent_id: str) -> tuple[pb.Agent, bytes]:
+        """An `a2a` agent and its remote's sealed client secret (empty when it keeps none), for the
+        agent proxy that calls the remote; read from the store, not the cache, so never stale."""
+        key = parse_id(agent_id, "id")
+        agent = await self._store.get(principal.tenant_id, key)
+        if agent is None:
+            raise not_found(agent_id)
+        if agent.provider != A2A:
+            raise FailedPrecondition(
+                f"agent {agent_id} is of provider {agent.provider}, not a2a: it has no remote"
+            )
+        return agent, await self._store.sealed_secret(principal.tenant_id, key) or b""
 
     async def list(self, principal: Principal, request: pb.ListAgentsRequest) -> pb.ListAgentsResponse:
         digest = filter_digest("agents", principal.tenant_id, request.capability)
@@ -84,8 +100,12 @@ class Agents:
             raise stale_etag(changes.id)
         agent = merged(current, changes, mask)
         agent.etag = new_etag()
+        # A client secret is given only when it changes: without one, the stored one stays.
+        sealed = self._remotes.take_secret(
+            agent, kept=await self._store.sealed_secret(principal.tenant_id, key)
+        )
         audited = _audited(principal, audit.AGENT_UPDATE, changes.id, fields=",".join(mask.paths))
-        updated = await self._store.update(agent, expected_etag=changes.etag, audited=audited)
+        updated = await self._store.update(agent, sealed, expected_etag=changes.etag, audited=audited)
         if updated is None:
             # Changed or deleted between the read and the write: the etag no longer matches.
             if await self._store.get(principal.tenant_id, key) is None:

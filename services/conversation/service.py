@@ -17,6 +17,7 @@ from pathlib import Path
 from macp.conversation.v1 import conversation_service_pb2 as pb
 from macp.conversation.v1 import conversation_service_pb2_grpc as pb_grpc
 
+from services.conversation.agent_remotes import AgentRemotes
 from services.conversation.agent_store import AgentStore
 from services.conversation.agents import Agents
 from services.conversation.archive_store import ArchiveStore
@@ -49,7 +50,7 @@ async def start(context: ServiceContext) -> AsyncIterator[None]:
     def cache(kind: str) -> ResourceCache:
         return ResourceCache(redis, prefix, kind, settings.cache_ttl_seconds)
 
-    agents = Agents(AgentStore(db), cache(resource_cache.AGENT))
+    agents = Agents(AgentStore(db), cache(resource_cache.AGENT), AgentRemotes(settings.a2a_sealing_key))
     conversations = Conversations(ConversationStore(db), cache(resource_cache.CONVERSATION))
     messages = Messages(MessageStore(db), conversations)
     archives = Archives(ArchiveStore(db), conversations, s3, s3_settings.bucket)

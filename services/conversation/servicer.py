@@ -32,6 +32,12 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
     async def GetAgent(self, request: pb.GetAgentRequest, context: RpcContext) -> pb.GetAgentResponse:
         return pb.GetAgentResponse(agent=await self._agents.get(current_principal(), request.id))
 
+    async def GetAgentRemote(
+        self, request: pb.GetAgentRemoteRequest, context: RpcContext
+    ) -> pb.GetAgentRemoteResponse:
+        agent, sealed = await self._agents.remote(current_principal(), request.id)
+        return pb.GetAgentRemoteResponse(agent=agent, sealed_client_secret=sealed)
+
     async def ListAgents(self, request: pb.ListAgentsRequest, context: RpcContext) -> pb.ListAgentsResponse:
         return await self._agents.list(current_principal(), request)
 

@@ -169,6 +169,42 @@ tool_call says which tool with which arguments.
 """
 Global___MessageRole: _TypeAlias = MessageRole  # noqa: Y015
 
+class _RemoteAuth:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RemoteAuthEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RemoteAuth.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REMOTE_AUTH_UNSPECIFIED: _RemoteAuth.ValueType  # 0
+    """Not set; rejected."""
+    REMOTE_AUTH_NONE: _RemoteAuth.ValueType  # 1
+    """No credential: the remote is open."""
+    REMOTE_AUTH_CLIENT_CREDENTIALS: _RemoteAuth.ValueType  # 2
+    """A bearer token MACP's client registered with the remote side gets from the remote's own
+    authorization server (OAuth 2.0 client credentials), the same whoever calls.
+    """
+    REMOTE_AUTH_TOKEN_EXCHANGE: _RemoteAuth.ValueType  # 3
+    """The caller's token exchanged (RFC 8693) at MACP's token service for the remote as resource
+    (RFC 8707), with the agent proxy as actor: the remote sees the user and the delegation.
+    """
+
+class RemoteAuth(_RemoteAuth, metaclass=_RemoteAuthEnumTypeWrapper):
+    """How MACP authenticates its calls to an outside A2A agent."""
+
+REMOTE_AUTH_UNSPECIFIED: RemoteAuth.ValueType  # 0
+"""Not set; rejected."""
+REMOTE_AUTH_NONE: RemoteAuth.ValueType  # 1
+"""No credential: the remote is open."""
+REMOTE_AUTH_CLIENT_CREDENTIALS: RemoteAuth.ValueType  # 2
+"""A bearer token MACP's client registered with the remote side gets from the remote's own
+authorization server (OAuth 2.0 client credentials), the same whoever calls.
+"""
+REMOTE_AUTH_TOKEN_EXCHANGE: RemoteAuth.ValueType  # 3
+"""The caller's token exchanged (RFC 8693) at MACP's token service for the remote as resource
+(RFC 8707), with the agent proxy as actor: the remote sees the user and the delegation.
+"""
+Global___RemoteAuth: _TypeAlias = RemoteAuth  # noqa: Y015
+
 @_typing.final
 class Agent(_message.Message):
     """An AI agent: a model with a persona that can take turns in conversations."""
@@ -189,6 +225,7 @@ class Agent(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ALLOWED_TOOLS_FIELD_NUMBER: _builtins.int
+    REMOTE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. The agent's id (UUID), assigned on create."""
     tenant_id: _builtins.str
@@ -200,7 +237,9 @@ class Agent(_message.Message):
     provider: _builtins.str
     """The LLM provider, lower case (for example "anthropic", "openai", "local"). Required on create."""
     model: _builtins.str
-    """The provider's model name (for example "claude-sonnet-4-5"). Required on create."""
+    """The provider's model name (for example "claude-sonnet-4-5"); for an `a2a` agent, free text
+    (the remote's name, say). Required on create.
+    """
     system_prompt: _builtins.str
     """The system prompt that gives the agent its persona and instructions."""
     etag: _builtins.str
@@ -231,6 +270,12 @@ class Agent(_message.Message):
         `<server>__<tool>` names, or `<server>__*` for every tool of a server. Empty: none.
         """
 
+    @_builtins.property
+    def remote(self) -> Global___RemoteAgent:
+        """The outside A2A agent an agent of provider `a2a` is: required for that provider, and only
+        for it (docs/a2a-remote-agents.md).
+        """
+
     def __init__(
         self,
         *,
@@ -248,14 +293,96 @@ class Agent(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         allowed_tools: _abc.Iterable[_builtins.str] | None = ...,
+        remote: Global___RemoteAgent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bidding", b"bidding", "create_time", b"create_time", "generation", b"generation", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bidding", b"bidding", "create_time", b"create_time", "generation", b"generation", "remote", b"remote", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_tools", b"allowed_tools", "bidding", b"bidding", "capabilities", b"capabilities", "create_time", b"create_time", "etag", b"etag", "generation", b"generation", "id", b"id", "model", b"model", "name", b"name", "owner_id", b"owner_id", "provider", b"provider", "system_prompt", b"system_prompt", "tenant_id", b"tenant_id", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_tools", b"allowed_tools", "bidding", b"bidding", "capabilities", b"capabilities", "create_time", b"create_time", "etag", b"etag", "generation", b"generation", "id", b"id", "model", b"model", "name", b"name", "owner_id", b"owner_id", "provider", b"provider", "remote", b"remote", "system_prompt", b"system_prompt", "tenant_id", b"tenant_id", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Agent: _TypeAlias = Agent  # noqa: Y015
+
+@_typing.final
+class RemoteClientCredentials(_message.Message):
+    """OAuth 2.0 client credentials of a client registered with a remote A2A agent's authorization
+    server.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_URL_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_SECRET_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    token_url: _builtins.str
+    """The token endpoint, http or https."""
+    client_id: _builtins.str
+    """The client's id at that authorization server."""
+    client_secret: _builtins.str
+    """Input only: the client's secret, sent with HTTP Basic (client_secret_basic). Required when
+    the credentials are first given; on an update, empty keeps the stored one. Sealed at rest,
+    never returned.
+    """
+    scope: _builtins.str
+    """The scope to ask for, space-delimited (RFC 6749 section 3.3); empty asks for the client's
+    default.
+    """
+    def __init__(
+        self,
+        *,
+        token_url: _builtins.str = ...,
+        client_id: _builtins.str = ...,
+        client_secret: _builtins.str = ...,
+        scope: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "client_secret", b"client_secret", "scope", b"scope", "token_url", b"token_url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoteClientCredentials: _TypeAlias = RemoteClientCredentials  # noqa: Y015
+
+@_typing.final
+class RemoteAgent(_message.Message):
+    """An outside agent that speaks A2A v1.0: where its agent card is and how MACP authenticates."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CARD_URL_FIELD_NUMBER: _builtins.int
+    AUTH_FIELD_NUMBER: _builtins.int
+    CLIENT_CREDENTIALS_FIELD_NUMBER: _builtins.int
+    AUDIENCE_FIELD_NUMBER: _builtins.int
+    card_url: _builtins.str
+    """The URL of the remote's agent card (for example
+    `https://agents.example/.well-known/agent-card.json`), http or https.
+    """
+    auth: Global___RemoteAuth.ValueType
+    """How MACP authenticates to it."""
+    audience: _builtins.str
+    """For REMOTE_AUTH_TOKEN_EXCHANGE: the RFC 8707 resource the exchanged token is addressed to
+    (what the remote checks its tokens' `aud` against); empty: the card URL's origin.
+    """
+    @_builtins.property
+    def client_credentials(self) -> Global___RemoteClientCredentials:
+        """The client registered with the remote side, for REMOTE_AUTH_CLIENT_CREDENTIALS only."""
+
+    def __init__(
+        self,
+        *,
+        card_url: _builtins.str = ...,
+        auth: Global___RemoteAuth.ValueType = ...,
+        client_credentials: Global___RemoteClientCredentials | None = ...,
+        audience: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["client_credentials", b"client_credentials"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "auth", b"auth", "card_url", b"card_url", "client_credentials", b"client_credentials"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoteAgent: _TypeAlias = RemoteAgent  # noqa: Y015
 
 @_typing.final
 class ConversationLimits(_message.Message):
@@ -639,6 +766,58 @@ class GetAgentResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetAgentResponse: _TypeAlias = GetAgentResponse  # noqa: Y015
+
+@_typing.final
+class GetAgentRemoteRequest(_message.Message):
+    """The request of GetAgentRemote."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The agent's id."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAgentRemoteRequest: _TypeAlias = GetAgentRemoteRequest  # noqa: Y015
+
+@_typing.final
+class GetAgentRemoteResponse(_message.Message):
+    """The response of GetAgentRemote."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    SEALED_CLIENT_SECRET_FIELD_NUMBER: _builtins.int
+    sealed_client_secret: _builtins.bytes
+    """The remote's client secret sealed (AES-256-GCM, bound to the tenant and the agent), for
+    REMOTE_AUTH_CLIENT_CREDENTIALS; empty otherwise.
+    """
+    @_builtins.property
+    def agent(self) -> Global___Agent:
+        """The agent, its remote included (its client secret cleared, as everywhere)."""
+
+    def __init__(
+        self,
+        *,
+        agent: Global___Agent | None = ...,
+        sealed_client_secret: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "sealed_client_secret", b"sealed_client_secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAgentRemoteResponse: _TypeAlias = GetAgentRemoteResponse  # noqa: Y015
 
 @_typing.final
 class ListAgentsRequest(_message.Message):

@@ -46,6 +46,11 @@ class ConversationServiceStub:
                 request_serializer=macp_dot_conversation_dot_v1_dot_conversation__service__pb2.GetAgentRequest.SerializeToString,
                 response_deserializer=macp_dot_conversation_dot_v1_dot_conversation__service__pb2.GetAgentResponse.FromString,
                 _registered_method=True)
+        self.GetAgentRemote = channel.unary_unary(
+                '/macp.conversation.v1.ConversationService/GetAgentRemote',
+                request_serializer=macp_dot_conversation_dot_v1_dot_conversation__service__pb2.GetAgentRemoteRequest.SerializeToString,
+                response_deserializer=macp_dot_conversation_dot_v1_dot_conversation__service__pb2.GetAgentRemoteResponse.FromString,
+                _registered_method=True)
         self.ListAgents = channel.unary_unary(
                 '/macp.conversation.v1.ConversationService/ListAgents',
                 request_serializer=macp_dot_conversation_dot_v1_dot_conversation__service__pb2.ListAgentsRequest.SerializeToString,
@@ -127,6 +132,15 @@ class ConversationServiceServicer:
 
     def GetAgent(self, request, context):
         """Returns one agent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAgentRemote(self, request, context):
+        """Returns an `a2a` agent with its remote's client secret still sealed, under the key the
+        agent proxy that calls the remote holds (never the secret itself). FAILED_PRECONDITION for
+        an agent of another provider.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -242,6 +256,11 @@ def add_ConversationServiceServicer_to_server(servicer, server):
                     servicer.GetAgent,
                     request_deserializer=macp_dot_conversation_dot_v1_dot_conversation__service__pb2.GetAgentRequest.FromString,
                     response_serializer=macp_dot_conversation_dot_v1_dot_conversation__service__pb2.GetAgentResponse.SerializeToString,
+            ),
+            'GetAgentRemote': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAgentRemote,
+                    request_deserializer=macp_dot_conversation_dot_v1_dot_conversation__service__pb2.GetAgentRemoteRequest.FromString,
+                    response_serializer=macp_dot_conversation_dot_v1_dot_conversation__service__pb2.GetAgentRemoteResponse.SerializeToString,
             ),
             'ListAgents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAgents,
@@ -365,6 +384,33 @@ class ConversationService:
             '/macp.conversation.v1.ConversationService/GetAgent',
             macp_dot_conversation_dot_v1_dot_conversation__service__pb2.GetAgentRequest.SerializeToString,
             macp_dot_conversation_dot_v1_dot_conversation__service__pb2.GetAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAgentRemote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/macp.conversation.v1.ConversationService/GetAgentRemote',
+            macp_dot_conversation_dot_v1_dot_conversation__service__pb2.GetAgentRemoteRequest.SerializeToString,
+            macp_dot_conversation_dot_v1_dot_conversation__service__pb2.GetAgentRemoteResponse.FromString,
             options,
             channel_credentials,
             insecure,

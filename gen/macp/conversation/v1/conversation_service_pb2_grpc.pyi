@@ -39,6 +39,11 @@ class ConversationServiceStub:
     """Creates an agent owned by the caller."""
     GetAgent: _aio.UnaryUnaryMultiCallable[_conversation_service_pb2.GetAgentRequest, _conversation_service_pb2.GetAgentResponse]
     """Returns one agent."""
+    GetAgentRemote: _aio.UnaryUnaryMultiCallable[_conversation_service_pb2.GetAgentRemoteRequest, _conversation_service_pb2.GetAgentRemoteResponse]
+    """Returns an `a2a` agent with its remote's client secret still sealed, under the key the
+    agent proxy that calls the remote holds (never the secret itself). FAILED_PRECONDITION for
+    an agent of another provider.
+    """
     ListAgents: _aio.UnaryUnaryMultiCallable[_conversation_service_pb2.ListAgentsRequest, _conversation_service_pb2.ListAgentsResponse]
     """Lists the tenant's agents, oldest first."""
     UpdateAgent: _aio.UnaryUnaryMultiCallable[_conversation_service_pb2.UpdateAgentRequest, _conversation_service_pb2.UpdateAgentResponse]
@@ -98,6 +103,17 @@ class ConversationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _aio.ServicerContext[_conversation_service_pb2.GetAgentRequest, _abc.Awaitable[_conversation_service_pb2.GetAgentResponse]],
     ) -> _abc.Awaitable[_conversation_service_pb2.GetAgentResponse]:
         """Returns one agent."""
+
+    @_abc_1.abstractmethod
+    def GetAgentRemote(
+        self,
+        request: _conversation_service_pb2.GetAgentRemoteRequest,
+        context: _aio.ServicerContext[_conversation_service_pb2.GetAgentRemoteRequest, _abc.Awaitable[_conversation_service_pb2.GetAgentRemoteResponse]],
+    ) -> _abc.Awaitable[_conversation_service_pb2.GetAgentRemoteResponse]:
+        """Returns an `a2a` agent with its remote's client secret still sealed, under the key the
+        agent proxy that calls the remote holds (never the secret itself). FAILED_PRECONDITION for
+        an agent of another provider.
+        """
 
     @_abc_1.abstractmethod
     def ListAgents(
