@@ -12,6 +12,9 @@ backoff with jitter, at most `retries` more times. The caller's deadline bounds 
 upstream call (the SDK timeout is the smaller of it and the call timeout, and gRPC cancels the
 handler when it passes), each backoff, and each fallback, which is not started once it has passed.
 A cancelled Generate closes the upstream response before it returns.
+
+An agent of provider `a2a` is an outside A2A agent, not a model: it has no fallback, and its turn
+runs in services/agent_proxy/remote_agents.py, in the same queue, metered the same way.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from services.agent_proxy.coalescing import DeltaBuffer
 from services.agent_proxy.fair_queue import FairQueue
 from services.agent_proxy.provider import Finished, ProviderEvent, ProviderFailure, Started, ToolCall, Turn
 from services.agent_proxy.providers import Providers, Target
+from services.agent_proxy.remote_agents import A2A, RemoteAgents, remote_prompt_characters
 from services.agent_proxy.settings import ProxySettings
 from services.agent_proxy.turn import as_struct, build_turn, prompt_characters
 from services.agent_proxy.usage import TurnRecord, agent_turn_event
@@ -56,9 +60,11 @@ class Generation:
         queue: FairQueue,
         publish_usage: PublishUsage,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        remote: RemoteAgents | None = None,
     ) -> None:
         self._settings = settings
         self._providers = providers
+        self._remote = remote
         self._queue = queue
         self._publish_usage = publish_usage
         self._sleep = sleep
@@ -69,6 +75,10 @@ class Generation:
     ) -> AsyncIterator[pb.GenerateResponse]:
         if request.tenant_id != principal.tenant_id:
             raise PermissionDenied("tenant_id: a call may only generate for its token's own tenant")
+        if request.provider == A2A:
+            async for response in self._remote_turn(request, principal, time_remaining):
+                yield response
+            return
         self._providers.require(request.provider)
         turn = build_turn(request, self._settings.default_max_tokens)
         record = TurnRecord(
@@ -95,14 +105,53 @@ class Generation:
             if record.billable:
                 await self._publish_usage(agent_turn_event(request, principal, record))
 
+    async def _remote_turn(
+        self, request: pb.GenerateRequest, principal: Principal, time_remaining: float | None
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        """An outside A2A agent's turn: queued, timed and metered as a provider's."""
+        if self._remote is None:
+            raise FailedPrecondition("provider: this agent proxy does not call outside A2A agents")
+        remote = self._remote
+        record = TurnRecord(
+            provider=A2A,
+            model=request.model,
+            prompt_characters=remote_prompt_characters(request),
+            in_conversation=bool(request.conversation_id),
+        )
+        loop = asyncio.get_running_loop()
+        arrived = loop.time()
+        deadline = arrived + time_remaining if time_remaining is not None else None
+        first = True
+        try:
+            async with self._queue.slot(principal.tier, principal.tenant_id):
+                async for response in remote.generate(
+                    request, record, lambda limit: self._bounded(limit, deadline)
+                ):
+                    if first:
+                        first = False
+                        self.on_first_token(A2A, request.model, loop.time() - arrived)
+                    yield response
+        except (asyncio.CancelledError, GeneratorExit):
+            record.finish_reason = pb.FINISH_REASON_CANCELLED
+            raise
+        finally:
+            if record.finish_reason == pb.FINISH_REASON_UNSPECIFIED:
+                record.finish_reason = pb.FINISH_REASON_ERROR
+            if record.billable:
+                await self._publish_usage(agent_turn_event(request, principal, record))
+
     def _timeout(self, deadline: float | None) -> float:
+        return self._bounded(self._settings.call_timeout_seconds, deadline)
+
+    @staticmethod
+    def _bounded(limit: float, deadline: float | None) -> float:
         if deadline is None:
-            return self._settings.call_timeout_seconds
+            return limit
         # A little past the caller's deadline: at the deadline gRPC cancels this call (and the
         # upstream request with it), and the caller hears DEADLINE_EXCEEDED. A provider timeout at
         # the very same moment would race it and answer UNAVAILABLE instead.
         remaining = deadline - asyncio.get_running_loop().time() + DEADLINE_GRACE_SECONDS
-        return max(0.01, min(self._settings.call_timeout_seconds, remaining))
+        return max(0.01, min(limit, remaining))
 
     def _all_open(self, request: pb.GenerateRequest) -> Unavailable:
         first = self._providers.breaker(request.provider, request.model)

@@ -11,6 +11,7 @@ from macp.agent_proxy.v1 import agent_proxy_service_pb2_grpc as pb_grpc
 from services.agent_proxy.bidding import bid
 from services.agent_proxy.generation import Generation
 from services.agent_proxy.providers import Providers
+from services.agent_proxy.remote_agents import A2A
 from services.agent_proxy.settings import ProxySettings
 from services.runtime.breaker import BreakerState
 from services.runtime.context import RpcContext
@@ -45,7 +46,9 @@ class AgentProxyServicer(pb_grpc.AgentProxyServiceServicer):
             yield response
 
     async def Bid(self, request: pb.BidRequest, context: RpcContext) -> pb.BidResponse:
-        self._providers.require(request.provider)
+        """From the agent's hints alone, for an outside A2A agent too: a bid never calls it."""
+        if request.provider != A2A:
+            self._providers.require(request.provider)
         return bid(request, self._settings.default_max_tokens)
 
     async def ListProviders(

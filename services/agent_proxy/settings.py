@@ -16,9 +16,10 @@ provider server (services/provider_server) that `macp up` starts when no key is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
+from services.runtime.a2a_remote_sealing import a2a_sealing_key
 from services.runtime.registry import PROVIDER_SERVER
 from services.runtime.settings import Env, SettingsError
 
@@ -163,6 +164,16 @@ class ProxySettings:
     retries: int
     retry_base_seconds: float
     default_max_tokens: int
+    # Outside A2A agents (remote_agents.py): the most one answer may take, how long a fetched
+    # agent card is used, and the key their client secrets are sealed under (MACP_A2A_SEALING_KEY).
+    a2a_timeout_seconds: float = 120.0
+    a2a_card_seconds: float = 300.0
+    a2a_sealing_key: bytes | None = field(default=None, repr=False)
+    # The proxy's own client at the token service (exchanges for outside A2A agents, and the
+    # caller's token for the conversation service); registered on first use when none is set.
+    client_id: str | None = None
+    client_secret: str | None = None
+    initial_access_token: str | None = None
 
     @classmethod
     def from_env(cls, env: Env) -> ProxySettings:
@@ -181,6 +192,12 @@ class ProxySettings:
             default_max_tokens=env.integer(
                 "MACP_AGENT_PROXY_DEFAULT_MAX_TOKENS", 1024, minimum=1, maximum=200_000
             ),
+            a2a_timeout_seconds=env.number("MACP_AGENT_PROXY_A2A_TIMEOUT_SECONDS", 120.0, minimum=0.1),
+            a2a_card_seconds=env.number("MACP_AGENT_PROXY_A2A_CARD_SECONDS", 300.0, minimum=0.0),
+            a2a_sealing_key=a2a_sealing_key(env),
+            client_id=env.optional_string("MACP_AGENT_PROXY_CLIENT_ID"),
+            client_secret=env.optional_string("MACP_AGENT_PROXY_CLIENT_SECRET"),
+            initial_access_token=env.optional_string("MACP_TOKEN_INITIAL_ACCESS_TOKEN"),
         )
 
     def provider(self, name: str) -> ProviderConfig | None:
