@@ -4,8 +4,9 @@ Keys, under the deployment's Redis prefix (all `orchestrator:`):
 - `queue:<conversation>`: the messages waiting for a round, oldest first (each a sealed RoundJob,
   round_jobs.py; they expire with QUEUE_SECONDS);
 - `round:<conversation>`: a hash naming the round in flight: `job` (its sealed RoundJob), `turn_id`
-  (the turn in flight, "" between turns) and `ending` ("<reason> <turns>" once the round is over
-  and only its RoundCompleted is left to write, else "");
+  (the turn in flight, "" between turns; the turns of a CHOREOGRAPHY round, which run at once,
+  separated by spaces) and `ending` ("<reason> <turns>" once the round is over and only its
+  RoundCompleted is left to write, else "");
 - `rounds`: the conversations with a round in flight or queued, which every process sweeps;
 - `accepted:<conversation>:<message>`: "<sequence> <event id>" of a message's MessageAccepted,
   written in the same step as that event (event_log.append_once), so a message gets one.
@@ -73,10 +74,11 @@ return redis.call('ZREM', KEYS[1], ARGV[1])
 
 @dataclass(frozen=True)
 class Marker:
-    """A round in flight as its marker says: its job, its turn in flight, and how it ended."""
+    """A round in flight as its marker says: its job, its turns in flight, and how it ended."""
 
     job: RoundJob
-    turn_id: str
+    # One turn, none between turns, or a CHOREOGRAPHY round's turns, all in flight at once.
+    turn_ids: tuple[str, ...]
     # (reason, turns) once the round is over and only its RoundCompleted may be missing.
     ending: tuple[pb.RoundEndReason.ValueType, int] | None
 
@@ -127,10 +129,11 @@ class RoundMarkers:
         if ending_text:
             reason, turns = ending_text.split(" ", 1)
             ending = (pb.RoundEndReason.ValueType(int(reason)), int(turns))
-        return Marker(self.jobs.decode(fields[b"job"]), text_of(fields.get(b"turn_id", b"")), ending)
+        turn_ids = tuple(text_of(fields.get(b"turn_id", b"")).split())
+        return Marker(self.jobs.decode(fields[b"job"]), turn_ids, ending)
 
-    async def turn(self, conversation_id: str, turn_id: str) -> None:
-        await self._redis.hset(self.marker(conversation_id), "turn_id", turn_id)
+    async def turn(self, conversation_id: str, *turn_ids: str) -> None:
+        await self._redis.hset(self.marker(conversation_id), "turn_id", " ".join(turn_ids))
 
     async def ending(self, conversation_id: str, reason: pb.RoundEndReason.ValueType, turns: int) -> None:
         await self._redis.hset(

@@ -13,6 +13,13 @@ so far and names the next speaker (with what to work on) or ends the round:
   coordinator composes the answer from theirs.
 - PIPELINE (seed 004's pipeline pattern): the participants in order, each working on the previous
   one's output.
+
+One policy plans its whole round at once instead (`Choreography.speakers`):
+
+- CHOREOGRAPHY: every participant bids once, as under BID; every one that does not decline speaks,
+  all at the same time, each on the conversation up to the user's message (rounds.py runs the
+  turns side by side). The turn limit keeps the best bids (a mention first, then the score, then
+  the earlier participant); no eligible bid ends the round.
 """
 
 from __future__ import annotations
@@ -127,26 +134,61 @@ def choose_winner(view: RoundView, bids: Sequence[pb.Bid]) -> Agent | None:
     just spoke (unless it is the only participant); a mention first, then the score, then the
     earlier participant. Deterministic for the same bids."""
     last = view.spoken[-1].agent_id if view.spoken else None
+    ranked = _ranked(view, bids, last if len(view.participants) > 1 else None)
+    return ranked[0] if ranked else None
+
+
+def choose_speakers(view: RoundView, bids: Sequence[pb.Bid]) -> list[Agent]:
+    """Every agent whose bid stands (as for `choose_winner`, but nobody is left out for having just
+    spoken: they all answer the same message), best first. Deterministic for the same bids."""
+    return _ranked(view, bids, None)
+
+
+def _ranked(view: RoundView, bids: Sequence[pb.Bid], excluded: str | None) -> list[Agent]:
+    """The agents of the bids that stand, best first: not declined, at least the agent's own
+    minimum score, not `excluded`; a mention first, then the score, then the earlier participant."""
     order = {agent.id: index for index, agent in enumerate(view.participants)}
     best: dict[str, pb.Bid] = {}
     for bid in bids:
         agent = view.agent(bid.agent_id)
-        if agent is None or bid.declined:
+        if agent is None or bid.declined or bid.agent_id == excluded:
             continue
         minimum = agent.bidding.min_score if agent.bidding.HasField("min_score") else 0.0
         if bid.score < minimum:
-            continue
-        if bid.agent_id == last and len(view.participants) > 1:
             continue
         # A client's bid for an agent replaces the proxy's: the client knows something it does not.
         kept = best.get(bid.agent_id)
         if kept is None or bid.source == pb.BID_SOURCE_CLIENT:
             best[bid.agent_id] = bid
-    if not best:
-        return None
     mentioned = set(view.mentions)
-    winner_id = min(best, key=lambda a: (a not in mentioned, -best[a].score, order[a]))
-    return view.agent(winner_id)
+    ranked = sorted(best, key=lambda a: (a not in mentioned, -best[a].score, order[a]))
+    return [agent for agent_id in ranked if (agent := view.agent(agent_id)) is not None]
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """The turns a CHOREOGRAPHY round runs at once, and whether the turn limit left a speaker out."""
+
+    plans: list[TurnPlan]
+    limited: bool
+
+
+class Choreography:
+    def __init__(self, bidder: Bidder) -> None:
+        self._bidder = bidder
+
+    async def speakers(self, view: RoundView) -> Ensemble | RoundEnd:
+        """Everyone bids once; the bids that stand speak, up to the turn limit. The best one takes
+        the bidding's turn id: the round's first turn, whose quota hold is already asked for."""
+        turn_id = view.new_turn_id()
+        bids = await self._bidder.collect(turn_id, view.participants)
+        chosen = choose_speakers(view, bids)
+        await self._bidder.announce(turn_id, bids, chosen[0] if chosen else None)
+        if not chosen:
+            return RoundEnd(pb.ROUND_END_REASON_NO_BIDDER)
+        first, *others = chosen[: view.limit]
+        plans = [TurnPlan(first, turn_id), *(view.plan(agent) for agent in others)]
+        return Ensemble(plans, limited=len(chosen) > view.limit)
 
 
 class Coordinator:
@@ -236,13 +278,15 @@ def _mentioned_first(view: RoundView) -> list[Agent]:
     return mentioned + [a for a in view.participants if a.id not in set(view.mentions)]
 
 
-Policy = RoundRobin | Bidding | Coordinator | Pipeline
+Policy = RoundRobin | Bidding | Coordinator | Pipeline | Choreography
 
 
 def policy_for(conversation: conversation_pb.Conversation, bidder: Bidder) -> Policy:
     match conversation.turn_policy:
         case conversation_pb.TURN_POLICY_BID:
             return Bidding(bidder)
+        case conversation_pb.TURN_POLICY_CHOREOGRAPHY:
+            return Choreography(bidder)
         case conversation_pb.TURN_POLICY_COORDINATOR:
             return Coordinator(conversation.coordinator_agent_id)
         case conversation_pb.TURN_POLICY_PIPELINE:

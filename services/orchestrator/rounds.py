@@ -3,7 +3,9 @@
 The round holds the conversation's lease (its driver is the only writer of the conversation's
 events; see lease.py) and writes every event through it, so a deposed driver writes nothing. It
 reserves one orchestration of the tenant's quota, asks the policy for each next turn and runs it
-(turns.py), and ends with the round's ORCHESTRATION usage event and a RoundCompleted event.
+(turns.py), and ends with the round's ORCHESTRATION usage event and a RoundCompleted event. Under
+CHOREOGRAPHY the policy names every speaker at once and their turns run side by side, each with
+its own halt: a cancel naming one turn stops it alone, a cancel of the round stops them all.
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from macp.common.v1 import usage_pb2
@@ -29,6 +31,8 @@ from services.orchestrator.event_log import EventLog
 from services.orchestrator.event_shapes import round_completed, rpc_failure, turn_completed
 from services.orchestrator.lease import Lease
 from services.orchestrator.policies import (
+    Choreography,
+    Ensemble,
     RoundEnd,
     RoundView,
     Spoken,
@@ -48,6 +52,8 @@ from services.runtime.protos import now_timestamp
 from services.runtime.usage_ids import orchestration_event_id
 
 log = logging.getLogger("macp.orchestrator.rounds")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,8 @@ class RoundState:
     bill: RoundBill | None = None
     halt: Halt = field(default_factory=Halt)
     current_turn: str = ""
+    # The turns of a CHOREOGRAPHY round in flight at once, each with its own halt (Halt.within).
+    turn_halts: dict[str, Halt] = field(default_factory=dict)
     bidding_turn: str = ""
     client_bids: list[pb.Bid] = field(default_factory=list)
 
@@ -117,8 +125,9 @@ class RoundState:
 class RoundNotes(Protocol):
     """Where the driver notes how far its round got (markers.py), for whoever takes it over."""
 
-    async def turn(self, conversation_id: str, turn_id: str) -> None:
-        """The turn `turn_id` starts (written with its TurnStarted, before anything it costs)."""
+    async def turn(self, conversation_id: str, *turn_ids: str) -> None:
+        """The turns `turn_ids` start: one turn (noted with its TurnStarted, before anything it
+        costs), or a CHOREOGRAPHY round's, all together before any of them asks for its hold."""
 
     async def ending(self, conversation_id: str, reason: pb.RoundEndReason.ValueType, turns: int) -> None:
         """The round is over, only its RoundCompleted is left to write (so a client that sends its
@@ -221,7 +230,7 @@ class Rounds:
         notes: RoundNotes,
     ) -> pb.RoundEndReason.ValueType:
         """The round's turns, as its policy picks them, until it ends; how it ended. `spoken` fills
-        with each turn that got an answer."""
+        with each turn that got an answer (under CHOREOGRAPHY, with every turn that ran)."""
         job = state.job
         conversation, agents = prepared.conversation, prepared.agents
         names = {agent.id: agent.name for agent in agents}
@@ -237,6 +246,10 @@ class Rounds:
             conversation,
             Bidder(self._downstream, self._settings.bid_window_seconds, state, emit, history, names),
         )
+        if isinstance(policy, Choreography):
+            if not agents:
+                return pb.ROUND_END_REASON_COMPLETED
+            return await self._speak_at_once(state, policy, view, history, names, emit, notes)
         while True:
             if state.halt.is_set():
                 return _halted(state.halt)
@@ -267,12 +280,58 @@ class Rounds:
             view.spoken.append(Spoken(decision.agent.id, result.text, yielded))
             history.append(Said(decision.agent.id, result.text))
 
+    async def _speak_at_once(
+        self,
+        state: RoundState,
+        policy: Choreography,
+        view: RoundView,
+        history: Sequence[Said],
+        names: dict[str, str],
+        emit: Callable[[pb.ConversationEvent], Awaitable[None]],
+        notes: RoundNotes,
+    ) -> pb.RoundEndReason.ValueType:
+        """A CHOREOGRAPHY round: every speaker's turn at once, each on the conversation up to the
+        user's message (none sees another's answer of this round); over when the last one is."""
+        ensemble = await policy.speakers(view)
+        if isinstance(ensemble, RoundEnd):
+            return ensemble.reason
+        if state.halt.is_set():
+            return _halted(state.halt)
+        plans = ensemble.plans
+        state.turn_halts = {plan.turn_id: state.halt.within(plan.turn_id) for plan in plans}
+        # Marked together before any turn asks for its hold: a takeover then releases the hold of
+        # every turn it finds marked but not started (sweeper.py).
+        await notes.turn(state.job.conversation_id, *state.turn_halts)
+        try:
+            results = await _all_or_none(
+                [
+                    self._start_turn(
+                        state,
+                        emit,
+                        plan,
+                        index,
+                        history,
+                        names,
+                        _marked_already,
+                        halt=state.turn_halts[plan.turn_id],
+                    )
+                    for index, plan in enumerate(plans, start=1)
+                ]
+            )
+        finally:
+            state.turn_halts = {}
+        for plan, result in zip(plans, results, strict=True):
+            view.spoken.append(Spoken(plan.agent.id, result.text, yielded=False))
+        return _ensemble_end(state.halt, ensemble, results)
+
     def on_signal(self, state: RoundState, signal: Signal) -> None:
         """A control signal for the round in flight (called by the control bus)."""
         if signal.kind == "interrupt":
             state.halt.set(pb.TURN_OUTCOME_INTERRUPTED, state.current_turn)
         elif signal.kind == "cancel":
-            if not signal.turn_id or signal.turn_id in (state.current_turn, state.bidding_turn):
+            if signal.turn_id and signal.turn_id in state.turn_halts:
+                state.turn_halts[signal.turn_id].set(pb.TURN_OUTCOME_CANCELLED, signal.turn_id)
+            elif not signal.turn_id or signal.turn_id in (state.current_turn, state.bidding_turn):
                 state.halt.set(pb.TURN_OUTCOME_CANCELLED, state.current_turn)
         elif signal.kind == "bid" and state.bidding_turn and signal.turn_id in ("", state.bidding_turn):
             state.client_bids.append(
@@ -294,11 +353,12 @@ class Rounds:
         names: dict[str, str],
         mark: Callable[[], Awaitable[None]],
         bill: RoundBill | None = None,
+        halt: Halt | None = None,
     ) -> TurnResult:
         """One turn; `mark` (the driver noting the turn in flight) is written with TurnStarted,
         both before the turn's first word (its generation starts meanwhile: a takeover releases
         the hold of a turn it finds marked, or the first turn's, and the agent proxy bills no call
-        its caller cut)."""
+        its caller cut). `halt` stops it (the round's, unless the turn has one of its own)."""
         job, agent = state.job, plan.agent
         spec = TurnSpec(
             turn_id=plan.turn_id,
@@ -343,7 +403,7 @@ class Rounds:
             await emit(event)
 
         turn = asyncio.ensure_future(
-            take_turn(self._turns, spec, emit_announced, state.halt, asyncio.shield(reserving), bill)
+            take_turn(self._turns, spec, emit_announced, halt or state.halt, asyncio.shield(reserving), bill)
         )
         # A turn that cannot be announced stops at once (its generation cut, its hold released by
         # take_turn), not at its first word.
@@ -445,6 +505,43 @@ async def take_turn(
     if result.error is not None:
         await emit(pb.ConversationEvent(error=result.error))
     return result
+
+
+async def _marked_already() -> None:
+    """A CHOREOGRAPHY round's turns are marked together before any of them starts."""
+
+
+def _ensemble_end(
+    halt: Halt, ensemble: Ensemble, results: Sequence[TurnResult]
+) -> pb.RoundEndReason.ValueType:
+    """How a CHOREOGRAPHY round ended once all its turns did: as the round was stopped, if it was;
+    else as every turn was, when they all failed or were each cancelled; else it completed (at
+    the turn limit, if that left a speaker out)."""
+    if halt.is_set():
+        return _halted(halt)
+    outcomes = {result.outcome for result in results}
+    if outcomes == {pb.TURN_OUTCOME_FAILED}:
+        return pb.ROUND_END_REASON_FAILED
+    if outcomes == {pb.TURN_OUTCOME_CANCELLED}:
+        return pb.ROUND_END_REASON_CANCELLED
+    return pb.ROUND_END_REASON_TURN_LIMIT if ensemble.limited else pb.ROUND_END_REASON_COMPLETED
+
+
+async def _all_or_none(work: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run `work` side by side; what each returned, in order. One failing (a lost lease, a turn
+    that could not be announced) stops the others, and its error is raised once they ended."""
+    tasks = [asyncio.ensure_future(coroutine) for coroutine in work]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for task in tasks:
+            task.cancel()
+        # Each ends its own way (a cancelled turn releases its hold): wait for all of them.
+        await asyncio.wait(tasks)
+    failures = [error for task in tasks if not task.cancelled() and (error := task.exception()) is not None]
+    if failures:
+        raise failures[0]
+    return [task.result() for task in tasks]
 
 
 def _failed(future: asyncio.Future[None]) -> BaseException | None:

@@ -10,7 +10,8 @@ clients saw:
 - a round that only lacked its RoundCompleted gets it, with the reason its driver noted;
 - a round that had not got to its first turn (nothing but its MessageAccepted, and perhaps its
   bidding, in the log) is simply run, as its driver would have: its holds are asked for again
-  under the same ids, which metering answers with the holds already made;
+  under the same ids, which metering answers with the holds already made (the holds of turns it
+  had marked but not started, which the run will not draw again, are released);
 - otherwise each turn that started and did not complete is settled from the text the log holds:
   that text is stored as the agent's answer and billed as the turn (the agent proxy does not bill
   a call its caller cut, agent_proxy/usage.py), or, with no text, its hold is released; a turn
@@ -158,6 +159,12 @@ class Sweeper:
                 "resuming a round whose driver stopped before its first turn",
                 extra={"conversation_id": conversation_id},
             )
+            # Turns it marked but never started (a CHOREOGRAPHY round marks all its turns before
+            # they start) drew ids of their own: the run draws new ones, so their holds go now.
+            # The first turn's id is the round's own: its hold is the run's again.
+            first = first_turn_id(job.conversation_id, job.message_id)
+            for turn_id in sorted(set(marker.turn_ids) - {first}):
+                await self._rounds.turns.release(turn_id, STOPPED)
             # The marker's job may predate the message's store (it is written with the lease).
             return dataclasses.replace(job, sequence=seen.accepted_sequence)
         if marker.ending is not None:
@@ -165,7 +172,7 @@ class Sweeper:
         else:
             log.warning(
                 "taking over a round whose driver stopped",
-                extra={"conversation_id": conversation_id, "turn_id": marker.turn_id},
+                extra={"conversation_id": conversation_id, "turn_ids": " ".join(marker.turn_ids)},
             )
             with acting_for(job.caller):  # the round's holds are its caller's
                 closing = await self._settle(job, marker, seen)
@@ -223,7 +230,8 @@ class Sweeper:
                         grpc.StatusCode.UNAVAILABLE,
                         DRIVER_LOST,
                         f"the orchestrator process running this round stopped; {advice}",
-                        marker.turn_id,
+                        # The turn cut short, when there was one (not several at once).
+                        marker.turn_ids[0] if len(marker.turn_ids) == 1 else "",
                     )
                 )
             )
@@ -231,11 +239,11 @@ class Sweeper:
         return closing
 
     async def _release_unused(self, job: RoundJob, marker: Marker, seen: RoundSeen) -> None:
-        """Release the holds the round made for turns that never started: the marker's turn
-        (held as its TurnStarted was written) and the first turn (held before anyone was picked);
+        """Release the holds the round made for turns that never started: the marker's turns
+        (held as their TurnStarted was written) and the first turn (held before anyone was picked);
         and the orchestration's, when the round never got as far as its MessageAccepted."""
         turns = self._rounds.turns
-        unused = {first_turn_id(job.conversation_id, job.message_id), marker.turn_id} - {""}
+        unused = {first_turn_id(job.conversation_id, job.message_id), *marker.turn_ids}
         for turn_id in sorted(unused - set(seen.started)):
             await turns.release(turn_id, STOPPED)
         if not await self._redis.exists(self._markers.accepted(job.conversation_id, job.message_id)):

@@ -46,14 +46,28 @@ class Halt:
     event: asyncio.Event = field(default_factory=asyncio.Event)
     outcome: pb.TurnOutcome.ValueType = pb.TURN_OUTCOME_CANCELLED
     turn_id: str = ""
+    # The halts of turns running side by side under this one (`within`): they stop with it.
+    _inner: list[Halt] = field(default_factory=list, repr=False)
 
     def set(self, outcome: pb.TurnOutcome.ValueType, turn_id: str = "") -> None:
         if not self.event.is_set():
             self.outcome, self.turn_id = outcome, turn_id
             self.event.set()
+            for inner in self._inner:
+                inner.set(outcome, inner.turn_id or turn_id)
 
     def is_set(self) -> bool:
         return self.event.is_set()
+
+    def within(self, turn_id: str) -> Halt:
+        """The halt of one of several turns in flight at once: set on its own (a cancel naming that
+        turn stops it alone) or with this one (a cancel of the round stops them all)."""
+        inner = Halt(turn_id=turn_id)
+        if self.is_set():
+            inner.set(self.outcome, turn_id)
+        else:
+            self._inner.append(inner)
+        return inner
 
 
 @dataclass(frozen=True)
