@@ -38,7 +38,7 @@ from services.example_tools.audience import CLAIMS_PATH
 from services.runtime.registry import EXAMPLE_TOOL_SERVERS
 
 TIMEOUT_SECONDS = 60.0
-POLICIES = ("round_robin", "bid", "coordinator", "pipeline")
+POLICIES = ("round_robin", "bid", "coordinator", "pipeline", "choreography")
 DEFAULT_MESSAGE = "My soup recipe needs a database index and a rhyme: who can help?"
 TOOLS_MESSAGE = "Will it rain in Oslo tomorrow? Ask weather__forecast city=Oslo"
 WEATHER = next(example for example in EXAMPLE_TOOL_SERVERS if example.server == "weather")
@@ -95,12 +95,18 @@ def refusals(client: AsyncMacpClient, what: str) -> Iterator[None]:
 
 
 class RoundPrinter:
-    """Prints one round's events as a person would want to read them."""
+    """Prints one round's events as a person would want to read them. The turns of a CHOREOGRAPHY
+    round (`together`) run at once and their text interleaves: each stretch of one turn's text
+    starts a line of its own, after the turn's name."""
 
-    def __init__(self, names: dict[str, str], out: TextIO) -> None:
+    def __init__(self, names: dict[str, str], out: TextIO, together: bool = False) -> None:
         self._names = names
         self._out = out
+        self._together = together
         self._speaking = False
+        # The turn whose text the output is at ("" when none), and each turn's "[index] name".
+        self._at_turn = ""
+        self._labels: dict[str, str] = {}
 
     def _name(self, agent_id: str) -> str:
         return self._names.get(agent_id, agent_id[:8])
@@ -109,8 +115,19 @@ class RoundPrinter:
         if self._speaking:
             self._out.write("\n")
             self._speaking = False
+        self._at_turn = ""
         self._out.write(text + "\n")
         self._out.flush()
+
+    def _text(self, turn_id: str, text: str) -> None:
+        if turn_id != self._at_turn:
+            if self._speaking:
+                self._out.write("\n")
+            self._out.write(f"{self._labels.get(turn_id, turn_id[:8])}: ")
+            self._at_turn = turn_id
+        self._out.write(text)
+        self._out.flush()
+        self._speaking = True
 
     def show(self, event: Event) -> None:
         if (accepted := event.message_accepted) is not None:
@@ -124,13 +141,17 @@ class RoundPrinter:
                 for b in results["bids"]
             )
             winner = self._name(results["winner_agent_id"]) if results["winner_agent_id"] else "nobody"
-            self._line(f"bids: {bids} -> {winner} speaks")
+            if self._together and results["winner_agent_id"]:
+                self._line(f"bids: {bids} -> all but the declined speak at once")
+            else:
+                self._line(f"bids: {bids} -> {winner} speaks")
         elif (started := event.turn_started) is not None:
-            self._line(f"[{started['turn_index']}] {self._name(started['agent_id'])}:")
+            label = f"[{started['turn_index']}] {self._name(started['agent_id'])}"
+            self._labels[started["turn_id"]] = label
+            self._line(f"{label}:")
+            self._at_turn = started["turn_id"]
         elif (delta := event.token_delta) is not None:
-            self._out.write(delta["text"])
-            self._out.flush()
-            self._speaking = True
+            self._text(delta["turn_id"], delta["text"])
         elif (call := event.tool_call_started) is not None:
             arguments = json.dumps(call.get("arguments", {}), ensure_ascii=False)
             self._line(f"    calls {call['name']} {arguments}")
@@ -138,7 +159,9 @@ class RoundPrinter:
             failed = " (failed)" if called["is_error"] else ""
             self._line(f"    {called['name']} returned{failed}: {called['result']}")
         elif (completed := event.turn_completed) is not None:
-            self._line(f"    ({completed['outcome'].removeprefix('TURN_OUTCOME_').lower()})")
+            outcome = completed["outcome"].removeprefix("TURN_OUTCOME_").lower()
+            whose = f"{self._labels.get(completed['turn_id'], '')} " if self._together else ""
+            self._line(f"    {whose}({outcome})")
         elif (usage := event.usage) is not None:
             dimensions: dict[str, Any] = dict(usage.get("dimensions", {}))
             kind_name = usage["type"].removeprefix("USAGE_EVENT_TYPE_").lower()
@@ -205,7 +228,8 @@ async def agents_demo(client: AsyncMacpClient, args: argparse.Namespace, out: Te
         conversation = await client.create_conversation(draft)
     out.write(f"conversation {conversation['id']}: {', '.join(names.values())} ({args.policy})\n")
     out.write(f"user: {message}\n")
-    await converse(client, conversation["id"], message, RoundPrinter(names, out))
+    printer = RoundPrinter(names, out, together=args.policy == "choreography")
+    await converse(client, conversation["id"], message, printer)
 
 
 async def tools_demo(client: AsyncMacpClient, args: argparse.Namespace, out: TextIO) -> None:

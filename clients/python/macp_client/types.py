@@ -12,7 +12,11 @@ from dataclasses import dataclass
 from typing import Generic, Literal, NotRequired, Required, TypeAlias, TypedDict, TypeVar
 
 TurnPolicy: TypeAlias = Literal[
-    "TURN_POLICY_ROUND_ROBIN", "TURN_POLICY_BID", "TURN_POLICY_COORDINATOR", "TURN_POLICY_PIPELINE"
+    "TURN_POLICY_ROUND_ROBIN",
+    "TURN_POLICY_BID",
+    "TURN_POLICY_COORDINATOR",
+    "TURN_POLICY_PIPELINE",
+    "TURN_POLICY_CHOREOGRAPHY",
 ]
 DoubleTextingPolicy: TypeAlias = Literal[
     "DOUBLE_TEXTING_POLICY_REJECT", "DOUBLE_TEXTING_POLICY_ENQUEUE", "DOUBLE_TEXTING_POLICY_INTERRUPT"

@@ -776,7 +776,7 @@ export interface components {
             readonly tenantId?: string;
             title?: string;
             /** @enum {string} */
-            turnPolicy?: "TURN_POLICY_UNSPECIFIED" | "TURN_POLICY_ROUND_ROBIN" | "TURN_POLICY_BID" | "TURN_POLICY_COORDINATOR" | "TURN_POLICY_PIPELINE";
+            turnPolicy?: "TURN_POLICY_UNSPECIFIED" | "TURN_POLICY_ROUND_ROBIN" | "TURN_POLICY_BID" | "TURN_POLICY_COORDINATOR" | "TURN_POLICY_PIPELINE" | "TURN_POLICY_CHOREOGRAPHY";
             /** Format: date-time */
             readonly updateTime?: string;
         };
@@ -799,7 +799,7 @@ export interface components {
             readonly tenantId?: string;
             title?: string;
             /** @enum {string} */
-            turnPolicy: "TURN_POLICY_ROUND_ROBIN" | "TURN_POLICY_BID" | "TURN_POLICY_COORDINATOR" | "TURN_POLICY_PIPELINE";
+            turnPolicy: "TURN_POLICY_ROUND_ROBIN" | "TURN_POLICY_BID" | "TURN_POLICY_COORDINATOR" | "TURN_POLICY_PIPELINE" | "TURN_POLICY_CHOREOGRAPHY";
             /** Format: date-time */
             readonly updateTime?: string;
         };
@@ -822,7 +822,7 @@ export interface components {
             readonly tenantId?: string;
             title?: string;
             /** @enum {string} */
-            turnPolicy?: "TURN_POLICY_ROUND_ROBIN" | "TURN_POLICY_BID" | "TURN_POLICY_COORDINATOR" | "TURN_POLICY_PIPELINE";
+            turnPolicy?: "TURN_POLICY_ROUND_ROBIN" | "TURN_POLICY_BID" | "TURN_POLICY_COORDINATOR" | "TURN_POLICY_PIPELINE" | "TURN_POLICY_CHOREOGRAPHY";
             /** Format: date-time */
             readonly updateTime?: string;
         };

@@ -16,6 +16,7 @@ const POLICIES: [TurnPolicy, string][] = [
   ["TURN_POLICY_BID", "Bid: the agents bid, the best answers"],
   ["TURN_POLICY_COORDINATOR", "Coordinator: one agent chooses who answers"],
   ["TURN_POLICY_PIPELINE", "Pipeline: each agent works on the previous answer"],
+  ["TURN_POLICY_CHOREOGRAPHY", "Choreography: every agent that wants to answers, all at once"],
 ];
 const DOUBLE_TEXTING: [DoubleTexting, string][] = [
   ["DOUBLE_TEXTING_POLICY_ENQUEUE", "Queue it after the round in flight"],
