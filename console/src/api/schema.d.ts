@@ -681,10 +681,11 @@ export interface components {
             readonly etag?: string;
             generation?: components["schemas"]["macp.common.v1.GenerationSettings"];
             readonly id?: string | "";
-            model?: string | "";
+            model?: string;
             name?: (string & unknown) | "";
             readonly ownerId?: string;
             provider?: string | "";
+            remote?: components["schemas"]["macp.conversation.v1.RemoteAgent"];
             systemPrompt?: string;
             readonly tenantId?: string;
             /** Format: date-time */
@@ -703,6 +704,7 @@ export interface components {
             name: string & unknown;
             readonly ownerId?: string;
             provider: string;
+            remote?: components["schemas"]["macp.conversation.v1.RemoteAgent"];
             systemPrompt?: string;
             readonly tenantId?: string;
             /** Format: date-time */
@@ -721,6 +723,7 @@ export interface components {
             name?: string & unknown;
             readonly ownerId?: string;
             provider?: string;
+            remote?: components["schemas"]["macp.conversation.v1.RemoteAgent"];
             systemPrompt?: string;
             readonly tenantId?: string;
             /** Format: date-time */
@@ -867,6 +870,21 @@ export interface components {
             text?: string;
             toolCall?: components["schemas"]["macp.conversation.v1.ToolCallRecord"];
             turnId?: string | "";
+        };
+        "macp.conversation.v1.RemoteAgent": {
+            audience?: string | "";
+            /** @enum {string} */
+            auth?: "REMOTE_AUTH_NONE" | "REMOTE_AUTH_CLIENT_CREDENTIALS" | "REMOTE_AUTH_TOKEN_EXCHANGE";
+            /** Format: uri */
+            cardUrl?: string;
+            clientCredentials?: components["schemas"]["macp.conversation.v1.RemoteClientCredentials"];
+        };
+        "macp.conversation.v1.RemoteClientCredentials": {
+            clientId?: string;
+            clientSecret?: string;
+            scope?: string;
+            /** Format: uri */
+            tokenUrl?: string;
         };
         "macp.conversation.v1.ToolCallRecord": {
             arguments?: Record<string, never>;
