@@ -145,7 +145,11 @@ class MacpRequestHandler(RequestHandler):
                     continue
                 tasks.append(task)
                 if len(tasks) == size:
-                    next_token = str(record.created_us)
+                    # A next page only when there is an older task to show on it.
+                    older, _ = await call.records.page(
+                        call.tenant_id, call.agent.id, params.context_id, record.created_us, 1
+                    )
+                    next_token = str(record.created_us) if older else ""
                     break
             if len(records) < size:
                 break

@@ -5,8 +5,8 @@ The round's events are picked out of the conversation's log, where other rounds'
 among them (a message accepted while the previous round still runs, under ENQUEUE): a turn is the
 round's when its TurnStarted names the round's message; its deltas, tool calls, completion and
 usage follow by turn id; the round's ORCHESTRATION usage by its derived event id; its end is the
-RoundCompleted that names its message. An error that names no turn belongs to the round whose
-RoundCompleted comes next (rounds of a conversation run one at a time).
+RoundCompleted that names its message. An error that names none of the round's started turns
+belongs to the round whose RoundCompleted comes next (rounds of a conversation run one at a time).
 
 How the round maps to the task:
 - MessageAccepted: SUBMITTED; the first TurnStarted: WORKING (each turn start is a status update
@@ -14,7 +14,7 @@ How the round maps to the task:
 - each turn is one artifact (id: the turn id, name: the agent's name), its deltas appended chunk
   by chunk, its TurnCompleted the last chunk (with the outcome and the stored message id);
 - RoundCompleted: COMPLETED (ran its course, turn limit, yielded, nobody bid), CANCELED (cancelled
-  or interrupted), FAILED, or REJECTED when no turn ran because quota or policy refused; the final
+  or interrupted), FAILED, or REJECTED when nothing was said because quota or policy refused; the final
   status carries the task's usage (services/runtime/a2a_usage.py) and, when it did not complete,
   what went wrong.
 """
@@ -113,7 +113,9 @@ class RoundTask:
         self._turns: dict[str, _Turn] = {}
         self._usage = TaskUsage()
         self._orchestration_event_id = orchestration_event_id(record.conversation_id, record.message_id)
-        # Errors naming no turn, held until the next RoundCompleted says whose they were.
+        # The round's errors; and those naming none of its turns, held until the next
+        # RoundCompleted says whose they were.
+        self._errors: list[pb.ErrorEvent] = []
         self._unclaimed_errors: list[pb.ErrorEvent] = []
         # The last event applied: a follower of the round resumes after it.
         self.last_event_id = record.event_id
@@ -196,11 +198,12 @@ class RoundTask:
 
     def _error(self, event: pb.ConversationEvent) -> list[StreamItem]:
         error = event.error
-        if not error.turn_id:
+        if error.turn_id not in self._turns:
+            # No turn of this round's so far: the round's own (its next turn refused before it
+            # started, say) or another round's; the next RoundCompleted tells which.
             self._unclaimed_errors.append(error)
             return []
-        if error.turn_id not in self._turns:
-            return []
+        self._errors.append(error)
         # A turn's failure is news to the task's client, though the round goes on.
         update = self._status_update(_error_text(error))
         update.metadata.CopyFrom(struct({"turnId": error.turn_id, "error": _error_document(error)}))
@@ -208,13 +211,16 @@ class RoundTask:
 
     def _round_completed(self, event: pb.ConversationEvent) -> list[StreamItem]:
         completed = event.round_completed
-        errors, self._unclaimed_errors = self._unclaimed_errors, []
+        unclaimed, self._unclaimed_errors = self._unclaimed_errors, []
         if completed.trigger_message_id != self.record.message_id:
             return []
+        self._errors += unclaimed
         state = _STATE_OF_REASON.get(completed.reason, a2a.TASK_STATE_FAILED)
-        if state == a2a.TASK_STATE_FAILED and not self._turns and any(e.code in _REFUSALS for e in errors):
+        said_nothing = not any(turn.chunks for turn in self._turns.values())
+        if state == a2a.TASK_STATE_FAILED and said_nothing and any(e.code in _REFUSALS for e in self._errors):
             state = a2a.TASK_STATE_REJECTED
-        self._status_text = "; ".join(_error_text(error) for error in errors)
+        if state != a2a.TASK_STATE_COMPLETED:
+            self._status_text = "; ".join(_error_text(error) for error in self._errors)
         self._set_state(state, event.time)
         update = self._status_update(self._status_text)
         update.metadata.CopyFrom(self.metadata())
