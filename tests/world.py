@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -36,6 +37,7 @@ from services.metering.service import DEFINITION as METERING
 from services.orchestrator.service import DEFINITION as ORCHESTRATOR
 from services.provider_server.behavior import Behavior
 from services.provider_server.server import RunningProviderServer, serving
+from services.runtime.a2a_remote_sealing import SEALING_KEY as A2A_SEALING_KEY
 from services.runtime.auth.settings import EDGE_AUDIENCE, service_audience
 from services.runtime.redis_client import text_of
 from services.runtime.server import RunningService, ServiceDefinition
@@ -273,6 +275,9 @@ async def running_world(service_environ: dict[str, str], tmp_path: Path) -> Asyn
             "MACP_ENVOY_ADMIN_PORT": str(free_port()),
         }
         environ = {
+            # Shared by the conversation service (seals an outside A2A agent's client secret) and
+            # the agent proxy (opens it); a test's environ may set its own.
+            A2A_SEALING_KEY: secrets.token_urlsafe(32),
             **tokens.environ,
             **FAST,
             **provider_environ(provider_server.base_url),

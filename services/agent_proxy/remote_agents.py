@@ -31,6 +31,7 @@ import httpx
 from a2a.client import A2AClientError, Client, ClientCallContext, ClientConfig, ClientFactory
 from a2a.client.service_parameters import ServiceParametersFactory, with_a2a_extensions
 from a2a.types import a2a_pb2 as a2a
+from a2a.utils.errors import A2AError
 from google.protobuf import json_format, struct_pb2
 from macp.agent_proxy.v1 import agent_proxy_service_pb2 as pb
 
@@ -70,12 +71,14 @@ class RemoteFailure(Exception):
         self.message = message
 
 
-# What a remote's failure may raise, on the way to it or from it.
+# What a remote's failure may raise, on the way to it or from it: A2AError covers both the SDK's
+# transport failures (A2AClientError) and the JSON-RPC errors the remote answers (its executor
+# raised: InternalError; a task it does not know: TaskNotFoundError; ...).
 REMOTE_FAILURES = (
     CredentialFailure,
     CardFailure,
     RemoteFailure,
-    A2AClientError,
+    A2AError,
     TimeoutError,
     httpx.HTTPError,
 )
@@ -169,14 +172,7 @@ class RemoteAgents:
                     yield pb.GenerateResponse(text_delta=pb.TextDelta(text=text, index=call.deltas))
                     call.deltas += 1
             breaker.record_success()
-        except (
-            CredentialFailure,
-            CardFailure,
-            RemoteFailure,
-            A2AClientError,
-            TimeoutError,
-            httpx.HTTPError,
-        ) as exc:
+        except REMOTE_FAILURES as exc:
             breaker.record_failure()
             if isinstance(exc, A2AClientError):
                 self._cards.forget(card_url)  # it may have moved: the next call reads its card again
@@ -282,7 +278,7 @@ class _Call:
                 self.client.get_task(a2a.GetTaskRequest(id=self.task_id), context=self.context),
                 CANCEL_SECONDS,
             )
-        except (A2AClientError, TimeoutError, httpx.HTTPError):
+        except (A2AError, TimeoutError, httpx.HTTPError):
             return None
         self._note(task.metadata)
         return reported_usage(self.metadata)
@@ -294,7 +290,7 @@ class _Call:
         request = a2a.CancelTaskRequest(id=self.task_id)
         try:
             await asyncio.wait_for(self.client.cancel_task(request, context=self.context), CANCEL_SECONDS)
-        except (A2AClientError, TimeoutError, httpx.HTTPError) as exc:
+        except (A2AError, TimeoutError, httpx.HTTPError) as exc:
             log.warning(
                 "a remote task could not be cancelled", extra={"task_id": self.task_id, "error": str(exc)}
             )

@@ -107,17 +107,24 @@ SERVICES: tuple[ServiceSpec, ...] = (
     ),
     ServiceSpec(
         name="conversation",
-        grpc_services=("macp.conversation.v1.ConversationService",),
+        grpc_services=("macp.conversation.v1.ConversationService", "macp.conversation.v1.WebhookService"),
         port=15052,
         metrics_port=9102,
         module="services.conversation",
         retry_safe_rpcs=(
             "GetAgent",
+            "GetAgentRemote",
             "ListAgents",
             "GetConversation",
             "ListConversations",
             "ListMessages",
             "AppendMessage",
+            "GetWebhookSubscription",
+            "ListWebhookSubscriptions",
+            "ListWebhookDeliveries",
+            "ListDeliveryTargets",
+            # Idempotent: a repeated report of one attempt changes nothing.
+            "RecordDeliveryAttempt",
         ),
         dependencies=("postgres", "redis", "s3"),
     ),
@@ -130,6 +137,9 @@ SERVICES: tuple[ServiceSpec, ...] = (
         streaming_rpcs=("Generate",),
         retry_safe_rpcs=("ListProviders", "Bid"),
         dependencies=("redis", "kafka"),
+        # No `needs`: only an outside A2A agent's turn calls the conversation and token services
+        # (its remote, an exchanged token), and their outage must not take every model turn out
+        # of rotation; that turn fails alone, naming them, and counts against its breaker.
     ),
     ServiceSpec(
         name="token",

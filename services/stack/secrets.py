@@ -2,8 +2,9 @@
 
 A laptop stack must come up with one command, yet the token service refuses to start without a
 key-encryption key, the orchestrator without the key that seals its queued rounds' tokens, the
-tool gateway keeps no upstream credential without the key that seals them, and client
-registration needs an initial access token. `macp up` generates
+tool gateway keeps no upstream credential without the key that seals them, nor the conversation
+service an outside A2A agent's client secret without the key it and the agent proxy share, and
+client registration needs an initial access token. `macp up` generates
 each once, stores them in `<data_dir>/secrets.json` (mode 0600) so tokens and sealed signing keys
 stay valid across restarts, and never overrides a value the environment already sets.
 """
@@ -22,6 +23,7 @@ GENERATED: dict[str, Callable[[], str]] = {
     "MACP_TOKEN_INITIAL_ACCESS_TOKEN": lambda: secrets.token_urlsafe(32),
     "MACP_ORCHESTRATOR_SEALING_KEY": lambda: secrets.token_urlsafe(32),
     "MACP_TOOL_GATEWAY_SEALING_KEY": lambda: secrets.token_urlsafe(32),
+    "MACP_A2A_SEALING_KEY": lambda: secrets.token_urlsafe(32),
 }
 
 
