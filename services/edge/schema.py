@@ -65,6 +65,7 @@ INPUT_ONLY_FIELDS = frozenset(
     {
         "macp.tool_gateway.v1.StaticCredential.value",
         "macp.tool_gateway.v1.OAuthClientCredentials.client_secret",
+        "macp.conversation.v1.RemoteClientCredentials.client_secret",
     }
 )
 

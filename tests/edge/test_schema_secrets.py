@@ -1,7 +1,9 @@
-"""The OpenAPI schemas mark a tool server's secrets writeOnly: clients send them, never get them."""
+"""The OpenAPI schemas mark a tool server's and an outside A2A agent's secrets writeOnly: clients
+send them, never get them."""
 
 from __future__ import annotations
 
+from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 from macp.tool_gateway.v1 import tool_gateway_service_pb2 as pb
 
 from services.edge.schema import SchemaBuilder
@@ -19,3 +21,11 @@ def test_a_tool_servers_secrets_are_write_only_and_its_times_read_only() -> None
     assert "writeOnly" not in oauth["clientId"]
     server = schemas["macp.tool_gateway.v1.ToolServer"]["properties"]
     assert server["createTime"]["readOnly"] is True
+
+
+def test_an_outside_a2a_agents_client_secret_is_write_only() -> None:
+    builder = SchemaBuilder()
+    builder.ref(conversation_pb.Agent.DESCRIPTOR)
+    grant = builder.components["macp.conversation.v1.RemoteClientCredentials"]["properties"]
+    assert grant["clientSecret"]["writeOnly"] is True
+    assert "writeOnly" not in grant["clientId"]
