@@ -32,6 +32,7 @@ from services.edge.rest import (
     sse,
     tool_servers,
     usage,
+    webhooks,
 )
 from services.edge.rest.openai_errors import OpenAIErrorShape
 from services.edge.rest.rate_limit_status import ROUTES as RATE_LIMIT_ROUTES
@@ -51,6 +52,7 @@ def api_routes() -> list[ApiRoute]:
         *agents.ROUTES,
         *conversations.ROUTES,
         *tool_servers.ROUTES,
+        *webhooks.ROUTES,
         *messages.ROUTES,
         *sse.ROUTES,
         *chat_completions.ROUTES,
