@@ -20,6 +20,13 @@ One policy plans its whole round at once instead (`Choreography.speakers`):
   all at the same time, each on the conversation up to the user's message (rounds.py runs the
   turns side by side). The turn limit keeps the best bids (a mention first, then the score, then
   the earlier participant); no eligible bid ends the round.
+
+An agent whose turn fails (its provider, an outside A2A agent, an open breaker) does not end a
+ROUND_ROBIN or BID round: the round goes on without it (it is not asked again in that round), and
+only a round in which every turn failed ends FAILED. Under COORDINATOR and PIPELINE a failed turn
+ends the round, as what comes after it would have nothing whole to work on. A turn refused for
+quota or by the plan ends the round under every policy (rounds.py): the next would be refused
+alike.
 """
 
 from __future__ import annotations
@@ -58,6 +65,9 @@ class Spoken:
     agent_id: str
     text: str
     yielded: bool
+    # The agent failed (its provider, its remote, its breaker): under ROUND_ROBIN and BID the
+    # round goes on without it.
+    failed: bool = False
 
 
 @dataclass
@@ -75,6 +85,16 @@ class RoundView:
 
     def agent(self, agent_id: str) -> Agent | None:
         return next((a for a in self.participants if a.id == agent_id), None)
+
+    def failed(self) -> set[str]:
+        """The agents whose turn failed in this round: not asked again in it."""
+        return {turn.agent_id for turn in self.spoken if turn.failed}
+
+    def end_reason(self, reason: pb.RoundEndReason.ValueType) -> pb.RoundEndReason.ValueType:
+        """`reason`, unless every turn of the round failed: then the round failed."""
+        if self.spoken and all(turn.failed for turn in self.spoken):
+            return pb.ROUND_END_REASON_FAILED
+        return reason
 
     def new_turn_id(self) -> str:
         """The id of the turn being planned: the first turn's once, then fresh ones."""
@@ -102,16 +122,30 @@ def split_yield(text: str) -> tuple[str, bool]:
 
 
 class RoundRobin:
+    # A failed turn does not end the round: the next agent in order speaks (failures_end_round).
+    failures_end_round = False
+
     async def next_turn(self, view: RoundView) -> TurnPlan | RoundEnd:
         if view.spoken and view.spoken[-1].yielded:
             return RoundEnd(pb.ROUND_END_REASON_YIELDED)
         if len(view.spoken) >= view.limit:
-            return RoundEnd(pb.ROUND_END_REASON_TURN_LIMIT)
+            return RoundEnd(view.end_reason(pb.ROUND_END_REASON_TURN_LIMIT))
         order = _mentioned_first(view)
-        return view.plan(order[len(view.spoken) % len(order)])
+        failed = view.failed()
+        # The agent whose place in the cycle it is, or the next one after it that has not failed.
+        start = len(view.spoken) % len(order)
+        for step in range(len(order)):
+            agent = order[(start + step) % len(order)]
+            if agent.id not in failed:
+                return view.plan(agent)
+        return RoundEnd(pb.ROUND_END_REASON_FAILED)
 
 
 class Bidding:
+    # A failed turn does not end the round: the others bid for the next turn, without the agent
+    # that failed.
+    failures_end_round = False
+
     def __init__(self, bidder: Bidder) -> None:
         self._bidder = bidder
 
@@ -119,13 +153,17 @@ class Bidding:
         if view.spoken and view.spoken[-1].yielded:
             return RoundEnd(pb.ROUND_END_REASON_YIELDED)
         if len(view.spoken) >= view.limit:
-            return RoundEnd(pb.ROUND_END_REASON_TURN_LIMIT)
+            return RoundEnd(view.end_reason(pb.ROUND_END_REASON_TURN_LIMIT))
+        failed = view.failed()
+        bidders = [agent for agent in view.participants if agent.id not in failed]
+        if not bidders:
+            return RoundEnd(pb.ROUND_END_REASON_FAILED)
         turn_id = view.new_turn_id()
-        bids = await self._bidder.collect(turn_id, view.participants)
+        bids = await self._bidder.collect(turn_id, bidders)
         winner = choose_winner(view, bids)
         await self._bidder.announce(turn_id, bids, winner)
         if winner is None:
-            return RoundEnd(pb.ROUND_END_REASON_NO_BIDDER)
+            return RoundEnd(view.end_reason(pb.ROUND_END_REASON_NO_BIDDER))
         return TurnPlan(winner, turn_id)
 
 
@@ -192,6 +230,9 @@ class Choreography:
 
 
 class Coordinator:
+    # The coordinator composes from every specialist's answer: a failure leaves it nothing whole.
+    failures_end_round = True
+
     def __init__(self, coordinator_id: str) -> None:
         self._coordinator_id = coordinator_id
         self._assignments: list[tuple[Agent, str]] | None = None
@@ -259,6 +300,9 @@ def parse_assignments(plan: str, specialists: Sequence[Agent], question: str) ->
 
 
 class Pipeline:
+    # Each stage works on the one before: a failed stage leaves the next nothing to work on.
+    failures_end_round = True
+
     async def next_turn(self, view: RoundView) -> TurnPlan | RoundEnd:
         step = len(view.spoken)
         if step >= len(view.participants):

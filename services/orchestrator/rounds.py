@@ -51,6 +51,16 @@ from services.runtime.principal import Caller
 from services.runtime.protos import now_timestamp
 from services.runtime.usage_ids import orchestration_event_id
 
+# The codes of a turn refused rather than failed (quota, plan, permission): the round ends there,
+# as every next turn would be refused alike.
+_REFUSALS = frozenset(
+    code.value[0]
+    for code in (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+)
 log = logging.getLogger("macp.orchestrator.rounds")
 
 T = TypeVar("T")
@@ -275,7 +285,11 @@ class Rounds:
             if result.outcome in (pb.TURN_OUTCOME_CANCELLED, pb.TURN_OUTCOME_INTERRUPTED):
                 return _halted(state.halt)
             if result.outcome == pb.TURN_OUTCOME_FAILED:
-                return pb.ROUND_END_REASON_FAILED
+                if policy.failures_end_round or _refused(result):
+                    return pb.ROUND_END_REASON_FAILED
+                # The agent failed (its error event is out): the round goes on without it.
+                view.spoken.append(Spoken(decision.agent.id, "", yielded=False, failed=True))
+                continue
             _text, yielded = split_yield(result.text)
             view.spoken.append(Spoken(decision.agent.id, result.text, yielded))
             history.append(Said(decision.agent.id, result.text))
@@ -542,6 +556,11 @@ async def _all_or_none(work: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
     if failures:
         raise failures[0]
     return [task.result() for task in tasks]
+
+
+def _refused(result: TurnResult) -> bool:
+    """The turn was refused (quota, plan, permission) rather than failed: so would the next be."""
+    return result.error is not None and result.error.code in _REFUSALS
 
 
 def _failed(future: asyncio.Future[None]) -> BaseException | None:

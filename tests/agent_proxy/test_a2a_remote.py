@@ -210,8 +210,8 @@ async def test_a_failing_remote_opens_its_breaker_and_the_others_still_answer(
     remote.executor.fail = True
     ada, grace = await world.agent("Ada"), await world.agent("Grace")
     outside = await outsider(world, remote)
-    # Last: a failed turn ends a sequential round (ROUND_END_REASON_FAILED), after those before it.
-    conversation = await world.conversation([ada, grace, outside])
+    # In the middle: the round goes on past the failed turn to the agent after it.
+    conversation = await world.conversation([ada, outside, grace])
 
     for attempt in range(BREAKER_FAILURES + 1):
         events = await round_of(world, conversation.id, f"Attempt {attempt}")
@@ -221,7 +221,9 @@ async def test_a_failing_remote_opens_its_breaker_and_the_others_still_answer(
         assert errors_of(events, turn_id), f"attempt {attempt}: no error event for the remote's turn"
         assert answers[outside.id].outcome == pb.TURN_OUTCOME_FAILED
         assert not deltas_of(events, turn_id)
-        assert events[-1].round_completed.reason == pb.ROUND_END_REASON_FAILED
+        turn_order = [e.turn_started.agent_id for e in events if e.HasField("turn_started")]
+        assert turn_order == [ada.id, outside.id, grace.id]
+        assert events[-1].round_completed.reason == pb.ROUND_END_REASON_TURN_LIMIT
     # The breaker opened after BREAKER_FAILURES failures: the last round did not reach the remote.
     assert len(remote.executor.received) == BREAKER_FAILURES
     [error] = errors_of(events, turn_id)
