@@ -12,14 +12,14 @@ from typing import Any
 import httpx
 import pytest
 from a2a.types import a2a_pb2 as a2a
-from a2a.utils.errors import TaskNotCancelableError
+from a2a.utils.errors import A2AError, TaskNotCancelableError
 from google.protobuf.timestamp_pb2 import Timestamp
 from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 from macp.metering.v1 import metering_service_pb2 as metering_pb
 from macp.metering.v1 import metering_service_pb2_grpc as metering_grpc
 
 from services.runtime.a2a_usage import USAGE_EXTENSION_URI
-from services.runtime.auth.settings import service_audience
+from services.runtime.auth.settings import EDGE_AUDIENCE, service_audience
 from tests.a2a.a2a_clients import a2a_client, streamed_text, usage_of, user_message
 from tests.tokens import bearer
 from tests.world import World
@@ -291,3 +291,22 @@ async def test_bad_messages_are_refused_naming_the_field(
     error = answer.json()["error"]
     assert error["code"] == code, error
     assert names in str(error), error
+
+
+async def test_a_stream_ends_when_its_token_is_revoked(world: World) -> None:
+    model = _model()
+    ada = await world.agent("Ada", model=model)
+    world.book("tokens=400,pace=0.05", times=1, model=model)
+    token = await world.tokens.user_token(world.tenant, [EDGE_AUDIENCE])
+    async with a2a_client(world.front_url, ada.id, token) as (_card, client):
+        stream = client.send_message(user_message("a long answer", str(uuid.uuid4())))
+        events = [await anext(stream)]
+        while not any(e.HasField("artifact_update") for e in events):
+            events.append(await anext(stream))
+        await world.tokens.revoke(world.tenant, token)
+        with pytest.raises(A2AError, match="revoked"):
+            async with asyncio.timeout(10):
+                async for event in stream:
+                    events.append(event)
+    # Within the revocation cache window and one sweep, not at the end of the 20 s answer.
+    assert sum(e.HasField("artifact_update") for e in events) < 200

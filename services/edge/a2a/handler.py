@@ -37,6 +37,7 @@ from services.edge.a2a.rounds import TERMINAL_STATES, RoundTask, StreamItem
 from services.edge.a2a.task_records import TaskRecord, TaskRecords, now_us
 from services.edge.context import EdgeContext
 from services.edge.events import preceding_event_id
+from services.runtime.principal import current_caller
 
 # The MACP message id of an A2A message: derived from the conversation and the client's message
 # id, so a retried SendMessage is the same message (PostMessage is idempotent by its id).
@@ -343,19 +344,37 @@ class MacpRequestHandler(RequestHandler):
         stream = call.edge.orchestrator.StreamEvents(
             request, timeout=call.edge.timeout if until_now else None
         )
+        # A stream that follows is an open stream of the edge's: it ends when its token is revoked
+        # (services/edge/open_streams.py), as the SSE and WebSocket streams do.
+        watch = _RevocationWatch(stream)
+        jti = current_caller().principal.token_id
+        if not until_now:
+            call.edge.open_streams.watch(jti, watch)
         try:
             async for response in stream:
                 yield response.event
+        except (grpc.aio.AioRpcError, asyncio.CancelledError) as exc:
+            # The watch cancels the call: reading a cancelled call raises CancelledError here.
+            if watch.revoked:
+                raise InternalError(
+                    message="UNAUTHENTICATED: the token was revoked; reconnect with a valid one"
+                ) from exc
+            raise
         finally:
+            if not until_now:
+                call.edge.open_streams.unwatch(jti, watch)
             stream.cancel()
 
     async def _follow(self, call: A2ACall, task: RoundTask) -> AsyncIterator[StreamItem]:
         """The task's A2A events from where `task` stands until its round ends."""
-        async for event in self._events(call, task, until_now=False):
-            for item in task.apply(event):
-                yield item
-            if task.ended:
-                return
+        try:
+            async for event in self._events(call, task, until_now=False):
+                for item in task.apply(event):
+                    yield item
+                if task.ended:
+                    return
+        except grpc.aio.AioRpcError as exc:
+            raise _a2a_error(exc, "id") from None
 
     async def _replayed(self, call: A2ACall, record: TaskRecord) -> RoundTask | None:
         """The task as the conversation's log has it now; None once the log no longer holds its
@@ -410,6 +429,20 @@ class MacpRequestHandler(RequestHandler):
 _NO_PUSH: Final = (
     "push notifications are not offered: follow a task with SendStreamingMessage or SubscribeToTask"
 )
+
+
+class _RevocationWatch:
+    """Ends a followed stream when its token is revoked (open_streams.py's `Revocable`)."""
+
+    def __init__(
+        self, stream: grpc.aio.UnaryStreamCall[pb.StreamEventsRequest, pb.StreamEventsResponse]
+    ) -> None:
+        self._stream = stream
+        self.revoked = False
+
+    def token_revoked(self) -> None:
+        self.revoked = True
+        self._stream.cancel()
 
 
 def _page_position(token: str) -> int | None:
