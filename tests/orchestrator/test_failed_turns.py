@@ -11,7 +11,6 @@ from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
 from services.orchestrator.policies import (
     Bidding,
-    Pipeline,
     RoundEnd,
     RoundRobin,
     RoundView,
