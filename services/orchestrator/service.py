@@ -5,9 +5,9 @@ Complete (which start agent work the user pays for) need `conversations:write`, 
 (reading a conversation's events) `conversations:read`. The orchestrator then calls the other
 services with the caller's token exchanged for each (downstream.py).
 
-`start` builds the driver, adds the servicer and runs the control subscription and the takeover
-sweep; after the server has drained it stops them (and the rounds in flight) and closes the mesh
-channel the rounds called the other services on.
+`start` builds the driver, adds the servicer and runs the control subscription, the takeover
+sweep and the webhook deliverer; after the server has drained it stops them (and the rounds in
+flight) and closes the mesh channel the rounds called the other services on.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from services.orchestrator.event_log import EventLog
 from services.orchestrator.lease import Leases
 from services.orchestrator.servicer import OrchestratorServicer
 from services.orchestrator.settings import OrchestratorSettings
+from services.orchestrator.webhooks.deliverer import delivering
 from services.runtime.registry import service
 from services.runtime.server import ServiceContext, ServiceDefinition
 from services.runtime.settings import CommonSettings
@@ -60,6 +61,8 @@ async def start(context: ServiceContext) -> AsyncIterator[None]:
         await bus.start()
         work.push_async_callback(bus.stop)
         work.push_async_callback(events.close)
+        # Webhooks follow the event logs beside the rounds (services/orchestrator/webhooks/).
+        await work.enter_async_context(delivering(context.env, redis, prefix, events, owner, settings))
         await driver.start()
         work.push_async_callback(driver.stop)
         yield

@@ -18,9 +18,11 @@ from tests.world import World, running_world
 WEBHOOK_ENVIRON = {
     SEALING_KEY: secrets.token_urlsafe(32),
     ALLOW_LOOPBACK_HTTP: "true",
-    # Small in tests: three retries 50 ms, 100 ms, 200 ms apart, then the dead letter; new
-    # subscriptions and conversations are found within a quarter second.
-    "MACP_ORCHESTRATOR_WEBHOOK_ATTEMPTS": "4",
+    # Small in tests: four retries 50, 100, 200 and 400 ms apart, then the dead letter; new
+    # subscriptions and conversations are found within a quarter second; a stopped deliverer's
+    # streams are taken over within a second and a half.
+    "MACP_ORCHESTRATOR_WEBHOOK_ATTEMPTS": "5",
+    "MACP_ORCHESTRATOR_WEBHOOK_LEASE_MS": "1500",
     "MACP_ORCHESTRATOR_WEBHOOK_RETRY_BASE_SECONDS": "0.05",
     "MACP_ORCHESTRATOR_WEBHOOK_POLL_SECONDS": "0.25",
 }
