@@ -304,9 +304,17 @@ async def test_a_stream_ends_when_its_token_is_revoked(world: World) -> None:
         while not any(e.HasField("artifact_update") for e in events):
             events.append(await anext(stream))
         await world.tokens.revoke(world.tenant, token)
-        with pytest.raises(A2AError, match="revoked"):
+
+        async def rest_of_stream() -> None:
             async with asyncio.timeout(10):
                 async for event in stream:
                     events.append(event)
+
+        with pytest.raises(A2AError, match="revoked"):
+            await rest_of_stream()
     # Within the revocation cache window and one sweep, not at the end of the 20 s answer.
     assert sum(e.HasField("artifact_update") for e in events) < 200
+    # The round itself goes on (the token only ended the stream); a valid token stops it.
+    async with a2a_client(world.front_url, ada.id, world.edge_token) as (_card, client):
+        cancelled = await client.cancel_task(a2a.CancelTaskRequest(id=events[0].task.id))
+    assert cancelled.status.state == a2a.TASK_STATE_CANCELED
