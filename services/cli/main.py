@@ -35,6 +35,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "list, register or remove the tenant's MCP servers at the tool gateway",
     ),
     "tools": ("services.cli.tools", "list the tenant's tool catalogue, or call one tool"),
+    "webhooks": (
+        "services.cli.webhooks",
+        "subscribe endpoints to conversation events; list, show or remove them; see failed deliveries",
+    ),
 }
 
 

@@ -212,6 +212,8 @@ class StackPlan:
         env.setdefault("MACP_MESH_ADDRESS", f"127.0.0.1:{self.envoy_ports.mesh}")
         env["MACP_TOKEN_ISSUER"] = local_issuer(Env(self.environ))
         env["PYTHONUNBUFFERED"] = "1"  # log lines reach the log file as they happen
+        # A laptop's webhook receivers listen on loopback over plain http (docs/webhooks.md).
+        env.setdefault("MACP_WEBHOOKS_ALLOW_LOOPBACK_HTTP", "true")
         return env
 
     @property

@@ -24,6 +24,8 @@ GENERATED: dict[str, Callable[[], str]] = {
     "MACP_ORCHESTRATOR_SEALING_KEY": lambda: secrets.token_urlsafe(32),
     "MACP_TOOL_GATEWAY_SEALING_KEY": lambda: secrets.token_urlsafe(32),
     "MACP_A2A_SEALING_KEY": lambda: secrets.token_urlsafe(32),
+    # Seals webhook subscriptions' signing secrets; the orchestrator opens them to sign deliveries.
+    "MACP_WEBHOOKS_SEALING_KEY": lambda: secrets.token_urlsafe(32),
 }
 
 

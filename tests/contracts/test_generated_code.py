@@ -12,12 +12,13 @@ from pathlib import Path
 import protovalidate
 import pytest
 from buf.validate import validate_pb2
-from google.protobuf.descriptor import FileDescriptor, ServiceDescriptor
+from google.protobuf.descriptor import FileDescriptor, MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 from macp.common.v1 import agent_settings_pb2
 from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
 
-from services.runtime.registry import SERVICES
+from services.runtime.reflection import contract_module
+from services.runtime.registry import SERVICES, ServiceSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROTO_ROOT = REPO_ROOT / "proto"
@@ -74,10 +75,22 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
 
 
 def test_every_service_proto_is_found() -> None:
-    assert len(SERVICE_PROTOS) == len(SERVICES), (
+    # One file per gRPC service; a process may serve more than one (the conversation process
+    # serves WebhookService beside ConversationService).
+    grpc_services = [name for spec in SERVICES for name in spec.grpc_services]
+    assert len(SERVICE_PROTOS) == len(grpc_services), (
         f"{len(SERVICE_PROTOS)} *_service.proto files ({SERVICE_PROTOS}) "
-        f"but {len(SERVICES)} services in services/runtime/registry.py"
+        f"but {len(grpc_services)} gRPC services in services/runtime/registry.py"
     )
+
+
+def _methods_of(spec: ServiceSpec) -> list[MethodDescriptor]:
+    """Every method of every gRPC service `spec` serves (each in its own `*_service.proto`)."""
+    methods: list[MethodDescriptor] = []
+    for grpc_service in spec.grpc_services:
+        module = importlib.import_module(contract_module(grpc_service))
+        methods += module.DESCRIPTOR.services_by_name[grpc_service.rpartition(".")[2]].methods
+    return methods
 
 
 @pytest.mark.parametrize("proto", SERVICE_PROTOS)
@@ -93,7 +106,8 @@ def test_services_match_the_registry(proto: str) -> None:
             f"registered: {sorted(routed)}"
         )
         spec = routed[service.full_name]
-        methods = {method.name: method for method in service.methods}
+        # The registry names a process's RPCs across every gRPC service it serves.
+        methods = {method.name: method for method in _methods_of(spec)}
         streaming = sorted(
             name for name, method in methods.items() if method.client_streaming or method.server_streaming
         )
