@@ -20,6 +20,7 @@ runs in services/agent_proxy/remote_agents.py, in the same queue, metered the sa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -90,20 +91,14 @@ class Generation:
         loop = asyncio.get_running_loop()
         arrived = loop.time()
         deadline = arrived + time_remaining if time_remaining is not None else None
-        try:
-            async with self._queue.slot(principal.tier, principal.tenant_id):
-                target, upstream, first = await self._first_output(request, turn, record, deadline)
-                self.on_first_token(record.provider, record.model, loop.time() - arrived)
-                async for response in self._relay(target, upstream, first, record):
-                    yield response
-        except (asyncio.CancelledError, GeneratorExit):
-            record.finish_reason = pb.FINISH_REASON_CANCELLED
-            raise
-        finally:
-            if record.finish_reason == pb.FINISH_REASON_UNSPECIFIED:
-                record.finish_reason = pb.FINISH_REASON_ERROR
-            if record.billable:
-                await self._publish_usage(agent_turn_event(request, principal, record))
+        async with (
+            self._settling(request, principal, record),
+            self._queue.slot(principal.tier, principal.tenant_id),
+        ):
+            target, upstream, first = await self._first_output(request, turn, record, deadline)
+            self.on_first_token(record.provider, record.model, loop.time() - arrived)
+            async for response in self._relay(target, upstream, first, record):
+                yield response
 
     async def _remote_turn(
         self, request: pb.GenerateRequest, principal: Principal, time_remaining: float | None
@@ -122,15 +117,26 @@ class Generation:
         arrived = loop.time()
         deadline = arrived + time_remaining if time_remaining is not None else None
         first = True
+        async with (
+            self._settling(request, principal, record),
+            self._queue.slot(principal.tier, principal.tenant_id),
+        ):
+            async for response in remote.generate(
+                request, record, lambda limit: self._bounded(limit, deadline)
+            ):
+                if first:
+                    first = False
+                    self.on_first_token(A2A, request.model, loop.time() - arrived)
+                yield response
+
+    @contextlib.asynccontextmanager
+    async def _settling(
+        self, request: pb.GenerateRequest, principal: Principal, record: TurnRecord
+    ) -> AsyncIterator[None]:
+        """However a turn ends, its record says how (cut by the caller, failed) and, when it is
+        billable, its usage is published."""
         try:
-            async with self._queue.slot(principal.tier, principal.tenant_id):
-                async for response in remote.generate(
-                    request, record, lambda limit: self._bounded(limit, deadline)
-                ):
-                    if first:
-                        first = False
-                        self.on_first_token(A2A, request.model, loop.time() - arrived)
-                    yield response
+            yield
         except (asyncio.CancelledError, GeneratorExit):
             record.finish_reason = pb.FINISH_REASON_CANCELLED
             raise
