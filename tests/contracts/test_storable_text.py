@@ -14,7 +14,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 from macp.agent_proxy.v1 import agent_proxy_service_pb2
-from macp.conversation.v1 import conversation_service_pb2
+from macp.conversation.v1 import conversation_service_pb2, webhook_service_pb2
 from macp.metering.v1 import metering_service_pb2
 from macp.orchestrator.v1 import orchestrator_service_pb2
 from macp.token.v1 import token_service_pb2
@@ -25,6 +25,7 @@ SERVICE_FILES = (
     metering_service_pb2,
     orchestrator_service_pb2,
     token_service_pb2,
+    webhook_service_pb2,
 )
 NUL_TEXT = "a\x00b"
 # Messages of the protobuf library itself: a FieldMask's paths are checked by each mask's `in` list.
