@@ -1,6 +1,7 @@
 """Conversation events and ConverseRequests as JSON, the same on the WebSocket (services/edge/ws/) and
-on SSE and chat completions (services/edge/rest/): one event document, one way to name a request's
-protovalidate violations by the fields the client sent."""
+on SSE and chat completions (services/edge/rest/): one way to write a frame, to step back from an
+event id, and to name a request's protovalidate violations by the fields the client sent. The
+event document itself is the runtime's (services/runtime/event_documents.py): webhooks send it too."""
 
 from __future__ import annotations
 
@@ -10,21 +11,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import protovalidate
-from google.protobuf import json_format
 from google.protobuf.message import Message
-from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
 
 def dumps(frame: dict[str, Any]) -> str:
     return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
-
-
-def event_document(event: pb.ConversationEvent) -> dict[str, Any]:
-    """A ConversationEvent in the proto3 JSON mapping with the proto's field names (as the docs
-    show them), enums by name, int64 as strings, and no defaulted fields left out."""
-    return json_format.MessageToDict(
-        event, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
 
 
 # A conversation's event ids are its log's (a Redis stream's): `<ms>-<seq>`, each part below 2^64.
@@ -45,11 +36,6 @@ def preceding_event_id(event_id: str) -> str:
     if ms == 0:
         raise ValueError("event_id: '0-0' has no event before it")
     return f"{ms - 1}-{_EVENT_ID_PART_MAX}"
-
-
-def payload_kind(event: pb.ConversationEvent) -> str:
-    """The event's payload field name (`token_delta`, `round_completed`, ...), or `unknown`."""
-    return event.WhichOneof("payload") or "unknown"
 
 
 def violations(message: Message, names: Mapping[str, str]) -> str | None:

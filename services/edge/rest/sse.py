@@ -36,10 +36,11 @@ from starlette.responses import Response, StreamingResponse
 
 from services.edge.context import EdgeContext, edge_context
 from services.edge.errors import HttpError
-from services.edge.events import dumps, event_document, payload_kind, violations
+from services.edge.events import dumps, violations
 from services.edge.rest.conventions import COMMON_ERRORS, query
 from services.edge.routes import ApiRoute, Content
 from services.runtime.errors import Unauthenticated
+from services.runtime.event_documents import event_document, payload_kind
 from services.runtime.principal import caller_var
 
 EVENT_STREAM = "text/event-stream"

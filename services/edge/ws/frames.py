@@ -17,9 +17,10 @@ from typing import Any
 import grpc
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
-from services.edge.events import dumps, event_document, payload_kind, violations
+from services.edge.events import dumps, violations
 from services.edge.json_input import InvalidJson, decode_json_object
 from services.runtime.context import MAX_REQUEST_ID_CHARS, is_request_id
+from services.runtime.event_documents import event_document, payload_kind
 
 # Client frame fields every action may carry besides its own: a correlation id echoed back.
 COMMON_FIELDS = frozenset({"action", "request_id"})

@@ -14,7 +14,7 @@ import uuid
 
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
-from services.edge.events import event_document, payload_kind
+from services.runtime.event_documents import event_document, payload_kind
 
 # Names the delivery ids' UUIDv5 space: any fixed UUID would do, this one is MACP's.
 _DELIVERY_NAMESPACE = uuid.UUID("5b0e7a8e-3c4f-4f3e-9a53-8a1f2f0c6d11")
