@@ -15,6 +15,8 @@ from datetime import datetime
 import asyncpg
 from macp.conversation.v1 import webhook_service_pb2 as pb
 
+from services.runtime import audit
+from services.runtime.audit import AuditEvent
 from services.runtime.paging import TimeKey
 from services.runtime.protos import timestamp
 
@@ -71,23 +73,28 @@ class WebhookStore:
         self._pool = pool
 
     async def insert(
-        self, subscription: pb.WebhookSubscription, sealed_secret: bytes
+        self, subscription: pb.WebhookSubscription, sealed_secret: bytes, audited: AuditEvent
     ) -> pb.WebhookSubscription:
-        row = await self._pool.fetchrow(
+        """Insert `subscription` with its audit row, in one statement (services/runtime/audit.py)."""
+        sql, args = audit.with_audit(
             """
             INSERT INTO conversation_webhook_subscriptions
                 (id, tenant_id, url, conversation_id, event_kinds, sealed_secret, etag)
             VALUES ($1, $2, $3, $4, $5, $6, $7)
             RETURNING *
             """,
-            uuid.UUID(subscription.id),
-            subscription.tenant_id,
-            subscription.url,
-            uuid.UUID(subscription.conversation_id) if subscription.conversation_id else None,
-            list(subscription.event_kinds),
-            sealed_secret,
-            subscription.etag,
+            [
+                uuid.UUID(subscription.id),
+                subscription.tenant_id,
+                subscription.url,
+                uuid.UUID(subscription.conversation_id) if subscription.conversation_id else None,
+                list(subscription.event_kinds),
+                sealed_secret,
+                subscription.etag,
+            ],
+            audited,
         )
+        row = await self._pool.fetchrow(sql, *args)
         assert row is not None
         return subscription_from_row(row)
 
@@ -114,24 +121,30 @@ class WebhookStore:
         )
         return [subscription_from_row(row) for row in rows]
 
-    async def delete(self, tenant_id: str, subscription_id: uuid.UUID, etag: str) -> tuple[bool, bool]:
-        """(found, deleted): deleted only when `etag` is empty or still the row's."""
-        row = await self._pool.fetchrow(
-            """
-            WITH found AS (
-                SELECT id, etag FROM conversation_webhook_subscriptions WHERE tenant_id = $1 AND id = $2
-            ), deleted AS (
-                DELETE FROM conversation_webhook_subscriptions s USING found
-                WHERE s.id = found.id AND ($3 = '' OR found.etag = $3)
-                RETURNING s.id
+    async def delete(
+        self, tenant_id: str, subscription_id: uuid.UUID, etag: str, audited: AuditEvent
+    ) -> tuple[bool, bool]:
+        """(found, deleted): deleted only when `etag` is empty or still the row's; the audit row is
+        written in the same transaction, only when it was deleted."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                """
+                WITH found AS (
+                    SELECT id, etag FROM conversation_webhook_subscriptions WHERE tenant_id = $1 AND id = $2
+                ), deleted AS (
+                    DELETE FROM conversation_webhook_subscriptions s USING found
+                    WHERE s.id = found.id AND ($3 = '' OR found.etag = $3)
+                    RETURNING s.id
+                )
+                SELECT (SELECT count(*) FROM found) AS found, (SELECT count(*) FROM deleted) AS deleted
+                """,
+                tenant_id,
+                subscription_id,
+                etag,
             )
-            SELECT (SELECT count(*) FROM found) AS found, (SELECT count(*) FROM deleted) AS deleted
-            """,
-            tenant_id,
-            subscription_id,
-            etag,
-        )
-        assert row is not None
+            assert row is not None
+            if row["deleted"]:
+                await audit.record(conn, audited)
         return bool(row["found"]), bool(row["deleted"])
 
     async def deliveries(

@@ -31,6 +31,8 @@ from macp.orchestrator.v1 import orchestrator_service_pb2 as orchestrator_pb
 from services.conversation.conversations import Conversations
 from services.conversation.webhook_settings import WebhookSettings
 from services.conversation.webhook_store import StoredTarget, WebhookStore
+from services.runtime import audit
+from services.runtime.audit import AuditEvent, Who
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, StaleEtag
 from services.runtime.ids import new_etag, parse_id
 from services.runtime.paging import decode_page_token, filter_digest, page_size, time_key, time_page
@@ -66,6 +68,10 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _audited(principal: Principal, action: str, subscription_id: str, **detail: str) -> AuditEvent:
+    return AuditEvent(Who.of(principal), action, f"webhook/{subscription_id}", detail=detail)
+
+
 class Webhooks:
     def __init__(self, store: WebhookStore, conversations: Conversations, settings: WebhookSettings) -> None:
         self._store = store
@@ -94,7 +100,8 @@ class Webhooks:
         )
         secret = new_secret()
         sealed = self._sealer.seal(secret.encode(), associated_data(subscription.tenant_id, subscription.id))
-        created = await self._store.insert(subscription, sealed)
+        audited = _audited(principal, audit.WEBHOOK_CREATE, subscription.id, url=subscription.url)
+        created = await self._store.insert(subscription, sealed, audited)
         created.secret = secret
         return created
 
@@ -117,7 +124,9 @@ class Webhooks:
         )
 
     async def delete(self, principal: Principal, subscription_id: str, etag: str) -> None:
-        found, deleted = await self._store.delete(principal.tenant_id, parse_id(subscription_id, "id"), etag)
+        key = parse_id(subscription_id, "id")
+        audited = _audited(principal, audit.WEBHOOK_DELETE, str(key))
+        found, deleted = await self._store.delete(principal.tenant_id, key, etag, audited)
         if not found:
             raise not_found(subscription_id)
         if not deleted:

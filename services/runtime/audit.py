@@ -55,6 +55,8 @@ CONVERSATION_DELETE = "conversation.delete"
 CONVERSATION_ARCHIVE = "conversation.archive"
 TOOL_SERVER_CREATE = "tool_server.create"
 TOOL_SERVER_DELETE = "tool_server.delete"
+WEBHOOK_CREATE = "webhook.create"
+WEBHOOK_DELETE = "webhook.delete"
 TOOL_CALL = "tool.call"
 PLAN_SET = "plan.set"
 QUOTA_REFUSE = "quota.refuse"
@@ -80,6 +82,8 @@ ACTIONS = (
     CONVERSATION_ARCHIVE,
     TOOL_SERVER_CREATE,
     TOOL_SERVER_DELETE,
+    WEBHOOK_CREATE,
+    WEBHOOK_DELETE,
     TOOL_CALL,
     PLAN_SET,
     QUOTA_REFUSE,

@@ -57,6 +57,18 @@ async def test_a_subscription_is_created_read_listed_and_deleted_and_its_secret_
 
         assert (await http.delete(f"/v1/webhooks/{body['id']}")).status_code == 204
         assert (await http.get(f"/v1/webhooks/{body['id']}")).status_code == 404
+        # A second delete finds nothing, and audits nothing.
+        assert (await http.delete(f"/v1/webhooks/{body['id']}")).status_code == 404
+    # Both writes are audited: who subscribed which URL, and who removed it.
+    async with world.database() as db:
+        rows = await db.fetch(
+            "SELECT action, detail FROM audit_events"
+            " WHERE tenant_id = $1 AND resource = $2 ORDER BY event_time",
+            world.tenant.tenant_id,
+            f"webhook/{body['id']}",
+        )
+    assert [row["action"] for row in rows] == ["webhook.create", "webhook.delete"]
+    assert "hooks.example.com" in rows[0]["detail"]
 
 
 async def test_token_delta_is_delivered_only_when_asked_for(webhook_world: World) -> None:

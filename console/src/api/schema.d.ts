@@ -2765,7 +2765,7 @@ export interface operations {
         parameters: {
             query?: {
                 /** @description only events of this action */
-                action?: "token.issue" | "token.exchange" | "token.revoke" | "client.register" | "agent.create" | "agent.update" | "agent.delete" | "conversation.create" | "conversation.update" | "conversation.delete" | "conversation.archive" | "tool_server.create" | "tool_server.delete" | "tool.call" | "plan.set" | "quota.refuse" | "auth.lockout" | "auth.refuse" | "tenant.create" | "user.create" | "key.rotate";
+                action?: "token.issue" | "token.exchange" | "token.revoke" | "client.register" | "agent.create" | "agent.update" | "agent.delete" | "conversation.create" | "conversation.update" | "conversation.delete" | "conversation.archive" | "tool_server.create" | "tool_server.delete" | "webhook.create" | "webhook.delete" | "tool.call" | "plan.set" | "quota.refuse" | "auth.lockout" | "auth.refuse" | "tenant.create" | "user.create" | "key.rotate";
                 /** @description only events before this time */
                 end_time?: string;
                 /** @description events per page (0 or left out: 50) */
