@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from services.runtime.settings import Env
+from services.runtime.webhook_addresses import allow_loopback
 from services.runtime.webhook_secrets import webhooks_sealing_key
-
-ALLOW_LOOPBACK_HTTP = "MACP_WEBHOOKS_ALLOW_LOOPBACK_HTTP"
 
 
 @dataclass(frozen=True)
@@ -23,6 +22,6 @@ class WebhookSettings:
     @classmethod
     def from_env(cls, env: Env) -> WebhookSettings:
         return cls(
-            allow_loopback_http=env.choice(ALLOW_LOOPBACK_HTTP, "false", ("true", "false")) == "true",
+            allow_loopback_http=allow_loopback(env),
             sealing_key=webhooks_sealing_key(env),
         )

@@ -17,7 +17,6 @@ scope), never to a user's token exchanged by a service.
 from __future__ import annotations
 
 import base64
-import ipaddress
 import secrets
 import uuid
 from collections.abc import Iterable, Sequence
@@ -38,6 +37,7 @@ from services.runtime.ids import new_etag, parse_id
 from services.runtime.paging import decode_page_token, filter_digest, page_size, time_key, time_page
 from services.runtime.principal import Principal
 from services.runtime.sealing import GENERATE_HINT, Sealer
+from services.runtime.webhook_addresses import LOOPBACK_NAMES, literal_address, refusal
 from services.runtime.webhook_secrets import SEALING_KEY, SECRET_PREFIX, associated_data
 
 FIELD = "webhook_subscription"
@@ -47,7 +47,6 @@ EVENT_KINDS = tuple(
     field.name for field in orchestrator_pb.ConversationEvent.DESCRIPTOR.oneofs_by_name["payload"].fields
 )
 DEFAULT_EVENT_KINDS = tuple(kind for kind in EVENT_KINDS if kind != TOKEN_DELTA)
-LOOPBACK_NAMES = ("localhost",)
 
 
 def not_found(subscription_id: str) -> NotFound:
@@ -60,12 +59,8 @@ def new_secret() -> str:
 
 
 def _is_loopback(host: str) -> bool:
-    if host.lower() in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    address = literal_address(host)
+    return host.lower() in LOOPBACK_NAMES or (address is not None and address.is_loopback)
 
 
 def _audited(principal: Principal, action: str, subscription_id: str, **detail: str) -> AuditEvent:
@@ -164,6 +159,13 @@ class Webhooks:
         host = parts.hostname or ""
         if not host:
             raise InvalidArgument(f"{FIELD}.url: {url!r} names no host")
+        # A literal internal address is refused now; a name is checked where it is delivered to
+        # (services/runtime/webhook_addresses.py).
+        address = literal_address(host)
+        if address is not None:
+            reason = refusal(address, loopback_allowed=self._settings.allow_loopback_http)
+            if reason is not None:
+                raise InvalidArgument(f"{FIELD}.url: {reason}; webhooks go to public addresses only")
         if parts.scheme == "https":
             return
         if parts.scheme == "http" and _is_loopback(host):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from services.conversation.webhook_settings import ALLOW_LOOPBACK_HTTP
+from services.runtime.webhook_addresses import ALLOW_LOOPBACK as ALLOW_LOOPBACK_HTTP
 from services.runtime.webhook_secrets import SEALING_KEY
 from tests.world import World, running_world
 

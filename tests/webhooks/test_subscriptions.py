@@ -92,6 +92,10 @@ async def test_token_delta_is_delivered_only_when_asked_for(webhook_world: World
         ({}, "url"),
         ({"url": "https://hooks.example.com/", "eventKinds": ["token_deltas"]}, "event_kinds"),
         ({"url": "https://hooks.example.com/", "conversationId": "nope"}, "conversationId"),
+        # An internal address (the cloud's metadata endpoint, a private network) is never a receiver.
+        ({"url": "https://169.254.169.254/latest/meta-data"}, "webhookSubscription.url"),
+        ({"url": "https://10.0.0.7/hook"}, "webhookSubscription.url"),
+        ({"url": "https://[fd00::7]/hook"}, "webhookSubscription.url"),
     ],
 )
 async def test_bad_input_is_a_400_naming_the_field(

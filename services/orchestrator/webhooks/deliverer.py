@@ -59,7 +59,7 @@ class Deliverer:
         self._settings = settings
         self._active_seconds = active_seconds
         self._http = httpx.AsyncClient(timeout=settings.request_timeout_seconds, follow_redirects=False)
-        self._poster = Poster(self._http)
+        self._poster = Poster(self._http, loopback_allowed=settings.loopback_allowed)
         self._current: dict[str, Target] = {}
         self._streams: dict[StreamKey, asyncio.Task[None]] = {}
         self._task: asyncio.Task[None] | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from services.runtime.settings import Env
+from services.runtime.webhook_addresses import allow_loopback
 from services.runtime.webhook_secrets import webhooks_sealing_key
 
 PREFIX = "MACP_ORCHESTRATOR_WEBHOOK_"
@@ -24,6 +25,9 @@ class DeliverySettings:
     # How long a (subscription, conversation) lease lasts unless renewed: the longest a dead
     # deliverer's stream waits before another process delivers it.
     lease_ms: int
+    # Deliver to loopback receivers (`MACP_WEBHOOKS_ALLOW_LOOPBACK_HTTP`: `macp up` and tests); no
+    # other internal address is ever delivered to (services/runtime/webhook_addresses.py).
+    loopback_allowed: bool = False
     # Opens the subscriptions' signing secrets (`MACP_WEBHOOKS_SEALING_KEY`, the conversation
     # service's key); without it nothing is delivered, and start-up says so.
     sealing_key: bytes | None = field(default=None, repr=False)
@@ -37,6 +41,7 @@ class DeliverySettings:
             request_timeout_seconds=env.number(f"{PREFIX}REQUEST_TIMEOUT_SECONDS", 10.0, minimum=0.1),
             poll_seconds=env.number(f"{PREFIX}POLL_SECONDS", 5.0, minimum=0.05),
             lease_ms=env.integer(f"{PREFIX}LEASE_MS", 10_000, minimum=300, maximum=600_000),
+            loopback_allowed=allow_loopback(env),
             sealing_key=webhooks_sealing_key(env),
         )
 

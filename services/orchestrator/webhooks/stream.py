@@ -36,6 +36,7 @@ from services.orchestrator.webhooks.settings import DeliverySettings
 from services.orchestrator.webhooks.signing import signed_headers
 from services.orchestrator.webhooks.targets import Target, Targets
 from services.runtime.errors import OutOfRange
+from services.runtime.webhook_addresses import host_refusal
 
 log = logging.getLogger("macp.orchestrator.webhooks")
 
@@ -64,10 +65,16 @@ class Outcome:
 class Poster:
     """POSTs signed deliveries; every failure is an Outcome, never an exception."""
 
-    def __init__(self, http: httpx.AsyncClient) -> None:
+    def __init__(self, http: httpx.AsyncClient, *, loopback_allowed: bool) -> None:
         self._http = http
+        self._loopback_allowed = loopback_allowed
 
     async def post(self, target: Target, delivery_id: str, payload: bytes) -> Outcome:
+        url = httpx.URL(target.subscription.url)
+        # Resolved before every attempt: a name may come to point inward after it was subscribed.
+        refused = await host_refusal(url.host, url.port or 443, loopback_allowed=self._loopback_allowed)
+        if refused is not None:
+            return Outcome(False, f"not delivered: {refused}; webhooks go to public addresses only")
         headers = signed_headers(target.key, delivery_id, int(time.time()), payload)
         try:
             answer = await self._http.post(target.subscription.url, content=payload, headers=headers)
