@@ -23,6 +23,15 @@ _EVENT_ID = re.compile(r"(\d{1,20})-(\d{1,20})")
 _EVENT_ID_PART_MAX = 2**64 - 1
 
 
+def event_position(event_id: str) -> tuple[int, int]:
+    """Where `event_id` stands in its conversation's log, to compare two ids (ValueError for an id
+    that is not a log id)."""
+    match = _EVENT_ID.fullmatch(event_id)
+    if match is None:
+        raise ValueError(f"event_id: {event_id!r} is not an event id of a conversation's log (<ms>-<seq>)")
+    return int(match.group(1)), int(match.group(2))
+
+
 def preceding_event_id(event_id: str) -> str:
     """The id just before `event_id` in its conversation's log, so that following the log after it
     starts with that very event as the log holds it (its time included). ValueError for an id

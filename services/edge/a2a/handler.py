@@ -36,7 +36,7 @@ from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 from services.edge.a2a.rounds import TERMINAL_STATES, RoundTask, StreamItem
 from services.edge.a2a.task_records import TaskRecord, TaskRecords, now_us
 from services.edge.context import EdgeContext
-from services.edge.events import preceding_event_id
+from services.edge.events import event_position, preceding_event_id
 from services.runtime.principal import current_caller
 
 # The MACP message id of an A2A message: derived from the conversation and the client's message
@@ -90,7 +90,7 @@ def _text_of(message: a2a.Message) -> str:
 class MacpRequestHandler(RequestHandler):
     async def on_message_send(self, params: a2a.SendMessageRequest, context: ServerCallContext) -> a2a.Task:
         call = _call(context)
-        task = await self._post(call, params)
+        task = await self._post(call, *await self._message(call, params))
         configuration = params.configuration
         if not task.ended and not configuration.return_immediately:
             async for _item in self._follow(call, task):
@@ -102,12 +102,19 @@ class MacpRequestHandler(RequestHandler):
         self, params: a2a.SendMessageRequest, context: ServerCallContext
     ) -> AsyncGenerator[Event]:
         call = _call(context)
-        task = await self._post(call, params)
-        yield task.task()
-        if task.ended:
-            return
-        async for item in self._follow(call, task):
-            yield item
+        message_id, text, conversation = await self._message(call, params)
+        # Following the conversation from now, before the message is posted: the round's first
+        # events come on a stream already open (see _follow).
+        early = self._open(call, conversation.id, "", until_now=False)
+        try:
+            task = await self._post(call, message_id, text, conversation)
+            yield task.task()
+            if task.ended:
+                return
+            async for item in self._follow(call, task, early):
+                yield item
+        finally:
+            early.cancel()
         await self._settled(call, task)
 
     async def on_get_task(self, params: a2a.GetTaskRequest, context: ServerCallContext) -> a2a.Task | None:
@@ -229,8 +236,10 @@ class MacpRequestHandler(RequestHandler):
 
     # What the operations share.
 
-    async def _post(self, call: A2ACall, params: a2a.SendMessageRequest) -> RoundTask:
-        """Posts the A2A message as a user message of the conversation; the task of its round."""
+    async def _message(
+        self, call: A2ACall, params: a2a.SendMessageRequest
+    ) -> tuple[str, str, conversation_pb.Conversation]:
+        """The MACP message id, the text and the conversation of an A2A message, refused by field."""
         message = params.message
         if message.role != a2a.ROLE_USER:
             raise InvalidParamsError(message="message.role: an agent is sent ROLE_USER messages")
@@ -248,6 +257,12 @@ class MacpRequestHandler(RequestHandler):
             )
         conversation = await self._conversation(call, message.context_id)
         message_id = str(uuid.uuid5(MESSAGE_NAMESPACE, f"{conversation.id}:{message.message_id}"))
+        return message_id, text, conversation
+
+    async def _post(
+        self, call: A2ACall, message_id: str, text: str, conversation: conversation_pb.Conversation
+    ) -> RoundTask:
+        """Posts the message as a user message of the conversation; the task of its round."""
         record = TaskRecord(
             task_id=message_id,
             tenant_id=call.tenant_id,
@@ -333,16 +348,21 @@ class MacpRequestHandler(RequestHandler):
             raise TaskNotFoundError(message=f"no task {task_id!r} of this agent")
         return record
 
-    async def _events(
-        self, call: A2ACall, task: RoundTask, *, until_now: bool
-    ) -> AsyncIterator[pb.ConversationEvent]:
+    def _open(
+        self, call: A2ACall, conversation_id: str, after_event_id: str, *, until_now: bool
+    ) -> EventStream:
         request = pb.StreamEventsRequest(
-            conversation_id=task.record.conversation_id,
-            after_event_id=task.last_event_id,
-            until_now=until_now,
+            conversation_id=conversation_id, after_event_id=after_event_id, until_now=until_now
         )
-        stream = call.edge.orchestrator.StreamEvents(
-            request, timeout=call.edge.timeout if until_now else None
+        return call.edge.orchestrator.StreamEvents(request, timeout=call.edge.timeout if until_now else None)
+
+    async def _events(
+        self, call: A2ACall, task: RoundTask, *, until_now: bool, opened: EventStream | None = None
+    ) -> AsyncIterator[pb.ConversationEvent]:
+        """The conversation's events after where `task` stands (on `opened`, when a stream was
+        opened for it already), until the caller stops (or the log's end, `until_now`)."""
+        stream = opened or self._open(
+            call, task.record.conversation_id, task.last_event_id, until_now=until_now
         )
         # A stream that follows is an open stream of the edge's: it ends when its token is revoked
         # (services/edge/open_streams.py), as the SSE and WebSocket streams do.
@@ -365,9 +385,31 @@ class MacpRequestHandler(RequestHandler):
                 call.edge.open_streams.unwatch(jti, watch)
             stream.cancel()
 
-    async def _follow(self, call: A2ACall, task: RoundTask) -> AsyncIterator[StreamItem]:
-        """The task's A2A events from where `task` stands until its round ends."""
+    async def _follow(
+        self, call: A2ACall, task: RoundTask, early: EventStream | None = None
+    ) -> AsyncIterator[StreamItem]:
+        """The task's A2A events from where `task` stands until its round ends.
+
+        `early`: a live stream of the conversation opened before the message was posted, so that
+        the round's first events are not kept waiting for a stream opened after it. It serves if
+        it started at or before where `task` stands (its first event is no later than the
+        message's acceptance); otherwise a stream from there is opened, and nothing is missed."""
+        start = event_position(task.last_event_id)
         try:
+            if early is not None:
+                covered = False
+                async for event in self._events(call, task, until_now=False, opened=early):
+                    position = event_position(event.event_id)
+                    if not covered:
+                        if position > start:
+                            break  # it began after the acceptance: events may lie between
+                        covered = True
+                    if position <= start:
+                        continue  # from before the acceptance: the task has them already
+                    for item in task.apply(event):
+                        yield item
+                    if task.ended:
+                        return
             async for event in self._events(call, task, until_now=False):
                 for item in task.apply(event):
                     yield item
@@ -425,6 +467,9 @@ class MacpRequestHandler(RequestHandler):
             await call.records.keep_final(task.record, task.task())
         return task.task(history_length=history_length)
 
+
+# A live stream of a conversation's events, as StreamEvents answers it.
+EventStream = grpc.aio.UnaryStreamCall[pb.StreamEventsRequest, pb.StreamEventsResponse]
 
 _NO_PUSH: Final = (
     "push notifications are not offered: follow a task with SendStreamingMessage or SubscribeToTask"

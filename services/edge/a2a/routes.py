@@ -9,6 +9,9 @@ then hands the request to `a2a-sdk`'s `JsonRpcDispatcher`, which parses JSON-RPC
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
+
 from a2a.server.context import ServerCallContext
 from a2a.server.request_handlers.response_helpers import agent_card_to_dict
 from a2a.server.routes.common import DefaultServerCallContextBuilder, ServerCallContextBuilder
@@ -27,6 +30,8 @@ from services.edge.http import read_body
 from services.runtime.principal import current_principal
 
 CARD_PATH = "/a2a/agents/{agent_id}/.well-known/agent-card.json"
+AGENT_TTL_SECONDS = 5.0
+AGENT_CAPACITY = 4096
 RPC_PATH = "/a2a/agents/{agent_id}"
 
 
@@ -37,18 +42,36 @@ def origin(request: Request) -> str:
     return f"{scheme}://{request.headers.get('host', request.url.netloc)}"
 
 
-async def _agent(edge: EdgeContext, agent_id: str) -> conversation_pb.Agent:
-    """The caller's tenant's agent (a gRPC NOT_FOUND otherwise, which the edge answers 404)."""
-    found: conversation_pb.GetAgentResponse = await edge.conversation.GetAgent(
-        conversation_pb.GetAgentRequest(id=agent_id), timeout=edge.timeout
-    )
-    return found.agent
+class AgentLookups:
+    """The agents A2A requests were sent to, as the conversation service answered each caller.
 
+    Every A2A request names its agent, so each would cost a GetAgent through the mesh before any
+    work (about 5 ms of a streamed message's first token here: docs/benchmarks.md section 22). An
+    answer is kept for `ttl_seconds` per token and agent: the same token sees the same answer the
+    service gave it (a token of other scopes, or another tenant's, asks afresh), and an agent
+    renamed or deleted shows so within that time. Only found agents are kept; a NOT_FOUND is
+    asked again each time."""
 
-async def get_agent_card(request: Request) -> Response:
-    edge = edge_context(request)
-    agent = await _agent(edge, request.path_params["agent_id"])
-    return JSONResponse(agent_card_to_dict(agent_card(agent, origin(request), edge.settings.token_issuer)))
+    def __init__(self, ttl_seconds: float = AGENT_TTL_SECONDS, capacity: int = AGENT_CAPACITY) -> None:
+        self._ttl_seconds = ttl_seconds
+        self._capacity = capacity
+        self._kept: OrderedDict[tuple[str, str], tuple[float, conversation_pb.Agent]] = OrderedDict()
+
+    async def agent(self, edge: EdgeContext, agent_id: str) -> conversation_pb.Agent:
+        """The caller's tenant's agent (a gRPC NOT_FOUND otherwise, which the edge answers 404)."""
+        key = (current_principal().token_id, agent_id)
+        now = time.monotonic()
+        kept = self._kept.get(key)
+        if kept is not None and kept[0] > now:
+            return kept[1]
+        found: conversation_pb.GetAgentResponse = await edge.conversation.GetAgent(
+            conversation_pb.GetAgentRequest(id=agent_id), timeout=edge.timeout
+        )
+        self._kept[key] = (now + self._ttl_seconds, found.agent)
+        self._kept.move_to_end(key)
+        while len(self._kept) > self._capacity:
+            self._kept.popitem(last=False)
+        return found.agent
 
 
 class _CallContextBuilder(ServerCallContextBuilder):
@@ -67,10 +90,17 @@ def a2a_routes() -> list[Route]:
     dispatcher = JsonRpcDispatcher(
         request_handler=MacpRequestHandler(), context_builder=_CallContextBuilder()
     )
+    lookups = AgentLookups()
+
+    async def get_agent_card(request: Request) -> Response:
+        edge = edge_context(request)
+        agent = await lookups.agent(edge, request.path_params["agent_id"])
+        card = agent_card(agent, origin(request), edge.settings.token_issuer)
+        return JSONResponse(agent_card_to_dict(card))
 
     async def rpc(request: Request) -> Response:
         edge = edge_context(request)
-        agent = await _agent(edge, request.path_params["agent_id"])
+        agent = await lookups.agent(edge, request.path_params["agent_id"])
         body = await read_body(request, edge.settings.max_body_bytes)
 
         async def replay() -> Message:
