@@ -23,6 +23,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import jwt
 from a2a.helpers.proto_helpers import new_task_from_user_message
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.events import EventQueue
@@ -87,19 +88,46 @@ class Scripted(AgentExecutor):
         await TaskUpdater(event_queue, context.task_id, context.context_id).cancel()
 
 
-class RequireIssuedToken:
-    """Refuses a JSON-RPC call without a bearer token the remote's token endpoint issued (401)."""
+@dataclass(frozen=True)
+class TrustedIssuer:
+    """A remote that also takes MACP's own tokens addressed to it (the token exchange mode): the
+    issuer's JWKS, and the audience such a token must name."""
 
-    def __init__(self, app: ASGIApp, issued: set[str]) -> None:
+    jwks: dict[str, Any]
+    audience: str
+
+    def claims(self, token: str) -> dict[str, Any] | None:
+        """The claims of a token this issuer signed for `audience`, else None."""
+        try:
+            header = jwt.get_unverified_header(token)
+            key = jwt.PyJWKSet.from_dict(self.jwks)[header["kid"]]
+            claims: dict[str, Any] = jwt.decode(
+                token, key.key, algorithms=[header["alg"]], audience=self.audience
+            )
+        except (jwt.PyJWTError, KeyError):
+            return None
+        return claims
+
+
+class RequireIssuedToken:
+    """Refuses a JSON-RPC call without a bearer token the remote's token endpoint issued, or one
+    its trusted issuer signed for it (401); keeps the claims of the trusted ones it took."""
+
+    def __init__(self, app: ASGIApp, issued: set[str], trusted: TrustedIssuer | None = None) -> None:
         self._app = app
         self._issued = issued
+        self._trusted = trusted
         self.refused = 0
+        self.trusted_claims: list[dict[str, Any]] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == RPC_PATH:
             headers = dict(scope["headers"])
             token = headers.get(b"authorization", b"").decode().removeprefix("Bearer ")
-            if token not in self._issued:
+            claims = self._trusted.claims(token) if self._trusted is not None else None
+            if claims is not None:
+                self.trusted_claims.append(claims)
+            elif token not in self._issued:
                 self.refused += 1
                 await JSONResponse({"error": "invalid_token"}, status_code=401)(scope, receive, send)
                 return
@@ -156,7 +184,7 @@ def _token_endpoint(issued: set[str]) -> Route:
 
 @asynccontextmanager
 async def serving_remote_agent(
-    executor: Scripted | None = None, port: int = 0
+    executor: Scripted | None = None, port: int = 0, trusted: TrustedIssuer | None = None
 ) -> AsyncIterator[RemoteAgentServer]:
     """The remote agent at a loopback URL until the block ends (`port` serves a restarted one where
     the last one was)."""
@@ -174,7 +202,7 @@ async def serving_remote_agent(
             *create_jsonrpc_routes(handler, RPC_PATH),
             _token_endpoint(issued),
         ]
-        guards.append(RequireIssuedToken(Starlette(routes=routes), issued))
+        guards.append(RequireIssuedToken(Starlette(routes=routes), issued, trusted))
         return guards[-1]
 
     async with serving(build, port) as url:

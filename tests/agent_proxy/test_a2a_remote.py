@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import grpc
+import httpx
 import pytest
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -29,6 +30,7 @@ from tests.agent_proxy.a2a_remote_server import (
     CLIENT_SECRET,
     RemoteAgentServer,
     Scripted,
+    TrustedIssuer,
     serving_remote_agent,
 )
 from tests.conftest import fresh_database, isolated_environ
@@ -309,3 +311,32 @@ async def test_a_remote_goes_with_provider_a2a_alone(
         await world.agent("Mixed", provider=provider, model="echo-1", **fields)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in (refused.value.details() or "")
+
+
+async def test_a_remote_that_trusts_macp_gets_the_callers_token_exchanged_for_it(world: World) -> None:
+    """The token exchange mode: no credential of the remote's own; the user's token is exchanged
+    at MACP's token service for the remote as audience (RFC 8693), so the remote sees the user as
+    the subject and who acts for them, and verifies it with MACP's published keys."""
+    async with httpx.AsyncClient(base_url=world.front_url, timeout=10) as http:
+        keys = (await http.get("/.well-known/jwks.json")).json()
+    port = free_port()
+    audience = f"http://127.0.0.1:{port}"
+    async with serving_remote_agent(port=port, trusted=TrustedIssuer(keys, audience)) as server:
+        outside = await world.agent(
+            "Outsider",
+            provider="a2a",
+            model="outsider",
+            remote=conversation_pb.RemoteAgent(
+                card_url=server.card_url, auth=conversation_pb.REMOTE_AUTH_TOKEN_EXCHANGE
+            ),
+        )
+        conversation = await world.conversation([outside])
+        events = await round_of(world, conversation.id, "Who is asking?")
+    assert completed(events)[outside.id].outcome == pb.TURN_OUTCOME_COMPLETED
+    assert server.guard.refused == 0
+    [claims] = server.guard.trusted_claims
+    assert claims["aud"] == audience or audience in claims["aud"]
+    # The user is the subject, in the user's tenant.
+    assert claims["sub"]
+    assert claims["tenant_id"] == world.tenant.tenant_id
+    assert claims["act"], "the exchanged token names who acts for the user"
