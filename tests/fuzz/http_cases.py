@@ -78,6 +78,8 @@ JSON_BODIES: dict[str, dict[str, Any]] = {
         "staticCredential": {"header": "x-api-key", "value": "fuzz-key"},
     },
     "callTool": {"arguments": {"a": 1}},
+    # A public name that never resolves here: no attack makes the deliverer reach anything.
+    "createWebhook": {"url": "https://hooks.example.com/macp", "eventKinds": ["round_completed"]},
     # The attacker's token has no macp:admin: every well-formed change is refused (403).
     "setTenantPlan": {"plan": "pro"},
 }

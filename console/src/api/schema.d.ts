@@ -4922,6 +4922,15 @@ export interface operations {
                 };
             };
             /** @description error */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description error */
             413: {
                 headers: {
                     [name: string]: unknown;

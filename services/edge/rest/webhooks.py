@@ -101,7 +101,8 @@ ROUTES = [
         required=WEBHOOKS.required,
         response=pb.WebhookSubscription,
         status=201,
-        errors=(*WRITE_ERRORS, 404),
+        # 409: webhooks are off in this deployment (no MACP_WEBHOOKS_SEALING_KEY).
+        errors=(*WRITE_ERRORS, 404, 409),
         tags=TAGS,
         links=WEBHOOK_LINKS,
     ),
