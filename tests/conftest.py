@@ -7,6 +7,7 @@ processes `macp up` runs, on free ports in a scratch directory.
 
 from __future__ import annotations
 
+import gc
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -23,6 +24,16 @@ from tests.leftovers import close_leftovers
 
 if TYPE_CHECKING:
     from tests.world import World
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Moves every object alive after collection (test modules, their fixtures and strategies, the
+    generated protos) out of the garbage collector's reach. The services a test starts run in this
+    process and its event loop, so a full collection walking every long-lived object of the
+    suite pauses all of them at once: under a loaded machine, long enough for their health checks
+    to time out. Frozen objects are never freed, which is what they were going to be anyway."""
+    gc.collect()
+    gc.freeze()
 
 
 @pytest.fixture(scope="session", autouse=True)

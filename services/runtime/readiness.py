@@ -23,6 +23,14 @@ Why two failures in a row: a name that was ready counts as not ready only once i
 a row, one check interval apart, so a blip shorter than the interval (a dropped connection, a
 callee's check that timed out once) does not take the process out of rotation, which would cost
 far longer than the blip. A name that has never passed is not ready: nothing is assumed at start.
+
+Why a check that timed out counts less: a needed service that answers NOT_SERVING, or that Envoy
+has no healthy host for, has said it cannot serve; one that did not answer within the probe's
+timeout is slow, most often because it (or the machine) is busy for a moment: a garbage
+collection, a burst of work on two cores. Taking every caller out of rotation for that turned a
+short stall into seconds of refused calls all over the mesh. A name that only timed out is not
+ready once it did so `SILENT_STRIKES` times in a row (each round then lasts the interval plus the
+timeout: about six seconds of silence), which still takes a hung service's callers out.
 """
 
 from __future__ import annotations
@@ -50,9 +58,17 @@ CHECK_SECONDS = 0.5
 PROBE_TIMEOUT_SECONDS = 1.0
 # Failures in a row before a ready name counts as not ready (see the module docstring).
 STRIKES = 2
+# Timed-out checks in a row before a ready name counts as not ready (see the module docstring).
+SILENT_STRIKES = 4
 SIGNING_KEYS = "signing-keys"
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+class Unanswered(frozenset[str]):
+    """What a probe returns for names that did not answer in time (rather than said they cannot
+    serve): each counts as a silent strike, not a strike (see the module docstring)."""
+
 
 Probe = Callable[[], Awaitable[Collection[str]]]
 OnChange = Callable[[bool, tuple[str, ...]], Awaitable[None]]
@@ -79,6 +95,7 @@ class Readiness:
         self._on_change = on_change
         self._passed: set[str] = set()
         self._strikes: dict[str, int] = {name: 0 for check in checks for name in check.names}
+        self._silences: dict[str, int] = dict.fromkeys(self._strikes, 0)
         self._verdict: tuple[str, ...] | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -99,7 +116,7 @@ class Readiness:
             sorted(
                 name
                 for name, strikes in self._strikes.items()
-                if name not in self._passed or strikes >= STRIKES
+                if name not in self._passed or strikes >= STRIKES or self._silences[name] >= SILENT_STRIKES
             )
         )
 
@@ -127,16 +144,19 @@ class Readiness:
 
     async def _run(self, check: Check) -> None:
         try:
-            failing = set(await check.probe())
+            failing = await check.probe()
         except Exception as exc:
             log.debug("readiness probe failed", extra={"names": check.names, "error": str(exc)})
             failing = set(check.names)
+        silent = isinstance(failing, Unanswered)
         for name in check.names:
-            if name in failing:
-                self._strikes[name] += 1
-            else:
-                self._strikes[name] = 0
+            if name not in failing:
+                self._strikes[name] = self._silences[name] = 0
                 self._passed.add(name)
+            elif silent:
+                self._silences[name] += 1
+            else:
+                self._strikes[name] += 1
 
     async def _publish(self) -> None:
         verdict = self._current()
@@ -175,7 +195,9 @@ def mesh_check(channel: grpc.aio.Channel, service: str, *, timeout: float = PROB
         try:
             # Not waiting for the channel: an Envoy that does not answer is a failed check, now.
             response = await check(request, metadata=metadata, timeout=timeout, wait_for_ready=False)
-        except grpc.aio.AioRpcError:
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return Unanswered((service,))
             return (service,)
         return () if response.status == SERVING else (service,)
 

@@ -16,7 +16,7 @@ from macp.agent_proxy.v1 import agent_proxy_service_pb2 as proxy_pb
 
 from services.conversation.service import DEFINITION as CONVERSATION
 from services.edge.settings import EdgeSettings
-from services.runtime.readiness import Check, Readiness
+from services.runtime.readiness import SILENT_STRIKES, STRIKES, Check, Readiness, Unanswered
 from services.runtime.registry import EDGE, SERVICES, service
 from services.runtime.settings import Env, ServerSettings, SettingsError
 from services.stack.config import free_port
@@ -85,6 +85,29 @@ async def test_nothing_is_ready_until_it_passed_once_and_a_single_failure_is_a_b
         (True, ()),
         (False, ("signing-keys",)),
     ]
+
+
+async def test_a_callee_that_only_timed_out_takes_longer_to_count_as_not_ready() -> None:
+    """A needed service that did not answer in time is busy more often than down: it counts as not
+    ready only after more rounds than one that said it cannot serve."""
+    silent = False
+
+    async def probe() -> Collection[str]:
+        return Unanswered(("metering",)) if silent else ()
+
+    readiness = Readiness([Check(("metering",), probe)])
+    await readiness.check_now()
+    assert readiness.ready
+    silent = True
+    assert SILENT_STRIKES > STRIKES
+    for _ in range(SILENT_STRIKES - 1):
+        await readiness.check_now()
+    assert readiness.ready, "a stall shorter than the silent strikes keeps the process in rotation"
+    await readiness.check_now()
+    assert readiness.not_ready == ("metering",), "a callee silent for long enough is not ready"
+    silent = False
+    await readiness.check_now()
+    assert readiness.ready
 
 
 async def test_the_background_checks_follow_a_probe_and_stop() -> None:
