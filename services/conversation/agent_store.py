@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import asyncpg
 from google.protobuf import json_format
-from macp.common.v1 import agent_settings_pb2
+from macp.common.v1 import agent_settings_pb2, audio_pb2
 from macp.conversation.v1 import conversation_service_pb2 as pb
 
 from services.runtime import audit
@@ -38,6 +38,7 @@ def _agent_from_row(row: asyncpg.Record) -> pb.Agent:
     )
     json_format.ParseDict(json.loads(row["generation"]), agent.generation)
     json_format.ParseDict(json.loads(row["bidding"]), agent.bidding)
+    json_format.ParseDict(json.loads(row["voice"]), agent.voice)
     if row["remote"] is not None:
         json_format.ParseDict(json.loads(row["remote"]), agent.remote)
     agent.create_time.CopyFrom(timestamp(row["create_time"]))
@@ -45,7 +46,9 @@ def _agent_from_row(row: asyncpg.Record) -> pb.Agent:
     return agent
 
 
-def _json(message: agent_settings_pb2.GenerationSettings | agent_settings_pb2.BiddingHints) -> str:
+def _json(
+    message: agent_settings_pb2.GenerationSettings | agent_settings_pb2.BiddingHints | audio_pb2.VoiceSettings,
+) -> str:
     return json.dumps(json_format.MessageToDict(message))
 
 
@@ -80,9 +83,9 @@ class AgentStore:
             INSERT INTO conversation_agents
                 (id, tenant_id, owner_id, name, provider, model, system_prompt,
                  generation, capabilities, bidding, etag, allowed_tools, remote, sealed_remote_secret,
-                 create_time, update_time)
+                 voice, create_time, update_time)
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10::jsonb, $11, $12, $13::jsonb, $14,
-                    clock_timestamp(), clock_timestamp())
+                    $15::jsonb, clock_timestamp(), clock_timestamp())
             RETURNING *
             """,
             [
@@ -100,6 +103,7 @@ class AgentStore:
                 list(agent.allowed_tools),
                 _remote(agent),
                 sealed_secret,
+                _json(agent.voice),
             ],
             audited,
         )
@@ -157,7 +161,8 @@ class AgentStore:
             UPDATE conversation_agents
             SET name = $4, provider = $5, model = $6, system_prompt = $7, generation = $8::jsonb,
                 capabilities = $9, bidding = $10::jsonb, etag = $11, allowed_tools = $12,
-                remote = $13::jsonb, sealed_remote_secret = $14, update_time = clock_timestamp()
+                remote = $13::jsonb, sealed_remote_secret = $14, voice = $15::jsonb,
+                update_time = clock_timestamp()
             WHERE tenant_id = $1 AND id = $2 AND etag = $3 AND delete_time IS NULL
             RETURNING *
             """,
@@ -176,6 +181,7 @@ class AgentStore:
                 list(agent.allowed_tools),
                 _remote(agent),
                 sealed_secret,
+                _json(agent.voice),
             ],
             audited,
         )

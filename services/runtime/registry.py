@@ -100,7 +100,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         port=15051,
         metrics_port=9101,
         module="services.orchestrator",
-        streaming_rpcs=("Complete", "Converse", "StreamEvents"),
+        streaming_rpcs=("Complete", "Converse", "Speak", "StreamEvents", "Transcribe"),
         dependencies=("redis", "kafka"),
         # A turn reads the conversation, holds quota, delegates a token and generates.
         needs=("conversation", "agent-proxy", "metering", "token"),
@@ -134,7 +134,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         port=15053,
         metrics_port=9103,
         module="services.agent_proxy",
-        streaming_rpcs=("Generate",),
+        streaming_rpcs=("Generate", "Synthesize", "Transcribe"),
         retry_safe_rpcs=("ListProviders", "Bid"),
         dependencies=("redis", "kafka"),
         # No `needs`: only an outside A2A agent's turn calls the conversation and token services

@@ -725,6 +725,15 @@ export interface components {
             maxTokens?: number;
             temperature?: number;
         };
+        "macp.common.v1.VoiceSettings": {
+            /** @enum {string} */
+            format?: "AUDIO_FORMAT_UNSPECIFIED" | "AUDIO_FORMAT_WAV" | "AUDIO_FORMAT_PCM";
+            provider?: string;
+            speechModel?: string;
+            speed?: number;
+            transcriptionModel?: string;
+            voice?: string;
+        };
         "macp.conversation.v1.Agent": {
             allowedTools?: string[];
             bidding?: components["schemas"]["macp.common.v1.BiddingHints"];
@@ -743,6 +752,7 @@ export interface components {
             readonly tenantId?: string;
             /** Format: date-time */
             readonly updateTime?: string;
+            voice?: components["schemas"]["macp.common.v1.VoiceSettings"];
         };
         "macp.conversation.v1.Agent-create": {
             allowedTools?: string[];
@@ -762,6 +772,7 @@ export interface components {
             readonly tenantId?: string;
             /** Format: date-time */
             readonly updateTime?: string;
+            voice?: components["schemas"]["macp.common.v1.VoiceSettings"];
         };
         "macp.conversation.v1.Agent-update": {
             allowedTools?: string[];
@@ -781,6 +792,7 @@ export interface components {
             readonly tenantId?: string;
             /** Format: date-time */
             readonly updateTime?: string;
+            voice?: components["schemas"]["macp.common.v1.VoiceSettings"];
         };
         "macp.conversation.v1.Archive": {
             bucket?: string;

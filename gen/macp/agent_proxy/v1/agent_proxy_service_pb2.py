@@ -27,11 +27,12 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from macp.common.v1 import agent_settings_pb2 as macp_dot_common_dot_v1_dot_agent__settings__pb2
+from macp.common.v1 import audio_pb2 as macp_dot_common_dot_v1_dot_audio__pb2
 from macp.common.v1 import text_pb2 as macp_dot_common_dot_v1_dot_text__pb2
 from macp.common.v1 import usage_pb2 as macp_dot_common_dot_v1_dot_usage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-macp/agent_proxy/v1/agent_proxy_service.proto\x12\x13macp.agent_proxy.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#macp/common/v1/agent_settings.proto\x1a\x19macp/common/v1/text.proto\x1a\x1amacp/common/v1/usage.proto\"\xfa\x04\n\x0b\x43hatMessage\x12\x37\n\x04role\x18\x01 \x01(\x0e\x32\x1d.macp.agent_proxy.v1.ChatRoleB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12\x1a\n\x04name\x18\x02 \x01(\tB\x0c\xbaH\tr\x07\x18\x64\xc0\xa3\x83\x02\x01\x12\x1c\n\x04text\x18\x03 \x01(\tB\x0e\xbaH\x0br\t\x18\x80\xfa\x01\xc0\xa3\x83\x02\x01\x12;\n\ntool_calls\x18\x04 \x03(\x0b\x32\x1d.macp.agent_proxy.v1.ToolCallB\x08\xbaH\x05\x92\x01\x02\x10@\x12\x34\n\x0btool_result\x18\x05 \x01(\x0b\x32\x1f.macp.agent_proxy.v1.ToolResult:\x84\x03\xbaH\x80\x03\x1a\xfd\x02\n\x14\x63hat_message.content\x12ptext: a user message needs text; an assistant message needs text or tool_calls; a tool message needs tool_result\x1a\xf2\x01this.role == 3 ? has(this.tool_result) && size(this.tool_calls) == 0 : this.role == 2 ? (size(this.text) > 0 || size(this.tool_calls) > 0) && !has(this.tool_result) : size(this.text) > 0 && size(this.tool_calls) == 0 && !has(this.tool_result)\"\x8e\x01\n\x0eToolDefinition\x12)\n\x04name\x18\x01 \x01(\tB\x1b\xbaH\x18r\x16\x10\x01\x18@2\x10^[a-zA-Z0-9_-]+$\x12\"\n\x0b\x64\x65scription\x18\x02 \x01(\tB\r\xbaH\nr\x08\x18\x80 \xc0\xa3\x83\x02\x01\x12-\n\x0cinput_schema\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"q\n\x08ToolCall\x12\x1b\n\x02id\x18\x01 \x01(\tB\x0f\xbaH\x0cr\n\x10\x01\x18\x80\x01\xc0\xa3\x83\x02\x01\x12\x1c\n\x04name\x18\x02 \x01(\tB\x0e\xbaH\x0br\t\x10\x01\x18@\xc0\xa3\x83\x02\x01\x12*\n\targuments\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"E\n\nToolResult\x12%\n\x0ctool_call_id\x18\x01 \x01(\tB\x0f\xbaH\x0cr\n\x10\x01\x18\x80\x01\xc0\xa3\x83\x02\x01\x12\x10\n\x08is_error\x18\x02 \x01(\x08\"\x91\x02\n\nToolChoice\x12;\n\x04mode\x18\x01 \x01(\x0e\x32#.macp.agent_proxy.v1.ToolChoiceModeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\'\n\x04name\x18\x02 \x01(\tB\x19\xbaH\x16r\x14\x18@2\x10^[a-zA-Z0-9_-]*$\x12\x1e\n\x16\x64isable_parallel_calls\x18\x03 \x01(\x08:}\xbaHz\x1ax\n\x10tool_choice.name\x12\x39name: required for TOOL_CHOICE_MODE_TOOL, and only for it\x1a)(this.mode == 4) == (size(this.name) > 0)\"\x95\x04\n\x0fGenerateRequest\x12\x19\n\x07turn_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12$\n\x0f\x63onversation_id\x18\x02 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\x12\x1a\n\x08\x61gent_id\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12?\n\ttenant_id\x18\x04 \x01(\tB,\xbaH)r\'\x10\x01\x18\x80\x01\x32 ^[A-Za-z0-9][A-Za-z0-9._:@|+-]*$\x12/\n\x08provider\x18\x05 \x01(\tB\x1d\xbaH\x1ar\x18\x10\x01\x18@2\x12^[a-z][a-z0-9_-]*$\x12\x1e\n\x05model\x18\x06 \x01(\tB\x0f\xbaH\x0cr\n\x10\x01\x18\x80\x01\xc0\xa3\x83\x02\x01\x12%\n\rsystem_prompt\x18\x07 \x01(\tB\x0e\xbaH\x0br\t\x18\x80\xfa\x01\xc0\xa3\x83\x02\x01\x12?\n\x08messages\x18\x08 \x03(\x0b\x32 .macp.agent_proxy.v1.ChatMessageB\x0b\xbaH\x08\x92\x01\x05\x08\x01\x10\xf4\x03\x12\x36\n\ngeneration\x18\t \x01(\x0b\x32\".macp.common.v1.GenerationSettings\x12=\n\x05tools\x18\n \x03(\x0b\x32#.macp.agent_proxy.v1.ToolDefinitionB\t\xbaH\x06\x92\x01\x03\x10\x80\x01\x12\x34\n\x0btool_choice\x18\x0b \x01(\x0b\x32\x1f.macp.agent_proxy.v1.ToolChoice\"(\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\"\x9b\x01\n\x12GenerateCompletion\x12\x38\n\rfinish_reason\x18\x01 \x01(\x0e\x32!.macp.agent_proxy.v1.FinishReason\x12.\n\x05usage\x18\x02 \x01(\x0b\x32\x1f.macp.common.v1.UsageDimensions\x12\x1b\n\x13provider_request_id\x18\x03 \x01(\t\"\xc4\x01\n\x10GenerateResponse\x12\x34\n\ntext_delta\x18\x01 \x01(\x0b\x32\x1e.macp.agent_proxy.v1.TextDeltaH\x00\x12=\n\ncompletion\x18\x02 \x01(\x0b\x32\'.macp.agent_proxy.v1.GenerateCompletionH\x00\x12\x32\n\ttool_call\x18\x03 \x01(\x0b\x32\x1d.macp.agent_proxy.v1.ToolCallH\x00\x42\x07\n\x05\x65vent\"\xef\x03\n\nBidRequest\x12\x19\n\x07turn_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12!\n\x0f\x63onversation_id\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x1a\n\x08\x61gent_id\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12?\n\ttenant_id\x18\x04 \x01(\tB,\xbaH)r\'\x10\x01\x18\x80\x01\x32 ^[A-Za-z0-9][A-Za-z0-9._:@|+-]*$\x12/\n\x08provider\x18\x05 \x01(\tB\x1d\xbaH\x1ar\x18\x10\x01\x18@2\x12^[a-z][a-z0-9_-]*$\x12\x1e\n\x05model\x18\x06 \x01(\tB\x0f\xbaH\x0cr\n\x10\x01\x18\x80\x01\xc0\xa3\x83\x02\x01\x12%\n\rsystem_prompt\x18\x07 \x01(\tB\x0e\xbaH\x0br\t\x18\x80\xfa\x01\xc0\xa3\x83\x02\x01\x12\'\n\x0c\x63\x61pabilities\x18\x08 \x03(\tB\x11\xbaH\x0e\x92\x01\x0b\x10 \"\x07r\x05\xc0\xa3\x83\x02\x01\x12-\n\x07\x62idding\x18\t \x01(\x0b\x32\x1c.macp.common.v1.BiddingHints\x12>\n\x08messages\x18\n \x03(\x0b\x32 .macp.agent_proxy.v1.ChatMessageB\n\xbaH\x07\x92\x01\x04\x08\x01\x10\x32\x12\x36\n\ngeneration\x18\x0b \x01(\x0b\x32\".macp.common.v1.GenerationSettings\"\xa1\x01\n\x0b\x42idResponse\x12\r\n\x05score\x18\x01 \x01(\x01\x12\x10\n\x08\x64\x65\x63lined\x18\x02 \x01(\x08\x12\x11\n\trationale\x18\x03 \x01(\t\x12\x1e\n\x16\x65stimated_input_tokens\x18\x04 \x01(\x03\x12\x1f\n\x17\x65stimated_output_tokens\x18\x05 \x01(\x03\x12\x1d\n\x15\x65stimated_cost_micros\x18\x06 \x01(\x03\"\x16\n\x14ListProvidersRequest\"\x8d\x03\n\x0eProviderStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06models\x18\x02 \x03(\t\x12\x12\n\nconfigured\x18\x03 \x01(\x08\x12\r\n\x05local\x18\x04 \x01(\x08\x12\x38\n\rbreaker_state\x18\x05 \x01(\x0e\x32!.macp.agent_proxy.v1.BreakerState\x12\x1c\n\x14\x63onsecutive_failures\x18\x06 \x01(\x05\x12\x19\n\x11\x66\x61ilure_threshold\x18\x07 \x01(\x05\x12/\n\x0c\x63\x61ll_timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\ropen_duration\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\topen_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11next_attempt_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x15ListProvidersResponse\x12\x36\n\tproviders\x18\x01 \x03(\x0b\x32#.macp.agent_proxy.v1.ProviderStatus*f\n\x08\x43hatRole\x12\x19\n\x15\x43HAT_ROLE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x43HAT_ROLE_USER\x10\x01\x12\x17\n\x13\x43HAT_ROLE_ASSISTANT\x10\x02\x12\x12\n\x0e\x43HAT_ROLE_TOOL\x10\x03*\xd7\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x1c\n\x18\x46INISH_REASON_MAX_TOKENS\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x04\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x05\x12\x1a\n\x16\x46INISH_REASON_TOOL_USE\x10\x06*\xa2\x01\n\x0eToolChoiceMode\x12 \n\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15TOOL_CHOICE_MODE_AUTO\x10\x01\x12\x19\n\x15TOOL_CHOICE_MODE_NONE\x10\x02\x12\x1d\n\x19TOOL_CHOICE_MODE_REQUIRED\x10\x03\x12\x19\n\x15TOOL_CHOICE_MODE_TOOL\x10\x04*|\n\x0c\x42reakerState\x12\x1d\n\x19\x42REAKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42REAKER_STATE_CLOSED\x10\x01\x12\x16\n\x12\x42REAKER_STATE_OPEN\x10\x02\x12\x1b\n\x17\x42REAKER_STATE_HALF_OPEN\x10\x03\x32\xa0\x02\n\x11\x41gentProxyService\x12Y\n\x08Generate\x12$.macp.agent_proxy.v1.GenerateRequest\x1a%.macp.agent_proxy.v1.GenerateResponse0\x01\x12H\n\x03\x42id\x12\x1f.macp.agent_proxy.v1.BidRequest\x1a .macp.agent_proxy.v1.BidResponse\x12\x66\n\rListProviders\x12).macp.agent_proxy.v1.ListProvidersRequest\x1a*.macp.agent_proxy.v1.ListProvidersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-macp/agent_proxy/v1/agent_proxy_service.proto\x12\x13macp.agent_proxy.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#macp/common/v1/agent_settings.proto\x1a\x1amacp/common/v1/audio.proto\x1a\x19macp/common/v1/text.proto\x1a\x1amacp/common/v1/usage.proto\"\xfa\x04\n\x0b\x43hatMessage\x12\x37\n\x04role\x18\x01 \x01(\x0e\x32\x1d.macp.agent_proxy.v1.ChatRoleB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12\x1a\n\x04name\x18\x02 \x01(\tB\x0c\xbaH\tr\x07\x18\x64\xc0\xa3\x83\x02\x01\x12\x1c\n\x04text\x18\x03 \x01(\tB\x0e\xbaH\x0br\t\x18\x80\xfa\x01\xc0\xa3\x83\x02\x01\x12;\n\ntool_calls\x18\x04 \x03(\x0b\x32\x1d.macp.agent_proxy.v1.ToolCallB\x08\xbaH\x05\x92\x01\x02\x10@\x12\x34\n\x0btool_result\x18\x05 \x01(\x0b\x32\x1f.macp.agent_proxy.v1.ToolResult:\x84\x03\xbaH\x80\x03\x1a\xfd\x02\n\x14\x63hat_message.content\x12ptext: a user message needs text; an assistant message needs text or tool_calls; a tool message needs tool_result\x1a\xf2\x01this.role == 3 ? has(this.tool_result) && size(this.tool_calls) == 0 : this.role == 2 ? (size(this.text) > 0 || size(this.tool_calls) > 0) && !has(this.tool_result) : size(this.text) > 0 && size(this.tool_calls) == 0 && !has(this.tool_result)\"\x8e\x01\n\x0eToolDefinition\x12)\n\x04name\x18\x01 \x01(\tB\x1b\xbaH\x18r\x16\x10\x01\x18@2\x10^[a-zA-Z0-9_-]+$\x12\"\n\x0b\x64\x65scription\x18\x02 \x01(\tB\r\xbaH\nr\x08\x18\x80 \xc0\xa3\x83\x02\x01\x12-\n\x0cinput_schema\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"q\n\x08ToolCall\x12\x1b\n\x02id\x18\x01 \x01(\tB\x0f\xbaH\x0cr\n\x10\x01\x18\x80\x01\xc0\xa3\x83\x02\x01\x12\x1c\n\x04name\x18\x02 \x01(\tB\x0e\xbaH\x0br\t\x10\x01\x18@\xc0\xa3\x83\x02\x01\x12*\n\targuments\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"E\n\nToolResult\x12%\n\x0ctool_call_id\x18\x01 \x01(\tB\x0f\xbaH\x0cr\n\x10\x01\x18\x80\x01\xc0\xa3\x83\x02\x01\x12\x10\n\x08is_error\x18\x02 \x01(\x08\"\x91\x02\n\nToolChoice\x12;\n\x04mode\x18\x01 \x01(\x0e\x32#.macp.agent_proxy.v1.ToolChoiceModeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\'\n\x04name\x18\x02 \x01(\tB\x19\xbaH\x16r\x14\x18@2\x10^[a-zA-Z0-9_-]*$\x12\x1e\n\x16\x64isable_parallel_calls\x18\x03 \x01(\x08:}\xbaHz\x1ax\n\x10tool_choice.name\x12\x39name: required for TOOL_CHOICE_MODE_TOOL, and only for it\x1a)(this.mode == 4) == (size(this.name) > 0)\"\x95\x04\n\x0fGenerateRequest\x12\x19\n\x07turn_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12$\n\x0f\x63onversation_id\x18\x02 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\x12\x1a\n\x08\x61gent_id\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12?\n\ttenant_id\x18\x04 \x01(\tB,\xbaH)r\'\x10\x01\x18\x80\x01\x32 ^[A-Za-z0-9][A-Za-z0-9._:@|+-]*$\x12/\n\x08provider\x18\x05 \x01(\tB\x1d\xbaH\x1ar\x18\x10\x01\x18@2\x12^[a-z][a-z0-9_-]*$\x12\x1e\n\x05model\x18\x06 \x01(\tB\x0f\xbaH\x0cr\n\x10\x01\x18\x80\x01\xc0\xa3\x83\x02\x01\x12%\n\rsystem_prompt\x18\x07 \x01(\tB\x0e\xbaH\x0br\t\x18\x80\xfa\x01\xc0\xa3\x83\x02\x01\x12?\n\x08messages\x18\x08 \x03(\x0b\x32 .macp.agent_proxy.v1.ChatMessageB\x0b\xbaH\x08\x92\x01\x05\x08\x01\x10\xf4\x03\x12\x36\n\ngeneration\x18\t \x01(\x0b\x32\".macp.common.v1.GenerationSettings\x12=\n\x05tools\x18\n \x03(\x0b\x32#.macp.agent_proxy.v1.ToolDefinitionB\t\xbaH\x06\x92\x01\x03\x10\x80\x01\x12\x34\n\x0btool_choice\x18\x0b \x01(\x0b\x32\x1f.macp.agent_proxy.v1.ToolChoice\"(\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\"\x9b\x01\n\x12GenerateCompletion\x12\x38\n\rfinish_reason\x18\x01 \x01(\x0e\x32!.macp.agent_proxy.v1.FinishReason\x12.\n\x05usage\x18\x02 \x01(\x0b\x32\x1f.macp.common.v1.UsageDimensions\x12\x1b\n\x13provider_request_id\x18\x03 \x01(\t\"\xc4\x01\n\x10GenerateResponse\x12\x34\n\ntext_delta\x18\x01 \x01(\x0b\x32\x1e.macp.agent_proxy.v1.TextDeltaH\x00\x12=\n\ncompletion\x18\x02 \x01(\x0b\x32\'.macp.agent_proxy.v1.GenerateCompletionH\x00\x12\x32\n\ttool_call\x18\x03 \x01(\x0b\x32\x1d.macp.agent_proxy.v1.ToolCallH\x00\x42\x07\n\x05\x65vent\"\xef\x03\n\nBidRequest\x12\x19\n\x07turn_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12!\n\x0f\x63onversation_id\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x1a\n\x08\x61gent_id\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12?\n\ttenant_id\x18\x04 \x01(\tB,\xbaH)r\'\x10\x01\x18\x80\x01\x32 ^[A-Za-z0-9][A-Za-z0-9._:@|+-]*$\x12/\n\x08provider\x18\x05 \x01(\tB\x1d\xbaH\x1ar\x18\x10\x01\x18@2\x12^[a-z][a-z0-9_-]*$\x12\x1e\n\x05model\x18\x06 \x01(\tB\x0f\xbaH\x0cr\n\x10\x01\x18\x80\x01\xc0\xa3\x83\x02\x01\x12%\n\rsystem_prompt\x18\x07 \x01(\tB\x0e\xbaH\x0br\t\x18\x80\xfa\x01\xc0\xa3\x83\x02\x01\x12\'\n\x0c\x63\x61pabilities\x18\x08 \x03(\tB\x11\xbaH\x0e\x92\x01\x0b\x10 \"\x07r\x05\xc0\xa3\x83\x02\x01\x12-\n\x07\x62idding\x18\t \x01(\x0b\x32\x1c.macp.common.v1.BiddingHints\x12>\n\x08messages\x18\n \x03(\x0b\x32 .macp.agent_proxy.v1.ChatMessageB\n\xbaH\x07\x92\x01\x04\x08\x01\x10\x32\x12\x36\n\ngeneration\x18\x0b \x01(\x0b\x32\".macp.common.v1.GenerationSettings\"\xa1\x01\n\x0b\x42idResponse\x12\r\n\x05score\x18\x01 \x01(\x01\x12\x10\n\x08\x64\x65\x63lined\x18\x02 \x01(\x08\x12\x11\n\trationale\x18\x03 \x01(\t\x12\x1e\n\x16\x65stimated_input_tokens\x18\x04 \x01(\x03\x12\x1f\n\x17\x65stimated_output_tokens\x18\x05 \x01(\x03\x12\x1d\n\x15\x65stimated_cost_micros\x18\x06 \x01(\x03\"\x16\n\x14ListProvidersRequest\"\x8d\x03\n\x0eProviderStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06models\x18\x02 \x03(\t\x12\x12\n\nconfigured\x18\x03 \x01(\x08\x12\r\n\x05local\x18\x04 \x01(\x08\x12\x38\n\rbreaker_state\x18\x05 \x01(\x0e\x32!.macp.agent_proxy.v1.BreakerState\x12\x1c\n\x14\x63onsecutive_failures\x18\x06 \x01(\x05\x12\x19\n\x11\x66\x61ilure_threshold\x18\x07 \x01(\x05\x12/\n\x0c\x63\x61ll_timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\ropen_duration\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\topen_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11next_attempt_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x15ListProvidersResponse\x12\x36\n\tproviders\x18\x01 \x03(\x0b\x32#.macp.agent_proxy.v1.ProviderStatus\"\xe7\x01\n\x0eVoiceCallScope\x12\x1c\n\nrequest_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12?\n\ttenant_id\x18\x02 \x01(\tB,\xbaH)r\'\x10\x01\x18\x80\x01\x32 ^[A-Za-z0-9][A-Za-z0-9._:@|+-]*$\x12\x1a\n\x08\x61gent_id\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12$\n\x0f\x63onversation_id\x18\x04 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\x12\x1c\n\x07turn_id\x18\x05 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\x12\x16\n\x0e\x63\x61ller_commits\x18\x06 \x01(\x08\"\x9c\x01\n\x11SynthesizeRequest\x12:\n\x05scope\x18\x01 \x01(\x0b\x32#.macp.agent_proxy.v1.VoiceCallScopeB\x06\xbaH\x03\xc8\x01\x01\x12,\n\x05voice\x18\x02 \x01(\x0b\x32\x1d.macp.common.v1.VoiceSettings\x12\x1d\n\x04text\x18\x03 \x01(\tB\x0f\xbaH\x0cr\n\x10\x01\x18\x80 \xc0\xa3\x83\x02\x01\"\x82\x01\n\x12SynthesizeResponse\x12+\n\x05\x61udio\x18\x01 \x01(\x0b\x32\x1a.macp.common.v1.AudioChunkH\x00\x12\x36\n\ncompletion\x18\x02 \x01(\x0b\x32 .macp.common.v1.SpeechCompletionH\x00\x42\x07\n\x05\x65vent\"\xbb\x03\n\x11TranscribeRequest\x12:\n\x05scope\x18\x01 \x01(\x0b\x32#.macp.agent_proxy.v1.VoiceCallScopeB\x06\xbaH\x03\xc8\x01\x01\x12,\n\x05voice\x18\x02 \x01(\x0b\x32\x1d.macp.common.v1.VoiceSettings\x12\x1b\n\x05\x61udio\x18\x03 \x01(\x0c\x42\x0c\xbaH\tz\x07\x10\x01\x18\x80\x92\xf4\x01\x12\x37\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x1b.macp.common.v1.AudioFormatB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12$\n\x0bsample_rate\x18\x05 \x01(\x05\x42\x0f\xbaH\x0c\x1a\x07\x18\x80\xf7\x02(\xc0>\xd8\x01\x01\x12&\n\x08language\x18\x06 \x01(\tB\x14\xbaH\x11r\x0f\x32\r^([a-z]{2})?$:\x97\x01\xbaH\x93\x01\x1a\x90\x01\n\x16transcribe.sample_rate\x12Gsample_rate: required for PCM audio, and only for it (WAV says its own)\x1a-(this.format == 2) == (this.sample_rate != 0)\"\x8e\x01\n\x12TranscribeResponse\x12\x30\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x1f.macp.common.v1.TranscriptDeltaH\x00\x12=\n\ncompletion\x18\x02 \x01(\x0b\x32\'.macp.common.v1.TranscriptionCompletionH\x00\x42\x07\n\x05\x65vent*f\n\x08\x43hatRole\x12\x19\n\x15\x43HAT_ROLE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x43HAT_ROLE_USER\x10\x01\x12\x17\n\x13\x43HAT_ROLE_ASSISTANT\x10\x02\x12\x12\n\x0e\x43HAT_ROLE_TOOL\x10\x03*\xd7\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x1c\n\x18\x46INISH_REASON_MAX_TOKENS\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x04\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x05\x12\x1a\n\x16\x46INISH_REASON_TOOL_USE\x10\x06*\xa2\x01\n\x0eToolChoiceMode\x12 \n\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15TOOL_CHOICE_MODE_AUTO\x10\x01\x12\x19\n\x15TOOL_CHOICE_MODE_NONE\x10\x02\x12\x1d\n\x19TOOL_CHOICE_MODE_REQUIRED\x10\x03\x12\x19\n\x15TOOL_CHOICE_MODE_TOOL\x10\x04*|\n\x0c\x42reakerState\x12\x1d\n\x19\x42REAKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42REAKER_STATE_CLOSED\x10\x01\x12\x16\n\x12\x42REAKER_STATE_OPEN\x10\x02\x12\x1b\n\x17\x42REAKER_STATE_HALF_OPEN\x10\x03\x32\xe2\x03\n\x11\x41gentProxyService\x12Y\n\x08Generate\x12$.macp.agent_proxy.v1.GenerateRequest\x1a%.macp.agent_proxy.v1.GenerateResponse0\x01\x12H\n\x03\x42id\x12\x1f.macp.agent_proxy.v1.BidRequest\x1a .macp.agent_proxy.v1.BidResponse\x12\x66\n\rListProviders\x12).macp.agent_proxy.v1.ListProvidersRequest\x1a*.macp.agent_proxy.v1.ListProvidersResponse\x12_\n\nSynthesize\x12&.macp.agent_proxy.v1.SynthesizeRequest\x1a\'.macp.agent_proxy.v1.SynthesizeResponse0\x01\x12_\n\nTranscribe\x12&.macp.agent_proxy.v1.TranscribeRequest\x1a\'.macp.agent_proxy.v1.TranscribeResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -100,42 +101,78 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BIDREQUEST'].fields_by_name['capabilities']._serialized_options = b'\272H\016\222\001\013\020 \"\007r\005\300\243\203\002\001'
   _globals['_BIDREQUEST'].fields_by_name['messages']._loaded_options = None
   _globals['_BIDREQUEST'].fields_by_name['messages']._serialized_options = b'\272H\007\222\001\004\010\001\0202'
-  _globals['_CHATROLE']._serialized_start=3632
-  _globals['_CHATROLE']._serialized_end=3734
-  _globals['_FINISHREASON']._serialized_start=3737
-  _globals['_FINISHREASON']._serialized_end=3952
-  _globals['_TOOLCHOICEMODE']._serialized_start=3955
-  _globals['_TOOLCHOICEMODE']._serialized_end=4117
-  _globals['_BREAKERSTATE']._serialized_start=4119
-  _globals['_BREAKERSTATE']._serialized_end=4243
-  _globals['_CHATMESSAGE']._serialized_start=287
-  _globals['_CHATMESSAGE']._serialized_end=921
-  _globals['_TOOLDEFINITION']._serialized_start=924
-  _globals['_TOOLDEFINITION']._serialized_end=1066
-  _globals['_TOOLCALL']._serialized_start=1068
-  _globals['_TOOLCALL']._serialized_end=1181
-  _globals['_TOOLRESULT']._serialized_start=1183
-  _globals['_TOOLRESULT']._serialized_end=1252
-  _globals['_TOOLCHOICE']._serialized_start=1255
-  _globals['_TOOLCHOICE']._serialized_end=1528
-  _globals['_GENERATEREQUEST']._serialized_start=1531
-  _globals['_GENERATEREQUEST']._serialized_end=2064
-  _globals['_TEXTDELTA']._serialized_start=2066
-  _globals['_TEXTDELTA']._serialized_end=2106
-  _globals['_GENERATECOMPLETION']._serialized_start=2109
-  _globals['_GENERATECOMPLETION']._serialized_end=2264
-  _globals['_GENERATERESPONSE']._serialized_start=2267
-  _globals['_GENERATERESPONSE']._serialized_end=2463
-  _globals['_BIDREQUEST']._serialized_start=2466
-  _globals['_BIDREQUEST']._serialized_end=2961
-  _globals['_BIDRESPONSE']._serialized_start=2964
-  _globals['_BIDRESPONSE']._serialized_end=3125
-  _globals['_LISTPROVIDERSREQUEST']._serialized_start=3127
-  _globals['_LISTPROVIDERSREQUEST']._serialized_end=3149
-  _globals['_PROVIDERSTATUS']._serialized_start=3152
-  _globals['_PROVIDERSTATUS']._serialized_end=3549
-  _globals['_LISTPROVIDERSRESPONSE']._serialized_start=3551
-  _globals['_LISTPROVIDERSRESPONSE']._serialized_end=3630
-  _globals['_AGENTPROXYSERVICE']._serialized_start=4246
-  _globals['_AGENTPROXYSERVICE']._serialized_end=4534
+  _globals['_VOICECALLSCOPE'].fields_by_name['request_id']._loaded_options = None
+  _globals['_VOICECALLSCOPE'].fields_by_name['request_id']._serialized_options = b'\272H\005r\003\260\001\001'
+  _globals['_VOICECALLSCOPE'].fields_by_name['tenant_id']._loaded_options = None
+  _globals['_VOICECALLSCOPE'].fields_by_name['tenant_id']._serialized_options = b'\272H)r\'\020\001\030\200\0012 ^[A-Za-z0-9][A-Za-z0-9._:@|+-]*$'
+  _globals['_VOICECALLSCOPE'].fields_by_name['agent_id']._loaded_options = None
+  _globals['_VOICECALLSCOPE'].fields_by_name['agent_id']._serialized_options = b'\272H\005r\003\260\001\001'
+  _globals['_VOICECALLSCOPE'].fields_by_name['conversation_id']._loaded_options = None
+  _globals['_VOICECALLSCOPE'].fields_by_name['conversation_id']._serialized_options = b'\272H\010r\003\260\001\001\330\001\001'
+  _globals['_VOICECALLSCOPE'].fields_by_name['turn_id']._loaded_options = None
+  _globals['_VOICECALLSCOPE'].fields_by_name['turn_id']._serialized_options = b'\272H\010r\003\260\001\001\330\001\001'
+  _globals['_SYNTHESIZEREQUEST'].fields_by_name['scope']._loaded_options = None
+  _globals['_SYNTHESIZEREQUEST'].fields_by_name['scope']._serialized_options = b'\272H\003\310\001\001'
+  _globals['_SYNTHESIZEREQUEST'].fields_by_name['text']._loaded_options = None
+  _globals['_SYNTHESIZEREQUEST'].fields_by_name['text']._serialized_options = b'\272H\014r\n\020\001\030\200 \300\243\203\002\001'
+  _globals['_TRANSCRIBEREQUEST'].fields_by_name['scope']._loaded_options = None
+  _globals['_TRANSCRIBEREQUEST'].fields_by_name['scope']._serialized_options = b'\272H\003\310\001\001'
+  _globals['_TRANSCRIBEREQUEST'].fields_by_name['audio']._loaded_options = None
+  _globals['_TRANSCRIBEREQUEST'].fields_by_name['audio']._serialized_options = b'\272H\tz\007\020\001\030\200\222\364\001'
+  _globals['_TRANSCRIBEREQUEST'].fields_by_name['format']._loaded_options = None
+  _globals['_TRANSCRIBEREQUEST'].fields_by_name['format']._serialized_options = b'\272H\007\202\001\004\020\001 \000'
+  _globals['_TRANSCRIBEREQUEST'].fields_by_name['sample_rate']._loaded_options = None
+  _globals['_TRANSCRIBEREQUEST'].fields_by_name['sample_rate']._serialized_options = b'\272H\014\032\007\030\200\367\002(\300>\330\001\001'
+  _globals['_TRANSCRIBEREQUEST'].fields_by_name['language']._loaded_options = None
+  _globals['_TRANSCRIBEREQUEST'].fields_by_name['language']._serialized_options = b'\272H\021r\0172\r^([a-z]{2})?$'
+  _globals['_TRANSCRIBEREQUEST']._loaded_options = None
+  _globals['_TRANSCRIBEREQUEST']._serialized_options = b'\272H\223\001\032\220\001\n\026transcribe.sample_rate\022Gsample_rate: required for PCM audio, and only for it (WAV says its own)\032-(this.format == 2) == (this.sample_rate != 0)'
+  _globals['_CHATROLE']._serialized_start=4777
+  _globals['_CHATROLE']._serialized_end=4879
+  _globals['_FINISHREASON']._serialized_start=4882
+  _globals['_FINISHREASON']._serialized_end=5097
+  _globals['_TOOLCHOICEMODE']._serialized_start=5100
+  _globals['_TOOLCHOICEMODE']._serialized_end=5262
+  _globals['_BREAKERSTATE']._serialized_start=5264
+  _globals['_BREAKERSTATE']._serialized_end=5388
+  _globals['_CHATMESSAGE']._serialized_start=315
+  _globals['_CHATMESSAGE']._serialized_end=949
+  _globals['_TOOLDEFINITION']._serialized_start=952
+  _globals['_TOOLDEFINITION']._serialized_end=1094
+  _globals['_TOOLCALL']._serialized_start=1096
+  _globals['_TOOLCALL']._serialized_end=1209
+  _globals['_TOOLRESULT']._serialized_start=1211
+  _globals['_TOOLRESULT']._serialized_end=1280
+  _globals['_TOOLCHOICE']._serialized_start=1283
+  _globals['_TOOLCHOICE']._serialized_end=1556
+  _globals['_GENERATEREQUEST']._serialized_start=1559
+  _globals['_GENERATEREQUEST']._serialized_end=2092
+  _globals['_TEXTDELTA']._serialized_start=2094
+  _globals['_TEXTDELTA']._serialized_end=2134
+  _globals['_GENERATECOMPLETION']._serialized_start=2137
+  _globals['_GENERATECOMPLETION']._serialized_end=2292
+  _globals['_GENERATERESPONSE']._serialized_start=2295
+  _globals['_GENERATERESPONSE']._serialized_end=2491
+  _globals['_BIDREQUEST']._serialized_start=2494
+  _globals['_BIDREQUEST']._serialized_end=2989
+  _globals['_BIDRESPONSE']._serialized_start=2992
+  _globals['_BIDRESPONSE']._serialized_end=3153
+  _globals['_LISTPROVIDERSREQUEST']._serialized_start=3155
+  _globals['_LISTPROVIDERSREQUEST']._serialized_end=3177
+  _globals['_PROVIDERSTATUS']._serialized_start=3180
+  _globals['_PROVIDERSTATUS']._serialized_end=3577
+  _globals['_LISTPROVIDERSRESPONSE']._serialized_start=3579
+  _globals['_LISTPROVIDERSRESPONSE']._serialized_end=3658
+  _globals['_VOICECALLSCOPE']._serialized_start=3661
+  _globals['_VOICECALLSCOPE']._serialized_end=3892
+  _globals['_SYNTHESIZEREQUEST']._serialized_start=3895
+  _globals['_SYNTHESIZEREQUEST']._serialized_end=4051
+  _globals['_SYNTHESIZERESPONSE']._serialized_start=4054
+  _globals['_SYNTHESIZERESPONSE']._serialized_end=4184
+  _globals['_TRANSCRIBEREQUEST']._serialized_start=4187
+  _globals['_TRANSCRIBEREQUEST']._serialized_end=4630
+  _globals['_TRANSCRIBERESPONSE']._serialized_start=4633
+  _globals['_TRANSCRIBERESPONSE']._serialized_end=4775
+  _globals['_AGENTPROXYSERVICE']._serialized_start=5391
+  _globals['_AGENTPROXYSERVICE']._serialized_end=5873
 # @@protoc_insertion_point(module_scope)

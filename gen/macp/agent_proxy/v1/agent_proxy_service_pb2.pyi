@@ -17,6 +17,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from macp.common.v1 import agent_settings_pb2 as _agent_settings_pb2
+from macp.common.v1 import audio_pb2 as _audio_pb2
 from macp.common.v1 import usage_pb2 as _usage_pb2
 import builtins as _builtins
 import sys
@@ -727,3 +728,193 @@ class ListProvidersResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListProvidersResponse: _TypeAlias = ListProvidersResponse  # noqa: Y015
+
+@_typing.final
+class VoiceCallScope(_message.Message):
+    """Who a voice call works for: the usage event's keys."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    TURN_ID_FIELD_NUMBER: _builtins.int
+    CALLER_COMMITS_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The call's id (UUID): the usage event's id is derived from it, so a retried call is billed once."""
+    tenant_id: _builtins.str
+    """The tenant billed; it must be the caller's own."""
+    agent_id: _builtins.str
+    """The agent whose voice speaks, or who is addressed."""
+    conversation_id: _builtins.str
+    """The conversation the call belongs to, if any."""
+    turn_id: _builtins.str
+    """The turn the call belongs to, if any."""
+    caller_commits: _builtins.bool
+    """True when the caller commits the call's usage itself (it held the quota): the proxy then
+    publishes no event of its own for a call its caller cut.
+    """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        conversation_id: _builtins.str = ...,
+        turn_id: _builtins.str = ...,
+        caller_commits: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "caller_commits", b"caller_commits", "conversation_id", b"conversation_id", "request_id", b"request_id", "tenant_id", b"tenant_id", "turn_id", b"turn_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VoiceCallScope: _TypeAlias = VoiceCallScope  # noqa: Y015
+
+@_typing.final
+class SynthesizeRequest(_message.Message):
+    """The request of Synthesize."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCOPE_FIELD_NUMBER: _builtins.int
+    VOICE_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """The text to speak, 1 to 4,096 characters (OpenAI's limit)."""
+    @_builtins.property
+    def scope(self) -> Global___VoiceCallScope:
+        """Who the call works for."""
+
+    @_builtins.property
+    def voice(self) -> _audio_pb2.VoiceSettings:
+        """The provider, voice, model, format and speed; unset fields use the proxy's defaults (the
+        first configured provider that speaks OpenAI's audio API, its default speech model).
+        """
+
+    def __init__(
+        self,
+        *,
+        scope: Global___VoiceCallScope | None = ...,
+        voice: _audio_pb2.VoiceSettings | None = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope", "voice", b"voice"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope", "text", b"text", "voice", b"voice"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SynthesizeRequest: _TypeAlias = SynthesizeRequest  # noqa: Y015
+
+@_typing.final
+class SynthesizeResponse(_message.Message):
+    """One event of the Synthesize stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIO_FIELD_NUMBER: _builtins.int
+    COMPLETION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def audio(self) -> _audio_pb2.AudioChunk:
+        """A piece of the audio."""
+
+    @_builtins.property
+    def completion(self) -> _audio_pb2.SpeechCompletion:
+        """The end, with the usage."""
+
+    def __init__(
+        self,
+        *,
+        audio: _audio_pb2.AudioChunk | None = ...,
+        completion: _audio_pb2.SpeechCompletion | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "completion", b"completion", "event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "completion", b"completion", "event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["audio", "completion"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___SynthesizeResponse: _TypeAlias = SynthesizeResponse  # noqa: Y015
+
+@_typing.final
+class TranscribeRequest(_message.Message):
+    """The request of Transcribe."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCOPE_FIELD_NUMBER: _builtins.int
+    VOICE_FIELD_NUMBER: _builtins.int
+    AUDIO_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    SAMPLE_RATE_FIELD_NUMBER: _builtins.int
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    audio: _builtins.bytes
+    """The audio, up to 4,000,000 bytes."""
+    format: _audio_pb2.AudioFormat.ValueType
+    """The audio's format."""
+    sample_rate: _builtins.int
+    """Samples per second of PCM audio (8,000 to 48,000); WAV says its own, and this must be unset."""
+    language: _builtins.str
+    """The language spoken, ISO 639-1 (for example "en"); empty: the provider detects it."""
+    @_builtins.property
+    def scope(self) -> Global___VoiceCallScope:
+        """Who the call works for."""
+
+    @_builtins.property
+    def voice(self) -> _audio_pb2.VoiceSettings:
+        """The provider and transcription model; unset, the proxy's defaults."""
+
+    def __init__(
+        self,
+        *,
+        scope: Global___VoiceCallScope | None = ...,
+        voice: _audio_pb2.VoiceSettings | None = ...,
+        audio: _builtins.bytes = ...,
+        format: _audio_pb2.AudioFormat.ValueType = ...,
+        sample_rate: _builtins.int = ...,
+        language: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope", "voice", b"voice"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "format", b"format", "language", b"language", "sample_rate", b"sample_rate", "scope", b"scope", "voice", b"voice"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TranscribeRequest: _TypeAlias = TranscribeRequest  # noqa: Y015
+
+@_typing.final
+class TranscribeResponse(_message.Message):
+    """One event of the Transcribe stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELTA_FIELD_NUMBER: _builtins.int
+    COMPLETION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def delta(self) -> _audio_pb2.TranscriptDelta:
+        """A piece of the transcript."""
+
+    @_builtins.property
+    def completion(self) -> _audio_pb2.TranscriptionCompletion:
+        """The end, with the whole text and the usage."""
+
+    def __init__(
+        self,
+        *,
+        delta: _audio_pb2.TranscriptDelta | None = ...,
+        completion: _audio_pb2.TranscriptionCompletion | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["completion", b"completion", "delta", b"delta", "event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion", b"completion", "delta", b"delta", "event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["delta", "completion"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___TranscribeResponse: _TypeAlias = TranscribeResponse  # noqa: Y015

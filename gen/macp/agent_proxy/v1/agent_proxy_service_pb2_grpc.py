@@ -50,6 +50,16 @@ class AgentProxyServiceStub:
                 request_serializer=macp_dot_agent__proxy_dot_v1_dot_agent__proxy__service__pb2.ListProvidersRequest.SerializeToString,
                 response_deserializer=macp_dot_agent__proxy_dot_v1_dot_agent__proxy__service__pb2.ListProvidersResponse.FromString,
                 _registered_method=True)
+        self.Synthesize = channel.unary_stream(
+                '/macp.agent_proxy.v1.AgentProxyService/Synthesize',
+                request_serializer=macp_dot_agent__proxy_dot_v1_dot_agent__proxy__service__pb2.SynthesizeRequest.SerializeToString,
+                response_deserializer=macp_dot_agent__proxy_dot_v1_dot_agent__proxy__service__pb2.SynthesizeResponse.FromString,
+                _registered_method=True)
+        self.Transcribe = channel.unary_stream(
+                '/macp.agent_proxy.v1.AgentProxyService/Transcribe',
+                request_serializer=macp_dot_agent__proxy_dot_v1_dot_agent__proxy__service__pb2.TranscribeRequest.SerializeToString,
+                response_deserializer=macp_dot_agent__proxy_dot_v1_dot_agent__proxy__service__pb2.TranscribeResponse.FromString,
+                _registered_method=True)
 
 
 class AgentProxyServiceServicer:
@@ -81,6 +91,24 @@ class AgentProxyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Synthesize(self, request, context):
+        """Speaks a text in a voice (OpenAI's audio speech API). It streams because speech is made
+        faster than it plays, and the listener should hear the first words while the rest is made;
+        the stream ends with exactly one completion carrying the usage. Breakers, fallback, the fair
+        queue and deadlines are Generate's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Transcribe(self, request, context):
+        """Transcribes an utterance (OpenAI's audio transcriptions API). It streams the text as the
+        provider hears it, then exactly one completion carrying the usage.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentProxyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -98,6 +126,16 @@ def add_AgentProxyServiceServicer_to_server(servicer, server):
                     servicer.ListProviders,
                     request_deserializer=macp_dot_agent__proxy_dot_v1_dot_agent__proxy__service__pb2.ListProvidersRequest.FromString,
                     response_serializer=macp_dot_agent__proxy_dot_v1_dot_agent__proxy__service__pb2.ListProvidersResponse.SerializeToString,
+            ),
+            'Synthesize': grpc.unary_stream_rpc_method_handler(
+                    servicer.Synthesize,
+                    request_deserializer=macp_dot_agent__proxy_dot_v1_dot_agent__proxy__service__pb2.SynthesizeRequest.FromString,
+                    response_serializer=macp_dot_agent__proxy_dot_v1_dot_agent__proxy__service__pb2.SynthesizeResponse.SerializeToString,
+            ),
+            'Transcribe': grpc.unary_stream_rpc_method_handler(
+                    servicer.Transcribe,
+                    request_deserializer=macp_dot_agent__proxy_dot_v1_dot_agent__proxy__service__pb2.TranscribeRequest.FromString,
+                    response_serializer=macp_dot_agent__proxy_dot_v1_dot_agent__proxy__service__pb2.TranscribeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -182,6 +220,60 @@ class AgentProxyService:
             '/macp.agent_proxy.v1.AgentProxyService/ListProviders',
             macp_dot_agent__proxy_dot_v1_dot_agent__proxy__service__pb2.ListProvidersRequest.SerializeToString,
             macp_dot_agent__proxy_dot_v1_dot_agent__proxy__service__pb2.ListProvidersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Synthesize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/macp.agent_proxy.v1.AgentProxyService/Synthesize',
+            macp_dot_agent__proxy_dot_v1_dot_agent__proxy__service__pb2.SynthesizeRequest.SerializeToString,
+            macp_dot_agent__proxy_dot_v1_dot_agent__proxy__service__pb2.SynthesizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Transcribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/macp.agent_proxy.v1.AgentProxyService/Transcribe',
+            macp_dot_agent__proxy_dot_v1_dot_agent__proxy__service__pb2.TranscribeRequest.SerializeToString,
+            macp_dot_agent__proxy_dot_v1_dot_agent__proxy__service__pb2.TranscribeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -32,6 +32,16 @@ class AgentProxyServiceStub:
     """Scores how well an agent fits the next turn, and what answering would cost."""
     ListProviders: _aio.UnaryUnaryMultiCallable[_agent_proxy_service_pb2.ListProvidersRequest, _agent_proxy_service_pb2.ListProvidersResponse]
     """Lists the configured providers with their models and circuit-breaker state."""
+    Synthesize: _aio.UnaryStreamMultiCallable[_agent_proxy_service_pb2.SynthesizeRequest, _agent_proxy_service_pb2.SynthesizeResponse]
+    """Speaks a text in a voice (OpenAI's audio speech API). It streams because speech is made
+    faster than it plays, and the listener should hear the first words while the rest is made;
+    the stream ends with exactly one completion carrying the usage. Breakers, fallback, the fair
+    queue and deadlines are Generate's.
+    """
+    Transcribe: _aio.UnaryStreamMultiCallable[_agent_proxy_service_pb2.TranscribeRequest, _agent_proxy_service_pb2.TranscribeResponse]
+    """Transcribes an utterance (OpenAI's audio transcriptions API). It streams the text as the
+    provider hears it, then exactly one completion carrying the usage.
+    """
 
 class AgentProxyServiceServicer(metaclass=_abc_1.ABCMeta):
     """AgentProxyService runs generations and bids against LLM providers."""
@@ -64,5 +74,27 @@ class AgentProxyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _aio.ServicerContext[_agent_proxy_service_pb2.ListProvidersRequest, _abc.Awaitable[_agent_proxy_service_pb2.ListProvidersResponse]],
     ) -> _abc.Awaitable[_agent_proxy_service_pb2.ListProvidersResponse]:
         """Lists the configured providers with their models and circuit-breaker state."""
+
+    @_abc_1.abstractmethod
+    def Synthesize(
+        self,
+        request: _agent_proxy_service_pb2.SynthesizeRequest,
+        context: _aio.ServicerContext[_agent_proxy_service_pb2.SynthesizeRequest, _abc.AsyncIterator[_agent_proxy_service_pb2.SynthesizeResponse]],
+    ) -> _abc.AsyncIterator[_agent_proxy_service_pb2.SynthesizeResponse]:
+        """Speaks a text in a voice (OpenAI's audio speech API). It streams because speech is made
+        faster than it plays, and the listener should hear the first words while the rest is made;
+        the stream ends with exactly one completion carrying the usage. Breakers, fallback, the fair
+        queue and deadlines are Generate's.
+        """
+
+    @_abc_1.abstractmethod
+    def Transcribe(
+        self,
+        request: _agent_proxy_service_pb2.TranscribeRequest,
+        context: _aio.ServicerContext[_agent_proxy_service_pb2.TranscribeRequest, _abc.AsyncIterator[_agent_proxy_service_pb2.TranscribeResponse]],
+    ) -> _abc.AsyncIterator[_agent_proxy_service_pb2.TranscribeResponse]:
+        """Transcribes an utterance (OpenAI's audio transcriptions API). It streams the text as the
+        provider hears it, then exactly one completion carrying the usage.
+        """
 
 def add_AgentProxyServiceServicer_to_server(servicer: AgentProxyServiceServicer, server: _aio.Server) -> None: ...

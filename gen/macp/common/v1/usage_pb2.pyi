@@ -34,9 +34,9 @@ class _UsageEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UsageE
     USAGE_EVENT_TYPE_ORCHESTRATION: _UsageEventType.ValueType  # 2
     """The orchestrator processed one user message (bidding, turn taking). Unit: orchestrations."""
     USAGE_EVENT_TYPE_VOICE_SYNTHESIS: _UsageEventType.ValueType  # 3
-    """Text-to-speech was generated. Unit: seconds of audio."""
+    """Text-to-speech was generated. Dimensions: audio_seconds, characters. Unit: seconds of audio."""
     USAGE_EVENT_TYPE_VOICE_TRANSCRIPTION: _UsageEventType.ValueType  # 4
-    """Speech-to-text was processed. Unit: seconds of audio."""
+    """Speech-to-text was processed. Dimensions: audio_seconds. Unit: seconds of audio."""
     USAGE_EVENT_TYPE_STORAGE: _UsageEventType.ValueType  # 5
     """A conversation transcript was stored. Unit: megabytes."""
     USAGE_EVENT_TYPE_API_CALL: _UsageEventType.ValueType  # 6
@@ -57,9 +57,9 @@ USAGE_EVENT_TYPE_AGENT_TURN: UsageEventType.ValueType  # 1
 USAGE_EVENT_TYPE_ORCHESTRATION: UsageEventType.ValueType  # 2
 """The orchestrator processed one user message (bidding, turn taking). Unit: orchestrations."""
 USAGE_EVENT_TYPE_VOICE_SYNTHESIS: UsageEventType.ValueType  # 3
-"""Text-to-speech was generated. Unit: seconds of audio."""
+"""Text-to-speech was generated. Dimensions: audio_seconds, characters. Unit: seconds of audio."""
 USAGE_EVENT_TYPE_VOICE_TRANSCRIPTION: UsageEventType.ValueType  # 4
-"""Speech-to-text was processed. Unit: seconds of audio."""
+"""Speech-to-text was processed. Dimensions: audio_seconds. Unit: seconds of audio."""
 USAGE_EVENT_TYPE_STORAGE: UsageEventType.ValueType  # 5
 """A conversation transcript was stored. Unit: megabytes."""
 USAGE_EVENT_TYPE_API_CALL: UsageEventType.ValueType  # 6
@@ -88,6 +88,7 @@ class UsageDimensions(_message.Message):
     TOOL_SERVER_FIELD_NUMBER: _builtins.int
     TOOL_FIELD_NUMBER: _builtins.int
     RESULT_BYTES_FIELD_NUMBER: _builtins.int
+    CHARACTERS_FIELD_NUMBER: _builtins.int
     input_tokens: _builtins.int
     """Prompt tokens sent to the model."""
     output_tokens: _builtins.int
@@ -118,6 +119,10 @@ class UsageDimensions(_message.Message):
     """The size of a TOOL_CALL's result as the gateway returned it: the UTF-8 bytes of its text
     plus those of its structured content as compact JSON.
     """
+    characters: _builtins.int
+    """The characters of text a VOICE_SYNTHESIS spoke (Unicode code points), as speech providers
+    price it.
+    """
     def __init__(
         self,
         *,
@@ -132,10 +137,11 @@ class UsageDimensions(_message.Message):
         tool_server: _builtins.str = ...,
         tool: _builtins.str = ...,
         result_bytes: _builtins.int = ...,
+        characters: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_seconds", b"audio_seconds", "duration_ms", b"duration_ms", "estimated", b"estimated", "input_tokens", b"input_tokens", "model", b"model", "output_tokens", b"output_tokens", "provider", b"provider", "result_bytes", b"result_bytes", "storage_mb", b"storage_mb", "tool", b"tool", "tool_server", b"tool_server"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_seconds", b"audio_seconds", "characters", b"characters", "duration_ms", b"duration_ms", "estimated", b"estimated", "input_tokens", b"input_tokens", "model", b"model", "output_tokens", b"output_tokens", "provider", b"provider", "result_bytes", b"result_bytes", "storage_mb", b"storage_mb", "tool", b"tool", "tool_server", b"tool_server"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -30,6 +30,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from macp.common.v1 import agent_settings_pb2 as _agent_settings_pb2
+from macp.common.v1 import audio_pb2 as _audio_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -226,6 +227,7 @@ class Agent(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ALLOWED_TOOLS_FIELD_NUMBER: _builtins.int
     REMOTE_FIELD_NUMBER: _builtins.int
+    VOICE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. The agent's id (UUID), assigned on create."""
     tenant_id: _builtins.str
@@ -276,6 +278,12 @@ class Agent(_message.Message):
         for it (docs/a2a-remote-agents.md).
         """
 
+    @_builtins.property
+    def voice(self) -> _audio_pb2.VoiceSettings:
+        """How the agent speaks and hears: its answers spoken in this voice, speech addressed to it
+        transcribed by this model (docs/voice.md). Unset fields use the agent proxy's defaults.
+        """
+
     def __init__(
         self,
         *,
@@ -294,10 +302,11 @@ class Agent(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         allowed_tools: _abc.Iterable[_builtins.str] | None = ...,
         remote: Global___RemoteAgent | None = ...,
+        voice: _audio_pb2.VoiceSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bidding", b"bidding", "create_time", b"create_time", "generation", b"generation", "remote", b"remote", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bidding", b"bidding", "create_time", b"create_time", "generation", b"generation", "remote", b"remote", "update_time", b"update_time", "voice", b"voice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_tools", b"allowed_tools", "bidding", b"bidding", "capabilities", b"capabilities", "create_time", b"create_time", "etag", b"etag", "generation", b"generation", "id", b"id", "model", b"model", "name", b"name", "owner_id", b"owner_id", "provider", b"provider", "remote", b"remote", "system_prompt", b"system_prompt", "tenant_id", b"tenant_id", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_tools", b"allowed_tools", "bidding", b"bidding", "capabilities", b"capabilities", "create_time", b"create_time", "etag", b"etag", "generation", b"generation", "id", b"id", "model", b"model", "name", b"name", "owner_id", b"owner_id", "provider", b"provider", "remote", b"remote", "system_prompt", b"system_prompt", "tenant_id", b"tenant_id", "update_time", b"update_time", "voice", b"voice"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

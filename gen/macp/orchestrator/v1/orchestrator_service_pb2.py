@@ -26,12 +26,13 @@ from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from macp.agent_proxy.v1 import agent_proxy_service_pb2 as macp_dot_agent__proxy_dot_v1_dot_agent__proxy__service__pb2
+from macp.common.v1 import audio_pb2 as macp_dot_common_dot_v1_dot_audio__pb2
 from macp.common.v1 import error_pb2 as macp_dot_common_dot_v1_dot_error__pb2
 from macp.common.v1 import text_pb2 as macp_dot_common_dot_v1_dot_text__pb2
 from macp.common.v1 import usage_pb2 as macp_dot_common_dot_v1_dot_usage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/macp/orchestrator/v1/orchestrator_service.proto\x12\x14macp.orchestrator.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a-macp/agent_proxy/v1/agent_proxy_service.proto\x1a\x1amacp/common/v1/error.proto\x1a\x19macp/common/v1/text.proto\x1a\x1amacp/common/v1/usage.proto\";\n\x04Join\x12\x33\n\x0e\x61\x66ter_event_id\x18\x01 \x01(\tB\x1b\xbaH\x18r\x16\x18@2\x12^[A-Za-z0-9._:-]*$\"y\n\x0bUserMessage\x12\x1c\n\nmessage_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x1e\n\x04text\x18\x02 \x01(\tB\x10\xbaH\rr\x0b\x10\x01\x18\x80\xfa\x01\xc0\xa3\x83\x02\x01\x12,\n\x11mention_agent_ids\x18\x03 \x03(\tB\x11\xbaH\x0e\x92\x01\x0b\x10\x10\x18\x01\"\x05r\x03\xb0\x01\x01\"\x8f\x01\n\tClientBid\x12\x1c\n\x07turn_id\x18\x01 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\x12\x1a\n\x08\x61gent_id\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12&\n\x05score\x18\x03 \x01(\x01\x42\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x00\x00\xf0?)\x00\x00\x00\x00\x00\x00\x00\x00\x12 \n\trationale\x18\x04 \x01(\tB\r\xbaH\nr\x08\x18\xe8\x07\xc0\xa3\x83\x02\x01\"E\n\x06\x43\x61ncel\x12\x1c\n\x07turn_id\x18\x01 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\x12\x1d\n\x06reason\x18\x02 \x01(\tB\r\xbaH\nr\x08\x18\xf4\x03\xc0\xa3\x83\x02\x01\"\xbe\x03\n\x0f\x43onverseRequest\x12!\n\x0f\x63onversation_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12*\n\x04join\x18\x02 \x01(\x0b\x32\x1a.macp.orchestrator.v1.JoinH\x00\x12\x39\n\x0cuser_message\x18\x03 \x01(\x0b\x32!.macp.orchestrator.v1.UserMessageH\x00\x12.\n\x03\x62id\x18\x04 \x01(\x0b\x32\x1f.macp.orchestrator.v1.ClientBidH\x00\x12.\n\x06\x63\x61ncel\x18\x05 \x01(\x0b\x32\x1c.macp.orchestrator.v1.CancelH\x00\x12|\n\rtrace_context\x18\x06 \x03(\x0b\x32\x37.macp.orchestrator.v1.ConverseRequest.TraceContextEntryB,\xbaH)\x9a\x01&\x10\x02\"\x1br\x19R\x0btraceparentR\ntracestate*\x05r\x03\x18\x80\x04\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0e\n\x05\x65vent\x12\x05\xbaH\x02\x08\x01\"J\n\x10\x43onverseResponse\x12\x36\n\x05\x65vent\x18\x01 \x01(\x0b\x32\'.macp.orchestrator.v1.ConversationEvent\"b\n\x0fMessageAccepted\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12\x16\n\x0equeue_position\x18\x04 \x01(\x05\"a\n\rBiddingOpened\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x11\n\tagent_ids\x18\x02 \x03(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9b\x01\n\x03\x42id\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x10\n\x08\x64\x65\x63lined\x18\x03 \x01(\x08\x12\x11\n\trationale\x18\x04 \x01(\t\x12\x1d\n\x15\x65stimated_cost_micros\x18\x05 \x01(\x03\x12/\n\x06source\x18\x06 \x01(\x0e\x32\x1f.macp.orchestrator.v1.BidSource\"_\n\nBidResults\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\'\n\x04\x62ids\x18\x02 \x03(\x0b\x32\x19.macp.orchestrator.v1.Bid\x12\x17\n\x0fwinner_agent_id\x18\x03 \x01(\t\"`\n\x0bTurnStarted\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x1a\n\x12trigger_message_id\x18\x03 \x01(\t\x12\x12\n\nturn_index\x18\x04 \x01(\x05\"L\n\nTokenDelta\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\r\n\x05index\x18\x04 \x01(\x05\"\x84\x01\n\x0fToolCallStarted\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x14\n\x0ctool_call_id\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12*\n\targuments\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xeb\x01\n\x11ToolCallCompleted\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x14\n\x0ctool_call_id\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0e\n\x06result\x18\x05 \x01(\t\x12\x18\n\x10result_truncated\x18\x06 \x01(\x08\x12\x10\n\x08is_error\x18\x07 \x01(\x08\x12*\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x1b.macp.common.v1.ErrorDetail\x12\x13\n\x0b\x64uration_ms\x18\t \x01(\x03\x12\x12\n\nmessage_id\x18\n \x01(\t\"\x88\x01\n\rTurnCompleted\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x32\n\x07outcome\x18\x03 \x01(\x0e\x32!.macp.orchestrator.v1.TurnOutcome\x12\x12\n\nmessage_id\x18\x04 \x01(\t\x12\x0c\n\x04text\x18\x05 \x01(\t\"v\n\x0eRoundCompleted\x12\x1a\n\x12trigger_message_id\x18\x01 \x01(\t\x12\x12\n\nturn_count\x18\x02 \x01(\x05\x12\x34\n\x06reason\x18\x03 \x01(\x0e\x32$.macp.orchestrator.v1.RoundEndReason\"g\n\nErrorEvent\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12+\n\x06\x64\x65tail\x18\x02 \x01(\x0b\x32\x1b.macp.common.v1.ErrorDetail\x12\x0f\n\x07turn_id\x18\x03 \x01(\t\x12\r\n\x05\x66\x61tal\x18\x04 \x01(\x08\"\x8e\x06\n\x11\x43onversationEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x41\n\x10message_accepted\x18\n \x01(\x0b\x32%.macp.orchestrator.v1.MessageAcceptedH\x00\x12=\n\x0e\x62idding_opened\x18\x0b \x01(\x0b\x32#.macp.orchestrator.v1.BiddingOpenedH\x00\x12\x37\n\x0b\x62id_results\x18\x0c \x01(\x0b\x32 .macp.orchestrator.v1.BidResultsH\x00\x12\x39\n\x0cturn_started\x18\r \x01(\x0b\x32!.macp.orchestrator.v1.TurnStartedH\x00\x12\x37\n\x0btoken_delta\x18\x0e \x01(\x0b\x32 .macp.orchestrator.v1.TokenDeltaH\x00\x12=\n\x0eturn_completed\x18\x0f \x01(\x0b\x32#.macp.orchestrator.v1.TurnCompletedH\x00\x12+\n\x05usage\x18\x10 \x01(\x0b\x32\x1a.macp.common.v1.UsageEventH\x00\x12\x31\n\x05\x65rror\x18\x11 \x01(\x0b\x32 .macp.orchestrator.v1.ErrorEventH\x00\x12?\n\x0fround_completed\x18\x12 \x01(\x0b\x32$.macp.orchestrator.v1.RoundCompletedH\x00\x12\x42\n\x11tool_call_started\x18\x13 \x01(\x0b\x32%.macp.orchestrator.v1.ToolCallStartedH\x00\x12\x46\n\x13tool_call_completed\x18\x14 \x01(\x0b\x32\'.macp.orchestrator.v1.ToolCallCompletedH\x00\x42\t\n\x07payload\"s\n\x12PostMessageRequest\x12!\n\x0f\x63onversation_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12:\n\x07message\x18\x02 \x01(\x0b\x32!.macp.orchestrator.v1.UserMessageB\x06\xbaH\x03\xc8\x01\x01\"`\n\x13PostMessageResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\"\x80\x01\n\x13StreamEventsRequest\x12!\n\x0f\x63onversation_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x33\n\x0e\x61\x66ter_event_id\x18\x02 \x01(\tB\x1b\xbaH\x18r\x16\x18@2\x12^[A-Za-z0-9._:-]*$\x12\x11\n\tuntil_now\x18\x03 \x01(\x08\"N\n\x14StreamEventsResponse\x12\x36\n\x05\x65vent\x18\x01 \x01(\x0b\x32\'.macp.orchestrator.v1.ConversationEvent\"\xfd\x04\n\x11\x43ompletionMessage\x12>\n\x04role\x18\x01 \x01(\x0e\x32$.macp.orchestrator.v1.CompletionRoleB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12\x1c\n\x04text\x18\x02 \x01(\tB\x0e\xbaH\x0br\t\x18\x80\xfa\x01\xc0\xa3\x83\x02\x01\x12;\n\ntool_calls\x18\x03 \x03(\x0b\x32\x1d.macp.agent_proxy.v1.ToolCallB\x08\xbaH\x05\x92\x01\x02\x10@\x12#\n\x0ctool_call_id\x18\x04 \x01(\tB\r\xbaH\nr\x08\x18\x80\x01\xc0\xa3\x83\x02\x01:\xa7\x03\xbaH\xa3\x03\x1a\xa0\x03\n\x1a\x63ompletion_message.content\x12{text: a system or user message needs text; an assistant message needs text or tool_calls; a tool message needs tool_call_id\x1a\x84\x02this.role == 4 ? size(this.tool_call_id) > 0 && size(this.tool_calls) == 0 : this.role == 3 ? (size(this.text) > 0 || size(this.tool_calls) > 0) && size(this.tool_call_id) == 0 : size(this.text) > 0 && size(this.tool_calls) == 0 && size(this.tool_call_id) == 0\"\x91\x05\n\x0f\x43ompleteRequest\x12\x19\n\x07turn_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x1a\n\x08\x61gent_id\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x46\n\x08messages\x18\x03 \x03(\x0b\x32\'.macp.orchestrator.v1.CompletionMessageB\x0b\xbaH\x08\x92\x01\x05\x08\x01\x10\xf4\x03\x12$\n\nmax_tokens\x18\x04 \x01(\x05\x42\x0b\xbaH\x08\x1a\x06\x18\xc0\x9a\x0c(\x01H\x00\x88\x01\x01\x12\x31\n\x0btemperature\x18\x05 \x01(\x01\x42\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x00\x00\x00@)\x00\x00\x00\x00\x00\x00\x00\x00H\x01\x88\x01\x01\x12=\n\x05tools\x18\x06 \x03(\x0b\x32#.macp.agent_proxy.v1.ToolDefinitionB\t\xbaH\x06\x92\x01\x03\x10\x80\x01\x12\x34\n\x0btool_choice\x18\x07 \x01(\x0b\x32\x1f.macp.agent_proxy.v1.ToolChoice:\x91\x02\xbaH\x8d\x02\x1aS\n\x16\x63omplete_request.tools\x12\x15tools: each name once\x1a\"this.tools.map(t, t.name).unique()\x1a\xb5\x01\n\x1c\x63omplete_request.tool_choice\x12&tool_choice.name: not one of the tools\x1am!has(this.tool_choice) || this.tool_choice.mode != 4 || this.tools.exists(t, t.name == this.tool_choice.name)B\r\n\x0b_max_tokensB\x0e\n\x0c_temperature\"\xb5\x01\n\x0e\x43ompletionDone\x12\x32\n\x07outcome\x18\x01 \x01(\x0e\x32!.macp.orchestrator.v1.TurnOutcome\x12\x0c\n\x04text\x18\x02 \x01(\t\x12.\n\x05usage\x18\x03 \x01(\x0b\x32\x1f.macp.common.v1.UsageDimensions\x12\x31\n\ntool_calls\x18\x04 \x03(\x0b\x32\x1d.macp.agent_proxy.v1.ToolCall\"\x84\x01\n\x10\x43ompleteResponse\x12\x31\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32 .macp.orchestrator.v1.TokenDeltaH\x00\x12\x34\n\x04\x64one\x18\x02 \x01(\x0b\x32$.macp.orchestrator.v1.CompletionDoneH\x00\x42\x07\n\x05\x65vent*\xb6\x01\n\x0bTurnOutcome\x12\x1c\n\x18TURN_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n\x16TURN_OUTCOME_COMPLETED\x10\x01\x12\x1a\n\x16TURN_OUTCOME_TRUNCATED\x10\x02\x12\x1a\n\x16TURN_OUTCOME_CANCELLED\x10\x03\x12\x1c\n\x18TURN_OUTCOME_INTERRUPTED\x10\x04\x12\x17\n\x13TURN_OUTCOME_FAILED\x10\x05*\x90\x02\n\x0eRoundEndReason\x12 \n\x1cROUND_END_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1aROUND_END_REASON_COMPLETED\x10\x01\x12\x1f\n\x1bROUND_END_REASON_TURN_LIMIT\x10\x02\x12\x1c\n\x18ROUND_END_REASON_YIELDED\x10\x03\x12\x1e\n\x1aROUND_END_REASON_NO_BIDDER\x10\x04\x12\x1e\n\x1aROUND_END_REASON_CANCELLED\x10\x05\x12 \n\x1cROUND_END_REASON_INTERRUPTED\x10\x06\x12\x1b\n\x17ROUND_END_REASON_FAILED\x10\x07*Z\n\tBidSource\x12\x1a\n\x16\x42ID_SOURCE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x42ID_SOURCE_AGENT_PROXY\x10\x01\x12\x15\n\x11\x42ID_SOURCE_CLIENT\x10\x02*\xa0\x01\n\x0e\x43ompletionRole\x12\x1f\n\x1b\x43OMPLETION_ROLE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43OMPLETION_ROLE_SYSTEM\x10\x01\x12\x18\n\x14\x43OMPLETION_ROLE_USER\x10\x02\x12\x1d\n\x19\x43OMPLETION_ROLE_ASSISTANT\x10\x03\x12\x18\n\x14\x43OMPLETION_ROLE_TOOL\x10\x04\x32\x9e\x03\n\x13OrchestratorService\x12]\n\x08\x43onverse\x12%.macp.orchestrator.v1.ConverseRequest\x1a&.macp.orchestrator.v1.ConverseResponse(\x01\x30\x01\x12\x62\n\x0bPostMessage\x12(.macp.orchestrator.v1.PostMessageRequest\x1a).macp.orchestrator.v1.PostMessageResponse\x12g\n\x0cStreamEvents\x12).macp.orchestrator.v1.StreamEventsRequest\x1a*.macp.orchestrator.v1.StreamEventsResponse0\x01\x12[\n\x08\x43omplete\x12%.macp.orchestrator.v1.CompleteRequest\x1a&.macp.orchestrator.v1.CompleteResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/macp/orchestrator/v1/orchestrator_service.proto\x12\x14macp.orchestrator.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a-macp/agent_proxy/v1/agent_proxy_service.proto\x1a\x1amacp/common/v1/audio.proto\x1a\x1amacp/common/v1/error.proto\x1a\x19macp/common/v1/text.proto\x1a\x1amacp/common/v1/usage.proto\";\n\x04Join\x12\x33\n\x0e\x61\x66ter_event_id\x18\x01 \x01(\tB\x1b\xbaH\x18r\x16\x18@2\x12^[A-Za-z0-9._:-]*$\"y\n\x0bUserMessage\x12\x1c\n\nmessage_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x1e\n\x04text\x18\x02 \x01(\tB\x10\xbaH\rr\x0b\x10\x01\x18\x80\xfa\x01\xc0\xa3\x83\x02\x01\x12,\n\x11mention_agent_ids\x18\x03 \x03(\tB\x11\xbaH\x0e\x92\x01\x0b\x10\x10\x18\x01\"\x05r\x03\xb0\x01\x01\"\x8f\x01\n\tClientBid\x12\x1c\n\x07turn_id\x18\x01 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\x12\x1a\n\x08\x61gent_id\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12&\n\x05score\x18\x03 \x01(\x01\x42\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x00\x00\xf0?)\x00\x00\x00\x00\x00\x00\x00\x00\x12 \n\trationale\x18\x04 \x01(\tB\r\xbaH\nr\x08\x18\xe8\x07\xc0\xa3\x83\x02\x01\"E\n\x06\x43\x61ncel\x12\x1c\n\x07turn_id\x18\x01 \x01(\tB\x0b\xbaH\x08r\x03\xb0\x01\x01\xd8\x01\x01\x12\x1d\n\x06reason\x18\x02 \x01(\tB\r\xbaH\nr\x08\x18\xf4\x03\xc0\xa3\x83\x02\x01\"\xbe\x03\n\x0f\x43onverseRequest\x12!\n\x0f\x63onversation_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12*\n\x04join\x18\x02 \x01(\x0b\x32\x1a.macp.orchestrator.v1.JoinH\x00\x12\x39\n\x0cuser_message\x18\x03 \x01(\x0b\x32!.macp.orchestrator.v1.UserMessageH\x00\x12.\n\x03\x62id\x18\x04 \x01(\x0b\x32\x1f.macp.orchestrator.v1.ClientBidH\x00\x12.\n\x06\x63\x61ncel\x18\x05 \x01(\x0b\x32\x1c.macp.orchestrator.v1.CancelH\x00\x12|\n\rtrace_context\x18\x06 \x03(\x0b\x32\x37.macp.orchestrator.v1.ConverseRequest.TraceContextEntryB,\xbaH)\x9a\x01&\x10\x02\"\x1br\x19R\x0btraceparentR\ntracestate*\x05r\x03\x18\x80\x04\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0e\n\x05\x65vent\x12\x05\xbaH\x02\x08\x01\"J\n\x10\x43onverseResponse\x12\x36\n\x05\x65vent\x18\x01 \x01(\x0b\x32\'.macp.orchestrator.v1.ConversationEvent\"b\n\x0fMessageAccepted\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12\x16\n\x0equeue_position\x18\x04 \x01(\x05\"a\n\rBiddingOpened\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x11\n\tagent_ids\x18\x02 \x03(\t\x12,\n\x08\x64\x65\x61\x64line\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9b\x01\n\x03\x42id\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x10\n\x08\x64\x65\x63lined\x18\x03 \x01(\x08\x12\x11\n\trationale\x18\x04 \x01(\t\x12\x1d\n\x15\x65stimated_cost_micros\x18\x05 \x01(\x03\x12/\n\x06source\x18\x06 \x01(\x0e\x32\x1f.macp.orchestrator.v1.BidSource\"_\n\nBidResults\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\'\n\x04\x62ids\x18\x02 \x03(\x0b\x32\x19.macp.orchestrator.v1.Bid\x12\x17\n\x0fwinner_agent_id\x18\x03 \x01(\t\"`\n\x0bTurnStarted\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x1a\n\x12trigger_message_id\x18\x03 \x01(\t\x12\x12\n\nturn_index\x18\x04 \x01(\x05\"L\n\nTokenDelta\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\r\n\x05index\x18\x04 \x01(\x05\"\x84\x01\n\x0fToolCallStarted\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x14\n\x0ctool_call_id\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12*\n\targuments\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xeb\x01\n\x11ToolCallCompleted\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x14\n\x0ctool_call_id\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0e\n\x06result\x18\x05 \x01(\t\x12\x18\n\x10result_truncated\x18\x06 \x01(\x08\x12\x10\n\x08is_error\x18\x07 \x01(\x08\x12*\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x1b.macp.common.v1.ErrorDetail\x12\x13\n\x0b\x64uration_ms\x18\t \x01(\x03\x12\x12\n\nmessage_id\x18\n \x01(\t\"\x88\x01\n\rTurnCompleted\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x32\n\x07outcome\x18\x03 \x01(\x0e\x32!.macp.orchestrator.v1.TurnOutcome\x12\x12\n\nmessage_id\x18\x04 \x01(\t\x12\x0c\n\x04text\x18\x05 \x01(\t\"v\n\x0eRoundCompleted\x12\x1a\n\x12trigger_message_id\x18\x01 \x01(\t\x12\x12\n\nturn_count\x18\x02 \x01(\x05\x12\x34\n\x06reason\x18\x03 \x01(\x0e\x32$.macp.orchestrator.v1.RoundEndReason\"g\n\nErrorEvent\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12+\n\x06\x64\x65tail\x18\x02 \x01(\x0b\x32\x1b.macp.common.v1.ErrorDetail\x12\x0f\n\x07turn_id\x18\x03 \x01(\t\x12\r\n\x05\x66\x61tal\x18\x04 \x01(\x08\"\x8e\x06\n\x11\x43onversationEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x41\n\x10message_accepted\x18\n \x01(\x0b\x32%.macp.orchestrator.v1.MessageAcceptedH\x00\x12=\n\x0e\x62idding_opened\x18\x0b \x01(\x0b\x32#.macp.orchestrator.v1.BiddingOpenedH\x00\x12\x37\n\x0b\x62id_results\x18\x0c \x01(\x0b\x32 .macp.orchestrator.v1.BidResultsH\x00\x12\x39\n\x0cturn_started\x18\r \x01(\x0b\x32!.macp.orchestrator.v1.TurnStartedH\x00\x12\x37\n\x0btoken_delta\x18\x0e \x01(\x0b\x32 .macp.orchestrator.v1.TokenDeltaH\x00\x12=\n\x0eturn_completed\x18\x0f \x01(\x0b\x32#.macp.orchestrator.v1.TurnCompletedH\x00\x12+\n\x05usage\x18\x10 \x01(\x0b\x32\x1a.macp.common.v1.UsageEventH\x00\x12\x31\n\x05\x65rror\x18\x11 \x01(\x0b\x32 .macp.orchestrator.v1.ErrorEventH\x00\x12?\n\x0fround_completed\x18\x12 \x01(\x0b\x32$.macp.orchestrator.v1.RoundCompletedH\x00\x12\x42\n\x11tool_call_started\x18\x13 \x01(\x0b\x32%.macp.orchestrator.v1.ToolCallStartedH\x00\x12\x46\n\x13tool_call_completed\x18\x14 \x01(\x0b\x32\'.macp.orchestrator.v1.ToolCallCompletedH\x00\x42\t\n\x07payload\"s\n\x12PostMessageRequest\x12!\n\x0f\x63onversation_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12:\n\x07message\x18\x02 \x01(\x0b\x32!.macp.orchestrator.v1.UserMessageB\x06\xbaH\x03\xc8\x01\x01\"`\n\x13PostMessageResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\"\x80\x01\n\x13StreamEventsRequest\x12!\n\x0f\x63onversation_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x33\n\x0e\x61\x66ter_event_id\x18\x02 \x01(\tB\x1b\xbaH\x18r\x16\x18@2\x12^[A-Za-z0-9._:-]*$\x12\x11\n\tuntil_now\x18\x03 \x01(\x08\"N\n\x14StreamEventsResponse\x12\x36\n\x05\x65vent\x18\x01 \x01(\x0b\x32\'.macp.orchestrator.v1.ConversationEvent\"\xfd\x04\n\x11\x43ompletionMessage\x12>\n\x04role\x18\x01 \x01(\x0e\x32$.macp.orchestrator.v1.CompletionRoleB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12\x1c\n\x04text\x18\x02 \x01(\tB\x0e\xbaH\x0br\t\x18\x80\xfa\x01\xc0\xa3\x83\x02\x01\x12;\n\ntool_calls\x18\x03 \x03(\x0b\x32\x1d.macp.agent_proxy.v1.ToolCallB\x08\xbaH\x05\x92\x01\x02\x10@\x12#\n\x0ctool_call_id\x18\x04 \x01(\tB\r\xbaH\nr\x08\x18\x80\x01\xc0\xa3\x83\x02\x01:\xa7\x03\xbaH\xa3\x03\x1a\xa0\x03\n\x1a\x63ompletion_message.content\x12{text: a system or user message needs text; an assistant message needs text or tool_calls; a tool message needs tool_call_id\x1a\x84\x02this.role == 4 ? size(this.tool_call_id) > 0 && size(this.tool_calls) == 0 : this.role == 3 ? (size(this.text) > 0 || size(this.tool_calls) > 0) && size(this.tool_call_id) == 0 : size(this.text) > 0 && size(this.tool_calls) == 0 && size(this.tool_call_id) == 0\"\x91\x05\n\x0f\x43ompleteRequest\x12\x19\n\x07turn_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x1a\n\x08\x61gent_id\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x46\n\x08messages\x18\x03 \x03(\x0b\x32\'.macp.orchestrator.v1.CompletionMessageB\x0b\xbaH\x08\x92\x01\x05\x08\x01\x10\xf4\x03\x12$\n\nmax_tokens\x18\x04 \x01(\x05\x42\x0b\xbaH\x08\x1a\x06\x18\xc0\x9a\x0c(\x01H\x00\x88\x01\x01\x12\x31\n\x0btemperature\x18\x05 \x01(\x01\x42\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x00\x00\x00@)\x00\x00\x00\x00\x00\x00\x00\x00H\x01\x88\x01\x01\x12=\n\x05tools\x18\x06 \x03(\x0b\x32#.macp.agent_proxy.v1.ToolDefinitionB\t\xbaH\x06\x92\x01\x03\x10\x80\x01\x12\x34\n\x0btool_choice\x18\x07 \x01(\x0b\x32\x1f.macp.agent_proxy.v1.ToolChoice:\x91\x02\xbaH\x8d\x02\x1aS\n\x16\x63omplete_request.tools\x12\x15tools: each name once\x1a\"this.tools.map(t, t.name).unique()\x1a\xb5\x01\n\x1c\x63omplete_request.tool_choice\x12&tool_choice.name: not one of the tools\x1am!has(this.tool_choice) || this.tool_choice.mode != 4 || this.tools.exists(t, t.name == this.tool_choice.name)B\r\n\x0b_max_tokensB\x0e\n\x0c_temperature\"\xb5\x01\n\x0e\x43ompletionDone\x12\x32\n\x07outcome\x18\x01 \x01(\x0e\x32!.macp.orchestrator.v1.TurnOutcome\x12\x0c\n\x04text\x18\x02 \x01(\t\x12.\n\x05usage\x18\x03 \x01(\x0b\x32\x1f.macp.common.v1.UsageDimensions\x12\x31\n\ntool_calls\x18\x04 \x03(\x0b\x32\x1d.macp.agent_proxy.v1.ToolCall\"\x84\x01\n\x10\x43ompleteResponse\x12\x31\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32 .macp.orchestrator.v1.TokenDeltaH\x00\x12\x34\n\x04\x64one\x18\x02 \x01(\x0b\x32$.macp.orchestrator.v1.CompletionDoneH\x00\x42\x07\n\x05\x65vent\"\x95\x01\n\x0cSpeakRequest\x12\x1c\n\nrequest_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x1a\n\x08\x61gent_id\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x1d\n\x04text\x18\x03 \x01(\tB\x0f\xbaH\x0cr\n\x10\x01\x18\x80 \xc0\xa3\x83\x02\x01\x12,\n\x05voice\x18\x04 \x01(\x0b\x32\x1d.macp.common.v1.VoiceSettings\"}\n\rSpeakResponse\x12+\n\x05\x61udio\x18\x01 \x01(\x0b\x32\x1a.macp.common.v1.AudioChunkH\x00\x12\x36\n\ncompletion\x18\x02 \x01(\x0b\x32 .macp.common.v1.SpeechCompletionH\x00\x42\x07\n\x05\x65vent\"\xb9\x03\n\x11TranscribeRequest\x12\x1c\n\nrequest_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x1a\n\x08\x61gent_id\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x1b\n\x05\x61udio\x18\x03 \x01(\x0c\x42\x0c\xbaH\tz\x07\x10\x01\x18\x80\x92\xf4\x01\x12\x37\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x1b.macp.common.v1.AudioFormatB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12$\n\x0bsample_rate\x18\x05 \x01(\x05\x42\x0f\xbaH\x0c\x1a\x07\x18\x80\xf7\x02(\xc0>\xd8\x01\x01\x12&\n\x08language\x18\x06 \x01(\tB\x14\xbaH\x11r\x0f\x32\r^([a-z]{2})?$\x12,\n\x05voice\x18\x07 \x01(\x0b\x32\x1d.macp.common.v1.VoiceSettings:\x97\x01\xbaH\x93\x01\x1a\x90\x01\n\x16transcribe.sample_rate\x12Gsample_rate: required for PCM audio, and only for it (WAV says its own)\x1a-(this.format == 2) == (this.sample_rate != 0)\"\x8e\x01\n\x12TranscribeResponse\x12\x30\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x1f.macp.common.v1.TranscriptDeltaH\x00\x12=\n\ncompletion\x18\x02 \x01(\x0b\x32\'.macp.common.v1.TranscriptionCompletionH\x00\x42\x07\n\x05\x65vent*\xb6\x01\n\x0bTurnOutcome\x12\x1c\n\x18TURN_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n\x16TURN_OUTCOME_COMPLETED\x10\x01\x12\x1a\n\x16TURN_OUTCOME_TRUNCATED\x10\x02\x12\x1a\n\x16TURN_OUTCOME_CANCELLED\x10\x03\x12\x1c\n\x18TURN_OUTCOME_INTERRUPTED\x10\x04\x12\x17\n\x13TURN_OUTCOME_FAILED\x10\x05*\x90\x02\n\x0eRoundEndReason\x12 \n\x1cROUND_END_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1aROUND_END_REASON_COMPLETED\x10\x01\x12\x1f\n\x1bROUND_END_REASON_TURN_LIMIT\x10\x02\x12\x1c\n\x18ROUND_END_REASON_YIELDED\x10\x03\x12\x1e\n\x1aROUND_END_REASON_NO_BIDDER\x10\x04\x12\x1e\n\x1aROUND_END_REASON_CANCELLED\x10\x05\x12 \n\x1cROUND_END_REASON_INTERRUPTED\x10\x06\x12\x1b\n\x17ROUND_END_REASON_FAILED\x10\x07*Z\n\tBidSource\x12\x1a\n\x16\x42ID_SOURCE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x42ID_SOURCE_AGENT_PROXY\x10\x01\x12\x15\n\x11\x42ID_SOURCE_CLIENT\x10\x02*\xa0\x01\n\x0e\x43ompletionRole\x12\x1f\n\x1b\x43OMPLETION_ROLE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43OMPLETION_ROLE_SYSTEM\x10\x01\x12\x18\n\x14\x43OMPLETION_ROLE_USER\x10\x02\x12\x1d\n\x19\x43OMPLETION_ROLE_ASSISTANT\x10\x03\x12\x18\n\x14\x43OMPLETION_ROLE_TOOL\x10\x04\x32\xd5\x04\n\x13OrchestratorService\x12]\n\x08\x43onverse\x12%.macp.orchestrator.v1.ConverseRequest\x1a&.macp.orchestrator.v1.ConverseResponse(\x01\x30\x01\x12\x62\n\x0bPostMessage\x12(.macp.orchestrator.v1.PostMessageRequest\x1a).macp.orchestrator.v1.PostMessageResponse\x12g\n\x0cStreamEvents\x12).macp.orchestrator.v1.StreamEventsRequest\x1a*.macp.orchestrator.v1.StreamEventsResponse0\x01\x12[\n\x08\x43omplete\x12%.macp.orchestrator.v1.CompleteRequest\x1a&.macp.orchestrator.v1.CompleteResponse0\x01\x12R\n\x05Speak\x12\".macp.orchestrator.v1.SpeakRequest\x1a#.macp.orchestrator.v1.SpeakResponse0\x01\x12\x61\n\nTranscribe\x12\'.macp.orchestrator.v1.TranscribeRequest\x1a(.macp.orchestrator.v1.TranscribeResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -98,68 +99,96 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMPLETEREQUEST'].fields_by_name['tools']._serialized_options = b'\272H\006\222\001\003\020\200\001'
   _globals['_COMPLETEREQUEST']._loaded_options = None
   _globals['_COMPLETEREQUEST']._serialized_options = b'\272H\215\002\032S\n\026complete_request.tools\022\025tools: each name once\032\"this.tools.map(t, t.name).unique()\032\265\001\n\034complete_request.tool_choice\022&tool_choice.name: not one of the tools\032m!has(this.tool_choice) || this.tool_choice.mode != 4 || this.tools.exists(t, t.name == this.tool_choice.name)'
-  _globals['_TURNOUTCOME']._serialized_start=5419
-  _globals['_TURNOUTCOME']._serialized_end=5601
-  _globals['_ROUNDENDREASON']._serialized_start=5604
-  _globals['_ROUNDENDREASON']._serialized_end=5876
-  _globals['_BIDSOURCE']._serialized_start=5878
-  _globals['_BIDSOURCE']._serialized_end=5968
-  _globals['_COMPLETIONROLE']._serialized_start=5971
-  _globals['_COMPLETIONROLE']._serialized_end=6131
-  _globals['_JOIN']._serialized_start=295
-  _globals['_JOIN']._serialized_end=354
-  _globals['_USERMESSAGE']._serialized_start=356
-  _globals['_USERMESSAGE']._serialized_end=477
-  _globals['_CLIENTBID']._serialized_start=480
-  _globals['_CLIENTBID']._serialized_end=623
-  _globals['_CANCEL']._serialized_start=625
-  _globals['_CANCEL']._serialized_end=694
-  _globals['_CONVERSEREQUEST']._serialized_start=697
-  _globals['_CONVERSEREQUEST']._serialized_end=1143
-  _globals['_CONVERSEREQUEST_TRACECONTEXTENTRY']._serialized_start=1076
-  _globals['_CONVERSEREQUEST_TRACECONTEXTENTRY']._serialized_end=1127
-  _globals['_CONVERSERESPONSE']._serialized_start=1145
-  _globals['_CONVERSERESPONSE']._serialized_end=1219
-  _globals['_MESSAGEACCEPTED']._serialized_start=1221
-  _globals['_MESSAGEACCEPTED']._serialized_end=1319
-  _globals['_BIDDINGOPENED']._serialized_start=1321
-  _globals['_BIDDINGOPENED']._serialized_end=1418
-  _globals['_BID']._serialized_start=1421
-  _globals['_BID']._serialized_end=1576
-  _globals['_BIDRESULTS']._serialized_start=1578
-  _globals['_BIDRESULTS']._serialized_end=1673
-  _globals['_TURNSTARTED']._serialized_start=1675
-  _globals['_TURNSTARTED']._serialized_end=1771
-  _globals['_TOKENDELTA']._serialized_start=1773
-  _globals['_TOKENDELTA']._serialized_end=1849
-  _globals['_TOOLCALLSTARTED']._serialized_start=1852
-  _globals['_TOOLCALLSTARTED']._serialized_end=1984
-  _globals['_TOOLCALLCOMPLETED']._serialized_start=1987
-  _globals['_TOOLCALLCOMPLETED']._serialized_end=2222
-  _globals['_TURNCOMPLETED']._serialized_start=2225
-  _globals['_TURNCOMPLETED']._serialized_end=2361
-  _globals['_ROUNDCOMPLETED']._serialized_start=2363
-  _globals['_ROUNDCOMPLETED']._serialized_end=2481
-  _globals['_ERROREVENT']._serialized_start=2483
-  _globals['_ERROREVENT']._serialized_end=2586
-  _globals['_CONVERSATIONEVENT']._serialized_start=2589
-  _globals['_CONVERSATIONEVENT']._serialized_end=3371
-  _globals['_POSTMESSAGEREQUEST']._serialized_start=3373
-  _globals['_POSTMESSAGEREQUEST']._serialized_end=3488
-  _globals['_POSTMESSAGERESPONSE']._serialized_start=3490
-  _globals['_POSTMESSAGERESPONSE']._serialized_end=3586
-  _globals['_STREAMEVENTSREQUEST']._serialized_start=3589
-  _globals['_STREAMEVENTSREQUEST']._serialized_end=3717
-  _globals['_STREAMEVENTSRESPONSE']._serialized_start=3719
-  _globals['_STREAMEVENTSRESPONSE']._serialized_end=3797
-  _globals['_COMPLETIONMESSAGE']._serialized_start=3800
-  _globals['_COMPLETIONMESSAGE']._serialized_end=4437
-  _globals['_COMPLETEREQUEST']._serialized_start=4440
-  _globals['_COMPLETEREQUEST']._serialized_end=5097
-  _globals['_COMPLETIONDONE']._serialized_start=5100
-  _globals['_COMPLETIONDONE']._serialized_end=5281
-  _globals['_COMPLETERESPONSE']._serialized_start=5284
-  _globals['_COMPLETERESPONSE']._serialized_end=5416
-  _globals['_ORCHESTRATORSERVICE']._serialized_start=6134
-  _globals['_ORCHESTRATORSERVICE']._serialized_end=6548
+  _globals['_SPEAKREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_SPEAKREQUEST'].fields_by_name['request_id']._serialized_options = b'\272H\005r\003\260\001\001'
+  _globals['_SPEAKREQUEST'].fields_by_name['agent_id']._loaded_options = None
+  _globals['_SPEAKREQUEST'].fields_by_name['agent_id']._serialized_options = b'\272H\005r\003\260\001\001'
+  _globals['_SPEAKREQUEST'].fields_by_name['text']._loaded_options = None
+  _globals['_SPEAKREQUEST'].fields_by_name['text']._serialized_options = b'\272H\014r\n\020\001\030\200 \300\243\203\002\001'
+  _globals['_TRANSCRIBEREQUEST'].fields_by_name['request_id']._loaded_options = None
+  _globals['_TRANSCRIBEREQUEST'].fields_by_name['request_id']._serialized_options = b'\272H\005r\003\260\001\001'
+  _globals['_TRANSCRIBEREQUEST'].fields_by_name['agent_id']._loaded_options = None
+  _globals['_TRANSCRIBEREQUEST'].fields_by_name['agent_id']._serialized_options = b'\272H\005r\003\260\001\001'
+  _globals['_TRANSCRIBEREQUEST'].fields_by_name['audio']._loaded_options = None
+  _globals['_TRANSCRIBEREQUEST'].fields_by_name['audio']._serialized_options = b'\272H\tz\007\020\001\030\200\222\364\001'
+  _globals['_TRANSCRIBEREQUEST'].fields_by_name['format']._loaded_options = None
+  _globals['_TRANSCRIBEREQUEST'].fields_by_name['format']._serialized_options = b'\272H\007\202\001\004\020\001 \000'
+  _globals['_TRANSCRIBEREQUEST'].fields_by_name['sample_rate']._loaded_options = None
+  _globals['_TRANSCRIBEREQUEST'].fields_by_name['sample_rate']._serialized_options = b'\272H\014\032\007\030\200\367\002(\300>\330\001\001'
+  _globals['_TRANSCRIBEREQUEST'].fields_by_name['language']._loaded_options = None
+  _globals['_TRANSCRIBEREQUEST'].fields_by_name['language']._serialized_options = b'\272H\021r\0172\r^([a-z]{2})?$'
+  _globals['_TRANSCRIBEREQUEST']._loaded_options = None
+  _globals['_TRANSCRIBEREQUEST']._serialized_options = b'\272H\223\001\032\220\001\n\026transcribe.sample_rate\022Gsample_rate: required for PCM audio, and only for it (WAV says its own)\032-(this.format == 2) == (this.sample_rate != 0)'
+  _globals['_TURNOUTCOME']._serialized_start=6315
+  _globals['_TURNOUTCOME']._serialized_end=6497
+  _globals['_ROUNDENDREASON']._serialized_start=6500
+  _globals['_ROUNDENDREASON']._serialized_end=6772
+  _globals['_BIDSOURCE']._serialized_start=6774
+  _globals['_BIDSOURCE']._serialized_end=6864
+  _globals['_COMPLETIONROLE']._serialized_start=6867
+  _globals['_COMPLETIONROLE']._serialized_end=7027
+  _globals['_JOIN']._serialized_start=323
+  _globals['_JOIN']._serialized_end=382
+  _globals['_USERMESSAGE']._serialized_start=384
+  _globals['_USERMESSAGE']._serialized_end=505
+  _globals['_CLIENTBID']._serialized_start=508
+  _globals['_CLIENTBID']._serialized_end=651
+  _globals['_CANCEL']._serialized_start=653
+  _globals['_CANCEL']._serialized_end=722
+  _globals['_CONVERSEREQUEST']._serialized_start=725
+  _globals['_CONVERSEREQUEST']._serialized_end=1171
+  _globals['_CONVERSEREQUEST_TRACECONTEXTENTRY']._serialized_start=1104
+  _globals['_CONVERSEREQUEST_TRACECONTEXTENTRY']._serialized_end=1155
+  _globals['_CONVERSERESPONSE']._serialized_start=1173
+  _globals['_CONVERSERESPONSE']._serialized_end=1247
+  _globals['_MESSAGEACCEPTED']._serialized_start=1249
+  _globals['_MESSAGEACCEPTED']._serialized_end=1347
+  _globals['_BIDDINGOPENED']._serialized_start=1349
+  _globals['_BIDDINGOPENED']._serialized_end=1446
+  _globals['_BID']._serialized_start=1449
+  _globals['_BID']._serialized_end=1604
+  _globals['_BIDRESULTS']._serialized_start=1606
+  _globals['_BIDRESULTS']._serialized_end=1701
+  _globals['_TURNSTARTED']._serialized_start=1703
+  _globals['_TURNSTARTED']._serialized_end=1799
+  _globals['_TOKENDELTA']._serialized_start=1801
+  _globals['_TOKENDELTA']._serialized_end=1877
+  _globals['_TOOLCALLSTARTED']._serialized_start=1880
+  _globals['_TOOLCALLSTARTED']._serialized_end=2012
+  _globals['_TOOLCALLCOMPLETED']._serialized_start=2015
+  _globals['_TOOLCALLCOMPLETED']._serialized_end=2250
+  _globals['_TURNCOMPLETED']._serialized_start=2253
+  _globals['_TURNCOMPLETED']._serialized_end=2389
+  _globals['_ROUNDCOMPLETED']._serialized_start=2391
+  _globals['_ROUNDCOMPLETED']._serialized_end=2509
+  _globals['_ERROREVENT']._serialized_start=2511
+  _globals['_ERROREVENT']._serialized_end=2614
+  _globals['_CONVERSATIONEVENT']._serialized_start=2617
+  _globals['_CONVERSATIONEVENT']._serialized_end=3399
+  _globals['_POSTMESSAGEREQUEST']._serialized_start=3401
+  _globals['_POSTMESSAGEREQUEST']._serialized_end=3516
+  _globals['_POSTMESSAGERESPONSE']._serialized_start=3518
+  _globals['_POSTMESSAGERESPONSE']._serialized_end=3614
+  _globals['_STREAMEVENTSREQUEST']._serialized_start=3617
+  _globals['_STREAMEVENTSREQUEST']._serialized_end=3745
+  _globals['_STREAMEVENTSRESPONSE']._serialized_start=3747
+  _globals['_STREAMEVENTSRESPONSE']._serialized_end=3825
+  _globals['_COMPLETIONMESSAGE']._serialized_start=3828
+  _globals['_COMPLETIONMESSAGE']._serialized_end=4465
+  _globals['_COMPLETEREQUEST']._serialized_start=4468
+  _globals['_COMPLETEREQUEST']._serialized_end=5125
+  _globals['_COMPLETIONDONE']._serialized_start=5128
+  _globals['_COMPLETIONDONE']._serialized_end=5309
+  _globals['_COMPLETERESPONSE']._serialized_start=5312
+  _globals['_COMPLETERESPONSE']._serialized_end=5444
+  _globals['_SPEAKREQUEST']._serialized_start=5447
+  _globals['_SPEAKREQUEST']._serialized_end=5596
+  _globals['_SPEAKRESPONSE']._serialized_start=5598
+  _globals['_SPEAKRESPONSE']._serialized_end=5723
+  _globals['_TRANSCRIBEREQUEST']._serialized_start=5726
+  _globals['_TRANSCRIBEREQUEST']._serialized_end=6167
+  _globals['_TRANSCRIBERESPONSE']._serialized_start=6170
+  _globals['_TRANSCRIBERESPONSE']._serialized_end=6312
+  _globals['_ORCHESTRATORSERVICE']._serialized_start=7030
+  _globals['_ORCHESTRATORSERVICE']._serialized_end=7627
 # @@protoc_insertion_point(module_scope)

@@ -16,6 +16,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from macp.agent_proxy.v1 import agent_proxy_service_pb2 as _agent_proxy_service_pb2
+from macp.common.v1 import audio_pb2 as _audio_pb2
 from macp.common.v1 import error_pb2 as _error_pb2
 from macp.common.v1 import usage_pb2 as _usage_pb2
 import builtins as _builtins
@@ -1199,3 +1200,151 @@ class CompleteResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
 Global___CompleteResponse: _TypeAlias = CompleteResponse  # noqa: Y015
+
+@_typing.final
+class SpeakRequest(_message.Message):
+    """The request of Speak."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    VOICE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The call's id (UUID), chosen by the caller: a retry with the same id is billed once."""
+    agent_id: _builtins.str
+    """The agent whose voice speaks; the caller must be able to read it."""
+    text: _builtins.str
+    """The text to speak, 1 to 4,096 characters."""
+    @_builtins.property
+    def voice(self) -> _audio_pb2.VoiceSettings:
+        """This call's changes to the agent's voice settings: each field set replaces the agent's."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        text: _builtins.str = ...,
+        voice: _audio_pb2.VoiceSettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["voice", b"voice"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "request_id", b"request_id", "text", b"text", "voice", b"voice"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpeakRequest: _TypeAlias = SpeakRequest  # noqa: Y015
+
+@_typing.final
+class SpeakResponse(_message.Message):
+    """One event of the Speak stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUDIO_FIELD_NUMBER: _builtins.int
+    COMPLETION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def audio(self) -> _audio_pb2.AudioChunk:
+        """A piece of the audio."""
+
+    @_builtins.property
+    def completion(self) -> _audio_pb2.SpeechCompletion:
+        """The end, with the usage committed."""
+
+    def __init__(
+        self,
+        *,
+        audio: _audio_pb2.AudioChunk | None = ...,
+        completion: _audio_pb2.SpeechCompletion | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "completion", b"completion", "event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "completion", b"completion", "event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["audio", "completion"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___SpeakResponse: _TypeAlias = SpeakResponse  # noqa: Y015
+
+@_typing.final
+class TranscribeRequest(_message.Message):
+    """The request of Transcribe."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    AUDIO_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    SAMPLE_RATE_FIELD_NUMBER: _builtins.int
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    VOICE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The call's id (UUID), chosen by the caller: a retry with the same id is billed once."""
+    agent_id: _builtins.str
+    """The agent addressed, whose transcription settings apply; the caller must be able to read it."""
+    audio: _builtins.bytes
+    """The audio, up to 4,000,000 bytes."""
+    format: _audio_pb2.AudioFormat.ValueType
+    """The audio's format."""
+    sample_rate: _builtins.int
+    """Samples per second of PCM audio (8,000 to 48,000); WAV says its own, and this must be unset."""
+    language: _builtins.str
+    """The language spoken, ISO 639-1 (for example "en"); empty: the provider detects it."""
+    @_builtins.property
+    def voice(self) -> _audio_pb2.VoiceSettings:
+        """This call's changes to the agent's voice settings (its transcription model, provider)."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        audio: _builtins.bytes = ...,
+        format: _audio_pb2.AudioFormat.ValueType = ...,
+        sample_rate: _builtins.int = ...,
+        language: _builtins.str = ...,
+        voice: _audio_pb2.VoiceSettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["voice", b"voice"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "audio", b"audio", "format", b"format", "language", b"language", "request_id", b"request_id", "sample_rate", b"sample_rate", "voice", b"voice"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TranscribeRequest: _TypeAlias = TranscribeRequest  # noqa: Y015
+
+@_typing.final
+class TranscribeResponse(_message.Message):
+    """One event of the Transcribe stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELTA_FIELD_NUMBER: _builtins.int
+    COMPLETION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def delta(self) -> _audio_pb2.TranscriptDelta:
+        """A piece of the transcript."""
+
+    @_builtins.property
+    def completion(self) -> _audio_pb2.TranscriptionCompletion:
+        """The end, with the whole text and the usage committed."""
+
+    def __init__(
+        self,
+        *,
+        delta: _audio_pb2.TranscriptDelta | None = ...,
+        completion: _audio_pb2.TranscriptionCompletion | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["completion", b"completion", "delta", b"delta", "event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion", b"completion", "delta", b"delta", "event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["delta", "completion"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___TranscribeResponse: _TypeAlias = TranscribeResponse  # noqa: Y015

@@ -55,6 +55,16 @@ class OrchestratorServiceStub:
                 request_serializer=macp_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.CompleteRequest.SerializeToString,
                 response_deserializer=macp_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.CompleteResponse.FromString,
                 _registered_method=True)
+        self.Speak = channel.unary_stream(
+                '/macp.orchestrator.v1.OrchestratorService/Speak',
+                request_serializer=macp_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.SpeakRequest.SerializeToString,
+                response_deserializer=macp_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.SpeakResponse.FromString,
+                _registered_method=True)
+        self.Transcribe = channel.unary_stream(
+                '/macp.orchestrator.v1.OrchestratorService/Transcribe',
+                request_serializer=macp_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.TranscribeRequest.SerializeToString,
+                response_deserializer=macp_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.TranscribeResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
@@ -100,6 +110,25 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Speak(self, request, context):
+        """Speaks a text in an agent's voice (the edge's OpenAI-compatible /v1/audio/speech): voice
+        seconds are held at metering before the provider is called, Synthesize runs through the
+        agent proxy, and the seconds actually made are committed. A server stream, so the first
+        audio reaches the caller while the rest is made.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Transcribe(self, request, context):
+        """Transcribes audio addressed to an agent (the edge's /v1/audio/transcriptions), metered the
+        same way: the audio's seconds held, Transcribe through the agent proxy, the seconds heard
+        committed. Streams the text as the provider hears it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -122,6 +151,16 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.Complete,
                     request_deserializer=macp_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.CompleteRequest.FromString,
                     response_serializer=macp_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.CompleteResponse.SerializeToString,
+            ),
+            'Speak': grpc.unary_stream_rpc_method_handler(
+                    servicer.Speak,
+                    request_deserializer=macp_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.SpeakRequest.FromString,
+                    response_serializer=macp_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.SpeakResponse.SerializeToString,
+            ),
+            'Transcribe': grpc.unary_stream_rpc_method_handler(
+                    servicer.Transcribe,
+                    request_deserializer=macp_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.TranscribeRequest.FromString,
+                    response_serializer=macp_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.TranscribeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -233,6 +272,60 @@ class OrchestratorService:
             '/macp.orchestrator.v1.OrchestratorService/Complete',
             macp_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.CompleteRequest.SerializeToString,
             macp_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.CompleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Speak(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/macp.orchestrator.v1.OrchestratorService/Speak',
+            macp_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.SpeakRequest.SerializeToString,
+            macp_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.SpeakResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Transcribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/macp.orchestrator.v1.OrchestratorService/Transcribe',
+            macp_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.TranscribeRequest.SerializeToString,
+            macp_dot_orchestrator_dot_v1_dot_orchestrator__service__pb2.TranscribeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,17 @@ class OrchestratorServiceStub:
     agent, Generate through the agent proxy, usage committed, like any turn of a round; nothing
     is stored. A server stream, so the answer's deltas reach the caller as they are generated.
     """
+    Speak: _aio.UnaryStreamMultiCallable[_orchestrator_service_pb2.SpeakRequest, _orchestrator_service_pb2.SpeakResponse]
+    """Speaks a text in an agent's voice (the edge's OpenAI-compatible /v1/audio/speech): voice
+    seconds are held at metering before the provider is called, Synthesize runs through the
+    agent proxy, and the seconds actually made are committed. A server stream, so the first
+    audio reaches the caller while the rest is made.
+    """
+    Transcribe: _aio.UnaryStreamMultiCallable[_orchestrator_service_pb2.TranscribeRequest, _orchestrator_service_pb2.TranscribeResponse]
+    """Transcribes audio addressed to an agent (the edge's /v1/audio/transcriptions), metered the
+    same way: the audio's seconds held, Transcribe through the agent proxy, the seconds heard
+    committed. Streams the text as the provider hears it.
+    """
 
 class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     """OrchestratorService is what the edge's WebSocket, SSE and REST endpoints talk to."""
@@ -93,6 +104,29 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         OpenAI-compatible chat completions endpoint): quota reserved, a token delegated to the
         agent, Generate through the agent proxy, usage committed, like any turn of a round; nothing
         is stored. A server stream, so the answer's deltas reach the caller as they are generated.
+        """
+
+    @_abc_1.abstractmethod
+    def Speak(
+        self,
+        request: _orchestrator_service_pb2.SpeakRequest,
+        context: _aio.ServicerContext[_orchestrator_service_pb2.SpeakRequest, _abc.AsyncIterator[_orchestrator_service_pb2.SpeakResponse]],
+    ) -> _abc.AsyncIterator[_orchestrator_service_pb2.SpeakResponse]:
+        """Speaks a text in an agent's voice (the edge's OpenAI-compatible /v1/audio/speech): voice
+        seconds are held at metering before the provider is called, Synthesize runs through the
+        agent proxy, and the seconds actually made are committed. A server stream, so the first
+        audio reaches the caller while the rest is made.
+        """
+
+    @_abc_1.abstractmethod
+    def Transcribe(
+        self,
+        request: _orchestrator_service_pb2.TranscribeRequest,
+        context: _aio.ServicerContext[_orchestrator_service_pb2.TranscribeRequest, _abc.AsyncIterator[_orchestrator_service_pb2.TranscribeResponse]],
+    ) -> _abc.AsyncIterator[_orchestrator_service_pb2.TranscribeResponse]:
+        """Transcribes audio addressed to an agent (the edge's /v1/audio/transcriptions), metered the
+        same way: the audio's seconds held, Transcribe through the agent proxy, the seconds heard
+        committed. Streams the text as the provider hears it.
         """
 
 def add_OrchestratorServiceServicer_to_server(servicer: OrchestratorServiceServicer, server: _aio.Server) -> None: ...
