@@ -731,7 +731,10 @@ Global___ListProvidersResponse: _TypeAlias = ListProvidersResponse  # noqa: Y015
 
 @_typing.final
 class VoiceCallScope(_message.Message):
-    """Who a voice call works for: the usage event's keys."""
+    """Who a voice call works for: the usage event's keys. The proxy publishes the call's usage event
+    (VOICE_SYNTHESIS or VOICE_TRANSCRIPTION, its id derived from `request_id`) once the provider
+    finished; a caller that held quota commits the same event, and metering counts it once.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -740,7 +743,6 @@ class VoiceCallScope(_message.Message):
     AGENT_ID_FIELD_NUMBER: _builtins.int
     CONVERSATION_ID_FIELD_NUMBER: _builtins.int
     TURN_ID_FIELD_NUMBER: _builtins.int
-    CALLER_COMMITS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The call's id (UUID): the usage event's id is derived from it, so a retried call is billed once."""
     tenant_id: _builtins.str
@@ -751,10 +753,6 @@ class VoiceCallScope(_message.Message):
     """The conversation the call belongs to, if any."""
     turn_id: _builtins.str
     """The turn the call belongs to, if any."""
-    caller_commits: _builtins.bool
-    """True when the caller commits the call's usage itself (it held the quota): the proxy then
-    publishes no event of its own for a call its caller cut.
-    """
     def __init__(
         self,
         *,
@@ -763,11 +761,10 @@ class VoiceCallScope(_message.Message):
         agent_id: _builtins.str = ...,
         conversation_id: _builtins.str = ...,
         turn_id: _builtins.str = ...,
-        caller_commits: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "caller_commits", b"caller_commits", "conversation_id", b"conversation_id", "request_id", b"request_id", "tenant_id", b"tenant_id", "turn_id", b"turn_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "conversation_id", b"conversation_id", "request_id", b"request_id", "tenant_id", b"tenant_id", "turn_id", b"turn_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
