@@ -32,3 +32,13 @@ def orchestration_event_id(conversation_id: str, trigger_message_id: str) -> str
 def tool_call_event_id(call_id: str) -> str:
     """The TOOL_CALL event of one call through the tool gateway (`call_id`: its quota hold's id)."""
     return usage_event_id("tool-call", call_id)
+
+
+def speech_event_id(request_id: str) -> str:
+    """The VOICE_SYNTHESIS event of one Synthesize call (`request_id`: its VoiceCallScope's)."""
+    return usage_event_id("voice-synthesis", request_id)
+
+
+def transcription_event_id(request_id: str) -> str:
+    """The VOICE_TRANSCRIPTION event of one Transcribe call (`request_id`: its VoiceCallScope's)."""
+    return usage_event_id("voice-transcription", request_id)
