@@ -1,5 +1,5 @@
-"""The provider server's Starlette app: the two wire protocols, health, and the test-only admin
-routes (book behaviors, read what was served)."""
+"""The provider server's Starlette app: the two wire protocols (with OpenAI's audio routes), health,
+and the test-only admin routes (book behaviors, read what was served)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.provider_server import anthropic_api, openai_api
+from services.provider_server import anthropic_api, audio_api, openai_api
 from services.provider_server.behavior import Behavior, BehaviorError
 from services.provider_server.protocol import ProtocolError, ProviderState, read_json
 
@@ -76,6 +76,8 @@ def build_app(state: ProviderState | None = None) -> Starlette:
         routes=[
             Route("/v1/messages", anthropic_api.messages, methods=["POST"]),
             Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),
+            Route("/v1/audio/speech", audio_api.speech, methods=["POST"]),
+            Route("/v1/audio/transcriptions", audio_api.transcriptions, methods=["POST"]),
             Route("/admin/behaviors", book_behavior, methods=["POST"]),
             Route("/admin/behaviors", clear_behaviors, methods=["DELETE"]),
             Route("/admin/stats", stats, methods=["GET"]),
