@@ -9,9 +9,17 @@ each name N reads
 | `MACP_PROVIDER_<N>_BASE_URL` | the API's base URL; unset: the SDK's own (api.anthropic.com, ...) |
 | `MACP_PROVIDER_<N>_API_KEY` | the key; never logged, never in an error |
 | `MACP_PROVIDER_<N>_MODELS` | the models offered, comma-separated (ListProviders and fallbacks) |
+| `MACP_PROVIDER_<N>_SPEECH_MODELS` | the speech models (Synthesize), comma-separated, the default first |
+| `MACP_PROVIDER_<N>_TRANSCRIPTION_MODELS` | the transcription models (Transcribe), likewise |
 
 Unset, the list is `anthropic` and/or `openai` for each whose key is set, or else `local`: the local
 provider server (services/provider_server) that `macp up` starts when no key is configured.
+
+Speech and transcription go through OpenAI's audio API (`/v1/audio/*`), which a provider speaks
+when its protocol is `openai`, and the local provider server whatever its protocol. Unset, the
+audio models are `gpt-4o-mini-tts` and `gpt-4o-transcribe` for `openai`, `speech-1` and
+`transcribe-1` for `local`, and none for other servers (an Ollama serves no speech): setting them
+for a provider that does not speak the audio API is an error.
 """
 
 from __future__ import annotations
@@ -32,6 +40,13 @@ KEYED_DEFAULT_MODELS = {
     "openai": ("gpt-4o", "gpt-4o-mini"),
 }
 LOCAL_MODELS = ("echo-1", "echo-2")
+# The audio models (speech, transcription) when MACP_PROVIDER_<N>_SPEECH_MODELS / _TRANSCRIPTION_MODELS
+# are unset; a provider not named here offers none until told.
+DEFAULT_SPEECH_MODELS: dict[str, tuple[str, ...]] = {"openai": ("gpt-4o-mini-tts",), LOCAL: ("speech-1",)}
+DEFAULT_TRANSCRIPTION_MODELS: dict[str, tuple[str, ...]] = {
+    "openai": ("gpt-4o-transcribe",),
+    LOCAL: ("transcribe-1",),
+}
 # Spelled out for the keyed providers and the local one: deployments (compose) set these by name.
 KEY_VARIABLES = {"anthropic": "MACP_PROVIDER_ANTHROPIC_API_KEY", "openai": "MACP_PROVIDER_OPENAI_API_KEY"}
 LOCAL_BASE_URL_VARIABLE = "MACP_PROVIDER_LOCAL_BASE_URL"
@@ -103,10 +118,26 @@ class ProviderConfig:
     base_url: str | None
     api_key: Secret | None
     models: tuple[str, ...]
+    # OpenAI's audio API (speech.py): the speech and transcription models, each kind's default first.
+    speech_models: tuple[str, ...] = ()
+    transcription_models: tuple[str, ...] = ()
 
     @property
     def local(self) -> bool:
         return self.name == LOCAL
+
+    @property
+    def speaks_audio(self) -> bool:
+        """Whether it serves OpenAI's audio API: the local provider server does whatever its protocol."""
+        return self.protocol == "openai" or self.local
+
+    @property
+    def audio_base_url(self) -> str | None:
+        """The base URL of its audio API: the local server's, when it speaks the Anthropic protocol
+        to chat, has no `/v1`, which OpenAI's SDK expects in a base URL."""
+        if self.protocol == "anthropic" and self.base_url is not None:
+            return self.base_url.rstrip("/") + "/v1"
+        return self.base_url
 
     @property
     def configured(self) -> bool:
@@ -129,8 +160,7 @@ class ProviderConfig:
         key = env.raw(provider_variable(name, "API_KEY"))
         if key is None and name == LOCAL:
             key = "local"  # the local server wants a key to be sent, any key
-        models_raw = env.raw(provider_variable(name, "MODELS"))
-        models = tuple(m.strip() for m in models_raw.split(",") if m.strip()) if models_raw else ()
+        models = _names(env, provider_variable(name, "MODELS"))
         if not models:
             models = LOCAL_MODELS if name == LOCAL else KEYED_DEFAULT_MODELS.get(name, ())
         if not models:
@@ -143,13 +173,39 @@ class ProviderConfig:
                 f"{provider_variable(name, 'BASE_URL')} is not set; set it to the API's URL, "
                 "such as http://127.0.0.1:11434/v1"
             )
+        speech_models = _audio_models(env, name, protocol, "SPEECH_MODELS", DEFAULT_SPEECH_MODELS)
+        transcription_models = _audio_models(
+            env, name, protocol, "TRANSCRIPTION_MODELS", DEFAULT_TRANSCRIPTION_MODELS
+        )
         return cls(
             name=name,
             protocol=protocol,  # type: ignore[arg-type]
             base_url=base_url,
             api_key=Secret(key) if key is not None else None,
             models=models,
+            speech_models=speech_models,
+            transcription_models=transcription_models,
         )
+
+
+def _names(env: Env, variable: str) -> tuple[str, ...]:
+    raw = env.raw(variable)
+    return tuple(m.strip() for m in raw.split(",") if m.strip()) if raw else ()
+
+
+def _audio_models(
+    env: Env, name: str, protocol: str, field: str, defaults: dict[str, tuple[str, ...]]
+) -> tuple[str, ...]:
+    variable = provider_variable(name, field)
+    models = _names(env, variable)
+    if protocol != "openai" and name != LOCAL:
+        if models:
+            raise SettingsError(
+                f"{variable} is set, but {name} speaks the {protocol} protocol, which has no audio API; "
+                f"unset it, or set {provider_variable(name, 'PROTOCOL')}=openai"
+            )
+        return ()
+    return models or defaults.get(name, ())
 
 
 @dataclass(frozen=True)
