@@ -7,10 +7,11 @@ reached the caller another attempt would repeat it, so a failure after it ends t
 before it (connection refused, a 5xx, a timeout, an error event before any content) counts against
 its (provider, model) breaker, and the same call goes at once to the next candidate whose breaker
 lets it through: the requested model, then every other configured one in the configured order
-(`Providers.candidates`). When every candidate has failed, the walk starts again after an exponential
-backoff with jitter, at most `retries` more times. The caller's deadline bounds it all: every
-upstream call (the SDK timeout is the smaller of it and the call timeout, and gRPC cancels the
-handler when it passes), each backoff, and each fallback, which is not started once it has passed.
+(`Providers.candidates`). When every candidate has failed, the walk starts again after an
+exponential backoff with jitter, at most `retries` more times. The caller's deadline bounds it all:
+every upstream call (the SDK timeout is the smaller of it and the call timeout, and gRPC cancels
+the handler when it passes), each backoff, and each fallback, which is not started once it has
+passed. That walk is services/agent_proxy/fallback.py, which speech's calls take too.
 A cancelled Generate closes the upstream response before it returns.
 
 An agent of provider `a2a` is an outside A2A agent, not a model: it has no fallback, and its turn
@@ -22,27 +23,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
 
 from macp.agent_proxy.v1 import agent_proxy_service_pb2 as pb
 from macp.common.v1 import usage_pb2
 
 from services.agent_proxy.coalescing import DeltaBuffer
 from services.agent_proxy.fair_queue import FairQueue
+from services.agent_proxy.fallback import Fallback, bounded
 from services.agent_proxy.provider import Finished, ProviderEvent, ProviderFailure, Started, ToolCall, Turn
 from services.agent_proxy.providers import Providers, Target
 from services.agent_proxy.remote_agents import A2A, RemoteAgents, remote_prompt_characters
 from services.agent_proxy.settings import ProxySettings
 from services.agent_proxy.turn import as_struct, build_turn, prompt_characters
 from services.agent_proxy.usage import TurnRecord, agent_turn_event
-from services.runtime.errors import FailedPrecondition, PermissionDenied, Unavailable
+from services.runtime.errors import FailedPrecondition, PermissionDenied
 from services.runtime.principal import Principal
-
-# How long past the caller's deadline an upstream call may run before its own timeout: gRPC ends
-# the call at the deadline first (see `Generation._timeout`).
-DEADLINE_GRACE_SECONDS = 0.25
 
 PublishUsage = Callable[[usage_pb2.UsageEvent], Awaitable[None]]
 # Told of each call's time to its first text (queue wait included), by the provider and model that
@@ -68,7 +64,7 @@ class Generation:
         self._remote = remote
         self._queue = queue
         self._publish_usage = publish_usage
-        self._sleep = sleep
+        self._fallback = Fallback(settings.retries, settings.retry_base_seconds, sleep)
         self.on_first_token: OnFirstToken = lambda provider, model, seconds: None
 
     async def generate(
@@ -95,7 +91,7 @@ class Generation:
             self._settling(request, principal, record),
             self._queue.slot(principal.tier, principal.tenant_id),
         ):
-            target, upstream, first = await self._first_output(request, turn, record, deadline)
+            target, (upstream, first) = await self._first_output(request, turn, record, deadline)
             self.on_first_token(record.provider, record.model, loop.time() - arrived)
             async for response in self._relay(target, upstream, first, record):
                 yield response
@@ -121,9 +117,7 @@ class Generation:
             self._settling(request, principal, record),
             self._queue.slot(principal.tier, principal.tenant_id),
         ):
-            async for response in remote.generate(
-                request, record, lambda limit: self._bounded(limit, deadline)
-            ):
+            async for response in remote.generate(request, record, lambda limit: bounded(limit, deadline)):
                 if first:
                     first = False
                     self.on_first_token(A2A, request.model, loop.time() - arrived)
@@ -147,83 +141,33 @@ class Generation:
                 await self._publish_usage(agent_turn_event(request, principal, record))
 
     def _timeout(self, deadline: float | None) -> float:
-        return self._bounded(self._settings.call_timeout_seconds, deadline)
-
-    @staticmethod
-    def _bounded(limit: float, deadline: float | None) -> float:
-        if deadline is None:
-            return limit
-        # A little past the caller's deadline: at the deadline gRPC cancels this call (and the
-        # upstream request with it), and the caller hears DEADLINE_EXCEEDED. A provider timeout at
-        # the very same moment would race it and answer UNAVAILABLE instead.
-        remaining = deadline - asyncio.get_running_loop().time() + DEADLINE_GRACE_SECONDS
-        return max(0.01, min(limit, remaining))
-
-    def _all_open(self, request: pb.GenerateRequest) -> Unavailable:
-        first = self._providers.breaker(request.provider, request.model)
-        retry_at = datetime.fromtimestamp(first.next_attempt_at(), UTC).isoformat(timespec="seconds")
-        return Unavailable(
-            f"{request.provider}/{request.model} and every fallback have an open circuit breaker; "
-            f"the next trial is at {retry_at}"
-        )
+        return bounded(self._settings.call_timeout_seconds, deadline)
 
     async def _first_output(
         self, request: pb.GenerateRequest, turn: Turn, record: TurnRecord, deadline: float | None
-    ) -> tuple[Target, Upstream, Output]:
-        """The first candidate that produces text or a tool call (or finishes): after a failure the
-        next candidate at once, and the whole walk again after a backoff once every one failed."""
-        loop = asyncio.get_running_loop()
-        failed: list[tuple[Target, ProviderFailure]] = []
-        for walk in range(self._settings.retries + 1):
-            if walk:
-                delay = self._settings.retry_base_seconds * 2 ** (walk - 1) * (0.5 + random.random())
-                if deadline is not None and loop.time() + delay >= deadline:
-                    break
-                await self._sleep(delay)
-            admitted = False
-            for target in self._providers.candidates(request.provider, request.model):
-                if deadline is not None and failed and loop.time() >= deadline:
-                    break  # gRPC has answered DEADLINE_EXCEEDED: a fallback would answer no one
-                if not target.breaker.try_acquire():
-                    continue
-                admitted = True
-                answered = await self._attempt(target, turn, record, deadline)
-                if isinstance(answered, ProviderFailure):
-                    failed.append((target, answered))
-                    continue
-                return target, *answered
-            if not admitted:
-                break  # every breaker is open now: another walk would call nobody
-        if not failed:
-            raise self._all_open(request)
-        tried = ", ".join(dict.fromkeys(target.name for target, _ in failed))
-        raise Unavailable(
-            f"{request.provider}/{request.model} and its fallbacks failed before answering "
-            f"({len(failed)} attempts on {tried}); the last: {failed[-1][1].message}"
+    ) -> tuple[Target, tuple[Upstream, Output]]:
+        """The first candidate that produces text or a tool call (or finishes), walked as every
+        provider call is (fallback.py); a request the provider refused is FAILED_PRECONDITION."""
+        return await self._fallback.first_output(
+            self._providers.candidates(request.provider, request.model),
+            lambda target: self._attempt(target, turn, record, deadline),
+            deadline,
+            refused=lambda failure: FailedPrecondition(failure.message),
         )
 
     async def _attempt(
         self, target: Target, turn: Turn, record: TurnRecord, deadline: float | None
-    ) -> tuple[Upstream, Output] | ProviderFailure:
-        """One upstream call until its first output; its retryable failure, counted by its breaker."""
+    ) -> tuple[Upstream, Output]:
+        """One upstream call until its first output; its stream closed when it fails."""
         # The record describes the attempt that answers: usage is metered for that model only.
         record.provider, record.model = target.provider.config.name, target.model
         record.reached_provider, record.input_tokens, record.provider_request_id = False, None, ""
         upstream = target.provider.stream(target.model, turn, self._timeout(deadline))
         try:
             first = await self._until_output(upstream, record)
-        except ProviderFailure as failure:
-            await upstream.aclose()
-            if not failure.retryable:
-                target.breaker.release()
-                raise FailedPrecondition(failure.message) from None
-            target.breaker.record_failure()
-            return failure
         except BaseException:
-            target.breaker.release()
             await upstream.aclose()
             raise
-        target.breaker.record_success()  # output came: the provider is healthy
         return upstream, first
 
     @staticmethod
