@@ -23,6 +23,7 @@ from services.edge.rate_limits import RateLimitMiddleware
 from services.edge.readiness import ReadinessMiddleware, health_response
 from services.edge.rest import (
     agents,
+    audio,
     audit,
     chat_completions,
     conversations,
@@ -56,6 +57,7 @@ def api_routes() -> list[ApiRoute]:
         *messages.ROUTES,
         *sse.ROUTES,
         *chat_completions.ROUTES,
+        *audio.ROUTES,
         *models.ROUTES,
         *oauth.ROUTES,
         *RATE_LIMIT_ROUTES,

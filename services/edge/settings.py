@@ -65,6 +65,9 @@ class EdgeSettings:
     completion_timeout_seconds: float
     # How long an A2A task's record is kept after it was created (services/edge/a2a/task_records.py).
     a2a_task_ttl_seconds: int = 7 * 24 * 3600
+    # The largest audio a transcription takes (services/edge/rest/audio.py): a WAV file of about a
+    # minute at 24 kHz, under the 4,000,000 bytes a TranscribeRequest carries.
+    max_audio_bytes: int = 3 << 20
     # The services that must answer SERVING through the mesh before the edge is ready
     # (services/edge/readiness.py); `MACP_EDGE_NEEDS`, `none` for a partial mesh without them.
     needs: tuple[str, ...] = EDGE.needs
@@ -95,6 +98,9 @@ class EdgeSettings:
             completion_timeout_seconds=env.number("MACP_EDGE_COMPLETION_TIMEOUT_SECONDS", 300.0, minimum=1.0),
             a2a_task_ttl_seconds=env.integer(
                 "MACP_EDGE_A2A_TASK_TTL_SECONDS", 7 * 24 * 3600, minimum=60, maximum=366 * 24 * 3600
+            ),
+            max_audio_bytes=env.integer(
+                "MACP_EDGE_MAX_AUDIO_BYTES", 3 << 20, minimum=1024, maximum=4_000_000
             ),
             needs=env.names("MACP_EDGE_NEEDS", EDGE.needs, SERVICE_NAMES),
             console_dir=Path(env.string("MACP_EDGE_CONSOLE_DIR", str(console.DEFAULT_DIR))),

@@ -62,6 +62,7 @@ def _message(totals: Totals, allowances: dict[int, pb.PlanAllowance]) -> pb.Usag
         agent_turns=totals.agent_turns,
         orchestrations=totals.orchestrations,
         voice_seconds=totals.voice_seconds,
+        voice_minutes=totals.voice_seconds / 60,
         storage_mb=totals.storage_mb,
         api_calls=totals.api_calls,
         tool_calls=totals.tool_calls,

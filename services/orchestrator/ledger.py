@@ -45,13 +45,14 @@ _STATUS_CODES: Final = {code.value[0]: code for code in grpc.StatusCode}
 
 @dataclass(frozen=True)
 class Hold:
-    """One unit of `meter` to hold for `what` (named in its refusal), under `reservation_id`."""
+    """`quantity` of `meter` to hold for `what` (named in its refusal), under `reservation_id`."""
 
     reservation_id: str
     meter: metering_pb.Meter.ValueType
     what: str
     conversation_id: str
     turn_id: str = ""
+    quantity: int = 1
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ class Ledger:
             reservation_id=hold.reservation_id,
             tenant_id=current_principal().tenant_id,
             meter=hold.meter,
-            quantity=1,
+            quantity=hold.quantity,
             conversation_id=hold.conversation_id,
             turn_id=hold.turn_id,
             ttl=Duration(seconds=self._reservation_ttl),
@@ -151,9 +152,10 @@ class Ledger:
         *,
         conversation_id: str,
         turn_id: str = "",
+        quantity: int = 1,
     ) -> pb.ErrorEvent | None:
-        """Hold one unit of `meter` (metering Reserve); the refusal as an error event, if refused."""
-        hold = Hold(reservation_id, meter, what, conversation_id, turn_id)
+        """Hold `quantity` of `meter` (metering Reserve); the refusal as an error event, if refused."""
+        hold = Hold(reservation_id, meter, what, conversation_id, turn_id, quantity)
         request = self._reserve_request(hold)
 
         async def attempt() -> object:

@@ -1,7 +1,8 @@
 """Wiring of the orchestrator service: its registry entry, its start hook, its scopes.
 
-Scopes: every call needs a token for `urn:macp:service:orchestrator`; Converse, PostMessage and
-Complete (which start agent work the user pays for) need `conversations:write`, StreamEvents
+Scopes: every call needs a token for `urn:macp:service:orchestrator`; Converse, PostMessage,
+Complete, Speak and Transcribe (which start agent work the user pays for) need
+`conversations:write`, StreamEvents
 (reading a conversation's events) `conversations:read`. The orchestrator then calls the other
 services with the caller's token exchanged for each (downstream.py).
 
@@ -28,6 +29,7 @@ from services.orchestrator.event_log import EventLog
 from services.orchestrator.lease import Leases
 from services.orchestrator.servicer import OrchestratorServicer
 from services.orchestrator.settings import OrchestratorSettings
+from services.orchestrator.voice import Voice
 from services.orchestrator.webhooks.deliverer import delivering
 from services.runtime.registry import service
 from services.runtime.server import ServiceContext, ServiceDefinition
@@ -55,8 +57,9 @@ async def start(context: ServiceContext) -> AsyncIterator[None]:
         downstream = Downstream(CommonSettings.from_env(context.env).mesh_address, settings, (redis, prefix))
         work.push_async_callback(downstream.close)
         driver = Driver(redis, prefix, downstream, events, leases, bus, settings)
+        voice = Voice(driver.rounds.turns, downstream.agent_proxy, settings.turn_timeout_seconds)
         pb_grpc.add_OrchestratorServiceServicer_to_server(
-            OrchestratorServicer(driver, events), context.server
+            OrchestratorServicer(driver, events, voice), context.server
         )
         await bus.start()
         work.push_async_callback(bus.stop)

@@ -30,6 +30,7 @@ from services.orchestrator.completions import complete
 from services.orchestrator.driver import Driver
 from services.orchestrator.event_log import EventLog
 from services.orchestrator.event_shapes import error_event
+from services.orchestrator.voice import Voice, VoiceCall
 from services.runtime import tracing
 from services.runtime.context import RpcContext
 from services.runtime.errors import DomainError, InvalidArgument, Unavailable, relayed
@@ -69,9 +70,10 @@ def _refusal(exc: BaseException) -> pb.ConversationEvent:
 
 
 class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
-    def __init__(self, driver: Driver, events: EventLog) -> None:
+    def __init__(self, driver: Driver, events: EventLog, voice: Voice) -> None:
         self._driver = driver
         self._events = events
+        self._voice = voice
 
     async def PostMessage(
         self, request: pb.PostMessageRequest, context: RpcContext
@@ -223,4 +225,20 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             overrides,
             turn_id=request.turn_id or str(uuid.uuid4()),
         ):
+            yield response
+
+    async def Speak(self, request: pb.SpeakRequest, context: RpcContext) -> AsyncIterator[pb.SpeakResponse]:
+        with relaying("reading the agent"):
+            agent = await self._driver.downstream.get_agent(request.agent_id)
+        call = VoiceCall(current_caller(), agent, request.request_id)
+        async for response in self._voice.speak(call, request):
+            yield response
+
+    async def Transcribe(
+        self, request: pb.TranscribeRequest, context: RpcContext
+    ) -> AsyncIterator[pb.TranscribeResponse]:
+        with relaying("reading the agent"):
+            agent = await self._driver.downstream.get_agent(request.agent_id)
+        call = VoiceCall(current_caller(), agent, request.request_id)
+        async for response in self._voice.transcribe(call, request):
             yield response

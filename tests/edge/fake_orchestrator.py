@@ -30,16 +30,18 @@ import grpc
 from cryptography.hazmat.primitives.asymmetric import rsa
 from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2_grpc
-from macp.common.v1 import error_pb2, usage_pb2
+from macp.common.v1 import audio_pb2, error_pb2, usage_pb2
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 from macp.orchestrator.v1 import orchestrator_service_pb2_grpc as pb_grpc
 from macp.token.v1 import token_service_pb2 as token_pb
 from macp.token.v1 import token_service_pb2_grpc as token_grpc
 
 from services.edge.events import preceding_event_id
+from services.provider_server import audio_codec
 from services.runtime.auth import jwt
 from services.runtime.auth.settings import EDGE_AUDIENCE
 from services.runtime.interceptors import violations_message
+from services.runtime.wav import pcm_seconds, read_wav
 
 AGENT_ID = "6f1f7c1e-4a39-4d6b-9d8e-2f0a3f6f0001"
 # Complete for this agent fails as a quota refusal would; for UNKNOWN_AGENT_ID, NOT_FOUND.
@@ -128,6 +130,9 @@ class FakeOrchestrator(pb_grpc.OrchestratorServiceServicer):
         self.open_by_conversation: Counter[str] = Counter()
         self.following_events: Counter[str] = Counter()  # open StreamEvents calls per conversation
         self.delta_pause = delta_pause
+        # The speech and transcription calls that reached the orchestrator (past the edge's checks).
+        self.spoken: list[pb.SpeakRequest] = []
+        self.heard: list[pb.TranscribeRequest] = []
         self.fail_next: tuple[grpc.StatusCode, str] | None = None
         self._rounds: set[asyncio.Task[None]] = set()
 
@@ -383,6 +388,59 @@ class FakeOrchestrator(pb_grpc.OrchestratorServiceServicer):
             usage=usage_pb2.UsageDimensions(input_tokens=prompt, output_tokens=len(words), provider="local"),
         )
         yield pb.CompleteResponse(done=done)
+
+    async def Speak(
+        self, request: pb.SpeakRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.SpeakResponse]:
+        """Real speech of the local provider's codec, WAV or PCM as asked, 100 ms a chunk; `cut`
+        in the text fails the stream after its first chunk, as a provider cutting its audio does."""
+        self._record_audience(context)
+        await self._begin(request, context)
+        await self._refuse_agent(request.agent_id, context)
+        self.spoken.append(request)
+        speed = request.voice.speed if request.voice.HasField("speed") else 1.0
+        pcm = audio_codec.synthesize(request.text, voice=request.voice.voice or "alloy", speed=speed)
+        wav = request.voice.format != audio_pb2.AUDIO_FORMAT_PCM
+        audio = audio_codec.wav_bytes(pcm) if wav else pcm
+        step = audio_codec.SAMPLE_RATE // 10 * audio_codec.SAMPLE_WIDTH
+        for index, start in enumerate(range(0, len(audio), step)):
+            yield pb.SpeakResponse(audio=audio_pb2.AudioChunk(data=audio[start : start + step], index=index))
+            if "cut" in request.text:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "the provider cut its audio stream")
+        usage = usage_pb2.UsageDimensions(
+            audio_seconds=audio_codec.seconds(pcm), characters=len(request.text), provider="local"
+        )
+        yield pb.SpeakResponse(
+            completion=audio_pb2.SpeechCompletion(
+                format=audio_pb2.AUDIO_FORMAT_WAV if wav else audio_pb2.AUDIO_FORMAT_PCM,
+                sample_rate=audio_codec.SAMPLE_RATE,
+                usage=usage,
+            )
+        )
+
+    async def Transcribe(
+        self, request: pb.TranscribeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.TranscribeResponse]:
+        """The local provider's codec decodes the audio; one delta per word."""
+        self._record_audience(context)
+        await self._begin(request, context)
+        await self._refuse_agent(request.agent_id, context)
+        self.heard.append(request)
+        header, pcm = read_wav(request.audio)
+        text = audio_codec.transcribe(pcm, header.sample_rate)
+        for index, word in enumerate(text.split(" ")):
+            piece = word if index == 0 else f" {word}"
+            yield pb.TranscribeResponse(delta=audio_pb2.TranscriptDelta(text=piece, index=index))
+        usage = usage_pb2.UsageDimensions(audio_seconds=pcm_seconds(len(pcm), header.sample_rate))
+        yield pb.TranscribeResponse(completion=audio_pb2.TranscriptionCompletion(text=text, usage=usage))
+
+    async def _refuse_agent(self, agent_id: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        if agent_id == QUOTA_AGENT_ID:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "quota exceeded: voice_seconds 300/300 this month"
+            )
+        if agent_id == UNKNOWN_AGENT_ID:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"agent {agent_id} not found")
 
 
 def fatal_error(code: int, message: str) -> pb.ErrorEvent:

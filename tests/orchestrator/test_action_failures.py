@@ -14,6 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from services.orchestrator.driver import Driver
 from services.orchestrator.event_log import EventLog
 from services.orchestrator.servicer import OrchestratorServicer
+from services.orchestrator.voice import Voice
 from services.runtime.errors import Unavailable
 
 
@@ -43,7 +44,7 @@ REQUEST = pb.ConverseRequest(conversation_id="c1", user_message=pb.UserMessage(m
 
 async def test_a_message_that_fails_on_redis_gets_an_unavailable_error_event_in_the_log() -> None:
     events = _Log()
-    servicer = OrchestratorServicer(cast(Driver, _FailingDriver()), cast(EventLog, events))
+    servicer = OrchestratorServicer(cast(Driver, _FailingDriver()), cast(EventLog, events), cast(Voice, None))
     out: asyncio.Queue[pb.ConversationEvent | BaseException] = asyncio.Queue()
     await servicer._act_now("c1", REQUEST, out)
     # In the log (so it gets an event id and a reconnecting client sees it), not beside it.
@@ -56,7 +57,9 @@ async def test_a_message_that_fails_on_redis_gets_an_unavailable_error_event_in_
 
 
 async def test_a_refusal_the_log_cannot_take_ends_the_stream_unavailable() -> None:
-    servicer = OrchestratorServicer(cast(Driver, _FailingDriver()), cast(EventLog, _Log(reachable=False)))
+    servicer = OrchestratorServicer(
+        cast(Driver, _FailingDriver()), cast(EventLog, _Log(reachable=False)), cast(Voice, None)
+    )
     out: asyncio.Queue[pb.ConversationEvent | BaseException] = asyncio.Queue()
     await servicer._act_now("c1", REQUEST, out)
     ended = out.get_nowait()

@@ -1,7 +1,7 @@
 """OpenAI's error shape, `{"error": {message, type, param, code}}`, on every answer of the
-OpenAI-compatible routes (`/v1/chat/completions`, `/v1/models`, `/v1/models/{id}`): their SDKs pick
-the exception class by HTTP status, and read the message, `param` and `code` from that shape only
-(the Node SDK says "404 status code (no body)" of any other).
+OpenAI-compatible routes (`/v1/chat/completions`, `/v1/models`, `/v1/models/{id}`, `/v1/audio/*`):
+their SDKs pick the exception class by HTTP status, and read the message, `param` and `code` from
+that shape only (the Node SDK says "404 status code (no body)" of any other).
 
 Two ways in, one shape out:
 - a handler of these routes turns what went wrong (its own refusal, a bad body, a service's gRPC
@@ -26,7 +26,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.edge.errors import HttpError, http_status
 from services.runtime.errors import DomainError
 
-OPENAI_PATHS = frozenset({"/v1/chat/completions", "/v1/models"})
+OPENAI_PATHS = frozenset(
+    {"/v1/chat/completions", "/v1/models", "/v1/audio/speech", "/v1/audio/transcriptions"}
+)
 MODEL_PATH_PREFIX = "/v1/models/"
 
 # OpenAI's error `type` per HTTP status (its SDKs pick the exception class by status).

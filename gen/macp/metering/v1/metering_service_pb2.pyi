@@ -677,6 +677,7 @@ class UsageTotals(_message.Message):
     ESTIMATED_EVENT_COUNT_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
     COST_CENTS_FIELD_NUMBER: _builtins.int
+    VOICE_MINUTES_FIELD_NUMBER: _builtins.int
     agent_turns: _builtins.int
     """Agent turns."""
     orchestrations: _builtins.int
@@ -707,6 +708,8 @@ class UsageTotals(_message.Message):
     or not priced by the plan (API calls) costs 0. Each group is rounded on its own, so the
     groups' costs may add up to a few cents more than the period's.
     """
+    voice_minutes: _builtins.float
+    """voice_seconds in minutes, the unit plans sell voice in (5 a month on free, 60 on pro)."""
     def __init__(
         self,
         *,
@@ -721,10 +724,11 @@ class UsageTotals(_message.Message):
         estimated_event_count: _builtins.int = ...,
         tool_calls: _builtins.int = ...,
         cost_cents: _builtins.int = ...,
+        voice_minutes: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_turns", b"agent_turns", "api_calls", b"api_calls", "cost_cents", b"cost_cents", "estimated_event_count", b"estimated_event_count", "event_count", b"event_count", "input_tokens", b"input_tokens", "orchestrations", b"orchestrations", "output_tokens", b"output_tokens", "storage_mb", b"storage_mb", "tool_calls", b"tool_calls", "voice_seconds", b"voice_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_turns", b"agent_turns", "api_calls", b"api_calls", "cost_cents", b"cost_cents", "estimated_event_count", b"estimated_event_count", "event_count", b"event_count", "input_tokens", b"input_tokens", "orchestrations", b"orchestrations", "output_tokens", b"output_tokens", "storage_mb", b"storage_mb", "tool_calls", b"tool_calls", "voice_minutes", b"voice_minutes", "voice_seconds", b"voice_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,221 @@
+"""Speak and Transcribe: an agent's voice outside any round (the edge's OpenAI-compatible audio API).
+
+Each is metered around its agent proxy call, as a completion is (completions.py): voice seconds are
+held at metering before the provider is called, so a tier whose allowance cannot cover them is
+refused before any provider is reached; the call runs through the agent proxy with the caller's
+token and the agent as its actor; the seconds actually made or heard are committed with the call's
+usage event, under the id the agent proxy publishes it with, so metering counts it once. A call
+that fails is released: nothing refused or failed is billed. A caller that leaves in the middle of
+speech is billed the seconds that reached it.
+
+What is held: for speech, the seconds its text takes a slow speaker (`SPEECH_CHARACTERS_PER_SECOND`
+at the call's speed; a real voice is faster, so the hold covers it); for a transcription, the
+audio's own length, which is exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+from macp.agent_proxy.v1 import agent_proxy_service_pb2 as proxy_pb
+from macp.agent_proxy.v1 import agent_proxy_service_pb2_grpc as proxy_grpc
+from macp.common.v1 import audio_pb2, usage_pb2
+from macp.conversation.v1 import conversation_service_pb2 as conversation_pb
+from macp.metering.v1 import metering_service_pb2 as metering_pb
+from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
+
+from services.orchestrator.downstream import acting
+from services.orchestrator.ledger import Ledger
+from services.runtime.auth.caller_tokens import acting_agent
+from services.runtime.errors import domain_error
+from services.runtime.principal import Caller
+from services.runtime.protos import now_timestamp
+from services.runtime.usage_ids import speech_event_id, transcription_event_id
+from services.runtime.wav import parse_header, pcm_seconds, read_wav
+
+# A slow speaker's pace: the hold of a speech covers any real voice at the call's speed.
+SPEECH_CHARACTERS_PER_SECOND = 12.0
+# OpenAI's `pcm` speech: 24 kHz, 16-bit mono.
+PCM_SPEECH_RATE = 24_000
+_STATUS = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def audio_seconds(audio: bytes, audio_format: audio_pb2.AudioFormat.ValueType, sample_rate: int) -> float:
+    """The seconds of a whole utterance (a WAV file, or PCM at `sample_rate`); ValueError naming
+    what is wrong with a WAV that is not one MACP takes."""
+    if audio_format == audio_pb2.AUDIO_FORMAT_PCM:
+        return pcm_seconds(len(audio), sample_rate)
+    header, samples = read_wav(audio)
+    return pcm_seconds(len(samples), header.sample_rate)
+
+
+def relayed_seconds(audio: bytes, audio_format: audio_pb2.AudioFormat.ValueType) -> float:
+    """The seconds in the first bytes of a speech stream (PCM at the speech rate, or a WAV whose
+    header may promise more than arrived); 0 when not even a WAV header arrived."""
+    if audio_format == audio_pb2.AUDIO_FORMAT_PCM:
+        return pcm_seconds(len(audio), PCM_SPEECH_RATE)
+    try:
+        header = parse_header(audio)
+    except ValueError:
+        return 0.0
+    return pcm_seconds(len(audio) - header.data_offset, header.sample_rate)
+
+
+def voice_of(agent: conversation_pb.Agent, changes: audio_pb2.VoiceSettings) -> audio_pb2.VoiceSettings:
+    """The agent's voice settings with each field `changes` sets replacing the agent's."""
+    voice = audio_pb2.VoiceSettings()
+    voice.CopyFrom(agent.voice)
+    for field, value in changes.ListFields():
+        setattr(voice, field.name, value)
+    return voice
+
+
+def speech_hold_seconds(text: str, voice: audio_pb2.VoiceSettings) -> int:
+    speed = voice.speed if voice.HasField("speed") else 1.0
+    return max(1, math.ceil(len(text) / SPEECH_CHARACTERS_PER_SECOND / speed))
+
+
+@dataclass(frozen=True)
+class VoiceCall:
+    """One metered voice call: who it is for, the agent, and the hold's id (the call's id)."""
+
+    caller: Caller
+    agent: conversation_pb.Agent
+    request_id: str
+
+    def scope(self) -> proxy_pb.VoiceCallScope:
+        return proxy_pb.VoiceCallScope(
+            request_id=self.request_id, tenant_id=self.caller.principal.tenant_id, agent_id=self.agent.id
+        )
+
+    def event(
+        self, kind: usage_pb2.UsageEventType.ValueType, dimensions: usage_pb2.UsageDimensions
+    ) -> usage_pb2.UsageEvent:
+        principal = self.caller.principal
+        synthesis = kind == usage_pb2.USAGE_EVENT_TYPE_VOICE_SYNTHESIS
+        return usage_pb2.UsageEvent(
+            event_id=(speech_event_id if synthesis else transcription_event_id)(self.request_id),
+            time=now_timestamp(),
+            tenant_id=principal.tenant_id,
+            user_id=principal.user_id,
+            agent_id=self.agent.id,
+            type=kind,
+            dimensions=dimensions,
+            actor_chain=principal.actor_chain,
+        )
+
+
+class Voice:
+    """The two calls, on the ledger's holds and the agent proxy's stub."""
+
+    def __init__(self, ledger: Ledger, agent_proxy: proxy_grpc.AgentProxyServiceStub, timeout: float) -> None:
+        self._ledger = ledger
+        self._agent_proxy = agent_proxy
+        self._timeout = timeout
+
+    async def _hold(self, call: VoiceCall, seconds: int, what: str) -> None:
+        refusal = await self._ledger.reserve(
+            call.request_id, metering_pb.METER_VOICE_SECONDS, what, conversation_id="", quantity=seconds
+        )
+        if refusal is not None:
+            raise domain_error(_STATUS.get(refusal.code, grpc.StatusCode.UNAVAILABLE), refusal.detail.message)
+
+    async def _commit(self, call: VoiceCall, event: usage_pb2.UsageEvent, what: str) -> None:
+        failure = await self._ledger.commit(call.request_id, event, what)
+        if failure is not None:
+            raise domain_error(_STATUS.get(failure.code, grpc.StatusCode.UNAVAILABLE), failure.detail.message)
+
+    async def speak(self, call: VoiceCall, request: pb.SpeakRequest) -> AsyncIterator[pb.SpeakResponse]:
+        voice = voice_of(call.agent, request.voice)
+        await self._hold(call, speech_hold_seconds(request.text, voice), "the speech's voice seconds")
+        proxy_request = proxy_pb.SynthesizeRequest(scope=call.scope(), voice=voice, text=request.text)
+        with acting_agent(acting(call.agent)):
+            stream = self._agent_proxy.Synthesize(proxy_request, timeout=self._timeout)
+        relayed: list[bytes] = []
+        started = time.monotonic()
+        settled = False
+        try:
+            async for response in stream:
+                if response.HasField("audio"):
+                    relayed.append(response.audio.data)
+                    yield pb.SpeakResponse(audio=response.audio)
+                    continue
+                completion = response.completion
+                event = call.event(usage_pb2.USAGE_EVENT_TYPE_VOICE_SYNTHESIS, completion.usage)
+                settled = True
+                await self._commit(call, event, "the speech's voice seconds")
+                yield pb.SpeakResponse(completion=completion)
+        except grpc.aio.AioRpcError as exc:
+            await self._ledger.release(call.request_id, f"the speech failed: {exc.details()}")
+            settled = True
+            raise domain_error(exc.code(), exc.details() or "the speech failed") from None
+        finally:
+            stream.cancel()
+            if not settled:
+                # The caller left mid-speech: what reached it is billed, nothing else.
+                await asyncio.shield(self._settle_cut(call, voice, request.text, b"".join(relayed), started))
+
+    async def _settle_cut(
+        self, call: VoiceCall, voice: audio_pb2.VoiceSettings, text: str, audio: bytes, started: float
+    ) -> None:
+        seconds = relayed_seconds(audio, voice.format or audio_pb2.AUDIO_FORMAT_WAV)
+        if seconds <= 0:
+            await self._ledger.release(call.request_id, "the caller left before any audio")
+            return
+        dimensions = usage_pb2.UsageDimensions(
+            audio_seconds=seconds,
+            characters=len(text),
+            duration_ms=int((time.monotonic() - started) * 1000),
+            provider=voice.provider,
+            model=voice.speech_model,
+            estimated=True,
+        )
+        event = call.event(usage_pb2.USAGE_EVENT_TYPE_VOICE_SYNTHESIS, dimensions)
+        await self._ledger.commit(call.request_id, event, "the speech's voice seconds")
+
+    async def transcribe(
+        self, call: VoiceCall, request: pb.TranscribeRequest
+    ) -> AsyncIterator[pb.TranscribeResponse]:
+        try:
+            seconds = audio_seconds(request.audio, request.format, request.sample_rate)
+        except ValueError as exc:
+            raise domain_error(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        if seconds <= 0:
+            raise domain_error(grpc.StatusCode.INVALID_ARGUMENT, "audio: the utterance is empty (no samples)")
+        voice = voice_of(call.agent, request.voice)
+        await self._hold(call, max(1, math.ceil(seconds)), "the transcription's voice seconds")
+        proxy_request = proxy_pb.TranscribeRequest(
+            scope=call.scope(),
+            voice=voice,
+            audio=request.audio,
+            format=request.format,
+            sample_rate=request.sample_rate,
+            language=request.language,
+        )
+        with acting_agent(acting(call.agent)):
+            stream = self._agent_proxy.Transcribe(proxy_request, timeout=self._timeout)
+        settled = False
+        try:
+            async for response in stream:
+                if response.HasField("delta"):
+                    yield pb.TranscribeResponse(delta=response.delta)
+                    continue
+                completion = response.completion
+                event = call.event(usage_pb2.USAGE_EVENT_TYPE_VOICE_TRANSCRIPTION, completion.usage)
+                settled = True
+                await self._commit(call, event, "the transcription's voice seconds")
+                yield pb.TranscribeResponse(completion=completion)
+        except grpc.aio.AioRpcError as exc:
+            await self._ledger.release(call.request_id, f"the transcription failed: {exc.details()}")
+            settled = True
+            raise domain_error(exc.code(), exc.details() or "the transcription failed") from None
+        finally:
+            stream.cancel()
+            if not settled:
+                # A transcript is of use only whole: a caller that left before it is not billed.
+                await asyncio.shield(self._ledger.release(call.request_id, "the caller left"))
