@@ -25,23 +25,21 @@ whole millisecond) to "" too; any audio decodes the same way every time.
 
 from __future__ import annotations
 
-import io
 import math
 import re
-import struct
 import sys
-import wave
 from array import array
 from collections.abc import Iterator
 from functools import lru_cache
+
+from services.runtime import wav
 
 SAMPLE_RATE = 24_000
 SAMPLE_WIDTH = 2  # bytes: 16-bit PCM
 SYMBOL_SAMPLES = 1_440  # one byte at speed 1: 60 ms at 24 kHz
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
 FIRST_HALF_CYCLES = 40  # byte 0 is a tone of 40 half cycles, byte 255 of 295
-MIN_RATE, MAX_RATE = 8_000, 48_000  # sample rates read_wav accepts
-WAV_HEADER_BYTES = 44
+WAV_HEADER_BYTES = wav.HEADER_BYTES
 
 # Every table entry of a half cycle is at least this fraction of the amplitude: never quiet.
 _FLOOR = 0.25
@@ -105,62 +103,28 @@ def transcribe(pcm: bytes, sample_rate: int = SAMPLE_RATE) -> str:
 
 def seconds(pcm: bytes, sample_rate: int = SAMPLE_RATE) -> float:
     """The duration of 16-bit mono PCM."""
-    return (len(pcm) // SAMPLE_WIDTH) / sample_rate
+    return wav.pcm_seconds(len(pcm), sample_rate)
 
 
 def wav_header(data_bytes: int, sample_rate: int = SAMPLE_RATE) -> bytes:
     """The 44-byte RIFF/WAVE header of `data_bytes` bytes of 16-bit mono PCM: what a stream sends
     first, with the exact sizes, since a synthesized text's size is known before it is made."""
-    byte_rate = sample_rate * SAMPLE_WIDTH
-    return struct.pack(
-        "<4sI4s4sIHHIIHH4sI",
-        b"RIFF",
-        36 + data_bytes,
-        b"WAVE",
-        b"fmt ",
-        16,  # the size of a PCM fmt chunk
-        1,  # WAVE_FORMAT_PCM
-        1,  # channels
-        sample_rate,
-        byte_rate,
-        SAMPLE_WIDTH,  # block align
-        8 * SAMPLE_WIDTH,  # bits per sample
-        b"data",
-        data_bytes,
-    )
+    return wav.wav_header(data_bytes, sample_rate)
 
 
 def wav_bytes(pcm: bytes, sample_rate: int = SAMPLE_RATE) -> bytes:
-    """16-bit mono PCM as a WAV file (the same bytes as `wav_header(len(pcm)) + pcm`)."""
-    out = io.BytesIO()
-    with wave.open(out, "wb") as writer:
-        writer.setnchannels(1)
-        writer.setsampwidth(SAMPLE_WIDTH)
-        writer.setframerate(sample_rate)
-        writer.writeframes(pcm)
-    return out.getvalue()
+    """16-bit mono PCM as a WAV file."""
+    return wav.wav_header(len(pcm), sample_rate) + pcm
 
 
 def read_wav(data: bytes, *, field: str = "file") -> tuple[bytes, int]:
     """The 16-bit mono PCM and the sample rate of a WAV file, or a ValueError naming `field` and
-    what is wrong with it. Only what the server can transcribe is accepted: stereo is refused, not
-    mixed down (mixing is a pass over every sample in Python; a client can send mono)."""
-    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        raise ValueError(f"{field}: not a WAV file")
+    what is wrong with it (services/runtime/wav.py: stereo is refused, not mixed down)."""
     try:
-        with wave.open(io.BytesIO(data), "rb") as reader:
-            channels, width, rate = reader.getnchannels(), reader.getsampwidth(), reader.getframerate()
-            pcm = reader.readframes(reader.getnframes())
-    except (wave.Error, EOFError) as exc:
-        detail = str(exc) or "truncated"
-        raise ValueError(f"{field}: not a readable PCM WAV file ({detail}); 16-bit PCM only") from None
-    if width != SAMPLE_WIDTH:
-        raise ValueError(f"{field}: {8 * width}-bit samples are not supported; 16-bit PCM only")
-    if channels != 1:
-        raise ValueError(f"{field}: {channels} channels are not supported; mono only")
-    if not MIN_RATE <= rate <= MAX_RATE:
-        raise ValueError(f"{field}: sample rate {rate} Hz is out of range {MIN_RATE} to {MAX_RATE} Hz")
-    return pcm[: len(pcm) - len(pcm) % SAMPLE_WIDTH], rate
+        header, pcm = wav.read_wav(data)
+    except ValueError as exc:
+        raise ValueError(f"{field}: {str(exc).removeprefix('audio: ')}") from None
+    return pcm, header.sample_rate
 
 
 def _check_speed(speed: float) -> None:
