@@ -41,6 +41,7 @@ def conversation_from_row(row: asyncpg.Record) -> pb.Conversation:
         status=row["status"],
         etag=row["etag"],
         archive_key=row["archive_key"],
+        speak_answers=row["speak_answers"],
     )
     conversation.create_time.CopyFrom(timestamp(row["create_time"]))
     conversation.update_time.CopyFrom(timestamp(row["update_time"]))
@@ -99,8 +100,8 @@ class ConversationStore:
                 INSERT INTO conversation_conversations
                     (id, tenant_id, owner_id, title, participant_agent_ids, turn_policy,
                      coordinator_agent_id, max_agent_turns, double_texting_policy, etag, max_tool_calls,
-                     status, create_time, update_time)
-                VALUES ($1, $2, $11, $3, $4, $5, $6, $7, $8, $9, $10, $12,
+                     status, speak_answers, create_time, update_time)
+                VALUES ($1, $2, $11, $3, $4, $5, $6, $7, $8, $9, $10, $12, $13,
                         clock_timestamp(), clock_timestamp())
                 RETURNING *
                 """,
@@ -109,6 +110,7 @@ class ConversationStore:
                 *_columns(conversation),
                 conversation.owner_id,
                 ACTIVE,
+                conversation.speak_answers,
             )
             await audit.record(conn, audited)
         return conversation_from_row(row)
@@ -158,7 +160,7 @@ class ConversationStore:
                 UPDATE conversation_conversations
                 SET title = $3, participant_agent_ids = $4, turn_policy = $5, coordinator_agent_id = $6,
                     max_agent_turns = $7, double_texting_policy = $8, etag = $9, max_tool_calls = $10,
-                    update_time = clock_timestamp()
+                    speak_answers = $13, update_time = clock_timestamp()
                 WHERE {LIVE} AND etag = $11 AND status = $12
                 RETURNING *
                 """,
@@ -167,6 +169,7 @@ class ConversationStore:
                 *_columns(conversation),
                 expected_etag,
                 ACTIVE,
+                conversation.speak_answers,
             )
             if row is not None:
                 await audit.record(conn, audited)

@@ -873,6 +873,7 @@ export interface components {
             limits?: components["schemas"]["macp.conversation.v1.ConversationLimits"];
             readonly ownerId?: string;
             participantAgentIds?: string[];
+            speakAnswers?: boolean;
             /** @enum {string} */
             readonly status?: "CONVERSATION_STATUS_UNSPECIFIED" | "CONVERSATION_STATUS_ACTIVE" | "CONVERSATION_STATUS_ARCHIVED";
             readonly tenantId?: string;
@@ -896,6 +897,7 @@ export interface components {
             limits?: components["schemas"]["macp.conversation.v1.ConversationLimits"];
             readonly ownerId?: string;
             participantAgentIds: string[];
+            speakAnswers?: boolean;
             /** @enum {string} */
             readonly status?: "CONVERSATION_STATUS_UNSPECIFIED" | "CONVERSATION_STATUS_ACTIVE" | "CONVERSATION_STATUS_ARCHIVED";
             readonly tenantId?: string;
@@ -919,6 +921,7 @@ export interface components {
             limits?: components["schemas"]["macp.conversation.v1.ConversationLimits"];
             readonly ownerId?: string;
             participantAgentIds?: string[];
+            speakAnswers?: boolean;
             /** @enum {string} */
             readonly status?: "CONVERSATION_STATUS_UNSPECIFIED" | "CONVERSATION_STATUS_ACTIVE" | "CONVERSATION_STATUS_ARCHIVED";
             readonly tenantId?: string;

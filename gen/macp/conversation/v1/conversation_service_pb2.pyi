@@ -445,6 +445,7 @@ class Conversation(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ARCHIVE_TIME_FIELD_NUMBER: _builtins.int
+    SPEAK_ANSWERS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. The conversation's id (UUID), assigned on create."""
     tenant_id: _builtins.str
@@ -465,6 +466,10 @@ class Conversation(_message.Message):
     """Output only. Changes on every update; send it back on Update and Delete."""
     archive_key: _builtins.str
     """Output only. The S3 object key of the latest archive; empty if never archived."""
+    speak_answers: _builtins.bool
+    """Speak every answer: each agent's answer is also spoken in its voice while it is written
+    (docs/voice.md), for every client of the conversation, metered in voice seconds.
+    """
     @_builtins.property
     def participant_agent_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The agents taking part, in speaking order for ROUND_ROBIN and PIPELINE. At least one
@@ -505,10 +510,11 @@ class Conversation(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         archive_time: _timestamp_pb2.Timestamp | None = ...,
+        speak_answers: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["archive_time", b"archive_time", "create_time", b"create_time", "limits", b"limits", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["archive_key", b"archive_key", "archive_time", b"archive_time", "coordinator_agent_id", b"coordinator_agent_id", "create_time", b"create_time", "double_texting_policy", b"double_texting_policy", "etag", b"etag", "id", b"id", "limits", b"limits", "owner_id", b"owner_id", "participant_agent_ids", b"participant_agent_ids", "status", b"status", "tenant_id", b"tenant_id", "title", b"title", "turn_policy", b"turn_policy", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archive_key", b"archive_key", "archive_time", b"archive_time", "coordinator_agent_id", b"coordinator_agent_id", "create_time", b"create_time", "double_texting_policy", b"double_texting_policy", "etag", b"etag", "id", b"id", "limits", b"limits", "owner_id", b"owner_id", "participant_agent_ids", b"participant_agent_ids", "speak_answers", b"speak_answers", "status", b"status", "tenant_id", b"tenant_id", "title", b"title", "turn_policy", b"turn_policy", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

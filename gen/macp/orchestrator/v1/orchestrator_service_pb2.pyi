@@ -197,10 +197,16 @@ class UserMessage(_message.Message):
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     MENTION_AGENT_IDS_FIELD_NUMBER: _builtins.int
+    SPEAK_ANSWERS_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """The message id (UUID), chosen by the client; retries with the same id are accepted once."""
     text: _builtins.str
     """The text, 1 to 32,000 characters."""
+    speak_answers: _builtins.bool
+    """Speak the answers: each agent's answer to this message is also spoken in its voice, sentence
+    by sentence while it is written (SpeechAudio events beside the token deltas), metered in
+    voice seconds. A conversation whose `speak_answers` is set speaks every answer anyway.
+    """
     @_builtins.property
     def mention_agent_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Agents the user addressed by name (@mentions); they are preferred for the next turns."""
@@ -211,14 +217,68 @@ class UserMessage(_message.Message):
         message_id: _builtins.str = ...,
         text: _builtins.str = ...,
         mention_agent_ids: _abc.Iterable[_builtins.str] | None = ...,
+        speak_answers: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["mention_agent_ids", b"mention_agent_ids", "message_id", b"message_id", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mention_agent_ids", b"mention_agent_ids", "message_id", b"message_id", "speak_answers", b"speak_answers", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UserMessage: _TypeAlias = UserMessage  # noqa: Y015
+
+@_typing.final
+class Utterance(_message.Message):
+    """A user message spoken: the audio is transcribed (metered in voice seconds), an
+    UtteranceTranscribed event says what was heard, and the transcript is then the user's message,
+    stored and answered as a UserMessage of the same id would be.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    AUDIO_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    SAMPLE_RATE_FIELD_NUMBER: _builtins.int
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    MENTION_AGENT_IDS_FIELD_NUMBER: _builtins.int
+    SPEAK_ANSWERS_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    """The message id (UUID), chosen by the client; retries with the same id are accepted once."""
+    audio: _builtins.bytes
+    """The audio, up to 4,000,000 bytes."""
+    format: _audio_pb2.AudioFormat.ValueType
+    """The audio's format."""
+    sample_rate: _builtins.int
+    """Samples per second of PCM audio (8,000 to 48,000); WAV says its own, and this must be unset."""
+    language: _builtins.str
+    """The language spoken, ISO 639-1 (for example "en"); empty: the provider detects it."""
+    speak_answers: _builtins.bool
+    """Speak the answers (see UserMessage.speak_answers)."""
+    @_builtins.property
+    def mention_agent_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Agents the user addressed; the first one's transcription settings hear the audio (else the
+        conversation's first participant's).
+        """
+
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        audio: _builtins.bytes = ...,
+        format: _audio_pb2.AudioFormat.ValueType = ...,
+        sample_rate: _builtins.int = ...,
+        language: _builtins.str = ...,
+        mention_agent_ids: _abc.Iterable[_builtins.str] | None = ...,
+        speak_answers: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio", b"audio", "format", b"format", "language", b"language", "mention_agent_ids", b"mention_agent_ids", "message_id", b"message_id", "sample_rate", b"sample_rate", "speak_answers", b"speak_answers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Utterance: _TypeAlias = Utterance  # noqa: Y015
 
 @_typing.final
 class ClientBid(_message.Message):
@@ -311,6 +371,7 @@ class ConverseRequest(_message.Message):
     USER_MESSAGE_FIELD_NUMBER: _builtins.int
     BID_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
+    UTTERANCE_FIELD_NUMBER: _builtins.int
     TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     """The conversation; every event of a stream must name the same one."""
@@ -331,6 +392,10 @@ class ConverseRequest(_message.Message):
         """Cancel a turn."""
 
     @_builtins.property
+    def utterance(self) -> Global___Utterance:
+        """Send a spoken user message."""
+
+    @_builtins.property
     def trace_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """The W3C trace context of this action (`traceparent`, and `tracestate` when there is one). A
         stream lives as long as a client follows the conversation and carries many actions, each the
@@ -346,13 +411,14 @@ class ConverseRequest(_message.Message):
         user_message: Global___UserMessage | None = ...,
         bid: Global___ClientBid | None = ...,
         cancel: Global___Cancel | None = ...,
+        utterance: Global___Utterance | None = ...,
         trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bid", b"bid", "cancel", b"cancel", "event", b"event", "join", b"join", "user_message", b"user_message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bid", b"bid", "cancel", b"cancel", "event", b"event", "join", b"join", "user_message", b"user_message", "utterance", b"utterance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bid", b"bid", "cancel", b"cancel", "conversation_id", b"conversation_id", "event", b"event", "join", b"join", "trace_context", b"trace_context", "user_message", b"user_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bid", b"bid", "cancel", b"cancel", "conversation_id", b"conversation_id", "event", b"event", "join", b"join", "trace_context", b"trace_context", "user_message", b"user_message", "utterance", b"utterance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["join", "user_message", "bid", "cancel"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["join", "user_message", "bid", "cancel", "utterance"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -820,6 +886,9 @@ class ConversationEvent(_message.Message):
     ROUND_COMPLETED_FIELD_NUMBER: _builtins.int
     TOOL_CALL_STARTED_FIELD_NUMBER: _builtins.int
     TOOL_CALL_COMPLETED_FIELD_NUMBER: _builtins.int
+    UTTERANCE_TRANSCRIBED_FIELD_NUMBER: _builtins.int
+    SPEECH_AUDIO_FIELD_NUMBER: _builtins.int
+    SPEECH_COMPLETED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """The event's position in the conversation's log; resume after it with StreamEvents or Join."""
     conversation_id: _builtins.str
@@ -872,6 +941,18 @@ class ConversationEvent(_message.Message):
     def tool_call_completed(self) -> Global___ToolCallCompleted:
         """A tool call ended."""
 
+    @_builtins.property
+    def utterance_transcribed(self) -> Global___UtteranceTranscribed:
+        """A user's utterance was heard: its transcript is the message the round answers."""
+
+    @_builtins.property
+    def speech_audio(self) -> Global___SpeechAudio:
+        """A piece of an agent's spoken answer."""
+
+    @_builtins.property
+    def speech_completed(self) -> Global___SpeechCompleted:
+        """An agent's spoken answer ended."""
+
     def __init__(
         self,
         *,
@@ -889,16 +970,127 @@ class ConversationEvent(_message.Message):
         round_completed: Global___RoundCompleted | None = ...,
         tool_call_started: Global___ToolCallStarted | None = ...,
         tool_call_completed: Global___ToolCallCompleted | None = ...,
+        utterance_transcribed: Global___UtteranceTranscribed | None = ...,
+        speech_audio: Global___SpeechAudio | None = ...,
+        speech_completed: Global___SpeechCompleted | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bid_results", b"bid_results", "bidding_opened", b"bidding_opened", "error", b"error", "message_accepted", b"message_accepted", "payload", b"payload", "round_completed", b"round_completed", "time", b"time", "token_delta", b"token_delta", "tool_call_completed", b"tool_call_completed", "tool_call_started", b"tool_call_started", "turn_completed", b"turn_completed", "turn_started", b"turn_started", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bid_results", b"bid_results", "bidding_opened", b"bidding_opened", "error", b"error", "message_accepted", b"message_accepted", "payload", b"payload", "round_completed", b"round_completed", "speech_audio", b"speech_audio", "speech_completed", b"speech_completed", "time", b"time", "token_delta", b"token_delta", "tool_call_completed", b"tool_call_completed", "tool_call_started", b"tool_call_started", "turn_completed", b"turn_completed", "turn_started", b"turn_started", "usage", b"usage", "utterance_transcribed", b"utterance_transcribed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bid_results", b"bid_results", "bidding_opened", b"bidding_opened", "conversation_id", b"conversation_id", "error", b"error", "event_id", b"event_id", "message_accepted", b"message_accepted", "payload", b"payload", "round_completed", b"round_completed", "time", b"time", "token_delta", b"token_delta", "tool_call_completed", b"tool_call_completed", "tool_call_started", b"tool_call_started", "turn_completed", b"turn_completed", "turn_started", b"turn_started", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bid_results", b"bid_results", "bidding_opened", b"bidding_opened", "conversation_id", b"conversation_id", "error", b"error", "event_id", b"event_id", "message_accepted", b"message_accepted", "payload", b"payload", "round_completed", b"round_completed", "speech_audio", b"speech_audio", "speech_completed", b"speech_completed", "time", b"time", "token_delta", b"token_delta", "tool_call_completed", b"tool_call_completed", "tool_call_started", b"tool_call_started", "turn_completed", b"turn_completed", "turn_started", b"turn_started", "usage", b"usage", "utterance_transcribed", b"utterance_transcribed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["message_accepted", "bidding_opened", "bid_results", "turn_started", "token_delta", "turn_completed", "usage", "error", "round_completed", "tool_call_started", "tool_call_completed"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["message_accepted", "bidding_opened", "bid_results", "turn_started", "token_delta", "turn_completed", "usage", "error", "round_completed", "tool_call_started", "tool_call_completed", "utterance_transcribed", "speech_audio", "speech_completed"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
 Global___ConversationEvent: _TypeAlias = ConversationEvent  # noqa: Y015
+
+@_typing.final
+class UtteranceTranscribed(_message.Message):
+    """A user's utterance was transcribed (before its message_accepted)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    AUDIO_SECONDS_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    """The message the transcript becomes."""
+    text: _builtins.str
+    """What was heard."""
+    audio_seconds: _builtins.float
+    """The utterance's length in seconds (what the transcription was metered for)."""
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        text: _builtins.str = ...,
+        audio_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_seconds", b"audio_seconds", "message_id", b"message_id", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UtteranceTranscribed: _TypeAlias = UtteranceTranscribed  # noqa: Y015
+
+@_typing.final
+class SpeechAudio(_message.Message):
+    """A piece of an agent's spoken answer: its answer is spoken sentence by sentence while it is
+    written, each sentence one audio stream whose chunks follow in order.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TURN_ID_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    SENTENCE_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    turn_id: _builtins.str
+    """The turn whose answer is spoken."""
+    agent_id: _builtins.str
+    """The agent speaking."""
+    sentence: _builtins.int
+    """The sentence, from 0 within the turn; each sentence is a whole audio stream (a WAV starts
+    with its header).
+    """
+    format: _audio_pb2.AudioFormat.ValueType
+    """The audio's format."""
+    @_builtins.property
+    def chunk(self) -> _audio_pb2.AudioChunk:
+        """The audio, `chunk.index` from 0 within the sentence."""
+
+    def __init__(
+        self,
+        *,
+        turn_id: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        sentence: _builtins.int = ...,
+        chunk: _audio_pb2.AudioChunk | None = ...,
+        format: _audio_pb2.AudioFormat.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "chunk", b"chunk", "format", b"format", "sentence", b"sentence", "turn_id", b"turn_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpeechAudio: _TypeAlias = SpeechAudio  # noqa: Y015
+
+@_typing.final
+class SpeechCompleted(_message.Message):
+    """An agent's spoken answer ended: every sentence was spoken, or speaking stopped."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TURN_ID_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    SENTENCES_FIELD_NUMBER: _builtins.int
+    AUDIO_SECONDS_FIELD_NUMBER: _builtins.int
+    turn_id: _builtins.str
+    """The turn whose answer was spoken."""
+    agent_id: _builtins.str
+    """The agent that spoke."""
+    sentences: _builtins.int
+    """How many sentences were spoken."""
+    audio_seconds: _builtins.float
+    """Seconds of audio made for the turn (what was metered)."""
+    def __init__(
+        self,
+        *,
+        turn_id: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        sentences: _builtins.int = ...,
+        audio_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "audio_seconds", b"audio_seconds", "sentences", b"sentences", "turn_id", b"turn_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpeechCompleted: _TypeAlias = SpeechCompleted  # noqa: Y015
 
 @_typing.final
 class PostMessageRequest(_message.Message):
