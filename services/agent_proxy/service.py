@@ -1,8 +1,9 @@
 """Wiring of the agent-proxy service: its registry entry, its start hook, its scopes.
 
-Scopes: every call needs a token for `urn:macp:service:agent-proxy`; Generate and Bid, which spend
-provider tokens on a tenant's behalf, also need `agents:generate`. ListProviders (operational
-state, no tenant data) needs a valid token only.
+Scopes: every call needs a token for `urn:macp:service:agent-proxy`; Generate, Bid, Synthesize and
+Transcribe, which spend a provider's work on a tenant's behalf, also need `agents:generate` (a
+service-held scope: the orchestrator adds it when it exchanges a user's token). ListProviders
+(operational state, no tenant data) needs a valid token only.
 
 An agent of provider `a2a` is an outside A2A agent (remote_agents.py): the proxy reads it from the
 conversation service on the caller's behalf and gets its credential with a client of its own at the
@@ -10,7 +11,8 @@ token service, both through the mesh; it calls the remote over HTTP.
 
 `start` builds the proxy, hooks it to the served metrics registry (`pending_agent_requests`,
 `macp_breaker_state`, `macp_generate_first_token_seconds`), adds its servicer and runs its usage
-outbox; after the server has drained it stops the outbox and closes the providers' clients.
+outbox; after the server has drained it stops the outbox and closes the providers' clients (chat
+and audio).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from macp.agent_proxy.v1 import agent_proxy_service_pb2_grpc as pb_grpc
 from macp.conversation.v1 import conversation_service_pb2_grpc as conversation_grpc
 from macp.token.v1 import token_service_pb2_grpc as token_grpc
 
+from services.agent_proxy.audio_provider import AudioProviders
 from services.agent_proxy.fair_queue import FairQueue
 from services.agent_proxy.generation import Generation
 from services.agent_proxy.providers import Providers
@@ -34,6 +37,7 @@ from services.agent_proxy.remote_agents import RemoteAgents
 from services.agent_proxy.remote_credentials import RemoteCredentials
 from services.agent_proxy.servicer import AgentProxyServicer
 from services.agent_proxy.settings import ProxySettings
+from services.agent_proxy.speech import Speech
 from services.runtime.auth.caller_tokens import CallerTokens
 from services.runtime.auth.settings import USER_SCOPES
 from services.runtime.auth.token_client import (
@@ -71,6 +75,8 @@ class AgentProxy:
     generation: Generation
     remote: RemoteAgents
     channels: tuple[grpc.aio.Channel, ...]
+    audio: AudioProviders
+    speech: Speech
 
     @classmethod
     def build(cls, resources: Resources, env: Env, clock: Clock = time.time) -> AgentProxy:
@@ -91,7 +97,10 @@ class AgentProxy:
         )
         remote, channels = _remote_agents(settings, env, clock, providers)
         generation = Generation(settings, providers, queue, publisher.publish, remote=remote)
-        return cls(settings, providers, queue, publisher, generation, remote, channels)
+        # The same queue as Generate's: a voice call takes a slot, and its tenant's place, as a turn does.
+        audio = AudioProviders(settings, providers)
+        speech = Speech(settings, audio, queue, publisher.publish)
+        return cls(settings, providers, queue, publisher, generation, remote, channels, audio, speech)
 
 
 def _remote_agents(
@@ -141,7 +150,7 @@ async def start(context: ServiceContext) -> AsyncIterator[None]:
     proxy.generation.on_first_token = lambda provider, model, seconds: first_token.labels(
         SPEC.name, provider, model
     ).observe(seconds)
-    servicer = AgentProxyServicer(proxy.settings, proxy.providers, proxy.generation)
+    servicer = AgentProxyServicer(proxy.settings, proxy.providers, proxy.generation, proxy.speech)
     pb_grpc.add_AgentProxyServiceServicer_to_server(servicer, context.server)
     try:
         await proxy.publisher.start()
@@ -153,6 +162,7 @@ async def start(context: ServiceContext) -> AsyncIterator[None]:
         # The providers' HTTP clients exist from `build` on, so they close even if the outbox
         # never started.
         await proxy.providers.close()
+        await proxy.audio.close()
         await proxy.remote.close()
         for channel in proxy.channels:
             await channel.close()
@@ -160,7 +170,8 @@ async def start(context: ServiceContext) -> AsyncIterator[None]:
 
 def method_scopes() -> dict[str, str]:
     descriptor = pb.DESCRIPTOR.services_by_name["AgentProxyService"]
-    return {f"/{descriptor.full_name}/{name}": GENERATE_SCOPE for name in ("Generate", "Bid")}
+    spending = ("Generate", "Bid", "Synthesize", "Transcribe")
+    return {f"/{descriptor.full_name}/{name}": GENERATE_SCOPE for name in spending}
 
 
 DEFINITION = ServiceDefinition(

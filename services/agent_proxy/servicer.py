@@ -13,8 +13,10 @@ from services.agent_proxy.generation import Generation
 from services.agent_proxy.providers import Providers
 from services.agent_proxy.remote_agents import A2A
 from services.agent_proxy.settings import ProxySettings
+from services.agent_proxy.speech import Speech
 from services.runtime.breaker import BreakerState
 from services.runtime.context import RpcContext
+from services.runtime.errors import Unimplemented
 from services.runtime.principal import current_principal
 from services.runtime.protos import timestamp_at
 
@@ -32,10 +34,17 @@ def _duration(seconds: float) -> Duration:
 
 
 class AgentProxyServicer(pb_grpc.AgentProxyServiceServicer):
-    def __init__(self, settings: ProxySettings, providers: Providers, generation: Generation) -> None:
+    def __init__(
+        self,
+        settings: ProxySettings,
+        providers: Providers,
+        generation: Generation,
+        speech: Speech | None = None,
+    ) -> None:
         self._settings = settings
         self._providers = providers
         self._generation = generation
+        self._speech = speech
 
     async def Generate(
         self, request: pb.GenerateRequest, context: RpcContext
@@ -44,6 +53,27 @@ class AgentProxyServicer(pb_grpc.AgentProxyServiceServicer):
             request, current_principal(), context.time_remaining()
         ):
             yield response
+
+    async def Synthesize(
+        self, request: pb.SynthesizeRequest, context: RpcContext
+    ) -> AsyncIterator[pb.SynthesizeResponse]:
+        async for response in self._voice().synthesize(
+            request, current_principal(), context.time_remaining()
+        ):
+            yield response
+
+    async def Transcribe(
+        self, request: pb.TranscribeRequest, context: RpcContext
+    ) -> AsyncIterator[pb.TranscribeResponse]:
+        async for response in self._voice().transcribe(
+            request, current_principal(), context.time_remaining()
+        ):
+            yield response
+
+    def _voice(self) -> Speech:
+        if self._speech is None:
+            raise Unimplemented("this agent proxy was built without speech")
+        return self._speech
 
     async def Bid(self, request: pb.BidRequest, context: RpcContext) -> pb.BidResponse:
         """From the agent's hints alone, for an outside A2A agent too: a bid never calls it."""
