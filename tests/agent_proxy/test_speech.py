@@ -6,15 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import grpc
 import pytest
 from macp.agent_proxy.v1 import agent_proxy_service_pb2 as pb
 from macp.common.v1 import audio_pb2, usage_pb2
 
+from services.agent_proxy.audio_provider import AudioProviders
+from services.agent_proxy.provider import ProviderEvent, Turn
+from services.agent_proxy.providers import Providers
+from services.agent_proxy.settings import ProviderConfig, ProxySettings
 from services.provider_server import audio_codec
 from services.provider_server.server import RunningProviderServer
+from services.runtime.errors import FailedPrecondition, InvalidArgument
+from services.runtime.settings import Env
 from services.runtime.usage_ids import speech_event_id, transcription_event_id
 from services.runtime.wav import pcm_seconds, read_wav
 from tests.agent_proxy.conftest import Proxy, book, provider_environ, running_proxy
@@ -24,6 +30,19 @@ from tests.tokens import TokenWorld
 pytestmark = pytest.mark.integration
 
 TEXT = "Hello from MACP, spoken and heard."
+
+
+class ChatOnly:
+    """A chat provider that is never called: the audio registry needs only the breakers."""
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self.config = config
+
+    def stream(self, model: str, turn: Turn, read_timeout: float) -> AsyncGenerator[ProviderEvent]:
+        raise AssertionError("no chat here")
+
+    async def close(self) -> None:
+        pass
 
 
 @pytest.fixture
@@ -268,3 +287,30 @@ async def test_the_callers_deadline_bounds_the_provider_and_a_cancelled_call_is_
     await synthesize(proxy, billed)
     records = await usage(proxy, until=1)
     assert [r.event.event_id for r in records] == [speech_event_id(billed.scope.request_id)]
+
+
+async def test_the_default_provider_is_the_first_offering_the_kind_and_none_is_a_precondition() -> None:
+    def audio(environ: dict[str, str]) -> AudioProviders:
+        settings = ProxySettings.from_env(Env(environ))
+        return AudioProviders(settings, Providers(settings, clock=lambda: 0.0, make_provider=ChatOnly))
+
+    mixed = audio(
+        {
+            "MACP_AGENT_PROXY_PROVIDERS": "anthropic,ollama,local",
+            "MACP_PROVIDER_ANTHROPIC_API_KEY": "sk-ant",
+            "MACP_PROVIDER_OLLAMA_BASE_URL": "http://127.0.0.1:11434/v1",
+            "MACP_PROVIDER_OLLAMA_MODELS": "llama3",
+        }
+    )
+    try:
+        assert mixed.resolve("speech", "", "") == ("local", "speech-1")  # ollama offers none
+        assert mixed.resolve("transcription", "", "") == ("local", "transcribe-1")
+        assert mixed.resolve("speech", "ollama", "kokoro") == ("ollama", "kokoro")
+        with pytest.raises(InvalidArgument, match=r"^voice\.provider: 'anthropic' does not speak"):
+            mixed.resolve("speech", "anthropic", "")
+    finally:
+        await mixed.close()
+    chat_only = audio({"MACP_PROVIDER_ANTHROPIC_API_KEY": "sk-ant"})
+    with pytest.raises(FailedPrecondition, match=r"^voice\.provider: no provider of speech is configured"):
+        chat_only.resolve("speech", "", "")
+    await chat_only.close()
