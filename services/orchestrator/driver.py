@@ -228,6 +228,10 @@ class Driver:
         await self._kick(conversation_id)
         return accepted
 
+    async def seen(self, conversation_id: str, message_id: str) -> bool:
+        """Whether the message was accepted already (a retry of it changes nothing)."""
+        return await self._seen(conversation_id, message_id) is not None
+
     async def _seen(self, conversation_id: str, message_id: str) -> Accepted | None:
         stored = await self._markers.accepted_value(conversation_id, message_id)
         return None if stored is None else _accepted_from(message_id, stored)

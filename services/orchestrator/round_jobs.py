@@ -35,6 +35,7 @@ class RoundJobCodec:
             sequence=job.sequence,
             mention_agent_ids=job.mentions,
             trace_context=dict(job.trace_context),
+            speak_answers=job.speak,
         ).SerializeToString()
 
     def decode(self, data: bytes) -> RoundJob:
@@ -50,6 +51,7 @@ class RoundJobCodec:
             sequence=stored.sequence,
             mentions=tuple(stored.mention_agent_ids),
             trace_context=tuple(sorted(stored.trace_context.items())),
+            speak=stored.speak_answers,
         )
 
 

@@ -43,9 +43,11 @@ from services.orchestrator.policies import (
 )
 from services.orchestrator.preparation import Prepared, Preparer
 from services.orchestrator.settings import OrchestratorSettings
+from services.orchestrator.spoken_answers import Speaker
 from services.orchestrator.tool_use import max_tool_calls
 from services.orchestrator.transcript import Said, chat_messages
 from services.orchestrator.turns import Halt, RoundBill, TurnResult, TurnRunner, TurnSpec
+from services.orchestrator.voice import Voice, VoiceCall
 from services.runtime import tracing
 from services.runtime.principal import Caller
 from services.runtime.protos import now_timestamp
@@ -82,6 +84,8 @@ class RoundJob:
     # The W3C trace context of the action that posted the message (services/runtime/tracing.py),
     # so the round is part of that trace even when it runs later (queued) or elsewhere (taken over).
     trace_context: tuple[tuple[str, str], ...] = ()
+    # The message asked for its answers to be spoken (its conversation may ask for every round).
+    speak: bool = False
 
     @classmethod
     def posted(
@@ -106,6 +110,7 @@ class RoundJob:
             mentions,
             None,
             tuple(trace_context.items()),
+            message.speak_answers,
         )
 
 
@@ -157,10 +162,15 @@ class Rounds:
             reserve_seconds=settings.reserve_seconds,
         )
         self._preparer = Preparer(downstream, self._turns, settings.context_messages)
+        self._voice = Voice(self._turns, downstream.agent_proxy, settings.turn_timeout_seconds)
 
     @property
     def turns(self) -> TurnRunner:
         return self._turns
+
+    @property
+    def voice(self) -> Voice:
+        return self._voice
 
     @property
     def preparer(self) -> Preparer:
@@ -416,8 +426,12 @@ class Rounds:
             await asyncio.shield(announcing)
             await emit(event)
 
+        turn_emit = emit_announced
+        if job.speak or (prepared is not None and prepared.conversation.speak_answers):
+            call = VoiceCall(job.caller, agent, plan.turn_id, job.conversation_id, plan.turn_id)
+            turn_emit = Speaker(self._voice, call, emit_announced).emit
         turn = asyncio.ensure_future(
-            take_turn(self._turns, spec, emit_announced, halt or state.halt, asyncio.shield(reserving), bill)
+            take_turn(self._turns, spec, turn_emit, halt or state.halt, asyncio.shield(reserving), bill)
         )
         # A turn that cannot be announced stops at once (its generation cut, its hold released by
         # take_turn), not at its first word.

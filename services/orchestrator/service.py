@@ -29,7 +29,6 @@ from services.orchestrator.event_log import EventLog
 from services.orchestrator.lease import Leases
 from services.orchestrator.servicer import OrchestratorServicer
 from services.orchestrator.settings import OrchestratorSettings
-from services.orchestrator.voice import Voice
 from services.orchestrator.webhooks.deliverer import delivering
 from services.runtime.registry import service
 from services.runtime.server import ServiceContext, ServiceDefinition
@@ -57,9 +56,8 @@ async def start(context: ServiceContext) -> AsyncIterator[None]:
         downstream = Downstream(CommonSettings.from_env(context.env).mesh_address, settings, (redis, prefix))
         work.push_async_callback(downstream.close)
         driver = Driver(redis, prefix, downstream, events, leases, bus, settings)
-        voice = Voice(driver.rounds.turns, downstream.agent_proxy, settings.turn_timeout_seconds)
         pb_grpc.add_OrchestratorServiceServicer_to_server(
-            OrchestratorServicer(driver, events, voice), context.server
+            OrchestratorServicer(driver, events, driver.rounds.voice), context.server
         )
         await bus.start()
         work.push_async_callback(bus.stop)

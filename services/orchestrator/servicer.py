@@ -30,6 +30,7 @@ from services.orchestrator.completions import complete
 from services.orchestrator.driver import Driver
 from services.orchestrator.event_log import EventLog
 from services.orchestrator.event_shapes import error_event
+from services.orchestrator.utterances import hear
 from services.orchestrator.voice import Voice, VoiceCall
 from services.runtime import tracing
 from services.runtime.context import RpcContext
@@ -167,6 +168,8 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             match request.WhichOneof("event"):
                 case "user_message":
                     await self._driver.post(conversation_id, request.user_message)
+                case "utterance":
+                    await hear(self._driver, self._voice, self._events, conversation_id, request.utterance)
                 case "bid":
                     await self._driver.bid(conversation_id, request.bid)
                 case "cancel":
@@ -198,6 +201,8 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         detail.metadata["action"] = request.WhichOneof("event") or "join"
         if request.HasField("user_message"):
             detail.metadata["message_id"] = request.user_message.message_id
+        if request.HasField("utterance"):
+            detail.metadata["message_id"] = request.utterance.message_id
         try:
             await self._events.append(conversation_id, refusal)
         except Exception as exc:

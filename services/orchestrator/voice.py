@@ -82,15 +82,22 @@ def speech_hold_seconds(text: str, voice: audio_pb2.VoiceSettings) -> int:
 
 @dataclass(frozen=True)
 class VoiceCall:
-    """One metered voice call: who it is for, the agent, and the hold's id (the call's id)."""
+    """One metered voice call: who it is for, the agent, the hold's id (the call's id), and the
+    conversation and turn it belongs to, if any."""
 
     caller: Caller
     agent: conversation_pb.Agent
     request_id: str
+    conversation_id: str = ""
+    turn_id: str = ""
 
     def scope(self) -> proxy_pb.VoiceCallScope:
         return proxy_pb.VoiceCallScope(
-            request_id=self.request_id, tenant_id=self.caller.principal.tenant_id, agent_id=self.agent.id
+            request_id=self.request_id,
+            tenant_id=self.caller.principal.tenant_id,
+            agent_id=self.agent.id,
+            conversation_id=self.conversation_id,
+            turn_id=self.turn_id,
         )
 
     def event(
@@ -104,6 +111,8 @@ class VoiceCall:
             tenant_id=principal.tenant_id,
             user_id=principal.user_id,
             agent_id=self.agent.id,
+            conversation_id=self.conversation_id,
+            turn_id=self.turn_id,
             type=kind,
             dimensions=dimensions,
             actor_chain=principal.actor_chain,
@@ -120,7 +129,12 @@ class Voice:
 
     async def _hold(self, call: VoiceCall, seconds: int, what: str) -> None:
         refusal = await self._ledger.reserve(
-            call.request_id, metering_pb.METER_VOICE_SECONDS, what, conversation_id="", quantity=seconds
+            call.request_id,
+            metering_pb.METER_VOICE_SECONDS,
+            what,
+            conversation_id=call.conversation_id,
+            turn_id=call.turn_id,
+            quantity=seconds,
         )
         if refusal is not None:
             raise domain_error(_STATUS.get(refusal.code, grpc.StatusCode.UNAVAILABLE), refusal.detail.message)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from macp.common.v1 import principal_pb2 as macp_dot_common_dot_v1_dot_principal__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'macp/orchestrator/v1/stored_round.proto\x12\x14macp.orchestrator.v1\x1a\x1emacp/common/v1/principal.proto\"\xba\x02\n\x0bStoredRound\x12\x14\n\x0csealed_token\x18\x01 \x01(\x0c\x12,\n\tprincipal\x18\x02 \x01(\x0b\x32\x19.macp.common.v1.Principal\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12\x12\n\nmessage_id\x18\x04 \x01(\t\x12\x0c\n\x04text\x18\x05 \x01(\t\x12\x10\n\x08sequence\x18\x06 \x01(\x03\x12\x19\n\x11mention_agent_ids\x18\x07 \x03(\t\x12J\n\rtrace_context\x18\x08 \x03(\x0b\x32\x33.macp.orchestrator.v1.StoredRound.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'macp/orchestrator/v1/stored_round.proto\x12\x14macp.orchestrator.v1\x1a\x1emacp/common/v1/principal.proto\"\xd1\x02\n\x0bStoredRound\x12\x14\n\x0csealed_token\x18\x01 \x01(\x0c\x12,\n\tprincipal\x18\x02 \x01(\x0b\x32\x19.macp.common.v1.Principal\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12\x12\n\nmessage_id\x18\x04 \x01(\t\x12\x0c\n\x04text\x18\x05 \x01(\t\x12\x10\n\x08sequence\x18\x06 \x01(\x03\x12\x19\n\x11mention_agent_ids\x18\x07 \x03(\t\x12J\n\rtrace_context\x18\x08 \x03(\x0b\x32\x33.macp.orchestrator.v1.StoredRound.TraceContextEntry\x12\x15\n\rspeak_answers\x18\t \x01(\x08\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,7 +35,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STOREDROUND_TRACECONTEXTENTRY']._loaded_options = None
   _globals['_STOREDROUND_TRACECONTEXTENTRY']._serialized_options = b'8\001'
   _globals['_STOREDROUND']._serialized_start=98
-  _globals['_STOREDROUND']._serialized_end=412
-  _globals['_STOREDROUND_TRACECONTEXTENTRY']._serialized_start=361
-  _globals['_STOREDROUND_TRACECONTEXTENTRY']._serialized_end=412
+  _globals['_STOREDROUND']._serialized_end=435
+  _globals['_STOREDROUND_TRACECONTEXTENTRY']._serialized_start=384
+  _globals['_STOREDROUND_TRACECONTEXTENTRY']._serialized_end=435
 # @@protoc_insertion_point(module_scope)

@@ -57,6 +57,7 @@ class StoredRound(_message.Message):
     SEQUENCE_FIELD_NUMBER: _builtins.int
     MENTION_AGENT_IDS_FIELD_NUMBER: _builtins.int
     TRACE_CONTEXT_FIELD_NUMBER: _builtins.int
+    SPEAK_ANSWERS_FIELD_NUMBER: _builtins.int
     sealed_token: _builtins.bytes
     """The sender's bearer token, sealed (AES-256-GCM under MACP_ORCHESTRATOR_SEALING_KEY, bound to
     the conversation and the message): the round calls the other services as the sender.
@@ -69,6 +70,8 @@ class StoredRound(_message.Message):
     """Its text."""
     sequence: _builtins.int
     """Its sequence in the conversation (0 while it is not stored yet)."""
+    speak_answers: _builtins.bool
+    """Whether its answers are spoken (UserMessage.speak_answers)."""
     @_builtins.property
     def principal(self) -> _principal_pb2.Principal:
         """The sender as its token said when the message was posted."""
@@ -92,10 +95,11 @@ class StoredRound(_message.Message):
         sequence: _builtins.int = ...,
         mention_agent_ids: _abc.Iterable[_builtins.str] | None = ...,
         trace_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        speak_answers: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["principal", b"principal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "mention_agent_ids", b"mention_agent_ids", "message_id", b"message_id", "principal", b"principal", "sealed_token", b"sealed_token", "sequence", b"sequence", "text", b"text", "trace_context", b"trace_context"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "mention_agent_ids", b"mention_agent_ids", "message_id", b"message_id", "principal", b"principal", "sealed_token", b"sealed_token", "sequence", b"sequence", "speak_answers", b"speak_answers", "text", b"text", "trace_context", b"trace_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
