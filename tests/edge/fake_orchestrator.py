@@ -9,6 +9,10 @@ for one no longer retained), and answers each user message with a scripted round
 TurnStarted, one TokenDelta per word of "echo: <text>", TurnCompleted, RoundCompleted. A message
 text `flood <n>` appends n large deltas at once (the slow-client tests), `fatal` ends the round with
 a fatal ErrorEvent, `fail` aborts the Converse stream.
+An utterance is heard with the local provider's codec (services/provider_server/audio_codec.py):
+UtteranceTranscribed with what it decodes to, then the round of that text as a message's. A message
+or an utterance that asks for its answers spoken gets them spoken too: the answer in the codec's
+speech, as a WAV in 100 ms SpeechAudio chunks before the turn completes, then SpeechCompleted.
 It validates requests with protovalidate, as the real service's interceptor does, so a bad request
 the edge let through would abort the stream here too.
 """
@@ -202,6 +206,41 @@ class FakeOrchestrator(pb_grpc.OrchestratorServiceServicer):
         task.add_done_callback(self._rounds.discard)
         return reply
 
+    async def _hear(self, conversation_id: str, utterance: pb.Utterance) -> None:
+        """An utterance: what the codec hears in it, then its round as a message's."""
+        if utterance.format == audio_pb2.AUDIO_FORMAT_WAV:
+            pcm, rate = audio_codec.read_wav(utterance.audio, field="audio")
+        else:
+            pcm, rate = utterance.audio, utterance.sample_rate
+        text = audio_codec.transcribe(pcm, rate)
+        heard = pb.UtteranceTranscribed(
+            message_id=utterance.message_id, text=text, audio_seconds=audio_codec.seconds(pcm, rate)
+        )
+        await self.append(conversation_id, utterance_transcribed=heard)
+        message = pb.UserMessage(
+            message_id=utterance.message_id,
+            text=text,
+            mention_agent_ids=utterance.mention_agent_ids,
+            speak_answers=utterance.speak_answers,
+        )
+        await self.round(conversation_id, message)
+
+    async def _speak(self, conversation_id: str, turn: str, answer: str) -> None:
+        """The answer spoken as one sentence: a WAV in 100 ms chunks, then SpeechCompleted."""
+        pcm = audio_codec.synthesize(answer, voice="alloy")
+        audio = audio_codec.wav_bytes(pcm)
+        step = audio_codec.SAMPLE_RATE // 10 * audio_codec.SAMPLE_WIDTH
+        for index, start in enumerate(range(0, len(audio), step)):
+            chunk = audio_pb2.AudioChunk(data=audio[start : start + step], index=index)
+            speech = pb.SpeechAudio(
+                turn_id=turn, agent_id=AGENT_ID, sentence=0, chunk=chunk, format=audio_pb2.AUDIO_FORMAT_WAV
+            )
+            await self.append(conversation_id, speech_audio=speech)
+        done = pb.SpeechCompleted(
+            turn_id=turn, agent_id=AGENT_ID, sentences=1, audio_seconds=audio_codec.seconds(pcm)
+        )
+        await self.append(conversation_id, speech_completed=done)
+
     async def _answer(self, conversation_id: str, message: pb.UserMessage) -> None:
         turn = str(uuid.uuid4())
         words = message.text.split()
@@ -228,6 +267,8 @@ class FakeOrchestrator(pb_grpc.OrchestratorServiceServicer):
             text = word if index == 0 else f" {word}"
             delta = pb.TokenDelta(turn_id=turn, agent_id=AGENT_ID, text=text, index=index)
             await self.append(conversation_id, token_delta=delta)
+        if message.speak_answers:
+            await self._speak(conversation_id, turn, " ".join(answer))
         await self.append(
             conversation_id,
             turn_completed=pb.TurnCompleted(
@@ -322,6 +363,8 @@ class FakeOrchestrator(pb_grpc.OrchestratorServiceServicer):
                 if request.user_message.text == "fail":
                     return grpc.StatusCode.INTERNAL, "the fake orchestrator failed on purpose"
                 await self.round(request.conversation_id, request.user_message)
+            elif kind == "utterance":
+                await self._hear(request.conversation_id, request.utterance)
             elif kind == "bid":
                 bid = pb.Bid(
                     agent_id=request.bid.agent_id, score=request.bid.score, source=pb.BID_SOURCE_CLIENT

@@ -3,7 +3,9 @@
 The handshake (services/edge/ws/handshake.py) decides who connects; from then on a connection is in
 one of the states of services/edge/ws/state.py. It is closed with 4401 when its token expires, or
 is revoked (services/edge/open_streams.py). Client frames are JSON routed by `action`
-(services/edge/ws/frames.py); each one counts against the edge's rate limits.
+(services/edge/ws/frames.py); each one counts against the edge's rate limits, except the audio of
+an open utterance, whose pace services/edge/ws/utterances.py bounds instead. Binary frames are
+audio: they are taken while an utterance is open.
 
 Why the state is lazy and nothing waits: the target is 5,000 idle connections at ≤ 16 KiB each.
 The edge serves the protocol itself (services/edge/ws/link.py, plugged into uvicorn), so a frame
@@ -42,6 +44,7 @@ from services.edge.context import EdgeContext
 from services.edge.rate_limits import refusal, retry_after
 from services.edge.ws.close import CloseCode, close_reason
 from services.edge.ws.frames import (
+    VOICE_ACTIONS,
     ClientFrame,
     FrameError,
     error_frame,
@@ -52,6 +55,7 @@ from services.edge.ws.frames import (
 from services.edge.ws.link import WebSocketLink
 from services.edge.ws.state import ConnectionState, transition
 from services.edge.ws.streams import Subscription
+from services.edge.ws.utterances import OpenUtterance, UtteranceRefused, Utterances
 from services.runtime import tracing
 from services.runtime.context import new_request_id, request_id_var, reset_quietly
 from services.runtime.errors import DomainError
@@ -81,6 +85,7 @@ class Connection:
         "_state",
         "_subscriptions",
         "_timer",
+        "_voice",
         "_worker",
     )
 
@@ -99,7 +104,11 @@ class Connection:
         # The token's expiry on the loop's clock: the connection closes (4401) when it passes.
         self._expires_at = self._started + (caller.principal.expire_time.ToNanoseconds() / 1e9 - time.time())
         self._subscriptions: dict[str, Subscription] | None = None
-        self._inbox: deque[str] | None = None
+        # Frames waiting to be handled, with when each arrived (an utterance's pace is measured
+        # from arrivals, not from when the frame's turn came): text, binary audio, or the size of
+        # binary audio dropped because too much of it was waiting.
+        self._inbox: deque[tuple[float, str | bytes | int]] | None = None
+        self._voice: Utterances | None = None
         self._worker: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         # Why we closed (CLOSING and CLOSED only): what the log says when the link is gone.
@@ -169,18 +178,32 @@ class Connection:
     # What the link tells.
 
     def on_text(self, text: str) -> None:
-        if not self._state.open:
-            return
-        self._idle_since = asyncio.get_running_loop().time()
-        if self._inbox is None:
-            self._inbox = deque()
-        self._inbox.append(text)
-        if self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._work())
+        self._enqueue(text)
 
     def on_binary(self) -> None:
-        self._idle_since = asyncio.get_running_loop().time()
-        self._emit(error_frame("INVALID_ARGUMENT", "frames are JSON text, not binary"))
+        """An utterance's audio, handled in order with the text frames around it. What waits is
+        at most MACP_EDGE_MAX_AUDIO_BYTES: past that the frame is dropped (its size kept), and its
+        utterance refused when the frame's turn comes."""
+        if not self._state.open:
+            return
+        data = self._link.binary_message()
+        if self._voice is None:
+            self._voice = Utterances()
+        if self._voice.queued_bytes + len(data) > self._edge.settings.max_audio_bytes:
+            self._enqueue(len(data))
+        else:
+            self._voice.queued_bytes += len(data)
+            self._enqueue(data)
+
+    def _enqueue(self, item: str | bytes | int) -> None:
+        if not self._state.open:
+            return
+        now = self._idle_since = asyncio.get_running_loop().time()
+        if self._inbox is None:
+            self._inbox = deque()
+        self._inbox.append((now, item))
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._work())
 
     def on_closed(self) -> None:
         if self._state is ConnectionState.CLOSED:
@@ -188,6 +211,7 @@ class Connection:
         self._move(ConnectionState.CLOSED)
         self._edge.open_streams.unwatch(self._caller.principal.token_id, self)
         self._stop_subscriptions()
+        self._voice = None
         self._cancel_timer()
         if self._worker is not None:
             self._worker.cancel()
@@ -203,7 +227,11 @@ class Connection:
         caller_var.set(self._caller)  # this task's context: the token exchanges of its frames read it
         try:
             while self._inbox and self._state.open:
-                await self._handle(self._inbox.popleft())
+                arrived, item = self._inbox.popleft()
+                if isinstance(item, str):
+                    await self._handle(item, arrived)
+                else:
+                    self._binary_audio(item, arrived)
         except Exception:  # a bug of ours: the client hears of it, the edge goes on
             log.exception("handling a websocket frame failed")
             self._close(CloseCode.INTERNAL_ERROR, "internal error; reconnect and resume")
@@ -212,11 +240,15 @@ class Connection:
             if self._inbox is not None and not self._inbox:
                 self._inbox = None
 
-    async def _handle(self, text: str) -> None:
+    async def _handle(self, text: str, arrived: float) -> None:
         try:
             frame = parse_frame(text)
         except FrameError as exc:
             self._emit(error_frame(exc.code, exc.message, action=exc.action, request_id=exc.request_id))
+            return
+        if frame.action == "audio" and frame.audio is not None and self._open_utterance(frame):
+            # An open utterance's audio: its pace is bounded by the utterance, not the rate limits.
+            self._feed(frame.conversation_id, frame.audio, arrived, frame.request_id)
             return
         if frame.request_id is None:
             frame = dataclasses.replace(frame, request_id=new_request_id())
@@ -235,7 +267,10 @@ class Connection:
                     )
                 )
                 return
-            await self._dispatch(frame)
+            if frame.action in VOICE_ACTIONS:
+                await self._voice_action(frame, arrived)
+            else:
+                await self._dispatch(frame)
         except grpc.aio.AioRpcError as exc:
             code, message = rpc_error_fields(exc)
             self._emit(error_frame(code, message, action=frame.action, request_id=frame.request_id))
@@ -251,7 +286,7 @@ class Connection:
     def _trace(self, frame: ClientFrame) -> tracing.Scope | None:
         """The action's span (tracing on; not for pings), a new trace's root, and its context in the
         ConverseRequest the action sends."""
-        if frame.action == "ping" or not tracing.enabled():
+        if frame.action in ("ping", "audio") or not tracing.enabled():
             return None
         attributes = {"macp.ws.action": frame.action, "macp.conversation_id": frame.conversation_id}
         if frame.message_id is not None:
@@ -294,15 +329,135 @@ class Connection:
             if await self._open_stream(frame):
                 self._emit(reply_frame("subscribed", frame, last_event_id=resume or None))
             return
+        await self._send(frame, frame.message_id)
+
+    async def _send(self, frame: ClientFrame, message_id: str | None) -> None:
+        """Hands the frame's request to its conversation's stream (opening it if need be) and acks."""
+        assert frame.request is not None
+        current = (self._subscriptions or {}).get(frame.conversation_id)
         if current is None:
             if not await self._open_stream(frame):
                 return
         else:
             await current.write(frame.request, self._edge.timeout)
-        extra = {"message_id": frame.message_id} if frame.message_id is not None else {}
+        extra = {"message_id": message_id} if message_id is not None else {}
         if frame.request.trace_context:  # tracing on: where the client finds this action's trace
             extra["traceparent"] = frame.request.trace_context[tracing.TRACEPARENT]
         self._emit(reply_frame("ack", frame, **extra))
+
+    # A spoken message (services/edge/ws/utterances.py): gathered here, sent at its end.
+
+    def _open_utterance(self, frame: ClientFrame) -> OpenUtterance | None:
+        return self._voice.open.get(frame.conversation_id) if self._voice is not None else None
+
+    async def _voice_action(self, frame: ClientFrame, arrived: float) -> None:
+        if self._voice is None:
+            self._voice = Utterances()
+        utterances = self._voice.open
+        current = utterances.get(frame.conversation_id)
+
+        def refuse(message: str, code: str = "INVALID_ARGUMENT") -> None:
+            self._emit(
+                error_frame(
+                    code,
+                    message,
+                    action=frame.action,
+                    request_id=frame.request_id,
+                    conversation_id=frame.conversation_id,
+                )
+            )
+
+        if frame.action == "utterance_start":
+            assert frame.request is not None
+            assert frame.message_id is not None
+            limit = self._edge.settings.websocket.max_subscriptions
+            if current is not None:
+                refuse(
+                    "conversation_id: an utterance is already open in this conversation; "
+                    "send utterance_end or utterance_cancel first"
+                )
+            elif len(utterances) >= limit:
+                refuse(
+                    f"conversation_id: this connection already has {limit} utterances open "
+                    "(MACP_EDGE_WS_MAX_SUBSCRIPTIONS); end one first",
+                    "RESOURCE_EXHAUSTED",
+                )
+            else:
+                utterances[frame.conversation_id] = OpenUtterance(
+                    frame.request.utterance, arrived, self._edge.settings.max_audio_bytes
+                )
+                self._emit(reply_frame("ack", frame, message_id=frame.message_id))
+            return
+        if frame.action == "utterance_cancel":
+            utterances.pop(frame.conversation_id, None)
+            self._emit(reply_frame("ack", frame))
+            return
+        if current is None:
+            refuse(
+                f"{'audio' if frame.action == 'audio' else 'conversation_id'}: no utterance is open "
+                "in this conversation; send utterance_start first"
+            )
+            return
+        if frame.action == "audio":
+            assert frame.audio is not None
+            self._feed(frame.conversation_id, frame.audio, arrived, frame.request_id)
+            return
+        del utterances[frame.conversation_id]
+        try:
+            utterance = current.finish()
+        except UtteranceRefused as exc:
+            refuse(exc.message, exc.code)
+            return
+        assert frame.request is not None
+        frame.request.utterance.CopyFrom(utterance)
+        await self._send(frame, utterance.message_id)
+
+    def _binary_audio(self, data: bytes | int, arrived: float) -> None:
+        """A binary frame's audio for the one open utterance, or the size of one that was dropped
+        (too much waited): its utterance is refused, as too big if the frame would have made it so."""
+        voice = self._voice
+        if voice is None:  # the connection closed since
+            return
+        if isinstance(data, bytes):
+            voice.queued_bytes -= len(data)
+        try:
+            conversation_id = voice.binary_target()
+        except UtteranceRefused as exc:
+            self._emit(error_frame(exc.code, exc.message, action="audio"))
+            return
+        if isinstance(data, bytes):
+            self._feed(conversation_id, data, arrived, None)
+            return
+        refusal = UtteranceRefused(
+            f"audio: more than {self._edge.settings.max_audio_bytes} bytes of audio waited behind "
+            "earlier frames; send it as it is spoken",
+            "RESOURCE_EXHAUSTED",
+        )
+        try:
+            voice.open[conversation_id].check_size(data)
+        except UtteranceRefused as exc:
+            refusal = exc
+        del voice.open[conversation_id]
+        self._emit(
+            error_frame(refusal.code, refusal.message, action="audio", conversation_id=conversation_id)
+        )
+
+    def _feed(self, conversation_id: str, data: bytes, arrived: float, request_id: str | None) -> None:
+        """Adds audio to the conversation's open utterance; a refusal drops the utterance."""
+        assert self._voice is not None
+        try:
+            self._voice.open[conversation_id].add(data, arrived)
+        except UtteranceRefused as exc:
+            del self._voice.open[conversation_id]
+            self._emit(
+                error_frame(
+                    exc.code,
+                    exc.message,
+                    action="audio",
+                    request_id=request_id,
+                    conversation_id=conversation_id,
+                )
+            )
 
     async def _open_stream(self, frame: ClientFrame) -> bool:
         """Opens the conversation's Converse stream with the frame's request; False (and an error
@@ -366,5 +521,6 @@ class Connection:
         self._move(ConnectionState.CLOSING)
         self._close_code = code
         self._stop_subscriptions()
+        self._voice = None
         self._cancel_timer()
         self._link.close(int(code), close_reason(reason))

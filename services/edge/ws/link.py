@@ -9,10 +9,11 @@ object, its transport, wsproto's frame protocol (not its handshake: `_accepted`)
 handshake, the edge's `Connection` (its caller and one timer); a frame arriving is a callback, and
 work starts a task only while there is work (services/edge/ws/connection.py).
 
-What it does itself, so the edge's `Connection` sees only text frames and a sender:
+What it does itself, so the edge's `Connection` sees only whole messages and a sender:
 - the handshake: uvicorn replays the upgrade request into `data_received`; only `/v1/ws` is served
   (any other path gets 403), then the edge decides (`Handshake`) whether to accept;
-- frames over MACP_EDGE_WS_MAX_FRAME_BYTES close with 1009; a binary frame is handed on as such;
+- messages over MACP_EDGE_WS_MAX_FRAME_BYTES close with 1009, text or binary; fragments are put
+  together first (a binary message is an utterance's audio: services/edge/ws/utterances.py);
 - heartbeats: a ping every MACP_EDGE_WS_HEARTBEAT_SECONDS, and 1011 when one is not answered
   within MACP_EDGE_WS_HEARTBEAT_TIMEOUT_SECONDS; the client's pings are answered;
 - flow control: while the transport's buffer is over its high-water mark frames wait here; more
@@ -65,7 +66,9 @@ class Peer(Protocol):
 
     def on_text(self, text: str) -> None: ...
 
-    def on_binary(self) -> None: ...
+    def on_binary(self) -> None:
+        """A whole binary message arrived; `WebSocketLink.binary_message()` holds it during this
+        call (a peer that has no use for binary takes nothing)."""
 
     def on_closed(self) -> None:
         """The connection is over (the client closed it, went away, or we closed it)."""
@@ -82,6 +85,7 @@ class WebSocketLink(asyncio.Protocol):
     """One WebSocket connection's protocol (see the module docstring)."""
 
     __slots__ = (
+        "_binary",
         "_close_timer",
         "_closing",
         "_connections",
@@ -126,6 +130,8 @@ class WebSocketLink(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._peer: Peer | None = None
         self._parts: list[str] | None = None  # a fragmented text message being reassembled
+        # A fragmented binary message being reassembled, or a whole one while the peer hears of it.
+        self._binary: bytes | bytearray | None = None
         self._size = 0
         self._waiting: deque[bytes] | None = None  # frames held while the transport is paused
         self._paused = False
@@ -250,6 +256,10 @@ class WebSocketLink(asyncio.Protocol):
         self._waiting.append(data)
         return True
 
+    def binary_message(self) -> bytes:
+        """The binary message the peer is being told of (`Peer.on_binary`); empty otherwise."""
+        return bytes(self._binary) if self._binary is not None else b""
+
     def too_slow(self) -> bool:
         waiting = self._waiting
         return waiting is not None and len(waiting) > self._max_waiting
@@ -298,8 +308,7 @@ class WebSocketLink(asyncio.Protocol):
         if isinstance(event, TextMessage):
             self._text(event)
         elif isinstance(event, BytesMessage):
-            if event.message_finished and self._peer is not None and not self._closing:
-                self._peer.on_binary()
+            self._bytes(event)
         elif isinstance(event, Ping):
             self._write(self._ws.send(event.response()))
         elif isinstance(event, Pong):
@@ -346,6 +355,28 @@ class WebSocketLink(asyncio.Protocol):
         self._size = 0
         if self._peer is not None and not self._closing:
             self._peer.on_text(text)
+
+    def _bytes(self, event: BytesMessage) -> None:
+        self._size += len(event.data)
+        if self._size > self._max_frame:
+            self._binary, self._size = None, 0
+            self.close(MESSAGE_TOO_BIG, f"a frame is at most {self._max_frame} bytes")
+            return
+        if not event.message_finished:
+            if self._binary is None:
+                self._binary = bytearray()
+            self._binary += event.data
+            return
+        if self._binary is None:
+            self._binary = event.data
+        else:
+            self._binary += event.data
+        self._size = 0
+        try:
+            if self._peer is not None and not self._closing:
+                self._peer.on_binary()
+        finally:
+            self._binary = None
 
     # Heartbeats: one timer, either until the next ping or until the answer is due.
 
