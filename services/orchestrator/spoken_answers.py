@@ -68,12 +68,17 @@ class SentenceCutter:
                 sentence, self._pending = self._pending[:cut], self._pending[cut:]
             else:
                 return sentences
-            if sentence.strip():
+            if _speakable(sentence):
                 sentences.append(sentence.strip())
 
     def rest(self) -> str:
         rest, self._pending = self._pending.strip(), ""
-        return rest
+        return rest if _speakable(rest) else ""
+
+
+def _speakable(text: str) -> bool:
+    """Whether there is anything to say: punctuation or white space alone is not spoken."""
+    return any(character.isalnum() for character in text)
 
 
 class Speaker:

@@ -26,6 +26,7 @@ VOCABULARY = (
 
 MIN_NATURAL_TOKENS = 12
 NATURAL_TOKEN_SPREAD = 37  # natural answers have 12 to 48 tokens
+SENTENCE_WORDS = (4, 10)  # the words of one sentence of an answer, fewest and most
 
 
 def count_tokens(texts: Iterable[str]) -> int:
@@ -65,7 +66,8 @@ def answer_with_text(text: str, input_tokens: int, max_tokens: int | None) -> An
 def compose_answer(prompt: list[str], max_tokens: int | None, exact_tokens: int | None = None) -> Answer:
     """The answer to `prompt` (system prompt and message texts, in order).
 
-    Its natural length (12 to 48 words) comes from the prompt's hash; `exact_tokens` overrides it
+    Its natural length (12 to 48 words, in sentences of 4 to 10 ending with a full stop) comes
+    from the prompt's hash; `exact_tokens` overrides it
     (benchmarks ask for long answers); `max_tokens` caps it, and a capped answer is `truncated`.
     """
     digest = hashlib.sha256("\x00".join(prompt).encode()).digest()
@@ -74,5 +76,14 @@ def compose_answer(prompt: list[str], max_tokens: int | None, exact_tokens: int 
     wanted = exact_tokens if exact_tokens is not None else natural
     length = min(wanted, max_tokens) if max_tokens is not None else wanted
     words = [generator.choice(VOCABULARY) for _ in range(length)]
+    # Sentences of 4 to 10 words, from a generator of their own (the words stay the prompt's):
+    # speech made from an answer starts at its first full stop, as it would for a model's.
+    ends = random.Random(int.from_bytes(digest[9:17], "big"))
+    until_end = ends.randint(*SENTENCE_WORDS)
+    for index in range(len(words)):
+        until_end -= 1
+        if until_end == 0 or index == len(words) - 1:
+            words[index] += "."
+            until_end = ends.randint(*SENTENCE_WORDS)
     tokens = tuple(word if index == 0 else f" {word}" for index, word in enumerate(words))
     return Answer(tokens=tokens, input_tokens=count_tokens(prompt), truncated=length < wanted)

@@ -212,3 +212,29 @@ async def test_a_spoken_round_hears_the_user_and_speaks_each_answer(world: World
     total = heard.audio_seconds + spoken_total
     assert await voice_seconds(world, started, total - 0.01) == pytest.approx(total)
     assert await world.open_holds() == []
+
+
+async def test_a_conversation_that_runs_out_of_voice_minutes_goes_on_in_text(world: World) -> None:
+    """The conversation asks for every answer spoken; its tenant may make three seconds of speech:
+    the answer is spoken until the next sentence would pass them, then an error says so and the
+    text goes on to the end, every hold settled."""
+    seconds = metering_pb.PlanAllowance(
+        meter=metering_pb.METER_VOICE_SECONDS, included_quantity=3, hard_limit=True, overage_block_size=1
+    )
+    turns = metering_pb.PlanAllowance(
+        meter=metering_pb.METER_AGENT_TURNS, included_quantity=100, hard_limit=True, overage_block_size=1
+    )
+    await world.set_plan(principal_pb2.TIER_ENTERPRISE, [seconds, turns])
+    agent = await world.agent("Chatty")
+    conversation = await world.conversation([agent], speak_answers=True)
+    posted = await world.post(conversation.id, "Tell me a long story, please.")
+    events = await world.round_events(conversation.id, "0-0", posted.message_id)
+    (completed,) = [event.turn_completed for event in events if event.HasField("turn_completed")]
+    assert completed.outcome == pb.TURN_OUTCOME_COMPLETED
+    assert completed.text.count(".") >= 2, "an answer of several sentences"
+    refusals = [event.error for event in events if event.HasField("error")]
+    assert [refusal.detail.reason for refusal in refusals] == ["VOICE_QUOTA_EXCEEDED"]
+    assert "its text goes on" in refusals[0].detail.message
+    (spoken,) = [event.speech_completed for event in events if event.HasField("speech_completed")]
+    assert spoken.audio_seconds <= 3
+    assert await world.open_holds() == []
