@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from services.provider_server import audio_codec
 from services.stack.infra import Infrastructure
@@ -60,8 +61,8 @@ async def until_round_done(ws: ClientConnection) -> list[dict[str, Any]]:
 async def send_audio(ws: ClientConnection, conversation: str, audio: bytes, *, binary: bool) -> None:
     for start in range(0, len(audio), CHUNK):
         piece = audio[start : start + CHUNK]
-        if binary:
-            await ws.send(piece)
+        if binary:  # in two fragments: the edge takes the message they make
+            await ws.send([piece[: len(piece) // 2], piece[len(piece) // 2 :]])
         else:
             await send(
                 ws, action="audio", conversation_id=conversation, audio=base64.b64encode(piece).decode()
@@ -293,6 +294,17 @@ async def test_frames_out_of_order_are_refused_by_name_and_the_connection_serves
         assert (await frame_of(ws))["message"].startswith("conversation_id: no utterance is open")
         assert await frames_until_pong(ws) == []
     assert utterances_received(world, conversation) == utterances_received(world, other) == []
+
+
+async def test_a_binary_frame_over_the_frame_limit_closes_with_1009(world: EdgeWorld) -> None:
+    async with opened(world) as ws:
+        await send(ws, action="utterance_start", conversation_id=str(uuid.uuid4()), format="wav")
+        assert (await frame_of(ws))["type"] == "ack"
+        await ws.send(bytes(65_537))
+        async with asyncio.timeout(5):
+            with pytest.raises(ConnectionClosed):
+                await ws.recv()
+    assert ws.close_code == 1009
 
 
 # SSE carries the same events.
