@@ -403,14 +403,13 @@ class Connection:
             self._feed(frame.conversation_id, frame.audio, arrived, frame.request_id)
             return
         del utterances[frame.conversation_id]
+        assert frame.request is not None
         try:
-            utterance = current.finish()
+            current.finish(frame.request.utterance)
         except UtteranceRefused as exc:
             refuse(exc.message, exc.code)
             return
-        assert frame.request is not None
-        frame.request.utterance.CopyFrom(utterance)
-        await self._send(frame, utterance.message_id)
+        await self._send(frame, current.message_id)
 
     def _binary_audio(self, data: bytes | int, arrived: float) -> None:
         """A binary frame's audio for the one open utterance, or the size of one that was dropped

@@ -55,8 +55,8 @@ class OpenUtterance:
     max_bytes: int
     audio: bytearray = field(default_factory=bytearray)
     # A WAV's sample rate and where its samples start, once its header has arrived.
-    _rate: int | None = None
-    _data_offset: int = 0
+    _rate: int | None = field(default=None, init=False)
+    _data_offset: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         if self.template.format == audio_pb2.AUDIO_FORMAT_PCM:
@@ -84,10 +84,9 @@ class OpenUtterance:
                 "say less in one utterance"
             )
 
-    def finish(self) -> pb.Utterance:
-        """The whole utterance as the Converse event to send, or `UtteranceRefused`."""
-        utterance = pb.Utterance()
-        utterance.CopyFrom(self.template)
+    def finish(self, utterance: pb.Utterance) -> None:
+        """Fills `utterance` (the Converse event to send) with the whole utterance, or
+        `UtteranceRefused`."""
         audio = bytes(self.audio)
         if self.template.format == audio_pb2.AUDIO_FORMAT_WAV:
             try:
@@ -102,8 +101,8 @@ class OpenUtterance:
             samples = audio
         if not samples:
             raise UtteranceRefused("audio: the utterance holds no samples")
+        utterance.CopyFrom(self.template)
         utterance.audio = audio
-        return utterance
 
     def _read_header(self) -> None:
         """A WAV's rate once its header is whole; a header that cannot be one is refused at once."""
