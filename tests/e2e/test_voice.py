@@ -17,6 +17,7 @@ import wave
 from collections.abc import AsyncIterator
 
 import httpx
+import httpx2
 import openai
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -237,4 +238,23 @@ async def test_a_conversation_that_runs_out_of_voice_minutes_goes_on_in_text(wor
     assert "its text goes on" in refusals[0].detail.message
     (spoken,) = [event.speech_completed for event in events if event.HasField("speech_completed")]
     assert spoken.audio_seconds <= 3
+    assert await world.open_holds() == []
+
+
+async def test_speech_a_provider_cuts_fails_the_call_and_bills_nothing(world: World) -> None:
+    started = time.time()
+    agent = await world.agent("Cut")
+    world.book("cut=2", times=1, model=SPEECH_MODEL)
+    client = sdk(world)
+    try:
+        async with client.audio.speech.with_streaming_response.create(
+            model=agent.id, voice="alloy", input=QUESTION * 3, response_format="wav"
+        ) as response:
+            # The SDK's own HTTP client reports the body cut short of what its header promised.
+            with pytest.raises(httpx2.RemoteProtocolError):
+                await response.read()
+    finally:
+        await client.close()
+    await asyncio.sleep(1)
+    assert await voice_seconds(world, started) == 0
     assert await world.open_holds() == []
