@@ -10,9 +10,10 @@ TurnStarted, one TokenDelta per word of "echo: <text>", TurnCompleted, RoundComp
 text `flood <n>` appends n large deltas at once (the slow-client tests), `fatal` ends the round with
 a fatal ErrorEvent, `fail` aborts the Converse stream.
 An utterance is heard with the local provider's codec (services/provider_server/audio_codec.py):
-UtteranceTranscribed with what it decodes to, then the round of that text as a message's. A message
-or an utterance that asks for its answers spoken gets them spoken too: the answer in the codec's
-speech, as a WAV in 100 ms SpeechAudio chunks before the turn completes, then SpeechCompleted.
+UtteranceTranscribed with what it decodes to, then the round of that text as a message's (an
+error naming `audio` instead when nothing was heard). A message or an utterance that asks for its
+answers spoken gets them spoken too: the answer in the codec's speech, as a WAV in 100 ms
+SpeechAudio chunks before the turn completes, then SpeechCompleted.
 It validates requests with protovalidate, as the real service's interceptor does, so a bad request
 the edge let through would abort the stream here too.
 """
@@ -217,6 +218,12 @@ class FakeOrchestrator(pb_grpc.OrchestratorServiceServicer):
             message_id=utterance.message_id, text=text, audio_seconds=audio_codec.seconds(pcm, rate)
         )
         await self.append(conversation_id, utterance_transcribed=heard)
+        if not text:  # nothing heard: refused naming the audio, and nothing posted (docs/voice.md)
+            detail = error_pb2.ErrorDetail(
+                reason="INVALID_ARGUMENT", message="audio: nothing was heard in the utterance"
+            )
+            await self.append(conversation_id, error=pb.ErrorEvent(code=3, detail=detail))
+            return
         message = pb.UserMessage(
             message_id=utterance.message_id,
             text=text,

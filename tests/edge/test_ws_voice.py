@@ -158,6 +158,19 @@ async def test_speak_false_gets_a_written_answer_and_a_message_may_ask_to_be_spo
     assert spoken(loud) == "echo: say it"
 
 
+async def test_silence_is_sent_and_the_orchestrator_says_nothing_was_heard(world: EdgeWorld) -> None:
+    conversation = str(uuid.uuid4())
+    async with opened(world) as ws:
+        await send(ws, action="utterance_start", conversation_id=conversation, **PCM_16K)
+        assert (await frame_of(ws))["type"] == "ack"
+        await ws.send(bytes(16_000))  # half a second of silence: audio, so the edge sends it
+        await send(ws, action="utterance_end", conversation_id=conversation)
+        assert (await frame_of(ws))["type"] == "ack"
+        heard, refused = await frame_of(ws), await frame_of(ws)
+    assert heard["event"]["utterance_transcribed"]["text"] == ""
+    assert refused["event"]["error"]["detail"]["message"].startswith("audio: nothing was heard")
+
+
 # Refusals: by name, the utterance dropped, the connection kept, nothing sent.
 
 
