@@ -3,8 +3,9 @@
 A subscription's URL is https; http only for a loopback host (127.0.0.0/8, ::1, localhost) and only
 where the deployment allows it (`MACP_WEBHOOKS_ALLOW_LOOPBACK_HTTP`, on for `macp up` and tests),
 so a deliverer never posts a conversation in clear text over a network. Its event kinds are
-ConversationEvent payload names; none given means every kind but `token_delta` (a delivery per
-token is rarely what an endpoint wants, so it has to be asked for). A conversation named must be
+ConversationEvent payload names; none given means every kind but the streamed pieces, `token_delta`
+and `speech_audio` (a delivery per token or per tenth of a second of audio is rarely what an
+endpoint wants, so they have to be asked for). A conversation named must be
 one of the tenant's (NOT_FOUND naming the field otherwise, as for any other tenant's resource).
 
 The signing secret is made here (Standard Webhooks: `whsec_` + base64 of 32 random bytes), shown
@@ -41,12 +42,13 @@ from services.runtime.webhook_addresses import LOOPBACK_NAMES, literal_address, 
 from services.runtime.webhook_secrets import SEALING_KEY, SECRET_PREFIX, associated_data
 
 FIELD = "webhook_subscription"
-TOKEN_DELTA = "token_delta"
+# The kinds that stream an answer piece by piece: delivered only when named.
+STREAMED_KINDS = frozenset({"token_delta", "speech_audio"})
 # Every payload kind of a ConversationEvent, from the contract itself.
 EVENT_KINDS = tuple(
     field.name for field in orchestrator_pb.ConversationEvent.DESCRIPTOR.oneofs_by_name["payload"].fields
 )
-DEFAULT_EVENT_KINDS = tuple(kind for kind in EVENT_KINDS if kind != TOKEN_DELTA)
+DEFAULT_EVENT_KINDS = tuple(kind for kind in EVENT_KINDS if kind not in STREAMED_KINDS)
 
 
 def not_found(subscription_id: str) -> NotFound:

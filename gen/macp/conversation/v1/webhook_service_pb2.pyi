@@ -95,8 +95,8 @@ class WebhookSubscription(_message.Message):
     @_builtins.property
     def event_kinds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The event kinds it receives: ConversationEvent payload names (`message_accepted`,
-        `turn_completed`, `round_completed`, ...). Empty means every kind but `token_delta`, which is
-        delivered only when named.
+        `turn_completed`, `round_completed`, ...). Empty means every kind but the streamed pieces,
+        `token_delta` and `speech_audio`, which are delivered only when named.
         """
 
     @_builtins.property
