@@ -58,8 +58,11 @@ def violations(message: Message, names: Mapping[str, str]) -> str | None:
         proto = violation.proto
         elements = [element.field_name for element in (proto.field.elements if proto.field else [])]
         # Drop the oneof member (`user_message.text` is the frame's `text`).
-        if len(elements) > 1 and elements[0] in ("join", "user_message", "bid", "cancel"):
+        if elements and elements[0] in ("join", "user_message", "bid", "cancel", "utterance"):
             elements = elements[1:]
+            if not elements:  # a rule of the whole member, whose message names its own field
+                parts.append(proto.message)
+                continue
         path = ".".join(names.get(name, name) for name in elements) or "(frame)"
         parts.append(f"{path}: {proto.message}")
     return "; ".join(parts)

@@ -372,11 +372,14 @@ async def test_a_bad_frame_on_a_live_stream_leaves_the_stream_alive(world: EdgeW
     assert frames[0]["kind"] == "message_accepted"
 
 
-async def test_a_binary_frame_gets_an_error_frame(world: EdgeWorld) -> None:
+async def test_a_binary_frame_without_an_open_utterance_gets_an_error_frame(world: EdgeWorld) -> None:
+    """Binary frames carry a spoken message's audio (docs/websocket.md, "Voice"); with none open
+    there is nothing for them to be."""
     async with opened(world) as ws:
         await ws.send(b"\x00\x01")
         error = await frame_of(ws)
-        assert (error["code"], error["message"]) == ("INVALID_ARGUMENT", "frames are JSON text, not binary")
+        assert error["code"] == "INVALID_ARGUMENT"
+        assert error["message"].startswith("audio: a binary frame is an utterance's audio")
 
 
 # Limits: frame size, subscriptions, idle time, rate, and the slow client.

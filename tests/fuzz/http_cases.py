@@ -68,6 +68,7 @@ JSON_BODIES: dict[str, dict[str, Any]] = {
     "appendMessage": {"text": "hello"},
     "archiveConversation": {"close": False},
     "createChatCompletion": {"model": AGENT, "messages": [{"role": "user", "content": "hi"}]},
+    "createSpeech": {"model": AGENT, "input": "hi", "voice": "alloy", "response_format": "wav"},
     "oauthRegister": {"client_name": "fuzz", "grant_types": ["client_credentials"]},
     # The discard port: nothing answers there, so no attack makes the gateway wait on an upstream.
     # A static credential, so that attacks reach its checks and its sealing too.

@@ -28,7 +28,9 @@ ANSWER_SECONDS = 10.0
 # an error frame of its own. Each such case the edge may accept gets a connection of its own, read
 # this long after the probe's pong, so what its stream does is pinned on it, never on the next case
 # (a frame the edge must refuse never reaches a stream: those share one connection).
-STREAM_ACTIONS = frozenset({"subscribe", "message", "bid", "cancel"})
+STREAM_ACTIONS = frozenset(
+    {"subscribe", "message", "bid", "cancel", "utterance_start", "audio", "utterance_end", "utterance_cancel"}
+)
 SETTLE_SECONDS = 0.2
 # Error codes that are the WebSocket's 5xx (docs/websocket.md maps gRPC statuses to error frames).
 SERVER_ERRORS = frozenset({"INTERNAL", "UNKNOWN", "UNAVAILABLE", "DATA_LOSS", "DEADLINE_EXCEEDED"})

@@ -49,8 +49,25 @@ FRAMES: dict[str, dict[str, Any]] = {
         "rationale": "why",
     },
     "cancel": {"action": "cancel", "conversation_id": CONVERSATION, "reason": "enough"},
+    # A spoken message (docs/websocket.md, "Voice"): each case opens, feeds or ends one on a
+    # connection of its own, so no utterance is left open where another case sends binary frames.
+    "utterance_start": {
+        "action": "utterance_start",
+        "conversation_id": CONVERSATION,
+        "format": "pcm",
+        "sample_rate": 16_000,
+        "message_id": "0b6c1f4e-8a45-4c8e-9f0d-3a2b1c0d9e90",
+        "language": "en",
+        "mention_agent_ids": [AGENT],
+        "speak": True,
+    },
+    "audio": {"action": "audio", "conversation_id": CONVERSATION, "audio": "AAAAAA=="},
+    "utterance_end": {"action": "utterance_end", "conversation_id": CONVERSATION},
+    "utterance_cancel": {"action": "utterance_cancel", "conversation_id": CONVERSATION},
 }
-NUMBER_FIELDS = frozenset({"score"})
+NUMBER_FIELDS = frozenset({"score", "sample_rate"})
+# Fields whose only valid values are JSON true and false: every hostile string is a wrong type.
+BOOLEAN_FIELDS = frozenset({"speak"})
 LIST_FIELDS = frozenset({"mention_agent_ids"})
 
 
@@ -95,12 +112,13 @@ def _field_cases(action: str, frame: dict[str, Any]) -> list[WsCase]:
         for attack, value in values.items():
             hostile = [value] if name in LIST_FIELDS else value
             # A string no field may hold is refused, but the request id (echoed, never stored);
-            # so is every score outside 0 to 1 (the smallest float is inside).
-            refused = name != "request_id" and attack != "5e-324"
+            # so is every score outside 0 to 1 (the smallest float is inside, but it is no sample
+            # rate: those are whole numbers).
+            refused = name != "request_id" and (attack != "5e-324" or name != "score")
             cases.append(
                 WsCase(action, f"{name}={attack}", encode({**frame, name: hostile}), refused=refused)
             )
-        wrong_type: Any = "0.5" if name in NUMBER_FIELDS else 12
+        wrong_type: Any = "0.5" if name in NUMBER_FIELDS | BOOLEAN_FIELDS else 12
         cases.append(WsCase(action, f"{name}=wrong-type", encode({**frame, name: wrong_type}), refused=True))
         deep = encode({**frame, name: deep_array(FRAME_DEPTH)})
         cases.append(WsCase(action, f"{name}=deep-array-{FRAME_DEPTH}", deep, refused=True))

@@ -718,7 +718,7 @@ export interface components {
                 type: "function";
             }[];
         };
-        /** @description Server-sent events: `id:` the event id, `event:` the payload kind (message_accepted, bidding_opened, bid_results, turn_started, token_delta, tool_call_started, tool_call_completed, turn_completed, usage, error, round_completed), `data:` the macp.orchestrator.v1.ConversationEvent as JSON with proto field names (docs/websocket.md describes each); `event: error` with data {code, message} when the stream fails. */
+        /** @description Server-sent events: `id:` the event id, `event:` the payload kind (message_accepted, bidding_opened, bid_results, turn_started, token_delta, tool_call_started, tool_call_completed, turn_completed, usage, error, round_completed, and with voice utterance_transcribed, speech_audio, speech_completed), `data:` the macp.orchestrator.v1.ConversationEvent as JSON with proto field names (docs/websocket.md describes each); `event: error` with data {code, message} when the stream fails. */
         ConversationEventStream: string;
         Error: {
             /** @description gRPC status name or an edge error code */

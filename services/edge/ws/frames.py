@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,8 +84,6 @@ _FRAME_FIELD = {"after_event_id": "last_event_id", "speak_answers": "speak"}
 # sends anything (services/edge/ws/utterances.py).
 VOICE_ACTIONS = frozenset({"utterance_start", "audio", "utterance_end", "utterance_cancel"})
 AUDIO_FORMATS = {"wav": audio_pb2.AUDIO_FORMAT_WAV, "pcm": audio_pb2.AUDIO_FORMAT_PCM}
-# An utterance's violations are named as the frame names them (`language`, not `utterance.language`).
-_UTTERANCE_PREFIX = re.compile(r"(^|; )utterance[.:] ?")
 
 
 class FrameError(Exception):
@@ -206,7 +203,7 @@ def parse_frame(text: str) -> ClientFrame:
         request.cancel.reason = document.get("reason", "")
     problem = violations(request, _FRAME_FIELD)
     if problem is not None:
-        raise refuse(_UTTERANCE_PREFIX.sub(r"\1", problem))
+        raise refuse(problem)
     if action == "utterance_start":
         request.utterance.ClearField("audio")  # the placeholder the check needed; the audio comes next
     return ClientFrame(action, request_id, conversation_id, request, message_id)
