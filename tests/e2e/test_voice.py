@@ -9,17 +9,21 @@ refused before any provider is called, overage is priced, and nothing refused is
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
+import json
 import math
 import time
 import uuid
 import wave
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import httpx2
 import openai
 import pytest
+import websockets
 from google.protobuf.timestamp_pb2 import Timestamp
 from macp.common.v1 import audio_pb2, principal_pb2
 from macp.metering.v1 import metering_service_pb2 as metering_pb
@@ -257,4 +261,57 @@ async def test_speech_a_provider_cuts_fails_the_call_and_bills_nothing(world: Wo
         await client.close()
     await asyncio.sleep(1)
     assert await voice_seconds(world, started) == 0
+    assert await world.open_holds() == []
+
+
+async def test_a_websocket_round_with_voice_in_and_out(world: World) -> None:
+    """The client speaks over the WebSocket (binary frames) and hears every agent: its audio is
+    the stored user message, each answer arrives as text and as audio, and metering holds exactly
+    the seconds heard and made."""
+    started = time.time()
+    agents = [await world.agent("Ada"), await world.agent("Bo")]
+    conversation = await world.conversation(agents)
+    wav = audio_codec.wav_bytes(audio_codec.synthesize(QUESTION, voice="alloy"))
+    url = world.front_url.replace("http://", "ws://") + f"/v1/ws?access_token={world.edge_token}"
+    message_id = str(uuid.uuid4())
+    events: list[dict[str, Any]] = []
+    async with websockets.connect(url, max_size=None) as ws:
+        start = {"action": "utterance_start", "conversation_id": conversation.id, "format": "wav"}
+        await ws.send(json.dumps({**start, "message_id": message_id}))
+        assert json.loads(await ws.recv())["type"] == "ack"
+        for offset in range(0, len(wav), 16_384):
+            await ws.send(wav[offset : offset + 16_384])
+        await ws.send(json.dumps({"action": "utterance_end", "conversation_id": conversation.id}))
+        async with asyncio.timeout(30):
+            while True:
+                frame = json.loads(await ws.recv())
+                if frame["type"] == "error":
+                    pytest.fail(f"the edge refused: {frame}")
+                if frame["type"] != "event":
+                    continue
+                events.append(frame["event"])
+                if frame["kind"] == "round_completed":
+                    break
+    heard = next(event["utterance_transcribed"] for event in events if "utterance_transcribed" in event)
+    assert (heard["message_id"], heard["text"]) == (message_id, QUESTION)
+    stored = await world.messages(conversation.id)
+    assert (stored[0].id, stored[0].text) == (message_id, QUESTION)
+    answers = [event["turn_completed"] for event in events if "turn_completed" in event]
+    assert len(answers) == 2
+    made = 0.0
+    for answer in answers:
+        audio: dict[int, bytes] = {}
+        for event in events:
+            speech = event.get("speech_audio")
+            if speech and speech["turn_id"] == answer["turn_id"]:
+                piece = base64.b64decode(speech["chunk"]["data"])
+                audio[speech["sentence"]] = audio.get(speech["sentence"], b"") + piece
+        said = [audio_codec.transcribe(audio_codec.read_wav(audio[index])[0]) for index in sorted(audio)]
+        assert " ".join(said) == " ".join(answer["text"].split())
+        made += sum(audio_codec.seconds(audio_codec.read_wav(audio[index])[0]) for index in audio)
+    total = heard["audio_seconds"] + made
+    assert await voice_seconds(world, started, total - 0.01) == pytest.approx(total)
+    async with httpx.AsyncClient(base_url=world.front_url) as http:
+        usage = await http.get("/v1/usage", headers={"authorization": f"Bearer {world.edge_token}"})
+    assert usage.json()["totals"]["voiceMinutes"] == pytest.approx(total / 60)
     assert await world.open_holds() == []
