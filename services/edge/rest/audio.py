@@ -127,6 +127,11 @@ def speak_request(document: Mapping[str, Any]) -> tuple[pb.SpeakRequest, bool]:
         raise bad_param("input", f"at most {MAX_INPUT_CHARACTERS} characters")
     if "\x00" in text:
         raise bad_param("input", "must not contain NUL (U+0000)")
+    instructions = document.get("instructions", "")
+    if not isinstance(instructions, str) or len(instructions) > MAX_INPUT_CHARACTERS:
+        raise bad_param("instructions", f"a text of at most {MAX_INPUT_CHARACTERS} characters")
+    if "\x00" in instructions:
+        raise bad_param("instructions", "must not contain NUL (U+0000)")
     stream_format = document.get("stream_format", "audio")
     if stream_format not in ("audio", "sse"):
         raise bad_param("stream_format", "must be audio or sse")
@@ -383,7 +388,11 @@ SPEECH_REQUEST_SCHEMA: dict[str, Any] = {
         "response_format": {"type": "string", "enum": list(FORMATS)},
         "speed": {"type": "number", "minimum": 0.25, "maximum": 4},
         "stream_format": {"type": "string", "enum": ["audio", "sse"]},
-        "instructions": {"type": "string", "description": "Accepted and ignored"},
+        "instructions": {
+            "type": "string",
+            "maxLength": MAX_INPUT_CHARACTERS,
+            "description": "Accepted and ignored",
+        },
     },
     "additionalProperties": False,
 }
