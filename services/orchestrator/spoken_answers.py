@@ -8,6 +8,11 @@ SpeechAudio events beside the deltas. Sentences are spoken one after another, in
 per turn, so a listener hears them in the order they were written while the next ones are
 generated.
 
+Each sentence's voice seconds are held before it is spoken, but not on the way to its audio: the
+first sentence's hold is asked for when the turn starts (sized for a first sentence, before its
+text is known), and each later one's as soon as the sentence has ended, while the one before it is
+spoken. A hold left unused when the turn ends is released.
+
 The turn's end waits for its speech: the Speaker holds the turn's TurnCompleted until every
 sentence is spoken and SpeechCompleted is logged, so a client that stops at TurnCompleted has
 heard the whole answer. A turn that did not complete (cancelled, interrupted, failed) stops
@@ -28,7 +33,7 @@ from macp.common.v1 import audio_pb2
 from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 
 from services.orchestrator.event_shapes import error_event
-from services.orchestrator.voice import Voice, VoiceCall
+from services.orchestrator.voice import Voice, VoiceCall, speech_hold_seconds, voice_of
 from services.runtime.errors import DomainError
 
 Emit = Callable[[pb.ConversationEvent], Awaitable[None]]
@@ -42,6 +47,10 @@ LONGEST_SENTENCE = 400
 # The most one Synthesize takes (SpeakRequest.text).
 MAX_SPEECH_CHARACTERS = 4096
 SPOKEN_OUTCOMES = frozenset({pb.TURN_OUTCOME_COMPLETED, pb.TURN_OUTCOME_TRUNCATED})
+# What the first sentence's hold, asked for before its text exists, covers: five seconds, a first
+# sentence of sixty characters at a slow speaker's pace. It is committed by what was made, longer
+# or shorter.
+FIRST_SENTENCE_HOLD_SECONDS = 5
 
 
 def sentence_id(turn_id: str, sentence: int) -> str:
@@ -89,11 +98,15 @@ class Speaker:
         self._call = call
         self._emit = emit
         self._cutter = SentenceCutter()
+        self._voice_settings = voice_of(call.agent, audio_pb2.VoiceSettings())
         self._sentences: asyncio.Queue[str | None] = asyncio.Queue()
         self._spoken = 0
         self._seconds = 0.0
         self._worker: asyncio.Task[None] | None = None
         self._stopped = False
+        # Each sentence's hold, by its index, asked for ahead of its speech (see the docstring).
+        self._queued = 0
+        self._holds: dict[int, asyncio.Future[None]] = {0: self._hold(0, FIRST_SENTENCE_HOLD_SECONDS)}
 
     async def emit(self, event: pb.ConversationEvent) -> None:
         turn_id = self._call.turn_id
@@ -112,7 +125,34 @@ class Speaker:
         if self._worker is None:
             self._worker = asyncio.create_task(self._speak_all())
         for start in range(0, len(sentence), MAX_SPEECH_CHARACTERS):
-            self._sentences.put_nowait(sentence[start : start + MAX_SPEECH_CHARACTERS])
+            piece = sentence[start : start + MAX_SPEECH_CHARACTERS]
+            if self._queued not in self._holds:
+                self._holds[self._queued] = self._hold(
+                    self._queued, speech_hold_seconds(piece, self._voice_settings)
+                )
+            self._queued += 1
+            self._sentences.put_nowait(piece)
+
+    def _hold(self, index: int, seconds: int) -> asyncio.Future[None]:
+        call = self._call
+        what = f"sentence {index}'s voice seconds"
+        return asyncio.ensure_future(
+            self._voice.hold(
+                sentence_id(call.turn_id, index), seconds, what, call.conversation_id, call.turn_id
+            )
+        )
+
+    async def _release_unspoken(self) -> None:
+        """Holds asked for sentences that were never spoken (the turn stopped, or said less than
+        its first hold was for): released once taken; one that was refused holds nothing."""
+        for index, hold in self._holds.items():
+            if index < self._spoken:
+                continue
+            with contextlib.suppress(Exception):  # a refused hold holds nothing
+                await hold
+                await self._voice.release(
+                    sentence_id(self._call.turn_id, index), "the sentence was not spoken"
+                )
 
     async def _finish(self, outcome: pb.TurnOutcome.ValueType) -> None:
         """Speak what is left and wait for it, or stop at once for a turn that did not complete."""
@@ -123,12 +163,14 @@ class Speaker:
         else:
             self._stopped = True
         if self._worker is None:
+            await self._release_unspoken()
             return
         if self._stopped:
             self._worker.cancel()
         self._sentences.put_nowait(None)
         with contextlib.suppress(asyncio.CancelledError):
             await self._worker
+        await self._release_unspoken()
         await self._emit(
             pb.ConversationEvent(
                 speech_completed=pb.SpeechCompleted(
@@ -161,8 +203,8 @@ class Speaker:
             self._call.turn_id,
         )
         request = pb.SpeakRequest(request_id=call.request_id, agent_id=call.agent.id, text=sentence)
-        audio_format = call.agent.voice.format or audio_pb2.AUDIO_FORMAT_WAV
-        async for response in self._voice.speak(call, request):
+        audio_format = self._voice_settings.format or audio_pb2.AUDIO_FORMAT_WAV
+        async for response in self._voice.speak(call, request, self._holds[index]):
             if response.HasField("audio"):
                 audio = pb.SpeechAudio(
                     turn_id=call.turn_id,

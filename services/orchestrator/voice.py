@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 
 import grpc
@@ -32,7 +32,7 @@ from macp.orchestrator.v1 import orchestrator_service_pb2 as pb
 from services.orchestrator.downstream import acting
 from services.orchestrator.ledger import Ledger
 from services.runtime.auth.caller_tokens import acting_agent
-from services.runtime.errors import domain_error
+from services.runtime.errors import DomainError, domain_error
 from services.runtime.principal import Caller
 from services.runtime.protos import now_timestamp
 from services.runtime.usage_ids import speech_event_id, transcription_event_id
@@ -126,27 +126,49 @@ class Voice:
         self._ledger = ledger
         self._agent_proxy = agent_proxy
         self._timeout = timeout
+        # Commits running in the background (Voice.hear), kept so they are not collected mid-way.
+        self._settling: set[asyncio.Task[pb.ErrorEvent | None]] = set()
 
-    async def _hold(self, call: VoiceCall, seconds: int, what: str) -> None:
+    async def hold(
+        self, reservation_id: str, seconds: int, what: str, conversation_id: str = "", turn_id: str = ""
+    ) -> None:
+        """Hold `seconds` of voice under `reservation_id` (a call's id); a refusal raises, naming
+        the tier's limit. Asked for on its own so a caller can ask before it knows everything the
+        call needs (a spoken answer holds its next sentence while the previous one is spoken)."""
         refusal = await self._ledger.reserve(
-            call.request_id,
+            reservation_id,
             metering_pb.METER_VOICE_SECONDS,
             what,
-            conversation_id=call.conversation_id,
-            turn_id=call.turn_id,
+            conversation_id=conversation_id,
+            turn_id=turn_id,
             quantity=seconds,
         )
         if refusal is not None:
             raise domain_error(_STATUS.get(refusal.code, grpc.StatusCode.UNAVAILABLE), refusal.detail.message)
+
+    async def release(self, reservation_id: str, reason: str) -> None:
+        await self._ledger.release(reservation_id, reason)
 
     async def _commit(self, call: VoiceCall, event: usage_pb2.UsageEvent, what: str) -> None:
         failure = await self._ledger.commit(call.request_id, event, what)
         if failure is not None:
             raise domain_error(_STATUS.get(failure.code, grpc.StatusCode.UNAVAILABLE), failure.detail.message)
 
-    async def speak(self, call: VoiceCall, request: pb.SpeakRequest) -> AsyncIterator[pb.SpeakResponse]:
+    async def speak(
+        self, call: VoiceCall, request: pb.SpeakRequest, held: Awaitable[None] | None = None
+    ) -> AsyncIterator[pb.SpeakResponse]:
+        """The speech of `request.text`, held first (or by `held`, a hold under the call's id asked
+        for earlier), the seconds made committed."""
         voice = voice_of(call.agent, request.voice)
-        await self._hold(call, speech_hold_seconds(request.text, voice), "the speech's voice seconds")
+        if held is None:
+            held = self.hold(
+                call.request_id,
+                speech_hold_seconds(request.text, voice),
+                "the speech's voice seconds",
+                call.conversation_id,
+                call.turn_id,
+            )
+        await held
         proxy_request = proxy_pb.SynthesizeRequest(scope=call.scope(), voice=voice, text=request.text)
         with acting_agent(acting(call.agent)):
             stream = self._agent_proxy.Synthesize(proxy_request, timeout=self._timeout)
@@ -165,9 +187,8 @@ class Voice:
                 await self._commit(call, event, "the speech's voice seconds")
                 yield pb.SpeakResponse(completion=completion)
         except grpc.aio.AioRpcError as exc:
-            await self._ledger.release(call.request_id, f"the speech failed: {exc.details()}")
             settled = True
-            raise domain_error(exc.code(), exc.details() or "the speech failed") from None
+            raise await self._failed(call, exc, "the speech failed") from None
         finally:
             stream.cancel()
             if not settled:
@@ -195,24 +216,11 @@ class Voice:
     async def transcribe(
         self, call: VoiceCall, request: pb.TranscribeRequest
     ) -> AsyncIterator[pb.TranscribeResponse]:
-        try:
-            seconds = audio_seconds(request.audio, request.format, request.sample_rate)
-        except ValueError as exc:
-            raise domain_error(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-        if seconds <= 0:
-            raise domain_error(grpc.StatusCode.INVALID_ARGUMENT, "audio: the utterance is empty (no samples)")
-        voice = voice_of(call.agent, request.voice)
-        await self._hold(call, max(1, math.ceil(seconds)), "the transcription's voice seconds")
-        proxy_request = proxy_pb.TranscribeRequest(
-            scope=call.scope(),
-            voice=voice,
-            audio=request.audio,
-            format=request.format,
-            sample_rate=request.sample_rate,
-            language=request.language,
-        )
-        with acting_agent(acting(call.agent)):
-            stream = self._agent_proxy.Transcribe(proxy_request, timeout=self._timeout)
+        """The transcript, streamed: the audio's seconds held first, committed before the end is
+        answered, released if the transcription failed or its caller left before the end."""
+        seconds = utterance_seconds(request.audio, request.format, request.sample_rate)
+        await self.hold(call.request_id, seconds, "the transcription's voice seconds", call.conversation_id)
+        stream = self._transcription(call, request)
         settled = False
         try:
             async for response in stream:
@@ -220,16 +228,78 @@ class Voice:
                     yield pb.TranscribeResponse(delta=response.delta)
                     continue
                 completion = response.completion
-                event = call.event(usage_pb2.USAGE_EVENT_TYPE_VOICE_TRANSCRIPTION, completion.usage)
                 settled = True
-                await self._commit(call, event, "the transcription's voice seconds")
+                await self._commit(call, self._heard(call, completion), "the transcription's voice seconds")
                 yield pb.TranscribeResponse(completion=completion)
         except grpc.aio.AioRpcError as exc:
-            await self._ledger.release(call.request_id, f"the transcription failed: {exc.details()}")
             settled = True
-            raise domain_error(exc.code(), exc.details() or "the transcription failed") from None
+            raise await self._failed(call, exc, "the transcription failed") from None
         finally:
             stream.cancel()
             if not settled:
                 # A transcript is of use only whole: a caller that left before it is not billed.
                 await asyncio.shield(self._ledger.release(call.request_id, "the caller left"))
+
+    async def hear(
+        self, call: VoiceCall, request: pb.TranscribeRequest, held: Awaitable[None]
+    ) -> audio_pb2.TranscriptionCompletion:
+        """An utterance's whole transcript, on a hold asked for already (`held`). The hold is
+        committed in the background: the round that answers the transcript need not wait for the
+        books (the agent proxy publishes the same event, so the seconds are billed either way)."""
+        await held
+        stream = self._transcription(call, request)
+        completion: audio_pb2.TranscriptionCompletion | None = None
+        try:
+            async for response in stream:
+                if response.HasField("completion"):
+                    completion = response.completion
+        except grpc.aio.AioRpcError as exc:
+            raise await self._failed(call, exc, "the transcription failed") from None
+        finally:
+            stream.cancel()
+        if completion is None:
+            await self._ledger.release(call.request_id, "the transcription ended without its end")
+            raise domain_error(grpc.StatusCode.UNAVAILABLE, "the transcription ended without its end")
+        settling = asyncio.create_task(
+            self._ledger.commit(
+                call.request_id, self._heard(call, completion), "the utterance's voice seconds"
+            )
+        )
+        self._settling.add(settling)
+        settling.add_done_callback(self._settling.discard)
+        return completion
+
+    def _transcription(
+        self, call: VoiceCall, request: pb.TranscribeRequest
+    ) -> grpc.aio.UnaryStreamCall[proxy_pb.TranscribeRequest, proxy_pb.TranscribeResponse]:
+        proxy_request = proxy_pb.TranscribeRequest(
+            scope=call.scope(),
+            voice=voice_of(call.agent, request.voice),
+            audio=request.audio,
+            format=request.format,
+            sample_rate=request.sample_rate,
+            language=request.language,
+        )
+        with acting_agent(acting(call.agent)):
+            return self._agent_proxy.Transcribe(proxy_request, timeout=self._timeout)
+
+    @staticmethod
+    def _heard(call: VoiceCall, completion: audio_pb2.TranscriptionCompletion) -> usage_pb2.UsageEvent:
+        return call.event(usage_pb2.USAGE_EVENT_TYPE_VOICE_TRANSCRIPTION, completion.usage)
+
+    async def _failed(self, call: VoiceCall, exc: grpc.aio.AioRpcError, what: str) -> DomainError:
+        """A failed call's hold released; the error to raise, in the callee's words."""
+        await self._ledger.release(call.request_id, f"{what}: {exc.details()}")
+        return domain_error(exc.code(), exc.details() or what)
+
+
+def utterance_seconds(audio: bytes, audio_format: audio_pb2.AudioFormat.ValueType, sample_rate: int) -> int:
+    """The whole seconds an utterance holds (its length rounded up); INVALID_ARGUMENT naming what is
+    wrong with audio that is not a WAV MACP takes, or that holds no samples."""
+    try:
+        seconds = audio_seconds(audio, audio_format, sample_rate)
+    except ValueError as exc:
+        raise domain_error(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+    if seconds <= 0:
+        raise domain_error(grpc.StatusCode.INVALID_ARGUMENT, "audio: the utterance is empty (no samples)")
+    return max(1, math.ceil(seconds))
