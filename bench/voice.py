@@ -150,6 +150,24 @@ class VoiceClient:
         async with asyncio.timeout(TIMEOUT_SECONDS):
             return await self._until_round_end(message_id, started, started_ns)
 
+    async def typed_turn(self) -> Turn:
+        """The same question typed (a `message` frame with `speak: true`): the round and the spoken
+        answer without the hearing, so the two rows together say what the hearing costs and what
+        a typed turn's own path (its first token) already takes."""
+        message_id = str(uuid.uuid4())
+        message = {
+            "action": "message",
+            "conversation_id": self._conversation_id,
+            "message_id": message_id,
+            "text": QUESTION,
+            "speak": True,
+        }
+        started = time.perf_counter()
+        started_ns = time.time_ns()
+        await self._ws.send(json.dumps(message))
+        async with asyncio.timeout(TIMEOUT_SECONDS):
+            return await self._until_round_end(message_id, started, started_ns)
+
     async def _until_round_end(self, message_id: str, started: float, started_ns: int) -> VoiceTurn:
         turn = VoiceTurn(first_token=0.0, total=0.0, tokens=0)
         trace_id = b""
@@ -297,6 +315,12 @@ async def measure(
                 rows[f"macp c={c}"] = await measured(meter, [v.turn for v in clients], per)
             finally:
                 await asyncio.gather(*(v.close() for v in clients))
+            say(f"c={c}: MACP, the question typed")
+            clients = await asyncio.gather(*(VoiceClient.open(bench, id_, audio) for id_ in conversations))
+            try:
+                rows[f"typed c={c}"] = await measured(meter, [v.typed_turn for v in clients], per)
+            finally:
+                await asyncio.gather(*(v.close() for v in clients))
             say(f"c={c}: the SDK's transcription and speech")
             rows[f"sdk c={c}"] = await measured(meter, [sdk_voice_turn(client, audio, sentence)] * c, per)
             say(f"c={c}: the SDK's chat completion")
@@ -336,16 +360,37 @@ def report(rows: dict[str, Row], concurrencies: Sequence[int]) -> str:
         first = [t.first_token for t in chat]
         chat_rows.append([str(c), str(len(chat)), f"{ms(first, 0.5):.2f}", f"{ms(first, 0.99):.2f}"])
     out.append(markdown_table(["c", "calls", "first token p50 ms", "p99 ms"], chat_rows))
+    out.append(
+        "\nThe question typed instead (a `message` frame, `speak: true`): the same round and spoken "
+        "answer without the hearing; its first token is what any MACP turn takes to its first word:\n"
+    )
+    typed_rows = []
+    for c in concurrencies:
+        typed, chat = rows[f"typed c={c}"][0], rows[f"chat c={c}"][0]
+        first_text, first_audio = [t.first_text for t in typed], [t.first_token for t in typed]
+        direct = ms([t.first_token for t in chat], 0.5)
+        typed_rows.append(
+            [
+                str(c),
+                str(len(typed)),
+                f"{ms(first_text, 0.5):.2f}",
+                f"{ms(first_text, 0.5) - direct:.2f}",
+                f"{ms(first_audio, 0.5):.2f}",
+                f"{ms(first_audio, 0.99):.2f}",
+            ]
+        )
+    typed_headers = ["c", "turns", "first token p50 ms", "minus chat's p50", "first audio p50 ms", "p99 ms"]
+    out.append(markdown_table(typed_headers, typed_rows))
     out.append("\nOn the way, medians (ms from the clock's start), and the words of the first sentence:\n")
     stamps = []
     for c in concurrencies:
-        for name in ("sdk", "macp"):
+        for name in ("sdk", "macp", "typed"):
             turns = rows[f"{name} c={c}"][0]
             stamps.append(
                 [
                     f"{name} c={c}",
                     f"{ms([t.heard for t in turns], 0.5):.1f}",
-                    f"{ms([t.first_text for t in turns], 0.5):.1f}" if name == "macp" else "",
+                    f"{ms([t.first_text for t in turns], 0.5):.1f}" if name != "sdk" else "",
                     f"{ms([t.first_token for t in turns], 0.5):.1f}",
                     f"{ms([t.total for t in turns], 0.5):.1f}",
                     f"{statistics.median(t.first_sentence_words for t in turns):.0f}",
