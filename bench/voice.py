@@ -43,10 +43,17 @@ from typing import Any
 
 import openai
 import websockets
-from macp_client import AsyncMacpClient
 
 from bench.cpu import CLIENT, CpuMeter
-from bench.orchestrator import SHORT_MODEL, TIMEOUT_SECONDS, Bench, Turn, running_parts, timed_loop
+from bench.orchestrator import (
+    SHORT_MODEL,
+    TIMEOUT_SECONDS,
+    Bench,
+    Turn,
+    new_conversations,
+    running_parts,
+    timed_loop,
+)
 from bench.stats import added_latency_row, machine_line, markdown_table, percentile
 from bench.turn_path import EXPORT_EVERY_MS, SETTLE_SECONDS, SentTurn, SpanReceiver, path_table
 from services.provider_server import audio_codec
@@ -95,24 +102,6 @@ def first_sentence(text: str) -> str:
 
 
 # --- MACP: a spoken message over the WebSocket ----------------------------------------------------
-
-
-async def voice_conversations(bench: Bench, count: int) -> list[str]:
-    """One agent (the local provider's echo-1, the default voice) and `count` conversations of it
-    alone, one turn per message; setup, untimed."""
-    async with AsyncMacpClient(bench.front_url, token=bench.edge_token, trust_env=False) as client:
-        agent = await client.create_agent({"name": "Bench", "provider": "local", "model": SHORT_MODEL})
-        ids = []
-        for _ in range(count):
-            created = await client.create_conversation(
-                {
-                    "participantAgentIds": [agent["id"]],
-                    "turnPolicy": "TURN_POLICY_ROUND_ROBIN",
-                    "limits": {"maxAgentTurnsPerUserMessage": 1},
-                }
-            )
-            ids.append(created["id"])
-        return ids
 
 
 class VoiceClient:
@@ -309,7 +298,7 @@ async def measure(
         say(f"the baseline speaks {sentence!r}")
         for c, per in plan:
             say(f"c={c}: MACP")
-            conversations = await voice_conversations(bench, c)
+            conversations = await new_conversations(bench, c, SHORT_MODEL)
             clients = await asyncio.gather(*(VoiceClient.open(bench, id_, audio) for id_ in conversations))
             try:
                 rows[f"macp c={c}"] = await measured(meter, [v.turn for v in clients], per)
@@ -425,7 +414,7 @@ def spans(turns: int, say: Callable[[str], None]) -> str:
         with running_parts(say, overrides=overrides) as bench:
 
             async def run() -> list[SentTurn]:
-                [conversation] = await voice_conversations(bench, 1)
+                [conversation] = await new_conversations(bench, 1, SHORT_MODEL)
                 client = await VoiceClient.open(bench, conversation, utterance())
                 try:
                     for _ in range(turns + 1):
