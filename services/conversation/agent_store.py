@@ -46,9 +46,13 @@ def _agent_from_row(row: asyncpg.Record) -> pb.Agent:
     return agent
 
 
-def _json(
-    message: agent_settings_pb2.GenerationSettings | agent_settings_pb2.BiddingHints | audio_pb2.VoiceSettings,
-) -> str:
+# The groups of an agent's settings stored as their proto JSON, a column each.
+AgentSettings = (
+    agent_settings_pb2.GenerationSettings | agent_settings_pb2.BiddingHints | audio_pb2.VoiceSettings
+)
+
+
+def _json(message: AgentSettings) -> str:
     return json.dumps(json_format.MessageToDict(message))
 
 
