@@ -30,7 +30,9 @@ timeout is slow, most often because it (or the machine) is busy for a moment: a 
 collection, a burst of work on two cores. Taking every caller out of rotation for that turned a
 short stall into seconds of refused calls all over the mesh. A name that only timed out is not
 ready once it did so `SILENT_STRIKES` times in a row (each round then lasts the interval plus the
-timeout: about six seconds of silence), which still takes a hung service's callers out.
+timeout: about six seconds of silence), which still takes a hung service's callers out. The same
+holds for infrastructure: a Postgres, Redis, Kafka or S3 ping that timed out is a silent strike,
+one that was refused a strike.
 """
 
 from __future__ import annotations
@@ -65,9 +67,22 @@ SIGNING_KEYS = "signing-keys"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
-class Unanswered(frozenset[str]):
-    """What a probe returns for names that did not answer in time (rather than said they cannot
-    serve): each counts as a silent strike, not a strike (see the module docstring)."""
+class Failing(frozenset[str]):
+    """What a probe may return to tell the names that failed apart from those that only did not
+    answer in time (`silent`, a subset): each of those counts as a silent strike, not a strike
+    (see the module docstring). A plain collection of names is all failures."""
+
+    silent: frozenset[str]
+
+    def __new__(cls, names: Collection[str] = (), silent: Collection[str] = ()) -> Failing:
+        failing = super().__new__(cls, names)
+        failing.silent = frozenset(silent) & failing
+        return failing
+
+
+def Unanswered(names: Collection[str]) -> Failing:
+    """Names that did not answer in time, and nothing else."""
+    return Failing(names, silent=names)
 
 
 Probe = Callable[[], Awaitable[Collection[str]]]
@@ -148,12 +163,12 @@ class Readiness:
         except Exception as exc:
             log.debug("readiness probe failed", extra={"names": check.names, "error": str(exc)})
             failing = set(check.names)
-        silent = isinstance(failing, Unanswered)
+        silent = failing.silent if isinstance(failing, Failing) else frozenset()
         for name in check.names:
             if name not in failing:
                 self._strikes[name] = self._silences[name] = 0
                 self._passed.add(name)
-            elif silent:
+            elif name in silent:
                 self._silences[name] += 1
             else:
                 self._strikes[name] += 1

@@ -7,9 +7,11 @@ applies the service's migrations, and `check` tells the health service whether e
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -18,6 +20,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
 from services.runtime import audit, db, kafka, s3
+from services.runtime.readiness import Failing
 from services.runtime.redis_client import create_redis
 from services.runtime.settings import Env, KafkaSettings, PostgresSettings, RedisSettings, S3Settings
 
@@ -29,6 +32,8 @@ log = logging.getLogger("macp.resources")
 T = TypeVar("T")
 
 KNOWN_DEPENDENCIES = ("postgres", "redis", "kafka", "s3")
+# A dependency that does not answer a ping in this long counts as a timed-out check.
+DEPENDENCY_PROBE_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,10 @@ class Resources:
     redis: aioredis.Redis | None = None
     producer: AIOKafkaProducer | None = None
     s3: S3Client | None = None
+    # The S3 probe's own thread (see `check`).
+    _probe_thread: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="s3-probe"), repr=False
+    )
 
     @property
     def redis_key_prefix(self) -> str:
@@ -92,13 +101,18 @@ class Resources:
             raise RuntimeError("this service does not declare an s3 dependency in the registry")
         return self.s3, self.settings.s3
 
-    async def check(self) -> list[str]:
-        """Names of the dependencies that do not answer right now (empty when all do)."""
+    async def check(self) -> Failing:
+        """The dependencies that do not answer right now (empty when all do); those that only
+        timed out are `silent` (services/runtime/readiness.py: slow is not down)."""
         failing: list[str] = []
+        timed_out: list[str] = []
 
         async def probe(name: str, ping: Awaitable[object]) -> None:
             try:
-                await asyncio.wait_for(ping, timeout=2)
+                await asyncio.wait_for(ping, timeout=DEPENDENCY_PROBE_SECONDS)
+            except TimeoutError:
+                failing.append(name)
+                timed_out.append(name)
             except Exception:
                 failing.append(name)
 
@@ -111,9 +125,13 @@ class Resources:
             probes.append(probe("kafka", self.producer.client.fetch_all_metadata()))
         if self.s3 is not None and self.settings.s3 is not None:
             bucket = self.settings.s3.bucket
-            probes.append(probe("s3", asyncio.to_thread(self.s3.head_bucket, Bucket=bucket)))
+            # A thread of its own: the default pool may be busy with other work (a slow name
+            # lookup, a large upload), and the probe must not wait behind it to be counted down.
+            loop = asyncio.get_running_loop()
+            head = functools.partial(self.s3.head_bucket, Bucket=bucket)
+            probes.append(probe("s3", loop.run_in_executor(self._probe_thread, head)))
         await asyncio.gather(*probes)
-        return sorted(failing)
+        return Failing(failing, silent=timed_out)
 
     async def close(self) -> None:
         if self.producer is not None:
@@ -123,6 +141,7 @@ class Resources:
             await self.redis.aclose()
         if self.db is not None:
             await self.db.close()
+        self._probe_thread.shutdown(wait=False, cancel_futures=True)
         if self.s3 is not None:
             self.s3.close()
 

@@ -16,7 +16,7 @@ from macp.agent_proxy.v1 import agent_proxy_service_pb2 as proxy_pb
 
 from services.conversation.service import DEFINITION as CONVERSATION
 from services.edge.settings import EdgeSettings
-from services.runtime.readiness import SILENT_STRIKES, STRIKES, Check, Readiness, Unanswered
+from services.runtime.readiness import SILENT_STRIKES, STRIKES, Check, Failing, Readiness, Unanswered
 from services.runtime.registry import EDGE, SERVICES, service
 from services.runtime.settings import Env, ServerSettings, SettingsError
 from services.stack.config import free_port
@@ -108,6 +108,25 @@ async def test_a_callee_that_only_timed_out_takes_longer_to_count_as_not_ready()
     silent = False
     await readiness.check_now()
     assert readiness.ready
+
+
+async def test_one_probe_tells_what_failed_from_what_only_timed_out() -> None:
+    """Infrastructure is pinged together: Redis refusing its connection is down after two
+    checks, while S3 that only timed out stays ready until its silent strikes run out."""
+
+    passing: set[str] = set()
+
+    async def recovering() -> Collection[str]:
+        return Failing({"redis", "s3"} - passing, silent={"s3"} - passing)
+
+    readiness = Readiness([Check(("postgres", "redis", "s3"), recovering)])
+    passing.update({"redis", "s3"})
+    await readiness.check_now()
+    assert readiness.ready
+    passing.clear()
+    for _ in range(STRIKES):
+        await readiness.check_now()
+    assert readiness.not_ready == ("redis",)
 
 
 async def test_the_background_checks_follow_a_probe_and_stop() -> None:
