@@ -110,6 +110,9 @@ def build_app(settings: EdgeSettings, metrics: HttpMetrics) -> Starlette:
         edge = edge_context(request)
         return health_response(edge.readiness, edge.rate_limits.mode)
 
+    async def livez(request: Request) -> Response:
+        return JSONResponse({"status": "alive"})
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.edge = await EdgeContext.open(settings, metrics.registry)
@@ -122,6 +125,7 @@ def build_app(settings: EdgeSettings, metrics: HttpMetrics) -> Starlette:
     starlette_routes += [
         Route("/v1/openapi.json", openapi, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/livez", livez, methods=["GET"]),
         *a2a_routes(),
     ]
     app = Starlette(

@@ -37,7 +37,7 @@ from services.runtime.principal import Caller, caller_var
 log = logging.getLogger("macp.edge.auth")
 
 
-PUBLIC_PATHS = frozenset({"/healthz", "/v1/openapi.json"})
+PUBLIC_PATHS = frozenset({"/healthz", "/livez", "/v1/openapi.json"})
 PUBLIC_PREFIXES = ("/.well-known/", "/oauth2/")
 
 

@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 # Answered without counting a request: health probes.
-UNCOUNTED_PATHS = frozenset({"/healthz"})
+UNCOUNTED_PATHS = frozenset({"/healthz", "/livez"})
 
 
 def refusal_response(decision: Decision) -> Response:

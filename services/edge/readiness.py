@@ -34,6 +34,10 @@ from services.runtime.readiness import Readiness, keys_check, mesh_check
 log = logging.getLogger("macp.edge.readiness")
 
 HEALTH_PATH = "/healthz"
+# Liveness: 200 while the process serves HTTP at all, ready or not, so an orchestrator restarts an
+# edge that hangs and never one that only waits for a store or a service (docs/deploy.md).
+LIVENESS_PATH = "/livez"
+PROBE_PATHS = frozenset({HEALTH_PATH, LIVENESS_PATH})
 NOT_READY = "NOT_READY"
 # The verdict is checked every half second: a client told to come back in a second sees a new one.
 RETRY_AFTER_SECONDS = 1
@@ -63,14 +67,14 @@ def health_response(readiness: Readiness, rate_limits: str) -> JSONResponse:
 
 
 class ReadinessMiddleware:
-    """Refuses every HTTP request but `/healthz` with 503 `NOT_READY` while the edge is not ready."""
+    """Refuses every HTTP request but the probes with 503 `NOT_READY` while the edge is not ready."""
 
     def __init__(self, app: ASGIApp, readiness: Callable[[], Readiness]) -> None:
         self._app = app
         self._readiness = readiness
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") == HEALTH_PATH:
+        if scope["type"] != "http" or scope.get("path") in PROBE_PATHS:
             await self._app(scope, receive, send)
             return
         readiness = self._readiness()

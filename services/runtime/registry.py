@@ -209,6 +209,12 @@ EXAMPLE_TOOL_SERVERS = (
     ExampleToolServerSpec(name="example-calculator", server="calculator", port=8102),
 )
 
+# The gRPC health name every service answers SERVING for as long as its process serves at all,
+# whatever its readiness (the overall "" status, which follows its stores and needed services). An
+# orchestrator's liveness probe asks this one, so a store outage takes pods out of rotation and
+# never restarts them (docs/deploy.md).
+LIVENESS_HEALTH_SERVICE = "liveness"
+
 ENVOY = EnvoySpec(front_port=8080, mesh_port=9000, admin_port=9901)
 
 

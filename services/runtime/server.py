@@ -36,7 +36,7 @@ from services.runtime.mesh import open_mesh_channel, open_probe_channel
 from services.runtime.metrics import RpcMetrics, serve_metrics
 from services.runtime.readiness import Check, Readiness, keys_check, mesh_check
 from services.runtime.reflection import enable_mesh_reflection
-from services.runtime.registry import ServiceSpec
+from services.runtime.registry import LIVENESS_HEALTH_SERVICE, ServiceSpec
 from services.runtime.resources import KNOWN_DEPENDENCIES, Resources, ResourceSettings, open_resources
 from services.runtime.settings import CommonSettings, Env, ServerSettings, SettingsError, TracingSettings
 
@@ -255,6 +255,7 @@ async def _serve(
         # starts with "" SERVING): Envoy must not route here before this service can serve.
         for name in names:
             await health_servicer.set(name, NOT_SERVING)
+        await health_servicer.set(LIVENESS_HEALTH_SERVICE, SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         if server_settings.reflection:
             # The whole mesh's contract, not only this port's: Envoy sends a reflection stream to

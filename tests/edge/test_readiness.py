@@ -139,6 +139,8 @@ async def refuses_until(front: Front, missing: str, restart: Callable[[], Awaita
         assert health.json()["status"] == "not_ready"
         assert missing in health.json()["not_ready"]
         assert health.headers["retry-after"] == str(RETRY_AFTER_SECONDS)
+        # Not ready is not dead: liveness still answers, so nothing restarts a waiting edge.
+        assert (await http.get("/livez")).status_code == 200
 
         # Any other request, public or not, is refused before authentication or any RPC.
         for path in ("/v1/agents", "/v1/openapi.json"):

@@ -26,6 +26,7 @@ from services.conversation.service import DEFINITION as CONVERSATION
 from services.runtime import server as server_module
 from services.runtime.auth.settings import service_audience
 from services.runtime.interceptors import AdmitAll
+from services.runtime.registry import LIVENESS_HEALTH_SERVICE
 from services.runtime.server import (
     HEALTH_SERVICE,
     RunningService,
@@ -186,6 +187,9 @@ async def test_health_is_serving_only_while_the_dependencies_answer(
             await relay.close()
             await wait_for_status(ch, "", NOT_SERVING, within=10)
             assert await health_status(ch, CONVERSATION_SERVICE) == NOT_SERVING
+            # Not ready is not dead: liveness answers SERVING throughout, so a store outage never
+            # has an orchestrator restart the process.
+            assert await health_status(ch, LIVENESS_HEALTH_SERVICE) == SERVING
 
             await relay.open()
             await wait_for_status(ch, "", SERVING, within=10)
