@@ -32,10 +32,11 @@ from bench.stats import Spread, machine_line, markdown_table
 from services.runtime.registry import EDGE, SERVICES
 from services.runtime.settings import Env
 from services.stack import stackfile
-from services.stack.config import FREE_PORTS_ENV, EnvoyPorts, free_port
+from services.stack.config import FREE_PORTS_ENV, EnvoyPorts, free_ports_in_a_row
 from services.stack.infra import scratch_data_dir, start_infrastructure
 from services.stack.plan import app_specs
 from services.stack.process import PidRecord, StartupError, terminate_tree
+from services.stack.replicas import ALL_REPLICAS_VARIABLE, PORT_STEP_VARIABLE
 
 TARGET_SECONDS = 20.0
 UP_TIMEOUT_SECONDS = 90.0  # passed to `macp up --timeout` too; a run not up by then failed
@@ -84,17 +85,25 @@ def own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def stack_environ(base: Mapping[str, str]) -> dict[str, str]:
-    """The caller's environment without any MACP_ setting, every port free (names from the plan)."""
+def stack_environ(base: Mapping[str, str], replicas: int = 1) -> dict[str, str]:
+    """The caller's environment without any MACP_ setting, every port free (names from the plan).
+    With `replicas` above 1, every service and the edge run that many processes, each port of the
+    first followed by free ones for the others (MACP_REPLICA_PORT_STEP=1)."""
     environ = {name: value for name, value in base.items() if not name.startswith("MACP_")}
     environ.update(FREE_PORTS_ENV)
     defaults = Env({})
+    replicas_of = [app for app in app_specs(defaults) if app.kind in ("service", "edge")]
+    replicated = {claim.variable for app in replicas_of for claim in app.claims()}
     variables = [claim.variable for claim in EnvoyPorts.from_env(defaults).claims()]
     variables += [claim.variable for app in app_specs(defaults) for claim in app.claims()]
-    ports: set[int] = set()
-    while len(ports) < len(variables):
-        ports.add(free_port())
-    environ.update({variable: str(port) for variable, port in zip(variables, sorted(ports), strict=True)})
+    used: set[int] = set()
+    for variable in variables:
+        run = replicas if variable in replicated else 1
+        port = free_ports_in_a_row(run, avoid=used)
+        used.update(range(port, port + run))
+        environ[variable] = str(port)
+    if replicas > 1:
+        environ |= {ALL_REPLICAS_VARIABLE: str(replicas), PORT_STEP_VARIABLE: "1"}
     return environ
 
 

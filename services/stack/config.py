@@ -75,6 +75,27 @@ def free_port(host: str = "127.0.0.1", avoid: Collection[int] = ()) -> int:
         return picked
 
 
+def free_ports_in_a_row(count: int, host: str = "127.0.0.1", avoid: Collection[int] = ()) -> int:
+    """The first of `count` consecutive free ports (free_port's rules for each): where replicas
+    listen with `MACP_REPLICA_PORT_STEP=1` (services/stack/replicas.py)."""
+    for _ in range(200):
+        first = free_port(host, avoid)
+        rest = list(range(first + 1, first + count))
+        if all(port not in avoid and port not in _handed_out and not _taken(host, port) for port in rest):
+            _handed_out.update(rest)
+            return first
+    raise OSError(f"no {count} consecutive free ports found on {host}")
+
+
+def _taken(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def embedded_port(env: Env, part: str) -> int:
     """The port of an embedded part (`postgres`, `redis`, `kafka`, `s3`); 0 picks a free one."""
     variable, default = EMBEDDED_PORTS[part]

@@ -15,6 +15,7 @@ from envoy_data_plane.envoy.config.cluster.v3 import (
     ClusterCommonLbConfig,
     ClusterDiscoveryType,
     ClusterDnsLookupFamily,
+    OutlierDetection,
 )
 from envoy_data_plane.envoy.config.core.v3 import (
     Address,
@@ -77,12 +78,45 @@ EDGE_PANIC_THRESHOLD = 1.0
 UPSTREAM_HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 
+# Outlier detection takes a replica out of the balancing at its third connection failure, reset or
+# timeout in a row: a SIGKILLed process refuses connections at once, long before its health checks
+# fail twice (up to 1.5 s), and each of those calls would fail or need a retry meanwhile. Only such
+# local-origin failures count: an answer, even UNAVAILABLE or INTERNAL, shows a process that serves,
+# and whether it can is the health checks' business (readiness). A passed health check takes an
+# ejected replica back at once; at most half of a cluster is ever ejected (Envoy ejects one host of
+# a cluster of one, which changes nothing: a dead lone replica serves no one either way).
+OUTLIER_CONSECUTIVE_LOCAL_FAILURES = 3
+OUTLIER_INTERVAL = timedelta(seconds=1)
+OUTLIER_BASE_EJECTION = timedelta(seconds=2)
+OUTLIER_MAX_EJECTION = timedelta(seconds=10)
+OUTLIER_MAX_EJECTION_PERCENT = 50
+
+
 @dataclass(frozen=True)
 class Upstream:
-    """Where a cluster's one endpoint is, and how Envoy finds it (static address or DNS name)."""
+    """Where a cluster's endpoints are (one per replica, or one DNS name resolving to every
+    replica), and how Envoy finds them (static addresses or DNS)."""
 
-    address: Address
+    addresses: tuple[Address, ...]
     discovery: ClusterDiscoveryType
+
+
+def _outlier_detection() -> OutlierDetection:
+    never = 0
+    return OutlierDetection(
+        split_external_local_origin_errors=True,
+        consecutive_local_origin_failure=OUTLIER_CONSECUTIVE_LOCAL_FAILURES,
+        enforcing_consecutive_local_origin_failure=100,
+        # Answers never eject (see above): no 5xx, gateway-failure or success-rate ejection.
+        enforcing_consecutive_5xx=never,
+        enforcing_consecutive_gateway_failure=never,
+        enforcing_success_rate=never,
+        enforcing_local_origin_success_rate=never,
+        interval=OUTLIER_INTERVAL,
+        base_ejection_time=OUTLIER_BASE_EJECTION,
+        max_ejection_time=OUTLIER_MAX_EJECTION,
+        max_ejection_percent=OUTLIER_MAX_EJECTION_PERCENT,
+    )
 
 
 def _circuit_breakers() -> CircuitBreakers:
@@ -120,9 +154,12 @@ def _cluster(
         load_assignment=ClusterLoadAssignment(
             cluster_name=name,
             endpoints=[
-                LocalityLbEndpoints(lb_endpoints=[LbEndpoint(endpoint=Endpoint(address=upstream.address))])
+                LocalityLbEndpoints(
+                    lb_endpoints=[LbEndpoint(endpoint=Endpoint(address=at)) for at in upstream.addresses]
+                )
             ],
         ),
+        outlier_detection=_outlier_detection(),
         typed_extension_protocol_options={UPSTREAM_HTTP_OPTIONS_KEY: Any.pack(protocol)},
         health_checks=[health_check],
         common_lb_config=ClusterCommonLbConfig(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -63,9 +64,10 @@ from envoy_data_plane.envoy.type.matcher.v3 import StringMatcher
 from envoy_data_plane.google.protobuf import Any, Struct
 
 from services.runtime.registry import EDGE, ENVOY, SERVICES, ServiceSpec
-from services.runtime.settings import Env, ServerSettings
+from services.runtime.settings import Env
 from services.stack.envoy_clusters import Upstream, edge_cluster, http_face_cluster, service_cluster
 from services.stack.envoy_mesh_routes import STREAM_IDLE_TIMEOUT, UNTIMED, mesh_routes
+from services.stack.replicas import edge_replicas, service_replicas
 
 Target = Literal["native", "compose"]
 TARGETS: tuple[Target, ...] = ("native", "compose")
@@ -74,8 +76,6 @@ TARGETS: tuple[Target, ...] = ("native", "compose")
 FRONT_PORT_ENV = "MACP_ENVOY_FRONT_PORT"
 MESH_PORT_ENV = "MACP_ENVOY_MESH_PORT"
 ADMIN_PORT_ENV = "MACP_ENVOY_ADMIN_PORT"
-# What services/edge/settings.py reads (the registry's EdgeSpec has no env_prefix of its own).
-EDGE_PORT_ENV = "MACP_EDGE_PORT"
 
 # The edge gives each gRPC call the same 30 s (MACP_EDGE_RPC_TIMEOUT_SECONDS); the front route
 # waits a little longer so the client gets the edge's own error body, not Envoy's bare 504.
@@ -121,16 +121,16 @@ class _Layout:
     mesh_port: int
     admin_port: int
     discovery: ClusterDiscoveryType
-    upstreams: dict[str, tuple[str, int]]  # cluster name -> (host, port)
+    upstreams: dict[str, tuple[tuple[str, int], ...]]  # cluster name -> every (host, port) of it
 
 
 # The services that serve an HTTP face of their own beside gRPC (the tool gateway's /mcp).
 HTTP_FACES = tuple(spec for spec in SERVICES if spec.http_port is not None)
 
 
-def _http_port(spec: ServiceSpec, env: Env | None) -> int:
+def _http_port(spec: ServiceSpec) -> int:
     assert spec.http_port is not None
-    return spec.http_port if env is None else env.port(spec.http_port_variable, spec.http_port)
+    return spec.http_port
 
 
 def _layout(target: Target, env: Env) -> _Layout:
@@ -144,10 +144,11 @@ def _layout(target: Target, env: Env) -> _Layout:
             mesh_port=ENVOY.mesh_port,
             admin_port=ENVOY.admin_port,
             discovery=ClusterDiscoveryType.STRICT_DNS,
+            # One DNS name per cluster, which resolves to every replica's address (STRICT_DNS).
             upstreams={
-                EDGE.name: (EDGE.name, EDGE.port),
-                **{spec.name: (spec.name, spec.port) for spec in SERVICES},
-                **{spec.http_name: (spec.name, _http_port(spec, None)) for spec in HTTP_FACES},
+                EDGE.name: ((EDGE.name, EDGE.port),),
+                **{spec.name: ((spec.name, spec.port),) for spec in SERVICES},
+                **{spec.http_name: ((spec.name, _http_port(spec)),) for spec in HTTP_FACES},
             },
         )
     if target == "native":
@@ -158,17 +159,25 @@ def _layout(target: Target, env: Env) -> _Layout:
             mesh_port=env.port(MESH_PORT_ENV, ENVOY.mesh_port),
             admin_port=env.port(ADMIN_PORT_ENV, ENVOY.admin_port),
             discovery=ClusterDiscoveryType.STATIC,
+            # Every replica `macp up` runs of each (services/stack/replicas.py), one endpoint each.
             upstreams={
-                EDGE.name: ("127.0.0.1", env.port(EDGE_PORT_ENV, EDGE.port)),
-                **{spec.name: ("127.0.0.1", ServerSettings.from_env(env, spec).port) for spec in SERVICES},
-                **{spec.http_name: ("127.0.0.1", _http_port(spec, env)) for spec in HTTP_FACES},
+                EDGE.name: _loopback(replica.port for replica in edge_replicas(env)),
+                **{spec.name: _loopback(r.port for r in service_replicas(env, spec)) for spec in SERVICES},
+                **{
+                    spec.http_name: _loopback(r.http_port or 0 for r in service_replicas(env, spec))
+                    for spec in HTTP_FACES
+                },
             },
         )
     raise ValueError(f"unknown Envoy target {target!r}; choose one of {', '.join(TARGETS)}")
 
 
+def _loopback(ports: Iterable[int]) -> tuple[tuple[str, int], ...]:
+    return tuple(("127.0.0.1", port) for port in ports)
+
+
 def _upstream(layout: _Layout, name: str) -> Upstream:
-    return Upstream(_address(*layout.upstreams[name]), layout.discovery)
+    return Upstream(tuple(_address(*where) for where in layout.upstreams[name]), layout.discovery)
 
 
 def _address(host: str, port: int) -> Address:
@@ -362,10 +371,26 @@ def _header(target: Target) -> str:
     )
 
 
+# The snake casing splits a digit from the letters after it (`consecutive_5_xx`), where Envoy's own
+# field names keep them together; Envoy refuses the split spelling as an unknown field.
+_SPLIT_FIELD_NAMES = {
+    "consecutive_5_xx": "consecutive_5xx",
+    "enforcing_consecutive_5_xx": "enforcing_consecutive_5xx",
+}
+
+
+def _envoy_field_names(value: object) -> object:
+    if isinstance(value, dict):
+        return {_SPLIT_FIELD_NAMES.get(key, key): _envoy_field_names(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_envoy_field_names(item) for item in value]
+    return value
+
+
 def render_yaml(target: Target, env: Env | None = None) -> str:
     """The bootstrap as YAML; the same inputs always give the same bytes (it is committed)."""
     # Snake case matches Envoy's documentation; typed Any configs serialize with their `@type`.
-    document = build_bootstrap(target, env).to_dict(casing=Casing.SNAKE)
+    document = _envoy_field_names(build_bootstrap(target, env).to_dict(casing=Casing.SNAKE))
     body = yaml.safe_dump(document, sort_keys=False, default_flow_style=False, width=120)
     return _header(target) + body
 

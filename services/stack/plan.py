@@ -14,13 +14,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 from services.agent_proxy.settings import local_provider_needed
-from services.runtime.registry import EDGE, EXAMPLE_TOOL_SERVERS, PROVIDER_SERVER, SERVICES, ServiceSpec
-from services.runtime.settings import CommonSettings, Env, ServerSettings, data_dir
+from services.runtime.registry import EDGE, EXAMPLE_TOOL_SERVERS, PROVIDER_SERVER, SERVICES
+from services.runtime.settings import CommonSettings, Env, data_dir
 from services.stack.config import EnvoyPorts
 from services.stack.infra import Infrastructure
 from services.stack.kafka import KafkaStorage
 from services.stack.probes import grpc_serving, http_ok
 from services.stack.process import REINSTALL_HINT, PortClaim, StartupError
+from services.stack.replicas import (
+    EDGE_METRICS_PORT_VARIABLE,
+    EDGE_PORT_VARIABLE,
+    edge_replicas,
+    service_replicas,
+)
 from services.stack.secrets import local_secrets
 from services.stack.supervisor import RestartPolicy
 
@@ -42,6 +48,15 @@ class AppSpec:
     metrics_port_variable: str | None
     # Ports it listens on besides these two (the tool gateway's HTTP face for MCP clients).
     other_ports: tuple[PortClaim, ...] = ()
+    # The service it is a replica of (its own name when it runs alone: services/stack/replicas.py).
+    service: str = ""
+    replica: int = 1
+    # Settings of this process alone: a replica's own ports, over the stack's environment.
+    own_env: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def service_name(self) -> str:
+        return self.service or self.name
 
     @property
     def address(self) -> str:
@@ -80,36 +95,53 @@ def local_issuer(env: Env) -> str:
 
 
 def app_specs(env: Env) -> tuple[AppSpec, ...]:
-    """Every service in the registry, then the edge, each as `python -m <module>`; the local
+    """Every replica of every service in the registry, then of the edge, each as
+    `python -m <module>` with its own ports (services/stack/replicas.py); the local
     provider server when the agent proxy will call it (no provider key configured); and the example
     MCP servers unless `MACP_EXAMPLE_TOOLS=off` (a tenant registers them with the tool gateway)."""
     apps = []
     for spec in SERVICES:
-        server = ServerSettings.from_env(env, spec)
+        port_variable, metrics_variable = f"{spec.env_prefix}PORT", f"{spec.env_prefix}METRICS_PORT"
+        for replica in service_replicas(env, spec):
+            own = {port_variable: replica.port, metrics_variable: replica.metrics_port}
+            other: tuple[PortClaim, ...] = ()
+            if replica.http_port is not None:
+                own[spec.http_port_variable] = replica.http_port
+                other = (PortClaim(replica.http_port, f"{replica.name} HTTP", spec.http_port_variable),)
+            apps.append(
+                AppSpec(
+                    name=replica.name,
+                    kind="service",
+                    argv=(sys.executable, "-m", spec.module),
+                    port=replica.port,
+                    metrics_port=replica.metrics_port,
+                    port_variable=port_variable,
+                    metrics_port_variable=metrics_variable,
+                    other_ports=other,
+                    service=spec.name,
+                    replica=replica.index,
+                    own_env=tuple((name, str(value)) for name, value in own.items()),
+                )
+            )
+    # The edge's own settings (services/edge/settings.py) use these names.
+    for replica in edge_replicas(env):
         apps.append(
             AppSpec(
-                name=spec.name,
-                kind="service",
-                argv=(sys.executable, "-m", spec.module),
-                port=server.port,
-                metrics_port=server.metrics_port,
-                port_variable=f"{spec.env_prefix}PORT",
-                metrics_port_variable=f"{spec.env_prefix}METRICS_PORT",
-                other_ports=_http_face_claim(spec, env),
+                name=replica.name,
+                kind="edge",
+                argv=(sys.executable, "-m", EDGE.module),
+                port=replica.port,
+                metrics_port=replica.metrics_port,
+                port_variable=EDGE_PORT_VARIABLE,
+                metrics_port_variable=EDGE_METRICS_PORT_VARIABLE,
+                service=EDGE.name,
+                replica=replica.index,
+                own_env=(
+                    (EDGE_PORT_VARIABLE, str(replica.port)),
+                    (EDGE_METRICS_PORT_VARIABLE, str(replica.metrics_port)),
+                ),
             )
         )
-    # The edge's own settings (services/edge/settings.py) use these names.
-    apps.append(
-        AppSpec(
-            name=EDGE.name,
-            kind="edge",
-            argv=(sys.executable, "-m", EDGE.module),
-            port=env.port("MACP_EDGE_PORT", EDGE.port),
-            metrics_port=env.port("MACP_EDGE_METRICS_PORT", EDGE.metrics_port),
-            port_variable="MACP_EDGE_PORT",
-            metrics_port_variable="MACP_EDGE_METRICS_PORT",
-        )
-    )
     if local_provider_needed(env):
         apps.append(
             AppSpec(
@@ -143,13 +175,6 @@ def app_specs(env: Env) -> tuple[AppSpec, ...]:
                 )
             )
     return tuple(apps)
-
-
-def _http_face_claim(spec: ServiceSpec, env: Env) -> tuple[PortClaim, ...]:
-    if spec.http_port is None:
-        return ()
-    port = env.port(spec.http_port_variable, spec.http_port)
-    return (PortClaim(port, f"{spec.name} HTTP", spec.http_port_variable),)
 
 
 def render_envoy_config(path: Path, env: Env) -> object:

@@ -4,7 +4,9 @@ Reads `<data_dir>/run/stack.json` (written by `macp up`), checks that each recor
 still the one `macp up` started, and probes each part the way `macp up` did: gRPC health for
 services, /healthz for the edge, Envoy's admin /ready, and each infrastructure part's own
 protocol (TCP only for a configured server). RESTARTS and LAST EXIT say how often `macp up` has
-restarted a part and how it last died; a part being restarted shows as `restarting`. Exit 0: all
+restarted a part and how it last died; a part being restarted shows as `restarting`. A service run
+in several processes (`macp up --replicas`) has a row per replica (`orchestrator-1`, ...) and a
+last line counting how many of each serve. Exit 0: all
 healthy; 1: something is not (a part restarting included); 3: nothing runs.
 """
 
@@ -92,6 +94,22 @@ def last_exit(component: dict[str, Any]) -> str:
     return f"{'?' if code is None else code}{at}"
 
 
+def replica_lines(components: list[dict[str, Any]], healthy: list[bool]) -> list[str]:
+    """`replicas: orchestrator 2/2 ok, edge 1/2 ok` for the services `macp up` runs in more than
+    one process (nothing when each runs alone): how much of each is serving, at a glance."""
+    counts: dict[str, list[int]] = {}
+    for component, ok in zip(components, healthy, strict=True):
+        service = component.get("service")
+        if service is None or component.get("name") == service:
+            continue  # infrastructure, or a service that runs alone
+        tally = counts.setdefault(str(service), [0, 0])
+        tally[0] += int(ok)
+        tally[1] += 1
+    if not counts:
+        return []
+    return ["replicas: " + ", ".join(f"{name} {ok}/{total} ok" for name, (ok, total) in counts.items())]
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         directory = args.data_dir.expanduser().resolve() if args.data_dir else data_dir(Env())
@@ -128,6 +146,8 @@ def run(args: argparse.Namespace) -> int:
             f"{restarts:>8}  {last_exit(component):<14} {component.get('url', '')}"
             + ("" if healthy else f"  ({health})")
         )
+    for line in replica_lines(components, [healthy for healthy, _, _ in states]):
+        print(line)
     if not supervisor_alive:
         print("macp up is gone but some of its children run: run `macp up` again to clean them up")
     all_healthy = supervisor_alive and stage == "ready" and all(healthy for healthy, _, _ in states)

@@ -35,6 +35,7 @@ from services.stack.part import redact
 from services.stack.plan import AppSpec, StackPlan
 from services.stack.probes import ProbeError, answers
 from services.stack.process import ManagedProcess, StartupError, check_ports, reap_stale
+from services.stack.replicas import MAX_REPLICAS, replica_settings
 from services.stack.supervisor import Supervisor, restart_part, restart_process
 
 DEFAULT_TIMEOUT_SECONDS = 60.0
@@ -53,11 +54,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_TIMEOUT_SECONDS,
         help=f"seconds to wait for every part to be ready (default: {DEFAULT_TIMEOUT_SECONDS:g})",
     )
+    parser.add_argument(
+        "--replicas",
+        action="append",
+        default=[],
+        metavar="[NAME=]COUNT",
+        help=(
+            "processes of every service and of the edge (COUNT), or of one of them (NAME=COUNT, "
+            "e.g. edge=2 or agent-proxy=3); repeatable; the same as MACP_REPLICAS and "
+            f"MACP_<NAME>_REPLICAS, which it overrides (at most {MAX_REPLICAS} each)"
+        ),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        plan = StackPlan.from_environ(os.environ, data_dir_override=args.data_dir, ready_timeout=args.timeout)
+        environ = dict(os.environ) | replica_settings(args.replicas)
+        plan = StackPlan.from_environ(environ, data_dir_override=args.data_dir, ready_timeout=args.timeout)
     except SettingsError as exc:
         print(f"macp up: {exc}", file=sys.stderr)
         return 2
@@ -162,7 +175,7 @@ class Launcher:
                 app.argv,
                 data_dir=self.plan.data_dir,
                 binary_source="the Python interpreter",
-                env=env,
+                env=env | dict(app.own_env),
                 ports=app.claims(),
                 stop_timeout=self.plan.stop_timeout,
             )
@@ -192,7 +205,7 @@ class Launcher:
                 del pending[name]
                 waited = time.monotonic() - self.began
                 self._say(
-                    f"{name:<12} ready  {app.address:<42} pid {process.pid}, {waited:.1f} s since start"
+                    f"{name:<15} ready  {app.address:<39} pid {process.pid}, {waited:.1f} s since start"
                 )
             if not pending:
                 return
@@ -335,6 +348,8 @@ class Launcher:
                 {
                     "name": app.name,
                     "kind": app.kind,
+                    "service": app.service_name,
+                    "replica": app.replica,
                     "pid": record.pid if record else None,
                     "create_time": record.create_time if record else None,
                     "url": app.address if app.kind == "service" else f"http://{app.address}",
