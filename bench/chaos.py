@@ -33,8 +33,17 @@ from pathlib import Path
 
 from bench.chaos_books import Books, check_books
 from bench.chaos_clients import ChaosClient, ClientRecord, LogReadError, Received, read_full_log
-from bench.chaos_stack import KINDS, ChaosError, Kill, Stack, canonical_kind, running_stack
+from bench.chaos_stack import (
+    KINDS,
+    ChaosError,
+    Kill,
+    Stack,
+    canonical_kind,
+    replica_kinds,
+    running_stack,
+)
 from bench.stats import machine_line, markdown_table
+from services.stack.replicas import MAX_REPLICAS
 
 Say = Callable[[str], None]
 LOG_READ_ATTEMPTS = 3
@@ -55,6 +64,7 @@ class ChaosConfig:
     quiet_seconds: float = 30.0
     drain_seconds: float = 60.0  # for the rounds in flight when the load stops
     log_quiet_seconds: float = 3.0  # a full-log read ends after this long without an event
+    replicas: int = 1  # processes of every service and of the edge (`macp up --replicas`)
 
 
 @dataclass
@@ -110,12 +120,25 @@ class ChaosReport:
     unfinished: int = 0  # clients whose last round never completed
     overall: Tally = field(default_factory=lambda: Tally())  # the whole run, kills or not
     hung_clients: int = 0  # over the whole run
+    # Open connections from Envoy to each edge replica before the first kill: how the clients'
+    # WebSockets spread over the edges (replicas only).
+    edge_connections: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def unspread_edges(self) -> list[str]:
+        """Edge replicas that carried less than half their share of the clients."""
+        if self.config.replicas == 1 or not self.edge_connections:
+            return []
+        share = self.config.clients / len(self.edge_connections)
+        return [name for name, count in self.edge_connections.items() if count < share / 2]
 
     @property
     def failures(self) -> list[str]:
         found = []
         if self.stack_exited:
             found.append(self.stack_exited)
+        if self.unspread_edges:
+            found.append(f"the clients did not spread over the edges: {self.edge_connections}")
         if self.not_run:
             found.append(f"not killed (the stack was down): {', '.join(self.not_run)}")
         for result in self.kills:
@@ -168,6 +191,9 @@ class ChaosReport:
         ]
         if self.not_run:
             lines.append(f"not killed (the stack was down): {', '.join(self.not_run)}")
+        if self.edge_connections:
+            spread = ", ".join(f"{name} {count}" for name, count in self.edge_connections.items())
+            lines.append(f"connections per edge before the first kill: {spread}")
         if self.stack_exited:
             lines.append(self.stack_exited)
         reconnects = sum(r.reconnects for r in self.records)
@@ -330,6 +356,8 @@ async def run_load(stack: Stack, config: ChaosConfig, say: Say) -> ChaosReport:
     say(f"{config.clients} clients running; load for {config.load_seconds:g} s before the first kill")
     try:
         await asyncio.sleep(config.load_seconds)
+        if config.replicas > 1:
+            report.edge_connections = await asyncio.to_thread(stack.edge_connections)
         sequence = [kind for _ in range(config.rounds) for kind in config.kinds]
         for position, kind in enumerate(sequence):
             if not stack.up():
@@ -399,7 +427,7 @@ async def _finish(tasks: Sequence[asyncio.Task[None]]) -> None:
 def run_chaos(config: ChaosConfig, say: Say, keep_logs: Path | None = None) -> ChaosReport:
     """Start `macp up`, run the load and the kills, check the books, stop the stack (its logs
     copied to `keep_logs`, if given)."""
-    with running_stack(say, keep_logs) as stack:
+    with running_stack(say, keep_logs, config.replicas) as stack:
         return asyncio.run(run_load(stack, config, say))
 
 
@@ -409,9 +437,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--clients", type=int, default=20, help="WebSocket clients (default 20)")
     parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="processes of every service and of the edge (default 1); with more, the kinds are "
+        "replicas (orchestrator-1, ...) and the default kills each replica once",
+    )
+    parser.add_argument(
         "--kinds",
-        default=",".join(KINDS),
-        help="parts to kill, in order, comma-separated (default: all ten)",
+        default=None,
+        help="parts to kill, in order, comma-separated (default: all ten, or every replica)",
     )
     parser.add_argument("--rounds", type=int, default=1, help="times the whole sequence runs (default 1)")
     parser.add_argument("--load-seconds", type=float, default=15.0, help="load before each kill (default 15)")
@@ -425,8 +460,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--keep-logs", type=Path, default=None, help="copy every part's log here when the run ends"
     )
     args = parser.parse_args(argv)
+    if not 1 <= args.replicas <= MAX_REPLICAS:
+        parser.error(f"--replicas must be from 1 to {MAX_REPLICAS}")
+    default_kinds = KINDS if args.replicas == 1 else replica_kinds(args.replicas)
+    named = default_kinds if args.kinds is None else args.kinds.split(",")
     try:
-        kinds = tuple(canonical_kind(kind) for kind in args.kinds.split(",") if kind.strip())
+        kinds = tuple(canonical_kind(kind, args.replicas) for kind in named if kind.strip())
     except ValueError as exc:
         parser.error(str(exc))
     if args.clients < 1 or args.rounds < 1 or not kinds:
@@ -438,6 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_seconds=args.load_seconds,
         hang_seconds=args.hang_seconds,
         quiet_seconds=args.quiet_seconds,
+        replicas=args.replicas,
     )
     machine = machine_line()
     try:

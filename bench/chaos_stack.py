@@ -27,6 +27,7 @@ import httpx
 from bench.macp_up import macp_command, stack_environ
 from bench.orchestrator import _pro_plan as pro_plan
 from bench.slice import sign_in
+from services.runtime.registry import EDGE, SERVICES
 from services.stack import seed, stackfile
 from services.stack.infra import scratch_data_dir
 from services.stack.process import PidRecord, terminate_tree
@@ -70,11 +71,26 @@ class ChaosError(Exception):
     """The stack did not start, or could not be set up for the run."""
 
 
-def canonical_kind(name: str) -> str:
-    """A kind as stack.json names it (`agent_proxy` is accepted for `agent-proxy`)."""
+# What runs in replicas (`macp up --replicas`): every service and the edge, each replica named
+# `<kind>-<k>` in stack.json (services/stack/replicas.py).
+REPLICATED_KINDS: tuple[str, ...] = (*(spec.name for spec in SERVICES), EDGE.name)
+
+
+def replica_kinds(replicas: int) -> tuple[str, ...]:
+    """Every replica of every service and of the edge, in the registry's order: the kill sequence
+    that SIGKILLs each replica once, one at a time."""
+    return tuple(f"{kind}-{index}" for kind in REPLICATED_KINDS for index in range(1, replicas + 1))
+
+
+def canonical_kind(name: str, replicas: int = 1) -> str:
+    """A kind as stack.json names it (`agent_proxy` is accepted for `agent-proxy`); with replicas,
+    a service's or the edge's replica (`orchestrator-2`)."""
     kind = name.strip().replace("_", "-")
-    if kind not in KINDS:
-        raise ValueError(f"unknown kind {name!r}; one of {', '.join(KINDS)}")
+    known = KINDS
+    if replicas > 1:
+        known = (*(k for k in KINDS if k not in REPLICATED_KINDS), *replica_kinds(replicas))
+    if kind not in known:
+        raise ValueError(f"unknown kind {name!r}; one of {', '.join(known)}")
     return kind
 
 
@@ -100,6 +116,27 @@ class Stack:
     admin: seed.LocalAdmin
     # Every (pid, start time) stack.json ever named: what to stop if `macp up` leaves any behind.
     seen: set[PidRecord] = field(default_factory=set)
+
+    def edge_connections(self) -> dict[str, int]:
+        """Open connections from Envoy to each edge replica (its admin /clusters `cx_active`): each
+        WebSocket holds one, so this is how the clients spread over the edges."""
+        envoy = self.component("envoy") or {}
+        admin_port = envoy.get("check", {}).get("admin_port")
+        if admin_port is None:
+            raise ChaosError("stack.json names no Envoy admin port")
+        by_address = {
+            f"127.0.0.1:{entry['url'].rsplit(':', 1)[-1]}": entry["name"]
+            for entry in self.document().get("components", [])
+            if entry.get("kind") == "edge"
+        }
+        text = httpx.get(f"http://127.0.0.1:{admin_port}/clusters", timeout=5, trust_env=False).text
+        counts: dict[str, int] = {}
+        for line in text.splitlines():
+            cluster, _, rest = line.partition("::")
+            address, _, stat = rest.partition("::")
+            if cluster == EDGE.name and stat.startswith("cx_active::") and address in by_address:
+                counts[by_address[address]] = int(stat.rsplit("::", 1)[-1])
+        return counts
 
     @property
     def ws_base(self) -> str:
@@ -224,14 +261,16 @@ def _url_of(document: Mapping[str, Any], name: str) -> str:
 
 
 @contextmanager
-def running_stack(progress: Callable[[str], None], keep_logs: Path | None = None) -> Iterator[Stack]:
+def running_stack(
+    progress: Callable[[str], None], keep_logs: Path | None = None, replicas: int = 1
+) -> Iterator[Stack]:
     """`macp up` on a scratch data dir until the block ends; then SIGTERM, and nothing left.
     keep_logs: where to copy every part's log (and `macp up`'s own output) before the data dir
-    goes, for whoever looks into a failed run."""
+    goes, for whoever looks into a failed run. replicas: processes of every service and the edge."""
     with scratch_data_dir("macp-chaos-") as base:
         data_dir = base / "data"
         log_path = base / "up.out"
-        environ = stack_environ(os.environ) | CHAOS_SETTINGS
+        environ = stack_environ(os.environ, replicas) | CHAOS_SETTINGS
         argv = [*macp_command(), "up", "--data-dir", str(data_dir), "--timeout", f"{UP_TIMEOUT_SECONDS:g}"]
         with log_path.open("w") as out:
             process = subprocess.Popen(argv, env=environ, stdout=out, stderr=subprocess.STDOUT, text=True)
