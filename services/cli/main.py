@@ -18,6 +18,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "status": ("services.stack.status", "show what the native stack runs and its health"),
     "serve": ("services.cli.serve", "run one service (or the edge) in the foreground"),
     "envoy-render": ("services.stack.envoy_render", "render the Envoy configuration files in envoy/"),
+    "k8s-render": (
+        "services.stack.kubernetes_render",
+        "render the Kubernetes manifests in deploy/kubernetes/",
+    ),
     "tenant": ("services.cli.tenant", "manage tenants on the running stack (create)"),
     "user": ("services.cli.user", "manage local users on the running stack (create)"),
     "client": ("services.cli.client", "manage OAuth clients on the running stack (register)"),
