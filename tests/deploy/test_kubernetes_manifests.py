@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from services.runtime.registry import EDGE, SERVICES
 from services.runtime.settings import CommonSettings, Env
 from services.stack.kubernetes_overlays import TENANT, TENANT_LABEL, TENANT_NAMESPACE
 from services.stack.kubernetes_workloads import SECRET_NAME, envoy_config_text
@@ -141,3 +142,11 @@ def test_the_enterprise_tenant_lives_in_its_own_namespace_and_scales_on_its_own_
         assert f'namespace="{TENANT_NAMESPACE}"' in query
     for policy in (d for d in documents if d["metadata"]["name"].startswith("egress-store-")):
         assert policy["spec"]["egress"][0]["to"][0]["ipBlock"]["cidr"]
+
+
+def test_each_process_runs_the_command_compose_runs_and_envoy_the_same_image() -> None:
+    compose: dict[str, Any] = yaml.safe_load((REPO / "compose.yaml").read_text(encoding="utf-8"))
+    commands = dict((name, container) for name, container in _containers(rendered("base")))
+    for name in (*(spec.name for spec in SERVICES), EDGE.name):
+        assert commands[name]["command"] == compose["services"][name]["command"], name
+    assert commands["envoy"]["image"] == compose["services"]["envoy"]["image"]
