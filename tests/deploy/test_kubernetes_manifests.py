@@ -146,7 +146,7 @@ def test_the_enterprise_tenant_lives_in_its_own_namespace_and_scales_on_its_own_
 
 def test_each_process_runs_the_command_compose_runs_and_envoy_the_same_image() -> None:
     compose: dict[str, Any] = yaml.safe_load((REPO / "compose.yaml").read_text(encoding="utf-8"))
-    commands = dict((name, container) for name, container in _containers(rendered("base")))
+    commands = dict(_containers(rendered("base")))
     for name in (*(spec.name for spec in SERVICES), EDGE.name):
         assert commands[name]["command"] == compose["services"][name]["command"], name
     assert commands["envoy"]["image"] == compose["services"]["envoy"]["image"]
