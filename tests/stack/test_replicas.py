@@ -167,7 +167,9 @@ class _Replica:
         servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(servicer, self.server)
         token = next(spec for spec in SERVICES if spec.name == "token")
-        answer = grpc.unary_unary_rpc_method_handler(lambda request, context: name.encode())
+        answer: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(
+            lambda request, context: name.encode()
+        )
         self.server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(token.grpc_services[0], {"GetJwks": answer}),)
         )
