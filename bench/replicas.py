@@ -13,7 +13,8 @@ that order `--passes` times, so both settings see the same machine drift. In eac
   with their p50 and p99;
 - CPU per whole turn: user + system seconds of every process stack.json names (the services, the
   edges, Envoy, Postgres, Redis, Kafka, S3, the provider server, with their children) over the
-  sustained phase, divided by its turns; and the load generator's own.
+  sustained phase, divided by its turns; and the load generator's own;
+- idle CPU: the same processes' CPU per second over IDLE_SECONDS with no turn running.
 
 On two cores the second replica of everything brings no capacity, only more processes contending
 for the same two cores, so this measures what replication costs, not what it gains: each replica
@@ -36,6 +37,9 @@ from bench.stats import machine_line, markdown_table, percentile
 from services.stack.replicas import MAX_REPLICAS
 
 Say = Callable[[str], None]
+# The stack's background work, read with no turn running: readiness checks, key refreshes, consumer
+# heartbeats, outbox polls. Each replica does its own, which is part of what replication costs.
+IDLE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class Pass:
     sustained_seconds: float
     stack_cpu: float  # seconds over the sustained phase, every process of the stack
     client_cpu: float
+    idle_cpu: float  # the stack's CPU seconds per second with no turn running (its background work)
 
     @property
     def turns_per_second(self) -> float:
@@ -82,6 +87,10 @@ async def _measure(bench: Bench, replicas: int, ttft_turns: int, in_flight: int,
     ws, _ = await ws_turns(bench, SHORT_MODEL, 1, ttft_turns)
     meter = CpuMeter(bench.pids)
     before = meter.read()
+    await asyncio.sleep(IDLE_SECONDS)
+    idle = CpuMeter.spent(before, meter.read())
+    idle.pop(CLIENT)
+    before = meter.read()
     sustained, seconds = await ws_turns(bench, SHORT_MODEL, in_flight, per_client)
     spent = CpuMeter.spent(before, meter.read())
     client = spent.pop(CLIENT)
@@ -95,6 +104,7 @@ async def _measure(bench: Bench, replicas: int, ttft_turns: int, in_flight: int,
         sustained_seconds=seconds,
         stack_cpu=sum(spent.values()),
         client_cpu=client,
+        idle_cpu=sum(idle.values()) / IDLE_SECONDS,
     )
 
 
@@ -126,6 +136,7 @@ def report(passes: Sequence[Pass], in_flight: int) -> str:
                 f"{_ms(totals, 0.99):.0f}",
                 f"**{run.cpu_ms_per_turn():.1f}**",
                 f"{run.client_cpu / len(run.sustained) * 1000:.1f}",
+                f"{run.idle_cpu * 1000:.0f}",
             ]
         )
     headers = [
@@ -140,6 +151,7 @@ def report(passes: Sequence[Pass], in_flight: int) -> str:
         "turn p99 ms",
         "stack CPU ms/turn",
         "client CPU ms/turn",
+        "idle stack CPU ms/s",
     ]
     lines = [machine_line(), "", markdown_table(headers, rows)]
     for replicas in sorted({run.replicas for run in passes}):
