@@ -9,8 +9,6 @@ environment, so the committed bytes never depend on who ran the command.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 from services.stack.kubernetes_autoscaling import autoscaler
@@ -26,6 +24,7 @@ from services.stack.kubernetes_overlays import KUSTOMIZATION, enterprise_tenant,
 from services.stack.kubernetes_policies import baseline, shared_egress, workload_policies
 from services.stack.kubernetes_workloads import Manifest, Workload, workloads
 from services.stack.kubernetes_yaml import HEADER, documents, dump
+from services.stack.rendered_tree import RenderedTree
 
 FIX_COMMAND = "macp k8s-render"
 DEFAULT_DIR = Path("deploy/kubernetes")
@@ -72,58 +71,7 @@ def rendered_files() -> dict[str, str]:
     return {f"{folder}/{name}": text for folder, files in trees.items() for name, text in files.items()}
 
 
-def stale_files(directory: Path) -> list[Path]:
-    """Files missing, differing from a fresh render, or left over from an older one."""
-    expected = rendered_files()
-    stale = [
-        directory / name
-        for name, text in expected.items()
-        if not (directory / name).is_file() or (directory / name).read_text(encoding="utf-8") != text
-    ]
-    if directory.is_dir():
-        present = {path.relative_to(directory).as_posix() for path in directory.rglob("*.yaml")}
-        stale += [directory / name for name in sorted(present - set(expected))]
-    return stale
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--check",
-        action="store_true",
-        help="write nothing; exit 1 if a file in deploy/kubernetes/ differs from the registry",
-    )
-    parser.add_argument(
-        "--dir",
-        type=Path,
-        default=DEFAULT_DIR,
-        help="directory of the Kustomize tree (default: deploy/kubernetes/ under the current directory)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    directory: Path = args.dir
-    if not directory.is_dir() and not (directory.parent.parent / "pyproject.toml").is_file():
-        # Refuse to scatter files: run from the repository root, or name the directory.
-        print(f"{directory}/ is not there; run this from the repository root or pass --dir", file=sys.stderr)
-        return 2
-    if args.check:
-        stale = stale_files(directory)
-        for path in stale:
-            print(
-                f"{path} is stale (it does not match services/runtime/registry.py); run `{FIX_COMMAND}`",
-                file=sys.stderr,
-            )
-        return 1 if stale else 0
-    expected = rendered_files()
-    for name, text in expected.items():
-        path = directory / name
-        if path.is_file() and path.read_text(encoding="utf-8") == text:
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        print(f"wrote {path}")
-    for path in stale_files(directory):
-        # Left over from a render of a workload the registry no longer names.
-        path.unlink()
-        print(f"removed {path}")
-    return 0
+TREE = RenderedTree("the Kustomize tree", DEFAULT_DIR, rendered_files, FIX_COMMAND, prune=True)
+stale_files = TREE.stale_files
+configure = TREE.configure
+run = TREE.run
