@@ -156,6 +156,10 @@ class ChaosReport:
             found += self.books.failures
         return found
 
+    def explained(self) -> str:
+        """The whole table and every failure: what a failed check of the run shows."""
+        return "\n" + self.table() + "\n" + "\n".join(self.failures)
+
     def table(self) -> str:
         rows = []
         for result in self.kills:

@@ -24,6 +24,7 @@ from services.stack.process import REINSTALL_HINT, PortClaim, StartupError
 from services.stack.replicas import (
     EDGE_METRICS_PORT_VARIABLE,
     EDGE_PORT_VARIABLE,
+    Replica,
     edge_replicas,
     service_replicas,
 )
@@ -101,47 +102,13 @@ def app_specs(env: Env) -> tuple[AppSpec, ...]:
     MCP servers unless `MACP_EXAMPLE_TOOLS=off` (a tenant registers them with the tool gateway)."""
     apps = []
     for spec in SERVICES:
-        port_variable, metrics_variable = f"{spec.env_prefix}PORT", f"{spec.env_prefix}METRICS_PORT"
+        ports = (f"{spec.env_prefix}PORT", f"{spec.env_prefix}METRICS_PORT")
         for replica in service_replicas(env, spec):
-            own = {port_variable: replica.port, metrics_variable: replica.metrics_port}
-            other: tuple[PortClaim, ...] = ()
-            if replica.http_port is not None:
-                own[spec.http_port_variable] = replica.http_port
-                other = (PortClaim(replica.http_port, f"{replica.name} HTTP", spec.http_port_variable),)
-            apps.append(
-                AppSpec(
-                    name=replica.name,
-                    kind="service",
-                    argv=(sys.executable, "-m", spec.module),
-                    port=replica.port,
-                    metrics_port=replica.metrics_port,
-                    port_variable=port_variable,
-                    metrics_port_variable=metrics_variable,
-                    other_ports=other,
-                    service=spec.name,
-                    replica=replica.index,
-                    own_env=tuple((name, str(value)) for name, value in own.items()),
-                )
-            )
+            http = () if replica.http_port is None else ((spec.http_port_variable, replica.http_port),)
+            apps.append(_replica_app(replica, "service", spec.module, ports, http))
     # The edge's own settings (services/edge/settings.py) use these names.
-    for replica in edge_replicas(env):
-        apps.append(
-            AppSpec(
-                name=replica.name,
-                kind="edge",
-                argv=(sys.executable, "-m", EDGE.module),
-                port=replica.port,
-                metrics_port=replica.metrics_port,
-                port_variable=EDGE_PORT_VARIABLE,
-                metrics_port_variable=EDGE_METRICS_PORT_VARIABLE,
-                service=EDGE.name,
-                replica=replica.index,
-                own_env=(
-                    (EDGE_PORT_VARIABLE, str(replica.port)),
-                    (EDGE_METRICS_PORT_VARIABLE, str(replica.metrics_port)),
-                ),
-            )
-        )
+    edge_ports = (EDGE_PORT_VARIABLE, EDGE_METRICS_PORT_VARIABLE)
+    apps += [_replica_app(replica, "edge", EDGE.module, edge_ports) for replica in edge_replicas(env)]
     if local_provider_needed(env):
         apps.append(
             AppSpec(
@@ -175,6 +142,33 @@ def app_specs(env: Env) -> tuple[AppSpec, ...]:
                 )
             )
     return tuple(apps)
+
+
+def _replica_app(
+    replica: Replica,
+    kind: AppKind,
+    module: str,
+    port_variables: tuple[str, str],
+    other_ports: tuple[tuple[str, int], ...] = (),
+) -> AppSpec:
+    """One replica of a service or of the edge: its ports given to it alone, over the stack's
+    environment, under the settings the process reads (`port_variables`: its gRPC or HTTP port's
+    and its metrics port's; `other_ports`: the tool gateway's HTTP face)."""
+    port_variable, metrics_variable = port_variables
+    own = {port_variable: replica.port, metrics_variable: replica.metrics_port, **dict(other_ports)}
+    return AppSpec(
+        name=replica.name,
+        kind=kind,
+        argv=(sys.executable, "-m", module),
+        port=replica.port,
+        metrics_port=replica.metrics_port,
+        port_variable=port_variable,
+        metrics_port_variable=metrics_variable,
+        other_ports=tuple(PortClaim(port, f"{replica.name} HTTP", name) for name, port in other_ports),
+        service=replica.service,
+        replica=replica.index,
+        own_env=tuple((variable, str(port)) for variable, port in own.items()),
+    )
 
 
 def render_envoy_config(path: Path, env: Env) -> object:

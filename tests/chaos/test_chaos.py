@@ -36,20 +36,16 @@ def report() -> ChaosReport:
     return run_chaos(CONFIG, lambda line: print(f"chaos: {line}", file=sys.stderr, flush=True))
 
 
-def _why(report: ChaosReport) -> str:
-    return "\n" + report.table() + "\n" + "\n".join(report.failures)
-
-
 def test_the_load_ran_and_every_kind_was_killed(report: ChaosReport) -> None:
-    assert [result.kill.kind for result in report.kills] == list(KINDS), _why(report)
-    assert not report.not_run, _why(report)
-    assert report.stack_exited is None, _why(report)
-    assert sum(record.rounds for record in report.records) > 0, _why(report)
+    assert [result.kill.kind for result in report.kills] == list(KINDS), report.explained()
+    assert not report.not_run, report.explained()
+    assert report.stack_exited is None, report.explained()
+    assert sum(record.rounds for record in report.records) > 0, report.explained()
 
 
 def test_the_supervisor_restarts_each_part_within_5_s(report: ChaosReport) -> None:
     slow = {r.kill.kind: r.restart for r in report.kills if r.restart is None or r.restart > 5.0}
-    assert not slow, _why(report)
+    assert not slow, report.explained()
 
 
 def test_turns_complete_again_within_10_s_of_each_kill(report: ChaosReport) -> None:
@@ -58,52 +54,52 @@ def test_turns_complete_again_within_10_s_of_each_kill(report: ChaosReport) -> N
         for r in report.kills
         if r.first_turn is None or r.first_turn > 10.0 or r.all_clients is None or r.all_clients > 10.0
     }
-    assert not late, _why(report)
+    assert not late, report.explained()
 
 
 def test_no_client_hangs(report: ChaosReport) -> None:
-    assert report.hung_clients == 0, _why(report)
-    assert report.unfinished == 0, _why(report)
+    assert report.hung_clients == 0, report.explained()
+    assert report.unfinished == 0, report.explained()
 
 
 def test_no_event_is_lost_or_duplicated(report: ChaosReport) -> None:
-    assert not report.log_errors, _why(report)
-    assert report.overall == Tally(), _why(report)
+    assert not report.log_errors, report.explained()
+    assert report.overall == Tally(), report.explained()
 
 
 def test_stored_answers_equal_metered_turns(report: ChaosReport) -> None:
     books = report.books
-    assert books is not None, _why(report)
-    assert books.agent_answers == books.agent_turn_events, _why(report)
-    assert books.answers_not_metered == [], _why(report)
-    assert books.metered_not_answered == [], _why(report)
+    assert books is not None, report.explained()
+    assert books.agent_answers == books.agent_turn_events, report.explained()
+    assert books.answers_not_metered == [], report.explained()
+    assert books.metered_not_answered == [], report.explained()
 
 
 def test_orchestrations_equal_rounds(report: ChaosReport) -> None:
-    assert report.books is not None, _why(report)
-    assert report.books.orchestration_events == report.books.rounds, _why(report)
+    assert report.books is not None, report.explained()
+    assert report.books.orchestration_events == report.books.rounds, report.explained()
 
 
 def test_no_quota_hold_is_left_open(report: ChaosReport) -> None:
-    assert report.books is not None, _why(report)
-    assert report.books.open_holds == [], _why(report)
+    assert report.books is not None, report.explained()
+    assert report.books.open_holds == [], report.explained()
 
 
 def test_no_message_is_answered_twice(report: ChaosReport) -> None:
-    assert report.books is not None, _why(report)
-    assert report.books.answered_twice == {}, _why(report)
+    assert report.books is not None, report.explained()
+    assert report.books.answered_twice == {}, report.explained()
 
 
 def test_no_turn_goes_from_completed_to_failed(report: ChaosReport) -> None:
-    assert report.books is not None, _why(report)
-    assert report.books.completed_then_failed == [], _why(report)
+    assert report.books is not None, report.explained()
+    assert report.books.completed_then_failed == [], report.explained()
 
 
 def test_every_error_event_has_an_event_id(report: ChaosReport) -> None:
-    assert report.books is not None, _why(report)
-    assert report.books.errors_without_id == 0, _why(report)
+    assert report.books is not None, report.explained()
+    assert report.books.errors_without_id == 0, report.explained()
 
 
 def test_usage_reaches_metering_within_10_s_of_the_part_s_recovery(report: ChaosReport) -> None:
-    assert report.books is not None, _why(report)
-    assert report.books.usage_delay_max <= USAGE_DELAY_LIMIT_SECONDS, _why(report)
+    assert report.books is not None, report.explained()
+    assert report.books.usage_delay_max <= USAGE_DELAY_LIMIT_SECONDS, report.explained()

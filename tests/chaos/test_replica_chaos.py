@@ -46,52 +46,49 @@ def report() -> ChaosReport:
     return run_chaos(CONFIG, lambda line: print(f"replica chaos: {line}", file=sys.stderr, flush=True))
 
 
-def _why(report: ChaosReport) -> str:
-    return "\n" + report.table() + "\n" + "\n".join(report.failures)
-
-
 def test_every_replica_of_every_service_and_edge_was_killed_once(report: ChaosReport) -> None:
-    assert [result.kill.kind for result in report.kills] == list(KILLS), _why(report)
+    assert [result.kill.kind for result in report.kills] == list(KILLS), report.explained()
     assert len(set(KILLS)) == 2 * 7  # six services and the edge, two of each
-    assert not report.not_run, _why(report)
-    assert report.stack_exited is None, _why(report)
-    assert all(result.restart is not None for result in report.kills), _why(report)
+    assert not report.not_run, report.explained()
+    assert report.stack_exited is None, report.explained()
+    assert all(result.restart is not None for result in report.kills), report.explained()
 
 
 def test_the_clients_spread_over_both_edges(report: ChaosReport) -> None:
-    assert set(report.edge_connections) == {"edge-1", "edge-2"}, _why(report)
-    assert report.unspread_edges == [], _why(report)
+    assert set(report.edge_connections) == {"edge-1", "edge-2"}, report.explained()
+    assert report.unspread_edges == [], report.explained()
 
 
 def test_every_round_completed_or_ended_with_an_error_and_none_hung(report: ChaosReport) -> None:
-    assert sum(record.rounds for record in report.records) > 0, _why(report)
-    assert report.hung_clients == 0, _why(report)
-    assert report.unfinished == 0, _why(report)
-    assert report.books is not None, _why(report)
-    assert report.books.errors_without_id == 0, _why(report)
+    assert sum(record.rounds for record in report.records) > 0, report.explained()
+    assert report.hung_clients == 0, report.explained()
+    assert report.unfinished == 0, report.explained()
+    assert report.books is not None, report.explained()
+    assert report.books.errors_without_id == 0, report.explained()
 
 
 def test_no_round_ran_twice(report: ChaosReport) -> None:
-    assert report.books is not None, _why(report)
-    assert report.books.answered_twice == {}, _why(report)
-    assert report.books.completed_then_failed == [], _why(report)
+    assert report.books is not None, report.explained()
+    assert report.books.answered_twice == {}, report.explained()
+    assert report.books.completed_then_failed == [], report.explained()
 
 
 def test_every_client_resumed_with_nothing_missing_or_doubled(report: ChaosReport) -> None:
-    assert not report.log_errors, _why(report)
-    assert report.overall == Tally(), _why(report)
-    assert sum(record.reconnects for record in report.records) > 0, "no client had to resume" + _why(report)
+    assert not report.log_errors, report.explained()
+    assert report.overall == Tally(), report.explained()
+    resumed = sum(record.reconnects for record in report.records)
+    assert resumed > 0, "no client had to resume" + report.explained()
 
 
 def test_metering_totals_equal_the_stored_turns_exactly(report: ChaosReport) -> None:
     books = report.books
-    assert books is not None, _why(report)
-    assert books.agent_answers == books.agent_turn_events, _why(report)
-    assert books.answers_not_metered == [], _why(report)
-    assert books.metered_not_answered == [], _why(report)
-    assert books.orchestration_events == books.rounds, _why(report)
+    assert books is not None, report.explained()
+    assert books.agent_answers == books.agent_turn_events, report.explained()
+    assert books.answers_not_metered == [], report.explained()
+    assert books.metered_not_answered == [], report.explained()
+    assert books.orchestration_events == books.rounds, report.explained()
 
 
 def test_no_quota_hold_leaked(report: ChaosReport) -> None:
-    assert report.books is not None, _why(report)
-    assert report.books.open_holds == [], _why(report)
+    assert report.books is not None, report.explained()
+    assert report.books.open_holds == [], report.explained()
