@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import typing
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -387,10 +388,17 @@ def _envoy_field_names(value: object) -> object:
     return value
 
 
+def bootstrap_document(bootstrap: Bootstrap) -> dict[str, typing.Any]:
+    """The bootstrap as the plain document Envoy reads (YAML or JSON): snake-case field names as
+    Envoy's documentation spells them; typed Any configs serialize with their `@type`."""
+    document = _envoy_field_names(bootstrap.to_dict(casing=Casing.SNAKE))
+    assert isinstance(document, dict)
+    return document
+
+
 def render_yaml(target: Target, env: Env | None = None) -> str:
     """The bootstrap as YAML; the same inputs always give the same bytes (it is committed)."""
-    # Snake case matches Envoy's documentation; typed Any configs serialize with their `@type`.
-    document = _envoy_field_names(build_bootstrap(target, env).to_dict(casing=Casing.SNAKE))
+    document = bootstrap_document(build_bootstrap(target, env))
     body = yaml.safe_dump(document, sort_keys=False, default_flow_style=False, width=120)
     return _header(target) + body
 

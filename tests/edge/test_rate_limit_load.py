@@ -48,7 +48,6 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from betterproto2 import Casing
 from envoy_data_plane.envoy.config.core.v3 import Address, SocketAddress
 from envoy_data_plane.envoy.config.endpoint.v3 import Endpoint, LbEndpoint
 from macp.common.v1 import principal_pb2
@@ -58,7 +57,7 @@ from services.runtime.registry import EDGE
 from services.runtime.settings import Env
 from services.stack.config import EnvoyPorts, free_port
 from services.stack.envoy import envoy_binary
-from services.stack.envoy_config import build_bootstrap
+from services.stack.envoy_config import bootstrap_document, build_bootstrap
 from services.stack.infra import Infrastructure
 from services.stack.probes import answers, envoy_ready
 from services.stack.process import ManagedProcess
@@ -138,7 +137,7 @@ def _envoy_config(path: Path, env: Env, edge_ports: Sequence[int]) -> Path:
     edge.load_assignment.endpoints[0].lb_endpoints = [
         LbEndpoint(endpoint=Endpoint(address=Address(socket_address=address))) for address in addresses
     ]
-    document = bootstrap.to_dict(casing=Casing.SNAKE)
+    document = bootstrap_document(bootstrap)
     # The front listener's access log also says when each request arrived and how long it took in µs
     # (its own fields are in ms, too coarse for requests of a few ms).
     (front,) = [

@@ -22,7 +22,6 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from betterproto2 import Casing
 from envoy_data_plane.envoy.config.core.v3 import Address, SocketAddress
 from envoy_data_plane.envoy.config.endpoint.v3 import Endpoint, LbEndpoint
 from macp.common.v1 import principal_pb2
@@ -36,7 +35,7 @@ from services.runtime.auth.settings import EDGE_AUDIENCE, mcp_resource, service_
 from services.runtime.registry import service
 from services.runtime.settings import Env
 from services.stack.config import free_port
-from services.stack.envoy_config import build_bootstrap
+from services.stack.envoy_config import bootstrap_document, build_bootstrap
 from services.stack.process import ManagedProcess, PortClaim
 from tests.edge_and_envoy import edge_and_envoy
 from tests.example_tools import serving_examples
@@ -102,7 +101,7 @@ def _bootstrap_with_both(env: Env, gateways: tuple[Gateway, Gateway], path: Path
             cluster.load_assignment.endpoints[0].lb_endpoints.append(
                 LbEndpoint(endpoint=Endpoint(address=address))
             )
-    path.write_text(yaml.safe_dump(bootstrap.to_dict(casing=Casing.SNAKE), sort_keys=False))
+    path.write_text(yaml.safe_dump(bootstrap_document(bootstrap), sort_keys=False))
     return path
 
 
