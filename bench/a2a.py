@@ -32,7 +32,7 @@ import httpx
 from macp_client import AsyncMacpClient
 
 from bench.agent_proxy import PROMPT
-from bench.cpu import CLIENT, CpuMeter
+from bench.cpu import CLIENT, CpuMeter, cpu_per_turn_table
 from bench.orchestrator import (
     SHORT_MODEL,
     TIMEOUT_SECONDS,
@@ -177,21 +177,7 @@ def report(rows: dict[str, Row]) -> str:
     ]
     out.append(markdown_table(headers, table))
     out.append("\nCPU per turn (ms), whole turns, by process:\n")
-    cpu_rows = []
-    for name, (turns, seconds, cpu) in rows.items():
-        per_turn = {process: spent * 1000 / len(turns) for process, spent in cpu.items()}
-        shown = [per_turn.get(process, 0.0) for process in CPU_COLUMNS]
-        others = sum(value for process, value in per_turn.items() if process not in CPU_COLUMNS)
-        cpu_rows.append(
-            [
-                name,
-                f"{len(turns) / seconds:.1f}",
-                *(f"{value:.2f}" for value in shown),
-                f"{others:.2f}",
-                f"**{sum(per_turn.values()) - per_turn.get(CLIENT, 0.0):.2f}**",
-            ]
-        )
-    out.append(markdown_table(["row", "turns/s", *CPU_COLUMNS, "others", "stack total"], cpu_rows))
+    out.append(cpu_per_turn_table(rows, CPU_COLUMNS))
     return "\n".join(out)
 
 

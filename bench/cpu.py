@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence, Sized
 
 import psutil
+
+from bench.stats import markdown_table
 
 CLIENT = "client"
 
@@ -49,3 +51,25 @@ class CpuMeter:
     @staticmethod
     def spent(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
         return {name: max(0.0, after[name] - before[name]) for name in before}
+
+
+def cpu_per_turn_table(
+    rows: Mapping[str, tuple[Sized, float, Mapping[str, float]]], columns: Sequence[str]
+) -> str:
+    """One row per measured path (its turns, wall seconds and CPU seconds by process): turns/s,
+    then CPU ms per turn for each of `columns`, the other processes together, and the stack's total
+    (every process but the load generator, in bold)."""
+    table = []
+    for name, (turns, seconds, cpu) in rows.items():
+        per_turn = {process: spent * 1000 / len(turns) for process, spent in cpu.items()}
+        others = sum(value for process, value in per_turn.items() if process not in columns)
+        table.append(
+            [
+                name,
+                f"{len(turns) / seconds:.1f}",
+                *(f"{per_turn.get(process, 0.0):.2f}" for process in columns),
+                f"{others:.2f}",
+                f"**{sum(per_turn.values()) - per_turn.get(CLIENT, 0.0):.2f}**",
+            ]
+        )
+    return markdown_table(["row", "turns/s", *columns, "others", "stack total"], table)

@@ -44,7 +44,7 @@ from typing import Any
 import openai
 import websockets
 
-from bench.cpu import CLIENT, CpuMeter
+from bench.cpu import CLIENT, CpuMeter, cpu_per_turn_table
 from bench.orchestrator import (
     SHORT_MODEL,
     TIMEOUT_SECONDS,
@@ -388,21 +388,7 @@ def report(rows: dict[str, Row], concurrencies: Sequence[int]) -> str:
     stamp_headers = ["row", "heard", "first token_delta", "first audio", "end", "first sentence words"]
     out.append(markdown_table(stamp_headers, stamps))
     out.append("\nCPU per turn (ms), by process:\n")
-    cpu_rows = []
-    for name, (turns, seconds, cpu) in rows.items():
-        per_turn = {process: spent * 1000 / len(turns) for process, spent in cpu.items()}
-        shown = [per_turn.get(process, 0.0) for process in CPU_COLUMNS]
-        others = sum(value for process, value in per_turn.items() if process not in CPU_COLUMNS)
-        cpu_rows.append(
-            [
-                name,
-                f"{len(turns) / seconds:.1f}",
-                *(f"{value:.2f}" for value in shown),
-                f"{others:.2f}",
-                f"**{sum(per_turn.values()) - per_turn.get(CLIENT, 0.0):.2f}**",
-            ]
-        )
-    out.append(markdown_table(["row", "turns/s", *CPU_COLUMNS, "others", "stack total"], cpu_rows))
+    out.append(cpu_per_turn_table(rows, CPU_COLUMNS))
     return "\n".join(out)
 
 
