@@ -11,7 +11,6 @@ input_json_delta events carrying pieces of the input's JSON, content_block_stop,
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections.abc import Iterator
@@ -103,10 +102,8 @@ async def messages(request: Request) -> Response:
         behavior = state.behavior_for(request, model)
     except ProtocolError as exc:
         return error_response(exc.status, exc.message)
-    if behavior.slow:
-        await asyncio.sleep(behavior.slow)
-    if behavior.status is not None:
-        return error_response(behavior.status, f"injected failure {behavior.status}")
+    if (status := await behavior.injected_status()) is not None:
+        return error_response(status, f"injected failure {status}")
     state.remember(read.dialogue.prompt)
     reply = reply_to(read.dialogue, read.tools, read.choice, max_tokens, behavior.tokens, "toolu_")
     message_id = f"msg_{uuid.uuid4().hex[:24]}"

@@ -22,7 +22,6 @@ transcript deltas) and count each request under its model.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import re
 import uuid
@@ -111,10 +110,8 @@ async def speech(request: Request) -> Response:
         behavior = state.behavior_for(request, model)
     except ProtocolError as exc:
         return _refusal(exc)
-    if behavior.slow:
-        await asyncio.sleep(behavior.slow)
-    if behavior.status is not None:
-        return error_response(behavior.status, f"injected failure {behavior.status}")
+    if (status := await behavior.injected_status()) is not None:
+        return error_response(status, f"injected failure {status}")
     samples = audio_codec.speech_samples(text, speed)
     chunks = audio_codec.speech_chunks(text, voice=voice, speed=speed, chunk_samples=CHUNK_SAMPLES)
     headers = {"x-request-id": f"req_{uuid.uuid4().hex}"}
@@ -195,10 +192,8 @@ async def transcriptions(request: Request) -> Response:
         behavior = state.behavior_for(request, model)
     except ProtocolError as exc:
         return _refusal(exc)
-    if behavior.slow:
-        await asyncio.sleep(behavior.slow)
-    if behavior.status is not None:
-        return error_response(behavior.status, f"injected failure {behavior.status}")
+    if (status := await behavior.injected_status()) is not None:
+        return error_response(status, f"injected failure {status}")
     text = audio_codec.transcribe(pcm, rate)
     duration = audio_codec.seconds(pcm, rate)
     headers = {"x-request-id": f"req_{uuid.uuid4().hex}"}

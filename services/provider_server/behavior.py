@@ -19,6 +19,7 @@ test reaches requests another process (the agent proxy) sends.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -51,6 +52,13 @@ class Behavior:
                 raise BehaviorError(f"behavior {item!r}: expected key=value with key one of {sorted(known)}")
             behavior = replace(behavior, **{key: _value(key, raw.strip())})
         return behavior
+
+    async def injected_status(self) -> int | None:
+        """Wait out `slow`, then the HTTP error to answer instead of the call (`status`), if any:
+        what every endpoint does before its first byte."""
+        if self.slow:
+            await asyncio.sleep(self.slow)
+        return self.status
 
 
 def _value(key: str, raw: str) -> Any:

@@ -10,7 +10,6 @@ call with its index, id, type and name, then pieces of its arguments' JSON), wit
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -88,10 +87,8 @@ async def chat_completions(request: Request) -> Response:
         behavior = state.behavior_for(request, model)
     except ProtocolError as exc:
         return error_response(exc.status, exc.message)
-    if behavior.slow:
-        await asyncio.sleep(behavior.slow)
-    if behavior.status is not None:
-        return error_response(behavior.status, f"injected failure {behavior.status}")
+    if (status := await behavior.injected_status()) is not None:
+        return error_response(status, f"injected failure {status}")
     state.remember(read.dialogue.prompt)
     reply = reply_to(read.dialogue, read.tools, read.choice, max_tokens, behavior.tokens, "call_")
     if isinstance(reply, ToolCalls):
