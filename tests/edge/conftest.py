@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
+import openai
 import pytest
 from starlette.types import ASGIApp
 
@@ -29,6 +30,7 @@ from tests.edge.fake_token_service import (
     FakeTokenService,
     fake_definition,
 )
+from tests.edge.orchestrator_world import EdgeWorld
 from tests.runtime.serving import running
 
 SCOPES = ("conversations:read", "conversations:write")
@@ -179,3 +181,13 @@ def expect_oauth_error(response: httpx.Response, status: int, error: str, fragme
     assert fragment in body["error_description"]
     assert response.headers["cache-control"] == "no-store"
     assert response.headers["pragma"] == "no-cache"
+
+
+@pytest.fixture
+async def sdk(world: EdgeWorld) -> AsyncIterator[openai.AsyncOpenAI]:
+    """The official OpenAI SDK on the edge's `/v1`, as the module's `world` fixture's user."""
+    client = openai.AsyncOpenAI(base_url=f"{world.url}/v1", api_key=world.token(), max_retries=0)
+    try:
+        yield client
+    finally:
+        await client.close()

@@ -20,6 +20,7 @@ from services.provider_server import audio_codec
 from services.stack.infra import Infrastructure
 from tests.edge.fake_orchestrator import AGENT_ID, QUOTA_AGENT_ID, UNKNOWN_AGENT_ID
 from tests.edge.orchestrator_world import EdgeWorld, edge_world
+from tests.reference_wav import stdlib_wav
 
 pytestmark = pytest.mark.integration
 
@@ -33,27 +34,12 @@ async def world(infrastructure: Infrastructure) -> AsyncIterator[EdgeWorld]:
         yield served
 
 
-@pytest.fixture
-async def sdk(world: EdgeWorld) -> AsyncIterator[openai.AsyncOpenAI]:
-    client = openai.AsyncOpenAI(base_url=f"{world.url}/v1", api_key=world.token(), max_retries=0)
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
 def speech_wav(text: str, sample_rate: int = audio_codec.SAMPLE_RATE) -> bytes:
     return audio_codec.wav_bytes(audio_codec.synthesize(text, voice="alloy"), sample_rate)
 
 
 def wav_with(*, bits: int = 16, rate: int = 16_000, frames: bytes = b"\x00\x00" * 100) -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(bits // 8)
-        out.setframerate(rate)
-        out.writeframes(frames)
-    return buffer.getvalue()
+    return stdlib_wav(frames, rate, width=bits // 8)
 
 
 async def test_speech_streams_a_wav_that_decodes_back_to_its_text(

@@ -25,15 +25,6 @@ async def world(infrastructure: Infrastructure) -> AsyncIterator[EdgeWorld]:
         yield served
 
 
-@pytest.fixture
-async def sdk(world: EdgeWorld) -> AsyncIterator[openai.AsyncOpenAI]:
-    client = openai.AsyncOpenAI(base_url=f"{world.url}/v1", api_key=world.token(), max_retries=0)
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
 async def test_a_completion_answers_the_agents_turn_with_usage(
     world: EdgeWorld, sdk: openai.AsyncOpenAI
 ) -> None:

@@ -31,21 +31,13 @@ from services.provider_server.audio_codec import (
     wav_header,
 )
 from services.provider_server.server import RunningProviderServer
+from tests.reference_wav import stdlib_wav
 
 LONG_TEXT = ("Seven agents met at noon to plan the week; nobody brought coffee. " * 64)[:4096]
 TEXTS = ["Hello, world.", "Ça a été élégant, naïve Zoë — déjà vu", "🎉 party 👍🏽!", "x", LONG_TEXT]
 SENTENCE = "The meeting moves to Thursday at ten."
+SILENCE = stdlib_wav(bytes(4000), SAMPLE_RATE)
 CHUNK_BYTES = audio_codec.SAMPLE_RATE // 10 * audio_codec.SAMPLE_WIDTH  # 100 ms per chunk
-
-
-def _wav(pcm: bytes, rate: int = SAMPLE_RATE, width: int = 2, channels: int = 1) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as writer:
-        writer.setnchannels(channels)
-        writer.setsampwidth(width)
-        writer.setframerate(rate)
-        writer.writeframes(pcm)
-    return out.getvalue()
 
 
 async def _speak(client: openai.AsyncOpenAI, text: str, **options: Any) -> tuple[bytes, int]:
@@ -114,16 +106,19 @@ def test_wav_files_are_written_and_read() -> None:
     pcm = synthesize(SENTENCE, voice="sage")
     assert wav_header(len(pcm)) + pcm == wav_bytes(pcm)
     assert read_wav(wav_bytes(pcm)) == (pcm, SAMPLE_RATE)
-    assert read_wav(_wav(pcm, rate=16_000)) == (pcm, 16_000)
+    assert read_wav(stdlib_wav(pcm, 16_000)) == (pcm, 16_000)
 
 
 @pytest.mark.parametrize(
     ("data", "message"),
     [
         (b"ID3\x04\x00" + bytes(100), "file: not a WAV file"),
-        (_wav(bytes(100), width=1), "file: 8-bit samples are not supported; 16-bit PCM only"),
-        (_wav(bytes(100), rate=1_000), "file: sample rate 1000 Hz is out of range 8000 to 48000"),
-        (_wav(bytes(100), channels=2), "file: 2 channels are not supported; mono only"),
+        (
+            stdlib_wav(bytes(100), SAMPLE_RATE, width=1),
+            "file: 8-bit samples are not supported; 16-bit PCM only",
+        ),
+        (stdlib_wav(bytes(100), 1_000), "file: sample rate 1000 Hz is out of range 8000 to 48000"),
+        (stdlib_wav(bytes(100), SAMPLE_RATE, channels=2), "file: 2 channels are not supported; mono only"),
         (b"RIFF\x10\x00\x00\x00WAVEfmt ", "file: the WAV header is cut short"),
     ],
 )
@@ -256,10 +251,10 @@ async def test_a_bad_speech_request_is_a_400_naming_the_field(
     ("upload", "options", "field"),
     [
         (("a.mp3", b"ID3\x04" + bytes(500), "audio/mpeg"), {}, "file"),
-        (("a.wav", _wav(bytes(4000), width=1), "audio/wav"), {}, "file"),
-        (("a.wav", _wav(bytes(4000), rate=4_000), "audio/wav"), {}, "file"),
-        (("a.wav", _wav(bytes(4000)), "audio/wav"), {"response_format": "srt"}, "response_format"),
-        (("a.wav", _wav(bytes(4000)), "audio/wav"), {"response_format": "vtt"}, "response_format"),
+        (("a.wav", stdlib_wav(bytes(4000), SAMPLE_RATE, width=1), "audio/wav"), {}, "file"),
+        (("a.wav", stdlib_wav(bytes(4000), 4_000), "audio/wav"), {}, "file"),
+        (("a.wav", SILENCE, "audio/wav"), {"response_format": "srt"}, "response_format"),
+        (("a.wav", SILENCE, "audio/wav"), {"response_format": "vtt"}, "response_format"),
     ],
 )
 async def test_a_bad_transcription_request_is_a_400_naming_the_field(
@@ -273,7 +268,7 @@ async def test_a_bad_transcription_request_is_a_400_naming_the_field(
 
 
 async def test_a_file_over_25_mb_is_refused(openai_client: openai.AsyncOpenAI) -> None:
-    big = _wav(bytes(audio_codec.SAMPLE_WIDTH * 13 * 1024 * 1024))  # 26 MB of silence
+    big = stdlib_wav(bytes(audio_codec.SAMPLE_WIDTH * 13 * 1024 * 1024), SAMPLE_RATE)  # 26 MB of silence
     with pytest.raises(openai.BadRequestError) as refused:
         await openai_client.audio.transcriptions.create(file=("a.wav", big), model="whisper-1")
     assert isinstance(refused.value.body, dict)

@@ -19,17 +19,7 @@ from services.runtime.wav import (
     read_wav,
     wav_header,
 )
-
-
-def stdlib_wav(pcm: bytes, rate: int, *, channels: int = 1, width: int = 2) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as writer:
-        writer.setnchannels(channels)
-        writer.setsampwidth(width)
-        writer.setframerate(rate)
-        writer.writeframes(pcm)
-    return out.getvalue()
-
+from tests.reference_wav import stdlib_wav
 
 PCM = bytes(range(256)) * 10  # 1,280 samples
 
